@@ -1,0 +1,120 @@
+# tuna: terminal fine-tuning workbench. `make` builds ./tuna; `make test` installs what is
+# missing, builds and runs every test; `make run` runs the main job on the bundled model.
+#
+#   make [all]          ./tuna (CUDA objects too when nvcc is present)
+#   make test           deps + unit/parity tests + the loader tests under ASan/UBSan
+#   make test-san       only the sanitizer pass (SAN=address,undefined by default)
+#   make bench          side-by-side benchmarks against the PyTorch reference (needs $(VENV))
+#   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
+#   make format / format-check / lint
+#   WERROR=0            escape hatch for -Werror;  SAN=address,undefined  sanitizer build
+
+CC       ?= cc
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_DIR ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+VENV     ?= /opt/tuna-venv
+WERROR   ?= 1
+SAN      ?=
+BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wdouble-promotion \
+        -Wfloat-conversion -Wformat=2 -Wundef -Wpointer-arith -Wwrite-strings
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+OPT      ?= -O2 -march=native
+CFLAGS   := -std=c11 -g $(OPT) -fopenmp -D_GNU_SOURCE $(WARN) -I. -I$(BLAS_INC) $(EXTRA_CFLAGS)
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw -lpthread -lm
+
+ifneq ($(SAN),)
+BUILD    := build-san
+CFLAGS   += -fsanitize=$(SAN) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=$(SAN)
+NVCC     :=
+else
+BUILD    := build
+endif
+
+ENGINE_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+KERNEL_SRC := kernels/backend.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c)
+UI_SRC     := $(wildcard ui/*.c)
+LIB_SRC    := $(ENGINE_SRC) $(KERNEL_SRC) $(UI_SRC)
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
+
+ifneq ($(NVCC),)
+CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CFLAGS     += -DTUNA_HAVE_CUDA=1
+LDLIBS     += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcublas -lcudart
+NVCCFLAGS  := -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra -Werror all-warnings -DTUNA_HAVE_CUDA=1
+endif
+
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test test-unit test-san bench fixtures run format format-check lint clean
+all: tuna
+
+deps:
+	@sh scripts/deps.sh
+
+tuna: $(BUILD)/tuna
+	@if [ "$(BUILD)" = build ]; then cp $(BUILD)/tuna tuna; fi
+
+$(BUILD)/tuna: $(BUILD)/src/main.o $(BUILD)/libtuna.a $(CUDA_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/src/main.o $(BUILD)/libtuna.a $(CUDA_OBJ) $(LDLIBS)
+
+$(BUILD)/libtuna.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h kernels/*.h kernels/*/*.h ui/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.cu $(wildcard kernels/*.h kernels/cuda/*.cuh) Makefile
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/libtuna.a $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtuna.a $(CUDA_OBJ) $(LDLIBS)
+
+test: deps
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-san
+
+test-unit: tuna $(TEST_BIN)
+	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN)
+
+# The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
+SAN_TESTS ?= test_safetensors test_config test_tokenizer test_malformed test_model
+test-san:
+	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
+		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
+	@ASAN_OPTIONS=detect_leaks=1 sh tests/run_tests.sh build-san \
+		$(addprefix build-san/tests/,$(SAN_TESTS))
+
+bench: tuna
+	@sh tests/bench/run.sh $(VENV)
+
+fixtures:
+	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
+
+run: deps tuna
+	./tuna generate models/stories260K --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --seed 42
+
+FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c)
+format:
+	clang-format -i $(FMT_FILES)
+format-check:
+	clang-format --dry-run --Werror $(FMT_FILES)
+
+# Module boundaries (STYLE.md §2.2): the engine never sees curses or ui/, kernels never see src/ beyond err.h.
+lint:
+	@! grep -n '#include.*\(curses\|ui/\)' src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] || (echo "lint: engine/kernels include the UI" && false)
+	@! grep -n '#include "\.\./\.\./src/\|#include "\.\./src/' kernels/*.[ch] kernels/*/*.[ch] | grep -v 'src/err.h' || (echo "lint: kernels include engine headers" && false)
+
+clean:
+	rm -rf build build-san tuna

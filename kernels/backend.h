@@ -1,0 +1,91 @@
+/* backend.h: the one interface between the engine and its compute kernels.
+ *
+ * A Backend is a table of ops (BackendOps) plus a private context. Three implementations:
+ * "ref" (kernels/ref: plain loops, the test oracle), "cpu" (kernels/cpu: OpenBLAS + OpenMP)
+ * and "cuda" (kernels/cuda: cuBLAS, compiled when nvcc is present, usable when a device is).
+ * Buffers passed to ops are backend memory from ->alloc; host data enters and leaves only
+ * through ->upload / ->download. All tensors are float32, row-major, contiguous.
+ * Ops return void and overwrite their output (=) unless their comment says (+=); a backend
+ * that fails (device error) latches the first error in be->err, reported by ->sync.
+ * A Backend is used by one thread at a time (the worker that owns the model). */
+#ifndef TUNA_KERNELS_BACKEND_H
+#define TUNA_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../src/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Backend Backend;
+
+typedef struct BackendOps {
+    const char *name;
+
+    // --- memory
+    void *(*alloc)(Backend *be, size_t bytes); /* NULL on failure; 64-byte aligned */
+    void (*release)(Backend *be, void *p);     /* NULL-safe */
+    void (*upload)(Backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes); /* device to device */
+    int (*sync)(Backend *be); /* waits for queued work; returns 0 or the latched error code */
+    void (*shutdown)(Backend *be); /* optional (NULL): frees be->ctx; backend_free frees be */
+
+    // --- forward ops
+    /* out (M,N) = in (M,K) · w (N,K)ᵀ + bias (N) (bias may be NULL). HF Linear layout. */
+    void (*matmul_fwd)(Backend *be, float *out, const float *in, const float *w,
+                       const float *bias, int M, int K, int N);
+    /* out (R,C) = in (R,C) / rms(in row) * w (C). out may alias in. */
+    void (*rmsnorm_fwd)(Backend *be, float *out, const float *in, const float *w, float eps,
+                        int R, int C);
+    /* out (R,C) = (in - mean) / std * w (C) + b (C). out may alias in. */
+    void (*layernorm_fwd)(Backend *be, float *out, const float *in, const float *w,
+                          const float *b, float eps, int R, int C);
+    /* In place on x (T, NH, HS): rotary embedding in HF's rotate_half layout over the first
+     * rot_dim dims of each head; token t has position pos[t]; inv_freq (rot_dim/2). */
+    void (*rope_fwd)(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
+                     int NH, int HS, int rot_dim);
+    /* Causal grouped-query attention. q (B,Tq,NH,HS), k and v (B,Tk,KVH,HS), out (B,Tq,NH,HS).
+     * Query t of a batch row is at position Tk-Tq+t and attends to keys 0..that position
+     * (and, if window > 0, only to the last `window` of them). Scale 1/sqrt(HS).
+     * kv_stride is the distance in floats between batch rows of k and v (>= Tk*KVH*HS), so a
+     * KV cache larger than Tk can be passed in place. */
+    void (*attention_fwd)(Backend *be, float *out, const float *q, const float *k,
+                          const float *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                          int KVH, int HS, int window);
+    /* out (n) = silu(gate) * up. out may alias gate or up. */
+    void (*swiglu_fwd)(Backend *be, float *out, const float *gate, const float *up, size_t n);
+    /* out (n) = gelu(in): tanh approximation when approx (GPT-2's gelu_new), erf otherwise.
+     * out may alias in. */
+    void (*gelu_fwd)(Backend *be, float *out, const float *in, size_t n, int approx);
+    /* out (n) = a + b. out may alias a or b. */
+    void (*add_fwd)(Backend *be, float *out, const float *a, const float *b, size_t n);
+    /* out (T,C) = table (V,C) rows ids (T). ids are host memory, already range-checked. */
+    void (*embed_fwd)(Backend *be, float *out, const int32_t *ids, const float *table, int T,
+                      int C);
+} BackendOps;
+
+struct Backend {
+    const BackendOps *ops;
+    void *ctx;
+    int n_threads;
+    TunaErr err;
+};
+
+/* Returns a backend by name: "ref", "cpu" or "cuda". n_threads <= 0 means all cores.
+ * The caller owns it and frees it with backend_free. NULL and err set when the name is
+ * unknown or the backend cannot start here (no CUDA device, say). */
+Backend *backend_init(const char *name, int n_threads, TunaErr *err);
+void backend_free(Backend *be);
+
+/* Names of the backends compiled into this binary, comma-separated. */
+const char *backend_list(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

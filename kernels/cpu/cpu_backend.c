@@ -1,0 +1,243 @@
+/* cpu_backend.c: the CPU backend. OpenBLAS sgemm for matrix products with M > 1, an
+ * OpenMP + SIMD matrix-vector product for decoding (M == 1), and OpenMP loops elsewhere.
+ * Small ops run on one thread: at stories260K's sizes a parallel region costs more than
+ * the work. Every op has the semantics of its BackendOps slot in kernels/backend.h and is
+ * compared against kernels/ref by tests/test_kernels.c. */
+#include "cpu_backend.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "../ref/ops_ref.h"
+
+/* Below this many multiply-adds an op stays on the calling thread. */
+#define PAR_MIN_WORK 32768
+
+// --- matrix products
+
+static float dot(const float *a, const float *b, int K) {
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < K; k++) s += a[k] * b[k];
+    return s;
+}
+
+/* out (N) = w (N,K) · in (K) + bias: four rows at a time so each load of `in` is reused. */
+static void matvec(float *out, const float *in, const float *w, const float *bias, int K, int N,
+                   int nth) {
+    int nblk = (N + 3) / 4;
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int n0 = blk * 4;
+        if (n0 + 4 <= N) {
+            const float *w0 = w + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int k = 0; k < K; k++) {
+                float x = in[k];
+                s0 += w0[k] * x;
+                s1 += w1[k] * x;
+                s2 += w2[k] * x;
+                s3 += w3[k] * x;
+            }
+            out[n0] = s0 + (bias ? bias[n0] : 0.0f);
+            out[n0 + 1] = s1 + (bias ? bias[n0 + 1] : 0.0f);
+            out[n0 + 2] = s2 + (bias ? bias[n0 + 2] : 0.0f);
+            out[n0 + 3] = s3 + (bias ? bias[n0 + 3] : 0.0f);
+        } else {
+            for (int n = n0; n < N; n++)
+                out[n] = dot(in, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
+                     int M, int K, int N) {
+    size_t work = (size_t)M * K * N;
+    int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
+    if (M == 1) {
+        matvec(out, in, w, bias, K, N, nth);
+        return;
+    }
+    openblas_set_num_threads(nth);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, w, K, 0.0f, out, N);
+    if (bias) {
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+        for (int m = 0; m < M; m++) {
+            float *o = out + (size_t)m * N;
+            for (int n = 0; n < N; n++) o[n] += bias[n];
+        }
+    }
+}
+
+// --- normalization
+
+static void c_rmsnorm(Backend *be, float *out, const float *in, const float *w, float eps, int R,
+                      int C) {
+    int nth = (size_t)R * C >= PAR_MIN_WORK ? be->n_threads : 1;
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int r = 0; r < R; r++) {
+        const float *x = in + (size_t)r * C;
+        float *y = out + (size_t)r * C;
+        float ss = 0;
+#pragma omp simd reduction(+ : ss)
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float inv = 1.0f / sqrtf(ss / (float)C + eps);
+        for (int c = 0; c < C; c++) y[c] = x[c] * inv * w[c];
+    }
+}
+
+static void c_layernorm(Backend *be, float *out, const float *in, const float *w, const float *b,
+                        float eps, int R, int C) {
+    int nth = (size_t)R * C >= PAR_MIN_WORK ? be->n_threads : 1;
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int r = 0; r < R; r++) {
+        const float *x = in + (size_t)r * C;
+        float *y = out + (size_t)r * C;
+        float mean = 0, var = 0;
+#pragma omp simd reduction(+ : mean)
+        for (int c = 0; c < C; c++) mean += x[c];
+        mean /= (float)C;
+#pragma omp simd reduction(+ : var)
+        for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+        var /= (float)C;
+        float inv = 1.0f / sqrtf(var + eps);
+        for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + b[c];
+    }
+}
+
+// --- rotary embedding and attention
+
+static void c_rope(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T, int NH,
+                   int HS, int rot_dim) {
+    int half = rot_dim / 2;
+    int nth = (size_t)T * NH * HS >= PAR_MIN_WORK ? be->n_threads : 1;
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int t = 0; t < T; t++) {
+        float cs[512], sn[512]; /* half <= 512: head_dim <= 1024 by config limits */
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv_freq[i];
+            cs[i] = cosf(ang);
+            sn[i] = sinf(ang);
+        }
+        for (int h = 0; h < NH; h++) {
+            float *v = x + ((size_t)t * NH + h) * HS;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs[i] - b * sn[i];
+                v[i + half] = b * cs[i] + a * sn[i];
+            }
+        }
+    }
+}
+
+/* One (batch row, query, head) at a time: scores into a scratch row, softmax, weighted sum. */
+static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
+                        int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                        int window) {
+    float scale = 1.0f / sqrtf((float)HS);
+    int grp = NH / KVH;
+    size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
+    int nth = work >= PAR_MIN_WORK ? be->n_threads : 1;
+    int total = B * Tq * NH;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *sc = malloc(sizeof(float) * (size_t)(Tk > 0 ? Tk : 1));
+#pragma omp for schedule(static)
+        for (int idx = 0; idx < total; idx++) {
+            int h = idx % NH, t = (idx / NH) % Tq, b = idx / (NH * Tq);
+            const float *qv = q + (size_t)idx * HS;
+            float *o = out + (size_t)idx * HS;
+            int p = Tk - Tq + t;
+            int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+            const float *kb = k + b * kv_stride + (size_t)(h / grp) * HS;
+            const float *vb = v + b * kv_stride + (size_t)(h / grp) * HS;
+            size_t rs = (size_t)KVH * HS;
+            float mx = -INFINITY;
+            for (int j = lo; j <= p; j++) {
+                float s = dot(qv, kb + j * rs, HS) * scale;
+                sc[j] = s;
+                if (s > mx) mx = s;
+            }
+            float sum = 0;
+            for (int j = lo; j <= p; j++) sum += (sc[j] = expf(sc[j] - mx));
+            float inv = 1.0f / sum;
+            for (int i = 0; i < HS; i++) o[i] = 0;
+            for (int j = lo; j <= p; j++) {
+                float a = sc[j] * inv;
+                const float *vv = vb + j * rs;
+#pragma omp simd
+                for (int i = 0; i < HS; i++) o[i] += a * vv[i];
+            }
+        }
+        free(sc);
+    }
+}
+
+// --- elementwise
+
+static void c_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+    int nth = n >= PAR_MIN_WORK ? be->n_threads : 1;
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static void c_gelu(Backend *be, float *out, const float *in, size_t n, int approx) {
+    int nth = n >= PAR_MIN_WORK ? be->n_threads : 1;
+    if (approx) {
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float x = in[i];
+            out[i] = 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+        }
+    } else {
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * 0.70710678f));
+    }
+}
+
+static void c_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void c_embed(Backend *be, float *out, const int32_t *ids, const float *table, int T, int C) {
+    (void)be;
+    ref_embed_fwd(out, ids, table, T, C);
+}
+
+static const BackendOps cpu_ops = {
+        .name = "cpu",
+        .alloc = host_alloc,
+        .release = host_release,
+        .upload = host_memcpy,
+        .download = host_memcpy,
+        .copy = host_memcpy,
+        .sync = host_sync,
+        .matmul_fwd = c_matmul,
+        .rmsnorm_fwd = c_rmsnorm,
+        .layernorm_fwd = c_layernorm,
+        .rope_fwd = c_rope,
+        .attention_fwd = c_attention,
+        .swiglu_fwd = c_swiglu,
+        .gelu_fwd = c_gelu,
+        .add_fwd = c_add,
+        .embed_fwd = c_embed,
+};
+
+Backend *cpu_backend_init(int n_threads, TunaErr *err) {
+    (void)err;
+    Backend *be = calloc(1, sizeof *be);
+    if (!be) return NULL;
+    be->ops = &cpu_ops;
+    be->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    return be;
+}

@@ -1,0 +1,34 @@
+/* ops_ref.h: the plain-loop reference of every op (the test oracle, and `--backend ref`).
+ * Each function has the semantics documented at its BackendOps slot in kernels/backend.h,
+ * without the Backend argument, single-threaded, with double accumulators where a sum
+ * spans a row. The CPU backend falls back to these for shapes it does not special-case. */
+#ifndef TUNA_KERNELS_REF_OPS_REF_H
+#define TUNA_KERNELS_REF_OPS_REF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backend.h"
+
+void ref_matmul_fwd(float *out, const float *in, const float *w, const float *bias, int M, int K,
+                    int N);
+void ref_rmsnorm_fwd(float *out, const float *in, const float *w, float eps, int R, int C);
+void ref_layernorm_fwd(float *out, const float *in, const float *w, const float *b, float eps,
+                       int R, int C);
+void ref_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int T, int NH, int HS,
+                  int rot_dim);
+void ref_attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
+                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window);
+void ref_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
+void ref_gelu_fwd(float *out, const float *in, size_t n, int approx);
+void ref_add_fwd(float *out, const float *a, const float *b, size_t n);
+void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, int C);
+
+Backend *ref_backend_init(int n_threads, TunaErr *err);
+/* Host-memory helpers shared by the ref and CPU backends. */
+void *host_alloc(Backend *be, size_t bytes);
+void host_release(Backend *be, void *p);
+void host_memcpy(Backend *be, void *dst, const void *src, size_t bytes);
+int host_sync(Backend *be);
+
+#endif

@@ -1,0 +1,66 @@
+/* generate.h: decoding with a KV cache. A Sampler (its own RNG, temperature, top-k, top-p,
+ * repetition penalty) picks each next token; generate_run feeds the prompt, samples until
+ * max_new tokens, an EOS id or a stop string, and streams the text through a callback.
+ * One thread at a time per Model. */
+#ifndef TUNA_SRC_GENERATE_H
+#define TUNA_SRC_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model.h"
+#include "tokenizer.h"
+
+typedef struct Sampler {
+    uint64_t rng;             /* xorshift64* state; seeded by sampler_init */
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float repetition_penalty; /* 1 = off (HF semantics: divide positive logits, multiply negative) */
+    float *probs;             /* (V) scratch */
+    int32_t *idx;             /* (V) scratch */
+    int V;
+} Sampler;
+
+void sampler_init(Sampler *s, int V, uint64_t seed, float temperature, int top_k, float top_p,
+                  float repetition_penalty);
+void sampler_free(Sampler *s);
+/* Picks a token from logits (V), which it may modify; history are the tokens so far (for the
+ * repetition penalty). */
+int sampler_sample(Sampler *s, float *logits, const int32_t *history, size_t n_history);
+/* Uniform float in [0,1) from the sampler's RNG. */
+float sampler_uniform(Sampler *s);
+
+typedef struct GenerateOptions {
+    int max_new_tokens;
+    int ignore_eos;              /* keep going past EOS ids */
+    const int32_t *eos_ids;      /* stop ids (model's generation_config) */
+    int n_eos;
+    const char *const *stops;    /* stop strings: generation ends where one appears, text cut there */
+    int n_stops;
+    /* Called with each new piece of text (UTF-8, may be several tokens' worth); return
+     * non-zero to stop. May be NULL. */
+    int (*on_text)(void *user, const char *text, size_t len);
+    void *user;
+} GenerateOptions;
+
+typedef struct GenerateResult {
+    int32_t *ids;        /* generated ids (malloc'd, caller frees), EOS not included */
+    size_t n_ids;
+    char *text;          /* decoded generated text (malloc'd), cut at a stop string */
+    int stopped_by;      /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full */
+    double prefill_s;    /* seconds for the prompt */
+    double decode_s;     /* seconds for tokens after the first */
+} GenerateResult;
+
+/* Runs the prompt ids through the model (from an empty cache) and generates. The model must
+ * have been reserved for prompt + max_new_tokens positions (generate_run reserves if not). */
+int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
+                 size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err);
+void generate_result_free(GenerateResult *res);
+
+/* Monotonic seconds. */
+double time_now(void);
+
+#endif

@@ -1,0 +1,282 @@
+/* main.c: the `tuna` command line. Subcommands parse their options with getopt_long from
+ * one table each (the --help text is generated from it) and call the engine. This file and
+ * ui/app.c are the only places the process may exit. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../kernels/backend.h"
+#include "config.h"
+#include "err.h"
+#include "generate.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "xalloc.h"
+
+// --- option tables: one row per flag, shared by getopt_long and --help
+
+typedef struct OptDoc {
+    const char *name;
+    int has_arg;
+    int key;
+    const char *arg;
+    const char *help;
+} OptDoc;
+
+static void build_longopts(const OptDoc *doc, struct option *out) {
+    int i = 0;
+    for (; doc[i].name; i++) out[i] = (struct option){doc[i].name, doc[i].has_arg, NULL, doc[i].key};
+    out[i] = (struct option){0, 0, 0, 0};
+}
+
+static void print_help(FILE *f, const char *usage, const OptDoc *doc) {
+    fprintf(f, "%s\n\noptions:\n", usage);
+    for (int i = 0; doc[i].name; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", doc[i].name, doc[i].arg ? " " : "",
+                 doc[i].arg ? doc[i].arg : "");
+        fprintf(f, "  %-28s %s\n", left, doc[i].help);
+    }
+}
+
+static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "tuna: --%s: expected an integer in [%d, %d], got \"%s\"\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *flag, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "tuna: --%s: expected a number in [%g, %g], got \"%s\"\n", flag,
+                (double)lo, (double)hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+// --- tuna generate
+
+enum {
+    OPT_PROMPT = 256, OPT_MAXNEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
+    OPT_IGNORE_EOS, OPT_THREADS, OPT_BACKEND, OPT_JSON, OPT_NO_ECHO, OPT_QUIET, OPT_HELP,
+    OPT_PROMPT_FILE
+};
+
+static const OptDoc generate_opts[] = {
+        {"prompt", 1, OPT_PROMPT, "TEXT", "prompt text (default: empty, i.e. just BOS)"},
+        {"prompt-file", 1, OPT_PROMPT_FILE, "FILE", "read the prompt from FILE"},
+        {"max-new-tokens", 1, OPT_MAXNEW, "N", "tokens to generate (default 256)"},
+        {"temperature", 1, OPT_TEMP, "T", "0 = greedy; default from generation_config.json"},
+        {"top-k", 1, OPT_TOPK, "K", "keep the K most likely tokens (0 = off)"},
+        {"top-p", 1, OPT_TOPP, "P", "nucleus sampling mass (1 = off)"},
+        {"repetition-penalty", 1, OPT_REP, "R", "HF repetition penalty (1 = off)"},
+        {"seed", 1, OPT_SEED, "N", "sampling seed (default 42)"},
+        {"stop", 1, OPT_STOP, "TEXT", "stop when TEXT appears (repeatable)"},
+        {"ignore-eos", 0, OPT_IGNORE_EOS, NULL, "do not stop at the model's EOS tokens"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
+        {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
+        {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
+        {"quiet", 0, OPT_QUIET, NULL, "no timing line on stderr"},
+        {"help", 0, OPT_HELP, NULL, "show this help"},
+        {NULL, 0, 0, NULL, NULL},
+};
+
+static int print_piece(void *user, const char *text, size_t len) {
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static void json_ids(FILE *f, const int32_t *ids, size_t n) {
+    fputc('[', f);
+    for (size_t i = 0; i < n; i++) fprintf(f, "%s%d", i ? ", " : "", ids[i]);
+    fputc(']', f);
+}
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static int cmd_generate(int argc, char **argv) {
+    const char *usage = "usage: tuna generate MODEL_DIR [options]\n"
+                        "Generates text from a Hugging Face checkpoint (config.json, "
+                        "model.safetensors, tokenizer.json).";
+    struct option lo[32];
+    build_longopts(generate_opts, lo);
+    const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
+    const char *stops[16];
+    int n_stops = 0, max_new = 256, top_k = -1, threads = 0, ignore_eos = 0, json = 0, echo = 1;
+    int quiet = 0, seed = 42, sampling_asked = 0;
+    float temp = -1, top_p = -1, rep = -1;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case OPT_PROMPT: prompt = optarg; break;
+        case OPT_PROMPT_FILE: prompt_file = optarg; break;
+        case OPT_MAXNEW: if (parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2; break;
+        case OPT_TEMP: if (parse_float(optarg, "temperature", 0, 100, &temp)) return 2; break;
+        case OPT_TOPK: if (parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2; sampling_asked = 1; break;
+        case OPT_TOPP: if (parse_float(optarg, "top-p", 0, 1, &top_p)) return 2; sampling_asked = 1; break;
+        case OPT_REP: if (parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2; break;
+        case OPT_SEED: if (parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2; sampling_asked = 1; break;
+        case OPT_STOP:
+            if (n_stops == 16) {
+                fprintf(stderr, "tuna: --stop: at most 16 stop strings\n");
+                return 2;
+            }
+            stops[n_stops++] = optarg;
+            break;
+        case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case OPT_THREADS: if (parse_int(optarg, "threads", 1, 1024, &threads)) return 2; break;
+        case OPT_BACKEND: backend = optarg; break;
+        case OPT_JSON: json = 1; break;
+        case OPT_NO_ECHO: echo = 0; break;
+        case OPT_QUIET: quiet = 1; break;
+        case OPT_HELP: print_help(stdout, usage, generate_opts); return 0;
+        default: fprintf(stderr, "tuna generate: see --help\n"); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "tuna generate: expected one MODEL_DIR (see --help)\n");
+        return 2;
+    }
+    const char *dir = argv[optind];
+    char *prompt_buf = NULL;
+    if (prompt_file) {
+        prompt_buf = xread_file(prompt_file, NULL);
+        if (!prompt_buf) {
+            fprintf(stderr, "tuna: %s: cannot read: %s\n", prompt_file, strerror(errno));
+            return 1;
+        }
+        prompt = prompt_buf;
+    }
+    TunaErr err = {0};
+    int rc = 1;
+    Backend *be = NULL;
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    Sampler s = {0};
+    GenerateResult res = {0};
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    be = backend_init(backend, threads, &err);
+    if (!be) goto fail;
+    if (model_load(dir, be, &m, &err)) goto fail;
+    if (tokenizer_load(dir, &tok, &err)) goto fail;
+    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
+    if (n_ids == 0) {
+        /* no BOS in this tokenizer's template and an empty prompt: start from BOS/EOS */
+        int start = m->cfg.bos_id >= 0 ? m->cfg.bos_id : tokenizer_bos_id(tok);
+        if (start < 0) start = m->cfg.n_eos ? m->cfg.eos_ids[0] : tokenizer_eos_id(tok);
+        if (start < 0) {
+            tuna_errf(&err, TUNA_EINVAL, "empty prompt and the model has no BOS token");
+            goto fail;
+        }
+        free(ids);
+        ids = xmalloc(sizeof(int32_t));
+        ids[0] = start;
+        n_ids = 1;
+    }
+    const ModelConfig *cfg = &m->cfg;
+    int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
+    float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
+    sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
+                 top_p >= 0 ? top_p : cfg->gen_top_p, rep > 0 ? rep : cfg->gen_repetition_penalty);
+    if (model_reserve(m, (int)n_ids + max_new, (int)n_ids < 512 ? (int)n_ids : 512, &err)) goto fail;
+    int32_t eos[CONFIG_MAX_EOS + 1];
+    int n_eos = 0;
+    for (int i = 0; i < cfg->n_eos; i++) eos[n_eos++] = cfg->eos_ids[i];
+    if (!n_eos && tokenizer_eos_id(tok) >= 0) eos[n_eos++] = tokenizer_eos_id(tok);
+    GenerateOptions opt = {.max_new_tokens = max_new, .ignore_eos = ignore_eos, .eos_ids = eos,
+                           .n_eos = n_eos, .stops = stops, .n_stops = n_stops,
+                           .on_text = json ? NULL : print_piece};
+    if (!json && echo) {
+        char *p = tokenizer_decode(tok, ids, n_ids, 1);
+        fputs(p, stdout);
+        fflush(stdout);
+        free(p);
+    }
+    if (generate_run(m, tok, &s, ids, n_ids, &opt, &res, &err)) goto fail;
+    double tps = res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
+    if (json) {
+        printf("{\"prompt_ids\": ");
+        json_ids(stdout, ids, n_ids);
+        printf(", \"ids\": ");
+        json_ids(stdout, res.ids, res.n_ids);
+        printf(", \"text\": ");
+        json_str(stdout, res.text);
+        static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback", "context_full"};
+        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f}\n", why[res.stopped_by], tps);
+    } else {
+        fputc('\n', stdout);
+    }
+    if (!quiet)
+        fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s\n",
+                n_ids, res.n_ids, res.prefill_s + res.decode_s, tps);
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "generate failed");
+    generate_result_free(&res);
+    sampler_free(&s);
+    free(ids);
+    free(prompt_buf);
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+    return rc;
+}
+
+// --- dispatch
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} commands[] = {
+        {"generate", cmd_generate, "generate text from a checkpoint"},
+        {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: tuna COMMAND [options]   (tuna COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "tuna: unknown command \"%s\"\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

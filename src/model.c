@@ -1,0 +1,459 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+#include "xalloc.h"
+
+// --- the parameter table: every tensor an architecture needs, by its HF name
+
+typedef enum {
+    LOAD_COPY,      /* file shape == our shape */
+    LOAD_TRANSPOSE, /* GPT-2 Conv1D: file (in, out), ours (out, in) */
+    LOAD_SPLIT3_T,  /* GPT-2 c_attn weight (C, 3C): part `part` of the columns, transposed */
+    LOAD_SPLIT3     /* GPT-2 c_attn bias (3C): part `part` */
+} LoadMode;
+
+typedef struct ParamSpec {
+    char name[128];
+    int ndim;
+    int64_t shape[2]; /* as stored in the file */
+    float **dst;
+    size_t n; /* floats at dst */
+    LoadMode mode;
+    int part;
+} ParamSpec;
+
+typedef struct SpecList {
+    ParamSpec *v;
+    int n, cap;
+} SpecList;
+
+static void spec_add(SpecList *l, const char *name, int ndim, int64_t d0, int64_t d1, float **dst,
+                     size_t n, LoadMode mode, int part) {
+    if (l->n == l->cap) l->v = xrealloc(l->v, sizeof(ParamSpec) * (size_t)(l->cap = l->cap * 2 + 16));
+    ParamSpec *s = &l->v[l->n++];
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->ndim = ndim;
+    s->shape[0] = d0;
+    s->shape[1] = d1;
+    s->dst = dst;
+    s->n = n;
+    s->mode = mode;
+    s->part = part;
+}
+
+static void specs_llama(Model *m, SpecList *l) {
+    const ModelConfig *c = &m->cfg;
+    size_t C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
+           FF = (size_t)c->FF, V = (size_t)c->V;
+    char nm[128];
+    spec_add(l, "model.embed_tokens.weight", 2, (int64_t)V, (int64_t)C, &m->wte, V * C, LOAD_COPY, 0);
+    for (int i = 0; i < c->L; i++) {
+        LayerWeights *w = &m->layers[i];
+#define P(suffix, nd, d0, d1, field)                                                               \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix);                                      \
+    spec_add(l, nm, nd, (int64_t)(d0), (int64_t)(d1), &w->field,                                   \
+             (size_t)(d0) * ((nd) == 2 ? (size_t)(d1) : 1), LOAD_COPY, 0)
+        P("input_layernorm.weight", 1, C, 0, ln1_w);
+        P("self_attn.q_proj.weight", 2, QD, C, wq);
+        P("self_attn.k_proj.weight", 2, KD, C, wk);
+        P("self_attn.v_proj.weight", 2, KD, C, wv);
+        P("self_attn.o_proj.weight", 2, C, QD, wo);
+        if (c->qkv_bias) {
+            P("self_attn.q_proj.bias", 1, QD, 0, bq);
+            P("self_attn.k_proj.bias", 1, KD, 0, bk);
+            P("self_attn.v_proj.bias", 1, KD, 0, bv);
+        }
+        if (c->o_bias) { P("self_attn.o_proj.bias", 1, C, 0, bo); }
+        if (c->qk_norm) {
+            P("self_attn.q_norm.weight", 1, c->HS, 0, q_norm);
+            P("self_attn.k_norm.weight", 1, c->HS, 0, k_norm);
+        }
+        P("post_attention_layernorm.weight", 1, C, 0, ln2_w);
+        P("mlp.gate_proj.weight", 2, FF, C, w_gate);
+        P("mlp.up_proj.weight", 2, FF, C, w_up);
+        P("mlp.down_proj.weight", 2, C, FF, w_down);
+        if (c->mlp_bias) {
+            P("mlp.gate_proj.bias", 1, FF, 0, b_gate);
+            P("mlp.up_proj.bias", 1, FF, 0, b_up);
+            P("mlp.down_proj.bias", 1, C, 0, b_down);
+        }
+#undef P
+    }
+    spec_add(l, "model.norm.weight", 1, (int64_t)C, 0, &m->lnf_w, C, LOAD_COPY, 0);
+    if (!c->tie_embeddings)
+        spec_add(l, "lm_head.weight", 2, (int64_t)V, (int64_t)C, &m->lm_head, V * C, LOAD_COPY, 0);
+}
+
+static void specs_gpt2(Model *m, SpecList *l, const char *pre) {
+    const ModelConfig *c = &m->cfg;
+    size_t C = (size_t)c->C, FF = (size_t)c->FF, V = (size_t)c->V, NP = (size_t)c->max_pos;
+    char nm[128];
+    snprintf(nm, sizeof nm, "%swte.weight", pre);
+    spec_add(l, nm, 2, (int64_t)V, (int64_t)C, &m->wte, V * C, LOAD_COPY, 0);
+    snprintf(nm, sizeof nm, "%swpe.weight", pre);
+    spec_add(l, nm, 2, (int64_t)NP, (int64_t)C, &m->wpe, NP * C, LOAD_COPY, 0);
+    for (int i = 0; i < c->L; i++) {
+        LayerWeights *w = &m->layers[i];
+#define P(suffix, nd, d0, d1, field, n, mode, part)                                                \
+    snprintf(nm, sizeof nm, "%sh.%d.%s", pre, i, suffix);                                          \
+    spec_add(l, nm, nd, (int64_t)(d0), (int64_t)(d1), &w->field, n, mode, part)
+        P("ln_1.weight", 1, C, 0, ln1_w, C, LOAD_COPY, 0);
+        P("ln_1.bias", 1, C, 0, ln1_b, C, LOAD_COPY, 0);
+        P("attn.c_attn.weight", 2, C, 3 * C, wq, C * C, LOAD_SPLIT3_T, 0);
+        P("attn.c_attn.weight", 2, C, 3 * C, wk, C * C, LOAD_SPLIT3_T, 1);
+        P("attn.c_attn.weight", 2, C, 3 * C, wv, C * C, LOAD_SPLIT3_T, 2);
+        P("attn.c_attn.bias", 1, 3 * C, 0, bq, C, LOAD_SPLIT3, 0);
+        P("attn.c_attn.bias", 1, 3 * C, 0, bk, C, LOAD_SPLIT3, 1);
+        P("attn.c_attn.bias", 1, 3 * C, 0, bv, C, LOAD_SPLIT3, 2);
+        P("attn.c_proj.weight", 2, C, C, wo, C * C, LOAD_TRANSPOSE, 0);
+        P("attn.c_proj.bias", 1, C, 0, bo, C, LOAD_COPY, 0);
+        P("ln_2.weight", 1, C, 0, ln2_w, C, LOAD_COPY, 0);
+        P("ln_2.bias", 1, C, 0, ln2_b, C, LOAD_COPY, 0);
+        P("mlp.c_fc.weight", 2, C, FF, w_up, C * FF, LOAD_TRANSPOSE, 0);
+        P("mlp.c_fc.bias", 1, FF, 0, b_up, FF, LOAD_COPY, 0);
+        P("mlp.c_proj.weight", 2, FF, C, w_down, C * FF, LOAD_TRANSPOSE, 0);
+        P("mlp.c_proj.bias", 1, C, 0, b_down, C, LOAD_COPY, 0);
+#undef P
+    }
+    snprintf(nm, sizeof nm, "%sln_f.weight", pre);
+    spec_add(l, nm, 1, (int64_t)C, 0, &m->lnf_w, C, LOAD_COPY, 0);
+    snprintf(nm, sizeof nm, "%sln_f.bias", pre);
+    spec_add(l, nm, 1, (int64_t)C, 0, &m->lnf_b, C, LOAD_COPY, 0);
+    if (!c->tie_embeddings)
+        spec_add(l, "lm_head.weight", 2, (int64_t)V, (int64_t)C, &m->lm_head, V * C, LOAD_COPY, 0);
+}
+
+/* Converts one file tensor into host float32 laid out as the spec wants. */
+static int spec_fill(const ParamSpec *s, const StTensor *t, float *host, float *scratch,
+                     const char *file, TunaErr *err) {
+    size_t fn = 1;
+    for (int d = 0; d < s->ndim; d++) fn *= (size_t)s->shape[d];
+    if (s->mode == LOAD_COPY) return st_tensor_to_f32(t, host, fn, err);
+    int rc = st_tensor_to_f32(t, scratch, fn, err);
+    if (rc) return rc;
+    size_t R = (size_t)s->shape[0], Cn = s->ndim == 2 ? (size_t)s->shape[1] : 1;
+    if (s->mode == LOAD_TRANSPOSE) {
+        for (size_t r = 0; r < R; r++)
+            for (size_t c = 0; c < Cn; c++) host[c * R + r] = scratch[r * Cn + c];
+    } else if (s->mode == LOAD_SPLIT3_T) {
+        size_t W = Cn / 3, off = (size_t)s->part * W; /* file (C, 3C) -> ours (C_out=W, C_in=R) */
+        for (size_t r = 0; r < R; r++)
+            for (size_t c = 0; c < W; c++) host[c * R + r] = scratch[r * Cn + off + c];
+    } else {
+        size_t W = R / 3;
+        memcpy(host, scratch + (size_t)s->part * W, W * sizeof(float));
+    }
+    (void)file;
+    return 0;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t o = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && o < cap; d++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (o < cap) snprintf(buf + o, cap - o, "]");
+}
+
+static void rope_freqs(const ModelConfig *c, float *f) {
+    int half = c->HS / 2;
+    for (int i = 0; i < half; i++) {
+        /* as HF: 1 / theta^(2i/d), computed in float32 */
+        float inv = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->HS);
+        if (c->rope_type == ROPE_LINEAR) inv /= c->rope_factor;
+        if (c->rope_type == ROPE_LLAMA3) {
+            float low_wl = (float)c->rope_orig_max_pos / c->rope_low_freq_factor;
+            float high_wl = (float)c->rope_orig_max_pos / c->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / inv;
+            if (wl > low_wl) inv = inv / c->rope_factor;
+            else if (wl >= high_wl) {
+                float smooth = ((float)c->rope_orig_max_pos / wl - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                inv = (1.0f - smooth) * inv / c->rope_factor + smooth * inv;
+            }
+        }
+        f[i] = inv;
+    }
+}
+
+int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
+    *out = NULL;
+    Model *m = xcalloc(1, sizeof *m);
+    m->be = be;
+    SafeTensors *st = NULL;
+    SpecList specs = {0};
+    float *scratch = NULL, *host = NULL;
+    char file[4096];
+    int rc = config_load(dir, &m->cfg, err);
+    if (rc) goto fail;
+    const ModelConfig *c = &m->cfg;
+    rc = safetensors_open(dir, &st, err);
+    if (rc) goto fail;
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    m->layers = xcalloc((size_t)c->L, sizeof *m->layers);
+    if (c->arch == ARCH_GPT2)
+        specs_gpt2(m, &specs, safetensors_find(st, "transformer.wte.weight") ? "transformer." : "");
+    else specs_llama(m, &specs);
+
+    // --- check every tensor before allocating: names, shapes
+    char missing[1024] = "";
+    int n_missing = 0;
+    size_t total = 0, biggest = 0;
+    for (int i = 0; i < specs.n; i++) {
+        const ParamSpec *s = &specs.v[i];
+        const StTensor *t = safetensors_find(st, s->name);
+        if (!t) {
+            if (n_missing++ < 4 && (i == 0 || strcmp(specs.v[i - 1].name, s->name))) {
+                size_t o = strlen(missing);
+                snprintf(missing + o, sizeof missing - o, "%s%s", o ? ", " : "", s->name);
+            }
+            continue;
+        }
+        int same = t->ndim == s->ndim;
+        for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
+        if (!same) {
+            char want[64], got[64];
+            shape_str(want, sizeof want, s->ndim, s->shape);
+            shape_str(got, sizeof got, t->ndim, t->shape);
+            rc = tuna_errf(err, TUNA_EFORMAT,
+                           "%s: tensor \"%s\" has shape %s, expected %s for this config.json", file,
+                           s->name, got, want);
+            goto fail;
+        }
+        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+            rc = tuna_errf(err, TUNA_EUNSUP, "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)",
+                           file, s->name, st_dtype_name(t->dtype));
+            goto fail;
+        }
+        total += s->n;
+        size_t fn = (size_t)s->shape[0] * (s->ndim == 2 ? (size_t)s->shape[1] : 1);
+        if (fn > biggest) biggest = fn;
+    }
+    if (n_missing) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: %d tensor%s missing for %s with %d layers: %s%s", file, n_missing,
+                       n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L, missing,
+                       n_missing > 4 ? ", ..." : "");
+        goto fail;
+    }
+
+    // --- one backend allocation for every weight, filled through a host staging buffer
+    m->n_params = total;
+    m->params = be->ops->alloc(be, total * sizeof(float));
+    if (!m->params) {
+        rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate %.1f MiB for the weights", dir,
+                       (double)total * 4 / (1 << 20));
+        goto fail;
+    }
+    scratch = malloc(biggest * sizeof(float));
+    host = malloc(biggest * sizeof(float));
+    if (!scratch || !host) {
+        rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
+        goto fail;
+    }
+    size_t off = 0;
+    for (int i = 0; i < specs.n; i++) {
+        const ParamSpec *s = &specs.v[i];
+        *s->dst = m->params + off;
+        rc = spec_fill(s, safetensors_find(st, s->name), host, scratch, file, err);
+        if (rc) goto fail;
+        be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
+        off += s->n;
+    }
+    if (c->tie_embeddings) m->lm_head = m->wte;
+    if (!c->learned_pos) {
+        float f[512];
+        rope_freqs(c, f);
+        m->inv_freq = be->ops->alloc(be, sizeof(float) * (size_t)(c->HS / 2));
+        if (!m->inv_freq) {
+            rc = tuna_errf(err, TUNA_ENOMEM, "out of memory");
+            goto fail;
+        }
+        be->ops->upload(be, m->inv_freq, f, sizeof(float) * (size_t)(c->HS / 2));
+    }
+    rc = be->ops->sync(be);
+    if (rc) {
+        rc = tuna_errf(err, rc, "%s: %s", dir, be->err.msg);
+        goto fail;
+    }
+    free(scratch);
+    free(host);
+    free(specs.v);
+    safetensors_free(st);
+    *out = m;
+    return 0;
+fail:
+    free(scratch);
+    free(host);
+    free(specs.v);
+    safetensors_free(st);
+    model_free(m);
+    return rc;
+}
+
+static void free_state(Model *m) {
+    Backend *be = m->be;
+    float **bufs[] = {&m->k_cache, &m->v_cache, &m->x, &m->xb, &m->xb2, &m->q,
+                      &m->att, &m->hb, &m->hb2, &m->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        be->ops->release(be, *bufs[i]);
+        *bufs[i] = NULL;
+    }
+    free(m->pos);
+    m->pos = NULL;
+    m->cache_T = m->act_T = m->n_past = 0;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    if (m->be) {
+        free_state(m);
+        m->be->ops->release(m->be, m->params);
+        m->be->ops->release(m->be, m->inv_freq);
+    }
+    free(m->layers);
+    free(m);
+}
+
+size_t model_param_count(const Model *m) {
+    return m->n_params;
+}
+
+int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
+    const ModelConfig *c = &m->cfg;
+    if (c->learned_pos && cache_T > c->max_pos) cache_T = c->max_pos;
+    if (cache_T < 1) cache_T = 1;
+    if (act_T < 1) act_T = 1;
+    if (act_T > cache_T) act_T = cache_T;
+    if (m->cache_T >= cache_T && m->act_T >= act_T) {
+        model_reset(m);
+        return 0;
+    }
+    free_state(m);
+    Backend *be = m->be;
+    size_t kv = (size_t)c->L * cache_T * c->KVH * c->HS, QD = (size_t)c->NH * c->HS;
+    size_t T = (size_t)act_T;
+    struct {
+        float **p;
+        size_t n;
+    } want[] = {{&m->k_cache, kv},    {&m->v_cache, kv},     {&m->x, T * c->C},
+                {&m->xb, T * c->C},   {&m->xb2, T * c->C},   {&m->q, T * QD},
+                {&m->att, T * QD},    {&m->hb, T * c->FF},   {&m->hb2, T * c->FF},
+                {&m->logits, T * c->V}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        *want[i].p = be->ops->alloc(be, want[i].n * sizeof(float));
+        if (!*want[i].p) {
+            free_state(m);
+            return tuna_errf(err, TUNA_ENOMEM,
+                             "cannot allocate %.1f MiB for the KV cache and activations",
+                             (double)want[i].n * 4 / (1 << 20));
+        }
+    }
+    m->pos = xmalloc(sizeof(int32_t) * T);
+    m->cache_T = cache_T;
+    m->act_T = act_T;
+    m->n_past = 0;
+    return 0;
+}
+
+void model_reset(Model *m) {
+    m->n_past = 0;
+}
+
+// --- forward
+
+static void norm_rows(Model *m, float *out, const float *in, const float *w, const float *b,
+                      int R) {
+    const ModelConfig *c = &m->cfg;
+    if (c->norm == NORM_RMS) m->be->ops->rmsnorm_fwd(m->be, out, in, w, c->norm_eps, R, c->C);
+    else m->be->ops->layernorm_fwd(m->be, out, in, w, b, c->norm_eps, R, c->C);
+}
+
+/* One chunk of T <= act_T tokens. */
+static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, int all_logits) {
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
+    int p0 = m->n_past, Tk = p0 + T;
+    size_t layer_kv = (size_t)m->cache_T * KD;
+
+    op->embed_fwd(be, m->x, ids, m->wte, T, C);
+    if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
+    for (int t = 0; t < T; t++) m->pos[t] = p0 + t;
+
+    for (int l = 0; l < c->L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        float *kc = m->k_cache + l * layer_kv, *vc = m->v_cache + l * layer_kv;
+        float *knew = kc + (size_t)p0 * KD, *vnew = vc + (size_t)p0 * KD;
+        // attention block
+        norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, T);
+        op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, T, C, QD);
+        op->matmul_fwd(be, knew, m->xb, w->wk, w->bk, T, C, KD);
+        op->matmul_fwd(be, vnew, m->xb, w->wv, w->bv, T, C, KD);
+        if (c->qk_norm) {
+            op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, T * NH, HS);
+            op->rmsnorm_fwd(be, knew, knew, w->k_norm, c->norm_eps, T * KVH, HS);
+        }
+        if (!c->learned_pos) {
+            op->rope_fwd(be, m->q, m->pos, m->inv_freq, T, NH, HS, HS);
+            op->rope_fwd(be, knew, m->pos, m->inv_freq, T, KVH, HS, HS);
+        }
+        op->attention_fwd(be, m->att, m->q, kc, vc, 1, T, Tk, layer_kv, NH, KVH, HS,
+                          c->sliding_window);
+        op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, T, QD, C);
+        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)T * C);
+        // MLP block
+        norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, T);
+        if (c->act == ACT_SILU) {
+            op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, T, C, c->FF);
+            op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, T, C, c->FF);
+            op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)T * c->FF);
+        } else {
+            op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, T, C, c->FF);
+            op->gelu_fwd(be, m->hb, m->hb, (size_t)T * c->FF, c->act == ACT_GELU_TANH);
+        }
+        op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, T, c->FF, C);
+        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)T * C);
+    }
+    if (!logits && !all_logits) {
+        m->n_past = Tk;
+        return;
+    }
+    int R = all_logits ? T : 1;
+    const float *xin = m->x + (size_t)(T - R) * C;
+    norm_rows(m, m->xb, xin, m->lnf_w, m->lnf_b, R);
+    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, R, C, c->V);
+    if (logits) op->download(be, logits, m->logits, sizeof(float) * (size_t)R * c->V);
+    m->n_past = Tk;
+}
+
+int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_logits,
+                  TunaErr *err) {
+    const ModelConfig *c = &m->cfg;
+    if (!m->cache_T) return tuna_errf(err, TUNA_EINVAL, "model_forward: call model_reserve first");
+    if (T <= 0) return tuna_errf(err, TUNA_EINVAL, "model_forward: no tokens");
+    if (m->n_past + T > m->cache_T)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "sequence of %d tokens does not fit the context of %d positions",
+                         m->n_past + T, m->cache_T);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= c->V)
+            return tuna_errf(err, TUNA_EINVAL, "token id %d at position %d is outside the vocabulary (%d)",
+                             ids[t], m->n_past + t, c->V);
+    for (int done = 0; done < T;) {
+        int n = T - done < m->act_T ? T - done : m->act_T;
+        int last = done + n == T;
+        float *dst = all_logits ? (logits ? logits + (size_t)done * c->V : NULL)
+                                : (last ? logits : NULL);
+        forward_chunk(m, ids + done, n, dst, all_logits);
+        done += n;
+    }
+    int rc = m->be->ops->sync(m->be);
+    if (rc) return tuna_errf(err, rc, "%s", m->be->err.msg);
+    return 0;
+}

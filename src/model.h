@@ -1,0 +1,78 @@
+/* model.h: the decoder (LLaMA / Mistral / Qwen2 / Qwen3 / GPT-2 from one ModelConfig), its
+ * weights loaded from safetensors into backend memory as float32, and the inference
+ * forward pass with a KV cache.
+ *
+ * Weights are laid out by a table of named parameters (ParamSpec): every HF tensor name the
+ * architecture needs, its shape and where it goes, so a missing or mis-shaped tensor is one
+ * clear error. GPT-2's Conv1D weights (stored in x out) are transposed on load, and its
+ * fused c_attn is split into q, k, v. The Model owns its Backend memory; the caller owns the
+ * Backend. One thread at a time. */
+#ifndef TUNA_SRC_MODEL_H
+#define TUNA_SRC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/backend.h"
+#include "config.h"
+#include "err.h"
+
+typedef struct LayerWeights {
+    float *ln1_w, *ln1_b;        // (C) ; ln1_b only for LayerNorm
+    float *wq, *bq;              // (NH*HS, C), (NH*HS)
+    float *wk, *bk;              // (KVH*HS, C), (KVH*HS)
+    float *wv, *bv;              // (KVH*HS, C), (KVH*HS)
+    float *wo, *bo;              // (C, NH*HS), (C)
+    float *q_norm, *k_norm;      // (HS) Qwen3
+    float *ln2_w, *ln2_b;        // (C)
+    float *w_gate, *b_gate;      // (FF, C) SwiGLU only
+    float *w_up, *b_up;          // (FF, C)  GPT-2: c_fc
+    float *w_down, *b_down;      // (C, FF)  GPT-2: c_proj
+} LayerWeights;
+
+typedef struct Model {
+    ModelConfig cfg;
+    Backend *be;                 /* borrowed */
+    float *params;               /* one backend allocation holding every weight */
+    size_t n_params;             /* floats in params */
+    float *wte;                  // (V, C)
+    float *wpe;                  // (max_pos, C) GPT-2
+    float *lnf_w, *lnf_b;        // (C)
+    float *lm_head;              // (V, C), == wte when tied
+    LayerWeights *layers;        // (L)
+    float *inv_freq;             // (HS/2) RoPE frequencies, backend memory
+
+    // --- inference state (sized by model_reserve)
+    int cache_T;                 /* positions the KV cache holds */
+    int n_past;                  /* positions already in the cache */
+    float *k_cache, *v_cache;    // (L, cache_T, KVH, HS)
+    int act_T;                   /* rows the activation buffers hold */
+    float *x, *xb, *xb2;         // (act_T, C)
+    float *q, *att;              // (act_T, NH*HS)
+    float *hb, *hb2;             // (act_T, FF)
+    float *logits;               // (act_T, V)
+    int32_t *pos;                // (act_T) host
+} Model;
+
+/* Loads config.json + model.safetensors (or its sharded index) from dir onto be. */
+int model_load(const char *dir, Backend *be, Model **out, TunaErr *err);
+void model_free(Model *m); /* NULL-safe */
+
+/* Sizes the KV cache for cache_T positions (capped at max_position_embeddings for GPT-2)
+ * and the activations for chunks of up to act_T tokens. Clears the cache. */
+int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err);
+
+/* Forgets the cached positions (keeps the buffers). */
+void model_reset(Model *m);
+
+/* Runs T new tokens (host ids) at positions n_past.., appending to the KV cache. Writes the
+ * logits (host memory) of the last token, (V), or of every token, (T, V), when all_logits.
+ * Chunks longer than act_T are run in pieces. Fails if ids are out of range or the cache
+ * is full. */
+int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_logits,
+                  TunaErr *err);
+
+/* Total parameter count (as in the checkpoint, tied embeddings once). */
+size_t model_param_count(const Model *m);
+
+#endif

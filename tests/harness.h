@@ -1,0 +1,67 @@
+/* harness.h: a tiny test harness. Each test binary includes it once, calls CHECK* and SKIP,
+ * and ends main with `return test_report("name");`, which prints
+ * "name: N passed, N failed, N skipped" and returns non-zero on any failure.
+ * tests/run_tests.sh adds the counts of every binary into one closing line. */
+#ifndef TUNA_TESTS_HARNESS_H
+#define TUNA_TESTS_HARNESS_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_passed, test_failed, test_skipped;
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            test_passed++;                                                                         \
+        } else {                                                                                   \
+            test_failed++;                                                                         \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
+    } while (0)
+
+#define SKIP(...)                                                                                  \
+    do {                                                                                           \
+        test_skipped++;                                                                            \
+        fprintf(stderr, "SKIP %s:%d: ", __FILE__, __LINE__);                                       \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fputc('\n', stderr);                                                                       \
+    } while (0)
+
+static inline int test_report(const char *name) {
+    printf("%s: %d passed, %d failed, %d skipped\n", name, test_passed, test_failed, test_skipped);
+    return test_failed ? 1 : 0;
+}
+
+/* Largest |a-b| over n floats. */
+static inline double test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || d != d) m = d;
+    }
+    return m;
+}
+
+/* Where tests find ../shared (the read-only data beside the checkout); NULL when absent. */
+static inline const char *test_shared_dir(void) {
+    static const char *dirs[] = {"../shared", "../../shared"};
+    const char *env = getenv("TUNA_SHARED");
+    if (env) return env;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char p[256];
+        snprintf(p, sizeof p, "%s/README.md", dirs[i]);
+        FILE *f = fopen(p, "r");
+        if (f) {
+            fclose(f);
+            return dirs[i];
+        }
+    }
+    return NULL;
+}
+
+#endif

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Runs each test binary given, from the repo root, and prints one closing line with the sum
+# of their counts: "tests: N passed, N failed, N skipped". Exits non-zero if any test failed
+# or a binary crashed.
+build=$1; shift
+passed=0; failed=0; skipped=0; crashed=0
+for t in "$@"; do
+    out=$("$t" 2>&1); rc=$?
+    echo "$out" | grep -E '^(FAIL|SKIP)' | head -40
+    line=$(echo "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -1)
+    if [ -z "$line" ]; then
+        echo "$out" | tail -20
+        echo "CRASH $t (exit $rc, no report line)"; crashed=$((crashed + 1)); continue
+    fi
+    echo "$line"
+    p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
+    f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+    s=$(echo "$line" | sed -E 's/.* ([0-9]+) skipped.*/\1/')
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then echo "CRASH $t (exit $rc)"; crashed=$((crashed + 1)); fi
+done
+failed=$((failed + crashed))
+echo "$build: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

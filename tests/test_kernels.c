@@ -1,0 +1,188 @@
+/* test_kernels.c: every forward op of every available backend against kernels/ref, at several
+ * shapes including ones that are not multiples of any tile or vector width. Tolerance:
+ * |x - ref| <= atol + rtol * |ref| (fp32 with different summation orders). */
+#include <math.h>
+#include <stdint.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "kernels/ref/ops_ref.h"
+
+static uint64_t rng = 88172645463325252ULL;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) / 16777216.0) * 2.0f - 1.0f;
+}
+static float *rand_buf(size_t n, float scale) {
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    return p;
+}
+
+static int close_enough(const float *x, const float *ref, size_t n, float atol, float rtol,
+                        double *worst) {
+    int ok = 1;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)x[i] - (double)ref[i]);
+        double lim = (double)atol + (double)rtol * fabs((double)ref[i]);
+        if (d > *worst) *worst = d;
+        if (!(d <= lim)) ok = 0;
+    }
+    return ok;
+}
+
+/* Copies host data into backend memory and back, so device backends are tested the same way. */
+static float *up(Backend *be, const float *h, size_t n) {
+    float *d = be->ops->alloc(be, n * sizeof(float));
+    be->ops->upload(be, d, h, n * sizeof(float));
+    return d;
+}
+static void down(Backend *be, float *h, const float *d, size_t n) {
+    be->ops->download(be, h, d, n * sizeof(float));
+    be->ops->sync(be);
+}
+
+static void test_backend(Backend *be) {
+    const char *nm = be->ops->name;
+    double worst;
+    // matmul: M=1 (decode path) and M>1 (sgemm path), bias and no bias
+    int shapes[][3] = {{1, 64, 172}, {1, 288, 32000}, {1, 7, 5}, {3, 17, 29}, {12, 64, 256},
+                       {33, 100, 77}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        for (int wb = 0; wb < 2; wb++) {
+            float *in = rand_buf((size_t)M * K, 1), *w = rand_buf((size_t)N * K, 0.5f);
+            float *b = wb ? rand_buf((size_t)N, 1) : NULL;
+            float *ref = malloc(sizeof(float) * (size_t)M * N), *out = malloc(sizeof(float) * (size_t)M * N);
+            ref_matmul_fwd(ref, in, w, b, M, K, N);
+            float *din = up(be, in, (size_t)M * K), *dw = up(be, w, (size_t)N * K);
+            float *db = b ? up(be, b, (size_t)N) : NULL;
+            float *dout = be->ops->alloc(be, sizeof(float) * (size_t)M * N);
+            be->ops->matmul_fwd(be, dout, din, dw, db, M, K, N);
+            down(be, out, dout, (size_t)M * N);
+            CHECK(close_enough(out, ref, (size_t)M * N, 1e-4f, 1e-4f, &worst),
+                  "%s matmul M=%d K=%d N=%d bias=%d: max err %g", nm, M, K, N, wb, worst);
+            be->ops->release(be, din);
+            be->ops->release(be, dw);
+            be->ops->release(be, db);
+            be->ops->release(be, dout);
+            free(in); free(w); free(b); free(ref); free(out);
+        }
+    }
+    // norms
+    int nshapes[][2] = {{1, 64}, {5, 288}, {7, 13}, {3, 576}};
+    for (size_t s = 0; s < sizeof nshapes / sizeof nshapes[0]; s++) {
+        int R = nshapes[s][0], C = nshapes[s][1];
+        size_t n = (size_t)R * C;
+        float *in = rand_buf(n, 2), *w = rand_buf((size_t)C, 1), *b = rand_buf((size_t)C, 1);
+        float *ref = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n);
+        float *din = up(be, in, n), *dw = up(be, w, (size_t)C), *db = up(be, b, (size_t)C);
+        float *dout = be->ops->alloc(be, sizeof(float) * n);
+        ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
+        be->ops->rmsnorm_fwd(be, dout, din, dw, 1e-5f, R, C);
+        down(be, out, dout, n);
+        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm R=%d C=%d: %g", nm, R, C, worst);
+        ref_layernorm_fwd(ref, in, w, b, 1e-5f, R, C);
+        be->ops->layernorm_fwd(be, dout, din, dw, db, 1e-5f, R, C);
+        down(be, out, dout, n);
+        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s layernorm R=%d C=%d: %g", nm, R, C, worst);
+        // in place
+        be->ops->rmsnorm_fwd(be, din, din, dw, 1e-5f, R, C);
+        down(be, out, din, n);
+        ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
+        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm in place: %g", nm, worst);
+        be->ops->release(be, din); be->ops->release(be, dw); be->ops->release(be, db);
+        be->ops->release(be, dout);
+        free(in); free(w); free(b); free(ref); free(out);
+    }
+    // rope
+    {
+        int T = 9, NH = 3, HS = 16;
+        size_t n = (size_t)T * NH * HS;
+        float *x = rand_buf(n, 1), *ref = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n);
+        float f[8];
+        for (int i = 0; i < 8; i++) f[i] = 1.0f / powf(10000.0f, (float)(2 * i) / 16.0f);
+        int32_t pos[9];
+        for (int t = 0; t < T; t++) pos[t] = 100 + 3 * t;
+        memcpy(ref, x, sizeof(float) * n);
+        ref_rope_fwd(ref, pos, f, T, NH, HS, HS);
+        float *dx = up(be, x, n), *df = up(be, f, 8);
+        be->ops->rope_fwd(be, dx, pos, df, T, NH, HS, HS);
+        down(be, out, dx, n);
+        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rope: %g", nm, worst);
+        be->ops->release(be, dx); be->ops->release(be, df);
+        free(x); free(ref); free(out);
+    }
+    // attention: prefill (Tq == Tk), decode with a larger cache (Tq = 1), GQA, window, B > 1
+    int ashapes[][7] = {/* B, Tq, Tk, NH, KVH, HS, window */
+                        {1, 5, 5, 4, 2, 8, 0},  {1, 1, 37, 8, 4, 8, 0}, {2, 7, 7, 6, 6, 16, 0},
+                        {1, 4, 20, 4, 1, 12, 0}, {1, 9, 9, 2, 2, 8, 3},  {2, 3, 11, 9, 3, 64, 0}};
+    for (size_t s = 0; s < sizeof ashapes / sizeof ashapes[0]; s++) {
+        int B = ashapes[s][0], Tq = ashapes[s][1], Tk = ashapes[s][2], NH = ashapes[s][3],
+            KVH = ashapes[s][4], HS = ashapes[s][5], win = ashapes[s][6];
+        size_t stride = (size_t)(Tk + 3) * KVH * HS; /* a cache longer than Tk */
+        size_t nq = (size_t)B * Tq * NH * HS, nkv = (size_t)B * stride;
+        float *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1), *v = rand_buf(nkv, 1);
+        float *ref = malloc(sizeof(float) * nq), *out = malloc(sizeof(float) * nq);
+        ref_attention_fwd(ref, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, win);
+        float *dq = up(be, q, nq), *dk = up(be, k, nkv), *dv = up(be, v, nkv);
+        float *dout = be->ops->alloc(be, sizeof(float) * nq);
+        be->ops->attention_fwd(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win);
+        down(be, out, dout, nq);
+        CHECK(close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
+              "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d: %g", nm, B, Tq, Tk, NH,
+              KVH, HS, win, worst);
+        be->ops->release(be, dq); be->ops->release(be, dk); be->ops->release(be, dv);
+        be->ops->release(be, dout);
+        free(q); free(k); free(v); free(ref); free(out);
+    }
+    // elementwise and embedding
+    {
+        size_t n = 40000 + 3; /* above the parallel threshold, not a vector multiple */
+        float *a = rand_buf(n, 4), *b = rand_buf(n, 4), *ref = malloc(sizeof(float) * n),
+              *out = malloc(sizeof(float) * n);
+        float *da = up(be, a, n), *db = up(be, b, n), *dout = be->ops->alloc(be, sizeof(float) * n);
+        ref_swiglu_fwd(ref, a, b, n);
+        be->ops->swiglu_fwd(be, dout, da, db, n);
+        down(be, out, dout, n);
+        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s swiglu: %g", nm, worst);
+        for (int approx = 0; approx < 2; approx++) {
+            ref_gelu_fwd(ref, a, n, approx);
+            be->ops->gelu_fwd(be, dout, da, n, approx);
+            down(be, out, dout, n);
+            CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s gelu approx=%d: %g", nm, approx, worst);
+        }
+        ref_add_fwd(ref, a, b, n);
+        be->ops->add_fwd(be, dout, da, db, n);
+        down(be, out, dout, n);
+        CHECK(close_enough(out, ref, n, 0, 0, &worst), "%s add: %g", nm, worst);
+        int32_t ids[5] = {3, 0, 99, 3, 42};
+        ref_embed_fwd(ref, ids, a, 5, 100);
+        be->ops->embed_fwd(be, dout, ids, da, 5, 100);
+        down(be, out, dout, 500);
+        CHECK(close_enough(out, ref, 500, 0, 0, &worst), "%s embed: %g", nm, worst);
+        be->ops->release(be, da); be->ops->release(be, db); be->ops->release(be, dout);
+        free(a); free(b); free(ref); free(out);
+    }
+    CHECK(be->ops->sync(be) == 0, "%s: latched error: %s", nm, be->err.msg);
+}
+
+int main(void) {
+    const char *names[] = {"ref", "cpu", "cuda"};
+    for (size_t i = 0; i < 3; i++) {
+        TunaErr err = {0};
+        for (int th = 1; th <= 2; th++) {
+            Backend *be = backend_init(names[i], th, &err);
+            if (!be) {
+                if (th == 1) SKIP("backend %s not available here: %s", names[i], err.msg);
+                break;
+            }
+            test_backend(be);
+            backend_free(be);
+        }
+    }
+    return test_report("test_kernels");
+}
