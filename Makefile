@@ -46,9 +46,14 @@ CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
 ifneq ($(NVCC),)
 CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS     += -DTUNA_HAVE_CUDA=1
-LDLIBS     += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcublas -lcudart
+LDLIBS     += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcublas -lcudart -lstdc++
 NVCCFLAGS  := -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra -Werror all-warnings -DTUNA_HAVE_CUDA=1
 endif
+
+# Rebuild everything when the flags change (a SAN or CUDA switch), as Redis' .make-settings.
+FLAGS_FILE := $(BUILD)/.flags
+$(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS_FILE) || \
+        echo '$(CFLAGS) $(LDLIBS) $(NVCC)' > $(FLAGS_FILE))
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -69,11 +74,11 @@ $(BUILD)/libtuna.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h kernels/*.h kernels/*/*.h ui/*.h) Makefile
+$(BUILD)/%.o: %.c $(wildcard src/*.h kernels/*.h kernels/*/*.h ui/*.h) Makefile $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/%.o: %.cu $(wildcard kernels/*.h kernels/cuda/*.cuh) Makefile
+$(BUILD)/%.o: %.cu $(wildcard src/err.h kernels/*.h kernels/cuda/*.cuh kernels/cuda/*.h) Makefile $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 

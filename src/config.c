@@ -22,8 +22,10 @@ static int get_int(const cJSON *root, const char *key, int def, int required, in
     if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
         fabs(it->valuedouble) > 2147483647.0)
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an integer, got %s", path, key,
-                         cJSON_IsString(it) ? "a string" : cJSON_IsNumber(it) ? "a fraction"
-                                                                               : "another type");
+                         cJSON_IsString(it)   ? "a string"
+                         : !cJSON_IsNumber(it) ? "another type"
+                         : fabs(it->valuedouble) > 2147483647.0 ? "a number out of range"
+                                                                : "a fraction");
     *out = (int)it->valuedouble;
     return 0;
 }

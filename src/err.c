@@ -13,6 +13,9 @@ int tuna_errf(TunaErr *err, int code, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        /* messages are one line: control characters from file content become '?' */
+        for (char *p = err->msg; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
         err->code = code;
     }
     return code;

@@ -9,6 +9,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     TUNA_OK = 0,
     TUNA_EIO = -1,      /* open/read/write/mmap failed */
@@ -42,5 +46,9 @@ void tuna_panic(const char *file, int line, const char *what) __attribute__((nor
     do {                                                                                           \
         if (!(cond)) tuna_panic(__FILE__, __LINE__, #cond);                                        \
     } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -236,6 +236,7 @@ static int cmd_generate(int argc, char **argv) {
     } else {
         fputc('\n', stdout);
     }
+    fflush(stdout);
     if (!quiet)
         fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s\n",
                 n_ids, res.n_ids, res.prefill_s + res.decode_s, tps);

@@ -11,6 +11,9 @@
 #include <string.h>
 
 #include <cblas.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "../ref/ops_ref.h"
 
@@ -19,11 +22,42 @@
 
 // --- matrix products
 
-static float dot(const float *a, const float *b, int K) {
+static inline float dot(const float *a, const float *b, int K) {
     float s = 0;
 #pragma omp simd reduction(+ : s)
     for (int k = 0; k < K; k++) s += a[k] * b[k];
     return s;
+}
+
+/* out[0..3] = rows w0..w3 (K) · in (K): one pass over `in` for four rows. */
+static inline void dot4(float *out, const float *in, const float *w0, size_t K) {
+    const float *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    size_t k = 0;
+#ifdef __AVX512F__
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 x = _mm512_loadu_ps(in + k);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + k), x, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + k), x, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + k), x, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + k), x, a3);
+    }
+    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+#else
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#endif
+    for (; k < K; k++) {
+        float x = in[k];
+        s0 += w0[k] * x;
+        s1 += w1[k] * x;
+        s2 += w2[k] * x;
+        s3 += w3[k] * x;
+    }
+    out[0] = s0;
+    out[1] = s1;
+    out[2] = s2;
+    out[3] = s3;
 }
 
 /* out (N) = w (N,K) · in (K) + bias: four rows at a time so each load of `in` is reused. */
@@ -34,20 +68,9 @@ static void matvec(float *out, const float *in, const float *w, const float *bia
     for (int blk = 0; blk < nblk; blk++) {
         int n0 = blk * 4;
         if (n0 + 4 <= N) {
-            const float *w0 = w + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int k = 0; k < K; k++) {
-                float x = in[k];
-                s0 += w0[k] * x;
-                s1 += w1[k] * x;
-                s2 += w2[k] * x;
-                s3 += w3[k] * x;
-            }
-            out[n0] = s0 + (bias ? bias[n0] : 0.0f);
-            out[n0 + 1] = s1 + (bias ? bias[n0 + 1] : 0.0f);
-            out[n0 + 2] = s2 + (bias ? bias[n0 + 2] : 0.0f);
-            out[n0 + 3] = s3 + (bias ? bias[n0 + 3] : 0.0f);
+            dot4(out + n0, in, w + (size_t)n0 * K, (size_t)K);
+            if (bias)
+                for (int i = 0; i < 4; i++) out[n0 + i] += bias[n0 + i];
         } else {
             for (int n = n0; n < N; n++)
                 out[n] = dot(in, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
@@ -135,7 +158,9 @@ static void c_rope(Backend *be, float *x, const int32_t *pos, const float *inv_f
     }
 }
 
-/* One (batch row, query, head) at a time: scores into a scratch row, softmax, weighted sum. */
+/* One (batch row, query, kv head) at a time: the `grp` query heads that share a kv head are
+ * scored together, so each key and value row is loaded once for all of them. Scores go to a
+ * scratch row, then softmax, then the weighted sum of values. */
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window) {
@@ -143,35 +168,46 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
     int grp = NH / KVH;
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
     int nth = work >= PAR_MIN_WORK ? be->n_threads : 1;
-    int total = B * Tq * NH;
+    int total = B * Tq * KVH;
+    size_t rs = (size_t)KVH * HS;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        float *sc = malloc(sizeof(float) * (size_t)(Tk > 0 ? Tk : 1));
+        float *sc = malloc(sizeof(float) * (size_t)grp * (size_t)(Tk > 0 ? Tk : 1));
 #pragma omp for schedule(static)
         for (int idx = 0; idx < total; idx++) {
-            int h = idx % NH, t = (idx / NH) % Tq, b = idx / (NH * Tq);
-            const float *qv = q + (size_t)idx * HS;
-            float *o = out + (size_t)idx * HS;
+            int g = idx % KVH, t = (idx / KVH) % Tq, b = idx / (KVH * Tq);
+            size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
+            const float *qv = q + qrow * HS;
+            float *o = out + qrow * HS;
             int p = Tk - Tq + t;
             int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-            const float *kb = k + b * kv_stride + (size_t)(h / grp) * HS;
-            const float *vb = v + b * kv_stride + (size_t)(h / grp) * HS;
-            size_t rs = (size_t)KVH * HS;
-            float mx = -INFINITY;
-            for (int j = lo; j <= p; j++) {
-                float s = dot(qv, kb + j * rs, HS) * scale;
-                sc[j] = s;
-                if (s > mx) mx = s;
+            int n = p - lo + 1;
+            const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
+            const float *vb = v + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
+            for (int j = 0; j < n; j++) {
+                const float *kr = kb + j * rs;
+                for (int h = 0; h < grp; h++) {
+                    const float *qh = qv + (size_t)h * HS;
+                    float s = 0;
+                    for (int i = 0; i < HS; i++) s += qh[i] * kr[i];
+                    sc[(size_t)h * n + j] = s * scale;
+                }
             }
-            float sum = 0;
-            for (int j = lo; j <= p; j++) sum += (sc[j] = expf(sc[j] - mx));
-            float inv = 1.0f / sum;
-            for (int i = 0; i < HS; i++) o[i] = 0;
-            for (int j = lo; j <= p; j++) {
-                float a = sc[j] * inv;
-                const float *vv = vb + j * rs;
-#pragma omp simd
-                for (int i = 0; i < HS; i++) o[i] += a * vv[i];
+            for (int h = 0; h < grp; h++) {
+                float *sh = sc + (size_t)h * n, mx = -INFINITY, sum = 0;
+                for (int j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
+                for (int j = 0; j < n; j++) sum += (sh[j] = expf(sh[j] - mx));
+                float inv = 1.0f / sum;
+                for (int j = 0; j < n; j++) sh[j] *= inv;
+            }
+            for (int i = 0; i < grp * HS; i++) o[i] = 0;
+            for (int j = 0; j < n; j++) {
+                const float *vr = vb + j * rs;
+                for (int h = 0; h < grp; h++) {
+                    float a = sc[(size_t)h * n + j];
+                    float *oh = o + (size_t)h * HS;
+                    for (int i = 0; i < HS; i++) oh[i] += a * vr[i];
+                }
             }
         }
         free(sc);

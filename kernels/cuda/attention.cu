@@ -1,0 +1,149 @@
+/* attention.cu: rotary embedding and causal grouped-query attention, forward.
+ *
+ * attention_fwd_kernel runs one block per (batch row, query, head). Each warp takes every
+ * nwarps-th allowed key, computes the score with a warp reduction and folds the key into its
+ * own online softmax (running max m, running sum l, accumulator acc (HS) in shared memory).
+ * The warps' partial results are then merged by rescaling to the common max. Any Tk works
+ * with O(HS) shared memory; speed is left to later (flash-style tiling). */
+#include "kernels/cuda/common.cuh"
+
+#include <math.h>
+
+#define ROPE_THREADS 256
+#define ATTN_WARPS   4
+#define ATTN_THREADS (32 * ATTN_WARPS)
+
+// --- rope
+
+/* In place on x (T, NH, HS), HF rotate_half layout over the first rot_dim dims of each head:
+ * for i < half = rot_dim/2 and angle a = pos[t] * inv_freq[i],
+ *   x[i]      <- x[i] cos a - x[i+half] sin a
+ *   x[i+half] <- x[i+half] cos a + x[i] sin a                                          */
+__global__ static void rope_fwd_kernel(float *x, const int32_t *pos, const float *inv_freq,
+                                       size_t n, int NH, int HS, int half) {
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % (size_t)half);
+        const size_t th = idx / (size_t)half; /* t * NH + h */
+        const size_t t = th / (size_t)NH;
+        float *xh = x + th * HS;
+        float s, c;
+        sincosf((float)pos[t] * inv_freq[i], &s, &c);
+        const float x1 = xh[i], x2 = xh[i + half];
+        xh[i] = x1 * c - x2 * s;
+        xh[i + half] = x2 * c + x1 * s;
+    }
+}
+
+void cuda_rope_fwd(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T, int NH,
+                   int HS, int rot_dim) {
+    CudaCtx *ctx = cuda_begin(be);
+    const int half = rot_dim / 2;
+    if (!ctx || T <= 0 || NH <= 0 || half <= 0) return;
+    const int32_t *pos_d = cuda_upload_i32(be, ctx, pos, (size_t)T);
+    if (!pos_d) return;
+    const size_t n = (size_t)T * NH * half;
+    rope_fwd_kernel<<<cuda_grid_1d(n, ROPE_THREADS), ROPE_THREADS, 0, ctx->stream>>>(
+            x, pos_d, inv_freq, n, NH, HS, half);
+    CUDA_TRY_LAUNCH(be, rope_fwd_kernel);
+}
+
+// --- attention
+
+/* q (B,Tq,NH,HS), k and v (B,Tk,KVH,HS) with batch rows kv_stride floats apart,
+ * out (B,Tq,NH,HS). Block index = (b * Tq + t) * NH + h. Dynamic shared memory:
+ * q_s (HS) | acc (ATTN_WARPS, HS) | m_s (ATTN_WARPS) | l_s (ATTN_WARPS). */
+__global__ static void attention_fwd_kernel(float *out, const float *q, const float *k,
+                                            const float *v, int Tq, int Tk, size_t kv_stride,
+                                            int NH, int KVH, int HS, int window, float scale) {
+    extern __shared__ float smem[];
+    float *q_s = smem;
+    float *m_s = smem + (size_t)(ATTN_WARPS + 1) * HS;
+    float *l_s = m_s + ATTN_WARPS;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float *acc = smem + (size_t)(warp + 1) * HS; /* this warp's accumulator */
+
+    const size_t bth = blockIdx.x; /* (b * Tq + t) * NH + h */
+    const int h = (int)(bth % (size_t)NH);
+    const int t = (int)((bth / (size_t)NH) % (size_t)Tq);
+    const size_t b = bth / ((size_t)NH * Tq);
+    const int kvh = h / (NH / KVH); /* HF repeat_kv: query head h reads kv head h / n_rep */
+    const float *kb = k + b * kv_stride + (size_t)kvh * HS; /* key j at kb + j * KVH * HS */
+    const float *vb = v + b * kv_stride + (size_t)kvh * HS;
+    const size_t krow = (size_t)KVH * HS;
+
+    /* Query t sits at position Tk - Tq + t and sees keys j0..j1 (inclusive). */
+    const int j1 = Tk - Tq + t;
+    const int j0 = (window > 0 && j1 - window + 1 > 0) ? j1 - window + 1 : 0;
+
+    for (int d = threadIdx.x; d < HS; d += blockDim.x)
+        q_s[d] = q[bth * HS + d];
+    for (int d = lane; d < HS; d += 32)
+        acc[d] = 0.0f;
+    __syncthreads();
+
+    float m = -INFINITY, l = 0.0f;
+    for (int j = j0 + warp; j <= j1; j += ATTN_WARPS) {
+        const float *kj = kb + (size_t)j * krow;
+        const float *vj = vb + (size_t)j * krow;
+        float dot = 0.0f;
+        for (int d = lane; d < HS; d += 32)
+            dot += q_s[d] * kj[d];
+        const float s = warp_sum(dot) * scale; /* same value in every lane */
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new); /* 0 on the first key (m = -inf) */
+        const float p = expf(s - m_new);
+        l = l * corr + p;
+        for (int d = lane; d < HS; d += 32)
+            acc[d] = acc[d] * corr + p * vj[d];
+        m = m_new;
+    }
+    if (lane == 0) {
+        m_s[warp] = m;
+        l_s[warp] = l;
+    }
+    __syncthreads();
+
+    /* Merge the warps: rescale each to the overall max. A warp that saw no key has m = -inf
+     * and weight 0. No key at all (only if Tq > Tk) gives zeros, not NaN. */
+    float mx = -INFINITY;
+    for (int w = 0; w < ATTN_WARPS; w++)
+        mx = fmaxf(mx, m_s[w]);
+    float den = 0.0f, wgt[ATTN_WARPS];
+    for (int w = 0; w < ATTN_WARPS; w++) {
+        wgt[w] = mx == -INFINITY ? 0.0f : expf(m_s[w] - mx);
+        den += l_s[w] * wgt[w];
+    }
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float num = 0.0f;
+        for (int w = 0; w < ATTN_WARPS; w++)
+            num += smem[(size_t)(w + 1) * HS + d] * wgt[w];
+        out[bth * HS + d] = num * inv;
+    }
+}
+
+void cuda_attention_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
+                        int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                        int window) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || B <= 0 || Tq <= 0 || NH <= 0 || HS <= 0) return;
+    if (KVH <= 0 || NH % KVH != 0) {
+        tuna_errf(&be->err, TUNA_EINVAL, "%s:%d: attention_fwd: NH %d is not a multiple of KVH %d",
+                  __FILE__, __LINE__, NH, KVH);
+        return;
+    }
+    const size_t smem = ((size_t)(ATTN_WARPS + 1) * HS + 2 * ATTN_WARPS) * sizeof(float);
+    if (smem > 48 * 1024) {
+        tuna_errf(
+                &be->err, TUNA_EUNSUP,
+                "%s:%d: attention_fwd: head size %d needs %zu bytes of shared memory (max 48 KiB)",
+                __FILE__, __LINE__, HS, smem);
+        return;
+    }
+    const unsigned blocks = (unsigned)((size_t)B * Tq * NH);
+    const float scale = 1.0f / sqrtf((float)HS);
+    attention_fwd_kernel<<<blocks, ATTN_THREADS, smem, ctx->stream>>>(
+            out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, scale);
+    CUDA_TRY_LAUNCH(be, attention_fwd_kernel);
+}

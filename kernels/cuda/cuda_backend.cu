@@ -1,0 +1,216 @@
+/* cuda_backend.cu: device, stream, cuBLAS handle, error latching, memory ops and the vtable.
+ * The ops themselves live in matmul.cu, norm.cu, attention.cu and elementwise.cu. */
+
+#include "kernels/cuda/cuda_backend.h"
+
+#include "kernels/cuda/common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
+
+// --- error latching
+
+static int cuda_code_of(cudaError_t e) {
+    return e == cudaErrorMemoryAllocation ? TUNA_ENOMEM : TUNA_EIO;
+}
+
+/* Keeps the failing call's name (up to its '(') so the message stays one short line. */
+static int cuda_latch(Backend *be, int code, const char *expr, const char *file, int line,
+                      const char *what, const char *detail) {
+    if (be->err.code == 0) {
+        tuna_errf(&be->err, code, "%s:%d: %.*s failed: %s (%s)", file, line,
+                  (int)strcspn(expr, "("), expr, what, detail);
+    }
+    return be->err.code;
+}
+
+int cuda_check(Backend *be, cudaError_t e, const char *expr, const char *file, int line) {
+    if (e == cudaSuccess) return 0;
+    (void)cudaGetLastError(); /* clear a non-sticky error so it is not reported twice */
+    return cuda_latch(be, cuda_code_of(e), expr, file, line, cudaGetErrorName(e),
+                      cudaGetErrorString(e));
+}
+
+int cublas_check(Backend *be, cublasStatus_t s, const char *expr, const char *file, int line) {
+    if (s == CUBLAS_STATUS_SUCCESS) return 0;
+    return cuda_latch(be, s == CUBLAS_STATUS_ALLOC_FAILED ? TUNA_ENOMEM : TUNA_EIO, expr, file,
+                      line, cublasGetStatusName(s), cublasGetStatusString(s));
+}
+
+CudaCtx *cuda_begin(Backend *be) {
+    if (be->err.code != 0) return NULL;
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    /* The current device is per host thread, and init may run on another thread. */
+    if (CUDA_TRY(be, cudaSetDevice(ctx->device))) return NULL;
+    return ctx;
+}
+
+const int32_t *cuda_upload_i32(Backend *be, CudaCtx *ctx, const int32_t *host, size_t n) {
+    if (n > ctx->scratch_cap) {
+        size_t cap = n > 2 * ctx->scratch_cap ? n : 2 * ctx->scratch_cap;
+        /* Earlier kernels may still read the old buffer. */
+        if (CUDA_TRY(be, cudaStreamSynchronize(ctx->stream))) return NULL;
+        if (CUDA_TRY(be, cudaFree(ctx->scratch_i32))) return NULL;
+        ctx->scratch_i32 = NULL;
+        ctx->scratch_cap = 0;
+        if (CUDA_TRY(be, cudaMalloc((void **)&ctx->scratch_i32, cap * sizeof(int32_t)))) {
+            return NULL;
+        }
+        ctx->scratch_cap = cap;
+    }
+    /* Stream order keeps earlier readers of the scratch ahead of this copy; the sync makes
+     * the host array reusable on return whether it is pageable or pinned. */
+    if (CUDA_TRY(be, cudaMemcpyAsync(ctx->scratch_i32, host, n * sizeof(int32_t),
+                                     cudaMemcpyHostToDevice, ctx->stream))) {
+        return NULL;
+    }
+    if (CUDA_TRY(be, cudaStreamSynchronize(ctx->stream))) return NULL;
+    return ctx->scratch_i32;
+}
+
+// --- memory ops
+
+/* cudaMalloc memory is at least 256-byte aligned. An out-of-memory failure returns NULL
+ * without latching (the caller reports the size and may try something smaller); any other
+ * failure is latched. */
+static void *cuda_alloc(Backend *be, size_t bytes) {
+    if (!cuda_begin(be)) return NULL;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    if (CUDA_TRY(be, e)) return NULL;
+    return p;
+}
+
+static void cuda_release(Backend *be, void *p) {
+    if (!p) return;
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    /* Free even after a latched error, so memory is not leaked; wait for readers first. */
+    if (cudaSetDevice(ctx->device) != cudaSuccess) return;
+    CUDA_TRY(be, cudaStreamSynchronize(ctx->stream));
+    CUDA_TRY(be, cudaFree(p));
+}
+
+static void cuda_upload(Backend *be, void *dst, const void *host_src, size_t bytes) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || bytes == 0) return;
+    if (CUDA_TRY(be, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx->stream))) {
+        return;
+    }
+    /* The caller may free or rewrite host_src as soon as we return. */
+    CUDA_TRY(be, cudaStreamSynchronize(ctx->stream));
+}
+
+static void cuda_download(Backend *be, void *host_dst, const void *src, size_t bytes) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || bytes == 0) return;
+    if (CUDA_TRY(be, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream))) {
+        return;
+    }
+    CUDA_TRY(be, cudaStreamSynchronize(ctx->stream));
+}
+
+static void cuda_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || bytes == 0 || dst == src) return;
+    CUDA_TRY(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+}
+
+static int cuda_sync(Backend *be) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (ctx) CUDA_TRY(be, cudaStreamSynchronize(ctx->stream));
+    return be->err.code;
+}
+
+// --- vtable
+
+static void cuda_shutdown(Backend *be);
+
+static const BackendOps cuda_ops = {
+        .name = "cuda",
+        .alloc = cuda_alloc,
+        .release = cuda_release,
+        .upload = cuda_upload,
+        .download = cuda_download,
+        .copy = cuda_copy,
+        .sync = cuda_sync,
+        .shutdown = cuda_shutdown,
+        .matmul_fwd = cuda_matmul_fwd,
+        .rmsnorm_fwd = cuda_rmsnorm_fwd,
+        .layernorm_fwd = cuda_layernorm_fwd,
+        .rope_fwd = cuda_rope_fwd,
+        .attention_fwd = cuda_attention_fwd,
+        .swiglu_fwd = cuda_swiglu_fwd,
+        .gelu_fwd = cuda_gelu_fwd,
+        .add_fwd = cuda_add_fwd,
+        .embed_fwd = cuda_embed_fwd,
+};
+
+// --- lifetime
+
+extern "C" Backend *cuda_backend_init(int n_threads, TunaErr *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        /* With no driver at all, CUDA also says "insufficient driver": name both causes. */
+        const char *hint = e == cudaErrorInsufficientDriver
+                                   ? "; no NVIDIA driver, or one older than this CUDA runtime"
+                                   : "";
+        tuna_errf(err, TUNA_EUNSUP, "no CUDA device: cudaGetDeviceCount returned %s (%s%s)",
+                  cudaGetErrorName(e), cudaGetErrorString(e), hint);
+        return NULL;
+    }
+    if (n == 0) {
+        tuna_errf(err, TUNA_EUNSUP, "no CUDA device: cudaGetDeviceCount returned 0 devices");
+        return NULL;
+    }
+
+    Backend *be = (Backend *)calloc(1, sizeof *be);
+    CudaCtx *ctx = (CudaCtx *)calloc(1, sizeof *ctx);
+    if (!be || !ctx) {
+        free(be);
+        free(ctx);
+        tuna_errf(err, TUNA_ENOMEM, "cuda backend: out of host memory");
+        return NULL;
+    }
+    be->ops = &cuda_ops;
+    be->ctx = ctx;
+    be->n_threads = n_threads;
+
+    /* The device current on this thread (0 unless the caller chose; CUDA_VISIBLE_DEVICES
+     * picks among physical ones). */
+    if (CUDA_TRY(be, cudaGetDevice(&ctx->device))) goto fail;
+    if (CUDA_TRY(be, cudaSetDevice(ctx->device))) goto fail;
+    if (CUDA_TRY(be, cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) goto fail;
+    if (CUBLAS_TRY(be, cublasCreate(&ctx->cublas))) goto fail;
+    if (CUBLAS_TRY(be, cublasSetStream(ctx->cublas, ctx->stream))) goto fail;
+    /* Full fp32 sgemm: the default math mode, stated so that TF32 is a deliberate choice. */
+    if (CUBLAS_TRY(be, cublasSetMathMode(ctx->cublas, CUBLAS_DEFAULT_MATH))) goto fail;
+    return be;
+
+fail:
+    if (err) *err = be->err;
+    cuda_shutdown(be);
+    free(be);
+    return NULL;
+}
+
+/* The shutdown slot: frees the device resources and the context; backend_free frees be. */
+static void cuda_shutdown(Backend *be) {
+    CudaCtx *ctx = (CudaCtx *)be->ctx;
+    if (!ctx) return;
+    /* Best effort: frees never fail, and errors here have nowhere to go. */
+    if (cudaSetDevice(ctx->device) == cudaSuccess) {
+        if (ctx->stream) (void)cudaStreamSynchronize(ctx->stream);
+        if (ctx->scratch_i32) (void)cudaFree(ctx->scratch_i32);
+        if (ctx->cublas) (void)cublasDestroy(ctx->cublas);
+        if (ctx->stream) (void)cudaStreamDestroy(ctx->stream);
+    }
+    (void)cudaGetLastError();
+    free(ctx);
+    be->ctx = NULL;
+}

@@ -1,0 +1,60 @@
+/* tokenizer.h: Hugging Face `tokenizers`-compatible BPE tokenizer (encode and decode).
+ *
+ * Reads DIR/tokenizer.json (model BPE, byte-level or SentencePiece-style with byte fallback;
+ * normalizers Sequence/Prepend/Replace/NFC/Strip; pre-tokenizers Sequence/Split/ByteLevel/
+ * Metaspace/Digits; post-processors TemplateProcessing/ByteLevel/Sequence/Bert/Roberta;
+ * decoders Sequence/Replace/ByteFallback/Fuse/Strip/ByteLevel/Metaspace) and the optional
+ * DIR/tokenizer_config.json (bos_token, eos_token). Ids match HF exactly; offsets and
+ * attention masks are not produced, and there is no training, truncation or padding.
+ * A loaded Tokenizer is immutable: any thread may encode or decode with it concurrently.
+ * The creator frees it with tokenizer_free. */
+#ifndef TUNA_SRC_TOKENIZER_H
+#define TUNA_SRC_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef struct Tokenizer Tokenizer;
+
+/* Loads dir/tokenizer.json (+ optional dir/tokenizer_config.json). On success *out is owned by
+ * the caller. Bad files give TUNA_EIO/TUNA_EFORMAT/TUNA_EUNSUP with a one-line message. */
+int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err);
+void tokenizer_free(Tokenizer *tok); /* NULL-safe */
+
+/* Encodes len bytes of text (UTF-8; invalid sequences are read as U+FFFD, as Rust's
+ * from_utf8_lossy does). add_special: apply the post-processor (HF add_special_tokens).
+ * On success *ids is malloc'd (caller frees; non-NULL even when *n == 0). */
+int tokenizer_encode(const Tokenizer *tok, const char *text, size_t len, int add_special,
+                     int32_t **ids, size_t *n, TunaErr *err);
+
+/* Decodes to a malloc'd NUL-terminated UTF-8 string (caller frees), following HF decode: ids
+ * out of range are dropped, skip_special drops special added tokens, then the decoder chain
+ * runs (no decoder: tokens joined by spaces). */
+char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, size_t n, int skip_special);
+/* Same, and *len (if not NULL) gets the byte length: the text may contain U+0000. */
+char *tokenizer_decode_len(const Tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                           size_t *len);
+
+int tokenizer_vocab_size(const Tokenizer *tok); /* max id + 1, added tokens incl. */
+int tokenizer_token_id(const Tokenizer *tok, const char *piece); /* added tokens first; -1 absent */
+const char *tokenizer_token_str(const Tokenizer *tok, int id);   /* borrowed; NULL out of range */
+int tokenizer_bos_id(const Tokenizer *tok); /* tokenizer_config.json bos_token; -1 if none */
+int tokenizer_eos_id(const Tokenizer *tok); /* tokenizer_config.json eos_token; -1 if none */
+int tokenizer_is_special(const Tokenizer *tok, int id); /* 1 for special added tokens */
+
+/* --- Unicode helpers (tokenizer_unicode.c), pure functions on valid UTF-8 */
+
+/* 1 if s may change under NFC (quick check), 0 if it is certainly NFC already. */
+int tokenizer_nfc_needed(const char *s, size_t len);
+/* Returns the NFC form of s, malloc'd and NUL-terminated (caller frees); *out_len its length. */
+char *tokenizer_nfc(const char *s, size_t len, size_t *out_len);
+
+// --- CLI
+
+/* `tuna tokenize DIR [--add-special-tokens] [--decode] [--skip-special-tokens]`: JSON lines
+ * on stdin to JSON lines on stdout. argv[0] is "tokenize". Returns the process exit code. */
+int cmd_tokenize(int argc, char **argv);
+
+#endif

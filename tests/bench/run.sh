@@ -1,0 +1,34 @@
+#!/bin/sh
+# make bench: side-by-side benchmarks, tuna vs the PyTorch reference.
+#   sh tests/bench/run.sh [VENV]        (VENV defaults to /opt/tuna-venv)
+# Runs from the repo root. The Makefile builds ./tuna before calling this.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+VENV=${1:-/opt/tuna-venv}
+PY="$VENV/bin/python"
+mkdir -p build/bench
+
+[ -x ./tuna ] || make tuna || echo "run.sh: ./tuna could not be built; benchmarking the PyTorch side only"
+
+TORCH_FLAG=
+if ! "$PY" -c 'import torch, transformers' >/dev/null 2>&1; then
+	echo "run.sh: no torch/transformers in $VENV ($PY); skipping the PyTorch side"
+	echo "        (create it, or pass another venv: make bench VENV=/path/to/venv)"
+	TORCH_FLAG=--no-torch
+	[ -x "$PY" ] || PY=python3
+fi
+
+status=0
+echo "=== generation speed: tuna vs PyTorch ==="
+"$PY" tests/bench/bench_generate.py $TORCH_FLAG || status=1
+
+# --- C micro-benchmarks (build/bench/*) ---------------------------------------------------
+# LEAD: add the bench binaries here once they exist, e.g.
+#   make build/bench/bench_kernels && ./build/bench/bench_kernels || status=1
+for b in build/bench/bench_*; do
+	[ -f "$b" ] && [ -x "$b" ] || continue
+	echo "=== $b ==="
+	"$b" || status=1
+done
+
+exit $status

@@ -1,0 +1,232 @@
+/* test_generate.c: `tuna generate` end to end on the bundled stories260K.
+ * - The four greedy cases of llama2.c's run.c (tests/fixtures/stories260K_reference_greedy.json,
+ *   copied from ../shared/models/stories260K): identical ids and text, stopping where run.c
+ *   stops (before a sampled BOS: this model's generation_config has eos [2, 1]).
+ * - Sampling is reproducible for a seed and differs across seeds; stop strings cut the text;
+ *   bad options fail with one line on stderr. Runs ./tuna from the repo root. */
+#include <stdint.h>
+#include <sys/wait.h>
+
+#include <cjson/cJSON.h>
+
+#include "harness.h"
+#include "src/xalloc.h"
+
+#define MODEL "models/stories260K"
+
+/* The ids and text fields of a --json output, without the timing (which varies run to run). */
+static char *ids_text(const char *json) {
+    cJSON *j = cJSON_Parse(json ? json : "");
+    if (!j) return xstrdup("(unparsable)");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "ids", cJSON_Duplicate(cJSON_GetObjectItem(j, "ids"), 1));
+    cJSON_AddItemToObject(o, "text", cJSON_Duplicate(cJSON_GetObjectItem(j, "text"), 1));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* Runs cmd, returns its stdout (malloc'd) and exit status; stderr goes to /tmp file err_path. */
+static char *run(const char *cmd, int *status) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+        n += got;
+        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+    }
+    buf[n] = '\0';
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    return buf;
+}
+
+/* Shell-quotes s into a static buffer (single quotes). */
+static const char *q(const char *s) {
+    static char buf[4][4096];
+    static int k;
+    char *o = buf[k++ % 4];
+    size_t j = 0;
+    o[j++] = '\'';
+    for (; *s && j < 4000; s++) {
+        if (*s == '\'') {
+            memcpy(o + j, "'\\''", 4);
+            j += 4;
+        } else o[j++] = *s;
+    }
+    o[j++] = '\'';
+    o[j] = '\0';
+    return o;
+}
+
+static void test_reference_greedy(void) {
+    char *text = xread_file("tests/fixtures/stories260K_reference_greedy.json", NULL);
+    CHECK(text != NULL, "missing tests/fixtures/stories260K_reference_greedy.json");
+    if (!text) return;
+    cJSON *root = cJSON_Parse(text);
+    cJSON *cases = cJSON_GetObjectItem(root, "cases"), *c;
+    int n_cases = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *prompt = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        int steps = cJSON_GetObjectItem(c, "steps")->valueint;
+        cJSON *pids = cJSON_GetObjectItem(c, "prompt_ids"), *ids = cJSON_GetObjectItem(c, "ids");
+        const char *want_text = cJSON_GetObjectItem(c, "text")->valuestring;
+        int n_prompt = cJSON_GetArraySize(pids);
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd,
+                 "./tuna generate " MODEL " --prompt %s --max-new-tokens %d --temperature 0 --json "
+                 "--quiet",
+                 q(prompt), steps - n_prompt + 1);
+        int st;
+        char *out = run(cmd, &st);
+        CHECK(st == 0, "generate exited %d for prompt \"%s\"", st, prompt);
+        cJSON *got = cJSON_Parse(out ? out : "");
+        CHECK(got != NULL, "unparsable output for \"%s\": %.200s", prompt, out ? out : "");
+        if (got) {
+            // the reference ids are the prompt (without BOS) then each generated id
+            cJSON *gp = cJSON_GetObjectItem(got, "prompt_ids"), *gi = cJSON_GetObjectItem(got, "ids");
+            int same = cJSON_GetArraySize(gp) == n_prompt;
+            for (int i = 0; same && i < n_prompt; i++)
+                same = cJSON_GetArrayItem(gp, i)->valueint == cJSON_GetArrayItem(pids, i)->valueint;
+            CHECK(same, "prompt ids differ for \"%s\"", prompt);
+            int n_ref = cJSON_GetArraySize(ids), n_got = cJSON_GetArraySize(gi);
+            int want_gen = n_ref - (n_prompt - 1);
+            same = n_got == want_gen;
+            int first_diff = -1;
+            for (int i = 0; i < want_gen && i < n_got && first_diff < 0; i++)
+                if (cJSON_GetArrayItem(gi, i)->valueint !=
+                    cJSON_GetArrayItem(ids, i + n_prompt - 1)->valueint)
+                    first_diff = i;
+            CHECK(same && first_diff < 0,
+                  "\"%s\": %d generated ids vs run.c's %d, first difference at %d", prompt, n_got,
+                  want_gen, first_diff);
+            // text: run.c prints the prompt and the continuation
+            const char *gt = cJSON_GetObjectItem(got, "text")->valuestring;
+            char *pt = NULL;
+            {
+                char c2[8192];
+                snprintf(c2, sizeof c2,
+                         "./tuna generate " MODEL " --prompt %s --max-new-tokens %d --temperature 0 "
+                         "--quiet",
+                         q(prompt), steps - n_prompt + 1);
+                int st2;
+                pt = run(c2, &st2);
+                size_t l = strlen(pt);
+                if (l && pt[l - 1] == '\n') pt[l - 1] = '\0';
+            }
+            CHECK(!strcmp(pt, want_text), "\"%s\": streamed text differs from run.c's:\n%s\n---\n%s",
+                  prompt, pt, want_text);
+            CHECK(strlen(gt) > 0, "\"%s\": empty JSON text", prompt);
+            free(pt);
+            cJSON_Delete(got);
+        }
+        free(out);
+        n_cases++;
+    }
+    CHECK(n_cases == 4, "expected 4 reference cases, found %d", n_cases);
+    cJSON_Delete(root);
+    free(text);
+}
+
+static void test_sampling(void) {
+    int st;
+    const char *base = "./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 40 "
+                       "--temperature 0.9 --top-p 0.9 --json --quiet";
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --seed 7", base);
+    char *out = run(cmd, &st), *a = ids_text(out);
+    free(out);
+    CHECK(st == 0, "sampled generate failed");
+    out = run(cmd, &st);
+    char *b = ids_text(out);
+    free(out);
+    CHECK(!strcmp(a, b), "same seed gave different outputs");
+    snprintf(cmd, sizeof cmd, "%s --seed 8", base);
+    out = run(cmd, &st);
+    char *c = ids_text(out);
+    free(out);
+    CHECK(strcmp(a, c), "different seeds gave the same output");
+    free(a);
+    free(b);
+    free(c);
+    snprintf(cmd, sizeof cmd, "%s --seed 7 --top-k 1", base);
+    a = run(cmd, &st);
+    b = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 40 "
+            "--temperature 0 --json --quiet",
+            &st);
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    char *ia = cJSON_PrintUnformatted(cJSON_GetObjectItem(ja, "ids"));
+    char *ib = cJSON_PrintUnformatted(cJSON_GetObjectItem(jb, "ids"));
+    CHECK(!strcmp(ia, ib), "top-k 1 sampling should equal greedy: %s vs %s", ia, ib);
+    free(ia); free(ib); cJSON_Delete(ja); cJSON_Delete(jb); free(a); free(b);
+    // repetition penalty changes greedy output of a repetitive model
+    out = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 60 "
+              "--temperature 0 --repetition-penalty 1.5 --json --quiet", &st);
+    a = ids_text(out);
+    free(out);
+    out = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 60 "
+              "--temperature 0 --json --quiet", &st);
+    b = ids_text(out);
+    free(out);
+    CHECK(st == 0 && strcmp(a, b), "repetition penalty had no effect");
+    free(a); free(b);
+}
+
+static void test_stop_strings(void) {
+    int st;
+    char *full = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 100 "
+                     "--temperature 0 --no-echo --quiet", &st);
+    CHECK(st == 0, "generate failed");
+    // stop at the first occurrence of " the": the printed text must end right before it
+    char *cut = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 100 "
+                    "--temperature 0 --no-echo --quiet --stop ' the'", &st);
+    CHECK(st == 0, "generate --stop failed");
+    const char *at = strstr(full, " the");
+    CHECK(at != NULL, "expected \" the\" in the greedy continuation");
+    if (at) {
+        size_t n = (size_t)(at - full);
+        size_t lc = strlen(cut);
+        if (lc && cut[lc - 1] == '\n') cut[--lc] = '\0';
+        CHECK(lc == n && !strncmp(cut, full, n), "stop string: got \"%s\", want \"%.*s\"", cut,
+              (int)n, full);
+    }
+    free(full);
+    free(cut);
+}
+
+static void test_bad_options(void) {
+    const char *cmds[] = {
+            "./tuna generate " MODEL " --temperature abc 2>&1 >/dev/null",
+            "./tuna generate " MODEL " --top-p 2 2>&1 >/dev/null",
+            "./tuna generate /nonexistent/model 2>&1 >/dev/null",
+            "./tuna generate " MODEL " --backend nope 2>&1 >/dev/null",
+            "./tuna generate 2>&1 >/dev/null",
+            "./tuna frobnicate 2>&1 >/dev/null | head -1",
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        int st;
+        char *out = run(cmds[i], &st);
+        size_t nl = 0;
+        for (char *p = out; *p; p++) nl += *p == '\n';
+        CHECK(i == 5 || st != 0, "%s: exit status 0", cmds[i]);
+        CHECK(nl == 1 && strlen(out) > 10, "%s: want one line on stderr, got: %s", cmds[i], out);
+        free(out);
+    }
+}
+
+int main(void) {
+    FILE *f = fopen("./tuna", "rb");
+    if (!f) {
+        CHECK(0, "./tuna is not built (run from the repo root after make)");
+        return test_report("test_generate");
+    }
+    fclose(f);
+    test_reference_greedy();
+    test_sampling();
+    test_stop_strings();
+    test_bad_options();
+    return test_report("test_generate");
+}
