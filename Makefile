@@ -94,11 +94,11 @@ test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN)
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
-SAN_TESTS ?= test_safetensors test_config test_tokenizer test_malformed test_model
+SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
-	@ASAN_OPTIONS=detect_leaks=1 sh tests/run_tests.sh build-san \
+	@ASAN_OPTIONS=detect_leaks=1 TUNA_BIN=build-san/tuna sh tests/run_tests.sh build-san \
 		$(addprefix build-san/tests/,$(SAN_TESTS))
 
 bench: tuna

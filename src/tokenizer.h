@@ -1,13 +1,10 @@
-/* tokenizer.h: Hugging Face `tokenizers`-compatible BPE tokenizer (encode and decode).
- *
- * Reads DIR/tokenizer.json (model BPE, byte-level or SentencePiece-style with byte fallback;
- * normalizers Sequence/Prepend/Replace/NFC/Strip; pre-tokenizers Sequence/Split/ByteLevel/
- * Metaspace/Digits; post-processors TemplateProcessing/ByteLevel/Sequence/Bert/Roberta;
- * decoders Sequence/Replace/ByteFallback/Fuse/Strip/ByteLevel/Metaspace) and the optional
- * DIR/tokenizer_config.json (bos_token, eos_token). Ids match HF exactly; offsets and
- * attention masks are not produced, and there is no training, truncation or padding.
- * A loaded Tokenizer is immutable: any thread may encode or decode with it concurrently.
- * The creator frees it with tokenizer_free. */
+/* tokenizer.h: Hugging Face `tokenizers`-exact BPE (byte-level and SentencePiece-style with
+ * byte fallback), loaded from DIR/tokenizer.json + optional DIR/tokenizer_config.json (bos/eos).
+ * Supports normalizers Sequence/Prepend/Replace/NFC/Strip, pre-tokenizers Split/ByteLevel/
+ * Metaspace/Digits, post-processors Template/ByteLevel/Bert/Roberta, decoders Replace/
+ * ByteFallback/Fuse/Strip/ByteLevel/Metaspace (all with Sequence). No offsets, training,
+ * truncation or padding. A loaded Tokenizer is immutable: any thread may use it concurrently;
+ * the creator frees it with tokenizer_free. */
 #ifndef TUNA_SRC_TOKENIZER_H
 #define TUNA_SRC_TOKENIZER_H
 

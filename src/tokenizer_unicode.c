@@ -1610,3 +1610,11 @@ char *tokenizer_nfc(const char *s, size_t len, size_t *out_len) {
     *out_len = o;
     return out;
 }
+
+/* The generator (Python 3, unicodedata; print to src/tokenizer_unicode.c, then clang-format):
+ *   ccc = {c: U.combining(chr(c)) for c in all codepoints if U.combining(chr(c))}
+ *   decomp[c] = NFD(chr(c)) when it differs (Hangul syllables excluded: algorithmic)
+ *   comp: (a, b) -> c for canonical two-char decompositions with NFC(NFD(c)) == c
+ *   unsafe (c >= U+0300): c in ccc, NFC(chr(c)) != chr(c), c is the second of a comp pair,
+ *          or a Hangul medial vowel / final consonant (U+1161..1175, U+11A8..11C2)
+ * Ranges are merged into [lo, hi] rows; every table is sorted for binary search. */

@@ -14,6 +14,12 @@
 
 #define MODEL "models/stories260K"
 
+/* The binary under test: $TUNA_BIN (make test-san sets the sanitizer build), else ./tuna. */
+static const char *tuna_bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
 /* The ids and text fields of a --json output, without the timing (which varies run to run). */
 static char *ids_text(const char *json) {
     cJSON *j = cJSON_Parse(json ? json : "");
@@ -28,7 +34,11 @@ static char *ids_text(const char *json) {
 }
 
 /* Runs cmd, returns its stdout (malloc'd) and exit status; stderr goes to /tmp file err_path. */
-static char *run(const char *cmd, int *status) {
+static char *run(const char *cmd0, int *status) {
+    /* every command starts with "./tuna": substitute the binary under test */
+    char cmd[16384];
+    if (!strncmp(cmd0, "./tuna", 6)) snprintf(cmd, sizeof cmd, "%s%s", tuna_bin(), cmd0 + 6);
+    else snprintf(cmd, sizeof cmd, "%s", cmd0);
     FILE *p = popen(cmd, "r");
     if (!p) return NULL;
     size_t cap = 1 << 16, n = 0;
@@ -218,9 +228,9 @@ static void test_bad_options(void) {
 }
 
 int main(void) {
-    FILE *f = fopen("./tuna", "rb");
+    FILE *f = fopen(tuna_bin(), "rb");
     if (!f) {
-        CHECK(0, "./tuna is not built (run from the repo root after make)");
+        CHECK(0, "%s is not built (run from the repo root after make)", tuna_bin());
         return test_report("test_generate");
     }
     fclose(f);

@@ -578,15 +578,21 @@ static int model_copy(const char *shared_model, const char *label, const char *s
     return 0;
 }
 
+/* The binary under test: $TUNA_BIN (make test-san sets the sanitizer build), else ./tuna. */
+static const char *tuna_bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
 /* Runs ./tuna generate on dir. Returns the exit code (-1 if killed by a signal, -2 timeout)
  * and leaves stderr in *err_text (malloc'd). */
 static int run_tuna(const char *dir, char **err_text) {
     char errf[1200], cmd[4096];
     snprintf(errf, sizeof errf, "%s/stderr.txt", base);
     snprintf(cmd, sizeof cmd,
-             "exec timeout 120 ./tuna generate '%s' --prompt hi --max-new-tokens 1 "
+             "exec timeout 120 %s generate '%s' --prompt hi --max-new-tokens 1 "
              "</dev/null >/dev/null 2>'%s'",
-             dir, errf);
+             tuna_bin(), dir, errf);
     int st = system(cmd);
     size_t n = 0;
     *err_text = slurp(errf, &n);
@@ -617,17 +623,15 @@ static void cli_case(const char *label, const char *dir) {
 }
 
 static void test_cli(void) {
-    if (access("./tuna", X_OK) != 0) {
-        SKIP("./tuna not built (run from the repo root after make): CLI checks skipped");
+    if (access(tuna_bin(), X_OK) != 0) {
+        SKIP("%s not built (run from the repo root after make): CLI checks skipped", tuna_bin());
         return;
     }
-    const char *shared = test_shared_dir();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/models/stories260K", shared ? shared : "");
+    const char *model = "models/stories260K"; /* the bundled copy */
     char probe[1200];
     snprintf(probe, sizeof probe, "%s/model.safetensors", model);
-    if (!shared || access(probe, R_OK) != 0) {
-        SKIP("stories260K not found in the shared dir: CLI checks skipped");
+    if (access(probe, R_OK) != 0) {
+        SKIP("%s not found (run from the repo root): CLI checks skipped", probe);
         return;
     }
     char dir[1200], p[1300], src[1300];

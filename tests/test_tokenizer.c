@@ -339,24 +339,25 @@ static int run_cli(char **argv, int argc, const char *input, char *out, size_t o
 static void test_cli(const char *shared) {
     char dir[1024], out[4096];
     tok_dir(shared, "llama2", dir, sizeof dir);
-    char *enc[] = {"tokenize", dir, "--add-special-tokens", NULL};
+    char *enc[] = {(char[]){"tokenize"}, dir, (char[]){"--add-special-tokens"}, NULL};
     int rc = run_cli(enc, 3, "{\"text\": \"Hello world\"}\n\n{\"text\": \"a\\u0000b\"}\n", out,
                      sizeof out);
     CHECK(rc == 0 && !strcmp(out, "{\"ids\": [1, 15043, 3186]}\n{\"ids\": [1, 263, 3, 29890]}\n"),
           "cli encode rc=%d out=%s", rc, out);
-    char *dec[] = {"tokenize", "--decode", dir, NULL};
+    char *dec[] = {(char[]){"tokenize"}, (char[]){"--decode"}, dir, NULL};
     rc = run_cli(dec, 3, "{\"ids\": [1, 15043, 3186]}\n{\"ids\": [263, 3, 29890]}\n", out,
                  sizeof out);
     CHECK(rc == 0 && !strcmp(out, "{\"text\": \"<s> Hello world\"}\n{\"text\": \"a\\u0000b\"}\n"),
           "cli decode rc=%d out=%s", rc, out);
-    char *skip[] = {"tokenize", "--decode", "--skip-special-tokens", dir, NULL};
+    char *skip[] = {(char[]){"tokenize"}, (char[]){"--decode"}, (char[]){"--skip-special-tokens"},
+                    dir, NULL};
     rc = run_cli(skip, 4, "{\"ids\": [1, 15043, 3186]}\n", out, sizeof out);
     CHECK(rc == 0 && !strcmp(out, "{\"text\": \"Hello world\"}\n"), "cli skip out=%s", out);
     rc = run_cli(enc, 3, "{\"text\": \"ok\"}\n{\"text\": 5}\n", out, sizeof out);
     CHECK(rc != 0 && strstr(out, "\"ids\"") != NULL, "cli bad line rc=%d", rc);
-    char *bad[] = {"tokenize", "/nonexistent/dir", NULL};
+    char *bad[] = {(char[]){"tokenize"}, (char[]){"/nonexistent/dir"}, NULL};
     CHECK(run_cli(bad, 2, "", out, sizeof out) != 0, "cli missing dir");
-    char *none[] = {"tokenize", NULL};
+    char *none[] = {(char[]){"tokenize"}, NULL};
     CHECK(run_cli(none, 1, "", out, sizeof out) == 2, "cli usage");
 }
 
