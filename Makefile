@@ -94,7 +94,8 @@ test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN)
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
-SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate
+SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate \
+             test_template test_dataset
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna

@@ -66,6 +66,58 @@ typedef struct BackendOps {
     /* out (T,C) = table (V,C) rows ids (T). ids are host memory, already range-checked. */
     void (*embed_fwd)(Backend *be, float *out, const int32_t *ids, const float *table, int T,
                       int C);
+
+    // --- backward ops. Every gradient output ACCUMULATES (+=); the caller zeroes it first.
+    // A gradient pointer may be NULL when that gradient is not needed (frozen weights, the
+    // input of the first layer); the op then skips that work.
+    /* Of matmul_fwd: din (M,K) += dout (M,N) · w (N,K); dw (N,K) += doutᵀ · in;
+     * dbias (N) += column sums of dout. */
+    void (*matmul_bwd)(Backend *be, float *din, float *dw, float *dbias, const float *dout,
+                       const float *in, const float *w, int M, int K, int N);
+    /* Of rmsnorm_fwd: din (R,C) +=, dw (C) +=, recomputing the row statistics from in. */
+    void (*rmsnorm_bwd)(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                        const float *w, float eps, int R, int C);
+    /* Of layernorm_fwd: din (R,C) +=, dw (C) +=, db (C) +=. */
+    void (*layernorm_bwd)(Backend *be, float *din, float *dw, float *db, const float *dout,
+                          const float *in, const float *w, float eps, int R, int C);
+    /* Of rope_fwd, in place on dx (T,NH,HS): rotates by the opposite angle (= is fine here:
+     * the op maps the gradient w.r.t. its output to the gradient w.r.t. its input). */
+    void (*rope_bwd)(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T,
+                     int NH, int HS, int rot_dim);
+    /* Of attention_fwd (same shapes and kv_stride; the probabilities are recomputed from q, k):
+     * dq (B,Tq,NH,HS) +=, dk and dv (B,Tk,KVH,HS, rows kv_stride apart) +=. */
+    void (*attention_bwd)(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                          const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                          size_t kv_stride, int NH, int KVH, int HS, int window);
+    /* Of swiglu_fwd: dgate (n) +=, dup (n) +=. */
+    void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dout,
+                       const float *gate, const float *up, size_t n);
+    /* Of gelu_fwd: din (n) +=. */
+    void (*gelu_bwd)(Backend *be, float *din, const float *dout, const float *in, size_t n,
+                     int approx);
+    /* Of embed_fwd: dtable rows ids (T) += dout (T,C). ids are host memory. */
+    void (*embed_bwd)(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T,
+                      int C);
+
+    // --- loss and optimizer
+    /* Softmax cross-entropy over logits (R,V) with targets (R) (host memory; -100 = ignore).
+     * losses (R, host memory) = -log p[target] (0 for ignored rows). If dlogits is not NULL it
+     * is OVERWRITTEN (=) with (softmax - onehot(target)) * scale (0 rows for ignored targets);
+     * dlogits may alias logits. */
+    void (*xent_fwd_bwd)(Backend *be, float *dlogits, float *losses, const float *logits,
+                         const int32_t *targets, int R, int V, float scale);
+    /* Sum of squares of x (n), returned to the host (for the global grad norm). */
+    double (*sumsq)(Backend *be, const float *x, size_t n);
+    /* x (n) *= s. */
+    void (*scale)(Backend *be, float *x, size_t n, float s);
+    /* out (n) = in * mask / (1 - p), where mask[i] = hash(seed, i) >= p: the same seed gives the
+     * same mask, so the backward applies this very op to the gradient. out may alias in. */
+    void (*dropout)(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
+    /* AdamW step on n parameters (PyTorch semantics, decoupled weight decay):
+     * p -= lr * wd * p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g²;
+     * p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), with bc1 = 1 - b1^t, bc2 = 1 - b2^t. */
+    void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                  float b1, float b2, float eps, float wd, float bc1, float bc2);
 } BackendOps;
 
 struct Backend {

@@ -13,6 +13,7 @@
 #include "err.h"
 #include "generate.h"
 #include "model.h"
+#include "template.h"
 #include "tokenizer.h"
 #include "xalloc.h"
 
@@ -262,6 +263,7 @@ static const struct {
 } commands[] = {
         {"generate", cmd_generate, "generate text from a checkpoint"},
         {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
+        {"template", cmd_template, "list templates, or show one rendered example with its loss mask"},
 };
 
 static void usage(FILE *f) {

@@ -256,8 +256,20 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         goto fail;
     }
     size_t off = 0;
+    m->pinfo = xcalloc((size_t)specs.n, sizeof *m->pinfo);
+    m->n_pinfo = specs.n;
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
     for (int i = 0; i < specs.n; i++) {
         const ParamSpec *s = &specs.v[i];
+        ParamInfo *pi = &m->pinfo[i];
+        snprintf(pi->name, sizeof pi->name, "%s", s->name);
+        pi->off = off;
+        pi->n = s->n;
+        pi->ndim = s->ndim;
+        pi->shape[0] = s->shape[0];
+        pi->shape[1] = s->shape[1];
+        pi->mode = (int)s->mode;
+        pi->part = s->part;
         *s->dst = m->params + off;
         rc = spec_fill(s, safetensors_find(st, s->name), host, scratch, file, err);
         if (rc) goto fail;
@@ -316,6 +328,7 @@ void model_free(Model *m) {
         m->be->ops->release(m->be, m->inv_freq);
     }
     free(m->layers);
+    free(m->pinfo);
     free(m);
 }
 

@@ -30,6 +30,18 @@ typedef struct LayerWeights {
     float *w_down, *b_down;      // (C, FF)  GPT-2: c_proj
 } LayerWeights;
 
+/* One tensor of the checkpoint as it maps into Model.params: HF name, file shape, and where
+ * its floats live (GPT-2's fused c_attn appears three times, part 0..2, mode 2/3). */
+typedef struct ParamInfo {
+    char name[128];
+    size_t off;       /* offset in floats into params */
+    size_t n;         /* floats */
+    int ndim;
+    int64_t shape[2]; /* as stored in the file */
+    int mode;         /* 0 copy, 1 transposed (Conv1D), 2 split of c_attn weight, 3 of its bias */
+    int part;
+} ParamInfo;
+
 typedef struct Model {
     ModelConfig cfg;
     Backend *be;                 /* borrowed */
@@ -40,6 +52,9 @@ typedef struct Model {
     float *lnf_w, *lnf_b;        // (C)
     float *lm_head;              // (V, C), == wte when tied
     LayerWeights *layers;        // (L)
+    ParamInfo *pinfo;            /* every checkpoint tensor, in params order */
+    int n_pinfo;
+    char dir[1024];              /* where it was loaded from */
     float *inv_freq;             // (HS/2) RoPE frequencies, backend memory
 
     // --- inference state (sized by model_reserve)

@@ -1,8 +1,9 @@
 /* cpu_backend.c: the CPU backend. OpenBLAS sgemm for matrix products with M > 1, an
  * OpenMP + SIMD matrix-vector product for decoding (M == 1), and OpenMP loops elsewhere.
  * Small ops run on one thread: at stories260K's sizes a parallel region costs more than
- * the work. Every op has the semantics of its BackendOps slot in kernels/backend.h and is
- * compared against kernels/ref by tests/test_kernels.c. */
+ * the work. The backward, loss and optimizer ops live in backward.c. Every op has the
+ * semantics of its BackendOps slot in kernels/backend.h and is compared against kernels/ref
+ * by tests/test_kernels.c (forward) and tests/test_grad_ops.c (the rest). */
 #include "cpu_backend.h"
 
 #include <math.h>
@@ -16,9 +17,7 @@
 #endif
 
 #include "../ref/ops_ref.h"
-
-/* Below this many multiply-adds an op stays on the calling thread. */
-#define PAR_MIN_WORK 32768
+#include "cpu_internal.h"
 
 // --- matrix products
 
@@ -29,53 +28,32 @@ static inline float dot(const float *a, const float *b, int K) {
     return s;
 }
 
-/* out[0..3] = rows w0..w3 (K) · in (K): one pass over `in` for four rows. */
-static inline void dot4(float *out, const float *in, const float *w0, size_t K) {
-    const float *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-    size_t k = 0;
+/* One weight row at a time, streamed front to back: measured 3-4x faster than interleaving
+ * four rows (the hardware prefetcher follows one stream per row far better; 35 vs 10 GB/s
+ * for a 32000x288 matrix on one core here). */
+static inline float dot_row(const float *in, const float *w, int K) {
+    int k = 0;
 #ifdef __AVX512F__
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 x = _mm512_loadu_ps(in + k);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + k), x, a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + k), x, a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + k), x, a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + k), x, a3);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(in + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(in + k + 16), a1);
     }
-    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+    for (; k + 16 <= K; k += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(in + k), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 #else
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    float s = 0;
 #endif
-    for (; k < K; k++) {
-        float x = in[k];
-        s0 += w0[k] * x;
-        s1 += w1[k] * x;
-        s2 += w2[k] * x;
-        s3 += w3[k] * x;
-    }
-    out[0] = s0;
-    out[1] = s1;
-    out[2] = s2;
-    out[3] = s3;
+    for (; k < K; k++) s += w[k] * in[k];
+    return s;
 }
 
-/* out (N) = w (N,K) · in (K) + bias: four rows at a time so each load of `in` is reused. */
+/* out (N) = w (N,K) · in (K) + bias. */
 static void matvec(float *out, const float *in, const float *w, const float *bias, int K, int N,
                    int nth) {
-    int nblk = (N + 3) / 4;
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
-    for (int blk = 0; blk < nblk; blk++) {
-        int n0 = blk * 4;
-        if (n0 + 4 <= N) {
-            dot4(out + n0, in, w + (size_t)n0 * K, (size_t)K);
-            if (bias)
-                for (int i = 0; i < 4; i++) out[n0 + i] += bias[n0 + i];
-        } else {
-            for (int n = n0; n < N; n++)
-                out[n] = dot(in, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
-        }
-    }
+    for (int n = 0; n < N; n++) out[n] = dot_row(in, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
 }
 
 static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
@@ -189,6 +167,7 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
                 for (int h = 0; h < grp; h++) {
                     const float *qh = qv + (size_t)h * HS;
                     float s = 0;
+#pragma omp simd reduction(+ : s)
                     for (int i = 0; i < HS; i++) s += qh[i] * kr[i];
                     sc[(size_t)h * n + j] = s * scale;
                 }
@@ -206,6 +185,7 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
                 for (int h = 0; h < grp; h++) {
                     float a = sc[(size_t)h * n + j];
                     float *oh = o + (size_t)h * HS;
+#pragma omp simd
                     for (int i = 0; i < HS; i++) oh[i] += a * vr[i];
                 }
             }
@@ -267,6 +247,19 @@ static const BackendOps cpu_ops = {
         .gelu_fwd = c_gelu,
         .add_fwd = c_add,
         .embed_fwd = c_embed,
+        .matmul_bwd = cpu_matmul_bwd,
+        .rmsnorm_bwd = cpu_rmsnorm_bwd,
+        .layernorm_bwd = cpu_layernorm_bwd,
+        .rope_bwd = cpu_rope_bwd,
+        .attention_bwd = cpu_attention_bwd,
+        .swiglu_bwd = cpu_swiglu_bwd,
+        .gelu_bwd = cpu_gelu_bwd,
+        .embed_bwd = cpu_embed_bwd,
+        .xent_fwd_bwd = cpu_xent_fwd_bwd,
+        .sumsq = cpu_sumsq,
+        .scale = cpu_scale,
+        .dropout = cpu_dropout,
+        .adamw = cpu_adamw,
 };
 
 Backend *cpu_backend_init(int n_threads, TunaErr *err) {

@@ -147,6 +147,20 @@ static const BackendOps cuda_ops = {
         .gelu_fwd = cuda_gelu_fwd,
         .add_fwd = cuda_add_fwd,
         .embed_fwd = cuda_embed_fwd,
+        /* training ops are not on CUDA yet: the trainer refuses a backend with NULL slots */
+        .matmul_bwd = nullptr,
+        .rmsnorm_bwd = nullptr,
+        .layernorm_bwd = nullptr,
+        .rope_bwd = nullptr,
+        .attention_bwd = nullptr,
+        .swiglu_bwd = nullptr,
+        .gelu_bwd = nullptr,
+        .embed_bwd = nullptr,
+        .xent_fwd_bwd = nullptr,
+        .sumsq = nullptr,
+        .scale = nullptr,
+        .dropout = nullptr,
+        .adamw = nullptr,
 };
 
 // --- lifetime

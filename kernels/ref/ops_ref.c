@@ -3,13 +3,28 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#include "ops_hash.h"
 
 // --- memory: host malloc, 64-byte aligned
+
+/* Buffers of 4 MiB and more are 2 MiB aligned and advised to use transparent huge pages:
+ * decoding streams every weight once per token, and with 4 KiB pages the TLB misses cost
+ * measurable bandwidth. */
+#define HUGE_MIN ((size_t)4 << 20)
+#define HUGE_ALIGN ((size_t)2 << 20)
 
 void *host_alloc(Backend *be, size_t bytes) {
     (void)be;
     void *p = NULL;
     size_t n = (bytes + 63) & ~(size_t)63;
+    if (n >= HUGE_MIN) {
+        n = (n + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1);
+        if (posix_memalign(&p, HUGE_ALIGN, n)) return NULL;
+        madvise(p, n, MADV_HUGEPAGE);
+        return p;
+    }
     if (posix_memalign(&p, 64, n ? n : 64)) return NULL;
     return p;
 }
@@ -140,6 +155,285 @@ void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, in
         memcpy(out + (size_t)t * C, table + (size_t)ids[t] * C, sizeof(float) * (size_t)C);
 }
 
+// --- backward ops (every gradient +=; NULL gradients are skipped)
+
+void ref_matmul_bwd(float *din, float *dw, float *dbias, const float *dout, const float *in,
+                    const float *w, int M, int K, int N) {
+    if (din)
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < K; k++) {
+                double s = 0;
+                for (int n = 0; n < N; n++)
+                    s += (double)dout[(size_t)m * N + n] * (double)w[(size_t)n * K + k];
+                din[(size_t)m * K + k] += (float)s;
+            }
+    if (dw)
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) {
+                double s = 0;
+                for (int m = 0; m < M; m++)
+                    s += (double)dout[(size_t)m * N + n] * (double)in[(size_t)m * K + k];
+                dw[(size_t)n * K + k] += (float)s;
+            }
+    if (dbias)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int m = 0; m < M; m++) s += (double)dout[(size_t)m * N + n];
+            dbias[n] += (float)s;
+        }
+}
+
+/* y = x * inv * w with inv = 1/sqrt(mean(x²) + eps):
+ * dx = inv * (dy*w) - x * inv³ / C * sum(dy*w*x);  dw += dy * x * inv. */
+void ref_rmsnorm_bwd(float *din, float *dw, const float *dout, const float *in, const float *w,
+                     float eps, int R, int C) {
+    double *dwacc = dw ? calloc((size_t)C, sizeof(double)) : NULL;
+    for (int r = 0; r < R; r++) {
+        const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
+        double ss = 0, dot = 0;
+        for (int c = 0; c < C; c++) {
+            ss += (double)x[c] * (double)x[c];
+            dot += (double)dy[c] * (double)w[c] * (double)x[c];
+        }
+        double inv = 1.0 / sqrt(ss / C + (double)eps);
+        if (din) {
+            float *dx = din + (size_t)r * C;
+            double k = inv * inv * inv * dot / C;
+            for (int c = 0; c < C; c++)
+                dx[c] += (float)(inv * (double)dy[c] * (double)w[c] - k * (double)x[c]);
+        }
+        if (dwacc)
+            for (int c = 0; c < C; c++) dwacc[c] += (double)dy[c] * (double)x[c] * inv;
+    }
+    if (dwacc) {
+        for (int c = 0; c < C; c++) dw[c] += (float)dwacc[c];
+        free(dwacc);
+    }
+}
+
+/* xhat = (x - mean) * rstd, y = xhat * w + b, g = dy * w:
+ * dx = rstd * (g - mean(g) - xhat * mean(g * xhat));  dw += dy * xhat;  db += dy. */
+void ref_layernorm_bwd(float *din, float *dw, float *db, const float *dout, const float *in,
+                       const float *w, float eps, int R, int C) {
+    double *dwacc = dw ? calloc((size_t)C, sizeof(double)) : NULL;
+    double *dbacc = db ? calloc((size_t)C, sizeof(double)) : NULL;
+    for (int r = 0; r < R; r++) {
+        const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += (double)x[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) var += ((double)x[c] - mean) * ((double)x[c] - mean);
+        var /= C;
+        double rstd = 1.0 / sqrt(var + (double)eps);
+        if (din) {
+            double mg = 0, mgx = 0;
+            for (int c = 0; c < C; c++) {
+                double g = (double)dy[c] * (double)w[c];
+                mg += g;
+                mgx += g * ((double)x[c] - mean) * rstd;
+            }
+            mg /= C;
+            mgx /= C;
+            float *dx = din + (size_t)r * C;
+            for (int c = 0; c < C; c++) {
+                double xh = ((double)x[c] - mean) * rstd;
+                dx[c] += (float)(rstd * ((double)dy[c] * (double)w[c] - mg - xh * mgx));
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            if (dwacc) dwacc[c] += (double)dy[c] * ((double)x[c] - mean) * rstd;
+            if (dbacc) dbacc[c] += (double)dy[c];
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        if (dwacc) dw[c] += (float)dwacc[c];
+        if (dbacc) db[c] += (float)dbacc[c];
+    }
+    free(dwacc);
+    free(dbacc);
+}
+
+/* The transpose of the rotation in ref_rope_fwd (same float angles). */
+void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, int NH, int HS,
+                  int rot_dim) {
+    int half = rot_dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < NH; h++) {
+            float *g = dx + ((size_t)t * NH + h) * HS;
+            for (int i = 0; i < half; i++) {
+                float ang = (float)pos[t] * inv_freq[i];
+                float c = cosf(ang), s = sinf(ang);
+                float a = g[i], b = g[i + half];
+                g[i] = a * c + b * s;
+                g[i + half] = b * c - a * s;
+            }
+        }
+}
+
+/* Per (b, t, h): p = softmax(scale * q·k), o = p·v. With dp_j = do·v_j and D = sum_j p_j dp_j,
+ * ds_j = p_j (dp_j - D); dq += scale * sum_j ds_j k_j; dk_j += scale * ds_j q; dv_j += p_j do.
+ * dk and dv are summed over queries in double buffers and added once at the end. */
+void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                       int NH, int KVH, int HS, int window) {
+    double scale = (double)(1.0f / sqrtf((float)HS));
+    int grp = NH / KVH;
+    size_t nkv = (size_t)B * Tk * KVH * HS;
+    size_t tk = (size_t)(Tk > 0 ? Tk : 1);
+    double *pr = malloc(sizeof(double) * tk), *dp = malloc(sizeof(double) * tk);
+    double *acc = malloc(sizeof(double) * (size_t)(HS > 0 ? HS : 1));
+    double *dka = dk ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
+    double *dva = dv ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++)
+            for (int h = 0; h < NH; h++) {
+                size_t qo = (((size_t)b * Tq + t) * NH + h) * HS;
+                const float *qv = q + qo, *dov = dout + qo;
+                int p = Tk - Tq + t;
+                int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+                double mx = -INFINITY, sum = 0, D = 0;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
+                    double s = 0, d = 0;
+                    for (int i = 0; i < HS; i++) {
+                        s += (double)qv[i] * (double)k[ko + i];
+                        d += (double)dov[i] * (double)v[ko + i];
+                    }
+                    pr[j] = s * scale;
+                    dp[j] = d;
+                    if (pr[j] > mx) mx = pr[j];
+                }
+                for (int j = lo; j <= p; j++) sum += (pr[j] = exp(pr[j] - mx));
+                for (int j = lo; j <= p; j++) {
+                    pr[j] /= sum;
+                    D += pr[j] * dp[j];
+                }
+                for (int i = 0; i < HS; i++) acc[i] = 0;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
+                    size_t ao = (((size_t)b * Tk + j) * KVH + h / grp) * HS;
+                    double ds = pr[j] * (dp[j] - D) * scale;
+                    for (int i = 0; i < HS; i++) {
+                        acc[i] += ds * (double)k[ko + i];
+                        if (dka) dka[ao + i] += ds * (double)qv[i];
+                        if (dva) dva[ao + i] += pr[j] * (double)dov[i];
+                    }
+                }
+                if (dq)
+                    for (int i = 0; i < HS; i++) dq[qo + i] += (float)acc[i];
+            }
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < (size_t)Tk * KVH * HS; i++) {
+            size_t ao = (size_t)b * Tk * KVH * HS + i;
+            if (dka) dk[b * kv_stride + i] += (float)dka[ao];
+            if (dva) dv[b * kv_stride + i] += (float)dva[ao];
+        }
+    free(pr);
+    free(dp);
+    free(acc);
+    free(dka);
+    free(dva);
+}
+
+/* out = silu(g) * u, silu(g) = g * sig(g): dg += dout * u * sig * (1 + g * (1 - sig));
+ * du += dout * silu(g). */
+void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
+                    const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i], sg = 1.0 / (1.0 + exp(-g)), d = dout[i];
+        if (dgate) dgate[i] += (float)(d * (double)up[i] * sg * (1.0 + g * (1.0 - sg)));
+        if (dup) dup[i] += (float)(d * g * sg);
+    }
+}
+
+void ref_gelu_bwd(float *din, const float *dout, const float *in, size_t n, int approx) {
+    if (!din) return;
+    for (size_t i = 0; i < n; i++) {
+        double x = in[i], d;
+        if (approx) {
+            double kk = 0.7978845608028654, u = kk * (x + 0.044715 * x * x * x), th = tanh(u);
+            d = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * kk * (1.0 + 3.0 * 0.044715 * x * x);
+        } else {
+            d = 0.5 * (1.0 + erf(x * 0.7071067811865476)) +
+                x * exp(-0.5 * x * x) * 0.3989422804014327;
+        }
+        din[i] += (float)((double)dout[i] * d);
+    }
+}
+
+void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, int C) {
+    if (!dtable) return;
+    for (int t = 0; t < T; t++) {
+        float *row = dtable + (size_t)ids[t] * C;
+        const float *g = dout + (size_t)t * C;
+        for (int c = 0; c < C; c++) row[c] += g[c];
+    }
+}
+
+// --- loss and optimizer
+
+int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
+                     int R, int V, float scale) {
+    int bad = 0;
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float *dx = dlogits ? dlogits + (size_t)r * V : NULL;
+        int32_t tg = targets[r];
+        if (tg < 0 || tg >= V) {
+            bad += tg != -100;
+            losses[r] = 0;
+            if (dx) memset(dx, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+        double mx = -INFINITY, sum = 0, xt = x[tg];
+        for (int i = 0; i < V; i++)
+            if ((double)x[i] > mx) mx = x[i];
+        for (int i = 0; i < V; i++) sum += exp((double)x[i] - mx);
+        double lse = mx + log(sum);
+        losses[r] = (float)(lse - xt);
+        if (dx) {
+            for (int i = 0; i < V; i++) dx[i] = (float)(exp((double)x[i] - lse) * (double)scale);
+            dx[tg] = (float)((double)dx[tg] - (double)scale); /* dx[tg] was just written */
+        }
+    }
+    return bad;
+}
+
+double ref_sumsq(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+void ref_scale(float *x, size_t n, float s) {
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+/* p <= 0 copies, p >= 1 zeroes (instead of 0 * inf). */
+void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) {
+    uint64_t key = tuna_dropout_key(seed);
+    float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    for (size_t i = 0; i < n; i++) {
+        if (p >= 1.0f) out[i] = 0;
+        else out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
+    }
+}
+
+void ref_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+               float b2, float eps, float wd, float bc1, float bc2) {
+    double dlr = lr, db1 = b1, db2 = b2;
+    for (size_t i = 0; i < n; i++) {
+        double pi = p[i], gi = g[i];
+        double mi = db1 * (double)m[i] + (1.0 - db1) * gi;
+        double vi = db2 * (double)v[i] + (1.0 - db2) * gi * gi;
+        pi -= dlr * (double)wd * pi;
+        pi -= dlr * (mi / (double)bc1) / (sqrt(vi / (double)bc2) + (double)eps);
+        p[i] = (float)pi;
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+    }
+}
+
 // --- the backend table
 
 static void r_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
@@ -185,6 +479,71 @@ static void r_embed(Backend *be, float *out, const int32_t *ids, const float *ta
     ref_embed_fwd(out, ids, table, T, C);
 }
 
+static void r_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
+                         const float *in, const float *w, int M, int K, int N) {
+    (void)be;
+    ref_matmul_bwd(din, dw, dbias, dout, in, w, M, K, N);
+}
+static void r_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                          const float *w, float eps, int R, int C) {
+    (void)be;
+    ref_rmsnorm_bwd(din, dw, dout, in, w, eps, R, C);
+}
+static void r_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const float *dout,
+                            const float *in, const float *w, float eps, int R, int C) {
+    (void)be;
+    ref_layernorm_bwd(din, dw, db, dout, in, w, eps, R, C);
+}
+static void r_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T,
+                       int NH, int HS, int rot_dim) {
+    (void)be;
+    ref_rope_bwd(dx, pos, inv_freq, T, NH, HS, rot_dim);
+}
+static void r_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                            size_t kv_stride, int NH, int KVH, int HS, int window) {
+    (void)be;
+    ref_attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window);
+}
+static void r_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout,
+                         const float *gate, const float *up, size_t n) {
+    (void)be;
+    ref_swiglu_bwd(dgate, dup, dout, gate, up, n);
+}
+static void r_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
+                       int approx) {
+    (void)be;
+    ref_gelu_bwd(din, dout, in, n, approx);
+}
+static void r_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T,
+                        int C) {
+    (void)be;
+    ref_embed_bwd(dtable, dout, ids, T, C);
+}
+static void r_xent(Backend *be, float *dlogits, float *losses, const float *logits,
+                   const int32_t *targets, int R, int V, float scale) {
+    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale);
+    if (bad && !be->err.code)
+        tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
+}
+static double r_sumsq(Backend *be, const float *x, size_t n) {
+    (void)be;
+    return ref_sumsq(x, n);
+}
+static void r_scale(Backend *be, float *x, size_t n, float s) {
+    (void)be;
+    ref_scale(x, n, s);
+}
+static void r_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed) {
+    (void)be;
+    ref_dropout(out, in, n, p, seed);
+}
+static void r_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                    float b1, float b2, float eps, float wd, float bc1, float bc2) {
+    (void)be;
+    ref_adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
+}
+
 static const BackendOps ref_ops = {
         .name = "ref",
         .alloc = host_alloc,
@@ -202,6 +561,19 @@ static const BackendOps ref_ops = {
         .gelu_fwd = r_gelu,
         .add_fwd = r_add,
         .embed_fwd = r_embed,
+        .matmul_bwd = r_matmul_bwd,
+        .rmsnorm_bwd = r_rmsnorm_bwd,
+        .layernorm_bwd = r_layernorm_bwd,
+        .rope_bwd = r_rope_bwd,
+        .attention_bwd = r_attention_bwd,
+        .swiglu_bwd = r_swiglu_bwd,
+        .gelu_bwd = r_gelu_bwd,
+        .embed_bwd = r_embed_bwd,
+        .xent_fwd_bwd = r_xent,
+        .sumsq = r_sumsq,
+        .scale = r_scale,
+        .dropout = r_dropout,
+        .adamw = r_adamw,
 };
 
 Backend *ref_backend_init(int n_threads, TunaErr *err) {

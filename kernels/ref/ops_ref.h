@@ -24,6 +24,33 @@ void ref_gelu_fwd(float *out, const float *in, size_t n, int approx);
 void ref_add_fwd(float *out, const float *a, const float *b, size_t n);
 void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, int C);
 
+/* Backward ops: every gradient output accumulates (+=); a NULL gradient pointer skips it. */
+void ref_matmul_bwd(float *din, float *dw, float *dbias, const float *dout, const float *in,
+                    const float *w, int M, int K, int N);
+void ref_rmsnorm_bwd(float *din, float *dw, const float *dout, const float *in, const float *w,
+                     float eps, int R, int C);
+void ref_layernorm_bwd(float *din, float *dw, float *db, const float *dout, const float *in,
+                       const float *w, float eps, int R, int C);
+void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, int NH, int HS,
+                  int rot_dim);
+void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                       int NH, int KVH, int HS, int window);
+void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
+                    const float *up, size_t n);
+void ref_gelu_bwd(float *din, const float *dout, const float *in, size_t n, int approx);
+void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, int C);
+
+/* Loss and optimizer. ref_xent_fwd_bwd returns the number of rows whose target is neither
+ * -100 nor in [0, V): those rows are treated as ignored, and the backend latches TUNA_EINVAL. */
+int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
+                     int R, int V, float scale);
+double ref_sumsq(const float *x, size_t n);
+void ref_scale(float *x, size_t n, float s);
+void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed);
+void ref_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+               float b2, float eps, float wd, float bc1, float bc2);
+
 Backend *ref_backend_init(int n_threads, TunaErr *err);
 /* Host-memory helpers shared by the ref and CPU backends. */
 void *host_alloc(Backend *be, size_t bytes);

@@ -1,0 +1,631 @@
+/* backward.c: the CPU backend's backward, loss and optimizer ops (declared in cpu_internal.h,
+ * tabled in cpu_backend.c). OpenBLAS sgemm with beta = 1 for the matmul gradients, OpenMP
+ * over rows for the row-wise ops, per-thread partial sums for parameter gradients that
+ * every row touches (norm weights), and a two-pass attention backward that needs no
+ * atomics: pass 1 over queries (dq, row statistics), pass 2 over keys (dk, dv).
+ * Gradients accumulate (+=) and NULL gradients are skipped, as backend.h specifies.
+ * A scratch allocation that fails latches TUNA_ENOMEM in be->err and the op does nothing. */
+#include "cpu_internal.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "../ref/ops_hash.h"
+
+/* Latches the first error only, as backend.h asks. */
+static void latch_nomem(Backend *be, const char *op, size_t bytes) {
+    if (!be->err.code)
+        tuna_errf(&be->err, TUNA_ENOMEM, "%s: cannot allocate %zu bytes of scratch", op, bytes);
+}
+
+static int threads_for(const Backend *be, size_t work) {
+    return work >= PAR_MIN_WORK ? be->n_threads : 1;
+}
+
+// --- matrix products
+
+/* din (M,K) += dout (M,N) · w (N,K);  dw (N,K) += doutᵀ · in (M,K);  dbias (N) += Σ_m dout. */
+void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
+                    const float *in, const float *w, int M, int K, int N) {
+    if (M <= 0 || K <= 0 || N <= 0) return;
+    size_t work = (size_t)M * K * N;
+    int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
+    openblas_set_num_threads(nth);
+    if (din)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K, 1.0f,
+                    din, K);
+    if (dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, in, K, 1.0f,
+                    dw, K);
+    if (dbias) {
+        /* Column sums in blocks of 64 columns: each thread owns its columns, rows stream. */
+        int nblk = (N + 63) / 64;
+        int nb = threads_for(be, (size_t)M * N);
+#pragma omp parallel for num_threads(nb) schedule(static) if (nb > 1)
+        for (int blk = 0; blk < nblk; blk++) {
+            int n0 = blk * 64, w0 = N - n0 < 64 ? N - n0 : 64;
+            float acc[64] = {0};
+            for (int m = 0; m < M; m++) {
+                const float *d = dout + (size_t)m * N + n0;
+#pragma omp simd
+                for (int i = 0; i < w0; i++)
+                    acc[i] += d[i];
+            }
+            for (int i = 0; i < w0; i++)
+                dbias[n0 + i] += acc[i];
+        }
+    }
+}
+
+// --- normalization
+
+/* Adds the nth per-thread partial rows part (nth, C) into dst (C). */
+static void reduce_parts(float *dst, const float *part, int nth, int C) {
+    for (int c = 0; c < C; c++) {
+        float s = 0;
+        for (int t = 0; t < nth; t++)
+            s += part[(size_t)t * C + c];
+        dst[c] += s;
+    }
+}
+
+/* y = x * inv * w, inv = 1/sqrt(mean(x²) + eps):
+ * dx += inv * dy * w - x * inv³/C * Σ dy*w*x;  dw += Σ_rows dy * x * inv. */
+void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                     const float *w, float eps, int R, int C) {
+    if (R <= 0 || C <= 0 || (!din && !dw)) return;
+    int nth = threads_for(be, (size_t)R * C);
+    float *part = NULL;
+    if (dw) {
+        size_t bytes = sizeof(float) * (size_t)nth * C;
+        if (!(part = calloc(1, bytes))) {
+            latch_nomem(be, "rmsnorm_bwd", bytes);
+            return;
+        }
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *pw = part ? part + (size_t)omp_get_thread_num() * C : NULL;
+#pragma omp for schedule(static)
+        for (int r = 0; r < R; r++) {
+            const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
+            float ss = 0, dot = 0;
+#pragma omp simd reduction(+ : ss, dot)
+            for (int c = 0; c < C; c++) {
+                ss += x[c] * x[c];
+                dot += dy[c] * w[c] * x[c];
+            }
+            float inv = 1.0f / sqrtf(ss / (float)C + eps);
+            if (din) {
+                float *dx = din + (size_t)r * C, kk = inv * inv * inv * dot / (float)C;
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dx[c] += inv * dy[c] * w[c] - kk * x[c];
+            }
+            if (pw) {
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    pw[c] += dy[c] * x[c] * inv;
+            }
+        }
+    }
+    if (dw) reduce_parts(dw, part, nth, C);
+    free(part);
+}
+
+/* xhat = (x - mean) * rstd, g = dy * w:
+ * dx += rstd * (g - mean(g) - xhat * mean(g*xhat));  dw += Σ dy*xhat;  db += Σ dy. */
+void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const float *dout,
+                       const float *in, const float *w, float eps, int R, int C) {
+    if (R <= 0 || C <= 0 || (!din && !dw && !db)) return;
+    int nth = threads_for(be, (size_t)R * C);
+    int np = (dw != NULL) + (db != NULL);
+    float *part = NULL;
+    if (np) {
+        size_t bytes = sizeof(float) * (size_t)nth * C * np;
+        if (!(part = calloc(1, bytes))) {
+            latch_nomem(be, "layernorm_bwd", bytes);
+            return;
+        }
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = omp_get_thread_num();
+        float *pw = dw ? part + (size_t)tid * C : NULL;
+        float *pb = db ? part + ((size_t)(dw ? nth : 0) + tid) * C : NULL;
+#pragma omp for schedule(static)
+        for (int r = 0; r < R; r++) {
+            const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
+            float mean = 0, var = 0;
+#pragma omp simd reduction(+ : mean)
+            for (int c = 0; c < C; c++)
+                mean += x[c];
+            mean /= (float)C;
+#pragma omp simd reduction(+ : var)
+            for (int c = 0; c < C; c++)
+                var += (x[c] - mean) * (x[c] - mean);
+            var /= (float)C;
+            float rstd = 1.0f / sqrtf(var + eps);
+            if (din) {
+                float mg = 0, mgx = 0;
+#pragma omp simd reduction(+ : mg, mgx)
+                for (int c = 0; c < C; c++) {
+                    float g = dy[c] * w[c];
+                    mg += g;
+                    mgx += g * (x[c] - mean) * rstd;
+                }
+                mg /= (float)C;
+                mgx /= (float)C;
+                float *dx = din + (size_t)r * C;
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dx[c] += rstd * (dy[c] * w[c] - mg - (x[c] - mean) * rstd * mgx);
+            }
+            if (pw) {
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    pw[c] += dy[c] * (x[c] - mean) * rstd;
+            }
+            if (pb) {
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    pb[c] += dy[c];
+            }
+        }
+    }
+    if (dw) reduce_parts(dw, part, nth, C);
+    if (db) reduce_parts(db, part + (size_t)(dw ? nth : 0) * C, nth, C);
+    free(part);
+}
+
+// --- rotary embedding and attention
+
+/* The transpose of c_rope's rotation, with the same float angles. */
+void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T, int NH,
+                  int HS, int rot_dim) {
+    int half = rot_dim / 2;
+    int nth = threads_for(be, (size_t)T * NH * HS);
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int t = 0; t < T; t++) {
+        float cs[512], sn[512]; /* half <= 512: head_dim <= 1024 by config limits */
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv_freq[i];
+            cs[i] = cosf(ang);
+            sn[i] = sinf(ang);
+        }
+        for (int h = 0; h < NH; h++) {
+            float *g = dx + ((size_t)t * NH + h) * HS;
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float a = g[i], b = g[i + half];
+                g[i] = a * cs[i] + b * sn[i];
+                g[i + half] = b * cs[i] - a * sn[i];
+            }
+        }
+    }
+}
+
+/* fmaf, not a * x + y: -std=c11 turns off FMA contraction, and separate multiplies and adds
+ * halve the throughput of these loops. GCC vectorizes fmaf into vfmadd. */
+static inline void axpyf(float *y, float a, const float *x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
+/* y (n) += mul * Σ_r a[r] x[r * xs + 0..n): a small matrix-vector product (rows of x spread
+ * xs apart), four rows per sweep so each load and store of y feeds four FMAs. */
+static void gaxpy(float *restrict y, const float *a, const float *x, size_t xs, int rows, int n,
+                  float mul) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        float a0 = a[r] * mul, a1 = a[r + 1] * mul, a2 = a[r + 2] * mul, a3 = a[r + 3] * mul;
+        const float *x0 = x + (size_t)r * xs, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            y[j] = fmaf(a3, x3[j], fmaf(a2, x2[j], fmaf(a1, x1[j], fmaf(a0, x0[j], y[j]))));
+    }
+    for (; r < rows; r++)
+        axpyf(y, a[r] * mul, x + (size_t)r * xs, n);
+}
+
+/* exp for the softmax, sigmoid and tanh loops: Cephes' expf polynomial (about 1 ulp on
+ * [-87, 88], clamped outside), in a form `omp simd` vectorizes (libm's expf stays a scalar
+ * call without -ffast-math, and floorf blocks GCC 12's vectorizer, so n is rounded with the
+ * 1.5 * 2^23 trick). exp(-inf) gives 1.6e-38, not 0: callers never pass masked entries. */
+static inline float vexpf(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;              /* x - n ln 2 */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+/* dst (rows of HS spread `rs` apart) -> dst block (HS, n): dst[i * n + j] = src[j * rs + i]. */
+static void transpose_rows(float *dst, const float *src, size_t rs, int n, int HS) {
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < HS; i++)
+            dst[(size_t)i * n + j] = src[(size_t)j * rs + i];
+}
+
+/* Per (b, t, h) with p = softmax(scale q·k), dp_j = do·v_j, D = Σ_j p_j dp_j and
+ * ds_j = p_j (dp_j - D):  dq += scale Σ_j ds_j k_j;  dk_j += scale Σ ds_j q;  dv_j += Σ p_j do.
+ * Pass 1, parallel over (b, t, kv head) like the forward: recomputes p for the grp query
+ * heads of the kv head, writes dq (rows private to the item) and keeps lse = log Σ exp and D
+ * per (b, h, t). Pass 2, parallel over (b, kv head, key j): recomputes p = exp(s - lse) for
+ * every query that sees key j and sums dk_j and dv_j locally. No two items write the same
+ * row, so there are no races and the result does not depend on the thread count.
+ * Scores are computed against transposed copies (K, V per (b, kv head) for pass 1; Q, dO per
+ * (b, head) for pass 2) so every inner loop is an axpy over keys or queries.
+ * Causal offset and window exactly as attention_fwd: query t sits at p = Tk-Tq+t and sees
+ * keys max(0, p-window+1)..p. */
+void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                       const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                       size_t kv_stride, int NH, int KVH, int HS, int window) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || (!dq && !dk && !dv)) return;
+    float scale = 1.0f / sqrtf((float)HS);
+    int grp = NH / KVH, off = Tk - Tq;
+    size_t rs = (size_t)KVH * HS, qs = (size_t)NH * HS; /* row strides of k/v and q/dout */
+    size_t nstat = (size_t)B * NH * Tq, nkv = (size_t)B * KVH * HS * Tk;
+    size_t nq = (size_t)B * NH * HS * Tq;
+    int pass2 = dk || dv;
+    size_t bytes = sizeof(float) * (2 * nstat + 2 * nkv + (pass2 ? 2 * nq : 0));
+    float *scratch = malloc(bytes);
+    if (!scratch) {
+        latch_nomem(be, "attention_bwd", bytes);
+        return;
+    }
+    float *lse = scratch, *dsum = lse + nstat; /* (B, NH, Tq) */
+    float *kt = dsum + nstat, *vt = kt + nkv;  /* (B, KVH, HS, Tk) */
+    float *qt = vt + nkv, *dot_ = qt + nq;     /* (B, NH, HS, Tq) */
+    size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
+    int nth = threads_for(be, work);
+    int fail = 0;
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int g = 0; g < KVH; g++) {
+                size_t o = ((size_t)b * KVH + g) * HS * Tk;
+                transpose_rows(kt + o, k + b * kv_stride + (size_t)g * HS, rs, Tk, HS);
+                transpose_rows(vt + o, v + b * kv_stride + (size_t)g * HS, rs, Tk, HS);
+            }
+        if (pass2) {
+#pragma omp for collapse(2) schedule(static) nowait
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++) {
+                    size_t o = ((size_t)b * NH + h) * HS * Tq,
+                           src = (size_t)b * Tq * qs + (size_t)h * HS;
+                    transpose_rows(qt + o, q + src, qs, Tq, HS);
+                    transpose_rows(dot_ + o, dout + src, qs, Tq, HS);
+                }
+        }
+    }
+
+    // pass 1: row statistics and dq
+    int total1 = B * Tq * KVH;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *pr = malloc(sizeof(float) * 2 * (size_t)grp * (size_t)Tk);
+        float *dp = pr ? pr + (size_t)grp * Tk : NULL;
+        if (!pr) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (int idx = 0; idx < total1; idx++) {
+            if (!pr) continue;
+            int g = idx % KVH, t = (idx / KVH) % Tq, b = idx / (KVH * Tq);
+            size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
+            const float *qv = q + qrow * HS, *dov = dout + qrow * HS;
+            int p = off + t;
+            int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+            int n = p - lo + 1;
+            const float *ktb = kt + ((size_t)b * KVH + g) * HS * Tk + lo;
+            const float *vtb = vt + ((size_t)b * KVH + g) * HS * Tk + lo;
+            memset(pr, 0, sizeof(float) * (size_t)grp * n);
+            memset(dp, 0, sizeof(float) * (size_t)grp * n);
+            for (int h = 0; h < grp; h++) {
+                gaxpy(pr + (size_t)h * n, qv + (size_t)h * HS, ktb, (size_t)Tk, HS, n, scale);
+                gaxpy(dp + (size_t)h * n, dov + (size_t)h * HS, vtb, (size_t)Tk, HS, n, 1.0f);
+            }
+            for (int h = 0; h < grp; h++) {
+                float *ph = pr + (size_t)h * n, *dph = dp + (size_t)h * n;
+                float mx = -INFINITY, sum = 0, D = 0;
+#pragma omp simd reduction(max : mx)
+                for (int j = 0; j < n; j++)
+                    mx = ph[j] > mx ? ph[j] : mx;
+#pragma omp simd reduction(+ : sum)
+                for (int j = 0; j < n; j++)
+                    sum += (ph[j] = vexpf(ph[j] - mx));
+                float inv = 1.0f / sum;
+#pragma omp simd reduction(+ : D)
+                for (int j = 0; j < n; j++) {
+                    ph[j] *= inv;
+                    D += ph[j] * dph[j];
+                }
+                size_t st = ((size_t)b * NH + (size_t)g * grp + h) * Tq + t;
+                lse[st] = mx + logf(sum);
+                dsum[st] = D;
+#pragma omp simd
+                for (int j = 0; j < n; j++)
+                    dph[j] = ph[j] * (dph[j] - D) * scale; /* ds */
+            }
+            if (dq) {
+                float *dqv = dq + qrow * HS;
+                const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
+                for (int h = 0; h < grp; h++)
+                    gaxpy(dqv + (size_t)h * HS, dp + (size_t)h * n, kb, rs, n, HS, 1.0f);
+            }
+        }
+        free(pr);
+    }
+
+    // pass 2: dk and dv, one key row of one kv head per item
+    if (pass2 && !fail) {
+        int total2 = B * KVH * Tk;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+        {
+            float *acc = malloc(sizeof(float) * (2 * (size_t)HS + 2 * (size_t)Tq));
+            if (!acc) {
+#pragma omp atomic write
+                fail = 1;
+            }
+#pragma omp for schedule(dynamic, 8)
+            for (int idx = 0; idx < total2; idx++) {
+                if (!acc) continue;
+                int j = idx % Tk, g = (idx / Tk) % KVH, b = idx / (Tk * KVH);
+                /* queries that see key j: p(t) >= j and, with a window, p(t) - window < j */
+                int t0 = j - off > 0 ? j - off : 0;
+                int t1 = Tq - 1;
+                if (window > 0 && j + window - 1 - off < t1) t1 = j + window - 1 - off;
+                if (t0 > t1) continue;
+                int m = t1 - t0 + 1;
+                size_t ko = b * kv_stride + (size_t)j * rs + (size_t)g * HS;
+                const float *kr = k + ko, *vr = v + ko;
+                float *ak = acc, *av = acc + HS, *s = av + HS, *dpp = s + Tq;
+                memset(ak, 0, sizeof(float) * 2 * (size_t)HS);
+                for (int h = g * grp; h < (g + 1) * grp; h++) {
+                    const float *qtb = qt + ((size_t)b * NH + h) * HS * Tq + t0;
+                    const float *dtb = dot_ + ((size_t)b * NH + h) * HS * Tq + t0;
+                    const float *ls = lse + ((size_t)b * NH + h) * Tq + t0;
+                    const float *Ds = dsum + ((size_t)b * NH + h) * Tq + t0;
+                    memset(s, 0, sizeof(float) * (size_t)m);
+                    memset(dpp, 0, sizeof(float) * (size_t)m);
+                    gaxpy(s, kr, qtb, (size_t)Tq, HS, m, scale);
+                    if (dk) gaxpy(dpp, vr, dtb, (size_t)Tq, HS, m, 1.0f);
+#pragma omp simd
+                    for (int tt = 0; tt < m; tt++) {
+                        s[tt] = vexpf(s[tt] - ls[tt]);                /* p */
+                        dpp[tt] = s[tt] * (dpp[tt] - Ds[tt]) * scale; /* ds (unused without dk) */
+                    }
+                    const float *qr = q + (((size_t)b * Tq + t0) * NH + h) * HS;
+                    const float *dr = dout + (((size_t)b * Tq + t0) * NH + h) * HS;
+                    if (dk) gaxpy(ak, dpp, qr, qs, m, HS, 1.0f);
+                    if (dv) gaxpy(av, s, dr, qs, m, HS, 1.0f);
+                }
+                if (dk) axpyf(dk + ko, 1.0f, ak, HS);
+                if (dv) axpyf(dv + ko, 1.0f, av, HS);
+            }
+            free(acc);
+        }
+    }
+    if (fail) latch_nomem(be, "attention_bwd", sizeof(float) * 2 * (size_t)(grp * Tk + HS + Tq));
+    free(scratch);
+}
+
+// --- elementwise
+
+void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                    const float *up, size_t n) {
+    int nth = threads_for(be, n);
+    /* Separate loops per NULL pattern: a conditional store keeps GCC from vectorizing. */
+    if (dgate && dup) {
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i], sg = 1.0f / (1.0f + vexpf(-g)), d = dout[i];
+            dgate[i] += d * up[i] * sg * (1.0f + g * (1.0f - sg));
+            dup[i] += d * g * sg;
+        }
+    } else if (dgate) {
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i], sg = 1.0f / (1.0f + vexpf(-g));
+            dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+        }
+    } else if (dup) {
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i];
+            dup[i] += dout[i] * g / (1.0f + vexpf(-g));
+        }
+    }
+}
+
+void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
+                  int approx) {
+    if (!din) return;
+    int nth = threads_for(be, n);
+    if (approx) { /* tanh(u) = 1 - 2 / (1 + exp(2u)) */
+        const float kk = 0.7978845608f, c3 = 0.044715f;
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float x = in[i], th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
+            float d = 0.5f * (1.0f + th) +
+                      0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
+            din[i] += dout[i] * d;
+        }
+    } else {
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++) {
+            float x = in[i];
+            float d = 0.5f * (1.0f + erff(x * 0.70710678f)) + x * expf(-0.5f * x * x) * 0.39894228f;
+            din[i] += dout[i] * d;
+        }
+    }
+}
+
+/* Repeated ids add into the same table row, so threads split the columns, not the tokens. */
+void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T,
+                   int C) {
+    if (!dtable || T <= 0 || C <= 0) return;
+    int nblk = (C + 63) / 64;
+    int nth = threads_for(be, (size_t)T * C);
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (int t = 0; t < T; t++) {
+            float *row = dtable + (size_t)ids[t] * C;
+            const float *g = dout + (size_t)t * C;
+#pragma omp simd
+            for (int c = c0; c < c1; c++)
+                row[c] += g[c];
+        }
+    }
+}
+
+// --- loss and optimizer
+
+/* Per row: max-subtracted log-sum-exp; the exponentials go straight into dlogits (which may
+ * alias logits, so the target's logit is read first) and are then scaled. */
+void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
+                      const int32_t *targets, int R, int V, float scale) {
+    if (R <= 0) return;
+    int nth = threads_for(be, (size_t)R * V);
+    int bad = 0;
+#pragma omp parallel for num_threads(nth) reduction(+ : bad) if (nth > 1)
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float *dx = dlogits ? dlogits + (size_t)r * V : NULL;
+        int32_t tg = targets[r];
+        if (tg < 0 || tg >= V) {
+            bad += tg != -100;
+            losses[r] = 0;
+            if (dx) memset(dx, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+        float xt = x[tg], mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int i = 0; i < V; i++)
+            mx = x[i] > mx ? x[i] : mx;
+        float sum = 0;
+        if (dx) {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < V; i++) {
+                float e = vexpf(x[i] - mx);
+                dx[i] = e; /* same index as the read: fine when dx aliases x */
+                sum += e;
+            }
+            float f = scale / sum;
+#pragma omp simd
+            for (int i = 0; i < V; i++)
+                dx[i] *= f;
+            dx[tg] -= scale;
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < V; i++)
+                sum += vexpf(x[i] - mx);
+        }
+        losses[r] = (float)((double)mx + log((double)sum) - (double)xt);
+    }
+    if (bad && !be->err.code)
+        tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
+}
+
+double cpu_sumsq(Backend *be, const float *x, size_t n) {
+    int nth = threads_for(be, n * 8);
+    double s = 0;
+#pragma omp parallel for simd num_threads(nth) reduction(+ : s) if (nth > 1)
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+void cpu_scale(Backend *be, float *x, size_t n, float s) {
+    int nth = threads_for(be, n * 8);
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+/* The mask comes from ops_hash.h, so it is the one ref_dropout (and any backend) draws. */
+void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed) {
+    int nth = threads_for(be, n * 4);
+    if (p >= 1.0f) {
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+        for (size_t i = 0; i < n; i++)
+            out[i] = 0;
+        return;
+    }
+    uint64_t key = tuna_dropout_key(seed);
+    float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+#pragma omp parallel for simd num_threads(nth) if (nth > 1)
+    for (size_t i = 0; i < n; i++)
+        out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
+}
+
+/* AdamW on p[i0..i1): one fused pass (decoupled decay, both moments, the bias-corrected
+ * step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's errno branch
+ * unless the whole file is built with -fno-math-errno (the optimize attribute does not do
+ * it), and that branch stops the vectorizer. */
+static void adamw_range(float *restrict p, const float *restrict g, float *restrict m,
+                        float *restrict v, size_t i0, size_t i1, float b1, float b2, float eps,
+                        float decay, float step, float ib2) {
+    float a1 = 1.0f - b1, a2 = 1.0f - b2;
+    size_t i = i0;
+#ifdef __AVX512F__
+    __m512 vb1 = _mm512_set1_ps(b1), vb2 = _mm512_set1_ps(b2), va1 = _mm512_set1_ps(a1),
+           va2 = _mm512_set1_ps(a2), veps = _mm512_set1_ps(eps), vdec = _mm512_set1_ps(decay),
+           vstep = _mm512_set1_ps(step), vib2 = _mm512_set1_ps(ib2);
+    for (; i + 16 <= i1; i += 16) {
+        __m512 gi = _mm512_loadu_ps(g + i);
+        __m512 mi = _mm512_fmadd_ps(vb1, _mm512_loadu_ps(m + i), _mm512_mul_ps(va1, gi));
+        __m512 vi = _mm512_fmadd_ps(vb2, _mm512_loadu_ps(v + i),
+                                    _mm512_mul_ps(_mm512_mul_ps(va2, gi), gi));
+        _mm512_storeu_ps(m + i, mi);
+        _mm512_storeu_ps(v + i, vi);
+        __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, vib2)), veps);
+        __m512 upd = _mm512_div_ps(_mm512_mul_ps(vstep, mi), den);
+        _mm512_storeu_ps(p + i, _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(p + i), vdec), upd));
+    }
+#endif
+#pragma omp simd
+    for (size_t j = i; j < i1; j++) {
+        float gj = g[j];
+        float mj = b1 * m[j] + a1 * gj;
+        float vj = b2 * v[j] + a2 * gj * gj;
+        m[j] = mj;
+        v[j] = vj;
+        p[j] = p[j] * decay - step * mj / (sqrtf(vj * ib2) + eps);
+    }
+}
+
+void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, float wd, float bc1, float bc2) {
+    int nth = threads_for(be, n * 8);
+    float decay = 1.0f - lr * wd, step = lr / bc1, ib2 = 1.0f / bc2;
+    size_t chunk = 16384; /* 64 KiB of each array per task */
+    size_t nchunk = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (size_t c = 0; c < nchunk; c++) {
+        size_t i1 = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+        adamw_range(p, g, m, v, c * chunk, i1, b1, b2, eps, decay, step, ib2);
+    }
+}

@@ -1,0 +1,285 @@
+/* cmd_template.c: `tuna template list|show`: list the template files and show how one dataset
+ * example is rendered and which tokens train. */
+#include "template.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "xalloc.h"
+
+// --- options
+
+enum {
+    OPT_TDIR = 256,
+    OPT_DATASET,
+    OPT_DDIR,
+    OPT_MODEL,
+    OPT_INDEX,
+    OPT_VARS,
+    OPT_CUTOFF,
+    OPT_STAGE,
+    OPT_COLOR,
+    OPT_NO_COLOR,
+    OPT_HELP
+};
+
+typedef struct TplOpt {
+    const char *name;
+    int has_arg;
+    int key;
+    const char *arg;
+    const char *help;
+} TplOpt;
+
+static const TplOpt tpl_opts[] = {
+        {"templates-dir", 1, OPT_TDIR, "DIR", "template files (default: templates)"},
+        {"dataset", 1, OPT_DATASET, "NAME", "show: dataset_info.json key"},
+        {"dataset-dir", 1, OPT_DDIR, "DIR", "show: dataset directory (default: datasets)"},
+        {"model", 1, OPT_MODEL, "DIR", "show: tokenizer directory (default: models/stories260K)"},
+        {"index", 1, OPT_INDEX, "N", "show: example index (default: 0)"},
+        {"vars", 1, OPT_VARS, "K=V,...", "show: replace {{K}} with V (identity: name, author)"},
+        {"cutoff-len", 1, OPT_CUTOFF, "N", "show: truncate as training would (default: 0, none)"},
+        {"stage", 1, OPT_STAGE, "sft|pt", "show: sft (default) or pt (plain text, all trains)"},
+        {"color", 0, OPT_COLOR, NULL, "dim masked text with ANSI even when not a tty"},
+        {"no-color", 0, OPT_NO_COLOR, NULL, "plain output: masked text in «...»"},
+        {"help", 0, OPT_HELP, NULL, "this help"},
+        {NULL, 0, 0, NULL, NULL}};
+
+static void tpl_help(FILE *f) {
+    fprintf(f, "usage: tuna template list [--templates-dir DIR]\n"
+               "       tuna template show NAME --dataset X [options]\n\noptions:\n");
+    for (int i = 0; tpl_opts[i].name; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", tpl_opts[i].name, tpl_opts[i].arg ? " " : "",
+                 tpl_opts[i].arg ? tpl_opts[i].arg : "");
+        fprintf(f, "  %-28s %s\n", left, tpl_opts[i].help);
+    }
+}
+
+// --- rendering
+
+/* Prints s with control characters made visible (\n shown as "\n" then a real newline). */
+static void put_visible(FILE *f, const char *s) {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n')
+            fputs("\\n\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\x%02x", c);
+        else
+            fputc(c, f);
+    }
+}
+
+static void put_escaped(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\x%02x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* Prints the example as runs of masked / trained tokens. */
+static void show_example(FILE *f, const Tokenizer *tok, const Example *e, int color) {
+    int n_train = 0;
+    for (int i = 0; i < e->n; i++)
+        n_train += e->labels[i] != TEMPLATE_IGNORE;
+    fprintf(f, "tokens: %d (train %d, masked %d)\n\n", e->n, n_train, e->n - n_train);
+    /* the text, masked runs dimmed or in «» */
+    for (int i = 0; i < e->n;) {
+        int masked = e->labels[i] == TEMPLATE_IGNORE, j = i;
+        while (j < e->n && (e->labels[j] == TEMPLATE_IGNORE) == masked)
+            j++;
+        char *s = tokenizer_decode(tok, e->ids + i, (size_t)(j - i), 0);
+        if (masked) fputs(color ? "\033[2m" : "«", f);
+        put_visible(f, s ? s : "");
+        if (masked) fputs(color ? "\033[0m" : "»", f);
+        free(s);
+        i = j;
+    }
+    fputs("\n\nsegments:\n", f);
+    for (int i = 0; i < e->n;) {
+        int masked = e->labels[i] == TEMPLATE_IGNORE, j = i;
+        while (j < e->n && (e->labels[j] == TEMPLATE_IGNORE) == masked)
+            j++;
+        char *s = tokenizer_decode(tok, e->ids + i, (size_t)(j - i), 0);
+        fprintf(f, "  %-8s %4d tokens  ", masked ? "[masked]" : "[train]", j - i);
+        put_escaped(f, s ? s : "");
+        fputc('\n', f);
+        free(s);
+        i = j;
+    }
+}
+
+static int template_show(const char *tdir, const char *name, const DatasetOptions *base,
+                         const char *model, int index, int color) {
+    Template *t = NULL;
+    Tokenizer *tok = NULL;
+    Dataset *d = NULL;
+    TunaErr err = {0};
+    int rc = 1;
+    if (!base->stage_pt && template_load(tdir, name, &t, &err)) goto fail;
+    if (tokenizer_load(model, &tok, &err)) goto fail;
+    DatasetOptions o = *base;
+    o.max_samples = index + 1;
+    if (dataset_load(&o, tok, t, &d, &err)) goto fail;
+    if (d->n <= (size_t)index) { /* bad rows were skipped: read everything */
+        dataset_free(d);
+        d = NULL;
+        o.max_samples = 0;
+        if (dataset_load(&o, tok, t, &d, &err)) goto fail;
+    }
+    if (d->n <= (size_t)index) {
+        tuna_errf(&err, TUNA_EINVAL, "--index %d: dataset \"%s\" has %zu examples", index,
+                  base->names, d->n);
+        goto fail;
+    }
+    printf("template: %s  dataset: %s  example: %d  tokenizer: %s\n", t ? template_name(t) : "(pt)",
+           base->names, index, model);
+    if (t) {
+        const char *const *sw;
+        int nsw = template_stop_words(t, &sw);
+        int eos = template_eos_id(t, tok);
+        const char *eos_s = eos >= 0 ? tokenizer_token_str(tok, eos) : NULL;
+        printf("eos: %s (%d)  stop words:", eos_s ? eos_s : "none", eos);
+        for (int i = 0; i < nsw; i++)
+            printf(" %s", sw[i]);
+        printf("%s\n", nsw ? "" : " none");
+    }
+    show_example(stdout, tok, &d->ex[index], color);
+    if (d->n_skipped) {
+        printf("\n%zu bad rows skipped in the rows read, e.g.\n", d->n_skipped);
+        for (int i = 0; i < d->n_msgs; i++)
+            printf("  %s\n", d->msgs[i]);
+    }
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "tuna template show: %s\n", err.msg);
+    dataset_free(d);
+    tokenizer_free(tok);
+    template_free(t);
+    return rc;
+}
+
+int cmd_template(int argc, char **argv) {
+    struct option lo[sizeof tpl_opts / sizeof tpl_opts[0]];
+    int nopt = 0;
+    for (; tpl_opts[nopt].name; nopt++)
+        lo[nopt] = (struct option){tpl_opts[nopt].name, tpl_opts[nopt].has_arg, NULL,
+                                   tpl_opts[nopt].key};
+    lo[nopt] = (struct option){0, 0, 0, 0};
+    const char *tdir = "templates", *model = "models/stories260K";
+    DatasetOptions o = {0};
+    int index = 0, color = isatty(STDOUT_FILENO);
+    optind = 0; /* glibc: full re-initialisation, argv[0] is skipped */
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case OPT_TDIR: tdir = optarg; break;
+        case OPT_DATASET: o.names = optarg; break;
+        case OPT_DDIR: o.dataset_dir = optarg; break;
+        case OPT_MODEL: model = optarg; break;
+        case OPT_VARS: o.vars = optarg; break;
+        case OPT_COLOR: color = 1; break;
+        case OPT_NO_COLOR: color = 0; break;
+        case OPT_INDEX:
+        case OPT_CUTOFF: {
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || v < 0 || v > 1000000000) {
+                fprintf(stderr,
+                        "tuna template: --%s: expected a non-negative integer, got \"%s\"\n",
+                        c == OPT_INDEX ? "index" : "cutoff-len", optarg);
+                return 2;
+            }
+            if (c == OPT_INDEX)
+                index = (int)v;
+            else
+                o.cutoff_len = (int)v;
+            break;
+        }
+        case OPT_STAGE:
+            if (!strcmp(optarg, "pt"))
+                o.stage_pt = 1;
+            else if (!strcmp(optarg, "sft"))
+                o.stage_pt = 0;
+            else {
+                fprintf(stderr, "tuna template: --stage: expected sft or pt, got \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_HELP:
+        case 'h': tpl_help(stdout); return 0;
+        default:
+            fprintf(stderr, "tuna template: unknown option \"%s\"\n", argv[optind - 1]);
+            tpl_help(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        tpl_help(stderr);
+        return 2;
+    }
+    const char *sub = argv[optind++];
+    if (!strcmp(sub, "list")) {
+        char **names = NULL;
+        int n = 0;
+        TunaErr err = {0};
+        if (template_list(tdir, &names, &n, &err)) {
+            fprintf(stderr, "tuna template list: %s\n", err.msg);
+            return 1;
+        }
+        int rc = 0;
+        for (int i = 0; i < n; i++) {
+            Template *t = NULL;
+            if (template_load(tdir, names[i], &t, &err)) {
+                printf("%-12s  (bad: %s)\n", names[i], err.msg);
+                rc = 1;
+            } else {
+                const char *sys = template_default_system(t);
+                printf("%-12s%s%.60s%s\n", names[i], *sys ? "  system: " : "", sys,
+                       strlen(sys) > 60 ? "..." : "");
+            }
+            template_free(t);
+        }
+        template_list_free(names, n);
+        return rc;
+    }
+    if (!strcmp(sub, "show")) {
+        if (optind >= argc && !o.stage_pt) {
+            fprintf(stderr, "tuna template show: missing template NAME\n");
+            return 2;
+        }
+        if (!o.names) {
+            fprintf(stderr, "tuna template show: --dataset is required\n");
+            return 2;
+        }
+        const char *name = optind < argc ? argv[optind++] : NULL;
+        if (optind < argc) {
+            fprintf(stderr, "tuna template show: unexpected argument \"%s\"\n", argv[optind]);
+            return 2;
+        }
+        return template_show(tdir, name, &o, model, index, color);
+    }
+    fprintf(stderr, "tuna template: unknown subcommand \"%s\" (list, show)\n", sub);
+    return 2;
+}

@@ -1,0 +1,1108 @@
+/* dataset.c: dataset_info.json registry, streaming row readers (JSONL, JSON array, text),
+ * LLaMA-Factory's alpaca/sharegpt converters, pt packing, the split and the batcher. */
+#include "dataset.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+#define MAX_ELEM_BYTES ((size_t)256 << 20) /* one JSON element (row) */
+#define MAX_INFO_BYTES ((size_t)16 << 20)  /* dataset_info.json */
+
+// --- registry (LLaMA-Factory parser.py DatasetAttr)
+
+enum { FMT_ALPACA, FMT_SHAREGPT };
+
+typedef struct DatasetAttr {
+    char *name, *path;
+    int formatting;
+    /* columns: NULL = unused */
+    const char *prompt, *query, *response, *system, *history, *messages, *tools;
+    /* tags: NULL = never matches */
+    const char *role_tag, *content_tag, *user_tag, *assistant_tag, *observation_tag, *function_tag,
+            *system_tag;
+} DatasetAttr;
+
+static const char *get_str(const cJSON *obj, const char *key) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(j) ? j->valuestring : NULL;
+}
+
+/* Fills a from the registry entry (strings borrowed from the cJSON tree `entry`). */
+static int parse_attr(const char *info_path, const char *dir, const char *name, const cJSON *entry,
+                      DatasetAttr *a, TunaErr *err) {
+    memset(a, 0, sizeof *a);
+    if (!cJSON_IsObject(entry))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an object", info_path, name);
+    const char *file = get_str(entry, "file_name");
+    if (!file) {
+        if (cJSON_GetObjectItemCaseSensitive(entry, "hf_hub_url") ||
+            cJSON_GetObjectItemCaseSensitive(entry, "ms_hub_url") ||
+            cJSON_GetObjectItemCaseSensitive(entry, "om_hub_url") ||
+            cJSON_GetObjectItemCaseSensitive(entry, "script_url"))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\": only local \"file_name\" datasets are supported, not "
+                             "hub or script URLs",
+                             info_path, name);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has no \"file_name\" string", info_path,
+                         name);
+    }
+    const cJSON *rank = cJSON_GetObjectItemCaseSensitive(entry, "ranking");
+    if (cJSON_IsTrue(rank))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"%s\" is a ranking (preference, dpo) dataset: not supported for sft",
+                         info_path, name);
+    const char *fmt = get_str(entry, "formatting");
+    if (!fmt || !strcmp(fmt, "alpaca"))
+        a->formatting = FMT_ALPACA;
+    else if (!strcmp(fmt, "sharegpt"))
+        a->formatting = FMT_SHAREGPT;
+    else
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"%s\": formatting \"%s\" (expected alpaca or "
+                         "sharegpt)",
+                         info_path, name, fmt);
+    const cJSON *cols = cJSON_GetObjectItemCaseSensitive(entry, "columns");
+    if (cols && !cJSON_IsObject(cols))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\": \"columns\" must be an object", info_path,
+                         name);
+    if (cols) {
+        if (cJSON_GetObjectItemCaseSensitive(cols, "kto_tag") ||
+            cJSON_GetObjectItemCaseSensitive(cols, "chosen"))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" is a kto/preference dataset: not supported for sft",
+                             info_path, name);
+        a->prompt = get_str(cols, "prompt");
+        a->query = get_str(cols, "query");
+        a->response = get_str(cols, "response");
+        a->system = get_str(cols, "system");
+        a->history = get_str(cols, "history");
+        a->messages = get_str(cols, "messages");
+        a->tools = get_str(cols, "tools");
+    } else {
+        a->prompt = "instruction";
+        a->query = "input";
+        a->response = "output";
+        a->messages = "conversations";
+    }
+    const cJSON *tags = cJSON_GetObjectItemCaseSensitive(entry, "tags");
+    if (tags && !cJSON_IsObject(tags))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\": \"tags\" must be an object", info_path,
+                         name);
+    if (tags) { /* LLaMA-Factory: a "tags" object replaces all tags, missing ones become None */
+        a->role_tag = get_str(tags, "role_tag");
+        a->content_tag = get_str(tags, "content_tag");
+        a->user_tag = get_str(tags, "user_tag");
+        a->assistant_tag = get_str(tags, "assistant_tag");
+        a->observation_tag = get_str(tags, "observation_tag");
+        a->function_tag = get_str(tags, "function_tag");
+        a->system_tag = get_str(tags, "system_tag");
+    } else {
+        a->role_tag = "from";
+        a->content_tag = "value";
+        a->user_tag = "human";
+        a->assistant_tag = "gpt";
+        a->observation_tag = "observation";
+        a->function_tag = "function_call";
+        a->system_tag = "system";
+    }
+    if (a->formatting == FMT_SHAREGPT && (!a->messages || !a->role_tag || !a->content_tag))
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: \"%s\": sharegpt needs columns.messages and "
+                         "tags role_tag/content_tag",
+                         info_path, name);
+    a->name = xstrdup(name);
+    size_t l = strlen(dir) + strlen(file) + 2;
+    a->path = xmalloc(l);
+    snprintf(a->path, l, "%s/%s", dir, file);
+    return 0;
+}
+
+static void attr_free(DatasetAttr *a) {
+    free(a->name);
+    free(a->path);
+}
+
+// --- {{var}} substitution
+
+typedef struct Vars {
+    char **key; /* "{{name}}" */
+    char **val;
+    int n;
+} Vars;
+
+static int vars_parse(const char *s, Vars *v, TunaErr *err) {
+    memset(v, 0, sizeof *v);
+    if (!s || !*s) return 0;
+    const char *p = s;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        if (len == 0) {
+            p += end ? 1 : 0;
+            if (!end) break;
+            continue;
+        }
+        if (!eq || eq == p)
+            return tuna_errf(err, TUNA_EINVAL, "--vars: expected key=value, got \"%.*s\"", (int)len,
+                             p);
+        v->key = xrealloc(v->key, (size_t)(v->n + 1) * sizeof *v->key);
+        v->val = xrealloc(v->val, (size_t)(v->n + 1) * sizeof *v->val);
+        size_t kl = (size_t)(eq - p);
+        v->key[v->n] = xmalloc(kl + 5);
+        snprintf(v->key[v->n], kl + 5, "{{%.*s}}", (int)kl, p);
+        v->val[v->n] = xstrndup(eq + 1, len - kl - 1);
+        v->n++;
+        if (!end) break;
+        p = end + 1;
+    }
+    return 0;
+}
+
+static void vars_free(Vars *v) {
+    for (int i = 0; i < v->n; i++) {
+        free(v->key[i]);
+        free(v->val[i]);
+    }
+    free(v->key);
+    free(v->val);
+}
+
+/* Returns a malloc'd copy of s with every {{key}} replaced. */
+static char *vars_apply(const Vars *v, const char *s) {
+    char *cur = xstrdup(s);
+    for (int i = 0; i < v->n; i++) {
+        if (!strstr(cur, v->key[i])) continue;
+        size_t kl = strlen(v->key[i]), vl = strlen(v->val[i]), cnt = 0;
+        for (const char *q = cur; (q = strstr(q, v->key[i])); q += kl)
+            cnt++;
+        size_t nl = strlen(cur) - cnt * kl + cnt * vl;
+        char *out = xmalloc(nl + 1), *o = out;
+        const char *q = cur, *m;
+        while ((m = strstr(q, v->key[i]))) {
+            memcpy(o, q, (size_t)(m - q));
+            o += m - q;
+            memcpy(o, v->val[i], vl);
+            o += vl;
+            q = m + kl;
+        }
+        strcpy(o, q);
+        free(cur);
+        cur = out;
+    }
+    return cur;
+}
+
+// --- row readers: JSONL, JSON array (incremental scanner), text
+
+enum { RD_JSONL, RD_ARRAY, RD_TEXT };
+
+typedef struct Reader {
+    FILE *f;
+    const char *path;
+    int kind;
+    long line;       /* current line (1-based) of the next unread byte (array mode) */
+    int array_state; /* 0: before first element, 1: after an element, 2: done */
+    char *buf;       /* element / line buffer */
+    size_t len, cap;
+    char *lbuf; /* getline buffer */
+    size_t lcap;
+} Reader;
+
+static void rd_putc(Reader *r, char c) {
+    if (r->len + 1 >= r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 4096;
+        r->buf = xrealloc(r->buf, r->cap);
+    }
+    r->buf[r->len++] = c;
+}
+
+static int rd_getc(Reader *r) {
+    int c = getc(r->f);
+    if (c == '\n') r->line++;
+    return c;
+}
+
+static int skip_ws(Reader *r) {
+    int c;
+    do
+        c = rd_getc(r);
+    while (c == ' ' || c == '\t' || c == '\n' || c == '\r');
+    return c;
+}
+
+static int reader_open(Reader *r, const char *path, TunaErr *err) {
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->line = 1;
+    r->f = fopen(path, "rb");
+    if (!r->f) return tuna_errf(err, TUNA_EIO, "%s: %s", path, strerror(errno));
+    size_t l = strlen(path);
+    if (l >= 4 && !strcmp(path + l - 4, ".txt")) {
+        r->kind = RD_TEXT;
+        return 0;
+    }
+    if (l >= 6 && !strcmp(path + l - 6, ".jsonl")) {
+        r->kind = RD_JSONL;
+        return 0;
+    }
+    if (!(l >= 5 && !strcmp(path + l - 5, ".json"))) {
+        fclose(r->f);
+        r->f = NULL;
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: unsupported file type (expected .json, .jsonl or "
+                         ".txt)",
+                         path);
+    }
+    /* .json: a top-level array, or JSON lines (as Hugging Face's json builder accepts). */
+    unsigned char bom[3];
+    size_t got = fread(bom, 1, 3, r->f);
+    if (!(got == 3 && bom[0] == 0xEF && bom[1] == 0xBB && bom[2] == 0xBF)) rewind(r->f);
+    int c = skip_ws(r);
+    if (c == '[') {
+        r->kind = RD_ARRAY;
+        return 0;
+    }
+    if (c == '{') {
+        r->kind = RD_JSONL;
+        rewind(r->f);
+        r->line = 1;
+        return 0;
+    }
+    fclose(r->f);
+    r->f = NULL;
+    if (c == EOF) return tuna_errf(err, TUNA_EFORMAT, "%s: empty file", path);
+    return tuna_errf(err, TUNA_EFORMAT,
+                     "%s:%ld: expected a JSON array '[' or JSON lines, got "
+                     "'%c'",
+                     path, r->line, c);
+}
+
+static void reader_close(Reader *r) {
+    if (r->f) fclose(r->f);
+    free(r->buf);
+    free(r->lbuf);
+}
+
+/* Next line of text (RD_TEXT/RD_JSONL) into r->buf, without the line end; skips blank lines.
+ * Returns 1 and *line, 0 at EOF. */
+static int next_line(Reader *r, long *line) {
+    for (;;) {
+        ssize_t n = getline(&r->lbuf, &r->lcap, r->f);
+        if (n < 0) return 0;
+        long ln = r->line++;
+        while (n > 0 && (r->lbuf[n - 1] == '\n' || r->lbuf[n - 1] == '\r'))
+            n--;
+        size_t i = 0;
+        if (ln == 1 && n >= 3 && !memcmp(r->lbuf, "\xEF\xBB\xBF", 3)) i = 3;
+        size_t k = i;
+        while (k < (size_t)n && (r->lbuf[k] == ' ' || r->lbuf[k] == '\t'))
+            k++;
+        if (k == (size_t)n) continue;
+        r->len = 0;
+        for (; i < (size_t)n; i++)
+            rd_putc(r, r->lbuf[i]);
+        rd_putc(r, 0);
+        r->len--;
+        *line = ln;
+        return 1;
+    }
+}
+
+/* Next top-level array element's bytes into r->buf. Returns 1 and *line (where the element
+ * starts), 0 at the closing ']', negative on a framing error (fatal: the file cannot be split). */
+static int next_element(Reader *r, long *line, TunaErr *err) {
+    if (r->array_state == 2) return 0;
+    int c = skip_ws(r);
+    if (r->array_state == 1) {
+        if (c == ']') goto done;
+        if (c != ',') goto bad;
+        c = skip_ws(r);
+    } else if (c == ']') {
+        goto done;
+    }
+    if (c == EOF) goto eof;
+    *line = r->line;
+    r->len = 0;
+    if (c == '{' || c == '[' || c == '"') {
+        int depth = c == '"' ? 0 : 1, in_str = c == '"', esc = 0;
+        rd_putc(r, (char)c);
+        while (depth > 0 || in_str) {
+            c = rd_getc(r);
+            if (c == EOF) goto eof;
+            rd_putc(r, (char)c);
+            if (r->len > MAX_ELEM_BYTES)
+                return tuna_errf(err, TUNA_EFORMAT, "%s:%ld: element larger than %zu MiB", r->path,
+                                 *line, MAX_ELEM_BYTES >> 20);
+            if (in_str) {
+                if (esc)
+                    esc = 0;
+                else if (c == '\\')
+                    esc = 1;
+                else if (c == '"')
+                    in_str = 0;
+            } else if (c == '"') {
+                in_str = 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                depth--;
+            }
+        }
+    } else { /* a scalar: up to the next separator */
+        while (c != EOF && c != ',' && c != ']' && c != ' ' && c != '\t' && c != '\n' &&
+               c != '\r') {
+            rd_putc(r, (char)c);
+            if (r->len > 4096) break;
+            c = rd_getc(r);
+        }
+        if (c == '\n') r->line--;
+        if (c != EOF) ungetc(c, r->f);
+    }
+    rd_putc(r, 0);
+    r->len--;
+    r->array_state = 1;
+    return 1;
+done:
+    r->array_state = 2;
+    return 0;
+eof:
+    return tuna_errf(err, TUNA_EFORMAT,
+                     "%s:%ld: unexpected end of file inside the top-level "
+                     "array",
+                     r->path, r->line);
+bad:
+    if (c == EOF) goto eof;
+    return tuna_errf(err, TUNA_EFORMAT,
+                     "%s:%ld: expected ',' or ']' between array elements, "
+                     "got '%c'",
+                     r->path, r->line, c);
+}
+
+// --- loading context
+
+typedef struct Ctx {
+    const DatasetOptions *opt;
+    const Tokenizer *tok;
+    const Template *tpl;
+    Dataset *d;
+    Vars vars;
+    int add_bos; /* the tokenizer's post-processor adds BOS (pt) */
+    int eos;     /* tokenizer EOS for pt, -1 if none */
+    /* pt packing buffer */
+    int32_t *pend;
+    size_t n_pend, cap_pend;
+} Ctx;
+
+static void ds_push(Dataset *d, int32_t *ids, int32_t *labels, size_t n) {
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 256;
+        d->ex = xrealloc(d->ex, d->cap * sizeof *d->ex);
+    }
+    d->ex[d->n].ids = ids;
+    d->ex[d->n].labels = labels;
+    d->ex[d->n].n = (int)n;
+    d->n++;
+    d->n_tokens += n;
+    for (size_t i = 0; i < n; i++)
+        d->n_train_tokens += labels[i] != TEMPLATE_IGNORE;
+}
+
+/* A bad row: fatal with strict (returns TUNA_EFORMAT), else counted and kept for the summary. */
+static int bad_row(Ctx *c, TunaErr *err, const char *path, long line, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
+static int bad_row(Ctx *c, TunaErr *err, const char *path, long line, const char *fmt, ...) {
+    char what[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (c->opt->strict) return tuna_errf(err, TUNA_EFORMAT, "%s:%ld: %s", path, line, what);
+    c->d->n_skipped++;
+    if (c->d->n_msgs < DATASET_MAX_MSGS)
+        snprintf(c->d->msgs[c->d->n_msgs++], TUNA_ERR_LEN, "%s:%ld: %s", path, line, what);
+    return 0;
+}
+
+static const char *jtype(const cJSON *j) {
+    if (!j) return "nothing";
+    if (cJSON_IsNull(j)) return "null";
+    if (cJSON_IsString(j)) return "string";
+    if (cJSON_IsNumber(j)) return "number";
+    if (cJSON_IsBool(j)) return "boolean";
+    if (cJSON_IsArray(j)) return "array";
+    if (cJSON_IsObject(j)) return "object";
+    return "invalid";
+}
+
+/* A converted row: messages with owned contents (roles are static strings). */
+typedef struct Conv {
+    ChatMessage *m;
+    char **own;
+    int n, cap;
+} Conv;
+
+static void conv_add(Conv *cv, const char *role, const Vars *v, const char *content) {
+    if (cv->n == cv->cap) {
+        cv->cap = cv->cap ? cv->cap * 2 : 8;
+        cv->m = xrealloc(cv->m, (size_t)cv->cap * sizeof *cv->m);
+        cv->own = xrealloc(cv->own, (size_t)cv->cap * sizeof *cv->own);
+    }
+    cv->own[cv->n] = vars_apply(v, content);
+    cv->m[cv->n].role = role;
+    cv->m[cv->n].content = cv->own[cv->n];
+    cv->n++;
+}
+
+static void conv_free(Conv *cv) {
+    for (int i = 0; i < cv->n; i++)
+        free(cv->own[i]);
+    free(cv->own);
+    free(cv->m);
+    memset(cv, 0, sizeof *cv);
+}
+
+/* Optional string column: absent or null -> NULL (ok); other types -> *bad set. */
+static const char *opt_str(const cJSON *row, const char *col, const char **bad_type) {
+    if (!col) return NULL;
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(row, col);
+    if (!j || cJSON_IsNull(j)) return NULL;
+    if (cJSON_IsString(j)) return j->valuestring;
+    *bad_type = jtype(j);
+    return NULL;
+}
+
+/* LLaMA-Factory AlpacaDatasetConverter. Returns 0 with *why NULL on success; on a bad row sets
+ * *why (static or in whybuf). need_response: sft. */
+static void convert_alpaca(const DatasetAttr *a, const cJSON *row, const Vars *v, int need_response,
+                           Conv *cv, const char **why, char *whybuf, size_t whylen) {
+    const char *bt = NULL;
+    *why = NULL;
+    const char *sys = opt_str(row, a->system, &bt);
+    if (bt) {
+        snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", a->system, bt);
+        *why = whybuf;
+        return;
+    }
+    if (sys && *sys) conv_add(cv, "system", v, sys);
+    if (a->history) {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(row, a->history);
+        if (h && !cJSON_IsNull(h) && !cJSON_IsArray(h)) {
+            snprintf(whybuf, whylen, "\"%s\" must be an array of [query, response] pairs, got %s",
+                     a->history, jtype(h));
+            *why = whybuf;
+            return;
+        }
+        const cJSON *pair;
+        int i = 0;
+        cJSON_ArrayForEach(pair, h) {
+            const cJSON *q = cJSON_GetArrayItem(pair, 0), *r = cJSON_GetArrayItem(pair, 1);
+            if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2 || !cJSON_IsString(q) ||
+                !cJSON_IsString(r)) {
+                snprintf(whybuf, whylen, "\"%s\"[%d] must be a [query, response] pair of strings",
+                         a->history, i);
+                *why = whybuf;
+                return;
+            }
+            conv_add(cv, "user", v, q->valuestring);
+            conv_add(cv, "assistant", v, r->valuestring);
+            i++;
+        }
+    }
+    const cJSON *pj = a->prompt ? cJSON_GetObjectItemCaseSensitive(row, a->prompt) : NULL;
+    if (a->prompt && !cJSON_IsString(pj)) {
+        snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", a->prompt, jtype(pj));
+        *why = whybuf;
+        return;
+    }
+    const char *query = opt_str(row, a->query, &bt);
+    if (bt) {
+        snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", a->query, bt);
+        *why = whybuf;
+        return;
+    }
+    /* prompt = instruction + "\n" + input, each only when non-empty */
+    const char *p = pj ? pj->valuestring : "";
+    size_t pl = strlen(p), ql = query ? strlen(query) : 0;
+    char *user = xmalloc(pl + ql + 2);
+    snprintf(user, pl + ql + 2, "%s%s%s", p, pl && ql ? "\n" : "", ql ? query : "");
+    conv_add(cv, "user", v, user);
+    free(user);
+    if (!need_response) return;
+    const cJSON *rj = a->response ? cJSON_GetObjectItemCaseSensitive(row, a->response) : NULL;
+    if (!cJSON_IsString(rj)) {
+        snprintf(whybuf, whylen, "\"%s\" must be a string, got %s",
+                 a->response ? a->response : "response", jtype(rj));
+        *why = whybuf;
+        return;
+    }
+    conv_add(cv, "assistant", v, rj->valuestring);
+}
+
+static int tag_is(const char *tag, const char *s) {
+    return tag && !strcmp(tag, s);
+}
+
+/* LLaMA-Factory SharegptDatasetConverter (roles from tags, odd/even alternation). */
+static void convert_sharegpt(const DatasetAttr *a, const cJSON *row, const Vars *v,
+                             int need_response, Conv *cv, const char **why, char *whybuf,
+                             size_t whylen) {
+    *why = NULL;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, a->messages);
+    if (!cJSON_IsArray(msgs)) {
+        snprintf(whybuf, whylen, "\"%s\" must be an array, got %s", a->messages, jtype(msgs));
+        *why = whybuf;
+        return;
+    }
+    int n = cJSON_GetArraySize(msgs), start = 0;
+    const cJSON *first = cJSON_GetArrayItem(msgs, 0);
+    const char *sys = NULL;
+    if (a->system_tag && n > 0 && cJSON_IsObject(first) &&
+        tag_is(a->system_tag, get_str(first, a->role_tag) ? get_str(first, a->role_tag) : "")) {
+        sys = get_str(first, a->content_tag);
+        if (!sys) {
+            snprintf(whybuf, whylen, "\"%s\"[0].\"%s\" must be a string", a->messages,
+                     a->content_tag);
+            *why = whybuf;
+            return;
+        }
+        start = 1;
+    } else {
+        const char *bt = NULL;
+        sys = opt_str(row, a->system, &bt);
+        if (bt) {
+            snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", a->system, bt);
+            *why = whybuf;
+            return;
+        }
+    }
+    if (sys && *sys) conv_add(cv, "system", v, sys);
+    if (a->tools) {
+        const cJSON *tj = cJSON_GetObjectItemCaseSensitive(row, a->tools);
+        if (cJSON_IsString(tj) && tj->valuestring[0]) {
+            conv_add(cv, "tools", v, tj->valuestring);
+        } else if (cJSON_IsArray(tj) || cJSON_IsObject(tj)) {
+            char *s = cJSON_PrintUnformatted(tj);
+            conv_add(cv, "tools", v, s ? s : "");
+            cJSON_free(s);
+        } else if (tj && !cJSON_IsNull(tj) && !cJSON_IsString(tj)) {
+            snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", a->tools, jtype(tj));
+            *why = whybuf;
+            return;
+        }
+    }
+    if (n - start <= 0) {
+        snprintf(whybuf, whylen, "\"%s\" has no messages", a->messages);
+        *why = whybuf;
+        return;
+    }
+    for (int i = start; i < n; i++) {
+        const cJSON *m = cJSON_GetArrayItem(msgs, i);
+        const char *role = cJSON_IsObject(m) ? get_str(m, a->role_tag) : NULL;
+        const char *content = cJSON_IsObject(m) ? get_str(m, a->content_tag) : NULL;
+        if (!role || !content) {
+            snprintf(whybuf, whylen, "\"%s\"[%d] must be an object with string \"%s\" and \"%s\"",
+                     a->messages, i, a->role_tag, a->content_tag);
+            *why = whybuf;
+            return;
+        }
+        int turn = i - start;
+        const char *mapped = NULL;
+        if (turn % 2 == 0) {
+            if (tag_is(a->user_tag, role))
+                mapped = "user";
+            else if (tag_is(a->observation_tag, role))
+                mapped = "observation";
+        } else {
+            if (tag_is(a->assistant_tag, role))
+                mapped = "assistant";
+            else if (tag_is(a->function_tag, role))
+                mapped = "function";
+        }
+        if (!mapped) {
+            int even = turn % 2 == 0;
+            const char *t1 = even ? a->user_tag : a->assistant_tag;
+            const char *t2 = even ? a->observation_tag : a->function_tag;
+            snprintf(whybuf, whylen,
+                     "\"%s\"[%d]: role \"%s\" where %s%s%s was expected (roles "
+                     "must alternate)",
+                     a->messages, i, role, t1 ? t1 : "?", t2 ? "|" : "", t2 ? t2 : "");
+            *why = whybuf;
+            return;
+        }
+        conv_add(cv, mapped, v, content);
+    }
+    if (need_response && (n - start) % 2 != 0) {
+        snprintf(whybuf, whylen,
+                 "\"%s\" has %d messages: it must end with an assistant reply "
+                 "(an even count)",
+                 a->messages, n - start);
+        *why = whybuf;
+        return;
+    }
+}
+
+/* pt: appends text + EOS to the packing buffer (or emits one example when cutoff_len == 0). */
+static int pt_add(Ctx *c, const char *text, int apply_vars, TunaErr *err) {
+    char *s = apply_vars ? vars_apply(&c->vars, text) : xstrdup(text);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode(c->tok, s, strlen(s), 0, &ids, &n, err);
+    free(s);
+    if (rc) return rc;
+    size_t cutoff = c->opt->cutoff_len > 0 ? (size_t)c->opt->cutoff_len : 0;
+    if (!cutoff) {
+        size_t m = n + (c->add_bos ? 1 : 0) + (c->eos >= 0 ? 1 : 0), k = 0;
+        int32_t *e = xmalloc((m ? m : 1) * sizeof *e), *l = xmalloc((m ? m : 1) * sizeof *l);
+        if (c->add_bos) e[k++] = tokenizer_bos_id(c->tok);
+        memcpy(e + k, ids, n * sizeof *ids);
+        k += n;
+        if (c->eos >= 0) e[k++] = c->eos;
+        memcpy(l, e, m * sizeof *e);
+        free(ids);
+        if (m > (size_t)INT_MAX) {
+            free(e);
+            free(l);
+            return tuna_errf(err, TUNA_EINVAL, "a text row of %zu tokens is too long", m);
+        }
+        if (m)
+            ds_push(c->d, e, l, m);
+        else {
+            free(e);
+            free(l);
+        }
+        return 0;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n && c->eos < 0) break;
+        if (c->n_pend == c->cap_pend) {
+            c->cap_pend = c->cap_pend ? c->cap_pend * 2 : 4096;
+            c->pend = xrealloc(c->pend, c->cap_pend * sizeof *c->pend);
+        }
+        c->pend[c->n_pend++] = i < n ? ids[i] : c->eos;
+        if (c->n_pend == cutoff) {
+            int32_t *e = xmalloc(cutoff * sizeof *e), *l = xmalloc(cutoff * sizeof *l);
+            memcpy(e, c->pend, cutoff * sizeof *e);
+            /* LLaMA-Factory packs blocks and overwrites their first token with BOS */
+            if (c->add_bos) e[0] = tokenizer_bos_id(c->tok);
+            memcpy(l, e, cutoff * sizeof *e);
+            ds_push(c->d, e, l, cutoff);
+            c->n_pend = 0;
+        }
+    }
+    free(ids);
+    return 0;
+}
+
+static void pt_flush(Ctx *c) {
+    if (!c->n_pend) return;
+    size_t n = c->n_pend;
+    int32_t *e = xmalloc(n * sizeof *e), *l = xmalloc(n * sizeof *l);
+    memcpy(e, c->pend, n * sizeof *e);
+    if (c->add_bos) e[0] = tokenizer_bos_id(c->tok);
+    memcpy(l, e, n * sizeof *e);
+    ds_push(c->d, e, l, n);
+    c->n_pend = 0;
+}
+
+/* One JSON row. Returns 0 (also for a skipped bad row) or a fatal error. */
+static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line, const char *text,
+                       size_t len, TunaErr *err) {
+    cJSON *row = cJSON_ParseWithLength(text, len);
+    if (!row) return bad_row(c, err, path, line, "invalid JSON");
+    int rc = 0;
+    Conv cv = {0};
+    if (!cJSON_IsObject(row)) {
+        rc = bad_row(c, err, path, line, "a row must be a JSON object, got %s", jtype(row));
+        goto out;
+    }
+    const char *why = NULL;
+    char whybuf[400];
+    int pt = c->opt->stage_pt;
+    if (a->formatting == FMT_ALPACA)
+        convert_alpaca(a, row, &c->vars, !pt, &cv, &why, whybuf, sizeof whybuf);
+    else
+        convert_sharegpt(a, row, &c->vars, !pt, &cv, &why, whybuf, sizeof whybuf);
+    if (why) {
+        rc = bad_row(c, err, path, line, "%s", why);
+        goto out;
+    }
+    if (pt) { /* LLaMA-Factory pt uses the first prompt message's content */
+        int k = 0;
+        while (k < cv.n && (!strcmp(cv.m[k].role, "system") || !strcmp(cv.m[k].role, "tools")))
+            k++;
+        rc = k < cv.n ? pt_add(c, cv.m[k].content, 0, err) : 0; /* vars already applied */
+        goto out;
+    }
+    int32_t *ids = NULL, *labels = NULL;
+    size_t n = 0;
+    TunaErr e2 = {0};
+    rc = template_encode_train(c->tpl, c->tok, cv.m, cv.n, c->opt->cutoff_len, &ids, &labels, &n,
+                               &e2);
+    if (rc == TUNA_EINVAL) {
+        rc = bad_row(c, err, path, line, "%s", e2.msg);
+    } else if (rc) {
+        if (err) *err = e2;
+    } else if (n == 0) {
+        c->d->n_dropped++;
+        free(ids);
+        free(labels);
+    } else if (n > (size_t)INT_MAX) {
+        free(ids);
+        free(labels);
+        rc = tuna_errf(err, TUNA_EINVAL, "%s:%ld: example of %zu tokens is too long", path, line,
+                       n);
+    } else {
+        if (c->opt->cutoff_len > 0 && n >= (size_t)c->opt->cutoff_len) {
+            /* cheap check: re-encode without cutoff only when at the limit */
+            int32_t *i2 = NULL, *l2 = NULL;
+            size_t n2 = 0;
+            if (template_encode_train(c->tpl, c->tok, cv.m, cv.n, 0, &i2, &l2, &n2, NULL) == 0 &&
+                n2 > n)
+                c->d->n_truncated++;
+            free(i2);
+            free(l2);
+        }
+        ds_push(c->d, ids, labels, n);
+    }
+out:
+    conv_free(&cv);
+    cJSON_Delete(row);
+    return rc;
+}
+
+static int load_one(Ctx *c, const DatasetAttr *a, TunaErr *err) {
+    Reader r;
+    int rc = reader_open(&r, a->path, err);
+    if (rc) return rc;
+    if (!c->opt->stage_pt && (r.kind == RD_TEXT || (a->formatting == FMT_ALPACA && !a->response))) {
+        reader_close(&r);
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: dataset \"%s\" is plain text (no response "
+                         "column): use it for continued pre-training (stage pt), not sft",
+                         a->path, a->name);
+    }
+    size_t rows = 0, max = c->opt->max_samples > 0 ? (size_t)c->opt->max_samples : (size_t)-1;
+    long line = 0;
+    while (rows < max) {
+        int got;
+        if (r.kind == RD_ARRAY) {
+            got = next_element(&r, &line, err);
+            if (got < 0) {
+                rc = got;
+                break;
+            }
+        } else {
+            got = next_line(&r, &line);
+        }
+        if (!got) break;
+        rows++;
+        c->d->n_rows++;
+        if (r.kind == RD_TEXT)
+            rc = pt_add(c, r.buf, 1, err);
+        else
+            rc = process_row(c, a, a->path, line, r.buf, r.len, err);
+        if (rc) break;
+    }
+    if (!rc && ferror(r.f)) rc = tuna_errf(err, TUNA_EIO, "%s: read error", a->path);
+    reader_close(&r);
+    return rc;
+}
+
+int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template *tpl,
+                 Dataset **out, TunaErr *err) {
+    *out = NULL;
+    if (!opt || !opt->names || !*opt->names)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "no dataset named (expected a comma-separated list of "
+                         "dataset_info.json keys)");
+    if (!opt->stage_pt && !tpl) return tuna_errf(err, TUNA_EINVAL, "sft needs a template");
+    const char *dir = opt->dataset_dir ? opt->dataset_dir : "datasets";
+    char info_path[4096];
+    snprintf(info_path, sizeof info_path, "%s/dataset_info.json", dir);
+    size_t len = 0;
+    char *text = xread_file(info_path, &len);
+    if (!text) return tuna_errf(err, TUNA_EIO, "%s: %s", info_path, strerror(errno));
+    Ctx c = {0};
+    c.opt = opt;
+    c.tok = tok;
+    c.tpl = tpl;
+    c.eos = tokenizer_eos_id(tok);
+    int bos = tokenizer_bos_id(tok);
+    if (bos >= 0) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        c.add_bos = tokenizer_encode(tok, "", 0, 1, &ids, &n, NULL) == 0 && n >= 1 && ids[0] == bos;
+        free(ids);
+    }
+    Dataset *d = xcalloc(1, sizeof *d);
+    c.d = d;
+    int rc = 0;
+    cJSON *info = NULL;
+    char *names = xstrdup(opt->names);
+    if (len > MAX_INFO_BYTES) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: %zu bytes is too large for a registry", info_path,
+                       len);
+        goto fail;
+    }
+    info = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsObject(info)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: not a JSON object", info_path);
+        goto fail;
+    }
+    if ((rc = vars_parse(opt->vars, &c.vars, err))) goto fail;
+    char *save = NULL;
+    for (char *nm = strtok_r(names, ",", &save); nm; nm = strtok_r(NULL, ",", &save)) {
+        while (*nm == ' ')
+            nm++;
+        size_t l = strlen(nm);
+        while (l && nm[l - 1] == ' ')
+            nm[--l] = 0;
+        if (!l) continue;
+        const cJSON *entry = cJSON_GetObjectItemCaseSensitive(info, nm);
+        if (!entry) {
+            char list[300] = "";
+            const cJSON *it;
+            cJSON_ArrayForEach(it, info) {
+                size_t ll = strlen(list);
+                if (ll + strlen(it->string) + 8 >= sizeof list) {
+                    snprintf(list + ll, sizeof list - ll, ", ...");
+                    break;
+                }
+                snprintf(list + ll, sizeof list - ll, "%s%s", ll ? ", " : "", it->string);
+            }
+            rc = tuna_errf(err, TUNA_ENOTFOUND, "%s: no dataset \"%s\" (registered: %s)", info_path,
+                           nm, list);
+            goto fail;
+        }
+        DatasetAttr a;
+        if ((rc = parse_attr(info_path, dir, nm, entry, &a, err))) goto fail;
+        rc = load_one(&c, &a, err);
+        attr_free(&a);
+        if (rc) goto fail;
+    }
+    pt_flush(&c);
+    if (d->n == 0 && !rc) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: no usable example (%zu rows, %zu skipped, %zu with "
+                       "nothing to train after cutoff)%s%s",
+                       opt->names, d->n_rows, d->n_skipped, d->n_dropped,
+                       d->n_msgs ? "; first: " : "", d->n_msgs ? d->msgs[0] : "");
+        goto fail;
+    }
+    free(names);
+    cJSON_Delete(info);
+    free(text);
+    vars_free(&c.vars);
+    free(c.pend);
+    *out = d;
+    return 0;
+fail:
+    free(names);
+    cJSON_Delete(info);
+    free(text);
+    vars_free(&c.vars);
+    free(c.pend);
+    dataset_free(d);
+    return rc;
+}
+
+void dataset_free(Dataset *d) {
+    if (!d) return;
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->ex[i].ids);
+        free(d->ex[i].labels);
+    }
+    free(d->ex);
+    free(d);
+}
+
+// --- split and shuffling (explicit RNG state, STYLE.md rule 14)
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Fisher-Yates with an unbiased bounded draw. */
+static void shuffle(size_t *v, size_t n, uint64_t seed) {
+    uint64_t s = seed;
+    for (size_t i = n; i > 1; i--) {
+        uint64_t bound = (uint64_t)i, lim = UINT64_MAX - UINT64_MAX % bound, x;
+        do
+            x = splitmix64(&s);
+        while (x >= lim);
+        size_t j = (size_t)(x % bound);
+        size_t t = v[i - 1];
+        v[i - 1] = v[j];
+        v[j] = t;
+    }
+}
+
+static Dataset *ds_empty_like(const Dataset *src) {
+    Dataset *d = xcalloc(1, sizeof *d);
+    (void)src;
+    return d;
+}
+
+int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train, Dataset **val,
+                  TunaErr *err) {
+    *train = *val = NULL;
+    if (!(val_size >= 0))
+        return tuna_errf(err, TUNA_EINVAL, "val_size must be >= 0, got %g", val_size);
+    size_t n = all->n,
+           nv = val_size >= 1 ? (size_t)val_size : (size_t)llround(val_size * (double)n);
+    if (nv >= n && n > 0)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "val_size %g takes %zu of %zu examples: nothing left to "
+                         "train on",
+                         val_size, nv, n);
+    size_t *idx = xmalloc((n ? n : 1) * sizeof *idx);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    shuffle(idx, n, seed);
+    char *in_val = xcalloc(n ? n : 1, 1);
+    for (size_t i = 0; i < nv; i++)
+        in_val[idx[i]] = 1;
+    free(idx);
+    Dataset *tr = ds_empty_like(all), *va = ds_empty_like(all);
+    for (size_t i = 0; i < n; i++) {
+        Example *e = &all->ex[i];
+        ds_push(in_val[i] ? va : tr, e->ids, e->labels, (size_t)e->n);
+    }
+    free(in_val);
+    free(all->ex);
+    all->ex = NULL;
+    all->n = all->cap = 0;
+    *train = tr;
+    *val = va;
+    return 0;
+}
+
+// --- batcher
+
+static size_t ex_len(const Batcher *b, size_t i) {
+    size_t n = (size_t)b->d->ex[i].n;
+    return n < (size_t)b->T ? n : (size_t)b->T;
+}
+
+static void batcher_plan(Batcher *b) {
+    size_t n = b->d->n;
+    for (size_t i = 0; i < n; i++)
+        b->order[i] = i;
+    uint64_t s = b->seed ^ 0x74756e61ull; /* "tuna" */
+    s += (uint64_t)b->epoch * 0x9E3779B97F4A7C15ull;
+    shuffle(b->order, n, splitmix64(&s));
+    b->n_rows = 0;
+    b->row_start[0] = 0;
+    if (!b->pack) {
+        for (size_t i = 0; i < n; i++)
+            b->row_start[++b->n_rows] = i + 1;
+        return;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = ex_len(b, b->order[i]);
+        if (used > 0 && used + l > (size_t)b->T) {
+            b->row_start[++b->n_rows] = i;
+            used = 0;
+        }
+        used += l;
+    }
+    if (n) b->row_start[++b->n_rows] = n;
+}
+
+int batcher_init(Batcher *b, const Dataset *d, int B, int T, int pack, uint64_t seed,
+                 TunaErr *err) {
+    memset(b, 0, sizeof *b);
+    if (!d || d->n == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
+    if (B <= 0 || T < 2)
+        return tuna_errf(err, TUNA_EINVAL, "batcher: need B >= 1 and T >= 2, got B=%d T=%d", B, T);
+    b->d = d;
+    b->B = B;
+    b->T = T;
+    b->pack = pack;
+    b->seed = seed;
+    b->order = xmalloc(d->n * sizeof *b->order);
+    b->row_start = xmalloc((d->n + 1) * sizeof *b->row_start);
+    b->ids = xmalloc((size_t)B * (size_t)T * sizeof *b->ids);
+    b->targets = xmalloc((size_t)B * (size_t)T * sizeof *b->targets);
+    batcher_plan(b);
+    return 0;
+}
+
+size_t batcher_batches_per_epoch(const Batcher *b) {
+    return (b->n_rows + (size_t)b->B - 1) / (size_t)b->B;
+}
+
+int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err) {
+    if (epoch < 0) return tuna_errf(err, TUNA_EINVAL, "batcher: epoch %d < 0", epoch);
+    b->epoch = epoch;
+    batcher_plan(b);
+    if (cursor > batcher_batches_per_epoch(b))
+        return tuna_errf(err, TUNA_EINVAL, "batcher: cursor %zu past the %zu batches of epoch %d",
+                         cursor, batcher_batches_per_epoch(b), epoch);
+    b->cursor = cursor;
+    return 0;
+}
+
+int batcher_next(Batcher *b, Batch *out) {
+    int wrapped = 0;
+    if (b->cursor >= batcher_batches_per_epoch(b)) {
+        b->epoch++;
+        batcher_plan(b);
+        b->cursor = 0;
+        wrapped = 1;
+    }
+    size_t T = (size_t)b->T, BT = (size_t)b->B * T;
+    for (size_t i = 0; i < BT; i++) {
+        b->ids[i] = b->pad_id;
+        b->targets[i] = TEMPLATE_IGNORE;
+    }
+    int n_targets = 0, n_tokens = 0;
+    for (size_t r = 0; r < (size_t)b->B; r++) {
+        size_t row = b->cursor * (size_t)b->B + r;
+        if (row >= b->n_rows) break;
+        int32_t *ids = b->ids + r * T, *tg = b->targets + r * T;
+        size_t off = 0;
+        for (size_t k = b->row_start[row]; k < b->row_start[row + 1]; k++) {
+            const Example *e = &b->d->ex[b->order[k]];
+            size_t m = ex_len(b, b->order[k]);
+            if (off + m > T) m = T - off;
+            memcpy(ids + off, e->ids, m * sizeof *ids);
+            for (size_t t = 0; t + 1 < m; t++)
+                tg[off + t] = e->labels[t + 1];
+            off += m;
+        }
+        n_tokens += (int)off;
+        for (size_t t = 0; t < T; t++)
+            n_targets += tg[t] != TEMPLATE_IGNORE;
+    }
+    b->cursor++;
+    out->B = b->B;
+    out->T = b->T;
+    out->ids = b->ids;
+    out->targets = b->targets;
+    out->n_targets = n_targets;
+    out->n_tokens = n_tokens;
+    return wrapped;
+}
+
+void batcher_free(Batcher *b) {
+    if (!b) return;
+    free(b->order);
+    free(b->row_start);
+    free(b->ids);
+    free(b->targets);
+    memset(b, 0, sizeof *b);
+}

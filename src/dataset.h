@@ -1,0 +1,109 @@
+/* dataset.h: the dataset registry (DIR/dataset_info.json, LLaMA-Factory's schema), the row
+ * loaders and the batcher. Turns rows into Examples (token ids + labels) through a Template.
+ *
+ * Registry entry: {"file_name", "formatting": "alpaca"|"sharegpt", "ranking", "columns":
+ * {prompt, query, response, system, history, messages, tools}, "tags": {role_tag, content_tag,
+ * user_tag, assistant_tag, observation_tag, function_tag, system_tag}}. Without "columns" the
+ * defaults are LLaMA-Factory's (instruction/input/output, conversations); with "columns" the
+ * keys it omits are unused, as in LLaMA-Factory. Files: .jsonl (one object per line, read line by
+ * line), .json (a top-level array, scanned element by element so no whole-file cJSON tree is
+ * built; a .json starting with '{' is read as JSON lines), .txt (one row per non-empty line,
+ * column "text"; stage pt only). Ranking (dpo) and kto datasets are rejected (not for sft).
+ * A bad row is reported as `FILE:LINE: what` (the line where the element starts): fatal with
+ * strict, else skipped and counted, the first DATASET_MAX_MSGS messages kept.
+ * Single-threaded: a Dataset/Batcher is used by one thread (the trainer). */
+#ifndef TUNA_SRC_DATASET_H
+#define TUNA_SRC_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "template.h"
+#include "tokenizer.h"
+
+typedef struct DatasetOptions {
+    const char *names;       /* comma-separated dataset_info.json keys, concatenated in order */
+    const char *dataset_dir; /* NULL -> "datasets" */
+    const char *vars;        /* "name=Tuna,author=Ann": {{name}}, {{author}} replaced in all text */
+    int cutoff_len;          /* > 0: truncate (sft) / block size (pt); 0: no limit */
+    int max_samples;         /* rows read per dataset, 0 = all */
+    int strict;              /* a bad row is fatal */
+    int stage_pt; /* plain text: text + EOS, every token trains, packed into cutoff_len */
+} DatasetOptions;
+
+typedef struct Example {
+    int32_t *ids;    /* (n) */
+    int32_t *labels; /* (n) ids[i] or TEMPLATE_IGNORE (-100) */
+    int n;
+} Example;
+
+#define DATASET_MAX_MSGS 5
+
+typedef struct Dataset {
+    Example *ex; /* (n) owned, each ids/labels malloc'd */
+    size_t n, cap;
+    size_t n_rows;         /* rows read (good + bad) */
+    size_t n_skipped;      /* bad rows skipped (non-strict) */
+    size_t n_dropped;      /* rows with nothing trainable left after cutoff */
+    size_t n_truncated;    /* examples shortened by cutoff_len */
+    size_t n_tokens;       /* sum of Example.n */
+    size_t n_train_tokens; /* labels != -100 */
+    int n_msgs;            /* first bad-row messages, for a summary */
+    char msgs[DATASET_MAX_MSGS][TUNA_ERR_LEN];
+} Dataset;
+
+/* Loads and encodes opt->names. tpl may be NULL only with stage_pt. On success *out is owned by
+ * the caller (dataset_free). Errors: unknown name (TUNA_ENOTFOUND), bad registry or, with strict,
+ * bad row (TUNA_EFORMAT), ranking/kto or text data for sft (TUNA_EUNSUP), I/O (TUNA_EIO). */
+int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template *tpl,
+                 Dataset **out, TunaErr *err);
+void dataset_free(Dataset *d); /* NULL-safe */
+
+/* Deterministic split. Shuffles indices with seed; the first round(val_size*n) (or (size_t)
+ * val_size when val_size >= 1) go to *val, the rest to *train, each keeping the original order.
+ * The Examples are moved: afterwards `all` is empty (n == 0, counters kept) but must still be
+ * freed; *train and *val own their examples (free each with dataset_free). val_size 0 gives an
+ * empty *val. TUNA_EINVAL when val_size < 0 or would leave train empty. */
+int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train, Dataset **val,
+                  TunaErr *err);
+
+// --- batching
+
+typedef struct Batch {
+    int B, T;
+    int32_t *ids;     /* (B, T) borrowed from the Batcher, valid until the next batcher_next */
+    int32_t *targets; /* (B, T) targets[t] = labels[t+1]; -100 at pads, example ends, row end */
+    int n_targets;    /* targets != -100 */
+    int n_tokens;     /* non-pad positions */
+} Batch;
+
+/* Rows are filled from a per-epoch permutation (seed, epoch). Without pack each row holds one
+ * example (longer ones truncated to T); with pack, consecutive examples of the permutation are
+ * put in one row while they fit (no attention mask between them: as LLaMA-Factory's packing
+ * without neat_packing). Pads are pad_id (0) with target -100. An epoch is
+ * ceil(rows / B) batches; a short last batch is padded with empty rows.
+ * Resume: save (epoch, cursor) and call batcher_seek after batcher_init. */
+typedef struct Batcher {
+    const Dataset *d; /* borrowed */
+    int B, T, pack;
+    int32_t pad_id;
+    uint64_t seed;
+    int epoch;                 /* current epoch, from 0 */
+    size_t cursor;             /* next batch index within the epoch */
+    size_t *order;             /* (d->n) this epoch's permutation */
+    size_t *row_start, n_rows; /* (n_rows + 1) row r = order[row_start[r] .. row_start[r+1]) */
+    int32_t *ids, *targets;    /* (B, T) */
+} Batcher;
+
+int batcher_init(Batcher *b, const Dataset *d, int B, int T, int pack, uint64_t seed, TunaErr *err);
+/* Positions the batcher at batch `cursor` of `epoch` (cursor past the end wraps to the next
+ * epoch). */
+int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err);
+/* Fills *out with the next batch; returns 1 when this call wrapped to a new epoch first, else
+ * 0. */
+int batcher_next(Batcher *b, Batch *out);
+size_t batcher_batches_per_epoch(const Batcher *b);
+void batcher_free(Batcher *b); /* NULL-safe; b itself is not freed */
+
+#endif

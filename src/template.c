@@ -1,0 +1,599 @@
+/* template.c: JSON chat templates and the LLaMA-Factory-style train/prompt encoders. */
+#include "template.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+// --- template data: a format is a list of elements (text with {{content}}, BOS or EOS)
+
+enum { EL_TEXT, EL_BOS, EL_EOS };
+
+typedef struct Elem {
+    int kind;
+    char *text; /* EL_TEXT only; may contain one {{content}} */
+} Elem;
+
+typedef struct Slot {
+    Elem *el;
+    int n;
+} Slot;
+
+struct Template {
+    char *name;
+    Slot prefix, system, user, assistant, observation, function, tools, separator;
+    char *default_system;
+    char **stop_words;
+    int n_stop;
+    int efficient_eos, replace_eos, merge_system, auto_bos;
+};
+
+#define MAX_TEMPLATE_BYTES (1 << 20)
+
+static void slot_free(Slot *s) {
+    for (int i = 0; i < s->n; i++)
+        free(s->el[i].text);
+    free(s->el);
+    s->el = NULL;
+    s->n = 0;
+}
+
+static void slot_push(Slot *s, int kind, const char *text, size_t len) {
+    s->el = xrealloc(s->el, (size_t)(s->n + 1) * sizeof *s->el);
+    s->el[s->n].kind = kind;
+    s->el[s->n].text = kind == EL_TEXT ? xstrndup(text, len) : NULL;
+    s->n++;
+}
+
+/* Splits one string on {{bos_token}} / {{eos_token}} into elements (empty text dropped). */
+static void slot_add_string(Slot *s, const char *str) {
+    const char *p = str;
+    for (;;) {
+        const char *b = strstr(p, "{{bos_token}}"), *e = strstr(p, "{{eos_token}}");
+        const char *m = b && (!e || b < e) ? b : e;
+        if (!m) break;
+        if (m > p) slot_push(s, EL_TEXT, p, (size_t)(m - p));
+        slot_push(s, m == b ? EL_BOS : EL_EOS, NULL, 0);
+        p = m + strlen("{{bos_token}}");
+    }
+    if (*p) slot_push(s, EL_TEXT, p, strlen(p));
+}
+
+static void slot_copy(Slot *dst, const Slot *src) {
+    for (int i = 0; i < src->n; i++)
+        slot_push(dst, src->el[i].kind, src->el[i].text,
+                  src->el[i].text ? strlen(src->el[i].text) : 0);
+}
+
+/* key absent -> *present = 0; string or array of strings -> slot. */
+static int parse_slot(const cJSON *root, const char *key, Slot *s, int *present, const char *path,
+                      TunaErr *err) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    *present = 0;
+    if (!j || cJSON_IsNull(j)) return 0;
+    *present = 1;
+    if (cJSON_IsString(j)) {
+        slot_add_string(s, j->valuestring);
+        return 0;
+    }
+    if (cJSON_IsArray(j)) {
+        const cJSON *it;
+        int i = 0;
+        cJSON_ArrayForEach(it, j) {
+            if (!cJSON_IsString(it))
+                return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\"[%d] must be a string", path, key,
+                                 i);
+            slot_add_string(s, it->valuestring);
+            i++;
+        }
+        return 0;
+    }
+    return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be a string or an array of strings", path,
+                     key);
+}
+
+static int parse_bool(const cJSON *root, const char *key, int def, int *out, const char *path,
+                      TunaErr *err) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = def;
+    if (!j) return 0;
+    if (!cJSON_IsBool(j))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be true or false", path, key);
+    *out = cJSON_IsTrue(j);
+    return 0;
+}
+
+static int name_ok(const char *name) {
+    if (!name || !*name || name[0] == '.') return 0;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-' || *p == '.'))
+            return 0;
+    return 1;
+}
+
+static const char *const KNOWN_KEYS[] = {
+        "name",          "description",      "format_prefix",          "format_system",
+        "format_user",   "format_assistant", "format_observation",     "format_function",
+        "format_tools",  "format_separator", "default_system",         "stop_words",
+        "efficient_eos", "replace_eos",      "merge_system_into_user", "auto_bos",
+        "comment"};
+
+int template_load(const char *templates_dir, const char *name, Template **out, TunaErr *err) {
+    *out = NULL;
+    if (!templates_dir) templates_dir = "templates";
+    if (!name_ok(name))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "template name \"%s\" must be a file stem [A-Za-z0-9_.-]",
+                         name ? name : "");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.json", templates_dir, name);
+    size_t len = 0;
+    char *text = xread_file(path, &len);
+    if (!text) {
+        if (errno != ENOENT) return tuna_errf(err, TUNA_EIO, "%s: %s", path, strerror(errno));
+        char **names = NULL;
+        int n = 0;
+        char list[256] = "";
+        if (template_list(templates_dir, &names, &n, NULL) == 0) {
+            for (int i = 0; i < n; i++) {
+                size_t l = strlen(list);
+                snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", names[i]);
+            }
+            template_list_free(names, n);
+        }
+        return tuna_errf(err, TUNA_ENOTFOUND, "%s: no such template (available: %s)", path,
+                         list[0] ? list : "none");
+    }
+    Template *t = xcalloc(1, sizeof *t);
+    int rc = 0, present;
+    cJSON *root = NULL;
+    if (len > MAX_TEMPLATE_BYTES) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: %zu bytes, templates are limited to %d", path, len,
+                       MAX_TEMPLATE_BYTES);
+        goto fail;
+    }
+    root = cJSON_ParseWithLength(text, len);
+    if (!root || !cJSON_IsObject(root)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: not a JSON object", path);
+        goto fail;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        size_t k = 0, nk = sizeof KNOWN_KEYS / sizeof KNOWN_KEYS[0];
+        while (k < nk && strcmp(KNOWN_KEYS[k], it->string))
+            k++;
+        if (k == nk) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\" (see templates/README.md)",
+                           path, it->string);
+            goto fail;
+        }
+    }
+    t->name = xstrdup(name);
+    if ((rc = parse_bool(root, "efficient_eos", 0, &t->efficient_eos, path, err)) ||
+        (rc = parse_bool(root, "replace_eos", 0, &t->replace_eos, path, err)) ||
+        (rc = parse_bool(root, "merge_system_into_user", 0, &t->merge_system, path, err)) ||
+        (rc = parse_bool(root, "auto_bos", 1, &t->auto_bos, path, err)))
+        goto fail;
+    if ((rc = parse_slot(root, "format_prefix", &t->prefix, &present, path, err))) goto fail;
+    if ((rc = parse_slot(root, "format_separator", &t->separator, &present, path, err))) goto fail;
+    if ((rc = parse_slot(root, "format_user", &t->user, &present, path, err))) goto fail;
+    if (!present) slot_add_string(&t->user, "{{content}}");
+    /* LLaMA-Factory: format_system defaults to "{{content}}", not to format_user. */
+    if ((rc = parse_slot(root, "format_system", &t->system, &present, path, err))) goto fail;
+    if (!present) slot_add_string(&t->system, "{{content}}");
+    if ((rc = parse_slot(root, "format_assistant", &t->assistant, &present, path, err))) goto fail;
+    if (!present)
+        slot_add_string(&t->assistant,
+                        t->efficient_eos ? "{{content}}" : "{{content}}{{eos_token}}");
+    if ((rc = parse_slot(root, "format_observation", &t->observation, &present, path, err)))
+        goto fail;
+    if (!present) slot_copy(&t->observation, &t->user);
+    if ((rc = parse_slot(root, "format_function", &t->function, &present, path, err))) goto fail;
+    if (!present) slot_copy(&t->function, &t->assistant);
+    if ((rc = parse_slot(root, "format_tools", &t->tools, &present, path, err))) goto fail;
+    if (!present)
+        slot_add_string(&t->tools, "You have access to the following tools (JSON schema):\n"
+                                   "{{content}}\n");
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(root, "default_system");
+    if (ds && !cJSON_IsString(ds) && !cJSON_IsNull(ds)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"default_system\" must be a string", path);
+        goto fail;
+    }
+    t->default_system = xstrdup(cJSON_IsString(ds) ? ds->valuestring : "");
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "stop_words");
+    if (sw && !cJSON_IsArray(sw)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"stop_words\" must be an array of strings", path);
+        goto fail;
+    }
+    int nsw = sw ? cJSON_GetArraySize(sw) : 0;
+    t->stop_words = xcalloc((size_t)nsw + 1, sizeof *t->stop_words);
+    cJSON_ArrayForEach(it, sw) {
+        if (!cJSON_IsString(it) || !it->valuestring[0]) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"stop_words\"[%d] must be a non-empty string",
+                           path, t->n_stop);
+            goto fail;
+        }
+        t->stop_words[t->n_stop++] = xstrdup(it->valuestring);
+    }
+    if (t->replace_eos && t->n_stop == 0) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"replace_eos\" needs at least one stop word", path);
+        goto fail;
+    }
+    const Slot *need_content[] = {&t->user, &t->assistant, &t->system};
+    const char *need_names[] = {"format_user", "format_assistant", "format_system"};
+    for (int k = 0; k < 3; k++) {
+        int found = 0;
+        for (int i = 0; i < need_content[k]->n; i++)
+            if (need_content[k]->el[i].text && strstr(need_content[k]->el[i].text, "{{content}}"))
+                found = 1;
+        if (!found) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has no {{content}}", path, need_names[k]);
+            goto fail;
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+    *out = t;
+    return 0;
+fail:
+    cJSON_Delete(root);
+    free(text);
+    template_free(t);
+    return rc;
+}
+
+void template_free(Template *t) {
+    if (!t) return;
+    Slot *slots[] = {&t->prefix,      &t->system,   &t->user,  &t->assistant,
+                     &t->observation, &t->function, &t->tools, &t->separator};
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+        slot_free(slots[i]);
+    for (int i = 0; i < t->n_stop; i++)
+        free(t->stop_words[i]);
+    free(t->stop_words);
+    free(t->default_system);
+    free(t->name);
+    free(t);
+}
+
+const char *template_name(const Template *t) {
+    return t->name;
+}
+
+const char *template_default_system(const Template *t) {
+    return t->default_system;
+}
+
+int template_stop_words(const Template *t, const char *const **words) {
+    *words = (const char *const *)t->stop_words;
+    return t->n_stop;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int template_list(const char *templates_dir, char ***names, int *n, TunaErr *err) {
+    *names = NULL;
+    *n = 0;
+    if (!templates_dir) templates_dir = "templates";
+    DIR *d = opendir(templates_dir);
+    if (!d) return tuna_errf(err, TUNA_EIO, "%s: %s", templates_dir, strerror(errno));
+    struct dirent *e;
+    char **v = NULL;
+    int cnt = 0;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l <= 5 || strcmp(e->d_name + l - 5, ".json") || e->d_name[0] == '.') continue;
+        v = xrealloc(v, (size_t)(cnt + 1) * sizeof *v);
+        v[cnt++] = xstrndup(e->d_name, l - 5);
+    }
+    closedir(d);
+    if (cnt) qsort(v, (size_t)cnt, sizeof *v, cmp_str);
+    *names = v;
+    *n = cnt;
+    return 0;
+}
+
+void template_list_free(char **names, int n) {
+    if (!names) return;
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+// --- encoding
+
+typedef struct IdVec {
+    int32_t *v;
+    size_t n, cap;
+} IdVec;
+
+static void iv_push(IdVec *a, int32_t x) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 64;
+        a->v = xrealloc(a->v, a->cap * sizeof *a->v);
+    }
+    a->v[a->n++] = x;
+}
+
+static void iv_append(IdVec *a, const int32_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        iv_push(a, x[i]);
+}
+
+int template_eos_id(const Template *t, const Tokenizer *tok) {
+    if (t && t->replace_eos && t->n_stop > 0) {
+        int id = tokenizer_token_id(tok, t->stop_words[0]);
+        if (id >= 0) return id;
+    }
+    return tokenizer_eos_id(tok);
+}
+
+/* Replaces the first {{content}} (as LLaMA-Factory's str.replace(..., 1)). */
+static char *fill(const char *text, const char *content) {
+    const char *m = strstr(text, "{{content}}");
+    if (!m) return xstrdup(text);
+    size_t a = (size_t)(m - text), c = strlen(content), b = strlen(m + 11);
+    char *s = xmalloc(a + c + b + 1);
+    memcpy(s, text, a);
+    memcpy(s + a, content, c);
+    memcpy(s + a + c, m + 11, b + 1);
+    return s;
+}
+
+static int encode_text(const Tokenizer *tok, const char *s, IdVec *out, TunaErr *err) {
+    if (!*s) return 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode(tok, s, strlen(s), 0, &ids, &n, err);
+    if (rc == 0) iv_append(out, ids, n);
+    free(ids);
+    return rc;
+}
+
+/* Appends the elements of slot s with content filled in. */
+static int apply_slot(const Template *t, const Tokenizer *tok, const Slot *s, const char *content,
+                      IdVec *out, TunaErr *err) {
+    for (int i = 0; i < s->n; i++) {
+        const Elem *e = &s->el[i];
+        if (e->kind == EL_BOS) {
+            int id = tokenizer_bos_id(tok);
+            if (id >= 0) iv_push(out, id);
+        } else if (e->kind == EL_EOS) {
+            int id = template_eos_id(t, tok);
+            if (t->replace_eos && tokenizer_token_id(tok, t->stop_words[0]) < 0) {
+                /* The stop word is not a token of this tokenizer (LLaMA-Factory would add it and
+                 * resize the vocabulary): write it as text instead. */
+                int rc = encode_text(tok, t->stop_words[0], out, err);
+                if (rc) return rc;
+            } else if (id >= 0) {
+                iv_push(out, id);
+            }
+        } else {
+            char *txt = fill(e->text, content ? content : "");
+            int rc = encode_text(tok, txt, out, err);
+            free(txt);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+/* Text of the first element of a slot with content filled (LLaMA-Factory's apply(...)[0]). */
+static char *slot_first_text(const Slot *s, const char *content) {
+    for (int i = 0; i < s->n; i++)
+        if (s->el[i].kind == EL_TEXT) return fill(s->el[i].text, content);
+    return xstrdup(content);
+}
+
+static int tokenizer_adds_bos(const Tokenizer *tok) {
+    int bos = tokenizer_bos_id(tok);
+    if (bos < 0) return 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int adds = tokenizer_encode(tok, "", 0, 1, &ids, &n, NULL) == 0 && n >= 1 && ids[0] == bos;
+    free(ids);
+    return adds;
+}
+
+enum { R_USER, R_ASSISTANT, R_OBSERVATION, R_FUNCTION, R_SYSTEM, R_TOOLS, R_BAD };
+
+static int role_of(const char *r) {
+    static const char *const names[] = {"user",     "assistant", "observation",
+                                        "function", "system",    "tools"};
+    for (int i = 0; i < 6; i++)
+        if (r && !strcmp(r, names[i])) return i;
+    return R_BAD;
+}
+
+/* Renders each conversation message into its own id list (LLaMA-Factory Template._encode).
+ * want_last_assistant: 1 for training, 0 for a prompt. On success *parts has *n_parts lists. */
+static int encode_messages(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
+                           int n_msgs, int want_last_assistant, IdVec **parts, int *n_parts,
+                           TunaErr *err) {
+    const char *system = NULL, *tools = NULL;
+    int i = 0;
+    *parts = NULL;
+    *n_parts = 0;
+    for (; i < n_msgs && i < 2; i++) {
+        int r = role_of(msgs[i].role);
+        if (r == R_SYSTEM && !system && !tools)
+            system = msgs[i].content;
+        else if (r == R_TOOLS && !tools)
+            tools = msgs[i].content;
+        else
+            break;
+    }
+    int first = i, n = n_msgs - first;
+    if (n <= 0) return tuna_errf(err, TUNA_EINVAL, "conversation has no user message");
+    for (int k = 0; k < n; k++) {
+        const ChatMessage *m = &msgs[first + k];
+        int r = role_of(m->role);
+        int ok = k % 2 == 0 ? (r == R_USER || r == R_OBSERVATION)
+                            : (r == R_ASSISTANT || r == R_FUNCTION);
+        if (!ok)
+            return tuna_errf(err, TUNA_EINVAL, "message %d: role \"%s\" where %s was expected",
+                             first + k, m->role ? m->role : "(null)",
+                             k % 2 == 0 ? "user|observation" : "assistant|function");
+        if (!m->content)
+            return tuna_errf(err, TUNA_EINVAL, "message %d: content is NULL", first + k);
+    }
+    if (want_last_assistant && n % 2 != 0)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "conversation ends with a %s message, training needs "
+                         "an assistant reply last",
+                         msgs[n_msgs - 1].role);
+    if (!want_last_assistant && n % 2 != 1)
+        return tuna_errf(err, TUNA_EINVAL, "a prompt must end with a user|observation message");
+    if (!system || !*system) system = t->default_system;
+    int has_system = (system && *system) || (tools && *tools);
+    char *sys_text = NULL;
+    if (has_system) {
+        char *tool_text = tools && *tools ? slot_first_text(&t->tools, tools) : xstrdup("");
+        size_t a = strlen(system), b = strlen(tool_text);
+        sys_text = xmalloc(a + b + 1);
+        memcpy(sys_text, system, a);
+        memcpy(sys_text + a, tool_text, b + 1);
+        free(tool_text);
+    }
+    IdVec *p = xcalloc((size_t)n, sizeof *p);
+    int rc = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        const ChatMessage *m = &msgs[first + k];
+        int r = role_of(m->role);
+        char *merged = NULL;
+        const char *content = m->content;
+        if (k == 0) {
+            rc = apply_slot(t, tok, &t->prefix, "", &p[k], err);
+            if (!rc && has_system) {
+                if (t->merge_system) {
+                    char *st = slot_first_text(&t->system, sys_text);
+                    size_t a = strlen(st), b = strlen(content);
+                    merged = xmalloc(a + b + 1);
+                    memcpy(merged, st, a);
+                    memcpy(merged + a, content, b + 1);
+                    free(st);
+                    content = merged;
+                } else {
+                    rc = apply_slot(t, tok, &t->system, sys_text, &p[k], err);
+                }
+            }
+        } else if (k % 2 == 0) {
+            rc = apply_slot(t, tok, &t->separator, "", &p[k], err);
+        }
+        const Slot *s = r == R_USER          ? &t->user
+                        : r == R_ASSISTANT   ? &t->assistant
+                        : r == R_OBSERVATION ? &t->observation
+                                             : &t->function;
+        if (!rc) rc = apply_slot(t, tok, s, content, &p[k], err);
+        free(merged);
+    }
+    if (!rc && t->auto_bos && tokenizer_adds_bos(tok)) {
+        int bos = tokenizer_bos_id(tok);
+        if (p[0].n == 0 || p[0].v[0] != bos) {
+            iv_push(&p[0], 0);
+            memmove(p[0].v + 1, p[0].v, (p[0].n - 1) * sizeof *p[0].v);
+            p[0].v[0] = bos;
+        }
+    }
+    free(sys_text);
+    if (rc) {
+        for (int k = 0; k < n; k++)
+            free(p[k].v);
+        free(p);
+        return rc;
+    }
+    *parts = p;
+    *n_parts = n;
+    return 0;
+}
+
+/* LLaMA-Factory's infer_seqlen: how much of a (source, target) pair fits in cutoff_len. */
+static void infer_seqlen(size_t source_len, size_t target_len, size_t cutoff_len, size_t *new_src,
+                         size_t *new_tgt) {
+    size_t max_target;
+    if (target_len * 2 < cutoff_len)
+        max_target = cutoff_len;
+    else if (source_len * 2 < cutoff_len)
+        max_target = cutoff_len - source_len;
+    else
+        max_target = (size_t)((double)cutoff_len *
+                              ((double)target_len / (double)(source_len + target_len)));
+    *new_tgt = max_target < target_len ? max_target : target_len;
+    size_t max_source = cutoff_len > *new_tgt ? cutoff_len - *new_tgt : 0;
+    *new_src = max_source < source_len ? max_source : source_len;
+}
+
+int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
+                          int n_msgs, int cutoff_len, int32_t **ids, int32_t **labels, size_t *n,
+                          TunaErr *err) {
+    *ids = NULL;
+    *labels = NULL;
+    *n = 0;
+    IdVec *parts;
+    int np;
+    int rc = encode_messages(t, tok, msgs, n_msgs, 1, &parts, &np, err);
+    if (rc) return rc;
+    IdVec in = {0}, lab = {0};
+    int eos = template_eos_id(t, tok);
+    int eff = t->efficient_eos && eos >= 0;
+    size_t cutoff = cutoff_len > 0 ? (size_t)cutoff_len : (size_t)-1 / 4;
+    size_t total = eff ? 1 : 0;
+    for (int k = 0; k + 1 < np; k += 2) {
+        if (total >= cutoff) break;
+        size_t sl, tl;
+        infer_seqlen(parts[k].n, parts[k + 1].n, cutoff - total, &sl, &tl);
+        total += sl + tl;
+        for (size_t i = 0; i < sl; i++) {
+            iv_push(&in, parts[k].v[i]);
+            /* efficient_eos: the first prompt token of a later turn is labelled EOS, which
+             * teaches the previous reply to end (LLaMA-Factory supervised.py). */
+            iv_push(&lab, eff && k != 0 && i == 0 ? eos : TEMPLATE_IGNORE);
+        }
+        for (size_t i = 0; i < tl; i++) {
+            iv_push(&in, parts[k + 1].v[i]);
+            iv_push(&lab, parts[k + 1].v[i]);
+        }
+    }
+    if (eff) {
+        iv_push(&in, eos);
+        iv_push(&lab, eos);
+    }
+    for (int k = 0; k < np; k++)
+        free(parts[k].v);
+    free(parts);
+    int any = 0;
+    for (size_t i = 0; i < lab.n && !any; i++)
+        any = lab.v[i] != TEMPLATE_IGNORE;
+    if (!any) lab.n = in.n = 0;
+    *ids = in.v ? in.v : xmalloc(sizeof(int32_t));
+    *labels = lab.v ? lab.v : xmalloc(sizeof(int32_t));
+    *n = in.n;
+    return 0;
+}
+
+int template_encode_prompt(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
+                           int n_msgs, int32_t **ids, size_t *n, TunaErr *err) {
+    *ids = NULL;
+    *n = 0;
+    IdVec *parts;
+    int np;
+    int rc = encode_messages(t, tok, msgs, n_msgs, 0, &parts, &np, err);
+    if (rc) return rc;
+    IdVec out = {0};
+    for (int k = 0; k < np; k++) {
+        iv_append(&out, parts[k].v, parts[k].n);
+        free(parts[k].v);
+    }
+    free(parts);
+    *ids = out.v ? out.v : xmalloc(sizeof(int32_t));
+    *n = out.n;
+    return 0;
+}

@@ -1,0 +1,77 @@
+/* template.h: chat templates loaded from JSON data files (templates/NAME.json, schema in
+ * templates/README.md) and the encoders that turn a conversation into token ids and labels,
+ * mirroring LLaMA-Factory's template.py + supervised.py: every message is rendered from its
+ * format slot, each slot element is tokenized on its own (add_special off) and concatenated,
+ * so label boundaries are exact at message level. User/system/scaffolding labels are -100;
+ * each assistant message (content plus its end marker) trains.
+ * Does not do: jinja, multimodal, LLaMA-Factory's per-model tool formatters (tools are inserted
+ * as raw JSON text through format_tools). A loaded Template is immutable: any thread may use it;
+ * the creator frees it with template_free. */
+#ifndef TUNA_SRC_TEMPLATE_H
+#define TUNA_SRC_TEMPLATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "tokenizer.h"
+
+#define TEMPLATE_IGNORE (-100) /* label of a position that does not train */
+
+typedef struct Template Template;
+
+/* Loads templates_dir/name.json. name must be a plain file stem ([A-Za-z0-9_.-], no '/').
+ * TUNA_ENOTFOUND (with the list of available names) if the file is missing, TUNA_EFORMAT with
+ * file and key for a bad file. On success *out is owned by the caller. */
+int template_load(const char *templates_dir, const char *name, Template **out, TunaErr *err);
+void template_free(Template *t);                        /* NULL-safe */
+const char *template_name(const Template *t);           /* borrowed */
+const char *template_default_system(const Template *t); /* borrowed, "" when none */
+
+/* Sorted names of templates_dir/ *.json (without ".json"). *names is malloc'd, each name too;
+ * free with template_list_free. */
+int template_list(const char *templates_dir, char ***names, int *n, TunaErr *err);
+void template_list_free(char **names, int n); /* NULL-safe */
+
+/* One message. role: "system" (first only), "tools" (optional, before the first user message:
+ * its content, usually a JSON array of function schemas, goes through format_tools and is
+ * appended to the system text), "user", "assistant", "observation", "function". Strings are
+ * borrowed. After system/tools the roles alternate: user|observation, then assistant|function. */
+typedef struct ChatMessage {
+    const char *role;
+    const char *content;
+} ChatMessage;
+
+/* Encodes a conversation for training. The conversation (after system/tools) must end with an
+ * assistant|function message. *ids and *labels are malloc'd, (n) each, caller frees (non-NULL
+ * even when *n == 0). labels[i] is ids[i] where the token trains, TEMPLATE_IGNORE elsewhere.
+ * BOS: the template's {{bos_token}} elements; with "auto_bos" (default true) the tokenizer's BOS
+ * is prepended when its post-processor adds one (stories260K, Llama 2) and the template did not.
+ * cutoff_len > 0 truncates as LLaMA-Factory's infer_seqlen (turn by turn, keeping the start);
+ * if nothing trainable is left, *n = 0 (success). Bad roles -> TUNA_EINVAL. */
+int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
+                          int n_msgs, int cutoff_len, int32_t **ids, int32_t **labels, size_t *n,
+                          TunaErr *err);
+
+/* Encodes a prompt for generation: all messages (the last one a user|observation turn, whose
+ * format ends with the assistant header). *ids malloc'd (n), caller frees. Stop strings for
+ * generation: template_stop_words() plus the text of template_eos_id(). */
+int template_encode_prompt(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
+                           int n_msgs, int32_t **ids, size_t *n, TunaErr *err);
+
+/* The template's stop words (borrowed array, valid while t lives); returns the count. */
+int template_stop_words(const Template *t, const char *const **words);
+
+/* The id written for {{eos_token}}: with replace_eos the id of stop_words[0] when it is one token,
+ * else the tokenizer's EOS; -1 if neither exists. */
+int template_eos_id(const Template *t, const Tokenizer *tok);
+
+// --- CLI
+
+/* `tuna template list [--templates-dir DIR]` and `tuna template show NAME --dataset X
+ * [--dataset-dir DIR] [--templates-dir DIR] [--model DIR] [--index N] [--vars k=v,...]
+ * [--cutoff-len N] [--stage pt|sft] [--color|--no-color]`. argv[0] is "template". Prints to
+ * stdout; returns the process exit code (0 ok, 1 error, 2 usage). */
+int cmd_template(int argc, char **argv);
+
+#endif
