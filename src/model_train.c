@@ -1,0 +1,712 @@
+#include "model_train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+// --- LoRA sites: the linear layers an adapter can sit on
+
+typedef enum { SITE_Q, SITE_K, SITE_V, SITE_QKV, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, N_SITES } Site;
+
+typedef struct LoraMod {
+    int layer, site;
+    int in, out;       /* out = 3C for GPT-2's fused c_attn */
+    float *A, *B;      // (r, in), (out, r)
+    float *dA, *dB;
+    float *h;          // (N, in) the dropped-out input, NULL when dropout is 0
+    float *u;          // (N, r) h · Aᵀ
+} LoraMod;
+
+typedef struct LayerActs {
+    float *x_in;           // (N, C) residual stream into the layer
+    float *xn1, *x_mid, *xn2; // (N, C)
+    float *qraw, *kraw;    // (N, QD), (N, KD) before q/k norm (Qwen3 only)
+    float *q, *k, *v;      // (N, QD), (N, KD), (N, KD) as attention sees them
+    float *att;            // (N, QD)
+    float *gate, *up, *act; // (N, FF)
+} LayerActs;
+
+struct TrainState {
+    Model *m;
+    Backend *be;
+    TrainSetup setup;
+    int B, T;
+    size_t N; /* B*T */
+    // full / freeze: gradients of params[g0, g1)
+    float *grads;
+    size_t g0, g1;
+    // lora
+    float *ad, *ad_grad;
+    size_t n_ad;
+    LoraMod *mods;
+    int n_mods;
+    int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
+    float lora_scale;
+    char targets[256];
+    // trainable list
+    TrainParam *tp;
+    int n_tp;
+    size_t n_trainable;
+    // activations
+    LayerActs *acts;
+    float *x_L, *xnf, *logits;
+    float *act_block;
+    // scratch
+    float *dx, *dxn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *tmp, *dys, *du, *dh, *zeros;
+    size_t zeros_n;
+    float *losses;  /* (N) host */
+    int32_t *pos;   /* (N) host */
+    uint64_t step_seed;
+};
+
+static const char *site_hf(const ModelConfig *c, int site) {
+    int g = c->arch == ARCH_GPT2;
+    switch (site) {
+    case SITE_Q: return "q_proj";
+    case SITE_K: return "k_proj";
+    case SITE_V: return "v_proj";
+    case SITE_QKV: return "c_attn";
+    case SITE_O: return g ? "c_proj" : "o_proj";
+    case SITE_GATE: return "gate_proj";
+    case SITE_UP: return g ? "c_fc" : "up_proj";
+    case SITE_DOWN: return g ? "c_proj" : "down_proj";
+    }
+    return "?";
+}
+
+/* HF module path of a site in layer l, e.g. model.layers.3.self_attn.q_proj */
+static void site_path(const Model *m, int l, int site, char *buf, size_t cap) {
+    const ModelConfig *c = &m->cfg;
+    if (c->arch == ARCH_GPT2) {
+        const char *pre = !strncmp(m->pinfo[0].name, "transformer.", 12) ? "transformer." : "";
+        const char *blk = site == SITE_QKV || site == SITE_O ? "attn" : "mlp";
+        snprintf(buf, cap, "%sh.%d.%s.%s", pre, l, blk, site_hf(c, site));
+    } else {
+        const char *blk = site <= SITE_O ? "self_attn" : "mlp";
+        snprintf(buf, cap, "model.layers.%d.%s.%s", l, blk, site_hf(c, site));
+    }
+}
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Which sites a target list selects. "all" = every linear layer of the architecture. */
+static int parse_targets(const ModelConfig *c, const char *list, int want[N_SITES], char *norm,
+                         size_t cap, TunaErr *err) {
+    memset(want, 0, sizeof(int) * N_SITES);
+    int g = c->arch == ARCH_GPT2;
+    if (!list || !*list) list = g ? "c_attn" : "q_proj,v_proj"; /* PEFT's defaults */
+    if (!strcmp(list, "all")) list = g ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    snprintf(norm, cap, "%s", list);
+    char *dup = xstrdup(list), *save = NULL;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ') t++;
+        int hit = 0;
+        for (int s = 0; s < N_SITES; s++) {
+            if (g ? (s == SITE_Q || s == SITE_K || s == SITE_V || s == SITE_GATE)
+                  : s == SITE_QKV)
+                continue;
+            if (!strcmp(t, site_hf(c, s))) {
+                want[s] = 1;
+                hit = 1;
+            }
+        }
+        if (!hit) {
+            tuna_errf(err, TUNA_EINVAL,
+                      "--lora-target: \"%s\" is not a linear layer of %s (use %s, or all)", t,
+                      config_arch_name(c->arch),
+                      g ? "c_attn, c_proj, c_fc" : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+            free(dup);
+            return TUNA_EINVAL;
+        }
+    }
+    free(dup);
+    return 0;
+}
+
+static void site_dims(const ModelConfig *c, int site, int *in, int *out) {
+    int QD = c->NH * c->HS, KD = c->KVH * c->HS;
+    switch (site) {
+    case SITE_Q: *in = c->C; *out = QD; break;
+    case SITE_K:
+    case SITE_V: *in = c->C; *out = KD; break;
+    case SITE_QKV: *in = c->C; *out = QD + 2 * KD; break;
+    case SITE_O: *in = QD; *out = c->C; break;
+    case SITE_GATE:
+    case SITE_UP: *in = c->C; *out = c->FF; break;
+    default: *in = c->FF; *out = c->C; break;
+    }
+}
+
+// --- setup
+
+static float *balloc(TrainState *ts, size_t n, int *fail) {
+    float *p = ts->be->ops->alloc(ts->be, (n ? n : 1) * sizeof(float));
+    if (!p) *fail = 1;
+    return p;
+}
+
+static void zero(TrainState *ts, float *p, size_t n) {
+    while (n) {
+        size_t k = n < ts->zeros_n ? n : ts->zeros_n;
+        ts->be->ops->copy(ts->be, p, ts->zeros, k * sizeof(float));
+        p += k;
+        n -= k;
+    }
+}
+
+static void add_tp(TrainState *ts, const char *name, float *data, float *grad, size_t n, int ndim,
+                   int64_t d0, int64_t d1, int decay) {
+    ts->tp = xrealloc(ts->tp, sizeof(TrainParam) * (size_t)(ts->n_tp + 1));
+    TrainParam *p = &ts->tp[ts->n_tp++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->data = data;
+    p->grad = grad;
+    p->n = n;
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->decay = decay;
+    ts->n_trainable += n;
+}
+
+/* First and one-past-last float of layer l's tensors in params. */
+static void layer_range(const Model *m, int l, size_t *lo, size_t *hi) {
+    char a[32], b[32];
+    snprintf(a, sizeof a, "layers.%d.", l);
+    snprintf(b, sizeof b, "h.%d.", l);
+    *lo = (size_t)-1;
+    *hi = 0;
+    for (int i = 0; i < m->n_pinfo; i++) {
+        const ParamInfo *p = &m->pinfo[i];
+        if (!strstr(p->name, a) && strncmp(p->name, b, strlen(b)) && !strstr(p->name, b)) continue;
+        /* "h.1." must not match "h.11.": check the digit boundary */
+        const char *at = strstr(p->name, a) ? strstr(p->name, a) : strstr(p->name, b);
+        if (at != p->name && at[-1] != '.') continue;
+        if (p->off < *lo) *lo = p->off;
+        if (p->off + p->n > *hi) *hi = p->off + p->n;
+    }
+}
+
+int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
+                     TunaErr *err) {
+    *out = NULL;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    if (!op->matmul_bwd || !op->xent_fwd_bwd || !op->adamw || !op->attention_bwd)
+        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot train yet (no backward ops)",
+                         op->name);
+    const ModelConfig *c = &m->cfg;
+    if (T > c->max_pos && c->learned_pos)
+        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T, c->max_pos);
+    TrainState *ts = xcalloc(1, sizeof *ts);
+    ts->m = m;
+    ts->be = be;
+    ts->setup = *setup;
+    ts->B = B;
+    ts->T = T;
+    ts->N = (size_t)B * T;
+    size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
+           FF = (size_t)c->FF, V = (size_t)c->V;
+    int fail = 0, rc = 0;
+
+    // --- what trains
+    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE) {
+        ts->g0 = 0;
+        ts->g1 = m->n_params;
+        if (setup->method == METHOD_FREEZE) {
+            int nl = setup->freeze_layers;
+            if (nl < 1 || nl > c->L) {
+                rc = tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d", c->L, nl);
+                goto fail;
+            }
+            size_t lo, hi, lo2, hi2;
+            layer_range(m, c->L - nl, &lo, &hi);
+            layer_range(m, c->L - 1, &lo2, &hi2);
+            ts->g0 = lo;
+            ts->g1 = hi2;
+        }
+        ts->grads = balloc(ts, ts->g1 - ts->g0, &fail);
+        if (fail) goto nomem;
+        for (int i = 0; i < m->n_pinfo; i++) {
+            const ParamInfo *p = &m->pinfo[i];
+            if (p->off < ts->g0 || p->off + p->n > ts->g1) continue;
+            add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
+                   p->shape[0], p->shape[1], p->ndim == 2);
+        }
+    } else {
+        int want[N_SITES];
+        rc = parse_targets(c, setup->lora_targets, want, ts->targets, sizeof ts->targets, err);
+        if (rc) goto fail;
+        int r = setup->lora_rank;
+        if (r < 1 || r > 4096) {
+            rc = tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
+            goto fail;
+        }
+        ts->lora_scale = setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r)
+                                            : setup->lora_alpha / (float)r;
+        ts->site_mod = xmalloc(sizeof *ts->site_mod * (size_t)c->L);
+        ts->mods = xcalloc((size_t)c->L * N_SITES, sizeof *ts->mods);
+        size_t total = 0;
+        for (int l = 0; l < c->L; l++)
+            for (int s = 0; s < N_SITES; s++) {
+                ts->site_mod[l][s] = -1;
+                if (!want[s]) continue;
+                LoraMod *lm = &ts->mods[ts->n_mods];
+                lm->layer = l;
+                lm->site = s;
+                site_dims(c, s, &lm->in, &lm->out);
+                total += (size_t)r * (size_t)(lm->in + lm->out);
+                ts->site_mod[l][s] = ts->n_mods++;
+            }
+        ts->n_ad = total;
+        ts->ad = balloc(ts, total, &fail);
+        ts->ad_grad = balloc(ts, total, &fail);
+        if (fail) goto nomem;
+        // init as PEFT: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0
+        float *host = xmalloc(sizeof(float) * total);
+        uint64_t rng = setup->seed ^ 0x4C6F5241ULL;
+        size_t off = 0;
+        for (int i = 0; i < ts->n_mods; i++) {
+            LoraMod *lm = &ts->mods[i];
+            size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
+            float bound = 1.0f / sqrtf((float)lm->in);
+            for (size_t j = 0; j < na; j++)
+                host[off + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
+            memset(host + off + na, 0, nb * sizeof(float));
+            lm->A = ts->ad + off;
+            lm->dA = ts->ad_grad + off;
+            lm->B = ts->ad + off + na;
+            lm->dB = ts->ad_grad + off + na;
+            char path[160], name[200];
+            site_path(m, lm->layer, lm->site, path, sizeof path);
+            snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", path);
+            add_tp(ts, name, lm->A, lm->dA, na, 2, r, lm->in, 1);
+            snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
+            add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
+            off += na + nb;
+            if (setup->lora_dropout > 0) {
+                lm->h = balloc(ts, N * (size_t)lm->in, &fail);
+            }
+            lm->u = balloc(ts, N * (size_t)r, &fail);
+            if (fail) {
+                free(host);
+                goto nomem;
+            }
+        }
+        op->upload(be, ts->ad, host, sizeof(float) * total);
+        free(host);
+    }
+
+    // --- activations: one block, pointers into it
+    size_t per_layer = 4 * C + 3 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
+    size_t total_act = N * (per_layer * (size_t)c->L + 2 * C + V);
+    ts->act_block = balloc(ts, total_act, &fail);
+    if (fail) goto nomem;
+    ts->acts = xcalloc((size_t)c->L, sizeof *ts->acts);
+    float *p = ts->act_block;
+#define TAKE(field, n) (field = p, p += N * (n))
+    for (int l = 0; l < c->L; l++) {
+        LayerActs *a = &ts->acts[l];
+        TAKE(a->x_in, C);
+        TAKE(a->xn1, C);
+        TAKE(a->x_mid, C);
+        TAKE(a->xn2, C);
+        if (c->qk_norm) {
+            TAKE(a->qraw, QD);
+            TAKE(a->kraw, KD);
+        }
+        TAKE(a->q, QD);
+        TAKE(a->k, KD);
+        TAKE(a->v, KD);
+        TAKE(a->att, QD);
+        TAKE(a->gate, FF);
+        TAKE(a->up, FF);
+        TAKE(a->act, FF);
+        (void)0;
+    }
+    TAKE(ts->x_L, C);
+    TAKE(ts->xnf, C);
+    TAKE(ts->logits, V);
+#undef TAKE
+    size_t mx = C > QD ? C : QD;
+    if (FF > mx) mx = FF;
+    size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
+    ts->dx = balloc(ts, N * C, &fail);
+    ts->dxn = balloc(ts, N * mx, &fail);
+    ts->dq = balloc(ts, N * QD, &fail);
+    ts->dk = balloc(ts, N * KD, &fail);
+    ts->dv = balloc(ts, N * KD, &fail);
+    ts->datt = balloc(ts, N * QD, &fail);
+    ts->dgate = balloc(ts, N * FF, &fail);
+    ts->dup = balloc(ts, N * FF, &fail);
+    ts->dact = balloc(ts, N * FF, &fail);
+    ts->tmp = balloc(ts, N * mx_out, &fail);
+    ts->dys = balloc(ts, N * mx_out, &fail);
+    int r = setup->method == METHOD_LORA ? setup->lora_rank : 1;
+    ts->du = balloc(ts, N * (size_t)r, &fail);
+    ts->dh = balloc(ts, N * mx, &fail);
+    ts->zeros_n = N * mx;
+    ts->zeros = balloc(ts, ts->zeros_n, &fail);
+    if (fail) goto nomem;
+    {
+        float *z = xcalloc(ts->zeros_n, sizeof(float));
+        op->upload(be, ts->zeros, z, ts->zeros_n * sizeof(float));
+        free(z);
+    }
+    ts->losses = xmalloc(sizeof(float) * N);
+    ts->pos = xmalloc(sizeof(int32_t) * N);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) ts->pos[(size_t)b * T + t] = t;
+    train_zero_grad(ts);
+    *out = ts;
+    return 0;
+nomem:
+    rc = tuna_errf(err, TUNA_ENOMEM,
+                   "cannot allocate training memory for batch %d x %d tokens (try a smaller "
+                   "--batch-size or --cutoff-len, or LoRA)",
+                   B, T);
+fail:
+    train_state_free(ts);
+    return rc;
+}
+
+void train_state_free(TrainState *ts) {
+    if (!ts) return;
+    Backend *be = ts->be;
+    float *bufs[] = {ts->grads, ts->ad,    ts->ad_grad, ts->act_block, ts->dx,   ts->dxn,
+                     ts->dq,    ts->dk,    ts->dv,      ts->datt,      ts->dgate, ts->dup,
+                     ts->dact,  ts->tmp,   ts->dys,     ts->du,        ts->dh,   ts->zeros};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->release(be, bufs[i]);
+    for (int i = 0; i < ts->n_mods; i++) {
+        be->ops->release(be, ts->mods[i].h);
+        be->ops->release(be, ts->mods[i].u);
+    }
+    free(ts->mods);
+    free(ts->site_mod);
+    free(ts->tp);
+    free(ts->acts);
+    free(ts->losses);
+    free(ts->pos);
+    free(ts);
+}
+
+const TrainParam *train_params(const TrainState *ts, int *n) {
+    *n = ts->n_tp;
+    return ts->tp;
+}
+
+size_t train_param_count(const TrainState *ts) {
+    return ts->n_trainable;
+}
+
+float train_lora_scale(const TrainState *ts) {
+    return ts->lora_scale;
+}
+
+const char *train_lora_targets(const TrainState *ts) {
+    return ts->targets;
+}
+
+void train_set_step_seed(TrainState *ts, uint64_t step) {
+    ts->step_seed = step;
+}
+
+void train_zero_grad(TrainState *ts) {
+    if (ts->grads) zero(ts, ts->grads, ts->g1 - ts->g0);
+    if (ts->ad_grad) zero(ts, ts->ad_grad, ts->n_ad);
+}
+
+/* Gradient buffer of a base weight, or NULL when it is frozen. */
+static float *G(const TrainState *ts, const float *p) {
+    if (!p || !ts->grads) return NULL;
+    const float *base = ts->m->params;
+    if (p < base + ts->g0 || p >= base + ts->g1) return NULL;
+    return ts->grads + (p - base - ts->g0);
+}
+
+// --- linear layers with an optional LoRA adapter
+
+static uint64_t drop_seed(const TrainState *ts, const LoraMod *lm) {
+    uint64_t s = ts->setup.seed * 0x100000001B3ULL ^ ts->step_seed * 0x9E3779B97F4A7C15ULL;
+    return s ^ ((uint64_t)lm->layer << 8 | (uint64_t)lm->site) * 0xD6E8FEB86659FD93ULL;
+}
+
+/* First row of B that a slice of the fused c_attn uses (0 for every other site). */
+static int slice_row(const TrainState *ts, int site, int slice) {
+    const ModelConfig *c = &ts->m->cfg;
+    if (site != SITE_QKV) return 0;
+    return slice * c->NH * c->HS; /* GPT-2: q, k, v are C rows each */
+}
+
+/* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
+static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
+                       const float *W, const float *bias, int M, int K, int n_out) {
+    Backend *be = ts->be;
+    be->ops->matmul_fwd(be, out, in, W, bias, M, K, n_out);
+    int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
+    if (mi < 0) return;
+    LoraMod *lm = &ts->mods[mi];
+    int r = ts->setup.lora_rank;
+    if (slice == 0) { /* the fused c_attn computes u once for its three slices */
+        const float *h = in;
+        if (lm->h) {
+            be->ops->dropout(be, lm->h, in, (size_t)M * K, ts->setup.lora_dropout, drop_seed(ts, lm));
+            h = lm->h;
+        }
+        be->ops->matmul_fwd(be, lm->u, h, lm->A, NULL, M, K, r);
+    }
+    const float *Bs = lm->B + (size_t)slice_row(ts, site, slice) * r;
+    /* dys is backward scratch, free during the forward (out may be ts->tmp) */
+    be->ops->matmul_fwd(be, ts->dys, lm->u, Bs, NULL, M, r, n_out);
+    be->ops->scale(be, ts->dys, (size_t)M * n_out, ts->lora_scale);
+    be->ops->add_fwd(be, out, out, ts->dys, (size_t)M * n_out);
+}
+
+/* Backward of linear_fwd: din (M,K) += dout · W (+ the adapter's path), dW and dbias when
+ * the base trains, dA and dB when an adapter sits here. last_slice: the fused c_attn
+ * finishes its A gradient after the third slice. */
+static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slice, float *din,
+                       const float *dout, const float *in, const float *W, const float *bias,
+                       int M, int K, int n_out) {
+    Backend *be = ts->be;
+    be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
+    int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
+    if (mi < 0) return;
+    LoraMod *lm = &ts->mods[mi];
+    int r = ts->setup.lora_rank;
+    size_t row = (size_t)slice_row(ts, site, slice);
+    if (slice == 0) zero(ts, ts->du, (size_t)M * r);
+    // y += s · u · Bᵀ  =>  du += s · dy · B,  dB += s · dyᵀ · u
+    be->ops->copy(be, ts->dys, dout, sizeof(float) * (size_t)M * n_out);
+    be->ops->scale(be, ts->dys, (size_t)M * n_out, ts->lora_scale);
+    be->ops->matmul_bwd(be, ts->du, lm->dB + row * r, NULL, ts->dys, lm->u, lm->B + row * r, M, r,
+                        n_out);
+    if (!last_slice) return;
+    // u = h · Aᵀ  =>  dh += du · A,  dA += duᵀ · h
+    if (lm->h) {
+        zero(ts, ts->dh, (size_t)M * K);
+        be->ops->matmul_bwd(be, ts->dh, lm->dA, NULL, ts->du, lm->h, lm->A, M, K, r);
+        if (din) {
+            be->ops->dropout(be, ts->dh, ts->dh, (size_t)M * K, ts->setup.lora_dropout,
+                             drop_seed(ts, lm));
+            be->ops->add_fwd(be, din, din, ts->dh, (size_t)M * K);
+        }
+    } else {
+        be->ops->matmul_bwd(be, din, lm->dA, NULL, ts->du, in, lm->A, M, K, r);
+    }
+}
+
+static void norm_fwd(TrainState *ts, float *out, const float *in, const float *w, const float *b,
+                     int R) {
+    const ModelConfig *c = &ts->m->cfg;
+    if (c->norm == NORM_RMS) ts->be->ops->rmsnorm_fwd(ts->be, out, in, w, c->norm_eps, R, c->C);
+    else ts->be->ops->layernorm_fwd(ts->be, out, in, w, b, c->norm_eps, R, c->C);
+}
+
+static void norm_bwd(TrainState *ts, float *din, const float *dout, const float *in,
+                     const float *w, const float *b, int R) {
+    const ModelConfig *c = &ts->m->cfg;
+    if (c->norm == NORM_RMS)
+        ts->be->ops->rmsnorm_bwd(ts->be, din, G(ts, w), dout, in, w, c->norm_eps, R, c->C);
+    else
+        ts->be->ops->layernorm_bwd(ts->be, din, G(ts, w), G(ts, b), dout, in, w, c->norm_eps, R,
+                                   c->C);
+}
+
+// --- the step
+
+int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
+                  float loss_scale, int backward, double *loss_sum, int *n_targets,
+                  TunaErr *err) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = ts->be;
+    const BackendOps *op = be->ops;
+    if (B_used < 1 || B_used > ts->B)
+        return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used, ts->B);
+    int T = ts->T, Bn = B_used, M = Bn * T;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS, FF = c->FF;
+    for (int i = 0; i < M; i++)
+        if (ids[i] < 0 || ids[i] >= c->V)
+            return tuna_errf(err, TUNA_EINVAL, "token id %d outside the vocabulary (%d)", ids[i], c->V);
+    int fused = c->arch == ARCH_GPT2;
+
+    // --- forward
+    float *x = ts->acts[0].x_in;
+    op->embed_fwd(be, x, ids, m->wte, M, C);
+    if (c->learned_pos) {
+        for (int b = 0; b < Bn; b++)
+            op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C, m->wpe, (size_t)T * C);
+    }
+    for (int l = 0; l < c->L; l++) {
+        LayerActs *a = &ts->acts[l];
+        const LayerWeights *w = &m->layers[l];
+        float *xout = l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L;
+        norm_fwd(ts, a->xn1, a->x_in, w->ln1_w, w->ln1_b, M);
+        float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : a->k;
+        linear_fwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, qd, a->xn1, w->wq, w->bq, M, C, QD);
+        linear_fwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, kd, a->xn1, w->wk, w->bk, M, C, KD);
+        linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, a->v, a->xn1, w->wv, w->bv, M, C, KD);
+        if (c->qk_norm) {
+            op->rmsnorm_fwd(be, a->q, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
+            op->rmsnorm_fwd(be, a->k, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
+        }
+        if (!c->learned_pos) {
+            op->rope_fwd(be, a->q, ts->pos, m->inv_freq, M, NH, HS, HS);
+            op->rope_fwd(be, a->k, ts->pos, m->inv_freq, M, KVH, HS, HS);
+        }
+        op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, T, (size_t)T * KD, NH, KVH, HS,
+                          c->sliding_window);
+        linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
+        op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
+        norm_fwd(ts, a->xn2, a->x_mid, w->ln2_w, w->ln2_b, M);
+        if (c->act == ACT_SILU) {
+            linear_fwd(ts, l, SITE_GATE, 0, a->gate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
+            linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
+            op->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)M * FF);
+        } else {
+            linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
+            op->gelu_fwd(be, a->act, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
+        }
+        linear_fwd(ts, l, SITE_DOWN, 0, ts->tmp, a->act, w->w_down, w->b_down, M, FF, C);
+        op->add_fwd(be, xout, a->x_mid, ts->tmp, (size_t)M * C);
+    }
+    norm_fwd(ts, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
+    op->matmul_fwd(be, ts->logits, ts->xnf, m->lm_head, NULL, M, C, c->V);
+    op->xent_fwd_bwd(be, backward ? ts->logits : NULL, ts->losses, ts->logits, targets, M, c->V,
+                     loss_scale);
+    double sum = 0;
+    int cnt = 0;
+    for (int i = 0; i < M; i++)
+        if (targets[i] != -100) {
+            sum += (double)ts->losses[i];
+            cnt++;
+        }
+    *loss_sum = sum;
+    *n_targets = cnt;
+    if (!backward) goto done;
+
+    // --- backward (ts->logits now holds dlogits)
+    zero(ts, ts->dxn, (size_t)M * C);
+    op->matmul_bwd(be, ts->dxn, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, M, C, c->V);
+    zero(ts, ts->dx, (size_t)M * C);
+    norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
+    for (int l = c->L - 1; l >= 0; l--) {
+        LayerActs *a = &ts->acts[l];
+        const LayerWeights *w = &m->layers[l];
+        // MLP
+        zero(ts, ts->dact, (size_t)M * FF);
+        linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
+        zero(ts, ts->dxn, (size_t)M * C);
+        zero(ts, ts->dup, (size_t)M * FF);
+        if (c->act == ACT_SILU) {
+            zero(ts, ts->dgate, (size_t)M * FF);
+            op->swiglu_bwd(be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF);
+            linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
+        } else {
+            op->gelu_bwd(be, ts->dup, ts->dact, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
+        }
+        linear_bwd(ts, l, SITE_UP, 0, 1, ts->dxn, ts->dup, a->xn2, w->w_up, w->b_up, M, C, FF);
+        norm_bwd(ts, ts->dx, ts->dxn, a->x_mid, w->ln2_w, w->ln2_b, M);
+        // attention
+        zero(ts, ts->datt, (size_t)M * QD);
+        linear_bwd(ts, l, SITE_O, 0, 1, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
+        zero(ts, ts->dq, (size_t)M * QD);
+        zero(ts, ts->dk, (size_t)M * KD);
+        zero(ts, ts->dv, (size_t)M * KD);
+        op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
+                          (size_t)T * KD, NH, KVH, HS, c->sliding_window);
+        if (!c->learned_pos) {
+            op->rope_bwd(be, ts->dq, ts->pos, m->inv_freq, M, NH, HS, HS);
+            op->rope_bwd(be, ts->dk, ts->pos, m->inv_freq, M, KVH, HS, HS);
+        }
+        float *dqin = ts->dq, *dkin = ts->dk;
+        if (c->qk_norm) { /* through the per-head RMSNorm: reuse datt and tmp as scratch */
+            zero(ts, ts->datt, (size_t)M * QD);
+            op->rmsnorm_bwd(be, ts->datt, G(ts, w->q_norm), ts->dq, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
+            zero(ts, ts->tmp, (size_t)M * KD);
+            op->rmsnorm_bwd(be, ts->tmp, G(ts, w->k_norm), ts->dk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
+            dqin = ts->datt;
+            dkin = ts->tmp;
+        }
+        zero(ts, ts->dxn, (size_t)M * C);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq, M, C, QD);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1, w->wk, w->bk, M, C, KD);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1, w->wv, w->bv, M, C, KD);
+        norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
+    }
+    if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
+    if (c->learned_pos && G(ts, m->wpe)) op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
+done:;
+    int rc = op->sync(be);
+    if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
+    return 0;
+}
+
+// --- merge
+
+typedef struct MergePart {
+    float *W;
+    int row0, rows;
+} MergePart;
+
+int train_lora_merge(TrainState *ts, TunaErr *err) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = ts->be;
+    int r = ts->setup.lora_rank;
+    for (int i = 0; i < ts->n_mods; i++) {
+        LoraMod *lm = &ts->mods[i];
+        const LayerWeights *w = &m->layers[lm->layer];
+        size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
+        float *A = xmalloc(sizeof(float) * na), *B = xmalloc(sizeof(float) * nb);
+        be->ops->download(be, A, lm->A, na * sizeof(float));
+        be->ops->download(be, B, lm->B, nb * sizeof(float));
+        MergePart parts[3];
+        int np = 1;
+        switch (lm->site) {
+        case SITE_Q: parts[0] = (MergePart){w->wq, 0, lm->out}; break;
+        case SITE_K: parts[0] = (MergePart){w->wk, 0, lm->out}; break;
+        case SITE_V: parts[0] = (MergePart){w->wv, 0, lm->out}; break;
+        case SITE_O: parts[0] = (MergePart){w->wo, 0, lm->out}; break;
+        case SITE_GATE: parts[0] = (MergePart){w->w_gate, 0, lm->out}; break;
+        case SITE_UP: parts[0] = (MergePart){w->w_up, 0, lm->out}; break;
+        case SITE_DOWN: parts[0] = (MergePart){w->w_down, 0, lm->out}; break;
+        default: {
+            int QD = c->NH * c->HS, KD = c->KVH * c->HS;
+            parts[0] = (MergePart){w->wq, 0, QD};
+            parts[1] = (MergePart){w->wk, QD, KD};
+            parts[2] = (MergePart){w->wv, QD + KD, KD};
+            np = 3;
+        }
+        }
+        for (int pi = 0; pi < np; pi++) {
+            size_t n = (size_t)parts[pi].rows * lm->in;
+            float *W = xmalloc(sizeof(float) * n);
+            be->ops->download(be, W, parts[pi].W, n * sizeof(float));
+            for (int o = 0; o < parts[pi].rows; o++)
+                for (int k = 0; k < lm->in; k++) {
+                    double s = 0;
+                    for (int j = 0; j < r; j++)
+                        s += (double)B[(size_t)(parts[pi].row0 + o) * r + j] * (double)A[(size_t)j * lm->in + k];
+                    W[(size_t)o * lm->in + k] += (float)(s * (double)ts->lora_scale);
+                }
+            be->ops->upload(be, parts[pi].W, W, n * sizeof(float));
+            free(W);
+        }
+        free(A);
+        free(B);
+    }
+    int rc = be->ops->sync(be);
+    if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
+    return 0;
+}

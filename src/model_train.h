@@ -1,0 +1,74 @@
+/* model_train.h: the training forward and backward pass of the decoder, for the methods
+ * full (every weight), freeze (the last N layers) and LoRA (low-rank adapters on chosen
+ * linear layers, base frozen). P-tuning v2 (prefix) is not in yet.
+ *
+ * A TrainState owns the gradient buffer, the LoRA adapter weights and grads, and the
+ * activations for one micro-batch of B x T tokens, all sized once at init (no allocation
+ * in the step). Gradients accumulate across calls until train_zero_grad, so gradient
+ * accumulation is just several calls. The trainable tensors are listed as TrainParam
+ * entries (name, data, grad, size, weight decay or not) for the optimizer and for saving.
+ * One thread at a time (the worker that owns the Model). */
+#ifndef TUNA_SRC_MODEL_TRAIN_H
+#define TUNA_SRC_MODEL_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model.h"
+
+typedef enum { METHOD_FULL, METHOD_FREEZE, METHOD_LORA } TrainMethod;
+
+typedef struct TrainSetup {
+    TrainMethod method;
+    int freeze_layers;    /* freeze: how many last layers train */
+    int lora_rank;        /* lora */
+    float lora_alpha;
+    float lora_dropout;
+    int lora_rslora;      /* scale alpha/sqrt(r) instead of alpha/r */
+    const char *lora_targets; /* comma list of HF module names, "all", or NULL for the default */
+    uint64_t seed;        /* LoRA init and dropout */
+} TrainSetup;
+
+/* A trainable tensor: where its values and gradient live, and its name for saving. */
+typedef struct TrainParam {
+    char name[160];   /* HF name (full/freeze) or PEFT adapter name (lora) */
+    float *data;      /* backend memory */
+    float *grad;      /* backend memory */
+    size_t n;
+    int ndim;
+    int64_t shape[2];
+    int decay;        /* 0 for norms and biases (no weight decay) */
+} TrainParam;
+
+typedef struct TrainState TrainState;
+
+int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
+                     TunaErr *err);
+void train_state_free(TrainState *ts);
+
+/* The trainable tensors (owned by ts). */
+const TrainParam *train_params(const TrainState *ts, int *n);
+size_t train_param_count(const TrainState *ts); /* trainable floats */
+
+void train_zero_grad(TrainState *ts);
+
+/* Forward (and, if backward, backward) of one micro-batch: ids and targets are host
+ * (B_used, T) arrays, targets -100 where no loss. The loss gradient is scaled by
+ * loss_scale (e.g. 1 / targets in the whole accumulated batch). Returns the summed
+ * token losses in *loss_sum and the counted targets in *n_targets. B_used <= B. */
+int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
+                  float loss_scale, int backward, double *loss_sum, int *n_targets,
+                  TunaErr *err);
+
+/* Dropout masks change every step: the caller bumps this (the step number). */
+void train_set_step_seed(TrainState *ts, uint64_t step);
+
+/* LoRA: the scale alpha/r (or alpha/sqrt(r)), and the modules targeted (comma list). */
+float train_lora_scale(const TrainState *ts);
+const char *train_lora_targets(const TrainState *ts);
+
+/* Merges the LoRA deltas into the base weights of m (W += scale * B·A). */
+int train_lora_merge(TrainState *ts, TunaErr *err);
+
+#endif

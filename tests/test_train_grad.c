@@ -1,0 +1,161 @@
+/* test_train_grad.c: loss and every gradient of a training step against PyTorch.
+ * Fixtures from tests/gen_train_fixtures.py (transformers + peft): for tiny random models of
+ * each architecture, full fine-tuning grads of every parameter, and LoRA grads of A and B
+ * (peft, with B set non-zero). Tolerance: per tensor, max |g - g_ref| <= 1e-3 * max |g_ref|
+ * (fp32 with different summation orders), and the loss within 1e-5 relative. */
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "src/model.h"
+#include "src/model_train.h"
+#include "src/safetensors.h"
+#include "src/xalloc.h"
+
+#define GRAD_RTOL 1e-3
+#define LOSS_RTOL 1e-5
+#define GRAD_ATOL 1e-7
+
+/* The fixture tensor as tuna lays it out (GPT-2 Conv1D transposed, c_attn split). */
+static float *to_ours(const StTensor *t, const ParamInfo *pi) {
+    size_t fn = 1;
+    for (int d = 0; d < t->ndim; d++) fn *= (size_t)t->shape[d];
+    float *src = xmalloc(sizeof(float) * fn), *dst = xmalloc(sizeof(float) * (pi ? pi->n : fn));
+    st_tensor_to_f32(t, src, fn, NULL);
+    if (!pi || pi->mode == 0) {
+        memcpy(dst, src, sizeof(float) * fn);
+    } else {
+        size_t R = (size_t)pi->shape[0], Cn = pi->ndim == 2 ? (size_t)pi->shape[1] : 1;
+        if (pi->mode == 1) {
+            for (size_t r = 0; r < R; r++)
+                for (size_t c = 0; c < Cn; c++) dst[c * R + r] = src[r * Cn + c];
+        } else if (pi->mode == 2) {
+            size_t W = Cn / 3, off = (size_t)pi->part * W;
+            for (size_t r = 0; r < R; r++)
+                for (size_t c = 0; c < W; c++) dst[c * R + r] = src[r * Cn + off + c];
+        } else {
+            memcpy(dst, src + (size_t)pi->part * (R / 3), sizeof(float) * (R / 3));
+        }
+    }
+    free(src);
+    return dst;
+}
+
+static const ParamInfo *find_pinfo(const Model *m, const float *data) {
+    for (int i = 0; i < m->n_pinfo; i++)
+        if (m->params + m->pinfo[i].off == data) return &m->pinfo[i];
+    return NULL;
+}
+
+static void run_case(const char *arch, const char *kind, TrainSetup setup) {
+    char mdir[256], fpath[256];
+    snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
+    snprintf(fpath, sizeof fpath, "tests/fixtures/train/%s_%s.safetensors", arch, kind);
+    struct stat sb;
+    if (stat(fpath, &sb)) {
+        SKIP("%s missing (tests/gen_train_fixtures.py makes it)", fpath);
+        return;
+    }
+    TunaErr err = {0};
+    SafeTensors *fx = NULL;
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    TrainState *ts = NULL;
+    if (safetensors_open(fpath, &fx, &err) || model_load(mdir, be, &m, &err)) {
+        CHECK(0, "%s: %s", arch, err.msg);
+        goto done;
+    }
+    const StTensor *ids_t = safetensors_find(fx, "input_ids"), *lab_t = safetensors_find(fx, "labels"),
+                   *loss_t = safetensors_find(fx, "loss");
+    CHECK(ids_t && lab_t && loss_t, "%s: input_ids/labels/loss missing", fpath);
+    if (!ids_t || !lab_t || !loss_t) goto done;
+    int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    /* metadata holds peft's target_modules as a JSON list: make it a comma list */
+    char tlist[256] = "";
+    const char *md = safetensors_metadata(fx, "target_modules");
+    if (md && setup.method == METHOD_LORA) {
+        size_t j = 0;
+        for (const char *c = md; *c && j + 1 < sizeof tlist; c++)
+            if (*c != 0x5b && *c != 0x5d && *c != 0x22 && *c != 0x20) tlist[j++] = *c;
+        tlist[j] = 0;
+        setup.lora_targets = tlist;
+    }
+    if (train_state_init(m, &setup, B, T, &ts, &err)) {
+        CHECK(0, "%s %s: %s", arch, kind, err.msg);
+        goto done;
+    }
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    // adapter weights from the fixture (peft's names)
+    for (int i = 0; i < np; i++) {
+        char nm[200];
+        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
+        const StTensor *a = safetensors_find(fx, nm);
+        if (setup.method == METHOD_LORA) CHECK(a != NULL, "%s: %s missing", fpath, nm);
+        if (a) {
+            float *h = to_ours(a, NULL);
+            be->ops->upload(be, tp[i].data, h, tp[i].n * sizeof(float));
+            free(h);
+        }
+    }
+    const int32_t *ids = ids_t->data, *labels = lab_t->data;
+    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)B * T);
+    int n_t = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int32_t y = t + 1 < T ? labels[b * T + t + 1] : -100;
+            targets[b * T + t] = y;
+            n_t += y != -100;
+        }
+    double loss_sum;
+    int cnt;
+    int rc = train_step_fb(ts, ids, targets, B, 1.0f / (float)n_t, 1, &loss_sum, &cnt, &err);
+    CHECK(rc == 0, "%s: %s", arch, err.msg);
+    double loss = loss_sum / cnt, want = (double)((const float *)loss_t->data)[0];
+    CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s: loss %.7f vs torch %.7f", arch, kind, loss, want);
+    double worst = 0;
+    int compared = 0;
+    for (int i = 0; i < np; i++) {
+        char nm[200];
+        snprintf(nm, sizeof nm, "grad.%s", tp[i].name);
+        const StTensor *g = safetensors_find(fx, nm);
+        CHECK(g != NULL, "%s: %s missing", fpath, nm);
+        if (!g) continue;
+        const ParamInfo *pi = setup.method == METHOD_LORA ? NULL : find_pinfo(m, tp[i].data);
+        float *ref = to_ours(g, pi), *got = xmalloc(sizeof(float) * tp[i].n);
+        be->ops->download(be, got, tp[i].grad, tp[i].n * sizeof(float));
+        double mref = 0, d = test_max_abs_diff(got, ref, tp[i].n);
+        for (size_t j = 0; j < tp[i].n; j++) mref = fmax(mref, fabs((double)ref[j]));
+        /* GRAD_ATOL: a gradient that is zero in exact arithmetic (GPT-2's key bias: a constant
+         * added to every score of a query cancels in the softmax) is float noise on both sides */
+        double rel = d / (mref > 0 ? mref : 1e-30);
+        CHECK(d <= GRAD_RTOL * mref + GRAD_ATOL, "%s %s: %s (part %d): rel err %.3g (max|ref| %.3g)", arch, kind,
+              tp[i].name, pi ? pi->part : 0, rel, mref);
+        if (mref > 1e-6 && rel > worst) worst = rel;
+        compared++;
+        free(ref);
+        free(got);
+    }
+    printf("  %-10s %-13s loss %.6f (torch %.6f)  %3d grad tensors, worst rel err %.2e\n", arch,
+           kind, loss, want, compared, worst);
+    free(targets);
+done:
+    train_state_free(ts);
+    model_free(m);
+    backend_free(be);
+    safetensors_free(fx);
+}
+
+int main(void) {
+    const char *archs[] = {"llama", "llama_tied", "llama3", "mistral", "qwen2", "qwen3", "gpt2"};
+    TrainSetup full = {.method = METHOD_FULL, .seed = 1};
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) run_case(archs[i], "full", full);
+    TrainSetup lora = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1};
+    const char *lora_archs[] = {"llama", "qwen2", "qwen3", "gpt2"};
+    for (size_t i = 0; i < 4; i++) run_case(lora_archs[i], "lora", lora);
+    TrainSetup rs = lora;
+    rs.lora_rslora = 1;
+    run_case("llama", "lora_rslora", rs);
+    return test_report("test_train_grad");
+}
