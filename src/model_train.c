@@ -242,7 +242,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
                    p->shape[0], p->shape[1], p->ndim == 2);
         }
-    } else {
+    } else if (setup->method == METHOD_LORA) {
         int want[N_SITES];
         rc = parse_targets(c, setup->lora_targets, want, ts->targets, sizeof ts->targets, err);
         if (rc) goto fail;
@@ -414,6 +414,24 @@ float train_lora_scale(const TrainState *ts) {
 
 const char *train_lora_targets(const TrainState *ts) {
     return ts->targets;
+}
+
+void train_download_params(const TrainState *ts, float **host) {
+    for (int i = 0; i < ts->n_tp; i++)
+        ts->be->ops->download(ts->be, host[i], ts->tp[i].data, sizeof(float) * ts->tp[i].n);
+}
+
+void train_upload_params(TrainState *ts, float *const *host) {
+    for (int i = 0; i < ts->n_tp; i++)
+        ts->be->ops->upload(ts->be, ts->tp[i].data, host[i], sizeof(float) * ts->tp[i].n);
+}
+
+const TrainSetup *train_setup(const TrainState *ts) {
+    return &ts->setup;
+}
+
+Model *train_model(const TrainState *ts) {
+    return ts->m;
 }
 
 void train_set_step_seed(TrainState *ts, uint64_t step) {

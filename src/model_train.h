@@ -17,7 +17,8 @@
 #include "err.h"
 #include "model.h"
 
-typedef enum { METHOD_FULL, METHOD_FREEZE, METHOD_LORA } TrainMethod;
+/* METHOD_NONE: nothing trains (evaluation: forward and loss only, no gradient memory). */
+typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA } TrainMethod;
 
 typedef struct TrainSetup {
     TrainMethod method;
@@ -67,6 +68,13 @@ void train_set_step_seed(TrainState *ts, uint64_t step);
 /* LoRA: the scale alpha/r (or alpha/sqrt(r)), and the modules targeted (comma list). */
 float train_lora_scale(const TrainState *ts);
 const char *train_lora_targets(const TrainState *ts);
+
+/* Copies every trainable tensor to host[i] (sized tp[i].n floats), in train_params order. */
+void train_download_params(const TrainState *ts, float **host);
+/* Uploads host[i] into every trainable tensor (resume). */
+void train_upload_params(TrainState *ts, float *const *host);
+const TrainSetup *train_setup(const TrainState *ts);
+Model *train_model(const TrainState *ts);
 
 /* Merges the LoRA deltas into the base weights of m (W += scale * B·A). */
 int train_lora_merge(TrainState *ts, TunaErr *err);

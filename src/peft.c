@@ -1,0 +1,286 @@
+#include "peft.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "safetensors.h"
+#include "xalloc.h"
+
+// --- files and folders
+
+static int copy_file(const char *src, const char *dst) {
+    size_t n;
+    char *buf = xread_file(src, &n);
+    if (!buf) return -1;
+    FILE *f = fopen(dst, "wb");
+    int ok = f && fwrite(buf, 1, n, f) == n;
+    if (f && fclose(f)) ok = 0;
+    free(buf);
+    return ok ? 0 : -1;
+}
+
+static int write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fputs(text, f) >= 0;
+    if (fclose(f)) ok = 0;
+    return ok ? 0 : -1;
+}
+
+/* Removes a folder of plain files (our own temporary output). */
+static void rm_flat_dir(const char *dir) {
+    if (strchr(dir, 0x27)) return; /* never quote-break the shell */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) { /* best effort */
+    }
+}
+
+/* Makes DIR.tmp-PID to write into; commit_dir renames it over dir (replacing an old one). */
+static int begin_dir(const char *dir, char *tmp, size_t cap, TunaErr *err) {
+    snprintf(tmp, cap, "%s.tmp-%d", dir, (int)getpid());
+    rm_flat_dir(tmp);
+    if (mkdir(tmp, 0755) && errno != EEXIST)
+        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    return 0;
+}
+
+static int commit_dir(const char *tmp, const char *dir, TunaErr *err) {
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old-%d", dir, (int)getpid());
+    struct stat sb;
+    int had = stat(dir, &sb) == 0;
+    if (had && rename(dir, old))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot replace: %s", dir, strerror(errno));
+    if (rename(tmp, dir)) {
+        if (had) rename(old, dir);
+        return tuna_errf(err, TUNA_EIO, "%s: cannot rename into place: %s", dir, strerror(errno));
+    }
+    if (had) rm_flat_dir(old);
+    return 0;
+}
+
+// --- adapters
+
+int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
+                        TunaErr *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text = xread_file(path, NULL);
+    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read (is %s a PEFT adapter folder?)", path, dir);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON", path);
+        goto done;
+    }
+    const cJSON *pt = cJSON_GetObjectItem(root, "peft_type");
+    if (!cJSON_IsString(pt) || strcmp(pt->valuestring, "LORA")) {
+        rc = tuna_errf(err, TUNA_EUNSUP, "%s: peft_type %s is not supported here (LORA)", path,
+                       cJSON_IsString(pt) ? pt->valuestring : "(missing)");
+        goto done;
+    }
+    memset(setup, 0, sizeof *setup);
+    setup->method = METHOD_LORA;
+    const cJSON *r = cJSON_GetObjectItem(root, "r"), *a = cJSON_GetObjectItem(root, "lora_alpha");
+    if (!cJSON_IsNumber(r) || r->valueint < 1 || !cJSON_IsNumber(a)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"r\" and \"lora_alpha\" must be numbers", path);
+        goto done;
+    }
+    setup->lora_rank = r->valueint;
+    setup->lora_alpha = (float)a->valuedouble;
+    setup->lora_rslora = cJSON_IsTrue(cJSON_GetObjectItem(root, "use_rslora"));
+    const cJSON *t = cJSON_GetObjectItem(root, "target_modules"), *e;
+    targets[0] = '\0';
+    if (cJSON_IsString(t)) snprintf(targets, cap, "%s", t->valuestring);
+    else if (cJSON_IsArray(t)) {
+        cJSON_ArrayForEach(e, t) {
+            if (!cJSON_IsString(e)) continue;
+            size_t o = strlen(targets);
+            snprintf(targets + o, cap - o, "%s%s", o ? "," : "", e->valuestring);
+        }
+    } else {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"target_modules\" must be a list", path);
+        goto done;
+    }
+    setup->lora_targets = targets;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int adapter_load(Model *m, const char *dir, TunaErr *err) {
+    TrainSetup setup;
+    char targets[512];
+    int rc = adapter_read_config(dir, &setup, targets, sizeof targets, err);
+    if (rc) return rc;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafeTensors *st = NULL;
+    rc = safetensors_open(path, &st, err);
+    if (rc) return rc;
+    TrainState *ts = NULL;
+    rc = train_state_init(m, &setup, 1, 1, &ts, err);
+    if (rc) goto done;
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    for (int i = 0; i < np; i++) {
+        const StTensor *t = safetensors_find(st, tp[i].name);
+        if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
+            char alt[256];
+            const char *dot = strstr(tp[i].name, ".weight");
+            snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name), tp[i].name);
+            t = safetensors_find(st, alt);
+        }
+        if (!t) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" missing (r=%d, targets %s)", path,
+                           tp[i].name, setup.lora_rank, targets);
+            goto done;
+        }
+        if (t->ndim != 2 || t->shape[0] != tp[i].shape[0] || t->shape[1] != tp[i].shape[1]) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" has the wrong shape for this model", path,
+                           tp[i].name);
+            goto done;
+        }
+        float *h = xmalloc(sizeof(float) * tp[i].n);
+        rc = st_tensor_to_f32(t, h, tp[i].n, err);
+        if (!rc) m->be->ops->upload(m->be, tp[i].data, h, sizeof(float) * tp[i].n);
+        free(h);
+        if (rc) goto done;
+    }
+    rc = train_lora_merge(ts, err);
+done:
+    train_state_free(ts);
+    safetensors_free(st);
+    return rc;
+}
+
+int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaErr *err) {
+    char tmp[4200], path[4400];
+    int rc = begin_dir(dir, tmp, sizeof tmp, err);
+    if (rc) return rc;
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
+    float **host = xcalloc((size_t)np, sizeof *host);
+    Backend *be = NULL;
+    for (int i = 0; i < np; i++) {
+        host[i] = xmalloc(sizeof(float) * tp[i].n);
+        (void)be;
+        wt[i].name = tp[i].name;
+        wt[i].dtype = ST_F32;
+        wt[i].ndim = tp[i].ndim;
+        wt[i].shape[0] = tp[i].shape[0];
+        wt[i].shape[1] = tp[i].shape[1];
+        wt[i].data = host[i];
+    }
+    train_download_params(ts, host);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    const char *meta[] = {"format", "pt"};
+    rc = safetensors_write(path, wt, np, meta, 1, err);
+    for (int i = 0; i < np; i++) free(host[i]);
+    free(host);
+    free(wt);
+    if (rc) return rc;
+    // adapter_config.json with PEFT's field names
+    const TrainSetup *s = train_setup(ts);
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "peft_type", "LORA");
+    cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(c, "base_model_name_or_path", base ? base : "");
+    cJSON_AddNumberToObject(c, "r", s->lora_rank);
+    cJSON_AddNumberToObject(c, "lora_alpha", (double)s->lora_alpha);
+    cJSON_AddNumberToObject(c, "lora_dropout", (double)s->lora_dropout);
+    cJSON *tm = cJSON_AddArrayToObject(c, "target_modules");
+    char *list = xstrdup(train_lora_targets(ts)), *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        cJSON_AddItemToArray(tm, cJSON_CreateString(t));
+    free(list);
+    cJSON_AddStringToObject(c, "bias", "none");
+    cJSON_AddBoolToObject(c, "fan_in_fan_out", train_model(ts)->cfg.arch == ARCH_GPT2);
+    cJSON_AddBoolToObject(c, "use_rslora", s->lora_rslora);
+    cJSON_AddBoolToObject(c, "inference_mode", 1);
+    cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    cJSON_AddNullToObject(c, "modules_to_save");
+    cJSON_AddNullToObject(c, "layers_to_transform");
+    cJSON_AddNullToObject(c, "layers_pattern");
+    cJSON_AddItemToObject(c, "rank_pattern", cJSON_CreateObject());
+    cJSON_AddItemToObject(c, "alpha_pattern", cJSON_CreateObject());
+    cJSON_AddStringToObject(c, "revision", "");
+    char *txt = cJSON_Print(c);
+    cJSON_Delete(c);
+    snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+    rc = write_text(path, txt) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(txt);
+    if (rc) return rc;
+    return commit_dir(tmp, dir, err);
+}
+
+// --- Hugging Face checkpoint
+
+int model_save_hf(const Model *m, const char *dir, TunaErr *err) {
+    char tmp[4200], path[4400], src[4400];
+    int rc = begin_dir(dir, tmp, sizeof tmp, err);
+    if (rc) return rc;
+    Backend *be = m->be;
+    StWriteTensor *wt = xcalloc((size_t)m->n_pinfo, sizeof *wt);
+    float **host = xcalloc((size_t)m->n_pinfo, sizeof *host);
+    int n = 0;
+    for (int i = 0; i < m->n_pinfo; i++) {
+        const ParamInfo *p = &m->pinfo[i];
+        size_t fn = (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
+        float *part = xmalloc(sizeof(float) * p->n);
+        be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
+        int j = n;
+        if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
+            for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {
+            }
+        if (j == n) {
+            host[n] = xcalloc(fn, sizeof(float));
+            wt[n].name = p->name;
+            wt[n].dtype = ST_F32;
+            wt[n].ndim = p->ndim;
+            wt[n].shape[0] = p->shape[0];
+            wt[n].shape[1] = p->shape[1];
+            wt[n].data = host[n];
+            n++;
+        }
+        float *dst = host[j];
+        size_t R = (size_t)p->shape[0], Cn = p->ndim == 2 ? (size_t)p->shape[1] : 1;
+        if (p->mode == 0) memcpy(dst, part, sizeof(float) * fn);
+        else if (p->mode == 1) {
+            for (size_t r = 0; r < R; r++)
+                for (size_t c = 0; c < Cn; c++) dst[r * Cn + c] = part[c * R + r];
+        } else if (p->mode == 2) {
+            size_t W = Cn / 3, off = (size_t)p->part * W;
+            for (size_t r = 0; r < R; r++)
+                for (size_t c = 0; c < W; c++) dst[r * Cn + off + c] = part[c * R + r];
+        } else {
+            memcpy(dst + (size_t)p->part * (R / 3), part, sizeof(float) * (R / 3));
+        }
+        free(part);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    const char *meta[] = {"format", "pt"};
+    rc = safetensors_write(path, wt, n, meta, 1, err);
+    for (int i = 0; i < n; i++) free(host[i]);
+    free(host);
+    free(wt);
+    if (rc) return rc;
+    const char *files[] = {"config.json", "generation_config.json", "tokenizer.json",
+                           "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(src, sizeof src, "%s/%s", m->dir, files[i]);
+        snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
+        if (access(src, R_OK)) continue;
+        if (copy_file(src, path)) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+    }
+    return commit_dir(tmp, dir, err);
+}

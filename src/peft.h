@@ -1,0 +1,32 @@
+/* peft.h: adapters in Hugging Face PEFT's format, and Hugging Face checkpoints out.
+ *
+ * adapter_load reads adapter_config.json + adapter_model.safetensors (LoRA: r, lora_alpha,
+ * target_modules, use_rslora, fan_in_fan_out) and merges the adapter into the model's base
+ * weights (W += scale * B·A), so every inference path (generate, chat, eval) sees it.
+ * adapter_save writes a trainer's LoRA tensors with PEFT's names and config fields.
+ * model_save_hf writes the model's current weights as a HF checkpoint (config.json,
+ * model.safetensors in the checkpoint's original tensor layout, tokenizer files copied from
+ * the model's folder). All are atomic: written to DIR.tmp-XXXX, then renamed. */
+#ifndef TUNA_SRC_PEFT_H
+#define TUNA_SRC_PEFT_H
+
+#include "err.h"
+#include "model.h"
+#include "model_train.h"
+
+/* Merges the PEFT LoRA adapter in dir into m. */
+int adapter_load(Model *m, const char *dir, TunaErr *err);
+
+/* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets is filled with the
+ * comma list and must outlive the setup. */
+int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
+                        TunaErr *err);
+
+/* Writes ts's LoRA tensors and config to dir (created). base is recorded as
+ * base_model_name_or_path. */
+int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
+
+/* Writes m as a Hugging Face checkpoint in dir (created). */
+int model_save_hf(const Model *m, const char *dir, TunaErr *err);
+
+#endif
