@@ -15,6 +15,7 @@
 #include "model.h"
 #include "template.h"
 #include "tokenizer.h"
+#include "train.h"
 #include "xalloc.h"
 
 // --- option tables: one row per flag, shared by getopt_long and --help
@@ -263,6 +264,8 @@ static const struct {
 } commands[] = {
         {"generate", cmd_generate, "generate text from a checkpoint"},
         {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
+        {"train", cmd_train, "fine-tune (full, freeze, LoRA); --help lists every option"},
+        {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
         {"template", cmd_template, "list templates, or show one rendered example with its loss mask"},
 };
 

@@ -34,7 +34,7 @@ static int write_text(const char *path, const char *text) {
 }
 
 /* Removes a folder of plain files (our own temporary output). */
-static void rm_flat_dir(const char *dir) {
+void dir_remove(const char *dir) {
     if (strchr(dir, 0x27)) return; /* never quote-break the shell */
     char cmd[4400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -43,15 +43,15 @@ static void rm_flat_dir(const char *dir) {
 }
 
 /* Makes DIR.tmp-PID to write into; commit_dir renames it over dir (replacing an old one). */
-static int begin_dir(const char *dir, char *tmp, size_t cap, TunaErr *err) {
+int dir_begin(const char *dir, char *tmp, size_t cap, TunaErr *err) {
     snprintf(tmp, cap, "%s.tmp-%d", dir, (int)getpid());
-    rm_flat_dir(tmp);
+    dir_remove(tmp);
     if (mkdir(tmp, 0755) && errno != EEXIST)
         return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
     return 0;
 }
 
-static int commit_dir(const char *tmp, const char *dir, TunaErr *err) {
+int dir_commit(const char *tmp, const char *dir, TunaErr *err) {
     char old[4200];
     snprintf(old, sizeof old, "%s.old-%d", dir, (int)getpid());
     struct stat sb;
@@ -62,7 +62,7 @@ static int commit_dir(const char *tmp, const char *dir, TunaErr *err) {
         if (had) rename(old, dir);
         return tuna_errf(err, TUNA_EIO, "%s: cannot rename into place: %s", dir, strerror(errno));
     }
-    if (had) rm_flat_dir(old);
+    if (had) dir_remove(old);
     return 0;
 }
 
@@ -163,9 +163,16 @@ done:
 }
 
 int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaErr *err) {
-    char tmp[4200], path[4400];
-    int rc = begin_dir(dir, tmp, sizeof tmp, err);
-    if (rc) return rc;
+    char tmp[4200];
+    int rc = dir_begin(dir, tmp, sizeof tmp, err);
+    if (!rc) rc = adapter_write(ts, tmp, base, err);
+    if (!rc) rc = dir_commit(tmp, dir, err);
+    return rc;
+}
+
+int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
+    char path[4400];
+    int rc;
     int np;
     const TrainParam *tp = train_params(ts, &np);
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
@@ -219,16 +226,22 @@ int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaEr
     snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
     rc = write_text(path, txt) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
     free(txt);
-    if (rc) return rc;
-    return commit_dir(tmp, dir, err);
+    return rc;
 }
 
 // --- Hugging Face checkpoint
 
 int model_save_hf(const Model *m, const char *dir, TunaErr *err) {
-    char tmp[4200], path[4400], src[4400];
-    int rc = begin_dir(dir, tmp, sizeof tmp, err);
-    if (rc) return rc;
+    char tmp[4200];
+    int rc = dir_begin(dir, tmp, sizeof tmp, err);
+    if (!rc) rc = model_write_hf(m, tmp, err);
+    if (!rc) rc = dir_commit(tmp, dir, err);
+    return rc;
+}
+
+int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
+    char path[4400], src[4400];
+    int rc;
     Backend *be = m->be;
     StWriteTensor *wt = xcalloc((size_t)m->n_pinfo, sizeof *wt);
     float **host = xcalloc((size_t)m->n_pinfo, sizeof *host);
@@ -282,5 +295,5 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err) {
         if (access(src, R_OK)) continue;
         if (copy_file(src, path)) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
     }
-    return commit_dir(tmp, dir, err);
+    return 0;
 }

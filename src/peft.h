@@ -29,4 +29,14 @@ int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaEr
 /* Writes m as a Hugging Face checkpoint in dir (created). */
 int model_save_hf(const Model *m, const char *dir, TunaErr *err);
 
+/* The same two, writing into an existing folder (no rename): for checkpoints. */
+int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
+int model_write_hf(const Model *m, const char *dir, TunaErr *err);
+
+/* Atomic folders: dir_begin makes DIR.tmp-PID (tmp), dir_commit renames it over dir
+ * (replacing an old one). dir_remove deletes a folder tree (best effort). */
+int dir_begin(const char *dir, char *tmp, size_t cap, TunaErr *err);
+int dir_commit(const char *tmp, const char *dir, TunaErr *err);
+void dir_remove(const char *dir);
+
 #endif

@@ -1,0 +1,109 @@
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+static const char *sched_names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
+
+int sched_parse(const char *name) {
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, sched_names[i])) return i;
+    return -1;
+}
+
+const char *sched_name(SchedType s) {
+    return sched_names[s];
+}
+
+double sched_factor(SchedType s, int step, int warmup, int total) {
+    if (s == SCHED_CONSTANT) return 1.0;
+    if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);
+    if (s == SCHED_CONSTANT_WARMUP) return 1.0;
+    double rest = (double)(total - warmup > 1 ? total - warmup : 1);
+    if (s == SCHED_LINEAR) {
+        double f = (double)(total - step) / rest;
+        return f > 0 ? f : 0;
+    }
+    double progress = (double)(step - warmup) / rest;
+    double f = 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress));
+    return f > 0 ? f : 0;
+}
+
+int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
+               float wd, TunaErr *err) {
+    memset(o, 0, sizeof *o);
+    o->b1 = b1;
+    o->b2 = b2;
+    o->eps = eps;
+    o->wd = wd;
+    o->n = np;
+    o->be = be;
+    o->m = xcalloc((size_t)np, sizeof *o->m);
+    o->v = xcalloc((size_t)np, sizeof *o->v);
+    o->len = xcalloc((size_t)np, sizeof *o->len);
+    size_t zn = 0;
+    for (int i = 0; i < np; i++) zn = tp[i].n > zn ? tp[i].n : zn;
+    float *z = xcalloc(zn ? zn : 1, sizeof(float));
+    for (int i = 0; i < np; i++) {
+        o->len[i] = tp[i].n;
+        o->m[i] = o->be->ops->alloc(o->be, sizeof(float) * tp[i].n);
+        o->v[i] = o->be->ops->alloc(o->be, sizeof(float) * tp[i].n);
+        if (!o->m[i] || !o->v[i]) {
+            free(z);
+            optim_free(o);
+            return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the optimizer state");
+        }
+        o->be->ops->upload(o->be, o->m[i], z, sizeof(float) * tp[i].n);
+        o->be->ops->upload(o->be, o->v[i], z, sizeof(float) * tp[i].n);
+    }
+    free(z);
+    return 0;
+}
+
+void optim_free(Optim *o) {
+    if (!o || !o->be) return;
+    for (int i = 0; i < o->n; i++) {
+        o->be->ops->release(o->be, o->m[i]);
+        o->be->ops->release(o->be, o->v[i]);
+    }
+    free(o->m);
+    free(o->v);
+    free(o->len);
+    memset(o, 0, sizeof *o);
+}
+
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm) {
+    double ss = 0;
+    for (int i = 0; i < np; i++) ss += be->ops->sumsq(be, tp[i].grad, tp[i].n);
+    double norm = sqrt(ss);
+    if (max_norm > 0 && norm > (double)max_norm) {
+        float c = (float)((double)max_norm / (norm + 1e-6));
+        for (int i = 0; i < np; i++) be->ops->scale(be, tp[i].grad, tp[i].n, c);
+    }
+    return norm;
+}
+
+void optim_step(Optim *o, const TrainParam *tp, int np, float lr) {
+    o->t++;
+    float bc1 = 1.0f - powf(o->b1, (float)o->t), bc2 = 1.0f - powf(o->b2, (float)o->t);
+    for (int i = 0; i < np; i++)
+        o->be->ops->adamw(o->be, tp[i].data, tp[i].grad, o->m[i], o->v[i], tp[i].n, lr, o->b1,
+                          o->b2, o->eps, tp[i].decay ? o->wd : 0.0f, bc1, bc2);
+}
+
+void optim_download(const Optim *o, float **m, float **v) {
+    for (int i = 0; i < o->n; i++) {
+        o->be->ops->download(o->be, m[i], o->m[i], sizeof(float) * o->len[i]);
+        o->be->ops->download(o->be, v[i], o->v[i], sizeof(float) * o->len[i]);
+    }
+}
+
+void optim_upload(Optim *o, float *const *m, float *const *v) {
+    for (int i = 0; i < o->n; i++) {
+        o->be->ops->upload(o->be, o->m[i], m[i], sizeof(float) * o->len[i]);
+        o->be->ops->upload(o->be, o->v[i], v[i], sizeof(float) * o->len[i]);
+    }
+}

@@ -1,0 +1,47 @@
+/* optim.h: AdamW over a TrainState's trainable tensors (PyTorch semantics: decoupled weight
+ * decay, bias correction; no decay on 1-D tensors: norms and biases), the learning-rate
+ * schedules of transformers (constant, constant_with_warmup, linear, cosine; warmup from 0),
+ * and global-norm gradient clipping. Moments live in backend memory, one buffer per tensor.
+ * One thread at a time. */
+#ifndef TUNA_SRC_OPTIM_H
+#define TUNA_SRC_OPTIM_H
+
+#include <stddef.h>
+
+#include "err.h"
+#include "model_train.h"
+
+typedef enum { SCHED_CONSTANT, SCHED_CONSTANT_WARMUP, SCHED_LINEAR, SCHED_COSINE } SchedType;
+
+/* Parses "constant", "constant_with_warmup", "linear", "cosine"; -1 if unknown. */
+int sched_parse(const char *name);
+const char *sched_name(SchedType s);
+/* The multiplier of the base lr for optimizer step `step` (0-based), as transformers'
+ * get_*_schedule_with_warmup LambdaLR gives it. */
+double sched_factor(SchedType s, int step, int warmup, int total);
+
+typedef struct Optim {
+    float b1, b2, eps, wd;
+    int t;          /* steps taken */
+    int n;          /* tensors */
+    float **m, **v; /* per tensor, backend memory */
+    size_t *len;
+    Backend *be;
+} Optim;
+
+/* The tensors are a TrainParam array (train_params of a TrainState, or any other). */
+int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
+               float wd, TunaErr *err);
+void optim_free(Optim *o);
+/* Global L2 norm of all gradients; if max_norm > 0 and the norm exceeds it, scales the
+ * gradients by max_norm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm
+ * before clipping. */
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm);
+/* One AdamW step with learning rate lr. */
+void optim_step(Optim *o, const TrainParam *tp, int np, float lr);
+
+/* Moments to and from host (checkpoints): m[i], v[i] sized like the tensors. */
+void optim_download(const Optim *o, float **m, float **v);
+void optim_upload(Optim *o, float *const *m, float *const *v);
+
+#endif

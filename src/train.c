@@ -1,0 +1,918 @@
+#include "train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "../kernels/backend.h"
+#include "dataset.h"
+#include "generate.h"
+#include "model.h"
+#include "model_train.h"
+#include "optim.h"
+#include "peft.h"
+#include "safetensors.h"
+#include "template.h"
+#include "tokenizer.h"
+#include "xalloc.h"
+
+// --- the config table: one row per flag / JSON key
+
+typedef enum { F_STR, F_INT, F_DBL, F_BOOL } FieldType;
+
+typedef struct Field {
+    const char *key;
+    FieldType type;
+    size_t off, size;
+    const char *def;
+    const char *help;
+} Field;
+
+#define S(k, d, h) {#k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h}
+#define I(k, d, h) {#k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h}
+#define D(k, d, h) {#k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h}
+#define B(k, d, h) {#k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h}
+
+static const Field fields[] = {
+        S(model, "models/stories260K", "model folder (config.json, model.safetensors, tokenizer.json)"),
+        S(dataset, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
+        S(dataset_dir, "datasets", "folder holding dataset_info.json"),
+        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "vanilla", "prompt template (templates/NAME.json)"},
+        S(templates_dir, "templates", "folder of template files"),
+        S(method, "lora", "full | freeze | lora"),
+        S(stage, "sft", "sft (supervised) | pt (plain text, every token trains)"),
+        I(lora_rank, "8", "LoRA rank r"),
+        D(lora_alpha, "16", "LoRA alpha (scale alpha/r)"),
+        D(lora_dropout, "0", "LoRA dropout"),
+        S(lora_target, "", "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
+        B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
+        I(freeze_layers, "2", "freeze: how many last layers train"),
+        I(epochs, "3", "passes over the training data"),
+        I(max_steps, "0", "stop after this many optimizer steps (0 = from epochs)"),
+        D(lr, "1e-3", "peak learning rate"),
+        S(lr_scheduler, "cosine", "constant | constant_with_warmup | linear | cosine"),
+        I(warmup_steps, "0", "warmup steps"),
+        D(warmup_ratio, "0", "warmup as a fraction of all steps (if warmup_steps is 0)"),
+        D(weight_decay, "0", "AdamW weight decay (not on norms and biases)"),
+        D(max_grad_norm, "1.0", "clip the global gradient norm (0 = off)"),
+        I(batch_size, "8", "sequences per micro-batch"),
+        I(grad_accum, "1", "micro-batches per optimizer step"),
+        I(cutoff_len, "256", "maximum tokens per example"),
+        D(val_size, "0.1", "validation split: fraction, or a count if >= 1"),
+        I(eval_steps, "20", "evaluate every N steps (0 = at the end only)"),
+        I(save_steps, "50", "checkpoint every N steps (0 = only at the end)"),
+        I(save_total_limit, "2", "checkpoints kept"),
+        I(logging_steps, "1", "write a step line every N steps"),
+        S(sample_prompts, "Who are you?", "fixed prompts for sample generations, separated by |"),
+        I(sample_steps, "0", "generate samples every N steps (0 = with each eval)"),
+        I(sample_max_tokens, "48", "tokens per sample"),
+        S(vars, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
+        I(max_samples, "0", "use at most N rows per dataset (0 = all)"),
+        B(strict, "false", "a bad dataset row is fatal (default: skipped and counted)"),
+        B(packing, "false", "pack short examples into full rows"),
+        I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
+        S(output, "", "run folder (default runs/DATASET-METHOD)"),
+        S(backend, "cpu", "cpu | ref | cuda"),
+        I(threads, "0", "CPU threads (0 = all cores)"),
+};
+#define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
+
+const char *train_config_key(int i, int *is_bool, const char **help) {
+    if (i < 0 || i >= N_FIELDS) return NULL;
+    if (is_bool) *is_bool = fields[i].type == F_BOOL;
+    if (help) *help = fields[i].help;
+    return fields[i].key;
+}
+
+static int field_set(TrainConfig *c, const Field *f, const char *v, const char *where, TunaErr *err) {
+    char *p = (char *)c + f->off, *end;
+    errno = 0;
+    switch (f->type) {
+    case F_STR:
+        if (strlen(v) >= f->size) return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
+        memcpy(p, v, strlen(v) + 1);
+        return 0;
+    case F_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < -1000000000L || x > 1000000000L)
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected an integer, got \"%s\"", where, f->key, v);
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case F_DBL: {
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(x))
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected a number, got \"%s\"", where, f->key, v);
+        *(double *)p = x;
+        return 0;
+    }
+    case F_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1")) *(int *)p = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0")) *(int *)p = 0;
+        else return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where, f->key, v);
+        return 0;
+    }
+    return 0;
+}
+
+void train_config_defaults(TrainConfig *c) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < N_FIELDS; i++) field_set(c, &fields[i], fields[i].def, "", NULL);
+}
+
+static const Field *field_find(const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, "%s", key);
+    for (char *q = k; *q; q++)
+        if (*q == '-') *q = '_';
+    for (int i = 0; i < N_FIELDS; i++)
+        if (!strcmp(fields[i].key, k)) return &fields[i];
+    return NULL;
+}
+
+int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err) {
+    const Field *f = field_find(key);
+    if (!f) return tuna_errf(err, TUNA_EINVAL, "unknown option \"%s\"", key);
+    return field_set(c, f, value, "--", err);
+}
+
+int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
+    char *text = xread_file(path, NULL);
+    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
+    cJSON *root = cJSON_Parse(text);
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        const char *at = cJSON_GetErrorPtr();
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON near byte %ld", path,
+                       at && root == NULL ? (long)(at - text) : 0L);
+        goto done;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        const Field *f = field_find(it->string);
+        if (!f) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\"", path, it->string);
+            goto done;
+        }
+        char buf[64], where[1100];
+        const char *v = buf;
+        snprintf(where, sizeof where, "%s: ", path);
+        if (cJSON_IsString(it)) v = it->valuestring;
+        else if (cJSON_IsBool(it)) v = cJSON_IsTrue(it) ? "true" : "false";
+        else if (cJSON_IsNumber(it)) {
+            if (f->type == F_INT && it->valuedouble == floor(it->valuedouble))
+                snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
+            else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+        } else {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has the wrong type", path, it->string);
+            goto done;
+        }
+        if ((rc = field_set(c, f, v, where, err))) goto done;
+    }
+done:
+    cJSON_Delete(root);
+    free(text);
+    return rc;
+}
+
+char *train_config_json(const TrainConfig *c) {
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < N_FIELDS; i++) {
+        const char *p = (const char *)c + fields[i].off;
+        switch (fields[i].type) {
+        case F_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
+        case F_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
+        case F_DBL: cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p); break;
+        case F_BOOL: cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p); break;
+        }
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+void train_config_help(FILE *f) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s", fields[i].key);
+        for (char *q = left + 2; *q; q++)
+            if (*q == '_') *q = '-';
+        fprintf(f, "  %-22s %s%s%s%s\n", left, fields[i].help, *fields[i].def ? " [" : "",
+                fields[i].def, *fields[i].def ? "]" : "");
+    }
+}
+
+// --- the run
+
+typedef struct Run {
+    const TrainConfig *cfg;
+    const TrainHooks *hooks;
+    char dir[1024];
+    FILE *metrics, *tlog;
+    double t0;
+    Backend *be;
+    Model *m;
+    Tokenizer *tok;
+    Template *tpl;
+    Dataset *all, *train, *val;
+    Batcher batcher;
+    int have_batcher;
+    TrainState *ts;
+    Optim opt;
+    int have_opt;
+    int B, T, total, warmup, steps_per_epoch, step;
+    SchedType sched;
+    double best_eval;
+    float *host_params; /* LoRA: the base weights, restored exactly after sampling */
+} Run;
+
+/* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
+static void emit(Run *r, cJSON *ev) {
+    char *line = cJSON_PrintUnformatted(ev);
+    if (r->metrics) {
+        fprintf(r->metrics, "%s\n", line);
+        fflush(r->metrics);
+    }
+    if (r->hooks && r->hooks->on_line) r->hooks->on_line(r->hooks->user, line);
+    free(line);
+    cJSON_Delete(ev);
+}
+
+static cJSON *event(const char *type) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "type", type);
+    return e;
+}
+
+static void emit_log(Run *r, const char *level, const char *msg) {
+    cJSON *e = event("log");
+    cJSON_AddStringToObject(e, "level", level);
+    cJSON_AddStringToObject(e, "msg", msg);
+    emit(r, e);
+    if (!r->hooks || !r->hooks->quiet) fprintf(stderr, "tuna: %s\n", msg);
+}
+
+static int mkdir_p(const char *path) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static int write_file(const char *path, const char *text) {
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return -1;
+    int ok = fputs(text, f) >= 0;
+    ok &= fclose(f) == 0;
+    return ok && !rename(tmp, path) ? 0 : -1;
+}
+
+// --- evaluation and samples
+
+static int run_eval(Run *r, double *loss, TunaErr *err) {
+    Batcher vb;
+    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 1, err);
+    if (rc) return rc;
+    double sum = 0;
+    long cnt = 0;
+    size_t nb = batcher_batches_per_epoch(&vb);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&vb, &b);
+        double s;
+        int c;
+        rc = train_step_fb(r->ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
+        sum += s;
+        cnt += c;
+    }
+    batcher_free(&vb);
+    *loss = cnt ? sum / (double)cnt : (double)NAN;
+    return rc;
+}
+
+static int run_samples(Run *r, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    if (!c->sample_prompts[0]) return 0;
+    Model *m = r->m;
+    Backend *be = m->be;
+    int lora = train_setup(r->ts)->method == METHOD_LORA;
+    if (lora) {
+        be->ops->download(be, r->host_params, m->params, sizeof(float) * m->n_params);
+        int rc = train_lora_merge(r->ts, err);
+        if (rc) return rc;
+    }
+    const char *const *stops;
+    int n_stops = template_stop_words(r->tpl, &stops);
+    const char *st[18];
+    int ns = 0;
+    for (int i = 0; i < n_stops && ns < 16; i++) st[ns++] = stops[i];
+    int32_t eos[CONFIG_MAX_EOS + 1];
+    int n_eos = 0;
+    for (int i = 0; i < m->cfg.n_eos; i++) eos[n_eos++] = m->cfg.eos_ids[i];
+    int teos = template_eos_id(r->tpl, r->tok);
+    if (teos >= 0) eos[n_eos++] = teos;
+    char *list = xstrdup(c->sample_prompts), *save = NULL;
+    int rc = 0;
+    for (char *p = strtok_r(list, "|", &save); p && !rc; p = strtok_r(NULL, "|", &save)) {
+        ChatMessage msg = {"user", p};
+        int32_t *ids = NULL;
+        size_t n = 0;
+        rc = template_encode_prompt(r->tpl, r->tok, &msg, 1, &ids, &n, err);
+        if (rc) break;
+        Sampler s;
+        sampler_init(&s, m->cfg.V, (uint64_t)c->seed, 0, 0, 1, 1);
+        GenerateOptions o = {.max_new_tokens = c->sample_max_tokens, .eos_ids = eos, .n_eos = n_eos,
+                             .stops = st, .n_stops = ns};
+        GenerateResult res;
+        rc = generate_run(m, r->tok, &s, ids, n, &o, &res, err);
+        if (!rc) {
+            cJSON *e = event("sample");
+            cJSON_AddNumberToObject(e, "step", r->step);
+            cJSON_AddStringToObject(e, "prompt", p);
+            cJSON_AddStringToObject(e, "text", res.text);
+            emit(r, e);
+        }
+        generate_result_free(&res);
+        sampler_free(&s);
+        free(ids);
+    }
+    free(list);
+    if (lora) be->ops->upload(be, m->params, r->host_params, sizeof(float) * m->n_params);
+    return rc;
+}
+
+// --- checkpoints: trainable tensors + optimizer moments + trainer state, atomically
+
+static int save_tensors(const char *path, const TrainParam *tp, int np, float **data,
+                        const char *prefix, TunaErr *err) {
+    StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
+    char (*names)[200] = xcalloc((size_t)np, sizeof *names);
+    for (int i = 0; i < np; i++) {
+        snprintf(names[i], sizeof names[i], "%s%s#%d", prefix, tp[i].name, i); /* GPT-2 parts share a name */
+        wt[i].name = names[i];
+        wt[i].dtype = ST_F32;
+        wt[i].ndim = 1;
+        wt[i].shape[0] = (int64_t)tp[i].n;
+        wt[i].data = data[i];
+    }
+    int rc = safetensors_write(path, wt, np, NULL, 0, err);
+    free(wt);
+    free(names);
+    return rc;
+}
+
+static int load_tensors(const char *path, const TrainParam *tp, int np, float **data,
+                        const char *prefix, TunaErr *err) {
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    for (int i = 0; i < np && !rc; i++) {
+        char nm[220];
+        snprintf(nm, sizeof nm, "%s%s#%d", prefix, tp[i].name, i);
+        const StTensor *t = safetensors_find(st, nm);
+        if (!t || st_tensor_numel(t) != tp[i].n)
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" missing or of the wrong size (another method or model?)", path, nm);
+        else rc = st_tensor_to_f32(t, data[i], tp[i].n, err);
+    }
+    safetensors_free(st);
+    return rc;
+}
+
+static float **host_bufs(const TrainParam *tp, int np) {
+    float **h = xcalloc((size_t)np, sizeof *h);
+    for (int i = 0; i < np; i++) h[i] = xmalloc(sizeof(float) * (tp[i].n ? tp[i].n : 1));
+    return h;
+}
+
+static void free_bufs(float **h, int np) {
+    if (!h) return;
+    for (int i = 0; i < np; i++) free(h[i]);
+    free(h);
+}
+
+static int cmp_ckpt(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* Steps of the checkpoint-N folders in dir, ascending. */
+static int list_ckpts(const char *dir, int *steps, int cap) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        int s;
+        char tail;
+        if (sscanf(e->d_name, "checkpoint-%d%c", &s, &tail) == 1) steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof *steps, cmp_ckpt);
+    return n;
+}
+
+static int save_checkpoint(Run *r, TunaErr *err) {
+    char dir[1200], tmp[1300], path[1400];
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, r->step);
+    int rc = dir_begin(dir, tmp, sizeof tmp, err);
+    if (rc) return rc;
+    int np;
+    const TrainParam *tp = train_params(r->ts, &np);
+    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
+    train_download_params(r->ts, p);
+    optim_download(&r->opt, mm, vv);
+    snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
+    rc = save_tensors(path, tp, np, p, "", err);
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+        StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
+        char (*nm)[210] = xcalloc((size_t)np * 2, sizeof *nm);
+        for (int i = 0; i < 2 * np; i++) {
+            snprintf(nm[i], sizeof nm[i], "%s%s#%d", i < np ? "m." : "v.", tp[i % np].name, i % np);
+            wt[i] = (StWriteTensor){.name = nm[i], .dtype = ST_F32, .ndim = 1,
+                                    .shape = {(int64_t)tp[i % np].n}, .data = i < np ? mm[i] : vv[i - np]};
+        }
+        rc = safetensors_write(path, wt, 2 * np, NULL, 0, err);
+        free(wt);
+        free(nm);
+    }
+    free_bufs(p, np);
+    free_bufs(mm, np);
+    free_bufs(vv, np);
+    if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
+        if (train_setup(r->ts)->method == METHOD_LORA) rc = adapter_write(r->ts, tmp, r->cfg->model, err);
+        else rc = model_write_hf(r->m, tmp, err);
+    }
+    if (!rc) {
+        cJSON *s = cJSON_CreateObject();
+        cJSON_AddNumberToObject(s, "global_step", r->step);
+        cJSON_AddNumberToObject(s, "epoch", r->batcher.epoch);
+        cJSON_AddNumberToObject(s, "cursor", (double)r->batcher.cursor);
+        cJSON_AddNumberToObject(s, "optimizer_t", r->opt.t);
+        cJSON_AddNumberToObject(s, "best_eval_loss", isfinite(r->best_eval) ? r->best_eval : -1);
+        cJSON_AddNumberToObject(s, "total_steps", r->total);
+        cJSON_AddNumberToObject(s, "elapsed", time_now() - r->t0);
+        char *txt = cJSON_Print(s);
+        cJSON_Delete(s);
+        snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+        if (write_file(path, txt)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+        free(txt);
+    }
+    if (!rc) rc = dir_commit(tmp, dir, err);
+    if (rc) {
+        dir_remove(tmp);
+        return rc;
+    }
+    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+    for (int i = 0; i + r->cfg->save_total_limit < n && r->cfg->save_total_limit > 0; i++) {
+        snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
+        dir_remove(path);
+    }
+    cJSON *e = event("checkpoint");
+    cJSON_AddNumberToObject(e, "step", r->step);
+    snprintf(path, sizeof path, "checkpoint-%d", r->step);
+    cJSON_AddStringToObject(e, "path", path);
+    emit(r, e);
+    return 0;
+}
+
+static int load_checkpoint(Run *r, int step, TunaErr *err) {
+    char dir[1200], path[1400];
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, step);
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    char *txt = xread_file(path, NULL);
+    if (!txt) return tuna_errf(err, TUNA_EIO, "%s: cannot read", path);
+    cJSON *s = cJSON_Parse(txt);
+    free(txt);
+    const cJSON *gs = cJSON_GetObjectItem(s, "global_step"), *ep = cJSON_GetObjectItem(s, "epoch"),
+                *cu = cJSON_GetObjectItem(s, "cursor"), *ot = cJSON_GetObjectItem(s, "optimizer_t"),
+                *be = cJSON_GetObjectItem(s, "best_eval_loss"), *el = cJSON_GetObjectItem(s, "elapsed");
+    if (!cJSON_IsNumber(gs) || !cJSON_IsNumber(ep) || !cJSON_IsNumber(cu) || !cJSON_IsNumber(ot)) {
+        cJSON_Delete(s);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: missing global_step/epoch/cursor/optimizer_t", path);
+    }
+    r->step = gs->valueint;
+    r->opt.t = ot->valueint;
+    r->best_eval = cJSON_IsNumber(be) && be->valuedouble >= 0 ? be->valuedouble : (double)INFINITY;
+    if (cJSON_IsNumber(el)) r->t0 -= el->valuedouble;
+    int epoch = ep->valueint;
+    size_t cursor = (size_t)cu->valuedouble;
+    cJSON_Delete(s);
+    int np;
+    const TrainParam *tp = train_params(r->ts, &np);
+    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
+    snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
+    int rc = load_tensors(path, tp, np, p, "", err);
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if (!rc) rc = load_tensors(path, tp, np, mm, "m.", err);
+    if (!rc) rc = load_tensors(path, tp, np, vv, "v.", err);
+    if (!rc) {
+        train_upload_params(r->ts, p);
+        optim_upload(&r->opt, mm, vv);
+        rc = batcher_seek(&r->batcher, epoch, cursor, err);
+    }
+    free_bufs(p, np);
+    free_bufs(mm, np);
+    free_bufs(vv, np);
+    return rc;
+}
+
+/* On resume, metrics past the checkpoint came from the interrupted run: drop them. */
+static void metrics_truncate(const char *path, int step) {
+    char *text = xread_file(path, NULL);
+    if (!text) return;
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        free(text);
+        return;
+    }
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *s = cJSON_GetObjectItem(j, "step"), *t = cJSON_GetObjectItem(j, "type");
+        int keep = j && (!cJSON_IsNumber(s) || s->valueint <= step);
+        if (cJSON_IsString(t) && !strcmp(t->valuestring, "done")) keep = 0;
+        if (keep) fprintf(f, "%s\n", line);
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    rename(tmp, path);
+    free(text);
+}
+
+/* Reads and removes RUN/control; returns the command word or "" (buf). */
+static const char *read_control(Run *r, char *buf, size_t cap) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/control", r->dir);
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f) return buf;
+    if (fgets(buf, (int)cap, f)) buf[strcspn(buf, "\r\n ")] = '\0';
+    fclose(f);
+    unlink(path);
+    return buf;
+}
+
+static int stop_requested(const Run *r) {
+    return r->hooks && r->hooks->stop && *r->hooks->stop;
+}
+
+static void progress(Run *r, double loss, double lr_now, double tps, double eta) {
+    if (r->hooks && r->hooks->quiet) return;
+    if (isatty(2)) {
+        int w = 30, done = r->total ? (int)((double)w * r->step / r->total) : w;
+        char bar[64];
+        for (int i = 0; i < w; i++) bar[i] = i < done ? '#' : '.';
+        bar[w] = '\0';
+        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s  eta %.0fs   ", bar, r->step, r->total,
+                loss, tps, eta);
+        if (r->step == r->total) fputc('\n', stderr);
+    } else if (r->step % (r->cfg->logging_steps > 0 ? r->cfg->logging_steps : 1) == 0 ||
+               r->step == r->total) {
+        fprintf(stderr, "step %d/%d loss %.4f lr %.3g %.0f tok/s eta %.0fs\n", r->step, r->total,
+                loss, lr_now, tps, eta);
+    }
+}
+
+/* Moves every file of tmp into dir (each rename is atomic). */
+static int publish_files(const char *tmp, const char *dir, TunaErr *err) {
+    DIR *d = opendir(tmp);
+    if (!d) return tuna_errf(err, TUNA_EIO, "%s: cannot read", tmp);
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && !rc) {
+        if (e->d_name[0] == '.') continue;
+        char a[1600], b[1600];
+        snprintf(a, sizeof a, "%s/%s", tmp, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", dir, e->d_name);
+        if (rename(a, b)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", b, strerror(errno));
+    }
+    closedir(d);
+    return rc;
+}
+
+static void run_close(Run *r) {
+    if (r->have_opt) optim_free(&r->opt);
+    train_state_free(r->ts);
+    if (r->have_batcher) batcher_free(&r->batcher);
+    dataset_free(r->train);
+    dataset_free(r->val);
+    dataset_free(r->all);
+    template_free(r->tpl);
+    tokenizer_free(r->tok);
+    model_free(r->m);
+    backend_free(r->be);
+    free(r->host_params);
+    if (r->metrics) fclose(r->metrics);
+    if (r->tlog) fclose(r->tlog);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/train.pid", r->dir);
+    unlink(path);
+}
+
+static int run_open(Run *r, int resume, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    char path[1200];
+    int rc;
+    TrainMethod method;
+    if (!strcmp(c->method, "full")) method = METHOD_FULL;
+    else if (!strcmp(c->method, "freeze")) method = METHOD_FREEZE;
+    else if (!strcmp(c->method, "lora")) method = METHOD_LORA;
+    else if (!strcmp(c->method, "ptuning"))
+        return tuna_errf(err, TUNA_EUNSUP, "--method ptuning (P-tuning v2) is not implemented yet; use full, freeze or lora");
+    else return tuna_errf(err, TUNA_EINVAL, "--method must be full, freeze or lora, got \"%s\"", c->method);
+    if (sched_parse(c->lr_scheduler) < 0)
+        return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
+    r->sched = (SchedType)sched_parse(c->lr_scheduler);
+    if (c->batch_size < 1 || c->grad_accum < 1 || c->cutoff_len < 2 || c->epochs < 0 || c->lr <= 0)
+        return tuna_errf(err, TUNA_EINVAL, "batch_size, grad_accum, cutoff_len and lr must be positive");
+    if (mkdir_p(r->dir)) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
+    snprintf(path, sizeof path, "%s/train.pid", r->dir);
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    write_file(path, pid);
+    char *json = train_config_json(c);
+    snprintf(path, sizeof path, "%s/train_config.json", r->dir);
+    rc = write_file(path, json) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(json);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+    if (!resume) unlink(path);
+    r->metrics = fopen(path, "a");
+    snprintf(path, sizeof path, "%s/trainer_log.jsonl", r->dir);
+    if (!resume) unlink(path);
+    r->tlog = fopen(path, "a");
+    if (!r->metrics || !r->tlog) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+
+    if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
+    if ((rc = model_load(c->model, r->be, &r->m, err))) return rc;
+    if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
+    if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
+    DatasetOptions dopt = {.names = c->dataset, .dataset_dir = c->dataset_dir, .vars = c->vars,
+                           .cutoff_len = c->cutoff_len, .max_samples = c->max_samples,
+                           .strict = c->strict, .stage_pt = !strcmp(c->stage, "pt")};
+    if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
+    if (r->all->n_skipped) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "skipped %zu bad rows (first: %s)", r->all->n_skipped,
+                 r->all->n_msgs ? r->all->msgs[0] : "?");
+        emit_log(r, "warn", msg);
+    }
+    if ((rc = dataset_split(r->all, c->val_size, (uint64_t)c->seed, &r->train, &r->val, err))) return rc;
+    if (r->train->n == 0) return tuna_errf(err, TUNA_EINVAL, "%s: no training examples left", c->dataset);
+    // rows are as long as the longest example (up to cutoff_len): no padding to a fixed cutoff
+    int maxlen = 2;
+    for (size_t i = 0; i < r->train->n; i++) maxlen = r->train->ex[i].n > maxlen ? r->train->ex[i].n : maxlen;
+    for (size_t i = 0; i < r->val->n; i++) maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
+    r->B = c->batch_size;
+    r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
+    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, c->packing, (uint64_t)c->seed, err))) return rc;
+    r->have_batcher = 1;
+    size_t bpe = batcher_batches_per_epoch(&r->batcher);
+    r->steps_per_epoch = (int)((bpe + (size_t)c->grad_accum - 1) / (size_t)c->grad_accum);
+    r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
+    if (r->total < 1) return tuna_errf(err, TUNA_EINVAL, "nothing to train: 0 steps");
+    r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
+    TrainSetup setup = {.method = method, .freeze_layers = c->freeze_layers, .lora_rank = c->lora_rank,
+                        .lora_alpha = (float)c->lora_alpha, .lora_dropout = (float)c->lora_dropout,
+                        .lora_rslora = c->use_rslora, .lora_targets = c->lora_target,
+                        .seed = (uint64_t)c->seed};
+    if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
+    int np;
+    const TrainParam *tp = train_params(r->ts, &np);
+    if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err))) return rc;
+    r->have_opt = 1;
+    if (method == METHOD_LORA) r->host_params = xmalloc(sizeof(float) * r->m->n_params);
+    r->best_eval = (double)INFINITY;
+    return 0;
+}
+
+int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
+    Run r;
+    memset(&r, 0, sizeof r);
+    r.cfg = cfg;
+    r.hooks = hooks;
+    r.t0 = time_now();
+    if (cfg->output[0]) snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
+    else snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
+    int rc = run_open(&r, resume, err);
+    char msg[600];
+    if (!rc && resume) {
+        int steps[4096], n = list_ckpts(r.dir, steps, 4096);
+        if (!n) rc = tuna_errf(err, TUNA_ENOTFOUND, "%s: no checkpoint-N folder to resume from", r.dir);
+        else {
+            rc = load_checkpoint(&r, steps[n - 1], err);
+            char path[1200];
+            snprintf(path, sizeof path, "%s/metrics.jsonl", r.dir);
+            fclose(r.metrics);
+            metrics_truncate(path, r.step);
+            r.metrics = fopen(path, "a");
+            snprintf(path, sizeof path, "%s/trainer_log.jsonl", r.dir);
+            fclose(r.tlog);
+            metrics_truncate(path, r.step);
+            r.tlog = fopen(path, "a");
+            snprintf(msg, sizeof msg, "resumed from checkpoint-%d", r.step);
+            if (!rc) emit_log(&r, "info", msg);
+        }
+    }
+    if (rc) {
+        if (r.metrics) {
+            cJSON *e = event("done");
+            cJSON_AddNumberToObject(e, "step", r.step);
+            cJSON_AddStringToObject(e, "status", "error");
+            cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
+            emit(&r, e);
+        }
+        run_close(&r);
+        return rc;
+    }
+    int np;
+    const TrainParam *tp = train_params(r.ts, &np);
+    {
+        cJSON *e = event("start");
+        cJSON_AddNumberToObject(e, "time", (double)time(NULL));
+        const char *slash = strrchr(r.dir, '/');
+        cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r.dir);
+        cJSON_AddStringToObject(e, "model", cfg->model);
+        cJSON_AddStringToObject(e, "method", cfg->method);
+        cJSON_AddStringToObject(e, "dataset", cfg->dataset);
+        cJSON_AddNumberToObject(e, "total_steps", r.total);
+        cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
+        cJSON_AddNumberToObject(e, "start_step", r.step);
+        cJSON_AddNumberToObject(e, "train_examples", (double)r.train->n);
+        cJSON_AddNumberToObject(e, "val_examples", (double)r.val->n);
+        cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r.ts));
+        cJSON_AddNumberToObject(e, "total_params", (double)r.m->n_params);
+        cJSON_AddNumberToObject(e, "seq_len", r.T);
+        char *cj = train_config_json(cfg);
+        cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
+        free(cj);
+        emit(&r, e);
+    }
+    snprintf(msg, sizeof msg, "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %d tokens",
+             cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params, r.T);
+    emit_log(&r, "info", msg);
+    int GA = cfg->grad_accum, B = r.B, T = r.T;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T), *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
+    const char *status = "finished";
+    double t_last = time_now(), tok_window = 0;
+    long tokens_total = 0;
+    int paused = 0, saved_at = r.step;
+    if (r.step == 0 && r.val->n) { /* the starting point of the eval curve */
+        double el;
+        rc = run_eval(&r, &el, err);
+        if (!rc) {
+            cJSON *e = event("eval");
+            cJSON_AddNumberToObject(e, "step", 0);
+            cJSON_AddNumberToObject(e, "epoch", 0);
+            cJSON_AddNumberToObject(e, "eval_loss", el);
+            cJSON_AddNumberToObject(e, "perplexity", exp(el));
+            emit(&r, e);
+        }
+    }
+    while (r.step < r.total && !rc) {
+        // --- commands between steps: control file, stop flag
+        char cmd[32];
+        read_control(&r, cmd, sizeof cmd);
+        if (!strcmp(cmd, "pause") && !paused) {
+            paused = 1;
+            cJSON *e = event("state");
+            cJSON_AddStringToObject(e, "state", "paused");
+            emit(&r, e);
+        } else if (!strcmp(cmd, "resume") && paused) {
+            paused = 0;
+            cJSON *e = event("state");
+            cJSON_AddStringToObject(e, "state", "running");
+            emit(&r, e);
+            t_last = time_now();
+        } else if (!strcmp(cmd, "save") && r.step > saved_at) {
+            if ((rc = save_checkpoint(&r, err))) break;
+            saved_at = r.step;
+        } else if (!strcmp(cmd, "stop")) {
+            status = "stopped";
+            break;
+        }
+        if (stop_requested(&r)) {
+            status = "stopped";
+            break;
+        }
+        if (paused) {
+            usleep(100000);
+            continue;
+        }
+        // --- one optimizer step over GA micro-batches; the loss is the mean over all targets
+        int n_t = 0, n_tok = 0;
+        for (int a = 0; a < GA; a++) {
+            Batch b;
+            batcher_next(&r.batcher, &b);
+            memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * T);
+            memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * T);
+            n_t += b.n_targets;
+            n_tok += b.n_tokens;
+        }
+        train_zero_grad(r.ts);
+        train_set_step_seed(r.ts, (uint64_t)r.step);
+        double loss_sum = 0;
+        for (int a = 0; a < GA && !rc; a++) {
+            double s;
+            int c;
+            rc = train_step_fb(r.ts, ids + (size_t)a * B * T, tg + (size_t)a * B * T, B,
+                               n_t ? 1.0f / (float)n_t : 0.0f, 1, &s, &c, err);
+            loss_sum += s;
+        }
+        if (rc) break;
+        double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm);
+        double lr = cfg->lr * sched_factor(r.sched, r.step, r.warmup, r.total);
+        optim_step(&r.opt, tp, np, (float)lr);
+        r.step++;
+        double loss = n_t ? loss_sum / n_t : 0;
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            rc = tuna_errf(err, TUNA_EINVAL, "step %d: loss or gradient is not finite (lr %.3g too high?)", r.step, lr);
+            break;
+        }
+        double now = time_now(), dt = now - t_last;
+        t_last = now;
+        tok_window = dt > 0 ? n_tok / dt : 0;
+        tokens_total += n_tok;
+        double elapsed = now - r.t0, eta = (elapsed / (r.step > 0 ? r.step : 1)) * (r.total - r.step);
+        double epoch = (double)r.step / r.steps_per_epoch;
+        if (r.step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r.step == r.total) {
+            cJSON *e = event("step");
+            cJSON_AddNumberToObject(e, "step", r.step);
+            cJSON_AddNumberToObject(e, "total_steps", r.total);
+            cJSON_AddNumberToObject(e, "epoch", epoch);
+            cJSON_AddNumberToObject(e, "loss", loss);
+            cJSON_AddNumberToObject(e, "lr", lr);
+            cJSON_AddNumberToObject(e, "grad_norm", gnorm);
+            cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
+            cJSON_AddNumberToObject(e, "elapsed", elapsed);
+            cJSON_AddNumberToObject(e, "eta", eta);
+            emit(&r, e);
+            // LLaMA-Factory's trainer_log.jsonl
+            fprintf(r.tlog,
+                    "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, \"lr\": %.6g, "
+                    "\"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", "
+                    "\"remaining_time\": \"%.0fs\"}\n",
+                    r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed, eta);
+            fflush(r.tlog);
+        }
+        progress(&r, loss, lr, tok_window, eta);
+        int do_eval = (cfg->eval_steps > 0 && r.step % cfg->eval_steps == 0) || r.step == r.total;
+        if (do_eval && r.val->n) {
+            double el;
+            if ((rc = run_eval(&r, &el, err))) break;
+            if (el < r.best_eval) r.best_eval = el;
+            cJSON *e = event("eval");
+            cJSON_AddNumberToObject(e, "step", r.step);
+            cJSON_AddNumberToObject(e, "epoch", epoch);
+            cJSON_AddNumberToObject(e, "eval_loss", el);
+            cJSON_AddNumberToObject(e, "perplexity", exp(el));
+            emit(&r, e);
+            fprintf(r.tlog, "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                    r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed, eta);
+            fflush(r.tlog);
+        }
+        int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total : do_eval;
+        if (do_sample && (rc = run_samples(&r, err))) break;
+        if (cfg->save_steps > 0 && r.step % cfg->save_steps == 0 && r.step < r.total) {
+            if ((rc = save_checkpoint(&r, err))) break;
+            saved_at = r.step;
+        }
+    }
+    (void)tokens_total;
+    if (!rc && !strcmp(status, "stopped") && r.step > saved_at) rc = save_checkpoint(&r, err);
+    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
+        char tmp[1300];
+        rc = dir_begin(r.dir, tmp, sizeof tmp, err);
+        if (!rc) rc = train_setup(r.ts)->method == METHOD_LORA ? adapter_write(r.ts, tmp, cfg->model, err)
+                                                               : model_write_hf(r.m, tmp, err);
+        if (!rc) rc = publish_files(tmp, r.dir, err);
+        dir_remove(tmp);
+    }
+    cJSON *e = event("done");
+    cJSON_AddNumberToObject(e, "step", r.step);
+    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
+    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
+    if (isfinite(r.best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r.best_eval);
+    emit(&r, e);
+    free(ids);
+    free(tg);
+    run_close(&r);
+    return rc;
+}

@@ -1,0 +1,62 @@
+/* train.h: the training run. A TrainConfig (every `tuna train` flag; the same keys in
+ * train_config.json) drives train_run, which loads model, tokenizer, template and data,
+ * trains with full / freeze / LoRA, evaluates, samples from fixed prompts, checkpoints and
+ * writes the run folder:
+ *   train_config.json   the resolved config (tuna train --config reads it back)
+ *   metrics.jsonl       one JSON event per line: start, step, eval, sample, log, checkpoint,
+ *                       state, done (the TUI and `tuna watch` follow this file)
+ *   trainer_log.jsonl   the same steps in LLaMA-Factory's board format
+ *   checkpoint-N/       trainable tensors, optimizer moments, trainer_state.json, and the
+ *                       adapter (PEFT) or HF checkpoint; written atomically, last K kept
+ *   adapter_config.json + adapter_model.safetensors (LoRA) or an HF checkpoint (full,
+ *                       freeze) at the root when the run finishes
+ *   control             a line "pause", "resume", "save" or "stop" written here by anyone
+ *                       is read (and the file removed) between steps
+ * train_run runs on the calling thread; the TUI runs it on a worker thread. */
+#ifndef TUNA_SRC_TRAIN_H
+#define TUNA_SRC_TRAIN_H
+
+#include <signal.h>
+#include <stdio.h>
+
+#include "err.h"
+
+typedef struct TrainConfig {
+    char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
+    char method[16], stage[8], lora_target[256], output[1024], vars[512], lr_scheduler[32];
+    char backend[16], sample_prompts[1024];
+    int lora_rank, use_rslora, freeze_layers, epochs, max_steps, batch_size, grad_accum;
+    int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
+    int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
+    double lora_alpha, lora_dropout, lr, val_size, warmup_ratio, weight_decay, max_grad_norm;
+} TrainConfig;
+
+/* Defaults for every field. */
+void train_config_defaults(TrainConfig *c);
+/* Reads keys from a JSON file over c (unknown keys are an error naming the key). */
+int train_config_load(TrainConfig *c, const char *path, TunaErr *err);
+/* Writes c as JSON (caller frees). */
+char *train_config_json(const TrainConfig *c);
+/* Sets one field from its flag/key name and a string value. */
+int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err);
+/* Prints the flag table (name, default, help) for --help. */
+void train_config_help(FILE *f);
+/* Iterates the keys (for getopt tables): returns the i-th key name and whether it is a
+ * boolean flag, or NULL past the end. */
+const char *train_config_key(int i, int *is_bool, const char **help);
+
+typedef struct TrainHooks {
+    volatile sig_atomic_t *stop; /* set (e.g. by SIGINT): checkpoint, then return */
+    void (*on_line)(void *user, const char *json_line); /* every metrics.jsonl line */
+    void *user;
+    int quiet;                   /* no progress on stderr */
+} TrainHooks;
+
+/* Runs training; resume: continue from the newest checkpoint in cfg->output. */
+int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err);
+
+// --- CLI
+int cmd_train(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+
+#endif
