@@ -153,12 +153,12 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     int V = m->cfg.V;
     if (n_prompt == 0) return tuna_errf(err, TUNA_EINVAL, "empty prompt (no tokens)");
     int want = (int)n_prompt + opt->max_new_tokens;
-    if (m->cache_T < want || m->act_T < (int)n_prompt) {
+    if (m->cache_T - m->prefix_len < want || m->act_T < (int)n_prompt) {
         int rc = model_reserve(m, want, (int)n_prompt < 512 ? (int)n_prompt : 512, err);
         if (rc) return rc;
     }
     model_reset(m);
-    if ((int)n_prompt > m->cache_T)
+    if ((int)n_prompt + m->prefix_len > m->cache_T)
         return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
                          n_prompt, m->cache_T);
     size_t cap = n_prompt + (size_t)opt->max_new_tokens + 1;

@@ -329,6 +329,7 @@ void model_free(Model *m) {
     }
     free(m->layers);
     free(m->pinfo);
+    free(m->prefix);
     free(m);
 }
 
@@ -338,6 +339,7 @@ size_t model_param_count(const Model *m) {
 
 int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
     const ModelConfig *c = &m->cfg;
+    cache_T += m->prefix_len;
     if (c->learned_pos && cache_T > c->max_pos) cache_T = c->max_pos;
     if (cache_T < 1) cache_T = 1;
     if (act_T < 1) act_T = 1;
@@ -369,12 +371,39 @@ int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
     m->pos = xmalloc(sizeof(int32_t) * T);
     m->cache_T = cache_T;
     m->act_T = act_T;
-    m->n_past = 0;
+    model_reset(m);
     return 0;
 }
 
 void model_reset(Model *m) {
     m->n_past = 0;
+    if (!m->prefix_len || !m->k_cache) return;
+    const ModelConfig *c = &m->cfg;
+    size_t KD = (size_t)c->KVH * c->HS, PW = (size_t)c->L * 2 * KD;
+    for (int l = 0; l < c->L; l++)
+        for (int p = 0; p < m->prefix_len; p++) {
+            const float *src = m->prefix + p * PW + (size_t)l * 2 * KD;
+            size_t at = ((size_t)l * m->cache_T + (size_t)p) * KD;
+            m->be->ops->upload(m->be, m->k_cache + at, src, KD * sizeof(float));
+            m->be->ops->upload(m->be, m->v_cache + at, src + KD, KD * sizeof(float));
+        }
+    m->n_past = m->prefix_len;
+}
+
+int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err) {
+    const ModelConfig *c = &m->cfg;
+    if (P < 0 || P > 4096) return tuna_errf(err, TUNA_EINVAL, "prefix of %d tokens", P);
+    free(m->prefix);
+    m->prefix = NULL;
+    m->prefix_len = 0;
+    if (P) {
+        size_t n = (size_t)P * c->L * 2 * c->KVH * c->HS;
+        m->prefix = xmalloc(sizeof(float) * n);
+        memcpy(m->prefix, prefix, sizeof(float) * n);
+        m->prefix_len = P;
+    }
+    free_state(m); /* the cache must be re-reserved with room for the prefix */
+    return 0;
 }
 
 // --- forward

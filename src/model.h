@@ -67,6 +67,8 @@ typedef struct Model {
     float *hb, *hb2;             // (act_T, FF)
     float *logits;               // (act_T, V)
     int32_t *pos;                // (act_T) host
+    int prefix_len;              /* prefix tuning: virtual tokens at cache positions 0..P-1 */
+    float *prefix;               // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
 } Model;
 
 /* Loads config.json + model.safetensors (or its sharded index) from dir onto be. */
@@ -77,8 +79,13 @@ void model_free(Model *m); /* NULL-safe */
  * and the activations for chunks of up to act_T tokens. Clears the cache. */
 int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err);
 
-/* Forgets the cached positions (keeps the buffers). */
+/* Forgets the cached positions (keeps the buffers). With a prefix, the cache restarts with
+ * the prefix in positions 0..P-1. */
 void model_reset(Model *m);
+
+/* Installs a prefix-tuning prefix (P, L*2*KVH*HS host floats, copied; row p = [L][k|v][KVH][HS],
+ * not rotated): every sequence then starts after it, at position P. P = 0 removes it. */
+int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
 
 /* Runs T new tokens (host ids) at positions n_past.., appending to the KV cache. Writes the
  * logits (host memory) of the last token, (V), or of every token, (T, V), when all_logits.

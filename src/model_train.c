@@ -60,6 +60,15 @@ struct TrainState {
     float *losses;  /* (N) host */
     int32_t *pos;   /* (N) host */
     uint64_t step_seed;
+    // prefix tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
+    int P;
+    size_t PW;              /* L*2*KD */
+    float *pre, *pre_grad;  /* host (P, PW) */
+    float *pre_dev, *pre_grad_dev; /* backend copies */
+    float *p_emb, *p_w1, *p_b1, *p_w2, *p_b2;      /* params (backend): E (P,PW) or the MLP */
+    float *g_emb, *g_w1, *g_b1, *g_w2, *g_b2;      /* their grads */
+    float *p_h;             /* host (P, H) tanh activations */
+    float *dkf, *dvf;       /* (B, P+T, KD) attention grads incl. the prefix rows */
 };
 
 static const char *site_hf(const ModelConfig *c, int site) {
@@ -306,9 +315,72 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         free(host);
     }
 
+    if (setup->method == METHOD_PREFIX) {
+        int P = setup->prefix_tokens, H = setup->prefix_hidden;
+        if (P < 1 || P > 1024) {
+            rc = tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", P);
+            goto fail;
+        }
+        if (setup->prefix_projection && (H < 1 || H > 65536)) {
+            rc = tuna_errf(err, TUNA_EINVAL, "--prefix-hidden must be in [1, 65536], got %d", H);
+            goto fail;
+        }
+        ts->P = P;
+        ts->PW = (size_t)c->L * 2 * KD;
+        size_t D = setup->prefix_projection ? KD : ts->PW; /* PEFT: token_dim = KVH*HS */
+        size_t n_emb = (size_t)P * D, n_w1 = setup->prefix_projection ? (size_t)H * D : 0,
+               n_b1 = setup->prefix_projection ? (size_t)H : 0,
+               n_w2 = setup->prefix_projection ? ts->PW * H : 0, n_b2 = setup->prefix_projection ? ts->PW : 0;
+        size_t total = n_emb + n_w1 + n_b1 + n_w2 + n_b2;
+        ts->n_ad = total;
+        ts->ad = balloc(ts, total, &fail);
+        ts->ad_grad = balloc(ts, total, &fail);
+        ts->pre_dev = balloc(ts, (size_t)P * ts->PW, &fail);
+        size_t kvf = (size_t)B * (size_t)(P + T) * KD;
+        ts->dkf = balloc(ts, kvf, &fail);
+        ts->dvf = balloc(ts, kvf, &fail);
+        if (fail) goto nomem;
+        ts->pre = xcalloc((size_t)P * ts->PW, sizeof(float));
+        ts->pre_grad = xcalloc((size_t)P * ts->PW, sizeof(float));
+        ts->p_h = xcalloc((size_t)P * (H > 0 ? (size_t)H : 1), sizeof(float));
+        float *host = xmalloc(sizeof(float) * total);
+        uint64_t rng = setup->seed ^ 0x50524546ULL;
+        /* nn.Embedding: N(0, 1); nn.Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias */
+        for (size_t j = 0; j < n_emb; j++) {
+            double u1 = ((double)(splitmix(&rng) >> 11) + 1.0) / 9007199254740993.0;
+            double u2 = (double)(splitmix(&rng) >> 11) / 9007199254740992.0;
+            host[j] = (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+        }
+        size_t o = n_emb;
+        float bnd1 = 1.0f / sqrtf((float)D), bnd2 = H > 0 ? 1.0f / sqrtf((float)H) : 0;
+        for (size_t j = 0; j < n_w1 + n_b1; j++)
+            host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd1;
+        o += n_w1 + n_b1;
+        for (size_t j = 0; j < n_w2 + n_b2; j++)
+            host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd2;
+        op->upload(be, ts->ad, host, sizeof(float) * total);
+        free(host);
+        float *pp = ts->ad, *gg = ts->ad_grad;
+        ts->p_emb = pp; ts->g_emb = gg; pp += n_emb; gg += n_emb;
+        if (setup->prefix_projection) {
+            ts->p_w1 = pp; ts->g_w1 = gg; pp += n_w1; gg += n_w1;
+            ts->p_b1 = pp; ts->g_b1 = gg; pp += n_b1; gg += n_b1;
+            ts->p_w2 = pp; ts->g_w2 = gg; pp += n_w2; gg += n_w2;
+            ts->p_b2 = pp; ts->g_b2 = gg;
+            add_tp(ts, "prompt_encoder.default.embedding.weight", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)D, 1);
+            add_tp(ts, "prompt_encoder.default.transform.0.weight", ts->p_w1, ts->g_w1, n_w1, 2, H, (int64_t)D, 1);
+            add_tp(ts, "prompt_encoder.default.transform.0.bias", ts->p_b1, ts->g_b1, n_b1, 1, H, 0, 0);
+            add_tp(ts, "prompt_encoder.default.transform.2.weight", ts->p_w2, ts->g_w2, n_w2, 2, (int64_t)ts->PW, H, 1);
+            add_tp(ts, "prompt_encoder.default.transform.2.bias", ts->p_b2, ts->g_b2, n_b2, 1, (int64_t)ts->PW, 0, 0);
+        } else {
+            add_tp(ts, "prompt_embeddings", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)ts->PW, 1);
+        }
+    }
+
     // --- activations: one block, pointers into it
     size_t per_layer = 4 * C + 3 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
-    size_t total_act = N * (per_layer * (size_t)c->L + 2 * C + V);
+    size_t kv_extra = 2 * (size_t)B * (size_t)ts->P * KD; /* prefix rows in k and v */
+    size_t total_act = N * (per_layer * (size_t)c->L + 2 * C + V) + kv_extra * (size_t)c->L;
     ts->act_block = balloc(ts, total_act, &fail);
     if (fail) goto nomem;
     ts->acts = xcalloc((size_t)c->L, sizeof *ts->acts);
@@ -325,8 +397,10 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             TAKE(a->kraw, KD);
         }
         TAKE(a->q, QD);
-        TAKE(a->k, KD);
-        TAKE(a->v, KD);
+        a->k = p;
+        p += (size_t)B * (size_t)(T + ts->P) * KD;
+        a->v = p;
+        p += (size_t)B * (size_t)(T + ts->P) * KD;
         TAKE(a->att, QD);
         TAKE(a->gate, FF);
         TAKE(a->up, FF);
@@ -365,7 +439,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->losses = xmalloc(sizeof(float) * N);
     ts->pos = xmalloc(sizeof(int32_t) * N);
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) ts->pos[(size_t)b * T + t] = t;
+        for (int t = 0; t < T; t++) ts->pos[(size_t)b * T + t] = ts->P + t;
     train_zero_grad(ts);
     *out = ts;
     return 0;
@@ -390,6 +464,12 @@ void train_state_free(TrainState *ts) {
         be->ops->release(be, ts->mods[i].h);
         be->ops->release(be, ts->mods[i].u);
     }
+    be->ops->release(be, ts->pre_dev);
+    be->ops->release(be, ts->dkf);
+    be->ops->release(be, ts->dvf);
+    free(ts->pre);
+    free(ts->pre_grad);
+    free(ts->p_h);
     free(ts->mods);
     free(ts->site_mod);
     free(ts->tp);
@@ -540,6 +620,140 @@ static void norm_bwd(TrainState *ts, float *din, const float *dout, const float 
                                    c->C);
 }
 
+// --- prefix tuning: the prefix is tiny (P rows), built and differentiated on the host
+
+static void host_get(TrainState *ts, float *dst, const float *src, size_t n) {
+    ts->be->ops->download(ts->be, dst, src, n * sizeof(float));
+}
+
+/* pre = E, or tanh(E·W1ᵀ + b1)·W2ᵀ + b2 (PEFT's PrefixEncoder with prefix_projection). */
+static void prefix_build(TrainState *ts) {
+    int P = ts->P, H = ts->setup.prefix_hidden;
+    size_t PW = ts->PW;
+    if (!ts->setup.prefix_projection) {
+        host_get(ts, ts->pre, ts->p_emb, (size_t)P * PW);
+    } else {
+        size_t D = (size_t)ts->m->cfg.KVH * ts->m->cfg.HS;
+        float *E = xmalloc(sizeof(float) * P * D), *W1 = xmalloc(sizeof(float) * H * D),
+              *b1 = xmalloc(sizeof(float) * H), *W2 = xmalloc(sizeof(float) * PW * H),
+              *b2 = xmalloc(sizeof(float) * PW);
+        host_get(ts, E, ts->p_emb, (size_t)P * D);
+        host_get(ts, W1, ts->p_w1, (size_t)H * D);
+        host_get(ts, b1, ts->p_b1, (size_t)H);
+        host_get(ts, W2, ts->p_w2, PW * H);
+        host_get(ts, b2, ts->p_b2, PW);
+        for (int p = 0; p < P; p++) {
+            for (int h = 0; h < H; h++) {
+                double z = b1[h];
+                for (size_t d = 0; d < D; d++) z += (double)E[p * D + d] * (double)W1[h * D + d];
+                ts->p_h[(size_t)p * H + h] = (float)tanh(z);
+            }
+            for (size_t o = 0; o < PW; o++) {
+                double y = b2[o];
+                for (int h = 0; h < H; h++) y += (double)ts->p_h[(size_t)p * H + h] * (double)W2[o * H + h];
+                ts->pre[p * PW + o] = (float)y;
+            }
+        }
+        free(E); free(W1); free(b1); free(W2); free(b2);
+    }
+    ts->be->ops->upload(ts->be, ts->pre_dev, ts->pre, sizeof(float) * (size_t)P * PW);
+}
+
+/* Adds n host floats g into the backend gradient buffer dst. */
+static void grad_add(TrainState *ts, float *dst, const float *g, size_t n) {
+    float *h = xmalloc(sizeof(float) * n);
+    host_get(ts, h, dst, n);
+    for (size_t i = 0; i < n; i++) h[i] += g[i];
+    ts->be->ops->upload(ts->be, dst, h, sizeof(float) * n);
+    free(h);
+}
+
+/* Gradients of the prefix parameters from d(pre) (pre_grad, host). */
+static void prefix_backward(TrainState *ts) {
+    int P = ts->P, H = ts->setup.prefix_hidden;
+    size_t PW = ts->PW;
+    if (!ts->setup.prefix_projection) {
+        grad_add(ts, ts->g_emb, ts->pre_grad, (size_t)P * PW);
+        return;
+    }
+    size_t D = (size_t)ts->m->cfg.KVH * ts->m->cfg.HS;
+    float *E = xmalloc(sizeof(float) * P * D), *W1 = xmalloc(sizeof(float) * H * D),
+          *W2 = xmalloc(sizeof(float) * PW * H);
+    host_get(ts, E, ts->p_emb, (size_t)P * D);
+    host_get(ts, W1, ts->p_w1, (size_t)H * D);
+    host_get(ts, W2, ts->p_w2, PW * H);
+    float *gE = xcalloc((size_t)P * D, sizeof(float)), *gW1 = xcalloc((size_t)H * D, sizeof(float)),
+          *gb1 = xcalloc((size_t)H, sizeof(float)), *gW2 = xcalloc(PW * H, sizeof(float)),
+          *gb2 = xcalloc(PW, sizeof(float)), *dz = xmalloc(sizeof(float) * H);
+    for (int p = 0; p < P; p++) {
+        const float *dy = ts->pre_grad + p * PW, *hh = ts->p_h + (size_t)p * H;
+        for (size_t o = 0; o < PW; o++) {
+            gb2[o] += dy[o];
+            for (int h = 0; h < H; h++) gW2[o * H + h] += dy[o] * hh[h];
+        }
+        for (int h = 0; h < H; h++) {
+            double dh = 0;
+            for (size_t o = 0; o < PW; o++) dh += (double)dy[o] * (double)W2[o * H + h];
+            dz[h] = (float)(dh * (1.0 - (double)hh[h] * (double)hh[h]));
+            gb1[h] += dz[h];
+            for (size_t d = 0; d < D; d++) {
+                gW1[h * D + d] += dz[h] * E[p * D + d];
+                gE[p * D + d] += dz[h] * W1[h * D + d];
+            }
+        }
+    }
+    grad_add(ts, ts->g_emb, gE, (size_t)P * D);
+    grad_add(ts, ts->g_w1, gW1, (size_t)H * D);
+    grad_add(ts, ts->g_b1, gb1, (size_t)H);
+    grad_add(ts, ts->g_w2, gW2, PW * H);
+    grad_add(ts, ts->g_b2, gb2, PW);
+    free(E); free(W1); free(W2); free(gE); free(gW1); free(gb1); free(gW2); free(gb2); free(dz);
+}
+
+/* k_full, v_full (B, P+T, KD): the prefix rows of layer l, then the new rows kn, vn (B*T, KD). */
+static void prefix_scatter(TrainState *ts, int l, float *kf, float *vf, const float *kn,
+                           const float *vn, int Bn, int T) {
+    const BackendOps *op = ts->be->ops;
+    size_t KD = (size_t)ts->m->cfg.KVH * ts->m->cfg.HS, P = (size_t)ts->P, rowb = (P + T) * KD;
+    for (int b = 0; b < Bn; b++) {
+        for (size_t p = 0; p < P; p++) {
+            const float *src = ts->pre_dev + p * ts->PW + (size_t)l * 2 * KD;
+            op->copy(ts->be, kf + b * rowb + p * KD, src, KD * sizeof(float));
+            op->copy(ts->be, vf + b * rowb + p * KD, src + KD, KD * sizeof(float));
+        }
+        op->copy(ts->be, kf + b * rowb + P * KD, kn + (size_t)b * T * KD, (size_t)T * KD * sizeof(float));
+        op->copy(ts->be, vf + b * rowb + P * KD, vn + (size_t)b * T * KD, (size_t)T * KD * sizeof(float));
+    }
+}
+
+/* The reverse: dk, dv (B*T, KD) from dkf, dvf; the prefix rows summed over the batch into
+ * pre_grad (host). */
+static void prefix_gather(TrainState *ts, int l, float *dk, float *dv, int Bn, int T) {
+    size_t KD = (size_t)ts->m->cfg.KVH * ts->m->cfg.HS, P = (size_t)ts->P, rowb = (P + T) * KD;
+    float *h = xmalloc(sizeof(float) * P * KD * 2);
+    for (int b = 0; b < Bn; b++) {
+        ts->be->ops->copy(ts->be, dk + (size_t)b * T * KD, ts->dkf + b * rowb + P * KD, (size_t)T * KD * sizeof(float));
+        ts->be->ops->copy(ts->be, dv + (size_t)b * T * KD, ts->dvf + b * rowb + P * KD, (size_t)T * KD * sizeof(float));
+        host_get(ts, h, ts->dkf + b * rowb, P * KD);
+        host_get(ts, h + P * KD, ts->dvf + b * rowb, P * KD);
+        for (size_t p = 0; p < P; p++) {
+            float *g = ts->pre_grad + p * ts->PW + (size_t)l * 2 * KD;
+            for (size_t i = 0; i < KD; i++) {
+                g[i] += h[p * KD + i];
+                g[KD + i] += h[P * KD + p * KD + i];
+            }
+        }
+    }
+    free(h);
+}
+
+int train_prefix(TrainState *ts, float **prefix) {
+    if (!ts->P) return 0;
+    prefix_build(ts);
+    *prefix = ts->pre;
+    return ts->P;
+}
+
 // --- the step
 
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
@@ -559,30 +773,40 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     int fused = c->arch == ARCH_GPT2;
 
     // --- forward
+    if (ts->P) {
+        prefix_build(ts);
+        memset(ts->pre_grad, 0, sizeof(float) * (size_t)ts->P * ts->PW);
+    }
     float *x = ts->acts[0].x_in;
     op->embed_fwd(be, x, ids, m->wte, M, C);
     if (c->learned_pos) {
         for (int b = 0; b < Bn; b++)
-            op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C, m->wpe, (size_t)T * C);
+            op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C,
+                        m->wpe + (size_t)ts->P * C, (size_t)T * C);
     }
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &ts->acts[l];
         const LayerWeights *w = &m->layers[l];
         float *xout = l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L;
         norm_fwd(ts, a->xn1, a->x_in, w->ln1_w, w->ln1_b, M);
-        float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : a->k;
+        /* with a prefix, new k and v go to scratch (dk, dv are free in the forward) and are
+         * then placed after the prefix rows of each batch row */
+        float *kk = ts->P ? ts->dk : a->k, *vd = ts->P ? ts->dv : a->v;
+        float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : kk;
         linear_fwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, qd, a->xn1, w->wq, w->bq, M, C, QD);
         linear_fwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, kd, a->xn1, w->wk, w->bk, M, C, KD);
-        linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, a->v, a->xn1, w->wv, w->bv, M, C, KD);
+        linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, vd, a->xn1, w->wv, w->bv, M, C, KD);
         if (c->qk_norm) {
             op->rmsnorm_fwd(be, a->q, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
-            op->rmsnorm_fwd(be, a->k, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
+            op->rmsnorm_fwd(be, kk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
         }
         if (!c->learned_pos) {
             op->rope_fwd(be, a->q, ts->pos, m->inv_freq, M, NH, HS, HS);
-            op->rope_fwd(be, a->k, ts->pos, m->inv_freq, M, KVH, HS, HS);
+            op->rope_fwd(be, kk, ts->pos, m->inv_freq, M, KVH, HS, HS);
         }
-        op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, T, (size_t)T * KD, NH, KVH, HS,
+        if (ts->P) prefix_scatter(ts, l, a->k, a->v, kk, vd, Bn, T);
+        int Tk = T + ts->P;
+        op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, NH, KVH, HS,
                           c->sliding_window);
         linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
         op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
@@ -639,10 +863,19 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         zero(ts, ts->datt, (size_t)M * QD);
         linear_bwd(ts, l, SITE_O, 0, 1, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
         zero(ts, ts->dq, (size_t)M * QD);
-        zero(ts, ts->dk, (size_t)M * KD);
-        zero(ts, ts->dv, (size_t)M * KD);
-        op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
-                          (size_t)T * KD, NH, KVH, HS, c->sliding_window);
+        if (ts->P) {
+            int Tk = T + ts->P;
+            zero(ts, ts->dkf, (size_t)Bn * Tk * KD);
+            zero(ts, ts->dvf, (size_t)Bn * Tk * KD);
+            op->attention_bwd(be, ts->dq, ts->dkf, ts->dvf, ts->datt, a->q, a->k, a->v, Bn, T, Tk,
+                              (size_t)Tk * KD, NH, KVH, HS, c->sliding_window);
+            prefix_gather(ts, l, ts->dk, ts->dv, Bn, T);
+        } else {
+            zero(ts, ts->dk, (size_t)M * KD);
+            zero(ts, ts->dv, (size_t)M * KD);
+            op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
+                              (size_t)T * KD, NH, KVH, HS, c->sliding_window);
+        }
         if (!c->learned_pos) {
             op->rope_bwd(be, ts->dq, ts->pos, m->inv_freq, M, NH, HS, HS);
             op->rope_bwd(be, ts->dk, ts->pos, m->inv_freq, M, KVH, HS, HS);
@@ -664,6 +897,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     }
     if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
     if (c->learned_pos && G(ts, m->wpe)) op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
+    if (ts->P) prefix_backward(ts);
 done:;
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);

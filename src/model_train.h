@@ -18,7 +18,10 @@
 #include "model.h"
 
 /* METHOD_NONE: nothing trains (evaluation: forward and loss only, no gradient memory). */
-typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA } TrainMethod;
+/* METHOD_PREFIX: P-tuning v2 / prefix tuning as PEFT's PREFIX_TUNING: trainable key/value
+ * prefixes of prefix_tokens positions in every layer (not rotated; the real tokens sit at
+ * positions P..P+T-1), optionally produced by the reparameterization MLP. */
+typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA, METHOD_PREFIX } TrainMethod;
 
 typedef struct TrainSetup {
     TrainMethod method;
@@ -29,6 +32,9 @@ typedef struct TrainSetup {
     int lora_rslora;      /* scale alpha/sqrt(r) instead of alpha/r */
     const char *lora_targets; /* comma list of HF module names, "all", or NULL for the default */
     uint64_t seed;        /* LoRA init and dropout */
+    int prefix_tokens;    /* prefix: num_virtual_tokens */
+    int prefix_projection; /* prefix: the MLP embedding -> tanh -> prefix */
+    int prefix_hidden;    /* prefix: encoder_hidden_size */
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */
@@ -75,6 +81,10 @@ void train_download_params(const TrainState *ts, float **host);
 void train_upload_params(TrainState *ts, float *const *host);
 const TrainSetup *train_setup(const TrainState *ts);
 Model *train_model(const TrainState *ts);
+
+/* Prefix tuning: the current prefix, (P, L*2*KVH*HS) host floats (PEFT's prompt_embeddings:
+ * row p viewed as [L][key|value][KVH][HS]). Returns P, 0 for other methods. */
+int train_prefix(TrainState *ts, float **prefix);
 
 /* Merges the LoRA deltas into the base weights of m (W += scale * B·A). */
 int train_lora_merge(TrainState *ts, TunaErr *err);

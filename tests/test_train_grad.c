@@ -49,6 +49,23 @@ static const ParamInfo *find_pinfo(const Model *m, const float *data) {
     return NULL;
 }
 
+/* Logits of both rows of the llama fixture with model m, compared with ref (B,T,V). */
+static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
+    TunaErr err = {0};
+    int V = m->cfg.V;
+    float *got = xmalloc(sizeof(float) * (size_t)T * V);
+    double worst = 0;
+    model_reserve(m, T, T, &err);
+    for (int b = 0; b < B; b++) {
+        model_reset(m);
+        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
+        double d = test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V);
+        if (d > worst) worst = d;
+    }
+    free(got);
+    return worst;
+}
+
 static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     char mdir[256], fpath[256];
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
@@ -140,29 +157,23 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     }
     printf("  %-10s %-13s loss %.6f (torch %.6f)  %3d grad tensors, worst rel err %.2e\n", arch,
            kind, loss, want, compared, worst);
+    if (setup.method == METHOD_PREFIX) { /* the inference path: prefix in the KV cache */
+        float *pre;
+        int P = train_prefix(ts, &pre);
+        const StTensor *lg = safetensors_find(fx, "logits");
+        CHECK(P == 3 && lg, "%s: prefix or logits missing", fpath);
+        if (P == 3 && lg && model_set_prefix(m, pre, P, &err) == 0) {
+            double d = logits_diff(m, ids, lg->data, B, T);
+            CHECK(d <= 1e-4, "%s prefix inference: max |dlogit| %.3g", arch, d);
+            printf("  %-10s %-13s generation path with the prefix in the KV cache: max |dlogit| %.2e\n", arch, kind, d);
+        }
+    }
     free(targets);
 done:
     train_state_free(ts);
     model_free(m);
     backend_free(be);
     safetensors_free(fx);
-}
-
-/* Logits of both rows of the llama fixture with model m, compared with ref (B,T,V). */
-static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
-    TunaErr err = {0};
-    int V = m->cfg.V;
-    float *got = xmalloc(sizeof(float) * (size_t)T * V);
-    double worst = 0;
-    model_reserve(m, T, T, &err);
-    for (int b = 0; b < B; b++) {
-        model_reset(m);
-        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
-        double d = test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V);
-        if (d > worst) worst = d;
-    }
-    free(got);
-    return worst;
 }
 
 /* A real PEFT adapter (saved by peft) loads and gives peft's logits; tuna's own adapter and
@@ -230,5 +241,11 @@ int main(void) {
     TrainSetup rs = lora;
     rs.lora_rslora = 1;
     run_case("llama", "lora_rslora", rs);
+    TrainSetup pre = {.method = METHOD_PREFIX, .prefix_tokens = 3, .seed = 1};
+    run_case("llama", "prefix", pre);
+    run_case("qwen2", "prefix", pre);
+    pre.prefix_projection = 1;
+    pre.prefix_hidden = 16;
+    run_case("llama", "prefix_proj", pre);
     return test_report("test_train_grad");
 }
