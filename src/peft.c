@@ -116,9 +116,42 @@ done:
     return rc;
 }
 
+/* A PREFIX_TUNING adapter: prompt_embeddings into the model's KV-cache prefix. */
+static int prefix_load(Model *m, const char *dir, TunaErr *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    if (rc) return rc;
+    const ModelConfig *c = &m->cfg;
+    int64_t PW = (int64_t)c->L * 2 * c->KVH * c->HS;
+    const StTensor *t = safetensors_find(st, "prompt_embeddings");
+    if (!t || t->ndim != 2 || t->shape[1] != PW || t->shape[0] < 1 || t->shape[0] > 4096) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: needs \"prompt_embeddings\" of shape [P, %lld] (layers x 2 x kv heads x head dim)",
+                       path, (long long)PW);
+    } else {
+        size_t n = (size_t)t->shape[0] * (size_t)PW;
+        float *h = xmalloc(sizeof(float) * n);
+        rc = st_tensor_to_f32(t, h, n, err);
+        if (!rc) rc = model_set_prefix(m, h, (int)t->shape[0], err);
+        free(h);
+    }
+    safetensors_free(st);
+    return rc;
+}
+
 int adapter_load(Model *m, const char *dir, TunaErr *err) {
     TrainSetup setup;
     char targets[512];
+    {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+        char *text = xread_file(path, NULL);
+        int is_prefix = text && strstr(text, "\"PREFIX_TUNING\"") != NULL;
+        free(text);
+        if (is_prefix) return prefix_load(m, dir, err);
+    }
     int rc = adapter_read_config(dir, &setup, targets, sizeof targets, err);
     if (rc) return rc;
     char path[4096];
@@ -170,9 +203,44 @@ int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaEr
     return rc;
 }
 
+/* PEFT's PREFIX_TUNING adapter: prompt_embeddings (P, L*2*KVH*HS) and its config. */
+static int prefix_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
+    char path[4400];
+    float *pre;
+    int P = train_prefix((TrainState *)ts, &pre);
+    const ModelConfig *c = &train_model(ts)->cfg;
+    const TrainSetup *s = train_setup(ts);
+    int KD = c->KVH * c->HS;
+    StWriteTensor wt = {.name = "prompt_embeddings", .dtype = ST_F32, .ndim = 2,
+                        .shape = {P, (int64_t)c->L * 2 * KD}, .data = pre};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    const char *meta[] = {"format", "pt"};
+    int rc = safetensors_write(path, &wt, 1, meta, 1, err);
+    if (rc) return rc;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "peft_type", "PREFIX_TUNING");
+    cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(j, "base_model_name_or_path", base ? base : "");
+    cJSON_AddNumberToObject(j, "num_virtual_tokens", P);
+    cJSON_AddNumberToObject(j, "token_dim", KD);
+    cJSON_AddNumberToObject(j, "num_transformer_submodules", 1);
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->KVH);
+    cJSON_AddNumberToObject(j, "num_layers", c->L);
+    cJSON_AddNumberToObject(j, "encoder_hidden_size", s->prefix_projection ? s->prefix_hidden : KD);
+    cJSON_AddBoolToObject(j, "prefix_projection", s->prefix_projection);
+    cJSON_AddBoolToObject(j, "inference_mode", 1);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+    rc = write_text(path, txt) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(txt);
+    return rc;
+}
+
 int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
     char path[4400];
     int rc;
+    if (train_setup(ts)->method == METHOD_PREFIX) return prefix_write(ts, tmp, base, err);
     int np;
     const TrainParam *tp = train_params(ts, &np);
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);

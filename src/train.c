@@ -47,7 +47,7 @@ static const Field fields[] = {
         S(dataset_dir, "datasets", "folder holding dataset_info.json"),
         {"template", F_STR, offsetof(TrainConfig, template_name), 64, "vanilla", "prompt template (templates/NAME.json)"},
         S(templates_dir, "templates", "folder of template files"),
-        S(method, "lora", "full | freeze | lora"),
+        S(method, "lora", "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
         S(stage, "sft", "sft (supervised) | pt (plain text, every token trains)"),
         I(lora_rank, "8", "LoRA rank r"),
         D(lora_alpha, "16", "LoRA alpha (scale alpha/r)"),
@@ -55,6 +55,9 @@ static const Field fields[] = {
         S(lora_target, "", "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
         B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
         I(freeze_layers, "2", "freeze: how many last layers train"),
+        I(prefix_tokens, "16", "ptuning: virtual tokens (num_virtual_tokens)"),
+        B(prefix_projection, "false", "ptuning: reparameterize the prefix through an MLP"),
+        I(prefix_hidden, "64", "ptuning: hidden size of that MLP (encoder_hidden_size)"),
         I(epochs, "3", "passes over the training data"),
         I(max_steps, "0", "stop after this many optimizer steps (0 = from epochs)"),
         D(lr, "1e-3", "peak learning rate"),
@@ -307,10 +310,14 @@ static int run_eval(Run *r, double *loss, TunaErr *err) {
 
 static int run_samples(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
+    int rc0;
     if (!c->sample_prompts[0]) return 0;
     Model *m = r->m;
     Backend *be = m->be;
     int lora = train_setup(r->ts)->method == METHOD_LORA;
+    float *pre;
+    int P = train_prefix(r->ts, &pre);
+    if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;
     if (lora) {
         be->ops->download(be, r->host_params, m->params, sizeof(float) * m->n_params);
         int rc = train_lora_merge(r->ts, err);
@@ -353,6 +360,7 @@ static int run_samples(Run *r, TunaErr *err) {
     }
     free(list);
     if (lora) be->ops->upload(be, m->params, r->host_params, sizeof(float) * m->n_params);
+    if (P) model_set_prefix(m, NULL, 0, NULL);
     return rc;
 }
 
@@ -454,7 +462,8 @@ static int save_checkpoint(Run *r, TunaErr *err) {
     free_bufs(mm, np);
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
-        if (train_setup(r->ts)->method == METHOD_LORA) rc = adapter_write(r->ts, tmp, r->cfg->model, err);
+        TrainMethod mt = train_setup(r->ts)->method;
+        if (mt == METHOD_LORA || mt == METHOD_PREFIX) rc = adapter_write(r->ts, tmp, r->cfg->model, err);
         else rc = model_write_hf(r->m, tmp, err);
     }
     if (!rc) {
@@ -634,9 +643,8 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     if (!strcmp(c->method, "full")) method = METHOD_FULL;
     else if (!strcmp(c->method, "freeze")) method = METHOD_FREEZE;
     else if (!strcmp(c->method, "lora")) method = METHOD_LORA;
-    else if (!strcmp(c->method, "ptuning"))
-        return tuna_errf(err, TUNA_EUNSUP, "--method ptuning (P-tuning v2) is not implemented yet; use full, freeze or lora");
-    else return tuna_errf(err, TUNA_EINVAL, "--method must be full, freeze or lora, got \"%s\"", c->method);
+    else if (!strcmp(c->method, "ptuning")) method = METHOD_PREFIX;
+    else return tuna_errf(err, TUNA_EINVAL, "--method must be full, freeze, lora or ptuning, got \"%s\"", c->method);
     if (sched_parse(c->lr_scheduler) < 0)
         return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
@@ -692,7 +700,8 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     TrainSetup setup = {.method = method, .freeze_layers = c->freeze_layers, .lora_rank = c->lora_rank,
                         .lora_alpha = (float)c->lora_alpha, .lora_dropout = (float)c->lora_dropout,
                         .lora_rslora = c->use_rslora, .lora_targets = c->lora_target,
-                        .seed = (uint64_t)c->seed};
+                        .seed = (uint64_t)c->seed, .prefix_tokens = c->prefix_tokens,
+                        .prefix_projection = c->prefix_projection, .prefix_hidden = c->prefix_hidden};
     if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
@@ -900,7 +909,8 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
         char tmp[1300];
         rc = dir_begin(r.dir, tmp, sizeof tmp, err);
-        if (!rc) rc = train_setup(r.ts)->method == METHOD_LORA ? adapter_write(r.ts, tmp, cfg->model, err)
+        TrainMethod mt = train_setup(r.ts)->method;
+        if (!rc) rc = mt == METHOD_LORA || mt == METHOD_PREFIX ? adapter_write(r.ts, tmp, cfg->model, err)
                                                                : model_write_hf(r.m, tmp, err);
         if (!rc) rc = publish_files(tmp, r.dir, err);
         dir_remove(tmp);
