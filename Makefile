@@ -5,6 +5,7 @@
 #   make test           deps + unit/parity tests + the loader tests under ASan/UBSan
 #   make test-san       only the sanitizer pass (SAN=address,undefined by default)
 #   make bench          side-by-side benchmarks against the PyTorch reference (needs $(VENV))
+#   make test-interop   PEFT/transformers load tuna's adapters and exports and vice versa (needs $(VENV))
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
 #   make format / format-check / lint
 #   WERROR=0            escape hatch for -Werror;  SAN=address,undefined  sanitizer build
@@ -58,7 +59,7 @@ $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test test-unit test-san bench fixtures run format format-check lint clean
+.PHONY: all deps test test-unit test-san test-interop bench fixtures run format format-check lint clean
 all: tuna
 
 deps:
@@ -95,18 +96,23 @@ test-unit: tuna $(TEST_BIN)
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate \
-             test_template test_dataset
+             test_template test_dataset test_train_grad test_optim test_grad_ops
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
 	@ASAN_OPTIONS=detect_leaks=1 TUNA_BIN=build-san/tuna sh tests/run_tests.sh build-san \
 		$(addprefix build-san/tests/,$(SAN_TESTS))
 
+# Python peft/transformers load tuna's adapters and exports, and tuna loads peft's (needs $(VENV)).
+test-interop: tuna
+	@sh tests/interop/run.sh $(VENV)
+
 bench: tuna
 	@sh tests/bench/run.sh $(VENV)
 
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
 
 run: deps tuna
 	./tuna generate models/stories260K --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --seed 42

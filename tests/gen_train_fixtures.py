@@ -234,6 +234,14 @@ def save_llama_adapter(model, out_dir, ids, fix_dir):
     for f in os.listdir(d):  # keep only the two adapter files (drop the generated model card)
         if f not in ("adapter_config.json", "adapter_model.safetensors"):
             os.remove(os.path.join(d, f))
+    # peft keeps target_modules as a set, so its order in the JSON depends on PYTHONHASHSEED: sort it
+    # (same format as peft: indent 2, sorted keys, no trailing newline)
+    cfg_path = os.path.join(d, "adapter_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(cfg_path, "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True))
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=ids).logits.float()

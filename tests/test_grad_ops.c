@@ -27,10 +27,13 @@ static float frand(void) {
 }
 static float *rand_buf(size_t n, float scale) {
     float *p = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand() * scale;
     return p;
 }
-static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+static float *zeros(size_t n) {
+    return calloc(n ? n : 1, sizeof(float));
+}
 static float *dup_buf(const float *src, size_t n) {
     float *p = malloc(sizeof(float) * (n ? n : 1));
     memcpy(p, src, sizeof(float) * n);
@@ -38,7 +41,8 @@ static float *dup_buf(const float *src, size_t n) {
 }
 static double *to_double(const float *src, size_t n) {
     double *p = malloc(sizeof(double) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) p[i] = (double)src[i];
+    for (size_t i = 0; i < n; i++)
+        p[i] = (double)src[i];
     return p;
 }
 
@@ -57,22 +61,37 @@ static int close_enough(const float *x, const float *ref, size_t n, float atol, 
 
 // --- 1. finite differences of the ref backward ops
 
-enum { OP_MATMUL, OP_RMSNORM, OP_LAYERNORM, OP_ROPE, OP_ATTN, OP_SWIGLU, OP_GELU, OP_EMBED,
-       OP_XENT, OP_SUMSQ, OP_SCALE, OP_DROPOUT, OP_ADAMW, N_OPS };
-static const char *op_names[N_OPS] = {"matmul_bwd", "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",
-                                      "attention_bwd", "swiglu_bwd", "gelu_bwd", "embed_bwd",
-                                      "xent_fwd_bwd", "sumsq", "scale", "dropout", "adamw"};
+enum {
+    OP_MATMUL,
+    OP_RMSNORM,
+    OP_LAYERNORM,
+    OP_ROPE,
+    OP_ATTN,
+    OP_SWIGLU,
+    OP_GELU,
+    OP_EMBED,
+    OP_XENT,
+    OP_SUMSQ,
+    OP_SCALE,
+    OP_DROPOUT,
+    OP_ADAMW,
+    N_OPS
+};
+static const char *op_names[N_OPS] = {"matmul_bwd",    "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",
+                                      "attention_bwd", "swiglu_bwd",  "gelu_bwd",      "embed_bwd",
+                                      "xent_fwd_bwd",  "sumsq",       "scale",         "dropout",
+                                      "adamw"};
 static double fd_worst[N_OPS]; /* max |g - fd| / max(1, max |fd|) */
 
 /* Inputs of one finite-difference case, in double (perturbed) with the int parameters. */
 typedef struct FdCase {
     int op;
-    int M, K, N;                         /* matmul; R = M, C = K for norms; T, NH, HS */
-    int B, Tq, Tk, NH, KVH, HS, window;  /* attention (and rope: Tq = T, rot = window) */
+    int M, K, N;                        /* matmul; R = M, C = K for norms; T, NH, HS */
+    int B, Tq, Tk, NH, KVH, HS, window; /* attention (and rope: Tq = T, rot = window) */
     size_t kv_stride, n;
-    double *a, *b, *c;                   /* the op's inputs, in signature order */
-    double *r;                           /* projection weights (the "dout") */
-    const int32_t *ids;                  /* embed ids, rope positions, xent targets */
+    double *a, *b, *c;  /* the op's inputs, in signature order */
+    double *r;          /* projection weights (the "dout") */
+    const int32_t *ids; /* embed ids, rope positions, xent targets */
     const float *inv_freq;
     double eps, scale;
     int approx;
@@ -88,13 +107,16 @@ static void norm_row_d(double *y, const double *x, const double *w, const double
                        int C, int layer) {
     double mean = 0, var = 0;
     if (layer) {
-        for (int c = 0; c < C; c++) mean += x[c];
+        for (int c = 0; c < C; c++)
+            mean += x[c];
         mean /= C;
     }
-    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+    for (int c = 0; c < C; c++)
+        var += (x[c] - mean) * (x[c] - mean);
     var /= C;
     double inv = 1.0 / sqrt(var + eps);
-    for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + (layer ? b[c] : 0.0);
+    for (int c = 0; c < C; c++)
+        y[c] = (x[c] - mean) * inv * w[c] + (layer ? b[c] : 0.0);
 }
 
 /* Double forward of attention into out (B,Tq,NH,HS). */
@@ -111,17 +133,21 @@ static void attention_d(double *out, const FdCase *f) {
                 int lo = f->window > 0 && p - f->window + 1 > 0 ? p - f->window + 1 : 0;
                 double mx = -INFINITY, sum = 0;
                 for (int j = lo; j <= p; j++) {
-                    const double *kv = f->b + b * f->kv_stride + ((size_t)j * f->KVH + h / grp) * f->HS;
+                    const double *kv =
+                            f->b + b * f->kv_stride + ((size_t)j * f->KVH + h / grp) * f->HS;
                     double s = 0;
-                    for (int i = 0; i < f->HS; i++) s += qv[i] * kv[i];
+                    for (int i = 0; i < f->HS; i++)
+                        s += qv[i] * kv[i];
                     sc[j] = s * scale;
                     mx = sc[j] > mx ? sc[j] : mx;
                 }
-                for (int j = lo; j <= p; j++) sum += (sc[j] = exp(sc[j] - mx));
+                for (int j = lo; j <= p; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
                 for (int i = 0; i < f->HS; i++) {
                     double acc = 0;
                     for (int j = lo; j <= p; j++)
-                        acc += sc[j] * f->c[b * f->kv_stride + ((size_t)j * f->KVH + h / grp) * f->HS + i];
+                        acc += sc[j] *
+                               f->c[b * f->kv_stride + ((size_t)j * f->KVH + h / grp) * f->HS + i];
                     o[i] = acc / sum;
                 }
             }
@@ -134,7 +160,8 @@ static size_t forward_d(double *out, const FdCase *f) {
         for (int m = 0; m < f->M; m++)
             for (int n = 0; n < f->N; n++) {
                 double s = f->c ? f->c[n] : 0.0;
-                for (int k = 0; k < f->K; k++) s += f->a[(size_t)m * f->K + k] * f->b[(size_t)n * f->K + k];
+                for (int k = 0; k < f->K; k++)
+                    s += f->a[(size_t)m * f->K + k] * f->b[(size_t)n * f->K + k];
                 out[(size_t)m * f->N + n] = s;
             }
         return (size_t)f->M * f->N;
@@ -161,26 +188,29 @@ static size_t forward_d(double *out, const FdCase *f) {
             }
         return n;
     }
-    case OP_ATTN:
-        attention_d(out, f);
-        return (size_t)f->B * f->Tq * f->NH * f->HS;
+    case OP_ATTN: attention_d(out, f); return (size_t)f->B * f->Tq * f->NH * f->HS;
     case OP_SWIGLU:
-        for (size_t i = 0; i < f->n; i++) out[i] = f->a[i] / (1.0 + exp(-f->a[i])) * f->b[i];
+        for (size_t i = 0; i < f->n; i++)
+            out[i] = f->a[i] / (1.0 + exp(-f->a[i])) * f->b[i];
         return f->n;
     case OP_GELU:
-        for (size_t i = 0; i < f->n; i++) out[i] = gelu_d(f->a[i], f->approx);
+        for (size_t i = 0; i < f->n; i++)
+            out[i] = gelu_d(f->a[i], f->approx);
         return f->n;
     case OP_EMBED:
         for (int t = 0; t < f->Tq; t++)
-            for (int c = 0; c < f->K; c++) out[(size_t)t * f->K + c] = f->a[(size_t)f->ids[t] * f->K + c];
+            for (int c = 0; c < f->K; c++)
+                out[(size_t)t * f->K + c] = f->a[(size_t)f->ids[t] * f->K + c];
         return (size_t)f->Tq * f->K;
     case OP_XENT:
         for (int r = 0; r < f->M; r++) {
             const double *x = f->a + (size_t)r * f->N;
             int32_t tg = f->ids[r];
             double mx = -INFINITY, sum = 0;
-            for (int i = 0; i < f->N; i++) mx = x[i] > mx ? x[i] : mx;
-            for (int i = 0; i < f->N; i++) sum += exp(x[i] - mx);
+            for (int i = 0; i < f->N; i++)
+                mx = x[i] > mx ? x[i] : mx;
+            for (int i = 0; i < f->N; i++)
+                sum += exp(x[i] - mx);
             out[r] = tg < 0 ? 0.0 : (mx + log(sum) - x[tg]) * f->scale;
         }
         return (size_t)f->M;
@@ -192,7 +222,8 @@ static size_t forward_d(double *out, const FdCase *f) {
 static double proj(const FdCase *f, double *scratch) {
     size_t n = forward_d(scratch, f);
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += (f->r ? f->r[i] : 1.0) * scratch[i];
+    for (size_t i = 0; i < n; i++)
+        s += (f->r ? f->r[i] : 1.0) * scratch[i];
     return s;
 }
 
@@ -309,11 +340,13 @@ static void fd_rope(int T, int NH, int HS, int rot) {
     size_t n = (size_t)T * NH * HS;
     float *x = rand_buf(n, 1), *r = rand_buf(n, 1), *y = dup_buf(x, n), *g = dup_buf(r, n);
     float fr[64];
-    for (int i = 0; i < rot / 2; i++) fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    for (int i = 0; i < rot / 2; i++)
+        fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
     int32_t pos[64];
-    for (int t = 0; t < T; t++) pos[t] = 7 + 5 * t;
-    FdCase f = {.op = OP_ROPE, .Tq = T, .NH = NH, .HS = HS, .window = rot, .ids = pos,
-                .inv_freq = fr};
+    for (int t = 0; t < T; t++)
+        pos[t] = 7 + 5 * t;
+    FdCase f = {
+            .op = OP_ROPE, .Tq = T, .NH = NH, .HS = HS, .window = rot, .ids = pos, .inv_freq = fr};
     f.a = to_double(x, n), f.r = to_double(r, n);
     ref_rope_fwd(y, pos, fr, T, NH, HS, rot);
     check_forward_d(&f, y, n);
@@ -330,8 +363,15 @@ static void fd_attention(int B, int Tq, int Tk, int NH, int KVH, int HS, int win
     float *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1), *v = rand_buf(nkv, 1);
     float *r = rand_buf(nq, 1), *y = zeros(nq);
     float *dq = zeros(nq), *dk = zeros(nkv), *dv = zeros(nkv);
-    FdCase f = {.op = OP_ATTN, .B = B, .Tq = Tq, .Tk = Tk, .NH = NH, .KVH = KVH, .HS = HS,
-                .window = window, .kv_stride = stride};
+    FdCase f = {.op = OP_ATTN,
+                .B = B,
+                .Tq = Tq,
+                .Tk = Tk,
+                .NH = NH,
+                .KVH = KVH,
+                .HS = HS,
+                .window = window,
+                .kv_stride = stride};
     f.a = to_double(q, nq), f.b = to_double(k, nkv), f.c = to_double(v, nkv);
     f.r = to_double(r, nq);
     ref_attention_fwd(y, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window);
@@ -402,7 +442,8 @@ static void fd_xent(void) {
     f.a = to_double(x, (size_t)R * V);
     int bad = ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale);
     CHECK(bad == 0, "fd xent: %d bad targets reported", bad);
-    for (int r = 0; r < R; r++) loss[r] *= scale; /* forward_d reports scale * loss */
+    for (int r = 0; r < R; r++)
+        loss[r] *= scale; /* forward_d reports scale * loss */
     check_forward_d(&f, loss, (size_t)R);
     CHECK(loss[1] == 0 && loss[4] == 0, "fd xent: ignored rows have a loss");
     fd_compare(&f, f.a, d, (size_t)R * V, "dlogits (targets -100 ignored)");
@@ -435,7 +476,9 @@ static void down(Backend *be, float *h, const float *d, size_t n) {
     be->ops->download(be, h, d, n * sizeof(float));
     be->ops->sync(be);
 }
-static void rel(Backend *be, float *d) { be->ops->release(be, d); }
+static void rel(Backend *be, float *d) {
+    be->ops->release(be, d);
+}
 
 /* Checks got against want and records the error under (op, backend). */
 static void cmp(int op, int bi, const char *what, const float *got, const float *want, size_t n,
@@ -483,8 +526,10 @@ static void run_grads(int op, int bi, const char *what, GradCall call, const voi
     Backend *be = bks[bi].be;
     const float *ins[6] = {0};
     float *gd[3] = {0};
-    for (int i = 0; i < nin; i++) ins[i] = up(be, ins_h[i], nins[i]);
-    for (int i = 0; i < ngr; i++) gd[i] = g0[i] ? up(be, g0[i], ng[i]) : NULL;
+    for (int i = 0; i < nin; i++)
+        ins[i] = up(be, ins_h[i], nins[i]);
+    for (int i = 0; i < ngr; i++)
+        gd[i] = g0[i] ? up(be, g0[i], ng[i]) : NULL;
     call(be, gd, ins, args);
     for (int i = 0; i < ngr; i++) {
         if (!gd[i]) continue;
@@ -496,7 +541,8 @@ static void run_grads(int op, int bi, const char *what, GradCall call, const voi
         free(got);
         rel(be, gd[i]);
     }
-    for (int i = 0; i < nin; i++) rel(be, (float *)ins[i]);
+    for (int i = 0; i < nin; i++)
+        rel(be, (float *)ins[i]);
 }
 
 /* Runs the op with all gradients, then with each gradient alone (the rest NULL). */
@@ -553,8 +599,8 @@ static void call_embed(Backend *be, float **g, const float **in, const void *vp)
 }
 
 static void be_matmul(void) {
-    int shapes[][3] = {{1, 64, 172}, {1, 7, 5}, {3, 17, 29}, {12, 64, 256}, {33, 100, 77},
-                       {64, 576, 200}};
+    int shapes[][3] = {{1, 64, 172},  {1, 7, 5},     {3, 17, 29},
+                       {12, 64, 256}, {33, 100, 77}, {64, 576, 200}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         Args a = {.M = shapes[s][0], .K = shapes[s][1], .N = shapes[s][2]};
         size_t nin = (size_t)a.M * a.K, nw = (size_t)a.N * a.K, no = (size_t)a.M * a.N;
@@ -569,7 +615,8 @@ static void be_matmul(void) {
         run_all_subsets(OP_MATMUL, what, call_matmul, &a, ins, nins, 3, g0, want, ng, 3, 1e-4f,
                         1e-4f);
         free(dout), free(in), free(w);
-        for (int i = 0; i < 3; i++) free(g0[i]), free(want[i]);
+        for (int i = 0; i < 3; i++)
+            free(g0[i]), free(want[i]);
     }
 }
 
@@ -582,17 +629,20 @@ static void be_norms(void) {
             float *dout = rand_buf(n, 1), *in = rand_buf(n, 2), *w = rand_buf(C, 1);
             float *g0[3] = {rand_buf(n, 1), rand_buf(C, 1), rand_buf(C, 1)};
             float *want[3] = {dup_buf(g0[0], n), dup_buf(g0[1], C), dup_buf(g0[2], C)};
-            if (layer) ref_layernorm_bwd(want[0], want[1], want[2], dout, in, w, a.eps, a.M, a.K);
-            else ref_rmsnorm_bwd(want[0], want[1], dout, in, w, a.eps, a.M, a.K);
+            if (layer)
+                ref_layernorm_bwd(want[0], want[1], want[2], dout, in, w, a.eps, a.M, a.K);
+            else
+                ref_rmsnorm_bwd(want[0], want[1], dout, in, w, a.eps, a.M, a.K);
             const float *ins[3] = {dout, in, w};
             size_t nins[3] = {n, n, C}, ng[3] = {n, C, C};
             char what[64];
             snprintf(what, sizeof what, "R=%d C=%d", a.M, a.K);
             run_all_subsets(layer ? OP_LAYERNORM : OP_RMSNORM, what,
-                            layer ? call_layernorm : call_rmsnorm, &a, ins, nins, 3, g0, want,
-                            ng, layer ? 3 : 2, 2e-5f, 1e-4f);
+                            layer ? call_layernorm : call_rmsnorm, &a, ins, nins, 3, g0, want, ng,
+                            layer ? 3 : 2, 2e-5f, 1e-4f);
             free(dout), free(in), free(w);
-            for (int i = 0; i < 3; i++) free(g0[i]), free(want[i]);
+            for (int i = 0; i < 3; i++)
+                free(g0[i]), free(want[i]);
         }
     }
 }
@@ -603,9 +653,11 @@ static void be_rope(void) {
         int T = shapes[s][0], NH = shapes[s][1], HS = shapes[s][2], rot = shapes[s][3];
         size_t n = (size_t)T * NH * HS;
         float fr[32];
-        for (int i = 0; i < rot / 2; i++) fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+        for (int i = 0; i < rot / 2; i++)
+            fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
         int32_t pos[64];
-        for (int t = 0; t < T; t++) pos[t] = 100 + 3 * t;
+        for (int t = 0; t < T; t++)
+            pos[t] = 100 + 3 * t;
         float *g = rand_buf(n, 1), *want = dup_buf(g, n), *got = zeros(n);
         ref_rope_bwd(want, pos, fr, T, NH, HS, rot);
         char what[64];
@@ -625,12 +677,17 @@ static void be_rope(void) {
 
 static void be_attention(void) {
     int shapes[][7] = {/* B, Tq, Tk, NH, KVH, HS, window */
-                       {1, 5, 5, 4, 2, 8, 0},   {1, 1, 37, 8, 4, 8, 0},  {2, 7, 7, 6, 6, 16, 0},
-                       {1, 4, 20, 4, 1, 12, 0}, {1, 9, 9, 2, 2, 8, 3},   {2, 3, 11, 9, 3, 64, 0},
+                       {1, 5, 5, 4, 2, 8, 0},    {1, 1, 37, 8, 4, 8, 0},  {2, 7, 7, 6, 6, 16, 0},
+                       {1, 4, 20, 4, 1, 12, 0},  {1, 9, 9, 2, 2, 8, 3},   {2, 3, 11, 9, 3, 64, 0},
                        {1, 33, 40, 6, 2, 17, 7}, {2, 64, 64, 9, 3, 64, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        Args a = {.B = shapes[s][0], .Tq = shapes[s][1], .Tk = shapes[s][2], .NH = shapes[s][3],
-                  .KVH = shapes[s][4], .HS = shapes[s][5], .window = shapes[s][6]};
+        Args a = {.B = shapes[s][0],
+                  .Tq = shapes[s][1],
+                  .Tk = shapes[s][2],
+                  .NH = shapes[s][3],
+                  .KVH = shapes[s][4],
+                  .HS = shapes[s][5],
+                  .window = shapes[s][6]};
         a.kv_stride = (size_t)(a.Tk + 3) * a.KVH * a.HS; /* a cache longer than Tk */
         size_t nq = (size_t)a.B * a.Tq * a.NH * a.HS, nkv = (size_t)a.B * a.kv_stride;
         float *dout = rand_buf(nq, 1), *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1),
@@ -642,12 +699,13 @@ static void be_attention(void) {
         const float *ins[4] = {dout, q, k, v};
         size_t nins[4] = {nq, nq, nkv, nkv}, ng[3] = {nq, nkv, nkv};
         char what[96];
-        snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d", a.B, a.Tq,
-                 a.Tk, a.NH, a.KVH, a.HS, a.window);
+        snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d", a.B, a.Tq, a.Tk,
+                 a.NH, a.KVH, a.HS, a.window);
         run_all_subsets(OP_ATTN, what, call_attention, &a, ins, nins, 4, g0, want, ng, 3, 2e-5f,
                         2e-4f);
         free(dout), free(q), free(k), free(v);
-        for (int i = 0; i < 3; i++) free(g0[i]), free(want[i]);
+        for (int i = 0; i < 3; i++)
+            free(g0[i]), free(want[i]);
     }
 }
 
@@ -675,7 +733,8 @@ static void be_elementwise(void) {
                             1e-5f);
         }
         free(dout), free(x), free(u);
-        for (int i = 0; i < 2; i++) free(g0[i]), free(want[i]);
+        for (int i = 0; i < 2; i++)
+            free(g0[i]), free(want[i]);
     }
 }
 
@@ -685,7 +744,8 @@ static void be_embed(void) {
         Args a = {.Tq = shapes[s][0], .K = shapes[s][1]};
         int V = shapes[s][2];
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)a.Tq);
-        for (int t = 0; t < a.Tq; t++) ids[t] = (int32_t)((frand() + 1.0f) * 0.5f * (float)V) % V;
+        for (int t = 0; t < a.Tq; t++)
+            ids[t] = (int32_t)((frand() + 1.0f) * 0.5f * (float)V) % V;
         if (a.Tq > 3) ids[3] = ids[0]; /* a repeat for sure */
         a.ids = ids;
         size_t no = (size_t)a.Tq * a.K, nt = (size_t)V * a.K;
@@ -698,7 +758,8 @@ static void be_embed(void) {
         run_all_subsets(OP_EMBED, what, call_embed, &a, ins, nins, 1, g0, want, ng, 1, 1e-6f,
                         1e-6f);
         for (int bi = 0; bi < nbk; bi++) /* NULL dtable: nothing to do, nothing to crash */
-            if (has_op(bi, OP_EMBED)) bks[bi].be->ops->embed_bwd(bks[bi].be, NULL, dout, ids, a.Tq, a.K);
+            if (has_op(bi, OP_EMBED))
+                bks[bi].be->ops->embed_bwd(bks[bi].be, NULL, dout, ids, a.Tq, a.K);
         free(ids), free(dout), free(g0[0]), free(want[0]);
     }
 }
@@ -712,7 +773,8 @@ static void be_xent(void) {
         float *x = rand_buf(n, xs), *want = zeros(n), *wl = zeros((size_t)R);
         float *got = zeros(n), *gl = zeros((size_t)R);
         int32_t *tg = malloc(sizeof(int32_t) * (size_t)R);
-        for (int r = 0; r < R; r++) tg[r] = r % 5 == 1 ? -100 : (int32_t)(((size_t)r * 7919) % (size_t)V);
+        for (int r = 0; r < R; r++)
+            tg[r] = r % 5 == 1 ? -100 : (int32_t)(((size_t)r * 7919) % (size_t)V);
         float scale = 1.0f / (float)R;
         ref_xent_fwd_bwd(want, wl, x, tg, R, V, scale);
         char what[64];
@@ -726,7 +788,9 @@ static void be_xent(void) {
                 memset(gl, 0xff, sizeof(float) * (size_t)R);
                 be->ops->xent_fwd_bwd(be, dl, gl, dx, tg, R, V, scale);
                 snprintf(what, sizeof what, "R=%d V=%d %s losses", R, V,
-                         mode == 0 ? "separate" : mode == 1 ? "aliased" : "loss-only");
+                         mode == 0   ? "separate"
+                         : mode == 1 ? "aliased"
+                                     : "loss-only");
                 cmp(OP_XENT, bi, what, gl, wl, (size_t)R, 1e-5f, 1e-5f);
                 if (dl) {
                     down(be, got, dl, n);
@@ -787,8 +851,10 @@ static void be_dropout(void) {
         ref_dropout(want, x, n, p, seed);
         size_t zero = 0, kept_ok = 0;
         for (size_t i = 0; i < n; i++) {
-            if (want[i] == 0) zero++;
-            else if (fabsf(want[i] - x[i] / (1.0f - p)) <= 1e-6f * fabsf(want[i])) kept_ok++;
+            if (want[i] == 0)
+                zero++;
+            else if (fabsf(want[i] - x[i] / (1.0f - p)) <= 1e-6f * fabsf(want[i]))
+                kept_ok++;
         }
         double frac = (double)zero / (double)n, sd = sqrt((double)p * (1 - (double)p) / (double)n);
         CHECK(fabs(frac - (double)p) <= 5 * sd + 1e-9, "dropout p=%g: %g zeroed", (double)p, frac);
@@ -813,9 +879,10 @@ static void be_dropout(void) {
     ref_dropout(got, x, n, 0.5f, 99);
     ref_dropout(want, x, n, 0.5f, 100);
     size_t same = 0;
-    for (size_t i = 0; i < n; i++) same += (got[i] == 0) == (want[i] == 0);
-    CHECK(fabs((double)same / (double)n - 0.5) < 0.02, "dropout: seeds 99 and 100 agree on %zu of %zu",
-          same, n);
+    for (size_t i = 0; i < n; i++)
+        same += (got[i] == 0) == (want[i] == 0);
+    CHECK(fabs((double)same / (double)n - 0.5) < 0.02,
+          "dropout: seeds 99 and 100 agree on %zu of %zu", same, n);
     CHECK(tuna_dropout_u(tuna_dropout_key(1), 0) != tuna_dropout_u(tuna_dropout_key(2), 0),
           "dropout hash ignores the seed");
     free(x), free(want), free(got);
@@ -828,9 +895,11 @@ static void be_adamw(void) {
     for (size_t s = 0; s < 2; s++) {
         size_t n = sizes[s];
         float *p0 = rand_buf(n, 1), *grads[5];
-        for (int t = 0; t < 5; t++) grads[t] = rand_buf(n, t == 2 ? 1e-3f : 1.0f);
+        for (int t = 0; t < 5; t++)
+            grads[t] = rand_buf(n, t == 2 ? 1e-3f : 1.0f);
         /* the double loop */
-        double *pd = to_double(p0, n), *md = calloc(n, sizeof(double)), *vd = calloc(n, sizeof(double));
+        double *pd = to_double(p0, n), *md = calloc(n, sizeof(double)),
+               *vd = calloc(n, sizeof(double));
         for (int t = 1; t <= 5; t++) {
             double bc1 = 1 - pow((double)b1, t), bc2 = 1 - pow((double)b2, t);
             for (size_t i = 0; i < n; i++) {
@@ -843,7 +912,8 @@ static void be_adamw(void) {
         }
         float *want = malloc(sizeof(float) * n), *wm = malloc(sizeof(float) * n),
               *wv = malloc(sizeof(float) * n);
-        for (size_t i = 0; i < n; i++) want[i] = (float)pd[i], wm[i] = (float)md[i], wv[i] = (float)vd[i];
+        for (size_t i = 0; i < n; i++)
+            want[i] = (float)pd[i], wm[i] = (float)md[i], wv[i] = (float)vd[i];
         float *got = zeros(n), *zero = zeros(n);
         for (int bi = 0; bi < nbk; bi++) {
             if (!has_op(bi, OP_ADAMW)) continue;
@@ -867,8 +937,10 @@ static void be_adamw(void) {
             cmp(OP_ADAMW, bi, what, got, wv, n, 1e-9f, 1e-5f);
             rel(be, dp), rel(be, dm), rel(be, dv);
         }
-        free(p0), free(pd), free(md), free(vd), free(want), free(wm), free(wv), free(got), free(zero);
-        for (int t = 0; t < 5; t++) free(grads[t]);
+        free(p0), free(pd), free(md), free(vd), free(want), free(wm), free(wv), free(got),
+                free(zero);
+        for (int t = 0; t < 5; t++)
+            free(grads[t]);
     }
 }
 
@@ -880,10 +952,10 @@ int main(void) {
     fd_norm(1, 3, 7);
     fd_norm(1, 1, 16);
     fd_rope(4, 2, 8, 8);
-    fd_rope(3, 3, 10, 6); /* partial rotary: dims 6..9 pass through */
-    fd_attention(2, 3, 5, 4, 2, 4, 0);  /* GQA, Tq < Tk, B > 1 */
-    fd_attention(1, 4, 6, 3, 1, 5, 3);  /* MQA with a window */
-    fd_attention(1, 5, 5, 2, 2, 3, 2);  /* Tq == Tk, window 2 */
+    fd_rope(3, 3, 10, 6);              /* partial rotary: dims 6..9 pass through */
+    fd_attention(2, 3, 5, 4, 2, 4, 0); /* GQA, Tq < Tk, B > 1 */
+    fd_attention(1, 4, 6, 3, 1, 5, 3); /* MQA with a window */
+    fd_attention(1, 5, 5, 2, 2, 3, 2); /* Tq == Tk, window 2 */
     fd_elementwise();
     fd_embed();
     fd_xent();
@@ -920,11 +992,13 @@ int main(void) {
     }
 
     printf("%-14s %12s", "op", "fd rel err");
-    for (int bi = 0; bi < nbk; bi++) printf(" %12s", bks[bi].label);
+    for (int bi = 0; bi < nbk; bi++)
+        printf(" %12s", bks[bi].label);
     printf("   (max |x - ref|; sumsq: relative)\n");
     for (int op = 0; op < N_OPS; op++) {
         printf("%-14s %12.2e", op_names[op], fd_worst[op]);
-        for (int bi = 0; bi < nbk; bi++) printf(" %12.2e", be_worst[op][bi]);
+        for (int bi = 0; bi < nbk; bi++)
+            printf(" %12.2e", be_worst[op][bi]);
         printf("\n");
     }
     return test_report("test_grad_ops");

@@ -1,13 +1,17 @@
 /* bench_kernels.c: the backward, loss and optimizer ops of the ref and cpu backends, timed
  * side by side at training shapes (SmolLM-135M-like: B*T = 512, C = 576, NH = 9, KVH = 3,
  * HS = 64, FF = 1536, V = 49152). Prints ms per call, GFLOP/s by a nominal flop count per op
- * (listed in `ops` below; attention counts 5 HS-long products per (query, key, head) pair as
+ * (listed in flops() below; attention counts 5 HS-long products per (query, key, head) pair as
  * FlashAttention-2 does, though the CPU kernel's two passes do 7), and the cpu/ref speedup.
  * cpu uses every core (n_threads = 0); the best of several runs is reported.
  *
  *   cc -O2 -march=native -fopenmp -I. -I/usr/include/x86_64-linux-gnu/openblas-openmp \
  *      tests/bench/bench_kernels.c build/libtuna.a -L/usr/lib/x86_64-linux-gnu/openblas-openmp \
- *      -lopenblas -lcjson -lpcre2-8 -lm
+ *      -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lpcre2-8 -lm
+ *   (+ the objects in build/kernels/cuda and -L/usr/local/cuda/lib64 -lcublas -lcudart -lstdc++ when libtuna.a
+ *   was built with nvcc.) Keep the rpath: without it the loader picks the system default
+ *   libopenblas.so.0, the pthread build, whose spinning workers fight the OpenMP team
+ *   (8 ms stalls on the first parallel op after a sgemm on a 2-core box).
  *   ./a.out [--quick]     (--quick: one run each, smaller V) */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -40,7 +44,8 @@ static float frand(void) {
 /* Backend buffer of n random floats in [-s, s] (in [0, s] when s < 0: -s scale, positive). */
 static float *buf(Backend *be, size_t n, float s) {
     float *h = malloc(sizeof(float) * n), *d = be->ops->alloc(be, sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) h[i] = s < 0 ? -s * fabsf(frand()) : frand() * s;
+    for (size_t i = 0; i < n; i++)
+        h[i] = s < 0 ? -s * fabsf(frand()) : frand() * s;
     be->ops->upload(be, d, h, sizeof(float) * n);
     free(h);
     return d;
@@ -48,10 +53,10 @@ static float *buf(Backend *be, size_t n, float s) {
 
 /* Everything one op call needs, allocated on one backend. */
 typedef struct Bufs {
-    float *x, *w, *b, *dout, *din, *dw, *db;        /* matmul / norms / elementwise */
-    float *q, *k, *v, *dq, *dk, *dv, *ao;           /* attention */
-    float *logits, *losses, *p, *g, *m, *vv;        /* xent, adamw */
-    float *table;                                   /* embed (V, C) */
+    float *x, *w, *b, *dout, *din, *dw, *db; /* matmul / norms / elementwise */
+    float *q, *k, *v, *dq, *dk, *dv, *ao;    /* attention */
+    float *logits, *losses, *p, *g, *m, *vv; /* xent, adamw */
+    float *table;                            /* embed (V, C) */
     int32_t *ids, *pos, *targets;
     float *inv_freq;
 } Bufs;
@@ -81,27 +86,55 @@ static void bufs_init(Backend *be, Bufs *s) {
         s->targets[i] = i % 7 == 0 ? -100 : (int32_t)(((uint64_t)i * 40503u) % (uint64_t)V);
     }
     float fr[HS / 2];
-    for (int i = 0; i < HS / 2; i++) fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)HS);
+    for (int i = 0; i < HS / 2; i++)
+        fr[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)HS);
     s->inv_freq = be->ops->alloc(be, sizeof fr);
     be->ops->upload(be, s->inv_freq, fr, sizeof fr);
 }
 
 static void bufs_free(Backend *be, Bufs *s) {
-    float *d[] = {s->x, s->w, s->b, s->dout, s->din, s->dw, s->db, s->q, s->k, s->v, s->dq,
-                  s->dk, s->dv, s->ao, s->logits, s->p, s->g, s->m, s->vv, s->table, s->inv_freq};
-    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) be->ops->release(be, d[i]);
+    float *d[] = {s->x,      s->w, s->b, s->dout, s->din, s->dw,    s->db,
+                  s->q,      s->k, s->v, s->dq,   s->dk,  s->dv,    s->ao,
+                  s->logits, s->p, s->g, s->m,    s->vv,  s->table, s->inv_freq};
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+        be->ops->release(be, d[i]);
     free(s->losses), free(s->ids), free(s->pos), free(s->targets);
 }
 
-enum { OP_MM_QKV, OP_MM_UP, OP_MM_DOWN, OP_RMS, OP_LN, OP_ROPE, OP_ATTN, OP_SWIGLU, OP_GELU,
-       OP_EMBED, OP_XENT, OP_SUMSQ, OP_SCALE, OP_DROPOUT, OP_ADAMW, N_OPS };
+enum {
+    OP_MM_QKV,
+    OP_MM_UP,
+    OP_MM_DOWN,
+    OP_RMS,
+    OP_LN,
+    OP_ROPE,
+    OP_ATTN,
+    OP_SWIGLU,
+    OP_GELU,
+    OP_EMBED,
+    OP_XENT,
+    OP_SUMSQ,
+    OP_SCALE,
+    OP_DROPOUT,
+    OP_ADAMW,
+    N_OPS
+};
 
-static const char *names[N_OPS] = {
-        "matmul_bwd q (512x576 -> 576)", "matmul_bwd up (512x576 -> 1536)",
-        "matmul_bwd down (512x1536 -> 576)", "rmsnorm_bwd (512, 576)", "layernorm_bwd (512, 576)",
-        "rope_bwd (512, 9, 64)", "attention_bwd (2x256, 9/3 heads)", "swiglu_bwd (512x1536)",
-        "gelu_bwd tanh (512x1536)", "embed_bwd (512, 576)", "xent_fwd_bwd (512, V)",
-        "sumsq (3.5M)", "scale (3.5M)", "dropout p=0.1 (512x1536)", "adamw (3.5M)"};
+static const char *names[N_OPS] = {"matmul_bwd q (512x576 -> 576)",
+                                   "matmul_bwd up (512x576 -> 1536)",
+                                   "matmul_bwd down (512x1536 -> 576)",
+                                   "rmsnorm_bwd (512, 576)",
+                                   "layernorm_bwd (512, 576)",
+                                   "rope_bwd (512, 9, 64)",
+                                   "attention_bwd (2x256, 9/3 heads)",
+                                   "swiglu_bwd (512x1536)",
+                                   "gelu_bwd tanh (512x1536)",
+                                   "embed_bwd (512, 576)",
+                                   "xent_fwd_bwd (512, V)",
+                                   "sumsq (3.5M)",
+                                   "scale (3.5M)",
+                                   "dropout p=0.1 (512x1536)",
+                                   "adamw (3.5M)"};
 
 static double flops(int op) {
     double np = (double)FF * C * 4, attn_pairs = (double)B * NH * T * (T + 1) / 2;
@@ -133,7 +166,9 @@ static void run(Backend *be, Bufs *s, int op) {
     case OP_MM_UP: o->matmul_bwd(be, s->din, s->dw, s->db, s->dout, s->x, s->w, BT, C, FF); break;
     case OP_MM_DOWN: o->matmul_bwd(be, s->din, s->dw, NULL, s->dout, s->x, s->w, BT, FF, C); break;
     case OP_RMS: o->rmsnorm_bwd(be, s->din, s->dw, s->dout, s->x, s->w, 1e-5f, BT, C); break;
-    case OP_LN: o->layernorm_bwd(be, s->din, s->dw, s->db, s->dout, s->x, s->w, 1e-5f, BT, C); break;
+    case OP_LN:
+        o->layernorm_bwd(be, s->din, s->dw, s->db, s->dout, s->x, s->w, 1e-5f, BT, C);
+        break;
     case OP_ROPE: o->rope_bwd(be, s->dq, s->pos, s->inv_freq, BT, NH, HS, HS); break;
     case OP_ATTN:
         o->attention_bwd(be, s->dq, s->dk, s->dv, s->ao, s->q, s->k, s->v, B, T, T,
