@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../kernels/backend.h"
+#include "cli.h"
 #include "config.h"
 #include "err.h"
 #include "generate.h"
@@ -264,6 +265,8 @@ static const struct {
 } commands[] = {
         {"generate", cmd_generate, "generate text from a checkpoint"},
         {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
+        {"chat", cmd_chat, "chat with a model (and adapter) using a template"},
+        {"eval", cmd_eval, "loss, perplexity, exact match, BLEU-4, ROUGE-L as one JSON object"},
         {"train", cmd_train, "fine-tune (full, freeze, LoRA); --help lists every option"},
         {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
         {"template", cmd_template, "list templates, or show one rendered example with its loss mask"},

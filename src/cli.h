@@ -1,0 +1,73 @@
+/* cli.h: the `tuna chat` and `tuna eval` subcommands (main.c dispatches to them), and the small
+ * pieces they share: option tables that drive both getopt_long and the generated --help, number
+ * parsing with one-line "tuna: ..." errors, loading model (+ merged LoRA adapter) with its
+ * tokenizer, and the stop ids/strings a template implies for generation. Helpers are defined
+ * in cmd_chat.c. Commands return the process exit code (0 ok, 1 error, 2 usage) and never exit;
+ * they run on the calling thread. */
+#ifndef TUNA_SRC_CLI_H
+#define TUNA_SRC_CLI_H
+
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../kernels/backend.h"
+#include "config.h"
+#include "err.h"
+#include "model.h"
+#include "template.h"
+#include "tokenizer.h"
+
+/* `tuna chat MODEL_DIR [options]`: argv[0] is "chat". */
+int cmd_chat(int argc, char **argv);
+
+/* `tuna eval --model DIR --dataset NAMES [options]`: argv[0] is "eval". Prints one JSON object. */
+int cmd_eval(int argc, char **argv);
+
+// --- shared by the commands
+
+/* One option: getopt_long's fields plus its --help line. Tables end with a NULL name. */
+typedef struct CliOpt {
+    const char *name;
+    int has_arg;
+    int key;
+    const char *arg; /* placeholder in --help ("N", "DIR"), NULL for flags */
+    const char *help;
+} CliOpt;
+
+#define CLI_MAX_OPTS 48
+
+/* Fills out (CLI_MAX_OPTS entries) from doc, terminated as getopt_long wants. */
+void cli_longopts(const CliOpt *doc, struct option *out);
+/* Call getopt_long with optstring CLI_OPTSTRING and opterr = 0, then, for the '?' or ':' it
+ * returns, this prints the one-line error ("tuna CMD: unknown option ..." / "... needs a value")
+ * for the option just read. */
+#define CLI_OPTSTRING ":"
+void cli_bad_option(const char *cmd, int c, char **argv);
+/* Prints usage, then one line per option. */
+void cli_help(FILE *f, const char *usage, const CliOpt *doc);
+/* Parse s as a number in [lo, hi]; on failure print "tuna: --flag: ..." and return -1. */
+int cli_parse_int(const char *s, const char *flag, int lo, int hi, int *out);
+int cli_parse_float(const char *s, const char *flag, float lo, float hi, float *out);
+
+/* Backend, model (with the PEFT LoRA adapter in adapter_dir merged in, if not NULL) and
+ * tokenizer from model_dir. On success the caller owns all three (free tokenizer, model, then
+ * backend); on failure nothing is left allocated. */
+int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
+                   Backend **be, Model **m, Tokenizer **tok, TunaErr *err);
+
+/* When generation stops for a template: the model's EOS ids plus the template's EOS id, and
+ * the template's stop words plus the text of that EOS token. Strings are borrowed from tpl and
+ * tok. */
+typedef struct CliStops {
+    int32_t eos[CONFIG_MAX_EOS + 1];
+    int n_eos;
+    const char *stops[17];
+    int n_stops;
+} CliStops;
+
+void cli_stops(const Model *m, const Tokenizer *tok, const Template *tpl, CliStops *st);
+/* Cuts s (in place) where the first of st's stop strings starts. */
+void cli_cut_at_stop(char *s, const CliStops *st);
+
+#endif

@@ -1,0 +1,408 @@
+/* cmd_chat.c: `tuna chat`, a multi-turn conversation with a model (and an optional LoRA adapter)
+ * through a chat template, streamed to stdout; plus the CLI helpers cli.h shares with
+ * cmd_eval.c. */
+#include "cli.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "generate.h"
+#include "peft.h"
+#include "xalloc.h"
+
+// --- shared CLI helpers
+
+void cli_longopts(const CliOpt *doc, struct option *out) {
+    int i = 0;
+    for (; doc[i].name && i < CLI_MAX_OPTS - 1; i++)
+        out[i] = (struct option){doc[i].name, doc[i].has_arg, NULL, doc[i].key};
+    out[i] = (struct option){0, 0, 0, 0};
+}
+
+void cli_bad_option(const char *cmd, int c, char **argv) {
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':')
+        fprintf(stderr, "tuna %s: %s needs a value (see --help)\n", cmd, arg);
+    else
+        fprintf(stderr, "tuna %s: unknown option \"%s\" (see --help)\n", cmd, arg);
+}
+
+void cli_help(FILE *f, const char *usage, const CliOpt *doc) {
+    fprintf(f, "%s\n\noptions:\n", usage);
+    for (int i = 0; doc[i].name; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", doc[i].name, doc[i].arg ? " " : "",
+                 doc[i].arg ? doc[i].arg : "");
+        fprintf(f, "  %-28s %s\n", left, doc[i].help);
+    }
+}
+
+int cli_parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "tuna: --%s: expected an integer in [%d, %d], got \"%s\"\n", flag, lo, hi,
+                s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_float(const char *s, const char *flag, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "tuna: --%s: expected a number in [%g, %g], got \"%s\"\n", flag, (double)lo,
+                (double)hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
+                   Backend **be, Model **m, Tokenizer **tok, TunaErr *err) {
+    *be = NULL;
+    *m = NULL;
+    *tok = NULL;
+    int rc;
+    if (!(*be = backend_init(backend, threads, err)))
+        return err && err->code ? err->code : TUNA_EINVAL;
+    if ((rc = model_load(model_dir, *be, m, err))) goto fail;
+    if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
+    if ((rc = tokenizer_load(model_dir, tok, err))) goto fail;
+    return 0;
+fail:
+    tokenizer_free(*tok);
+    model_free(*m);
+    backend_free(*be);
+    *tok = NULL;
+    *m = NULL;
+    *be = NULL;
+    return rc;
+}
+
+void cli_stops(const Model *m, const Tokenizer *tok, const Template *tpl, CliStops *st) {
+    memset(st, 0, sizeof *st);
+    for (int i = 0; i < m->cfg.n_eos && i < CONFIG_MAX_EOS; i++)
+        st->eos[st->n_eos++] = m->cfg.eos_ids[i];
+    if (!st->n_eos && tokenizer_eos_id(tok) >= 0) st->eos[st->n_eos++] = tokenizer_eos_id(tok);
+    int teos = template_eos_id(tpl, tok);
+    int have = 0;
+    for (int i = 0; i < st->n_eos; i++)
+        have |= st->eos[i] == teos;
+    if (teos >= 0 && !have) st->eos[st->n_eos++] = teos;
+    const char *const *words;
+    int n = template_stop_words(tpl, &words);
+    for (int i = 0; i < n && st->n_stops < 16; i++)
+        if (words[i][0]) st->stops[st->n_stops++] = words[i];
+    const char *etext = teos >= 0 ? tokenizer_token_str(tok, teos) : NULL;
+    int dup = 0;
+    for (int i = 0; i < st->n_stops && etext; i++)
+        dup |= !strcmp(st->stops[i], etext);
+    if (etext && etext[0] && !dup) st->stops[st->n_stops++] = etext;
+}
+
+void cli_cut_at_stop(char *s, const CliStops *st) {
+    char *cut = NULL;
+    for (int i = 0; i < st->n_stops; i++) {
+        char *f = strstr(s, st->stops[i]);
+        if (f && (!cut || f < cut)) cut = f;
+    }
+    if (cut) *cut = '\0';
+}
+
+// --- tuna chat
+
+enum {
+    OPT_ADAPTER = 256,
+    OPT_TEMPLATE,
+    OPT_TDIR,
+    OPT_SYSTEM,
+    OPT_MESSAGE,
+    OPT_TEMP,
+    OPT_TOPP,
+    OPT_TOPK,
+    OPT_MAXNEW,
+    OPT_SEED,
+    OPT_THREADS,
+    OPT_BACKEND,
+    OPT_HELP
+};
+
+static const CliOpt chat_opts[] = {
+        {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
+        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default vanilla)"},
+        {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
+        {"system", 1, OPT_SYSTEM, "TEXT", "system prompt (default: the template's)"},
+        {"message", 1, OPT_MESSAGE, "TEXT",
+         "send TEXT, print the reply; repeatable (a scripted conversation); no stdin"},
+        {"temperature", 1, OPT_TEMP, "T", "0 = greedy; default from generation_config.json"},
+        {"top-p", 1, OPT_TOPP, "P", "nucleus sampling mass (1 = off)"},
+        {"top-k", 1, OPT_TOPK, "K", "keep the K most likely tokens (0 = off)"},
+        {"max-new-tokens", 1, OPT_MAXNEW, "N", "longest reply in tokens (default 256)"},
+        {"seed", 1, OPT_SEED, "N", "sampling seed (default 42)"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
+        {"help", 0, OPT_HELP, NULL, "show this help"},
+        {NULL, 0, 0, NULL, NULL},
+};
+
+static volatile sig_atomic_t chat_interrupted;
+
+static void chat_on_sigint(int sig) {
+    (void)sig;
+    chat_interrupted = 1;
+}
+
+typedef struct Chat {
+    Model *m;
+    const Tokenizer *tok;
+    const Template *tpl;
+    Sampler s;
+    CliStops st;
+    int max_new;
+    ChatMessage *msgs; /* (cap) role literal, content owned */
+    int n, cap;
+    int n_keep; /* leading messages /reset keeps (the system prompt) */
+} Chat;
+
+static void chat_push(Chat *c, const char *role, const char *content) {
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 8;
+        c->msgs = xrealloc(c->msgs, sizeof(ChatMessage) * (size_t)c->cap);
+    }
+    c->msgs[c->n++] = (ChatMessage){role, xstrdup(content)};
+}
+
+static void chat_truncate(Chat *c, int n) {
+    for (int i = n; i < c->n; i++)
+        free((char *)c->msgs[i].content);
+    c->n = n < c->n ? n : c->n;
+}
+
+/* Drops the oldest user/assistant pair after the kept prefix. */
+static void chat_drop_oldest(Chat *c) {
+    int k = c->n_keep;
+    free((char *)c->msgs[k].content);
+    free((char *)c->msgs[k + 1].content);
+    memmove(&c->msgs[k], &c->msgs[k + 2], sizeof(ChatMessage) * (size_t)(c->n - k - 2));
+    c->n -= 2;
+}
+
+/* Streams the reply; whitespace before its first visible character is not printed. */
+static int chat_print(void *user, const char *text, size_t len) {
+    int *started = user;
+    while (!*started && len && (*text == ' ' || *text == '\t' || *text == '\r' || *text == '\n')) {
+        text++;
+        len--;
+    }
+    if (len) *started = 1;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return chat_interrupted != 0;
+}
+
+/* One turn: appends the user message, generates and streams the reply, appends it. On error the
+ * user message is taken back so the conversation stays well-formed. */
+static int chat_turn(Chat *c, const char *text, TunaErr *err) {
+    chat_push(c, "user", text);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc, ctx = c->m->cfg.max_pos;
+    for (;;) {
+        free(ids);
+        ids = NULL;
+        if ((rc = template_encode_prompt(c->tpl, c->tok, c->msgs, c->n, &ids, &n, err))) goto fail;
+        if (ctx <= 0 || (int)n + c->max_new <= ctx || c->n - c->n_keep < 3) break;
+        chat_drop_oldest(c); /* the history no longer fits: forget the oldest exchange */
+    }
+    if (ctx > 0 && (int)n >= ctx) {
+        rc = tuna_errf(err, TUNA_EINVAL,
+                       "the conversation is %zu tokens, the model's context is %d", n, ctx);
+        goto fail;
+    }
+    int max_new = ctx > 0 && (int)n + c->max_new > ctx ? ctx - (int)n : c->max_new;
+    int started = 0;
+    GenerateOptions opt = {.max_new_tokens = max_new,
+                           .eos_ids = c->st.eos,
+                           .n_eos = c->st.n_eos,
+                           .stops = c->st.stops,
+                           .n_stops = c->st.n_stops,
+                           .on_text = chat_print,
+                           .user = &started};
+    GenerateResult res = {0};
+    chat_interrupted = 0;
+    rc = generate_run(c->m, c->tok, &c->s, ids, n, &opt, &res, err);
+    if (!rc) {
+        fputc('\n', stdout);
+        fflush(stdout);
+        chat_push(c, "assistant", res.text);
+    }
+    generate_result_free(&res);
+    if (rc) goto fail;
+    free(ids);
+    return 0;
+fail:
+    free(ids);
+    chat_truncate(c, c->n - 1);
+    return rc;
+}
+
+static char *trim_line(char *s) {
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+    while (*s == ' ' || *s == '\t')
+        s++;
+    return s;
+}
+
+/* Reads user lines from stdin until EOF or /quit. Errors of one turn are reported and the
+ * conversation goes on; returns 0. */
+static int chat_loop(Chat *c) {
+    int tty = isatty(STDIN_FILENO);
+    struct sigaction sa, old;
+    if (tty) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = chat_on_sigint; /* no SA_RESTART: Ctrl-C at the prompt ends the chat */
+        sigaction(SIGINT, &sa, &old);
+        fprintf(stderr, "tuna chat: type a message and Enter; /reset clears the history, /quit "
+                        "or Ctrl-D ends, Ctrl-C stops a reply\n");
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    for (;;) {
+        if (tty) {
+            fputs("> ", stdout);
+            fflush(stdout);
+        }
+        chat_interrupted = 0;
+        if (getline(&line, &cap, stdin) < 0) {
+            if (tty) fputc('\n', stdout);
+            break;
+        }
+        char *t = trim_line(line);
+        if (!*t) continue;
+        if (!strcmp(t, "/quit") || !strcmp(t, "/exit")) break;
+        if (!strcmp(t, "/reset")) {
+            chat_truncate(c, c->n_keep);
+            if (tty) fprintf(stderr, "(history cleared)\n");
+            continue;
+        }
+        TunaErr err = {0};
+        if (chat_turn(c, t, &err))
+            fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "chat failed");
+    }
+    free(line);
+    if (tty) sigaction(SIGINT, &old, NULL);
+    return 0;
+}
+
+int cmd_chat(int argc, char **argv) {
+    const char *usage =
+            "usage: tuna chat MODEL_DIR [options]\n"
+            "Talks with a model through a chat template. Without --message it reads one "
+            "user message per line\nfrom stdin (\"> \" prompt on a terminal; /reset, /quit).";
+    struct option lo[CLI_MAX_OPTS];
+    cli_longopts(chat_opts, lo);
+    const char *adapter = NULL, *tname = "vanilla", *tdir = "templates", *system = NULL;
+    const char *backend = "cpu";
+    int n_messages = 0, max_new = 256, top_k = -1, threads = 0, seed = 42, sampling_asked = 0;
+    float temp = -1, top_p = -1;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, CLI_OPTSTRING, lo, NULL)) != -1) {
+        switch (c) {
+        case OPT_ADAPTER: adapter = optarg; break;
+        case OPT_TEMPLATE: tname = optarg; break;
+        case OPT_TDIR: tdir = optarg; break;
+        case OPT_SYSTEM: system = optarg; break;
+        case OPT_MESSAGE: n_messages++; break; /* collected in order below */
+        case OPT_TEMP:
+            if (cli_parse_float(optarg, "temperature", 0, 100, &temp)) return 2;
+            break;
+        case OPT_TOPP:
+            if (cli_parse_float(optarg, "top-p", 0, 1, &top_p)) return 2;
+            sampling_asked = 1;
+            break;
+        case OPT_TOPK:
+            if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2;
+            sampling_asked = 1;
+            break;
+        case OPT_MAXNEW:
+            if (cli_parse_int(optarg, "max-new-tokens", 1, 1 << 24, &max_new)) return 2;
+            break;
+        case OPT_SEED:
+            if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2;
+            sampling_asked = 1;
+            break;
+        case OPT_THREADS:
+            if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
+            break;
+        case OPT_BACKEND: backend = optarg; break;
+        case OPT_HELP: cli_help(stdout, usage, chat_opts); return 0;
+        default: cli_bad_option("chat", c, argv); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "tuna chat: expected one MODEL_DIR (see --help)\n");
+        return 2;
+    }
+    const char *dir = argv[optind];
+    // second pass: the --message values, in order
+    const char **messages = xmalloc(sizeof(char *) * (size_t)(n_messages ? n_messages : 1));
+    int k = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, CLI_OPTSTRING, lo, NULL)) != -1)
+        if (c == OPT_MESSAGE) messages[k++] = optarg;
+    opterr = 1;
+
+    TunaErr err = {0};
+    int rc = 1;
+    Backend *be = NULL;
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    Template *tpl = NULL;
+    Chat ch;
+    memset(&ch, 0, sizeof ch);
+    if (template_load(tdir, tname, &tpl, &err)) goto fail; /* cheap: fail before the model */
+    if (cli_load_model(dir, adapter, backend, threads, &be, &m, &tok, &err)) goto fail;
+    const ModelConfig *cfg = &m->cfg;
+    int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
+    float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
+    sampler_init(&ch.s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
+                 top_p >= 0 ? top_p : cfg->gen_top_p, cfg->gen_repetition_penalty);
+    ch.m = m;
+    ch.tok = tok;
+    ch.tpl = tpl;
+    ch.max_new = max_new;
+    cli_stops(m, tok, tpl, &ch.st);
+    if (system) chat_push(&ch, "system", system);
+    ch.n_keep = ch.n;
+    if (n_messages) {
+        for (int i = 0; i < n_messages; i++)
+            if (chat_turn(&ch, messages[i], &err)) goto fail;
+    } else {
+        chat_loop(&ch);
+    }
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "chat failed");
+    chat_truncate(&ch, 0);
+    free(ch.msgs);
+    if (ch.s.probs) sampler_free(&ch.s);
+    free(messages);
+    template_free(tpl);
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+    return rc;
+}

@@ -1,0 +1,341 @@
+/* cmd_eval.c: `tuna eval`, a model (+ LoRA adapter) scored on a dataset, as one JSON object:
+ *   eval_loss, perplexity  mean cross-entropy of the assistant tokens under teacher forcing (the
+ *                          training loss, forward only), and its exp;
+ *   exact_match, bleu-4, rouge-l  greedy generations against the references (textmetrics.h).
+ * The prompt and reference of an example come from its encoded ids: the prompt is everything
+ * before its last trained (assistant) span, the reference is that span decoded without special
+ * tokens and cut at the template's stop words. For single-turn data that is exactly the
+ * conversation up to the answer; for multi-turn data the earlier answers are part of the prompt.
+ * Runs on the calling thread. */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "generate.h"
+#include "model_train.h"
+#include "textmetrics.h"
+#include "xalloc.h"
+
+enum {
+    OPT_MODEL = 256,
+    OPT_ADAPTER,
+    OPT_DATASET,
+    OPT_DDIR,
+    OPT_TEMPLATE,
+    OPT_TDIR,
+    OPT_MAXS,
+    OPT_CUTOFF,
+    OPT_BATCH,
+    OPT_MAXNEW,
+    OPT_VARS,
+    OPT_NOGEN,
+    OPT_OUTPUT,
+    OPT_THREADS,
+    OPT_BACKEND,
+    OPT_QUIET,
+    OPT_HELP
+};
+
+static const CliOpt eval_opts[] = {
+        {"model", 1, OPT_MODEL, "DIR", "Hugging Face checkpoint folder (required)"},
+        {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
+        {"dataset", 1, OPT_DATASET, "NAMES", "dataset_info.json keys, comma-separated (required)"},
+        {"dataset-dir", 1, OPT_DDIR, "DIR", "folder with dataset_info.json (default datasets)"},
+        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default vanilla)"},
+        {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
+        {"max-samples", 1, OPT_MAXS, "N", "rows read per dataset (default 0 = all)"},
+        {"cutoff-len", 1, OPT_CUTOFF, "N", "truncate examples to N tokens (default 512)"},
+        {"batch-size", 1, OPT_BATCH, "N", "rows per forward pass for the loss (default 8)"},
+        {"max-new-tokens", 1, OPT_MAXNEW, "N", "longest generated answer (default 64)"},
+        {"vars", 1, OPT_VARS, "K=V,...", "fill {{K}} placeholders in the data"},
+        {"no-generate", 0, OPT_NOGEN, NULL, "loss and perplexity only (metrics are null)"},
+        {"output", 1, OPT_OUTPUT, "FILE", "also write the JSON to FILE"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
+        {"quiet", 0, OPT_QUIET, NULL, "no progress or summary on stderr"},
+        {"help", 0, OPT_HELP, NULL, "show this help"},
+        {NULL, 0, 0, NULL, NULL},
+};
+
+// --- loss
+
+/* Mean token cross-entropy over d: rows of B examples, T = the longest example, right-padded
+ * (pads and prompt tokens do not count). */
+static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int progress,
+                     double *loss, long *n_tokens, TunaErr *err) {
+    int maxlen = 2;
+    for (size_t i = 0; i < d->n; i++)
+        maxlen = d->ex[i].n > maxlen ? d->ex[i].n : maxlen;
+    int T = maxlen < cutoff ? maxlen : cutoff;
+    int B = (size_t)batch_size < d->n ? batch_size : (int)d->n;
+    TrainSetup setup = {.method = METHOD_NONE};
+    TrainState *ts = NULL;
+    Batcher bt;
+    int rc = train_state_init(m, &setup, B, T, &ts, err);
+    if (rc) return rc;
+    if ((rc = batcher_init(&bt, d, B, T, 0, 1, err))) {
+        train_state_free(ts);
+        return rc;
+    }
+    double sum = 0;
+    long cnt = 0;
+    size_t nb = batcher_batches_per_epoch(&bt);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&bt, &b);
+        double s = 0;
+        int c = 0;
+        rc = train_step_fb(ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
+        sum += s;
+        cnt += c;
+        if (progress) fprintf(stderr, "\reval: loss %zu/%zu", i + 1, nb);
+    }
+    if (progress) fputc('\n', stderr);
+    batcher_free(&bt);
+    train_state_free(ts);
+    *loss = cnt ? sum / (double)cnt : (double)NAN;
+    *n_tokens = cnt;
+    return rc;
+}
+
+// --- generation metrics
+
+typedef struct Sample {
+    char *prompt, *reference, *prediction;
+} Sample;
+
+/* Decodes ids without special tokens, cuts at the first stop string, trims whitespace. */
+static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, const CliStops *st) {
+    char *s = tokenizer_decode(tok, ids, n, 1);
+    cli_cut_at_stop(s, st);
+    size_t b = 0, e = strlen(s);
+    while (b < e && strchr(" \t\r\n", s[b]))
+        b++;
+    while (e > b && strchr(" \t\r\n", s[e - 1]))
+        e--;
+    memmove(s, s + b, e - b);
+    s[e - b] = '\0';
+    return s;
+}
+
+/* Greedy answer of one example: prompt = ids before the last trained span. */
+static int eval_example(Model *m, const Tokenizer *tok, const Example *ex, const CliStops *st,
+                        int max_new, Sampler *s, Sample *out, TunaErr *err) {
+    int e = ex->n;
+    while (e > 0 && ex->labels[e - 1] == TEMPLATE_IGNORE)
+        e--;
+    int b = e;
+    while (b > 0 && ex->labels[b - 1] != TEMPLATE_IGNORE)
+        b--;
+    out->reference = decode_answer(tok, ex->ids + b, (size_t)(e - b), st);
+    out->prompt = tokenizer_decode(tok, ex->ids, (size_t)b, 1);
+    int32_t bos = m->cfg.bos_id >= 0 ? m->cfg.bos_id : tokenizer_bos_id(tok);
+    const int32_t *prompt = ex->ids;
+    size_t n_prompt = (size_t)b;
+    if (!n_prompt) { /* nothing before the answer: start from BOS as generate does */
+        if (bos < 0) {
+            out->prediction = xstrdup("");
+            return 0;
+        }
+        prompt = &bos;
+        n_prompt = 1;
+    }
+    GenerateOptions opt = {.max_new_tokens = max_new,
+                           .eos_ids = st->eos,
+                           .n_eos = st->n_eos,
+                           .stops = st->stops,
+                           .n_stops = st->n_stops};
+    GenerateResult res = {0};
+    int rc = generate_run(m, tok, s, prompt, n_prompt, &opt, &res, err);
+    if (!rc) out->prediction = decode_answer(tok, res.ids, res.n_ids, st);
+    generate_result_free(&res);
+    return rc;
+}
+
+// --- report
+
+static int write_text(const char *path, const char *text, TunaErr *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
+    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+}
+
+static void add_num_or_null(cJSON *o, const char *key, int have, double v) {
+    if (have && isfinite(v))
+        cJSON_AddNumberToObject(o, key, v);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *usage = "usage: tuna eval --model DIR --dataset NAMES [options]\n"
+                        "Scores a model (and adapter) on a dataset: loss and perplexity on the "
+                        "answers, and exact match,\nBLEU-4 and ROUGE-L (as LLaMA-Factory reports "
+                        "them) of greedy answers. Prints one JSON object.";
+    struct option lo[CLI_MAX_OPTS];
+    cli_longopts(eval_opts, lo);
+    const char *model = NULL, *adapter = NULL, *dataset = NULL, *ddir = "datasets";
+    const char *tname = "vanilla", *tdir = "templates", *vars = NULL, *output = NULL;
+    const char *backend = "cpu";
+    int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, threads = 0, quiet = 0;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, CLI_OPTSTRING, lo, NULL)) != -1) {
+        switch (c) {
+        case OPT_MODEL: model = optarg; break;
+        case OPT_ADAPTER: adapter = optarg; break;
+        case OPT_DATASET: dataset = optarg; break;
+        case OPT_DDIR: ddir = optarg; break;
+        case OPT_TEMPLATE: tname = optarg; break;
+        case OPT_TDIR: tdir = optarg; break;
+        case OPT_MAXS:
+            if (cli_parse_int(optarg, "max-samples", 0, 1 << 30, &max_samples)) return 2;
+            break;
+        case OPT_CUTOFF:
+            if (cli_parse_int(optarg, "cutoff-len", 2, 1 << 24, &cutoff)) return 2;
+            break;
+        case OPT_BATCH:
+            if (cli_parse_int(optarg, "batch-size", 1, 4096, &batch)) return 2;
+            break;
+        case OPT_MAXNEW:
+            if (cli_parse_int(optarg, "max-new-tokens", 1, 1 << 24, &max_new)) return 2;
+            break;
+        case OPT_VARS: vars = optarg; break;
+        case OPT_NOGEN: nogen = 1; break;
+        case OPT_OUTPUT: output = optarg; break;
+        case OPT_THREADS:
+            if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
+            break;
+        case OPT_BACKEND: backend = optarg; break;
+        case OPT_QUIET: quiet = 1; break;
+        case OPT_HELP: cli_help(stdout, usage, eval_opts); return 0;
+        default: cli_bad_option("eval", c, argv); return 2;
+        }
+    }
+    opterr = 1;
+    if (optind < argc) {
+        fprintf(stderr, "tuna eval: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!model || !dataset) {
+        fprintf(stderr, "tuna eval: --model and --dataset are required (see --help)\n");
+        return 2;
+    }
+    int progress = !quiet && isatty(STDERR_FILENO);
+    TunaErr err = {0};
+    int rc = 1;
+    Backend *be = NULL;
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    Template *tpl = NULL;
+    Dataset *d = NULL;
+    Sample *samples = NULL;
+    Sampler s = {0};
+    cJSON *root = NULL;
+    char *json = NULL;
+    size_t n_gen = 0;
+    double t0 = time_now();
+    if (template_load(tdir, tname, &tpl, &err)) goto fail;
+    if (cli_load_model(model, adapter, backend, threads, &be, &m, &tok, &err)) goto fail;
+    DatasetOptions dopt = {.names = dataset,
+                           .dataset_dir = ddir,
+                           .vars = vars,
+                           .cutoff_len = cutoff,
+                           .max_samples = max_samples};
+    if (dataset_load(&dopt, tok, tpl, &d, &err)) goto fail;
+    if (d->n_skipped && !quiet)
+        fprintf(stderr, "eval: skipped %zu bad rows (first: %s)\n", d->n_skipped,
+                d->n_msgs ? d->msgs[0] : "?");
+    if (d->n == 0) {
+        tuna_errf(&err, TUNA_EINVAL, "%s: no examples with an answer to score", dataset);
+        goto fail;
+    }
+
+    double loss;
+    long n_tokens;
+    if (eval_loss(m, d, batch, cutoff, progress, &loss, &n_tokens, &err)) goto fail;
+    double t_loss = time_now();
+
+    double em = 0, bleu = 0, rouge = 0;
+    if (!nogen) {
+        CliStops st;
+        cli_stops(m, tok, tpl, &st);
+        sampler_init(&s, m->cfg.V, 0, 0, 0, 1, 1); /* greedy */
+        samples = xcalloc(d->n, sizeof(Sample));
+        for (size_t i = 0; i < d->n; i++) {
+            if (eval_example(m, tok, &d->ex[i], &st, max_new, &s, &samples[i], &err)) goto fail;
+            n_gen = i + 1;
+            em += textmetrics_exact_match(samples[i].prediction, samples[i].reference);
+            bleu += textmetrics_bleu4(samples[i].prediction, samples[i].reference);
+            rouge += textmetrics_rouge_l(samples[i].prediction, samples[i].reference);
+            if (progress) fprintf(stderr, "\reval: generating %zu/%zu", i + 1, d->n);
+        }
+        if (progress) fputc('\n', stderr);
+        em /= (double)d->n;
+        bleu /= (double)d->n;
+        rouge /= (double)d->n;
+    }
+
+    root = cJSON_CreateObject();
+    add_num_or_null(root, "eval_loss", 1, loss);
+    add_num_or_null(root, "perplexity", 1, exp(loss));
+    cJSON_AddNumberToObject(root, "n_samples", (double)d->n);
+    cJSON_AddNumberToObject(root, "n_tokens", (double)n_tokens);
+    add_num_or_null(root, "exact_match", !nogen, em);
+    add_num_or_null(root, "bleu-4", !nogen, bleu);
+    add_num_or_null(root, "rouge-l", !nogen, rouge);
+    cJSON_AddStringToObject(root, "model", model);
+    if (adapter)
+        cJSON_AddStringToObject(root, "adapter", adapter);
+    else
+        cJSON_AddNullToObject(root, "adapter");
+    cJSON_AddStringToObject(root, "dataset", dataset);
+    cJSON_AddStringToObject(root, "template", tname);
+    cJSON *arr = cJSON_AddArrayToObject(root, "samples");
+    for (size_t i = 0; i < n_gen && i < 3; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "prompt", samples[i].prompt);
+        cJSON_AddStringToObject(o, "reference", samples[i].reference);
+        cJSON_AddStringToObject(o, "prediction", samples[i].prediction);
+        cJSON_AddItemToArray(arr, o);
+    }
+    json = cJSON_Print(root);
+    if (output && write_text(output, json, &err)) goto fail;
+    puts(json);
+    fflush(stdout);
+    if (!quiet && nogen)
+        fprintf(stderr, "eval: %zu samples, %ld answer tokens, loss %.4f (%.1f s)\n", d->n,
+                n_tokens, loss, t_loss - t0);
+    else if (!quiet)
+        fprintf(stderr,
+                "eval: %zu samples, %ld answer tokens, loss %.4f (%.1f s), exact match "
+                "%.3f, generation %.1f s\n",
+                d->n, n_tokens, loss, t_loss - t0, em, time_now() - t_loss);
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "eval failed");
+    for (size_t i = 0; samples && i < d->n; i++) { /* xcalloc'd: unfilled entries are NULL */
+        free(samples[i].prompt);
+        free(samples[i].reference);
+        free(samples[i].prediction);
+    }
+    free(samples);
+    free(json);
+    cJSON_Delete(root);
+    if (s.probs) sampler_free(&s);
+    dataset_free(d);
+    template_free(tpl);
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+    return rc;
+}

@@ -1,0 +1,244 @@
+/* test_cli_chat_eval.c: `tuna chat` and `tuna eval` end to end on the bundled stories260K and
+ * datasets/: chat answers (--message, several --message, lines on stdin), eval prints one valid
+ * JSON report (finite loss, perplexity = exp(loss), metrics in range, --vars applied, --output
+ * equal to stdout, loss independent of the batch size), and bad arguments fail with one line on
+ * stderr. Runs ./tuna (or $TUNA_BIN) from the repo root; a few seconds. */
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "harness.h"
+#include "src/xalloc.h"
+
+static const char *bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
+static char tmpdir[64];
+
+/* Runs `tuna ARGS` (stdin from in_file if not NULL); returns the exit status and the captured
+ * stdout / stderr (malloc'd). */
+static int run(const char *args, const char *in_file, char **out, char **err) {
+    char cmd[2048], po[128], pe[128];
+    snprintf(po, sizeof po, "%s/stdout", tmpdir);
+    snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", bin(), args, in_file ? in_file : "/dev/null",
+             po, pe);
+    int st = system(cmd);
+    *out = xread_file(po, NULL);
+    *err = xread_file(pe, NULL);
+    if (!*out) *out = xstrdup("");
+    if (!*err) *err = xstrdup("");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int has_visible_text(const char *s) {
+    for (; *s; s++)
+        if (*s != ' ' && *s != '\n' && *s != '\t' && *s != '\r') return 1;
+    return 0;
+}
+
+static double num(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : (double)NAN;
+}
+
+// --- chat
+
+static void test_chat(void) {
+    char *out, *err;
+    int rc = run("chat models/stories260K --message \"Who are you?\" --max-new-tokens 24", NULL,
+                 &out, &err);
+    CHECK(rc == 0, "chat --message: exit %d, stderr: %s", rc, err);
+    CHECK(has_visible_text(out), "chat printed no reply");
+    CHECK(strncmp(out, "> ", 2), "no prompt without a terminal");
+    free(out);
+    free(err);
+
+    /* a scripted two-turn conversation with a system prompt and another template */
+    rc = run("chat models/stories260K --template chatml --system \"You are a storyteller.\" "
+             "--message Hi --message \"Tell me more\" --max-new-tokens 12 --temperature 0.8 "
+             "--top-p 0.9 --top-k 40 --seed 7",
+             NULL, &out, &err);
+    CHECK(rc == 0, "chat two turns: exit %d, stderr: %s", rc, err);
+    CHECK(has_visible_text(out), "chat two turns printed nothing");
+    free(out);
+    free(err);
+
+    /* interactive mode fed by a pipe: /reset and /quit are commands, lines after /quit unread */
+    char in[128];
+    snprintf(in, sizeof in, "%s/stdin", tmpdir);
+    FILE *f = fopen(in, "w");
+    fputs("hello\n/reset\n\nOnce upon a time\n/quit\nnever sent\n", f);
+    fclose(f);
+    rc = run("chat models/stories260K --max-new-tokens 16", in, &out, &err);
+    CHECK(rc == 0, "chat stdin: exit %d, stderr: %s", rc, err);
+    CHECK(has_visible_text(out), "chat stdin printed nothing");
+    free(out);
+    free(err);
+}
+
+// --- eval
+
+/* Parses a report and checks what every report must hold; returns it (caller deletes). */
+static cJSON *check_report(const char *what, const char *out, int generated) {
+    cJSON *j = cJSON_Parse(out);
+    CHECK(cJSON_IsObject(j), "%s: stdout is not one JSON object: %.200s", what, out);
+    if (!cJSON_IsObject(j)) return j;
+    double loss = num(j, "eval_loss"), ppl = num(j, "perplexity");
+    CHECK(isfinite(loss) && loss > 0, "%s: eval_loss %g", what, loss);
+    CHECK(fabs(ppl - exp(loss)) <= 1e-4 * exp(loss), "%s: perplexity %g vs exp(loss) %g", what, ppl,
+          exp(loss));
+    CHECK(num(j, "n_samples") >= 1 && num(j, "n_tokens") >= num(j, "n_samples"),
+          "%s: n_samples %g n_tokens %g", what, num(j, "n_samples"), num(j, "n_tokens"));
+    CHECK(cJSON_IsString(cJSON_GetObjectItem(j, "model")) &&
+                  cJSON_IsString(cJSON_GetObjectItem(j, "dataset")) &&
+                  cJSON_IsNull(cJSON_GetObjectItem(j, "adapter")),
+          "%s: model/dataset/adapter keys", what);
+    const cJSON *samples = cJSON_GetObjectItem(j, "samples");
+    if (generated) {
+        double em = num(j, "exact_match"), b = num(j, "bleu-4"), r = num(j, "rouge-l");
+        CHECK(em >= 0 && em <= 1, "%s: exact_match %g", what, em);
+        CHECK(b >= 0 && b <= 100, "%s: bleu-4 %g", what, b);
+        CHECK(r >= 0 && r <= 100, "%s: rouge-l %g", what, r);
+        CHECK(cJSON_GetArraySize(samples) == 3, "%s: %d samples", what,
+              cJSON_GetArraySize(samples));
+        const cJSON *s0 = cJSON_GetArrayItem(samples, 0);
+        CHECK(cJSON_IsString(cJSON_GetObjectItem(s0, "prompt")) &&
+                      cJSON_IsString(cJSON_GetObjectItem(s0, "reference")) &&
+                      cJSON_IsString(cJSON_GetObjectItem(s0, "prediction")),
+              "%s: sample fields", what);
+    } else {
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "exact_match")), "%s: exact_match not null",
+              what);
+    }
+    return j;
+}
+
+static const char *sample_str(const cJSON *j, int i, const char *key) {
+    const char *s = cJSON_GetStringValue(
+            cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "samples"), i), key));
+    return s ? s : "";
+}
+
+static void test_eval(void) {
+    char *out, *err, args[1024], path[128];
+    snprintf(path, sizeof path, "%s/report.json", tmpdir);
+
+    /* identity with its placeholders filled, report also written to a file */
+    snprintf(args, sizeof args,
+             "eval --model models/stories260K --dataset identity --dataset-dir datasets "
+             "--vars name=Tuna,author=Ann --max-samples 8 --max-new-tokens 32 --output %s",
+             path);
+    int rc = run(args, NULL, &out, &err);
+    CHECK(rc == 0, "eval identity: exit %d, stderr: %s", rc, err);
+    cJSON *j = check_report("identity", out, 1);
+    CHECK(num(j, "n_samples") == 8, "identity: n_samples %g", num(j, "n_samples"));
+    const char *ref = sample_str(j, 0, "reference");
+    CHECK(strstr(ref, "Tuna") && !strstr(ref, "{{"), "identity: --vars not applied: \"%s\"", ref);
+    char *file = xread_file(path, NULL);
+    cJSON *jf = file ? cJSON_Parse(file) : NULL;
+    CHECK(jf && num(jf, "eval_loss") == num(j, "eval_loss"), "--output differs from stdout");
+    cJSON_Delete(jf);
+    free(file);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+
+    /* classification by generation: 20 rotten tomatoes reviews */
+    rc = run(
+            "eval --model models/stories260K --dataset rotten_tomatoes_test --dataset-dir datasets "
+            "--template vanilla --max-samples 20",
+            NULL, &out, &err);
+    CHECK(rc == 0, "eval rotten_tomatoes: exit %d, stderr: %s", rc, err);
+    j = check_report("rotten_tomatoes", out, 1);
+    CHECK(num(j, "n_samples") == 20, "rotten_tomatoes: n_samples %g", num(j, "n_samples"));
+    CHECK(!strcmp(sample_str(j, 0, "reference"), "neg"), "first reference \"%s\", want neg",
+          sample_str(j, 0, "reference"));
+    CHECK(strstr(sample_str(j, 0, "prompt"), "Classify the sentiment") != NULL, "prompt \"%s\"",
+          sample_str(j, 0, "prompt"));
+    double loss = num(j, "eval_loss");
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+
+    /* loss only, one row per batch: the same loss (padding must not count) */
+    rc = run("eval --model models/stories260K --dataset rotten_tomatoes_test --max-samples 20 "
+             "--no-generate --batch-size 1 --quiet",
+             NULL, &out, &err);
+    CHECK(rc == 0, "eval --no-generate: exit %d, stderr: %s", rc, err);
+    CHECK(!*err, "--quiet wrote to stderr: %s", err);
+    j = check_report("no-generate", out, 0);
+    CHECK(fabs(num(j, "eval_loss") - loss) <= 1e-5 * loss, "loss with B=1 %.9g vs B=8 %.9g",
+          num(j, "eval_loss"), loss);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+
+// --- bad arguments: non-zero exit, one line on stderr, nothing on stdout
+
+static void test_bad_args(void) {
+    static const char *bad[] = {
+            "chat",
+            "chat models/stories260K --bogus",
+            "chat models/stories260K --temperature hot --message hi",
+            "chat models/stories260K --max-new-tokens",
+            "chat models/stories260K --template no_such_template --message hi",
+            "chat no/such/model --message hi",
+            "chat models/stories260K --adapter no/such/adapter --message hi",
+            "eval --dataset identity",
+            "eval --model models/stories260K",
+            "eval --model models/stories260K --dataset no_such_dataset",
+            "eval --model models/stories260K --dataset identity --batch-size 0",
+            "eval --model models/stories260K --dataset identity --cutoff-len x",
+            "eval --model models/stories260K --dataset identity stray",
+            "eval --model models/stories260K --dataset identity --output /no/such/dir/r.json "
+            "--max-samples 2 --no-generate",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *out, *err;
+        int rc = run(bad[i], NULL, &out, &err);
+        size_t nl = 0;
+        for (const char *p = err; *p; p++)
+            nl += *p == '\n';
+        CHECK(rc != 0, "`tuna %s` exited 0", bad[i]);
+        CHECK(nl == 1 && strlen(err) > 6, "`tuna %s`: stderr is not one line: \"%s\"", bad[i], err);
+        CHECK(!*out, "`tuna %s`: stdout \"%s\"", bad[i], out);
+        free(out);
+        free(err);
+    }
+    char *out, *err;
+    int rc = run("eval --help", NULL, &out, &err);
+    CHECK(rc == 0 && strstr(out, "--max-new-tokens") && strstr(out, "--no-generate"),
+          "eval --help");
+    free(out);
+    free(err);
+    rc = run("chat --help", NULL, &out, &err);
+    CHECK(rc == 0 && strstr(out, "--message") && strstr(out, "--adapter"), "chat --help");
+    free(out);
+    free(err);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna-chat-eval-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    struct stat sb;
+    if (stat("models/stories260K/model.safetensors", &sb)) {
+        SKIP("run from the repo root (models/stories260K missing)");
+        return test_report("test_cli_chat_eval");
+    }
+    test_chat();
+    test_eval();
+    test_bad_args();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    CHECK(system(cmd) == 0, "cleanup");
+    return test_report("test_cli_chat_eval");
+}
