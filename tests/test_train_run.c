@@ -50,9 +50,7 @@ static int read_losses(const char *dir, double *loss, int cap, double *eval0, do
     return n;
 }
 
-static int sh(const char *fmt, const char *a, const char *b) {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, fmt, bin(), a, b);
+static int sh(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
@@ -104,8 +102,8 @@ int main(void) {
     // --- the reference run
     snprintf(d, sizeof d, "%s/ref", tmp);
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%%s train " BASE "%%s --output %%s");
-    CHECK(sh(cmd, args, d) == 0, "reference training failed");
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --output %s", bin(), args, d);
+    CHECK(sh(cmd) == 0, "reference training failed");
     double ref[64] = {0}, e0 = 0, e1 = 0;
     CHECK(read_losses(d, ref, 64, &e0, &e1) == N, "expected %d step lines", N);
     CHECK(e1 < e0, "LoRA: eval loss did not go down: %.4f -> %.4f", e0, e1);
@@ -127,8 +125,8 @@ int main(void) {
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT: trainer did not exit cleanly (status %d)", st);
     double got[64] = {0};
-    snprintf(cmd, sizeof cmd, "%%s train --resume %%s --quiet%%s");
-    CHECK(sh(cmd, d2, "") == 0, "resume after SIGINT failed");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
+    CHECK(sh(cmd) == 0, "resume after SIGINT failed");
     CHECK(read_losses(d2, got, 64, NULL, NULL) == N, "resumed run: expected %d step lines", N);
     compare("SIGINT + resume", ref, got, N);
     // --- SIGKILL between checkpoints: resume from the last checkpoint, redo the lost steps
@@ -137,22 +135,23 @@ int main(void) {
     wait_step(d2, 15);
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
-    CHECK(sh(cmd, d2, "") == 0, "resume after SIGKILL failed");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
+    CHECK(sh(cmd) == 0, "resume after SIGKILL failed");
     memset(got, 0, sizeof got);
     CHECK(read_losses(d2, got, 64, NULL, NULL) == N, "resumed run after SIGKILL: expected %d step lines", N);
     compare("SIGKILL + resume", ref, got, N);
     // --- the saved config replays the same run
     snprintf(d2, sizeof d2, "%s/replay", tmp);
     snprintf(p, sizeof p, "%s/train_config.json", d);
-    snprintf(cmd, sizeof cmd, "%%s train --config %%s --quiet --output %%s");
-    CHECK(sh(cmd, p, d2) == 0, "--config replay failed");
+    snprintf(cmd, sizeof cmd, "%s train --config %s --quiet --output %s", bin(), p, d2);
+    CHECK(sh(cmd) == 0, "--config replay failed");
     memset(got, 0, sizeof got);
     read_losses(d2, got, 64, NULL, NULL);
     compare("--config replay", ref, got, N);
     // --- full fine-tuning lowers eval loss too
     snprintf(d2, sizeof d2, "%s/full", tmp);
-    snprintf(cmd, sizeof cmd, "%%s train " BASE "%%s --output %%s");
-    CHECK(sh(cmd, "--method full --lr 3e-3 --max-steps 20 --eval-steps 20 --save-steps 0", d2) == 0, "full training failed");
+    snprintf(cmd, sizeof cmd, "%s train " BASE "--method full --lr 3e-3 --max-steps 20 --eval-steps 20 --save-steps 0 --output %s", bin(), d2);
+    CHECK(sh(cmd) == 0, "full training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "full: eval loss did not go down: %.4f -> %.4f", e0, e1);
     printf("  full: eval loss %.4f -> %.4f over 20 steps\n", e0, e1);
@@ -160,7 +159,18 @@ int main(void) {
     CHECK(access(p, R_OK) == 0, "full run lacks model.safetensors");
     // --- freeze
     snprintf(d2, sizeof d2, "%s/freeze", tmp);
-    CHECK(sh(cmd, "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 --eval-steps 10 --save-steps 0", d2) == 0, "freeze training failed");
+    snprintf(cmd, sizeof cmd, "%s train " BASE "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
+    CHECK(sh(cmd) == 0, "freeze training failed");
+    // --- ptuning
+    snprintf(d2, sizeof d2, "%s/pt", tmp);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "--method ptuning --prefix-tokens 8 --lr 3e-2 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
+    CHECK(sh(cmd) == 0, "ptuning training failed");
+    read_losses(d2, got, 64, &e0, &e1);
+    CHECK(e1 < e0, "ptuning: eval loss did not go down: %.4f -> %.4f", e0, e1);
+    snprintf(p, sizeof p, "%s/adapter_config.json", d2);
+    char *ac = xread_file(p, NULL);
+    CHECK(ac && strstr(ac, "PREFIX_TUNING"), "ptuning run lacks a PREFIX_TUNING adapter_config.json");
+    free(ac);
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
     // --- bad input: one line, non-zero
