@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../kernels/backend.h"
+#include "../ui/ui.h"
 #include "cli.h"
 #include "config.h"
 #include "err.h"
@@ -267,6 +268,8 @@ static const struct {
         {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
         {"chat", cmd_chat, "chat with a model (and adapter) using a template"},
         {"eval", cmd_eval, "loss, perplexity, exact match, BLEU-4, ROUGE-L as one JSON object"},
+        {"ui", cmd_ui, "the workbench: setup, train, chat, runs (also: tuna with no arguments)"},
+        {"watch", cmd_watch, "follow a run folder (live or finished) in the terminal UI"},
         {"train", cmd_train, "fine-tune (full, freeze, LoRA); --help lists every option"},
         {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
         {"template", cmd_template, "list templates, or show one rendered example with its loss mask"},
@@ -279,9 +282,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    if (argc < 2) return cmd_ui(argc, argv); /* the workbench */
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);

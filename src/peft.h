@@ -17,6 +17,13 @@
 /* Merges the PEFT LoRA adapter in dir into m. */
 int adapter_load(Model *m, const char *dir, TunaErr *err);
 
+/* Loads what dir holds: a model (config.json + weights), or an adapter folder (a run of
+ * `tuna train --method lora|ptuning`, or any PEFT adapter) whose adapter_config.json names its
+ * base_model_name_or_path: then the base is loaded and the adapter applied. base_dir gets the
+ * folder the tokenizer comes from. */
+int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
+                   TunaErr *err);
+
 /* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets is filled with the
  * comma list and must outlive the setup. */
 int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,

@@ -22,6 +22,9 @@ status=0
 echo "=== generation speed: tuna vs PyTorch ==="
 "$PY" tests/bench/bench_generate.py $TORCH_FLAG || status=1
 
+echo "=== training throughput: tuna vs PyTorch, llm.c, llama.cpp ==="
+"$PY" tests/bench/bench_train.py $TORCH_FLAG || status=1
+
 # --- C micro-benchmarks (build/bench/*) ---------------------------------------------------
 # LEAD: add the bench binaries here once they exist, e.g.
 #   make build/bench/bench_kernels && ./build/bench/bench_kernels || status=1

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""PEFT / transformers interop of tuna's LoRA adapters and merged exports (issue 3 acceptance).
+
+    /opt/tuna-venv/bin/python tests/interop/check_interop.py [--tuna ./tuna] [--model models/stories260K] [--keep]
+
+1. tuna -> peft: `tuna train` a LoRA (all linear layers) on the identity dataset for 10 steps, load
+   the run's adapter with peft.PeftModel.from_pretrained on the HF base model; `tuna export` the
+   merged checkpoint and compare transformers' logits of it with peft's base+adapter logits
+   (max abs diff <= 1e-4); `tuna generate MERGED --temperature 0 --json` ids must equal
+   transformers' greedy generate on base+adapter.
+2. peft -> tuna: LoRA adapters trained for a few steps in peft on random tokens and saved with
+   save_pretrained (all linear layers r=8 alpha=16; q,v only r=4 alpha=32 rsLoRA) are merged by
+   `tuna export --adapter PEFT_DIR` and transformers' logits of the result must match peft's
+   base+adapter logits (<= 1e-4); greedy ids from tuna generate must match peft's.
+Prints one line per check and "interop: N passed, N failed"; exit status 1 on any failure.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TOL = 1e-4
+PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play"
+GEN_PROMPT = "Once upon a time"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+passed = 0
+failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+    else:
+        failed += 1
+    print(f"{'PASS' if ok else 'FAIL'}  {name}{'  (' + detail + ')' if detail else ''}", flush=True)
+    return ok
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = " | ".join((p.stderr or p.stdout).strip().splitlines()[-4:])
+        print(f"      $ {' '.join(cmd)}\n      exit {p.returncode}: {tail}", flush=True)
+    return p
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tuna", default=os.path.join(ROOT, "tuna"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "stories260K"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+    import transformers
+    import peft
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(2)
+    print(f"interop: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"base {args.model}", flush=True)
+
+    tuna, base_dir = args.tuna, args.model
+    work = tempfile.mkdtemp(prefix="tuna-interop-")
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    gen_ids = tok(GEN_PROMPT, return_tensors="pt").input_ids
+
+    def load_base():
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+
+    @torch.no_grad()
+    def logits_of(model):
+        return model(input_ids=ids).logits.float()
+
+    @torch.no_grad()
+    def greedy(model, n=20):
+        out = model.generate(input_ids=gen_ids, attention_mask=torch.ones_like(gen_ids), do_sample=False,
+                             max_new_tokens=n, pad_token_id=0)
+        return out[0, gen_ids.shape[1]:].tolist()
+
+    def tuna_generate(model_dir, n=20):
+        p = run([tuna, "generate", model_dir, "--prompt", GEN_PROMPT, "--temperature", "0",
+                 "--max-new-tokens", str(n), "--json", "--threads", "2", "--quiet"])
+        if p.returncode != 0:
+            return None, None
+        line = [l for l in p.stdout.splitlines() if l.startswith("{")][-1]
+        j = json.loads(line)
+        return j.get("prompt_ids"), j["ids"]
+
+    base_logits = logits_of(load_base())
+
+    def compare_merged(label, adapter_dir, peft_model):
+        """tuna export base+adapter -> transformers logits vs peft logits; tuna generate vs peft generate."""
+        merged = os.path.join(work, label + "-merged")
+        p = run([tuna, "export", "--model", base_dir, "--adapter", adapter_dir, "--out", merged])
+        if not check(f"{label}: tuna export --adapter merges it", p.returncode == 0 and
+                     os.path.exists(os.path.join(merged, "model.safetensors"))):
+            return
+        pl = logits_of(peft_model)
+        effect = (pl - base_logits).abs().max().item()
+        check(f"{label}: the adapter changes the logits (test is not vacuous)", effect > 1e-3,
+              f"max |peft - base| = {effect:.3g}")
+        ml = logits_of(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval())
+        d = (ml - pl).abs().max().item()
+        check(f"{label}: transformers(tuna merged) logits == peft(base+adapter) logits", d <= TOL,
+              f"max abs diff {d:.3g} over {tuple(pl.shape)}, tol {TOL:g}")
+        want = greedy(peft_model)
+        prompt_ids, got = tuna_generate(merged)
+        check(f"{label}: tuna generate MERGED greedy ids == transformers generate(base+adapter)",
+              got == want and prompt_ids == gen_ids[0].tolist(),
+              f"tuna {got} vs peft {want}" if got != want else f"{len(got)} tokens, prompt ids {prompt_ids}")
+
+    # ---- 1. tuna -> peft ----------------------------------------------------------------
+    run_dir = os.path.join(work, "tuna-run")
+    p = run([tuna, "train", "--model", base_dir, "--dataset", "identity",
+             "--dataset-dir", os.path.join(ROOT, "datasets"), "--templates-dir", os.path.join(ROOT, "templates"),
+             "--vars", "name=Tuna,author=Ann", "--method", "lora", "--lora-target", "all",
+             "--lora-rank", "8", "--lora-alpha", "16", "--lr", "5e-3", "--max-steps", "10",
+             "--eval-steps", "0", "--save-steps", "0", "--val-size", "0", "--sample-prompts", "",
+             "--threads", "2", "--output", run_dir, "--quiet"])
+    ok = check("tuna train --method lora --lora-target all (10 steps) writes a PEFT adapter",
+               p.returncode == 0 and all(os.path.exists(os.path.join(run_dir, f))
+                                         for f in ("adapter_config.json", "adapter_model.safetensors")))
+    if ok:
+        with open(os.path.join(run_dir, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        check("tuna adapter_config.json targets all 7 linear modules",
+              sorted(cfg.get("target_modules") or []) == sorted(ALL_LINEAR), str(cfg.get("target_modules")))
+        try:
+            pm = PeftModel.from_pretrained(load_base(), run_dir).eval()
+            loaded = True
+        except Exception as e:  # noqa: BLE001
+            loaded = False
+            print(f"      {type(e).__name__}: {e}")
+        if check("peft PeftModel.from_pretrained loads tuna's adapter", loaded):
+            # every tensor of the file is one peft expects, and every peft LoRA tensor is in the file
+            with safe_open(os.path.join(run_dir, "adapter_model.safetensors"), "pt") as f:
+                file_keys = set(f.keys())
+                file_t = {k: f.get_tensor(k) for k in file_keys}
+            want_keys = set(peft.get_peft_model_state_dict(pm).keys())
+            check("tuna's tensor names == peft's (no missing or unexpected keys)", file_keys == want_keys,
+                  f"{len(file_keys)} tensors" if file_keys == want_keys else
+                  f"missing {sorted(want_keys - file_keys)[:3]} unexpected {sorted(file_keys - want_keys)[:3]}")
+            sd = peft.get_peft_model_state_dict(pm)
+            d = max(((sd[k] - file_t[k]).abs().max().item() for k in file_keys & set(sd)), default=float("inf"))
+            check("peft holds exactly the adapter tensors tuna wrote", d == 0.0, f"max diff {d:.3g}")
+            compare_merged("tuna->peft", run_dir, pm)
+
+    # ---- 2. peft -> tuna ----------------------------------------------------------------
+    variants = [
+        ("peft->tuna (all linear, r=8, alpha=16)", dict(r=8, lora_alpha=16, target_modules=ALL_LINEAR)),
+        ("peft->tuna (q,v, r=4, alpha=32, rsLoRA)", dict(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                          use_rslora=True)),
+    ]
+    for i, (label, kw) in enumerate(variants):
+        torch.manual_seed(100 + i)
+        model = get_peft_model(load_base(), LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **kw))
+        model.train()
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-2)
+        vocab = model.config.vocab_size
+        for _ in range(5):
+            x = torch.randint(3, vocab, (4, 32))
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        pdir = os.path.join(work, f"peft-adapter-{i}")
+        model.save_pretrained(pdir)
+        check(f"{label}: save_pretrained wrote adapter_model.safetensors",
+              os.path.exists(os.path.join(pdir, "adapter_model.safetensors")))
+        compare_merged(label, pdir, model)
+
+    if args.keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"interop: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+#!/bin/sh
+# test_ui_tmux.sh: drives the real binary in tmux (send-keys, capture-pane) against the recorded
+# run tests/fixtures/ui/run_demo and a live run appended by a shell loop: the plot is present,
+# the step counter advances, 80x24 and 200x60, colour and NO_COLOR/TERM=vt100/ASCII, quitting
+# (q, Ctrl-C, SIGTERM, a crash signal) leaves `stty -a` as it was, and a key changes the screen
+# within 100 ms (median of 20). Run from the repo root. Uses ./tuna when it has `watch`, else
+# builds /tmp/tuna_ui_test from ui/*.c (TUNA_UI_STANDALONE) and build/libtuna.a.
+# Prints "test_ui_tmux: N passed, N failed, N skipped"; exits non-zero on any failure.
+set -u
+pass=0; fail=0; skip=0
+ok()   { pass=$((pass + 1)); }
+bad()  { fail=$((fail + 1)); echo "FAIL test_ui_tmux: $*"; [ -n "${TUNA_UI_DEBUG:-}" ] && { tmux -L "$SOCK" ls; tmux -L "$SOCK" capture-pane -p -t $T | head -5; }; }
+chk()  { if eval "$1"; then ok; else bad "$2"; fi; }
+T=tuna_ui_test_$$
+SOCK=tuna_ui_test_$$   # a private tmux server: other sessions (and their kill-server) stay apart
+W=$(mktemp -d /tmp/tuna_ui_tmux.XXXXXX)
+FIX=tests/fixtures/ui/run_demo
+cleanup() { tmux -L "$SOCK" kill-server 2>/dev/null; [ -n "${LIVE_PID:-}" ] && kill "$LIVE_PID" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+if ! command -v tmux >/dev/null; then
+    echo "SKIP test_ui_tmux: tmux not installed"; echo "test_ui_tmux: 0 passed, 0 failed, 1 skipped"; exit 0
+fi
+BIN=${TUNA_BIN:-./tuna}
+if ! "$BIN" watch --help >/dev/null 2>&1; then
+    BIN=/tmp/tuna_ui_test
+    CF="-std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -I."
+    LIBS="-L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lpcre2-8 -lncursesw -lpthread -lm"
+    CU=$(ls build/kernels/cuda/*.o 2>/dev/null)
+    [ -n "$CU" ] && LIBS="$LIBS -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcublas -lcudart -lstdc++"
+    if ! cc $CF -DTUNA_UI_STANDALONE -o $BIN ui/*.c build/libtuna.a $CU $LIBS 2>"$W/cc.log"; then
+        cat "$W/cc.log" | head -20
+        bad "cannot build a standalone UI binary"; echo "test_ui_tmux: $pass passed, $fail failed, $skip skipped"; exit 1
+    fi
+    echo "test_ui_tmux: ./tuna has no watch command yet; using $BIN"
+fi
+
+# start SIZE CMD...: a fresh session of that size running CMD (through sh, env allowed)
+NSESS=0
+# a keeper session holds the private server up: killing the last session ends the server, and a
+# new-session racing with that exit fails with "server exited unexpectedly"
+tmux -L "$SOCK" new-session -d -s keeper -x 80 -y 24 "sleep 100000"
+start() {
+    tmux -L "$SOCK" kill-session -t $T 2>/dev/null
+    NSESS=$((NSESS + 1)); T=tuna_ui_test_$$_$NSESS   # a fresh name: kill-session is not synchronous
+    tmux -L "$SOCK" new-session -d -s $T -x "${1%x*}" -y "${1#*x}" "$2"
+    tmux -L "$SOCK" set-option -t $T remain-on-exit on >/dev/null 2>&1
+}
+cap() { tmux -L "$SOCK" capture-pane -p -t $T; }
+has_braille() { LC_ALL=C grep -q "$(printf '\342[\240-\243]')"; }
+# wait_for TEXT [SECONDS]: until the screen shows TEXT
+wait_for() {
+    i=0; n=$(( ${2:-5} * 20 ))
+    while [ $i -lt $n ]; do cap | grep -q -- "$1" && return 0; sleep 0.05; i=$((i + 1)); done
+    return 1
+}
+
+# --- 1. recorded run, 80x24, colour, UTF-8
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN watch $FIX"
+wait_for "step 60/60"; S=$(cap)
+chk 'echo "$S" | grep -q "step 60/60"' "80x24: step counter"
+chk 'echo "$S" | grep -q "loss: train"' "80x24: loss plot title"
+chk 'echo "$S" | has_braille' "80x24: braille plot present"
+chk 'echo "$S" | grep -q "FINISHED"' "80x24: finished status"
+chk 'echo "$S" | grep -q "I am Tuna"' "80x24: latest sample"
+chk 'echo "$S" | grep -q "qQuit"' "80x24: help line"
+chk '[ $(echo "$S" | wc -l) -eq 24 ]' "80x24: 24 lines"
+echo "$S" > "$W/demo_80x24.txt"
+tmux -L "$SOCK" send-keys -t $T z; sleep 0.3
+chk 'cap | grep -q "all steps"' "z zooms to all steps"
+tmux -L "$SOCK" send-keys -t $T l; sleep 0.3
+chk 'cap | grep -q "| log"' "l toggles log scale"
+tmux -L "$SOCK" send-keys -t $T F1; sleep 0.3
+chk 'cap | grep -q "tuna help"' "F1 opens help"
+tmux -L "$SOCK" send-keys -t $T Escape; sleep 0.3
+chk 'cap | grep -q "step 60/60"' "a key closes help"
+tmux -L "$SOCK" send-keys -t $T p; sleep 0.3
+chk 'cap | grep -q "cannot pause"' "pause on a finished run is refused with a reason"
+
+# --- 2. 200x60: lr and grad-norm plots appear
+start 200x60 "LANG=C.UTF-8 TERM=xterm-256color $BIN watch $FIX"
+wait_for "step 60/60"; S=$(cap)
+chk 'echo "$S" | grep -q "learning rate"' "200x60: lr plot"
+chk 'echo "$S" | grep -q "grad norm"' "200x60: grad-norm plot"
+chk 'echo "$S" | has_braille' "200x60: braille"
+chk '[ $(echo "$S" | wc -l) -eq 60 ]' "200x60: 60 lines"
+echo "$S" > "$W/demo_200x60.txt"
+# resize: shrink to too small and back
+tmux -L "$SOCK" resize-window -t $T -x 50 -y 12 2>/dev/null; sleep 0.4
+chk 'cap | grep -q "terminal too small"' "resize to 50x12 shows too small"
+tmux -L "$SOCK" resize-window -t $T -x 100 -y 30 2>/dev/null; sleep 0.4
+chk 'cap | grep -q "step 60/60"' "resize back redraws"
+
+# --- 3. no colour, vt100, C locale: ASCII only
+for envs in "NO_COLOR=1 LANG=C.UTF-8 TERM=xterm" "TERM=vt100 LANG=C LC_ALL=C" "LANG=C.UTF-8 TERM=xterm-256color TUNA_ASCII=1"; do
+    start 80x24 "env $envs $BIN watch $FIX --no-color"
+    wait_for "step 60/60"; S=$(cap)
+    chk 'echo "$S" | grep -q "step 60/60"' "[$envs] step counter"
+    chk 'echo "$S" | grep -q "loss: train"' "[$envs] plot"
+    case "$envs" in *vt100*|*ASCII*)
+        chk '! echo "$S" | LC_ALL=C grep -q "[^ -~]"' "[$envs] ASCII only"
+        chk 'echo "$S" | grep -q "[_|-]"' "[$envs] ASCII plot strokes";;
+    esac
+done
+
+# --- 4. a live run: a shell loop appends steps while watch shows them
+LIVE=$W/live
+mkdir -p $LIVE
+echo '{"type":"start","run":"live","model":"models/stories260K","method":"lora","dataset":"identity","total_steps":400,"epochs":1}' > $LIVE/metrics.jsonl
+( s=1; while [ $s -le 400 ]; do
+      printf '{"type":"step","step":%d,"total_steps":400,"epoch":%s,"loss":%s,"lr":0.001,"grad_norm":0.9,"tokens_per_s":5000,"elapsed":%d,"eta":%d}\n' \
+          $s "0.$((s * 2))" "$(awk "BEGIN{print 0.3 + 3*exp(-$s/40)}")" $s $((400 - s)) >> $LIVE/metrics.jsonl
+      if [ $((s % 10)) -eq 0 ]; then
+          printf '{"type":"eval","step":%d,"eval_loss":%s}\n' $s "$(awk "BEGIN{print 0.4 + 3*exp(-$s/40)}")" >> $LIVE/metrics.jsonl
+          printf '{"type":"sample","step":%d,"prompt":"Who are you?","text":"I am Tuna at step %d"}\n' $s $s >> $LIVE/metrics.jsonl
+      fi
+      s=$((s + 1)); sleep 0.05
+  done ) &
+LIVE_PID=$!
+echo $LIVE_PID > $LIVE/train.pid
+for size in 80x24 200x60; do
+    start $size "LANG=C.UTF-8 TERM=xterm-256color $BIN watch $LIVE"
+    wait_for "RUNNING"
+    sleep 0.5; a=$(cap | grep -o "step [0-9]*/400" | head -1 | tr -dc 0-9 | sed 's/400$//')
+    sleep 1.0; b=$(cap | grep -o "step [0-9]*/400" | head -1 | tr -dc 0-9 | sed 's/400$//')
+    chk '[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ]' "live $size: step counter advances ($a -> $b)"
+    chk 'cap | has_braille' "live $size: plot present"
+done
+chk 'cap | grep -q "I am Tuna at step"' "live: samples arrive"
+tmux -L "$SOCK" send-keys -t $T p; sleep 0.3
+chk 'grep -q "^pause$" $LIVE/control' "p writes pause to RUN_DIR/control"
+tmux -L "$SOCK" send-keys -t $T s; sleep 0.2
+chk 'grep -q "^save$" $LIVE/control' "s writes save"
+tmux -L "$SOCK" send-keys -t $T x; sleep 0.2
+chk '! grep -q "^stop$" $LIVE/control && cap | grep -q "press x again"' "x asks for confirmation"
+tmux -L "$SOCK" send-keys -t $T x; sleep 0.2
+chk 'grep -q "^stop$" $LIVE/control' "x x writes stop"
+
+# --- 5. key response: a keypress changes the screen within 100 ms (median of 20), while the
+# live run keeps appending
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN watch $LIVE"
+wait_for "RUNNING"
+times=""
+i=0
+while [ $i -lt 20 ]; do
+    before=$(cap | head -3 | tail -1 | grep -c "all steps")
+    t0=$(date +%s%N)
+    tmux -L "$SOCK" send-keys -t $T z
+    while :; do
+        now=$(cap | head -3 | tail -1 | grep -c "all steps")
+        [ "$now" != "$before" ] && break
+        [ $(( ($(date +%s%N) - t0) / 1000000 )) -gt 2000 ] && break
+    done
+    times="$times $(( ($(date +%s%N) - t0) / 1000000 ))"
+    i=$((i + 1))
+done
+median=$(echo $times | tr ' ' '\n' | sort -n | sed -n 10p)
+echo "test_ui_tmux: key response ms:$times (median $median)"
+chk '[ "$median" -le 100 ]' "key response median ${median} ms > 100 ms"
+kill $LIVE_PID 2>/dev/null; LIVE_PID=
+
+# --- 6. the terminal is restored: q (every screen), Ctrl-C, SIGTERM, SIGSEGV
+stty_case() { # name keys-or-signal
+    rm -f $W/before $W/after $W/rc
+    start 80x24 "sh -c 'trap \"\" INT; stty -a > $W/before; LANG=C.UTF-8 sh -c \"echo \\\$\\\$ > $W/pid; exec $BIN $3\"; echo \$? > $W/rc; stty -a > $W/after; sleep 30'"
+    wait_for " tuna " 5; sleep 0.2
+    case "$2" in
+        SIG*) kill -s ${2#SIG} $(cat $W/pid);;
+        *) for k in $2; do tmux -L "$SOCK" send-keys -t $T "$k"; sleep 0.15; done;;
+    esac
+    i=0; while [ ! -s $W/after ] && [ $i -lt 160 ]; do sleep 0.05; i=$((i + 1)); done
+    chk '[ -s $W/after ] && cmp -s $W/before $W/after' "$1: stty -a differs after exit (rc $(cat $W/rc 2>/dev/null))"
+    chk '[ "$(cat $W/rc 2>/dev/null)" != 1 ]' "$1: the UI did not start (rc 1)"
+}
+stty_case "q on Train" "q" "watch $FIX"
+stty_case "q on Runs" "4 q" "watch $FIX"
+stty_case "F10 on Chat" "3 F10" "watch $FIX"
+stty_case "q on Setup" "1 q" "watch $FIX"
+stty_case "Ctrl-C" "C-c" "watch $FIX"
+stty_case "SIGTERM" "SIGTERM" "watch $FIX"
+stty_case "SIGSEGV" "SIGSEGV" "watch $FIX"
+chk '[ "$(cat $W/rc)" = 139 ]' "SIGSEGV is re-raised (rc $(cat $W/rc))"
+stty_case "ui Runs q" "q" "ui --runs tests/fixtures/ui"
+
+# --- 7. Runs screen: lists the fixture, Enter opens it in Train
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --runs tests/fixtures/ui"
+wait_for "run_demo"
+chk 'cap | grep "run_demo" | grep -q "finished"' "Runs lists run_demo as finished"
+chk 'cap | grep "run_demo" | grep -q "0.4958"' "Runs shows the best eval loss"
+tmux -L "$SOCK" send-keys -t $T Enter
+chk 'wait_for "step 60/60"' "Enter opens the run in Train"
+
+# --- 7b. Chat: stream a reply from the bundled model; side by side base | tuned
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen chat --tuned models/stories260K"
+chk 'wait_for "params, template" 10' "chat: the worker loads the model"
+tmux -L "$SOCK" send-keys -t $T "Once upon a time" Enter
+chk 'wait_for "tok/s" 20' "chat: a reply streams and finishes"
+chk 'cap | grep -A3 "model" | grep -q "[a-z]"' "chat: reply text shown"
+tmux -L "$SOCK" send-keys -t $T C-b
+chk 'wait_for "tuned" 5' "chat: ^B opens side by side"
+tmux -L "$SOCK" send-keys -t $T "Who are you?" Enter
+sleep 0.3
+chk 'wait_for "tok/s.*tok/s" 20 || [ $(cap | grep -c "tok/s") -ge 2 ]' "chat: both panes answer"
+start 200x60 "LANG=C.UTF-8 TERM=xterm-256color NO_COLOR=1 $BIN ui --screen chat"
+chk 'wait_for "params, template" 10' "chat 200x60 no colour: loads"
+tmux -L "$SOCK" send-keys -t $T C-b
+chk 'wait_for "no tuned model" 5' "chat: side by side without a tuned model says why"
+
+# --- 7c. Setup: change a value, refuse a bad one, save the config JSON
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen setup --config $W/cfg.json"
+chk 'wait_for "trainable" 5' "setup: trainable estimate shown"
+tmux -L "$SOCK" send-keys -t $T Down Down Down Down Down Right Right
+sleep 0.2
+tmux -L "$SOCK" send-keys -t $T Down Enter BSpace BSpace x Enter
+chk 'wait_for "expected an integer" 3' "setup: an invalid value is refused with the reason"
+tmux -L "$SOCK" send-keys -t $T C-s
+sleep 0.3
+chk 'grep -q "\"lora_rank\":[[:space:]]*10" $W/cfg.json' "setup: ^S saves lora_rank (flag name with underscores)"
+chk 'grep -q "\"lora_alpha\":[[:space:]]*16" $W/cfg.json' "setup: the refused value kept the old one"
+
+# --- 8. watch on a missing folder waits instead of failing
+start 80x24 "LANG=C.UTF-8 $BIN watch $W/nothing_yet"
+chk 'wait_for "WAITING"' "missing run dir shows waiting"
+
+# --- 9. usage errors
+"$BIN" watch >/dev/null 2>&1; chk '[ $? -eq 2 ]' "watch without RUN_DIR exits 2"
+
+for f in $W/demo_80x24.txt $W/demo_200x60.txt; do [ -n "${TUNA_UI_SHOW:-}" ] && cat $f; done
+echo "test_ui_tmux: $pass passed, $fail failed, $skip skipped"
+[ $fail -eq 0 ]

@@ -1,0 +1,313 @@
+/* source.c: EventSource implementations: file-follow of metrics.jsonl and the in-process queue
+ * adapter (see source.h). */
+#include "source.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "../src/err.h"
+#include "../src/xalloc.h"
+
+// --- parsing one line
+
+static double num(const cJSON *o, const char *k) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(it) ? it->valuedouble : (double)NAN;
+}
+
+static long lnum(const cJSON *o, const char *k) {
+    double v = num(o, k);
+    return isfinite(v) ? (long)v : -1;
+}
+
+static void str(const cJSON *o, const char *k, char *dst, size_t n) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (cJSON_IsString(it) && it->valuestring) snprintf(dst, n, "%s", it->valuestring);
+}
+
+static void clear_event(UiEvent *ev) {
+    memset(ev, 0, sizeof *ev);
+    ev->step = ev->total_steps = -1;
+    ev->time = ev->epoch = ev->epochs = ev->loss = ev->lr = ev->grad_norm = (double)NAN;
+    ev->tokens_per_s = ev->elapsed = ev->eta = ev->eval_loss = ev->perplexity = (double)NAN;
+}
+
+int ui_event_parse(const char *line, size_t len, UiEvent *ev) {
+    clear_event(ev);
+    cJSON *o = cJSON_ParseWithLength(line, len);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return -1;
+    }
+    char type[32] = "";
+    str(o, "type", type, sizeof type);
+    ev->step = lnum(o, "step");
+    ev->total_steps = lnum(o, "total_steps");
+    ev->time = num(o, "time");
+    ev->epoch = num(o, "epoch");
+    if (!strcmp(type, "start")) {
+        ev->type = EV_START;
+        str(o, "run", ev->run, sizeof ev->run);
+        str(o, "model", ev->model, sizeof ev->model);
+        str(o, "method", ev->method, sizeof ev->method);
+        str(o, "dataset", ev->dataset, sizeof ev->dataset);
+        ev->epochs = num(o, "epochs");
+    } else if (!strcmp(type, "step")) {
+        ev->type = EV_STEP;
+        ev->loss = num(o, "loss");
+        ev->lr = num(o, "lr");
+        ev->grad_norm = num(o, "grad_norm");
+        ev->tokens_per_s = num(o, "tokens_per_s");
+        ev->elapsed = num(o, "elapsed");
+        ev->eta = num(o, "eta");
+    } else if (!strcmp(type, "eval")) {
+        ev->type = EV_EVAL;
+        ev->eval_loss = num(o, "eval_loss");
+        ev->perplexity = num(o, "perplexity");
+    } else if (!strcmp(type, "sample")) {
+        ev->type = EV_SAMPLE;
+        str(o, "prompt", ev->name, sizeof ev->name);
+        str(o, "text", ev->text, sizeof ev->text);
+    } else if (!strcmp(type, "log")) {
+        ev->type = EV_LOG;
+        char lv[16] = "info";
+        str(o, "level", lv, sizeof lv);
+        ev->level = !strcmp(lv, "error") ? 2 : !strcmp(lv, "warn") || !strcmp(lv, "warning") ? 1 : 0;
+        str(o, "msg", ev->text, sizeof ev->text);
+    } else if (!strcmp(type, "checkpoint")) {
+        ev->type = EV_CHECKPOINT;
+        str(o, "path", ev->name, sizeof ev->name);
+    } else if (!strcmp(type, "state")) {
+        ev->type = EV_STATE;
+        char st[32] = "";
+        str(o, "state", st, sizeof st);
+        ev->paused = !strcmp(st, "paused");
+    } else if (!strcmp(type, "done")) {
+        ev->type = EV_DONE;
+        snprintf(ev->name, sizeof ev->name, "finished");
+        str(o, "status", ev->name, sizeof ev->name);
+        str(o, "msg", ev->text, sizeof ev->text);
+    } else {
+        ev->type = EV_NONE;
+    }
+    cJSON_Delete(o);
+    return 0;
+}
+
+const char *ui_command_name(UiCommand cmd) {
+    switch (cmd) {
+    case CMD_PAUSE: return "pause";
+    case CMD_RESUME: return "resume";
+    case CMD_SAVE: return "save";
+    case CMD_STOP: return "stop";
+    }
+    return "?";
+}
+
+// --- (a) file follow
+
+#define FOLLOW_READ_MAX (1 << 20) /* bytes read per poll: keeps a huge backlog from stalling keys */
+
+typedef struct FileFollow {
+    char dir[4096];
+    char path[4096];
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    off_t offset;   /* bytes consumed from the file */
+    char *buf;      /* unparsed bytes (a partial last line at most, plus backlog) */
+    size_t len, cap;
+    int reset_pending;
+} FileFollow;
+
+static void follow_reopen(FileFollow *f) {
+    if (f->fd >= 0) close(f->fd);
+    f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    f->offset = 0;
+    f->len = 0;
+    if (f->fd >= 0) {
+        struct stat st;
+        if (fstat(f->fd, &st) == 0) f->dev = st.st_dev, f->ino = st.st_ino;
+    }
+}
+
+static void follow_read(FileFollow *f) {
+    struct stat st;
+    if (f->fd < 0) {
+        follow_reopen(f);
+        if (f->fd < 0) return;
+    } else if (stat(f->path, &st) == 0 && (st.st_dev != f->dev || st.st_ino != f->ino)) {
+        follow_reopen(f); /* replaced by a new file */
+        f->reset_pending = 1;
+        if (f->fd < 0) return;
+    }
+    if (fstat(f->fd, &st) != 0) return;
+    if (st.st_size < f->offset) { /* truncated: a new run over the old one */
+        f->offset = 0;
+        f->len = 0;
+        f->reset_pending = 1;
+    }
+    size_t want = (size_t)(st.st_size - f->offset);
+    if (!want) return;
+    if (want > FOLLOW_READ_MAX) want = FOLLOW_READ_MAX;
+    if (f->len + want + 1 > f->cap) {
+        f->cap = f->len + want + 1;
+        f->buf = xrealloc(f->buf, f->cap);
+    }
+    ssize_t got = pread(f->fd, f->buf + f->len, want, f->offset);
+    if (got > 0) {
+        f->len += (size_t)got;
+        f->offset += got;
+    }
+}
+
+static int follow_poll(EventSource *src, UiEvent *out, int max) {
+    FileFollow *f = src->ctx;
+    int n = 0;
+    if (max <= 0) return 0;
+    if (!memchr(f->buf ? f->buf : "", '\n', f->buf ? f->len : 0)) follow_read(f);
+    if (f->reset_pending) {
+        clear_event(&out[n]);
+        out[n++].type = EV_RESET;
+        f->reset_pending = 0;
+    }
+    size_t pos = 0;
+    while (n < max && pos < f->len) {
+        char *nl = memchr(f->buf + pos, '\n', f->len - pos);
+        if (!nl) break; /* partial last line: keep for the next tick */
+        size_t ll = (size_t)(nl - (f->buf + pos));
+        if (ll && ui_event_parse(f->buf + pos, ll, &out[n]) == 0 && out[n].type != EV_NONE) n++;
+        pos += ll + 1;
+    }
+    memmove(f->buf, f->buf + pos, f->len - pos);
+    f->len -= pos;
+    return n;
+}
+
+static int follow_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
+    FileFollow *f = src->ctx;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/control", f->dir);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        if (err) snprintf(err, err_len, "%s: %s", path, strerror(errno));
+        return TUNA_EIO;
+    }
+    char line[32];
+    int len = snprintf(line, sizeof line, "%s\n", ui_command_name(cmd));
+    ssize_t w = write(fd, line, (size_t)len);
+    int e = errno;
+    close(fd);
+    if (w != len) {
+        if (err) snprintf(err, err_len, "%s: %s", path, strerror(e));
+        return TUNA_EIO;
+    }
+    return 0;
+}
+
+static int follow_alive(EventSource *src) {
+    FileFollow *f = src->ctx;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/train.pid", f->dir);
+    FILE *fp = fopen(path, "r");
+    if (!fp) return -1;
+    long pid = 0;
+    int ok = fscanf(fp, "%ld", &pid) == 1 && pid > 0;
+    fclose(fp);
+    if (!ok) return -1;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+static void follow_close(EventSource *src) {
+    FileFollow *f = src->ctx;
+    if (f->fd >= 0) close(f->fd);
+    free(f->buf);
+    free(f);
+}
+
+static const EventSourceOps follow_ops = {follow_poll, NULL, follow_command, follow_alive,
+                                          follow_close};
+
+EventSource *source_file_open(const char *run_dir) {
+    FileFollow *f = xcalloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s", run_dir);
+    snprintf(f->path, sizeof f->path, "%s/metrics.jsonl", run_dir);
+    f->fd = -1;
+    EventSource *s = xcalloc(1, sizeof *s);
+    s->ops = &follow_ops;
+    s->ctx = f;
+    snprintf(s->desc, sizeof s->desc, "%s", run_dir);
+    return s;
+}
+
+// --- (b) in-process queue: LEAD connects QueueHooks to src/events.h
+
+static int queue_poll(EventSource *src, UiEvent *out, int max) {
+    QueueHooks *h = src->ctx;
+    return h->drain ? h->drain(h->queue, out, max) : 0;
+}
+
+static int queue_wake_fd(EventSource *src) {
+    QueueHooks *h = src->ctx;
+    return h->wake_fd ? h->wake_fd(h->queue) : -1;
+}
+
+static int queue_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
+    QueueHooks *h = src->ctx;
+    if (!h->command) {
+        if (err) snprintf(err, err_len, "%s: not connected to the trainer yet", ui_command_name(cmd));
+        return TUNA_EUNSUP;
+    }
+    return h->command(h->queue, cmd, err, err_len);
+}
+
+static int queue_alive(EventSource *src) {
+    QueueHooks *h = src->ctx;
+    return h->alive ? h->alive(h->queue) : -1;
+}
+
+static void queue_close(EventSource *src) {
+    free(src->ctx);
+}
+
+static const EventSourceOps queue_ops = {queue_poll, queue_wake_fd, queue_command, queue_alive,
+                                         queue_close};
+
+EventSource *source_queue(const QueueHooks *hooks) {
+    QueueHooks *h = xmalloc(sizeof *h);
+    *h = *hooks;
+    EventSource *s = xcalloc(1, sizeof *s);
+    s->ops = &queue_ops;
+    s->ctx = h;
+    snprintf(s->desc, sizeof s->desc, "in-process");
+    return s;
+}
+
+// --- common
+
+int source_command(EventSource *s, UiCommand cmd, char *err, size_t err_len) {
+    if (!s) {
+        if (err) snprintf(err, err_len, "no run attached");
+        return TUNA_EINVAL;
+    }
+    return s->ops->command(s, cmd, err, err_len);
+}
+
+int source_alive(EventSource *s) {
+    return s && s->ops->alive ? s->ops->alive(s) : -1;
+}
+
+void source_free(EventSource *s) {
+    if (!s) return;
+    if (s->ops->close) s->ops->close(s);
+    free(s);
+}

@@ -1,0 +1,114 @@
+/* source.h: where the UI's training events come from and where its commands go.
+ *
+ * An EventSource is a small vtable (ggml-backend style) with two implementations:
+ *  (a) source_file_open(RUN_DIR): follows RUN_DIR/metrics.jsonl (`tuna watch`). No inotify:
+ *      each source_poll re-reads the bytes appended since the last call, parses complete lines
+ *      and keeps a partial last line for the next call. A file that shrinks (a new run written
+ *      over the old one) restarts from the top with an EV_RESET event.
+ *  (b) source_queue(hooks): LEAD — the in-process trainer. Fill a QueueHooks with three
+ *      functions around the events.h queue (POD events under a mutex + a wake pipe) and the
+ *      UI drains it exactly as it drains the file. Nothing else in ui/ changes.
+ *
+ * metrics.jsonl: one JSON object a line, "type" one of start | step | eval | sample | log |
+ * checkpoint | state | done (fields as in ui_event_parse below); unknown types and keys are
+ * ignored so the trainer may add fields.
+ *
+ * CONTROL FILE (file-follow mode): source_command appends one line to RUN_DIR/control, opened
+ * O_APPEND|O_CREAT: "pause\n", "resume\n", "save\n" or "stop\n". The trainer should, between
+ * steps, read the bytes of RUN_DIR/control past the offset it last read (start at the size it
+ * finds when the run starts, or truncate it), act on each complete line in order, and answer
+ * with a {"type":"state","state":"paused"|"running"}, {"type":"checkpoint",...} or
+ * {"type":"done","status":"stopped"} line in metrics.jsonl. Unknown lines are ignored.
+ *
+ * Ownership: the creator frees with source_free (NULL-safe). Threads: the UI thread only; the
+ * hooks of (b) are called from the UI thread and must only take the queue's lock. */
+#ifndef TUNA_UI_SOURCE_H
+#define TUNA_UI_SOURCE_H
+
+#include <stddef.h>
+
+#define UI_TEXT_MAX 2048
+#define UI_NAME_MAX 256
+
+typedef enum UiEventType {
+    EV_NONE,
+    EV_START,      /* run, model, method, dataset, total_steps, epochs */
+    EV_STEP,       /* step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s, elapsed, eta */
+    EV_EVAL,       /* step, epoch, eval_loss, perplexity */
+    EV_SAMPLE,     /* step, prompt (name), text */
+    EV_LOG,        /* level (0 info, 1 warn, 2 error), text */
+    EV_CHECKPOINT, /* step, path (name) */
+    EV_STATE,      /* paused */
+    EV_DONE,       /* step, status (name: finished | stopped | error), text */
+    EV_RESET       /* the source restarted from the beginning: clear history */
+} UiEventType;
+
+/* One event, POD with bounded text: NaN marks a number the line did not carry. */
+typedef struct UiEvent {
+    UiEventType type;
+    long step, total_steps;
+    double time, epoch, epochs, loss, lr, grad_norm, tokens_per_s, elapsed, eta;
+    double eval_loss, perplexity;
+    int level;  /* EV_LOG */
+    int paused; /* EV_STATE */
+    char run[UI_NAME_MAX], model[UI_NAME_MAX], method[64], dataset[UI_NAME_MAX];
+    char name[UI_NAME_MAX]; /* sample prompt, checkpoint path, done status */
+    char text[UI_TEXT_MAX]; /* sample text, log message, done message (truncated) */
+} UiEvent;
+
+typedef enum UiCommand { CMD_PAUSE, CMD_RESUME, CMD_SAVE, CMD_STOP } UiCommand;
+
+typedef struct EventSource EventSource;
+
+typedef struct EventSourceOps {
+    /* Copies up to max pending events into out; returns how many (0 = none now). */
+    int (*poll)(EventSource *src, UiEvent *out, int max);
+    /* An fd that becomes readable when events are pending (the UI polls it), or -1: the UI then
+     * calls poll on its ~100 ms tick. The UI reads and discards its bytes. */
+    int (*wake_fd)(EventSource *src);
+    /* Sends a command; 0 or a negative TUNA_E* with a message in err (msg[512]). */
+    int (*command)(EventSource *src, UiCommand cmd, char *err, size_t err_len);
+    /* 1 when the producer is alive (pid file / thread), 0 when gone, -1 unknown. */
+    int (*alive)(EventSource *src);
+    void (*close)(EventSource *src); /* frees ctx */
+} EventSourceOps;
+
+struct EventSource {
+    const EventSourceOps *ops;
+    void *ctx;
+    char desc[UI_NAME_MAX]; /* shown in the header: run dir or "in-process" */
+};
+
+/* (a) Follows run_dir/metrics.jsonl (the file need not exist yet). Never fails except on OOM. */
+EventSource *source_file_open(const char *run_dir);
+
+/* (b) LEAD: the in-process trainer queue. drain copies out under the queue lock (bio.c swap)
+ * and converts events.h Events to UiEvents; wake_fd is the read end of its wake pipe; command
+ * pushes a Command; alive says whether the training thread still runs. Any hook may be NULL. */
+typedef struct QueueHooks {
+    void *queue;
+    int (*drain)(void *queue, UiEvent *out, int max);
+    int (*wake_fd)(void *queue);
+    int (*command)(void *queue, UiCommand cmd, char *err, size_t err_len);
+    int (*alive)(void *queue);
+} QueueHooks;
+EventSource *source_queue(const QueueHooks *hooks);
+
+static inline int source_poll(EventSource *s, UiEvent *out, int max) {
+    return s ? s->ops->poll(s, out, max) : 0;
+}
+static inline int source_wake_fd(EventSource *s) {
+    return s && s->ops->wake_fd ? s->ops->wake_fd(s) : -1;
+}
+int source_command(EventSource *s, UiCommand cmd, char *err, size_t err_len);
+int source_alive(EventSource *s);
+void source_free(EventSource *s); /* NULL-safe */
+
+/* Parses one metrics.jsonl line into *ev (unknown type -> EV_NONE). Returns 0, or -1 when the
+ * line is not a JSON object. Pure; used by the file source and the runs list. */
+int ui_event_parse(const char *line, size_t len, UiEvent *ev);
+
+/* The command's control-file word ("pause", ...). */
+const char *ui_command_name(UiCommand cmd);
+
+#endif
