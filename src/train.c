@@ -565,17 +565,33 @@ static void metrics_truncate(const char *path, int step) {
     free(text);
 }
 
-/* Reads and removes RUN/control; returns the command word or "" (buf). */
-static const char *read_control(Run *r, char *buf, size_t cap) {
-    char path[1200];
+enum { CTL_PAUSE = 1, CTL_RESUME = 2, CTL_SAVE = 4, CTL_STOP = 8 };
+
+/* Takes every command written to RUN/control since the last call: the file is renamed first,
+ * so a writer appending meanwhile starts a new one and nothing is lost. Returns CTL_* bits;
+ * of pause and resume only the last one written counts. */
+static int read_control(Run *r) {
+    char path[1200], taken[1300], line[64];
     snprintf(path, sizeof path, "%s/control", r->dir);
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f) return buf;
-    if (fgets(buf, (int)cap, f)) buf[strcspn(buf, "\r\n ")] = '\0';
-    fclose(f);
-    unlink(path);
-    return buf;
+    snprintf(taken, sizeof taken, "%s/control.reading", r->dir);
+    if (rename(path, taken)) return 0;
+    FILE *f = fopen(taken, "r");
+    int bits = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n ")] = '\0';
+        if (!strcmp(line, "pause")) bits = (bits & ~CTL_RESUME) | CTL_PAUSE;
+        else if (!strcmp(line, "resume")) bits = (bits & ~CTL_PAUSE) | CTL_RESUME;
+        else if (!strcmp(line, "save")) bits |= CTL_SAVE;
+        else if (!strcmp(line, "stop")) bits |= CTL_STOP;
+        else if (line[0]) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "control: unknown command \"%.40s\" (pause, resume, save, stop)", line);
+            emit_log(r, "warn", msg);
+        }
+    }
+    if (f) fclose(f);
+    unlink(taken);
+    return bits;
 }
 
 static int stop_requested(const Run *r) {
@@ -797,23 +813,24 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     }
     while (r.step < r.total && !rc) {
         // --- commands between steps: control file, stop flag
-        char cmd[32];
-        read_control(&r, cmd, sizeof cmd);
-        if (!strcmp(cmd, "pause") && !paused) {
+        int ctl = read_control(&r);
+        if ((ctl & CTL_PAUSE) && !paused) {
             paused = 1;
             cJSON *e = event("state");
             cJSON_AddStringToObject(e, "state", "paused");
             emit(&r, e);
-        } else if (!strcmp(cmd, "resume") && paused) {
+        } else if ((ctl & CTL_RESUME) && paused) {
             paused = 0;
             cJSON *e = event("state");
             cJSON_AddStringToObject(e, "state", "running");
             emit(&r, e);
             t_last = time_now();
-        } else if (!strcmp(cmd, "save") && r.step > saved_at) {
+        }
+        if ((ctl & CTL_SAVE) && r.step > saved_at) {
             if ((rc = save_checkpoint(&r, err))) break;
             saved_at = r.step;
-        } else if (!strcmp(cmd, "stop")) {
+        }
+        if (ctl & CTL_STOP) {
             status = "stopped";
             break;
         }
