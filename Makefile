@@ -115,8 +115,9 @@ fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
 
+# The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
 run: deps tuna
-	./tuna generate models/stories260K --prompt "Once upon a time" --max-new-tokens 200 --temperature 0.8 --seed 42
+	@if [ -t 0 ] && [ -t 1 ]; then ./tuna; else sh scripts/demo.sh; fi
 
 FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c)
 format:
