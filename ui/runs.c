@@ -33,7 +33,7 @@ int runs_read_one(const char *run_dir, RunInfo *out) {
     size_t tl = strlen(tmp);
     while (tl > 1 && tmp[tl - 1] == '/') tmp[--tl] = 0;
     const char *slash = strrchr(tmp, '/');
-    snprintf(out->name, sizeof out->name, "%s", slash ? slash + 1 : tmp);
+    snprintf(out->name, sizeof out->name, "%.255s", slash ? slash + 1 : tmp);
     snprintf(out->dir, sizeof out->dir, "%s", run_dir);
     out->last_step = out->total_steps = -1;
     out->best_eval = out->last_loss = (double)NAN;
