@@ -119,7 +119,9 @@ static void test_backend(Backend *be) {
     // attention: prefill (Tq == Tk), decode with a larger cache (Tq = 1), GQA, window, B > 1
     int ashapes[][7] = {/* B, Tq, Tk, NH, KVH, HS, window */
                         {1, 5, 5, 4, 2, 8, 0},  {1, 1, 37, 8, 4, 8, 0}, {2, 7, 7, 6, 6, 16, 0},
-                        {1, 4, 20, 4, 1, 12, 0}, {1, 9, 9, 2, 2, 8, 3},  {2, 3, 11, 9, 3, 64, 0}};
+                        {1, 4, 20, 4, 1, 12, 0}, {1, 9, 9, 2, 2, 8, 3},  {2, 3, 11, 9, 3, 64, 0},
+                        /* the sgemm path (Tq >= 32): prefill, a prefix (Tk > Tq), GQA, window */
+                        {2, 40, 40, 6, 2, 16, 0}, {1, 33, 50, 4, 4, 24, 0}, {2, 64, 64, 9, 3, 64, 17}};
     for (size_t s = 0; s < sizeof ashapes / sizeof ashapes[0]; s++) {
         int B = ashapes[s][0], Tq = ashapes[s][1], Tk = ashapes[s][2], NH = ashapes[s][3],
             KVH = ashapes[s][4], HS = ashapes[s][5], win = ashapes[s][6];

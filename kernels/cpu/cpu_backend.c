@@ -195,6 +195,11 @@ static inline void head_axpy(float *o, float a, const float *v, int n) {
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window) {
+    if (Tq >= ATTN_GEMM_MIN_TQ) { /* training and long prefills: as matrix products */
+        if (cpu_attention_gemm_fwd(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window))
+            tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
+        return;
+    }
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH;
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
@@ -274,6 +279,18 @@ static void c_embed(Backend *be, float *out, const int32_t *ids, const float *ta
     ref_embed_fwd(out, ids, table, T, C);
 }
 
+static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                            size_t kv_stride, int NH, int KVH, int HS, int window) {
+    if (Tq < ATTN_GEMM_MIN_TQ) {
+        cpu_attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window);
+        return;
+    }
+    if (cpu_attention_gemm_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS,
+                               window))
+        tuna_errf(&be->err, TUNA_ENOMEM, "attention_bwd: out of memory for %d x %d scores", Tq, Tk);
+}
+
 static const BackendOps cpu_ops = {
         .name = "cpu",
         .alloc = host_alloc,
@@ -295,7 +312,7 @@ static const BackendOps cpu_ops = {
         .rmsnorm_bwd = cpu_rmsnorm_bwd,
         .layernorm_bwd = cpu_layernorm_bwd,
         .rope_bwd = cpu_rope_bwd,
-        .attention_bwd = cpu_attention_bwd,
+        .attention_bwd = c_attention_bwd,
         .swiglu_bwd = cpu_swiglu_bwd,
         .gelu_bwd = cpu_gelu_bwd,
         .embed_bwd = cpu_embed_bwd,

@@ -37,4 +37,15 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
 void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
                float b1, float b2, float eps, float wd, float bc1, float bc2);
 
+/* attention_gemm.c: the sgemm path for query blocks of at least ATTN_GEMM_MIN_TQ rows.
+ * Return 0, or -1 when scratch memory could not be had (nothing is written then... except
+ * by threads that did get theirs: the caller latches TUNA_ENOMEM). */
+#define ATTN_GEMM_MIN_TQ 32
+int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k,
+                           const float *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                           int KVH, int HS, int window);
+int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                           const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                           size_t kv_stride, int NH, int KVH, int HS, int window);
+
 #endif
