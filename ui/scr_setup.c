@@ -1,13 +1,18 @@
 /* scr_setup.c: the Setup screen: a form over the `tuna train` options (keys = flag names with
- * dashes turned into underscores), with the picked model's architecture/size/dtype, the dataset
- * and an estimate of trainable parameters and memory beside it. ^S saves the form as the JSON
- * that `tuna train --config` reads, ^O loads it, ^T writes it into runs/NAME/ and starts
- * `tuna train --config` in the background, then follows the run in the Train screen.
- * Left/Right cycle choices and step numbers; Enter edits a value as text (refused with the
- * reason when invalid). */
+ * dashes turned into underscores), with the picked model's architecture/size/dtype, the datasets
+ * with their row counts, an estimate of trainable parameters and memory, and a live preview of
+ * one dataset example rendered through the template with the loss-masked part dimmed (in «» when
+ * there is no colour). Tab on the model row opens a folder browser (folders holding a
+ * config.json are marked; Enter picks one or opens a folder, Backspace goes up). ^S saves the
+ * form as the JSON that `tuna train --config` reads, ^O loads it, ^T writes it into runs/NAME/
+ * and starts `tuna train --config` in the background, then follows the run in the Train screen.
+ * Left/Right cycle choices and step numbers; Enter edits a value as text (refused in place with
+ * the reason when invalid). */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,15 +29,17 @@
 #include "app.h"
 #include "curses_wrap.h"
 #include "layout.h"
+#include "setup_preview.h"
 #include "widgets.h"
 
 #define MAX_CHOICES 64
+#define MAX_BROWSE 5000
 
-typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT } FieldKind;
+typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
 enum { M_FULL = 1, M_LORA = 2, M_FREEZE = 4, M_PT = 8, M_ALL = 15 };
 
 typedef struct Field {
-    const char *key;   /* config key */
+    const char *key;   /* config key: the `tuna train` flag with '-' -> '_' */
     const char *label;
     FieldKind kind;
     unsigned methods;  /* shown for these methods */
@@ -42,24 +49,85 @@ typedef struct Field {
     int n_choices;
 } Field;
 
+/* The folder browser for the model (Tab on the model row). */
+typedef struct Browser {
+    int open;
+    char dir[PATH_MAX]; /* absolute */
+    char **names;       /* "..", "." (when dir is a model) and the subfolders, sorted */
+    unsigned char *is_model;
+    int n, sel, top;
+    ModelConfig cfg; /* of the highlighted folder */
+    int cfg_ok;
+    char cfg_err[512];
+    char cfg_for[PATH_MAX + 8];
+} Browser;
+
 struct SetupState {
     Field *f;
     int n, sel, top;
     int editing;
     char edit[512];
     size_t edit_len;
+    char refused[512]; /* why the last typed value was refused (shown in its row) */
+    int refused_field;
+    int output_typed; /* 0: output follows runs/DATASET-METHOD */
+    long pv_index;    /* example shown in the preview (PgUp/PgDn) */
     ModelConfig cfg;
     int cfg_ok;
     char cfg_err[512];
     char cfg_for[512];
+    double disk_bytes; /* *.safetensors of the model folder */
+    /* datasets: parallel to the dataset field's choices */
+    char **ds_file;       /* dataset_dir/file_name or NULL */
+    long *ds_rows;        /* -1 unknown */
+    signed char *ds_done; /* 0 not counted yet, 1 exact, 2 approximate, -1 unknown */
+    Browser br;
+    SetupPreview pv;
 };
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
+static const char *lora_sites[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+static const char *gpt2_sites[] = {"c_attn", "c_proj", "c_fc"};
 
 static void add_choice(Field *f, const char *s) {
     if (f->n_choices == MAX_CHOICES) return;
     f->choices = xrealloc(f->choices, (size_t)(f->n_choices + 1) * sizeof(char *));
     f->choices[f->n_choices++] = xstrdup(s);
+}
+
+static int has_choice(const Field *f, const char *s) {
+    for (int i = 0; i < f->n_choices; i++)
+        if (!strcmp(f->choices[i], s)) return 1;
+    return 0;
+}
+
+/* out = dir "/" name (no snprintf: the sizes are dynamic); "" and -1 when it does not fit. */
+static int join_path(char *out, size_t n, const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    int root = a == 1 && dir[0] == '/';
+    if (a + b + 2 > n) {
+        if (n) out[0] = 0;
+        return -1;
+    }
+    memcpy(out, dir, a);
+    if (!root) out[a++] = '/';
+    memcpy(out + a, name, b + 1);
+    return 0;
+}
+
+static void copy_str(char *out, size_t n, const char *s) {
+    if (!n) return;
+    size_t l = strlen(s);
+    if (l >= n) l = n - 1;
+    memcpy(out, s, l);
+    out[l] = 0;
+}
+
+static int is_model_dir(const char *dir) {
+    char p[PATH_MAX + 16];
+    struct stat st;
+    if (join_path(p, sizeof p, dir, "config.json")) return 0;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 static void scan_models(Field *f, const char *root) {
@@ -68,13 +136,9 @@ static void scan_models(Field *f, const char *root) {
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        char p[4200];
-        struct stat st;
-        snprintf(p, sizeof p, "%s/%s/config.json", root, e->d_name);
-        if (stat(p, &st) == 0) {
-            snprintf(p, sizeof p, "%s/%s", root, e->d_name);
-            add_choice(f, p);
-        }
+        char p[PATH_MAX];
+        if (join_path(p, sizeof p, root, e->d_name)) continue;
+        if (is_model_dir(p) && !has_choice(f, p)) add_choice(f, p);
     }
     closedir(d);
 }
@@ -92,9 +156,35 @@ static unsigned method_bit(SetupState *s) {
     return M_FULL;
 }
 
+static void load_datasets(SetupState *s) {
+    Field *ds = field(s, "dataset");
+    char *info = xread_file("datasets/dataset_info.json", NULL);
+    cJSON *root = info ? cJSON_Parse(info) : NULL;
+    for (cJSON *it = cJSON_IsObject(root) ? root->child : NULL; it; it = it->next) {
+        if (!it->string || ds->n_choices == MAX_CHOICES) continue;
+        add_choice(ds, it->string);
+        int k = ds->n_choices - 1;
+        s->ds_file = xrealloc(s->ds_file, (size_t)(k + 1) * sizeof *s->ds_file);
+        s->ds_rows = xrealloc(s->ds_rows, (size_t)(k + 1) * sizeof *s->ds_rows);
+        s->ds_done = xrealloc(s->ds_done, (size_t)(k + 1) * sizeof *s->ds_done);
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(it, "file_name");
+        s->ds_file[k] = NULL;
+        if (cJSON_IsString(fn) && fn->valuestring[0]) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof p, "datasets/%.3000s", fn->valuestring);
+            s->ds_file[k] = xstrdup(p);
+        }
+        s->ds_rows[k] = -1;
+        s->ds_done[k] = 0;
+    }
+    cJSON_Delete(root);
+    free(info);
+}
+
 static SetupState *setup_get(App *app) {
     if (app->setup) return app->setup;
     SetupState *s = xcalloc(1, sizeof *s);
+    /* the order with method lora is what tests/test_ui_tmux.sh counts rows by */
     static const Field defs[] = {
             {"model", "model", F_CHOICE, M_ALL, 0, 0, 0, 0, "", NULL, 0},
             {"template", "template", F_CHOICE, M_ALL, 0, 0, 0, 0, "vanilla", NULL, 0},
@@ -106,21 +196,24 @@ static SetupState *setup_get(App *app) {
             {"lora_dropout", "lora dropout", F_FLOAT, M_LORA, 0, 0.05, 0, 0.9, "", NULL, 0},
             {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "q_proj,v_proj", NULL, 0},
             {"freeze_layers", "trainable layers", F_INT, M_FREEZE, 2, 1, 1, 1000, "", NULL, 0},
-            {"num_virtual_tokens", "virtual tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
-            {"epochs", "epochs", F_FLOAT, M_ALL, 3, 1, 0.1, 1000, "", NULL, 0},
+            {"prefix_tokens", "prefix tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
+            {"prefix_projection", "prefix MLP", F_BOOL, M_PT, 0, 1, 0, 1, "", NULL, 0},
+            {"prefix_hidden", "prefix hidden", F_INT, M_PT, 64, 16, 1, 65536, "", NULL, 0},
+            {"epochs", "epochs", F_INT, M_ALL, 3, 1, 1, 100000, "", NULL, 0},
             {"lr", "learning rate", F_FLOAT, M_ALL, 1e-3, 0, 1e-7, 1, "", NULL, 0},
             {"batch_size", "batch size", F_INT, M_ALL, 8, 1, 1, 4096, "", NULL, 0},
             {"grad_accum", "grad accum", F_INT, M_ALL, 1, 1, 1, 1024, "", NULL, 0},
             {"cutoff_len", "cutoff len", F_INT, M_ALL, 256, 32, 8, 131072, "", NULL, 0},
-            {"val_size", "val size", F_FLOAT, M_ALL, 0.1, 0.05, 0, 0.9, "", NULL, 0},
-            {"eval_steps", "eval steps", F_INT, M_ALL, 20, 5, 1, 1000000, "", NULL, 0},
-            {"save_steps", "save steps", F_INT, M_ALL, 50, 10, 1, 1000000, "", NULL, 0},
+            {"val_size", "val size", F_FLOAT, M_ALL, 0.1, 0.05, 0, 1000000, "", NULL, 0},
+            {"eval_steps", "eval steps", F_INT, M_ALL, 20, 5, 0, 1000000, "", NULL, 0},
+            {"save_steps", "save steps", F_INT, M_ALL, 50, 10, 0, 1000000, "", NULL, 0},
             {"seed", "seed", F_INT, M_ALL, 42, 1, 0, 2147483647, "", NULL, 0},
             {"output", "output", F_TEXT, M_ALL, 0, 0, 0, 0, "runs/identity-lora", NULL, 0},
     };
     s->n = (int)(sizeof defs / sizeof defs[0]);
     s->f = xmalloc(sizeof defs);
     memcpy(s->f, defs, sizeof defs);
+    s->refused_field = -1;
     Field *m = field(s, "model");
     snprintf(m->text, sizeof m->text, "%.500s", app->model_dir);
     add_choice(m, app->model_dir);
@@ -137,25 +230,47 @@ static SetupState *setup_get(App *app) {
     snprintf(t->text, sizeof t->text, "%s", app->template_name);
     Field *mm = field(s, "method");
     for (int i = 0; i < 4; i++) add_choice(mm, method_names[i]);
-    Field *ds = field(s, "dataset");
-    char *info = xread_file("datasets/dataset_info.json", NULL);
-    cJSON *root = info ? cJSON_Parse(info) : NULL;
-    for (cJSON *it = root ? root->child : NULL; it; it = it->next) add_choice(ds, it->string);
-    cJSON_Delete(root);
-    free(info);
-    if (!ds->n_choices) add_choice(ds, "identity");
+    load_datasets(s);
+    if (!field(s, "dataset")->n_choices) add_choice(field(s, "dataset"), "identity");
     app->setup = s;
     return s;
 }
 
+static void browser_clear(Browser *b) {
+    for (int i = 0; i < b->n; i++) free(b->names[i]);
+    free(b->names);
+    free(b->is_model);
+    b->names = NULL;
+    b->is_model = NULL;
+    b->n = b->sel = b->top = 0;
+}
+
 void setup_free(SetupState *s) {
     if (!s) return;
+    Field *ds = field(s, "dataset");
+    for (int k = 0; ds && k < ds->n_choices && s->ds_file; k++) free(s->ds_file[k]);
+    free(s->ds_file);
+    free(s->ds_rows);
+    free(s->ds_done);
     for (int i = 0; i < s->n; i++) {
         for (int k = 0; k < s->f[i].n_choices; k++) free(s->f[i].choices[k]);
         free(s->f[i].choices);
     }
+    browser_clear(&s->br);
+    setup_preview_clear(&s->pv);
     free(s->f);
     free(s);
+}
+
+/* Until the user types an output folder it follows the dataset and method, as `tuna train`'s
+ * default runs/DATASET-METHOD. */
+static void auto_output(SetupState *s) {
+    if (s->output_typed) return;
+    const char *d = field(s, "dataset")->text;
+    size_t k = strcspn(d, ",");
+    while (k && d[k - 1] == ' ') k--;
+    Field *o = field(s, "output");
+    snprintf(o->text, sizeof o->text, "runs/%.*s-%.20s", (int)(k > 200 ? 200 : k), d, field(s, "method")->text);
 }
 
 // --- config JSON
@@ -169,12 +284,14 @@ static cJSON *setup_json(SetupState *s) {
         if (!(f->methods & mb)) continue;
         if (f->kind == F_INT) cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
         else if (f->kind == F_FLOAT) cJSON_AddNumberToObject(o, f->key, f->v);
+        else if (f->kind == F_BOOL) cJSON_AddBoolToObject(o, f->key, f->v != 0);
         else cJSON_AddStringToObject(o, f->key, f->text);
     }
     return o;
 }
 
 static int write_json(SetupState *s, const char *path, char *err, size_t n) {
+    auto_output(s);
     cJSON *o = setup_json(s);
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
@@ -206,14 +323,35 @@ static int load_json(SetupState *s, const char *path, char *err, size_t n) {
         Field *f = &s->f[i];
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, f->key);
         if (!it) continue;
-        if ((f->kind == F_INT || f->kind == F_FLOAT) && cJSON_IsNumber(it)) f->v = it->valuedouble;
-        else if (cJSON_IsString(it)) snprintf(f->text, sizeof f->text, "%s", it->valuestring);
+        if (f->kind == F_BOOL && cJSON_IsBool(it)) f->v = cJSON_IsTrue(it);
+        else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) && cJSON_IsNumber(it))
+            f->v = f->kind == F_BOOL ? it->valuedouble != 0 : it->valuedouble;
+        else if ((f->kind == F_TEXT || f->kind == F_CHOICE) && cJSON_IsString(it)) {
+            snprintf(f->text, sizeof f->text, "%s", it->valuestring);
+            if (!strcmp(f->key, "output")) s->output_typed = 1;
+        }
     }
     cJSON_Delete(o);
     return 0;
 }
 
-// --- estimates
+// --- model, datasets, estimates
+
+static double safetensors_bytes(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    double sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 12 || strcmp(e->d_name + l - 12, ".safetensors")) continue;
+        char p[PATH_MAX];
+        struct stat st;
+        if (!join_path(p, sizeof p, dir, e->d_name) && stat(p, &st) == 0) sum += (double)st.st_size;
+    }
+    closedir(d);
+    return sum;
+}
 
 static void refresh_model(SetupState *s) {
     const char *dir = field(s, "model")->text;
@@ -222,43 +360,25 @@ static void refresh_model(SetupState *s) {
     TunaErr e = {0};
     s->cfg_ok = config_load(dir, &s->cfg, &e) == 0;
     snprintf(s->cfg_err, sizeof s->cfg_err, "%s", e.msg);
-}
-
-static int target_on(const char *targets, const char *name) {
-    if (!strcmp(targets, "all")) return 1;
-    const char *p = strstr(targets, name);
-    size_t n = strlen(name);
-    return p && (p == targets || p[-1] == ',') && (p[n] == 0 || p[n] == ',');
-}
-
-/* Parameters: total and trainable for the chosen method. */
-static void estimate(SetupState *s, double *total, double *trainable) {
-    const ModelConfig *c = &s->cfg;
-    double C = c->C, Q = (double)c->NH * c->HS, KV = (double)c->KVH * c->HS, FF = c->FF;
-    double mlp = c->act == ACT_SILU ? 3 * C * FF : 2 * C * FF;
-    double layer = C * Q + 2 * C * KV + Q * C + mlp + 2 * C;
-    double emb = (double)c->V * C * (c->tie_embeddings ? 1 : 2);
-    *total = emb + c->L * layer + C;
-    unsigned mb = method_bit(s);
-    if (mb == M_FULL) *trainable = *total;
-    else if (mb == M_FREEZE) {
-        double n = field(s, "freeze_layers")->v;
-        *trainable = (n < c->L ? n : c->L) * layer;
-    } else if (mb == M_PT) {
-        *trainable = field(s, "num_virtual_tokens")->v * c->L * 2 * KV;
-    } else {
-        double r = field(s, "lora_rank")->v;
-        const char *t = field(s, "lora_target")->text;
-        double per = 0;
-        if (target_on(t, "q_proj")) per += r * (C + Q);
-        if (target_on(t, "k_proj")) per += r * (C + KV);
-        if (target_on(t, "v_proj")) per += r * (C + KV);
-        if (target_on(t, "o_proj")) per += r * (Q + C);
-        if (target_on(t, "gate_proj")) per += r * (C + FF);
-        if (target_on(t, "up_proj")) per += r * (C + FF);
-        if (target_on(t, "down_proj")) per += r * (FF + C);
-        *trainable = per * c->L;
+    s->disk_bytes = s->cfg_ok ? safetensors_bytes(dir) : 0;
+    if (s->cfg_ok) { /* keep the LoRA default target valid for the architecture */
+        Field *t = field(s, "lora_target");
+        if (s->cfg.arch == ARCH_GPT2 && !strcmp(t->text, "q_proj,v_proj")) snprintf(t->text, sizeof t->text, "c_attn");
+        if (s->cfg.arch != ARCH_GPT2 && !strcmp(t->text, "c_attn")) snprintf(t->text, sizeof t->text, "q_proj,v_proj");
+        Field *fl = field(s, "freeze_layers");
+        if (fl->v > s->cfg.L) fl->v = s->cfg.L;
     }
+}
+
+/* Rows of dataset choice k, counted on first use. */
+static long ds_rows_of(SetupState *s, int k, int *approx) {
+    if (!s->ds_done[k]) {
+        int a = 0;
+        s->ds_rows[k] = s->ds_file[k] ? setup_count_rows(s->ds_file[k], &a) : -1;
+        s->ds_done[k] = s->ds_rows[k] < 0 ? -1 : a ? 2 : 1;
+    }
+    *approx = s->ds_done[k] == 2;
+    return s->ds_rows[k];
 }
 
 static void fmt_count(double v, char *b, size_t n) {
@@ -272,6 +392,307 @@ static void fmt_bytes(double v, char *b, size_t n) {
     if (v >= 1 << 30) snprintf(b, n, "%.2f GiB", v / (1 << 30));
     else if (v >= 1 << 20) snprintf(b, n, "%.1f MiB", v / (1 << 20));
     else snprintf(b, n, "%.0f KiB", v / 1024);
+}
+
+/* "91 rows", "~1.2M rows", "91+1.0K rows"; unknown names -> 1 and b = the first one. */
+static int dataset_sizes(SetupState *s, const char *names, char *b, size_t n) {
+    Field *ds = field(s, "dataset");
+    char *dup = xstrdup(names), *save = NULL;
+    double total = 0;
+    int parts = 0, approx = 0, unknown = 0, bad = 0;
+    b[0] = 0;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ') t++;
+        size_t l = strlen(t);
+        while (l && t[l - 1] == ' ') t[--l] = 0;
+        if (!l) continue;
+        int k = -1;
+        for (int i = 0; i < ds->n_choices; i++)
+            if (!strcmp(ds->choices[i], t)) k = i;
+        if (k < 0 || !s->ds_rows) {
+            if (!bad) snprintf(b, n, "%.200s", t);
+            bad = 1;
+            continue;
+        }
+        int a;
+        long r = ds_rows_of(s, k, &a);
+        if (r < 0) unknown = 1;
+        else total += (double)r;
+        approx |= a;
+        parts++;
+    }
+    free(dup);
+    if (bad) return 1;
+    char c[32];
+    fmt_count(total, c, sizeof c);
+    if (!parts) snprintf(b, n, "no dataset");
+    else if (unknown && total == 0) snprintf(b, n, "? rows");
+    else snprintf(b, n, "%s%s%s rows", approx ? "~" : "", c, unknown ? "+?" : "");
+    return 0;
+}
+
+static int target_on(const char *targets, const char *name) {
+    if (!strcmp(targets, "all")) return 1;
+    const char *p = targets;
+    size_t n = strlen(name);
+    while ((p = strstr(p, name))) {
+        if ((p == targets || p[-1] == ',' || p[-1] == ' ') && (p[n] == 0 || p[n] == ',' || p[n] == ' ')) return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* Parameters: total and trainable for the chosen method, as the engine counts them. */
+static void estimate(SetupState *s, double *total, double *trainable, int *n_modules) {
+    const ModelConfig *c = &s->cfg;
+    double C = c->C, Q = (double)c->NH * c->HS, KV = (double)c->KVH * c->HS, FF = c->FF;
+    double mlp = c->act == ACT_SILU ? 3 * C * FF : 2 * C * FF;
+    double layer = C * Q + 2 * C * KV + Q * C + mlp + 2 * C;
+    double emb = (double)c->V * C * (c->tie_embeddings ? 1 : 2);
+    *total = emb + c->L * layer + C;
+    *n_modules = 0;
+    unsigned mb = method_bit(s);
+    if (mb == M_FULL) *trainable = *total;
+    else if (mb == M_FREEZE) {
+        double n = field(s, "freeze_layers")->v;
+        *trainable = (n < c->L ? n : c->L) * layer;
+    } else if (mb == M_PT) {
+        /* PEFT prefix tuning: P x (L*2*KV), or embedding P x KV -> MLP(H) -> L*2*KV */
+        double P = field(s, "prefix_tokens")->v, H = field(s, "prefix_hidden")->v, PW = c->L * 2 * KV;
+        *trainable = field(s, "prefix_projection")->v ? P * KV + H * KV + H + PW * H + PW : P * PW;
+    } else {
+        double r = field(s, "lora_rank")->v, per = 0;
+        const char *t = field(s, "lora_target")->text;
+        int k = 0;
+        if (!*t) t = c->arch == ARCH_GPT2 ? "c_attn" : "q_proj,v_proj";
+        if (c->arch == ARCH_GPT2) {
+            if (target_on(t, "c_attn")) per += r * (C + Q + 2 * KV), k++;
+            if (target_on(t, "c_proj")) per += r * (Q + C) + r * (FF + C), k += 2;
+            if (target_on(t, "c_fc")) per += r * (C + FF), k++;
+        } else {
+            if (target_on(t, "q_proj")) per += r * (C + Q), k++;
+            if (target_on(t, "k_proj")) per += r * (C + KV), k++;
+            if (target_on(t, "v_proj")) per += r * (C + KV), k++;
+            if (target_on(t, "o_proj")) per += r * (Q + C), k++;
+            if (target_on(t, "gate_proj")) per += r * (C + FF), k++;
+            if (target_on(t, "up_proj")) per += r * (C + FF), k++;
+            if (target_on(t, "down_proj")) per += r * (FF + C), k++;
+        }
+        *trainable = per * c->L;
+        *n_modules = k * c->L;
+    }
+}
+
+typedef struct MemEstimate {
+    double weights, optim, act, total; /* bytes */
+} MemEstimate;
+
+/* fp32 throughout (as the engine trains): all weights, a gradient and AdamW's m and v for each
+ * trainable parameter, and the activations the engine keeps for batch x cutoff tokens (per
+ * layer: norms, q/k/v, attention out, MLP, plus the logits) with its backward scratch. */
+static void mem_estimate(SetupState *s, double total, double trainable, int n_modules, MemEstimate *m) {
+    const ModelConfig *c = &s->cfg;
+    double C = c->C, QD = (double)c->NH * c->HS, KD = (double)c->KVH * c->HS, FF = c->FF, V = c->V;
+    double B = field(s, "batch_size")->v, T = field(s, "cutoff_len")->v, N = B * T;
+    double P = method_bit(s) == M_PT ? field(s, "prefix_tokens")->v : 0;
+    double r = method_bit(s) == M_LORA ? field(s, "lora_rank")->v : 1;
+    double per_layer = 4 * C + 3 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
+    double mx = C > QD ? C : QD;
+    if (FF > mx) mx = FF;
+    double mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
+    double act = N * (per_layer * c->L + 2 * C + V) + 2 * B * P * KD * c->L;
+    double scratch = N * (C + 3 * mx + 2 * QD + 2 * KD + 3 * FF + 2 * mx_out + r);
+    double lora = n_modules * N * r;
+    m->weights = total * 4;
+    m->optim = trainable * 12;
+    m->act = (act + scratch + lora) * 4;
+    m->total = m->weights + m->optim + m->act;
+}
+
+// --- the folder browser
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void browser_add(Browser *b, const char *name, int model) {
+    b->names = xrealloc(b->names, (size_t)(b->n + 1) * sizeof *b->names);
+    b->is_model = xrealloc(b->is_model, (size_t)(b->n + 1));
+    b->names[b->n] = xstrdup(name);
+    b->is_model[b->n] = (unsigned char)model;
+    b->n++;
+}
+
+/* Lists dir into the browser; on failure keeps the old listing and returns -1 (errno set). */
+static int browser_read(Browser *b, const char *dir) {
+    char abs[PATH_MAX];
+    if (!realpath(dir, abs)) return -1;
+    DIR *d = opendir(abs);
+    if (!d) return -1;
+    browser_clear(b);
+    copy_str(b->dir, sizeof b->dir, abs);
+    if (strcmp(abs, "/")) browser_add(b, "..", 0);
+    if (is_model_dir(abs)) browser_add(b, ".", 1);
+    int first = b->n;
+    struct dirent *e;
+    while ((e = readdir(d)) && b->n < MAX_BROWSE) {
+        if (e->d_name[0] == '.') continue;
+        char p[PATH_MAX + 260];
+        struct stat st;
+        if (join_path(p, sizeof p, abs, e->d_name) || stat(p, &st) || !S_ISDIR(st.st_mode)) continue;
+        browser_add(b, e->d_name, is_model_dir(p));
+    }
+    closedir(d);
+    qsort(b->names + first, (size_t)(b->n - first), sizeof *b->names, cmp_names);
+    for (int i = first; i < b->n; i++) { /* the flags were added unsorted: recompute */
+        char p[PATH_MAX + 260];
+        b->is_model[i] = !join_path(p, sizeof p, abs, b->names[i]) && is_model_dir(p);
+    }
+    b->cfg_for[0] = 0;
+    return 0;
+}
+
+static void browser_path(const Browser *b, int i, char *out, size_t n) {
+    if (!strcmp(b->names[i], ".")) copy_str(out, n, b->dir);
+    else join_path(out, n, b->dir, b->names[i]);
+}
+
+static void browser_open(App *app, SetupState *s) {
+    Browser *b = &s->br;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
+    if (browser_read(b, cwd)) {
+        app_status(app, ROLE_ERROR, "%s: %s", cwd, strerror(errno));
+        return;
+    }
+    b->open = 1;
+    /* start on the folder that leads to the current model, else on the first model folder */
+    const char *cur = field(s, "model")->text;
+    size_t k = strcspn(cur, "/");
+    int hit = -1;
+    for (int i = 0; i < b->n && cur[0] != '/'; i++)
+        if (strlen(b->names[i]) == k && !strncmp(b->names[i], cur, k) && strcmp(b->names[i], "..")) hit = i;
+    for (int i = 0; i < b->n && hit < 0; i++)
+        if (b->is_model[i] && strcmp(b->names[i], ".")) hit = i;
+    if (hit >= 0) b->sel = hit;
+}
+
+static void browser_go(App *app, Browser *b, const char *path, const char *select) {
+    if (browser_read(b, path)) {
+        app_status(app, ROLE_ERROR, "%s: %s", path, strerror(errno));
+        return;
+    }
+    int hit = -1;
+    for (int i = 0; select && i < b->n; i++)
+        if (!strcmp(b->names[i], select)) hit = i;
+    for (int i = 0; !select && hit < 0 && i < b->n; i++) /* else the first model folder */
+        if (b->is_model[i]) hit = i;
+    if (hit < 0 && !select && b->n > 1) hit = 1; /* else the first folder after ".." */
+    if (hit >= 0) b->sel = hit;
+}
+
+static void browser_up(App *app, Browser *b) {
+    if (!strcmp(b->dir, "/")) return;
+    char here[PATH_MAX], *slash;
+    copy_str(here, sizeof here, b->dir);
+    slash = strrchr(here, '/');
+    char name[PATH_MAX];
+    copy_str(name, sizeof name, slash ? slash + 1 : "");
+    if (slash == here) here[1] = 0;
+    else if (slash) *slash = 0;
+    browser_go(app, b, here, name);
+}
+
+/* Sets the model field to the folder (relative to the working directory when inside it). */
+static void browser_pick(App *app, SetupState *s, const char *path) {
+    char cwd[PATH_MAX], rel[PATH_MAX];
+    const char *v = path;
+    if (getcwd(cwd, sizeof cwd)) {
+        size_t l = strlen(cwd);
+        if (!strcmp(path, cwd)) v = ".";
+        else if (!strncmp(path, cwd, l) && path[l] == '/') {
+            copy_str(rel, sizeof rel, path + l + 1);
+            v = rel;
+        }
+    }
+    Field *m = field(s, "model");
+    snprintf(m->text, sizeof m->text, "%.500s", v);
+    if (!has_choice(m, m->text)) add_choice(m, m->text);
+    s->br.open = 0;
+    browser_clear(&s->br);
+    refresh_model(s);
+    if (s->cfg_ok) app_status(app, ROLE_NORMAL, "model: %s", m->text);
+    else app_status(app, ROLE_WARN, "%s", s->cfg_err);
+}
+
+static void browser_enter(App *app, SetupState *s, int descend_only) {
+    Browser *b = &s->br;
+    if (!b->n) return;
+    const char *nm = b->names[b->sel];
+    char p[PATH_MAX + 260];
+    browser_path(b, b->sel, p, sizeof p);
+    if (!strcmp(nm, "..")) browser_up(app, b);
+    else if (!strcmp(nm, ".")) browser_pick(app, s, p);
+    else if (b->is_model[b->sel] && !descend_only) browser_pick(app, s, p);
+    else browser_go(app, b, p, NULL);
+}
+
+static void browser_refresh_cfg(Browser *b) {
+    char p[PATH_MAX + 260];
+    if (!b->n) return;
+    browser_path(b, b->sel, p, sizeof p);
+    if (!strcmp(p, b->cfg_for)) return;
+    copy_str(b->cfg_for, sizeof b->cfg_for, p);
+    b->cfg_ok = 0;
+    b->cfg_err[0] = 0;
+    if (b->is_model[b->sel]) {
+        TunaErr e = {0};
+        b->cfg_ok = config_load(p, &b->cfg, &e) == 0;
+        snprintf(b->cfg_err, sizeof b->cfg_err, "%s", e.msg);
+    }
+}
+
+static int browser_action(App *app, SetupState *s, Action a) {
+    Browser *b = &s->br;
+    int page = app->rows > 8 ? app->rows - 6 : 4;
+    switch (a) {
+    case ACT_UP: if (b->sel > 0) b->sel--; break;
+    case ACT_DOWN: if (b->sel < b->n - 1) b->sel++; break;
+    case ACT_PGUP: b->sel = b->sel > page ? b->sel - page : 0; break;
+    case ACT_PGDN: b->sel = b->sel + page < b->n ? b->sel + page : b->n - 1; break;
+    case ACT_HOME: b->sel = 0; break;
+    case ACT_END: b->sel = b->n - 1; break;
+    case ACT_LEFT: browser_up(app, b); break;
+    case ACT_RIGHT: browser_enter(app, s, 1); break;
+    case ACT_OPEN: browser_enter(app, s, 0); break;
+    default: return 0;
+    }
+    if (b->sel < 0) b->sel = 0;
+    return UI_REDRAW;
+}
+
+static int browser_key(App *app, SetupState *s, int ch) {
+    Browser *b = &s->br;
+    if (ch == 27) {
+        b->open = 0;
+        browser_clear(b);
+        return UI_REDRAW;
+    }
+    if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
+        browser_up(app, b);
+        return UI_REDRAW;
+    }
+    if (ch > 32 && ch < 127) { /* jump to the next folder starting with that letter */
+        for (int k = 1; k <= b->n; k++) {
+            int i = (b->sel + k) % b->n;
+            if (tolower((unsigned char)b->names[i][0]) == tolower(ch)) {
+                b->sel = i;
+                break;
+            }
+        }
+        return UI_REDRAW;
+    }
+    return 0;
 }
 
 // --- actions
@@ -293,30 +714,107 @@ static Field *selected(SetupState *s) {
 static void fmt_value(const Field *f, char *b, size_t n) {
     if (f->kind == F_INT) snprintf(b, n, "%ld", (long)f->v);
     else if (f->kind == F_FLOAT) snprintf(b, n, "%g", f->v);
+    else if (f->kind == F_BOOL) snprintf(b, n, "%s", f->v ? "on" : "off");
     else snprintf(b, n, "%s", f->text);
+}
+
+/* Checks a typed text value; 0 ok, else why (and the value is refused). A dataset name that is
+ * not in dataset_info.json is let through with a warning: `tuna train` then says so itself. */
+static int check_text(SetupState *s, const Field *f, const char *v, char *why, size_t n) {
+    TunaErr e = {0};
+    if (!strcmp(f->key, "model")) {
+        ModelConfig c;
+        if (!*v) return snprintf(why, n, "name a model folder (Tab browses)"), -1;
+        if (config_load(v, &c, &e)) return snprintf(why, n, "%s", e.msg), -1;
+    } else if (!strcmp(f->key, "template")) {
+        Template *t = NULL;
+        if (template_load("templates", v, &t, &e)) return snprintf(why, n, "%s", e.msg), -1;
+        template_free(t);
+    } else if (!strcmp(f->key, "method")) {
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(v, method_names[i])) return 0;
+        return snprintf(why, n, "expected full, lora, freeze or ptuning, got \"%.100s\"", v), -1;
+    } else if (!strcmp(f->key, "dataset")) {
+        char b[256];
+        int any = 0;
+        for (const char *p = v; *p; p++) any |= *p != ',' && *p != ' ';
+        if (!any) return snprintf(why, n, "name at least one dataset from datasets/dataset_info.json"), -1;
+        if (dataset_sizes(s, v, b, sizeof b))
+            return snprintf(why, n, "warn:\"%.200s\" is not in datasets/dataset_info.json", b), 1;
+    } else if (!strcmp(f->key, "vars")) {
+        char *dup = xstrdup(v), *save = NULL;
+        int rc = 0;
+        for (char *t = strtok_r(dup, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(t, '=');
+            if (!eq || eq == t) rc = -1, snprintf(why, n, "expected KEY=VALUE,..., got \"%.100s\"", t);
+        }
+        free(dup);
+        return rc;
+    } else if (!strcmp(f->key, "lora_target")) {
+        int g = s->cfg_ok && s->cfg.arch == ARCH_GPT2, known = s->cfg_ok;
+        if (!*v || !strcmp(v, "all")) return 0;
+        char *dup = xstrdup(v), *save = NULL;
+        int rc = 0;
+        for (char *t = strtok_r(dup, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+            while (*t == ' ') t++;
+            int hit = 0;
+            for (int i = 0; i < 7; i++) hit |= (!g || !known) && !strcmp(t, lora_sites[i]);
+            for (int i = 0; i < 3; i++) hit |= (g || !known) && !strcmp(t, gpt2_sites[i]);
+            if (!hit)
+                rc = -1, snprintf(why, n, "\"%.60s\" is not a linear layer of %s (use %s, or all)", t,
+                                  known ? config_arch_name(s->cfg.arch) : "the model",
+                                  g ? "c_attn, c_proj, c_fc" : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+        }
+        free(dup);
+        return rc;
+    } else if (!strcmp(f->key, "output")) {
+        if (!*v) return snprintf(why, n, "name a run folder, e.g. runs/NAME"), -1;
+    }
+    return 0;
+}
+
+static double field_hi(SetupState *s, const Field *f) {
+    if (!strcmp(f->key, "freeze_layers") && s->cfg_ok) return s->cfg.L;
+    return f->hi;
+}
+
+static int refuse(App *app, SetupState *s, const Field *f, const char *why) {
+    snprintf(s->refused, sizeof s->refused, "%s", why);
+    s->refused_field = (int)(f - s->f);
+    app_status(app, ROLE_ERROR, "%s: %s", f->key, why);
+    return UI_REDRAW;
 }
 
 static int commit_edit(App *app, SetupState *s) {
     Field *f = selected(s);
     s->editing = 0;
+    char why[600] = "";
     if (f->kind == F_TEXT || f->kind == F_CHOICE) {
+        int rc = check_text(s, f, s->edit, why, sizeof why);
+        if (rc < 0) return refuse(app, s, f, why);
         snprintf(f->text, sizeof f->text, "%s", s->edit);
+        if (!strcmp(f->key, "output")) s->output_typed = 1;
+        if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text)) add_choice(f, f->text);
+        if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
     char *end;
     errno = 0;
-    double v = strtod(s->edit, &end);
-    if (errno || end == s->edit || *end || !isfinite(v) || v < f->lo || v > f->hi ||
+    double v = strtod(s->edit, &end), hi = field_hi(s, f);
+    if (errno || end == s->edit || *end || !isfinite(v) || v < f->lo || v > hi ||
         (f->kind == F_INT && v != floor(v))) {
-        app_status(app, ROLE_ERROR, "%s: expected %s in [%g, %g], got \"%s\"", f->key,
-                   f->kind == F_INT ? "an integer" : "a number", f->lo, f->hi, s->edit);
-        return UI_REDRAW;
+        snprintf(why, sizeof why, "expected %s in [%g, %g], got \"%.100s\"",
+                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi, s->edit);
+        return refuse(app, s, f, why);
     }
+    if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
+        return refuse(app, s, f, "a fraction below 1, or a whole count of examples");
     f->v = v;
     return UI_REDRAW;
 }
 
 static int start_training(App *app, SetupState *s) {
+    auto_output(s);
     const char *out = field(s, "output")->text;
     char err[600] = "", cfg[4200], log[4200], pidf[4200];
     mkdir("runs", 0755);
@@ -360,35 +858,47 @@ static int start_training(App *app, SetupState *s) {
 
 static int setup_action(App *app, Action a) {
     SetupState *s = setup_get(app);
+    if (s->br.open) return browser_action(app, s, a);
     int idx[64], n;
     visible(s, idx, &n);
     Field *f = selected(s);
     char err[600] = "";
     if (s->editing && a != ACT_OPEN) return 0;
+    if (!s->editing) s->refused_field = -1;
     switch (a) {
     case ACT_UP: if (s->sel > 0) s->sel--; return UI_REDRAW;
     case ACT_DOWN: if (s->sel < n - 1) s->sel++; return UI_REDRAW;
     case ACT_HOME: s->sel = 0; return UI_REDRAW;
     case ACT_END: s->sel = n - 1; return UI_REDRAW;
+    case ACT_PGDN: s->pv_index++; return UI_REDRAW; /* the preview: next / previous example */
+    case ACT_PGUP: if (s->pv_index > 0) s->pv_index--; return UI_REDRAW;
     case ACT_LEFT:
     case ACT_RIGHT: {
         int d = a == ACT_RIGHT ? 1 : -1;
         if (f->kind == F_CHOICE && f->n_choices) {
-            int cur = 0;
+            int cur = -1;
             for (int i = 0; i < f->n_choices; i++)
                 if (!strcmp(f->choices[i], f->text)) cur = i;
+            if (cur < 0) cur = d > 0 ? -1 : 0; /* a typed value: start from the ends */
             cur = (cur + d + f->n_choices) % f->n_choices;
             snprintf(f->text, sizeof f->text, "%s", f->choices[cur]);
+        } else if (f->kind == F_BOOL) {
+            f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
+            double hi = field_hi(s, f);
             if (f->step > 0) f->v += d * f->step;
             else f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
             if (f->v < f->lo) f->v = f->lo;
-            if (f->v > f->hi) f->v = f->hi;
+            if (f->v > hi) f->v = hi;
         }
         return UI_REDRAW;
     }
     case ACT_OPEN:
         if (s->editing) return commit_edit(app, s);
+        if (f->kind == F_BOOL) {
+            f->v = !f->v;
+            return UI_REDRAW;
+        }
         s->editing = 1;
         fmt_value(f, s->edit, sizeof s->edit);
         s->edit_len = strlen(s->edit);
@@ -407,12 +917,20 @@ static int setup_action(App *app, Action a) {
 }
 
 static int setup_text_input(App *app) {
-    return app->setup && app->setup->editing;
+    return app->setup && (app->setup->editing || app->setup->br.open);
 }
 
 static int setup_key(App *app, int ch) {
     SetupState *s = setup_get(app);
-    if (!s->editing) return 0;
+    if (s->br.open) return browser_key(app, s, ch);
+    if (!s->editing) {
+        if (ch == '\t' && !strcmp(selected(s)->key, "model")) {
+            s->refused_field = -1;
+            browser_open(app, s);
+            return UI_REDRAW;
+        }
+        return 0;
+    }
     if (ch == 27) {
         s->editing = 0;
         return UI_REDRAW;
@@ -429,63 +947,312 @@ static int setup_key(App *app, int ch) {
     return 0;
 }
 
-static void setup_draw(App *app) {
-    SetupState *s = setup_get(app);
-    SplitLayout L;
-    layout_split(app->rows, app->cols, 46, &L);
-    app_draw_header(app, L.header.y, L.header.w);
-    ui_frame(L.list, "training setup", 1);
-    Rect in = ui_inner(L.list);
+// --- drawing
+
+/* The form (left pane). */
+static void draw_form(App *app, SetupState *s, Rect list) {
+    (void)app;
+    ui_frame(list, "training setup", 1);
+    Rect in = ui_inner(list);
     int idx[64], n;
     visible(s, idx, &n);
     if (s->sel >= n) s->sel = n - 1;
     if (s->sel < s->top) s->top = s->sel;
     if (s->sel >= s->top + in.h) s->top = s->sel - in.h + 1;
+    int lw = in.w >= 60 ? 20 : 17;
     for (int k = 0; k < in.h && s->top + k < n; k++) {
         int i = s->top + k, y = in.y + k;
         Field *f = &s->f[idx[i]];
         int sel = i == s->sel;
-        ui_str(y, in.x + 1, 17, sel ? ROLE_SELECTED : ROLE_LABEL, f->label);
+        ui_str(y, in.x + 1, lw, sel ? ROLE_SELECTED : ROLE_LABEL, f->label);
+        int vx = in.x + lw + 2, vw = in.w - lw - 3;
         char v[600];
+        if (idx[i] == s->refused_field && !s->editing) {
+            ui_printf(y, vx, vw, ROLE_ERROR, "refused: %s", s->refused);
+            continue;
+        }
         if (sel && s->editing) snprintf(v, sizeof v, "%s_", s->edit);
         else {
             fmt_value(f, v, sizeof v);
-            if (f->kind == F_CHOICE && sel) {
+            if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
                 char t[620];
                 snprintf(t, sizeof t, "< %s >", v);
                 snprintf(v, sizeof v, "%.599s", t);
             }
         }
-        ui_str(y, in.x + 19, in.w - 20, sel ? ROLE_SELECTED : ROLE_VALUE, v);
+        Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
+        if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v) r = ROLE_DIM;
+        int used = ui_str(y, vx, vw, r, v);
+        if (!strcmp(f->key, "dataset") && !(sel && s->editing)) {
+            char b[256];
+            int bad = dataset_sizes(s, f->text, b, sizeof b);
+            char t[300];
+            snprintf(t, sizeof t, bad ? "  not in dataset_info" : "  %s", b);
+            ui_str(y, vx + used, vw - used, bad ? ROLE_WARN : ROLE_DIM, t);
+        }
     }
-    // --- details: model, estimate, config path
+}
+
+static void draw_browser(App *app, SetupState *s, Rect list) {
+    (void)app;
+    Browser *b = &s->br;
+    char title[PATH_MAX + 32];
+    int tw = list.w - 22;
+    size_t dl = strlen(b->dir);
+    const char *d = b->dir;
+    if (tw > 8 && (int)dl > tw) d = b->dir + dl - tw; /* keep the end of a long path */
+    snprintf(title, sizeof title, "model folder: %s%s", d != b->dir ? theme_glyphs()->ellipsis : "", d);
+    ui_frame(list, title, 1);
+    Rect in = ui_inner(list);
+    if (b->sel >= b->n) b->sel = b->n - 1;
+    if (b->sel < 0) b->sel = 0;
+    if (b->sel < b->top) b->top = b->sel;
+    if (b->sel >= b->top + in.h) b->top = b->sel - in.h + 1;
+    if (!b->n) ui_str(in.y, in.x + 1, in.w - 2, ROLE_DIM, "(no folders here)");
+    for (int k = 0; k < in.h && b->top + k < b->n; k++) {
+        int i = b->top + k, y = in.y + k, sel = i == b->sel;
+        const char *nm = b->names[i];
+        char line[600];
+        if (!strcmp(nm, "..")) snprintf(line, sizeof line, "../  (up)");
+        else if (!strcmp(nm, ".")) snprintf(line, sizeof line, "./  (this folder is a model: pick it)");
+        else snprintf(line, sizeof line, "%.500s/", nm);
+        Role r = sel ? ROLE_SELECTED : b->is_model[i] ? ROLE_OK : ROLE_VALUE;
+        if (sel) ui_fill((Rect){y, in.x, 1, in.w}, ROLE_SELECTED);
+        int used = ui_str(y, in.x + 1, in.w - 2, r, line);
+        if (b->is_model[i] && strcmp(nm, "."))
+            ui_str(y, in.x + 1 + used, in.w - 2 - used, sel ? ROLE_SELECTED : ROLE_OK, "  [model]");
+    }
+}
+
+/* Model facts: "llama  float32  260.0K params  1.0 MiB". */
+static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
+    double C = c->C, Q = (double)c->NH * c->HS, KV = (double)c->KVH * c->HS, FF = c->FF;
+    double mlp = c->act == ACT_SILU ? 3 * C * FF : 2 * C * FF;
+    double layer = C * Q + 2 * C * KV + Q * C + mlp + 2 * C;
+    double total = (double)c->V * C * (c->tie_embeddings ? 1 : 2) + c->L * layer + C;
+    char a[32], d[32];
+    fmt_count(total, a, sizeof a);
+    fmt_bytes(disk, d, sizeof d);
+    snprintf(b, n, "%s  %s  %s params%s%s", c->model_type, c->torch_dtype[0] ? c->torch_dtype : "dtype ?", a,
+             disk > 0 ? "  on disk " : "", disk > 0 ? d : "");
+}
+
+/* The preview pane: one example of the dataset through the template, masked runs dimmed (and in
+ * «» / {{ }} without colour). */
+static void draw_preview(App *app, SetupState *s, Rect r) {
+    (void)app;
+    Field *tf = field(s, "template"), *df = field(s, "dataset");
+    PreviewInputs in = {field(s, "model")->text, "templates", tf->text, "datasets", df->text,
+                        field(s, "vars")->text, (int)field(s, "cutoff_len")->v, s->pv_index};
+    setup_preview_update(&s->pv, &in);
+    if (!s->pv.err[0]) s->pv_index = s->pv.index; /* past the end: stay on the last one */
+    char title[300];
+    snprintf(title, sizeof title, "preview #%ld: %.60s on %.60s", s->pv.index + 1, tf->text, df->text);
+    ui_frame(r, title, 0);
+    Rect d = ui_inner(r);
+    if (d.h <= 0 || d.w <= 2) return;
+    int x = d.x + 1, w = d.w - 2, y = d.y;
+    const SetupPreview *p = &s->pv;
+    if (p->err[0]) {
+        WrapLine wl[16];
+        int nl = wrap_text(p->err, w, wl, 16);
+        for (int i = 0; i < nl && i < 16 && y < d.y + d.h; i++)
+            ui_text(y++, x, w, ROLE_ERROR, p->err + wl[i].off, wl[i].len);
+        return;
+    }
+    const Glyphs *g = theme_glyphs();
+    int mono = !theme_has_color();
+    const char *open = g->utf8 ? "\xc2\xab" : "{{", *close = g->utf8 ? "\xc2\xbb" : "}}";
+    const char *nl_mark = g->utf8 ? "\xe2\x86\xb5" : "\\n";
+    ui_printf(y++, x, w, ROLE_LABEL, "%d %s: %d train, %d masked%s", p->n_tokens, w >= 40 ? "tokens" : "tok",
+              p->n_train, p->n_tokens - p->n_train, p->truncated ? (w >= 40 ? " (cut at cutoff len)" : " (cut)") : "");
+    if (y < d.y + d.h) {
+        if (mono)
+            ui_printf(y++, x, w, ROLE_DIM, "%smasked%s = no loss%s%s", open, close, w >= 40 ? ", the rest trains" : "",
+                      w >= 66 ? "   PgUp/PgDn: other examples" : "");
+        else {
+            int u = ui_str(y, x, w, ROLE_DIM, "dim = masked (no loss)");
+            if (w >= 40) u += ui_str(y, x + u, w - u, ROLE_VALUE, ", bright = trains");
+            if (w >= 66) ui_str(y, x + u, w - u, ROLE_DIM, "   PgUp/PgDn: other examples");
+            y++;
+        }
+    }
+    /* the display text: markers around masked runs, a visible mark before each newline */
+    size_t cap = p->len * 2 + 64, n = 0;
+    char *t = xmalloc(cap);
+    unsigned char *m = xmalloc(cap);
+#define PUT(str, mk)                                                                               \
+    do {                                                                                           \
+        const char *q_ = (str);                                                                    \
+        size_t l_ = strlen(q_);                                                                    \
+        if (n + l_ + 1 > cap) {                                                                    \
+            cap = (n + l_ + 1) * 2;                                                                \
+            t = xrealloc(t, cap);                                                                  \
+            m = xrealloc(m, cap);                                                                  \
+        }                                                                                          \
+        memcpy(t + n, q_, l_);                                                                     \
+        memset(m + n, (mk), l_);                                                                   \
+        n += l_;                                                                                   \
+    } while (0)
+    for (size_t i = 0; i < p->len; i++) {
+        int mk = p->masked[i];
+        if (mono && mk && (i == 0 || !p->masked[i - 1])) PUT(open, 1);
+        char c = p->text[i];
+        if (c == '\n') {
+            PUT(nl_mark, 2 | mk);
+            PUT("\n", mk);
+        } else if (c == '\t') PUT(" ", mk);
+        else {
+            char one[2] = {c, 0};
+            PUT(one, mk);
+        }
+        if (mono && mk && (i + 1 == p->len || !p->masked[i + 1])) PUT(close, 1);
+    }
+    t[n] = 0;
+#undef PUT
+    int rows = d.y + d.h - y;
+    if (rows > 0) {
+        WrapLine *wl = xmalloc(sizeof *wl * (size_t)(rows + 1));
+        int total = wrap_text(t, w, wl, rows + 1);
+        for (int i = 0; i < total && i < rows; i++) {
+            int cx = x, last = i == rows - 1 && total > rows;
+            size_t a = wl[i].off, e = a + wl[i].len;
+            while (a < e) { /* runs of the same mark */
+                size_t b = a;
+                while (b < e && m[b] == m[a]) b++;
+                Role role = m[a] & 2 ? ROLE_DIM : m[a] & 1 ? ROLE_DIM : ROLE_VALUE;
+                int lim = x + w - cx - (last ? 1 : 0);
+                cx += ui_text(y + i, cx, lim, role, t + a, b - a);
+                a = b;
+            }
+            if (last) ui_str(y + i, cx < x + w ? cx : x + w - 1, 1, ROLE_DIM, g->ellipsis);
+        }
+        free(wl);
+    }
+    free(t);
+    free(m);
+}
+
+/* The top of the detail pane: the model and the estimates (or, while browsing, the highlighted
+ * folder). Returns the rows it needs for the given width when draw is 0. */
+static int draw_info(App *app, SetupState *s, Rect r, int draw) {
+    Rect d = ui_inner(r);
+    int x = d.x + 1, w = d.w - 2, y = d.y, wide = d.w >= 56;
+#define LINE(role, ...)                                                                            \
+    do {                                                                                           \
+        if (draw && y < d.y + d.h) ui_printf(y, x, w, role, __VA_ARGS__);                          \
+        y++;                                                                                       \
+    } while (0)
+    char buf[700];
+    if (s->br.open) {
+        Browser *b = &s->br;
+        browser_refresh_cfg(b);
+        if (b->n && b->is_model[b->sel]) {
+            if (b->cfg_ok) {
+                model_line(&b->cfg, 0, buf, sizeof buf);
+                LINE(ROLE_VALUE, "%s", buf);
+                LINE(ROLE_LABEL, "L=%d C=%d H=%d/%d FF=%d V=%d", b->cfg.L, b->cfg.C, b->cfg.NH, b->cfg.KVH, b->cfg.FF, b->cfg.V);
+            } else LINE(ROLE_ERROR, "%s", b->cfg_err);
+        } else LINE(ROLE_DIM, "not a model (no config.json)");
+        LINE(ROLE_DIM, "[model]: holds a config.json");
+        return y - d.y + 2;
+    }
     refresh_model(s);
-    ui_frame(L.detail, "model and estimate", 0);
-    Rect d = ui_inner(L.detail);
-    int y = d.y;
     if (!s->cfg_ok) {
-        ui_str(y++, d.x + 1, d.w - 1, ROLE_ERROR, s->cfg_err[0] ? s->cfg_err : "no model");
+        LINE(ROLE_ERROR, "%s", s->cfg_err[0] ? s->cfg_err : "no model");
     } else {
         const ModelConfig *c = &s->cfg;
         double total, trainable;
-        estimate(s, &total, &trainable);
-        char a[32], b[32], mem[32];
-        fmt_count(total, a, sizeof a);
+        int mods;
+        estimate(s, &total, &trainable, &mods);
+        MemEstimate me;
+        mem_estimate(s, total, trainable, mods, &me);
+        char b[32], mem[32], w1[32], w2[32], w3[32];
         fmt_count(trainable, b, sizeof b);
-        /* fp32 weights + grads and AdamW m, v of the trainable part + activations (rough) */
-        double act = field(s, "batch_size")->v * field(s, "cutoff_len")->v * c->L * (c->C * 16.0 + c->FF * 3.0) * 4;
-        fmt_bytes(total * 4 + trainable * 12 + act, mem, sizeof mem);
-        ui_printf(y++, d.x + 1, d.w - 1, ROLE_VALUE, "%s, %s", c->model_type, c->torch_dtype[0] ? c->torch_dtype : "dtype ?");
-        ui_printf(y++, d.x + 1, d.w - 1, ROLE_LABEL, "L=%d C=%d heads=%d/%d FF=%d V=%d", c->L, c->C, c->NH, c->KVH, c->FF, c->V);
-        ui_printf(y++, d.x + 1, d.w - 1, ROLE_LABEL, "parameters  %s", a);
-        ui_printf(y++, d.x + 1, d.w - 1, ROLE_OK, "trainable   %s (%.2f%%)", b, total > 0 ? 100 * trainable / total : 0);
-        ui_printf(y++, d.x + 1, d.w - 1, ROLE_LABEL, "memory      ~%s", mem);
+        fmt_bytes(me.total, mem, sizeof mem);
+        model_line(c, wide ? s->disk_bytes : 0, buf, sizeof buf);
+        LINE(ROLE_VALUE, "%s", buf);
+        LINE(ROLE_LABEL, "L=%d C=%d H=%d/%d FF=%d V=%d", c->L, c->C, c->NH, c->KVH, c->FF, c->V);
+        LINE(ROLE_OK, "trainable %s (%.2f%%)", b, total > 0 ? 100 * trainable / total : 0);
+        LINE(ROLE_LABEL, "memory    ~%s (estimate)", mem);
+        if (wide) {
+            fmt_bytes(me.weights, w1, sizeof w1);
+            fmt_bytes(me.optim, w2, sizeof w2);
+            fmt_bytes(me.act, w3, sizeof w3);
+            LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)", w1, w2, w3,
+                 (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
+        }
     }
-    y++;
-    ui_printf(y++, d.x + 1, d.w - 1, ROLE_DIM, "config file: %s", app->config_path);
-    ui_str(y++, d.x + 1, d.w - 1, ROLE_DIM, "^S save  ^O load  ^T start training");
-    ui_str(y++, d.x + 1, d.w - 1, ROLE_DIM, "Left/Right change, Enter types a value");
-    ui_help_line(L.help, SCR_SETUP, s->editing);
+    if (wide && app->rows >= 40) { /* room: every dataset with its size */
+        Field *ds = field(s, "dataset");
+        y++;
+        LINE(ROLE_TITLE, "datasets (datasets/dataset_info.json)");
+        for (int k = 0; k < ds->n_choices && s->ds_rows; k++) {
+            int a;
+            long rows = ds_rows_of(s, k, &a);
+            char c[32];
+            fmt_count((double)(rows < 0 ? 0 : rows), c, sizeof c);
+            int on = target_on(ds->text, ds->choices[k]);
+            LINE(on ? ROLE_OK : ROLE_LABEL, "%s %-32s %s%s rows", on ? ">" : " ", ds->choices[k],
+                 rows < 0 ? "?" : a ? "~" : "", rows < 0 ? "" : c);
+        }
+    }
+    Field *sf = selected(s);
+    const char *hint = !strcmp(sf->key, "model") ? "Tab browse  Enter type a path"
+                       : sf->kind == F_CHOICE    ? "Left/Right choose  Enter type"
+                       : sf->kind == F_BOOL      ? "Left/Right/Enter toggle"
+                       : sf->kind == F_TEXT      ? "Enter type a value"
+                                                 : "Left/Right step  Enter type";
+    if (wide) LINE(ROLE_DIM, "config file: %s", app->config_path);
+    if (s->refused_field >= 0 && !s->editing) { /* the whole reason, wrapped */
+        char why[700];
+        snprintf(why, sizeof why, "%s: %s", s->f[s->refused_field].key, s->refused);
+        WrapLine wl[4];
+        int nl = wrap_text(why, w > 4 ? w : 4, wl, 4);
+        for (int i = 0; i < nl && i < 4; i++) {
+            if (draw && y < d.y + d.h) ui_text(y, x, w, ROLE_ERROR, why + wl[i].off, wl[i].len);
+            y++;
+        }
+    } else LINE(ROLE_DIM, "%s", hint);
+#undef LINE
+    return y - d.y + 2;
+}
+
+/* The help line while the folder browser is open (its keys are not in the key table). */
+static void browse_help(Rect r) {
+    static const char *keys[][2] = {{"F1", "Help"}, {"Enter", "Pick/Open"}, {"Right", "Open"},
+                                    {"Bksp", "Up"},  {"a-z", "Jump"},       {"Esc", "Cancel"}};
+    ui_fill(r, ROLE_KEY_LABEL);
+    int x = r.x;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        int need = (int)(strlen(keys[i][0]) + strlen(keys[i][1])) + 1;
+        if (x + need > r.x + r.w) break;
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY, keys[i][0]);
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, keys[i][1]);
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, " ");
+    }
+}
+
+static void setup_draw(App *app) {
+    SetupState *s = setup_get(app);
+    SplitLayout L;
+    layout_split(app->rows, app->cols, 46, &L);
+    app_draw_header(app, L.header.y, L.header.w);
+    auto_output(s);
+    if (s->br.open) draw_browser(app, s, L.list);
+    else draw_form(app, s, L.list);
+    /* detail: the model and estimates on top, the template preview below */
+    int need = draw_info(app, s, L.detail, 0);
+    int min_preview = 6;
+    if (need > L.detail.h - min_preview) need = L.detail.h - min_preview;
+    if (need < 3) need = 3;
+    Rect top = {L.detail.y, L.detail.x, need, L.detail.w};
+    Rect bot = {L.detail.y + need, L.detail.x, L.detail.h - need, L.detail.w};
+    ui_frame(top, s->br.open ? "highlighted folder" : "model and estimate", 0);
+    draw_info(app, s, top, 1);
+    if (bot.h >= 3) draw_preview(app, s, bot);
+    if (s->br.open) browse_help(L.help);
+    else ui_help_line(L.help, SCR_SETUP, s->editing);
 }
 
 const Screen screen_setup = {"Setup", SCR_SETUP, setup_text_input, NULL, setup_action, setup_key, NULL, setup_draw};
