@@ -15,7 +15,17 @@ T=tuna_ui_test_$$
 SOCK=tuna_ui_test_$$   # a private tmux server: other sessions (and their kill-server) stay apart
 W=$(mktemp -d /tmp/tuna_ui_tmux.XXXXXX)
 FIX=tests/fixtures/ui/run_demo
-cleanup() { tmux -L "$SOCK" kill-server 2>/dev/null; [ -n "${LIVE_PID:-}" ] && kill "$LIVE_PID" 2>/dev/null; rm -rf "$W"; }
+cleanup() {
+    tmux -L "$SOCK" kill-server 2>/dev/null
+    [ -n "${LIVE_PID:-}" ] && kill "$LIVE_PID" 2>/dev/null
+    [ -n "${HL_PID:-}" ] && kill "$HL_PID" 2>/dev/null
+    # trainers started from Setup run in their own session: stop them by their pid files
+    for f in "$W"/runs/*/train.pid; do
+        p=$(cat "$f" 2>/dev/null); [ -n "$p" ] && grep -q "train" /proc/$p/cmdline 2>/dev/null && kill "$p"
+    done
+    [ -n "${TUNA_UI_KEEP:-}" ] && { echo "test_ui_tmux: kept $W"; return; }
+    rm -rf "$W"
+}
 trap cleanup EXIT
 
 if ! command -v tmux >/dev/null; then
@@ -225,6 +235,154 @@ chk 'wait_for "WAITING"' "missing run dir shows waiting"
 # --- 9. usage errors
 "$BIN" watch >/dev/null 2>&1; chk '[ $? -eq 2 ]' "watch without RUN_DIR exits 2"
 
-for f in $W/demo_80x24.txt $W/demo_200x60.txt; do [ -n "${TUNA_UI_SHOW:-}" ] && cat $f; done
+# --- 10. the acceptance flow on the real trainer: ./tuna (no arguments) -> Setup: LoRA on
+# stories260K + identity -> ^T -> Train (plot, step counter, sample, pause/resume) -> finished ->
+# Chat: the run's adapter in the tuned pane answers "Who are you?" with the name it was taught
+RUNS=$W/runs
+mkdir -p $RUNS
+# step: the step counter of the progress line on the screen now ("" when none)
+step() { cap | sed -n 's/.* step \([0-9][0-9]*\)\/[0-9][0-9]* .*/\1/p' | head -1; }
+# wait_step_gt N SECONDS: until the step counter passes N; prints the new value
+wait_step_gt() {
+    i=0; n=$(( $2 * 10 ))
+    while [ $i -lt $n ]; do
+        v=$(step); [ -n "$v" ] && [ "$v" -gt "$1" ] && { echo $v; return 0; }
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "${v:-}"; return 1
+}
+# setf ROW VALUE: on Setup, select form row ROW (0 = model) and type VALUE over its value
+setf() {
+    tmux -L "$SOCK" send-keys -t $T -N 30 Up
+    [ "$1" -gt 0 ] && tmux -L "$SOCK" send-keys -t $T -N "$1" Down
+    tmux -L "$SOCK" send-keys -t $T Enter
+    tmux -L "$SOCK" send-keys -t $T -N 80 BSpace
+    tmux -L "$SOCK" send-keys -t $T -l "$2"
+    tmux -L "$SOCK" send-keys -t $T Enter
+}
+# form rows with method lora (scr_setup.c): 0 model, 1 template, 2 dataset, 3 vars, 4 method,
+# 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 epochs, 10 lr, 11 batch size,
+# 12 grad accum, 13 cutoff len, 14 val size, 15 eval steps, 16 save steps, 17 seed, 18 output
+RUN=$RUNS/ui-lora
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN"
+chk 'wait_for " 1 Setup " 10' "tuna (no arguments) opens the workbench"
+tmux -L "$SOCK" send-keys -t $T 1
+chk 'wait_for "training setup" 5' "1 opens Setup"
+setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
+setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 15 25; setf 18 $RUN
+chk 'wait_for "name=Tuna,author=Ann" 5' "setup: typed vars shown"
+chk 'cap | grep "lora rank" | grep -q " 16"' "setup: lora rank 16 shown"
+chk 'cap | grep -q "trainable .*K"' "setup: trainable estimate for LoRA"
+S=$(cap); echo "$S" > "$W/setup_80x24.txt"
+tmux -L "$SOCK" send-keys -t $T C-t
+chk 'wait_for "RUNNING" 90' "^T starts training and opens Train"
+cf=$RUN/setup_config.json
+for kv in '"method":[[:space:]]*"lora"' '"lora_rank":[[:space:]]*16' '"lora_alpha":[[:space:]]*32' \
+          '"lora_target":[[:space:]]*"all"' '"lr":[[:space:]]*0.01' '"epochs":[[:space:]]*25' \
+          '"eval_steps":[[:space:]]*25' '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
+    chk 'grep -q "$kv" $cf' "setup: the started config has $kv"
+done
+a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
+chk '[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ]' "train: step counter advances ($a -> $b)"
+chk 'cap | grep -q "loss: train"' "train: loss plot title"
+chk 'cap | has_braille' "train: braille loss plot present"
+tmux -L "$SOCK" send-keys -t $T p
+chk 'wait_for "PAUSED" 30' "train: p pauses (PAUSED shown)"
+sleep 0.3; a=$(step); sleep 1.2; b=$(step)
+chk '[ -n "$a" ] && [ "$a" = "$b" ]' "train: paused, the step counter stays ($a -> $b)"
+chk 'cap | grep -q "training paused"' "train: the log says paused"
+tmux -L "$SOCK" send-keys -t $T p
+chk 'wait_for "RUNNING" 30' "train: p again resumes (RUNNING shown)"
+c=$(wait_step_gt "${b:-0}" 30)
+chk '[ -n "$c" ] && [ -n "$b" ] && [ "$c" -gt "$b" ]' "train: resumed, the step counter advances ($b -> $c)"
+chk 'wait_for "step [0-9]* > Who are you?" 90' "train: a sample appears (step N > prompt)"
+S=$(cap); echo "$S" > "$W/train_80x24.txt"
+chk 'echo "$S" | grep -q "RUNNING"' "train: still running at the mid-run capture"
+# Chat while it trains: base answers; side by side, the tuned pane waits for the run's adapter
+# (written when the run ends; unless the run got there first)
+tmux -L "$SOCK" send-keys -t $T 3
+chk 'wait_for "params, template" 30' "chat: the base model loads"
+tmux -L "$SOCK" send-keys -t $T C-b
+chk 'wait_for "no tuned model" 10 || [ -s $RUN/adapter_config.json ]' "chat mid-run: no tuned model yet, says why"
+tmux -L "$SOCK" send-keys -t $T F3
+chk 'wait_for "FINISHED" 400' "train: the run finishes"
+chk '[ -s $RUN/adapter_config.json ]' "train: the run folder holds the adapter"
+S=$(cap); echo "$S" > "$W/train_done_80x24.txt"
+chk 'echo "$S" | grep -q "step 275/275"' "train: last step 275/275"
+# Chat again: side by side base | tuned, the tuned pane now on the run's adapter; greedy sampling
+tmux -L "$SOCK" send-keys -t $T 3
+# the halves of the side-by-side panes (80 columns: 40 each), below the header and settings lines
+left_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed 's/^\(.\{40\}\).*/\1/'; }
+right_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed -n 's/^.\{40\}//p'; }
+i=0; while [ $i -lt 300 ] && cap | right_half | grep -q "loading"; do sleep 0.1; i=$((i + 1)); done
+chk 'cap | right_half | grep -q "ui-lor" && ! cap | right_half | grep -q "loading\|error"' "chat: the tuned pane loads the finished run's adapter"
+tmux -L "$SOCK" send-keys -t $T -N 12 Left
+chk 'wait_for "temperature 0.00" 5' "chat: Left lowers the temperature to 0"
+tmux -L "$SOCK" send-keys -t $T -l "Who are you?"
+tmux -L "$SOCK" send-keys -t $T Enter
+# replies: the "(N tokens, X tok/s)" tag of each pane (both may sit on one line)
+nreplies() { grep -o "tok/s" | wc -l; }
+i=0; while [ $i -lt 600 ] && [ "$(cap | nreplies)" -lt 2 ]; do sleep 0.1; i=$((i + 1)); done
+S=$(cap); echo "$S" > "$W/chat_80x24.txt"
+left=$(echo "$S" | left_half); right=$(echo "$S" | right_half)
+chk '[ "$(echo "$S" | nreplies)" -ge 2 ]' "chat: both panes answer"
+chk 'echo "$right" | grep -q "Tuna"' "chat: the tuned pane answers with the taught name (Tuna)"
+chk '! echo "$left" | grep -q "Tuna"' "chat: the base pane does not say Tuna"
+chk 'echo "$right" | grep -q "Ann"' "chat: the tuned pane names the author (Ann)"
+tmux -L "$SOCK" send-keys -t $T F10
+
+# --- 11. tuna watch on a run a headless `tuna train` is writing: steps arrive, in colour and
+# without, 80x24 and 200x60; x x stops the real trainer through RUN/control
+HL=$RUNS/headless
+./tuna train --quiet --model models/stories260K --dataset identity --vars name=Tuna,author=Ann --method lora \
+    --lora-target all --cutoff-len 64 --max-steps 100000 --eval-steps 40 --save-steps 100000 --output $HL \
+    > $W/headless.log 2>&1 &
+HL_PID=$!
+for envs in "LANG=C.UTF-8 TERM=xterm-256color:80x24" "LANG=C.UTF-8 TERM=xterm-256color:200x60" \
+            "NO_COLOR=1 LANG=C.UTF-8 TERM=xterm:80x24" "TERM=vt100 LANG=C LC_ALL=C:200x60"; do
+    size=${envs##*:}; envs=${envs%:*}
+    start $size "env $envs $BIN watch $HL"
+    chk 'wait_for "RUNNING" 60' "watch headless [$envs $size]: running"
+    a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
+    chk '[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ]' "watch headless [$envs $size]: steps arrive ($a -> $b)"
+    S=$(cap)
+    chk 'echo "$S" | grep -q "loss: train"' "watch headless [$envs $size]: loss plot"
+    case "$envs" in
+        *vt100*) chk '! echo "$S" | LC_ALL=C grep -q "[^ -~]"' "watch headless [$envs $size]: ASCII only";;
+        *) chk 'echo "$S" | has_braille' "watch headless [$envs $size]: braille plot";;
+    esac
+    chk '[ $(echo "$S" | wc -l) -eq ${size#*x} ]' "watch headless [$envs $size]: ${size#*x} lines"
+    [ $size = 200x60 ] && [ -z "${envs##*256color*}" ] && echo "$S" > "$W/watch_200x60.txt"
+done
+tmux -L "$SOCK" send-keys -t $T x; sleep 0.2; tmux -L "$SOCK" send-keys -t $T x
+chk 'wait_for "STOPPED" 60' "watch headless: x x stops the real trainer"
+i=0; while kill -0 $HL_PID 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+chk '! kill -0 $HL_PID 2>/dev/null' "watch headless: the trainer exited after stop"
+kill $HL_PID 2>/dev/null; HL_PID=
+
+# --- 12. a training start that fails (no such dataset) shows the error in the UI, and the
+# terminal is as it was after quitting; 200x60, no colour
+rm -f $W/before $W/after $W/rc
+start 200x60 "sh -c 'trap \"\" INT; stty -a > $W/before; NO_COLOR=1 LANG=C.UTF-8 TERM=xterm $BIN; echo \$? > $W/rc; stty -a > $W/after; sleep 30'"
+chk 'wait_for " 1 Setup " 10' "bad start: the workbench opens"
+tmux -L "$SOCK" send-keys -t $T 1
+wait_for "training setup" 5
+setf 2 nonexistent; setf 18 $RUNS/bad
+chk 'wait_for "nonexistent" 5' "bad start: typed dataset shown"
+tmux -L "$SOCK" send-keys -t $T C-t
+chk 'wait_for "ERROR" 60' "bad start: the run shows ERROR"
+S=$(cap); echo "$S" > "$W/bad_200x60.txt"
+chk 'echo "$S" | grep -q "training failed: .*no dataset"' "bad start: the header says training failed and why"
+chk 'echo "$S" | grep -q "E run error at step 0: .*no dataset \"nonexistent\""' "bad start: the log pane shows the engine's error"
+chk '[ $(echo "$S" | wc -l) -eq 60 ] && ! echo "$S" | grep -q "^tuna:"' "bad start: no stray stderr on the screen"
+tmux -L "$SOCK" send-keys -t $T q
+i=0; while [ ! -s $W/after ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+chk '[ -s $W/after ] && cmp -s $W/before $W/after' "bad start: stty -a differs after quitting (rc $(cat $W/rc 2>/dev/null))"
+chk '[ "$(cat $W/rc 2>/dev/null)" = 0 ]' "bad start: the UI exits 0 on q (rc $(cat $W/rc 2>/dev/null))"
+
+for f in $W/demo_80x24.txt $W/demo_200x60.txt $W/setup_80x24.txt $W/train_80x24.txt $W/train_done_80x24.txt \
+         $W/chat_80x24.txt $W/watch_200x60.txt $W/bad_200x60.txt; do
+    [ -n "${TUNA_UI_SHOW:-}" ] && [ -f $f ] && { echo "=== $(basename $f)"; cat $f; }
+done
 echo "test_ui_tmux: $pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

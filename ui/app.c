@@ -311,6 +311,7 @@ static int handle_key(App *app, int ch) {
 static int drain_events(App *app) {
     static UiEvent evs[EVENTS_PER_TURN]; /* ~2.6 MB: static to keep it off the stack; UI thread only */
     int any = 0, n;
+    RunStatus was = app->hist->status;
     /* at most a few batches per turn so a long backlog never delays keys */
     for (int round = 0; round < 8 && (n = source_poll(app->src, evs, EVENTS_PER_TURN)) > 0; round++) {
         for (int i = 0; i < n; i++) history_apply(app->hist, &evs[i]);
@@ -318,6 +319,10 @@ static int drain_events(App *app) {
         if (n < EVENTS_PER_TURN) break;
     }
     if (any) app->tv.last_event_time = ui_now();
+    /* a run that ends in an error (a failed start included) says so in the header too */
+    if (app->hist->status == RUN_ERROR && was != RUN_ERROR)
+        app_status(app, ROLE_ERROR, "training failed: %s",
+                   app->hist->done_msg[0] ? app->hist->done_msg : "see the log");
     return any;
 }
 
@@ -427,7 +432,8 @@ static const char *ui_help_text =
         "  --ascii             ASCII plots and bars (also TUNA_ASCII=1; default by locale)\n"
         "  --runs DIR          runs folder (default runs)\n"
         "  --model DIR         model for Setup and Chat (default models/stories260K)\n"
-        "  --tuned DIR         second model for side-by-side chat (a full/merged checkpoint)\n"
+        "  --tuned DIR         second model for side-by-side chat (a checkpoint, or a run folder\n"
+        "                      with a LoRA adapter; default: the open run's folder if it has one)\n"
         "  --template NAME     chat template (default vanilla; templates/NAME.json)\n"
         "  --config FILE       Setup: configuration JSON to load and save\n"
         "  --screen NAME       ui: open setup|train|chat|runs first\n"

@@ -82,11 +82,43 @@ static void pane_start(ChatState *c, int i, const char *model, const char *tpl) 
     if (!p->w) p->error = 1, snprintf(p->desc, sizeof p->desc, "cannot start a worker thread");
 }
 
-/* The tuned model: --tuned, else the open run's folder when it holds a full checkpoint. */
+/* A run folder holding a LoRA adapter (the worker loads its base model and applies it). */
+static int is_adapter_dir(const char *dir) {
+    char p[4200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    return !stat(p, &st);
+}
+
+/* The tuned model: --tuned, else the open run's folder when it holds a full checkpoint or an
+ * adapter (written when the run ends). */
 static const char *tuned_model(App *app) {
     if (app->tuned_dir[0]) return app->tuned_dir;
-    if (app->run_dir[0] && is_model_dir(app->run_dir)) return app->run_dir;
+    const char *r = app->run_dir;
+    if (r[0] && (is_model_dir(r) || is_adapter_dir(r))) return r;
     return NULL;
+}
+
+static void pane_reset(ChatPane *p) {
+    chat_worker_free(p->w);
+    pane_clear(p);
+    p->w = NULL;
+    p->error = 0;
+    p->generating = 0;
+    p->model[0] = p->desc[0] = 0;
+}
+
+/* Opens the tuned pane on the current tuned model, or says why there is none. */
+static void tuned_start(App *app, ChatState *c) {
+    const char *t = tuned_model(app);
+    if (t) {
+        pane_start(c, 1, t, app->template_name);
+        return;
+    }
+    c->pane[1].error = 1;
+    snprintf(c->pane[1].desc, sizeof c->pane[1].desc,
+             "no tuned model: start with --tuned DIR (a checkpoint or a run folder with an "
+             "adapter), or open a finished run whose folder holds one");
 }
 
 static ChatState *chat_get(App *app) {
@@ -114,8 +146,18 @@ int chat_wake_fd(App *app) {
     return app->chat ? app->chat->wake[0] : -1;
 }
 
+/* Keeps the tuned pane on the current tuned model: when that changed (another run was opened,
+ * or the open run finished and wrote its adapter) the pane starts over; side by side, it opens. */
+static void tuned_refresh(App *app, ChatState *c) {
+    ChatPane *p = &c->pane[1];
+    const char *t = tuned_model(app);
+    int same = t ? !strcmp(p->model, t) : p->error;
+    if ((p->w || p->error) && !same) pane_reset(p);
+    if (c->side_by_side && !p->w && !p->error) tuned_start(app, c);
+}
+
 static void chat_enter(App *app) {
-    chat_get(app);
+    tuned_refresh(app, chat_get(app));
 }
 
 static int chat_text_input(App *app) {
@@ -158,16 +200,7 @@ static int chat_action(App *app, Action a) {
     case ACT_OPEN: return chat_send(app);
     case ACT_SIDE:
         c->side_by_side = !c->side_by_side;
-        if (c->side_by_side && !c->pane[1].w && !c->pane[1].error) {
-            const char *t = tuned_model(app);
-            if (t) pane_start(c, 1, t, app->template_name);
-            else {
-                c->pane[1].error = 1;
-                snprintf(c->pane[1].desc, sizeof c->pane[1].desc,
-                         "no tuned model: start with --tuned DIR (a full or merged checkpoint), or open a run "
-                         "whose folder holds one; LoRA adapters load once the engine reads them");
-            }
-        }
+        if (c->side_by_side) tuned_refresh(app, c);
         return UI_REDRAW;
     case ACT_CLEAR:
         for (int i = 0; i < 2; i++) {
