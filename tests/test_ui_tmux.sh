@@ -263,73 +263,83 @@ setf() {
 # form rows with method lora (scr_setup.c): 0 model, 1 template, 2 dataset, 3 vars, 4 method,
 # 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 epochs, 10 lr, 11 batch size,
 # 12 grad accum, 13 cutoff len, 14 val size, 15 eval steps, 16 save steps, 17 seed, 18 output
-RUN=$RUNS/ui-lora
-start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN"
-chk 'wait_for " 1 Setup " 10' "tuna (no arguments) opens the workbench"
-tmux -L "$SOCK" send-keys -t $T 1
-chk 'wait_for "training setup" 5' "1 opens Setup"
-setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
-setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 15 25; setf 18 $RUN
-chk 'wait_for "name=Tuna,author=Ann" 5' "setup: typed vars shown"
-chk 'cap | grep "lora rank" | grep -q " 16"' "setup: lora rank 16 shown"
-chk 'cap | grep -q "trainable .*K"' "setup: trainable estimate for LoRA"
-S=$(cap); echo "$S" > "$W/setup_80x24.txt"
-tmux -L "$SOCK" send-keys -t $T C-t
-chk 'wait_for "RUNNING" 90' "^T starts training and opens Train"
-cf=$RUN/setup_config.json
-for kv in '"method":[[:space:]]*"lora"' '"lora_rank":[[:space:]]*16' '"lora_alpha":[[:space:]]*32' \
-          '"lora_target":[[:space:]]*"all"' '"lr":[[:space:]]*0.01' '"epochs":[[:space:]]*25' \
-          '"eval_steps":[[:space:]]*25' '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
-    chk 'grep -q "$kv" $cf' "setup: the started config has $kv"
-done
-a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
-chk '[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ]' "train: step counter advances ($a -> $b)"
-chk 'cap | grep -q "loss: train"' "train: loss plot title"
-chk 'cap | has_braille' "train: braille loss plot present"
-tmux -L "$SOCK" send-keys -t $T p
-chk 'wait_for "PAUSED" 30' "train: p pauses (PAUSED shown)"
-sleep 0.3; a=$(step); sleep 1.2; b=$(step)
-chk '[ -n "$a" ] && [ "$a" = "$b" ]' "train: paused, the step counter stays ($a -> $b)"
-chk 'cap | grep -q "training paused"' "train: the log says paused"
-tmux -L "$SOCK" send-keys -t $T p
-chk 'wait_for "RUNNING" 30' "train: p again resumes (RUNNING shown)"
-c=$(wait_step_gt "${b:-0}" 30)
-chk '[ -n "$c" ] && [ -n "$b" ] && [ "$c" -gt "$b" ]' "train: resumed, the step counter advances ($b -> $c)"
-chk 'wait_for "step [0-9]* > Who are you?" 90' "train: a sample appears (step N > prompt)"
-S=$(cap); echo "$S" > "$W/train_80x24.txt"
-chk 'echo "$S" | grep -q "RUNNING"' "train: still running at the mid-run capture"
-# Chat while it trains: base answers; side by side, the tuned pane waits for the run's adapter
-# (written when the run ends; unless the run got there first)
-tmux -L "$SOCK" send-keys -t $T 3
-chk 'wait_for "params, template" 30' "chat: the base model loads"
-tmux -L "$SOCK" send-keys -t $T C-b
-chk 'wait_for "no tuned model" 10 || [ -s $RUN/adapter_config.json ]' "chat mid-run: no tuned model yet, says why"
-tmux -L "$SOCK" send-keys -t $T F3
-chk 'wait_for "FINISHED" 400' "train: the run finishes"
-chk '[ -s $RUN/adapter_config.json ]' "train: the run folder holds the adapter"
-S=$(cap); echo "$S" > "$W/train_done_80x24.txt"
-chk 'echo "$S" | grep -q "step 275/275"' "train: last step 275/275"
-# Chat again: side by side base | tuned, the tuned pane now on the run's adapter; greedy sampling
-tmux -L "$SOCK" send-keys -t $T 3
-# the halves of the side-by-side panes (80 columns: 40 each), below the header and settings lines
-left_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed 's/^\(.\{40\}\).*/\1/'; }
-right_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed -n 's/^.\{40\}//p'; }
-i=0; while [ $i -lt 300 ] && cap | right_half | grep -q "loading"; do sleep 0.1; i=$((i + 1)); done
-chk 'cap | right_half | grep -q "ui-lor" && ! cap | right_half | grep -q "loading\|error"' "chat: the tuned pane loads the finished run's adapter"
-tmux -L "$SOCK" send-keys -t $T -N 12 Left
-chk 'wait_for "temperature 0.00" 5' "chat: Left lowers the temperature to 0"
-tmux -L "$SOCK" send-keys -t $T -l "Who are you?"
-tmux -L "$SOCK" send-keys -t $T Enter
-# replies: the "(N tokens, X tok/s)" tag of each pane (both may sit on one line)
-nreplies() { grep -o "tok/s" | wc -l; }
-i=0; while [ $i -lt 600 ] && [ "$(cap | nreplies)" -lt 2 ]; do sleep 0.1; i=$((i + 1)); done
-S=$(cap); echo "$S" > "$W/chat_80x24.txt"
-left=$(echo "$S" | left_half); right=$(echo "$S" | right_half)
-chk '[ "$(echo "$S" | nreplies)" -ge 2 ]' "chat: both panes answer"
-chk 'echo "$right" | grep -q "Tuna"' "chat: the tuned pane answers with the taught name (Tuna)"
-chk '! echo "$left" | grep -q "Tuna"' "chat: the base pane does not say Tuna"
-chk 'echo "$right" | grep -q "Ann"' "chat: the tuned pane names the author (Ann)"
-tmux -L "$SOCK" send-keys -t $T F10
+# flow SIZE ENV RUN_NAME HALF_COLUMNS ASCII: the whole flow at one terminal size and colour mode
+flow() {
+    size=$1; envs=$2; RUN=$RUNS/$3; half=$4; ascii=$5
+    start $size "$envs $BIN"
+    chk 'wait_for " 1 Setup " 10' "tuna (no arguments) opens the workbench"
+    tmux -L "$SOCK" send-keys -t $T 1
+    chk 'wait_for "training setup" 5' "1 opens Setup"
+    setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
+    setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 15 25; setf 18 $RUN
+    chk 'wait_for "name=Tuna,author=Ann" 5' "setup: typed vars shown"
+    chk 'cap | grep "lora rank" | grep -q " 16"' "setup: lora rank 16 shown"
+    chk 'cap | grep -q "trainable .*K"' "setup: trainable estimate for LoRA"
+    S=$(cap); echo "$S" > "$W/setup_$size.txt"
+    tmux -L "$SOCK" send-keys -t $T C-t
+    chk 'wait_for "RUNNING" 90' "^T starts training and opens Train"
+    cf=$RUN/setup_config.json
+    for kv in '"method":[[:space:]]*"lora"' '"lora_rank":[[:space:]]*16' '"lora_alpha":[[:space:]]*32' \
+              '"lora_target":[[:space:]]*"all"' '"lr":[[:space:]]*0.01' '"epochs":[[:space:]]*25' \
+              '"eval_steps":[[:space:]]*25' '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
+        chk 'grep -q "$kv" $cf' "setup: the started config has $kv"
+    done
+    a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
+    chk '[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ]' "train: step counter advances ($a -> $b)"
+    chk 'cap | grep -q "loss: train"' "train: loss plot title"
+    if [ "$ascii" = 1 ]; then
+        chk '! cap | has_braille && cap | grep -q "+-"' "train: ASCII loss plot, no braille ($size)"
+    else
+        chk 'cap | has_braille' "train: braille loss plot present ($size)"
+    fi
+    tmux -L "$SOCK" send-keys -t $T p
+    chk 'wait_for "PAUSED" 30' "train: p pauses (PAUSED shown)"
+    sleep 0.3; a=$(step); sleep 1.2; b=$(step)
+    chk '[ -n "$a" ] && [ "$a" = "$b" ]' "train: paused, the step counter stays ($a -> $b)"
+    chk 'cap | grep -q "training paused"' "train: the log says paused"
+    tmux -L "$SOCK" send-keys -t $T p
+    chk 'wait_for "RUNNING" 30' "train: p again resumes (RUNNING shown)"
+    c=$(wait_step_gt "${b:-0}" 30)
+    chk '[ -n "$c" ] && [ -n "$b" ] && [ "$c" -gt "$b" ]' "train: resumed, the step counter advances ($b -> $c)"
+    chk 'wait_for "step [0-9]* > Who are you?" 90' "train: a sample appears (step N > prompt)"
+    S=$(cap); echo "$S" > "$W/train_$size.txt"
+    chk 'echo "$S" | grep -q "RUNNING"' "train: still running at the mid-run capture"
+    # Chat while it trains: base answers; side by side, the tuned pane waits for the run's adapter
+    # (written when the run ends; unless the run got there first)
+    tmux -L "$SOCK" send-keys -t $T 3
+    chk 'wait_for "params, template" 30' "chat: the base model loads"
+    tmux -L "$SOCK" send-keys -t $T C-b
+    chk 'wait_for "no tuned model" 10 || [ -s $RUN/adapter_config.json ]' "chat mid-run: no tuned model yet, says why"
+    tmux -L "$SOCK" send-keys -t $T F3
+    chk 'wait_for "FINISHED" 400' "train: the run finishes"
+    chk '[ -s $RUN/adapter_config.json ]' "train: the run folder holds the adapter"
+    S=$(cap); echo "$S" > "$W/train_done_$size.txt"
+    chk 'echo "$S" | grep -q "step 275/275"' "train: last step 275/275"
+    # Chat again: side by side base | tuned, the tuned pane now on the run's adapter; greedy sampling
+    tmux -L "$SOCK" send-keys -t $T 3
+    # the halves of the side-by-side panes (80 columns: 40 each), below the header and settings lines
+    left_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed "s/^\(.\{$half\}\).*/\1/"; }
+    right_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed -n "s/^.\{$half\}//p"; }
+    i=0; while [ $i -lt 300 ] && cap | right_half | grep -q "loading"; do sleep 0.1; i=$((i + 1)); done
+    chk 'cap | right_half | grep -q "ui-lor" && ! cap | right_half | grep -q "loading\|error"' "chat: the tuned pane loads the finished run's adapter"
+    tmux -L "$SOCK" send-keys -t $T -N 12 Left
+    chk 'wait_for "temperature 0.00" 5' "chat: Left lowers the temperature to 0"
+    tmux -L "$SOCK" send-keys -t $T -l "Who are you?"
+    tmux -L "$SOCK" send-keys -t $T Enter
+    # replies: the "(N tokens, X tok/s)" tag of each pane (both may sit on one line)
+    nreplies() { grep -o "tok/s" | wc -l; }
+    i=0; while [ $i -lt 600 ] && [ "$(cap | nreplies)" -lt 2 ]; do sleep 0.1; i=$((i + 1)); done
+    S=$(cap); echo "$S" > "$W/chat_$size.txt"
+    left=$(echo "$S" | left_half); right=$(echo "$S" | right_half)
+    chk '[ "$(echo "$S" | nreplies)" -ge 2 ]' "chat: both panes answer"
+    chk 'echo "$right" | grep -q "Tuna"' "chat: the tuned pane answers with the taught name (Tuna)"
+    chk '! echo "$left" | grep -q "Tuna"' "chat: the base pane does not say Tuna"
+    chk 'echo "$right" | grep -q "Ann"' "chat: the tuned pane names the author (Ann)"
+    tmux -L "$SOCK" send-keys -t $T F10
+}
+flow 80x24 "LANG=C.UTF-8 TERM=xterm-256color" ui-lora 40 0
+# the same at 200x60 without colour, in the C locale (ASCII glyphs)
+flow 200x60 "LC_ALL=C NO_COLOR=1 TERM=vt100" ui-lora-ascii 100 1
 
 # --- 11. tuna watch on a run a headless `tuna train` is writing: steps arrive, in colour and
 # without, 80x24 and 200x60; x x stops the real trainer through RUN/control
