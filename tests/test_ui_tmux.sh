@@ -320,8 +320,12 @@ flow() {
     # the halves of the side-by-side panes (80 columns: 40 each), below the header and settings lines
     left_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed "s/^\(.\{$half\}\).*/\1/"; }
     right_half() { sed -n '3,$p' | LC_ALL=C.UTF-8 sed -n "s/^.\{$half\}//p"; }
-    i=0; while [ $i -lt 300 ] && cap | right_half | grep -q "loading"; do sleep 0.1; i=$((i + 1)); done
-    chk 'cap | right_half | grep -q "ui-lor" && ! cap | right_half | grep -q "loading\|error"' "chat: the tuned pane loads the finished run's adapter"
+    # (mid-run the pane may have been on a checkpoint: it restarts on the final adapter)
+    tuned_ready() { cap | right_half | grep -q "ui-lor" && ! cap | right_half | grep -q "loading\|error"; }
+    i=0; while [ $i -lt 300 ] && ! tuned_ready; do sleep 0.1; i=$((i + 1)); done
+    sleep 0.5
+    i=0; while [ $i -lt 300 ] && ! tuned_ready; do sleep 0.1; i=$((i + 1)); done
+    chk 'tuned_ready' "chat: the tuned pane loads the finished run's adapter ($size)"
     tmux -L "$SOCK" send-keys -t $T -N 12 Left
     chk 'wait_for "temperature 0.00" 5' "chat: Left lowers the temperature to 0"
     tmux -L "$SOCK" send-keys -t $T -l "Who are you?"
@@ -335,6 +339,14 @@ flow() {
     chk 'echo "$right" | grep -q "Tuna"' "chat: the tuned pane answers with the taught name (Tuna)"
     chk '! echo "$left" | grep -q "Tuna"' "chat: the base pane does not say Tuna"
     chk 'echo "$right" | grep -q "Ann"' "chat: the tuned pane names the author (Ann)"
+    # ^K: the tuned pane moves to the run's newest checkpoint (any checkpoint of the run)
+    # (at 80 columns the long temp path is cut before "checkpoint-": there only the status is
+    # checked; at 200 columns the checkpoint folder itself)
+    tmux -L "$SOCK" send-keys -t $T C-k
+    chk 'wait_for "tuned: " 30' "chat: ^K reports the tuned model it switched to ($size)"
+    if [ "$size" = 200x60 ]; then
+        chk 'cap | grep -q "checkpoint-[0-9]"' "chat: ^K puts the tuned pane on a checkpoint of the run ($size)"
+    fi
     tmux -L "$SOCK" send-keys -t $T F10
 }
 flow 80x24 "LANG=C.UTF-8 TERM=xterm-256color" ui-lora 40 0

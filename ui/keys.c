@@ -33,6 +33,7 @@ static const KeyBinding table[] = {
         // --- chat
         {CTRL('b'), "^B", "Side", "chat: side-by-side base | tuned on/off", SCR_CHAT, 0, ACT_SIDE},
         {CTRL('l'), "^L", "Clear", "chat: start a new conversation", SCR_CHAT, 0, ACT_CLEAR},
+        {CTRL('k'), "^K", "Ckpt", "chat: tuned pane on the next checkpoint of the run (final, checkpoint-N, ...)", SCR_CHAT, 0, ACT_CKPT},
         // --- setup
         {CTRL('s'), "^S", "SaveCfg", "setup: save the configuration as JSON", SCR_SETUP, 0, ACT_CFG_SAVE},
         {CTRL('o'), "^O", "LoadCfg", "setup: load a configuration JSON", SCR_SETUP, 0, ACT_CFG_LOAD},

@@ -34,6 +34,7 @@ typedef enum Action {
     ACT_CFG_SAVE,  /* setup: write the config JSON */
     ACT_CFG_LOAD,  /* setup: read it back */
     ACT_START,     /* setup: start training */
+    ACT_CKPT,      /* chat: tuned pane on the next checkpoint of the run */
     ACT_COUNT
 } Action;
 

@@ -4,6 +4,7 @@
  * Left/Right change it; Enter sends; Esc cancels a reply. */
 #include <fcntl.h>
 #include <stdio.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -90,13 +91,41 @@ static int is_adapter_dir(const char *dir) {
     return !stat(p, &st);
 }
 
-/* The tuned model: --tuned, else the open run's folder when it holds a full checkpoint or an
- * adapter (written when the run ends). */
+static int ckpt_pick; /* ^K: which of the run's models the tuned pane uses (UI thread only) */
+
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* The tuned model: --tuned, else one of the open run's models: its folder when it holds a full
+ * checkpoint or an adapter (written when the run ends), then each checkpoint-N, newest first;
+ * ^K steps through them. */
 static const char *tuned_model(App *app) {
+    static char pick[4400];
     if (app->tuned_dir[0]) return app->tuned_dir;
     const char *r = app->run_dir;
-    if (r[0] && (is_model_dir(r) || is_adapter_dir(r))) return r;
-    return NULL;
+    if (!r[0]) return NULL;
+    char cands[65][4400];
+    int n = 0;
+    if (is_model_dir(r) || is_adapter_dir(r)) snprintf(cands[n++], sizeof cands[0], "%s", r);
+    int steps[64], ns = 0;
+    DIR *d = opendir(r);
+    struct dirent *e;
+    while (d && (e = readdir(d)) && ns < 64) {
+        int st;
+        char tail;
+        if (sscanf(e->d_name, "checkpoint-%d%c", &st, &tail) == 1) steps[ns++] = st;
+    }
+    if (d) closedir(d);
+    qsort(steps, (size_t)ns, sizeof *steps, cmp_int);
+    for (int i = ns - 1; i >= 0 && n < 65; i--) {
+        snprintf(cands[n], sizeof cands[0], "%.4000s/checkpoint-%d", r, steps[i]);
+        if (is_model_dir(cands[n]) || is_adapter_dir(cands[n])) n++;
+    }
+    if (!n) return NULL;
+    snprintf(pick, sizeof pick, "%s", cands[(ckpt_pick % n + n) % n]);
+    return pick;
 }
 
 static void pane_reset(ChatPane *p) {
@@ -201,6 +230,12 @@ static int chat_action(App *app, Action a) {
     case ACT_SIDE:
         c->side_by_side = !c->side_by_side;
         if (c->side_by_side) tuned_refresh(app, c);
+        return UI_REDRAW;
+    case ACT_CKPT:
+        ckpt_pick++;
+        c->side_by_side = 1;
+        tuned_refresh(app, c);
+        app_status(app, ROLE_OK, "tuned: %s", tuned_model(app) ? tuned_model(app) : "no model in this run yet");
         return UI_REDRAW;
     case ACT_CLEAR:
         for (int i = 0; i < 2; i++) {
