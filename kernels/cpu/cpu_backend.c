@@ -60,8 +60,8 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
                      int M, int K, int N) {
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
-    if (M == 1) {
-        matvec(out, in, w, bias, K, N, nth);
+    if (M == 1) { /* decode: bandwidth-bound, worth two threads from 64 KiB of weights */
+        matvec(out, in, w, bias, K, N, work >= 16384 ? be->n_threads : 1);
         return;
     }
     openblas_set_num_threads(nth);
