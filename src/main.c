@@ -20,57 +20,6 @@
 #include "train.h"
 #include "xalloc.h"
 
-// --- option tables: one row per flag, shared by getopt_long and --help
-
-typedef struct OptDoc {
-    const char *name;
-    int has_arg;
-    int key;
-    const char *arg;
-    const char *help;
-} OptDoc;
-
-static void build_longopts(const OptDoc *doc, struct option *out) {
-    int i = 0;
-    for (; doc[i].name; i++) out[i] = (struct option){doc[i].name, doc[i].has_arg, NULL, doc[i].key};
-    out[i] = (struct option){0, 0, 0, 0};
-}
-
-static void print_help(FILE *f, const char *usage, const OptDoc *doc) {
-    fprintf(f, "%s\n\noptions:\n", usage);
-    for (int i = 0; doc[i].name; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", doc[i].name, doc[i].arg ? " " : "",
-                 doc[i].arg ? doc[i].arg : "");
-        fprintf(f, "  %-28s %s\n", left, doc[i].help);
-    }
-}
-
-static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "tuna: --%s: expected an integer in [%d, %d], got \"%s\"\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *flag, float lo, float hi, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "tuna: --%s: expected a number in [%g, %g], got \"%s\"\n", flag,
-                (double)lo, (double)hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 // --- tuna generate
 
 enum {
@@ -79,7 +28,8 @@ enum {
     OPT_PROMPT_FILE
 };
 
-static const OptDoc generate_opts[] = {
+/* One row per flag: getopt_long and --help are built from it (src/cli.h). */
+static const CliOpt generate_opts[] = {
         {"prompt", 1, OPT_PROMPT, "TEXT", "prompt text (default: empty, i.e. just BOS)"},
         {"prompt-file", 1, OPT_PROMPT_FILE, "FILE", "read the prompt from FILE"},
         {"max-new-tokens", 1, OPT_MAXNEW, "N", "tokens to generate (default 256)"},
@@ -130,8 +80,8 @@ static int cmd_generate(int argc, char **argv) {
     const char *usage = "usage: tuna generate MODEL_DIR [options]\n"
                         "Generates text from a Hugging Face checkpoint (config.json, "
                         "model.safetensors, tokenizer.json).";
-    struct option lo[32];
-    build_longopts(generate_opts, lo);
+    struct option lo[CLI_MAX_OPTS];
+    cli_longopts(generate_opts, lo);
     const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
     const char *stops[16];
     int n_stops = 0, max_new = 256, top_k = -1, threads = 0, ignore_eos = 0, json = 0, echo = 1;
@@ -143,12 +93,12 @@ static int cmd_generate(int argc, char **argv) {
         switch (c) {
         case OPT_PROMPT: prompt = optarg; break;
         case OPT_PROMPT_FILE: prompt_file = optarg; break;
-        case OPT_MAXNEW: if (parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2; break;
-        case OPT_TEMP: if (parse_float(optarg, "temperature", 0, 100, &temp)) return 2; break;
-        case OPT_TOPK: if (parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2; sampling_asked = 1; break;
-        case OPT_TOPP: if (parse_float(optarg, "top-p", 0, 1, &top_p)) return 2; sampling_asked = 1; break;
-        case OPT_REP: if (parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2; break;
-        case OPT_SEED: if (parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2; sampling_asked = 1; break;
+        case OPT_MAXNEW: if (cli_parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2; break;
+        case OPT_TEMP: if (cli_parse_float(optarg, "temperature", 0, 100, &temp)) return 2; break;
+        case OPT_TOPK: if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2; sampling_asked = 1; break;
+        case OPT_TOPP: if (cli_parse_float(optarg, "top-p", 0, 1, &top_p)) return 2; sampling_asked = 1; break;
+        case OPT_REP: if (cli_parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2; break;
+        case OPT_SEED: if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2; sampling_asked = 1; break;
         case OPT_STOP:
             if (n_stops == 16) {
                 fprintf(stderr, "tuna: --stop: at most 16 stop strings\n");
@@ -157,12 +107,12 @@ static int cmd_generate(int argc, char **argv) {
             stops[n_stops++] = optarg;
             break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
-        case OPT_THREADS: if (parse_int(optarg, "threads", 1, 1024, &threads)) return 2; break;
+        case OPT_THREADS: if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2; break;
         case OPT_BACKEND: backend = optarg; break;
         case OPT_JSON: json = 1; break;
         case OPT_NO_ECHO: echo = 0; break;
         case OPT_QUIET: quiet = 1; break;
-        case OPT_HELP: print_help(stdout, usage, generate_opts); return 0;
+        case OPT_HELP: cli_help(stdout, usage, generate_opts); return 0;
         default: fprintf(stderr, "tuna generate: see --help\n"); return 2;
         }
     }

@@ -159,29 +159,6 @@ static uint32_t utf8_cp(const unsigned char *s, size_t n) {
     }
 }
 
-static size_t utf8_enc(uint32_t c, char *o) {
-    if (c < 0x80) {
-        o[0] = (char)c;
-        return 1;
-    }
-    if (c < 0x800) {
-        o[0] = (char)(0xC0 | (c >> 6));
-        o[1] = (char)(0x80 | (c & 0x3F));
-        return 2;
-    }
-    if (c < 0x10000) {
-        o[0] = (char)(0xE0 | (c >> 12));
-        o[1] = (char)(0x80 | ((c >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (c & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (c >> 18));
-    o[1] = (char)(0x80 | ((c >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((c >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (c & 0x3F));
-    return 4;
-}
-
 /* Rust char::is_whitespace (Unicode White_Space). */
 static int is_ws(uint32_t c) {
     return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
@@ -1471,7 +1448,7 @@ static void encctx_free(EncCtx *c) {
 
 static int is_word_char(const Tokenizer *t, uint32_t cp, MatchCtx *mc) {
     char b[4];
-    size_t n = utf8_enc(cp, b);
+    size_t n = tokenizer_utf8_put(cp, b);
     return pcre2_match(t->word_re, (PCRE2_SPTR)b, n, 0, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, mc->md,
                        NULL) >= 0;
 }
@@ -1685,7 +1662,7 @@ static int pretok_piece(const Tokenizer *t, const PreStep *st, const char *s, si
             buf_reserve(&out->b, (e - a) * 2);
             char *o = out->b.p + out->b.len;
             for (size_t k = a; k < e; k++)
-                o += utf8_enc(t->b2c[(unsigned char)w[k]], o);
+                o += tokenizer_utf8_put(t->b2c[(unsigned char)w[k]], o);
             p->len = (size_t)(o - (out->b.p + out->b.len));
             out->b.len += p->len;
             out->b.p[out->b.len] = '\0';

@@ -47,6 +47,8 @@ int tokenizer_is_special(const Tokenizer *tok, int id); /* 1 for special added t
 int tokenizer_nfc_needed(const char *s, size_t len);
 /* Returns the NFC form of s, malloc'd and NUL-terminated (caller frees); *out_len its length. */
 char *tokenizer_nfc(const char *s, size_t len, size_t *out_len);
+/* Writes code point c as UTF-8 into o (room for 4 bytes); returns the byte count. */
+size_t tokenizer_utf8_put(uint32_t c, char *o);
 
 // --- CLI
 

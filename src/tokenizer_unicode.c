@@ -1513,7 +1513,7 @@ static uint32_t utf8_get(const unsigned char *s, size_t *i) {
     return c;
 }
 
-static size_t utf8_put(uint32_t c, char *o) {
+size_t tokenizer_utf8_put(uint32_t c, char *o) {
     if (c < 0x80) {
         o[0] = (char)c;
         return 1;
@@ -1604,7 +1604,7 @@ char *tokenizer_nfc(const char *s, size_t len, size_t *out_len) {
     char *out = xmalloc(m * 4 + 1);
     size_t o = 0;
     for (size_t i = 0; i < m; i++)
-        o += utf8_put(cp[i], out + o);
+        o += tokenizer_utf8_put(cp[i], out + o);
     out[o] = '\0';
     free(cp);
     *out_len = o;

@@ -187,9 +187,10 @@ void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const floa
 
 // --- rotary embedding and attention
 
-/* The transpose of c_rope's rotation, with the same float angles. */
-void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T, int NH,
-                  int HS, int rot_dim) {
+/* Rotates each head of x (T,NH,HS) in place by +angle (sign 1: rope_fwd) or -angle (sign -1:
+ * rope_bwd, the transpose), HF rotate_half layout, with the same float angles both ways. */
+void cpu_rope_rotate(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
+                     int NH, int HS, int rot_dim, float sign) {
     int half = rot_dim / 2;
     int nth = threads_for(be, (size_t)T * NH * HS);
 #pragma omp parallel for num_threads(nth) if (nth > 1)
@@ -198,18 +199,23 @@ void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_f
         for (int i = 0; i < half; i++) {
             float ang = (float)pos[t] * inv_freq[i];
             cs[i] = cosf(ang);
-            sn[i] = sinf(ang);
+            sn[i] = sign * sinf(ang);
         }
         for (int h = 0; h < NH; h++) {
-            float *g = dx + ((size_t)t * NH + h) * HS;
+            float *g = x + ((size_t)t * NH + h) * HS;
 #pragma omp simd
             for (int i = 0; i < half; i++) {
                 float a = g[i], b = g[i + half];
-                g[i] = a * cs[i] + b * sn[i];
-                g[i + half] = b * cs[i] - a * sn[i];
+                g[i] = a * cs[i] - b * sn[i];
+                g[i + half] = b * cs[i] + a * sn[i];
             }
         }
     }
+}
+
+void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T, int NH,
+                  int HS, int rot_dim) {
+    cpu_rope_rotate(be, dx, pos, inv_freq, T, NH, HS, rot_dim, -1.0f);
 }
 
 /* fmaf, not a * x + y: -std=c11 turns off FMA contraction, and separate multiplies and adds

@@ -115,25 +115,7 @@ static void c_layernorm(Backend *be, float *out, const float *in, const float *w
 
 static void c_rope(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T, int NH,
                    int HS, int rot_dim) {
-    int half = rot_dim / 2;
-    int nth = (size_t)T * NH * HS >= PAR_MIN_WORK ? be->n_threads : 1;
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-    for (int t = 0; t < T; t++) {
-        float cs[512], sn[512]; /* half <= 512: head_dim <= 1024 by config limits */
-        for (int i = 0; i < half; i++) {
-            float ang = (float)pos[t] * inv_freq[i];
-            cs[i] = cosf(ang);
-            sn[i] = sinf(ang);
-        }
-        for (int h = 0; h < NH; h++) {
-            float *v = x + ((size_t)t * NH + h) * HS;
-            for (int i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half];
-                v[i] = a * cs[i] - b * sn[i];
-                v[i + half] = b * cs[i] + a * sn[i];
-            }
-        }
-    }
+    cpu_rope_rotate(be, x, pos, inv_freq, T, NH, HS, rot_dim, 1.0f);
 }
 
 /* Head-sized vector kernels. Heads are short (8 to 256): AVX-512 with a masked tail, so a

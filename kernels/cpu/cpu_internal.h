@@ -19,6 +19,8 @@ void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, cons
                      const float *w, float eps, int R, int C);
 void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const float *dout,
                        const float *in, const float *w, float eps, int R, int C);
+void cpu_rope_rotate(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
+                     int NH, int HS, int rot_dim, float sign);
 void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T, int NH,
                   int HS, int rot_dim);
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
