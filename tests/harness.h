@@ -47,6 +47,20 @@ static inline double test_max_abs_diff(const float *a, const float *b, size_t n)
     return m;
 }
 
+/* 1 if every |x - ref| <= atol + rtol*|ref| (NaN fails); *worst gets the largest |x - ref|. */
+static inline int test_close_enough(const float *x, const float *ref, size_t n, float atol,
+                                    float rtol, double *worst) {
+    int ok = 1;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)x[i] - (double)ref[i]);
+        double lim = (double)atol + (double)rtol * fabs((double)ref[i]);
+        if (d > *worst || d != d) *worst = d;
+        if (!(d <= lim)) ok = 0;
+    }
+    return ok;
+}
+
 /* Where tests find ../shared (the read-only data beside the checkout); NULL when absent. */
 static inline const char *test_shared_dir(void) {
     static const char *dirs[] = {"../shared", "../../shared"};

@@ -46,18 +46,6 @@ static double *to_double(const float *src, size_t n) {
     return p;
 }
 
-static int close_enough(const float *x, const float *ref, size_t n, float atol, float rtol,
-                        double *worst) {
-    int ok = 1;
-    *worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)x[i] - (double)ref[i]);
-        double lim = (double)atol + (double)rtol * fabs((double)ref[i]);
-        if (d > *worst || d != d) *worst = d;
-        if (!(d <= lim)) ok = 0;
-    }
-    return ok;
-}
 
 // --- 1. finite differences of the ref backward ops
 
@@ -451,7 +439,7 @@ static void fd_xent(void) {
     float *al = dup_buf(x, (size_t)R * V), *l2 = zeros((size_t)R);
     ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale);
     double e;
-    CHECK(close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g", e);
+    CHECK(test_close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g", e);
     free(x), free(d), free(loss), free(f.a), free(al), free(l2);
 }
 
@@ -484,7 +472,7 @@ static void rel(Backend *be, float *d) {
 static void cmp(int op, int bi, const char *what, const float *got, const float *want, size_t n,
                 float atol, float rtol) {
     double w;
-    int ok = close_enough(got, want, n, atol, rtol, &w);
+    int ok = test_close_enough(got, want, n, atol, rtol, &w);
     CHECK(ok, "%s %s %s: max err %g", bks[bi].label, op_names[op], what, w);
     if (w > be_worst[op][bi]) be_worst[op][bi] = w;
 }

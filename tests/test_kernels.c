@@ -21,18 +21,6 @@ static float *rand_buf(size_t n, float scale) {
     return p;
 }
 
-static int close_enough(const float *x, const float *ref, size_t n, float atol, float rtol,
-                        double *worst) {
-    int ok = 1;
-    *worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)x[i] - (double)ref[i]);
-        double lim = (double)atol + (double)rtol * fabs((double)ref[i]);
-        if (d > *worst) *worst = d;
-        if (!(d <= lim)) ok = 0;
-    }
-    return ok;
-}
 
 /* Copies host data into backend memory and back, so device backends are tested the same way. */
 static float *up(Backend *be, const float *h, size_t n) {
@@ -63,7 +51,7 @@ static void test_backend(Backend *be) {
             float *dout = be->ops->alloc(be, sizeof(float) * (size_t)M * N);
             be->ops->matmul_fwd(be, dout, din, dw, db, M, K, N);
             down(be, out, dout, (size_t)M * N);
-            CHECK(close_enough(out, ref, (size_t)M * N, 1e-4f, 1e-4f, &worst),
+            CHECK(test_close_enough(out, ref, (size_t)M * N, 1e-4f, 1e-4f, &worst),
                   "%s matmul M=%d K=%d N=%d bias=%d: max err %g", nm, M, K, N, wb, worst);
             be->ops->release(be, din);
             be->ops->release(be, dw);
@@ -84,16 +72,16 @@ static void test_backend(Backend *be) {
         ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
         be->ops->rmsnorm_fwd(be, dout, din, dw, 1e-5f, R, C);
         down(be, out, dout, n);
-        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm R=%d C=%d: %g", nm, R, C, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm R=%d C=%d: %g", nm, R, C, worst);
         ref_layernorm_fwd(ref, in, w, b, 1e-5f, R, C);
         be->ops->layernorm_fwd(be, dout, din, dw, db, 1e-5f, R, C);
         down(be, out, dout, n);
-        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s layernorm R=%d C=%d: %g", nm, R, C, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s layernorm R=%d C=%d: %g", nm, R, C, worst);
         // in place
         be->ops->rmsnorm_fwd(be, din, din, dw, 1e-5f, R, C);
         down(be, out, din, n);
         ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
-        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm in place: %g", nm, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm in place: %g", nm, worst);
         be->ops->release(be, din); be->ops->release(be, dw); be->ops->release(be, db);
         be->ops->release(be, dout);
         free(in); free(w); free(b); free(ref); free(out);
@@ -112,7 +100,7 @@ static void test_backend(Backend *be) {
         float *dx = up(be, x, n), *df = up(be, f, 8);
         be->ops->rope_fwd(be, dx, pos, df, T, NH, HS, HS);
         down(be, out, dx, n);
-        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rope: %g", nm, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rope: %g", nm, worst);
         be->ops->release(be, dx); be->ops->release(be, df);
         free(x); free(ref); free(out);
     }
@@ -134,7 +122,7 @@ static void test_backend(Backend *be) {
         float *dout = be->ops->alloc(be, sizeof(float) * nq);
         be->ops->attention_fwd(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win);
         down(be, out, dout, nq);
-        CHECK(close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
+        CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
               "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d: %g", nm, B, Tq, Tk, NH,
               KVH, HS, win, worst);
         be->ops->release(be, dq); be->ops->release(be, dk); be->ops->release(be, dv);
@@ -150,22 +138,22 @@ static void test_backend(Backend *be) {
         ref_swiglu_fwd(ref, a, b, n);
         be->ops->swiglu_fwd(be, dout, da, db, n);
         down(be, out, dout, n);
-        CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s swiglu: %g", nm, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s swiglu: %g", nm, worst);
         for (int approx = 0; approx < 2; approx++) {
             ref_gelu_fwd(ref, a, n, approx);
             be->ops->gelu_fwd(be, dout, da, n, approx);
             down(be, out, dout, n);
-            CHECK(close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s gelu approx=%d: %g", nm, approx, worst);
+            CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s gelu approx=%d: %g", nm, approx, worst);
         }
         ref_add_fwd(ref, a, b, n);
         be->ops->add_fwd(be, dout, da, db, n);
         down(be, out, dout, n);
-        CHECK(close_enough(out, ref, n, 0, 0, &worst), "%s add: %g", nm, worst);
+        CHECK(test_close_enough(out, ref, n, 0, 0, &worst), "%s add: %g", nm, worst);
         int32_t ids[5] = {3, 0, 99, 3, 42};
         ref_embed_fwd(ref, ids, a, 5, 100);
         be->ops->embed_fwd(be, dout, ids, da, 5, 100);
         down(be, out, dout, 500);
-        CHECK(close_enough(out, ref, 500, 0, 0, &worst), "%s embed: %g", nm, worst);
+        CHECK(test_close_enough(out, ref, 500, 0, 0, &worst), "%s embed: %g", nm, worst);
         be->ops->release(be, da); be->ops->release(be, db); be->ops->release(be, dout);
         free(a); free(b); free(ref); free(out);
     }
