@@ -113,11 +113,12 @@ typedef struct BackendOps {
     /* out (n) = in * mask / (1 - p), where mask[i] = hash(seed, i) >= p: the same seed gives the
      * same mask, so the backward applies this very op to the gradient. out may alias in. */
     void (*dropout)(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
-    /* AdamW step on n parameters (PyTorch semantics, decoupled weight decay):
+    /* AdamW step on n parameters (PyTorch semantics, decoupled weight decay), on the gradient
+     * g * gscale (the global-norm clip factor, 1 for none; g itself is not written):
      * p -= lr * wd * p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g²;
      * p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), with bc1 = 1 - b1^t, bc2 = 1 - b2^t. */
-    void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
-                  float b1, float b2, float eps, float wd, float bc1, float bc2);
+    void (*adamw)(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
+                  float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 } BackendOps;
 
 struct Backend {

@@ -75,23 +75,24 @@ void optim_free(Optim *o) {
     memset(o, 0, sizeof *o);
 }
 
-double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm) {
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale) {
     double ss = 0;
     for (int i = 0; i < np; i++) ss += be->ops->sumsq(be, tp[i].grad, tp[i].n);
     double norm = sqrt(ss);
-    if (max_norm > 0 && norm > (double)max_norm) {
-        float c = (float)((double)max_norm / (norm + 1e-6));
+    float c = 1.0f;
+    if (max_norm > 0 && norm > (double)max_norm) c = (float)((double)max_norm / (norm + 1e-6));
+    if (gscale) *gscale = c;
+    else if (c != 1.0f)
         for (int i = 0; i < np; i++) be->ops->scale(be, tp[i].grad, tp[i].n, c);
-    }
     return norm;
 }
 
-void optim_step(Optim *o, const TrainParam *tp, int np, float lr) {
+void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale) {
     o->t++;
     float bc1 = 1.0f - powf(o->b1, (float)o->t), bc2 = 1.0f - powf(o->b2, (float)o->t);
     for (int i = 0; i < np; i++)
-        o->be->ops->adamw(o->be, tp[i].data, tp[i].grad, o->m[i], o->v[i], tp[i].n, lr, o->b1,
-                          o->b2, o->eps, tp[i].decay ? o->wd : 0.0f, bc1, bc2);
+        o->be->ops->adamw(o->be, tp[i].data, tp[i].grad, gscale, o->m[i], o->v[i], tp[i].n, lr,
+                          o->b1, o->b2, o->eps, tp[i].decay ? o->wd : 0.0f, bc1, bc2);
 }
 
 void optim_download(const Optim *o, float **m, float **v) {

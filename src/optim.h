@@ -33,12 +33,14 @@ typedef struct Optim {
 int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
                float wd, TunaErr *err);
 void optim_free(Optim *o);
-/* Global L2 norm of all gradients; if max_norm > 0 and the norm exceeds it, scales the
- * gradients by max_norm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm
- * before clipping. */
-double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm);
-/* One AdamW step with learning rate lr. */
-void optim_step(Optim *o, const TrainParam *tp, int np, float lr);
+/* Global L2 norm of all gradients and torch.nn.utils.clip_grad_norm_'s factor: if max_norm > 0
+ * and the norm exceeds it, the gradients are to be scaled by max_norm / (norm + 1e-6), else 1.
+ * With gscale NULL the gradients are scaled in place; otherwise the factor goes to *gscale
+ * for optim_step, which applies it in the same pass (one sweep less over the gradients).
+ * Returns the norm before clipping. */
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale);
+/* One AdamW step with learning rate lr on the gradients times gscale (1 for none). */
+void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale);
 
 /* Moments to and from host (checkpoints): m[i], v[i] sized like the tensors. */
 void optim_download(const Optim *o, float **m, float **v);

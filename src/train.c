@@ -863,9 +863,10 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             loss_sum += s;
         }
         if (rc) break;
-        double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm);
+        float gscale;
+        double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm, &gscale);
         double lr = cfg->lr * sched_factor(r.sched, r.step, r.warmup, r.total);
-        optim_step(&r.opt, tp, np, (float)lr);
+        optim_step(&r.opt, tp, np, (float)lr, gscale);
         r.step++;
         double loss = n_t ? loss_sum / n_t : 0;
         if (!isfinite(loss) || !isfinite(gnorm)) {

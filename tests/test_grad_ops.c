@@ -910,7 +910,7 @@ static void be_adamw(void) {
             for (int t = 1; t <= 5; t++) {
                 float *dg = up(be, grads[t - 1], n);
                 float bc1 = (float)(1 - pow((double)b1, t)), bc2 = (float)(1 - pow((double)b2, t));
-                be->ops->adamw(be, dp, dg, dm, dv, n, lr, b1, b2, eps, wd, bc1, bc2);
+                be->ops->adamw(be, dp, dg, 1.0f, dm, dv, n, lr, b1, b2, eps, wd, bc1, bc2);
                 rel(be, dg);
             }
             char what[48];

@@ -2,6 +2,7 @@
  * schedulers (tests/fixtures/train/adamw.safetensors from tests/gen_train_fixtures.py):
  * 20 steps of cosine-with-warmup, two groups (weight decay 0.01 and 0), parameters within
  * 1e-5; the four schedule tables exactly (1e-6); clip_grad_norm_ within 1e-6 relative. */
+#include <string.h>
 #include <sys/stat.h>
 
 #include "harness.h"
@@ -52,7 +53,7 @@ int main(void) {
             be->ops->upload(be, h, T("G_nowd") + (size_t)k * N2, N2 * 4);
             double lr = 1e-3 * sched_factor(SCHED_COSINE, k, 3, steps);
             lr_worst = fmax(lr_worst, fabs(lr - (double)T("lrs")[k]));
-            optim_step(&o, tp, 2, (float)lr);
+            optim_step(&o, tp, 2, (float)lr, 1.0f);
             be->ops->download(be, hp, p, N * 4);
             be->ops->download(be, hq, q, N2 * 4);
             worst = fmax(worst, test_max_abs_diff(hp, T("P") + (size_t)k * N, N));
@@ -63,12 +64,35 @@ int main(void) {
         printf("  [%s] AdamW 20 steps vs torch: max |dp| %.2e\n", be->ops->name, worst);
         // clipping
         be->ops->upload(be, g, T("G"), N * 4);
-        double norm = optim_clip(be, tp, 1, 0.5f);
+        double norm = optim_clip(be, tp, 1, 0.5f, NULL);
         double want = (double)T("clip.total_norm")[0];
         CHECK(fabs(norm - want) <= 1e-6 * want, "clip norm %.7f vs %.7f", norm, want);
         be->ops->download(be, hp, g, N * 4);
         double cd = test_max_abs_diff(hp, T("clip.grad"), N);
         CHECK(cd <= 1e-7, "clipped grad diff %.3g", cd);
+        // the clip factor fused into the AdamW pass == scaling the gradients first, bit for bit
+        {
+            float *pa = xmalloc(N * 4), *pb = xmalloc(N * 4);
+            float *gp[2] = {g, g};
+            for (int pass = 0; pass < 2; pass++) {
+                Optim o2;
+                CHECK(optim_init(&o2, be, tp, 1, 0.9f, 0.999f, 1e-8f, 0.01f, &err) == 0, "%s", err.msg);
+                be->ops->upload(be, p, T("p0"), N * 4);
+                for (int k = 0; k < 3; k++) {
+                    be->ops->upload(be, gp[pass], T("G") + (size_t)k * N, N * 4);
+                    float gs = 1.0f;
+                    optim_clip(be, tp, 1, 0.05f, pass ? &gs : NULL);
+                    if (pass) CHECK(gs < 1.0f, "clip factor %g: the test wants clipping", (double)gs);
+                    optim_step(&o2, tp, 1, 1e-3f, gs);
+                }
+                be->ops->download(be, pass ? pb : pa, p, N * 4);
+                optim_free(&o2);
+            }
+            CHECK(memcmp(pa, pb, N * 4) == 0, "[%s] fused clip factor differs from clipping in place",
+                  be->ops->name);
+            free(pa);
+            free(pb);
+        }
         free(hp);
         free(hq);
         optim_free(&o);

@@ -242,27 +242,6 @@ static void gaxpy(float *restrict y, const float *a, const float *x, size_t xs, 
         axpyf(y, a[r] * mul, x + (size_t)r * xs, n);
 }
 
-/* exp for the softmax, sigmoid and tanh loops: Cephes' expf polynomial (about 1 ulp on
- * [-87, 88], clamped outside), in a form `omp simd` vectorizes (libm's expf stays a scalar
- * call without -ffast-math, and floorf blocks GCC 12's vectorizer, so n is rounded with the
- * 1.5 * 2^23 trick). exp(-inf) gives 1.6e-38, not 0: callers never pass masked entries. */
-static inline float vexpf(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;              /* x - n ln 2 */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n */
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
-}
-
 /* dst (rows of HS spread `rs` apart) -> dst block (HS, n): dst[i * n + j] = src[j * rs + i]. */
 static void transpose_rows(float *dst, const float *src, size_t rs, int n, int HS) {
     for (int j = 0; j < n; j++)
@@ -587,21 +566,21 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
         out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
 }
 
-/* AdamW on p[i0..i1): one fused pass (decoupled decay, both moments, the bias-corrected
- * step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's errno branch
- * unless the whole file is built with -fno-math-errno (the optimize attribute does not do
- * it), and that branch stops the vectorizer. */
-static void adamw_range(float *restrict p, const float *restrict g, float *restrict m,
-                        float *restrict v, size_t i0, size_t i1, float b1, float b2, float eps,
-                        float decay, float step, float ib2) {
+/* AdamW on p[i0..i1): one fused pass (the clip factor, decoupled decay, both moments, the
+ * bias-corrected step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's
+ * errno branch unless the whole file is built with -fno-math-errno (the optimize attribute
+ * does not do it), and that branch stops the vectorizer. */
+static void adamw_range(float *restrict p, const float *restrict g, float gscale,
+                        float *restrict m, float *restrict v, size_t i0, size_t i1, float b1,
+                        float b2, float eps, float decay, float step, float ib2) {
     float a1 = 1.0f - b1, a2 = 1.0f - b2;
     size_t i = i0;
 #ifdef __AVX512F__
     __m512 vb1 = _mm512_set1_ps(b1), vb2 = _mm512_set1_ps(b2), va1 = _mm512_set1_ps(a1),
            va2 = _mm512_set1_ps(a2), veps = _mm512_set1_ps(eps), vdec = _mm512_set1_ps(decay),
-           vstep = _mm512_set1_ps(step), vib2 = _mm512_set1_ps(ib2);
+           vstep = _mm512_set1_ps(step), vib2 = _mm512_set1_ps(ib2), vgs = _mm512_set1_ps(gscale);
     for (; i + 16 <= i1; i += 16) {
-        __m512 gi = _mm512_loadu_ps(g + i);
+        __m512 gi = _mm512_mul_ps(_mm512_loadu_ps(g + i), vgs);
         __m512 mi = _mm512_fmadd_ps(vb1, _mm512_loadu_ps(m + i), _mm512_mul_ps(va1, gi));
         __m512 vi = _mm512_fmadd_ps(vb2, _mm512_loadu_ps(v + i),
                                     _mm512_mul_ps(_mm512_mul_ps(va2, gi), gi));
@@ -614,7 +593,7 @@ static void adamw_range(float *restrict p, const float *restrict g, float *restr
 #endif
 #pragma omp simd
     for (size_t j = i; j < i1; j++) {
-        float gj = g[j];
+        float gj = g[j] * gscale;
         float mj = b1 * m[j] + a1 * gj;
         float vj = b2 * v[j] + a2 * gj * gj;
         m[j] = mj;
@@ -623,8 +602,8 @@ static void adamw_range(float *restrict p, const float *restrict g, float *restr
     }
 }
 
-void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
-               float b1, float b2, float eps, float wd, float bc1, float bc2) {
+void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
+               float lr, float b1, float b2, float eps, float wd, float bc1, float bc2) {
     int nth = threads_for(be, n * 8);
     float decay = 1.0f - lr * wd, step = lr / bc1, ib2 = 1.0f / bc2;
     size_t chunk = 16384; /* 64 KiB of each array per task */
@@ -632,6 +611,6 @@ void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (size_t c = 0; c < nchunk; c++) {
         size_t i1 = (c + 1) * chunk < n ? (c + 1) * chunk : n;
-        adamw_range(p, g, m, v, c * chunk, i1, b1, b2, eps, decay, step, ib2);
+        adamw_range(p, g, gscale, m, v, c * chunk, i1, b1, b2, eps, decay, step, ib2);
     }
 }

@@ -7,11 +7,33 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../backend.h"
 
 /* Below this many multiply-adds an op stays on the calling thread. */
 #define PAR_MIN_WORK 32768
+
+/* exp for the softmax, sigmoid and tanh loops: Cephes' expf polynomial (about 1 ulp on
+ * [-87, 88], clamped outside), in a form `omp simd` vectorizes (libm's expf stays a scalar
+ * call without -ffast-math, and floorf blocks GCC 12's vectorizer, so n is rounded with the
+ * 1.5 * 2^23 trick). exp(-inf) gives 1.6e-38, not 0: callers never pass masked entries. */
+static inline float vexpf(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;              /* x - n ln 2 */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
 
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N);
@@ -36,8 +58,8 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
 double cpu_sumsq(Backend *be, const float *x, size_t n);
 void cpu_scale(Backend *be, float *x, size_t n, float s);
 void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
-void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
-               float b1, float b2, float eps, float wd, float bc1, float bc2);
+void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
+               float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 
 /* attention_gemm.c: the sgemm path for query blocks of at least ATTN_GEMM_MIN_TQ rows.
  * Return 0, or -1 when scratch memory could not be had (nothing is written then... except

@@ -419,11 +419,11 @@ void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) 
     }
 }
 
-void ref_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-               float b2, float eps, float wd, float bc1, float bc2) {
+void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, float wd, float bc1, float bc2) {
     double dlr = lr, db1 = b1, db2 = b2;
     for (size_t i = 0; i < n; i++) {
-        double pi = p[i], gi = g[i];
+        double pi = p[i], gi = g[i] * gscale; /* the float product, as if g had been scaled */
         double mi = db1 * (double)m[i] + (1.0 - db1) * gi;
         double vi = db2 * (double)v[i] + (1.0 - db2) * gi * gi;
         pi -= dlr * (double)wd * pi;
@@ -538,10 +538,11 @@ static void r_dropout(Backend *be, float *out, const float *in, size_t n, float 
     (void)be;
     ref_dropout(out, in, n, p, seed);
 }
-static void r_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
-                    float b1, float b2, float eps, float wd, float bc1, float bc2) {
+static void r_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v,
+                    size_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
+                    float bc2) {
     (void)be;
-    ref_adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
+    ref_adamw(p, g, gscale, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
 }
 
 static const BackendOps ref_ops = {

@@ -48,8 +48,8 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
 double ref_sumsq(const float *x, size_t n);
 void ref_scale(float *x, size_t n, float s);
 void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed);
-void ref_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-               float b2, float eps, float wd, float bc1, float bc2);
+void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, float wd, float bc1, float bc2);
 
 Backend *ref_backend_init(int n_threads, TunaErr *err);
 /* Host-memory helpers shared by the ref and CPU backends. */
