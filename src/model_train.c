@@ -46,6 +46,12 @@ struct TrainState {
     int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
     float lora_scale;
     char targets[256];
+    /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
+     * (n_tok, C) replace those rows of wte (and so of a tied LM head) */
+    int n_tok;
+    char *tok_list; /* setup.lora_tokens points here: the caller's string need not outlive ts */
+    int32_t *tok_idx;
+    float *tok_val, *tok_grad;
     // trainable list
     TrainParam *tp;
     int n_tp;
@@ -205,6 +211,79 @@ static void layer_range(const Model *m, int l, size_t *lo, size_t *hi) {
     }
 }
 
+/* Trainable tokens: parse the id list, start the values from the base rows (as PEFT does). */
+static int tokens_init(TrainState *ts, const char *list, TunaErr *err) {
+    const Model *m = ts->m;
+    int V = m->cfg.V, C = m->cfg.C;
+    for (const char *q = list; *q;) {
+        char *end;
+        long v = strtol(q, &end, 10);
+        if (end == q || (*end && *end != ',') || v < 0 || v >= V)
+            return tuna_errf(err, TUNA_EINVAL, "trainable tokens \"%s\": want token ids in [0, %d), comma-separated",
+                             list, V);
+        for (int j = 0; j < ts->n_tok; j++)
+            if (ts->tok_idx[j] == (int32_t)v)
+                return tuna_errf(err, TUNA_EINVAL, "trainable tokens \"%s\": id %ld twice", list, v);
+        ts->tok_idx = xrealloc(ts->tok_idx, sizeof(int32_t) * (size_t)(ts->n_tok + 1));
+        ts->tok_idx[ts->n_tok++] = (int32_t)v;
+        q = *end ? end + 1 : end;
+    }
+    size_t n = (size_t)ts->n_tok * C;
+    int fail = 0;
+    ts->tok_val = balloc(ts, n, &fail);
+    ts->tok_grad = balloc(ts, n, &fail);
+    if (fail) return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the trainable token rows");
+    for (int j = 0; j < ts->n_tok; j++)
+        ts->be->ops->copy(ts->be, ts->tok_val + (size_t)j * C, m->wte + (size_t)ts->tok_idx[j] * C,
+                          sizeof(float) * (size_t)C);
+    char name[200];
+    const char *emb = m->cfg.arch == ARCH_GPT2 ? (!strncmp(m->pinfo[0].name, "transformer.", 12)
+                                                           ? "transformer.wte" : "wte")
+                                               : "model.embed_tokens";
+    snprintf(name, sizeof name, "base_model.model.%s.token_adapter.trainable_tokens_delta", emb);
+    add_tp(ts, name, ts->tok_val, ts->tok_grad, n, 2, ts->n_tok, C, 1);
+    return 0;
+}
+
+/* The trainable rows into wte (a tied LM head is the same memory). */
+static void tokens_sync(TrainState *ts) {
+    int C = ts->m->cfg.C;
+    for (int j = 0; j < ts->n_tok; j++)
+        ts->be->ops->copy(ts->be, ts->m->wte + (size_t)ts->tok_idx[j] * C, ts->tok_val + (size_t)j * C,
+                          sizeof(float) * (size_t)C);
+}
+
+/* Gradient of the trainable rows: through a tied LM head, dlogits[:, id]ᵀ · xnf, and through
+ * the embedding lookup, the residual gradient of every position holding the id. Host loops:
+ * training runs on backends whose memory the host reads (train_state_init wants their
+ * backward ops), and n_tok is a handful of rows. */
+static void tokens_grad_head(TrainState *ts, const float *dlogits, const float *xnf, int M) {
+    const Model *m = ts->m;
+    if (m->lm_head != m->wte) return;
+    int C = m->cfg.C, V = m->cfg.V;
+    for (int j = 0; j < ts->n_tok; j++) {
+        float *g = ts->tok_grad + (size_t)j * C;
+        size_t col = (size_t)ts->tok_idx[j];
+        for (int r = 0; r < M; r++) {
+            float d = dlogits[(size_t)r * V + col];
+            if (d == 0.0f) continue;
+            const float *x = xnf + (size_t)r * C;
+            for (int k = 0; k < C; k++) g[k] += d * x[k];
+        }
+    }
+}
+
+static void tokens_grad_embed(TrainState *ts, const float *dx, const int32_t *ids, int M) {
+    int C = ts->m->cfg.C;
+    for (int t = 0; t < M; t++)
+        for (int j = 0; j < ts->n_tok; j++)
+            if (ids[t] == ts->tok_idx[j]) {
+                float *g = ts->tok_grad + (size_t)j * C;
+                const float *d = dx + (size_t)t * C;
+                for (int k = 0; k < C; k++) g[k] += d[k];
+            }
+}
+
 int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
                      TunaErr *err) {
     *out = NULL;
@@ -220,6 +299,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->m = m;
     ts->be = be;
     ts->setup = *setup;
+    if (setup->lora_tokens) ts->setup.lora_tokens = ts->tok_list = xstrdup(setup->lora_tokens);
     ts->B = B;
     ts->T = T;
     ts->N = (size_t)B * T;
@@ -313,6 +393,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         }
         op->upload(be, ts->ad, host, sizeof(float) * total);
         free(host);
+        if (setup->lora_tokens && setup->lora_tokens[0] && (rc = tokens_init(ts, setup->lora_tokens, err)))
+            goto fail;
     }
 
     if (setup->method == METHOD_PREFIX) {
@@ -465,6 +547,10 @@ void train_state_free(TrainState *ts) {
         be->ops->release(be, ts->mods[i].u);
     }
     be->ops->release(be, ts->pre_dev);
+    be->ops->release(be, ts->tok_val);
+    be->ops->release(be, ts->tok_grad);
+    free(ts->tok_idx);
+    free(ts->tok_list);
     be->ops->release(be, ts->dkf);
     be->ops->release(be, ts->dvf);
     free(ts->pre);
@@ -521,6 +607,7 @@ void train_set_step_seed(TrainState *ts, uint64_t step) {
 void train_zero_grad(TrainState *ts) {
     if (ts->grads) zero(ts, ts->grads, ts->g1 - ts->g0);
     if (ts->ad_grad) zero(ts, ts->ad_grad, ts->n_ad);
+    if (ts->tok_grad) zero(ts, ts->tok_grad, (size_t)ts->n_tok * ts->m->cfg.C);
 }
 
 /* Gradient buffer of a base weight, or NULL when it is frozen. */
@@ -777,6 +864,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         prefix_build(ts);
         memset(ts->pre_grad, 0, sizeof(float) * (size_t)ts->P * ts->PW);
     }
+    if (ts->n_tok) tokens_sync(ts);
     float *x = ts->acts[0].x_in;
     op->embed_fwd(be, x, ids, m->wte, M, C);
     if (c->learned_pos) {
@@ -840,6 +928,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     // --- backward (ts->logits now holds dlogits)
     zero(ts, ts->dxn, (size_t)M * C);
     op->matmul_bwd(be, ts->dxn, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, M, C, c->V);
+    if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, M);
     zero(ts, ts->dx, (size_t)M * C);
     norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
     for (int l = c->L - 1; l >= 0; l--) {
@@ -896,6 +985,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
     }
     if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
+    if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
     if (c->learned_pos && G(ts, m->wpe)) op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
     if (ts->P) prefix_backward(ts);
 done:;
@@ -916,6 +1006,7 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
     const ModelConfig *c = &m->cfg;
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
+    if (ts->n_tok) tokens_sync(ts);
     for (int i = 0; i < ts->n_mods; i++) {
         LoraMod *lm = &ts->mods[i];
         const LayerWeights *w = &m->layers[lm->layer];

@@ -31,6 +31,8 @@ typedef struct TrainSetup {
     float lora_dropout;
     int lora_rslora;      /* scale alpha/sqrt(r) instead of alpha/r */
     const char *lora_targets; /* comma list of HF module names, "all", or NULL for the default */
+    const char *lora_tokens;  /* lora: comma list of token ids whose embedding rows also train
+                                 (PEFT trainable_token_indices), or NULL */
     uint64_t seed;        /* LoRA init and dropout */
     int prefix_tokens;    /* prefix: num_virtual_tokens */
     int prefix_projection; /* prefix: the MLP embedding -> tanh -> prefix */

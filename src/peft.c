@@ -68,8 +68,30 @@ int dir_commit(const char *tmp, const char *dir, TunaErr *err) {
 
 // --- adapters
 
+/* trainable_token_indices: a list of ids, or {"embed_tokens": [ids]} (one embedding here). */
+static int read_token_indices(const cJSON *ti, char *tokens, size_t cap, const char *path,
+                              TunaErr *err) {
+    tokens[0] = '\0';
+    if (!ti || cJSON_IsNull(ti)) return 0;
+    if (cJSON_IsObject(ti)) {
+        if (cJSON_GetArraySize(ti) != 1)
+            return tuna_errf(err, TUNA_EUNSUP, "%s: \"trainable_token_indices\" for more than one embedding", path);
+        ti = ti->child;
+    }
+    if (!cJSON_IsArray(ti))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"trainable_token_indices\" must be a list of token ids", path);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, ti) {
+        size_t o = strlen(tokens);
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || o + 16 >= cap)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"trainable_token_indices\" must be a list of token ids", path);
+        snprintf(tokens + o, cap - o, "%s%d", o ? "," : "", e->valueint);
+    }
+    return 0;
+}
+
 int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
-                        TunaErr *err) {
+                        char *tokens, size_t tcap, TunaErr *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     char *text = xread_file(path, NULL);
@@ -111,6 +133,10 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
         goto done;
     }
     setup->lora_targets = targets;
+    if ((rc = read_token_indices(cJSON_GetObjectItem(root, "trainable_token_indices"), tokens, tcap,
+                                 path, err)))
+        goto done;
+    setup->lora_tokens = tokens[0] ? tokens : NULL;
 done:
     cJSON_Delete(root);
     return rc;
@@ -143,7 +169,7 @@ static int prefix_load(Model *m, const char *dir, TunaErr *err) {
 
 int adapter_load(Model *m, const char *dir, TunaErr *err) {
     TrainSetup setup;
-    char targets[512];
+    char targets[512], tokens[4096];
     {
         char path[4096];
         snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -152,7 +178,7 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
         free(text);
         if (is_prefix) return prefix_load(m, dir, err);
     }
-    int rc = adapter_read_config(dir, &setup, targets, sizeof targets, err);
+    int rc = adapter_read_config(dir, &setup, targets, sizeof targets, tokens, sizeof tokens, err);
     if (rc) return rc;
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
@@ -169,7 +195,8 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
         if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
             char alt[256];
             const char *dot = strstr(tp[i].name, ".weight");
-            snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name), tp[i].name);
+            if (dot) snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name), tp[i].name);
+            else snprintf(alt, sizeof alt, "%s.default", tp[i].name);
             t = safetensors_find(st, alt);
         }
         if (!t) {
@@ -284,6 +311,16 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddBoolToObject(c, "inference_mode", 1);
     cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddNullToObject(c, "modules_to_save");
+    if (s->lora_tokens && s->lora_tokens[0]) {
+        cJSON *ti = cJSON_AddArrayToObject(c, "trainable_token_indices");
+        for (const char *q = s->lora_tokens; *q;) {
+            char *end;
+            long v = strtol(q, &end, 10);
+            if (end == q) break;
+            cJSON_AddItemToArray(ti, cJSON_CreateNumber((double)v));
+            q = *end == ',' ? end + 1 : end;
+        }
+    }
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddNullToObject(c, "layers_pattern");
     cJSON_AddItemToObject(c, "rank_pattern", cJSON_CreateObject());

@@ -1,7 +1,7 @@
 /* peft.h: adapters in Hugging Face PEFT's format, and Hugging Face checkpoints out.
  *
  * adapter_load reads adapter_config.json + adapter_model.safetensors (LoRA: r, lora_alpha,
- * target_modules, use_rslora, fan_in_fan_out) and merges the adapter into the model's base
+ * target_modules, use_rslora, fan_in_fan_out, trainable_token_indices) and merges the adapter into the model's base
  * weights (W += scale * B·A), so every inference path (generate, chat, eval) sees it.
  * adapter_save writes a trainer's LoRA tensors with PEFT's names and config fields.
  * model_save_hf writes the model's current weights as a HF checkpoint (config.json,
@@ -24,10 +24,11 @@ int adapter_load(Model *m, const char *dir, TunaErr *err);
 int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
                    TunaErr *err);
 
-/* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets is filled with the
- * comma list and must outlive the setup. */
+/* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets and tokens are filled
+ * with the comma lists of target_modules and trainable_token_indices and must outlive the
+ * setup. */
 int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
-                        TunaErr *err);
+                        char *tokens, size_t tcap, TunaErr *err);
 
 /* Writes ts's LoRA tensors and config to dir (created). base is recorded as
  * base_model_name_or_path. */

@@ -54,6 +54,10 @@ static const Field fields[] = {
         D(lora_dropout, "0", "LoRA dropout"),
         S(lora_target, "", "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
         B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
+        S(lora_trainable_tokens, "",
+          "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, token "
+          "strings, or eos (the token the template ends answers with); needed when the base never "
+          "learned that token"),
         I(freeze_layers, "2", "freeze: how many last layers train"),
         I(prefix_tokens, "16", "ptuning: virtual tokens (num_virtual_tokens)"),
         B(prefix_projection, "false", "ptuning: reparameterize the prefix through an MLP"),
@@ -651,6 +655,38 @@ static void run_close(Run *r) {
     unlink(path);
 }
 
+/* --lora-trainable-tokens: a comma list of ids, token strings or "eos" -> a comma list of ids. */
+static int resolve_tokens(Run *r, const char *spec, char *out, size_t cap, TunaErr *err) {
+    char *list = xstrdup(spec), *save = NULL;
+    int rc = 0;
+    out[0] = '\0';
+    for (char *t = strtok_r(list, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long id = strtol(t, &end, 10);
+        if (end == t || *end) {
+            if (!strcmp(t, "eos")) {
+                id = template_eos_id(r->tpl, r->tok);
+                if (id < 0) id = r->m->cfg.n_eos ? r->m->cfg.eos_ids[0] : -1;
+            } else {
+                id = tokenizer_token_id(r->tok, t);
+            }
+        }
+        if (id < 0 || id >= r->m->cfg.V) {
+            rc = tuna_errf(err, TUNA_EINVAL, "--lora-trainable-tokens: \"%s\" is not a token of %s", t,
+                           r->cfg->model);
+            break;
+        }
+        size_t o = strlen(out);
+        if (o + 16 >= cap) {
+            rc = tuna_errf(err, TUNA_EINVAL, "--lora-trainable-tokens: too many tokens");
+            break;
+        }
+        snprintf(out + o, cap - o, "%s%ld", o ? "," : "", id);
+    }
+    free(list);
+    return rc;
+}
+
 static int run_open(Run *r, int resume, TunaErr *err) {
     const TrainConfig *c = r->cfg;
     char path[1200];
@@ -718,6 +754,11 @@ static int run_open(Run *r, int resume, TunaErr *err) {
                         .lora_rslora = c->use_rslora, .lora_targets = c->lora_target,
                         .seed = (uint64_t)c->seed, .prefix_tokens = c->prefix_tokens,
                         .prefix_projection = c->prefix_projection, .prefix_hidden = c->prefix_hidden};
+    char toks[1024];
+    if (method == METHOD_LORA && c->lora_trainable_tokens[0]) {
+        if ((rc = resolve_tokens(r, c->lora_trainable_tokens, toks, sizeof toks, err))) return rc;
+        setup.lora_tokens = toks;
+    }
     if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);

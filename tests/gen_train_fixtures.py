@@ -10,6 +10,7 @@ tests/fixtures/train/ (see tests/fixtures/train/README.md for every tensor name 
     llama_lora_rslora.safetensors    same with use_rslora=True
     llama_lora_adapter/              a real PEFT adapter dir (adapter_config.json, adapter_model.safetensors)
     llama_lora_logits.safetensors    logits of base + that adapter (eval mode)
+    <arch>_lora_tokens.safetensors   LoRA r=4 + trainable_token_indices (llama, llama_tied, gpt2)
     <arch>_prefix.safetensors        prefix tuning, 3 virtual tokens (llama, qwen2)
     llama_prefix_proj.safetensors    prefix tuning with the 2-layer MLP reparametrisation
     adamw.safetensors                AdamW + transformers LR schedules + grad-norm clipping
@@ -214,6 +215,59 @@ def gen_lora(fix_dir, out_dir, arch, ai, rslora=False):
     if arch == "llama" and not rslora:
         save_llama_adapter(model, out_dir, ids, fix_dir)
     return out.loss.item(), len(sd), scaling
+
+
+def gen_lora_tokens(fix_dir, out_dir, arch, ai):
+    """LoRA r=4 on q_proj,v_proj plus peft's trainable_token_indices (TrainableTokens): the
+    rows of the listed ids in the input embedding are replaced by trainable values (and in the
+    LM head too when it is tied to the embedding). The values start as the base rows plus
+    0.02*randn so that the forward differs from the base model."""
+    base = load(fix_dir, arch)
+    ids, labels = make_inputs(ai, base.config.vocab_size)
+    # an id that is an input and a target, one that is only an input, one that never occurs
+    present = sorted(set(ids.flatten().tolist()))
+    absent = next(i for i in range(base.config.vocab_size) if i not in present)
+    tok = sorted({int(ids[0, 6]), int(ids[1, 0]), absent})
+    fan = arch == "gpt2"
+    targets = ["c_attn"] if arch == "gpt2" else ["q_proj", "v_proj"]
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, bias="none",
+                     fan_in_fan_out=fan, trainable_token_indices=tok, task_type="CAUSAL_LM")
+    seed = 4500 + ai
+    torch.manual_seed(seed)
+    model = get_peft_model(base, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name or "trainable_tokens_delta" in name:
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    model.train()
+    out = model(input_ids=ids, labels=labels)
+    assert abs(out.loss.item() - manual_loss(out.logits, labels).item()) < 1e-5
+    out.loss.backward()
+    sd = get_peft_model_state_dict(model)
+    by_ptr = {p.data_ptr(): (n, p) for n, p in model.named_parameters() if p.requires_grad}
+    assert len(sd) == len(by_ptr), (len(sd), len(by_ptr))
+    tensors = io_tensors(ids, labels, out.loss)
+    delta_name = None
+    for name, t in sd.items():
+        pname, p = by_ptr[t.data_ptr()]
+        assert p.grad is not None, name
+        tensors["adapter." + name] = t.detach().clone()
+        tensors["grad." + name] = p.grad.detach().clone()
+        if "trainable_tokens_delta" in name:
+            delta_name = name
+    assert delta_name, list(sd)
+    tied = bool(getattr(base.config, "tie_word_embeddings", False))
+    # the never-seen id's row gets a gradient only through a tied LM head
+    g = tensors["grad." + delta_name]
+    assert (g[tok.index(absent)].abs().max() > 0) == tied, (arch, tied)
+    meta = base_meta()
+    meta.update(arch=arch, labels=LABELS_DOC, r="4", lora_alpha="8", lora_dropout="0.0",
+                target_modules=json.dumps(targets), trainable_token_indices=",".join(map(str, tok)),
+                tied=str(tied).lower(), delta_tensor=delta_name,
+                init="lora_A: peft default (torch.manual_seed(%d)); lora_B and the token rows: += 0.02*randn" % seed)
+    save_st(tensors, os.path.join(out_dir, f"{arch}_lora_tokens.safetensors"), meta)
+    return out.loss.item(), tok, tied
 
 
 def check_gpt2_lora_forward(model, scaling):
@@ -518,6 +572,10 @@ def main():
             for rs in ([False, True] if arch == "llama" else [False]):
                 loss, n, sc = gen_lora(fix_dir, out_dir, arch, ai, rslora=rs)
                 print(f"{arch}_lora{'_rslora' if rs else ''}: loss {loss:.5f}, {n} adapter tensors, scaling {sc}")
+    for ai, arch in enumerate(ARCHS):
+        if arch in ("llama", "llama_tied", "gpt2"):
+            loss, tok, tied = gen_lora_tokens(fix_dir, out_dir, arch, ai)
+            print(f"{arch}_lora_tokens: loss {loss:.5f}, trainable tokens {tok}, tied {tied}")
     for ai, arch in enumerate(ARCHS):
         if arch in ("llama", "qwen2"):
             for proj in ([False, True] if arch == "llama" else [False]):

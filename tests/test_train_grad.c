@@ -99,6 +99,8 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
         tlist[j] = 0;
         setup.lora_targets = tlist;
     }
+    const char *toks = safetensors_metadata(fx, "trainable_token_indices");
+    if (toks && setup.method == METHOD_LORA) setup.lora_tokens = toks;
     if (train_state_init(m, &setup, B, T, &ts, &err)) {
         CHECK(0, "%s %s: %s", arch, kind, err.msg);
         goto done;
@@ -241,6 +243,10 @@ int main(void) {
     TrainSetup rs = lora;
     rs.lora_rslora = 1;
     run_case("llama", "lora_rslora", rs);
+    /* LoRA + peft's trainable_token_indices: untied (embedding only) and tied (embedding and
+     * LM head share the rows) */
+    const char *tok_archs[] = {"llama", "llama_tied", "gpt2"};
+    for (size_t i = 0; i < 3; i++) run_case(tok_archs[i], "lora_tokens", lora);
     TrainSetup pre = {.method = METHOD_PREFIX, .prefix_tokens = 3, .seed = 1};
     run_case("llama", "prefix", pre);
     run_case("qwen2", "prefix", pre);

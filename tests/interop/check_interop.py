@@ -123,20 +123,23 @@ def main():
               f"tuna {got} vs peft {want}" if got != want else f"{len(got)} tokens, prompt ids {prompt_ids}")
 
     # ---- 1. tuna -> peft ----------------------------------------------------------------
-    run_dir = os.path.join(work, "tuna-run")
-    p = run([tuna, "train", "--model", base_dir, "--dataset", "identity",
-             "--dataset-dir", os.path.join(ROOT, "datasets"), "--templates-dir", os.path.join(ROOT, "templates"),
-             "--vars", "name=Tuna,author=Ann", "--method", "lora", "--lora-target", "all",
-             "--lora-rank", "8", "--lora-alpha", "16", "--lr", "5e-3", "--max-steps", "10",
-             "--eval-steps", "0", "--save-steps", "0", "--val-size", "0", "--sample-prompts", "",
-             "--threads", "2", "--output", run_dir, "--quiet"])
-    ok = check("tuna train --method lora --lora-target all (10 steps) writes a PEFT adapter",
-               p.returncode == 0 and all(os.path.exists(os.path.join(run_dir, f))
-                                         for f in ("adapter_config.json", "adapter_model.safetensors")))
-    if ok:
+    def tuna_to_peft(label, extra):
+        run_dir = os.path.join(work, label)
+        p = run([tuna, "train", "--model", base_dir, "--dataset", "identity",
+                 "--dataset-dir", os.path.join(ROOT, "datasets"), "--templates-dir", os.path.join(ROOT, "templates"),
+                 "--vars", "name=Tuna,author=Ann", "--method", "lora", "--lora-target", "all",
+                 "--lora-rank", "8", "--lora-alpha", "16", "--lr", "5e-3", "--max-steps", "10",
+                 "--eval-steps", "0", "--save-steps", "0", "--val-size", "0", "--sample-prompts", "",
+                 "--threads", "2", "--output", run_dir, "--quiet"] + extra)
+        ok = check(f"{label}: tuna train --method lora --lora-target all {' '.join(extra)} (10 steps) "
+                   "writes a PEFT adapter",
+                   p.returncode == 0 and all(os.path.exists(os.path.join(run_dir, f))
+                                             for f in ("adapter_config.json", "adapter_model.safetensors")))
+        if not ok:
+            return
         with open(os.path.join(run_dir, "adapter_config.json")) as f:
             cfg = json.load(f)
-        check("tuna adapter_config.json targets all 7 linear modules",
+        check(f"{label}: adapter_config.json targets all 7 linear modules",
               sorted(cfg.get("target_modules") or []) == sorted(ALL_LINEAR), str(cfg.get("target_modules")))
         try:
             pm = PeftModel.from_pretrained(load_base(), run_dir).eval()
@@ -144,25 +147,31 @@ def main():
         except Exception as e:  # noqa: BLE001
             loaded = False
             print(f"      {type(e).__name__}: {e}")
-        if check("peft PeftModel.from_pretrained loads tuna's adapter", loaded):
+        if check(f"{label}: peft PeftModel.from_pretrained loads tuna's adapter", loaded):
             # every tensor of the file is one peft expects, and every peft LoRA tensor is in the file
             with safe_open(os.path.join(run_dir, "adapter_model.safetensors"), "pt") as f:
                 file_keys = set(f.keys())
                 file_t = {k: f.get_tensor(k) for k in file_keys}
             want_keys = set(peft.get_peft_model_state_dict(pm).keys())
-            check("tuna's tensor names == peft's (no missing or unexpected keys)", file_keys == want_keys,
+            check(f"{label}: tuna's tensor names == peft's (no missing or unexpected keys)", file_keys == want_keys,
                   f"{len(file_keys)} tensors" if file_keys == want_keys else
                   f"missing {sorted(want_keys - file_keys)[:3]} unexpected {sorted(file_keys - want_keys)[:3]}")
             sd = peft.get_peft_model_state_dict(pm)
             d = max(((sd[k] - file_t[k]).abs().max().item() for k in file_keys & set(sd)), default=float("inf"))
-            check("peft holds exactly the adapter tensors tuna wrote", d == 0.0, f"max diff {d:.3g}")
-            compare_merged("tuna->peft", run_dir, pm)
+            check(f"{label}: peft holds exactly the adapter tensors tuna wrote", d == 0.0, f"max diff {d:.3g}")
+            compare_merged(label, run_dir, pm)
+
+    tuna_to_peft("tuna->peft", [])
+    # the EOS row trains too (PEFT trainable_token_indices); stories260K never learned </s>
+    tuna_to_peft("tuna->peft (+trainable tokens eos,<s>)", ["--lora-trainable-tokens", "eos,<s>"])
 
     # ---- 2. peft -> tuna ----------------------------------------------------------------
     variants = [
         ("peft->tuna (all linear, r=8, alpha=16)", dict(r=8, lora_alpha=16, target_modules=ALL_LINEAR)),
         ("peft->tuna (q,v, r=4, alpha=32, rsLoRA)", dict(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
                                                           use_rslora=True)),
+        ("peft->tuna (q,v, r=4, trainable_token_indices [2, 5, 300])",
+         dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], trainable_token_indices=[2, 5, 300])),
     ]
     for i, (label, kw) in enumerate(variants):
         torch.manual_seed(100 + i)
