@@ -96,7 +96,7 @@ test-unit: tuna $(TEST_BIN)
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate \
-             test_template test_dataset test_train_grad test_optim test_grad_ops \
+             test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \

@@ -18,8 +18,12 @@ typedef struct LoraMod {
     float *dA, *dB;
     float *h;          // (N, in) the dropped-out input, NULL when dropout is 0
     float *u;          // (N, r) h · Aᵀ
+    /* with checkpointing, h and u of the layers after the first alias the first layer's
+     * module at the same site: only the layer being recomputed needs them */
 } LoraMod;
 
+/* One layer's activations. With checkpointing every layer has its own x_in and all layers
+ * share the rest (one layer's worth, filled again by the recompute in the backward). */
 typedef struct LayerActs {
     float *x_in;           // (N, C) residual stream into the layer
     float *xn1, *x_mid, *xn2; // (N, C)
@@ -57,9 +61,11 @@ struct TrainState {
     int n_tp;
     size_t n_trainable;
     // activations
-    LayerActs *acts;
+    int ckpt;               /* gradient checkpointing: see LayerActs */
+    LayerActs *acts;        /* (L) */
     float *x_L, *xnf, *logits;
     float *act_block;
+    size_t act_bytes;       /* act_block plus the LoRA h and u buffers */
     // scratch
     float *dx, *dxn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *tmp, *dys, *du, *dh, *zeros;
     size_t zeros_n;
@@ -161,6 +167,11 @@ static void site_dims(const ModelConfig *c, int site, int *in, int *out) {
 }
 
 // --- setup
+
+/* n rounded up to 16 floats (64 bytes). */
+static size_t pad16(size_t n) {
+    return (n + 15) & ~(size_t)15;
+}
 
 static float *balloc(TrainState *ts, size_t n, int *fail) {
     float *p = ts->be->ops->alloc(ts->be, (n ? n : 1) * sizeof(float));
@@ -303,6 +314,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->B = B;
     ts->T = T;
     ts->N = (size_t)B * T;
+    ts->ckpt = setup->grad_checkpoint != 0;
     size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
            FF = (size_t)c->FF, V = (size_t)c->V;
     int fail = 0, rc = 0;
@@ -382,10 +394,18 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
             add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
             off += na + nb;
+            if (ts->ckpt && lm->layer > 0) { /* every layer has the same sites */
+                const LoraMod *first = &ts->mods[i % (ts->n_mods / c->L)];
+                lm->h = first->h;
+                lm->u = first->u;
+                continue;
+            }
             if (setup->lora_dropout > 0) {
                 lm->h = balloc(ts, N * (size_t)lm->in, &fail);
+                ts->act_bytes += N * (size_t)lm->in * sizeof(float);
             }
             lm->u = balloc(ts, N * (size_t)r, &fail);
+            ts->act_bytes += N * (size_t)r * sizeof(float);
             if (fail) {
                 free(host);
                 goto nomem;
@@ -459,40 +479,48 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         }
     }
 
-    // --- activations: one block, pointers into it
-    size_t per_layer = 4 * C + 3 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
-    size_t kv_extra = 2 * (size_t)B * (size_t)ts->P * KD; /* prefix rows in k and v */
-    size_t total_act = N * (per_layer * (size_t)c->L + 2 * C + V) + kv_extra * (size_t)c->L;
+    // --- activations: one block, pointers into it. Every buffer starts on 64 bytes, so a
+    // layer recomputed into the shared set sees the alignment it had in the forward.
+    size_t kvn = (size_t)B * (size_t)(T + ts->P) * KD; /* k and v with the prefix rows */
+    size_t per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
+                       (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0); /* all but x_in */
+    size_t n_full = ts->ckpt ? 1 : (size_t)c->L; /* layers with a set of their own */
+    size_t total_act = pad16(N * C) * ((size_t)c->L + 2) + per_layer * n_full + pad16(N * V);
     ts->act_block = balloc(ts, total_act, &fail);
     if (fail) goto nomem;
+    ts->act_bytes += total_act * sizeof(float);
     ts->acts = xcalloc((size_t)c->L, sizeof *ts->acts);
     float *p = ts->act_block;
-#define TAKE(field, n) (field = p, p += N * (n))
+#define TAKE(field, n) (field = p, p += pad16(n))
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &ts->acts[l];
-        TAKE(a->x_in, C);
-        TAKE(a->xn1, C);
-        TAKE(a->x_mid, C);
-        TAKE(a->xn2, C);
-        if (c->qk_norm) {
-            TAKE(a->qraw, QD);
-            TAKE(a->kraw, KD);
+        TAKE(a->x_in, N * C);
+        if (ts->ckpt && l > 0) {
+            float *x_in = a->x_in;
+            *a = ts->acts[0];
+            a->x_in = x_in;
+            continue;
         }
-        TAKE(a->q, QD);
-        a->k = p;
-        p += (size_t)B * (size_t)(T + ts->P) * KD;
-        a->v = p;
-        p += (size_t)B * (size_t)(T + ts->P) * KD;
-        TAKE(a->att, QD);
-        TAKE(a->gate, FF);
-        TAKE(a->up, FF);
-        TAKE(a->act, FF);
-        (void)0;
+        TAKE(a->xn1, N * C);
+        TAKE(a->x_mid, N * C);
+        TAKE(a->xn2, N * C);
+        if (c->qk_norm) {
+            TAKE(a->qraw, N * QD);
+            TAKE(a->kraw, N * KD);
+        }
+        TAKE(a->q, N * QD);
+        TAKE(a->k, kvn);
+        TAKE(a->v, kvn);
+        TAKE(a->att, N * QD);
+        TAKE(a->gate, N * FF);
+        TAKE(a->up, N * FF);
+        TAKE(a->act, N * FF);
     }
-    TAKE(ts->x_L, C);
-    TAKE(ts->xnf, C);
-    TAKE(ts->logits, V);
+    TAKE(ts->x_L, N * C);
+    TAKE(ts->xnf, N * C);
+    TAKE(ts->logits, N * V);
 #undef TAKE
+    TUNA_ASSERT(p == ts->act_block + total_act);
     size_t mx = C > QD ? C : QD;
     if (FF > mx) mx = FF;
     size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
@@ -543,6 +571,7 @@ void train_state_free(TrainState *ts) {
                      ts->dact,  ts->tmp,   ts->dys,     ts->du,        ts->dh,   ts->zeros};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->release(be, bufs[i]);
     for (int i = 0; i < ts->n_mods; i++) {
+        if (ts->ckpt && ts->mods[i].layer > 0) continue; /* aliases of the first layer's */
         be->ops->release(be, ts->mods[i].h);
         be->ops->release(be, ts->mods[i].u);
     }
@@ -572,6 +601,10 @@ const TrainParam *train_params(const TrainState *ts, int *n) {
 
 size_t train_param_count(const TrainState *ts) {
     return ts->n_trainable;
+}
+
+size_t train_activation_bytes(const TrainState *ts) {
+    return ts->act_bytes;
 }
 
 float train_lora_scale(const TrainState *ts) {
@@ -632,6 +665,17 @@ static int slice_row(const TrainState *ts, int site, int slice) {
     return slice * c->NH * c->HS; /* GPT-2: q, k, v are C rows each */
 }
 
+/* The adapter's input side: h = dropout(in) (when dropout is on), u (M, r) = h · Aᵀ. */
+static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int K) {
+    Backend *be = ts->be;
+    const float *h = in;
+    if (lm->h) {
+        be->ops->dropout(be, lm->h, in, (size_t)M * K, ts->setup.lora_dropout, drop_seed(ts, lm));
+        h = lm->h;
+    }
+    be->ops->matmul_fwd(be, lm->u, h, lm->A, NULL, M, K, ts->setup.lora_rank);
+}
+
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
 static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int n_out) {
@@ -641,14 +685,7 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
     int r = ts->setup.lora_rank;
-    if (slice == 0) { /* the fused c_attn computes u once for its three slices */
-        const float *h = in;
-        if (lm->h) {
-            be->ops->dropout(be, lm->h, in, (size_t)M * K, ts->setup.lora_dropout, drop_seed(ts, lm));
-            h = lm->h;
-        }
-        be->ops->matmul_fwd(be, lm->u, h, lm->A, NULL, M, K, r);
-    }
+    if (slice == 0) lora_u_fwd(ts, lm, in, M, K); /* the fused c_attn: once for three slices */
     const float *Bs = lm->B + (size_t)slice_row(ts, site, slice) * r;
     /* dys is backward scratch, free during the forward (out may be ts->tmp) */
     be->ops->matmul_fwd(be, ts->dys, lm->u, Bs, NULL, M, r, n_out);
@@ -843,6 +880,58 @@ int train_prefix(TrainState *ts, float **prefix) {
 
 // --- the step
 
+/* Forward of layer l of a micro-batch of Bn rows, from a->x_in into a's activations and the
+ * layer's output into xout. xout NULL: the recompute of a checkpointed layer in the backward,
+ * which stops at what the backward reads (of the down projection only the adapter's u and h,
+ * no residual add). The same ops on the same inputs as the forward: bit-identical values. */
+static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) {
+    const Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = ts->be;
+    const BackendOps *op = be->ops;
+    const LayerWeights *w = &m->layers[l];
+    int T = ts->T, M = Bn * T;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS, FF = c->FF;
+    int fused = c->arch == ARCH_GPT2;
+    norm_fwd(ts, a->xn1, a->x_in, w->ln1_w, w->ln1_b, M);
+    /* with a prefix, new k and v go to scratch (dk, dv are free in the forward) and are
+     * then placed after the prefix rows of each batch row */
+    float *kk = ts->P ? ts->dk : a->k, *vd = ts->P ? ts->dv : a->v;
+    float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : kk;
+    linear_fwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, qd, a->xn1, w->wq, w->bq, M, C, QD);
+    linear_fwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, kd, a->xn1, w->wk, w->bk, M, C, KD);
+    linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, vd, a->xn1, w->wv, w->bv, M, C, KD);
+    if (c->qk_norm) {
+        op->rmsnorm_fwd(be, a->q, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
+        op->rmsnorm_fwd(be, kk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
+    }
+    if (!c->learned_pos) {
+        op->rope_fwd(be, a->q, ts->pos, m->inv_freq, M, NH, HS, HS);
+        op->rope_fwd(be, kk, ts->pos, m->inv_freq, M, KVH, HS, HS);
+    }
+    if (ts->P) prefix_scatter(ts, l, a->k, a->v, kk, vd, Bn, T);
+    int Tk = T + ts->P;
+    op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, NH, KVH, HS,
+                      c->sliding_window);
+    linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
+    op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
+    norm_fwd(ts, a->xn2, a->x_mid, w->ln2_w, w->ln2_b, M);
+    if (c->act == ACT_SILU) {
+        linear_fwd(ts, l, SITE_GATE, 0, a->gate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
+        linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
+        op->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)M * FF);
+    } else {
+        linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
+        op->gelu_fwd(be, a->act, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
+    }
+    if (xout) {
+        linear_fwd(ts, l, SITE_DOWN, 0, ts->tmp, a->act, w->w_down, w->b_down, M, FF, C);
+        op->add_fwd(be, xout, a->x_mid, ts->tmp, (size_t)M * C);
+    } else if (ts->site_mod && ts->site_mod[l][SITE_DOWN] >= 0) {
+        lora_u_fwd(ts, &ts->mods[ts->site_mod[l][SITE_DOWN]], a->act, M, FF);
+    }
+}
+
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
                   float loss_scale, int backward, double *loss_sum, int *n_targets,
                   TunaErr *err) {
@@ -872,44 +961,8 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
             op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C,
                         m->wpe + (size_t)ts->P * C, (size_t)T * C);
     }
-    for (int l = 0; l < c->L; l++) {
-        LayerActs *a = &ts->acts[l];
-        const LayerWeights *w = &m->layers[l];
-        float *xout = l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L;
-        norm_fwd(ts, a->xn1, a->x_in, w->ln1_w, w->ln1_b, M);
-        /* with a prefix, new k and v go to scratch (dk, dv are free in the forward) and are
-         * then placed after the prefix rows of each batch row */
-        float *kk = ts->P ? ts->dk : a->k, *vd = ts->P ? ts->dv : a->v;
-        float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : kk;
-        linear_fwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, qd, a->xn1, w->wq, w->bq, M, C, QD);
-        linear_fwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, kd, a->xn1, w->wk, w->bk, M, C, KD);
-        linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, vd, a->xn1, w->wv, w->bv, M, C, KD);
-        if (c->qk_norm) {
-            op->rmsnorm_fwd(be, a->q, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
-            op->rmsnorm_fwd(be, kk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
-        }
-        if (!c->learned_pos) {
-            op->rope_fwd(be, a->q, ts->pos, m->inv_freq, M, NH, HS, HS);
-            op->rope_fwd(be, kk, ts->pos, m->inv_freq, M, KVH, HS, HS);
-        }
-        if (ts->P) prefix_scatter(ts, l, a->k, a->v, kk, vd, Bn, T);
-        int Tk = T + ts->P;
-        op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, NH, KVH, HS,
-                          c->sliding_window);
-        linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
-        op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
-        norm_fwd(ts, a->xn2, a->x_mid, w->ln2_w, w->ln2_b, M);
-        if (c->act == ACT_SILU) {
-            linear_fwd(ts, l, SITE_GATE, 0, a->gate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
-            linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
-            op->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)M * FF);
-        } else {
-            linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
-            op->gelu_fwd(be, a->act, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
-        }
-        linear_fwd(ts, l, SITE_DOWN, 0, ts->tmp, a->act, w->w_down, w->b_down, M, FF, C);
-        op->add_fwd(be, xout, a->x_mid, ts->tmp, (size_t)M * C);
-    }
+    for (int l = 0; l < c->L; l++)
+        layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
     norm_fwd(ts, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
     op->matmul_fwd(be, ts->logits, ts->xnf, m->lm_head, NULL, M, C, c->V);
     op->xent_fwd_bwd(be, backward ? ts->logits : NULL, ts->losses, ts->logits, targets, M, c->V,
@@ -934,6 +987,10 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     for (int l = c->L - 1; l >= 0; l--) {
         LayerActs *a = &ts->acts[l];
         const LayerWeights *w = &m->layers[l];
+        /* checkpointed: the layer's activations again from its input (dx stays; the recompute
+         * writes only the shared set, tmp, dys and, with a prefix, dk and dv). The last layer's
+         * are still there from the forward. */
+        if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
         // MLP
         zero(ts, ts->dact, (size_t)M * FF);
         linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);

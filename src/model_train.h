@@ -1,12 +1,15 @@
 /* model_train.h: the training forward and backward pass of the decoder, for the methods
- * full (every weight), freeze (the last N layers) and LoRA (low-rank adapters on chosen
- * linear layers, base frozen). P-tuning v2 (prefix) is not in yet.
+ * full (every weight), freeze (the last N layers), LoRA (low-rank adapters on chosen
+ * linear layers, base frozen) and P-tuning v2 (trainable key/value prefixes).
  *
  * A TrainState owns the gradient buffer, the LoRA adapter weights and grads, and the
  * activations for one micro-batch of B x T tokens, all sized once at init (no allocation
- * in the step). Gradients accumulate across calls until train_zero_grad, so gradient
- * accumulation is just several calls. The trainable tensors are listed as TrainParam
- * entries (name, data, grad, size, weight decay or not) for the optimizer and for saving.
+ * in the step). With grad_checkpoint it keeps each layer's input and one layer's other
+ * activations only, and the backward recomputes each layer's forward from its input
+ * (bit-identical results for about one more forward). Gradients accumulate across calls
+ * until train_zero_grad, so gradient accumulation is just several calls. The trainable
+ * tensors are listed as TrainParam entries (name, data, grad, size, weight decay or not)
+ * for the optimizer and for saving.
  * One thread at a time (the worker that owns the Model). */
 #ifndef TUNA_SRC_MODEL_TRAIN_H
 #define TUNA_SRC_MODEL_TRAIN_H
@@ -37,6 +40,7 @@ typedef struct TrainSetup {
     int prefix_tokens;    /* prefix: num_virtual_tokens */
     int prefix_projection; /* prefix: the MLP embedding -> tanh -> prefix */
     int prefix_hidden;    /* prefix: encoder_hidden_size */
+    int grad_checkpoint;  /* keep layer inputs only; recompute the rest in the backward */
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */
@@ -59,6 +63,9 @@ void train_state_free(TrainState *ts);
 /* The trainable tensors (owned by ts). */
 const TrainParam *train_params(const TrainState *ts, int *n);
 size_t train_param_count(const TrainState *ts); /* trainable floats */
+/* Bytes of activation memory the forward keeps for the backward (the layer activations, the
+ * final norm and logits, LoRA's dropped-out inputs and h·Aᵀ), without the backward scratch. */
+size_t train_activation_bytes(const TrainState *ts);
 
 void train_zero_grad(TrainState *ts);
 

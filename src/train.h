@@ -28,7 +28,7 @@ typedef struct TrainConfig {
     int lora_rank, use_rslora, freeze_layers, epochs, max_steps, batch_size, grad_accum;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
-    int prefix_tokens, prefix_projection, prefix_hidden;
+    int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
     double lora_alpha, lora_dropout, lr, val_size, warmup_ratio, weight_decay, max_grad_norm;
 } TrainConfig;
 

@@ -262,16 +262,23 @@ setf() {
 }
 # form rows with method lora (scr_setup.c): 0 model, 1 template, 2 dataset, 3 vars, 4 method,
 # 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 epochs, 10 lr, 11 batch size,
-# 12 grad accum, 13 cutoff len, 14 val size, 15 eval steps, 16 save steps, 17 seed, 18 output
-# flow SIZE ENV RUN_NAME HALF_COLUMNS ASCII: the whole flow at one terminal size and colour mode
+# 12 grad accum, 13 cutoff len, 14 grad checkpoint, 15 val size, 16 eval steps, 17 save steps,
+# 18 seed, 19 output
+# flow SIZE ENV RUN_NAME HALF_COLUMNS ASCII CKPT: the whole flow at one terminal size and colour
+# mode; CKPT true turns gradient checkpointing on (the same run, so the same answers)
 flow() {
-    size=$1; envs=$2; RUN=$RUNS/$3; half=$4; ascii=$5
+    size=$1; envs=$2; RUN=$RUNS/$3; half=$4; ascii=$5; ckpt=$6
     start $size "$envs $BIN"
     chk 'wait_for " 1 Setup " 10' "tuna (no arguments) opens the workbench"
     tmux -L "$SOCK" send-keys -t $T 1
     chk 'wait_for "training setup" 5' "1 opens Setup"
     setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
-    setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 15 25; setf 18 $RUN
+    setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 16 25; setf 19 $RUN
+    if [ "$ckpt" = true ]; then
+        tmux -L "$SOCK" send-keys -t $T -N 30 Up; tmux -L "$SOCK" send-keys -t $T -N 14 Down
+        tmux -L "$SOCK" send-keys -t $T Right
+        chk 'wait_for "grad checkpoint *<* on" 5' "setup: Right toggles grad checkpoint on"
+    fi
     chk 'wait_for "name=Tuna,author=Ann" 5' "setup: typed vars shown"
     chk 'cap | grep "lora rank" | grep -q " 16"' "setup: lora rank 16 shown"
     chk 'cap | grep -q "trainable .*K"' "setup: trainable estimate for LoRA"
@@ -281,7 +288,7 @@ flow() {
     cf=$RUN/setup_config.json
     for kv in '"method":[[:space:]]*"lora"' '"lora_rank":[[:space:]]*16' '"lora_alpha":[[:space:]]*32' \
               '"lora_target":[[:space:]]*"all"' '"lr":[[:space:]]*0.01' '"epochs":[[:space:]]*25' \
-              '"eval_steps":[[:space:]]*25' '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
+              '"eval_steps":[[:space:]]*25' "\"gradient_checkpointing\":[[:space:]]*$ckpt" '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
         chk 'grep -q "$kv" $cf' "setup: the started config has $kv"
     done
     a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
@@ -349,9 +356,9 @@ flow() {
     fi
     tmux -L "$SOCK" send-keys -t $T F10
 }
-flow 80x24 "LANG=C.UTF-8 TERM=xterm-256color" ui-lora 40 0
-# the same at 200x60 without colour, in the C locale (ASCII glyphs)
-flow 200x60 "LC_ALL=C NO_COLOR=1 TERM=vt100" ui-lora-ascii 100 1
+flow 80x24 "LANG=C.UTF-8 TERM=xterm-256color" ui-lora 40 0 false
+# the same at 200x60 without colour, in the C locale (ASCII glyphs), with gradient checkpointing
+flow 200x60 "LC_ALL=C NO_COLOR=1 TERM=vt100" ui-lora-ascii 100 1 true
 
 # --- 11. tuna watch on a run a headless `tuna train` is writing: steps arrive, in colour and
 # without, 80x24 and 200x60; x x stops the real trainer through RUN/control
@@ -389,7 +396,7 @@ start 200x60 "sh -c 'trap \"\" INT; stty -a > $W/before; NO_COLOR=1 LANG=C.UTF-8
 chk 'wait_for " 1 Setup " 10' "bad start: the workbench opens"
 tmux -L "$SOCK" send-keys -t $T 1
 wait_for "training setup" 5
-setf 2 nonexistent; setf 18 $RUNS/bad
+setf 2 nonexistent; setf 19 $RUNS/bad
 chk 'wait_for "nonexistent" 5' "bad start: typed dataset shown"
 tmux -L "$SOCK" send-keys -t $T C-t
 chk 'wait_for "ERROR" 60' "bad start: the run shows ERROR"

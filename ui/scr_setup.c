@@ -204,6 +204,7 @@ static SetupState *setup_get(App *app) {
             {"batch_size", "batch size", F_INT, M_ALL, 8, 1, 1, 4096, "", NULL, 0},
             {"grad_accum", "grad accum", F_INT, M_ALL, 1, 1, 1, 1024, "", NULL, 0},
             {"cutoff_len", "cutoff len", F_INT, M_ALL, 256, 32, 8, 131072, "", NULL, 0},
+            {"gradient_checkpointing", "grad checkpoint", F_BOOL, M_ALL, 0, 1, 0, 1, "", NULL, 0},
             {"val_size", "val size", F_FLOAT, M_ALL, 0.1, 0.05, 0, 1000000, "", NULL, 0},
             {"eval_steps", "eval steps", F_INT, M_ALL, 20, 5, 0, 1000000, "", NULL, 0},
             {"save_steps", "save steps", F_INT, M_ALL, 50, 10, 0, 1000000, "", NULL, 0},
@@ -489,20 +490,22 @@ typedef struct MemEstimate {
 
 /* fp32 throughout (as the engine trains): all weights, a gradient and AdamW's m and v for each
  * trainable parameter, and the activations the engine keeps for batch x cutoff tokens (per
- * layer: norms, q/k/v, attention out, MLP, plus the logits) with its backward scratch. */
+ * layer: norms, q/k/v, attention out, MLP, plus the logits) with its backward scratch. With
+ * gradient checkpointing only one layer keeps all of that; the others keep their input. */
 static void mem_estimate(SetupState *s, double total, double trainable, int n_modules, MemEstimate *m) {
     const ModelConfig *c = &s->cfg;
     double C = c->C, QD = (double)c->NH * c->HS, KD = (double)c->KVH * c->HS, FF = c->FF, V = c->V;
     double B = field(s, "batch_size")->v, T = field(s, "cutoff_len")->v, N = B * T;
     double P = method_bit(s) == M_PT ? field(s, "prefix_tokens")->v : 0;
     double r = method_bit(s) == M_LORA ? field(s, "lora_rank")->v : 1;
-    double per_layer = 4 * C + 3 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
+    double full = field(s, "gradient_checkpointing")->v != 0 ? 1 : c->L; /* layers with all */
+    double per_layer = 3 * C + 2 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
     double mx = C > QD ? C : QD;
     if (FF > mx) mx = FF;
     double mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
-    double act = N * (per_layer * c->L + 2 * C + V) + 2 * B * P * KD * c->L;
+    double act = N * (C * c->L + per_layer * full + 2 * C + V) + 2 * B * P * KD * full;
     double scratch = N * (C + 3 * mx + 2 * QD + 2 * KD + 3 * FF + 2 * mx_out + r);
-    double lora = n_modules * N * r;
+    double lora = n_modules / (double)c->L * full * N * r;
     m->weights = total * 4;
     m->optim = trainable * 12;
     m->act = (act + scratch + lora) * 4;
