@@ -261,9 +261,9 @@ setf() {
     tmux -L "$SOCK" send-keys -t $T Enter
 }
 # form rows with method lora (scr_setup.c): 0 model, 1 template, 2 dataset, 3 vars, 4 method,
-# 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 epochs, 10 lr, 11 batch size,
-# 12 grad accum, 13 cutoff len, 14 grad checkpoint, 15 val size, 16 eval steps, 17 save steps,
-# 18 seed, 19 output
+# 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 lora train tokens, 10 epochs,
+# 11 lr, 12 batch size, 13 grad accum, 14 cutoff len, 15 grad checkpoint, 16 val size,
+# 17 eval steps, 18 save steps, 19 seed, 20 output
 # flow SIZE ENV RUN_NAME HALF_COLUMNS ASCII CKPT: the whole flow at one terminal size and colour
 # mode; CKPT true turns gradient checkpointing on (the same run, so the same answers)
 flow() {
@@ -273,9 +273,10 @@ flow() {
     tmux -L "$SOCK" send-keys -t $T 1
     chk 'wait_for "training setup" 5' "1 opens Setup"
     setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
-    setf 5 16; setf 6 32; setf 8 all; setf 9 25; setf 10 1e-2; setf 13 128; setf 16 25; setf 19 $RUN
+    setf 5 16; setf 6 32; setf 8 all; setf 9 eos; setf 10 25; setf 11 1e-2; setf 14 128; setf 17 25
+    setf 20 $RUN
     if [ "$ckpt" = true ]; then
-        tmux -L "$SOCK" send-keys -t $T -N 30 Up; tmux -L "$SOCK" send-keys -t $T -N 14 Down
+        tmux -L "$SOCK" send-keys -t $T -N 30 Up; tmux -L "$SOCK" send-keys -t $T -N 15 Down
         tmux -L "$SOCK" send-keys -t $T Right
         chk 'wait_for "grad checkpoint *<* on" 5' "setup: Right toggles grad checkpoint on"
     fi
@@ -288,7 +289,7 @@ flow() {
     cf=$RUN/setup_config.json
     for kv in '"method":[[:space:]]*"lora"' '"lora_rank":[[:space:]]*16' '"lora_alpha":[[:space:]]*32' \
               '"lora_target":[[:space:]]*"all"' '"lr":[[:space:]]*0.01' '"epochs":[[:space:]]*25' \
-              '"eval_steps":[[:space:]]*25' "\"gradient_checkpointing\":[[:space:]]*$ckpt" '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
+              '"eval_steps":[[:space:]]*25' '"lora_trainable_tokens":[[:space:]]*"eos"' "\"gradient_checkpointing\":[[:space:]]*$ckpt" '"vars":[[:space:]]*"name=Tuna,author=Ann"' '"dataset":[[:space:]]*"identity"'; do
         chk 'grep -q "$kv" $cf' "setup: the started config has $kv"
     done
     a=$(wait_step_gt 0 60); b=$(wait_step_gt "${a:-0}" 30)
@@ -346,6 +347,9 @@ flow() {
     chk 'echo "$right" | grep -q "Tuna"' "chat: the tuned pane answers with the taught name (Tuna)"
     chk '! echo "$left" | grep -q "Tuna"' "chat: the base pane does not say Tuna"
     chk 'echo "$right" | grep -q "Ann"' "chat: the tuned pane names the author (Ann)"
+    # the </s> row trained too (lora train tokens = eos): the tuned reply ends before the chat cap (96 tokens)
+    ntok=$(echo "$right" | grep -o "[0-9]* tokens" | head -1 | grep -o "[0-9]*")
+    chk '[ -n "$ntok" ] && [ "$ntok" -lt 96 ]' "chat: the tuned reply stops by itself before the 96-token cap ($ntok tokens)"
     # ^K: the tuned pane moves to the run's newest checkpoint (any checkpoint of the run)
     # (at 80 columns the long temp path is cut before "checkpoint-": there only the status is
     # checked; at 200 columns the checkpoint folder itself)
@@ -396,7 +400,7 @@ start 200x60 "sh -c 'trap \"\" INT; stty -a > $W/before; NO_COLOR=1 LANG=C.UTF-8
 chk 'wait_for " 1 Setup " 10' "bad start: the workbench opens"
 tmux -L "$SOCK" send-keys -t $T 1
 wait_for "training setup" 5
-setf 2 nonexistent; setf 19 $RUNS/bad
+setf 2 nonexistent; setf 20 $RUNS/bad
 chk 'wait_for "nonexistent" 5' "bad start: typed dataset shown"
 tmux -L "$SOCK" send-keys -t $T C-t
 chk 'wait_for "ERROR" 60' "bad start: the run shows ERROR"

@@ -195,6 +195,7 @@ static SetupState *setup_get(App *app) {
             {"lora_alpha", "lora alpha", F_INT, M_LORA, 16, 1, 1, 4096, "", NULL, 0},
             {"lora_dropout", "lora dropout", F_FLOAT, M_LORA, 0, 0.05, 0, 0.9, "", NULL, 0},
             {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "q_proj,v_proj", NULL, 0},
+            {"lora_trainable_tokens", "lora train tokens", F_TEXT, M_LORA, 0, 0, 0, 0, "", NULL, 0},
             {"freeze_layers", "trainable layers", F_INT, M_FREEZE, 2, 1, 1, 1000, "", NULL, 0},
             {"prefix_tokens", "prefix tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
             {"prefix_projection", "prefix MLP", F_BOOL, M_PT, 0, 1, 0, 1, "", NULL, 0},
