@@ -147,78 +147,6 @@ static int ends_with_replacement(const char *t, size_t n) {
            (unsigned char)t[n - 1] == 0xBD;
 }
 
-/* The generated text, kept incrementally: decoding all ids again for every new token made a
- * token cost O(length) (8% of a stories260K token at 250 tokens). A window of the last few ids
- * is decoded instead; what it adds beyond the previous window's text is appended (HF's
- * prefix/read offsets). The window starts a few ids back so that decoders which treat the
- * first token specially (SentencePiece's leading-space strip) see the same start in both, and
- * a window ending in a partial UTF-8 character (U+FFFD) waits for the next token. Whenever the
- * window's text is not an extension of the previous one, the whole text is decoded again. */
-typedef struct TextWindow {
-    size_t start, n_read; /* ids [start, n_read) are decoded into text */
-    char *text;
-    size_t len;
-} TextWindow;
-
-static void text_window_init(TextWindow *w, const Tokenizer *tok, const int32_t *all, size_t n) {
-    w->start = n > 4 ? n - 4 : 0;
-    w->n_read = n;
-    w->text = tokenizer_decode(tok, all + w->start, n - w->start, 1);
-    w->len = strlen(w->text);
-}
-
-static void text_set(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
-    if (n + 1 > *cap) {
-        *cap = 2 * (n + 1);
-        *buf = xrealloc(*buf, *cap);
-    }
-    memcpy(*buf, s, n);
-    (*buf)[n] = '\0';
-    *len = n;
-}
-
-/* gen = decode(all) minus the prompt's text (the whole text when it does not start with it) */
-static void text_full(const Tokenizer *tok, const int32_t *all, size_t n, const char *prompt_text,
-                      size_t prompt_len, char **gen, size_t *len, size_t *cap) {
-    char *full = tokenizer_decode(tok, all, n, 1);
-    size_t fl = strlen(full);
-    size_t skip = fl >= prompt_len && !memcmp(full, prompt_text, prompt_len) ? prompt_len : 0;
-    text_set(gen, len, cap, full + skip, fl - skip);
-    free(full);
-}
-
-static void text_advance(TextWindow *w, const Tokenizer *tok, const int32_t *all, size_t n,
-                         const char *prompt_text, size_t prompt_len, char **gen, size_t *len,
-                         size_t *cap) {
-    char *t = tokenizer_decode(tok, all + w->start, n - w->start, 1);
-    size_t tl = strlen(t);
-    if (tl >= w->len && !memcmp(t, w->text, w->len)) {
-        if (ends_with_replacement(t, tl)) { /* wait for the rest of the character */
-            free(t);
-            return;
-        }
-        size_t add = tl - w->len;
-        if (*len + add + 1 > *cap) {
-            *cap = 2 * (*len + add + 1);
-            *gen = xrealloc(*gen, *cap);
-        }
-        memcpy(*gen + *len, t + w->len, add);
-        *len += add;
-        (*gen)[*len] = '\0';
-    } else { /* the decoder changed earlier text: start over from the whole sequence */
-        text_full(tok, all, n, prompt_text, prompt_len, gen, len, cap);
-    }
-    free(w->text);
-    w->n_read = n;
-    if (n - w->start > 32) { /* slide the window */
-        free(t);
-        text_window_init(w, tok, all, n);
-    } else {
-        w->text = t;
-        w->len = tl;
-    }
-}
-
 int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
                  size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err) {
     memset(res, 0, sizeof *res);
@@ -241,9 +169,7 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     char *prompt_text = tokenizer_decode(tok, prompt, n_prompt, 1);
     size_t prompt_len = strlen(prompt_text), emitted = 0;
     char *gen_text = xstrdup("");
-    size_t gen_len = 0, gen_cap = 1;
-    TextWindow tw;
-    text_window_init(&tw, tok, all, n_all);
+    size_t gen_len = 0;
     double t0 = time_now(), t1 = t0;
     int rc = model_forward(m, prompt, (int)n_prompt, logits, 0, err);
     while (!rc) {
@@ -261,7 +187,14 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         }
         all[n_all++] = next;
         res->n_ids++;
-        text_advance(&tw, tok, all, n_all, prompt_text, prompt_len, &gen_text, &gen_len, &gen_cap);
+        // text so far = decode(prompt + generated) minus the prompt's text
+        free(gen_text);
+        char *full = tokenizer_decode(tok, all, n_all, 1);
+        size_t fl = strlen(full);
+        size_t skip = fl >= prompt_len && !memcmp(full, prompt_text, prompt_len) ? prompt_len : 0;
+        gen_text = xstrdup(full + skip);
+        gen_len = fl - skip;
+        free(full);
         size_t stop_at = gen_len;
         int hit = 0;
         for (int i = 0; i < opt->n_stops; i++) {
@@ -301,9 +234,6 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         rc = model_forward(m, &all[n_all - 1], 1, logits, 0, err);
     }
     double t2 = time_now();
-    if (res->stopped_by != 2 && tw.n_read < n_all) /* a held-back partial character: as decoded */
-        text_full(tok, all, n_all, prompt_text, prompt_len, &gen_text, &gen_len, &gen_cap);
-    free(tw.text);
     if (!rc && res->stopped_by != 2 && gen_len > emitted && opt->on_text)
         opt->on_text(opt->user, gen_text + emitted, gen_len - emitted);
     res->prefill_s = t1 - t0;
