@@ -5,11 +5,13 @@
  * - Sampling is reproducible for a seed and differs across seeds; stop strings cut the text;
  *   bad options fail with one line on stderr. Runs ./tuna from the repo root. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 
 #include <cjson/cJSON.h>
 
 #include "harness.h"
+#include "src/tokenizer.h"
 #include "src/xalloc.h"
 
 #define MODEL "models/stories260K"
@@ -207,6 +209,76 @@ static void test_stop_strings(void) {
     free(cut);
 }
 
+/* The streamed text is built incrementally (a window of the last ids): it must equal, at the
+ * end, both the --json text and an independent decode(prompt + ids) minus decode(prompt).
+ * Sampled at a high temperature so that byte tokens split UTF-8 characters, on stories260K
+ * (SentencePiece, byte fallback) and on the random GPT-2 fixture with GPT-2's real
+ * byte-level tokenizer from ../shared (skipped without it). */
+static void test_incremental_text(void) {
+    char tmp[] = "/tmp/tuna_gen_XXXXXX", gdir[256], cmd[2048];
+    const char *models[2] = {MODEL, NULL};
+    if (mkdtemp(tmp)) {
+        snprintf(gdir, sizeof gdir, "%s/gpt2", tmp);
+        snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/fixtures/gpt2/* %s/ && cp ../shared/tokenizers/gpt2/* %s/ 2>/dev/null",
+                 gdir, gdir, gdir);
+        int st;
+        char *o = run(cmd, &st);
+        free(o);
+        if (st == 0) models[1] = gdir;
+        else SKIP("../shared/tokenizers/gpt2 missing: byte-level case skipped");
+    }
+    int cases = 0;
+    for (int mi = 0; mi < 2 && models[mi]; mi++) {
+        TunaErr err = {0};
+        Tokenizer *tok = NULL;
+        if (tokenizer_load(models[mi], &tok, &err)) {
+            CHECK(0, "%s: %s", models[mi], err.msg);
+            continue;
+        }
+        for (int seed = 1; seed <= 6; seed++) {
+            int st;
+            snprintf(cmd, sizeof cmd, "./tuna generate %s --prompt '!' --max-new-tokens 80 --temperature 1.3 "
+                     "--seed %d --ignore-eos --quiet", models[mi], seed);
+            char js[2100];
+            snprintf(js, sizeof js, "%s --json", cmd);
+            char ne[2100];
+            snprintf(ne, sizeof ne, "%s --no-echo", cmd);
+            char *jout = run(js, &st), *sout = run(ne, &st);
+            cJSON *j = cJSON_Parse(jout);
+            const cJSON *pid = cJSON_GetObjectItem(j, "prompt_ids"), *ids = cJSON_GetObjectItem(j, "ids"),
+                        *text = cJSON_GetObjectItem(j, "text");
+            CHECK(j && cJSON_IsArray(pid) && cJSON_IsArray(ids) && cJSON_IsString(text), "%s seed %d: bad --json: %s",
+                  models[mi], seed, jout);
+            if (j && cJSON_IsArray(pid) && cJSON_IsArray(ids) && cJSON_IsString(text)) {
+                int np = cJSON_GetArraySize(pid), ni = cJSON_GetArraySize(ids);
+                int32_t *all = xmalloc(sizeof(int32_t) * (size_t)(np + ni + 1));
+                for (int i = 0; i < np; i++) all[i] = cJSON_GetArrayItem(pid, i)->valueint;
+                for (int i = 0; i < ni; i++) all[np + i] = cJSON_GetArrayItem(ids, i)->valueint;
+                char *pt = tokenizer_decode(tok, all, (size_t)np, 1), *full = tokenizer_decode(tok, all, (size_t)(np + ni), 1);
+                size_t pl = strlen(pt);
+                const char *want = strncmp(full, pt, pl) ? full : full + pl;
+                CHECK(!strcmp(text->valuestring, want), "%s seed %d: --json text differs from decode(ids)",
+                      models[mi], seed);
+                size_t sl = strlen(sout);
+                if (sl && sout[sl - 1] == '\n') sout[--sl] = '\0';
+                CHECK(!strcmp(sout, want), "%s seed %d: streamed text differs from decode(ids)", models[mi], seed);
+                free(pt);
+                free(full);
+                free(all);
+                cases++;
+            }
+            cJSON_Delete(j);
+            free(jout);
+            free(sout);
+        }
+        tokenizer_free(tok);
+    }
+    printf("  incremental text: %d sampled cases equal decode(prompt + ids) - decode(prompt)\n", cases);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    int st;
+    free(run(cmd, &st));
+}
+
 static void test_bad_options(void) {
     const char *cmds[] = {
             "./tuna generate " MODEL " --temperature abc 2>&1 >/dev/null",
@@ -237,6 +309,7 @@ int main(void) {
     test_reference_greedy();
     test_sampling();
     test_stop_strings();
+    test_incremental_text();
     test_bad_options();
     return test_report("test_generate");
 }
