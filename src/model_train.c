@@ -53,7 +53,6 @@ struct TrainState {
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
      * (n_tok, C) replace those rows of wte (and so of a tied LM head) */
     int n_tok;
-    char *tok_list; /* setup.lora_tokens points here: the caller's string need not outlive ts */
     int32_t *tok_idx;
     float *tok_val, *tok_grad;
     // trainable list
@@ -310,7 +309,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->m = m;
     ts->be = be;
     ts->setup = *setup;
-    if (setup->lora_tokens) ts->setup.lora_tokens = ts->tok_list = xstrdup(setup->lora_tokens);
+    ts->setup.lora_tokens = NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
     ts->B = B;
     ts->T = T;
     ts->N = (size_t)B * T;
@@ -579,7 +578,6 @@ void train_state_free(TrainState *ts) {
     be->ops->release(be, ts->tok_val);
     be->ops->release(be, ts->tok_grad);
     free(ts->tok_idx);
-    free(ts->tok_list);
     be->ops->release(be, ts->dkf);
     be->ops->release(be, ts->dvf);
     free(ts->pre);
@@ -613,6 +611,11 @@ float train_lora_scale(const TrainState *ts) {
 
 const char *train_lora_targets(const TrainState *ts) {
     return ts->targets;
+}
+
+const int32_t *train_lora_tokens(const TrainState *ts, int *n) {
+    *n = ts->n_tok;
+    return ts->tok_idx;
 }
 
 void train_download_params(const TrainState *ts, float **host) {

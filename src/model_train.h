@@ -83,6 +83,8 @@ void train_set_step_seed(TrainState *ts, uint64_t step);
 /* LoRA: the scale alpha/r (or alpha/sqrt(r)), and the modules targeted (comma list). */
 float train_lora_scale(const TrainState *ts);
 const char *train_lora_targets(const TrainState *ts);
+/* LoRA: the token ids whose embedding rows train (trainable_token_indices), n of them. */
+const int32_t *train_lora_tokens(const TrainState *ts, int *n);
 
 /* Copies every trainable tensor to host[i] (sized tp[i].n floats), in train_params order. */
 void train_download_params(const TrainState *ts, float **host);

@@ -311,15 +311,11 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddBoolToObject(c, "inference_mode", 1);
     cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddNullToObject(c, "modules_to_save");
-    if (s->lora_tokens && s->lora_tokens[0]) {
+    int n_tok;
+    const int32_t *tok = train_lora_tokens(ts, &n_tok);
+    if (n_tok) {
         cJSON *ti = cJSON_AddArrayToObject(c, "trainable_token_indices");
-        for (const char *q = s->lora_tokens; *q;) {
-            char *end;
-            long v = strtol(q, &end, 10);
-            if (end == q) break;
-            cJSON_AddItemToArray(ti, cJSON_CreateNumber((double)v));
-            q = *end == ',' ? end + 1 : end;
-        }
+        for (int i = 0; i < n_tok; i++) cJSON_AddItemToArray(ti, cJSON_CreateNumber(tok[i]));
     }
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddNullToObject(c, "layers_pattern");
