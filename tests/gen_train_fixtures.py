@@ -178,11 +178,10 @@ def lora_model(fix_dir, arch, rslora, seed):
     return model, cfg, scaling
 
 
-def gen_lora(fix_dir, out_dir, arch, ai, rslora=False):
-    seed = 4000 + ai + (100 if rslora else 0)
-    model, cfg, scaling = lora_model(fix_dir, arch, rslora, seed)
+def peft_grads(model, ids, labels, nonzero=True):
+    """Forward + backward of a peft model in train mode; returns (loss, state dict, tensors) where
+    tensors holds the inputs, the loss, and adapter.NAME / grad.NAME for every saved tensor."""
     model.train()
-    ids, labels = make_inputs(ai, model.config.vocab_size)
     out = model(input_ids=ids, labels=labels)
     assert abs(out.loss.item() - manual_loss(out.logits, labels).item()) < 1e-5
     out.loss.backward()
@@ -190,13 +189,20 @@ def gen_lora(fix_dir, out_dir, arch, ai, rslora=False):
     by_ptr = {p.data_ptr(): (n, p) for n, p in model.named_parameters() if p.requires_grad}
     assert len(sd) == len(by_ptr), (len(sd), len(by_ptr))
     tensors = io_tensors(ids, labels, out.loss)
-    shapes = {}
     for name, t in sd.items():
-        pname, p = by_ptr[t.data_ptr()]
-        assert p.grad is not None and p.grad.abs().max() > 0, name
+        _, p = by_ptr[t.data_ptr()]
+        assert p.grad is not None and (not nonzero or p.grad.abs().max() > 0), name
         tensors["adapter." + name] = t.detach().clone()
         tensors["grad." + name] = p.grad.detach().clone()
-        shapes[name] = list(t.shape)
+    return out.loss, sd, tensors
+
+
+def gen_lora(fix_dir, out_dir, arch, ai, rslora=False):
+    seed = 4000 + ai + (100 if rslora else 0)
+    model, cfg, scaling = lora_model(fix_dir, arch, rslora, seed)
+    ids, labels = make_inputs(ai, model.config.vocab_size)
+    loss, sd, tensors = peft_grads(model, ids, labels)
+    shapes = {name: list(t.shape) for name, t in sd.items()}
     if arch == "gpt2":
         # fan_in_fan_out only affects merging: lora_A/B keep nn.Linear layout ([r, in], [out, r]).
         a = sd["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"]
@@ -214,7 +220,7 @@ def gen_lora(fix_dir, out_dir, arch, ai, rslora=False):
     save_st(tensors, os.path.join(out_dir, name + ".safetensors"), meta)
     if arch == "llama" and not rslora:
         save_llama_adapter(model, out_dir, ids, fix_dir)
-    return out.loss.item(), len(sd), scaling
+    return loss.item(), len(sd), scaling
 
 
 def gen_lora_tokens(fix_dir, out_dir, arch, ai):
@@ -240,22 +246,8 @@ def gen_lora_tokens(fix_dir, out_dir, arch, ai):
         for name, p in model.named_parameters():
             if ".lora_B." in name or "trainable_tokens_delta" in name:
                 p.add_(0.02 * torch.randn(p.shape, generator=gen))
-    model.train()
-    out = model(input_ids=ids, labels=labels)
-    assert abs(out.loss.item() - manual_loss(out.logits, labels).item()) < 1e-5
-    out.loss.backward()
-    sd = get_peft_model_state_dict(model)
-    by_ptr = {p.data_ptr(): (n, p) for n, p in model.named_parameters() if p.requires_grad}
-    assert len(sd) == len(by_ptr), (len(sd), len(by_ptr))
-    tensors = io_tensors(ids, labels, out.loss)
-    delta_name = None
-    for name, t in sd.items():
-        pname, p = by_ptr[t.data_ptr()]
-        assert p.grad is not None, name
-        tensors["adapter." + name] = t.detach().clone()
-        tensors["grad." + name] = p.grad.detach().clone()
-        if "trainable_tokens_delta" in name:
-            delta_name = name
+    loss, sd, tensors = peft_grads(model, ids, labels, nonzero=False)
+    delta_name = next((name for name in sd if "trainable_tokens_delta" in name), None)
     assert delta_name, list(sd)
     tied = bool(getattr(base.config, "tie_word_embeddings", False))
     # the never-seen id's row gets a gradient only through a tied LM head
@@ -267,7 +259,7 @@ def gen_lora_tokens(fix_dir, out_dir, arch, ai):
                 tied=str(tied).lower(), delta_tensor=delta_name,
                 init="lora_A: peft default (torch.manual_seed(%d)); lora_B and the token rows: += 0.02*randn" % seed)
     save_st(tensors, os.path.join(out_dir, f"{arch}_lora_tokens.safetensors"), meta)
-    return out.loss.item(), tok, tied
+    return loss.item(), tok, tied
 
 
 def check_gpt2_lora_forward(model, scaling):
