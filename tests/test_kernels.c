@@ -60,8 +60,8 @@ static void test_backend(Backend *be) {
             free(in); free(w); free(b); free(ref); free(out);
         }
     }
-    // norms
-    int nshapes[][2] = {{1, 64}, {5, 288}, {7, 13}, {3, 576}};
+    // norms (the last two are above the parallel threshold, rows not a multiple of 2)
+    int nshapes[][2] = {{1, 64}, {5, 288}, {7, 13}, {3, 576}, {131, 288}, {61, 577}};
     for (size_t s = 0; s < sizeof nshapes / sizeof nshapes[0]; s++) {
         int R = nshapes[s][0], C = nshapes[s][1];
         size_t n = (size_t)R * C;
@@ -86,14 +86,14 @@ static void test_backend(Backend *be) {
         be->ops->release(be, dout);
         free(in); free(w); free(b); free(ref); free(out);
     }
-    // rope
-    {
-        int T = 9, NH = 3, HS = 16;
+    // rope: a few tokens, and enough for the parallel path (an odd count)
+    for (int T = 9; T <= 701; T += 692) {
+        int NH = 3, HS = 16;
         size_t n = (size_t)T * NH * HS;
         float *x = rand_buf(n, 1), *ref = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n);
         float f[8];
         for (int i = 0; i < 8; i++) f[i] = 1.0f / powf(10000.0f, (float)(2 * i) / 16.0f);
-        int32_t pos[9];
+        int32_t pos[701];
         for (int t = 0; t < T; t++) pos[t] = 100 + 3 * t;
         memcpy(ref, x, sizeof(float) * n);
         ref_rope_fwd(ref, pos, f, T, NH, HS, HS);

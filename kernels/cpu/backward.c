@@ -189,12 +189,10 @@ void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const floa
 
 /* Rotates each head of x (T,NH,HS) in place by +angle (sign 1: rope_fwd) or -angle (sign -1:
  * rope_bwd, the transpose), HF rotate_half layout, with the same float angles both ways. */
-void cpu_rope_rotate(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
-                     int NH, int HS, int rot_dim, float sign) {
+static void rope_rows(float *x, const int32_t *pos, const float *inv_freq, int NH, int HS,
+                      int rot_dim, float sign, size_t lo, size_t hi) {
     int half = rot_dim / 2;
-    int nth = threads_for(be, (size_t)T * NH * HS);
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-    for (int t = 0; t < T; t++) {
+    for (size_t t = lo; t < hi; t++) {
         float cs[512], sn[512]; /* half <= 512: head_dim <= 1024 by config limits */
         for (int i = 0; i < half; i++) {
             float ang = (float)pos[t] * inv_freq[i];
@@ -211,6 +209,12 @@ void cpu_rope_rotate(Backend *be, float *x, const int32_t *pos, const float *inv
             }
         }
     }
+}
+
+void cpu_rope_rotate(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
+                     int NH, int HS, int rot_dim, float sign) {
+    CPU_PAR_RANGE(threads_for(be, (size_t)T * NH * HS), (size_t)T,
+                  rope_rows(x, pos, inv_freq, NH, HS, rot_dim, sign, lo, hi));
 }
 
 void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T, int NH,

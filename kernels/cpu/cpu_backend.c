@@ -49,11 +49,17 @@ static inline float dot_row(const float *in, const float *w, int K) {
     return s;
 }
 
-/* out (N) = w (N,K) · in (K) + bias. */
-static void matvec(float *out, const float *in, const float *w, const float *bias, int K, int N,
-                   int nth) {
-#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
-    for (int n = 0; n < N; n++) out[n] = dot_row(in, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
+/* out [lo,hi) of w (N,K) · in (K) + bias. */
+static void matvec_rows(float *out, const float *in, const float *w, const float *bias, int K,
+                        size_t lo, size_t hi) {
+    for (size_t n = lo; n < hi; n++) out[n] = dot_row(in, w + n * K, K) + (bias ? bias[n] : 0.0f);
+}
+
+static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
+    for (size_t m = lo; m < hi; m++) {
+        float *o = out + m * N;
+        for (int n = 0; n < N; n++) o[n] += bias[n];
+    }
 }
 
 static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
@@ -61,29 +67,22 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
     if (M == 1) { /* decode: bandwidth-bound, worth two threads from 64 KiB of weights */
-        matvec(out, in, w, bias, K, N, work >= 16384 ? be->n_threads : 1);
+        CPU_PAR_RANGE(work >= 16384 ? be->n_threads : 1, (size_t)N,
+                      matvec_rows(out, in, w, bias, K, lo, hi));
         return;
     }
     openblas_set_num_threads(nth);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, w, K, 0.0f, out, N);
-    if (bias) {
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-        for (int m = 0; m < M; m++) {
-            float *o = out + (size_t)m * N;
-            for (int n = 0; n < N; n++) o[n] += bias[n];
-        }
-    }
+    if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_rows(out, bias, N, lo, hi));
 }
 
 // --- normalization
 
-static void c_rmsnorm(Backend *be, float *out, const float *in, const float *w, float eps, int R,
-                      int C) {
-    int nth = (size_t)R * C >= PAR_MIN_WORK ? be->n_threads : 1;
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-    for (int r = 0; r < R; r++) {
-        const float *x = in + (size_t)r * C;
-        float *y = out + (size_t)r * C;
+static void rmsnorm_rows(float *out, const float *in, const float *w, float eps, int C, size_t lo,
+                         size_t hi) {
+    for (size_t r = lo; r < hi; r++) {
+        const float *x = in + r * C;
+        float *y = out + r * C;
         float ss = 0;
 #pragma omp simd reduction(+ : ss)
         for (int c = 0; c < C; c++) ss += x[c] * x[c];
@@ -92,13 +91,17 @@ static void c_rmsnorm(Backend *be, float *out, const float *in, const float *w, 
     }
 }
 
-static void c_layernorm(Backend *be, float *out, const float *in, const float *w, const float *b,
-                        float eps, int R, int C) {
+static void c_rmsnorm(Backend *be, float *out, const float *in, const float *w, float eps, int R,
+                      int C) {
     int nth = (size_t)R * C >= PAR_MIN_WORK ? be->n_threads : 1;
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-    for (int r = 0; r < R; r++) {
-        const float *x = in + (size_t)r * C;
-        float *y = out + (size_t)r * C;
+    CPU_PAR_RANGE(nth, (size_t)R, rmsnorm_rows(out, in, w, eps, C, lo, hi));
+}
+
+static void layernorm_rows(float *out, const float *in, const float *w, const float *b, float eps,
+                           int C, size_t lo, size_t hi) {
+    for (size_t r = lo; r < hi; r++) {
+        const float *x = in + r * C;
+        float *y = out + r * C;
         float mean = 0, var = 0;
 #pragma omp simd reduction(+ : mean)
         for (int c = 0; c < C; c++) mean += x[c];
@@ -109,6 +112,12 @@ static void c_layernorm(Backend *be, float *out, const float *in, const float *w
         float inv = 1.0f / sqrtf(var + eps);
         for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + b[c];
     }
+}
+
+static void c_layernorm(Backend *be, float *out, const float *in, const float *w, const float *b,
+                        float eps, int R, int C) {
+    int nth = (size_t)R * C >= PAR_MIN_WORK ? be->n_threads : 1;
+    CPU_PAR_RANGE(nth, (size_t)R, layernorm_rows(out, in, w, b, eps, C, lo, hi));
 }
 
 // --- rotary embedding and attention
@@ -171,9 +180,62 @@ static inline void head_axpy(float *o, float a, const float *v, int n) {
 #endif
 }
 
-/* One (batch row, query, kv head) at a time: the `grp` query heads that share a kv head are
- * scored together, so each key and value row is loaded once for all of them. Scores go to a
- * scratch row, then softmax, then the weighted sum of values. */
+/* Items [lo,hi) of (batch row, query, kv head): the `grp` query heads that share a kv head
+ * are scored together, so each key and value row is loaded once for all of them. Scores go
+ * to a scratch row, then softmax, then the weighted sum of values. */
+static void attention_items(float *out, const float *q, const float *k, const float *v, int Tq,
+                            int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                            size_t lo, size_t hi, TunaErr *err) {
+    float scale = 1.0f / sqrtf((float)HS);
+    int grp = NH / KVH;
+    size_t rs = (size_t)KVH * HS;
+    /* decode scores fit on the stack (malloc + free per call was ~4% of a stories260K token) */
+    float stack_sc[2048];
+    size_t need = (size_t)grp * (size_t)(Tk > 0 ? Tk : 1);
+    float *sc = need <= 2048 ? stack_sc : malloc(sizeof(float) * need);
+    if (!sc) {
+#pragma omp critical
+        tuna_errf(err, TUNA_ENOMEM, "attention: out of memory for %zu scores", need);
+        return;
+    }
+    for (size_t idx = lo; idx < hi; idx++) {
+        int g = (int)(idx % KVH), t = (int)(idx / KVH % Tq), b = (int)(idx / ((size_t)KVH * Tq));
+        size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
+        const float *qv = q + qrow * HS;
+        float *o = out + qrow * HS;
+        int p = Tk - Tq + t;
+        int lo_k = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+        int n = p - lo_k + 1;
+        const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
+        const float *vb = v + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
+        for (int j = 0; j < n; j++) {
+            const float *kr = kb + j * rs;
+            for (int h = 0; h < grp; h++) {
+                const float *qh = qv + (size_t)h * HS;
+                sc[(size_t)h * n + j] = head_dot(qh, kr, HS) * scale;
+            }
+        }
+        for (int h = 0; h < grp; h++) { /* softmax, vectorized (vexpf, about 1 ulp) */
+            float *sh = sc + (size_t)h * n, mx = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : mx)
+            for (int j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < n; j++) {
+                sh[j] = vexpf(sh[j] - mx);
+                sum += sh[j];
+            }
+            float inv = 1.0f / sum;
+#pragma omp simd
+            for (int j = 0; j < n; j++) sh[j] *= inv;
+        }
+        /* out = probs · V, accumulated in registers across keys: a masked store and reload
+         * of `o` per key stalls store forwarding */
+        for (int h = 0; h < grp; h++)
+            head_weighted_sum(o + (size_t)h * HS, sc + (size_t)h * n, vb, rs, n, HS);
+    }
+    if (sc != stack_sc) free(sc);
+}
+
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window) {
@@ -182,87 +244,42 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
             tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
         return;
     }
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH;
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
     int nth = work >= PAR_MIN_WORK ? be->n_threads : 1;
-    int total = B * Tq * KVH;
-    size_t rs = (size_t)KVH * HS;
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        /* decode scores fit on the stack (malloc + free per call was ~4% of a stories260K token) */
-        float stack_sc[2048];
-        size_t need = (size_t)grp * (size_t)(Tk > 0 ? Tk : 1);
-        float *sc = need <= 2048 ? stack_sc : malloc(sizeof(float) * need);
-        if (!sc) {
-#pragma omp critical
-            tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %zu scores", need);
-        }
-#pragma omp for schedule(static)
-        for (int idx = 0; idx < total; idx++) {
-            if (!sc) continue;
-            int g = idx % KVH, t = (idx / KVH) % Tq, b = idx / (KVH * Tq);
-            size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
-            const float *qv = q + qrow * HS;
-            float *o = out + qrow * HS;
-            int p = Tk - Tq + t;
-            int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-            int n = p - lo + 1;
-            const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
-            const float *vb = v + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
-            for (int j = 0; j < n; j++) {
-                const float *kr = kb + j * rs;
-                for (int h = 0; h < grp; h++) {
-                    const float *qh = qv + (size_t)h * HS;
-                    sc[(size_t)h * n + j] = head_dot(qh, kr, HS) * scale;
-                }
-            }
-            for (int h = 0; h < grp; h++) { /* softmax, vectorized (vexpf, about 1 ulp) */
-                float *sh = sc + (size_t)h * n, mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-                for (int j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < n; j++) {
-                    sh[j] = vexpf(sh[j] - mx);
-                    sum += sh[j];
-                }
-                float inv = 1.0f / sum;
-#pragma omp simd
-                for (int j = 0; j < n; j++) sh[j] *= inv;
-            }
-            /* out = probs · V, accumulated in registers across keys: a masked store and
-             * reload of `o` per key stalls store forwarding */
-            for (int h = 0; h < grp; h++)
-                head_weighted_sum(o + (size_t)h * HS, sc + (size_t)h * n, vb, rs, n, HS);
-        }
-        if (sc && sc != stack_sc) free(sc);
-    }
+    CPU_PAR_RANGE(nth, (size_t)B * Tq * KVH,
+                  attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, lo, hi,
+                                  &be->err));
 }
 
 // --- elementwise
 
-static void c_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
-    int nth = n >= PAR_MIN_WORK ? be->n_threads : 1;
-#pragma omp parallel for simd num_threads(nth) if (nth > 1)
-    for (size_t i = 0; i < n; i++) {
+static void swiglu_range(float *out, const float *gate, const float *up, size_t lo, size_t hi) {
+#pragma omp simd
+    for (size_t i = lo; i < hi; i++) {
         float g = gate[i];
         out[i] = g / (1.0f + vexpf(-g)) * up[i];
     }
 }
 
-static void c_gelu(Backend *be, float *out, const float *in, size_t n, int approx) {
-    int nth = n >= PAR_MIN_WORK ? be->n_threads : 1;
+static void c_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+    CPU_PAR_RANGE(n >= PAR_MIN_WORK ? be->n_threads : 1, n, swiglu_range(out, gate, up, lo, hi));
+}
+
+static void gelu_range(float *out, const float *in, int approx, size_t lo, size_t hi) {
     if (approx) { /* tanh(u) = 1 - 2 / (1 + exp(2u)), as in the backward */
         const float kk = 0.7978845608f, c3 = 0.044715f;
-#pragma omp parallel for simd num_threads(nth) if (nth > 1)
-        for (size_t i = 0; i < n; i++) {
+#pragma omp simd
+        for (size_t i = lo; i < hi; i++) {
             float x = in[i], th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
             out[i] = 0.5f * x * (1.0f + th);
         }
     } else {
-#pragma omp parallel for num_threads(nth) if (nth > 1)
-        for (size_t i = 0; i < n; i++) out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * 0.70710678f));
+        for (size_t i = lo; i < hi; i++) out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * 0.70710678f));
     }
+}
+
+static void c_gelu(Backend *be, float *out, const float *in, size_t n, int approx) {
+    CPU_PAR_RANGE(n >= PAR_MIN_WORK ? be->n_threads : 1, n, gelu_range(out, in, approx, lo, hi));
 }
 
 static void c_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
