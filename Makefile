@@ -4,7 +4,8 @@
 #   make [all]          ./tuna (CUDA objects too when nvcc is present)
 #   make test           deps + unit/parity tests + the loader tests under ASan/UBSan
 #   make test-san       only the sanitizer pass (SAN=address,undefined by default)
-#   make bench          side-by-side benchmarks against the PyTorch reference (needs $(VENV))
+#   make bench          side-by-side benchmarks against the PyTorch reference (needs $(VENV));
+#                       LLAMA2C=path/to/llama2.c adds its run.c to the generation benchmark
 #   make test-interop   PEFT/transformers load tuna's adapters and exports and vice versa (needs $(VENV))
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
 #   make format / format-check / lint

@@ -19,7 +19,9 @@ if ! "$PY" -c 'import torch, transformers' >/dev/null 2>&1; then
 fi
 
 status=0
-echo "=== generation speed: tuna vs PyTorch ==="
+# LLAMA2C (a llama2.c checkout, from the environment or `make bench LLAMA2C=...`) adds its
+# run.c to the generation benchmark, side by side; otherwise its fixed figures are shown.
+echo "=== generation speed: tuna vs PyTorch${LLAMA2C:+ and llama2.c run.c} ==="
 "$PY" tests/bench/bench_generate.py $TORCH_FLAG || status=1
 
 echo "=== training throughput: tuna vs PyTorch, llm.c, llama.cpp ==="
