@@ -128,7 +128,14 @@ struct Backend {
     TunaErr err;
 };
 
-/* Returns a backend by name: "ref", "cpu" or "cuda". n_threads <= 0 means all cores.
+/* n_threads for backend_init: the cores that other processes are not keeping busy right now
+ * (at least one). For generation next to a running `tuna train`: two OpenMP teams spinning on
+ * the same cores made decoding 100x slower, while one thread beside the run keeps most of
+ * its speed. Decoding gives the same result for any thread count. */
+#define BACKEND_THREADS_IDLE (-1)
+
+/* Returns a backend by name: "ref", "cpu" or "cuda". n_threads 0 means all cores,
+ * BACKEND_THREADS_IDLE the idle ones (the cpu backend; the others ignore it).
  * The caller owns it and frees it with backend_free. NULL and err set when the name is
  * unknown or the backend cannot start here (no CUDA device, say). */
 Backend *backend_init(const char *name, int n_threads, TunaErr *err);

@@ -148,7 +148,7 @@ static const CliOpt chat_opts[] = {
         {"top-k", 1, OPT_TOPK, "K", "keep the K most likely tokens (0 = off)"},
         {"max-new-tokens", 1, OPT_MAXNEW, "N", "longest reply in tokens (default 256)"},
         {"seed", 1, OPT_SEED, "N", "sampling seed (default 42)"},
-        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
@@ -314,7 +314,8 @@ int cmd_chat(int argc, char **argv) {
     cli_longopts(chat_opts, lo);
     const char *adapter = NULL, *tname = "vanilla", *tdir = "templates", *system = NULL;
     const char *backend = "cpu";
-    int n_messages = 0, max_new = 256, top_k = -1, threads = 0, seed = 42, sampling_asked = 0;
+    int n_messages = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, seed = 42;
+    int sampling_asked = 0;
     float temp = -1, top_p = -1;
     int c;
     optind = 1;

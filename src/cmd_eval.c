@@ -56,7 +56,7 @@ static const CliOpt eval_opts[] = {
         {"vars", 1, OPT_VARS, "K=V,...", "fill {{K}} placeholders in the data"},
         {"no-generate", 0, OPT_NOGEN, NULL, "loss and perplexity only (metrics are null)"},
         {"output", 1, OPT_OUTPUT, "FILE", "also write the JSON to FILE"},
-        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"quiet", 0, OPT_QUIET, NULL, "no progress or summary on stderr"},
         {"help", 0, OPT_HELP, NULL, "show this help"},
@@ -185,7 +185,8 @@ int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *dataset = NULL, *ddir = "datasets";
     const char *tname = "vanilla", *tdir = "templates", *vars = NULL, *output = NULL;
     const char *backend = "cpu";
-    int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, threads = 0, quiet = 0;
+    int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, quiet = 0;
+    int threads = BACKEND_THREADS_IDLE;
     int c;
     optind = 1;
     opterr = 0;

@@ -40,7 +40,7 @@ static const CliOpt generate_opts[] = {
         {"seed", 1, OPT_SEED, "N", "sampling seed (default 42)"},
         {"stop", 1, OPT_STOP, "TEXT", "stop when TEXT appears (repeatable)"},
         {"ignore-eos", 0, OPT_IGNORE_EOS, NULL, "do not stop at the model's EOS tokens"},
-        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: all cores)"},
+        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
         {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
@@ -84,7 +84,8 @@ static int cmd_generate(int argc, char **argv) {
     cli_longopts(generate_opts, lo);
     const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
     const char *stops[16];
-    int n_stops = 0, max_new = 256, top_k = -1, threads = 0, ignore_eos = 0, json = 0, echo = 1;
+    int n_stops = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, ignore_eos = 0;
+    int json = 0, echo = 1;
     int quiet = 0, seed = 42, sampling_asked = 0;
     float temp = -1, top_p = -1, rep = -1;
     int c;
@@ -186,14 +187,17 @@ static int cmd_generate(int argc, char **argv) {
         printf(", \"text\": ");
         json_str(stdout, res.text);
         static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback", "context_full"};
-        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f}\n", why[res.stopped_by], tps);
+        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d}\n",
+               why[res.stopped_by], tps, be->n_threads);
     } else {
         fputc('\n', stdout);
     }
     fflush(stdout);
     if (!quiet)
-        fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s\n",
-                n_ids, res.n_ids, res.prefill_s + res.decode_s, tps);
+        fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
+                        "%d thread%s\n",
+                n_ids, res.n_ids, res.prefill_s + res.decode_s, tps, be->n_threads,
+                be->n_threads == 1 ? "" : "s");
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "generate failed");

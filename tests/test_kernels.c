@@ -2,6 +2,9 @@
  * shapes including ones that are not multiples of any tile or vector width. Tolerance:
  * |x - ref| <= atol + rtol * |ref| (fp32 with different summation orders). */
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "harness.h"
@@ -160,7 +163,45 @@ static void test_backend(Backend *be) {
     CHECK(be->ops->sync(be) == 0, "%s: latched error: %s", nm, be->err.msg);
 }
 
+static atomic_int spin_stop;
+static void *spin(void *arg) {
+    (void)arg;
+    while (!atomic_load(&spin_stop)) {
+    }
+    return NULL;
+}
+
+/* backend_init's thread counts: 0 = every core; BACKEND_THREADS_IDLE = those not running
+ * anything else, so with two threads of this very process spinning it leaves them alone. */
+static void test_thread_counts(void) {
+    TunaErr err = {0};
+    int cores = omp_get_num_procs();
+    Backend *be = backend_init("cpu", 0, &err);
+    CHECK(be && be->n_threads == cores, "cpu backend with 0 threads: %d, cores %d", be ? be->n_threads : -1, cores);
+    backend_free(be);
+    be = backend_init("cpu", 3, &err);
+    CHECK(be && be->n_threads == 3, "cpu backend asked for 3 threads: %d", be ? be->n_threads : -1);
+    backend_free(be);
+    be = backend_init("cpu", BACKEND_THREADS_IDLE, &err);
+    CHECK(be && be->n_threads >= 1 && be->n_threads <= cores, "idle cores, quiet: %d of %d",
+          be ? be->n_threads : -1, cores);
+    backend_free(be);
+    pthread_t t[2];
+    int started = 0;
+    for (int i = 0; i < 2; i++) started += pthread_create(&t[i], NULL, spin, NULL) == 0;
+    CHECK(started == 2, "spinning threads: %d started", started);
+    be = backend_init("cpu", BACKEND_THREADS_IDLE, &err);
+    int want = cores - 2 < 1 ? 1 : cores - 2;
+    CHECK(be && be->n_threads >= 1 && be->n_threads <= want,
+          "idle cores with 2 busy threads: %d, expected at most %d of %d", be ? be->n_threads : -1,
+          want, cores);
+    backend_free(be);
+    atomic_store(&spin_stop, 1);
+    for (int i = 0; i < started; i++) pthread_join(t[i], NULL);
+}
+
 int main(void) {
+    test_thread_counts();
     const char *names[] = {"ref", "cpu", "cuda"};
     for (size_t i = 0; i < 3; i++) {
         TunaErr err = {0};

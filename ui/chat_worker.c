@@ -81,7 +81,8 @@ static void *worker_main(void *arg) {
     Model *m = NULL;
     Tokenizer *tok = NULL;
     Template *tpl = NULL;
-    be = backend_init("cpu", 0, &err);
+    /* the idle cores: a run started from Setup trains in its own process beside this one */
+    be = backend_init("cpu", BACKEND_THREADS_IDLE, &err);
     char base_dir[1024];
     /* a run folder with an adapter loads its base model and applies the adapter */
     if (!be || model_load_any(w->model_dir, be, &m, base_dir, sizeof base_dir, &err) ||

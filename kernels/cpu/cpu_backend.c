@@ -8,8 +8,10 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cblas.h>
 #ifdef __AVX512F__
@@ -339,11 +341,42 @@ static const BackendOps cpu_ops = {
         .adamw = cpu_adamw,
 };
 
+/* Of n cores, those that other processes are not running on: procs_running in /proc/stat
+ * counts the runnable threads of the machine, the reading one included; the median of five
+ * reads 1 ms apart. n when /proc/stat cannot be read. */
+static int idle_cores(int n) {
+    int v[5], k = 0;
+    for (int i = 0; i < 5; i++) {
+        FILE *f = fopen("/proc/stat", "r");
+        if (!f) break;
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "procs_running %d", &v[k]) == 1) {
+                k++;
+                break;
+            }
+        fclose(f);
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    if (!k) return n;
+    for (int i = 1; i < k; i++) /* insertion sort of at most 5 */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            int t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    int free_cores = n - (v[k / 2] - 1);
+    return free_cores < 1 ? 1 : free_cores > n ? n : free_cores;
+}
+
 Backend *cpu_backend_init(int n_threads, TunaErr *err) {
     (void)err;
     Backend *be = calloc(1, sizeof *be);
     if (!be) return NULL;
     be->ops = &cpu_ops;
-    be->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    int cores = omp_get_num_procs();
+    be->n_threads = n_threads > 0 ? n_threads
+                    : n_threads == BACKEND_THREADS_IDLE ? idle_cores(cores)
+                                                        : cores;
     return be;
 }
