@@ -24,6 +24,7 @@ typedef struct Backend Backend;
 
 typedef struct BackendOps {
     const char *name;
+    int host_memory; /* 1: buffers are plain host memory that the engine may also write directly */
 
     // --- memory
     void *(*alloc)(Backend *be, size_t bytes); /* NULL on failure; 64-byte aligned */

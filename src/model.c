@@ -249,9 +249,13 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
                        (double)total * 4 / (1 << 20));
         goto fail;
     }
-    scratch = malloc(biggest * sizeof(float));
-    host = malloc(biggest * sizeof(float));
-    if (!scratch || !host) {
+    /* host backends are filled in place (no staging copy); scratch only for the transposed and
+     * split GPT-2 tensors */
+    int direct = be->ops->host_memory, reshaped = 0;
+    for (int i = 0; i < specs.n; i++) reshaped |= specs.v[i].mode != LOAD_COPY;
+    if (reshaped) scratch = malloc(biggest * sizeof(float));
+    if (!direct) host = malloc(biggest * sizeof(float));
+    if ((reshaped && !scratch) || (!direct && !host)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
         goto fail;
     }
@@ -271,9 +275,13 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         pi->mode = (int)s->mode;
         pi->part = s->part;
         *s->dst = m->params + off;
-        rc = spec_fill(s, safetensors_find(st, s->name), host, scratch, file, err);
+        const StTensor *t = safetensors_find(st, s->name);
+        rc = spec_fill(s, t, direct ? *s->dst : host, scratch, file, err);
         if (rc) goto fail;
-        be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
+        if (!direct) be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
+        /* the file's pages are not needed once converted: peak memory is the weights plus one
+         * tensor, not twice the weights (a split tensor is read again from the page cache) */
+        st_tensor_release(t);
         off += s->n;
     }
     if (c->tie_embeddings) m->lm_head = m->wte;

@@ -724,6 +724,15 @@ uint16_t st_f32_to_f16(float f) {
     return (uint16_t)(sign | h);
 }
 
+void st_tensor_release(const StTensor *t) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !t->nbytes) return;
+    uintptr_t a = (uintptr_t)t->data, e = a + t->nbytes, ps = (uintptr_t)page;
+    a = (a + ps - 1) / ps * ps;
+    e = e / ps * ps;
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 int st_tensor_to_f32(const StTensor *t, float *dst, size_t n, TunaErr *err) {
     if (!t) return tuna_errf(err, TUNA_EINVAL, "st_tensor_to_f32: NULL tensor");
     char nb[SHOWBUF];

@@ -74,6 +74,11 @@ size_t st_tensor_numel(const StTensor *t);
  * TUNA_EINVAL (n mismatch) with a message naming the tensor. */
 int st_tensor_to_f32(const StTensor *t, float *dst, size_t n, TunaErr *err);
 
+/* Hands the tensor's pages back to the kernel (madvise DONTNEED on the whole pages inside it):
+ * a loader that has converted it stops paying for it in resident memory. The data stay
+ * readable (read again from the file on the next access). */
+void st_tensor_release(const StTensor *t);
+
 /* Writer input: host float32 data converted to dtype (F32, F16 or BF16; round to nearest even).
  * data may be NULL only when the tensor has no elements. */
 typedef struct StWriteTensor {

@@ -503,6 +503,13 @@ static void test_stories(void) {
                 if (buf[j] != 0) nonzero++;
             }
             total += n;
+            /* released pages read back the same (from the file again) */
+            float *again = malloc(n * sizeof *again);
+            st_tensor_release(t);
+            CHECK(again && st_tensor_to_f32(t, again, n, &err) == 0 &&
+                          !memcmp(buf, again, n * sizeof *buf),
+                  "%s: different after st_tensor_release", t->name);
+            free(again);
             free(buf);
         }
         CHECK(nonfinite == 0, "%d non-finite weights", nonfinite);

@@ -311,6 +311,7 @@ static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
 
 static const BackendOps cpu_ops = {
         .name = "cpu",
+        .host_memory = 1,
         .alloc = host_alloc,
         .release = host_release,
         .upload = host_memcpy,

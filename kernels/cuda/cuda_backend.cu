@@ -131,6 +131,7 @@ static void cuda_shutdown(Backend *be);
 
 static const BackendOps cuda_ops = {
         .name = "cuda",
+        .host_memory = 0,
         .alloc = cuda_alloc,
         .release = cuda_release,
         .upload = cuda_upload,

@@ -547,6 +547,7 @@ static void r_adamw(Backend *be, float *p, const float *g, float gscale, float *
 
 static const BackendOps ref_ops = {
         .name = "ref",
+        .host_memory = 1,
         .alloc = host_alloc,
         .release = host_release,
         .upload = host_memcpy,
