@@ -2,23 +2,69 @@
  * compiled in), cpu, ref. */
 #include "backend.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu/cpu_backend.h"
 #include "ref/ops_ref.h"
-#ifdef TUNA_HAVE_CUDA
-#include "cuda/cuda_backend.h"
-#endif
 
 typedef Backend *(*BackendInit)(int n_threads, TunaErr *err);
+
+#ifdef TUNA_HAVE_CUDA
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "cuda/cuda_backend.h"
+
+/* The CUDA backend lives in libtuna_cuda.so (built beside ./tuna), opened on first use so
+ * that cuBLAS is loaded only by the runs that ask for "cuda". Looked for in $TUNA_CUDA_LIB,
+ * next to the executable, in build/ next to it, and where this build put it. */
+static Backend *cuda_backend_open(int n_threads, TunaErr *err) {
+    static BackendInit init;
+    if (!init) {
+        char exe[4096], cand[4][4200], tried[1024] = "";
+        int n = 0;
+        const char *env = getenv("TUNA_CUDA_LIB");
+        if (env && *env) snprintf(cand[n++], sizeof cand[0], "%s", env);
+        ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (k > 0) {
+            exe[k] = '\0';
+            char *slash = strrchr(exe, '/');
+            if (slash) *slash = '\0';
+            snprintf(cand[n++], sizeof cand[0], "%s/libtuna_cuda.so", exe);
+            snprintf(cand[n++], sizeof cand[0], "%s/build/libtuna_cuda.so", exe);
+        }
+        snprintf(cand[n++], sizeof cand[0], "%s", TUNA_CUDA_LIB);
+        const char *why = "not found";
+        for (int i = 0; i < n && !init; i++) {
+            if (access(cand[i], R_OK)) continue;
+            void *h = dlopen(cand[i], RTLD_NOW | RTLD_LOCAL);
+            if (!h) {
+                why = dlerror();
+                snprintf(tried, sizeof tried, "%.1000s", cand[i]);
+                continue;
+            }
+            init = (BackendInit)(uintptr_t)dlsym(h, "cuda_backend_init");
+            if (!init) why = "no cuda_backend_init in it";
+        }
+        if (!init) {
+            tuna_errf(err, TUNA_EUNSUP, "backend \"cuda\": cannot load libtuna_cuda.so (%s%s%s; set "
+                      "TUNA_CUDA_LIB to its path)", tried[0] ? tried : "", tried[0] ? ": " : "", why);
+            return NULL;
+        }
+    }
+    return init(n_threads, err);
+}
+#endif
 
 static const struct {
     const char *name;
     BackendInit init;
 } registry[] = {
 #ifdef TUNA_HAVE_CUDA
-        {"cuda", cuda_backend_init},
+        {"cuda", cuda_backend_open},
 #endif
         {"cpu", cpu_backend_init},
         {"ref", ref_backend_init},
