@@ -23,6 +23,8 @@ enum {
     OPT_VARS,
     OPT_CUTOFF,
     OPT_STAGE,
+    OPT_TRAIN_ON_PROMPT,
+    OPT_MASK_HISTORY,
     OPT_COLOR,
     OPT_NO_COLOR,
     OPT_HELP
@@ -45,6 +47,8 @@ static const TplOpt tpl_opts[] = {
         {"vars", 1, OPT_VARS, "K=V,...", "show: replace {{K}} with V (identity: name, author)"},
         {"cutoff-len", 1, OPT_CUTOFF, "N", "show: truncate as training would (default: 0, none)"},
         {"stage", 1, OPT_STAGE, "sft|pt", "show: sft (default) or pt (plain text, all trains)"},
+        {"train-on-prompt", 0, OPT_TRAIN_ON_PROMPT, NULL, "show: the prompt tokens train too"},
+        {"mask-history", 0, OPT_MASK_HISTORY, NULL, "show: only the last reply trains"},
         {"color", 0, OPT_COLOR, NULL, "dim masked text with ANSI even when not a tty"},
         {"no-color", 0, OPT_NO_COLOR, NULL, "plain output: masked text in «...»"},
         {"help", 0, OPT_HELP, NULL, "this help"},
@@ -227,6 +231,8 @@ int cmd_template(int argc, char **argv) {
                 return 2;
             }
             break;
+        case OPT_TRAIN_ON_PROMPT: o.template_flags |= TEMPLATE_TRAIN_ON_PROMPT; break;
+        case OPT_MASK_HISTORY: o.template_flags |= TEMPLATE_MASK_HISTORY; break;
         case OPT_HELP:
         case 'h': tpl_help(stdout); return 0;
         default:

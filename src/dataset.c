@@ -745,8 +745,8 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
     int32_t *ids = NULL, *labels = NULL;
     size_t n = 0;
     TunaErr e2 = {0};
-    rc = template_encode_train(c->tpl, c->tok, cv.m, cv.n, c->opt->cutoff_len, &ids, &labels, &n,
-                               &e2);
+    rc = template_encode_train(c->tpl, c->tok, cv.m, cv.n, c->opt->cutoff_len,
+                               c->opt->template_flags, &ids, &labels, &n, &e2);
     if (rc == TUNA_EINVAL) {
         rc = bad_row(c, err, path, line, "%s", e2.msg);
     } else if (rc) {
@@ -765,7 +765,8 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
             /* cheap check: re-encode without cutoff only when at the limit */
             int32_t *i2 = NULL, *l2 = NULL;
             size_t n2 = 0;
-            if (template_encode_train(c->tpl, c->tok, cv.m, cv.n, 0, &i2, &l2, &n2, NULL) == 0 &&
+            if (template_encode_train(c->tpl, c->tok, cv.m, cv.n, 0, c->opt->template_flags, &i2,
+                                      &l2, &n2, NULL) == 0 &&
                 n2 > n)
                 c->d->n_truncated++;
             free(i2);

@@ -531,9 +531,27 @@ static void infer_seqlen(size_t source_len, size_t target_len, size_t cutoff_len
     *new_src = max_source < source_len ? max_source : source_len;
 }
 
+/* The turn (source, target) as LLaMA-Factory's _encode_supervised_example labels it. */
+static void label_turn(const IdVec *src, size_t sl, const IdVec *tgt, size_t tl, int turn,
+                       int flags, int eff, int eos, IdVec *in, IdVec *lab) {
+    for (size_t i = 0; i < sl; i++) {
+        iv_push(in, src->v[i]);
+        /* efficient_eos: the first prompt token of a later turn is labelled EOS, which teaches
+         * the previous reply to end */
+        iv_push(lab, flags & TEMPLATE_TRAIN_ON_PROMPT ? src->v[i]
+                     : eff && turn != 0 && i == 0     ? eos
+                                                      : TEMPLATE_IGNORE);
+    }
+    int hide = (flags & TEMPLATE_MASK_HISTORY) && turn != 0;
+    for (size_t i = 0; i < tl; i++) {
+        iv_push(in, tgt->v[i]);
+        iv_push(lab, hide ? TEMPLATE_IGNORE : tgt->v[i]);
+    }
+}
+
 int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
-                          int n_msgs, int cutoff_len, int32_t **ids, int32_t **labels, size_t *n,
-                          TunaErr *err) {
+                          int n_msgs, int cutoff_len, int flags, int32_t **ids, int32_t **labels,
+                          size_t *n, TunaErr *err) {
     *ids = NULL;
     *labels = NULL;
     *n = 0;
@@ -546,21 +564,29 @@ int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMes
     int eff = t->efficient_eos && eos >= 0;
     size_t cutoff = cutoff_len > 0 ? (size_t)cutoff_len : (size_t)-1 / 4;
     size_t total = eff ? 1 : 0;
-    for (int k = 0; k + 1 < np; k += 2) {
+    int turns = np / 2, hist = flags & TEMPLATE_MASK_HISTORY;
+    /* mask_history walks the turns from the last (truncation then drops the oldest) and puts
+     * each one in front of those already taken */
+    for (int j = 0; j < turns; j++) {
         if (total >= cutoff) break;
+        int k = 2 * (hist ? turns - 1 - j : j);
         size_t sl, tl;
         infer_seqlen(parts[k].n, parts[k + 1].n, cutoff - total, &sl, &tl);
         total += sl + tl;
-        for (size_t i = 0; i < sl; i++) {
-            iv_push(&in, parts[k].v[i]);
-            /* efficient_eos: the first prompt token of a later turn is labelled EOS, which
-             * teaches the previous reply to end (LLaMA-Factory supervised.py). */
-            iv_push(&lab, eff && k != 0 && i == 0 ? eos : TEMPLATE_IGNORE);
+        if (!hist) {
+            label_turn(&parts[k], sl, &parts[k + 1], tl, j, flags, eff, eos, &in, &lab);
+            continue;
         }
-        for (size_t i = 0; i < tl; i++) {
-            iv_push(&in, parts[k + 1].v[i]);
-            iv_push(&lab, parts[k + 1].v[i]);
+        IdVec ti = {0}, tlab = {0};
+        label_turn(&parts[k], sl, &parts[k + 1], tl, j, flags, eff, eos, &ti, &tlab);
+        for (size_t i = 0; i < in.n; i++) { /* ti + in, tlab + lab */
+            iv_push(&ti, in.v[i]);
+            iv_push(&tlab, lab.v[i]);
         }
+        free(in.v);
+        free(lab.v);
+        in = ti;
+        lab = tlab;
     }
     if (eff) {
         iv_push(&in, eos);

@@ -42,6 +42,12 @@ typedef struct ChatMessage {
     const char *content;
 } ChatMessage;
 
+/* Flags of template_encode_train, LLaMA-Factory's data arguments of the same names. */
+enum {
+    TEMPLATE_TRAIN_ON_PROMPT = 1, /* prompt tokens train too (train_on_prompt) */
+    TEMPLATE_MASK_HISTORY = 2,    /* only the last reply trains; truncation keeps the last turns */
+};
+
 /* Encodes a conversation for training. The conversation (after system/tools) must end with an
  * assistant|function message. *ids and *labels are malloc'd, (n) each, caller frees (non-NULL
  * even when *n == 0). labels[i] is ids[i] where the token trains, TEMPLATE_IGNORE elsewhere.
@@ -50,8 +56,8 @@ typedef struct ChatMessage {
  * cutoff_len > 0 truncates as LLaMA-Factory's infer_seqlen (turn by turn, keeping the start);
  * if nothing trainable is left, *n = 0 (success). Bad roles -> TUNA_EINVAL. */
 int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMessage *msgs,
-                          int n_msgs, int cutoff_len, int32_t **ids, int32_t **labels, size_t *n,
-                          TunaErr *err);
+                          int n_msgs, int cutoff_len, int flags, int32_t **ids, int32_t **labels,
+                          size_t *n, TunaErr *err);
 
 /* Encodes a prompt for generation: all messages (the last one a user|observation turn, whose
  * format ends with the assistant header). *ids malloc'd (n), caller frees. Stop strings for

@@ -87,6 +87,9 @@ static const Field fields[] = {
         I(max_samples, "0", "use at most N rows per dataset (0 = all)"),
         B(strict, "false", "a bad dataset row is fatal (default: skipped and counted)"),
         B(packing, "false", "pack short examples into full rows"),
+        B(train_on_prompt, "false", "sft: the prompt tokens train too, not only the replies"),
+        B(mask_history, "false",
+          "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
         I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
         S(output, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, "cpu", "cpu | ref | cuda"),
@@ -728,7 +731,9 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
     DatasetOptions dopt = {.names = c->dataset, .dataset_dir = c->dataset_dir, .vars = c->vars,
                            .cutoff_len = c->cutoff_len, .max_samples = c->max_samples,
-                           .strict = c->strict, .stage_pt = !strcmp(c->stage, "pt")};
+                           .strict = c->strict, .stage_pt = !strcmp(c->stage, "pt"),
+                           .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
+                                             (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
     if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
     if (r->all->n_skipped) {
         char msg[700];

@@ -29,6 +29,7 @@ typedef struct TrainConfig {
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
+    int train_on_prompt, mask_history;
     double lora_alpha, lora_dropout, lr, val_size, warmup_ratio, weight_decay, max_grad_norm;
 } TrainConfig;
 

@@ -141,7 +141,7 @@ static void test_exact_strings(const char *shared) {
         int32_t *ids = NULL, *labels = NULL;
         size_t n = 0;
         TunaErr err = {0};
-        int rc = template_encode_train(t, tok, m, 5, 0, &ids, &labels, &n, &err);
+        int rc = template_encode_train(t, tok, m, 5, 0, 0, &ids, &labels, &n, &err);
         CHECK(rc == 0 && n > 0, "%s: encode: %s", k->tpl, err.msg);
         char *full = decode_sel(tok, ids, labels, n, -1);
         char *tr = decode_sel(tok, ids, labels, n, 1);
@@ -192,7 +192,7 @@ static void test_exact_strings(const char *shared) {
         int32_t *ids = NULL, *labels = NULL;
         size_t n = 0;
         TunaErr err = {0};
-        template_encode_train(tq, q3, m2, 2, 0, &ids, &labels, &n, &err);
+        template_encode_train(tq, q3, m2, 2, 0, 0, &ids, &labels, &n, &err);
         char *full = decode_sel(q3, ids, labels, n, -1);
         CHECK(!strcmp(full, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
                             "helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
@@ -207,7 +207,7 @@ static void test_exact_strings(const char *shared) {
                              {"function", "{\"name\": \"f\", \"arguments\": {}}"},
                              {"observation", "42"},
                              {"assistant", "It is 42."}};
-        int rc = template_encode_train(tq, q3, m3, 5, 0, &ids, &labels, &n, &err);
+        int rc = template_encode_train(tq, q3, m3, 5, 0, 0, &ids, &labels, &n, &err);
         CHECK(rc == 0, "tools conversation: %s", err.msg);
         char *tr = decode_sel(q3, ids, labels, n, 1);
         full = decode_sel(q3, ids, labels, n, -1);
@@ -266,16 +266,53 @@ static void test_stories_ids(void) {
     int32_t *ids = NULL, *labels = NULL;
     size_t n = 0;
     TunaErr err = {0};
-    int rc = template_encode_train(van, tok, m, 5, 0, &ids, &labels, &n, &err);
+    int rc = template_encode_train(van, tok, m, 5, 0, 0, &ids, &labels, &n, &err);
     CHECK(rc == 0 && n == w, "vanilla n=%zu want %zu (%s)", n, w, err.msg);
     CHECK(n == w && !memcmp(ids, want, n * sizeof *ids), "vanilla ids differ");
     CHECK(n == w && !memcmp(labels, wlab, n * sizeof *ids), "vanilla labels differ");
     free(ids);
     free(labels);
 
+    /* LLaMA-Factory's train_on_prompt and mask_history: the same ids, other labels */
+    static const struct {
+        int flags;
+        const char *what;
+    } fl[] = {{TEMPLATE_TRAIN_ON_PROMPT, "train_on_prompt"},
+              {TEMPLATE_MASK_HISTORY, "mask_history"},
+              {TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY, "both"}};
+    for (size_t f = 0; f < sizeof fl / sizeof fl[0]; f++) {
+        int top = fl[f].flags & TEMPLATE_TRAIN_ON_PROMPT, hist = fl[f].flags & TEMPLATE_MASK_HISTORY;
+        for (size_t i = 0; i < w; i++) {
+            int reply1 = i >= t1 && i < u2, reply2 = i >= t2;
+            int trains = reply2 || (reply1 && !hist) || (!reply1 && top);
+            wlab[i] = trains ? want[i] : TEMPLATE_IGNORE;
+        }
+        rc = template_encode_train(van, tok, m, 5, 0, fl[f].flags, &ids, &labels, &n, &err);
+        CHECK(rc == 0 && n == w && !memcmp(ids, want, n * sizeof *ids), "%s: ids differ (n %zu, want %zu)",
+              fl[f].what, n, w);
+        CHECK(n == w && !memcmp(labels, wlab, n * sizeof *ids), "%s: labels differ", fl[f].what);
+        free(ids);
+        free(labels);
+        /* a budget of exactly the second turn: mask_history keeps the last turn, else the first */
+        rc = template_encode_train(van, tok, m, 5, (int)(w - u2), fl[f].flags, &ids, &labels, &n, &err);
+        /* (the first turn is longer: infer_seqlen cuts its prompt and reply) */
+        CHECK(rc == 0 && n == w - u2 &&
+                      (hist ? !memcmp(ids, want + u2, n * sizeof *ids) : ids[0] == want[0]),
+              "%s with cutoff %zu: n %zu, kept the %s turn?", fl[f].what, w - u2, n,
+              hist ? "last" : "first");
+        if (rc == 0 && n == w - u2 && hist) {
+            int ok = 1;
+            for (size_t i = 0; i < n; i++)
+                ok &= labels[i] == (u2 + i >= t2 || top ? want[u2 + i] : TEMPLATE_IGNORE);
+            CHECK(ok, "%s with cutoff: the kept last turn's labels", fl[f].what);
+        }
+        free(ids);
+        free(labels);
+    }
+
     /* chatml with a tokenizer that lacks <|im_end|>: the markers are text, and the trained part of
      * each turn is exactly encode("A<|im_end|>\n") */
-    rc = template_encode_train(chat, tok, m, 5, 0, &ids, &labels, &n, &err);
+    rc = template_encode_train(chat, tok, m, 5, 0, 0, &ids, &labels, &n, &err);
     CHECK(rc == 0 && n > 0, "chatml: %s", err.msg);
     size_t nt1, nt2;
     int32_t *e1 = enc(tok, "Hello! How can I help?<|im_end|>\n", &nt1);
@@ -300,7 +337,7 @@ static void test_stories_ids(void) {
     ChatMessage ml[2] = {{"user", longq}, {"assistant", "Yes."}};
     size_t nyes;
     int32_t *yes = enc(tok, "Yes.", &nyes);
-    rc = template_encode_train(van, tok, ml, 2, 20, &ids, &labels, &n, &err);
+    rc = template_encode_train(van, tok, ml, 2, 20, 0, &ids, &labels, &n, &err);
     int trained = 0;
     for (size_t i = 0; i < n; i++)
         trained += labels[i] != TEMPLATE_IGNORE;
@@ -311,12 +348,12 @@ static void test_stories_ids(void) {
     free(ids);
     free(labels);
     /* nothing trainable left -> n == 0, success */
-    rc = template_encode_train(van, tok, ml, 2, 1, &ids, &labels, &n, &err);
+    rc = template_encode_train(van, tok, ml, 2, 1, 0, &ids, &labels, &n, &err);
     CHECK(rc == 0 && n == 0 && ids && labels, "cutoff 1: n=%zu", n);
     free(ids);
     free(labels);
     /* multi-turn: the second turn is cut when the first fills the budget */
-    rc = template_encode_train(van, tok, m, 5, (int)(t1 + na1 + 1), &ids, &labels, &n, &err);
+    rc = template_encode_train(van, tok, m, 5, (int)(t1 + na1 + 1), 0, &ids, &labels, &n, &err);
     CHECK(rc == 0 && n == t1 + na1 + 1 && !memcmp(ids, want, n * sizeof *ids),
           "cutoff at the first turn: n=%zu", n);
     free(ids);
@@ -327,16 +364,16 @@ static void test_stories_ids(void) {
     ChatMessage bad1[2] = {{"assistant", "x"}, {"user", "y"}};
     ChatMessage bad2[3] = {{"user", "x"}, {"assistant", "y"}, {"user", "z"}};
     ChatMessage bad3[2] = {{"user", "x"}, {"robot", "y"}};
-    CHECK(template_encode_train(van, tok, bad1, 2, 0, &ids, &labels, &n, &err) == TUNA_EINVAL &&
+    CHECK(template_encode_train(van, tok, bad1, 2, 0, 0, &ids, &labels, &n, &err) == TUNA_EINVAL &&
                   strstr(err.msg, "role \"assistant\""),
           "assistant first: %s", err.msg);
-    CHECK(template_encode_train(van, tok, bad2, 3, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
+    CHECK(template_encode_train(van, tok, bad2, 3, 0, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
           "ends with user: %s", err.msg);
-    CHECK(template_encode_train(van, tok, bad3, 2, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
+    CHECK(template_encode_train(van, tok, bad3, 2, 0, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
           "unknown role: %s", err.msg);
     CHECK(template_encode_prompt(van, tok, bad2, 2, &ids, &n, &err) == TUNA_EINVAL,
           "prompt ending with assistant: %s", err.msg);
-    CHECK(template_encode_train(van, tok, m, 1, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
+    CHECK(template_encode_train(van, tok, m, 1, 0, 0, &ids, &labels, &n, &err) == TUNA_EINVAL,
           "system only: %s", err.msg);
 
     free(s);
@@ -427,7 +464,7 @@ static void test_files(void) {
         ChatMessage m[4] = {{"user", "a"}, {"assistant", "b"}, {"user", "c"}, {"assistant", "d"}};
         int32_t *ids = NULL, *labels = NULL;
         size_t nn = 0;
-        rc = template_encode_train(eff, tok, m, 4, 0, &ids, &labels, &nn, &err);
+        rc = template_encode_train(eff, tok, m, 4, 0, 0, &ids, &labels, &nn, &err);
         /* efficient_eos: no EOS per reply; the first token of turn 2's prompt is labelled EOS and
          * one EOS closes the conversation (LLaMA-Factory supervised.py) */
         size_t nu, nb;
@@ -449,7 +486,7 @@ static void test_files(void) {
         free(ids);
         free(labels);
         /* array slots and the separator before the second user turn */
-        rc = template_encode_train(mine, tok, m, 4, 0, &ids, &labels, &nn, &err);
+        rc = template_encode_train(mine, tok, m, 4, 0, 0, &ids, &labels, &nn, &err);
         char *full = decode_sel(tok, ids, labels, nn, -1);
         CHECK(rc == 0 && full && !strcmp(full, "<u> a </u> b</s> || <u> c </u> d</s>"),
               "user template: [%s]", full ? full : "");
