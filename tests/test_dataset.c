@@ -19,7 +19,7 @@ static Template *van, *chatml;
 
 static Dataset *load(const char *names, const char *dir, const char *vars, int cutoff, int max,
                      int strict, int pt, const Template *t, int *rc_out, TunaErr *err) {
-    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt};
+    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0};
     Dataset *d = NULL;
     int rc = dataset_load(&o, tok, t, &d, err);
     if (rc_out) *rc_out = rc;
@@ -170,6 +170,26 @@ static void test_jsonl_sharegpt_tools(void) {
         CHECK(k == n1 + n2 + 2 && !memcmp(tr, a1, n1 * 4) && tr[n1] == 2 &&
                       !memcmp(tr + n1 + 1, a2, n2 * 4) && tr[k - 1] == 2,
               "fastchat[0] trained = A1 EOS A2 EOS");
+        /* the template flags reach the encoder: mask_history trains A2 EOS only,
+         * train_on_prompt every token */
+        DatasetOptions o = {.names = "fastchat_dummy_conversation", .dataset_dir = "datasets",
+                            .max_samples = 1, .template_flags = TEMPLATE_MASK_HISTORY};
+        Dataset *dh = NULL;
+        TunaErr err = {0};
+        CHECK(dataset_load(&o, tok, van, &dh, &err) == 0 && dh && dh->n == 1, "mask_history: %s",
+              err.msg);
+        if (dh && dh->n == 1) {
+            k = trained(&dh->ex[0], tr, 256);
+            CHECK(k == n2 + 1 && !memcmp(tr, a2, n2 * 4) && tr[k - 1] == 2 &&
+                          dh->ex[0].n == d->ex[0].n,
+                  "fastchat[0] with mask_history trains A2 EOS only (%zu)", k);
+        }
+        dataset_free(dh);
+        o.template_flags = TEMPLATE_TRAIN_ON_PROMPT;
+        CHECK(dataset_load(&o, tok, van, &dh, &err) == 0 && dh && dh->n == 1 &&
+                      trained(&dh->ex[0], tr, 256) == (size_t)dh->ex[0].n,
+              "fastchat[0] with train_on_prompt trains every token");
+        dataset_free(dh);
         free(a1);
         free(a2);
     }
