@@ -82,6 +82,10 @@ Backend *backend_init(const char *name, int n_threads, TunaErr *err) {
     return NULL;
 }
 
+void backend_set_threads(Backend *be, int n_threads) {
+    if (be && be->ops->set_threads) be->ops->set_threads(be, n_threads);
+}
+
 void backend_free(Backend *be) {
     if (!be) return;
     if (be->ops->shutdown) be->ops->shutdown(be);

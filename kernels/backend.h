@@ -120,6 +120,11 @@ typedef struct BackendOps {
      * p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), with bc1 = 1 - b1^t, bc2 = 1 - b2^t. */
     void (*adamw)(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                   float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
+
+    // --- optional
+    /* Resolves n_threads as backend_init does (N, 0, BACKEND_THREADS_IDLE) into be->n_threads.
+     * NULL: the backend has no host threads to size. */
+    void (*set_threads)(Backend *be, int n_threads);
 } BackendOps;
 
 struct Backend {
@@ -141,6 +146,11 @@ struct Backend {
  * unknown or the backend cannot start here (no CUDA device, say). */
 Backend *backend_init(const char *name, int n_threads, TunaErr *err);
 void backend_free(Backend *be);
+
+/* Re-decides be's thread count (n_threads as for backend_init). A long-lived session calls it
+ * before each piece of work: a chat asks for BACKEND_THREADS_IDLE before every reply, as a
+ * training run may have started or ended since the last one. */
+void backend_set_threads(Backend *be, int n_threads);
 
 /* Names of the backends compiled into this binary, comma-separated. */
 const char *backend_list(void);

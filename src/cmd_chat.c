@@ -168,6 +168,7 @@ typedef struct Chat {
     Sampler s;
     CliStops st;
     int max_new;
+    int threads;       /* as asked: re-resolved before each reply (BACKEND_THREADS_IDLE) */
     ChatMessage *msgs; /* (cap) role literal, content owned */
     int n, cap;
     int n_keep; /* leading messages /reset keeps (the system prompt) */
@@ -239,6 +240,7 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
                            .user = &started};
     GenerateResult res = {0};
     chat_interrupted = 0;
+    backend_set_threads(c->m->be, c->threads); /* a run may have started since the last reply */
     rc = generate_run(c->m, c->tok, &c->s, ids, n, &opt, &res, err);
     if (!rc) {
         fputc('\n', stdout);
@@ -385,6 +387,7 @@ int cmd_chat(int argc, char **argv) {
     ch.tok = tok;
     ch.tpl = tpl;
     ch.max_new = max_new;
+    ch.threads = threads;
     cli_stops(m, tok, tpl, &ch.st);
     if (system) chat_push(&ch, "system", system);
     ch.n_keep = ch.n;

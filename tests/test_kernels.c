@@ -196,6 +196,14 @@ static void test_thread_counts(void) {
           "idle cores with 2 busy threads: %d, expected at most %d of %d", be ? be->n_threads : -1,
           want, cores);
     backend_free(be);
+    /* a long-lived backend re-decides (a chat, before each reply) */
+    be = backend_init("cpu", 5, &err);
+    backend_set_threads(be, BACKEND_THREADS_IDLE);
+    CHECK(be && be->n_threads >= 1 && be->n_threads <= want, "backend_set_threads(IDLE): %d",
+          be ? be->n_threads : -1);
+    backend_set_threads(be, 0);
+    CHECK(be && be->n_threads == cores, "backend_set_threads(0): %d", be ? be->n_threads : -1);
+    backend_free(be);
     atomic_store(&spin_stop, 1);
     for (int i = 0; i < started; i++) pthread_join(t[i], NULL);
 }

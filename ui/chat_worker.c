@@ -117,6 +117,8 @@ static void *worker_main(void *arg) {
         w->cancel = 0;
         pthread_mutex_unlock(&w->mu);
 
+        /* a run may have started or ended since the last reply */
+        backend_set_threads(be, BACKEND_THREADS_IDLE);
         int32_t *ids = NULL;
         size_t n_ids = 0;
         GenerateResult res = {0};

@@ -309,6 +309,8 @@ static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
         tuna_errf(&be->err, TUNA_ENOMEM, "attention_bwd: out of memory for %d x %d scores", Tq, Tk);
 }
 
+static void c_set_threads(Backend *be, int n_threads);
+
 static const BackendOps cpu_ops = {
         .name = "cpu",
         .host_memory = 1,
@@ -340,6 +342,7 @@ static const BackendOps cpu_ops = {
         .scale = cpu_scale,
         .dropout = cpu_dropout,
         .adamw = cpu_adamw,
+        .set_threads = c_set_threads,
 };
 
 /* Of n cores, those that other processes are not running on: procs_running in /proc/stat
@@ -370,14 +373,18 @@ static int idle_cores(int n) {
     return free_cores < 1 ? 1 : free_cores > n ? n : free_cores;
 }
 
+static void c_set_threads(Backend *be, int n_threads) {
+    int cores = omp_get_num_procs();
+    be->n_threads = n_threads > 0 ? n_threads
+                    : n_threads == BACKEND_THREADS_IDLE ? idle_cores(cores)
+                                                        : cores;
+}
+
 Backend *cpu_backend_init(int n_threads, TunaErr *err) {
     (void)err;
     Backend *be = calloc(1, sizeof *be);
     if (!be) return NULL;
     be->ops = &cpu_ops;
-    int cores = omp_get_num_procs();
-    be->n_threads = n_threads > 0 ? n_threads
-                    : n_threads == BACKEND_THREADS_IDLE ? idle_cores(cores)
-                                                        : cores;
+    c_set_threads(be, n_threads);
     return be;
 }

@@ -162,6 +162,7 @@ static const BackendOps cuda_ops = {
         .scale = nullptr,
         .dropout = nullptr,
         .adamw = nullptr,
+        .set_threads = nullptr, /* no host threads do work here */
 };
 
 // --- lifetime
