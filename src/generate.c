@@ -249,6 +249,98 @@ static void text_advance(TextWindow *w, const Tokenizer *tok, const int32_t *all
     }
 }
 
+/* One sequence being generated: its ids, its text so far and what has been streamed. */
+typedef struct GenSeq {
+    int32_t *all; /* prompt + generated ids */
+    size_t n_all, n_prompt;
+    char *prompt_text, *gen_text;
+    size_t prompt_len, gen_len, gen_cap, emitted;
+    TextWindow tw;
+    GenerateResult *res;
+} GenSeq;
+
+static void seq_begin(GenSeq *q, const Tokenizer *tok, const int32_t *prompt, size_t n_prompt,
+                      const GenerateOptions *opt, GenerateResult *res) {
+    memset(q, 0, sizeof *q);
+    memset(res, 0, sizeof *res);
+    q->res = res;
+    size_t cap = n_prompt + (size_t)opt->max_new_tokens + 1;
+    q->all = xmalloc(sizeof(int32_t) * cap);
+    memcpy(q->all, prompt, sizeof(int32_t) * n_prompt);
+    q->n_all = q->n_prompt = n_prompt;
+    q->prompt_text = tokenizer_decode(tok, prompt, n_prompt, 1);
+    q->prompt_len = strlen(q->prompt_text);
+    q->gen_text = xstrdup("");
+    q->gen_cap = 1;
+    /* the prompt's own text, as the whole-sequence decode saw it (a NUL freezes it) */
+    text_full(&q->tw, tok, q->all, q->n_all, q->prompt_text, q->prompt_len, &q->gen_text,
+              &q->gen_len, &q->gen_cap);
+    if (!q->tw.frozen) window_at(&q->tw, tok, q->all, q->n_all, q->gen_len);
+}
+
+/* Takes the sampled token: 1 when the sequence has ended (res->stopped_by set), else 0 (the
+ * token is appended and the caller runs it through the model). */
+static int seq_step(GenSeq *q, const Tokenizer *tok, int next, const GenerateOptions *opt) {
+    GenerateResult *res = q->res;
+    int is_eos = 0;
+    for (int i = 0; i < opt->n_eos && !opt->ignore_eos; i++) is_eos |= next == opt->eos_ids[i];
+    if (is_eos) {
+        res->stopped_by = 1;
+        return 1;
+    }
+    q->all[q->n_all++] = next;
+    res->n_ids++;
+    // text so far = decode(prompt + generated) minus the prompt's text, kept incrementally
+    text_advance(&q->tw, tok, q->all, q->n_all, q->prompt_text, q->prompt_len, &q->gen_text,
+                 &q->gen_len, &q->gen_cap);
+    size_t stop_at = q->gen_len;
+    int hit = 0;
+    for (int i = 0; i < opt->n_stops; i++) {
+        const char *f = strstr(q->gen_text + (q->emitted > 64 ? q->emitted - 64 : 0), opt->stops[i]);
+        if (f && (size_t)(f - q->gen_text) < stop_at) {
+            stop_at = (size_t)(f - q->gen_text);
+            hit = 1;
+        }
+    }
+    size_t ready = stop_at;
+    if (!hit) {
+        ready -= stop_holdback(q->gen_text, q->gen_len, opt);
+        if (ends_with_replacement(q->gen_text, ready)) ready -= 3;
+    }
+    if (ready > q->emitted && opt->on_text) {
+        if (opt->on_text(opt->user, q->gen_text + q->emitted, ready - q->emitted)) {
+            q->emitted = ready;
+            res->stopped_by = 3;
+            return 1;
+        }
+    }
+    if (ready > q->emitted) q->emitted = ready;
+    if (hit) {
+        q->gen_text[stop_at] = '\0';
+        q->gen_len = stop_at;
+        res->stopped_by = 2;
+        return 1;
+    }
+    if ((int)res->n_ids >= opt->max_new_tokens) {
+        res->stopped_by = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* Streams what is left (unless a stop string cut it) and hands the ids and text to res. */
+static void seq_end(GenSeq *q, const GenerateOptions *opt, int ok) {
+    GenerateResult *res = q->res;
+    free(q->tw.text);
+    if (ok && res->stopped_by != 2 && q->gen_len > q->emitted && opt->on_text)
+        opt->on_text(opt->user, q->gen_text + q->emitted, q->gen_len - q->emitted);
+    res->ids = xmalloc(sizeof(int32_t) * (res->n_ids ? res->n_ids : 1));
+    memcpy(res->ids, q->all + q->n_prompt, sizeof(int32_t) * res->n_ids);
+    res->text = q->gen_text;
+    free(q->all);
+    free(q->prompt_text);
+}
+
 int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
                  size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err) {
     memset(res, 0, sizeof *res);
@@ -263,19 +355,9 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     if ((int)n_prompt + m->prefix_len > m->cache_T)
         return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
                          n_prompt, m->cache_T);
-    size_t cap = n_prompt + (size_t)opt->max_new_tokens + 1;
-    int32_t *all = xmalloc(sizeof(int32_t) * cap);
-    memcpy(all, prompt, sizeof(int32_t) * n_prompt);
-    size_t n_all = n_prompt;
     float *logits = xmalloc(sizeof(float) * (size_t)V);
-    char *prompt_text = tokenizer_decode(tok, prompt, n_prompt, 1);
-    size_t prompt_len = strlen(prompt_text), emitted = 0;
-    char *gen_text = xstrdup("");
-    size_t gen_len = 0, gen_cap = 1;
-    TextWindow tw = {0};
-    /* the prompt's own text, as the whole-sequence decode saw it (a NUL freezes it) */
-    text_full(&tw, tok, all, n_all, prompt_text, prompt_len, &gen_text, &gen_len, &gen_cap);
-    if (!tw.frozen) window_at(&tw, tok, all, n_all, gen_len);
+    GenSeq q;
+    seq_begin(&q, tok, prompt, n_prompt, opt, res);
     double t0 = time_now(), t1 = t0;
     int rc = model_forward(m, prompt, (int)n_prompt, logits, 0, err);
     while (!rc) {
@@ -283,68 +365,98 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
             res->stopped_by = 0;
             break;
         }
-        int next = sampler_sample(s, logits, all, n_all);
+        int next = sampler_sample(s, logits, q.all, q.n_all);
         if (res->n_ids == 0) t1 = time_now();
-        int is_eos = 0;
-        for (int i = 0; i < opt->n_eos && !opt->ignore_eos; i++) is_eos |= next == opt->eos_ids[i];
-        if (is_eos) {
-            res->stopped_by = 1;
-            break;
-        }
-        all[n_all++] = next;
-        res->n_ids++;
-        // text so far = decode(prompt + generated) minus the prompt's text, kept incrementally
-        text_advance(&tw, tok, all, n_all, prompt_text, prompt_len, &gen_text, &gen_len, &gen_cap);
-        size_t stop_at = gen_len;
-        int hit = 0;
-        for (int i = 0; i < opt->n_stops; i++) {
-            const char *f = strstr(gen_text + (emitted > 64 ? emitted - 64 : 0), opt->stops[i]);
-            if (f && (size_t)(f - gen_text) < stop_at) {
-                stop_at = (size_t)(f - gen_text);
-                hit = 1;
-            }
-        }
-        size_t ready = stop_at;
-        if (!hit) {
-            ready -= stop_holdback(gen_text, gen_len, opt);
-            if (ends_with_replacement(gen_text, ready)) ready -= 3;
-        }
-        if (ready > emitted && opt->on_text) {
-            if (opt->on_text(opt->user, gen_text + emitted, ready - emitted)) {
-                emitted = ready;
-                res->stopped_by = 3;
-                break;
-            }
-        }
-        if (ready > emitted) emitted = ready;
-        if (hit) {
-            gen_text[stop_at] = '\0';
-            gen_len = stop_at;
-            res->stopped_by = 2;
-            break;
-        }
-        if ((int)res->n_ids >= opt->max_new_tokens) {
-            res->stopped_by = 0;
-            break;
-        }
+        if (seq_step(&q, tok, next, opt)) break;
         if (m->n_past >= m->cache_T) {
             res->stopped_by = 4;
             break;
         }
-        rc = model_forward(m, &all[n_all - 1], 1, logits, 0, err);
+        rc = model_forward(m, &q.all[q.n_all - 1], 1, logits, 0, err);
     }
     double t2 = time_now();
-    free(tw.text);
-    if (!rc && res->stopped_by != 2 && gen_len > emitted && opt->on_text)
-        opt->on_text(opt->user, gen_text + emitted, gen_len - emitted);
+    seq_end(&q, opt, !rc);
     res->prefill_s = t1 - t0;
     res->decode_s = t2 - t1;
-    res->ids = xmalloc(sizeof(int32_t) * (res->n_ids ? res->n_ids : 1));
-    memcpy(res->ids, all + n_prompt, sizeof(int32_t) * res->n_ids);
-    res->text = gen_text;
-    free(all);
     free(logits);
-    free(prompt_text);
+    return rc;
+}
+
+int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *const *prompts,
+                   const size_t *n_prompts, int B, const GenerateOptions *opt, GenerateResult *res,
+                   TunaErr *err) {
+    for (int i = 0; i < B; i++) memset(&res[i], 0, sizeof res[i]);
+    if (B < 1) return 0;
+    int V = m->cfg.V, longest = 0, max_prompt = 0;
+    for (int i = 0; i < B; i++) {
+        if (n_prompts[i] == 0) return tuna_errf(err, TUNA_EINVAL, "prompt %d is empty (no tokens)", i);
+        int w = (int)n_prompts[i] + opt->max_new_tokens;
+        longest = w > longest ? w : longest;
+        max_prompt = (int)n_prompts[i] > max_prompt ? (int)n_prompts[i] : max_prompt;
+    }
+    int act = max_prompt < 512 ? max_prompt : 512;
+    int rc = model_reserve_slots(m, B, longest, act > B ? act : B, err);
+    if (rc) return rc;
+    for (int i = 0; i < B; i++)
+        if ((int)n_prompts[i] + m->prefix_len > m->cache_T)
+            return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
+                             n_prompts[i], m->cache_T);
+    float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)B);
+    GenSeq *q = xcalloc((size_t)B, sizeof *q);
+    int *active = xmalloc(sizeof(int) * (size_t)B), *slots = xmalloc(sizeof(int) * (size_t)B);
+    int32_t *next = xmalloc(sizeof(int32_t) * (size_t)B);
+    double t0 = time_now();
+    int n_active = 0;
+    for (int i = 0; i < B && !rc; i++) {
+        seq_begin(&q[i], tok, prompts[i], n_prompts[i], opt, &res[i]);
+        model_use_slot(m, i);
+        model_reset(m);
+        rc = model_forward(m, prompts[i], (int)n_prompts[i], logits + (size_t)i * V, 0, err);
+        if (!rc) active[n_active++] = i;
+    }
+    double t1 = time_now();
+    /* row r of logits belongs to active[r] (after the prompts: row i to sequence i) */
+    int rows_are_seqs = 1;
+    while (!rc && n_active) {
+        int n = 0;
+        for (int r = 0; r < n_active; r++) {
+            int i = active[r];
+            GenSeq *qi = &q[i];
+            float *li = logits + (size_t)(rows_are_seqs ? i : r) * V;
+            if ((int)res[i].n_ids >= opt->max_new_tokens) {
+                res[i].stopped_by = 0;
+                continue;
+            }
+            int tkn = sampler_sample(s, li, qi->all, qi->n_all);
+            if (seq_step(qi, tok, tkn, opt)) continue;
+            int past = i == m->slot ? m->n_past : m->slot_past[i];
+            if (past >= m->cache_T) {
+                res[i].stopped_by = 4;
+                continue;
+            }
+            slots[n] = i;
+            next[n] = tkn;
+            n++;
+        }
+        if (!n) break;
+        memcpy(active, slots, sizeof(int) * (size_t)n);
+        n_active = n;
+        rows_are_seqs = 0;
+        rc = model_decode_slots(m, n, slots, next, logits, err);
+    }
+    double t2 = time_now();
+    for (int i = 0; i < B; i++) {
+        if (!q[i].res) continue; /* not begun (an earlier prompt failed) */
+        seq_end(&q[i], opt, !rc);
+    }
+    res[0].prefill_s = t1 - t0;
+    res[0].decode_s = t2 - t1;
+    free(logits);
+    free(q);
+    free(active);
+    free(slots);
+    free(next);
+    model_use_slot(m, 0);
     return rc;
 }
 

@@ -58,6 +58,17 @@ typedef struct GenerateResult {
  * have been reserved for prompt + max_new_tokens positions (generate_run reserves if not). */
 int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
                  size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err);
+
+/* Generates for B prompts at once, each in its own KV cache slot (model_reserve_slots, then
+ * model_decode_slots: the weights are read once per step for all of them). res (B) are filled
+ * as generate_run fills them, with the batch's prefill and decode seconds in res[0]. With a
+ * greedy sampler on the cpu backend and B <= 16 every sequence gets exactly the ids
+ * generate_run gives it alone; a sampling sampler draws for the sequences in turn.
+ * opt->on_text is called per sequence as it would be alone (pieces of different sequences
+ * interleave). */
+int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *const *prompts,
+                   const size_t *n_prompts, int B, const GenerateOptions *opt, GenerateResult *res,
+                   TunaErr *err);
 void generate_result_free(GenerateResult *res);
 
 /* Monotonic seconds. */

@@ -317,15 +317,17 @@ fail:
 
 static void free_state(Model *m) {
     Backend *be = m->be;
-    float **bufs[] = {&m->k_cache, &m->v_cache, &m->x, &m->xb, &m->xb2, &m->q,
-                      &m->att, &m->hb, &m->hb2, &m->logits};
+    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new, &m->v_new, &m->x,  &m->xb,
+                      &m->xb2,     &m->q,       &m->att,   &m->hb,    &m->hb2, &m->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         be->ops->release(be, *bufs[i]);
         *bufs[i] = NULL;
     }
     free(m->pos);
+    free(m->slot_past);
     m->pos = NULL;
-    m->cache_T = m->act_T = m->n_past = 0;
+    m->slot_past = NULL;
+    m->cache_T = m->act_T = m->n_past = m->n_slots = m->slot = 0;
 }
 
 void model_free(Model *m) {
@@ -346,19 +348,28 @@ size_t model_param_count(const Model *m) {
 }
 
 int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
+    return model_reserve_slots(m, 1, cache_T, act_T, err);
+}
+
+int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *err) {
     const ModelConfig *c = &m->cfg;
     cache_T += m->prefix_len;
     if (c->learned_pos && cache_T > c->max_pos) cache_T = c->max_pos;
     if (cache_T < 1) cache_T = 1;
-    if (act_T < 1) act_T = 1;
-    if (act_T > cache_T) act_T = cache_T;
-    if (m->cache_T >= cache_T && m->act_T >= act_T) {
-        model_reset(m);
+    if (n_slots < 1) n_slots = 1;
+    if (act_T < n_slots) act_T = n_slots; /* a decoding step has a row per slot */
+    if (act_T > cache_T && act_T > n_slots) act_T = cache_T > n_slots ? cache_T : n_slots;
+    if (m->cache_T >= cache_T && m->act_T >= act_T && m->n_slots == n_slots) {
+        for (int s = n_slots - 1; s >= 0; s--) {
+            model_use_slot(m, s);
+            model_reset(m);
+        }
         return 0;
     }
     free_state(m);
     Backend *be = m->be;
-    size_t kv = (size_t)c->L * cache_T * c->KVH * c->HS, QD = (size_t)c->NH * c->HS;
+    size_t KD = (size_t)c->KVH * c->HS, QD = (size_t)c->NH * c->HS;
+    size_t kv = (size_t)c->L * n_slots * cache_T * KD;
     size_t T = (size_t)act_T;
     struct {
         float **p;
@@ -366,7 +377,7 @@ int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
     } want[] = {{&m->k_cache, kv},    {&m->v_cache, kv},     {&m->x, T * c->C},
                 {&m->xb, T * c->C},   {&m->xb2, T * c->C},   {&m->q, T * QD},
                 {&m->att, T * QD},    {&m->hb, T * c->FF},   {&m->hb2, T * c->FF},
-                {&m->logits, T * c->V}};
+                {&m->logits, T * c->V}, {&m->k_new, n_slots * KD}, {&m->v_new, n_slots * KD}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         *want[i].p = be->ops->alloc(be, want[i].n * sizeof(float));
         if (!*want[i].p) {
@@ -377,10 +388,27 @@ int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
         }
     }
     m->pos = xmalloc(sizeof(int32_t) * T);
+    m->slot_past = xcalloc((size_t)n_slots, sizeof *m->slot_past);
     m->cache_T = cache_T;
     m->act_T = act_T;
-    model_reset(m);
+    m->n_slots = n_slots;
+    for (int s = n_slots - 1; s >= 0; s--) {
+        model_use_slot(m, s);
+        model_reset(m);
+    }
     return 0;
+}
+
+void model_use_slot(Model *m, int s) {
+    if (s < 0 || s >= m->n_slots || s == m->slot) return;
+    m->slot_past[m->slot] = m->n_past;
+    m->slot = s;
+    m->n_past = m->slot_past[s];
+}
+
+/* Where layer l's keys (or values) of the current slot start. */
+static size_t slot_layer_off(const Model *m, int l, int slot) {
+    return ((size_t)l * m->n_slots + (size_t)slot) * m->cache_T * m->cfg.KVH * m->cfg.HS;
 }
 
 void model_reset(Model *m) {
@@ -391,7 +419,7 @@ void model_reset(Model *m) {
     for (int l = 0; l < c->L; l++)
         for (int p = 0; p < m->prefix_len; p++) {
             const float *src = m->prefix + p * PW + (size_t)l * 2 * KD;
-            size_t at = ((size_t)l * m->cache_T + (size_t)p) * KD;
+            size_t at = slot_layer_off(m, l, m->slot) + (size_t)p * KD;
             m->be->ops->upload(m->be, m->k_cache + at, src, KD * sizeof(float));
             m->be->ops->upload(m->be, m->v_cache + at, src + KD, KD * sizeof(float));
         }
@@ -430,7 +458,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     const BackendOps *op = be->ops;
     int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
     int p0 = m->n_past, Tk = p0 + T;
-    size_t layer_kv = (size_t)m->cache_T * KD;
+    size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
     op->embed_fwd(be, m->x, ids, m->wte, T, C);
     if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
@@ -438,7 +466,8 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
 
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
-        float *kc = m->k_cache + l * layer_kv, *vc = m->v_cache + l * layer_kv;
+        float *kc = m->k_cache + slot_layer_off(m, l, m->slot);
+        float *vc = m->v_cache + slot_layer_off(m, l, m->slot);
         float *knew = kc + (size_t)p0 * KD, *vnew = vc + (size_t)p0 * KD;
         // attention block
         norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, T);
@@ -505,5 +534,83 @@ int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_lo
     }
     int rc = m->be->ops->sync(m->be);
     if (rc) return tuna_errf(err, rc, "%s", m->be->err.msg);
+    return 0;
+}
+
+/* One token for each of n slots (see model.h). Row r of every activation buffer is sequence r;
+ * the per-token ops (norms, RoPE, attention, elementwise) run on each row as model_forward would,
+ * and the matrix products take all n rows at once. */
+int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, float *logits,
+                       TunaErr *err) {
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    if (!m->n_slots) return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: call model_reserve_slots first");
+    if (n < 1 || n > m->act_T || n > m->n_slots)
+        return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: %d sequences for %d slots", n, m->n_slots);
+    m->slot_past[m->slot] = m->n_past;
+    for (int r = 0; r < n; r++) {
+        int s = slots[r];
+        if (s < 0 || s >= m->n_slots)
+            return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: no slot %d", s);
+        for (int q = 0; q < r; q++)
+            if (slots[q] == s) return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: slot %d twice", s);
+        if (ids[r] < 0 || ids[r] >= c->V)
+            return tuna_errf(err, TUNA_EINVAL, "token id %d is outside the vocabulary (%d)", ids[r], c->V);
+        if (m->slot_past[s] >= m->cache_T)
+            return tuna_errf(err, TUNA_EINVAL, "sequence in slot %d fills the context of %d positions", s,
+                             m->cache_T);
+        m->pos[r] = m->slot_past[s];
+    }
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
+    op->embed_fwd(be, m->x, ids, m->wte, n, C);
+    if (c->learned_pos)
+        for (int r = 0; r < n; r++)
+            op->add_fwd(be, m->x + (size_t)r * C, m->x + (size_t)r * C, m->wpe + (size_t)m->pos[r] * C,
+                        (size_t)C);
+    for (int l = 0; l < c->L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, n);
+        op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, n, C, QD);
+        op->matmul_fwd(be, m->k_new, m->xb, w->wk, w->bk, n, C, KD);
+        op->matmul_fwd(be, m->v_new, m->xb, w->wv, w->bv, n, C, KD);
+        if (c->qk_norm) {
+            op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, n * NH, HS);
+            op->rmsnorm_fwd(be, m->k_new, m->k_new, w->k_norm, c->norm_eps, n * KVH, HS);
+        }
+        if (!c->learned_pos) {
+            op->rope_fwd(be, m->q, m->pos, m->inv_freq, n, NH, HS, HS);
+            op->rope_fwd(be, m->k_new, m->pos, m->inv_freq, n, KVH, HS, HS);
+        }
+        for (int r = 0; r < n; r++) {
+            size_t base = slot_layer_off(m, l, slots[r]), at = base + (size_t)m->pos[r] * KD;
+            op->copy(be, m->k_cache + at, m->k_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
+            op->copy(be, m->v_cache + at, m->v_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
+            op->attention_fwd(be, m->att + (size_t)r * QD, m->q + (size_t)r * QD, m->k_cache + base,
+                              m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH, KVH,
+                              HS, c->sliding_window);
+        }
+        op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, n, QD, C);
+        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)n * C);
+        norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, n);
+        if (c->act == ACT_SILU) {
+            op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, n, C, c->FF);
+            op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, n, C, c->FF);
+            op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)n * c->FF);
+        } else {
+            op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, n, C, c->FF);
+            op->gelu_fwd(be, m->hb, m->hb, (size_t)n * c->FF, c->act == ACT_GELU_TANH);
+        }
+        op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, n, c->FF, C);
+        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)n * C);
+    }
+    norm_rows(m, m->xb, m->x, m->lnf_w, m->lnf_b, n);
+    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, n, C, c->V);
+    op->download(be, logits, m->logits, sizeof(float) * (size_t)n * c->V);
+    for (int r = 0; r < n; r++)
+        m->slot_past[slots[r]]++;
+    m->n_past = m->slot_past[m->slot];
+    int rc = op->sync(be);
+    if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
     return 0;
 }

@@ -58,9 +58,12 @@ typedef struct Model {
     float *inv_freq;             // (HS/2) RoPE frequencies, backend memory
 
     // --- inference state (sized by model_reserve)
-    int cache_T;                 /* positions the KV cache holds */
-    int n_past;                  /* positions already in the cache */
-    float *k_cache, *v_cache;    // (L, cache_T, KVH, HS)
+    int cache_T;                 /* positions the KV cache holds (per slot) */
+    int n_past;                  /* positions already in the current slot's cache */
+    int n_slots, slot;           /* sequences the cache holds (batched decoding), current one */
+    int *slot_past;              /* (n_slots) n_past of each slot; slot_past[slot] is stale */
+    float *k_cache, *v_cache;    // (L, n_slots, cache_T, KVH, HS)
+    float *k_new, *v_new;        // (n_slots, KVH*HS) a decoding batch's new keys and values
     int act_T;                   /* rows the activation buffers hold */
     float *x, *xb, *xb2;         // (act_T, C)
     float *q, *att;              // (act_T, NH*HS)
@@ -79,8 +82,22 @@ void model_free(Model *m); /* NULL-safe */
  * and the activations for chunks of up to act_T tokens. Clears the cache. */
 int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err);
 
-/* Forgets the cached positions (keeps the buffers). With a prefix, the cache restarts with
- * the prefix in positions 0..P-1. */
+/* model_reserve for batched decoding: n_slots sequences of up to cache_T positions each, every
+ * one with its own KV cache. Slot 0 is current; all slots are empty. */
+int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *err);
+
+/* Makes slot s current: model_forward and model_reset then work on its sequence. */
+void model_use_slot(Model *m, int s);
+
+/* One decoding step for n sequences at once: token ids[i] is appended to slot slots[i] (n
+ * distinct slots, n <= act_T) and logits (n, V) (host memory) receive each one's next-token
+ * logits. On the cpu backend each row's logits are bit-identical to decoding that sequence
+ * alone with model_forward. */
+int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, float *logits,
+                       TunaErr *err);
+
+/* Forgets the cached positions of the current slot (keeps the buffers). With a prefix, the
+ * cache restarts with the prefix in positions 0..P-1. */
 void model_reset(Model *m);
 
 /* Installs a prefix-tuning prefix (P, L*2*KVH*HS host floats, copied; row p = [L][k|v][KVH][HS],

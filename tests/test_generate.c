@@ -3,7 +3,9 @@
  *   copied from ../shared/models/stories260K): identical ids and text, stopping where run.c
  *   stops (before a sampled BOS: this model's generation_config has eos [2, 1]).
  * - Sampling is reproducible for a seed and differs across seeds; stop strings cut the text;
- *   bad options fail with one line on stderr. Runs ./tuna from the repo root. */
+ *   bad options fail with one line on stderr. Runs ./tuna from the repo root.
+ * - generate_batch: several prompts decoded together give each the ids, text and stop reason
+ *   of generate_run alone (stories260K with and without a prefix, GPT-2, Qwen3, Mistral). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -11,6 +13,9 @@
 #include <cjson/cJSON.h>
 
 #include "harness.h"
+#include "kernels/backend.h"
+#include "src/generate.h"
+#include "src/model.h"
 #include "src/tokenizer.h"
 #include "src/xalloc.h"
 
@@ -279,6 +284,117 @@ static void test_incremental_text(void) {
     free(run(cmd, &st));
 }
 
+// --- batched decoding equals one sequence at a time
+
+static void batch_case(const char *model_dir, const char *tok_dir, int prefix, int B) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    if (!be || model_load(model_dir, be, &m, &err) || tokenizer_load(tok_dir, &tok, &err)) {
+        CHECK(0, "%s: %s", model_dir, err.msg);
+        goto out;
+    }
+    if (prefix) { /* a P-tuning prefix: every slot starts with it */
+        size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
+        float *pf = xmalloc(sizeof(float) * 3 * PW);
+        for (size_t i = 0; i < 3 * PW; i++) pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        CHECK(model_set_prefix(m, pf, 3, &err) == 0, "prefix: %s", err.msg);
+        free(pf);
+    }
+    static const char *texts[] = {"Once upon a time", "The", "Lily and Tom went to the park to play with a big red ball.",
+                                  "Hi", "A dog named Max", "One day, the sun", "Tim", "She said"};
+    int32_t *ids[8];
+    size_t n[8];
+    for (int i = 0; i < B; i++) {
+        ids[i] = NULL;
+        tokenizer_encode(tok, texts[i], strlen(texts[i]), 1, &ids[i], &n[i], &err);
+        if (n[i] == 0) { /* no BOS in this tokenizer: start from token 1 */
+            free(ids[i]);
+            ids[i] = xmalloc(sizeof(int32_t));
+            ids[i][0] = 1;
+            n[i] = 1;
+        }
+        for (size_t k = 0; k < n[i]; k++) ids[i][k] %= m->cfg.V; /* the fixtures have 256 ids */
+    }
+    const char *stops[] = {"\n\n", "was"};
+    GenerateOptions opt = {.max_new_tokens = 40, .eos_ids = m->cfg.eos_ids, .n_eos = m->cfg.n_eos,
+                           .stops = stops, .n_stops = 2};
+    Sampler s;
+    sampler_init(&s, m->cfg.V, 1, 0, 0, 1, 1);
+    GenerateResult one[8], all[8];
+    for (int i = 0; i < B; i++)
+        CHECK(generate_run(m, tok, &s, ids[i], n[i], &opt, &one[i], &err) == 0, "%s run %d: %s",
+              model_dir, i, err.msg);
+    CHECK(generate_batch(m, tok, &s, (const int32_t *const *)ids, n, B, &opt, all, &err) == 0,
+          "%s batch: %s", model_dir, err.msg);
+    /* one decoding step of all B slots: each row bit-identical to that sequence's own step */
+    int V = m->cfg.V, bit_same = 0;
+    float *lb = xmalloc(sizeof(float) * (size_t)V * (size_t)B), *l1 = xmalloc(sizeof(float) * (size_t)V);
+    int slots[8];
+    int32_t first[8];
+    CHECK(model_reserve_slots(m, B, 64, 64, &err) == 0, "reserve slots: %s", err.msg);
+    for (int i = 0; i < B; i++) {
+        model_use_slot(m, i);
+        model_reset(m);
+        CHECK(model_forward(m, ids[i], (int)n[i], l1, 0, &err) == 0, "slot prefill: %s", err.msg);
+        slots[i] = i;
+        first[i] = (int32_t)((i * 37 + 11) % V);
+    }
+    CHECK(model_decode_slots(m, B, slots, first, lb, &err) == 0, "decode slots: %s", err.msg);
+    for (int i = 0; i < B; i++) {
+        model_reserve(m, 64, 64, &err);
+        model_forward(m, ids[i], (int)n[i], l1, 0, &err);
+        model_forward(m, &first[i], 1, l1, 0, &err);
+        bit_same += !memcmp(l1, lb + (size_t)i * V, sizeof(float) * (size_t)V);
+    }
+    CHECK(bit_same == B, "%s: %d of %d rows of a batched step are bit-identical to decoding alone", model_dir,
+          bit_same, B);
+    free(lb);
+    free(l1);
+    int same = 0, tokens = 0, stopped[5] = {0};
+    for (int i = 0; i < B; i++) {
+        int eq = one[i].n_ids == all[i].n_ids && !memcmp(one[i].ids, all[i].ids, sizeof(int32_t) * one[i].n_ids) &&
+                 !strcmp(one[i].text, all[i].text) && one[i].stopped_by == all[i].stopped_by;
+        CHECK(eq, "%s%s B=%d, prompt %d: alone %zu ids (stop %d) \"%.40s\", batched %zu ids (stop %d) \"%.40s\"",
+              model_dir, prefix ? " + prefix" : "", B, i, one[i].n_ids, one[i].stopped_by, one[i].text,
+              all[i].n_ids, all[i].stopped_by, all[i].text);
+        same += eq;
+        tokens += (int)one[i].n_ids;
+        stopped[one[i].stopped_by]++;
+        generate_result_free(&one[i]);
+        generate_result_free(&all[i]);
+        free(ids[i]);
+    }
+    printf("  generate_batch %s%s B=%d: %d/%d sequences identical, %d tokens (ended by max %d, eos %d, stop "
+           "string %d)\n",
+           model_dir, prefix ? " + prefix" : "", B, same, B, tokens, stopped[0], stopped[1], stopped[2]);
+    sampler_free(&s);
+out:
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+}
+
+static void test_batch(void) {
+    batch_case(MODEL, MODEL, 0, 8);
+    batch_case(MODEL, MODEL, 0, 1);
+    batch_case(MODEL, MODEL, 1, 5);
+    const char *shared = test_shared_dir();
+    if (!shared) {
+        SKIP("../shared not found: batched decoding checked on stories260K only");
+        return;
+    }
+    static const char *pairs[][2] = {{"tests/fixtures/gpt2", "gpt2"},
+                                     {"tests/fixtures/qwen3", "qwen3"},
+                                     {"tests/fixtures/mistral", "mistral-7b-v0.1"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        char tdir[512];
+        snprintf(tdir, sizeof tdir, "%s/tokenizers/%s", shared, pairs[i][1]);
+        batch_case(pairs[i][0], tdir, 0, 6);
+    }
+}
+
 static void test_bad_options(void) {
     const char *cmds[] = {
             "./tuna generate " MODEL " --temperature abc 2>&1 >/dev/null",
@@ -310,6 +426,7 @@ int main(void) {
     test_sampling();
     test_stop_strings();
     test_incremental_text();
+    test_batch();
     test_bad_options();
     return test_report("test_generate");
 }

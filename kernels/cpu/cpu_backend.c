@@ -57,6 +57,18 @@ static void matvec_rows(float *out, const float *in, const float *w, const float
     for (size_t n = lo; n < hi; n++) out[n] = dot_row(in, w + n * K, K) + (bias ? bias[n] : 0.0f);
 }
 
+/* out (M,N) columns [lo,hi) for a few rows M: each weight row is read once for all M inputs
+ * (batched decoding), and every output is the very dot_row of M == 1, so a sequence decoded in
+ * a batch gets the logits it would get alone. */
+static void matvecs_rows(float *out, const float *in, const float *w, const float *bias, int M,
+                         int K, int N, size_t lo, size_t hi) {
+    for (size_t n = lo; n < hi; n++) {
+        const float *wr = w + n * K;
+        for (int m = 0; m < M; m++)
+            out[(size_t)m * N + n] = dot_row(in + (size_t)m * K, wr, K) + (bias ? bias[n] : 0.0f);
+    }
+}
+
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
     for (size_t m = lo; m < hi; m++) {
         float *o = out + m * N;
@@ -71,6 +83,11 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
     if (M == 1) { /* decode: bandwidth-bound, worth two threads from 64 KiB of weights */
         CPU_PAR_RANGE(work >= 16384 ? be->n_threads : 1, (size_t)N,
                       matvec_rows(out, in, w, bias, K, lo, hi));
+        return;
+    }
+    if (M <= MATVECS_MAX_M) { /* a decoding batch, or a prompt of a few tokens */
+        CPU_PAR_RANGE((size_t)K * N >= 16384 ? be->n_threads : 1, (size_t)N,
+                      matvecs_rows(out, in, w, bias, M, K, N, lo, hi));
         return;
     }
     openblas_set_num_threads(nth);

@@ -16,6 +16,10 @@
 /* Below this many multiply-adds an op stays on the calling thread. */
 #define PAR_MIN_WORK 32768
 
+/* Matrix products with at most this many rows run as matrix-vector products, bit-identical
+ * per row to M == 1 (a batch of decoding sequences); more rows go to OpenBLAS sgemm. */
+#define MATVECS_MAX_M 16
+
 /* The calling thread's share [*lo, *hi) of n items in contiguous blocks (as schedule(static)),
  * inside a parallel region. */
 static inline void omp_share(size_t n, size_t *lo, size_t *hi) {
