@@ -117,8 +117,10 @@ static void *worker_main(void *arg) {
         w->cancel = 0;
         pthread_mutex_unlock(&w->mu);
 
-        /* a run may have started or ended since the last reply */
+        /* a run may have started or ended since the last reply; side by side, the two
+         * replies split the idle cores (two 2-thread teams on 2 cores decode ~4x slower) */
         backend_set_threads(be, BACKEND_THREADS_IDLE);
+        if (s.share > 1) backend_set_threads(be, be->n_threads / s.share > 1 ? be->n_threads / s.share : 1);
         int32_t *ids = NULL;
         size_t n_ids = 0;
         GenerateResult res = {0};

@@ -20,6 +20,8 @@ typedef struct ChatSettings {
     float top_p;
     int max_new_tokens;
     unsigned long long seed;
+    int share; /* replies generated at the same time (side by side: 2): each takes its share of
+                  the idle cores (0 or 1: all of them) */
 } ChatSettings;
 
 typedef struct ChatWorker ChatWorker;

@@ -154,7 +154,7 @@ static ChatState *chat_get(App *app) {
     if (app->chat) return app->chat;
     ChatState *c = xcalloc(1, sizeof *c);
     if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) c->wake[0] = c->wake[1] = -1;
-    c->s = (ChatSettings){0.7f, 0.9f, 96, 42};
+    c->s = (ChatSettings){0.7f, 0.9f, 96, 42, 1};
     const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model : app->model_dir;
     pane_start(c, 0, base, app->template_name);
     app->chat = c;
@@ -203,13 +203,16 @@ static int chat_send(App *app) {
             app_status(app, ROLE_WARN, "a reply is still streaming (Esc cancels it)");
             return UI_REDRAW;
         }
+    ChatSettings s = c->s;
+    s.share = 0;
+    for (int i = 0; i < np; i++) s.share += c->pane[i].w && !c->pane[i].error;
     for (int i = 0; i < np; i++) {
         ChatPane *p = &c->pane[i];
         if (!p->w || p->error) continue;
         pane_push(p, "user", c->input);
         pane_push(p, "assistant", "");
         /* the conversation so far without the empty reply slot */
-        if (chat_worker_send(p->w, (const char *const *)p->roles, (const char *const *)p->texts, p->n - 1, &c->s)) {
+        if (chat_worker_send(p->w, (const char *const *)p->roles, (const char *const *)p->texts, p->n - 1, &s)) {
             free(p->roles[--p->n]), free(p->texts[p->n]);
             app_status(app, ROLE_WARN, "%s is not ready", p->model);
             continue;
