@@ -80,7 +80,8 @@ static const Field fields[] = {
         I(save_steps, "50", "checkpoint every N steps (0 = only at the end)"),
         I(save_total_limit, "2", "checkpoints kept"),
         I(logging_steps, "1", "write a step line every N steps"),
-        S(sample_prompts, "Who are you?", "fixed prompts for sample generations, separated by |"),
+        S(sample_prompts, "Who are you?",
+          "fixed prompts for sample generations, separated by | (up to 16, answered together)"),
         I(sample_steps, "0", "generate samples every N steps (0 = with each eval)"),
         I(sample_max_tokens, "48", "tokens per sample"),
         S(vars, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
@@ -342,31 +343,39 @@ static int run_samples(Run *r, TunaErr *err) {
     for (int i = 0; i < m->cfg.n_eos; i++) eos[n_eos++] = m->cfg.eos_ids[i];
     int teos = template_eos_id(r->tpl, r->tok);
     if (teos >= 0) eos[n_eos++] = teos;
-    char *list = xstrdup(c->sample_prompts), *save = NULL;
-    int rc = 0;
-    for (char *p = strtok_r(list, "|", &save); p && !rc; p = strtok_r(NULL, "|", &save)) {
+    /* the prompts are answered together (greedy: each gets the answer it would get alone) */
+    enum { MAX_SAMPLES = 16 };
+    char *list = xstrdup(c->sample_prompts), *save = NULL, *text[MAX_SAMPLES];
+    int32_t *ids[MAX_SAMPLES];
+    size_t n[MAX_SAMPLES];
+    int k = 0, rc = 0;
+    for (char *p = strtok_r(list, "|", &save); p && !rc && k < MAX_SAMPLES; p = strtok_r(NULL, "|", &save)) {
         ChatMessage msg = {"user", p};
-        int32_t *ids = NULL;
-        size_t n = 0;
-        rc = template_encode_prompt(r->tpl, r->tok, &msg, 1, &ids, &n, err);
-        if (rc) break;
+        text[k] = p;
+        ids[k] = NULL;
+        rc = template_encode_prompt(r->tpl, r->tok, &msg, 1, &ids[k], &n[k], err);
+        k++;
+    }
+    if (!rc && k) {
         Sampler s;
         sampler_init(&s, m->cfg.V, (uint64_t)c->seed, 0, 0, 1, 1);
         GenerateOptions o = {.max_new_tokens = c->sample_max_tokens, .eos_ids = eos, .n_eos = n_eos,
                              .stops = st, .n_stops = ns};
-        GenerateResult res;
-        rc = generate_run(m, r->tok, &s, ids, n, &o, &res, err);
-        if (!rc) {
-            cJSON *e = event("sample");
-            cJSON_AddNumberToObject(e, "step", r->step);
-            cJSON_AddStringToObject(e, "prompt", p);
-            cJSON_AddStringToObject(e, "text", res.text);
-            emit(r, e);
+        GenerateResult res[MAX_SAMPLES];
+        rc = generate_batch(m, r->tok, &s, (const int32_t *const *)ids, n, k, &o, res, err);
+        for (int i = 0; i < k; i++) {
+            if (!rc) {
+                cJSON *e = event("sample");
+                cJSON_AddNumberToObject(e, "step", r->step);
+                cJSON_AddStringToObject(e, "prompt", text[i]);
+                cJSON_AddStringToObject(e, "text", res[i].text);
+                emit(r, e);
+            }
+            generate_result_free(&res[i]);
         }
-        generate_result_free(&res);
         sampler_free(&s);
-        free(ids);
     }
+    for (int i = 0; i < k; i++) free(ids[i]);
     free(list);
     if (lora) be->ops->upload(be, m->params, r->host_params, sizeof(float) * m->n_params);
     if (P) model_set_prefix(m, NULL, 0, NULL);
