@@ -716,6 +716,10 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
     if (c->batch_size < 1 || c->grad_accum < 1 || c->cutoff_len < 2 || c->epochs < 0 || c->lr <= 0)
         return tuna_errf(err, TUNA_EINVAL, "batch_size, grad_accum, cutoff_len and lr must be positive");
+    int n_prompts = c->sample_prompts[0] ? 1 : 0;
+    for (const char *p = c->sample_prompts; *p; p++) n_prompts += *p == '|';
+    if (n_prompts > 16)
+        return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most 16", n_prompts);
     if (mkdir_p(r->dir)) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
     snprintf(path, sizeof path, "%s/train.pid", r->dir);
     char pid[32];

@@ -175,7 +175,7 @@ int main(void) {
     CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
     // --- bad input: one line, non-zero
     const char *bad[] = {"--method nope", "--lr abc", "--dataset no_such_dataset", "--lora-target wq",
-                         "--model /nonexistent"};
+                         "--model /nonexistent", "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char c2[1024], ef[600];
         snprintf(ef, sizeof ef, "%s/err.txt", tmp);
