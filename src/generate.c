@@ -403,7 +403,7 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
                              n_prompts[i], m->cache_T);
     float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)B);
     GenSeq *q = xcalloc((size_t)B, sizeof *q);
-    int *active = xmalloc(sizeof(int) * (size_t)B), *slots = xmalloc(sizeof(int) * (size_t)B);
+    int *active = xmalloc(sizeof(int) * (size_t)B);
     int32_t *next = xmalloc(sizeof(int32_t) * (size_t)B);
     double t0 = time_now();
     int n_active = 0;
@@ -415,34 +415,29 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
         if (!rc) active[n_active++] = i;
     }
     double t1 = time_now();
-    /* row r of logits belongs to active[r] (after the prompts: row i to sequence i) */
-    int rows_are_seqs = 1;
+    /* row r of logits belongs to sequence active[r] (after the prompts, active[r] == r) */
     while (!rc && n_active) {
         int n = 0;
         for (int r = 0; r < n_active; r++) {
             int i = active[r];
             GenSeq *qi = &q[i];
-            float *li = logits + (size_t)(rows_are_seqs ? i : r) * V;
+            float *li = logits + (size_t)r * V;
             if ((int)res[i].n_ids >= opt->max_new_tokens) {
                 res[i].stopped_by = 0;
                 continue;
             }
             int tkn = sampler_sample(s, li, qi->all, qi->n_all);
             if (seq_step(qi, tok, tkn, opt)) continue;
-            int past = i == m->slot ? m->n_past : m->slot_past[i];
-            if (past >= m->cache_T) {
+            if (model_slot_past(m, i) >= m->cache_T) {
                 res[i].stopped_by = 4;
                 continue;
             }
-            slots[n] = i;
+            active[n] = i; /* compacted in place: n <= r */
             next[n] = tkn;
             n++;
         }
-        if (!n) break;
-        memcpy(active, slots, sizeof(int) * (size_t)n);
         n_active = n;
-        rows_are_seqs = 0;
-        rc = model_decode_slots(m, n, slots, next, logits, err);
+        if (n) rc = model_decode_slots(m, n, active, next, logits, err);
     }
     double t2 = time_now();
     for (int i = 0; i < B; i++) {
@@ -454,7 +449,6 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
     free(logits);
     free(q);
     free(active);
-    free(slots);
     free(next);
     model_use_slot(m, 0);
     return rc;

@@ -280,8 +280,8 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         if (rc) goto fail;
         if (!direct) be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
         /* the file's pages are not needed once converted: peak memory is the weights plus one
-         * tensor, not twice the weights (a split tensor is read again from the page cache) */
-        st_tensor_release(t);
+         * tensor, not twice the weights (a split tensor, after its last part) */
+        if (i + 1 == specs.n || strcmp(specs.v[i + 1].name, s->name)) st_tensor_release(t);
         off += s->n;
     }
     if (c->tie_embeddings) m->lm_head = m->wte;
@@ -347,6 +347,14 @@ size_t model_param_count(const Model *m) {
     return m->n_params;
 }
 
+/* Empties every slot (the prefix, if any, goes back in each) and makes slot 0 current. */
+static void reset_slots(Model *m) {
+    for (int s = m->n_slots - 1; s >= 0; s--) {
+        model_use_slot(m, s);
+        model_reset(m);
+    }
+}
+
 int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err) {
     return model_reserve_slots(m, 1, cache_T, act_T, err);
 }
@@ -360,10 +368,7 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     if (act_T < n_slots) act_T = n_slots; /* a decoding step has a row per slot */
     if (act_T > cache_T && act_T > n_slots) act_T = cache_T > n_slots ? cache_T : n_slots;
     if (m->cache_T >= cache_T && m->act_T >= act_T && m->n_slots == n_slots) {
-        for (int s = n_slots - 1; s >= 0; s--) {
-            model_use_slot(m, s);
-            model_reset(m);
-        }
+        reset_slots(m);
         return 0;
     }
     free_state(m);
@@ -392,10 +397,7 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     m->cache_T = cache_T;
     m->act_T = act_T;
     m->n_slots = n_slots;
-    for (int s = n_slots - 1; s >= 0; s--) {
-        model_use_slot(m, s);
-        model_reset(m);
-    }
+    reset_slots(m);
     return 0;
 }
 
@@ -404,6 +406,10 @@ void model_use_slot(Model *m, int s) {
     m->slot_past[m->slot] = m->n_past;
     m->slot = s;
     m->n_past = m->slot_past[s];
+}
+
+int model_slot_past(const Model *m, int s) {
+    return s == m->slot ? m->n_past : m->slot_past[s];
 }
 
 /* Where layer l's keys (or values) of the current slot start. */
@@ -451,12 +457,55 @@ static void norm_rows(Model *m, float *out, const float *in, const float *w, con
     else m->be->ops->layernorm_fwd(m->be, out, in, w, b, c->norm_eps, R, c->C);
 }
 
+/* A layer's first half for R rows of m->x: norm, q into m->q, k and v into kd and vd (rows
+ * KVH*HS apart), q/k norms, and RoPE at the positions m->pos. */
+static void qkv_fwd(Model *m, const LayerWeights *w, int R, float *kd, float *vd) {
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH;
+    norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, R);
+    op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, R, C, NH * HS);
+    op->matmul_fwd(be, kd, m->xb, w->wk, w->bk, R, C, KVH * HS);
+    op->matmul_fwd(be, vd, m->xb, w->wv, w->bv, R, C, KVH * HS);
+    if (c->qk_norm) {
+        op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, R * NH, HS);
+        op->rmsnorm_fwd(be, kd, kd, w->k_norm, c->norm_eps, R * KVH, HS);
+    }
+    if (!c->learned_pos) {
+        op->rope_fwd(be, m->q, m->pos, m->inv_freq, R, NH, HS, HS);
+        op->rope_fwd(be, kd, m->pos, m->inv_freq, R, KVH, HS, HS);
+    }
+}
+
+/* A layer's second half for R rows, from the attention output in m->att: output projection
+ * and residual, then norm, MLP and residual into m->x. */
+static void out_mlp_fwd(Model *m, const LayerWeights *w, int R) {
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    int C = c->C, FF = c->FF;
+    op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, R, c->NH * c->HS, C);
+    op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
+    norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, R);
+    if (c->act == ACT_SILU) {
+        op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, R, C, FF);
+        op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, R, C, FF);
+        op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)R * FF);
+    } else {
+        op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, R, C, FF);
+        op->gelu_fwd(be, m->hb, m->hb, (size_t)R * FF, c->act == ACT_GELU_TANH);
+    }
+    op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, R, FF, C);
+    op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
+}
+
 /* One chunk of T <= act_T tokens. */
 static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, int all_logits) {
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, KD = KVH * HS;
     int p0 = m->n_past, Tk = p0 + T;
     size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
@@ -469,35 +518,10 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
         float *kc = m->k_cache + slot_layer_off(m, l, m->slot);
         float *vc = m->v_cache + slot_layer_off(m, l, m->slot);
         float *knew = kc + (size_t)p0 * KD, *vnew = vc + (size_t)p0 * KD;
-        // attention block
-        norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, T);
-        op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, T, C, QD);
-        op->matmul_fwd(be, knew, m->xb, w->wk, w->bk, T, C, KD);
-        op->matmul_fwd(be, vnew, m->xb, w->wv, w->bv, T, C, KD);
-        if (c->qk_norm) {
-            op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, T * NH, HS);
-            op->rmsnorm_fwd(be, knew, knew, w->k_norm, c->norm_eps, T * KVH, HS);
-        }
-        if (!c->learned_pos) {
-            op->rope_fwd(be, m->q, m->pos, m->inv_freq, T, NH, HS, HS);
-            op->rope_fwd(be, knew, m->pos, m->inv_freq, T, KVH, HS, HS);
-        }
+        qkv_fwd(m, w, T, knew, vnew); /* new keys and values straight into the cache */
         op->attention_fwd(be, m->att, m->q, kc, vc, 1, T, Tk, layer_kv, NH, KVH, HS,
                           c->sliding_window);
-        op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, T, QD, C);
-        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)T * C);
-        // MLP block
-        norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, T);
-        if (c->act == ACT_SILU) {
-            op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, T, C, c->FF);
-            op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, T, C, c->FF);
-            op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)T * c->FF);
-        } else {
-            op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, T, C, c->FF);
-            op->gelu_fwd(be, m->hb, m->hb, (size_t)T * c->FF, c->act == ACT_GELU_TANH);
-        }
-        op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, T, c->FF, C);
-        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)T * C);
+        out_mlp_fwd(m, w, T);
     }
     if (!logits && !all_logits) {
         m->n_past = Tk;
@@ -570,18 +594,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
                         (size_t)C);
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
-        norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, n);
-        op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, n, C, QD);
-        op->matmul_fwd(be, m->k_new, m->xb, w->wk, w->bk, n, C, KD);
-        op->matmul_fwd(be, m->v_new, m->xb, w->wv, w->bv, n, C, KD);
-        if (c->qk_norm) {
-            op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, n * NH, HS);
-            op->rmsnorm_fwd(be, m->k_new, m->k_new, w->k_norm, c->norm_eps, n * KVH, HS);
-        }
-        if (!c->learned_pos) {
-            op->rope_fwd(be, m->q, m->pos, m->inv_freq, n, NH, HS, HS);
-            op->rope_fwd(be, m->k_new, m->pos, m->inv_freq, n, KVH, HS, HS);
-        }
+        qkv_fwd(m, w, n, m->k_new, m->v_new);
         for (int r = 0; r < n; r++) {
             size_t base = slot_layer_off(m, l, slots[r]), at = base + (size_t)m->pos[r] * KD;
             op->copy(be, m->k_cache + at, m->k_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
@@ -590,19 +603,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
                               m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH, KVH,
                               HS, c->sliding_window);
         }
-        op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, n, QD, C);
-        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)n * C);
-        norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, n);
-        if (c->act == ACT_SILU) {
-            op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, n, C, c->FF);
-            op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, n, C, c->FF);
-            op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)n * c->FF);
-        } else {
-            op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, n, C, c->FF);
-            op->gelu_fwd(be, m->hb, m->hb, (size_t)n * c->FF, c->act == ACT_GELU_TANH);
-        }
-        op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, n, c->FF, C);
-        op->add_fwd(be, m->x, m->x, m->xb2, (size_t)n * C);
+        out_mlp_fwd(m, w, n);
     }
     norm_rows(m, m->xb, m->x, m->lnf_w, m->lnf_b, n);
     op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, n, C, c->V);

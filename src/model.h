@@ -88,6 +88,8 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
 
 /* Makes slot s current: model_forward and model_reset then work on its sequence. */
 void model_use_slot(Model *m, int s);
+/* Positions already in slot s's cache. */
+int model_slot_past(const Model *m, int s);
 
 /* One decoding step for n sequences at once: token ids[i] is appended to slot slots[i] (n
  * distinct slots, n <= act_T) and logits (n, V) (host memory) receive each one's next-token

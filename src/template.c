@@ -565,29 +565,24 @@ int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMes
     size_t cutoff = cutoff_len > 0 ? (size_t)cutoff_len : (size_t)-1 / 4;
     size_t total = eff ? 1 : 0;
     int turns = np / 2, hist = flags & TEMPLATE_MASK_HISTORY;
-    /* mask_history walks the turns from the last (truncation then drops the oldest) and puts
-     * each one in front of those already taken */
-    for (int j = 0; j < turns; j++) {
-        if (total >= cutoff) break;
-        int k = 2 * (hist ? turns - 1 - j : j);
-        size_t sl, tl;
-        infer_seqlen(parts[k].n, parts[k + 1].n, cutoff - total, &sl, &tl);
-        total += sl + tl;
-        if (!hist) {
-            label_turn(&parts[k], sl, &parts[k + 1], tl, j, flags, eff, eos, &in, &lab);
-            continue;
-        }
-        IdVec ti = {0}, tlab = {0};
-        label_turn(&parts[k], sl, &parts[k + 1], tl, j, flags, eff, eos, &ti, &tlab);
-        for (size_t i = 0; i < in.n; i++) { /* ti + in, tlab + lab */
-            iv_push(&ti, in.v[i]);
-            iv_push(&tlab, lab.v[i]);
-        }
-        free(in.v);
-        free(lab.v);
-        in = ti;
-        lab = tlab;
+    /* The budget goes to the turns in LLaMA-Factory's order (with mask_history from the last,
+     * so truncation drops the oldest); turn_idx is that order's index. They are written in
+     * conversation order. */
+    size_t *sl = xcalloc((size_t)turns + 1, sizeof *sl), *tl = xcalloc((size_t)turns + 1, sizeof *tl);
+    int *turn_idx = xcalloc((size_t)turns + 1, sizeof *turn_idx);
+    for (int j = 0; j < turns && total < cutoff; j++) {
+        int u = hist ? turns - 1 - j : j;
+        infer_seqlen(parts[2 * u].n, parts[2 * u + 1].n, cutoff - total, &sl[u], &tl[u]);
+        total += sl[u] + tl[u];
+        turn_idx[u] = j;
     }
+    for (int u = 0; u < turns; u++)
+        if (sl[u] + tl[u])
+            label_turn(&parts[2 * u], sl[u], &parts[2 * u + 1], tl[u], turn_idx[u], flags, eff,
+                       eos, &in, &lab);
+    free(sl);
+    free(tl);
+    free(turn_idx);
     if (eff) {
         iv_push(&in, eos);
         iv_push(&lab, eos);

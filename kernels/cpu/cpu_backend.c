@@ -1,5 +1,5 @@
-/* cpu_backend.c: the CPU backend. OpenBLAS sgemm for matrix products with M > 1, an
- * OpenMP + SIMD matrix-vector product for decoding (M == 1), and OpenMP loops elsewhere.
+/* cpu_backend.c: the CPU backend. OpenBLAS sgemm for matrix products with M > 16, OpenMP +
+ * SIMD matrix-vector products for decoding (M <= 16), and OpenMP loops elsewhere.
  * Small ops run on one thread: at stories260K's sizes a parallel region costs more than
  * the work. The backward, loss and optimizer ops live in backward.c. Every op has the
  * semantics of its BackendOps slot in kernels/backend.h and is compared against kernels/ref
@@ -51,15 +51,10 @@ static inline float dot_row(const float *in, const float *w, int K) {
     return s;
 }
 
-/* out [lo,hi) of w (N,K) · in (K) + bias. */
-static void matvec_rows(float *out, const float *in, const float *w, const float *bias, int K,
-                        size_t lo, size_t hi) {
-    for (size_t n = lo; n < hi; n++) out[n] = dot_row(in, w + n * K, K) + (bias ? bias[n] : 0.0f);
-}
-
-/* out (M,N) columns [lo,hi) for a few rows M: each weight row is read once for all M inputs
- * (batched decoding), and every output is the very dot_row of M == 1, so a sequence decoded in
- * a batch gets the logits it would get alone. */
+/* out (M,N) columns [lo,hi) of in (M,K) · w (N,K)ᵀ + bias for a few rows M (decoding: one
+ * token, or a batch of sequences): each weight row is read once for all M inputs, and every
+ * output is the same dot_row whatever M is, so a sequence decoded in a batch gets the logits
+ * it would get alone. */
 static void matvecs_rows(float *out, const float *in, const float *w, const float *bias, int M,
                          int K, int N, size_t lo, size_t hi) {
     for (size_t n = lo; n < hi; n++) {
@@ -80,12 +75,7 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
                      int M, int K, int N) {
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
-    if (M == 1) { /* decode: bandwidth-bound, worth two threads from 64 KiB of weights */
-        CPU_PAR_RANGE(work >= 16384 ? be->n_threads : 1, (size_t)N,
-                      matvec_rows(out, in, w, bias, K, lo, hi));
-        return;
-    }
-    if (M <= MATVECS_MAX_M) { /* a decoding batch, or a prompt of a few tokens */
+    if (M <= MATVECS_MAX_M) { /* bandwidth-bound: worth two threads from 64 KiB of weights */
         CPU_PAR_RANGE((size_t)K * N >= 16384 ? be->n_threads : 1, (size_t)N,
                       matvecs_rows(out, in, w, bias, M, K, N, lo, hi));
         return;
@@ -363,11 +353,13 @@ static const BackendOps cpu_ops = {
 };
 
 /* Of n cores, those that other processes are not running on: procs_running in /proc/stat
- * counts the runnable threads of the machine, the reading one included; the median of five
- * reads 1 ms apart. n when /proc/stat cannot be read. */
+ * counts the runnable threads of the machine, the reading one included; the median of three
+ * reads 250 us apart (a training run's OpenMP threads stay runnable between its regions, so
+ * they show in every read; five reads 1 ms apart doubled `tuna generate`'s start-up).
+ * n when /proc/stat cannot be read. */
 static int idle_cores(int n) {
-    int v[5], k = 0;
-    for (int i = 0; i < 5; i++) {
+    int v[3], k = 0;
+    for (int i = 0; i < 3; i++) {
         FILE *f = fopen("/proc/stat", "r");
         if (!f) break;
         char line[256];
@@ -377,10 +369,10 @@ static int idle_cores(int n) {
                 break;
             }
         fclose(f);
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
+        if (i < 2) nanosleep(&(struct timespec){0, 250000}, NULL);
     }
     if (!k) return n;
-    for (int i = 1; i < k; i++) /* insertion sort of at most 5 */
+    for (int i = 1; i < k; i++) /* insertion sort of at most 3 */
         for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
             int t = v[j];
             v[j] = v[j - 1];
