@@ -318,6 +318,9 @@ static int run_eval(Run *r, double *loss, TunaErr *err) {
     return rc;
 }
 
+/* --sample-prompts are answered together in one generate_batch (train_run refuses more). */
+#define MAX_SAMPLE_PROMPTS 16
+
 static int run_samples(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
     int rc0;
@@ -344,12 +347,12 @@ static int run_samples(Run *r, TunaErr *err) {
     int teos = template_eos_id(r->tpl, r->tok);
     if (teos >= 0) eos[n_eos++] = teos;
     /* the prompts are answered together (greedy: each gets the answer it would get alone) */
-    enum { MAX_SAMPLES = 16 };
-    char *list = xstrdup(c->sample_prompts), *save = NULL, *text[MAX_SAMPLES];
-    int32_t *ids[MAX_SAMPLES];
-    size_t n[MAX_SAMPLES];
+    char *list = xstrdup(c->sample_prompts), *save = NULL, *text[MAX_SAMPLE_PROMPTS];
+    int32_t *ids[MAX_SAMPLE_PROMPTS];
+    size_t n[MAX_SAMPLE_PROMPTS];
     int k = 0, rc = 0;
-    for (char *p = strtok_r(list, "|", &save); p && !rc && k < MAX_SAMPLES; p = strtok_r(NULL, "|", &save)) {
+    for (char *p = strtok_r(list, "|", &save); p && !rc && k < MAX_SAMPLE_PROMPTS;
+         p = strtok_r(NULL, "|", &save)) {
         ChatMessage msg = {"user", p};
         text[k] = p;
         ids[k] = NULL;
@@ -361,7 +364,7 @@ static int run_samples(Run *r, TunaErr *err) {
         sampler_init(&s, m->cfg.V, (uint64_t)c->seed, 0, 0, 1, 1);
         GenerateOptions o = {.max_new_tokens = c->sample_max_tokens, .eos_ids = eos, .n_eos = n_eos,
                              .stops = st, .n_stops = ns};
-        GenerateResult res[MAX_SAMPLES];
+        GenerateResult res[MAX_SAMPLE_PROMPTS];
         rc = generate_batch(m, r->tok, &s, (const int32_t *const *)ids, n, k, &o, res, err);
         for (int i = 0; i < k; i++) {
             if (!rc) {
@@ -718,8 +721,9 @@ static int run_open(Run *r, int resume, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "batch_size, grad_accum, cutoff_len and lr must be positive");
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
     for (const char *p = c->sample_prompts; *p; p++) n_prompts += *p == '|';
-    if (n_prompts > 16)
-        return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most 16", n_prompts);
+    if (n_prompts > MAX_SAMPLE_PROMPTS)
+        return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
+                         MAX_SAMPLE_PROMPTS);
     if (mkdir_p(r->dir)) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
     snprintf(path, sizeof path, "%s/train.pid", r->dir);
     char pid[32];
