@@ -29,6 +29,8 @@ void sampler_free(Sampler *s);
 /* Picks a token from logits (V), which it may modify; history are the tokens so far (for the
  * repetition penalty). */
 int sampler_sample(Sampler *s, float *logits, const int32_t *history, size_t n_history);
+/* The first index of the largest of x[0..n) (NaN never wins; 0 when x[0] is NaN). */
+int argmax_first(const float *x, int n);
 /* Uniform float in [0,1) from the sampler's RNG. */
 float sampler_uniform(Sampler *s);
 

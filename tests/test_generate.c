@@ -192,6 +192,39 @@ static void test_sampling(void) {
     free(a); free(b);
 }
 
+/* argmax_first against the plain loop it replaces, on sizes around its 16-lane and 64-block
+ * steps, with ties, NaNs (first, inside, all), infinities and signed zeros. */
+static int argmax_loop(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void test_argmax(void) {
+    static float x[1100];
+    uint64_t r = 12345;
+    int bad = 0, cases = 0;
+    for (int n = 1; n <= 1100; n += n < 140 ? 1 : 37)
+        for (int kind = 0; kind < 8; kind++) {
+            for (int i = 0; i < n; i++) {
+                r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+                int v = (int)(r >> 58); /* 0..63: many ties */
+                x[i] = kind == 1 ? (float)(v % 3) : (float)v - 40.0f;
+            }
+            if (kind == 2) x[0] = NAN;
+            if (kind == 3) x[n / 2] = NAN, x[n - 1] = NAN;
+            if (kind == 4) for (int i = 0; i < n; i++) x[i] = NAN;
+            if (kind == 5) x[n - 1] = INFINITY, x[n / 3] = INFINITY;
+            if (kind == 6) for (int i = 0; i < n; i++) x[i] = (i % 2) ? 0.0f : -0.0f;
+            if (kind == 7) for (int i = 0; i < n; i++) x[i] = -INFINITY;
+            int a = argmax_first(x, n), b = argmax_loop(x, n);
+            cases++;
+            if (a != b && bad++ < 5) fprintf(stderr, "argmax n=%d kind=%d: %d, loop %d\n", n, kind, a, b);
+        }
+    CHECK(bad == 0, "argmax_first differs from the plain loop in %d of %d cases", bad, cases);
+}
+
 static void test_stop_strings(void) {
     int st;
     char *full = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 100 "
@@ -424,6 +457,7 @@ int main(void) {
     fclose(f);
     test_reference_greedy();
     test_sampling();
+    test_argmax();
     test_stop_strings();
     test_incremental_text();
     test_batch();
