@@ -13,9 +13,10 @@ the first token are excluded on both sides.
 With --llama2c (a checkout of karpathy/llama2.c, or its run.c), that run.c is built as its
 Makefile's `runomp` target does (-Ofast -fopenmp -march=native), the llama-shaped models are
 exported to its .bin format (and their tokenizer to its tokenizer.bin), and it runs on the same
-prompt for the same number of positions, alternating with tuna, 2 OpenMP threads; its own
-"achieved tok/s" line is read (it also skips the first position; its timer has millisecond
-resolution). Without it, tuna is compared with the fixed run.c figures from the issue.
+prompt for the same number of positions, alternating with tuna (--pairs times), 2 OpenMP
+threads; its own "achieved tok/s" line is read (it also skips the first position; its timer has
+millisecond resolution). Reported: the best of each side, and the median of the per-pair ratios
+(the steadier figure where memory bandwidth drifts). Without it, tuna is compared with the fixed run.c figures from the issue.
 Results go to build/bench/generate.json.
 """
 import argparse
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -242,6 +244,10 @@ def main():
     ap.add_argument("--cache", default=os.environ.get("TUNA_BENCH_MODELS", "/tmp/tuna-bench-models"))
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per side (best is kept)")
+    ap.add_argument("--pairs", type=int, default=8,
+                    help="tuna/run.c alternations with --llama2c (this machine's memory bandwidth "
+                         "drifts by up to 2x within minutes: the median of the paired ratios is the "
+                         "steadier figure)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "generate.json"))
     ap.add_argument("--llama2c", default=os.environ.get("LLAMA2C") or None,
                     help="a llama2.c checkout (or its run.c) to measure side by side")
@@ -279,21 +285,27 @@ def main():
     for name, get_dir, n in models:
         model_dir = get_dir()
         print(f"== {name} ({model_dir}), {n} new tokens", flush=True)
-        l2c_tps, l2c_msg = None, None
+        l2c_tps, l2c_msg, pairs = None, None, []
         if l2c_exe and name in LLAMA2C:
             # alternate: tuna, run.c, tuna, run.c, ...; best of each
             mbin, tbin = llama2c_export(model_dir, l2c_dir, name)
             prompt_ids = tuna_prompt_len(args.tuna, model_dir)
             tuna_tps = None
-            for _ in range(max(args.repeat, 3)):
+            for _ in range(max(args.repeat, args.pairs)):
                 t, tuna_msg = run_tuna_once(args.tuna, model_dir, n)
                 if t is not None and (tuna_tps is None or t > tuna_tps):
                     tuna_tps, best_msg = t, tuna_msg
                 r, l2c_msg = run_llama2c_once(l2c_exe, mbin, tbin, prompt_ids + n)
                 if r is not None and (l2c_tps is None or r > l2c_tps):
                     l2c_tps = r
+                if t is not None and r is not None:
+                    pairs.append(t / r)
             tuna_msg = best_msg if tuna_tps is not None else tuna_msg
             print(f"   llama2.c run.c: {fmt(l2c_tps, '.1f', 0)} tok/s ({prompt_ids + n} positions; {l2c_msg})")
+            if pairs:
+                print(f"   paired tuna/run.c over {len(pairs)} alternations: median {statistics.median(pairs):.3f}, "
+                      f"mean {statistics.mean(pairs):.3f}, range {min(pairs):.2f}-{max(pairs):.2f}, "
+                      f"tuna faster in {sum(x > 1 for x in pairs)}")
         else:
             tuna_tps, tuna_msg = run_tuna(args.tuna, model_dir, n, args.repeat)
         print(f"   tuna:  {tuna_msg}", flush=True)
@@ -305,15 +317,17 @@ def main():
                         "tuna_tok_s": tuna_tps, "torch_tok_s": torch_tps, "torch": torch_info,
                         "llama2c_tok_s": ref, "llama2c_side_by_side": l2c_tps is not None,
                         "tuna_vs_torch": tuna_tps / torch_tps if tuna_tps and torch_tps else None,
-                        "tuna_vs_llama2c": tuna_tps / ref if tuna_tps and ref else None})
+                        "tuna_vs_llama2c": tuna_tps / ref if tuna_tps and ref else None,
+                        "tuna_vs_llama2c_pairs": pairs,
+                        "tuna_vs_llama2c_median": statistics.median(pairs) if pairs else None})
 
     print(f"\n{'model':20s} {'tuna tok/s':>11s} {'torch tok/s':>12s} {'tuna/torch':>11s} "
-          f"{'llama2.c tok/s':>15s} {'tuna/llama2.c':>14s}")
+          f"{'llama2.c tok/s':>15s} {'tuna/llama2.c':>14s} {'paired median':>14s}")
     for r in results:
         mark = "" if r["llama2c_side_by_side"] or r["llama2c_tok_s"] is None else "*"
         print(f"{r['model']:20s} {fmt(r['tuna_tok_s'], '.1f', 11)} {fmt(r['torch_tok_s'], '.1f', 12)} "
               f"{fmt(r['tuna_vs_torch'], '.2f', 11)} {fmt(r['llama2c_tok_s'], '.0f', 14)}{mark or ' '}"
-              f"{fmt(r['tuna_vs_llama2c'], '.2f', 14)}")
+              f"{fmt(r['tuna_vs_llama2c'], '.2f', 14)} {fmt(r['tuna_vs_llama2c_median'], '.2f', 14)}")
     if any(r["llama2c_tok_s"] is not None and not r["llama2c_side_by_side"] for r in results):
         print("* the issue's fixed run.c figure, not measured in this run (make bench LLAMA2C=/path/to/llama2.c)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
