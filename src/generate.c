@@ -360,38 +360,104 @@ static void seq_end(GenSeq *q, const GenerateOptions *opt, int ok) {
     free(q->prompt_text);
 }
 
+/* Lookup decoding (GenerateOptions.lookup): the draft is what followed the most recent earlier
+ * occurrence of the sequence's last LOOKUP_NGRAM tokens (then of fewer), up to max tokens;
+ * returns its length (0: no match). */
+#define LOOKUP_NGRAM 3
+static int lookup_draft(const int32_t *all, size_t n, int max, int32_t *draft) {
+    if (max <= 0) return 0;
+    for (int g = LOOKUP_NGRAM; g >= 1; g--) {
+        if (n < (size_t)g + 1) continue;
+        const int32_t *tail = all + n - g;
+        for (size_t at = n - g; at-- > 0;) { /* newest first; the match may overlap the tail */
+            if (all[at] != tail[0] || memcmp(all + at, tail, sizeof(int32_t) * (size_t)g)) continue;
+            size_t from = at + (size_t)g;
+            int d = 0;
+            while (d < max && from + (size_t)d < n) {
+                draft[d] = all[from + (size_t)d];
+                d++;
+            }
+            return d;
+        }
+    }
+    return 0;
+}
+
+/* The draft length generate_run uses: opt->lookup for greedy decoding, clamped to LOOKUP_MAX
+ * and to the rows the activation buffers hold; 0 when sampling (a draft checked against
+ * sampled tokens would change their distribution). */
+static int lookup_len(const Model *m, const Sampler *s, const GenerateOptions *opt) {
+    if (opt->lookup <= 0 || s->temperature > 0) return 0;
+    int d = opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX;
+    return d < m->act_T - 1 ? d : m->act_T - 1;
+}
+
 int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
                  size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err) {
     memset(res, 0, sizeof *res);
     int V = m->cfg.V;
     if (n_prompt == 0) return tuna_errf(err, TUNA_EINVAL, "empty prompt (no tokens)");
     int want = (int)n_prompt + opt->max_new_tokens;
-    if (m->cache_T - m->prefix_len < want || m->act_T < (int)n_prompt) {
-        int rc = model_reserve(m, want, (int)n_prompt < 512 ? (int)n_prompt : 512, err);
+    int act = (int)n_prompt < 512 ? (int)n_prompt : 512;
+    if (opt->lookup > 0 && act < (opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX) + 1)
+        act = (opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX) + 1;
+    if (m->cache_T - m->prefix_len < want || m->act_T < act) {
+        int rc = model_reserve(m, want, act, err);
         if (rc) return rc;
     }
     model_reset(m);
     if ((int)n_prompt + m->prefix_len > m->cache_T)
         return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
                          n_prompt, m->cache_T);
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
+    int look = lookup_len(m, s, opt);
+    float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)(look + 1));
+    int32_t feed[LOOKUP_MAX + 1];
     GenSeq q;
     seq_begin(&q, tok, prompt, n_prompt, opt, res);
     double t0 = time_now(), t1 = t0;
-    int rc = model_forward(m, prompt, (int)n_prompt, logits, 0, err);
+    int rc = model_forward(m, prompt, (int)n_prompt, logits, 0, err), pending = -1;
     while (!rc) {
         if ((int)res->n_ids >= opt->max_new_tokens) {
             res->stopped_by = 0;
             break;
         }
-        int next = sampler_sample(s, logits, q.all, q.n_all);
+        int next = pending >= 0 ? pending : sampler_sample(s, logits, q.all, q.n_all);
+        pending = -1;
         if (res->n_ids == 0) t1 = time_now();
         if (seq_step(&q, tok, next, opt)) break;
         if (m->n_past >= m->cache_T) {
             res->stopped_by = 4;
             break;
         }
-        rc = model_forward(m, &q.all[q.n_all - 1], 1, logits, 0, err);
+        /* lookup decoding: the tokens that followed the last occurrence of the newest n-gram,
+         * checked in one pass; the model's own greedy token decides at each position */
+        int room = m->cache_T - m->n_past - 1, left = opt->max_new_tokens - (int)res->n_ids - 1;
+        int d = look ? lookup_draft(q.all, q.n_all, look < room ? (look < left ? look : left)
+                                                                : (room < left ? room : left),
+                                    feed + 1)
+                     : 0;
+        if (!d) {
+            rc = model_forward(m, &q.all[q.n_all - 1], 1, logits, 0, err);
+            continue;
+        }
+        feed[0] = q.all[q.n_all - 1];
+        res->n_drafted += (size_t)d;
+        int base = m->n_past, stop = 0, j = 0;
+        rc = model_forward(m, feed, d + 1, logits, 1, err);
+        if (rc) break;
+        for (; j < d; j++) { /* row j predicts the token after feed[j] */
+            int t = sampler_sample(s, logits + (size_t)j * V, q.all, q.n_all);
+            if (t != feed[j + 1]) {
+                pending = t; /* the model's own token here: the next one */
+                break;
+            }
+            res->n_accepted++;
+            if ((stop = seq_step(&q, tok, t, opt))) break;
+        }
+        if (stop) break;
+        /* the cache keeps feed[0..j], the tokens the model agreed with; the rest is dropped */
+        m->n_past = base + j + 1;
+        if (j == d) memcpy(logits, logits + (size_t)d * V, sizeof(float) * (size_t)V);
     }
     double t2 = time_now();
     seq_end(&q, opt, !rc);

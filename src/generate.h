@@ -45,13 +45,23 @@ typedef struct GenerateOptions {
      * non-zero to stop. May be NULL. */
     int (*on_text)(void *user, const char *text, size_t len);
     void *user;
+    /* Greedy decoding only (ignored when sampling): up to this many draft tokens, taken from
+     * what followed the last earlier occurrence of the newest n-gram (prompt lookup), are run
+     * through the model in one pass and kept while they equal its own greedy choice. The ids
+     * are those of plain decoding (on the cpu backend, where a few rows at once compute each
+     * row exactly as one); 0 = off, at most LOOKUP_MAX. */
+    int lookup;
 } GenerateOptions;
+
+#define LOOKUP_MAX 15
 
 typedef struct GenerateResult {
     int32_t *ids;        /* generated ids (malloc'd, caller frees), EOS not included */
     size_t n_ids;
     char *text;          /* decoded generated text (malloc'd), cut at a stop string */
     int stopped_by;      /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full */
+    size_t n_drafted;    /* lookup decoding: draft tokens checked, and those kept */
+    size_t n_accepted;
     double prefill_s;    /* seconds for the prompt */
     double decode_s;     /* seconds for tokens after the first */
 } GenerateResult;

@@ -25,7 +25,7 @@
 enum {
     OPT_PROMPT = 256, OPT_MAXNEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
     OPT_IGNORE_EOS, OPT_THREADS, OPT_BACKEND, OPT_JSON, OPT_NO_ECHO, OPT_QUIET, OPT_HELP,
-    OPT_PROMPT_FILE
+    OPT_PROMPT_FILE, OPT_LOOKUP
 };
 
 /* One row per flag: getopt_long and --help are built from it (src/cli.h). */
@@ -40,6 +40,9 @@ static const CliOpt generate_opts[] = {
         {"seed", 1, OPT_SEED, "N", "sampling seed (default 42)"},
         {"stop", 1, OPT_STOP, "TEXT", "stop when TEXT appears (repeatable)"},
         {"ignore-eos", 0, OPT_IGNORE_EOS, NULL, "do not stop at the model's EOS tokens"},
+        {"lookup", 1, OPT_LOOKUP, "N",
+         "greedy only: check up to N tokens copied from earlier in the text per pass "
+         "(prompt lookup; same output, fewer passes; 0 = off, the default; at most 15)"},
         {"threads", 1, OPT_THREADS, "N", "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
@@ -85,7 +88,7 @@ static int cmd_generate(int argc, char **argv) {
     const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
     const char *stops[16];
     int n_stops = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, ignore_eos = 0;
-    int json = 0, echo = 1;
+    int json = 0, echo = 1, lookup = 0;
     int quiet = 0, seed = 42, sampling_asked = 0;
     float temp = -1, top_p = -1, rep = -1;
     int c;
@@ -108,6 +111,7 @@ static int cmd_generate(int argc, char **argv) {
             stops[n_stops++] = optarg;
             break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case OPT_LOOKUP: if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &lookup)) return 2; break;
         case OPT_THREADS: if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2; break;
         case OPT_BACKEND: backend = optarg; break;
         case OPT_JSON: json = 1; break;
@@ -170,7 +174,7 @@ static int cmd_generate(int argc, char **argv) {
     if (!n_eos && tokenizer_eos_id(tok) >= 0) eos[n_eos++] = tokenizer_eos_id(tok);
     GenerateOptions opt = {.max_new_tokens = max_new, .ignore_eos = ignore_eos, .eos_ids = eos,
                            .n_eos = n_eos, .stops = stops, .n_stops = n_stops,
-                           .on_text = json ? NULL : print_piece};
+                           .on_text = json ? NULL : print_piece, .lookup = lookup};
     if (!json && echo) {
         char *p = tokenizer_decode(tok, ids, n_ids, 1);
         fputs(p, stdout);
@@ -187,17 +191,22 @@ static int cmd_generate(int argc, char **argv) {
         printf(", \"text\": ");
         json_str(stdout, res.text);
         static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback", "context_full"};
-        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d}\n",
+        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d",
                why[res.stopped_by], tps, be->n_threads);
+        if (lookup && !sample) printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res.n_drafted, res.n_accepted);
+        printf("}\n");
     } else {
         fputc('\n', stdout);
     }
     fflush(stdout);
-    if (!quiet)
+    if (!quiet) {
         fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
-                        "%d thread%s\n",
+                        "%d thread%s",
                 n_ids, res.n_ids, res.prefill_s + res.decode_s, tps, be->n_threads,
                 be->n_threads == 1 ? "" : "s");
+        if (lookup && !sample) fprintf(stderr, ", lookup kept %zu of %zu drafted", res.n_accepted, res.n_drafted);
+        fputc('\n', stderr);
+    }
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "generate failed");

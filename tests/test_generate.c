@@ -428,6 +428,93 @@ static void test_batch(void) {
     }
 }
 
+/* Lookup decoding gives the ids, text and stop reason of plain greedy decoding: with and without
+ * stop strings and EOS, with a repetition penalty, up to a full context (the GPT-2 fixture's 64 positions),
+ * with a P-tuning prefix, for draft lengths 1, 8 and 15; and drafts are taken (accepted tokens
+ * are passes saved). */
+static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    if (!be || model_load(model_dir, be, &m, &err) || tokenizer_load(tok_dir, &tok, &err)) {
+        CHECK(0, "%s: %s", model_dir, err.msg);
+        goto out;
+    }
+    if (prefix) {
+        size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
+        float *pf = xmalloc(sizeof(float) * 2 * PW);
+        for (size_t i = 0; i < 2 * PW; i++) pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        CHECK(model_set_prefix(m, pf, 2, &err) == 0, "prefix: %s", err.msg);
+        free(pf);
+    }
+    static const char *texts[] = {"Once upon a time", "Lily and Tom went to the park. Lily and Tom went to the",
+                                  "The cat sat. The cat sat. The cat", "Hi"};
+    const char *stops[] = {"\n\n", "was"};
+    int same = 0, cases = 0, full = 0;
+    size_t accepted = 0;
+    for (int ti = 0; ti < 4; ti++)
+        for (int variant = 0; variant < 4; variant++) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            tokenizer_encode(tok, texts[ti], strlen(texts[ti]), 1, &ids, &n, &err);
+            if (n == 0) {
+                free(ids);
+                ids = xmalloc(sizeof(int32_t));
+                ids[0] = 1;
+                n = 1;
+            }
+            for (size_t k = 0; k < n; k++) ids[k] %= m->cfg.V;
+            GenerateOptions opt = {.max_new_tokens = variant == 3 ? 200 : 60, .eos_ids = m->cfg.eos_ids,
+                                   .n_eos = m->cfg.n_eos, .ignore_eos = variant == 1,
+                                   .stops = stops, .n_stops = variant == 0 ? 2 : 0};
+            Sampler s;
+            sampler_init(&s, m->cfg.V, 1, 0, 0, 1, variant == 2 ? 1.3f : 1.0f);
+            GenerateResult a, b;
+            CHECK(generate_run(m, tok, &s, ids, n, &opt, &a, &err) == 0, "%s plain: %s", model_dir, err.msg);
+            full += a.stopped_by == 4;
+            for (int look = 1; look <= LOOKUP_MAX; look += 7) {
+                opt.lookup = look;
+                CHECK(generate_run(m, tok, &s, ids, n, &opt, &b, &err) == 0, "%s lookup: %s", model_dir, err.msg);
+                cases++;
+                int ok = a.n_ids == b.n_ids && a.stopped_by == b.stopped_by && !strcmp(a.text, b.text) &&
+                         !memcmp(a.ids, b.ids, sizeof(int32_t) * a.n_ids);
+                same += ok;
+                accepted += b.n_accepted;
+                if (!ok)
+                    fprintf(stderr, "lookup %s text %d variant %d lookup %d: %zu ids (stop %d) vs %zu (stop %d)\n",
+                            model_dir, ti, variant, look, a.n_ids, a.stopped_by, b.n_ids, b.stopped_by);
+                generate_result_free(&b);
+            }
+            generate_result_free(&a);
+            sampler_free(&s);
+            free(ids);
+        }
+    CHECK(same == cases, "%s: lookup decoding matched plain greedy in %d of %d runs", model_dir, same, cases);
+    CHECK(accepted > 0, "%s: no draft token was ever accepted", model_dir);
+    printf("  lookup %s%s: %d/%d runs identical to plain greedy, %zu draft tokens kept, %d ended by a full context\n",
+           model_dir, prefix ? " +prefix" : "", same, cases, accepted, full);
+out:
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+}
+
+static void test_lookup(void) {
+    lookup_case(MODEL, MODEL, 0);
+    lookup_case(MODEL, MODEL, 1);
+    const char *shared = test_shared_dir();
+    if (!shared) {
+        SKIP("../shared not found: lookup decoding checked on stories260K only");
+        return;
+    }
+    char tdir[512];
+    snprintf(tdir, sizeof tdir, "%s/tokenizers/qwen3", shared);
+    lookup_case("tests/fixtures/qwen3", tdir, 0);
+    snprintf(tdir, sizeof tdir, "%s/tokenizers/gpt2", shared);
+    lookup_case("tests/fixtures/gpt2", tdir, 0);
+}
+
 static void test_bad_options(void) {
     const char *cmds[] = {
             "./tuna generate " MODEL " --temperature abc 2>&1 >/dev/null",
@@ -461,6 +548,7 @@ int main(void) {
     test_stop_strings();
     test_incremental_text();
     test_batch();
+    test_lookup();
     test_bad_options();
     return test_report("test_generate");
 }
