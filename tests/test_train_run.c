@@ -161,6 +161,9 @@ int main(void) {
     snprintf(d2, sizeof d2, "%s/freeze", tmp);
     snprintf(cmd, sizeof cmd, "%s train " BASE "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
     CHECK(sh(cmd) == 0, "freeze training failed");
+    read_losses(d2, got, 64, &e0, &e1);
+    CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
+    printf("  freeze: eval loss %.4f -> %.4f over 10 steps\n", e0, e1);
     // --- ptuning
     snprintf(d2, sizeof d2, "%s/pt", tmp);
     snprintf(cmd, sizeof cmd, "%s train " BASE "--method ptuning --prefix-tokens 8 --lr 3e-2 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
@@ -171,8 +174,6 @@ int main(void) {
     char *ac = xread_file(p, NULL);
     CHECK(ac && strstr(ac, "PREFIX_TUNING"), "ptuning run lacks a PREFIX_TUNING adapter_config.json");
     free(ac);
-    read_losses(d2, got, 64, &e0, &e1);
-    CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
     // --- bad input: one line, non-zero
     const char *bad[] = {"--method nope", "--lr abc", "--dataset no_such_dataset", "--lora-target wq",
                          "--model /nonexistent", "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
