@@ -50,8 +50,10 @@ static Backend *cuda_backend_open(int n_threads, TunaErr *err) {
             if (!init) why = "no cuda_backend_init in it";
         }
         if (!init) {
-            tuna_errf(err, TUNA_EUNSUP, "backend \"cuda\": cannot load libtuna_cuda.so (%s%s%s; set "
-                      "TUNA_CUDA_LIB to its path)", tried[0] ? tried : "", tried[0] ? ": " : "", why);
+            tuna_errf(err, TUNA_EUNSUP,
+                      "backend \"cuda\": cannot load libtuna_cuda.so (%s%s%s; set "
+                      "TUNA_CUDA_LIB to its path)",
+                      tried[0] ? tried : "", tried[0] ? ": " : "", why);
             return NULL;
         }
     }

@@ -32,19 +32,19 @@ typedef struct BackendOps {
     void (*upload)(Backend *be, void *dst, const void *host_src, size_t bytes);
     void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes); /* device to device */
-    int (*sync)(Backend *be); /* waits for queued work; returns 0 or the latched error code */
+    int (*sync)(Backend *be);      /* waits for queued work; returns 0 or the latched error code */
     void (*shutdown)(Backend *be); /* optional (NULL): frees be->ctx; backend_free frees be */
 
     // --- forward ops
     /* out (M,N) = in (M,K) · w (N,K)ᵀ + bias (N) (bias may be NULL). HF Linear layout. */
-    void (*matmul_fwd)(Backend *be, float *out, const float *in, const float *w,
-                       const float *bias, int M, int K, int N);
+    void (*matmul_fwd)(Backend *be, float *out, const float *in, const float *w, const float *bias,
+                       int M, int K, int N);
     /* out (R,C) = in (R,C) / rms(in row) * w (C). out may alias in. */
-    void (*rmsnorm_fwd)(Backend *be, float *out, const float *in, const float *w, float eps,
-                        int R, int C);
+    void (*rmsnorm_fwd)(Backend *be, float *out, const float *in, const float *w, float eps, int R,
+                        int C);
     /* out (R,C) = (in - mean) / std * w (C) + b (C). out may alias in. */
-    void (*layernorm_fwd)(Backend *be, float *out, const float *in, const float *w,
-                          const float *b, float eps, int R, int C);
+    void (*layernorm_fwd)(Backend *be, float *out, const float *in, const float *w, const float *b,
+                          float eps, int R, int C);
     /* In place on x (T, NH, HS): rotary embedding in HF's rotate_half layout over the first
      * rot_dim dims of each head; token t has position pos[t]; inv_freq (rot_dim/2). */
     void (*rope_fwd)(Backend *be, float *x, const int32_t *pos, const float *inv_freq, int T,
@@ -54,9 +54,9 @@ typedef struct BackendOps {
      * (and, if window > 0, only to the last `window` of them). Scale 1/sqrt(HS).
      * kv_stride is the distance in floats between batch rows of k and v (>= Tk*KVH*HS), so a
      * KV cache larger than Tk can be passed in place. */
-    void (*attention_fwd)(Backend *be, float *out, const float *q, const float *k,
-                          const float *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                          int KVH, int HS, int window);
+    void (*attention_fwd)(Backend *be, float *out, const float *q, const float *k, const float *v,
+                          int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                          int window);
     /* out (n) = silu(gate) * up. out may alias gate or up. */
     void (*swiglu_fwd)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* out (n) = gelu(in): tanh approximation when approx (GPT-2's gelu_new), erf otherwise.
@@ -91,8 +91,8 @@ typedef struct BackendOps {
                           const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                           size_t kv_stride, int NH, int KVH, int HS, int window);
     /* Of swiglu_fwd: dgate (n) +=, dup (n) +=. */
-    void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dout,
-                       const float *gate, const float *up, size_t n);
+    void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                       const float *up, size_t n);
     /* Of gelu_fwd: din (n) +=. */
     void (*gelu_bwd)(Backend *be, float *din, const float *dout, const float *in, size_t n,
                      int approx);

@@ -32,7 +32,8 @@ int cmd_train(int argc, char **argv) {
         snprintf(names[n], sizeof names[n], "%s", key);
         for (char *p = names[n]; *p; p++)
             if (*p == '_') *p = '-';
-        lo[n] = (struct option){names[n], is_bool ? optional_argument : required_argument, NULL, 2000 + i};
+        lo[n] = (struct option){names[n], is_bool ? optional_argument : required_argument, NULL,
+                                2000 + i};
         n++;
     }
     lo[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
@@ -49,8 +50,10 @@ int cmd_train(int argc, char **argv) {
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        if (c == OPT_CONFIG) config = optarg;
-        else if (c == OPT_RESUME) resume = optarg;
+        if (c == OPT_CONFIG)
+            config = optarg;
+        else if (c == OPT_RESUME)
+            resume = optarg;
         else if (c == OPT_HELP) {
             printf("usage: tuna train [--config FILE | --resume RUN_DIR] [options]\n"
                    "Fine-tunes a model (full, freeze or LoRA) and writes a run folder.\n\n"
@@ -81,7 +84,8 @@ int cmd_train(int argc, char **argv) {
                 fprintf(stderr, "tuna: %s\n", err.msg);
                 return 2;
             }
-        } else if (c == OPT_QUIET) quiet = 1;
+        } else if (c == OPT_QUIET)
+            quiet = 1;
         else if (c == '?') {
             fprintf(stderr, "tuna train: see --help\n");
             return 2;
@@ -116,12 +120,16 @@ int cmd_export(int argc, char **argv) {
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        if (c == 'm') model = optarg;
-        else if (c == 'a') adapter = optarg;
-        else if (c == 'o') out = optarg;
+        if (c == 'm')
+            model = optarg;
+        else if (c == 'a')
+            adapter = optarg;
+        else if (c == 'o')
+            out = optarg;
         else if (c == 'h') {
             printf("usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR\n"
-                   "Merges a PEFT LoRA adapter into the model and writes a Hugging Face checkpoint.\n");
+                   "Merges a PEFT LoRA adapter into the model and writes a Hugging Face "
+                   "checkpoint.\n");
             return 0;
         } else {
             fprintf(stderr, "tuna export: see --help\n");
@@ -135,10 +143,12 @@ int cmd_export(int argc, char **argv) {
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 0, &err);
     Model *m = NULL;
-    int rc = !be || model_load(model, be, &m, &err) || (adapter && adapter_load(m, adapter, &err)) ||
-             model_save_hf(m, out, &err);
-    if (rc) fprintf(stderr, "tuna: %s\n", err.msg);
-    else fprintf(stderr, "tuna: wrote %s (%zu parameters)\n", out, m->n_params);
+    int rc = !be || model_load(model, be, &m, &err) ||
+             (adapter && adapter_load(m, adapter, &err)) || model_save_hf(m, out, &err);
+    if (rc)
+        fprintf(stderr, "tuna: %s\n", err.msg);
+    else
+        fprintf(stderr, "tuna: wrote %s (%zu parameters)\n", out, m->n_params);
     model_free(m);
     backend_free(be);
     return rc ? 1 : 0;

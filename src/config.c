@@ -22,8 +22,8 @@ static int get_int(const cJSON *root, const char *key, int def, int required, in
     if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
         fabs(it->valuedouble) > 2147483647.0)
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an integer, got %s", path, key,
-                         cJSON_IsString(it)   ? "a string"
-                         : !cJSON_IsNumber(it) ? "another type"
+                         cJSON_IsString(it)                     ? "a string"
+                         : !cJSON_IsNumber(it)                  ? "another type"
                          : fabs(it->valuedouble) > 2147483647.0 ? "a number out of range"
                                                                 : "a fraction");
     *out = (int)it->valuedouble;
@@ -95,8 +95,7 @@ const char *config_arch_name(ModelArch arch) {
         if ((rc = (x)) != 0) goto fail;                                                            \
     } while (0)
 
-static int parse_rope_scaling(const cJSON *root, ModelConfig *cfg, const char *path,
-                              TunaErr *err) {
+static int parse_rope_scaling(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
     int rc = 0;
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return 0;
@@ -111,8 +110,8 @@ static int parse_rope_scaling(const cJSON *root, ModelConfig *cfg, const char *p
         TRY(get_float(rs, "factor", 8.0f, &cfg->rope_factor, path, err));
         TRY(get_float(rs, "low_freq_factor", 1.0f, &cfg->rope_low_freq_factor, path, err));
         TRY(get_float(rs, "high_freq_factor", 4.0f, &cfg->rope_high_freq_factor, path, err));
-        TRY(get_int(rs, "original_max_position_embeddings", 8192, 0, &cfg->rope_orig_max_pos,
-                    path, err));
+        TRY(get_int(rs, "original_max_position_embeddings", 8192, 0, &cfg->rope_orig_max_pos, path,
+                    err));
         if (cfg->rope_factor <= 0 || cfg->rope_low_freq_factor <= 0 ||
             cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor || cfg->rope_orig_max_pos <= 0)
             return tuna_errf(err, TUNA_EFORMAT, "%s: \"rope_scaling\" has invalid llama3 values",
@@ -149,18 +148,24 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
     }
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (!cJSON_IsString(mt)) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: missing \"model_type\" (expected one of llama, "
-                                          "mistral, qwen2, qwen3, gpt2)",
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: missing \"model_type\" (expected one of llama, "
+                       "mistral, qwen2, qwen3, gpt2)",
                        path);
         goto fail;
     }
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
     const char *t = mt->valuestring;
-    if (!strcmp(t, "llama")) cfg->arch = ARCH_LLAMA;
-    else if (!strcmp(t, "mistral")) cfg->arch = ARCH_MISTRAL;
-    else if (!strcmp(t, "qwen2")) cfg->arch = ARCH_QWEN2;
-    else if (!strcmp(t, "qwen3")) cfg->arch = ARCH_QWEN3;
-    else if (!strcmp(t, "gpt2")) cfg->arch = ARCH_GPT2;
+    if (!strcmp(t, "llama"))
+        cfg->arch = ARCH_LLAMA;
+    else if (!strcmp(t, "mistral"))
+        cfg->arch = ARCH_MISTRAL;
+    else if (!strcmp(t, "qwen2"))
+        cfg->arch = ARCH_QWEN2;
+    else if (!strcmp(t, "qwen3"))
+        cfg->arch = ARCH_QWEN3;
+    else if (!strcmp(t, "gpt2"))
+        cfg->arch = ARCH_GPT2;
     else {
         rc = tuna_errf(err, TUNA_EUNSUP,
                        "%s: model_type \"%s\" is not supported (expected one of llama, mistral, "
@@ -170,7 +175,8 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
     }
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype");
-    if (cJSON_IsString(dt)) snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt->valuestring);
+    if (cJSON_IsString(dt))
+        snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt->valuestring);
 
     cfg->bos_id = -1;
     TRY(get_int(root, "vocab_size", 0, 1, &cfg->V, path, err));
@@ -194,7 +200,8 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
         const char *a = cJSON_IsString(act) ? act->valuestring : "gelu_new";
         if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast"))
             cfg->act = ACT_GELU_TANH;
-        else if (!strcmp(a, "gelu")) cfg->act = ACT_GELU;
+        else if (!strcmp(a, "gelu"))
+            cfg->act = ACT_GELU;
         else {
             rc = tuna_errf(err, TUNA_EUNSUP, "%s: activation_function \"%s\" is not supported",
                            path, a);
@@ -227,8 +234,7 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
         TRY(get_int(root, "max_position_embeddings", 2048, 0, &cfg->max_pos, path, err));
         TRY(get_float(root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, path, err));
         TRY(get_float(root, "rope_theta", 10000.0f, &cfg->rope_theta, path, err));
-        TRY(get_bool(root, "tie_word_embeddings", 0,
-                     &cfg->tie_embeddings, path, err));
+        TRY(get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, path, err));
         int attn_bias = 0;
         TRY(get_bool(root, "attention_bias", 0, &attn_bias, path, err));
         TRY(get_bool(root, "mlp_bias", 0, &cfg->mlp_bias, path, err));
@@ -260,10 +266,14 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
     struct {
         const char *name;
         int v, lo, hi;
-    } lim[] = {{"vocab_size", cfg->V, 1, 1 << 22},        {"hidden_size", cfg->C, 1, 1 << 16},
-               {"intermediate_size", cfg->FF, 1, 1 << 18}, {"num_hidden_layers", cfg->L, 1, 1024},
-               {"num_attention_heads", cfg->NH, 1, 1024}, {"num_key_value_heads", cfg->KVH, 1, 1024},
-               {"head_dim", cfg->HS, 2, 1024},             {"max_position_embeddings", cfg->max_pos, 1, 1 << 24}};
+    } lim[] = {{"vocab_size", cfg->V, 1, 1 << 22},
+               {"hidden_size", cfg->C, 1, 1 << 16},
+               {"intermediate_size", cfg->FF, 1, 1 << 18},
+               {"num_hidden_layers", cfg->L, 1, 1024},
+               {"num_attention_heads", cfg->NH, 1, 1024},
+               {"num_key_value_heads", cfg->KVH, 1, 1024},
+               {"head_dim", cfg->HS, 2, 1024},
+               {"max_position_embeddings", cfg->max_pos, 1, 1 << 24}};
     for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
         if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi) {
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path,
@@ -319,7 +329,8 @@ int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     if (!rc) rc = get_float(root, "temperature", 1.0f, &gen.gen_temperature, path, err);
     if (!rc) rc = get_int(root, "top_k", 50, 0, &gen.gen_top_k, path, err);
     if (!rc) rc = get_float(root, "top_p", 1.0f, &gen.gen_top_p, path, err);
-    if (!rc) rc = get_float(root, "repetition_penalty", 1.0f, &gen.gen_repetition_penalty, path, err);
+    if (!rc)
+        rc = get_float(root, "repetition_penalty", 1.0f, &gen.gen_repetition_penalty, path, err);
     cJSON_Delete(root);
     if (rc) return rc;
     *cfg = gen;

@@ -48,10 +48,10 @@ typedef struct ModelConfig {
     int eos_ids[CONFIG_MAX_EOS]; /* from generation_config.json if present, else config.json */
     int n_eos;
     // --- sampling defaults from generation_config.json (HF defaults when absent)
-    int gen_do_sample;           /* 0: greedy unless the user asks for sampling */
-    float gen_temperature;       /* 1.0 */
-    int gen_top_k;               /* 50 (HF) */
-    float gen_top_p;             /* 1.0 */
+    int gen_do_sample;            /* 0: greedy unless the user asks for sampling */
+    float gen_temperature;        /* 1.0 */
+    int gen_top_k;                /* 50 (HF) */
+    float gen_top_p;              /* 1.0 */
     float gen_repetition_penalty; /* 1.0 */
 } ModelConfig;
 

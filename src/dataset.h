@@ -29,7 +29,7 @@ typedef struct DatasetOptions {
     int cutoff_len;          /* > 0: truncate (sft) / block size (pt); 0: no limit */
     int max_samples;         /* rows read per dataset, 0 = all */
     int strict;              /* a bad row is fatal */
-    int stage_pt; /* plain text: text + EOS, every token trains, packed into cutoff_len */
+    int stage_pt;       /* plain text: text + EOS, every token trains, packed into cutoff_len */
     int template_flags; /* sft: TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY */
 } DatasetOptions;
 

@@ -63,15 +63,20 @@ int argmax_first(const float *x, int n) {
     enum { W = 16, BLK = 64 };
     if (n <= 0) return 0;
     float lane[W], m = x[0];
-    for (int l = 0; l < W; l++) lane[l] = m;
+    for (int l = 0; l < W; l++)
+        lane[l] = m;
     int i = 0;
     for (; i + W <= n; i += W)
-        for (int l = 0; l < W; l++) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int l = 0; l < W; l++) m = lane[l] > m ? lane[l] : m;
+        for (int l = 0; l < W; l++)
+            lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    for (int l = 0; l < W; l++)
+        m = lane[l] > m ? lane[l] : m;
     for (i = 0; i + BLK <= n; i += BLK) {
         int hit = 0;
-        for (int l = 0; l < BLK; l++) hit |= x[i + l] == m;
+        for (int l = 0; l < BLK; l++)
+            hit |= x[i + l] == m;
         if (hit) break;
     }
     for (; i < n; i++)
@@ -88,7 +93,8 @@ int sampler_sample(Sampler *s, float *logits, const int32_t *history, size_t n_h
             /* each id once: HF gathers the logits, penalizes, scatters back */
             if (logits[id] != logits[id]) continue;
             int seen = 0;
-            for (size_t j = 0; j < i && !seen; j++) seen = history[j] == id;
+            for (size_t j = 0; j < i && !seen; j++)
+                seen = history[j] == id;
             if (seen) continue;
             logits[id] = logits[id] > 0 ? logits[id] / s->repetition_penalty
                                         : logits[id] * s->repetition_penalty;
@@ -100,8 +106,10 @@ int sampler_sample(Sampler *s, float *logits, const int32_t *history, size_t n_h
         if (logits[i] > mx) mx = logits[i];
     }
     double sum = 0;
-    for (int i = 0; i < V; i++) sum += (double)(s->probs[i] = expf(logits[i] - mx));
-    for (int i = 0; i < V; i++) s->probs[i] = (float)((double)s->probs[i] / sum);
+    for (int i = 0; i < V; i++)
+        sum += (double)(s->probs[i] = expf(logits[i] - mx));
+    for (int i = 0; i < V; i++)
+        s->probs[i] = (float)((double)s->probs[i] / sum);
     int n = V;
     int need_sort = (s->top_k > 0 && s->top_k < V) || (s->top_p > 0 && s->top_p < 1);
     if (need_sort) {
@@ -127,7 +135,8 @@ int sampler_sample(Sampler *s, float *logits, const int32_t *history, size_t n_h
             n = keep;
         }
         double tot = 0;
-        for (int i = 0; i < n; i++) tot += (double)s->probs[s->idx[i]];
+        for (int i = 0; i < n; i++)
+            tot += (double)s->probs[s->idx[i]];
         double r = (double)sampler_uniform(s) * tot, cdf = 0;
         for (int i = 0; i < n; i++) {
             cdf += (double)s->probs[s->idx[i]];
@@ -179,11 +188,11 @@ static int ends_with_replacement(const char *t, size_t n) {
  *   decoded again;
  * - a decoded NUL byte freezes the text, as the whole-sequence C string did. */
 typedef struct TextWindow {
-    size_t start;   /* first id of the window */
-    char *text;     /* decode(window) without a trailing U+FFFD */
+    size_t start; /* first id of the window */
+    char *text;   /* decode(window) without a trailing U+FFFD */
     size_t len;
-    size_t done;    /* bytes of the generated text that are final (no pending U+FFFD tail) */
-    int frozen;     /* a NUL was decoded: the text no longer changes */
+    size_t done; /* bytes of the generated text that are final (no pending U+FFFD tail) */
+    int frozen;  /* a NUL was decoded: the text no longer changes */
 } TextWindow;
 
 static int ends_with_replacement(const char *t, size_t n);
@@ -223,7 +232,8 @@ static void window_at(TextWindow *w, const Tokenizer *tok, const int32_t *all, s
 /* gen = decode(all) minus the prompt's text (the whole text when it does not start with it),
  * as a C string: the old per-token computation. */
 static void text_full(TextWindow *w, const Tokenizer *tok, const int32_t *all, size_t n,
-                      const char *prompt_text, size_t prompt_len, char **gen, size_t *len, size_t *cap) {
+                      const char *prompt_text, size_t prompt_len, char **gen, size_t *len,
+                      size_t *cap) {
     size_t fl;
     int nul;
     char *full = decode_c(tok, all, n, &fl, &nul);
@@ -302,7 +312,8 @@ static void seq_begin(GenSeq *q, const Tokenizer *tok, const int32_t *prompt, si
 static int seq_step(GenSeq *q, const Tokenizer *tok, int next, const GenerateOptions *opt) {
     GenerateResult *res = q->res;
     int is_eos = 0;
-    for (int i = 0; i < opt->n_eos && !opt->ignore_eos; i++) is_eos |= next == opt->eos_ids[i];
+    for (int i = 0; i < opt->n_eos && !opt->ignore_eos; i++)
+        is_eos |= next == opt->eos_ids[i];
     if (is_eos) {
         res->stopped_by = 1;
         return 1;
@@ -315,7 +326,8 @@ static int seq_step(GenSeq *q, const Tokenizer *tok, int next, const GenerateOpt
     size_t stop_at = q->gen_len;
     int hit = 0;
     for (int i = 0; i < opt->n_stops; i++) {
-        const char *f = strstr(q->gen_text + (q->emitted > 64 ? q->emitted - 64 : 0), opt->stops[i]);
+        const char *f =
+                strstr(q->gen_text + (q->emitted > 64 ? q->emitted - 64 : 0), opt->stops[i]);
         if (f && (size_t)(f - q->gen_text) < stop_at) {
             stop_at = (size_t)(f - q->gen_text);
             hit = 1;
@@ -392,8 +404,8 @@ static int lookup_len(const Model *m, const Sampler *s, const GenerateOptions *o
     return d < m->act_T - 1 ? d : m->act_T - 1;
 }
 
-int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
-                 size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err) {
+int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt, size_t n_prompt,
+                 const GenerateOptions *opt, GenerateResult *res, TunaErr *err) {
     memset(res, 0, sizeof *res);
     int V = m->cfg.V;
     if (n_prompt == 0) return tuna_errf(err, TUNA_EINVAL, "empty prompt (no tokens)");
@@ -432,8 +444,9 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         /* lookup decoding: the tokens that followed the last occurrence of the newest n-gram,
          * checked in one pass; the model's own greedy token decides at each position */
         int room = m->cache_T - m->n_past - 1, left = opt->max_new_tokens - (int)res->n_ids - 1;
-        int d = look ? lookup_draft(q.all, q.n_all, look < room ? (look < left ? look : left)
-                                                                : (room < left ? room : left),
+        int d = look ? lookup_draft(q.all, q.n_all,
+                                    look < room ? (look < left ? look : left)
+                                                : (room < left ? room : left),
                                     feed + 1)
                      : 0;
         if (!d) {
@@ -470,11 +483,13 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
 int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *const *prompts,
                    const size_t *n_prompts, int B, const GenerateOptions *opt, GenerateResult *res,
                    TunaErr *err) {
-    for (int i = 0; i < B; i++) memset(&res[i], 0, sizeof res[i]);
+    for (int i = 0; i < B; i++)
+        memset(&res[i], 0, sizeof res[i]);
     if (B < 1) return 0;
     int V = m->cfg.V, longest = 0, max_prompt = 0;
     for (int i = 0; i < B; i++) {
-        if (n_prompts[i] == 0) return tuna_errf(err, TUNA_EINVAL, "prompt %d is empty (no tokens)", i);
+        if (n_prompts[i] == 0)
+            return tuna_errf(err, TUNA_EINVAL, "prompt %d is empty (no tokens)", i);
         int w = (int)n_prompts[i] + opt->max_new_tokens;
         longest = w > longest ? w : longest;
         max_prompt = (int)n_prompts[i] > max_prompt ? (int)n_prompts[i] : max_prompt;
@@ -484,8 +499,9 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
     if (rc) return rc;
     for (int i = 0; i < B; i++)
         if ((int)n_prompts[i] + m->prefix_len > m->cache_T)
-            return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
-                             n_prompts[i], m->cache_T);
+            return tuna_errf(err, TUNA_EINVAL,
+                             "prompt of %zu tokens exceeds the model's context (%d)", n_prompts[i],
+                             m->cache_T);
     float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)B);
     GenSeq *q = xcalloc((size_t)B, sizeof *q);
     int *active = xmalloc(sizeof(int) * (size_t)B);

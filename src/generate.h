@@ -36,10 +36,10 @@ float sampler_uniform(Sampler *s);
 
 typedef struct GenerateOptions {
     int max_new_tokens;
-    int ignore_eos;              /* keep going past EOS ids */
-    const int32_t *eos_ids;      /* stop ids (model's generation_config) */
+    int ignore_eos;         /* keep going past EOS ids */
+    const int32_t *eos_ids; /* stop ids (model's generation_config) */
     int n_eos;
-    const char *const *stops;    /* stop strings: generation ends where one appears, text cut there */
+    const char *const *stops; /* stop strings: generation ends where one appears, text cut there */
     int n_stops;
     /* Called with each new piece of text (UTF-8, may be several tokens' worth); return
      * non-zero to stop. May be NULL. */
@@ -56,20 +56,20 @@ typedef struct GenerateOptions {
 #define LOOKUP_MAX 15
 
 typedef struct GenerateResult {
-    int32_t *ids;        /* generated ids (malloc'd, caller frees), EOS not included */
+    int32_t *ids; /* generated ids (malloc'd, caller frees), EOS not included */
     size_t n_ids;
-    char *text;          /* decoded generated text (malloc'd), cut at a stop string */
-    int stopped_by;      /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full */
-    size_t n_drafted;    /* lookup decoding: draft tokens checked, and those kept */
+    char *text;       /* decoded generated text (malloc'd), cut at a stop string */
+    int stopped_by;   /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full */
+    size_t n_drafted; /* lookup decoding: draft tokens checked, and those kept */
     size_t n_accepted;
-    double prefill_s;    /* seconds for the prompt */
-    double decode_s;     /* seconds for tokens after the first */
+    double prefill_s; /* seconds for the prompt */
+    double decode_s;  /* seconds for tokens after the first */
 } GenerateResult;
 
 /* Runs the prompt ids through the model (from an empty cache) and generates. The model must
  * have been reserved for prompt + max_new_tokens positions (generate_run reserves if not). */
-int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt,
-                 size_t n_prompt, const GenerateOptions *opt, GenerateResult *res, TunaErr *err);
+int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt, size_t n_prompt,
+                 const GenerateOptions *opt, GenerateResult *res, TunaErr *err);
 
 /* Generates for B prompts at once, each in its own KV cache slot (model_reserve_slots, then
  * model_decode_slots: the weights are read once per step for all of them). res (B) are filled

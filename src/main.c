@@ -23,9 +23,23 @@
 // --- tuna generate
 
 enum {
-    OPT_PROMPT = 256, OPT_MAXNEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
-    OPT_IGNORE_EOS, OPT_THREADS, OPT_BACKEND, OPT_JSON, OPT_NO_ECHO, OPT_QUIET, OPT_HELP,
-    OPT_PROMPT_FILE, OPT_LOOKUP
+    OPT_PROMPT = 256,
+    OPT_MAXNEW,
+    OPT_TEMP,
+    OPT_TOPK,
+    OPT_TOPP,
+    OPT_REP,
+    OPT_SEED,
+    OPT_STOP,
+    OPT_IGNORE_EOS,
+    OPT_THREADS,
+    OPT_BACKEND,
+    OPT_JSON,
+    OPT_NO_ECHO,
+    OPT_QUIET,
+    OPT_HELP,
+    OPT_PROMPT_FILE,
+    OPT_LOOKUP
 };
 
 /* One row per flag: getopt_long and --help are built from it (src/cli.h). */
@@ -43,7 +57,8 @@ static const CliOpt generate_opts[] = {
         {"lookup", 1, OPT_LOOKUP, "N",
          "greedy only: check up to N tokens copied from earlier in the text per pass "
          "(prompt lookup; same output, fewer passes; 0 = off, the default; at most 15)"},
-        {"threads", 1, OPT_THREADS, "N", "CPU threads (default: the cores not busy with other work)"},
+        {"threads", 1, OPT_THREADS, "N",
+         "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
         {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
@@ -61,7 +76,8 @@ static int print_piece(void *user, const char *text, size_t len) {
 
 static void json_ids(FILE *f, const int32_t *ids, size_t n) {
     fputc('[', f);
-    for (size_t i = 0; i < n; i++) fprintf(f, "%s%d", i ? ", " : "", ids[i]);
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%s%d", i ? ", " : "", ids[i]);
     fputc(']', f);
 }
 
@@ -69,12 +85,18 @@ static void json_str(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c == '\r')
+            fputs("\\r", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
     }
     fputc('"', f);
 }
@@ -97,12 +119,27 @@ static int cmd_generate(int argc, char **argv) {
         switch (c) {
         case OPT_PROMPT: prompt = optarg; break;
         case OPT_PROMPT_FILE: prompt_file = optarg; break;
-        case OPT_MAXNEW: if (cli_parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2; break;
-        case OPT_TEMP: if (cli_parse_float(optarg, "temperature", 0, 100, &temp)) return 2; break;
-        case OPT_TOPK: if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2; sampling_asked = 1; break;
-        case OPT_TOPP: if (cli_parse_float(optarg, "top-p", 0, 1, &top_p)) return 2; sampling_asked = 1; break;
-        case OPT_REP: if (cli_parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2; break;
-        case OPT_SEED: if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2; sampling_asked = 1; break;
+        case OPT_MAXNEW:
+            if (cli_parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2;
+            break;
+        case OPT_TEMP:
+            if (cli_parse_float(optarg, "temperature", 0, 100, &temp)) return 2;
+            break;
+        case OPT_TOPK:
+            if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2;
+            sampling_asked = 1;
+            break;
+        case OPT_TOPP:
+            if (cli_parse_float(optarg, "top-p", 0, 1, &top_p)) return 2;
+            sampling_asked = 1;
+            break;
+        case OPT_REP:
+            if (cli_parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2;
+            break;
+        case OPT_SEED:
+            if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2;
+            sampling_asked = 1;
+            break;
         case OPT_STOP:
             if (n_stops == 16) {
                 fprintf(stderr, "tuna: --stop: at most 16 stop strings\n");
@@ -111,8 +148,12 @@ static int cmd_generate(int argc, char **argv) {
             stops[n_stops++] = optarg;
             break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
-        case OPT_LOOKUP: if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &lookup)) return 2; break;
-        case OPT_THREADS: if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2; break;
+        case OPT_LOOKUP:
+            if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &lookup)) return 2;
+            break;
+        case OPT_THREADS:
+            if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
+            break;
         case OPT_BACKEND: backend = optarg; break;
         case OPT_JSON: json = 1; break;
         case OPT_NO_ECHO: echo = 0; break;
@@ -167,14 +208,21 @@ static int cmd_generate(int argc, char **argv) {
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
     sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
                  top_p >= 0 ? top_p : cfg->gen_top_p, rep > 0 ? rep : cfg->gen_repetition_penalty);
-    if (model_reserve(m, (int)n_ids + max_new, (int)n_ids < 512 ? (int)n_ids : 512, &err)) goto fail;
+    if (model_reserve(m, (int)n_ids + max_new, (int)n_ids < 512 ? (int)n_ids : 512, &err))
+        goto fail;
     int32_t eos[CONFIG_MAX_EOS + 1];
     int n_eos = 0;
-    for (int i = 0; i < cfg->n_eos; i++) eos[n_eos++] = cfg->eos_ids[i];
+    for (int i = 0; i < cfg->n_eos; i++)
+        eos[n_eos++] = cfg->eos_ids[i];
     if (!n_eos && tokenizer_eos_id(tok) >= 0) eos[n_eos++] = tokenizer_eos_id(tok);
-    GenerateOptions opt = {.max_new_tokens = max_new, .ignore_eos = ignore_eos, .eos_ids = eos,
-                           .n_eos = n_eos, .stops = stops, .n_stops = n_stops,
-                           .on_text = json ? NULL : print_piece, .lookup = lookup};
+    GenerateOptions opt = {.max_new_tokens = max_new,
+                           .ignore_eos = ignore_eos,
+                           .eos_ids = eos,
+                           .n_eos = n_eos,
+                           .stops = stops,
+                           .n_stops = n_stops,
+                           .on_text = json ? NULL : print_piece,
+                           .lookup = lookup};
     if (!json && echo) {
         char *p = tokenizer_decode(tok, ids, n_ids, 1);
         fputs(p, stdout);
@@ -190,21 +238,26 @@ static int cmd_generate(int argc, char **argv) {
         json_ids(stdout, res.ids, res.n_ids);
         printf(", \"text\": ");
         json_str(stdout, res.text);
-        static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback", "context_full"};
+        static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback",
+                                    "context_full"};
         printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d",
                why[res.stopped_by], tps, be->n_threads);
-        if (lookup && !sample) printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res.n_drafted, res.n_accepted);
+        if (lookup && !sample)
+            printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res.n_drafted,
+                   res.n_accepted);
         printf("}\n");
     } else {
         fputc('\n', stdout);
     }
     fflush(stdout);
     if (!quiet) {
-        fprintf(stderr, "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
-                        "%d thread%s",
+        fprintf(stderr,
+                "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
+                "%d thread%s",
                 n_ids, res.n_ids, res.prefill_s + res.decode_s, tps, be->n_threads,
                 be->n_threads == 1 ? "" : "s");
-        if (lookup && !sample) fprintf(stderr, ", lookup kept %zu of %zu drafted", res.n_accepted, res.n_drafted);
+        if (lookup && !sample)
+            fprintf(stderr, ", lookup kept %zu of %zu drafted", res.n_accepted, res.n_drafted);
         fputc('\n', stderr);
     }
     rc = 0;
@@ -235,11 +288,13 @@ static const struct {
         {"watch", cmd_watch, "follow a run folder (live or finished) in the terminal UI"},
         {"train", cmd_train, "fine-tune (full, freeze, LoRA); --help lists every option"},
         {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
-        {"template", cmd_template, "list templates, or show one rendered example with its loss mask"},
+        {"template", cmd_template,
+         "list templates, or show one rendered example with its loss mask"},
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: tuna COMMAND [options]   (tuna COMMAND --help for its options)\n\ncommands:\n");
+    fprintf(f,
+            "usage: tuna COMMAND [options]   (tuna COMMAND --help for its options)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
 }

@@ -34,7 +34,8 @@ typedef struct SpecList {
 
 static void spec_add(SpecList *l, const char *name, int ndim, int64_t d0, int64_t d1, float **dst,
                      size_t n, LoadMode mode, int part) {
-    if (l->n == l->cap) l->v = xrealloc(l->v, sizeof(ParamSpec) * (size_t)(l->cap = l->cap * 2 + 16));
+    if (l->n == l->cap)
+        l->v = xrealloc(l->v, sizeof(ParamSpec) * (size_t)(l->cap = l->cap * 2 + 16));
     ParamSpec *s = &l->v[l->n++];
     snprintf(s->name, sizeof s->name, "%s", name);
     s->ndim = ndim;
@@ -51,7 +52,8 @@ static void specs_llama(Model *m, SpecList *l) {
     size_t C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
            FF = (size_t)c->FF, V = (size_t)c->V;
     char nm[128];
-    spec_add(l, "model.embed_tokens.weight", 2, (int64_t)V, (int64_t)C, &m->wte, V * C, LOAD_COPY, 0);
+    spec_add(l, "model.embed_tokens.weight", 2, (int64_t)V, (int64_t)C, &m->wte, V * C, LOAD_COPY,
+             0);
     for (int i = 0; i < c->L; i++) {
         LayerWeights *w = &m->layers[i];
 #define P(suffix, nd, d0, d1, field)                                                               \
@@ -132,18 +134,21 @@ static void specs_gpt2(Model *m, SpecList *l, const char *pre) {
 static int spec_fill(const ParamSpec *s, const StTensor *t, float *host, float *scratch,
                      const char *file, TunaErr *err) {
     size_t fn = 1;
-    for (int d = 0; d < s->ndim; d++) fn *= (size_t)s->shape[d];
+    for (int d = 0; d < s->ndim; d++)
+        fn *= (size_t)s->shape[d];
     if (s->mode == LOAD_COPY) return st_tensor_to_f32(t, host, fn, err);
     int rc = st_tensor_to_f32(t, scratch, fn, err);
     if (rc) return rc;
     size_t R = (size_t)s->shape[0], Cn = s->ndim == 2 ? (size_t)s->shape[1] : 1;
     if (s->mode == LOAD_TRANSPOSE) {
         for (size_t r = 0; r < R; r++)
-            for (size_t c = 0; c < Cn; c++) host[c * R + r] = scratch[r * Cn + c];
+            for (size_t c = 0; c < Cn; c++)
+                host[c * R + r] = scratch[r * Cn + c];
     } else if (s->mode == LOAD_SPLIT3_T) {
         size_t W = Cn / 3, off = (size_t)s->part * W; /* file (C, 3C) -> ours (C_out=W, C_in=R) */
         for (size_t r = 0; r < R; r++)
-            for (size_t c = 0; c < W; c++) host[c * R + r] = scratch[r * Cn + off + c];
+            for (size_t c = 0; c < W; c++)
+                host[c * R + r] = scratch[r * Cn + off + c];
     } else {
         size_t W = R / 3;
         memcpy(host, scratch + (size_t)s->part * W, W * sizeof(float));
@@ -169,7 +174,8 @@ static void rope_freqs(const ModelConfig *c, float *f) {
             float low_wl = (float)c->rope_orig_max_pos / c->rope_low_freq_factor;
             float high_wl = (float)c->rope_orig_max_pos / c->rope_high_freq_factor;
             float wl = 2.0f * (float)M_PI / inv;
-            if (wl > low_wl) inv = inv / c->rope_factor;
+            if (wl > low_wl)
+                inv = inv / c->rope_factor;
             else if (wl >= high_wl) {
                 float smooth = ((float)c->rope_orig_max_pos / wl - c->rope_low_freq_factor) /
                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
@@ -197,7 +203,8 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
     m->layers = xcalloc((size_t)c->L, sizeof *m->layers);
     if (c->arch == ARCH_GPT2)
         specs_gpt2(m, &specs, safetensors_find(st, "transformer.wte.weight") ? "transformer." : "");
-    else specs_llama(m, &specs);
+    else
+        specs_llama(m, &specs);
 
     // --- check every tensor before allocating: names, shapes
     char missing[1024] = "";
@@ -214,7 +221,8 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
             continue;
         }
         int same = t->ndim == s->ndim;
-        for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
+        for (int d = 0; same && d < s->ndim; d++)
+            same = t->shape[d] == s->shape[d];
         if (!same) {
             char want[64], got[64];
             shape_str(want, sizeof want, s->ndim, s->shape);
@@ -225,8 +233,9 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
             goto fail;
         }
         if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
-            rc = tuna_errf(err, TUNA_EUNSUP, "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)",
-                           file, s->name, st_dtype_name(t->dtype));
+            rc = tuna_errf(err, TUNA_EUNSUP,
+                           "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)", file,
+                           s->name, st_dtype_name(t->dtype));
             goto fail;
         }
         total += s->n;
@@ -234,10 +243,9 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         if (fn > biggest) biggest = fn;
     }
     if (n_missing) {
-        rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: %d tensor%s missing for %s with %d layers: %s%s", file, n_missing,
-                       n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L, missing,
-                       n_missing > 4 ? ", ..." : "");
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: %d tensor%s missing for %s with %d layers: %s%s",
+                       file, n_missing, n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L,
+                       missing, n_missing > 4 ? ", ..." : "");
         goto fail;
     }
 
@@ -252,7 +260,8 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
     /* host backends are filled in place (no staging copy); scratch only for the transposed and
      * split GPT-2 tensors */
     int direct = be->ops->host_memory, reshaped = 0;
-    for (int i = 0; i < specs.n; i++) reshaped |= specs.v[i].mode != LOAD_COPY;
+    for (int i = 0; i < specs.n; i++)
+        reshaped |= specs.v[i].mode != LOAD_COPY;
     if (reshaped) scratch = malloc(biggest * sizeof(float));
     if (!direct) host = malloc(biggest * sizeof(float));
     if ((reshaped && !scratch) || (!direct && !host)) {
@@ -317,7 +326,7 @@ fail:
 
 static void free_state(Model *m) {
     Backend *be = m->be;
-    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new, &m->v_new, &m->x,  &m->xb,
+    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new, &m->v_new, &m->x,   &m->xb,
                       &m->xb2,     &m->q,       &m->att,   &m->hb,    &m->hb2, &m->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         be->ops->release(be, *bufs[i]);
@@ -379,9 +388,9 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     struct {
         float **p;
         size_t n;
-    } want[] = {{&m->k_cache, kv},    {&m->v_cache, kv},     {&m->x, T * c->C},
-                {&m->xb, T * c->C},   {&m->xb2, T * c->C},   {&m->q, T * QD},
-                {&m->att, T * QD},    {&m->hb, T * c->FF},   {&m->hb2, T * c->FF},
+    } want[] = {{&m->k_cache, kv},      {&m->v_cache, kv},         {&m->x, T * c->C},
+                {&m->xb, T * c->C},     {&m->xb2, T * c->C},       {&m->q, T * QD},
+                {&m->att, T * QD},      {&m->hb, T * c->FF},       {&m->hb2, T * c->FF},
                 {&m->logits, T * c->V}, {&m->k_new, n_slots * KD}, {&m->v_new, n_slots * KD}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         *want[i].p = be->ops->alloc(be, want[i].n * sizeof(float));
@@ -453,8 +462,10 @@ int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err) {
 static void norm_rows(Model *m, float *out, const float *in, const float *w, const float *b,
                       int R) {
     const ModelConfig *c = &m->cfg;
-    if (c->norm == NORM_RMS) m->be->ops->rmsnorm_fwd(m->be, out, in, w, c->norm_eps, R, c->C);
-    else m->be->ops->layernorm_fwd(m->be, out, in, w, b, c->norm_eps, R, c->C);
+    if (c->norm == NORM_RMS)
+        m->be->ops->rmsnorm_fwd(m->be, out, in, w, c->norm_eps, R, c->C);
+    else
+        m->be->ops->layernorm_fwd(m->be, out, in, w, b, c->norm_eps, R, c->C);
 }
 
 /* A layer's first half for R rows of m->x: norm, q into m->q, k and v into kd and vd (rows
@@ -511,7 +522,8 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
 
     op->embed_fwd(be, m->x, ids, m->wte, T, C);
     if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
-    for (int t = 0; t < T; t++) m->pos[t] = p0 + t;
+    for (int t = 0; t < T; t++)
+        m->pos[t] = p0 + t;
 
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
@@ -546,8 +558,9 @@ int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_lo
                          m->n_past + T, m->cache_T);
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= c->V)
-            return tuna_errf(err, TUNA_EINVAL, "token id %d at position %d is outside the vocabulary (%d)",
-                             ids[t], m->n_past + t, c->V);
+            return tuna_errf(err, TUNA_EINVAL,
+                             "token id %d at position %d is outside the vocabulary (%d)", ids[t],
+                             m->n_past + t, c->V);
     for (int done = 0; done < T;) {
         int n = T - done < m->act_T ? T - done : m->act_T;
         int last = done + n == T;
@@ -569,20 +582,25 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    if (!m->n_slots) return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: call model_reserve_slots first");
+    if (!m->n_slots)
+        return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: call model_reserve_slots first");
     if (n < 1 || n > m->act_T || n > m->n_slots)
-        return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: %d sequences for %d slots", n, m->n_slots);
+        return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: %d sequences for %d slots", n,
+                         m->n_slots);
     m->slot_past[m->slot] = m->n_past;
     for (int r = 0; r < n; r++) {
         int s = slots[r];
         if (s < 0 || s >= m->n_slots)
             return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: no slot %d", s);
         for (int q = 0; q < r; q++)
-            if (slots[q] == s) return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: slot %d twice", s);
+            if (slots[q] == s)
+                return tuna_errf(err, TUNA_EINVAL, "model_decode_slots: slot %d twice", s);
         if (ids[r] < 0 || ids[r] >= c->V)
-            return tuna_errf(err, TUNA_EINVAL, "token id %d is outside the vocabulary (%d)", ids[r], c->V);
+            return tuna_errf(err, TUNA_EINVAL, "token id %d is outside the vocabulary (%d)", ids[r],
+                             c->V);
         if (m->slot_past[s] >= m->cache_T)
-            return tuna_errf(err, TUNA_EINVAL, "sequence in slot %d fills the context of %d positions", s,
+            return tuna_errf(err, TUNA_EINVAL,
+                             "sequence in slot %d fills the context of %d positions", s,
                              m->cache_T);
         m->pos[r] = m->slot_past[s];
     }
@@ -590,8 +608,8 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
     op->embed_fwd(be, m->x, ids, m->wte, n, C);
     if (c->learned_pos)
         for (int r = 0; r < n; r++)
-            op->add_fwd(be, m->x + (size_t)r * C, m->x + (size_t)r * C, m->wpe + (size_t)m->pos[r] * C,
-                        (size_t)C);
+            op->add_fwd(be, m->x + (size_t)r * C, m->x + (size_t)r * C,
+                        m->wpe + (size_t)m->pos[r] * C, (size_t)C);
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
         qkv_fwd(m, w, n, m->k_new, m->v_new);
@@ -600,8 +618,8 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
             op->copy(be, m->k_cache + at, m->k_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
             op->copy(be, m->v_cache + at, m->v_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
             op->attention_fwd(be, m->att + (size_t)r * QD, m->q + (size_t)r * QD, m->k_cache + base,
-                              m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH, KVH,
-                              HS, c->sliding_window);
+                              m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH,
+                              KVH, HS, c->sliding_window);
         }
         out_mlp_fwd(m, w, n);
     }

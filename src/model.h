@@ -18,24 +18,24 @@
 #include "err.h"
 
 typedef struct LayerWeights {
-    float *ln1_w, *ln1_b;        // (C) ; ln1_b only for LayerNorm
-    float *wq, *bq;              // (NH*HS, C), (NH*HS)
-    float *wk, *bk;              // (KVH*HS, C), (KVH*HS)
-    float *wv, *bv;              // (KVH*HS, C), (KVH*HS)
-    float *wo, *bo;              // (C, NH*HS), (C)
-    float *q_norm, *k_norm;      // (HS) Qwen3
-    float *ln2_w, *ln2_b;        // (C)
-    float *w_gate, *b_gate;      // (FF, C) SwiGLU only
-    float *w_up, *b_up;          // (FF, C)  GPT-2: c_fc
-    float *w_down, *b_down;      // (C, FF)  GPT-2: c_proj
+    float *ln1_w, *ln1_b;   // (C) ; ln1_b only for LayerNorm
+    float *wq, *bq;         // (NH*HS, C), (NH*HS)
+    float *wk, *bk;         // (KVH*HS, C), (KVH*HS)
+    float *wv, *bv;         // (KVH*HS, C), (KVH*HS)
+    float *wo, *bo;         // (C, NH*HS), (C)
+    float *q_norm, *k_norm; // (HS) Qwen3
+    float *ln2_w, *ln2_b;   // (C)
+    float *w_gate, *b_gate; // (FF, C) SwiGLU only
+    float *w_up, *b_up;     // (FF, C)  GPT-2: c_fc
+    float *w_down, *b_down; // (C, FF)  GPT-2: c_proj
 } LayerWeights;
 
 /* One tensor of the checkpoint as it maps into Model.params: HF name, file shape, and where
  * its floats live (GPT-2's fused c_attn appears three times, part 0..2, mode 2/3). */
 typedef struct ParamInfo {
     char name[128];
-    size_t off;       /* offset in floats into params */
-    size_t n;         /* floats */
+    size_t off; /* offset in floats into params */
+    size_t n;   /* floats */
     int ndim;
     int64_t shape[2]; /* as stored in the file */
     int mode;         /* 0 copy, 1 transposed (Conv1D), 2 split of c_attn weight, 3 of its bias */
@@ -44,34 +44,34 @@ typedef struct ParamInfo {
 
 typedef struct Model {
     ModelConfig cfg;
-    Backend *be;                 /* borrowed */
-    float *params;               /* one backend allocation holding every weight */
-    size_t n_params;             /* floats in params */
-    float *wte;                  // (V, C)
-    float *wpe;                  // (max_pos, C) GPT-2
-    float *lnf_w, *lnf_b;        // (C)
-    float *lm_head;              // (V, C), == wte when tied
-    LayerWeights *layers;        // (L)
-    ParamInfo *pinfo;            /* every checkpoint tensor, in params order */
+    Backend *be;          /* borrowed */
+    float *params;        /* one backend allocation holding every weight */
+    size_t n_params;      /* floats in params */
+    float *wte;           // (V, C)
+    float *wpe;           // (max_pos, C) GPT-2
+    float *lnf_w, *lnf_b; // (C)
+    float *lm_head;       // (V, C), == wte when tied
+    LayerWeights *layers; // (L)
+    ParamInfo *pinfo;     /* every checkpoint tensor, in params order */
     int n_pinfo;
-    char dir[1024];              /* where it was loaded from */
-    float *inv_freq;             // (HS/2) RoPE frequencies, backend memory
+    char dir[1024];  /* where it was loaded from */
+    float *inv_freq; // (HS/2) RoPE frequencies, backend memory
 
     // --- inference state (sized by model_reserve)
-    int cache_T;                 /* positions the KV cache holds (per slot) */
-    int n_past;                  /* positions already in the current slot's cache */
-    int n_slots, slot;           /* sequences the cache holds (batched decoding), current one */
-    int *slot_past;              /* (n_slots) n_past of each slot; slot_past[slot] is stale */
-    float *k_cache, *v_cache;    // (L, n_slots, cache_T, KVH, HS)
-    float *k_new, *v_new;        // (n_slots, KVH*HS) a decoding batch's new keys and values
-    int act_T;                   /* rows the activation buffers hold */
-    float *x, *xb, *xb2;         // (act_T, C)
-    float *q, *att;              // (act_T, NH*HS)
-    float *hb, *hb2;             // (act_T, FF)
-    float *logits;               // (act_T, V)
-    int32_t *pos;                // (act_T) host
-    int prefix_len;              /* prefix tuning: virtual tokens at cache positions 0..P-1 */
-    float *prefix;               // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
+    int cache_T;              /* positions the KV cache holds (per slot) */
+    int n_past;               /* positions already in the current slot's cache */
+    int n_slots, slot;        /* sequences the cache holds (batched decoding), current one */
+    int *slot_past;           /* (n_slots) n_past of each slot; slot_past[slot] is stale */
+    float *k_cache, *v_cache; // (L, n_slots, cache_T, KVH, HS)
+    float *k_new, *v_new;     // (n_slots, KVH*HS) a decoding batch's new keys and values
+    int act_T;                /* rows the activation buffers hold */
+    float *x, *xb, *xb2;      // (act_T, C)
+    float *q, *att;           // (act_T, NH*HS)
+    float *hb, *hb2;          // (act_T, FF)
+    float *logits;            // (act_T, V)
+    int32_t *pos;             // (act_T) host
+    int prefix_len;           /* prefix tuning: virtual tokens at cache positions 0..P-1 */
+    float *prefix;            // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
 } Model;
 
 /* Loads config.json + model.safetensors (or its sharded index) from dir onto be. */
@@ -110,8 +110,7 @@ int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
  * logits (host memory) of the last token, (V), or of every token, (T, V), when all_logits.
  * Chunks longer than act_T are run in pieces. Fails if ids are out of range or the cache
  * is full. */
-int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_logits,
-                  TunaErr *err);
+int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_logits, TunaErr *err);
 
 /* Total parameter count (as in the checkpoint, tied embeddings once). */
 size_t model_param_count(const Model *m);

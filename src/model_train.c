@@ -9,15 +9,25 @@
 
 // --- LoRA sites: the linear layers an adapter can sit on
 
-typedef enum { SITE_Q, SITE_K, SITE_V, SITE_QKV, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, N_SITES } Site;
+typedef enum {
+    SITE_Q,
+    SITE_K,
+    SITE_V,
+    SITE_QKV,
+    SITE_O,
+    SITE_GATE,
+    SITE_UP,
+    SITE_DOWN,
+    N_SITES
+} Site;
 
 typedef struct LoraMod {
     int layer, site;
-    int in, out;       /* out = 3C for GPT-2's fused c_attn */
-    float *A, *B;      // (r, in), (out, r)
+    int in, out;  /* out = 3C for GPT-2's fused c_attn */
+    float *A, *B; // (r, in), (out, r)
     float *dA, *dB;
-    float *h;          // (N, in) the dropped-out input, NULL when dropout is 0
-    float *u;          // (N, r) h · Aᵀ
+    float *h; // (N, in) the dropped-out input, NULL when dropout is 0
+    float *u; // (N, r) h · Aᵀ
     /* with checkpointing, h and u of the layers after the first alias the first layer's
      * module at the same site: only the layer being recomputed needs them */
 } LoraMod;
@@ -25,12 +35,12 @@ typedef struct LoraMod {
 /* One layer's activations. With checkpointing every layer has its own x_in and all layers
  * share the rest (one layer's worth, filled again by the recompute in the backward). */
 typedef struct LayerActs {
-    float *x_in;           // (N, C) residual stream into the layer
+    float *x_in;              // (N, C) residual stream into the layer
     float *xn1, *x_mid, *xn2; // (N, C)
-    float *qraw, *kraw;    // (N, QD), (N, KD) before q/k norm (Qwen3 only)
-    float *q, *k, *v;      // (N, QD), (N, KD), (N, KD) as attention sees them
-    float *att;            // (N, QD)
-    float *gate, *up, *act; // (N, FF)
+    float *qraw, *kraw;       // (N, QD), (N, KD) before q/k norm (Qwen3 only)
+    float *q, *k, *v;         // (N, QD), (N, KD), (N, KD) as attention sees them
+    float *att;               // (N, QD)
+    float *gate, *up, *act;   // (N, FF)
 } LayerActs;
 
 struct TrainState {
@@ -60,27 +70,27 @@ struct TrainState {
     int n_tp;
     size_t n_trainable;
     // activations
-    int ckpt;               /* gradient checkpointing: see LayerActs */
-    LayerActs *acts;        /* (L) */
+    int ckpt;        /* gradient checkpointing: see LayerActs */
+    LayerActs *acts; /* (L) */
     float *x_L, *xnf, *logits;
     float *act_block;
-    size_t act_bytes;       /* act_block plus the LoRA h and u buffers */
+    size_t act_bytes; /* act_block plus the LoRA h and u buffers */
     // scratch
     float *dx, *dxn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *tmp, *dys, *du, *dh, *zeros;
     size_t zeros_n;
-    float *losses;  /* (N) host */
+    float *losses;                     /* (N) host */
     int32_t *head_rows, *head_targets; /* (N) host: the positions that have a target, and it */
-    int32_t *pos;   /* (N) host */
+    int32_t *pos;                      /* (N) host */
     uint64_t step_seed;
     // prefix tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
-    size_t PW;              /* L*2*KD */
-    float *pre, *pre_grad;  /* host (P, PW) */
-    float *pre_dev, *pre_grad_dev; /* backend copies */
-    float *p_emb, *p_w1, *p_b1, *p_w2, *p_b2;      /* params (backend): E (P,PW) or the MLP */
-    float *g_emb, *g_w1, *g_b1, *g_w2, *g_b2;      /* their grads */
-    float *p_h;             /* host (P, H) tanh activations */
-    float *dkf, *dvf;       /* (B, P+T, KD) attention grads incl. the prefix rows */
+    size_t PW;                                /* L*2*KD */
+    float *pre, *pre_grad;                    /* host (P, PW) */
+    float *pre_dev, *pre_grad_dev;            /* backend copies */
+    float *p_emb, *p_w1, *p_b1, *p_w2, *p_b2; /* params (backend): E (P,PW) or the MLP */
+    float *g_emb, *g_w1, *g_b1, *g_w2, *g_b2; /* their grads */
+    float *p_h;                               /* host (P, H) tanh activations */
+    float *dkf, *dvf; /* (B, P+T, KD) attention grads incl. the prefix rows */
 };
 
 static const char *site_hf(const ModelConfig *c, int site) {
@@ -124,15 +134,16 @@ static int parse_targets(const ModelConfig *c, const char *list, int want[N_SITE
     memset(want, 0, sizeof(int) * N_SITES);
     int g = c->arch == ARCH_GPT2;
     if (!list || !*list) list = g ? "c_attn" : "q_proj,v_proj"; /* PEFT's defaults */
-    if (!strcmp(list, "all")) list = g ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    if (!strcmp(list, "all"))
+        list = g ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     snprintf(norm, cap, "%s", list);
     char *dup = xstrdup(list), *save = NULL;
     for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        while (*t == ' ') t++;
+        while (*t == ' ')
+            t++;
         int hit = 0;
         for (int s = 0; s < N_SITES; s++) {
-            if (g ? (s == SITE_Q || s == SITE_K || s == SITE_V || s == SITE_GATE)
-                  : s == SITE_QKV)
+            if (g ? (s == SITE_Q || s == SITE_K || s == SITE_V || s == SITE_GATE) : s == SITE_QKV)
                 continue;
             if (!strcmp(t, site_hf(c, s))) {
                 want[s] = 1;
@@ -143,7 +154,8 @@ static int parse_targets(const ModelConfig *c, const char *list, int want[N_SITE
             tuna_errf(err, TUNA_EINVAL,
                       "--lora-target: \"%s\" is not a linear layer of %s (use %s, or all)", t,
                       config_arch_name(c->arch),
-                      g ? "c_attn, c_proj, c_fc" : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+                      g ? "c_attn, c_proj, c_fc"
+                        : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
             free(dup);
             return TUNA_EINVAL;
         }
@@ -155,14 +167,32 @@ static int parse_targets(const ModelConfig *c, const char *list, int want[N_SITE
 static void site_dims(const ModelConfig *c, int site, int *in, int *out) {
     int QD = c->NH * c->HS, KD = c->KVH * c->HS;
     switch (site) {
-    case SITE_Q: *in = c->C; *out = QD; break;
+    case SITE_Q:
+        *in = c->C;
+        *out = QD;
+        break;
     case SITE_K:
-    case SITE_V: *in = c->C; *out = KD; break;
-    case SITE_QKV: *in = c->C; *out = QD + 2 * KD; break;
-    case SITE_O: *in = QD; *out = c->C; break;
+    case SITE_V:
+        *in = c->C;
+        *out = KD;
+        break;
+    case SITE_QKV:
+        *in = c->C;
+        *out = QD + 2 * KD;
+        break;
+    case SITE_O:
+        *in = QD;
+        *out = c->C;
+        break;
     case SITE_GATE:
-    case SITE_UP: *in = c->C; *out = c->FF; break;
-    default: *in = c->FF; *out = c->C; break;
+    case SITE_UP:
+        *in = c->C;
+        *out = c->FF;
+        break;
+    default:
+        *in = c->FF;
+        *out = c->C;
+        break;
     }
 }
 
@@ -230,11 +260,13 @@ static int tokens_init(TrainState *ts, const char *list, TunaErr *err) {
         char *end;
         long v = strtol(q, &end, 10);
         if (end == q || (*end && *end != ',') || v < 0 || v >= V)
-            return tuna_errf(err, TUNA_EINVAL, "trainable tokens \"%s\": want token ids in [0, %d), comma-separated",
+            return tuna_errf(err, TUNA_EINVAL,
+                             "trainable tokens \"%s\": want token ids in [0, %d), comma-separated",
                              list, V);
         for (int j = 0; j < ts->n_tok; j++)
             if (ts->tok_idx[j] == (int32_t)v)
-                return tuna_errf(err, TUNA_EINVAL, "trainable tokens \"%s\": id %ld twice", list, v);
+                return tuna_errf(err, TUNA_EINVAL, "trainable tokens \"%s\": id %ld twice", list,
+                                 v);
         ts->tok_idx = xrealloc(ts->tok_idx, sizeof(int32_t) * (size_t)(ts->n_tok + 1));
         ts->tok_idx[ts->n_tok++] = (int32_t)v;
         q = *end ? end + 1 : end;
@@ -248,9 +280,10 @@ static int tokens_init(TrainState *ts, const char *list, TunaErr *err) {
         ts->be->ops->copy(ts->be, ts->tok_val + (size_t)j * C, m->wte + (size_t)ts->tok_idx[j] * C,
                           sizeof(float) * (size_t)C);
     char name[200];
-    const char *emb = m->cfg.arch == ARCH_GPT2 ? (!strncmp(m->pinfo[0].name, "transformer.", 12)
-                                                           ? "transformer.wte" : "wte")
-                                               : "model.embed_tokens";
+    const char *emb =
+            m->cfg.arch == ARCH_GPT2
+                    ? (!strncmp(m->pinfo[0].name, "transformer.", 12) ? "transformer.wte" : "wte")
+                    : "model.embed_tokens";
     snprintf(name, sizeof name, "base_model.model.%s.token_adapter.trainable_tokens_delta", emb);
     add_tp(ts, name, ts->tok_val, ts->tok_grad, n, 2, ts->n_tok, C, 1);
     return 0;
@@ -260,8 +293,8 @@ static int tokens_init(TrainState *ts, const char *list, TunaErr *err) {
 static void tokens_sync(TrainState *ts) {
     int C = ts->m->cfg.C;
     for (int j = 0; j < ts->n_tok; j++)
-        ts->be->ops->copy(ts->be, ts->m->wte + (size_t)ts->tok_idx[j] * C, ts->tok_val + (size_t)j * C,
-                          sizeof(float) * (size_t)C);
+        ts->be->ops->copy(ts->be, ts->m->wte + (size_t)ts->tok_idx[j] * C,
+                          ts->tok_val + (size_t)j * C, sizeof(float) * (size_t)C);
 }
 
 /* Gradient of the trainable rows: through a tied LM head, dlogits[:, id]ᵀ · xnf, and through
@@ -279,7 +312,8 @@ static void tokens_grad_head(TrainState *ts, const float *dlogits, const float *
             float d = dlogits[(size_t)r * V + col];
             if (d == 0.0f) continue;
             const float *x = xnf + (size_t)r * C;
-            for (int k = 0; k < C; k++) g[k] += d * x[k];
+            for (int k = 0; k < C; k++)
+                g[k] += d * x[k];
         }
     }
 }
@@ -291,7 +325,8 @@ static void tokens_grad_embed(TrainState *ts, const float *dx, const int32_t *id
             if (ids[t] == ts->tok_idx[j]) {
                 float *g = ts->tok_grad + (size_t)j * C;
                 const float *d = dx + (size_t)t * C;
-                for (int k = 0; k < C; k++) g[k] += d[k];
+                for (int k = 0; k < C; k++)
+                    g[k] += d[k];
             }
 }
 
@@ -305,12 +340,14 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
                          op->name);
     const ModelConfig *c = &m->cfg;
     if (T > c->max_pos && c->learned_pos)
-        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T, c->max_pos);
+        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
+                         c->max_pos);
     TrainState *ts = xcalloc(1, sizeof *ts);
     ts->m = m;
     ts->be = be;
     ts->setup = *setup;
-    ts->setup.lora_tokens = NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
+    ts->setup.lora_tokens =
+            NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
     ts->B = B;
     ts->T = T;
     ts->N = (size_t)B * T;
@@ -326,7 +363,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         if (setup->method == METHOD_FREEZE) {
             int nl = setup->freeze_layers;
             if (nl < 1 || nl > c->L) {
-                rc = tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d", c->L, nl);
+                rc = tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d", c->L,
+                               nl);
                 goto fail;
             }
             size_t lo, hi, lo2, hi2;
@@ -413,7 +451,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         }
         op->upload(be, ts->ad, host, sizeof(float) * total);
         free(host);
-        if (setup->lora_tokens && setup->lora_tokens[0] && (rc = tokens_init(ts, setup->lora_tokens, err)))
+        if (setup->lora_tokens && setup->lora_tokens[0] &&
+            (rc = tokens_init(ts, setup->lora_tokens, err)))
             goto fail;
     }
 
@@ -432,7 +471,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         size_t D = setup->prefix_projection ? KD : ts->PW; /* PEFT: token_dim = KVH*HS */
         size_t n_emb = (size_t)P * D, n_w1 = setup->prefix_projection ? (size_t)H * D : 0,
                n_b1 = setup->prefix_projection ? (size_t)H : 0,
-               n_w2 = setup->prefix_projection ? ts->PW * H : 0, n_b2 = setup->prefix_projection ? ts->PW : 0;
+               n_w2 = setup->prefix_projection ? ts->PW * H : 0,
+               n_b2 = setup->prefix_projection ? ts->PW : 0;
         size_t total = n_emb + n_w1 + n_b1 + n_w2 + n_b2;
         ts->n_ad = total;
         ts->ad = balloc(ts, total, &fail);
@@ -463,17 +503,35 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         op->upload(be, ts->ad, host, sizeof(float) * total);
         free(host);
         float *pp = ts->ad, *gg = ts->ad_grad;
-        ts->p_emb = pp; ts->g_emb = gg; pp += n_emb; gg += n_emb;
+        ts->p_emb = pp;
+        ts->g_emb = gg;
+        pp += n_emb;
+        gg += n_emb;
         if (setup->prefix_projection) {
-            ts->p_w1 = pp; ts->g_w1 = gg; pp += n_w1; gg += n_w1;
-            ts->p_b1 = pp; ts->g_b1 = gg; pp += n_b1; gg += n_b1;
-            ts->p_w2 = pp; ts->g_w2 = gg; pp += n_w2; gg += n_w2;
-            ts->p_b2 = pp; ts->g_b2 = gg;
-            add_tp(ts, "prompt_encoder.default.embedding.weight", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)D, 1);
-            add_tp(ts, "prompt_encoder.default.transform.0.weight", ts->p_w1, ts->g_w1, n_w1, 2, H, (int64_t)D, 1);
-            add_tp(ts, "prompt_encoder.default.transform.0.bias", ts->p_b1, ts->g_b1, n_b1, 1, H, 0, 0);
-            add_tp(ts, "prompt_encoder.default.transform.2.weight", ts->p_w2, ts->g_w2, n_w2, 2, (int64_t)ts->PW, H, 1);
-            add_tp(ts, "prompt_encoder.default.transform.2.bias", ts->p_b2, ts->g_b2, n_b2, 1, (int64_t)ts->PW, 0, 0);
+            ts->p_w1 = pp;
+            ts->g_w1 = gg;
+            pp += n_w1;
+            gg += n_w1;
+            ts->p_b1 = pp;
+            ts->g_b1 = gg;
+            pp += n_b1;
+            gg += n_b1;
+            ts->p_w2 = pp;
+            ts->g_w2 = gg;
+            pp += n_w2;
+            gg += n_w2;
+            ts->p_b2 = pp;
+            ts->g_b2 = gg;
+            add_tp(ts, "prompt_encoder.default.embedding.weight", ts->p_emb, ts->g_emb, n_emb, 2, P,
+                   (int64_t)D, 1);
+            add_tp(ts, "prompt_encoder.default.transform.0.weight", ts->p_w1, ts->g_w1, n_w1, 2, H,
+                   (int64_t)D, 1);
+            add_tp(ts, "prompt_encoder.default.transform.0.bias", ts->p_b1, ts->g_b1, n_b1, 1, H, 0,
+                   0);
+            add_tp(ts, "prompt_encoder.default.transform.2.weight", ts->p_w2, ts->g_w2, n_w2, 2,
+                   (int64_t)ts->PW, H, 1);
+            add_tp(ts, "prompt_encoder.default.transform.2.bias", ts->p_b2, ts->g_b2, n_b2, 1,
+                   (int64_t)ts->PW, 0, 0);
         } else {
             add_tp(ts, "prompt_embeddings", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)ts->PW, 1);
         }
@@ -551,7 +609,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->head_targets = xmalloc(sizeof(int32_t) * N);
     ts->pos = xmalloc(sizeof(int32_t) * N);
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) ts->pos[(size_t)b * T + t] = ts->P + t;
+        for (int t = 0; t < T; t++)
+            ts->pos[(size_t)b * T + t] = ts->P + t;
     train_zero_grad(ts);
     *out = ts;
     return 0;
@@ -568,10 +627,11 @@ fail:
 void train_state_free(TrainState *ts) {
     if (!ts) return;
     Backend *be = ts->be;
-    float *bufs[] = {ts->grads, ts->ad,    ts->ad_grad, ts->act_block, ts->dx,   ts->dxn,
-                     ts->dq,    ts->dk,    ts->dv,      ts->datt,      ts->dgate, ts->dup,
-                     ts->dact,  ts->tmp,   ts->dys,     ts->du,        ts->dh,   ts->zeros};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->ops->release(be, bufs[i]);
+    float *bufs[] = {ts->grads, ts->ad,  ts->ad_grad, ts->act_block, ts->dx,    ts->dxn,
+                     ts->dq,    ts->dk,  ts->dv,      ts->datt,      ts->dgate, ts->dup,
+                     ts->dact,  ts->tmp, ts->dys,     ts->du,        ts->dh,    ts->zeros};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        be->ops->release(be, bufs[i]);
     for (int i = 0; i < ts->n_mods; i++) {
         if (ts->ckpt && ts->mods[i].layer > 0) continue; /* aliases of the first layer's */
         be->ops->release(be, ts->mods[i].h);
@@ -705,8 +765,8 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
  * the base trains, dA and dB when an adapter sits here. last_slice: the fused c_attn
  * finishes its A gradient after the third slice. */
 static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slice, float *din,
-                       const float *dout, const float *in, const float *W, const float *bias,
-                       int M, int K, int n_out) {
+                       const float *dout, const float *in, const float *W, const float *bias, int M,
+                       int K, int n_out) {
     Backend *be = ts->be;
     be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
@@ -738,12 +798,14 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
 static void norm_fwd(TrainState *ts, float *out, const float *in, const float *w, const float *b,
                      int R) {
     const ModelConfig *c = &ts->m->cfg;
-    if (c->norm == NORM_RMS) ts->be->ops->rmsnorm_fwd(ts->be, out, in, w, c->norm_eps, R, c->C);
-    else ts->be->ops->layernorm_fwd(ts->be, out, in, w, b, c->norm_eps, R, c->C);
+    if (c->norm == NORM_RMS)
+        ts->be->ops->rmsnorm_fwd(ts->be, out, in, w, c->norm_eps, R, c->C);
+    else
+        ts->be->ops->layernorm_fwd(ts->be, out, in, w, b, c->norm_eps, R, c->C);
 }
 
-static void norm_bwd(TrainState *ts, float *din, const float *dout, const float *in,
-                     const float *w, const float *b, int R) {
+static void norm_bwd(TrainState *ts, float *din, const float *dout, const float *in, const float *w,
+                     const float *b, int R) {
     const ModelConfig *c = &ts->m->cfg;
     if (c->norm == NORM_RMS)
         ts->be->ops->rmsnorm_bwd(ts->be, din, G(ts, w), dout, in, w, c->norm_eps, R, c->C);
@@ -777,16 +839,22 @@ static void prefix_build(TrainState *ts) {
         for (int p = 0; p < P; p++) {
             for (int h = 0; h < H; h++) {
                 double z = b1[h];
-                for (size_t d = 0; d < D; d++) z += (double)E[p * D + d] * (double)W1[h * D + d];
+                for (size_t d = 0; d < D; d++)
+                    z += (double)E[p * D + d] * (double)W1[h * D + d];
                 ts->p_h[(size_t)p * H + h] = (float)tanh(z);
             }
             for (size_t o = 0; o < PW; o++) {
                 double y = b2[o];
-                for (int h = 0; h < H; h++) y += (double)ts->p_h[(size_t)p * H + h] * (double)W2[o * H + h];
+                for (int h = 0; h < H; h++)
+                    y += (double)ts->p_h[(size_t)p * H + h] * (double)W2[o * H + h];
                 ts->pre[p * PW + o] = (float)y;
             }
         }
-        free(E); free(W1); free(b1); free(W2); free(b2);
+        free(E);
+        free(W1);
+        free(b1);
+        free(W2);
+        free(b2);
     }
     ts->be->ops->upload(ts->be, ts->pre_dev, ts->pre, sizeof(float) * (size_t)P * PW);
 }
@@ -795,7 +863,8 @@ static void prefix_build(TrainState *ts) {
 static void grad_add(TrainState *ts, float *dst, const float *g, size_t n) {
     float *h = xmalloc(sizeof(float) * n);
     host_get(ts, h, dst, n);
-    for (size_t i = 0; i < n; i++) h[i] += g[i];
+    for (size_t i = 0; i < n; i++)
+        h[i] += g[i];
     ts->be->ops->upload(ts->be, dst, h, sizeof(float) * n);
     free(h);
 }
@@ -821,11 +890,13 @@ static void prefix_backward(TrainState *ts) {
         const float *dy = ts->pre_grad + p * PW, *hh = ts->p_h + (size_t)p * H;
         for (size_t o = 0; o < PW; o++) {
             gb2[o] += dy[o];
-            for (int h = 0; h < H; h++) gW2[o * H + h] += dy[o] * hh[h];
+            for (int h = 0; h < H; h++)
+                gW2[o * H + h] += dy[o] * hh[h];
         }
         for (int h = 0; h < H; h++) {
             double dh = 0;
-            for (size_t o = 0; o < PW; o++) dh += (double)dy[o] * (double)W2[o * H + h];
+            for (size_t o = 0; o < PW; o++)
+                dh += (double)dy[o] * (double)W2[o * H + h];
             dz[h] = (float)(dh * (1.0 - (double)hh[h] * (double)hh[h]));
             gb1[h] += dz[h];
             for (size_t d = 0; d < D; d++) {
@@ -839,7 +910,15 @@ static void prefix_backward(TrainState *ts) {
     grad_add(ts, ts->g_b1, gb1, (size_t)H);
     grad_add(ts, ts->g_w2, gW2, PW * H);
     grad_add(ts, ts->g_b2, gb2, PW);
-    free(E); free(W1); free(W2); free(gE); free(gW1); free(gb1); free(gW2); free(gb2); free(dz);
+    free(E);
+    free(W1);
+    free(W2);
+    free(gE);
+    free(gW1);
+    free(gb1);
+    free(gW2);
+    free(gb2);
+    free(dz);
 }
 
 /* k_full, v_full (B, P+T, KD): the prefix rows of layer l, then the new rows kn, vn (B*T, KD). */
@@ -853,8 +932,10 @@ static void prefix_scatter(TrainState *ts, int l, float *kf, float *vf, const fl
             op->copy(ts->be, kf + b * rowb + p * KD, src, KD * sizeof(float));
             op->copy(ts->be, vf + b * rowb + p * KD, src + KD, KD * sizeof(float));
         }
-        op->copy(ts->be, kf + b * rowb + P * KD, kn + (size_t)b * T * KD, (size_t)T * KD * sizeof(float));
-        op->copy(ts->be, vf + b * rowb + P * KD, vn + (size_t)b * T * KD, (size_t)T * KD * sizeof(float));
+        op->copy(ts->be, kf + b * rowb + P * KD, kn + (size_t)b * T * KD,
+                 (size_t)T * KD * sizeof(float));
+        op->copy(ts->be, vf + b * rowb + P * KD, vn + (size_t)b * T * KD,
+                 (size_t)T * KD * sizeof(float));
     }
 }
 
@@ -864,8 +945,10 @@ static void prefix_gather(TrainState *ts, int l, float *dk, float *dv, int Bn, i
     size_t KD = (size_t)ts->m->cfg.KVH * ts->m->cfg.HS, P = (size_t)ts->P, rowb = (P + T) * KD;
     float *h = xmalloc(sizeof(float) * P * KD * 2);
     for (int b = 0; b < Bn; b++) {
-        ts->be->ops->copy(ts->be, dk + (size_t)b * T * KD, ts->dkf + b * rowb + P * KD, (size_t)T * KD * sizeof(float));
-        ts->be->ops->copy(ts->be, dv + (size_t)b * T * KD, ts->dvf + b * rowb + P * KD, (size_t)T * KD * sizeof(float));
+        ts->be->ops->copy(ts->be, dk + (size_t)b * T * KD, ts->dkf + b * rowb + P * KD,
+                          (size_t)T * KD * sizeof(float));
+        ts->be->ops->copy(ts->be, dv + (size_t)b * T * KD, ts->dvf + b * rowb + P * KD,
+                          (size_t)T * KD * sizeof(float));
         host_get(ts, h, ts->dkf + b * rowb, P * KD);
         host_get(ts, h + P * KD, ts->dvf + b * rowb, P * KD);
         for (size_t p = 0; p < P; p++) {
@@ -941,19 +1024,20 @@ static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) 
 }
 
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
-                  float loss_scale, int backward, double *loss_sum, int *n_targets,
-                  TunaErr *err) {
+                  float loss_scale, int backward, double *loss_sum, int *n_targets, TunaErr *err) {
     Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     Backend *be = ts->be;
     const BackendOps *op = be->ops;
     if (B_used < 1 || B_used > ts->B)
-        return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used, ts->B);
+        return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used,
+                         ts->B);
     int T = ts->T, Bn = B_used, M = Bn * T;
     int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS, FF = c->FF;
     for (int i = 0; i < M; i++)
         if (ids[i] < 0 || ids[i] >= c->V)
-            return tuna_errf(err, TUNA_EINVAL, "token id %d outside the vocabulary (%d)", ids[i], c->V);
+            return tuna_errf(err, TUNA_EINVAL, "token id %d outside the vocabulary (%d)", ids[i],
+                             c->V);
     int fused = c->arch == ARCH_GPT2;
 
     // --- forward
@@ -990,9 +1074,10 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     double sum = 0;
     if (R) {
         op->matmul_fwd(be, ts->logits, ts->xnf, m->lm_head, NULL, R, C, c->V);
-        op->xent_fwd_bwd(be, backward ? ts->logits : NULL, ts->losses, ts->logits,
-                         ts->head_targets, R, c->V, loss_scale);
-        for (int r = 0; r < R; r++) sum += (double)ts->losses[r];
+        op->xent_fwd_bwd(be, backward ? ts->logits : NULL, ts->losses, ts->logits, ts->head_targets,
+                         R, c->V, loss_scale);
+        for (int r = 0; r < R; r++)
+            sum += (double)ts->losses[r];
     }
     *loss_sum = sum;
     *n_targets = R;
@@ -1003,7 +1088,8 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     if (R) {
         float *dxr = R < M ? ts->tmp : ts->dxn; /* the R rows' gradient, then back in place */
         if (R < M) zero(ts, dxr, (size_t)R * C);
-        op->matmul_bwd(be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C, c->V);
+        op->matmul_bwd(be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
+                       c->V);
         if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
         if (R < M)
             for (int r = 0; r < R; r++)
@@ -1021,13 +1107,15 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
         // MLP
         zero(ts, ts->dact, (size_t)M * FF);
-        linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
+        linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF,
+                   C);
         zero(ts, ts->dxn, (size_t)M * C);
         zero(ts, ts->dup, (size_t)M * FF);
         if (c->act == ACT_SILU) {
             zero(ts, ts->dgate, (size_t)M * FF);
             op->swiglu_bwd(be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF);
-            linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
+            linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M,
+                       C, FF);
         } else {
             op->gelu_bwd(be, ts->dup, ts->dact, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
         }
@@ -1057,16 +1145,21 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         float *dqin = ts->dq, *dkin = ts->dk;
         if (c->qk_norm) { /* through the per-head RMSNorm: reuse datt and tmp as scratch */
             zero(ts, ts->datt, (size_t)M * QD);
-            op->rmsnorm_bwd(be, ts->datt, G(ts, w->q_norm), ts->dq, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
+            op->rmsnorm_bwd(be, ts->datt, G(ts, w->q_norm), ts->dq, a->qraw, w->q_norm, c->norm_eps,
+                            M * NH, HS);
             zero(ts, ts->tmp, (size_t)M * KD);
-            op->rmsnorm_bwd(be, ts->tmp, G(ts, w->k_norm), ts->dk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
+            op->rmsnorm_bwd(be, ts->tmp, G(ts, w->k_norm), ts->dk, a->kraw, w->k_norm, c->norm_eps,
+                            M * KVH, HS);
             dqin = ts->datt;
             dkin = ts->tmp;
         }
         zero(ts, ts->dxn, (size_t)M * C);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq, M, C, QD);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1, w->wk, w->bk, M, C, KD);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1, w->wv, w->bv, M, C, KD);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq,
+                   M, C, QD);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1,
+                   w->wk, w->bk, M, C, KD);
+        linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1,
+                   w->wv, w->bv, M, C, KD);
         norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
     }
     if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
@@ -1125,7 +1218,8 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
                 for (int k = 0; k < lm->in; k++) {
                     double s = 0;
                     for (int j = 0; j < r; j++)
-                        s += (double)B[(size_t)(parts[pi].row0 + o) * r + j] * (double)A[(size_t)j * lm->in + k];
+                        s += (double)B[(size_t)(parts[pi].row0 + o) * r + j] *
+                             (double)A[(size_t)j * lm->in + k];
                     W[(size_t)o * lm->in + k] += (float)(s * (double)ts->lora_scale);
                 }
             be->ops->upload(be, parts[pi].W, W, n * sizeof(float));

@@ -28,30 +28,30 @@ typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA, METHOD_PREF
 
 typedef struct TrainSetup {
     TrainMethod method;
-    int freeze_layers;    /* freeze: how many last layers train */
-    int lora_rank;        /* lora */
+    int freeze_layers; /* freeze: how many last layers train */
+    int lora_rank;     /* lora */
     float lora_alpha;
     float lora_dropout;
-    int lora_rslora;      /* scale alpha/sqrt(r) instead of alpha/r */
+    int lora_rslora;          /* scale alpha/sqrt(r) instead of alpha/r */
     const char *lora_targets; /* comma list of HF module names, "all", or NULL for the default */
     const char *lora_tokens;  /* lora: comma list of token ids whose embedding rows also train
                                  (PEFT trainable_token_indices), or NULL */
-    uint64_t seed;        /* LoRA init and dropout */
-    int prefix_tokens;    /* prefix: num_virtual_tokens */
-    int prefix_projection; /* prefix: the MLP embedding -> tanh -> prefix */
-    int prefix_hidden;    /* prefix: encoder_hidden_size */
-    int grad_checkpoint;  /* keep layer inputs only; recompute the rest in the backward */
+    uint64_t seed;            /* LoRA init and dropout */
+    int prefix_tokens;        /* prefix: num_virtual_tokens */
+    int prefix_projection;    /* prefix: the MLP embedding -> tanh -> prefix */
+    int prefix_hidden;        /* prefix: encoder_hidden_size */
+    int grad_checkpoint;      /* keep layer inputs only; recompute the rest in the backward */
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */
 typedef struct TrainParam {
-    char name[160];   /* HF name (full/freeze) or PEFT adapter name (lora) */
-    float *data;      /* backend memory */
-    float *grad;      /* backend memory */
+    char name[160]; /* HF name (full/freeze) or PEFT adapter name (lora) */
+    float *data;    /* backend memory */
+    float *grad;    /* backend memory */
     size_t n;
     int ndim;
     int64_t shape[2];
-    int decay;        /* 0 for norms and biases (no weight decay) */
+    int decay; /* 0 for norms and biases (no weight decay) */
 } TrainParam;
 
 typedef struct TrainState TrainState;
@@ -74,8 +74,7 @@ void train_zero_grad(TrainState *ts);
  * loss_scale (e.g. 1 / targets in the whole accumulated batch). Returns the summed
  * token losses in *loss_sum and the counted targets in *n_targets. B_used <= B. */
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
-                  float loss_scale, int backward, double *loss_sum, int *n_targets,
-                  TunaErr *err);
+                  float loss_scale, int backward, double *loss_sum, int *n_targets, TunaErr *err);
 
 /* Dropout masks change every step: the caller bumps this (the step number). */
 void train_set_step_seed(TrainState *ts, uint64_t step);

@@ -45,7 +45,8 @@ int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, fl
     o->v = xcalloc((size_t)np, sizeof *o->v);
     o->len = xcalloc((size_t)np, sizeof *o->len);
     size_t zn = 0;
-    for (int i = 0; i < np; i++) zn = tp[i].n > zn ? tp[i].n : zn;
+    for (int i = 0; i < np; i++)
+        zn = tp[i].n > zn ? tp[i].n : zn;
     float *z = xcalloc(zn ? zn : 1, sizeof(float));
     for (int i = 0; i < np; i++) {
         o->len[i] = tp[i].n;
@@ -77,13 +78,16 @@ void optim_free(Optim *o) {
 
 double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale) {
     double ss = 0;
-    for (int i = 0; i < np; i++) ss += be->ops->sumsq(be, tp[i].grad, tp[i].n);
+    for (int i = 0; i < np; i++)
+        ss += be->ops->sumsq(be, tp[i].grad, tp[i].n);
     double norm = sqrt(ss);
     float c = 1.0f;
     if (max_norm > 0 && norm > (double)max_norm) c = (float)((double)max_norm / (norm + 1e-6));
-    if (gscale) *gscale = c;
+    if (gscale)
+        *gscale = c;
     else if (c != 1.0f)
-        for (int i = 0; i < np; i++) be->ops->scale(be, tp[i].grad, tp[i].n, c);
+        for (int i = 0; i < np; i++)
+            be->ops->scale(be, tp[i].grad, tp[i].n, c);
     return norm;
 }
 

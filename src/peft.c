@@ -75,27 +75,32 @@ static int read_token_indices(const cJSON *ti, char *tokens, size_t cap, const c
     if (!ti || cJSON_IsNull(ti)) return 0;
     if (cJSON_IsObject(ti)) {
         if (cJSON_GetArraySize(ti) != 1)
-            return tuna_errf(err, TUNA_EUNSUP, "%s: \"trainable_token_indices\" for more than one embedding", path);
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"trainable_token_indices\" for more than one embedding", path);
         ti = ti->child;
     }
     if (!cJSON_IsArray(ti))
-        return tuna_errf(err, TUNA_EFORMAT, "%s: \"trainable_token_indices\" must be a list of token ids", path);
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: \"trainable_token_indices\" must be a list of token ids", path);
     const cJSON *e;
     cJSON_ArrayForEach(e, ti) {
         size_t o = strlen(tokens);
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || o + 16 >= cap)
-            return tuna_errf(err, TUNA_EFORMAT, "%s: \"trainable_token_indices\" must be a list of token ids", path);
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: \"trainable_token_indices\" must be a list of token ids", path);
         snprintf(tokens + o, cap - o, "%s%d", o ? "," : "", e->valueint);
     }
     return 0;
 }
 
-int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
-                        char *tokens, size_t tcap, TunaErr *err) {
+int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap, char *tokens,
+                        size_t tcap, TunaErr *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     char *text = xread_file(path, NULL);
-    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read (is %s a PEFT adapter folder?)", path, dir);
+    if (!text)
+        return tuna_errf(err, TUNA_EIO, "%s: cannot read (is %s a PEFT adapter folder?)", path,
+                         dir);
     cJSON *root = cJSON_Parse(text);
     free(text);
     int rc = 0;
@@ -121,7 +126,8 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     setup->lora_rslora = cJSON_IsTrue(cJSON_GetObjectItem(root, "use_rslora"));
     const cJSON *t = cJSON_GetObjectItem(root, "target_modules"), *e;
     targets[0] = '\0';
-    if (cJSON_IsString(t)) snprintf(targets, cap, "%s", t->valuestring);
+    if (cJSON_IsString(t))
+        snprintf(targets, cap, "%s", t->valuestring);
     else if (cJSON_IsArray(t)) {
         cJSON_ArrayForEach(e, t) {
             if (!cJSON_IsString(e)) continue;
@@ -154,7 +160,8 @@ static int prefix_load(Model *m, const char *dir, TunaErr *err) {
     const StTensor *t = safetensors_find(st, "prompt_embeddings");
     if (!t || t->ndim != 2 || t->shape[1] != PW || t->shape[0] < 1 || t->shape[0] > 4096) {
         rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: needs \"prompt_embeddings\" of shape [P, %lld] (layers x 2 x kv heads x head dim)",
+                       "%s: needs \"prompt_embeddings\" of shape [P, %lld] (layers x 2 x kv heads "
+                       "x head dim)",
                        path, (long long)PW);
     } else {
         size_t n = (size_t)t->shape[0] * (size_t)PW;
@@ -195,8 +202,11 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
         if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
             char alt[256];
             const char *dot = strstr(tp[i].name, ".weight");
-            if (dot) snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name), tp[i].name);
-            else snprintf(alt, sizeof alt, "%s.default", tp[i].name);
+            if (dot)
+                snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name),
+                         tp[i].name);
+            else
+                snprintf(alt, sizeof alt, "%s.default", tp[i].name);
             t = safetensors_find(st, alt);
         }
         if (!t) {
@@ -205,7 +215,8 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
             goto done;
         }
         if (t->ndim != 2 || t->shape[0] != tp[i].shape[0] || t->shape[1] != tp[i].shape[1]) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" has the wrong shape for this model", path,
+            rc = tuna_errf(err, TUNA_EFORMAT,
+                           "%s: tensor \"%s\" has the wrong shape for this model", path,
                            tp[i].name);
             goto done;
         }
@@ -238,8 +249,11 @@ static int prefix_write(const TrainState *ts, const char *tmp, const char *base,
     const ModelConfig *c = &train_model(ts)->cfg;
     const TrainSetup *s = train_setup(ts);
     int KD = c->KVH * c->HS;
-    StWriteTensor wt = {.name = "prompt_embeddings", .dtype = ST_F32, .ndim = 2,
-                        .shape = {P, (int64_t)c->L * 2 * KD}, .data = pre};
+    StWriteTensor wt = {.name = "prompt_embeddings",
+                        .dtype = ST_F32,
+                        .ndim = 2,
+                        .shape = {P, (int64_t)c->L * 2 * KD},
+                        .data = pre};
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
     int rc = safetensors_write(path, &wt, 1, meta, 1, err);
@@ -287,7 +301,8 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
     rc = safetensors_write(path, wt, np, meta, 1, err);
-    for (int i = 0; i < np; i++) free(host[i]);
+    for (int i = 0; i < np; i++)
+        free(host[i]);
     free(host);
     free(wt);
     if (rc) return rc;
@@ -315,7 +330,8 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     const int32_t *tok = train_lora_tokens(ts, &n_tok);
     if (n_tok) {
         cJSON *ti = cJSON_AddArrayToObject(c, "trainable_token_indices");
-        for (int i = 0; i < n_tok; i++) cJSON_AddItemToArray(ti, cJSON_CreateNumber(tok[i]));
+        for (int i = 0; i < n_tok; i++)
+            cJSON_AddItemToArray(ti, cJSON_CreateNumber(tok[i]));
     }
     cJSON_AddNullToObject(c, "layers_to_transform");
     cJSON_AddNullToObject(c, "layers_pattern");
@@ -354,8 +370,7 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
         int j = n;
         if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
-            for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {
-            }
+            for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {}
         if (j == n) {
             host[n] = xcalloc(fn, sizeof(float));
             wt[n].name = p->name;
@@ -368,14 +383,17 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         }
         float *dst = host[j];
         size_t R = (size_t)p->shape[0], Cn = p->ndim == 2 ? (size_t)p->shape[1] : 1;
-        if (p->mode == 0) memcpy(dst, part, sizeof(float) * fn);
+        if (p->mode == 0)
+            memcpy(dst, part, sizeof(float) * fn);
         else if (p->mode == 1) {
             for (size_t r = 0; r < R; r++)
-                for (size_t c = 0; c < Cn; c++) dst[r * Cn + c] = part[c * R + r];
+                for (size_t c = 0; c < Cn; c++)
+                    dst[r * Cn + c] = part[c * R + r];
         } else if (p->mode == 2) {
             size_t W = Cn / 3, off = (size_t)p->part * W;
             for (size_t r = 0; r < R; r++)
-                for (size_t c = 0; c < W; c++) dst[r * Cn + off + c] = part[c * R + r];
+                for (size_t c = 0; c < W; c++)
+                    dst[r * Cn + off + c] = part[c * R + r];
         } else {
             memcpy(dst + (size_t)p->part * (R / 3), part, sizeof(float) * (R / 3));
         }
@@ -384,12 +402,14 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
     rc = safetensors_write(path, wt, n, meta, 1, err);
-    for (int i = 0; i < n; i++) free(host[i]);
+    for (int i = 0; i < n; i++)
+        free(host[i]);
     free(host);
     free(wt);
     if (rc) return rc;
-    const char *files[] = {"config.json", "generation_config.json", "tokenizer.json",
-                           "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"};
+    const char *files[] = {"config.json",     "generation_config.json",
+                           "tokenizer.json",  "tokenizer_config.json",
+                           "tokenizer.model", "special_tokens_map.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(src, sizeof src, "%s/%s", m->dir, files[i]);
         snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
@@ -410,7 +430,9 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
     free(text);
     const char *base = cJSON_GetStringValue(cJSON_GetObjectItem(j, "base_model_name_or_path"));
     int rc;
-    if (!base || !*base) rc = tuna_errf(err, TUNA_EFORMAT, "%s: no base_model_name_or_path to load the adapter onto", path);
+    if (!base || !*base)
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: no base_model_name_or_path to load the adapter onto",
+                       path);
     else {
         snprintf(base_dir, cap, "%s", base);
         rc = model_load(base_dir, be, out, err);

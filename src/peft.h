@@ -27,8 +27,8 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
 /* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets and tokens are filled
  * with the comma lists of target_modules and trainable_token_indices and must outlive the
  * setup. */
-int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap,
-                        char *tokens, size_t tcap, TunaErr *err);
+int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_t cap, char *tokens,
+                        size_t tcap, TunaErr *err);
 
 /* Writes ts's LoRA tensors and config to dir (created). base is recorded as
  * base_model_name_or_path. */

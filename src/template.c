@@ -568,7 +568,8 @@ int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMes
     /* The budget goes to the turns in LLaMA-Factory's order (with mask_history from the last,
      * so truncation drops the oldest); turn_idx is that order's index. They are written in
      * conversation order. */
-    size_t *sl = xcalloc((size_t)turns + 1, sizeof *sl), *tl = xcalloc((size_t)turns + 1, sizeof *tl);
+    size_t *sl = xcalloc((size_t)turns + 1, sizeof *sl),
+           *tl = xcalloc((size_t)turns + 1, sizeof *tl);
     int *turn_idx = xcalloc((size_t)turns + 1, sizeof *turn_idx);
     for (int j = 0; j < turns && total < cutoff; j++) {
         int u = hist ? turns - 1 - j : j;
@@ -578,8 +579,8 @@ int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMes
     }
     for (int u = 0; u < turns; u++)
         if (sl[u] + tl[u])
-            label_turn(&parts[2 * u], sl[u], &parts[2 * u + 1], tl[u], turn_idx[u], flags, eff,
-                       eos, &in, &lab);
+            label_turn(&parts[2 * u], sl[u], &parts[2 * u + 1], tl[u], turn_idx[u], flags, eff, eos,
+                       &in, &lab);
     free(sl);
     free(tl);
     free(turn_idx);

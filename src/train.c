@@ -36,26 +36,35 @@ typedef struct Field {
     const char *help;
 } Field;
 
-#define S(k, d, h) {#k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h}
-#define I(k, d, h) {#k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h}
-#define D(k, d, h) {#k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h}
-#define B(k, d, h) {#k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h}
+#define S(k, d, h)                                                                                 \
+    { #k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h }
+#define I(k, d, h)                                                                                 \
+    { #k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h }
+#define D(k, d, h)                                                                                 \
+    { #k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h }
+#define B(k, d, h)                                                                                 \
+    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h }
 
 static const Field fields[] = {
-        S(model, "models/stories260K", "model folder (config.json, model.safetensors, tokenizer.json)"),
+        S(model, "models/stories260K",
+          "model folder (config.json, model.safetensors, tokenizer.json)"),
         S(dataset, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
         S(dataset_dir, "datasets", "folder holding dataset_info.json"),
-        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "vanilla", "prompt template (templates/NAME.json)"},
+        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "vanilla",
+         "prompt template (templates/NAME.json)"},
         S(templates_dir, "templates", "folder of template files"),
-        S(method, "lora", "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
+        S(method, "lora",
+          "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
         S(stage, "sft", "sft (supervised) | pt (plain text, every token trains)"),
         I(lora_rank, "8", "LoRA rank r"),
         D(lora_alpha, "16", "LoRA alpha (scale alpha/r)"),
         D(lora_dropout, "0", "LoRA dropout"),
-        S(lora_target, "", "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
+        S(lora_target, "",
+          "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
         B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
         S(lora_trainable_tokens, "",
-          "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, token "
+          "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
+          "token "
           "strings, or eos (the token the template ends answers with); needed when the base never "
           "learned that token"),
         I(freeze_layers, "2", "freeze: how many last layers train"),
@@ -105,32 +114,40 @@ const char *train_config_key(int i, int *is_bool, const char **help) {
     return fields[i].key;
 }
 
-static int field_set(TrainConfig *c, const Field *f, const char *v, const char *where, TunaErr *err) {
+static int field_set(TrainConfig *c, const Field *f, const char *v, const char *where,
+                     TunaErr *err) {
     char *p = (char *)c + f->off, *end;
     errno = 0;
     switch (f->type) {
     case F_STR:
-        if (strlen(v) >= f->size) return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
+        if (strlen(v) >= f->size)
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
         memcpy(p, v, strlen(v) + 1);
         return 0;
     case F_INT: {
         long x = strtol(v, &end, 10);
         if (errno || end == v || *end || x < -1000000000L || x > 1000000000L)
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected an integer, got \"%s\"", where, f->key, v);
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected an integer, got \"%s\"", where,
+                             f->key, v);
         *(int *)p = (int)x;
         return 0;
     }
     case F_DBL: {
         double x = strtod(v, &end);
         if (errno || end == v || *end || !isfinite(x))
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected a number, got \"%s\"", where, f->key, v);
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected a number, got \"%s\"", where, f->key,
+                             v);
         *(double *)p = x;
         return 0;
     }
     case F_BOOL:
-        if (!strcmp(v, "true") || !strcmp(v, "1")) *(int *)p = 1;
-        else if (!strcmp(v, "false") || !strcmp(v, "0")) *(int *)p = 0;
-        else return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where, f->key, v);
+        if (!strcmp(v, "true") || !strcmp(v, "1"))
+            *(int *)p = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0"))
+            *(int *)p = 0;
+        else
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where,
+                             f->key, v);
         return 0;
     }
     return 0;
@@ -138,7 +155,8 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
 
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);
-    for (int i = 0; i < N_FIELDS; i++) field_set(c, &fields[i], fields[i].def, "", NULL);
+    for (int i = 0; i < N_FIELDS; i++)
+        field_set(c, &fields[i], fields[i].def, "", NULL);
 }
 
 static const Field *field_find(const char *key) {
@@ -178,12 +196,15 @@ int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
         char buf[64], where[1100];
         const char *v = buf;
         snprintf(where, sizeof where, "%s: ", path);
-        if (cJSON_IsString(it)) v = it->valuestring;
-        else if (cJSON_IsBool(it)) v = cJSON_IsTrue(it) ? "true" : "false";
+        if (cJSON_IsString(it))
+            v = it->valuestring;
+        else if (cJSON_IsBool(it))
+            v = cJSON_IsTrue(it) ? "true" : "false";
         else if (cJSON_IsNumber(it)) {
             if (f->type == F_INT && it->valuedouble == floor(it->valuedouble))
                 snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
-            else snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+            else
+                snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
         } else {
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has the wrong type", path, it->string);
             goto done;
@@ -340,10 +361,12 @@ static int run_samples(Run *r, TunaErr *err) {
     int n_stops = template_stop_words(r->tpl, &stops);
     const char *st[18];
     int ns = 0;
-    for (int i = 0; i < n_stops && ns < 16; i++) st[ns++] = stops[i];
+    for (int i = 0; i < n_stops && ns < 16; i++)
+        st[ns++] = stops[i];
     int32_t eos[CONFIG_MAX_EOS + 1];
     int n_eos = 0;
-    for (int i = 0; i < m->cfg.n_eos; i++) eos[n_eos++] = m->cfg.eos_ids[i];
+    for (int i = 0; i < m->cfg.n_eos; i++)
+        eos[n_eos++] = m->cfg.eos_ids[i];
     int teos = template_eos_id(r->tpl, r->tok);
     if (teos >= 0) eos[n_eos++] = teos;
     /* the prompts are answered together (greedy: each gets the answer it would get alone) */
@@ -362,8 +385,11 @@ static int run_samples(Run *r, TunaErr *err) {
     if (!rc && k) {
         Sampler s;
         sampler_init(&s, m->cfg.V, (uint64_t)c->seed, 0, 0, 1, 1);
-        GenerateOptions o = {.max_new_tokens = c->sample_max_tokens, .eos_ids = eos, .n_eos = n_eos,
-                             .stops = st, .n_stops = ns};
+        GenerateOptions o = {.max_new_tokens = c->sample_max_tokens,
+                             .eos_ids = eos,
+                             .n_eos = n_eos,
+                             .stops = st,
+                             .n_stops = ns};
         GenerateResult res[MAX_SAMPLE_PROMPTS];
         rc = generate_batch(m, r->tok, &s, (const int32_t *const *)ids, n, k, &o, res, err);
         for (int i = 0; i < k; i++) {
@@ -378,7 +404,8 @@ static int run_samples(Run *r, TunaErr *err) {
         }
         sampler_free(&s);
     }
-    for (int i = 0; i < k; i++) free(ids[i]);
+    for (int i = 0; i < k; i++)
+        free(ids[i]);
     free(list);
     if (lora) be->ops->upload(be, m->params, r->host_params, sizeof(float) * m->n_params);
     if (P) model_set_prefix(m, NULL, 0, NULL);
@@ -390,9 +417,10 @@ static int run_samples(Run *r, TunaErr *err) {
 static int save_tensors(const char *path, const TrainParam *tp, int np, float **data,
                         const char *prefix, TunaErr *err) {
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
-    char (*names)[200] = xcalloc((size_t)np, sizeof *names);
+    char(*names)[200] = xcalloc((size_t)np, sizeof *names);
     for (int i = 0; i < np; i++) {
-        snprintf(names[i], sizeof names[i], "%s%s#%d", prefix, tp[i].name, i); /* GPT-2 parts share a name */
+        snprintf(names[i], sizeof names[i], "%s%s#%d", prefix, tp[i].name,
+                 i); /* GPT-2 parts share a name */
         wt[i].name = names[i];
         wt[i].dtype = ST_F32;
         wt[i].ndim = 1;
@@ -414,8 +442,11 @@ static int load_tensors(const char *path, const TrainParam *tp, int np, float **
         snprintf(nm, sizeof nm, "%s%s#%d", prefix, tp[i].name, i);
         const StTensor *t = safetensors_find(st, nm);
         if (!t || st_tensor_numel(t) != tp[i].n)
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" missing or of the wrong size (another method or model?)", path, nm);
-        else rc = st_tensor_to_f32(t, data[i], tp[i].n, err);
+            rc = tuna_errf(err, TUNA_EFORMAT,
+                           "%s: \"%s\" missing or of the wrong size (another method or model?)",
+                           path, nm);
+        else
+            rc = st_tensor_to_f32(t, data[i], tp[i].n, err);
     }
     safetensors_free(st);
     return rc;
@@ -423,13 +454,15 @@ static int load_tensors(const char *path, const TrainParam *tp, int np, float **
 
 static float **host_bufs(const TrainParam *tp, int np) {
     float **h = xcalloc((size_t)np, sizeof *h);
-    for (int i = 0; i < np; i++) h[i] = xmalloc(sizeof(float) * (tp[i].n ? tp[i].n : 1));
+    for (int i = 0; i < np; i++)
+        h[i] = xmalloc(sizeof(float) * (tp[i].n ? tp[i].n : 1));
     return h;
 }
 
 static void free_bufs(float **h, int np) {
     if (!h) return;
-    for (int i = 0; i < np; i++) free(h[i]);
+    for (int i = 0; i < np; i++)
+        free(h[i]);
     free(h);
 }
 
@@ -469,11 +502,14 @@ static int save_checkpoint(Run *r, TunaErr *err) {
     if (!rc) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
         StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
-        char (*nm)[210] = xcalloc((size_t)np * 2, sizeof *nm);
+        char(*nm)[210] = xcalloc((size_t)np * 2, sizeof *nm);
         for (int i = 0; i < 2 * np; i++) {
             snprintf(nm[i], sizeof nm[i], "%s%s#%d", i < np ? "m." : "v.", tp[i % np].name, i % np);
-            wt[i] = (StWriteTensor){.name = nm[i], .dtype = ST_F32, .ndim = 1,
-                                    .shape = {(int64_t)tp[i % np].n}, .data = i < np ? mm[i] : vv[i - np]};
+            wt[i] = (StWriteTensor){.name = nm[i],
+                                    .dtype = ST_F32,
+                                    .ndim = 1,
+                                    .shape = {(int64_t)tp[i % np].n},
+                                    .data = i < np ? mm[i] : vv[i - np]};
         }
         rc = safetensors_write(path, wt, 2 * np, NULL, 0, err);
         free(wt);
@@ -484,8 +520,10 @@ static int save_checkpoint(Run *r, TunaErr *err) {
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
         TrainMethod mt = train_setup(r->ts)->method;
-        if (mt == METHOD_LORA || mt == METHOD_PREFIX) rc = adapter_write(r->ts, tmp, r->cfg->model, err);
-        else rc = model_write_hf(r->m, tmp, err);
+        if (mt == METHOD_LORA || mt == METHOD_PREFIX)
+            rc = adapter_write(r->ts, tmp, r->cfg->model, err);
+        else
+            rc = model_write_hf(r->m, tmp, err);
     }
     if (!rc) {
         cJSON *s = cJSON_CreateObject();
@@ -530,10 +568,12 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     free(txt);
     const cJSON *gs = cJSON_GetObjectItem(s, "global_step"), *ep = cJSON_GetObjectItem(s, "epoch"),
                 *cu = cJSON_GetObjectItem(s, "cursor"), *ot = cJSON_GetObjectItem(s, "optimizer_t"),
-                *be = cJSON_GetObjectItem(s, "best_eval_loss"), *el = cJSON_GetObjectItem(s, "elapsed");
+                *be = cJSON_GetObjectItem(s, "best_eval_loss"),
+                *el = cJSON_GetObjectItem(s, "elapsed");
     if (!cJSON_IsNumber(gs) || !cJSON_IsNumber(ep) || !cJSON_IsNumber(cu) || !cJSON_IsNumber(ot)) {
         cJSON_Delete(s);
-        return tuna_errf(err, TUNA_EFORMAT, "%s: missing global_step/epoch/cursor/optimizer_t", path);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: missing global_step/epoch/cursor/optimizer_t",
+                         path);
     }
     r->step = gs->valueint;
     r->opt.t = ot->valueint;
@@ -600,13 +640,18 @@ static int read_control(Run *r) {
     int bits = 0;
     while (f && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n ")] = '\0';
-        if (!strcmp(line, "pause")) bits = (bits & ~CTL_RESUME) | CTL_PAUSE;
-        else if (!strcmp(line, "resume")) bits = (bits & ~CTL_PAUSE) | CTL_RESUME;
-        else if (!strcmp(line, "save")) bits |= CTL_SAVE;
-        else if (!strcmp(line, "stop")) bits |= CTL_STOP;
+        if (!strcmp(line, "pause"))
+            bits = (bits & ~CTL_RESUME) | CTL_PAUSE;
+        else if (!strcmp(line, "resume"))
+            bits = (bits & ~CTL_PAUSE) | CTL_RESUME;
+        else if (!strcmp(line, "save"))
+            bits |= CTL_SAVE;
+        else if (!strcmp(line, "stop"))
+            bits |= CTL_STOP;
         else if (line[0]) {
             char msg[128];
-            snprintf(msg, sizeof msg, "control: unknown command \"%.40s\" (pause, resume, save, stop)", line);
+            snprintf(msg, sizeof msg,
+                     "control: unknown command \"%.40s\" (pause, resume, save, stop)", line);
             emit_log(r, "warn", msg);
         }
     }
@@ -624,7 +669,8 @@ static void progress(Run *r, double loss, double lr_now, double tps, double eta)
     if (isatty(2)) {
         int w = 30, done = r->total ? (int)((double)w * r->step / r->total) : w;
         char bar[64];
-        for (int i = 0; i < w; i++) bar[i] = i < done ? '#' : '.';
+        for (int i = 0; i < w; i++)
+            bar[i] = i < done ? '#' : '.';
         bar[w] = '\0';
         fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s  eta %.0fs   ", bar, r->step, r->total,
                 loss, tps, eta);
@@ -689,8 +735,8 @@ static int resolve_tokens(Run *r, const char *spec, char *out, size_t cap, TunaE
             }
         }
         if (id < 0 || id >= r->m->cfg.V) {
-            rc = tuna_errf(err, TUNA_EINVAL, "--lora-trainable-tokens: \"%s\" is not a token of %s", t,
-                           r->cfg->model);
+            rc = tuna_errf(err, TUNA_EINVAL, "--lora-trainable-tokens: \"%s\" is not a token of %s",
+                           t, r->cfg->model);
             break;
         }
         size_t o = strlen(out);
@@ -709,22 +755,32 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     char path[1200];
     int rc;
     TrainMethod method;
-    if (!strcmp(c->method, "full")) method = METHOD_FULL;
-    else if (!strcmp(c->method, "freeze")) method = METHOD_FREEZE;
-    else if (!strcmp(c->method, "lora")) method = METHOD_LORA;
-    else if (!strcmp(c->method, "ptuning")) method = METHOD_PREFIX;
-    else return tuna_errf(err, TUNA_EINVAL, "--method must be full, freeze, lora or ptuning, got \"%s\"", c->method);
+    if (!strcmp(c->method, "full"))
+        method = METHOD_FULL;
+    else if (!strcmp(c->method, "freeze"))
+        method = METHOD_FREEZE;
+    else if (!strcmp(c->method, "lora"))
+        method = METHOD_LORA;
+    else if (!strcmp(c->method, "ptuning"))
+        method = METHOD_PREFIX;
+    else
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--method must be full, freeze, lora or ptuning, got \"%s\"", c->method);
     if (sched_parse(c->lr_scheduler) < 0)
-        return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
     if (c->batch_size < 1 || c->grad_accum < 1 || c->cutoff_len < 2 || c->epochs < 0 || c->lr <= 0)
-        return tuna_errf(err, TUNA_EINVAL, "batch_size, grad_accum, cutoff_len and lr must be positive");
+        return tuna_errf(err, TUNA_EINVAL,
+                         "batch_size, grad_accum, cutoff_len and lr must be positive");
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
-    for (const char *p = c->sample_prompts; *p; p++) n_prompts += *p == '|';
+    for (const char *p = c->sample_prompts; *p; p++)
+        n_prompts += *p == '|';
     if (n_prompts > MAX_SAMPLE_PROMPTS)
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
-    if (mkdir_p(r->dir)) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
+    if (mkdir_p(r->dir))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
     snprintf(path, sizeof path, "%s/train.pid", r->dir);
     char pid[32];
     snprintf(pid, sizeof pid, "%d\n", (int)getpid());
@@ -746,9 +802,13 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     if ((rc = model_load(c->model, r->be, &r->m, err))) return rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
-    DatasetOptions dopt = {.names = c->dataset, .dataset_dir = c->dataset_dir, .vars = c->vars,
-                           .cutoff_len = c->cutoff_len, .max_samples = c->max_samples,
-                           .strict = c->strict, .stage_pt = !strcmp(c->stage, "pt"),
+    DatasetOptions dopt = {.names = c->dataset,
+                           .dataset_dir = c->dataset_dir,
+                           .vars = c->vars,
+                           .cutoff_len = c->cutoff_len,
+                           .max_samples = c->max_samples,
+                           .strict = c->strict,
+                           .stage_pt = !strcmp(c->stage, "pt"),
                            .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
                                              (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
     if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
@@ -758,26 +818,37 @@ static int run_open(Run *r, int resume, TunaErr *err) {
                  r->all->n_msgs ? r->all->msgs[0] : "?");
         emit_log(r, "warn", msg);
     }
-    if ((rc = dataset_split(r->all, c->val_size, (uint64_t)c->seed, &r->train, &r->val, err))) return rc;
-    if (r->train->n == 0) return tuna_errf(err, TUNA_EINVAL, "%s: no training examples left", c->dataset);
+    if ((rc = dataset_split(r->all, c->val_size, (uint64_t)c->seed, &r->train, &r->val, err)))
+        return rc;
+    if (r->train->n == 0)
+        return tuna_errf(err, TUNA_EINVAL, "%s: no training examples left", c->dataset);
     // rows are as long as the longest example (up to cutoff_len): no padding to a fixed cutoff
     int maxlen = 2;
-    for (size_t i = 0; i < r->train->n; i++) maxlen = r->train->ex[i].n > maxlen ? r->train->ex[i].n : maxlen;
-    for (size_t i = 0; i < r->val->n; i++) maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
+    for (size_t i = 0; i < r->train->n; i++)
+        maxlen = r->train->ex[i].n > maxlen ? r->train->ex[i].n : maxlen;
+    for (size_t i = 0; i < r->val->n; i++)
+        maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
     r->B = c->batch_size;
     r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
-    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, c->packing, (uint64_t)c->seed, err))) return rc;
+    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, c->packing, (uint64_t)c->seed, err)))
+        return rc;
     r->have_batcher = 1;
     size_t bpe = batcher_batches_per_epoch(&r->batcher);
     r->steps_per_epoch = (int)((bpe + (size_t)c->grad_accum - 1) / (size_t)c->grad_accum);
     r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
     if (r->total < 1) return tuna_errf(err, TUNA_EINVAL, "nothing to train: 0 steps");
     r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
-    TrainSetup setup = {.method = method, .freeze_layers = c->freeze_layers, .lora_rank = c->lora_rank,
-                        .lora_alpha = (float)c->lora_alpha, .lora_dropout = (float)c->lora_dropout,
-                        .lora_rslora = c->use_rslora, .lora_targets = c->lora_target,
-                        .seed = (uint64_t)c->seed, .prefix_tokens = c->prefix_tokens,
-                        .prefix_projection = c->prefix_projection, .prefix_hidden = c->prefix_hidden,
+    TrainSetup setup = {.method = method,
+                        .freeze_layers = c->freeze_layers,
+                        .lora_rank = c->lora_rank,
+                        .lora_alpha = (float)c->lora_alpha,
+                        .lora_dropout = (float)c->lora_dropout,
+                        .lora_rslora = c->use_rslora,
+                        .lora_targets = c->lora_target,
+                        .seed = (uint64_t)c->seed,
+                        .prefix_tokens = c->prefix_tokens,
+                        .prefix_projection = c->prefix_projection,
+                        .prefix_hidden = c->prefix_hidden,
                         .grad_checkpoint = c->gradient_checkpointing};
     char toks[1024];
     if (method == METHOD_LORA && c->lora_trainable_tokens[0]) {
@@ -787,7 +858,8 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
-    if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err))) return rc;
+    if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
+        return rc;
     r->have_opt = 1;
     if (method == METHOD_LORA) r->host_params = xmalloc(sizeof(float) * r->m->n_params);
     r->best_eval = (double)INFINITY;
@@ -800,13 +872,16 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     r.cfg = cfg;
     r.hooks = hooks;
     r.t0 = time_now();
-    if (cfg->output[0]) snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
-    else snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
+    if (cfg->output[0])
+        snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
+    else
+        snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
     int rc = run_open(&r, resume, err);
     char msg[600];
     if (!rc && resume) {
         int steps[4096], n = list_ckpts(r.dir, steps, 4096);
-        if (!n) rc = tuna_errf(err, TUNA_ENOTFOUND, "%s: no checkpoint-N folder to resume from", r.dir);
+        if (!n)
+            rc = tuna_errf(err, TUNA_ENOTFOUND, "%s: no checkpoint-N folder to resume from", r.dir);
         else {
             rc = load_checkpoint(&r, steps[n - 1], err);
             char path[1200];
@@ -856,11 +931,15 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         free(cj);
         emit(&r, e);
     }
-    snprintf(msg, sizeof msg, "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %d tokens",
-             cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params, r.T);
+    snprintf(msg, sizeof msg,
+             "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %d "
+             "tokens",
+             cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
+             r.T);
     emit_log(&r, "info", msg);
     int GA = cfg->grad_accum, B = r.B, T = r.T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T), *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
+            *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
     const char *status = "finished";
     double t_last = time_now(), tok_window = 0;
     long tokens_total = 0;
@@ -936,14 +1015,17 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         r.step++;
         double loss = n_t ? loss_sum / n_t : 0;
         if (!isfinite(loss) || !isfinite(gnorm)) {
-            rc = tuna_errf(err, TUNA_EINVAL, "step %d: loss or gradient is not finite (lr %.3g too high?)", r.step, lr);
+            rc = tuna_errf(err, TUNA_EINVAL,
+                           "step %d: loss or gradient is not finite (lr %.3g too high?)", r.step,
+                           lr);
             break;
         }
         double now = time_now(), dt = now - t_last;
         t_last = now;
         tok_window = dt > 0 ? n_tok / dt : 0;
         tokens_total += n_tok;
-        double elapsed = now - r.t0, eta = (elapsed / (r.step > 0 ? r.step : 1)) * (r.total - r.step);
+        double elapsed = now - r.t0,
+               eta = (elapsed / (r.step > 0 ? r.step : 1)) * (r.total - r.step);
         double epoch = (double)r.step / r.steps_per_epoch;
         if (r.step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r.step == r.total) {
             cJSON *e = event("step");
@@ -977,11 +1059,15 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             cJSON_AddNumberToObject(e, "eval_loss", el);
             cJSON_AddNumberToObject(e, "perplexity", exp(el));
             emit(&r, e);
-            fprintf(r.tlog, "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+            fprintf(r.tlog,
+                    "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": %.6g, \"epoch\": "
+                    "%.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", \"remaining_time\": "
+                    "\"%.0fs\"}\n",
                     r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed, eta);
             fflush(r.tlog);
         }
-        int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total : do_eval;
+        int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total
+                                              : do_eval;
         if (do_sample && (rc = run_samples(&r, err))) break;
         if (cfg->save_steps > 0 && r.step % cfg->save_steps == 0 && r.step < r.total) {
             if ((rc = save_checkpoint(&r, err))) break;
@@ -994,8 +1080,10 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         char tmp[1300];
         rc = dir_begin(r.dir, tmp, sizeof tmp, err);
         TrainMethod mt = train_setup(r.ts)->method;
-        if (!rc) rc = mt == METHOD_LORA || mt == METHOD_PREFIX ? adapter_write(r.ts, tmp, cfg->model, err)
-                                                               : model_write_hf(r.m, tmp, err);
+        if (!rc)
+            rc = mt == METHOD_LORA || mt == METHOD_PREFIX
+                         ? adapter_write(r.ts, tmp, cfg->model, err)
+                         : model_write_hf(r.m, tmp, err);
         if (!rc) rc = publish_files(tmp, r.dir, err);
         dir_remove(tmp);
     }

@@ -51,7 +51,7 @@ typedef struct TrainHooks {
     volatile sig_atomic_t *stop; /* set (e.g. by SIGINT): checkpoint, then return */
     void (*on_line)(void *user, const char *json_line); /* every metrics.jsonl line */
     void *user;
-    int quiet;                   /* no progress on stderr */
+    int quiet; /* no progress on stderr */
 } TrainHooks;
 
 /* Runs training; resume: continue from the newest checkpoint in cfg->output. */

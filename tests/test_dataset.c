@@ -172,8 +172,10 @@ static void test_jsonl_sharegpt_tools(void) {
               "fastchat[0] trained = A1 EOS A2 EOS");
         /* the template flags reach the encoder: mask_history trains A2 EOS only,
          * train_on_prompt every token */
-        DatasetOptions o = {.names = "fastchat_dummy_conversation", .dataset_dir = "datasets",
-                            .max_samples = 1, .template_flags = TEMPLATE_MASK_HISTORY};
+        DatasetOptions o = {.names = "fastchat_dummy_conversation",
+                            .dataset_dir = "datasets",
+                            .max_samples = 1,
+                            .template_flags = TEMPLATE_MASK_HISTORY};
         Dataset *dh = NULL;
         TunaErr err = {0};
         CHECK(dataset_load(&o, tok, van, &dh, &err) == 0 && dh && dh->n == 1, "mask_history: %s",

@@ -44,8 +44,10 @@ static char *ids_text(const char *json) {
 static char *run(const char *cmd0, int *status) {
     /* every command starts with "./tuna": substitute the binary under test */
     char cmd[16384];
-    if (!strncmp(cmd0, "./tuna", 6)) snprintf(cmd, sizeof cmd, "%s%s", tuna_bin(), cmd0 + 6);
-    else snprintf(cmd, sizeof cmd, "%s", cmd0);
+    if (!strncmp(cmd0, "./tuna", 6))
+        snprintf(cmd, sizeof cmd, "%s%s", tuna_bin(), cmd0 + 6);
+    else
+        snprintf(cmd, sizeof cmd, "%s", cmd0);
     FILE *p = popen(cmd, "r");
     if (!p) return NULL;
     size_t cap = 1 << 16, n = 0;
@@ -72,7 +74,8 @@ static const char *q(const char *s) {
         if (*s == '\'') {
             memcpy(o + j, "'\\''", 4);
             j += 4;
-        } else o[j++] = *s;
+        } else
+            o[j++] = *s;
     }
     o[j++] = '\'';
     o[j] = '\0';
@@ -104,7 +107,8 @@ static void test_reference_greedy(void) {
         CHECK(got != NULL, "unparsable output for \"%s\": %.200s", prompt, out ? out : "");
         if (got) {
             // the reference ids are the prompt (without BOS) then each generated id
-            cJSON *gp = cJSON_GetObjectItem(got, "prompt_ids"), *gi = cJSON_GetObjectItem(got, "ids");
+            cJSON *gp = cJSON_GetObjectItem(got, "prompt_ids"),
+                  *gi = cJSON_GetObjectItem(got, "ids");
             int same = cJSON_GetArraySize(gp) == n_prompt;
             for (int i = 0; same && i < n_prompt; i++)
                 same = cJSON_GetArrayItem(gp, i)->valueint == cJSON_GetArrayItem(pids, i)->valueint;
@@ -126,7 +130,8 @@ static void test_reference_greedy(void) {
             {
                 char c2[8192];
                 snprintf(c2, sizeof c2,
-                         "./tuna generate " MODEL " --prompt %s --max-new-tokens %d --temperature 0 "
+                         "./tuna generate " MODEL
+                         " --prompt %s --max-new-tokens %d --temperature 0 "
                          "--quiet",
                          q(prompt), steps - n_prompt + 1);
                 int st2;
@@ -134,8 +139,9 @@ static void test_reference_greedy(void) {
                 size_t l = strlen(pt);
                 if (l && pt[l - 1] == '\n') pt[l - 1] = '\0';
             }
-            CHECK(!strcmp(pt, want_text), "\"%s\": streamed text differs from run.c's:\n%s\n---\n%s",
-                  prompt, pt, want_text);
+            CHECK(!strcmp(pt, want_text),
+                  "\"%s\": streamed text differs from run.c's:\n%s\n---\n%s", prompt, pt,
+                  want_text);
             CHECK(strlen(gt) > 0, "\"%s\": empty JSON text", prompt);
             free(pt);
             cJSON_Delete(got);
@@ -178,18 +184,26 @@ static void test_sampling(void) {
     char *ia = cJSON_PrintUnformatted(cJSON_GetObjectItem(ja, "ids"));
     char *ib = cJSON_PrintUnformatted(cJSON_GetObjectItem(jb, "ids"));
     CHECK(!strcmp(ia, ib), "top-k 1 sampling should equal greedy: %s vs %s", ia, ib);
-    free(ia); free(ib); cJSON_Delete(ja); cJSON_Delete(jb); free(a); free(b);
+    free(ia);
+    free(ib);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    free(a);
+    free(b);
     // repetition penalty changes greedy output of a repetitive model
     out = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 60 "
-              "--temperature 0 --repetition-penalty 1.5 --json --quiet", &st);
+              "--temperature 0 --repetition-penalty 1.5 --json --quiet",
+              &st);
     a = ids_text(out);
     free(out);
     out = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 60 "
-              "--temperature 0 --json --quiet", &st);
+              "--temperature 0 --json --quiet",
+              &st);
     b = ids_text(out);
     free(out);
     CHECK(st == 0 && strcmp(a, b), "repetition penalty had no effect");
-    free(a); free(b);
+    free(a);
+    free(b);
 }
 
 /* argmax_first against the plain loop it replaces, on sizes around its 16-lane and 64-block
@@ -214,13 +228,20 @@ static void test_argmax(void) {
             }
             if (kind == 2) x[0] = NAN;
             if (kind == 3) x[n / 2] = NAN, x[n - 1] = NAN;
-            if (kind == 4) for (int i = 0; i < n; i++) x[i] = NAN;
+            if (kind == 4)
+                for (int i = 0; i < n; i++)
+                    x[i] = NAN;
             if (kind == 5) x[n - 1] = INFINITY, x[n / 3] = INFINITY;
-            if (kind == 6) for (int i = 0; i < n; i++) x[i] = (i % 2) ? 0.0f : -0.0f;
-            if (kind == 7) for (int i = 0; i < n; i++) x[i] = -INFINITY;
+            if (kind == 6)
+                for (int i = 0; i < n; i++)
+                    x[i] = (i % 2) ? 0.0f : -0.0f;
+            if (kind == 7)
+                for (int i = 0; i < n; i++)
+                    x[i] = -INFINITY;
             int a = argmax_first(x, n), b = argmax_loop(x, n);
             cases++;
-            if (a != b && bad++ < 5) fprintf(stderr, "argmax n=%d kind=%d: %d, loop %d\n", n, kind, a, b);
+            if (a != b && bad++ < 5)
+                fprintf(stderr, "argmax n=%d kind=%d: %d, loop %d\n", n, kind, a, b);
         }
     CHECK(bad == 0, "argmax_first differs from the plain loop in %d of %d cases", bad, cases);
 }
@@ -228,11 +249,13 @@ static void test_argmax(void) {
 static void test_stop_strings(void) {
     int st;
     char *full = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 100 "
-                     "--temperature 0 --no-echo --quiet", &st);
+                     "--temperature 0 --no-echo --quiet",
+                     &st);
     CHECK(st == 0, "generate failed");
     // stop at the first occurrence of " the": the printed text must end right before it
     char *cut = run("./tuna generate " MODEL " --prompt 'Once upon a time' --max-new-tokens 100 "
-                    "--temperature 0 --no-echo --quiet --stop ' the'", &st);
+                    "--temperature 0 --no-echo --quiet --stop ' the'",
+                    &st);
     CHECK(st == 0, "generate --stop failed");
     const char *at = strstr(full, " the");
     CHECK(at != NULL, "expected \" the\" in the greedy continuation");
@@ -257,13 +280,17 @@ static void test_incremental_text(void) {
     const char *models[2] = {MODEL, NULL};
     if (mkdtemp(tmp)) {
         snprintf(gdir, sizeof gdir, "%s/gpt2", tmp);
-        snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/fixtures/gpt2/* %s/ && cp ../shared/tokenizers/gpt2/* %s/ 2>/dev/null",
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p %s && cp tests/fixtures/gpt2/* %s/ && cp ../shared/tokenizers/gpt2/* "
+                 "%s/ 2>/dev/null",
                  gdir, gdir, gdir);
         int st;
         char *o = run(cmd, &st);
         free(o);
-        if (st == 0) models[1] = gdir;
-        else SKIP("../shared/tokenizers/gpt2 missing: byte-level case skipped");
+        if (st == 0)
+            models[1] = gdir;
+        else
+            SKIP("../shared/tokenizers/gpt2 missing: byte-level case skipped");
     }
     int cases = 0;
     for (int mi = 0; mi < 2 && models[mi]; mi++) {
@@ -275,31 +302,38 @@ static void test_incremental_text(void) {
         }
         for (int seed = 1; seed <= 6; seed++) {
             int st;
-            snprintf(cmd, sizeof cmd, "./tuna generate %s --prompt '!' --max-new-tokens 80 --temperature 1.3 "
-                     "--seed %d --ignore-eos --quiet", models[mi], seed);
+            snprintf(cmd, sizeof cmd,
+                     "./tuna generate %s --prompt '!' --max-new-tokens 80 --temperature 1.3 "
+                     "--seed %d --ignore-eos --quiet",
+                     models[mi], seed);
             char js[2100];
             snprintf(js, sizeof js, "%s --json", cmd);
             char ne[2100];
             snprintf(ne, sizeof ne, "%s --no-echo", cmd);
             char *jout = run(js, &st), *sout = run(ne, &st);
             cJSON *j = cJSON_Parse(jout);
-            const cJSON *pid = cJSON_GetObjectItem(j, "prompt_ids"), *ids = cJSON_GetObjectItem(j, "ids"),
+            const cJSON *pid = cJSON_GetObjectItem(j, "prompt_ids"),
+                        *ids = cJSON_GetObjectItem(j, "ids"),
                         *text = cJSON_GetObjectItem(j, "text");
-            CHECK(j && cJSON_IsArray(pid) && cJSON_IsArray(ids) && cJSON_IsString(text), "%s seed %d: bad --json: %s",
-                  models[mi], seed, jout);
+            CHECK(j && cJSON_IsArray(pid) && cJSON_IsArray(ids) && cJSON_IsString(text),
+                  "%s seed %d: bad --json: %s", models[mi], seed, jout);
             if (j && cJSON_IsArray(pid) && cJSON_IsArray(ids) && cJSON_IsString(text)) {
                 int np = cJSON_GetArraySize(pid), ni = cJSON_GetArraySize(ids);
                 int32_t *all = xmalloc(sizeof(int32_t) * (size_t)(np + ni + 1));
-                for (int i = 0; i < np; i++) all[i] = cJSON_GetArrayItem(pid, i)->valueint;
-                for (int i = 0; i < ni; i++) all[np + i] = cJSON_GetArrayItem(ids, i)->valueint;
-                char *pt = tokenizer_decode(tok, all, (size_t)np, 1), *full = tokenizer_decode(tok, all, (size_t)(np + ni), 1);
+                for (int i = 0; i < np; i++)
+                    all[i] = cJSON_GetArrayItem(pid, i)->valueint;
+                for (int i = 0; i < ni; i++)
+                    all[np + i] = cJSON_GetArrayItem(ids, i)->valueint;
+                char *pt = tokenizer_decode(tok, all, (size_t)np, 1),
+                     *full = tokenizer_decode(tok, all, (size_t)(np + ni), 1);
                 size_t pl = strlen(pt);
                 const char *want = strncmp(full, pt, pl) ? full : full + pl;
-                CHECK(!strcmp(text->valuestring, want), "%s seed %d: --json text differs from decode(ids)",
-                      models[mi], seed);
+                CHECK(!strcmp(text->valuestring, want),
+                      "%s seed %d: --json text differs from decode(ids)", models[mi], seed);
                 size_t sl = strlen(sout);
                 if (sl && sout[sl - 1] == '\n') sout[--sl] = '\0';
-                CHECK(!strcmp(sout, want), "%s seed %d: streamed text differs from decode(ids)", models[mi], seed);
+                CHECK(!strcmp(sout, want), "%s seed %d: streamed text differs from decode(ids)",
+                      models[mi], seed);
                 free(pt);
                 free(full);
                 free(all);
@@ -311,7 +345,8 @@ static void test_incremental_text(void) {
         }
         tokenizer_free(tok);
     }
-    printf("  incremental text: %d sampled cases equal decode(prompt + ids) - decode(prompt)\n", cases);
+    printf("  incremental text: %d sampled cases equal decode(prompt + ids) - decode(prompt)\n",
+           cases);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     int st;
     free(run(cmd, &st));
@@ -331,12 +366,19 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
     if (prefix) { /* a P-tuning prefix: every slot starts with it */
         size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
         float *pf = xmalloc(sizeof(float) * 3 * PW);
-        for (size_t i = 0; i < 3 * PW; i++) pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        for (size_t i = 0; i < 3 * PW; i++)
+            pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
         CHECK(model_set_prefix(m, pf, 3, &err) == 0, "prefix: %s", err.msg);
         free(pf);
     }
-    static const char *texts[] = {"Once upon a time", "The", "Lily and Tom went to the park to play with a big red ball.",
-                                  "Hi", "A dog named Max", "One day, the sun", "Tim", "She said"};
+    static const char *texts[] = {"Once upon a time",
+                                  "The",
+                                  "Lily and Tom went to the park to play with a big red ball.",
+                                  "Hi",
+                                  "A dog named Max",
+                                  "One day, the sun",
+                                  "Tim",
+                                  "She said"};
     int32_t *ids[8];
     size_t n[8];
     for (int i = 0; i < B; i++) {
@@ -348,11 +390,15 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
             ids[i][0] = 1;
             n[i] = 1;
         }
-        for (size_t k = 0; k < n[i]; k++) ids[i][k] %= m->cfg.V; /* the fixtures have 256 ids */
+        for (size_t k = 0; k < n[i]; k++)
+            ids[i][k] %= m->cfg.V; /* the fixtures have 256 ids */
     }
     const char *stops[] = {"\n\n", "was"};
-    GenerateOptions opt = {.max_new_tokens = 40, .eos_ids = m->cfg.eos_ids, .n_eos = m->cfg.n_eos,
-                           .stops = stops, .n_stops = 2};
+    GenerateOptions opt = {.max_new_tokens = 40,
+                           .eos_ids = m->cfg.eos_ids,
+                           .n_eos = m->cfg.n_eos,
+                           .stops = stops,
+                           .n_stops = 2};
     Sampler s;
     sampler_init(&s, m->cfg.V, 1, 0, 0, 1, 1);
     GenerateResult one[8], all[8];
@@ -363,7 +409,8 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
           "%s batch: %s", model_dir, err.msg);
     /* one decoding step of all B slots: each row bit-identical to that sequence's own step */
     int V = m->cfg.V, bit_same = 0;
-    float *lb = xmalloc(sizeof(float) * (size_t)V * (size_t)B), *l1 = xmalloc(sizeof(float) * (size_t)V);
+    float *lb = xmalloc(sizeof(float) * (size_t)V * (size_t)B),
+          *l1 = xmalloc(sizeof(float) * (size_t)V);
     int slots[8];
     int32_t first[8];
     CHECK(model_reserve_slots(m, B, 64, 64, &err) == 0, "reserve slots: %s", err.msg);
@@ -381,17 +428,20 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
         model_forward(m, &first[i], 1, l1, 0, &err);
         bit_same += !memcmp(l1, lb + (size_t)i * V, sizeof(float) * (size_t)V);
     }
-    CHECK(bit_same == B, "%s: %d of %d rows of a batched step are bit-identical to decoding alone", model_dir,
-          bit_same, B);
+    CHECK(bit_same == B, "%s: %d of %d rows of a batched step are bit-identical to decoding alone",
+          model_dir, bit_same, B);
     free(lb);
     free(l1);
     int same = 0, tokens = 0, stopped[5] = {0};
     for (int i = 0; i < B; i++) {
-        int eq = one[i].n_ids == all[i].n_ids && !memcmp(one[i].ids, all[i].ids, sizeof(int32_t) * one[i].n_ids) &&
+        int eq = one[i].n_ids == all[i].n_ids &&
+                 !memcmp(one[i].ids, all[i].ids, sizeof(int32_t) * one[i].n_ids) &&
                  !strcmp(one[i].text, all[i].text) && one[i].stopped_by == all[i].stopped_by;
-        CHECK(eq, "%s%s B=%d, prompt %d: alone %zu ids (stop %d) \"%.40s\", batched %zu ids (stop %d) \"%.40s\"",
-              model_dir, prefix ? " + prefix" : "", B, i, one[i].n_ids, one[i].stopped_by, one[i].text,
-              all[i].n_ids, all[i].stopped_by, all[i].text);
+        CHECK(eq,
+              "%s%s B=%d, prompt %d: alone %zu ids (stop %d) \"%.40s\", batched %zu ids (stop %d) "
+              "\"%.40s\"",
+              model_dir, prefix ? " + prefix" : "", B, i, one[i].n_ids, one[i].stopped_by,
+              one[i].text, all[i].n_ids, all[i].stopped_by, all[i].text);
         same += eq;
         tokens += (int)one[i].n_ids;
         stopped[one[i].stopped_by]++;
@@ -399,9 +449,11 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
         generate_result_free(&all[i]);
         free(ids[i]);
     }
-    printf("  generate_batch %s%s B=%d: %d/%d sequences identical, %d tokens (ended by max %d, eos %d, stop "
+    printf("  generate_batch %s%s B=%d: %d/%d sequences identical, %d tokens (ended by max %d, eos "
+           "%d, stop "
            "string %d)\n",
-           model_dir, prefix ? " + prefix" : "", B, same, B, tokens, stopped[0], stopped[1], stopped[2]);
+           model_dir, prefix ? " + prefix" : "", B, same, B, tokens, stopped[0], stopped[1],
+           stopped[2]);
     sampler_free(&s);
 out:
     tokenizer_free(tok);
@@ -444,11 +496,13 @@ static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) 
     if (prefix) {
         size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
         float *pf = xmalloc(sizeof(float) * 2 * PW);
-        for (size_t i = 0; i < 2 * PW; i++) pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        for (size_t i = 0; i < 2 * PW; i++)
+            pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
         CHECK(model_set_prefix(m, pf, 2, &err) == 0, "prefix: %s", err.msg);
         free(pf);
     }
-    static const char *texts[] = {"Once upon a time", "Lily and Tom went to the park. Lily and Tom went to the",
+    static const char *texts[] = {"Once upon a time",
+                                  "Lily and Tom went to the park. Lily and Tom went to the",
                                   "The cat sat. The cat sat. The cat", "Hi"};
     const char *stops[] = {"\n\n", "was"};
     int same = 0, cases = 0, full = 0;
@@ -464,35 +518,47 @@ static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) 
                 ids[0] = 1;
                 n = 1;
             }
-            for (size_t k = 0; k < n; k++) ids[k] %= m->cfg.V;
-            GenerateOptions opt = {.max_new_tokens = variant == 3 ? 200 : 60, .eos_ids = m->cfg.eos_ids,
-                                   .n_eos = m->cfg.n_eos, .ignore_eos = variant == 1,
-                                   .stops = stops, .n_stops = variant == 0 ? 2 : 0};
+            for (size_t k = 0; k < n; k++)
+                ids[k] %= m->cfg.V;
+            GenerateOptions opt = {.max_new_tokens = variant == 3 ? 200 : 60,
+                                   .eos_ids = m->cfg.eos_ids,
+                                   .n_eos = m->cfg.n_eos,
+                                   .ignore_eos = variant == 1,
+                                   .stops = stops,
+                                   .n_stops = variant == 0 ? 2 : 0};
             Sampler s;
             sampler_init(&s, m->cfg.V, 1, 0, 0, 1, variant == 2 ? 1.3f : 1.0f);
             GenerateResult a, b;
-            CHECK(generate_run(m, tok, &s, ids, n, &opt, &a, &err) == 0, "%s plain: %s", model_dir, err.msg);
+            CHECK(generate_run(m, tok, &s, ids, n, &opt, &a, &err) == 0, "%s plain: %s", model_dir,
+                  err.msg);
             full += a.stopped_by == 4;
             for (int look = 1; look <= LOOKUP_MAX; look += 7) {
                 opt.lookup = look;
-                CHECK(generate_run(m, tok, &s, ids, n, &opt, &b, &err) == 0, "%s lookup: %s", model_dir, err.msg);
+                CHECK(generate_run(m, tok, &s, ids, n, &opt, &b, &err) == 0, "%s lookup: %s",
+                      model_dir, err.msg);
                 cases++;
-                int ok = a.n_ids == b.n_ids && a.stopped_by == b.stopped_by && !strcmp(a.text, b.text) &&
+                int ok = a.n_ids == b.n_ids && a.stopped_by == b.stopped_by &&
+                         !strcmp(a.text, b.text) &&
                          !memcmp(a.ids, b.ids, sizeof(int32_t) * a.n_ids);
                 same += ok;
                 accepted += b.n_accepted;
                 if (!ok)
-                    fprintf(stderr, "lookup %s text %d variant %d lookup %d: %zu ids (stop %d) vs %zu (stop %d)\n",
-                            model_dir, ti, variant, look, a.n_ids, a.stopped_by, b.n_ids, b.stopped_by);
+                    fprintf(stderr,
+                            "lookup %s text %d variant %d lookup %d: %zu ids (stop %d) vs %zu "
+                            "(stop %d)\n",
+                            model_dir, ti, variant, look, a.n_ids, a.stopped_by, b.n_ids,
+                            b.stopped_by);
                 generate_result_free(&b);
             }
             generate_result_free(&a);
             sampler_free(&s);
             free(ids);
         }
-    CHECK(same == cases, "%s: lookup decoding matched plain greedy in %d of %d runs", model_dir, same, cases);
+    CHECK(same == cases, "%s: lookup decoding matched plain greedy in %d of %d runs", model_dir,
+          same, cases);
     CHECK(accepted > 0, "%s: no draft token was ever accepted", model_dir);
-    printf("  lookup %s%s: %d/%d runs identical to plain greedy, %zu draft tokens kept, %d ended by a full context\n",
+    printf("  lookup %s%s: %d/%d runs identical to plain greedy, %zu draft tokens kept, %d ended "
+           "by a full context\n",
            model_dir, prefix ? " +prefix" : "", same, cases, accepted, full);
 out:
     tokenizer_free(tok);
@@ -528,7 +594,8 @@ static void test_bad_options(void) {
         int st;
         char *out = run(cmds[i], &st);
         size_t nl = 0;
-        for (char *p = out; *p; p++) nl += *p == '\n';
+        for (char *p = out; *p; p++)
+            nl += *p == '\n';
         CHECK(i == 5 || st != 0, "%s: exit status 0", cmds[i]);
         CHECK(nl == 1 && strlen(out) > 10, "%s: want one line on stderr, got: %s", cmds[i], out);
         free(out);

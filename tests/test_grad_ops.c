@@ -46,7 +46,6 @@ static double *to_double(const float *src, size_t n) {
     return p;
 }
 
-
 // --- 1. finite differences of the ref backward ops
 
 enum {
@@ -439,7 +438,8 @@ static void fd_xent(void) {
     float *al = dup_buf(x, (size_t)R * V), *l2 = zeros((size_t)R);
     ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale);
     double e;
-    CHECK(test_close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g", e);
+    CHECK(test_close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g",
+          e);
     free(x), free(d), free(loss), free(f.a), free(al), free(l2);
 }
 

@@ -20,10 +20,10 @@ static float frand(void) {
 }
 static float *rand_buf(size_t n, float scale) {
     float *p = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand() * scale;
     return p;
 }
-
 
 /* Copies host data into backend memory and back, so device backends are tested the same way. */
 static float *up(Backend *be, const float *h, size_t n) {
@@ -40,14 +40,15 @@ static void test_backend(Backend *be) {
     const char *nm = be->ops->name;
     double worst;
     // matmul: M=1 (decode path) and M>1 (sgemm path), bias and no bias
-    int shapes[][3] = {{1, 64, 172}, {1, 288, 32000}, {1, 7, 5}, {3, 17, 29}, {12, 64, 256},
-                       {33, 100, 77}};
+    int shapes[][3] = {{1, 64, 172}, {1, 288, 32000}, {1, 7, 5},
+                       {3, 17, 29},  {12, 64, 256},   {33, 100, 77}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
         for (int wb = 0; wb < 2; wb++) {
             float *in = rand_buf((size_t)M * K, 1), *w = rand_buf((size_t)N * K, 0.5f);
             float *b = wb ? rand_buf((size_t)N, 1) : NULL;
-            float *ref = malloc(sizeof(float) * (size_t)M * N), *out = malloc(sizeof(float) * (size_t)M * N);
+            float *ref = malloc(sizeof(float) * (size_t)M * N),
+                  *out = malloc(sizeof(float) * (size_t)M * N);
             ref_matmul_fwd(ref, in, w, b, M, K, N);
             float *din = up(be, in, (size_t)M * K), *dw = up(be, w, (size_t)N * K);
             float *db = b ? up(be, b, (size_t)N) : NULL;
@@ -60,7 +61,11 @@ static void test_backend(Backend *be) {
             be->ops->release(be, dw);
             be->ops->release(be, db);
             be->ops->release(be, dout);
-            free(in); free(w); free(b); free(ref); free(out);
+            free(in);
+            free(w);
+            free(b);
+            free(ref);
+            free(out);
         }
     }
     // norms (the last two are above the parallel threshold, rows not a multiple of 2)
@@ -75,44 +80,65 @@ static void test_backend(Backend *be) {
         ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
         be->ops->rmsnorm_fwd(be, dout, din, dw, 1e-5f, R, C);
         down(be, out, dout, n);
-        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm R=%d C=%d: %g", nm, R, C, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm R=%d C=%d: %g", nm,
+              R, C, worst);
         ref_layernorm_fwd(ref, in, w, b, 1e-5f, R, C);
         be->ops->layernorm_fwd(be, dout, din, dw, db, 1e-5f, R, C);
         down(be, out, dout, n);
-        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s layernorm R=%d C=%d: %g", nm, R, C, worst);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s layernorm R=%d C=%d: %g",
+              nm, R, C, worst);
         // in place
         be->ops->rmsnorm_fwd(be, din, din, dw, 1e-5f, R, C);
         down(be, out, din, n);
         ref_rmsnorm_fwd(ref, in, w, 1e-5f, R, C);
-        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm in place: %g", nm, worst);
-        be->ops->release(be, din); be->ops->release(be, dw); be->ops->release(be, db);
+        CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rmsnorm in place: %g", nm,
+              worst);
+        be->ops->release(be, din);
+        be->ops->release(be, dw);
+        be->ops->release(be, db);
         be->ops->release(be, dout);
-        free(in); free(w); free(b); free(ref); free(out);
+        free(in);
+        free(w);
+        free(b);
+        free(ref);
+        free(out);
     }
     // rope: a few tokens, and enough for the parallel path (an odd count)
     for (int T = 9; T <= 701; T += 692) {
         int NH = 3, HS = 16;
         size_t n = (size_t)T * NH * HS;
-        float *x = rand_buf(n, 1), *ref = malloc(sizeof(float) * n), *out = malloc(sizeof(float) * n);
+        float *x = rand_buf(n, 1), *ref = malloc(sizeof(float) * n),
+              *out = malloc(sizeof(float) * n);
         float f[8];
-        for (int i = 0; i < 8; i++) f[i] = 1.0f / powf(10000.0f, (float)(2 * i) / 16.0f);
+        for (int i = 0; i < 8; i++)
+            f[i] = 1.0f / powf(10000.0f, (float)(2 * i) / 16.0f);
         int32_t pos[701];
-        for (int t = 0; t < T; t++) pos[t] = 100 + 3 * t;
+        for (int t = 0; t < T; t++)
+            pos[t] = 100 + 3 * t;
         memcpy(ref, x, sizeof(float) * n);
         ref_rope_fwd(ref, pos, f, T, NH, HS, HS);
         float *dx = up(be, x, n), *df = up(be, f, 8);
         be->ops->rope_fwd(be, dx, pos, df, T, NH, HS, HS);
         down(be, out, dx, n);
         CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s rope: %g", nm, worst);
-        be->ops->release(be, dx); be->ops->release(be, df);
-        free(x); free(ref); free(out);
+        be->ops->release(be, dx);
+        be->ops->release(be, df);
+        free(x);
+        free(ref);
+        free(out);
     }
     // attention: prefill (Tq == Tk), decode with a larger cache (Tq = 1), GQA, window, B > 1
     int ashapes[][7] = {/* B, Tq, Tk, NH, KVH, HS, window */
-                        {1, 5, 5, 4, 2, 8, 0},  {1, 1, 37, 8, 4, 8, 0}, {2, 7, 7, 6, 6, 16, 0},
-                        {1, 4, 20, 4, 1, 12, 0}, {1, 9, 9, 2, 2, 8, 3},  {2, 3, 11, 9, 3, 64, 0},
+                        {1, 5, 5, 4, 2, 8, 0},
+                        {1, 1, 37, 8, 4, 8, 0},
+                        {2, 7, 7, 6, 6, 16, 0},
+                        {1, 4, 20, 4, 1, 12, 0},
+                        {1, 9, 9, 2, 2, 8, 3},
+                        {2, 3, 11, 9, 3, 64, 0},
                         /* the sgemm path (Tq >= 32): prefill, a prefix (Tk > Tq), GQA, window */
-                        {2, 40, 40, 6, 2, 16, 0}, {1, 33, 50, 4, 4, 24, 0}, {2, 64, 64, 9, 3, 64, 17}};
+                        {2, 40, 40, 6, 2, 16, 0},
+                        {1, 33, 50, 4, 4, 24, 0},
+                        {2, 64, 64, 9, 3, 64, 17}};
     for (size_t s = 0; s < sizeof ashapes / sizeof ashapes[0]; s++) {
         int B = ashapes[s][0], Tq = ashapes[s][1], Tk = ashapes[s][2], NH = ashapes[s][3],
             KVH = ashapes[s][4], HS = ashapes[s][5], win = ashapes[s][6];
@@ -126,11 +152,17 @@ static void test_backend(Backend *be) {
         be->ops->attention_fwd(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win);
         down(be, out, dout, nq);
         CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
-              "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d: %g", nm, B, Tq, Tk, NH,
-              KVH, HS, win, worst);
-        be->ops->release(be, dq); be->ops->release(be, dk); be->ops->release(be, dv);
+              "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d: %g", nm, B, Tq, Tk, NH, KVH,
+              HS, win, worst);
+        be->ops->release(be, dq);
+        be->ops->release(be, dk);
+        be->ops->release(be, dv);
         be->ops->release(be, dout);
-        free(q); free(k); free(v); free(ref); free(out);
+        free(q);
+        free(k);
+        free(v);
+        free(ref);
+        free(out);
     }
     // elementwise and embedding
     {
@@ -146,7 +178,8 @@ static void test_backend(Backend *be) {
             ref_gelu_fwd(ref, a, n, approx);
             be->ops->gelu_fwd(be, dout, da, n, approx);
             down(be, out, dout, n);
-            CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s gelu approx=%d: %g", nm, approx, worst);
+            CHECK(test_close_enough(out, ref, n, 1e-5f, 1e-5f, &worst), "%s gelu approx=%d: %g", nm,
+                  approx, worst);
         }
         ref_add_fwd(ref, a, b, n);
         be->ops->add_fwd(be, dout, da, db, n);
@@ -157,8 +190,13 @@ static void test_backend(Backend *be) {
         be->ops->embed_fwd(be, dout, ids, da, 5, 100);
         down(be, out, dout, 500);
         CHECK(test_close_enough(out, ref, 500, 0, 0, &worst), "%s embed: %g", nm, worst);
-        be->ops->release(be, da); be->ops->release(be, db); be->ops->release(be, dout);
-        free(a); free(b); free(ref); free(out);
+        be->ops->release(be, da);
+        be->ops->release(be, db);
+        be->ops->release(be, dout);
+        free(a);
+        free(b);
+        free(ref);
+        free(out);
     }
     CHECK(be->ops->sync(be) == 0, "%s: latched error: %s", nm, be->err.msg);
 }
@@ -166,8 +204,7 @@ static void test_backend(Backend *be) {
 static atomic_int spin_stop;
 static void *spin(void *arg) {
     (void)arg;
-    while (!atomic_load(&spin_stop)) {
-    }
+    while (!atomic_load(&spin_stop)) {}
     return NULL;
 }
 
@@ -177,7 +214,8 @@ static void test_thread_counts(void) {
     TunaErr err = {0};
     int cores = omp_get_num_procs();
     Backend *be = backend_init("cpu", 0, &err);
-    CHECK(be && be->n_threads == cores, "cpu backend with 0 threads: %d, cores %d", be ? be->n_threads : -1, cores);
+    CHECK(be && be->n_threads == cores, "cpu backend with 0 threads: %d, cores %d",
+          be ? be->n_threads : -1, cores);
     backend_free(be);
     be = backend_init("cpu", 3, &err);
     CHECK(be && be->n_threads == 3, "cpu backend asked for 3 threads: %d", be ? be->n_threads : -1);
@@ -188,7 +226,8 @@ static void test_thread_counts(void) {
     backend_free(be);
     pthread_t t[2];
     int started = 0;
-    for (int i = 0; i < 2; i++) started += pthread_create(&t[i], NULL, spin, NULL) == 0;
+    for (int i = 0; i < 2; i++)
+        started += pthread_create(&t[i], NULL, spin, NULL) == 0;
     CHECK(started == 2, "spinning threads: %d started", started);
     be = backend_init("cpu", BACKEND_THREADS_IDLE, &err);
     int want = cores - 2 < 1 ? 1 : cores - 2;
@@ -205,7 +244,8 @@ static void test_thread_counts(void) {
     CHECK(be && be->n_threads == cores, "backend_set_threads(0): %d", be ? be->n_threads : -1);
     backend_free(be);
     atomic_store(&spin_stop, 1);
-    for (int i = 0; i < started; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < started; i++)
+        pthread_join(t[i], NULL);
 }
 
 int main(void) {

@@ -44,8 +44,10 @@ static void check_fixture(const char *dir, const char *backend) {
         goto done;
     }
     const StTensor *ids_t = need(ref, "input_ids", ST_I32), *lg_t = need(ref, "logits", ST_F32);
-    const StTensor *gp_t = need(ref, "greedy_prompt", ST_I32), *gi_t = need(ref, "greedy_ids", ST_I32);
-    CHECK(ids_t && lg_t && gp_t && gi_t, "%s: reference tensors missing or of the wrong dtype", path);
+    const StTensor *gp_t = need(ref, "greedy_prompt", ST_I32),
+                   *gi_t = need(ref, "greedy_ids", ST_I32);
+    CHECK(ids_t && lg_t && gp_t && gi_t, "%s: reference tensors missing or of the wrong dtype",
+          path);
     if (!ids_t || !lg_t || !gp_t || !gi_t) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1], V = m->cfg.V;
     CHECK(lg_t->shape[2] == V, "%s: vocab %d vs logits %lld", dir, V, (long long)lg_t->shape[2]);
@@ -58,7 +60,8 @@ static void check_fixture(const char *dir, const char *backend) {
         int rc = model_forward(m, ids + (size_t)b * T, T, got, 1, &err);
         CHECK(rc == 0, "%s: %s", dir, err.msg);
         double d = test_max_abs_diff(got, want + (size_t)b * T * V, (size_t)T * V);
-        CHECK(d <= LOGIT_ATOL, "%s [%s] row %d: max |dlogit| = %.3g > %g", dir, backend, b, d, LOGIT_ATOL);
+        CHECK(d <= LOGIT_ATOL, "%s [%s] row %d: max |dlogit| = %.3g > %g", dir, backend, b, d,
+              LOGIT_ATOL);
         if (b == 0) printf("  %-28s %-4s max |dlogit| %.2e\n", dir + 15, backend, d);
         // the same row fed one token at a time through the KV cache
         model_reset(m);

@@ -32,7 +32,8 @@ int main(void) {
         const float *want = T(key);
         double worst = 0;
         for (int k = 0; k < 30; k++)
-            worst = fmax(worst, fabs(sched_factor((SchedType)sched_parse(names[s]), k, 5, 30) - (double)want[k]));
+            worst = fmax(worst, fabs(sched_factor((SchedType)sched_parse(names[s]), k, 5, 30) -
+                                     (double)want[k]));
         CHECK(worst <= 1e-6, "schedule %s: max diff %.3g", names[s], worst);
     }
     // AdamW: 20 steps with the lrs transformers' cosine schedule produced
@@ -60,7 +61,8 @@ int main(void) {
             worst = fmax(worst, test_max_abs_diff(hq, T("P_nowd") + (size_t)k * N2, N2));
         }
         CHECK(lr_worst <= 1e-9, "lr schedule vs torch: %.3g", lr_worst);
-        CHECK(worst <= 1e-5, "[%s] AdamW parameters after 20 steps: max diff %.3g", be->ops->name, worst);
+        CHECK(worst <= 1e-5, "[%s] AdamW parameters after 20 steps: max diff %.3g", be->ops->name,
+              worst);
         printf("  [%s] AdamW 20 steps vs torch: max |dp| %.2e\n", be->ops->name, worst);
         // clipping
         be->ops->upload(be, g, T("G"), N * 4);
@@ -76,27 +78,32 @@ int main(void) {
             float *gp[2] = {g, g};
             for (int pass = 0; pass < 2; pass++) {
                 Optim o2;
-                CHECK(optim_init(&o2, be, tp, 1, 0.9f, 0.999f, 1e-8f, 0.01f, &err) == 0, "%s", err.msg);
+                CHECK(optim_init(&o2, be, tp, 1, 0.9f, 0.999f, 1e-8f, 0.01f, &err) == 0, "%s",
+                      err.msg);
                 be->ops->upload(be, p, T("p0"), N * 4);
                 for (int k = 0; k < 3; k++) {
                     be->ops->upload(be, gp[pass], T("G") + (size_t)k * N, N * 4);
                     float gs = 1.0f;
                     optim_clip(be, tp, 1, 0.05f, pass ? &gs : NULL);
-                    if (pass) CHECK(gs < 1.0f, "clip factor %g: the test wants clipping", (double)gs);
+                    if (pass)
+                        CHECK(gs < 1.0f, "clip factor %g: the test wants clipping", (double)gs);
                     optim_step(&o2, tp, 1, 1e-3f, gs);
                 }
                 be->ops->download(be, pass ? pb : pa, p, N * 4);
                 optim_free(&o2);
             }
-            CHECK(memcmp(pa, pb, N * 4) == 0, "[%s] fused clip factor differs from clipping in place",
-                  be->ops->name);
+            CHECK(memcmp(pa, pb, N * 4) == 0,
+                  "[%s] fused clip factor differs from clipping in place", be->ops->name);
             free(pa);
             free(pb);
         }
         free(hp);
         free(hq);
         optim_free(&o);
-        be->ops->release(be, p); be->ops->release(be, q); be->ops->release(be, g); be->ops->release(be, h);
+        be->ops->release(be, p);
+        be->ops->release(be, q);
+        be->ops->release(be, g);
+        be->ops->release(be, h);
         backend_free(be);
     }
     safetensors_free(st);

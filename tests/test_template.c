@@ -281,20 +281,22 @@ static void test_stories_ids(void) {
               {TEMPLATE_MASK_HISTORY, "mask_history"},
               {TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY, "both"}};
     for (size_t f = 0; f < sizeof fl / sizeof fl[0]; f++) {
-        int top = fl[f].flags & TEMPLATE_TRAIN_ON_PROMPT, hist = fl[f].flags & TEMPLATE_MASK_HISTORY;
+        int top = fl[f].flags & TEMPLATE_TRAIN_ON_PROMPT,
+            hist = fl[f].flags & TEMPLATE_MASK_HISTORY;
         for (size_t i = 0; i < w; i++) {
             int reply1 = i >= t1 && i < u2, reply2 = i >= t2;
             int trains = reply2 || (reply1 && !hist) || (!reply1 && top);
             wlab[i] = trains ? want[i] : TEMPLATE_IGNORE;
         }
         rc = template_encode_train(van, tok, m, 5, 0, fl[f].flags, &ids, &labels, &n, &err);
-        CHECK(rc == 0 && n == w && !memcmp(ids, want, n * sizeof *ids), "%s: ids differ (n %zu, want %zu)",
-              fl[f].what, n, w);
+        CHECK(rc == 0 && n == w && !memcmp(ids, want, n * sizeof *ids),
+              "%s: ids differ (n %zu, want %zu)", fl[f].what, n, w);
         CHECK(n == w && !memcmp(labels, wlab, n * sizeof *ids), "%s: labels differ", fl[f].what);
         free(ids);
         free(labels);
         /* a budget of exactly the second turn: mask_history keeps the last turn, else the first */
-        rc = template_encode_train(van, tok, m, 5, (int)(w - u2), fl[f].flags, &ids, &labels, &n, &err);
+        rc = template_encode_train(van, tok, m, 5, (int)(w - u2), fl[f].flags, &ids, &labels, &n,
+                                   &err);
         /* (the first turn is longer: infer_seqlen cuts its prompt and reply) */
         CHECK(rc == 0 && n == w - u2 &&
                       (hist ? !memcmp(ids, want + u2, n * sizeof *ids) : ids[0] == want[0]),

@@ -21,7 +21,8 @@
 /* The fixture tensor as tuna lays it out (GPT-2 Conv1D transposed, c_attn split). */
 static float *to_ours(const StTensor *t, const ParamInfo *pi) {
     size_t fn = 1;
-    for (int d = 0; d < t->ndim; d++) fn *= (size_t)t->shape[d];
+    for (int d = 0; d < t->ndim; d++)
+        fn *= (size_t)t->shape[d];
     float *src = xmalloc(sizeof(float) * fn), *dst = xmalloc(sizeof(float) * (pi ? pi->n : fn));
     st_tensor_to_f32(t, src, fn, NULL);
     if (!pi || pi->mode == 0) {
@@ -30,11 +31,13 @@ static float *to_ours(const StTensor *t, const ParamInfo *pi) {
         size_t R = (size_t)pi->shape[0], Cn = pi->ndim == 2 ? (size_t)pi->shape[1] : 1;
         if (pi->mode == 1) {
             for (size_t r = 0; r < R; r++)
-                for (size_t c = 0; c < Cn; c++) dst[c * R + r] = src[r * Cn + c];
+                for (size_t c = 0; c < Cn; c++)
+                    dst[c * R + r] = src[r * Cn + c];
         } else if (pi->mode == 2) {
             size_t W = Cn / 3, off = (size_t)pi->part * W;
             for (size_t r = 0; r < R; r++)
-                for (size_t c = 0; c < W; c++) dst[c * R + r] = src[r * Cn + off + c];
+                for (size_t c = 0; c < W; c++)
+                    dst[c * R + r] = src[r * Cn + off + c];
         } else {
             memcpy(dst, src + (size_t)pi->part * (R / 3), sizeof(float) * (R / 3));
         }
@@ -84,8 +87,8 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
         CHECK(0, "%s: %s", arch, err.msg);
         goto done;
     }
-    const StTensor *ids_t = safetensors_find(fx, "input_ids"), *lab_t = safetensors_find(fx, "labels"),
-                   *loss_t = safetensors_find(fx, "loss");
+    const StTensor *ids_t = safetensors_find(fx, "input_ids"),
+                   *lab_t = safetensors_find(fx, "labels"), *loss_t = safetensors_find(fx, "loss");
     CHECK(ids_t && lab_t && loss_t, "%s: input_ids/labels/loss missing", fpath);
     if (!ids_t || !lab_t || !loss_t) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
@@ -133,7 +136,8 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     int rc = train_step_fb(ts, ids, targets, B, 1.0f / (float)n_t, 1, &loss_sum, &cnt, &err);
     CHECK(rc == 0, "%s: %s", arch, err.msg);
     double loss = loss_sum / cnt, want = (double)((const float *)loss_t->data)[0];
-    CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s: loss %.7f vs torch %.7f", arch, kind, loss, want);
+    CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s: loss %.7f vs torch %.7f", arch, kind,
+          loss, want);
     double worst = 0;
     int compared = 0;
     for (int i = 0; i < np; i++) {
@@ -146,12 +150,14 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
         float *ref = to_ours(g, pi), *got = xmalloc(sizeof(float) * tp[i].n);
         be->ops->download(be, got, tp[i].grad, tp[i].n * sizeof(float));
         double mref = 0, d = test_max_abs_diff(got, ref, tp[i].n);
-        for (size_t j = 0; j < tp[i].n; j++) mref = fmax(mref, fabs((double)ref[j]));
+        for (size_t j = 0; j < tp[i].n; j++)
+            mref = fmax(mref, fabs((double)ref[j]));
         /* GRAD_ATOL: a gradient that is zero in exact arithmetic (GPT-2's key bias: a constant
          * added to every score of a query cancels in the softmax) is float noise on both sides */
         double rel = d / (mref > 0 ? mref : 1e-30);
-        CHECK(d <= GRAD_RTOL * mref + GRAD_ATOL, "%s %s: %s (part %d): rel err %.3g (max|ref| %.3g)", arch, kind,
-              tp[i].name, pi ? pi->part : 0, rel, mref);
+        CHECK(d <= GRAD_RTOL * mref + GRAD_ATOL,
+              "%s %s: %s (part %d): rel err %.3g (max|ref| %.3g)", arch, kind, tp[i].name,
+              pi ? pi->part : 0, rel, mref);
         if (mref > 1e-6 && rel > worst) worst = rel;
         compared++;
         free(ref);
@@ -167,7 +173,9 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
         if (P == 3 && lg && model_set_prefix(m, pre, P, &err) == 0) {
             double d = logits_diff(m, ids, lg->data, B, T);
             CHECK(d <= 1e-4, "%s prefix inference: max |dlogit| %.3g", arch, d);
-            printf("  %-10s %-13s generation path with the prefix in the KV cache: max |dlogit| %.2e\n", arch, kind, d);
+            printf("  %-10s %-13s generation path with the prefix in the KV cache: max |dlogit| "
+                   "%.2e\n",
+                   arch, kind, d);
         }
     }
     free(targets);
@@ -220,7 +228,9 @@ static void test_peft_interop(void) {
     CHECK(model_load("tests/fixtures/gpt2", be, &g, &err) == 0, "%s", err.msg);
     CHECK(g && model_save_hf(g, out, &err) == 0, "%s", err.msg);
     CHECK(model_load(out, be, &g2, &err) == 0, "%s", err.msg);
-    if (g && g2) CHECK(!memcmp(g->params, g2->params, sizeof(float) * g->n_params), "gpt2 round trip differs");
+    if (g && g2)
+        CHECK(!memcmp(g->params, g2->params, sizeof(float) * g->n_params),
+              "gpt2 round trip differs");
     model_free(g);
     model_free(g2);
     char cmd[300];
@@ -236,17 +246,20 @@ int main(void) {
     test_peft_interop();
     const char *archs[] = {"llama", "llama_tied", "llama3", "mistral", "qwen2", "qwen3", "gpt2"};
     TrainSetup full = {.method = METHOD_FULL, .seed = 1};
-    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) run_case(archs[i], "full", full);
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        run_case(archs[i], "full", full);
     TrainSetup lora = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1};
     const char *lora_archs[] = {"llama", "qwen2", "qwen3", "gpt2"};
-    for (size_t i = 0; i < 4; i++) run_case(lora_archs[i], "lora", lora);
+    for (size_t i = 0; i < 4; i++)
+        run_case(lora_archs[i], "lora", lora);
     TrainSetup rs = lora;
     rs.lora_rslora = 1;
     run_case("llama", "lora_rslora", rs);
     /* LoRA + peft's trainable_token_indices: untied (embedding only) and tied (embedding and
      * LM head share the rows) */
     const char *tok_archs[] = {"llama", "llama_tied", "gpt2"};
-    for (size_t i = 0; i < 3; i++) run_case(tok_archs[i], "lora_tokens", lora);
+    for (size_t i = 0; i < 3; i++)
+        run_case(tok_archs[i], "lora_tokens", lora);
     TrainSetup pre = {.method = METHOD_PREFIX, .prefix_tokens = 3, .seed = 1};
     run_case("llama", "prefix", pre);
     run_case("qwen2", "prefix", pre);

@@ -20,8 +20,9 @@ static const char *bin(void) {
     return b && *b ? b : "./tuna";
 }
 
-#define BASE "--model models/stories260K --dataset identity --dataset-dir datasets " \
-             "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 --quiet "
+#define BASE                                                                                       \
+    "--model models/stories260K --dataset identity --dataset-dir datasets "                        \
+    "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 --quiet "
 
 /* Losses per step (index = step) from metrics.jsonl; returns the count of step lines. */
 static int read_losses(const char *dir, double *loss, int cap, double *eval0, double *eval_last) {
@@ -60,7 +61,8 @@ static pid_t spawn(const char *args, const char *out) {
     pid_t p = fork();
     if (p == 0) {
         char cmd[2048];
-        snprintf(cmd, sizeof cmd, "exec %s train " BASE "%s --output %s 2>/dev/null", bin(), args, out);
+        snprintf(cmd, sizeof cmd, "exec %s train " BASE "%s --output %s 2>/dev/null", bin(), args,
+                 out);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -71,7 +73,8 @@ static pid_t spawn(const char *args, const char *out) {
 static void wait_step(const char *dir, int s) {
     double l[256];
     for (int i = 0; i < 6000; i++) {
-        for (int k = 0; k < 256; k++) l[k] = -1;
+        for (int k = 0; k < 256; k++)
+            l[k] = -1;
         read_losses(dir, l, 256, NULL, NULL);
         if (l[s] >= 0) return;
         usleep(10000);
@@ -85,8 +88,8 @@ static void compare(const char *what, const double *a, const double *b, int n) {
             same = 0;
             first = i;
         }
-    CHECK(same, "%s: losses differ from the uninterrupted run at step %d (%.9g vs %.9g)", what, first,
-          first > 0 ? a[first] : 0, first > 0 ? b[first] : 0);
+    CHECK(same, "%s: losses differ from the uninterrupted run at step %d (%.9g vs %.9g)", what,
+          first, first > 0 ? a[first] : 0, first > 0 ? b[first] : 0);
 }
 
 int main(void) {
@@ -109,9 +112,13 @@ int main(void) {
     CHECK(e1 < e0, "LoRA: eval loss did not go down: %.4f -> %.4f", e0, e1);
     printf("  lora: eval loss %.4f -> %.4f over %d steps\n", e0, e1, N);
     char p[600];
-    const char *files[] = {"train_config.json", "trainer_log.jsonl", "adapter_config.json",
-                           "adapter_model.safetensors", "checkpoint-18/trainer_state.json",
-                           "checkpoint-18/adapter_model.safetensors", "checkpoint-18/optimizer.safetensors"};
+    const char *files[] = {"train_config.json",
+                           "trainer_log.jsonl",
+                           "adapter_config.json",
+                           "adapter_model.safetensors",
+                           "checkpoint-18/trainer_state.json",
+                           "checkpoint-18/adapter_model.safetensors",
+                           "checkpoint-18/optimizer.safetensors"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", d, files[i]);
         CHECK(access(p, R_OK) == 0, "run folder lacks %s", files[i]);
@@ -123,7 +130,8 @@ int main(void) {
     kill(pid, SIGINT);
     int st;
     waitpid(pid, &st, 0);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT: trainer did not exit cleanly (status %d)", st);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT: trainer did not exit cleanly (status %d)",
+          st);
     double got[64] = {0};
     snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
     CHECK(sh(cmd) == 0, "resume after SIGINT failed");
@@ -138,7 +146,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
     CHECK(sh(cmd) == 0, "resume after SIGKILL failed");
     memset(got, 0, sizeof got);
-    CHECK(read_losses(d2, got, 64, NULL, NULL) == N, "resumed run after SIGKILL: expected %d step lines", N);
+    CHECK(read_losses(d2, got, 64, NULL, NULL) == N,
+          "resumed run after SIGKILL: expected %d step lines", N);
     compare("SIGKILL + resume", ref, got, N);
     // --- the saved config replays the same run
     snprintf(d2, sizeof d2, "%s/replay", tmp);
@@ -150,7 +159,10 @@ int main(void) {
     compare("--config replay", ref, got, N);
     // --- full fine-tuning lowers eval loss too
     snprintf(d2, sizeof d2, "%s/full", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "--method full --lr 3e-3 --max-steps 20 --eval-steps 20 --save-steps 0 --output %s", bin(), d2);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE
+             "--method full --lr 3e-3 --max-steps 20 --eval-steps 20 --save-steps 0 --output %s",
+             bin(), d2);
     CHECK(sh(cmd) == 0, "full training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "full: eval loss did not go down: %.4f -> %.4f", e0, e1);
@@ -159,24 +171,35 @@ int main(void) {
     CHECK(access(p, R_OK) == 0, "full run lacks model.safetensors");
     // --- freeze
     snprintf(d2, sizeof d2, "%s/freeze", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 "
+             "--eval-steps 10 --save-steps 0 --output %s",
+             bin(), d2);
     CHECK(sh(cmd) == 0, "freeze training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
     printf("  freeze: eval loss %.4f -> %.4f over 10 steps\n", e0, e1);
     // --- ptuning
     snprintf(d2, sizeof d2, "%s/pt", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "--method ptuning --prefix-tokens 8 --lr 3e-2 --max-steps 10 --eval-steps 10 --save-steps 0 --output %s", bin(), d2);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method ptuning --prefix-tokens 8 --lr 3e-2 --max-steps 10 "
+             "--eval-steps 10 --save-steps 0 --output %s",
+             bin(), d2);
     CHECK(sh(cmd) == 0, "ptuning training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "ptuning: eval loss did not go down: %.4f -> %.4f", e0, e1);
     snprintf(p, sizeof p, "%s/adapter_config.json", d2);
     char *ac = xread_file(p, NULL);
-    CHECK(ac && strstr(ac, "PREFIX_TUNING"), "ptuning run lacks a PREFIX_TUNING adapter_config.json");
+    CHECK(ac && strstr(ac, "PREFIX_TUNING"),
+          "ptuning run lacks a PREFIX_TUNING adapter_config.json");
     free(ac);
     // --- bad input: one line, non-zero
-    const char *bad[] = {"--method nope", "--lr abc", "--dataset no_such_dataset", "--lora-target wq",
-                         "--model /nonexistent", "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
+    const char *bad[] = {"--method nope",
+                         "--lr abc",
+                         "--dataset no_such_dataset",
+                         "--lora-target wq",
+                         "--model /nonexistent",
+                         "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char c2[1024], ef[600];
         snprintf(ef, sizeof ef, "%s/err.txt", tmp);
@@ -184,7 +207,8 @@ int main(void) {
         int s2 = system(c2);
         char *e = xread_file(ef, NULL);
         int lines = 0;
-        for (char *q = e; q && *q; q++) lines += *q == '\n';
+        for (char *q = e; q && *q; q++)
+            lines += *q == '\n';
         CHECK(WIFEXITED(s2) && WEXITSTATUS(s2) != 0, "%s: exit 0", bad[i]);
         CHECK(lines == 1, "%s: want one line on stderr, got %d: %s", bad[i], lines, e ? e : "");
         free(e);

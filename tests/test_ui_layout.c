@@ -25,8 +25,8 @@ static int check_rects(const Rect *r, int n, int rows, int cols, const char *wha
     int bad = 0;
     for (int i = 0; i < n; i++) {
         if (!rect_inside(r[i], rows, cols)) {
-            fprintf(stderr, "%s %dx%d: rect %d (%d,%d %dx%d) leaves the screen\n", what, cols, rows, i,
-                    r[i].x, r[i].y, r[i].w, r[i].h);
+            fprintf(stderr, "%s %dx%d: rect %d (%d,%d %dx%d) leaves the screen\n", what, cols, rows,
+                    i, r[i].x, r[i].y, r[i].w, r[i].h);
             bad++;
         }
         for (int j = i + 1; j < n; j++)
@@ -51,7 +51,8 @@ static void test_layouts(void) {
                 continue;
             }
             ok += rc == 0;
-            Rect tr[] = {t.header, t.progress, t.plot, t.stats, t.lr_plot, t.gn_plot, t.samples, t.log, t.help};
+            Rect tr[] = {t.header,  t.progress, t.plot, t.stats, t.lr_plot,
+                         t.gn_plot, t.samples,  t.log,  t.help};
             bad += check_rects(tr, 9, rows, cols, "train");
             /* the panels the screen needs are never hidden and keep room for a frame + content */
             if (t.plot.h < 6 || t.plot.w < 30 || t.samples.h < 4 || t.log.h < 4 || t.stats.h < 4) {
@@ -81,8 +82,10 @@ static void test_layouts(void) {
     TrainLayout t;
     CHECK(layout_train(24, 80, &t) == 0, "80x24 must fit");
     CHECK(layout_train(LAYOUT_MIN_ROWS - 1, 80, &t) == LAYOUT_TOO_SMALL, "too small");
-    CHECK(layout_train(60, 200, &t) == 0 && t.lr_plot.h > 0 && t.gn_plot.h > 0, "200x60 shows lr and grad-norm plots");
-    CHECK(rect_overlap((Rect){0, 0, 2, 2}, (Rect){1, 1, 2, 2}) && !rect_overlap((Rect){0, 0, 2, 2}, (Rect){0, 2, 2, 2}),
+    CHECK(layout_train(60, 200, &t) == 0 && t.lr_plot.h > 0 && t.gn_plot.h > 0,
+          "200x60 shows lr and grad-norm plots");
+    CHECK(rect_overlap((Rect){0, 0, 2, 2}, (Rect){1, 1, 2, 2}) &&
+                  !rect_overlap((Rect){0, 0, 2, 2}, (Rect){0, 2, 2, 2}),
           "rect_overlap");
 }
 
@@ -90,20 +93,24 @@ static void test_layouts(void) {
 
 static int count_cells(const PlotCell *c, int n, uint32_t lo, uint32_t hi) {
     int k = 0;
-    for (int i = 0; i < n; i++) k += c[i].ch >= lo && c[i].ch <= hi;
+    for (int i = 0; i < n; i++)
+        k += c[i].ch >= lo && c[i].ch <= hi;
     return k;
 }
 
 static void grid_row(const PlotCell *c, int w, int row, char *out) {
-    for (int x = 0; x < w; x++) out[x] = c[row * w + x].ch < 128 ? (char)c[row * w + x].ch : '#';
+    for (int x = 0; x < w; x++)
+        out[x] = c[row * w + x].ch < 128 ? (char)c[row * w + x].ch : '#';
     out[w] = 0;
 }
 
 static void test_plot(void) {
     enum { N = 100, H = 12, W = 50 };
     double x[N], y[N], ex[5], ey[5];
-    for (int i = 0; i < N; i++) x[i] = i + 1, y[i] = 3.0 * exp(-i / 20.0) + 0.2;
-    for (int i = 0; i < 5; i++) ex[i] = 20.0 * (i + 1), ey[i] = y[(int)ex[i] - 1] + 0.1;
+    for (int i = 0; i < N; i++)
+        x[i] = i + 1, y[i] = 3.0 * exp(-i / 20.0) + 0.2;
+    for (int i = 0; i < 5; i++)
+        ex[i] = 20.0 * (i + 1), ey[i] = y[(int)ex[i] - 1] + 0.1;
     PlotSeries s[2] = {{x, y, N, 10, 0}, {ex, ey, 5, 11, 1}};
     PlotCell cells[H * W];
     PlotSpec sp = {s, 2, 0, 0, 0, 1, 1, 9, 9, "o"};
@@ -115,10 +122,12 @@ static void test_plot(void) {
     /* a decreasing curve: the first data column is high, the last low */
     int first_row = -1, last_row = -1;
     for (int r = 0; r < H - 2; r++) {
-        if (first_row < 0 && cells[r * W + 7].ch >= 0x2800 && cells[r * W + 7].ch != ' ') first_row = r;
+        if (first_row < 0 && cells[r * W + 7].ch >= 0x2800 && cells[r * W + 7].ch != ' ')
+            first_row = r;
         if (cells[r * W + W - 2].ch > 0x2800 && cells[r * W + W - 2].ch <= 0x28FF) last_row = r;
     }
-    CHECK(first_row >= 0 && last_row > first_row, "curve goes down: first %d last %d", first_row, last_row);
+    CHECK(first_row >= 0 && last_row > first_row, "curve goes down: first %d last %d", first_row,
+          last_row);
     /* axes: a label on the top row, step labels on the bottom row */
     char row[W + 1];
     grid_row(cells, W, H - 1, row);
@@ -129,7 +138,8 @@ static void test_plot(void) {
     sp.utf8 = 0;
     plot_raster(&sp, cells, H, W);
     CHECK(count_cells(cells, H * W, 0x80, 0xFFFFFFFF) == 0, "ASCII plot has only ASCII");
-    CHECK(count_cells(cells, H * W, '_', '_') + count_cells(cells, H * W, '-', '-') > 20, "ASCII line drawn");
+    CHECK(count_cells(cells, H * W, '_', '_') + count_cells(cells, H * W, '-', '-') > 20,
+          "ASCII line drawn");
     // zoom: only the last 10 steps -> x labels 90..100
     sp.utf8 = 1;
     sp.x_min = 90;
@@ -172,14 +182,19 @@ static void write_str(const char *path, const char *mode, const char *s) {
 
 static void test_events(void) {
     UiEvent ev;
-    const char *step = "{\"type\":\"step\",\"step\":12,\"total_steps\":300,\"epoch\":0.12,\"loss\":2.3141,"
-                       "\"lr\":0.001,\"grad_norm\":0.93,\"tokens_per_s\":5400.2,\"elapsed\":12.3,\"eta\":288.1}";
+    const char *step =
+            "{\"type\":\"step\",\"step\":12,\"total_steps\":300,\"epoch\":0.12,\"loss\":2.3141,"
+            "\"lr\":0.001,\"grad_norm\":0.93,\"tokens_per_s\":5400.2,\"elapsed\":12.3,\"eta\":288."
+            "1}";
     CHECK(ui_event_parse(step, strlen(step), &ev) == 0 && ev.type == EV_STEP, "parse step");
-    CHECK(ev.step == 12 && ev.total_steps == 300 && fabs(ev.loss - 2.3141) < 1e-9 && fabs(ev.eta - 288.1) < 1e-9,
+    CHECK(ev.step == 12 && ev.total_steps == 300 && fabs(ev.loss - 2.3141) < 1e-9 &&
+                  fabs(ev.eta - 288.1) < 1e-9,
           "step fields");
-    const char *done = "{\"type\":\"done\",\"step\":300,\"status\":\"stopped\",\"msg\":\"by user\"}";
-    CHECK(ui_event_parse(done, strlen(done), &ev) == 0 && ev.type == EV_DONE && !strcmp(ev.name, "stopped") &&
-                  !strcmp(ev.text, "by user"), "parse done");
+    const char *done =
+            "{\"type\":\"done\",\"step\":300,\"status\":\"stopped\",\"msg\":\"by user\"}";
+    CHECK(ui_event_parse(done, strlen(done), &ev) == 0 && ev.type == EV_DONE &&
+                  !strcmp(ev.name, "stopped") && !strcmp(ev.text, "by user"),
+          "parse done");
     CHECK(ui_event_parse("{\"type\":\"x\"}", 12, &ev) == 0 && ev.type == EV_NONE, "unknown type");
     CHECK(ui_event_parse("{\"type\":", 8, &ev) == -1, "partial line is not JSON");
 
@@ -193,7 +208,8 @@ static void test_events(void) {
         e.lr = e.grad_norm = e.tokens_per_s = e.elapsed = e.eta = e.epoch = NAN;
         history_apply(h, &e);
     }
-    CHECK(h->step_x.n == HIST_STEPS && ring_at(&h->step_x, 0) == 11 && ring_last(&h->step_x) == HIST_STEPS + 10,
+    CHECK(h->step_x.n == HIST_STEPS && ring_at(&h->step_x, 0) == 11 &&
+                  ring_last(&h->step_x) == HIST_STEPS + 10,
           "ring overwrites the oldest");
     for (int i = 0; i < HIST_SAMPLES + 3; i++) {
         UiEvent e = {0};
@@ -205,7 +221,8 @@ static void test_events(void) {
         history_apply(h, &e);
     }
     CHECK(h->samples_n == HIST_SAMPLES && history_sample(h, 0)->step == HIST_SAMPLES + 2 &&
-                  history_sample(h, HIST_SAMPLES) == NULL, "samples ring newest first");
+                  history_sample(h, HIST_SAMPLES) == NULL,
+          "samples ring newest first");
     history_free(h);
 
     // file follow: partial lines, appends, truncation, control file
@@ -216,18 +233,24 @@ static void test_events(void) {
     EventSource *src = source_file_open(dir);
     UiEvent out[8];
     CHECK(source_poll(src, out, 8) == 0, "no file yet");
-    write_str(path, "w", "{\"type\":\"start\",\"run\":\"r\",\"method\":\"lora\",\"total_steps\":3}\n{\"type\":\"step\",\"st");
+    write_str(path, "w",
+              "{\"type\":\"start\",\"run\":\"r\",\"method\":\"lora\",\"total_steps\":3}\n{\"type\":"
+              "\"step\",\"st");
     int n = source_poll(src, out, 8);
-    CHECK(n == 1 && out[0].type == EV_START && !strcmp(out[0].method, "lora"), "start then partial: %d", n);
+    CHECK(n == 1 && out[0].type == EV_START && !strcmp(out[0].method, "lora"),
+          "start then partial: %d", n);
     write_str(path, "a", "ep\":1,\"loss\":2.5}\n");
     n = source_poll(src, out, 8);
-    CHECK(n == 1 && out[0].type == EV_STEP && out[0].step == 1 && out[0].loss == 2.5, "partial completed: %d", n);
+    CHECK(n == 1 && out[0].type == EV_STEP && out[0].step == 1 && out[0].loss == 2.5,
+          "partial completed: %d", n);
     CHECK(source_poll(src, out, 8) == 0, "nothing new");
     write_str(path, "w", "{\"type\":\"step\",\"step\":1,\"loss\":9}\n");
     n = source_poll(src, out, 8);
-    CHECK(n == 2 && out[0].type == EV_RESET && out[1].type == EV_STEP && out[1].loss == 9, "rewrite resets: %d", n);
+    CHECK(n == 2 && out[0].type == EV_RESET && out[1].type == EV_STEP && out[1].loss == 9,
+          "rewrite resets: %d", n);
     char err[512];
-    CHECK(source_command(src, CMD_PAUSE, err, sizeof err) == 0 && source_command(src, CMD_STOP, err, sizeof err) == 0,
+    CHECK(source_command(src, CMD_PAUSE, err, sizeof err) == 0 &&
+                  source_command(src, CMD_STOP, err, sizeof err) == 0,
           "commands");
     char cpath[256];
     snprintf(cpath, sizeof cpath, "%s/control", dir);
@@ -240,11 +263,14 @@ static void test_events(void) {
     CHECK(source_alive(src) == -1, "no pid file: unknown");
     source_free(src);
     // runs summary
-    write_str(path, "a", "{\"type\":\"eval\",\"step\":1,\"eval_loss\":1.5}\n{\"type\":\"eval\",\"step\":2,\"eval_loss\":1.2}\n"
-                         "{\"type\":\"done\",\"step\":2,\"status\":\"error\",\"msg\":\"nan\"}\n");
+    write_str(path, "a",
+              "{\"type\":\"eval\",\"step\":1,\"eval_loss\":1.5}\n{\"type\":\"eval\",\"step\":2,"
+              "\"eval_loss\":1.2}\n"
+              "{\"type\":\"done\",\"step\":2,\"status\":\"error\",\"msg\":\"nan\"}\n");
     RunInfo ri;
-    CHECK(runs_read_one(dir, &ri) == 0 && !strcmp(ri.status, "error") && fabs(ri.best_eval - 1.2) < 1e-12 &&
-                  ri.last_step == 2, "runs_read_one: %s", ri.status);
+    CHECK(runs_read_one(dir, &ri) == 0 && !strcmp(ri.status, "error") &&
+                  fabs(ri.best_eval - 1.2) < 1e-12 && ri.last_step == 2,
+          "runs_read_one: %s", ri.status);
     unlink(path);
     unlink(cpath);
     rmdir(dir);
@@ -253,7 +279,8 @@ static void test_events(void) {
     int demo = 0;
     for (int i = 0; i < rl.n; i++)
         if (!strcmp(rl.runs[i].name, "run_demo"))
-            demo = !strcmp(rl.runs[i].status, "finished") && rl.runs[i].last_step == 60 && !strcmp(rl.runs[i].method, "lora");
+            demo = !strcmp(rl.runs[i].status, "finished") && rl.runs[i].last_step == 60 &&
+                   !strcmp(rl.runs[i].method, "lora");
     CHECK(demo, "run_demo summary");
     runs_free(&rl);
 }
@@ -264,7 +291,8 @@ static void test_misc(void) {
     WrapLine wl[16];
     int n = wrap_text("I am Tuna, an AI assistant developed by Ann.", 12, wl, 16);
     CHECK(n == 5, "wrap lines %d", n); /* "I am Tuna," "an AI" "assistant" "developed by" "Ann." */
-    for (int i = 0; i < n && i < 16; i++) CHECK(wl[i].len <= 12, "line %d len %zu", i, wl[i].len);
+    for (int i = 0; i < n && i < 16; i++)
+        CHECK(wl[i].len <= 12, "line %d len %zu", i, wl[i].len);
     CHECK(wrap_text("a\nb", 10, wl, 16) == 2, "newline splits");
     CHECK(wrap_text("", 10, wl, 16) == 1, "empty is one line");
     CHECK(wrap_text("abcdefghij", 3, wl, 16) == 4, "hard break");
@@ -275,8 +303,10 @@ static void test_misc(void) {
         for (int j = i + 1; t[j].key; j++)
             if (t[i].key == t[j].key && (t[i].screens & t[j].screens)) dup++;
     CHECK(dup == 0, "%d duplicate key bindings", dup);
-    CHECK(keys_lookup(SCR_TRAIN, 'p', 0) == ACT_PAUSE && keys_lookup(SCR_CHAT, 'q', 1) == ACT_NONE &&
-                  keys_lookup(SCR_CHAT, 'q', 0) == ACT_QUIT, "lookup respects text input");
+    CHECK(keys_lookup(SCR_TRAIN, 'p', 0) == ACT_PAUSE &&
+                  keys_lookup(SCR_CHAT, 'q', 1) == ACT_NONE &&
+                  keys_lookup(SCR_CHAT, 'q', 0) == ACT_QUIT,
+          "lookup respects text input");
 }
 
 int main(void) {

@@ -31,7 +31,7 @@
 #include "layout.h"
 #include "widgets.h"
 
-#define TICK_MS 100
+#define TICK_MS         100
 #define EVENTS_PER_TURN 256
 
 // --- process-wide terminal state. These are the only globals in ui/: signal handlers and the
@@ -157,10 +157,12 @@ static int terminal_init(int want_color) {
     }
     if (tcgetattr(STDIN_FILENO, &tty_saved) == 0) tty_saved_ok = 1;
     stderr_capture_begin();
-    if (!getenv("ESCDELAY")) set_escdelay(100); /* long enough for F-key sequences over a slow link */
+    if (!getenv("ESCDELAY"))
+        set_escdelay(100); /* long enough for F-key sequences over a slow link */
     if (!initscr()) {
         stderr_capture_end();
-        fprintf(stderr, "tuna: cannot initialise the terminal (TERM=%s)\n", getenv("TERM") ? getenv("TERM") : "");
+        fprintf(stderr, "tuna: cannot initialise the terminal (TERM=%s)\n",
+                getenv("TERM") ? getenv("TERM") : "");
         return -1;
     }
     curses_up = 1;
@@ -198,7 +200,8 @@ static int terminal_init(int want_color) {
     sa.sa_handler = on_crash;
     sa.sa_flags = SA_RESETHAND;
     int crash[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
-    for (size_t i = 0; i < sizeof crash / sizeof crash[0]; i++) sigaction(crash[i], &sa, NULL);
+    for (size_t i = 0; i < sizeof crash / sizeof crash[0]; i++)
+        sigaction(crash[i], &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     return 0;
 }
@@ -228,7 +231,8 @@ void app_open_run(App *app, const char *run_dir) {
     app->dirty = 1;
 }
 
-static const Screen *screens[SCREEN_COUNT] = {&screen_setup, &screen_train, &screen_chat, &screen_runs};
+static const Screen *screens[SCREEN_COUNT] = {&screen_setup, &screen_train, &screen_chat,
+                                              &screen_runs};
 
 void app_draw_header(App *app, int y, int w) {
     Rect r = {y, 0, 1, w};
@@ -243,7 +247,9 @@ void app_draw_header(App *app, int y, int w) {
     Role rr = ROLE_HEADER;
     if (app->status[0] && ui_now() < app->status_until) {
         snprintf(right, sizeof right, " %s ", app->status);
-        rr = app->status_role == ROLE_ERROR ? ROLE_ERROR : app->status_role == ROLE_WARN ? ROLE_WARN : ROLE_HEADER;
+        rr = app->status_role == ROLE_ERROR  ? ROLE_ERROR
+             : app->status_role == ROLE_WARN ? ROLE_WARN
+                                             : ROLE_HEADER;
         if (rr != ROLE_HEADER && !theme_has_color()) rr = ROLE_HEADER;
     } else if (app->run_dir[0]) {
         snprintf(right, sizeof right, " %s ", app->run_dir);
@@ -309,12 +315,15 @@ static int handle_key(App *app, int ch) {
 }
 
 static int drain_events(App *app) {
-    static UiEvent evs[EVENTS_PER_TURN]; /* ~2.6 MB: static to keep it off the stack; UI thread only */
+    static UiEvent
+            evs[EVENTS_PER_TURN]; /* ~2.6 MB: static to keep it off the stack; UI thread only */
     int any = 0, n;
     RunStatus was = app->hist->status;
     /* at most a few batches per turn so a long backlog never delays keys */
-    for (int round = 0; round < 8 && (n = source_poll(app->src, evs, EVENTS_PER_TURN)) > 0; round++) {
-        for (int i = 0; i < n; i++) history_apply(app->hist, &evs[i]);
+    for (int round = 0; round < 8 && (n = source_poll(app->src, evs, EVENTS_PER_TURN)) > 0;
+         round++) {
+        for (int i = 0; i < n; i++)
+            history_apply(app->hist, &evs[i]);
         any = 1;
         if (n < EVENTS_PER_TURN) break;
     }
@@ -339,7 +348,8 @@ static int run_loop(App *app) {
         }
         drain_events(app);
         for (int i = 0; i < SCREEN_COUNT; i++)
-            if (screens[i]->tick && screens[i]->tick(app) & UI_REDRAW && (int)app->screen == i) app->dirty = 1;
+            if (screens[i]->tick && screens[i]->tick(app) & UI_REDRAW && (int)app->screen == i)
+                app->dirty = 1;
         int showing = app->status[0] && ui_now() < app->status_until;
         if (showing != status_shown) app->dirty = 1;
         status_shown = showing;
@@ -385,8 +395,10 @@ static App *app_new(void) {
     snprintf(app->template_name, sizeof app->template_name, "vanilla");
     snprintf(app->config_path, sizeof app->config_path, "tuna_config.json");
     ssize_t k = readlink("/proc/self/exe", app->self_exe, sizeof app->self_exe - 1);
-    if (k > 0) app->self_exe[k] = 0;
-    else snprintf(app->self_exe, sizeof app->self_exe, "./tuna");
+    if (k > 0)
+        app->self_exe[k] = 0;
+    else
+        snprintf(app->self_exe, sizeof app->self_exe, "./tuna");
     return app;
 }
 
@@ -408,8 +420,17 @@ static int app_run(App *app, int want_color) {
     return rc;
 }
 
-enum { OPT_NO_COLOR = 256, OPT_ASCII, OPT_RUNS, OPT_MODEL, OPT_TUNED, OPT_TEMPLATE, OPT_CONFIG,
-       OPT_SCREEN, OPT_HELP };
+enum {
+    OPT_NO_COLOR = 256,
+    OPT_ASCII,
+    OPT_RUNS,
+    OPT_MODEL,
+    OPT_TUNED,
+    OPT_TEMPLATE,
+    OPT_CONFIG,
+    OPT_SCREEN,
+    OPT_HELP
+};
 
 static const struct option ui_longopts[] = {
         {"no-color", no_argument, NULL, OPT_NO_COLOR},
@@ -453,12 +474,15 @@ static int parse_opts(int argc, char **argv, App *app, int *color, const char **
         case OPT_RUNS: snprintf(app->runs_dir, sizeof app->runs_dir, "%s", optarg); break;
         case OPT_MODEL: snprintf(app->model_dir, sizeof app->model_dir, "%s", optarg); break;
         case OPT_TUNED: snprintf(app->tuned_dir, sizeof app->tuned_dir, "%s", optarg); break;
-        case OPT_TEMPLATE: snprintf(app->template_name, sizeof app->template_name, "%s", optarg); break;
+        case OPT_TEMPLATE:
+            snprintf(app->template_name, sizeof app->template_name, "%s", optarg);
+            break;
         case OPT_CONFIG: snprintf(app->config_path, sizeof app->config_path, "%s", optarg); break;
         case OPT_SCREEN: *screen = optarg; break;
         case OPT_HELP: fputs(ui_help_text, stdout); return 1;
         default:
-            fprintf(stderr, "tuna %s: unknown option \"%s\" (see --help)\n", argv[0], argv[optind - 1]);
+            fprintf(stderr, "tuna %s: unknown option \"%s\" (see --help)\n", argv[0],
+                    argv[optind - 1]);
             return 2;
         }
     }
@@ -507,7 +531,8 @@ int cmd_ui(int argc, char **argv) {
         for (int i = 0; i < SCREEN_COUNT; i++)
             if (!strcmp(screen, names[i])) app->screen = (ScreenId)i, found = 1;
         if (!found) {
-            fprintf(stderr, "tuna ui: --screen: expected setup|train|chat|runs, got \"%s\"\n", screen);
+            fprintf(stderr, "tuna ui: --screen: expected setup|train|chat|runs, got \"%s\"\n",
+                    screen);
             app_free(app);
             return 2;
         }

@@ -18,7 +18,13 @@ enum {
     UI_QUIT = 1 << 2,
 };
 
-typedef enum ScreenId { SCREEN_SETUP, SCREEN_TRAIN, SCREEN_CHAT, SCREEN_RUNS, SCREEN_COUNT } ScreenId;
+typedef enum ScreenId {
+    SCREEN_SETUP,
+    SCREEN_TRAIN,
+    SCREEN_CHAT,
+    SCREEN_RUNS,
+    SCREEN_COUNT
+} ScreenId;
 
 typedef struct App App;
 typedef struct ChatState ChatState;
@@ -26,20 +32,20 @@ typedef struct SetupState SetupState;
 
 typedef struct Screen {
     const char *name;
-    unsigned bit;                     /* SCR_* for the key table */
-    int (*text_input)(App *app);      /* 1 while a text field has the keyboard; may be NULL */
-    void (*enter)(App *app);          /* on switching to it; may be NULL */
+    unsigned bit;                /* SCR_* for the key table */
+    int (*text_input)(App *app); /* 1 while a text field has the keyboard; may be NULL */
+    void (*enter)(App *app);     /* on switching to it; may be NULL */
     int (*action)(App *app, Action a);
-    int (*key)(App *app, int ch);     /* keys the table did not bind; may be NULL */
-    int (*tick)(App *app);            /* every loop turn (~100 ms); may be NULL */
+    int (*key)(App *app, int ch); /* keys the table did not bind; may be NULL */
+    int (*tick)(App *app);        /* every loop turn (~100 ms); may be NULL */
     void (*draw)(App *app);
 } Screen;
 
 typedef struct TrainView {
-    int zoom_all;     /* 0: last zoom_n steps, 1: all */
+    int zoom_all; /* 0: last zoom_n steps, 1: all */
     int zoom_n;
     int log_y;
-    int focus;        /* 0 samples, 1 log */
+    int focus;                     /* 0 samples, 1 log */
     int sample_scroll, log_scroll; /* lines up from the newest (0 = follow) */
     unsigned long drawn_version;
     double last_event_time; /* monotonic seconds of the last event */
@@ -55,8 +61,8 @@ struct App {
     int dirty;
     char run_dir[4096];
     char runs_dir[4096];
-    char model_dir[4096];   /* Chat base model / Setup default */
-    char tuned_dir[4096];   /* Chat tuned model (a merged/full run dir); "" = none */
+    char model_dir[4096]; /* Chat base model / Setup default */
+    char tuned_dir[4096]; /* Chat tuned model (a merged/full run dir); "" = none */
     char template_name[128];
     char config_path[4096]; /* Setup: config file to load/save */
     EventSource *src;

@@ -42,7 +42,8 @@ struct ChatWorker {
 static void push_out(ChatWorker *w, ChatMsgKind kind, const char *text, size_t len) {
     pthread_mutex_lock(&w->mu);
     ChatOut *last = w->n_out ? &w->out[w->n_out - 1] : NULL;
-    if (kind == CHATMSG_TEXT && last && last->kind == CHATMSG_TEXT && strlen(last->text) + len < sizeof last->text) {
+    if (kind == CHATMSG_TEXT && last && last->kind == CHATMSG_TEXT &&
+        strlen(last->text) + len < sizeof last->text) {
         strncat(last->text, text, len);
     } else {
         if (w->n_out == w->cap_out) {
@@ -95,7 +96,8 @@ static void *worker_main(void *arg) {
     }
     {
         TunaErr terr = {0};
-        if (w->template_name[0] && template_load("templates", w->template_name, &tpl, &terr)) tpl = NULL;
+        if (w->template_name[0] && template_load("templates", w->template_name, &tpl, &terr))
+            tpl = NULL;
         char desc[1024];
         snprintf(desc, sizeof desc, "%.600s: %s, %.2fM params, template %.100s", w->model_dir,
                  config_arch_name(m->cfg.arch), (double)model_param_count(m) / 1e6,
@@ -104,14 +106,16 @@ static void *worker_main(void *arg) {
     }
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->have_req && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        while (!w->have_req && !w->quit)
+            pthread_cond_wait(&w->cv, &w->mu);
         if (w->quit) {
             pthread_mutex_unlock(&w->mu);
             break;
         }
         ChatMessage msgs[CHAT_MAX_TURNS];
         int n = w->n_turns;
-        for (int i = 0; i < n; i++) msgs[i] = (ChatMessage){w->roles[i], w->contents[i]};
+        for (int i = 0; i < n; i++)
+            msgs[i] = (ChatMessage){w->roles[i], w->contents[i]};
         ChatSettings s = w->settings;
         w->have_req = 0;
         w->cancel = 0;
@@ -120,7 +124,8 @@ static void *worker_main(void *arg) {
         /* a run may have started or ended since the last reply; side by side, the two
          * replies split the idle cores (two 2-thread teams on 2 cores decode ~4x slower) */
         backend_set_threads(be, BACKEND_THREADS_IDLE);
-        if (s.share > 1) backend_set_threads(be, be->n_threads / s.share > 1 ? be->n_threads / s.share : 1);
+        if (s.share > 1)
+            backend_set_threads(be, be->n_threads / s.share > 1 ? be->n_threads / s.share : 1);
         int32_t *ids = NULL;
         size_t n_ids = 0;
         GenerateResult res = {0};
@@ -140,10 +145,13 @@ static void *worker_main(void *arg) {
             const char *last = msgs[n - 1].content;
             rc = tokenizer_encode(tok, last, strlen(last), 1, &ids, &n_ids, &e);
         }
-        for (int i = 0; i < m->cfg.n_eos && n_eos < CONFIG_MAX_EOS; i++) eos[n_eos++] = m->cfg.eos_ids[i];
+        for (int i = 0; i < m->cfg.n_eos && n_eos < CONFIG_MAX_EOS; i++)
+            eos[n_eos++] = m->cfg.eos_ids[i];
         if (!rc && n_ids + (size_t)s.max_new_tokens > (size_t)m->cfg.max_pos) {
             /* keep the newest tokens so prompt + reply fit the context */
-            size_t keep = (size_t)m->cfg.max_pos > (size_t)s.max_new_tokens + 1 ? (size_t)m->cfg.max_pos - (size_t)s.max_new_tokens : 1;
+            size_t keep = (size_t)m->cfg.max_pos > (size_t)s.max_new_tokens + 1
+                                  ? (size_t)m->cfg.max_pos - (size_t)s.max_new_tokens
+                                  : 1;
             if (n_ids > keep) {
                 memmove(ids, ids + (n_ids - keep), keep * sizeof *ids);
                 n_ids = keep;
@@ -151,16 +159,23 @@ static void *worker_main(void *arg) {
         }
         if (!rc) {
             sampler_init(&smp, m->cfg.V, s.seed, s.temperature, 0, s.top_p, 1.0f);
-            GenerateOptions opt = {.max_new_tokens = s.max_new_tokens, .eos_ids = eos, .n_eos = n_eos,
-                                   .stops = stops, .n_stops = n_stops, .on_text = on_text, .user = w};
+            GenerateOptions opt = {.max_new_tokens = s.max_new_tokens,
+                                   .eos_ids = eos,
+                                   .n_eos = n_eos,
+                                   .stops = stops,
+                                   .n_stops = n_stops,
+                                   .on_text = on_text,
+                                   .user = w};
             rc = generate_run(m, tok, &smp, ids, n_ids, &opt, &res, &e);
         }
         if (rc) {
             push_out(w, CHATMSG_ERROR, e.msg, strlen(e.msg));
         } else {
             char st[256];
-            double tps = res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
-            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s%s", res.n_ids, tps, res.stopped_by == 3 ? ", cancelled" : "");
+            double tps =
+                    res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
+            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s%s", res.n_ids, tps,
+                     res.stopped_by == 3 ? ", cancelled" : "");
             push_out(w, CHATMSG_DONE, st, strlen(st));
         }
         generate_result_free(&res);

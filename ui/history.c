@@ -32,7 +32,8 @@ double ring_last(const Ring *r) {
 }
 
 void ring_linear(const Ring *r, double *out) {
-    for (size_t i = 0; i < r->n; i++) out[i] = ring_at(r, i);
+    for (size_t i = 0; i < r->n; i++)
+        out[i] = ring_at(r, i);
 }
 
 // --- history
@@ -64,13 +65,15 @@ History *history_new(void) {
 void history_free(History *h) {
     if (!h) return;
     Ring *rings[] = {&h->step_x, &h->loss_y, &h->lr_y, &h->gn_y, &h->tps_y, &h->eval_x, &h->eval_y};
-    for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++) free(rings[i]->v);
+    for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++)
+        free(rings[i]->v);
     free(h);
 }
 
 void history_reset(History *h) {
     Ring *rings[] = {&h->step_x, &h->loss_y, &h->lr_y, &h->gn_y, &h->tps_y, &h->eval_x, &h->eval_y};
-    for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++) rings[i]->head = rings[i]->n = 0;
+    for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++)
+        rings[i]->head = rings[i]->n = 0;
     h->samples_head = h->samples_n = 0;
     h->logs_head = h->logs_n = 0;
     clear_scalars(h);
@@ -151,12 +154,13 @@ void history_apply(History *h, const UiEvent *ev) {
         history_note(h, 0, ev->paused ? "training paused" : "training resumed");
         break;
     case EV_DONE: {
-        h->status = !strcmp(ev->name, "error") ? RUN_ERROR : !strcmp(ev->name, "stopped") ? RUN_STOPPED
-                                                                                         : RUN_FINISHED;
+        h->status = !strcmp(ev->name, "error")     ? RUN_ERROR
+                    : !strcmp(ev->name, "stopped") ? RUN_STOPPED
+                                                   : RUN_FINISHED;
         snprintf(h->done_msg, sizeof h->done_msg, "%s", ev->text);
         char msg[UI_TEXT_MAX];
-        snprintf(msg, sizeof msg, "run %.32s at step %ld%s%.1900s", ev->name, ev->step, ev->text[0] ? ": " : "",
-                 ev->text);
+        snprintf(msg, sizeof msg, "run %.32s at step %ld%s%.1900s", ev->name, ev->step,
+                 ev->text[0] ? ": " : "", ev->text);
         history_note(h, h->status == RUN_ERROR ? 2 : 0, msg);
         break;
     }

@@ -9,13 +9,13 @@
 
 #include "source.h"
 
-#define HIST_STEPS 65536 /* step points kept (older ones drop off the "all" view) */
-#define HIST_EVALS 4096
+#define HIST_STEPS   65536 /* step points kept (older ones drop off the "all" view) */
+#define HIST_EVALS   4096
 #define HIST_SAMPLES 64
-#define HIST_LOGS 512
+#define HIST_LOGS    512
 
 typedef struct Ring {
-    double *v; /* (cap) */
+    double *v;           /* (cap) */
     size_t cap, head, n; /* head: next write index */
 } Ring;
 
@@ -37,7 +37,14 @@ typedef struct HistLog {
     char text[UI_TEXT_MAX];
 } HistLog;
 
-typedef enum RunStatus { RUN_WAITING, RUN_RUNNING, RUN_PAUSED, RUN_FINISHED, RUN_STOPPED, RUN_ERROR } RunStatus;
+typedef enum RunStatus {
+    RUN_WAITING,
+    RUN_RUNNING,
+    RUN_PAUSED,
+    RUN_FINISHED,
+    RUN_STOPPED,
+    RUN_ERROR
+} RunStatus;
 
 typedef struct History {
     // --- from "start"

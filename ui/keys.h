@@ -13,12 +13,12 @@ typedef enum Action {
     ACT_SCR_TRAIN,
     ACT_SCR_CHAT,
     ACT_SCR_RUNS,
-    ACT_PAUSE,     /* pause or resume */
-    ACT_SAVE,      /* checkpoint now */
-    ACT_STOP,      /* stop (the trainer saves first) */
-    ACT_ZOOM,      /* plot: last N steps <-> all */
-    ACT_LOGSCALE,  /* plot: log y */
-    ACT_FOCUS,     /* next pane / field group */
+    ACT_PAUSE,    /* pause or resume */
+    ACT_SAVE,     /* checkpoint now */
+    ACT_STOP,     /* stop (the trainer saves first) */
+    ACT_ZOOM,     /* plot: last N steps <-> all */
+    ACT_LOGSCALE, /* plot: log y */
+    ACT_FOCUS,    /* next pane / field group */
     ACT_UP,
     ACT_DOWN,
     ACT_PGUP,
@@ -27,14 +27,14 @@ typedef enum Action {
     ACT_END,
     ACT_LEFT,
     ACT_RIGHT,
-    ACT_OPEN,      /* Enter: open run, send message, edit field */
-    ACT_REFRESH,   /* rescan runs */
-    ACT_SIDE,      /* chat: side-by-side on/off */
-    ACT_CLEAR,     /* chat: new conversation */
-    ACT_CFG_SAVE,  /* setup: write the config JSON */
-    ACT_CFG_LOAD,  /* setup: read it back */
-    ACT_START,     /* setup: start training */
-    ACT_CKPT,      /* chat: tuned pane on the next checkpoint of the run */
+    ACT_OPEN,     /* Enter: open run, send message, edit field */
+    ACT_REFRESH,  /* rescan runs */
+    ACT_SIDE,     /* chat: side-by-side on/off */
+    ACT_CLEAR,    /* chat: new conversation */
+    ACT_CFG_SAVE, /* setup: write the config JSON */
+    ACT_CFG_LOAD, /* setup: read it back */
+    ACT_START,    /* setup: start training */
+    ACT_CKPT,     /* chat: tuned pane on the next checkpoint of the run */
     ACT_COUNT
 } Action;
 
@@ -48,12 +48,12 @@ enum {
 };
 
 typedef struct KeyBinding {
-    int key;              /* curses key code */
-    const char *name;     /* "p", "F2", "Enter" */
-    const char *label;    /* help line label; NULL = not on the help line */
-    const char *help;     /* help screen sentence */
-    unsigned screens;     /* SCR_* bits */
-    int printable;        /* a text key: ignored while a text field has the focus */
+    int key;           /* curses key code */
+    const char *name;  /* "p", "F2", "Enter" */
+    const char *label; /* help line label; NULL = not on the help line */
+    const char *help;  /* help screen sentence */
+    unsigned screens;  /* SCR_* bits */
+    int printable;     /* a text key: ignored while a text field has the focus */
     Action action;
 } KeyBinding;
 

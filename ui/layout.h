@@ -7,8 +7,8 @@
 #ifndef TUNA_UI_LAYOUT_H
 #define TUNA_UI_LAYOUT_H
 
-#define LAYOUT_MIN_ROWS 18
-#define LAYOUT_MIN_COLS 60
+#define LAYOUT_MIN_ROWS  18
+#define LAYOUT_MIN_COLS  60
 #define LAYOUT_TOO_SMALL (-1)
 
 typedef struct Rect {

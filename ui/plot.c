@@ -10,20 +10,24 @@
 
 void plot_format_value(double v, char *buf, size_t n, int width) {
     double a = fabs(v);
-    if (v == 0) snprintf(buf, n, "0");
-    else if (a >= 1e4 && a < 1e7) snprintf(buf, n, "%.*fk", a >= 1e5 ? 0 : 1, v / 1e3);
-    else if (a >= 1e-2 && a < 1e4) snprintf(buf, n, "%.*f", a >= 100 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3, v);
-    else snprintf(buf, n, "%.0e", v);
+    if (v == 0)
+        snprintf(buf, n, "0");
+    else if (a >= 1e4 && a < 1e7)
+        snprintf(buf, n, "%.*fk", a >= 1e5 ? 0 : 1, v / 1e3);
+    else if (a >= 1e-2 && a < 1e4)
+        snprintf(buf, n, "%.*f", a >= 100 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3, v);
+    else
+        snprintf(buf, n, "%.0e", v);
     if ((int)strlen(buf) > width) snprintf(buf, n, "%.0e", v);
 }
 
 // --- pixel canvas: braille 2x4 per cell, ASCII 1x3 per cell
 
 typedef struct Canvas {
-    int cw, ch;       /* cells */
-    int px, py;       /* pixels per cell */
-    uint8_t *bits;    /* (ch*cw) dot bits per cell */
-    uint8_t *role;    /* (ch*cw) role of the last series drawn in the cell */
+    int cw, ch;    /* cells */
+    int px, py;    /* pixels per cell */
+    uint8_t *bits; /* (ch*cw) dot bits per cell */
+    uint8_t *role; /* (ch*cw) role of the last series drawn in the cell */
 } Canvas;
 
 static const uint8_t braille_bit[4][2] = {{0x01, 0x08}, {0x02, 0x10}, {0x04, 0x20}, {0x40, 0x80}};
@@ -31,8 +35,10 @@ static const uint8_t braille_bit[4][2] = {{0x01, 0x08}, {0x02, 0x10}, {0x04, 0x2
 static void canvas_set(Canvas *c, int x, int y, int role) {
     if (x < 0 || y < 0 || x >= c->cw * c->px || y >= c->ch * c->py) return;
     int cx = x / c->px, cy = y / c->py, i = cy * c->cw + cx;
-    if (c->px == 2) c->bits[i] |= braille_bit[y % 4][x % 2];
-    else c->bits[i] |= (uint8_t)(1u << (y % 3));
+    if (c->px == 2)
+        c->bits[i] |= braille_bit[y % 4][x % 2];
+    else
+        c->bits[i] |= (uint8_t)(1u << (y % 3));
     c->role[i] = (uint8_t)role;
 }
 
@@ -43,8 +49,14 @@ static void canvas_line(Canvas *c, int x0, int y0, int x1, int y1, int role) {
         canvas_set(c, x0, y0, role);
         if (x0 == x1 && y0 == y1) break;
         int e2 = 2 * e;
-        if (e2 >= dy) { e += dy; x0 += sx; }
-        if (e2 <= dx) { e += dx; y0 += sy; }
+        if (e2 >= dy) {
+            e += dy;
+            x0 += sx;
+        }
+        if (e2 <= dx) {
+            e += dx;
+            y0 += sy;
+        }
     }
 }
 
@@ -53,7 +65,10 @@ static uint32_t ascii_glyph(uint8_t bits) {
     case 1: return '\'';
     case 2: return '-';
     case 4: return '_';
-    case 3: case 6: case 7: case 5: return '|';
+    case 3:
+    case 6:
+    case 7:
+    case 5: return '|';
     default: return ' ';
     }
 }
@@ -80,7 +95,8 @@ static void put_text(PlotCell *cells, int w, int row, int col, const char *s, in
 
 int plot_raster(const PlotSpec *sp, PlotCell *cells, int h, int w) {
     if (h <= 0 || w <= 0) return 0;
-    for (int i = 0; i < h * w; i++) cells[i] = (PlotCell){' ', (uint8_t)sp->axis_role};
+    for (int i = 0; i < h * w; i++)
+        cells[i] = (PlotCell){' ', (uint8_t)sp->axis_role};
     // --- x range
     double x_min = sp->x_min, x_max = sp->x_max;
     if (!(x_max > x_min)) {
@@ -110,9 +126,9 @@ int plot_raster(const PlotSpec *sp, PlotCell *cells, int h, int w) {
         }
     }
     int axes = sp->axes && h >= 4 && w >= 16;
-    int lw = axes ? 7 : 0;         /* y tick label width + axis column */
-    int dh = axes ? h - 2 : h;      /* data rows */
-    int dw = w - lw;                /* data columns */
+    int lw = axes ? 7 : 0;     /* y tick label width + axis column */
+    int dh = axes ? h - 2 : h; /* data rows */
+    int dw = w - lw;           /* data columns */
     if (dh <= 0 || dw <= 0) return 0;
     if (!n_vis) {
         const char *msg = "waiting for data";
@@ -148,8 +164,10 @@ int plot_raster(const PlotSpec *sp, PlotCell *cells, int h, int w) {
             double t = sp->log_y ? log10(se->y[i]) : se->y[i];
             int px = (int)lround((se->x[i] - x_min) / (x_max - x_min) * (W - 1));
             int py = (int)lround((1.0 - (t - lo) / (hi - lo)) * (H - 1));
-            if (have_prev) canvas_line(&c, px0, py0, px, py, se->role);
-            else canvas_set(&c, px, py, se->role);
+            if (have_prev)
+                canvas_line(&c, px0, py0, px, py, se->role);
+            else
+                canvas_set(&c, px, py, se->role);
             have_prev = 1;
             px0 = px;
             py0 = py;
@@ -184,8 +202,10 @@ int plot_raster(const PlotSpec *sp, PlotCell *cells, int h, int w) {
     // --- axes: y ticks at top, middle, bottom (and quarters when tall), x ticks under
     uint32_t vbar = sp->utf8 ? 0x2502 : '|', hbar = sp->utf8 ? 0x2500 : '-';
     uint32_t corner = sp->utf8 ? 0x2514 : '+', tick = sp->utf8 ? 0x2524 : '+';
-    for (int y = 0; y < dh; y++) cells[y * w + lw - 1] = (PlotCell){vbar, (uint8_t)sp->axis_role};
-    for (int x = lw; x < w; x++) cells[dh * w + x] = (PlotCell){hbar, (uint8_t)sp->axis_role};
+    for (int y = 0; y < dh; y++)
+        cells[y * w + lw - 1] = (PlotCell){vbar, (uint8_t)sp->axis_role};
+    for (int x = lw; x < w; x++)
+        cells[dh * w + x] = (PlotCell){hbar, (uint8_t)sp->axis_role};
     cells[dh * w + lw - 1] = (PlotCell){corner, (uint8_t)sp->axis_role};
     int nt = dh >= 9 ? 5 : dh >= 3 ? 3 : 2;
     int last_row = -1;

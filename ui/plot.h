@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 typedef struct PlotCell {
-    uint32_t ch; /* Unicode code point; ' ' for blank */
+    uint32_t ch;  /* Unicode code point; ' ' for blank */
     uint8_t role; /* theme Role */
 } PlotCell;
 
@@ -30,7 +30,7 @@ typedef struct PlotSpec {
     int utf8;            /* braille; else ASCII */
     int axes;            /* draw tick labels (needs h >= 4, w >= 16) */
     int axis_role, label_role;
-    const char *marker;  /* UTF-8 (or ASCII) marker glyph, one cell; NULL = 'o' */
+    const char *marker; /* UTF-8 (or ASCII) marker glyph, one cell; NULL = 'o' */
 } PlotSpec;
 
 /* Rasterizes into cells (h*w, row-major). Returns the number of points drawn. */

@@ -31,7 +31,8 @@ int runs_read_one(const char *run_dir, RunInfo *out) {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", run_dir);
     size_t tl = strlen(tmp);
-    while (tl > 1 && tmp[tl - 1] == '/') tmp[--tl] = 0;
+    while (tl > 1 && tmp[tl - 1] == '/')
+        tmp[--tl] = 0;
     const char *slash = strrchr(tmp, '/');
     snprintf(out->name, sizeof out->name, "%.255s", slash ? slash + 1 : tmp);
     snprintf(out->dir, sizeof out->dir, "%s", run_dir);
@@ -65,7 +66,8 @@ int runs_read_one(const char *run_dir, RunInfo *out) {
             if (isfinite(ev->loss)) out->last_loss = ev->loss;
             break;
         case EV_EVAL:
-            if (isfinite(ev->eval_loss) && !(ev->eval_loss >= out->best_eval)) out->best_eval = ev->eval_loss;
+            if (isfinite(ev->eval_loss) && !(ev->eval_loss >= out->best_eval))
+                out->best_eval = ev->eval_loss;
             break;
         case EV_STATE: paused = ev->paused; break;
         case EV_DONE:
@@ -78,13 +80,15 @@ int runs_read_one(const char *run_dir, RunInfo *out) {
     free(line);
     free(ev);
     fclose(f);
-    if (!any) snprintf(out->status, sizeof out->status, "empty");
+    if (!any)
+        snprintf(out->status, sizeof out->status, "empty");
     else if (!done) {
         int alive = pid_alive(run_dir);
         int fresh = difftime(time(NULL), (time_t)out->mtime) < 60;
         if (alive == 1 || (alive == -1 && fresh))
             snprintf(out->status, sizeof out->status, "%s", paused ? "paused" : "running");
-        else snprintf(out->status, sizeof out->status, "stale");
+        else
+            snprintf(out->status, sizeof out->status, "stale");
     }
     return 0;
 }

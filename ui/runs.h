@@ -11,7 +11,7 @@
 typedef struct RunInfo {
     char name[256];
     char dir[4096];
-    char status[32];  /* running | paused | finished | stopped | error | stale | empty */
+    char status[32]; /* running | paused | finished | stopped | error | stale | empty */
     char method[64];
     char model[256];
     char dataset[256];

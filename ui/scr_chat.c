@@ -2,9 +2,9 @@
  * that get the same message. Each pane has its own ChatWorker (thread owning its model); replies
  * stream in through the workers' queues and one wake pipe. Up/Down pick a sampling setting,
  * Left/Right change it; Enter sends; Esc cancels a reply. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,18 +18,18 @@
 #include "widgets.h"
 
 #define CHAT_TURNS 64
-#define INPUT_MAX 2000
+#define INPUT_MAX  2000
 
 typedef struct ChatPane {
     ChatWorker *w;
     char model[4096];
-    char desc[1024];   /* READY text or the load error */
-    int error;         /* the worker could not load: desc says why */
+    char desc[1024]; /* READY text or the load error */
+    int error;       /* the worker could not load: desc says why */
     char *roles[CHAT_TURNS], *texts[CHAT_TURNS];
     int n;
     int generating;
     char stats[256];
-    int scroll;        /* lines up from the bottom */
+    int scroll; /* lines up from the bottom */
 } ChatPane;
 
 struct ChatState {
@@ -38,7 +38,7 @@ struct ChatState {
     int wake[2];
     char input[INPUT_MAX + 1];
     size_t input_len;
-    int setting;       /* 0 temperature, 1 top-p, 2 max tokens */
+    int setting; /* 0 temperature, 1 top-p, 2 max tokens */
     ChatSettings s;
 };
 
@@ -155,7 +155,8 @@ static ChatState *chat_get(App *app) {
     ChatState *c = xcalloc(1, sizeof *c);
     if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) c->wake[0] = c->wake[1] = -1;
     c->s = (ChatSettings){0.7f, 0.9f, 96, 42, 1};
-    const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model : app->model_dir;
+    const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model
+                                                                             : app->model_dir;
     pane_start(c, 0, base, app->template_name);
     app->chat = c;
     return c;
@@ -205,14 +206,16 @@ static int chat_send(App *app) {
         }
     ChatSettings s = c->s;
     s.share = 0;
-    for (int i = 0; i < np; i++) s.share += c->pane[i].w && !c->pane[i].error;
+    for (int i = 0; i < np; i++)
+        s.share += c->pane[i].w && !c->pane[i].error;
     for (int i = 0; i < np; i++) {
         ChatPane *p = &c->pane[i];
         if (!p->w || p->error) continue;
         pane_push(p, "user", c->input);
         pane_push(p, "assistant", "");
         /* the conversation so far without the empty reply slot */
-        if (chat_worker_send(p->w, (const char *const *)p->roles, (const char *const *)p->texts, p->n - 1, &s)) {
+        if (chat_worker_send(p->w, (const char *const *)p->roles, (const char *const *)p->texts,
+                             p->n - 1, &s)) {
             free(p->roles[--p->n]), free(p->texts[p->n]);
             app_status(app, ROLE_WARN, "%s is not ready", p->model);
             continue;
@@ -238,7 +241,8 @@ static int chat_action(App *app, Action a) {
         ckpt_pick++;
         c->side_by_side = 1;
         tuned_refresh(app, c);
-        app_status(app, ROLE_OK, "tuned: %s", tuned_model(app) ? tuned_model(app) : "no model in this run yet");
+        app_status(app, ROLE_OK, "tuned: %s",
+                   tuned_model(app) ? tuned_model(app) : "no model in this run yet");
         return UI_REDRAW;
     case ACT_CLEAR:
         for (int i = 0; i < 2; i++) {
@@ -262,11 +266,18 @@ static int chat_action(App *app, Action a) {
         if (c->s.max_new_tokens > 1024) c->s.max_new_tokens = 1024;
         return UI_REDRAW;
     }
-    case ACT_PGUP: for (int i = 0; i < 2; i++) c->pane[i].scroll += 5; return UI_REDRAW;
-    case ACT_PGDN:
-        for (int i = 0; i < 2; i++) c->pane[i].scroll = c->pane[i].scroll > 5 ? c->pane[i].scroll - 5 : 0;
+    case ACT_PGUP:
+        for (int i = 0; i < 2; i++)
+            c->pane[i].scroll += 5;
         return UI_REDRAW;
-    case ACT_END: for (int i = 0; i < 2; i++) c->pane[i].scroll = 0; return UI_REDRAW;
+    case ACT_PGDN:
+        for (int i = 0; i < 2; i++)
+            c->pane[i].scroll = c->pane[i].scroll > 5 ? c->pane[i].scroll - 5 : 0;
+        return UI_REDRAW;
+    case ACT_END:
+        for (int i = 0; i < 2; i++)
+            c->pane[i].scroll = 0;
+        return UI_REDRAW;
     default: return 0;
     }
 }
@@ -274,11 +285,13 @@ static int chat_action(App *app, Action a) {
 static int chat_key(App *app, int ch) {
     ChatState *c = chat_get(app);
     if (ch == 27) { /* Esc: cancel the replies */
-        for (int i = 0; i < 2; i++) chat_worker_cancel(c->pane[i].w);
+        for (int i = 0; i < 2; i++)
+            chat_worker_cancel(c->pane[i].w);
         return UI_REDRAW;
     }
     if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
-        while (c->input_len && ((unsigned char)c->input[c->input_len - 1] & 0xC0) == 0x80) c->input_len--;
+        while (c->input_len && ((unsigned char)c->input[c->input_len - 1] & 0xC0) == 0x80)
+            c->input_len--;
         if (c->input_len) c->input_len--;
         c->input[c->input_len] = 0;
         return UI_REDRAW;
@@ -339,7 +352,8 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
     /* transcript lines, bottom-aligned */
     int body = in.h - 1;
     int total = 0;
-    for (int i = 0; i < p->n; i++) total += 1 + wrap_text(p->texts[i], in.w - 3, NULL, 0);
+    for (int i = 0; i < p->n; i++)
+        total += 1 + wrap_text(p->texts[i], in.w - 3, NULL, 0);
     if (p->scroll > total - body) p->scroll = total - body > 0 ? total - body : 0;
     int first = total - body - p->scroll; /* virtual line at the top row */
     int line = 0;
@@ -350,7 +364,8 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
         if (line >= first && y < in.y + in.h) {
             const char *who = user ? "you" : "model";
             int x = in.x + 1 + ui_str(y, in.x + 1, in.w - 1, user ? ROLE_USER : ROLE_TITLE, who);
-            if (!user && i == p->n - 1 && p->generating) ui_str(y, x, in.x + in.w - x, ROLE_DIM, "  (generating...)");
+            if (!user && i == p->n - 1 && p->generating)
+                ui_str(y, x, in.x + in.w - x, ROLE_DIM, "  (generating...)");
             else if (!user && i == p->n - 1 && p->stats[0]) {
                 char st[300];
                 snprintf(st, sizeof st, "  (%s)", p->stats);
@@ -362,7 +377,8 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
         for (int k = 0; k < n && k < 512; k++, line++) {
             y = in.y + 1 + line - first;
             if (line < first || y >= in.y + in.h) continue;
-            ui_text(y, in.x + 3, in.w - 3, user ? ROLE_USER : ROLE_ASSISTANT, p->texts[i] + wl[k].off, wl[k].len);
+            ui_text(y, in.x + 3, in.w - 3, user ? ROLE_USER : ROLE_ASSISTANT,
+                    p->texts[i] + wl[k].off, wl[k].len);
         }
     }
 }
@@ -380,7 +396,8 @@ static void chat_draw(App *app) {
     snprintf(v[2], sizeof v[2], "max tokens %d", c->s.max_new_tokens);
     int x = ui_str(L.settings.y, 1, L.settings.w - 1, ROLE_LABEL, "sampling: ") + 1;
     for (int i = 0; i < 3; i++) {
-        x += ui_str(L.settings.y, x, L.settings.w - x, i == c->setting ? ROLE_SELECTED : ROLE_VALUE, v[i]);
+        x += ui_str(L.settings.y, x, L.settings.w - x, i == c->setting ? ROLE_SELECTED : ROLE_VALUE,
+                    v[i]);
         x += ui_str(L.settings.y, x, L.settings.w - x, ROLE_DIM, "  ");
     }
     ui_str(L.settings.y, x, L.settings.w - x, ROLE_DIM, "(Up/Down pick, Left/Right change)");
@@ -393,7 +410,8 @@ static void chat_draw(App *app) {
     int w = text_width(c->input, c->input_len);
     while (w > in.w - 3 && *shown) { /* keep the end of a long line visible */
         shown++;
-        while ((*shown & 0xC0) == 0x80) shown++;
+        while ((*shown & 0xC0) == 0x80)
+            shown++;
         w = text_width(shown, strlen(shown));
     }
     int cx = in.x + 1 + ui_str(in.y, in.x + 1, in.w - 2, ROLE_NORMAL, shown);
@@ -401,4 +419,5 @@ static void chat_draw(App *app) {
     ui_help_line(L.help, SCR_CHAT, 1);
 }
 
-const Screen screen_chat = {"Chat", SCR_CHAT, chat_text_input, chat_enter, chat_action, chat_key, chat_tick, chat_draw};
+const Screen screen_chat = {"Chat",      SCR_CHAT, chat_text_input, chat_enter,
+                            chat_action, chat_key, chat_tick,       chat_draw};

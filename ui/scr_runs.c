@@ -12,7 +12,8 @@
 
 static void rescan(App *app) {
     char keep[4096] = "";
-    if (app->runs_sel < app->runs.n) snprintf(keep, sizeof keep, "%s", app->runs.runs[app->runs_sel].dir);
+    if (app->runs_sel < app->runs.n)
+        snprintf(keep, sizeof keep, "%s", app->runs.runs[app->runs_sel].dir);
     runs_scan(app->runs_dir, &app->runs);
     app->runs_sel = 0;
     for (int i = 0; i < app->runs.n; i++)
@@ -35,13 +36,26 @@ static int runs_tick(App *app) {
 static int runs_action(App *app, Action a) {
     int n = app->runs.n;
     switch (a) {
-    case ACT_UP: if (app->runs_sel > 0) app->runs_sel--; return UI_REDRAW;
-    case ACT_DOWN: if (app->runs_sel < n - 1) app->runs_sel++; return UI_REDRAW;
-    case ACT_PGUP: app->runs_sel -= 10; if (app->runs_sel < 0) app->runs_sel = 0; return UI_REDRAW;
-    case ACT_PGDN: app->runs_sel += 10; if (app->runs_sel > n - 1) app->runs_sel = n > 0 ? n - 1 : 0; return UI_REDRAW;
+    case ACT_UP:
+        if (app->runs_sel > 0) app->runs_sel--;
+        return UI_REDRAW;
+    case ACT_DOWN:
+        if (app->runs_sel < n - 1) app->runs_sel++;
+        return UI_REDRAW;
+    case ACT_PGUP:
+        app->runs_sel -= 10;
+        if (app->runs_sel < 0) app->runs_sel = 0;
+        return UI_REDRAW;
+    case ACT_PGDN:
+        app->runs_sel += 10;
+        if (app->runs_sel > n - 1) app->runs_sel = n > 0 ? n - 1 : 0;
+        return UI_REDRAW;
     case ACT_HOME: app->runs_sel = 0; return UI_REDRAW;
     case ACT_END: app->runs_sel = n > 0 ? n - 1 : 0; return UI_REDRAW;
-    case ACT_REFRESH: rescan(app); app_status(app, ROLE_NORMAL, "%d runs in %s", app->runs.n, app->runs_dir); return UI_REDRAW;
+    case ACT_REFRESH:
+        rescan(app);
+        app_status(app, ROLE_NORMAL, "%d runs in %s", app->runs.n, app->runs_dir);
+        return UI_REDRAW;
     case ACT_OPEN:
         if (app->runs_sel < n) app_open_run(app, app->runs.runs[app->runs_sel].dir);
         return UI_REDRAW;
@@ -67,8 +81,8 @@ static void runs_draw(App *app) {
         ui_str(in.y + 1, in.x + 2, in.w - 2, ROLE_DIM, "no runs yet: start one from Setup (1),");
         ui_str(in.y + 2, in.x + 2, in.w - 2, ROLE_DIM, "or `tuna train ... --output runs/NAME`.");
     } else {
-        ui_printf(in.y, in.x + 1, in.w - 1, ROLE_TITLE, "%-18s %-8s %-7s %9s %9s", "run", "status", "method",
-                  "best eval", "step");
+        ui_printf(in.y, in.x + 1, in.w - 1, ROLE_TITLE, "%-18s %-8s %-7s %9s %9s", "run", "status",
+                  "method", "best eval", "step");
         int rows = in.h - 1;
         if (app->runs_sel < app->runs_top) app->runs_top = app->runs_sel;
         if (app->runs_sel >= app->runs_top + rows) app->runs_top = app->runs_sel - rows + 1;
@@ -81,12 +95,15 @@ static void runs_draw(App *app) {
             Role base = sel ? ROLE_SELECTED : ROLE_NORMAL;
             char be[32] = "--", st[48] = "--";
             if (isfinite(r->best_eval)) snprintf(be, sizeof be, "%.4f", r->best_eval);
-            if (r->last_step >= 0 && r->total_steps > 0) snprintf(st, sizeof st, "%ld/%ld", r->last_step, r->total_steps);
-            else if (r->last_step >= 0) snprintf(st, sizeof st, "%ld", r->last_step);
+            if (r->last_step >= 0 && r->total_steps > 0)
+                snprintf(st, sizeof st, "%ld/%ld", r->last_step, r->total_steps);
+            else if (r->last_step >= 0)
+                snprintf(st, sizeof st, "%ld", r->last_step);
             int x = in.x + 1;
             x += ui_printf(y, x, 19, base, "%-18.18s ", r->name);
             x += ui_printf(y, x, 9, sel ? base : status_role(r->status), "%-8s ", r->status);
-            ui_printf(y, x, in.x + in.w - x, base, "%-7.7s %9s %9s", r->method[0] ? r->method : "--", be, st);
+            ui_printf(y, x, in.x + in.w - x, base, "%-7.7s %9s %9s",
+                      r->method[0] ? r->method : "--", be, st);
         }
     }
     // --- detail
@@ -100,16 +117,22 @@ static void runs_draw(App *app) {
         struct tm tm;
         if (localtime_r(&t, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
         const char *labels[] = {"folder", "model", "dataset", "method", "status", "updated"};
-        const char *vals[] = {r->dir, r->model[0] ? r->model : "--", r->dataset[0] ? r->dataset : "--",
-                              r->method[0] ? r->method : "--", r->status, when};
+        const char *vals[] = {r->dir,
+                              r->model[0] ? r->model : "--",
+                              r->dataset[0] ? r->dataset : "--",
+                              r->method[0] ? r->method : "--",
+                              r->status,
+                              when};
         for (int i = 0; i < 6 && y < d.y + d.h; i++, y++) {
             ui_str(y, d.x + 1, 9, ROLE_LABEL, labels[i]);
             ui_str(y, d.x + 10, d.w - 10, i == 4 ? status_role(r->status) : ROLE_VALUE, vals[i]);
         }
-        if (y < d.y + d.h && isfinite(r->last_loss)) ui_printf(y++, d.x + 1, d.w - 1, ROLE_LABEL, "last loss %.4f", r->last_loss);
+        if (y < d.y + d.h && isfinite(r->last_loss))
+            ui_printf(y++, d.x + 1, d.w - 1, ROLE_LABEL, "last loss %.4f", r->last_loss);
         if (y + 1 < d.y + d.h) ui_str(y + 1, d.x + 1, d.w - 1, ROLE_DIM, "Enter: open in Train");
     }
     ui_help_line(L.help, SCR_RUNS, 0);
 }
 
-const Screen screen_runs = {"Runs", SCR_RUNS, NULL, runs_enter, runs_action, NULL, runs_tick, runs_draw};
+const Screen screen_runs = {"Runs",      SCR_RUNS, NULL,      runs_enter,
+                            runs_action, NULL,     runs_tick, runs_draw};

@@ -33,19 +33,19 @@
 #include "widgets.h"
 
 #define MAX_CHOICES 64
-#define MAX_BROWSE 5000
+#define MAX_BROWSE  5000
 
 typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
 enum { M_FULL = 1, M_LORA = 2, M_FREEZE = 4, M_PT = 8, M_ALL = 15 };
 
 typedef struct Field {
-    const char *key;   /* config key: the `tuna train` flag with '-' -> '_' */
+    const char *key; /* config key: the `tuna train` flag with '-' -> '_' */
     const char *label;
     FieldKind kind;
-    unsigned methods;  /* shown for these methods */
+    unsigned methods; /* shown for these methods */
     double v, step, lo, hi;
-    char text[512];    /* F_TEXT / F_CHOICE value */
-    char **choices;    /* F_CHOICE, owned */
+    char text[512]; /* F_TEXT / F_CHOICE value */
+    char **choices; /* F_CHOICE, owned */
     int n_choices;
 } Field;
 
@@ -86,7 +86,8 @@ struct SetupState {
 };
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
-static const char *lora_sites[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+static const char *lora_sites[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                   "gate_proj", "up_proj", "down_proj"};
 static const char *gpt2_sites[] = {"c_attn", "c_proj", "c_fc"};
 
 static void add_choice(Field *f, const char *s) {
@@ -189,7 +190,8 @@ static SetupState *setup_get(App *app) {
             {"model", "model", F_CHOICE, M_ALL, 0, 0, 0, 0, "", NULL, 0},
             {"template", "template", F_CHOICE, M_ALL, 0, 0, 0, 0, "vanilla", NULL, 0},
             {"dataset", "dataset", F_CHOICE, M_ALL, 0, 0, 0, 0, "identity", NULL, 0},
-            {"vars", "dataset vars", F_TEXT, M_ALL, 0, 0, 0, 0, "name=Tuna,author=the tuna team", NULL, 0},
+            {"vars", "dataset vars", F_TEXT, M_ALL, 0, 0, 0, 0, "name=Tuna,author=the tuna team",
+             NULL, 0},
             {"method", "method", F_CHOICE, M_ALL, 0, 0, 0, 0, "lora", NULL, 0},
             {"lora_rank", "lora rank", F_INT, M_LORA, 8, 1, 1, 1024, "", NULL, 0},
             {"lora_alpha", "lora alpha", F_INT, M_LORA, 16, 1, 1, 4096, "", NULL, 0},
@@ -225,13 +227,15 @@ static SetupState *setup_get(App *app) {
     char **names = NULL;
     int nn = 0;
     if (template_list("templates", &names, &nn, NULL) == 0) {
-        for (int i = 0; i < nn; i++) add_choice(t, names[i]);
+        for (int i = 0; i < nn; i++)
+            add_choice(t, names[i]);
         template_list_free(names, nn);
     }
     if (!t->n_choices) add_choice(t, "vanilla");
     snprintf(t->text, sizeof t->text, "%s", app->template_name);
     Field *mm = field(s, "method");
-    for (int i = 0; i < 4; i++) add_choice(mm, method_names[i]);
+    for (int i = 0; i < 4; i++)
+        add_choice(mm, method_names[i]);
     load_datasets(s);
     if (!field(s, "dataset")->n_choices) add_choice(field(s, "dataset"), "identity");
     app->setup = s;
@@ -239,7 +243,8 @@ static SetupState *setup_get(App *app) {
 }
 
 static void browser_clear(Browser *b) {
-    for (int i = 0; i < b->n; i++) free(b->names[i]);
+    for (int i = 0; i < b->n; i++)
+        free(b->names[i]);
     free(b->names);
     free(b->is_model);
     b->names = NULL;
@@ -250,12 +255,14 @@ static void browser_clear(Browser *b) {
 void setup_free(SetupState *s) {
     if (!s) return;
     Field *ds = field(s, "dataset");
-    for (int k = 0; ds && k < ds->n_choices && s->ds_file; k++) free(s->ds_file[k]);
+    for (int k = 0; ds && k < ds->n_choices && s->ds_file; k++)
+        free(s->ds_file[k]);
     free(s->ds_file);
     free(s->ds_rows);
     free(s->ds_done);
     for (int i = 0; i < s->n; i++) {
-        for (int k = 0; k < s->f[i].n_choices; k++) free(s->f[i].choices[k]);
+        for (int k = 0; k < s->f[i].n_choices; k++)
+            free(s->f[i].choices[k]);
         free(s->f[i].choices);
     }
     browser_clear(&s->br);
@@ -270,9 +277,11 @@ static void auto_output(SetupState *s) {
     if (s->output_typed) return;
     const char *d = field(s, "dataset")->text;
     size_t k = strcspn(d, ",");
-    while (k && d[k - 1] == ' ') k--;
+    while (k && d[k - 1] == ' ')
+        k--;
     Field *o = field(s, "output");
-    snprintf(o->text, sizeof o->text, "runs/%.*s-%.20s", (int)(k > 200 ? 200 : k), d, field(s, "method")->text);
+    snprintf(o->text, sizeof o->text, "runs/%.*s-%.20s", (int)(k > 200 ? 200 : k), d,
+             field(s, "method")->text);
 }
 
 // --- config JSON
@@ -284,10 +293,14 @@ static cJSON *setup_json(SetupState *s) {
     for (int i = 0; i < s->n; i++) {
         Field *f = &s->f[i];
         if (!(f->methods & mb)) continue;
-        if (f->kind == F_INT) cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
-        else if (f->kind == F_FLOAT) cJSON_AddNumberToObject(o, f->key, f->v);
-        else if (f->kind == F_BOOL) cJSON_AddBoolToObject(o, f->key, f->v != 0);
-        else cJSON_AddStringToObject(o, f->key, f->text);
+        if (f->kind == F_INT)
+            cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
+        else if (f->kind == F_FLOAT)
+            cJSON_AddNumberToObject(o, f->key, f->v);
+        else if (f->kind == F_BOOL)
+            cJSON_AddBoolToObject(o, f->key, f->v != 0);
+        else
+            cJSON_AddStringToObject(o, f->key, f->text);
     }
     return o;
 }
@@ -325,8 +338,10 @@ static int load_json(SetupState *s, const char *path, char *err, size_t n) {
         Field *f = &s->f[i];
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, f->key);
         if (!it) continue;
-        if (f->kind == F_BOOL && cJSON_IsBool(it)) f->v = cJSON_IsTrue(it);
-        else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) && cJSON_IsNumber(it))
+        if (f->kind == F_BOOL && cJSON_IsBool(it))
+            f->v = cJSON_IsTrue(it);
+        else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) &&
+                 cJSON_IsNumber(it))
             f->v = f->kind == F_BOOL ? it->valuedouble != 0 : it->valuedouble;
         else if ((f->kind == F_TEXT || f->kind == F_CHOICE) && cJSON_IsString(it)) {
             snprintf(f->text, sizeof f->text, "%s", it->valuestring);
@@ -365,8 +380,10 @@ static void refresh_model(SetupState *s) {
     s->disk_bytes = s->cfg_ok ? safetensors_bytes(dir) : 0;
     if (s->cfg_ok) { /* keep the LoRA default target valid for the architecture */
         Field *t = field(s, "lora_target");
-        if (s->cfg.arch == ARCH_GPT2 && !strcmp(t->text, "q_proj,v_proj")) snprintf(t->text, sizeof t->text, "c_attn");
-        if (s->cfg.arch != ARCH_GPT2 && !strcmp(t->text, "c_attn")) snprintf(t->text, sizeof t->text, "q_proj,v_proj");
+        if (s->cfg.arch == ARCH_GPT2 && !strcmp(t->text, "q_proj,v_proj"))
+            snprintf(t->text, sizeof t->text, "c_attn");
+        if (s->cfg.arch != ARCH_GPT2 && !strcmp(t->text, "c_attn"))
+            snprintf(t->text, sizeof t->text, "q_proj,v_proj");
         Field *fl = field(s, "freeze_layers");
         if (fl->v > s->cfg.L) fl->v = s->cfg.L;
     }
@@ -384,16 +401,23 @@ static long ds_rows_of(SetupState *s, int k, int *approx) {
 }
 
 static void fmt_count(double v, char *b, size_t n) {
-    if (v >= 1e9) snprintf(b, n, "%.2fB", v / 1e9);
-    else if (v >= 1e6) snprintf(b, n, "%.2fM", v / 1e6);
-    else if (v >= 1e3) snprintf(b, n, "%.1fK", v / 1e3);
-    else snprintf(b, n, "%.0f", v);
+    if (v >= 1e9)
+        snprintf(b, n, "%.2fB", v / 1e9);
+    else if (v >= 1e6)
+        snprintf(b, n, "%.2fM", v / 1e6);
+    else if (v >= 1e3)
+        snprintf(b, n, "%.1fK", v / 1e3);
+    else
+        snprintf(b, n, "%.0f", v);
 }
 
 static void fmt_bytes(double v, char *b, size_t n) {
-    if (v >= 1 << 30) snprintf(b, n, "%.2f GiB", v / (1 << 30));
-    else if (v >= 1 << 20) snprintf(b, n, "%.1f MiB", v / (1 << 20));
-    else snprintf(b, n, "%.0f KiB", v / 1024);
+    if (v >= 1 << 30)
+        snprintf(b, n, "%.2f GiB", v / (1 << 30));
+    else if (v >= 1 << 20)
+        snprintf(b, n, "%.1f MiB", v / (1 << 20));
+    else
+        snprintf(b, n, "%.0f KiB", v / 1024);
 }
 
 /* "91 rows", "~1.2M rows", "91+1.0K rows"; unknown names -> 1 and b = the first one. */
@@ -404,9 +428,11 @@ static int dataset_sizes(SetupState *s, const char *names, char *b, size_t n) {
     int parts = 0, approx = 0, unknown = 0, bad = 0;
     b[0] = 0;
     for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        while (*t == ' ') t++;
+        while (*t == ' ')
+            t++;
         size_t l = strlen(t);
-        while (l && t[l - 1] == ' ') t[--l] = 0;
+        while (l && t[l - 1] == ' ')
+            t[--l] = 0;
         if (!l) continue;
         int k = -1;
         for (int i = 0; i < ds->n_choices; i++)
@@ -418,8 +444,10 @@ static int dataset_sizes(SetupState *s, const char *names, char *b, size_t n) {
         }
         int a;
         long r = ds_rows_of(s, k, &a);
-        if (r < 0) unknown = 1;
-        else total += (double)r;
+        if (r < 0)
+            unknown = 1;
+        else
+            total += (double)r;
         approx |= a;
         parts++;
     }
@@ -427,9 +455,12 @@ static int dataset_sizes(SetupState *s, const char *names, char *b, size_t n) {
     if (bad) return 1;
     char c[32];
     fmt_count(total, c, sizeof c);
-    if (!parts) snprintf(b, n, "no dataset");
-    else if (unknown && total == 0) snprintf(b, n, "? rows");
-    else snprintf(b, n, "%s%s%s rows", approx ? "~" : "", c, unknown ? "+?" : "");
+    if (!parts)
+        snprintf(b, n, "no dataset");
+    else if (unknown && total == 0)
+        snprintf(b, n, "? rows");
+    else
+        snprintf(b, n, "%s%s%s rows", approx ? "~" : "", c, unknown ? "+?" : "");
     return 0;
 }
 
@@ -438,7 +469,9 @@ static int target_on(const char *targets, const char *name) {
     const char *p = targets;
     size_t n = strlen(name);
     while ((p = strstr(p, name))) {
-        if ((p == targets || p[-1] == ',' || p[-1] == ' ') && (p[n] == 0 || p[n] == ',' || p[n] == ' ')) return 1;
+        if ((p == targets || p[-1] == ',' || p[-1] == ' ') &&
+            (p[n] == 0 || p[n] == ',' || p[n] == ' '))
+            return 1;
         p += n;
     }
     return 0;
@@ -454,13 +487,15 @@ static void estimate(SetupState *s, double *total, double *trainable, int *n_mod
     *total = emb + c->L * layer + C;
     *n_modules = 0;
     unsigned mb = method_bit(s);
-    if (mb == M_FULL) *trainable = *total;
+    if (mb == M_FULL)
+        *trainable = *total;
     else if (mb == M_FREEZE) {
         double n = field(s, "freeze_layers")->v;
         *trainable = (n < c->L ? n : c->L) * layer;
     } else if (mb == M_PT) {
         /* PEFT prefix tuning: P x (L*2*KV), or embedding P x KV -> MLP(H) -> L*2*KV */
-        double P = field(s, "prefix_tokens")->v, H = field(s, "prefix_hidden")->v, PW = c->L * 2 * KV;
+        double P = field(s, "prefix_tokens")->v, H = field(s, "prefix_hidden")->v,
+               PW = c->L * 2 * KV;
         *trainable = field(s, "prefix_projection")->v ? P * KV + H * KV + H + PW * H + PW : P * PW;
     } else {
         double r = field(s, "lora_rank")->v, per = 0;
@@ -493,7 +528,8 @@ typedef struct MemEstimate {
  * trainable parameter, and the activations the engine keeps for batch x cutoff tokens (per
  * layer: norms, q/k/v, attention out, MLP, plus the logits) with its backward scratch. With
  * gradient checkpointing only one layer keeps all of that; the others keep their input. */
-static void mem_estimate(SetupState *s, double total, double trainable, int n_modules, MemEstimate *m) {
+static void mem_estimate(SetupState *s, double total, double trainable, int n_modules,
+                         MemEstimate *m) {
     const ModelConfig *c = &s->cfg;
     double C = c->C, QD = (double)c->NH * c->HS, KD = (double)c->KVH * c->HS, FF = c->FF, V = c->V;
     double B = field(s, "batch_size")->v, T = field(s, "cutoff_len")->v, N = B * T;
@@ -543,7 +579,8 @@ static int browser_read(Browser *b, const char *dir) {
         if (e->d_name[0] == '.') continue;
         char p[PATH_MAX + 260];
         struct stat st;
-        if (join_path(p, sizeof p, abs, e->d_name) || stat(p, &st) || !S_ISDIR(st.st_mode)) continue;
+        if (join_path(p, sizeof p, abs, e->d_name) || stat(p, &st) || !S_ISDIR(st.st_mode))
+            continue;
         browser_add(b, e->d_name, is_model_dir(p));
     }
     closedir(d);
@@ -557,8 +594,10 @@ static int browser_read(Browser *b, const char *dir) {
 }
 
 static void browser_path(const Browser *b, int i, char *out, size_t n) {
-    if (!strcmp(b->names[i], ".")) copy_str(out, n, b->dir);
-    else join_path(out, n, b->dir, b->names[i]);
+    if (!strcmp(b->names[i], "."))
+        copy_str(out, n, b->dir);
+    else
+        join_path(out, n, b->dir, b->names[i]);
 }
 
 static void browser_open(App *app, SetupState *s) {
@@ -575,7 +614,8 @@ static void browser_open(App *app, SetupState *s) {
     size_t k = strcspn(cur, "/");
     int hit = -1;
     for (int i = 0; i < b->n && cur[0] != '/'; i++)
-        if (strlen(b->names[i]) == k && !strncmp(b->names[i], cur, k) && strcmp(b->names[i], "..")) hit = i;
+        if (strlen(b->names[i]) == k && !strncmp(b->names[i], cur, k) && strcmp(b->names[i], ".."))
+            hit = i;
     for (int i = 0; i < b->n && hit < 0; i++)
         if (b->is_model[i] && strcmp(b->names[i], ".")) hit = i;
     if (hit >= 0) b->sel = hit;
@@ -602,8 +642,10 @@ static void browser_up(App *app, Browser *b) {
     slash = strrchr(here, '/');
     char name[PATH_MAX];
     copy_str(name, sizeof name, slash ? slash + 1 : "");
-    if (slash == here) here[1] = 0;
-    else if (slash) *slash = 0;
+    if (slash == here)
+        here[1] = 0;
+    else if (slash)
+        *slash = 0;
     browser_go(app, b, here, name);
 }
 
@@ -613,7 +655,8 @@ static void browser_pick(App *app, SetupState *s, const char *path) {
     const char *v = path;
     if (getcwd(cwd, sizeof cwd)) {
         size_t l = strlen(cwd);
-        if (!strcmp(path, cwd)) v = ".";
+        if (!strcmp(path, cwd))
+            v = ".";
         else if (!strncmp(path, cwd, l) && path[l] == '/') {
             copy_str(rel, sizeof rel, path + l + 1);
             v = rel;
@@ -625,8 +668,10 @@ static void browser_pick(App *app, SetupState *s, const char *path) {
     s->br.open = 0;
     browser_clear(&s->br);
     refresh_model(s);
-    if (s->cfg_ok) app_status(app, ROLE_NORMAL, "model: %s", m->text);
-    else app_status(app, ROLE_WARN, "%s", s->cfg_err);
+    if (s->cfg_ok)
+        app_status(app, ROLE_NORMAL, "model: %s", m->text);
+    else
+        app_status(app, ROLE_WARN, "%s", s->cfg_err);
 }
 
 static void browser_enter(App *app, SetupState *s, int descend_only) {
@@ -635,10 +680,14 @@ static void browser_enter(App *app, SetupState *s, int descend_only) {
     const char *nm = b->names[b->sel];
     char p[PATH_MAX + 260];
     browser_path(b, b->sel, p, sizeof p);
-    if (!strcmp(nm, "..")) browser_up(app, b);
-    else if (!strcmp(nm, ".")) browser_pick(app, s, p);
-    else if (b->is_model[b->sel] && !descend_only) browser_pick(app, s, p);
-    else browser_go(app, b, p, NULL);
+    if (!strcmp(nm, ".."))
+        browser_up(app, b);
+    else if (!strcmp(nm, "."))
+        browser_pick(app, s, p);
+    else if (b->is_model[b->sel] && !descend_only)
+        browser_pick(app, s, p);
+    else
+        browser_go(app, b, p, NULL);
 }
 
 static void browser_refresh_cfg(Browser *b) {
@@ -660,8 +709,12 @@ static int browser_action(App *app, SetupState *s, Action a) {
     Browser *b = &s->br;
     int page = app->rows > 8 ? app->rows - 6 : 4;
     switch (a) {
-    case ACT_UP: if (b->sel > 0) b->sel--; break;
-    case ACT_DOWN: if (b->sel < b->n - 1) b->sel++; break;
+    case ACT_UP:
+        if (b->sel > 0) b->sel--;
+        break;
+    case ACT_DOWN:
+        if (b->sel < b->n - 1) b->sel++;
+        break;
     case ACT_PGUP: b->sel = b->sel > page ? b->sel - page : 0; break;
     case ACT_PGDN: b->sel = b->sel + page < b->n ? b->sel + page : b->n - 1; break;
     case ACT_HOME: b->sel = 0; break;
@@ -716,10 +769,14 @@ static Field *selected(SetupState *s) {
 }
 
 static void fmt_value(const Field *f, char *b, size_t n) {
-    if (f->kind == F_INT) snprintf(b, n, "%ld", (long)f->v);
-    else if (f->kind == F_FLOAT) snprintf(b, n, "%g", f->v);
-    else if (f->kind == F_BOOL) snprintf(b, n, "%s", f->v ? "on" : "off");
-    else snprintf(b, n, "%s", f->text);
+    if (f->kind == F_INT)
+        snprintf(b, n, "%ld", (long)f->v);
+    else if (f->kind == F_FLOAT)
+        snprintf(b, n, "%g", f->v);
+    else if (f->kind == F_BOOL)
+        snprintf(b, n, "%s", f->v ? "on" : "off");
+    else
+        snprintf(b, n, "%s", f->text);
 }
 
 /* Checks a typed text value; 0 ok, else why (and the value is refused). A dataset name that is
@@ -741,8 +798,11 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
     } else if (!strcmp(f->key, "dataset")) {
         char b[256];
         int any = 0;
-        for (const char *p = v; *p; p++) any |= *p != ',' && *p != ' ';
-        if (!any) return snprintf(why, n, "name at least one dataset from datasets/dataset_info.json"), -1;
+        for (const char *p = v; *p; p++)
+            any |= *p != ',' && *p != ' ';
+        if (!any)
+            return snprintf(why, n, "name at least one dataset from datasets/dataset_info.json"),
+                   -1;
         if (dataset_sizes(s, v, b, sizeof b))
             return snprintf(why, n, "warn:\"%.200s\" is not in datasets/dataset_info.json", b), 1;
     } else if (!strcmp(f->key, "vars")) {
@@ -750,7 +810,8 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         int rc = 0;
         for (char *t = strtok_r(dup, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
             char *eq = strchr(t, '=');
-            if (!eq || eq == t) rc = -1, snprintf(why, n, "expected KEY=VALUE,..., got \"%.100s\"", t);
+            if (!eq || eq == t)
+                rc = -1, snprintf(why, n, "expected KEY=VALUE,..., got \"%.100s\"", t);
         }
         free(dup);
         return rc;
@@ -760,14 +821,19 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         char *dup = xstrdup(v), *save = NULL;
         int rc = 0;
         for (char *t = strtok_r(dup, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
-            while (*t == ' ') t++;
+            while (*t == ' ')
+                t++;
             int hit = 0;
-            for (int i = 0; i < 7; i++) hit |= (!g || !known) && !strcmp(t, lora_sites[i]);
-            for (int i = 0; i < 3; i++) hit |= (g || !known) && !strcmp(t, gpt2_sites[i]);
+            for (int i = 0; i < 7; i++)
+                hit |= (!g || !known) && !strcmp(t, lora_sites[i]);
+            for (int i = 0; i < 3; i++)
+                hit |= (g || !known) && !strcmp(t, gpt2_sites[i]);
             if (!hit)
-                rc = -1, snprintf(why, n, "\"%.60s\" is not a linear layer of %s (use %s, or all)", t,
-                                  known ? config_arch_name(s->cfg.arch) : "the model",
-                                  g ? "c_attn, c_proj, c_fc" : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+                rc = -1,
+                snprintf(why, n, "\"%.60s\" is not a linear layer of %s (use %s, or all)", t,
+                         known ? config_arch_name(s->cfg.arch) : "the model",
+                         g ? "c_attn, c_proj, c_fc"
+                           : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
         }
         free(dup);
         return rc;
@@ -798,7 +864,8 @@ static int commit_edit(App *app, SetupState *s) {
         if (rc < 0) return refuse(app, s, f, why);
         snprintf(f->text, sizeof f->text, "%s", s->edit);
         if (!strcmp(f->key, "output")) s->output_typed = 1;
-        if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text)) add_choice(f, f->text);
+        if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text))
+            add_choice(f, f->text);
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
@@ -845,7 +912,8 @@ static int start_training(App *app, SetupState *s) {
         signal(SIGTERM, SIG_DFL);
         /* the running binary when it is tuna, else ./tuna (a standalone UI test build) */
         size_t el = strlen(app->self_exe);
-        const char *exe = el >= 5 && !strcmp(app->self_exe + el - 5, "/tuna") ? app->self_exe : "./tuna";
+        const char *exe =
+                el >= 5 && !strcmp(app->self_exe + el - 5, "/tuna") ? app->self_exe : "./tuna";
         execl(exe, exe, "train", "--config", cfg, (char *)NULL);
         _exit(127);
     }
@@ -870,12 +938,18 @@ static int setup_action(App *app, Action a) {
     if (s->editing && a != ACT_OPEN) return 0;
     if (!s->editing) s->refused_field = -1;
     switch (a) {
-    case ACT_UP: if (s->sel > 0) s->sel--; return UI_REDRAW;
-    case ACT_DOWN: if (s->sel < n - 1) s->sel++; return UI_REDRAW;
+    case ACT_UP:
+        if (s->sel > 0) s->sel--;
+        return UI_REDRAW;
+    case ACT_DOWN:
+        if (s->sel < n - 1) s->sel++;
+        return UI_REDRAW;
     case ACT_HOME: s->sel = 0; return UI_REDRAW;
     case ACT_END: s->sel = n - 1; return UI_REDRAW;
     case ACT_PGDN: s->pv_index++; return UI_REDRAW; /* the preview: next / previous example */
-    case ACT_PGUP: if (s->pv_index > 0) s->pv_index--; return UI_REDRAW;
+    case ACT_PGUP:
+        if (s->pv_index > 0) s->pv_index--;
+        return UI_REDRAW;
     case ACT_LEFT:
     case ACT_RIGHT: {
         int d = a == ACT_RIGHT ? 1 : -1;
@@ -890,8 +964,10 @@ static int setup_action(App *app, Action a) {
             f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
             double hi = field_hi(s, f);
-            if (f->step > 0) f->v += d * f->step;
-            else f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
+            if (f->step > 0)
+                f->v += d * f->step;
+            else
+                f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
             if (f->v < f->lo) f->v = f->lo;
             if (f->v > hi) f->v = hi;
         }
@@ -908,12 +984,16 @@ static int setup_action(App *app, Action a) {
         s->edit_len = strlen(s->edit);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (write_json(s, app->config_path, err, sizeof err)) app_status(app, ROLE_ERROR, "%s", err);
-        else app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
+        if (write_json(s, app->config_path, err, sizeof err))
+            app_status(app, ROLE_ERROR, "%s", err);
+        else
+            app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
         return UI_REDRAW;
     case ACT_CFG_LOAD:
-        if (load_json(s, app->config_path, err, sizeof err)) app_status(app, ROLE_ERROR, "%s", err);
-        else app_status(app, ROLE_NORMAL, "loaded %s", app->config_path);
+        if (load_json(s, app->config_path, err, sizeof err))
+            app_status(app, ROLE_ERROR, "%s", err);
+        else
+            app_status(app, ROLE_NORMAL, "loaded %s", app->config_path);
         return UI_REDRAW;
     case ACT_START: return start_training(app, s);
     default: return 0;
@@ -975,7 +1055,8 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             ui_printf(y, vx, vw, ROLE_ERROR, "refused: %s", s->refused);
             continue;
         }
-        if (sel && s->editing) snprintf(v, sizeof v, "%s_", s->edit);
+        if (sel && s->editing)
+            snprintf(v, sizeof v, "%s_", s->edit);
         else {
             fmt_value(f, v, sizeof v);
             if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
@@ -985,7 +1066,8 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             }
         }
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
-        if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v) r = ROLE_DIM;
+        if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v)
+            r = ROLE_DIM;
         int used = ui_str(y, vx, vw, r, v);
         if (!strcmp(f->key, "dataset") && !(sel && s->editing)) {
             char b[256];
@@ -1005,7 +1087,8 @@ static void draw_browser(App *app, SetupState *s, Rect list) {
     size_t dl = strlen(b->dir);
     const char *d = b->dir;
     if (tw > 8 && (int)dl > tw) d = b->dir + dl - tw; /* keep the end of a long path */
-    snprintf(title, sizeof title, "model folder: %s%s", d != b->dir ? theme_glyphs()->ellipsis : "", d);
+    snprintf(title, sizeof title, "model folder: %s%s", d != b->dir ? theme_glyphs()->ellipsis : "",
+             d);
     ui_frame(list, title, 1);
     Rect in = ui_inner(list);
     if (b->sel >= b->n) b->sel = b->n - 1;
@@ -1017,9 +1100,12 @@ static void draw_browser(App *app, SetupState *s, Rect list) {
         int i = b->top + k, y = in.y + k, sel = i == b->sel;
         const char *nm = b->names[i];
         char line[600];
-        if (!strcmp(nm, "..")) snprintf(line, sizeof line, "../  (up)");
-        else if (!strcmp(nm, ".")) snprintf(line, sizeof line, "./  (this folder is a model: pick it)");
-        else snprintf(line, sizeof line, "%.500s/", nm);
+        if (!strcmp(nm, ".."))
+            snprintf(line, sizeof line, "../  (up)");
+        else if (!strcmp(nm, "."))
+            snprintf(line, sizeof line, "./  (this folder is a model: pick it)");
+        else
+            snprintf(line, sizeof line, "%.500s/", nm);
         Role r = sel ? ROLE_SELECTED : b->is_model[i] ? ROLE_OK : ROLE_VALUE;
         if (sel) ui_fill((Rect){y, in.x, 1, in.w}, ROLE_SELECTED);
         int used = ui_str(y, in.x + 1, in.w - 2, r, line);
@@ -1037,8 +1123,9 @@ static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
     char a[32], d[32];
     fmt_count(total, a, sizeof a);
     fmt_bytes(disk, d, sizeof d);
-    snprintf(b, n, "%s  %s  %s params%s%s", c->model_type, c->torch_dtype[0] ? c->torch_dtype : "dtype ?", a,
-             disk > 0 ? "  on disk " : "", disk > 0 ? d : "");
+    snprintf(b, n, "%s  %s  %s params%s%s", c->model_type,
+             c->torch_dtype[0] ? c->torch_dtype : "dtype ?", a, disk > 0 ? "  on disk " : "",
+             disk > 0 ? d : "");
 }
 
 /* The preview pane: one example of the dataset through the template, masked runs dimmed (and in
@@ -1046,12 +1133,19 @@ static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
 static void draw_preview(App *app, SetupState *s, Rect r) {
     (void)app;
     Field *tf = field(s, "template"), *df = field(s, "dataset");
-    PreviewInputs in = {field(s, "model")->text, "templates", tf->text, "datasets", df->text,
-                        field(s, "vars")->text, (int)field(s, "cutoff_len")->v, s->pv_index};
+    PreviewInputs in = {field(s, "model")->text,
+                        "templates",
+                        tf->text,
+                        "datasets",
+                        df->text,
+                        field(s, "vars")->text,
+                        (int)field(s, "cutoff_len")->v,
+                        s->pv_index};
     setup_preview_update(&s->pv, &in);
     if (!s->pv.err[0]) s->pv_index = s->pv.index; /* past the end: stay on the last one */
     char title[300];
-    snprintf(title, sizeof title, "preview #%ld: %.60s on %.60s", s->pv.index + 1, tf->text, df->text);
+    snprintf(title, sizeof title, "preview #%ld: %.60s on %.60s", s->pv.index + 1, tf->text,
+             df->text);
     ui_frame(r, title, 0);
     Rect d = ui_inner(r);
     if (d.h <= 0 || d.w <= 2) return;
@@ -1068,11 +1162,13 @@ static void draw_preview(App *app, SetupState *s, Rect r) {
     int mono = !theme_has_color();
     const char *open = g->utf8 ? "\xc2\xab" : "{{", *close = g->utf8 ? "\xc2\xbb" : "}}";
     const char *nl_mark = g->utf8 ? "\xe2\x86\xb5" : "\\n";
-    ui_printf(y++, x, w, ROLE_LABEL, "%d %s: %d train, %d masked%s", p->n_tokens, w >= 40 ? "tokens" : "tok",
-              p->n_train, p->n_tokens - p->n_train, p->truncated ? (w >= 40 ? " (cut at cutoff len)" : " (cut)") : "");
+    ui_printf(y++, x, w, ROLE_LABEL, "%d %s: %d train, %d masked%s", p->n_tokens,
+              w >= 40 ? "tokens" : "tok", p->n_train, p->n_tokens - p->n_train,
+              p->truncated ? (w >= 40 ? " (cut at cutoff len)" : " (cut)") : "");
     if (y < d.y + d.h) {
         if (mono)
-            ui_printf(y++, x, w, ROLE_DIM, "%smasked%s = no loss%s%s", open, close, w >= 40 ? ", the rest trains" : "",
+            ui_printf(y++, x, w, ROLE_DIM, "%smasked%s = no loss%s%s", open, close,
+                      w >= 40 ? ", the rest trains" : "",
                       w >= 66 ? "   PgUp/PgDn: other examples" : "");
         else {
             int u = ui_str(y, x, w, ROLE_DIM, "dim = masked (no loss)");
@@ -1105,7 +1201,8 @@ static void draw_preview(App *app, SetupState *s, Rect r) {
         if (c == '\n') {
             PUT(nl_mark, 2 | mk);
             PUT("\n", mk);
-        } else if (c == '\t') PUT(" ", mk);
+        } else if (c == '\t')
+            PUT(" ", mk);
         else {
             char one[2] = {c, 0};
             PUT(one, mk);
@@ -1123,7 +1220,8 @@ static void draw_preview(App *app, SetupState *s, Rect r) {
             size_t a = wl[i].off, e = a + wl[i].len;
             while (a < e) { /* runs of the same mark */
                 size_t b = a;
-                while (b < e && m[b] == m[a]) b++;
+                while (b < e && m[b] == m[a])
+                    b++;
                 Role role = m[a] & 2 ? ROLE_DIM : m[a] & 1 ? ROLE_DIM : ROLE_VALUE;
                 int lim = x + w - cx - (last ? 1 : 0);
                 cx += ui_text(y + i, cx, lim, role, t + a, b - a);
@@ -1155,9 +1253,12 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
             if (b->cfg_ok) {
                 model_line(&b->cfg, 0, buf, sizeof buf);
                 LINE(ROLE_VALUE, "%s", buf);
-                LINE(ROLE_LABEL, "L=%d C=%d H=%d/%d FF=%d V=%d", b->cfg.L, b->cfg.C, b->cfg.NH, b->cfg.KVH, b->cfg.FF, b->cfg.V);
-            } else LINE(ROLE_ERROR, "%s", b->cfg_err);
-        } else LINE(ROLE_DIM, "not a model (no config.json)");
+                LINE(ROLE_LABEL, "L=%d C=%d H=%d/%d FF=%d V=%d", b->cfg.L, b->cfg.C, b->cfg.NH,
+                     b->cfg.KVH, b->cfg.FF, b->cfg.V);
+            } else
+                LINE(ROLE_ERROR, "%s", b->cfg_err);
+        } else
+            LINE(ROLE_DIM, "not a model (no config.json)");
         LINE(ROLE_DIM, "[model]: holds a config.json");
         return y - d.y + 2;
     }
@@ -1183,8 +1284,8 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
             fmt_bytes(me.weights, w1, sizeof w1);
             fmt_bytes(me.optim, w2, sizeof w2);
             fmt_bytes(me.act, w3, sizeof w3);
-            LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)", w1, w2, w3,
-                 (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
+            LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)", w1,
+                 w2, w3, (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
         }
     }
     if (wide && app->rows >= 40) { /* room: every dataset with its size */
@@ -1198,7 +1299,10 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
             fmt_count((double)(rows < 0 ? 0 : rows), c, sizeof c);
             int on = target_on(ds->text, ds->choices[k]);
             LINE(on ? ROLE_OK : ROLE_LABEL, "%s %-32s %s%s rows", on ? ">" : " ", ds->choices[k],
-                 rows < 0 ? "?" : a ? "~" : "", rows < 0 ? "" : c);
+                 rows < 0 ? "?"
+                 : a      ? "~"
+                          : "",
+                 rows < 0 ? "" : c);
         }
     }
     Field *sf = selected(s);
@@ -1217,7 +1321,8 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
             if (draw && y < d.y + d.h) ui_text(y, x, w, ROLE_ERROR, why + wl[i].off, wl[i].len);
             y++;
         }
-    } else LINE(ROLE_DIM, "%s", hint);
+    } else
+        LINE(ROLE_DIM, "%s", hint);
 #undef LINE
     return y - d.y + 2;
 }
@@ -1225,7 +1330,7 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
 /* The help line while the folder browser is open (its keys are not in the key table). */
 static void browse_help(Rect r) {
     static const char *keys[][2] = {{"F1", "Help"}, {"Enter", "Pick/Open"}, {"Right", "Open"},
-                                    {"Bksp", "Up"},  {"a-z", "Jump"},       {"Esc", "Cancel"}};
+                                    {"Bksp", "Up"}, {"a-z", "Jump"},        {"Esc", "Cancel"}};
     ui_fill(r, ROLE_KEY_LABEL);
     int x = r.x;
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -1243,8 +1348,10 @@ static void setup_draw(App *app) {
     layout_split(app->rows, app->cols, 46, &L);
     app_draw_header(app, L.header.y, L.header.w);
     auto_output(s);
-    if (s->br.open) draw_browser(app, s, L.list);
-    else draw_form(app, s, L.list);
+    if (s->br.open)
+        draw_browser(app, s, L.list);
+    else
+        draw_form(app, s, L.list);
     /* detail: the model and estimates on top, the template preview below */
     int need = draw_info(app, s, L.detail, 0);
     int min_preview = 6;
@@ -1255,8 +1362,11 @@ static void setup_draw(App *app) {
     ui_frame(top, s->br.open ? "highlighted folder" : "model and estimate", 0);
     draw_info(app, s, top, 1);
     if (bot.h >= 3) draw_preview(app, s, bot);
-    if (s->br.open) browse_help(L.help);
-    else ui_help_line(L.help, SCR_SETUP, s->editing);
+    if (s->br.open)
+        browse_help(L.help);
+    else
+        ui_help_line(L.help, SCR_SETUP, s->editing);
 }
 
-const Screen screen_setup = {"Setup", SCR_SETUP, setup_text_input, NULL, setup_action, setup_key, NULL, setup_draw};
+const Screen screen_setup = {"Setup",   SCR_SETUP, setup_text_input, NULL, setup_action,
+                             setup_key, NULL,      setup_draw};

@@ -53,7 +53,8 @@ static int train_action(App *app, Action a) {
             tv->stop_armed_until = 0;
             return send_command(app, CMD_STOP, "stop");
         }
-        if (!app->src || app->hist->status >= RUN_FINISHED) return send_command(app, CMD_STOP, "stop");
+        if (!app->src || app->hist->status >= RUN_FINISHED)
+            return send_command(app, CMD_STOP, "stop");
         tv->stop_armed_until = ui_now() + 3;
         app_status(app, ROLE_WARN, "press x again to stop training (it saves first)");
         return UI_REDRAW;
@@ -88,21 +89,26 @@ static void draw_progress(App *app, Rect r) {
     ui_fill(r, ROLE_NORMAL);
     char left[128], right[256], el[32], eta[32];
     long step = h->step < 0 ? 0 : h->step;
-    if (h->total_steps > 0) snprintf(left, sizeof left, " step %ld/%ld ", step, h->total_steps);
-    else snprintf(left, sizeof left, " step %ld ", step);
+    if (h->total_steps > 0)
+        snprintf(left, sizeof left, " step %ld/%ld ", step, h->total_steps);
+    else
+        snprintf(left, sizeof left, " step %ld ", step);
     fmt_duration(h->elapsed, el, sizeof el);
     fmt_duration(h->status == RUN_RUNNING || h->status == RUN_PAUSED ? h->eta : 0, eta, sizeof eta);
     char ep[48] = "";
     if (isfinite(h->epoch))
         snprintf(ep, sizeof ep, "epoch %.2f%s", h->epoch, isfinite(h->epochs) ? "" : "");
-    if (isfinite(h->epoch) && isfinite(h->epochs)) snprintf(ep, sizeof ep, "epoch %.2f/%g", h->epoch, h->epochs);
+    if (isfinite(h->epoch) && isfinite(h->epochs))
+        snprintf(ep, sizeof ep, "epoch %.2f/%g", h->epoch, h->epochs);
     double frac = h->total_steps > 0 ? (double)step / (double)h->total_steps : 0;
     snprintf(right, sizeof right, " %3.0f%%  %s  elapsed %s  ETA %s ", frac * 100, ep, el, eta);
     Role sr = h->status == RUN_RUNNING || h->status == RUN_FINISHED ? ROLE_OK
-              : h->status == RUN_ERROR ? ROLE_ERROR : ROLE_WARN;
+              : h->status == RUN_ERROR                              ? ROLE_ERROR
+                                                                    : ROLE_WARN;
     char st[32];
     snprintf(st, sizeof st, "%s", run_status_name(h->status));
-    for (char *p = st; *p; p++) *p = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    for (char *p = st; *p; p++)
+        *p = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
     int x = r.x;
     x += ui_str(r.y, x, r.w, sr, st);
     x += ui_str(r.y, x, r.w - x, ROLE_VALUE, left);
@@ -116,8 +122,9 @@ static void draw_progress(App *app, Rect r) {
     if (rw > 0) ui_str(r.y, x + bw, rw, ROLE_LABEL, right);
 }
 
-static void plot_series(Rect frame, const char *title, const Ring *xs, const Ring *ys, const Ring *ex,
-                        const Ring *ey, int role, double x_min, double x_max, int log_y, int axes) {
+static void plot_series(Rect frame, const char *title, const Ring *xs, const Ring *ys,
+                        const Ring *ex, const Ring *ey, int role, double x_min, double x_max,
+                        int log_y, int axes) {
     ui_frame(frame, title, 0);
     Rect in = ui_inner(frame);
     if (in.h <= 0 || in.w <= 0) return;
@@ -132,7 +139,8 @@ static void plot_series(Rect frame, const char *title, const Ring *xs, const Rin
     }
     PlotSeries s[2] = {{x, y, n, role, 0}, {xe, ye, m, ROLE_SERIES_2, 1}};
     const Glyphs *g = theme_glyphs();
-    PlotSpec sp = {s, m ? 2 : 1, x_min, x_max, log_y, g->utf8, axes, ROLE_AXIS, ROLE_AXIS, g->marker};
+    PlotSpec sp = {s,       m ? 2 : 1, x_min,     x_max,     log_y,
+                   g->utf8, axes,      ROLE_AXIS, ROLE_AXIS, g->marker};
     PlotCell *cells = xmalloc((size_t)(in.h * in.w) * sizeof *cells);
     plot_raster(&sp, cells, in.h, in.w);
     ui_plot(in, cells);
@@ -155,16 +163,36 @@ static void draw_stats(App *app, Rect r) {
             y++;                                                                                   \
         }                                                                                          \
     } while (0)
-    if (isfinite(h->loss)) ROW("loss", "%.4f", h->loss); else ROW("loss", "--");
+    if (isfinite(h->loss))
+        ROW("loss", "%.4f", h->loss);
+    else
+        ROW("loss", "--");
     if (isfinite(h->eval_loss)) {
-        if (h->best_eval_step >= 0 && in.w >= 30) ROW("eval loss", "%.4f (best %.4f @%ld)", h->eval_loss, h->best_eval, h->best_eval_step);
-        else ROW("eval loss", "%.4f", h->eval_loss);
-    } else ROW("eval loss", "--");
-    if (isfinite(h->perplexity)) ROW("perplexity", h->perplexity < 1e6 ? "%.2f" : "%.3g", h->perplexity); else ROW("perplexity", "--");
-    if (isfinite(h->lr)) ROW("lr", "%.2e", h->lr); else ROW("lr", "--");
-    if (isfinite(h->grad_norm)) ROW("grad norm", "%.3f", h->grad_norm); else ROW("grad norm", "--");
-    if (isfinite(h->tokens_per_s)) ROW("tokens/s", "%.0f", h->tokens_per_s); else ROW("tokens/s", "--");
-    ROW("method", "%s%s%s", h->method[0] ? h->method : "--", h->dataset[0] ? " / " : "", h->dataset);
+        if (h->best_eval_step >= 0 && in.w >= 30)
+            ROW("eval loss", "%.4f (best %.4f @%ld)", h->eval_loss, h->best_eval,
+                h->best_eval_step);
+        else
+            ROW("eval loss", "%.4f", h->eval_loss);
+    } else
+        ROW("eval loss", "--");
+    if (isfinite(h->perplexity))
+        ROW("perplexity", h->perplexity < 1e6 ? "%.2f" : "%.3g", h->perplexity);
+    else
+        ROW("perplexity", "--");
+    if (isfinite(h->lr))
+        ROW("lr", "%.2e", h->lr);
+    else
+        ROW("lr", "--");
+    if (isfinite(h->grad_norm))
+        ROW("grad norm", "%.3f", h->grad_norm);
+    else
+        ROW("grad norm", "--");
+    if (isfinite(h->tokens_per_s))
+        ROW("tokens/s", "%.0f", h->tokens_per_s);
+    else
+        ROW("tokens/s", "--");
+    ROW("method", "%s%s%s", h->method[0] ? h->method : "--", h->dataset[0] ? " / " : "",
+        h->dataset);
 #undef ROW
 }
 
@@ -182,7 +210,8 @@ static void draw_samples(App *app, Rect r) {
     }
     /* virtual lines: newest sample first; each = a header line + wrapped text */
     int total = 0;
-    for (size_t i = 0; i < h->samples_n; i++) total += 1 + wrap_text(history_sample(h, i)->text, in.w - 3, NULL, 0);
+    for (size_t i = 0; i < h->samples_n; i++)
+        total += 1 + wrap_text(history_sample(h, i)->text, in.w - 3, NULL, 0);
     if (tv->sample_scroll > total - 1) tv->sample_scroll = total > 0 ? total - 1 : 0;
     int line = 0, y = in.y;
     WrapLine wl[256];
@@ -240,23 +269,30 @@ static void train_draw(App *app) {
     if (!tv->zoom_all && last > tv->zoom_n) x_min = last - tv->zoom_n, x_max = last;
     char title[160];
     const char *mk = theme_glyphs()->marker;
-    snprintf(title, sizeof title, "loss: train%s, eval %s | %s%s", theme_glyphs()->utf8 ? "\xe2\x94\x80" : "-",
-             mk, tv->zoom_all ? "all steps" : "last 50 steps", tv->log_y ? " | log" : "");
+    snprintf(title, sizeof title, "loss: train%s, eval %s | %s%s",
+             theme_glyphs()->utf8 ? "\xe2\x94\x80" : "-", mk,
+             tv->zoom_all ? "all steps" : "last 50 steps", tv->log_y ? " | log" : "");
     if (!h->step_x.n && !app->src) {
         ui_frame(L.plot, "loss", 0);
         Rect in = ui_inner(L.plot);
-        ui_str(in.y + in.h / 2, in.x + 2, in.w - 2, ROLE_DIM, "no run open: 4 (Runs) to pick one, or tuna watch RUN_DIR");
+        ui_str(in.y + in.h / 2, in.x + 2, in.w - 2, ROLE_DIM,
+               "no run open: 4 (Runs) to pick one, or tuna watch RUN_DIR");
     } else {
-        plot_series(L.plot, title, &h->step_x, &h->loss_y, &h->eval_x, &h->eval_y, ROLE_SERIES_1, x_min, x_max,
-                    tv->log_y, 1);
+        plot_series(L.plot, title, &h->step_x, &h->loss_y, &h->eval_x, &h->eval_y, ROLE_SERIES_1,
+                    x_min, x_max, tv->log_y, 1);
     }
     draw_stats(app, L.stats);
-    if (L.lr_plot.h) plot_series(L.lr_plot, "learning rate", &h->step_x, &h->lr_y, NULL, NULL, ROLE_SERIES_3, 0, 0, 0, 1);
-    if (L.gn_plot.h) plot_series(L.gn_plot, "grad norm", &h->step_x, &h->gn_y, NULL, NULL, ROLE_SERIES_3, x_min, x_max, 0, 1);
+    if (L.lr_plot.h)
+        plot_series(L.lr_plot, "learning rate", &h->step_x, &h->lr_y, NULL, NULL, ROLE_SERIES_3, 0,
+                    0, 0, 1);
+    if (L.gn_plot.h)
+        plot_series(L.gn_plot, "grad norm", &h->step_x, &h->gn_y, NULL, NULL, ROLE_SERIES_3, x_min,
+                    x_max, 0, 1);
     draw_samples(app, L.samples);
     draw_log(app, L.log);
     ui_help_line(L.help, SCR_TRAIN, 0);
     tv->drawn_version = h->version;
 }
 
-const Screen screen_train = {"Train", SCR_TRAIN, NULL, NULL, train_action, NULL, train_tick, train_draw};
+const Screen screen_train = {"Train",      SCR_TRAIN, NULL,       NULL,
+                             train_action, NULL,      train_tick, train_draw};

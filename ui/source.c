@@ -81,7 +81,9 @@ int ui_event_parse(const char *line, size_t len, UiEvent *ev) {
         ev->type = EV_LOG;
         char lv[16] = "info";
         str(o, "level", lv, sizeof lv);
-        ev->level = !strcmp(lv, "error") ? 2 : !strcmp(lv, "warn") || !strcmp(lv, "warning") ? 1 : 0;
+        ev->level = !strcmp(lv, "error")                            ? 2
+                    : !strcmp(lv, "warn") || !strcmp(lv, "warning") ? 1
+                                                                    : 0;
         str(o, "msg", ev->text, sizeof ev->text);
     } else if (!strcmp(type, "checkpoint")) {
         ev->type = EV_CHECKPOINT;
@@ -123,8 +125,8 @@ typedef struct FileFollow {
     int fd;
     dev_t dev;
     ino_t ino;
-    off_t offset;   /* bytes consumed from the file */
-    char *buf;      /* unparsed bytes (a partial last line at most, plus backlog) */
+    off_t offset; /* bytes consumed from the file */
+    char *buf;    /* unparsed bytes (a partial last line at most, plus backlog) */
     size_t len, cap;
     int reset_pending;
 } FileFollow;
@@ -264,7 +266,8 @@ static int queue_wake_fd(EventSource *src) {
 static int queue_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
     QueueHooks *h = src->ctx;
     if (!h->command) {
-        if (err) snprintf(err, err_len, "%s: not connected to the trainer yet", ui_command_name(cmd));
+        if (err)
+            snprintf(err, err_len, "%s: not connected to the trainer yet", ui_command_name(cmd));
         return TUNA_EUNSUP;
     }
     return h->command(h->queue, cmd, err, err_len);

@@ -68,20 +68,27 @@ static const RoleStyle scheme_light[ROLE_COUNT] = {
 
 /* Mono: readable on a vt100 with attributes alone. */
 static const unsigned long mono_attrs[ROLE_COUNT] = {
-        [ROLE_HEADER] = A_REVERSE,     [ROLE_TAB] = A_REVERSE,
-        [ROLE_TAB_ACTIVE] = A_BOLD,    [ROLE_TITLE] = A_BOLD,
-        [ROLE_VALUE] = A_BOLD,         [ROLE_DIM] = A_DIM,
-        [ROLE_SERIES_2] = A_BOLD,      [ROLE_BAR_DONE] = A_REVERSE,
-        [ROLE_OK] = A_BOLD,            [ROLE_WARN] = A_BOLD,
-        [ROLE_ERROR] = A_BOLD | A_UNDERLINE, [ROLE_KEY] = A_REVERSE,
-        [ROLE_SELECTED] = A_REVERSE,   [ROLE_USER] = A_BOLD,
+        [ROLE_HEADER] = A_REVERSE,
+        [ROLE_TAB] = A_REVERSE,
+        [ROLE_TAB_ACTIVE] = A_BOLD,
+        [ROLE_TITLE] = A_BOLD,
+        [ROLE_VALUE] = A_BOLD,
+        [ROLE_DIM] = A_DIM,
+        [ROLE_SERIES_2] = A_BOLD,
+        [ROLE_BAR_DONE] = A_REVERSE,
+        [ROLE_OK] = A_BOLD,
+        [ROLE_WARN] = A_BOLD,
+        [ROLE_ERROR] = A_BOLD | A_UNDERLINE,
+        [ROLE_KEY] = A_REVERSE,
+        [ROLE_SELECTED] = A_REVERSE,
+        [ROLE_USER] = A_BOLD,
 };
 
 static unsigned long role_attr[ROLE_COUNT];
 static int color_on;
 
-static const Glyphs glyphs_utf8 = {1, "\xe2\x96\x88", "\xe2\x96\x91", "\xe2\x80\xa2", "\xe2\x80\xa6",
-                                   "\xe2\x80\xa2"};
+static const Glyphs glyphs_utf8 = {
+        1, "\xe2\x96\x88", "\xe2\x96\x91", "\xe2\x80\xa2", "\xe2\x80\xa6", "\xe2\x80\xa2"};
 static const Glyphs glyphs_ascii = {0, "#", ".", "o", "~", "*"};
 static const Glyphs *glyphs = &glyphs_ascii;
 
@@ -98,7 +105,8 @@ void theme_init(int want_color) {
     color_on = want_color && has_colors();
     glyphs = theme_locale_utf8() ? &glyphs_utf8 : &glyphs_ascii;
     if (!color_on) {
-        for (int r = 0; r < ROLE_COUNT; r++) role_attr[r] = mono_attrs[r];
+        for (int r = 0; r < ROLE_COUNT; r++)
+            role_attr[r] = mono_attrs[r];
         return;
     }
     start_color();

@@ -9,38 +9,38 @@
 
 typedef enum Role {
     ROLE_NORMAL,
-    ROLE_HEADER,      /* top line background */
-    ROLE_TAB,         /* inactive screen tab */
-    ROLE_TAB_ACTIVE,  /* the screen being shown */
-    ROLE_BORDER,      /* panel frames */
-    ROLE_TITLE,       /* panel titles */
-    ROLE_LABEL,       /* "loss", "lr" ... */
-    ROLE_VALUE,       /* numbers next to labels */
-    ROLE_DIM,         /* secondary text, masked tokens */
-    ROLE_AXIS,        /* plot axes and tick labels */
-    ROLE_SERIES_1,    /* train loss */
-    ROLE_SERIES_2,    /* eval loss */
-    ROLE_SERIES_3,    /* lr / grad norm */
-    ROLE_BAR_DONE,    /* progress bar, done part */
-    ROLE_BAR_TODO,    /* progress bar, remaining part */
-    ROLE_OK,          /* running / finished */
-    ROLE_WARN,        /* paused / stopped / warnings */
-    ROLE_ERROR,       /* errors */
-    ROLE_KEY,         /* key name in the help line */
-    ROLE_KEY_LABEL,   /* what the key does */
-    ROLE_SELECTED,    /* cursor row in lists and forms */
-    ROLE_USER,        /* chat: the user's messages */
-    ROLE_ASSISTANT,   /* chat: the model's messages */
+    ROLE_HEADER,     /* top line background */
+    ROLE_TAB,        /* inactive screen tab */
+    ROLE_TAB_ACTIVE, /* the screen being shown */
+    ROLE_BORDER,     /* panel frames */
+    ROLE_TITLE,      /* panel titles */
+    ROLE_LABEL,      /* "loss", "lr" ... */
+    ROLE_VALUE,      /* numbers next to labels */
+    ROLE_DIM,        /* secondary text, masked tokens */
+    ROLE_AXIS,       /* plot axes and tick labels */
+    ROLE_SERIES_1,   /* train loss */
+    ROLE_SERIES_2,   /* eval loss */
+    ROLE_SERIES_3,   /* lr / grad norm */
+    ROLE_BAR_DONE,   /* progress bar, done part */
+    ROLE_BAR_TODO,   /* progress bar, remaining part */
+    ROLE_OK,         /* running / finished */
+    ROLE_WARN,       /* paused / stopped / warnings */
+    ROLE_ERROR,      /* errors */
+    ROLE_KEY,        /* key name in the help line */
+    ROLE_KEY_LABEL,  /* what the key does */
+    ROLE_SELECTED,   /* cursor row in lists and forms */
+    ROLE_USER,       /* chat: the user's messages */
+    ROLE_ASSISTANT,  /* chat: the model's messages */
     ROLE_COUNT
 } Role;
 
 typedef struct Glyphs {
-    int utf8;                 /* braille plots and block bars allowed */
-    const char *bar_done;     /* one cell of a filled progress bar */
-    const char *bar_todo;     /* one cell of an empty one */
-    const char *marker;       /* eval points in plots */
-    const char *ellipsis;     /* truncated text */
-    const char *bullet;       /* list bullet */
+    int utf8;             /* braille plots and block bars allowed */
+    const char *bar_done; /* one cell of a filled progress bar */
+    const char *bar_todo; /* one cell of an empty one */
+    const char *marker;   /* eval points in plots */
+    const char *ellipsis; /* truncated text */
+    const char *bullet;   /* list bullet */
 } Glyphs;
 
 /* Starts colours (if want_color and the terminal can) and picks glyphs. After initscr(). */

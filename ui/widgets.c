@@ -52,8 +52,10 @@ int wrap_text(const char *text, int width, WrapLine *lines, int max) {
             i += k;
         }
         size_t end = i;
-        if (i < len && text[i] != '\n' && have_brk && brk > start) end = brk, i = brk + 1;
-        else if (i < len && text[i] == '\n') i++;
+        if (i < len && text[i] != '\n' && have_brk && brk > start)
+            end = brk, i = brk + 1;
+        else if (i < len && text[i] == '\n')
+            i++;
         if (end == start && i == start) i += 1; /* a char wider than width */
         if (lines && n < max) lines[n] = (WrapLine){start, end - start};
         n++;
@@ -72,7 +74,8 @@ void ui_fill(Rect r, Role role) {
     set_role(role);
     for (int y = r.y; y < r.y + r.h; y++) {
         move(y, r.x);
-        for (int x = 0; x < r.w; x++) addch(' ');
+        for (int x = 0; x < r.w; x++)
+            addch(' ');
     }
 }
 
@@ -156,7 +159,10 @@ void ui_bar(int y, int x, int w, double frac) {
 }
 
 static int utf8_encode(uint32_t cp, char *out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
     if (cp < 0x800) {
         out[0] = (char)(0xC0 | (cp >> 6));
         out[1] = (char)(0x80 | (cp & 0x3F));
@@ -220,7 +226,8 @@ void ui_help_screen(int rows, int cols, unsigned screen) {
         y++;
     }
     ui_str(rows - 2, 3, cols - 6, ROLE_DIM,
-           "Commands go to the trainer through RUN_DIR/control; a background run keeps going after q.");
+           "Commands go to the trainer through RUN_DIR/control; a background run keeps going after "
+           "q.");
 }
 
 void ui_too_small(int rows, int cols) {
@@ -240,7 +247,10 @@ void fmt_duration(double s, char *buf, size_t n) {
         return;
     }
     long t = lround(s);
-    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
-    else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
-    else snprintf(buf, n, "%lds", t);
+    if (t >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else if (t >= 60)
+        snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+    else
+        snprintf(buf, n, "%lds", t);
 }

@@ -28,7 +28,8 @@ Rect ui_inner(Rect r);
 /* Prints at most len bytes of s at (y, x), clipped to w columns; returns columns used. */
 int ui_text(int y, int x, int w, Role role, const char *s, size_t len);
 int ui_str(int y, int x, int w, Role role, const char *s);
-int ui_printf(int y, int x, int w, Role role, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+int ui_printf(int y, int x, int w, Role role, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
 /* A progress bar of width w at (y, x), frac in [0, 1]. */
 void ui_bar(int y, int x, int w, double frac);
 /* Draws a rasterized plot (h*w cells) at r. */

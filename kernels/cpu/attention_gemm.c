@@ -21,18 +21,23 @@ static void masked_softmax(float *S, int Tq, int Tk, int window) {
         int p = Tk - Tq + t;
         int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
         float mx = -INFINITY, sum = 0;
-        for (int j = lo; j <= p; j++) mx = s[j] > mx ? s[j] : mx;
-        for (int j = 0; j < lo; j++) s[j] = 0;
-        for (int j = lo; j <= p; j++) sum += (s[j] = expf(s[j] - mx));
+        for (int j = lo; j <= p; j++)
+            mx = s[j] > mx ? s[j] : mx;
+        for (int j = 0; j < lo; j++)
+            s[j] = 0;
+        for (int j = lo; j <= p; j++)
+            sum += (s[j] = expf(s[j] - mx));
         float inv = 1.0f / sum;
-        for (int j = lo; j <= p; j++) s[j] *= inv;
-        for (int j = p + 1; j < Tk; j++) s[j] = 0;
+        for (int j = lo; j <= p; j++)
+            s[j] *= inv;
+        for (int j = p + 1; j < Tk; j++)
+            s[j] = 0;
     }
 }
 
-int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k,
-                           const float *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                           int KVH, int HS, int window) {
+int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
+                           int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                           int window) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, total = B * NH, fail = 0;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
@@ -87,22 +92,26 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                 masked_softmax(P, Tq, Tk, window);
                 if (dv) /* dV += Pᵀ·dO */
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, HS, Tq, 1.0f, P, Tk,
-                                dout + qo, (int)qs, 1.0f, dv + b * kv_stride + (size_t)g * HS, (int)ks);
+                                dout + qo, (int)qs, 1.0f, dv + b * kv_stride + (size_t)g * HS,
+                                (int)ks);
                 if (!dq && !dk) continue;
                 /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, 1.0f, dout + qo,
                             (int)qs, vg, (int)ks, 0.0f, dP, Tk);
                 for (int t = 0; t < Tq; t++) {
                     float *pr = P + (size_t)t * Tk, *dr = dP + (size_t)t * Tk, D = 0;
-                    for (int j = 0; j < Tk; j++) D += pr[j] * dr[j];
-                    for (int j = 0; j < Tk; j++) dr[j] = pr[j] * (dr[j] - D);
+                    for (int j = 0; j < Tk; j++)
+                        D += pr[j] * dr[j];
+                    for (int j = 0; j < Tk; j++)
+                        dr[j] = pr[j] * (dr[j] - D);
                 }
                 if (dq) /* dQ += scale·dS·K */
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, HS, Tk, scale, dP,
                                 Tk, kg, (int)ks, 1.0f, dq + qo, (int)qs);
                 if (dk) /* dK += scale·dSᵀ·Q */
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, HS, Tq, scale, dP, Tk,
-                                q + qo, (int)qs, 1.0f, dk + b * kv_stride + (size_t)g * HS, (int)ks);
+                                q + qo, (int)qs, 1.0f, dk + b * kv_stride + (size_t)g * HS,
+                                (int)ks);
             }
         }
         free(P);

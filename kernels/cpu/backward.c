@@ -574,9 +574,9 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
  * bias-corrected step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's
  * errno branch unless the whole file is built with -fno-math-errno (the optimize attribute
  * does not do it), and that branch stops the vectorizer. */
-static void adamw_range(float *restrict p, const float *restrict g, float gscale,
-                        float *restrict m, float *restrict v, size_t i0, size_t i1, float b1,
-                        float b2, float eps, float decay, float step, float ib2) {
+static void adamw_range(float *restrict p, const float *restrict g, float gscale, float *restrict m,
+                        float *restrict v, size_t i0, size_t i1, float b1, float b2, float eps,
+                        float decay, float step, float ib2) {
     float a1 = 1.0f - b1, a2 = 1.0f - b2;
     size_t i = i0;
 #ifdef __AVX512F__

@@ -26,7 +26,8 @@
 static inline float dot(const float *a, const float *b, int K) {
     float s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int k = 0; k < K; k++) s += a[k] * b[k];
+    for (int k = 0; k < K; k++)
+        s += a[k] * b[k];
     return s;
 }
 
@@ -47,7 +48,8 @@ static inline float dot_row(const float *in, const float *w, int K) {
 #else
     float s = 0;
 #endif
-    for (; k < K; k++) s += w[k] * in[k];
+    for (; k < K; k++)
+        s += w[k] * in[k];
     return s;
 }
 
@@ -67,7 +69,8 @@ static void matvecs_rows(float *out, const float *in, const float *w, const floa
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
     for (size_t m = lo; m < hi; m++) {
         float *o = out + m * N;
-        for (int n = 0; n < N; n++) o[n] += bias[n];
+        for (int n = 0; n < N; n++)
+            o[n] += bias[n];
     }
 }
 
@@ -94,9 +97,11 @@ static void rmsnorm_rows(float *out, const float *in, const float *w, float eps,
         float *y = out + r * C;
         float ss = 0;
 #pragma omp simd reduction(+ : ss)
-        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        for (int c = 0; c < C; c++)
+            ss += x[c] * x[c];
         float inv = 1.0f / sqrtf(ss / (float)C + eps);
-        for (int c = 0; c < C; c++) y[c] = x[c] * inv * w[c];
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] * inv * w[c];
     }
 }
 
@@ -113,13 +118,16 @@ static void layernorm_rows(float *out, const float *in, const float *w, const fl
         float *y = out + r * C;
         float mean = 0, var = 0;
 #pragma omp simd reduction(+ : mean)
-        for (int c = 0; c < C; c++) mean += x[c];
+        for (int c = 0; c < C; c++)
+            mean += x[c];
         mean /= (float)C;
 #pragma omp simd reduction(+ : var)
-        for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+        for (int c = 0; c < C; c++)
+            var += (x[c] - mean) * (x[c] - mean);
         var /= (float)C;
         float inv = 1.0f / sqrtf(var + eps);
-        for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + b[c];
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - mean) * inv * w[c] + b[c];
     }
 }
 
@@ -143,15 +151,18 @@ static inline float head_dot(const float *a, const float *b, int n) {
 #ifdef __AVX512F__
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i),
+                              acc);
     }
     return _mm512_reduce_add_ps(acc);
 #else
     float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 #endif
 }
@@ -164,13 +175,16 @@ static inline void head_weighted_sum(float *out, const float *p, const float *v,
         __mmask16 m = (__mmask16)(HS - i >= 16 ? 0xFFFF : (1u << (HS - i)) - 1);
         __m512 acc = _mm512_setzero_ps();
         for (int j = 0; j < n; j++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * rs + i), acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * rs + i),
+                                  acc);
         _mm512_mask_storeu_ps(out + i, m, acc);
     }
 #else
-    for (int i = 0; i < HS; i++) out[i] = 0;
+    for (int i = 0; i < HS; i++)
+        out[i] = 0;
     for (int j = 0; j < n; j++)
-        for (int i = 0; i < HS; i++) out[i] += p[j] * v[j * rs + i];
+        for (int i = 0; i < HS; i++)
+            out[i] += p[j] * v[j * rs + i];
 #endif
 }
 
@@ -179,13 +193,17 @@ static inline void head_axpy(float *o, float a, const float *v, int n) {
     __m512 av = _mm512_set1_ps(a);
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(o + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(v + i), _mm512_loadu_ps(o + i)));
+        _mm512_storeu_ps(o + i,
+                         _mm512_fmadd_ps(av, _mm512_loadu_ps(v + i), _mm512_loadu_ps(o + i)));
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, v + i), _mm512_maskz_loadu_ps(m, o + i)));
+        _mm512_mask_storeu_ps(o + i, m,
+                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, v + i),
+                                              _mm512_maskz_loadu_ps(m, o + i)));
     }
 #else
-    for (int i = 0; i < n; i++) o[i] += a * v[i];
+    for (int i = 0; i < n; i++)
+        o[i] += a * v[i];
 #endif
 }
 
@@ -227,7 +245,8 @@ static void attention_items(float *out, const float *q, const float *k, const fl
         for (int h = 0; h < grp; h++) { /* softmax, vectorized (vexpf, about 1 ulp) */
             float *sh = sc + (size_t)h * n, mx = -INFINITY, sum = 0;
 #pragma omp simd reduction(max : mx)
-            for (int j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
+            for (int j = 0; j < n; j++)
+                mx = sh[j] > mx ? sh[j] : mx;
 #pragma omp simd reduction(+ : sum)
             for (int j = 0; j < n; j++) {
                 sh[j] = vexpf(sh[j] - mx);
@@ -235,7 +254,8 @@ static void attention_items(float *out, const float *q, const float *k, const fl
             }
             float inv = 1.0f / sum;
 #pragma omp simd
-            for (int j = 0; j < n; j++) sh[j] *= inv;
+            for (int j = 0; j < n; j++)
+                sh[j] *= inv;
         }
         /* out = probs · V, accumulated in registers across keys: a masked store and reload
          * of `o` per key stalls store forwarding */
@@ -285,7 +305,8 @@ static void gelu_range(float *out, const float *in, int approx, size_t lo, size_
             out[i] = 0.5f * x * (1.0f + th);
         }
     } else {
-        for (size_t i = lo; i < hi; i++) out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * 0.70710678f));
+        for (size_t i = lo; i < hi; i++)
+            out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * 0.70710678f));
     }
 }
 
@@ -296,7 +317,8 @@ static void c_gelu(Backend *be, float *out, const float *in, size_t n, int appro
 static void c_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
     (void)be;
 #pragma omp simd
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
 }
 
 static void c_embed(Backend *be, float *out, const int32_t *ids, const float *table, int T, int C) {
@@ -384,7 +406,7 @@ static int idle_cores(int n) {
 
 static void c_set_threads(Backend *be, int n_threads) {
     int cores = omp_get_num_procs();
-    be->n_threads = n_threads > 0 ? n_threads
+    be->n_threads = n_threads > 0                       ? n_threads
                     : n_threads == BACKEND_THREADS_IDLE ? idle_cores(cores)
                                                         : cores;
 }

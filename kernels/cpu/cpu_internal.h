@@ -33,20 +33,20 @@ static inline void omp_share(size_t n, size_t *lo, size_t *hi) {
  * parallel ... if (0)`: for that libgomp still builds (mallocs), frees and futex-wakes a
  * one-thread team, about 0.35 us a region here, which was a third of a stories260K decode
  * token (66 such regions per token). */
-#define CPU_PAR_RANGE(NTH, N, CALL)                                                        \
-    do {                                                                                   \
-        int par_nth_ = (NTH);                                                              \
-        size_t par_n_ = (N);                                                               \
-        if (par_nth_ <= 1) {                                                               \
-            size_t lo = 0, hi = par_n_;                                                    \
-            CALL;                                                                          \
-        } else {                                                                           \
-            _Pragma("omp parallel num_threads(par_nth_)") {                                \
-                size_t lo, hi;                                                             \
-                omp_share(par_n_, &lo, &hi);                                               \
-                CALL;                                                                      \
-            }                                                                              \
-        }                                                                                  \
+#define CPU_PAR_RANGE(NTH, N, CALL)                                                                \
+    do {                                                                                           \
+        int par_nth_ = (NTH);                                                                      \
+        size_t par_n_ = (N);                                                                       \
+        if (par_nth_ <= 1) {                                                                       \
+            size_t lo = 0, hi = par_n_;                                                            \
+            CALL;                                                                                  \
+        } else {                                                                                   \
+            _Pragma("omp parallel num_threads(par_nth_)") {                                        \
+                size_t lo, hi;                                                                     \
+                omp_share(par_n_, &lo, &hi);                                                       \
+                CALL;                                                                              \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 /* exp for the softmax, sigmoid and tanh loops: Cephes' expf polynomial (about 1 ulp on
@@ -100,9 +100,9 @@ void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, fl
  * Return 0, or -1 when scratch memory could not be had (nothing is written then... except
  * by threads that did get theirs: the caller latches TUNA_ENOMEM). */
 #define ATTN_GEMM_MIN_TQ 32
-int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k,
-                           const float *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                           int KVH, int HS, int window);
+int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
+                           int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                           int window);
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                            size_t kv_stride, int NH, int KVH, int HS, int window);

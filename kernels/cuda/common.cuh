@@ -12,8 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "src/err.h"
 #include "kernels/backend.h"
+#include "src/err.h"
 
 typedef struct CudaCtx {
     int device;            /* current device at init; re-selected by every op (any thread) */

@@ -12,7 +12,7 @@
 /* Buffers of 4 MiB and more are 2 MiB aligned and advised to use transparent huge pages:
  * decoding streams every weight once per token, and with 4 KiB pages the TLB misses cost
  * measurable bandwidth. */
-#define HUGE_MIN ((size_t)4 << 20)
+#define HUGE_MIN   ((size_t)4 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 void *host_alloc(Backend *be, size_t bytes) {
@@ -51,7 +51,8 @@ void ref_matmul_fwd(float *out, const float *in, const float *w, const float *bi
         for (int n = 0; n < N; n++) {
             double s = bias ? (double)bias[n] : 0.0;
             const float *a = in + (size_t)m * K, *b = w + (size_t)n * K;
-            for (int k = 0; k < K; k++) s += (double)a[k] * (double)b[k];
+            for (int k = 0; k < K; k++)
+                s += (double)a[k] * (double)b[k];
             out[(size_t)m * N + n] = (float)s;
         }
 }
@@ -61,9 +62,11 @@ void ref_rmsnorm_fwd(float *out, const float *in, const float *w, float eps, int
         const float *x = in + (size_t)r * C;
         float *y = out + (size_t)r * C;
         double ss = 0;
-        for (int c = 0; c < C; c++) ss += (double)x[c] * (double)x[c];
+        for (int c = 0; c < C; c++)
+            ss += (double)x[c] * (double)x[c];
         float inv = (float)(1.0 / sqrt(ss / C + (double)eps));
-        for (int c = 0; c < C; c++) y[c] = x[c] * inv * w[c];
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] * inv * w[c];
     }
 }
 
@@ -73,12 +76,15 @@ void ref_layernorm_fwd(float *out, const float *in, const float *w, const float 
         const float *x = in + (size_t)r * C;
         float *y = out + (size_t)r * C;
         double mean = 0, var = 0;
-        for (int c = 0; c < C; c++) mean += (double)x[c];
+        for (int c = 0; c < C; c++)
+            mean += (double)x[c];
         mean /= C;
-        for (int c = 0; c < C; c++) var += ((double)x[c] - mean) * ((double)x[c] - mean);
+        for (int c = 0; c < C; c++)
+            var += ((double)x[c] - mean) * ((double)x[c] - mean);
         var /= C;
         double inv = 1.0 / sqrt(var + (double)eps);
-        for (int c = 0; c < C; c++) y[c] = (float)(((double)x[c] - mean) * inv) * w[c] + b[c];
+        for (int c = 0; c < C; c++)
+            y[c] = (float)(((double)x[c] - mean) * inv) * w[c] + b[c];
     }
 }
 
@@ -114,16 +120,19 @@ void ref_attention_fwd(float *out, const float *q, const float *k, const float *
                 for (int j = lo; j <= p; j++) {
                     const float *kv = k + b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
                     double s = 0;
-                    for (int i = 0; i < HS; i++) s += (double)qv[i] * (double)kv[i];
+                    for (int i = 0; i < HS; i++)
+                        s += (double)qv[i] * (double)kv[i];
                     sc[j] = s * (double)scale;
                     if (sc[j] > mx) mx = sc[j];
                 }
                 double sum = 0;
-                for (int j = lo; j <= p; j++) sum += (sc[j] = exp(sc[j] - mx));
+                for (int j = lo; j <= p; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
                 for (int i = 0; i < HS; i++) {
                     double acc = 0;
                     for (int j = lo; j <= p; j++)
-                        acc += sc[j] * (double)v[b * kv_stride + ((size_t)j * KVH + h / grp) * HS + i];
+                        acc += sc[j] *
+                               (double)v[b * kv_stride + ((size_t)j * KVH + h / grp) * HS + i];
                     o[i] = (float)(acc / sum);
                 }
             }
@@ -141,13 +150,16 @@ void ref_gelu_fwd(float *out, const float *in, size_t n, int approx) {
     for (size_t i = 0; i < n; i++) {
         double x = in[i];
         if (approx)
-            out[i] = (float)(0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))));
-        else out[i] = (float)(0.5 * x * (1.0 + erf(x * 0.7071067811865476)));
+            out[i] = (float)(0.5 * x *
+                             (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))));
+        else
+            out[i] = (float)(0.5 * x * (1.0 + erf(x * 0.7071067811865476)));
     }
 }
 
 void ref_add_fwd(float *out, const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
 }
 
 void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, int C) {
@@ -178,7 +190,8 @@ void ref_matmul_bwd(float *din, float *dw, float *dbias, const float *dout, cons
     if (dbias)
         for (int n = 0; n < N; n++) {
             double s = 0;
-            for (int m = 0; m < M; m++) s += (double)dout[(size_t)m * N + n];
+            for (int m = 0; m < M; m++)
+                s += (double)dout[(size_t)m * N + n];
             dbias[n] += (float)s;
         }
 }
@@ -203,10 +216,12 @@ void ref_rmsnorm_bwd(float *din, float *dw, const float *dout, const float *in, 
                 dx[c] += (float)(inv * (double)dy[c] * (double)w[c] - k * (double)x[c]);
         }
         if (dwacc)
-            for (int c = 0; c < C; c++) dwacc[c] += (double)dy[c] * (double)x[c] * inv;
+            for (int c = 0; c < C; c++)
+                dwacc[c] += (double)dy[c] * (double)x[c] * inv;
     }
     if (dwacc) {
-        for (int c = 0; c < C; c++) dw[c] += (float)dwacc[c];
+        for (int c = 0; c < C; c++)
+            dw[c] += (float)dwacc[c];
         free(dwacc);
     }
 }
@@ -220,9 +235,11 @@ void ref_layernorm_bwd(float *din, float *dw, float *db, const float *dout, cons
     for (int r = 0; r < R; r++) {
         const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
         double mean = 0, var = 0;
-        for (int c = 0; c < C; c++) mean += (double)x[c];
+        for (int c = 0; c < C; c++)
+            mean += (double)x[c];
         mean /= C;
-        for (int c = 0; c < C; c++) var += ((double)x[c] - mean) * ((double)x[c] - mean);
+        for (int c = 0; c < C; c++)
+            var += ((double)x[c] - mean) * ((double)x[c] - mean);
         var /= C;
         double rstd = 1.0 / sqrt(var + (double)eps);
         if (din) {
@@ -303,12 +320,14 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                     dp[j] = d;
                     if (pr[j] > mx) mx = pr[j];
                 }
-                for (int j = lo; j <= p; j++) sum += (pr[j] = exp(pr[j] - mx));
+                for (int j = lo; j <= p; j++)
+                    sum += (pr[j] = exp(pr[j] - mx));
                 for (int j = lo; j <= p; j++) {
                     pr[j] /= sum;
                     D += pr[j] * dp[j];
                 }
-                for (int i = 0; i < HS; i++) acc[i] = 0;
+                for (int i = 0; i < HS; i++)
+                    acc[i] = 0;
                 for (int j = lo; j <= p; j++) {
                     size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
                     size_t ao = (((size_t)b * Tk + j) * KVH + h / grp) * HS;
@@ -320,7 +339,8 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                     }
                 }
                 if (dq)
-                    for (int i = 0; i < HS; i++) dq[qo + i] += (float)acc[i];
+                    for (int i = 0; i < HS; i++)
+                        dq[qo + i] += (float)acc[i];
             }
     for (int b = 0; b < B; b++)
         for (size_t i = 0; i < (size_t)Tk * KVH * HS; i++) {
@@ -337,8 +357,8 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
 
 /* out = silu(g) * u, silu(g) = g * sig(g): dg += dout * u * sig * (1 + g * (1 - sig));
  * du += dout * silu(g). */
-void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
-                    const float *up, size_t n) {
+void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                    size_t n) {
     for (size_t i = 0; i < n; i++) {
         double g = gate[i], sg = 1.0 / (1.0 + exp(-g)), d = dout[i];
         if (dgate) dgate[i] += (float)(d * (double)up[i] * sg * (1.0 + g * (1.0 - sg)));
@@ -366,7 +386,8 @@ void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, 
     for (int t = 0; t < T; t++) {
         float *row = dtable + (size_t)ids[t] * C;
         const float *g = dout + (size_t)t * C;
-        for (int c = 0; c < C; c++) row[c] += g[c];
+        for (int c = 0; c < C; c++)
+            row[c] += g[c];
     }
 }
 
@@ -388,11 +409,13 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
         double mx = -INFINITY, sum = 0, xt = x[tg];
         for (int i = 0; i < V; i++)
             if ((double)x[i] > mx) mx = x[i];
-        for (int i = 0; i < V; i++) sum += exp((double)x[i] - mx);
+        for (int i = 0; i < V; i++)
+            sum += exp((double)x[i] - mx);
         double lse = mx + log(sum);
         losses[r] = (float)(lse - xt);
         if (dx) {
-            for (int i = 0; i < V; i++) dx[i] = (float)(exp((double)x[i] - lse) * (double)scale);
+            for (int i = 0; i < V; i++)
+                dx[i] = (float)(exp((double)x[i] - lse) * (double)scale);
             dx[tg] = (float)((double)dx[tg] - (double)scale); /* dx[tg] was just written */
         }
     }
@@ -401,12 +424,14 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
 
 double ref_sumsq(const float *x, size_t n) {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * (double)x[i];
     return s;
 }
 
 void ref_scale(float *x, size_t n, float s) {
-    for (size_t i = 0; i < n; i++) x[i] *= s;
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
 }
 
 /* p <= 0 copies, p >= 1 zeroes (instead of 0 * inf). */
@@ -414,8 +439,10 @@ void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) 
     uint64_t key = tuna_dropout_key(seed);
     float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
     for (size_t i = 0; i < n; i++) {
-        if (p >= 1.0f) out[i] = 0;
-        else out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
+        if (p >= 1.0f)
+            out[i] = 0;
+        else
+            out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
     }
 }
 

@@ -36,8 +36,8 @@ void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, i
 void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                        const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
                        int NH, int KVH, int HS, int window);
-void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate,
-                    const float *up, size_t n);
+void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                    size_t n);
 void ref_gelu_bwd(float *din, const float *dout, const float *in, size_t n, int approx);
 void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, int C);
 

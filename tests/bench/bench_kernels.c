@@ -184,7 +184,8 @@ static void run(Backend *be, Bufs *s, int op) {
     case OP_SCALE: o->scale(be, s->g, np, 1.0f); break;
     case OP_DROPOUT: o->dropout(be, s->din, s->x, (size_t)BT * FF, 0.1f, 7); break;
     case OP_ADAMW:
-        o->adamw(be, s->p, s->g, 1.0f, s->m, s->vv, np, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 0.1f, 0.001f);
+        o->adamw(be, s->p, s->g, 1.0f, s->m, s->vv, np, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 0.1f,
+                 0.001f);
         break;
     }
     o->sync(be);
