@@ -133,6 +133,7 @@ enum {
     OPT_SEED,
     OPT_THREADS,
     OPT_BACKEND,
+    OPT_LOOKUP,
     OPT_HELP
 };
 
@@ -151,6 +152,9 @@ static const CliOpt chat_opts[] = {
         {"threads", 1, OPT_THREADS, "N",
          "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
+        {"lookup", 1, OPT_LOOKUP, "N",
+         "greedy only: check up to N tokens copied from earlier in the conversation per pass "
+         "(same replies, fewer passes; 0 = off, the default)"},
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };
@@ -169,6 +173,7 @@ typedef struct Chat {
     Sampler s;
     CliStops st;
     int max_new;
+    int lookup;        /* GenerateOptions.lookup */
     int threads;       /* as asked: re-resolved before each reply (BACKEND_THREADS_IDLE) */
     ChatMessage *msgs; /* (cap) role literal, content owned */
     int n, cap;
@@ -238,7 +243,8 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
                            .stops = c->st.stops,
                            .n_stops = c->st.n_stops,
                            .on_text = chat_print,
-                           .user = &started};
+                           .user = &started,
+                           .lookup = c->lookup};
     GenerateResult res = {0};
     chat_interrupted = 0;
     backend_set_threads(c->m->be, c->threads); /* a run may have started since the last reply */
@@ -318,7 +324,7 @@ int cmd_chat(int argc, char **argv) {
     const char *adapter = NULL, *tname = "vanilla", *tdir = "templates", *system = NULL;
     const char *backend = "cpu";
     int n_messages = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, seed = 42;
-    int sampling_asked = 0;
+    int sampling_asked = 0, lookup = 0;
     float temp = -1, top_p = -1;
     int c;
     optind = 1;
@@ -343,6 +349,9 @@ int cmd_chat(int argc, char **argv) {
             break;
         case OPT_MAXNEW:
             if (cli_parse_int(optarg, "max-new-tokens", 1, 1 << 24, &max_new)) return 2;
+            break;
+        case OPT_LOOKUP:
+            if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &lookup)) return 2;
             break;
         case OPT_SEED:
             if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2;
@@ -388,6 +397,7 @@ int cmd_chat(int argc, char **argv) {
     ch.tok = tok;
     ch.tpl = tpl;
     ch.max_new = max_new;
+    ch.lookup = lookup;
     ch.threads = threads;
     cli_stops(m, tok, tpl, &ch.st);
     if (system) chat_push(&ch, "system", system);

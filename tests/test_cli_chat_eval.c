@@ -68,6 +68,22 @@ static void test_chat(void) {
     free(out);
     free(err);
 
+    /* --lookup: the same greedy replies over two turns (the second turn repeats the first) */
+    char *out2, *err2;
+    const char *turns = "chat models/stories260K --temperature 0 --max-new-tokens 60 "
+                        "--message \"Once upon a time\" --message \"Once upon a time\"";
+    char cmd[512];
+    rc = run(turns, NULL, &out, &err);
+    snprintf(cmd, sizeof cmd, "%s --lookup 6", turns);
+    int rc2 = run(cmd, NULL, &out2, &err2);
+    CHECK(rc == 0 && rc2 == 0, "chat --lookup: exit %d/%d, stderr: %s", rc, rc2, err2);
+    CHECK(has_visible_text(out) && !strcmp(out, out2),
+          "chat --lookup changed the replies:\n%s\nvs\n%s", out, out2);
+    free(out);
+    free(err);
+    free(out2);
+    free(err2);
+
     /* interactive mode fed by a pipe: /reset and /quit are commands, lines after /quit unread */
     char in[128];
     snprintf(in, sizeof in, "%s/stdin", tmpdir);
