@@ -121,7 +121,13 @@ test-san:
 test-interop: tuna
 	@sh tests/interop/run.sh $(VENV)
 
-bench: tuna
+# The C micro-benchmarks (tokenizer MB/s, backward/optimizer ops cpu vs ref); run.sh runs them.
+BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/bench_*.c))
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libtuna.a $(CUDA_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtuna.a $(LDLIBS)
+
+bench: tuna $(BENCH_BIN)
 	@sh tests/bench/run.sh $(VENV)
 
 fixtures:

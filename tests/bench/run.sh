@@ -27,9 +27,7 @@ echo "=== generation speed: tuna vs PyTorch${LLAMA2C:+ and llama2.c run.c} ==="
 echo "=== training throughput: tuna vs PyTorch, llm.c, llama.cpp ==="
 "$PY" tests/bench/bench_train.py $TORCH_FLAG || status=1
 
-# --- C micro-benchmarks (build/bench/*) ---------------------------------------------------
-# LEAD: add the bench binaries here once they exist, e.g.
-#   make build/bench/bench_kernels && ./build/bench/bench_kernels || status=1
+# --- C micro-benchmarks (build/bench/bench_*, built by `make bench`) -------------------------
 for b in build/bench/bench_*; do
 	[ -f "$b" ] && [ -x "$b" ] || continue
 	echo "=== $b ==="
