@@ -103,7 +103,8 @@ static const Field fields[] = {
         I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
         S(output, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, "cpu", "cpu | ref | cuda"),
-        I(threads, "0", "CPU threads (0 = all cores)"),
+        I(threads, "0",
+          "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
@@ -265,7 +266,9 @@ typedef struct Run {
     int B, T, total, warmup, steps_per_epoch, step;
     SchedType sched;
     double best_eval;
-    float *host_params; /* LoRA: the base weights, restored exactly after sampling */
+    float *host_params;   /* LoRA: the base weights, restored exactly after sampling */
+    double cores_checked; /* follow_free_cores: time of the last check */
+    int cores_seen;       /* the free cores that check found (a change needs two in a row) */
 } Run;
 
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
@@ -292,6 +295,30 @@ static void emit_log(Run *r, const char *level, const char *msg) {
     cJSON_AddStringToObject(e, "msg", msg);
     emit(r, e);
     if (!r->hooks || !r->hooks->quiet) fprintf(stderr, "tuna: %s\n", msg);
+}
+
+/* With threads 0, training uses the cores other processes leave free, checked at most every
+ * half second between steps; a change needs two checks in a row that agree. An OpenMP team that
+ * shares a core with another busy thread waits at every barrier for its descheduled member:
+ * beside a one-thread `tuna generate` (a chat in the workbench) training ran 3x slower on two
+ * threads here than it does alone, and slowed the chat too. */
+static void follow_free_cores(Run *r) {
+    double now = time_now();
+    if (r->cfg->threads || now - r->cores_checked < 0.5) return;
+    r->cores_checked = now;
+    int cur = r->be->n_threads;
+    backend_set_threads(r->be, BACKEND_THREADS_IDLE);
+    int free_now = r->be->n_threads;
+    r->be->n_threads = cur;
+    if (free_now == cur || free_now != r->cores_seen) {
+        r->cores_seen = free_now;
+        return;
+    }
+    backend_set_threads(r->be, free_now);
+    char msg[160];
+    snprintf(msg, sizeof msg, "threads %d -> %d (%s)", cur, r->be->n_threads,
+             free_now < cur ? "other processes are busy on this machine" : "cores free again");
+    emit_log(r, "info", msg);
 }
 
 static int mkdir_p(const char *path) {
@@ -987,6 +1014,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             usleep(100000);
             continue;
         }
+        follow_free_cores(&r);
         // --- one optimizer step over GA micro-batches; the loss is the mean over all targets
         int n_t = 0, n_tok = 0;
         for (int a = 0; a < GA; a++) {

@@ -3,6 +3,7 @@
  * - interrupting (SIGINT, which checkpoints, and SIGKILL between checkpoints) and then
  *   --resume gives the same loss at every step as the uninterrupted run, bit for bit;
  * - --config replays a run from its train_config.json with identical losses;
+ * - with --threads 0 (the default) a run beside a busy process gives up a core;
  * - bad options fail with one line. Runs ./tuna (or $TUNA_BIN) from the repo root. */
 #include <signal.h>
 #include <sys/stat.h>
@@ -193,6 +194,36 @@ int main(void) {
     CHECK(ac && strstr(ac, "PREFIX_TUNING"),
           "ptuning run lacks a PREFIX_TUNING adapter_config.json");
     free(ac);
+    // --- threads 0 follows the cores other processes leave free: a busy process beside the run
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+        SKIP("one core: no other core for the run to give up");
+    } else {
+        pid_t hog = fork();
+        if (hog == 0) {
+            alarm(120);
+            volatile unsigned spin = 0;
+            for (;;)
+                spin++;
+        }
+        snprintf(d2, sizeof d2, "%s/follow", tmp);
+        snprintf(cmd, sizeof cmd,
+                 "%s train --model models/stories260K --dataset alpaca_en_demo --dataset-dir "
+                 "datasets "
+                 "--template vanilla --method full --max-steps 30 --eval-steps 0 --save-steps 0 "
+                 "--quiet "
+                 "--output %s",
+                 bin(), d2);
+        int rc = sh(cmd);
+        kill(hog, SIGKILL);
+        waitpid(hog, NULL, 0);
+        snprintf(p, sizeof p, "%s/metrics.jsonl", d2);
+        char *mj = xread_file(p, NULL);
+        const char *msg = mj ? strstr(mj, "\"msg\":\"threads ") : NULL;
+        CHECK(rc == 0 && msg && strstr(msg, "other processes are busy"),
+              "training beside a busy process did not give up a core (exit %d)", rc);
+        if (msg) printf("  beside a busy process: %.60s\n", msg + 7);
+        free(mj);
+    }
     // --- bad input: one line, non-zero
     const char *bad[] = {"--method nope",
                          "--lr abc",

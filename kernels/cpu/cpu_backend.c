@@ -6,6 +6,7 @@
  * by tests/test_kernels.c (forward) and tests/test_grad_ops.c (the rest). */
 #include "cpu_backend.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -374,11 +375,35 @@ static const BackendOps cpu_ops = {
         .set_threads = c_set_threads,
 };
 
+/* This process's threads that are running or runnable now (state R in /proc/self/task/N/stat):
+ * the reading thread, and OpenMP workers still spinning after a parallel region. 1 when it
+ * cannot be read. */
+static int own_running(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return 1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/self/task/%.20s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[len] = '\0';
+        char *rp = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+        if (rp && rp[1] == ' ' && rp[2] == 'R') n++;
+    }
+    closedir(d);
+    return n ? n : 1;
+}
+
 /* Of n cores, those that other processes are not running on: procs_running in /proc/stat
- * counts the runnable threads of the machine, the reading one included; the median of three
- * reads 250 us apart (a training run's OpenMP threads stay runnable between its regions, so
- * they show in every read; five reads 1 ms apart doubled `tuna generate`'s start-up).
- * n when /proc/stat cannot be read. */
+ * counts the runnable threads of the machine, ours included, so ours (own_running) are taken
+ * off; the median of three reads 250 us apart (a training run's OpenMP threads stay runnable
+ * between its regions, so they show in every read; five reads 1 ms apart doubled `tuna
+ * generate`'s start-up). n when /proc/stat cannot be read. */
 static int idle_cores(int n) {
     int v[3], k = 0;
     for (int i = 0; i < 3; i++) {
@@ -387,6 +412,7 @@ static int idle_cores(int n) {
         char line[256];
         while (fgets(line, sizeof line, f))
             if (sscanf(line, "procs_running %d", &v[k]) == 1) {
+                v[k] -= own_running();
                 k++;
                 break;
             }
@@ -400,7 +426,8 @@ static int idle_cores(int n) {
             v[j] = v[j - 1];
             v[j - 1] = t;
         }
-    int free_cores = n - (v[k / 2] - 1);
+    int others = v[k / 2] < 0 ? 0 : v[k / 2];
+    int free_cores = n - others;
     return free_cores < 1 ? 1 : free_cores > n ? n : free_cores;
 }
 
