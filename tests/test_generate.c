@@ -270,6 +270,17 @@ static void test_stop_strings(void) {
     free(cut);
 }
 
+/* A P-tuning prefix of P virtual tokens with fixed pseudo-random key/value rows. */
+static void set_test_prefix(Model *m, int P) {
+    TunaErr err = {0};
+    size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
+    float *pf = xmalloc(sizeof(float) * (size_t)P * PW);
+    for (size_t i = 0; i < (size_t)P * PW; i++)
+        pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+    CHECK(model_set_prefix(m, pf, P, &err) == 0, "prefix: %s", err.msg);
+    free(pf);
+}
+
 /* The streamed text is built incrementally (a window of the last ids): it must equal, at the
  * end, both the --json text and an independent decode(prompt + ids) minus decode(prompt).
  * Sampled at a high temperature so that byte tokens split UTF-8 characters, on stories260K
@@ -363,14 +374,7 @@ static void batch_case(const char *model_dir, const char *tok_dir, int prefix, i
         CHECK(0, "%s: %s", model_dir, err.msg);
         goto out;
     }
-    if (prefix) { /* a P-tuning prefix: every slot starts with it */
-        size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
-        float *pf = xmalloc(sizeof(float) * 3 * PW);
-        for (size_t i = 0; i < 3 * PW; i++)
-            pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-        CHECK(model_set_prefix(m, pf, 3, &err) == 0, "prefix: %s", err.msg);
-        free(pf);
-    }
+    if (prefix) set_test_prefix(m, 3); /* a P-tuning prefix: every slot starts with it */
     static const char *texts[] = {"Once upon a time",
                                   "The",
                                   "Lily and Tom went to the park to play with a big red ball.",
@@ -493,14 +497,7 @@ static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) 
         CHECK(0, "%s: %s", model_dir, err.msg);
         goto out;
     }
-    if (prefix) {
-        size_t PW = (size_t)m->cfg.L * 2 * m->cfg.KVH * m->cfg.HS;
-        float *pf = xmalloc(sizeof(float) * 2 * PW);
-        for (size_t i = 0; i < 2 * PW; i++)
-            pf[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-        CHECK(model_set_prefix(m, pf, 2, &err) == 0, "prefix: %s", err.msg);
-        free(pf);
-    }
+    if (prefix) set_test_prefix(m, 2);
     static const char *texts[] = {"Once upon a time",
                                   "Lily and Tom went to the park. Lily and Tom went to the",
                                   "The cat sat. The cat sat. The cat", "Hi"};
