@@ -395,13 +395,11 @@ static int lookup_draft(const int32_t *all, size_t n, int max, int32_t *draft) {
     return 0;
 }
 
-/* The draft length generate_run uses: opt->lookup for greedy decoding, clamped to LOOKUP_MAX
- * and to the rows the activation buffers hold; 0 when sampling (a draft checked against
- * sampled tokens would change their distribution). */
-static int lookup_len(const Model *m, const Sampler *s, const GenerateOptions *opt) {
+/* The draft length generate_run uses: opt->lookup for greedy decoding, at most LOOKUP_MAX; 0
+ * when sampling (a draft checked against sampled tokens would change their distribution). */
+static int lookup_len(const Sampler *s, const GenerateOptions *opt) {
     if (opt->lookup <= 0 || s->temperature > 0) return 0;
-    int d = opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX;
-    return d < m->act_T - 1 ? d : m->act_T - 1;
+    return opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX;
 }
 
 int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prompt, size_t n_prompt,
@@ -409,10 +407,9 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     memset(res, 0, sizeof *res);
     int V = m->cfg.V;
     if (n_prompt == 0) return tuna_errf(err, TUNA_EINVAL, "empty prompt (no tokens)");
-    int want = (int)n_prompt + opt->max_new_tokens;
+    int want = (int)n_prompt + opt->max_new_tokens, look = lookup_len(s, opt);
     int act = (int)n_prompt < 512 ? (int)n_prompt : 512;
-    if (opt->lookup > 0 && act < (opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX) + 1)
-        act = (opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX) + 1;
+    if (act < look + 1) act = look + 1; /* a draft runs as look + 1 rows */
     if (m->cache_T - m->prefix_len < want || m->act_T < act) {
         int rc = model_reserve(m, want, act, err);
         if (rc) return rc;
@@ -421,7 +418,6 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     if ((int)n_prompt + m->prefix_len > m->cache_T)
         return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
                          n_prompt, m->cache_T);
-    int look = lookup_len(m, s, opt);
     float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)(look + 1));
     int32_t feed[LOOKUP_MAX + 1];
     GenSeq q;
@@ -443,12 +439,11 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         }
         /* lookup decoding: the tokens that followed the last occurrence of the newest n-gram,
          * checked in one pass; the model's own greedy token decides at each position */
-        int room = m->cache_T - m->n_past - 1, left = opt->max_new_tokens - (int)res->n_ids - 1;
-        int d = look ? lookup_draft(q.all, q.n_all,
-                                    look < room ? (look < left ? look : left)
-                                                : (room < left ? room : left),
-                                    feed + 1)
-                     : 0;
+        int most = look, room = m->cache_T - m->n_past - 1;
+        int left = opt->max_new_tokens - (int)res->n_ids - 1;
+        if (room < most) most = room;
+        if (left < most) most = left;
+        int d = lookup_draft(q.all, q.n_all, most, feed + 1);
         if (!d) {
             rc = model_forward(m, &q.all[q.n_all - 1], 1, logits, 0, err);
             continue;

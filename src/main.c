@@ -208,8 +208,6 @@ static int cmd_generate(int argc, char **argv) {
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
     sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
                  top_p >= 0 ? top_p : cfg->gen_top_p, rep > 0 ? rep : cfg->gen_repetition_penalty);
-    if (model_reserve(m, (int)n_ids + max_new, (int)n_ids < 512 ? (int)n_ids : 512, &err))
-        goto fail;
     int32_t eos[CONFIG_MAX_EOS + 1];
     int n_eos = 0;
     for (int i = 0; i < cfg->n_eos; i++)

@@ -309,12 +309,11 @@ static void follow_free_cores(Run *r) {
     int cur = r->be->n_threads;
     backend_set_threads(r->be, BACKEND_THREADS_IDLE);
     int free_now = r->be->n_threads;
-    r->be->n_threads = cur;
-    if (free_now == cur || free_now != r->cores_seen) {
+    if (free_now == cur || free_now != r->cores_seen) { /* no change, or not confirmed yet */
         r->cores_seen = free_now;
+        backend_set_threads(r->be, cur);
         return;
     }
-    backend_set_threads(r->be, free_now);
     char msg[160];
     snprintf(msg, sizeof msg, "threads %d -> %d (%s)", cur, r->be->n_threads,
              free_now < cur ? "other processes are busy on this machine" : "cores free again");

@@ -270,6 +270,19 @@ static void test_stop_strings(void) {
     free(cut);
 }
 
+/* A 2-thread cpu backend with model_dir's model and tok_dir's tokenizer: 0, or -1 after a failed
+ * CHECK (what was opened is left in *be, *m, *tok for the caller to free). */
+static int open_case(const char *model_dir, const char *tok_dir, Backend **be, Model **m,
+                     Tokenizer **tok) {
+    TunaErr err = {0};
+    *be = backend_init("cpu", 2, &err);
+    if (!*be || model_load(model_dir, *be, m, &err) || tokenizer_load(tok_dir, tok, &err)) {
+        CHECK(0, "%s: %s", model_dir, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* A P-tuning prefix of P virtual tokens with fixed pseudo-random key/value rows. */
 static void set_test_prefix(Model *m, int P) {
     TunaErr err = {0};
@@ -367,13 +380,10 @@ static void test_incremental_text(void) {
 
 static void batch_case(const char *model_dir, const char *tok_dir, int prefix, int B) {
     TunaErr err = {0};
-    Backend *be = backend_init("cpu", 2, &err);
+    Backend *be = NULL;
     Model *m = NULL;
     Tokenizer *tok = NULL;
-    if (!be || model_load(model_dir, be, &m, &err) || tokenizer_load(tok_dir, &tok, &err)) {
-        CHECK(0, "%s: %s", model_dir, err.msg);
-        goto out;
-    }
+    if (open_case(model_dir, tok_dir, &be, &m, &tok)) goto out;
     if (prefix) set_test_prefix(m, 3); /* a P-tuning prefix: every slot starts with it */
     static const char *texts[] = {"Once upon a time",
                                   "The",
@@ -490,13 +500,10 @@ static void test_batch(void) {
  * are passes saved). */
 static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) {
     TunaErr err = {0};
-    Backend *be = backend_init("cpu", 2, &err);
+    Backend *be = NULL;
     Model *m = NULL;
     Tokenizer *tok = NULL;
-    if (!be || model_load(model_dir, be, &m, &err) || tokenizer_load(tok_dir, &tok, &err)) {
-        CHECK(0, "%s: %s", model_dir, err.msg);
-        goto out;
-    }
+    if (open_case(model_dir, tok_dir, &be, &m, &tok)) goto out;
     if (prefix) set_test_prefix(m, 2);
     static const char *texts[] = {"Once upon a time",
                                   "Lily and Tom went to the park. Lily and Tom went to the",
