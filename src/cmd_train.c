@@ -12,15 +12,19 @@
 #include "peft.h"
 #include "train.h"
 
-static volatile sig_atomic_t stop_flag;
+static volatile sig_atomic_t stop_flag, stop_signal;
 
 static void on_sigint(int sig) {
-    (void)sig;
-    if (stop_flag) signal(SIGINT, SIG_DFL); /* a second Ctrl-C interrupts for real */
+    if (stop_flag) signal(sig, SIG_DFL); /* a second Ctrl-C interrupts for real */
     stop_flag = 1;
+    stop_signal = sig;
 }
 
-enum { OPT_CONFIG = 1000, OPT_RESUME, OPT_HELP, OPT_QUIET };
+enum { OPT_CONFIG = 1000, OPT_RESUME, OPT_HELP, OPT_QUIET, OPT_OVERWRITE, OPT_ALLOW };
+
+/* Exit statuses: 0 finished, 1 a failed check or error, 2 usage, 3 stopped (control file),
+ * 128 + the signal (130 SIGINT, 143 SIGTERM) when a signal stopped it. */
+enum { EXIT_STOPPED = 3 };
 
 int cmd_train(int argc, char **argv) {
     struct option lo[96];
@@ -39,13 +43,15 @@ int cmd_train(int argc, char **argv) {
     lo[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
     lo[n++] = (struct option){"resume", required_argument, NULL, OPT_RESUME};
     lo[n++] = (struct option){"quiet", no_argument, NULL, OPT_QUIET};
+    lo[n++] = (struct option){"overwrite", no_argument, NULL, OPT_OVERWRITE};
+    lo[n++] = (struct option){"allow-changes", no_argument, NULL, OPT_ALLOW};
     lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     lo[n] = (struct option){0, 0, 0, 0};
     TrainConfig cfg;
     train_config_defaults(&cfg);
     TunaErr err = {0};
     const char *config = NULL, *resume = NULL;
-    int quiet = 0, c;
+    int quiet = 0, overwrite = 0, allow = 0, c;
     // pass 1: --config / --resume set the base, flags then override it
     optind = 1;
     opterr = 0;
@@ -58,8 +64,15 @@ int cmd_train(int argc, char **argv) {
             printf("usage: tuna train [--config FILE | --resume RUN_DIR] [options]\n"
                    "Fine-tunes a model (full, freeze or LoRA) and writes a run folder.\n\n"
                    "  --config FILE          start from a train_config.json (flags override it)\n"
-                   "  --resume RUN_DIR       continue RUN_DIR from its newest checkpoint\n"
-                   "  --quiet                no progress on stderr\n");
+                   "  --resume RUN_DIR       continue RUN_DIR from its newest checkpoint that "
+                   "validates\n"
+                   "  --overwrite            replace the run already in --output (its "
+                   "checkpoints too)\n"
+                   "  --allow-changes        --resume with changed settings (recorded in the "
+                   "run)\n"
+                   "  --quiet                no progress on stderr\n"
+                   "exit status: 0 finished, 1 error, 2 usage, 3 stopped (control file), "
+                   "130/143 SIGINT/SIGTERM\n");
             train_config_help(stdout);
             return 0;
         }
@@ -74,6 +87,7 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     if (resume) snprintf(cfg.output, sizeof cfg.output, "%s", resume);
+    TrainConfig saved = cfg;
     optind = 1;
     opterr = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -86,6 +100,10 @@ int cmd_train(int argc, char **argv) {
             }
         } else if (c == OPT_QUIET)
             quiet = 1;
+        else if (c == OPT_OVERWRITE)
+            overwrite = 1;
+        else if (c == OPT_ALLOW)
+            allow = 1;
         else if (c == '?') {
             fprintf(stderr, "tuna train: see --help\n");
             return 2;
@@ -95,18 +113,44 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "tuna train: unexpected argument \"%s\" (see --help)\n", argv[optind]);
         return 2;
     }
+    if (train_config_check(&cfg, &err)) {
+        fprintf(stderr, "tuna: %s\n", err.msg);
+        return 2;
+    }
+    /* resume promises the same run step for step: changed settings are refused, or recorded */
+    char changes[2048] = "";
+    if (resume && train_config_diff(&saved, &cfg, changes, sizeof changes) && !allow) {
+        fprintf(stderr,
+                "tuna: %s: --resume with changed settings (%s); drop those flags, or add "
+                "--allow-changes to record the change in the run\n",
+                resume, changes);
+        return 1;
+    }
+    if (resume && overwrite) {
+        fprintf(stderr, "tuna train: --resume and --overwrite exclude each other\n");
+        return 2;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    TrainHooks hooks = {.stop = &stop_flag, .quiet = quiet};
+    int stopped = 0;
+    TrainHooks hooks = {.stop = &stop_flag,
+                        .quiet = quiet,
+                        .overwrite = overwrite,
+                        .changes = changes,
+                        .stopped = &stopped};
     int rc = train_run(&cfg, resume != NULL, &hooks, &err);
     if (rc) {
         fprintf(stderr, "tuna: %s\n", err.msg);
-        return 1;
+        return stop_signal ? 128 + stop_signal : 1;
     }
-    if (stop_flag) fprintf(stderr, "tuna: stopped; checkpoint saved (continue with --resume)\n");
+    if (stopped) {
+        fprintf(stderr, "tuna: stopped; checkpoint saved (continue with --resume %s)\n",
+                cfg.output[0] ? cfg.output : "RUN");
+        return stop_signal ? 128 + stop_signal : EXIT_STOPPED;
+    }
     return 0;
 }
 

@@ -2,10 +2,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,7 +75,7 @@ static const Field fields[] = {
         I(prefix_tokens, "16", "ptuning: virtual tokens (num_virtual_tokens)"),
         B(prefix_projection, "false", "ptuning: reparameterize the prefix through an MLP"),
         I(prefix_hidden, "64", "ptuning: hidden size of that MLP (encoder_hidden_size)"),
-        I(epochs, "3", "passes over the training data"),
+        D(epochs, "3", "passes over the training data (fractional allowed, e.g. 1.5)"),
         I(max_steps, "0", "stop after this many optimizer steps (0 = from epochs)"),
         D(lr, "1e-3", "peak learning rate"),
         S(lr_scheduler, "cosine", "constant | constant_with_warmup | linear | cosine"),
@@ -95,12 +99,16 @@ static const Field fields[] = {
         I(sample_max_tokens, "48", "tokens per sample"),
         S(vars, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
         I(max_samples, "0", "use at most N rows per dataset (0 = all)"),
-        B(strict, "false", "a bad dataset row is fatal (default: skipped and counted)"),
+        B(strict, "false",
+          "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
+          "warned)"),
         B(packing, "false", "pack short examples into full rows"),
         B(train_on_prompt, "false", "sft: the prompt tokens train too, not only the replies"),
         B(mask_history, "false",
           "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
         I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
+        I(max_bad_steps, "5",
+          "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
         S(output, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, "cpu", "cpu | ref | cuda"),
         I(threads, "0",
@@ -115,9 +123,76 @@ const char *train_config_key(int i, int *is_bool, const char **help) {
     return fields[i].key;
 }
 
+/* The range of each numeric option; lo_open: the bound itself is excluded ("> 0"). */
+typedef struct Range {
+    const char *key;
+    double lo, hi;
+    int lo_open;
+} Range;
+
+#define BIG 1e9
+static const Range ranges[] = {
+        {"lora_rank", 1, 4096, 0},
+        {"lora_alpha", 0, BIG, 1},
+        {"lora_dropout", 0, 0.99, 0},
+        {"freeze_layers", 1, 100000, 0},
+        {"prefix_tokens", 1, 4096, 0},
+        {"prefix_hidden", 1, 65536, 0},
+        {"epochs", 0, 100000, 0},
+        {"max_steps", 0, BIG, 0},
+        {"lr", 0, HUGE_VAL, 1},
+        {"warmup_steps", 0, BIG, 0},
+        {"warmup_ratio", 0, 1, 0},
+        {"weight_decay", 0, HUGE_VAL, 0},
+        {"max_grad_norm", 0, HUGE_VAL, 0},
+        {"batch_size", 1, 65536, 0},
+        {"grad_accum", 1, 65536, 0},
+        {"cutoff_len", 2, 1048576, 0},
+        {"val_size", 0, BIG, 0},
+        {"eval_steps", 0, BIG, 0},
+        {"save_steps", 0, BIG, 0},
+        {"save_total_limit", 0, 1000000, 0},
+        {"logging_steps", 1, BIG, 0},
+        {"sample_steps", 0, BIG, 0},
+        {"sample_max_tokens", 0, 65536, 0},
+        {"max_samples", 0, BIG, 0},
+        {"threads", 0, 4096, 0},
+        {"max_bad_steps", 1, 1000000, 0},
+        {"prefix_projection", 0, 1, 0},
+};
+
+static const Range *range_of(const char *key) {
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+        if (!strcmp(ranges[i].key, key)) return &ranges[i];
+    return NULL;
+}
+
+/* "--lr: must be a number > 0, got -1" (where "--": the flag; else "FILE: " and the key). */
+static int range_err(const Field *f, const Range *rg, const char *raw, const char *where,
+                     TunaErr *err) {
+    char name[80], what[120];
+    snprintf(name, sizeof name, "%s%s", where, f->key);
+    if (!strcmp(where, "--"))
+        for (char *q = name + 2; *q; q++)
+            if (*q == '_') *q = '-';
+    const char *kind = f->type == F_INT ? "an integer" : "a number";
+    if (!rg)
+        snprintf(what, sizeof what, "%s", kind);
+    else if (rg->hi == HUGE_VAL)
+        snprintf(what, sizeof what, "%s %s %g", kind, rg->lo_open ? ">" : ">=", rg->lo);
+    else
+        snprintf(what, sizeof what, "%s from %g to %g", kind, rg->lo, rg->hi);
+    return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
+}
+
+static int in_range(const Range *rg, double x) {
+    return !rg || ((rg->lo_open ? x > rg->lo : x >= rg->lo) && x <= rg->hi);
+}
+
 static int field_set(TrainConfig *c, const Field *f, const char *v, const char *where,
                      TunaErr *err) {
     char *p = (char *)c + f->off, *end;
+    const Range *rg = range_of(f->key);
     errno = 0;
     switch (f->type) {
     case F_STR:
@@ -127,17 +202,16 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
         return 0;
     case F_INT: {
         long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < -1000000000L || x > 1000000000L)
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected an integer, got \"%s\"", where,
-                             f->key, v);
+        if (errno || end == v || *end || x < -1000000000L || x > 1000000000L ||
+            !in_range(rg, (double)x))
+            return range_err(f, rg, v, where, err);
         *(int *)p = (int)x;
         return 0;
     }
     case F_DBL: {
         double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x))
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected a number, got \"%s\"", where, f->key,
-                             v);
+        if (errno || end == v || *end || !isfinite(x) || !in_range(rg, x))
+            return range_err(f, rg, v, where, err);
         *(double *)p = x;
         return 0;
     }
@@ -152,6 +226,48 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
         return 0;
     }
     return 0;
+}
+
+int train_config_check(const TrainConfig *c, TunaErr *err) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        const Field *f = &fields[i];
+        const Range *rg = range_of(f->key);
+        if (!rg || (f->type != F_INT && f->type != F_DBL)) continue;
+        const char *p = (const char *)c + f->off;
+        double x = f->type == F_INT ? (double)*(const int *)p : *(const double *)p;
+        char raw[64];
+        snprintf(raw, sizeof raw, "%.17g", x);
+        if (!isfinite(x) || !in_range(rg, x)) return range_err(f, rg, raw, "--", err);
+    }
+    return 0;
+}
+
+/* One field's value as text (for diffs). */
+static void field_text(const TrainConfig *c, const Field *f, char *out, size_t cap) {
+    const char *p = (const char *)c + f->off;
+    switch (f->type) {
+    case F_STR: snprintf(out, cap, "\"%s\"", p); break;
+    case F_INT: snprintf(out, cap, "%d", *(const int *)p); break;
+    case F_DBL: snprintf(out, cap, "%.15g", *(const double *)p); break;
+    case F_BOOL: snprintf(out, cap, "%s", *(const int *)p ? "true" : "false"); break;
+    }
+}
+
+int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap) {
+    int n = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < N_FIELDS; i++) {
+        const Field *f = &fields[i];
+        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
+        char x[1100], y[1100];
+        field_text(a, f, x, sizeof x);
+        field_text(b, f, y, sizeof y);
+        if (!strcmp(x, y)) continue;
+        size_t o = strlen(out);
+        if (o < cap) snprintf(out + o, cap - o, "%s%s %.60s -> %.60s", n ? ", " : "", f->key, x, y);
+        n++;
+    }
+    return n;
 }
 
 void train_config_defaults(TrainConfig *c) {
@@ -189,6 +305,7 @@ int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
     }
     const cJSON *it;
     cJSON_ArrayForEach(it, root) {
+        if (!strcmp(it->string, "history")) continue; /* changes made on resume (a record) */
         const Field *f = field_find(it->string);
         if (!f) {
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\"", path, it->string);
@@ -266,17 +383,36 @@ typedef struct Run {
     int B, T, total, warmup, steps_per_epoch, step;
     SchedType sched;
     double best_eval;
+    int best_step;
     float *host_params;   /* LoRA: the base weights, restored exactly after sampling */
     double cores_checked; /* follow_free_cores: time of the last check */
     int cores_seen;       /* the free cores that check found (a change needs two in a row) */
+    int lock_fd;          /* RUN/.lock, flock'ed while the run writes the folder (-1: none) */
+    char **pending;       /* events from before metrics.jsonl is open (the folder untouched) */
+    int n_pending;
+    int write_errno; /* first failed write of metrics.jsonl / trainer_log.jsonl */
+    const char *write_file_name;
+    int bar_shown; /* a progress bar without its newline is on the terminal */
 } Run;
+
+/* Notes the first failed write of a run file: the loop stops the run on it. */
+static void note_write(Run *r, FILE *f, const char *name, int ok) {
+    if (ok && fflush(f) == 0) return;
+    if (!r->write_errno) {
+        r->write_errno = errno ? errno : EIO;
+        r->write_file_name = name;
+    }
+}
 
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
 static void emit(Run *r, cJSON *ev) {
     char *line = cJSON_PrintUnformatted(ev);
     if (r->metrics) {
-        fprintf(r->metrics, "%s\n", line);
-        fflush(r->metrics);
+        errno = 0;
+        note_write(r, r->metrics, "metrics.jsonl", fprintf(r->metrics, "%s\n", line) >= 0);
+    } else if (r->n_pending < 256) {
+        r->pending = xrealloc(r->pending, sizeof *r->pending * (size_t)(r->n_pending + 1));
+        r->pending[r->n_pending++] = xstrdup(line);
     }
     if (r->hooks && r->hooks->on_line) r->hooks->on_line(r->hooks->user, line);
     free(line);
@@ -289,12 +425,29 @@ static cJSON *event(const char *type) {
     return e;
 }
 
+static int quiet(const Run *r) {
+    return r->hooks && r->hooks->quiet;
+}
+
+/* One line on stderr, never inside a progress bar. */
+static void say(Run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(Run *r, const char *fmt, ...) {
+    if (quiet(r)) return;
+    if (r->bar_shown) fputs("\r\033[K", stderr);
+    r->bar_shown = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
 static void emit_log(Run *r, const char *level, const char *msg) {
     cJSON *e = event("log");
     cJSON_AddStringToObject(e, "level", level);
     cJSON_AddStringToObject(e, "msg", msg);
     emit(r, e);
-    if (!r->hooks || !r->hooks->quiet) fprintf(stderr, "tuna: %s\n", msg);
+    say(r, "tuna: %s", msg);
 }
 
 /* With threads 0, training uses the cores other processes leave free, checked at most every
@@ -425,6 +578,11 @@ static int run_samples(Run *r, TunaErr *err) {
                 cJSON_AddStringToObject(e, "prompt", text[i]);
                 cJSON_AddStringToObject(e, "text", res[i].text);
                 emit(r, e);
+                char one[200];
+                snprintf(one, sizeof one, "%s", res[i].text);
+                for (char *q = one; *q; q++)
+                    if (*q == '\n' || *q == '\r' || *q == '\t') *q = ' ';
+                say(r, "sample step %d: %.60s -> %s", r->step, text[i], one);
             }
             generate_result_free(&res[i]);
         }
@@ -571,7 +729,11 @@ static int save_checkpoint(Run *r, TunaErr *err) {
         dir_remove(tmp);
         return rc;
     }
+    /* rotation counts this run's checkpoints only: a checkpoint-N past the current step is
+     * another run's (or a stray folder) and is neither counted nor deleted */
     int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+    while (n > 0 && steps[n - 1] > r->step)
+        n--;
     for (int i = 0; i + r->cfg->save_total_limit < n && r->cfg->save_total_limit > 0; i++) {
         snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
         dir_remove(path);
@@ -584,42 +746,70 @@ static int save_checkpoint(Run *r, TunaErr *err) {
     return 0;
 }
 
+/* One number of trainer_state.json, range-checked; integer: a whole number. */
+static int state_num(const cJSON *s, const char *key, double lo, double hi, int integer,
+                     double *out, const char *path, TunaErr *err) {
+    const cJSON *v = cJSON_GetObjectItem(s, key);
+    if (!cJSON_IsNumber(v)) return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" is missing", path, key);
+    double x = v->valuedouble;
+    if (!isfinite(x) || x < lo || x > hi || (integer && x != floor(x)))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be %s from %g to %g, got %g", path,
+                         key, integer ? "an integer" : "a number", lo, hi, x);
+    *out = x;
+    return 0;
+}
+
+/* Loads checkpoint-STEP after checking every field of its trainer_state.json; on an error
+ * the run's step, optimizer count and clock are left as they were. */
 static int load_checkpoint(Run *r, int step, TunaErr *err) {
     char dir[1200], path[1400];
     snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, step);
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     char *txt = xread_file(path, NULL);
-    if (!txt) return tuna_errf(err, TUNA_EIO, "%s: cannot read", path);
+    if (!txt) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
     cJSON *s = cJSON_Parse(txt);
     free(txt);
-    const cJSON *gs = cJSON_GetObjectItem(s, "global_step"), *ep = cJSON_GetObjectItem(s, "epoch"),
-                *cu = cJSON_GetObjectItem(s, "cursor"), *ot = cJSON_GetObjectItem(s, "optimizer_t"),
-                *be = cJSON_GetObjectItem(s, "best_eval_loss"),
-                *el = cJSON_GetObjectItem(s, "elapsed");
-    if (!cJSON_IsNumber(gs) || !cJSON_IsNumber(ep) || !cJSON_IsNumber(cu) || !cJSON_IsNumber(ot)) {
+    if (!cJSON_IsObject(s)) {
         cJSON_Delete(s);
-        return tuna_errf(err, TUNA_EFORMAT, "%s: missing global_step/epoch/cursor/optimizer_t",
-                         path);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON", path);
     }
-    r->step = gs->valueint;
-    r->opt.t = ot->valueint;
-    r->best_eval = cJSON_IsNumber(be) && be->valuedouble >= 0 ? be->valuedouble : (double)INFINITY;
-    if (cJSON_IsNumber(el)) r->t0 -= el->valuedouble;
-    int epoch = ep->valueint;
-    size_t cursor = (size_t)cu->valuedouble;
+    double gs = 0, ep = 0, cu = 0, ot = 0, be = -1, el = 0, ts = 0;
+    double bpe = (double)batcher_batches_per_epoch(&r->batcher);
+    int rc = state_num(s, "global_step", 1, 1e9, 1, &gs, path, err);
+    if (!rc && gs != step)
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"global_step\" is %.0f in checkpoint-%d", path, gs,
+                       step);
+    if (!rc) rc = state_num(s, "epoch", 0, 1e6, 1, &ep, path, err);
+    if (!rc) rc = state_num(s, "cursor", 0, bpe, 1, &cu, path, err);
+    if (!rc) rc = state_num(s, "optimizer_t", 0, gs, 1, &ot, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "best_eval_loss"))
+        rc = state_num(s, "best_eval_loss", -1, 1e30, 0, &be, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "elapsed"))
+        rc = state_num(s, "elapsed", 0, 1e10, 0, &el, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "total_steps"))
+        rc = state_num(s, "total_steps", 1, 1e9, 1, &ts, path, err);
+    /* the epoch the cursor says it is in: at most one epoch past what the steps can reach */
+    if (!rc && bpe > 0 && ep > floor(gs * r->cfg->grad_accum / bpe) + 1)
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"epoch\" %.0f is past what %.0f steps reach", path,
+                       ep, gs);
     cJSON_Delete(s);
+    if (rc) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
     float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
     snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
-    int rc = load_tensors(path, tp, np, p, "", err);
+    rc = load_tensors(path, tp, np, p, "", err);
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (!rc) rc = load_tensors(path, tp, np, mm, "m.", err);
     if (!rc) rc = load_tensors(path, tp, np, vv, "v.", err);
+    if (!rc) rc = batcher_seek(&r->batcher, (int)ep, (size_t)cu, err);
     if (!rc) {
         train_upload_params(r->ts, p);
         optim_upload(&r->opt, mm, vv);
-        rc = batcher_seek(&r->batcher, epoch, cursor, err);
+        r->step = (int)gs;
+        r->opt.t = (int)ot;
+        r->best_eval = be >= 0 ? be : (double)INFINITY;
+        r->t0 -= el;
     }
     free_bufs(p, np);
     free_bufs(mm, np);
@@ -627,29 +817,65 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     return rc;
 }
 
+/* Resume: the newest checkpoint-N that validates, older ones when it does not (each skip
+ * is said and logged). Nothing on disk changes here. */
+static int resume_pick(Run *r, TunaErr *err) {
+    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+    char first[700] = "", msg[900];
+    for (int i = n - 1; i >= 0; i--) {
+        TunaErr e = {0};
+        if (!load_checkpoint(r, steps[i], &e)) {
+            if (first[0]) {
+                snprintf(msg, sizeof msg, "resumed from checkpoint-%d, the newest that validates",
+                         steps[i]);
+                emit_log(r, "warn", msg);
+            } else {
+                snprintf(msg, sizeof msg, "resumed from checkpoint-%d", r->step);
+                emit_log(r, "info", msg);
+            }
+            return 0;
+        }
+        snprintf(msg, sizeof msg, "checkpoint-%d skipped: %s", steps[i], e.msg);
+        emit_log(r, "warn", msg);
+        if (!first[0]) snprintf(first, sizeof first, "%s", e.msg);
+    }
+    if (!n)
+        return tuna_errf(err, TUNA_ENOTFOUND,
+                         "%s: no checkpoint-N folder to resume from; nothing was changed", r->dir);
+    return tuna_errf(err, TUNA_EFORMAT,
+                     "%s: no checkpoint validates (newest: %s); nothing was changed", r->dir,
+                     first);
+}
+
 /* On resume, metrics past the checkpoint came from the interrupted run: drop them. */
-static void metrics_truncate(const char *path, int step) {
+static int metrics_truncate(const char *path, int step, TunaErr *err) {
     char *text = xread_file(path, NULL);
-    if (!text) return;
+    if (!text) return 0;
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) {
         free(text);
-        return;
+        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", tmp, strerror(errno));
     }
+    int ok = 1;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(line);
         const cJSON *s = cJSON_GetObjectItem(j, "step"), *t = cJSON_GetObjectItem(j, "type");
         int keep = j && (!cJSON_IsNumber(s) || s->valueint <= step);
         if (cJSON_IsString(t) && !strcmp(t->valuestring, "done")) keep = 0;
-        if (keep) fprintf(f, "%s\n", line);
+        if (keep && fprintf(f, "%s\n", line) < 0) ok = 0;
         cJSON_Delete(j);
     }
-    fclose(f);
-    rename(tmp, path);
+    if (fclose(f)) ok = 0;
     free(text);
+    if (!ok || rename(tmp, path)) {
+        int e = errno;
+        unlink(tmp);
+        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(e));
+    }
+    return 0;
 }
 
 enum { CTL_PAUSE = 1, CTL_RESUME = 2, CTL_SAVE = 4, CTL_STOP = 8 };
@@ -690,22 +916,48 @@ static int stop_requested(const Run *r) {
     return r->hooks && r->hooks->stop && *r->hooks->stop;
 }
 
-static void progress(Run *r, double loss, double lr_now, double tps, double eta) {
-    if (r->hooks && r->hooks->quiet) return;
+/* Seconds as "42s", "3m05s" or "1h02m". */
+static void fmt_secs(double t, char *out, size_t cap) {
+    if (!(t >= 0) || !isfinite(t)) {
+        snprintf(out, cap, "?");
+        return;
+    }
+    long x = (long)(t + 0.5);
+    if (x < 60)
+        snprintf(out, cap, "%lds", x);
+    else if (x < 3600)
+        snprintf(out, cap, "%ldm%02lds", x / 60, x % 60);
+    else
+        snprintf(out, cap, "%ldh%02ldm", x / 3600, x / 60 % 60);
+}
+
+/* The bar on a terminal; without one a line every progress_every seconds (and the last). */
+static void progress(Run *r, double loss, double lr_now, double tps, double eta,
+                     double *last_line) {
+    if (quiet(r)) return;
+    char e[32];
+    fmt_secs(eta, e, sizeof e);
     if (isatty(2)) {
         int w = 30, done = r->total ? (int)((double)w * r->step / r->total) : w;
         char bar[64];
         for (int i = 0; i < w; i++)
             bar[i] = i < done ? '#' : '.';
         bar[w] = '\0';
-        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s  eta %.0fs   ", bar, r->step, r->total,
-                loss, tps, eta);
-        if (r->step == r->total) fputc('\n', stderr);
-    } else if (r->step % (r->cfg->logging_steps > 0 ? r->cfg->logging_steps : 1) == 0 ||
-               r->step == r->total) {
-        fprintf(stderr, "step %d/%d loss %.4f lr %.3g %.0f tok/s eta %.0fs\n", r->step, r->total,
-                loss, lr_now, tps, eta);
+        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s  eta %s\033[K", bar, r->step, r->total,
+                loss, tps, e);
+        r->bar_shown = 1;
+        if (r->step == r->total) {
+            fputc('\n', stderr);
+            r->bar_shown = 0;
+        }
+        return;
     }
+    double every = r->hooks && r->hooks->progress_every > 0 ? r->hooks->progress_every : 10,
+           now = time_now();
+    if (now - *last_line < every && r->step != r->total && *last_line > 0) return;
+    *last_line = now;
+    say(r, "step %d/%d loss %.4f lr %.3g %.0f tok/s eta %s", r->step, r->total, loss, lr_now, tps,
+        e);
 }
 
 /* Moves every file of tmp into dir (each rename is atomic). */
@@ -739,9 +991,15 @@ static void run_close(Run *r) {
     free(r->host_params);
     if (r->metrics) fclose(r->metrics);
     if (r->tlog) fclose(r->tlog);
-    char path[1200];
-    snprintf(path, sizeof path, "%s/train.pid", r->dir);
-    unlink(path);
+    for (int i = 0; i < r->n_pending; i++)
+        free(r->pending[i]);
+    free(r->pending);
+    if (r->lock_fd >= 0) { /* the folder was ours: train.pid too */
+        char path[1200];
+        snprintf(path, sizeof path, "%s/train.pid", r->dir);
+        unlink(path);
+        close(r->lock_fd); /* releases the flock; the file stays (unlinking it would race) */
+    }
 }
 
 /* --lora-trainable-tokens: a comma list of ids, token strings or "eos" -> a comma list of ids. */
@@ -776,10 +1034,11 @@ static int resolve_tokens(Run *r, const char *spec, char *out, size_t cap, TunaE
     return rc;
 }
 
-static int run_open(Run *r, int resume, TunaErr *err) {
+/* Checks and loads everything the run needs; touches no file. */
+static int run_open(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
-    char path[1200];
     int rc;
+    if ((rc = train_config_check(c, err))) return rc;
     TrainMethod method;
     if (!strcmp(c->method, "full"))
         method = METHOD_FULL;
@@ -796,34 +1055,14 @@ static int run_open(Run *r, int resume, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
-    if (c->batch_size < 1 || c->grad_accum < 1 || c->cutoff_len < 2 || c->epochs < 0 || c->lr <= 0)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "batch_size, grad_accum, cutoff_len and lr must be positive");
+    if (strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
+        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
     for (const char *p = c->sample_prompts; *p; p++)
         n_prompts += *p == '|';
     if (n_prompts > MAX_SAMPLE_PROMPTS)
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
-    if (mkdir_p(r->dir))
-        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
-    snprintf(path, sizeof path, "%s/train.pid", r->dir);
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d\n", (int)getpid());
-    write_file(path, pid);
-    char *json = train_config_json(c);
-    snprintf(path, sizeof path, "%s/train_config.json", r->dir);
-    rc = write_file(path, json) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
-    free(json);
-    if (rc) return rc;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-    if (!resume) unlink(path);
-    r->metrics = fopen(path, "a");
-    snprintf(path, sizeof path, "%s/trainer_log.jsonl", r->dir);
-    if (!resume) unlink(path);
-    r->tlog = fopen(path, "a");
-    if (!r->metrics || !r->tlog) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
-
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     if ((rc = model_load(c->model, r->be, &r->m, err))) return rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
@@ -861,7 +1100,11 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     r->have_batcher = 1;
     size_t bpe = batcher_batches_per_epoch(&r->batcher);
     r->steps_per_epoch = (int)((bpe + (size_t)c->grad_accum - 1) / (size_t)c->grad_accum);
-    r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
+    double want = c->max_steps > 0 ? c->max_steps : ceil(c->epochs * r->steps_per_epoch - 1e-9);
+    if (want > 1e9)
+        return tuna_errf(err, TUNA_EINVAL, "--epochs: %g epochs of %d steps is too many steps",
+                         c->epochs, r->steps_per_epoch);
+    r->total = (int)want;
     if (r->total < 1) return tuna_errf(err, TUNA_EINVAL, "nothing to train: 0 steps");
     r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
     TrainSetup setup = {.method = method,
@@ -892,37 +1135,241 @@ static int run_open(Run *r, int resume, TunaErr *err) {
     return 0;
 }
 
+/* Files that make a folder a run of ours (setup_config.json / train.log / train.pid, which the
+ * workbench writes before it starts the trainer, do not). */
+static const char *const run_files[] = {"train_config.json",         "metrics.jsonl",
+                                        "trainer_log.jsonl",         "adapter_config.json",
+                                        "adapter_model.safetensors", "model.safetensors"};
+
+static int holds_run(const char *dir) {
+    char path[1400];
+    for (size_t i = 0; i < sizeof run_files / sizeof run_files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, run_files[i]);
+        if (access(path, F_OK) == 0) return 1;
+    }
+    int steps[4];
+    return list_ckpts(dir, steps, 4) > 0;
+}
+
+/* "NAME.tmp-PID" whose process is gone: an interrupted atomic write. */
+static int stale_tmp(const char *name) {
+    const char *t = strstr(name, ".tmp-");
+    if (!t) return 0;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    if (end == t + 5 || *end || pid <= 0) return 0;
+    return pid != (long)getpid() && kill((pid_t)pid, 0) && errno == ESRCH;
+}
+
+/* Removes checkpoint-N.tmp-PID (and the like) left in dir by a trainer that died, and
+ * RUN.tmp-PID beside it. */
+static void clean_stale(Run *r) {
+    char path[1600], msg[1700];
+    DIR *d = opendir(r->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (stale_tmp(e->d_name)) {
+            snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
+            dir_remove(path);
+            snprintf(msg, sizeof msg, "removed %s (left by an interrupted write)", e->d_name);
+            emit_log(r, "info", msg);
+        }
+    if (d) closedir(d);
+    char parent[1100];
+    snprintf(parent, sizeof parent, "%s", r->dir);
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(parent, sizeof parent, ".");
+    size_t bl = strlen(base);
+    char b2[1100];
+    snprintf(b2, sizeof b2, "%s", base);
+    d = opendir(slash && !parent[0] ? "/" : parent);
+    while (d && (e = readdir(d)))
+        if (!strncmp(e->d_name, b2, bl) && !strncmp(e->d_name + bl, ".tmp-", 5) &&
+            stale_tmp(e->d_name)) {
+            snprintf(path, sizeof path, "%s/%s", slash && !parent[0] ? "" : parent, e->d_name);
+            dir_remove(path);
+        }
+    if (d) closedir(d);
+}
+
+/* Reads the pid in a held lock file (0 if none). */
+static long lock_holder(int fd) {
+    char buf[32] = "";
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    return strtol(buf, NULL, 10);
+}
+
+static int lock_busy(Run *r, int fd, TunaErr *err) {
+    long pid = lock_holder(fd);
+    close(fd);
+    r->lock_fd = -1;
+    return tuna_errf(err, TUNA_EINVAL, "another tuna train (pid %ld) is writing %s", pid, r->dir);
+}
+
+/* Takes the run folder: refuses a folder another trainer holds, and one that holds a run
+ * unless resuming or overwriting; creates it, locks RUN/.lock, cleans stale temporaries. */
+static int run_claim(Run *r, int resume, TunaErr *err) {
+    char path[1200];
+    struct stat sb;
+    int exists = stat(r->dir, &sb) == 0;
+    if (exists && !S_ISDIR(sb.st_mode))
+        return tuna_errf(err, TUNA_EINVAL, "%s: exists and is not a folder", r->dir);
+    if (resume && !exists)
+        return tuna_errf(err, TUNA_ENOTFOUND, "%s: no such run folder to resume", r->dir);
+    snprintf(path, sizeof path, "%s/.lock", r->dir);
+    r->lock_fd = -1;
+    if (exists) { /* a held lock first: that answer is the one that helps */
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB)) return lock_busy(r, fd, err);
+        r->lock_fd = fd;
+    }
+    int overwrite = r->hooks && r->hooks->overwrite;
+    if (exists && !resume && !overwrite && holds_run(r->dir)) {
+        if (r->lock_fd >= 0) close(r->lock_fd);
+        r->lock_fd = -1;
+        return tuna_errf(err, TUNA_EINVAL,
+                         "%s already holds a run: continue it with --resume %s, or replace it "
+                         "with --overwrite",
+                         r->dir, r->dir);
+    }
+    if (!exists && mkdir_p(r->dir))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
+    if (r->lock_fd < 0) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", path, strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB)) return lock_busy(r, fd, err);
+        r->lock_fd = fd;
+    }
+    char pid[32];
+    int pl = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(r->lock_fd, 0) || pwrite(r->lock_fd, pid, (size_t)pl, 0) != pl) {
+        /* the lock holds without the pid; only the message loses it */
+    }
+    clean_stale(r);
+    if (overwrite && !resume && exists) { /* the old run's files and checkpoints, not others */
+        static const char *const more[] = {"config.json", "generation_config.json",
+                                           "tokenizer.json", "tokenizer_config.json", "control"};
+        for (size_t i = 0; i < sizeof run_files / sizeof run_files[0] + 5; i++) {
+            const char *f = i < sizeof run_files / sizeof run_files[0]
+                                    ? run_files[i]
+                                    : more[i - sizeof run_files / sizeof run_files[0]];
+            snprintf(path, sizeof path, "%s/%s", r->dir, f);
+            unlink(path);
+        }
+        int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+        for (int i = 0; i < n; i++) {
+            snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
+            dir_remove(path);
+        }
+        if (n) {
+            char msg[1300];
+            snprintf(msg, sizeof msg, "--overwrite: replaced the run in %s (%d old checkpoints)",
+                     r->dir, n);
+            emit_log(r, "info", msg);
+        }
+    }
+    return 0;
+}
+
+/* Writes train_config.json (on resume keeping its history, plus this resume's changes) and
+ * opens the metrics files; the events held back until now go first. */
+static int run_files_open(Run *r, int resume, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    char path[1200];
+    int rc = 0;
+    snprintf(path, sizeof path, "%s/train.pid", r->dir);
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    write_file(path, pid);
+    snprintf(path, sizeof path, "%s/train_config.json", r->dir);
+    cJSON *hist = NULL;
+    if (resume) {
+        char *old = xread_file(path, NULL);
+        cJSON *o = old ? cJSON_Parse(old) : NULL;
+        hist = cJSON_DetachItemFromObject(o, "history");
+        cJSON_Delete(o);
+        free(old);
+    }
+    const char *changes = r->hooks ? r->hooks->changes : NULL;
+    char *cj = train_config_json(c);
+    cJSON *conf = cJSON_Parse(cj);
+    free(cj);
+    if (changes && *changes) {
+        if (!cJSON_IsArray(hist)) {
+            cJSON_Delete(hist);
+            hist = cJSON_CreateArray();
+        }
+        cJSON *h = cJSON_CreateObject();
+        cJSON_AddNumberToObject(h, "time", (double)time(NULL));
+        cJSON_AddNumberToObject(h, "step", r->step);
+        cJSON_AddStringToObject(h, "changes", changes);
+        cJSON_AddItemToArray(hist, h);
+    }
+    if (hist) cJSON_AddItemToObject(conf, "history", hist);
+    char *json = cJSON_Print(conf);
+    cJSON_Delete(conf);
+    if (write_file(path, json))
+        rc = tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
+    free(json);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+    if (resume && (rc = metrics_truncate(path, r->step, err))) return rc;
+    if (!resume) unlink(path);
+    if (!(r->metrics = fopen(path, "a")))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
+    snprintf(path, sizeof path, "%s/trainer_log.jsonl", r->dir);
+    if (resume && (rc = metrics_truncate(path, r->step, err))) return rc;
+    if (!resume) unlink(path);
+    if (!(r->tlog = fopen(path, "a")))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
+    for (int i = 0; i < r->n_pending; i++) {
+        errno = 0;
+        note_write(r, r->metrics, "metrics.jsonl", fprintf(r->metrics, "%s\n", r->pending[i]) >= 0);
+        free(r->pending[i]);
+    }
+    r->n_pending = 0;
+    if (changes && *changes) {
+        char msg[1300];
+        snprintf(msg, sizeof msg, "resumed with changed settings (--allow-changes): %.1200s",
+                 changes);
+        emit_log(r, "warn", msg);
+    }
+    return 0;
+}
+
+static int write_error(Run *r, TunaErr *err) {
+    return tuna_errf(err, TUNA_EIO,
+                     "%s/%s: cannot write: %s; the run stopped (its last "
+                     "checkpoint is kept)",
+                     r->dir, r->write_file_name, strerror(r->write_errno));
+}
+
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
     Run r;
     memset(&r, 0, sizeof r);
     r.cfg = cfg;
     r.hooks = hooks;
+    r.lock_fd = -1;
     r.t0 = time_now();
+    if (hooks && hooks->stopped) *hooks->stopped = 0;
     if (cfg->output[0])
         snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
     else
         snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
-    int rc = run_open(&r, resume, err);
+    size_t dl = strlen(r.dir);
+    while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
+        r.dir[--dl] = '\0';
+    /* everything is checked before the folder is touched; a failed resume changes nothing */
+    int rc = run_open(&r, err);
+    if (!rc) rc = run_claim(&r, resume, err);
+    if (!rc && resume) rc = resume_pick(&r, err);
+    if (!rc) rc = run_files_open(&r, resume, err);
     char msg[600];
-    if (!rc && resume) {
-        int steps[4096], n = list_ckpts(r.dir, steps, 4096);
-        if (!n)
-            rc = tuna_errf(err, TUNA_ENOTFOUND, "%s: no checkpoint-N folder to resume from", r.dir);
-        else {
-            rc = load_checkpoint(&r, steps[n - 1], err);
-            char path[1200];
-            snprintf(path, sizeof path, "%s/metrics.jsonl", r.dir);
-            fclose(r.metrics);
-            metrics_truncate(path, r.step);
-            r.metrics = fopen(path, "a");
-            snprintf(path, sizeof path, "%s/trainer_log.jsonl", r.dir);
-            fclose(r.tlog);
-            metrics_truncate(path, r.step);
-            r.tlog = fopen(path, "a");
-            snprintf(msg, sizeof msg, "resumed from checkpoint-%d", r.step);
-            if (!rc) emit_log(&r, "info", msg);
-        }
-    }
     if (rc) {
         if (r.metrics) {
             cJSON *e = event("done");
@@ -967,7 +1414,11 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
             *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
     const char *status = "finished";
-    double t_last = time_now(), tok_window = 0;
+    double t_last = time_now(), tok_window = 0, paused_at = 0, paused_total = 0, last_line = 0;
+    /* ETA from the last steps' times (not the first: evals, warm-up), paused time left out */
+    enum { WIN = 16 };
+    double win[WIN];
+    int n_win = 0, bad_row = 0, bad_total = 0, start_step = r.step;
     long tokens_total = 0;
     int paused = 0, saved_at = r.step;
     if (r.step == 0 && r.val->n) { /* the starting point of the eval curve */
@@ -980,18 +1431,25 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             cJSON_AddNumberToObject(e, "eval_loss", el);
             cJSON_AddNumberToObject(e, "perplexity", exp(el));
             emit(&r, e);
+            say(&r, "eval step 0: loss %.4f (before training)", el);
         }
     }
     while (r.step < r.total && !rc) {
+        if (r.write_errno) {
+            rc = write_error(&r, err);
+            break;
+        }
         // --- commands between steps: control file, stop flag
         int ctl = read_control(&r);
         if ((ctl & CTL_PAUSE) && !paused) {
             paused = 1;
+            paused_at = time_now();
             cJSON *e = event("state");
             cJSON_AddStringToObject(e, "state", "paused");
             emit(&r, e);
         } else if ((ctl & CTL_RESUME) && paused) {
             paused = 0;
+            paused_total += time_now() - paused_at;
             cJSON *e = event("state");
             cJSON_AddStringToObject(e, "state", "running");
             emit(&r, e);
@@ -1038,21 +1496,44 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         float gscale;
         double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm, &gscale);
         double lr = cfg->lr * sched_factor(r.sched, r.step, r.warmup, r.total);
-        optim_step(&r.opt, tp, np, (float)lr, gscale);
-        r.step++;
         double loss = n_t ? loss_sum / n_t : 0;
-        if (!isfinite(loss) || !isfinite(gnorm)) {
-            rc = tuna_errf(err, TUNA_EINVAL,
-                           "step %d: loss or gradient is not finite (lr %.3g too high?)", r.step,
-                           lr);
-            break;
+        /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
+        int bad = !isfinite(loss) || !isfinite(gnorm);
+        if (!bad) optim_step(&r.opt, tp, np, (float)lr, gscale);
+        r.step++;
+        if (bad) {
+            bad_row++;
+            bad_total++;
+            snprintf(msg, sizeof msg,
+                     "step %d skipped: loss %g, gradient norm %g are not finite (%d in a row, "
+                     "%d in all)",
+                     r.step, loss, gnorm, bad_row, bad_total);
+            emit_log(&r, "warn", msg);
+            if (bad_row >= cfg->max_bad_steps) {
+                char keep[64] = "no checkpoint was saved";
+                if (saved_at > 0) snprintf(keep, sizeof keep, "checkpoint-%d is kept", saved_at);
+                rc = tuna_errf(err, TUNA_EINVAL,
+                               "stopped at step %d: %d steps in a row with a non-finite loss or "
+                               "gradient (lr %.3g too high?); %s",
+                               r.step, bad_row, cfg->lr, keep);
+                break;
+            }
+            continue;
         }
+        bad_row = 0;
         double now = time_now(), dt = now - t_last;
         t_last = now;
         tok_window = dt > 0 ? n_tok / dt : 0;
         tokens_total += n_tok;
-        double elapsed = now - r.t0,
-               eta = (elapsed / (r.step > 0 ? r.step : 1)) * (r.total - r.step);
+        if (r.step - start_step > 1) win[n_win++ % WIN] = dt; /* the first step: warm-up */
+        double elapsed = now - r.t0 - paused_total, eta = -1;
+        if (n_win >= 3) {
+            int k = n_win < WIN ? n_win : WIN;
+            double sum = 0;
+            for (int i = 0; i < k; i++)
+                sum += win[i];
+            eta = sum / k * (r.total - r.step);
+        }
         double epoch = (double)r.step / r.steps_per_epoch;
         if (r.step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r.step == r.total) {
             cJSON *e = event("step");
@@ -1064,43 +1545,54 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             cJSON_AddNumberToObject(e, "grad_norm", gnorm);
             cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
             cJSON_AddNumberToObject(e, "elapsed", elapsed);
-            cJSON_AddNumberToObject(e, "eta", eta);
+            if (eta >= 0) cJSON_AddNumberToObject(e, "eta", eta);
+            if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
             emit(&r, e);
             // LLaMA-Factory's trainer_log.jsonl
-            fprintf(r.tlog,
-                    "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, \"lr\": %.6g, "
-                    "\"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", "
-                    "\"remaining_time\": \"%.0fs\"}\n",
-                    r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed, eta);
-            fflush(r.tlog);
+            errno = 0;
+            note_write(&r, r.tlog, "trainer_log.jsonl",
+                       fprintf(r.tlog,
+                               "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
+                               "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
+                               "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                               r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed,
+                               eta > 0 ? eta : 0) >= 0);
         }
-        progress(&r, loss, lr, tok_window, eta);
+        progress(&r, loss, lr, tok_window, eta, &last_line);
         int do_eval = (cfg->eval_steps > 0 && r.step % cfg->eval_steps == 0) || r.step == r.total;
         if (do_eval && r.val->n) {
             double el;
             if ((rc = run_eval(&r, &el, err))) break;
-            if (el < r.best_eval) r.best_eval = el;
+            if (el < r.best_eval) {
+                r.best_eval = el;
+                r.best_step = r.step;
+            }
             cJSON *e = event("eval");
             cJSON_AddNumberToObject(e, "step", r.step);
             cJSON_AddNumberToObject(e, "epoch", epoch);
             cJSON_AddNumberToObject(e, "eval_loss", el);
             cJSON_AddNumberToObject(e, "perplexity", exp(el));
             emit(&r, e);
-            fprintf(r.tlog,
-                    "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": %.6g, \"epoch\": "
-                    "%.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", \"remaining_time\": "
-                    "\"%.0fs\"}\n",
-                    r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed, eta);
-            fflush(r.tlog);
+            say(&r, "eval step %d: loss %.4f (best %.4f)", r.step, el, r.best_eval);
+            errno = 0;
+            note_write(&r, r.tlog, "trainer_log.jsonl",
+                       fprintf(r.tlog,
+                               "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
+                               "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
+                               "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                               r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed,
+                               eta > 0 ? eta : 0) >= 0);
         }
         int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total
                                               : do_eval;
         if (do_sample && (rc = run_samples(&r, err))) break;
+        if (r.write_errno) break; /* the check at the top says it; no checkpoint after it */
         if (cfg->save_steps > 0 && r.step % cfg->save_steps == 0 && r.step < r.total) {
             if ((rc = save_checkpoint(&r, err))) break;
             saved_at = r.step;
         }
     }
+    if (!rc && r.write_errno) rc = write_error(&r, err);
     (void)tokens_total;
     if (!rc && !strcmp(status, "stopped") && r.step > saved_at) rc = save_checkpoint(&r, err);
     if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
@@ -1119,7 +1611,23 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     cJSON_AddStringToObject(e, "status", rc ? "error" : status);
     cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
     if (isfinite(r.best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r.best_eval);
+    if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
     emit(&r, e);
+    if (!rc) { /* the summary: where the result went, best eval loss, time */
+        char t[32], best[96] = "";
+        fmt_secs(time_now() - r.t0 - paused_total, t, sizeof t);
+        if (isfinite(r.best_eval))
+            snprintf(best, sizeof best, "; best eval loss %.4f%s", r.best_eval, "");
+        if (!strcmp(status, "finished")) {
+            TrainMethod mt = train_setup(r.ts)->method;
+            say(&r, "tuna: finished %d steps in %s%s; %s in %s/", r.step, t, best,
+                mt == METHOD_LORA || mt == METHOD_PREFIX ? "adapter" : "model", r.dir);
+        } else
+            say(&r, "tuna: stopped at step %d of %d after %s%s", r.step, r.total, t, best);
+        if (bad_total)
+            say(&r, "tuna: %d steps skipped for a non-finite loss or gradient", bad_total);
+    }
+    if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(status, "stopped");
     free(ids);
     free(tg);
     run_close(&r);

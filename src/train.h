@@ -25,12 +25,13 @@ typedef struct TrainConfig {
     char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
     char method[16], stage[8], lora_target[256], output[1024], vars[512], lr_scheduler[32];
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
-    int lora_rank, use_rslora, freeze_layers, epochs, max_steps, batch_size, grad_accum;
+    int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
     int train_on_prompt, mask_history;
     double lora_alpha, lora_dropout, lr, val_size, warmup_ratio, weight_decay, max_grad_norm;
+    double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
 } TrainConfig;
 
 /* Defaults for every field. */
@@ -39,6 +40,12 @@ void train_config_defaults(TrainConfig *c);
 int train_config_load(TrainConfig *c, const char *path, TunaErr *err);
 /* Writes c as JSON (caller frees). */
 char *train_config_json(const TrainConfig *c);
+/* Checks every numeric field's range; the message names the flag and the value, e.g.
+ * "--lr: must be a number > 0, got -1". */
+int train_config_check(const TrainConfig *c, TunaErr *err);
+/* The keys whose values differ between a and b (output and threads left out), as
+ * "lr 0.001 -> 0.05, epochs 3 -> 5" into out; returns how many. */
+int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap);
 /* Sets one field from its flag/key name and a string value. */
 int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err);
 /* Prints the flag table (name, default, help) for --help. */
@@ -51,10 +58,17 @@ typedef struct TrainHooks {
     volatile sig_atomic_t *stop; /* set (e.g. by SIGINT): checkpoint, then return */
     void (*on_line)(void *user, const char *json_line); /* every metrics.jsonl line */
     void *user;
-    int quiet; /* no progress on stderr */
+    int quiet;             /* no progress on stderr */
+    int overwrite;         /* replace an existing run in cfg->output (else refused) */
+    const char *changes;   /* resume: settings changed on purpose (logged, kept in history) */
+    int *stopped;          /* out: 1 when the run stopped before finishing (stop, signal) */
+    double progress_every; /* stderr not a terminal: seconds between progress lines (0: 10) */
 } TrainHooks;
 
-/* Runs training; resume: continue from the newest checkpoint in cfg->output. */
+/* Runs training; resume: continue from the newest checkpoint in cfg->output that validates.
+ * Everything is checked (options, model, data, template) before the run folder is touched;
+ * a folder that holds a run is refused unless hooks->overwrite or resume; RUN/.lock keeps a
+ * second trainer out. */
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err);
 
 // --- CLI
