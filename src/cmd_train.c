@@ -1,11 +1,15 @@
 /* cmd_train.c: `tuna train` and `tuna export`. The flags of train come from the TrainConfig
  * table in train.c (the same keys as train_config.json), so --help, the config file and
  * the flags cannot drift apart. */
+#include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../kernels/backend.h"
 #include "model.h"
@@ -135,6 +139,7 @@ int cmd_train(int argc, char **argv) {
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit: the write fails with EFBIG and is reported */
     int stopped = 0;
     TrainHooks hooks = {.stop = &stop_flag,
                         .quiet = quiet,
@@ -154,14 +159,112 @@ int cmd_train(int argc, char **argv) {
     return 0;
 }
 
+/* The marker a tuna export leaves in its folder: a first line, then the files it wrote. A
+ * folder with it may be exported into again; other non-empty folders need --overwrite. */
+#define EXPORT_MARKER ".tuna-export"
+
+/* 1: dir has nothing in it but . and .. */
+static int dir_empty(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int empty = 1;
+    while (empty && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty;
+}
+
+/* Writes the marker listing the files of tmp (the new export). */
+static int write_marker(const char *tmp, const char *dir, const char *model, const char *adapter) {
+    char path[4400];
+    snprintf(path, sizeof path, "%s/" EXPORT_MARKER, dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "tuna export of %s%s%s\n", model, adapter ? " + " : "", adapter ? adapter : "");
+    DIR *d = opendir(tmp);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') fprintf(f, "%s\n", e->d_name);
+    if (d) closedir(d);
+    return fclose(f) ? -1 : 0;
+}
+
+/* Moves the files of tmp into dir one by one (each rename atomic), after removing the files
+ * the previous export listed that this one does not write; other files stay. */
+static int move_into(const char *tmp, const char *dir, TunaErr *err) {
+    char a[4800], b[4800], line[512];
+    snprintf(a, sizeof a, "%s/" EXPORT_MARKER, dir);
+    FILE *m = fopen(a, "r");
+    if (m && fgets(line, sizeof line, m))
+        while (fgets(line, sizeof line, m)) {
+            line[strcspn(line, "\r\n")] = '\0';
+            if (!line[0] || line[0] == '.' || strchr(line, '/')) continue;
+            snprintf(a, sizeof a, "%s/%s", tmp, line);
+            snprintf(b, sizeof b, "%s/%s", dir, line);
+            if (access(a, F_OK)) unlink(b);
+        }
+    if (m) fclose(m);
+    DIR *d = opendir(tmp);
+    if (!d) return tuna_errf(err, TUNA_EIO, "%s: cannot read", tmp);
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(a, sizeof a, "%s/%s", tmp, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", dir, e->d_name);
+        if (rename(a, b)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", b, strerror(errno));
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Writes the merged model to out: a new folder appears whole (written beside it, renamed);
+ * into an existing one (empty, a previous export, or --overwrite) the files move in one by
+ * one from a temporary folder inside it. Nothing but the export's own files is replaced. */
+static int export_to(const Model *m, const char *out, int overwrite, const char *model,
+                     const char *adapter, TunaErr *err) {
+    struct stat sb;
+    char tmp[4200], marker[4300];
+    if (stat(out, &sb)) {
+        int rc = dir_begin(out, tmp, sizeof tmp, err);
+        if (!rc) rc = model_write_hf(m, tmp, err);
+        if (!rc && write_marker(tmp, tmp, model, adapter))
+            rc = tuna_errf(err, TUNA_EIO, "%s/" EXPORT_MARKER ": cannot write", tmp);
+        if (!rc && rename(tmp, out))
+            rc = tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", out, strerror(errno));
+        if (rc) dir_remove(tmp);
+        return rc;
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return tuna_errf(err, TUNA_EINVAL, "--out %s: exists and is not a folder", out);
+    snprintf(marker, sizeof marker, "%s/" EXPORT_MARKER, out);
+    if (!overwrite && !dir_empty(out) && access(marker, F_OK))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--out %s: the folder is not empty and not a tuna export; choose a new "
+                         "folder, or add --overwrite (files of the export's names are replaced, "
+                         "others kept)",
+                         out);
+    snprintf(tmp, sizeof tmp, "%s/.tuna-export-tmp-%d", out, (int)getpid());
+    dir_remove(tmp);
+    if (mkdir(tmp, 0755))
+        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    int rc = model_write_hf(m, tmp, err);
+    if (!rc) rc = move_into(tmp, out, err);
+    if (!rc && write_marker(out, out, model, adapter))
+        rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", marker);
+    dir_remove(tmp);
+    return rc;
+}
+
 int cmd_export(int argc, char **argv) {
-    static struct option lo[] = {{"model", required_argument, NULL, 'm'},
-                                 {"adapter", required_argument, NULL, 'a'},
-                                 {"out", required_argument, NULL, 'o'},
-                                 {"help", no_argument, NULL, 'h'},
-                                 {0, 0, 0, 0}};
-    const char *model = NULL, *adapter = NULL, *out = NULL;
-    int c;
+    static struct option lo[] = {
+            {"model", required_argument, NULL, 'm'}, {"adapter", required_argument, NULL, 'a'},
+            {"out", required_argument, NULL, 'o'},   {"overwrite", no_argument, NULL, 'w'},
+            {"help", no_argument, NULL, 'h'},        {0, 0, 0, 0}};
+    const char *model = NULL, *adapter = NULL;
+    char out[4000] = "";
+    int c, overwrite = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'm')
@@ -169,26 +272,40 @@ int cmd_export(int argc, char **argv) {
         else if (c == 'a')
             adapter = optarg;
         else if (c == 'o')
-            out = optarg;
+            snprintf(out, sizeof out, "%s", optarg);
+        else if (c == 'w')
+            overwrite = 1;
         else if (c == 'h') {
-            printf("usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR\n"
+            printf("usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR "
+                   "[--overwrite]\n"
                    "Merges a PEFT LoRA adapter into the model and writes a Hugging Face "
-                   "checkpoint.\n");
+                   "checkpoint.\n"
+                   "--out must be new, empty or a previous export; --overwrite writes into "
+                   "another folder (files of the same names replaced, others kept).\n");
             return 0;
         } else {
             fprintf(stderr, "tuna export: see --help\n");
             return 2;
         }
     }
-    if (!model || !out) {
+    if (!model || !out[0]) {
         fprintf(stderr, "tuna export: --model and --out are required (see --help)\n");
         return 2;
     }
+    if (optind < argc) {
+        fprintf(stderr, "tuna export: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+        return 2;
+    }
+    size_t ol = strlen(out);
+    while (ol > 1 && out[ol - 1] == '/') /* merged/ is merged */
+        out[--ol] = '\0';
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 0, &err);
     Model *m = NULL;
+    /* the model and adapter load before --out is looked at: a failure touches nothing */
     int rc = !be || model_load(model, be, &m, &err) ||
-             (adapter && adapter_load(m, adapter, &err)) || model_save_hf(m, out, &err);
+             (adapter && adapter_load(m, adapter, &err)) ||
+             export_to(m, out, overwrite, model, adapter, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else

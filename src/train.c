@@ -1252,9 +1252,10 @@ static int run_claim(Run *r, int resume, TunaErr *err) {
     }
     clean_stale(r);
     if (overwrite && !resume && exists) { /* the old run's files and checkpoints, not others */
-        static const char *const more[] = {"config.json", "generation_config.json",
-                                           "tokenizer.json", "tokenizer_config.json", "control"};
-        for (size_t i = 0; i < sizeof run_files / sizeof run_files[0] + 5; i++) {
+        static const char *const more[] = {"config.json",     "generation_config.json",
+                                           "tokenizer.json",  "tokenizer_config.json",
+                                           "tokenizer.model", "control"};
+        for (size_t i = 0; i < sizeof run_files / sizeof run_files[0] + 6; i++) {
             const char *f = i < sizeof run_files / sizeof run_files[0]
                                     ? run_files[i]
                                     : more[i - sizeof run_files / sizeof run_files[0]];
