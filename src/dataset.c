@@ -3,6 +3,7 @@
 #include "dataset.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -432,6 +433,18 @@ static int bad_row(Ctx *c, TunaErr *err, const char *path, long line, const char
     return 0;
 }
 
+/* The first {{identifier}} in s, or NULL. */
+static const char *first_placeholder(const char *s) {
+    for (const char *p = s; (p = strstr(p, "{{")); p += 2) {
+        const char *q = p + 2;
+        if (!(isalpha((unsigned char)*q) || *q == '_')) continue;
+        while (isalnum((unsigned char)*q) || *q == '_')
+            q++;
+        if (q[0] == '}' && q[1] == '}' && q - p < 64) return p;
+    }
+    return NULL;
+}
+
 static const char *jtype(const cJSON *j) {
     if (!j) return "nothing";
     if (cJSON_IsNull(j)) return "null";
@@ -734,6 +747,20 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
     if (why) {
         rc = bad_row(c, err, path, line, "%s", why);
         goto out;
+    }
+    for (int k = 0; k < cv.n; k++) { /* a {{name}} left after --vars: unfilled or misspelt */
+        const char *ph = first_placeholder(cv.m[k].content);
+        if (!ph) continue;
+        int pl = (int)(strstr(ph, "}}") - ph) + 2;
+        if (c->opt->strict) {
+            rc = tuna_errf(err, TUNA_EFORMAT,
+                           "%s:%ld: %.*s is not filled (--vars %.*s=...; a misspelling?)", path,
+                           line, pl, ph, pl - 4, ph + 2);
+            goto out;
+        }
+        if (!c->d->n_unfilled++)
+            snprintf(c->d->unfilled, TUNA_ERR_LEN, "%s:%ld: %.*s", path, line, pl, ph);
+        break;
     }
     if (pt) { /* LLaMA-Factory pt uses the first prompt message's content */
         int k = 0;

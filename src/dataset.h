@@ -52,6 +52,8 @@ typedef struct Dataset {
     size_t n_train_tokens; /* labels != -100 */
     int n_msgs;            /* first bad-row messages, for a summary */
     char msgs[DATASET_MAX_MSGS][TUNA_ERR_LEN];
+    size_t n_unfilled; /* rows with a {{placeholder}} no --vars filled (kept; strict: fatal) */
+    char unfilled[TUNA_ERR_LEN]; /* the first one: "FILE:LINE: {{name}}" */
 } Dataset;
 
 /* Loads and encodes opt->names. tpl may be NULL only with stage_pt. On success *out is owned by

@@ -1083,6 +1083,14 @@ static int run_open(Run *r, TunaErr *err) {
                  r->all->n_msgs ? r->all->msgs[0] : "?");
         emit_log(r, "warn", msg);
     }
+    if (r->all->n_unfilled) {
+        char msg[700];
+        snprintf(msg, sizeof msg,
+                 "%zu rows keep an unfilled {{placeholder}} (first: %s); fill it with --vars "
+                 "NAME=VALUE, or --strict to refuse",
+                 r->all->n_unfilled, r->all->unfilled);
+        emit_log(r, "warn", msg);
+    }
     if ((rc = dataset_split(r->all, c->val_size, (uint64_t)c->seed, &r->train, &r->val, err)))
         return rc;
     if (r->train->n == 0)
