@@ -179,9 +179,9 @@ static int range_err(const Field *f, const Range *rg, const char *raw, const cha
     if (!rg)
         snprintf(what, sizeof what, "%s", kind);
     else if (rg->hi == HUGE_VAL)
-        snprintf(what, sizeof what, "%s %s %g", kind, rg->lo_open ? ">" : ">=", rg->lo);
+        snprintf(what, sizeof what, "%s %s %.10g", kind, rg->lo_open ? ">" : ">=", rg->lo);
     else
-        snprintf(what, sizeof what, "%s from %g to %g", kind, rg->lo, rg->hi);
+        snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, rg->lo, rg->hi);
     return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
 }
 
@@ -1519,8 +1519,24 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
                      r.step, loss, gnorm, bad_row, bad_total);
             emit_log(&r, "warn", msg);
             if (bad_row >= cfg->max_bad_steps) {
-                char keep[64] = "no checkpoint was saved";
-                if (saved_at > 0) snprintf(keep, sizeof keep, "checkpoint-%d is kept", saved_at);
+                /* a checkpoint this run saved just before the first bad step holds the weights
+                 * that gave it: set aside (renamed, not deleted); the one before it is kept */
+                char keep[200] = "no checkpoint was saved", set_aside[80] = "";
+                int first_bad = r.step - bad_row + 1;
+                if (saved_at == first_bad - 1 && saved_at > start_step) {
+                    char a[1200], b2[1300];
+                    snprintf(a, sizeof a, "%s/checkpoint-%d", r.dir, saved_at);
+                    snprintf(b2, sizeof b2, "%s.nonfinite", a);
+                    if (!rename(a, b2))
+                        snprintf(set_aside, sizeof set_aside,
+                                 " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)",
+                                 saved_at, saved_at);
+                }
+                int cks[4096], nck = list_ckpts(r.dir, cks, 4096);
+                while (nck > 0 && cks[nck - 1] > r.step)
+                    nck--;
+                if (nck > 0)
+                    snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
                 rc = tuna_errf(err, TUNA_EINVAL,
                                "stopped at step %d: %d steps in a row with a non-finite loss or "
                                "gradient (lr %.3g too high?); %s",
