@@ -1379,6 +1379,16 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     if (!rc && resume) rc = resume_pick(&r, err);
     if (!rc) rc = run_files_open(&r, resume, err);
     char msg[600];
+    if (rc && !r.metrics && !resume) { /* the workbench's fresh folder waits for the error */
+        char path[1200];
+        snprintf(path, sizeof path, "%s/setup_config.json", r.dir);
+        if (access(path, F_OK) == 0 && !holds_run(r.dir)) {
+            snprintf(path, sizeof path, "%s/metrics.jsonl", r.dir);
+            r.metrics = fopen(path, "w");
+            for (int i = 0; r.metrics && i < r.n_pending; i++)
+                fprintf(r.metrics, "%s\n", r.pending[i]);
+        }
+    }
     if (rc) {
         if (r.metrics) {
             cJSON *e = event("done");
