@@ -248,6 +248,41 @@ fail:
     return rc;
 }
 
+/* The first {{identifier}} in s that is not a known one, or NULL; *len its length. */
+static const char *unknown_in(const char *s, int *len) {
+    static const char *const known[] = {"content", "name", "arguments", "bos_token", "eos_token"};
+    for (const char *p = s; p && (p = strstr(p, "{{")); p += 2) {
+        const char *q = p + 2;
+        while ((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+               *q == '_')
+            q++;
+        if (q == p + 2 || q[0] != '}' || q[1] != '}' || q - p > 60) continue;
+        int k = 0, n = (int)(q - p - 2);
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            k |= (int)strlen(known[i]) == n && !strncmp(known[i], p + 2, (size_t)n);
+        if (!k) {
+            *len = n + 4;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+int template_unknown_placeholder(const Template *t, char *out, size_t cap) {
+    const Slot *slots[] = {&t->prefix,      &t->system,   &t->user,  &t->assistant,
+                           &t->observation, &t->function, &t->tools, &t->separator};
+    for (size_t k = 0; k < sizeof slots / sizeof slots[0]; k++)
+        for (int i = 0; i < slots[k]->n; i++) {
+            int len = 0;
+            const char *p = slots[k]->el[i].text ? unknown_in(slots[k]->el[i].text, &len) : NULL;
+            if (p) {
+                snprintf(out, cap, "%.*s", len, p);
+                return 1;
+            }
+        }
+    return 0;
+}
+
 void template_free(Template *t) {
     if (!t) return;
     Slot *slots[] = {&t->prefix,      &t->system,   &t->user,  &t->assistant,

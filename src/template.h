@@ -24,7 +24,10 @@ typedef struct Template Template;
  * TUNA_ENOTFOUND (with the list of available names) if the file is missing, TUNA_EFORMAT with
  * file and key for a bad file. On success *out is owned by the caller. */
 int template_load(const char *templates_dir, const char *name, Template **out, TunaErr *err);
-void template_free(Template *t);                        /* NULL-safe */
+void template_free(Template *t); /* NULL-safe */
+/* The first {{word}} in t's formats that nothing fills (not content, name, arguments, bos_token
+ * or eos_token): a misspelling such as {{contnet}}. Copied into out; 0 if there is none. */
+int template_unknown_placeholder(const Template *t, char *out, size_t cap);
 const char *template_name(const Template *t);           /* borrowed */
 const char *template_default_system(const Template *t); /* borrowed, "" when none */
 

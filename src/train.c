@@ -1067,6 +1067,20 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = model_load(c->model, r->be, &r->m, err))) return rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
+    char ph[80];
+    if (template_unknown_placeholder(r->tpl, ph, sizeof ph)) {
+        if (c->strict)
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s/%s.json: %s is not a placeholder tuna fills ({{content}}, "
+                             "{{bos_token}}, {{eos_token}}); a misspelling?",
+                             c->templates_dir, c->template_name, ph);
+        char msg[2200];
+        snprintf(msg, sizeof msg,
+                 "%s/%s.json: %s is not a placeholder tuna fills and stays as text "
+                 "(--strict refuses it)",
+                 c->templates_dir, c->template_name, ph);
+        emit_log(r, "warn", msg);
+    }
     DatasetOptions dopt = {.names = c->dataset,
                            .dataset_dir = c->dataset_dir,
                            .vars = c->vars,

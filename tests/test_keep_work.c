@@ -464,6 +464,28 @@ static void test_options(void) {
     CHECK(rc == 1 && strstr(err_text(), "{{author}} is not filled") && access(dps, F_OK) != 0,
           "--strict: want a refusal naming {{author}} (exit %d): %s", rc, err_text());
     printf("  --strict: %s", err_text());
+    // --- a misspelt placeholder in a template file: warned, refused with --strict
+    char td[450], tp[500];
+    snprintf(td, sizeof td, "%s/tpl", tmp);
+    mkdir(td, 0755);
+    snprintf(tp, sizeof tp, "%s/bad.json", td);
+    FILE *f = fopen(tp, "w");
+    if (f)
+        fputs("{\"format_user\": \"{{content}}\", \"format_assistant\": "
+              "\"{{contnet}} {{content}}{{eos_token}}\"}\n",
+              f),
+                fclose(f);
+    rc = sh("%s train " BASE "--templates-dir %s --template bad --max-steps 1 --output %s/t1", bin,
+            td, tmp);
+    CHECK(rc == 0 && strstr(err_text(), "{{contnet}} is not a placeholder tuna fills"),
+          "misspelt template placeholder: want a warning (exit %d): %s", rc, err_text());
+    rc = sh("%s train " BASE "--templates-dir %s --template bad --max-steps 1 --strict --output "
+            "%s/t2",
+            bin, td, tmp);
+    snprintf(tp, sizeof tp, "%s/t2", tmp);
+    CHECK(rc == 1 && strstr(err_text(), "{{contnet}}") && access(tp, F_OK) != 0,
+          "misspelt template placeholder --strict: want a refusal (exit %d): %s", rc, err_text());
+    printf("  template --strict: %s", err_text());
 }
 
 static void test_headless(void) {
