@@ -1173,14 +1173,19 @@ static int holds_run(const char *dir) {
     return list_ckpts(dir, steps, 4) > 0;
 }
 
-/* "NAME.tmp-PID" whose process is gone: an interrupted atomic write. */
-static int stale_tmp(const char *name) {
-    const char *t = strstr(name, ".tmp-");
+/* "NAME.tmp-PID" (or, with tag ".old-", NAME.old-PID) whose process is gone: an interrupted
+ * atomic write. */
+static int stale_tagged(const char *name, const char *tag) {
+    const char *t = strstr(name, tag);
     if (!t) return 0;
     char *end;
     long pid = strtol(t + 5, &end, 10);
     if (end == t + 5 || *end || pid <= 0) return 0;
     return pid != (long)getpid() && kill((pid_t)pid, 0) && errno == ESRCH;
+}
+
+static int stale_tmp(const char *name) {
+    return stale_tagged(name, ".tmp-");
 }
 
 /* Removes checkpoint-N.tmp-PID (and the like) left in dir by a trainer that died, and
@@ -1194,6 +1199,21 @@ static void clean_stale(Run *r) {
             snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
             dir_remove(path);
             snprintf(msg, sizeof msg, "removed %s (left by an interrupted write)", e->d_name);
+            emit_log(r, "info", msg);
+        } else if (stale_tagged(e->d_name, ".old-")) {
+            /* checkpoint-N.old-PID: the replaced copy; when the new one never arrived it is
+             * the checkpoint, so it goes back under its name */
+            char base[1600];
+            snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
+            snprintf(base, sizeof base, "%s", path);
+            *strstr(base + strlen(r->dir), ".old-") = '\0';
+            if (access(base, F_OK) && !rename(path, base)) {
+                snprintf(msg, sizeof msg, "restored %s (a replacement was interrupted)",
+                         base + strlen(r->dir) + 1);
+            } else {
+                dir_remove(path);
+                snprintf(msg, sizeof msg, "removed %s (left by an interrupted write)", e->d_name);
+            }
             emit_log(r, "info", msg);
         }
     if (d) closedir(d);

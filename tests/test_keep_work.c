@@ -328,10 +328,17 @@ static void test_resume(void) {
     pid_t dead = fork();
     if (dead == 0) _exit(0);
     waitpid(dead, NULL, 0);
+    /* and checkpoint-2 caught mid-replacement: only its .old-PID copy is there */
+    char c2[600], c2old[700];
+    snprintf(c2, sizeof c2, "%s/checkpoint-2", d);
+    snprintf(c2old, sizeof c2old, "%s.old-%d", c2, (int)dead);
+    rename(c2, c2old);
     snprintf(p, sizeof p, "%s/checkpoint-5.tmp-%d", d, (int)dead);
     mkdir(p, 0755);
     int rc = sh("%s train --resume %s", bin, d);
     const char *e = err_text();
+    CHECK(strstr(e, "restored checkpoint-2") && access(c2old, F_OK) != 0,
+          "checkpoint-2.old-PID was not restored: %s", e);
     CHECK(rc == 0 && strstr(e, "checkpoint-99 skipped") && strstr(e, "checkpoint-4 skipped") &&
                   strstr(e, "resumed from checkpoint-2, the newest that validates"),
           "fallback resume (exit %d): %s", rc, e);
