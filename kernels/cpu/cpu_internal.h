@@ -53,8 +53,8 @@ static inline void omp_share(size_t n, size_t *lo, size_t *hi) {
  * [-87, 88], clamped outside), in a form `omp simd` vectorizes (libm's expf stays a scalar
  * call without -ffast-math, and floorf blocks GCC 12's vectorizer, so n is rounded with the
  * 1.5 * 2^23 trick). exp(-inf) gives 1.6e-38, not 0: callers never pass masked entries. */
-static inline float vexpf(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+static inline float vexpf(float xin) {
+    float x = xin > -87.0f ? (xin < 88.0f ? xin : 88.0f) : -87.0f; /* NaN too: no UB cast below */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;              /* x - n ln 2 */
     float p = 1.9875691500e-4f;
@@ -67,7 +67,7 @@ static inline float vexpf(float x) {
     int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n */
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
+    return xin == xin ? p * two_n : xin; /* NaN stays NaN (a diverged run is detected) */
 }
 
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
