@@ -1267,7 +1267,8 @@ static int run_claim(Run *r, int resume, TunaErr *err) {
     r->lock_fd = -1;
     if (exists) { /* a held lock first: that answer is the one that helps */
         int fd = open(path, O_RDWR | O_CLOEXEC);
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB)) return lock_busy(r, fd, err);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK)
+            return lock_busy(r, fd, err);
         r->lock_fd = fd;
     }
     int overwrite = r->hooks && r->hooks->overwrite;
@@ -1284,7 +1285,12 @@ static int run_claim(Run *r, int resume, TunaErr *err) {
     if (r->lock_fd < 0) {
         int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", path, strerror(errno));
-        if (flock(fd, LOCK_EX | LOCK_NB)) return lock_busy(r, fd, err);
+        if (flock(fd, LOCK_EX | LOCK_NB)) {
+            if (errno == EWOULDBLOCK) return lock_busy(r, fd, err);
+            emit_log(r, "warn",
+                     "this file system does not lock files: nothing stops a second "
+                     "trainer writing this run");
+        }
         r->lock_fd = fd;
     }
     char pid[32];
