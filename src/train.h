@@ -12,6 +12,9 @@
  *                       freeze) at the root when the run finishes
  *   control             a line "pause", "resume", "save" or "stop" written here by anyone
  *                       is read (and the file removed) between steps
+ *   .lock               flock'ed by the trainer writing the folder, its pid inside
+ * Stale checkpoint-N.tmp-PID / .old-PID of a dead trainer are cleaned (or restored) on the
+ * next start; a checkpoint-N set aside after non-finite steps is checkpoint-N.nonfinite.
  * train_run runs on the calling thread; the TUI runs it on a worker thread. */
 #ifndef TUNA_SRC_TRAIN_H
 #define TUNA_SRC_TRAIN_H
