@@ -109,7 +109,7 @@ test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
-SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate \
+SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics
 test-san:
