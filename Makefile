@@ -141,11 +141,13 @@ FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_OBJ     := $(FUZZ_SRC:%.c=build-fuzz/obj/%.o)
+.SECONDARY: $(FUZZ_OBJ)
 build-fuzz/obj/%.o: %.c $(wildcard src/*.h ui/*.h) Makefile
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC:%.c=build-fuzz/obj/%.o)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_SRC:%.c=build-fuzz/obj/%.o) \
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) \
 		-lcjson -lpcre2-8 -lm
 fuzz: deps $(FUZZ_BIN)
 	@sh tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz $(notdir $(FUZZ_BIN))

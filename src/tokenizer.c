@@ -473,6 +473,7 @@ struct Tokenizer {
     size_t n_added;
     StrMap added_map;
     AddedSet raw_set, norm_set;
+    size_t n_norm_owned; /* norm_set.p[0..n) own their s (normalized copies) */
     pcre2_code *word_re; /* \w for single_word tokens */
     /* pipeline */
     NormStep norm[TOK_MAX_STEPS];
@@ -542,7 +543,8 @@ static int jint(const Tokenizer *t, const cJSON *v, const char *where, long lo, 
         return tuna_errf(err, TUNA_EFORMAT, "%s: %s must be an integer, got %s", t->path, where,
                          jtype(v));
     double d = v->valuedouble;
-    if (d != (double)(long)d || d < (double)lo || d > (double)hi)
+    /* range first: casting an out-of-range double (1e300) to long is undefined */
+    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(long)d)
         return tuna_errf(err, TUNA_EFORMAT, "%s: %s must be an integer in [%ld, %ld], got %g",
                          t->path, where, lo, hi, d);
     *out = (long)d;
@@ -894,6 +896,7 @@ static int finish_norm_set(Tokenizer *t, TunaErr *err) {
         if (!b.len) buf_add(&b, t->norm_set.p[k].s, t->norm_set.p[k].len);
         t->norm_set.p[k].s = b.p; /* owned: freed in tokenizer_free */
         t->norm_set.p[k].len = b.len;
+        t->n_norm_owned = k + 1;
     }
     matchctx_free(&mc);
     addedset_build(&t->norm_set);
@@ -1357,7 +1360,9 @@ void tokenizer_free(Tokenizer *t) {
     free(t->added_special);
     strmap_free(&t->added_map);
     free(t->raw_set.p);
-    for (size_t k = 0; k < t->norm_set.n; k++)
+    /* until finish_norm_set replaced them, the entries borrow t->added's strings: a load that
+     * failed between load_added and finish_norm_set freed those twice */
+    for (size_t k = 0; k < t->n_norm_owned; k++)
         free((void *)t->norm_set.p[k].s);
     free(t->norm_set.p);
     pcre2_code_free(t->word_re);

@@ -48,6 +48,95 @@ static void write_text(const char *dir, const char *name, const char *s) {
     write_file(dir, name, s, strlen(s));
 }
 
+/* The loader failed with a negative code and one line naming file and containing needle. */
+static void expect_msg(const char *label, int rc, const TunaErr *err, const char *file,
+                       const char *needle) {
+    CHECK(rc < 0, "%s: expected an error, got %d", label, rc);
+    CHECK(err->msg[0] && !strchr(err->msg, '\n'), "%s: message must be one line: \"%s\"", label,
+          err->msg);
+    CHECK(strstr(err->msg, file) != NULL, "%s: message must name %s: \"%s\"", label, file,
+          err->msg);
+    CHECK(strstr(err->msg, needle) != NULL, "%s: message must say \"%s\": \"%s\"", label, needle,
+          err->msg);
+    if (getenv("TUNA_TEST_VERBOSE")) printf("%s: %s\n", label, err->msg);
+}
+
+// --- tokenizer.json (fuzz_tokenizer) ---------------------------------------------------------
+
+static int tok_load_text(const char *label, const char *text, Tokenizer **tok, TunaErr *err) {
+    const char *dir = mkcase(label);
+    write_text(dir, "tokenizer.json", text);
+    *tok = NULL;
+    memset(err, 0, sizeof *err);
+    return tokenizer_load(dir, tok, err);
+}
+
+/* fuzz_tokenizer: an added token with "normalized": true, then a load error in the normalizer,
+ * pre-tokenizer, post-processor or decoder. The normalized-match set still borrowed the added
+ * tokens' strings and tokenizer_free freed them a second time (heap double free). */
+static void test_tokenizer_double_free(void) {
+    static const char *tails[] = {
+            "\"normalizer\":{\"type\":\"NoSuchNormalizer\"}",
+            "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
+            "\"behavior\":\"Isolated\",\"invert\":false}",
+            "\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"a\",1e300],"
+            "\"sep\":[\"b\",1]}",
+            "\"decoder\":{\"type\":\"NoSuchDecoder\"}",
+    };
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        char text[1024], label[32];
+        snprintf(text, sizeof text,
+                 "{\"added_tokens\":[{\"id\":4,\"content\":\"<x>\",\"special\":false,"
+                 "\"normalized\":true},{\"id\":5,\"content\":\"<y>\",\"normalized\":true}],"
+                 "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"c\":3},"
+                 "\"merges\":[\"a b\"]},%s}",
+                 tails[i]);
+        snprintf(label, sizeof label, "tok_dfree_%zu", i);
+        Tokenizer *tok;
+        TunaErr err;
+        int rc = tok_load_text(label, text, &tok, &err);
+        CHECK(tok == NULL, "%s: *out stays NULL", label);
+        expect_msg(label, rc, &err, "tokenizer.json", "tokenizer.json");
+    }
+    /* control: the same tokens with a valid pipeline load, and encode to the added ids */
+    Tokenizer *tok;
+    TunaErr err;
+    int rc = tok_load_text("tok_dfree_ok",
+                           "{\"added_tokens\":[{\"id\":4,\"content\":\"<x>\",\"normalized\":true}],"
+                           "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},"
+                           "\"content\":\"c\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,"
+                           "\"b\":1,\"ab\":2,\"c\":3},\"merges\":[\"a b\"]}}",
+                           &tok, &err);
+    CHECK(rc == 0, "control loads: %s", err.msg);
+    if (!rc) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK(tokenizer_encode(tok, "ab<x>", 5, 0, &ids, &n, &err) == 0 && n == 2 && ids[0] == 2 &&
+                      ids[1] == 4,
+              "control encodes \"ab<x>\" to [2, 4]");
+        free(ids);
+    }
+    tokenizer_free(tok);
+}
+
+/* fuzz_tokenizer: a vocab id of 2.5e123 was cast to long before its range was checked (UB:
+ * float-cast-overflow). Now: "must be an integer in [0, N], got 2.5e+123". */
+static void test_tokenizer_huge_ids(void) {
+    static const char *vals[] = {"2.56667e123", "-1e300", "1e19", "4294967296", "0.5"};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        char text[512], label[32];
+        snprintf(text, sizeof text,
+                 "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":%s},\"merges\":[]}}",
+                 vals[i]);
+        snprintf(label, sizeof label, "tok_huge_%zu", i);
+        Tokenizer *tok;
+        TunaErr err;
+        int rc = tok_load_text(label, text, &tok, &err);
+        CHECK(tok == NULL, "%s: *out stays NULL", label);
+        expect_msg(label, rc, &err, "tokenizer.json", "must be an integer in");
+    }
+}
+
 // --- metrics.jsonl reader (fuzz_metrics) ------------------------------------------------------
 
 /* fuzz_metrics: a run with an empty metrics.jsonl (no metrics yet): follow_poll called
@@ -91,6 +180,8 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
+    test_tokenizer_double_free();
+    test_tokenizer_huge_ids();
     test_metrics_empty_file();
     test_metrics_huge_numbers();
     nftw(base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
