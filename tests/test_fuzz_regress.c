@@ -137,6 +137,58 @@ static void test_tokenizer_huge_ids(void) {
     }
 }
 
+// --- config.json (fuzz_config) ----------------------------------------------------------------
+
+static const char *cfg_llama =
+        "{\"model_type\":\"llama\",\"vocab_size\":64,\"hidden_size\":16,\"intermediate_size\":32,"
+        "\"num_hidden_layers\":1,\"num_attention_heads\":2,";
+
+/* head + extra + "}" */
+static void cfg_case(const char *label, const char *head, const char *extra, const char *needle) {
+    char text[1024];
+    snprintf(text, sizeof text, "%s%s}", head, extra);
+    ModelConfig cfg;
+    TunaErr err = {0};
+    int rc = config_parse(text, "config.json", &cfg, &err);
+    expect_msg(label, rc, &err, "config.json", needle);
+}
+
+/* fuzz_config: float fields (rms_norm_eps, rope_theta, rope_scaling factors, generation
+ * temperature/top_p) were cast to float from any double (1e300: UB, float-cast-overflow);
+ * eos_token_id took cJSON's saturated valueint (1e300 -> INT_MAX) without a range check; GPT-2's
+ * default n_inner = 4 * n_embd overflowed an int for n_embd > 2^29 before the limits ran. */
+static void test_config_out_of_range(void) {
+    cfg_case("cfg_eps_1e300", cfg_llama, "\"rms_norm_eps\":1e300", "out of range for a float");
+    cfg_case("cfg_theta_-1e300", cfg_llama, "\"rope_theta\":-1e300", "out of range for a float");
+    cfg_case("cfg_rope_factor", cfg_llama,
+             "\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":3.5e38}",
+             "out of range for a float");
+    cfg_case("cfg_eos_1e300", cfg_llama, "\"eos_token_id\":1e300", "eos_token_id");
+    cfg_case("cfg_eos_list", cfg_llama, "\"eos_token_id\":[2,-1e300]", "eos_token_id");
+    cfg_case("cfg_eos_frac", cfg_llama, "\"eos_token_id\":2.5", "must be a token id");
+    cfg_case("cfg_gpt2_1e9",
+             "{\"model_type\":\"gpt2\",\"vocab_size\":64,\"n_embd\":1000000000,\"n_layer\":1,"
+             "\"n_head\":",
+             "1", "out of range");
+    /* controls: the same keys in range */
+    char text[1024];
+    snprintf(text, sizeof text, "%s%s}", cfg_llama,
+             "\"rms_norm_eps\":1e-5,\"rope_theta\":500000,\"eos_token_id\":[2,3]");
+    ModelConfig cfg;
+    TunaErr err = {0};
+    CHECK(config_parse(text, "config.json", &cfg, &err) == 0 && cfg.n_eos == 2 &&
+                  cfg.eos_ids[1] == 3 && cfg.rope_theta == 500000.0f,
+          "control parses: %s", err.msg);
+    /* generation_config.json: temperature 1e300 */
+    const char *dir = mkcase("cfg_gen");
+    snprintf(text, sizeof text, "%s%s}", cfg_llama, "\"rms_norm_eps\":1e-5");
+    write_text(dir, "config.json", text);
+    write_text(dir, "generation_config.json", "{\"temperature\":1e300}");
+    memset(&err, 0, sizeof err);
+    expect_msg("cfg_gen_temperature", config_load(dir, &cfg, &err), &err, "generation_config.json",
+               "out of range for a float");
+}
+
 // --- metrics.jsonl reader (fuzz_metrics) ------------------------------------------------------
 
 /* fuzz_metrics: a run with an empty metrics.jsonl (no metrics yet): follow_poll called
@@ -182,6 +234,7 @@ int main(void) {
     }
     test_tokenizer_double_free();
     test_tokenizer_huge_ids();
+    test_config_out_of_range();
     test_metrics_empty_file();
     test_metrics_huge_numbers();
     nftw(base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -86,7 +86,8 @@ for t in "$@"; do
     [ -d "tests/fuzz/corpus/$t" ] && dirs="$dirs tests/fuzz/corpus/$t"
     # shellcheck disable=SC2086
     "$out/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=$maxlen \
-        -timeout=20 -print_final_stats=1 -artifact_prefix="$out/crashes/$t/" $dirs > "$log" 2>&1
+        -timeout=20 -print_final_stats=1 -dict=tests/fuzz/json.dict -artifact_prefix="$out/crashes/$t/" \
+        $dirs > "$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
