@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -320,10 +321,23 @@ fail:
     return rc;
 }
 
+/* config.json and generation_config.json are a few KB: a larger file is refused before it is
+ * read. Returns 0 when path is small enough (or missing: the read reports that). */
+#define CONFIG_MAX_FILE (1 << 20)
+static int check_size(const char *path, TunaErr *err) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && sb.st_size > CONFIG_MAX_FILE)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: file too large (%lld bytes, limit %d)", path,
+                         (long long)sb.st_size, CONFIG_MAX_FILE);
+    return 0;
+}
+
 int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t len;
+    int rc0 = check_size(path, err);
+    if (rc0) return rc0;
     char *text = xread_file(path, &len);
     if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read (no such file?)", path);
     int rc = config_parse(text, path, cfg, err);
@@ -335,6 +349,7 @@ int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     cfg->gen_repetition_penalty = 1.0f;
     // generation_config.json overrides eos/bos when present (stories260K: eos [2, 1])
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if ((rc = check_size(path, err))) return rc;
     text = xread_file(path, &len);
     if (!text) return 0;
     cJSON *root = cJSON_Parse(text);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
@@ -1267,7 +1268,14 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
     int rc = 0;
     cJSON *root = NULL;
     size_t len;
-    char *text = xread_file(t->path, &len);
+    char *text = NULL;
+    struct stat sb;
+    if (stat(t->path, &sb) == 0 && sb.st_size > (off_t)TOK_MAX_FILE) { /* before reading it */
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: file too large (%lld bytes, limit %u)", t->path,
+                       (long long)sb.st_size, TOK_MAX_FILE);
+        goto fail;
+    }
+    text = xread_file(t->path, &len);
     if (!text) {
         rc = tuna_errf(err, errno == ENOENT ? TUNA_ENOTFOUND : TUNA_EIO, "%s: cannot read: %s",
                        t->path, strerror(errno));
@@ -1306,7 +1314,15 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
     cJSON_Delete(root);
     root = NULL;
 
-    /* id tables */
+    /* id tables: sized by the largest id, so refuse ids far beyond the number of tokens (one
+     * entry with id 16777215 would otherwise allocate ~400 MB) */
+    if ((size_t)t->n_ids > 2 * (t->n_vocab + t->n_added) + 1024) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: token ids are too sparse: largest id %d for %zu tokens (limit: twice "
+                       "the token count + 1024)",
+                       t->path, t->n_ids - 1, t->n_vocab + t->n_added);
+        goto fail;
+    }
     if (t->n_ids == 0) t->n_ids = 1;
     size_t n = (size_t)t->n_ids;
     t->id_str = xcalloc(n, sizeof *t->id_str);

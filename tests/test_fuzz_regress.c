@@ -189,6 +189,115 @@ static void test_config_out_of_range(void) {
                "out of range for a float");
 }
 
+// --- limits -------------------------------------------------------------------------------------
+
+/* A file of n bytes: "{" + spaces + "}" (sparse when big: the limits are checked before reading). */
+static void write_big_json(const char *dir, const char *name, long long n) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    if (!f) {
+        CHECK(0, "cannot create %s", p);
+        return;
+    }
+    fputc('{', f);
+    fseeko(f, (off_t)n - 1, SEEK_SET);
+    fputc('}', f);
+    fclose(f);
+}
+
+/* A safetensors file: u64 header length, header, data bytes (zeros). */
+static void write_st(const char *dir, const char *name, const char *hdr, size_t hlen,
+                     uint64_t hlen_field, size_t data) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    if (!f) {
+        CHECK(0, "cannot create %s", p);
+        return;
+    }
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)(hlen_field >> (8 * i));
+    fwrite(le, 1, 8, f);
+    fwrite(hdr, 1, hlen, f);
+    for (size_t i = 0; i < data; i++)
+        fputc(0, f);
+    fclose(f);
+}
+
+static void st_expect(const char *label, const char *dir, const char *needle) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/x.safetensors", dir);
+    SafeTensors *st = NULL;
+    TunaErr err = {0};
+    int rc = safetensors_open(p, &st, &err);
+    CHECK(st == NULL, "%s: *out stays NULL", label);
+    safetensors_free(st);
+    expect_msg(label, rc, &err, "x.safetensors", needle);
+}
+
+static void test_limits(void) {
+    TunaErr err = {0};
+    /* config.json / generation_config.json: 1 MB */
+    const char *dir = mkcase("lim_config");
+    write_big_json(dir, "config.json", (1 << 20) + 1);
+    ModelConfig cfg;
+    expect_msg("lim_config", config_load(dir, &cfg, &err), &err, "config.json", "file too large");
+    /* tokenizer.json: 1 GB, checked before reading (a sparse file) */
+    dir = mkcase("lim_tok_file");
+    write_big_json(dir, "tokenizer.json", (1LL << 30) + 1);
+    Tokenizer *tok = NULL;
+    memset(&err, 0, sizeof err);
+    expect_msg("lim_tok_file", tokenizer_load(dir, &tok, &err), &err, "tokenizer.json",
+               "file too large");
+    /* vocabulary: ids < 2^24, and not far sparser than the token count */
+    int rc = tok_load_text("lim_tok_ids",
+                           "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":16777216},"
+                           "\"merges\":[]}}",
+                           &tok, &err);
+    expect_msg("lim_tok_ids", rc, &err, "tokenizer.json", "[0, 16777215]");
+    rc = tok_load_text("lim_tok_sparse",
+                       "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":16777215},"
+                       "\"merges\":[]}}",
+                       &tok, &err);
+    expect_msg("lim_tok_sparse", rc, &err, "tokenizer.json", "too sparse");
+    rc = tok_load_text("lim_tok_sparse_ok",
+                       "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1000},"
+                       "\"merges\":[]}}",
+                       &tok, &err);
+    CHECK(rc == 0 && tokenizer_vocab_size(tok) == 1001, "a small gap loads: %s", err.msg);
+    tokenizer_free(tok);
+    /* safetensors: header length, shape overflow, data past the end, tensor count */
+    dir = mkcase("lim_st_hlen");
+    write_st(dir, "x.safetensors", "{}", 2, (uint64_t)ST_MAX_HEADER + 1, 0);
+    st_expect("lim_st_hlen", dir, "larger than the 100000000-byte limit");
+    dir = mkcase("lim_st_shape");
+    const char *h = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],"
+                    "\"data_offsets\":[0,4]}}";
+    write_st(dir, "x.safetensors", h, strlen(h), strlen(h), 4);
+    st_expect("lim_st_shape", dir, "overflows");
+    dir = mkcase("lim_st_count");
+    size_t cap = (size_t)ST_MAX_TENSORS * 64 + 64, n = 0;
+    char *big = malloc(cap);
+    n += (size_t)snprintf(big + n, cap - n, "{");
+    for (int i = 0; i <= ST_MAX_TENSORS; i++)
+        n += (size_t)snprintf(big + n, cap - n,
+                              "%s\"t%d\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}",
+                              i ? "," : "", i);
+    n += (size_t)snprintf(big + n, cap - n, "}");
+    write_st(dir, "x.safetensors", big, n, n, 0);
+    free(big);
+    st_expect("lim_st_count", dir, "tensors (limit)");
+    /* template: 1 MB */
+    dir = mkcase("lim_tpl");
+    write_big_json(dir, "big.json", (1 << 20) + 1);
+    Template *t = NULL;
+    memset(&err, 0, sizeof err);
+    expect_msg("lim_tpl", template_load(dir, "big", &t, &err), &err, "big.json",
+               "templates are limited to");
+}
+
 // --- metrics.jsonl reader (fuzz_metrics) ------------------------------------------------------
 
 /* fuzz_metrics: a run with an empty metrics.jsonl (no metrics yet): follow_poll called
@@ -235,6 +344,7 @@ int main(void) {
     test_tokenizer_double_free();
     test_tokenizer_huge_ids();
     test_config_out_of_range();
+    test_limits();
     test_metrics_empty_file();
     test_metrics_huge_numbers();
     nftw(base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
