@@ -7,6 +7,7 @@
 #   make bench          side-by-side benchmarks against the PyTorch reference (needs $(VENV));
 #                       LLAMA2C=path/to/llama2.c adds its run.c to the generation benchmark
 #   make test-interop   PEFT/transformers load tuna's adapters and exports and vice versa (needs $(VENV))
+#   make fuzz           libFuzzer targets, each run FUZZ_SECONDS (60) (clang)
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
 #   make format / format-check / lint
 #   WERROR=0            escape hatch for -Werror;  SAN=address,undefined  sanitizer build
@@ -65,7 +66,7 @@ $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test test-unit test-san test-interop bench fixtures run format format-check lint clean
+.PHONY: all deps test test-unit test-san test-interop bench fuzz fixtures run format format-check lint clean
 all: tuna
 
 deps:
@@ -108,7 +109,7 @@ test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
-SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_model test_kernels test_generate \
+SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics
 test-san:
@@ -130,6 +131,27 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libtuna.a $(CUDA_LIB)
 bench: tuna $(BENCH_BIN)
 	@sh tests/bench/run.sh $(VENV)
 
+# libFuzzer targets (tests/fuzz/fuzz_*.c) built with clang, ASan and UBSan (float-cast-overflow
+# included) into build-fuzz/; `make fuzz` runs each for FUZZ_SECONDS (tests/fuzz/README.md).
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/tokenizer.c \
+                src/tokenizer_unicode.c src/template.c src/dataset.c ui/source.c
+FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
+                -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer
+FUZZ_BIN     := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_OBJ     := $(FUZZ_SRC:%.c=build-fuzz/obj/%.o)
+.SECONDARY: $(FUZZ_OBJ)
+build-fuzz/obj/%.o: %.c $(wildcard src/*.h ui/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) \
+		-lcjson -lpcre2-8 -lm
+fuzz: deps $(FUZZ_BIN)
+	@sh tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz $(notdir $(FUZZ_BIN))
+
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
@@ -138,7 +160,7 @@ fixtures:
 run: deps tuna
 	@if [ -t 0 ] && [ -t 1 ]; then ./tuna; else sh scripts/demo.sh; fi
 
-FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c)
+FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c tests/fuzz/*.[ch])
 # twice: clang-format 14 reaches its fixed point on the second pass for some wrapped strings
 format:
 	clang-format -i $(FMT_FILES)

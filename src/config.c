@@ -1,9 +1,11 @@
 #include "config.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -39,6 +41,10 @@ static int get_float(const cJSON *root, const char *key, float def, float *out, 
     }
     if (!cJSON_IsNumber(it))
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be a number", path, key);
+    /* a float cast of a double beyond FLT_MAX (1e300) is undefined */
+    if (!(fabs(it->valuedouble) <= (double)FLT_MAX))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" = %g is out of range for a float", path,
+                         key, it->valuedouble);
     *out = (float)it->valuedouble;
     return 0;
 }
@@ -56,12 +62,26 @@ static int get_bool(const cJSON *root, const char *key, int def, int *out, const
     return 0;
 }
 
+/* A token id: an integer in [0, CONFIG_MAX_ID] (cJSON's valueint would saturate 1e300). */
+#define CONFIG_MAX_ID ((1 << 22) - 1)
+static int eos_ok(const cJSON *e) {
+    double d = e->valuedouble;
+    return d >= 0 && d <= CONFIG_MAX_ID && d == floor(d);
+}
+
+static int eos_bad(const char *path, const cJSON *e, TunaErr *err) {
+    return tuna_errf(err, TUNA_EFORMAT,
+                     "%s: \"eos_token_id\" must be a token id in [0, %d], got %g", path,
+                     CONFIG_MAX_ID, e->valuedouble);
+}
+
 /* eos_token_id may be an integer or a list of integers. */
 static int get_eos(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     if (!it || cJSON_IsNull(it)) return 0;
     if (cJSON_IsNumber(it)) {
-        cfg->eos_ids[0] = it->valueint;
+        if (!eos_ok(it)) return eos_bad(path, it, err);
+        cfg->eos_ids[0] = (int)it->valuedouble;
         cfg->n_eos = 1;
         return 0;
     }
@@ -74,7 +94,8 @@ static int get_eos(const cJSON *root, ModelConfig *cfg, const char *path, TunaEr
         if (!cJSON_IsNumber(e))
             return tuna_errf(err, TUNA_EFORMAT, "%s: \"eos_token_id\" entries must be integers",
                              path);
-        if (cfg->n_eos < CONFIG_MAX_EOS) cfg->eos_ids[cfg->n_eos++] = e->valueint;
+        if (!eos_ok(e)) return eos_bad(path, e, err);
+        if (cfg->n_eos < CONFIG_MAX_EOS) cfg->eos_ids[cfg->n_eos++] = (int)e->valuedouble;
     }
     return 0;
 }
@@ -186,7 +207,8 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
         TRY(get_int(root, "n_embd", 0, 1, &cfg->C, path, err));
         TRY(get_int(root, "n_layer", 0, 1, &cfg->L, path, err));
         TRY(get_int(root, "n_head", 0, 1, &cfg->NH, path, err));
-        TRY(get_int(root, "n_inner", 4 * cfg->C, 0, &cfg->FF, path, err));
+        /* 4 * n_embd overflows an int for n_embd > 2^29: the limits below reject those */
+        TRY(get_int(root, "n_inner", cfg->C <= (1 << 20) ? 4 * cfg->C : 0, 0, &cfg->FF, path, err));
         TRY(get_int(root, "n_positions", 1024, 0, &cfg->max_pos, path, err));
         TRY(get_float(root, "layer_norm_epsilon", 1e-5f, &cfg->norm_eps, path, err));
         TRY(get_bool(root, "tie_word_embeddings", 1, &cfg->tie_embeddings, path, err));
@@ -299,10 +321,23 @@ fail:
     return rc;
 }
 
+/* config.json and generation_config.json are a few KB: a larger file is refused before it is
+ * read. Returns 0 when path is small enough (or missing: the read reports that). */
+#define CONFIG_MAX_FILE (1 << 20)
+static int check_size(const char *path, TunaErr *err) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && sb.st_size > CONFIG_MAX_FILE)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: file too large (%lld bytes, limit %d)", path,
+                         (long long)sb.st_size, CONFIG_MAX_FILE);
+    return 0;
+}
+
 int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t len;
+    int rc0 = check_size(path, err);
+    if (rc0) return rc0;
     char *text = xread_file(path, &len);
     if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read (no such file?)", path);
     int rc = config_parse(text, path, cfg, err);
@@ -314,6 +349,7 @@ int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     cfg->gen_repetition_penalty = 1.0f;
     // generation_config.json overrides eos/bos when present (stories260K: eos [2, 1])
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if ((rc = check_size(path, err))) return rc;
     text = xread_file(path, &len);
     if (!text) return 0;
     cJSON *root = cJSON_Parse(text);

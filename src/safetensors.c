@@ -376,6 +376,11 @@ static int st_load_file(SafeTensors *st, const char *path, TunaErr *err) {
             }
             continue;
         }
+        if (st->n >= ST_MAX_TENSORS) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: more than %d tensors (limit)", path,
+                           ST_MAX_TENSORS);
+            goto fail;
+        }
         StTensor t = {0};
         uint64_t b = 0, en = 0;
         rc = st_parse_entry(path, e, data_size, &t, &b, &en, err);

@@ -20,8 +20,9 @@
 
 #include "err.h"
 
-#define ST_MAX_DIMS   8
-#define ST_MAX_HEADER (100u * 1000u * 1000u) /* same limit as the HF reader */
+#define ST_MAX_DIMS    8
+#define ST_MAX_HEADER  (100u * 1000u * 1000u) /* same limit as the HF reader */
+#define ST_MAX_TENSORS (1 << 18) /* tensors in one model (all shards); DeepSeek-V3 has ~92k */
 
 typedef enum {
     ST_F32,

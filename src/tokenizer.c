@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
@@ -473,6 +474,7 @@ struct Tokenizer {
     size_t n_added;
     StrMap added_map;
     AddedSet raw_set, norm_set;
+    size_t n_norm_owned; /* norm_set.p[0..n) own their s (normalized copies) */
     pcre2_code *word_re; /* \w for single_word tokens */
     /* pipeline */
     NormStep norm[TOK_MAX_STEPS];
@@ -542,7 +544,8 @@ static int jint(const Tokenizer *t, const cJSON *v, const char *where, long lo, 
         return tuna_errf(err, TUNA_EFORMAT, "%s: %s must be an integer, got %s", t->path, where,
                          jtype(v));
     double d = v->valuedouble;
-    if (d != (double)(long)d || d < (double)lo || d > (double)hi)
+    /* range first: casting an out-of-range double (1e300) to long is undefined */
+    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(long)d)
         return tuna_errf(err, TUNA_EFORMAT, "%s: %s must be an integer in [%ld, %ld], got %g",
                          t->path, where, lo, hi, d);
     *out = (long)d;
@@ -894,6 +897,7 @@ static int finish_norm_set(Tokenizer *t, TunaErr *err) {
         if (!b.len) buf_add(&b, t->norm_set.p[k].s, t->norm_set.p[k].len);
         t->norm_set.p[k].s = b.p; /* owned: freed in tokenizer_free */
         t->norm_set.p[k].len = b.len;
+        t->n_norm_owned = k + 1;
     }
     matchctx_free(&mc);
     addedset_build(&t->norm_set);
@@ -1264,7 +1268,14 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
     int rc = 0;
     cJSON *root = NULL;
     size_t len;
-    char *text = xread_file(t->path, &len);
+    char *text = NULL;
+    struct stat sb;
+    if (stat(t->path, &sb) == 0 && sb.st_size > (off_t)TOK_MAX_FILE) { /* before reading it */
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: file too large (%lld bytes, limit %u)", t->path,
+                       (long long)sb.st_size, TOK_MAX_FILE);
+        goto fail;
+    }
+    text = xread_file(t->path, &len);
     if (!text) {
         rc = tuna_errf(err, errno == ENOENT ? TUNA_ENOTFOUND : TUNA_EIO, "%s: cannot read: %s",
                        t->path, strerror(errno));
@@ -1303,7 +1314,15 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
     cJSON_Delete(root);
     root = NULL;
 
-    /* id tables */
+    /* id tables: sized by the largest id, so refuse ids far beyond the number of tokens (one
+     * entry with id 16777215 would otherwise allocate ~400 MB) */
+    if ((size_t)t->n_ids > 2 * (t->n_vocab + t->n_added) + 1024) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: token ids are too sparse: largest id %d for %zu tokens (limit: twice "
+                       "the token count + 1024)",
+                       t->path, t->n_ids - 1, t->n_vocab + t->n_added);
+        goto fail;
+    }
     if (t->n_ids == 0) t->n_ids = 1;
     size_t n = (size_t)t->n_ids;
     t->id_str = xcalloc(n, sizeof *t->id_str);
@@ -1357,7 +1376,9 @@ void tokenizer_free(Tokenizer *t) {
     free(t->added_special);
     strmap_free(&t->added_map);
     free(t->raw_set.p);
-    for (size_t k = 0; k < t->norm_set.n; k++)
+    /* until finish_norm_set replaced them, the entries borrow t->added's strings: a load that
+     * failed between load_added and finish_norm_set freed those twice */
+    for (size_t k = 0; k < t->n_norm_owned; k++)
         free((void *)t->norm_set.p[k].s);
     free(t->norm_set.p);
     pcre2_code_free(t->word_re);

@@ -26,7 +26,7 @@ static double num(const cJSON *o, const char *k) {
 
 static long lnum(const cJSON *o, const char *k) {
     double v = num(o, k);
-    return isfinite(v) ? (long)v : -1;
+    return v > -1e15 && v < 1e15 ? (long)v : -1; /* NaN, inf and 1e300 too: no UB cast */
 }
 
 static void str(const cJSON *o, const char *k, char *dst, size_t n) {
@@ -190,8 +190,10 @@ static int follow_poll(EventSource *src, UiEvent *out, int max) {
         if (ll && ui_event_parse(f->buf + pos, ll, &out[n]) == 0 && out[n].type != EV_NONE) n++;
         pos += ll + 1;
     }
-    memmove(f->buf, f->buf + pos, f->len - pos);
-    f->len -= pos;
+    if (pos) { /* pos == 0 when nothing was read yet: buf may still be NULL */
+        memmove(f->buf, f->buf + pos, f->len - pos);
+        f->len -= pos;
+    }
     return n;
 }
 
