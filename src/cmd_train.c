@@ -130,6 +130,10 @@ int cmd_train(int argc, char **argv) {
                 resume, changes);
         return 1;
     }
+    if (resume && strcmp(cfg.output, resume)) {
+        fprintf(stderr, "tuna train: --resume %s writes into %s; drop --output\n", resume, resume);
+        return 2;
+    }
     if (resume && overwrite) {
         fprintf(stderr, "tuna train: --resume and --overwrite exclude each other\n");
         return 2;
