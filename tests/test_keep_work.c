@@ -349,7 +349,7 @@ static void test_resume(void) {
     char *before = snapshot(d);
     rc = sh("%s train --resume %s --lr 5e-2", bin, d);
     e = err_text();
-    CHECK(rc == 1 && strstr(e, "lr 0.001 -> 0.05") && strstr(e, "--allow-changes"),
+    CHECK(rc == 1 && strstr(e, "lr auto -> 0.05") && strstr(e, "--allow-changes"),
           "changed lr: want it refused naming the key (exit %d): %s", rc, e);
     printf("  changed settings: %s", e);
     char *after = snapshot(d);
@@ -359,7 +359,7 @@ static void test_resume(void) {
     rc = sh("%s train --resume %s --lr 5e-2 --allow-changes", bin, d);
     CHECK(rc == 0, "--allow-changes failed: %s", err_text());
     char *cfg = read_text(d, "train_config.json"), *met = read_text(d, "metrics.jsonl");
-    CHECK(cfg && strstr(cfg, "\"history\"") && strstr(cfg, "lr 0.001 -> 0.05"),
+    CHECK(cfg && strstr(cfg, "\"history\"") && strstr(cfg, "lr auto -> 0.05"),
           "train_config.json lacks the history of the change");
     CHECK(met && strstr(met, "resumed with changed settings"), "metrics.jsonl lacks the change");
     free(cfg);
@@ -429,7 +429,8 @@ static void test_options(void) {
     struct {
         const char *arg, *want;
     } m[] = {
-            {"--lr -1", "tuna: --lr: must be a number > 0, got -1\n"},
+            {"--lr -1", "tuna: --lr: must be a number > 0 or auto, got -1\n"},
+            {"--lr 0", "tuna: --lr: must be a number > 0 or auto, got 0\n"},
             {"--batch-size 0", "tuna: --batch-size: must be an integer from 1 to 65536, got 0\n"},
             {"--lora-dropout 1.5",
              "tuna: --lora-dropout: must be a number from 0 to 0.99, got 1.5\n"},
