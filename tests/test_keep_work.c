@@ -583,6 +583,38 @@ static void test_export(void) {
     CHECK(stray == 0, "export left %d temporary folders", stray);
 }
 
+/* A hub id or a file as --model: one line saying a local folder is expected, nothing made. */
+static void test_model_path(void) {
+    const char *want = "expects a local folder (or .gguf file) holding config.json, "
+                       "model.safetensors and tokenizer.json";
+    struct {
+        const char *model, *tail;
+    } m[] = {{"HuggingFaceTB/SmolLM2-135M",
+              "; no such file or folder (a Hugging Face hub id? download it first: "
+              "huggingface-cli download HuggingFaceTB/SmolLM2-135M --local-dir "
+              "models/SmolLM2-135M)\n"},
+             {"models/stories260K/config.json", "; this is a file\n"},
+             {"/nonexistent/model", "; no such file or folder\n"}};
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        const char *cmds[] = {"train", "export"};
+        for (int k = 0; k < 2; k++) {
+            char d[450], line[1200];
+            snprintf(d, sizeof d, "%s/mp%zu%d", tmp, i, k);
+            int rc = !k ? sh("%s train " BASE "--model %s --output %s", bin, m[i].model, d)
+                        : sh("%s export --model %s --out %s", bin, m[i].model, d);
+            snprintf(line, sizeof line, "tuna %s: --model %s: %s%s", cmds[k], m[i].model, want,
+                     m[i].tail);
+            CHECK(rc == 1 && !strcmp(err_text(), line),
+                  "%s --model %s: want \"%s\", got (exit %d) \"%s\"", cmds[k], m[i].model, line, rc,
+                  err_text());
+            CHECK(access(d, F_OK) != 0, "%s --model %s created %s", cmds[k], m[i].model, d);
+        }
+    }
+    int rc = sh("%s train " BASE "--model HuggingFaceTB/SmolLM2-135M --output %s/mp", bin, tmp);
+    printf("  hub id: %s", err_text());
+    CHECK(rc == 1, "hub id: exit %d", rc);
+}
+
 static void test_gitignore(void) {
     char *g = xread_file(".gitignore", NULL);
     CHECK(g && strstr(g, "tuna_config.json") && strstr(g, "merged/"),
@@ -610,6 +642,7 @@ int main(void) {
     test_write_error_and_nan();
     test_headless();
     test_export();
+    test_model_path();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (!test_failed) CHECK(system(cmd) == 0, "cleanup");
