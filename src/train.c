@@ -63,8 +63,9 @@ static const Field fields[] = {
         I(lora_rank, "8", "LoRA rank r"),
         D(lora_alpha, "16", "LoRA alpha (scale alpha/r)"),
         D(lora_dropout, "0", "LoRA dropout"),
-        S(lora_target, "",
-          "LoRA target modules, comma-separated, or all (default: q_proj,v_proj; GPT-2 c_attn)"),
+        S(lora_target, "all",
+          "LoRA target modules, comma-separated (q_proj,v_proj; GPT-2 c_attn), or all: every "
+          "linear layer of the blocks (LLaMA-Factory's default)"),
         B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
         S(lora_trainable_tokens, "",
           "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
@@ -77,7 +78,10 @@ static const Field fields[] = {
         I(prefix_hidden, "64", "ptuning: hidden size of that MLP (encoder_hidden_size)"),
         D(epochs, "3", "passes over the training data (fractional allowed, e.g. 1.5)"),
         I(max_steps, "0", "stop after this many optimizer steps (0 = from epochs)"),
-        D(lr, "1e-3", "peak learning rate"),
+        D(lr, "auto",
+          "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
+          "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
+          "at 1M and below"),
         S(lr_scheduler, "cosine", "constant | constant_with_warmup | linear | cosine"),
         I(warmup_steps, "0", "warmup steps"),
         D(warmup_ratio, "0", "warmup as a fraction of all steps (if warmup_steps is 0)"),
@@ -167,6 +171,11 @@ static const Range *range_of(const char *key) {
     return NULL;
 }
 
+/* A number that may also be "auto" (kept as 0, which the range excludes). */
+static int is_auto(const Field *f) {
+    return !strcmp(f->key, "lr");
+}
+
 /* "--lr: must be a number > 0, got -1" (where "--": the flag; else "FILE: " and the key). */
 static int range_err(const Field *f, const Range *rg, const char *raw, const char *where,
                      TunaErr *err) {
@@ -179,7 +188,8 @@ static int range_err(const Field *f, const Range *rg, const char *raw, const cha
     if (!rg)
         snprintf(what, sizeof what, "%s", kind);
     else if (rg->hi == HUGE_VAL)
-        snprintf(what, sizeof what, "%s %s %.10g", kind, rg->lo_open ? ">" : ">=", rg->lo);
+        snprintf(what, sizeof what, "%s %s %.10g%s", kind, rg->lo_open ? ">" : ">=", rg->lo,
+                 is_auto(f) ? " or auto" : "");
     else
         snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, rg->lo, rg->hi);
     return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
@@ -209,6 +219,10 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
         return 0;
     }
     case F_DBL: {
+        if (is_auto(f) && !strcmp(v, "auto")) {
+            *(double *)p = 0; /* 0 stands for auto: the value is chosen when the run starts */
+            return 0;
+        }
         double x = strtod(v, &end);
         if (errno || end == v || *end || !isfinite(x) || !in_range(rg, x))
             return range_err(f, rg, v, where, err);
@@ -235,6 +249,7 @@ int train_config_check(const TrainConfig *c, TunaErr *err) {
         if (!rg || (f->type != F_INT && f->type != F_DBL)) continue;
         const char *p = (const char *)c + f->off;
         double x = f->type == F_INT ? (double)*(const int *)p : *(const double *)p;
+        if (is_auto(f) && x == 0) continue;
         char raw[64];
         snprintf(raw, sizeof raw, "%.17g", x);
         if (!isfinite(x) || !in_range(rg, x)) return range_err(f, rg, raw, "--", err);
@@ -248,7 +263,12 @@ static void field_text(const TrainConfig *c, const Field *f, char *out, size_t c
     switch (f->type) {
     case F_STR: snprintf(out, cap, "\"%s\"", p); break;
     case F_INT: snprintf(out, cap, "%d", *(const int *)p); break;
-    case F_DBL: snprintf(out, cap, "%.15g", *(const double *)p); break;
+    case F_DBL:
+        if (is_auto(f) && *(const double *)p == 0)
+            snprintf(out, cap, "auto");
+        else
+            snprintf(out, cap, "%.15g", *(const double *)p);
+        break;
     case F_BOOL: snprintf(out, cap, "%s", *(const int *)p ? "true" : "false"); break;
     }
 }
@@ -342,7 +362,12 @@ char *train_config_json(const TrainConfig *c) {
         switch (fields[i].type) {
         case F_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
         case F_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
-        case F_DBL: cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p); break;
+        case F_DBL:
+            if (is_auto(&fields[i]) && *(const double *)p == 0)
+                cJSON_AddStringToObject(o, fields[i].key, "auto");
+            else
+                cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p);
+            break;
         case F_BOOL: cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p); break;
         }
     }
@@ -382,6 +407,7 @@ typedef struct Run {
     int have_opt;
     int B, T, total, warmup, steps_per_epoch, step;
     SchedType sched;
+    double lr; /* the peak learning rate: cfg->lr, or what auto chose */
     double best_eval;
     int best_step;
     float *host_params;   /* LoRA: the base weights, restored exactly after sampling */
@@ -1034,6 +1060,26 @@ static int resolve_tokens(Run *r, const char *spec, char *out, size_t cap, TunaE
     return rc;
 }
 
+/* --lr auto: the peak learning rate for a method and a model of n parameters. At 100M and
+ * above, the usual values for real models (LLaMA-Factory's LoRA examples use 1e-4; full
+ * fine-tuning uses 1e-5 to 5e-5; P-tuning v2 and PEFT's prefix examples 1e-2); at 1M and
+ * below, the values that learn on the bundled stories260K with 3 epochs of identity
+ * (measured: LoRA 1e-3 leaves the eval loss at 12.3, 1e-2 takes it to 5.4; full 2e-3 to 4;
+ * P-tuning 3e-2 to 5.9); log-linear in the parameter count in between. */
+static double auto_lr(TrainMethod method, size_t n_params) {
+    double big, small; /* at >= 100M and <= 1M parameters */
+    switch (method) {
+    case METHOD_FULL:
+    case METHOD_FREEZE: big = 2e-5, small = 2e-3; break;
+    case METHOD_PREFIX: big = 1e-2, small = 3e-2; break;
+    default: big = 1e-4, small = 1e-2; break;
+    }
+    double t = (log10((double)(n_params ? n_params : 1)) - 6.0) / 2.0;
+    if (t <= 0) return small;
+    if (t >= 1) return big;
+    return exp(log(small) + t * (log(big) - log(small)));
+}
+
 /* Checks and loads everything the run needs; touches no file. */
 static int run_open(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
@@ -1066,6 +1112,7 @@ static int run_open(Run *r, TunaErr *err) {
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     if ((rc = model_load(c->model, r->be, &r->m, err))) return rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
+    r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params);
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
     char ph[80];
     if (template_unknown_placeholder(r->tpl, ph, sizeof ph)) {
@@ -1458,6 +1505,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r.ts));
         cJSON_AddNumberToObject(e, "total_params", (double)r.m->n_params);
         cJSON_AddNumberToObject(e, "seq_len", r.T);
+        cJSON_AddNumberToObject(e, "lr", r.lr); /* the peak: config's "auto" resolved */
         char *cj = train_config_json(cfg);
         cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
         free(cj);
@@ -1465,9 +1513,9 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     }
     snprintf(msg, sizeof msg,
              "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %d "
-             "tokens",
+             "tokens, lr %.3g%s",
              cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
-             r.T);
+             r.T, r.lr, cfg->lr > 0 ? "" : " (auto)");
     emit_log(&r, "info", msg);
     int GA = cfg->grad_accum, B = r.B, T = r.T;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
@@ -1554,7 +1602,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         if (rc) break;
         float gscale;
         double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm, &gscale);
-        double lr = cfg->lr * sched_factor(r.sched, r.step, r.warmup, r.total);
+        double lr = r.lr * sched_factor(r.sched, r.step, r.warmup, r.total);
         double loss = n_t ? loss_sum / n_t : 0;
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
@@ -1590,7 +1638,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
                 rc = tuna_errf(err, TUNA_EINVAL,
                                "stopped at step %d: %d steps in a row with a non-finite loss or "
                                "gradient (lr %.3g too high?); %s",
-                               r.step, bad_row, cfg->lr, keep);
+                               r.step, bad_row, r.lr, keep);
                 break;
             }
             continue;

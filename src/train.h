@@ -33,7 +33,8 @@ typedef struct TrainConfig {
     int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
     int train_on_prompt, mask_history;
-    double lora_alpha, lora_dropout, lr, val_size, warmup_ratio, weight_decay, max_grad_norm;
+    double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
+    double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
 } TrainConfig;
 
@@ -44,10 +45,10 @@ int train_config_load(TrainConfig *c, const char *path, TunaErr *err);
 /* Writes c as JSON (caller frees). */
 char *train_config_json(const TrainConfig *c);
 /* Checks every numeric field's range; the message names the flag and the value, e.g.
- * "--lr: must be a number > 0, got -1". */
+ * "--lr: must be a number > 0 or auto, got -1". */
 int train_config_check(const TrainConfig *c, TunaErr *err);
 /* The keys whose values differ between a and b (output and threads left out), as
- * "lr 0.001 -> 0.05, epochs 3 -> 5" into out; returns how many. */
+ * "lr auto -> 0.05, epochs 3 -> 5" into out; returns how many. */
 int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap);
 /* Sets one field from its flag/key name and a string value. */
 int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err);

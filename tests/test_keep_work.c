@@ -349,7 +349,7 @@ static void test_resume(void) {
     char *before = snapshot(d);
     rc = sh("%s train --resume %s --lr 5e-2", bin, d);
     e = err_text();
-    CHECK(rc == 1 && strstr(e, "lr 0.001 -> 0.05") && strstr(e, "--allow-changes"),
+    CHECK(rc == 1 && strstr(e, "lr auto -> 0.05") && strstr(e, "--allow-changes"),
           "changed lr: want it refused naming the key (exit %d): %s", rc, e);
     printf("  changed settings: %s", e);
     char *after = snapshot(d);
@@ -359,7 +359,7 @@ static void test_resume(void) {
     rc = sh("%s train --resume %s --lr 5e-2 --allow-changes", bin, d);
     CHECK(rc == 0, "--allow-changes failed: %s", err_text());
     char *cfg = read_text(d, "train_config.json"), *met = read_text(d, "metrics.jsonl");
-    CHECK(cfg && strstr(cfg, "\"history\"") && strstr(cfg, "lr 0.001 -> 0.05"),
+    CHECK(cfg && strstr(cfg, "\"history\"") && strstr(cfg, "lr auto -> 0.05"),
           "train_config.json lacks the history of the change");
     CHECK(met && strstr(met, "resumed with changed settings"), "metrics.jsonl lacks the change");
     free(cfg);
@@ -429,7 +429,8 @@ static void test_options(void) {
     struct {
         const char *arg, *want;
     } m[] = {
-            {"--lr -1", "tuna: --lr: must be a number > 0, got -1\n"},
+            {"--lr -1", "tuna: --lr: must be a number > 0 or auto, got -1\n"},
+            {"--lr 0", "tuna: --lr: must be a number > 0 or auto, got 0\n"},
             {"--batch-size 0", "tuna: --batch-size: must be an integer from 1 to 65536, got 0\n"},
             {"--lora-dropout 1.5",
              "tuna: --lora-dropout: must be a number from 0 to 0.99, got 1.5\n"},
@@ -582,6 +583,38 @@ static void test_export(void) {
     CHECK(stray == 0, "export left %d temporary folders", stray);
 }
 
+/* A hub id or a file as --model: one line saying a local folder is expected, nothing made. */
+static void test_model_path(void) {
+    const char *want = "expects a local folder (or .gguf file) holding config.json, "
+                       "model.safetensors and tokenizer.json";
+    struct {
+        const char *model, *tail;
+    } m[] = {{"HuggingFaceTB/SmolLM2-135M",
+              "; no such file or folder (a Hugging Face hub id? download it first: "
+              "huggingface-cli download HuggingFaceTB/SmolLM2-135M --local-dir "
+              "models/SmolLM2-135M)\n"},
+             {"models/stories260K/config.json", "; this is a file\n"},
+             {"/nonexistent/model", "; no such file or folder\n"}};
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        const char *cmds[] = {"train", "export"};
+        for (int k = 0; k < 2; k++) {
+            char d[450], line[1200];
+            snprintf(d, sizeof d, "%s/mp%zu%d", tmp, i, k);
+            int rc = !k ? sh("%s train " BASE "--model %s --output %s", bin, m[i].model, d)
+                        : sh("%s export --model %s --out %s", bin, m[i].model, d);
+            snprintf(line, sizeof line, "tuna %s: --model %s: %s%s", cmds[k], m[i].model, want,
+                     m[i].tail);
+            CHECK(rc == 1 && !strcmp(err_text(), line),
+                  "%s --model %s: want \"%s\", got (exit %d) \"%s\"", cmds[k], m[i].model, line, rc,
+                  err_text());
+            CHECK(access(d, F_OK) != 0, "%s --model %s created %s", cmds[k], m[i].model, d);
+        }
+    }
+    int rc = sh("%s train " BASE "--model HuggingFaceTB/SmolLM2-135M --output %s/mp", bin, tmp);
+    printf("  hub id: %s", err_text());
+    CHECK(rc == 1, "hub id: exit %d", rc);
+}
+
 static void test_gitignore(void) {
     char *g = xread_file(".gitignore", NULL);
     CHECK(g && strstr(g, "tuna_config.json") && strstr(g, "merged/"),
@@ -609,6 +642,7 @@ int main(void) {
     test_write_error_and_nan();
     test_headless();
     test_export();
+    test_model_path();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (!test_failed) CHECK(system(cmd) == 0, "cleanup");
