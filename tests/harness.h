@@ -12,12 +12,20 @@
 
 static int test_passed, test_failed, test_skipped;
 
+/* stdout line by line, so that a FAIL on stderr never lands inside a half-written line of
+ * stdout, nor of a child that system() starts after buffered text (tests/run_tests.sh finds
+ * FAIL lines by their start). */
+__attribute__((constructor)) static void test_line_buffered(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (cond) {                                                                                \
             test_passed++;                                                                         \
         } else {                                                                                   \
             test_failed++;                                                                         \
+            fflush(stdout);                                                                        \
             fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
             fprintf(stderr, __VA_ARGS__);                                                          \
             fputc('\n', stderr);                                                                   \
@@ -27,6 +35,7 @@ static int test_passed, test_failed, test_skipped;
 #define SKIP(...)                                                                                  \
     do {                                                                                           \
         test_skipped++;                                                                            \
+        fflush(stdout);                                                                            \
         fprintf(stderr, "SKIP %s:%d: ", __FILE__, __LINE__);                                       \
         fprintf(stderr, __VA_ARGS__);                                                              \
         fputc('\n', stderr);                                                                       \

@@ -378,7 +378,7 @@ static const BackendOps cpu_ops = {
 /* This process's threads that are running or runnable now (state R in /proc/self/task/N/stat):
  * the reading thread, and OpenMP workers still spinning after a parallel region. 1 when it
  * cannot be read. */
-static int own_running(void) {
+int cpu_own_running(void) {
     DIR *d = opendir("/proc/self/task");
     if (!d) return 1;
     int n = 0;
@@ -412,22 +412,29 @@ static int idle_cores(int n) {
         char line[256];
         while (fgets(line, sizeof line, f))
             if (sscanf(line, "procs_running %d", &v[k]) == 1) {
-                v[k] -= own_running();
+                v[k] -= cpu_own_running();
                 k++;
                 break;
             }
         fclose(f);
         if (i < 2) nanosleep(&(struct timespec){0, 250000}, NULL);
     }
-    if (!k) return n;
+    return cpu_idle_from_counts(n, v, k);
+}
+
+int cpu_idle_from_counts(int n, const int *others, int k) {
+    if (k <= 0) return n;
+    int v[3];
+    k = k > 3 ? 3 : k;
+    memcpy(v, others, sizeof(int) * (size_t)k);
     for (int i = 1; i < k; i++) /* insertion sort of at most 3 */
         for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
             int t = v[j];
             v[j] = v[j - 1];
             v[j - 1] = t;
         }
-    int others = v[k / 2] < 0 ? 0 : v[k / 2];
-    int free_cores = n - others;
+    int busy = v[k / 2] < 0 ? 0 : v[k / 2];
+    int free_cores = n - busy;
     return free_cores < 1 ? 1 : free_cores > n ? n : free_cores;
 }
 

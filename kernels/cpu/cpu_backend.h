@@ -6,4 +6,12 @@
 
 Backend *cpu_backend_init(int n_threads, TunaErr *err);
 
+/* This process's threads that are running or runnable now (state R in /proc/self/task), at
+ * least 1. What BACKEND_THREADS_IDLE takes off the machine's procs_running. */
+int cpu_own_running(void);
+
+/* BACKEND_THREADS_IDLE's decision from k (<= 3) reads of "other processes' runnable threads":
+ * n minus their median, clamped to [1, n]; n when k is 0. Pure, so tests can drive it. */
+int cpu_idle_from_counts(int n, const int *others, int k);
+
 #endif
