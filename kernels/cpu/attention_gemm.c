@@ -1,7 +1,8 @@
 /* attention_gemm.c: causal attention forward and backward for long query blocks (training,
  * prefill) as matrix products. Per (batch row, head) the scores S = scale·Q·Kᵀ (Tq, Tk), the
  * masked softmax P, and O = P·V are single-threaded sgemm calls, heads spread over the
- * OpenMP threads. The backward recomputes P and uses dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)),
+ * OpenMP threads (OpenBLAS itself on one thread, so the result does not depend on the thread
+ * count). The backward recomputes P and uses dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)),
  * dQ += scale·dS·K, dK += scale·dSᵀ·Q, dV += Pᵀ·dO; a thread owns a whole kv head (all
  * grp query heads that share it), so dK and dV have no races. Same semantics as the
  * attention_fwd / attention_bwd slots of kernels/backend.h (GQA, causal offset Tk−Tq,
@@ -41,6 +42,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, total = B * NH, fail = 0;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
+    openblas_set_num_threads(1); /* a team of one thread would let OpenBLAS thread (cpu_sgemm) */
 #pragma omp parallel num_threads(be->n_threads)
     {
         float *S = malloc(sizeof(float) * (size_t)Tq * Tk);
@@ -72,6 +74,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, total = B * KVH, fail = 0;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, n = (size_t)Tq * Tk;
+    openblas_set_num_threads(1);
 #pragma omp parallel num_threads(be->n_threads)
     {
         float *P = malloc(sizeof(float) * n), *dP = malloc(sizeof(float) * n);

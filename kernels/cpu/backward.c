@@ -1,8 +1,10 @@
 /* backward.c: the CPU backend's backward, loss and optimizer ops (declared in cpu_internal.h,
  * tabled in cpu_backend.c). OpenBLAS sgemm with beta = 1 for the matmul gradients, OpenMP
- * over rows for the row-wise ops, per-thread partial sums for parameter gradients that
- * every row touches (norm weights), and a two-pass attention backward that needs no
- * atomics: pass 1 over queries (dq, row statistics), pass 2 over keys (dk, dv).
+ * over rows for the row-wise ops, partial sums over fixed blocks of rows for parameter
+ * gradients that every row touches (norm weights), and a two-pass attention backward that
+ * needs no atomics: pass 1 over queries (dq, row statistics), pass 2 over keys (dk, dv).
+ * Every sum runs in an order that does not depend on the thread count: a run gives the same
+ * bits on 1 thread or 8, and when its thread count changes between steps.
  * Gradients accumulate (+=) and NULL gradients are skipped, as backend.h specifies.
  * A scratch allocation that fails latches TUNA_ENOMEM in be->err and the op does nothing. */
 #include "cpu_internal.h"
@@ -37,13 +39,8 @@ void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const floa
     if (M <= 0 || K <= 0 || N <= 0) return;
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
-    openblas_set_num_threads(nth);
-    if (din)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K, 1.0f,
-                    din, K);
-    if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, in, K, 1.0f,
-                    dw, K);
+    if (din) cpu_sgemm(nth, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, din, K);
+    if (dw) cpu_sgemm(nth, 1, 0, N, K, M, 1.0f, dout, N, in, K, 1.0f, dw, K);
     if (dbias) {
         /* Column sums in blocks of 64 columns: each thread owns its columns, rows stream. */
         int nblk = (N + 63) / 64;
@@ -66,13 +63,55 @@ void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const floa
 
 // --- normalization
 
-/* Adds the nth per-thread partial rows part (nth, C) into dst (C). */
-static void reduce_parts(float *dst, const float *part, int nth, int C) {
-    for (int c = 0; c < C; c++) {
-        float s = 0;
-        for (int t = 0; t < nth; t++)
-            s += part[(size_t)t * C + c];
-        dst[c] += s;
+/* The norm weight gradients are sums over every row. Their order is fixed whatever the thread
+ * count (a run on 1 thread and on 2, or one whose thread count changes as it goes, gets the same
+ * bits): the rows go in blocks of NORM_BLOCK_ROWS, each block sums its rows in order into its own
+ * partial row, and the partial rows are added in block order. Threads take whole blocks. */
+#define NORM_BLOCK_ROWS 16
+
+/* dst[c] += Σ_k part[k * C + c] for columns [lo, hi), k = 0..nblk-1 in order (part's first row
+ * is overwritten). */
+static void reduce_blocks(float *dst, float *part, int nblk, int C, size_t lo, size_t hi) {
+    for (int k = 1; k < nblk; k++) {
+        const float *pk = part + (size_t)k * C;
+#pragma omp simd
+        for (size_t c = lo; c < hi; c++)
+            part[c] += pk[c];
+    }
+#pragma omp simd
+    for (size_t c = lo; c < hi; c++)
+        dst[c] += part[c];
+}
+
+/* Row blocks [lo, hi) of the RMSNorm backward; pw: the partial rows of dw (or NULL). */
+static void rmsnorm_bwd_blocks(float *din, float *pw, const float *dout, const float *in,
+                               const float *w, float eps, int R, int C, size_t lo, size_t hi) {
+    for (size_t blk = lo; blk < hi; blk++) {
+        float *p = pw ? pw + blk * C : NULL;
+        if (p) memset(p, 0, sizeof(float) * (size_t)C);
+        size_t r1 =
+                (blk + 1) * NORM_BLOCK_ROWS < (size_t)R ? (blk + 1) * NORM_BLOCK_ROWS : (size_t)R;
+        for (size_t r = blk * NORM_BLOCK_ROWS; r < r1; r++) {
+            const float *x = in + r * C, *dy = dout + r * C;
+            float ss = 0, dot = 0;
+#pragma omp simd reduction(+ : ss, dot)
+            for (int c = 0; c < C; c++) {
+                ss += x[c] * x[c];
+                dot += dy[c] * w[c] * x[c];
+            }
+            float inv = 1.0f / sqrtf(ss / (float)C + eps);
+            if (din) {
+                float *dx = din + r * C, kk = inv * inv * inv * dot / (float)C;
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dx[c] += inv * dy[c] * w[c] - kk * x[c];
+            }
+            if (p) {
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    p[c] += dy[c] * x[c] * inv;
+            }
+        }
     }
 }
 
@@ -82,67 +121,32 @@ void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, cons
                      const float *w, float eps, int R, int C) {
     if (R <= 0 || C <= 0 || (!din && !dw)) return;
     int nth = threads_for(be, (size_t)R * C);
+    int nblk = (R + NORM_BLOCK_ROWS - 1) / NORM_BLOCK_ROWS;
     float *part = NULL;
     if (dw) {
-        size_t bytes = sizeof(float) * (size_t)nth * C;
-        if (!(part = calloc(1, bytes))) {
+        size_t bytes = sizeof(float) * (size_t)nblk * C;
+        if (!(part = malloc(bytes))) {
             latch_nomem(be, "rmsnorm_bwd", bytes);
             return;
         }
     }
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        float *pw = part ? part + (size_t)omp_get_thread_num() * C : NULL;
-#pragma omp for schedule(static)
-        for (int r = 0; r < R; r++) {
-            const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
-            float ss = 0, dot = 0;
-#pragma omp simd reduction(+ : ss, dot)
-            for (int c = 0; c < C; c++) {
-                ss += x[c] * x[c];
-                dot += dy[c] * w[c] * x[c];
-            }
-            float inv = 1.0f / sqrtf(ss / (float)C + eps);
-            if (din) {
-                float *dx = din + (size_t)r * C, kk = inv * inv * inv * dot / (float)C;
-#pragma omp simd
-                for (int c = 0; c < C; c++)
-                    dx[c] += inv * dy[c] * w[c] - kk * x[c];
-            }
-            if (pw) {
-#pragma omp simd
-                for (int c = 0; c < C; c++)
-                    pw[c] += dy[c] * x[c] * inv;
-            }
-        }
-    }
-    if (dw) reduce_parts(dw, part, nth, C);
+    CPU_PAR_RANGE(nth, (size_t)nblk, rmsnorm_bwd_blocks(din, part, dout, in, w, eps, R, C, lo, hi));
+    if (dw) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(dw, part, nblk, C, lo, hi));
     free(part);
 }
 
-/* xhat = (x - mean) * rstd, g = dy * w:
- * dx += rstd * (g - mean(g) - xhat * mean(g*xhat));  dw += Σ dy*xhat;  db += Σ dy. */
-void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const float *dout,
-                       const float *in, const float *w, float eps, int R, int C) {
-    if (R <= 0 || C <= 0 || (!din && !dw && !db)) return;
-    int nth = threads_for(be, (size_t)R * C);
-    int np = (dw != NULL) + (db != NULL);
-    float *part = NULL;
-    if (np) {
-        size_t bytes = sizeof(float) * (size_t)nth * C * np;
-        if (!(part = calloc(1, bytes))) {
-            latch_nomem(be, "layernorm_bwd", bytes);
-            return;
-        }
-    }
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        int tid = omp_get_thread_num();
-        float *pw = dw ? part + (size_t)tid * C : NULL;
-        float *pb = db ? part + ((size_t)(dw ? nth : 0) + tid) * C : NULL;
-#pragma omp for schedule(static)
-        for (int r = 0; r < R; r++) {
-            const float *x = in + (size_t)r * C, *dy = dout + (size_t)r * C;
+/* Row blocks [lo, hi) of the LayerNorm backward; pw, pb: the partial rows of dw, db (or NULL). */
+static void layernorm_bwd_blocks(float *din, float *pw, float *pb, const float *dout,
+                                 const float *in, const float *w, float eps, int R, int C,
+                                 size_t lo, size_t hi) {
+    for (size_t blk = lo; blk < hi; blk++) {
+        float *qw = pw ? pw + blk * C : NULL, *qb = pb ? pb + blk * C : NULL;
+        if (qw) memset(qw, 0, sizeof(float) * (size_t)C);
+        if (qb) memset(qb, 0, sizeof(float) * (size_t)C);
+        size_t r1 =
+                (blk + 1) * NORM_BLOCK_ROWS < (size_t)R ? (blk + 1) * NORM_BLOCK_ROWS : (size_t)R;
+        for (size_t r = blk * NORM_BLOCK_ROWS; r < r1; r++) {
+            const float *x = in + r * C, *dy = dout + r * C;
             float mean = 0, var = 0;
 #pragma omp simd reduction(+ : mean)
             for (int c = 0; c < C; c++)
@@ -163,25 +167,46 @@ void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const floa
                 }
                 mg /= (float)C;
                 mgx /= (float)C;
-                float *dx = din + (size_t)r * C;
+                float *dx = din + r * C;
 #pragma omp simd
                 for (int c = 0; c < C; c++)
                     dx[c] += rstd * (dy[c] * w[c] - mg - (x[c] - mean) * rstd * mgx);
             }
-            if (pw) {
+            if (qw) {
 #pragma omp simd
                 for (int c = 0; c < C; c++)
-                    pw[c] += dy[c] * (x[c] - mean) * rstd;
+                    qw[c] += dy[c] * (x[c] - mean) * rstd;
             }
-            if (pb) {
+            if (qb) {
 #pragma omp simd
                 for (int c = 0; c < C; c++)
-                    pb[c] += dy[c];
+                    qb[c] += dy[c];
             }
         }
     }
-    if (dw) reduce_parts(dw, part, nth, C);
-    if (db) reduce_parts(db, part + (size_t)(dw ? nth : 0) * C, nth, C);
+}
+
+/* xhat = (x - mean) * rstd, g = dy * w:
+ * dx += rstd * (g - mean(g) - xhat * mean(g*xhat));  dw += Σ dy*xhat;  db += Σ dy. */
+void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const float *dout,
+                       const float *in, const float *w, float eps, int R, int C) {
+    if (R <= 0 || C <= 0 || (!din && !dw && !db)) return;
+    int nth = threads_for(be, (size_t)R * C);
+    int nblk = (R + NORM_BLOCK_ROWS - 1) / NORM_BLOCK_ROWS;
+    int np = (dw != NULL) + (db != NULL);
+    float *part = NULL;
+    if (np) {
+        size_t bytes = sizeof(float) * (size_t)nblk * C * np;
+        if (!(part = malloc(bytes))) {
+            latch_nomem(be, "layernorm_bwd", bytes);
+            return;
+        }
+    }
+    float *pw = dw ? part : NULL, *pb = db ? part + (dw ? (size_t)nblk * C : 0) : NULL;
+    CPU_PAR_RANGE(nth, (size_t)nblk,
+                  layernorm_bwd_blocks(din, pw, pb, dout, in, w, eps, R, C, lo, hi));
+    if (dw) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(dw, pw, nblk, C, lo, hi));
+    if (db) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(db, pb, nblk, C, lo, hi));
     free(part);
 }
 
@@ -538,12 +563,32 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }
 
+/* Σ x² in chunks whose size depends on n alone (at least 4096 elements, at most 256 chunks),
+ * each summed in order, and the chunk sums added in order: the same bits on any thread count. */
+#define SUMSQ_MAX_CHUNKS 256
+
+static void sumsq_chunks(double *part, const float *x, size_t n, size_t chunk, size_t lo,
+                         size_t hi) {
+    for (size_t k = lo; k < hi; k++) {
+        size_t i0 = k * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (size_t i = i0; i < i1; i++)
+            s += (double)x[i] * (double)x[i];
+        part[k] = s;
+    }
+}
+
 double cpu_sumsq(Backend *be, const float *x, size_t n) {
-    int nth = threads_for(be, n * 8);
+    if (!n) return 0;
+    size_t chunk = (n + SUMSQ_MAX_CHUNKS - 1) / SUMSQ_MAX_CHUNKS;
+    if (chunk < 4096) chunk = 4096;
+    size_t nchunk = (n + chunk - 1) / chunk;
+    double part[SUMSQ_MAX_CHUNKS];
+    CPU_PAR_RANGE(threads_for(be, n * 8), nchunk, sumsq_chunks(part, x, n, chunk, lo, hi));
     double s = 0;
-#pragma omp parallel for simd num_threads(nth) reduction(+ : s) if (nth > 1)
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * (double)x[i];
+    for (size_t k = 0; k < nchunk; k++)
+        s += part[k];
     return s;
 }
 

@@ -67,6 +67,51 @@ static void matvecs_rows(float *out, const float *in, const float *w, const floa
     }
 }
 
+/* The blocks of a product C (M,N) = alpha·op(A)·op(B) + beta·C that cpu_sgemm hands out. */
+typedef struct GemmJob {
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int rb, cb, nc; /* block rows and columns, column blocks per row of blocks */
+} GemmJob;
+
+static void gemm_blocks(const GemmJob *g, size_t lo, size_t hi) {
+    for (size_t i = lo; i < hi; i++) {
+        int m0 = (int)(i / (size_t)g->nc) * g->rb, n0 = (int)(i % (size_t)g->nc) * g->cb;
+        int mb = g->M - m0 < g->rb ? g->M - m0 : g->rb, nb = g->N - n0 < g->cb ? g->N - n0 : g->cb;
+        const float *a = g->ta ? g->A + m0 : g->A + (size_t)m0 * g->lda;
+        const float *b = g->tb ? g->B + (size_t)n0 * g->ldb : g->B + n0;
+        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                    g->tb ? CblasTrans : CblasNoTrans, mb, nb, g->K, g->alpha, a, g->lda, b, g->ldb,
+                    g->beta, g->C + (size_t)m0 * g->ldc + n0, g->ldc);
+    }
+}
+
+static int round_up(int x, int m) {
+    return (x + m - 1) / m * m;
+}
+
+void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    GemmJob g = {ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C, M, N, 1};
+    /* about 32 blocks: rows first (16 to 512 a block), then columns (64 and more) */
+    if (M >= 32) {
+        g.rb = round_up((M + 31) / 32, 8);
+        g.rb = g.rb < 16 ? 16 : g.rb > 512 ? 512 : g.rb;
+    }
+    int nr = (M + g.rb - 1) / g.rb, want = (32 + nr - 1) / nr;
+    if (want > 1) {
+        g.cb = round_up((N + want - 1) / want, 16);
+        g.cb = g.cb < 64 ? 64 : g.cb > N ? N : g.cb;
+    }
+    g.nc = (N + g.cb - 1) / g.cb;
+    size_t nb = (size_t)nr * g.nc;
+    openblas_set_num_threads(1);
+    CPU_PAR_RANGE((size_t)nth < nb ? nth : (int)nb, nb, gemm_blocks(&g, lo, hi));
+}
+
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
     for (size_t m = lo; m < hi; m++) {
         float *o = out + m * N;
@@ -84,8 +129,7 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
                       matvecs_rows(out, in, w, bias, M, K, N, lo, hi));
         return;
     }
-    openblas_set_num_threads(nth);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, w, K, 0.0f, out, N);
+    cpu_sgemm(nth, 0, 1, M, N, K, 1.0f, in, K, w, K, 0.0f, out, N);
     if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_rows(out, bias, N, lo, hi));
 }
 
