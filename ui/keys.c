@@ -6,7 +6,8 @@
 
 #include "curses_wrap.h"
 
-#define CTRL(c) ((c)&0x1f)
+#define CTRL(c)      ((c)&0x1f)
+#define SCR_NOT_CHAT (SCR_SETUP | SCR_TRAIN | SCR_RUNS)
 
 static const KeyBinding table[] = {
         {KEY_F(1), "F1", "Help", "this help (Up/Down/PgUp/PgDn scroll it, other keys close it)",
@@ -74,14 +75,14 @@ static const KeyBinding table[] = {
         {KEY_LEFT, "Left", NULL, "previous choice / smaller value", SCR_SETUP, 0, ACT_LEFT},
         {KEY_RIGHT, "Right", NULL, "next choice / larger value", SCR_SETUP, 0, ACT_RIGHT},
         // --- movement (Setup, Train, Runs)
-        {KEY_UP, "Up", NULL, "move up / scroll up", SCR_ALL, 0, ACT_UP},
-        {KEY_DOWN, "Down", NULL, "move down / scroll down", SCR_ALL, 0, ACT_DOWN},
+        {KEY_UP, "Up", NULL, "move up / scroll up", SCR_NOT_CHAT, 0, ACT_UP},
+        {KEY_DOWN, "Down", NULL, "move down / scroll down", SCR_NOT_CHAT, 0, ACT_DOWN},
         {'k', "k", NULL, "move up", SCR_RUNS | SCR_TRAIN, 1, ACT_UP},
         {'j', "j", NULL, "move down", SCR_RUNS | SCR_TRAIN, 1, ACT_DOWN},
-        {KEY_PPAGE, "PgUp", NULL, "page up", SCR_ALL, 0, ACT_PGUP},
-        {KEY_NPAGE, "PgDn", NULL, "page down", SCR_ALL, 0, ACT_PGDN},
-        {KEY_HOME, "Home", NULL, "to the top", SCR_ALL, 0, ACT_HOME},
-        {KEY_END, "End", NULL, "to the bottom (follow new lines)", SCR_ALL, 0, ACT_END},
+        {KEY_PPAGE, "PgUp", NULL, "page up", SCR_NOT_CHAT, 0, ACT_PGUP},
+        {KEY_NPAGE, "PgDn", NULL, "page down", SCR_NOT_CHAT, 0, ACT_PGDN},
+        {KEY_HOME, "Home", NULL, "to the top", SCR_NOT_CHAT, 0, ACT_HOME},
+        {KEY_END, "End", NULL, "to the bottom (follow new lines)", SCR_NOT_CHAT, 0, ACT_END},
         {'q', "q", "Quit", "quit (training in the background keeps running)", SCR_ALL, 1, ACT_QUIT},
         {KEY_F(10), "F10", NULL, "quit", SCR_ALL, 0, ACT_QUIT},
         {0, NULL, NULL, NULL, 0, 0, ACT_NONE},
