@@ -271,7 +271,16 @@ void app_draw_header(App *app, int y, int w) {
             app->status_below = 1;
             return;
         }
+        /* a long run folder keeps its end (the run's name) after "..." */
         rw = w - x - 1;
+        const char *tail = right;
+        while (*tail && text_width(tail, strlen(tail)) > rw - 3)
+            tail++;
+        if (rw > 4) {
+            ui_str(y, w - rw, 3, ROLE_HEADER, "...");
+            ui_str(y, w - rw + 3, rw - 3, ROLE_HEADER, tail);
+        }
+        return;
     }
     if (rw > 0) ui_text(y, w - rw, rw, rr == ROLE_HEADER ? ROLE_HEADER : rr, right, strlen(right));
 }
