@@ -60,7 +60,15 @@ wait_gone() {
     return 1
 }
 dead()   { [ "$(tmux -L "$SOCK" display -p -t $T '#{pane_dead}' 2>/dev/null)" = 1 ]; }
-status() { tmux -L "$SOCK" display -p -t $T '#{pane_dead_status}' 2>/dev/null; }
+# status: the exit status of the dead pane (polled: tmux may record it a moment after pane_dead)
+status() {
+    i=0
+    while [ $i -lt 40 ]; do
+        st=$(tmux -L "$SOCK" display -p -t $T '#{pane_dead_status}' 2>/dev/null)
+        [ -n "$st" ] && { echo "$st"; return; }
+        sleep 0.05; i=$((i + 1))
+    done
+}
 wait_dead() {
     i=0; n=$(( ${1:-10} * 20 ))
     while [ $i -lt $n ]; do dead && return 0; sleep 0.05; i=$((i + 1)); done
@@ -176,7 +184,8 @@ keys Escape
 wait_for "TabType" 5
 keys q
 chk 'wait_dead 10' "chat: Esc then q quits"
-chk '[ "$(status)" = 0 ]' "chat: q exits 0 ($(status))"
+st=$(status)
+chk '[ "$st" = 0 ]' "chat: q exits 0 ($st)"
 
 # --- 3. templates: the run's (chatml); --template wins; Left/Right change it; ^E system prompt
 start 80x24 "$ENV $BIN watch $RUN"
@@ -213,11 +222,21 @@ chk 'wait_for "params, template chatml" 10' "chat: Left goes back to chatml"
 # ^E: the box edits the system prompt
 keys C-e
 chk 'wait_for "system prompt (Enter sets" 5' "chat: ^E edits the system prompt"
-keys -l "Answer in one word."
+keys -l "Be brief."
 keys Enter
-chk 'wait_for "system: Answer in one word\\." 5' "chat: the settings line shows the system prompt"
+chk 'wait_for "system: Be brief\\." 5' "chat: the settings line shows the system prompt"
 chk 'wait_for "message (Enter sends" 5' "chat: Enter sets it and the box is the message again"
 S=$(cap); echo "$S" > "$W/chat_system_80x24.txt"
+# a prompt longer than the line is cut with "...", and ^E shows it whole in the box
+keys C-e
+wait_for "system prompt (Enter sets" 5
+keys -l " Answer every question in one word."
+keys Enter
+chk 'wait_for "system: Be brief\\. A.*\\.\\.\\.$" 5' "chat: a long system prompt is cut with ..."
+keys C-e
+chk 'wait_for "Be brief\\. Answer every question in one word\\." 5' "chat: ^E shows the whole system prompt"
+keys Escape
+chk 'wait_for "message (Enter sends" 5' "chat: Esc cancels the system prompt edit"
 keys F10
 chk 'wait_dead 10' "chat: F10 quits while typing"
 

@@ -112,8 +112,9 @@ static const char *help_intro(unsigned screen) {
                "as on the other screens, and Tab, Enter or any other letter goes back in. F1-F5 "
                "and F10 work everywhere.";
     if (screen & SCR_SETUP)
-        return "Enter edits the selected field: while editing, typing goes into it, Enter keeps "
-               "the value and Esc cancels. F1-F5 and F10 work everywhere.";
+        return "Enter edits the selected field (or flips an on/off one): while editing, typing "
+               "goes into it, Enter keeps the value and Esc cancels. In the folder browser (Tab "
+               "on the model field) a letter jumps to a folder. F1-F5 and F10 work everywhere.";
     return NULL;
 }
 

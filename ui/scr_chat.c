@@ -550,12 +550,13 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
 }
 
 /* The settings line: sampling, template and system prompt; the picked one highlighted. Long
- * labels when they fit, short ones at 80 columns; the system prompt takes what is left. */
+ * labels and a hint when they fit, short ones at 80 columns; the system prompt takes what is
+ * left. */
 static void draw_settings(ChatState *c, Rect r) {
     ui_fill(r, ROLE_NORMAL);
     char v[SET_COUNT][2][64];
     snprintf(v[SET_TEMP][0], sizeof v[0][0], "temperature %.2f", (double)c->s.temperature);
-    snprintf(v[SET_TEMP][1], sizeof v[0][0], "temp %.2f", (double)c->s.temperature);
+    snprintf(v[SET_TEMP][1], sizeof v[0][0], "temperature %.2f", (double)c->s.temperature);
     snprintf(v[SET_TOP_P][0], sizeof v[0][0], "top-p %.2f", (double)c->s.top_p);
     snprintf(v[SET_TOP_P][1], sizeof v[0][0], "top-p %.2f", (double)c->s.top_p);
     snprintf(v[SET_MAX][0], sizeof v[0][0], "max tokens %d", c->s.max_new_tokens);
@@ -565,11 +566,13 @@ static void draw_settings(ChatState *c, Rect r) {
     snprintf(v[SET_SYSTEM][0], sizeof v[0][0], "system: ");
     snprintf(v[SET_SYSTEM][1], sizeof v[0][0], "system: ");
     const char *sys = c->s.system[0] ? c->s.system : "(the template's)";
+    const char *sys_short = c->s.system[0] ? c->s.system : "default";
     static const char hint[] = "  (Up/Down pick, Left/Right change)";
     int want = 1 + (int)strlen(sys) + (int)strlen(hint);
     for (int i = 0; i < SET_COUNT; i++)
         want += (int)strlen(v[i][0]) + 2;
     int f = want <= r.w ? 0 : 1, x = r.x + 1, end = r.x + r.w;
+    if (f) sys = sys_short;
     for (int i = 0; i < SET_COUNT; i++) {
         Role role = i == c->setting ? ROLE_SELECTED : ROLE_VALUE;
         x += ui_str(r.y, x, end - x, role, v[i][f]);
