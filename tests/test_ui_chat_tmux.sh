@@ -98,6 +98,10 @@ help_pages() {
     range=$(echo "$S" | tail -1 | sed -n 's/.*lines \([0-9]*\)-\([0-9]*\) of \([0-9]*\).*/\1 \2 \3/p')
     if [ -z "$range" ]; then
         chk 'echo "$S" | head -1 | grep -q "any key closes"' "$name: the help fits one page, or says how to scroll"
+        keys Down
+        chk 'wait_gone "tuna help: " 5' "$name: a one-page help closes on any key (Down)"
+        keys F1
+        wait_for "tuna help: " 5
         return
     fi
     first=${range%% *}; rest=${range#* }; last=${rest% *}; total=${rest#* }; pages=0

@@ -344,6 +344,8 @@ static void draw_help(App *app) {
 
 static int help_key(App *app, int ch) {
     int body = app->rows - 2;
+    int n = keys_help_lines(screens[app->screen]->bit, app->cols - 4, NULL, 0);
+    if (n <= body) ch = 0; /* one page: any key closes it, as its title says */
     switch (ch) {
     case KEY_UP: app->help_scroll--; break;
     case KEY_DOWN: app->help_scroll++; break;
