@@ -234,18 +234,29 @@ void app_open_run(App *app, const char *run_dir) {
 static const Screen *screens[SCREEN_COUNT] = {&screen_setup, &screen_train, &screen_chat,
                                               &screen_runs};
 
+/* 1 while the screen's text field has the keyboard (digits and q type, F2-F5 and F10 still act). */
+static int app_text_input(App *app) {
+    const Screen *s = screens[app->screen];
+    return s->text_input ? s->text_input(app) : 0;
+}
+
 void app_draw_header(App *app, int y, int w) {
     Rect r = {y, 0, 1, w};
     ui_fill(r, ROLE_HEADER);
     int x = ui_str(y, 0, w, ROLE_HEADER, " tuna ");
+    /* the tabs name the keys that switch now: 1-4, or F2-F5 while a field takes the typing */
+    int text = app_text_input(app);
     for (int i = 0; i < SCREEN_COUNT; i++) {
         char t[32];
-        snprintf(t, sizeof t, " %d %s ", i + 1, screens[i]->name);
+        snprintf(t, sizeof t, text ? " F%d %s " : " %d %s ", text ? i + 2 : i + 1,
+                 screens[i]->name);
         x += ui_str(y, x, w - x, i == (int)app->screen ? ROLE_TAB_ACTIVE : ROLE_TAB, t);
     }
     char right[4200] = "";
     Role rr = ROLE_HEADER;
-    if (app->status[0] && ui_now() < app->status_until) {
+    int status = app->status[0] && ui_now() < app->status_until;
+    app->status_below = 0;
+    if (status) {
         snprintf(right, sizeof right, " %s ", app->status);
         rr = app->status_role == ROLE_ERROR  ? ROLE_ERROR
              : app->status_role == ROLE_WARN ? ROLE_WARN
@@ -255,8 +266,96 @@ void app_draw_header(App *app, int y, int w) {
         snprintf(right, sizeof right, " %s ", app->run_dir);
     }
     int rw = text_width(right, strlen(right));
-    if (x + 1 + rw > w) rw = w - x - 1;
+    if (x + 1 + rw > w) {
+        if (status) { /* a message is never cut: it goes on the bottom line (draw_status_below) */
+            app->status_below = 1;
+            return;
+        }
+        /* a long run folder keeps its end (the run's name) after "..." */
+        rw = w - x - 1;
+        const char *tail = right;
+        while (*tail && text_width(tail, strlen(tail)) > rw - 3)
+            tail++;
+        if (rw > 4) {
+            ui_str(y, w - rw, 3, ROLE_HEADER, "...");
+            ui_str(y, w - rw + 3, rw - 3, ROLE_HEADER, tail);
+        }
+        return;
+    }
     if (rw > 0) ui_text(y, w - rw, rw, rr == ROLE_HEADER ? ROLE_HEADER : rr, right, strlen(right));
+}
+
+/* A status message too long for the header, over the bottom (key help) line, wrapped to at most
+ * two lines. */
+static void draw_status_below(App *app) {
+    if (!app->status_below) return;
+    Role role = app->status_role == ROLE_ERROR  ? ROLE_ERROR
+                : app->status_role == ROLE_WARN ? ROLE_WARN
+                                                : ROLE_HEADER;
+    if (!theme_has_color()) role = ROLE_HEADER;
+    WrapLine wl[2];
+    int n = wrap_text(app->status, app->cols - 2, wl, 2);
+    if (n > 2) n = 2;
+    for (int i = 0; i < n; i++) {
+        int y = app->rows - n + i;
+        ui_fill((Rect){y, 0, 1, app->cols}, role);
+        ui_text(y, 1, app->cols - 2, role, app->status + wl[i].off, wl[i].len);
+    }
+}
+
+// --- the help screen (F1, ?): the key table's lines for this screen, scrolled by Up/Down/PgUp/
+// PgDn/Home/End; any other key closes it
+
+#define HELP_LINES_MAX 96
+
+static int help_lines(App *app, char (*lines)[KEYS_HELP_COLS]) {
+    int n = keys_help_lines(screens[app->screen]->bit, app->cols - 4, lines, HELP_LINES_MAX);
+    return n < HELP_LINES_MAX ? n : HELP_LINES_MAX;
+}
+
+static void draw_help(App *app) {
+    static char lines[HELP_LINES_MAX][KEYS_HELP_COLS]; /* UI thread only */
+    int n = help_lines(app, lines);
+    int body = app->rows - 2;
+    if (app->help_scroll > n - body) app->help_scroll = n - body > 0 ? n - body : 0;
+    if (app->help_scroll < 0) app->help_scroll = 0;
+    char title[128];
+    snprintf(title, sizeof title, "tuna help: %s%s", screens[app->screen]->name,
+             n > body ? " (Up/Down/PgUp/PgDn scroll, other keys close)" : " (any key closes)");
+    ui_frame((Rect){0, 0, app->rows, app->cols}, title, 1);
+    for (int i = 0; i < body && app->help_scroll + i < n; i++) {
+        const char *l = lines[app->help_scroll + i];
+        /* a key line ("  F2 1      Setup: ..."): the keys in the key colour */
+        if (l[0] == ' ' && l[1] == ' ' && l[2] && l[2] != ' ' && strlen(l) > 12) {
+            ui_text(1 + i, 2, 11, ROLE_KEY, l, 11);
+            ui_str(1 + i, 13, app->cols - 15, ROLE_NORMAL, l + 11);
+        } else {
+            ui_str(1 + i, 2, app->cols - 4, ROLE_NORMAL, l);
+        }
+    }
+    if (n > body) {
+        char more[64];
+        snprintf(more, sizeof more, " lines %d-%d of %d ", app->help_scroll + 1,
+                 app->help_scroll + body < n ? app->help_scroll + body : n, n);
+        int mw = (int)strlen(more);
+        ui_str(app->rows - 1, app->cols - mw - 2, mw, ROLE_DIM, more);
+    }
+}
+
+static int help_key(App *app, int ch) {
+    int body = app->rows - 2;
+    int n = keys_help_lines(screens[app->screen]->bit, app->cols - 4, NULL, 0);
+    if (n <= body) ch = 0; /* one page: any key closes it, as its title says */
+    switch (ch) {
+    case KEY_UP: app->help_scroll--; break;
+    case KEY_DOWN: app->help_scroll++; break;
+    case KEY_PPAGE: app->help_scroll -= body - 1; break;
+    case KEY_NPAGE: app->help_scroll += body - 1; break;
+    case KEY_HOME: app->help_scroll = 0; break;
+    case KEY_END: app->help_scroll = HELP_LINES_MAX; break;
+    default: app->help_open = 0; break;
+    }
+    return UI_REDRAW; /* draw_help clamps the scroll */
 }
 
 // --- the loop
@@ -275,9 +374,10 @@ static void draw(App *app) {
     if (app->rows < LAYOUT_MIN_ROWS || app->cols < LAYOUT_MIN_COLS) {
         ui_too_small(app->rows, app->cols);
     } else if (app->help_open) {
-        ui_help_screen(app->rows, app->cols, screens[app->screen]->bit);
+        draw_help(app);
     } else {
         screens[app->screen]->draw(app);
+        draw_status_below(app);
     }
     refresh();
 }
@@ -295,16 +395,15 @@ static int handle_key(App *app, int ch) {
         app->cols = COLS;
         return UI_REDRAW;
     }
-    if (app->help_open) {
-        app->help_open = 0;
-        return UI_REDRAW;
-    }
+    if (app->help_open) return help_key(app, ch);
     const Screen *s = screens[app->screen];
-    int text = s->text_input ? s->text_input(app) : 0;
-    Action a = keys_lookup(s->bit, ch, text);
+    Action a = keys_lookup(s->bit, ch, app_text_input(app));
     switch (a) {
     case ACT_QUIT: return UI_QUIT;
-    case ACT_HELP: app->help_open = 1; return UI_REDRAW;
+    case ACT_HELP:
+        app->help_open = 1;
+        app->help_scroll = 0;
+        return UI_REDRAW;
     case ACT_SCR_SETUP: switch_screen(app, SCREEN_SETUP); return UI_REDRAW;
     case ACT_SCR_TRAIN: switch_screen(app, SCREEN_TRAIN); return UI_REDRAW;
     case ACT_SCR_CHAT: switch_screen(app, SCREEN_CHAT); return UI_REDRAW;
@@ -455,7 +554,7 @@ static const char *ui_help_text =
         "  --model DIR         model for Setup and Chat (default models/stories260K)\n"
         "  --tuned DIR         second model for side-by-side chat (a checkpoint, or a run folder\n"
         "                      with a LoRA adapter; default: the open run's folder if it has one)\n"
-        "  --template NAME     chat template (default vanilla; templates/NAME.json)\n"
+        "  --template NAME     chat template (default: the run's own, else vanilla)\n"
         "  --config FILE       Setup: configuration JSON to load and save\n"
         "  --screen NAME       ui: open setup|train|chat|runs first\n"
         "  --help              show this help\n"
@@ -476,6 +575,7 @@ static int parse_opts(int argc, char **argv, App *app, int *color, const char **
         case OPT_TUNED: snprintf(app->tuned_dir, sizeof app->tuned_dir, "%s", optarg); break;
         case OPT_TEMPLATE:
             snprintf(app->template_name, sizeof app->template_name, "%s", optarg);
+            app->template_given = 1;
             break;
         case OPT_CONFIG: snprintf(app->config_path, sizeof app->config_path, "%s", optarg); break;
         case OPT_SCREEN: *screen = optarg; break;

@@ -58,12 +58,14 @@ struct App {
     int rows, cols;
     ScreenId screen;
     int help_open;
+    int help_scroll; /* first help line shown */
     int dirty;
     char run_dir[4096];
     char runs_dir[4096];
     char model_dir[4096]; /* Chat base model / Setup default */
     char tuned_dir[4096]; /* Chat tuned model (a merged/full run dir); "" = none */
     char template_name[128];
+    int template_given;     /* --template: Chat uses it over the run's own */
     char config_path[4096]; /* Setup: config file to load/save */
     EventSource *src;
     History *hist;
@@ -76,6 +78,7 @@ struct App {
     char status[512];
     Role status_role;
     double status_until;
+    int status_below;    /* the status did not fit the header: draw() puts it on the last line */
     char self_exe[4096]; /* for launching `tuna train` */
 };
 

@@ -28,8 +28,8 @@ struct ChatWorker {
     int wake_fd;
     char model_dir[4096];
     char template_name[128];
-    // --- request (under mu)
-    int have_req, quit, busy, dead;
+    // --- request (under mu; template_name too)
+    int have_req, quit, busy, dead, tpl_req;
     atomic_int cancel;
     char *roles[CHAT_MAX_TURNS], *contents[CHAT_MAX_TURNS];
     int n_turns;
@@ -75,6 +75,24 @@ static int on_text(void *user, const char *text, size_t len) {
     return w->cancel;
 }
 
+/* Loads the template named in w (under mu) in place of *tpl and says so with a READY. */
+static void load_template(ChatWorker *w, const Model *m, Template **tpl) {
+    char name[128];
+    pthread_mutex_lock(&w->mu);
+    snprintf(name, sizeof name, "%s", w->template_name);
+    w->tpl_req = 0;
+    pthread_mutex_unlock(&w->mu);
+    template_free(*tpl);
+    *tpl = NULL;
+    TunaErr terr = {0};
+    if (name[0] && template_load("templates", name, tpl, &terr)) *tpl = NULL;
+    char desc[1024];
+    snprintf(desc, sizeof desc, "%.600s: %s, %.2fM params, template %.100s", w->model_dir,
+             config_arch_name(m->cfg.arch), (double)model_param_count(m) / 1e6,
+             *tpl ? template_name(*tpl) : "none (plain text)");
+    push_out(w, CHATMSG_READY, desc, strlen(desc));
+}
+
 static void *worker_main(void *arg) {
     ChatWorker *w = arg;
     TunaErr err = {0};
@@ -94,29 +112,26 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&w->mu);
         goto done;
     }
-    {
-        TunaErr terr = {0};
-        if (w->template_name[0] && template_load("templates", w->template_name, &tpl, &terr))
-            tpl = NULL;
-        char desc[1024];
-        snprintf(desc, sizeof desc, "%.600s: %s, %.2fM params, template %.100s", w->model_dir,
-                 config_arch_name(m->cfg.arch), (double)model_param_count(m) / 1e6,
-                 tpl ? template_name(tpl) : "none (plain text)");
-        push_out(w, CHATMSG_READY, desc, strlen(desc));
-    }
+    load_template(w, m, &tpl);
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->have_req && !w->quit)
+        while (!w->have_req && !w->quit && !w->tpl_req)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->quit) {
             pthread_mutex_unlock(&w->mu);
             break;
         }
-        ChatMessage msgs[CHAT_MAX_TURNS];
-        int n = w->n_turns;
-        for (int i = 0; i < n; i++)
-            msgs[i] = (ChatMessage){w->roles[i], w->contents[i]};
+        if (w->tpl_req) {
+            pthread_mutex_unlock(&w->mu);
+            load_template(w, m, &tpl);
+            continue;
+        }
         ChatSettings s = w->settings;
+        ChatMessage msgs[CHAT_MAX_TURNS + 1];
+        int n = 0;
+        if (tpl && s.system[0]) msgs[n++] = (ChatMessage){"system", s.system};
+        for (int i = 0; i < w->n_turns; i++)
+            msgs[n++] = (ChatMessage){w->roles[i], w->contents[i]};
         w->have_req = 0;
         w->cancel = 0;
         pthread_mutex_unlock(&w->mu);
@@ -215,6 +230,14 @@ static void free_turns(ChatWorker *w) {
         free(w->contents[i]);
     }
     w->n_turns = 0;
+}
+
+void chat_worker_set_template(ChatWorker *w, const char *template_name) {
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->template_name, sizeof w->template_name, "%s", template_name ? template_name : "");
+    w->tpl_req = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 int chat_worker_send(ChatWorker *w, const char *const *roles, const char *const *contents, int n,

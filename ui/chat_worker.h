@@ -22,6 +22,7 @@ typedef struct ChatSettings {
     unsigned long long seed;
     int share; /* replies generated at the same time (side by side: 2): each takes its share of
                   the idle cores (0 or 1: all of them) */
+    char system[1024]; /* system prompt; "" = the template's default_system */
 } ChatSettings;
 
 typedef struct ChatWorker ChatWorker;
@@ -30,6 +31,9 @@ typedef struct ChatWorker ChatWorker;
  * the prompt is the plain text of the last user message). wake_fd: write end of a pipe, or -1.
  * Loading errors arrive as a CHATMSG_ERROR. Returns NULL only if the thread cannot start. */
 ChatWorker *chat_worker_start(const char *model_dir, const char *template_name, int wake_fd);
+/* Switches to templates/template_name.json ("" or a missing file: plain text) before the next
+ * reply; a CHATMSG_READY with the new description follows. */
+void chat_worker_set_template(ChatWorker *w, const char *template_name);
 /* Queues a generation for the conversation (roles "user"/"assistant", the last one "user");
  * strings are copied. Returns -1 while a reply is still being generated. */
 int chat_worker_send(ChatWorker *w, const char *const *roles, const char *const *contents, int n,

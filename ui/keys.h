@@ -35,6 +35,7 @@ typedef enum Action {
     ACT_CFG_LOAD, /* setup: read it back */
     ACT_START,    /* setup: start training */
     ACT_CKPT,     /* chat: tuned pane on the next checkpoint of the run */
+    ACT_SYSTEM,   /* chat: edit the system prompt */
     ACT_COUNT
 } Action;
 
@@ -47,6 +48,8 @@ enum {
     SCR_ALL = 0xF,
 };
 
+/* A row with action ACT_NONE only documents a key that the screen's own key function handles
+ * (Esc, Tab on Setup's model field): it shows in the help and dispatch passes the key on. */
 typedef struct KeyBinding {
     int key;           /* curses key code */
     const char *name;  /* "p", "F2", "Enter" */
@@ -61,5 +64,14 @@ typedef struct KeyBinding {
 const KeyBinding *keys_table(void);
 /* The action bound to key on screen (SCR_* bit); text_input: printable keys go to the field. */
 Action keys_lookup(unsigned screen, int key, int text_input);
+
+#define KEYS_HELP_COLS 256 /* bytes of one help line, NUL included */
+
+/* The help screen of screen (SCR_* bit) as lines of at most width columns (ASCII, width is
+ * clamped to 30 .. KEYS_HELP_COLS - 1): what typing does on screens with text fields, then one
+ * entry per action with all its keys ("F2 1") and the sentence of its first key, wrapped under
+ * its own column, then a closing note. Writes up to max lines into out (NULL: count only);
+ * returns the total. Curses-free. */
+int keys_help_lines(unsigned screen, int width, char (*out)[KEYS_HELP_COLS], int max);
 
 #endif

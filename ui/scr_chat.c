@@ -1,7 +1,12 @@
 /* scr_chat.c: the Chat screen. One transcript (base model), or two side by side (base | tuned)
  * that get the same message. Each pane has its own ChatWorker (thread owning its model); replies
- * stream in through the workers' queues and one wake pipe. Up/Down pick a sampling setting,
- * Left/Right change it; Enter sends; Esc cancels a reply. */
+ * stream in through the workers' queues and one wake pipe.
+ * Keys: typing goes into the message box and Enter sends; Esc leaves the box, and then the
+ * screen keys (1-4, q, ?) act as everywhere, Esc again stops a streaming reply, and Tab, Enter or
+ * any other letter goes back in. Up/Down pick a setting (temperature, top-p, max tokens,
+ * template, system prompt), Left/Right change it, ^E edits the system prompt in the box.
+ * The template is --template, else the one the open (or --tuned) run trained with. */
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../src/template.h"
 #include "../src/xalloc.h"
 #include "app.h"
 #include "chat_worker.h"
@@ -32,14 +38,21 @@ typedef struct ChatPane {
     int scroll; /* lines up from the bottom */
 } ChatPane;
 
+enum { SET_TEMP, SET_TOP_P, SET_MAX, SET_TEMPLATE, SET_SYSTEM, SET_COUNT };
+
 struct ChatState {
     ChatPane pane[2];
     int side_by_side;
     int wake[2];
     char input[INPUT_MAX + 1];
     size_t input_len;
-    int setting; /* 0 temperature, 1 top-p, 2 max tokens */
-    ChatSettings s;
+    int in_box;                /* the message box has the keyboard (else 1-4, q, ? are keys) */
+    int sys_edit;              /* the box edits the system prompt (^E) */
+    char saved[INPUT_MAX + 1]; /* the message typed before ^E */
+    int setting;               /* SET_* */
+    ChatSettings s;            /* s.system: the system prompt */
+    char tpl[128];             /* template of both panes */
+    int tpl_chosen;            /* picked here with Left/Right: a new run does not change it */
 };
 
 static int is_model_dir(const char *dir) {
@@ -141,7 +154,7 @@ static void pane_reset(ChatPane *p) {
 static void tuned_start(App *app, ChatState *c) {
     const char *t = tuned_model(app);
     if (t) {
-        pane_start(c, 1, t, app->template_name);
+        pane_start(c, 1, t, c->tpl);
         return;
     }
     c->pane[1].error = 1;
@@ -150,14 +163,86 @@ static void tuned_start(App *app, ChatState *c) {
              "adapter), or open a finished run whose folder holds one");
 }
 
+// --- the template: --template, else the run's own
+
+/* The "template" a run folder recorded: train_config.json, else setup_config.json (written by
+ * Setup before the trainer starts); a checkpoint-N folder asks its run. 0 when there is none. */
+static int run_template(const char *dir, char *out, size_t cap) {
+    static const char *const files[] = {"train_config.json", "setup_config.json",
+                                        "../train_config.json", "../setup_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        char *text = xread_file(path, NULL);
+        cJSON *j = text ? cJSON_Parse(text) : NULL;
+        free(text);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "template");
+        int ok = cJSON_IsString(t) && t->valuestring[0] && strlen(t->valuestring) < cap;
+        if (ok) snprintf(out, cap, "%s", t->valuestring);
+        cJSON_Delete(j);
+        if (ok) return 1;
+    }
+    return 0;
+}
+
+/* The template Chat should use now: picked in Chat, --template, the --tuned model's run, the
+ * open run, else the default (vanilla). */
+static void pick_template(App *app, const ChatState *c, char *out, size_t cap) {
+    if (c->tpl_chosen) {
+        snprintf(out, cap, "%s", c->tpl);
+        return;
+    }
+    if (app->template_given) {
+        snprintf(out, cap, "%s", app->template_name);
+        return;
+    }
+    if (app->tuned_dir[0] && run_template(app->tuned_dir, out, cap)) return;
+    if (app->run_dir[0] && run_template(app->run_dir, out, cap)) return;
+    snprintf(out, cap, "%s", app->template_name);
+}
+
+/* Puts both panes on the template pick_template names, when it changed. */
+static void sync_template(App *app, ChatState *c) {
+    char t[128];
+    pick_template(app, c, t, sizeof t);
+    if (!strcmp(t, c->tpl)) return;
+    snprintf(c->tpl, sizeof c->tpl, "%s", t);
+    for (int i = 0; i < 2; i++)
+        if (c->pane[i].w) chat_worker_set_template(c->pane[i].w, c->tpl);
+}
+
+/* Left/Right on the template setting: the previous/next file in templates/. */
+static void step_template(App *app, ChatState *c, int d) {
+    char **names = NULL;
+    int n = 0;
+    TunaErr err = {0};
+    if (template_list("templates", &names, &n, &err) || !n) {
+        app_status(app, ROLE_WARN, "no templates: %s", err.msg[0] ? err.msg : "templates/ empty");
+        template_list_free(names, n);
+        return;
+    }
+    int at = -1;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], c->tpl)) at = i;
+    at = at < 0 ? 0 : ((at + d) % n + n) % n;
+    snprintf(c->tpl, sizeof c->tpl, "%s", names[at]);
+    template_list_free(names, n);
+    c->tpl_chosen = 1;
+    for (int i = 0; i < 2; i++)
+        if (c->pane[i].w) chat_worker_set_template(c->pane[i].w, c->tpl);
+}
+
 static ChatState *chat_get(App *app) {
     if (app->chat) return app->chat;
     ChatState *c = xcalloc(1, sizeof *c);
     if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) c->wake[0] = c->wake[1] = -1;
-    c->s = (ChatSettings){0.7f, 0.9f, 96, 42, 1};
+    c->s = (ChatSettings){
+            .temperature = 0.7f, .top_p = 0.9f, .max_new_tokens = 96, .seed = 42, .share = 1};
+    c->in_box = 1;
+    pick_template(app, c, c->tpl, sizeof c->tpl);
     const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model
                                                                              : app->model_dir;
-    pane_start(c, 0, base, app->template_name);
+    pane_start(c, 0, base, c->tpl);
     app->chat = c;
     return c;
 }
@@ -187,12 +272,33 @@ static void tuned_refresh(App *app, ChatState *c) {
 }
 
 static void chat_enter(App *app) {
-    tuned_refresh(app, chat_get(app));
+    ChatState *c = chat_get(app);
+    c->in_box = 1;
+    sync_template(app, c);
+    tuned_refresh(app, c);
 }
 
 static int chat_text_input(App *app) {
-    (void)app;
-    return 1;
+    return app->chat ? app->chat->in_box : 1;
+}
+
+static void input_set(ChatState *c, const char *text) {
+    snprintf(c->input, sizeof c->input, "%s", text);
+    c->input_len = strlen(c->input);
+}
+
+/* ^E: the box edits the system prompt; Enter keeps it (done = 1), Esc drops it (done = 0). */
+static void system_edit(ChatState *c, int start, int done) {
+    if (start) {
+        snprintf(c->saved, sizeof c->saved, "%s", c->input);
+        input_set(c, c->s.system);
+        c->sys_edit = c->in_box = 1;
+        c->setting = SET_SYSTEM;
+        return;
+    }
+    if (done) snprintf(c->s.system, sizeof c->s.system, "%.1023s", c->input);
+    input_set(c, c->saved);
+    c->sys_edit = 0;
 }
 
 static int chat_send(App *app) {
@@ -232,7 +338,16 @@ static int chat_send(App *app) {
 static int chat_action(App *app, Action a) {
     ChatState *c = chat_get(app);
     switch (a) {
-    case ACT_OPEN: return chat_send(app);
+    case ACT_OPEN:
+        if (c->sys_edit) {
+            system_edit(c, 0, 1);
+            app_status(app, ROLE_OK, "system prompt %s", c->s.system[0] ? "set" : "cleared");
+            return UI_REDRAW;
+        }
+        c->in_box = 1;
+        return chat_send(app) | UI_REDRAW;
+    case ACT_FOCUS: c->in_box = 1; return UI_REDRAW;
+    case ACT_SYSTEM: system_edit(c, 1, 0); return UI_REDRAW;
     case ACT_SIDE:
         c->side_by_side = !c->side_by_side;
         if (c->side_by_side) tuned_refresh(app, c);
@@ -250,11 +365,13 @@ static int chat_action(App *app, Action a) {
             pane_clear(&c->pane[i]);
         }
         return UI_REDRAW;
-    case ACT_UP: c->setting = (c->setting + 2) % 3; return UI_REDRAW;
-    case ACT_DOWN: c->setting = (c->setting + 1) % 3; return UI_REDRAW;
+    case ACT_UP: c->setting = (c->setting + SET_COUNT - 1) % SET_COUNT; return UI_REDRAW;
+    case ACT_DOWN: c->setting = (c->setting + 1) % SET_COUNT; return UI_REDRAW;
     case ACT_LEFT:
     case ACT_RIGHT: {
         int d = a == ACT_RIGHT ? 1 : -1;
+        if (c->setting == SET_TEMPLATE) step_template(app, c, d);
+        if (c->setting == SET_SYSTEM) app_status(app, ROLE_NORMAL, "^E edits the system prompt");
         if (c->setting == 0) c->s.temperature += 0.1f * (float)d;
         if (c->setting == 1) c->s.top_p += 0.05f * (float)d;
         if (c->setting == 2) c->s.max_new_tokens += 16 * d;
@@ -274,6 +391,10 @@ static int chat_action(App *app, Action a) {
         for (int i = 0; i < 2; i++)
             c->pane[i].scroll = c->pane[i].scroll > 5 ? c->pane[i].scroll - 5 : 0;
         return UI_REDRAW;
+    case ACT_HOME:
+        for (int i = 0; i < 2; i++)
+            c->pane[i].scroll = 1 << 20; /* draw_pane clamps it to the first line */
+        return UI_REDRAW;
     case ACT_END:
         for (int i = 0; i < 2; i++)
             c->pane[i].scroll = 0;
@@ -284,10 +405,20 @@ static int chat_action(App *app, Action a) {
 
 static int chat_key(App *app, int ch) {
     ChatState *c = chat_get(app);
-    if (ch == 27) { /* Esc: cancel the replies */
-        for (int i = 0; i < 2; i++)
-            chat_worker_cancel(c->pane[i].w);
+    if (ch == 27) {
+        if (c->sys_edit) { /* drop the edit, back to the message */
+            system_edit(c, 0, 0);
+        } else if (c->in_box) { /* leave the box: 1-4, q, ? are keys now */
+            c->in_box = 0;
+        } else { /* outside the box: stop the replies */
+            for (int i = 0; i < 2; i++)
+                if (c->pane[i].generating) chat_worker_cancel(c->pane[i].w);
+        }
         return UI_REDRAW;
+    }
+    if (!c->in_box) { /* any other letter goes back into the box, and types */
+        if (ch < 32 || ch >= 256 || ch == 127) return 0;
+        c->in_box = 1;
     }
     if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
         while (c->input_len && ((unsigned char)c->input[c->input_len - 1] & 0xC0) == 0x80)
@@ -297,7 +428,7 @@ static int chat_key(App *app, int ch) {
         return UI_REDRAW;
     }
     if ((ch >= 32 && ch < 127) || (ch >= 128 && ch < 256)) {
-        if (c->input_len < INPUT_MAX) {
+        if (c->input_len < (c->sys_edit ? sizeof c->s.system - 1 : INPUT_MAX)) {
             c->input[c->input_len++] = (char)ch;
             c->input[c->input_len] = 0;
         }
@@ -344,13 +475,48 @@ static int chat_tick(App *app) {
     return dirty ? UI_REDRAW : 0;
 }
 
+/* The pane's first lines: the model it runs (and its template), or why it has none. A
+ * "PATH: details" line too wide for the pane takes two, the end of the path (the run's name)
+ * then the details; an error wraps. Returns the lines used. */
+static int draw_desc(const ChatPane *p, Rect in) {
+    Role role = p->error ? ROLE_ERROR : ROLE_DIM;
+    int w = in.w - 1;
+    const char *d = p->desc;
+    if (text_width(d, strlen(d)) <= w) {
+        ui_str(in.y, in.x + 1, w, role, d);
+        return 1;
+    }
+    const char *sep = p->error ? NULL : strstr(d, ": ");
+    if (sep && in.h > 3) {
+        const char *end = sep + 1, *ps = d; /* the path with its colon */
+        int cut = 0;
+        while (ps < end && text_width(ps, (size_t)(end - ps)) > w - (cut ? 3 : 0)) {
+            ps++, cut = 1;
+            while (ps < end && (*ps & 0xC0) == 0x80)
+                ps++;
+        }
+        int x = in.x + 1;
+        if (cut) x += ui_str(in.y, x, w, role, "...");
+        ui_text(in.y, x, in.x + in.w - x, role, ps, (size_t)(end - ps));
+        ui_str(in.y + 1, in.x + 1, w, role, sep + 2);
+        return 2;
+    }
+    WrapLine wl[4];
+    int most = in.h / 2 < 4 ? in.h / 2 : 4, n = wrap_text(d, w, wl, 4);
+    if (most < 1) most = 1;
+    if (n > most) n = most;
+    for (int k = 0; k < n; k++)
+        ui_text(in.y + k, in.x + 1, w, role, d + wl[k].off, wl[k].len);
+    return n;
+}
+
 static void draw_pane(ChatPane *p, Rect r, const char *title) {
     ui_frame(r, title, 0);
     Rect in = ui_inner(r);
     if (in.h <= 0 || in.w <= 4) return;
-    ui_str(in.y, in.x + 1, in.w - 1, p->error ? ROLE_ERROR : ROLE_DIM, p->desc);
+    int top = draw_desc(p, in);
     /* transcript lines, bottom-aligned */
-    int body = in.h - 1;
+    int body = in.h - top;
     int total = 0;
     for (int i = 0; i < p->n; i++)
         total += 1 + wrap_text(p->texts[i], in.w - 3, NULL, 0);
@@ -360,7 +526,7 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
     WrapLine wl[512];
     for (int i = 0; i < p->n; i++) {
         int user = !strcmp(p->roles[i], "user");
-        int y = in.y + 1 + line - first;
+        int y = in.y + top + line - first;
         if (line >= first && y < in.y + in.h) {
             const char *who = user ? "you" : "model";
             int x = in.x + 1 + ui_str(y, in.x + 1, in.w - 1, user ? ROLE_USER : ROLE_TITLE, who);
@@ -375,11 +541,85 @@ static void draw_pane(ChatPane *p, Rect r, const char *title) {
         line++;
         int n = wrap_text(p->texts[i], in.w - 3, wl, 512);
         for (int k = 0; k < n && k < 512; k++, line++) {
-            y = in.y + 1 + line - first;
+            y = in.y + top + line - first;
             if (line < first || y >= in.y + in.h) continue;
             ui_text(y, in.x + 3, in.w - 3, user ? ROLE_USER : ROLE_ASSISTANT,
                     p->texts[i] + wl[k].off, wl[k].len);
         }
+    }
+}
+
+/* The settings line: sampling, template and system prompt; the picked one highlighted. Long
+ * labels and a hint when they fit, short ones at 80 columns; the system prompt takes what is
+ * left. */
+static void draw_settings(ChatState *c, Rect r) {
+    ui_fill(r, ROLE_NORMAL);
+    char v[SET_COUNT][2][64];
+    snprintf(v[SET_TEMP][0], sizeof v[0][0], "temperature %.2f", (double)c->s.temperature);
+    snprintf(v[SET_TEMP][1], sizeof v[0][0], "temperature %.2f", (double)c->s.temperature);
+    snprintf(v[SET_TOP_P][0], sizeof v[0][0], "top-p %.2f", (double)c->s.top_p);
+    snprintf(v[SET_TOP_P][1], sizeof v[0][0], "top-p %.2f", (double)c->s.top_p);
+    snprintf(v[SET_MAX][0], sizeof v[0][0], "max tokens %d", c->s.max_new_tokens);
+    snprintf(v[SET_MAX][1], sizeof v[0][0], "max %d", c->s.max_new_tokens);
+    snprintf(v[SET_TEMPLATE][0], sizeof v[0][0], "template %.50s", c->tpl);
+    snprintf(v[SET_TEMPLATE][1], sizeof v[0][0], "template %.50s", c->tpl);
+    snprintf(v[SET_SYSTEM][0], sizeof v[0][0], "system: ");
+    snprintf(v[SET_SYSTEM][1], sizeof v[0][0], "system: ");
+    const char *sys = c->s.system[0] ? c->s.system : "(the template's)";
+    const char *sys_short = c->s.system[0] ? c->s.system : "default";
+    static const char hint[] = "  (Up/Down pick, Left/Right change)";
+    int want = 1 + (int)strlen(sys) + (int)strlen(hint);
+    for (int i = 0; i < SET_COUNT; i++)
+        want += (int)strlen(v[i][0]) + 2;
+    int f = want <= r.w ? 0 : 1, x = r.x + 1, end = r.x + r.w;
+    if (f) sys = sys_short;
+    for (int i = 0; i < SET_COUNT; i++) {
+        Role role = i == c->setting ? ROLE_SELECTED : ROLE_VALUE;
+        x += ui_str(r.y, x, end - x, role, v[i][f]);
+        if (i == SET_SYSTEM) {
+            int room = end - x - (f ? 0 : (int)strlen(hint));
+            int sw = text_width(sys, strlen(sys));
+            if (sw > room && room > 3) { /* cut with "..." */
+                x += ui_text(r.y, x, room - 3, role, sys, strlen(sys));
+                x += ui_str(r.y, x, end - x, role, "...");
+            } else {
+                x += ui_str(r.y, x, end - x, role, sys);
+            }
+        } else {
+            x += ui_str(r.y, x, end - x, ROLE_DIM, "  ");
+        }
+    }
+    if (!f) ui_str(r.y, x, end - x, ROLE_DIM, hint);
+}
+
+typedef struct Hint {
+    const char *key, *label;
+} Hint;
+
+/* The bottom key line of the mode Chat is in (the key table's rows, in the words of the mode). */
+static void draw_keys(ChatState *c, Rect r) {
+    static const Hint box[] = {{"Enter", "Send"}, {"Esc", "Leave box"}, {"^B", "Side"},
+                               {"^L", "Clear"},   {"^K", "Ckpt"},       {"^E", "System"},
+                               {"F1", "Help"},    {"F10", "Quit"}};
+    static const Hint out[] = {{"Tab", "Type"}, {"1-4", "Screen"}, {"?", "Help"},
+                               {"q", "Quit"},   {"^B", "Side"},    {"^L", "Clear"},
+                               {"^K", "Ckpt"},  {"^E", "System"},  {"Esc", "Stop reply"}};
+    static const Hint sys[] = {
+            {"Enter", "Set system prompt"}, {"Esc", "Cancel"}, {"F1", "Help"}, {"F10", "Quit"}};
+    const Hint *h = c->sys_edit ? sys : c->in_box ? box : out;
+    int n = c->sys_edit ? (int)(sizeof sys / sizeof *sys)
+            : c->in_box ? (int)(sizeof box / sizeof *box)
+                        : (int)(sizeof out / sizeof *out);
+    int streaming = c->pane[0].generating || c->pane[1].generating;
+    ui_fill(r, ROLE_KEY_LABEL);
+    int x = r.x;
+    for (int i = 0; i < n; i++) {
+        if (h == out && !strcmp(h[i].key, "Esc") && !streaming) continue;
+        int need = (int)strlen(h[i].key) + (int)strlen(h[i].label) + 1;
+        if (x + need > r.x + r.w) break;
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY, h[i].key);
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, h[i].label);
+        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, " ");
     }
 }
 
@@ -388,23 +628,16 @@ static void chat_draw(App *app) {
     ChatLayout L;
     layout_chat(app->rows, app->cols, c->side_by_side, &L);
     app_draw_header(app, L.header.y, L.header.w);
-    // --- settings line
-    ui_fill(L.settings, ROLE_NORMAL);
-    char v[3][48];
-    snprintf(v[0], sizeof v[0], "temperature %.2f", (double)c->s.temperature);
-    snprintf(v[1], sizeof v[1], "top-p %.2f", (double)c->s.top_p);
-    snprintf(v[2], sizeof v[2], "max tokens %d", c->s.max_new_tokens);
-    int x = ui_str(L.settings.y, 1, L.settings.w - 1, ROLE_LABEL, "sampling: ") + 1;
-    for (int i = 0; i < 3; i++) {
-        x += ui_str(L.settings.y, x, L.settings.w - x, i == c->setting ? ROLE_SELECTED : ROLE_VALUE,
-                    v[i]);
-        x += ui_str(L.settings.y, x, L.settings.w - x, ROLE_DIM, "  ");
-    }
-    ui_str(L.settings.y, x, L.settings.w - x, ROLE_DIM, "(Up/Down pick, Left/Right change)");
+    draw_settings(c, L.settings);
     draw_pane(&c->pane[0], L.left, c->side_by_side ? "base" : "chat");
     if (c->side_by_side) draw_pane(&c->pane[1], L.right, "tuned");
     // --- input
-    ui_frame(L.input, "message (Enter sends, Esc cancels a reply)", 1);
+    const char *title = c->sys_edit ? "system prompt (Enter sets it, Esc cancels; empty: the "
+                                      "template's)"
+                        : c->in_box
+                                ? "message (Enter sends, Esc leaves the box)"
+                                : "message (Tab, Enter or a letter to type; 1-4, q, ? are keys)";
+    ui_frame(L.input, title, c->in_box);
     Rect in = ui_inner(L.input);
     const char *shown = c->input;
     int w = text_width(c->input, c->input_len);
@@ -414,9 +647,9 @@ static void chat_draw(App *app) {
             shown++;
         w = text_width(shown, strlen(shown));
     }
-    int cx = in.x + 1 + ui_str(in.y, in.x + 1, in.w - 2, ROLE_NORMAL, shown);
-    ui_str(in.y, cx, 1, ROLE_SELECTED, " ");
-    ui_help_line(L.help, SCR_CHAT, 1);
+    int cx = in.x + 1 + ui_str(in.y, in.x + 1, in.w - 2, c->in_box ? ROLE_NORMAL : ROLE_DIM, shown);
+    if (c->in_box) ui_str(in.y, cx, 1, ROLE_SELECTED, " ");
+    draw_keys(c, L.help);
 }
 
 const Screen screen_chat = {"Chat",      SCR_CHAT, chat_text_input, chat_enter,
