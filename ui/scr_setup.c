@@ -196,14 +196,14 @@ static SetupState *setup_get(App *app) {
             {"lora_rank", "lora rank", F_INT, M_LORA, 8, 1, 1, 1024, "", NULL, 0},
             {"lora_alpha", "lora alpha", F_INT, M_LORA, 16, 1, 1, 4096, "", NULL, 0},
             {"lora_dropout", "lora dropout", F_FLOAT, M_LORA, 0, 0.05, 0, 0.9, "", NULL, 0},
-            {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "q_proj,v_proj", NULL, 0},
+            {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "all", NULL, 0},
             {"lora_trainable_tokens", "lora train tokens", F_TEXT, M_LORA, 0, 0, 0, 0, "", NULL, 0},
             {"freeze_layers", "trainable layers", F_INT, M_FREEZE, 2, 1, 1, 1000, "", NULL, 0},
             {"prefix_tokens", "prefix tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
             {"prefix_projection", "prefix MLP", F_BOOL, M_PT, 0, 1, 0, 1, "", NULL, 0},
             {"prefix_hidden", "prefix hidden", F_INT, M_PT, 64, 16, 1, 65536, "", NULL, 0},
             {"epochs", "epochs", F_INT, M_ALL, 3, 1, 1, 100000, "", NULL, 0},
-            {"lr", "learning rate", F_FLOAT, M_ALL, 1e-3, 0, 1e-7, 1, "", NULL, 0},
+            {"lr", "learning rate", F_FLOAT, M_ALL, 0, 0, 1e-7, 1, "", NULL, 0}, /* 0: auto */
             {"batch_size", "batch size", F_INT, M_ALL, 8, 1, 1, 4096, "", NULL, 0},
             {"grad_accum", "grad accum", F_INT, M_ALL, 1, 1, 1, 1024, "", NULL, 0},
             {"cutoff_len", "cutoff len", F_INT, M_ALL, 256, 32, 8, 131072, "", NULL, 0},
@@ -214,6 +214,8 @@ static SetupState *setup_get(App *app) {
             {"seed", "seed", F_INT, M_ALL, 42, 1, 0, 2147483647, "", NULL, 0},
             {"output", "output", F_TEXT, M_ALL, 0, 0, 0, 0, "runs/identity-lora", NULL, 0},
     };
+    /* the values are `tuna train`'s defaults (src/train.c), so ^T on them trains as the CLI does:
+       LoRA r8/alpha 16 on every linear layer, lr auto (chosen by method and model size) */
     s->n = (int)(sizeof defs / sizeof defs[0]);
     s->f = xmalloc(sizeof defs);
     memcpy(s->f, defs, sizeof defs);
@@ -271,17 +273,25 @@ void setup_free(SetupState *s) {
     free(s);
 }
 
+/* lr is "auto" (kept as 0): `tuna train` picks it by method and model size. */
+static int is_auto(const Field *f) {
+    return !strcmp(f->key, "lr") && f->v == 0;
+}
+
 /* Until the user types an output folder it follows the dataset and method, as `tuna train`'s
- * default runs/DATASET-METHOD. */
-static void auto_output(SetupState *s) {
+ * default RUNS/DATASET-METHOD, under the runs folder (--runs), on a name no folder has yet:
+ * training into an existing run is refused, so runs/identity-lora taken gives identity-lora-2. */
+static void auto_output(App *app, SetupState *s) {
     if (s->output_typed) return;
     const char *d = field(s, "dataset")->text;
     size_t k = strcspn(d, ",");
     while (k && d[k - 1] == ' ')
         k--;
     Field *o = field(s, "output");
-    snprintf(o->text, sizeof o->text, "runs/%.*s-%.20s", (int)(k > 200 ? 200 : k), d,
+    char base[sizeof o->text];
+    snprintf(base, sizeof base, "%.200s/%.*s-%.20s", app->runs_dir, (int)(k > 200 ? 200 : k), d,
              field(s, "method")->text);
+    runs_fresh_name(base, o->text, sizeof o->text);
 }
 
 // --- config JSON
@@ -293,7 +303,9 @@ static cJSON *setup_json(SetupState *s) {
     for (int i = 0; i < s->n; i++) {
         Field *f = &s->f[i];
         if (!(f->methods & mb)) continue;
-        if (f->kind == F_INT)
+        if (is_auto(f))
+            cJSON_AddStringToObject(o, f->key, "auto");
+        else if (f->kind == F_INT)
             cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
         else if (f->kind == F_FLOAT)
             cJSON_AddNumberToObject(o, f->key, f->v);
@@ -305,8 +317,8 @@ static cJSON *setup_json(SetupState *s) {
     return o;
 }
 
-static int write_json(SetupState *s, const char *path, char *err, size_t n) {
-    auto_output(s);
+static int write_json(App *app, SetupState *s, const char *path, char *err, size_t n) {
+    auto_output(app, s);
     cJSON *o = setup_json(s);
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
@@ -340,6 +352,8 @@ static int load_json(SetupState *s, const char *path, char *err, size_t n) {
         if (!it) continue;
         if (f->kind == F_BOOL && cJSON_IsBool(it))
             f->v = cJSON_IsTrue(it);
+        else if (!strcmp(f->key, "lr") && cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))
+            f->v = 0;
         else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) &&
                  cJSON_IsNumber(it))
             f->v = f->kind == F_BOOL ? it->valuedouble != 0 : it->valuedouble;
@@ -771,6 +785,8 @@ static Field *selected(SetupState *s) {
 static void fmt_value(const Field *f, char *b, size_t n) {
     if (f->kind == F_INT)
         snprintf(b, n, "%ld", (long)f->v);
+    else if (is_auto(f))
+        snprintf(b, n, "auto");
     else if (f->kind == F_FLOAT)
         snprintf(b, n, "%g", f->v);
     else if (f->kind == F_BOOL)
@@ -839,6 +855,10 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         return rc;
     } else if (!strcmp(f->key, "output")) {
         if (!*v) return snprintf(why, n, "name a run folder, e.g. runs/NAME"), -1;
+        char fresh[512];
+        if (runs_fresh_name(v, fresh, sizeof fresh) > 0)
+            return snprintf(why, n, "warn:%.200s already exists (^T moves on to %.200s)", v, fresh),
+                   1;
     }
     return 0;
 }
@@ -869,13 +889,18 @@ static int commit_edit(App *app, SetupState *s) {
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
+    if (!strcmp(f->key, "lr") && !strcmp(s->edit, "auto")) {
+        f->v = 0;
+        return UI_REDRAW;
+    }
     char *end;
     errno = 0;
     double v = strtod(s->edit, &end), hi = field_hi(s, f);
     if (errno || end == s->edit || *end || !isfinite(v) || v < f->lo || v > hi ||
         (f->kind == F_INT && v != floor(v))) {
-        snprintf(why, sizeof why, "expected %s in [%g, %g], got \"%.100s\"",
-                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi, s->edit);
+        snprintf(why, sizeof why, "expected %s in [%g, %g]%s, got \"%.100s\"",
+                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi,
+                 !strcmp(f->key, "lr") ? " or auto" : "", s->edit);
         return refuse(app, s, f, why);
     }
     if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
@@ -884,17 +909,42 @@ static int commit_edit(App *app, SetupState *s) {
     return UI_REDRAW;
 }
 
+/* mkdir -p for the parents of path (not path itself). */
+static void mkdir_parents(const char *path) {
+    char p[PATH_MAX];
+    copy_str(p, sizeof p, path);
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(p, 0755);
+            *q = '/';
+        }
+}
+
 static int start_training(App *app, SetupState *s) {
-    auto_output(s);
-    const char *out = field(s, "output")->text;
+    auto_output(app, s);
+    Field *of = field(s, "output");
+    char out[sizeof of->text];
+    copy_str(out, sizeof out, of->text);
     char err[600] = "", cfg[4200], log[4200], pidf[4200];
-    mkdir("runs", 0755);
-    if (mkdir(out, 0755) && errno != EEXIST) {
-        app_status(app, ROLE_ERROR, "%s: %s", out, strerror(errno));
+    mkdir_parents(out);
+    /* a new folder only: an existing run would be refused by tuna train, and Setup's own files
+       must not land in it; a typed name that is taken moves on to a free one */
+    if (mkdir(out, 0755)) {
+        int e = errno;
+        char fresh[sizeof of->text];
+        if (e == EEXIST && runs_fresh_name(out, fresh, sizeof fresh) > 0) {
+            copy_str(of->text, sizeof of->text, fresh);
+            char why[sizeof s->refused];
+            snprintf(why, sizeof why, "%.200s already exists; output is now %.200s: ^T again", out,
+                     fresh);
+            return refuse(app, s, of, why);
+        }
+        app_status(app, ROLE_ERROR, "%s: %s", out, strerror(e));
         return UI_REDRAW;
     }
     snprintf(cfg, sizeof cfg, "%s/setup_config.json", out);
-    if (write_json(s, cfg, err, sizeof err)) {
+    if (write_json(app, s, cfg, err, sizeof err)) {
         app_status(app, ROLE_ERROR, "%s", err);
         return UI_REDRAW;
     }
@@ -964,7 +1014,9 @@ static int setup_action(App *app, Action a) {
             f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
             double hi = field_hi(s, f);
-            if (f->step > 0)
+            if (is_auto(f)) /* from auto: factors of two around 1e-3 */
+                f->v = d > 0 ? 2e-3 : 5e-4;
+            else if (f->step > 0)
                 f->v += d * f->step;
             else
                 f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
@@ -984,7 +1036,7 @@ static int setup_action(App *app, Action a) {
         s->edit_len = strlen(s->edit);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (write_json(s, app->config_path, err, sizeof err))
+        if (write_json(app, s, app->config_path, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
@@ -1347,7 +1399,7 @@ static void setup_draw(App *app) {
     SplitLayout L;
     layout_split(app->rows, app->cols, 46, &L);
     app_draw_header(app, L.header.y, L.header.w);
-    auto_output(s);
+    auto_output(app, s);
     if (s->br.open)
         draw_browser(app, s, L.list);
     else
