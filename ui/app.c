@@ -155,6 +155,11 @@ static int terminal_init(int want_color) {
         fprintf(stderr, "tuna: the workbench needs a terminal (stdin and stdout)\n");
         return -1;
     }
+    char why[400]; /* TERM=dumb and the like: one line and exit 1, not a blank screen */
+    if (theme_term_check(why, sizeof why)) {
+        fprintf(stderr, "tuna: %s\n", why);
+        return -1;
+    }
     if (tcgetattr(STDIN_FILENO, &tty_saved) == 0) tty_saved_ok = 1;
     stderr_capture_begin();
     if (!getenv("ESCDELAY"))
@@ -234,6 +239,21 @@ void app_open_run(App *app, const char *run_dir) {
 static const Screen *screens[SCREEN_COUNT] = {&screen_setup, &screen_train, &screen_chat,
                                               &screen_runs};
 
+/* The status message while it shows ("" when none). */
+static const char *status_now(App *app) {
+    return app->status[0] && ui_now() < app->status_until ? app->status : "";
+}
+
+/* 1 when the status message fits beside the tabs of a w-column header; else draw() shows it in
+ * full over the bottom rows (ui_message). */
+static int status_fits(App *app, int w) {
+    int x = 6; /* " tuna " */
+    for (int i = 0; i < SCREEN_COUNT; i++)
+        x += 4 + (int)strlen(screens[i]->name); /* " %d %s " */
+    const char *st = status_now(app);
+    return x + 1 + text_width(st, strlen(st)) + 2 <= w;
+}
+
 void app_draw_header(App *app, int y, int w) {
     Rect r = {y, 0, 1, w};
     ui_fill(r, ROLE_HEADER);
@@ -245,7 +265,7 @@ void app_draw_header(App *app, int y, int w) {
     }
     char right[4200] = "";
     Role rr = ROLE_HEADER;
-    if (app->status[0] && ui_now() < app->status_until) {
+    if (status_now(app)[0] && status_fits(app, w)) {
         snprintf(right, sizeof right, " %s ", app->status);
         rr = app->status_role == ROLE_ERROR  ? ROLE_ERROR
              : app->status_role == ROLE_WARN ? ROLE_WARN
@@ -278,6 +298,11 @@ static void draw(App *app) {
         ui_help_screen(app->rows, app->cols, screens[app->screen]->bit);
     } else {
         screens[app->screen]->draw(app);
+        if (status_now(app)[0] && !status_fits(app, app->cols)) {
+            Role r = app->status_role == ROLE_NORMAL || !theme_has_color() ? ROLE_HEADER
+                                                                           : app->status_role;
+            ui_message(app->rows, app->cols, r, app->status);
+        }
     }
     refresh();
 }

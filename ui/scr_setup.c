@@ -33,6 +33,7 @@
 #include "widgets.h"
 
 #define MAX_CHOICES 64
+#define CTRL(c)     ((c)&0x1f)
 #define MAX_BROWSE  5000
 
 typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
@@ -66,8 +67,7 @@ struct SetupState {
     Field *f;
     int n, sel, top;
     int editing;
-    char edit[512];
-    size_t edit_len;
+    LineEdit ed;       /* the value being typed */
     char refused[512]; /* why the last typed value was refused (shown in its row) */
     int refused_field;
     int output_typed; /* 0: output follows runs/DATASET-METHOD */
@@ -880,27 +880,28 @@ static int commit_edit(App *app, SetupState *s) {
     s->editing = 0;
     char why[600] = "";
     if (f->kind == F_TEXT || f->kind == F_CHOICE) {
-        int rc = check_text(s, f, s->edit, why, sizeof why);
+        int rc = check_text(s, f, s->ed.buf, why, sizeof why);
         if (rc < 0) return refuse(app, s, f, why);
-        snprintf(f->text, sizeof f->text, "%s", s->edit);
+        snprintf(f->text, sizeof f->text, "%s", s->ed.buf);
         if (!strcmp(f->key, "output")) s->output_typed = 1;
         if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text))
             add_choice(f, f->text);
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
-    if (!strcmp(f->key, "lr") && !strcmp(s->edit, "auto")) {
+    const char *edit = s->ed.buf;
+    if (!strcmp(f->key, "lr") && !strcmp(edit, "auto")) {
         f->v = 0;
         return UI_REDRAW;
     }
     char *end;
     errno = 0;
-    double v = strtod(s->edit, &end), hi = field_hi(s, f);
-    if (errno || end == s->edit || *end || !isfinite(v) || v < f->lo || v > hi ||
+    double v = strtod(edit, &end), hi = field_hi(s, f);
+    if (errno || end == edit || *end || !isfinite(v) || v < f->lo || v > hi ||
         (f->kind == F_INT && v != floor(v))) {
         snprintf(why, sizeof why, "expected %s in [%g, %g]%s, got \"%.100s\"",
                  f->kind == F_INT ? "an integer" : "a number", f->lo, hi,
-                 !strcmp(f->key, "lr") ? " or auto" : "", s->edit);
+                 !strcmp(f->key, "lr") ? " or auto" : "", edit);
         return refuse(app, s, f, why);
     }
     if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
@@ -985,7 +986,16 @@ static int setup_action(App *app, Action a) {
     visible(s, idx, &n);
     Field *f = selected(s);
     char err[600] = "";
-    if (s->editing && a != ACT_OPEN) return 0;
+    if (s->editing) { /* the line editor's cursor keys */
+        switch (a) {
+        case ACT_LEFT: edit_op(&s->ed, EDIT_LEFT); return UI_REDRAW;
+        case ACT_RIGHT: edit_op(&s->ed, EDIT_RIGHT); return UI_REDRAW;
+        case ACT_HOME: edit_op(&s->ed, EDIT_HOME); return UI_REDRAW;
+        case ACT_END: edit_op(&s->ed, EDIT_END); return UI_REDRAW;
+        case ACT_OPEN: break;
+        default: return 0;
+        }
+    }
     if (!s->editing) s->refused_field = -1;
     switch (a) {
     case ACT_UP:
@@ -1032,8 +1042,9 @@ static int setup_action(App *app, Action a) {
             return UI_REDRAW;
         }
         s->editing = 1;
-        fmt_value(f, s->edit, sizeof s->edit);
-        s->edit_len = strlen(s->edit);
+        char v[sizeof s->ed.buf];
+        fmt_value(f, v, sizeof v);
+        edit_set(&s->ed, v);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
         if (write_json(app, s, app->config_path, err, sizeof err))
@@ -1071,19 +1082,56 @@ static int setup_key(App *app, int ch) {
         s->editing = 0;
         return UI_REDRAW;
     }
-    if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
-        if (s->edit_len) s->edit[--s->edit_len] = 0;
-        return UI_REDRAW;
-    }
-    if (ch >= 32 && ch < 256 && ch != 127 && s->edit_len < sizeof s->edit - 1) {
-        s->edit[s->edit_len++] = (char)ch;
-        s->edit[s->edit_len] = 0;
+    static const struct {
+        int key;
+        EditOp op;
+    } ops[] = {
+            {KEY_BACKSPACE, EDIT_BACKSPACE},
+            {127, EDIT_BACKSPACE},
+            {8, EDIT_BACKSPACE},
+            {KEY_DC, EDIT_DELETE},
+            {CTRL('d'), EDIT_DELETE},
+            {CTRL('a'), EDIT_HOME},
+            {CTRL('e'), EDIT_END},
+            {CTRL('b'), EDIT_LEFT},
+            {CTRL('f'), EDIT_RIGHT},
+            {CTRL('u'), EDIT_KILL_BEFORE},
+            {CTRL('k'), EDIT_KILL_AFTER},
+            {CTRL('w'), EDIT_KILL_WORD},
+    };
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (ch == ops[i].key) {
+            edit_op(&s->ed, ops[i].op);
+            return UI_REDRAW;
+        }
+    if (ch >= 32 && ch < 256 && ch != 127) { /* a byte of UTF-8 text */
+        char c = (char)ch;
+        if (edit_insert(&s->ed, &c, 1)) app_status(app, ROLE_WARN, "the value is full");
         return UI_REDRAW;
     }
     return 0;
 }
 
 // --- drawing
+
+/* The value being typed, scrolled to its cursor (a highlighted cell), with a mark at either end
+ * where the value runs on. */
+static void draw_edit(LineEdit *e, int y, int x, int w) {
+    if (w < 2) return;
+    int col = edit_view(e, w);
+    ui_fill((Rect){y, x, 1, w}, ROLE_SELECTED);
+    ui_text(y, x, w, ROLE_SELECTED, e->buf + e->off, e->len - e->off);
+    const char *ell = theme_glyphs()->ellipsis;
+    if (e->off > 0) ui_str(y, x, 1, ROLE_DIM, ell);
+    if (text_width(e->buf + e->off, e->len - e->off) > w) ui_str(y, x + w - 1, 1, ROLE_DIM, ell);
+    size_t n = e->cur;
+    while (n < e->len && ((unsigned char)e->buf[n + 1] & 0xC0) == 0x80)
+        n++;
+    if (e->cur < e->len)
+        ui_text(y, x + col, w - col, ROLE_TAB_ACTIVE, e->buf + e->cur, n + 1 - e->cur);
+    else
+        ui_str(y, x + col, w - col, ROLE_TAB_ACTIVE, " ");
+}
 
 /* The form (left pane). */
 static void draw_form(App *app, SetupState *s, Rect list) {
@@ -1107,21 +1155,21 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             ui_printf(y, vx, vw, ROLE_ERROR, "refused: %s", s->refused);
             continue;
         }
-        if (sel && s->editing)
-            snprintf(v, sizeof v, "%s_", s->edit);
-        else {
-            fmt_value(f, v, sizeof v);
-            if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
-                char t[620];
-                snprintf(t, sizeof t, "< %s >", v);
-                snprintf(v, sizeof v, "%.599s", t);
-            }
+        if (sel && s->editing) {
+            draw_edit(&s->ed, y, vx, vw);
+            continue;
+        }
+        fmt_value(f, v, sizeof v);
+        if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
+            char t[620];
+            snprintf(t, sizeof t, "< %s >", v);
+            snprintf(v, sizeof v, "%.599s", t);
         }
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
         if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v)
             r = ROLE_DIM;
         int used = ui_str(y, vx, vw, r, v);
-        if (!strcmp(f->key, "dataset") && !(sel && s->editing)) {
+        if (!strcmp(f->key, "dataset")) {
             char b[256];
             int bad = dataset_sizes(s, f->text, b, sizeof b);
             char t[300];
