@@ -72,6 +72,17 @@ static void test_layouts(void) {
             layout_split(rows, cols, 58, &s);
             Rect sr[] = {s.header, s.list, s.detail, s.help};
             bad += check_rects(sr, 4, rows, cols, "split");
+            for (int nr = 0; nr <= 60; nr += 30) {
+                layout_runs(rows, cols, nr, &s);
+                Rect rr[] = {s.header, s.list, s.detail, s.help};
+                bad += check_rects(rr, 4, rows, cols, "runs");
+                /* the details keep room for a frame and the six labelled lines */
+                if (s.detail.h < 8 || s.detail.w < 20 || s.list.h < 5) {
+                    fprintf(stderr, "runs %dx%d (%d runs): a pane is too small\n", cols, rows, nr);
+                    bad++;
+                }
+                if (cols < LAYOUT_RUNS_SIDE_COLS && s.detail.w != cols) bad++;
+            }
             FrameLayout f;
             layout_frame(rows, cols, &f);
             Rect fr[] = {f.header, f.body, f.help};

@@ -1415,9 +1415,9 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
     if (s->refused_field >= 0 && !s->editing) { /* the whole reason, wrapped */
         char why[700];
         snprintf(why, sizeof why, "%s: %s", s->f[s->refused_field].key, s->refused);
-        WrapLine wl[4];
-        int nl = wrap_text(why, w > 4 ? w : 4, wl, 4);
-        for (int i = 0; i < nl && i < 4; i++) {
+        WrapLine wl[16];
+        int nl = wrap_text(why, w > 4 ? w : 4, wl, 16);
+        for (int i = 0; i < nl && i < 16; i++) {
             if (draw && y < d.y + d.h) ui_text(y, x, w, ROLE_ERROR, why + wl[i].off, wl[i].len);
             y++;
         }
