@@ -1168,7 +1168,23 @@ static void draw_form(App *app, SetupState *s, Rect list) {
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
         if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v)
             r = ROLE_DIM;
-        int used = ui_str(y, vx, vw, r, v);
+        /* a value wider than the row: paths keep their end (the run's name), others their start,
+           with a mark where it is cut; Enter shows all of it in the editor */
+        int used, vwid = text_width(v, strlen(v));
+        const char *ell = theme_glyphs()->ellipsis;
+        if (vwid > vw && vw > 4 && (!strcmp(f->key, "output") || !strcmp(f->key, "model"))) {
+            const char *t = v;
+            while (*t && text_width(t, strlen(t)) > vw - 1)
+                t++;
+            while (((unsigned char)*t & 0xC0) == 0x80)
+                t++;
+            used = ui_str(y, vx, 1, ROLE_DIM, ell);
+            used += ui_str(y, vx + used, vw - used, r, t);
+        } else if (vwid > vw && vw > 4) {
+            used = ui_str(y, vx, vw - 1, r, v);
+            used += ui_str(y, vx + used, 1, ROLE_DIM, ell);
+        } else
+            used = ui_str(y, vx, vw, r, v);
         if (!strcmp(f->key, "dataset")) {
             char b[256];
             int bad = dataset_sizes(s, f->text, b, sizeof b);
