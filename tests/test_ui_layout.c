@@ -307,6 +307,12 @@ static void test_misc(void) {
     CHECK(wrap_text("a\nb", 10, wl, 16) == 2, "newline splits");
     CHECK(wrap_text("", 10, wl, 16) == 1, "empty is one line");
     CHECK(wrap_text("abcdefghij", 3, wl, 16) == 4, "hard break");
+    const char *path = "/tmp/tuna/runs/identity-lora-2";
+    n = wrap_text(path, 12, wl, 16); /* "/tmp/tuna/" "runs/" "identity-lor" "a-2" */
+    CHECK(n == 4 && wl[0].len == 10 && wl[1].off == 10 && wl[1].len == 5 && wl[2].len == 12,
+          "a path breaks after slashes: %d lines", n);
+    n = wrap_text("output: /tmp/x/runs already exists", 16, wl, 16);
+    CHECK(n == 3 && wl[0].len == 7, "spaces first: %d lines, first %zu", n, wl[0].len);
     /* every action reachable from the table is bound once per screen for a given key */
     const KeyBinding *t = keys_table();
     int dup = 0;

@@ -41,19 +41,22 @@ int wrap_text(const char *text, int width, WrapLine *lines, int max) {
     int n = 0;
     size_t len = strlen(text), i = 0;
     while (i < len || (i == len && n == 0)) {
-        size_t start = i, brk = 0;
+        size_t start = i, brk = 0, slash = 0;
         int col = 0, have_brk = 0;
         while (i < len && text[i] != '\n') {
             int cw;
             size_t k = next_char(text + i, len - i, &cw);
             if (col + cw > width) break;
             if (text[i] == ' ') brk = i, have_brk = 1;
+            if (text[i] == '/') slash = i + 1; /* a path breaks after a slash */
             col += cw;
             i += k;
         }
         size_t end = i;
         if (i < len && text[i] != '\n' && have_brk && brk > start)
             end = brk, i = brk + 1;
+        else if (i < len && text[i] != '\n' && text[i] != ' ' && slash > start && slash < i)
+            end = i = slash;
         else if (i < len && text[i] == '\n')
             i++;
         if (end == start && i == start) i += 1; /* a char wider than width */

@@ -14,8 +14,8 @@ typedef struct WrapLine {
     size_t off, len; /* bytes of the source text */
 } WrapLine;
 
-/* Splits text into lines of at most width display columns, breaking at spaces when it can and
- * at '\n' always. Writes up to max lines (lines may be NULL to count). Returns the total. */
+/* Splits text into lines of at most width display columns, breaking at spaces when it can, else
+ * after a '/' (paths), and at '\n' always. Writes up to max lines (lines may be NULL to count). Returns the total. */
 int wrap_text(const char *text, int width, WrapLine *lines, int max);
 /* Display columns of the first len bytes of UTF-8 s. */
 int text_width(const char *s, size_t len);
