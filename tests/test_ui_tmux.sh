@@ -172,13 +172,13 @@ for size in 80x24 200x60; do
 done
 chk 'wait_for "I am Tuna at step"' "live: samples arrive"
 tmux -L "$SOCK" send-keys -t $T p
-chk 'until_ok "grep -q \"^pause$\" $LIVE/control"' "p writes pause to RUN_DIR/control"
+chk 'until_ok "grep -qs \"^pause$\" $LIVE/control"' "p writes pause to RUN_DIR/control"
 tmux -L "$SOCK" send-keys -t $T s
-chk 'until_ok "grep -q \"^save$\" $LIVE/control"' "s writes save"
+chk 'until_ok "grep -qs \"^save$\" $LIVE/control"' "s writes save"
 tmux -L "$SOCK" send-keys -t $T x
 chk 'wait_for "press x again" && ! grep -q "^stop$" $LIVE/control' "x asks for confirmation"
 tmux -L "$SOCK" send-keys -t $T x
-chk 'until_ok "grep -q \"^stop$\" $LIVE/control"' "x x writes stop"
+chk 'until_ok "grep -qs \"^stop$\" $LIVE/control"' "x x writes stop"
 
 # --- 5. key response: how long a keypress takes to change the screen (median of 20), while the
 # live run keeps appending; printed for the record, not asserted (it measures the machine)
@@ -255,7 +255,7 @@ tmux -L "$SOCK" send-keys -t $T Down Down Down Down Down Right Right
 tmux -L "$SOCK" send-keys -t $T Down Enter BSpace BSpace x Enter
 chk 'wait_for "expected an integer"' "setup: an invalid value is refused with the reason"
 tmux -L "$SOCK" send-keys -t $T C-s
-chk 'until_ok "grep -q \"lora_rank.:[[:space:]]*10\" $W/cfg.json"' "setup: ^S saves lora_rank (flag name with underscores)"
+chk 'until_ok "grep -qs \"lora_rank.:[[:space:]]*10\" $W/cfg.json"' "setup: ^S saves lora_rank (flag name with underscores)"
 chk 'grep -q "\"lora_alpha\":[[:space:]]*16" $W/cfg.json' "setup: the refused value kept the old one"
 
 # --- 8. watch on a missing folder waits instead of failing
@@ -445,7 +445,7 @@ chk 'wait_for "training setup"' "80x24 setup: opens"
 tmux -L "$SOCK" send-keys -t $T End
 chk 'until_ok "cap | grep \"output\" | grep -q \"identity-lora-2\""' "80x24 setup: $R13/identity-lora exists, the output offered is identity-lora-2"
 tmux -L "$SOCK" send-keys -t $T C-s
-chk 'until_ok "grep -q \"output.:.*runs13/identity-lora-2\\\"\" $W/cfg13.json"' "80x24 setup: ^S saves the fresh output under --runs"
+chk 'until_ok "grep -qs \"output.:.*runs13/identity-lora-2\\\"\" $W/cfg13.json"' "80x24 setup: ^S saves the fresh output under --runs"
 chk 'grep -q "\"lr\":[[:space:]]*\"auto\"" $W/cfg13.json && grep -q "\"lora_target\":[[:space:]]*\"all\"" $W/cfg13.json' "80x24 setup: the defaults are tuna train's (lr auto, lora target all)"
 # a refused value: the whole reason in the detail pane, and in the status line (over the bottom
 # rows while it shows: 5 s, so a stalled machine gets three tries)

@@ -289,8 +289,11 @@ static void auto_output(App *app, SetupState *s) {
         k--;
     Field *o = field(s, "output");
     char base[sizeof o->text];
-    snprintf(base, sizeof base, "%.200s/%.*s-%.20s", app->runs_dir, (int)(k > 200 ? 200 : k), d,
-             field(s, "method")->text);
+    int rl = (int)strlen(app->runs_dir);
+    while (rl > 1 && app->runs_dir[rl - 1] == '/') /* --runs DIR/ */
+        rl--;
+    snprintf(base, sizeof base, "%.*s/%.*s-%.20s", rl > 200 ? 200 : rl, app->runs_dir,
+             (int)(k > 200 ? 200 : k), d, field(s, "method")->text);
     runs_fresh_name(base, o->text, sizeof o->text);
 }
 
@@ -1423,10 +1426,12 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
     }
     Field *sf = selected(s);
     const char *hint = !strcmp(sf->key, "model") ? "Tab browse  Enter type a path"
-                       : sf->kind == F_CHOICE    ? "Left/Right choose  Enter type"
-                       : sf->kind == F_BOOL      ? "Left/Right/Enter toggle"
-                       : sf->kind == F_TEXT      ? "Enter type a value"
-                                                 : "Left/Right step  Enter type";
+                       : !strcmp(sf->key, "lr")  ? "Left/Right x2  Enter type (auto: by model size)"
+                       : !strcmp(sf->key, "lora_target") ? "Enter type: all, or q_proj,v_proj,..."
+                       : sf->kind == F_CHOICE            ? "Left/Right choose  Enter type"
+                       : sf->kind == F_BOOL              ? "Left/Right/Enter toggle"
+                       : sf->kind == F_TEXT              ? "Enter type a value"
+                                                         : "Left/Right step  Enter type";
     if (wide) LINE(ROLE_DIM, "config file: %s", app->config_path);
     if (s->refused_field >= 0 && !s->editing) { /* the whole reason, wrapped */
         char why[700];
