@@ -72,6 +72,17 @@ static void test_layouts(void) {
             layout_split(rows, cols, 58, &s);
             Rect sr[] = {s.header, s.list, s.detail, s.help};
             bad += check_rects(sr, 4, rows, cols, "split");
+            for (int nr = 0; nr <= 60; nr += 30) {
+                layout_runs(rows, cols, nr, &s);
+                Rect rr[] = {s.header, s.list, s.detail, s.help};
+                bad += check_rects(rr, 4, rows, cols, "runs");
+                /* the details keep room for a frame and the six labelled lines */
+                if (s.detail.h < 8 || s.detail.w < 20 || s.list.h < 5) {
+                    fprintf(stderr, "runs %dx%d (%d runs): a pane is too small\n", cols, rows, nr);
+                    bad++;
+                }
+                if (cols < LAYOUT_RUNS_SIDE_COLS && s.detail.w != cols) bad++;
+            }
             FrameLayout f;
             layout_frame(rows, cols, &f);
             Rect fr[] = {f.header, f.body, f.help};
@@ -296,6 +307,12 @@ static void test_misc(void) {
     CHECK(wrap_text("a\nb", 10, wl, 16) == 2, "newline splits");
     CHECK(wrap_text("", 10, wl, 16) == 1, "empty is one line");
     CHECK(wrap_text("abcdefghij", 3, wl, 16) == 4, "hard break");
+    const char *path = "/tmp/tuna/runs/identity-lora-2";
+    n = wrap_text(path, 12, wl, 16); /* "/tmp/tuna/" "runs/" "identity-lor" "a-2" */
+    CHECK(n == 4 && wl[0].len == 10 && wl[1].off == 10 && wl[1].len == 5 && wl[2].len == 12,
+          "a path breaks after slashes: %d lines", n);
+    n = wrap_text("output: /tmp/x/runs already exists", 16, wl, 16);
+    CHECK(n == 3 && wl[0].len == 7, "spaces first: %d lines, first %zu", n, wl[0].len);
     /* every action reachable from the table is bound once per screen for a given key */
     const KeyBinding *t = keys_table();
     int dup = 0;
@@ -309,10 +326,112 @@ static void test_misc(void) {
           "lookup respects text input");
 }
 
+// --- the line editor (Setup's values)
+
+static void test_edit(void) {
+    LineEdit e;
+    edit_set(&e, "q_proj,v_proj");
+    CHECK(e.cur == 13 && e.len == 13, "edit_set puts the cursor at the end (%zu)", e.cur);
+    edit_op(&e, EDIT_HOME);
+    edit_op(&e, EDIT_RIGHT);
+    edit_insert(&e, "X", 1);
+    CHECK(!strcmp(e.buf, "qX_proj,v_proj") && e.cur == 2, "insert at the cursor: %s", e.buf);
+    edit_op(&e, EDIT_BACKSPACE);
+    edit_op(&e, EDIT_DELETE);
+    CHECK(!strcmp(e.buf, "qproj,v_proj") && e.cur == 1, "Backspace and Delete: %s", e.buf);
+    edit_op(&e, EDIT_END);
+    edit_op(&e, EDIT_KILL_WORD);
+    CHECK(!strcmp(e.buf, "qproj,"), "^W kills the word before the cursor: %s", e.buf);
+    edit_op(&e, EDIT_LEFT);
+    edit_op(&e, EDIT_KILL_AFTER);
+    CHECK(!strcmp(e.buf, "qproj") && e.cur == 5, "^K kills to the end: %s", e.buf);
+    edit_op(&e, EDIT_LEFT);
+    edit_op(&e, EDIT_KILL_BEFORE);
+    CHECK(!strcmp(e.buf, "j") && e.cur == 0, "^U kills before the cursor: %s", e.buf);
+    edit_op(&e, EDIT_END);
+    edit_op(&e, EDIT_KILL_BEFORE);
+    CHECK(!strcmp(e.buf, "") && e.len == 0 && e.cur == 0, "^U at the end clears the line");
+    edit_op(&e, EDIT_LEFT);
+    edit_op(&e, EDIT_BACKSPACE);
+    edit_op(&e, EDIT_DELETE);
+    CHECK(e.len == 0 && e.cur == 0, "keys on an empty line do nothing");
+    /* UTF-8: the cursor moves by characters, Backspace removes a whole one */
+    edit_set(&e, "a\xc3\xa9"
+                 "b"); /* a, e-acute, b */
+    edit_op(&e, EDIT_LEFT);
+    CHECK(e.cur == 3, "Left steps over b (%zu)", e.cur);
+    edit_op(&e, EDIT_LEFT);
+    CHECK(e.cur == 1, "Left steps over a 2-byte character (%zu)", e.cur);
+    edit_op(&e, EDIT_RIGHT);
+    edit_op(&e, EDIT_BACKSPACE);
+    CHECK(!strcmp(e.buf, "ab") && e.cur == 1, "Backspace removes the whole character");
+    /* full: an insert that does not fit changes nothing */
+    char big[600];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    edit_set(&e, big);
+    CHECK(e.len == sizeof e.buf - 1 && e.buf[e.len] == 0, "edit_set cuts to fit (%zu)", e.len);
+    CHECK(edit_insert(&e, "y", 1) == -1 && e.len == sizeof e.buf - 1, "a full line refuses");
+    /* horizontal scroll: the cursor stays in the field, with context on both sides */
+    edit_set(&e, "runs/a-very-long-folder-name/that-goes-on-and-on/identity-lora");
+    int w = 20, col = edit_view(&e, w);
+    CHECK(col >= 0 && col <= w - 1 && e.off > 0, "at the end: col %d off %zu", col, e.off);
+    CHECK(e.len - e.off <= (size_t)w - 1, "at the end the field shows the tail (off %zu)", e.off);
+    edit_op(&e, EDIT_HOME);
+    col = edit_view(&e, w);
+    CHECK(col == 0 && e.off == 0, "Home scrolls back to the start (col %d off %zu)", col, e.off);
+    for (int i = 0; i < 25; i++)
+        edit_op(&e, EDIT_RIGHT);
+    col = edit_view(&e, w);
+    CHECK(col >= 2 && col <= w - 3 && e.off > 0, "mid-line: context both sides (col %d)", col);
+    CHECK(e.off + (size_t)col == e.cur, "col = cursor - off for ASCII (%zu + %d != %zu)", e.off,
+          col, e.cur);
+    for (int i = 0; i < 22; i++)
+        edit_op(&e, EDIT_LEFT);
+    col = edit_view(&e, w);
+    CHECK(e.cur == 3 && e.off <= 1 && col >= 2, "moving left scrolls back (off %zu col %d)", e.off,
+          col);
+    edit_set(&e, "short");
+    col = edit_view(&e, w);
+    CHECK(col == 5 && e.off == 0, "a short value does not scroll");
+}
+
+// --- a fresh run folder name
+
+static void test_fresh_name(void) {
+    char dir[] = "/tmp/tuna_ui_fresh_XXXXXX", base[256], out[256], p[300];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(base, sizeof base, "%s/identity-lora", dir);
+    CHECK(runs_fresh_name(base, out, sizeof out) == 0 && !strcmp(out, base), "free: %s", out);
+    mkdir(base, 0755);
+    CHECK(runs_fresh_name(base, out, sizeof out) == 1 &&
+                  !strcmp(out + strlen(dir), "/identity-lora-2"),
+          "taken -> -2: %s", out);
+    snprintf(p, sizeof p, "%s-2", base);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s-3", base);
+    FILE *f = fopen(p, "w"); /* a file takes the name too */
+    if (f) fclose(f);
+    CHECK(runs_fresh_name(base, out, sizeof out) == 1 &&
+                  !strcmp(out + strlen(dir), "/identity-lora-4"),
+          "-2 and -3 taken -> -4: %s", out);
+    snprintf(p, sizeof p, "%s-2", base);
+    CHECK(runs_fresh_name(p, out, sizeof out) == 1 &&
+                  !strcmp(out + strlen(dir), "/identity-lora-4"),
+          "from -2 counts on: %s", out);
+    CHECK(runs_fresh_name(base, out, 8) == -1, "too long for the buffer");
+    snprintf(p, sizeof p, "%s/x/y", dir);
+    CHECK(runs_fresh_name(p, out, sizeof out) == 0, "a missing parent folder is free");
+    snprintf(p, sizeof p, "rm -rf '%s'", dir);
+    CHECK(system(p) == 0, "cleanup");
+}
+
 int main(void) {
     test_layouts();
     test_plot();
     test_events();
     test_misc();
+    test_edit();
+    test_fresh_name();
     return test_report("test_ui_layout");
 }

@@ -155,6 +155,11 @@ static int terminal_init(int want_color) {
         fprintf(stderr, "tuna: the workbench needs a terminal (stdin and stdout)\n");
         return -1;
     }
+    char why[400]; /* TERM=dumb and the like: one line and exit 1, not a blank screen */
+    if (theme_term_check(why, sizeof why)) {
+        fprintf(stderr, "tuna: %s\n", why);
+        return -1;
+    }
     if (tcgetattr(STDIN_FILENO, &tty_saved) == 0) tty_saved_ok = 1;
     stderr_capture_begin();
     if (!getenv("ESCDELAY"))
@@ -285,22 +290,14 @@ void app_draw_header(App *app, int y, int w) {
     if (rw > 0) ui_text(y, w - rw, rw, rr == ROLE_HEADER ? ROLE_HEADER : rr, right, strlen(right));
 }
 
-/* A status message too long for the header, over the bottom (key help) line, wrapped to at most
- * two lines. */
+/* A status message too long for the header, in full over the bottom rows (ui_message). */
 static void draw_status_below(App *app) {
     if (!app->status_below) return;
     Role role = app->status_role == ROLE_ERROR  ? ROLE_ERROR
                 : app->status_role == ROLE_WARN ? ROLE_WARN
                                                 : ROLE_HEADER;
     if (!theme_has_color()) role = ROLE_HEADER;
-    WrapLine wl[2];
-    int n = wrap_text(app->status, app->cols - 2, wl, 2);
-    if (n > 2) n = 2;
-    for (int i = 0; i < n; i++) {
-        int y = app->rows - n + i;
-        ui_fill((Rect){y, 0, 1, app->cols}, role);
-        ui_text(y, 1, app->cols - 2, role, app->status + wl[i].off, wl[i].len);
-    }
+    ui_message(app->rows, app->cols, role, app->status);
 }
 
 // --- the help screen (F1, ?): the key table's lines for this screen, scrolled by Up/Down/PgUp/

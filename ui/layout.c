@@ -93,3 +93,17 @@ int layout_split(int rows, int cols, int list_min_w, SplitLayout *out) {
     out->detail = rect(1, lw, rows - 2, cols - lw);
     return 0;
 }
+
+int layout_runs(int rows, int cols, int n_runs, SplitLayout *out) {
+    if (cols >= LAYOUT_RUNS_SIDE_COLS) return layout_split(rows, cols, 58, out);
+    memset(out, 0, sizeof *out);
+    if (too_small(rows, cols)) return LAYOUT_TOO_SMALL;
+    out->header = rect(0, 0, 1, cols);
+    out->help = rect(rows - 1, 0, 1, cols);
+    int body = rows - 2, lh = n_runs + 3; /* frame, column titles, one row per run */
+    if (lh > body / 2) lh = body / 2;
+    if (lh < 5) lh = 5;
+    out->list = rect(1, 0, lh, cols);
+    out->detail = rect(1 + lh, 0, body - lh, cols);
+    return 0;
+}

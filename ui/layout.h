@@ -40,6 +40,11 @@ int layout_frame(int rows, int cols, FrameLayout *out);
 int layout_train(int rows, int cols, TrainLayout *out);
 int layout_chat(int rows, int cols, int side_by_side, ChatLayout *out);
 int layout_split(int rows, int cols, int list_min_w, SplitLayout *out);
+/* Runs: the list beside the details from LAYOUT_RUNS_SIDE_COLS columns on; narrower, the list
+ * on top (as tall as n_runs needs, at most half the body, at least 5 rows) over the details at
+ * the full width, so that a run's folder and model read in full at 80x24. */
+#define LAYOUT_RUNS_SIDE_COLS 120
+int layout_runs(int rows, int cols, int n_runs, SplitLayout *out);
 
 /* 1 when the two rectangles share a cell (hidden rectangles share none). */
 int rect_overlap(Rect a, Rect b);

@@ -128,3 +128,41 @@ void runs_free(RunsList *l) {
     l->runs = NULL;
     l->n = 0;
 }
+
+static int path_taken(const char *p) {
+    struct stat st;
+    return lstat(p, &st) == 0 || errno != ENOENT;
+}
+
+int runs_fresh_name(const char *base, char *out, size_t n) {
+    size_t bl = strlen(base);
+    if (!n) return -1;
+    snprintf(out, n, "%s", base);
+    if (bl >= n) return -1;
+    if (!path_taken(base)) return 0;
+    /* the stem: base without a trailing "-N" (and without trailing slashes) */
+    size_t sl = bl;
+    while (sl > 1 && base[sl - 1] == '/')
+        sl--;
+    size_t d = sl;
+    while (d > 0 && base[d - 1] >= '0' && base[d - 1] <= '9')
+        d--;
+    long from = 2;
+    if (d < sl && d > 1 && base[d - 1] == '-' && base[d - 2] != '/' && sl - d < 9) {
+        from = strtol(base + d, NULL, 10) + 1;
+        sl = d - 1;
+    }
+    char *cand = xmalloc(n);
+    int rc = -1;
+    for (long k = from; k < from + 10000; k++) {
+        int w = snprintf(cand, n, "%.*s-%ld", (int)sl, base, k);
+        if (w < 0 || (size_t)w >= n) break;
+        if (!path_taken(cand)) {
+            memcpy(out, cand, (size_t)w + 1);
+            rc = 1;
+            break;
+        }
+    }
+    free(cand);
+    return rc;
+}

@@ -32,4 +32,10 @@ int runs_scan(const char *dir, RunsList *out);
 int runs_read_one(const char *run_dir, RunInfo *out);
 void runs_free(RunsList *l); /* NULL-safe, leaves it empty */
 
+/* A run folder name nothing occupies yet: base itself when no file or folder of that name
+ * exists, else base-2, base-3, ... (a base that already ends in -N counts on from N+1:
+ * runs/x-2 -> runs/x-3). Writes it to out; returns 0 for base itself, 1 for another name, -1
+ * when none fits in n bytes or 10000 are taken (out = base). */
+int runs_fresh_name(const char *base, char *out, size_t n);
+
 #endif

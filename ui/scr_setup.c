@@ -33,6 +33,7 @@
 #include "widgets.h"
 
 #define MAX_CHOICES 64
+#define CTRL(c)     ((c)&0x1f)
 #define MAX_BROWSE  5000
 
 typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
@@ -66,8 +67,7 @@ struct SetupState {
     Field *f;
     int n, sel, top;
     int editing;
-    char edit[512];
-    size_t edit_len;
+    LineEdit ed;       /* the value being typed */
     char refused[512]; /* why the last typed value was refused (shown in its row) */
     int refused_field;
     int output_typed; /* 0: output follows runs/DATASET-METHOD */
@@ -196,14 +196,14 @@ static SetupState *setup_get(App *app) {
             {"lora_rank", "lora rank", F_INT, M_LORA, 8, 1, 1, 1024, "", NULL, 0},
             {"lora_alpha", "lora alpha", F_INT, M_LORA, 16, 1, 1, 4096, "", NULL, 0},
             {"lora_dropout", "lora dropout", F_FLOAT, M_LORA, 0, 0.05, 0, 0.9, "", NULL, 0},
-            {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "q_proj,v_proj", NULL, 0},
+            {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "all", NULL, 0},
             {"lora_trainable_tokens", "lora train tokens", F_TEXT, M_LORA, 0, 0, 0, 0, "", NULL, 0},
             {"freeze_layers", "trainable layers", F_INT, M_FREEZE, 2, 1, 1, 1000, "", NULL, 0},
             {"prefix_tokens", "prefix tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
             {"prefix_projection", "prefix MLP", F_BOOL, M_PT, 0, 1, 0, 1, "", NULL, 0},
             {"prefix_hidden", "prefix hidden", F_INT, M_PT, 64, 16, 1, 65536, "", NULL, 0},
             {"epochs", "epochs", F_INT, M_ALL, 3, 1, 1, 100000, "", NULL, 0},
-            {"lr", "learning rate", F_FLOAT, M_ALL, 1e-3, 0, 1e-7, 1, "", NULL, 0},
+            {"lr", "learning rate", F_FLOAT, M_ALL, 0, 0, 1e-7, 1, "", NULL, 0}, /* 0: auto */
             {"batch_size", "batch size", F_INT, M_ALL, 8, 1, 1, 4096, "", NULL, 0},
             {"grad_accum", "grad accum", F_INT, M_ALL, 1, 1, 1, 1024, "", NULL, 0},
             {"cutoff_len", "cutoff len", F_INT, M_ALL, 256, 32, 8, 131072, "", NULL, 0},
@@ -214,6 +214,8 @@ static SetupState *setup_get(App *app) {
             {"seed", "seed", F_INT, M_ALL, 42, 1, 0, 2147483647, "", NULL, 0},
             {"output", "output", F_TEXT, M_ALL, 0, 0, 0, 0, "runs/identity-lora", NULL, 0},
     };
+    /* the values are `tuna train`'s defaults (src/train.c), so ^T on them trains as the CLI does:
+       LoRA r8/alpha 16 on every linear layer, lr auto (chosen by method and model size) */
     s->n = (int)(sizeof defs / sizeof defs[0]);
     s->f = xmalloc(sizeof defs);
     memcpy(s->f, defs, sizeof defs);
@@ -271,17 +273,28 @@ void setup_free(SetupState *s) {
     free(s);
 }
 
+/* lr is "auto" (kept as 0): `tuna train` picks it by method and model size. */
+static int is_auto(const Field *f) {
+    return !strcmp(f->key, "lr") && f->v == 0;
+}
+
 /* Until the user types an output folder it follows the dataset and method, as `tuna train`'s
- * default runs/DATASET-METHOD. */
-static void auto_output(SetupState *s) {
+ * default RUNS/DATASET-METHOD, under the runs folder (--runs), on a name no folder has yet:
+ * training into an existing run is refused, so runs/identity-lora taken gives identity-lora-2. */
+static void auto_output(App *app, SetupState *s) {
     if (s->output_typed) return;
     const char *d = field(s, "dataset")->text;
     size_t k = strcspn(d, ",");
     while (k && d[k - 1] == ' ')
         k--;
     Field *o = field(s, "output");
-    snprintf(o->text, sizeof o->text, "runs/%.*s-%.20s", (int)(k > 200 ? 200 : k), d,
-             field(s, "method")->text);
+    char base[sizeof o->text];
+    int rl = (int)strlen(app->runs_dir);
+    while (rl > 1 && app->runs_dir[rl - 1] == '/') /* --runs DIR/ */
+        rl--;
+    snprintf(base, sizeof base, "%.*s/%.*s-%.20s", rl > 200 ? 200 : rl, app->runs_dir,
+             (int)(k > 200 ? 200 : k), d, field(s, "method")->text);
+    runs_fresh_name(base, o->text, sizeof o->text);
 }
 
 // --- config JSON
@@ -293,7 +306,9 @@ static cJSON *setup_json(SetupState *s) {
     for (int i = 0; i < s->n; i++) {
         Field *f = &s->f[i];
         if (!(f->methods & mb)) continue;
-        if (f->kind == F_INT)
+        if (is_auto(f))
+            cJSON_AddStringToObject(o, f->key, "auto");
+        else if (f->kind == F_INT)
             cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
         else if (f->kind == F_FLOAT)
             cJSON_AddNumberToObject(o, f->key, f->v);
@@ -305,8 +320,8 @@ static cJSON *setup_json(SetupState *s) {
     return o;
 }
 
-static int write_json(SetupState *s, const char *path, char *err, size_t n) {
-    auto_output(s);
+static int write_json(App *app, SetupState *s, const char *path, char *err, size_t n) {
+    auto_output(app, s);
     cJSON *o = setup_json(s);
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
@@ -340,6 +355,8 @@ static int load_json(SetupState *s, const char *path, char *err, size_t n) {
         if (!it) continue;
         if (f->kind == F_BOOL && cJSON_IsBool(it))
             f->v = cJSON_IsTrue(it);
+        else if (!strcmp(f->key, "lr") && cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))
+            f->v = 0;
         else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) &&
                  cJSON_IsNumber(it))
             f->v = f->kind == F_BOOL ? it->valuedouble != 0 : it->valuedouble;
@@ -771,6 +788,8 @@ static Field *selected(SetupState *s) {
 static void fmt_value(const Field *f, char *b, size_t n) {
     if (f->kind == F_INT)
         snprintf(b, n, "%ld", (long)f->v);
+    else if (is_auto(f))
+        snprintf(b, n, "auto");
     else if (f->kind == F_FLOAT)
         snprintf(b, n, "%g", f->v);
     else if (f->kind == F_BOOL)
@@ -839,6 +858,10 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         return rc;
     } else if (!strcmp(f->key, "output")) {
         if (!*v) return snprintf(why, n, "name a run folder, e.g. runs/NAME"), -1;
+        char fresh[512];
+        if (runs_fresh_name(v, fresh, sizeof fresh) > 0)
+            return snprintf(why, n, "warn:%.200s already exists (^T moves on to %.200s)", v, fresh),
+                   1;
     }
     return 0;
 }
@@ -860,22 +883,28 @@ static int commit_edit(App *app, SetupState *s) {
     s->editing = 0;
     char why[600] = "";
     if (f->kind == F_TEXT || f->kind == F_CHOICE) {
-        int rc = check_text(s, f, s->edit, why, sizeof why);
+        int rc = check_text(s, f, s->ed.buf, why, sizeof why);
         if (rc < 0) return refuse(app, s, f, why);
-        snprintf(f->text, sizeof f->text, "%s", s->edit);
+        snprintf(f->text, sizeof f->text, "%s", s->ed.buf);
         if (!strcmp(f->key, "output")) s->output_typed = 1;
         if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text))
             add_choice(f, f->text);
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
+    const char *edit = s->ed.buf;
+    if (!strcmp(f->key, "lr") && !strcmp(edit, "auto")) {
+        f->v = 0;
+        return UI_REDRAW;
+    }
     char *end;
     errno = 0;
-    double v = strtod(s->edit, &end), hi = field_hi(s, f);
-    if (errno || end == s->edit || *end || !isfinite(v) || v < f->lo || v > hi ||
+    double v = strtod(edit, &end), hi = field_hi(s, f);
+    if (errno || end == edit || *end || !isfinite(v) || v < f->lo || v > hi ||
         (f->kind == F_INT && v != floor(v))) {
-        snprintf(why, sizeof why, "expected %s in [%g, %g], got \"%.100s\"",
-                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi, s->edit);
+        snprintf(why, sizeof why, "expected %s in [%g, %g]%s, got \"%.100s\"",
+                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi,
+                 !strcmp(f->key, "lr") ? " or auto" : "", edit);
         return refuse(app, s, f, why);
     }
     if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
@@ -884,17 +913,42 @@ static int commit_edit(App *app, SetupState *s) {
     return UI_REDRAW;
 }
 
+/* mkdir -p for the parents of path (not path itself). */
+static void mkdir_parents(const char *path) {
+    char p[PATH_MAX];
+    copy_str(p, sizeof p, path);
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(p, 0755);
+            *q = '/';
+        }
+}
+
 static int start_training(App *app, SetupState *s) {
-    auto_output(s);
-    const char *out = field(s, "output")->text;
+    auto_output(app, s);
+    Field *of = field(s, "output");
+    char out[sizeof of->text];
+    copy_str(out, sizeof out, of->text);
     char err[600] = "", cfg[4200], log[4200], pidf[4200];
-    mkdir("runs", 0755);
-    if (mkdir(out, 0755) && errno != EEXIST) {
-        app_status(app, ROLE_ERROR, "%s: %s", out, strerror(errno));
+    mkdir_parents(out);
+    /* a new folder only: an existing run would be refused by tuna train, and Setup's own files
+       must not land in it; a typed name that is taken moves on to a free one */
+    if (mkdir(out, 0755)) {
+        int e = errno;
+        char fresh[sizeof of->text];
+        if (e == EEXIST && runs_fresh_name(out, fresh, sizeof fresh) > 0) {
+            copy_str(of->text, sizeof of->text, fresh);
+            char why[sizeof s->refused];
+            snprintf(why, sizeof why, "%.200s already exists; output is now %.200s: ^T again", out,
+                     fresh);
+            return refuse(app, s, of, why);
+        }
+        app_status(app, ROLE_ERROR, "%s: %s", out, strerror(e));
         return UI_REDRAW;
     }
     snprintf(cfg, sizeof cfg, "%s/setup_config.json", out);
-    if (write_json(s, cfg, err, sizeof err)) {
+    if (write_json(app, s, cfg, err, sizeof err)) {
         app_status(app, ROLE_ERROR, "%s", err);
         return UI_REDRAW;
     }
@@ -935,7 +989,16 @@ static int setup_action(App *app, Action a) {
     visible(s, idx, &n);
     Field *f = selected(s);
     char err[600] = "";
-    if (s->editing && a != ACT_OPEN) return 0;
+    if (s->editing) { /* the line editor's cursor keys */
+        switch (a) {
+        case ACT_LEFT: edit_op(&s->ed, EDIT_LEFT); return UI_REDRAW;
+        case ACT_RIGHT: edit_op(&s->ed, EDIT_RIGHT); return UI_REDRAW;
+        case ACT_HOME: edit_op(&s->ed, EDIT_HOME); return UI_REDRAW;
+        case ACT_END: edit_op(&s->ed, EDIT_END); return UI_REDRAW;
+        case ACT_OPEN: break;
+        default: return 0;
+        }
+    }
     if (!s->editing) s->refused_field = -1;
     switch (a) {
     case ACT_UP:
@@ -964,7 +1027,9 @@ static int setup_action(App *app, Action a) {
             f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
             double hi = field_hi(s, f);
-            if (f->step > 0)
+            if (is_auto(f)) /* from auto: factors of two around 1e-3 */
+                f->v = d > 0 ? 2e-3 : 5e-4;
+            else if (f->step > 0)
                 f->v += d * f->step;
             else
                 f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
@@ -980,11 +1045,12 @@ static int setup_action(App *app, Action a) {
             return UI_REDRAW;
         }
         s->editing = 1;
-        fmt_value(f, s->edit, sizeof s->edit);
-        s->edit_len = strlen(s->edit);
+        char v[sizeof s->ed.buf];
+        fmt_value(f, v, sizeof v);
+        edit_set(&s->ed, v);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (write_json(s, app->config_path, err, sizeof err))
+        if (write_json(app, s, app->config_path, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
@@ -1019,19 +1085,56 @@ static int setup_key(App *app, int ch) {
         s->editing = 0;
         return UI_REDRAW;
     }
-    if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
-        if (s->edit_len) s->edit[--s->edit_len] = 0;
-        return UI_REDRAW;
-    }
-    if (ch >= 32 && ch < 256 && ch != 127 && s->edit_len < sizeof s->edit - 1) {
-        s->edit[s->edit_len++] = (char)ch;
-        s->edit[s->edit_len] = 0;
+    static const struct {
+        int key;
+        EditOp op;
+    } ops[] = {
+            {KEY_BACKSPACE, EDIT_BACKSPACE},
+            {127, EDIT_BACKSPACE},
+            {8, EDIT_BACKSPACE},
+            {KEY_DC, EDIT_DELETE},
+            {CTRL('d'), EDIT_DELETE},
+            {CTRL('a'), EDIT_HOME},
+            {CTRL('e'), EDIT_END},
+            {CTRL('b'), EDIT_LEFT},
+            {CTRL('f'), EDIT_RIGHT},
+            {CTRL('u'), EDIT_KILL_BEFORE},
+            {CTRL('k'), EDIT_KILL_AFTER},
+            {CTRL('w'), EDIT_KILL_WORD},
+    };
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (ch == ops[i].key) {
+            edit_op(&s->ed, ops[i].op);
+            return UI_REDRAW;
+        }
+    if (ch >= 32 && ch < 256 && ch != 127) { /* a byte of UTF-8 text */
+        char c = (char)ch;
+        if (edit_insert(&s->ed, &c, 1)) app_status(app, ROLE_WARN, "the value is full");
         return UI_REDRAW;
     }
     return 0;
 }
 
 // --- drawing
+
+/* The value being typed, scrolled to its cursor (a highlighted cell), with a mark at either end
+ * where the value runs on. */
+static void draw_edit(LineEdit *e, int y, int x, int w) {
+    if (w < 2) return;
+    int col = edit_view(e, w);
+    ui_fill((Rect){y, x, 1, w}, ROLE_SELECTED);
+    ui_text(y, x, w, ROLE_SELECTED, e->buf + e->off, e->len - e->off);
+    const char *ell = theme_glyphs()->ellipsis;
+    if (e->off > 0) ui_str(y, x, 1, ROLE_DIM, ell);
+    if (text_width(e->buf + e->off, e->len - e->off) > w) ui_str(y, x + w - 1, 1, ROLE_DIM, ell);
+    size_t n = e->cur;
+    while (n < e->len && ((unsigned char)e->buf[n + 1] & 0xC0) == 0x80)
+        n++;
+    if (e->cur < e->len)
+        ui_text(y, x + col, w - col, ROLE_TAB_ACTIVE, e->buf + e->cur, n + 1 - e->cur);
+    else
+        ui_str(y, x + col, w - col, ROLE_TAB_ACTIVE, " ");
+}
 
 /* The form (left pane). */
 static void draw_form(App *app, SetupState *s, Rect list) {
@@ -1055,21 +1158,37 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             ui_printf(y, vx, vw, ROLE_ERROR, "refused: %s", s->refused);
             continue;
         }
-        if (sel && s->editing)
-            snprintf(v, sizeof v, "%s_", s->edit);
-        else {
-            fmt_value(f, v, sizeof v);
-            if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
-                char t[620];
-                snprintf(t, sizeof t, "< %s >", v);
-                snprintf(v, sizeof v, "%.599s", t);
-            }
+        if (sel && s->editing) {
+            draw_edit(&s->ed, y, vx, vw);
+            continue;
+        }
+        fmt_value(f, v, sizeof v);
+        if ((f->kind == F_CHOICE || f->kind == F_BOOL) && sel) {
+            char t[620];
+            snprintf(t, sizeof t, "< %s >", v);
+            snprintf(v, sizeof v, "%.599s", t);
         }
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
         if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v)
             r = ROLE_DIM;
-        int used = ui_str(y, vx, vw, r, v);
-        if (!strcmp(f->key, "dataset") && !(sel && s->editing)) {
+        /* a value wider than the row: paths keep their end (the run's name), others their start,
+           with a mark where it is cut; Enter shows all of it in the editor */
+        int used, vwid = text_width(v, strlen(v));
+        const char *ell = theme_glyphs()->ellipsis;
+        if (vwid > vw && vw > 4 && (!strcmp(f->key, "output") || !strcmp(f->key, "model"))) {
+            const char *t = v;
+            while (*t && text_width(t, strlen(t)) > vw - 1)
+                t++;
+            while (((unsigned char)*t & 0xC0) == 0x80)
+                t++;
+            used = ui_str(y, vx, 1, ROLE_DIM, ell);
+            used += ui_str(y, vx + used, vw - used, r, t);
+        } else if (vwid > vw && vw > 4) {
+            used = ui_str(y, vx, vw - 1, r, v);
+            used += ui_str(y, vx + used, 1, ROLE_DIM, ell);
+        } else
+            used = ui_str(y, vx, vw, r, v);
+        if (!strcmp(f->key, "dataset")) {
             char b[256];
             int bad = dataset_sizes(s, f->text, b, sizeof b);
             char t[300];
@@ -1307,17 +1426,19 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
     }
     Field *sf = selected(s);
     const char *hint = !strcmp(sf->key, "model") ? "Tab browse  Enter type a path"
-                       : sf->kind == F_CHOICE    ? "Left/Right choose  Enter type"
-                       : sf->kind == F_BOOL      ? "Left/Right/Enter toggle"
-                       : sf->kind == F_TEXT      ? "Enter type a value"
-                                                 : "Left/Right step  Enter type";
+                       : !strcmp(sf->key, "lr")  ? "Left/Right x2  Enter type (auto: by model size)"
+                       : !strcmp(sf->key, "lora_target") ? "Enter type: all, or q_proj,v_proj,..."
+                       : sf->kind == F_CHOICE            ? "Left/Right choose  Enter type"
+                       : sf->kind == F_BOOL              ? "Left/Right/Enter toggle"
+                       : sf->kind == F_TEXT              ? "Enter type a value"
+                                                         : "Left/Right step  Enter type";
     if (wide) LINE(ROLE_DIM, "config file: %s", app->config_path);
     if (s->refused_field >= 0 && !s->editing) { /* the whole reason, wrapped */
         char why[700];
         snprintf(why, sizeof why, "%s: %s", s->f[s->refused_field].key, s->refused);
-        WrapLine wl[4];
-        int nl = wrap_text(why, w > 4 ? w : 4, wl, 4);
-        for (int i = 0; i < nl && i < 4; i++) {
+        WrapLine wl[16];
+        int nl = wrap_text(why, w > 4 ? w : 4, wl, 16);
+        for (int i = 0; i < nl && i < 16; i++) {
             if (draw && y < d.y + d.h) ui_text(y, x, w, ROLE_ERROR, why + wl[i].off, wl[i].len);
             y++;
         }
@@ -1347,7 +1468,7 @@ static void setup_draw(App *app) {
     SplitLayout L;
     layout_split(app->rows, app->cols, 46, &L);
     app_draw_header(app, L.header.y, L.header.w);
-    auto_output(s);
+    auto_output(app, s);
     if (s->br.open)
         draw_browser(app, s, L.list);
     else

@@ -12,6 +12,8 @@
 #include "plot.h"
 #include "widgets.h"
 
+#define ETA_MIN_STEPS 4 /* step lines seen before the ETA shows */
+
 // --- actions
 
 static int send_command(App *app, UiCommand cmd, const char *what) {
@@ -94,7 +96,13 @@ static void draw_progress(App *app, Rect r) {
     else
         snprintf(left, sizeof left, " step %ld ", step);
     fmt_duration(h->elapsed, el, sizeof el);
-    fmt_duration(h->status == RUN_RUNNING || h->status == RUN_PAUSED ? h->eta : 0, eta, sizeof eta);
+    /* the trainer's ETA (its window leaves out the first step and paused time); "--" until a
+       few steps have shown one (a first step's ETA is compile-and-warm-up time, far too long) */
+    int live = h->status == RUN_RUNNING || h->status == RUN_PAUSED;
+    fmt_duration(live && h->step_x.n >= ETA_MIN_STEPS ? h->eta
+                 : live                               ? (double)NAN
+                                                      : 0,
+                 eta, sizeof eta);
     char ep[48] = "";
     if (isfinite(h->epoch))
         snprintf(ep, sizeof ep, "epoch %.2f%s", h->epoch, isfinite(h->epochs) ? "" : "");
@@ -241,18 +249,26 @@ static void draw_log(App *app, Rect r) {
     TrainView *tv = &app->tv;
     ui_frame(r, "log", tv->focus == 1);
     Rect in = ui_inner(r);
-    if (in.h <= 0 || in.w <= 2) return;
+    if (in.h <= 0 || in.w <= 4) return;
     if (tv->log_scroll > (int)h->logs_n - 1) tv->log_scroll = h->logs_n ? (int)h->logs_n - 1 : 0;
-    /* newest at the bottom; one line per entry (clipped), scroll moves up */
-    int rows = in.h;
-    for (int k = 0; k < rows; k++) {
+    /* newest at the bottom, each entry wrapped under its tag (an entry taller than the pane
+       shows its start); scrolling moves up by entries */
+    int y = in.y + in.h; /* the row above which the next (older) entry ends */
+    WrapLine wl[64];
+    for (int k = 0; y > in.y; k++) {
         const HistLog *l = history_log(h, (size_t)(tv->log_scroll + k));
         if (!l) break;
-        int y = in.y + in.h - 1 - k;
         Role role = l->level == 2 ? ROLE_ERROR : l->level == 1 ? ROLE_WARN : ROLE_NORMAL;
         const char *tag = l->level == 2 ? "E " : l->level == 1 ? "W " : "  ";
-        int x = in.x + ui_str(y, in.x, in.w, role, tag);
-        ui_str(y, x, in.x + in.w - x, role, l->text);
+        int n = wrap_text(l->text, in.w - 2, wl, 64);
+        if (n > 64) n = 64;
+        int top = y - n;
+        if (top < in.y) top = in.y;
+        if (k == 0 && n > in.h) top = in.y; /* the newest alone fills the pane: its start */
+        ui_str(top, in.x, 2, role, tag);
+        for (int i = 0; i < n && top + i < y; i++)
+            ui_text(top + i, in.x + 2, in.w - 2, role, l->text + wl[i].off, wl[i].len);
+        y = top;
     }
 }
 

@@ -2,10 +2,13 @@
 #include "theme.h"
 
 #include <langinfo.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "curses_wrap.h"
+#include <ncursesw/term.h> /* setupterm: after curses.h, and its macros stay in this file */
 
 typedef struct RoleStyle {
     short fg, bg;     /* -1 = terminal default */
@@ -99,7 +102,43 @@ int theme_locale_utf8(void) {
     return cs && (!strcmp(cs, "UTF-8") || !strcmp(cs, "utf8"));
 }
 
+int theme_term_check(char *why, unsigned long n) {
+    const char *t = getenv("TERM");
+    if (!t || !*t) {
+        snprintf(why, n, "TERM is not set: the workbench needs one, e.g. TERM=xterm-256color");
+        return -1;
+    }
+    int err = 0;
+    TERMINAL *prev = cur_term;
+    if (setupterm(t, STDOUT_FILENO, &err) != OK) {
+        snprintf(why, n, "TERM=%.100s: unknown terminal type; try TERM=xterm-256color", t);
+        return -1;
+    }
+    const char *cup = tigetstr("cup"), *clr = tigetstr("clear");
+    int hard = tigetflag("hc") > 0 || tigetflag("gn") > 0; /* hard copy / generic */
+    int ok = cup && cup != (char *)-1 && clr && clr != (char *)-1 && !hard;
+    del_curterm(cur_term);
+    set_curterm(prev);
+    if (!ok) {
+        snprintf(why, n,
+                 "TERM=%.100s cannot move the cursor: run the workbench in a terminal such as "
+                 "xterm-256color",
+                 t);
+        return -1;
+    }
+    return 0;
+}
+
 void theme_init(int want_color) {
+    /* Home and End as other terminals send them (under tmux with TERM=xterm-256color, say) */
+    static const struct {
+        const char *seq;
+        int key;
+    } keys[] = {{"\033[1~", KEY_HOME}, {"\033[4~", KEY_END}, {"\033[7~", KEY_HOME},
+                {"\033[8~", KEY_END},  {"\033[H", KEY_HOME}, {"\033[F", KEY_END},
+                {"\033OH", KEY_HOME},  {"\033OF", KEY_END}};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (key_defined(keys[i].seq) == 0) define_key(keys[i].seq, keys[i].key);
     const char *nc = getenv("NO_COLOR");
     if (nc && *nc) want_color = 0;
     color_on = want_color && has_colors();

@@ -43,7 +43,13 @@ typedef struct Glyphs {
     const char *bullet;   /* list bullet */
 } Glyphs;
 
-/* Starts colours (if want_color and the terminal can) and picks glyphs. After initscr(). */
+/* 0 when TERM names a terminal curses can draw the workbench on (it can move the cursor and
+ * clear the screen); else -1 and why, one line ("TERM=dumb cannot move the cursor ..."). Before
+ * initscr(), which would exit on an unknown TERM or draw blank on a dumb one. */
+int theme_term_check(char *why, unsigned long n);
+/* Starts colours (if want_color and the terminal can) and picks glyphs. After initscr(). Also
+ * teaches curses the Home/End sequences terminals send under another TERM (tmux's ESC[1~, ESC[4~,
+ * xterm's ESC[H, ESC[F), which would otherwise arrive as Esc and letters. */
 void theme_init(int want_color);
 /* The curses attributes (colour pair + bold/dim/reverse) for a role. */
 unsigned long theme_attr(Role role);

@@ -41,19 +41,22 @@ int wrap_text(const char *text, int width, WrapLine *lines, int max) {
     int n = 0;
     size_t len = strlen(text), i = 0;
     while (i < len || (i == len && n == 0)) {
-        size_t start = i, brk = 0;
+        size_t start = i, brk = 0, slash = 0;
         int col = 0, have_brk = 0;
         while (i < len && text[i] != '\n') {
             int cw;
             size_t k = next_char(text + i, len - i, &cw);
             if (col + cw > width) break;
             if (text[i] == ' ') brk = i, have_brk = 1;
+            if (text[i] == '/') slash = i + 1; /* a path breaks after a slash */
             col += cw;
             i += k;
         }
         size_t end = i;
         if (i < len && text[i] != '\n' && have_brk && brk > start)
             end = brk, i = brk + 1;
+        else if (i < len && text[i] != '\n' && text[i] != ' ' && slash > start && slash < i)
+            end = i = slash;
         else if (i < len && text[i] == '\n')
             i++;
         if (end == start && i == start) i += 1; /* a char wider than width */
@@ -62,6 +65,100 @@ int wrap_text(const char *text, int width, WrapLine *lines, int max) {
         if (i >= len) break;
     }
     return n;
+}
+
+// --- the line editor (curses-free)
+
+static size_t prev_boundary(const char *s, size_t i) {
+    if (!i) return 0;
+    i--;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
+        i--;
+    return i;
+}
+
+static size_t next_boundary(const char *s, size_t len, size_t i) {
+    if (i >= len) return len;
+    i++;
+    while (i < len && ((unsigned char)s[i] & 0xC0) == 0x80)
+        i++;
+    return i;
+}
+
+static void edit_cut(LineEdit *e, size_t a, size_t b) { /* removes bytes [a, b) */
+    if (b <= a) return;
+    memmove(e->buf + a, e->buf + b, e->len - b + 1);
+    e->len -= b - a;
+    if (e->cur > b)
+        e->cur -= b - a;
+    else if (e->cur > a)
+        e->cur = a;
+    if (e->off > e->len) e->off = e->len;
+}
+
+void edit_set(LineEdit *e, const char *s) {
+    size_t n = strlen(s);
+    if (n > sizeof e->buf - 1) {
+        n = sizeof e->buf - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) /* not inside a character */
+            n--;
+    }
+    memcpy(e->buf, s, n);
+    e->buf[n] = 0;
+    e->len = e->cur = n;
+    e->off = 0;
+}
+
+int edit_insert(LineEdit *e, const char *s, size_t n) {
+    if (e->len + n > sizeof e->buf - 1) return -1;
+    memmove(e->buf + e->cur + n, e->buf + e->cur, e->len - e->cur + 1);
+    memcpy(e->buf + e->cur, s, n);
+    e->len += n;
+    e->cur += n;
+    return 0;
+}
+
+static int word_sep(char c) {
+    return c == ' ' || c == ',' || c == '/' || c == '=';
+}
+
+void edit_op(LineEdit *e, EditOp op) {
+    size_t i;
+    switch (op) {
+    case EDIT_LEFT: e->cur = prev_boundary(e->buf, e->cur); break;
+    case EDIT_RIGHT: e->cur = next_boundary(e->buf, e->len, e->cur); break;
+    case EDIT_HOME: e->cur = 0; break;
+    case EDIT_END: e->cur = e->len; break;
+    case EDIT_BACKSPACE: edit_cut(e, prev_boundary(e->buf, e->cur), e->cur); break;
+    case EDIT_DELETE: edit_cut(e, e->cur, next_boundary(e->buf, e->len, e->cur)); break;
+    case EDIT_KILL_BEFORE: edit_cut(e, 0, e->cur); break;
+    case EDIT_KILL_AFTER: edit_cut(e, e->cur, e->len); break;
+    case EDIT_KILL_WORD:
+        i = e->cur;
+        while (i > 0 && word_sep(e->buf[i - 1]))
+            i--;
+        while (i > 0 && !word_sep(e->buf[i - 1]))
+            i--;
+        edit_cut(e, i, e->cur);
+        break;
+    }
+}
+
+int edit_view(LineEdit *e, int width) {
+    if (width < 2) width = 2;
+    int m = width >= 8 ? 2 : 0; /* context columns kept beside the cursor */
+    if (e->off > e->cur) e->off = e->cur;
+    while (e->off > 0 && text_width(e->buf + e->off, e->cur - e->off) < m)
+        e->off = prev_boundary(e->buf, e->off);
+    int limit = width - 1 - (e->cur < e->len ? m : 0);
+    while (e->off < e->cur && text_width(e->buf + e->off, e->cur - e->off) > limit)
+        e->off = next_boundary(e->buf, e->len, e->off);
+    while (e->off > 0) { /* the tail fits from further left: show more of it */
+        size_t p = prev_boundary(e->buf, e->off);
+        if (text_width(e->buf + p, e->len - p) + 1 > width) break;
+        e->off = p;
+    }
+    return text_width(e->buf + e->off, e->cur - e->off);
 }
 
 // --- drawing
@@ -228,6 +325,20 @@ void ui_help_screen(int rows, int cols, unsigned screen) {
     ui_str(rows - 2, 3, cols - 6, ROLE_DIM,
            "Commands go to the trainer through RUN_DIR/control; a background run keeps going after "
            "q.");
+}
+
+void ui_message(int rows, int cols, Role role, const char *msg) {
+    int w = cols - 2, max = rows / 3;
+    if (w < 1 || max < 1) return;
+    WrapLine wl[64];
+    int n = wrap_text(msg, w, wl, 64);
+    if (n > max) n = max;
+    if (n > 64) n = 64;
+    for (int i = 0; i < n; i++) {
+        int y = rows - n + i;
+        ui_fill((Rect){y, 0, 1, cols}, role);
+        ui_text(y, 1, w, role, msg + wl[i].off, wl[i].len);
+    }
 }
 
 void ui_too_small(int rows, int cols) {
