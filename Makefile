@@ -28,7 +28,7 @@ WARN += -Werror
 endif
 OPT      ?= -O2 -march=native
 CFLAGS   := -std=c11 -g $(OPT) -fopenmp -D_GNU_SOURCE $(WARN) -I. -I$(BLAS_INC) $(EXTRA_CFLAGS)
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw -lpthread -lm \
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw -ledit -lpthread -lm \
             -ldl
 
 ifneq ($(SAN),)
