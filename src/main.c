@@ -203,6 +203,11 @@ static int cmd_generate(int argc, char **argv) {
         n_ids = 1;
     }
     const ModelConfig *cfg = &m->cfg;
+    if (cfg->max_pos > 0 && (long)n_ids + m->prefix_len > cfg->max_pos) { /* before the echo */
+        tuna_errf(&err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)", n_ids,
+                  cfg->max_pos - m->prefix_len);
+        goto fail;
+    }
     int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
     sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
