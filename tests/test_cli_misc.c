@@ -1,12 +1,13 @@
 /* test_cli_misc.c: the headless CLI as a new user meets it (issue 10, section 3), end to end on
  * the bundled stories260K:
  *   - `tuna --OPTION` is the workbench's option (no `ui` needed);
- *   - chat, eval and generate follow a LoRA run folder to its base model, take the run's
+ *   - chat, eval, generate and tokenize follow a LoRA run folder to its base model, take the run's
  *     template by default (--template overrides), and say in one line (file and key) when the
  *     base is gone;
  *   - generate stops at max_position_embeddings and says so; a prompt past it is refused;
  *   - scripted chat labels the turns (user: / assistant:), --plain prints the replies alone;
- *   - a hub id or a file as the model gets the same one line from every command;
+ *   - a hub id or a file as the model gets the same one line from every command (chat,
+ *     generate, eval, train, export, tokenize);
  *   - watch refuses a folder that does not exist.
  * Runs ./tuna (or $TUNA_BIN) from the repo root; trains two 2-step runs (a few seconds). */
 #include <sys/stat.h>
@@ -142,6 +143,22 @@ static void test_runs(void) {
     free(out);
     free(err);
 
+    /* tokenize RUN: the base model's tokenizer */
+    char in[128];
+    snprintf(in, sizeof in, "%s/text.jsonl", tmpdir);
+    FILE *f = fopen(in, "w");
+    fputs("{\"text\": \"Once upon a time\"}\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "tokenize %s", lora);
+    rc = run(args, in, &out, &err);
+    rc2 = run("tokenize models/stories260K", in, &out2, &err2);
+    CHECK(rc == 0 && rc2 == 0 && strstr(out, "\"ids\"") && !strcmp(out, out2),
+          "tokenize RUN: exit %d: %s%s", rc, out, err);
+    free(out);
+    free(err);
+    free(out2);
+    free(err2);
+
     /* the default template is the run's; --template overrides; no run: vanilla */
     snprintf(args, sizeof args, "--model %s", lora);
     CHECK(!strcmp(eval_template(args), "chatml"), "eval --model RUN: template %s",
@@ -263,6 +280,7 @@ static void test_model_paths(void) {
             {"eval --model ", " --dataset identity", 0},
             {"train --model ", " --dataset identity --output ", 1},
             {"export --model ", " --out ", 1},
+            {"tokenize ", "", 0},
     };
     const char *what = "expects a local folder (or .gguf file)";
     static const char *const models[] = {"Qwen/Qwen2.5-0.5B", "README.md"};
