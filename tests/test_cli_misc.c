@@ -6,6 +6,7 @@
  *     base is gone;
  *   - generate stops at max_position_embeddings and says so; a prompt past it is refused;
  *   - scripted chat labels the turns (user: / assistant:), --plain prints the replies alone;
+ *     on a terminal (tmux) a line is edited in place and Up recalls it (libedit);
  *   - a hub id or a file as the model gets the same one line from every command (chat,
  *     generate, eval, train, export, tokenize);
  *   - watch refuses a folder that does not exist.
@@ -268,6 +269,62 @@ static void test_labels(void) {
     free(err2);
 }
 
+// --- interactive chat in tmux: line editing and history (libedit)
+
+static char sock[64];
+
+/* Polls the pane (up to 20 s, no timing assumed) until want appears count times; 1 if it did. */
+static int pane_has(const char *want, int count, char **pane) {
+    char cmd[256], path[128];
+    snprintf(path, sizeof path, "%s/pane", tmpdir);
+    snprintf(cmd, sizeof cmd, "tmux -L %s capture-pane -p -t chat > %s 2>/dev/null", sock, path);
+    for (int i = 0; i < 200; i++) {
+        free(*pane);
+        *pane = NULL;
+        if (system(cmd) == 0) *pane = xread_file(path, NULL);
+        int n = 0;
+        for (const char *p = *pane; p && (p = strstr(p, want)); p += strlen(want))
+            n++;
+        if (n >= count) return 1;
+        usleep(100000);
+    }
+    return 0;
+}
+
+static void tmux_keys(const char *keys) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "tmux -L %s send-keys -t chat %s", sock, keys);
+    CHECK(system(cmd) == 0, "tmux send-keys %s", keys);
+}
+
+static void test_interactive(void) {
+    if (system("command -v tmux >/dev/null 2>&1")) {
+        SKIP("tmux not installed: interactive chat not driven");
+        return;
+    }
+    snprintf(sock, sizeof sock, "tuna_cli_misc_%d", (int)getpid());
+    char cwd[1024], cmd[2048];
+    if (!getcwd(cwd, sizeof cwd)) return;
+    snprintf(cmd, sizeof cmd,
+             "tmux -L %s new-session -d -s chat -x 100 -y 20 -c %s \"%s chat models/stories260K "
+             "--max-new-tokens 4 --temperature 0; echo EXIT=\\$?; sleep 60\"",
+             sock, cwd, bin());
+    CHECK(system(cmd) == 0, "tmux new-session");
+    char *pane = NULL;
+    /* capture-pane drops trailing blanks: an empty prompt line is ">" */
+    CHECK(pane_has("\n>", 1, &pane), "no prompt:\n%s", pane ? pane : "");
+    tmux_keys("helo Left Left l Enter"); /* edited in place: "hello" */
+    CHECK(pane_has("> hello\n", 1, &pane) && pane_has("\n>", 2, &pane),
+          "the edited line was not sent:\n%s", pane ? pane : "");
+    tmux_keys("Up"); /* history: the line again */
+    CHECK(pane_has("> hello", 2, &pane), "Up does not recall the line:\n%s", pane ? pane : "");
+    tmux_keys("C-e C-u /quit Enter");
+    CHECK(pane_has("EXIT=0", 1, &pane), "/quit: no exit 0:\n%s", pane ? pane : "");
+    free(pane);
+    snprintf(cmd, sizeof cmd, "tmux -L %s kill-server 2>/dev/null", sock);
+    CHECK(system(cmd) == 0, "tmux kill-server");
+}
+
 // --- the model path, the same line from every command
 
 static void test_model_paths(void) {
@@ -322,6 +379,7 @@ int main(void) {
     test_runs();
     test_context();
     test_labels();
+    test_interactive();
     test_model_paths();
     test_watch();
     char cmd[128];
