@@ -43,7 +43,9 @@ enum {
 };
 
 static const CliOpt eval_opts[] = {
-        {"model", 1, OPT_MODEL, "DIR", "Hugging Face checkpoint folder (required)"},
+        {"model", 1, OPT_MODEL, "DIR",
+         "Hugging Face checkpoint folder, or a run folder (a LoRA run: its base model and "
+         "adapter) (required)"},
         {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
         {"dataset", 1, OPT_DATASET, "NAMES", "dataset_info.json keys, comma-separated (required)"},
         {"dataset-dir", 1, OPT_DDIR, "DIR", "folder with dataset_info.json (default datasets)"},
@@ -243,6 +245,16 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     if (!cli_model_path_ok("eval", "--model", model)) return 1;
+    char base[4096];
+    if (!adapter && cli_is_adapter_run(model)) { /* a LoRA run: its base, then its adapter */
+        TunaErr e = {0};
+        if (cli_run_base(model, base, sizeof base, &e)) {
+            fprintf(stderr, "tuna: %s\n", e.msg);
+            return 1;
+        }
+        adapter = model;
+        model = base;
+    }
     char tname_buf[256], tdir_buf[4096];
     cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
                          sizeof tdir_buf);

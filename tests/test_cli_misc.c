@@ -164,6 +164,20 @@ static void test_runs(void) {
     snprintf(args, sizeof args, "--model %s", lora);
     CHECK(!strcmp(eval_template(args), "chatml"), "eval --model RUN: template %s",
           eval_template(args));
+    /* ... and its report names the base model and the run as the adapter */
+    snprintf(args, sizeof args,
+             "eval --model %s --dataset identity --dataset-dir datasets --max-samples 1 "
+             "--no-generate --quiet",
+             lora);
+    rc = run(args, NULL, &out, &err);
+    cJSON *j = cJSON_Parse(out);
+    const char *jm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "model"));
+    const char *ja = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "adapter"));
+    CHECK(rc == 0 && jm && ja && !strcmp(jm, "models/stories260K") && !strcmp(ja, lora),
+          "eval --model RUN reports model %s adapter %s", jm, ja);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
     snprintf(args, sizeof args, "--model models/stories260K --adapter %s", lora);
     CHECK(!strcmp(eval_template(args), "chatml"), "eval --adapter RUN: template %s",
           eval_template(args));
