@@ -240,6 +240,20 @@ static void test_context(void) {
     CHECK(rc == 0 && !*err, "within the context: exit %d, stderr \"%s\"", rc, err);
     free(out);
     free(err);
+    /* chat: a reply that reaches the context says so (greedy: the same reply every time) */
+    char sys_prompt[2048] = "", chat_args[2400];
+    for (int i = 0; i < 48; i++)
+        strcat(sys_prompt, "Once upon a time there was a cat. ");
+    snprintf(chat_args, sizeof chat_args,
+             "chat models/stories260K --system \"%s\" --message \"Tell me a story\" "
+             "--max-new-tokens 200 --temperature 0",
+             sys_prompt);
+    rc = run(chat_args, NULL, &out, &err);
+    CHECK(rc == 0 && n_lines(err) == 1 &&
+                  strstr(err, "the reply stopped at the model's context of 512 tokens"),
+          "chat at the context: exit %d, stderr \"%s\"", rc, err);
+    free(out);
+    free(err);
     /* a prompt longer than the context is refused */
     char path[128];
     snprintf(path, sizeof path, "%s/long.txt", tmpdir);
