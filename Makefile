@@ -28,7 +28,13 @@ WARN += -Werror
 endif
 OPT      ?= -O2 -march=native
 CFLAGS   := -std=c11 -g $(OPT) -fopenmp -D_GNU_SOURCE $(WARN) -I. -I$(BLAS_INC) $(EXTRA_CFLAGS)
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw -ledit -lpthread -lm \
+# Line editing and history for an interactive `tuna chat` (libedit, BSD; libedit-dev). Where its
+# headers are missing (a bare machine), chat reads plain lines instead.
+EDIT_LIB := $(if $(wildcard /usr/include/editline/readline.h),-ledit)
+ifeq ($(EDIT_LIB),)
+CFLAGS   += -DTUNA_NO_LIBEDIT
+endif
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw $(EDIT_LIB) -lpthread -lm \
             -ldl
 
 ifneq ($(SAN),)

@@ -9,7 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef TUNA_NO_LIBEDIT
 #include <editline/readline.h>
+#endif
 
 #include "generate.h"
 #include "peft.h"
@@ -302,8 +304,9 @@ static char *trim_line(char *s) {
 }
 
 /* One user line: on a terminal through libedit (line editing, Up/Down through this session's
- * lines), else getline. NULL at EOF (or Ctrl-C at the prompt); *line is reused. */
+ * lines; plain lines where tuna was built without it), else getline. NULL at EOF (or Ctrl-C at the prompt); *line is reused. */
 static char *chat_read(int tty, char **line, size_t *cap) {
+#ifndef TUNA_NO_LIBEDIT
     if (tty) {
         free(*line);
         *line = readline("> ");
@@ -311,6 +314,12 @@ static char *chat_read(int tty, char **line, size_t *cap) {
         if (*line && **line) add_history(*line);
         return *line;
     }
+#else
+    if (tty) { /* built without libedit: plain lines */
+        fputs("> ", stdout);
+        fflush(stdout);
+    }
+#endif
     return getline(line, cap, stdin) < 0 ? NULL : *line;
 }
 
@@ -327,7 +336,9 @@ static int chat_loop(Chat *c, const char *tname, int run_tpl) {
                 "tuna chat: template %s%s; type a message and Enter (Up/Down: earlier lines); "
                 "/reset clears the history, /quit or Ctrl-D ends, Ctrl-C stops a reply\n",
                 tname, run_tpl ? " (the run's)" : "");
+#ifndef TUNA_NO_LIBEDIT
         using_history();
+#endif
     }
     char *line = NULL;
     size_t cap = 0;
@@ -352,7 +363,9 @@ static int chat_loop(Chat *c, const char *tname, int run_tpl) {
     free(line);
     if (tty) {
         sigaction(SIGINT, &old, NULL);
+#ifndef TUNA_NO_LIBEDIT
         clear_history();
+#endif
     }
     return 0;
 }

@@ -326,6 +326,10 @@ static void tmux_keys(const char *keys) {
 }
 
 static void test_interactive(void) {
+#ifdef TUNA_NO_LIBEDIT
+    SKIP("built without libedit (libedit-dev): no line editing to drive");
+    return;
+#endif
     if (system("command -v tmux >/dev/null 2>&1")) {
         SKIP("tmux not installed: interactive chat not driven");
         return;
