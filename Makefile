@@ -28,7 +28,13 @@ WARN += -Werror
 endif
 OPT      ?= -O2 -march=native
 CFLAGS   := -std=c11 -g $(OPT) -fopenmp -D_GNU_SOURCE $(WARN) -I. -I$(BLAS_INC) $(EXTRA_CFLAGS)
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw -lpthread -lm \
+# Line editing and history for an interactive `tuna chat` (libedit, BSD; libedit-dev). Where its
+# headers are missing (a bare machine), chat reads plain lines instead.
+EDIT_LIB := $(if $(wildcard /usr/include/editline/readline.h),-ledit)
+ifeq ($(EDIT_LIB),)
+CFLAGS   += -DTUNA_NO_LIBEDIT
+endif
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw $(EDIT_LIB) -lpthread -lm \
             -ldl
 
 ifneq ($(SAN),)
@@ -111,7 +117,7 @@ test-unit: tuna $(TEST_BIN)
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
-             test_textmetrics test_keep_work
+             test_textmetrics test_keep_work test_cli_misc
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna

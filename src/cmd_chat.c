@@ -9,6 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef TUNA_NO_LIBEDIT
+#include <editline/readline.h>
+#endif
+
 #include "generate.h"
 #include "peft.h"
 #include "xalloc.h"
@@ -72,11 +76,22 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     *m = NULL;
     *tok = NULL;
     int rc;
+    char base[4096];
+    snprintf(base, sizeof base, "%s", model_dir);
+    if (cli_is_adapter_run(model_dir)) { /* a LoRA run: its base, then its adapter */
+        if (adapter_dir)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "%s is an adapter run (it names its own base model); to merge "
+                             "--adapter %s give a base model folder instead",
+                             model_dir, adapter_dir);
+        if ((rc = cli_run_base(model_dir, base, sizeof base, err))) return rc;
+        adapter_dir = model_dir;
+    }
     if (!(*be = backend_init(backend, threads, err)))
         return err && err->code ? err->code : TUNA_EINVAL;
-    if ((rc = model_load(model_dir, *be, m, err))) goto fail;
+    if ((rc = model_load(base, *be, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
-    if ((rc = tokenizer_load(model_dir, tok, err))) goto fail;
+    if ((rc = tokenizer_load(base, tok, err))) goto fail;
     return 0;
 fail:
     tokenizer_free(*tok);
@@ -134,12 +149,13 @@ enum {
     OPT_THREADS,
     OPT_BACKEND,
     OPT_LOOKUP,
+    OPT_PLAIN,
     OPT_HELP
 };
 
 static const CliOpt chat_opts[] = {
         {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
-        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default vanilla)"},
+        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default: the run's, else vanilla)"},
         {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
         {"system", 1, OPT_SYSTEM, "TEXT", "system prompt (default: the template's)"},
         {"message", 1, OPT_MESSAGE, "TEXT",
@@ -155,6 +171,9 @@ static const CliOpt chat_opts[] = {
         {"lookup", 1, OPT_LOOKUP, "N",
          "greedy only: check up to N tokens copied from earlier in the conversation per pass "
          "(same replies, fewer passes; 0 = off, the default)"},
+        {"plain", 0, OPT_PLAIN, NULL,
+         "scripted: print the replies alone, without the \"user: \" and \"assistant: \" "
+         "lines"},
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };
@@ -178,6 +197,7 @@ typedef struct Chat {
     ChatMessage *msgs; /* (cap) role literal, content owned */
     int n, cap;
     int n_keep; /* leading messages /reset keeps (the system prompt) */
+    int labels; /* scripted: print "user: ..." and "assistant: " before the reply */
 } Chat;
 
 static void chat_push(Chat *c, const char *role, const char *content) {
@@ -235,8 +255,13 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
                        "the conversation is %zu tokens, the model's context is %d", n, ctx);
         goto fail;
     }
-    int max_new = ctx > 0 && (int)n + c->max_new > ctx ? ctx - (int)n : c->max_new;
+    int clipped = ctx > 0 && (int)n + c->max_new > ctx;
+    int max_new = clipped ? ctx - (int)n : c->max_new;
     int started = 0;
+    if (c->labels) {
+        printf("user: %s\nassistant: ", text);
+        fflush(stdout);
+    }
     GenerateOptions opt = {.max_new_tokens = max_new,
                            .eos_ids = c->st.eos,
                            .n_eos = c->st.n_eos,
@@ -253,6 +278,11 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
         fputc('\n', stdout);
         fflush(stdout);
         chat_push(c, "assistant", res.text);
+        if (res.stopped_by == 4 || (clipped && res.stopped_by == 0))
+            fprintf(stderr,
+                    "tuna chat: the reply stopped at the model's context of %d tokens "
+                    "(max_position_embeddings); /reset starts over\n",
+                    ctx);
     }
     generate_result_free(&res);
     if (rc) goto fail;
@@ -273,27 +303,48 @@ static char *trim_line(char *s) {
     return s;
 }
 
+/* One user line: on a terminal through libedit (line editing, Up/Down through this session's
+ * lines; plain lines where tuna was built without it), else getline. NULL at EOF (or Ctrl-C at the prompt); *line is reused. */
+static char *chat_read(int tty, char **line, size_t *cap) {
+#ifndef TUNA_NO_LIBEDIT
+    if (tty) {
+        free(*line);
+        *line = readline("> ");
+        *cap = 0;
+        if (*line && **line) add_history(*line);
+        return *line;
+    }
+#else
+    if (tty) { /* built without libedit: plain lines */
+        fputs("> ", stdout);
+        fflush(stdout);
+    }
+#endif
+    return getline(line, cap, stdin) < 0 ? NULL : *line;
+}
+
 /* Reads user lines from stdin until EOF or /quit. Errors of one turn are reported and the
  * conversation goes on; returns 0. */
-static int chat_loop(Chat *c) {
+static int chat_loop(Chat *c, const char *tname, int run_tpl) {
     int tty = isatty(STDIN_FILENO);
     struct sigaction sa, old;
     if (tty) {
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = chat_on_sigint; /* no SA_RESTART: Ctrl-C at the prompt ends the chat */
         sigaction(SIGINT, &sa, &old);
-        fprintf(stderr, "tuna chat: type a message and Enter; /reset clears the history, /quit "
-                        "or Ctrl-D ends, Ctrl-C stops a reply\n");
+        fprintf(stderr,
+                "tuna chat: template %s%s; type a message and Enter (Up/Down: earlier lines); "
+                "/reset clears the history, /quit or Ctrl-D ends, Ctrl-C stops a reply\n",
+                tname, run_tpl ? " (the run's)" : "");
+#ifndef TUNA_NO_LIBEDIT
+        using_history();
+#endif
     }
     char *line = NULL;
     size_t cap = 0;
     for (;;) {
-        if (tty) {
-            fputs("> ", stdout);
-            fflush(stdout);
-        }
         chat_interrupted = 0;
-        if (getline(&line, &cap, stdin) < 0) {
+        if (!chat_read(tty, &line, &cap)) {
             if (tty) fputc('\n', stdout);
             break;
         }
@@ -310,21 +361,28 @@ static int chat_loop(Chat *c) {
             fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "chat failed");
     }
     free(line);
-    if (tty) sigaction(SIGINT, &old, NULL);
+    if (tty) {
+        sigaction(SIGINT, &old, NULL);
+#ifndef TUNA_NO_LIBEDIT
+        clear_history();
+#endif
+    }
     return 0;
 }
 
 int cmd_chat(int argc, char **argv) {
     const char *usage =
             "usage: tuna chat MODEL_DIR [options]\n"
-            "Talks with a model through a chat template. Without --message it reads one "
-            "user message per line\nfrom stdin (\"> \" prompt on a terminal; /reset, /quit).";
+            "Talks with a model through a chat template. MODEL_DIR may be a run folder (a LoRA "
+            "run loads its\nbase model; its template is the default). Without --message it "
+            "reads one user message per line\nfrom stdin (a \"> \" prompt with line editing "
+            "on a terminal; /reset, /quit).";
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(chat_opts, lo);
-    const char *adapter = NULL, *tname = "vanilla", *tdir = "templates", *system = NULL;
+    const char *adapter = NULL, *tname = NULL, *tdir = NULL, *system = NULL;
     const char *backend = "cpu";
     int n_messages = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, seed = 42;
-    int sampling_asked = 0, lookup = 0;
+    int sampling_asked = 0, lookup = 0, plain = 0;
     float temp = -1, top_p = -1;
     int c;
     optind = 1;
@@ -361,6 +419,7 @@ int cmd_chat(int argc, char **argv) {
             if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
             break;
         case OPT_BACKEND: backend = optarg; break;
+        case OPT_PLAIN: plain = 1; break;
         case OPT_HELP: cli_help(stdout, usage, chat_opts); return 0;
         default: cli_bad_option("chat", c, argv); return 2;
         }
@@ -370,6 +429,10 @@ int cmd_chat(int argc, char **argv) {
         return 2;
     }
     const char *dir = argv[optind];
+    if (!cli_model_path_ok("chat", NULL, dir)) return 1;
+    char tname_buf[256], tdir_buf[4096];
+    int run_tpl = cli_default_template(dir, adapter, &tname, &tdir, tname_buf, sizeof tname_buf,
+                                       tdir_buf, sizeof tdir_buf);
     // second pass: the --message values, in order
     const char **messages = xmalloc(sizeof(char *) * (size_t)(n_messages ? n_messages : 1));
     int k = 0;
@@ -399,6 +462,7 @@ int cmd_chat(int argc, char **argv) {
     ch.max_new = max_new;
     ch.lookup = lookup;
     ch.threads = threads;
+    ch.labels = !plain && (n_messages || !isatty(STDIN_FILENO));
     cli_stops(m, tok, tpl, &ch.st);
     if (system) chat_push(&ch, "system", system);
     ch.n_keep = ch.n;
@@ -406,7 +470,7 @@ int cmd_chat(int argc, char **argv) {
         for (int i = 0; i < n_messages; i++)
             if (chat_turn(&ch, messages[i], &err)) goto fail;
     } else {
-        chat_loop(&ch);
+        chat_loop(&ch, tname, run_tpl);
     }
     rc = 0;
 fail:

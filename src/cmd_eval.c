@@ -43,11 +43,13 @@ enum {
 };
 
 static const CliOpt eval_opts[] = {
-        {"model", 1, OPT_MODEL, "DIR", "Hugging Face checkpoint folder (required)"},
+        {"model", 1, OPT_MODEL, "DIR",
+         "Hugging Face checkpoint folder, or a run folder (a LoRA run: its base model and "
+         "adapter) (required)"},
         {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
         {"dataset", 1, OPT_DATASET, "NAMES", "dataset_info.json keys, comma-separated (required)"},
         {"dataset-dir", 1, OPT_DDIR, "DIR", "folder with dataset_info.json (default datasets)"},
-        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default vanilla)"},
+        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default: the run's, else vanilla)"},
         {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
         {"max-samples", 1, OPT_MAXS, "N", "rows read per dataset (default 0 = all)"},
         {"cutoff-len", 1, OPT_CUTOFF, "N", "truncate examples to N tokens (default 512)"},
@@ -194,7 +196,7 @@ int cmd_eval(int argc, char **argv) {
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(eval_opts, lo);
     const char *model = NULL, *adapter = NULL, *dataset = NULL, *ddir = "datasets";
-    const char *tname = "vanilla", *tdir = "templates", *vars = NULL, *output = NULL;
+    const char *tname = NULL, *tdir = NULL, *vars = NULL, *output = NULL;
     const char *backend = "cpu";
     int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, quiet = 0;
     int threads = BACKEND_THREADS_IDLE;
@@ -242,6 +244,20 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "tuna eval: --model and --dataset are required (see --help)\n");
         return 2;
     }
+    if (!cli_model_path_ok("eval", "--model", model)) return 1;
+    char base[4096];
+    if (!adapter && cli_is_adapter_run(model)) { /* a LoRA run: its base, then its adapter */
+        TunaErr e = {0};
+        if (cli_run_base(model, base, sizeof base, &e)) {
+            fprintf(stderr, "tuna: %s\n", e.msg);
+            return 1;
+        }
+        adapter = model;
+        model = base;
+    }
+    char tname_buf[256], tdir_buf[4096];
+    cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
+                         sizeof tdir_buf);
     int progress = !quiet && isatty(STDERR_FILENO);
     TunaErr err = {0};
     int rc = 1;

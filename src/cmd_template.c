@@ -1,5 +1,6 @@
-/* cmd_template.c: `tuna template list|show`: list the template files and show how one dataset
- * example is rendered and which tokens train. */
+/* cmd_template.c: `tuna template list|show`: list the template files with their descriptions,
+ * and show how one dataset example (or a built-in conversation) is rendered and which tokens
+ * train. */
 #include "template.h"
 
 #include <errno.h>
@@ -56,7 +57,9 @@ static const TplOpt tpl_opts[] = {
 
 static void tpl_help(FILE *f) {
     fprintf(f, "usage: tuna template list [--templates-dir DIR]\n"
-               "       tuna template show NAME --dataset X [options]\n\noptions:\n");
+               "       tuna template show NAME [--dataset X] [options]   (without --dataset: a "
+               "built-in\n                                    system + user + assistant example)\n"
+               "\noptions:\n");
     for (int i = 0; tpl_opts[i].name; i++) {
         char left[64];
         snprintf(left, sizeof left, "--%s%s%s", tpl_opts[i].name, tpl_opts[i].arg ? " " : "",
@@ -132,6 +135,51 @@ static void show_example(FILE *f, const Tokenizer *tok, const Example *e, int co
     }
 }
 
+/* The eos and stop words line of template t. */
+static void show_stops(const Template *t, const Tokenizer *tok) {
+    const char *const *sw;
+    int nsw = template_stop_words(t, &sw);
+    int eos = template_eos_id(t, tok);
+    const char *eos_s = eos >= 0 ? tokenizer_token_str(tok, eos) : NULL;
+    printf("eos: %s (%d)  stop words:", eos_s ? eos_s : "none", eos);
+    for (int i = 0; i < nsw; i++)
+        printf(" %s", sw[i]);
+    printf("%s\n", nsw ? "" : " none");
+}
+
+/* Without --dataset: a built-in conversation (system, user, assistant) through the template. */
+static int template_show_builtin(const char *tdir, const char *name, const char *model, int flags,
+                                 int color) {
+    Template *t = NULL;
+    Tokenizer *tok = NULL;
+    TunaErr err = {0};
+    Example e = {0};
+    size_t n = 0;
+    int rc = 1;
+    static const ChatMessage conv[] = {
+            {"system", "You are a helpful assistant."},
+            {"user", "What is the capital of France?"},
+            {"assistant", "The capital of France is Paris."},
+    };
+    if (template_load(tdir, name, &t, &err)) goto fail;
+    if (tokenizer_load(model, &tok, &err)) goto fail;
+    if (template_encode_train(t, tok, conv, 3, 0, flags, &e.ids, &e.labels, &n, &err)) goto fail;
+    e.n = (int)n;
+    printf("template: %s  example: built-in (system, user, assistant; --dataset NAME shows a "
+           "dataset's)  tokenizer: %s\n",
+           template_name(t), model);
+    show_stops(t, tok);
+    show_example(stdout, tok, &e, color);
+    rc = 0;
+fail:
+    if (rc) fprintf(stderr, "tuna template show: %s\n", err.msg);
+    free(e.ids);
+    free(e.labels);
+    tokenizer_free(tok);
+    template_free(t);
+    return rc;
+}
+
 static int template_show(const char *tdir, const char *name, const DatasetOptions *base,
                          const char *model, int index, int color) {
     Template *t = NULL;
@@ -157,16 +205,7 @@ static int template_show(const char *tdir, const char *name, const DatasetOption
     }
     printf("template: %s  dataset: %s  example: %d  tokenizer: %s\n", t ? template_name(t) : "(pt)",
            base->names, index, model);
-    if (t) {
-        const char *const *sw;
-        int nsw = template_stop_words(t, &sw);
-        int eos = template_eos_id(t, tok);
-        const char *eos_s = eos >= 0 ? tokenizer_token_str(tok, eos) : NULL;
-        printf("eos: %s (%d)  stop words:", eos_s ? eos_s : "none", eos);
-        for (int i = 0; i < nsw; i++)
-            printf(" %s", sw[i]);
-        printf("%s\n", nsw ? "" : " none");
-    }
+    if (t) show_stops(t, tok);
     show_example(stdout, tok, &d->ex[index], color);
     if (d->n_skipped) {
         printf("\n%zu bad rows skipped in the rows read, e.g.\n", d->n_skipped);
@@ -261,9 +300,11 @@ int cmd_template(int argc, char **argv) {
                 printf("%-12s  (bad: %s)\n", names[i], err.msg);
                 rc = 1;
             } else {
-                const char *sys = template_default_system(t);
-                printf("%-12s%s%.60s%s\n", names[i], *sys ? "  system: " : "", sys,
-                       strlen(sys) > 60 ? "..." : "");
+                const char *desc = template_description(t), *sys = template_default_system(t);
+                printf("%-10s  %s\n", names[i], *desc ? desc : "(no \"description\" in the file)");
+                if (*sys)
+                    printf("%-10s  default system prompt: %.50s%s\n", "", sys,
+                           strlen(sys) > 50 ? "..." : "");
             }
             template_free(t);
         }
@@ -275,8 +316,8 @@ int cmd_template(int argc, char **argv) {
             fprintf(stderr, "tuna template show: missing template NAME\n");
             return 2;
         }
-        if (!o.names) {
-            fprintf(stderr, "tuna template show: --dataset is required\n");
+        if (!o.names && o.stage_pt) {
+            fprintf(stderr, "tuna template show: --stage pt needs --dataset\n");
             return 2;
         }
         const char *name = optind < argc ? argv[optind++] : NULL;
@@ -284,6 +325,7 @@ int cmd_template(int argc, char **argv) {
             fprintf(stderr, "tuna template show: unexpected argument \"%s\"\n", argv[optind]);
             return 2;
         }
+        if (!o.names) return template_show_builtin(tdir, name, model, o.template_flags, color);
         return template_show(tdir, name, &o, model, index, color);
     }
     fprintf(stderr, "tuna template: unknown subcommand \"%s\" (list, show)\n", sub);

@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli.h"
 #include "xalloc.h"
 
 static const struct option TOKENIZE_OPTS[] = {
@@ -23,6 +24,7 @@ static const struct option TOKENIZE_OPTS[] = {
 
 static void tokenize_usage(FILE *f) {
     fputs("usage: tuna tokenize DIR [--add-special-tokens] [--decode] [--skip-special-tokens]\n"
+          "  DIR: a model folder, or a LoRA run folder (its base model's tokenizer)\n"
           "  reads JSON lines from stdin: {\"text\": \"...\"} -> {\"ids\": [...]}\n"
           "  --add-special-tokens  apply the post-processor (BOS/EOS...) when encoding\n"
           "  --decode              read {\"ids\": [...]} and write {\"text\": \"...\"}\n"
@@ -173,9 +175,19 @@ int cmd_tokenize(int argc, char **argv) {
         tokenize_usage(stderr);
         return 2;
     }
+    const char *dir = argv[optind];
+    if (!cli_model_path_ok("tokenize", NULL, dir)) return 1;
     Tokenizer *tok;
     TunaErr err = {0};
-    if (tokenizer_load(argv[optind], &tok, &err)) {
+    char base[4096];
+    if (cli_is_adapter_run(dir)) { /* a LoRA run: its base model's tokenizer */
+        if (cli_run_base(dir, base, sizeof base, &err)) {
+            fprintf(stderr, "tuna tokenize: %s\n", err.msg);
+            return 1;
+        }
+        dir = base;
+    }
+    if (tokenizer_load(dir, &tok, &err)) {
         fprintf(stderr, "tuna tokenize: %s\n", err.msg);
         return 1;
     }

@@ -1,7 +1,6 @@
 /* cmd_train.c: `tuna train` and `tuna export`. The flags of train come from the TrainConfig
  * table in train.c (the same keys as train_config.json), so --help, the config file and
  * the flags cannot drift apart. */
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +12,7 @@
 #include <unistd.h>
 
 #include "../kernels/backend.h"
+#include "cli.h"
 #include "model.h"
 #include "peft.h"
 #include "train.h"
@@ -26,36 +26,6 @@ static void on_sigint(int sig) {
 }
 
 enum { OPT_CONFIG = 1000, OPT_RESUME, OPT_HELP, OPT_QUIET, OPT_OVERWRITE, OPT_ALLOW };
-
-/* 1: s looks like a Hugging Face hub id ("owner/name": one slash, no leading . or /). */
-static int hub_id_like(const char *s) {
-    const char *slash = strchr(s, '/');
-    if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/') || s[0] == '.') return 0;
-    for (const char *p = s; *p; p++)
-        if (p != slash && !isalnum((unsigned char)*p) && !strchr("-_.", *p)) return 0;
-    return 1;
-}
-
-/* --model must be a local folder (or a .gguf file): a hub id or any other file gets one line
- * saying so before anything else is done; 0 when it may be loaded. */
-static int model_path_ok(const char *cmd, const char *model) {
-    struct stat sb;
-    const char *what = "expects a local folder (or .gguf file) holding config.json, "
-                       "model.safetensors and tokenizer.json";
-    size_t n = strlen(model);
-    if (stat(model, &sb) == 0) {
-        if (S_ISDIR(sb.st_mode) || (n > 5 && !strcmp(model + n - 5, ".gguf"))) return 1;
-        fprintf(stderr, "tuna %s: --model %s: %s; this is a file\n", cmd, model, what);
-    } else if (hub_id_like(model)) {
-        fprintf(stderr,
-                "tuna %s: --model %s: %s; no such file or folder (a Hugging Face hub id? download "
-                "it first: huggingface-cli download %s --local-dir models/%s)\n",
-                cmd, model, what, model, strchr(model, '/') + 1);
-    } else {
-        fprintf(stderr, "tuna %s: --model %s: %s; no such file or folder\n", cmd, model, what);
-    }
-    return 0;
-}
 
 /* Exit statuses: 0 finished, 1 a failed check or error, 2 usage, 3 stopped (control file),
  * 128 + the signal (130 SIGINT, 143 SIGTERM) when a signal stopped it. */
@@ -152,7 +122,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "tuna: %s\n", err.msg);
         return 2;
     }
-    if (!model_path_ok("train", cfg.model)) return 1;
+    if (!cli_model_path_ok("train", "--model", cfg.model)) return 1;
     /* resume promises the same run step for step: changed settings are refused, or recorded */
     char changes[2048] = "";
     if (resume && train_config_diff(&saved, &cfg, changes, sizeof changes) && !allow) {
@@ -332,7 +302,7 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "tuna export: unexpected argument \"%s\" (see --help)\n", argv[optind]);
         return 2;
     }
-    if (!model_path_ok("export", model)) return 1;
+    if (!cli_model_path_ok("export", "--model", model)) return 1;
     size_t ol = strlen(out);
     while (ol > 1 && out[ol - 1] == '/') /* merged/ is merged */
         out[--ol] = '\0';

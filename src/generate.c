@@ -397,6 +397,22 @@ static int lookup_draft(const int32_t *all, size_t n, int max, int32_t *draft) {
 
 /* The draft length generate_run uses: opt->lookup for greedy decoding, at most LOOKUP_MAX; 0
  * when sampling (a draft checked against sampled tokens would change their distribution). */
+/* Cache positions a sequence may fill: the cache, and never past max_position_embeddings
+ * (RoPE models would go on at positions they were never trained on). */
+static int ctx_limit(const Model *m) {
+    int lim = m->cache_T;
+    if (m->cfg.max_pos > 0 && m->cfg.max_pos < lim) lim = m->cfg.max_pos;
+    return lim;
+}
+
+/* The cache a prompt of n tokens plus max_new wants, at most the model's context. */
+static int ctx_want(const Model *m, int n, int max_new) {
+    long want = (long)n + max_new;
+    long most = m->cfg.max_pos > 0 ? (long)m->cfg.max_pos - m->prefix_len : want;
+    if (want > most) want = most > n ? most : n; /* a prompt too long is refused below */
+    return (int)want;
+}
+
 static int lookup_len(const Sampler *s, const GenerateOptions *opt) {
     if (opt->lookup <= 0 || s->temperature > 0) return 0;
     return opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX;
@@ -407,7 +423,7 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
     memset(res, 0, sizeof *res);
     int V = m->cfg.V;
     if (n_prompt == 0) return tuna_errf(err, TUNA_EINVAL, "empty prompt (no tokens)");
-    int want = (int)n_prompt + opt->max_new_tokens, look = lookup_len(s, opt);
+    int want = ctx_want(m, (int)n_prompt, opt->max_new_tokens), look = lookup_len(s, opt);
     int act = (int)n_prompt < 512 ? (int)n_prompt : 512;
     if (act < look + 1) act = look + 1; /* a draft runs as look + 1 rows */
     if (m->cache_T - m->prefix_len < want || m->act_T < act) {
@@ -415,9 +431,10 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         if (rc) return rc;
     }
     model_reset(m);
-    if ((int)n_prompt + m->prefix_len > m->cache_T)
+    int lim = ctx_limit(m);
+    if ((int)n_prompt + m->prefix_len > lim)
         return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
-                         n_prompt, m->cache_T);
+                         n_prompt, lim - m->prefix_len);
     float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)(look + 1));
     int32_t feed[LOOKUP_MAX + 1];
     GenSeq q;
@@ -433,13 +450,13 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         pending = -1;
         if (res->n_ids == 0) t1 = time_now();
         if (seq_step(&q, tok, next, opt)) break;
-        if (m->n_past >= m->cache_T) {
+        if (m->n_past >= lim) {
             res->stopped_by = 4;
             break;
         }
         /* lookup decoding: the tokens that followed the last occurrence of the newest n-gram,
          * checked in one pass; the model's own greedy token decides at each position */
-        int most = look, room = m->cache_T - m->n_past - 1;
+        int most = look, room = lim - m->n_past - 1;
         int left = opt->max_new_tokens - (int)res->n_ids - 1;
         if (room < most) most = room;
         if (left < most) most = left;
@@ -485,18 +502,19 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
     for (int i = 0; i < B; i++) {
         if (n_prompts[i] == 0)
             return tuna_errf(err, TUNA_EINVAL, "prompt %d is empty (no tokens)", i);
-        int w = (int)n_prompts[i] + opt->max_new_tokens;
+        int w = ctx_want(m, (int)n_prompts[i], opt->max_new_tokens);
         longest = w > longest ? w : longest;
         max_prompt = (int)n_prompts[i] > max_prompt ? (int)n_prompts[i] : max_prompt;
     }
     int act = max_prompt < 512 ? max_prompt : 512;
     int rc = model_reserve_slots(m, B, longest, act > B ? act : B, err);
     if (rc) return rc;
+    int lim = ctx_limit(m);
     for (int i = 0; i < B; i++)
-        if ((int)n_prompts[i] + m->prefix_len > m->cache_T)
+        if ((int)n_prompts[i] + m->prefix_len > lim)
             return tuna_errf(err, TUNA_EINVAL,
                              "prompt of %zu tokens exceeds the model's context (%d)", n_prompts[i],
-                             m->cache_T);
+                             lim - m->prefix_len);
     float *logits = xmalloc(sizeof(float) * (size_t)V * (size_t)B);
     GenSeq *q = xcalloc((size_t)B, sizeof *q);
     int *active = xmalloc(sizeof(int) * (size_t)B);
@@ -524,7 +542,7 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
             }
             int tkn = sampler_sample(s, li, qi->all, qi->n_all);
             if (seq_step(qi, tok, tkn, opt)) continue;
-            if (model_slot_past(m, i) >= m->cache_T) {
+            if (model_slot_past(m, i) >= lim) {
                 res[i].stopped_by = 4;
                 continue;
             }

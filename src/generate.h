@@ -59,7 +59,8 @@ typedef struct GenerateResult {
     int32_t *ids; /* generated ids (malloc'd, caller frees), EOS not included */
     size_t n_ids;
     char *text;       /* decoded generated text (malloc'd), cut at a stop string */
-    int stopped_by;   /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full */
+    int stopped_by;   /* 0 = max tokens, 1 = EOS, 2 = stop string, 3 = callback, 4 = context full
+                       (max_position_embeddings reached) */
     size_t n_drafted; /* lookup decoding: draft tokens checked, and those kept */
     size_t n_accepted;
     double prefill_s; /* seconds for the prompt */

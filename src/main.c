@@ -104,7 +104,8 @@ static void json_str(FILE *f, const char *s) {
 static int cmd_generate(int argc, char **argv) {
     const char *usage = "usage: tuna generate MODEL_DIR [options]\n"
                         "Generates text from a Hugging Face checkpoint (config.json, "
-                        "model.safetensors, tokenizer.json).";
+                        "model.safetensors, tokenizer.json),\nor from a run folder (a LoRA run "
+                        "loads its base model and merges its adapter).";
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(generate_opts, lo);
     const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
@@ -167,6 +168,7 @@ static int cmd_generate(int argc, char **argv) {
         return 2;
     }
     const char *dir = argv[optind];
+    if (!cli_model_path_ok("generate", NULL, dir)) return 1;
     char *prompt_buf = NULL;
     if (prompt_file) {
         prompt_buf = xread_file(prompt_file, NULL);
@@ -185,10 +187,7 @@ static int cmd_generate(int argc, char **argv) {
     GenerateResult res = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    be = backend_init(backend, threads, &err);
-    if (!be) goto fail;
-    if (model_load(dir, be, &m, &err)) goto fail;
-    if (tokenizer_load(dir, &tok, &err)) goto fail;
+    if (cli_load_model(dir, NULL, backend, threads, &be, &m, &tok, &err)) goto fail;
     if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
     if (n_ids == 0) {
         /* no BOS in this tokenizer's template and an empty prompt: start from BOS/EOS */
@@ -204,6 +203,11 @@ static int cmd_generate(int argc, char **argv) {
         n_ids = 1;
     }
     const ModelConfig *cfg = &m->cfg;
+    if (cfg->max_pos > 0 && (long)n_ids + m->prefix_len > cfg->max_pos) { /* before the echo */
+        tuna_errf(&err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)", n_ids,
+                  cfg->max_pos - m->prefix_len);
+        goto fail;
+    }
     int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
     sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
@@ -258,6 +262,11 @@ static int cmd_generate(int argc, char **argv) {
             fprintf(stderr, ", lookup kept %zu of %zu drafted", res.n_accepted, res.n_drafted);
         fputc('\n', stderr);
     }
+    if (res.stopped_by == 4)
+        fprintf(stderr,
+                "tuna generate: stopped at the model's context of %d tokens "
+                "(max_position_embeddings) after %zu new tokens\n",
+                cfg->max_pos, res.n_ids);
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "generate failed");
@@ -282,7 +291,8 @@ static const struct {
         {"tokenize", cmd_tokenize, "encode JSON lines {\"text\"} to {\"ids\"} (or --decode)"},
         {"chat", cmd_chat, "chat with a model (and adapter) using a template"},
         {"eval", cmd_eval, "loss, perplexity, exact match, BLEU-4, ROUGE-L as one JSON object"},
-        {"ui", cmd_ui, "the workbench: setup, train, chat, runs (also: tuna with no arguments)"},
+        {"ui", cmd_ui,
+         "the workbench: setup, train, chat, runs (also: tuna alone, or tuna --OPTION ...)"},
         {"watch", cmd_watch, "follow a run folder (live or finished) in the terminal UI"},
         {"train", cmd_train, "fine-tune (full, freeze, LoRA); --help lists every option"},
         {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
@@ -299,6 +309,16 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     if (argc < 2) return cmd_ui(argc, argv); /* the workbench */
+    if (argv[1][0] == '-' && argv[1][1] == '-' && strcmp(argv[1], "--help")) {
+        /* `tuna --no-color`, `tuna --screen chat`: options of the workbench */
+        char **args = xmalloc(sizeof(char *) * (size_t)(argc + 1));
+        args[0] = (char *)"ui";
+        for (int i = 1; i <= argc; i++)
+            args[i] = argv[i];
+        int rc = cmd_ui(argc, args);
+        free(args);
+        return rc;
+    }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;

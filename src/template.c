@@ -28,6 +28,7 @@ struct Template {
     char *name;
     Slot prefix, system, user, assistant, observation, function, tools, separator;
     char *default_system;
+    char *description; /* "" when the file has none */
     char **stop_words;
     int n_stop;
     int efficient_eos, replace_eos, merge_system, auto_bos;
@@ -206,6 +207,12 @@ int template_load(const char *templates_dir, const char *name, Template **out, T
         goto fail;
     }
     t->default_system = xstrdup(cJSON_IsString(ds) ? ds->valuestring : "");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
+    if (desc && !cJSON_IsString(desc) && !cJSON_IsNull(desc)) {
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"description\" must be a string", path);
+        goto fail;
+    }
+    t->description = xstrdup(cJSON_IsString(desc) ? desc->valuestring : "");
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "stop_words");
     if (sw && !cJSON_IsArray(sw)) {
         rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"stop_words\" must be an array of strings", path);
@@ -293,6 +300,7 @@ void template_free(Template *t) {
         free(t->stop_words[i]);
     free(t->stop_words);
     free(t->default_system);
+    free(t->description);
     free(t->name);
     free(t);
 }
@@ -303,6 +311,10 @@ const char *template_name(const Template *t) {
 
 const char *template_default_system(const Template *t) {
     return t->default_system;
+}
+
+const char *template_description(const Template *t) {
+    return t->description;
 }
 
 int template_stop_words(const Template *t, const char *const **words) {

@@ -30,6 +30,7 @@ void template_free(Template *t); /* NULL-safe */
 int template_unknown_placeholder(const Template *t, char *out, size_t cap);
 const char *template_name(const Template *t);           /* borrowed */
 const char *template_default_system(const Template *t); /* borrowed, "" when none */
+const char *template_description(const Template *t);    /* borrowed, "" when none */
 
 /* Sorted names of templates_dir/ *.json (without ".json"). *names is malloc'd, each name too;
  * free with template_list_free. */
@@ -77,8 +78,8 @@ int template_eos_id(const Template *t, const Tokenizer *tok);
 
 // --- CLI
 
-/* `tuna template list [--templates-dir DIR]` and `tuna template show NAME --dataset X
- * [--dataset-dir DIR] [--templates-dir DIR] [--model DIR] [--index N] [--vars k=v,...]
+/* `tuna template list [--templates-dir DIR]` and `tuna template show NAME [--dataset X]
+ * (without --dataset: a built-in system + user + assistant conversation) [--dataset-dir DIR] [--templates-dir DIR] [--model DIR] [--index N] [--vars k=v,...]
  * [--cutoff-len N] [--stage pt|sft] [--color|--no-color]`. argv[0] is "template". Prints to
  * stdout; returns the process exit code (0 ok, 1 error, 2 usage). */
 int cmd_template(int argc, char **argv);

@@ -534,6 +534,18 @@ static void test_cli(void) {
     const char *a1[] = {"template", "list"};
     int rc = run_cli(2, a1, &out);
     CHECK(rc == 0 && out && strstr(out, "chatml") && strstr(out, "vanilla"), "list: %d", rc);
+    /* every template has a description: each name line goes on past its name */
+    for (const char *l = out; l && *l;) {
+        const char *e = strchr(l, '\n');
+        size_t n = e ? (size_t)(e - l) : strlen(l);
+        if (*l != ' ')
+            CHECK(n > 14 && !memmem(l, n, "no \"description\"", 16),
+                  "list line without a "
+                  "description: %.*s",
+                  (int)n, l);
+        l = e ? e + 1 : l + n;
+    }
+    CHECK(out && strstr(out, "chatml      ChatML (<|im_start|>"), "list:\n%s", out ? out : "");
     free(out);
     const char *a2[] = {"template",
                         "show",
@@ -560,9 +572,17 @@ static void test_cli(void) {
     rc = run_cli(6, a3, &out);
     CHECK(rc == 0 && out && strstr(out, "\033[2m"), "--color dims masked text");
     free(out);
-    const char *a4[] = {"template", "show", "chatml"};
-    rc = run_cli(3, a4, &out);
-    CHECK(rc == 2, "show without --dataset: %d", rc);
+    /* without --dataset: the built-in system + user + assistant conversation, the answer trains */
+    const char *a4[] = {"template", "show", "chatml", "--no-color"};
+    rc = run_cli(4, a4, &out);
+    CHECK(rc == 0 && out && strstr(out, "example: built-in") &&
+                  strstr(out, "«<s> <|im_start|>system\\n") && strstr(out, "[train]") &&
+                  strstr(out, "\"The capital of France is Paris.<|im_end|>\\n\""),
+          "show without --dataset: rc %d\n%s", rc, out ? out : "");
+    free(out);
+    const char *a4b[] = {"template", "show", "chatml", "--stage", "pt"};
+    rc = run_cli(5, a4b, &out);
+    CHECK(rc == 2, "show --stage pt without --dataset: %d", rc);
     free(out);
     const char *a5[] = {"template", "show", "nosuch", "--dataset", "identity"};
     rc = run_cli(5, a5, &out);

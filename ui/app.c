@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -600,7 +601,22 @@ int cmd_watch(int argc, char **argv) {
         app_free(app);
         return 2;
     }
-    app_open_run(app, argv[optind]);
+    /* a typo must not wait forever: the folder exists, or one line and exit 1 */
+    const char *run = argv[optind];
+    struct stat sb;
+    int missing = stat(run, &sb) != 0;
+    if (missing || !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "tuna watch: %s: %s\n", run,
+                !missing          ? "not a folder (a run folder holds metrics.jsonl)"
+                : errno == ENOENT ? "no such run folder"
+                                  : strerror(errno));
+        app_free(app);
+        return 1;
+    }
+    char metrics[4200];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", run);
+    if (access(metrics, F_OK)) fprintf(stderr, "tuna watch: waiting for %s\n", metrics);
+    app_open_run(app, run);
     rc = app_run(app, color);
     app_free(app);
     return rc;

@@ -1,0 +1,124 @@
+/* cli.c: what every command checks the same way before it loads a model: the model path (a
+ * local folder or a .gguf file, not a hub id), and a run folder followed to its base model and
+ * to the template it was trained with. */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "xalloc.h"
+
+/* 1: s looks like a Hugging Face hub id ("owner/name": one slash, no leading . or /). */
+static int hub_id_like(const char *s) {
+    const char *slash = strchr(s, '/');
+    if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/') || s[0] == '.') return 0;
+    for (const char *p = s; *p; p++)
+        if (p != slash && !isalnum((unsigned char)*p) && !strchr("-_.", *p)) return 0;
+    return 1;
+}
+
+int cli_model_path_ok(const char *cmd, const char *flag, const char *model) {
+    struct stat sb;
+    const char *what = "expects a local folder (or .gguf file) holding config.json, "
+                       "model.safetensors and tokenizer.json";
+    size_t n = strlen(model);
+    char name[4200];
+    snprintf(name, sizeof name, "%s%s%s", flag ? flag : "", flag ? " " : "", model);
+    if (stat(model, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode) || (n > 5 && !strcmp(model + n - 5, ".gguf"))) return 1;
+        fprintf(stderr, "tuna %s: %s: %s; this is a file\n", cmd, name, what);
+    } else if (hub_id_like(model)) {
+        fprintf(stderr,
+                "tuna %s: %s: %s; no such file or folder (a Hugging Face hub id? download "
+                "it first: huggingface-cli download %s --local-dir models/%s)\n",
+                cmd, name, what, model, strchr(model, '/') + 1);
+    } else {
+        fprintf(stderr, "tuna %s: %s: %s; no such file or folder\n", cmd, name, what);
+    }
+    return 0;
+}
+
+static int is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* The string at key of dir/file (a JSON object), copied into out; 0 when there is one. */
+static int json_string_at(const char *dir, const char *file, const char *key, char *out,
+                          size_t cap) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    char *text = xread_file(path, NULL);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, key));
+    int rc = v && *v && strlen(v) < cap ? 0 : -1;
+    if (!rc) snprintf(out, cap, "%s", v);
+    cJSON_Delete(j);
+    return rc;
+}
+
+int cli_is_adapter_run(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (access(path, F_OK)) return 0;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return access(path, F_OK) != 0;
+}
+
+int cli_run_base(const char *dir, char *base, size_t cap, TunaErr *err) {
+    char rec[4096] = "";
+    /* PEFT's field first; a folder moved since training may still be named by the run's
+     * train_config.json (the --model it was trained with) */
+    if (!json_string_at(dir, "adapter_config.json", "base_model_name_or_path", rec, sizeof rec) &&
+        is_dir(rec)) {
+        snprintf(base, cap, "%s", rec);
+        return 0;
+    }
+    char alt[4096];
+    if (!json_string_at(dir, "train_config.json", "model", alt, sizeof alt) && is_dir(alt)) {
+        snprintf(base, cap, "%s", alt);
+        return 0;
+    }
+    if (!rec[0])
+        return tuna_errf(err, TUNA_ENOTFOUND,
+                         "%s/adapter_config.json: no base_model_name_or_path (the base model of "
+                         "this adapter); give the base model and add --adapter %s",
+                         dir, dir);
+    return tuna_errf(err, TUNA_ENOTFOUND,
+                     "%s/adapter_config.json: base_model_name_or_path \"%s\" is not a folder here; "
+                     "give the base model and add --adapter %s",
+                     dir, rec, dir);
+}
+
+int cli_run_template(const char *model_dir, const char *adapter_dir, char *name, size_t cap,
+                     char *tdir, size_t tcap) {
+    const char *dirs[2] = {adapter_dir, model_dir};
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i] || json_string_at(dirs[i], "train_config.json", "template", name, cap))
+            continue;
+        if (json_string_at(dirs[i], "train_config.json", "templates_dir", tdir, tcap) ||
+            !is_dir(tdir))
+            tdir[0] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+int cli_default_template(const char *model_dir, const char *adapter_dir, const char **tname,
+                         const char **tdir, char *nbuf, size_t ncap, char *dbuf, size_t dcap) {
+    int from_run = 0;
+    if (!*tname && cli_run_template(model_dir, adapter_dir, nbuf, ncap, dbuf, dcap)) {
+        *tname = nbuf;
+        if (!*tdir && dbuf[0]) *tdir = dbuf;
+        from_run = 1;
+    }
+    if (!*tname) *tname = "vanilla";
+    if (!*tdir) *tdir = "templates";
+    return from_run;
+}
