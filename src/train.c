@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "../kernels/backend.h"
+#include "control.h"
 #include "dataset.h"
 #include "generate.h"
 #include "model.h"
@@ -904,36 +905,32 @@ static int metrics_truncate(const char *path, int step, TunaErr *err) {
     return 0;
 }
 
-enum { CTL_PAUSE = 1, CTL_RESUME = 2, CTL_SAVE = 4, CTL_STOP = 8 };
-
 /* Takes every command written to RUN/control since the last call: the file is renamed first,
- * so a writer appending meanwhile starts a new one and nothing is lost. Returns CTL_* bits;
- * of pause and resume only the last one written counts. */
+ * so a writer appending meanwhile starts a new one and nothing is lost. Returns CTL_* bits
+ * (control_parse); lines it does not know are one warning. */
 static int read_control(Run *r) {
-    char path[1200], taken[1300], line[64];
+    char path[1200], taken[1300];
     snprintf(path, sizeof path, "%s/control", r->dir);
     snprintf(taken, sizeof taken, "%s/control.reading", r->dir);
     if (rename(path, taken)) return 0;
     FILE *f = fopen(taken, "r");
     int bits = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n ")] = '\0';
-        if (!strcmp(line, "pause"))
-            bits = (bits & ~CTL_RESUME) | CTL_PAUSE;
-        else if (!strcmp(line, "resume"))
-            bits = (bits & ~CTL_PAUSE) | CTL_RESUME;
-        else if (!strcmp(line, "save"))
-            bits |= CTL_SAVE;
-        else if (!strcmp(line, "stop"))
-            bits |= CTL_STOP;
-        else if (line[0]) {
-            char msg[128];
+    if (f) {
+        static char text[CONTROL_MAX_BYTES];
+        size_t n = fread(text, 1, sizeof text, f);
+        int more = fgetc(f) != EOF, bad = 0;
+        fclose(f);
+        char first[48];
+        bits = control_parse(text, n, first, sizeof first, &bad);
+        if (bad || more) {
+            char msg[200];
             snprintf(msg, sizeof msg,
-                     "control: unknown command \"%.40s\" (pause, resume, save, stop)", line);
+                     "control: %d unknown command%s (first: \"%s\"; pause, resume, save, stop)%s",
+                     bad, bad == 1 ? "" : "s", first,
+                     more ? "; past 64 KiB of the file was ignored" : "");
             emit_log(r, "warn", msg);
         }
     }
-    if (f) fclose(f);
     unlink(taken);
     return bits;
 }
