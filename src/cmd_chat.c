@@ -304,7 +304,8 @@ static char *trim_line(char *s) {
 }
 
 /* One user line: on a terminal through libedit (line editing, Up/Down through this session's
- * lines; plain lines where tuna was built without it), else getline. NULL at EOF (or Ctrl-C at the prompt); *line is reused. */
+ * lines; plain lines where tuna was built without it), else getline. NULL at EOF (or Ctrl-C at
+ * the prompt); *line is reused. */
 static char *chat_read(int tty, char **line, size_t *cap) {
 #ifndef TUNA_NO_LIBEDIT
     if (tty) {

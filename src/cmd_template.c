@@ -57,8 +57,8 @@ static const TplOpt tpl_opts[] = {
 
 static void tpl_help(FILE *f) {
     fprintf(f, "usage: tuna template list [--templates-dir DIR]\n"
-               "       tuna template show NAME [--dataset X] [options]   (without --dataset: a "
-               "built-in\n                                    system + user + assistant example)\n"
+               "       tuna template show NAME [--dataset X] [options]\n"
+               "(show without --dataset: a built-in system + user + assistant conversation)\n"
                "\noptions:\n");
     for (int i = 0; tpl_opts[i].name; i++) {
         char left[64];

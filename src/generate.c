@@ -395,8 +395,6 @@ static int lookup_draft(const int32_t *all, size_t n, int max, int32_t *draft) {
     return 0;
 }
 
-/* The draft length generate_run uses: opt->lookup for greedy decoding, at most LOOKUP_MAX; 0
- * when sampling (a draft checked against sampled tokens would change their distribution). */
 /* Cache positions a sequence may fill: the cache, and never past max_position_embeddings
  * (RoPE models would go on at positions they were never trained on). */
 static int ctx_limit(const Model *m) {
@@ -413,6 +411,8 @@ static int ctx_want(const Model *m, int n, int max_new) {
     return (int)want;
 }
 
+/* The draft length generate_run uses: opt->lookup for greedy decoding, at most LOOKUP_MAX; 0
+ * when sampling (a draft checked against sampled tokens would change their distribution). */
 static int lookup_len(const Sampler *s, const GenerateOptions *opt) {
     if (opt->lookup <= 0 || s->temperature > 0) return 0;
     return opt->lookup < LOOKUP_MAX ? opt->lookup : LOOKUP_MAX;

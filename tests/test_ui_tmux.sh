@@ -258,9 +258,14 @@ tmux -L "$SOCK" send-keys -t $T C-s
 chk 'until_ok "grep -qs \"lora_rank.:[[:space:]]*10\" $W/cfg.json"' "setup: ^S saves lora_rank (flag name with underscores)"
 chk 'grep -q "\"lora_alpha\":[[:space:]]*16" $W/cfg.json' "setup: the refused value kept the old one"
 
-# --- 8. watch on a missing folder waits instead of failing
-start 80x24 "LANG=C.UTF-8 $BIN watch $W/nothing_yet"
-chk 'wait_for "WAITING"' "missing run dir shows waiting"
+# --- 8. watch on a missing folder (a typo): one line, exit 1; a run folder with no metrics yet
+# says so once and waits
+out=$("$BIN" watch $W/nothing_yet 2>&1 </dev/null); rc=$?
+chk '[ $rc -eq 1 ] && [ "$out" = "tuna watch: $W/nothing_yet: no such run folder" ]' \
+    "watch on a missing folder: one line and exit 1 (got $rc: $out)"
+mkdir -p $W/no_metrics_yet
+start 80x24 "LANG=C.UTF-8 $BIN watch $W/no_metrics_yet"
+chk 'wait_for "WAITING"' "a run folder without metrics shows waiting"
 
 # --- 9. usage errors
 "$BIN" watch >/dev/null 2>&1; chk '[ $? -eq 2 ]' "watch without RUN_DIR exits 2"
