@@ -10,7 +10,7 @@ echo
 echo "== tuna train: full fine-tune on datasets/identity.json -> runs/demo-identity"
 ./tuna train --model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs \
     --template vanilla --method full --epochs 20 --lr 3e-3 --eval-steps 50 --save-steps 100 \
-    --output runs/demo-identity
+    --output runs/demo-identity --overwrite   # the demo replaces its own run each time
 echo
 echo "== tuna chat: Who are you?"
 ./tuna chat runs/demo-identity --template vanilla --message "Who are you?"
