@@ -307,6 +307,22 @@ int cmd_export(int argc, char **argv) {
     while (ol > 1 && out[ol - 1] == '/') /* merged/ is merged */
         out[--ol] = '\0';
     TunaErr err = {0};
+    char base[4096];
+    if (cli_is_adapter_run(model)) { /* --model RUN of a LoRA run: its base, with its adapter */
+        if (adapter) {
+            fprintf(stderr,
+                    "tuna: %s is an adapter run (it names its own base model); to merge "
+                    "--adapter %s give a base model folder instead\n",
+                    model, adapter);
+            return 2;
+        }
+        if (cli_run_base(model, base, sizeof base, &err)) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
+        adapter = model;
+        model = base;
+    }
     Backend *be = backend_init("cpu", 0, &err);
     Model *m = NULL;
     /* the model and adapter load before --out is looked at: a failure touches nothing */

@@ -189,6 +189,27 @@ static void test_runs(void) {
     CHECK(!strcmp(eval_template("--model models/stories260K"), "vanilla"), "no run: %s",
           eval_template("--model models/stories260K"));
 
+    /* export --model RUN: the same merged checkpoint as --model BASE --adapter RUN */
+    char e1[160], e2[160], cmp[512];
+    snprintf(e1, sizeof e1, "%s/export-run", tmpdir);
+    snprintf(e2, sizeof e2, "%s/export-base", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s", lora, e1);
+    rc = run(args, NULL, &out, &err);
+    CHECK(rc == 0, "export --model RUN: exit %d: %s", rc, err);
+    free(out);
+    free(err);
+    snprintf(args, sizeof args, "export --model models/stories260K --adapter %s --out %s", lora,
+             e2);
+    rc = run(args, NULL, &out, &err);
+    CHECK(rc == 0, "export --model BASE --adapter RUN: exit %d: %s", rc, err);
+    free(out);
+    free(err);
+    snprintf(cmp, sizeof cmp, "cmp -s %s/model.safetensors %s/model.safetensors", e1, e2);
+    CHECK(system(cmp) == 0, "export --model RUN and --model BASE --adapter RUN differ");
+    snprintf(args, sizeof args, "export --model %s --adapter %s --out %s/e3", lora, lora_van,
+             tmpdir);
+    check_one_line(args, 2, "is an adapter run", "give a base model folder");
+
     /* a run and --adapter: one line */
     snprintf(args, sizeof args, "chat %s --adapter %s --message hi", lora, lora_van);
     check_one_line(args, 1, "is an adapter run", "give a base model folder");
