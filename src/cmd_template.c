@@ -284,6 +284,9 @@ int cmd_template(int argc, char **argv) {
         tpl_help(stderr);
         return 2;
     }
+    char model_buf[2100];
+    if (!strcmp(model, "models/stories260K")) /* the bundled default, also from elsewhere */
+        model = bundled_path(model, model_buf, sizeof model_buf);
     const char *sub = argv[optind++];
     if (!strcmp(sub, "list")) {
         char **names = NULL;

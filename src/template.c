@@ -127,7 +127,9 @@ static const char *const KNOWN_KEYS[] = {
 
 int template_load(const char *templates_dir, const char *name, Template **out, TunaErr *err) {
     *out = NULL;
-    if (!templates_dir) templates_dir = "templates";
+    char dirbuf[2100];
+    if (!templates_dir || !strcmp(templates_dir, "templates"))
+        templates_dir = bundled_path("templates", dirbuf, sizeof dirbuf);
     if (!name_ok(name))
         return tuna_errf(err, TUNA_EINVAL,
                          "template name \"%s\" must be a file stem [A-Za-z0-9_.-]",
@@ -329,7 +331,9 @@ static int cmp_str(const void *a, const void *b) {
 int template_list(const char *templates_dir, char ***names, int *n, TunaErr *err) {
     *names = NULL;
     *n = 0;
-    if (!templates_dir) templates_dir = "templates";
+    char dirbuf[2100];
+    if (!templates_dir || !strcmp(templates_dir, "templates"))
+        templates_dir = bundled_path("templates", dirbuf, sizeof dirbuf);
     DIR *d = opendir(templates_dir);
     if (!d) return tuna_errf(err, TUNA_EIO, "%s: %s", templates_dir, strerror(errno));
     struct dirent *e;

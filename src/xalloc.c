@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "err.h"
 
@@ -63,4 +65,21 @@ char *xread_file(const char *path, size_t *len) {
     buf[n] = '\0';
     if (len) *len = n;
     return buf;
+}
+
+const char *bundled_path(const char *rel, char *buf, size_t cap) {
+    struct stat st;
+    if (!rel || rel[0] == '/' || stat(rel, &st) == 0) return rel;
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return rel;
+    exe[n] = '\0';
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash) break;
+        *slash = '\0';
+        snprintf(buf, cap, "%s/%s", exe, rel);
+        if (stat(buf, &st) == 0) return buf;
+    }
+    return rel;
 }

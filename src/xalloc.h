@@ -16,4 +16,9 @@ char *xstrndup(const char *s, size_t n);
  * errno on failure; *len gets the byte count when not NULL. */
 char *xread_file(const char *path, size_t *len);
 
+/* rel (a path inside the checkout: "templates", "models/stories260K") as given when it exists
+ * from the working directory; else the same path beside the tuna binary or one folder up
+ * (build/tuna), written into buf, when that exists; else rel. For the bundled defaults only. */
+const char *bundled_path(const char *rel, char *buf, size_t cap);
+
 #endif

@@ -408,6 +408,23 @@ static void test_model_paths(void) {
     CHECK(stat(never, &sb) != 0, "a refused model made %s", never);
 }
 
+// --- the bundled templates from another working directory
+
+static void test_templates_elsewhere(void) {
+    char exe[4096], cmd[4600], path[128];
+    if (!realpath(bin(), exe)) {
+        CHECK(0, "realpath %s", bin());
+        return;
+    }
+    snprintf(path, sizeof path, "%s/show", tmpdir);
+    snprintf(cmd, sizeof cmd, "cd %s && %s template show chatml >%s 2>&1", tmpdir, exe, path);
+    int st = system(cmd);
+    char *out = xread_file(path, NULL);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && out && strstr(out, "<|im_start|>"),
+          "template show chatml from %s (no templates/ there): %s", tmpdir, out ? out : "");
+    free(out);
+}
+
 // --- watch
 
 static void test_watch(void) {
@@ -435,6 +452,7 @@ int main(void) {
     test_interactive();
     test_model_paths();
     test_watch();
+    test_templates_elsewhere();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     CHECK(system(cmd) == 0, "cleanup");
