@@ -482,7 +482,34 @@ static void emit_log(Run *r, const char *level, const char *msg) {
  * shares a core with another busy thread waits at every barrier for its descheduled member:
  * beside a one-thread `tuna generate` (a chat in the workbench) training ran 3x slower on two
  * threads here than it does alone, and slowed the chat too. */
+/* A test hook (tests/test_threads.c): TUNA_THREADS_SCHEDULE="1,2,3" runs step N on the N-th
+ * count of the list (cycling), whatever --threads says, to show that a run's numbers do not
+ * depend on the thread count nor on a change of it mid-run. Logged once; returns 0 when unset
+ * or not a list of counts from 1 to 4096. */
+static int threads_schedule(Run *r) {
+    const char *s = getenv("TUNA_THREADS_SCHEDULE");
+    int v[64], n = 0;
+    while (s && *s && n < 64) {
+        char *end;
+        long t = strtol(s, &end, 10);
+        if (end == s || t < 1 || t > 4096 || (*end && *end != ',')) return 0;
+        v[n++] = (int)t;
+        s = *end ? end + 1 : end;
+    }
+    if (!n) return 0;
+    if (r->cores_seen != -1) { /* follow_free_cores's field, unused while the hook rules */
+        r->cores_seen = -1;
+        char msg[160];
+        snprintf(msg, sizeof msg, "test hook TUNA_THREADS_SCHEDULE=%.60s: threads set step by step",
+                 getenv("TUNA_THREADS_SCHEDULE"));
+        emit_log(r, "info", msg);
+    }
+    backend_set_threads(r->be, v[r->step % n]);
+    return 1;
+}
+
 static void follow_free_cores(Run *r) {
+    if (threads_schedule(r)) return;
     double now = time_now();
     if (r->cfg->threads || now - r->cores_checked < 0.5) return;
     r->cores_checked = now;
