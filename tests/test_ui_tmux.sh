@@ -490,6 +490,16 @@ chk 'until_ok "joined 47 79 | grep -qF \"already exists; output is now\""' "80x2
 S=$(cap); echo "$S" > "$W/setup13_80x24.txt"
 tmux -L "$SOCK" send-keys -t $T Up Down
 chk 'until_ok "cap | grep \"output\" | grep -q \"identity-lora-2\"" && [ ! -e $R13/identity-lora/setup_config.json ]' "80x24 setup: nothing written into the existing folder; output is now identity-lora-2"
+# ^T on the pre-filled values (output: the fresh identity-lora-2): the trainer writes there, with
+# the config Setup wrote there; then x x stops it
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen setup --runs $R13"
+chk 'wait_for "training setup"' "80x24 setup ^T: opens"
+tmux -L "$SOCK" send-keys -t $T C-t
+chk 'wait_for "RUNNING" 90' "80x24 setup ^T on the defaults: training starts"
+chk 'grep -qs "output.:.*runs13/identity-lora-2\"" $R13/identity-lora-2/setup_config.json' "80x24 setup ^T: the config names the folder it is in"
+chk 'until_ok "[ -s $R13/identity-lora-2/metrics.jsonl ]" 30 && [ ! -e $R13/identity-lora-3 ] && [ ! -e $R13/identity-lora/metrics.jsonl ]' "80x24 setup ^T: the run is written into identity-lora-2 only"
+tmux -L "$SOCK" send-keys -t $T x x
+chk 'wait_for "STOPPED\|FINISHED" 60' "80x24 setup ^T: x x stops it"
 # Runs at 80x24: the details pane reads in full
 start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --runs tests/fixtures/ui"
 chk 'wait_for "run_demo"' "80x24 runs: lists run_demo"
