@@ -495,6 +495,30 @@ chk 'until_ok "joined 47 79 | grep -qF \"already exists; output is now\""' "80x2
 S=$(cap); echo "$S" > "$W/setup13_80x24.txt"
 tmux -L "$SOCK" send-keys -t $T Up Down
 chk 'until_ok "cap | grep \"output\" | grep -q \"identity-lora-2\"" && [ ! -e $R13/identity-lora/setup_config.json ]' "80x24 setup: nothing written into the existing folder; output is now identity-lora-2"
+# ^T on the pre-filled values (output: the fresh identity-lora-2): the trainer writes there, with
+# the config Setup wrote there; then x x stops it
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen setup --runs $R13"
+chk 'wait_for "training setup"' "80x24 setup ^T: opens"
+tmux -L "$SOCK" send-keys -t $T C-t
+chk 'wait_for "RUNNING" 90' "80x24 setup ^T on the defaults: training starts"
+chk 'grep -qs "output.:.*runs13/identity-lora-2\"" $R13/identity-lora-2/setup_config.json' "80x24 setup ^T: the config names the folder it is in"
+chk 'until_ok "[ -s $R13/identity-lora-2/metrics.jsonl ]" 30 && [ ! -e $R13/identity-lora-3 ] && [ ! -e $R13/identity-lora/metrics.jsonl ]' "80x24 setup ^T: the run is written into identity-lora-2 only"
+tmux -L "$SOCK" send-keys -t $T x x
+chk 'wait_for "STOPPED\|FINISHED" 60' "80x24 setup ^T: x x stops it"
+# the ETA: "--" until a few step lines (a first step's ETA is warm-up time: 39m for a 4-minute
+# run), then the trainer's
+E13=$W/eta13
+mkdir -p $E13
+echo '{"type":"start","run":"eta","method":"lora","dataset":"identity","total_steps":100,"epochs":1}' > $E13/metrics.jsonl
+echo '{"type":"step","step":1,"total_steps":100,"loss":3,"lr":0.01,"grad_norm":1,"elapsed":24,"eta":2340}' >> $E13/metrics.jsonl
+echo $$ > $E13/train.pid   # a live pid: the run reads as running
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN watch $E13"
+chk 'wait_for "step 1/100"' "80x24 eta: the first step shows"
+chk 'cap | grep -q "ETA --\( \|$\)" && ! cap | grep -q "39m00s"' "80x24 eta: no ETA after one step ($(cap | sed -n 2p))"
+for k in 2 3 4 5; do
+    echo "{\"type\":\"step\",\"step\":$k,\"total_steps\":100,\"loss\":3,\"lr\":0.01,\"grad_norm\":1,\"elapsed\":$((24 + k)),\"eta\":$((100 - k))}" >> $E13/metrics.jsonl
+done
+chk 'wait_for "step 5/100.*ETA 1m35s"' "80x24 eta: the trainer's ETA after a few steps ($(cap | sed -n 2p))"
 # Runs at 80x24: the details pane reads in full
 start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --runs tests/fixtures/ui"
 chk 'wait_for "run_demo"' "80x24 runs: lists run_demo"

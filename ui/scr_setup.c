@@ -320,9 +320,13 @@ static cJSON *setup_json(SetupState *s) {
     return o;
 }
 
-static int write_json(App *app, SetupState *s, const char *path, char *err, size_t n) {
+/* Writes the form as JSON to path; output: the run folder to name (^T: the one it just created,
+ * which auto_output would now pass over as taken), or NULL for the form's own. */
+static int write_json(App *app, SetupState *s, const char *path, const char *output, char *err,
+                      size_t n) {
     auto_output(app, s);
     cJSON *o = setup_json(s);
+    if (output) cJSON_ReplaceItemInObject(o, "output", cJSON_CreateString(output));
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
     FILE *f = fopen(path, "w");
@@ -948,7 +952,7 @@ static int start_training(App *app, SetupState *s) {
         return UI_REDRAW;
     }
     snprintf(cfg, sizeof cfg, "%s/setup_config.json", out);
-    if (write_json(app, s, cfg, err, sizeof err)) {
+    if (write_json(app, s, cfg, out, err, sizeof err)) {
         app_status(app, ROLE_ERROR, "%s", err);
         return UI_REDRAW;
     }
@@ -1050,7 +1054,7 @@ static int setup_action(App *app, Action a) {
         edit_set(&s->ed, v);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (write_json(app, s, app->config_path, err, sizeof err))
+        if (write_json(app, s, app->config_path, NULL, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "saved %s", app->config_path);

@@ -100,8 +100,8 @@ static void draw_progress(App *app, Rect r) {
        few steps have shown one (a first step's ETA is compile-and-warm-up time, far too long) */
     int live = h->status == RUN_RUNNING || h->status == RUN_PAUSED;
     fmt_duration(live && h->step_x.n >= ETA_MIN_STEPS ? h->eta
-                 : live                               ? (double)NAN
-                                                      : 0,
+                 : h->status == RUN_FINISHED          ? 0
+                                                      : (double)NAN,
                  eta, sizeof eta);
     char ep[48] = "";
     if (isfinite(h->epoch))
