@@ -1269,6 +1269,8 @@ static void draw_preview(App *app, SetupState *s, Rect r) {
     char title[300];
     snprintf(title, sizeof title, "preview #%ld: %.60s on %.60s", s->pv.index + 1, tf->text,
              df->text);
+    if (text_width(title, strlen(title)) > r.w - 4) /* narrow (80 columns): the short form */
+        snprintf(title, sizeof title, "#%ld %.60s/%.60s", s->pv.index + 1, tf->text, df->text);
     ui_frame(r, title, 0);
     Rect d = ui_inner(r);
     if (d.h <= 0 || d.w <= 2) return;

@@ -199,8 +199,17 @@ static void draw_stats(App *app, Rect r) {
         ROW("tokens/s", "%.0f", h->tokens_per_s);
     else
         ROW("tokens/s", "--");
-    ROW("method", "%s%s%s", h->method[0] ? h->method : "--", h->dataset[0] ? " / " : "",
-        h->dataset);
+    /* "lora / identity" when it fits the row, else the method and the dataset on rows of their
+     * own (at 80 columns the pair was cut) */
+    char md[600];
+    const char *meth = h->method[0] ? h->method : "--";
+    snprintf(md, sizeof md, "%s%s%s", meth, h->dataset[0] ? " / " : "", h->dataset);
+    if (text_width(md, strlen(md)) <= in.w - lw - 1) {
+        ROW("method", "%s", md);
+    } else {
+        ROW("method", "%s", meth);
+        if (h->dataset[0]) ROW("dataset", "%s", h->dataset);
+    }
 #undef ROW
 }
 
