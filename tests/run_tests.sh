@@ -7,8 +7,8 @@ passed=0; failed=0; skipped=0; crashed=0
 for t in "$@"; do
     out=$("$t" 2>&1); rc=$?
     # FAIL/SKIP lines, also where a child's unterminated output ran into them (from FAIL on)
-    msgs=$(echo "$out" | grep -oE '(FAIL|SKIP) [^ ]+:[0-9]+:.*')
-    nfail=$(echo "$out" | grep -cE 'FAIL [^ ]+:[0-9]+:')
+    msgs=$(echo "$out" | grep -oE '(FAIL|SKIP) [^ ]+:.*')
+    nfail=$(echo "$out" | grep -cE 'FAIL [^ ]+:')
     [ -n "$msgs" ] && echo "$msgs" | head -60
     [ "$nfail" -gt 60 ] && echo "... $((nfail - 60)) more FAIL lines in $t"
     line=$(echo "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -1)

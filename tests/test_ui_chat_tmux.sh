@@ -42,7 +42,10 @@ NSESS=0
 start() {
     tmux -L "$SOCK" kill-session -t $T 2>/dev/null
     NSESS=$((NSESS + 1)); T=tuna_ui_chat_$$_$NSESS   # a fresh name: kill-session is not synchronous
-    tmux -L "$SOCK" new-session -d -s $T -x "${1%x*}" -y "${1#*x}" "$2"
+    rm -f "$W/rc"
+    # the exit status goes to a file: tmux's #{pane_dead_status} was sometimes never set (1 run
+    # in 3 on a busy machine: the pane dead, its status empty after 30 s)
+    tmux -L "$SOCK" new-session -d -s $T -x "${1%x*}" -y "${1#*x}" "$2; echo \$? > $W/rc.tmp && mv $W/rc.tmp $W/rc"
     tmux -L "$SOCK" set-option -t $T remain-on-exit on >/dev/null 2>&1
 }
 cap()  { tmux -L "$SOCK" capture-pane -p -t $T; }
@@ -60,12 +63,12 @@ wait_gone() {
     return 1
 }
 dead()   { [ "$(tmux -L "$SOCK" display -p -t $T '#{pane_dead}' 2>/dev/null)" = 1 ]; }
-# status: the exit status of the dead pane (polled: tmux may record it a moment after pane_dead)
+# status: the exit status of the command the session ran (polled, up to 30 s; 128+N for a
+# signal N, as sh reports it)
 status() {
     i=0
-    while [ $i -lt 40 ]; do
-        st=$(tmux -L "$SOCK" display -p -t $T '#{pane_dead_status}' 2>/dev/null)
-        [ -n "$st" ] && { echo "$st"; return; }
+    while [ $i -lt 600 ]; do
+        [ -s "$W/rc" ] && { cat "$W/rc"; return; }
         sleep 0.05; i=$((i + 1))
     done
 }
