@@ -67,49 +67,32 @@ static void matvecs_rows(float *out, const float *in, const float *w, const floa
     }
 }
 
-/* The blocks of a product C (M,N) = alpha·op(A)·op(B) + beta·C that cpu_sgemm hands out. */
-typedef struct GemmJob {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    const float *A, *B;
-    float *C;
-    int rb, cb, nc; /* block rows and columns, column blocks per row of blocks */
-} GemmJob;
-
-static void gemm_blocks(const GemmJob *g, size_t lo, size_t hi) {
-    for (size_t i = lo; i < hi; i++) {
-        int m0 = (int)(i / (size_t)g->nc) * g->rb, n0 = (int)(i % (size_t)g->nc) * g->cb;
-        int mb = g->M - m0 < g->rb ? g->M - m0 : g->rb, nb = g->N - n0 < g->cb ? g->N - n0 : g->cb;
-        const float *a = g->ta ? g->A + m0 : g->A + (size_t)m0 * g->lda;
-        const float *b = g->tb ? g->B + (size_t)n0 * g->ldb : g->B + n0;
-        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
-                    g->tb ? CblasTrans : CblasNoTrans, mb, nb, g->K, g->alpha, a, g->lda, b, g->ldb,
-                    g->beta, g->C + (size_t)m0 * g->ldc + n0, g->ldc);
-    }
-}
-
-static int round_up(int x, int m) {
-    return (x + m - 1) / m * m;
-}
+/* cblas_sgemm with OpenBLAS on nth threads, the inner dimension in slices of at most
+ * SGEMM_MAX_KC (as even as can be; how many depends on K alone), each slice one call that
+ * accumulates into C. OpenBLAS blocks the inner dimension by GEMM_Q and cuts a remainder
+ * between Q and 2Q in two, which its one-thread driver (level3.c) rounds to the kernel's unroll
+ * and its threaded one (level3_thread.c) does not: one product with K > Q gave different bits
+ * on 1 and on 2 threads (0.3.21, SkylakeX, Q = 448: every K > 448 not near a multiple of 32,
+ * measured). A slice no longer than Q is one block for both drivers, and the per-element sums
+ * then run in the same order whatever the thread count. Q is 192 or more for sgemm on every
+ * x86-64 core from Opteron on (param.h; 128 on Prescott) and on arm64. */
+#define SGEMM_MAX_KC 192
 
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    GemmJob g = {ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C, M, N, 1};
-    /* about 32 blocks: rows first (16 to 512 a block), then columns (64 and more) */
-    if (M >= 32) {
-        g.rb = round_up((M + 31) / 32, 8);
-        g.rb = g.rb < 16 ? 16 : g.rb > 512 ? 512 : g.rb;
-    }
-    int nr = (M + g.rb - 1) / g.rb, want = (32 + nr - 1) / nr;
-    if (want > 1) {
-        g.cb = round_up((N + want - 1) / want, 16);
-        g.cb = g.cb < 64 ? 64 : g.cb > N ? N : g.cb;
-    }
-    g.nc = (N + g.cb - 1) / g.cb;
-    size_t nb = (size_t)nr * g.nc;
-    openblas_set_num_threads(1);
-    CPU_PAR_RANGE((size_t)nth < nb ? nth : (int)nb, nb, gemm_blocks(&g, lo, hi));
+    int ns = K > SGEMM_MAX_KC ? (K + SGEMM_MAX_KC - 1) / SGEMM_MAX_KC : 1;
+    int kc = (K + ns - 1) / ns;
+    openblas_set_num_threads(nth);
+    int k0 = 0;
+    do {
+        int kn = K - k0 < kc ? K - k0 : kc;
+        const float *a = ta ? A + (size_t)k0 * lda : A + k0; /* op(A) (M,K) */
+        const float *b = tb ? B + k0 : B + (size_t)k0 * ldb; /* op(B) (K,N) */
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    M, N, kn, alpha, a, lda, b, ldb, k0 ? 1.0f : beta, C, ldc);
+        k0 += kn;
+    } while (k0 < K);
 }
 
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
