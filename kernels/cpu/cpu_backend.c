@@ -67,32 +67,57 @@ static void matvecs_rows(float *out, const float *in, const float *w, const floa
     }
 }
 
-/* cblas_sgemm with OpenBLAS on nth threads, the inner dimension in slices of at most
- * SGEMM_MAX_KC (as even as can be; how many depends on K alone), each slice one call that
- * accumulates into C. OpenBLAS blocks the inner dimension by GEMM_Q and cuts a remainder
- * between Q and 2Q in two, which its one-thread driver (level3.c) rounds to the kernel's unroll
- * and its threaded one (level3_thread.c) does not: one product with K > Q gave different bits
- * on 1 and on 2 threads (0.3.21, SkylakeX, Q = 448: every K > 448 not near a multiple of 32,
- * measured). A slice no longer than Q is one block for both drivers, and the per-element sums
- * then run in the same order whatever the thread count. Q is 192 or more for sgemm on every
- * x86-64 core from Opteron on (param.h; 128 on Prescott) and on arm64. */
-#define SGEMM_MAX_KC 192
+/* cblas_sgemm with OpenBLAS on nth threads, with bits that do not depend on nth. OpenBLAS
+ * blocks the inner dimension K by GEMM_Q and cuts a remainder r between Q and 2Q in two: its
+ * one-thread driver (level3.c) at r/2 rounded up to the kernel's unroll U, its threaded one
+ * (level3_thread.c) at (r+1)/2. One product with K > Q gave different bits on 1 and on 2 threads
+ * (0.3.21, SkylakeX, Q = 448: every K > 448 not near a multiple of 32, measured). The cuts agree
+ * when r is a multiple of 2U, and a K of at most Q is one block for both. So the product goes
+ * as one call for the multiple of 32 in K and one for the rest (< 32) where Q is a multiple of
+ * 32 and U <= 16 (the cores of sgemm_q), and elsewhere in slices of at most 192 (as even as
+ * can be), each slice a call that accumulates into C. Each call is a fork and join of
+ * OpenBLAS's threads, about 10 us here. */
+static int sgemm_q(void) {
+    /* sgemm's Q on these x86-64 cores in OpenBLAS's param.h (fixed, not sized from the cache;
+     * every one a multiple of 64, with U <= 16); 0 for the others */
+    static const struct {
+        const char *core;
+        int q;
+    } qs[] = {{"SkylakeX", 448}, {"Sandybridge", 384}, {"Haswell", 320},
+              {"Zen", 320},      {"Cooperlake", 320},  {"SapphireRapids", 320}};
+    const char *core = openblas_get_corename();
+    for (size_t i = 0; core && i < sizeof qs / sizeof qs[0]; i++)
+        if (!strcmp(core, qs[i].core)) return qs[i].q;
+    return 0;
+}
+
+static void sgemm_call(int ta, int tb, int M, int N, int k0, int kn, float alpha, const float *A,
+                       int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    const float *a = ta ? A + (size_t)k0 * lda : A + k0; /* op(A) (M,K) */
+    const float *b = tb ? B + k0 : B + (size_t)k0 * ldb; /* op(B) (K,N) */
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                kn, alpha, a, lda, b, ldb, beta, C, ldc);
+}
 
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    int ns = K > SGEMM_MAX_KC ? (K + SGEMM_MAX_KC - 1) / SGEMM_MAX_KC : 1;
-    int kc = (K + ns - 1) / ns;
     openblas_set_num_threads(nth);
-    int k0 = 0;
-    do {
-        int kn = K - k0 < kc ? K - k0 : kc;
-        const float *a = ta ? A + (size_t)k0 * lda : A + k0; /* op(A) (M,K) */
-        const float *b = tb ? B + k0 : B + (size_t)k0 * ldb; /* op(B) (K,N) */
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    M, N, kn, alpha, a, lda, b, ldb, k0 ? 1.0f : beta, C, ldc);
-        k0 += kn;
-    } while (k0 < K);
+    if (K <= 32) {
+        sgemm_call(ta, tb, M, N, 0, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (sgemm_q()) {
+        int main_k = K - K % 32;
+        sgemm_call(ta, tb, M, N, 0, main_k, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (main_k < K)
+            sgemm_call(ta, tb, M, N, main_k, K - main_k, alpha, A, lda, B, ldb, 1.0f, C, ldc);
+        return;
+    }
+    int ns = (K + 191) / 192, kc = (K + ns - 1) / ns;
+    for (int k0 = 0; k0 < K; k0 += kc)
+        sgemm_call(ta, tb, M, N, k0, K - k0 < kc ? K - k0 : kc, alpha, A, lda, B, ldb,
+                   k0 ? 1.0f : beta, C, ldc);
 }
 
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
