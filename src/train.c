@@ -477,11 +477,6 @@ static void emit_log(Run *r, const char *level, const char *msg) {
     say(r, "tuna: %s", msg);
 }
 
-/* With threads 0, training uses the cores other processes leave free, checked at most every
- * half second between steps; a change needs two checks in a row that agree. An OpenMP team that
- * shares a core with another busy thread waits at every barrier for its descheduled member:
- * beside a one-thread `tuna generate` (a chat in the workbench) training ran 3x slower on two
- * threads here than it does alone, and slowed the chat too. */
 /* A test hook (tests/test_threads.c): TUNA_THREADS_SCHEDULE="1,2,3" runs step N on the N-th
  * count of the list (cycling), whatever --threads says, to show that a run's numbers do not
  * depend on the thread count nor on a change of it mid-run. Logged once; returns 0 when unset
@@ -508,6 +503,11 @@ static int threads_schedule(Run *r) {
     return 1;
 }
 
+/* With threads 0, training uses the cores other processes leave free, checked at most every
+ * half second between steps; a change needs two checks in a row that agree. An OpenMP team that
+ * shares a core with another busy thread waits at every barrier for its descheduled member:
+ * beside a one-thread `tuna generate` (a chat in the workbench) training ran 3x slower on two
+ * threads here than it does alone, and slowed the chat too. */
 static void follow_free_cores(Run *r) {
     if (threads_schedule(r)) return;
     double now = time_now();

@@ -65,9 +65,15 @@ void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const floa
 
 /* The norm weight gradients are sums over every row. Their order is fixed whatever the thread
  * count (a run on 1 thread and on 2, or one whose thread count changes as it goes, gets the same
- * bits): the rows go in blocks of NORM_BLOCK_ROWS, each block sums its rows in order into its own
- * partial row, and the partial rows are added in block order. Threads take whole blocks. */
-#define NORM_BLOCK_ROWS 16
+ * bits): the rows go in at most NORM_MAX_BLOCKS blocks of at least 16 rows (how many depends on
+ * R alone), each block sums its rows in order into its own partial row, and the partial rows
+ * are added in block order. Threads take whole blocks. */
+#define NORM_MAX_BLOCKS 64
+
+static int norm_block_rows(int R) {
+    int rb = (R + NORM_MAX_BLOCKS - 1) / NORM_MAX_BLOCKS;
+    return rb < 16 ? 16 : rb;
+}
 
 /* dst[c] += Σ_k part[k * C + c] for columns [lo, hi), k = 0..nblk-1 in order (part's first row
  * is overwritten). */
@@ -85,13 +91,13 @@ static void reduce_blocks(float *dst, float *part, int nblk, int C, size_t lo, s
 
 /* Row blocks [lo, hi) of the RMSNorm backward; pw: the partial rows of dw (or NULL). */
 static void rmsnorm_bwd_blocks(float *din, float *pw, const float *dout, const float *in,
-                               const float *w, float eps, int R, int C, size_t lo, size_t hi) {
+                               const float *w, float eps, int R, int C, size_t rb, size_t lo,
+                               size_t hi) {
     for (size_t blk = lo; blk < hi; blk++) {
         float *p = pw ? pw + blk * C : NULL;
         if (p) memset(p, 0, sizeof(float) * (size_t)C);
-        size_t r1 =
-                (blk + 1) * NORM_BLOCK_ROWS < (size_t)R ? (blk + 1) * NORM_BLOCK_ROWS : (size_t)R;
-        for (size_t r = blk * NORM_BLOCK_ROWS; r < r1; r++) {
+        size_t r1 = (blk + 1) * rb < (size_t)R ? (blk + 1) * rb : (size_t)R;
+        for (size_t r = blk * rb; r < r1; r++) {
             const float *x = in + r * C, *dy = dout + r * C;
             float ss = 0, dot = 0;
 #pragma omp simd reduction(+ : ss, dot)
@@ -121,7 +127,7 @@ void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, cons
                      const float *w, float eps, int R, int C) {
     if (R <= 0 || C <= 0 || (!din && !dw)) return;
     int nth = threads_for(be, (size_t)R * C);
-    int nblk = (R + NORM_BLOCK_ROWS - 1) / NORM_BLOCK_ROWS;
+    int rb = norm_block_rows(R), nblk = (R + rb - 1) / rb;
     float *part = NULL;
     if (dw) {
         size_t bytes = sizeof(float) * (size_t)nblk * C;
@@ -130,7 +136,8 @@ void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, cons
             return;
         }
     }
-    CPU_PAR_RANGE(nth, (size_t)nblk, rmsnorm_bwd_blocks(din, part, dout, in, w, eps, R, C, lo, hi));
+    CPU_PAR_RANGE(nth, (size_t)nblk,
+                  rmsnorm_bwd_blocks(din, part, dout, in, w, eps, R, C, (size_t)rb, lo, hi));
     if (dw) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(dw, part, nblk, C, lo, hi));
     free(part);
 }
@@ -138,14 +145,13 @@ void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, cons
 /* Row blocks [lo, hi) of the LayerNorm backward; pw, pb: the partial rows of dw, db (or NULL). */
 static void layernorm_bwd_blocks(float *din, float *pw, float *pb, const float *dout,
                                  const float *in, const float *w, float eps, int R, int C,
-                                 size_t lo, size_t hi) {
+                                 size_t rb, size_t lo, size_t hi) {
     for (size_t blk = lo; blk < hi; blk++) {
         float *qw = pw ? pw + blk * C : NULL, *qb = pb ? pb + blk * C : NULL;
         if (qw) memset(qw, 0, sizeof(float) * (size_t)C);
         if (qb) memset(qb, 0, sizeof(float) * (size_t)C);
-        size_t r1 =
-                (blk + 1) * NORM_BLOCK_ROWS < (size_t)R ? (blk + 1) * NORM_BLOCK_ROWS : (size_t)R;
-        for (size_t r = blk * NORM_BLOCK_ROWS; r < r1; r++) {
+        size_t r1 = (blk + 1) * rb < (size_t)R ? (blk + 1) * rb : (size_t)R;
+        for (size_t r = blk * rb; r < r1; r++) {
             const float *x = in + r * C, *dy = dout + r * C;
             float mean = 0, var = 0;
 #pragma omp simd reduction(+ : mean)
@@ -192,7 +198,7 @@ void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const floa
                        const float *in, const float *w, float eps, int R, int C) {
     if (R <= 0 || C <= 0 || (!din && !dw && !db)) return;
     int nth = threads_for(be, (size_t)R * C);
-    int nblk = (R + NORM_BLOCK_ROWS - 1) / NORM_BLOCK_ROWS;
+    int rb = norm_block_rows(R), nblk = (R + rb - 1) / rb;
     int np = (dw != NULL) + (db != NULL);
     float *part = NULL;
     if (np) {
@@ -204,7 +210,7 @@ void cpu_layernorm_bwd(Backend *be, float *din, float *dw, float *db, const floa
     }
     float *pw = dw ? part : NULL, *pb = db ? part + (dw ? (size_t)nblk * C : 0) : NULL;
     CPU_PAR_RANGE(nth, (size_t)nblk,
-                  layernorm_bwd_blocks(din, pw, pb, dout, in, w, eps, R, C, lo, hi));
+                  layernorm_bwd_blocks(din, pw, pb, dout, in, w, eps, R, C, (size_t)rb, lo, hi));
     if (dw) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(dw, pw, nblk, C, lo, hi));
     if (db) CPU_PAR_RANGE(nth, (size_t)C, reduce_blocks(db, pb, nblk, C, lo, hi));
     free(part);

@@ -67,49 +67,57 @@ static void matvecs_rows(float *out, const float *in, const float *w, const floa
     }
 }
 
-/* The blocks of a product C (M,N) = alpha·op(A)·op(B) + beta·C that cpu_sgemm hands out. */
-typedef struct GemmJob {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    const float *A, *B;
-    float *C;
-    int rb, cb, nc; /* block rows and columns, column blocks per row of blocks */
-} GemmJob;
-
-static void gemm_blocks(const GemmJob *g, size_t lo, size_t hi) {
-    for (size_t i = lo; i < hi; i++) {
-        int m0 = (int)(i / (size_t)g->nc) * g->rb, n0 = (int)(i % (size_t)g->nc) * g->cb;
-        int mb = g->M - m0 < g->rb ? g->M - m0 : g->rb, nb = g->N - n0 < g->cb ? g->N - n0 : g->cb;
-        const float *a = g->ta ? g->A + m0 : g->A + (size_t)m0 * g->lda;
-        const float *b = g->tb ? g->B + (size_t)n0 * g->ldb : g->B + n0;
-        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
-                    g->tb ? CblasTrans : CblasNoTrans, mb, nb, g->K, g->alpha, a, g->lda, b, g->ldb,
-                    g->beta, g->C + (size_t)m0 * g->ldc + n0, g->ldc);
-    }
+/* cblas_sgemm with OpenBLAS on nth threads, with bits that do not depend on nth. OpenBLAS
+ * blocks the inner dimension K by GEMM_Q and cuts a remainder r between Q and 2Q in two: its
+ * one-thread driver (level3.c) at r/2 rounded up to the kernel's unroll U, its threaded one
+ * (level3_thread.c) at (r+1)/2. One product with K > Q gave different bits on 1 and on 2 threads
+ * (0.3.21, SkylakeX, Q = 448: every K > 448 not near a multiple of 32, measured). The cuts agree
+ * when r is a multiple of 2U, and a K of at most Q is one block for both. So the product goes
+ * as one call for the multiple of 32 in K and one for the rest (< 32) where Q is a multiple of
+ * 32 and U <= 16 (the cores of sgemm_q), and elsewhere in slices of at most 192 (as even as
+ * can be), each slice a call that accumulates into C. Each call is a fork and join of
+ * OpenBLAS's threads, about 10 us here. */
+static int sgemm_q(void) {
+    /* sgemm's Q on these x86-64 cores in OpenBLAS's param.h (fixed, not sized from the cache;
+     * every one a multiple of 64, with U <= 16); 0 for the others */
+    static const struct {
+        const char *core;
+        int q;
+    } qs[] = {{"SkylakeX", 448}, {"Sandybridge", 384}, {"Haswell", 320},
+              {"Zen", 320},      {"Cooperlake", 320},  {"SapphireRapids", 320}};
+    const char *core = openblas_get_corename();
+    for (size_t i = 0; core && i < sizeof qs / sizeof qs[0]; i++)
+        if (!strcmp(core, qs[i].core)) return qs[i].q;
+    return 0;
 }
 
-static int round_up(int x, int m) {
-    return (x + m - 1) / m * m;
+static void sgemm_call(int ta, int tb, int M, int N, int k0, int kn, float alpha, const float *A,
+                       int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    const float *a = ta ? A + (size_t)k0 * lda : A + k0; /* op(A) (M,K) */
+    const float *b = tb ? B + k0 : B + (size_t)k0 * ldb; /* op(B) (K,N) */
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                kn, alpha, a, lda, b, ldb, beta, C, ldc);
 }
 
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    GemmJob g = {ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C, M, N, 1};
-    /* about 32 blocks: rows first (16 to 512 a block), then columns (64 and more) */
-    if (M >= 32) {
-        g.rb = round_up((M + 31) / 32, 8);
-        g.rb = g.rb < 16 ? 16 : g.rb > 512 ? 512 : g.rb;
+    openblas_set_num_threads(nth);
+    if (K <= 32) {
+        sgemm_call(ta, tb, M, N, 0, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
     }
-    int nr = (M + g.rb - 1) / g.rb, want = (32 + nr - 1) / nr;
-    if (want > 1) {
-        g.cb = round_up((N + want - 1) / want, 16);
-        g.cb = g.cb < 64 ? 64 : g.cb > N ? N : g.cb;
+    if (sgemm_q()) {
+        int main_k = K - K % 32;
+        sgemm_call(ta, tb, M, N, 0, main_k, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (main_k < K)
+            sgemm_call(ta, tb, M, N, main_k, K - main_k, alpha, A, lda, B, ldb, 1.0f, C, ldc);
+        return;
     }
-    g.nc = (N + g.cb - 1) / g.cb;
-    size_t nb = (size_t)nr * g.nc;
-    openblas_set_num_threads(1);
-    CPU_PAR_RANGE((size_t)nth < nb ? nth : (int)nb, nb, gemm_blocks(&g, lo, hi));
+    int ns = (K + 191) / 192, kc = (K + ns - 1) / ns;
+    for (int k0 = 0; k0 < K; k0 += kc)
+        sgemm_call(ta, tb, M, N, k0, K - k0 < kc ? K - k0 : kc, alpha, A, lda, B, ldb,
+                   k0 ? 1.0f : beta, C, ldc);
 }
 
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {

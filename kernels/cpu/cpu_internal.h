@@ -70,11 +70,8 @@ static inline float vexpf(float xin) {
     return xin == xin ? p * two_n : xin; /* NaN stays NaN (a diverged run is detected) */
 }
 
-/* cblas_sgemm (row-major; ta, tb: op(A) = Aᵀ, op(B) = Bᵀ) on nth threads, with a result that
- * does not depend on nth: C is cut into blocks whose shape depends on M and N only, and each
- * block is one single-threaded OpenBLAS call. OpenBLAS never threads itself: its threaded
- * driver splits the inner dimension unlike its one-thread driver (0.3.21: K > 448 and not near
- * a multiple of 32 gives different bits on 1 and on 2 threads, measured). */
+/* cblas_sgemm (row-major; ta, tb: op(A) = Aᵀ, op(B) = Bᵀ) with OpenBLAS on nth threads, and a
+ * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
