@@ -396,6 +396,10 @@ HL=$RUNS/headless
     --lora-target all --cutoff-len 64 --max-steps 100000 --eval-steps 40 --save-steps 100000 --output $HL \
     > $W/headless.log 2>&1 &
 HL_PID=$!
+# watch refuses a folder that does not exist yet: wait for the trainer to make it (a loaded CI
+# machine started watch first, and every check of this section failed)
+until_ok '[ -s $HL/metrics.jsonl ]' 60
+chk '[ -s $HL/metrics.jsonl ]' "watch headless: the trainer started writing $HL"
 for envs in "LANG=C.UTF-8 TERM=xterm-256color:80x24" "LANG=C.UTF-8 TERM=xterm-256color:200x60" \
             "NO_COLOR=1 LANG=C.UTF-8 TERM=xterm:80x24" "TERM=vt100 LANG=C LC_ALL=C:200x60"; do
     size=${envs##*:}; envs=${envs%:*}
