@@ -181,7 +181,7 @@ int keys_help_lines(unsigned screen, int width, char (*out)[KEYS_HELP_COLS], int
             if (dup || kl + (kl ? 1 : 0) + nl > HELP_KEY_COL - 3) continue;
             snprintf(keys + kl, sizeof keys - kl, "%s%s", kl ? " " : "", k->name);
         }
-        char head[32];
+        char head[72]; /* "  " and keys (at most HELP_KEY_COL - 3 bytes, but 64 to the compiler) */
         snprintf(head, sizeof head, "  %s", keys);
         n = put_wrapped(out, n, max, head, HELP_KEY_COL, b->help, width);
     }
