@@ -161,6 +161,7 @@ fuzz: deps $(FUZZ_BIN)
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_smollm2_fixtures.py ../shared tests/fixtures/smollm2
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
 run: deps tuna
