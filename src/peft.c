@@ -114,6 +114,23 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
                        cJSON_IsString(pt) ? pt->valuestring : "(missing)");
         goto done;
     }
+    /* what would change the adapter's math or shapes and tuna does not do: refused */
+    const cJSON *dora = cJSON_GetObjectItem(root, "use_dora"),
+                *ltt = cJSON_GetObjectItem(root, "layers_to_transform"),
+                *rp = cJSON_GetObjectItem(root, "rank_pattern"),
+                *ap = cJSON_GetObjectItem(root, "alpha_pattern");
+    const char *bad = cJSON_IsTrue(dora)                ? "use_dora"
+                      : ltt && !cJSON_IsNull(ltt)       ? "layers_to_transform"
+                      : cJSON_IsObject(rp) && rp->child ? "rank_pattern"
+                      : cJSON_IsObject(ap) && ap->child ? "alpha_pattern"
+                                                        : NULL;
+    if (bad) {
+        rc = tuna_errf(err, TUNA_EUNSUP,
+                       "%s: \"%s\" is not supported (tuna's LoRA: one rank and alpha, every "
+                       "layer, no DoRA)",
+                       path, bad);
+        goto done;
+    }
     memset(setup, 0, sizeof *setup);
     setup->method = METHOD_LORA;
     const cJSON *r = cJSON_GetObjectItem(root, "r"), *a = cJSON_GetObjectItem(root, "lora_alpha");
@@ -562,8 +579,8 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
                          "%s/adapter_config.json: target_modules or "
                          "trainable_token_indices too long",
                          dir);
-    snprintf(out->lora_target, sizeof out->lora_target, "%s", targets);
-    snprintf(out->lora_trainable_tokens, sizeof out->lora_trainable_tokens, "%s", tokens);
+    memcpy(out->lora_target, targets, strlen(targets) + 1); /* lengths checked above */
+    memcpy(out->lora_trainable_tokens, tokens, strlen(tokens) + 1);
     return 0;
 }
 

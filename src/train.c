@@ -1222,7 +1222,6 @@ static int run_open(Run *r, TunaErr *err) {
         setup.lora_tokens = toks;
     }
     if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
-    if (c->adapter[0] && (rc = adapter_init_train(r->ts, c->adapter, c->model, err))) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
@@ -1490,10 +1489,14 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
         r.dir[--dl] = '\0';
     /* everything is checked before the folder is touched; a failed resume changes nothing */
-    TrainConfig adapted; /* --adapter: the method and LoRA/prefix shape from the adapter */
-    int rc = cfg->adapter[0] ? adapter_train_config(cfg, &adapted, err) : 0;
-    if (!rc && cfg->adapter[0]) r.cfg = cfg = &adapted;
+    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
+     * start (a resume has them in the checkpoint, and its saved config resolved already) */
+    TrainConfig adapted;
+    int from_adapter = cfg->adapter[0] && !resume;
+    int rc = from_adapter ? adapter_train_config(cfg, &adapted, err) : 0;
+    if (!rc && from_adapter) r.cfg = cfg = &adapted;
     if (!rc) rc = run_open(&r, err);
+    if (!rc && from_adapter) rc = adapter_init_train(r.ts, cfg->adapter, cfg->model, err);
     if (!rc) rc = run_claim(&r, resume, err);
     if (!rc && resume) rc = resume_pick(&r, err);
     if (!rc) rc = run_files_open(&r, resume, err);
