@@ -118,16 +118,26 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     const cJSON *dora = cJSON_GetObjectItem(root, "use_dora"),
                 *ltt = cJSON_GetObjectItem(root, "layers_to_transform"),
                 *rp = cJSON_GetObjectItem(root, "rank_pattern"),
-                *ap = cJSON_GetObjectItem(root, "alpha_pattern");
-    const char *bad = cJSON_IsTrue(dora)                ? "use_dora"
-                      : ltt && !cJSON_IsNull(ltt)       ? "layers_to_transform"
-                      : cJSON_IsObject(rp) && rp->child ? "rank_pattern"
-                      : cJSON_IsObject(ap) && ap->child ? "alpha_pattern"
-                                                        : NULL;
+                *ap = cJSON_GetObjectItem(root, "alpha_pattern"),
+                *mts = cJSON_GetObjectItem(root, "modules_to_save"),
+                *bias = cJSON_GetObjectItem(root, "bias");
+    const char *bad = NULL;
+    if (cJSON_IsTrue(dora))
+        bad = "use_dora";
+    else if (ltt && !cJSON_IsNull(ltt))
+        bad = "layers_to_transform";
+    else if (cJSON_IsObject(rp) && rp->child)
+        bad = "rank_pattern";
+    else if (cJSON_IsObject(ap) && ap->child)
+        bad = "alpha_pattern";
+    else if (cJSON_IsArray(mts) && mts->child)
+        bad = "modules_to_save";
+    else if (cJSON_IsString(bias) && strcmp(bias->valuestring, "none"))
+        bad = "bias";
     if (bad) {
         rc = tuna_errf(err, TUNA_EUNSUP,
                        "%s: \"%s\" is not supported (tuna's LoRA: one rank and alpha, every "
-                       "layer, no DoRA)",
+                       "layer, no DoRA, no trained biases or modules_to_save)",
                        path, bad);
         goto done;
     }

@@ -160,6 +160,12 @@ def variants():
     both = copy.deepcopy(v["5x_qwen2"])
     both["rope_scaling"], both["rope_theta"] = None, 10000.0
     v["5x_qwen2_both"] = both
+    # keys that do not change the math: pretraining_tp (4.x split the same matmul into slices,
+    # 5.x ignores it), dropouts (training only in transformers; tuna has lora_dropout)
+    v["4x_llama_tp2"] = dict(V4["4x_smollm2"], pretraining_tp=2, attention_dropout=0.1)
+    # use_sliding_window with max_window_layers >= layers: no layer slides
+    v["4x_qwen25_sw_unused"] = dict(V4["4x_qwen25"], use_sliding_window=True, max_window_layers=28,
+                                    sliding_window=16)
     qwen3_nohd = copy.deepcopy(v["4x_qwen3"])
     del qwen3_nohd["head_dim"]
     v["4x_qwen3_nohd"] = qwen3_nohd  # Qwen3Config's head_dim default is 128

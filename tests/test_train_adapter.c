@@ -281,6 +281,15 @@ static void test_refusals(void) {
     CHECK(system(cmd) == 0, "%s", cmd);
     snprintf(a, sizeof a, "--adapter %s/dora", tmpdir);
     refuse("DoRA adapter", a, "adapter_config.json", "\"use_dora\" is not supported");
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/mts && sed 's/\"modules_to_save\": null/\"modules_to_save\": "
+             "[\"lm_head\"]/' tests/fixtures/train/llama_lora_adapter/adapter_config.json > "
+             "%s/mts/adapter_config.json && cp "
+             "tests/fixtures/train/llama_lora_adapter/adapter_model.safetensors %s/mts/",
+             tmpdir, tmpdir, tmpdir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+    snprintf(a, sizeof a, "--adapter %s/mts", tmpdir);
+    refuse("modules_to_save", a, "adapter_config.json", "\"modules_to_save\" is not supported");
     snprintf(a, sizeof a, "--adapter %s --lora-rank 16", lora1);
     refuse("conflicting rank", a, "--lora-rank 16", "(r 4)");
     snprintf(a, sizeof a, "--adapter %s --lora-alpha 32", lora1);
