@@ -593,6 +593,171 @@ static void test_model_path(void) {
     rmdir(dir);
 }
 
+// --- the tiny HF fixtures written as GGUF (llama.cpp's names and layouts) load the same -----
+
+/* Writes the HF checkpoint in dir as a GGUF file at out, the way llama.cpp's converter lays it
+ * out: llama.cpp tensor names, dims innermost first, q/k rows permuted for llama and mistral,
+ * GPT-2's Conv1D weights transposed. F32 throughout, so both loads must agree bit for bit. */
+static int hf_to_gguf(const char *dir, const char *out, ModelConfig *cfg) {
+    TunaErr err = {0};
+    SafeTensors *st = NULL;
+    if (config_load(dir, cfg, &err) || safetensors_open(dir, &st, &err)) {
+        CHECK(0, "%s: %s", dir, err.msg);
+        return -1;
+    }
+    const char *arch = config_arch_name(cfg->arch);
+    char k[128];
+    Buf h = {0}, d = {0};
+    int nkv = 0, nt = 0;
+    put(&h, "GGUF", 4);
+    put32(&h, 3);
+    size_t at_nt = put64(&h, 0), at_nkv = put64(&h, 0);
+#define KEY_U32(name, v)                                                                           \
+    do {                                                                                           \
+        snprintf(k, sizeof k, "%s.%s", arch, name);                                                \
+        putstr(&h, k);                                                                             \
+        put32(&h, GGUF_U32);                                                                       \
+        put32(&h, (uint32_t)(v));                                                                  \
+        nkv++;                                                                                     \
+    } while (0)
+#define KEY_F32(name, v)                                                                           \
+    do {                                                                                           \
+        float f_ = (v);                                                                            \
+        snprintf(k, sizeof k, "%s.%s", arch, name);                                                \
+        putstr(&h, k);                                                                             \
+        put32(&h, GGUF_F32);                                                                       \
+        put(&h, &f_, 4);                                                                           \
+        nkv++;                                                                                     \
+    } while (0)
+    putstr(&h, "general.architecture");
+    put32(&h, GGUF_STRING);
+    putstr(&h, arch);
+    nkv++;
+    KEY_U32("context_length", cfg->max_pos);
+    KEY_U32("embedding_length", cfg->C);
+    KEY_U32("block_count", cfg->L);
+    KEY_U32("feed_forward_length", cfg->FF);
+    KEY_U32("attention.head_count", cfg->NH);
+    KEY_U32("vocab_size", cfg->V);
+    if (cfg->arch == ARCH_GPT2) {
+        KEY_F32("attention.layer_norm_epsilon", cfg->norm_eps);
+    } else {
+        KEY_U32("attention.head_count_kv", cfg->KVH);
+        KEY_F32("attention.layer_norm_rms_epsilon", cfg->norm_eps);
+        KEY_F32("rope.freq_base", cfg->rope_theta);
+        KEY_U32("attention.key_length", cfg->HS);
+        KEY_U32("attention.value_length", cfg->HS);
+        KEY_U32("rope.dimension_count", cfg->HS);
+        if (cfg->sliding_window) KEY_U32("attention.sliding_window", cfg->sliding_window);
+    }
+    if (cfg->bos_id >= 0) {
+        putstr(&h, "tokenizer.ggml.bos_token_id");
+        put32(&h, GGUF_U32);
+        put32(&h, (uint32_t)cfg->bos_id);
+        nkv++;
+    }
+    for (int i = 0; i < safetensors_count(st); i++) {
+        const StTensor *t = safetensors_at(st, i);
+        const char *name = t->name;
+        if (!strncmp(name, "transformer.", 12)) name += 12;
+        char gn[160];
+        GgufXform x;
+        int heads;
+        if (gguf_name_for(cfg, name, gn, sizeof gn, &x, &heads)) continue; /* buffers */
+        size_t n = st_tensor_numel(t);
+        float *src = malloc(n * sizeof *src), *dst = malloc(n * sizeof *dst);
+        st_tensor_to_f32(t, src, n, &err);
+        size_t rows = (size_t)t->shape[0], cols = t->ndim == 2 ? (size_t)t->shape[1] : 1;
+        uint64_t ne[2] = {t->ndim == 2 ? cols : rows, rows};
+        if (x == GGUF_X_TRANSPOSE) {
+            for (size_t r = 0; r < rows; r++)
+                for (size_t c = 0; c < cols; c++)
+                    dst[c * rows + r] = src[r * cols + c];
+            ne[0] = rows;
+            ne[1] = cols;
+        } else if (x == GGUF_X_UNPERMUTE) { /* llama.cpp's permute */
+            size_t hs = rows / (size_t)heads, half = hs / 2;
+            for (size_t hh = 0; hh < (size_t)heads; hh++)
+                for (size_t i2 = 0; i2 < half; i2++)
+                    for (size_t j = 0; j < 2; j++)
+                        memcpy(dst + (hh * hs + 2 * i2 + j) * cols,
+                               src + (hh * hs + j * half + i2) * cols, cols * sizeof(float));
+        } else {
+            memcpy(dst, src, n * sizeof *dst);
+        }
+        putstr(&h, gn);
+        put32(&h, (uint32_t)t->ndim);
+        for (int dd = 0; dd < t->ndim; dd++)
+            put64(&h, ne[dd]);
+        put32(&h, GGML_F32);
+        put64(&h, d.n);
+        put(&d, dst, n * sizeof(float));
+        pad_to(&d, 32);
+        nt++;
+        free(src);
+        free(dst);
+    }
+#undef KEY_U32
+#undef KEY_F32
+    set64(&h, at_nt, (uint64_t)nt);
+    set64(&h, at_nkv, (uint64_t)nkv);
+    pad_to(&h, 32);
+    FILE *f = fopen(out, "wb");
+    int ok = f && fwrite(h.p, 1, h.n, f) == h.n && fwrite(d.p, 1, d.n, f) == d.n;
+    if (f) fclose(f);
+    free(h.p);
+    free(d.p);
+    safetensors_free(st);
+    CHECK(ok, "cannot write %s", out);
+    return ok ? 0 : -1;
+}
+
+static void test_hf_fixtures_as_gguf(void) {
+    const char *dirs[] = {"tests/fixtures/llama",   "tests/fixtures/llama_tied",
+                          "tests/fixtures/mistral", "tests/fixtures/qwen2",
+                          "tests/fixtures/qwen3",   "tests/fixtures/gpt2"};
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 1, &err);
+    CHECK(be != NULL, "%s", err.msg);
+    if (!be) return;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char out[] = "/tmp/tuna_gguf_model_XXXXXX.gguf";
+        int fd = mkstemps(out, 5);
+        if (fd < 0) continue;
+        close(fd);
+        ModelConfig hc;
+        Model *a = NULL, *b = NULL;
+        if (hf_to_gguf(dirs[i], out, &hc) == 0) {
+            int ra = model_load(dirs[i], be, &a, &err);
+            CHECK(ra == 0, "%s", err.msg);
+            int rb = model_load(out, be, &b, &err);
+            CHECK(rb == 0, "%s as GGUF: %s", dirs[i], err.msg);
+            if (!ra && !rb) {
+                const ModelConfig *x = &a->cfg, *y = &b->cfg;
+                CHECK(x->arch == y->arch && x->C == y->C && x->L == y->L && x->NH == y->NH &&
+                              x->KVH == y->KVH && x->HS == y->HS && x->FF == y->FF &&
+                              x->V == y->V && x->max_pos == y->max_pos &&
+                              x->norm_eps == y->norm_eps && x->rope_theta == y->rope_theta &&
+                              x->tie_embeddings == y->tie_embeddings &&
+                              x->qkv_bias == y->qkv_bias && x->o_bias == y->o_bias &&
+                              x->mlp_bias == y->mlp_bias && x->qk_norm == y->qk_norm &&
+                              x->norm == y->norm && x->act == y->act &&
+                              x->learned_pos == y->learned_pos &&
+                              x->sliding_window == y->sliding_window,
+                      "%s: config from GGUF metadata differs", dirs[i]);
+                CHECK(a->n_params == b->n_params &&
+                              !memcmp(a->params, b->params, a->n_params * sizeof(float)),
+                      "%s: weights loaded from GGUF differ from safetensors", dirs[i]);
+                CHECK(!strcmp(b->dir, out), "m->dir %s", b->dir);
+            }
+        }
+        model_free(a);
+        model_free(b);
+        unlink(out);
+    }
+    backend_free(be);
+}
+
 // --- SmolLM2-135M-Instruct Q4_1 against transformers' GGUF loader -------------------------
 
 static double now_s(void) {
@@ -712,6 +877,7 @@ int main(void) {
     test_dequant_fixture();
     test_config();
     test_model_path();
+    test_hf_fixtures_as_gguf();
     test_smollm2();
     return test_report("test_gguf");
 }
