@@ -16,6 +16,7 @@
 #include "../src/gguf.h"
 #include "../src/gguf_model.h"
 #include "../src/model.h"
+#include "../src/peft.h"
 #include "../src/safetensors.h"
 #include "harness.h"
 
@@ -749,6 +750,27 @@ static void test_hf_fixtures_as_gguf(void) {
                               !memcmp(a->params, b->params, a->n_params * sizeof(float)),
                       "%s: weights loaded from GGUF differ from safetensors", dirs[i]);
                 CHECK(!strcmp(b->dir, out), "m->dir %s", b->dir);
+                /* exported as a HF checkpoint (config.json written from the metadata), it loads
+                 * back to the same model */
+                char ex[] = "/tmp/tuna_gguf_export_XXXXXX";
+                Model *e = NULL;
+                if (mkdtemp(ex)) {
+                    rmdir(ex);
+                    int re = model_save_hf(b, ex, &err);
+                    CHECK(re == 0, "%s: export: %s", dirs[i], err.msg);
+                    if (!re) re = model_load(ex, be, &e, &err);
+                    CHECK(re == 0 && e && e->cfg.HS == x->HS &&
+                                  e->cfg.rope_theta == x->rope_theta &&
+                                  e->cfg.norm_eps == x->norm_eps &&
+                                  e->cfg.tie_embeddings == x->tie_embeddings &&
+                                  e->n_params == a->n_params &&
+                                  !memcmp(e->params, a->params, a->n_params * sizeof(float)),
+                          "%s: GGUF exported and reloaded differs: %s", dirs[i], err.msg);
+                    model_free(e);
+                    char cmd[256];
+                    snprintf(cmd, sizeof cmd, "rm -rf %s", ex);
+                    CHECK(system(cmd) == 0, "rm");
+                }
             }
         }
         model_free(a);
