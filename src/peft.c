@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "gguf_model.h"
 #include "safetensors.h"
 #include "xalloc.h"
 
@@ -443,6 +445,10 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         if (access(src, R_OK)) continue;
         if (copy_file(src, path)) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
     }
+    /* a model loaded from GGUF has no config.json to copy: write one from its config */
+    size_t dl = strlen(m->dir);
+    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
+        return gguf_write_hf_config(&m->cfg, tmp, err);
     return 0;
 }
 
