@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,7 +30,7 @@ int cli_model_path_ok(const char *cmd, const char *flag, const char *model) {
     char name[4200];
     snprintf(name, sizeof name, "%s%s%s", flag ? flag : "", flag ? " " : "", model);
     if (stat(model, &sb) == 0) {
-        if (S_ISDIR(sb.st_mode) || (n > 5 && !strcmp(model + n - 5, ".gguf"))) return 1;
+        if (S_ISDIR(sb.st_mode) || (n > 5 && !strcasecmp(model + n - 5, ".gguf"))) return 1;
         fprintf(stderr, "tuna %s: %s: %s; this is a file\n", cmd, name, what);
     } else if (hub_id_like(model)) {
         fprintf(stderr,
@@ -71,17 +72,26 @@ int cli_is_adapter_run(const char *dir) {
     return access(path, F_OK) != 0;
 }
 
+/* 1: path is a model tuna can load as a base (a folder, or a .gguf file). */
+static int is_model(const char *path) {
+    struct stat sb;
+    size_t n = strlen(path);
+    if (stat(path, &sb) != 0) return 0;
+    return S_ISDIR(sb.st_mode) ||
+           (S_ISREG(sb.st_mode) && n > 5 && !strcasecmp(path + n - 5, ".gguf"));
+}
+
 int cli_run_base(const char *dir, char *base, size_t cap, TunaErr *err) {
     char rec[4096] = "";
     /* PEFT's field first; a folder moved since training may still be named by the run's
      * train_config.json (the --model it was trained with) */
     if (!json_string_at(dir, "adapter_config.json", "base_model_name_or_path", rec, sizeof rec) &&
-        is_dir(rec)) {
+        is_model(rec)) {
         snprintf(base, cap, "%s", rec);
         return 0;
     }
     char alt[4096];
-    if (!json_string_at(dir, "train_config.json", "model", alt, sizeof alt) && is_dir(alt)) {
+    if (!json_string_at(dir, "train_config.json", "model", alt, sizeof alt) && is_model(alt)) {
         snprintf(base, cap, "%s", alt);
         return 0;
     }

@@ -325,7 +325,8 @@ static char *chat_read(int tty, char **line, size_t *cap) {
 }
 
 /* Reads user lines from stdin until EOF or /quit. Errors of one turn are reported and the
- * conversation goes on; returns 0. */
+ * conversation goes on; returns 0, or 130 when Ctrl-C at the prompt ended it (the exit status
+ * of a SIGINT, as everywhere else in tuna). */
 static int chat_loop(Chat *c, const char *tname, int run_tpl) {
     int tty = isatty(STDIN_FILENO);
     struct sigaction sa, old;
@@ -343,10 +344,12 @@ static int chat_loop(Chat *c, const char *tname, int run_tpl) {
     }
     char *line = NULL;
     size_t cap = 0;
+    int rc = 0;
     for (;;) {
         chat_interrupted = 0;
         if (!chat_read(tty, &line, &cap)) {
             if (tty) fputc('\n', stdout);
+            if (chat_interrupted) rc = 130;
             break;
         }
         char *t = trim_line(line);
@@ -368,7 +371,7 @@ static int chat_loop(Chat *c, const char *tname, int run_tpl) {
         clear_history();
 #endif
     }
-    return 0;
+    return rc;
 }
 
 int cmd_chat(int argc, char **argv) {
@@ -470,12 +473,13 @@ int cmd_chat(int argc, char **argv) {
     if (n_messages) {
         for (int i = 0; i < n_messages; i++)
             if (chat_turn(&ch, messages[i], &err)) goto fail;
-    } else {
-        chat_loop(&ch, tname, run_tpl);
+    } else if ((rc = chat_loop(&ch, tname, run_tpl)) != 0) {
+        goto done; /* Ctrl-C at the prompt: 130, nothing else to say */
     }
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "chat failed");
+done:
     chat_truncate(&ch, 0);
     free(ch.msgs);
     if (ch.s.probs) sampler_free(&ch.s);

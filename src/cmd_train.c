@@ -16,6 +16,7 @@
 #include "model.h"
 #include "peft.h"
 #include "train.h"
+#include "xalloc.h"
 
 static volatile sig_atomic_t stop_flag, stop_signal;
 
@@ -121,6 +122,17 @@ int cmd_train(int argc, char **argv) {
     if (train_config_check(&cfg, &err)) {
         fprintf(stderr, "tuna: %s\n", err.msg);
         return 2;
+    }
+    if (!resume) { /* the bundled defaults are found beside the binary too, as templates/ is */
+        char buf[2100];
+        const char *p = bundled_path(cfg.model, buf, sizeof buf);
+        if (!strcmp(cfg.model, "models/stories260K") && p != cfg.model &&
+            strlen(p) < sizeof cfg.model)
+            snprintf(cfg.model, sizeof cfg.model, "%s", p);
+        p = bundled_path(cfg.dataset_dir, buf, sizeof buf);
+        if (!strcmp(cfg.dataset_dir, "datasets") && p != cfg.dataset_dir &&
+            strlen(p) < sizeof cfg.dataset_dir)
+            snprintf(cfg.dataset_dir, sizeof cfg.dataset_dir, "%s", p);
     }
     if (!cli_model_path_ok("train", "--model", cfg.model)) return 1;
     /* resume promises the same run step for step: changed settings are refused, or recorded */

@@ -118,42 +118,364 @@ const char *config_arch_name(ModelArch arch) {
         if ((rc = (x)) != 0) goto fail;                                                            \
     } while (0)
 
-static int parse_rope_scaling(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+// --- RoPE. transformers 4.x writes a top-level "rope_theta" and "rope_scaling" ({"type" or
+// "rope_type": default|linear|llama3|dynamic|yarn|longrope|..., "factor", ...}); transformers 5
+// writes "rope_parameters" ({"rope_type", "rope_theta", "factor", ...}), some 5.x versions both.
+// transformers 5 reads rope_scaling, else rope_parameters, and fills rope_theta and
+// partial_rotary_factor from the top level when the dict lacks them (modeling_rope_utils.py,
+// convert_rope_params_to_dict). A field given in two places must agree: which one wins has
+// changed between versions, so a disagreement is refused rather than guessed.
+
+enum { RF_THETA, RF_FACTOR, RF_LOW, RF_HIGH, RF_ORIG, RF_PRF, RF_N };
+
+/* The RoPE fields one source gives; has[] marks what it sets. */
+typedef struct {
+    int has_type;
+    RopeType type;
+    const char *type_name;
+    int has[RF_N];
+    double v[RF_N];
+} RopeSpec;
+
+/* The numeric keys, in RF_ order. */
+static const char *const rope_num_keys[RF_N] = {"rope_theta",
+                                                "factor",
+                                                "low_freq_factor",
+                                                "high_freq_factor",
+                                                "original_max_position_embeddings",
+                                                "partial_rotary_factor"};
+
+/* d[name] as a finite float-sized number (absent or null: not set). */
+static int rope_num(const cJSON *d, const char *dict, int f, RopeSpec *s, const char *path,
+                    TunaErr *err) {
+    const char *name = rope_num_keys[f];
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    double x = cJSON_IsNumber(v) ? v->valuedouble : (double)NAN;
+    if (!(fabs(x) <= (double)FLT_MAX))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" %s must be a number%s", path, dict, name,
+                         cJSON_IsNumber(v) ? " (out of range for a float)" : "");
+    if (f == RF_ORIG && !(x == floor(x) && x >= 1 && x <= (double)(1 << 24)))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" %s must be an integer in [1, %d], got %g",
+                         path, dict, name, 1 << 24, x);
+    s->v[f] = x;
+    s->has[f] = 1;
+    return 0;
+}
+
+static int parse_rope_dict(const cJSON *d, const char *dict, RopeSpec *s, const char *path,
+                           TunaErr *err) {
     int rc = 0;
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (!rs || cJSON_IsNull(rs)) return 0;
-    if (!cJSON_IsObject(rs))
-        return tuna_errf(err, TUNA_EFORMAT, "%s: \"rope_scaling\" must be an object or null", path);
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-    if (!t) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
-    const char *type = cJSON_IsString(t) ? t->valuestring : "";
-    if (!strcmp(type, "default")) return 0;
-    if (!strcmp(type, "llama3")) {
-        cfg->rope_type = ROPE_LLAMA3;
-        TRY(get_float(rs, "factor", 8.0f, &cfg->rope_factor, path, err));
-        TRY(get_float(rs, "low_freq_factor", 1.0f, &cfg->rope_low_freq_factor, path, err));
-        TRY(get_float(rs, "high_freq_factor", 4.0f, &cfg->rope_high_freq_factor, path, err));
-        TRY(get_int(rs, "original_max_position_embeddings", 8192, 0, &cfg->rope_orig_max_pos, path,
-                    err));
-        if (cfg->rope_factor <= 0 || cfg->rope_low_freq_factor <= 0 ||
-            cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor || cfg->rope_orig_max_pos <= 0)
-            return tuna_errf(err, TUNA_EFORMAT, "%s: \"rope_scaling\" has invalid llama3 values",
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(d, "rope_type");
+    if (!t || cJSON_IsNull(t)) t = cJSON_GetObjectItemCaseSensitive(d, "type");
+    if (t && !cJSON_IsNull(t)) {
+        if (!cJSON_IsString(t))
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" rope_type must be a string", path,
+                             dict);
+        const char *n = t->valuestring;
+        if (!strcmp(n, "default"))
+            s->type = ROPE_DEFAULT, s->type_name = "default";
+        else if (!strcmp(n, "linear"))
+            s->type = ROPE_LINEAR, s->type_name = "linear";
+        else if (!strcmp(n, "llama3"))
+            s->type = ROPE_LLAMA3, s->type_name = "llama3";
+        else
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" rope_type \"%.40s\" is not supported (tuna implements "
+                             "default, linear, llama3)",
+                             path, dict, n);
+        s->has_type = 1;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, d) {
+        int known = !strcmp(it->string, "rope_type") || !strcmp(it->string, "type");
+        for (int f = 0; f < RF_N && !known; f++)
+            known = !strcmp(it->string, rope_num_keys[f]);
+        if (!known && !cJSON_IsNull(it))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" key \"%.40s\" is not supported (it belongs to a RoPE "
+                             "variant tuna does not implement; tuna implements default, linear, "
+                             "llama3)",
+                             path, dict, it->string);
+    }
+    for (int f = 0; f < RF_N; f++)
+        if ((rc = rope_num(d, dict, f, s, path, err))) return rc;
+    return 0;
+}
+
+/* The dict at root[key] (absent, null or {}: *present = 0). Models with per-layer RoPE write
+ * rope_parameters keyed by layer type ({"full_attention": {...}, "sliding_attention": {...}});
+ * the rotary embedding of transformers' llama, mistral, qwen2 and qwen3 reads one flat dict
+ * (it fails on a keyed one), and so does tuna: a keyed dict is refused. */
+static int rope_source(const cJSON *root, const char *key, RopeSpec *s, int *present,
+                       const char *path, TunaErr *err) {
+    *present = 0;
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!d || cJSON_IsNull(d)) return 0;
+    if (!cJSON_IsObject(d))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an object or null", path, key);
+    if (!d->child) return 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, d) {
+        if (cJSON_IsObject(it))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" is keyed by layer type (\"%.40s\"); tuna, like "
+                             "transformers for this model_type, takes one RoPE dict for all "
+                             "layers",
+                             path, key, it->string);
+    }
+    *present = 1;
+    return parse_rope_dict(d, key, s, path, err);
+}
+
+/* Reads every RoPE source into cfg (rope_type, theta, factors); fields given twice must agree.
+ * Defaults as transformers 5: theta 10000, llama3's original_max_position_embeddings =
+ * max_position_embeddings; linear needs factor, llama3 its three factors. */
+static int parse_rope(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+    int rc = 0, has_s = 0, has_p = 0;
+    RopeSpec src[3];
+    memset(src, 0, sizeof src);
+    if ((rc = rope_num(root, "config", RF_THETA, &src[0], path, err)) ||
+        (rc = rope_num(root, "config", RF_PRF, &src[0], path, err)) ||
+        (rc = rope_source(root, "rope_scaling", &src[1], &has_s, path, err)) ||
+        (rc = rope_source(root, "rope_parameters", &src[2], &has_p, path, err)))
+        return rc;
+    const char *name[3] = {"top level", "rope_scaling", "rope_parameters"};
+    RopeSpec m = {0};
+    const char *from[RF_N + 1] = {0};
+    for (int i = 0; i < 3; i++) {
+        const RopeSpec *r = &src[i];
+        for (int f = 0; f < RF_N; f++) {
+            if (!r->has[f]) continue;
+            if (m.has[f] && m.v[f] != r->v[f])
+                return tuna_errf(err, TUNA_EFORMAT,
+                                 "%s: %s and \"%s\" disagree on %s (%g vs %g); keep one", path,
+                                 from[f], name[i], rope_num_keys[f], m.v[f], r->v[f]);
+            m.v[f] = r->v[f];
+            m.has[f] = 1;
+            from[f] = i ? (i == 1 ? "\"rope_scaling\"" : "\"rope_parameters\"") : "\"rope_theta\"";
+            if (f == RF_PRF && !i) from[f] = "\"partial_rotary_factor\"";
+        }
+        if (r->has_type) {
+            if (m.has_type && m.type != r->type)
+                return tuna_errf(err, TUNA_EFORMAT,
+                                 "%s: \"rope_scaling\" and \"rope_parameters\" disagree on "
+                                 "rope_type (%s vs %s); keep one",
+                                 path, m.type_name, r->type_name);
+            m.type = r->type;
+            m.type_name = r->type_name;
+            m.has_type = 1;
+        }
+    }
+    if (m.has[RF_PRF] && m.v[RF_PRF] != 1.0)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"partial_rotary_factor\" = %g is not supported (tuna rotates the "
+                         "whole head)",
+                         path, m.v[RF_PRF]);
+    cfg->rope_type = m.has_type ? m.type : ROPE_DEFAULT;
+    cfg->rope_theta = m.has[RF_THETA] ? (float)m.v[RF_THETA] : 10000.0f;
+    if (!(cfg->rope_theta > 0))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: rope_theta must be > 0, got %g", path,
+                         (double)cfg->rope_theta);
+    const char *dict = has_s ? "rope_scaling" : "rope_parameters";
+    if (cfg->rope_type == ROPE_LINEAR || cfg->rope_type == ROPE_LLAMA3) {
+        int need[3] = {RF_FACTOR, RF_LOW, RF_HIGH};
+        for (int k = 0; k < (cfg->rope_type == ROPE_LLAMA3 ? 3 : 1); k++)
+            if (!m.has[need[k]])
+                return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" rope_type %s needs \"%s\"", path,
+                                 dict, m.type_name, rope_num_keys[need[k]]);
+        cfg->rope_factor = (float)m.v[RF_FACTOR];
+        if (!(cfg->rope_factor > 0))
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" factor must be > 0, got %g", path, dict,
+                             m.v[RF_FACTOR]);
+    }
+    if (cfg->rope_type == ROPE_LLAMA3) {
+        cfg->rope_low_freq_factor = (float)m.v[RF_LOW];
+        cfg->rope_high_freq_factor = (float)m.v[RF_HIGH];
+        cfg->rope_orig_max_pos = m.has[RF_ORIG] ? (int)m.v[RF_ORIG] : cfg->max_pos;
+        if (!(cfg->rope_low_freq_factor > 0) ||
+            !(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: \"%s\" llama3 needs 0 < low_freq_factor < high_freq_factor, got "
+                             "%g and %g",
+                             path, dict, m.v[RF_LOW], m.v[RF_HIGH]);
+    }
+    return 0;
+}
+
+// --- attention layout: biases, sliding windows, per-layer types
+
+/* Reads a JSON boolean key (absent/null: def); *given says whether it was there. */
+static int get_bool_given(const cJSON *root, const char *key, int def, int *out, int *given,
+                          const char *path, TunaErr *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    *given = it && !cJSON_IsNull(it);
+    return get_bool(root, key, def, out, path, err);
+}
+
+/* Which projections have biases, as transformers' modeling_<arch>.py builds them: LLaMA honours
+ * attention_bias (q, k, v, o) and mlp_bias; Qwen3 honours attention_bias (q, k, v, o); Qwen2
+ * always has q, k, v biases and no others; Mistral has none. A bias key asking for what the
+ * architecture does not have is refused: transformers would ignore it and load a different
+ * model than the file describes. */
+static int parse_biases(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+    int rc, attn = 0, mlp = 0, given;
+    if ((rc = get_bool_given(root, "attention_bias", 0, &attn, &given, path, err))) return rc;
+    if ((rc = get_bool(root, "mlp_bias", 0, &mlp, path, err))) return rc;
+    const char *arch = config_arch_name(cfg->arch);
+    if (attn && (cfg->arch == ARCH_MISTRAL || cfg->arch == ARCH_QWEN2))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"attention_bias\": true is not supported for %s (its attention "
+                         "has %s)",
+                         path, arch,
+                         cfg->arch == ARCH_QWEN2 ? "q, k, v biases and none on o_proj"
+                                                 : "no biases");
+    if (mlp && cfg->arch != ARCH_LLAMA)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"mlp_bias\": true is not supported for %s (its MLP has no biases)",
+                         path, arch);
+    cfg->qkv_bias = attn || cfg->arch == ARCH_QWEN2;
+    cfg->o_bias = attn;
+    cfg->mlp_bias = mlp;
+    return 0;
+}
+
+/* The attention of each layer, as transformers runs it. tuna applies one sliding window (or
+ * none) to every layer, so a per-layer mix is refused.
+ * - LLaMA: full attention everywhere (LlamaModel ignores sliding_window).
+ * - Mistral: sliding_window (default 4096, null = none) on every layer.
+ * - Qwen2/Qwen3: the window (use_sliding_window ? sliding_window : none) on the layers whose
+ *   layer_types entry is "sliding_attention"; without layer_types, those from
+ *   max_window_layers (default 28) on. */
+static int parse_layout(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+    int rc = 0;
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    int n_slide = 0, n_lt = 0;
+    if (lt && !cJSON_IsNull(lt)) {
+        if (!cJSON_IsArray(lt))
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"layer_types\" must be a list", path);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, lt) {
+            const char *s = cJSON_IsString(e) ? e->valuestring : "";
+            if (!strcmp(s, "sliding_attention"))
+                n_slide++;
+            else if (strcmp(s, "full_attention"))
+                return tuna_errf(err, TUNA_EUNSUP,
+                                 "%s: \"layer_types\" entry %d \"%.40s\" is not supported (tuna "
+                                 "runs full_attention layers)",
+                                 path, n_lt, s);
+            n_lt++;
+        }
+        if (n_lt != cfg->L)
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: \"layer_types\" has %d entries for num_hidden_layers %d", path,
+                             n_lt, cfg->L);
+    }
+    int window = 0;
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    if (cfg->arch == ARCH_MISTRAL || cfg->arch == ARCH_QWEN2 || cfg->arch == ARCH_QWEN3) {
+        int use = 1;
+        if (cfg->arch != ARCH_MISTRAL &&
+            (rc = get_bool(root, "use_sliding_window", 0, &use, path, err)))
+            return rc;
+        if (use && !(sw && cJSON_IsNull(sw))) {
+            if ((rc = get_int(root, "sliding_window", 4096, 0, &window, path, err))) return rc;
+            if (window < 1)
+                return tuna_errf(err, TUNA_EFORMAT, "%s: \"sliding_window\" must be >= 1, got %d",
+                                 path, window);
+        }
+    }
+    if (cfg->arch == ARCH_MISTRAL) {
+        /* MistralModel ignores layer_types: only the same rule on every layer is consistent */
+        if (n_lt && n_slide != (window ? cfg->L : 0))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"layer_types\" mixes sliding and full attention, which "
+                             "Mistral does not (it applies sliding_window to every layer)",
                              path);
+        cfg->sliding_window = window;
         return 0;
     }
-    if (!strcmp(type, "linear")) {
-        cfg->rope_type = ROPE_LINEAR;
-        TRY(get_float(rs, "factor", 1.0f, &cfg->rope_factor, path, err));
-        if (cfg->rope_factor <= 0)
-            return tuna_errf(err, TUNA_EFORMAT, "%s: rope_scaling factor must be > 0", path);
+    if (cfg->arch == ARCH_QWEN2 || cfg->arch == ARCH_QWEN3) {
+        const char *key = "layer_types";
+        if (!n_lt) {
+            int mwl = 28;
+            if ((rc = get_int(root, "max_window_layers", 28, 0, &mwl, path, err))) return rc;
+            n_slide = window ? (mwl < 0 ? cfg->L : mwl >= cfg->L ? 0 : cfg->L - mwl) : 0;
+            key = "max_window_layers";
+        } else if (n_slide && !window)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"layer_types\" has sliding_attention layers but "
+                             "use_sliding_window is false or sliding_window null",
+                             path);
+        if (n_slide && n_slide != cfg->L)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" gives %d of %d layers a sliding window; tuna applies "
+                             "one window to every layer or to none",
+                             path, key, n_slide, cfg->L);
+        cfg->sliding_window = n_slide ? window : 0;
         return 0;
     }
-    return tuna_errf(err, TUNA_EUNSUP,
-                     "%s: rope_scaling type \"%s\" is not supported (supported: default, llama3, "
-                     "linear)",
-                     path, type);
-fail:
-    return rc;
+    /* LLaMA, GPT-2: no sliding window in transformers; a file that asks for one per layer is
+     * not one of these models */
+    if (n_slide)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"layer_types\" has sliding_attention layers, which %s does not "
+                         "have",
+                         path, config_arch_name(cfg->arch));
+    cfg->sliding_window = 0;
+    return 0;
+}
+
+// --- keys of other architectures that change the computation: accepted only at their neutral
+// value, so a converted or hand-edited file of another model is refused instead of run wrong.
+// Keys that do not change the math (dropouts, use_cache, initializer_range, architectures,
+// transformers_version, pad_token_id, pretraining_tp: transformers 4.x split the same matmul
+// into slices, 5.x ignores it) pass.
+
+typedef enum { NEUTRAL_NULL, NEUTRAL_FALSE, NEUTRAL_ZERO } Neutral;
+
+static const struct {
+    const char *key;
+    Neutral neutral;
+    const char *what;
+} foreign_keys[] = {
+        {"quantization_config", NEUTRAL_NULL, "a quantized checkpoint; tuna reads f32/f16/bf16"},
+        {"attn_logit_softcapping", NEUTRAL_NULL, "attention logit softcapping"},
+        {"final_logit_softcapping", NEUTRAL_NULL, "final logit softcapping"},
+        {"query_pre_attn_scalar", NEUTRAL_NULL, "a custom attention scale"},
+        {"attention_multiplier", NEUTRAL_NULL, "a custom attention scale"},
+        {"embedding_multiplier", NEUTRAL_NULL, "scaled embeddings"},
+        {"residual_multiplier", NEUTRAL_NULL, "scaled residuals"},
+        {"logits_scaling", NEUTRAL_NULL, "scaled logits"},
+        {"logit_scale", NEUTRAL_NULL, "scaled logits"},
+        {"use_qk_norm", NEUTRAL_FALSE, "q/k norms"},
+        {"num_experts", NEUTRAL_ZERO, "a mixture of experts"},
+        {"num_local_experts", NEUTRAL_ZERO, "a mixture of experts"},
+        {"n_routed_experts", NEUTRAL_ZERO, "a mixture of experts"},
+        {"num_experts_per_tok", NEUTRAL_ZERO, "a mixture of experts"},
+};
+
+static int check_foreign_keys(const cJSON *root, const char *path, TunaErr *err) {
+    for (size_t i = 0; i < sizeof foreign_keys / sizeof foreign_keys[0]; i++) {
+        const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, foreign_keys[i].key);
+        if (!it || cJSON_IsNull(it)) continue;
+        Neutral n = foreign_keys[i].neutral;
+        if (n == NEUTRAL_FALSE && cJSON_IsFalse(it)) continue;
+        if (n == NEUTRAL_ZERO && cJSON_IsNumber(it) && it->valuedouble == 0) continue;
+        char val[32];
+        if (cJSON_IsNumber(it))
+            snprintf(val, sizeof val, "%g", it->valuedouble);
+        else
+            snprintf(val, sizeof val, "%s",
+                     cJSON_IsTrue(it)     ? "true"
+                     : cJSON_IsFalse(it)  ? "false"
+                     : cJSON_IsString(it) ? "a string"
+                     : cJSON_IsObject(it) ? "an object"
+                                          : "a list");
+        return tuna_errf(err, TUNA_EUNSUP, "%s: \"%s\" = %s is not supported (%s)", path,
+                         foreign_keys[i].key, val, foreign_keys[i].what);
+    }
+    return 0;
 }
 
 int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *err) {
@@ -236,6 +558,19 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
                            cfg->C, cfg->NH);
             goto fail;
         }
+        /* GPT2Attention: scores scaled by 1/sqrt(head_dim) only when scale_attn_weights, and
+         * also by 1/(layer+1) when scale_attn_by_inverse_layer_idx; tuna does the first */
+        int scale_w = 1, scale_inv = 0;
+        TRY(get_bool(root, "scale_attn_weights", 1, &scale_w, path, err));
+        TRY(get_bool(root, "scale_attn_by_inverse_layer_idx", 0, &scale_inv, path, err));
+        if (!scale_w || scale_inv) {
+            rc = tuna_errf(err, TUNA_EUNSUP,
+                           "%s: \"%s\": %s is not supported (tuna scales "
+                           "attention scores by 1/sqrt(head_dim) only)",
+                           path, scale_w ? "scale_attn_by_inverse_layer_idx" : "scale_attn_weights",
+                           scale_w ? "true" : "false");
+            goto fail;
+        }
     } else {
         TRY(get_int(root, "hidden_size", 0, 1, &cfg->C, path, err));
         TRY(get_int(root, "intermediate_size", 0, 1, &cfg->FF, path, err));
@@ -247,26 +582,23 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
                            cfg->NH);
             goto fail;
         }
-        int def_hs = cfg->C / cfg->NH;
+        /* Qwen3Config's head_dim defaults to 128, the others' to hidden_size / heads */
+        int def_hs = cfg->arch == ARCH_QWEN3 ? 128 : cfg->C / cfg->NH;
         TRY(get_int(root, "head_dim", def_hs, 0, &cfg->HS, path, err));
-        if (cfg->arch != ARCH_QWEN3 && cfg->HS == def_hs && cfg->C % cfg->NH) {
+        if (cfg->arch != ARCH_QWEN3 && cfg->HS == cfg->C / cfg->NH && cfg->C % cfg->NH) {
             rc = tuna_errf(err, TUNA_EFORMAT,
                            "%s: hidden_size %d is not divisible by num_attention_heads %d", path,
                            cfg->C, cfg->NH);
             goto fail;
         }
-        TRY(get_int(root, "max_position_embeddings", 2048, 0, &cfg->max_pos, path, err));
+        /* the config classes' defaults: LlamaConfig 2048, MistralConfig 131072, Qwen 32768 */
+        int def_pos = cfg->arch == ARCH_LLAMA ? 2048 : cfg->arch == ARCH_MISTRAL ? 131072 : 32768;
+        TRY(get_int(root, "max_position_embeddings", def_pos, 0, &cfg->max_pos, path, err));
         TRY(get_float(root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, path, err));
-        TRY(get_float(root, "rope_theta", 10000.0f, &cfg->rope_theta, path, err));
         TRY(get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, path, err));
-        int attn_bias = 0;
-        TRY(get_bool(root, "attention_bias", 0, &attn_bias, path, err));
-        TRY(get_bool(root, "mlp_bias", 0, &cfg->mlp_bias, path, err));
-        cfg->qkv_bias = attn_bias || cfg->arch == ARCH_QWEN2;
-        cfg->o_bias = cfg->arch == ARCH_QWEN2 ? 0 : attn_bias;
+        TRY(parse_biases(root, cfg, path, err));
         cfg->qk_norm = cfg->arch == ARCH_QWEN3;
         cfg->norm = NORM_RMS;
-        cfg->rope_type = ROPE_DEFAULT;
         const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
         const char *a = cJSON_IsString(act) ? act->valuestring : "silu";
         if (strcmp(a, "silu") && strcmp(a, "swish")) {
@@ -275,17 +607,10 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
             goto fail;
         }
         cfg->act = ACT_SILU;
-        int use_sw = cfg->arch == ARCH_MISTRAL;
-        if (cfg->arch == ARCH_QWEN2 || cfg->arch == ARCH_QWEN3)
-            TRY(get_bool(root, "use_sliding_window", 0, &use_sw, path, err));
-        if (use_sw) TRY(get_int(root, "sliding_window", 0, 0, &cfg->sliding_window, path, err));
-        if (cfg->sliding_window < 0) cfg->sliding_window = 0;
-        TRY(parse_rope_scaling(root, cfg, path, err));
-        if (cfg->rope_theta <= 0) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: rope_theta must be > 0", path);
-            goto fail;
-        }
+        TRY(parse_rope(root, cfg, path, err));
     }
+    TRY(parse_layout(root, cfg, path, err));
+    TRY(check_foreign_keys(root, path, err));
     // --- sanity limits, checked before anything is sized from them
     struct {
         const char *name;

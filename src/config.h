@@ -3,6 +3,10 @@
  * One decoder covers LLaMA (Llama-2/3, TinyLlama, SmolLM), Mistral, Qwen2/2.5, Qwen3 and
  * GPT-2; the differences are fields here (norm, activation, positions, biases, q/k norm).
  * config_load validates every value it uses and names config.json and the key on error.
+ * It reads transformers 4.x files (rope_theta, rope_scaling) and 5.x files (rope_parameters),
+ * with transformers' defaults, and refuses in one line any key that would make transformers
+ * compute something tuna does not (other RoPE types, partial rotary, softcapping, per-layer
+ * sliding windows, biases the architecture lacks, quantization, experts).
  * No allocation: ModelConfig is a plain value. */
 #ifndef TUNA_SRC_CONFIG_H
 #define TUNA_SRC_CONFIG_H
@@ -37,13 +41,13 @@ typedef struct ModelConfig {
     float rope_factor;           /* llama3 / linear scaling factor */
     float rope_low_freq_factor;  /* llama3 */
     float rope_high_freq_factor; /* llama3 */
-    int rope_orig_max_pos;       /* llama3 original_max_position_embeddings */
+    int rope_orig_max_pos;       /* llama3 original_max_position_embeddings (def. max_pos) */
     int qkv_bias;                /* q,k,v projections have bias (Qwen2, GPT-2, attention_bias) */
     int o_bias;                  /* o_proj has bias (GPT-2, attention_bias) */
     int mlp_bias;                /* MLP projections have bias (GPT-2, mlp_bias) */
     int qk_norm;                 /* Qwen3: RMSNorm over each head of q and k */
     int tie_embeddings;          /* lm_head shares the token embedding */
-    int sliding_window;          /* 0 = none */
+    int sliding_window;          /* 0 = none; else the same window on every layer */
     int bos_id;                  /* -1 if none */
     int eos_ids[CONFIG_MAX_EOS]; /* from generation_config.json if present, else config.json */
     int n_eos;

@@ -4,7 +4,10 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
 
 // --- metadata -> ModelConfig ---------------------------------------------------------------
 
@@ -433,4 +436,80 @@ int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads
                 memcpy(dst + (h * hs + j * half + i) * cols, scratch + (h * hs + 2 * i + j) * cols,
                        cols * sizeof(float));
     return 0;
+}
+
+// --- HF config.json for an exported GGUF model ---------------------------------------------
+
+static int write_json(cJSON *j, const char *dir, const char *name, TunaErr *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    FILE *f = txt ? fopen(path, "w") : NULL;
+    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f)) ok = 0;
+    free(txt);
+    return ok ? 0 : tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+}
+
+int gguf_write_hf_config(const ModelConfig *c, const char *dir, TunaErr *err) {
+    static const char *const archs[] = {"LlamaForCausalLM", "MistralForCausalLM",
+                                        "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"};
+    cJSON *j = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(j, "architectures");
+    cJSON_AddItemToArray(a, cJSON_CreateString(archs[c->arch]));
+    cJSON_AddStringToObject(j, "model_type", config_arch_name(c->arch));
+    cJSON_AddStringToObject(j, "torch_dtype", "float32");
+    cJSON_AddNumberToObject(j, "vocab_size", c->V);
+    if (c->bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
+    if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
+    if (c->n_eos > 1)
+        cJSON_AddItemToObject(j, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_embeddings);
+    if (c->arch == ARCH_GPT2) {
+        cJSON_AddNumberToObject(j, "n_embd", c->C);
+        cJSON_AddNumberToObject(j, "n_layer", c->L);
+        cJSON_AddNumberToObject(j, "n_head", c->NH);
+        cJSON_AddNumberToObject(j, "n_inner", c->FF);
+        cJSON_AddNumberToObject(j, "n_positions", c->max_pos);
+        cJSON_AddNumberToObject(j, "n_ctx", c->max_pos);
+        cJSON_AddNumberToObject(j, "layer_norm_epsilon", (double)c->norm_eps);
+        cJSON_AddStringToObject(j, "activation_function", "gelu_new");
+    } else {
+        cJSON_AddNumberToObject(j, "hidden_size", c->C);
+        cJSON_AddNumberToObject(j, "intermediate_size", c->FF);
+        cJSON_AddNumberToObject(j, "num_hidden_layers", c->L);
+        cJSON_AddNumberToObject(j, "num_attention_heads", c->NH);
+        cJSON_AddNumberToObject(j, "num_key_value_heads", c->KVH);
+        cJSON_AddNumberToObject(j, "head_dim", c->HS);
+        cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_pos);
+        cJSON_AddNumberToObject(j, "rms_norm_eps", (double)c->norm_eps);
+        cJSON_AddNumberToObject(j, "rope_theta", (double)c->rope_theta);
+        cJSON_AddStringToObject(j, "hidden_act", "silu");
+        if (c->rope_type == ROPE_LINEAR) {
+            cJSON *r = cJSON_AddObjectToObject(j, "rope_scaling");
+            cJSON_AddStringToObject(r, "rope_type", "linear");
+            cJSON_AddNumberToObject(r, "factor", (double)c->rope_factor);
+        }
+        if (c->arch == ARCH_LLAMA || c->arch == ARCH_MISTRAL) {
+            cJSON_AddBoolToObject(j, "attention_bias", c->qkv_bias);
+            cJSON_AddBoolToObject(j, "mlp_bias", c->mlp_bias);
+        }
+        if (c->arch == ARCH_MISTRAL) {
+            if (c->sliding_window)
+                cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
+            else
+                cJSON_AddNullToObject(j, "sliding_window");
+        }
+        if (c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3)
+            cJSON_AddBoolToObject(j, "use_sliding_window", 0);
+    }
+    int rc = write_json(j, dir, "config.json", err);
+    if (rc) return rc;
+    j = cJSON_CreateObject();
+    if (c->bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
+    if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
+    if (c->n_eos > 1)
+        cJSON_AddItemToObject(j, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
+    return write_json(j, dir, "generation_config.json", err);
 }

@@ -36,4 +36,8 @@ int gguf_name_for(const ModelConfig *cfg, const char *hf, char *out, size_t cap,
 int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, float *dst,
                       float *scratch, size_t n, TunaErr *err);
 
+/* Writes cfg as a Hugging Face config.json (and generation_config.json) into dir, for a model
+ * loaded from GGUF and saved as a HF checkpoint (tuna export). Returns 0 or TUNA_EIO. */
+int gguf_write_hf_config(const ModelConfig *cfg, const char *dir, TunaErr *err);
+
 #endif

@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "gguf_model.h"
 #include "safetensors.h"
 #include "xalloc.h"
 
@@ -112,6 +114,23 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     if (!cJSON_IsString(pt) || strcmp(pt->valuestring, "LORA")) {
         rc = tuna_errf(err, TUNA_EUNSUP, "%s: peft_type %s is not supported here (LORA)", path,
                        cJSON_IsString(pt) ? pt->valuestring : "(missing)");
+        goto done;
+    }
+    /* what would change the adapter's math or shapes and tuna does not do: refused */
+    const cJSON *dora = cJSON_GetObjectItem(root, "use_dora"),
+                *ltt = cJSON_GetObjectItem(root, "layers_to_transform"),
+                *rp = cJSON_GetObjectItem(root, "rank_pattern"),
+                *ap = cJSON_GetObjectItem(root, "alpha_pattern");
+    const char *bad = cJSON_IsTrue(dora)                ? "use_dora"
+                      : ltt && !cJSON_IsNull(ltt)       ? "layers_to_transform"
+                      : cJSON_IsObject(rp) && rp->child ? "rank_pattern"
+                      : cJSON_IsObject(ap) && ap->child ? "alpha_pattern"
+                                                        : NULL;
+    if (bad) {
+        rc = tuna_errf(err, TUNA_EUNSUP,
+                       "%s: \"%s\" is not supported (tuna's LoRA: one rank and alpha, every "
+                       "layer, no DoRA)",
+                       path, bad);
         goto done;
     }
     memset(setup, 0, sizeof *setup);
@@ -416,6 +435,10 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         if (access(src, R_OK)) continue;
         if (copy_file(src, path)) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
     }
+    /* a model loaded from GGUF has no config.json to copy: write one from its config */
+    size_t dl = strlen(m->dir);
+    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
+        return gguf_write_hf_config(&m->cfg, tmp, err);
     return 0;
 }
 
@@ -442,5 +465,180 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
         }
     }
     cJSON_Delete(j);
+    return rc;
+}
+
+// --- tuna train --adapter DIR: a new run that starts from an adapter
+
+/* Items of a comma list, in any order, equal those of another. */
+static int same_list(const char *a, const char *b) {
+    int na = 0, nb = 0;
+    char item[128];
+    for (const char *p = a; *p;) {
+        size_t n = strcspn(p, ",");
+        snprintf(item, sizeof item, ",%.*s,", (int)(n < 120 ? n : 120), p);
+        char wrapped[600];
+        snprintf(wrapped, sizeof wrapped, ",%s,", b);
+        if (n && !strstr(wrapped, item)) return 0;
+        na += n > 0;
+        p += n + (p[n] == ',');
+    }
+    for (const char *p = b; *p;) {
+        size_t n = strcspn(p, ",");
+        nb += n > 0;
+        p += n + (p[n] == ',');
+    }
+    return na == nb;
+}
+
+int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
+    const char *dir = c->adapter;
+    char path[1200];
+    struct stat sb;
+    *out = *c;
+    if (stat(dir, &sb) || !S_ISDIR(sb.st_mode))
+        return tuna_errf(err, TUNA_ENOTFOUND,
+                         "--adapter %s: no such folder (a PEFT adapter or a tuna run folder)", dir);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text = xread_file(path, NULL);
+    if (!text) {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        return tuna_errf(err, TUNA_ENOTFOUND,
+                         "--adapter %s: no adapter_config.json there (%s; a run that did not "
+                         "finish keeps its adapter in checkpoint-N/)",
+                         dir,
+                         access(path, F_OK) == 0
+                                 ? "a full or freeze run is a model: give it as --model"
+                                 : "not a LoRA or ptuning adapter");
+    }
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const char *pt = cJSON_GetStringValue(cJSON_GetObjectItem(j, "peft_type"));
+    int prefix = pt && !strcmp(pt, "PREFIX_TUNING");
+    cJSON_Delete(j);
+    TrainConfig def;
+    train_config_defaults(&def);
+    const char *method = prefix ? "ptuning" : "lora";
+    if (strcmp(c->method, def.method) && strcmp(c->method, method))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--method %s conflicts with --adapter %s (a %s adapter); drop --method",
+                         c->method, dir, method);
+    snprintf(out->method, sizeof out->method, "%s", method);
+    if (prefix) {
+        /* the prefix itself, [P, layers*2*kv heads*head dim]; a projection's MLP is not kept */
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        SafeTensors *st = NULL;
+        int rc = safetensors_open(path, &st, err);
+        if (rc) return rc;
+        const StTensor *t = safetensors_find(st, "prompt_embeddings");
+        int P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= 4096 ? (int)t->shape[0] : 0;
+        safetensors_free(st);
+        if (!P)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape [P, N]",
+                             path);
+        if (c->prefix_tokens != def.prefix_tokens && c->prefix_tokens != P)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
+                             "drop --prefix-tokens",
+                             c->prefix_tokens, dir, P);
+        if (c->prefix_projection)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prefix-projection conflicts with --adapter %s (the adapter keeps "
+                             "the prefix, not the MLP that made it); drop --prefix-projection",
+                             dir);
+        out->prefix_tokens = P;
+        return 0;
+    }
+    TrainSetup s;
+    char targets[512], tokens[4096];
+    int rc = adapter_read_config(dir, &s, targets, sizeof targets, tokens, sizeof tokens, err);
+    if (rc) return rc;
+    if (c->lora_rank != def.lora_rank && c->lora_rank != s.lora_rank)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lora-rank %d conflicts with --adapter %s (r %d); drop --lora-rank",
+                         c->lora_rank, dir, s.lora_rank);
+    if (c->lora_alpha != def.lora_alpha && (float)c->lora_alpha != s.lora_alpha)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lora-alpha %g conflicts with --adapter %s (lora_alpha %g); drop "
+                         "--lora-alpha",
+                         c->lora_alpha, dir, (double)s.lora_alpha);
+    if (c->use_rslora != def.use_rslora && c->use_rslora != s.lora_rslora)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-rslora conflicts with --adapter %s (use_rslora false); drop it",
+                         dir);
+    if (strcmp(c->lora_target, def.lora_target) && !same_list(c->lora_target, targets))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lora-target %s conflicts with --adapter %s (target_modules %s); drop "
+                         "--lora-target",
+                         c->lora_target, dir, targets);
+    if (c->lora_trainable_tokens[0] && !same_list(c->lora_trainable_tokens, tokens))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lora-trainable-tokens %s conflicts with --adapter %s "
+                         "(trainable_token_indices %s); drop --lora-trainable-tokens",
+                         c->lora_trainable_tokens, dir, tokens[0] ? tokens : "none");
+    out->lora_rank = s.lora_rank;
+    out->lora_alpha = (double)s.lora_alpha;
+    out->use_rslora = s.lora_rslora;
+    if (strlen(targets) >= sizeof out->lora_target ||
+        strlen(tokens) >= sizeof out->lora_trainable_tokens)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s/adapter_config.json: target_modules or "
+                         "trainable_token_indices too long",
+                         dir);
+    memcpy(out->lora_target, targets, strlen(targets) + 1); /* lengths checked above */
+    memcpy(out->lora_trainable_tokens, tokens, strlen(tokens) + 1);
+    return 0;
+}
+
+int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaErr *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    if (rc) return rc;
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    float **host = xcalloc((size_t)np, sizeof *host);
+    for (int i = 0; i < np && !rc; i++) {
+        const StTensor *t = safetensors_find(st, tp[i].name);
+        if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
+            char alt[256];
+            const char *dot = strstr(tp[i].name, ".weight");
+            if (dot)
+                snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name),
+                         tp[i].name);
+            else
+                snprintf(alt, sizeof alt, "%s.default", tp[i].name);
+            t = safetensors_find(st, alt);
+        }
+        int64_t s1 = tp[i].ndim == 2 ? tp[i].shape[1] : 1;
+        if (!t || t->ndim != tp[i].ndim || t->shape[0] != tp[i].shape[0] ||
+            (t->ndim == 2 && t->shape[1] != s1)) {
+            char have[48] = "missing";
+            if (t && t->ndim == 2)
+                snprintf(have, sizeof have, "[%lld, %lld]", (long long)t->shape[0],
+                         (long long)t->shape[1]);
+            else if (t)
+                snprintf(have, sizeof have, "%d-dimensional", t->ndim);
+            rc = tuna_errf(err, TUNA_EINVAL,
+                           "--adapter %s does not fit --model %s: tensor \"%s\" is %s, the model "
+                           "needs [%lld, %lld] (an adapter of another base model)",
+                           dir, model, tp[i].name, have, (long long)tp[i].shape[0], (long long)s1);
+            break;
+        }
+        host[i] = xmalloc(sizeof(float) * tp[i].n);
+        rc = st_tensor_to_f32(t, host[i], tp[i].n, err);
+    }
+    /* a tensor the model has no place for (more layers, other modules): another base model */
+    if (!rc && safetensors_count(st) > np)
+        rc = tuna_errf(err, TUNA_EINVAL,
+                       "--adapter %s does not fit --model %s: the adapter holds %d tensors, the "
+                       "model takes %d (an adapter of another base model)",
+                       dir, model, safetensors_count(st), np);
+    if (!rc) train_upload_params(ts, host);
+    for (int i = 0; i < np; i++)
+        free(host[i]);
+    free(host);
+    safetensors_free(st);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include "err.h"
 #include "model.h"
 #include "model_train.h"
+#include "train.h"
 
 /* Merges the PEFT LoRA adapter in dir into m. */
 int adapter_load(Model *m, const char *dir, TunaErr *err);
@@ -40,6 +41,19 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err);
 /* The same two, writing into an existing folder (no rename): for checkpoints. */
 int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
 int model_write_hf(const Model *m, const char *dir, TunaErr *err);
+
+/* tuna train --adapter DIR (LLaMA-Factory's adapter_name_or_path): a new run that starts from
+ * a LoRA or prefix adapter, a PEFT save or an earlier run (not --resume: the optimizer and the
+ * schedule start fresh).
+ * adapter_train_config: c with the adapter's method and shape settings (LoRA r, lora_alpha,
+ * use_rslora, target_modules, trainable_token_indices; prefix: num_virtual_tokens) into out.
+ * A setting given away from its default that differs from the adapter's is a one-line error
+ * naming both. */
+int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err);
+/* adapter_init_train: the adapter's tensors into ts's trainable tensors, bit for bit (ts made
+ * by train_state_init from that config). A tensor missing, of another shape, or left over is
+ * a one-line error: the adapter belongs to another base model than `model`. */
+int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaErr *err);
 
 /* Atomic folders: dir_begin makes DIR.tmp-PID (tmp), dir_commit renames it over dir
  * (replacing an old one). dir_remove deletes a folder tree (best effort). */

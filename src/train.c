@@ -114,6 +114,10 @@ static const Field fields[] = {
         I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
         I(max_bad_steps, "5",
           "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
+        S(adapter, "",
+          "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
+          "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
+          "kept, optimizer and schedule start fresh (not --resume)"),
         S(output, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, "cpu", "cpu | ref | cuda"),
         I(threads, "0",
@@ -1485,7 +1489,14 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
         r.dir[--dl] = '\0';
     /* everything is checked before the folder is touched; a failed resume changes nothing */
-    int rc = run_open(&r, err);
+    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
+     * start (a resume has them in the checkpoint, and its saved config resolved already) */
+    TrainConfig adapted;
+    int from_adapter = cfg->adapter[0] && !resume;
+    int rc = from_adapter ? adapter_train_config(cfg, &adapted, err) : 0;
+    if (!rc && from_adapter) r.cfg = cfg = &adapted;
+    if (!rc) rc = run_open(&r, err);
+    if (!rc && from_adapter) rc = adapter_init_train(r.ts, cfg->adapter, cfg->model, err);
     if (!rc) rc = run_claim(&r, resume, err);
     if (!rc && resume) rc = resume_pick(&r, err);
     if (!rc) rc = run_files_open(&r, resume, err);

@@ -36,6 +36,8 @@ typedef struct TrainConfig {
     double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
     double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
+    /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */
+    char adapter[1024];
 } TrainConfig;
 
 /* Defaults for every field. */

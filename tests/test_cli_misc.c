@@ -423,6 +423,15 @@ static void test_templates_elsewhere(void) {
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && out && strstr(out, "<|im_start|>"),
           "template show chatml from %s (no templates/ there): %s", tmpdir, out ? out : "");
     free(out);
+    /* tuna train's defaults (--model models/stories260K, datasets/) too */
+    snprintf(path, sizeof path, "%s/train", tmpdir);
+    snprintf(cmd, sizeof cmd, "cd %s && %s train --max-steps 1 --output r --threads 1 >%s 2>&1",
+             tmpdir, exe, path);
+    st = system(cmd);
+    out = xread_file(path, NULL);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && out && strstr(out, "finished 1 step"),
+          "train with the default model and dataset from %s: %s", tmpdir, out ? out : "");
+    free(out);
 }
 
 // --- watch

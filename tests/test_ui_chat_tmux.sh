@@ -261,6 +261,21 @@ chk 'wait_for "params, template chatml" 30' "ui --tuned RUN: Chat uses that run'
 keys F10
 wait_dead 10
 
+# --- 6. headless interactive `tuna chat` on a terminal: Ctrl-D ends it with 0, Ctrl-C at the
+# prompt with 130 (the exit status of a SIGINT, as the README's exit codes say)
+start 80x24 "$ENV $BIN chat models/stories260K --template vanilla"
+chk 'wait_for "^>" 30' "tuna chat: the prompt on a terminal"
+keys C-d
+chk 'wait_dead 10' "tuna chat: Ctrl-D at the prompt ends it"
+st=$(status)
+chk '[ "$st" = 0 ]' "tuna chat: Ctrl-D exits 0 ($st)"
+start 80x24 "$ENV $BIN chat models/stories260K --template vanilla"
+wait_for "^>" 30
+keys C-c
+chk 'wait_dead 10' "tuna chat: Ctrl-C at the prompt ends it"
+st=$(status)
+chk '[ "$st" = 130 ]' "tuna chat: Ctrl-C at the prompt exits 130 ($st)"
+
 for f in $W/help_chat_80x24.txt $W/chat_side_80x24.txt $W/chat_reply_80x24.txt $W/chat_status_80x24.txt \
          $W/chat_system_80x24.txt; do
     [ -n "${TUNA_UI_SHOW:-}" ] && [ -f $f ] && { echo "=== $(basename $f)"; cat $f; }

@@ -70,6 +70,8 @@ make_seeds() {
         for f in templates/*.json; do cp "$f" "$out/seeds/$t/"; done ;;
     fuzz_metrics)
         cp tests/fixtures/ui/run_demo/metrics.jsonl "$out/seeds/$t/run_demo" ;;
+    fuzz_gguf)
+        cp tests/fixtures/gguf/dequant.gguf "$out/seeds/$t/" ;;
     esac
 }
 
@@ -77,6 +79,7 @@ for t in "$@"; do
     make_seeds "$t"
     case $t in
     fuzz_safetensors) maxlen=32768 ;;
+    fuzz_gguf) maxlen=65536 ;;
     fuzz_tokenizer) maxlen=24576 ;;
     fuzz_dataset | fuzz_metrics) maxlen=8192 ;;
     *) maxlen=4096 ;;
