@@ -118,7 +118,7 @@ test-unit: tuna $(TEST_BIN)
 SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics test_keep_work test_cli_misc test_threads test_config_variants \
-             test_train_adapter test_gguf
+             test_train_adapter test_gguf test_tokenizer_gguf
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
@@ -143,6 +143,7 @@ bench: tuna $(BENCH_BIN)
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/gguf.c src/gguf_model.c \
+                src/tokenizer_gguf.c \
                 src/tokenizer.c src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c ui/source.c
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
@@ -164,6 +165,7 @@ fixtures:
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_smollm2_fixtures.py ../shared tests/fixtures/smollm2
 	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_gguf_tok_fixtures.py ../shared tests/fixtures/smollm2_tok.jsonl
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
 run: deps tuna

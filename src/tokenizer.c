@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 #include <pcre2.h>
 
+#include "gguf.h"
 #include "xalloc.h"
 
 #define TOK_MAX_IDS   (1 << 24)  /* largest vocabulary accepted (ids are < this) */
@@ -488,7 +489,9 @@ struct Tokenizer {
     int has_decoder;
     uint32_t b2c[256];
     int16_t c2b[324]; /* byte-level char -> byte, -1 if not a byte char (chars < 324) */
-    int bos_id, eos_id;
+    int bos_id, eos_id, pad_id;
+    char *chat_template;    /* NULL when none */
+    const char *merges_key; /* "model.merges" or "tokenizer.ggml.merges", for messages */
 };
 
 // --- JSON helpers
@@ -740,9 +743,9 @@ static int load_model(Tokenizer *t, const cJSON *model, TunaErr *err) {
             if (!sp) {
                 free(tmp.p);
                 return tuna_errf(err, TUNA_EFORMAT,
-                                 "%s: model.merges[%u]: expected \"a b\", "
+                                 "%s: %s[%u]: expected \"a b\", "
                                  "got \"%.40s\" (no space)",
-                                 t->path, rank, m->valuestring);
+                                 t->path, t->merges_key, rank, m->valuestring);
             }
             a = m->valuestring, la = (size_t)(sp - a), b = sp + 1, lb = strlen(b);
         } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
@@ -752,17 +755,18 @@ static int load_model(Tokenizer *t, const cJSON *model, TunaErr *err) {
         } else {
             free(tmp.p);
             return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: model.merges[%u]: expected \"a b\" or "
+                             "%s: %s[%u]: expected \"a b\" or "
                              "[\"a\", \"b\"], got %s",
-                             t->path, rank, jtype(m));
+                             t->path, t->merges_key, rank, jtype(m));
         }
         int32_t ia = strmap_get(&t->vocab_map, a, la), ib = strmap_get(&t->vocab_map, b, lb);
         if (ia < 0 || ib < 0) {
             free(tmp.p);
             return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: model.merges[%u]: token \"%.*s\" is not in "
+                             "%s: %s[%u]: token \"%.*s\" is not in "
                              "the vocab",
-                             t->path, rank, ia < 0 ? (int)la : (int)lb, ia < 0 ? a : b);
+                             t->path, t->merges_key, rank, ia < 0 ? (int)la : (int)lb,
+                             ia < 0 ? a : b);
         }
         size_t skip = t->prefix_len && lb >= t->prefix_len && !memcmp(b, t->prefix, t->prefix_len)
                               ? t->prefix_len
@@ -774,9 +778,9 @@ static int load_model(Tokenizer *t, const cJSON *model, TunaErr *err) {
         if (nid < 0) {
             free(tmp.p);
             return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: model.merges[%u]: merged token \"%.*s\" is "
+                             "%s: %s[%u]: merged token \"%.*s\" is "
                              "not in the vocab",
-                             t->path, rank, (int)tmp.len, tmp.p);
+                             t->path, t->merges_key, rank, (int)tmp.len, tmp.p);
         }
         uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
         size_t j = merge_slot(&t->merges, key);
@@ -1219,12 +1223,39 @@ static int load_decoder(Tokenizer *t, const cJSON *n, const char *where, TunaErr
     return 0;
 }
 
-/* bos_token / eos_token: a string, {"content": ...} or null. */
+/* bos_token / eos_token / pad_token: a string, {"content": ...} or null. */
 static int config_token(Tokenizer *t, const cJSON *cfg, const char *key) {
     const cJSON *v = jget(cfg, key);
     if (cJSON_IsObject(v)) v = jget(v, "content");
     if (!cJSON_IsString(v)) return -1;
     return token_id_any(t, v->valuestring);
+}
+
+/* chat_template: a string, or a list of {"name", "template"} of which "default" is taken. */
+static int config_template(Tokenizer *t, const cJSON *cfg, const char *path, TunaErr *err) {
+    const cJSON *v = jget(cfg, "chat_template");
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (cJSON_IsString(v)) {
+        t->chat_template = xstrdup(v->valuestring);
+        return 0;
+    }
+    if (cJSON_IsArray(v)) {
+        for (const cJSON *c = v->child; c; c = c->next) {
+            const cJSON *name = jget(c, "name"), *tpl = jget(c, "template");
+            if (cJSON_IsString(name) && !strcmp(name->valuestring, "default")) {
+                if (!cJSON_IsString(tpl))
+                    return tuna_errf(err, TUNA_EFORMAT,
+                                     "%s: chat_template \"default\" entry has no string "
+                                     "\"template\"",
+                                     path);
+                t->chat_template = xstrdup(tpl->valuestring);
+                return 0;
+            }
+        }
+        return 0; /* named templates only: none is the default */
+    }
+    return tuna_errf(err, TUNA_EFORMAT, "%s: chat_template must be a string or a list, got %s",
+                     path, jtype(v));
 }
 
 static int load_config(Tokenizer *t, const char *dir, TunaErr *err) {
@@ -1247,23 +1278,108 @@ static int load_config(Tokenizer *t, const char *dir, TunaErr *err) {
     }
     t->bos_id = config_token(t, cfg, "bos_token");
     t->eos_id = config_token(t, cfg, "eos_token");
+    t->pad_id = config_token(t, cfg, "pad_token");
+    int rc = config_template(t, cfg, path, err);
     cJSON_Delete(cfg);
     free(text);
-    return 0;
+    return rc;
 }
 
-int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
-    *out = NULL;
+static Tokenizer *tok_new(const char *path) {
     Tokenizer *t = xcalloc(1, sizeof *t);
-    t->bos_id = t->eos_id = t->unk_id = -1;
-    size_t plen = strlen(dir) + 32;
-    t->path = xmalloc(plen);
-    snprintf(t->path, plen, "%s/tokenizer.json", dir);
+    t->bos_id = t->eos_id = t->pad_id = t->unk_id = -1;
+    t->path = xstrdup(path);
+    t->merges_key = "model.merges";
     bytelevel_table(t->b2c);
     for (int c = 0; c < 324; c++)
         t->c2b[c] = -1;
     for (int b = 0; b < 256; b++)
         t->c2b[t->b2c[b]] = (int16_t)b;
+    return t;
+}
+
+/* Builds everything a tokenizer.json document describes into t. */
+static int tok_build(Tokenizer *t, const cJSON *root, TunaErr *err) {
+    int rc;
+    if (!cJSON_IsObject(root))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: top level must be an object, got %s", t->path,
+                         jtype(root));
+    if (!jget(root, "model")) return tuna_errf(err, TUNA_EFORMAT, "%s: missing \"model\"", t->path);
+    if ((rc = load_model(t, jget(root, "model"), err))) return rc;
+    if ((rc = load_added(t, jget(root, "added_tokens"), err))) return rc;
+    if ((rc = load_normalizer(t, jget(root, "normalizer"), "normalizer", err))) return rc;
+    if ((rc = load_pretok(t, jget(root, "pre_tokenizer"), "pre_tokenizer", err))) return rc;
+    if ((rc = load_post(t, jget(root, "post_processor"), "post_processor", err))) return rc;
+    if ((rc = load_decoder(t, jget(root, "decoder"), "decoder", err))) return rc;
+    if ((rc = finish_norm_set(t, err))) return rc;
+
+    /* id tables: sized by the largest id, so refuse ids far beyond the number of tokens (one
+     * entry with id 16777215 would otherwise allocate ~400 MB) */
+    if ((size_t)t->n_ids > 2 * (t->n_vocab + t->n_added) + 1024)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: token ids are too sparse: largest id %d for %zu tokens (limit: "
+                         "twice the token count + 1024)",
+                         t->path, t->n_ids - 1, t->n_vocab + t->n_added);
+    if (t->n_ids == 0) t->n_ids = 1;
+    size_t n = (size_t)t->n_ids;
+    t->id_str = xcalloc(n, sizeof *t->id_str);
+    t->id_len = xcalloc(n, sizeof *t->id_len);
+    t->dec_str = xcalloc(n, sizeof *t->dec_str);
+    t->dec_len = xcalloc(n, sizeof *t->dec_len);
+    t->special = xcalloc(n, 1);
+    for (size_t k = 0; k < t->n_vocab; k++) {
+        const VocabEnt *v = &t->vocab[k];
+        if (strmap_get(&t->vocab_map, v->s, v->len) != v->id) continue; /* shadowed duplicate */
+        t->id_str[v->id] = t->dec_str[v->id] = v->s;
+        t->id_len[v->id] = t->dec_len[v->id] = v->len;
+    }
+    for (size_t k = 0; k < t->n_added; k++) {
+        const VocabEnt *a = &t->added[k];
+        if (!t->id_str[a->id]) t->id_str[a->id] = a->s, t->id_len[a->id] = a->len;
+        t->dec_str[a->id] = a->s;
+        t->dec_len[a->id] = a->len;
+        t->special[a->id] = t->added_special[k];
+    }
+    return 0;
+}
+
+int tokenizer_from_json(const char *path, const cJSON *root, const TokMeta *meta, Tokenizer **out,
+                        TunaErr *err) {
+    *out = NULL;
+    Tokenizer *t = tok_new(path);
+    if (meta && meta->merges_key) t->merges_key = meta->merges_key;
+    int rc = tok_build(t, root, err);
+    if (!rc && meta) {
+        int ids[3] = {meta->bos_id, meta->eos_id, meta->pad_id};
+        static const char *const names[3] = {"bos", "eos", "pad"};
+        for (int k = 0; k < 3 && !rc; k++)
+            if (ids[k] >= t->n_ids || (ids[k] >= 0 && !t->id_str[ids[k]]))
+                rc = tuna_errf(err, TUNA_EFORMAT, "%s: %s token id %d is not a token (%d ids)",
+                               t->path, names[k], ids[k], t->n_ids);
+        t->bos_id = meta->bos_id;
+        t->eos_id = meta->eos_id;
+        t->pad_id = meta->pad_id;
+        if (meta->chat_template) t->chat_template = xstrdup(meta->chat_template);
+    }
+    if (rc) {
+        tokenizer_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
+    *out = NULL;
+    char gpath[4096];
+    int g = gguf_model_path(dir, gpath, sizeof gpath, err);
+    if (g < 0) return g;
+    if (g == 1) return tokenizer_load_gguf_file(gpath, out, err);
+    size_t plen = strlen(dir) + 32;
+    char *path = xmalloc(plen);
+    snprintf(path, plen, "%s/tokenizer.json", dir);
+    Tokenizer *t = tok_new(path);
+    free(path);
 
     int rc = 0;
     cJSON *root = NULL;
@@ -1293,56 +1409,11 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err) {
                        t->path, at, len);
         goto fail;
     }
-    if (!cJSON_IsObject(root)) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: top level must be an object, got %s", t->path,
-                       jtype(root));
-        goto fail;
-    }
     free(text);
     text = NULL;
-    if (!jget(root, "model")) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: missing \"model\"", t->path);
-        goto fail;
-    }
-    if ((rc = load_model(t, jget(root, "model"), err))) goto fail;
-    if ((rc = load_added(t, jget(root, "added_tokens"), err))) goto fail;
-    if ((rc = load_normalizer(t, jget(root, "normalizer"), "normalizer", err))) goto fail;
-    if ((rc = load_pretok(t, jget(root, "pre_tokenizer"), "pre_tokenizer", err))) goto fail;
-    if ((rc = load_post(t, jget(root, "post_processor"), "post_processor", err))) goto fail;
-    if ((rc = load_decoder(t, jget(root, "decoder"), "decoder", err))) goto fail;
-    if ((rc = finish_norm_set(t, err))) goto fail;
+    if ((rc = tok_build(t, root, err))) goto fail;
     cJSON_Delete(root);
     root = NULL;
-
-    /* id tables: sized by the largest id, so refuse ids far beyond the number of tokens (one
-     * entry with id 16777215 would otherwise allocate ~400 MB) */
-    if ((size_t)t->n_ids > 2 * (t->n_vocab + t->n_added) + 1024) {
-        rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: token ids are too sparse: largest id %d for %zu tokens (limit: twice "
-                       "the token count + 1024)",
-                       t->path, t->n_ids - 1, t->n_vocab + t->n_added);
-        goto fail;
-    }
-    if (t->n_ids == 0) t->n_ids = 1;
-    size_t n = (size_t)t->n_ids;
-    t->id_str = xcalloc(n, sizeof *t->id_str);
-    t->id_len = xcalloc(n, sizeof *t->id_len);
-    t->dec_str = xcalloc(n, sizeof *t->dec_str);
-    t->dec_len = xcalloc(n, sizeof *t->dec_len);
-    t->special = xcalloc(n, 1);
-    for (size_t k = 0; k < t->n_vocab; k++) {
-        const VocabEnt *v = &t->vocab[k];
-        if (strmap_get(&t->vocab_map, v->s, v->len) != v->id) continue; /* shadowed duplicate */
-        t->id_str[v->id] = t->dec_str[v->id] = v->s;
-        t->id_len[v->id] = t->dec_len[v->id] = v->len;
-    }
-    for (size_t k = 0; k < t->n_added; k++) {
-        const VocabEnt *a = &t->added[k];
-        if (!t->id_str[a->id]) t->id_str[a->id] = a->s, t->id_len[a->id] = a->len;
-        t->dec_str[a->id] = a->s;
-        t->dec_len[a->id] = a->len;
-        t->special[a->id] = t->added_special[k];
-    }
     if ((rc = load_config(t, dir, err))) goto fail;
     *out = t;
     return 0;
@@ -1356,6 +1427,7 @@ fail:
 void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->path);
+    free(t->chat_template);
     free(t->vocab);
     free(t->pool);
     strmap_free(&t->vocab_map);
@@ -2185,6 +2257,14 @@ int tokenizer_bos_id(const Tokenizer *t) {
 
 int tokenizer_eos_id(const Tokenizer *t) {
     return t->eos_id;
+}
+
+int tokenizer_pad_id(const Tokenizer *t) {
+    return t->pad_id;
+}
+
+const char *tokenizer_chat_template(const Tokenizer *t) {
+    return t->chat_template;
 }
 
 int tokenizer_is_special(const Tokenizer *t, int id) {

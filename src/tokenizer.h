@@ -15,9 +15,21 @@
 
 typedef struct Tokenizer Tokenizer;
 
-/* Loads dir/tokenizer.json (+ optional dir/tokenizer_config.json). On success *out is owned by
- * the caller. Bad files give TUNA_EIO/TUNA_EFORMAT/TUNA_EUNSUP with a one-line message. */
+/* Loads dir/tokenizer.json (+ optional dir/tokenizer_config.json), or, where dir names a GGUF
+ * model (gguf_model_path: a .gguf file, or a folder holding one and no config.json), the
+ * tokenizer in the file's tokenizer.ggml.* metadata (tokenizer_gguf.c). On success *out is owned
+ * by the caller. Bad files give TUNA_EIO/TUNA_EFORMAT/TUNA_EUNSUP with a one-line message. */
 int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err);
+
+/* The tokenizer of an open GGUF file (tokenizer_gguf.c), built as the model's own tokenizer.json
+ * would be: byte-level BPE ("gpt2") with the pre-tokenizer named by tokenizer.ggml.pre (default,
+ * gpt2, llama-bpe/llama3, qwen2, smollm), or a SentencePiece "llama" vocabulary (scores, byte
+ * fallback, merges derived from the scores when the file has none). token_type 3 (control)
+ * tokens become special added tokens, 4 (user-defined) plain added tokens; bos/eos/pad/unk ids,
+ * add_bos_token/add_eos_token and the chat template come from the metadata. */
+struct Gguf;
+int tokenizer_load_gguf(const struct Gguf *g, Tokenizer **out, TunaErr *err);
+int tokenizer_load_gguf_file(const char *path, Tokenizer **out, TunaErr *err);
 void tokenizer_free(Tokenizer *tok); /* NULL-safe */
 
 /* Encodes len bytes of text (UTF-8; invalid sequences are read as U+FFFD, as Rust's
@@ -37,9 +49,26 @@ char *tokenizer_decode_len(const Tokenizer *tok, const int32_t *ids, size_t n, i
 int tokenizer_vocab_size(const Tokenizer *tok); /* max id + 1, added tokens incl. */
 int tokenizer_token_id(const Tokenizer *tok, const char *piece); /* added tokens first; -1 absent */
 const char *tokenizer_token_str(const Tokenizer *tok, int id);   /* borrowed; NULL out of range */
-int tokenizer_bos_id(const Tokenizer *tok); /* tokenizer_config.json bos_token; -1 if none */
-int tokenizer_eos_id(const Tokenizer *tok); /* tokenizer_config.json eos_token; -1 if none */
+int tokenizer_bos_id(const Tokenizer *tok); /* tokenizer_config.json bos_token (GGUF: bos id); -1 */
+int tokenizer_eos_id(const Tokenizer *tok); /* tokenizer_config.json eos_token (GGUF: eos id); -1 */
+int tokenizer_pad_id(const Tokenizer *tok); /* tokenizer_config.json pad_token; -1 if none */
 int tokenizer_is_special(const Tokenizer *tok, int id); /* 1 for special added tokens */
+/* The model's chat template (Jinja source, borrowed), NULL when it has none: tokenizer_config.json's
+ * "chat_template" (a string, or the "default" entry of a list of {name, template}), or the GGUF's
+ * tokenizer.chat_template. */
+const char *tokenizer_chat_template(const Tokenizer *tok);
+
+/* Internal (tokenizer_gguf.c -> tokenizer.c): builds a tokenizer from a tokenizer.json document
+ * already parsed; path names the source in messages; meta (may be NULL) overrides the special
+ * token ids and carries the chat template. */
+struct cJSON;
+typedef struct TokMeta {
+    int bos_id, eos_id, pad_id; /* -1: none */
+    const char *chat_template;  /* NULL: none */
+    const char *merges_key;     /* the key merge errors name */
+} TokMeta;
+int tokenizer_from_json(const char *path, const struct cJSON *root, const TokMeta *meta,
+                        Tokenizer **out, TunaErr *err);
 
 /* --- Unicode helpers (tokenizer_unicode.c), pure functions on valid UTF-8 */
 
