@@ -6,6 +6,7 @@
  *    tokenizer.json, llama2 (SentencePiece "llama": pieces, scores and types read from its
  *    tokenizer.model, no merges) -- ids equal to reference_public.jsonl's;
  *  - inconsistent metadata refused in one line; chat templates from tokenizer_config.json. */
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,34 @@ static void test_llama2(const char *shared) {
     vocab_free(&v);
 }
 
+/* `tuna tokenize DIR` (cmd_tokenize) on stdin/stdout redirected to temp files */
+static int run_tokenize(char **argv, int argc, const char *input, char *out, size_t cap) {
+    char in_path[] = "/tmp/tuna_tokg_in_XXXXXX", out_path[] = "/tmp/tuna_tokg_out_XXXXXX";
+    int fi = mkstemp(in_path), fo = mkstemp(out_path);
+    if (fi < 0 || fo < 0) return -100;
+    if (write(fi, input, strlen(input)) != (ssize_t)strlen(input)) return -100;
+    close(fi);
+    fflush(stdout);
+    int saved_in = dup(0), saved_out = dup(1), in_fd = open(in_path, O_RDONLY);
+    dup2(in_fd, 0);
+    dup2(fo, 1);
+    close(in_fd);
+    clearerr(stdin);
+    int rc = cmd_tokenize(argc, argv);
+    fflush(stdout);
+    dup2(saved_in, 0);
+    dup2(saved_out, 1);
+    close(saved_in);
+    close(saved_out);
+    clearerr(stdin);
+    ssize_t n = pread(fo, out, cap - 1, 0);
+    out[n > 0 ? n : 0] = '\0';
+    close(fo);
+    unlink(in_path);
+    unlink(out_path);
+    return rc;
+}
+
 // --- SmolLM2 against transformers
 
 static void test_smollm2(const char *shared) {
@@ -387,6 +416,12 @@ static void test_smollm2(const char *shared) {
     CHECK(tokenizer_load(file, &t2, &err) == 0, "smollm2 file: %s", err.msg);
     tokenizer_free(t2);
     if (!t) return;
+    char out[4096];
+    char *enc[] = {(char[]){"tokenize"}, dir, NULL};
+    int rc = run_tokenize(enc, 2, "{\"text\": \"<|im_start|>user\\nHi<|im_end|>\"}\n", out,
+                          sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "{\"ids\": [1, 4093, 198, 26843, 2]}\n"),
+          "tuna tokenize smollm2 rc=%d out=%s", rc, out);
     CHECK(tokenizer_vocab_size(t) == 49152, "smollm2 vocab %d", tokenizer_vocab_size(t));
     CHECK(tokenizer_bos_id(t) == 1 && tokenizer_eos_id(t) == 2 && tokenizer_pad_id(t) == 2,
           "smollm2 bos %d eos %d pad %d", tokenizer_bos_id(t), tokenizer_eos_id(t),
@@ -414,8 +449,8 @@ static void test_smollm2(const char *shared) {
         n_hf_diff += cJSON_GetObjectItem(r, "hf_gguf_ids") != NULL;
         int32_t *ids = NULL;
         size_t n = 0;
-        int rc = tokenizer_encode(t, text, strlen(text), add, &ids, &n, &err);
-        int eq = rc == 0 && ids_eq(ids, n, ref);
+        int erc = tokenizer_encode(t, text, strlen(text), add, &ids, &n, &err);
+        int eq = erc == 0 && ids_eq(ids, n, ref);
         CHECK(eq, "smollm2: \"%.60s\" (add_special %d): ids differ from transformers'", text, add);
         ok_ids += eq;
         /* decode transformers' ids, specials kept and skipped */
