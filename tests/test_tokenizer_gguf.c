@@ -584,6 +584,67 @@ static void test_malformed(void) {
 #undef BASE
 }
 
+/* Random byte flips in two small valid tokenizer GGUFs (byte-level with merges; SentencePiece
+ * with scores): each load fails in one line or gives a tokenizer that encodes and decodes. */
+static void test_mutations(void) {
+    static char t_a[] = "a", t_b[] = "b", t_ab[] = "ab", t_s[] = "<s>", t_u[] = "<unk>",
+                m_ab[] = "a b",
+                t_m[] = "\xE2\x96\x81"
+                        "a";
+    char *tok[] = {t_a, t_b, t_ab, t_s, t_u, t_m};
+    char *merges[] = {m_ab};
+    int32_t types[] = {1, 1, 1, 3, 2, 1};
+    float scores[] = {-1, -2, -0.5f, 0, 0, -0.25f};
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int loaded = 0, refused = 0, bad_msg = 0;
+    for (int kind = 0; kind < 2; kind++) {
+        W w = {0};
+        kv_str(&w, "tokenizer.ggml.model", kind ? "llama" : "gpt2");
+        kv_str(&w, "tokenizer.ggml.pre", kind ? "default" : "smollm");
+        kv_strs(&w, "tokenizer.ggml.tokens", tok, 6);
+        kv_i32s(&w, "tokenizer.ggml.token_type", types, 6);
+        if (kind)
+            kv_f32s(&w, "tokenizer.ggml.scores", scores, 6);
+        else
+            kv_strs(&w, "tokenizer.ggml.merges", merges, 1);
+        kv_u32(&w, "tokenizer.ggml.bos_token_id", 3);
+        kv_u32(&w, "tokenizer.ggml.unknown_token_id", 4);
+        size_t len;
+        unsigned char *orig = w_finish(&w, &len), *buf = xmalloc(len);
+        for (int it = 0; it < 1500; it++) {
+            memcpy(buf, orig, len);
+            int flips = 1 + it % 3;
+            for (int f = 0; f < flips; f++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                buf[(x >> 8) % len] ^= (unsigned char)(1u << (x % 8));
+            }
+            TunaErr err = {0};
+            Tokenizer *t = load_mem(buf, len, &err);
+            if (!t) {
+                refused++;
+                bad_msg += !err.msg[0] || strchr(err.msg, '\n') != NULL;
+                continue;
+            }
+            loaded++;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (tokenizer_encode(t, "ab <s>ba a", 10, 1, &ids, &n, &err) == 0) {
+                free(tokenizer_decode(t, ids, n, 0));
+                free(tokenizer_decode(t, ids, n, 1));
+            }
+            free(ids);
+            tokenizer_free(t);
+        }
+        free(orig);
+        free(buf);
+    }
+    CHECK(loaded > 0 && refused > 0 && bad_msg == 0,
+          "mutations: %d loaded, %d refused, %d without a one-line message", loaded, refused,
+          bad_msg);
+    printf("  3000 mutated tokenizer GGUFs: %d loaded and ran, %d refused in one line\n", loaded,
+           refused);
+}
+
 // --- chat templates of HF folders
 
 static void write_file(const char *dir, const char *name, const char *text) {
@@ -639,6 +700,7 @@ static void test_hf_template(void) {
 
 int main(void) {
     test_malformed();
+    test_mutations();
     test_hf_template();
     const char *shared = test_shared_dir();
     if (!shared) {
