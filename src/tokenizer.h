@@ -1,5 +1,6 @@
 /* tokenizer.h: Hugging Face `tokenizers`-exact BPE (byte-level and SentencePiece-style with
- * byte fallback), loaded from DIR/tokenizer.json + optional DIR/tokenizer_config.json (bos/eos).
+ * byte fallback), loaded from DIR/tokenizer.json + optional DIR/tokenizer_config.json (bos/eos/
+ * pad, chat template), or from a GGUF file's tokenizer.ggml.* metadata (tokenizer_gguf.c).
  * Supports normalizers Sequence/Prepend/Replace/NFC/Strip, pre-tokenizers Split/ByteLevel/
  * Metaspace/Digits, post-processors Template/ByteLevel/Bert/Roberta, decoders Replace/
  * ByteFallback/Fuse/Strip/ByteLevel/Metaspace (all with Sequence). No offsets, training,

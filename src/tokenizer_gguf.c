@@ -65,7 +65,7 @@ static void tokmap_init(TokMap *m, const GgufStr *tok, size_t n) {
         size_t j = gt_hash(tok[i].s, tok[i].len) & m->mask;
         while (m->slot[j]) {
             const GgufStr *o = &tok[m->slot[j] - 1];
-            if (o->len == tok[i].len && !memcmp(o->s, tok[i].s, o->len)) break;
+            if (o->len == tok[i].len && (!o->len || !memcmp(o->s, tok[i].s, o->len))) break;
             j = (j + 1) & m->mask;
         }
         m->slot[j] = (int32_t)i + 1;
@@ -76,7 +76,7 @@ static int32_t tokmap_get(const TokMap *m, const char *s, size_t n) {
     size_t j = gt_hash(s, n) & m->mask;
     while (m->slot[j]) {
         const GgufStr *o = &m->tok[m->slot[j] - 1];
-        if (o->len == n && !memcmp(o->s, s, n)) return m->slot[j] - 1;
+        if (o->len == n && (!n || !memcmp(o->s, s, n))) return m->slot[j] - 1;
         j = (j + 1) & m->mask;
     }
     return -1;
@@ -119,7 +119,7 @@ static int in_alphabet(const GgufStr *s, const uint8_t *is_byte_cp) {
 
 static char *str_dup_n(const char *s, size_t n) {
     char *r = xmalloc(n + 1);
-    memcpy(r, s, n);
+    if (n) memcpy(r, s, n);
     r[n] = '\0';
     return r;
 }
@@ -164,7 +164,8 @@ static void derive_merges(const GgufStr *tok, size_t n, const GgufArr *scores, c
              * token once, at its first occurrence */
             int first = 1;
             for (size_t k = 0; k < i && first; k++)
-                first = !(tok[k].len == tok[i].len && !memcmp(tok[k].s, tok[i].s, tok[i].len));
+                first = !(tok[k].len == tok[i].len &&
+                          (!tok[i].len || !memcmp(tok[k].s, tok[i].s, tok[i].len)));
             if (!first) continue;
         }
         int32_t last = tokmap_get(map, tok[i].s, tok[i].len);
@@ -181,7 +182,7 @@ static void derive_merges(const GgufStr *tok, size_t n, const GgufArr *scores, c
             }
             m[nm++] = (DMerge){l, r, score, cp_count(s, p), cp_count(s + p, tok[i].len - p), 0};
         }
-        qsort(m + start, nm - start, sizeof *m, cmp_local);
+        if (nm > start) qsort(m + start, nm - start, sizeof *m, cmp_local);
     }
     for (size_t k = 0; k < nm; k++)
         m[k].seq = k;
@@ -372,7 +373,7 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
                          path, n, GT_MAX_TOKENS - 1);
     const GgufStr *tok = tokens->strs;
     for (size_t i = 0; i < n; i++)
-        if (memchr(tok[i].s, '\0', tok[i].len))
+        if (tok[i].len && memchr(tok[i].s, '\0', tok[i].len))
             return tuna_errf(err, TUNA_EFORMAT,
                              "%s: tokenizer.ggml.tokens[%zu] contains a NUL byte", path, i);
     if ((rc = get_num_arr(g, "tokenizer.ggml.token_type", n, &types, err))) return rc;
@@ -431,7 +432,7 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
         if (need > cap) buf = xrealloc(buf, cap = need * 2);
         size_t o = 0;
         if (spelled[i]) {
-            memcpy(buf, tok[i].s, tok[i].len);
+            if (tok[i].len) memcpy(buf, tok[i].s, tok[i].len);
             o = tok[i].len;
         } else {
             for (size_t k = 0; k < tok[i].len; k++) {

@@ -6,6 +6,7 @@
  *    tokenizer.json, llama2 (SentencePiece "llama": pieces, scores and types read from its
  *    tokenizer.model, no merges) -- ids equal to reference_public.jsonl's;
  *  - inconsistent metadata refused in one line; chat templates from tokenizer_config.json. */
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,34 @@ static void test_llama2(const char *shared) {
     vocab_free(&v);
 }
 
+/* `tuna tokenize DIR` (cmd_tokenize) on stdin/stdout redirected to temp files */
+static int run_tokenize(char **argv, int argc, const char *input, char *out, size_t cap) {
+    char in_path[] = "/tmp/tuna_tokg_in_XXXXXX", out_path[] = "/tmp/tuna_tokg_out_XXXXXX";
+    int fi = mkstemp(in_path), fo = mkstemp(out_path);
+    if (fi < 0 || fo < 0) return -100;
+    if (write(fi, input, strlen(input)) != (ssize_t)strlen(input)) return -100;
+    close(fi);
+    fflush(stdout);
+    int saved_in = dup(0), saved_out = dup(1), in_fd = open(in_path, O_RDONLY);
+    dup2(in_fd, 0);
+    dup2(fo, 1);
+    close(in_fd);
+    clearerr(stdin);
+    int rc = cmd_tokenize(argc, argv);
+    fflush(stdout);
+    dup2(saved_in, 0);
+    dup2(saved_out, 1);
+    close(saved_in);
+    close(saved_out);
+    clearerr(stdin);
+    ssize_t n = pread(fo, out, cap - 1, 0);
+    out[n > 0 ? n : 0] = '\0';
+    close(fo);
+    unlink(in_path);
+    unlink(out_path);
+    return rc;
+}
+
 // --- SmolLM2 against transformers
 
 static void test_smollm2(const char *shared) {
@@ -387,6 +416,12 @@ static void test_smollm2(const char *shared) {
     CHECK(tokenizer_load(file, &t2, &err) == 0, "smollm2 file: %s", err.msg);
     tokenizer_free(t2);
     if (!t) return;
+    char out[4096];
+    char *enc[] = {(char[]){"tokenize"}, dir, NULL};
+    int rc = run_tokenize(enc, 2, "{\"text\": \"<|im_start|>user\\nHi<|im_end|>\"}\n", out,
+                          sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "{\"ids\": [1, 4093, 198, 26843, 2]}\n"),
+          "tuna tokenize smollm2 rc=%d out=%s", rc, out);
     CHECK(tokenizer_vocab_size(t) == 49152, "smollm2 vocab %d", tokenizer_vocab_size(t));
     CHECK(tokenizer_bos_id(t) == 1 && tokenizer_eos_id(t) == 2 && tokenizer_pad_id(t) == 2,
           "smollm2 bos %d eos %d pad %d", tokenizer_bos_id(t), tokenizer_eos_id(t),
@@ -414,8 +449,8 @@ static void test_smollm2(const char *shared) {
         n_hf_diff += cJSON_GetObjectItem(r, "hf_gguf_ids") != NULL;
         int32_t *ids = NULL;
         size_t n = 0;
-        int rc = tokenizer_encode(t, text, strlen(text), add, &ids, &n, &err);
-        int eq = rc == 0 && ids_eq(ids, n, ref);
+        int erc = tokenizer_encode(t, text, strlen(text), add, &ids, &n, &err);
+        int eq = erc == 0 && ids_eq(ids, n, ref);
         CHECK(eq, "smollm2: \"%.60s\" (add_special %d): ids differ from transformers'", text, add);
         ok_ids += eq;
         /* decode transformers' ids, specials kept and skipped */
@@ -549,6 +584,67 @@ static void test_malformed(void) {
 #undef BASE
 }
 
+/* Random byte flips in two small valid tokenizer GGUFs (byte-level with merges; SentencePiece
+ * with scores): each load fails in one line or gives a tokenizer that encodes and decodes. */
+static void test_mutations(void) {
+    static char t_a[] = "a", t_b[] = "b", t_ab[] = "ab", t_s[] = "<s>", t_u[] = "<unk>",
+                m_ab[] = "a b",
+                t_m[] = "\xE2\x96\x81"
+                        "a";
+    char *tok[] = {t_a, t_b, t_ab, t_s, t_u, t_m};
+    char *merges[] = {m_ab};
+    int32_t types[] = {1, 1, 1, 3, 2, 1};
+    float scores[] = {-1, -2, -0.5f, 0, 0, -0.25f};
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int loaded = 0, refused = 0, bad_msg = 0;
+    for (int kind = 0; kind < 2; kind++) {
+        W w = {0};
+        kv_str(&w, "tokenizer.ggml.model", kind ? "llama" : "gpt2");
+        kv_str(&w, "tokenizer.ggml.pre", kind ? "default" : "smollm");
+        kv_strs(&w, "tokenizer.ggml.tokens", tok, 6);
+        kv_i32s(&w, "tokenizer.ggml.token_type", types, 6);
+        if (kind)
+            kv_f32s(&w, "tokenizer.ggml.scores", scores, 6);
+        else
+            kv_strs(&w, "tokenizer.ggml.merges", merges, 1);
+        kv_u32(&w, "tokenizer.ggml.bos_token_id", 3);
+        kv_u32(&w, "tokenizer.ggml.unknown_token_id", 4);
+        size_t len;
+        unsigned char *orig = w_finish(&w, &len), *buf = xmalloc(len);
+        for (int it = 0; it < 1500; it++) {
+            memcpy(buf, orig, len);
+            int flips = 1 + it % 3;
+            for (int f = 0; f < flips; f++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                buf[(x >> 8) % len] ^= (unsigned char)(1u << (x % 8));
+            }
+            TunaErr err = {0};
+            Tokenizer *t = load_mem(buf, len, &err);
+            if (!t) {
+                refused++;
+                bad_msg += !err.msg[0] || strchr(err.msg, '\n') != NULL;
+                continue;
+            }
+            loaded++;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (tokenizer_encode(t, "ab <s>ba a", 10, 1, &ids, &n, &err) == 0) {
+                free(tokenizer_decode(t, ids, n, 0));
+                free(tokenizer_decode(t, ids, n, 1));
+            }
+            free(ids);
+            tokenizer_free(t);
+        }
+        free(orig);
+        free(buf);
+    }
+    CHECK(loaded > 0 && refused > 0 && bad_msg == 0,
+          "mutations: %d loaded, %d refused, %d without a one-line message", loaded, refused,
+          bad_msg);
+    printf("  3000 mutated tokenizer GGUFs: %d loaded and ran, %d refused in one line\n", loaded,
+           refused);
+}
+
 // --- chat templates of HF folders
 
 static void write_file(const char *dir, const char *name, const char *text) {
@@ -604,6 +700,7 @@ static void test_hf_template(void) {
 
 int main(void) {
     test_malformed();
+    test_mutations();
     test_hf_template();
     const char *shared = test_shared_dir();
     if (!shared) {
