@@ -117,7 +117,7 @@ test-unit: tuna $(TEST_BIN)
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
-             test_textmetrics test_keep_work test_cli_misc test_threads
+             test_textmetrics test_keep_work test_cli_misc test_threads test_gguf
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
@@ -161,6 +161,7 @@ fuzz: deps $(FUZZ_BIN)
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
 run: deps tuna

@@ -9,6 +9,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "gguf.h"
+#include "gguf_model.h"
 #include "xalloc.h"
 
 // --- typed field readers: every error names the file and the key
@@ -334,6 +336,9 @@ static int check_size(const char *path, TunaErr *err) {
 
 int config_load(const char *dir, ModelConfig *cfg, TunaErr *err) {
     char path[4096];
+    int g = gguf_model_path(dir, path, sizeof path, err); /* a .gguf file, or a folder of one */
+    if (g < 0) return g;
+    if (g == 1) return gguf_config_load(path, cfg, err);
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t len;
     int rc0 = check_size(path, err);

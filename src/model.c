@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf.h"
+#include "gguf_model.h"
 #include "safetensors.h"
 #include "xalloc.h"
 
@@ -130,14 +132,90 @@ static void specs_gpt2(Model *m, SpecList *l, const char *pre) {
         spec_add(l, "lm_head.weight", 2, (int64_t)V, (int64_t)C, &m->lm_head, V * C, LOAD_COPY, 0);
 }
 
+// --- where the weights come from: a safetensors checkpoint or a GGUF file
+
+/* One open checkpoint: exactly one of st and gg. */
+typedef struct WSrc {
+    SafeTensors *st;
+    Gguf *gg;
+    const ModelConfig *cfg;
+    char file[4096]; /* for messages */
+} WSrc;
+
+/* A checkpoint tensor as model.c sees it: its HF shape, and how to read it. */
+typedef struct WTensor {
+    const StTensor *st;
+    const GgufTensor *gt;
+    GgufXform x;
+    int heads;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+} WTensor;
+
+/* 1 and *t when the checkpoint holds the HF-named tensor, else 0. */
+static int ws_find(const WSrc *w, const char *name, WTensor *t) {
+    memset(t, 0, sizeof *t);
+    if (w->st) {
+        t->st = safetensors_find(w->st, name);
+        if (!t->st) return 0;
+        t->ndim = t->st->ndim;
+        memcpy(t->shape, t->st->shape, sizeof t->st->shape);
+        return 1;
+    }
+    char gname[160];
+    if (gguf_name_for(w->cfg, name, gname, sizeof gname, &t->x, &t->heads)) return 0;
+    t->gt = gguf_find_tensor(w->gg, gname);
+    if (!t->gt) return 0;
+    /* GGUF dims are innermost first: ne = [C, V] is HF's [V, C]; a transposed one as stored */
+    t->ndim = t->gt->ndim;
+    for (int d = 0; d < t->ndim; d++)
+        t->shape[d] = t->x == GGUF_X_TRANSPOSE ? t->gt->ne[d] : t->gt->ne[t->ndim - 1 - d];
+    return 1;
+}
+
+static const char *ws_name(const WTensor *t) {
+    return t->st ? t->st->name : t->gt->name;
+}
+
+/* TUNA_EUNSUP when the tensor's storage type cannot be read. */
+static int ws_check_type(const WSrc *w, const WTensor *t, TunaErr *err) {
+    if (t->st) {
+        if (t->st->dtype != ST_F32 && t->st->dtype != ST_F16 && t->st->dtype != ST_BF16)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)", w->file,
+                             t->st->name, st_dtype_name(t->st->dtype));
+        return 0;
+    }
+    if (!ggml_type_supported(t->gt->type))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: tensor \"%s\" has type %s (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                         "Q4_1, Q4_K, Q5_K, Q6_K)",
+                         w->file, t->gt->name, ggml_type_name(t->gt->type));
+    return 0;
+}
+
+/* The tensor as float32 in its HF layout (xscratch: n floats, for GGUF's reordered ones). */
+static int ws_to_f32(const WSrc *w, const WTensor *t, float *dst, float *xscratch, size_t n,
+                     TunaErr *err) {
+    if (t->st) return st_tensor_to_f32(t->st, dst, n, err);
+    return gguf_tensor_to_hf(w->gg, t->gt, t->x, t->heads, dst, xscratch, n, err);
+}
+
+static void ws_release(const WTensor *t) {
+    if (t->st)
+        st_tensor_release(t->st);
+    else
+        gguf_tensor_release(t->gt);
+}
+
 /* Converts one file tensor into host float32 laid out as the spec wants. */
-static int spec_fill(const ParamSpec *s, const StTensor *t, float *host, float *scratch,
-                     const char *file, TunaErr *err) {
+static int spec_fill(const WSrc *w, const ParamSpec *s, const WTensor *t, float *host,
+                     float *scratch, float *xscratch, TunaErr *err) {
     size_t fn = 1;
     for (int d = 0; d < s->ndim; d++)
         fn *= (size_t)s->shape[d];
-    if (s->mode == LOAD_COPY) return st_tensor_to_f32(t, host, fn, err);
-    int rc = st_tensor_to_f32(t, scratch, fn, err);
+    if (s->mode == LOAD_COPY) return ws_to_f32(w, t, host, xscratch, fn, err);
+    int rc = ws_to_f32(w, t, scratch, xscratch, fn, err);
     if (rc) return rc;
     size_t R = (size_t)s->shape[0], Cn = s->ndim == 2 ? (size_t)s->shape[1] : 1;
     if (s->mode == LOAD_TRANSPOSE) {
@@ -153,7 +231,6 @@ static int spec_fill(const ParamSpec *s, const StTensor *t, float *host, float *
         size_t W = R / 3;
         memcpy(host, scratch + (size_t)s->part * W, W * sizeof(float));
     }
-    (void)file;
     return 0;
 }
 
@@ -190,64 +267,86 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
     *out = NULL;
     Model *m = xcalloc(1, sizeof *m);
     m->be = be;
-    SafeTensors *st = NULL;
+    WSrc w = {0};
     SpecList specs = {0};
-    float *scratch = NULL, *host = NULL;
-    char file[4096];
+    float *scratch = NULL, *host = NULL, *xscratch = NULL;
+    char *used = NULL;
     int rc = config_load(dir, &m->cfg, err);
     if (rc) goto fail;
     const ModelConfig *c = &m->cfg;
-    rc = safetensors_open(dir, &st, err);
-    if (rc) goto fail;
-    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    w.cfg = c;
+    rc = gguf_model_path(dir, w.file, sizeof w.file, err);
+    if (rc < 0) goto fail;
+    if (rc == 1) {
+        rc = gguf_open(w.file, &w.gg, err);
+        if (rc) goto fail;
+        if (strlen(w.file) >= sizeof m->dir) {
+            rc = tuna_errf(err, TUNA_EINVAL, "%s: path too long", w.file);
+            goto fail;
+        }
+        memcpy(m->dir, w.file, strlen(w.file) + 1);
+    } else {
+        rc = safetensors_open(dir, &w.st, err);
+        if (rc) goto fail;
+        snprintf(w.file, sizeof w.file, "%s/model.safetensors", dir);
+        snprintf(m->dir, sizeof m->dir, "%s", dir);
+    }
     m->layers = xcalloc((size_t)c->L, sizeof *m->layers);
     if (c->arch == ARCH_GPT2)
-        specs_gpt2(m, &specs, safetensors_find(st, "transformer.wte.weight") ? "transformer." : "");
+        specs_gpt2(m, &specs,
+                   w.st && safetensors_find(w.st, "transformer.wte.weight") ? "transformer." : "");
     else
         specs_llama(m, &specs);
 
-    // --- check every tensor before allocating: names, shapes
+    // --- check every tensor before allocating: names, shapes, types
     char missing[1024] = "";
-    int n_missing = 0;
+    int n_missing = 0, n_gt = w.gg ? gguf_tensor_count(w.gg) : 0;
     size_t total = 0, biggest = 0;
+    int xform = 0;
+    if (w.gg) used = xcalloc((size_t)n_gt + 1, 1);
     for (int i = 0; i < specs.n; i++) {
         const ParamSpec *s = &specs.v[i];
-        const StTensor *t = safetensors_find(st, s->name);
-        if (!t) {
+        WTensor t;
+        if (!ws_find(&w, s->name, &t)) {
             if (n_missing++ < 4 && (i == 0 || strcmp(specs.v[i - 1].name, s->name))) {
                 size_t o = strlen(missing);
                 snprintf(missing + o, sizeof missing - o, "%s%s", o ? ", " : "", s->name);
             }
             continue;
         }
-        int same = t->ndim == s->ndim;
+        int same = t.ndim == s->ndim;
         for (int d = 0; same && d < s->ndim; d++)
-            same = t->shape[d] == s->shape[d];
+            same = t.shape[d] == s->shape[d];
         if (!same) {
             char want[64], got[64];
             shape_str(want, sizeof want, s->ndim, s->shape);
-            shape_str(got, sizeof got, t->ndim, t->shape);
+            shape_str(got, sizeof got, t.ndim, t.shape);
             rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: tensor \"%s\" has shape %s, expected %s for this config.json", file,
-                           s->name, got, want);
+                           "%s: tensor \"%s\" has shape %s, expected %s for this %s", w.file,
+                           ws_name(&t), got, want, w.gg ? "file's metadata" : "config.json");
             goto fail;
         }
-        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
-            rc = tuna_errf(err, TUNA_EUNSUP,
-                           "%s: tensor \"%s\" has dtype %s (supported: F32, F16, BF16)", file,
-                           s->name, st_dtype_name(t->dtype));
-            goto fail;
-        }
+        if ((rc = ws_check_type(&w, &t, err))) goto fail;
+        if (t.gt) used[t.gt - gguf_tensor_at(w.gg, 0)] = 1;
+        xform |= t.x != GGUF_X_NONE;
         total += s->n;
         size_t fn = (size_t)s->shape[0] * (s->ndim == 2 ? (size_t)s->shape[1] : 1);
         if (fn > biggest) biggest = fn;
     }
     if (n_missing) {
         rc = tuna_errf(err, TUNA_EFORMAT, "%s: %d tensor%s missing for %s with %d layers: %s%s",
-                       file, n_missing, n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L,
+                       w.file, n_missing, n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L,
                        missing, n_missing > 4 ? ", ..." : "");
         goto fail;
     }
+    /* a GGUF tensor tuna has no place for would change the computation if it were dropped */
+    for (int i = 0; i < n_gt; i++)
+        if (!used[i]) {
+            rc = tuna_errf(err, TUNA_EUNSUP,
+                           "%s: tensor \"%s\" is not part of tuna's %s (it would be ignored)",
+                           w.file, gguf_tensor_at(w.gg, i)->name, config_arch_name(c->arch));
+            goto fail;
+        }
 
     // --- one backend allocation for every weight, filled through a host staging buffer
     m->n_params = total;
@@ -258,20 +357,20 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         goto fail;
     }
     /* host backends are filled in place (no staging copy); scratch only for the transposed and
-     * split GPT-2 tensors */
+     * split GPT-2 tensors, xscratch for GGUF's reordered ones */
     int direct = be->ops->host_memory, reshaped = 0;
     for (int i = 0; i < specs.n; i++)
         reshaped |= specs.v[i].mode != LOAD_COPY;
     if (reshaped) scratch = malloc(biggest * sizeof(float));
     if (!direct) host = malloc(biggest * sizeof(float));
-    if ((reshaped && !scratch) || (!direct && !host)) {
+    if (xform) xscratch = malloc(biggest * sizeof(float));
+    if ((reshaped && !scratch) || (!direct && !host) || (xform && !xscratch)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
         goto fail;
     }
     size_t off = 0;
     m->pinfo = xcalloc((size_t)specs.n, sizeof *m->pinfo);
     m->n_pinfo = specs.n;
-    snprintf(m->dir, sizeof m->dir, "%s", dir);
     for (int i = 0; i < specs.n; i++) {
         const ParamSpec *s = &specs.v[i];
         ParamInfo *pi = &m->pinfo[i];
@@ -284,13 +383,14 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         pi->mode = (int)s->mode;
         pi->part = s->part;
         *s->dst = m->params + off;
-        const StTensor *t = safetensors_find(st, s->name);
-        rc = spec_fill(s, t, direct ? *s->dst : host, scratch, file, err);
+        WTensor t;
+        ws_find(&w, s->name, &t);
+        rc = spec_fill(&w, s, &t, direct ? *s->dst : host, scratch, xscratch, err);
         if (rc) goto fail;
         if (!direct) be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
         /* the file's pages are not needed once converted: peak memory is the weights plus one
          * tensor, not twice the weights (a split tensor, after its last part) */
-        if (i + 1 == specs.n || strcmp(specs.v[i + 1].name, s->name)) st_tensor_release(t);
+        if (i + 1 == specs.n || strcmp(specs.v[i + 1].name, s->name)) ws_release(&t);
         off += s->n;
     }
     if (c->tie_embeddings) m->lm_head = m->wte;
@@ -309,18 +409,20 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         rc = tuna_errf(err, rc, "%s: %s", dir, be->err.msg);
         goto fail;
     }
-    free(scratch);
-    free(host);
-    free(specs.v);
-    safetensors_free(st);
-    *out = m;
-    return 0;
+    rc = 0;
+    goto done;
 fail:
+    model_free(m);
+    m = NULL;
+done:
     free(scratch);
     free(host);
+    free(xscratch);
+    free(used);
     free(specs.v);
-    safetensors_free(st);
-    model_free(m);
+    safetensors_free(w.st);
+    gguf_free(w.gg);
+    *out = m;
     return rc;
 }
 
