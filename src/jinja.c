@@ -335,7 +335,7 @@ static size_t lex_tag(Lexer *L, size_t p, char endch, int *strip_after, int *plu
                 t->f = strtod(buf, NULL);
             } else {
                 unsigned long long v = strtoull(buf, NULL, 10);
-                if (bn > 18 || v > (unsigned long long)INT64_MAX)
+                if (bn > 19 || v > (unsigned long long)INT64_MAX)
                     fail_at(L->c, p, "integer literal too large");
                 t->i = (long long)v;
             }
@@ -2711,8 +2711,8 @@ static Val eval(R *r, const Node *n) {
     return v;
 }
 
-static Val loop_val(R *r, size_t i, size_t n, const List *items) {
-    Dict *d = arena_alloc(r->c, sizeof(Dict));
+/* loop.* for item i of n: one dict per loop, updated in place each iteration */
+static Val loop_val(R *r, Dict *d, size_t i, size_t n, const List *items) {
     dict_set(r, d, attr_of("index"), mk_int((long long)i + 1));
     dict_set(r, d, attr_of("index0"), mk_int((long long)i));
     dict_set(r, d, attr_of("revindex"), mk_int((long long)(n - i)));
@@ -2758,10 +2758,11 @@ static void exec_for(R *r, const Node *n) {
     size_t cnt = l.u.l->n;
     int saved_scope = r->scope;
     r->scope = base;
+    Dict *ld = arena_alloc(r->c, sizeof(Dict));
     for (size_t i = 0; i < cnt; i++) {
         if (++r->iters > JINJA_MAX_ITERS)
             fail_at(r->c, n->pos, "more than %d loop iterations", JINJA_MAX_ITERS);
-        var_set(r, base, "loop", loop_val(r, i, cnt, l.u.l));
+        var_set(r, base, "loop", loop_val(r, ld, i, cnt, l.u.l));
         bind_targets(r, n, base, l.u.l->v[i]);
         exec_body(r, n->a);
         if (r->brk == 1) {

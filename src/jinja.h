@@ -20,7 +20,7 @@
 struct cJSON;
 
 #define JINJA_MAX_OUTPUT (4u << 20) /* bytes one render may produce */
-#define JINJA_MAX_ITERS  1000000    /* loop iterations (all loops) per render */
+#define JINJA_MAX_ITERS  100000     /* loop iterations (all loops) per render */
 #define JINJA_MAX_DEPTH  200        /* nesting of expressions, blocks and macro calls */
 #define JINJA_MAX_SOURCE (1u << 20) /* template source bytes */
 
