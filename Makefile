@@ -143,7 +143,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/tokenizer.c \
                 src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c ui/source.c \
-                src/jinja.c
+                src/jinja.c src/gguf.c src/gguf_model.c
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer

@@ -2,6 +2,7 @@
  * local folder or a .gguf file, not a hub id), and a run folder followed to its base model and
  * to the template it was trained with. */
 #include "cli.h"
+#include "template.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -118,7 +119,19 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
         if (!*tdir && dbuf[0]) *tdir = dbuf;
         from_run = 1;
     }
-    if (!*tname) *tname = "vanilla";
     if (!*tdir) *tdir = "templates";
+    if (!*tname || !strcmp(*tname, "auto")) { /* --template auto, the default */
+        TemplateAuto a;
+        TunaErr e = {0};
+        if (template_auto(*tdir, model_dir, "vanilla", &a, &e) == 0) {
+            snprintf(nbuf, ncap, "%s", a.name);
+            fprintf(stderr, "tuna: template %s (auto%s: %s)\n", a.name,
+                    a.matched ? "" : ", warning", a.why);
+        } else {
+            snprintf(nbuf, ncap, "vanilla");
+            fprintf(stderr, "tuna: warning: template vanilla (auto: %s)\n", e.msg);
+        }
+        *tname = nbuf;
+    }
     return from_run;
 }
