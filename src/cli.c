@@ -125,8 +125,10 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
         TunaErr e = {0};
         if (template_auto(*tdir, model_dir, "vanilla", &a, &e) == 0) {
             snprintf(nbuf, ncap, "%s", a.name);
-            fprintf(stderr, "tuna: template %s (auto%s: %s)\n", a.name,
-                    a.matched ? "" : ", warning", a.why);
+            /* a match, or no template at all (today's default), is quiet: `tuna template show
+             * auto --model M` says why; a template that matches no built-in is a warning */
+            if (a.has_model_template && !a.matched)
+                fprintf(stderr, "tuna: warning: template %s (auto: %s)\n", a.name, a.why);
         } else {
             snprintf(nbuf, ncap, "vanilla");
             fprintf(stderr, "tuna: warning: template vanilla (auto: %s)\n", e.msg);

@@ -1497,7 +1497,14 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         r.cfg = cfg = &resolved;
         char note[1200];
         snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
-        emit_log(&r, tauto.matched ? "info" : "warn", note);
+        if (tauto.has_model_template && !tauto.matched) {
+            emit_log(&r, "warn", note);
+        } else { /* recorded in metrics.jsonl, not printed */
+            cJSON *ev = event("log");
+            cJSON_AddStringToObject(ev, "level", "info");
+            cJSON_AddStringToObject(ev, "msg", note);
+            emit(&r, ev);
+        }
     }
     /* everything is checked before the folder is touched; a failed resume changes nothing */
     int rc = run_open(&r, err);
