@@ -95,7 +95,26 @@ CONVS = {
         {"role": "user", "content": "  Quotes \"x\" 'y' \\ {{ not_a_tag }} {% raw %} <|im_end|> [INST] é 日本 🙂\n\ttab  "},
         {"role": "assistant", "content": "\nOK: a<b>c & d\n"},
     ],
+    "think": [
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "<think>\nbecause\n</think>\n\nBecause."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "<think>\nyes\n</think>\n\nYes."},
+    ],
+    "bad_order": [{"role": "assistant", "content": "I speak first."}],
 }
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_CONV = [
+    {"role": "system", "content": "Use tools."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Lyon\"}"}}]},
+    {"role": "tool", "content": "18 C"},
+    {"role": "tool", "content": "20 C"},
+]
 
 
 def read_model_template(rel):
@@ -146,6 +165,16 @@ def main(outdir):
                 except Exception as e:  # noqa: BLE001 - the error is the expectation
                     case["error"] = f"{type(e).__name__}: {e}"
                 cases.append(case)
+        if name == "qwen3":  # tools, tool calls and tool results
+            for gen in (False, True):
+                ctx = {"messages": TOOL_CONV, "add_generation_prompt": gen, "bos_token": bos,
+                       "eos_token": eos, "tools": TOOLS}
+                case = {"template": name, "case": f"tools/gen={int(gen)}", "context": ctx}
+                case["expected"] = render(t, ctx)
+                cases.append(case)
+            ctx = {"messages": CONVS["multi"], "add_generation_prompt": True, "bos_token": bos,
+                   "eos_token": eos, "enable_thinking": False}
+            cases.append({"template": name, "case": "no_thinking", "context": ctx, "expected": render(t, ctx)})
     for name, t, ctx in ERRORS:
         try:
             render(t, dict(ctx, messages=[]))
