@@ -449,6 +449,7 @@ typedef struct Val {
 struct List {
     Val *v;
     size_t n;
+    int tuple; /* printed (a, b) */
 };
 
 struct Dict {
@@ -683,6 +684,7 @@ static Node *parse_primary(Parser *P) {
         if (is_op(cur(P), ")")) {
             P->i++;
             n = node(P, E_LIST, t->pos); /* () : empty tuple */
+            n->negate = 1;
         } else {
             n = parse_expr(P);
             if (is_op(cur(P), ",")) { /* a tuple */
@@ -694,6 +696,7 @@ static Node *parse_primary(Parser *P) {
                     nv_push(P->c, &v, parse_expr(P));
                 }
                 n = node(P, E_LIST, t->pos);
+                n->negate = 1; /* a tuple */
                 n->items = v.v;
                 n->n = v.n;
             }
@@ -1412,12 +1415,13 @@ static void repr_str(Ctx *c, Buf *b, const char *s, size_t n) {
 static void to_str(R *r, Buf *b, Val v, int repr);
 
 static void list_str(R *r, Buf *b, Val v) {
-    buf_puts(r->c, b, "[");
+    int tup = v.u.l->tuple;
+    buf_puts(r->c, b, tup ? "(" : "[");
     for (size_t i = 0; i < v.u.l->n; i++) {
         if (i) buf_puts(r->c, b, ", ");
         to_str(r, b, v.u.l->v[i], 1);
     }
-    buf_puts(r->c, b, "]");
+    buf_puts(r->c, b, tup ? (v.u.l->n == 1 ? ",)" : ")") : "]");
 }
 
 static void to_str(R *r, Buf *b, Val v, int repr) {
@@ -2080,6 +2084,7 @@ static int call_method(R *r, Val obj, const char *name, const Args *a, Val *out)
             for (size_t i = 0; i < obj.u.d->n; i++) {
                 if (name[0] == 'i') {
                     Val p = list_new(r, 2);
+                    p.u.l->tuple = 1;
                     p.u.l->v[0] = obj.u.d->k[i];
                     p.u.l->v[1] = obj.u.d->v[i];
                     p.u.l->n = 2;
@@ -2196,7 +2201,14 @@ static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
         call_method(r, v, "items", &none_args, &out);
         return out;
     }
-    if (!strcmp(name, "list")) return as_list(r, v, pos);
+    if (!strcmp(name, "list")) {
+        Val l = as_list(r, v, pos);
+        if (!l.u.l->tuple) return l;
+        Val o = list_new(r, l.u.l->n);
+        memcpy(o.u.l->v, l.u.l->v, l.u.l->n * sizeof(Val));
+        o.u.l->n = l.u.l->n;
+        return o;
+    }
     if (!strcmp(name, "reverse")) {
         if (v.t == V_STR) {
             Val l = as_list(r, v, pos);
@@ -2653,8 +2665,8 @@ static Val eval(R *r, const Node *n) {
             v = mk_bool(vals_cmp(r, a, b, n->pos) >= 0);
         else if (!strcmp(op, "in") || !strcmp(op, "not in")) {
             Args t = {.pos = n->pos, .v = &b, .n = 1};
-            if (b.t == V_UNDEF) fail_at(r->c, n->pos, "'in' of an undefined value");
-            v = mk_bool(run_test(r, "in", a, &t) != (op[0] == 'n'));
+            int in = b.t == V_UNDEF ? 0 : run_test(r, "in", a, &t); /* undefined: empty */
+            v = mk_bool(in != (op[0] == 'n'));
         } else
             v = arith(r, op, a, b, n->pos);
         break;
@@ -2691,6 +2703,7 @@ static Val eval(R *r, const Node *n) {
         break;
     case E_LIST: {
         v = list_new(r, (size_t)n->n);
+        v.u.l->tuple = n->negate;
         for (int i = 0; i < n->n; i++)
             v.u.l->v[v.u.l->n++] = eval(r, n->items[i]);
         break;
