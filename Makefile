@@ -115,7 +115,7 @@ test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh tests/test_ui_chat_tmux.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
-SAN_TESTS ?= test_safetensors test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \
+SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics test_keep_work test_cli_misc test_threads test_config_variants \
              test_train_adapter test_gguf test_tokenizer_gguf
@@ -143,7 +143,7 @@ bench: tuna $(BENCH_BIN)
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/gguf.c src/gguf_model.c \
-                src/tokenizer_gguf.c \
+                src/tokenizer_gguf.c src/jinja.c \
                 src/tokenizer.c src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c ui/source.c
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
@@ -164,6 +164,7 @@ fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_smollm2_fixtures.py ../shared tests/fixtures/smollm2
+	$(VENV)/bin/python tests/gen_jinja_fixtures.py tests/fixtures/jinja
 	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_gguf_tok_fixtures.py ../shared tests/fixtures/smollm2_tok.jsonl
 

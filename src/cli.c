@@ -2,6 +2,7 @@
  * local folder or a .gguf file, not a hub id), and a run folder followed to its base model and
  * to the template it was trained with. */
 #include "cli.h"
+#include "template.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -128,7 +129,21 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
         if (!*tdir && dbuf[0]) *tdir = dbuf;
         from_run = 1;
     }
-    if (!*tname) *tname = "vanilla";
     if (!*tdir) *tdir = "templates";
+    if (!*tname || !strcmp(*tname, "auto")) { /* --template auto, the default */
+        TemplateAuto a;
+        TunaErr e = {0};
+        if (template_auto(*tdir, model_dir, "vanilla", &a, &e) == 0) {
+            snprintf(nbuf, ncap, "%s", a.name);
+            /* a match, or no template at all (today's default), is quiet: `tuna template show
+             * auto --model M` says why; a template that matches no built-in is a warning */
+            if (a.has_model_template && !a.matched)
+                fprintf(stderr, "tuna: warning: template %s (auto: %s)\n", a.name, a.why);
+        } else {
+            snprintf(nbuf, ncap, "vanilla");
+            fprintf(stderr, "tuna: warning: template vanilla (auto: %s)\n", e.msg);
+        }
+        *tname = nbuf;
+    }
     return from_run;
 }

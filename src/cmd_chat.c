@@ -155,7 +155,9 @@ enum {
 
 static const CliOpt chat_opts[] = {
         {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
-        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default: the run's, else vanilla)"},
+        {"template", 1, OPT_TEMPLATE, "NAME",
+         "chat template, or auto (default: the run's, else auto: the built-in matching the model's "
+         "own)"},
         {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
         {"system", 1, OPT_SYSTEM, "TEXT", "system prompt (default: the template's)"},
         {"message", 1, OPT_MESSAGE, "TEXT",

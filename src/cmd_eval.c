@@ -49,7 +49,9 @@ static const CliOpt eval_opts[] = {
         {"adapter", 1, OPT_ADAPTER, "DIR", "merge this PEFT LoRA adapter (e.g. a run folder)"},
         {"dataset", 1, OPT_DATASET, "NAMES", "dataset_info.json keys, comma-separated (required)"},
         {"dataset-dir", 1, OPT_DDIR, "DIR", "folder with dataset_info.json (default datasets)"},
-        {"template", 1, OPT_TEMPLATE, "NAME", "chat template (default: the run's, else vanilla)"},
+        {"template", 1, OPT_TEMPLATE, "NAME",
+         "chat template, or auto (default: the run's, else auto: the built-in matching the model's "
+         "own)"},
         {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
         {"max-samples", 1, OPT_MAXS, "N", "rows read per dataset (default 0 = all)"},
         {"cutoff-len", 1, OPT_CUTOFF, "N", "truncate examples to N tokens (default 512)"},

@@ -58,6 +58,8 @@ static const TplOpt tpl_opts[] = {
 static void tpl_help(FILE *f) {
     fprintf(f, "usage: tuna template list [--templates-dir DIR]\n"
                "       tuna template show NAME [--dataset X] [options]\n"
+               "       tuna template show auto --model M   (the built-in that matches M's own chat "
+               "template, and why)\n"
                "(show without --dataset: a built-in system + user + assistant conversation)\n"
                "\noptions:\n");
     for (int i = 0; tpl_opts[i].name; i++) {
@@ -327,6 +329,22 @@ int cmd_template(int argc, char **argv) {
         if (optind < argc) {
             fprintf(stderr, "tuna template show: unexpected argument \"%s\"\n", argv[optind]);
             return 2;
+        }
+        char auto_name[64];
+        if (name && !strcmp(name, "auto")) {
+            TemplateAuto a;
+            TunaErr err = {0};
+            if (template_auto(tdir, model, "vanilla", &a, &err)) {
+                fprintf(stderr, "tuna template show auto: %s: %s\n", model, err.msg);
+                return 1;
+            }
+            printf("auto: %s (%s)\n  %s\n\n", a.name,
+                   a.matched              ? "matches the model's chat template"
+                   : a.has_model_template ? "closest, NOT an exact match"
+                                          : "fallback",
+                   a.why);
+            snprintf(auto_name, sizeof auto_name, "%s", a.name);
+            name = auto_name;
         }
         if (!o.names) return template_show_builtin(tdir, name, model, o.template_flags, color);
         return template_show(tdir, name, &o, model, index, color);

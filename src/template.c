@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf.h"
+#include "jinja.h"
 #include "xalloc.h"
 
 // --- template data: a format is a list of elements (text with {{content}}, BOS or EOS)
@@ -669,4 +671,371 @@ int template_encode_prompt(const Template *t, const Tokenizer *tok, const ChatMe
     *ids = out.v ? out.v : xmalloc(sizeof(int32_t));
     *n = out.n;
     return 0;
+}
+
+// --- text rendering and `--template auto`
+
+typedef struct TextBuf {
+    char *s;
+    size_t n, cap;
+} TextBuf;
+
+static void tb_add(TextBuf *b, const char *s) {
+    size_t k = strlen(s);
+    if (b->n + k + 1 > b->cap) {
+        b->cap = (b->n + k + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->n, s, k + 1);
+    b->n += k;
+}
+
+static void text_slot(const Template *t, const Slot *s, const char *content, const char *bos,
+                      const char *eos, TextBuf *b) {
+    for (int i = 0; i < s->n; i++) {
+        const Elem *e = &s->el[i];
+        if (e->kind == EL_BOS)
+            tb_add(b, bos);
+        else if (e->kind == EL_EOS)
+            tb_add(b, t->replace_eos && t->n_stop > 0 ? t->stop_words[0] : eos);
+        else {
+            char *txt = fill(e->text, content ? content : "");
+            tb_add(b, txt);
+            free(txt);
+        }
+    }
+}
+
+int template_render_text(const Template *t, const ChatMessage *msgs, int n_msgs, const char *bos,
+                         const char *eos, char **out, TunaErr *err) {
+    *out = NULL;
+    const char *system = NULL;
+    int first = 0;
+    if (n_msgs > 0 && role_of(msgs[0].role) == R_SYSTEM) {
+        system = msgs[0].content;
+        first = 1;
+    }
+    int n = n_msgs - first;
+    if (n <= 0) return tuna_errf(err, TUNA_EINVAL, "conversation has no user message");
+    for (int k = 0; k < n; k++) {
+        int r = role_of(msgs[first + k].role);
+        int ok = k % 2 == 0 ? (r == R_USER || r == R_OBSERVATION)
+                            : (r == R_ASSISTANT || r == R_FUNCTION);
+        if (!ok || !msgs[first + k].content)
+            return tuna_errf(err, TUNA_EINVAL, "message %d: role \"%s\" out of turn", first + k,
+                             msgs[first + k].role ? msgs[first + k].role : "(null)");
+    }
+    if (!system || !*system) system = t->default_system;
+    int has_system = system && *system;
+    TextBuf b = {0};
+    tb_add(&b, "");
+    for (int k = 0; k < n; k++) {
+        const ChatMessage *m = &msgs[first + k];
+        int r = role_of(m->role);
+        char *merged = NULL;
+        const char *content = m->content;
+        if (k == 0) {
+            text_slot(t, &t->prefix, "", bos, eos, &b);
+            if (has_system) {
+                if (t->merge_system) {
+                    char *st = slot_first_text(&t->system, system);
+                    size_t a = strlen(st), c = strlen(content);
+                    merged = xmalloc(a + c + 1);
+                    memcpy(merged, st, a);
+                    memcpy(merged + a, content, c + 1);
+                    free(st);
+                    content = merged;
+                } else {
+                    text_slot(t, &t->system, system, bos, eos, &b);
+                }
+            }
+        } else if (k % 2 == 0) {
+            text_slot(t, &t->separator, "", bos, eos, &b);
+        }
+        const Slot *s = r == R_USER          ? &t->user
+                        : r == R_ASSISTANT   ? &t->assistant
+                        : r == R_OBSERVATION ? &t->observation
+                                             : &t->function;
+        text_slot(t, s, content, bos, eos, &b);
+        free(merged);
+    }
+    *out = b.s;
+    return 0;
+}
+
+static int read_small_file(const char *path, char **out, size_t max) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char *s = xmalloc(max + 1);
+    size_t n = fread(s, 1, max + 1, f);
+    fclose(f);
+    if (n > max) {
+        free(s);
+        return -1;
+    }
+    s[n] = 0;
+    *out = s;
+    return 1;
+}
+
+static void token_text(const cJSON *v, char *out, size_t cap) {
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    if (cJSON_IsString(v)) snprintf(out, cap, "%s", v->valuestring);
+}
+
+int template_model_chat_template(const char *model_path, char **src, char *bos, size_t bos_cap,
+                                 char *eos, size_t eos_cap, TunaErr *err) {
+    *src = NULL;
+    bos[0] = eos[0] = 0;
+    char gpath[4096];
+    int g = gguf_model_path(model_path, gpath, sizeof gpath, err);
+    if (g < 0) return g;
+    if (g == 1) {
+        Gguf *gf = NULL;
+        int rc = gguf_open(gpath, &gf, err);
+        if (rc) return rc;
+        GgufStr s;
+        rc = gguf_get_str(gf, "tokenizer.chat_template", &s, err);
+        if (rc == 1) {
+            *src = xmalloc(s.len + 1);
+            memcpy(*src, s.s, s.len);
+            (*src)[s.len] = 0;
+            const GgufArr *toks = NULL;
+            if (gguf_get_arr(gf, "tokenizer.ggml.tokens", &toks, NULL) == 1 &&
+                toks->elem_type == GGUF_STRING) {
+                const char *keys[2] = {"tokenizer.ggml.bos_token_id",
+                                       "tokenizer.ggml.eos_token_id"};
+                char *dst[2] = {bos, eos};
+                size_t caps[2] = {bos_cap, eos_cap};
+                for (int i = 0; i < 2; i++) {
+                    int64_t id;
+                    if (gguf_get_int(gf, keys[i], &id, NULL) == 1 && id >= 0 &&
+                        (uint64_t)id < toks->n)
+                        snprintf(dst[i], caps[i], "%.*s", (int)toks->strs[id].len,
+                                 toks->strs[id].s);
+                }
+            }
+        }
+        gguf_free(gf);
+        return rc < 0 ? rc : rc == 1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
+    char *js = NULL;
+    int rd = read_small_file(path, &js, 64u << 20);
+    if (rd < 0) return tuna_errf(err, TUNA_EFORMAT, "%s: larger than 64 MB", path);
+    cJSON *root = NULL;
+    if (rd == 1) {
+        root = cJSON_Parse(js);
+        free(js);
+        if (!root) return tuna_errf(err, TUNA_EFORMAT, "%s: not valid JSON", path);
+        token_text(cJSON_GetObjectItemCaseSensitive(root, "bos_token"), bos, bos_cap);
+        token_text(cJSON_GetObjectItemCaseSensitive(root, "eos_token"), eos, eos_cap);
+    }
+    char jpath[4200];
+    snprintf(jpath, sizeof jpath, "%s/chat_template.jinja", model_path);
+    rd = read_small_file(jpath, src, 1u << 20);
+    if (rd < 0) {
+        cJSON_Delete(root);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: larger than 1 MB", jpath);
+    }
+    if (rd == 0 && root) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+        if (cJSON_IsString(ct)) {
+            *src = xstrdup(ct->valuestring);
+        } else if (cJSON_IsArray(ct)) {
+            const cJSON *e, *pick = NULL;
+            cJSON_ArrayForEach(e, ct) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name");
+                const cJSON *tt = cJSON_GetObjectItemCaseSensitive(e, "template");
+                if (!cJSON_IsString(tt)) continue;
+                if (!pick || (cJSON_IsString(nm) && !strcmp(nm->valuestring, "default"))) pick = tt;
+            }
+            if (pick) *src = xstrdup(pick->valuestring);
+        } else if (ct && !cJSON_IsNull(ct)) {
+            cJSON_Delete(root);
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: \"chat_template\" must be a string or a list of "
+                             "{name, template}",
+                             path);
+        }
+    }
+    cJSON_Delete(root);
+    return *src != NULL;
+}
+
+/* The test conversations (the generation prompt where one ends with the user). */
+static const ChatMessage AUTO_C1[] = {{"user", "Hi!"}};
+static const ChatMessage AUTO_C2[] = {{"system", "Be brief."}, {"user", "Hi!"}};
+static const ChatMessage AUTO_C3[] = {
+        {"user", "What is 2+2?"}, {"assistant", "4."}, {"user", "And 3+3?"}};
+static const ChatMessage AUTO_C4[] = {
+        {"system", "You are terse."}, {"user", "Name a color."}, {"assistant", "Blue."}};
+static const ChatMessage AUTO_C5[] = {{"user", "Hello there"},
+                                      {"assistant", "Hi. How can I help?"}};
+static const struct {
+    const ChatMessage *m;
+    int n;
+    const char *what;
+} AUTO_CONVS[] = {{AUTO_C1, 1, "user"},
+                  {AUTO_C2, 2, "system+user"},
+                  {AUTO_C3, 3, "multi-turn"},
+                  {AUTO_C4, 3, "system+user+reply"},
+                  {AUTO_C5, 2, "user+reply"}};
+#define N_AUTO (int)(sizeof AUTO_CONVS / sizeof AUTO_CONVS[0])
+
+static cJSON *auto_ctx(const ChatMessage *m, int n, const char *bos, const char *eos) {
+    cJSON *c = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(c, "messages");
+    for (int i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", m[i].role);
+        cJSON_AddStringToObject(o, "content", m[i].content);
+        cJSON_AddItemToArray(msgs, o);
+    }
+    cJSON_AddBoolToObject(c, "add_generation_prompt", !strcmp(m[n - 1].role, "user"));
+    cJSON_AddStringToObject(c, "bos_token", bos);
+    cJSON_AddStringToObject(c, "eos_token", eos);
+    return c;
+}
+
+static size_t common_prefix(const char *a, const char *b) {
+    size_t k = 0;
+    while (a[k] && a[k] == b[k])
+        k++;
+    return k;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return b <= a && !memcmp(s + a - b, suf, b);
+}
+
+typedef struct AutoScore {
+    char name[64];
+    int same;      /* identical conversations */
+    double prefix; /* sum over conversations of common prefix / model text length */
+    int tail_note; /* a finished conversation matched with the model's trailing header */
+} AutoScore;
+
+static int score_cmp(const void *pa, const void *pb) {
+    const AutoScore *a = pa, *b = pb;
+    if (a->same != b->same) return b->same - a->same;
+    if (a->prefix != b->prefix) return b->prefix > a->prefix ? 1 : -1;
+    return strcmp(a->name, b->name);
+}
+
+int template_auto_select(const char *templates_dir, const char *src, const char *bos,
+                         const char *eos, const char *fallback, TemplateAuto *out, TunaErr *err) {
+    memset(out, 0, sizeof *out);
+    if (!src) {
+        snprintf(out->name, sizeof out->name, "%s", fallback);
+        snprintf(out->why, sizeof out->why, "the model has no chat template: using %s", fallback);
+        return 0;
+    }
+    out->has_model_template = 1;
+    JinjaTemplate *jt = NULL;
+    int rc = jinja_parse(src, strlen(src), "chat_template", &jt, err);
+    if (rc) return rc;
+    char *ref[N_AUTO] = {0};
+    char jerr[N_AUTO][160];
+    int n_ref = 0;
+    for (int i = 0; i < N_AUTO; i++) {
+        cJSON *ctx = auto_ctx(AUTO_CONVS[i].m, AUTO_CONVS[i].n, bos, eos);
+        TunaErr e = {0};
+        if (jinja_render(jt, ctx, &ref[i], NULL, &e) == 0)
+            n_ref++;
+        else
+            snprintf(jerr[i], sizeof jerr[i], "%.150s", e.msg);
+        cJSON_Delete(ctx);
+    }
+    jinja_free(jt);
+    if (n_ref == 0) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "the model's chat template fails on every test conversation: %s", jerr[0]);
+        return rc;
+    }
+    char **names = NULL;
+    int nn = 0;
+    if ((rc = template_list(templates_dir, &names, &nn, err))) {
+        for (int i = 0; i < N_AUTO; i++)
+            free(ref[i]);
+        return rc;
+    }
+    AutoScore *sc = xcalloc((size_t)(nn ? nn : 1), sizeof *sc);
+    int ns = 0;
+    for (int k = 0; k < nn; k++) {
+        Template *t = NULL;
+        if (template_load(templates_dir, names[k], &t, NULL)) continue;
+        AutoScore *s = &sc[ns++];
+        snprintf(s->name, sizeof s->name, "%s", names[k]);
+        char *prompt1 = NULL;
+        template_render_text(t, AUTO_C1, 1, bos, eos, &prompt1, NULL);
+        for (int i = 0; i < N_AUTO; i++) {
+            if (!ref[i]) continue;
+            char *txt = NULL;
+            if (template_render_text(t, AUTO_CONVS[i].m, AUTO_CONVS[i].n, bos, eos, &txt, NULL))
+                continue;
+            size_t cp = common_prefix(txt, ref[i]);
+            int same = !strcmp(txt, ref[i]);
+            if (!same && cp == strlen(txt) &&
+                strcmp(AUTO_CONVS[i].m[AUTO_CONVS[i].n - 1].role, "user") && prompt1 &&
+                ends_with(prompt1, ref[i] + cp)) {
+                same = 1; /* the model's template appends the assistant header after a reply */
+                s->tail_note = 1;
+            }
+            s->same += same;
+            size_t rl = strlen(ref[i]);
+            s->prefix += rl ? (double)(same ? rl : cp) / (double)rl : 1.0;
+            free(txt);
+        }
+        free(prompt1);
+        template_free(t);
+    }
+    template_list_free(names, nn);
+    qsort(sc, (size_t)ns, sizeof *sc, score_cmp);
+    char skipped[200] = "";
+    for (int i = 0; i < N_AUTO; i++)
+        if (!ref[i]) {
+            size_t l = strlen(skipped);
+            snprintf(skipped + l, sizeof skipped - l, "%s%s", l ? ", " : "", AUTO_CONVS[i].what);
+        }
+    if (ns > 0 && sc[0].same == n_ref) {
+        snprintf(out->name, sizeof out->name, "%s", sc[0].name);
+        out->matched = 1;
+        snprintf(out->why, sizeof out->why,
+                 "the model's chat template renders exactly as %s on %d of %d test "
+                 "conversations%s%s%s%s",
+                 sc[0].name, n_ref, N_AUTO, skipped[0] ? " (it refuses: " : "", skipped,
+                 skipped[0] ? ")" : "",
+                 sc[0].tail_note ? "; it also appends the assistant header after a finished "
+                                   "conversation, which training leaves out"
+                                 : "");
+    } else {
+        const char *pick = ns > 0 && sc[0].same > 0 ? sc[0].name : fallback;
+        snprintf(out->name, sizeof out->name, "%s", pick);
+        char close[400] = "";
+        for (int i = 0; i < ns && i < 3; i++) {
+            size_t l = strlen(close);
+            snprintf(close + l, sizeof close - l, "%s%s (%d/%d identical, %.0f%% common prefix)",
+                     i ? ", " : "", sc[i].name, sc[i].same, n_ref, 100.0 * sc[i].prefix / n_ref);
+        }
+        snprintf(out->why, sizeof out->why,
+                 "no built-in template renders as the model's chat template; closest: %s; using %s "
+                 "(check the output, or write a templates/NAME.json for this model)",
+                 ns ? close : "none", pick);
+    }
+    free(sc);
+    for (int i = 0; i < N_AUTO; i++)
+        free(ref[i]);
+    return 0;
+}
+
+int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
+                  TemplateAuto *out, TunaErr *err) {
+    char *src = NULL, bos[256], eos[256];
+    int rc = template_model_chat_template(model_path, &src, bos, sizeof bos, eos, sizeof eos, err);
+    if (rc < 0) return rc;
+    rc = template_auto_select(templates_dir, src, bos, eos, fallback, out, err);
+    free(src);
+    return rc;
 }

@@ -76,6 +76,47 @@ int template_stop_words(const Template *t, const char *const **words);
  * else the tokenizer's EOS; -1 if neither exists. */
 int template_eos_id(const Template *t, const Tokenizer *tok);
 
+// --- the model's own template (`--template auto`)
+
+/* Renders a conversation as text, as template_encode_train (conversation ending with an
+ * assistant|function turn) or template_encode_prompt (ending with a user turn) would before
+ * tokenizing: {{bos_token}} is bos, {{eos_token}} the template's EOS text (stop_words[0] with
+ * replace_eos, else eos). auto_bos is not applied (it is a tokenizer matter). *out malloc'd. */
+int template_render_text(const Template *t, const ChatMessage *msgs, int n_msgs, const char *bos,
+                         const char *eos, char **out, TunaErr *err);
+
+/* The chat template a model carries: model_path is a .gguf file or a folder of one
+ * (tokenizer.chat_template; BOS/EOS text from tokenizer.ggml.*), or an HF folder
+ * (chat_template.jinja, else tokenizer_config.json "chat_template": a string, or a list of
+ * {name, template} where "default" or the first is used; bos_token/eos_token). Returns 1 with
+ * *src malloc'd (caller frees) and bos/eos filled ("" when unknown), 0 when the model has none,
+ * or an error code for an unreadable or malformed file. */
+int template_model_chat_template(const char *model_path, char **src, char *bos, size_t bos_cap,
+                                 char *eos, size_t eos_cap, TunaErr *err);
+
+typedef struct TemplateAuto {
+    char name[64]; /* the chosen built-in template */
+    int matched;   /* 1: it renders exactly as the model's template on every test conversation */
+    int has_model_template; /* 0: the model carries no chat template */
+    char why[1024];         /* one line: what matched, or which came close and what was chosen */
+} TemplateAuto;
+
+/* `--template auto`: renders the model's chat template (src, with bos/eos text) on a fixed set
+ * of conversations (user only, system + user, multi-turn, finished conversations with and
+ * without a system message; the generation prompt where the conversation ends with the user) and
+ * picks the built-in template of templates_dir that renders the same text on every one of them.
+ * Conversations the model's template refuses (raise_exception, e.g. no system role) are skipped.
+ * A finished conversation also matches when the model's template appends (part of) the assistant
+ * header after it (early Llama 3 templates always do). No match: the closest (most identical
+ * conversations, then longest common prefix) when one conversation or more is identical, else
+ * fallback; out->why names the closest ones. src NULL: no template, fallback with a note. */
+int template_auto_select(const char *templates_dir, const char *src, const char *bos,
+                         const char *eos, const char *fallback, TemplateAuto *out, TunaErr *err);
+
+/* template_model_chat_template + template_auto_select. */
+int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
+                  TemplateAuto *out, TunaErr *err);
+
 // --- CLI
 
 /* `tuna template list [--templates-dir DIR]` and `tuna template show NAME [--dataset X]

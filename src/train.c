@@ -55,8 +55,8 @@ static const Field fields[] = {
           "model folder (config.json, model.safetensors, tokenizer.json)"),
         S(dataset, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
         S(dataset_dir, "datasets", "folder holding dataset_info.json"),
-        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "vanilla",
-         "prompt template (templates/NAME.json)"},
+        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "auto",
+         "prompt template (templates/NAME.json), or auto: the one matching the model's own"},
         S(templates_dir, "templates", "folder of template files"),
         S(method, "lora",
           "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
@@ -1488,6 +1488,28 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     size_t dl = strlen(r.dir);
     while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
         r.dir[--dl] = '\0';
+    /* --template auto (the default): the built-in matching the model's own chat template,
+     * resolved here so train_config.json records the name */
+    TrainConfig resolved;
+    TemplateAuto tauto = {0};
+    if (!strcmp(cfg->template_name, "auto")) {
+        TunaErr e = {0};
+        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
+            return tuna_errf(err, e.code, "--template auto: %s", e.msg);
+        resolved = *cfg;
+        snprintf(resolved.template_name, sizeof resolved.template_name, "%s", tauto.name);
+        r.cfg = cfg = &resolved;
+        char note[1200];
+        snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
+        if (tauto.has_model_template && !tauto.matched) {
+            emit_log(&r, "warn", note);
+        } else { /* recorded in metrics.jsonl, not printed */
+            cJSON *ev = event("log");
+            cJSON_AddStringToObject(ev, "level", "info");
+            cJSON_AddStringToObject(ev, "msg", note);
+            emit(&r, ev);
+        }
+    }
     /* everything is checked before the folder is touched; a failed resume changes nothing */
     /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
      * start (a resume has them in the checkpoint, and its saved config resolved already) */

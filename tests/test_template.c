@@ -406,10 +406,10 @@ static void test_files(void) {
     int n = 0;
     TunaErr err = {0};
     int rc = template_list(TDIR, &names, &n, &err);
-    const char *want[] = {"alpaca", "chatml",  "default", "llama2",
-                          "llama3", "mistral", "qwen",    "vanilla"};
-    CHECK(rc == 0 && n == 8, "template_list: rc %d n %d (%s)", rc, n, err.msg);
-    for (int i = 0; i < n && i < 8; i++)
+    const char *want[] = {"alpaca",  "chatml", "default", "llama2", "llama3",
+                          "mistral", "qwen",   "smollm",  "vanilla"};
+    CHECK(rc == 0 && n == 9, "template_list: rc %d n %d (%s)", rc, n, err.msg);
+    for (int i = 0; i < n && i < 9; i++)
         CHECK(!strcmp(names[i], want[i]), "list[%d] = %s, want %s", i, names[i], want[i]);
     template_list_free(names, n);
     template_list_free(NULL, 0);

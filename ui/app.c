@@ -489,7 +489,7 @@ static App *app_new(void) {
     app->tv.zoom_n = 50;
     snprintf(app->runs_dir, sizeof app->runs_dir, "runs");
     snprintf(app->model_dir, sizeof app->model_dir, "models/stories260K");
-    snprintf(app->template_name, sizeof app->template_name, "vanilla");
+    snprintf(app->template_name, sizeof app->template_name, "auto");
     snprintf(app->config_path, sizeof app->config_path, "tuna_config.json");
     ssize_t k = readlink("/proc/self/exe", app->self_exe, sizeof app->self_exe - 1);
     if (k > 0)

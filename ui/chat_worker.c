@@ -85,6 +85,11 @@ static void load_template(ChatWorker *w, const Model *m, Template **tpl) {
     template_free(*tpl);
     *tpl = NULL;
     TunaErr terr = {0};
+    TemplateAuto ta;
+    if (!strcmp(name, "auto")) /* the built-in matching the model's own chat template */
+        snprintf(name, sizeof name, "%s",
+                 template_auto("templates", w->model_dir, "vanilla", &ta, NULL) == 0 ? ta.name
+                                                                                     : "vanilla");
     if (name[0] && template_load("templates", name, tpl, &terr)) *tpl = NULL;
     char desc[1024];
     snprintf(desc, sizeof desc, "%.600s: %s, %.2fM params, template %.100s", w->model_dir,

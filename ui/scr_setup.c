@@ -188,7 +188,7 @@ static SetupState *setup_get(App *app) {
     /* the order with method lora is what tests/test_ui_tmux.sh counts rows by */
     static const Field defs[] = {
             {"model", "model", F_CHOICE, M_ALL, 0, 0, 0, 0, "", NULL, 0},
-            {"template", "template", F_CHOICE, M_ALL, 0, 0, 0, 0, "vanilla", NULL, 0},
+            {"template", "template", F_CHOICE, M_ALL, 0, 0, 0, 0, "auto", NULL, 0},
             {"dataset", "dataset", F_CHOICE, M_ALL, 0, 0, 0, 0, "identity", NULL, 0},
             {"vars", "dataset vars", F_TEXT, M_ALL, 0, 0, 0, 0, "name=Tuna,author=the tuna team",
              NULL, 0},
@@ -226,6 +226,7 @@ static SetupState *setup_get(App *app) {
     scan_models(m, "models");
     scan_models(m, "../shared/models");
     Field *t = field(s, "template");
+    add_choice(t, "auto"); /* the built-in matching the model's own chat template */
     char **names = NULL;
     int nn = 0;
     if (template_list("templates", &names, &nn, NULL) == 0) {
@@ -811,6 +812,7 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         if (!*v) return snprintf(why, n, "name a model folder (Tab browses)"), -1;
         if (config_load(v, &c, &e)) return snprintf(why, n, "%s", e.msg), -1;
     } else if (!strcmp(f->key, "template")) {
+        if (!strcmp(v, "auto")) return 0;
         Template *t = NULL;
         if (template_load("templates", v, &t, &e)) return snprintf(why, n, "%s", e.msg), -1;
         template_free(t);

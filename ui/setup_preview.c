@@ -89,8 +89,14 @@ int setup_preview_update(SetupPreview *p, const PreviewInputs *in) {
     }
     Template *t = NULL;
     Dataset *d = NULL;
-    if (template_load(in->templates_dir ? in->templates_dir : "templates", in->template_name, &t,
-                      &err)) {
+    const char *tname = in->template_name;
+    TemplateAuto ta;
+    if (!strcmp(tname, "auto")) /* --template auto: the built-in matching the model's own */
+        tname = template_auto(in->templates_dir ? in->templates_dir : "templates", in->model_dir,
+                              "vanilla", &ta, NULL) == 0
+                        ? ta.name
+                        : "vanilla";
+    if (template_load(in->templates_dir ? in->templates_dir : "templates", tname, &t, &err)) {
         snprintf(p->err, sizeof p->err, "template: %s", err.msg);
         return 1;
     }

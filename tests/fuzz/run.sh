@@ -72,6 +72,8 @@ make_seeds() {
         cp tests/fixtures/ui/run_demo/metrics.jsonl "$out/seeds/$t/run_demo" ;;
     fuzz_gguf)
         cp tests/fixtures/gguf/dequant.gguf "$out/seeds/$t/" ;;
+    fuzz_jinja)
+        for f in tests/fixtures/jinja/*.jinja; do [ -f "$f" ] && cp "$f" "$out/seeds/$t/"; done ;;
     esac
 }
 
@@ -82,14 +84,17 @@ for t in "$@"; do
     fuzz_gguf) maxlen=65536 ;;
     fuzz_tokenizer) maxlen=24576 ;;
     fuzz_dataset | fuzz_metrics) maxlen=8192 ;;
+    fuzz_jinja) maxlen=8192 ;;
     *) maxlen=4096 ;;
     esac
+    dict=tests/fuzz/json.dict
+    [ "$t" = fuzz_jinja ] && dict=tests/fuzz/jinja.dict
     log=$out/$t.log
     dirs="$out/corpus/$t $out/seeds/$t"
     [ -d "tests/fuzz/corpus/$t" ] && dirs="$dirs tests/fuzz/corpus/$t"
     # shellcheck disable=SC2086
     "$out/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=$maxlen \
-        -timeout=20 -print_final_stats=1 -dict=tests/fuzz/json.dict -artifact_prefix="$out/crashes/$t/" \
+        -timeout=20 -print_final_stats=1 -dict=$dict -artifact_prefix="$out/crashes/$t/" \
         $dirs > "$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
