@@ -131,6 +131,27 @@ static void check_greedy(Model *m, const cJSON *ref, const Tokenizer *tok, const
     free(logits);
 }
 
+/* `tuna chat MODEL --message ...` with the default template (auto: smollm) and greedy decoding
+ * prints transformers' reply to the first chat prompt. */
+static void check_cli(const char *model_dir, const cJSON *ref) {
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(ref, "chats"), 0);
+    const cJSON *msg = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "messages"), 0);
+    const char *want = cJSON_GetObjectItem(c, "reply")->valuestring;
+    const char *bin = getenv("TUNA_BIN") ? getenv("TUNA_BIN") : "./tuna";
+    char cmd[2048], out[4096] = "";
+    snprintf(cmd, sizeof cmd,
+             "%s chat %s --message \"%s\" --temperature 0 --threads 1 --plain 2>/dev/null", bin,
+             model_dir, cJSON_GetObjectItem(msg, "content")->valuestring);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = '\0';
+    int st = p ? pclose(p) : -1;
+    while (n && (out[n - 1] == '\n' || out[n - 1] == ' '))
+        out[--n] = '\0';
+    CHECK(st == 0 && !strcmp(out, want), "%s: \"%s\", transformers: \"%s\"", cmd, out, want);
+    printf("  tuna chat (template auto): \"%s\"\n", out);
+}
+
 int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) {
@@ -165,11 +186,14 @@ int main(void) {
     check_logits(m, ref, lg);
     Tokenizer *tok = NULL;
     Template *tpl = NULL;
-    if (tokenizer_load(model_dir, &tok, &err))
-        SKIP("prompt ids: the GGUF tokenizer does not load: %s", err.msg);
-    else if (template_load("templates", "smollm", &tpl, &err))
-        SKIP("prompt ids: no smollm template: %s", err.msg);
+    int tok_rc = tokenizer_load(model_dir, &tok, &err);
+    CHECK(tok_rc == 0, "the GGUF tokenizer does not load: %s", err.msg);
+    if (!tok_rc) {
+        int tpl_rc = template_load("templates", "smollm", &tpl, &err);
+        CHECK(tpl_rc == 0, "the smollm template does not load: %s", err.msg);
+    }
     check_greedy(m, ref, tok, tpl);
+    check_cli(model_dir, ref);
     template_free(tpl);
     tokenizer_free(tok);
 done:
