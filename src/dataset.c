@@ -1092,7 +1092,21 @@ int batcher_next(Batcher *b, Batch *out) {
         b->cursor = 0;
         wrapped = 1;
     }
-    size_t T = (size_t)b->T, BT = (size_t)b->B * T;
+    /* the row length: T, or (pad_multiple > 0) this batch's longest row rounded up, capped */
+    size_t T = (size_t)b->T;
+    if (b->pad_multiple > 0) {
+        size_t longest = 1, mult = (size_t)b->pad_multiple;
+        for (size_t r = 0; r < (size_t)b->B; r++) {
+            size_t row = b->cursor * (size_t)b->B + r, len = 0;
+            if (row >= b->n_rows) break;
+            for (size_t k = b->row_start[row]; k < b->row_start[row + 1]; k++)
+                len += ex_len(b, b->order[k]);
+            longest = len > longest ? len : longest;
+        }
+        longest = (longest + mult - 1) / mult * mult;
+        if (longest < T) T = longest;
+    }
+    size_t BT = (size_t)b->B * T;
     for (size_t i = 0; i < BT; i++) {
         b->ids[i] = b->pad_id;
         b->targets[i] = TEMPLATE_IGNORE;
@@ -1118,7 +1132,7 @@ int batcher_next(Batcher *b, Batch *out) {
     }
     b->cursor++;
     out->B = b->B;
-    out->T = b->T;
+    out->T = (int)T;
     out->ids = b->ids;
     out->targets = b->targets;
     out->n_targets = n_targets;

@@ -74,7 +74,7 @@ int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train,
 // --- batching
 
 typedef struct Batch {
-    int B, T;
+    int B, T;         /* T: the Batcher's T, or with pad_multiple this batch's own row length */
     int32_t *ids;     /* (B, T) borrowed from the Batcher, valid until the next batcher_next */
     int32_t *targets; /* (B, T) targets[t] = labels[t+1]; -100 at pads, example ends, row end */
     int n_targets;    /* targets != -100 */
@@ -86,10 +86,14 @@ typedef struct Batch {
  * put in one row while they fit (no attention mask between them: as LLaMA-Factory's packing
  * without neat_packing). Pads are pad_id (0) with target -100. An epoch is
  * ceil(rows / B) batches; a short last batch is padded with empty rows.
+ * Row length: every batch has rows of T (pad_multiple 0, the default), or with pad_multiple > 0
+ * (set after batcher_init) each batch is padded only to its own longest row rounded up to a
+ * multiple of pad_multiple, at most T; the rows, their order and their contents are the same.
  * Resume: save (epoch, cursor) and call batcher_seek after batcher_init. */
 typedef struct Batcher {
     const Dataset *d; /* borrowed */
     int B, T, pack;
+    int pad_multiple; /* 0: rows of T; > 0: per-batch rows (see above) */
     int32_t pad_id;
     uint64_t seed;
     int epoch;                 /* current epoch, from 0 */

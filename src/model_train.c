@@ -48,7 +48,8 @@ struct TrainState {
     Backend *be;
     TrainSetup setup;
     int B, T;
-    size_t N; /* B*T */
+    int T_cap; /* the T the buffers are sized for; T (train_set_seq_len) is at most this */
+    size_t N;  /* B*T_cap */
     // full / freeze: gradients of params[g0, g1)
     float *grads;
     size_t g0, g1;
@@ -350,6 +351,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
     ts->B = B;
     ts->T = T;
+    ts->T_cap = T;
     ts->N = (size_t)B * T;
     ts->ckpt = setup->grad_checkpoint != 0;
     size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
@@ -699,6 +701,18 @@ const TrainSetup *train_setup(const TrainState *ts) {
 
 Model *train_model(const TrainState *ts) {
     return ts->m;
+}
+
+int train_set_seq_len(TrainState *ts, int T, TunaErr *err) {
+    if (T < 1 || T > ts->T_cap)
+        return tuna_errf(err, TUNA_EINVAL, "rows of %d tokens for a state sized for 1 to %d", T,
+                         ts->T_cap);
+    if (T == ts->T) return 0;
+    ts->T = T;
+    for (int b = 0; b < ts->B; b++)
+        for (int t = 0; t < T; t++)
+            ts->pos[(size_t)b * T + t] = ts->P + t;
+    return 0;
 }
 
 void train_set_step_seed(TrainState *ts, uint64_t step) {

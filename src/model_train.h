@@ -76,6 +76,11 @@ void train_zero_grad(TrainState *ts);
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
                   float loss_scale, int backward, double *loss_sum, int *n_targets, TunaErr *err);
 
+/* The row length T of the next train_step_fb calls: 1 <= T <= the T of train_state_init (the
+ * buffers keep their size; a shorter T only does less work). Each row's positions restart at
+ * 0 (after a prefix). */
+int train_set_seq_len(TrainState *ts, int T, TunaErr *err);
+
 /* Dropout masks change every step: the caller bumps this (the step number). */
 void train_set_step_seed(TrainState *ts, uint64_t step);
 

@@ -108,6 +108,9 @@ static const Field fields[] = {
           "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
           "warned)"),
         B(packing, "false", "pack short examples into full rows"),
+        S(pad_to, "batch",
+          "batch: each batch padded to its own longest example (rounded up to 8); max: every "
+          "batch to the longest example of the data (the fixed rows of earlier versions)"),
         B(train_on_prompt, "false", "sft: the prompt tokens train too, not only the replies"),
         B(mask_history, "false",
           "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
@@ -411,6 +414,7 @@ typedef struct Run {
     Optim opt;
     int have_opt;
     int B, T, total, warmup, steps_per_epoch, step;
+    int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
     SchedType sched;
     double lr; /* the peak learning rate: cfg->lr, or what auto chose */
     double best_eval;
@@ -559,6 +563,7 @@ static int run_eval(Run *r, double *loss, TunaErr *err) {
     Batcher vb;
     int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 1, err);
     if (rc) return rc;
+    vb.pad_multiple = r->pad_multiple;
     double sum = 0;
     long cnt = 0;
     size_t nb = batcher_batches_per_epoch(&vb);
@@ -567,7 +572,9 @@ static int run_eval(Run *r, double *loss, TunaErr *err) {
         batcher_next(&vb, &b);
         double s;
         int c;
-        rc = train_step_fb(r->ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
+        rc = train_set_seq_len(r->ts, b.T, err);
+        if (!rc) rc = train_step_fb(r->ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
+        if (rc) break;
         sum += s;
         cnt += c;
     }
@@ -986,7 +993,7 @@ static void fmt_secs(double t, char *out, size_t cap) {
 }
 
 /* The bar on a terminal; without one a line every progress_every seconds (and the last). */
-static void progress(Run *r, double loss, double lr_now, double tps, double eta,
+static void progress(Run *r, double loss, double lr_now, double tps, double real_tps, double eta,
                      double *last_line) {
     if (quiet(r)) return;
     char e[32];
@@ -997,8 +1004,8 @@ static void progress(Run *r, double loss, double lr_now, double tps, double eta,
         for (int i = 0; i < w; i++)
             bar[i] = i < done ? '#' : '.';
         bar[w] = '\0';
-        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s  eta %s\033[K", bar, r->step, r->total,
-                loss, tps, e);
+        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s (%.0f real)  eta %s\033[K", bar,
+                r->step, r->total, loss, tps, real_tps, e);
         r->bar_shown = 1;
         if (r->step == r->total) {
             fputc('\n', stderr);
@@ -1010,8 +1017,8 @@ static void progress(Run *r, double loss, double lr_now, double tps, double eta,
            now = time_now();
     if (now - *last_line < every && r->step != r->total && *last_line > 0) return;
     *last_line = now;
-    say(r, "step %d/%d loss %.4f lr %.3g %.0f tok/s eta %s", r->step, r->total, loss, lr_now, tps,
-        e);
+    say(r, "step %d/%d loss %.4f lr %.3g %.0f tok/s (%.0f real) eta %s", r->step, r->total, loss,
+        lr_now, tps, real_tps, e);
 }
 
 /* Moves every file of tmp into dir (each rename is atomic). */
@@ -1129,6 +1136,8 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
+    if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
+        return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
         return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
@@ -1195,6 +1204,10 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, c->packing, (uint64_t)c->seed, err)))
         return rc;
     r->have_batcher = 1;
+    /* --pad-to batch: a batch's rows as long as its longest example (a multiple of 8, at most T);
+     * the same rows in the same order as max, so the losses are the same (packed rows are full) */
+    r->pad_multiple = !c->packing && !strcmp(c->pad_to, "batch") ? 8 : 0;
+    r->batcher.pad_multiple = r->pad_multiple;
     size_t bpe = batcher_batches_per_epoch(&r->batcher);
     r->steps_per_epoch = (int)((bpe + (size_t)c->grad_accum - 1) / (size_t)c->grad_accum);
     double want = c->max_steps > 0 ? c->max_steps : ceil(c->epochs * r->steps_per_epoch - 1e-9);
@@ -1568,17 +1581,22 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         free(cj);
         emit(&r, e);
     }
-    snprintf(msg, sizeof msg,
-             "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %d "
-             "tokens, lr %.3g%s",
-             cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
-             r.T, r.lr, cfg->lr > 0 ? "" : " (auto)");
+    snprintf(
+            msg, sizeof msg,
+            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
+            "tokens%s, lr %.3g%s",
+            cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
+            r.pad_multiple ? "up to " : "", r.T,
+            r.pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r.lr,
+            cfg->lr > 0 ? "" : " (auto)");
     emit_log(&r, "info", msg);
     int GA = cfg->grad_accum, B = r.B, T = r.T;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
             *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
+    int *Ts = xmalloc(sizeof(int) * (size_t)GA);
     const char *status = "finished";
-    double t_last = time_now(), tok_window = 0, paused_at = 0, paused_total = 0, last_line = 0;
+    double t_last = time_now(), tok_window = 0, real_window = 0, paused_at = 0, paused_total = 0,
+           last_line = 0;
     /* ETA from the last steps' times (not the first: evals, warm-up), paused time left out */
     enum { WIN = 16 };
     double win[WIN];
@@ -1641,8 +1659,9 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         for (int a = 0; a < GA; a++) {
             Batch b;
             batcher_next(&r.batcher, &b);
-            memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * T);
-            memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * T);
+            Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
+            memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * b.T);
+            memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * b.T);
             n_t += b.n_targets;
             n_tok += b.n_tokens;
         }
@@ -1652,6 +1671,8 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         for (int a = 0; a < GA && !rc; a++) {
             double s;
             int c;
+            rc = train_set_seq_len(r.ts, Ts[a], err);
+            if (rc) break;
             rc = train_step_fb(r.ts, ids + (size_t)a * B * T, tg + (size_t)a * B * T, B,
                                n_t ? 1.0f / (float)n_t : 0.0f, 1, &s, &c, err);
             loss_sum += s;
@@ -1704,6 +1725,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         double now = time_now(), dt = now - t_last;
         t_last = now;
         tok_window = dt > 0 ? n_tok / dt : 0;
+        real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
         tokens_total += n_tok;
         if (r.step - start_step > 1) win[n_win++ % WIN] = dt; /* the first step: warm-up */
         double elapsed = now - r.t0 - paused_total, eta = -1;
@@ -1724,6 +1746,8 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             cJSON_AddNumberToObject(e, "lr", lr);
             cJSON_AddNumberToObject(e, "grad_norm", gnorm);
             cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
+            cJSON_AddNumberToObject(e, "real_tok_s", real_window);
+            cJSON_AddNumberToObject(e, "real_tokens", n_t);
             cJSON_AddNumberToObject(e, "elapsed", elapsed);
             if (eta >= 0) cJSON_AddNumberToObject(e, "eta", eta);
             if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
@@ -1738,7 +1762,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
                                r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed,
                                eta > 0 ? eta : 0) >= 0);
         }
-        progress(&r, loss, lr, tok_window, eta, &last_line);
+        progress(&r, loss, lr, tok_window, real_window, eta, &last_line);
         int do_eval = (cfg->eval_steps > 0 && r.step % cfg->eval_steps == 0) || r.step == r.total;
         if (do_eval && r.val->n) {
             double el;
@@ -1810,6 +1834,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(status, "stopped");
     free(ids);
     free(tg);
+    free(Ts);
     run_close(&r);
     return rc;
 }

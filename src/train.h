@@ -28,6 +28,7 @@ typedef struct TrainConfig {
     char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
     char method[16], stage[8], lora_target[256], output[1024], vars[512], lr_scheduler[32];
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
+    char pad_to[8]; /* "batch": rows as long as each batch needs; "max": all as the longest */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;

@@ -188,7 +188,8 @@ static char *metrics_numbers(const char *dir) {
     size_t cap = strlen(text) + 1, len = 0;
     char *out = xmalloc(cap), *save = NULL;
     out[0] = 0;
-    static const char *drop[] = {"config", "run", "tokens_per_s", "elapsed", "eta", "time"};
+    static const char *drop[] = {"config",  "run", "tokens_per_s", "real_tok_s",
+                                 "elapsed", "eta", "time"};
     for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(l);
         const cJSON *ty = cJSON_GetObjectItem(j, "type");

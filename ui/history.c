@@ -42,7 +42,8 @@ static void clear_scalars(History *h) {
     h->run[0] = h->model[0] = h->method[0] = h->dataset[0] = 0;
     h->total_steps = -1;
     h->step = -1;
-    h->epochs = h->epoch = h->loss = h->lr = h->grad_norm = h->tokens_per_s = (double)NAN;
+    h->epochs = h->epoch = h->loss = h->lr = h->grad_norm = h->tokens_per_s = h->real_tok_s =
+            (double)NAN;
     h->elapsed = h->eta = h->eval_loss = h->perplexity = h->best_eval = (double)NAN;
     h->best_eval_step = -1;
     h->status = RUN_WAITING;
@@ -117,6 +118,7 @@ void history_apply(History *h, const UiEvent *ev) {
         set_if(&h->lr, ev->lr);
         set_if(&h->grad_norm, ev->grad_norm);
         set_if(&h->tokens_per_s, ev->tokens_per_s);
+        set_if(&h->real_tok_s, ev->real_tok_s);
         set_if(&h->elapsed, ev->elapsed);
         set_if(&h->eta, ev->eta);
         if (h->status == RUN_WAITING) h->status = RUN_RUNNING;

@@ -54,6 +54,7 @@ typedef struct History {
     // --- latest values
     long step;
     double epoch, loss, lr, grad_norm, tokens_per_s, elapsed, eta;
+    double real_tok_s; /* tokens with a target per second, NaN before a step that has it */
     double eval_loss, perplexity, best_eval;
     long best_eval_step;
     RunStatus status;

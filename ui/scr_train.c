@@ -195,7 +195,9 @@ static void draw_stats(App *app, Rect r) {
         ROW("grad norm", "%.3f", h->grad_norm);
     else
         ROW("grad norm", "--");
-    if (isfinite(h->tokens_per_s))
+    if (isfinite(h->tokens_per_s) && isfinite(h->real_tok_s)) /* real: tokens with a target */
+        ROW("tokens/s", "%.0f (%.0f real)", h->tokens_per_s, h->real_tok_s);
+    else if (isfinite(h->tokens_per_s))
         ROW("tokens/s", "%.0f", h->tokens_per_s);
     else
         ROW("tokens/s", "--");

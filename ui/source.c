@@ -39,6 +39,7 @@ static void clear_event(UiEvent *ev) {
     ev->step = ev->total_steps = -1;
     ev->time = ev->epoch = ev->epochs = ev->loss = ev->lr = ev->grad_norm = (double)NAN;
     ev->tokens_per_s = ev->elapsed = ev->eta = ev->eval_loss = ev->perplexity = (double)NAN;
+    ev->real_tok_s = (double)NAN;
 }
 
 int ui_event_parse(const char *line, size_t len, UiEvent *ev) {
@@ -67,6 +68,7 @@ int ui_event_parse(const char *line, size_t len, UiEvent *ev) {
         ev->lr = num(o, "lr");
         ev->grad_norm = num(o, "grad_norm");
         ev->tokens_per_s = num(o, "tokens_per_s");
+        ev->real_tok_s = num(o, "real_tok_s");
         ev->elapsed = num(o, "elapsed");
         ev->eta = num(o, "eta");
     } else if (!strcmp(type, "eval")) {

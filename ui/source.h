@@ -48,6 +48,7 @@ typedef struct UiEvent {
     UiEventType type;
     long step, total_steps;
     double time, epoch, epochs, loss, lr, grad_norm, tokens_per_s, elapsed, eta;
+    double real_tok_s; /* step: tokens with a target per second (NaN when absent) */
     double eval_loss, perplexity;
     int level;  /* EV_LOG */
     int paused; /* EV_STATE */

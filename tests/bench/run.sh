@@ -27,6 +27,10 @@ echo "=== generation speed: tuna vs PyTorch${LLAMA2C:+ and llama2.c run.c} ==="
 echo "=== training throughput: tuna vs PyTorch, llm.c, llama.cpp ==="
 "$PY" tests/bench/bench_train.py $TORCH_FLAG || status=1
 
+# MODEL=... (e.g. ../shared/models/smollm2-135m-instruct TEMPLATE=auto) measures another model
+echo "=== real tokens/s: each batch padded to its longest (--pad-to batch) vs fixed rows (max) ==="
+sh tests/bench/bench_padding.sh || status=1
+
 # --- C micro-benchmarks (build/bench/bench_*, built by `make bench`) -------------------------
 for b in build/bench/bench_*; do
 	[ -f "$b" ] && [ -x "$b" ] || continue
