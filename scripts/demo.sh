@@ -12,7 +12,7 @@ if MODEL=$(sh scripts/get_smollm2.sh); then
     echo
     echo "== tuna train: LoRA r 8 on datasets/identity.json, template auto -> runs/demo-smollm2"
     ./tuna train --model "$MODEL" --dataset identity --vars name=Tuna,author=Tuna-devs \
-        --method lora --lora-rank 8 --epochs 3 --output runs/demo-smollm2 --overwrite
+        --method lora --lora-rank 8 --epochs 3 --lr 1e-3 --output runs/demo-smollm2 --overwrite
     echo
     echo "== tuna chat with the tuned model"
     ./tuna chat runs/demo-smollm2 --temperature 0 --message "Who are you?"
