@@ -544,41 +544,10 @@ int gguf_open_mem(const void *buf, size_t len, const char *name, Gguf **out, Tun
 
 int gguf_open(const char *path, Gguf **out, TunaErr *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        return tuna_errf(err, e == ENOENT ? TUNA_ENOTFOUND : TUNA_EIO, "%s: cannot open: %s", path,
-                         strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return tuna_errf(err, TUNA_EIO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return tuna_errf(err, TUNA_EFORMAT, "%s: expected a regular file, found %s", path,
-                         S_ISDIR(sb.st_mode) ? "a directory" : "a special file");
-    }
-    if (sb.st_size < 24) {
-        close(fd);
-        return tuna_errf(err, TUNA_EFORMAT,
-                         "%s: file is %lld bytes, expected at least 24 (the GGUF header)", path,
-                         (long long)sb.st_size);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
-        close(fd);
-        return tuna_errf(err, TUNA_EUNSUP, "%s: file of %lld bytes is too large to map", path,
-                         (long long)sb.st_size);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED)
-        return tuna_errf(err, TUNA_EIO, "%s: mmap of %zu bytes failed: %s", path, size,
-                         strerror(e));
+    void *map;
+    size_t size;
+    int rc = xmap_readonly(path, 24, "the GGUF header", NULL, &map, &size, err);
+    if (rc) return rc;
     Gguf *g = xcalloc(1, sizeof *g);
     g->path = xstrdup(path);
     g->map = map;

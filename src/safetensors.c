@@ -137,41 +137,10 @@ static const char *st_meta_get(const SafeTensors *st, const char *key) {
 
 /* Maps path read-only as a new shard; returns its index or a negative TUNA_E*. */
 static int st_map_file(SafeTensors *st, const char *path, const char *what, TunaErr *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* no hang on a FIFO */
-    if (fd < 0) {
-        int e = errno;
-        return tuna_errf(err, e == ENOENT ? TUNA_ENOTFOUND : TUNA_EIO, "%s: cannot open %s: %s",
-                         path, what, strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return tuna_errf(err, TUNA_EIO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return tuna_errf(err, TUNA_EFORMAT, "%s: expected a regular file, found %s", path,
-                         S_ISDIR(sb.st_mode) ? "a directory" : "a special file");
-    }
-    if (sb.st_size < 8) {
-        close(fd);
-        return tuna_errf(err, TUNA_EFORMAT,
-                         "%s: file is %lld bytes, expected at least 8 (the header length)", path,
-                         (long long)sb.st_size);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
-        close(fd);
-        return tuna_errf(err, TUNA_EUNSUP, "%s: file of %lld bytes is too large to map", path,
-                         (long long)sb.st_size);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED)
-        return tuna_errf(err, TUNA_EIO, "%s: mmap of %zu bytes failed: %s", path, size,
-                         strerror(e));
+    void *map;
+    size_t size;
+    int rc = xmap_readonly(path, 8, "the header length", what, &map, &size, err);
+    if (rc) return rc;
     st->shards = xrealloc(st->shards, (size_t)(st->n_shards + 1) * sizeof *st->shards);
     st->shards[st->n_shards] = (StShard){xstrdup(path), map, size};
     return st->n_shards++;

@@ -1,9 +1,12 @@
 #include "xalloc.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -82,4 +85,46 @@ const char *bundled_path(const char *rel, char *buf, size_t cap) {
         if (stat(buf, &st) == 0) return buf;
     }
     return rel;
+}
+
+int xmap_readonly(const char *path, size_t min_size, const char *min_what, const char *open_what,
+                  void **map, size_t *size, TunaErr *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* no hang on a FIFO */
+    if (fd < 0) {
+        int e = errno;
+        int code = e == ENOENT ? TUNA_ENOTFOUND : TUNA_EIO;
+        if (open_what)
+            return tuna_errf(err, code, "%s: cannot open %s: %s", path, open_what, strerror(e));
+        return tuna_errf(err, code, "%s: cannot open: %s", path, strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return tuna_errf(err, TUNA_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: expected a regular file, found %s", path,
+                         S_ISDIR(sb.st_mode) ? "a directory" : "a special file");
+    }
+    if (sb.st_size < (off_t)min_size) {
+        close(fd);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: file is %lld bytes, expected at least %zu (%s)",
+                         path, (long long)sb.st_size, min_size, min_what);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return tuna_errf(err, TUNA_EUNSUP, "%s: file of %lld bytes is too large to map", path,
+                         (long long)sb.st_size);
+    }
+    *size = (size_t)sb.st_size;
+    void *m = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED)
+        return tuna_errf(err, TUNA_EIO, "%s: mmap of %zu bytes failed: %s", path, *size,
+                         strerror(e));
+    *map = m;
+    return 0;
 }

@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "err.h"
+
 void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);
@@ -20,5 +22,12 @@ char *xread_file(const char *path, size_t *len);
  * from the working directory; else the same path beside the tuna binary or one folder up
  * (build/tuna), written into buf, when that exists; else rel. For the bundled defaults only. */
 const char *bundled_path(const char *rel, char *buf, size_t cap);
+
+/* Maps path read-only and private: a regular file of at least min_size bytes (min_what names
+ * them in the message). Opened with O_NONBLOCK, so a FIFO cannot hang the caller. open_what, when
+ * not NULL, names the file in the open error ("PATH: cannot open WHAT: ..."). Returns 0 with *map
+ * and *size (munmap when done), or a TunaErr code with one line naming path. */
+int xmap_readonly(const char *path, size_t min_size, const char *min_what, const char *open_what,
+                  void **map, size_t *size, TunaErr *err);
 
 #endif
