@@ -203,6 +203,20 @@ static int prefix_load(Model *m, const char *dir, TunaErr *err) {
     return rc;
 }
 
+/* An adapter tensor by tuna's name; PEFT also writes names with the adapter name ("default")
+ * in some versions. */
+static const StTensor *adapter_find(const SafeTensors *st, const char *name) {
+    const StTensor *t = safetensors_find(st, name);
+    if (t) return t;
+    char alt[256];
+    const char *dot = strstr(name, ".weight");
+    if (dot)
+        snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - name), name);
+    else
+        snprintf(alt, sizeof alt, "%s.default", name);
+    return safetensors_find(st, alt);
+}
+
 int adapter_load(Model *m, const char *dir, TunaErr *err) {
     TrainSetup setup;
     char targets[512], tokens[4096];
@@ -227,17 +241,7 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
     int np;
     const TrainParam *tp = train_params(ts, &np);
     for (int i = 0; i < np; i++) {
-        const StTensor *t = safetensors_find(st, tp[i].name);
-        if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
-            char alt[256];
-            const char *dot = strstr(tp[i].name, ".weight");
-            if (dot)
-                snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name),
-                         tp[i].name);
-            else
-                snprintf(alt, sizeof alt, "%s.default", tp[i].name);
-            t = safetensors_find(st, alt);
-        }
+        const StTensor *t = adapter_find(st, tp[i].name);
         if (!t) {
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" missing (r=%d, targets %s)", path,
                            tp[i].name, setup.lora_rank, targets);
@@ -610,17 +614,7 @@ int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaE
     const TrainParam *tp = train_params(ts, &np);
     float **host = xcalloc((size_t)np, sizeof *host);
     for (int i = 0; i < np && !rc; i++) {
-        const StTensor *t = safetensors_find(st, tp[i].name);
-        if (!t) { /* PEFT also writes names with the adapter name ("default") in some versions */
-            char alt[256];
-            const char *dot = strstr(tp[i].name, ".weight");
-            if (dot)
-                snprintf(alt, sizeof alt, "%.*s.default.weight", (int)(dot - tp[i].name),
-                         tp[i].name);
-            else
-                snprintf(alt, sizeof alt, "%s.default", tp[i].name);
-            t = safetensors_find(st, alt);
-        }
+        const StTensor *t = adapter_find(st, tp[i].name);
         int64_t s1 = tp[i].ndim == 2 ? tp[i].shape[1] : 1;
         if (!t || t->ndim != tp[i].ndim || t->shape[0] != tp[i].shape[0] ||
             (t->ndim == 2 && t->shape[1] != s1)) {
