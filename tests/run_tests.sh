@@ -1,11 +1,13 @@
 #!/bin/sh
 # Runs each test binary given, from the repo root, and prints one closing line with the sum
 # of their counts: "tests: N passed, N failed, N skipped". Exits non-zero if any test failed
-# or a binary crashed.
+# or a binary crashed. Each test's line ends with its wall time in seconds.
 build=$1; shift
 passed=0; failed=0; skipped=0; crashed=0
 for t in "$@"; do
+    t0=$(date +%s)
     out=$("$t" 2>&1); rc=$?
+    secs=$(( $(date +%s) - t0 ))
     # FAIL/SKIP lines, also where a child's unterminated output ran into them (from FAIL on)
     msgs=$(echo "$out" | grep -oE '(FAIL|SKIP) [^ ]+:.*')
     nfail=$(echo "$out" | grep -cE 'FAIL [^ ]+:')
@@ -16,7 +18,7 @@ for t in "$@"; do
         echo "$out" | tail -20
         echo "CRASH $t (exit $rc, no report line)"; crashed=$((crashed + 1)); continue
     fi
-    echo "$line"
+    echo "$line ($secs s)"
     p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
     f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
     s=$(echo "$line" | sed -E 's/.* ([0-9]+) skipped.*/\1/')
