@@ -53,10 +53,12 @@ typedef struct BackendOps {
      * Query t of a batch row is at position Tk-Tq+t and attends to keys 0..that position
      * (and, if window > 0, only to the last `window` of them). Scale 1/sqrt(HS).
      * kv_stride is the distance in floats between batch rows of k and v (>= Tk*KVH*HS), so a
-     * KV cache larger than Tk can be passed in place. */
+     * KV cache larger than Tk can be passed in place. kv_lo (B*Tq, host memory) or NULL: query
+     * t of row b also sees no key before kv_lo[b*Tq+t] (neat packing keeps each example of a
+     * packed row to itself); kernels/ref/attn_span.h is the rule every backend applies. */
     void (*attention_fwd)(Backend *be, float *out, const float *q, const float *k, const float *v,
                           int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                          int window);
+                          int window, const int32_t *kv_lo);
     /* out (n) = silu(gate) * up. out may alias gate or up. */
     void (*swiglu_fwd)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* out (n) = gelu(in): tanh approximation when approx (GPT-2's gelu_new), erf otherwise.
@@ -85,11 +87,13 @@ typedef struct BackendOps {
      * the op maps the gradient w.r.t. its output to the gradient w.r.t. its input). */
     void (*rope_bwd)(Backend *be, float *dx, const int32_t *pos, const float *inv_freq, int T,
                      int NH, int HS, int rot_dim);
-    /* Of attention_fwd (same shapes and kv_stride; the probabilities are recomputed from q, k):
-     * dq (B,Tq,NH,HS) +=, dk and dv (B,Tk,KVH,HS, rows kv_stride apart) +=. */
+    /* Of attention_fwd (same shapes, kv_stride, window and kv_lo; the probabilities are
+     * recomputed from q, k): dq (B,Tq,NH,HS) +=, dk and dv (B,Tk,KVH,HS, rows kv_stride
+     * apart) +=. */
     void (*attention_bwd)(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                           const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                          size_t kv_stride, int NH, int KVH, int HS, int window);
+                          size_t kv_stride, int NH, int KVH, int HS, int window,
+                          const int32_t *kv_lo);
     /* Of swiglu_fwd: dgate (n) +=, dup (n) +=. */
     void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                        const float *up, size_t n);

@@ -634,7 +634,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
         float *knew = kc + (size_t)p0 * KD, *vnew = vc + (size_t)p0 * KD;
         qkv_fwd(m, w, T, knew, vnew); /* new keys and values straight into the cache */
         op->attention_fwd(be, m->att, m->q, kc, vc, 1, T, Tk, layer_kv, NH, KVH, HS,
-                          c->sliding_window);
+                          c->sliding_window, NULL);
         out_mlp_fwd(m, w, T);
     }
     if (!logits && !all_logits) {
@@ -721,7 +721,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
             op->copy(be, m->v_cache + at, m->v_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
             op->attention_fwd(be, m->att + (size_t)r * QD, m->q + (size_t)r * QD, m->k_cache + base,
                               m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH,
-                              KVH, HS, c->sliding_window);
+                              KVH, HS, c->sliding_window, NULL);
         }
         out_mlp_fwd(m, w, n);
     }

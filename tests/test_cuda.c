@@ -175,21 +175,34 @@ static void test_attention(Pair *p) {
             {1, 1, 40, 7, 6, 2, 64, 0},  {3, 17, 17, 5, 4, 1, 33, 0},  {2, 33, 33, 0, 8, 2, 32, 8},
             {1, 7, 20, 3, 4, 4, 33, 5},  {1, 70, 70, 0, 2, 1, 128, 0}, {2, 1, 300, 12, 4, 2, 64, 0},
             {1, 4, 4, 0, 2, 2, 256, 100}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        const int B = shapes[s][0], Tq = shapes[s][1], Tk = shapes[s][2], extra = shapes[s][3];
-        const int NH = shapes[s][4], KVH = shapes[s][5], HS = shapes[s][6], window = shapes[s][7];
+    /* every shape twice: plain, then with neat-packing spans (kv_lo: examples of 2.. keys) */
+    const size_t n_sh = sizeof shapes / sizeof shapes[0];
+    for (size_t s = 0; s < 2 * n_sh; s++) {
+        const int *sh = shapes[s % n_sh];
+        const int B = sh[0], Tq = sh[1], Tk = sh[2], extra = sh[3];
+        const int NH = sh[4], KVH = sh[5], HS = sh[6], window = sh[7];
+        int32_t *kv_lo = NULL;
+        if (s >= n_sh) {
+            kv_lo = (int32_t *)malloc(sizeof(int32_t) * (size_t)B * Tq);
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < Tq; t++) {
+                    int pp = Tk - Tq + t, len = 2 + b + (int)(s % 5);
+                    kv_lo[(size_t)b * Tq + t] = pp - pp % len;
+                }
+        }
         const size_t kv_stride = (size_t)(Tk + extra) * KVH * HS;
         Buf q = buf_rand(p, (size_t)B * Tq * NH * HS, -1, 1);
         Buf k = buf_rand(p, (size_t)B * kv_stride, -1, 1),
             v = buf_rand(p, (size_t)B * kv_stride, -1, 1);
         Buf out = buf_new(p, NULL, (size_t)B * Tq * NH * HS);
         p->ref->ops->attention_fwd(p->ref, out.r, q.r, k.r, v.r, B, Tq, Tk, kv_stride, NH, KVH, HS,
-                                   window);
+                                   window, kv_lo);
         p->cu->ops->attention_fwd(p->cu, out.c, q.c, k.c, v.c, B, Tq, Tk, kv_stride, NH, KVH, HS,
-                                  window);
+                                  window, kv_lo);
         expect_close(p, &out, 2e-5f, 1e-4f,
-                     "attention B=%d Tq=%d Tk=%d kv_stride=%zu NH=%d KVH=%d HS=%d window=%d", B, Tq,
-                     Tk, kv_stride, NH, KVH, HS, window);
+                     "attention B=%d Tq=%d Tk=%d kv_stride=%zu NH=%d KVH=%d HS=%d window=%d%s", B,
+                     Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo ? " spans" : "");
+        free(kv_lo);
         buf_free(p, &q), buf_free(p, &k), buf_free(p, &v), buf_free(p, &out);
     }
 }

@@ -76,9 +76,10 @@ typedef struct FdCase {
     int M, K, N;                        /* matmul; R = M, C = K for norms; T, NH, HS */
     int B, Tq, Tk, NH, KVH, HS, window; /* attention (and rope: Tq = T, rot = window) */
     size_t kv_stride, n;
-    double *a, *b, *c;  /* the op's inputs, in signature order */
-    double *r;          /* projection weights (the "dout") */
-    const int32_t *ids; /* embed ids, rope positions, xent targets */
+    const int32_t *kv_lo; /* attention: first key per query (neat packing), or NULL */
+    double *a, *b, *c;    /* the op's inputs, in signature order */
+    double *r;            /* projection weights (the "dout") */
+    const int32_t *ids;   /* embed ids, rope positions, xent targets */
     const float *inv_freq;
     double eps, scale;
     int approx;
@@ -118,6 +119,8 @@ static void attention_d(double *out, const FdCase *f) {
                 double *o = out + (((size_t)b * f->Tq + t) * f->NH + h) * f->HS;
                 int p = f->Tk - f->Tq + t;
                 int lo = f->window > 0 && p - f->window + 1 > 0 ? p - f->window + 1 : 0;
+                if (f->kv_lo && f->kv_lo[(size_t)b * f->Tq + t] > lo)
+                    lo = f->kv_lo[(size_t)b * f->Tq + t];
                 double mx = -INFINITY, sum = 0;
                 for (int j = lo; j <= p; j++) {
                     const double *kv =
@@ -344,7 +347,27 @@ static void fd_rope(int T, int NH, int HS, int rot) {
     free(x), free(r), free(y), free(g), free(f.a), free(f.r);
 }
 
-static void fd_attention(int B, int Tq, int Tk, int NH, int KVH, int HS, int window) {
+/* kv_lo (B*Tq) of neat packing: the key positions 0..Tk-1 of each row cut into examples of
+ * 1..maxlen keys (from seed); query t (at position Tk-Tq+t) starts where its example does. */
+static int32_t *make_spans(int B, int Tq, int Tk, int maxlen, uint32_t seed) {
+    int32_t *lo = malloc(sizeof(int32_t) * (size_t)B * Tq);
+    for (int b = 0; b < B; b++) {
+        int start = 0, end = 0;
+        for (int p = 0; p < Tk; p++) {
+            if (p == end) {
+                seed = seed * 1664525u + 1013904223u;
+                start = p;
+                end = p + 1 + (int)((seed >> 16) % (uint32_t)maxlen);
+            }
+            int t = p - (Tk - Tq);
+            if (t >= 0) lo[(size_t)b * Tq + t] = start;
+        }
+    }
+    return lo;
+}
+
+static void fd_attention(int B, int Tq, int Tk, int NH, int KVH, int HS, int window,
+                         const int32_t *kv_lo) {
     size_t stride = (size_t)(Tk + 2) * KVH * HS; /* padded rows: their gradient stays 0 */
     size_t nq = (size_t)B * Tq * NH * HS, nkv = (size_t)B * stride;
     float *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1), *v = rand_buf(nkv, 1);
@@ -358,20 +381,21 @@ static void fd_attention(int B, int Tq, int Tk, int NH, int KVH, int HS, int win
                 .KVH = KVH,
                 .HS = HS,
                 .window = window,
-                .kv_stride = stride};
+                .kv_stride = stride,
+                .kv_lo = kv_lo};
     f.a = to_double(q, nq), f.b = to_double(k, nkv), f.c = to_double(v, nkv);
     f.r = to_double(r, nq);
-    ref_attention_fwd(y, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window);
+    ref_attention_fwd(y, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window, kv_lo);
     check_forward_d(&f, y, nq);
-    ref_attention_bwd(dq, dk, dv, r, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window);
+    ref_attention_bwd(dq, dk, dv, r, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window, kv_lo);
     char what[96];
-    snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d", B, Tq, Tk, NH, KVH,
-             HS, window);
+    snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s", B, Tq, Tk, NH, KVH,
+             HS, window, kv_lo ? " spans" : "");
     fd_compare(&f, f.a, dq, nq, what);
     fd_compare(&f, f.b, dk, nkv, what);
     fd_compare(&f, f.c, dv, nkv, what);
     float *g0 = rand_buf(nkv, 1), *acc = dup_buf(g0, nkv);
-    ref_attention_bwd(NULL, acc, NULL, r, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window);
+    ref_attention_bwd(NULL, acc, NULL, r, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, window, kv_lo);
     check_accumulated(OP_ATTN, acc, g0, dk, nkv, "dk (dq, dv NULL)");
     free(q), free(k), free(v), free(r), free(y), free(dq), free(dk), free(dv);
     free(f.a), free(f.b), free(f.c), free(f.r), free(g0), free(acc);
@@ -554,6 +578,7 @@ typedef struct Args {
     size_t n, kv_stride;
     float eps;
     const int32_t *ids;
+    const int32_t *kv_lo; /* attention: neat-packing spans, or NULL */
 } Args;
 
 static void call_matmul(Backend *be, float **g, const float **in, const void *vp) {
@@ -571,7 +596,7 @@ static void call_layernorm(Backend *be, float **g, const float **in, const void 
 static void call_attention(Backend *be, float **g, const float **in, const void *vp) {
     const Args *a = vp;
     be->ops->attention_bwd(be, g[0], g[1], g[2], in[0], in[1], in[2], in[3], a->B, a->Tq, a->Tk,
-                           a->kv_stride, a->NH, a->KVH, a->HS, a->window);
+                           a->kv_stride, a->NH, a->KVH, a->HS, a->window, a->kv_lo);
 }
 static void call_swiglu(Backend *be, float **g, const float **in, const void *vp) {
     const Args *a = vp;
@@ -668,14 +693,20 @@ static void be_attention(void) {
                        {1, 5, 5, 4, 2, 8, 0},    {1, 1, 37, 8, 4, 8, 0},  {2, 7, 7, 6, 6, 16, 0},
                        {1, 4, 20, 4, 1, 12, 0},  {1, 9, 9, 2, 2, 8, 3},   {2, 3, 11, 9, 3, 64, 0},
                        {1, 33, 40, 6, 2, 17, 7}, {2, 64, 64, 9, 3, 64, 0}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        Args a = {.B = shapes[s][0],
-                  .Tq = shapes[s][1],
-                  .Tk = shapes[s][2],
-                  .NH = shapes[s][3],
-                  .KVH = shapes[s][4],
-                  .HS = shapes[s][5],
-                  .window = shapes[s][6]};
+    int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
+    /* each shape again with neat-packing spans (examples of 1..9 keys): the loop path for
+     * short query blocks and the sgemm path (Tq >= 32) */
+    for (int s = 0; s < 2 * n_shapes; s++) {
+        const int *sh = shapes[s % n_shapes];
+        Args a = {.B = sh[0],
+                  .Tq = sh[1],
+                  .Tk = sh[2],
+                  .NH = sh[3],
+                  .KVH = sh[4],
+                  .HS = sh[5],
+                  .window = sh[6]};
+        int32_t *spans = s >= n_shapes ? make_spans(a.B, a.Tq, a.Tk, 9, (uint32_t)s) : NULL;
+        a.kv_lo = spans;
         a.kv_stride = (size_t)(a.Tk + 3) * a.KVH * a.HS; /* a cache longer than Tk */
         size_t nq = (size_t)a.B * a.Tq * a.NH * a.HS, nkv = (size_t)a.B * a.kv_stride;
         float *dout = rand_buf(nq, 1), *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1),
@@ -683,15 +714,15 @@ static void be_attention(void) {
         float *g0[3] = {rand_buf(nq, 1), rand_buf(nkv, 1), rand_buf(nkv, 1)};
         float *want[3] = {dup_buf(g0[0], nq), dup_buf(g0[1], nkv), dup_buf(g0[2], nkv)};
         ref_attention_bwd(want[0], want[1], want[2], dout, q, k, v, a.B, a.Tq, a.Tk, a.kv_stride,
-                          a.NH, a.KVH, a.HS, a.window);
+                          a.NH, a.KVH, a.HS, a.window, a.kv_lo);
         const float *ins[4] = {dout, q, k, v};
         size_t nins[4] = {nq, nq, nkv, nkv}, ng[3] = {nq, nkv, nkv};
         char what[96];
-        snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d", a.B, a.Tq, a.Tk,
-                 a.NH, a.KVH, a.HS, a.window);
+        snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s", a.B, a.Tq, a.Tk,
+                 a.NH, a.KVH, a.HS, a.window, spans ? " spans" : "");
         run_all_subsets(OP_ATTN, what, call_attention, &a, ins, nins, 4, g0, want, ng, 3, 2e-5f,
                         2e-4f);
-        free(dout), free(q), free(k), free(v);
+        free(dout), free(q), free(k), free(v), free(spans);
         for (int i = 0; i < 3; i++)
             free(g0[i]), free(want[i]);
     }
@@ -940,10 +971,17 @@ int main(void) {
     fd_norm(1, 3, 7);
     fd_norm(1, 1, 16);
     fd_rope(4, 2, 8, 8);
-    fd_rope(3, 3, 10, 6);              /* partial rotary: dims 6..9 pass through */
-    fd_attention(2, 3, 5, 4, 2, 4, 0); /* GQA, Tq < Tk, B > 1 */
-    fd_attention(1, 4, 6, 3, 1, 5, 3); /* MQA with a window */
-    fd_attention(1, 5, 5, 2, 2, 3, 2); /* Tq == Tk, window 2 */
+    fd_rope(3, 3, 10, 6);                    /* partial rotary: dims 6..9 pass through */
+    fd_attention(2, 3, 5, 4, 2, 4, 0, NULL); /* GQA, Tq < Tk, B > 1 */
+    fd_attention(1, 4, 6, 3, 1, 5, 3, NULL); /* MQA with a window */
+    fd_attention(1, 5, 5, 2, 2, 3, 2, NULL); /* Tq == Tk, window 2 */
+    {                                        /* neat packing: examples kept to themselves */
+        int32_t *s1 = make_spans(2, 7, 7, 3, 11), *s2 = make_spans(1, 4, 9, 4, 5);
+        fd_attention(2, 7, 7, 4, 2, 4, 0, s1);
+        fd_attention(1, 4, 9, 3, 1, 5, 0, s2); /* Tq < Tk */
+        fd_attention(2, 7, 7, 2, 2, 3, 2, s1); /* with a window */
+        free(s1), free(s2);
+    }
     fd_elementwise();
     fd_embed();
     fd_xent();

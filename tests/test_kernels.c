@@ -144,21 +144,33 @@ static void test_backend(Backend *be) {
                         {2, 40, 40, 6, 2, 16, 0},
                         {1, 33, 50, 4, 4, 24, 0},
                         {2, 64, 64, 9, 3, 64, 17}};
-    for (size_t s = 0; s < sizeof ashapes / sizeof ashapes[0]; s++) {
-        int B = ashapes[s][0], Tq = ashapes[s][1], Tk = ashapes[s][2], NH = ashapes[s][3],
-            KVH = ashapes[s][4], HS = ashapes[s][5], win = ashapes[s][6];
+    /* each shape twice: plain, then with neat-packing spans (kv_lo: examples of 3.. keys) */
+    size_t n_ash = sizeof ashapes / sizeof ashapes[0];
+    for (size_t s = 0; s < 2 * n_ash; s++) {
+        const int *sh = ashapes[s % n_ash];
+        int B = sh[0], Tq = sh[1], Tk = sh[2], NH = sh[3], KVH = sh[4], HS = sh[5], win = sh[6];
+        int32_t *kv_lo = NULL;
+        if (s >= n_ash) {
+            kv_lo = malloc(sizeof(int32_t) * (size_t)B * Tq);
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < Tq; t++) {
+                    int p = Tk - Tq + t, len = 3 + 2 * b + (int)(s % 3);
+                    kv_lo[(size_t)b * Tq + t] = p - p % len;
+                }
+        }
         size_t stride = (size_t)(Tk + 3) * KVH * HS; /* a cache longer than Tk */
         size_t nq = (size_t)B * Tq * NH * HS, nkv = (size_t)B * stride;
         float *q = rand_buf(nq, 1), *k = rand_buf(nkv, 1), *v = rand_buf(nkv, 1);
         float *ref = malloc(sizeof(float) * nq), *out = malloc(sizeof(float) * nq);
-        ref_attention_fwd(ref, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, win);
+        ref_attention_fwd(ref, q, k, v, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
         float *dq = up(be, q, nq), *dk = up(be, k, nkv), *dv = up(be, v, nkv);
         float *dout = be->ops->alloc(be, sizeof(float) * nq);
-        be->ops->attention_fwd(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win);
+        be->ops->attention_fwd(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
         down(be, out, dout, nq);
         CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
-              "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d: %g", nm, B, Tq, Tk, NH, KVH,
-              HS, win, worst);
+              "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", nm, B, Tq, Tk, NH,
+              KVH, HS, win, kv_lo ? " spans" : "", worst);
+        free(kv_lo);
         be->ops->release(be, dq);
         be->ops->release(be, dk);
         be->ops->release(be, dv);

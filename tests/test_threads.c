@@ -182,12 +182,13 @@ static void test_kernels(void) {
         char name[64];
         snprintf(name, sizeof name, "attention Tq %d Tk %d window %d", Tq, Tk, win);
         Outs o1 = {{out}, {nq}, 1};
-        SAME_ON_ALL_THREADS(be, name, o1,
-                            op->attention_fwd(be, out, q, k, v, B, Tq, Tk, kvs, NH, KVH, HS, win));
-        Outs o2 = {{dq, dk, dv}, {nq, nk, nk}, 3};
         SAME_ON_ALL_THREADS(
-                be, name, o2,
-                op->attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kvs, NH, KVH, HS, win));
+                be, name, o1,
+                op->attention_fwd(be, out, q, k, v, B, Tq, Tk, kvs, NH, KVH, HS, win, NULL));
+        Outs o2 = {{dq, dk, dv}, {nq, nk, nk}, 3};
+        SAME_ON_ALL_THREADS(be, name, o2,
+                            op->attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kvs, NH,
+                                              KVH, HS, win, NULL));
         free(q);
         free(k);
         free(v);

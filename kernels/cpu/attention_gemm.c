@@ -6,7 +6,7 @@
  * dQ += scale·dS·K, dK += scale·dSᵀ·Q, dV += Pᵀ·dO; a thread owns a whole kv head (all
  * grp query heads that share it), so dK and dV have no races. Same semantics as the
  * attention_fwd / attention_bwd slots of kernels/backend.h (GQA, causal offset Tk−Tq,
- * window, kv_stride). The masked half of S is computed and discarded: at T = 512 the sgemm
+ * window, kv_lo, kv_stride). The masked half of S is computed and discarded: at T = 512 the sgemm
  * is still several times faster than the per-row loops it replaces. */
 #include <math.h>
 #include <stdlib.h>
@@ -15,12 +15,13 @@
 
 #include "cpu_internal.h"
 
-/* Softmax of each row t of S (Tq, Tk) over keys lo..p (p = Tk−Tq+t), zero elsewhere. */
-static void masked_softmax(float *S, int Tq, int Tk, int window) {
+/* Softmax of each row t of S (Tq, Tk) over keys lo..p (p = Tk−Tq+t, lo by tuna_attn_lo with
+ * this batch row's kv_lo, or NULL), zero elsewhere. */
+static void masked_softmax(float *S, int Tq, int Tk, int window, const int32_t *kv_lo) {
     for (int t = 0; t < Tq; t++) {
         float *s = S + (size_t)t * Tk;
         int p = Tk - Tq + t;
-        int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+        int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
         float mx = -INFINITY, sum = 0;
         for (int j = lo; j <= p; j++)
             mx = s[j] > mx ? s[j] : mx;
@@ -38,7 +39,7 @@ static void masked_softmax(float *S, int Tq, int Tk, int window) {
 
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                           int window) {
+                           int window, const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, total = B * NH, fail = 0;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
@@ -59,7 +60,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
             const float *vg = v + b * kv_stride + (size_t)g * HS;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, scale, qh, (int)qs, kg,
                         (int)ks, 0.0f, S, Tk);
-            masked_softmax(S, Tq, Tk, window);
+            masked_softmax(S, Tq, Tk, window, kv_lo ? kv_lo + (size_t)b * Tq : NULL);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, HS, Tk, 1.0f, S, Tk, vg,
                         (int)ks, 0.0f, out + (size_t)b * Tq * qs + (size_t)h * HS, (int)qs);
         }
@@ -70,7 +71,8 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
 
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                           size_t kv_stride, int NH, int KVH, int HS, int window) {
+                           size_t kv_stride, int NH, int KVH, int HS, int window,
+                           const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, total = B * KVH, fail = 0;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, n = (size_t)Tq * Tk;
@@ -92,7 +94,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                 size_t qo = (size_t)b * Tq * qs + (size_t)h * HS;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, scale, q + qo,
                             (int)qs, kg, (int)ks, 0.0f, P, Tk);
-                masked_softmax(P, Tq, Tk, window);
+                masked_softmax(P, Tq, Tk, window, kv_lo ? kv_lo + (size_t)b * Tq : NULL);
                 if (dv) /* dV += Pᵀ·dO */
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, HS, Tq, 1.0f, P, Tk,
                                 dout + qo, (int)qs, 1.0f, dv + b * kv_stride + (size_t)g * HS,

@@ -293,11 +293,12 @@ static void transpose_rows(float *dst, const float *src, size_t rs, int n, int H
  * row, so there are no races and the result does not depend on the thread count.
  * Scores are computed against transposed copies (K, V per (b, kv head) for pass 1; Q, dO per
  * (b, head) for pass 2) so every inner loop is an axpy over keys or queries.
- * Causal offset and window exactly as attention_fwd: query t sits at p = Tk-Tq+t and sees
- * keys max(0, p-window+1)..p. */
+ * Causal offset, window and kv_lo exactly as attention_fwd (tuna_attn_lo): query t sits at
+ * p = Tk-Tq+t and sees keys lo..p. */
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                        const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                       size_t kv_stride, int NH, int KVH, int HS, int window) {
+                       size_t kv_stride, int NH, int KVH, int HS, int window,
+                       const int32_t *kv_lo) {
     if (B <= 0 || Tq <= 0 || Tk <= 0 || (!dq && !dk && !dv)) return;
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, off = Tk - Tq;
@@ -356,7 +357,7 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
             size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
             const float *qv = q + qrow * HS, *dov = dout + qrow * HS;
             int p = off + t;
-            int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+            int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
             int n = p - lo + 1;
             const float *ktb = kt + ((size_t)b * KVH + g) * HS * Tk + lo;
             const float *vtb = vt + ((size_t)b * KVH + g) * HS * Tk + lo;
@@ -416,6 +417,11 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
                 int t0 = j - off > 0 ? j - off : 0;
                 int t1 = Tq - 1;
                 if (window > 0 && j + window - 1 - off < t1) t1 = j + window - 1 - off;
+                /* kv_lo: queries at the end whose span starts after j drop out; any left
+                 * inside t0..t1 are masked below */
+                const int32_t *klo = kv_lo ? kv_lo + (size_t)b * Tq : NULL;
+                while (klo && t1 >= t0 && tuna_attn_lo(klo, (size_t)t1, off + t1, window) > j)
+                    t1--;
                 if (t0 > t1) continue;
                 int m = t1 - t0 + 1;
                 size_t ko = b * kv_stride + (size_t)j * rs + (size_t)g * HS;
@@ -436,6 +442,10 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
                         s[tt] = vexpf(s[tt] - ls[tt]);                /* p */
                         dpp[tt] = s[tt] * (dpp[tt] - Ds[tt]) * scale; /* ds (unused without dk) */
                     }
+                    if (klo)
+                        for (int tt = 0; tt < m; tt++)
+                            if (tuna_attn_lo(klo, (size_t)(t0 + tt), off + t0 + tt, window) > j)
+                                s[tt] = dpp[tt] = 0;
                     const float *qr = q + (((size_t)b * Tq + t0) * NH + h) * HS;
                     const float *dr = dout + (((size_t)b * Tq + t0) * NH + h) * HS;
                     if (dk) gaxpy(ak, dpp, qr, qs, m, HS, 1.0f);

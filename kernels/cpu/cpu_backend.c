@@ -265,7 +265,7 @@ static inline void head_axpy(float *o, float a, const float *v, int n) {
  * to a scratch row, then softmax, then the weighted sum of values. */
 static void attention_items(float *out, const float *q, const float *k, const float *v, int Tq,
                             int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                            size_t lo, size_t hi, TunaErr *err) {
+                            const int32_t *kv_lo, size_t lo, size_t hi, TunaErr *err) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH;
     size_t rs = (size_t)KVH * HS;
@@ -284,7 +284,7 @@ static void attention_items(float *out, const float *q, const float *k, const fl
         const float *qv = q + qrow * HS;
         float *o = out + qrow * HS;
         int p = Tk - Tq + t;
-        int lo_k = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+        int lo_k = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
         int n = p - lo_k + 1;
         const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
         const float *vb = v + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
@@ -320,9 +320,10 @@ static void attention_items(float *out, const float *q, const float *k, const fl
 
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                        int window) {
+                        int window, const int32_t *kv_lo) {
     if (Tq >= ATTN_GEMM_MIN_TQ) { /* training and long prefills: as matrix products */
-        if (cpu_attention_gemm_fwd(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window))
+        if (cpu_attention_gemm_fwd(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                   kv_lo))
             tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
         return;
     }
@@ -331,8 +332,8 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
     int nth = work >= PAR_MIN_WORK / 4 ? be->n_threads : 1;
     CPU_PAR_RANGE(nth, (size_t)B * Tq * KVH,
-                  attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, lo, hi,
-                                  &be->err));
+                  attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, lo,
+                                  hi, &be->err));
 }
 
 // --- elementwise
@@ -381,13 +382,15 @@ static void c_embed(Backend *be, float *out, const int32_t *ids, const float *ta
 
 static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                            size_t kv_stride, int NH, int KVH, int HS, int window) {
+                            size_t kv_stride, int NH, int KVH, int HS, int window,
+                            const int32_t *kv_lo) {
     if (Tq < ATTN_GEMM_MIN_TQ) {
-        cpu_attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window);
+        cpu_attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                          kv_lo);
         return;
     }
     if (cpu_attention_gemm_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS,
-                               window))
+                               window, kv_lo))
         tuna_errf(&be->err, TUNA_ENOMEM, "attention_bwd: out of memory for %d x %d scores", Tq, Tk);
 }
 

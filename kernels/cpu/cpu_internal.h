@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include "../backend.h"
+#include "../ref/attn_span.h"
 
 /* Below this many multiply-adds an op stays on the calling thread. */
 #define PAR_MIN_WORK 32768
@@ -86,7 +87,7 @@ void cpu_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *inv_f
                   int HS, int rot_dim);
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                        const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                       size_t kv_stride, int NH, int KVH, int HS, int window);
+                       size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo);
 void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                     const float *up, size_t n);
 void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
@@ -106,9 +107,10 @@ void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, fl
 #define ATTN_GEMM_MIN_TQ 32
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                           int window);
+                           int window, const int32_t *kv_lo);
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                           size_t kv_stride, int NH, int KVH, int HS, int window);
+                           size_t kv_stride, int NH, int KVH, int HS, int window,
+                           const int32_t *kv_lo);
 
 #endif

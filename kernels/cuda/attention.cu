@@ -6,6 +6,7 @@
  * The warps' partial results are then merged by rescaling to the common max. Any Tk works
  * with O(HS) shared memory; speed is left to later (flash-style tiling). */
 #include "kernels/cuda/common.cuh"
+#include "kernels/ref/attn_span.h"
 
 #include <math.h>
 
@@ -51,11 +52,13 @@ void cuda_rope_fwd(Backend *be, float *x, const int32_t *pos, const float *inv_f
 // --- attention
 
 /* q (B,Tq,NH,HS), k and v (B,Tk,KVH,HS) with batch rows kv_stride floats apart,
- * out (B,Tq,NH,HS). Block index = (b * Tq + t) * NH + h. Dynamic shared memory:
+ * out (B,Tq,NH,HS), kv_lo (B*Tq, device memory) or NULL. Block index = (b * Tq + t) * NH + h.
+ * Dynamic shared memory:
  * q_s (HS) | acc (ATTN_WARPS, HS) | m_s (ATTN_WARPS) | l_s (ATTN_WARPS). */
 __global__ static void attention_fwd_kernel(float *out, const float *q, const float *k,
                                             const float *v, int Tq, int Tk, size_t kv_stride,
-                                            int NH, int KVH, int HS, int window, float scale) {
+                                            int NH, int KVH, int HS, int window,
+                                            const int32_t *kv_lo, float scale) {
     extern __shared__ float smem[];
     float *q_s = smem;
     float *m_s = smem + (size_t)(ATTN_WARPS + 1) * HS;
@@ -74,7 +77,7 @@ __global__ static void attention_fwd_kernel(float *out, const float *q, const fl
 
     /* Query t sits at position Tk - Tq + t and sees keys j0..j1 (inclusive). */
     const int j1 = Tk - Tq + t;
-    const int j0 = (window > 0 && j1 - window + 1 > 0) ? j1 - window + 1 : 0;
+    const int j0 = tuna_attn_lo(kv_lo, b * Tq + t, j1, window);
 
     for (int d = threadIdx.x; d < HS; d += blockDim.x)
         q_s[d] = q[bth * HS + d];
@@ -125,7 +128,7 @@ __global__ static void attention_fwd_kernel(float *out, const float *q, const fl
 
 void cuda_attention_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                        int window) {
+                        int window, const int32_t *kv_lo) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || B <= 0 || Tq <= 0 || NH <= 0 || HS <= 0) return;
     if (KVH <= 0 || NH % KVH != 0) {
@@ -141,9 +144,11 @@ void cuda_attention_fwd(Backend *be, float *out, const float *q, const float *k,
                 __FILE__, __LINE__, HS, smem);
         return;
     }
+    const int32_t *kv_lo_d = NULL;
+    if (kv_lo && !(kv_lo_d = cuda_upload_i32(be, ctx, kv_lo, (size_t)B * Tq))) return;
     const unsigned blocks = (unsigned)((size_t)B * Tq * NH);
     const float scale = 1.0f / sqrtf((float)HS);
     attention_fwd_kernel<<<blocks, ATTN_THREADS, smem, ctx->stream>>>(
-            out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, scale);
+            out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo_d, scale);
     CUDA_TRY_LAUNCH(be, attention_fwd_kernel);
 }

@@ -88,7 +88,7 @@ void cuda_rope_fwd(Backend *be, float *x, const int32_t *pos, const float *inv_f
                    int HS, int rot_dim);
 void cuda_attention_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                        int window);
+                        int window, const int32_t *kv_lo);
 // elementwise.cu
 void cuda_swiglu_fwd(Backend *be, float *out, const float *gate, const float *up, size_t n);
 void cuda_gelu_fwd(Backend *be, float *out, const float *in, size_t n, int approx);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "attn_span.h"
 #include "ops_hash.h"
 
 // --- memory: host malloc, 64-byte aligned
@@ -105,7 +106,8 @@ void ref_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int T, in
 }
 
 void ref_attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
-                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window) {
+                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                       const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH;
     double *sc = malloc(sizeof(double) * (size_t)(Tk > 0 ? Tk : 1));
@@ -115,7 +117,7 @@ void ref_attention_fwd(float *out, const float *q, const float *k, const float *
                 const float *qv = q + (((size_t)b * Tq + t) * NH + h) * HS;
                 float *o = out + (((size_t)b * Tq + t) * NH + h) * HS;
                 int p = Tk - Tq + t; /* this query's position */
-                int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
                 double mx = -INFINITY;
                 for (int j = lo; j <= p; j++) {
                     const float *kv = k + b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
@@ -292,7 +294,7 @@ void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, i
  * dk and dv are summed over queries in double buffers and added once at the end. */
 void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                        const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
-                       int NH, int KVH, int HS, int window) {
+                       int NH, int KVH, int HS, int window, const int32_t *kv_lo) {
     double scale = (double)(1.0f / sqrtf((float)HS));
     int grp = NH / KVH;
     size_t nkv = (size_t)B * Tk * KVH * HS;
@@ -307,7 +309,7 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                 size_t qo = (((size_t)b * Tq + t) * NH + h) * HS;
                 const float *qv = q + qo, *dov = dout + qo;
                 int p = Tk - Tq + t;
-                int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
                 double mx = -INFINITY, sum = 0, D = 0;
                 for (int j = lo; j <= p; j++) {
                     size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
@@ -485,9 +487,9 @@ static void r_rope(Backend *be, float *x, const int32_t *pos, const float *inv_f
 }
 static void r_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                        int window) {
+                        int window, const int32_t *kv_lo) {
     (void)be;
-    ref_attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window);
+    ref_attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
 }
 static void r_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     (void)be;
@@ -528,9 +530,10 @@ static void r_rope_bwd(Backend *be, float *dx, const int32_t *pos, const float *
 }
 static void r_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                            size_t kv_stride, int NH, int KVH, int HS, int window) {
+                            size_t kv_stride, int NH, int KVH, int HS, int window,
+                            const int32_t *kv_lo) {
     (void)be;
-    ref_attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window);
+    ref_attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
 }
 static void r_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout,
                          const float *gate, const float *up, size_t n) {

@@ -18,7 +18,8 @@ void ref_layernorm_fwd(float *out, const float *in, const float *w, const float 
 void ref_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int T, int NH, int HS,
                   int rot_dim);
 void ref_attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
-                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window);
+                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                       const int32_t *kv_lo);
 void ref_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void ref_gelu_fwd(float *out, const float *in, size_t n, int approx);
 void ref_add_fwd(float *out, const float *a, const float *b, size_t n);
@@ -35,7 +36,7 @@ void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, i
                   int rot_dim);
 void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                        const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
-                       int NH, int KVH, int HS, int window);
+                       int NH, int KVH, int HS, int window, const int32_t *kv_lo);
 void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                     size_t n);
 void ref_gelu_bwd(float *din, const float *dout, const float *in, size_t n, int approx);

@@ -172,7 +172,7 @@ static void run(Backend *be, Bufs *s, int op) {
     case OP_ROPE: o->rope_bwd(be, s->dq, s->pos, s->inv_freq, BT, NH, HS, HS); break;
     case OP_ATTN:
         o->attention_bwd(be, s->dq, s->dk, s->dv, s->ao, s->q, s->k, s->v, B, T, T,
-                         (size_t)T * KVH * HS, NH, KVH, HS, 0);
+                         (size_t)T * KVH * HS, NH, KVH, HS, 0, NULL);
         break;
     case OP_SWIGLU: o->swiglu_bwd(be, s->din, s->dw, s->dout, s->x, s->x, (size_t)BT * FF); break;
     case OP_GELU: o->gelu_bwd(be, s->din, s->dout, s->x, (size_t)BT * FF, 1); break;
