@@ -32,6 +32,32 @@ enum { OPT_CONFIG = 1000, OPT_RESUME, OPT_HELP, OPT_QUIET, OPT_OVERWRITE, OPT_AL
  * 128 + the signal (130 SIGINT, 143 SIGTERM) when a signal stopped it. */
 enum { EXIT_STOPPED = 3 };
 
+/* A yes/no flag takes its word as the next argument too ("--packing neat", "--strict false"):
+ * getopt's optional arguments only come as --flag=word, so such pairs are joined first. The
+ * joined copy stays reachable (static) for the life of the command. */
+static char **join_flag_words(int *argc, char **argv, const struct option *lo) {
+    static char **av;
+    free(av);
+    av = xcalloc((size_t)*argc + 1, sizeof *av);
+    static char buf[64][112];
+    int n = 0, nb = 0;
+    for (int i = 0; i < *argc; i++) {
+        const char *a = argv[i], *w = i + 1 < *argc ? argv[i + 1] : "";
+        int is_word = !strcmp(w, "true") || !strcmp(w, "false") || !strcmp(w, "neat");
+        int is_flag = 0;
+        for (const struct option *o = lo; is_word && o->name && !strncmp(a, "--", 2); o++)
+            is_flag |= o->has_arg == optional_argument && !strcmp(a + 2, o->name);
+        if (is_flag && nb < 64) {
+            snprintf(buf[nb], sizeof buf[nb], "%s=%s", a, w);
+            av[n++] = buf[nb++];
+            i++;
+        } else
+            av[n++] = argv[i];
+    }
+    *argc = n;
+    return av;
+}
+
 int cmd_train(int argc, char **argv) {
     struct option lo[96];
     int n = 0;
@@ -53,6 +79,7 @@ int cmd_train(int argc, char **argv) {
     lo[n++] = (struct option){"allow-changes", no_argument, NULL, OPT_ALLOW};
     lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     lo[n] = (struct option){0, 0, 0, 0};
+    argv = join_flag_words(&argc, argv, lo);
     TrainConfig cfg;
     train_config_defaults(&cfg);
     TunaErr err = {0};

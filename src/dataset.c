@@ -1024,6 +1024,24 @@ static size_t ex_len(const Batcher *b, size_t i) {
     return n < (size_t)b->T ? n : (size_t)b->T;
 }
 
+/* Mega-batches of the shuffled order, each sorted by length, longest first; equal lengths keep
+ * their shuffled order (insertion sort: mega-batches are at most 50 B long). */
+static void group_by_length(Batcher *b) {
+    size_t n = b->d->n, B = (size_t)b->B, mult = n / (4 * B);
+    size_t mega = B * (mult < 1 ? 1 : mult > 50 ? 50 : mult);
+    for (size_t s = 0; s < n; s += mega) {
+        size_t e = s + mega < n ? s + mega : n;
+        for (size_t i = s + 1; i < e; i++) {
+            size_t v = b->order[i], lv = ex_len(b, v), j = i;
+            while (j > s && ex_len(b, b->order[j - 1]) < lv) {
+                b->order[j] = b->order[j - 1];
+                j--;
+            }
+            b->order[j] = v;
+        }
+    }
+}
+
 static void batcher_plan(Batcher *b) {
     size_t n = b->d->n;
     for (size_t i = 0; i < n; i++)
@@ -1031,9 +1049,10 @@ static void batcher_plan(Batcher *b) {
     uint64_t s = b->seed ^ 0x74756e61ull; /* "tuna" */
     s += (uint64_t)b->epoch * 0x9E3779B97F4A7C15ull;
     shuffle(b->order, n, splitmix64(&s));
+    if (b->pack & BATCH_GROUP_BY_LENGTH) group_by_length(b);
     b->n_rows = 0;
     b->row_start[0] = 0;
-    if (!b->pack) {
+    if (!(b->pack & (BATCH_PACK | BATCH_PACK_NEAT))) {
         for (size_t i = 0; i < n; i++)
             b->row_start[++b->n_rows] = i + 1;
         return;
@@ -1050,7 +1069,7 @@ static void batcher_plan(Batcher *b) {
     if (n) b->row_start[++b->n_rows] = n;
 }
 
-int batcher_init(Batcher *b, const Dataset *d, int B, int T, int pack, uint64_t seed,
+int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t seed,
                  TunaErr *err) {
     memset(b, 0, sizeof *b);
     if (!d || d->n == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
@@ -1059,12 +1078,15 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int pack, uint64_t 
     b->d = d;
     b->B = B;
     b->T = T;
-    b->pack = pack;
+    if (flags & ~(BATCH_PACK | BATCH_PACK_NEAT | BATCH_GROUP_BY_LENGTH))
+        return tuna_errf(err, TUNA_EINVAL, "batcher: unknown flags %#x", (unsigned)flags);
+    b->pack = flags & BATCH_PACK_NEAT ? flags | BATCH_PACK : flags;
     b->seed = seed;
     b->order = xmalloc(d->n * sizeof *b->order);
     b->row_start = xmalloc((d->n + 1) * sizeof *b->row_start);
     b->ids = xmalloc((size_t)B * (size_t)T * sizeof *b->ids);
     b->targets = xmalloc((size_t)B * (size_t)T * sizeof *b->targets);
+    if (b->pack & BATCH_PACK_NEAT) b->seg_start = xmalloc((size_t)B * (size_t)T * sizeof(int32_t));
     batcher_plan(b);
     return 0;
 }
@@ -1110,12 +1132,14 @@ int batcher_next(Batcher *b, Batch *out) {
     for (size_t i = 0; i < BT; i++) {
         b->ids[i] = b->pad_id;
         b->targets[i] = TEMPLATE_IGNORE;
+        if (b->seg_start) b->seg_start[i] = 0; /* rows past the data: one span */
     }
     int n_targets = 0, n_tokens = 0;
     for (size_t r = 0; r < (size_t)b->B; r++) {
         size_t row = b->cursor * (size_t)b->B + r;
         if (row >= b->n_rows) break;
         int32_t *ids = b->ids + r * T, *tg = b->targets + r * T;
+        int32_t *seg = b->seg_start ? b->seg_start + r * T : NULL;
         size_t off = 0;
         for (size_t k = b->row_start[row]; k < b->row_start[row + 1]; k++) {
             const Example *e = &b->d->ex[b->order[k]];
@@ -1124,8 +1148,12 @@ int batcher_next(Batcher *b, Batch *out) {
             memcpy(ids + off, e->ids, m * sizeof *ids);
             for (size_t t = 0; t + 1 < m; t++)
                 tg[off + t] = e->labels[t + 1];
+            for (size_t t = 0; seg && t < m; t++)
+                seg[off + t] = (int32_t)off;
             off += m;
         }
+        for (size_t t = off; seg && t < T; t++) /* the pads: a span of their own */
+            seg[t] = (int32_t)off;
         n_tokens += (int)off;
         for (size_t t = 0; t < T; t++)
             n_targets += tg[t] != TEMPLATE_IGNORE;
@@ -1137,6 +1165,7 @@ int batcher_next(Batcher *b, Batch *out) {
     out->targets = b->targets;
     out->n_targets = n_targets;
     out->n_tokens = n_tokens;
+    out->seg_start = b->seg_start;
     return wrapped;
 }
 
@@ -1146,5 +1175,6 @@ void batcher_free(Batcher *b) {
     free(b->row_start);
     free(b->ids);
     free(b->targets);
+    free(b->seg_start);
     memset(b, 0, sizeof *b);
 }

@@ -79,12 +79,26 @@ typedef struct Batch {
     int32_t *targets; /* (B, T) targets[t] = labels[t+1]; -100 at pads, example ends, row end */
     int n_targets;    /* targets != -100 */
     int n_tokens;     /* non-pad positions */
+    /* (B, T) with BATCH_PACK_NEAT, else NULL: the row position where the example holding each
+     * position starts (pads after a row's last example start their own span). Positions
+     * restart there and attention stays inside: train_set_spans. Borrowed like ids. */
+    int32_t *seg_start;
 } Batch;
 
-/* Rows are filled from a per-epoch permutation (seed, epoch). Without pack each row holds one
- * example (longer ones truncated to T); with pack, consecutive examples of the permutation are
- * put in one row while they fit (no attention mask between them: as LLaMA-Factory's packing
- * without neat_packing). Pads are pad_id (0) with target -100. An epoch is
+/* Batcher flags (batcher_init's `flags`). */
+#define BATCH_PACK            1 /* several examples per row, attending to each other (LLaMA-Factory packing) */
+#define BATCH_PACK_NEAT       2 /* BATCH_PACK with each example kept to itself: neat_packing */
+#define BATCH_GROUP_BY_LENGTH 4 /* rows of similar length in a batch (HF group_by_length) */
+
+/* Rows are filled from a per-epoch permutation (seed, epoch). Without packing each row holds
+ * one example (longer ones truncated to T); with BATCH_PACK, consecutive examples of the
+ * permutation are put in one row while they fit (no attention mask between them: as
+ * LLaMA-Factory's packing without neat_packing); BATCH_PACK_NEAT packs the same rows and
+ * gives each batch seg_start, so that positions restart and attention stays inside each
+ * example (neat_packing). BATCH_GROUP_BY_LENGTH: the permutation is cut into mega-batches of
+ * B * min(50, max(1, n / 4B)) examples and each is sorted by length, longest first (stable),
+ * as Hugging Face's LengthGroupedSampler does, so a batch's rows have similar lengths.
+ * Pads are pad_id (0) with target -100. An epoch is
  * ceil(rows / B) batches; a short last batch is padded with empty rows.
  * Row length: every batch has rows of T (pad_multiple 0, the default), or with pad_multiple > 0
  * (set after batcher_init) each batch is padded only to its own longest row rounded up to a
@@ -92,7 +106,7 @@ typedef struct Batch {
  * Resume: save (epoch, cursor) and call batcher_seek after batcher_init. */
 typedef struct Batcher {
     const Dataset *d; /* borrowed */
-    int B, T, pack;
+    int B, T, pack;   /* pack: the BATCH_* flags */
     int pad_multiple; /* 0: rows of T; > 0: per-batch rows (see above) */
     int32_t pad_id;
     uint64_t seed;
@@ -101,9 +115,12 @@ typedef struct Batcher {
     size_t *order;             /* (d->n) this epoch's permutation */
     size_t *row_start, n_rows; /* (n_rows + 1) row r = order[row_start[r] .. row_start[r+1]) */
     int32_t *ids, *targets;    /* (B, T) */
+    int32_t *seg_start;        /* (B, T) with BATCH_PACK_NEAT, else NULL */
 } Batcher;
 
-int batcher_init(Batcher *b, const Dataset *d, int B, int T, int pack, uint64_t seed, TunaErr *err);
+/* flags: 0, or BATCH_* ORed (1 is BATCH_PACK, so a packing boolean may be passed). */
+int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t seed,
+                 TunaErr *err);
 /* Positions the batcher at batch `cursor` of `epoch` (cursor past the end wraps to the next
  * epoch). */
 int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err);

@@ -82,6 +82,8 @@ struct TrainState {
     float *losses;                     /* (N) host */
     int32_t *head_rows, *head_targets; /* (N) host: the positions that have a target, and it */
     int32_t *pos;                      /* (N) host */
+    int32_t *kv_lo;                    /* (N) host: train_set_spans' first keys */
+    int spans;                         /* kv_lo is in force (neat packing) */
     uint64_t step_seed;
     // prefix tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
@@ -610,6 +612,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->head_rows = xmalloc(sizeof(int32_t) * N);
     ts->head_targets = xmalloc(sizeof(int32_t) * N);
     ts->pos = xmalloc(sizeof(int32_t) * N);
+    ts->kv_lo = xmalloc(sizeof(int32_t) * N);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             ts->pos[(size_t)b * T + t] = ts->P + t;
@@ -656,6 +659,7 @@ void train_state_free(TrainState *ts) {
     free(ts->head_rows);
     free(ts->head_targets);
     free(ts->pos);
+    free(ts->kv_lo);
     free(ts);
 }
 
@@ -707,11 +711,32 @@ int train_set_seq_len(TrainState *ts, int T, TunaErr *err) {
     if (T < 1 || T > ts->T_cap)
         return tuna_errf(err, TUNA_EINVAL, "rows of %d tokens for a state sized for 1 to %d", T,
                          ts->T_cap);
-    if (T == ts->T) return 0;
+    if (T == ts->T && !ts->spans) return 0;
     ts->T = T;
+    ts->spans = 0;
     for (int b = 0; b < ts->B; b++)
         for (int t = 0; t < T; t++)
             ts->pos[(size_t)b * T + t] = ts->P + t;
+    return 0;
+}
+
+int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err) {
+    int T = ts->T;
+    if (!seg_start) return train_set_seq_len(ts, T, err);
+    if (ts->P)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "neat packing: not with a prefix (ptuning): each example would need its "
+                         "own");
+    for (size_t i = 0; i < (size_t)ts->B * T; i++) {
+        int t = (int)(i % (size_t)T);
+        if (seg_start[i] < 0 || seg_start[i] > t)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "neat packing: row %zu position %d starts its example at %d",
+                             i / (size_t)T, t, (int)seg_start[i]);
+        ts->pos[i] = t - seg_start[i];
+        ts->kv_lo[i] = seg_start[i];
+    }
+    ts->spans = 1;
     return 0;
 }
 
@@ -1017,7 +1042,7 @@ static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) 
     if (ts->P) prefix_scatter(ts, l, a->k, a->v, kk, vd, Bn, T);
     int Tk = T + ts->P;
     op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, NH, KVH, HS,
-                      c->sliding_window);
+                      c->sliding_window, ts->spans ? ts->kv_lo : NULL);
     linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
     op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
     norm_fwd(ts, a->xn2, a->x_mid, w->ln2_w, w->ln2_b, M);
@@ -1062,7 +1087,10 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     if (ts->n_tok) tokens_sync(ts);
     float *x = ts->acts[0].x_in;
     op->embed_fwd(be, x, ids, m->wte, M, C);
-    if (c->learned_pos) {
+    if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
+        op->embed_fwd(be, ts->tmp, ts->pos, m->wpe, M, C);
+        op->add_fwd(be, x, x, ts->tmp, (size_t)M * C);
+    } else if (c->learned_pos) {
         for (int b = 0; b < Bn; b++)
             op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C,
                         m->wpe + (size_t)ts->P * C, (size_t)T * C);
@@ -1144,13 +1172,14 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
             zero(ts, ts->dkf, (size_t)Bn * Tk * KD);
             zero(ts, ts->dvf, (size_t)Bn * Tk * KD);
             op->attention_bwd(be, ts->dq, ts->dkf, ts->dvf, ts->datt, a->q, a->k, a->v, Bn, T, Tk,
-                              (size_t)Tk * KD, NH, KVH, HS, c->sliding_window);
+                              (size_t)Tk * KD, NH, KVH, HS, c->sliding_window, NULL);
             prefix_gather(ts, l, ts->dk, ts->dv, Bn, T);
         } else {
             zero(ts, ts->dk, (size_t)M * KD);
             zero(ts, ts->dv, (size_t)M * KD);
             op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
-                              (size_t)T * KD, NH, KVH, HS, c->sliding_window);
+                              (size_t)T * KD, NH, KVH, HS, c->sliding_window,
+                              ts->spans ? ts->kv_lo : NULL);
         }
         if (!c->learned_pos) {
             op->rope_bwd(be, ts->dq, ts->pos, m->inv_freq, M, NH, HS, HS);

@@ -78,8 +78,15 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
 
 /* The row length T of the next train_step_fb calls: 1 <= T <= the T of train_state_init (the
  * buffers keep their size; a shorter T only does less work). Each row's positions restart at
- * 0 (after a prefix). */
+ * 0 (after a prefix), and every position sees the whole row before it (spans cleared). */
 int train_set_seq_len(TrainState *ts, int T, TunaErr *err);
+
+/* Neat packing, after train_set_seq_len: seg_start (B, T) host, a Batch's seg_start: the
+ * position in its row where the example holding each position starts. Positions restart
+ * there and attention keeps to [seg_start, t], so each packed example computes what it would
+ * alone in a row. NULL clears the spans. TUNA_EUNSUP with a prefix (ptuning); TUNA_EINVAL
+ * when a start lies after its position. */
+int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err);
 
 /* Dropout masks change every step: the caller bumps this (the step number). */
 void train_set_step_seed(TrainState *ts, uint64_t step);

@@ -39,16 +39,19 @@ typedef struct Field {
     size_t off, size;
     const char *def;
     const char *help;
+    const char *alt; /* F_BOOL: a third word, stored as 2 (packing: "neat"), or NULL */
 } Field;
 
 #define S(k, d, h)                                                                                 \
-    { #k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h }
+    { #k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h, NULL }
 #define I(k, d, h)                                                                                 \
-    { #k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h }
+    { #k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h, NULL }
 #define D(k, d, h)                                                                                 \
-    { #k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h }
+    { #k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h, NULL }
 #define B(k, d, h)                                                                                 \
-    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h }
+    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h, NULL }
+#define B3(k, alt, d, h)                                                                           \
+    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h, alt }
 
 static const Field fields[] = {
         S(model, "models/stories260K",
@@ -56,7 +59,7 @@ static const Field fields[] = {
         S(dataset, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
         S(dataset_dir, "datasets", "folder holding dataset_info.json"),
         {"template", F_STR, offsetof(TrainConfig, template_name), 64, "auto",
-         "prompt template (templates/NAME.json), or auto: the one matching the model's own"},
+         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL},
         S(templates_dir, "templates", "folder of template files"),
         S(method, "lora",
           "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
@@ -107,7 +110,12 @@ static const Field fields[] = {
         B(strict, "false",
           "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
           "warned)"),
-        B(packing, "false", "pack short examples into full rows"),
+        B3(packing, "neat", "false",
+           "pack short examples into full rows of cutoff_len: true (they attend to each other, "
+           "LLaMA-Factory packing) or neat (positions restart and attention stays inside each "
+           "example: neat_packing; the losses equal unpacked training)"),
+        B(group_by_length, "false",
+          "batches of examples of similar length (Hugging Face group_by_length): less padding"),
         S(pad_to, "batch",
           "batch: each batch padded to its own longest example (rounded up to 8); max: every "
           "batch to the longest example of the data (the fixed rows of earlier versions)"),
@@ -242,6 +250,11 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
             *(int *)p = 1;
         else if (!strcmp(v, "false") || !strcmp(v, "0"))
             *(int *)p = 0;
+        else if (f->alt && !strcmp(v, f->alt))
+            *(int *)p = 2;
+        else if (f->alt)
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true, false or %s, got \"%s\"",
+                             where, f->key, f->alt, v);
         else
             return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where,
                              f->key, v);
@@ -277,7 +290,12 @@ static void field_text(const TrainConfig *c, const Field *f, char *out, size_t c
         else
             snprintf(out, cap, "%.15g", *(const double *)p);
         break;
-    case F_BOOL: snprintf(out, cap, "%s", *(const int *)p ? "true" : "false"); break;
+    case F_BOOL:
+        snprintf(out, cap, "%s",
+                 *(const int *)p == 2 && f->alt ? f->alt
+                 : *(const int *)p              ? "true"
+                                                : "false");
+        break;
     }
 }
 
@@ -376,7 +394,12 @@ char *train_config_json(const TrainConfig *c) {
             else
                 cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p);
             break;
-        case F_BOOL: cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p); break;
+        case F_BOOL:
+            if (*(const int *)p == 2 && fields[i].alt)
+                cJSON_AddStringToObject(o, fields[i].key, fields[i].alt);
+            else
+                cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p);
+            break;
         }
     }
     char *s = cJSON_Print(o);
@@ -1140,6 +1163,10 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
         return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
+    if (c->packing == 2 && method == METHOD_PREFIX)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--packing neat: not with --method ptuning (each packed example would "
+                         "need the prefix of its own); use --packing true or none");
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
     for (const char *p = c->sample_prompts; *p; p++)
         n_prompts += *p == '|';
@@ -1201,7 +1228,11 @@ static int run_open(Run *r, TunaErr *err) {
         maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
     r->B = c->batch_size;
     r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
-    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, c->packing, (uint64_t)c->seed, err)))
+    int flags = (c->packing == 2 ? BATCH_PACK_NEAT
+                 : c->packing    ? BATCH_PACK
+                                 : 0) |
+                (c->group_by_length ? BATCH_GROUP_BY_LENGTH : 0);
+    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, flags, (uint64_t)c->seed, err)))
         return rc;
     r->have_batcher = 1;
     /* --pad-to batch: a batch's rows as long as its longest example (a multiple of 8, at most T);
@@ -1592,7 +1623,8 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     emit_log(&r, "info", msg);
     int GA = cfg->grad_accum, B = r.B, T = r.T;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
-            *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T);
+            *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
+            *sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * (size_t)GA * B * T) : NULL;
     int *Ts = xmalloc(sizeof(int) * (size_t)GA);
     const char *status = "finished";
     double t_last = time_now(), tok_window = 0, real_window = 0, paused_at = 0, paused_total = 0,
@@ -1662,6 +1694,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
             memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * b.T);
             memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * b.T);
+            if (sg) memcpy(sg + (size_t)a * B * T, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
             n_t += b.n_targets;
             n_tok += b.n_tokens;
         }
@@ -1672,6 +1705,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
             double s;
             int c;
             rc = train_set_seq_len(r.ts, Ts[a], err);
+            if (!rc && sg) rc = train_set_spans(r.ts, sg + (size_t)a * B * T, err);
             if (rc) break;
             rc = train_step_fb(r.ts, ids + (size_t)a * B * T, tg + (size_t)a * B * T, B,
                                n_t ? 1.0f / (float)n_t : 0.0f, 1, &s, &c, err);
@@ -1834,6 +1868,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(status, "stopped");
     free(ids);
     free(tg);
+    free(sg);
     free(Ts);
     run_close(&r);
     return rc;

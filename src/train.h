@@ -31,7 +31,9 @@ typedef struct TrainConfig {
     char pad_to[8]; /* "batch": rows as long as each batch needs; "max": all as the longest */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
-    int seed, max_samples, strict, packing, sample_steps, sample_max_tokens, threads;
+    int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;
+    int packing;         /* 0, 1 (true), 2 (neat) */
+    int group_by_length; /* batches of similar lengths */
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
     int train_on_prompt, mask_history;
     double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
