@@ -428,8 +428,9 @@ done:
 
 static void free_state(Model *m) {
     Backend *be = m->be;
-    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new, &m->v_new, &m->x,   &m->xb,
-                      &m->xb2,     &m->q,       &m->att,   &m->hb,    &m->hb2, &m->logits};
+    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new,  &m->v_new, &m->x,
+                      &m->xb,      &m->xb2,     &m->q,      &m->att,   &m->hb,
+                      &m->hb2,     &m->logits,  &m->lora_u, &m->lora_t};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         be->ops->release(be, *bufs[i]);
         *bufs[i] = NULL;
@@ -438,7 +439,51 @@ static void free_state(Model *m) {
     free(m->slot_past);
     m->pos = NULL;
     m->slot_past = NULL;
-    m->cache_T = m->act_T = m->n_past = m->n_slots = m->slot = 0;
+    m->cache_T = m->act_T = m->n_past = m->n_slots = m->slot = m->lora_rank_cap = 0;
+}
+
+/* The scratch of an unmerged LoRA for act_T rows (none without a LoRA or before reserve). */
+static int lora_scratch(Model *m, TunaErr *err) {
+    if (!m->lora || !m->act_T || m->lora_rank_cap >= m->lora->rank) return 0;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    size_t wide = (size_t)c->FF;
+    if ((size_t)c->NH * c->HS > wide) wide = (size_t)c->NH * c->HS;
+    if ((size_t)c->C > wide) wide = (size_t)c->C;
+    be->ops->release(be, m->lora_u);
+    be->ops->release(be, m->lora_t);
+    m->lora_u = be->ops->alloc(be, sizeof(float) * (size_t)m->act_T * (size_t)m->lora->rank);
+    m->lora_t = be->ops->alloc(be, sizeof(float) * (size_t)m->act_T * wide);
+    if (!m->lora_u || !m->lora_t) {
+        m->lora_rank_cap = 0;
+        return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the LoRA scratch for %d rows",
+                         m->act_T);
+    }
+    m->lora_rank_cap = m->lora->rank;
+    return 0;
+}
+
+int model_set_lora(Model *m, const ModelLora *lora, TunaErr *err) {
+    if (lora && lora->rank < 1)
+        return tuna_errf(err, TUNA_EINVAL, "model_set_lora: rank %d", lora->rank);
+    m->lora = lora;
+    int rc = lora_scratch(m, err);
+    if (rc) m->lora = NULL;
+    return rc;
+}
+
+/* out (R, N) = in (R, K) · Wᵀ + bias, plus the unmerged LoRA of (layer l, site), if any. */
+static void linear(Model *m, int l, LoraSite site, float *out, const float *in, const float *W,
+                   const float *bias, int R, int K, int N) {
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    op->matmul_fwd(be, out, in, W, bias, R, K, N);
+    const ModelLora *lo = m->lora;
+    if (!lo || !lo->A[l][site]) return;
+    op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
+    op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
+    op->scale(be, m->lora_t, (size_t)R * N, lo->scale);
+    op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
 }
 
 void model_free(Model *m) {
@@ -509,7 +554,7 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     m->act_T = act_T;
     m->n_slots = n_slots;
     reset_slots(m);
-    return 0;
+    return lora_scratch(m, err);
 }
 
 void model_use_slot(Model *m, int s) {
@@ -576,11 +621,11 @@ static void qkv_fwd(Model *m, const LayerWeights *w, int R, float *kd, float *vd
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH;
+    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, l = (int)(w - m->layers);
     norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, R);
-    op->matmul_fwd(be, m->q, m->xb, w->wq, w->bq, R, C, NH * HS);
-    op->matmul_fwd(be, kd, m->xb, w->wk, w->bk, R, C, KVH * HS);
-    op->matmul_fwd(be, vd, m->xb, w->wv, w->bv, R, C, KVH * HS);
+    linear(m, l, LORA_Q, m->q, m->xb, w->wq, w->bq, R, C, NH * HS);
+    linear(m, l, LORA_K, kd, m->xb, w->wk, w->bk, R, C, KVH * HS);
+    linear(m, l, LORA_V, vd, m->xb, w->wv, w->bv, R, C, KVH * HS);
     if (c->qk_norm) {
         op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, R * NH, HS);
         op->rmsnorm_fwd(be, kd, kd, w->k_norm, c->norm_eps, R * KVH, HS);
@@ -597,19 +642,19 @@ static void out_mlp_fwd(Model *m, const LayerWeights *w, int R) {
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    int C = c->C, FF = c->FF;
-    op->matmul_fwd(be, m->xb2, m->att, w->wo, w->bo, R, c->NH * c->HS, C);
+    int C = c->C, FF = c->FF, l = (int)(w - m->layers);
+    linear(m, l, LORA_O, m->xb2, m->att, w->wo, w->bo, R, c->NH * c->HS, C);
     op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
     norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, R);
     if (c->act == ACT_SILU) {
-        op->matmul_fwd(be, m->hb, m->xb, w->w_gate, w->b_gate, R, C, FF);
-        op->matmul_fwd(be, m->hb2, m->xb, w->w_up, w->b_up, R, C, FF);
+        linear(m, l, LORA_GATE, m->hb, m->xb, w->w_gate, w->b_gate, R, C, FF);
+        linear(m, l, LORA_UP, m->hb2, m->xb, w->w_up, w->b_up, R, C, FF);
         op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)R * FF);
     } else {
-        op->matmul_fwd(be, m->hb, m->xb, w->w_up, w->b_up, R, C, FF);
+        linear(m, l, LORA_UP, m->hb, m->xb, w->w_up, w->b_up, R, C, FF);
         op->gelu_fwd(be, m->hb, m->hb, (size_t)R * FF, c->act == ACT_GELU_TANH);
     }
-    op->matmul_fwd(be, m->xb2, m->hb, w->w_down, w->b_down, R, FF, C);
+    linear(m, l, LORA_DOWN, m->xb2, m->hb, w->w_down, w->b_down, R, FF, C);
     op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
 }
 

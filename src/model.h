@@ -30,6 +30,29 @@ typedef struct LayerWeights {
     float *w_down, *b_down; // (C, FF)  GPT-2: c_proj
 } LayerWeights;
 
+/* The linear layers of a block that an unmerged LoRA adapter can sit on (GPT-2's fused c_attn
+ * is its three slices q, k, v, sharing A). */
+typedef enum {
+    LORA_Q,
+    LORA_K,
+    LORA_V,
+    LORA_O,
+    LORA_GATE,
+    LORA_UP,   /* GPT-2: c_fc */
+    LORA_DOWN, /* GPT-2: c_proj */
+    LORA_N_SITES
+} LoraSite;
+
+/* An unmerged LoRA adapter that the forward applies: at every (layer, site) with an A, the
+ * linear layer's output gets scale * (x · Aᵀ) · Bᵀ added, with the same ops in the same order
+ * as training's forward. A (rank, in) and B (out, rank) are backend memory, borrowed. */
+typedef struct ModelLora {
+    int rank;
+    float scale;
+    const float *(*A)[LORA_N_SITES]; /* (L) rows of per-site pointers, NULL where none */
+    const float *(*B)[LORA_N_SITES];
+} ModelLora;
+
 /* One tensor of the checkpoint as it maps into Model.params: HF name, file shape, and where
  * its floats live (GPT-2's fused c_attn appears three times, part 0..2, mode 2/3). */
 typedef struct ParamInfo {
@@ -70,6 +93,9 @@ typedef struct Model {
     float *hb, *hb2;          // (act_T, FF)
     float *logits;            // (act_T, V)
     int32_t *pos;             // (act_T) host
+    const ModelLora *lora;    /* model_set_lora: applied unmerged, or NULL */
+    float *lora_u, *lora_t;   // (act_T, rank), (act_T, max(FF, NH*HS, C)) its scratch
+    int lora_rank_cap;        /* the rank lora_u is sized for */
     int prefix_len;           /* prefix tuning: virtual tokens at cache positions 0..P-1 */
     float *prefix;            // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
 } Model;
@@ -105,6 +131,11 @@ void model_reset(Model *m);
 /* Installs a prefix-tuning prefix (P, L*2*KVH*HS host floats, copied; row p = [L][k|v][KVH][HS],
  * not rotated): every sequence then starts after it, at position P. P = 0 removes it. */
 int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
+
+/* Applies lora (borrowed: it and its tensors must outlive its use) unmerged in every forward
+ * from now on, or none (NULL). The base weights are not touched, so a training run samples
+ * with its adapter without copying the base. TUNA_ENOMEM when the scratch cannot be had. */
+int model_set_lora(Model *m, const ModelLora *lora, TunaErr *err);
 
 /* Runs T new tokens (host ids) at positions n_past.., appending to the KV cache. Writes the
  * logits (host memory) of the last token, (V), or of every token, (T, V), when all_logits.

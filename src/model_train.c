@@ -59,6 +59,7 @@ struct TrainState {
     LoraMod *mods;
     int n_mods;
     int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
+    const float *(*view_A)[LORA_N_SITES], *(*view_B)[LORA_N_SITES]; /* train_lora_view's */
     float lora_scale;
     char targets[256];
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
@@ -653,6 +654,8 @@ void train_state_free(TrainState *ts) {
     free(ts->p_h);
     free(ts->mods);
     free(ts->site_mod);
+    free(ts->view_A);
+    free(ts->view_B);
     free(ts->tp);
     free(ts->acts);
     free(ts->losses);
@@ -1221,6 +1224,32 @@ typedef struct MergePart {
     float *W;
     int row0, rows;
 } MergePart;
+
+int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
+    if (ts->setup.method != METHOD_LORA)
+        return tuna_errf(err, TUNA_EINVAL, "train_lora_view: the method is not LoRA");
+    int L = ts->m->cfg.L, r = ts->setup.lora_rank;
+    if (!ts->view_A) {
+        ts->view_A = xcalloc((size_t)L, sizeof *ts->view_A);
+        ts->view_B = xcalloc((size_t)L, sizeof *ts->view_B);
+    }
+    static const LoraSite to_model[N_SITES] = {
+            [SITE_Q] = LORA_Q,   [SITE_K] = LORA_K,      [SITE_V] = LORA_V,
+            [SITE_QKV] = LORA_Q, [SITE_O] = LORA_O,      [SITE_GATE] = LORA_GATE,
+            [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
+    for (int i = 0; i < ts->n_mods; i++) {
+        const LoraMod *lm = &ts->mods[i];
+        int slices = lm->site == SITE_QKV ? 3 : 1; /* GPT-2's c_attn: q, k, v share A */
+        for (int s = 0; s < slices; s++) {
+            LoraSite ms = (LoraSite)(to_model[lm->site] + s);
+            ts->view_A[lm->layer][ms] = lm->A;
+            ts->view_B[lm->layer][ms] = lm->B + (size_t)slice_row(ts, lm->site, s) * r;
+        }
+    }
+    if (ts->n_tok) tokens_sync(ts);
+    *out = (ModelLora){.rank = r, .scale = ts->lora_scale, .A = ts->view_A, .B = ts->view_B};
+    return 0;
+}
 
 int train_lora_merge(TrainState *ts, TunaErr *err) {
     Model *m = ts->m;

@@ -442,7 +442,6 @@ typedef struct Run {
     double lr; /* the peak learning rate: cfg->lr, or what auto chose */
     double best_eval;
     int best_step;
-    float *host_params;   /* LoRA: the base weights, restored exactly after sampling */
     double cores_checked; /* follow_free_cores: time of the last check */
     int cores_seen;       /* the free cores that check found (a change needs two in a row) */
     int lock_fd;          /* RUN/.lock, flock'ed while the run writes the folder (-1: none) */
@@ -614,15 +613,15 @@ static int run_samples(Run *r, TunaErr *err) {
     int rc0;
     if (!c->sample_prompts[0]) return 0;
     Model *m = r->m;
-    Backend *be = m->be;
     int lora = train_setup(r->ts)->method == METHOD_LORA;
     float *pre;
     int P = train_prefix(r->ts, &pre);
     if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;
-    if (lora) {
-        be->ops->download(be, r->host_params, m->params, sizeof(float) * m->n_params);
-        int rc = train_lora_merge(r->ts, err);
-        if (rc) return rc;
+    ModelLora view; /* the adapter runs unmerged: the base is neither copied nor changed */
+    if (lora &&
+        ((rc0 = train_lora_view(r->ts, &view, err)) || (rc0 = model_set_lora(m, &view, err)))) {
+        if (P) model_set_prefix(m, NULL, 0, NULL);
+        return rc0;
     }
     const char *const *stops;
     int n_stops = template_stop_words(r->tpl, &stops);
@@ -679,7 +678,7 @@ static int run_samples(Run *r, TunaErr *err) {
     for (int i = 0; i < k; i++)
         free(ids[i]);
     free(list);
-    if (lora) be->ops->upload(be, m->params, r->host_params, sizeof(float) * m->n_params);
+    if (lora) model_set_lora(m, NULL, NULL);
     if (P) model_set_prefix(m, NULL, 0, NULL);
     return rc;
 }
@@ -1072,7 +1071,6 @@ static void run_close(Run *r) {
     tokenizer_free(r->tok);
     model_free(r->m);
     backend_free(r->be);
-    free(r->host_params);
     if (r->metrics) fclose(r->metrics);
     if (r->tlog) fclose(r->tlog);
     for (int i = 0; i < r->n_pending; i++)
@@ -1271,7 +1269,6 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
         return rc;
     r->have_opt = 1;
-    if (method == METHOD_LORA) r->host_params = xmalloc(sizeof(float) * r->m->n_params);
     r->best_eval = (double)INFINITY;
     return 0;
 }
