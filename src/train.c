@@ -657,13 +657,16 @@ static int run_samples(Run *r, TunaErr *err) {
                              .stops = st,
                              .n_stops = ns};
         GenerateResult res[MAX_SAMPLE_PROMPTS];
+        double t_gen = time_now();
         rc = generate_batch(m, r->tok, &s, (const int32_t *const *)ids, n, k, &o, res, err);
+        t_gen = time_now() - t_gen;
         for (int i = 0; i < k; i++) {
             if (!rc) {
                 cJSON *e = event("sample");
                 cJSON_AddNumberToObject(e, "step", r->step);
                 cJSON_AddStringToObject(e, "prompt", text[i]);
                 cJSON_AddStringToObject(e, "text", res[i].text);
+                cJSON_AddNumberToObject(e, "seconds", t_gen); /* the k prompts together */
                 emit(r, e);
                 char one[200];
                 snprintf(one, sizeof one, "%s", res[i].text);

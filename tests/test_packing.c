@@ -132,6 +132,7 @@ static void test_group_by_length(void) {
     batcher_next(&g, &x);
     CHECK(g.epoch == 1 && memcmp(g.order, g2.order, n * sizeof *g.order) != 0,
           "epoch 1 has its own order");
+    batcher_free(&g2);
     CHECK(batcher_init(&g2, d, B, T, 64, 9, &err) == TUNA_EINVAL, "unknown flag refused");
     free(seen);
     batcher_free(&g);
