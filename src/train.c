@@ -1517,6 +1517,394 @@ static int write_error(Run *r, TunaErr *err) {
                      r->dir, r->write_file_name, strerror(r->write_errno));
 }
 
+/* The state of the step loop that lives beside Run: the micro-batch copies, the clocks, the
+ * skipped-step counters and where the last checkpoint is. */
+enum { WIN = 16 };
+
+typedef struct Loop {
+    int GA, B, T;
+    int32_t *ids, *tg, *sg; /* (GA, B, T) the step's micro-batches; sg: neat spans or NULL */
+    int *Ts;                /* (GA) each micro-batch's row length */
+    const char *status;     /* "finished" or "stopped" */
+    double t_last, paused_at, paused_total, last_line;
+    double win[WIN]; /* the last steps' times, for the ETA (not the first: warm-up) */
+    int n_win, bad_row, bad_total, start_step, paused, saved_at;
+} Loop;
+
+/* The run folder's name, --template auto resolved, --adapter's shape, then everything opened
+ * and checked before the folder is touched (a failed resume changes nothing). *resolved and
+ * *adapted are the caller's: r->cfg may point at them. */
+static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *adapted,
+                       TunaErr *err) {
+    const TrainConfig *cfg = r->cfg;
+    if (cfg->output[0])
+        snprintf(r->dir, sizeof r->dir, "%s", cfg->output);
+    else
+        snprintf(r->dir, sizeof r->dir, "runs/%s-%s", cfg->dataset, cfg->method);
+    size_t dl = strlen(r->dir);
+    while (dl > 1 && r->dir[dl - 1] == '/') /* runs/x/ is runs/x */
+        r->dir[--dl] = '\0';
+    /* --template auto (the default): the built-in matching the model's own chat template,
+     * resolved here so train_config.json records the name */
+    if (!strcmp(cfg->template_name, "auto")) {
+        TunaErr e = {0};
+        TemplateAuto tauto = {0};
+        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
+            return tuna_errf(err, e.code, "--template auto: %s", e.msg);
+        *resolved = *cfg;
+        snprintf(resolved->template_name, sizeof resolved->template_name, "%s", tauto.name);
+        r->cfg = cfg = resolved;
+        char note[1200];
+        snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
+        if (tauto.has_model_template && !tauto.matched) {
+            emit_log(r, "warn", note);
+        } else { /* recorded in metrics.jsonl, not printed */
+            cJSON *ev = event("log");
+            cJSON_AddStringToObject(ev, "level", "info");
+            cJSON_AddStringToObject(ev, "msg", note);
+            emit(r, ev);
+        }
+    }
+    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
+     * start (a resume has them in the checkpoint, and its saved config resolved already) */
+    int from_adapter = cfg->adapter[0] && !resume;
+    int rc = from_adapter ? adapter_train_config(cfg, adapted, err) : 0;
+    if (!rc && from_adapter) r->cfg = cfg = adapted;
+    if (!rc) rc = run_open(r, err);
+    if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
+    if (!rc) rc = run_claim(r, resume, err);
+    if (!rc && resume) rc = resume_pick(r, err);
+    if (!rc) rc = run_files_open(r, resume, err);
+    if (rc && !r->metrics && !resume) { /* the workbench's fresh folder waits for the error */
+        char path[1200];
+        snprintf(path, sizeof path, "%s/setup_config.json", r->dir);
+        if (access(path, F_OK) == 0 && !holds_run(r->dir)) {
+            snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+            r->metrics = fopen(path, "w");
+            for (int i = 0; r->metrics && i < r->n_pending; i++)
+                fprintf(r->metrics, "%s\n", r->pending[i]);
+        }
+    }
+    if (rc && r->metrics) {
+        cJSON *e = event("done");
+        cJSON_AddNumberToObject(e, "step", r->step);
+        cJSON_AddStringToObject(e, "status", "error");
+        cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
+        emit(r, e);
+    }
+    return rc;
+}
+
+/* The start event (with the resolved config) and the one-line summary of the setup. */
+static void emit_start(Run *r) {
+    const TrainConfig *cfg = r->cfg;
+    cJSON *e = event("start");
+    cJSON_AddNumberToObject(e, "time", (double)time(NULL));
+    const char *slash = strrchr(r->dir, '/');
+    cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r->dir);
+    cJSON_AddStringToObject(e, "model", cfg->model);
+    cJSON_AddStringToObject(e, "method", cfg->method);
+    cJSON_AddStringToObject(e, "dataset", cfg->dataset);
+    cJSON_AddNumberToObject(e, "total_steps", r->total);
+    cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
+    cJSON_AddNumberToObject(e, "start_step", r->step);
+    cJSON_AddNumberToObject(e, "train_examples", (double)r->train->n);
+    cJSON_AddNumberToObject(e, "val_examples", (double)r->val->n);
+    cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r->ts));
+    cJSON_AddNumberToObject(e, "total_params", (double)r->m->n_params);
+    cJSON_AddNumberToObject(e, "seq_len", r->T);
+    cJSON_AddNumberToObject(e, "lr", r->lr); /* the peak: config's "auto" resolved */
+    char *cj = train_config_json(cfg);
+    cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
+    free(cj);
+    emit(r, e);
+    char msg[600];
+    snprintf(
+            msg, sizeof msg,
+            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
+            "tokens%s, lr %.3g%s",
+            cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts), r->m->n_params,
+            r->pad_multiple ? "up to " : "", r->T,
+            r->pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r->lr,
+            cfg->lr > 0 ? "" : " (auto)");
+    emit_log(r, "info", msg);
+}
+
+/* An eval event (and its trainer_log.jsonl line when tlog_too). */
+static void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int tlog_too) {
+    cJSON *e = event("eval");
+    cJSON_AddNumberToObject(e, "step", r->step);
+    cJSON_AddNumberToObject(e, "epoch", epoch);
+    cJSON_AddNumberToObject(e, "eval_loss", el);
+    cJSON_AddNumberToObject(e, "perplexity", exp(el));
+    emit(r, e);
+    if (!tlog_too) return;
+    errno = 0;
+    note_write(r, r->tlog, "trainer_log.jsonl",
+               fprintf(r->tlog,
+                       "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
+                       "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
+                       "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                       r->step, r->total, el, epoch, 100.0 * r->step / r->total, elapsed,
+                       eta > 0 ? eta : 0) >= 0);
+}
+
+enum { CMD_RUN, CMD_WAIT, CMD_STOP };
+
+/* The commands between steps: the control file (pause, resume, save, stop) and the stop flag.
+ * CMD_WAIT while paused; *rc is set when a save fails. */
+static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
+    int ctl = read_control(r);
+    if ((ctl & CTL_PAUSE) && !lp->paused) {
+        lp->paused = 1;
+        lp->paused_at = time_now();
+        cJSON *e = event("state");
+        cJSON_AddStringToObject(e, "state", "paused");
+        emit(r, e);
+    } else if ((ctl & CTL_RESUME) && lp->paused) {
+        lp->paused = 0;
+        lp->paused_total += time_now() - lp->paused_at;
+        cJSON *e = event("state");
+        cJSON_AddStringToObject(e, "state", "running");
+        emit(r, e);
+        lp->t_last = time_now();
+    }
+    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
+        if ((*rc = save_checkpoint(r, err))) return CMD_STOP;
+        lp->saved_at = r->step;
+    }
+    if ((ctl & CTL_STOP) || stop_requested(r)) {
+        lp->status = "stopped";
+        return CMD_STOP;
+    }
+    return lp->paused ? CMD_WAIT : CMD_RUN;
+}
+
+/* Forward and backward of the step's GA micro-batches into the gradients: the loss is the mean
+ * over all targets of the step. *n_t: the targets, *n_tok: the non-pad tokens. */
+static int step_fb(Run *r, Loop *lp, double *loss, int *n_t, int *n_tok, TunaErr *err) {
+    int GA = lp->GA, B = lp->B, T = lp->T, rc = 0;
+    size_t slot = (size_t)B * T;
+    *n_t = *n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)B * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)B * b.T);
+        if (lp->sg) memcpy(lp->sg + a * slot, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
+        *n_t += b.n_targets;
+        *n_tok += b.n_tokens;
+    }
+    train_zero_grad(r->ts);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    double loss_sum = 0;
+    for (int a = 0; a < GA && !rc; a++) {
+        double s;
+        int c;
+        rc = train_set_seq_len(r->ts, lp->Ts[a], err);
+        if (!rc && lp->sg) rc = train_set_spans(r->ts, lp->sg + a * slot, err);
+        if (rc) break;
+        rc = train_step_fb(r->ts, lp->ids + a * slot, lp->tg + a * slot, B,
+                           *n_t ? 1.0f / (float)*n_t : 0.0f, 1, &s, &c, err);
+        loss_sum += s;
+    }
+    *loss = *n_t ? loss_sum / *n_t : 0;
+    return rc;
+}
+
+/* A step with a non-finite loss or gradient was skipped: logged and counted; after
+ * max_bad_steps in a row the run stops with an error naming the checkpoint that is kept. */
+static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
+    char msg[300];
+    lp->bad_row++;
+    lp->bad_total++;
+    snprintf(msg, sizeof msg,
+             "step %d skipped: loss %g, gradient norm %g are not finite (%d in a row, %d in all)",
+             r->step, loss, gnorm, lp->bad_row, lp->bad_total);
+    emit_log(r, "warn", msg);
+    if (lp->bad_row < r->cfg->max_bad_steps) return 0;
+    /* a checkpoint this run saved just before the first bad step holds the weights that gave
+     * it: set aside (renamed, not deleted); the one before it is kept */
+    char keep[200] = "no checkpoint was saved", set_aside[80] = "";
+    int first_bad = r->step - lp->bad_row + 1;
+    if (lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step) {
+        char a[1200], b2[1300];
+        snprintf(a, sizeof a, "%s/checkpoint-%d", r->dir, lp->saved_at);
+        snprintf(b2, sizeof b2, "%s.nonfinite", a);
+        if (!rename(a, b2))
+            snprintf(set_aside, sizeof set_aside,
+                     " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)", lp->saved_at,
+                     lp->saved_at);
+    }
+    int cks[4096], nck = list_ckpts(r->dir, cks, 4096);
+    while (nck > 0 && cks[nck - 1] > r->step)
+        nck--;
+    if (nck > 0) snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
+    return tuna_errf(err, TUNA_EINVAL,
+                     "stopped at step %d: %d steps in a row with a non-finite loss or gradient (lr "
+                     "%.3g too high?); %s",
+                     r->step, lp->bad_row, r->lr, keep);
+}
+
+/* The step event, its trainer_log.jsonl line and the progress line of a finished step; gives
+ * the step's epoch, the elapsed time and the ETA (-1 while unknown). */
+static void log_step(Run *r, Loop *lp, double loss, double lr, double gnorm, int n_t, int n_tok,
+                     double *epoch, double *elapsed, double *eta) {
+    const TrainConfig *cfg = r->cfg;
+    double now = time_now(), dt = now - lp->t_last;
+    lp->t_last = now;
+    double tok_window = dt > 0 ? n_tok / dt : 0;
+    double real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
+    if (r->step - lp->start_step > 1) lp->win[lp->n_win++ % WIN] = dt; /* the first: warm-up */
+    *elapsed = now - r->t0 - lp->paused_total;
+    *eta = -1;
+    if (lp->n_win >= 3) {
+        int k = lp->n_win < WIN ? lp->n_win : WIN;
+        double sum = 0;
+        for (int i = 0; i < k; i++)
+            sum += lp->win[i];
+        *eta = sum / k * (r->total - r->step);
+    }
+    *epoch = (double)r->step / r->steps_per_epoch;
+    if (r->step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r->step == r->total) {
+        cJSON *e = event("step");
+        cJSON_AddNumberToObject(e, "step", r->step);
+        cJSON_AddNumberToObject(e, "total_steps", r->total);
+        cJSON_AddNumberToObject(e, "epoch", *epoch);
+        cJSON_AddNumberToObject(e, "loss", loss);
+        cJSON_AddNumberToObject(e, "lr", lr);
+        cJSON_AddNumberToObject(e, "grad_norm", gnorm);
+        cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
+        cJSON_AddNumberToObject(e, "real_tok_s", real_window);
+        cJSON_AddNumberToObject(e, "real_tokens", n_t);
+        cJSON_AddNumberToObject(e, "elapsed", *elapsed);
+        if (*eta >= 0) cJSON_AddNumberToObject(e, "eta", *eta);
+        if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+        emit(r, e);
+        // LLaMA-Factory's trainer_log.jsonl
+        errno = 0;
+        note_write(r, r->tlog, "trainer_log.jsonl",
+                   fprintf(r->tlog,
+                           "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
+                           "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
+                           "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                           r->step, r->total, loss, lr, *epoch, 100.0 * r->step / r->total,
+                           *elapsed, *eta > 0 ? *eta : 0) >= 0);
+    }
+    progress(r, loss, lr, tok_window, real_window, *eta, &lp->last_line);
+}
+
+/* After a step: the eval, the samples and the checkpoint that fall on it. */
+static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
+    const TrainConfig *cfg = r->cfg;
+    int rc;
+    int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
+    if (do_eval && r->val->n) {
+        double el;
+        if ((rc = run_eval(r, &el, err))) return rc;
+        if (el < r->best_eval) {
+            r->best_eval = el;
+            r->best_step = r->step;
+        }
+        emit_eval(r, el, epoch, elapsed, eta, 1);
+        say(r, "eval step %d: loss %.4f (best %.4f)", r->step, el, r->best_eval);
+    }
+    int do_sample = cfg->sample_steps > 0 ? r->step % cfg->sample_steps == 0 || r->step == r->total
+                                          : do_eval;
+    if (do_sample && (rc = run_samples(r, err))) return rc;
+    if (r->write_errno) return 0; /* the loop's check says it; no checkpoint after it */
+    if (cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total) {
+        if ((rc = save_checkpoint(r, err))) return rc;
+        lp->saved_at = r->step;
+    }
+    return 0;
+}
+
+/* The steps, from r->step to r->total or a stop. */
+static int run_loop(Run *r, Loop *lp, TunaErr *err) {
+    int np, rc = 0;
+    const TrainParam *tp = train_params(r->ts, &np);
+    if (r->step == 0 && r->val->n) { /* the starting point of the eval curve */
+        double el;
+        rc = run_eval(r, &el, err);
+        if (!rc) {
+            emit_eval(r, el, 0, 0, 0, 0);
+            say(r, "eval step 0: loss %.4f (before training)", el);
+        }
+    }
+    while (r->step < r->total && !rc) {
+        if (r->write_errno) return write_error(r, err);
+        int cmd = loop_commands(r, lp, &rc, err);
+        if (cmd == CMD_STOP) break;
+        if (cmd == CMD_WAIT) {
+            usleep(100000);
+            continue;
+        }
+        follow_free_cores(r);
+        double loss;
+        int n_t, n_tok;
+        if ((rc = step_fb(r, lp, &loss, &n_t, &n_tok, err))) break;
+        float gscale;
+        double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
+        double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
+        /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
+        int bad = !isfinite(loss) || !isfinite(gnorm);
+        if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        r->step++;
+        if (bad) {
+            rc = bad_step(r, lp, loss, gnorm, err);
+            continue;
+        }
+        lp->bad_row = 0;
+        double epoch, elapsed, eta;
+        log_step(r, lp, loss, lr, gnorm, n_t, n_tok, &epoch, &elapsed, &eta);
+        if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
+        if (r->write_errno) break; /* said below; no more steps */
+    }
+    if (!rc && r->write_errno) rc = write_error(r, err);
+    return rc;
+}
+
+/* The end: a checkpoint when stopped, the final adapter or model when finished, the done event
+ * and the summary lines. */
+static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
+    const char *status = lp->status;
+    if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
+    TrainMethod mt = train_setup(r->ts)->method;
+    int adapter = mt == METHOD_LORA || mt == METHOD_PREFIX;
+    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
+        char tmp[1300];
+        rc = dir_begin(r->dir, tmp, sizeof tmp, err);
+        if (!rc)
+            rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
+                         : model_write_hf(r->m, tmp, err);
+        if (!rc) rc = publish_files(tmp, r->dir, err);
+        dir_remove(tmp);
+    }
+    cJSON *e = event("done");
+    cJSON_AddNumberToObject(e, "step", r->step);
+    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
+    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
+    if (isfinite(r->best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r->best_eval);
+    if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+    emit(r, e);
+    if (!rc) { /* the summary: where the result went, best eval loss, time */
+        char t[32], best[96] = "";
+        fmt_secs(time_now() - r->t0 - lp->paused_total, t, sizeof t);
+        if (isfinite(r->best_eval))
+            snprintf(best, sizeof best, "; best eval loss %.4f%s", r->best_eval, "");
+        if (!strcmp(status, "finished"))
+            say(r, "tuna: finished %d steps in %s%s; %s in %s/", r->step, t, best,
+                adapter ? "adapter" : "model", r->dir);
+        else
+            say(r, "tuna: stopped at step %d of %d after %s%s", r->step, r->total, t, best);
+        if (lp->bad_total)
+            say(r, "tuna: %d steps skipped for a non-finite loss or gradient", lp->bad_total);
+    }
+    return rc;
+}
+
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
     Run r;
     memset(&r, 0, sizeof r);
@@ -1525,351 +1913,28 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     r.lock_fd = -1;
     r.t0 = time_now();
     if (hooks && hooks->stopped) *hooks->stopped = 0;
-    if (cfg->output[0])
-        snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
-    else
-        snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
-    size_t dl = strlen(r.dir);
-    while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
-        r.dir[--dl] = '\0';
-    /* --template auto (the default): the built-in matching the model's own chat template,
-     * resolved here so train_config.json records the name */
-    TrainConfig resolved;
-    TemplateAuto tauto = {0};
-    if (!strcmp(cfg->template_name, "auto")) {
-        TunaErr e = {0};
-        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
-            return tuna_errf(err, e.code, "--template auto: %s", e.msg);
-        resolved = *cfg;
-        snprintf(resolved.template_name, sizeof resolved.template_name, "%s", tauto.name);
-        r.cfg = cfg = &resolved;
-        char note[1200];
-        snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
-        if (tauto.has_model_template && !tauto.matched) {
-            emit_log(&r, "warn", note);
-        } else { /* recorded in metrics.jsonl, not printed */
-            cJSON *ev = event("log");
-            cJSON_AddStringToObject(ev, "level", "info");
-            cJSON_AddStringToObject(ev, "msg", note);
-            emit(&r, ev);
-        }
-    }
-    /* everything is checked before the folder is touched; a failed resume changes nothing */
-    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
-     * start (a resume has them in the checkpoint, and its saved config resolved already) */
-    TrainConfig adapted;
-    int from_adapter = cfg->adapter[0] && !resume;
-    int rc = from_adapter ? adapter_train_config(cfg, &adapted, err) : 0;
-    if (!rc && from_adapter) r.cfg = cfg = &adapted;
-    if (!rc) rc = run_open(&r, err);
-    if (!rc && from_adapter) rc = adapter_init_train(r.ts, cfg->adapter, cfg->model, err);
-    if (!rc) rc = run_claim(&r, resume, err);
-    if (!rc && resume) rc = resume_pick(&r, err);
-    if (!rc) rc = run_files_open(&r, resume, err);
-    char msg[600];
-    if (rc && !r.metrics && !resume) { /* the workbench's fresh folder waits for the error */
-        char path[1200];
-        snprintf(path, sizeof path, "%s/setup_config.json", r.dir);
-        if (access(path, F_OK) == 0 && !holds_run(r.dir)) {
-            snprintf(path, sizeof path, "%s/metrics.jsonl", r.dir);
-            r.metrics = fopen(path, "w");
-            for (int i = 0; r.metrics && i < r.n_pending; i++)
-                fprintf(r.metrics, "%s\n", r.pending[i]);
-        }
-    }
+    TrainConfig resolved, adapted;
+    int rc = run_prepare(&r, resume, &resolved, &adapted, err);
     if (rc) {
-        if (r.metrics) {
-            cJSON *e = event("done");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddStringToObject(e, "status", "error");
-            cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
-            emit(&r, e);
-        }
         run_close(&r);
         return rc;
     }
-    int np;
-    const TrainParam *tp = train_params(r.ts, &np);
-    {
-        cJSON *e = event("start");
-        cJSON_AddNumberToObject(e, "time", (double)time(NULL));
-        const char *slash = strrchr(r.dir, '/');
-        cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r.dir);
-        cJSON_AddStringToObject(e, "model", cfg->model);
-        cJSON_AddStringToObject(e, "method", cfg->method);
-        cJSON_AddStringToObject(e, "dataset", cfg->dataset);
-        cJSON_AddNumberToObject(e, "total_steps", r.total);
-        cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
-        cJSON_AddNumberToObject(e, "start_step", r.step);
-        cJSON_AddNumberToObject(e, "train_examples", (double)r.train->n);
-        cJSON_AddNumberToObject(e, "val_examples", (double)r.val->n);
-        cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r.ts));
-        cJSON_AddNumberToObject(e, "total_params", (double)r.m->n_params);
-        cJSON_AddNumberToObject(e, "seq_len", r.T);
-        cJSON_AddNumberToObject(e, "lr", r.lr); /* the peak: config's "auto" resolved */
-        char *cj = train_config_json(cfg);
-        cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
-        free(cj);
-        emit(&r, e);
-    }
-    snprintf(
-            msg, sizeof msg,
-            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
-            "tokens%s, lr %.3g%s",
-            cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
-            r.pad_multiple ? "up to " : "", r.T,
-            r.pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r.lr,
-            cfg->lr > 0 ? "" : " (auto)");
-    emit_log(&r, "info", msg);
-    int GA = cfg->grad_accum, B = r.B, T = r.T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
-            *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
-            *sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * (size_t)GA * B * T) : NULL;
-    int *Ts = xmalloc(sizeof(int) * (size_t)GA);
-    const char *status = "finished";
-    double t_last = time_now(), tok_window = 0, real_window = 0, paused_at = 0, paused_total = 0,
-           last_line = 0;
-    /* ETA from the last steps' times (not the first: evals, warm-up), paused time left out */
-    enum { WIN = 16 };
-    double win[WIN];
-    int n_win = 0, bad_row = 0, bad_total = 0, start_step = r.step;
-    long tokens_total = 0;
-    int paused = 0, saved_at = r.step;
-    if (r.step == 0 && r.val->n) { /* the starting point of the eval curve */
-        double el;
-        rc = run_eval(&r, &el, err);
-        if (!rc) {
-            cJSON *e = event("eval");
-            cJSON_AddNumberToObject(e, "step", 0);
-            cJSON_AddNumberToObject(e, "epoch", 0);
-            cJSON_AddNumberToObject(e, "eval_loss", el);
-            cJSON_AddNumberToObject(e, "perplexity", exp(el));
-            emit(&r, e);
-            say(&r, "eval step 0: loss %.4f (before training)", el);
-        }
-    }
-    while (r.step < r.total && !rc) {
-        if (r.write_errno) {
-            rc = write_error(&r, err);
-            break;
-        }
-        // --- commands between steps: control file, stop flag
-        int ctl = read_control(&r);
-        if ((ctl & CTL_PAUSE) && !paused) {
-            paused = 1;
-            paused_at = time_now();
-            cJSON *e = event("state");
-            cJSON_AddStringToObject(e, "state", "paused");
-            emit(&r, e);
-        } else if ((ctl & CTL_RESUME) && paused) {
-            paused = 0;
-            paused_total += time_now() - paused_at;
-            cJSON *e = event("state");
-            cJSON_AddStringToObject(e, "state", "running");
-            emit(&r, e);
-            t_last = time_now();
-        }
-        if ((ctl & CTL_SAVE) && r.step > saved_at) {
-            if ((rc = save_checkpoint(&r, err))) break;
-            saved_at = r.step;
-        }
-        if (ctl & CTL_STOP) {
-            status = "stopped";
-            break;
-        }
-        if (stop_requested(&r)) {
-            status = "stopped";
-            break;
-        }
-        if (paused) {
-            usleep(100000);
-            continue;
-        }
-        follow_free_cores(&r);
-        // --- one optimizer step over GA micro-batches; the loss is the mean over all targets
-        int n_t = 0, n_tok = 0;
-        for (int a = 0; a < GA; a++) {
-            Batch b;
-            batcher_next(&r.batcher, &b);
-            Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
-            memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * b.T);
-            memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * b.T);
-            if (sg) memcpy(sg + (size_t)a * B * T, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
-            n_t += b.n_targets;
-            n_tok += b.n_tokens;
-        }
-        train_zero_grad(r.ts);
-        train_set_step_seed(r.ts, (uint64_t)r.step);
-        double loss_sum = 0;
-        for (int a = 0; a < GA && !rc; a++) {
-            double s;
-            int c;
-            rc = train_set_seq_len(r.ts, Ts[a], err);
-            if (!rc && sg) rc = train_set_spans(r.ts, sg + (size_t)a * B * T, err);
-            if (rc) break;
-            rc = train_step_fb(r.ts, ids + (size_t)a * B * T, tg + (size_t)a * B * T, B,
-                               n_t ? 1.0f / (float)n_t : 0.0f, 1, &s, &c, err);
-            loss_sum += s;
-        }
-        if (rc) break;
-        float gscale;
-        double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm, &gscale);
-        double lr = r.lr * sched_factor(r.sched, r.step, r.warmup, r.total);
-        double loss = n_t ? loss_sum / n_t : 0;
-        /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
-        int bad = !isfinite(loss) || !isfinite(gnorm);
-        if (!bad) optim_step(&r.opt, tp, np, (float)lr, gscale);
-        r.step++;
-        if (bad) {
-            bad_row++;
-            bad_total++;
-            snprintf(msg, sizeof msg,
-                     "step %d skipped: loss %g, gradient norm %g are not finite (%d in a row, "
-                     "%d in all)",
-                     r.step, loss, gnorm, bad_row, bad_total);
-            emit_log(&r, "warn", msg);
-            if (bad_row >= cfg->max_bad_steps) {
-                /* a checkpoint this run saved just before the first bad step holds the weights
-                 * that gave it: set aside (renamed, not deleted); the one before it is kept */
-                char keep[200] = "no checkpoint was saved", set_aside[80] = "";
-                int first_bad = r.step - bad_row + 1;
-                if (saved_at == first_bad - 1 && saved_at > start_step) {
-                    char a[1200], b2[1300];
-                    snprintf(a, sizeof a, "%s/checkpoint-%d", r.dir, saved_at);
-                    snprintf(b2, sizeof b2, "%s.nonfinite", a);
-                    if (!rename(a, b2))
-                        snprintf(set_aside, sizeof set_aside,
-                                 " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)",
-                                 saved_at, saved_at);
-                }
-                int cks[4096], nck = list_ckpts(r.dir, cks, 4096);
-                while (nck > 0 && cks[nck - 1] > r.step)
-                    nck--;
-                if (nck > 0)
-                    snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
-                rc = tuna_errf(err, TUNA_EINVAL,
-                               "stopped at step %d: %d steps in a row with a non-finite loss or "
-                               "gradient (lr %.3g too high?); %s",
-                               r.step, bad_row, r.lr, keep);
-                break;
-            }
-            continue;
-        }
-        bad_row = 0;
-        double now = time_now(), dt = now - t_last;
-        t_last = now;
-        tok_window = dt > 0 ? n_tok / dt : 0;
-        real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
-        tokens_total += n_tok;
-        if (r.step - start_step > 1) win[n_win++ % WIN] = dt; /* the first step: warm-up */
-        double elapsed = now - r.t0 - paused_total, eta = -1;
-        if (n_win >= 3) {
-            int k = n_win < WIN ? n_win : WIN;
-            double sum = 0;
-            for (int i = 0; i < k; i++)
-                sum += win[i];
-            eta = sum / k * (r.total - r.step);
-        }
-        double epoch = (double)r.step / r.steps_per_epoch;
-        if (r.step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r.step == r.total) {
-            cJSON *e = event("step");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddNumberToObject(e, "total_steps", r.total);
-            cJSON_AddNumberToObject(e, "epoch", epoch);
-            cJSON_AddNumberToObject(e, "loss", loss);
-            cJSON_AddNumberToObject(e, "lr", lr);
-            cJSON_AddNumberToObject(e, "grad_norm", gnorm);
-            cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
-            cJSON_AddNumberToObject(e, "real_tok_s", real_window);
-            cJSON_AddNumberToObject(e, "real_tokens", n_t);
-            cJSON_AddNumberToObject(e, "elapsed", elapsed);
-            if (eta >= 0) cJSON_AddNumberToObject(e, "eta", eta);
-            if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
-            emit(&r, e);
-            // LLaMA-Factory's trainer_log.jsonl
-            errno = 0;
-            note_write(&r, r.tlog, "trainer_log.jsonl",
-                       fprintf(r.tlog,
-                               "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
-                               "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
-                               "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                               r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed,
-                               eta > 0 ? eta : 0) >= 0);
-        }
-        progress(&r, loss, lr, tok_window, real_window, eta, &last_line);
-        int do_eval = (cfg->eval_steps > 0 && r.step % cfg->eval_steps == 0) || r.step == r.total;
-        if (do_eval && r.val->n) {
-            double el;
-            if ((rc = run_eval(&r, &el, err))) break;
-            if (el < r.best_eval) {
-                r.best_eval = el;
-                r.best_step = r.step;
-            }
-            cJSON *e = event("eval");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddNumberToObject(e, "epoch", epoch);
-            cJSON_AddNumberToObject(e, "eval_loss", el);
-            cJSON_AddNumberToObject(e, "perplexity", exp(el));
-            emit(&r, e);
-            say(&r, "eval step %d: loss %.4f (best %.4f)", r.step, el, r.best_eval);
-            errno = 0;
-            note_write(&r, r.tlog, "trainer_log.jsonl",
-                       fprintf(r.tlog,
-                               "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
-                               "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
-                               "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                               r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed,
-                               eta > 0 ? eta : 0) >= 0);
-        }
-        int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total
-                                              : do_eval;
-        if (do_sample && (rc = run_samples(&r, err))) break;
-        if (r.write_errno) break; /* the check at the top says it; no checkpoint after it */
-        if (cfg->save_steps > 0 && r.step % cfg->save_steps == 0 && r.step < r.total) {
-            if ((rc = save_checkpoint(&r, err))) break;
-            saved_at = r.step;
-        }
-    }
-    if (!rc && r.write_errno) rc = write_error(&r, err);
-    (void)tokens_total;
-    if (!rc && !strcmp(status, "stopped") && r.step > saved_at) rc = save_checkpoint(&r, err);
-    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
-        char tmp[1300];
-        rc = dir_begin(r.dir, tmp, sizeof tmp, err);
-        TrainMethod mt = train_setup(r.ts)->method;
-        if (!rc)
-            rc = mt == METHOD_LORA || mt == METHOD_PREFIX
-                         ? adapter_write(r.ts, tmp, cfg->model, err)
-                         : model_write_hf(r.m, tmp, err);
-        if (!rc) rc = publish_files(tmp, r.dir, err);
-        dir_remove(tmp);
-    }
-    cJSON *e = event("done");
-    cJSON_AddNumberToObject(e, "step", r.step);
-    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
-    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
-    if (isfinite(r.best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r.best_eval);
-    if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
-    emit(&r, e);
-    if (!rc) { /* the summary: where the result went, best eval loss, time */
-        char t[32], best[96] = "";
-        fmt_secs(time_now() - r.t0 - paused_total, t, sizeof t);
-        if (isfinite(r.best_eval))
-            snprintf(best, sizeof best, "; best eval loss %.4f%s", r.best_eval, "");
-        if (!strcmp(status, "finished")) {
-            TrainMethod mt = train_setup(r.ts)->method;
-            say(&r, "tuna: finished %d steps in %s%s; %s in %s/", r.step, t, best,
-                mt == METHOD_LORA || mt == METHOD_PREFIX ? "adapter" : "model", r.dir);
-        } else
-            say(&r, "tuna: stopped at step %d of %d after %s%s", r.step, r.total, t, best);
-        if (bad_total)
-            say(&r, "tuna: %d steps skipped for a non-finite loss or gradient", bad_total);
-    }
-    if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(status, "stopped");
-    free(ids);
-    free(tg);
-    free(sg);
-    free(Ts);
+    emit_start(&r);
+    Loop lp = {.GA = r.cfg->grad_accum, .B = r.B, .T = r.T, .status = "finished"};
+    size_t n = (size_t)lp.GA * lp.B * lp.T;
+    lp.ids = xmalloc(sizeof(int32_t) * n);
+    lp.tg = xmalloc(sizeof(int32_t) * n);
+    lp.sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * n) : NULL;
+    lp.Ts = xmalloc(sizeof(int) * (size_t)lp.GA);
+    lp.t_last = time_now();
+    lp.start_step = lp.saved_at = r.step;
+    rc = run_loop(&r, &lp, err);
+    rc = run_finish(&r, &lp, rc, err);
+    if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(lp.status, "stopped");
+    free(lp.ids);
+    free(lp.tg);
+    free(lp.sg);
+    free(lp.Ts);
     run_close(&r);
     return rc;
 }
