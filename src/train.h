@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "config.h"
 #include "err.h"
 
 typedef struct TrainConfig {
@@ -80,6 +81,26 @@ const TrainOption *train_option(int i);
 const TrainOption *train_option_find(const char *key);
 /* TRAIN_M_FULL .. TRAIN_M_PTUNING for "full", "freeze", "lora", "ptuning"; 0 for others. */
 unsigned train_method_bit(const char *method);
+
+/* What a run of a config would take, from the model's config.json alone (no weights loaded):
+ * the sizes train_state_init and optim_init allocate, for batches of batch_size x cutoff_len
+ * (a run sizes its rows to the longest example up to cutoff_len: this is the most). All fp32,
+ * bytes of backend memory. The method's own options are read (not an --adapter's). */
+typedef struct TrainEstimate {
+    size_t total_params;     /* the model's weights */
+    size_t trainable_params; /* = train_param_count of the run's TrainState */
+    int lora_modules;        /* lora: adapted linear layers, over all layers */
+    size_t weight_bytes;     /* the model's weights, plus an adapter's own values */
+    size_t grad_bytes;       /* gradients of the trainable parameters */
+    size_t optim_bytes;      /* AdamW's m and v */
+    size_t act_bytes;        /* = train_activation_bytes */
+    size_t scratch_bytes;    /* the backward's scratch (and the prefix's buffers) */
+    size_t total_bytes;      /* the sum */
+} TrainEstimate;
+
+/* Fails, in train_state_init's words, on what a run would refuse of the method's options (an
+ * unknown method, LoRA targets the architecture lacks, more freeze layers than it has). */
+int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out, TunaErr *err);
 
 /* Defaults for every field. */
 void train_config_defaults(TrainConfig *c);
