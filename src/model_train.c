@@ -425,223 +425,209 @@ static void tokens_grad_embed(TrainState *ts, const float *dx, const int32_t *id
             }
 }
 
-int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
-                     TunaErr *err) {
-    *out = NULL;
-    Backend *be = m->be;
-    const BackendOps *op = be->ops;
-    if (!op->matmul_bwd || !op->xent_fwd_bwd || !op->adamw || !op->attention_bwd)
-        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot train yet (no backward ops)",
-                         op->name);
+/* Each part of train_state_init returns 0, TS_NOMEM when an allocation failed (the caller
+ * says it in one line), or a TunaErr code already set. */
+#define TS_NOMEM (-1)
+
+/* full / freeze: the gradient block over the trained weights (all, or the last layers). */
+static int init_full(TrainState *ts, TunaErr *err) {
+    const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
-    if (T > c->max_pos && c->learned_pos)
-        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
-                         c->max_pos);
-    TrainState *ts = xcalloc(1, sizeof *ts);
-    ts->m = m;
-    ts->be = be;
-    ts->setup = *setup;
-    ts->setup.lora_tokens =
-            NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
-    ts->B = B;
-    ts->T = T;
-    ts->T_cap = T;
-    ts->N = (size_t)B * T;
-    ts->ckpt = setup->grad_checkpoint != 0;
+    int fail = 0;
+    ts->g0 = 0;
+    ts->g1 = m->n_params;
+    if (ts->setup.method == METHOD_FREEZE) {
+        int nl = ts->setup.freeze_layers;
+        if (nl < 1 || nl > c->L)
+            return tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d", c->L,
+                             nl);
+        size_t lo, hi, lo2, hi2;
+        layer_range(m, c->L - nl, &lo, &hi);
+        layer_range(m, c->L - 1, &lo2, &hi2);
+        ts->g0 = lo;
+        ts->g1 = hi2;
+    }
+    ts->grads = balloc(ts, ts->g1 - ts->g0, &fail);
+    if (fail) return TS_NOMEM;
+    for (int i = 0; i < m->n_pinfo; i++) {
+        const ParamInfo *p = &m->pinfo[i];
+        if (p->off < ts->g0 || p->off + p->n > ts->g1) continue;
+        add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
+               p->shape[0], p->shape[1], p->ndim == 2);
+    }
+    return 0;
+}
+
+/* LoRA: a module per (layer, targeted site), A and B initialised as PEFT does, their saved
+ * activations, and the trainable token rows. */
+static int init_lora(TrainState *ts, TunaErr *err) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    const TrainSetup *setup = &ts->setup;
+    size_t N = ts->N;
+    int fail = 0;
+    int want[N_SITES];
+    int rc = parse_targets(c, setup->lora_targets, want, ts->targets, sizeof ts->targets, err);
+    if (rc) return rc;
+    int r = setup->lora_rank;
+    if (r < 1 || r > 4096)
+        return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
+    ts->lora_scale =
+            setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r) : setup->lora_alpha / (float)r;
+    ts->site_mod = xmalloc(sizeof *ts->site_mod * (size_t)c->L);
+    ts->mods = xcalloc((size_t)c->L * N_SITES, sizeof *ts->mods);
+    size_t total = 0;
+    for (int l = 0; l < c->L; l++)
+        for (int s = 0; s < N_SITES; s++) {
+            ts->site_mod[l][s] = -1;
+            if (!want[s]) continue;
+            LoraMod *lm = &ts->mods[ts->n_mods];
+            lm->layer = l;
+            lm->site = s;
+            site_dims(c, s, &lm->in, &lm->out);
+            total += (size_t)r * (size_t)(lm->in + lm->out);
+            ts->site_mod[l][s] = ts->n_mods++;
+        }
+    ts->n_ad = total;
+    ts->ad = balloc(ts, total, &fail);
+    ts->ad_grad = balloc(ts, total, &fail);
+    if (fail) return TS_NOMEM;
+    // init as PEFT: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0
+    float *host = xmalloc(sizeof(float) * total);
+    uint64_t rng = setup->seed ^ 0x4C6F5241ULL;
+    size_t off = 0;
+    for (int i = 0; i < ts->n_mods && !fail; i++) {
+        LoraMod *lm = &ts->mods[i];
+        size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
+        float bound = 1.0f / sqrtf((float)lm->in);
+        for (size_t j = 0; j < na; j++)
+            host[off + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
+        memset(host + off + na, 0, nb * sizeof(float));
+        lm->A = ts->ad + off;
+        lm->dA = ts->ad_grad + off;
+        lm->B = ts->ad + off + na;
+        lm->dB = ts->ad_grad + off + na;
+        char path[160], name[200];
+        site_path(m, lm->layer, lm->site, path, sizeof path);
+        snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", path);
+        add_tp(ts, name, lm->A, lm->dA, na, 2, r, lm->in, 1);
+        snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
+        add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
+        off += na + nb;
+        if (ts->ckpt && lm->layer > 0) { /* every layer has the same sites */
+            const LoraMod *first = &ts->mods[i % (ts->n_mods / c->L)];
+            lm->h = first->h;
+            lm->u = first->u;
+            continue;
+        }
+        if (setup->lora_dropout > 0) {
+            lm->h = balloc(ts, N * (size_t)lm->in, &fail);
+            ts->act_bytes += N * (size_t)lm->in * sizeof(float);
+        }
+        lm->u = balloc(ts, N * (size_t)r, &fail);
+        ts->act_bytes += N * (size_t)r * sizeof(float);
+    }
+    if (!fail) ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * total);
+    free(host);
+    if (fail) return TS_NOMEM;
+    return 0;
+}
+
+/* P-tuning v2: the prefix embedding (and its MLP), initialised as PyTorch does. */
+static int init_prefix(TrainState *ts, TunaErr *err) {
+    const ModelConfig *c = &ts->m->cfg;
+    const TrainSetup *setup = &ts->setup;
+    size_t KD = (size_t)c->KVH * c->HS;
+    int fail = 0, P = setup->prefix_tokens, H = setup->prefix_hidden;
+    if (P < 1 || P > 1024)
+        return tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", P);
+    if (setup->prefix_projection && (H < 1 || H > 65536))
+        return tuna_errf(err, TUNA_EINVAL, "--prefix-hidden must be in [1, 65536], got %d", H);
+    ts->P = P;
+    ts->PW = (size_t)c->L * 2 * KD;
+    size_t D = setup->prefix_projection ? KD : ts->PW; /* PEFT: token_dim = KVH*HS */
+    size_t n_emb = (size_t)P * D, n_w1 = setup->prefix_projection ? (size_t)H * D : 0,
+           n_b1 = setup->prefix_projection ? (size_t)H : 0,
+           n_w2 = setup->prefix_projection ? ts->PW * H : 0,
+           n_b2 = setup->prefix_projection ? ts->PW : 0;
+    size_t total = n_emb + n_w1 + n_b1 + n_w2 + n_b2;
+    ts->n_ad = total;
+    ts->ad = balloc(ts, total, &fail);
+    ts->ad_grad = balloc(ts, total, &fail);
+    ts->pre_dev = balloc(ts, (size_t)P * ts->PW, &fail);
+    size_t kvf = (size_t)ts->B * (size_t)(P + ts->T) * KD;
+    ts->dkf = balloc(ts, kvf, &fail);
+    ts->dvf = balloc(ts, kvf, &fail);
+    if (fail) return TS_NOMEM;
+    ts->pre = xcalloc((size_t)P * ts->PW, sizeof(float));
+    ts->pre_grad = xcalloc((size_t)P * ts->PW, sizeof(float));
+    ts->p_h = xcalloc((size_t)P * (H > 0 ? (size_t)H : 1), sizeof(float));
+    float *host = xmalloc(sizeof(float) * total);
+    uint64_t rng = setup->seed ^ 0x50524546ULL;
+    /* nn.Embedding: N(0, 1); nn.Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias */
+    for (size_t j = 0; j < n_emb; j++) {
+        double u1 = ((double)(splitmix(&rng) >> 11) + 1.0) / 9007199254740993.0;
+        double u2 = (double)(splitmix(&rng) >> 11) / 9007199254740992.0;
+        host[j] = (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+    size_t o = n_emb;
+    float bnd1 = 1.0f / sqrtf((float)D), bnd2 = H > 0 ? 1.0f / sqrtf((float)H) : 0;
+    for (size_t j = 0; j < n_w1 + n_b1; j++)
+        host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd1;
+    o += n_w1 + n_b1;
+    for (size_t j = 0; j < n_w2 + n_b2; j++)
+        host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd2;
+    ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * total);
+    free(host);
+    float *pp = ts->ad, *gg = ts->ad_grad;
+    ts->p_emb = pp;
+    ts->g_emb = gg;
+    if (!setup->prefix_projection) {
+        add_tp(ts, "prompt_embeddings", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)ts->PW, 1);
+        return 0;
+    }
+    pp += n_emb;
+    gg += n_emb;
+    ts->p_w1 = pp;
+    ts->g_w1 = gg;
+    pp += n_w1;
+    gg += n_w1;
+    ts->p_b1 = pp;
+    ts->g_b1 = gg;
+    pp += n_b1;
+    gg += n_b1;
+    ts->p_w2 = pp;
+    ts->g_w2 = gg;
+    pp += n_w2;
+    gg += n_w2;
+    ts->p_b2 = pp;
+    ts->g_b2 = gg;
+    add_tp(ts, "prompt_encoder.default.embedding.weight", ts->p_emb, ts->g_emb, n_emb, 2, P,
+           (int64_t)D, 1);
+    add_tp(ts, "prompt_encoder.default.transform.0.weight", ts->p_w1, ts->g_w1, n_w1, 2, H,
+           (int64_t)D, 1);
+    add_tp(ts, "prompt_encoder.default.transform.0.bias", ts->p_b1, ts->g_b1, n_b1, 1, H, 0, 0);
+    add_tp(ts, "prompt_encoder.default.transform.2.weight", ts->p_w2, ts->g_w2, n_w2, 2,
+           (int64_t)ts->PW, H, 1);
+    add_tp(ts, "prompt_encoder.default.transform.2.bias", ts->p_b2, ts->g_b2, n_b2, 1,
+           (int64_t)ts->PW, 0, 0);
+    return 0;
+}
+
+/* The activations the backward needs: one block, pointers into it. Every buffer starts on 64
+ * bytes, so a layer recomputed into the shared set sees the alignment it had in the forward. */
+static int init_activations(TrainState *ts) {
+    const ModelConfig *c = &ts->m->cfg;
     size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
            FF = (size_t)c->FF, V = (size_t)c->V;
-    int fail = 0, rc = 0;
-
-    // --- what trains
-    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE) {
-        ts->g0 = 0;
-        ts->g1 = m->n_params;
-        if (setup->method == METHOD_FREEZE) {
-            int nl = setup->freeze_layers;
-            if (nl < 1 || nl > c->L) {
-                rc = tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d", c->L,
-                               nl);
-                goto fail;
-            }
-            size_t lo, hi, lo2, hi2;
-            layer_range(m, c->L - nl, &lo, &hi);
-            layer_range(m, c->L - 1, &lo2, &hi2);
-            ts->g0 = lo;
-            ts->g1 = hi2;
-        }
-        ts->grads = balloc(ts, ts->g1 - ts->g0, &fail);
-        if (fail) goto nomem;
-        for (int i = 0; i < m->n_pinfo; i++) {
-            const ParamInfo *p = &m->pinfo[i];
-            if (p->off < ts->g0 || p->off + p->n > ts->g1) continue;
-            add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
-                   p->shape[0], p->shape[1], p->ndim == 2);
-        }
-    } else if (setup->method == METHOD_LORA) {
-        int want[N_SITES];
-        rc = parse_targets(c, setup->lora_targets, want, ts->targets, sizeof ts->targets, err);
-        if (rc) goto fail;
-        int r = setup->lora_rank;
-        if (r < 1 || r > 4096) {
-            rc = tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
-            goto fail;
-        }
-        ts->lora_scale = setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r)
-                                            : setup->lora_alpha / (float)r;
-        ts->site_mod = xmalloc(sizeof *ts->site_mod * (size_t)c->L);
-        ts->mods = xcalloc((size_t)c->L * N_SITES, sizeof *ts->mods);
-        size_t total = 0;
-        for (int l = 0; l < c->L; l++)
-            for (int s = 0; s < N_SITES; s++) {
-                ts->site_mod[l][s] = -1;
-                if (!want[s]) continue;
-                LoraMod *lm = &ts->mods[ts->n_mods];
-                lm->layer = l;
-                lm->site = s;
-                site_dims(c, s, &lm->in, &lm->out);
-                total += (size_t)r * (size_t)(lm->in + lm->out);
-                ts->site_mod[l][s] = ts->n_mods++;
-            }
-        ts->n_ad = total;
-        ts->ad = balloc(ts, total, &fail);
-        ts->ad_grad = balloc(ts, total, &fail);
-        if (fail) goto nomem;
-        // init as PEFT: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0
-        float *host = xmalloc(sizeof(float) * total);
-        uint64_t rng = setup->seed ^ 0x4C6F5241ULL;
-        size_t off = 0;
-        for (int i = 0; i < ts->n_mods; i++) {
-            LoraMod *lm = &ts->mods[i];
-            size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
-            float bound = 1.0f / sqrtf((float)lm->in);
-            for (size_t j = 0; j < na; j++)
-                host[off + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
-            memset(host + off + na, 0, nb * sizeof(float));
-            lm->A = ts->ad + off;
-            lm->dA = ts->ad_grad + off;
-            lm->B = ts->ad + off + na;
-            lm->dB = ts->ad_grad + off + na;
-            char path[160], name[200];
-            site_path(m, lm->layer, lm->site, path, sizeof path);
-            snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", path);
-            add_tp(ts, name, lm->A, lm->dA, na, 2, r, lm->in, 1);
-            snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
-            add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
-            off += na + nb;
-            if (ts->ckpt && lm->layer > 0) { /* every layer has the same sites */
-                const LoraMod *first = &ts->mods[i % (ts->n_mods / c->L)];
-                lm->h = first->h;
-                lm->u = first->u;
-                continue;
-            }
-            if (setup->lora_dropout > 0) {
-                lm->h = balloc(ts, N * (size_t)lm->in, &fail);
-                ts->act_bytes += N * (size_t)lm->in * sizeof(float);
-            }
-            lm->u = balloc(ts, N * (size_t)r, &fail);
-            ts->act_bytes += N * (size_t)r * sizeof(float);
-            if (fail) {
-                free(host);
-                goto nomem;
-            }
-        }
-        op->upload(be, ts->ad, host, sizeof(float) * total);
-        free(host);
-        if (setup->lora_tokens && setup->lora_tokens[0] &&
-            (rc = tokens_init(ts, setup->lora_tokens, err)))
-            goto fail;
-    }
-
-    if (setup->method == METHOD_PREFIX) {
-        int P = setup->prefix_tokens, H = setup->prefix_hidden;
-        if (P < 1 || P > 1024) {
-            rc = tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", P);
-            goto fail;
-        }
-        if (setup->prefix_projection && (H < 1 || H > 65536)) {
-            rc = tuna_errf(err, TUNA_EINVAL, "--prefix-hidden must be in [1, 65536], got %d", H);
-            goto fail;
-        }
-        ts->P = P;
-        ts->PW = (size_t)c->L * 2 * KD;
-        size_t D = setup->prefix_projection ? KD : ts->PW; /* PEFT: token_dim = KVH*HS */
-        size_t n_emb = (size_t)P * D, n_w1 = setup->prefix_projection ? (size_t)H * D : 0,
-               n_b1 = setup->prefix_projection ? (size_t)H : 0,
-               n_w2 = setup->prefix_projection ? ts->PW * H : 0,
-               n_b2 = setup->prefix_projection ? ts->PW : 0;
-        size_t total = n_emb + n_w1 + n_b1 + n_w2 + n_b2;
-        ts->n_ad = total;
-        ts->ad = balloc(ts, total, &fail);
-        ts->ad_grad = balloc(ts, total, &fail);
-        ts->pre_dev = balloc(ts, (size_t)P * ts->PW, &fail);
-        size_t kvf = (size_t)B * (size_t)(P + T) * KD;
-        ts->dkf = balloc(ts, kvf, &fail);
-        ts->dvf = balloc(ts, kvf, &fail);
-        if (fail) goto nomem;
-        ts->pre = xcalloc((size_t)P * ts->PW, sizeof(float));
-        ts->pre_grad = xcalloc((size_t)P * ts->PW, sizeof(float));
-        ts->p_h = xcalloc((size_t)P * (H > 0 ? (size_t)H : 1), sizeof(float));
-        float *host = xmalloc(sizeof(float) * total);
-        uint64_t rng = setup->seed ^ 0x50524546ULL;
-        /* nn.Embedding: N(0, 1); nn.Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias */
-        for (size_t j = 0; j < n_emb; j++) {
-            double u1 = ((double)(splitmix(&rng) >> 11) + 1.0) / 9007199254740993.0;
-            double u2 = (double)(splitmix(&rng) >> 11) / 9007199254740992.0;
-            host[j] = (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
-        }
-        size_t o = n_emb;
-        float bnd1 = 1.0f / sqrtf((float)D), bnd2 = H > 0 ? 1.0f / sqrtf((float)H) : 0;
-        for (size_t j = 0; j < n_w1 + n_b1; j++)
-            host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd1;
-        o += n_w1 + n_b1;
-        for (size_t j = 0; j < n_w2 + n_b2; j++)
-            host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd2;
-        op->upload(be, ts->ad, host, sizeof(float) * total);
-        free(host);
-        float *pp = ts->ad, *gg = ts->ad_grad;
-        ts->p_emb = pp;
-        ts->g_emb = gg;
-        pp += n_emb;
-        gg += n_emb;
-        if (setup->prefix_projection) {
-            ts->p_w1 = pp;
-            ts->g_w1 = gg;
-            pp += n_w1;
-            gg += n_w1;
-            ts->p_b1 = pp;
-            ts->g_b1 = gg;
-            pp += n_b1;
-            gg += n_b1;
-            ts->p_w2 = pp;
-            ts->g_w2 = gg;
-            pp += n_w2;
-            gg += n_w2;
-            ts->p_b2 = pp;
-            ts->g_b2 = gg;
-            add_tp(ts, "prompt_encoder.default.embedding.weight", ts->p_emb, ts->g_emb, n_emb, 2, P,
-                   (int64_t)D, 1);
-            add_tp(ts, "prompt_encoder.default.transform.0.weight", ts->p_w1, ts->g_w1, n_w1, 2, H,
-                   (int64_t)D, 1);
-            add_tp(ts, "prompt_encoder.default.transform.0.bias", ts->p_b1, ts->g_b1, n_b1, 1, H, 0,
-                   0);
-            add_tp(ts, "prompt_encoder.default.transform.2.weight", ts->p_w2, ts->g_w2, n_w2, 2,
-                   (int64_t)ts->PW, H, 1);
-            add_tp(ts, "prompt_encoder.default.transform.2.bias", ts->p_b2, ts->g_b2, n_b2, 1,
-                   (int64_t)ts->PW, 0, 0);
-        } else {
-            add_tp(ts, "prompt_embeddings", ts->p_emb, ts->g_emb, n_emb, 2, P, (int64_t)ts->PW, 1);
-        }
-    }
-
-    // --- activations: one block, pointers into it. Every buffer starts on 64 bytes, so a
-    // layer recomputed into the shared set sees the alignment it had in the forward.
-    size_t kvn = (size_t)B * (size_t)(T + ts->P) * KD; /* k and v with the prefix rows */
+    int fail = 0;
+    size_t kvn = (size_t)ts->B * (size_t)(ts->T + ts->P) * KD; /* k and v with the prefix rows */
     size_t per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
                        (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0); /* all but x_in */
     size_t n_full = ts->ckpt ? 1 : (size_t)c->L; /* layers with a set of their own */
     size_t total_act = pad16(N * C) * ((size_t)c->L + 2) + per_layer * n_full + pad16(N * V);
     ts->act_block = balloc(ts, total_act, &fail);
-    if (fail) goto nomem;
+    if (fail) return TS_NOMEM;
     ts->act_bytes += total_act * sizeof(float);
     ts->acts = xcalloc((size_t)c->L, sizeof *ts->acts);
     float *p = ts->act_block;
@@ -675,6 +661,15 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     TAKE(ts->logits, N * V);
 #undef TAKE
     TUNA_ASSERT(p == ts->act_block + total_act);
+    return 0;
+}
+
+/* The backward's scratch, the zeros, and the host arrays of a micro-batch. */
+static int init_scratch(TrainState *ts) {
+    const ModelConfig *c = &ts->m->cfg;
+    size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
+           FF = (size_t)c->FF;
+    int fail = 0;
     size_t mx = C > QD ? C : QD;
     if (FF > mx) mx = FF;
     size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
@@ -689,36 +684,73 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->dact = balloc(ts, N * FF, &fail);
     ts->tmp = balloc(ts, N * mx_out, &fail);
     ts->dys = balloc(ts, N * mx_out, &fail);
-    int r = setup->method == METHOD_LORA ? setup->lora_rank : 1;
+    int r = ts->setup.method == METHOD_LORA ? ts->setup.lora_rank : 1;
     ts->du = balloc(ts, N * (size_t)r, &fail);
     ts->dh = balloc(ts, N * mx, &fail);
     ts->zeros_n = N * mx;
     ts->zeros = balloc(ts, ts->zeros_n, &fail);
-    if (fail) goto nomem;
-    {
-        float *z = xcalloc(ts->zeros_n, sizeof(float));
-        op->upload(be, ts->zeros, z, ts->zeros_n * sizeof(float));
-        free(z);
-    }
+    if (fail) return TS_NOMEM;
+    float *z = xcalloc(ts->zeros_n, sizeof(float));
+    ts->be->ops->upload(ts->be, ts->zeros, z, ts->zeros_n * sizeof(float));
+    free(z);
     ts->losses = xmalloc(sizeof(float) * N);
     ts->head_rows = xmalloc(sizeof(int32_t) * N);
     ts->head_targets = xmalloc(sizeof(int32_t) * N);
     ts->pos = xmalloc(sizeof(int32_t) * N);
     ts->kv_lo = xmalloc(sizeof(int32_t) * N);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            ts->pos[(size_t)b * T + t] = ts->P + t;
+    for (int b = 0; b < ts->B; b++)
+        for (int t = 0; t < ts->T; t++)
+            ts->pos[(size_t)b * ts->T + t] = ts->P + t;
+    return 0;
+}
+
+int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
+                     TunaErr *err) {
+    *out = NULL;
+    Backend *be = m->be;
+    const BackendOps *op = be->ops;
+    if (!op->matmul_bwd || !op->xent_fwd_bwd || !op->adamw || !op->attention_bwd)
+        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot train yet (no backward ops)",
+                         op->name);
+    const ModelConfig *c = &m->cfg;
+    if (T > c->max_pos && c->learned_pos)
+        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
+                         c->max_pos);
+    TrainState *ts = xcalloc(1, sizeof *ts);
+    ts->m = m;
+    ts->be = be;
+    ts->setup = *setup;
+    ts->setup.lora_tokens =
+            NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
+    ts->B = B;
+    ts->T = T;
+    ts->T_cap = T;
+    ts->N = (size_t)B * T;
+    ts->ckpt = setup->grad_checkpoint != 0;
+    int rc = 0;
+    // --- what trains, then what the backward keeps and needs
+    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE)
+        rc = init_full(ts, err);
+    else if (setup->method == METHOD_LORA) {
+        rc = init_lora(ts, err);
+        if (!rc && setup->lora_tokens && setup->lora_tokens[0])
+            rc = tokens_init(ts, setup->lora_tokens, err);
+    } else if (setup->method == METHOD_PREFIX)
+        rc = init_prefix(ts, err);
+    if (!rc) rc = init_activations(ts);
+    if (!rc) rc = init_scratch(ts);
+    if (rc == TS_NOMEM)
+        rc = tuna_errf(err, TUNA_ENOMEM,
+                       "cannot allocate training memory for batch %d x %d tokens (try a smaller "
+                       "--batch-size or --cutoff-len, or LoRA)",
+                       B, T);
+    if (rc) {
+        train_state_free(ts);
+        return rc;
+    }
     train_zero_grad(ts);
     *out = ts;
     return 0;
-nomem:
-    rc = tuna_errf(err, TUNA_ENOMEM,
-                   "cannot allocate training memory for batch %d x %d tokens (try a smaller "
-                   "--batch-size or --cutoff-len, or LoRA)",
-                   B, T);
-fail:
-    train_state_free(ts);
-    return rc;
 }
 
 void train_state_free(TrainState *ts) {
