@@ -19,6 +19,7 @@
 #include "../kernels/backend.h"
 #include "control.h"
 #include "dataset.h"
+#include "evalloss.h"
 #include "generate.h"
 #include "model.h"
 #include "model_train.h"
@@ -582,27 +583,8 @@ static int write_file(const char *path, const char *text) {
 // --- evaluation and samples
 
 static int run_eval(Run *r, double *loss, TunaErr *err) {
-    Batcher vb;
-    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 1, err);
-    if (rc) return rc;
-    vb.pad_multiple = r->pad_multiple;
-    double sum = 0;
-    long cnt = 0;
-    size_t nb = batcher_batches_per_epoch(&vb);
-    for (size_t i = 0; i < nb && !rc; i++) {
-        Batch b;
-        batcher_next(&vb, &b);
-        double s;
-        int c;
-        rc = train_set_seq_len(r->ts, b.T, err);
-        if (!rc) rc = train_step_fb(r->ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
-        if (rc) break;
-        sum += s;
-        cnt += c;
-    }
-    batcher_free(&vb);
-    *loss = cnt ? sum / (double)cnt : (double)NAN;
-    return rc;
+    long cnt;
+    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
 }
 
 /* --sample-prompts are answered together in one generate_batch (train_run refuses more). */
