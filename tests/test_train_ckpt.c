@@ -189,7 +189,7 @@ static char *metrics_numbers(const char *dir) {
     char *out = xmalloc(cap), *save = NULL;
     out[0] = 0;
     static const char *drop[] = {"config",  "run", "tokens_per_s", "real_tok_s",
-                                 "elapsed", "eta", "time"};
+                                 "elapsed", "eta", "time",         "seconds"};
     for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(l);
         const cJSON *ty = cJSON_GetObjectItem(j, "type");
