@@ -679,10 +679,6 @@ size_t train_activation_bytes(const TrainState *ts) {
     return ts->act_bytes;
 }
 
-float train_lora_scale(const TrainState *ts) {
-    return ts->lora_scale;
-}
-
 const char *train_lora_targets(const TrainState *ts) {
     return ts->targets;
 }

@@ -1615,7 +1615,6 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     enum { WIN = 16 };
     double win[WIN];
     int n_win = 0, bad_row = 0, bad_total = 0, start_step = r.step;
-    long tokens_total = 0;
     int paused = 0, saved_at = r.step;
     if (r.step == 0 && r.val->n) { /* the starting point of the eval curve */
         double el;
@@ -1742,7 +1741,6 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         t_last = now;
         tok_window = dt > 0 ? n_tok / dt : 0;
         real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
-        tokens_total += n_tok;
         if (r.step - start_step > 1) win[n_win++ % WIN] = dt; /* the first step: warm-up */
         double elapsed = now - r.t0 - paused_total, eta = -1;
         if (n_win >= 3) {
@@ -1813,7 +1811,6 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         }
     }
     if (!rc && r.write_errno) rc = write_error(&r, err);
-    (void)tokens_total;
     if (!rc && !strcmp(status, "stopped") && r.step > saved_at) rc = save_checkpoint(&r, err);
     if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
         char tmp[1300];

@@ -282,13 +282,6 @@ void chat_worker_cancel(ChatWorker *w) {
     if (w) w->cancel = 1;
 }
 
-int chat_worker_busy(ChatWorker *w) {
-    pthread_mutex_lock(&w->mu);
-    int b = w->busy;
-    pthread_mutex_unlock(&w->mu);
-    return b;
-}
-
 void chat_worker_free(ChatWorker *w) {
     if (!w) return;
     pthread_mutex_lock(&w->mu);
