@@ -109,9 +109,9 @@ typedef struct Sample {
 } Sample;
 
 /* Decodes ids without special tokens, cuts at the first stop string, trims whitespace. */
-static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, const CliStops *st) {
+static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, const StopSet *st) {
     char *s = tokenizer_decode(tok, ids, n, 1);
-    cli_cut_at_stop(s, st);
+    stopset_cut(s, st);
     size_t b = 0, e = strlen(s);
     while (b < e && strchr(" \t\r\n", s[b]))
         b++;
@@ -126,7 +126,7 @@ static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, c
  * the ids before the last trained span. On the cpu backend a batch of up to 16 gives each
  * example the answer it gets alone. */
 static int eval_examples(Model *m, const Tokenizer *tok, const Example *ex, int n,
-                         const CliStops *st, int max_new, Sampler *s, Sample *out, TunaErr *err) {
+                         const StopSet *st, int max_new, Sampler *s, Sample *out, TunaErr *err) {
     const int32_t *prompts[64];
     size_t n_prompts[64];
     int which[64], k = 0;
@@ -150,11 +150,8 @@ static int eval_examples(Model *m, const Tokenizer *tok, const Example *ex, int 
         which[k++] = i;
     }
     if (!k) return 0;
-    GenerateOptions opt = {.max_new_tokens = max_new,
-                           .eos_ids = st->eos,
-                           .n_eos = st->n_eos,
-                           .stops = st->stops,
-                           .n_stops = st->n_stops};
+    GenerateOptions opt = {.max_new_tokens = max_new};
+    stopset_apply(st, &opt);
     GenerateResult res[64];
     int rc = generate_batch(m, tok, s, prompts, n_prompts, k, &opt, res, err);
     for (int j = 0; j < k; j++) {
@@ -296,8 +293,8 @@ int cmd_eval(int argc, char **argv) {
 
     double em = 0, bleu = 0, rouge = 0;
     if (!nogen) {
-        CliStops st;
-        cli_stops(m, tok, tpl, &st);
+        StopSet st;
+        stopset_init(&st, m, tok, tpl);
         sampler_init(&s, m->cfg.V, 0, 0, 0, 1, 1); /* greedy */
         samples = xcalloc(d->n, sizeof(Sample));
         int gb = batch < 64 ? batch : 64; /* sequences decoded together */
