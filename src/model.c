@@ -132,6 +132,31 @@ static void specs_gpt2(Model *m, SpecList *l, const char *pre) {
         spec_add(l, "lm_head.weight", 2, (int64_t)V, (int64_t)C, &m->lm_head, V * C, LOAD_COPY, 0);
 }
 
+size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
+    /* the table model_load allocates by, on a model that is never filled: its pointers only
+       say which tensors are the first layer's */
+    Model m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *c;
+    m.layers = xcalloc(c->L > 0 ? (size_t)c->L : 1, sizeof *m.layers);
+    SpecList l = {0};
+    if (c->arch == ARCH_GPT2)
+        specs_gpt2(&m, &l, "");
+    else
+        specs_llama(&m, &l);
+    size_t total = 0, layer = 0;
+    for (int i = 0; i < l.n; i++) {
+        total += l.v[i].n;
+        const char *d = (const char *)l.v[i].dst;
+        if (d >= (const char *)&m.layers[0] && d < (const char *)(&m.layers[0] + 1))
+            layer += l.v[i].n;
+    }
+    free(l.v);
+    free(m.layers);
+    if (per_layer) *per_layer = layer;
+    return total;
+}
+
 // --- where the weights come from: a safetensors checkpoint or a GGUF file
 
 /* One open checkpoint: exactly one of st and gg. */

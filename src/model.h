@@ -145,5 +145,8 @@ int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_lo
 
 /* Total parameter count (as in the checkpoint, tied embeddings once). */
 size_t model_param_count(const Model *m);
+/* The floats model_load would allocate for a model of config c (the same tensor table), and
+ * in *per_layer (may be NULL) those of one decoder layer. Reads no file. */
+size_t model_param_count_for(const ModelConfig *c, size_t *per_layer);
 
 #endif

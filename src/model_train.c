@@ -201,6 +201,97 @@ static size_t pad16(size_t n) {
     return (n + 15) & ~(size_t)15;
 }
 
+/* Bytes of one balloc of n floats. */
+static size_t bsize(size_t n) {
+    return (n ? n : 1) * sizeof(float);
+}
+
+/* Mirrors train_state_init: every balloc there has its term here, in the same order; tests/
+ * test_estimate.c checks the two against each other on every method and fixture model. */
+int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
+                     const TrainSetup *setup, int B, int T, TrainSizes *out, TunaErr *err) {
+    memset(out, 0, sizeof *out);
+    if (T > c->max_pos && c->learned_pos)
+        return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
+                         c->max_pos);
+    size_t N = (size_t)B * T, C = (size_t)c->C, QD = (size_t)c->NH * c->HS,
+           KD = (size_t)c->KVH * c->HS, FF = (size_t)c->FF, V = (size_t)c->V;
+    int ckpt = setup->grad_checkpoint != 0, P = 0;
+    size_t lora_act = 0;
+    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE) {
+        size_t n = n_params;
+        if (setup->method == METHOD_FREEZE) {
+            int nl = setup->freeze_layers;
+            if (nl < 1 || nl > c->L)
+                return tuna_errf(err, TUNA_EINVAL, "--freeze-layers must be in [1, %d], got %d",
+                                 c->L, nl);
+            n = (size_t)nl * layer_params; /* the layers lie one after another in params */
+        }
+        out->trainable = n;
+        out->grad_bytes = bsize(n);
+    } else if (setup->method == METHOD_LORA) {
+        int want[N_SITES];
+        char norm[256];
+        int rc = parse_targets(c, setup->lora_targets, want, norm, sizeof norm, err);
+        if (rc) return rc;
+        int r = setup->lora_rank;
+        if (r < 1 || r > 4096)
+            return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
+        size_t total = 0;
+        for (int s = 0; s < N_SITES; s++) {
+            if (!want[s]) continue;
+            int in, o;
+            site_dims(c, s, &in, &o);
+            total += (size_t)c->L * (size_t)r * (size_t)(in + o);
+            out->lora_modules += c->L;
+            /* h and u: every layer's, or with checkpointing the first layer's only */
+            size_t per = (setup->lora_dropout > 0 ? N * (size_t)in : 0) + N * (size_t)r;
+            lora_act += per * (ckpt ? 1 : (size_t)c->L) * sizeof(float);
+        }
+        out->trainable = total;
+        out->param_bytes = bsize(total);
+        out->grad_bytes = bsize(total);
+        int n_tok = 0; /* trainable tokens: one embedding row each */
+        for (const char *q = setup->lora_tokens; q && *q; q++)
+            if (*q != ',' && (q == setup->lora_tokens || q[-1] == ',')) n_tok++;
+        if (n_tok) {
+            size_t n = (size_t)n_tok * C;
+            out->trainable += n;
+            out->param_bytes += bsize(n);
+            out->grad_bytes += bsize(n);
+        }
+    } else if (setup->method == METHOD_PREFIX) {
+        int H = setup->prefix_hidden, pj = setup->prefix_projection != 0;
+        P = setup->prefix_tokens;
+        if (P < 1 || P > 1024)
+            return tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", P);
+        if (pj && (H < 1 || H > 65536))
+            return tuna_errf(err, TUNA_EINVAL, "--prefix-hidden must be in [1, 65536], got %d", H);
+        size_t PW = (size_t)c->L * 2 * KD, D = pj ? KD : PW;
+        size_t total = (size_t)P * D + (pj ? (size_t)H * D + (size_t)H + PW * H + PW : 0);
+        out->trainable = total;
+        out->param_bytes = bsize(total);
+        out->grad_bytes = bsize(total);
+        out->scratch_bytes = bsize((size_t)P * PW) + 2 * bsize((size_t)B * (size_t)(P + T) * KD);
+    }
+    /* the activation block: as train_state_init lays it out */
+    size_t kvn = (size_t)B * (size_t)(T + P) * KD;
+    size_t per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
+                       (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0);
+    size_t n_full = ckpt ? 1 : (size_t)c->L;
+    size_t total_act = pad16(N * C) * ((size_t)c->L + 2) + per_layer * n_full + pad16(N * V);
+    out->act_bytes = total_act * sizeof(float) + lora_act;
+    /* the backward's scratch */
+    size_t mx = C > QD ? C : QD;
+    if (FF > mx) mx = FF;
+    size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
+    size_t r = setup->method == METHOD_LORA ? (size_t)setup->lora_rank : 1;
+    out->scratch_bytes += bsize(N * C) + bsize(N * mx) + 2 * bsize(N * QD) + 2 * bsize(N * KD) +
+                          3 * bsize(N * FF) + 2 * bsize(N * mx_out) + bsize(N * r) +
+                          2 * bsize(N * mx);
+    return 0;
+}
+
 static float *balloc(TrainState *ts, size_t n, int *fail) {
     float *p = ts->be->ops->alloc(ts->be, (n ? n : 1) * sizeof(float));
     if (!p) *fail = 1;

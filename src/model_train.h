@@ -67,6 +67,25 @@ size_t train_param_count(const TrainState *ts); /* trainable floats */
  * final norm and logits, LoRA's dropped-out inputs and h·Aᵀ), without the backward scratch. */
 size_t train_activation_bytes(const TrainState *ts);
 
+/* What train_state_init allocates, computed from the config alone (no weights loaded), by the
+ * same rules: for a model of config c with n_params weights, layer_params of them in each
+ * decoder layer (model_param_count_for), this setup and B x T. The byte counts are backend
+ * memory as train_state_init asks for it; together they are all it allocates there. */
+typedef struct TrainSizes {
+    size_t trainable;     /* = train_param_count */
+    int lora_modules;     /* lora: the adapted linear layers, over all layers */
+    size_t param_bytes;   /* an adapter's own values and trainable token rows (full and freeze
+                             train the model's weights in place: 0) */
+    size_t grad_bytes;    /* the gradients */
+    size_t act_bytes;     /* = train_activation_bytes */
+    size_t scratch_bytes; /* the backward's scratch, the prefix's buffers */
+} TrainSizes;
+
+/* Refuses what train_state_init refuses of the setup (targets, freeze layers, ranks, a cutoff
+ * beyond learned positions), in the same words. */
+int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
+                     const TrainSetup *setup, int B, int T, TrainSizes *out, TunaErr *err);
+
 void train_zero_grad(TrainState *ts);
 
 /* Forward (and, if backward, backward) of one micro-batch: ids and targets are host

@@ -30,223 +30,207 @@
 #include "tokenizer.h"
 #include "xalloc.h"
 
-// --- the config table: one row per flag / JSON key
+// --- the options table: one row per flag / JSON key (train.h: TrainOption)
 
-typedef enum { F_STR, F_INT, F_DBL, F_BOOL } FieldType;
+#define OFF(k) offsetof(TrainConfig, k)
+#define SZ(k)  sizeof(((TrainConfig *)0)->k)
+/* ranges: lo..hi; ABOVE: > lo; FROM: >= lo; OPEN: > lo and <= hi; NONE: any integer / finite number */
+#define RANGE(lo, hi) 1, lo, hi, 0
+#define ABOVE(lo)     1, lo, HUGE_VAL, 1
+#define FROM(lo)      1, lo, HUGE_VAL, 0
+#define OPEN(lo, hi)  1, lo, hi, 1
+#define NONE          0, 0, 0, 0
+#define S(k, m, d, h)                                                                              \
+    { #k, TRAIN_OPT_STR, OFF(k), SZ(k), d, h, NULL, m, NONE, 0 }
+#define I(k, m, rg, d, h)                                                                          \
+    { #k, TRAIN_OPT_INT, OFF(k), sizeof(int), d, h, NULL, m, rg, 0 }
+#define D(k, m, rg, d, h)                                                                          \
+    { #k, TRAIN_OPT_DBL, OFF(k), sizeof(double), d, h, NULL, m, rg, 0 }
+#define B(k, m, d, h)                                                                              \
+    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, NULL, m, NONE, 0 }
+#define B3(k, alt, m, d, h)                                                                        \
+    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, alt, m, NONE, 0 }
+#define ALL  TRAIN_M_ALL
+#define LORA TRAIN_M_LORA
+#define BIG  1e9
 
-typedef struct Field {
-    const char *key;
-    FieldType type;
-    size_t off, size;
-    const char *def;
-    const char *help;
-    const char *alt; /* F_BOOL: a third word, stored as 2 (packing: "neat"), or NULL */
-} Field;
-
-#define S(k, d, h)                                                                                 \
-    { #k, F_STR, offsetof(TrainConfig, k), sizeof(((TrainConfig *)0)->k), d, h, NULL }
-#define I(k, d, h)                                                                                 \
-    { #k, F_INT, offsetof(TrainConfig, k), sizeof(int), d, h, NULL }
-#define D(k, d, h)                                                                                 \
-    { #k, F_DBL, offsetof(TrainConfig, k), sizeof(double), d, h, NULL }
-#define B(k, d, h)                                                                                 \
-    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h, NULL }
-#define B3(k, alt, d, h)                                                                           \
-    { #k, F_BOOL, offsetof(TrainConfig, k), sizeof(int), d, h, alt }
-
-static const Field fields[] = {
-        S(model, "models/stories260K",
+static const TrainOption fields[] = {
+        S(model, ALL, "models/stories260K",
           "model folder (config.json, model.safetensors, tokenizer.json)"),
-        S(dataset, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
-        S(dataset_dir, "datasets", "folder holding dataset_info.json"),
-        {"template", F_STR, offsetof(TrainConfig, template_name), 64, "auto",
-         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL},
-        S(templates_dir, "templates", "folder of template files"),
-        S(method, "lora",
+        S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
+        S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
+        {"template", TRAIN_OPT_STR, OFF(template_name), SZ(template_name), "auto",
+         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL,
+         ALL, NONE, 0},
+        S(templates_dir, ALL, "templates", "folder of template files"),
+        S(method, ALL, "lora",
           "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
-        S(stage, "sft", "sft (supervised) | pt (plain text, every token trains)"),
-        I(lora_rank, "8", "LoRA rank r"),
-        D(lora_alpha, "16", "LoRA alpha (scale alpha/r)"),
-        D(lora_dropout, "0", "LoRA dropout"),
-        S(lora_target, "all",
+        S(stage, ALL, "sft", "sft (supervised) | pt (plain text, every token trains)"),
+        I(lora_rank, LORA, RANGE(1, 4096), "8", "LoRA rank r"),
+        D(lora_alpha, LORA, OPEN(0, BIG), "16", "LoRA alpha (scale alpha/r)"),
+        D(lora_dropout, LORA, RANGE(0, 0.99), "0", "LoRA dropout"),
+        S(lora_target, LORA, "all",
           "LoRA target modules, comma-separated (q_proj,v_proj; GPT-2 c_attn), or all: every "
           "linear layer of the blocks (LLaMA-Factory's default)"),
-        B(use_rslora, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
-        S(lora_trainable_tokens, "",
+        B(use_rslora, LORA, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
+        S(lora_trainable_tokens, LORA, "",
           "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
           "token "
           "strings, or eos (the token the template ends answers with); needed when the base never "
           "learned that token"),
-        I(freeze_layers, "2", "freeze: how many last layers train"),
-        I(prefix_tokens, "16", "ptuning: virtual tokens (num_virtual_tokens)"),
-        B(prefix_projection, "false", "ptuning: reparameterize the prefix through an MLP"),
-        I(prefix_hidden, "64", "ptuning: hidden size of that MLP (encoder_hidden_size)"),
-        D(epochs, "3", "passes over the training data (fractional allowed, e.g. 1.5)"),
-        I(max_steps, "0", "stop after this many optimizer steps (0 = from epochs)"),
-        D(lr, "auto",
-          "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
-          "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
-          "at 1M and below"),
-        S(lr_scheduler, "cosine", "constant | constant_with_warmup | linear | cosine"),
-        I(warmup_steps, "0", "warmup steps"),
-        D(warmup_ratio, "0", "warmup as a fraction of all steps (if warmup_steps is 0)"),
-        D(weight_decay, "0", "AdamW weight decay (not on norms and biases)"),
-        D(max_grad_norm, "1.0", "clip the global gradient norm (0 = off)"),
-        I(batch_size, "8", "sequences per micro-batch"),
-        I(grad_accum, "1", "micro-batches per optimizer step"),
-        I(cutoff_len, "256", "maximum tokens per example"),
-        B(gradient_checkpointing, "false",
+        I(freeze_layers, TRAIN_M_FREEZE, RANGE(1, 100000), "2",
+          "freeze: how many last layers train"),
+        I(prefix_tokens, TRAIN_M_PTUNING, RANGE(1, 1024), "16",
+          "ptuning: virtual tokens (num_virtual_tokens)"),
+        B(prefix_projection, TRAIN_M_PTUNING, "false",
+          "ptuning: reparameterize the prefix through an MLP"),
+        I(prefix_hidden, TRAIN_M_PTUNING, RANGE(1, 65536), "64",
+          "ptuning: hidden size of that MLP (encoder_hidden_size)"),
+        D(epochs, ALL, RANGE(0, 100000), "3",
+          "passes over the training data (fractional allowed, e.g. 1.5)"),
+        I(max_steps, ALL, RANGE(0, BIG), "0",
+          "stop after this many optimizer steps (0 = from epochs)"),
+        {"lr", TRAIN_OPT_DBL, OFF(lr), sizeof(double), "auto",
+         "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
+         "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
+         "at 1M and below",
+         NULL, ALL, ABOVE(0), 1},
+        S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
+        I(warmup_steps, ALL, RANGE(0, BIG), "0", "warmup steps"),
+        D(warmup_ratio, ALL, RANGE(0, 1), "0",
+          "warmup as a fraction of all steps (if warmup_steps is 0)"),
+        D(weight_decay, ALL, FROM(0), "0", "AdamW weight decay (not on norms and biases)"),
+        D(max_grad_norm, ALL, FROM(0), "1.0", "clip the global gradient norm (0 = off)"),
+        I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
+        I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
+        I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),
+        B(gradient_checkpointing, ALL, "false",
           "recompute activations in the backward: less memory, ~1/3 more time"),
-        D(val_size, "0.1", "validation split: fraction, or a count if >= 1"),
-        I(eval_steps, "20", "evaluate every N steps (0 = at the end only)"),
-        I(save_steps, "50", "checkpoint every N steps (0 = only at the end)"),
-        I(save_total_limit, "2", "checkpoints kept"),
-        I(logging_steps, "1", "write a step line every N steps"),
-        S(sample_prompts, "Who are you?",
+        D(val_size, ALL, RANGE(0, BIG), "0.1", "validation split: fraction, or a count if >= 1"),
+        I(eval_steps, ALL, RANGE(0, BIG), "20", "evaluate every N steps (0 = at the end only)"),
+        I(save_steps, ALL, RANGE(0, BIG), "50", "checkpoint every N steps (0 = only at the end)"),
+        I(save_total_limit, ALL, RANGE(0, 1000000), "2", "checkpoints kept"),
+        I(logging_steps, ALL, RANGE(1, BIG), "1", "write a step line every N steps"),
+        S(sample_prompts, ALL, "Who are you?",
           "fixed prompts for sample generations, separated by | (up to 16, answered together)"),
-        I(sample_steps, "0", "generate samples every N steps (0 = with each eval)"),
-        I(sample_max_tokens, "48", "tokens per sample"),
-        S(vars, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
-        I(max_samples, "0", "use at most N rows per dataset (0 = all)"),
-        B(strict, "false",
+        I(sample_steps, ALL, RANGE(0, BIG), "0",
+          "generate samples every N steps (0 = with each eval)"),
+        I(sample_max_tokens, ALL, RANGE(0, 65536), "48", "tokens per sample"),
+        S(vars, ALL, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
+        I(max_samples, ALL, RANGE(0, BIG), "0", "use at most N rows per dataset (0 = all)"),
+        B(strict, ALL, "false",
           "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
           "warned)"),
-        B3(packing, "neat", "false",
+        B3(packing, "neat", ALL, "false",
            "pack short examples into full rows of cutoff_len: true (they attend to each other, "
            "LLaMA-Factory packing) or neat (positions restart and attention stays inside each "
            "example: neat_packing; the losses equal unpacked training)"),
-        B(group_by_length, "false",
+        B(group_by_length, ALL, "false",
           "batches of examples of similar length (Hugging Face group_by_length): less padding"),
-        S(pad_to, "batch",
+        S(pad_to, ALL, "batch",
           "batch: each batch padded to its own longest example (rounded up to 8); max: every "
           "batch to the longest example of the data (the fixed rows of earlier versions)"),
-        B(train_on_prompt, "false", "sft: the prompt tokens train too, not only the replies"),
-        B(mask_history, "false",
+        B(train_on_prompt, ALL, "false", "sft: the prompt tokens train too, not only the replies"),
+        B(mask_history, ALL, "false",
           "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
-        I(seed, "42", "seed for data order, LoRA init, dropout and sampling"),
-        I(max_bad_steps, "5",
+        I(seed, ALL, NONE, "42", "seed for data order, LoRA init, dropout and sampling"),
+        I(max_bad_steps, ALL, RANGE(1, 1000000), "5",
           "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
-        S(adapter, "",
+        S(adapter, LORA | TRAIN_M_PTUNING, "",
           "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
           "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
           "kept, optimizer and schedule start fresh (not --resume)"),
-        S(output, "", "run folder (default runs/DATASET-METHOD)"),
-        S(backend, "cpu", "cpu | ref | cuda"),
-        I(threads, "0",
+        S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
+        S(backend, ALL, "cpu", "cpu | ref | cuda"),
+        I(threads, ALL, RANGE(0, 4096), "0",
           "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
+int train_option_count(void) {
+    return N_FIELDS;
+}
+
+const TrainOption *train_option(int i) {
+    return i >= 0 && i < N_FIELDS ? &fields[i] : NULL;
+}
+
+const TrainOption *train_option_find(const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, "%s", key);
+    for (char *q = k; *q; q++)
+        if (*q == '-') *q = '_';
+    for (int i = 0; i < N_FIELDS; i++)
+        if (!strcmp(fields[i].key, k)) return &fields[i];
+    return NULL;
+}
+
+unsigned train_method_bit(const char *method) {
+    static const char *const names[] = {"full", "freeze", "lora", "ptuning"};
+    for (unsigned i = 0; i < 4; i++)
+        if (!strcmp(method, names[i])) return 1u << i;
+    return 0;
+}
+
 const char *train_config_key(int i, int *is_bool, const char **help) {
     if (i < 0 || i >= N_FIELDS) return NULL;
-    if (is_bool) *is_bool = fields[i].type == F_BOOL;
+    if (is_bool) *is_bool = fields[i].type == TRAIN_OPT_BOOL;
     if (help) *help = fields[i].help;
     return fields[i].key;
 }
 
-/* The range of each numeric option; lo_open: the bound itself is excluded ("> 0"). */
-typedef struct Range {
-    const char *key;
-    double lo, hi;
-    int lo_open;
-} Range;
-
-#define BIG 1e9
-static const Range ranges[] = {
-        {"lora_rank", 1, 4096, 0},
-        {"lora_alpha", 0, BIG, 1},
-        {"lora_dropout", 0, 0.99, 0},
-        {"freeze_layers", 1, 100000, 0},
-        {"prefix_tokens", 1, 4096, 0},
-        {"prefix_hidden", 1, 65536, 0},
-        {"epochs", 0, 100000, 0},
-        {"max_steps", 0, BIG, 0},
-        {"lr", 0, HUGE_VAL, 1},
-        {"warmup_steps", 0, BIG, 0},
-        {"warmup_ratio", 0, 1, 0},
-        {"weight_decay", 0, HUGE_VAL, 0},
-        {"max_grad_norm", 0, HUGE_VAL, 0},
-        {"batch_size", 1, 65536, 0},
-        {"grad_accum", 1, 65536, 0},
-        {"cutoff_len", 2, 1048576, 0},
-        {"val_size", 0, BIG, 0},
-        {"eval_steps", 0, BIG, 0},
-        {"save_steps", 0, BIG, 0},
-        {"save_total_limit", 0, 1000000, 0},
-        {"logging_steps", 1, BIG, 0},
-        {"sample_steps", 0, BIG, 0},
-        {"sample_max_tokens", 0, 65536, 0},
-        {"max_samples", 0, BIG, 0},
-        {"threads", 0, 4096, 0},
-        {"max_bad_steps", 1, 1000000, 0},
-        {"prefix_projection", 0, 1, 0},
-};
-
-static const Range *range_of(const char *key) {
-    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
-        if (!strcmp(ranges[i].key, key)) return &ranges[i];
-    return NULL;
-}
-
-/* A number that may also be "auto" (kept as 0, which the range excludes). */
-static int is_auto(const Field *f) {
-    return !strcmp(f->key, "lr");
-}
-
 /* "--lr: must be a number > 0, got -1" (where "--": the flag; else "FILE: " and the key). */
-static int range_err(const Field *f, const Range *rg, const char *raw, const char *where,
-                     TunaErr *err) {
+static int range_err(const TrainOption *f, const char *raw, const char *where, TunaErr *err) {
     char name[80], what[120];
     snprintf(name, sizeof name, "%s%s", where, f->key);
     if (!strcmp(where, "--"))
         for (char *q = name + 2; *q; q++)
             if (*q == '_') *q = '-';
-    const char *kind = f->type == F_INT ? "an integer" : "a number";
-    if (!rg)
+    const char *kind = f->type == TRAIN_OPT_INT ? "an integer" : "a number";
+    if (!f->ranged)
         snprintf(what, sizeof what, "%s", kind);
-    else if (rg->hi == HUGE_VAL)
-        snprintf(what, sizeof what, "%s %s %.10g%s", kind, rg->lo_open ? ">" : ">=", rg->lo,
-                 is_auto(f) ? " or auto" : "");
+    else if (f->hi == HUGE_VAL)
+        snprintf(what, sizeof what, "%s %s %.10g%s", kind, f->lo_open ? ">" : ">=", f->lo,
+                 f->is_auto ? " or auto" : "");
     else
-        snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, rg->lo, rg->hi);
+        snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, f->lo, f->hi);
     return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
 }
 
-static int in_range(const Range *rg, double x) {
-    return !rg || ((rg->lo_open ? x > rg->lo : x >= rg->lo) && x <= rg->hi);
+static int in_range(const TrainOption *f, double x) {
+    return !f->ranged || ((f->lo_open ? x > f->lo : x >= f->lo) && x <= f->hi);
 }
 
-static int field_set(TrainConfig *c, const Field *f, const char *v, const char *where,
+static int field_set(TrainConfig *c, const TrainOption *f, const char *v, const char *where,
                      TunaErr *err) {
     char *p = (char *)c + f->off, *end;
-    const Range *rg = range_of(f->key);
     errno = 0;
     switch (f->type) {
-    case F_STR:
+    case TRAIN_OPT_STR:
         if (strlen(v) >= f->size)
             return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
         memcpy(p, v, strlen(v) + 1);
         return 0;
-    case F_INT: {
+    case TRAIN_OPT_INT: {
         long x = strtol(v, &end, 10);
         if (errno || end == v || *end || x < -1000000000L || x > 1000000000L ||
-            !in_range(rg, (double)x))
-            return range_err(f, rg, v, where, err);
+            !in_range(f, (double)x))
+            return range_err(f, v, where, err);
         *(int *)p = (int)x;
         return 0;
     }
-    case F_DBL: {
-        if (is_auto(f) && !strcmp(v, "auto")) {
+    case TRAIN_OPT_DBL: {
+        if (f->is_auto && !strcmp(v, "auto")) {
             *(double *)p = 0; /* 0 stands for auto: the value is chosen when the run starts */
             return 0;
         }
         double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x) || !in_range(rg, x))
-            return range_err(f, rg, v, where, err);
+        if (errno || end == v || *end || !isfinite(x) || !in_range(f, x))
+            return range_err(f, v, where, err);
         *(double *)p = x;
         return 0;
     }
-    case F_BOOL:
+    case TRAIN_OPT_BOOL:
         if (!strcmp(v, "true") || !strcmp(v, "1"))
             *(int *)p = 1;
         else if (!strcmp(v, "false") || !strcmp(v, "0"))
@@ -266,32 +250,31 @@ static int field_set(TrainConfig *c, const Field *f, const char *v, const char *
 
 int train_config_check(const TrainConfig *c, TunaErr *err) {
     for (int i = 0; i < N_FIELDS; i++) {
-        const Field *f = &fields[i];
-        const Range *rg = range_of(f->key);
-        if (!rg || (f->type != F_INT && f->type != F_DBL)) continue;
+        const TrainOption *f = &fields[i];
+        if (!f->ranged || (f->type != TRAIN_OPT_INT && f->type != TRAIN_OPT_DBL)) continue;
         const char *p = (const char *)c + f->off;
-        double x = f->type == F_INT ? (double)*(const int *)p : *(const double *)p;
-        if (is_auto(f) && x == 0) continue;
+        double x = f->type == TRAIN_OPT_INT ? (double)*(const int *)p : *(const double *)p;
+        if (f->is_auto && x == 0) continue;
         char raw[64];
         snprintf(raw, sizeof raw, "%.17g", x);
-        if (!isfinite(x) || !in_range(rg, x)) return range_err(f, rg, raw, "--", err);
+        if (!isfinite(x) || !in_range(f, x)) return range_err(f, raw, "--", err);
     }
     return 0;
 }
 
 /* One field's value as text (for diffs). */
-static void field_text(const TrainConfig *c, const Field *f, char *out, size_t cap) {
+static void field_text(const TrainConfig *c, const TrainOption *f, char *out, size_t cap) {
     const char *p = (const char *)c + f->off;
     switch (f->type) {
-    case F_STR: snprintf(out, cap, "\"%s\"", p); break;
-    case F_INT: snprintf(out, cap, "%d", *(const int *)p); break;
-    case F_DBL:
-        if (is_auto(f) && *(const double *)p == 0)
+    case TRAIN_OPT_STR: snprintf(out, cap, "\"%s\"", p); break;
+    case TRAIN_OPT_INT: snprintf(out, cap, "%d", *(const int *)p); break;
+    case TRAIN_OPT_DBL:
+        if (f->is_auto && *(const double *)p == 0)
             snprintf(out, cap, "auto");
         else
             snprintf(out, cap, "%.15g", *(const double *)p);
         break;
-    case F_BOOL:
+    case TRAIN_OPT_BOOL:
         snprintf(out, cap, "%s",
                  *(const int *)p == 2 && f->alt ? f->alt
                  : *(const int *)p              ? "true"
@@ -304,7 +287,7 @@ int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, siz
     int n = 0;
     if (cap) out[0] = '\0';
     for (int i = 0; i < N_FIELDS; i++) {
-        const Field *f = &fields[i];
+        const TrainOption *f = &fields[i];
         if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
         char x[1100], y[1100];
         field_text(a, f, x, sizeof x);
@@ -323,18 +306,8 @@ void train_config_defaults(TrainConfig *c) {
         field_set(c, &fields[i], fields[i].def, "", NULL);
 }
 
-static const Field *field_find(const char *key) {
-    char k[64];
-    snprintf(k, sizeof k, "%s", key);
-    for (char *q = k; *q; q++)
-        if (*q == '-') *q = '_';
-    for (int i = 0; i < N_FIELDS; i++)
-        if (!strcmp(fields[i].key, k)) return &fields[i];
-    return NULL;
-}
-
 int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err) {
-    const Field *f = field_find(key);
+    const TrainOption *f = train_option_find(key);
     if (!f) return tuna_errf(err, TUNA_EINVAL, "unknown option \"%s\"", key);
     return field_set(c, f, value, "--", err);
 }
@@ -353,7 +326,7 @@ int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
     const cJSON *it;
     cJSON_ArrayForEach(it, root) {
         if (!strcmp(it->string, "history")) continue; /* changes made on resume (a record) */
-        const Field *f = field_find(it->string);
+        const TrainOption *f = train_option_find(it->string);
         if (!f) {
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\"", path, it->string);
             goto done;
@@ -366,7 +339,7 @@ int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
         else if (cJSON_IsBool(it))
             v = cJSON_IsTrue(it) ? "true" : "false";
         else if (cJSON_IsNumber(it)) {
-            if (f->type == F_INT && it->valuedouble == floor(it->valuedouble))
+            if (f->type == TRAIN_OPT_INT && it->valuedouble == floor(it->valuedouble))
                 snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
             else
                 snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
@@ -387,15 +360,15 @@ char *train_config_json(const TrainConfig *c) {
     for (int i = 0; i < N_FIELDS; i++) {
         const char *p = (const char *)c + fields[i].off;
         switch (fields[i].type) {
-        case F_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
-        case F_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
-        case F_DBL:
-            if (is_auto(&fields[i]) && *(const double *)p == 0)
+        case TRAIN_OPT_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
+        case TRAIN_OPT_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
+        case TRAIN_OPT_DBL:
+            if (fields[i].is_auto && *(const double *)p == 0)
                 cJSON_AddStringToObject(o, fields[i].key, "auto");
             else
                 cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p);
             break;
-        case F_BOOL:
+        case TRAIN_OPT_BOOL:
             if (*(const int *)p == 2 && fields[i].alt)
                 cJSON_AddStringToObject(o, fields[i].key, fields[i].alt);
             else
@@ -1486,6 +1459,394 @@ static int write_error(Run *r, TunaErr *err) {
                      r->dir, r->write_file_name, strerror(r->write_errno));
 }
 
+/* The state of the step loop that lives beside Run: the micro-batch copies, the clocks, the
+ * skipped-step counters and where the last checkpoint is. */
+enum { WIN = 16 };
+
+typedef struct Loop {
+    int GA, B, T;
+    int32_t *ids, *tg, *sg; /* (GA, B, T) the step's micro-batches; sg: neat spans or NULL */
+    int *Ts;                /* (GA) each micro-batch's row length */
+    const char *status;     /* "finished" or "stopped" */
+    double t_last, paused_at, paused_total, last_line;
+    double win[WIN]; /* the last steps' times, for the ETA (not the first: warm-up) */
+    int n_win, bad_row, bad_total, start_step, paused, saved_at;
+} Loop;
+
+/* The run folder's name, --template auto resolved, --adapter's shape, then everything opened
+ * and checked before the folder is touched (a failed resume changes nothing). *resolved and
+ * *adapted are the caller's: r->cfg may point at them. */
+static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *adapted,
+                       TunaErr *err) {
+    const TrainConfig *cfg = r->cfg;
+    if (cfg->output[0])
+        snprintf(r->dir, sizeof r->dir, "%s", cfg->output);
+    else
+        snprintf(r->dir, sizeof r->dir, "runs/%s-%s", cfg->dataset, cfg->method);
+    size_t dl = strlen(r->dir);
+    while (dl > 1 && r->dir[dl - 1] == '/') /* runs/x/ is runs/x */
+        r->dir[--dl] = '\0';
+    /* --template auto (the default): the built-in matching the model's own chat template,
+     * resolved here so train_config.json records the name */
+    if (!strcmp(cfg->template_name, "auto")) {
+        TunaErr e = {0};
+        TemplateAuto tauto = {0};
+        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
+            return tuna_errf(err, e.code, "--template auto: %s", e.msg);
+        *resolved = *cfg;
+        snprintf(resolved->template_name, sizeof resolved->template_name, "%s", tauto.name);
+        r->cfg = cfg = resolved;
+        char note[1200];
+        snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
+        if (tauto.has_model_template && !tauto.matched) {
+            emit_log(r, "warn", note);
+        } else { /* recorded in metrics.jsonl, not printed */
+            cJSON *ev = event("log");
+            cJSON_AddStringToObject(ev, "level", "info");
+            cJSON_AddStringToObject(ev, "msg", note);
+            emit(r, ev);
+        }
+    }
+    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
+     * start (a resume has them in the checkpoint, and its saved config resolved already) */
+    int from_adapter = cfg->adapter[0] && !resume;
+    int rc = from_adapter ? adapter_train_config(cfg, adapted, err) : 0;
+    if (!rc && from_adapter) r->cfg = cfg = adapted;
+    if (!rc) rc = run_open(r, err);
+    if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
+    if (!rc) rc = run_claim(r, resume, err);
+    if (!rc && resume) rc = resume_pick(r, err);
+    if (!rc) rc = run_files_open(r, resume, err);
+    if (rc && !r->metrics && !resume) { /* the workbench's fresh folder waits for the error */
+        char path[1200];
+        snprintf(path, sizeof path, "%s/setup_config.json", r->dir);
+        if (access(path, F_OK) == 0 && !holds_run(r->dir)) {
+            snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+            r->metrics = fopen(path, "w");
+            for (int i = 0; r->metrics && i < r->n_pending; i++)
+                fprintf(r->metrics, "%s\n", r->pending[i]);
+        }
+    }
+    if (rc && r->metrics) {
+        cJSON *e = event("done");
+        cJSON_AddNumberToObject(e, "step", r->step);
+        cJSON_AddStringToObject(e, "status", "error");
+        cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
+        emit(r, e);
+    }
+    return rc;
+}
+
+/* The start event (with the resolved config) and the one-line summary of the setup. */
+static void emit_start(Run *r) {
+    const TrainConfig *cfg = r->cfg;
+    cJSON *e = event("start");
+    cJSON_AddNumberToObject(e, "time", (double)time(NULL));
+    const char *slash = strrchr(r->dir, '/');
+    cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r->dir);
+    cJSON_AddStringToObject(e, "model", cfg->model);
+    cJSON_AddStringToObject(e, "method", cfg->method);
+    cJSON_AddStringToObject(e, "dataset", cfg->dataset);
+    cJSON_AddNumberToObject(e, "total_steps", r->total);
+    cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
+    cJSON_AddNumberToObject(e, "start_step", r->step);
+    cJSON_AddNumberToObject(e, "train_examples", (double)r->train->n);
+    cJSON_AddNumberToObject(e, "val_examples", (double)r->val->n);
+    cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r->ts));
+    cJSON_AddNumberToObject(e, "total_params", (double)r->m->n_params);
+    cJSON_AddNumberToObject(e, "seq_len", r->T);
+    cJSON_AddNumberToObject(e, "lr", r->lr); /* the peak: config's "auto" resolved */
+    char *cj = train_config_json(cfg);
+    cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
+    free(cj);
+    emit(r, e);
+    char msg[600];
+    snprintf(
+            msg, sizeof msg,
+            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
+            "tokens%s, lr %.3g%s",
+            cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts), r->m->n_params,
+            r->pad_multiple ? "up to " : "", r->T,
+            r->pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r->lr,
+            cfg->lr > 0 ? "" : " (auto)");
+    emit_log(r, "info", msg);
+}
+
+/* An eval event (and its trainer_log.jsonl line when tlog_too). */
+static void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int tlog_too) {
+    cJSON *e = event("eval");
+    cJSON_AddNumberToObject(e, "step", r->step);
+    cJSON_AddNumberToObject(e, "epoch", epoch);
+    cJSON_AddNumberToObject(e, "eval_loss", el);
+    cJSON_AddNumberToObject(e, "perplexity", exp(el));
+    emit(r, e);
+    if (!tlog_too) return;
+    errno = 0;
+    note_write(r, r->tlog, "trainer_log.jsonl",
+               fprintf(r->tlog,
+                       "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
+                       "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
+                       "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                       r->step, r->total, el, epoch, 100.0 * r->step / r->total, elapsed,
+                       eta > 0 ? eta : 0) >= 0);
+}
+
+enum { CMD_RUN, CMD_WAIT, CMD_STOP };
+
+/* The commands between steps: the control file (pause, resume, save, stop) and the stop flag.
+ * CMD_WAIT while paused; *rc is set when a save fails. */
+static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
+    int ctl = read_control(r);
+    if ((ctl & CTL_PAUSE) && !lp->paused) {
+        lp->paused = 1;
+        lp->paused_at = time_now();
+        cJSON *e = event("state");
+        cJSON_AddStringToObject(e, "state", "paused");
+        emit(r, e);
+    } else if ((ctl & CTL_RESUME) && lp->paused) {
+        lp->paused = 0;
+        lp->paused_total += time_now() - lp->paused_at;
+        cJSON *e = event("state");
+        cJSON_AddStringToObject(e, "state", "running");
+        emit(r, e);
+        lp->t_last = time_now();
+    }
+    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
+        if ((*rc = save_checkpoint(r, err))) return CMD_STOP;
+        lp->saved_at = r->step;
+    }
+    if ((ctl & CTL_STOP) || stop_requested(r)) {
+        lp->status = "stopped";
+        return CMD_STOP;
+    }
+    return lp->paused ? CMD_WAIT : CMD_RUN;
+}
+
+/* Forward and backward of the step's GA micro-batches into the gradients: the loss is the mean
+ * over all targets of the step. *n_t: the targets, *n_tok: the non-pad tokens. */
+static int step_fb(Run *r, Loop *lp, double *loss, int *n_t, int *n_tok, TunaErr *err) {
+    int GA = lp->GA, B = lp->B, T = lp->T, rc = 0;
+    size_t slot = (size_t)B * T;
+    *n_t = *n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)B * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)B * b.T);
+        if (lp->sg) memcpy(lp->sg + a * slot, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
+        *n_t += b.n_targets;
+        *n_tok += b.n_tokens;
+    }
+    train_zero_grad(r->ts);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    double loss_sum = 0;
+    for (int a = 0; a < GA && !rc; a++) {
+        double s;
+        int c;
+        rc = train_set_seq_len(r->ts, lp->Ts[a], err);
+        if (!rc && lp->sg) rc = train_set_spans(r->ts, lp->sg + a * slot, err);
+        if (rc) break;
+        rc = train_step_fb(r->ts, lp->ids + a * slot, lp->tg + a * slot, B,
+                           *n_t ? 1.0f / (float)*n_t : 0.0f, 1, &s, &c, err);
+        loss_sum += s;
+    }
+    *loss = *n_t ? loss_sum / *n_t : 0;
+    return rc;
+}
+
+/* A step with a non-finite loss or gradient was skipped: logged and counted; after
+ * max_bad_steps in a row the run stops with an error naming the checkpoint that is kept. */
+static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
+    char msg[300];
+    lp->bad_row++;
+    lp->bad_total++;
+    snprintf(msg, sizeof msg,
+             "step %d skipped: loss %g, gradient norm %g are not finite (%d in a row, %d in all)",
+             r->step, loss, gnorm, lp->bad_row, lp->bad_total);
+    emit_log(r, "warn", msg);
+    if (lp->bad_row < r->cfg->max_bad_steps) return 0;
+    /* a checkpoint this run saved just before the first bad step holds the weights that gave
+     * it: set aside (renamed, not deleted); the one before it is kept */
+    char keep[200] = "no checkpoint was saved", set_aside[80] = "";
+    int first_bad = r->step - lp->bad_row + 1;
+    if (lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step) {
+        char a[1200], b2[1300];
+        snprintf(a, sizeof a, "%s/checkpoint-%d", r->dir, lp->saved_at);
+        snprintf(b2, sizeof b2, "%s.nonfinite", a);
+        if (!rename(a, b2))
+            snprintf(set_aside, sizeof set_aside,
+                     " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)", lp->saved_at,
+                     lp->saved_at);
+    }
+    int cks[4096], nck = list_ckpts(r->dir, cks, 4096);
+    while (nck > 0 && cks[nck - 1] > r->step)
+        nck--;
+    if (nck > 0) snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
+    return tuna_errf(err, TUNA_EINVAL,
+                     "stopped at step %d: %d steps in a row with a non-finite loss or gradient (lr "
+                     "%.3g too high?); %s",
+                     r->step, lp->bad_row, r->lr, keep);
+}
+
+/* The step event, its trainer_log.jsonl line and the progress line of a finished step; gives
+ * the step's epoch, the elapsed time and the ETA (-1 while unknown). */
+static void log_step(Run *r, Loop *lp, double loss, double lr, double gnorm, int n_t, int n_tok,
+                     double *epoch, double *elapsed, double *eta) {
+    const TrainConfig *cfg = r->cfg;
+    double now = time_now(), dt = now - lp->t_last;
+    lp->t_last = now;
+    double tok_window = dt > 0 ? n_tok / dt : 0;
+    double real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
+    if (r->step - lp->start_step > 1) lp->win[lp->n_win++ % WIN] = dt; /* the first: warm-up */
+    *elapsed = now - r->t0 - lp->paused_total;
+    *eta = -1;
+    if (lp->n_win >= 3) {
+        int k = lp->n_win < WIN ? lp->n_win : WIN;
+        double sum = 0;
+        for (int i = 0; i < k; i++)
+            sum += lp->win[i];
+        *eta = sum / k * (r->total - r->step);
+    }
+    *epoch = (double)r->step / r->steps_per_epoch;
+    if (r->step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r->step == r->total) {
+        cJSON *e = event("step");
+        cJSON_AddNumberToObject(e, "step", r->step);
+        cJSON_AddNumberToObject(e, "total_steps", r->total);
+        cJSON_AddNumberToObject(e, "epoch", *epoch);
+        cJSON_AddNumberToObject(e, "loss", loss);
+        cJSON_AddNumberToObject(e, "lr", lr);
+        cJSON_AddNumberToObject(e, "grad_norm", gnorm);
+        cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
+        cJSON_AddNumberToObject(e, "real_tok_s", real_window);
+        cJSON_AddNumberToObject(e, "real_tokens", n_t);
+        cJSON_AddNumberToObject(e, "elapsed", *elapsed);
+        if (*eta >= 0) cJSON_AddNumberToObject(e, "eta", *eta);
+        if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+        emit(r, e);
+        // LLaMA-Factory's trainer_log.jsonl
+        errno = 0;
+        note_write(r, r->tlog, "trainer_log.jsonl",
+                   fprintf(r->tlog,
+                           "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
+                           "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
+                           "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
+                           r->step, r->total, loss, lr, *epoch, 100.0 * r->step / r->total,
+                           *elapsed, *eta > 0 ? *eta : 0) >= 0);
+    }
+    progress(r, loss, lr, tok_window, real_window, *eta, &lp->last_line);
+}
+
+/* After a step: the eval, the samples and the checkpoint that fall on it. */
+static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
+    const TrainConfig *cfg = r->cfg;
+    int rc;
+    int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
+    if (do_eval && r->val->n) {
+        double el;
+        if ((rc = run_eval(r, &el, err))) return rc;
+        if (el < r->best_eval) {
+            r->best_eval = el;
+            r->best_step = r->step;
+        }
+        emit_eval(r, el, epoch, elapsed, eta, 1);
+        say(r, "eval step %d: loss %.4f (best %.4f)", r->step, el, r->best_eval);
+    }
+    int do_sample = cfg->sample_steps > 0 ? r->step % cfg->sample_steps == 0 || r->step == r->total
+                                          : do_eval;
+    if (do_sample && (rc = run_samples(r, err))) return rc;
+    if (r->write_errno) return 0; /* the loop's check says it; no checkpoint after it */
+    if (cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total) {
+        if ((rc = save_checkpoint(r, err))) return rc;
+        lp->saved_at = r->step;
+    }
+    return 0;
+}
+
+/* The steps, from r->step to r->total or a stop. */
+static int run_loop(Run *r, Loop *lp, TunaErr *err) {
+    int np, rc = 0;
+    const TrainParam *tp = train_params(r->ts, &np);
+    if (r->step == 0 && r->val->n) { /* the starting point of the eval curve */
+        double el;
+        rc = run_eval(r, &el, err);
+        if (!rc) {
+            emit_eval(r, el, 0, 0, 0, 0);
+            say(r, "eval step 0: loss %.4f (before training)", el);
+        }
+    }
+    while (r->step < r->total && !rc) {
+        if (r->write_errno) return write_error(r, err);
+        int cmd = loop_commands(r, lp, &rc, err);
+        if (cmd == CMD_STOP) break;
+        if (cmd == CMD_WAIT) {
+            usleep(100000);
+            continue;
+        }
+        follow_free_cores(r);
+        double loss;
+        int n_t, n_tok;
+        if ((rc = step_fb(r, lp, &loss, &n_t, &n_tok, err))) break;
+        float gscale;
+        double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
+        double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
+        /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
+        int bad = !isfinite(loss) || !isfinite(gnorm);
+        if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        r->step++;
+        if (bad) {
+            rc = bad_step(r, lp, loss, gnorm, err);
+            continue;
+        }
+        lp->bad_row = 0;
+        double epoch, elapsed, eta;
+        log_step(r, lp, loss, lr, gnorm, n_t, n_tok, &epoch, &elapsed, &eta);
+        if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
+        if (r->write_errno) break; /* said below; no more steps */
+    }
+    if (!rc && r->write_errno) rc = write_error(r, err);
+    return rc;
+}
+
+/* The end: a checkpoint when stopped, the final adapter or model when finished, the done event
+ * and the summary lines. */
+static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
+    const char *status = lp->status;
+    if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
+    TrainMethod mt = train_setup(r->ts)->method;
+    int adapter = mt == METHOD_LORA || mt == METHOD_PREFIX;
+    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
+        char tmp[1300];
+        rc = dir_begin(r->dir, tmp, sizeof tmp, err);
+        if (!rc)
+            rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
+                         : model_write_hf(r->m, tmp, err);
+        if (!rc) rc = publish_files(tmp, r->dir, err);
+        dir_remove(tmp);
+    }
+    cJSON *e = event("done");
+    cJSON_AddNumberToObject(e, "step", r->step);
+    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
+    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
+    if (isfinite(r->best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r->best_eval);
+    if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+    emit(r, e);
+    if (!rc) { /* the summary: where the result went, best eval loss, time */
+        char t[32], best[96] = "";
+        fmt_secs(time_now() - r->t0 - lp->paused_total, t, sizeof t);
+        if (isfinite(r->best_eval))
+            snprintf(best, sizeof best, "; best eval loss %.4f%s", r->best_eval, "");
+        if (!strcmp(status, "finished"))
+            say(r, "tuna: finished %d steps in %s%s; %s in %s/", r->step, t, best,
+                adapter ? "adapter" : "model", r->dir);
+        else
+            say(r, "tuna: stopped at step %d of %d after %s%s", r->step, r->total, t, best);
+        if (lp->bad_total)
+            say(r, "tuna: %d steps skipped for a non-finite loss or gradient", lp->bad_total);
+    }
+    return rc;
+}
+
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
     Run r;
     memset(&r, 0, sizeof r);
@@ -1494,348 +1855,28 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     r.lock_fd = -1;
     r.t0 = time_now();
     if (hooks && hooks->stopped) *hooks->stopped = 0;
-    if (cfg->output[0])
-        snprintf(r.dir, sizeof r.dir, "%s", cfg->output);
-    else
-        snprintf(r.dir, sizeof r.dir, "runs/%s-%s", cfg->dataset, cfg->method);
-    size_t dl = strlen(r.dir);
-    while (dl > 1 && r.dir[dl - 1] == '/') /* runs/x/ is runs/x */
-        r.dir[--dl] = '\0';
-    /* --template auto (the default): the built-in matching the model's own chat template,
-     * resolved here so train_config.json records the name */
-    TrainConfig resolved;
-    TemplateAuto tauto = {0};
-    if (!strcmp(cfg->template_name, "auto")) {
-        TunaErr e = {0};
-        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
-            return tuna_errf(err, e.code, "--template auto: %s", e.msg);
-        resolved = *cfg;
-        snprintf(resolved.template_name, sizeof resolved.template_name, "%s", tauto.name);
-        r.cfg = cfg = &resolved;
-        char note[1200];
-        snprintf(note, sizeof note, "template %s (auto: %s)", tauto.name, tauto.why);
-        if (tauto.has_model_template && !tauto.matched) {
-            emit_log(&r, "warn", note);
-        } else { /* recorded in metrics.jsonl, not printed */
-            cJSON *ev = event("log");
-            cJSON_AddStringToObject(ev, "level", "info");
-            cJSON_AddStringToObject(ev, "msg", note);
-            emit(&r, ev);
-        }
-    }
-    /* everything is checked before the folder is touched; a failed resume changes nothing */
-    /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
-     * start (a resume has them in the checkpoint, and its saved config resolved already) */
-    TrainConfig adapted;
-    int from_adapter = cfg->adapter[0] && !resume;
-    int rc = from_adapter ? adapter_train_config(cfg, &adapted, err) : 0;
-    if (!rc && from_adapter) r.cfg = cfg = &adapted;
-    if (!rc) rc = run_open(&r, err);
-    if (!rc && from_adapter) rc = adapter_init_train(r.ts, cfg->adapter, cfg->model, err);
-    if (!rc) rc = run_claim(&r, resume, err);
-    if (!rc && resume) rc = resume_pick(&r, err);
-    if (!rc) rc = run_files_open(&r, resume, err);
-    char msg[600];
-    if (rc && !r.metrics && !resume) { /* the workbench's fresh folder waits for the error */
-        char path[1200];
-        snprintf(path, sizeof path, "%s/setup_config.json", r.dir);
-        if (access(path, F_OK) == 0 && !holds_run(r.dir)) {
-            snprintf(path, sizeof path, "%s/metrics.jsonl", r.dir);
-            r.metrics = fopen(path, "w");
-            for (int i = 0; r.metrics && i < r.n_pending; i++)
-                fprintf(r.metrics, "%s\n", r.pending[i]);
-        }
-    }
+    TrainConfig resolved, adapted;
+    int rc = run_prepare(&r, resume, &resolved, &adapted, err);
     if (rc) {
-        if (r.metrics) {
-            cJSON *e = event("done");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddStringToObject(e, "status", "error");
-            cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
-            emit(&r, e);
-        }
         run_close(&r);
         return rc;
     }
-    int np;
-    const TrainParam *tp = train_params(r.ts, &np);
-    {
-        cJSON *e = event("start");
-        cJSON_AddNumberToObject(e, "time", (double)time(NULL));
-        const char *slash = strrchr(r.dir, '/');
-        cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r.dir);
-        cJSON_AddStringToObject(e, "model", cfg->model);
-        cJSON_AddStringToObject(e, "method", cfg->method);
-        cJSON_AddStringToObject(e, "dataset", cfg->dataset);
-        cJSON_AddNumberToObject(e, "total_steps", r.total);
-        cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
-        cJSON_AddNumberToObject(e, "start_step", r.step);
-        cJSON_AddNumberToObject(e, "train_examples", (double)r.train->n);
-        cJSON_AddNumberToObject(e, "val_examples", (double)r.val->n);
-        cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r.ts));
-        cJSON_AddNumberToObject(e, "total_params", (double)r.m->n_params);
-        cJSON_AddNumberToObject(e, "seq_len", r.T);
-        cJSON_AddNumberToObject(e, "lr", r.lr); /* the peak: config's "auto" resolved */
-        char *cj = train_config_json(cfg);
-        cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
-        free(cj);
-        emit(&r, e);
-    }
-    snprintf(
-            msg, sizeof msg,
-            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
-            "tokens%s, lr %.3g%s",
-            cfg->method, r.train->n, r.val->n, r.total, train_param_count(r.ts), r.m->n_params,
-            r.pad_multiple ? "up to " : "", r.T,
-            r.pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r.lr,
-            cfg->lr > 0 ? "" : " (auto)");
-    emit_log(&r, "info", msg);
-    int GA = cfg->grad_accum, B = r.B, T = r.T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
-            *tg = xmalloc(sizeof(int32_t) * (size_t)GA * B * T),
-            *sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * (size_t)GA * B * T) : NULL;
-    int *Ts = xmalloc(sizeof(int) * (size_t)GA);
-    const char *status = "finished";
-    double t_last = time_now(), tok_window = 0, real_window = 0, paused_at = 0, paused_total = 0,
-           last_line = 0;
-    /* ETA from the last steps' times (not the first: evals, warm-up), paused time left out */
-    enum { WIN = 16 };
-    double win[WIN];
-    int n_win = 0, bad_row = 0, bad_total = 0, start_step = r.step;
-    int paused = 0, saved_at = r.step;
-    if (r.step == 0 && r.val->n) { /* the starting point of the eval curve */
-        double el;
-        rc = run_eval(&r, &el, err);
-        if (!rc) {
-            cJSON *e = event("eval");
-            cJSON_AddNumberToObject(e, "step", 0);
-            cJSON_AddNumberToObject(e, "epoch", 0);
-            cJSON_AddNumberToObject(e, "eval_loss", el);
-            cJSON_AddNumberToObject(e, "perplexity", exp(el));
-            emit(&r, e);
-            say(&r, "eval step 0: loss %.4f (before training)", el);
-        }
-    }
-    while (r.step < r.total && !rc) {
-        if (r.write_errno) {
-            rc = write_error(&r, err);
-            break;
-        }
-        // --- commands between steps: control file, stop flag
-        int ctl = read_control(&r);
-        if ((ctl & CTL_PAUSE) && !paused) {
-            paused = 1;
-            paused_at = time_now();
-            cJSON *e = event("state");
-            cJSON_AddStringToObject(e, "state", "paused");
-            emit(&r, e);
-        } else if ((ctl & CTL_RESUME) && paused) {
-            paused = 0;
-            paused_total += time_now() - paused_at;
-            cJSON *e = event("state");
-            cJSON_AddStringToObject(e, "state", "running");
-            emit(&r, e);
-            t_last = time_now();
-        }
-        if ((ctl & CTL_SAVE) && r.step > saved_at) {
-            if ((rc = save_checkpoint(&r, err))) break;
-            saved_at = r.step;
-        }
-        if (ctl & CTL_STOP) {
-            status = "stopped";
-            break;
-        }
-        if (stop_requested(&r)) {
-            status = "stopped";
-            break;
-        }
-        if (paused) {
-            usleep(100000);
-            continue;
-        }
-        follow_free_cores(&r);
-        // --- one optimizer step over GA micro-batches; the loss is the mean over all targets
-        int n_t = 0, n_tok = 0;
-        for (int a = 0; a < GA; a++) {
-            Batch b;
-            batcher_next(&r.batcher, &b);
-            Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
-            memcpy(ids + (size_t)a * B * T, b.ids, sizeof(int32_t) * (size_t)B * b.T);
-            memcpy(tg + (size_t)a * B * T, b.targets, sizeof(int32_t) * (size_t)B * b.T);
-            if (sg) memcpy(sg + (size_t)a * B * T, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
-            n_t += b.n_targets;
-            n_tok += b.n_tokens;
-        }
-        train_zero_grad(r.ts);
-        train_set_step_seed(r.ts, (uint64_t)r.step);
-        double loss_sum = 0;
-        for (int a = 0; a < GA && !rc; a++) {
-            double s;
-            int c;
-            rc = train_set_seq_len(r.ts, Ts[a], err);
-            if (!rc && sg) rc = train_set_spans(r.ts, sg + (size_t)a * B * T, err);
-            if (rc) break;
-            rc = train_step_fb(r.ts, ids + (size_t)a * B * T, tg + (size_t)a * B * T, B,
-                               n_t ? 1.0f / (float)n_t : 0.0f, 1, &s, &c, err);
-            loss_sum += s;
-        }
-        if (rc) break;
-        float gscale;
-        double gnorm = optim_clip(r.be, tp, np, (float)cfg->max_grad_norm, &gscale);
-        double lr = r.lr * sched_factor(r.sched, r.step, r.warmup, r.total);
-        double loss = n_t ? loss_sum / n_t : 0;
-        /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
-        int bad = !isfinite(loss) || !isfinite(gnorm);
-        if (!bad) optim_step(&r.opt, tp, np, (float)lr, gscale);
-        r.step++;
-        if (bad) {
-            bad_row++;
-            bad_total++;
-            snprintf(msg, sizeof msg,
-                     "step %d skipped: loss %g, gradient norm %g are not finite (%d in a row, "
-                     "%d in all)",
-                     r.step, loss, gnorm, bad_row, bad_total);
-            emit_log(&r, "warn", msg);
-            if (bad_row >= cfg->max_bad_steps) {
-                /* a checkpoint this run saved just before the first bad step holds the weights
-                 * that gave it: set aside (renamed, not deleted); the one before it is kept */
-                char keep[200] = "no checkpoint was saved", set_aside[80] = "";
-                int first_bad = r.step - bad_row + 1;
-                if (saved_at == first_bad - 1 && saved_at > start_step) {
-                    char a[1200], b2[1300];
-                    snprintf(a, sizeof a, "%s/checkpoint-%d", r.dir, saved_at);
-                    snprintf(b2, sizeof b2, "%s.nonfinite", a);
-                    if (!rename(a, b2))
-                        snprintf(set_aside, sizeof set_aside,
-                                 " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)",
-                                 saved_at, saved_at);
-                }
-                int cks[4096], nck = list_ckpts(r.dir, cks, 4096);
-                while (nck > 0 && cks[nck - 1] > r.step)
-                    nck--;
-                if (nck > 0)
-                    snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
-                rc = tuna_errf(err, TUNA_EINVAL,
-                               "stopped at step %d: %d steps in a row with a non-finite loss or "
-                               "gradient (lr %.3g too high?); %s",
-                               r.step, bad_row, r.lr, keep);
-                break;
-            }
-            continue;
-        }
-        bad_row = 0;
-        double now = time_now(), dt = now - t_last;
-        t_last = now;
-        tok_window = dt > 0 ? n_tok / dt : 0;
-        real_window = dt > 0 ? n_t / dt : 0; /* tokens with a target: what trains */
-        if (r.step - start_step > 1) win[n_win++ % WIN] = dt; /* the first step: warm-up */
-        double elapsed = now - r.t0 - paused_total, eta = -1;
-        if (n_win >= 3) {
-            int k = n_win < WIN ? n_win : WIN;
-            double sum = 0;
-            for (int i = 0; i < k; i++)
-                sum += win[i];
-            eta = sum / k * (r.total - r.step);
-        }
-        double epoch = (double)r.step / r.steps_per_epoch;
-        if (r.step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r.step == r.total) {
-            cJSON *e = event("step");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddNumberToObject(e, "total_steps", r.total);
-            cJSON_AddNumberToObject(e, "epoch", epoch);
-            cJSON_AddNumberToObject(e, "loss", loss);
-            cJSON_AddNumberToObject(e, "lr", lr);
-            cJSON_AddNumberToObject(e, "grad_norm", gnorm);
-            cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
-            cJSON_AddNumberToObject(e, "real_tok_s", real_window);
-            cJSON_AddNumberToObject(e, "real_tokens", n_t);
-            cJSON_AddNumberToObject(e, "elapsed", elapsed);
-            if (eta >= 0) cJSON_AddNumberToObject(e, "eta", eta);
-            if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
-            emit(&r, e);
-            // LLaMA-Factory's trainer_log.jsonl
-            errno = 0;
-            note_write(&r, r.tlog, "trainer_log.jsonl",
-                       fprintf(r.tlog,
-                               "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
-                               "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
-                               "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                               r.step, r.total, loss, lr, epoch, 100.0 * r.step / r.total, elapsed,
-                               eta > 0 ? eta : 0) >= 0);
-        }
-        progress(&r, loss, lr, tok_window, real_window, eta, &last_line);
-        int do_eval = (cfg->eval_steps > 0 && r.step % cfg->eval_steps == 0) || r.step == r.total;
-        if (do_eval && r.val->n) {
-            double el;
-            if ((rc = run_eval(&r, &el, err))) break;
-            if (el < r.best_eval) {
-                r.best_eval = el;
-                r.best_step = r.step;
-            }
-            cJSON *e = event("eval");
-            cJSON_AddNumberToObject(e, "step", r.step);
-            cJSON_AddNumberToObject(e, "epoch", epoch);
-            cJSON_AddNumberToObject(e, "eval_loss", el);
-            cJSON_AddNumberToObject(e, "perplexity", exp(el));
-            emit(&r, e);
-            say(&r, "eval step %d: loss %.4f (best %.4f)", r.step, el, r.best_eval);
-            errno = 0;
-            note_write(&r, r.tlog, "trainer_log.jsonl",
-                       fprintf(r.tlog,
-                               "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
-                               "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
-                               "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                               r.step, r.total, el, epoch, 100.0 * r.step / r.total, elapsed,
-                               eta > 0 ? eta : 0) >= 0);
-        }
-        int do_sample = cfg->sample_steps > 0 ? r.step % cfg->sample_steps == 0 || r.step == r.total
-                                              : do_eval;
-        if (do_sample && (rc = run_samples(&r, err))) break;
-        if (r.write_errno) break; /* the check at the top says it; no checkpoint after it */
-        if (cfg->save_steps > 0 && r.step % cfg->save_steps == 0 && r.step < r.total) {
-            if ((rc = save_checkpoint(&r, err))) break;
-            saved_at = r.step;
-        }
-    }
-    if (!rc && r.write_errno) rc = write_error(&r, err);
-    if (!rc && !strcmp(status, "stopped") && r.step > saved_at) rc = save_checkpoint(&r, err);
-    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
-        char tmp[1300];
-        rc = dir_begin(r.dir, tmp, sizeof tmp, err);
-        TrainMethod mt = train_setup(r.ts)->method;
-        if (!rc)
-            rc = mt == METHOD_LORA || mt == METHOD_PREFIX
-                         ? adapter_write(r.ts, tmp, cfg->model, err)
-                         : model_write_hf(r.m, tmp, err);
-        if (!rc) rc = publish_files(tmp, r.dir, err);
-        dir_remove(tmp);
-    }
-    cJSON *e = event("done");
-    cJSON_AddNumberToObject(e, "step", r.step);
-    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
-    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
-    if (isfinite(r.best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r.best_eval);
-    if (bad_total) cJSON_AddNumberToObject(e, "skipped_steps", bad_total);
-    emit(&r, e);
-    if (!rc) { /* the summary: where the result went, best eval loss, time */
-        char t[32], best[96] = "";
-        fmt_secs(time_now() - r.t0 - paused_total, t, sizeof t);
-        if (isfinite(r.best_eval))
-            snprintf(best, sizeof best, "; best eval loss %.4f%s", r.best_eval, "");
-        if (!strcmp(status, "finished")) {
-            TrainMethod mt = train_setup(r.ts)->method;
-            say(&r, "tuna: finished %d steps in %s%s; %s in %s/", r.step, t, best,
-                mt == METHOD_LORA || mt == METHOD_PREFIX ? "adapter" : "model", r.dir);
-        } else
-            say(&r, "tuna: stopped at step %d of %d after %s%s", r.step, r.total, t, best);
-        if (bad_total)
-            say(&r, "tuna: %d steps skipped for a non-finite loss or gradient", bad_total);
-    }
-    if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(status, "stopped");
-    free(ids);
-    free(tg);
-    free(sg);
-    free(Ts);
+    emit_start(&r);
+    Loop lp = {.GA = r.cfg->grad_accum, .B = r.B, .T = r.T, .status = "finished"};
+    size_t n = (size_t)lp.GA * lp.B * lp.T;
+    lp.ids = xmalloc(sizeof(int32_t) * n);
+    lp.tg = xmalloc(sizeof(int32_t) * n);
+    lp.sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * n) : NULL;
+    lp.Ts = xmalloc(sizeof(int) * (size_t)lp.GA);
+    lp.t_last = time_now();
+    lp.start_step = lp.saved_at = r.step;
+    rc = run_loop(&r, &lp, err);
+    rc = run_finish(&r, &lp, rc, err);
+    if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(lp.status, "stopped");
+    free(lp.ids);
+    free(lp.tg);
+    free(lp.sg);
+    free(lp.Ts);
     run_close(&r);
     return rc;
 }

@@ -21,8 +21,10 @@
 #define TUNA_SRC_TRAIN_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 
+#include "config.h"
 #include "err.h"
 
 typedef struct TrainConfig {
@@ -43,6 +45,63 @@ typedef struct TrainConfig {
     /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */
     char adapter[1024];
 } TrainConfig;
+
+/* --- the options table: one row per `tuna train` flag / train_config.json key. getopt
+ * (src/cmd_train.c), the config file, --help, validation and the Setup screen's form all read
+ * it, so a key's type, default, range and methods are written once (src/train.c, fields[]). */
+typedef enum { TRAIN_OPT_STR, TRAIN_OPT_INT, TRAIN_OPT_DBL, TRAIN_OPT_BOOL } TrainOptType;
+
+/* The methods an option applies to (TrainOption.methods), as bits. */
+enum {
+    TRAIN_M_FULL = 1,
+    TRAIN_M_FREEZE = 2,
+    TRAIN_M_LORA = 4,
+    TRAIN_M_PTUNING = 8,
+    TRAIN_M_ALL = 15
+};
+
+typedef struct TrainOption {
+    const char *key; /* the flag with '-' as '_' (--lora-rank: lora_rank), the JSON key */
+    TrainOptType type;
+    size_t off, size; /* the field in TrainConfig (TRAIN_OPT_INT and _BOOL: an int) */
+    const char *def;  /* the default as the flag's text ("auto" for lr) */
+    const char *help;
+    const char *alt;  /* TRAIN_OPT_BOOL: a third word, stored as 2 (packing: "neat"), or NULL */
+    unsigned methods; /* TRAIN_M_*: the methods it applies to (TRAIN_M_ALL: general) */
+    int ranged;       /* numbers: the value must lie in lo..hi (else any integer in +-1e9, or any
+                         finite number) */
+    double lo, hi;    /* hi HUGE_VAL: no upper bound */
+    int lo_open;      /* lo itself is excluded ("> 0") */
+    int is_auto;      /* "auto" is accepted too, kept as 0 (lr: chosen when the run starts) */
+} TrainOption;
+
+/* How many options; the i-th (NULL past the end), in --help order. */
+int train_option_count(void);
+const TrainOption *train_option(int i);
+/* The option of a key or flag name ('-' or '_'), NULL when there is none. */
+const TrainOption *train_option_find(const char *key);
+/* TRAIN_M_FULL .. TRAIN_M_PTUNING for "full", "freeze", "lora", "ptuning"; 0 for others. */
+unsigned train_method_bit(const char *method);
+
+/* What a run of a config would take, from the model's config.json alone (no weights loaded):
+ * the sizes train_state_init and optim_init allocate, for batches of batch_size x cutoff_len
+ * (a run sizes its rows to the longest example up to cutoff_len: this is the most). All fp32,
+ * bytes of backend memory. The method's own options are read (not an --adapter's). */
+typedef struct TrainEstimate {
+    size_t total_params;     /* the model's weights */
+    size_t trainable_params; /* = train_param_count of the run's TrainState */
+    int lora_modules;        /* lora: adapted linear layers, over all layers */
+    size_t weight_bytes;     /* the model's weights, plus an adapter's own values */
+    size_t grad_bytes;       /* gradients of the trainable parameters */
+    size_t optim_bytes;      /* AdamW's m and v */
+    size_t act_bytes;        /* = train_activation_bytes */
+    size_t scratch_bytes;    /* the backward's scratch (and the prefix's buffers) */
+    size_t total_bytes;      /* the sum */
+} TrainEstimate;
+
+/* Fails, in train_state_init's words, on what a run would refuse of the method's options (an
+ * unknown method, LoRA targets the architecture lacks, more freeze layers than it has). */
+int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out, TunaErr *err);
 
 /* Defaults for every field. */
 void train_config_defaults(TrainConfig *c);

@@ -253,7 +253,7 @@ start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen setup --config $W
 chk 'wait_for "trainable" 30' "setup: trainable estimate shown"
 tmux -L "$SOCK" send-keys -t $T Down Down Down Down Down Right Right
 tmux -L "$SOCK" send-keys -t $T Down Enter BSpace BSpace x Enter
-chk 'wait_for "expected an integer"' "setup: an invalid value is refused with the reason"
+chk 'wait_for "must be a number"' "setup: an invalid value is refused with the engine's reason"
 tmux -L "$SOCK" send-keys -t $T C-s
 chk 'until_ok "grep -qs \"lora_rank.:[[:space:]]*10\" $W/cfg.json"' "setup: ^S saves lora_rank (flag name with underscores)"
 chk 'grep -q "\"lora_alpha\":[[:space:]]*16" $W/cfg.json' "setup: the refused value kept the old one"

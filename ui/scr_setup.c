@@ -24,7 +24,9 @@
 #include <cjson/cJSON.h>
 
 #include "../src/config.h"
+#include "../src/model.h"
 #include "../src/template.h"
+#include "../src/train.h"
 #include "../src/xalloc.h"
 #include "app.h"
 #include "curses_wrap.h"
@@ -37,14 +39,17 @@
 #define MAX_BROWSE  5000
 
 typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
-enum { M_FULL = 1, M_LORA = 2, M_FREEZE = 4, M_PT = 8, M_ALL = 15 };
 
+/* A row of the form. Its type, default, range and the methods it applies to are the engine's
+ * (src/train.h, TrainOption); the label, the step and the order are the screen's. */
 typedef struct Field {
     const char *key; /* config key: the `tuna train` flag with '-' -> '_' */
     const char *label;
     FieldKind kind;
-    unsigned methods; /* shown for these methods */
-    double v, step, lo, hi;
+    unsigned methods; /* shown for these methods (TRAIN_M_*) */
+    double v, step;   /* step 0: Left/Right halve and double (lr) */
+    double lo, hi;    /* the engine's range (lo excluded when lo_open) */
+    int lo_open, auto_ok;
     char text[512]; /* F_TEXT / F_CHOICE value */
     char **choices; /* F_CHOICE, owned */
     int n_choices;
@@ -86,9 +91,6 @@ struct SetupState {
 };
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
-static const char *lora_sites[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                   "gate_proj", "up_proj", "down_proj"};
-static const char *gpt2_sites[] = {"c_attn", "c_proj", "c_fc"};
 
 static void add_choice(Field *f, const char *s) {
     if (f->n_choices == MAX_CHOICES) return;
@@ -151,10 +153,8 @@ static Field *field(SetupState *s, const char *key) {
 }
 
 static unsigned method_bit(SetupState *s) {
-    const char *m = field(s, "method")->text;
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(m, method_names[i])) return 1u << i;
-    return M_FULL;
+    unsigned b = train_method_bit(field(s, "method")->text);
+    return b ? b : TRAIN_M_FULL;
 }
 
 static void load_datasets(SetupState *s) {
@@ -182,43 +182,91 @@ static void load_datasets(SetupState *s) {
     free(info);
 }
 
+/* The form's rows in display order: the order with method lora is what tests/test_ui_tmux.sh
+ * counts rows by. choice: Left/Right cycle the values the screen lists (models, templates,
+ * datasets, methods). Every key is a row of the engine's options table. */
+typedef struct FormRow {
+    const char *key, *label;
+    double step;
+    int choice;
+} FormRow;
+
+static const FormRow form_rows[] = {
+        {"model", "model", 0, 1},
+        {"template", "template", 0, 1},
+        {"dataset", "dataset", 0, 1},
+        {"vars", "dataset vars", 0, 0},
+        {"method", "method", 0, 1},
+        {"lora_rank", "lora rank", 1, 0},
+        {"lora_alpha", "lora alpha", 1, 0},
+        {"lora_dropout", "lora dropout", 0.05, 0},
+        {"lora_target", "lora target", 0, 0},
+        {"lora_trainable_tokens", "lora train tokens", 0, 0},
+        {"freeze_layers", "trainable layers", 1, 0},
+        {"prefix_tokens", "prefix tokens", 1, 0},
+        {"prefix_projection", "prefix MLP", 1, 0},
+        {"prefix_hidden", "prefix hidden", 16, 0},
+        {"epochs", "epochs", 1, 0},
+        {"lr", "learning rate", 0, 0},
+        {"batch_size", "batch size", 1, 0},
+        {"grad_accum", "grad accum", 1, 0},
+        {"cutoff_len", "cutoff len", 32, 0},
+        {"gradient_checkpointing", "grad checkpoint", 1, 0},
+        {"val_size", "val size", 0.05, 0},
+        {"eval_steps", "eval steps", 5, 0},
+        {"save_steps", "save steps", 10, 0},
+        {"seed", "seed", 1, 0},
+        {"output", "output", 0, 0},
+};
+
+/* A row from the engine's option: its kind, methods, range and default (from def). */
+static void field_init(Field *f, const FormRow *r, const TrainConfig *def) {
+    const TrainOption *o = train_option_find(r->key);
+    TUNA_ASSERT(o); /* a row names a `tuna train` option */
+    f->key = o->key;
+    f->label = r->label;
+    f->step = r->step;
+    f->methods = o->methods;
+    f->auto_ok = o->is_auto;
+    f->lo_open = o->ranged && o->lo_open;
+    f->lo = o->ranged ? o->lo : o->type == TRAIN_OPT_INT ? -1e9 : -HUGE_VAL;
+    f->hi = o->ranged ? o->hi : o->type == TRAIN_OPT_INT ? 1e9 : HUGE_VAL;
+    const char *p = (const char *)def + o->off;
+    switch (o->type) {
+    case TRAIN_OPT_STR:
+        f->kind = r->choice ? F_CHOICE : F_TEXT;
+        snprintf(f->text, sizeof f->text, "%s", p);
+        break;
+    case TRAIN_OPT_INT:
+        f->kind = F_INT;
+        f->v = *(const int *)p;
+        break;
+    case TRAIN_OPT_DBL:
+        f->kind = F_FLOAT;
+        f->v = *(const double *)p;
+        break;
+    case TRAIN_OPT_BOOL:
+        f->kind = F_BOOL;
+        f->v = *(const int *)p != 0;
+        break;
+    }
+}
+
 static SetupState *setup_get(App *app) {
     if (app->setup) return app->setup;
     SetupState *s = xcalloc(1, sizeof *s);
-    /* the order with method lora is what tests/test_ui_tmux.sh counts rows by */
-    static const Field defs[] = {
-            {"model", "model", F_CHOICE, M_ALL, 0, 0, 0, 0, "", NULL, 0},
-            {"template", "template", F_CHOICE, M_ALL, 0, 0, 0, 0, "auto", NULL, 0},
-            {"dataset", "dataset", F_CHOICE, M_ALL, 0, 0, 0, 0, "identity", NULL, 0},
-            {"vars", "dataset vars", F_TEXT, M_ALL, 0, 0, 0, 0, "name=Tuna,author=the tuna team",
-             NULL, 0},
-            {"method", "method", F_CHOICE, M_ALL, 0, 0, 0, 0, "lora", NULL, 0},
-            {"lora_rank", "lora rank", F_INT, M_LORA, 8, 1, 1, 1024, "", NULL, 0},
-            {"lora_alpha", "lora alpha", F_INT, M_LORA, 16, 1, 1, 4096, "", NULL, 0},
-            {"lora_dropout", "lora dropout", F_FLOAT, M_LORA, 0, 0.05, 0, 0.9, "", NULL, 0},
-            {"lora_target", "lora target", F_TEXT, M_LORA, 0, 0, 0, 0, "all", NULL, 0},
-            {"lora_trainable_tokens", "lora train tokens", F_TEXT, M_LORA, 0, 0, 0, 0, "", NULL, 0},
-            {"freeze_layers", "trainable layers", F_INT, M_FREEZE, 2, 1, 1, 1000, "", NULL, 0},
-            {"prefix_tokens", "prefix tokens", F_INT, M_PT, 16, 1, 1, 1024, "", NULL, 0},
-            {"prefix_projection", "prefix MLP", F_BOOL, M_PT, 0, 1, 0, 1, "", NULL, 0},
-            {"prefix_hidden", "prefix hidden", F_INT, M_PT, 64, 16, 1, 65536, "", NULL, 0},
-            {"epochs", "epochs", F_INT, M_ALL, 3, 1, 1, 100000, "", NULL, 0},
-            {"lr", "learning rate", F_FLOAT, M_ALL, 0, 0, 1e-7, 1, "", NULL, 0}, /* 0: auto */
-            {"batch_size", "batch size", F_INT, M_ALL, 8, 1, 1, 4096, "", NULL, 0},
-            {"grad_accum", "grad accum", F_INT, M_ALL, 1, 1, 1, 1024, "", NULL, 0},
-            {"cutoff_len", "cutoff len", F_INT, M_ALL, 256, 32, 8, 131072, "", NULL, 0},
-            {"gradient_checkpointing", "grad checkpoint", F_BOOL, M_ALL, 0, 1, 0, 1, "", NULL, 0},
-            {"val_size", "val size", F_FLOAT, M_ALL, 0.1, 0.05, 0, 1000000, "", NULL, 0},
-            {"eval_steps", "eval steps", F_INT, M_ALL, 20, 5, 0, 1000000, "", NULL, 0},
-            {"save_steps", "save steps", F_INT, M_ALL, 50, 10, 0, 1000000, "", NULL, 0},
-            {"seed", "seed", F_INT, M_ALL, 42, 1, 0, 2147483647, "", NULL, 0},
-            {"output", "output", F_TEXT, M_ALL, 0, 0, 0, 0, "runs/identity-lora", NULL, 0},
-    };
-    /* the values are `tuna train`'s defaults (src/train.c), so ^T on them trains as the CLI does:
-       LoRA r8/alpha 16 on every linear layer, lr auto (chosen by method and model size) */
-    s->n = (int)(sizeof defs / sizeof defs[0]);
-    s->f = xmalloc(sizeof defs);
-    memcpy(s->f, defs, sizeof defs);
+    s->n = (int)(sizeof form_rows / sizeof form_rows[0]);
+    s->f = xcalloc((size_t)s->n, sizeof *s->f);
+    /* the values start as `tuna train`'s defaults, so ^T on them trains as the CLI does: LoRA
+       r8/alpha 16 on every linear layer, lr auto (chosen by method and model size) */
+    TrainConfig def;
+    train_config_defaults(&def);
+    for (int i = 0; i < s->n; i++)
+        field_init(&s->f[i], &form_rows[i], &def);
+    /* the screen's own presets: the model and template it was opened with, and the names the
+       identity dataset's placeholders want */
+    snprintf(field(s, "vars")->text, sizeof field(s, "vars")->text, "%s",
+             "name=Tuna,author=the tuna team");
     s->refused_field = -1;
     Field *m = field(s, "model");
     snprintf(m->text, sizeof m->text, "%.500s", app->model_dir);
@@ -276,7 +324,7 @@ void setup_free(SetupState *s) {
 
 /* lr is "auto" (kept as 0): `tuna train` picks it by method and model size. */
 static int is_auto(const Field *f) {
-    return !strcmp(f->key, "lr") && f->v == 0;
+    return f->auto_ok && f->v == 0;
 }
 
 /* Until the user types an output folder it follows the dataset and method, as `tuna train`'s
@@ -360,7 +408,7 @@ static int load_json(SetupState *s, const char *path, char *err, size_t n) {
         if (!it) continue;
         if (f->kind == F_BOOL && cJSON_IsBool(it))
             f->v = cJSON_IsTrue(it);
-        else if (!strcmp(f->key, "lr") && cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))
+        else if (f->auto_ok && cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))
             f->v = 0;
         else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) &&
                  cJSON_IsNumber(it))
@@ -499,76 +547,20 @@ static int target_on(const char *targets, const char *name) {
     return 0;
 }
 
-/* Parameters: total and trainable for the chosen method, as the engine counts them. */
-static void estimate(SetupState *s, double *total, double *trainable, int *n_modules) {
-    const ModelConfig *c = &s->cfg;
-    double C = c->C, Q = (double)c->NH * c->HS, KV = (double)c->KVH * c->HS, FF = c->FF;
-    double mlp = c->act == ACT_SILU ? 3 * C * FF : 2 * C * FF;
-    double layer = C * Q + 2 * C * KV + Q * C + mlp + 2 * C;
-    double emb = (double)c->V * C * (c->tie_embeddings ? 1 : 2);
-    *total = emb + c->L * layer + C;
-    *n_modules = 0;
-    unsigned mb = method_bit(s);
-    if (mb == M_FULL)
-        *trainable = *total;
-    else if (mb == M_FREEZE) {
-        double n = field(s, "freeze_layers")->v;
-        *trainable = (n < c->L ? n : c->L) * layer;
-    } else if (mb == M_PT) {
-        /* PEFT prefix tuning: P x (L*2*KV), or embedding P x KV -> MLP(H) -> L*2*KV */
-        double P = field(s, "prefix_tokens")->v, H = field(s, "prefix_hidden")->v,
-               PW = c->L * 2 * KV;
-        *trainable = field(s, "prefix_projection")->v ? P * KV + H * KV + H + PW * H + PW : P * PW;
-    } else {
-        double r = field(s, "lora_rank")->v, per = 0;
-        const char *t = field(s, "lora_target")->text;
-        int k = 0;
-        if (!*t) t = c->arch == ARCH_GPT2 ? "c_attn" : "q_proj,v_proj";
-        if (c->arch == ARCH_GPT2) {
-            if (target_on(t, "c_attn")) per += r * (C + Q + 2 * KV), k++;
-            if (target_on(t, "c_proj")) per += r * (Q + C) + r * (FF + C), k += 2;
-            if (target_on(t, "c_fc")) per += r * (C + FF), k++;
-        } else {
-            if (target_on(t, "q_proj")) per += r * (C + Q), k++;
-            if (target_on(t, "k_proj")) per += r * (C + KV), k++;
-            if (target_on(t, "v_proj")) per += r * (C + KV), k++;
-            if (target_on(t, "o_proj")) per += r * (Q + C), k++;
-            if (target_on(t, "gate_proj")) per += r * (C + FF), k++;
-            if (target_on(t, "up_proj")) per += r * (C + FF), k++;
-            if (target_on(t, "down_proj")) per += r * (FF + C), k++;
+/* The form as the TrainConfig `tuna train --config` would read from it. */
+static void form_config(SetupState *s, TrainConfig *c) {
+    train_config_defaults(c);
+    for (int i = 0; i < s->n; i++) {
+        const Field *f = &s->f[i];
+        const TrainOption *o = train_option_find(f->key);
+        char *p = (char *)c + o->off;
+        switch (o->type) {
+        case TRAIN_OPT_STR: snprintf(p, o->size, "%s", f->text); break;
+        case TRAIN_OPT_INT: *(int *)p = (int)f->v; break;
+        case TRAIN_OPT_DBL: *(double *)p = f->v; break;
+        case TRAIN_OPT_BOOL: *(int *)p = f->v != 0; break;
         }
-        *trainable = per * c->L;
-        *n_modules = k * c->L;
     }
-}
-
-typedef struct MemEstimate {
-    double weights, optim, act, total; /* bytes */
-} MemEstimate;
-
-/* fp32 throughout (as the engine trains): all weights, a gradient and AdamW's m and v for each
- * trainable parameter, and the activations the engine keeps for batch x cutoff tokens (per
- * layer: norms, q/k/v, attention out, MLP, plus the logits) with its backward scratch. With
- * gradient checkpointing only one layer keeps all of that; the others keep their input. */
-static void mem_estimate(SetupState *s, double total, double trainable, int n_modules,
-                         MemEstimate *m) {
-    const ModelConfig *c = &s->cfg;
-    double C = c->C, QD = (double)c->NH * c->HS, KD = (double)c->KVH * c->HS, FF = c->FF, V = c->V;
-    double B = field(s, "batch_size")->v, T = field(s, "cutoff_len")->v, N = B * T;
-    double P = method_bit(s) == M_PT ? field(s, "prefix_tokens")->v : 0;
-    double r = method_bit(s) == M_LORA ? field(s, "lora_rank")->v : 1;
-    double full = field(s, "gradient_checkpointing")->v != 0 ? 1 : c->L; /* layers with all */
-    double per_layer = 3 * C + 2 * QD + 2 * KD + 3 * FF + (c->qk_norm ? QD + KD : 0);
-    double mx = C > QD ? C : QD;
-    if (FF > mx) mx = FF;
-    double mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
-    double act = N * (C * c->L + per_layer * full + 2 * C + V) + 2 * B * P * KD * full;
-    double scratch = N * (C + 3 * mx + 2 * QD + 2 * KD + 3 * FF + 2 * mx_out + r);
-    double lora = n_modules / (double)c->L * full * N * r;
-    m->weights = total * 4;
-    m->optim = trainable * 12;
-    m->act = (act + scratch + lora) * 4;
-    m->total = m->weights + m->optim + m->act;
 }
 
 // --- the folder browser
@@ -841,27 +833,16 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         free(dup);
         return rc;
     } else if (!strcmp(f->key, "lora_target")) {
-        int g = s->cfg_ok && s->cfg.arch == ARCH_GPT2, known = s->cfg_ok;
-        if (!*v || !strcmp(v, "all")) return 0;
-        char *dup = xstrdup(v), *save = NULL;
-        int rc = 0;
-        for (char *t = strtok_r(dup, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
-            while (*t == ' ')
-                t++;
-            int hit = 0;
-            for (int i = 0; i < 7; i++)
-                hit |= (!g || !known) && !strcmp(t, lora_sites[i]);
-            for (int i = 0; i < 3; i++)
-                hit |= (g || !known) && !strcmp(t, gpt2_sites[i]);
-            if (!hit)
-                rc = -1,
-                snprintf(why, n, "\"%.60s\" is not a linear layer of %s (use %s, or all)", t,
-                         known ? config_arch_name(s->cfg.arch) : "the model",
-                         g ? "c_attn, c_proj, c_fc"
-                           : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
-        }
-        free(dup);
-        return rc;
+        /* the engine knows the model's linear layers: its estimate refuses what a run would */
+        TrainConfig tc;
+        TrainEstimate est;
+        if (!s->cfg_ok || !*v) return 0;
+        form_config(s, &tc);
+        snprintf(tc.method, sizeof tc.method, "lora");
+        if (train_config_set(&tc, "lora_target", v, &e)) return snprintf(why, n, "%s", e.msg), -1;
+        const char *m =
+                train_estimate(&s->cfg, &tc, &est, &e) ? strstr(e.msg, "--lora-target: ") : NULL;
+        if (m) return snprintf(why, n, "%s", m + strlen("--lora-target: ")), -1;
     } else if (!strcmp(f->key, "output")) {
         if (!*v) return snprintf(why, n, "name a run folder, e.g. runs/NAME"), -1;
         char fresh[512];
@@ -898,19 +879,23 @@ static int commit_edit(App *app, SetupState *s) {
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
+    /* the engine parses and checks the value as `tuna train` would, in its words (without the
+       flag's name, which the status line puts first) */
     const char *edit = s->ed.buf;
-    if (!strcmp(f->key, "lr") && !strcmp(edit, "auto")) {
-        f->v = 0;
-        return UI_REDRAW;
+    TrainConfig tc;
+    TunaErr e = {0};
+    train_config_defaults(&tc);
+    if (train_config_set(&tc, f->key, edit, &e)) {
+        const char *m = strncmp(e.msg, "--", 2) ? NULL : strstr(e.msg, ": ");
+        return refuse(app, s, f, m ? m + 2 : e.msg);
     }
-    char *end;
-    errno = 0;
-    double v = strtod(edit, &end), hi = field_hi(s, f);
-    if (errno || end == edit || *end || !isfinite(v) || v < f->lo || v > hi ||
-        (f->kind == F_INT && v != floor(v))) {
-        snprintf(why, sizeof why, "expected %s in [%g, %g]%s, got \"%.100s\"",
-                 f->kind == F_INT ? "an integer" : "a number", f->lo, hi,
-                 !strcmp(f->key, "lr") ? " or auto" : "", edit);
+    const TrainOption *o = train_option_find(f->key);
+    const char *p = (const char *)&tc + o->off;
+    double v = f->kind == F_INT ? *(const int *)p : *(const double *)p;
+    if (v > field_hi(s, f)) { /* freeze: no more layers than the model has */
+        snprintf(why, sizeof why,
+                 "must be an integer from %g to %g (the model's layers), got %.100s", f->lo,
+                 field_hi(s, f), edit);
         return refuse(app, s, f, why);
     }
     if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
@@ -1032,7 +1017,7 @@ static int setup_action(App *app, Action a) {
         } else if (f->kind == F_BOOL) {
             f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
-            double hi = field_hi(s, f);
+            double hi = field_hi(s, f), was = f->v;
             if (is_auto(f)) /* from auto: factors of two around 1e-3 */
                 f->v = d > 0 ? 2e-3 : 5e-4;
             else if (f->step > 0)
@@ -1041,6 +1026,7 @@ static int setup_action(App *app, Action a) {
                 f->v *= d > 0 ? 2 : 0.5; /* learning rate: factors of two */
             if (f->v < f->lo) f->v = f->lo;
             if (f->v > hi) f->v = hi;
+            if (f->lo_open && f->v <= f->lo) f->v = was; /* lora alpha: above 0 */
         }
         return UI_REDRAW;
     }
@@ -1241,10 +1227,7 @@ static void draw_browser(App *app, SetupState *s, Rect list) {
 
 /* Model facts: "llama  float32  260.0K params  1.0 MiB". */
 static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
-    double C = c->C, Q = (double)c->NH * c->HS, KV = (double)c->KVH * c->HS, FF = c->FF;
-    double mlp = c->act == ACT_SILU ? 3 * C * FF : 2 * C * FF;
-    double layer = C * Q + 2 * C * KV + Q * C + mlp + 2 * C;
-    double total = (double)c->V * C * (c->tie_embeddings ? 1 : 2) + c->L * layer + C;
+    double total = (double)model_param_count_for(c, NULL); /* model_load's own tensor table */
     char a[32], d[32];
     fmt_count(total, a, sizeof a);
     fmt_bytes(disk, d, sizeof d);
@@ -1394,25 +1377,32 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
         LINE(ROLE_ERROR, "%s", s->cfg_err[0] ? s->cfg_err : "no model");
     } else {
         const ModelConfig *c = &s->cfg;
-        double total, trainable;
-        int mods;
-        estimate(s, &total, &trainable, &mods);
-        MemEstimate me;
-        mem_estimate(s, total, trainable, mods, &me);
-        char b[32], mem[32], w1[32], w2[32], w3[32];
-        fmt_count(trainable, b, sizeof b);
-        fmt_bytes(me.total, mem, sizeof mem);
+        /* the engine's estimate: what train_state_init and optim_init would allocate for
+           batches of batch size x cutoff len (fp32 throughout, as it trains) */
+        TrainConfig tc;
+        TrainEstimate e;
+        TunaErr err = {0};
+        form_config(s, &tc);
+        int bad = train_estimate(c, &tc, &e, &err);
         model_line(c, wide ? s->disk_bytes : 0, buf, sizeof buf);
         LINE(ROLE_VALUE, "%s", buf);
         LINE(ROLE_LABEL, "L=%d C=%d H=%d/%d FF=%d V=%d", c->L, c->C, c->NH, c->KVH, c->FF, c->V);
-        LINE(ROLE_OK, "trainable %s (%.2f%%)", b, total > 0 ? 100 * trainable / total : 0);
-        LINE(ROLE_LABEL, "memory    ~%s (estimate)", mem);
-        if (wide) {
-            fmt_bytes(me.weights, w1, sizeof w1);
-            fmt_bytes(me.optim, w2, sizeof w2);
-            fmt_bytes(me.act, w3, sizeof w3);
-            LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)", w1,
-                 w2, w3, (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
+        if (bad)
+            LINE(ROLE_WARN, "%s", err.msg);
+        else {
+            char b[32], mem[32], w1[32], w2[32], w3[32];
+            double total = (double)e.total_params, trainable = (double)e.trainable_params;
+            fmt_count(trainable, b, sizeof b);
+            fmt_bytes((double)e.total_bytes, mem, sizeof mem);
+            LINE(ROLE_OK, "trainable %s (%.2f%%)", b, total > 0 ? 100 * trainable / total : 0);
+            LINE(ROLE_LABEL, "memory    ~%s (estimate)", mem);
+            if (wide) {
+                fmt_bytes((double)e.weight_bytes, w1, sizeof w1);
+                fmt_bytes((double)(e.grad_bytes + e.optim_bytes), w2, sizeof w2);
+                fmt_bytes((double)(e.act_bytes + e.scratch_bytes), w3, sizeof w3);
+                LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)",
+                     w1, w2, w3, (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
+            }
         }
     }
     if (wide && app->rows >= 40) { /* room: every dataset with its size */

@@ -1,0 +1,55 @@
+/* train_estimate.c: the parameters and memory a training run would take, from the model's
+ * config.json alone (see train.h). The sizes are model_param_count_for's (the tensor table
+ * model_load allocates by) and train_state_size's (the buffers train_state_init allocates), so
+ * the Setup screen shows what the engine really allocates; tests/test_estimate.c checks them
+ * against a real TrainState. */
+#include <string.h>
+
+#include "model.h"
+#include "model_train.h"
+#include "train.h"
+
+int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out,
+                   TunaErr *err) {
+    memset(out, 0, sizeof *out);
+    TrainMethod method;
+    switch (train_method_bit(cfg->method)) {
+    case TRAIN_M_FULL: method = METHOD_FULL; break;
+    case TRAIN_M_FREEZE: method = METHOD_FREEZE; break;
+    case TRAIN_M_LORA: method = METHOD_LORA; break;
+    case TRAIN_M_PTUNING: method = METHOD_PREFIX; break;
+    default:
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--method must be full, freeze, lora or ptuning, got \"%s\"", cfg->method);
+    }
+    /* the TrainSetup train_run builds (trainable tokens: one row per listed token) */
+    TrainSetup setup = {.method = method,
+                        .freeze_layers = cfg->freeze_layers,
+                        .lora_rank = cfg->lora_rank,
+                        .lora_alpha = (float)cfg->lora_alpha,
+                        .lora_dropout = (float)cfg->lora_dropout,
+                        .lora_rslora = cfg->use_rslora,
+                        .lora_targets = cfg->lora_target,
+                        .lora_tokens = cfg->lora_trainable_tokens,
+                        .seed = (uint64_t)cfg->seed,
+                        .prefix_tokens = cfg->prefix_tokens,
+                        .prefix_projection = cfg->prefix_projection,
+                        .prefix_hidden = cfg->prefix_hidden,
+                        .grad_checkpoint = cfg->gradient_checkpointing};
+    size_t per_layer;
+    out->total_params = model_param_count_for(mc, &per_layer);
+    TrainSizes ts;
+    int rc = train_state_size(mc, out->total_params, per_layer, &setup, cfg->batch_size,
+                              cfg->cutoff_len, &ts, err);
+    if (rc) return rc;
+    out->trainable_params = ts.trainable;
+    out->lora_modules = ts.lora_modules;
+    out->weight_bytes = out->total_params * sizeof(float) + ts.param_bytes;
+    out->grad_bytes = ts.grad_bytes;
+    out->optim_bytes = 2 * ts.trainable * sizeof(float); /* optim_init: m and v per tensor */
+    out->act_bytes = ts.act_bytes;
+    out->scratch_bytes = ts.scratch_bytes;
+    out->total_bytes = out->weight_bytes + out->grad_bytes + out->optim_bytes + out->act_bytes +
+                       out->scratch_bytes;
+    return 0;
+}

@@ -1,0 +1,206 @@
+/* test_estimate.c: train_estimate (what the Setup screen shows) against what the engine really
+ * allocates. For the fixture models of each architecture (llama, tied llama, gpt2, qwen3 with
+ * its q/k norms, mistral) and stories260K, and the methods full, freeze, LoRA (every target,
+ * dropout and trainable tokens; PEFT's default targets with checkpointing) and P-tuning v2
+ * (with and without the MLP, with checkpointing), the estimate from config.json alone gives:
+ *   total params     = the loaded model's n_params
+ *   trainable params = train_param_count of a real TrainState
+ *   activation bytes = train_activation_bytes
+ *   weight extra + gradients + activations + scratch = every byte train_state_init asks the
+ *                      backend for, and optimizer bytes = every byte optim_init asks for
+ *                      (a backend whose alloc counts).
+ * Then the refusals: a cutoff past GPT-2's positions, a target the architecture lacks, more freeze
+ * layers than it has, an unknown method. */
+#include <stdio.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "src/config.h"
+#include "src/model.h"
+#include "src/model_train.h"
+#include "src/optim.h"
+#include "src/train.h"
+
+#define BATCH  3
+#define CUTOFF 7
+
+/* A backend whose alloc adds up the bytes asked for. */
+static const BackendOps *real_ops;
+static size_t counted;
+
+static void *count_alloc(Backend *be, size_t bytes) {
+    counted += bytes;
+    return real_ops->alloc(be, bytes);
+}
+
+typedef struct Case {
+    const char *name;
+    const char *method;
+    int freeze_layers; /* 0: the model's L */
+    int rank;
+    double dropout;
+    const char *targets; /* NULL: the architecture's every linear layer ("all") */
+    const char *tokens;
+    int prefix_tokens, projection, hidden;
+    int ckpt;
+} Case;
+
+static const Case cases[] = {
+        {"full", "full", 0, 0, 0, NULL, "", 0, 0, 0, 0},
+        {"full ckpt", "full", 0, 0, 0, NULL, "", 0, 0, 0, 1},
+        {"freeze 1", "freeze", 1, 0, 0, NULL, "", 0, 0, 0, 0},
+        {"freeze all", "freeze", 0, 0, 0, NULL, "", 0, 0, 0, 0},
+        {"lora all r4 dropout tokens", "lora", 0, 4, 0.1, "all", "3,5", 0, 0, 0, 0},
+        {"lora default r2 ckpt", "lora", 0, 2, 0, "", "", 0, 0, 0, 1},
+        {"lora all r3 dropout ckpt", "lora", 0, 3, 0.05, "all", "", 0, 0, 0, 1},
+        {"ptuning 4", "ptuning", 0, 0, 0, NULL, "", 4, 0, 0, 0},
+        {"ptuning 3 mlp 8", "ptuning", 0, 0, 0, NULL, "", 3, 1, 8, 0},
+        {"ptuning 2 ckpt", "ptuning", 0, 0, 0, NULL, "", 2, 0, 0, 1},
+};
+
+static TrainMethod method_of(const char *m) {
+    return !strcmp(m, "full")     ? METHOD_FULL
+           : !strcmp(m, "freeze") ? METHOD_FREEZE
+           : !strcmp(m, "lora")   ? METHOD_LORA
+                                  : METHOD_PREFIX;
+}
+
+static void one_case(Model *m, const char *dir, const Case *k) {
+    char what[200];
+    snprintf(what, sizeof what, "%s %s", dir, k->name);
+    TrainConfig cfg;
+    train_config_defaults(&cfg);
+    snprintf(cfg.method, sizeof cfg.method, "%s", k->method);
+    cfg.freeze_layers = k->freeze_layers ? k->freeze_layers : m->cfg.L;
+    if (k->rank) cfg.lora_rank = k->rank;
+    cfg.lora_dropout = k->dropout;
+    if (k->targets) snprintf(cfg.lora_target, sizeof cfg.lora_target, "%s", k->targets);
+    snprintf(cfg.lora_trainable_tokens, sizeof cfg.lora_trainable_tokens, "%s", k->tokens);
+    if (k->prefix_tokens) cfg.prefix_tokens = k->prefix_tokens;
+    cfg.prefix_projection = k->projection;
+    if (k->hidden) cfg.prefix_hidden = k->hidden;
+    cfg.gradient_checkpointing = k->ckpt;
+    cfg.batch_size = BATCH;
+    cfg.cutoff_len = CUTOFF;
+
+    /* the estimate from config.json alone, as the Setup screen makes it */
+    ModelConfig mc;
+    TunaErr err = {0};
+    TrainEstimate est;
+    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+
+    /* the state train_run would build (trainable tokens already ids here) */
+    TrainSetup setup = {.method = method_of(k->method),
+                        .freeze_layers = cfg.freeze_layers,
+                        .lora_rank = cfg.lora_rank,
+                        .lora_alpha = (float)cfg.lora_alpha,
+                        .lora_dropout = (float)cfg.lora_dropout,
+                        .lora_targets = cfg.lora_target,
+                        .lora_tokens =
+                                cfg.lora_trainable_tokens[0] ? cfg.lora_trainable_tokens : NULL,
+                        .seed = 42,
+                        .prefix_tokens = cfg.prefix_tokens,
+                        .prefix_projection = cfg.prefix_projection,
+                        .prefix_hidden = cfg.prefix_hidden,
+                        .grad_checkpoint = cfg.gradient_checkpointing};
+    TrainState *ts = NULL;
+    counted = 0;
+    if (train_state_init(m, &setup, BATCH, CUTOFF, &ts, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    size_t state_bytes = counted;
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    Optim opt;
+    counted = 0;
+    if (optim_init(&opt, m->be, tp, np, 0.9f, 0.999f, 1e-8f, 0, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        train_state_free(ts);
+        return;
+    }
+    size_t optim_bytes = counted;
+    size_t state_est = est.weight_bytes - m->n_params * sizeof(float) + est.grad_bytes +
+                       est.act_bytes + est.scratch_bytes;
+    CHECK(est.total_params == m->n_params, "%s: total params %zu, the model has %zu", what,
+          est.total_params, m->n_params);
+    CHECK(est.trainable_params == train_param_count(ts), "%s: trainable %zu, the state has %zu",
+          what, est.trainable_params, train_param_count(ts));
+    CHECK(est.act_bytes == train_activation_bytes(ts), "%s: activations %zu, the state has %zu",
+          what, est.act_bytes, train_activation_bytes(ts));
+    CHECK(state_est == state_bytes, "%s: state %zu bytes estimated, train_state_init took %zu",
+          what, state_est, state_bytes);
+    CHECK(est.optim_bytes == optim_bytes, "%s: optimizer %zu bytes estimated, optim_init took %zu",
+          what, est.optim_bytes, optim_bytes);
+    CHECK(est.total_bytes == m->n_params * sizeof(float) + state_bytes + optim_bytes,
+          "%s: total %zu", what, est.total_bytes);
+    printf("  %-40s total %8zu trainable %8zu act %9zu state %9zu optim %8zu bytes\n", what,
+           est.total_params, est.trainable_params, est.act_bytes, state_bytes, optim_bytes);
+    optim_free(&opt);
+    train_state_free(ts);
+}
+
+static void one_model(const char *dir) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 1, &err);
+    Model *m = NULL;
+    if (!be || model_load(dir, be, &m, &err)) {
+        CHECK(0, "%s: %s", dir, err.msg);
+        backend_free(be);
+        return;
+    }
+    BackendOps ops = *be->ops;
+    real_ops = be->ops;
+    ops.alloc = count_alloc;
+    be->ops = &ops;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        one_case(m, dir, &cases[i]);
+    be->ops = real_ops;
+    model_free(m);
+    backend_free(be);
+}
+
+/* What a run would refuse, the estimate refuses in the same words. */
+static void refusals(void) {
+    ModelConfig mc;
+    TunaErr err = {0};
+    TrainConfig cfg;
+    TrainEstimate est;
+    if (config_load("tests/fixtures/gpt2", &mc, &err)) {
+        CHECK(0, "gpt2: %s", err.msg);
+        return;
+    }
+    train_config_defaults(&cfg);
+    cfg.cutoff_len = mc.max_pos + 1; /* learned positions: no more than the model has */
+    CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
+                  strstr(err.msg, "exceeds the model's"),
+          "gpt2 cutoff past its positions: %s", err.msg);
+    cfg.cutoff_len = mc.max_pos;
+    snprintf(cfg.lora_target, sizeof cfg.lora_target, "q_proj");
+    CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
+                  strstr(err.msg, "\"q_proj\" is not a linear layer of gpt2"),
+          "gpt2 q_proj: %s", err.msg);
+    snprintf(cfg.method, sizeof cfg.method, "freeze");
+    cfg.freeze_layers = mc.L + 1;
+    CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
+                  strstr(err.msg, "--freeze-layers must be in [1, "),
+          "freeze L+1: %s", err.msg);
+    snprintf(cfg.method, sizeof cfg.method, "prompt");
+    CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
+                  strstr(err.msg, "--method must be full, freeze, lora or ptuning"),
+          "method prompt: %s", err.msg);
+}
+
+int main(void) {
+    static const char *const dirs[] = {"tests/fixtures/llama",   "tests/fixtures/llama_tied",
+                                       "tests/fixtures/gpt2",    "tests/fixtures/qwen3",
+                                       "tests/fixtures/mistral", "models/stories260K"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+        one_model(dirs[i]);
+    refusals();
+    return test_report("test_estimate");
+}
