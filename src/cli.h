@@ -1,7 +1,7 @@
 /* cli.h: the `tuna chat` and `tuna eval` subcommands (main.c dispatches to them), and the small
  * pieces they share: option tables that drive both getopt_long and the generated --help, number
  * parsing with one-line "tuna: ..." errors, loading model (+ merged LoRA adapter) with its
- * tokenizer, and the stop ids/strings a template implies for generation. Helpers are defined
+ * tokenizer (the stop set is the engine's: stopset_init, generate.h). Helpers are defined
  * in cmd_chat.c. Commands return the process exit code (0 ok, 1 error, 2 usage) and never exit;
  * they run on the calling thread. */
 #ifndef TUNA_SRC_CLI_H
@@ -80,19 +80,5 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
  * allocated. */
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
                    Backend **be, Model **m, Tokenizer **tok, TunaErr *err);
-
-/* When generation stops for a template: the model's EOS ids plus the template's EOS id, and
- * the template's stop words plus the text of that EOS token. Strings are borrowed from tpl and
- * tok. */
-typedef struct CliStops {
-    int32_t eos[CONFIG_MAX_EOS + 1];
-    int n_eos;
-    const char *stops[17];
-    int n_stops;
-} CliStops;
-
-void cli_stops(const Model *m, const Tokenizer *tok, const Template *tpl, CliStops *st);
-/* Cuts s (in place) where the first of st's stop strings starts. */
-void cli_cut_at_stop(char *s, const CliStops *st);
 
 #endif

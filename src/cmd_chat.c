@@ -103,36 +103,6 @@ fail:
     return rc;
 }
 
-void cli_stops(const Model *m, const Tokenizer *tok, const Template *tpl, CliStops *st) {
-    memset(st, 0, sizeof *st);
-    for (int i = 0; i < m->cfg.n_eos && i < CONFIG_MAX_EOS; i++)
-        st->eos[st->n_eos++] = m->cfg.eos_ids[i];
-    if (!st->n_eos && tokenizer_eos_id(tok) >= 0) st->eos[st->n_eos++] = tokenizer_eos_id(tok);
-    int teos = template_eos_id(tpl, tok);
-    int have = 0;
-    for (int i = 0; i < st->n_eos; i++)
-        have |= st->eos[i] == teos;
-    if (teos >= 0 && !have) st->eos[st->n_eos++] = teos;
-    const char *const *words;
-    int n = template_stop_words(tpl, &words);
-    for (int i = 0; i < n && st->n_stops < 16; i++)
-        if (words[i][0]) st->stops[st->n_stops++] = words[i];
-    const char *etext = teos >= 0 ? tokenizer_token_str(tok, teos) : NULL;
-    int dup = 0;
-    for (int i = 0; i < st->n_stops && etext; i++)
-        dup |= !strcmp(st->stops[i], etext);
-    if (etext && etext[0] && !dup) st->stops[st->n_stops++] = etext;
-}
-
-void cli_cut_at_stop(char *s, const CliStops *st) {
-    char *cut = NULL;
-    for (int i = 0; i < st->n_stops; i++) {
-        char *f = strstr(s, st->stops[i]);
-        if (f && (!cut || f < cut)) cut = f;
-    }
-    if (cut) *cut = '\0';
-}
-
 // --- tuna chat
 
 enum {
@@ -192,7 +162,7 @@ typedef struct Chat {
     const Tokenizer *tok;
     const Template *tpl;
     Sampler s;
-    CliStops st;
+    StopSet st;
     int max_new;
     int lookup;        /* GenerateOptions.lookup */
     int threads;       /* as asked: re-resolved before each reply (BACKEND_THREADS_IDLE) */
@@ -265,13 +235,10 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
         fflush(stdout);
     }
     GenerateOptions opt = {.max_new_tokens = max_new,
-                           .eos_ids = c->st.eos,
-                           .n_eos = c->st.n_eos,
-                           .stops = c->st.stops,
-                           .n_stops = c->st.n_stops,
                            .on_text = chat_print,
                            .user = &started,
                            .lookup = c->lookup};
+    stopset_apply(&c->st, &opt);
     GenerateResult res = {0};
     chat_interrupted = 0;
     backend_set_threads(c->m->be, c->threads); /* a run may have started since the last reply */
@@ -469,7 +436,7 @@ int cmd_chat(int argc, char **argv) {
     ch.lookup = lookup;
     ch.threads = threads;
     ch.labels = !plain && (n_messages || !isatty(STDIN_FILENO));
-    cli_stops(m, tok, tpl, &ch.st);
+    stopset_init(&ch.st, m, tok, tpl);
     if (system) chat_push(&ch, "system", system);
     ch.n_keep = ch.n;
     if (n_messages) {

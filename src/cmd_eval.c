@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "dataset.h"
+#include "evalloss.h"
 #include "generate.h"
 #include "model_train.h"
 #include "textmetrics.h"
@@ -31,6 +32,7 @@ enum {
     OPT_TDIR,
     OPT_MAXS,
     OPT_CUTOFF,
+    OPT_PADTO,
     OPT_BATCH,
     OPT_MAXNEW,
     OPT_VARS,
@@ -55,6 +57,9 @@ static const CliOpt eval_opts[] = {
         {"templates-dir", 1, OPT_TDIR, "DIR", "where templates live (default templates)"},
         {"max-samples", 1, OPT_MAXS, "N", "rows read per dataset (default 0 = all)"},
         {"cutoff-len", 1, OPT_CUTOFF, "N", "truncate examples to N tokens (default 512)"},
+        {"pad-to", 1, OPT_PADTO, "HOW",
+         "batch (default): each batch padded to its own longest example (rounded up to 8); max: "
+         "every batch to the longest example of the data (the same loss, more work)"},
         {"batch-size", 1, OPT_BATCH, "N",
          "rows per forward pass for the loss, and answers generated together (default 8; up "
          "to 16 answer as one at a time would on the cpu backend)"},
@@ -72,10 +77,15 @@ static const CliOpt eval_opts[] = {
 
 // --- loss
 
-/* Mean token cross-entropy over d: rows of B examples, T = the longest example, right-padded
- * (pads and prompt tokens do not count). */
-static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int progress,
-                     double *loss, long *n_tokens, TunaErr *err) {
+static void loss_progress(void *ctx, size_t done, size_t total) {
+    (void)ctx;
+    fprintf(stderr, "\reval: loss %zu/%zu", done, total);
+}
+
+/* Mean token cross-entropy over d (evalloss_run): rows of B examples, T = the longest example
+ * (at most cutoff); pad_multiple > 0 pads each batch only to its longest row. */
+static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int pad_multiple,
+                     int progress, double *loss, long *n_tokens, TunaErr *err) {
     int maxlen = 2;
     for (size_t i = 0; i < d->n; i++)
         maxlen = d->ex[i].n > maxlen ? d->ex[i].n : maxlen;
@@ -83,31 +93,12 @@ static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int
     int B = (size_t)batch_size < d->n ? batch_size : (int)d->n;
     TrainSetup setup = {.method = METHOD_NONE};
     TrainState *ts = NULL;
-    Batcher bt;
     int rc = train_state_init(m, &setup, B, T, &ts, err);
     if (rc) return rc;
-    if ((rc = batcher_init(&bt, d, B, T, 0, 1, err))) {
-        train_state_free(ts);
-        return rc;
-    }
-    double sum = 0;
-    long cnt = 0;
-    size_t nb = batcher_batches_per_epoch(&bt);
-    for (size_t i = 0; i < nb && !rc; i++) {
-        Batch b;
-        batcher_next(&bt, &b);
-        double s = 0;
-        int c = 0;
-        rc = train_step_fb(ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
-        sum += s;
-        cnt += c;
-        if (progress) fprintf(stderr, "\reval: loss %zu/%zu", i + 1, nb);
-    }
+    rc = evalloss_run(ts, d, B, T, pad_multiple, progress ? loss_progress : NULL, NULL, loss,
+                      n_tokens, err);
     if (progress) fputc('\n', stderr);
-    batcher_free(&bt);
     train_state_free(ts);
-    *loss = cnt ? sum / (double)cnt : (double)NAN;
-    *n_tokens = cnt;
     return rc;
 }
 
@@ -118,9 +109,9 @@ typedef struct Sample {
 } Sample;
 
 /* Decodes ids without special tokens, cuts at the first stop string, trims whitespace. */
-static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, const CliStops *st) {
+static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, const StopSet *st) {
     char *s = tokenizer_decode(tok, ids, n, 1);
-    cli_cut_at_stop(s, st);
+    stopset_cut(s, st);
     size_t b = 0, e = strlen(s);
     while (b < e && strchr(" \t\r\n", s[b]))
         b++;
@@ -135,7 +126,7 @@ static char *decode_answer(const Tokenizer *tok, const int32_t *ids, size_t n, c
  * the ids before the last trained span. On the cpu backend a batch of up to 16 gives each
  * example the answer it gets alone. */
 static int eval_examples(Model *m, const Tokenizer *tok, const Example *ex, int n,
-                         const CliStops *st, int max_new, Sampler *s, Sample *out, TunaErr *err) {
+                         const StopSet *st, int max_new, Sampler *s, Sample *out, TunaErr *err) {
     const int32_t *prompts[64];
     size_t n_prompts[64];
     int which[64], k = 0;
@@ -159,11 +150,8 @@ static int eval_examples(Model *m, const Tokenizer *tok, const Example *ex, int 
         which[k++] = i;
     }
     if (!k) return 0;
-    GenerateOptions opt = {.max_new_tokens = max_new,
-                           .eos_ids = st->eos,
-                           .n_eos = st->n_eos,
-                           .stops = st->stops,
-                           .n_stops = st->n_stops};
+    GenerateOptions opt = {.max_new_tokens = max_new};
+    stopset_apply(st, &opt);
     GenerateResult res[64];
     int rc = generate_batch(m, tok, s, prompts, n_prompts, k, &opt, res, err);
     for (int j = 0; j < k; j++) {
@@ -201,6 +189,7 @@ int cmd_eval(int argc, char **argv) {
     const char *tname = NULL, *tdir = NULL, *vars = NULL, *output = NULL;
     const char *backend = "cpu";
     int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, quiet = 0;
+    int pad_multiple = 8; /* --pad-to batch */
     int threads = BACKEND_THREADS_IDLE;
     int c;
     optind = 1;
@@ -218,6 +207,13 @@ int cmd_eval(int argc, char **argv) {
             break;
         case OPT_CUTOFF:
             if (cli_parse_int(optarg, "cutoff-len", 2, 1 << 24, &cutoff)) return 2;
+            break;
+        case OPT_PADTO:
+            if (strcmp(optarg, "batch") && strcmp(optarg, "max")) {
+                fprintf(stderr, "tuna eval: --pad-to: must be batch or max, got \"%s\"\n", optarg);
+                return 2;
+            }
+            pad_multiple = !strcmp(optarg, "batch") ? 8 : 0;
             break;
         case OPT_BATCH:
             if (cli_parse_int(optarg, "batch-size", 1, 4096, &batch)) return 2;
@@ -292,13 +288,13 @@ int cmd_eval(int argc, char **argv) {
 
     double loss;
     long n_tokens;
-    if (eval_loss(m, d, batch, cutoff, progress, &loss, &n_tokens, &err)) goto fail;
+    if (eval_loss(m, d, batch, cutoff, pad_multiple, progress, &loss, &n_tokens, &err)) goto fail;
     double t_loss = time_now();
 
     double em = 0, bleu = 0, rouge = 0;
     if (!nogen) {
-        CliStops st;
-        cli_stops(m, tok, tpl, &st);
+        StopSet st;
+        stopset_init(&st, m, tok, tpl);
         sampler_init(&s, m->cfg.V, 0, 0, 0, 1, 1); /* greedy */
         samples = xcalloc(d->n, sizeof(Sample));
         int gb = batch < 64 ? batch : 64; /* sequences decoded together */

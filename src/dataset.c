@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "xalloc.h"
 
 #define MAX_ELEM_BYTES ((size_t)256 << 20) /* one JSON element (row) */
@@ -955,20 +956,13 @@ void dataset_free(Dataset *d) {
 
 // --- split and shuffling (explicit RNG state, STYLE.md rule 14)
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Fisher-Yates with an unbiased bounded draw. */
 static void shuffle(size_t *v, size_t n, uint64_t seed) {
     uint64_t s = seed;
     for (size_t i = n; i > 1; i--) {
         uint64_t bound = (uint64_t)i, lim = UINT64_MAX - UINT64_MAX % bound, x;
         do
-            x = splitmix64(&s);
+            x = rng_splitmix64(&s);
         while (x >= lim);
         size_t j = (size_t)(x % bound);
         size_t t = v[i - 1];
@@ -1047,8 +1041,8 @@ static void batcher_plan(Batcher *b) {
     for (size_t i = 0; i < n; i++)
         b->order[i] = i;
     uint64_t s = b->seed ^ 0x74756e61ull; /* "tuna" */
-    s += (uint64_t)b->epoch * 0x9E3779B97F4A7C15ull;
-    shuffle(b->order, n, splitmix64(&s));
+    s += (uint64_t)b->epoch * TUNA_SPLITMIX64_GAMMA;
+    shuffle(b->order, n, rng_splitmix64(&s));
     if (b->pack & BATCH_GROUP_BY_LENGTH) group_by_length(b);
     b->n_rows = 0;
     b->row_start[0] = 0;

@@ -575,3 +575,43 @@ void generate_result_free(GenerateResult *res) {
     res->ids = NULL;
     res->text = NULL;
 }
+
+// --- the stop set
+
+void stopset_init(StopSet *st, const Model *m, const Tokenizer *tok, const Template *tpl) {
+    memset(st, 0, sizeof *st);
+    for (int i = 0; i < m->cfg.n_eos && i < CONFIG_MAX_EOS; i++)
+        st->eos[st->n_eos++] = m->cfg.eos_ids[i];
+    if (!st->n_eos && tokenizer_eos_id(tok) >= 0) st->eos[st->n_eos++] = tokenizer_eos_id(tok);
+    if (!tpl) return;
+    int teos = template_eos_id(tpl, tok);
+    int have = 0;
+    for (int i = 0; i < st->n_eos; i++)
+        have |= st->eos[i] == teos;
+    if (teos >= 0 && !have) st->eos[st->n_eos++] = teos;
+    const char *const *words;
+    int n = template_stop_words(tpl, &words);
+    for (int i = 0; i < n && st->n_stops < STOPSET_MAX_WORDS; i++)
+        if (words[i][0]) st->stops[st->n_stops++] = words[i];
+    const char *etext = teos >= 0 ? tokenizer_token_str(tok, teos) : NULL;
+    int dup = 0;
+    for (int i = 0; i < st->n_stops && etext; i++)
+        dup |= !strcmp(st->stops[i], etext);
+    if (etext && etext[0] && !dup) st->stops[st->n_stops++] = etext;
+}
+
+void stopset_apply(const StopSet *st, GenerateOptions *o) {
+    o->eos_ids = st->eos;
+    o->n_eos = st->n_eos;
+    o->stops = st->stops;
+    o->n_stops = st->n_stops;
+}
+
+void stopset_cut(char *s, const StopSet *st) {
+    char *cut = NULL;
+    for (int i = 0; i < st->n_stops; i++) {
+        char *f = strstr(s, st->stops[i]);
+        if (f && (!cut || f < cut)) cut = f;
+    }
+    if (cut) *cut = '\0';
+}

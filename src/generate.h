@@ -10,6 +10,7 @@
 
 #include "err.h"
 #include "model.h"
+#include "template.h"
 #include "tokenizer.h"
 
 typedef struct Sampler {
@@ -54,6 +55,26 @@ typedef struct GenerateOptions {
 } GenerateOptions;
 
 #define LOOKUP_MAX 15
+
+/* When a reply ends: the one stop set of chat, eval, generate, the Chat screen and a training
+ * run's samples. eos: the model's EOS ids (generation_config.json / config.json), else the
+ * tokenizer's EOS, plus the template's EOS id (template_eos_id) when not among them. stops:
+ * the template's non-empty stop words (at most STOPSET_MAX_WORDS), plus the text of the
+ * template's EOS token when not among them. Strings are borrowed from tpl and tok. */
+#define STOPSET_MAX_WORDS 16
+typedef struct StopSet {
+    int32_t eos[CONFIG_MAX_EOS + 1];
+    int n_eos;
+    const char *stops[STOPSET_MAX_WORDS + 1];
+    int n_stops;
+} StopSet;
+
+/* tpl may be NULL (plain text generation): then only the EOS ids, no stop strings. */
+void stopset_init(StopSet *st, const Model *m, const Tokenizer *tok, const Template *tpl);
+/* Points o's eos_ids, n_eos, stops and n_stops at st (which must outlive o's use). */
+void stopset_apply(const StopSet *st, GenerateOptions *o);
+/* Cuts s (in place) where the first of st's stop strings starts. */
+void stopset_cut(char *s, const StopSet *st);
 
 typedef struct GenerateResult {
     int32_t *ids; /* generated ids (malloc'd, caller frees), EOS not included */

@@ -212,15 +212,12 @@ static int cmd_generate(int argc, char **argv) {
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
     sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
                  top_p >= 0 ? top_p : cfg->gen_top_p, rep > 0 ? rep : cfg->gen_repetition_penalty);
-    int32_t eos[CONFIG_MAX_EOS + 1];
-    int n_eos = 0;
-    for (int i = 0; i < cfg->n_eos; i++)
-        eos[n_eos++] = cfg->eos_ids[i];
-    if (!n_eos && tokenizer_eos_id(tok) >= 0) eos[n_eos++] = tokenizer_eos_id(tok);
+    StopSet ss; /* no template: the EOS ids only; the stop strings are --stop's */
+    stopset_init(&ss, m, tok, NULL);
     GenerateOptions opt = {.max_new_tokens = max_new,
                            .ignore_eos = ignore_eos,
-                           .eos_ids = eos,
-                           .n_eos = n_eos,
+                           .eos_ids = ss.eos,
+                           .n_eos = ss.n_eos,
                            .stops = stops,
                            .n_stops = n_stops,
                            .on_text = json ? NULL : print_piece,

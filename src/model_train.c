@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "xalloc.h"
 
 // --- LoRA sites: the linear layers an adapter can sit on
@@ -123,13 +124,6 @@ static void site_path(const Model *m, int l, int site, char *buf, size_t cap) {
         const char *blk = site <= SITE_O ? "self_attn" : "mlp";
         snprintf(buf, cap, "model.layers.%d.%s.%s", l, blk, site_hf(c, site));
     }
-}
-
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
 }
 
 /* Which sites a target list selects. "all" = every linear layer of the architecture. */
@@ -501,7 +495,8 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
         float bound = 1.0f / sqrtf((float)lm->in);
         for (size_t j = 0; j < na; j++)
-            host[off + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
+            host[off + j] =
+                    ((float)(rng_splitmix64(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
         memset(host + off + na, 0, nb * sizeof(float));
         lm->A = ts->ad + off;
         lm->dA = ts->ad_grad + off;
@@ -566,17 +561,17 @@ static int init_prefix(TrainState *ts, TunaErr *err) {
     uint64_t rng = setup->seed ^ 0x50524546ULL;
     /* nn.Embedding: N(0, 1); nn.Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias */
     for (size_t j = 0; j < n_emb; j++) {
-        double u1 = ((double)(splitmix(&rng) >> 11) + 1.0) / 9007199254740993.0;
-        double u2 = (double)(splitmix(&rng) >> 11) / 9007199254740992.0;
+        double u1 = ((double)(rng_splitmix64(&rng) >> 11) + 1.0) / 9007199254740993.0;
+        double u2 = (double)(rng_splitmix64(&rng) >> 11) / 9007199254740992.0;
         host[j] = (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
     }
     size_t o = n_emb;
     float bnd1 = 1.0f / sqrtf((float)D), bnd2 = H > 0 ? 1.0f / sqrtf((float)H) : 0;
     for (size_t j = 0; j < n_w1 + n_b1; j++)
-        host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd1;
+        host[o + j] = ((float)(rng_splitmix64(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd1;
     o += n_w1 + n_b1;
     for (size_t j = 0; j < n_w2 + n_b2; j++)
-        host[o + j] = ((float)(splitmix(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd2;
+        host[o + j] = ((float)(rng_splitmix64(&rng) >> 40) / 16777216.0f * 2 - 1) * bnd2;
     ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * total);
     free(host);
     float *pp = ts->ad, *gg = ts->ad_grad;
@@ -800,10 +795,6 @@ size_t train_param_count(const TrainState *ts) {
 
 size_t train_activation_bytes(const TrainState *ts) {
     return ts->act_bytes;
-}
-
-float train_lora_scale(const TrainState *ts) {
-    return ts->lora_scale;
 }
 
 const char *train_lora_targets(const TrainState *ts) {

@@ -110,8 +110,7 @@ int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err);
 /* Dropout masks change every step: the caller bumps this (the step number). */
 void train_set_step_seed(TrainState *ts, uint64_t step);
 
-/* LoRA: the scale alpha/r (or alpha/sqrt(r)), and the modules targeted (comma list). */
-float train_lora_scale(const TrainState *ts);
+/* LoRA: the modules targeted (comma list). */
 const char *train_lora_targets(const TrainState *ts);
 /* LoRA: the token ids whose embedding rows train (trainable_token_indices), n of them. */
 const int32_t *train_lora_tokens(const TrainState *ts, int *n);

@@ -14,10 +14,6 @@ int sched_parse(const char *name) {
     return -1;
 }
 
-const char *sched_name(SchedType s) {
-    return sched_names[s];
-}
-
 double sched_factor(SchedType s, int step, int warmup, int total) {
     if (s == SCHED_CONSTANT) return 1.0;
     if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);

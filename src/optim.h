@@ -15,7 +15,6 @@ typedef enum { SCHED_CONSTANT, SCHED_CONSTANT_WARMUP, SCHED_LINEAR, SCHED_COSINE
 
 /* Parses "constant", "constant_with_warmup", "linear", "cosine"; -1 if unknown. */
 int sched_parse(const char *name);
-const char *sched_name(SchedType s);
 /* The multiplier of the base lr for optimizer step `step` (0-based), as transformers'
  * get_*_schedule_with_warmup LambdaLR gives it. */
 double sched_factor(SchedType s, int step, int warmup, int total);

@@ -19,6 +19,7 @@
 #include "../kernels/backend.h"
 #include "control.h"
 #include "dataset.h"
+#include "evalloss.h"
 #include "generate.h"
 #include "model.h"
 #include "model_train.h"
@@ -555,27 +556,8 @@ static int write_file(const char *path, const char *text) {
 // --- evaluation and samples
 
 static int run_eval(Run *r, double *loss, TunaErr *err) {
-    Batcher vb;
-    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 1, err);
-    if (rc) return rc;
-    vb.pad_multiple = r->pad_multiple;
-    double sum = 0;
-    long cnt = 0;
-    size_t nb = batcher_batches_per_epoch(&vb);
-    for (size_t i = 0; i < nb && !rc; i++) {
-        Batch b;
-        batcher_next(&vb, &b);
-        double s;
-        int c;
-        rc = train_set_seq_len(r->ts, b.T, err);
-        if (!rc) rc = train_step_fb(r->ts, b.ids, b.targets, b.B, 1.0f, 0, &s, &c, err);
-        if (rc) break;
-        sum += s;
-        cnt += c;
-    }
-    batcher_free(&vb);
-    *loss = cnt ? sum / (double)cnt : (double)NAN;
-    return rc;
+    long cnt;
+    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
 }
 
 /* --sample-prompts are answered together in one generate_batch (train_run refuses more). */
@@ -596,18 +578,8 @@ static int run_samples(Run *r, TunaErr *err) {
         if (P) model_set_prefix(m, NULL, 0, NULL);
         return rc0;
     }
-    const char *const *stops;
-    int n_stops = template_stop_words(r->tpl, &stops);
-    const char *st[18];
-    int ns = 0;
-    for (int i = 0; i < n_stops && ns < 16; i++)
-        st[ns++] = stops[i];
-    int32_t eos[CONFIG_MAX_EOS + 1];
-    int n_eos = 0;
-    for (int i = 0; i < m->cfg.n_eos; i++)
-        eos[n_eos++] = m->cfg.eos_ids[i];
-    int teos = template_eos_id(r->tpl, r->tok);
-    if (teos >= 0) eos[n_eos++] = teos;
+    StopSet stop;
+    stopset_init(&stop, m, r->tok, r->tpl);
     /* the prompts are answered together (greedy: each gets the answer it would get alone) */
     char *list = xstrdup(c->sample_prompts), *save = NULL, *text[MAX_SAMPLE_PROMPTS];
     int32_t *ids[MAX_SAMPLE_PROMPTS];
@@ -624,11 +596,8 @@ static int run_samples(Run *r, TunaErr *err) {
     if (!rc && k) {
         Sampler s;
         sampler_init(&s, m->cfg.V, (uint64_t)c->seed, 0, 0, 1, 1);
-        GenerateOptions o = {.max_new_tokens = c->sample_max_tokens,
-                             .eos_ids = eos,
-                             .n_eos = n_eos,
-                             .stops = st,
-                             .n_stops = ns};
+        GenerateOptions o = {.max_new_tokens = c->sample_max_tokens};
+        stopset_apply(&stop, &o);
         GenerateResult res[MAX_SAMPLE_PROMPTS];
         double t_gen = time_now();
         rc = generate_batch(m, r->tok, &s, (const int32_t *const *)ids, n, k, &o, res, err);

@@ -15,7 +15,8 @@
  *   .lock               flock'ed by the trainer writing the folder, its pid inside
  * Stale checkpoint-N.tmp-PID / .old-PID of a dead trainer are cleaned (or restored) on the
  * next start; a checkpoint-N set aside after non-finite steps is checkpoint-N.nonfinite.
- * train_run runs on the calling thread; the TUI runs it on a worker thread. */
+ * train_run runs on the calling thread. The TUI does not call it: its Setup screen forks
+ * `tuna train --config` in its own session and the Train screen follows metrics.jsonl. */
 #ifndef TUNA_SRC_TRAIN_H
 #define TUNA_SRC_TRAIN_H
 

@@ -270,6 +270,48 @@ static void test_stop_strings(void) {
     free(cut);
 }
 
+/* The one stop set (stopset_init) of chat, eval, generate, the Chat screen and training samples,
+ * on stories260K (EOS ids 2 and 1 in generation_config.json, "</s>" = 2). */
+static void test_stop_set(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 1, &err);
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    Template *chatml = NULL, *llama2 = NULL;
+    if (!be || model_load(MODEL, be, &m, &err) || tokenizer_load(MODEL, &tok, &err) ||
+        template_load("templates", "chatml", &chatml, &err) ||
+        template_load("templates", "llama2", &llama2, &err)) {
+        CHECK(0, "stop set: %s", err.msg);
+        goto done;
+    }
+    StopSet st;
+    stopset_init(&st, m, tok, NULL); /* plain generation: the model's EOS ids, no strings */
+    CHECK(st.n_eos == 2 && st.eos[0] == 2 && st.eos[1] == 1 && st.n_stops == 0,
+          "no template: %d eos (%d), %d stops", st.n_eos, st.eos[0], st.n_stops);
+    /* llama2: no stop words; its EOS is the tokenizer's (2, not repeated), its text a stop */
+    stopset_init(&st, m, tok, llama2);
+    CHECK(st.n_eos == 2 && st.n_stops == 1 && !strcmp(st.stops[0], "</s>"),
+          "llama2: %d eos, %d stops (%s)", st.n_eos, st.n_stops, st.n_stops ? st.stops[0] : "");
+    /* chatml: its two stop words (<|im_end|> is no single token here, so EOS stays 2), then </s> */
+    stopset_init(&st, m, tok, chatml);
+    CHECK(st.n_eos == 2 && st.n_stops == 3 && !strcmp(st.stops[0], "<|im_end|>") &&
+                  !strcmp(st.stops[1], "<|im_start|>") && !strcmp(st.stops[2], "</s>"),
+          "chatml: %d eos, %d stops", st.n_eos, st.n_stops);
+    GenerateOptions o = {.max_new_tokens = 4};
+    stopset_apply(&st, &o);
+    CHECK(o.eos_ids == st.eos && o.n_eos == 2 && o.stops == st.stops && o.n_stops == 3,
+          "stopset_apply");
+    char text[] = "Paris.<|im_start|>user</s><|im_end|>";
+    stopset_cut(text, &st); /* at the first of any stop string */
+    CHECK(!strcmp(text, "Paris."), "stopset_cut: \"%s\"", text);
+done:
+    template_free(chatml);
+    template_free(llama2);
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+}
+
 /* A 2-thread cpu backend with model_dir's model and tok_dir's tokenizer: 0, or -1 after a failed
  * CHECK (what was opened is left in *be, *m, *tok for the caller to free). */
 static int open_case(const char *model_dir, const char *tok_dir, Backend **be, Model **m,
@@ -617,6 +659,7 @@ int main(void) {
     test_sampling();
     test_argmax();
     test_stop_strings();
+    test_stop_set();
     test_incremental_text();
     test_batch();
     test_lookup();

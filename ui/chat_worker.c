@@ -151,22 +151,15 @@ static void *worker_main(void *arg) {
         GenerateResult res = {0};
         Sampler smp = {0};
         TunaErr e = {0};
-        const char *const *stops = NULL;
-        int n_stops = 0;
-        int32_t eos[CONFIG_MAX_EOS + 1];
-        int n_eos = 0;
+        StopSet stop;
+        stopset_init(&stop, m, tok, tpl);
         int rc;
         if (tpl) {
             rc = template_encode_prompt(tpl, tok, msgs, n, &ids, &n_ids, &e);
-            n_stops = template_stop_words(tpl, &stops);
-            int te = template_eos_id(tpl, tok);
-            if (te >= 0) eos[n_eos++] = te;
         } else {
             const char *last = msgs[n - 1].content;
             rc = tokenizer_encode(tok, last, strlen(last), 1, &ids, &n_ids, &e);
         }
-        for (int i = 0; i < m->cfg.n_eos && n_eos < CONFIG_MAX_EOS; i++)
-            eos[n_eos++] = m->cfg.eos_ids[i];
         if (!rc && n_ids + (size_t)s.max_new_tokens > (size_t)m->cfg.max_pos) {
             /* keep the newest tokens so prompt + reply fit the context */
             size_t keep = (size_t)m->cfg.max_pos > (size_t)s.max_new_tokens + 1
@@ -179,13 +172,9 @@ static void *worker_main(void *arg) {
         }
         if (!rc) {
             sampler_init(&smp, m->cfg.V, s.seed, s.temperature, 0, s.top_p, 1.0f);
-            GenerateOptions opt = {.max_new_tokens = s.max_new_tokens,
-                                   .eos_ids = eos,
-                                   .n_eos = n_eos,
-                                   .stops = stops,
-                                   .n_stops = n_stops,
-                                   .on_text = on_text,
-                                   .user = w};
+            GenerateOptions opt = {
+                    .max_new_tokens = s.max_new_tokens, .on_text = on_text, .user = w};
+            stopset_apply(&stop, &opt);
             rc = generate_run(m, tok, &smp, ids, n_ids, &opt, &res, &e);
         }
         if (rc) {
@@ -280,13 +269,6 @@ int chat_worker_drain(ChatWorker *w, ChatOut *out, int max) {
 
 void chat_worker_cancel(ChatWorker *w) {
     if (w) w->cancel = 1;
-}
-
-int chat_worker_busy(ChatWorker *w) {
-    pthread_mutex_lock(&w->mu);
-    int b = w->busy;
-    pthread_mutex_unlock(&w->mu);
-    return b;
 }
 
 void chat_worker_free(ChatWorker *w) {

@@ -42,7 +42,6 @@ int chat_worker_send(ChatWorker *w, const char *const *roles, const char *const 
 int chat_worker_drain(ChatWorker *w, ChatOut *out, int max);
 /* Stops the current reply at the next token. */
 void chat_worker_cancel(ChatWorker *w);
-int chat_worker_busy(ChatWorker *w);
 /* Cancels, joins and frees everything the worker owns. NULL-safe. */
 void chat_worker_free(ChatWorker *w);
 

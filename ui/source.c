@@ -1,5 +1,5 @@
-/* source.c: EventSource implementations: file-follow of metrics.jsonl and the in-process queue
- * adapter (see source.h). */
+/* source.c: the EventSource that follows a run's metrics.jsonl, and the parsing of its lines
+ * (see source.h). */
 #include "source.h"
 
 #include <errno.h>
@@ -117,7 +117,7 @@ const char *ui_command_name(UiCommand cmd) {
     return "?";
 }
 
-// --- (a) file follow
+// --- file follow
 
 #define FOLLOW_READ_MAX (1 << 20) /* bytes read per poll: keeps a huge backlog from stalling keys */
 
@@ -252,50 +252,6 @@ EventSource *source_file_open(const char *run_dir) {
     s->ops = &follow_ops;
     s->ctx = f;
     snprintf(s->desc, sizeof s->desc, "%s", run_dir);
-    return s;
-}
-
-// --- (b) in-process queue: LEAD connects QueueHooks to src/events.h
-
-static int queue_poll(EventSource *src, UiEvent *out, int max) {
-    QueueHooks *h = src->ctx;
-    return h->drain ? h->drain(h->queue, out, max) : 0;
-}
-
-static int queue_wake_fd(EventSource *src) {
-    QueueHooks *h = src->ctx;
-    return h->wake_fd ? h->wake_fd(h->queue) : -1;
-}
-
-static int queue_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
-    QueueHooks *h = src->ctx;
-    if (!h->command) {
-        if (err)
-            snprintf(err, err_len, "%s: not connected to the trainer yet", ui_command_name(cmd));
-        return TUNA_EUNSUP;
-    }
-    return h->command(h->queue, cmd, err, err_len);
-}
-
-static int queue_alive(EventSource *src) {
-    QueueHooks *h = src->ctx;
-    return h->alive ? h->alive(h->queue) : -1;
-}
-
-static void queue_close(EventSource *src) {
-    free(src->ctx);
-}
-
-static const EventSourceOps queue_ops = {queue_poll, queue_wake_fd, queue_command, queue_alive,
-                                         queue_close};
-
-EventSource *source_queue(const QueueHooks *hooks) {
-    QueueHooks *h = xmalloc(sizeof *h);
-    *h = *hooks;
-    EventSource *s = xcalloc(1, sizeof *s);
-    s->ops = &queue_ops;
-    s->ctx = h;
-    snprintf(s->desc, sizeof s->desc, "in-process");
     return s;
 }
 

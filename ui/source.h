@@ -1,13 +1,11 @@
 /* source.h: where the UI's training events come from and where its commands go.
  *
- * An EventSource is a small vtable (ggml-backend style) with two implementations:
- *  (a) source_file_open(RUN_DIR): follows RUN_DIR/metrics.jsonl (`tuna watch`). No inotify:
- *      each source_poll re-reads the bytes appended since the last call, parses complete lines
- *      and keeps a partial last line for the next call. A file that shrinks (a new run written
- *      over the old one) restarts from the top with an EV_RESET event.
- *  (b) source_queue(hooks): LEAD — the in-process trainer. Fill a QueueHooks with three
- *      functions around the events.h queue (POD events under a mutex + a wake pipe) and the
- *      UI drains it exactly as it drains the file. Nothing else in ui/ changes.
+ * An EventSource is a small vtable (ggml-backend style) so that other producers can be added;
+ * today there is one: source_file_open(RUN_DIR) follows RUN_DIR/metrics.jsonl, both for
+ * `tuna watch` and for the Train screen (which forks `tuna train` and follows its run folder).
+ * No inotify: each source_poll re-reads the bytes appended since the last call, parses
+ * complete lines and keeps a partial last line for the next call. A file that shrinks (a new
+ * run written over the old one) restarts from the top with an EV_RESET event.
  *
  * metrics.jsonl: one JSON object a line, "type" one of start | step | eval | sample | log |
  * checkpoint | state | done (fields as in ui_event_parse below); unknown types and keys are
@@ -20,8 +18,7 @@
  * with a {"type":"state","state":"paused"|"running"}, {"type":"checkpoint",...} or
  * {"type":"done","status":"stopped"} line in metrics.jsonl. Unknown lines are ignored.
  *
- * Ownership: the creator frees with source_free (NULL-safe). Threads: the UI thread only; the
- * hooks of (b) are called from the UI thread and must only take the queue's lock. */
+ * Ownership: the creator frees with source_free (NULL-safe). Threads: the UI thread only. */
 #ifndef TUNA_UI_SOURCE_H
 #define TUNA_UI_SOURCE_H
 
@@ -69,7 +66,7 @@ typedef struct EventSourceOps {
     int (*wake_fd)(EventSource *src);
     /* Sends a command; 0 or a negative TUNA_E* with a message in err (msg[512]). */
     int (*command)(EventSource *src, UiCommand cmd, char *err, size_t err_len);
-    /* 1 when the producer is alive (pid file / thread), 0 when gone, -1 unknown. */
+    /* 1 when the producer is alive (pid file), 0 when gone, -1 unknown. */
     int (*alive)(EventSource *src);
     void (*close)(EventSource *src); /* frees ctx */
 } EventSourceOps;
@@ -77,23 +74,11 @@ typedef struct EventSourceOps {
 struct EventSource {
     const EventSourceOps *ops;
     void *ctx;
-    char desc[UI_NAME_MAX]; /* shown in the header: run dir or "in-process" */
+    char desc[UI_NAME_MAX]; /* shown in the header: the run folder */
 };
 
-/* (a) Follows run_dir/metrics.jsonl (the file need not exist yet). Never fails except on OOM. */
+/* Follows run_dir/metrics.jsonl (the file need not exist yet). Never fails except on OOM. */
 EventSource *source_file_open(const char *run_dir);
-
-/* (b) LEAD: the in-process trainer queue. drain copies out under the queue lock (bio.c swap)
- * and converts events.h Events to UiEvents; wake_fd is the read end of its wake pipe; command
- * pushes a Command; alive says whether the training thread still runs. Any hook may be NULL. */
-typedef struct QueueHooks {
-    void *queue;
-    int (*drain)(void *queue, UiEvent *out, int max);
-    int (*wake_fd)(void *queue);
-    int (*command)(void *queue, UiCommand cmd, char *err, size_t err_len);
-    int (*alive)(void *queue);
-} QueueHooks;
-EventSource *source_queue(const QueueHooks *hooks);
 
 static inline int source_poll(EventSource *s, UiEvent *out, int max) {
     return s ? s->ops->poll(s, out, max) : 0;

@@ -14,9 +14,11 @@
 #define TUNA_HD
 #endif
 
-/* splitmix64's finalizer (Steele, Lea, Flood 2014): a bijection that mixes every bit. */
+/* splitmix64's step (Steele, Lea, Flood 2014): z plus the golden-ratio gamma, then its
+ * finalizer, a bijection that mixes every bit. src/rng.h makes the stateful generator of it. */
+#define TUNA_SPLITMIX64_GAMMA 0x9E3779B97F4A7C15ULL
 static inline TUNA_HD uint64_t tuna_splitmix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ULL;
+    z += TUNA_SPLITMIX64_GAMMA;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
