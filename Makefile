@@ -46,7 +46,13 @@ else
 BUILD    := build
 endif
 
-ENGINE_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+# The engine (src/*.c), the kernels and the workbench (ui/) go into libtuna.a; the CLI's
+# subcommands (src/cli/ but main.c) into libtuna_cli.a, which ./tuna and the tests that run a
+# subcommand in-process (tuna template, tuna tokenize) link in front of it.
+ENGINE_SRC := $(wildcard src/*.c)
+CLI_SRC    := $(filter-out src/cli/main.c,$(wildcard src/cli/*.c))
+CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
+CLI_LIB    := $(BUILD)/libtuna_cli.a
 KERNEL_SRC := kernels/backend.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c)
 UI_SRC     := $(wildcard ui/*.c)
 LIB_SRC    := $(ENGINE_SRC) $(KERNEL_SRC) $(UI_SRC)
@@ -81,8 +87,8 @@ deps:
 tuna: $(BUILD)/tuna
 	@if [ "$(BUILD)" = build ]; then cp $(BUILD)/tuna tuna; fi
 
-$(BUILD)/tuna: $(BUILD)/src/main.o $(BUILD)/libtuna.a $(CUDA_LIB)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/src/main.o $(BUILD)/libtuna.a $(LDLIBS)
+$(BUILD)/tuna: $(BUILD)/src/cli/main.o $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA_LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/src/cli/main.o $(CLI_LIB) $(BUILD)/libtuna.a $(LDLIBS)
 
 ifneq ($(CUDA_LIB),)
 # the CUDA objects, with their own copy of tuna_errf (the one symbol they take from the engine)
@@ -95,7 +101,11 @@ $(BUILD)/libtuna.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h kernels/*.h kernels/*/*.h ui/*.h) Makefile $(FLAGS_FILE)
+$(CLI_LIB): $(CLI_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/cli/*.h kernels/*.h kernels/*/*.h ui/*.h) Makefile $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -103,9 +113,9 @@ $(BUILD)/%.o: %.cu $(wildcard src/err.h kernels/*.h kernels/ref/*.h kernels/cuda
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/libtuna.a $(CUDA_LIB)
+$(BUILD)/tests/%: tests/%.c tests/harness.h $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtuna.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CLI_LIB) $(BUILD)/libtuna.a $(LDLIBS)
 
 test: deps
 	@$(MAKE) --no-print-directory test-unit
@@ -176,7 +186,7 @@ run: deps tuna
 		m=$$(sh scripts/get_smollm2.sh) || m=models/stories260K; ./tuna --model "$$m"; \
 	else sh scripts/demo.sh; fi
 
-FMT_FILES = $(wildcard src/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c tests/fuzz/*.[ch])
+FMT_FILES = $(wildcard src/*.[ch] src/cli/*.[ch] kernels/*.[ch] kernels/*/*.[ch] kernels/cuda/*.cu kernels/cuda/*.cuh ui/*.[ch] tests/*.[ch] tests/bench/*.c tests/fuzz/*.[ch])
 # twice: clang-format 14 reaches its fixed point on the second pass for some wrapped strings
 format:
 	clang-format -i $(FMT_FILES)
@@ -186,7 +196,7 @@ format-check:
 
 # Module boundaries (STYLE.md §2.2): the engine never sees curses or ui/, kernels never see src/ beyond err.h.
 lint:
-	@! grep -n '#include.*\(curses\|ui/\)' $(filter-out src/main.c,$(wildcard src/*.[ch])) kernels/*.[ch] kernels/*/*.[ch] || (echo "lint: engine/kernels include the UI" && false)
+	@! grep -n '#include.*\(curses\|ui/\)' $(wildcard src/*.[ch]) kernels/*.[ch] kernels/*/*.[ch] || (echo "lint: engine/kernels include the UI" && false)
 	@! grep -n '#include "\.\./\.\./src/\|#include "\.\./src/' kernels/*.[ch] kernels/*/*.[ch] | grep -v 'src/err.h' || (echo "lint: kernels include engine headers" && false)
 
 clean:

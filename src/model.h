@@ -149,4 +149,11 @@ size_t model_param_count(const Model *m);
  * in *per_layer (may be NULL) those of one decoder layer. Reads no file. */
 size_t model_param_count_for(const ModelConfig *c, size_t *per_layer);
 
+/* Loads what dir holds (defined in model_any.c): a model (config.json + weights), or an adapter folder (a run of
+ * `tuna train --method lora|ptuning`, or any PEFT adapter) whose adapter_config.json names its
+ * base_model_name_or_path: then the base is loaded and the adapter applied. base_dir gets the
+ * folder the tokenizer comes from. */
+int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
+                   TunaErr *err);
+
 #endif

@@ -35,39 +35,6 @@ static int write_text(const char *path, const char *text) {
     return ok ? 0 : -1;
 }
 
-/* Removes a folder of plain files (our own temporary output). */
-void dir_remove(const char *dir) {
-    if (strchr(dir, 0x27)) return; /* never quote-break the shell */
-    char cmd[4400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd)) { /* best effort */
-    }
-}
-
-/* Makes DIR.tmp-PID to write into; commit_dir renames it over dir (replacing an old one). */
-int dir_begin(const char *dir, char *tmp, size_t cap, TunaErr *err) {
-    snprintf(tmp, cap, "%s.tmp-%d", dir, (int)getpid());
-    dir_remove(tmp);
-    if (mkdir(tmp, 0755) && errno != EEXIST)
-        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    return 0;
-}
-
-int dir_commit(const char *tmp, const char *dir, TunaErr *err) {
-    char old[4200];
-    snprintf(old, sizeof old, "%s.old-%d", dir, (int)getpid());
-    struct stat sb;
-    int had = stat(dir, &sb) == 0;
-    if (had && rename(dir, old))
-        return tuna_errf(err, TUNA_EIO, "%s: cannot replace: %s", dir, strerror(errno));
-    if (rename(tmp, dir)) {
-        if (had) rename(old, dir);
-        return tuna_errf(err, TUNA_EIO, "%s: cannot rename into place: %s", dir, strerror(errno));
-    }
-    if (had) dir_remove(old);
-    return 0;
-}
-
 // --- adapters
 
 /* trainable_token_indices: a list of ids, or {"embed_tokens": [ids]} (one embedding here). */
@@ -454,32 +421,6 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
     if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
         return gguf_write_hf_config(&m->cfg, tmp, err);
     return 0;
-}
-
-int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
-                   TunaErr *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    snprintf(base_dir, cap, "%s", dir);
-    char *text = xread_file(path, NULL);
-    if (!text) return model_load(dir, be, out, err);
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    const char *base = cJSON_GetStringValue(cJSON_GetObjectItem(j, "base_model_name_or_path"));
-    int rc;
-    if (!base || !*base)
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: no base_model_name_or_path to load the adapter onto",
-                       path);
-    else {
-        snprintf(base_dir, cap, "%s", base);
-        rc = model_load(base_dir, be, out, err);
-        if (!rc && (rc = adapter_load(*out, dir, err))) {
-            model_free(*out);
-            *out = NULL;
-        }
-    }
-    cJSON_Delete(j);
-    return rc;
 }
 
 // --- tuna train --adapter DIR: a new run that starts from an adapter

@@ -10,6 +10,7 @@
 #ifndef TUNA_SRC_PEFT_H
 #define TUNA_SRC_PEFT_H
 
+#include "atomic_dir.h" /* dir_begin, dir_commit, dir_remove: train.c takes them from here */
 #include "err.h"
 #include "model.h"
 #include "model_train.h"
@@ -17,13 +18,6 @@
 
 /* Merges the PEFT LoRA adapter in dir into m. */
 int adapter_load(Model *m, const char *dir, TunaErr *err);
-
-/* Loads what dir holds: a model (config.json + weights), or an adapter folder (a run of
- * `tuna train --method lora|ptuning`, or any PEFT adapter) whose adapter_config.json names its
- * base_model_name_or_path: then the base is loaded and the adapter applied. base_dir gets the
- * folder the tokenizer comes from. */
-int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
-                   TunaErr *err);
 
 /* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets and tokens are filled
  * with the comma lists of target_modules and trainable_token_indices and must outlive the
@@ -54,11 +48,5 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err);
  * by train_state_init from that config). A tensor missing, of another shape, or left over is
  * a one-line error: the adapter belongs to another base model than `model`. */
 int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaErr *err);
-
-/* Atomic folders: dir_begin makes DIR.tmp-PID (tmp), dir_commit renames it over dir
- * (replacing an old one). dir_remove deletes a folder tree (best effort). */
-int dir_begin(const char *dir, char *tmp, size_t cap, TunaErr *err);
-int dir_commit(const char *tmp, const char *dir, TunaErr *err);
-void dir_remove(const char *dir);
 
 #endif

@@ -117,12 +117,4 @@ int template_auto_select(const char *templates_dir, const char *src, const char 
 int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
                   TemplateAuto *out, TunaErr *err);
 
-// --- CLI
-
-/* `tuna template list [--templates-dir DIR]` and `tuna template show NAME [--dataset X]
- * (without --dataset: a built-in system + user + assistant conversation) [--dataset-dir DIR] [--templates-dir DIR] [--model DIR] [--index N] [--vars k=v,...]
- * [--cutoff-len N] [--stage pt|sft] [--color|--no-color]`. argv[0] is "template". Prints to
- * stdout; returns the process exit code (0 ok, 1 error, 2 usage). */
-int cmd_template(int argc, char **argv);
-
 #endif

@@ -80,10 +80,4 @@ char *tokenizer_nfc(const char *s, size_t len, size_t *out_len);
 /* Writes code point c as UTF-8 into o (room for 4 bytes); returns the byte count. */
 size_t tokenizer_utf8_put(uint32_t c, char *o);
 
-// --- CLI
-
-/* `tuna tokenize DIR [--add-special-tokens] [--decode] [--skip-special-tokens]`: JSON lines
- * on stdin to JSON lines on stdout. argv[0] is "tokenize". Returns the process exit code. */
-int cmd_tokenize(int argc, char **argv);
-
 #endif

@@ -47,7 +47,7 @@ typedef struct TrainConfig {
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt
- * (src/cmd_train.c), the config file, --help, validation and the Setup screen's form all read
+ * (src/cli/cmd_train.c), the config file, --help, validation and the Setup screen's form all read
  * it, so a key's type, default, range and methods are written once (src/train.c, fields[]). */
 typedef enum { TRAIN_OPT_STR, TRAIN_OPT_INT, TRAIN_OPT_DBL, TRAIN_OPT_BOOL } TrainOptType;
 
@@ -139,9 +139,5 @@ typedef struct TrainHooks {
  * a folder that holds a run is refused unless hooks->overwrite or resume; RUN/.lock keeps a
  * second trainer out. */
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err);
-
-// --- CLI
-int cmd_train(int argc, char **argv);
-int cmd_export(int argc, char **argv);
 
 #endif

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "src/cli/cli.h"
 #include "src/template.h"
 #include "src/xalloc.h"
 #include "tests/harness.h"

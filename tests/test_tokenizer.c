@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "src/cli/cli.h"
 #include "src/tokenizer.h"
 #include "src/xalloc.h"
 #include "tests/harness.h"

@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "harness.h"
+#include "src/cli/cli.h"
 #include "src/gguf.h"
 #include "src/tokenizer.h"
 #include "src/xalloc.h"

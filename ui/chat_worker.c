@@ -14,7 +14,6 @@
 #include "../src/err.h"
 #include "../src/generate.h"
 #include "../src/model.h"
-#include "../src/peft.h"
 #include "../src/template.h"
 #include "../src/tokenizer.h"
 #include "../src/xalloc.h"

@@ -11,12 +11,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../kernels/backend.h"
+#include "../../kernels/backend.h"
+#include "../atomic_dir.h"
+#include "../model.h"
+#include "../peft.h"
+#include "../train.h"
+#include "../xalloc.h"
 #include "cli.h"
-#include "model.h"
-#include "peft.h"
-#include "train.h"
-#include "xalloc.h"
 
 static volatile sig_atomic_t stop_flag, stop_signal;
 

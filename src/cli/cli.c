@@ -2,7 +2,7 @@
  * local folder or a .gguf file, not a hub id), and a run folder followed to its base model and
  * to the template it was trained with. */
 #include "cli.h"
-#include "template.h"
+#include "../template.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "xalloc.h"
+#include "../xalloc.h"
 
 /* 1: s looks like a Hugging Face hub id ("owner/name": one slash, no leading . or /). */
 static int hub_id_like(const char *s) {

@@ -8,17 +8,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../kernels/backend.h"
-#include "../ui/ui.h"
+#include "../../kernels/backend.h"
+#include "../../ui/ui.h"
+#include "../config.h"
+#include "../err.h"
+#include "../generate.h"
+#include "../model.h"
+#include "../template.h"
+#include "../tokenizer.h"
+#include "../train.h"
+#include "../xalloc.h"
 #include "cli.h"
-#include "config.h"
-#include "err.h"
-#include "generate.h"
-#include "model.h"
-#include "template.h"
-#include "tokenizer.h"
-#include "train.h"
-#include "xalloc.h"
 
 // --- tuna generate
 
@@ -42,7 +42,7 @@ enum {
     OPT_LOOKUP
 };
 
-/* One row per flag: getopt_long and --help are built from it (src/cli.h). */
+/* One row per flag: getopt_long and --help are built from it (src/cli/cli.h). */
 static const CliOpt generate_opts[] = {
         {"prompt", 1, OPT_PROMPT, "TEXT", "prompt text (default: empty, i.e. just BOS)"},
         {"prompt-file", 1, OPT_PROMPT_FILE, "FILE", "read the prompt from FILE"},
@@ -101,64 +101,79 @@ static void json_str(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-static int cmd_generate(int argc, char **argv) {
+/* What `tuna generate` was asked for. */
+typedef struct GenArgs {
+    const char *prompt, *backend, *prompt_file, *dir;
+    const char *stops[16];
+    int n_stops, max_new, top_k, threads, ignore_eos;
+    int json, echo, lookup;
+    int quiet, seed, sampling_asked;
+    float temp, top_p, rep;
+} GenArgs;
+
+/* Reads the options into a. Returns -1 to go on, else the exit code (--help, a bad option). */
+static int generate_parse(int argc, char **argv, GenArgs *a) {
     const char *usage = "usage: tuna generate MODEL_DIR [options]\n"
                         "Generates text from a Hugging Face checkpoint (config.json, "
                         "model.safetensors, tokenizer.json),\nor from a run folder (a LoRA run "
                         "loads its base model and merges its adapter).";
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(generate_opts, lo);
-    const char *prompt = "", *backend = "cpu", *prompt_file = NULL;
-    const char *stops[16];
-    int n_stops = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, ignore_eos = 0;
-    int json = 0, echo = 1, lookup = 0;
-    int quiet = 0, seed = 42, sampling_asked = 0;
-    float temp = -1, top_p = -1, rep = -1;
+    *a = (GenArgs){.prompt = "",
+                   .backend = "cpu",
+                   .max_new = 256,
+                   .top_k = -1,
+                   .threads = BACKEND_THREADS_IDLE,
+                   .echo = 1,
+                   .seed = 42,
+                   .temp = -1,
+                   .top_p = -1,
+                   .rep = -1};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case OPT_PROMPT: prompt = optarg; break;
-        case OPT_PROMPT_FILE: prompt_file = optarg; break;
+        case OPT_PROMPT: a->prompt = optarg; break;
+        case OPT_PROMPT_FILE: a->prompt_file = optarg; break;
         case OPT_MAXNEW:
-            if (cli_parse_int(optarg, "max-new-tokens", 0, 1 << 24, &max_new)) return 2;
+            if (cli_parse_int(optarg, "max-new-tokens", 0, 1 << 24, &a->max_new)) return 2;
             break;
         case OPT_TEMP:
-            if (cli_parse_float(optarg, "temperature", 0, 100, &temp)) return 2;
+            if (cli_parse_float(optarg, "temperature", 0, 100, &a->temp)) return 2;
             break;
         case OPT_TOPK:
-            if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &top_k)) return 2;
-            sampling_asked = 1;
+            if (cli_parse_int(optarg, "top-k", 0, 1 << 24, &a->top_k)) return 2;
+            a->sampling_asked = 1;
             break;
         case OPT_TOPP:
-            if (cli_parse_float(optarg, "top-p", 0, 1, &top_p)) return 2;
-            sampling_asked = 1;
+            if (cli_parse_float(optarg, "top-p", 0, 1, &a->top_p)) return 2;
+            a->sampling_asked = 1;
             break;
         case OPT_REP:
-            if (cli_parse_float(optarg, "repetition-penalty", 0.01f, 100, &rep)) return 2;
+            if (cli_parse_float(optarg, "repetition-penalty", 0.01f, 100, &a->rep)) return 2;
             break;
         case OPT_SEED:
-            if (cli_parse_int(optarg, "seed", 0, 2147483647, &seed)) return 2;
-            sampling_asked = 1;
+            if (cli_parse_int(optarg, "seed", 0, 2147483647, &a->seed)) return 2;
+            a->sampling_asked = 1;
             break;
         case OPT_STOP:
-            if (n_stops == 16) {
+            if (a->n_stops == 16) {
                 fprintf(stderr, "tuna: --stop: at most 16 stop strings\n");
                 return 2;
             }
-            stops[n_stops++] = optarg;
+            a->stops[a->n_stops++] = optarg;
             break;
-        case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
         case OPT_LOOKUP:
-            if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &lookup)) return 2;
+            if (cli_parse_int(optarg, "lookup", 0, LOOKUP_MAX, &a->lookup)) return 2;
             break;
         case OPT_THREADS:
-            if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
+            if (cli_parse_int(optarg, "threads", 1, 1024, &a->threads)) return 2;
             break;
-        case OPT_BACKEND: backend = optarg; break;
-        case OPT_JSON: json = 1; break;
-        case OPT_NO_ECHO: echo = 0; break;
-        case OPT_QUIET: quiet = 1; break;
+        case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_JSON: a->json = 1; break;
+        case OPT_NO_ECHO: a->echo = 0; break;
+        case OPT_QUIET: a->quiet = 1; break;
         case OPT_HELP: cli_help(stdout, usage, generate_opts); return 0;
         default: fprintf(stderr, "tuna generate: see --help\n"); return 2;
         }
@@ -167,13 +182,82 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tuna generate: expected one MODEL_DIR (see --help)\n");
         return 2;
     }
-    const char *dir = argv[optind];
-    if (!cli_model_path_ok("generate", NULL, dir)) return 1;
+    a->dir = argv[optind];
+    return -1;
+}
+
+/* The prompt's ids; an empty one without a BOS in the tokenizer's template starts from BOS/EOS. */
+static int generate_prompt_ids(const Model *m, const Tokenizer *tok, const char *prompt,
+                               int32_t **ids, size_t *n_ids, TunaErr *err) {
+    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, ids, n_ids, err)) return 1;
+    if (*n_ids == 0) {
+        int start = m->cfg.bos_id >= 0 ? m->cfg.bos_id : tokenizer_bos_id(tok);
+        if (start < 0) start = m->cfg.n_eos ? m->cfg.eos_ids[0] : tokenizer_eos_id(tok);
+        if (start < 0)
+            return tuna_errf(err, TUNA_EINVAL, "empty prompt and the model has no BOS token");
+        free(*ids);
+        *ids = xmalloc(sizeof(int32_t));
+        (*ids)[0] = start;
+        *n_ids = 1;
+    }
+    const ModelConfig *cfg = &m->cfg;
+    if (cfg->max_pos > 0 && (long)*n_ids + m->prefix_len > cfg->max_pos) /* before the echo */
+        return tuna_errf(err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)",
+                         *n_ids, cfg->max_pos - m->prefix_len);
+    return 0;
+}
+
+/* The JSON object (--json) or the closing newline, then the timing line on stderr. */
+static void generate_report(const GenArgs *a, const Model *m, const Backend *be, const int32_t *ids,
+                            size_t n_ids, const GenerateResult *res, int sample) {
+    double tps = res->n_ids > 1 && res->decode_s > 0 ? (double)(res->n_ids - 1) / res->decode_s : 0;
+    if (a->json) {
+        printf("{\"prompt_ids\": ");
+        json_ids(stdout, ids, n_ids);
+        printf(", \"ids\": ");
+        json_ids(stdout, res->ids, res->n_ids);
+        printf(", \"text\": ");
+        json_str(stdout, res->text);
+        static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback",
+                                    "context_full"};
+        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d",
+               why[res->stopped_by], tps, be->n_threads);
+        if (a->lookup && !sample)
+            printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res->n_drafted,
+                   res->n_accepted);
+        printf("}\n");
+    } else {
+        fputc('\n', stdout);
+    }
+    fflush(stdout);
+    if (!a->quiet) {
+        fprintf(stderr,
+                "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
+                "%d thread%s",
+                n_ids, res->n_ids, res->prefill_s + res->decode_s, tps, be->n_threads,
+                be->n_threads == 1 ? "" : "s");
+        if (a->lookup && !sample)
+            fprintf(stderr, ", lookup kept %zu of %zu drafted", res->n_accepted, res->n_drafted);
+        fputc('\n', stderr);
+    }
+    if (res->stopped_by == 4)
+        fprintf(stderr,
+                "tuna generate: stopped at the model's context of %d tokens "
+                "(max_position_embeddings) after %zu new tokens\n",
+                m->cfg.max_pos, res->n_ids);
+}
+
+static int cmd_generate(int argc, char **argv) {
+    GenArgs a;
+    int prc = generate_parse(argc, argv, &a);
+    if (prc >= 0) return prc;
+    if (!cli_model_path_ok("generate", NULL, a.dir)) return 1;
+    const char *prompt = a.prompt;
     char *prompt_buf = NULL;
-    if (prompt_file) {
-        prompt_buf = xread_file(prompt_file, NULL);
+    if (a.prompt_file) {
+        prompt_buf = xread_file(a.prompt_file, NULL);
         if (!prompt_buf) {
-            fprintf(stderr, "tuna: %s: cannot read: %s\n", prompt_file, strerror(errno));
+            fprintf(stderr, "tuna: %s: cannot read: %s\n", a.prompt_file, strerror(errno));
             return 1;
         }
         prompt = prompt_buf;
@@ -187,83 +271,32 @@ static int cmd_generate(int argc, char **argv) {
     GenerateResult res = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (cli_load_model(dir, NULL, backend, threads, &be, &m, &tok, &err)) goto fail;
-    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n_ids, &err)) goto fail;
-    if (n_ids == 0) {
-        /* no BOS in this tokenizer's template and an empty prompt: start from BOS/EOS */
-        int start = m->cfg.bos_id >= 0 ? m->cfg.bos_id : tokenizer_bos_id(tok);
-        if (start < 0) start = m->cfg.n_eos ? m->cfg.eos_ids[0] : tokenizer_eos_id(tok);
-        if (start < 0) {
-            tuna_errf(&err, TUNA_EINVAL, "empty prompt and the model has no BOS token");
-            goto fail;
-        }
-        free(ids);
-        ids = xmalloc(sizeof(int32_t));
-        ids[0] = start;
-        n_ids = 1;
-    }
+    if (cli_load_model(a.dir, NULL, a.backend, a.threads, &be, &m, &tok, &err)) goto fail;
+    if (generate_prompt_ids(m, tok, prompt, &ids, &n_ids, &err)) goto fail;
     const ModelConfig *cfg = &m->cfg;
-    if (cfg->max_pos > 0 && (long)n_ids + m->prefix_len > cfg->max_pos) { /* before the echo */
-        tuna_errf(&err, TUNA_EINVAL, "prompt of %zu tokens exceeds the model's context (%d)", n_ids,
-                  cfg->max_pos - m->prefix_len);
-        goto fail;
-    }
-    int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
-    float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;
-    sampler_init(&s, cfg->V, (uint64_t)seed, t_use, top_k >= 0 ? top_k : cfg->gen_top_k,
-                 top_p >= 0 ? top_p : cfg->gen_top_p, rep > 0 ? rep : cfg->gen_repetition_penalty);
+    int sample = a.temp > 0 || (a.temp < 0 && (cfg->gen_do_sample || a.sampling_asked));
+    float t_use = !sample ? 0 : a.temp > 0 ? a.temp : cfg->gen_temperature;
+    sampler_init(&s, cfg->V, (uint64_t)a.seed, t_use, a.top_k >= 0 ? a.top_k : cfg->gen_top_k,
+                 a.top_p >= 0 ? a.top_p : cfg->gen_top_p,
+                 a.rep > 0 ? a.rep : cfg->gen_repetition_penalty);
     StopSet ss; /* no template: the EOS ids only; the stop strings are --stop's */
     stopset_init(&ss, m, tok, NULL);
-    GenerateOptions opt = {.max_new_tokens = max_new,
-                           .ignore_eos = ignore_eos,
+    GenerateOptions opt = {.max_new_tokens = a.max_new,
+                           .ignore_eos = a.ignore_eos,
                            .eos_ids = ss.eos,
                            .n_eos = ss.n_eos,
-                           .stops = stops,
-                           .n_stops = n_stops,
-                           .on_text = json ? NULL : print_piece,
-                           .lookup = lookup};
-    if (!json && echo) {
+                           .stops = a.stops,
+                           .n_stops = a.n_stops,
+                           .on_text = a.json ? NULL : print_piece,
+                           .lookup = a.lookup};
+    if (!a.json && a.echo) {
         char *p = tokenizer_decode(tok, ids, n_ids, 1);
         fputs(p, stdout);
         fflush(stdout);
         free(p);
     }
     if (generate_run(m, tok, &s, ids, n_ids, &opt, &res, &err)) goto fail;
-    double tps = res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
-    if (json) {
-        printf("{\"prompt_ids\": ");
-        json_ids(stdout, ids, n_ids);
-        printf(", \"ids\": ");
-        json_ids(stdout, res.ids, res.n_ids);
-        printf(", \"text\": ");
-        json_str(stdout, res.text);
-        static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback",
-                                    "context_full"};
-        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d",
-               why[res.stopped_by], tps, be->n_threads);
-        if (lookup && !sample)
-            printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res.n_drafted,
-                   res.n_accepted);
-        printf("}\n");
-    } else {
-        fputc('\n', stdout);
-    }
-    fflush(stdout);
-    if (!quiet) {
-        fprintf(stderr,
-                "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
-                "%d thread%s",
-                n_ids, res.n_ids, res.prefill_s + res.decode_s, tps, be->n_threads,
-                be->n_threads == 1 ? "" : "s");
-        if (lookup && !sample)
-            fprintf(stderr, ", lookup kept %zu of %zu drafted", res.n_accepted, res.n_drafted);
-        fputc('\n', stderr);
-    }
-    if (res.stopped_by == 4)
-        fprintf(stderr,
-                "tuna generate: stopped at the model's context of %d tokens "
-                "(max_position_embeddings) after %zu new tokens\n",
-                cfg->max_pos, res.n_ids);
+    generate_report(&a, m, be, ids, n_ids, &res, sample);
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "generate failed");

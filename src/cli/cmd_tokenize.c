@@ -2,7 +2,7 @@
  * JSON lines on stdin -> JSON lines on stdout, one output line per input line, in order:
  * {"text": "..."} -> {"ids": [...]}, or with --decode {"ids": [...]} -> {"text": "..."}.
  * Blank lines are skipped. A bad line stops the run with `<stdin>:LINE: ...` on stderr. */
-#include "tokenizer.h"
+#include "../tokenizer.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -11,8 +11,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "../xalloc.h"
 #include "cli.h"
-#include "xalloc.h"
 
 static const struct option TOKENIZE_OPTS[] = {
         {"add-special-tokens", no_argument, NULL, 'a'},

@@ -13,9 +13,9 @@
 #include <editline/readline.h>
 #endif
 
-#include "generate.h"
-#include "peft.h"
-#include "xalloc.h"
+#include "../generate.h"
+#include "../peft.h"
+#include "../xalloc.h"
 
 // --- shared CLI helpers
 

@@ -1,7 +1,8 @@
 /* cmd_template.c: `tuna template list|show`: list the template files with their descriptions,
  * and show how one dataset example (or a built-in conversation) is rendered and which tokens
  * train. */
-#include "template.h"
+#include "../template.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -10,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dataset.h"
-#include "xalloc.h"
+#include "../dataset.h"
+#include "../xalloc.h"
 
 // --- options
 

@@ -16,12 +16,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dataset.h"
-#include "evalloss.h"
-#include "generate.h"
-#include "model_train.h"
-#include "textmetrics.h"
-#include "xalloc.h"
+#include "../dataset.h"
+#include "../evalloss.h"
+#include "../generate.h"
+#include "../model_train.h"
+#include "../textmetrics.h"
+#include "../xalloc.h"
 
 enum {
     OPT_MODEL = 256,

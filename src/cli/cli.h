@@ -1,28 +1,42 @@
-/* cli.h: the `tuna chat` and `tuna eval` subcommands (main.c dispatches to them), and the small
+/* cli.h: the subcommands main.c dispatches to (chat, eval, template, tokenize, train, export), and the small
  * pieces they share: option tables that drive both getopt_long and the generated --help, number
  * parsing with one-line "tuna: ..." errors, loading model (+ merged LoRA adapter) with its
  * tokenizer (the stop set is the engine's: stopset_init, generate.h). Helpers are defined
  * in cmd_chat.c. Commands return the process exit code (0 ok, 1 error, 2 usage) and never exit;
  * they run on the calling thread. */
-#ifndef TUNA_SRC_CLI_H
-#define TUNA_SRC_CLI_H
+#ifndef TUNA_SRC_CLI_CLI_H
+#define TUNA_SRC_CLI_CLI_H
 
 #include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#include "../kernels/backend.h"
-#include "config.h"
-#include "err.h"
-#include "model.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "../../kernels/backend.h"
+#include "../config.h"
+#include "../err.h"
+#include "../model.h"
+#include "../template.h"
+#include "../tokenizer.h"
 
 /* `tuna chat MODEL_DIR [options]`: argv[0] is "chat". */
 int cmd_chat(int argc, char **argv);
 
 /* `tuna eval --model DIR --dataset NAMES [options]`: argv[0] is "eval". Prints one JSON object. */
 int cmd_eval(int argc, char **argv);
+
+/* `tuna template list [--templates-dir DIR]` and `tuna template show NAME [--dataset X]
+ * (without --dataset: a built-in system + user + assistant conversation) [--dataset-dir DIR] [--templates-dir DIR] [--model DIR] [--index N] [--vars k=v,...]
+ * [--cutoff-len N] [--stage pt|sft] [--color|--no-color]`. argv[0] is "template". Prints to
+ * stdout; returns the process exit code (0 ok, 1 error, 2 usage). */
+int cmd_template(int argc, char **argv);
+
+/* `tuna tokenize DIR [--add-special-tokens] [--decode] [--skip-special-tokens]`: JSON lines
+ * on stdin to JSON lines on stdout. argv[0] is "tokenize". Returns the process exit code. */
+int cmd_tokenize(int argc, char **argv);
+
+/* `tuna train ...` and `tuna export ...` (cmd_train.c). */
+int cmd_train(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 // --- shared by the commands
 
