@@ -96,7 +96,7 @@ typedef struct Model {
     const ModelLora *lora;    /* model_set_lora: applied unmerged, or NULL */
     float *lora_u, *lora_t;   // (act_T, rank), (act_T, max(FF, NH*HS, C)) its scratch
     int lora_rank_cap;        /* the rank lora_u is sized for */
-    int prefix_len;           /* prefix tuning: virtual tokens at cache positions 0..P-1 */
+    int prefix_len;           /* P-tuning: virtual tokens at cache positions 0..P-1 */
     float *prefix;            // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
 } Model;
 
@@ -128,7 +128,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
  * cache restarts with the prefix in positions 0..P-1. */
 void model_reset(Model *m);
 
-/* Installs a prefix-tuning prefix (P, L*2*KVH*HS host floats, copied; row p = [L][k|v][KVH][HS],
+/* Installs a P-tuning prefix (P, L*2*KVH*HS host floats, copied; row p = [L][k|v][KVH][HS],
  * not rotated): every sequence then starts after it, at position P. P = 0 removes it. */
 int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
 

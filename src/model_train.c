@@ -87,7 +87,7 @@ struct TrainState {
     int32_t *kv_lo;                    /* (N) host: train_set_spans' first keys */
     int spans;                         /* kv_lo is in force (neat packing) */
     uint64_t step_seed;
-    // prefix tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
+    // P-tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
     size_t PW;                                /* L*2*KD */
     float *pre, *pre_grad;                    /* host (P, PW) */
@@ -260,7 +260,7 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
             out->param_bytes += bsize(n);
             out->grad_bytes += bsize(n);
         }
-    } else if (setup->method == METHOD_PREFIX) {
+    } else if (setup->method == METHOD_PTUNING) {
         int H = setup->prefix_hidden, pj = setup->prefix_projection != 0;
         P = setup->prefix_tokens;
         if (P < 1 || P > 1024)
@@ -730,7 +730,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         rc = init_lora(ts, err);
         if (!rc && setup->lora_tokens && setup->lora_tokens[0])
             rc = tokens_init(ts, setup->lora_tokens, err);
-    } else if (setup->method == METHOD_PREFIX)
+    } else if (setup->method == METHOD_PTUNING)
         rc = init_prefix(ts, err);
     if (!rc) rc = init_activations(ts);
     if (!rc) rc = init_scratch(ts);
@@ -970,7 +970,7 @@ static void norm_bwd(TrainState *ts, float *din, const float *dout, const float 
                                    c->C);
 }
 
-// --- prefix tuning: the prefix is tiny (P rows), built and differentiated on the host
+// --- P-tuning: the prefix is tiny (P rows), built and differentiated on the host
 
 static void host_get(TrainState *ts, float *dst, const float *src, size_t n) {
     ts->be->ops->download(ts->be, dst, src, n * sizeof(float));

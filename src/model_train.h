@@ -21,10 +21,10 @@
 #include "model.h"
 
 /* METHOD_NONE: nothing trains (evaluation: forward and loss only, no gradient memory). */
-/* METHOD_PREFIX: P-tuning v2 / prefix tuning as PEFT's PREFIX_TUNING: trainable key/value
+/* METHOD_PTUNING: P-tuning v2 / prefix tuning as PEFT's PREFIX_TUNING: trainable key/value
  * prefixes of prefix_tokens positions in every layer (not rotated; the real tokens sit at
  * positions P..P+T-1), optionally produced by the reparameterization MLP. */
-typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA, METHOD_PREFIX } TrainMethod;
+typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA, METHOD_PTUNING } TrainMethod;
 
 typedef struct TrainSetup {
     TrainMethod method;
@@ -122,7 +122,7 @@ void train_upload_params(TrainState *ts, float *const *host);
 const TrainSetup *train_setup(const TrainState *ts);
 Model *train_model(const TrainState *ts);
 
-/* Prefix tuning: the current prefix, (P, L*2*KVH*HS) host floats (PEFT's prompt_embeddings:
+/* P-tuning: the current prefix, (P, L*2*KVH*HS) host floats (PEFT's prompt_embeddings:
  * row p viewed as [L][key|value][KVH][HS]). Returns P, 0 for other methods. */
 int train_prefix(TrainState *ts, float **prefix);
 

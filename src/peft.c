@@ -281,7 +281,7 @@ static int prefix_write(const TrainState *ts, const char *tmp, const char *base,
 int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
     char path[4400];
     int rc;
-    if (train_setup(ts)->method == METHOD_PREFIX) return prefix_write(ts, tmp, base, err);
+    if (train_setup(ts)->method == METHOD_PTUNING) return prefix_write(ts, tmp, base, err);
     int np;
     const TrainParam *tp = train_params(ts, &np);
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);

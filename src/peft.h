@@ -37,10 +37,10 @@ int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaE
 int model_write_hf(const Model *m, const char *dir, TunaErr *err);
 
 /* tuna train --adapter DIR (LLaMA-Factory's adapter_name_or_path): a new run that starts from
- * a LoRA or prefix adapter, a PEFT save or an earlier run (not --resume: the optimizer and the
+ * a LoRA or P-tuning adapter, a PEFT save or an earlier run (not --resume: the optimizer and the
  * schedule start fresh).
  * adapter_train_config: c with the adapter's method and shape settings (LoRA r, lora_alpha,
- * use_rslora, target_modules, trainable_token_indices; prefix: num_virtual_tokens) into out.
+ * use_rslora, target_modules, trainable_token_indices; P-tuning: num_virtual_tokens) into out.
  * A setting given away from its default that differs from the adapter's is a one-line error
  * naming both. */
 int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err);

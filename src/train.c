@@ -736,7 +736,7 @@ static int save_checkpoint(Run *r, TunaErr *err) {
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
         TrainMethod mt = train_setup(r->ts)->method;
-        if (mt == METHOD_LORA || mt == METHOD_PREFIX)
+        if (mt == METHOD_LORA || mt == METHOD_PTUNING)
             rc = adapter_write(r->ts, tmp, r->cfg->model, err);
         else
             rc = model_write_hf(r->m, tmp, err);
@@ -1072,7 +1072,7 @@ static double auto_lr(TrainMethod method, size_t n_params) {
     switch (method) {
     case METHOD_FULL:
     case METHOD_FREEZE: big = 2e-5, small = 2e-3; break;
-    case METHOD_PREFIX: big = 1e-2, small = 3e-2; break;
+    case METHOD_PTUNING: big = 1e-2, small = 3e-2; break;
     default: big = 1e-4, small = 1e-2; break;
     }
     double t = (log10((double)(n_params ? n_params : 1)) - 6.0) / 2.0;
@@ -1094,7 +1094,7 @@ static int run_open(Run *r, TunaErr *err) {
     else if (!strcmp(c->method, "lora"))
         method = METHOD_LORA;
     else if (!strcmp(c->method, "ptuning"))
-        method = METHOD_PREFIX;
+        method = METHOD_PTUNING;
     else
         return tuna_errf(err, TUNA_EINVAL,
                          "--method must be full, freeze, lora or ptuning, got \"%s\"", c->method);
@@ -1106,7 +1106,7 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
         return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
-    if (c->packing == 2 && method == METHOD_PREFIX)
+    if (c->packing == 2 && method == METHOD_PTUNING)
         return tuna_errf(err, TUNA_EUNSUP,
                          "--packing neat: not with --method ptuning (each packed example would "
                          "need the prefix of its own); use --packing true or none");
@@ -1814,7 +1814,7 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     const char *status = lp->status;
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
     TrainMethod mt = train_setup(r->ts)->method;
-    int adapter = mt == METHOD_LORA || mt == METHOD_PREFIX;
+    int adapter = mt == METHOD_LORA || mt == METHOD_PTUNING;
     if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
         char tmp[1300];
         rc = dir_begin(r->dir, tmp, sizeof tmp, err);

@@ -17,7 +17,7 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     case TRAIN_M_FULL: method = METHOD_FULL; break;
     case TRAIN_M_FREEZE: method = METHOD_FREEZE; break;
     case TRAIN_M_LORA: method = METHOD_LORA; break;
-    case TRAIN_M_PTUNING: method = METHOD_PREFIX; break;
+    case TRAIN_M_PTUNING: method = METHOD_PTUNING; break;
     default:
         return tuna_errf(err, TUNA_EINVAL,
                          "--method must be full, freeze, lora or ptuning, got \"%s\"", cfg->method);

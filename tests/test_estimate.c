@@ -63,7 +63,7 @@ static TrainMethod method_of(const char *m) {
     return !strcmp(m, "full")     ? METHOD_FULL
            : !strcmp(m, "freeze") ? METHOD_FREEZE
            : !strcmp(m, "lora")   ? METHOD_LORA
-                                  : METHOD_PREFIX;
+                                  : METHOD_PTUNING;
 }
 
 static void one_case(Model *m, const char *dir, const Case *k) {

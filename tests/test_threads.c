@@ -394,9 +394,9 @@ static void test_engine(void) {
     me[4].setup.lora_dropout = 0.1f;
     me[4].setup.lora_tokens = "2,5";
     me[5].name = "ptuning";
-    me[5].setup.method = METHOD_PREFIX;
+    me[5].setup.method = METHOD_PTUNING;
     me[6].name = "ptuning, projection";
-    me[6].setup.method = METHOD_PREFIX;
+    me[6].setup.method = METHOD_PTUNING;
     me[6].setup.prefix_projection = 1;
     me[7] = (Method){"full, gpt2", gpt2, 56, base};
     me[7].setup.method = METHOD_FULL;

@@ -169,7 +169,7 @@ static void check_start(const char *model_dir, const char *adapter, int want_ten
     snprintf(c.model, sizeof c.model, "%s", model_dir);
     int rc = adapter_train_config(&c, &a, &err);
     CHECK(rc == 0, "adapter_train_config %s: %s", adapter, err.msg);
-    TrainSetup setup = {.method = !strcmp(a.method, "ptuning") ? METHOD_PREFIX : METHOD_LORA,
+    TrainSetup setup = {.method = !strcmp(a.method, "ptuning") ? METHOD_PTUNING : METHOD_LORA,
                         .lora_rank = a.lora_rank,
                         .lora_alpha = (float)a.lora_alpha,
                         .lora_rslora = a.use_rslora,

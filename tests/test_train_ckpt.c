@@ -39,7 +39,7 @@ static size_t expected_saving(const Model *m, const TrainSetup *s, const TrainPa
     const ModelConfig *c = &m->cfg;
     size_t N = (size_t)B_ALLOC * T_LEN, C = (size_t)c->C, QD = (size_t)c->NH * c->HS,
            KD = (size_t)c->KVH * c->HS, FF = (size_t)c->FF;
-    size_t P = s->method == METHOD_PREFIX ? (size_t)s->prefix_tokens : 0;
+    size_t P = s->method == METHOD_PTUNING ? (size_t)s->prefix_tokens : 0;
     size_t kvn = (size_t)B_ALLOC * (T_LEN + P) * KD;
     size_t layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
                    (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0);
@@ -83,7 +83,7 @@ static int run_once(Model *m, TrainSetup setup, int ckpt, const int32_t *ids, co
     Backend *be = m->be;
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    if (setup.method == METHOD_LORA || setup.method == METHOD_PREFIX) {
+    if (setup.method == METHOD_LORA || setup.method == METHOD_PTUNING) {
         uint64_t s = 0x9E3779B97F4A7C15ULL;
         for (int i = 0; i < np; i++) {
             float *h = xmalloc(sizeof(float) * tp[i].n);
@@ -259,8 +259,8 @@ int main(void) {
                        .lora_targets = "all",
                        .seed = 1};
     TrainSetup lora_q = {.method = METHOD_LORA, .lora_rank = 2, .lora_alpha = 4, .seed = 2};
-    TrainSetup prefix = {.method = METHOD_PREFIX, .prefix_tokens = 3, .seed = 1};
-    TrainSetup prefix_mlp = {.method = METHOD_PREFIX,
+    TrainSetup prefix = {.method = METHOD_PTUNING, .prefix_tokens = 3, .seed = 1};
+    TrainSetup prefix_mlp = {.method = METHOD_PTUNING,
                              .prefix_tokens = 2,
                              .prefix_projection = 1,
                              .prefix_hidden = 8,

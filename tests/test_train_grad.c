@@ -165,7 +165,7 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     }
     printf("  %-10s %-13s loss %.6f (torch %.6f)  %3d grad tensors, worst rel err %.2e\n", arch,
            kind, loss, want, compared, worst);
-    if (setup.method == METHOD_PREFIX) { /* the inference path: prefix in the KV cache */
+    if (setup.method == METHOD_PTUNING) { /* the inference path: prefix in the KV cache */
         float *pre;
         int P = train_prefix(ts, &pre);
         const StTensor *lg = safetensors_find(fx, "logits");
@@ -260,7 +260,7 @@ int main(void) {
     const char *tok_archs[] = {"llama", "llama_tied", "gpt2"};
     for (size_t i = 0; i < 3; i++)
         run_case(tok_archs[i], "lora_tokens", lora);
-    TrainSetup pre = {.method = METHOD_PREFIX, .prefix_tokens = 3, .seed = 1};
+    TrainSetup pre = {.method = METHOD_PTUNING, .prefix_tokens = 3, .seed = 1};
     run_case("llama", "prefix", pre);
     run_case("qwen2", "prefix", pre);
     pre.prefix_projection = 1;
