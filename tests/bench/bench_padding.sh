@@ -40,8 +40,8 @@ real_tps() {
 		rt = $0; sub(/.*"real_tokens": */, "", rt); sub(/[,}].*/, "", rt)
 		el = $0; sub(/.*"elapsed": */, "", el); sub(/[,}].*/, "", el)
 		n++
-		if (n == 1) { t0 = el; next }
-		sum += rt; t1 = el
+		if (n == 1) { t0 = el + 0; next }
+		sum += rt + 0; t1 = el + 0
 	}
 	END { if (t1 > t0) printf "%.1f", sum / (t1 - t0); else printf "nan" }' "$1/metrics.jsonl"
 }
