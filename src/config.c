@@ -115,7 +115,8 @@ const char *config_arch_name(ModelArch arch) {
 
 #define TRY(x)                                                                                     \
     do {                                                                                           \
-        if ((rc = (x)) != 0) goto fail;                                                            \
+        int rc_ = (x);                                                                             \
+        if (rc_ != 0) return rc_;                                                                  \
     } while (0)
 
 // --- RoPE. transformers 4.x writes a top-level "rope_theta" and "rope_scaling" ({"type" or
@@ -478,27 +479,14 @@ static int check_foreign_keys(const cJSON *root, const char *path, TunaErr *err)
     return 0;
 }
 
-int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *err) {
-    int rc = 0;
-    memset(cfg, 0, sizeof *cfg);
-    cJSON *root = cJSON_Parse(json);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        long off = at && at >= json ? (long)(at - json) : -1;
-        return tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON near byte %ld", path, off);
-    }
-    if (!cJSON_IsObject(root)) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: top level must be a JSON object", path);
-        goto fail;
-    }
+/* model_type (one of the five architectures) and torch_dtype / dtype. */
+static int parse_model_type(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt)) {
-        rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: missing \"model_type\" (expected one of llama, "
-                       "mistral, qwen2, qwen3, gpt2)",
-                       path);
-        goto fail;
-    }
+    if (!cJSON_IsString(mt))
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: missing \"model_type\" (expected one of llama, "
+                         "mistral, qwen2, qwen3, gpt2)",
+                         path);
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
     const char *t = mt->valuestring;
     if (!strcmp(t, "llama"))
@@ -511,107 +499,97 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
         cfg->arch = ARCH_QWEN3;
     else if (!strcmp(t, "gpt2"))
         cfg->arch = ARCH_GPT2;
-    else {
-        rc = tuna_errf(err, TUNA_EUNSUP,
-                       "%s: model_type \"%s\" is not supported (expected one of llama, mistral, "
-                       "qwen2, qwen3, gpt2)",
-                       path, t);
-        goto fail;
-    }
+    else
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: model_type \"%s\" is not supported (expected one of llama, mistral, "
+                         "qwen2, qwen3, gpt2)",
+                         path, t);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (cJSON_IsString(dt))
         snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt->valuestring);
+    return 0;
+}
 
-    cfg->bos_id = -1;
-    TRY(get_int(root, "vocab_size", 0, 1, &cfg->V, path, err));
-    TRY(get_int(root, "bos_token_id", -1, 0, &cfg->bos_id, path, err));
-    TRY(get_eos(root, cfg, path, err));
-    if (cfg->arch == ARCH_GPT2) {
-        TRY(get_int(root, "n_embd", 0, 1, &cfg->C, path, err));
-        TRY(get_int(root, "n_layer", 0, 1, &cfg->L, path, err));
-        TRY(get_int(root, "n_head", 0, 1, &cfg->NH, path, err));
-        /* 4 * n_embd overflows an int for n_embd > 2^29: the limits below reject those */
-        TRY(get_int(root, "n_inner", cfg->C <= (1 << 20) ? 4 * cfg->C : 0, 0, &cfg->FF, path, err));
-        TRY(get_int(root, "n_positions", 1024, 0, &cfg->max_pos, path, err));
-        TRY(get_float(root, "layer_norm_epsilon", 1e-5f, &cfg->norm_eps, path, err));
-        TRY(get_bool(root, "tie_word_embeddings", 1, &cfg->tie_embeddings, path, err));
-        cfg->KVH = cfg->NH;
-        cfg->HS = cfg->NH > 0 ? cfg->C / cfg->NH : 0;
-        cfg->norm = NORM_LAYER;
-        cfg->learned_pos = 1;
-        cfg->rope_type = ROPE_NONE;
-        cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = 1;
-        const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
-        const char *a = cJSON_IsString(act) ? act->valuestring : "gelu_new";
-        if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast"))
-            cfg->act = ACT_GELU_TANH;
-        else if (!strcmp(a, "gelu"))
-            cfg->act = ACT_GELU;
-        else {
-            rc = tuna_errf(err, TUNA_EUNSUP, "%s: activation_function \"%s\" is not supported",
-                           path, a);
-            goto fail;
-        }
-        if (cfg->NH > 0 && cfg->C % cfg->NH) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: n_embd %d is not divisible by n_head %d", path,
-                           cfg->C, cfg->NH);
-            goto fail;
-        }
-        /* GPT2Attention: scores scaled by 1/sqrt(head_dim) only when scale_attn_weights, and
-         * also by 1/(layer+1) when scale_attn_by_inverse_layer_idx; tuna does the first */
-        int scale_w = 1, scale_inv = 0;
-        TRY(get_bool(root, "scale_attn_weights", 1, &scale_w, path, err));
-        TRY(get_bool(root, "scale_attn_by_inverse_layer_idx", 0, &scale_inv, path, err));
-        if (!scale_w || scale_inv) {
-            rc = tuna_errf(err, TUNA_EUNSUP,
-                           "%s: \"%s\": %s is not supported (tuna scales "
-                           "attention scores by 1/sqrt(head_dim) only)",
-                           path, scale_w ? "scale_attn_by_inverse_layer_idx" : "scale_attn_weights",
-                           scale_w ? "true" : "false");
-            goto fail;
-        }
-    } else {
-        TRY(get_int(root, "hidden_size", 0, 1, &cfg->C, path, err));
-        TRY(get_int(root, "intermediate_size", 0, 1, &cfg->FF, path, err));
-        TRY(get_int(root, "num_hidden_layers", 0, 1, &cfg->L, path, err));
-        TRY(get_int(root, "num_attention_heads", 0, 1, &cfg->NH, path, err));
-        TRY(get_int(root, "num_key_value_heads", cfg->NH, 0, &cfg->KVH, path, err));
-        if (cfg->NH <= 0) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: num_attention_heads must be > 0, got %d", path,
-                           cfg->NH);
-            goto fail;
-        }
-        /* Qwen3Config's head_dim defaults to 128, the others' to hidden_size / heads */
-        int def_hs = cfg->arch == ARCH_QWEN3 ? 128 : cfg->C / cfg->NH;
-        TRY(get_int(root, "head_dim", def_hs, 0, &cfg->HS, path, err));
-        if (cfg->arch != ARCH_QWEN3 && cfg->HS == cfg->C / cfg->NH && cfg->C % cfg->NH) {
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: hidden_size %d is not divisible by num_attention_heads %d", path,
-                           cfg->C, cfg->NH);
-            goto fail;
-        }
-        /* the config classes' defaults: LlamaConfig 2048, MistralConfig 131072, Qwen 32768 */
-        int def_pos = cfg->arch == ARCH_LLAMA ? 2048 : cfg->arch == ARCH_MISTRAL ? 131072 : 32768;
-        TRY(get_int(root, "max_position_embeddings", def_pos, 0, &cfg->max_pos, path, err));
-        TRY(get_float(root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, path, err));
-        TRY(get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, path, err));
-        TRY(parse_biases(root, cfg, path, err));
-        cfg->qk_norm = cfg->arch == ARCH_QWEN3;
-        cfg->norm = NORM_RMS;
-        const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-        const char *a = cJSON_IsString(act) ? act->valuestring : "silu";
-        if (strcmp(a, "silu") && strcmp(a, "swish")) {
-            rc = tuna_errf(err, TUNA_EUNSUP, "%s: hidden_act \"%s\" is not supported (silu)", path,
-                           a);
-            goto fail;
-        }
-        cfg->act = ACT_SILU;
-        TRY(parse_rope(root, cfg, path, err));
-    }
-    TRY(parse_layout(root, cfg, path, err));
-    TRY(check_foreign_keys(root, path, err));
-    // --- sanity limits, checked before anything is sized from them
+/* GPT2Config: n_embd, n_layer, ..., layer norm, learned positions, biases, GELU. */
+static int parse_gpt2(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+    TRY(get_int(root, "n_embd", 0, 1, &cfg->C, path, err));
+    TRY(get_int(root, "n_layer", 0, 1, &cfg->L, path, err));
+    TRY(get_int(root, "n_head", 0, 1, &cfg->NH, path, err));
+    /* 4 * n_embd overflows an int for n_embd > 2^29: the limits below reject those */
+    TRY(get_int(root, "n_inner", cfg->C <= (1 << 20) ? 4 * cfg->C : 0, 0, &cfg->FF, path, err));
+    TRY(get_int(root, "n_positions", 1024, 0, &cfg->max_pos, path, err));
+    TRY(get_float(root, "layer_norm_epsilon", 1e-5f, &cfg->norm_eps, path, err));
+    TRY(get_bool(root, "tie_word_embeddings", 1, &cfg->tie_embeddings, path, err));
+    cfg->KVH = cfg->NH;
+    cfg->HS = cfg->NH > 0 ? cfg->C / cfg->NH : 0;
+    cfg->norm = NORM_LAYER;
+    cfg->learned_pos = 1;
+    cfg->rope_type = ROPE_NONE;
+    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = 1;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+    const char *a = cJSON_IsString(act) ? act->valuestring : "gelu_new";
+    if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast"))
+        cfg->act = ACT_GELU_TANH;
+    else if (!strcmp(a, "gelu"))
+        cfg->act = ACT_GELU;
+    else
+        return tuna_errf(err, TUNA_EUNSUP, "%s: activation_function \"%s\" is not supported", path,
+                         a);
+    if (cfg->NH > 0 && cfg->C % cfg->NH)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: n_embd %d is not divisible by n_head %d", path,
+                         cfg->C, cfg->NH);
+    /* GPT2Attention: scores scaled by 1/sqrt(head_dim) only when scale_attn_weights, and
+     * also by 1/(layer+1) when scale_attn_by_inverse_layer_idx; tuna does the first */
+    int scale_w = 1, scale_inv = 0;
+    TRY(get_bool(root, "scale_attn_weights", 1, &scale_w, path, err));
+    TRY(get_bool(root, "scale_attn_by_inverse_layer_idx", 0, &scale_inv, path, err));
+    if (!scale_w || scale_inv)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"%s\": %s is not supported (tuna scales "
+                         "attention scores by 1/sqrt(head_dim) only)",
+                         path, scale_w ? "scale_attn_by_inverse_layer_idx" : "scale_attn_weights",
+                         scale_w ? "true" : "false");
+    return 0;
+}
+
+/* LlamaConfig and kin: sizes, head_dim, positions, RMS norm, biases, SiLU, RoPE. */
+static int parse_llama_like(const cJSON *root, ModelConfig *cfg, const char *path, TunaErr *err) {
+    TRY(get_int(root, "hidden_size", 0, 1, &cfg->C, path, err));
+    TRY(get_int(root, "intermediate_size", 0, 1, &cfg->FF, path, err));
+    TRY(get_int(root, "num_hidden_layers", 0, 1, &cfg->L, path, err));
+    TRY(get_int(root, "num_attention_heads", 0, 1, &cfg->NH, path, err));
+    TRY(get_int(root, "num_key_value_heads", cfg->NH, 0, &cfg->KVH, path, err));
+    if (cfg->NH <= 0)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: num_attention_heads must be > 0, got %d", path,
+                         cfg->NH);
+    /* Qwen3Config's head_dim defaults to 128, the others' to hidden_size / heads */
+    int def_hs = cfg->arch == ARCH_QWEN3 ? 128 : cfg->C / cfg->NH;
+    TRY(get_int(root, "head_dim", def_hs, 0, &cfg->HS, path, err));
+    if (cfg->arch != ARCH_QWEN3 && cfg->HS == cfg->C / cfg->NH && cfg->C % cfg->NH)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: hidden_size %d is not divisible by num_attention_heads %d", path,
+                         cfg->C, cfg->NH);
+    /* the config classes' defaults: LlamaConfig 2048, MistralConfig 131072, Qwen 32768 */
+    int def_pos = cfg->arch == ARCH_LLAMA ? 2048 : cfg->arch == ARCH_MISTRAL ? 131072 : 32768;
+    TRY(get_int(root, "max_position_embeddings", def_pos, 0, &cfg->max_pos, path, err));
+    TRY(get_float(root, "rms_norm_eps", 1e-6f, &cfg->norm_eps, path, err));
+    TRY(get_bool(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, path, err));
+    TRY(parse_biases(root, cfg, path, err));
+    cfg->qk_norm = cfg->arch == ARCH_QWEN3;
+    cfg->norm = NORM_RMS;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    const char *a = cJSON_IsString(act) ? act->valuestring : "silu";
+    if (strcmp(a, "silu") && strcmp(a, "swish"))
+        return tuna_errf(err, TUNA_EUNSUP, "%s: hidden_act \"%s\" is not supported (silu)", path,
+                         a);
+    cfg->act = ACT_SILU;
+    TRY(parse_rope(root, cfg, path, err));
+    return 0;
+}
+
+/* Sanity limits, checked before anything is sized from them, and the shape rules. */
+static int check_limits(const ModelConfig *cfg, const char *path, TunaErr *err) {
     struct {
         const char *name;
         int v, lo, hi;
@@ -624,26 +602,47 @@ int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *
                {"head_dim", cfg->HS, 2, 1024},
                {"max_position_embeddings", cfg->max_pos, 1, 1 << 24}};
     for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
-        if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path,
-                           lim[i].name, lim[i].v, lim[i].lo, lim[i].hi);
-            goto fail;
-        }
-    if (cfg->NH % cfg->KVH) {
-        rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-                       path, cfg->NH, cfg->KVH);
-        goto fail;
+        if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path,
+                             lim[i].name, lim[i].v, lim[i].lo, lim[i].hi);
+    if (cfg->NH % cfg->KVH)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                         path, cfg->NH, cfg->KVH);
+    if (cfg->HS % 2 && !cfg->learned_pos)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: head_dim %d must be even for RoPE", path, cfg->HS);
+    if (!(cfg->norm_eps > 0))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: norm epsilon must be > 0", path);
+    return 0;
+}
+
+/* The parsed config.json object into cfg. */
+static int parse_root(const cJSON *root, const char *path, ModelConfig *cfg, TunaErr *err) {
+    if (!cJSON_IsObject(root))
+        return tuna_errf(err, TUNA_EFORMAT, "%s: top level must be a JSON object", path);
+    TRY(parse_model_type(root, cfg, path, err));
+    cfg->bos_id = -1;
+    TRY(get_int(root, "vocab_size", 0, 1, &cfg->V, path, err));
+    TRY(get_int(root, "bos_token_id", -1, 0, &cfg->bos_id, path, err));
+    TRY(get_eos(root, cfg, path, err));
+    if (cfg->arch == ARCH_GPT2)
+        TRY(parse_gpt2(root, cfg, path, err));
+    else
+        TRY(parse_llama_like(root, cfg, path, err));
+    TRY(parse_layout(root, cfg, path, err));
+    TRY(check_foreign_keys(root, path, err));
+    return check_limits(cfg, path, err);
+}
+
+int config_parse(const char *json, const char *path, ModelConfig *cfg, TunaErr *err) {
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_Parse(json);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = at && at >= json ? (long)(at - json) : -1;
+        return tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON near byte %ld", path, off);
     }
-    if (cfg->HS % 2 && !cfg->learned_pos) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: head_dim %d must be even for RoPE", path, cfg->HS);
-        goto fail;
-    }
-    if (!(cfg->norm_eps > 0)) {
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: norm epsilon must be > 0", path);
-        goto fail;
-    }
-fail:
+    int rc = parse_root(root, path, cfg, err);
     cJSON_Delete(root);
     return rc;
 }

@@ -343,9 +343,9 @@ static int tensor_size(Rd *r, size_t at, const GgufTensor *t, size_t *nbytes) {
     return 0;
 }
 
-static int parse(Gguf *g, TunaErr *err) {
-    Rd r = {g->buf, g->len, 0, g->path, err};
-    char nb[SHOWBUF];
+/* Magic, version, tensor and metadata counts, the counts checked against the bytes left. */
+static int parse_header(Rd *r, Gguf *g, uint64_t *n_t, uint64_t *n_kv) {
+    TunaErr *err = r->err;
     int rc;
     if (g->len < 4 || memcmp(g->buf, "GGUF", 4) != 0) {
         if (g->len >= 4 && memcmp(g->buf, "FUGG", 4) == 0)
@@ -354,39 +354,44 @@ static int parse(Gguf *g, TunaErr *err) {
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: at byte 0: not a GGUF file (expected the magic \"GGUF\")", g->path);
     }
-    r.pos = 4;
+    r->pos = 4;
     uint32_t version;
-    if ((rc = get_u32(&r, &version, "the version"))) return rc;
+    if ((rc = get_u32(r, &version, "the version"))) return rc;
     if (version != 2 && version != 3)
         return tuna_errf(err, version == 1 ? TUNA_EUNSUP : TUNA_EFORMAT,
                          "%s: at byte 4: GGUF version %u, tuna reads versions 2 and 3", g->path,
                          version);
     g->version = (int)version;
-    uint64_t n_t, n_kv;
-    if ((rc = get_u64(&r, &n_t, "the tensor count"))) return rc;
-    if ((rc = get_u64(&r, &n_kv, "the metadata count"))) return rc;
+    if ((rc = get_u64(r, n_t, "the tensor count"))) return rc;
+    if ((rc = get_u64(r, n_kv, "the metadata count"))) return rc;
     /* the smallest metadata pair is 13 bytes (1-byte key, type, u8), a tensor info 33 */
-    size_t left = r.len - r.pos;
-    if (n_kv > left / 13 || n_kv > INT_MAX)
+    size_t left = r->len - r->pos;
+    if (*n_kv > left / 13 || *n_kv > INT_MAX)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: at byte 16: metadata count %" PRIu64
                          " cannot fit in the %zu bytes left",
-                         g->path, n_kv, left);
-    if (n_t > left / 33 || n_t > INT_MAX)
+                         g->path, *n_kv, left);
+    if (*n_t > left / 33 || *n_t > INT_MAX)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: at byte 8: tensor count %" PRIu64 " cannot fit in the %zu bytes left",
-                         g->path, n_t, left);
+                         g->path, *n_t, left);
+    return 0;
+}
 
+/* The n_kv metadata pairs into g->kv; a key given twice is an error. */
+static int parse_kvs(Rd *r, Gguf *g, uint64_t n_kv) {
+    char nb[SHOWBUF];
+    int rc;
     g->kv = xcalloc((size_t)(n_kv ? n_kv : 1), sizeof *g->kv);
     for (uint64_t i = 0; i < n_kv; i++) {
         GgufKV *kv = &g->kv[i];
         char *key = NULL;
-        if ((rc = get_name(&r, &key, "metadata key"))) return rc;
+        if ((rc = get_name(r, &key, "metadata key"))) return rc;
         kv->key = key;
         g->n_kv++;
         uint32_t type;
-        if ((rc = get_u32(&r, &type, "a metadata value type"))) return rc;
-        if ((rc = read_value(&r, type, kv, key))) return rc;
+        if ((rc = get_u32(r, &type, "a metadata value type"))) return rc;
+        if ((rc = read_value(r, type, kv, key))) return rc;
     }
     if (n_kv > 1) {
         const GgufKV **s = xmalloc((size_t)n_kv * sizeof *s);
@@ -395,90 +400,94 @@ static int parse(Gguf *g, TunaErr *err) {
         qsort(s, (size_t)g->n_kv, sizeof *s, kv_cmp);
         for (int i = 1; i < g->n_kv; i++)
             if (strcmp(s[i - 1]->key, s[i]->key) == 0) {
-                rc = tuna_errf(err, TUNA_EFORMAT, "%s: metadata key \"%s\" appears twice", g->path,
-                               show(s[i]->key, nb, sizeof nb));
+                rc = tuna_errf(r->err, TUNA_EFORMAT, "%s: metadata key \"%s\" appears twice",
+                               g->path, show(s[i]->key, nb, sizeof nb));
                 free(s);
                 return rc;
             }
         free(s);
     }
+    return 0;
+}
 
-    uint64_t align = 32;
+/* general.alignment (a power-of-two u32), 32 when absent. */
+static int get_alignment(const Gguf *g, uint64_t *align, TunaErr *err) {
+    *align = 32;
     const GgufKV *ak = gguf_find_kv(g, "general.alignment");
     if (ak) {
         if (ak->type != GGUF_U32)
             return tuna_errf(err, TUNA_EFORMAT,
                              "%s: key \"general.alignment\": expected a u32, found %s", g->path,
                              vtype_name(ak->type));
-        align = ak->v.u;
-        if (align == 0 || (align & (align - 1)))
+        *align = ak->v.u;
+        if (*align == 0 || (*align & (*align - 1)))
             return tuna_errf(err, TUNA_EFORMAT,
                              "%s: key \"general.alignment\": %" PRIu64 ", expected a power of two",
-                             g->path, align);
+                             g->path, *align);
     }
+    return 0;
+}
 
-    g->t = xcalloc((size_t)(n_t ? n_t : 1), sizeof *g->t);
-    uint64_t *offs = xcalloc((size_t)(n_t ? n_t : 1), sizeof *offs);
-    for (uint64_t i = 0; i < n_t; i++) {
-        GgufTensor *t = &g->t[i];
-        size_t at = r.pos;
-        char *name = NULL;
-        if ((rc = get_name(&r, &name, "tensor name"))) goto out;
-        t->name = name;
-        g->n_t++;
-        uint32_t nd;
-        if ((rc = get_u32(&r, &nd, "a tensor's dimension count"))) goto out;
-        if (nd < 1 || nd > GGUF_MAX_DIMS) {
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: at byte %zu: tensor \"%s\": %u dimensions, expected 1 to %d",
-                           g->path, r.pos - 4, show(name, nb, sizeof nb), nd, GGUF_MAX_DIMS);
-            goto out;
-        }
-        t->ndim = (int)nd;
-        for (int d = 0; d < GGUF_MAX_DIMS; d++)
-            t->ne[d] = 1;
-        for (uint32_t d = 0; d < nd; d++) {
-            uint64_t v;
-            if ((rc = get_u64(&r, &v, "a tensor dimension"))) goto out;
-            if (v == 0 || v > (uint64_t)INT64_MAX) {
-                rc = tuna_errf(err, TUNA_EFORMAT,
-                               "%s: at byte %zu: tensor \"%s\": dimension %u is %" PRIu64
-                               ", expected 1 to 2^63-1",
-                               g->path, r.pos - 8, show(name, nb, sizeof nb), d, v);
-                goto out;
-            }
-            t->ne[d] = (int64_t)v;
-        }
-        uint32_t type;
-        if ((rc = get_u32(&r, &type, "a tensor type"))) goto out;
-        t->type = type > INT_MAX ? -1 : (int)type;
-        if (type > INT_MAX || type_index((int)type) < 0) {
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: at byte %zu: tensor \"%s\": unknown ggml type %u", g->path,
-                           r.pos - 4, show(name, nb, sizeof nb), type);
-            goto out;
-        }
-        if ((rc = tensor_size(&r, at, t, &t->nbytes))) goto out;
-        if ((rc = get_u64(&r, &offs[i], "a tensor offset"))) goto out;
-        if (offs[i] % align) {
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: at byte %zu: tensor \"%s\": offset %" PRIu64
-                           " is not a multiple of the alignment %" PRIu64,
-                           g->path, r.pos - 8, show(name, nb, sizeof nb), offs[i], align);
-            goto out;
-        }
+/* One tensor info (name, dims, type, offset) into t, counted in g->n_t once named. */
+static int parse_tensor_info(Rd *r, Gguf *g, GgufTensor *t, uint64_t align, uint64_t *off) {
+    TunaErr *err = r->err;
+    char nb[SHOWBUF];
+    int rc;
+    size_t at = r->pos;
+    char *name = NULL;
+    if ((rc = get_name(r, &name, "tensor name"))) return rc;
+    t->name = name;
+    g->n_t++;
+    uint32_t nd;
+    if ((rc = get_u32(r, &nd, "a tensor's dimension count"))) return rc;
+    if (nd < 1 || nd > GGUF_MAX_DIMS)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: at byte %zu: tensor \"%s\": %u dimensions, expected 1 to %d", g->path,
+                         r->pos - 4, show(name, nb, sizeof nb), nd, GGUF_MAX_DIMS);
+    t->ndim = (int)nd;
+    for (int d = 0; d < GGUF_MAX_DIMS; d++)
+        t->ne[d] = 1;
+    for (uint32_t d = 0; d < nd; d++) {
+        uint64_t v;
+        if ((rc = get_u64(r, &v, "a tensor dimension"))) return rc;
+        if (v == 0 || v > (uint64_t)INT64_MAX)
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: at byte %zu: tensor \"%s\": dimension %u is %" PRIu64
+                             ", expected 1 to 2^63-1",
+                             g->path, r->pos - 8, show(name, nb, sizeof nb), d, v);
+        t->ne[d] = (int64_t)v;
     }
+    uint32_t type;
+    if ((rc = get_u32(r, &type, "a tensor type"))) return rc;
+    t->type = type > INT_MAX ? -1 : (int)type;
+    if (type > INT_MAX || type_index((int)type) < 0)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: at byte %zu: tensor \"%s\": unknown ggml type %u",
+                         g->path, r->pos - 4, show(name, nb, sizeof nb), type);
+    if ((rc = tensor_size(r, at, t, &t->nbytes))) return rc;
+    if ((rc = get_u64(r, off, "a tensor offset"))) return rc;
+    if (*off % align)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: at byte %zu: tensor \"%s\": offset %" PRIu64
+                         " is not a multiple of the alignment %" PRIu64,
+                         g->path, r->pos - 8, show(name, nb, sizeof nb), *off, align);
+    return 0;
+}
+
+/* Points each tensor into the data section (aligned after the infos); tensors must lie
+ * inside it and not overlap. */
+static int place_tensors(Rd *r, Gguf *g, const uint64_t *offs, uint64_t align) {
+    TunaErr *err = r->err;
+    char nb[SHOWBUF];
+    int rc = 0;
     /* the data section starts at the next multiple of the alignment */
-    size_t data = r.pos + (size_t)((align - r.pos % align) % align);
-    if (n_t > 0 && (r.pos > r.len || data > r.len || data < r.pos)) {
-        rc = tuna_errf(err, TUNA_EFORMAT,
-                       "%s: at byte %zu: file ends before the data section (%zu bytes expected)",
-                       g->path, r.pos, data);
-        goto out;
-    }
+    size_t data = r->pos + (size_t)((align - r->pos % align) % align);
+    if (g->n_t > 0 && (r->pos > r->len || data > r->len || data < r->pos))
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: at byte %zu: file ends before the data section (%zu bytes expected)",
+                         g->path, r->pos, data);
     g->data_off = data;
-    size_t dsize = data <= r.len ? r.len - data : 0;
-    Span *sp = xmalloc((size_t)(n_t ? n_t : 1) * sizeof *sp);
+    size_t dsize = data <= r->len ? r->len - data : 0;
+    Span *sp = xmalloc((size_t)(g->n_t ? g->n_t : 1) * sizeof *sp);
     for (int i = 0; i < g->n_t; i++) {
         GgufTensor *t = &g->t[i];
         if (offs[i] > dsize || t->nbytes > dsize - offs[i]) {
@@ -488,13 +497,13 @@ static int parse(Gguf *g, TunaErr *err) {
                            g->path, show(t->name, nb, sizeof nb), offs[i],
                            offs[i] + (uint64_t)t->nbytes, dsize);
             free(sp);
-            goto out;
+            return rc;
         }
         t->data = g->buf + data + offs[i];
         sp[i] = (Span){offs[i], offs[i] + t->nbytes, t->name};
     }
     qsort(sp, (size_t)g->n_t, sizeof *sp, span_cmp);
-    for (int i = 1; i < g->n_t; i++)
+    for (int i = 1; i < g->n_t && !rc; i++)
         if (sp[i].begin < sp[i - 1].end) {
             char nb2[SHOWBUF];
             rc = tuna_errf(
@@ -503,22 +512,38 @@ static int parse(Gguf *g, TunaErr *err) {
                     " and %" PRIu64 ")",
                     g->path, show(sp[i - 1].name, nb, sizeof nb), show(sp[i].name, nb2, sizeof nb2),
                     sp[i - 1].begin, sp[i].begin);
-            free(sp);
-            goto out;
         }
     free(sp);
-    g->by_name = xmalloc((size_t)(n_t ? n_t : 1) * sizeof *g->by_name);
+    return rc;
+}
+
+/* g->by_name, the tensors sorted by name; a name given twice is an error. */
+static int index_tensor_names(Gguf *g, TunaErr *err) {
+    char nb[SHOWBUF];
+    g->by_name = xmalloc((size_t)(g->n_t ? g->n_t : 1) * sizeof *g->by_name);
     for (int i = 0; i < g->n_t; i++)
         g->by_name[i] = &g->t[i];
     qsort(g->by_name, (size_t)g->n_t, sizeof *g->by_name, name_cmp);
     for (int i = 1; i < g->n_t; i++)
-        if (strcmp(g->by_name[i - 1]->name, g->by_name[i]->name) == 0) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" appears twice", g->path,
-                           show(g->by_name[i]->name, nb, sizeof nb));
-            goto out;
-        }
-    rc = 0;
-out:
+        if (strcmp(g->by_name[i - 1]->name, g->by_name[i]->name) == 0)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: tensor \"%s\" appears twice", g->path,
+                             show(g->by_name[i]->name, nb, sizeof nb));
+    return 0;
+}
+
+static int parse(Gguf *g, TunaErr *err) {
+    Rd r = {g->buf, g->len, 0, g->path, err};
+    uint64_t n_t, n_kv, align;
+    int rc;
+    if ((rc = parse_header(&r, g, &n_t, &n_kv))) return rc;
+    if ((rc = parse_kvs(&r, g, n_kv))) return rc;
+    if ((rc = get_alignment(g, &align, err))) return rc;
+    g->t = xcalloc((size_t)(n_t ? n_t : 1), sizeof *g->t);
+    uint64_t *offs = xcalloc((size_t)(n_t ? n_t : 1), sizeof *offs);
+    for (uint64_t i = 0; i < n_t && !rc; i++)
+        rc = parse_tensor_info(&r, g, &g->t[i], align, &offs[i]);
+    if (!rc) rc = place_tensors(&r, g, offs, align);
+    if (!rc) rc = index_tensor_names(g, err);
     free(offs);
     return rc;
 }

@@ -95,15 +95,14 @@ static int has_tensor(const Gguf *g, const char *name) {
         if (rc_ < 0) return rc_;                                                                   \
     } while (0)
 
-int gguf_config_from(const Gguf *g, ModelConfig *cfg, TunaErr *err) {
-    memset(cfg, 0, sizeof *cfg);
-    Ctx c = {g, gguf_path(g), "", err};
+/* general.architecture -> cfg->arch, c->arch and cfg->model_type; unknown ones are refused. */
+static int read_arch(Ctx *c, ModelConfig *cfg) {
     GgufStr a;
-    int rc = gguf_get_str(g, "general.architecture", &a, err);
+    int rc = gguf_get_str(c->g, "general.architecture", &a, c->err);
     if (rc < 0) return rc;
     if (rc == 0)
-        return tuna_errf(err, TUNA_EFORMAT, "%s: missing metadata key \"general.architecture\"",
-                         c.path);
+        return tuna_errf(c->err, TUNA_EFORMAT, "%s: missing metadata key \"general.architecture\"",
+                         c->path);
     static const struct {
         const char *name;
         ModelArch arch;
@@ -121,187 +120,223 @@ int gguf_config_from(const Gguf *g, ModelConfig *cfg, TunaErr *err) {
         for (size_t i = 0; i < n; i++)
             shown[i] = (a.s[i] < 0x20 || a.s[i] == 0x7f) ? '?' : a.s[i];
         shown[n] = '\0';
-        return tuna_errf(err, TUNA_EUNSUP,
+        return tuna_errf(c->err, TUNA_EUNSUP,
                          "%s: general.architecture \"%s%s\" is not supported (expected one of "
                          "llama, mistral, qwen2, qwen3, gpt2)",
-                         c.path, shown, a.len > 40 ? "..." : "");
+                         c->path, shown, a.len > 40 ? "..." : "");
     }
     cfg->arch = archs[found].arch;
-    snprintf(c.arch, sizeof c.arch, "%s", archs[found].name);
+    snprintf(c->arch, sizeof c->arch, "%s", archs[found].name);
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", archs[found].name);
+    return 0;
+}
 
-    // --- every {arch}.* key must be one tuna knows
-    size_t al = strlen(c.arch);
-    for (int i = 0; i < gguf_kv_count(g); i++) {
-        const char *k = gguf_kv_at(g, i)->key;
-        if (strncmp(k, c.arch, al) || k[al] != '.') continue;
+/* Refuses {arch}.* keys tuna does not know, experts, non-causal attention and rope_freqs. */
+static int check_unsupported(Ctx *c) {
+    size_t al = strlen(c->arch);
+    for (int i = 0; i < gguf_kv_count(c->g); i++) {
+        const char *k = gguf_kv_at(c->g, i)->key;
+        if (strncmp(k, c->arch, al) || k[al] != '.') continue;
         int known = 0;
         for (size_t j = 0; j < sizeof known_keys / sizeof known_keys[0]; j++)
             known |= strcmp(k + al + 1, known_keys[j]) == 0;
         if (!known)
-            return tuna_errf(err, TUNA_EUNSUP,
+            return tuna_errf(c->err, TUNA_EUNSUP,
                              "%s: metadata key \"%.120s\" is not implemented by tuna (it may "
                              "change the computation)",
-                             c.path, k);
+                             c->path, k);
     }
     int v;
-    TRY(arch_int(&c, "expert_count", 0, 0, 0, 0, &v));
-    TRY(arch_int(&c, "expert_used_count", 0, 0, 0, 0, &v));
+    TRY(arch_int(c, "expert_count", 0, 0, 0, 0, &v));
+    TRY(arch_int(c, "expert_used_count", 0, 0, 0, 0, &v));
     char key[160];
-    snprintf(key, sizeof key, "%s.attention.causal", c.arch);
+    snprintf(key, sizeof key, "%s.attention.causal", c->arch);
     int causal = 1;
-    TRY(gguf_get_bool(g, key, &causal, err));
+    TRY(gguf_get_bool(c->g, key, &causal, c->err));
     if (!causal)
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "%s: key \"%s\" is false; tuna runs causal decoders only", c.path, key);
-    if (has_tensor(g, "rope_freqs.weight"))
-        return tuna_errf(err, TUNA_EUNSUP,
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"%s\" is false; tuna runs causal decoders only", c->path, key);
+    if (has_tensor(c->g, "rope_freqs.weight"))
+        return tuna_errf(c->err, TUNA_EUNSUP,
                          "%s: tensor \"rope_freqs.weight\" (per-frequency RoPE factors, as "
                          "llama3 scaling) is not implemented by tuna",
-                         c.path);
+                         c->path);
+    return 0;
+}
 
-    TRY(arch_int(&c, "embedding_length", 1, 0, 1, 1 << 16, &cfg->C));
-    TRY(arch_int(&c, "block_count", 1, 0, 1, 1024, &cfg->L));
-    TRY(arch_int(&c, "attention.head_count", 1, 0, 1, 1024, &cfg->NH));
-    TRY(arch_int(&c, "context_length", 0, cfg->arch == ARCH_GPT2 ? 1024 : 2048, 1, 1 << 24,
+/* Width, depth, heads, context and feed-forward sizes. */
+static int read_dims(Ctx *c, ModelConfig *cfg) {
+    TRY(arch_int(c, "embedding_length", 1, 0, 1, 1 << 16, &cfg->C));
+    TRY(arch_int(c, "block_count", 1, 0, 1, 1024, &cfg->L));
+    TRY(arch_int(c, "attention.head_count", 1, 0, 1, 1024, &cfg->NH));
+    TRY(arch_int(c, "context_length", 0, cfg->arch == ARCH_GPT2 ? 1024 : 2048, 1, 1 << 24,
                  &cfg->max_pos));
     int ff_def = cfg->arch == ARCH_GPT2 ? 4 * cfg->C : 0;
-    TRY(arch_int(&c, "feed_forward_length", cfg->arch != ARCH_GPT2, ff_def, 1, 1 << 18, &cfg->FF));
+    TRY(arch_int(c, "feed_forward_length", cfg->arch != ARCH_GPT2, ff_def, 1, 1 << 18, &cfg->FF));
     if (cfg->C % cfg->NH && cfg->arch != ARCH_QWEN3)
-        return tuna_errf(err, TUNA_EFORMAT,
+        return tuna_errf(c->err, TUNA_EFORMAT,
                          "%s: %s.embedding_length %d is not divisible by %s.attention.head_count "
                          "%d",
-                         c.path, c.arch, cfg->C, c.arch, cfg->NH);
+                         c->path, c->arch, cfg->C, c->arch, cfg->NH);
+    return 0;
+}
 
-    // --- vocabulary, special tokens
+/* Vocabulary size (token list or {arch}.vocab_size) and the bos/eos token ids. */
+static int read_vocab(Ctx *c, ModelConfig *cfg) {
     const GgufArr *toks = NULL;
-    TRY(gguf_get_arr(g, "tokenizer.ggml.tokens", &toks, err));
+    TRY(gguf_get_arr(c->g, "tokenizer.ggml.tokens", &toks, c->err));
     int vs = 0;
-    TRY(arch_int(&c, "vocab_size", 0, 0, 1, 1 << 22, &vs));
+    TRY(arch_int(c, "vocab_size", 0, 0, 1, 1 << 22, &vs));
     if (toks) {
         if (toks->n < 1 || toks->n > (1u << 22))
-            return tuna_errf(err, TUNA_EFORMAT,
+            return tuna_errf(c->err, TUNA_EFORMAT,
                              "%s: key \"tokenizer.ggml.tokens\" holds %" PRIu64
                              " tokens, expected 1 to %d",
-                             c.path, toks->n, 1 << 22);
+                             c->path, toks->n, 1 << 22);
         if (vs && (uint64_t)vs != toks->n)
-            return tuna_errf(err, TUNA_EFORMAT,
+            return tuna_errf(c->err, TUNA_EFORMAT,
                              "%s: key \"%s.vocab_size\" = %d but tokenizer.ggml.tokens holds "
                              "%" PRIu64 " tokens",
-                             c.path, c.arch, vs, toks->n);
+                             c->path, c->arch, vs, toks->n);
         cfg->V = (int)toks->n;
     } else if (vs) {
         cfg->V = vs;
     } else {
-        return tuna_errf(err, TUNA_EFORMAT,
+        return tuna_errf(c->err, TUNA_EFORMAT,
                          "%s: no vocabulary size (neither \"tokenizer.ggml.tokens\" nor "
                          "\"%s.vocab_size\")",
-                         c.path, c.arch);
+                         c->path, c->arch);
     }
     int64_t id;
     cfg->bos_id = -1;
-    rc = gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id, err);
+    int rc = gguf_get_int(c->g, "tokenizer.ggml.bos_token_id", &id, c->err);
     if (rc < 0) return rc;
     if (rc == 1) {
         if (id < 0 || id >= cfg->V)
-            return tuna_errf(err, TUNA_EFORMAT,
+            return tuna_errf(c->err, TUNA_EFORMAT,
                              "%s: key \"tokenizer.ggml.bos_token_id\" = %" PRId64
                              " is not a token id (vocabulary of %d)",
-                             c.path, id, cfg->V);
+                             c->path, id, cfg->V);
         cfg->bos_id = (int)id;
     }
     static const char *const eos_keys[] = {"tokenizer.ggml.eos_token_id",
                                            "tokenizer.ggml.eot_token_id",
                                            "tokenizer.ggml.eom_token_id"};
     for (int i = 0; i < 3; i++) {
-        rc = gguf_get_int(g, eos_keys[i], &id, err);
+        rc = gguf_get_int(c->g, eos_keys[i], &id, c->err);
         if (rc < 0) return rc;
         if (rc == 0) continue;
         if (id < 0 || id >= cfg->V)
-            return tuna_errf(err, TUNA_EFORMAT,
+            return tuna_errf(c->err, TUNA_EFORMAT,
                              "%s: key \"%s\" = %" PRId64 " is not a token id (vocabulary of %d)",
-                             c.path, eos_keys[i], id, cfg->V);
+                             c->path, eos_keys[i], id, cfg->V);
         int dup = 0;
         for (int j = 0; j < cfg->n_eos; j++)
             dup |= cfg->eos_ids[j] == (int)id;
         if (!dup) cfg->eos_ids[cfg->n_eos++] = (int)id;
     }
-    cfg->tie_embeddings = !has_tensor(g, "output.weight");
+    return 0;
+}
 
-    if (cfg->arch == ARCH_GPT2) {
-        TRY(arch_float(&c, "attention.layer_norm_epsilon", 1, 0, &cfg->norm_eps));
-        cfg->KVH = cfg->NH;
-        cfg->HS = cfg->C / cfg->NH;
-        cfg->norm = NORM_LAYER;
-        cfg->learned_pos = 1;
-        cfg->rope_type = ROPE_NONE;
-        cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = 1;
-        cfg->act = ACT_GELU_TANH;
-        int kvh;
-        TRY(arch_int(&c, "attention.head_count_kv", 0, cfg->NH, 1, 1024, &kvh));
-        if (kvh != cfg->NH)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s: key \"gpt2.attention.head_count_kv\" = %d differs from the "
-                             "head count %d; tuna's gpt2 has no grouped-query attention",
-                             c.path, kvh, cfg->NH);
-    } else {
-        TRY(arch_int(&c, "attention.head_count_kv", 0, cfg->NH, 1, 1024, &cfg->KVH));
-        TRY(arch_float(&c, "attention.layer_norm_rms_epsilon", 1, 0, &cfg->norm_eps));
-        TRY(arch_float(&c, "rope.freq_base", 0, 10000.0f, &cfg->rope_theta));
-        int def_hs = cfg->C / cfg->NH, kl, vl, rd;
-        TRY(arch_int(&c, "attention.key_length", 0, def_hs, 2, 1024, &kl));
-        TRY(arch_int(&c, "attention.value_length", 0, kl, 2, 1024, &vl));
-        if (vl != kl)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s: key \"%s.attention.value_length\" = %d differs from the key "
-                             "length %d; tuna needs equal head sizes",
-                             c.path, c.arch, vl, kl);
-        cfg->HS = kl;
-        TRY(arch_int(&c, "rope.dimension_count", 0, kl, 1, 1 << 16, &rd));
-        if (rd != kl)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s: key \"%s.rope.dimension_count\" = %d but the head size is %d; "
-                             "tuna has no partial rotary embedding",
-                             c.path, c.arch, rd, kl);
-        cfg->norm = NORM_RMS;
-        cfg->act = ACT_SILU;
-        cfg->rope_type = ROPE_DEFAULT;
-        cfg->qk_norm = cfg->arch == ARCH_QWEN3;
-        cfg->qkv_bias = cfg->arch == ARCH_QWEN2 || has_tensor(g, "blk.0.attn_q.bias");
-        cfg->o_bias = has_tensor(g, "blk.0.attn_output.bias");
-        cfg->mlp_bias = has_tensor(g, "blk.0.ffn_up.bias");
-        // --- rope scaling: none or linear
-        GgufStr st = {"none", 4};
-        snprintf(key, sizeof key, "%s.rope.scaling.type", c.arch);
-        rc = gguf_get_str(g, key, &st, err);
-        if (rc < 0) return rc;
-        float factor = 1.0f;
-        TRY(arch_float(&c, "rope.scaling.factor", 0, 1.0f, &factor));
-        if (st.len == 4 && !memcmp(st.s, "none", 4)) {
-            if (rc == 0 && factor != 1.0f) { /* llama.cpp reads a lone factor as linear */
-                cfg->rope_type = ROPE_LINEAR;
-                cfg->rope_factor = factor;
-            }
-        } else if (st.len == 6 && !memcmp(st.s, "linear", 6)) {
-            if (factor != 1.0f) {
-                cfg->rope_type = ROPE_LINEAR;
-                cfg->rope_factor = factor;
-            }
-        } else {
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s: key \"%s\" = \"%.*s\" is not implemented by tuna (none or "
-                             "linear)",
-                             c.path, key, (int)(st.len < 40 ? st.len : 40), st.s);
+/* gpt2: layer norm, learned positions, biases everywhere, no grouped-query attention. */
+static int read_gpt2(Ctx *c, ModelConfig *cfg) {
+    TRY(arch_float(c, "attention.layer_norm_epsilon", 1, 0, &cfg->norm_eps));
+    cfg->KVH = cfg->NH;
+    cfg->HS = cfg->C / cfg->NH;
+    cfg->norm = NORM_LAYER;
+    cfg->learned_pos = 1;
+    cfg->rope_type = ROPE_NONE;
+    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = 1;
+    cfg->act = ACT_GELU_TANH;
+    int kvh;
+    TRY(arch_int(c, "attention.head_count_kv", 0, cfg->NH, 1, 1024, &kvh));
+    if (kvh != cfg->NH)
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"gpt2.attention.head_count_kv\" = %d differs from the "
+                         "head count %d; tuna's gpt2 has no grouped-query attention",
+                         c->path, kvh, cfg->NH);
+    return 0;
+}
+
+/* {arch}.rope.scaling.*: none or linear (a lone factor counts as linear, as in llama.cpp). */
+static int read_rope_scaling(Ctx *c, ModelConfig *cfg) {
+    char key[160];
+    GgufStr st = {"none", 4};
+    snprintf(key, sizeof key, "%s.rope.scaling.type", c->arch);
+    int rc = gguf_get_str(c->g, key, &st, c->err);
+    if (rc < 0) return rc;
+    float factor = 1.0f;
+    TRY(arch_float(c, "rope.scaling.factor", 0, 1.0f, &factor));
+    if (st.len == 4 && !memcmp(st.s, "none", 4)) {
+        if (rc == 0 && factor != 1.0f) { /* llama.cpp reads a lone factor as linear */
+            cfg->rope_type = ROPE_LINEAR;
+            cfg->rope_factor = factor;
         }
-        int sw = 0;
-        TRY(arch_int(&c, "attention.sliding_window", 0, 0, 0, 1 << 24, &sw));
-        if (sw && cfg->arch != ARCH_MISTRAL)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s: key \"%s.attention.sliding_window\" is not implemented by tuna "
-                             "for %s",
-                             c.path, c.arch, c.arch);
-        cfg->sliding_window = sw;
+    } else if (st.len == 6 && !memcmp(st.s, "linear", 6)) {
+        if (factor != 1.0f) {
+            cfg->rope_type = ROPE_LINEAR;
+            cfg->rope_factor = factor;
+        }
+    } else {
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"%s\" = \"%.*s\" is not implemented by tuna (none or "
+                         "linear)",
+                         c->path, key, (int)(st.len < 40 ? st.len : 40), st.s);
     }
+    return 0;
+}
+
+/* llama family: RMS norm, SiLU, RoPE, grouped-query attention, optional biases and window. */
+static int read_llama_like(Ctx *c, ModelConfig *cfg) {
+    TRY(arch_int(c, "attention.head_count_kv", 0, cfg->NH, 1, 1024, &cfg->KVH));
+    TRY(arch_float(c, "attention.layer_norm_rms_epsilon", 1, 0, &cfg->norm_eps));
+    TRY(arch_float(c, "rope.freq_base", 0, 10000.0f, &cfg->rope_theta));
+    int def_hs = cfg->C / cfg->NH, kl, vl, rd;
+    TRY(arch_int(c, "attention.key_length", 0, def_hs, 2, 1024, &kl));
+    TRY(arch_int(c, "attention.value_length", 0, kl, 2, 1024, &vl));
+    if (vl != kl)
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"%s.attention.value_length\" = %d differs from the key "
+                         "length %d; tuna needs equal head sizes",
+                         c->path, c->arch, vl, kl);
+    cfg->HS = kl;
+    TRY(arch_int(c, "rope.dimension_count", 0, kl, 1, 1 << 16, &rd));
+    if (rd != kl)
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"%s.rope.dimension_count\" = %d but the head size is %d; "
+                         "tuna has no partial rotary embedding",
+                         c->path, c->arch, rd, kl);
+    cfg->norm = NORM_RMS;
+    cfg->act = ACT_SILU;
+    cfg->rope_type = ROPE_DEFAULT;
+    cfg->qk_norm = cfg->arch == ARCH_QWEN3;
+    cfg->qkv_bias = cfg->arch == ARCH_QWEN2 || has_tensor(c->g, "blk.0.attn_q.bias");
+    cfg->o_bias = has_tensor(c->g, "blk.0.attn_output.bias");
+    cfg->mlp_bias = has_tensor(c->g, "blk.0.ffn_up.bias");
+    TRY(read_rope_scaling(c, cfg));
+    int sw = 0;
+    TRY(arch_int(c, "attention.sliding_window", 0, 0, 0, 1 << 24, &sw));
+    if (sw && cfg->arch != ARCH_MISTRAL)
+        return tuna_errf(c->err, TUNA_EUNSUP,
+                         "%s: key \"%s.attention.sliding_window\" is not implemented by tuna "
+                         "for %s",
+                         c->path, c->arch, c->arch);
+    cfg->sliding_window = sw;
+    return 0;
+}
+
+int gguf_config_from(const Gguf *g, ModelConfig *cfg, TunaErr *err) {
+    memset(cfg, 0, sizeof *cfg);
+    Ctx c = {g, gguf_path(g), "", err};
+    TRY(read_arch(&c, cfg));
+    TRY(check_unsupported(&c));
+    TRY(read_dims(&c, cfg));
+    TRY(read_vocab(&c, cfg));
+    cfg->tie_embeddings = !has_tensor(g, "output.weight");
+    if (cfg->arch == ARCH_GPT2)
+        TRY(read_gpt2(&c, cfg));
+    else
+        TRY(read_llama_like(&c, cfg));
     if (cfg->NH % cfg->KVH)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: %s.attention.head_count %d is not a multiple of head_count_kv %d",

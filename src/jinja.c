@@ -1010,6 +1010,146 @@ static int at_end_tag(Parser *P, const char *const *ends, int n_ends) {
     return 0;
 }
 
+/* {% if %} ... {% elif %} ... {% else %} ... {% endif %}, the tag name at t. */
+static Node *parse_if(Parser *P, Tok *t) {
+    P->i++;
+    Node *n = node(P, N_IF, t->pos);
+    NodeVec conds = {0}, bodies = {0};
+    nv_push(P->c, &conds, parse_expr(P));
+    expect_block_end(P);
+    static const char *const ends[] = {"elif", "else", "endif"};
+    for (;;) {
+        nv_push(P->c, &bodies, parse_body(P, ends, 3));
+        Tok *e = cur(P);
+        if (is_name(e, "elif")) {
+            P->i++;
+            nv_push(P->c, &conds, parse_expr(P));
+            expect_block_end(P);
+        } else if (is_name(e, "else")) {
+            P->i++;
+            expect_block_end(P);
+            static const char *const ends2[] = {"endif"};
+            n->a = parse_body(P, ends2, 1);
+            P->i++;
+            expect_block_end(P);
+            break;
+        } else {
+            P->i++;
+            expect_block_end(P);
+            break;
+        }
+    }
+    n->items = conds.v;
+    n->items2 = bodies.v;
+    n->n = conds.n;
+    return n;
+}
+
+/* {% for a, b in expr if cond %} ... {% else %} ... {% endfor %}, the tag name at t. */
+static Node *parse_for(Parser *P, Tok *t) {
+    P->i++;
+    Node *n = node(P, N_FOR, t->pos);
+    StrVec tg = {0};
+    int paren = is_op(cur(P), "(");
+    if (paren) P->i++;
+    sv_push(P->c, &tg, expect_name(P));
+    while (is_op(cur(P), ",")) {
+        P->i++;
+        sv_push(P->c, &tg, expect_name(P));
+    }
+    if (paren) expect_op(P, ")");
+    n->names = tg.v;
+    n->nnames = tg.n;
+    if (!is_name(cur(P), "in")) {
+        char b[64];
+        fail_at(P->c, cur(P)->pos, "expected 'in', found %s", tok_desc(cur(P), b, sizeof b));
+    }
+    P->i++;
+    n->b = parse_or(P); /* the iterable; `if` here is the loop filter */
+    if (is_name(cur(P), "if")) {
+        P->i++;
+        n->c = parse_expr(P);
+    }
+    if (is_name(cur(P), "recursive"))
+        fail_at(P->c, cur(P)->pos, "recursive loops are not supported");
+    expect_block_end(P);
+    static const char *const ends[] = {"else", "endfor"};
+    n->a = parse_body(P, ends, 2);
+    if (is_name(cur(P), "else")) {
+        P->i++;
+        expect_block_end(P);
+        static const char *const ends2[] = {"endfor"};
+        n->items2 = arena_alloc(P->c, sizeof(Node *));
+        n->items2[0] = parse_body(P, ends2, 1);
+        n->n2 = 1;
+    }
+    P->i++;
+    expect_block_end(P);
+    return n;
+}
+
+/* {% set x = expr %}, {% set x.attr = expr %} or {% set x %} ... {% endset %}. */
+static Node *parse_set(Parser *P, Tok *t) {
+    Node *n;
+    P->i++;
+    const char *nm = expect_name(P);
+    const char *attr = NULL;
+    if (is_op(cur(P), ".")) {
+        P->i++;
+        attr = expect_name(P);
+    }
+    if (is_op(cur(P), "=")) {
+        P->i++;
+        n = node(P, N_SET, t->pos);
+        n->name = nm;
+        n->name2 = attr;
+        n->a = parse_expr(P);
+        if (is_op(cur(P), ",")) fail_at(P->c, cur(P)->pos, "tuple assignment is not supported");
+        expect_block_end(P);
+    } else {
+        if (attr) fail_at(P->c, cur(P)->pos, "expected '=' after set %s.%s", nm, attr);
+        expect_block_end(P);
+        n = node(P, N_SETBLOCK, t->pos);
+        n->name = nm;
+        static const char *const ends[] = {"endset"};
+        n->a = parse_body(P, ends, 1);
+        P->i++;
+        expect_block_end(P);
+    }
+    return n;
+}
+
+/* {% macro name(p, q=default) %} ... {% endmacro %}, the tag name at t. */
+static Node *parse_macro(Parser *P, Tok *t) {
+    P->i++;
+    Node *n = node(P, N_MACRO, t->pos);
+    n->name = expect_name(P);
+    expect_op(P, "(");
+    StrVec params = {0};
+    NodeVec defs = {0};
+    while (!is_op(cur(P), ")")) {
+        if (params.n) expect_op(P, ",");
+        if (is_op(cur(P), ")")) break;
+        sv_push(P->c, &params, expect_name(P));
+        Node *d = NULL;
+        if (is_op(cur(P), "=")) {
+            P->i++;
+            d = parse_expr(P);
+        }
+        nv_push(P->c, &defs, d);
+    }
+    P->i++;
+    expect_block_end(P);
+    n->names = params.v;
+    n->nnames = params.n;
+    n->items2 = defs.v;
+    static const char *const ends[] = {"endmacro"};
+    n->a = parse_body(P, ends, 1);
+    P->i++;
+    expect_block_end(P);
+    return n;
+}
+
 static Node *parse_stmt(Parser *P) {
     Tok *open = cur(P);
     P->i++; /* BLOCK_BEGIN */
@@ -1021,128 +1161,13 @@ static Node *parse_stmt(Parser *P) {
     enter(P);
     Node *n;
     if (is_name(t, "if")) {
-        P->i++;
-        n = node(P, N_IF, t->pos);
-        NodeVec conds = {0}, bodies = {0};
-        nv_push(P->c, &conds, parse_expr(P));
-        expect_block_end(P);
-        static const char *const ends[] = {"elif", "else", "endif"};
-        for (;;) {
-            nv_push(P->c, &bodies, parse_body(P, ends, 3));
-            Tok *e = cur(P);
-            if (is_name(e, "elif")) {
-                P->i++;
-                nv_push(P->c, &conds, parse_expr(P));
-                expect_block_end(P);
-            } else if (is_name(e, "else")) {
-                P->i++;
-                expect_block_end(P);
-                static const char *const ends2[] = {"endif"};
-                n->a = parse_body(P, ends2, 1);
-                P->i++;
-                expect_block_end(P);
-                break;
-            } else {
-                P->i++;
-                expect_block_end(P);
-                break;
-            }
-        }
-        n->items = conds.v;
-        n->items2 = bodies.v;
-        n->n = conds.n;
+        n = parse_if(P, t);
     } else if (is_name(t, "for")) {
-        P->i++;
-        n = node(P, N_FOR, t->pos);
-        StrVec tg = {0};
-        int paren = is_op(cur(P), "(");
-        if (paren) P->i++;
-        sv_push(P->c, &tg, expect_name(P));
-        while (is_op(cur(P), ",")) {
-            P->i++;
-            sv_push(P->c, &tg, expect_name(P));
-        }
-        if (paren) expect_op(P, ")");
-        n->names = tg.v;
-        n->nnames = tg.n;
-        if (!is_name(cur(P), "in")) {
-            char b[64];
-            fail_at(P->c, cur(P)->pos, "expected 'in', found %s", tok_desc(cur(P), b, sizeof b));
-        }
-        P->i++;
-        n->b = parse_or(P); /* the iterable; `if` here is the loop filter */
-        if (is_name(cur(P), "if")) {
-            P->i++;
-            n->c = parse_expr(P);
-        }
-        if (is_name(cur(P), "recursive"))
-            fail_at(P->c, cur(P)->pos, "recursive loops are not supported");
-        expect_block_end(P);
-        static const char *const ends[] = {"else", "endfor"};
-        n->a = parse_body(P, ends, 2);
-        if (is_name(cur(P), "else")) {
-            P->i++;
-            expect_block_end(P);
-            static const char *const ends2[] = {"endfor"};
-            n->items2 = arena_alloc(P->c, sizeof(Node *));
-            n->items2[0] = parse_body(P, ends2, 1);
-            n->n2 = 1;
-        }
-        P->i++;
-        expect_block_end(P);
+        n = parse_for(P, t);
     } else if (is_name(t, "set")) {
-        P->i++;
-        const char *nm = expect_name(P);
-        const char *attr = NULL;
-        if (is_op(cur(P), ".")) {
-            P->i++;
-            attr = expect_name(P);
-        }
-        if (is_op(cur(P), "=")) {
-            P->i++;
-            n = node(P, N_SET, t->pos);
-            n->name = nm;
-            n->name2 = attr;
-            n->a = parse_expr(P);
-            if (is_op(cur(P), ",")) fail_at(P->c, cur(P)->pos, "tuple assignment is not supported");
-            expect_block_end(P);
-        } else {
-            if (attr) fail_at(P->c, cur(P)->pos, "expected '=' after set %s.%s", nm, attr);
-            expect_block_end(P);
-            n = node(P, N_SETBLOCK, t->pos);
-            n->name = nm;
-            static const char *const ends[] = {"endset"};
-            n->a = parse_body(P, ends, 1);
-            P->i++;
-            expect_block_end(P);
-        }
+        n = parse_set(P, t);
     } else if (is_name(t, "macro")) {
-        P->i++;
-        n = node(P, N_MACRO, t->pos);
-        n->name = expect_name(P);
-        expect_op(P, "(");
-        StrVec params = {0};
-        NodeVec defs = {0};
-        while (!is_op(cur(P), ")")) {
-            if (params.n) expect_op(P, ",");
-            if (is_op(cur(P), ")")) break;
-            sv_push(P->c, &params, expect_name(P));
-            Node *d = NULL;
-            if (is_op(cur(P), "=")) {
-                P->i++;
-                d = parse_expr(P);
-            }
-            nv_push(P->c, &defs, d);
-        }
-        P->i++;
-        expect_block_end(P);
-        n->names = params.v;
-        n->nnames = params.n;
-        n->items2 = defs.v;
-        static const char *const ends[] = {"endmacro"};
-        n->a = parse_body(P, ends, 1);
-        P->i++;
-        expect_block_end(P);
+        n = parse_macro(P, t);
     } else if (is_name(t, "break") || is_name(t, "continue")) {
         n = node(P, is_name(t, "break") ? N_BREAK : N_CONTINUE, t->pos);
         P->i++;
@@ -2129,6 +2154,181 @@ static Val get_path(R *r, Val v, Val attr, size_t pos) {
 }
 
 static int run_test(R *r, const char *name, Val v, const Args *a);
+static Val apply_filter(R *r, const char *name, Val v, const Args *a);
+
+/* tojson(indent=None): JSON text, indent clamped to [0, 64]. */
+static Val filter_tojson(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val none = mk_none();
+    Val ind = arg(a, 0, "indent", none);
+    Buf b = {0};
+    buf_add(r->c, &b, "", 0);
+    tojson(r, &b, v,
+           ind.t == V_NONE ? -1
+                           : (int)(need_int(r, ind, pos, "tojson") > 64 ? 64
+                                   : ind.u.i < 0                        ? 0
+                                                                        : ind.u.i),
+           0, pos);
+    return mk_str(b.s, b.n);
+}
+
+/* join(d="", attribute=None): the items (or their attribute) as strings, joined. */
+static Val filter_join(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val none = mk_none();
+    Val l = as_list(r, v, pos);
+    Val sep = str_of(r, arg(a, 0, "d", mk_str("", 0)));
+    Val attr = arg(a, 1, "attribute", none);
+    Buf b = {0};
+    buf_add(r->c, &b, "", 0);
+    for (size_t i = 0; i < l.u.l->n; i++) {
+        if (i) buf_add(r->c, &b, sep.u.s.s, sep.u.s.n);
+        Val e = l.u.l->v[i];
+        if (attr.t != V_NONE) e = get_path(r, e, attr, pos);
+        e = str_of(r, e);
+        buf_add(r->c, &b, e.u.s.s, e.u.s.n);
+    }
+    return mk_str(b.s, b.n);
+}
+
+/* reverse: a string reversed by character, or a sequence as a new list. */
+static Val filter_reverse(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    if (v.t == V_STR) {
+        Val l = as_list(r, v, pos);
+        Buf b = {0};
+        buf_add(r->c, &b, "", 0);
+        for (size_t i = l.u.l->n; i-- > 0;)
+            buf_add(r->c, &b, l.u.l->v[i].u.s.s, l.u.l->v[i].u.s.n);
+        return mk_str(b.s, b.n);
+    }
+    Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
+    for (size_t i = l.u.l->n; i-- > 0;)
+        o.u.l->v[o.u.l->n++] = l.u.l->v[i];
+    return o;
+}
+
+/* int(default=0): ints, bools, floats and decimal strings; anything else gives default. */
+static Val filter_int(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    if (v.t == V_INT || v.t == V_BOOL) return mk_int(v.u.i);
+    if (v.t == V_FLOAT && fabs(v.u.f) < 9e18) return mk_int((long long)v.u.f);
+    if (v.t == V_STR) {
+        char tmp[32];
+        size_t n = v.u.s.n < 31 ? v.u.s.n : 31;
+        memcpy(tmp, v.u.s.s, n);
+        tmp[n] = 0;
+        char *end;
+        long long x = strtoll(tmp, &end, 10);
+        if (end != tmp && *end == 0) return mk_int(x);
+    }
+    return mk_int(need_int(r, arg(a, 0, "default", mk_int(0)), pos, "int"));
+}
+
+/* select / reject / selectattr / rejectattr with an optional test name and its arguments. */
+static Val filter_select(R *r, const char *name, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val none = mk_none();
+    int isattr = strstr(name, "attr") != NULL, want = name[0] == 's';
+    Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
+    int ti = isattr ? 1 : 0;
+    Val attr = isattr ? arg(a, 0, NULL, none) : none;
+    Val test = arg(a, ti, NULL, none);
+    Args targs = {.pos = pos};
+    if (a->n > ti + 1) {
+        targs.v = a->v + ti + 1;
+        targs.n = a->n - ti - 1;
+    }
+    for (size_t i = 0; i < l.u.l->n; i++) {
+        Val e = l.u.l->v[i];
+        Val x = isattr ? get_path(r, e, attr, pos) : e;
+        int ok;
+        if (test.t == V_NONE)
+            ok = truthy(x);
+        else {
+            need_str(r, test, pos, name);
+            char tn[64];
+            snprintf(tn, sizeof tn, "%.*s", (int)(test.u.s.n > 60 ? 60 : test.u.s.n), test.u.s.s);
+            ok = run_test(r, tn, x, &targs);
+        }
+        if (ok == want) o.u.l->v[o.u.l->n++] = e;
+    }
+    return o;
+}
+
+/* map(attribute=, default=) or map(filter_name, args...) over a sequence. */
+static Val filter_map(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val none = mk_none();
+    Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
+    Val attr = arg(a, -1, "attribute", none);
+    Val dflt = arg(a, -1, "default", mk_undef());
+    Val fname = a->n ? a->v[0] : none;
+    for (size_t i = 0; i < l.u.l->n; i++) {
+        Val e = l.u.l->v[i];
+        if (attr.t != V_NONE) {
+            e = get_path(r, e, attr, pos);
+            if (e.t == V_UNDEF) e = dflt;
+        } else if (fname.t == V_STR) {
+            char fn[64];
+            snprintf(fn, sizeof fn, "%.*s", (int)(fname.u.s.n > 60 ? 60 : fname.u.s.n),
+                     fname.u.s.s);
+            Args fa = {.pos = pos};
+            if (a->n > 1) {
+                fa.v = a->v + 1;
+                fa.n = a->n - 1;
+            }
+            if (++r->depth > JINJA_MAX_DEPTH)
+                fail_at(r->c, pos, "nested deeper than %d", JINJA_MAX_DEPTH);
+            e = apply_filter(r, fn, e, &fa);
+            r->depth--;
+        } else {
+            fail_at(r->c, pos, "map needs a filter name or attribute=");
+        }
+        o.u.l->v[o.u.l->n++] = e;
+    }
+    return o;
+}
+
+/* unique: the first of each set of equal items, in order. */
+static Val filter_unique(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
+    for (size_t i = 0; i < l.u.l->n; i++) {
+        int seen = 0;
+        for (size_t k = 0; k < o.u.l->n && !seen; k++)
+            seen = vals_equal(r, o.u.l->v[k], l.u.l->v[i]);
+        if (!seen) o.u.l->v[o.u.l->n++] = l.u.l->v[i];
+    }
+    return o;
+}
+
+/* indent(width=4, first=False, blank=False): indents every line after the first. */
+static Val filter_indent(R *r, Val v, const Args *a) {
+    size_t pos = a->pos;
+    Val s = str_of(r, v);
+    long long w = need_int(r, arg(a, 0, "width", mk_int(4)), pos, "indent");
+    if (w < 0 || w > 256) fail_at(r->c, pos, "indent width out of range");
+    int first = truthy(arg(a, 1, "first", mk_bool(0)));
+    int blank = truthy(arg(a, 2, "blank", mk_bool(0)));
+    Buf b = {0};
+    buf_add(r->c, &b, "", 0);
+    size_t i = 0;
+    int line = 0;
+    while (i <= s.u.s.n) {
+        const char *nl = memchr(s.u.s.s + i, '\n', s.u.s.n - i);
+        size_t e = nl ? (size_t)(nl - s.u.s.s) : s.u.s.n;
+        if ((line > 0 || first) && (blank || e > i))
+            for (long long k = 0; k < w; k++)
+                buf_add(r->c, &b, " ", 1);
+        buf_add(r->c, &b, s.u.s.s + i, e - i);
+        if (!nl) break;
+        buf_add(r->c, &b, "\n", 1);
+        i = e + 1;
+        line++;
+    }
+    return mk_str(b.s, b.n);
+}
 
 static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
     size_t pos = a->pos;
@@ -2144,18 +2344,7 @@ static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
         if (name[0] == 's') return v;
         fail_at(r->c, pos, "the escape filter is not supported");
     }
-    if (!strcmp(name, "tojson")) {
-        Val ind = arg(a, 0, "indent", none);
-        Buf b = {0};
-        buf_add(r->c, &b, "", 0);
-        tojson(r, &b, v,
-               ind.t == V_NONE ? -1
-                               : (int)(need_int(r, ind, pos, "tojson") > 64 ? 64
-                                       : ind.u.i < 0                        ? 0
-                                                                            : ind.u.i),
-               0, pos);
-        return mk_str(b.s, b.n);
-    }
+    if (!strcmp(name, "tojson")) { return filter_tojson(r, v, a); }
     if (!strcmp(name, "lower") || !strcmp(name, "upper") || !strcmp(name, "capitalize") ||
         !strcmp(name, "title")) {
         Val s = str_of(r, v);
@@ -2167,21 +2356,7 @@ static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
         return str_replace(r, s, o, nw,
                            need_int(r, arg(a, 2, "count", mk_int(-1)), pos, "replace"));
     }
-    if (!strcmp(name, "join")) {
-        Val l = as_list(r, v, pos);
-        Val sep = str_of(r, arg(a, 0, "d", mk_str("", 0)));
-        Val attr = arg(a, 1, "attribute", none);
-        Buf b = {0};
-        buf_add(r->c, &b, "", 0);
-        for (size_t i = 0; i < l.u.l->n; i++) {
-            if (i) buf_add(r->c, &b, sep.u.s.s, sep.u.s.n);
-            Val e = l.u.l->v[i];
-            if (attr.t != V_NONE) e = get_path(r, e, attr, pos);
-            e = str_of(r, e);
-            buf_add(r->c, &b, e.u.s.s, e.u.s.n);
-        }
-        return mk_str(b.s, b.n);
-    }
+    if (!strcmp(name, "join")) { return filter_join(r, v, a); }
     if (!strcmp(name, "first") || !strcmp(name, "last")) {
         Val l = as_list(r, v, pos);
         if (!l.u.l->n) return mk_undef();
@@ -2209,34 +2384,8 @@ static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
         o.u.l->n = l.u.l->n;
         return o;
     }
-    if (!strcmp(name, "reverse")) {
-        if (v.t == V_STR) {
-            Val l = as_list(r, v, pos);
-            Buf b = {0};
-            buf_add(r->c, &b, "", 0);
-            for (size_t i = l.u.l->n; i-- > 0;)
-                buf_add(r->c, &b, l.u.l->v[i].u.s.s, l.u.l->v[i].u.s.n);
-            return mk_str(b.s, b.n);
-        }
-        Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
-        for (size_t i = l.u.l->n; i-- > 0;)
-            o.u.l->v[o.u.l->n++] = l.u.l->v[i];
-        return o;
-    }
-    if (!strcmp(name, "int")) {
-        if (v.t == V_INT || v.t == V_BOOL) return mk_int(v.u.i);
-        if (v.t == V_FLOAT && fabs(v.u.f) < 9e18) return mk_int((long long)v.u.f);
-        if (v.t == V_STR) {
-            char tmp[32];
-            size_t n = v.u.s.n < 31 ? v.u.s.n : 31;
-            memcpy(tmp, v.u.s.s, n);
-            tmp[n] = 0;
-            char *end;
-            long long x = strtoll(tmp, &end, 10);
-            if (end != tmp && *end == 0) return mk_int(x);
-        }
-        return mk_int(need_int(r, arg(a, 0, "default", mk_int(0)), pos, "int"));
-    }
+    if (!strcmp(name, "reverse")) { return filter_reverse(r, v, a); }
+    if (!strcmp(name, "int")) { return filter_int(r, v, a); }
     if (!strcmp(name, "float")) {
         if (is_num(v)) return mk_float(num(v));
         return mk_float(0);
@@ -2249,97 +2398,11 @@ static Val apply_filter(R *r, const char *name, Val v, const Args *a) {
     }
     if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr") || !strcmp(name, "select") ||
         !strcmp(name, "reject")) {
-        int isattr = strstr(name, "attr") != NULL, want = name[0] == 's';
-        Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
-        int ti = isattr ? 1 : 0;
-        Val attr = isattr ? arg(a, 0, NULL, none) : none;
-        Val test = arg(a, ti, NULL, none);
-        Args targs = {.pos = pos};
-        if (a->n > ti + 1) {
-            targs.v = a->v + ti + 1;
-            targs.n = a->n - ti - 1;
-        }
-        for (size_t i = 0; i < l.u.l->n; i++) {
-            Val e = l.u.l->v[i];
-            Val x = isattr ? get_path(r, e, attr, pos) : e;
-            int ok;
-            if (test.t == V_NONE)
-                ok = truthy(x);
-            else {
-                need_str(r, test, pos, name);
-                char tn[64];
-                snprintf(tn, sizeof tn, "%.*s", (int)(test.u.s.n > 60 ? 60 : test.u.s.n),
-                         test.u.s.s);
-                ok = run_test(r, tn, x, &targs);
-            }
-            if (ok == want) o.u.l->v[o.u.l->n++] = e;
-        }
-        return o;
+        return filter_select(r, name, v, a);
     }
-    if (!strcmp(name, "map")) {
-        Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
-        Val attr = arg(a, -1, "attribute", none);
-        Val dflt = arg(a, -1, "default", mk_undef());
-        Val fname = a->n ? a->v[0] : none;
-        for (size_t i = 0; i < l.u.l->n; i++) {
-            Val e = l.u.l->v[i];
-            if (attr.t != V_NONE) {
-                e = get_path(r, e, attr, pos);
-                if (e.t == V_UNDEF) e = dflt;
-            } else if (fname.t == V_STR) {
-                char fn[64];
-                snprintf(fn, sizeof fn, "%.*s", (int)(fname.u.s.n > 60 ? 60 : fname.u.s.n),
-                         fname.u.s.s);
-                Args fa = {.pos = pos};
-                if (a->n > 1) {
-                    fa.v = a->v + 1;
-                    fa.n = a->n - 1;
-                }
-                if (++r->depth > JINJA_MAX_DEPTH)
-                    fail_at(r->c, pos, "nested deeper than %d", JINJA_MAX_DEPTH);
-                e = apply_filter(r, fn, e, &fa);
-                r->depth--;
-            } else {
-                fail_at(r->c, pos, "map needs a filter name or attribute=");
-            }
-            o.u.l->v[o.u.l->n++] = e;
-        }
-        return o;
-    }
-    if (!strcmp(name, "unique")) {
-        Val l = as_list(r, v, pos), o = list_new(r, l.u.l->n);
-        for (size_t i = 0; i < l.u.l->n; i++) {
-            int seen = 0;
-            for (size_t k = 0; k < o.u.l->n && !seen; k++)
-                seen = vals_equal(r, o.u.l->v[k], l.u.l->v[i]);
-            if (!seen) o.u.l->v[o.u.l->n++] = l.u.l->v[i];
-        }
-        return o;
-    }
-    if (!strcmp(name, "indent")) {
-        Val s = str_of(r, v);
-        long long w = need_int(r, arg(a, 0, "width", mk_int(4)), pos, "indent");
-        if (w < 0 || w > 256) fail_at(r->c, pos, "indent width out of range");
-        int first = truthy(arg(a, 1, "first", mk_bool(0)));
-        int blank = truthy(arg(a, 2, "blank", mk_bool(0)));
-        Buf b = {0};
-        buf_add(r->c, &b, "", 0);
-        size_t i = 0;
-        int line = 0;
-        while (i <= s.u.s.n) {
-            const char *nl = memchr(s.u.s.s + i, '\n', s.u.s.n - i);
-            size_t e = nl ? (size_t)(nl - s.u.s.s) : s.u.s.n;
-            if ((line > 0 || first) && (blank || e > i))
-                for (long long k = 0; k < w; k++)
-                    buf_add(r->c, &b, " ", 1);
-            buf_add(r->c, &b, s.u.s.s + i, e - i);
-            if (!nl) break;
-            buf_add(r->c, &b, "\n", 1);
-            i = e + 1;
-            line++;
-        }
-        return mk_str(b.s, b.n);
-    }
+    if (!strcmp(name, "map")) { return filter_map(r, v, a); }
+    if (!strcmp(name, "unique")) { return filter_unique(r, v, a); }
+    if (!strcmp(name, "indent")) { return filter_indent(r, v, a); }
     fail_at(r->c, pos, "unknown filter '%s'", name);
 }
 

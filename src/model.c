@@ -288,52 +288,41 @@ static void rope_freqs(const ModelConfig *c, float *f) {
     }
 }
 
-int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
-    *out = NULL;
-    Model *m = xcalloc(1, sizeof *m);
-    m->be = be;
-    WSrc w = {0};
-    SpecList specs = {0};
-    float *scratch = NULL, *host = NULL, *xscratch = NULL;
-    char *used = NULL;
-    int rc = config_load(dir, &m->cfg, err);
-    if (rc) goto fail;
-    const ModelConfig *c = &m->cfg;
-    w.cfg = c;
-    rc = gguf_model_path(dir, w.file, sizeof w.file, err);
-    if (rc < 0) goto fail;
+/* Opens the weights of dir (a GGUF file, or model.safetensors) into w; m->dir names them. */
+static int open_weights(const char *dir, Model *m, WSrc *w, TunaErr *err) {
+    int rc = gguf_model_path(dir, w->file, sizeof w->file, err);
+    if (rc < 0) return rc;
     if (rc == 1) {
-        rc = gguf_open(w.file, &w.gg, err);
-        if (rc) goto fail;
-        if (strlen(w.file) >= sizeof m->dir) {
-            rc = tuna_errf(err, TUNA_EINVAL, "%s: path too long", w.file);
-            goto fail;
-        }
-        memcpy(m->dir, w.file, strlen(w.file) + 1);
-    } else {
-        rc = safetensors_open(dir, &w.st, err);
-        if (rc) goto fail;
-        snprintf(w.file, sizeof w.file, "%s/model.safetensors", dir);
-        snprintf(m->dir, sizeof m->dir, "%s", dir);
+        rc = gguf_open(w->file, &w->gg, err);
+        if (rc) return rc;
+        if (strlen(w->file) >= sizeof m->dir)
+            return tuna_errf(err, TUNA_EINVAL, "%s: path too long", w->file);
+        memcpy(m->dir, w->file, strlen(w->file) + 1);
+        return 0;
     }
-    m->layers = xcalloc((size_t)c->L, sizeof *m->layers);
-    if (c->arch == ARCH_GPT2)
-        specs_gpt2(m, &specs,
-                   w.st && safetensors_find(w.st, "transformer.wte.weight") ? "transformer." : "");
-    else
-        specs_llama(m, &specs);
+    rc = safetensors_open(dir, &w->st, err);
+    if (rc) return rc;
+    snprintf(w->file, sizeof w->file, "%s/model.safetensors", dir);
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    return 0;
+}
 
-    // --- check every tensor before allocating: names, shapes, types
+/* Checks every tensor before anything is allocated: present, shaped and typed as the specs
+ * want, and no GGUF tensor left over. Sums the sizes; biggest is the largest tensor in floats,
+ * xform whether any GGUF tensor needs reordering. */
+static int check_tensors(const WSrc *w, const SpecList *specs, size_t *total, size_t *biggest,
+                         int *xform, TunaErr *err) {
+    const ModelConfig *c = w->cfg;
     char missing[1024] = "";
-    int n_missing = 0, n_gt = w.gg ? gguf_tensor_count(w.gg) : 0;
-    size_t total = 0, biggest = 0;
-    int xform = 0;
-    if (w.gg) used = xcalloc((size_t)n_gt + 1, 1);
-    for (int i = 0; i < specs.n; i++) {
-        const ParamSpec *s = &specs.v[i];
+    int n_missing = 0, n_gt = w->gg ? gguf_tensor_count(w->gg) : 0, rc = 0;
+    char *used = w->gg ? xcalloc((size_t)n_gt + 1, 1) : NULL;
+    *total = *biggest = 0;
+    *xform = 0;
+    for (int i = 0; i < specs->n; i++) {
+        const ParamSpec *s = &specs->v[i];
         WTensor t;
-        if (!ws_find(&w, s->name, &t)) {
-            if (n_missing++ < 4 && (i == 0 || strcmp(specs.v[i - 1].name, s->name))) {
+        if (!ws_find(w, s->name, &t)) {
+            if (n_missing++ < 4 && (i == 0 || strcmp(specs->v[i - 1].name, s->name))) {
                 size_t o = strlen(missing);
                 snprintf(missing + o, sizeof missing - o, "%s%s", o ? ", " : "", s->name);
             }
@@ -347,57 +336,65 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
             shape_str(want, sizeof want, s->ndim, s->shape);
             shape_str(got, sizeof got, t.ndim, t.shape);
             rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: tensor \"%s\" has shape %s, expected %s for this %s", w.file,
-                           ws_name(&t), got, want, w.gg ? "file's metadata" : "config.json");
-            goto fail;
+                           "%s: tensor \"%s\" has shape %s, expected %s for this %s", w->file,
+                           ws_name(&t), got, want, w->gg ? "file's metadata" : "config.json");
+            goto out;
         }
-        if ((rc = ws_check_type(&w, &t, err))) goto fail;
-        if (t.gt) used[t.gt - gguf_tensor_at(w.gg, 0)] = 1;
-        xform |= t.x != GGUF_X_NONE;
-        total += s->n;
+        if ((rc = ws_check_type(w, &t, err))) goto out;
+        if (t.gt) used[t.gt - gguf_tensor_at(w->gg, 0)] = 1;
+        *xform |= t.x != GGUF_X_NONE;
+        *total += s->n;
         size_t fn = (size_t)s->shape[0] * (s->ndim == 2 ? (size_t)s->shape[1] : 1);
-        if (fn > biggest) biggest = fn;
+        if (fn > *biggest) *biggest = fn;
     }
     if (n_missing) {
         rc = tuna_errf(err, TUNA_EFORMAT, "%s: %d tensor%s missing for %s with %d layers: %s%s",
-                       w.file, n_missing, n_missing > 1 ? "s" : "", config_arch_name(c->arch), c->L,
-                       missing, n_missing > 4 ? ", ..." : "");
-        goto fail;
+                       w->file, n_missing, n_missing > 1 ? "s" : "", config_arch_name(c->arch),
+                       c->L, missing, n_missing > 4 ? ", ..." : "");
+        goto out;
     }
     /* a GGUF tensor tuna has no place for would change the computation if it were dropped */
     for (int i = 0; i < n_gt; i++)
         if (!used[i]) {
             rc = tuna_errf(err, TUNA_EUNSUP,
                            "%s: tensor \"%s\" is not part of tuna's %s (it would be ignored)",
-                           w.file, gguf_tensor_at(w.gg, i)->name, config_arch_name(c->arch));
-            goto fail;
+                           w->file, gguf_tensor_at(w->gg, i)->name, config_arch_name(c->arch));
+            goto out;
         }
+out:
+    free(used);
+    return rc;
+}
 
-    // --- one backend allocation for every weight, filled through a host staging buffer
+/* One backend allocation for every weight (m->params, m->pinfo), filled tensor by tensor
+ * through a host staging buffer. */
+static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t total, size_t biggest,
+                       int xform, const char *dir, TunaErr *err) {
+    Backend *be = m->be;
+    float *scratch = NULL, *host = NULL, *xscratch = NULL;
+    int rc = 0;
     m->n_params = total;
     m->params = be->ops->alloc(be, total * sizeof(float));
-    if (!m->params) {
-        rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate %.1f MiB for the weights", dir,
-                       (double)total * 4 / (1 << 20));
-        goto fail;
-    }
+    if (!m->params)
+        return tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate %.1f MiB for the weights", dir,
+                         (double)total * 4 / (1 << 20));
     /* host backends are filled in place (no staging copy); scratch only for the transposed and
      * split GPT-2 tensors, xscratch for GGUF's reordered ones */
     int direct = be->ops->host_memory, reshaped = 0;
-    for (int i = 0; i < specs.n; i++)
-        reshaped |= specs.v[i].mode != LOAD_COPY;
+    for (int i = 0; i < specs->n; i++)
+        reshaped |= specs->v[i].mode != LOAD_COPY;
     if (reshaped) scratch = malloc(biggest * sizeof(float));
     if (!direct) host = malloc(biggest * sizeof(float));
     if (xform) xscratch = malloc(biggest * sizeof(float));
     if ((reshaped && !scratch) || (!direct && !host) || (xform && !xscratch)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
-        goto fail;
+        goto out;
     }
     size_t off = 0;
-    m->pinfo = xcalloc((size_t)specs.n, sizeof *m->pinfo);
-    m->n_pinfo = specs.n;
-    for (int i = 0; i < specs.n; i++) {
-        const ParamSpec *s = &specs.v[i];
+    m->pinfo = xcalloc((size_t)specs->n, sizeof *m->pinfo);
+    m->n_pinfo = specs->n;
+    for (int i = 0; i < specs->n; i++) {
+        const ParamSpec *s = &specs->v[i];
         ParamInfo *pi = &m->pinfo[i];
         snprintf(pi->name, sizeof pi->name, "%s", s->name);
         pi->off = off;
@@ -409,15 +406,43 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         pi->part = s->part;
         *s->dst = m->params + off;
         WTensor t;
-        ws_find(&w, s->name, &t);
-        rc = spec_fill(&w, s, &t, direct ? *s->dst : host, scratch, xscratch, err);
-        if (rc) goto fail;
+        ws_find(w, s->name, &t);
+        rc = spec_fill(w, s, &t, direct ? *s->dst : host, scratch, xscratch, err);
+        if (rc) goto out;
         if (!direct) be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
         /* the file's pages are not needed once converted: peak memory is the weights plus one
          * tensor, not twice the weights (a split tensor, after its last part) */
-        if (i + 1 == specs.n || strcmp(specs.v[i + 1].name, s->name)) ws_release(&t);
+        if (i + 1 == specs->n || strcmp(specs->v[i + 1].name, s->name)) ws_release(&t);
         off += s->n;
     }
+out:
+    free(scratch);
+    free(host);
+    free(xscratch);
+    return rc;
+}
+
+int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
+    *out = NULL;
+    Model *m = xcalloc(1, sizeof *m);
+    m->be = be;
+    WSrc w = {0};
+    SpecList specs = {0};
+    int rc = config_load(dir, &m->cfg, err);
+    if (rc) goto fail;
+    const ModelConfig *c = &m->cfg;
+    w.cfg = c;
+    if ((rc = open_weights(dir, m, &w, err))) goto fail;
+    m->layers = xcalloc((size_t)c->L, sizeof *m->layers);
+    if (c->arch == ARCH_GPT2)
+        specs_gpt2(m, &specs,
+                   w.st && safetensors_find(w.st, "transformer.wte.weight") ? "transformer." : "");
+    else
+        specs_llama(m, &specs);
+    size_t total, biggest;
+    int xform;
+    if ((rc = check_tensors(&w, &specs, &total, &biggest, &xform, err))) goto fail;
+    if ((rc = fill_params(m, &w, &specs, total, biggest, xform, dir, err))) goto fail;
     if (c->tie_embeddings) m->lm_head = m->wte;
     if (!c->learned_pos) {
         float f[512];
@@ -440,10 +465,6 @@ fail:
     model_free(m);
     m = NULL;
 done:
-    free(scratch);
-    free(host);
-    free(xscratch);
-    free(used);
     free(specs.v);
     safetensors_free(w.st);
     gguf_free(w.gg);

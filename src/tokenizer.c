@@ -641,6 +641,132 @@ static uint32_t first_cp(const char *s) {
 
 // --- loading: model
 
+/* model.vocab into one string pool, t->vocab and t->vocab_map; n_ids from the largest id. */
+static int load_vocab(Tokenizer *t, const cJSON *vocab, TunaErr *err) {
+    size_t n = 0, bytes = 0;
+    int rc;
+    for (const cJSON *c = vocab->child; c; c = c->next) {
+        char where[64];
+        long id;
+        snprintf(where, sizeof where, "model.vocab entry %zu", n);
+        if ((rc = jint(t, c, where, 0, TOK_MAX_IDS - 1, &id, err))) return rc;
+        if (id >= t->n_ids) t->n_ids = (int)id + 1;
+        bytes += strlen(c->string) + 1;
+        n++;
+    }
+    t->pool = xmalloc(bytes + 1);
+    t->vocab = xmalloc((n ? n : 1) * sizeof *t->vocab);
+    size_t off = 0, i = 0;
+    for (const cJSON *c = vocab->child; c; c = c->next, i++) {
+        size_t len = strlen(c->string);
+        memcpy(t->pool + off, c->string, len + 1);
+        t->vocab[i] = (VocabEnt){t->pool + off, (uint32_t)len, (int32_t)c->valuedouble};
+        off += len + 1;
+    }
+    t->n_vocab = n;
+    strmap_init(&t->vocab_map, t->vocab, n);
+    return 0;
+}
+
+/* Lookups derived from the vocab: single code points (cp_id), <0xXX> byte tokens and
+ * split_meta (see bpe_word). */
+static void index_vocab(Tokenizer *t) {
+    size_t n = t->n_vocab;
+    t->cp_id = xmalloc(65536 * sizeof *t->cp_id);
+    for (size_t k = 0; k < 65536; k++)
+        t->cp_id[k] = -1;
+    for (size_t k = 0; k < n; k++) {
+        const VocabEnt *v = &t->vocab[k];
+        if (v->len == 0 || utf8_len1((unsigned char)v->s[0]) != v->len || v->len > 3) continue;
+        uint32_t cp = utf8_cp((const unsigned char *)v->s, v->len);
+        if (strmap_get(&t->vocab_map, v->s, v->len) == v->id) t->cp_id[cp] = v->id;
+    }
+    for (int b = 0; b < 256; b++) {
+        char s[8];
+        snprintf(s, sizeof s, "<0x%02X>", b);
+        t->byte_id[b] = strmap_get(&t->vocab_map, s, 6);
+    }
+
+    /* split_meta: see bpe_word */
+    t->split_meta = !t->prefix && !t->suffix && strmap_get(&t->vocab_map, "\xE2\x96\x81", 3) >= 0;
+    for (size_t k = 0; k < n && t->split_meta; k++) {
+        const VocabEnt *v = &t->vocab[k];
+        for (size_t p = 1; p + 3 <= v->len; p++)
+            if (!memcmp(v->s + p, "\xE2\x96\x81", 3) &&
+                (p < 3 || memcmp(v->s + p - 3, "\xE2\x96\x81", 3))) {
+                t->split_meta = 0;
+                break;
+            }
+    }
+}
+
+/* One merge ("a b" or ["a", "b"]) of the given rank into t->merges; tmp is scratch. */
+static int add_merge(Tokenizer *t, const cJSON *m, uint32_t rank, Buf *tmp, TunaErr *err) {
+    const char *a, *b;
+    size_t la, lb;
+    if (cJSON_IsString(m)) {
+        const char *sp = strchr(m->valuestring, ' ');
+        if (!sp)
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: %s[%u]: expected \"a b\", "
+                             "got \"%.40s\" (no space)",
+                             t->path, t->merges_key, rank, m->valuestring);
+        a = m->valuestring, la = (size_t)(sp - a), b = sp + 1, lb = strlen(b);
+    } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
+               cJSON_IsString(m->child->next)) {
+        a = m->child->valuestring, la = strlen(a);
+        b = m->child->next->valuestring, lb = strlen(b);
+    } else {
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: %s[%u]: expected \"a b\" or "
+                         "[\"a\", \"b\"], got %s",
+                         t->path, t->merges_key, rank, jtype(m));
+    }
+    int32_t ia = strmap_get(&t->vocab_map, a, la), ib = strmap_get(&t->vocab_map, b, lb);
+    if (ia < 0 || ib < 0)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: %s[%u]: token \"%.*s\" is not in "
+                         "the vocab",
+                         t->path, t->merges_key, rank, ia < 0 ? (int)la : (int)lb, ia < 0 ? a : b);
+    size_t skip = t->prefix_len && lb >= t->prefix_len && !memcmp(b, t->prefix, t->prefix_len)
+                          ? t->prefix_len
+                          : 0;
+    tmp->len = 0;
+    buf_add(tmp, a, la);
+    buf_add(tmp, b + skip, lb - skip);
+    int32_t nid = strmap_get(&t->vocab_map, tmp->p, tmp->len);
+    if (nid < 0)
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: %s[%u]: merged token \"%.*s\" is "
+                         "not in the vocab",
+                         t->path, t->merges_key, rank, (int)tmp->len, tmp->p);
+    uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+    size_t j = merge_slot(&t->merges, key);
+    t->merges.key[j] = key;
+    t->merges.rank[j] = rank;
+    t->merges.new_id[j] = nid;
+    return 0;
+}
+
+/* merges: "a b" strings or ["a", "b"] pairs; rank = index, a later duplicate wins */
+static int load_merges(Tokenizer *t, const cJSON *merges, TunaErr *err) {
+    size_t nm = (size_t)cJSON_GetArraySize(merges), cap = 16;
+    while (cap < nm * 2)
+        cap *= 2;
+    t->merges.key = xmalloc(cap * sizeof *t->merges.key);
+    memset(t->merges.key, 0xFF, cap * sizeof *t->merges.key);
+    t->merges.rank = xmalloc(cap * sizeof *t->merges.rank);
+    t->merges.new_id = xmalloc(cap * sizeof *t->merges.new_id);
+    t->merges.mask = cap - 1;
+    Buf tmp = {0};
+    uint32_t rank = 0;
+    int rc = 0;
+    for (const cJSON *m = merges->child; m && !rc; m = m->next, rank++)
+        rc = add_merge(t, m, rank, &tmp, err);
+    free(tmp.p);
+    return rc;
+}
+
 static int load_model(Tokenizer *t, const cJSON *model, TunaErr *err) {
     const cJSON *type = jget(model, "type");
     if (!cJSON_IsObject(model))
@@ -672,124 +798,10 @@ static int load_model(Tokenizer *t, const cJSON *model, TunaErr *err) {
     if ((rc = jstr(t, model, "unk_token", 1, "model", &unk, err))) return rc;
     if (pre && *pre) t->prefix = xstrdup(pre), t->prefix_len = strlen(pre);
     if (suf && *suf) t->suffix = xstrdup(suf), t->suffix_len = strlen(suf);
-
-    /* vocab strings into one pool */
-    size_t n = 0, bytes = 0;
-    for (const cJSON *c = vocab->child; c; c = c->next) {
-        char where[64];
-        long id;
-        snprintf(where, sizeof where, "model.vocab entry %zu", n);
-        if ((rc = jint(t, c, where, 0, TOK_MAX_IDS - 1, &id, err))) return rc;
-        if (id >= t->n_ids) t->n_ids = (int)id + 1;
-        bytes += strlen(c->string) + 1;
-        n++;
-    }
-    t->pool = xmalloc(bytes + 1);
-    t->vocab = xmalloc((n ? n : 1) * sizeof *t->vocab);
-    size_t off = 0, i = 0;
-    for (const cJSON *c = vocab->child; c; c = c->next, i++) {
-        size_t len = strlen(c->string);
-        memcpy(t->pool + off, c->string, len + 1);
-        t->vocab[i] = (VocabEnt){t->pool + off, (uint32_t)len, (int32_t)c->valuedouble};
-        off += len + 1;
-    }
-    t->n_vocab = n;
-    strmap_init(&t->vocab_map, t->vocab, n);
+    if ((rc = load_vocab(t, vocab, err))) return rc;
     t->unk_id = unk ? strmap_get(&t->vocab_map, unk, strlen(unk)) : -1;
-
-    t->cp_id = xmalloc(65536 * sizeof *t->cp_id);
-    for (size_t k = 0; k < 65536; k++)
-        t->cp_id[k] = -1;
-    for (size_t k = 0; k < n; k++) {
-        const VocabEnt *v = &t->vocab[k];
-        if (v->len == 0 || utf8_len1((unsigned char)v->s[0]) != v->len || v->len > 3) continue;
-        uint32_t cp = utf8_cp((const unsigned char *)v->s, v->len);
-        if (strmap_get(&t->vocab_map, v->s, v->len) == v->id) t->cp_id[cp] = v->id;
-    }
-    for (int b = 0; b < 256; b++) {
-        char s[8];
-        snprintf(s, sizeof s, "<0x%02X>", b);
-        t->byte_id[b] = strmap_get(&t->vocab_map, s, 6);
-    }
-
-    /* split_meta: see bpe_word */
-    t->split_meta = !t->prefix && !t->suffix && strmap_get(&t->vocab_map, "\xE2\x96\x81", 3) >= 0;
-    for (size_t k = 0; k < n && t->split_meta; k++) {
-        const VocabEnt *v = &t->vocab[k];
-        for (size_t p = 1; p + 3 <= v->len; p++)
-            if (!memcmp(v->s + p, "\xE2\x96\x81", 3) &&
-                (p < 3 || memcmp(v->s + p - 3, "\xE2\x96\x81", 3))) {
-                t->split_meta = 0;
-                break;
-            }
-    }
-
-    /* merges: "a b" strings or ["a", "b"] pairs; rank = index, a later duplicate wins */
-    size_t nm = (size_t)cJSON_GetArraySize(merges), cap = 16;
-    while (cap < nm * 2)
-        cap *= 2;
-    t->merges.key = xmalloc(cap * sizeof *t->merges.key);
-    memset(t->merges.key, 0xFF, cap * sizeof *t->merges.key);
-    t->merges.rank = xmalloc(cap * sizeof *t->merges.rank);
-    t->merges.new_id = xmalloc(cap * sizeof *t->merges.new_id);
-    t->merges.mask = cap - 1;
-    Buf tmp = {0};
-    uint32_t rank = 0;
-    for (const cJSON *m = merges->child; m; m = m->next, rank++) {
-        const char *a, *b;
-        size_t la, lb;
-        if (cJSON_IsString(m)) {
-            const char *sp = strchr(m->valuestring, ' ');
-            if (!sp) {
-                free(tmp.p);
-                return tuna_errf(err, TUNA_EFORMAT,
-                                 "%s: %s[%u]: expected \"a b\", "
-                                 "got \"%.40s\" (no space)",
-                                 t->path, t->merges_key, rank, m->valuestring);
-            }
-            a = m->valuestring, la = (size_t)(sp - a), b = sp + 1, lb = strlen(b);
-        } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
-                   cJSON_IsString(m->child->next)) {
-            a = m->child->valuestring, la = strlen(a);
-            b = m->child->next->valuestring, lb = strlen(b);
-        } else {
-            free(tmp.p);
-            return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: %s[%u]: expected \"a b\" or "
-                             "[\"a\", \"b\"], got %s",
-                             t->path, t->merges_key, rank, jtype(m));
-        }
-        int32_t ia = strmap_get(&t->vocab_map, a, la), ib = strmap_get(&t->vocab_map, b, lb);
-        if (ia < 0 || ib < 0) {
-            free(tmp.p);
-            return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: %s[%u]: token \"%.*s\" is not in "
-                             "the vocab",
-                             t->path, t->merges_key, rank, ia < 0 ? (int)la : (int)lb,
-                             ia < 0 ? a : b);
-        }
-        size_t skip = t->prefix_len && lb >= t->prefix_len && !memcmp(b, t->prefix, t->prefix_len)
-                              ? t->prefix_len
-                              : 0;
-        tmp.len = 0;
-        buf_add(&tmp, a, la);
-        buf_add(&tmp, b + skip, lb - skip);
-        int32_t nid = strmap_get(&t->vocab_map, tmp.p, tmp.len);
-        if (nid < 0) {
-            free(tmp.p);
-            return tuna_errf(err, TUNA_EFORMAT,
-                             "%s: %s[%u]: merged token \"%.*s\" is "
-                             "not in the vocab",
-                             t->path, t->merges_key, rank, (int)tmp.len, tmp.p);
-        }
-        uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
-        size_t j = merge_slot(&t->merges, key);
-        t->merges.key[j] = key;
-        t->merges.rank[j] = rank;
-        t->merges.new_id[j] = nid;
-    }
-    free(tmp.p);
-    return 0;
+    index_vocab(t);
+    return load_merges(t, merges, err);
 }
 
 // --- loading: added tokens

@@ -347,18 +347,30 @@ static void add_special_item(cJSON *single, cJSON *specials, const char *name, i
     free(c);
 }
 
-int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
-    *out = NULL;
-    const char *path = gguf_path(g);
-    GgufStr model, pre, tpl;
-    const GgufArr *tokens, *types = NULL, *scores = NULL, *merges = NULL;
-    int rc, has_pre, has_tpl;
+/* The tokenizer.* metadata of a GGUF file, checked. */
+typedef struct {
+    const char *path;
+    int spm; /* tokenizer.ggml.model "llama" (sentencepiece); else "gpt2" (byte level) */
+    const GgufStr *tok;
+    size_t n;
+    const GgufArr *types, *scores, *merges;
+    int bos, eos, unk, pad, add_bos, add_eos, add_space;
+    int has_pre, has_tpl;
+    GgufStr pre, tpl;
+} GgufTok;
+
+/* Model kind, tokens, types, scores and merges, refusing what tuna cannot read. */
+static int read_vocab_arrays(const Gguf *g, GgufTok *t, TunaErr *err) {
+    const char *path = t->path;
+    GgufStr model;
+    const GgufArr *tokens;
+    int rc;
     if ((rc = gguf_get_str(g, "tokenizer.ggml.model", &model, err)) < 0) return rc;
     if (rc == 0)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: no tokenizer.ggml.model: the file carries no tokenizer", path);
-    int spm = model.len == 5 && !memcmp(model.s, "llama", 5);
-    if (!spm && !(model.len == 4 && !memcmp(model.s, "gpt2", 4)))
+    t->spm = model.len == 5 && !memcmp(model.s, "llama", 5);
+    if (!t->spm && !(model.len == 4 && !memcmp(model.s, "gpt2", 4)))
         return tuna_errf(err, TUNA_EUNSUP,
                          "%s: tokenizer.ggml.model \"%.*s\" is not supported (gpt2 or llama)", path,
                          (int)(model.len > 40 ? 40 : model.len), model.s);
@@ -367,67 +379,74 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
     if (tokens->elem_type != GGUF_STRING)
         return tuna_errf(err, TUNA_EFORMAT, "%s: tokenizer.ggml.tokens must be an array of strings",
                          path);
-    size_t n = (size_t)tokens->n;
+    size_t n = t->n = (size_t)tokens->n;
     if (n == 0 || n >= GT_MAX_TOKENS)
         return tuna_errf(err, TUNA_EFORMAT, "%s: tokenizer.ggml.tokens has %zu entries (1 to %d)",
                          path, n, GT_MAX_TOKENS - 1);
-    const GgufStr *tok = tokens->strs;
+    const GgufStr *tok = t->tok = tokens->strs;
     for (size_t i = 0; i < n; i++)
         if (tok[i].len && memchr(tok[i].s, '\0', tok[i].len))
             return tuna_errf(err, TUNA_EFORMAT,
                              "%s: tokenizer.ggml.tokens[%zu] contains a NUL byte", path, i);
-    if ((rc = get_num_arr(g, "tokenizer.ggml.token_type", n, &types, err))) return rc;
-    if ((rc = get_num_arr(g, "tokenizer.ggml.scores", n, &scores, err))) return rc;
-    if ((rc = gguf_get_arr(g, "tokenizer.ggml.merges", &merges, err)) < 0) return rc;
-    if (rc == 0) merges = NULL;
-    if (merges && merges->elem_type != GGUF_STRING)
+    if ((rc = get_num_arr(g, "tokenizer.ggml.token_type", n, &t->types, err))) return rc;
+    if ((rc = get_num_arr(g, "tokenizer.ggml.scores", n, &t->scores, err))) return rc;
+    if ((rc = gguf_get_arr(g, "tokenizer.ggml.merges", &t->merges, err)) < 0) return rc;
+    if (rc == 0) t->merges = NULL;
+    if (t->merges && t->merges->elem_type != GGUF_STRING)
         return tuna_errf(err, TUNA_EFORMAT, "%s: tokenizer.ggml.merges must be an array of strings",
                          path);
-    if (!spm && !merges)
+    if (!t->spm && !t->merges)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: tokenizer.ggml.model \"gpt2\" needs tokenizer.ggml.merges", path);
-    if (spm && !merges && !scores)
+    if (t->spm && !t->merges && !t->scores)
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: tokenizer.ggml.model \"llama\" needs tokenizer.ggml.scores or "
                          "tokenizer.ggml.merges",
                          path);
-    if (types)
+    if (t->types)
         for (size_t i = 0; i < n; i++) {
-            int64_t v = gguf_arr_int(types, i);
+            int64_t v = gguf_arr_int(t->types, i);
             if (v < 0 || v > 6)
                 return tuna_errf(err, TUNA_EFORMAT,
                                  "%s: tokenizer.ggml.token_type[%zu] is %lld (0 to 6)", path, i,
                                  (long long)v);
         }
-    int bos, eos, unk, pad, add_bos, add_eos, add_space;
-    if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", n, &bos, err))) return rc;
-    if ((rc = get_id(g, "tokenizer.ggml.eos_token_id", n, &eos, err))) return rc;
-    if ((rc = get_id(g, "tokenizer.ggml.unknown_token_id", n, &unk, err))) return rc;
-    if ((rc = get_id(g, "tokenizer.ggml.padding_token_id", n, &pad, err))) return rc;
-    if ((rc = get_flag(g, "tokenizer.ggml.add_bos_token", spm, &add_bos, err))) return rc;
-    if ((rc = get_flag(g, "tokenizer.ggml.add_eos_token", 0, &add_eos, err))) return rc;
-    if ((rc = get_flag(g, "tokenizer.ggml.add_space_prefix", 1, &add_space, err))) return rc;
-    if ((has_pre = gguf_get_str(g, "tokenizer.ggml.pre", &pre, err)) < 0) return has_pre;
-    if ((has_tpl = gguf_get_str(g, "tokenizer.chat_template", &tpl, err)) < 0) return has_tpl;
+    return 0;
+}
 
+/* Everything tokenizer_load_gguf needs: the arrays, special ids, flags, pre and template. */
+static int read_gguf_tok(const Gguf *g, GgufTok *t, TunaErr *err) {
+    memset(t, 0, sizeof *t);
+    t->path = gguf_path(g);
+    int rc;
+    if ((rc = read_vocab_arrays(g, t, err))) return rc;
+    size_t n = t->n;
+    if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", n, &t->bos, err))) return rc;
+    if ((rc = get_id(g, "tokenizer.ggml.eos_token_id", n, &t->eos, err))) return rc;
+    if ((rc = get_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk, err))) return rc;
+    if ((rc = get_id(g, "tokenizer.ggml.padding_token_id", n, &t->pad, err))) return rc;
+    if ((rc = get_flag(g, "tokenizer.ggml.add_bos_token", t->spm, &t->add_bos, err))) return rc;
+    if ((rc = get_flag(g, "tokenizer.ggml.add_eos_token", 0, &t->add_eos, err))) return rc;
+    if ((rc = get_flag(g, "tokenizer.ggml.add_space_prefix", 1, &t->add_space, err))) return rc;
+    if ((t->has_pre = gguf_get_str(g, "tokenizer.ggml.pre", &t->pre, err)) < 0) return t->has_pre;
+    if ((t->has_tpl = gguf_get_str(g, "tokenizer.chat_template", &t->tpl, err)) < 0)
+        return t->has_tpl;
+    return 0;
+}
+
+/* model.vocab: each token spelled as is (spm, or already in the byte alphabet) or mapped
+ * byte by byte into it; spelled[i] records which. */
+static void add_vocab(const GgufTok *t, cJSON *vocab, uint8_t *spelled) {
+    const GgufStr *tok = t->tok;
     uint32_t b2c[256];
     uint8_t is_byte_cp[324] = {0};
     byte_alphabet(b2c);
     for (int b = 0; b < 256; b++)
         is_byte_cp[b2c[b]] = 1;
-
-    cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject();
-    cJSON *vocab = cJSON_CreateObject(), *jm = cJSON_CreateArray(), *added = cJSON_CreateArray();
-    cJSON_AddStringToObject(m, "type", "BPE");
-    cJSON_AddItemToObject(root, "model", m);
-    cJSON_AddItemToObject(m, "vocab", vocab);
-    cJSON_AddItemToObject(m, "merges", jm);
-    cJSON_AddItemToObject(root, "added_tokens", added);
-    uint8_t *spelled = xmalloc(n); /* byte level: token is in the byte alphabet */
     char *buf = NULL;
     size_t cap = 0;
-    for (size_t i = 0; i < n; i++) {
-        spelled[i] = spm || in_alphabet(&tok[i], is_byte_cp);
+    for (size_t i = 0; i < t->n; i++) {
+        spelled[i] = t->spm || in_alphabet(&tok[i], is_byte_cp);
         size_t need = spelled[i] ? tok[i].len + 1 : tok[i].len * 2 + 1;
         if (need > cap) buf = xrealloc(buf, cap = need * 2);
         size_t o = 0;
@@ -449,17 +468,20 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
         cJSON_AddItemToObject(vocab, buf, cJSON_CreateNumber((double)i));
     }
     free(buf);
+}
 
-    /* added tokens: control (special), then user-defined (plain), then the named specials */
-    uint8_t *is_added = xcalloc(n, 1);
-    for (int pass = 0; pass < 2 && types; pass++)
-        for (size_t i = 0; i < n; i++) {
-            int64_t ty = gguf_arr_int(types, i);
+/* added tokens: control (special), then user-defined (plain), then the named specials */
+static void add_added_tokens(const GgufTok *t, cJSON *added, const uint8_t *spelled) {
+    const GgufStr *tok = t->tok;
+    uint8_t *is_added = xcalloc(t->n, 1);
+    for (int pass = 0; pass < 2 && t->types; pass++)
+        for (size_t i = 0; i < t->n; i++) {
+            int64_t ty = gguf_arr_int(t->types, i);
             if (ty != (pass == 0 ? TT_CONTROL : TT_USER) || !spelled[i] || !tok[i].len) continue;
             cJSON_AddItemToArray(added, added_token((int)i, &tok[i], pass == 0));
             is_added[i] = 1;
         }
-    int named[4] = {bos, eos, unk, pad};
+    int named[4] = {t->bos, t->eos, t->unk, t->pad};
     for (int k = 0; k < 4; k++) {
         int id = named[k];
         if (id < 0 || is_added[id] || !spelled[id] || !tok[id].len) continue;
@@ -467,55 +489,100 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
         is_added[id] = 1;
     }
     free(is_added);
+}
 
+/* model.merges: the stored ones, or derived from the scores (sentencepiece). */
+static void add_merges(const GgufTok *t, cJSON *jm) {
     TokMap map;
-    tokmap_init(&map, tok, n);
-    if (merges) {
-        for (uint64_t i = 0; i < merges->n; i++) {
-            char *s = str_dup_n(merges->strs[i].s, merges->strs[i].len);
+    tokmap_init(&map, t->tok, t->n);
+    if (t->merges) {
+        for (uint64_t i = 0; i < t->merges->n; i++) {
+            char *s = str_dup_n(t->merges->strs[i].s, t->merges->strs[i].len);
             cJSON_AddItemToArray(jm, cJSON_CreateString(s));
             free(s);
         }
     } else {
-        derive_merges(tok, n, scores, &map, jm);
+        derive_merges(t->tok, t->n, t->scores, &map, jm);
     }
     free(map.slot);
+}
 
-    rc = 0;
-    if (spm) {
-        cJSON_AddBoolToObject(m, "byte_fallback", 1);
-        cJSON_AddBoolToObject(m, "fuse_unk", 1);
-        if (unk >= 0) {
-            char *u = str_dup_n(tok[unk].s, tok[unk].len);
-            cJSON_AddStringToObject(m, "unk_token", u);
-            free(u);
-        }
-        cJSON *pre_n = cJSON_CreateObject();
-        cJSON_AddStringToObject(pre_n, "type", "Prepend");
-        cJSON_AddStringToObject(pre_n, "prepend", META);
-        cJSON_AddItemToObject(
-                root, "normalizer",
-                add_space ? seq("Sequence", "normalizers", pre_n, replace_step(" ", META))
-                          : (cJSON_Delete(pre_n), replace_step(" ", META)));
-        cJSON *dec = seq("Sequence", "decoders", replace_step(META, " "), NULL);
-        cJSON *arr = cJSON_GetObjectItemCaseSensitive(dec, "decoders");
-        cJSON *bf = cJSON_CreateObject(), *fu = cJSON_CreateObject();
-        cJSON_AddStringToObject(bf, "type", "ByteFallback");
-        cJSON_AddStringToObject(fu, "type", "Fuse");
-        cJSON_AddItemToArray(arr, bf);
-        cJSON_AddItemToArray(arr, fu);
-        if (add_space) {
-            cJSON *st = cJSON_CreateObject();
-            cJSON_AddStringToObject(st, "type", "Strip");
-            cJSON_AddStringToObject(st, "content", " ");
-            cJSON_AddNumberToObject(st, "start", 1);
-            cJSON_AddNumberToObject(st, "stop", 0);
-            cJSON_AddItemToArray(arr, st);
-        }
-        cJSON_AddItemToObject(root, "decoder", dec);
+/* sentencepiece: byte fallback, unk token, ▁ normalizer (with a space prefix) and decoder. */
+static void add_spm_parts(const GgufTok *t, cJSON *root, cJSON *m) {
+    cJSON_AddBoolToObject(m, "byte_fallback", 1);
+    cJSON_AddBoolToObject(m, "fuse_unk", 1);
+    if (t->unk >= 0) {
+        char *u = str_dup_n(t->tok[t->unk].s, t->tok[t->unk].len);
+        cJSON_AddStringToObject(m, "unk_token", u);
+        free(u);
+    }
+    cJSON *pre_n = cJSON_CreateObject();
+    cJSON_AddStringToObject(pre_n, "type", "Prepend");
+    cJSON_AddStringToObject(pre_n, "prepend", META);
+    cJSON_AddItemToObject(root, "normalizer",
+                          t->add_space
+                                  ? seq("Sequence", "normalizers", pre_n, replace_step(" ", META))
+                                  : (cJSON_Delete(pre_n), replace_step(" ", META)));
+    cJSON *dec = seq("Sequence", "decoders", replace_step(META, " "), NULL);
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(dec, "decoders");
+    cJSON *bf = cJSON_CreateObject(), *fu = cJSON_CreateObject();
+    cJSON_AddStringToObject(bf, "type", "ByteFallback");
+    cJSON_AddStringToObject(fu, "type", "Fuse");
+    cJSON_AddItemToArray(arr, bf);
+    cJSON_AddItemToArray(arr, fu);
+    if (t->add_space) {
+        cJSON *st = cJSON_CreateObject();
+        cJSON_AddStringToObject(st, "type", "Strip");
+        cJSON_AddStringToObject(st, "content", " ");
+        cJSON_AddNumberToObject(st, "start", 1);
+        cJSON_AddNumberToObject(st, "stop", 0);
+        cJSON_AddItemToArray(arr, st);
+    }
+    cJSON_AddItemToObject(root, "decoder", dec);
+}
+
+/* post_processor: [bos] A [eos], as add_bos_token / add_eos_token ask. */
+static void add_post_processor(const GgufTok *t, cJSON *root) {
+    cJSON *post = cJSON_CreateObject(), *single = cJSON_CreateArray();
+    cJSON *specials = cJSON_CreateObject(), *a = cJSON_CreateObject();
+    cJSON *sq = cJSON_CreateObject();
+    cJSON_AddStringToObject(post, "type", "TemplateProcessing");
+    if (t->add_bos && t->bos >= 0)
+        add_special_item(single, specials, "bos", t->bos, &t->tok[t->bos]);
+    cJSON_AddStringToObject(sq, "id", "A");
+    cJSON_AddNumberToObject(sq, "type_id", 0);
+    cJSON_AddItemToObject(a, "Sequence", sq);
+    cJSON_AddItemToArray(single, a);
+    if (t->add_eos && t->eos >= 0)
+        add_special_item(single, specials, "eos", t->eos, &t->tok[t->eos]);
+    cJSON_AddItemToObject(post, "single", single);
+    cJSON_AddItemToObject(post, "special_tokens", specials);
+    cJSON_AddItemToObject(root, "post_processor", post);
+}
+
+int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
+    *out = NULL;
+    GgufTok t;
+    int rc = read_gguf_tok(g, &t, err);
+    if (rc) return rc;
+
+    cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject();
+    cJSON *vocab = cJSON_CreateObject(), *jm = cJSON_CreateArray(), *added = cJSON_CreateArray();
+    cJSON_AddStringToObject(m, "type", "BPE");
+    cJSON_AddItemToObject(root, "model", m);
+    cJSON_AddItemToObject(m, "vocab", vocab);
+    cJSON_AddItemToObject(m, "merges", jm);
+    cJSON_AddItemToObject(root, "added_tokens", added);
+    uint8_t *spelled = xmalloc(t.n); /* byte level: token is in the byte alphabet */
+    add_vocab(&t, vocab, spelled);
+    add_added_tokens(&t, added, spelled);
+    add_merges(&t, jm);
+
+    if (t.spm) {
+        add_spm_parts(&t, root, m);
     } else {
         int ignore_merges;
-        cJSON *pt = bytelevel_pretok(g, has_pre ? &pre : NULL, &ignore_merges, err);
+        cJSON *pt = bytelevel_pretok(g, t.has_pre ? &t.pre : NULL, &ignore_merges, err);
         if (!pt) {
             rc = TUNA_EUNSUP;
         } else {
@@ -528,23 +595,10 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
     }
 
     if (!rc) {
-        cJSON *post = cJSON_CreateObject(), *single = cJSON_CreateArray();
-        cJSON *specials = cJSON_CreateObject(), *a = cJSON_CreateObject();
-        cJSON *sq = cJSON_CreateObject();
-        cJSON_AddStringToObject(post, "type", "TemplateProcessing");
-        if (add_bos && bos >= 0) add_special_item(single, specials, "bos", bos, &tok[bos]);
-        cJSON_AddStringToObject(sq, "id", "A");
-        cJSON_AddNumberToObject(sq, "type_id", 0);
-        cJSON_AddItemToObject(a, "Sequence", sq);
-        cJSON_AddItemToArray(single, a);
-        if (add_eos && eos >= 0) add_special_item(single, specials, "eos", eos, &tok[eos]);
-        cJSON_AddItemToObject(post, "single", single);
-        cJSON_AddItemToObject(post, "special_tokens", specials);
-        cJSON_AddItemToObject(root, "post_processor", post);
-
-        char *tpl_s = has_tpl ? str_dup_n(tpl.s, tpl.len) : NULL;
-        TokMeta meta = {bos, eos, pad, tpl_s, "tokenizer.ggml.merges"};
-        rc = tokenizer_from_json(path, root, &meta, out, err);
+        add_post_processor(&t, root);
+        char *tpl_s = t.has_tpl ? str_dup_n(t.tpl.s, t.tpl.len) : NULL;
+        TokMeta meta = {t.bos, t.eos, t.pad, tpl_s, "tokenizer.ggml.merges"};
+        rc = tokenizer_from_json(t.path, root, &meta, out, err);
         free(tpl_s);
     }
     free(spelled);

@@ -271,6 +271,11 @@ static void test_malformed(void) {
                       "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
                       "\"merges\": [\"a q\"]}}",
                       "not in the vocab");
+    /* both parts known, their concatenation not: the message quotes the merged token */
+    expect_load_error(dir,
+                      "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, "
+                      "\"merges\": [\"a b\"]}}",
+                      "merged token \"ab\" is not in the vocab");
     expect_load_error(dir,
                       "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
                       "\"merges\": [[\"a\", 3]]}}",
