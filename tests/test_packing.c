@@ -278,16 +278,6 @@ static int sh(const char *cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *s = xcalloc(1 << 20, 1);
-    size_t n = fread(s, 1, (1 << 20) - 1, f);
-    s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static void test_cli(void) {
     char tmp[] = "/tmp/tuna_packing_XXXXXX";
     if (!mkdtemp(tmp)) {
@@ -304,16 +294,16 @@ static void test_cli(void) {
              bin(), tmp, tmp);
     int rc = sh(cmd);
     snprintf(path, sizeof path, "%s/out.txt", tmp);
-    char *out = slurp(path);
+    char *out = xread_file(path, NULL);
     CHECK(rc == 0, "tuna train --packing neat: exit %d: %s", rc, out ? out : "");
     free(out);
     snprintf(path, sizeof path, "%s/run/train_config.json", tmp);
-    char *cfg = slurp(path);
+    char *cfg = xread_file(path, NULL);
     CHECK(cfg && strstr(cfg, "\"packing\":\t\"neat\"") && strstr(cfg, "\"group_by_length\":\ttrue"),
           "train_config.json keeps packing neat and group_by_length");
     free(cfg);
     snprintf(path, sizeof path, "%s/run/metrics.jsonl", tmp);
-    char *mj = slurp(path);
+    char *mj = xread_file(path, NULL);
     CHECK(mj && strstr(mj, "\"real_tokens\"") && strstr(mj, "\"type\":\"eval\""),
           "metrics.jsonl has steps with real_tokens and an eval");
     free(mj);
@@ -323,7 +313,7 @@ static void test_cli(void) {
              bin(), tmp, tmp);
     rc = sh(cmd);
     snprintf(path, sizeof path, "%s/err.txt", tmp);
-    char *e = slurp(path);
+    char *e = xread_file(path, NULL);
     CHECK(rc != 0 && e && strstr(e, "--packing neat: not with --method ptuning") &&
                   strchr(e, '\n') == e + strlen(e) - 1,
           "ptuning + neat refused in one line: exit %d: %s", rc, e ? e : "");
@@ -334,7 +324,7 @@ static void test_cli(void) {
              bin(), tmp, tmp);
     rc = sh(cmd);
     snprintf(path, sizeof path, "%s/err2.txt", tmp);
-    e = slurp(path);
+    e = xread_file(path, NULL);
     CHECK(rc == 2 && e && strstr(e, "packing: expected true, false or neat, got \"tight\""),
           "a bad packing word: exit %d: %s", rc, e ? e : "");
     free(e);
