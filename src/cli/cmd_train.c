@@ -35,8 +35,9 @@ enum { EXIT_STOPPED = 3 };
 
 /* A yes/no flag takes its word as the next argument too ("--packing neat", "--strict false"):
  * getopt's optional arguments only come as --flag=word, so such pairs are joined first. The
- * joined copy stays reachable (static) for the life of the command. */
-static char **join_flag_words(int *argc, char **argv, const struct option *lo) {
+ * words are true, false and the option's own third word in the engine's table (packing: neat).
+ * The joined copy stays reachable (static) for the life of the command. */
+static char **join_flag_words(int *argc, char **argv) {
     static char **av;
     free(av);
     av = xcalloc((size_t)*argc + 1, sizeof *av);
@@ -44,11 +45,17 @@ static char **join_flag_words(int *argc, char **argv, const struct option *lo) {
     int n = 0, nb = 0;
     for (int i = 0; i < *argc; i++) {
         const char *a = argv[i], *w = i + 1 < *argc ? argv[i + 1] : "";
-        int is_word = !strcmp(w, "true") || !strcmp(w, "false") || !strcmp(w, "neat");
-        int is_flag = 0;
-        for (const struct option *o = lo; is_word && o->name && !strncmp(a, "--", 2); o++)
-            is_flag |= o->has_arg == optional_argument && !strcmp(a + 2, o->name);
-        if (is_flag && nb < 64) {
+        const TrainOption *o = NULL;
+        char key[64];
+        if (!strncmp(a, "--", 2) && strlen(a + 2) < sizeof key) {
+            snprintf(key, sizeof key, "%s", a + 2);
+            for (char *p = key; *p; p++)
+                if (*p == '-') *p = '_';
+            o = train_option_find(key);
+        }
+        int join = o && o->type == TRAIN_OPT_BOOL &&
+                   (!strcmp(w, "true") || !strcmp(w, "false") || (o->alt && !strcmp(w, o->alt)));
+        if (join && nb < 64) {
             snprintf(buf[nb], sizeof buf[nb], "%s=%s", a, w);
             av[n++] = buf[nb++];
             i++;
@@ -80,7 +87,7 @@ int cmd_train(int argc, char **argv) {
     lo[n++] = (struct option){"allow-changes", no_argument, NULL, OPT_ALLOW};
     lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     lo[n] = (struct option){0, 0, 0, 0};
-    argv = join_flag_words(&argc, argv, lo);
+    argv = join_flag_words(&argc, argv);
     TrainConfig cfg;
     train_config_defaults(&cfg);
     TunaErr err = {0};
