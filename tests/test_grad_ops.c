@@ -366,6 +366,15 @@ static int32_t *make_spans(int B, int Tq, int Tk, int maxlen, uint32_t seed) {
     return lo;
 }
 
+/* a kv_lo of no example shape: query t (at position p) sees keys p/2..p */
+static int32_t *make_half_lo(int B, int Tq, int Tk) {
+    int32_t *lo = malloc(sizeof(int32_t) * (size_t)B * Tq);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++)
+            lo[(size_t)b * Tq + t] = (Tk - Tq + t) / 2;
+    return lo;
+}
+
 static void fd_attention(int B, int Tq, int Tk, int NH, int KVH, int HS, int window,
                          const int32_t *kv_lo) {
     size_t stride = (size_t)(Tk + 2) * KVH * HS; /* padded rows: their gradient stays 0 */
@@ -695,8 +704,10 @@ static void be_attention(void) {
                        {1, 33, 40, 6, 2, 17, 7}, {2, 64, 64, 9, 3, 64, 0}};
     int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
     /* each shape again with neat-packing spans (examples of 1..9 keys): the loop path for
-     * short query blocks and the sgemm path (Tq >= 32) */
-    for (int s = 0; s < 2 * n_shapes; s++) {
+     * short query blocks and the sgemm path (Tq >= 32), which computes such rows example by
+     * example; then with a kv_lo of no example shape (each query sees the later half of its
+     * keys), which the sgemm path computes as a whole masked square */
+    for (int s = 0; s < 3 * n_shapes; s++) {
         const int *sh = shapes[s % n_shapes];
         Args a = {.B = sh[0],
                   .Tq = sh[1],
@@ -705,7 +716,9 @@ static void be_attention(void) {
                   .KVH = sh[4],
                   .HS = sh[5],
                   .window = sh[6]};
-        int32_t *spans = s >= n_shapes ? make_spans(a.B, a.Tq, a.Tk, 9, (uint32_t)s) : NULL;
+        int32_t *spans = s >= 2 * n_shapes ? make_half_lo(a.B, a.Tq, a.Tk)
+                         : s >= n_shapes   ? make_spans(a.B, a.Tq, a.Tk, 9, (uint32_t)s)
+                                           : NULL;
         a.kv_lo = spans;
         a.kv_stride = (size_t)(a.Tk + 3) * a.KVH * a.HS; /* a cache longer than Tk */
         size_t nq = (size_t)a.B * a.Tq * a.NH * a.HS, nkv = (size_t)a.B * a.kv_stride;
@@ -719,7 +732,8 @@ static void be_attention(void) {
         size_t nins[4] = {nq, nq, nkv, nkv}, ng[3] = {nq, nkv, nkv};
         char what[96];
         snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s", a.B, a.Tq, a.Tk,
-                 a.NH, a.KVH, a.HS, a.window, spans ? " spans" : "");
+                 a.NH, a.KVH, a.HS, a.window,
+                 s >= 2 * n_shapes ? " half" : spans ? " spans" : "");
         run_all_subsets(OP_ATTN, what, call_attention, &a, ins, nins, 4, g0, want, ng, 3, 2e-5f,
                         2e-4f);
         free(dout), free(q), free(k), free(v), free(spans);

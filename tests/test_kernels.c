@@ -144,9 +144,11 @@ static void test_backend(Backend *be) {
                         {2, 40, 40, 6, 2, 16, 0},
                         {1, 33, 50, 4, 4, 24, 0},
                         {2, 64, 64, 9, 3, 64, 17}};
-    /* each shape twice: plain, then with neat-packing spans (kv_lo: examples of 3.. keys) */
+    /* each shape three times: plain, with neat-packing spans (kv_lo: examples of 3.. keys; the
+     * sgemm path computes such rows example by example), and with a kv_lo of no example shape
+     * (query at position p sees keys p/2..p: the sgemm path masks the whole square) */
     size_t n_ash = sizeof ashapes / sizeof ashapes[0];
-    for (size_t s = 0; s < 2 * n_ash; s++) {
+    for (size_t s = 0; s < 3 * n_ash; s++) {
         const int *sh = ashapes[s % n_ash];
         int B = sh[0], Tq = sh[1], Tk = sh[2], NH = sh[3], KVH = sh[4], HS = sh[5], win = sh[6];
         int32_t *kv_lo = NULL;
@@ -155,7 +157,7 @@ static void test_backend(Backend *be) {
             for (int b = 0; b < B; b++)
                 for (int t = 0; t < Tq; t++) {
                     int p = Tk - Tq + t, len = 3 + 2 * b + (int)(s % 3);
-                    kv_lo[(size_t)b * Tq + t] = p - p % len;
+                    kv_lo[(size_t)b * Tq + t] = s >= 2 * n_ash ? p / 2 : p - p % len;
                 }
         }
         size_t stride = (size_t)(Tk + 3) * KVH * HS; /* a cache longer than Tk */
@@ -169,7 +171,7 @@ static void test_backend(Backend *be) {
         down(be, out, dout, nq);
         CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
               "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", nm, B, Tq, Tk, NH,
-              KVH, HS, win, kv_lo ? " spans" : "", worst);
+              KVH, HS, win, s >= 2 * n_ash ? " half" : kv_lo ? " spans" : "", worst);
         free(kv_lo);
         be->ops->release(be, dq);
         be->ops->release(be, dk);

@@ -6,8 +6,10 @@
  * dQ += scale·dS·K, dK += scale·dSᵀ·Q, dV += Pᵀ·dO; a thread owns a whole kv head (all
  * grp query heads that share it), so dK and dV have no races. Same semantics as the
  * attention_fwd / attention_bwd slots of kernels/backend.h (GQA, causal offset Tk−Tq,
- * window, kv_lo, kv_stride). The masked half of S is computed and discarded: at T = 512 the sgemm
- * is still several times faster than the per-row loops it replaces. */
+ * window, kv_lo, kv_stride). The causally masked half of S is computed and discarded: at T = 512
+ * the sgemm is still several times faster than the per-row loops it replaces. A neat-packed row
+ * (kv_lo marks runs of positions that each see only their own run) is block diagonal: each
+ * example's block is computed on its own, so the squares between examples cost nothing. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -37,6 +39,38 @@ static void masked_softmax(float *S, int Tq, int Tk, int window, const int32_t *
     }
 }
 
+/* The examples of a row whose kv_lo (Tq == Tk) has block form: each position t has kv_lo[t] == t
+ * (an example starts) or kv_lo[t] == kv_lo[t-1] (it continues). Fills start[0..n] with the
+ * blocks' first positions and start[n] = T, and returns n; 0 when the row has another shape
+ * (then the whole square is computed and masked by kv_lo). */
+static int row_blocks(const int32_t *lo, int T, int *start) {
+    int n = 0;
+    for (int t = 0; t < T; t++) {
+        if (lo[t] == t)
+            start[n++] = t;
+        else if (t == 0 || lo[t] != lo[t - 1] || lo[t] > t)
+            return 0;
+    }
+    start[n] = T;
+    return n;
+}
+
+/* The blocks of batch row b: on return blk[0..n] are their query starts (blk[n] = Tq) and *lo is
+ * the kv_lo the blocks still need (NULL when the row was split into its examples, whose blocks
+ * then start their keys at their own first position: key offset == query offset). One block of
+ * the whole row otherwise. */
+static int blocks_of(const int32_t *kv_lo, int b, int Tq, int Tk, int *blk, const int32_t **lo) {
+    *lo = kv_lo ? kv_lo + (size_t)b * Tq : NULL;
+    int n = *lo && Tq == Tk ? row_blocks(*lo, Tq, blk) : 0;
+    if (n > 0) {
+        *lo = NULL;
+        return n;
+    }
+    blk[0] = 0;
+    blk[1] = Tq;
+    return 1;
+}
+
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                            int window, const int32_t *kv_lo) {
@@ -47,26 +81,68 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
 #pragma omp parallel num_threads(be->n_threads)
     {
         float *S = malloc(sizeof(float) * (size_t)Tq * Tk);
-        if (!S) {
+        int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
+        if (!S || !blk) {
 #pragma omp atomic write
             fail = 1;
         }
 #pragma omp for schedule(dynamic)
         for (int idx = 0; idx < total; idx++) {
-            if (!S) continue;
+            if (!S || !blk) continue;
             int b = idx / NH, h = idx % NH, g = h / grp;
-            const float *qh = q + (size_t)b * Tq * qs + (size_t)h * HS;
-            const float *kg = k + b * kv_stride + (size_t)g * HS;
-            const float *vg = v + b * kv_stride + (size_t)g * HS;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, scale, qh, (int)qs, kg,
-                        (int)ks, 0.0f, S, Tk);
-            masked_softmax(S, Tq, Tk, window, kv_lo ? kv_lo + (size_t)b * Tq : NULL);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, HS, Tk, 1.0f, S, Tk, vg,
-                        (int)ks, 0.0f, out + (size_t)b * Tq * qs + (size_t)h * HS, (int)qs);
+            const int32_t *lo;
+            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
+            for (int i = 0; i < nb; i++) { /* block i: queries s0.., keys s0.. (see blocks_of) */
+                int s0 = blk[i], lq = blk[i + 1] - s0, lk = lq + Tk - Tq;
+                const float *qh = q + ((size_t)b * Tq + s0) * qs + (size_t)h * HS;
+                const float *kg = k + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
+                const float *vg = v + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, qh,
+                            (int)qs, kg, (int)ks, 0.0f, S, lk);
+                masked_softmax(S, lq, lk, window, lo);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lq, HS, lk, 1.0f, S, lk, vg,
+                            (int)ks, 0.0f, out + ((size_t)b * Tq + s0) * qs + (size_t)h * HS,
+                            (int)qs);
+            }
         }
         free(S);
+        free(blk);
     }
     return fail ? -1 : 0;
+}
+
+/* The backward of one (block, query head): queries s0..s0+lq-1 of the head whose row starts at
+ * qrow in q/dq/dout, keys s0..s0+lq+dk_off-1 of the kv head at kvo in k/v/dk/dv. P and dP are
+ * scratch of lq x lk. */
+static void block_bwd(float *P, float *dP, int s0, int lq, int dk_off, float scale, int window,
+                      const int32_t *lo, float *dq, float *dk, float *dv, const float *dout,
+                      const float *q, const float *k, const float *v, size_t kvo, size_t qrow,
+                      size_t qs, size_t ks, int HS) {
+    int lk = lq + dk_off;
+    size_t qo = qrow + (size_t)s0 * qs, ko = kvo + (size_t)s0 * ks;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, q + qo, (int)qs, k + ko,
+                (int)ks, 0.0f, P, lk);
+    masked_softmax(P, lq, lk, window, lo);
+    if (dv) /* dV += Pᵀ·dO */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lk, HS, lq, 1.0f, P, lk, dout + qo,
+                    (int)qs, 1.0f, dv + ko, (int)ks);
+    if (!dq && !dk) return;
+    /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, 1.0f, dout + qo, (int)qs,
+                v + ko, (int)ks, 0.0f, dP, lk);
+    for (int t = 0; t < lq; t++) {
+        float *pr = P + (size_t)t * lk, *dr = dP + (size_t)t * lk, D = 0;
+        for (int j = 0; j < lk; j++)
+            D += pr[j] * dr[j];
+        for (int j = 0; j < lk; j++)
+            dr[j] = pr[j] * (dr[j] - D);
+    }
+    if (dq) /* dQ += scale·dS·K */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lq, HS, lk, scale, dP, lk, k + ko,
+                    (int)ks, 1.0f, dq + qo, (int)qs);
+    if (dk) /* dK += scale·dSᵀ·Q */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lk, HS, lq, scale, dP, lk, q + qo,
+                    (int)qs, 1.0f, dk + ko, (int)ks);
 }
 
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
@@ -80,47 +156,26 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
 #pragma omp parallel num_threads(be->n_threads)
     {
         float *P = malloc(sizeof(float) * n), *dP = malloc(sizeof(float) * n);
-        if (!P || !dP) {
+        int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
+        if (!P || !dP || !blk) {
 #pragma omp atomic write
             fail = 1;
         }
 #pragma omp for schedule(dynamic)
         for (int idx = 0; idx < total; idx++) {
-            if (!P || !dP) continue;
+            if (!P || !dP || !blk) continue;
             int b = idx / KVH, g = idx % KVH;
-            const float *kg = k + b * kv_stride + (size_t)g * HS;
-            const float *vg = v + b * kv_stride + (size_t)g * HS;
-            for (int h = g * grp; h < (g + 1) * grp; h++) {
-                size_t qo = (size_t)b * Tq * qs + (size_t)h * HS;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, scale, q + qo,
-                            (int)qs, kg, (int)ks, 0.0f, P, Tk);
-                masked_softmax(P, Tq, Tk, window, kv_lo ? kv_lo + (size_t)b * Tq : NULL);
-                if (dv) /* dV += Pᵀ·dO */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, HS, Tq, 1.0f, P, Tk,
-                                dout + qo, (int)qs, 1.0f, dv + b * kv_stride + (size_t)g * HS,
-                                (int)ks);
-                if (!dq && !dk) continue;
-                /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, Tk, HS, 1.0f, dout + qo,
-                            (int)qs, vg, (int)ks, 0.0f, dP, Tk);
-                for (int t = 0; t < Tq; t++) {
-                    float *pr = P + (size_t)t * Tk, *dr = dP + (size_t)t * Tk, D = 0;
-                    for (int j = 0; j < Tk; j++)
-                        D += pr[j] * dr[j];
-                    for (int j = 0; j < Tk; j++)
-                        dr[j] = pr[j] * (dr[j] - D);
-                }
-                if (dq) /* dQ += scale·dS·K */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, HS, Tk, scale, dP,
-                                Tk, kg, (int)ks, 1.0f, dq + qo, (int)qs);
-                if (dk) /* dK += scale·dSᵀ·Q */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Tk, HS, Tq, scale, dP, Tk,
-                                q + qo, (int)qs, 1.0f, dk + b * kv_stride + (size_t)g * HS,
-                                (int)ks);
-            }
+            const int32_t *lo;
+            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
+            for (int i = 0; i < nb; i++)
+                for (int h = g * grp; h < (g + 1) * grp; h++)
+                    block_bwd(P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window, lo,
+                              dq, dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
+                              (size_t)b * Tq * qs + (size_t)h * HS, qs, ks, HS);
         }
         free(P);
         free(dP);
+        free(blk);
     }
     return fail ? -1 : 0;
 }
