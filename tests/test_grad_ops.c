@@ -733,7 +733,9 @@ static void be_attention(void) {
         char what[96];
         snprintf(what, sizeof what, "B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s", a.B, a.Tq, a.Tk,
                  a.NH, a.KVH, a.HS, a.window,
-                 s >= 2 * n_shapes ? " half" : spans ? " spans" : "");
+                 s >= 2 * n_shapes ? " half"
+                 : spans           ? " spans"
+                                   : "");
         run_all_subsets(OP_ATTN, what, call_attention, &a, ins, nins, 4, g0, want, ng, 3, 2e-5f,
                         2e-4f);
         free(dout), free(q), free(k), free(v), free(spans);

@@ -171,7 +171,11 @@ static void test_backend(Backend *be) {
         down(be, out, dout, nq);
         CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
               "%s attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", nm, B, Tq, Tk, NH,
-              KVH, HS, win, s >= 2 * n_ash ? " half" : kv_lo ? " spans" : "", worst);
+              KVH, HS, win,
+              s >= 2 * n_ash ? " half"
+              : kv_lo        ? " spans"
+                             : "",
+              worst);
         free(kv_lo);
         be->ops->release(be, dq);
         be->ops->release(be, dk);

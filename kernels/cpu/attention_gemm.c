@@ -97,8 +97,8 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
                 const float *qh = q + ((size_t)b * Tq + s0) * qs + (size_t)h * HS;
                 const float *kg = k + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
                 const float *vg = v + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, qh,
-                            (int)qs, kg, (int)ks, 0.0f, S, lk);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, qh, (int)qs,
+                            kg, (int)ks, 0.0f, S, lk);
                 masked_softmax(S, lq, lk, window, lo);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lq, HS, lk, 1.0f, S, lk, vg,
                             (int)ks, 0.0f, out + ((size_t)b * Tq + s0) * qs + (size_t)h * HS,
@@ -169,8 +169,8 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
             int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
             for (int i = 0; i < nb; i++)
                 for (int h = g * grp; h < (g + 1) * grp; h++)
-                    block_bwd(P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window, lo,
-                              dq, dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
+                    block_bwd(P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window, lo, dq,
+                              dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
                               (size_t)b * Tq * qs + (size_t)h * HS, qs, ks, HS);
         }
         free(P);
