@@ -607,6 +607,38 @@ void stopset_apply(const StopSet *st, GenerateOptions *o) {
     o->n_stops = st->n_stops;
 }
 
+int chat_prompt(const Template *tpl, const Tokenizer *tok, const ChatMessage *msgs, int n,
+                int n_keep, int ctx, int max_new, int32_t **ids, size_t *n_ids, int *dropped,
+                int *max_new_out, TunaErr *err) {
+    ChatMessage *use = xmalloc(sizeof(ChatMessage) * (size_t)(n > 0 ? n : 1));
+    int drop = 0, m, rc;
+    *ids = NULL;
+    *n_ids = 0;
+    for (;;) {
+        m = 0;
+        for (int i = 0; i < n; i++)
+            if (i < n_keep || i >= n_keep + drop) use[m++] = msgs[i];
+        free(*ids);
+        *ids = NULL;
+        if ((rc = template_encode_prompt(tpl, tok, use, m, ids, n_ids, err))) break;
+        if (ctx <= 0 || (int64_t)*n_ids + max_new <= ctx || m - n_keep < 3) break;
+        drop += 2; /* the history no longer fits: leave out the oldest exchange */
+    }
+    free(use);
+    if (!rc && ctx > 0 && (int64_t)*n_ids >= ctx)
+        rc = tuna_errf(err, TUNA_EINVAL,
+                       "the conversation is %zu tokens, the model's context is %d", *n_ids, ctx);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+        return rc;
+    }
+    *dropped = drop;
+    *max_new_out = ctx > 0 && (int64_t)*n_ids + max_new > ctx ? ctx - (int)*n_ids : max_new;
+    return 0;
+}
+
 void stopset_cut(char *s, const StopSet *st) {
     char *cut = NULL;
     for (int i = 0; i < st->n_stops; i++) {

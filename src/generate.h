@@ -76,6 +76,18 @@ void stopset_apply(const StopSet *st, GenerateOptions *o);
 /* Cuts s (in place) where the first of st's stop strings starts. */
 void stopset_cut(char *s, const StopSet *st);
 
+/* The context policy of a chat reply, one for `tuna chat` and the TUI's Chat: msgs[0..n)
+ * (the newest a user message) encoded with tpl for a reply of up to max_new tokens within a
+ * context of ctx tokens (0: no limit). While prompt + max_new does not fit and the messages
+ * after the first n_keep (the system prompt, which is always kept) hold more than the newest
+ * exchange, the oldest user/assistant pair after them is left out. On success *ids (malloc'd)
+ * and *n_ids are the prompt, *dropped the number of messages left out (from index n_keep: the
+ * caller may forget them) and *max_new_out max_new clipped to what the context leaves. A prompt
+ * that leaves no room for a reply is a one-line error. */
+int chat_prompt(const Template *tpl, const Tokenizer *tok, const ChatMessage *msgs, int n,
+                int n_keep, int ctx, int max_new, int32_t **ids, size_t *n_ids, int *dropped,
+                int *max_new_out, TunaErr *err);
+
 typedef struct GenerateResult {
     int32_t *ids; /* generated ids (malloc'd, caller frees), EOS not included */
     size_t n_ids;

@@ -272,6 +272,64 @@ static void test_stop_strings(void) {
 
 /* The one stop set (stopset_init) of chat, eval, generate, the Chat screen and training samples,
  * on stories260K (EOS ids 2 and 1 in generation_config.json, "</s>" = 2). */
+/* chat_prompt, the context policy of tuna chat and the TUI's Chat: the system prompt stays, the
+ * oldest exchanges after it go until prompt + reply fit, the reply is clipped to the room left,
+ * and a newest message that leaves no room is one line. */
+static void test_chat_prompt(const Tokenizer *tok, const Template *chatml) {
+    ChatMessage msgs[] = {{"system", "You are terse."},           {"user", "Once upon a time"},
+                          {"assistant", "there was a cat"},       {"user", "and then"},
+                          {"assistant", "it slept all day long"}, {"user", "The end?"}};
+    int32_t *full = NULL, *want = NULL, *ids = NULL;
+    size_t n_full = 0, n_want = 0, n = 0;
+    TunaErr err = {0};
+    ChatMessage later[] = {msgs[0], msgs[3], msgs[4], msgs[5]}, last[] = {msgs[0], msgs[5]};
+    int dropped = -1, max_new = -1;
+    if (template_encode_prompt(chatml, tok, msgs, 6, &full, &n_full, &err) ||
+        template_encode_prompt(chatml, tok, later, 4, &want, &n_want, &err)) {
+        CHECK(0, "chat_prompt setup: %s", err.msg);
+        goto done;
+    }
+    /* room for everything: nothing left out, the reply as asked */
+    CHECK(!chat_prompt(chatml, tok, msgs, 6, 1, (int)n_full + 10, 10, &ids, &n, &dropped, &max_new,
+                       &err) &&
+                  n == n_full && !memcmp(ids, full, n * sizeof *ids) && dropped == 0 &&
+                  max_new == 10,
+          "chat_prompt fits: %zu of %zu ids, dropped %d, max_new %d (%s)", n, n_full, dropped,
+          max_new, err.msg);
+    free(ids);
+    /* one token short: the oldest exchange goes, the system prompt stays */
+    CHECK(!chat_prompt(chatml, tok, msgs, 6, 1, (int)n_full + 9, 10, &ids, &n, &dropped, &max_new,
+                       &err) &&
+                  n == n_want && !memcmp(ids, want, n * sizeof *ids) && dropped == 2 &&
+                  max_new == 10,
+          "chat_prompt drops one exchange: %zu ids (want %zu), dropped %d (%s)", n, n_want, dropped,
+          err.msg);
+    free(ids);
+    /* nothing left to drop but the newest message: the reply is clipped to the room left */
+    free(want);
+    want = NULL;
+    if (template_encode_prompt(chatml, tok, last, 2, &want, &n_want, &err)) {
+        CHECK(0, "chat_prompt setup: %s", err.msg);
+        goto done;
+    }
+    CHECK(!chat_prompt(chatml, tok, msgs, 6, 1, (int)n_want + 3, 10, &ids, &n, &dropped, &max_new,
+                       &err) &&
+                  n == n_want && dropped == 4 && max_new == 3,
+          "chat_prompt clips the reply: %zu ids, dropped %d, max_new %d (%s)", n, dropped, max_new,
+          err.msg);
+    free(ids);
+    /* no room at all: one line, nothing returned */
+    ids = NULL;
+    int rc = chat_prompt(chatml, tok, msgs, 6, 1, (int)n_want, 10, &ids, &n, &dropped, &max_new,
+                         &err);
+    CHECK(rc && !ids && n == 0 && strstr(err.msg, "the model's context is") &&
+                  !strchr(err.msg, '\n'),
+          "chat_prompt with no room: rc %d, \"%s\"", rc, err.msg);
+done:
+    free(full);
+    free(want);
+}
+
 static void test_stop_set(void) {
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 1, &err);
@@ -304,6 +362,7 @@ static void test_stop_set(void) {
     char text[] = "Paris.<|im_start|>user</s><|im_end|>";
     stopset_cut(text, &st); /* at the first of any stop string */
     CHECK(!strcmp(text, "Paris."), "stopset_cut: \"%s\"", text);
+    test_chat_prompt(tok, chatml);
 done:
     template_free(chatml);
     template_free(llama2);

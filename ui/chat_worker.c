@@ -152,27 +152,24 @@ static void *worker_main(void *arg) {
         TunaErr e = {0};
         StopSet stop;
         stopset_init(&stop, m, tok, tpl);
-        int rc;
-        if (tpl) {
-            rc = template_encode_prompt(tpl, tok, msgs, n, &ids, &n_ids, &e);
-        } else {
+        int rc, max_new = s.max_new_tokens, dropped = 0;
+        if (tpl) { /* the engine's context policy: the system prompt stays, old exchanges go */
+            rc = chat_prompt(tpl, tok, msgs, n, s.system[0] ? 1 : 0, m->cfg.max_pos,
+                             s.max_new_tokens, &ids, &n_ids, &dropped, &max_new, &e);
+        } else { /* plain text: the newest tokens that leave room for the reply */
             const char *last = msgs[n - 1].content;
             rc = tokenizer_encode(tok, last, strlen(last), 1, &ids, &n_ids, &e);
-        }
-        if (!rc && n_ids + (size_t)s.max_new_tokens > (size_t)m->cfg.max_pos) {
-            /* keep the newest tokens so prompt + reply fit the context */
             size_t keep = (size_t)m->cfg.max_pos > (size_t)s.max_new_tokens + 1
                                   ? (size_t)m->cfg.max_pos - (size_t)s.max_new_tokens
                                   : 1;
-            if (n_ids > keep) {
+            if (!rc && n_ids > keep) {
                 memmove(ids, ids + (n_ids - keep), keep * sizeof *ids);
                 n_ids = keep;
             }
         }
         if (!rc) {
             sampler_init(&smp, m->cfg.V, s.seed, s.temperature, 0, s.top_p, 1.0f);
-            GenerateOptions opt = {
-                    .max_new_tokens = s.max_new_tokens, .on_text = on_text, .user = w};
+            GenerateOptions opt = {.max_new_tokens = max_new, .on_text = on_text, .user = w};
             stopset_apply(&stop, &opt);
             rc = generate_run(m, tok, &smp, ids, n_ids, &opt, &res, &e);
         }
@@ -182,7 +179,11 @@ static void *worker_main(void *arg) {
             char st[256];
             double tps =
                     res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
-            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s%s", res.n_ids, tps,
+            char left[64] = "";
+            if (dropped) /* the context policy left the oldest exchanges out of the prompt */
+                snprintf(left, sizeof left, ", %d old message%s left out", dropped,
+                         dropped == 1 ? "" : "s");
+            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s%s%s", res.n_ids, tps, left,
                      res.stopped_by == 3 ? ", cancelled" : "");
             push_out(w, CHATMSG_DONE, st, strlen(st));
         }

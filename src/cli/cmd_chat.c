@@ -186,13 +186,13 @@ static void chat_truncate(Chat *c, int n) {
     c->n = n < c->n ? n : c->n;
 }
 
-/* Drops the oldest user/assistant pair after the kept prefix. */
-static void chat_drop_oldest(Chat *c) {
-    int k = c->n_keep;
-    free((char *)c->msgs[k].content);
-    free((char *)c->msgs[k + 1].content);
-    memmove(&c->msgs[k], &c->msgs[k + 2], sizeof(ChatMessage) * (size_t)(c->n - k - 2));
-    c->n -= 2;
+/* Forgets the k messages after the kept prefix (the exchanges chat_prompt left out). */
+static void chat_forget(Chat *c, int k) {
+    int from = c->n_keep;
+    for (int i = from; i < from + k; i++)
+        free((char *)c->msgs[i].content);
+    memmove(&c->msgs[from], &c->msgs[from + k], sizeof(ChatMessage) * (size_t)(c->n - from - k));
+    c->n -= k;
 }
 
 /* Streams the reply; whitespace before its first visible character is not printed. */
@@ -214,21 +214,12 @@ static int chat_turn(Chat *c, const char *text, TunaErr *err) {
     chat_push(c, "user", text);
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc, ctx = c->m->cfg.max_pos;
-    for (;;) {
-        free(ids);
-        ids = NULL;
-        if ((rc = template_encode_prompt(c->tpl, c->tok, c->msgs, c->n, &ids, &n, err))) goto fail;
-        if (ctx <= 0 || (int)n + c->max_new <= ctx || c->n - c->n_keep < 3) break;
-        chat_drop_oldest(c); /* the history no longer fits: forget the oldest exchange */
-    }
-    if (ctx > 0 && (int)n >= ctx) {
-        rc = tuna_errf(err, TUNA_EINVAL,
-                       "the conversation is %zu tokens, the model's context is %d", n, ctx);
-        goto fail;
-    }
-    int clipped = ctx > 0 && (int)n + c->max_new > ctx;
-    int max_new = clipped ? ctx - (int)n : c->max_new;
+    int ctx = c->m->cfg.max_pos, dropped = 0, max_new = c->max_new;
+    int rc = chat_prompt(c->tpl, c->tok, c->msgs, c->n, c->n_keep, ctx, c->max_new, &ids, &n,
+                         &dropped, &max_new, err);
+    if (rc) goto fail;
+    chat_forget(c, dropped);
+    int clipped = max_new < c->max_new;
     int started = 0;
     if (c->labels) {
         printf("user: %s\nassistant: ", text);
