@@ -178,58 +178,68 @@ static void add_num_or_null(cJSON *o, const char *key, int have, double v) {
         cJSON_AddNullToObject(o, key);
 }
 
-int cmd_eval(int argc, char **argv) {
-    const char *usage = "usage: tuna eval --model DIR --dataset NAMES [options]\n"
-                        "Scores a model (and adapter) on a dataset: loss and perplexity on the "
-                        "answers, and exact match,\nBLEU-4 and ROUGE-L (as LLaMA-Factory reports "
-                        "them) of greedy answers. Prints one JSON object.";
+/* What `tuna eval` was asked. */
+typedef struct EvalArgs {
+    const char *model, *adapter, *dataset, *ddir, *tname, *tdir, *vars, *output, *backend;
+    int max_samples, cutoff, batch, max_new, nogen, quiet, pad_multiple, threads;
+} EvalArgs;
+
+static const char eval_usage[] =
+        "usage: tuna eval --model DIR --dataset NAMES [options]\n"
+        "Scores a model (and adapter) on a dataset: loss and perplexity on the "
+        "answers, and exact match,\nBLEU-4 and ROUGE-L (as LLaMA-Factory reports "
+        "them) of greedy answers. Prints one JSON object.";
+
+/* Fills a from the command line: -1 to go on, else the exit code (0 after --help). */
+static int eval_parse(int argc, char **argv, EvalArgs *a) {
+    *a = (EvalArgs){.ddir = "datasets",
+                    .backend = "cpu",
+                    .cutoff = 512,
+                    .batch = 8,
+                    .max_new = 64,
+                    .pad_multiple = 8, /* --pad-to batch */
+                    .threads = BACKEND_THREADS_IDLE};
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(eval_opts, lo);
-    const char *model = NULL, *adapter = NULL, *dataset = NULL, *ddir = "datasets";
-    const char *tname = NULL, *tdir = NULL, *vars = NULL, *output = NULL;
-    const char *backend = "cpu";
-    int max_samples = 0, cutoff = 512, batch = 8, max_new = 64, nogen = 0, quiet = 0;
-    int pad_multiple = 8; /* --pad-to batch */
-    int threads = BACKEND_THREADS_IDLE;
     int c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, CLI_OPTSTRING, lo, NULL)) != -1) {
         switch (c) {
-        case OPT_MODEL: model = optarg; break;
-        case OPT_ADAPTER: adapter = optarg; break;
-        case OPT_DATASET: dataset = optarg; break;
-        case OPT_DDIR: ddir = optarg; break;
-        case OPT_TEMPLATE: tname = optarg; break;
-        case OPT_TDIR: tdir = optarg; break;
+        case OPT_MODEL: a->model = optarg; break;
+        case OPT_ADAPTER: a->adapter = optarg; break;
+        case OPT_DATASET: a->dataset = optarg; break;
+        case OPT_DDIR: a->ddir = optarg; break;
+        case OPT_TEMPLATE: a->tname = optarg; break;
+        case OPT_TDIR: a->tdir = optarg; break;
         case OPT_MAXS:
-            if (cli_parse_int(optarg, "max-samples", 0, 1 << 30, &max_samples)) return 2;
+            if (cli_parse_int(optarg, "max-samples", 0, 1 << 30, &a->max_samples)) return 2;
             break;
         case OPT_CUTOFF:
-            if (cli_parse_int(optarg, "cutoff-len", 2, 1 << 24, &cutoff)) return 2;
+            if (cli_parse_int(optarg, "cutoff-len", 2, 1 << 24, &a->cutoff)) return 2;
             break;
         case OPT_PADTO:
             if (strcmp(optarg, "batch") && strcmp(optarg, "max")) {
                 fprintf(stderr, "tuna eval: --pad-to: must be batch or max, got \"%s\"\n", optarg);
                 return 2;
             }
-            pad_multiple = !strcmp(optarg, "batch") ? 8 : 0;
+            a->pad_multiple = !strcmp(optarg, "batch") ? 8 : 0;
             break;
         case OPT_BATCH:
-            if (cli_parse_int(optarg, "batch-size", 1, 4096, &batch)) return 2;
+            if (cli_parse_int(optarg, "batch-size", 1, 4096, &a->batch)) return 2;
             break;
         case OPT_MAXNEW:
-            if (cli_parse_int(optarg, "max-new-tokens", 1, 1 << 24, &max_new)) return 2;
+            if (cli_parse_int(optarg, "max-new-tokens", 1, 1 << 24, &a->max_new)) return 2;
             break;
-        case OPT_VARS: vars = optarg; break;
-        case OPT_NOGEN: nogen = 1; break;
-        case OPT_OUTPUT: output = optarg; break;
+        case OPT_VARS: a->vars = optarg; break;
+        case OPT_NOGEN: a->nogen = 1; break;
+        case OPT_OUTPUT: a->output = optarg; break;
         case OPT_THREADS:
-            if (cli_parse_int(optarg, "threads", 1, 1024, &threads)) return 2;
+            if (cli_parse_int(optarg, "threads", 1, 1024, &a->threads)) return 2;
             break;
-        case OPT_BACKEND: backend = optarg; break;
-        case OPT_QUIET: quiet = 1; break;
-        case OPT_HELP: cli_help(stdout, usage, eval_opts); return 0;
+        case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_QUIET: a->quiet = 1; break;
+        case OPT_HELP: cli_help(stdout, eval_usage, eval_opts); return 0;
         default: cli_bad_option("eval", c, argv); return 2;
         }
     }
@@ -238,25 +248,89 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "tuna eval: unexpected argument \"%s\" (see --help)\n", argv[optind]);
         return 2;
     }
-    if (!model || !dataset) {
+    if (!a->model || !a->dataset) {
         fprintf(stderr, "tuna eval: --model and --dataset are required (see --help)\n");
         return 2;
     }
-    if (!cli_model_path_ok("eval", "--model", model)) return 1;
+    return -1;
+}
+
+/* Greedy answers to every example, batch by batch, into samples[0..d->n) (*n_gen: how many
+ * are filled, also after an error), and their mean exact match, BLEU-4 and ROUGE-L. */
+static int eval_generate(Model *m, const Tokenizer *tok, const Template *tpl, const Dataset *d,
+                         const EvalArgs *a, int progress, Sampler *s, Sample *samples,
+                         size_t *n_gen, double score[3], TunaErr *err) {
+    StopSet st;
+    stopset_init(&st, m, tok, tpl);
+    sampler_init(s, m->cfg.V, 0, 0, 0, 1, 1); /* greedy */
+    int gb = a->batch < 64 ? a->batch : 64;   /* sequences decoded together */
+    score[0] = score[1] = score[2] = 0;
+    for (size_t i0 = 0; i0 < d->n; i0 += (size_t)gb) {
+        int nb = d->n - i0 < (size_t)gb ? (int)(d->n - i0) : gb;
+        *n_gen = i0 + (size_t)nb; /* what samples[] holds, for the report and free */
+        if (eval_examples(m, tok, &d->ex[i0], nb, &st, a->max_new, s, &samples[i0], err)) return -1;
+        for (size_t i = i0; i < *n_gen; i++) {
+            score[0] += textmetrics_exact_match(samples[i].prediction, samples[i].reference);
+            score[1] += textmetrics_bleu4(samples[i].prediction, samples[i].reference);
+            score[2] += textmetrics_rouge_l(samples[i].prediction, samples[i].reference);
+        }
+        if (progress) fprintf(stderr, "\reval: generating %zu/%zu", *n_gen, d->n);
+    }
+    if (progress) fputc('\n', stderr);
+    for (int i = 0; i < 3; i++)
+        score[i] /= (double)d->n;
+    return 0;
+}
+
+/* The JSON report (caller deletes): loss, perplexity, scores (null without generation), what
+ * was scored, and the first three samples. */
+static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long n_tokens,
+                          const double score[3], const Sample *samples, size_t n_gen) {
+    cJSON *root = cJSON_CreateObject();
+    add_num_or_null(root, "eval_loss", 1, loss);
+    add_num_or_null(root, "perplexity", 1, exp(loss));
+    cJSON_AddNumberToObject(root, "n_samples", (double)d->n);
+    cJSON_AddNumberToObject(root, "n_tokens", (double)n_tokens);
+    add_num_or_null(root, "exact_match", !a->nogen, score[0]);
+    add_num_or_null(root, "bleu-4", !a->nogen, score[1]);
+    add_num_or_null(root, "rouge-l", !a->nogen, score[2]);
+    cJSON_AddStringToObject(root, "model", a->model);
+    if (a->adapter)
+        cJSON_AddStringToObject(root, "adapter", a->adapter);
+    else
+        cJSON_AddNullToObject(root, "adapter");
+    cJSON_AddStringToObject(root, "dataset", a->dataset);
+    cJSON_AddStringToObject(root, "template", a->tname);
+    cJSON *arr = cJSON_AddArrayToObject(root, "samples");
+    for (size_t i = 0; i < n_gen && i < 3; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "prompt", samples[i].prompt);
+        cJSON_AddStringToObject(o, "reference", samples[i].reference);
+        cJSON_AddStringToObject(o, "prediction", samples[i].prediction);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return root;
+}
+
+int cmd_eval(int argc, char **argv) {
+    EvalArgs a;
+    int prc = eval_parse(argc, argv, &a);
+    if (prc >= 0) return prc;
+    if (!cli_model_path_ok("eval", "--model", a.model)) return 1;
     char base[4096];
-    if (!adapter && cli_is_adapter_run(model)) { /* a LoRA run: its base, then its adapter */
+    if (!a.adapter && cli_is_adapter_run(a.model)) { /* a LoRA run: its base, then its adapter */
         TunaErr e = {0};
-        if (cli_run_base(model, base, sizeof base, &e)) {
+        if (cli_run_base(a.model, base, sizeof base, &e)) {
             fprintf(stderr, "tuna: %s\n", e.msg);
             return 1;
         }
-        adapter = model;
-        model = base;
+        a.adapter = a.model;
+        a.model = base;
     }
     char tname_buf[256], tdir_buf[4096];
-    cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
-                         sizeof tdir_buf);
-    int progress = !quiet && isatty(STDERR_FILENO);
+    cli_default_template(a.model, a.adapter, &a.tname, &a.tdir, tname_buf, sizeof tname_buf,
+                         tdir_buf, sizeof tdir_buf);
+    int progress = !a.quiet && isatty(STDERR_FILENO);
     TunaErr err = {0};
     int rc = 1;
     Backend *be = NULL;
@@ -270,87 +344,47 @@ int cmd_eval(int argc, char **argv) {
     char *json = NULL;
     size_t n_gen = 0;
     double t0 = time_now();
-    if (template_load(tdir, tname, &tpl, &err)) goto fail;
-    if (cli_load_model(model, adapter, backend, threads, &be, &m, &tok, &err)) goto fail;
-    DatasetOptions dopt = {.names = dataset,
-                           .dataset_dir = ddir,
-                           .vars = vars,
-                           .cutoff_len = cutoff,
-                           .max_samples = max_samples};
+    if (template_load(a.tdir, a.tname, &tpl, &err)) goto fail;
+    if (cli_load_model(a.model, a.adapter, a.backend, a.threads, &be, &m, &tok, &err)) goto fail;
+    DatasetOptions dopt = {.names = a.dataset,
+                           .dataset_dir = a.ddir,
+                           .vars = a.vars,
+                           .cutoff_len = a.cutoff,
+                           .max_samples = a.max_samples};
     if (dataset_load(&dopt, tok, tpl, &d, &err)) goto fail;
-    if (d->n_skipped && !quiet)
+    if (d->n_skipped && !a.quiet)
         fprintf(stderr, "eval: skipped %zu bad rows (first: %s)\n", d->n_skipped,
                 d->n_msgs ? d->msgs[0] : "?");
     if (d->n == 0) {
-        tuna_errf(&err, TUNA_EINVAL, "%s: no examples with an answer to score", dataset);
+        tuna_errf(&err, TUNA_EINVAL, "%s: no examples with an answer to score", a.dataset);
         goto fail;
     }
 
     double loss;
     long n_tokens;
-    if (eval_loss(m, d, batch, cutoff, pad_multiple, progress, &loss, &n_tokens, &err)) goto fail;
+    if (eval_loss(m, d, a.batch, a.cutoff, a.pad_multiple, progress, &loss, &n_tokens, &err))
+        goto fail;
     double t_loss = time_now();
 
-    double em = 0, bleu = 0, rouge = 0;
-    if (!nogen) {
-        StopSet st;
-        stopset_init(&st, m, tok, tpl);
-        sampler_init(&s, m->cfg.V, 0, 0, 0, 1, 1); /* greedy */
+    double score[3] = {0, 0, 0}; /* exact match, BLEU-4, ROUGE-L */
+    if (!a.nogen) {
         samples = xcalloc(d->n, sizeof(Sample));
-        int gb = batch < 64 ? batch : 64; /* sequences decoded together */
-        for (size_t i0 = 0; i0 < d->n; i0 += (size_t)gb) {
-            int nb = d->n - i0 < (size_t)gb ? (int)(d->n - i0) : gb;
-            n_gen = i0 + (size_t)nb; /* what samples[] holds, for the report and free */
-            if (eval_examples(m, tok, &d->ex[i0], nb, &st, max_new, &s, &samples[i0], &err))
-                goto fail;
-            for (size_t i = i0; i < n_gen; i++) {
-                em += textmetrics_exact_match(samples[i].prediction, samples[i].reference);
-                bleu += textmetrics_bleu4(samples[i].prediction, samples[i].reference);
-                rouge += textmetrics_rouge_l(samples[i].prediction, samples[i].reference);
-            }
-            if (progress) fprintf(stderr, "\reval: generating %zu/%zu", n_gen, d->n);
-        }
-        if (progress) fputc('\n', stderr);
-        em /= (double)d->n;
-        bleu /= (double)d->n;
-        rouge /= (double)d->n;
+        if (eval_generate(m, tok, tpl, d, &a, progress, &s, samples, &n_gen, score, &err))
+            goto fail;
     }
-
-    root = cJSON_CreateObject();
-    add_num_or_null(root, "eval_loss", 1, loss);
-    add_num_or_null(root, "perplexity", 1, exp(loss));
-    cJSON_AddNumberToObject(root, "n_samples", (double)d->n);
-    cJSON_AddNumberToObject(root, "n_tokens", (double)n_tokens);
-    add_num_or_null(root, "exact_match", !nogen, em);
-    add_num_or_null(root, "bleu-4", !nogen, bleu);
-    add_num_or_null(root, "rouge-l", !nogen, rouge);
-    cJSON_AddStringToObject(root, "model", model);
-    if (adapter)
-        cJSON_AddStringToObject(root, "adapter", adapter);
-    else
-        cJSON_AddNullToObject(root, "adapter");
-    cJSON_AddStringToObject(root, "dataset", dataset);
-    cJSON_AddStringToObject(root, "template", tname);
-    cJSON *arr = cJSON_AddArrayToObject(root, "samples");
-    for (size_t i = 0; i < n_gen && i < 3; i++) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "prompt", samples[i].prompt);
-        cJSON_AddStringToObject(o, "reference", samples[i].reference);
-        cJSON_AddStringToObject(o, "prediction", samples[i].prediction);
-        cJSON_AddItemToArray(arr, o);
-    }
+    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen);
     json = cJSON_Print(root);
-    if (output && write_text(output, json, &err)) goto fail;
+    if (a.output && write_text(a.output, json, &err)) goto fail;
     puts(json);
     fflush(stdout);
-    if (!quiet && nogen)
+    if (!a.quiet && a.nogen)
         fprintf(stderr, "eval: %zu samples, %ld answer tokens, loss %.4f (%.1f s)\n", d->n,
                 n_tokens, loss, t_loss - t0);
-    else if (!quiet)
+    else if (!a.quiet)
         fprintf(stderr,
                 "eval: %zu samples, %ld answer tokens, loss %.4f (%.1f s), exact match "
                 "%.3f, generation %.1f s\n",
-                d->n, n_tokens, loss, t_loss - t0, em, time_now() - t_loss);
+                d->n, n_tokens, loss, t_loss - t0, score[0], time_now() - t_loss);
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "tuna: %s\n", err.msg[0] ? err.msg : "eval failed");
