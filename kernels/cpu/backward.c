@@ -295,14 +295,165 @@ static void transpose_rows(float *dst, const float *src, size_t rs, int n, int H
  * (b, head) for pass 2) so every inner loop is an axpy over keys or queries.
  * Causal offset, window and kv_lo exactly as attention_fwd (tuna_attn_lo): query t sits at
  * p = Tk-Tq+t and sees keys lo..p. */
+/* The shapes and buffers of one attention backward (cpu_attention_bwd), shared by its passes. */
+typedef struct AttnBwd {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v;
+    const int32_t *kv_lo;
+    int B, Tq, Tk, NH, KVH, HS, window, grp, off;
+    size_t kv_stride, rs, qs; /* row strides of k/v and q/dout */
+    float scale;
+    float *lse, *dsum; /* (B, NH, Tq) */
+    float *kt, *vt;    /* (B, KVH, HS, Tk) */
+    float *qt, *dot_;  /* (B, NH, HS, Tq) */
+} AttnBwd;
+
+/* Pass 1 for query row t of batch row b and kv head g (all grp query heads that share it): the
+ * row statistics (lse, dsum) and dq. pr and dp: scratch of grp * Tk floats each. */
+static void attn_bwd_row(const AttnBwd *a, int b, int t, int g, float *pr, float *dp) {
+    int grp = a->grp, HS = a->HS, Tk = a->Tk;
+    size_t qrow = ((size_t)b * a->Tq + t) * a->NH + (size_t)g * grp; /* first query head */
+    const float *qv = a->q + qrow * HS, *dov = a->dout + qrow * HS;
+    int p = a->off + t;
+    int lo = tuna_attn_lo(a->kv_lo, (size_t)b * a->Tq + t, p, a->window);
+    int n = p - lo + 1;
+    const float *ktb = a->kt + ((size_t)b * a->KVH + g) * HS * Tk + lo;
+    const float *vtb = a->vt + ((size_t)b * a->KVH + g) * HS * Tk + lo;
+    memset(pr, 0, sizeof(float) * (size_t)grp * n);
+    memset(dp, 0, sizeof(float) * (size_t)grp * n);
+    for (int h = 0; h < grp; h++) {
+        gaxpy(pr + (size_t)h * n, qv + (size_t)h * HS, ktb, (size_t)Tk, HS, n, a->scale);
+        gaxpy(dp + (size_t)h * n, dov + (size_t)h * HS, vtb, (size_t)Tk, HS, n, 1.0f);
+    }
+    for (int h = 0; h < grp; h++) {
+        float *ph = pr + (size_t)h * n, *dph = dp + (size_t)h * n;
+        float mx = -INFINITY, sum = 0, D = 0, scale = a->scale;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < n; j++)
+            mx = ph[j] > mx ? ph[j] : mx;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; j++)
+            sum += (ph[j] = vexpf(ph[j] - mx));
+        float inv = 1.0f / sum;
+#pragma omp simd reduction(+ : D)
+        for (int j = 0; j < n; j++) {
+            ph[j] *= inv;
+            D += ph[j] * dph[j];
+        }
+        size_t st = ((size_t)b * a->NH + (size_t)g * grp + h) * a->Tq + t;
+        a->lse[st] = mx + logf(sum);
+        a->dsum[st] = D;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            dph[j] = ph[j] * (dph[j] - D) * scale; /* ds */
+    }
+    if (a->dq) {
+        float *dqv = a->dq + qrow * HS;
+        const float *kb = a->k + b * a->kv_stride + (size_t)g * HS + (size_t)lo * a->rs;
+        for (int h = 0; h < grp; h++)
+            gaxpy(dqv + (size_t)h * HS, dp + (size_t)h * n, kb, a->rs, n, HS, 1.0f);
+    }
+}
+
+/* Pass 2 for key row j of kv head g of batch row b: its dk and dv rows. acc: scratch of
+ * 2 * HS + 2 * Tq floats. */
+static void attn_bwd_key(const AttnBwd *a, int b, int g, int j, float *acc) {
+    int HS = a->HS, Tq = a->Tq, off = a->off, window = a->window;
+    /* queries that see key j: p(t) >= j and, with a window, p(t) - window < j */
+    int t0 = j - off > 0 ? j - off : 0;
+    int t1 = Tq - 1;
+    if (window > 0 && j + window - 1 - off < t1) t1 = j + window - 1 - off;
+    /* kv_lo: queries at the end whose span starts after j drop out; any left inside t0..t1 are
+     * masked below */
+    const int32_t *klo = a->kv_lo ? a->kv_lo + (size_t)b * Tq : NULL;
+    while (klo && t1 >= t0 && tuna_attn_lo(klo, (size_t)t1, off + t1, window) > j)
+        t1--;
+    if (t0 > t1) return;
+    int m = t1 - t0 + 1;
+    size_t ko = b * a->kv_stride + (size_t)j * a->rs + (size_t)g * HS;
+    const float *kr = a->k + ko, *vr = a->v + ko;
+    float *ak = acc, *av = acc + HS, *s = av + HS, *dpp = s + Tq;
+    memset(ak, 0, sizeof(float) * 2 * (size_t)HS);
+    for (int h = g * a->grp; h < (g + 1) * a->grp; h++) {
+        size_t bh = (size_t)b * a->NH + h;
+        const float *qtb = a->qt + bh * HS * Tq + t0, *dtb = a->dot_ + bh * HS * Tq + t0;
+        const float *ls = a->lse + bh * Tq + t0, *Ds = a->dsum + bh * Tq + t0;
+        float scale = a->scale;
+        memset(s, 0, sizeof(float) * (size_t)m);
+        memset(dpp, 0, sizeof(float) * (size_t)m);
+        gaxpy(s, kr, qtb, (size_t)Tq, HS, m, scale);
+        if (a->dk) gaxpy(dpp, vr, dtb, (size_t)Tq, HS, m, 1.0f);
+#pragma omp simd
+        for (int tt = 0; tt < m; tt++) {
+            s[tt] = vexpf(s[tt] - ls[tt]);                /* p */
+            dpp[tt] = s[tt] * (dpp[tt] - Ds[tt]) * scale; /* ds (unused without dk) */
+        }
+        if (klo)
+            for (int tt = 0; tt < m; tt++)
+                if (tuna_attn_lo(klo, (size_t)(t0 + tt), off + t0 + tt, window) > j)
+                    s[tt] = dpp[tt] = 0;
+        const float *qr = a->q + (((size_t)b * Tq + t0) * a->NH + h) * HS;
+        const float *dr = a->dout + (((size_t)b * Tq + t0) * a->NH + h) * HS;
+        if (a->dk) gaxpy(ak, dpp, qr, a->qs, m, HS, 1.0f);
+        if (a->dv) gaxpy(av, s, dr, a->qs, m, HS, 1.0f);
+    }
+    if (a->dk) axpyf(a->dk + ko, 1.0f, ak, HS);
+    if (a->dv) axpyf(a->dv + ko, 1.0f, av, HS);
+}
+
+/* k and v (and for pass 2 q and dout) transposed per head, so that the passes read keys
+ * (queries) contiguously. */
+static void attn_bwd_transpose(const AttnBwd *a, int nth, int pass2) {
+    int B = a->B, KVH = a->KVH, NH = a->NH, HS = a->HS, Tk = a->Tk, Tq = a->Tq;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int g = 0; g < KVH; g++) {
+                size_t o = ((size_t)b * KVH + g) * HS * Tk;
+                transpose_rows(a->kt + o, a->k + b * a->kv_stride + (size_t)g * HS, a->rs, Tk, HS);
+                transpose_rows(a->vt + o, a->v + b * a->kv_stride + (size_t)g * HS, a->rs, Tk, HS);
+            }
+        if (pass2) {
+#pragma omp for collapse(2) schedule(static) nowait
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++) {
+                    size_t o = ((size_t)b * NH + h) * HS * Tq,
+                           src = (size_t)b * Tq * a->qs + (size_t)h * HS;
+                    transpose_rows(a->qt + o, a->q + src, a->qs, Tq, HS);
+                    transpose_rows(a->dot_ + o, a->dout + src, a->qs, Tq, HS);
+                }
+        }
+    }
+}
+
 void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                        const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                        size_t kv_stride, int NH, int KVH, int HS, int window,
                        const int32_t *kv_lo) {
     if (B <= 0 || Tq <= 0 || Tk <= 0 || (!dq && !dk && !dv)) return;
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, off = Tk - Tq;
-    size_t rs = (size_t)KVH * HS, qs = (size_t)NH * HS; /* row strides of k/v and q/dout */
+    AttnBwd a = {.dq = dq,
+                 .dk = dk,
+                 .dv = dv,
+                 .dout = dout,
+                 .q = q,
+                 .k = k,
+                 .v = v,
+                 .kv_lo = kv_lo,
+                 .B = B,
+                 .Tq = Tq,
+                 .Tk = Tk,
+                 .NH = NH,
+                 .KVH = KVH,
+                 .HS = HS,
+                 .window = window,
+                 .grp = NH / KVH,
+                 .off = Tk - Tq,
+                 .kv_stride = kv_stride,
+                 .rs = (size_t)KVH * HS,
+                 .qs = (size_t)NH * HS,
+                 .scale = 1.0f / sqrtf((float)HS)};
+    int grp = a.grp;
     size_t nstat = (size_t)B * NH * Tq, nkv = (size_t)B * KVH * HS * Tk;
     size_t nq = (size_t)B * NH * HS * Tq;
     int pass2 = dk || dv;
@@ -312,40 +463,19 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
         latch_nomem(be, "attention_bwd", bytes);
         return;
     }
-    float *lse = scratch, *dsum = lse + nstat; /* (B, NH, Tq) */
-    float *kt = dsum + nstat, *vt = kt + nkv;  /* (B, KVH, HS, Tk) */
-    float *qt = vt + nkv, *dot_ = qt + nq;     /* (B, NH, HS, Tq) */
+    a.lse = scratch, a.dsum = a.lse + nstat;
+    a.kt = a.dsum + nstat, a.vt = a.kt + nkv;
+    a.qt = a.vt + nkv, a.dot_ = a.qt + nq;
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS;
     int nth = threads_for(be, work);
     int fail = 0;
-
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-#pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++)
-            for (int g = 0; g < KVH; g++) {
-                size_t o = ((size_t)b * KVH + g) * HS * Tk;
-                transpose_rows(kt + o, k + b * kv_stride + (size_t)g * HS, rs, Tk, HS);
-                transpose_rows(vt + o, v + b * kv_stride + (size_t)g * HS, rs, Tk, HS);
-            }
-        if (pass2) {
-#pragma omp for collapse(2) schedule(static) nowait
-            for (int b = 0; b < B; b++)
-                for (int h = 0; h < NH; h++) {
-                    size_t o = ((size_t)b * NH + h) * HS * Tq,
-                           src = (size_t)b * Tq * qs + (size_t)h * HS;
-                    transpose_rows(qt + o, q + src, qs, Tq, HS);
-                    transpose_rows(dot_ + o, dout + src, qs, Tq, HS);
-                }
-        }
-    }
+    attn_bwd_transpose(&a, nth, pass2);
 
     // pass 1: row statistics and dq
     int total1 = B * Tq * KVH;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         float *pr = malloc(sizeof(float) * 2 * (size_t)grp * (size_t)Tk);
-        float *dp = pr ? pr + (size_t)grp * Tk : NULL;
         if (!pr) {
 #pragma omp atomic write
             fail = 1;
@@ -353,48 +483,8 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
 #pragma omp for schedule(dynamic, 4)
         for (int idx = 0; idx < total1; idx++) {
             if (!pr) continue;
-            int g = idx % KVH, t = (idx / KVH) % Tq, b = idx / (KVH * Tq);
-            size_t qrow = ((size_t)b * Tq + t) * NH + (size_t)g * grp; /* first query head */
-            const float *qv = q + qrow * HS, *dov = dout + qrow * HS;
-            int p = off + t;
-            int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
-            int n = p - lo + 1;
-            const float *ktb = kt + ((size_t)b * KVH + g) * HS * Tk + lo;
-            const float *vtb = vt + ((size_t)b * KVH + g) * HS * Tk + lo;
-            memset(pr, 0, sizeof(float) * (size_t)grp * n);
-            memset(dp, 0, sizeof(float) * (size_t)grp * n);
-            for (int h = 0; h < grp; h++) {
-                gaxpy(pr + (size_t)h * n, qv + (size_t)h * HS, ktb, (size_t)Tk, HS, n, scale);
-                gaxpy(dp + (size_t)h * n, dov + (size_t)h * HS, vtb, (size_t)Tk, HS, n, 1.0f);
-            }
-            for (int h = 0; h < grp; h++) {
-                float *ph = pr + (size_t)h * n, *dph = dp + (size_t)h * n;
-                float mx = -INFINITY, sum = 0, D = 0;
-#pragma omp simd reduction(max : mx)
-                for (int j = 0; j < n; j++)
-                    mx = ph[j] > mx ? ph[j] : mx;
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < n; j++)
-                    sum += (ph[j] = vexpf(ph[j] - mx));
-                float inv = 1.0f / sum;
-#pragma omp simd reduction(+ : D)
-                for (int j = 0; j < n; j++) {
-                    ph[j] *= inv;
-                    D += ph[j] * dph[j];
-                }
-                size_t st = ((size_t)b * NH + (size_t)g * grp + h) * Tq + t;
-                lse[st] = mx + logf(sum);
-                dsum[st] = D;
-#pragma omp simd
-                for (int j = 0; j < n; j++)
-                    dph[j] = ph[j] * (dph[j] - D) * scale; /* ds */
-            }
-            if (dq) {
-                float *dqv = dq + qrow * HS;
-                const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo * rs;
-                for (int h = 0; h < grp; h++)
-                    gaxpy(dqv + (size_t)h * HS, dp + (size_t)h * n, kb, rs, n, HS, 1.0f);
-            }
+            attn_bwd_row(&a, idx / (KVH * Tq), (idx / KVH) % Tq, idx % KVH, pr,
+                         pr + (size_t)grp * Tk);
         }
         free(pr);
     }
@@ -412,47 +502,7 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
 #pragma omp for schedule(dynamic, 8)
             for (int idx = 0; idx < total2; idx++) {
                 if (!acc) continue;
-                int j = idx % Tk, g = (idx / Tk) % KVH, b = idx / (Tk * KVH);
-                /* queries that see key j: p(t) >= j and, with a window, p(t) - window < j */
-                int t0 = j - off > 0 ? j - off : 0;
-                int t1 = Tq - 1;
-                if (window > 0 && j + window - 1 - off < t1) t1 = j + window - 1 - off;
-                /* kv_lo: queries at the end whose span starts after j drop out; any left
-                 * inside t0..t1 are masked below */
-                const int32_t *klo = kv_lo ? kv_lo + (size_t)b * Tq : NULL;
-                while (klo && t1 >= t0 && tuna_attn_lo(klo, (size_t)t1, off + t1, window) > j)
-                    t1--;
-                if (t0 > t1) continue;
-                int m = t1 - t0 + 1;
-                size_t ko = b * kv_stride + (size_t)j * rs + (size_t)g * HS;
-                const float *kr = k + ko, *vr = v + ko;
-                float *ak = acc, *av = acc + HS, *s = av + HS, *dpp = s + Tq;
-                memset(ak, 0, sizeof(float) * 2 * (size_t)HS);
-                for (int h = g * grp; h < (g + 1) * grp; h++) {
-                    const float *qtb = qt + ((size_t)b * NH + h) * HS * Tq + t0;
-                    const float *dtb = dot_ + ((size_t)b * NH + h) * HS * Tq + t0;
-                    const float *ls = lse + ((size_t)b * NH + h) * Tq + t0;
-                    const float *Ds = dsum + ((size_t)b * NH + h) * Tq + t0;
-                    memset(s, 0, sizeof(float) * (size_t)m);
-                    memset(dpp, 0, sizeof(float) * (size_t)m);
-                    gaxpy(s, kr, qtb, (size_t)Tq, HS, m, scale);
-                    if (dk) gaxpy(dpp, vr, dtb, (size_t)Tq, HS, m, 1.0f);
-#pragma omp simd
-                    for (int tt = 0; tt < m; tt++) {
-                        s[tt] = vexpf(s[tt] - ls[tt]);                /* p */
-                        dpp[tt] = s[tt] * (dpp[tt] - Ds[tt]) * scale; /* ds (unused without dk) */
-                    }
-                    if (klo)
-                        for (int tt = 0; tt < m; tt++)
-                            if (tuna_attn_lo(klo, (size_t)(t0 + tt), off + t0 + tt, window) > j)
-                                s[tt] = dpp[tt] = 0;
-                    const float *qr = q + (((size_t)b * Tq + t0) * NH + h) * HS;
-                    const float *dr = dout + (((size_t)b * Tq + t0) * NH + h) * HS;
-                    if (dk) gaxpy(ak, dpp, qr, qs, m, HS, 1.0f);
-                    if (dv) gaxpy(av, s, dr, qs, m, HS, 1.0f);
-                }
-                if (dk) axpyf(dk + ko, 1.0f, ak, HS);
-                if (dv) axpyf(dv + ko, 1.0f, av, HS);
+                attn_bwd_key(&a, idx / (Tk * KVH), (idx / Tk) % KVH, idx % Tk, acc);
             }
             free(acc);
         }
