@@ -1179,6 +1179,161 @@ static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) 
     }
 }
 
+/* The token embeddings of ids (M = Bn * T rows) plus GPT-2's learned positions into x. */
+static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    const BackendOps *op = ts->be->ops;
+    int T = ts->T, M = Bn * T, C = c->C;
+    op->embed_fwd(ts->be, x, ids, m->wte, M, C);
+    if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
+        op->embed_fwd(ts->be, ts->tmp, ts->pos, m->wpe, M, C);
+        op->add_fwd(ts->be, x, x, ts->tmp, (size_t)M * C);
+    } else if (c->learned_pos) {
+        for (int b = 0; b < Bn; b++)
+            op->add_fwd(ts->be, x + (size_t)b * T * C, x + (size_t)b * T * C,
+                        m->wpe + (size_t)ts->P * C, (size_t)T * C);
+    }
+}
+
+/* The LM head and cross-entropy on the R positions that have a target (SFT masks the prompts):
+ * the head is most of a small model's work (stories15M: 9.2M of 15M multiply-adds per token).
+ * Their rows of xnf move to the front (row by row, never onto an unread row); each row's
+ * logits, loss and gradient are the same computation as on all M rows. With backward,
+ * ts->logits holds the R rows' dlogits afterwards. Returns R; *loss_sum the summed loss. */
+static int head_fwd(TrainState *ts, const int32_t *targets, int M, float loss_scale, int backward,
+                    double *loss_sum) {
+    Model *m = ts->m;
+    const BackendOps *op = ts->be->ops;
+    int C = m->cfg.C, R = 0;
+    for (int i = 0; i < M; i++)
+        if (targets[i] != -100) {
+            ts->head_rows[R] = i;
+            ts->head_targets[R++] = targets[i];
+        }
+    if (R < M)
+        for (int r = 0; r < R; r++)
+            if (ts->head_rows[r] != r)
+                op->copy(ts->be, ts->xnf + (size_t)r * C, ts->xnf + (size_t)ts->head_rows[r] * C,
+                         sizeof(float) * (size_t)C);
+    double sum = 0;
+    if (R) {
+        op->matmul_fwd(ts->be, ts->logits, ts->xnf, m->lm_head, NULL, R, C, m->cfg.V);
+        op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses, ts->logits,
+                         ts->head_targets, R, m->cfg.V, loss_scale);
+        for (int r = 0; r < R; r++)
+            sum += (double)ts->losses[r];
+    }
+    *loss_sum = sum;
+    return R;
+}
+
+/* The LM head's backward from the R rows' dlogits (ts->logits): dxn (M rows, the R rows back
+ * in their places) and the head's gradient. */
+static void head_bwd(TrainState *ts, int R, int M) {
+    Model *m = ts->m;
+    const BackendOps *op = ts->be->ops;
+    int C = m->cfg.C;
+    zero(ts, ts->dxn, (size_t)M * C);
+    if (!R) return;
+    float *dxr = R < M ? ts->tmp : ts->dxn; /* the R rows' gradient, then back in place */
+    if (R < M) zero(ts, dxr, (size_t)R * C);
+    op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
+                   m->cfg.V);
+    if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
+    if (R < M)
+        for (int r = 0; r < R; r++)
+            op->copy(ts->be, ts->dxn + (size_t)ts->head_rows[r] * C, dxr + (size_t)r * C,
+                     sizeof(float) * (size_t)C);
+}
+
+/* Attention's backward of layer l from datt to dq, dk and dv (through the prefix's keys and
+ * values with P-tuning, RoPE and q/k-norm). *dqin and *dkin: where the q and k projections'
+ * output gradients are afterwards (dq and dk, or scratch after q/k-norm). */
+static void attn_bwd(TrainState *ts, int l, const LayerActs *a, int Bn, float **dqin,
+                     float **dkin) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    Backend *be = ts->be;
+    const BackendOps *op = be->ops;
+    int T = ts->T, M = Bn * T, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
+    zero(ts, ts->dq, (size_t)M * QD);
+    if (ts->P) {
+        int Tk = T + ts->P;
+        zero(ts, ts->dkf, (size_t)Bn * Tk * KD);
+        zero(ts, ts->dvf, (size_t)Bn * Tk * KD);
+        op->attention_bwd(be, ts->dq, ts->dkf, ts->dvf, ts->datt, a->q, a->k, a->v, Bn, T, Tk,
+                          (size_t)Tk * KD, NH, KVH, HS, c->sliding_window, NULL);
+        prefix_gather(ts, l, ts->dk, ts->dv, Bn, T);
+    } else {
+        zero(ts, ts->dk, (size_t)M * KD);
+        zero(ts, ts->dv, (size_t)M * KD);
+        op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
+                          (size_t)T * KD, NH, KVH, HS, c->sliding_window,
+                          ts->spans ? ts->kv_lo : NULL);
+    }
+    if (!c->learned_pos) {
+        op->rope_bwd(be, ts->dq, ts->pos, m->inv_freq, M, NH, HS, HS);
+        op->rope_bwd(be, ts->dk, ts->pos, m->inv_freq, M, KVH, HS, HS);
+    }
+    *dqin = ts->dq, *dkin = ts->dk;
+    if (c->qk_norm) { /* through the per-head RMSNorm: reuse datt and tmp as scratch */
+        zero(ts, ts->datt, (size_t)M * QD);
+        op->rmsnorm_bwd(be, ts->datt, G(ts, w->q_norm), ts->dq, a->qraw, w->q_norm, c->norm_eps,
+                        M * NH, HS);
+        zero(ts, ts->tmp, (size_t)M * KD);
+        op->rmsnorm_bwd(be, ts->tmp, G(ts, w->k_norm), ts->dk, a->kraw, w->k_norm, c->norm_eps,
+                        M * KVH, HS);
+        *dqin = ts->datt;
+        *dkin = ts->tmp;
+    }
+}
+
+/* The backward of layer l, the mirror of layer_fwd: ts->dx holds the gradient of the layer's
+ * output on entry and of its input on return. */
+static void layer_bwd(TrainState *ts, int l, int Bn) {
+    Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    const BackendOps *op = ts->be->ops;
+    LayerActs *a = &ts->acts[l];
+    const LayerWeights *w = &m->layers[l];
+    int M = Bn * ts->T, C = c->C, QD = c->NH * c->HS, KD = c->KVH * c->HS, FF = c->FF;
+    int fused = c->arch == ARCH_GPT2;
+    /* checkpointed: the layer's activations again from its input (dx stays; the recompute
+     * writes only the shared set, tmp, dys and, with a prefix, dk and dv). The last layer's
+     * are still there from the forward. */
+    if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
+    // MLP
+    zero(ts, ts->dact, (size_t)M * FF);
+    linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
+    zero(ts, ts->dxn, (size_t)M * C);
+    zero(ts, ts->dup, (size_t)M * FF);
+    if (c->act == ACT_SILU) {
+        zero(ts, ts->dgate, (size_t)M * FF);
+        op->swiglu_bwd(ts->be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF);
+        linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M, C,
+                   FF);
+    } else {
+        op->gelu_bwd(ts->be, ts->dup, ts->dact, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
+    }
+    linear_bwd(ts, l, SITE_UP, 0, 1, ts->dxn, ts->dup, a->xn2, w->w_up, w->b_up, M, C, FF);
+    norm_bwd(ts, ts->dx, ts->dxn, a->x_mid, w->ln2_w, w->ln2_b, M);
+    // attention
+    zero(ts, ts->datt, (size_t)M * QD);
+    linear_bwd(ts, l, SITE_O, 0, 1, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
+    float *dqin, *dkin;
+    attn_bwd(ts, l, a, Bn, &dqin, &dkin);
+    zero(ts, ts->dxn, (size_t)M * C);
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq, M,
+               C, QD);
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1,
+               w->wk, w->bk, M, C, KD);
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1, w->wv,
+               w->bv, M, C, KD);
+    norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
+}
+
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
                   float loss_scale, int backward, double *loss_sum, int *n_targets, TunaErr *err) {
     Model *m = ts->m;
@@ -1188,13 +1343,11 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     if (B_used < 1 || B_used > ts->B)
         return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used,
                          ts->B);
-    int T = ts->T, Bn = B_used, M = Bn * T;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS, FF = c->FF;
+    int Bn = B_used, M = Bn * ts->T, C = c->C;
     for (int i = 0; i < M; i++)
         if (ids[i] < 0 || ids[i] >= c->V)
             return tuna_errf(err, TUNA_EINVAL, "token id %d outside the vocabulary (%d)", ids[i],
                              c->V);
-    int fused = c->arch == ARCH_GPT2;
 
     // --- forward
     if (ts->P) {
@@ -1202,131 +1355,26 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         memset(ts->pre_grad, 0, sizeof(float) * (size_t)ts->P * ts->PW);
     }
     if (ts->n_tok) tokens_sync(ts);
-    float *x = ts->acts[0].x_in;
-    op->embed_fwd(be, x, ids, m->wte, M, C);
-    if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
-        op->embed_fwd(be, ts->tmp, ts->pos, m->wpe, M, C);
-        op->add_fwd(be, x, x, ts->tmp, (size_t)M * C);
-    } else if (c->learned_pos) {
-        for (int b = 0; b < Bn; b++)
-            op->add_fwd(be, x + (size_t)b * T * C, x + (size_t)b * T * C,
-                        m->wpe + (size_t)ts->P * C, (size_t)T * C);
-    }
+    embed_fwd(ts, ts->acts[0].x_in, ids, Bn);
     for (int l = 0; l < c->L; l++)
         layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
     norm_fwd(ts, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
-    /* The LM head runs only on the R positions that have a target (SFT masks the prompts): the
-     * head is most of a small model's work (stories15M: 9.2M of 15M multiply-adds per token).
-     * Their rows of xnf move to the front (row by row, never onto an unread row); each row's
-     * logits, loss and gradient are the same computation as on all M rows. */
-    int R = 0;
-    for (int i = 0; i < M; i++)
-        if (targets[i] != -100) {
-            ts->head_rows[R] = i;
-            ts->head_targets[R++] = targets[i];
-        }
-    if (R < M)
-        for (int r = 0; r < R; r++)
-            if (ts->head_rows[r] != r)
-                op->copy(be, ts->xnf + (size_t)r * C, ts->xnf + (size_t)ts->head_rows[r] * C,
-                         sizeof(float) * (size_t)C);
-    double sum = 0;
-    if (R) {
-        op->matmul_fwd(be, ts->logits, ts->xnf, m->lm_head, NULL, R, C, c->V);
-        op->xent_fwd_bwd(be, backward ? ts->logits : NULL, ts->losses, ts->logits, ts->head_targets,
-                         R, c->V, loss_scale);
-        for (int r = 0; r < R; r++)
-            sum += (double)ts->losses[r];
-    }
-    *loss_sum = sum;
+    int R = head_fwd(ts, targets, M, loss_scale, backward, loss_sum);
     *n_targets = R;
-    if (!backward) goto done;
 
     // --- backward (ts->logits now holds dlogits of the R rows)
-    zero(ts, ts->dxn, (size_t)M * C);
-    if (R) {
-        float *dxr = R < M ? ts->tmp : ts->dxn; /* the R rows' gradient, then back in place */
-        if (R < M) zero(ts, dxr, (size_t)R * C);
-        op->matmul_bwd(be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
-                       c->V);
-        if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
-        if (R < M)
-            for (int r = 0; r < R; r++)
-                op->copy(be, ts->dxn + (size_t)ts->head_rows[r] * C, dxr + (size_t)r * C,
-                         sizeof(float) * (size_t)C);
+    if (backward) {
+        head_bwd(ts, R, M);
+        zero(ts, ts->dx, (size_t)M * C);
+        norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
+        for (int l = c->L - 1; l >= 0; l--)
+            layer_bwd(ts, l, Bn);
+        if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
+        if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
+        if (c->learned_pos && G(ts, m->wpe))
+            op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
+        if (ts->P) prefix_backward(ts);
     }
-    zero(ts, ts->dx, (size_t)M * C);
-    norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
-    for (int l = c->L - 1; l >= 0; l--) {
-        LayerActs *a = &ts->acts[l];
-        const LayerWeights *w = &m->layers[l];
-        /* checkpointed: the layer's activations again from its input (dx stays; the recompute
-         * writes only the shared set, tmp, dys and, with a prefix, dk and dv). The last layer's
-         * are still there from the forward. */
-        if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
-        // MLP
-        zero(ts, ts->dact, (size_t)M * FF);
-        linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF,
-                   C);
-        zero(ts, ts->dxn, (size_t)M * C);
-        zero(ts, ts->dup, (size_t)M * FF);
-        if (c->act == ACT_SILU) {
-            zero(ts, ts->dgate, (size_t)M * FF);
-            op->swiglu_bwd(be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF);
-            linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M,
-                       C, FF);
-        } else {
-            op->gelu_bwd(be, ts->dup, ts->dact, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
-        }
-        linear_bwd(ts, l, SITE_UP, 0, 1, ts->dxn, ts->dup, a->xn2, w->w_up, w->b_up, M, C, FF);
-        norm_bwd(ts, ts->dx, ts->dxn, a->x_mid, w->ln2_w, w->ln2_b, M);
-        // attention
-        zero(ts, ts->datt, (size_t)M * QD);
-        linear_bwd(ts, l, SITE_O, 0, 1, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
-        zero(ts, ts->dq, (size_t)M * QD);
-        if (ts->P) {
-            int Tk = T + ts->P;
-            zero(ts, ts->dkf, (size_t)Bn * Tk * KD);
-            zero(ts, ts->dvf, (size_t)Bn * Tk * KD);
-            op->attention_bwd(be, ts->dq, ts->dkf, ts->dvf, ts->datt, a->q, a->k, a->v, Bn, T, Tk,
-                              (size_t)Tk * KD, NH, KVH, HS, c->sliding_window, NULL);
-            prefix_gather(ts, l, ts->dk, ts->dv, Bn, T);
-        } else {
-            zero(ts, ts->dk, (size_t)M * KD);
-            zero(ts, ts->dv, (size_t)M * KD);
-            op->attention_bwd(be, ts->dq, ts->dk, ts->dv, ts->datt, a->q, a->k, a->v, Bn, T, T,
-                              (size_t)T * KD, NH, KVH, HS, c->sliding_window,
-                              ts->spans ? ts->kv_lo : NULL);
-        }
-        if (!c->learned_pos) {
-            op->rope_bwd(be, ts->dq, ts->pos, m->inv_freq, M, NH, HS, HS);
-            op->rope_bwd(be, ts->dk, ts->pos, m->inv_freq, M, KVH, HS, HS);
-        }
-        float *dqin = ts->dq, *dkin = ts->dk;
-        if (c->qk_norm) { /* through the per-head RMSNorm: reuse datt and tmp as scratch */
-            zero(ts, ts->datt, (size_t)M * QD);
-            op->rmsnorm_bwd(be, ts->datt, G(ts, w->q_norm), ts->dq, a->qraw, w->q_norm, c->norm_eps,
-                            M * NH, HS);
-            zero(ts, ts->tmp, (size_t)M * KD);
-            op->rmsnorm_bwd(be, ts->tmp, G(ts, w->k_norm), ts->dk, a->kraw, w->k_norm, c->norm_eps,
-                            M * KVH, HS);
-            dqin = ts->datt;
-            dkin = ts->tmp;
-        }
-        zero(ts, ts->dxn, (size_t)M * C);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq,
-                   M, C, QD);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1,
-                   w->wk, w->bk, M, C, KD);
-        linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1,
-                   w->wv, w->bv, M, C, KD);
-        norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
-    }
-    if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
-    if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
-    if (c->learned_pos && G(ts, m->wpe)) op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
-    if (ts->P) prefix_backward(ts);
-done:;
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
     return 0;
