@@ -837,132 +837,110 @@ static int write_tensor_data(int fd, const StWriteTensor *t, size_t numel) {
     return 0;
 }
 
-int safetensors_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_kv,
-                      int n_meta, TunaErr *err) {
-    if (!path || n < 0 || (n && !ts) || n_meta < 0 || (n_meta && !meta_kv))
-        return tuna_errf(err, TUNA_EINVAL, "safetensors_write: bad arguments");
+/* Checks tensor i for writing (name, dtype, rank, shape, data) and gives its element count. */
+static int write_check(const char *path, const StWriteTensor *t, int i, size_t *numel,
+                       TunaErr *err) {
     char nb[SHOWBUF];
-    int rc = 0, fd = -1;
-    char *tmp = NULL;
-    Buf h = {0};
-    const StWriteTensor **order = xmalloc((size_t)(n ? n : 1) * sizeof *order);
-    size_t *numels = xmalloc((size_t)(n ? n : 1) * sizeof *numels);
+    if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
+        return tuna_errf(err, TUNA_EINVAL, "%s: tensor %d has an empty or reserved name", path, i);
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: tensor \"%s\": cannot write dtype %s (expected F32, F16 or BF16)",
+                         path, show(t->name, nb, sizeof nb), st_dtype_name(t->dtype));
+    if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+        return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": ndim %d outside 0..%d", path,
+                         show(t->name, nb, sizeof nb), t->ndim, ST_MAX_DIMS);
+    *numel = 1;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] < 0 || __builtin_mul_overflow(*numel, (uint64_t)t->shape[d], numel))
+            return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": bad shape[%d] = %" PRId64, path,
+                             show(t->name, nb, sizeof nb), d, t->shape[d]);
+    if (*numel > SIZE_MAX / 8 || (*numel && !t->data))
+        return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": %s", path,
+                         show(t->name, nb, sizeof nb),
+                         *numel && !t->data ? "NULL data" : "too many elements");
+    return 0;
+}
 
-    for (int i = 0; i < n; i++) {
-        const StWriteTensor *t = &ts[i];
-        order[i] = t;
-        if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0) {
-            rc = tuna_errf(err, TUNA_EINVAL, "%s: tensor %d has an empty or reserved name", path,
-                           i);
-            goto fail;
-        }
-        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
-            rc = tuna_errf(err, TUNA_EUNSUP,
-                           "%s: tensor \"%s\": cannot write dtype %s (expected F32, F16 or BF16)",
-                           path, show(t->name, nb, sizeof nb), st_dtype_name(t->dtype));
-            goto fail;
-        }
-        if (t->ndim < 0 || t->ndim > ST_MAX_DIMS) {
-            rc = tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": ndim %d outside 0..%d", path,
-                           show(t->name, nb, sizeof nb), t->ndim, ST_MAX_DIMS);
-            goto fail;
-        }
-        size_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            if (t->shape[d] < 0 || __builtin_mul_overflow(numel, (uint64_t)t->shape[d], &numel)) {
-                rc = tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": bad shape[%d] = %" PRId64,
-                               path, show(t->name, nb, sizeof nb), d, t->shape[d]);
-                goto fail;
-            }
-        }
-        if (numel > SIZE_MAX / 8 || (numel && !t->data)) {
-            rc = tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": %s", path,
-                           show(t->name, nb, sizeof nb),
-                           numel && !t->data ? "NULL data" : "too many elements");
-            goto fail;
-        }
-        numels[i] = numel;
-    }
-    qsort(order, (size_t)n, sizeof *order, name_order_cmp);
-    for (int i = 1; i < n; i++) {
-        if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
-            rc = tuna_errf(err, TUNA_EINVAL, "%s: duplicate tensor name \"%s\"", path,
-                           show(order[i]->name, nb, sizeof nb));
-            goto fail;
-        }
-    }
-    qsort(order, (size_t)n, sizeof *order, write_order_cmp);
-
-    buf_str(&h, "{");
+/* The JSON header into h: metadata (checked for NULL strings and duplicate keys), then the
+ * tensors in write order with their data offsets, padded with spaces to a multiple of 8. */
+static int write_header(Buf *h, const char *path, const StWriteTensor *ts,
+                        const StWriteTensor **order, const size_t *numels, int n,
+                        const char *const *meta_kv, int n_meta, TunaErr *err) {
+    char nb[SHOWBUF];
+    buf_str(h, "{");
     if (n_meta) {
-        buf_str(&h, "\"__metadata__\":{");
+        buf_str(h, "\"__metadata__\":{");
         for (int i = 0; i < n_meta; i++) {
-            if (!meta_kv[2 * i] || !meta_kv[2 * i + 1]) {
-                rc = tuna_errf(err, TUNA_EINVAL, "%s: metadata pair %d has a NULL string", path, i);
-                goto fail;
-            }
-            for (int j = 0; j < i; j++) {
-                if (strcmp(meta_kv[2 * j], meta_kv[2 * i]) == 0) {
-                    rc = tuna_errf(err, TUNA_EINVAL, "%s: duplicate metadata key \"%s\"", path,
-                                   show(meta_kv[2 * i], nb, sizeof nb));
-                    goto fail;
-                }
-            }
-            if (i) buf_str(&h, ",");
-            buf_json_str(&h, meta_kv[2 * i]);
-            buf_str(&h, ":");
-            buf_json_str(&h, meta_kv[2 * i + 1]);
+            if (!meta_kv[2 * i] || !meta_kv[2 * i + 1])
+                return tuna_errf(err, TUNA_EINVAL, "%s: metadata pair %d has a NULL string", path,
+                                 i);
+            for (int j = 0; j < i; j++)
+                if (strcmp(meta_kv[2 * j], meta_kv[2 * i]) == 0)
+                    return tuna_errf(err, TUNA_EINVAL, "%s: duplicate metadata key \"%s\"", path,
+                                     show(meta_kv[2 * i], nb, sizeof nb));
+            if (i) buf_str(h, ",");
+            buf_json_str(h, meta_kv[2 * i]);
+            buf_str(h, ":");
+            buf_json_str(h, meta_kv[2 * i + 1]);
         }
-        buf_str(&h, "}");
+        buf_str(h, "}");
     }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         const StWriteTensor *t = order[i];
-        size_t numel = numels[t - ts];
-        uint64_t nbytes = (uint64_t)numel * st_dtype_size(t->dtype);
+        uint64_t nbytes = (uint64_t)numels[t - ts] * st_dtype_size(t->dtype);
         char num[64];
-        if (n_meta || i) buf_str(&h, ",");
-        buf_json_str(&h, t->name);
-        buf_str(&h, ":{\"dtype\":\"");
-        buf_str(&h, st_dtype_name(t->dtype));
-        buf_str(&h, "\",\"shape\":[");
+        if (n_meta || i) buf_str(h, ",");
+        buf_json_str(h, t->name);
+        buf_str(h, ":{\"dtype\":\"");
+        buf_str(h, st_dtype_name(t->dtype));
+        buf_str(h, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             snprintf(num, sizeof num, "%s%" PRId64, d ? "," : "", t->shape[d]);
-            buf_str(&h, num);
+            buf_str(h, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off,
                  off + nbytes);
-        buf_str(&h, num);
+        buf_str(h, num);
         off += nbytes;
     }
-    buf_str(&h, "}");
-    while (h.n % 8)
-        buf_str(&h, " ");
+    buf_str(h, "}");
+    while (h->n % 8)
+        buf_str(h, " ");
+    return 0;
+}
 
+/* Writes the file through PATH.tmp: length, header, data in write order, fsync, rename into
+ * place, then (best effort) fsync of the folder. A failure leaves no .tmp behind. */
+static int write_file(const char *path, const Buf *h, const StWriteTensor *ts,
+                      const StWriteTensor **order, const size_t *numels, int n, TunaErr *err) {
+    int rc = 0;
     size_t pl = strlen(path) + 5;
-    tmp = xmalloc(pl);
+    char *tmp = xmalloc(pl);
     snprintf(tmp, pl, "%s.tmp", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-        goto fail;
+        free(tmp);
+        return rc;
     }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
-        len8[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, h.p, h.n);
+        len8[i] = (unsigned char)((uint64_t)h->n >> (8 * i));
+    int bad = write_all(fd, len8, 8) || write_all(fd, h->p, h->n);
     for (int i = 0; i < n && !bad; i++)
         bad = write_tensor_data(fd, order[i], numels[order[i] - ts]);
     if (bad || fsync(fd) != 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: write failed: %s", tmp, strerror(errno));
         goto fail;
     }
-    if (close(fd) != 0) {
-        fd = -1;
+    int cfd = fd;
+    fd = -1;
+    if (close(cfd) != 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: close failed: %s", tmp, strerror(errno));
         goto fail;
     }
-    fd = -1;
     if (rename(tmp, path) != 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: cannot rename %s into place: %s", path, tmp,
                        strerror(errno));
@@ -977,12 +955,39 @@ int safetensors_write(const char *path, const StWriteTensor *ts, int n, const ch
         close(dfd);
     }
     free(tmp);
-    tmp = NULL;
-
+    return 0;
 fail:
     if (fd >= 0) close(fd);
-    if (tmp) unlink(tmp);
+    unlink(tmp);
     free(tmp);
+    return rc;
+}
+
+int safetensors_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_kv,
+                      int n_meta, TunaErr *err) {
+    if (!path || n < 0 || (n && !ts) || n_meta < 0 || (n_meta && !meta_kv))
+        return tuna_errf(err, TUNA_EINVAL, "safetensors_write: bad arguments");
+    char nb[SHOWBUF];
+    int rc = 0;
+    Buf h = {0};
+    const StWriteTensor **order = xmalloc((size_t)(n ? n : 1) * sizeof *order);
+    size_t *numels = xmalloc((size_t)(n ? n : 1) * sizeof *numels);
+    for (int i = 0; i < n && !rc; i++) {
+        order[i] = &ts[i];
+        rc = write_check(path, &ts[i], i, &numels[i], err);
+    }
+    if (rc) goto done;
+    qsort(order, (size_t)n, sizeof *order, name_order_cmp);
+    for (int i = 1; i < n; i++)
+        if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
+            rc = tuna_errf(err, TUNA_EINVAL, "%s: duplicate tensor name \"%s\"", path,
+                           show(order[i]->name, nb, sizeof nb));
+            goto done;
+        }
+    qsort(order, (size_t)n, sizeof *order, write_order_cmp);
+    rc = write_header(&h, path, ts, order, numels, n, meta_kv, n_meta, err);
+    if (!rc) rc = write_file(path, &h, ts, order, numels, n, err);
+done:
     free(h.p);
     free(order);
     free(numels);
