@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder.h"
 #include "gguf.h"
 #include "gguf_model.h"
 #include "safetensors.h"
@@ -654,54 +655,38 @@ int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err) {
 
 static void norm_rows(Model *m, float *out, const float *in, const float *w, const float *b,
                       int R) {
-    const ModelConfig *c = &m->cfg;
-    if (c->norm == NORM_RMS)
-        m->be->ops->rmsnorm_fwd(m->be, out, in, w, c->norm_eps, R, c->C);
-    else
-        m->be->ops->layernorm_fwd(m->be, out, in, w, b, c->norm_eps, R, c->C);
+    decoder_norm(m, out, in, w, b, R);
 }
 
-/* A layer's first half for R rows of m->x: norm, q into m->q, k and v into kd and vd (rows
- * KVH*HS apart), q/k norms, and RoPE at the positions m->pos. */
+/* The decoder core's linear layers for inference: linear() with the model's unmerged LoRA. */
+static void infer_linear(void *ctx, int l, LoraSite site, float *out, const float *in,
+                         const float *W, const float *bias, int M, int K, int N) {
+    linear(ctx, l, site, out, in, W, bias, M, K, N);
+}
+
+/* A layer's first half for R rows of m->x (decoder_qkv): q into m->q, k and v into kd and vd
+ * (rows KVH*HS apart), q/k norms in place, and RoPE at the positions m->pos. */
 static void qkv_fwd(Model *m, const LayerWeights *w, int R, float *kd, float *vd) {
-    const ModelConfig *c = &m->cfg;
-    Backend *be = m->be;
-    const BackendOps *op = be->ops;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, l = (int)(w - m->layers);
-    norm_rows(m, m->xb, m->x, w->ln1_w, w->ln1_b, R);
-    linear(m, l, LORA_Q, m->q, m->xb, w->wq, w->bq, R, C, NH * HS);
-    linear(m, l, LORA_K, kd, m->xb, w->wk, w->bk, R, C, KVH * HS);
-    linear(m, l, LORA_V, vd, m->xb, w->wv, w->bv, R, C, KVH * HS);
-    if (c->qk_norm) {
-        op->rmsnorm_fwd(be, m->q, m->q, w->q_norm, c->norm_eps, R * NH, HS);
-        op->rmsnorm_fwd(be, kd, kd, w->k_norm, c->norm_eps, R * KVH, HS);
-    }
-    if (!c->learned_pos) {
-        op->rope_fwd(be, m->q, m->pos, m->inv_freq, R, NH, HS, HS);
-        op->rope_fwd(be, kd, m->pos, m->inv_freq, R, KVH, HS, HS);
-    }
+    Decoder d = {.m = m, .linear = infer_linear, .ctx = m};
+    DecoderQKV o = {
+            .xn = m->xb, .q_raw = m->q, .q = m->q, .k_raw = kd, .k = kd, .v = vd, .pos = m->pos};
+    decoder_qkv(&d, (int)(w - m->layers), R, m->x, &o);
 }
 
-/* A layer's second half for R rows, from the attention output in m->att: output projection
- * and residual, then norm, MLP and residual into m->x. */
+/* A layer's second half for R rows (decoder_out_mlp), from the attention output in m->att,
+ * the residual stream m->x updated in place. */
 static void out_mlp_fwd(Model *m, const LayerWeights *w, int R) {
-    const ModelConfig *c = &m->cfg;
-    Backend *be = m->be;
-    const BackendOps *op = be->ops;
-    int C = c->C, FF = c->FF, l = (int)(w - m->layers);
-    linear(m, l, LORA_O, m->xb2, m->att, w->wo, w->bo, R, c->NH * c->HS, C);
-    op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
-    norm_rows(m, m->xb, m->x, w->ln2_w, w->ln2_b, R);
-    if (c->act == ACT_SILU) {
-        linear(m, l, LORA_GATE, m->hb, m->xb, w->w_gate, w->b_gate, R, C, FF);
-        linear(m, l, LORA_UP, m->hb2, m->xb, w->w_up, w->b_up, R, C, FF);
-        op->swiglu_fwd(be, m->hb, m->hb, m->hb2, (size_t)R * FF);
-    } else {
-        linear(m, l, LORA_UP, m->hb, m->xb, w->w_up, w->b_up, R, C, FF);
-        op->gelu_fwd(be, m->hb, m->hb, (size_t)R * FF, c->act == ACT_GELU_TANH);
-    }
-    linear(m, l, LORA_DOWN, m->xb2, m->hb, w->w_down, w->b_down, R, FF, C);
-    op->add_fwd(be, m->x, m->x, m->xb2, (size_t)R * C);
+    Decoder d = {.m = m, .linear = infer_linear, .ctx = m};
+    DecoderMLP o = {.att = m->att,
+                    .x_in = m->x,
+                    .x_mid = m->x,
+                    .xn = m->xb,
+                    .gate = m->hb,
+                    .up = m->hb2,
+                    .act = m->hb,
+                    .tmp = m->xb2,
+                    .x_out = m->x};
+    decoder_out_mlp(&d, (int)(w - m->layers), R, &o);
 }
 
 /* One chunk of T <= act_T tokens. */

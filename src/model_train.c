@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder.h"
 #include "rng.h"
 #include "xalloc.h"
 
@@ -951,15 +952,6 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
     }
 }
 
-static void norm_fwd(TrainState *ts, float *out, const float *in, const float *w, const float *b,
-                     int R) {
-    const ModelConfig *c = &ts->m->cfg;
-    if (c->norm == NORM_RMS)
-        ts->be->ops->rmsnorm_fwd(ts->be, out, in, w, c->norm_eps, R, c->C);
-    else
-        ts->be->ops->layernorm_fwd(ts->be, out, in, w, b, c->norm_eps, R, c->C);
-}
-
 static void norm_bwd(TrainState *ts, float *din, const float *dout, const float *in, const float *w,
                      const float *b, int R) {
     const ModelConfig *c = &ts->m->cfg;
@@ -1127,6 +1119,20 @@ int train_prefix(TrainState *ts, float **prefix) {
 
 // --- the step
 
+/* The decoder core's linear layers for training: linear_fwd with the run's LoRA modules (GPT-2's
+ * fused c_attn: the q, k and v slices of one module). */
+static void train_linear(void *ctx, int l, LoraSite site, float *out, const float *in,
+                         const float *W, const float *bias, int M, int K, int N) {
+    static const Site sites[LORA_N_SITES] = {
+            [LORA_Q] = SITE_Q,       [LORA_K] = SITE_K,   [LORA_V] = SITE_V,      [LORA_O] = SITE_O,
+            [LORA_GATE] = SITE_GATE, [LORA_UP] = SITE_UP, [LORA_DOWN] = SITE_DOWN};
+    TrainState *ts = ctx;
+    if (ts->m->cfg.arch == ARCH_GPT2 && site <= LORA_V)
+        linear_fwd(ts, l, SITE_QKV, (int)site - LORA_Q, out, in, W, bias, M, K, N);
+    else
+        linear_fwd(ts, l, sites[site], 0, out, in, W, bias, M, K, N);
+}
+
 /* Forward of layer l of a micro-batch of Bn rows, from a->x_in into a's activations and the
  * layer's output into xout. xout NULL: the recompute of a checkpointed layer in the backward,
  * which stops at what the backward reads (of the down projection only the adapter's u and h,
@@ -1134,49 +1140,35 @@ int train_prefix(TrainState *ts, float **prefix) {
 static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) {
     const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
-    Backend *be = ts->be;
-    const BackendOps *op = be->ops;
-    const LayerWeights *w = &m->layers[l];
-    int T = ts->T, M = Bn * T;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS, FF = c->FF;
-    int fused = c->arch == ARCH_GPT2;
-    norm_fwd(ts, a->xn1, a->x_in, w->ln1_w, w->ln1_b, M);
+    int T = ts->T, M = Bn * T, KD = c->KVH * c->HS;
+    Decoder d = {.m = m, .linear = train_linear, .ctx = ts};
     /* with a prefix, new k and v go to scratch (dk, dv are free in the forward) and are
      * then placed after the prefix rows of each batch row */
     float *kk = ts->P ? ts->dk : a->k, *vd = ts->P ? ts->dv : a->v;
-    float *qd = c->qk_norm ? a->qraw : a->q, *kd = c->qk_norm ? a->kraw : kk;
-    linear_fwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, qd, a->xn1, w->wq, w->bq, M, C, QD);
-    linear_fwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, kd, a->xn1, w->wk, w->bk, M, C, KD);
-    linear_fwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, vd, a->xn1, w->wv, w->bv, M, C, KD);
-    if (c->qk_norm) {
-        op->rmsnorm_fwd(be, a->q, a->qraw, w->q_norm, c->norm_eps, M * NH, HS);
-        op->rmsnorm_fwd(be, kk, a->kraw, w->k_norm, c->norm_eps, M * KVH, HS);
-    }
-    if (!c->learned_pos) {
-        op->rope_fwd(be, a->q, ts->pos, m->inv_freq, M, NH, HS, HS);
-        op->rope_fwd(be, kk, ts->pos, m->inv_freq, M, KVH, HS, HS);
-    }
+    DecoderQKV qkv = {.xn = a->xn1,
+                      .q_raw = a->qraw,
+                      .q = a->q,
+                      .k_raw = a->kraw,
+                      .k = kk,
+                      .v = vd,
+                      .pos = ts->pos};
+    decoder_qkv(&d, l, M, a->x_in, &qkv);
     if (ts->P) prefix_scatter(ts, l, a->k, a->v, kk, vd, Bn, T);
     int Tk = T + ts->P;
-    op->attention_fwd(be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, NH, KVH, HS,
-                      c->sliding_window, ts->spans ? ts->kv_lo : NULL);
-    linear_fwd(ts, l, SITE_O, 0, ts->tmp, a->att, w->wo, w->bo, M, QD, C);
-    op->add_fwd(be, a->x_mid, a->x_in, ts->tmp, (size_t)M * C);
-    norm_fwd(ts, a->xn2, a->x_mid, w->ln2_w, w->ln2_b, M);
-    if (c->act == ACT_SILU) {
-        linear_fwd(ts, l, SITE_GATE, 0, a->gate, a->xn2, w->w_gate, w->b_gate, M, C, FF);
-        linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
-        op->swiglu_fwd(be, a->act, a->gate, a->up, (size_t)M * FF);
-    } else {
-        linear_fwd(ts, l, SITE_UP, 0, a->up, a->xn2, w->w_up, w->b_up, M, C, FF);
-        op->gelu_fwd(be, a->act, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
-    }
-    if (xout) {
-        linear_fwd(ts, l, SITE_DOWN, 0, ts->tmp, a->act, w->w_down, w->b_down, M, FF, C);
-        op->add_fwd(be, xout, a->x_mid, ts->tmp, (size_t)M * C);
-    } else if (ts->site_mod && ts->site_mod[l][SITE_DOWN] >= 0) {
-        lora_u_fwd(ts, &ts->mods[ts->site_mod[l][SITE_DOWN]], a->act, M, FF);
-    }
+    ts->be->ops->attention_fwd(ts->be, a->att, a->q, a->k, a->v, Bn, T, Tk, (size_t)Tk * KD, c->NH,
+                               c->KVH, c->HS, c->sliding_window, ts->spans ? ts->kv_lo : NULL);
+    DecoderMLP mlp = {.att = a->att,
+                      .x_in = a->x_in,
+                      .x_mid = a->x_mid,
+                      .xn = a->xn2,
+                      .gate = a->gate,
+                      .up = a->up,
+                      .act = a->act,
+                      .tmp = ts->tmp,
+                      .x_out = xout};
+    decoder_out_mlp(&d, l, M, &mlp);
+    if (!xout && ts->site_mod && ts->site_mod[l][SITE_DOWN] >= 0)
+        lora_u_fwd(ts, &ts->mods[ts->site_mod[l][SITE_DOWN]], a->act, M, c->FF);
 }
 
 /* The token embeddings of ids (M = Bn * T rows) plus GPT-2's learned positions into x. */
@@ -1358,7 +1350,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     embed_fwd(ts, ts->acts[0].x_in, ids, Bn);
     for (int l = 0; l < c->L; l++)
         layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
-    norm_fwd(ts, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
+    decoder_norm(m, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
     int R = head_fwd(ts, targets, M, loss_scale, backward, loss_sum);
     *n_targets = R;
 
