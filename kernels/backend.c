@@ -2,6 +2,7 @@
  * compiled in), cpu, ref. */
 #include "backend.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,4 +101,52 @@ const char *backend_list(void) {
 #else
     return "cpu, ref";
 #endif
+}
+
+/* Every slot a command may call, and which commands need it. */
+#define SLOT(f, need)                                                                              \
+    { #f, offsetof(BackendOps, f), need }
+static const struct {
+    const char *name;
+    size_t off;
+    unsigned need;
+} slots[] = {
+        SLOT(alloc, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(release, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(upload, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(download, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(copy, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(sync, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(matmul_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(rmsnorm_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(layernorm_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(rope_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(attention_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(swiglu_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(gelu_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(add_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(embed_fwd, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+        SLOT(scale, BACKEND_NEED_TRAIN), /* and inference with an unmerged LoRA (model_set_lora) */
+        SLOT(matmul_bwd, BACKEND_NEED_TRAIN),
+        SLOT(rmsnorm_bwd, BACKEND_NEED_TRAIN),
+        SLOT(layernorm_bwd, BACKEND_NEED_TRAIN),
+        SLOT(rope_bwd, BACKEND_NEED_TRAIN),
+        SLOT(attention_bwd, BACKEND_NEED_TRAIN),
+        SLOT(swiglu_bwd, BACKEND_NEED_TRAIN),
+        SLOT(gelu_bwd, BACKEND_NEED_TRAIN),
+        SLOT(embed_bwd, BACKEND_NEED_TRAIN),
+        SLOT(xent_fwd_bwd, BACKEND_NEED_TRAIN),
+        SLOT(sumsq, BACKEND_NEED_TRAIN),
+        SLOT(dropout, BACKEND_NEED_TRAIN),
+        SLOT(adamw, BACKEND_NEED_TRAIN),
+};
+#undef SLOT
+
+const char *backend_missing(const BackendOps *ops, unsigned need) {
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)ops + slots[i].off, sizeof fn);
+        if ((slots[i].need & need) && !fn) return slots[i].name;
+    }
+    return NULL;
 }

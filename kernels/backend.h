@@ -156,6 +156,14 @@ void backend_free(Backend *be);
  * training run may have started or ended since the last one. */
 void backend_set_threads(Backend *be, int n_threads);
 
+/* What a command needs of a backend: the slots inference uses (memory, every forward op), and
+ * those training adds (every backward op, cross-entropy, sum of squares, scale, dropout,
+ * AdamW). */
+#define BACKEND_NEED_INFER 1u
+#define BACKEND_NEED_TRAIN 2u
+/* The name of the first slot that `need` uses and ops leaves NULL, or NULL when all are there. */
+const char *backend_missing(const BackendOps *ops, unsigned need);
+
 /* Names of the backends compiled into this binary, comma-separated. */
 const char *backend_list(void);
 

@@ -425,6 +425,10 @@ out:
 
 int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
     *out = NULL;
+    const char *missing = backend_missing(be->ops, BACKEND_NEED_INFER);
+    if (missing)
+        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot run a model: it has no %s op",
+                         be->ops->name, missing);
     Model *m = xcalloc(1, sizeof *m);
     m->be = be;
     WSrc w = {0};
@@ -513,6 +517,10 @@ static int lora_scratch(Model *m, TunaErr *err) {
 int model_set_lora(Model *m, const ModelLora *lora, TunaErr *err) {
     if (lora && lora->rank < 1)
         return tuna_errf(err, TUNA_EINVAL, "model_set_lora: rank %d", lora->rank);
+    if (lora && !m->be->ops->scale)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "backend \"%s\" cannot run an unmerged adapter: it has no scale op",
+                         m->be->ops->name);
     m->lora = lora;
     int rc = lora_scratch(m, err);
     if (rc) m->lora = NULL;

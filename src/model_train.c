@@ -705,9 +705,10 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     *out = NULL;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    if (!op->matmul_bwd || !op->xent_fwd_bwd || !op->adamw || !op->attention_bwd)
-        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot train yet (no backward ops)",
-                         op->name);
+    const char *missing = backend_missing(op, BACKEND_NEED_TRAIN);
+    if (missing)
+        return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot train yet: it has no %s op",
+                         op->name, missing);
     const ModelConfig *c = &m->cfg;
     if (T > c->max_pos && c->learned_pos)
         return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,

@@ -10,6 +10,7 @@
 #include "harness.h"
 #include "kernels/backend.h"
 #include "src/model.h"
+#include "src/model_train.h"
 #include "src/safetensors.h"
 
 #define LOGIT_ATOL 1e-4 /* the bound, fp32 */
@@ -100,7 +101,51 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A backend without one slot is refused in one line naming the slot: by model_load for a slot
+ * inference uses, by train_state_init for one only training uses. The real backends have all. */
+static void check_capabilities(void) {
+    TunaErr err = {0};
+    const char *names[] = {"cpu", "ref"};
+    for (int i = 0; i < 2; i++) {
+        Backend *be = backend_init(names[i], 1, &err);
+        if (!be) {
+            CHECK(0, "%s: %s", names[i], err.msg);
+            continue;
+        }
+        CHECK(!backend_missing(be->ops, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN),
+              "%s backend lacks %s", names[i],
+              backend_missing(be->ops, BACKEND_NEED_INFER | BACKEND_NEED_TRAIN));
+        BackendOps ops = *be->ops;
+        const BackendOps *real = be->ops;
+        be->ops = &ops;
+        Model *m = NULL;
+        ops.rope_fwd = NULL;
+        int rc = model_load("tests/fixtures/llama", be, &m, &err);
+        CHECK(rc && !m && strstr(err.msg, "no rope_fwd op") && !strchr(err.msg, '\n'),
+              "%s without rope_fwd: rc %d, \"%s\"", names[i], rc, err.msg);
+        ops.rope_fwd = real->rope_fwd;
+        ops.layernorm_bwd = NULL;
+        CHECK(!strcmp(backend_missing(&ops, BACKEND_NEED_TRAIN), "layernorm_bwd") &&
+                      !backend_missing(&ops, BACKEND_NEED_INFER),
+              "%s: layernorm_bwd is a training slot only", names[i]);
+        TrainState *ts = NULL;
+        TrainSetup setup = {.method = METHOD_FULL};
+        if (model_load("tests/fixtures/llama", be, &m, &err)) {
+            CHECK(0, "%s: %s", names[i], err.msg);
+        } else {
+            rc = train_state_init(m, &setup, 1, 8, &ts, &err);
+            CHECK(rc && !ts && strstr(err.msg, "no layernorm_bwd op"),
+                  "%s training without layernorm_bwd: rc %d, \"%s\"", names[i], rc, err.msg);
+        }
+        train_state_free(ts);
+        model_free(m);
+        be->ops = real;
+        backend_free(be);
+    }
+}
+
 int main(void) {
+    check_capabilities();
     const char *root = "tests/fixtures";
     DIR *d = opendir(root);
     if (!d) {
