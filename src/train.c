@@ -423,8 +423,12 @@ typedef struct Run {
     int n_pending;
     int write_errno; /* first failed write of metrics.jsonl / trainer_log.jsonl */
     const char *write_file_name;
-    int bar_shown; /* a progress bar without its newline is on the terminal */
+    int bar_shown;               /* a progress bar without its newline is on the terminal */
+    const struct Objective *obj; /* the stage's step and eval (objectives[]) */
 } Run;
+
+typedef struct Objective Objective;
+static const Objective *objective_for(const char *stage);
 
 /* Notes the first failed write of a run file: the loop stops the run on it. */
 static void note_write(Run *r, FILE *f, const char *name, int ok) {
@@ -555,10 +559,7 @@ static int write_file(const char *path, const char *text) {
 
 // --- evaluation and samples
 
-static int run_eval(Run *r, double *loss, TunaErr *err) {
-    long cnt;
-    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
-}
+static int run_eval(Run *r, double *loss, TunaErr *err);
 
 /* --sample-prompts are answered together in one generate_batch (train_run refuses more). */
 #define MAX_SAMPLE_PROMPTS 16
@@ -1104,7 +1105,7 @@ static int run_open(Run *r, TunaErr *err) {
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
-    if (strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
+    if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
         return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
     if (c->packing == 2 && method == METHOD_PTUNING)
         return tuna_errf(err, TUNA_EUNSUP,
@@ -1473,6 +1474,42 @@ typedef struct Loop {
     int n_win, bad_row, bad_total, start_step, paused, saved_at;
 } Loop;
 
+/* What a step gives the loop: the loss it optimizes, the tokens with a target (n_t) and the
+ * non-pad tokens (n_tok) it saw, and the objective's own metrics for the step event (none for
+ * sft and pt; a preference stage's rewards and log-probabilities). */
+#define STEP_MAX_METRICS 8
+typedef struct StepOut {
+    double loss;
+    int n_t, n_tok;
+    int n_metrics;
+    const char *names[STEP_MAX_METRICS];
+    double values[STEP_MAX_METRICS];
+} StepOut;
+
+/* What training optimizes, chosen by the stage: step runs the forward and backward of one
+ * optimizer step's micro-batches into the gradients; eval gives the loss on the validation set.
+ * sft and pt share the token-level cross-entropy (the batcher's targets say which tokens
+ * train). A new stage (dpo, kto, rm) is a row here with its own step and eval. */
+struct Objective {
+    const char *stage;
+    int (*step)(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+    int (*eval)(Run *r, double *loss, TunaErr *err);
+};
+
+static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+static int xent_eval(Run *r, double *loss, TunaErr *err);
+
+static const Objective objectives[] = {
+        {"sft", xent_step, xent_eval},
+        {"pt", xent_step, xent_eval},
+};
+
+static const Objective *objective_for(const char *stage) {
+    for (size_t i = 0; i < sizeof objectives / sizeof objectives[0]; i++)
+        if (!strcmp(objectives[i].stage, stage)) return &objectives[i];
+    return NULL;
+}
+
 /* The run folder's name, --template auto resolved, --adapter's shape, then everything opened
  * and checked before the folder is touched (a failed resume changes nothing). *resolved and
  * *adapted are the caller's: r->cfg may point at them. */
@@ -1622,12 +1659,14 @@ static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
     return lp->paused ? CMD_WAIT : CMD_RUN;
 }
 
-/* Forward and backward of the step's GA micro-batches into the gradients: the loss is the mean
- * over all targets of the step. *n_t: the targets, *n_tok: the non-pad tokens. */
-static int step_fb(Run *r, Loop *lp, double *loss, int *n_t, int *n_tok, TunaErr *err) {
+/* sft and pt: forward and backward of the step's GA micro-batches into the gradients; the loss
+ * is the mean cross-entropy over all targets of the step. */
+static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     int GA = lp->GA, B = lp->B, T = lp->T, rc = 0;
     size_t slot = (size_t)B * T;
+    int *n_t = &out->n_t, *n_tok = &out->n_tok;
     *n_t = *n_tok = 0;
+    out->n_metrics = 0;
     for (int a = 0; a < GA; a++) {
         Batch b;
         batcher_next(&r->batcher, &b);
@@ -1651,8 +1690,17 @@ static int step_fb(Run *r, Loop *lp, double *loss, int *n_t, int *n_tok, TunaErr
                            *n_t ? 1.0f / (float)*n_t : 0.0f, 1, &s, &c, err);
         loss_sum += s;
     }
-    *loss = *n_t ? loss_sum / *n_t : 0;
+    out->loss = *n_t ? loss_sum / *n_t : 0;
     return rc;
+}
+
+static int xent_eval(Run *r, double *loss, TunaErr *err) {
+    long cnt;
+    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
+}
+
+static int run_eval(Run *r, double *loss, TunaErr *err) {
+    return r->obj->eval(r, loss, err);
 }
 
 /* A step with a non-finite loss or gradient was skipped: logged and counted; after
@@ -1691,9 +1739,11 @@ static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
 
 /* The step event, its trainer_log.jsonl line and the progress line of a finished step; gives
  * the step's epoch, the elapsed time and the ETA (-1 while unknown). */
-static void log_step(Run *r, Loop *lp, double loss, double lr, double gnorm, int n_t, int n_tok,
-                     double *epoch, double *elapsed, double *eta) {
+static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnorm, double *epoch,
+                     double *elapsed, double *eta) {
     const TrainConfig *cfg = r->cfg;
+    double loss = so->loss;
+    int n_t = so->n_t, n_tok = so->n_tok;
     double now = time_now(), dt = now - lp->t_last;
     lp->t_last = now;
     double tok_window = dt > 0 ? n_tok / dt : 0;
@@ -1723,6 +1773,8 @@ static void log_step(Run *r, Loop *lp, double loss, double lr, double gnorm, int
         cJSON_AddNumberToObject(e, "elapsed", *elapsed);
         if (*eta >= 0) cJSON_AddNumberToObject(e, "eta", *eta);
         if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+        for (int i = 0; i < so->n_metrics; i++) /* the objective's own (rewards/margins...) */
+            cJSON_AddNumberToObject(e, so->names[i], so->values[i]);
         emit(r, e);
         // LLaMA-Factory's trainer_log.jsonl
         errno = 0;
@@ -1784,9 +1836,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
             continue;
         }
         follow_free_cores(r);
-        double loss;
-        int n_t, n_tok;
-        if ((rc = step_fb(r, lp, &loss, &n_t, &n_tok, err))) break;
+        StepOut so;
+        if ((rc = r->obj->step(r, lp, &so, err))) break;
+        double loss = so.loss;
         float gscale;
         double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
         double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
@@ -1800,7 +1852,7 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         }
         lp->bad_row = 0;
         double epoch, elapsed, eta;
-        log_step(r, lp, loss, lr, gnorm, n_t, n_tok, &epoch, &elapsed, &eta);
+        log_step(r, lp, &so, lr, gnorm, &epoch, &elapsed, &eta);
         if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
         if (r->write_errno) break; /* said below; no more steps */
     }
