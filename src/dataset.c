@@ -1100,6 +1100,16 @@ int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err) {
     return 0;
 }
 
+int batcher_set_rank(Batcher *b, int rank, int world, TunaErr *err) {
+    if (world < 1 || rank < 0 || rank >= world || b->B % world)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "rank %d of %d processes: the batch of %d rows must split evenly", rank,
+                         world, b->B);
+    b->rank = rank;
+    b->world = world;
+    return 0;
+}
+
 int batcher_next(Batcher *b, Batch *out) {
     int wrapped = 0;
     if (b->cursor >= batcher_batches_per_epoch(b)) {
@@ -1128,7 +1138,9 @@ int batcher_next(Batcher *b, Batch *out) {
         b->targets[i] = TEMPLATE_IGNORE;
         if (b->seg_start) b->seg_start[i] = 0; /* rows past the data: one span */
     }
-    int n_targets = 0, n_tokens = 0;
+    int n_targets = 0, n_tokens = 0, share_targets = 0, share_tokens = 0;
+    size_t share = b->world > 1 ? (size_t)(b->B / b->world) : (size_t)b->B;
+    size_t r0 = b->world > 1 ? (size_t)b->rank * share : 0; /* this rank's rows r0.. */
     for (size_t r = 0; r < (size_t)b->B; r++) {
         size_t row = b->cursor * (size_t)b->B + r;
         if (row >= b->n_rows) break;
@@ -1148,18 +1160,31 @@ int batcher_next(Batcher *b, Batch *out) {
         }
         for (size_t t = off; seg && t < T; t++) /* the pads: a span of their own */
             seg[t] = (int32_t)off;
-        n_tokens += (int)off;
+        int row_targets = 0;
         for (size_t t = 0; t < T; t++)
-            n_targets += tg[t] != TEMPLATE_IGNORE;
+            row_targets += tg[t] != TEMPLATE_IGNORE;
+        n_tokens += (int)off;
+        n_targets += row_targets;
+        if (r >= r0 && r < r0 + share) {
+            share_tokens += (int)off;
+            share_targets += row_targets;
+        }
     }
     b->cursor++;
-    out->B = b->B;
     out->T = (int)T;
     out->ids = b->ids;
     out->targets = b->targets;
-    out->n_targets = n_targets;
-    out->n_tokens = n_tokens;
+    out->n_targets_global = n_targets;
+    out->n_tokens_global = n_tokens;
     out->seg_start = b->seg_start;
+    /* this rank's rows of the global batch (filled whole above: every rank sees the same row
+     * length and global counts); all of it without a share */
+    out->B = (int)share;
+    out->ids += r0 * T;
+    out->targets += r0 * T;
+    if (out->seg_start) out->seg_start += r0 * T;
+    out->n_targets = share_targets;
+    out->n_tokens = share_tokens;
     return wrapped;
 }
 

@@ -83,6 +83,9 @@ typedef struct Batch {
      * position starts (pads after a row's last example start their own span). Positions
      * restart there and attention stays inside: train_set_spans. Borrowed like ids. */
     int32_t *seg_start;
+    /* the whole global batch's counts (batcher_set_rank): what one process running all of it
+     * would see, for the loss normalisation; = n_targets, n_tokens without a rank share */
+    int n_targets_global, n_tokens_global;
 } Batch;
 
 /* Batcher flags (batcher_init's `flags`). */
@@ -116,6 +119,7 @@ typedef struct Batcher {
     size_t *row_start, n_rows; /* (n_rows + 1) row r = order[row_start[r] .. row_start[r+1]) */
     int32_t *ids, *targets;    /* (B, T) */
     int32_t *seg_start;        /* (B, T) with BATCH_PACK_NEAT, else NULL */
+    int rank, world;           /* batcher_set_rank: this process's share (0 of 1: all) */
 } Batcher;
 
 /* flags: 0, or BATCH_* ORed (1 is BATCH_PACK, so a packing boolean may be passed). */
@@ -127,6 +131,12 @@ int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err);
 /* Fills *out with the next batch; returns 1 when this call wrapped to a new epoch first, else
  * 0. */
 int batcher_next(Batcher *b, Batch *out);
+/* Makes batcher_next give rank `rank` of `world` processes its share of each global batch of B
+ * rows: the B / world rows rank * B / world .. (rank + 1) * B / world - 1, with the global
+ * batch's row length and, in n_targets_global / n_tokens_global, its counts. The rows, their
+ * order and their contents are those of one process (world 1): the shares of ranks 0..world-1
+ * in order are its batch. world must divide B. */
+int batcher_set_rank(Batcher *b, int rank, int world, TunaErr *err);
 size_t batcher_batches_per_epoch(const Batcher *b);
 void batcher_free(Batcher *b); /* NULL-safe; b itself is not freed */
 

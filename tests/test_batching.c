@@ -236,8 +236,72 @@ static void test_real_tokens(const char *tmp) {
     tokenizer_free(tok);
 }
 
+/* batcher_set_rank: the shares of ranks 0..world-1, in order, are one process's batch (rows,
+ * row length, seg_start), their counts sum to its counts, and each carries the global counts;
+ * over packing, neat packing, length grouping and per-batch rows. */
+static void test_rank_shares(void) {
+    Dataset *d = xcalloc(1, sizeof *d);
+    static const int lens[] = {5, 9,  17, 3,  40, 64, 12, 8, 7,  33,
+                               2, 90, 15, 16, 24, 1,  50, 6, 11, 29};
+    int nl = (int)(sizeof lens / sizeof lens[0]);
+    for (int i = 0; i < nl; i++)
+        add_example(d, lens[i], i);
+    const int B = 6, T = 72;
+    int flags_list[] = {0, BATCH_PACK, BATCH_PACK_NEAT, BATCH_GROUP_BY_LENGTH};
+    TunaErr err = {0};
+    for (int fi = 0; fi < 4; fi++)
+        for (int pm = 0; pm <= 8; pm += 8)
+            for (int world = 2; world <= 3; world++) {
+                Batcher one, rk[3];
+                int ok = batcher_init(&one, d, B, T, flags_list[fi], 5, &err) == 0;
+                one.pad_multiple = pm;
+                for (int r = 0; r < world && ok; r++) {
+                    ok = batcher_init(&rk[r], d, B, T, flags_list[fi], 5, &err) == 0 &&
+                         batcher_set_rank(&rk[r], r, world, &err) == 0;
+                    rk[r].pad_multiple = pm;
+                }
+                if (!ok) {
+                    CHECK(0, "rank shares: %s", err.msg);
+                    continue;
+                }
+                int bad = 0, batches = 2 * (int)batcher_batches_per_epoch(&one);
+                for (int k = 0; k < batches; k++) {
+                    Batch a, s;
+                    batcher_next(&one, &a);
+                    int nt = 0, ntok = 0, share = B / world;
+                    for (int r = 0; r < world; r++) {
+                        batcher_next(&rk[r], &s);
+                        size_t off = (size_t)r * share * a.T, n = (size_t)share * a.T;
+                        bad += s.B != share || s.T != a.T || s.n_targets_global != a.n_targets ||
+                               s.n_tokens_global != a.n_tokens;
+                        bad += memcmp(s.ids, a.ids + off, n * sizeof *s.ids) != 0 ||
+                               memcmp(s.targets, a.targets + off, n * sizeof *s.ids) != 0 ||
+                               (a.seg_start &&
+                                memcmp(s.seg_start, a.seg_start + off, n * sizeof *s.ids) != 0);
+                        nt += s.n_targets;
+                        ntok += s.n_tokens;
+                    }
+                    bad += nt != a.n_targets || ntok != a.n_tokens;
+                }
+                CHECK(bad == 0, "flags %d, pad_multiple %d, %d ranks: %d mismatches in %d batches",
+                      flags_list[fi], pm, world, bad, batches);
+                batcher_free(&one);
+                for (int r = 0; r < world; r++)
+                    batcher_free(&rk[r]);
+            }
+    Batcher b;
+    CHECK(batcher_init(&b, d, B, T, 0, 5, &err) == 0, "init: %s", err.msg);
+    int rc = batcher_set_rank(&b, 0, 4, &err);
+    CHECK(rc && strstr(err.msg, "6 rows must split evenly"), "6 rows over 4 ranks: \"%s\"",
+          err.msg);
+    CHECK(batcher_set_rank(&b, 2, 2, &err) != 0, "rank 2 of 2 accepted");
+    batcher_free(&b);
+    dataset_free(d);
+}
+
 int main(void) {
     test_batcher();
+    test_rank_shares();
     if (access(bin(), X_OK) != 0 || access("models/stories260K/config.json", R_OK) != 0) {
         SKIP("no %s or models/stories260K: the end-to-end part is skipped", bin());
         return test_report("test_batching");
