@@ -207,16 +207,56 @@ static size_t bsize(size_t n) {
     return (n ? n : 1) * sizeof(float);
 }
 
-/* Mirrors train_state_init: every balloc there has its term here, in the same order; tests/
- * test_estimate.c checks the two against each other on every method and fixture model. */
+/* The activation block (init_activations): per layer with a set of its own 3 rows of C,
+ * q and att, k and v with the prefix rows, gate/up/act, and q/k before their norms (Qwen3); the
+ * layer inputs, the final norm's input and output and the logits. In floats, each buffer
+ * padded to 64 bytes. */
+typedef struct ActPlan {
+    size_t kvn;       /* k and v of one layer, with the prefix rows */
+    size_t per_layer; /* one layer's set but x_in */
+    size_t n_full;    /* layers with a set of their own (1 with checkpointing) */
+    size_t total;
+} ActPlan;
+
+static ActPlan act_plan(const ModelConfig *c, int B, int T, int P, int ckpt) {
+    size_t N = (size_t)B * T, C = (size_t)c->C, QD = (size_t)c->NH * c->HS,
+           KD = (size_t)c->KVH * c->HS, FF = (size_t)c->FF, V = (size_t)c->V;
+    ActPlan a;
+    a.kvn = (size_t)B * (size_t)(T + P) * KD;
+    a.per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(a.kvn) * 2 + pad16(N * FF) * 3 +
+                  (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0);
+    a.n_full = ckpt ? 1 : (size_t)c->L;
+    a.total = pad16(N * C) * ((size_t)c->L + 2) + a.per_layer * a.n_full + pad16(N * V);
+    return a;
+}
+
+/* The backward's scratch (init_scratch), in floats and in allocation order: dx, dxn, dq, dk, dv,
+ * datt, dgate, dup, dact, tmp, dys, du, dh, zeros. rank: LoRA's (1 otherwise). */
+enum { N_SCRATCH = 14 };
+static void scratch_plan(const ModelConfig *c, size_t N, int rank, size_t n[N_SCRATCH]) {
+    size_t C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
+           FF = (size_t)c->FF;
+    size_t mx = C > QD ? C : QD;
+    if (FF > mx) mx = FF;
+    size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
+    size_t plan[N_SCRATCH] = {N * C,      N * mx,           N * QD, N * KD, N * KD,
+                              N * QD,     N * FF,           N * FF, N * FF, N * mx_out,
+                              N * mx_out, N * (size_t)rank, N * mx, N * mx};
+    for (int i = 0; i < N_SCRATCH; i++)
+        n[i] = plan[i];
+}
+
+/* What train_state_init allocates: the activation block and the backward's scratch from the
+ * plans both use (act_plan, scratch_plan); the method's own tensors (init_full, init_lora,
+ * init_prefix) mirrored term by term. tests/test_estimate.c checks the two against each other
+ * on every method and fixture model. */
 int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
                      const TrainSetup *setup, int B, int T, TrainSizes *out, TunaErr *err) {
     memset(out, 0, sizeof *out);
     if (T > c->max_pos && c->learned_pos)
         return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
                          c->max_pos);
-    size_t N = (size_t)B * T, C = (size_t)c->C, QD = (size_t)c->NH * c->HS,
-           KD = (size_t)c->KVH * c->HS, FF = (size_t)c->FF, V = (size_t)c->V;
+    size_t N = (size_t)B * T, C = (size_t)c->C, KD = (size_t)c->KVH * c->HS;
     int ckpt = setup->grad_checkpoint != 0, P = 0;
     size_t lora_act = 0;
     if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE) {
@@ -275,21 +315,13 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
         out->grad_bytes = bsize(total);
         out->scratch_bytes = bsize((size_t)P * PW) + 2 * bsize((size_t)B * (size_t)(P + T) * KD);
     }
-    /* the activation block: as train_state_init lays it out */
-    size_t kvn = (size_t)B * (size_t)(T + P) * KD;
-    size_t per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
-                       (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0);
-    size_t n_full = ckpt ? 1 : (size_t)c->L;
-    size_t total_act = pad16(N * C) * ((size_t)c->L + 2) + per_layer * n_full + pad16(N * V);
-    out->act_bytes = total_act * sizeof(float) + lora_act;
-    /* the backward's scratch */
-    size_t mx = C > QD ? C : QD;
-    if (FF > mx) mx = FF;
-    size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
-    size_t r = setup->method == METHOD_LORA ? (size_t)setup->lora_rank : 1;
-    out->scratch_bytes += bsize(N * C) + bsize(N * mx) + 2 * bsize(N * QD) + 2 * bsize(N * KD) +
-                          3 * bsize(N * FF) + 2 * bsize(N * mx_out) + bsize(N * r) +
-                          2 * bsize(N * mx);
+    /* the activation block and the backward's scratch: the plans train_state_init allocates */
+    ActPlan ap = act_plan(c, B, T, P, ckpt);
+    out->act_bytes = ap.total * sizeof(float) + lora_act;
+    size_t sn[N_SCRATCH];
+    scratch_plan(c, N, setup->method == METHOD_LORA ? setup->lora_rank : 1, sn);
+    for (int i = 0; i < N_SCRATCH; i++)
+        out->scratch_bytes += bsize(sn[i]);
     return 0;
 }
 
@@ -617,11 +649,8 @@ static int init_activations(TrainState *ts) {
     size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
            FF = (size_t)c->FF, V = (size_t)c->V;
     int fail = 0;
-    size_t kvn = (size_t)ts->B * (size_t)(ts->T + ts->P) * KD; /* k and v with the prefix rows */
-    size_t per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(kvn) * 2 + pad16(N * FF) * 3 +
-                       (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0); /* all but x_in */
-    size_t n_full = ts->ckpt ? 1 : (size_t)c->L; /* layers with a set of their own */
-    size_t total_act = pad16(N * C) * ((size_t)c->L + 2) + per_layer * n_full + pad16(N * V);
+    ActPlan ap = act_plan(c, ts->B, ts->T, ts->P, ts->ckpt);
+    size_t kvn = ap.kvn, total_act = ap.total;
     ts->act_block = balloc(ts, total_act, &fail);
     if (fail) return TS_NOMEM;
     ts->act_bytes += total_act * sizeof(float);
@@ -663,28 +692,16 @@ static int init_activations(TrainState *ts) {
 /* The backward's scratch, the zeros, and the host arrays of a micro-batch. */
 static int init_scratch(TrainState *ts) {
     const ModelConfig *c = &ts->m->cfg;
-    size_t N = ts->N, C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
-           FF = (size_t)c->FF;
+    size_t N = ts->N;
     int fail = 0;
-    size_t mx = C > QD ? C : QD;
-    if (FF > mx) mx = FF;
-    size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
-    ts->dx = balloc(ts, N * C, &fail);
-    ts->dxn = balloc(ts, N * mx, &fail);
-    ts->dq = balloc(ts, N * QD, &fail);
-    ts->dk = balloc(ts, N * KD, &fail);
-    ts->dv = balloc(ts, N * KD, &fail);
-    ts->datt = balloc(ts, N * QD, &fail);
-    ts->dgate = balloc(ts, N * FF, &fail);
-    ts->dup = balloc(ts, N * FF, &fail);
-    ts->dact = balloc(ts, N * FF, &fail);
-    ts->tmp = balloc(ts, N * mx_out, &fail);
-    ts->dys = balloc(ts, N * mx_out, &fail);
-    int r = ts->setup.method == METHOD_LORA ? ts->setup.lora_rank : 1;
-    ts->du = balloc(ts, N * (size_t)r, &fail);
-    ts->dh = balloc(ts, N * mx, &fail);
-    ts->zeros_n = N * mx;
-    ts->zeros = balloc(ts, ts->zeros_n, &fail);
+    size_t n[N_SCRATCH];
+    scratch_plan(c, N, ts->setup.method == METHOD_LORA ? ts->setup.lora_rank : 1, n);
+    float **dst[N_SCRATCH] = {&ts->dx,   &ts->dxn,   &ts->dq,  &ts->dk,   &ts->dv,
+                              &ts->datt, &ts->dgate, &ts->dup, &ts->dact, &ts->tmp,
+                              &ts->dys,  &ts->du,    &ts->dh,  &ts->zeros};
+    for (int i = 0; i < N_SCRATCH; i++)
+        *dst[i] = balloc(ts, n[i], &fail);
+    ts->zeros_n = n[N_SCRATCH - 1];
     if (fail) return TS_NOMEM;
     float *z = xcalloc(ts->zeros_n, sizeof(float));
     ts->be->ops->upload(ts->be, ts->zeros, z, ts->zeros_n * sizeof(float));
