@@ -31,81 +31,26 @@
 #include "app.h"
 #include "curses_wrap.h"
 #include "layout.h"
+#include "setup_internal.h"
 #include "setup_preview.h"
 #include "widgets.h"
 
-#define MAX_CHOICES 64
-#define CTRL(c)     ((c)&0x1f)
-#define MAX_BROWSE  5000
-
-typedef enum FieldKind { F_CHOICE, F_INT, F_FLOAT, F_TEXT, F_BOOL } FieldKind;
-
-/* A row of the form. Its type, default, range and the methods it applies to are the engine's
- * (src/train.h, TrainOption); the label, the step and the order are the screen's. */
-typedef struct Field {
-    const char *key; /* config key: the `tuna train` flag with '-' -> '_' */
-    const char *label;
-    FieldKind kind;
-    unsigned methods; /* shown for these methods (TRAIN_M_*) */
-    double v, step;   /* step 0: Left/Right halve and double (lr) */
-    double lo, hi;    /* the engine's range (lo excluded when lo_open) */
-    int lo_open, auto_ok;
-    char text[512]; /* F_TEXT / F_CHOICE value */
-    char **choices; /* F_CHOICE, owned */
-    int n_choices;
-} Field;
-
-/* The folder browser for the model (Tab on the model row). */
-typedef struct Browser {
-    int open;
-    char dir[PATH_MAX]; /* absolute */
-    char **names;       /* "..", "." (when dir is a model) and the subfolders, sorted */
-    unsigned char *is_model;
-    int n, sel, top;
-    ModelConfig cfg; /* of the highlighted folder */
-    int cfg_ok;
-    char cfg_err[512];
-    char cfg_for[PATH_MAX + 8];
-} Browser;
-
-struct SetupState {
-    Field *f;
-    int n, sel, top;
-    int editing;
-    LineEdit ed;       /* the value being typed */
-    char refused[512]; /* why the last typed value was refused (shown in its row) */
-    int refused_field;
-    int output_typed; /* 0: output follows runs/DATASET-METHOD */
-    long pv_index;    /* example shown in the preview (PgUp/PgDn) */
-    ModelConfig cfg;
-    int cfg_ok;
-    char cfg_err[512];
-    char cfg_for[512];
-    double disk_bytes; /* *.safetensors of the model folder */
-    /* datasets: parallel to the dataset field's choices */
-    char **ds_file;       /* dataset_dir/file_name or NULL */
-    long *ds_rows;        /* -1 unknown */
-    signed char *ds_done; /* 0 not counted yet, 1 exact, 2 approximate, -1 unknown */
-    Browser br;
-    SetupPreview pv;
-};
-
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
 
-static void add_choice(Field *f, const char *s) {
+void setup_add_choice(Field *f, const char *s) {
     if (f->n_choices == MAX_CHOICES) return;
     f->choices = xrealloc(f->choices, (size_t)(f->n_choices + 1) * sizeof(char *));
     f->choices[f->n_choices++] = xstrdup(s);
 }
 
-static int has_choice(const Field *f, const char *s) {
+int setup_has_choice(const Field *f, const char *s) {
     for (int i = 0; i < f->n_choices; i++)
         if (!strcmp(f->choices[i], s)) return 1;
     return 0;
 }
 
 /* out = dir "/" name (no snprintf: the sizes are dynamic); "" and -1 when it does not fit. */
-static int join_path(char *out, size_t n, const char *dir, const char *name) {
+int setup_join_path(char *out, size_t n, const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     int root = a == 1 && dir[0] == '/';
     if (a + b + 2 > n) {
@@ -118,7 +63,7 @@ static int join_path(char *out, size_t n, const char *dir, const char *name) {
     return 0;
 }
 
-static void copy_str(char *out, size_t n, const char *s) {
+void setup_copy_str(char *out, size_t n, const char *s) {
     if (!n) return;
     size_t l = strlen(s);
     if (l >= n) l = n - 1;
@@ -126,10 +71,10 @@ static void copy_str(char *out, size_t n, const char *s) {
     out[l] = 0;
 }
 
-static int is_model_dir(const char *dir) {
+int setup_is_model_dir(const char *dir) {
     char p[PATH_MAX + 16];
     struct stat st;
-    if (join_path(p, sizeof p, dir, "config.json")) return 0;
+    if (setup_join_path(p, sizeof p, dir, "config.json")) return 0;
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
@@ -140,30 +85,30 @@ static void scan_models(Field *f, const char *root) {
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
         char p[PATH_MAX];
-        if (join_path(p, sizeof p, root, e->d_name)) continue;
-        if (is_model_dir(p) && !has_choice(f, p)) add_choice(f, p);
+        if (setup_join_path(p, sizeof p, root, e->d_name)) continue;
+        if (setup_is_model_dir(p) && !setup_has_choice(f, p)) setup_add_choice(f, p);
     }
     closedir(d);
 }
 
-static Field *field(SetupState *s, const char *key) {
+Field *setup_field(SetupState *s, const char *key) {
     for (int i = 0; i < s->n; i++)
         if (!strcmp(s->f[i].key, key)) return &s->f[i];
     return NULL;
 }
 
-static unsigned method_bit(SetupState *s) {
-    unsigned b = train_method_bit(field(s, "method")->text);
+unsigned setup_method_bit(SetupState *s) {
+    unsigned b = train_method_bit(setup_field(s, "method")->text);
     return b ? b : TRAIN_M_FULL;
 }
 
 static void load_datasets(SetupState *s) {
-    Field *ds = field(s, "dataset");
+    Field *ds = setup_field(s, "dataset");
     char *info = xread_file("datasets/dataset_info.json", NULL);
     cJSON *root = info ? cJSON_Parse(info) : NULL;
     for (cJSON *it = cJSON_IsObject(root) ? root->child : NULL; it; it = it->next) {
         if (!it->string || ds->n_choices == MAX_CHOICES) continue;
-        add_choice(ds, it->string);
+        setup_add_choice(ds, it->string);
         int k = ds->n_choices - 1;
         s->ds_file = xrealloc(s->ds_file, (size_t)(k + 1) * sizeof *s->ds_file);
         s->ds_rows = xrealloc(s->ds_rows, (size_t)(k + 1) * sizeof *s->ds_rows);
@@ -265,35 +210,36 @@ static SetupState *setup_get(App *app) {
         field_init(&s->f[i], &form_rows[i], &def);
     /* the screen's own presets: the model and template it was opened with, and the names the
        identity dataset's placeholders want */
-    snprintf(field(s, "vars")->text, sizeof field(s, "vars")->text, "%s",
+    snprintf(setup_field(s, "vars")->text, sizeof setup_field(s, "vars")->text, "%s",
              "name=Tuna,author=the tuna team");
     s->refused_field = -1;
-    Field *m = field(s, "model");
+    Field *m = setup_field(s, "model");
     snprintf(m->text, sizeof m->text, "%.500s", app->model_dir);
-    add_choice(m, app->model_dir);
+    setup_add_choice(m, app->model_dir);
     scan_models(m, "models");
     scan_models(m, "../shared/models");
-    Field *t = field(s, "template");
-    add_choice(t, "auto"); /* the built-in matching the model's own chat template */
+    Field *t = setup_field(s, "template");
+    setup_add_choice(t, "auto"); /* the built-in matching the model's own chat template */
     char **names = NULL;
     int nn = 0;
     if (template_list("templates", &names, &nn, NULL) == 0) {
         for (int i = 0; i < nn; i++)
-            add_choice(t, names[i]);
+            setup_add_choice(t, names[i]);
         template_list_free(names, nn);
     }
-    if (!t->n_choices) add_choice(t, "vanilla");
+    if (!t->n_choices) setup_add_choice(t, "vanilla");
     snprintf(t->text, sizeof t->text, "%s", app->template_name);
-    Field *mm = field(s, "method");
+    Field *mm = setup_field(s, "method");
     for (int i = 0; i < 4; i++)
-        add_choice(mm, method_names[i]);
+        setup_add_choice(mm, method_names[i]);
     load_datasets(s);
-    if (!field(s, "dataset")->n_choices) add_choice(field(s, "dataset"), "identity");
+    if (!setup_field(s, "dataset")->n_choices)
+        setup_add_choice(setup_field(s, "dataset"), "identity");
     app->setup = s;
     return s;
 }
 
-static void browser_clear(Browser *b) {
+void setup_browser_clear(Browser *b) {
     for (int i = 0; i < b->n; i++)
         free(b->names[i]);
     free(b->names);
@@ -305,7 +251,7 @@ static void browser_clear(Browser *b) {
 
 void setup_free(SetupState *s) {
     if (!s) return;
-    Field *ds = field(s, "dataset");
+    Field *ds = setup_field(s, "dataset");
     for (int k = 0; ds && k < ds->n_choices && s->ds_file; k++)
         free(s->ds_file[k]);
     free(s->ds_file);
@@ -316,110 +262,34 @@ void setup_free(SetupState *s) {
             free(s->f[i].choices[k]);
         free(s->f[i].choices);
     }
-    browser_clear(&s->br);
+    setup_browser_clear(&s->br);
     setup_preview_clear(&s->pv);
     free(s->f);
     free(s);
 }
 
 /* lr is "auto" (kept as 0): `tuna train` picks it by method and model size. */
-static int is_auto(const Field *f) {
+int setup_is_auto(const Field *f) {
     return f->auto_ok && f->v == 0;
 }
 
 /* Until the user types an output folder it follows the dataset and method, as `tuna train`'s
  * default RUNS/DATASET-METHOD, under the runs folder (--runs), on a name no folder has yet:
  * training into an existing run is refused, so runs/identity-lora taken gives identity-lora-2. */
-static void auto_output(App *app, SetupState *s) {
+void setup_auto_output(App *app, SetupState *s) {
     if (s->output_typed) return;
-    const char *d = field(s, "dataset")->text;
+    const char *d = setup_field(s, "dataset")->text;
     size_t k = strcspn(d, ",");
     while (k && d[k - 1] == ' ')
         k--;
-    Field *o = field(s, "output");
+    Field *o = setup_field(s, "output");
     char base[sizeof o->text];
     int rl = (int)strlen(app->runs_dir);
     while (rl > 1 && app->runs_dir[rl - 1] == '/') /* --runs DIR/ */
         rl--;
     snprintf(base, sizeof base, "%.*s/%.*s-%.20s", rl > 200 ? 200 : rl, app->runs_dir,
-             (int)(k > 200 ? 200 : k), d, field(s, "method")->text);
+             (int)(k > 200 ? 200 : k), d, setup_field(s, "method")->text);
     runs_fresh_name(base, o->text, sizeof o->text);
-}
-
-// --- config JSON
-
-static cJSON *setup_json(SetupState *s) {
-    cJSON *o = cJSON_CreateObject();
-    unsigned mb = method_bit(s);
-    cJSON_AddStringToObject(o, "dataset_dir", "datasets");
-    for (int i = 0; i < s->n; i++) {
-        Field *f = &s->f[i];
-        if (!(f->methods & mb)) continue;
-        if (is_auto(f))
-            cJSON_AddStringToObject(o, f->key, "auto");
-        else if (f->kind == F_INT)
-            cJSON_AddNumberToObject(o, f->key, (double)(long)f->v);
-        else if (f->kind == F_FLOAT)
-            cJSON_AddNumberToObject(o, f->key, f->v);
-        else if (f->kind == F_BOOL)
-            cJSON_AddBoolToObject(o, f->key, f->v != 0);
-        else
-            cJSON_AddStringToObject(o, f->key, f->text);
-    }
-    return o;
-}
-
-/* Writes the form as JSON to path; output: the run folder to name (^T: the one it just created,
- * which auto_output would now pass over as taken), or NULL for the form's own. */
-static int write_json(App *app, SetupState *s, const char *path, const char *output, char *err,
-                      size_t n) {
-    auto_output(app, s);
-    cJSON *o = setup_json(s);
-    if (output) cJSON_ReplaceItemInObject(o, "output", cJSON_CreateString(output));
-    char *txt = cJSON_Print(o);
-    cJSON_Delete(o);
-    FILE *f = fopen(path, "w");
-    int rc = 0;
-    if (!f || fputs(txt, f) < 0 || fputc('\n', f) < 0) {
-        snprintf(err, n, "%.400s: %s", path, strerror(errno));
-        rc = -1;
-    }
-    if (f && fclose(f)) rc = -1;
-    free(txt);
-    return rc;
-}
-
-static int load_json(SetupState *s, const char *path, char *err, size_t n) {
-    char *txt = xread_file(path, NULL);
-    if (!txt) {
-        snprintf(err, n, "%.400s: %s", path, strerror(errno));
-        return -1;
-    }
-    cJSON *o = cJSON_Parse(txt);
-    free(txt);
-    if (!cJSON_IsObject(o)) {
-        snprintf(err, n, "%.400s: not a JSON object", path);
-        cJSON_Delete(o);
-        return -1;
-    }
-    for (int i = 0; i < s->n; i++) {
-        Field *f = &s->f[i];
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, f->key);
-        if (!it) continue;
-        if (f->kind == F_BOOL && cJSON_IsBool(it))
-            f->v = cJSON_IsTrue(it);
-        else if (f->auto_ok && cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))
-            f->v = 0;
-        else if ((f->kind == F_INT || f->kind == F_FLOAT || f->kind == F_BOOL) &&
-                 cJSON_IsNumber(it))
-            f->v = f->kind == F_BOOL ? it->valuedouble != 0 : it->valuedouble;
-        else if ((f->kind == F_TEXT || f->kind == F_CHOICE) && cJSON_IsString(it)) {
-            snprintf(f->text, sizeof f->text, "%s", it->valuestring);
-            if (!strcmp(f->key, "output")) s->output_typed = 1;
-        }
-    }
-    cJSON_Delete(o);
-    return 0;
 }
 
 // --- model, datasets, estimates
@@ -434,14 +304,15 @@ static double safetensors_bytes(const char *dir) {
         if (l < 12 || strcmp(e->d_name + l - 12, ".safetensors")) continue;
         char p[PATH_MAX];
         struct stat st;
-        if (!join_path(p, sizeof p, dir, e->d_name) && stat(p, &st) == 0) sum += (double)st.st_size;
+        if (!setup_join_path(p, sizeof p, dir, e->d_name) && stat(p, &st) == 0)
+            sum += (double)st.st_size;
     }
     closedir(d);
     return sum;
 }
 
-static void refresh_model(SetupState *s) {
-    const char *dir = field(s, "model")->text;
+void setup_refresh_model(SetupState *s) {
+    const char *dir = setup_field(s, "model")->text;
     if (!strcmp(dir, s->cfg_for)) return;
     snprintf(s->cfg_for, sizeof s->cfg_for, "%s", dir);
     TunaErr e = {0};
@@ -449,12 +320,12 @@ static void refresh_model(SetupState *s) {
     snprintf(s->cfg_err, sizeof s->cfg_err, "%s", e.msg);
     s->disk_bytes = s->cfg_ok ? safetensors_bytes(dir) : 0;
     if (s->cfg_ok) { /* keep the LoRA default target valid for the architecture */
-        Field *t = field(s, "lora_target");
+        Field *t = setup_field(s, "lora_target");
         if (s->cfg.arch == ARCH_GPT2 && !strcmp(t->text, "q_proj,v_proj"))
             snprintf(t->text, sizeof t->text, "c_attn");
         if (s->cfg.arch != ARCH_GPT2 && !strcmp(t->text, "c_attn"))
             snprintf(t->text, sizeof t->text, "q_proj,v_proj");
-        Field *fl = field(s, "freeze_layers");
+        Field *fl = setup_field(s, "freeze_layers");
         if (fl->v > s->cfg.L) fl->v = s->cfg.L;
     }
 }
@@ -492,7 +363,7 @@ static void fmt_bytes(double v, char *b, size_t n) {
 
 /* "91 rows", "~1.2M rows", "91+1.0K rows"; unknown names -> 1 and b = the first one. */
 static int dataset_sizes(SetupState *s, const char *names, char *b, size_t n) {
-    Field *ds = field(s, "dataset");
+    Field *ds = setup_field(s, "dataset");
     char *dup = xstrdup(names), *save = NULL;
     double total = 0;
     int parts = 0, approx = 0, unknown = 0, bad = 0;
@@ -563,213 +434,10 @@ static void form_config(SetupState *s, TrainConfig *c) {
     }
 }
 
-// --- the folder browser
-
-static int cmp_names(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void browser_add(Browser *b, const char *name, int model) {
-    b->names = xrealloc(b->names, (size_t)(b->n + 1) * sizeof *b->names);
-    b->is_model = xrealloc(b->is_model, (size_t)(b->n + 1));
-    b->names[b->n] = xstrdup(name);
-    b->is_model[b->n] = (unsigned char)model;
-    b->n++;
-}
-
-/* Lists dir into the browser; on failure keeps the old listing and returns -1 (errno set). */
-static int browser_read(Browser *b, const char *dir) {
-    char abs[PATH_MAX];
-    if (!realpath(dir, abs)) return -1;
-    DIR *d = opendir(abs);
-    if (!d) return -1;
-    browser_clear(b);
-    copy_str(b->dir, sizeof b->dir, abs);
-    if (strcmp(abs, "/")) browser_add(b, "..", 0);
-    if (is_model_dir(abs)) browser_add(b, ".", 1);
-    int first = b->n;
-    struct dirent *e;
-    while ((e = readdir(d)) && b->n < MAX_BROWSE) {
-        if (e->d_name[0] == '.') continue;
-        char p[PATH_MAX + 260];
-        struct stat st;
-        if (join_path(p, sizeof p, abs, e->d_name) || stat(p, &st) || !S_ISDIR(st.st_mode))
-            continue;
-        browser_add(b, e->d_name, is_model_dir(p));
-    }
-    closedir(d);
-    qsort(b->names + first, (size_t)(b->n - first), sizeof *b->names, cmp_names);
-    for (int i = first; i < b->n; i++) { /* the flags were added unsorted: recompute */
-        char p[PATH_MAX + 260];
-        b->is_model[i] = !join_path(p, sizeof p, abs, b->names[i]) && is_model_dir(p);
-    }
-    b->cfg_for[0] = 0;
-    return 0;
-}
-
-static void browser_path(const Browser *b, int i, char *out, size_t n) {
-    if (!strcmp(b->names[i], "."))
-        copy_str(out, n, b->dir);
-    else
-        join_path(out, n, b->dir, b->names[i]);
-}
-
-static void browser_open(App *app, SetupState *s) {
-    Browser *b = &s->br;
-    char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
-    if (browser_read(b, cwd)) {
-        app_status(app, ROLE_ERROR, "%s: %s", cwd, strerror(errno));
-        return;
-    }
-    b->open = 1;
-    /* start on the folder that leads to the current model, else on the first model folder */
-    const char *cur = field(s, "model")->text;
-    size_t k = strcspn(cur, "/");
-    int hit = -1;
-    for (int i = 0; i < b->n && cur[0] != '/'; i++)
-        if (strlen(b->names[i]) == k && !strncmp(b->names[i], cur, k) && strcmp(b->names[i], ".."))
-            hit = i;
-    for (int i = 0; i < b->n && hit < 0; i++)
-        if (b->is_model[i] && strcmp(b->names[i], ".")) hit = i;
-    if (hit >= 0) b->sel = hit;
-}
-
-static void browser_go(App *app, Browser *b, const char *path, const char *select) {
-    if (browser_read(b, path)) {
-        app_status(app, ROLE_ERROR, "%s: %s", path, strerror(errno));
-        return;
-    }
-    int hit = -1;
-    for (int i = 0; select && i < b->n; i++)
-        if (!strcmp(b->names[i], select)) hit = i;
-    for (int i = 0; !select && hit < 0 && i < b->n; i++) /* else the first model folder */
-        if (b->is_model[i]) hit = i;
-    if (hit < 0 && !select && b->n > 1) hit = 1; /* else the first folder after ".." */
-    if (hit >= 0) b->sel = hit;
-}
-
-static void browser_up(App *app, Browser *b) {
-    if (!strcmp(b->dir, "/")) return;
-    char here[PATH_MAX], *slash;
-    copy_str(here, sizeof here, b->dir);
-    slash = strrchr(here, '/');
-    char name[PATH_MAX];
-    copy_str(name, sizeof name, slash ? slash + 1 : "");
-    if (slash == here)
-        here[1] = 0;
-    else if (slash)
-        *slash = 0;
-    browser_go(app, b, here, name);
-}
-
-/* Sets the model field to the folder (relative to the working directory when inside it). */
-static void browser_pick(App *app, SetupState *s, const char *path) {
-    char cwd[PATH_MAX], rel[PATH_MAX];
-    const char *v = path;
-    if (getcwd(cwd, sizeof cwd)) {
-        size_t l = strlen(cwd);
-        if (!strcmp(path, cwd))
-            v = ".";
-        else if (!strncmp(path, cwd, l) && path[l] == '/') {
-            copy_str(rel, sizeof rel, path + l + 1);
-            v = rel;
-        }
-    }
-    Field *m = field(s, "model");
-    snprintf(m->text, sizeof m->text, "%.500s", v);
-    if (!has_choice(m, m->text)) add_choice(m, m->text);
-    s->br.open = 0;
-    browser_clear(&s->br);
-    refresh_model(s);
-    if (s->cfg_ok)
-        app_status(app, ROLE_NORMAL, "model: %s", m->text);
-    else
-        app_status(app, ROLE_WARN, "%s", s->cfg_err);
-}
-
-static void browser_enter(App *app, SetupState *s, int descend_only) {
-    Browser *b = &s->br;
-    if (!b->n) return;
-    const char *nm = b->names[b->sel];
-    char p[PATH_MAX + 260];
-    browser_path(b, b->sel, p, sizeof p);
-    if (!strcmp(nm, ".."))
-        browser_up(app, b);
-    else if (!strcmp(nm, "."))
-        browser_pick(app, s, p);
-    else if (b->is_model[b->sel] && !descend_only)
-        browser_pick(app, s, p);
-    else
-        browser_go(app, b, p, NULL);
-}
-
-static void browser_refresh_cfg(Browser *b) {
-    char p[PATH_MAX + 260];
-    if (!b->n) return;
-    browser_path(b, b->sel, p, sizeof p);
-    if (!strcmp(p, b->cfg_for)) return;
-    copy_str(b->cfg_for, sizeof b->cfg_for, p);
-    b->cfg_ok = 0;
-    b->cfg_err[0] = 0;
-    if (b->is_model[b->sel]) {
-        TunaErr e = {0};
-        b->cfg_ok = config_load(p, &b->cfg, &e) == 0;
-        snprintf(b->cfg_err, sizeof b->cfg_err, "%s", e.msg);
-    }
-}
-
-static int browser_action(App *app, SetupState *s, Action a) {
-    Browser *b = &s->br;
-    int page = app->rows > 8 ? app->rows - 6 : 4;
-    switch (a) {
-    case ACT_UP:
-        if (b->sel > 0) b->sel--;
-        break;
-    case ACT_DOWN:
-        if (b->sel < b->n - 1) b->sel++;
-        break;
-    case ACT_PGUP: b->sel = b->sel > page ? b->sel - page : 0; break;
-    case ACT_PGDN: b->sel = b->sel + page < b->n ? b->sel + page : b->n - 1; break;
-    case ACT_HOME: b->sel = 0; break;
-    case ACT_END: b->sel = b->n - 1; break;
-    case ACT_LEFT: browser_up(app, b); break;
-    case ACT_RIGHT: browser_enter(app, s, 1); break;
-    case ACT_OPEN: browser_enter(app, s, 0); break;
-    default: return 0;
-    }
-    if (b->sel < 0) b->sel = 0;
-    return UI_REDRAW;
-}
-
-static int browser_key(App *app, SetupState *s, int ch) {
-    Browser *b = &s->br;
-    if (ch == 27) {
-        b->open = 0;
-        browser_clear(b);
-        return UI_REDRAW;
-    }
-    if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
-        browser_up(app, b);
-        return UI_REDRAW;
-    }
-    if (ch > 32 && ch < 127) { /* jump to the next folder starting with that letter */
-        for (int k = 1; k <= b->n; k++) {
-            int i = (b->sel + k) % b->n;
-            if (tolower((unsigned char)b->names[i][0]) == tolower(ch)) {
-                b->sel = i;
-                break;
-            }
-        }
-        return UI_REDRAW;
-    }
-    return 0;
-}
-
 // --- actions
 
 static void visible(SetupState *s, int *idx, int *n) {
-    unsigned mb = method_bit(s);
+    unsigned mb = setup_method_bit(s);
     *n = 0;
     for (int i = 0; i < s->n; i++)
         if (s->f[i].methods & mb) idx[(*n)++] = i;
@@ -785,7 +453,7 @@ static Field *selected(SetupState *s) {
 static void fmt_value(const Field *f, char *b, size_t n) {
     if (f->kind == F_INT)
         snprintf(b, n, "%ld", (long)f->v);
-    else if (is_auto(f))
+    else if (setup_is_auto(f))
         snprintf(b, n, "auto");
     else if (f->kind == F_FLOAT)
         snprintf(b, n, "%g", f->v);
@@ -858,7 +526,7 @@ static double field_hi(SetupState *s, const Field *f) {
     return f->hi;
 }
 
-static int refuse(App *app, SetupState *s, const Field *f, const char *why) {
+int setup_refuse(App *app, SetupState *s, const Field *f, const char *why) {
     snprintf(s->refused, sizeof s->refused, "%s", why);
     s->refused_field = (int)(f - s->f);
     app_status(app, ROLE_ERROR, "%s: %s", f->key, why);
@@ -871,11 +539,11 @@ static int commit_edit(App *app, SetupState *s) {
     char why[600] = "";
     if (f->kind == F_TEXT || f->kind == F_CHOICE) {
         int rc = check_text(s, f, s->ed.buf, why, sizeof why);
-        if (rc < 0) return refuse(app, s, f, why);
+        if (rc < 0) return setup_refuse(app, s, f, why);
         snprintf(f->text, sizeof f->text, "%s", s->ed.buf);
         if (!strcmp(f->key, "output")) s->output_typed = 1;
-        if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !has_choice(f, f->text))
-            add_choice(f, f->text);
+        if (f->kind == F_CHOICE && !strcmp(f->key, "model") && !setup_has_choice(f, f->text))
+            setup_add_choice(f, f->text);
         if (rc > 0) app_status(app, ROLE_WARN, "%s: %s", f->key, why + 5);
         return UI_REDRAW;
     }
@@ -887,7 +555,7 @@ static int commit_edit(App *app, SetupState *s) {
     train_config_defaults(&tc);
     if (train_config_set(&tc, f->key, edit, &e)) {
         const char *m = strncmp(e.msg, "--", 2) ? NULL : strstr(e.msg, ": ");
-        return refuse(app, s, f, m ? m + 2 : e.msg);
+        return setup_refuse(app, s, f, m ? m + 2 : e.msg);
     }
     const TrainOption *o = train_option_find(f->key);
     const char *p = (const char *)&tc + o->off;
@@ -896,86 +564,17 @@ static int commit_edit(App *app, SetupState *s) {
         snprintf(why, sizeof why,
                  "must be an integer from %g to %g (the model's layers), got %.100s", f->lo,
                  field_hi(s, f), edit);
-        return refuse(app, s, f, why);
+        return setup_refuse(app, s, f, why);
     }
     if (!strcmp(f->key, "val_size") && v >= 1 && v != floor(v))
-        return refuse(app, s, f, "a fraction below 1, or a whole count of examples");
+        return setup_refuse(app, s, f, "a fraction below 1, or a whole count of examples");
     f->v = v;
-    return UI_REDRAW;
-}
-
-/* mkdir -p for the parents of path (not path itself). */
-static void mkdir_parents(const char *path) {
-    char p[PATH_MAX];
-    copy_str(p, sizeof p, path);
-    for (char *q = p + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            mkdir(p, 0755);
-            *q = '/';
-        }
-}
-
-static int start_training(App *app, SetupState *s) {
-    auto_output(app, s);
-    Field *of = field(s, "output");
-    char out[sizeof of->text];
-    copy_str(out, sizeof out, of->text);
-    char err[600] = "", cfg[4200], log[4200], pidf[4200];
-    mkdir_parents(out);
-    /* a new folder only: an existing run would be refused by tuna train, and Setup's own files
-       must not land in it; a typed name that is taken moves on to a free one */
-    if (mkdir(out, 0755)) {
-        int e = errno;
-        char fresh[sizeof of->text];
-        if (e == EEXIST && runs_fresh_name(out, fresh, sizeof fresh) > 0) {
-            copy_str(of->text, sizeof of->text, fresh);
-            char why[sizeof s->refused];
-            snprintf(why, sizeof why, "%.200s already exists; output is now %.200s: ^T again", out,
-                     fresh);
-            return refuse(app, s, of, why);
-        }
-        app_status(app, ROLE_ERROR, "%s: %s", out, strerror(e));
-        return UI_REDRAW;
-    }
-    snprintf(cfg, sizeof cfg, "%s/setup_config.json", out);
-    if (write_json(app, s, cfg, out, err, sizeof err)) {
-        app_status(app, ROLE_ERROR, "%s", err);
-        return UI_REDRAW;
-    }
-    snprintf(log, sizeof log, "%s/train.log", out);
-    snprintf(pidf, sizeof pidf, "%s/train.pid", out);
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* child: a headless trainer in its own session; stdout/stderr to the run's log */
-        setsid();
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int nul = open("/dev/null", O_RDONLY);
-        if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
-        if (nul >= 0) dup2(nul, 0);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        /* the running binary when it is tuna, else ./tuna (a standalone UI test build) */
-        size_t el = strlen(app->self_exe);
-        const char *exe =
-                el >= 5 && !strcmp(app->self_exe + el - 5, "/tuna") ? app->self_exe : "./tuna";
-        execl(exe, exe, "train", "--config", cfg, (char *)NULL);
-        _exit(127);
-    }
-    if (pid < 0) {
-        app_status(app, ROLE_ERROR, "cannot start tuna train: %s", strerror(errno));
-        return UI_REDRAW;
-    }
-    FILE *f = fopen(pidf, "w");
-    if (f) fprintf(f, "%ld\n", (long)pid), fclose(f);
-    app_open_run(app, out);
-    app_status(app, ROLE_NORMAL, "started tuna train (pid %ld); its output: %s", (long)pid, log);
     return UI_REDRAW;
 }
 
 static int setup_action(App *app, Action a) {
     SetupState *s = setup_get(app);
-    if (s->br.open) return browser_action(app, s, a);
+    if (s->br.open) return setup_browser_action(app, s, a);
     int idx[64], n;
     visible(s, idx, &n);
     Field *f = selected(s);
@@ -1018,7 +617,7 @@ static int setup_action(App *app, Action a) {
             f->v = !f->v;
         } else if (f->kind == F_INT || f->kind == F_FLOAT) {
             double hi = field_hi(s, f), was = f->v;
-            if (is_auto(f)) /* from auto: factors of two around 1e-3 */
+            if (setup_is_auto(f)) /* from auto: factors of two around 1e-3 */
                 f->v = d > 0 ? 2e-3 : 5e-4;
             else if (f->step > 0)
                 f->v += d * f->step;
@@ -1042,18 +641,18 @@ static int setup_action(App *app, Action a) {
         edit_set(&s->ed, v);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (write_json(app, s, app->config_path, NULL, err, sizeof err))
+        if (setup_write_json(app, s, app->config_path, NULL, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
         return UI_REDRAW;
     case ACT_CFG_LOAD:
-        if (load_json(s, app->config_path, err, sizeof err))
+        if (setup_load_json(s, app->config_path, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "loaded %s", app->config_path);
         return UI_REDRAW;
-    case ACT_START: return start_training(app, s);
+    case ACT_START: return setup_start_training(app, s);
     default: return 0;
     }
 }
@@ -1064,11 +663,11 @@ static int setup_text_input(App *app) {
 
 static int setup_key(App *app, int ch) {
     SetupState *s = setup_get(app);
-    if (s->br.open) return browser_key(app, s, ch);
+    if (s->br.open) return setup_browser_key(app, s, ch);
     if (!s->editing) {
         if (ch == '\t' && !strcmp(selected(s)->key, "model")) {
             s->refused_field = -1;
-            browser_open(app, s);
+            setup_browser_open(app, s);
             return UI_REDRAW;
         }
         return 0;
@@ -1161,7 +760,7 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             snprintf(v, sizeof v, "%.599s", t);
         }
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
-        if (!sel && !strcmp(f->key, "prefix_hidden") && !field(s, "prefix_projection")->v)
+        if (!sel && !strcmp(f->key, "prefix_hidden") && !setup_field(s, "prefix_projection")->v)
             r = ROLE_DIM;
         /* a value wider than the row: paths keep their end (the run's name), others their start,
            with a mark where it is cut; Enter shows all of it in the editor */
@@ -1190,41 +789,6 @@ static void draw_form(App *app, SetupState *s, Rect list) {
     }
 }
 
-static void draw_browser(App *app, SetupState *s, Rect list) {
-    (void)app;
-    Browser *b = &s->br;
-    char title[PATH_MAX + 32];
-    int tw = list.w - 22;
-    size_t dl = strlen(b->dir);
-    const char *d = b->dir;
-    if (tw > 8 && (int)dl > tw) d = b->dir + dl - tw; /* keep the end of a long path */
-    snprintf(title, sizeof title, "model folder: %s%s", d != b->dir ? theme_glyphs()->ellipsis : "",
-             d);
-    ui_frame(list, title, 1);
-    Rect in = ui_inner(list);
-    if (b->sel >= b->n) b->sel = b->n - 1;
-    if (b->sel < 0) b->sel = 0;
-    if (b->sel < b->top) b->top = b->sel;
-    if (b->sel >= b->top + in.h) b->top = b->sel - in.h + 1;
-    if (!b->n) ui_str(in.y, in.x + 1, in.w - 2, ROLE_DIM, "(no folders here)");
-    for (int k = 0; k < in.h && b->top + k < b->n; k++) {
-        int i = b->top + k, y = in.y + k, sel = i == b->sel;
-        const char *nm = b->names[i];
-        char line[600];
-        if (!strcmp(nm, ".."))
-            snprintf(line, sizeof line, "../  (up)");
-        else if (!strcmp(nm, "."))
-            snprintf(line, sizeof line, "./  (this folder is a model: pick it)");
-        else
-            snprintf(line, sizeof line, "%.500s/", nm);
-        Role r = sel ? ROLE_SELECTED : b->is_model[i] ? ROLE_OK : ROLE_VALUE;
-        if (sel) ui_fill((Rect){y, in.x, 1, in.w}, ROLE_SELECTED);
-        int used = ui_str(y, in.x + 1, in.w - 2, r, line);
-        if (b->is_model[i] && strcmp(nm, "."))
-            ui_str(y, in.x + 1 + used, in.w - 2 - used, sel ? ROLE_SELECTED : ROLE_OK, "  [model]");
-    }
-}
-
 /* Model facts: "llama  float32  260.0K params  1.0 MiB". */
 static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
     double total = (double)model_param_count_for(c, NULL); /* model_load's own tensor table */
@@ -1240,14 +804,14 @@ static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
  * «» / {{ }} without colour). */
 static void draw_preview(App *app, SetupState *s, Rect r) {
     (void)app;
-    Field *tf = field(s, "template"), *df = field(s, "dataset");
-    PreviewInputs in = {field(s, "model")->text,
+    Field *tf = setup_field(s, "template"), *df = setup_field(s, "dataset");
+    PreviewInputs in = {setup_field(s, "model")->text,
                         "templates",
                         tf->text,
                         "datasets",
                         df->text,
-                        field(s, "vars")->text,
-                        (int)field(s, "cutoff_len")->v,
+                        setup_field(s, "vars")->text,
+                        (int)setup_field(s, "cutoff_len")->v,
                         s->pv_index};
     setup_preview_update(&s->pv, &in);
     if (!s->pv.err[0]) s->pv_index = s->pv.index; /* past the end: stay on the last one */
@@ -1358,7 +922,7 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
     char buf[700];
     if (s->br.open) {
         Browser *b = &s->br;
-        browser_refresh_cfg(b);
+        setup_browser_refresh_cfg(b);
         if (b->n && b->is_model[b->sel]) {
             if (b->cfg_ok) {
                 model_line(&b->cfg, 0, buf, sizeof buf);
@@ -1372,7 +936,7 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
         LINE(ROLE_DIM, "[model]: holds a config.json");
         return y - d.y + 2;
     }
-    refresh_model(s);
+    setup_refresh_model(s);
     if (!s->cfg_ok) {
         LINE(ROLE_ERROR, "%s", s->cfg_err[0] ? s->cfg_err : "no model");
     } else {
@@ -1401,12 +965,13 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
                 fmt_bytes((double)(e.grad_bytes + e.optim_bytes), w2, sizeof w2);
                 fmt_bytes((double)(e.act_bytes + e.scratch_bytes), w3, sizeof w3);
                 LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)",
-                     w1, w2, w3, (long)field(s, "batch_size")->v, (long)field(s, "cutoff_len")->v);
+                     w1, w2, w3, (long)setup_field(s, "batch_size")->v,
+                     (long)setup_field(s, "cutoff_len")->v);
             }
         }
     }
     if (wide && app->rows >= 40) { /* room: every dataset with its size */
-        Field *ds = field(s, "dataset");
+        Field *ds = setup_field(s, "dataset");
         y++;
         LINE(ROLE_TITLE, "datasets (datasets/dataset_info.json)");
         for (int k = 0; k < ds->n_choices && s->ds_rows; k++) {
@@ -1446,29 +1011,14 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
     return y - d.y + 2;
 }
 
-/* The help line while the folder browser is open (its keys are not in the key table). */
-static void browse_help(Rect r) {
-    static const char *keys[][2] = {{"F1", "Help"}, {"Enter", "Pick/Open"}, {"Right", "Open"},
-                                    {"Bksp", "Up"}, {"a-z", "Jump"},        {"Esc", "Cancel"}};
-    ui_fill(r, ROLE_KEY_LABEL);
-    int x = r.x;
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        int need = (int)(strlen(keys[i][0]) + strlen(keys[i][1])) + 1;
-        if (x + need > r.x + r.w) break;
-        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY, keys[i][0]);
-        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, keys[i][1]);
-        x += ui_str(r.y, x, r.x + r.w - x, ROLE_KEY_LABEL, " ");
-    }
-}
-
 static void setup_draw(App *app) {
     SetupState *s = setup_get(app);
     SplitLayout L;
     layout_split(app->rows, app->cols, 46, &L);
     app_draw_header(app, L.header.y, L.header.w);
-    auto_output(app, s);
+    setup_auto_output(app, s);
     if (s->br.open)
-        draw_browser(app, s, L.list);
+        setup_draw_browser(app, s, L.list);
     else
         draw_form(app, s, L.list);
     /* detail: the model and estimates on top, the template preview below */
@@ -1482,7 +1032,7 @@ static void setup_draw(App *app) {
     draw_info(app, s, top, 1);
     if (bot.h >= 3) draw_preview(app, s, bot);
     if (s->br.open)
-        browse_help(L.help);
+        setup_browse_help(L.help);
     else
         ui_help_line(L.help, SCR_SETUP, s->editing);
 }

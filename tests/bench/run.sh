@@ -36,6 +36,10 @@ else
 	sh tests/bench/bench_padding.sh || status=1
 fi
 
+# the engine reshape must not cost speed: the binary before it against this one, paired
+echo "=== old vs new tuna (OLD=${OLD:-d6528ad}): generation and LoRA training ==="
+sh tests/bench/bench_versions.sh || status=1
+
 # --- C micro-benchmarks (build/bench/bench_*, built by `make bench`) -------------------------
 for b in build/bench/bench_*; do
 	[ -f "$b" ] && [ -x "$b" ] || continue
