@@ -454,13 +454,16 @@ static int run_loop(App *app) {
             draw(app);
             app->dirty = 0;
         }
-        struct pollfd pf[3];
+        struct pollfd pf[2 + SCREEN_COUNT];
         int nf = 0;
         pf[nf++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
         int wfd = source_wake_fd(app->src);
         if (wfd >= 0) pf[nf++] = (struct pollfd){wfd, POLLIN, 0};
-        int cfd = chat_wake_fd(app);
-        if (cfd >= 0) pf[nf++] = (struct pollfd){cfd, POLLIN, 0};
+        for (int i = 0; i < SCREEN_COUNT; i++) { /* a screen's worker (Chat's replies) */
+            int sfd = screens[i]->wake_fd ? screens[i]->wake_fd(app) : -1;
+            if (sfd >= 0 && nf < (int)(sizeof pf / sizeof pf[0]))
+                pf[nf++] = (struct pollfd){sfd, POLLIN, 0};
+        }
         int r = poll(pf, (nfds_t)nf, TICK_MS);
         if (r < 0 && errno != EINTR) break;
         for (int i = 1; i < nf; i++)
@@ -501,8 +504,8 @@ static App *app_new(void) {
 
 static void app_free(App *app) {
     if (!app) return;
-    chat_free(app->chat);
-    setup_free(app->setup);
+    for (int i = 0; i < SCREEN_COUNT; i++)
+        if (screens[i]->free) screens[i]->free(app);
     source_free(app->src);
     history_free(app->hist);
     runs_free(&app->runs);

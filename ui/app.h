@@ -39,6 +39,8 @@ typedef struct Screen {
     int (*key)(App *app, int ch); /* keys the table did not bind; may be NULL */
     int (*tick)(App *app);        /* every loop turn (~100 ms); may be NULL */
     void (*draw)(App *app);
+    void (*free)(App *app);   /* at exit: frees the screen's state; may be NULL */
+    int (*wake_fd)(App *app); /* a descriptor whose input wakes the loop, or -1; may be NULL */
 } Screen;
 
 typedef struct TrainView {
@@ -90,12 +92,6 @@ void app_open_run(App *app, const char *run_dir);
 void app_draw_header(App *app, int y, int w);
 
 extern const Screen screen_train, screen_runs, screen_chat, screen_setup;
-
-// --- chat screen lifecycle (scr_chat.c)
-void chat_free(ChatState *c);
-int chat_wake_fd(App *app); /* -1 when no worker */
-// --- setup screen lifecycle (scr_setup.c)
-void setup_free(SetupState *s);
 
 double ui_now(void); /* monotonic seconds */
 

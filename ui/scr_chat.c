@@ -247,7 +247,7 @@ static ChatState *chat_get(App *app) {
     return c;
 }
 
-void chat_free(ChatState *c) {
+static void chat_free(ChatState *c) {
     if (!c) return;
     for (int i = 0; i < 2; i++) {
         chat_worker_free(c->pane[i].w);
@@ -257,7 +257,7 @@ void chat_free(ChatState *c) {
     free(c);
 }
 
-int chat_wake_fd(App *app) {
+static int chat_wake_fd(App *app) {
     return app->chat ? app->chat->wake[0] : -1;
 }
 
@@ -652,5 +652,10 @@ static void chat_draw(App *app) {
     draw_keys(c, L.help);
 }
 
-const Screen screen_chat = {"Chat",      SCR_CHAT, chat_text_input, chat_enter,
-                            chat_action, chat_key, chat_tick,       chat_draw};
+static void chat_free_app(App *app) {
+    chat_free(app->chat);
+    app->chat = NULL;
+}
+
+const Screen screen_chat = {"Chat",   SCR_CHAT,  chat_text_input, chat_enter,    chat_action,
+                            chat_key, chat_tick, chat_draw,       chat_free_app, chat_wake_fd};

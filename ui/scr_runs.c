@@ -162,5 +162,5 @@ static void runs_draw(App *app) {
     ui_help_line(L.help, SCR_RUNS, 0);
 }
 
-const Screen screen_runs = {"Runs",      SCR_RUNS, NULL,      runs_enter,
-                            runs_action, NULL,     runs_tick, runs_draw};
+const Screen screen_runs = {"Runs", SCR_RUNS,  NULL,      runs_enter, runs_action,
+                            NULL,   runs_tick, runs_draw, NULL,       NULL};

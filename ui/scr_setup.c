@@ -249,7 +249,7 @@ void setup_browser_clear(Browser *b) {
     b->n = b->sel = b->top = 0;
 }
 
-void setup_free(SetupState *s) {
+static void setup_free(SetupState *s) {
     if (!s) return;
     Field *ds = setup_field(s, "dataset");
     for (int k = 0; ds && k < ds->n_choices && s->ds_file; k++)
@@ -1037,5 +1037,10 @@ static void setup_draw(App *app) {
         ui_help_line(L.help, SCR_SETUP, s->editing);
 }
 
-const Screen screen_setup = {"Setup",   SCR_SETUP, setup_text_input, NULL, setup_action,
-                             setup_key, NULL,      setup_draw};
+static void setup_free_app(App *app) {
+    setup_free(app->setup);
+    app->setup = NULL;
+}
+
+const Screen screen_setup = {"Setup",   SCR_SETUP, setup_text_input, NULL,           setup_action,
+                             setup_key, NULL,      setup_draw,       setup_free_app, NULL};

@@ -321,5 +321,5 @@ static void train_draw(App *app) {
     tv->drawn_version = h->version;
 }
 
-const Screen screen_train = {"Train",      SCR_TRAIN, NULL,       NULL,
-                             train_action, NULL,      train_tick, train_draw};
+const Screen screen_train = {"Train", SCR_TRAIN,  NULL,       NULL, train_action,
+                             NULL,    train_tick, train_draw, NULL, NULL};
