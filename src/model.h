@@ -149,10 +149,17 @@ size_t model_param_count(const Model *m);
  * in *per_layer (may be NULL) those of one decoder layer. Reads no file. */
 size_t model_param_count_for(const ModelConfig *c, size_t *per_layer);
 
-/* Loads what dir holds (defined in model_any.c): a model (config.json + weights), or an adapter folder (a run of
- * `tuna train --method lora|ptuning`, or any PEFT adapter) whose adapter_config.json names its
- * base_model_name_or_path: then the base is loaded and the adapter applied. base_dir gets the
- * folder the tokenizer comes from. */
+/* One convention for what a model argument names (src/model_any.c), used by the CLI and the
+ * workbench alike. An adapter run: a folder with an adapter_config.json and no config.json of
+ * its own (a run of `tuna train --method lora|ptuning`, or any PEFT adapter). */
+int model_is_adapter_run(const char *dir);
+/* The base model of adapter run dir: adapter_config.json's base_model_name_or_path when it is a
+ * model here (a folder or a .gguf file), else the --model of the run's train_config.json (the
+ * base moved since); else a one-line error saying what is missing and what to give instead. */
+int model_run_base(const char *dir, char *base, size_t cap, TunaErr *err);
+/* Loads what dir holds: a model (config.json + weights, or GGUF), or an adapter run's base
+ * (model_run_base) with the adapter applied. base_dir gets the folder the tokenizer comes
+ * from. */
 int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
                    TunaErr *err);
 

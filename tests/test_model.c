@@ -144,8 +144,51 @@ static void check_capabilities(void) {
     }
 }
 
+/* One convention for a model argument (src/model_any.c), the CLI's and the workbench's: an
+ * adapter run loads onto the base its adapter_config.json names, or, that base gone, onto the
+ * --model of its train_config.json; with neither, one line saying what to give instead. */
+static void check_adapter_runs(void) {
+    char tmp[] = "/tmp/tuna_model_any_XXXXXX", cmd[1024], base[4096];
+    if (!mkdtemp(tmp)) {
+        CHECK(0, "mkdtemp");
+        return;
+    }
+    const char *src = "tests/fixtures/train/llama_lora_adapter";
+    snprintf(cmd, sizeof cmd,
+             "cp %s/adapter_model.safetensors %s/ && sed "
+             "'s|\"tests/fixtures/llama\"|\"/gone/llama\"|' "
+             "%s/adapter_config.json > %s/adapter_config.json",
+             src, tmp, src, tmp);
+    CHECK(system(cmd) == 0, "%s", cmd);
+    TunaErr err = {0};
+    CHECK(model_is_adapter_run(src) && !model_is_adapter_run("tests/fixtures/llama"),
+          "model_is_adapter_run");
+    int rc = model_run_base(tmp, base, sizeof base, &err);
+    CHECK(rc && strstr(err.msg, "\"/gone/llama\" is not a folder here") &&
+                  strstr(err.msg, "add --adapter") && !strchr(err.msg, '\n'),
+          "gone base: rc %d, \"%s\"", rc, err.msg);
+    snprintf(cmd, sizeof cmd, "%s/train_config.json", tmp);
+    FILE *f = fopen(cmd, "w");
+    if (f) fputs("{\"model\": \"tests/fixtures/llama\"}\n", f), fclose(f);
+    Backend *be = backend_init("cpu", 1, &err);
+    Model *m = NULL;
+    rc = be ? model_load_any(tmp, be, &m, base, sizeof base, &err) : -1;
+    CHECK(!rc && m && !strcmp(base, "tests/fixtures/llama"),
+          "the run's train_config.json model as the base: rc %d, base %s (%s)", rc, base, err.msg);
+    model_free(m);
+    m = NULL;
+    rc = be ? model_load_any("tests/fixtures/llama", be, &m, base, sizeof base, &err) : -1;
+    CHECK(!rc && m && !strcmp(base, "tests/fixtures/llama"), "a model folder: rc %d (%s)", rc,
+          err.msg);
+    model_free(m);
+    backend_free(be);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
 int main(void) {
     check_capabilities();
+    check_adapter_runs();
     const char *root = "tests/fixtures";
     DIR *d = opendir(root);
     if (!d) {

@@ -65,48 +65,6 @@ static int json_string_at(const char *dir, const char *file, const char *key, ch
     return rc;
 }
 
-int cli_is_adapter_run(const char *dir) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (access(path, F_OK)) return 0;
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    return access(path, F_OK) != 0;
-}
-
-/* 1: path is a model tuna can load as a base (a folder, or a .gguf file). */
-static int is_model(const char *path) {
-    struct stat sb;
-    size_t n = strlen(path);
-    if (stat(path, &sb) != 0) return 0;
-    return S_ISDIR(sb.st_mode) ||
-           (S_ISREG(sb.st_mode) && n > 5 && !strcasecmp(path + n - 5, ".gguf"));
-}
-
-int cli_run_base(const char *dir, char *base, size_t cap, TunaErr *err) {
-    char rec[4096] = "";
-    /* PEFT's field first; a folder moved since training may still be named by the run's
-     * train_config.json (the --model it was trained with) */
-    if (!json_string_at(dir, "adapter_config.json", "base_model_name_or_path", rec, sizeof rec) &&
-        is_model(rec)) {
-        snprintf(base, cap, "%s", rec);
-        return 0;
-    }
-    char alt[4096];
-    if (!json_string_at(dir, "train_config.json", "model", alt, sizeof alt) && is_model(alt)) {
-        snprintf(base, cap, "%s", alt);
-        return 0;
-    }
-    if (!rec[0])
-        return tuna_errf(err, TUNA_ENOTFOUND,
-                         "%s/adapter_config.json: no base_model_name_or_path (the base model of "
-                         "this adapter); give the base model and add --adapter %s",
-                         dir, dir);
-    return tuna_errf(err, TUNA_ENOTFOUND,
-                     "%s/adapter_config.json: base_model_name_or_path \"%s\" is not a folder here; "
-                     "give the base model and add --adapter %s",
-                     dir, rec, dir);
-}
-
 int cli_run_template(const char *model_dir, const char *adapter_dir, char *name, size_t cap,
                      char *tdir, size_t tcap) {
     const char *dirs[2] = {adapter_dir, model_dir};

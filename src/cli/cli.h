@@ -70,12 +70,7 @@ int cli_parse_float(const char *s, const char *flag, float lo, float hi, float *
  * Defined in cli.c, as are the run-folder helpers below. */
 int cli_model_path_ok(const char *cmd, const char *flag, const char *model);
 
-/* 1 when dir is a run of a LoRA or P-tuning training: adapter_config.json, no config.json. */
-int cli_is_adapter_run(const char *dir);
-/* The base model folder of such a run: adapter_config.json's base_model_name_or_path, or the
- * run's train_config.json "model" when that is the one that exists here. Else TUNA_ENOTFOUND
- * with one line naming the file and the key. */
-int cli_run_base(const char *dir, char *base, size_t cap, TunaErr *err);
+/* Adapter runs and their base: model_is_adapter_run and model_run_base (src/model.h). */
 /* The template a run was trained with (train_config.json "template", and its "templates_dir"
  * into tdir, "" when not recorded), looked up in adapter_dir, then model_dir (either may be NULL
  * or not a run). 1 when found; tdir is "" unless that folder exists here. */
@@ -88,8 +83,8 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
                          const char **tdir, char *nbuf, size_t ncap, char *dbuf, size_t dcap);
 
 /* Backend, model (with the PEFT LoRA adapter in adapter_dir merged in, if not NULL) and
- * tokenizer from model_dir. model_dir may be an adapter run (cli_is_adapter_run): its base is
- * loaded (cli_run_base) and the run's adapter merged; adapter_dir must then be NULL. On success
+ * tokenizer from model_dir. model_dir may be an adapter run (model_is_adapter_run): its base is
+ * loaded (model_run_base) and the run's adapter merged; adapter_dir must then be NULL. On success
  * the caller owns all three (free tokenizer, model, then backend); on failure nothing is left
  * allocated. */
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,

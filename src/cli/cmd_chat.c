@@ -78,13 +78,13 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     int rc;
     char base[4096];
     snprintf(base, sizeof base, "%s", model_dir);
-    if (cli_is_adapter_run(model_dir)) { /* a LoRA run: its base, then its adapter */
+    if (model_is_adapter_run(model_dir)) { /* a LoRA run: its base, then its adapter */
         if (adapter_dir)
             return tuna_errf(err, TUNA_EINVAL,
                              "%s is an adapter run (it names its own base model); to merge "
                              "--adapter %s give a base model folder instead",
                              model_dir, adapter_dir);
-        if ((rc = cli_run_base(model_dir, base, sizeof base, err))) return rc;
+        if ((rc = model_run_base(model_dir, base, sizeof base, err))) return rc;
         adapter_dir = model_dir;
     }
     if (!(*be = backend_init(backend, threads, err)))

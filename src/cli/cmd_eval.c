@@ -318,9 +318,9 @@ int cmd_eval(int argc, char **argv) {
     if (prc >= 0) return prc;
     if (!cli_model_path_ok("eval", "--model", a.model)) return 1;
     char base[4096];
-    if (!a.adapter && cli_is_adapter_run(a.model)) { /* a LoRA run: its base, then its adapter */
+    if (!a.adapter && model_is_adapter_run(a.model)) { /* a LoRA run: its base, then its adapter */
         TunaErr e = {0};
-        if (cli_run_base(a.model, base, sizeof base, &e)) {
+        if (model_run_base(a.model, base, sizeof base, &e)) {
             fprintf(stderr, "tuna: %s\n", e.msg);
             return 1;
         }

@@ -180,8 +180,8 @@ int cmd_tokenize(int argc, char **argv) {
     Tokenizer *tok;
     TunaErr err = {0};
     char base[4096];
-    if (cli_is_adapter_run(dir)) { /* a LoRA run: its base model's tokenizer */
-        if (cli_run_base(dir, base, sizeof base, &err)) {
+    if (model_is_adapter_run(dir)) { /* a LoRA run: its base model's tokenizer */
+        if (model_run_base(dir, base, sizeof base, &err)) {
             fprintf(stderr, "tuna tokenize: %s\n", err.msg);
             return 1;
         }

@@ -355,7 +355,7 @@ int cmd_export(int argc, char **argv) {
         out[--ol] = '\0';
     TunaErr err = {0};
     char base[4096];
-    if (cli_is_adapter_run(model)) { /* --model RUN of a LoRA run: its base, with its adapter */
+    if (model_is_adapter_run(model)) { /* --model RUN of a LoRA run: its base, with its adapter */
         if (adapter) {
             fprintf(stderr,
                     "tuna: %s is an adapter run (it names its own base model); to merge "
@@ -363,7 +363,7 @@ int cmd_export(int argc, char **argv) {
                     model, adapter);
             return 2;
         }
-        if (cli_run_base(model, base, sizeof base, &err)) {
+        if (model_run_base(model, base, sizeof base, &err)) {
             fprintf(stderr, "tuna: %s\n", err.msg);
             return 1;
         }
