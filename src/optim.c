@@ -40,32 +40,41 @@ int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, fl
     o->m = xcalloc((size_t)np, sizeof *o->m);
     o->v = xcalloc((size_t)np, sizeof *o->v);
     o->len = xcalloc((size_t)np, sizeof *o->len);
-    size_t zn = 0;
+    size_t total = 0;
     for (int i = 0; i < np; i++)
-        zn = tp[i].n > zn ? tp[i].n : zn;
-    float *z = xcalloc(zn ? zn : 1, sizeof(float));
-    for (int i = 0; i < np; i++) {
-        o->len[i] = tp[i].n;
-        o->m[i] = o->be->ops->alloc(o->be, sizeof(float) * tp[i].n);
-        o->v[i] = o->be->ops->alloc(o->be, sizeof(float) * tp[i].n);
-        if (!o->m[i] || !o->v[i]) {
-            free(z);
-            optim_free(o);
-            return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the optimizer state");
-        }
-        o->be->ops->upload(o->be, o->m[i], z, sizeof(float) * tp[i].n);
-        o->be->ops->upload(o->be, o->v[i], z, sizeof(float) * tp[i].n);
+        total += tp[i].n;
+    o->block_len = total;
+    /* one block for each moment (a slice per tensor), zeroed: two allocations, and a layout
+     * that a sharded optimizer (each rank a range of the block) can split */
+    o->m_block = be->ops->alloc(be, sizeof(float) * (total ? total : 1));
+    o->v_block = be->ops->alloc(be, sizeof(float) * (total ? total : 1));
+    if (!o->m_block || !o->v_block) {
+        optim_free(o);
+        return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the optimizer state (%.1f MiB)",
+                         2.0 * (double)total * sizeof(float) / (1 << 20));
+    }
+    size_t zn = 1 << 16;
+    float *z = xcalloc(zn, sizeof(float));
+    for (size_t off = 0; off < total; off += zn) {
+        size_t k = total - off < zn ? total - off : zn;
+        be->ops->upload(be, o->m_block + off, z, sizeof(float) * k);
+        be->ops->upload(be, o->v_block + off, z, sizeof(float) * k);
     }
     free(z);
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        o->len[i] = tp[i].n;
+        o->m[i] = o->m_block + off;
+        o->v[i] = o->v_block + off;
+        off += tp[i].n;
+    }
     return 0;
 }
 
 void optim_free(Optim *o) {
     if (!o || !o->be) return;
-    for (int i = 0; i < o->n; i++) {
-        o->be->ops->release(o->be, o->m[i]);
-        o->be->ops->release(o->be, o->v[i]);
-    }
+    o->be->ops->release(o->be, o->m_block);
+    o->be->ops->release(o->be, o->v_block);
     free(o->m);
     free(o->v);
     free(o->len);

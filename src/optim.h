@@ -1,7 +1,8 @@
 /* optim.h: AdamW over a TrainState's trainable tensors (PyTorch semantics: decoupled weight
  * decay, bias correction; no decay on 1-D tensors: norms and biases), the learning-rate
  * schedules of transformers (constant, constant_with_warmup, linear, cosine; warmup from 0),
- * and global-norm gradient clipping. Moments live in backend memory, one buffer per tensor.
+ * and global-norm gradient clipping. Moments live in backend memory: one block for m and one
+ * for v, the tensors' slices one after another (AdamW is elementwise: no alignment needed).
  * One thread at a time. */
 #ifndef TUNA_SRC_OPTIM_H
 #define TUNA_SRC_OPTIM_H
@@ -23,8 +24,10 @@ typedef struct Optim {
     float b1, b2, eps, wd;
     int t;          /* steps taken */
     int n;          /* tensors */
-    float **m, **v; /* per tensor, backend memory */
+    float **m, **v; /* per tensor: its slice of m_block / v_block */
     size_t *len;
+    float *m_block, *v_block; /* backend memory, block_len floats each */
+    size_t block_len;
     Backend *be;
 } Optim;
 
