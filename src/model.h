@@ -153,6 +153,9 @@ size_t model_param_count_for(const ModelConfig *c, size_t *per_layer);
  * workbench alike. An adapter run: a folder with an adapter_config.json and no config.json of
  * its own (a run of `tuna train --method lora|ptuning`, or any PEFT adapter). */
 int model_is_adapter_run(const char *dir);
+/* The string at key in dir/file (a JSON object, such as a run's train_config.json): 0, or -1
+ * when the file, the key or a string that fits in cap is missing. */
+int model_run_string(const char *dir, const char *file, const char *key, char *out, size_t cap);
 /* The base model of adapter run dir: adapter_config.json's base_model_name_or_path when it is a
  * model here (a folder or a .gguf file), else the --model of the run's train_config.json (the
  * base moved since); else a one-line error saying what is missing and what to give instead. */

@@ -14,10 +14,7 @@
 #include "peft.h"
 #include "xalloc.h"
 
-/* The string at key in dir/file (a JSON object): 0, or -1 when the file, the key or a string
- * that fits is missing. */
-static int json_string_at(const char *dir, const char *file, const char *key, char *out,
-                          size_t cap) {
+int model_run_string(const char *dir, const char *file, const char *key, char *out, size_t cap) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, file);
     char *text = xread_file(path, NULL);
@@ -52,13 +49,13 @@ int model_run_base(const char *dir, char *base, size_t cap, TunaErr *err) {
     char rec[4096] = "";
     /* PEFT's field first; a folder moved since training may still be named by the run's
      * train_config.json (the --model it was trained with) */
-    if (!json_string_at(dir, "adapter_config.json", "base_model_name_or_path", rec, sizeof rec) &&
+    if (!model_run_string(dir, "adapter_config.json", "base_model_name_or_path", rec, sizeof rec) &&
         is_model(rec)) {
         snprintf(base, cap, "%s", rec);
         return 0;
     }
     char alt[4096];
-    if (!json_string_at(dir, "train_config.json", "model", alt, sizeof alt) && is_model(alt)) {
+    if (!model_run_string(dir, "train_config.json", "model", alt, sizeof alt) && is_model(alt)) {
         snprintf(base, cap, "%s", alt);
         return 0;
     }

@@ -49,29 +49,13 @@ static int is_dir(const char *path) {
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-/* The string at key of dir/file (a JSON object), copied into out; 0 when there is one. */
-static int json_string_at(const char *dir, const char *file, const char *key, char *out,
-                          size_t cap) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    char *text = xread_file(path, NULL);
-    if (!text) return -1;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, key));
-    int rc = v && *v && strlen(v) < cap ? 0 : -1;
-    if (!rc) snprintf(out, cap, "%s", v);
-    cJSON_Delete(j);
-    return rc;
-}
-
 int cli_run_template(const char *model_dir, const char *adapter_dir, char *name, size_t cap,
                      char *tdir, size_t tcap) {
     const char *dirs[2] = {adapter_dir, model_dir};
     for (int i = 0; i < 2; i++) {
-        if (!dirs[i] || json_string_at(dirs[i], "train_config.json", "template", name, cap))
+        if (!dirs[i] || model_run_string(dirs[i], "train_config.json", "template", name, cap))
             continue;
-        if (json_string_at(dirs[i], "train_config.json", "templates_dir", tdir, tcap) ||
+        if (model_run_string(dirs[i], "train_config.json", "templates_dir", tdir, tcap) ||
             !is_dir(tdir))
             tdir[0] = '\0';
         return 1;
