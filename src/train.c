@@ -20,6 +20,7 @@
 #include "control.h"
 #include "dataset.h"
 #include "evalloss.h"
+#include "events.h"
 #include "generate.h"
 #include "model.h"
 #include "model_train.h"
@@ -440,8 +441,9 @@ static void note_write(Run *r, FILE *f, const char *name, int ok) {
 }
 
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
-static void emit(Run *r, cJSON *ev) {
-    char *line = cJSON_PrintUnformatted(ev);
+static void emit(Run *r, const Event *ev) {
+    char *line = event_json(ev);
+    if (!line) return;
     if (r->metrics) {
         errno = 0;
         note_write(r, r->metrics, "metrics.jsonl", fprintf(r->metrics, "%s\n", line) >= 0);
@@ -451,13 +453,6 @@ static void emit(Run *r, cJSON *ev) {
     }
     if (r->hooks && r->hooks->on_line) r->hooks->on_line(r->hooks->user, line);
     free(line);
-    cJSON_Delete(ev);
-}
-
-static cJSON *event(const char *type) {
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "type", type);
-    return e;
 }
 
 static int quiet(const Run *r) {
@@ -477,11 +472,26 @@ static void say(Run *r, const char *fmt, ...) {
     fputc('\n', stderr);
 }
 
+/* The last event of a run: status finished | stopped | error, the error's message, the best
+ * eval loss (NaN: none) and the steps skipped. */
+static void emit_done(Run *r, const char *status, const char *msg, double best, int skipped) {
+    static Event e;
+    event_clear(&e, EV_DONE);
+    e.step = r->step;
+    event_str(e.name, sizeof e.name, status);
+    event_str(e.text, sizeof e.text, msg);
+    e.best_eval_loss = best;
+    if (skipped) e.skipped_steps = skipped;
+    emit(r, &e);
+}
+
+/* A log event: level "info" or "warn". */
 static void emit_log(Run *r, const char *level, const char *msg) {
-    cJSON *e = event("log");
-    cJSON_AddStringToObject(e, "level", level);
-    cJSON_AddStringToObject(e, "msg", msg);
-    emit(r, e);
+    static Event e; /* one run per process at a time; 13 KB off the stack */
+    event_clear(&e, EV_LOG);
+    e.level = !strcmp(level, "warn");
+    event_str(e.text, sizeof e.text, msg);
+    emit(r, &e);
     say(r, "tuna: %s", msg);
 }
 
@@ -605,12 +615,13 @@ static int run_samples(Run *r, TunaErr *err) {
         t_gen = time_now() - t_gen;
         for (int i = 0; i < k; i++) {
             if (!rc) {
-                cJSON *e = event("sample");
-                cJSON_AddNumberToObject(e, "step", r->step);
-                cJSON_AddStringToObject(e, "prompt", text[i]);
-                cJSON_AddStringToObject(e, "text", res[i].text);
-                cJSON_AddNumberToObject(e, "seconds", t_gen); /* the k prompts together */
-                emit(r, e);
+                static Event e;
+                event_clear(&e, EV_SAMPLE);
+                e.step = r->step;
+                event_str(e.name, sizeof e.name, text[i]);
+                event_str(e.text, sizeof e.text, res[i].text);
+                e.seconds = t_gen; /* the k prompts together */
+                emit(r, &e);
                 char one[200];
                 snprintf(one, sizeof one, "%s", res[i].text);
                 for (char *q = one; *q; q++)
@@ -771,11 +782,11 @@ static int save_checkpoint(Run *r, TunaErr *err) {
         snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
         dir_remove(path);
     }
-    cJSON *e = event("checkpoint");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    snprintf(path, sizeof path, "checkpoint-%d", r->step);
-    cJSON_AddStringToObject(e, "path", path);
-    emit(r, e);
+    static Event e;
+    event_clear(&e, EV_CHECKPOINT);
+    e.step = r->step;
+    snprintf(e.name, sizeof e.name, "checkpoint-%d", r->step);
+    emit(r, &e);
     return 0;
 }
 
@@ -1538,10 +1549,7 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
         if (tauto.has_model_template && !tauto.matched) {
             emit_log(r, "warn", note);
         } else { /* recorded in metrics.jsonl, not printed */
-            cJSON *ev = event("log");
-            cJSON_AddStringToObject(ev, "level", "info");
-            cJSON_AddStringToObject(ev, "msg", note);
-            emit(r, ev);
+            emit_log(r, "info", note);
         }
     }
     /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
@@ -1564,39 +1572,34 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
                 fprintf(r->metrics, "%s\n", r->pending[i]);
         }
     }
-    if (rc && r->metrics) {
-        cJSON *e = event("done");
-        cJSON_AddNumberToObject(e, "step", r->step);
-        cJSON_AddStringToObject(e, "status", "error");
-        cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
-        emit(r, e);
-    }
+    if (rc && r->metrics) { emit_done(r, "error", err ? err->msg : "", (double)NAN, 0); }
     return rc;
 }
 
 /* The start event (with the resolved config) and the one-line summary of the setup. */
 static void emit_start(Run *r) {
     const TrainConfig *cfg = r->cfg;
-    cJSON *e = event("start");
-    cJSON_AddNumberToObject(e, "time", (double)time(NULL));
+    static Event e;
+    event_clear(&e, EV_START);
+    e.time = (double)time(NULL);
     const char *slash = strrchr(r->dir, '/');
-    cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r->dir);
-    cJSON_AddStringToObject(e, "model", cfg->model);
-    cJSON_AddStringToObject(e, "method", cfg->method);
-    cJSON_AddStringToObject(e, "dataset", cfg->dataset);
-    cJSON_AddNumberToObject(e, "total_steps", r->total);
-    cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
-    cJSON_AddNumberToObject(e, "start_step", r->step);
-    cJSON_AddNumberToObject(e, "train_examples", (double)r->train->n);
-    cJSON_AddNumberToObject(e, "val_examples", (double)r->val->n);
-    cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r->ts));
-    cJSON_AddNumberToObject(e, "total_params", (double)r->m->n_params);
-    cJSON_AddNumberToObject(e, "seq_len", r->T);
-    cJSON_AddNumberToObject(e, "lr", r->lr); /* the peak: config's "auto" resolved */
+    event_str(e.run, sizeof e.run, slash ? slash + 1 : r->dir);
+    event_str(e.model, sizeof e.model, cfg->model);
+    event_str(e.method, sizeof e.method, cfg->method);
+    event_str(e.dataset, sizeof e.dataset, cfg->dataset);
+    e.total_steps = r->total;
+    e.epochs = cfg->epochs;
+    e.start_step = r->step;
+    e.train_examples = (long)r->train->n;
+    e.val_examples = (long)r->val->n;
+    e.trainable_params = (long)train_param_count(r->ts);
+    e.total_params = (long)r->m->n_params;
+    e.seq_len = r->T;
+    e.lr = r->lr; /* the peak: config's "auto" resolved */
     char *cj = train_config_json(cfg);
-    cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
+    e.config = cj;
+    emit(r, &e);
     free(cj);
-    emit(r, e);
     char msg[600];
     snprintf(
             msg, sizeof msg,
@@ -1611,12 +1614,13 @@ static void emit_start(Run *r) {
 
 /* An eval event (and its trainer_log.jsonl line when tlog_too). */
 static void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int tlog_too) {
-    cJSON *e = event("eval");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    cJSON_AddNumberToObject(e, "epoch", epoch);
-    cJSON_AddNumberToObject(e, "eval_loss", el);
-    cJSON_AddNumberToObject(e, "perplexity", exp(el));
-    emit(r, e);
+    static Event e;
+    event_clear(&e, EV_EVAL);
+    e.step = r->step;
+    e.epoch = epoch;
+    e.eval_loss = el;
+    e.perplexity = exp(el);
+    emit(r, &e);
     if (!tlog_too) return;
     errno = 0;
     note_write(r, r->tlog, "trainer_log.jsonl",
@@ -1630,6 +1634,13 @@ static void emit_eval(Run *r, double el, double epoch, double elapsed, double et
 
 enum { CMD_RUN, CMD_WAIT, CMD_STOP };
 
+static void emit_state(Run *r, int paused) {
+    static Event e;
+    event_clear(&e, EV_STATE);
+    e.paused = paused;
+    emit(r, &e);
+}
+
 /* The commands between steps: the control file (pause, resume, save, stop) and the stop flag.
  * CMD_WAIT while paused; *rc is set when a save fails. */
 static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
@@ -1637,15 +1648,11 @@ static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
     if ((ctl & CTL_PAUSE) && !lp->paused) {
         lp->paused = 1;
         lp->paused_at = time_now();
-        cJSON *e = event("state");
-        cJSON_AddStringToObject(e, "state", "paused");
-        emit(r, e);
+        emit_state(r, 1);
     } else if ((ctl & CTL_RESUME) && lp->paused) {
         lp->paused = 0;
         lp->paused_total += time_now() - lp->paused_at;
-        cJSON *e = event("state");
-        cJSON_AddStringToObject(e, "state", "running");
-        emit(r, e);
+        emit_state(r, 0);
         lp->t_last = time_now();
     }
     if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
@@ -1760,22 +1767,23 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
     }
     *epoch = (double)r->step / r->steps_per_epoch;
     if (r->step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r->step == r->total) {
-        cJSON *e = event("step");
-        cJSON_AddNumberToObject(e, "step", r->step);
-        cJSON_AddNumberToObject(e, "total_steps", r->total);
-        cJSON_AddNumberToObject(e, "epoch", *epoch);
-        cJSON_AddNumberToObject(e, "loss", loss);
-        cJSON_AddNumberToObject(e, "lr", lr);
-        cJSON_AddNumberToObject(e, "grad_norm", gnorm);
-        cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
-        cJSON_AddNumberToObject(e, "real_tok_s", real_window);
-        cJSON_AddNumberToObject(e, "real_tokens", n_t);
-        cJSON_AddNumberToObject(e, "elapsed", *elapsed);
-        if (*eta >= 0) cJSON_AddNumberToObject(e, "eta", *eta);
-        if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+        static Event e;
+        event_clear(&e, EV_STEP);
+        e.step = r->step;
+        e.total_steps = r->total;
+        e.epoch = *epoch;
+        e.loss = loss;
+        e.lr = lr;
+        e.grad_norm = gnorm;
+        e.tokens_per_s = tok_window;
+        e.real_tok_s = real_window;
+        e.real_tokens = n_t;
+        e.elapsed = *elapsed;
+        if (*eta >= 0) e.eta = *eta;
+        if (lp->bad_total) e.skipped_steps = lp->bad_total;
         for (int i = 0; i < so->n_metrics; i++) /* the objective's own (rewards/margins...) */
-            cJSON_AddNumberToObject(e, so->names[i], so->values[i]);
-        emit(r, e);
+            event_metric(&e, so->names[i], so->values[i]);
+        emit(r, &e);
         // LLaMA-Factory's trainer_log.jsonl
         errno = 0;
         note_write(r, r->tlog, "trainer_log.jsonl",
@@ -1876,13 +1884,8 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
         if (!rc) rc = publish_files(tmp, r->dir, err);
         dir_remove(tmp);
     }
-    cJSON *e = event("done");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
-    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
-    if (isfinite(r->best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r->best_eval);
-    if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
-    emit(r, e);
+    emit_done(r, rc ? "error" : status, rc && err ? err->msg : "",
+              isfinite(r->best_eval) ? r->best_eval : (double)NAN, lp->bad_total);
     if (!rc) { /* the summary: where the result went, best eval loss, time */
         char t[32], best[96] = "";
         fmt_secs(time_now() - r->t0 - lp->paused_total, t, sizeof t);
