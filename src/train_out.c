@@ -35,6 +35,22 @@ static void note_write(Run *r, FILE *f, const char *name, int ok) {
     }
 }
 
+/* A line of LLaMA-Factory's trainer_log.jsonl: key (loss or eval_loss) = v, and lr unless
+ * NaN. */
+static void tlog_line(Run *r, const char *key, double v, double lr, double epoch, double elapsed,
+                      double eta) {
+    char lr_part[48] = "";
+    if (!isnan(lr)) snprintf(lr_part, sizeof lr_part, ", \"lr\": %.6g", lr);
+    errno = 0;
+    note_write(r, r->tlog, "trainer_log.jsonl",
+               fprintf(r->tlog,
+                       "{\"current_steps\": %d, \"total_steps\": %d, \"%s\": %.6g%s, "
+                       "\"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": \"%.0fs\", "
+                       "\"remaining_time\": \"%.0fs\"}\n",
+                       r->step, r->total, key, v, lr_part, epoch, 100.0 * r->step / r->total,
+                       elapsed, eta > 0 ? eta : 0) >= 0);
+}
+
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
 void emit(Run *r, const Event *ev) {
     char *line = event_json(ev);
@@ -770,14 +786,7 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
     e.perplexity = exp(el);
     emit(r, &e);
     if (!tlog_too) return;
-    errno = 0;
-    note_write(r, r->tlog, "trainer_log.jsonl",
-               fprintf(r->tlog,
-                       "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
-                       "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
-                       "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                       r->step, r->total, el, epoch, 100.0 * r->step / r->total, elapsed,
-                       eta > 0 ? eta : 0) >= 0);
+    tlog_line(r, "eval_loss", el, (double)NAN, epoch, elapsed, eta);
 }
 
 void emit_state(Run *r, int paused) {
@@ -847,14 +856,7 @@ void ckpt_set_aside(Run *r, int suspect, char *keep, size_t cap) {
 
 /* A step's line of LLaMA-Factory's trainer_log.jsonl. */
 void tlog_step(Run *r, double loss, double lr, double epoch, double elapsed, double eta) {
-    errno = 0;
-    note_write(r, r->tlog, "trainer_log.jsonl",
-               fprintf(r->tlog,
-                       "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
-                       "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
-                       "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                       r->step, r->total, loss, lr, epoch, 100.0 * r->step / r->total, elapsed,
-                       eta > 0 ? eta : 0) >= 0);
+    tlog_line(r, "loss", loss, lr, epoch, elapsed, eta);
 }
 
 /* The finished run's result at the root of its folder: the adapter (PEFT) or the model (HF),

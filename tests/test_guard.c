@@ -85,15 +85,6 @@ static char *numbers(const char *dir) {
     return out;
 }
 
-static int same_file(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = xread_file(a, &na), *y = xread_file(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
 static int sh(const char *cmd) {
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -118,10 +109,10 @@ static void test_train(const char *name, const char *flags, const char *result) 
     char fa[600], fb[600];
     snprintf(fa, sizeof fa, "%s/%s", dir[0], result);
     snprintf(fb, sizeof fb, "%s/%s", dir[1], result);
-    CHECK(same_file(fa, fb), "%s: %s differs on guard", name, result);
+    CHECK(test_same_file(fa, fb), "%s: %s differs on guard", name, result);
     snprintf(fa, sizeof fa, "%s/checkpoint-2/optimizer.safetensors", dir[0]);
     snprintf(fb, sizeof fb, "%s/checkpoint-2/optimizer.safetensors", dir[1]);
-    CHECK(same_file(fa, fb), "%s: checkpoint-2's optimizer state differs on guard", name);
+    CHECK(test_same_file(fa, fb), "%s: checkpoint-2's optimizer state differs on guard", name);
     printf("  %-10s train on guard = cpu: metrics, %s, optimizer state\n", name, result);
     free(a);
     free(b);
@@ -153,7 +144,8 @@ static void test_same_output(const char *what, const char *tpl) {
     }
     size_t n = 0;
     char *text = xread_file(out[0], &n);
-    CHECK(text && n > 0 && same_file(out[0], out[1]), "%s: guard output differs from cpu", what);
+    CHECK(text && n > 0 && test_same_file(out[0], out[1]), "%s: guard output differs from cpu",
+          what);
     printf("  %-10s on guard = cpu (%zu bytes)\n", what, n);
     free(text);
 }
