@@ -436,7 +436,7 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
         if (tauto.has_model_template && !tauto.matched) {
             emit_log(r, "warn", note);
         } else { /* recorded in metrics.jsonl, not printed */
-            emit_log(r, "info", note);
+            emit_note(r, "info", note);
         }
     }
     /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the

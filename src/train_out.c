@@ -95,12 +95,16 @@ void emit_done(Run *r, const char *status, const char *msg, double best, int ski
 }
 
 /* A log event: level "info" or "warn". */
-void emit_log(Run *r, const char *level, const char *msg) {
+void emit_note(Run *r, const char *level, const char *msg) {
     static Event e; /* one run per process at a time; 13 KB off the stack */
     event_clear(&e, EV_LOG);
     e.level = !strcmp(level, "warn");
     event_str(e.text, sizeof e.text, msg);
     emit(r, &e);
+}
+
+void emit_log(Run *r, const char *level, const char *msg) {
+    emit_note(r, level, msg);
     say(r, "tuna: %s", msg);
 }
 

@@ -59,8 +59,10 @@ typedef struct Run {
 void emit(Run *r, const Event *ev);
 /* The start event (with the resolved config) and the one-line summary of the setup. */
 void emit_start(Run *r);
-/* A log event: level "info" or "warn" (a warning is also said on the terminal). */
+/* A log event: level "info" or "warn", also said on the terminal. */
 void emit_log(Run *r, const char *level, const char *msg);
+/* The same, recorded in metrics.jsonl only. */
+void emit_note(Run *r, const char *level, const char *msg);
 /* An eval event (and its trainer_log.jsonl line when tlog_too). */
 void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int tlog_too);
 void emit_state(Run *r, int paused);
