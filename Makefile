@@ -53,7 +53,7 @@ ENGINE_SRC := $(wildcard src/*.c)
 CLI_SRC    := $(filter-out src/cli/main.c,$(wildcard src/cli/*.c))
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI_LIB    := $(BUILD)/libtuna_cli.a
-KERNEL_SRC := kernels/backend.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c) \
+KERNEL_SRC := kernels/backend.c kernels/wtype.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c) \
               $(wildcard kernels/guard/*.c)
 UI_SRC     := $(wildcard ui/*.c)
 LIB_SRC    := $(ENGINE_SRC) $(KERNEL_SRC) $(UI_SRC)
@@ -177,6 +177,7 @@ fixtures:
 	$(VENV)/bin/python tests/gen_smollm2_fixtures.py ../shared tests/fixtures/smollm2
 	$(VENV)/bin/python tests/gen_jinja_fixtures.py tests/fixtures/jinja
 	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_wtype_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_gguf_tok_fixtures.py ../shared tests/fixtures/smollm2_tok.jsonl
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.

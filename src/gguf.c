@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../kernels/wtype.h"
 #include "safetensors.h"
 #include "xalloc.h"
 
@@ -750,117 +751,7 @@ double gguf_arr_float(const GgufArr *a, uint64_t i) {
     return (double)gguf_arr_int(a, i);
 }
 
-// --- dequantization (reference C, ggml's block layouts) ----------------------------------
-/* Each product is its own statement so that no compiler fuses a multiply-add: the results
- * equal gguf-py's numpy dequantization bit for bit. */
-
-static float h2f(const uint8_t *p) {
-    return st_f16_to_f32(rd16(p));
-}
-
-static void deq_q4_0(const uint8_t *b, float *y) {
-    float d = h2f(b);
-    const uint8_t *qs = b + 2;
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)((qs[j] & 0xF) - 8);
-        y[j + 16] = d * (float)((qs[j] >> 4) - 8);
-    }
-}
-
-static void deq_q4_1(const uint8_t *b, float *y) {
-    float d = h2f(b), m = h2f(b + 2);
-    const uint8_t *qs = b + 4;
-    for (int j = 0; j < 16; j++) {
-        float lo = d * (float)(qs[j] & 0xF), hi = d * (float)(qs[j] >> 4);
-        y[j] = lo + m;
-        y[j + 16] = hi + m;
-    }
-}
-
-static void deq_q8_0(const uint8_t *b, float *y) {
-    float d = h2f(b);
-    for (int j = 0; j < 32; j++)
-        y[j] = (float)(int8_t)b[2 + j] * d;
-}
-
-/* the 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block */
-static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
-static void deq_q4_k(const uint8_t *b, float *y) {
-    float d = h2f(b), dmin = h2f(b + 2);
-    const uint8_t *scales = b + 4, *q = b + 16;
-    for (int j = 0, is = 0; j < 256; j += 64, is += 2) {
-        int sc, m;
-        scale_min_k4(is, scales, &sc, &m);
-        float d1 = d * (float)sc, m1 = dmin * (float)m;
-        scale_min_k4(is + 1, scales, &sc, &m);
-        float d2 = d * (float)sc, m2 = dmin * (float)m;
-        for (int l = 0; l < 32; l++) {
-            float a = d1 * (float)(q[l] & 0xF);
-            float c = d2 * (float)(q[l] >> 4);
-            y[l] = a - m1;
-            y[l + 32] = c - m2;
-        }
-        y += 64;
-        q += 32;
-    }
-}
-
-static void deq_q5_k(const uint8_t *b, float *y) {
-    float d = h2f(b), dmin = h2f(b + 2);
-    const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + 48;
-    unsigned u1 = 1, u2 = 2;
-    for (int j = 0, is = 0; j < 256; j += 64, is += 2) {
-        int sc, m;
-        scale_min_k4(is, scales, &sc, &m);
-        float d1 = d * (float)sc, m1 = dmin * (float)m;
-        scale_min_k4(is + 1, scales, &sc, &m);
-        float d2 = d * (float)sc, m2 = dmin * (float)m;
-        for (int l = 0; l < 32; l++) {
-            float a = d1 * (float)((ql[l] & 0xF) + ((qh[l] & u1) ? 16 : 0));
-            float c = d2 * (float)((ql[l] >> 4) + ((qh[l] & u2) ? 16 : 0));
-            y[l] = a - m1;
-            y[l + 32] = c - m2;
-        }
-        y += 64;
-        ql += 32;
-        u1 <<= 2;
-        u2 <<= 2;
-    }
-}
-
-static void deq_q6_k(const uint8_t *b, float *y) {
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 192);
-    float d = h2f(b + 208);
-    for (int n = 0; n < 256; n += 128) {
-        for (int l = 0; l < 32; l++) {
-            int is = l / 16;
-            int q1 = (int)((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
-            int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            float s1 = d * (float)sc[is], s2 = d * (float)sc[is + 2];
-            float s3 = d * (float)sc[is + 4], s4 = d * (float)sc[is + 6];
-            y[l] = s1 * (float)q1;
-            y[l + 32] = s2 * (float)q2;
-            y[l + 64] = s3 * (float)q3;
-            y[l + 96] = s4 * (float)q4;
-        }
-        y += 128;
-        ql += 64;
-        qh += 32;
-        sc += 8;
-    }
-}
+// --- conversion to f32: the dequantizers are kernels/wtype.c's table ---------------------
 
 int gguf_tensor_to_f32(const Gguf *g, const GgufTensor *t, float *dst, size_t n, TunaErr *err) {
     char nb[SHOWBUF];
@@ -875,35 +766,11 @@ int gguf_tensor_to_f32(const Gguf *g, const GgufTensor *t, float *dst, size_t n,
     if (n != numel)
         return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": %zu elements, %zu requested", path,
                          show(t->name, nb, sizeof nb), numel, n);
-    const uint8_t *p = t->data;
-    int ti = type_index(t->type);
-    size_t blk = (size_t)ggml_types[ti].block, bytes = (size_t)ggml_types[ti].bytes;
-    size_t nb_blocks = numel / blk;
-    switch (t->type) {
-    case GGML_F32: memcpy(dst, p, numel * 4); break;
-    case GGML_F16:
-        for (size_t i = 0; i < numel; i++)
-            dst[i] = h2f(p + 2 * i);
-        break;
-    case GGML_BF16:
-        for (size_t i = 0; i < numel; i++)
-            dst[i] = st_bf16_to_f32(rd16(p + 2 * i));
-        break;
-    default:
-        for (size_t i = 0; i < nb_blocks; i++) {
-            const uint8_t *b = p + i * bytes;
-            float *y = dst + i * blk;
-            switch (t->type) {
-            case GGML_Q4_0: deq_q4_0(b, y); break;
-            case GGML_Q4_1: deq_q4_1(b, y); break;
-            case GGML_Q8_0: deq_q8_0(b, y); break;
-            case GGML_Q4_K: deq_q4_k(b, y); break;
-            case GGML_Q5_K: deq_q5_k(b, y); break;
-            case GGML_Q6_K: deq_q6_k(b, y); break;
-            default: break;
-            }
-        }
-    }
+    int wt = wtype_by_ggml(t->type);
+    if (wt < 0)
+        return tuna_errf(err, TUNA_EUNSUP, "%s: tensor \"%s\": type %s has no converter", path,
+                         show(t->name, nb, sizeof nb), ggml_type_name(t->type));
+    wtype_info[wt].dequant_row(t->data, dst, (int64_t)numel, NULL);
     return 0;
 }
 
