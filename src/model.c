@@ -28,6 +28,8 @@ typedef struct ParamSpec {
     size_t n; /* floats at dst */
     LoadMode mode;
     int part;
+    int typed; /* kept as a typed Weight (ModelLoadOptions), not in params */
+    int layer, site;
 } ParamSpec;
 
 typedef struct SpecList {
@@ -156,6 +158,108 @@ size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
     free(m.layers);
     if (per_layer) *per_layer = layer;
     return total;
+}
+
+/* The (layer, LoraSite) of a linear layer's weight spec, or -1 (norms, biases, embeddings). */
+static int spec_site(const Model *m, const ParamSpec *s, int *layer) {
+    for (int l = 0; l < m->cfg.L; l++) {
+        LayerWeights *w = &m->layers[l];
+        float **f[LORA_N_SITES] = {[LORA_Q] = &w->wq,       [LORA_K] = &w->wk,
+                                   [LORA_V] = &w->wv,       [LORA_O] = &w->wo,
+                                   [LORA_GATE] = &w->w_gate, [LORA_UP] = &w->w_up,
+                                   [LORA_DOWN] = &w->w_down};
+        for (int k = 0; k < LORA_N_SITES; k++)
+            if (s->dst == f[k]) {
+                *layer = l;
+                return k;
+            }
+    }
+    return -1;
+}
+
+/* Which specs load as typed weights: the linear layers below o->fp32_from_layer. */
+static void mark_typed(const Model *m, SpecList *specs, const ModelLoadOptions *o) {
+    for (int i = 0; i < specs->n; i++) {
+        ParamSpec *s = &specs->v[i];
+        s->site = spec_site(m, s, &s->layer);
+        int from = o && o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer
+                                               : (o ? o->fp32_from_layer : 0);
+        s->typed = o && o->qtype != WT_F32 && s->site >= 0 && s->layer < from;
+    }
+}
+
+/* The input width of a linear spec as the model holds it (out, in). */
+static int spec_in_dim(const ParamSpec *s) {
+    return (int)(s->mode == LOAD_COPY ? s->shape[1] : s->shape[0]);
+}
+
+/* A host Weight copied into backend memory (a new Weight whose buffers the backend owns). */
+static Weight *weight_to_backend(Backend *be, const Weight *h, TunaErr *err) {
+    Weight *d = xcalloc(1, sizeof *d);
+    *d = *h;
+    d->data = NULL;
+    d->absmax = NULL;
+    d->absmax_q = NULL;
+    d->absmax2 = NULL;
+    size_t nb = (size_t)h->rows * wtype_row_bytes(h->type, h->cols),
+           blocks = (size_t)h->rows * (size_t)h->cols / 64, b2 = (blocks + 255) / 256;
+    int fail = !(d->data = be->ops->alloc(be, nb ? nb : 1));
+    if (!fail) be->ops->upload(be, d->data, h->data, nb);
+    if (!fail && h->absmax) {
+        fail = !(d->absmax = be->ops->alloc(be, blocks * sizeof(float)));
+        if (!fail) be->ops->upload(be, d->absmax, h->absmax, blocks * sizeof(float));
+    }
+    if (!fail && h->absmax_q) {
+        fail = !(d->absmax_q = be->ops->alloc(be, blocks)) ||
+               !(d->absmax2 = be->ops->alloc(be, b2 * sizeof(float)));
+        if (!fail) {
+            be->ops->upload(be, d->absmax_q, h->absmax_q, blocks);
+            be->ops->upload(be, d->absmax2, h->absmax2, b2 * sizeof(float));
+        }
+    }
+    if (fail) {
+        tuna_errf(err, TUNA_ENOMEM, "cannot allocate %.1f MiB for a %s weight",
+                  (double)weight_bytes(h) / (1 << 20), wtype_info[h->type].name);
+        be->ops->release(be, d->data);
+        be->ops->release(be, d->absmax);
+        be->ops->release(be, d->absmax_q);
+        be->ops->release(be, d->absmax2);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void weight_download_f32(Backend *be, const Weight *d, float *dst) {
+    Weight h = *d;
+    size_t nb = (size_t)d->rows * wtype_row_bytes(d->type, d->cols),
+           blocks = (size_t)d->rows * (size_t)d->cols / 64, b2 = (blocks + 255) / 256;
+    h.data = xmalloc(nb ? nb : 1);
+    be->ops->download(be, h.data, d->data, nb);
+    if (d->absmax) {
+        h.absmax = xmalloc(blocks * sizeof(float));
+        be->ops->download(be, h.absmax, d->absmax, blocks * sizeof(float));
+    }
+    if (d->absmax_q) {
+        h.absmax_q = xmalloc(blocks);
+        h.absmax2 = xmalloc(b2 * sizeof(float));
+        be->ops->download(be, h.absmax_q, d->absmax_q, blocks);
+        be->ops->download(be, h.absmax2, d->absmax2, b2 * sizeof(float));
+    }
+    weight_dequantize(&h, dst);
+    free(h.data);
+    free(h.absmax);
+    free(h.absmax_q);
+    free(h.absmax2);
+}
+
+static void weight_release(Backend *be, Weight *d) {
+    if (!d) return;
+    be->ops->release(be, d->data);
+    be->ops->release(be, d->absmax);
+    be->ops->release(be, d->absmax_q);
+    be->ops->release(be, d->absmax2);
+    free(d);
 }
 
 // --- where the weights come from: a safetensors checkpoint or a GGUF file
@@ -344,7 +448,7 @@ static int check_tensors(const WSrc *w, const SpecList *specs, size_t *total, si
         if ((rc = ws_check_type(w, &t, err))) goto out;
         if (t.gt) used[t.gt - gguf_tensor_at(w->gg, 0)] = 1;
         *xform |= t.x != GGUF_X_NONE;
-        *total += s->n;
+        if (!s->typed) *total += s->n;
         size_t fn = (size_t)s->shape[0] * (s->ndim == 2 ? (size_t)s->shape[1] : 1);
         if (fn > *biggest) *biggest = fn;
     }
@@ -369,8 +473,25 @@ out:
 
 /* One backend allocation for every weight (m->params, m->pinfo), filled tensor by tensor
  * through a host staging buffer. */
+/* A linear weight (host fp32, the model's (out, in) layout) quantized to o->qtype and kept in
+ * backend memory as m->layers[layer].qw[site]. */
+static int fill_typed(Model *m, const ParamSpec *s, const float *host, const ModelLoadOptions *o,
+                      TunaErr *err) {
+    int K = spec_in_dim(s), N = (int)(s->n / (size_t)K);
+    Weight h;
+    int rc = weight_quantize(&h, host, N, K, o->qtype, o->double_quant, err);
+    if (rc) return tuna_errf(err, rc, "%s: %s", s->name, err ? err->msg : "");
+    Weight *d = weight_to_backend(m->be, &h, err);
+    weight_free(&h);
+    if (!d) return TUNA_ENOMEM;
+    m->layers[s->layer].qw[s->site] = d;
+    m->n_qbytes += weight_bytes(d);
+    m->n_qparams += s->n;
+    return 0;
+}
+
 static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t total, size_t biggest,
-                       int xform, const char *dir, TunaErr *err) {
+                       int xform, const ModelLoadOptions *o, const char *dir, TunaErr *err) {
     Backend *be = m->be;
     float *scratch = NULL, *host = NULL, *xscratch = NULL;
     int rc = 0;
@@ -387,7 +508,11 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
     if (reshaped) scratch = malloc(biggest * sizeof(float));
     if (!direct) host = malloc(biggest * sizeof(float));
     if (xform) xscratch = malloc(biggest * sizeof(float));
-    if ((reshaped && !scratch) || (!direct && !host) || (xform && !xscratch)) {
+    int typed = 0;
+    for (int i = 0; i < specs->n; i++)
+        typed |= specs->v[i].typed;
+    if (direct && typed) host = malloc(biggest * sizeof(float)); /* quantized from the host */
+    if ((reshaped && !scratch) || ((!direct || typed) && !host) || (xform && !xscratch)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
         goto out;
     }
@@ -405,9 +530,18 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
         pi->shape[1] = s->shape[1];
         pi->mode = (int)s->mode;
         pi->part = s->part;
-        *s->dst = m->params + off;
         WTensor t;
         ws_find(w, s->name, &t);
+        if (s->typed) {
+            pi->off = 0;
+            *s->dst = NULL;
+            if ((rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
+            if ((rc = fill_typed(m, s, host, o, err))) goto out;
+            pi->q = m->layers[s->layer].qw[s->site];
+            if (i + 1 == specs->n || strcmp(specs->v[i + 1].name, s->name)) ws_release(&t);
+            continue;
+        }
+        *s->dst = m->params + off;
         rc = spec_fill(w, s, &t, direct ? *s->dst : host, scratch, xscratch, err);
         if (rc) goto out;
         if (!direct) be->ops->upload(be, *s->dst, host, s->n * sizeof(float));
@@ -424,7 +558,16 @@ out:
 }
 
 int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
+    return model_load_opts(dir, be, NULL, out, err);
+}
+
+int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
+                    TunaErr *err) {
     *out = NULL;
+    if (o && o->qtype != WT_F32 && !be->ops->matmul_w_fwd)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "backend \"%s\" cannot run %s weights: it has no matmul_w_fwd op",
+                         be->ops->name, wtype_info[o->qtype].name);
     const char *missing = backend_missing(be->ops, BACKEND_NEED_INFER);
     if (missing)
         return tuna_errf(err, TUNA_EUNSUP, "backend \"%s\" cannot run a model: it has no %s op",
@@ -446,8 +589,9 @@ int model_load(const char *dir, Backend *be, Model **out, TunaErr *err) {
         specs_llama(m, &specs);
     size_t total, biggest;
     int xform;
+    mark_typed(m, &specs, o);
     if ((rc = check_tensors(&w, &specs, &total, &biggest, &xform, err))) goto fail;
-    if ((rc = fill_params(m, &w, &specs, total, biggest, xform, dir, err))) goto fail;
+    if ((rc = fill_params(m, &w, &specs, total, biggest, xform, o, dir, err))) goto fail;
     if (c->tie_embeddings) m->lm_head = m->wte;
     if (!c->learned_pos) {
         float f[512];
@@ -527,12 +671,29 @@ int model_set_lora(Model *m, const ModelLora *lora, TunaErr *err) {
     return rc;
 }
 
+void model_base_linear(const Model *m, int l, LoraSite site, float *out, const float *in,
+                       const float *W, const float *bias, int M, int K, int N) {
+    const Weight *q = m->layers[l].qw[site];
+    if (q)
+        m->be->ops->matmul_w_fwd(m->be, out, in, q, bias, M);
+    else
+        m->be->ops->matmul_fwd(m->be, out, in, W, bias, M, K, N);
+}
+
+int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din,
+                                const float *dout, int M) {
+    const Weight *q = m->layers[l].qw[site];
+    if (!q) return 0;
+    if (din) m->be->ops->matmul_w_bwd_in(m->be, din, dout, q, M);
+    return 1;
+}
+
 /* out (R, N) = in (R, K) · Wᵀ + bias, plus the unmerged LoRA of (layer l, site), if any. */
 static void linear(Model *m, int l, LoraSite site, float *out, const float *in, const float *W,
                    const float *bias, int R, int K, int N) {
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    op->matmul_fwd(be, out, in, W, bias, R, K, N);
+    model_base_linear(m, l, site, out, in, W, bias, R, K, N);
     const ModelLora *lo = m->lora;
     if (!lo || !lo->A[l][site]) return;
     op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
@@ -545,6 +706,9 @@ void model_free(Model *m) {
     if (!m) return;
     if (m->be) {
         free_state(m);
+        for (int l = 0; m->layers && l < m->cfg.L; l++)
+            for (int k = 0; k < LORA_N_SITES; k++)
+                weight_release(m->be, m->layers[l].qw[k]);
         m->be->ops->release(m->be, m->params);
         m->be->ops->release(m->be, m->inv_freq);
     }

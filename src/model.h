@@ -14,21 +14,9 @@
 #include <stdint.h>
 
 #include "../kernels/backend.h"
+#include "../kernels/wtype.h"
 #include "config.h"
 #include "err.h"
-
-typedef struct LayerWeights {
-    float *ln1_w, *ln1_b;   // (C) ; ln1_b only for LayerNorm
-    float *wq, *bq;         // (NH*HS, C), (NH*HS)
-    float *wk, *bk;         // (KVH*HS, C), (KVH*HS)
-    float *wv, *bv;         // (KVH*HS, C), (KVH*HS)
-    float *wo, *bo;         // (C, NH*HS), (C)
-    float *q_norm, *k_norm; // (HS) Qwen3
-    float *ln2_w, *ln2_b;   // (C)
-    float *w_gate, *b_gate; // (FF, C) SwiGLU only
-    float *w_up, *b_up;     // (FF, C)  GPT-2: c_fc
-    float *w_down, *b_down; // (C, FF)  GPT-2: c_proj
-} LayerWeights;
 
 /* The linear layers of a block that an unmerged LoRA adapter can sit on (GPT-2's fused c_attn
  * is its three slices q, k, v, sharing A). */
@@ -42,6 +30,23 @@ typedef enum {
     LORA_DOWN, /* GPT-2: c_proj */
     LORA_N_SITES
 } LoraSite;
+
+typedef struct LayerWeights {
+    float *ln1_w, *ln1_b;   // (C) ; ln1_b only for LayerNorm
+    float *wq, *bq;         // (NH*HS, C), (NH*HS)
+    float *wk, *bk;         // (KVH*HS, C), (KVH*HS)
+    float *wv, *bv;         // (KVH*HS, C), (KVH*HS)
+    float *wo, *bo;         // (C, NH*HS), (C)
+    float *q_norm, *k_norm; // (HS) Qwen3
+    float *ln2_w, *ln2_b;   // (C)
+    float *w_gate, *b_gate; // (FF, C) SwiGLU only
+    float *w_up, *b_up;     // (FF, C)  GPT-2: c_fc
+    float *w_down, *b_down; // (C, FF)  GPT-2: c_proj
+    /* The frozen base's typed linear weights (model_load_opts with a quantization type), in
+     * backend memory; NULL where the layer keeps fp32 at the float pointer above (which is then
+     * NULL where this is set). */
+    Weight *qw[LORA_N_SITES];
+} LayerWeights;
 
 /* An unmerged LoRA adapter that the forward applies: at every (layer, site) with an A, the
  * linear layer's output gets scale * (x · Aᵀ) · Bᵀ added, with the same ops in the same order
@@ -63,6 +68,7 @@ typedef struct ParamInfo {
     int64_t shape[2]; /* as stored in the file */
     int mode;         /* 0 copy, 1 transposed (Conv1D), 2 split of c_attn weight, 3 of its bias */
     int part;
+    const Weight *q; /* a typed weight (not in params: off and n are 0), or NULL */
 } ParamInfo;
 
 typedef struct Model {
@@ -70,6 +76,8 @@ typedef struct Model {
     Backend *be;          /* borrowed */
     float *params;        /* one backend allocation holding every weight */
     size_t n_params;      /* floats in params */
+    size_t n_qbytes;      /* bytes of the typed weights (LayerWeights.qw), outside params */
+    size_t n_qparams;     /* the weights they hold */
     float *wte;           // (V, C)
     float *wpe;           // (max_pos, C) GPT-2
     float *lnf_w, *lnf_b; // (C)
@@ -102,6 +110,31 @@ typedef struct Model {
 
 /* Loads config.json + model.safetensors (or its sharded index) from dir onto be. */
 int model_load(const char *dir, Backend *be, Model **out, TunaErr *err);
+
+/* How the frozen base is kept (LLaMA-Factory's quantization_bit / quantization_type /
+ * double_quantization, applied on load): the linear layers' weights of layers below
+ * fp32_from_layer in qtype (WT_F32: none), the rest of the model in fp32. */
+typedef struct ModelLoadOptions {
+    WType qtype;
+    int double_quant;    /* NF4/FP4: absmaxes in 8 bits (bitsandbytes compress_statistics) */
+    int fp32_from_layer; /* freeze trains the layers from here on: they stay fp32 (negative:
+                            counted from the end, -2 for the last two) */
+} ModelLoadOptions;
+
+int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
+                    TunaErr *err);
+
+/* The base linear layer of (layer l, site): out (M, N) = in (M, K) · Wᵀ + bias, through the
+ * typed weight where the model keeps one, else the fp32 W. */
+void model_base_linear(const Model *m, int l, LoraSite site, float *out, const float *in,
+                       const float *W, const float *bias, int M, int K, int N);
+/* Its input gradient when the weight is typed (frozen): din (M, K) += dout (M, N) · W. Returns
+ * 0 when (l, site) is fp32 (the caller's matmul_bwd does it, with dW when it trains). */
+/* dst (rows, cols) = the typed weight d (backend memory) in fp32, through download. */
+void weight_download_f32(Backend *be, const Weight *d, float *dst);
+
+int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din,
+                                const float *dout, int M);
 void model_free(Model *m); /* NULL-safe */
 
 /* Sizes the KV cache for cache_T positions (capped at max_position_embeddings for GPT-2)

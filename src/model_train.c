@@ -474,6 +474,10 @@ static int init_full(TrainState *ts, TunaErr *err) {
     const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     int fail = 0;
+    if (m->n_qbytes && ts->setup.method == METHOD_FULL)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "full fine-tuning of a quantized base: every weight trains in fp32; "
+                         "load it without quantization, or use lora, ptuning or freeze");
     ts->g0 = 0;
     ts->g1 = m->n_params;
     if (ts->setup.method == METHOD_FREEZE) {
@@ -932,11 +936,19 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
     be->ops->matmul_fwd(be, lm->u, h, lm->A, NULL, M, K, ts->setup.lora_rank);
 }
 
+/* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
+static LoraSite base_site(int site, int slice) {
+    static const LoraSite of[N_SITES] = {
+            [SITE_Q] = LORA_Q,       [SITE_K] = LORA_K,   [SITE_V] = LORA_V,      [SITE_QKV] = LORA_Q,
+            [SITE_O] = LORA_O,       [SITE_GATE] = LORA_GATE, [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
+    return site == SITE_QKV ? (LoraSite)(LORA_Q + slice) : of[site];
+}
+
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
 static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
-    be->ops->matmul_fwd(be, out, in, W, bias, M, K, n_out);
+    model_base_linear(ts->m, l, base_site(site, slice), out, in, W, bias, M, K, n_out);
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
@@ -956,7 +968,8 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
                        const float *dout, const float *in, const float *W, const float *bias, int M,
                        int K, int n_out) {
     Backend *be = ts->be;
-    be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
+    if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M))
+        be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
@@ -1441,6 +1454,10 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
     const ModelConfig *c = &m->cfg;
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
+    if (m->n_qbytes)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "cannot merge a LoRA adapter into a quantized base in place; export the "
+                         "merged model (tuna export dequantizes the base) or keep the adapter");
     if (ts->n_tok) tokens_sync(ts);
     for (int i = 0; i < ts->n_mods; i++) {
         LoraMod *lm = &ts->mods[i];

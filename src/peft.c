@@ -367,7 +367,10 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         const ParamInfo *p = &m->pinfo[i];
         size_t fn = (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
         float *part = xmalloc(sizeof(float) * p->n);
-        be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
+        if (p->q) /* a typed base weight: dequantized, as peft merges into a 4/8-bit base */
+            weight_download_f32(be, p->q, part);
+        else
+            be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
         int j = n;
         if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
             for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {}

@@ -44,6 +44,9 @@ typedef struct TrainConfig {
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
     /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */
     char adapter[1024];
+    /* the frozen base's linear layers on load: 0 (fp32), 8 or 4 bits, in quantization_type */
+    int quantization_bit, double_quantization;
+    char quantization_type[8];
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt

@@ -124,6 +124,12 @@ static const TrainOption fields[] = {
           "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
           "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
           "kept, optimizer and schedule start fresh (not --resume)"),
+        I(quantization_bit, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, RANGE(0, 8), "0",
+          "keep the frozen base's linear layers in 8 or 4 bits (QLoRA; 0 = fp32); 8 is q8_0"),
+        S(quantization_type, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "nf4",
+          "4 bits: nf4 | fp4 (bitsandbytes' blocks of 64) | q4_0 | q4_1 (GGUF's of 32)"),
+        B(double_quantization, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "false",
+          "nf4/fp4: the block scales in 8 bits too (bitsandbytes compress_statistics)"),
         S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, ALL, "cpu", "cpu | ref | cuda"),
         I(threads, ALL, RANGE(0, 4096), "0",

@@ -761,7 +761,7 @@ void emit_start(Run *r) {
     e.train_examples = (long)r->train->n;
     e.val_examples = (long)r->val->n;
     e.trainable_params = (long)train_param_count(r->ts);
-    e.total_params = (long)r->m->n_params;
+    e.total_params = (long)(r->m->n_params + r->m->n_qparams);
     e.seq_len = r->T;
     e.lr = r->lr; /* the peak: config's "auto" resolved */
     char *cj = train_config_json(cfg);
