@@ -141,6 +141,8 @@ static const struct {
         SLOT(sumsq, BACKEND_NEED_TRAIN),
         SLOT(dropout, BACKEND_NEED_TRAIN),
         SLOT(adamw, BACKEND_NEED_TRAIN),
+        SLOT(matmul_w_fwd, BACKEND_NEED_WTYPES),
+        SLOT(matmul_w_bwd_in, BACKEND_NEED_WTYPES),
 };
 #undef SLOT
 

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "../src/err.h"
+#include "wtype.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -125,6 +126,15 @@ typedef struct BackendOps {
     void (*adamw)(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                   float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 
+    // --- typed weights (kernels/wtype.h): a frozen weight in any WType, host memory for now.
+    // Optional until the engine uses them (BACKEND_NEED_WTYPES); the cuda backend leaves them NULL.
+    /* out (M, w->rows) = in (M, w->cols) · Wᵀ + bias (w->rows) (bias may be NULL). */
+    void (*matmul_w_fwd)(Backend *be, float *out, const float *in, const Weight *w,
+                         const float *bias, int M);
+    /* Of matmul_w_fwd, the input gradient only (W is frozen): din (M, w->cols) += dout
+     * (M, w->rows) · W. */
+    void (*matmul_w_bwd_in)(Backend *be, float *din, const float *dout, const Weight *w, int M);
+
     // --- optional
     /* Resolves n_threads as backend_init does (N, 0, BACKEND_THREADS_IDLE) into be->n_threads.
      * NULL: the backend has no host threads to size. */
@@ -161,6 +171,8 @@ void backend_set_threads(Backend *be, int n_threads);
  * AdamW). */
 #define BACKEND_NEED_INFER 1u
 #define BACKEND_NEED_TRAIN 2u
+/* The typed-weight matmuls (matmul_w_fwd, matmul_w_bwd_in). */
+#define BACKEND_NEED_WTYPES 4u
 /* The name of the first slot that `need` uses and ops leaves NULL, or NULL when all are there. */
 const char *backend_missing(const BackendOps *ops, unsigned need);
 

@@ -8,6 +8,7 @@
 
 #include "harness.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/wtype.h"
 
 // --- fixtures -----------------------------------------------------------------------------------
@@ -229,8 +230,134 @@ static void test_names_and_errors(void) {
     printf("error line: %s\n", err.msg);
 }
 
+// --- cpu matmul_w_fwd / matmul_w_bwd_in against ref ---------------------------------------------
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng_state >> 40) / (double)(1u << 24)) * 2.0f - 1.0f;
+}
+
+/* |got - want| <= tol * (sum over k of |a_k b_k|) per output (fp32 summation order) */
+static int matmul_close(const float *got, const float *want, const float *scale, size_t n,
+                        double *worst) {
+    int ok = 1;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]), lim = 1e-5 * (double)scale[i] + 1e-30;
+        if (d / ((double)scale[i] + 1e-30) > *worst) *worst = d / ((double)scale[i] + 1e-30);
+        if (!(d <= lim)) ok = 0;
+    }
+    return ok;
+}
+
+static void test_matmul_w(void) {
+    Backend *ref = backend_init("ref", 1, NULL);
+    const WType types[] = {WT_F32, WT_BF16, WT_F16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4, WT_FP4};
+    const int threads[] = {1, 2, 3};
+    /* (M, N, K): odd M and N, K of one block, the direct (M <= 8) and the tiled paths */
+    const int shapes[][3] = {{1, 7, 64},     {3, 33, 128},  {8, 17, 256},  {9, 5, 64},
+                             {37, 129, 192}, {64, 70, 512}, {2, 300, 1024}};
+    int n_cases = 0;
+    double worst_all = 0;
+    CHECK(backend_missing(ref->ops, BACKEND_NEED_WTYPES) == NULL, "ref lacks typed matmuls");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            WType t = types[ti];
+            size_t nw = (size_t)N * K;
+            float *wf = malloc(nw * 4), *x = malloc((size_t)M * K * 4),
+                  *bias = malloc((size_t)N * 4);
+            float *dout = malloc((size_t)M * N * 4), *deq = malloc(nw * 4);
+            for (size_t i = 0; i < nw; i++)
+                wf[i] = frand();
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                x[i] = frand();
+            for (int i = 0; i < N; i++)
+                bias[i] = frand();
+            for (size_t i = 0; i < (size_t)M * N; i++)
+                dout[i] = frand();
+            Weight w;
+            TunaErr err = {0};
+            int dq = (t == WT_NF4 && si % 2) || (t == WT_FP4 && si % 2 == 0);
+            CHECK(weight_quantize(&w, wf, N, K, t, dq, &err) == 0, "%s", err.msg);
+            weight_dequantize(&w, deq);
+            /* the scale of each output: sum |x| |w| (+ |bias|) */
+            float *sf = malloc((size_t)M * N * 4), *sb = malloc((size_t)M * K * 4);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = fabs((double)bias[n]);
+                    for (int k = 0; k < K; k++)
+                        s += fabs((double)x[(size_t)m * K + k] * (double)deq[(size_t)n * K + k]);
+                    sf[(size_t)m * N + n] = (float)s;
+                }
+            for (int m = 0; m < M; m++)
+                for (int k = 0; k < K; k++) {
+                    double s = 1.0; /* din starts at 1 */
+                    for (int n = 0; n < N; n++)
+                        s += fabs((double)dout[(size_t)m * N + n] * (double)deq[(size_t)n * K + k]);
+                    sb[(size_t)m * K + k] = (float)s;
+                }
+            float *want = malloc((size_t)M * N * 4), *wantd = malloc((size_t)M * K * 4);
+            ref->ops->matmul_w_fwd(ref, want, x, &w, bias, M);
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                wantd[i] = 1.0f;
+            ref->ops->matmul_w_bwd_in(ref, wantd, dout, &w, M);
+            float *first = NULL, *firstd = NULL;
+            for (size_t hi = 0; hi < sizeof threads / sizeof threads[0]; hi++) {
+                Backend *cpu = backend_init("cpu", threads[hi], NULL);
+                float *got = malloc((size_t)M * N * 4), *gotd = malloc((size_t)M * K * 4);
+                cpu->ops->matmul_w_fwd(cpu, got, x, &w, bias, M);
+                for (size_t i = 0; i < (size_t)M * K; i++)
+                    gotd[i] = 1.0f;
+                cpu->ops->matmul_w_bwd_in(cpu, gotd, dout, &w, M);
+                double e1, e2;
+                CHECK(matmul_close(got, want, sf, (size_t)M * N, &e1),
+                      "%s fwd M=%d N=%d K=%d threads %d (%s): rel err %.3g", wtype_info[t].name, M,
+                      N, K, threads[hi], cpu_matmul_w_path(t, M), e1);
+                CHECK(matmul_close(gotd, wantd, sb, (size_t)M * K, &e2),
+                      "%s bwd_in M=%d N=%d K=%d threads %d: rel err %.3g", wtype_info[t].name, M, N,
+                      K, threads[hi], e2);
+                worst_all = fmax(worst_all, fmax(e1, e2));
+                if (!first) {
+                    first = got;
+                    firstd = gotd;
+                } else {
+                    CHECK(!memcmp(first, got, (size_t)M * N * 4),
+                          "%s fwd M=%d: bits differ between 1 and %d threads", wtype_info[t].name,
+                          M, threads[hi]);
+                    CHECK(!memcmp(firstd, gotd, (size_t)M * K * 4),
+                          "%s bwd_in M=%d: bits differ between 1 and %d threads",
+                          wtype_info[t].name, M, threads[hi]);
+                    free(got);
+                    free(gotd);
+                }
+                CHECK(cpu->ops->sync(cpu) == 0, "cpu error");
+                backend_free(cpu);
+                n_cases++;
+            }
+            free(first);
+            free(firstd);
+            free(want);
+            free(wantd);
+            free(sf);
+            free(sb);
+            weight_free(&w);
+            free(wf);
+            free(x);
+            free(bias);
+            free(dout);
+            free(deq);
+        }
+    printf("matmul_w: %d cpu runs (8 types, 7 shapes, 1-3 threads) match ref: worst |err| / "
+           "sum|a*b| %.3g; direct path for Q4_0 here: %s\n",
+           n_cases, worst_all, cpu_matmul_w_path(WT_Q4_0, 1));
+    backend_free(ref);
+}
+
 int main(void) {
     test_fixtures();
     test_names_and_errors();
+    test_matmul_w();
     return test_report("test_wtype");
 }

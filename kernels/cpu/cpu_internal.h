@@ -75,6 +75,9 @@ static inline float vexpf(float xin) {
  * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
+                      int M);
+void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N);
 void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, const float *in,

@@ -162,6 +162,8 @@ static const BackendOps cuda_ops = {
         .scale = nullptr,
         .dropout = nullptr,
         .adamw = nullptr,
+        .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
+        .matmul_w_bwd_in = nullptr,
         .set_threads = nullptr, /* no host threads do work here */
 };
 

@@ -575,6 +575,34 @@ static void r_adamw(Backend *be, float *p, const float *g, float gscale, float *
     ref_adamw(p, g, gscale, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
 }
 
+/* The typed weights: W dequantized to fp32, then the plain loops above (the oracle). */
+static float *ref_dequant(Backend *be, const Weight *w) {
+    float *f = malloc((size_t)w->rows * (size_t)w->cols * sizeof(float));
+    if (!f) {
+        if (!be->err.code)
+            tuna_errf(&be->err, TUNA_ENOMEM, "ref: out of memory dequantizing a (%d, %d) %s",
+                      w->rows, w->cols, wtype_info[w->type].name);
+        return NULL;
+    }
+    weight_dequantize(w, f);
+    return f;
+}
+
+static void r_matmul_w(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
+                       int M) {
+    float *f = ref_dequant(be, w);
+    if (!f) return;
+    ref_matmul_fwd(out, in, f, bias, M, w->cols, w->rows);
+    free(f);
+}
+
+static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+    float *f = ref_dequant(be, w);
+    if (!f) return;
+    ref_matmul_bwd(din, NULL, NULL, dout, NULL, f, M, w->cols, w->rows);
+    free(f);
+}
+
 static const BackendOps ref_ops = {
         .name = "ref",
         .host_memory = 1,
@@ -594,6 +622,8 @@ static const BackendOps ref_ops = {
         .add_fwd = r_add,
         .embed_fwd = r_embed,
         .matmul_bwd = r_matmul_bwd,
+        .matmul_w_fwd = r_matmul_w,
+        .matmul_w_bwd_in = r_matmul_w_bwd_in,
         .rmsnorm_bwd = r_rmsnorm_bwd,
         .layernorm_bwd = r_layernorm_bwd,
         .rope_bwd = r_rope_bwd,
