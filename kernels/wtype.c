@@ -388,7 +388,7 @@ static const float dynamic8[256] = {
         0x1.d13334p-1f,   0x1.d86666p-1f,   0x1.df999ap-1f,   0x1.e6ccccp-1f,
         0x1.eep-1f,       0x1.f53334p-1f,   0x1.fc6666p-1f,   0x1.0p+0f};
 
-static float bnb_absmax(const WAux *aux, int64_t blk) {
+float wtype_bnb_absmax(const WAux *aux, int64_t blk) {
     if (!aux->absmax_q) return aux->absmax[blk];
     float a = dynamic8[aux->absmax_q[blk]] * aux->absmax2[blk / 256];
     return a + aux->offset;
@@ -397,12 +397,17 @@ static float bnb_absmax(const WAux *aux, int64_t blk) {
 static void deq_4bit(const void *src, float *dst, int64_t n, const WAux *aux, const float *code) {
     const uint8_t *b = src;
     for (int64_t k = 0; k < n; k += 64, b += 32, dst += 64) {
-        float s = bnb_absmax(aux, aux->block0 + k / 64);
+        float s = wtype_bnb_absmax(aux, aux->block0 + k / 64);
         for (int j = 0; j < 32; j++) {
             dst[2 * j] = code[b[j] >> 4] * s;
             dst[2 * j + 1] = code[b[j] & 0xF] * s;
         }
     }
+}
+
+void wtype_code4(WType t, float code[16]) {
+    for (int c = 0; c < 16; c++)
+        code[c] = t == WT_NF4 ? nf4_code[c] : fp4_value(c);
 }
 
 static void deq_nf4(const void *src, float *dst, int64_t n, const WAux *aux) {

@@ -359,5 +359,7 @@ int main(void) {
     test_fixtures();
     test_names_and_errors();
     test_matmul_w();
+    setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */
+    test_matmul_w();
     return test_report("test_wtype");
 }
