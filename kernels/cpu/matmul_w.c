@@ -143,6 +143,12 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lu
     }
 }
 
+/* the types direct_x takes, for a row of K */
+static int direct_x_takes(WType t, int K) {
+    return t != WT_F32 && t != WT_Q4_K && t != WT_Q5_K && t != WT_Q6_K && K % 32 == 0 &&
+           K <= DIRECT_X_MAX_K;
+}
+
 /* rows [lo, hi) of out (M, N), input rows two at a time: each group's weights are made once
  * per pair of input rows and kept in registers, with four independent accumulators per input
  * row (two groups in flight) */
@@ -208,10 +214,32 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     }
 }
 
-/* the types direct_x takes, for a row of K */
-static int direct_x_takes(WType t, int K) {
-    return t != WT_F32 && t != WT_Q4_K && t != WT_Q5_K && t != WT_Q6_K && K % 32 == 0 &&
-           K <= DIRECT_X_MAX_K;
+/* rows n0 .. n0+nn-1 of w in fp32 into dst (nn, K), 32 weights at a time in registers */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
+dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
+    int K = w->cols, ng = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    float code[16], sc[DIRECT_X_MAX_K / 64];
+    if (t == WT_NF4 || t == WT_FP4)
+        wtype_code4(t, code);
+    else
+        memset(code, 0, sizeof code);
+    __m512 lut = _mm512_loadu_ps(code);
+    for (int n = n0; n < n0 + nn; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, n, &aux);
+        float *d = dst + (size_t)(n - n0) * K;
+        if (t == WT_NF4 || t == WT_FP4)
+            for (int b = 0; b < K / 64; b++)
+                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        for (int j = 0; j < ng; j++) {
+            __m512 w0, w1;
+            group_x(t, bb, row, sc, lut, j, &w0, &w1);
+            _mm512_storeu_ps(d + (size_t)j * 32, w0);
+            _mm512_storeu_ps(d + (size_t)j * 32 + 16, w1);
+        }
+    }
 }
 
 /* read on every call (a getenv, next to a matmul), so a test can switch paths */
@@ -234,6 +262,17 @@ const char *cpu_matmul_w_path(WType t, int M) {
     return "direct plain";
 }
 
+/* rows n0 .. n0+nn-1 of w in fp32 (the fused kernel where it applies, else the table's) */
+static void dequant_rows(const Weight *w, int n0, int nn, float *dst) {
+#ifdef WTYPE_X86
+    if (use_avx512() && direct_x_takes(w->type, w->cols)) {
+        dequant_rows_x(w, n0, nn, dst);
+        return;
+    }
+#endif
+    weight_dequantize_rows(w, n0, nn, dst);
+}
+
 // --- the tiled path -------------------------------------------------------------------------------
 
 static void tiles_fwd(float *out, const float *in, const Weight *w, const float *bias, int M,
@@ -241,7 +280,7 @@ static void tiles_fwd(float *out, const float *in, const Weight *w, const float 
     int K = w->cols, N = w->rows;
     for (size_t t = lo; t < hi; t++) {
         int n0 = (int)t * tn, nn = N - n0 < tn ? N - n0 : tn;
-        weight_dequantize_rows(w, n0, nn, buf);
+        dequant_rows(w, n0, nn, buf);
         cpu_sgemm(1, 0, 1, M, nn, K, 1.0f, in, K, buf, K, 0.0f, out + n0, N);
         if (bias)
             for (int m = 0; m < M; m++)
