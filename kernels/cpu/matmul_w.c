@@ -253,10 +253,10 @@ static int use_avx512(void) {
 }
 #endif
 
-const char *cpu_matmul_w_path(WType t, int M) {
+const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
-    if (use_avx512() && direct_x_takes(t, 32)) return "direct avx512";
+    if (use_avx512() && direct_x_takes(t, K)) return "direct avx512";
 #endif
     (void)t;
     return "direct plain";

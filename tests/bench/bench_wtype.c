@@ -102,7 +102,7 @@ static void bench_shape(Backend *be, int M, int N, int K, int reps) {
             char nm[32];
             snprintf(nm, sizeof nm, "%s%s", wtype_info[types[ti]].name, dq ? "+dq" : "");
             printf("  %-10s    %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB\n", nm,
-                   types[ti] == WT_F32 ? "(fp32 slot)" : cpu_matmul_w_path(types[ti], M),
+                   types[ti] == WT_F32 ? "(fp32 slot)" : cpu_matmul_w_path(types[ti], K, M),
                    best * 1e3, flop / best * 1e-9, base / best, (double)weight_bytes(&w) / 1e6);
             weight_free(&w);
         }
