@@ -295,9 +295,10 @@ static void test_matmul_w(void) {
     Backend *ref = backend_init("ref", 1, NULL);
     const WType types[] = {WT_F32, WT_BF16, WT_F16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4, WT_FP4};
     const int threads[] = {1, 2, 3};
-    /* (M, N, K): odd M and N, K of one block, the direct (M <= 8) and the tiled paths */
-    const int shapes[][3] = {{1, 7, 64},     {3, 33, 128},  {8, 17, 256},  {9, 5, 64},
-                             {37, 129, 192}, {64, 70, 512}, {2, 300, 1024}};
+    /* (M, N, K): odd M and N, K of one block, the direct (M <= 8) and the tiled paths; the
+     * last one spans 5 forward tiles (1 MiB each) and 2 input-gradient tiles */
+    const int shapes[][3] = {{1, 7, 64},     {3, 33, 128},  {8, 17, 256},   {9, 5, 64},
+                             {37, 129, 192}, {64, 70, 512}, {2, 300, 1024}, {12, 1100, 1024}};
     int n_cases = 0;
     double worst_all = 0;
     CHECK(backend_missing(ref->ops, BACKEND_NEED_WTYPES) == NULL, "ref lacks typed matmuls");
@@ -389,7 +390,7 @@ static void test_matmul_w(void) {
             free(dout);
             free(deq);
         }
-    printf("matmul_w: %d cpu runs (8 types, 7 shapes, 1-3 threads) match ref: worst |err| / "
+    printf("matmul_w: %d cpu runs (8 types, 8 shapes, 1-3 threads) match ref: worst |err| / "
            "sum|a*b| %.3g; direct path for Q4_0 here: %s\n",
            n_cases, worst_all, cpu_matmul_w_path(WT_Q4_0, 64, 1));
     backend_free(ref);

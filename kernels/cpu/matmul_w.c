@@ -2,8 +2,8 @@
  *
  * No fp32 copy of the whole matrix is made:
  * - M > WDIRECT_MAX_M (prefill, training): W is dequantized a tile of rows at a time into a
- *   per-thread fp32 buffer of about 256 KiB (L2), and OpenBLAS multiplies each tile on one
- *   thread; OpenMP runs the tiles. Tile edges do not depend on the thread count, so neither
+ *   per-thread fp32 buffer of about 1 MiB (256 KiB and 4 MiB measured the same), and OpenBLAS
+ *   multiplies each tile on one thread; OpenMP runs the tiles. Tile edges do not depend on the thread count, so neither
  *   do the bits.
  * - M <= WDIRECT_MAX_M (decoding): each thread walks its rows of W a chunk of blocks at a time,
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
@@ -31,7 +31,7 @@
 #define DIRECT_X_MAX_K 65536
 
 static int tile_rows(int K, int N) {
-    int t = (int)(65536 / (K > 0 ? K : 1)); /* 256 KiB of fp32 */
+    int t = (int)(262144 / (K > 0 ? K : 1)); /* 1 MiB of fp32 */
     t = t / 16 * 16;
     if (t < 16) t = 16;
     return t < N ? t : N;
