@@ -40,9 +40,9 @@ static void q_f32(const float *src, void *dst, int64_t n, WAux *aux) {
 
 static void deq_bf16(const void *src, float *dst, int64_t n, const WAux *aux) {
     (void)aux;
-    const uint16_t *s = src;
+    const uint8_t *s = src; /* bytes: a GGUF tensor may sit at any address */
     for (int64_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)s[i] << 16;
+        uint32_t u = (uint32_t)rd16(s + 2 * i) << 16;
         memcpy(dst + i, &u, 4);
     }
 }
@@ -50,27 +50,27 @@ static void deq_bf16(const void *src, float *dst, int64_t n, const WAux *aux) {
 /* gguf-py's BF16 (ggml_compute_fp32_to_bf16): a NaN becomes a quiet NaN, else nearest even */
 static void q_bf16(const float *src, void *dst, int64_t n, WAux *aux) {
     (void)aux;
-    uint16_t *d = dst;
+    uint8_t *d = dst;
     for (int64_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, src + i, 4);
         if ((u & 0x7fffffffu) > 0x7f800000u) u = (u & 0xffff0000u) | (64u << 16);
-        d[i] = (uint16_t)(((uint64_t)u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        wr16(d + 2 * i, (uint16_t)(((uint64_t)u + 0x7fffu + ((u >> 16) & 1u)) >> 16));
     }
 }
 
 static void deq_f16(const void *src, float *dst, int64_t n, const WAux *aux) {
     (void)aux;
-    const uint16_t *s = src;
+    const uint8_t *s = src;
     for (int64_t i = 0; i < n; i++)
-        dst[i] = st_f16_to_f32(s[i]);
+        dst[i] = h2f(s + 2 * i);
 }
 
 static void q_f16(const float *src, void *dst, int64_t n, WAux *aux) {
     (void)aux;
-    uint16_t *d = dst;
+    uint8_t *d = dst;
     for (int64_t i = 0; i < n; i++)
-        d[i] = st_f32_to_f16(src[i]);
+        wr16(d + 2 * i, st_f32_to_f16(src[i]));
 }
 
 // --- Q8_0, Q4_0, Q4_1 (ggml; quantization as gguf-py's gguf.quants) -----------------------
