@@ -40,9 +40,9 @@ static void q_f32(const float *src, void *dst, int64_t n, WAux *aux) {
 
 static void deq_bf16(const void *src, float *dst, int64_t n, const WAux *aux) {
     (void)aux;
-    const uint16_t *s = src;
+    const uint8_t *s = src; /* bytes: a GGUF tensor may sit at any address */
     for (int64_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)s[i] << 16;
+        uint32_t u = (uint32_t)rd16(s + 2 * i) << 16;
         memcpy(dst + i, &u, 4);
     }
 }
@@ -50,27 +50,27 @@ static void deq_bf16(const void *src, float *dst, int64_t n, const WAux *aux) {
 /* gguf-py's BF16 (ggml_compute_fp32_to_bf16): a NaN becomes a quiet NaN, else nearest even */
 static void q_bf16(const float *src, void *dst, int64_t n, WAux *aux) {
     (void)aux;
-    uint16_t *d = dst;
+    uint8_t *d = dst;
     for (int64_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, src + i, 4);
         if ((u & 0x7fffffffu) > 0x7f800000u) u = (u & 0xffff0000u) | (64u << 16);
-        d[i] = (uint16_t)(((uint64_t)u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        wr16(d + 2 * i, (uint16_t)(((uint64_t)u + 0x7fffu + ((u >> 16) & 1u)) >> 16));
     }
 }
 
 static void deq_f16(const void *src, float *dst, int64_t n, const WAux *aux) {
     (void)aux;
-    const uint16_t *s = src;
+    const uint8_t *s = src;
     for (int64_t i = 0; i < n; i++)
-        dst[i] = st_f16_to_f32(s[i]);
+        dst[i] = h2f(s + 2 * i);
 }
 
 static void q_f16(const float *src, void *dst, int64_t n, WAux *aux) {
     (void)aux;
-    uint16_t *d = dst;
+    uint8_t *d = dst;
     for (int64_t i = 0; i < n; i++)
-        d[i] = st_f32_to_f16(src[i]);
+        wr16(d + 2 * i, st_f32_to_f16(src[i]));
 }
 
 // --- Q8_0, Q4_0, Q4_1 (ggml; quantization as gguf-py's gguf.quants) -----------------------
@@ -388,7 +388,7 @@ static const float dynamic8[256] = {
         0x1.d13334p-1f,   0x1.d86666p-1f,   0x1.df999ap-1f,   0x1.e6ccccp-1f,
         0x1.eep-1f,       0x1.f53334p-1f,   0x1.fc6666p-1f,   0x1.0p+0f};
 
-static float bnb_absmax(const WAux *aux, int64_t blk) {
+float wtype_bnb_absmax(const WAux *aux, int64_t blk) {
     if (!aux->absmax_q) return aux->absmax[blk];
     float a = dynamic8[aux->absmax_q[blk]] * aux->absmax2[blk / 256];
     return a + aux->offset;
@@ -397,12 +397,17 @@ static float bnb_absmax(const WAux *aux, int64_t blk) {
 static void deq_4bit(const void *src, float *dst, int64_t n, const WAux *aux, const float *code) {
     const uint8_t *b = src;
     for (int64_t k = 0; k < n; k += 64, b += 32, dst += 64) {
-        float s = bnb_absmax(aux, aux->block0 + k / 64);
+        float s = wtype_bnb_absmax(aux, aux->block0 + k / 64);
         for (int j = 0; j < 32; j++) {
             dst[2 * j] = code[b[j] >> 4] * s;
             dst[2 * j + 1] = code[b[j] & 0xF] * s;
         }
     }
+}
+
+void wtype_code4(WType t, float code[16]) {
+    for (int c = 0; c < 16; c++)
+        code[c] = t == WT_NF4 ? nf4_code[c] : fp4_value(c);
 }
 
 static void deq_nf4(const void *src, float *dst, int64_t n, const WAux *aux) {

@@ -71,6 +71,11 @@ int wtype_by_ggml(int t);
 /* Bytes of one row of cols elements (cols a multiple of the block), 0 when it is not. */
 size_t wtype_row_bytes(WType t, int64_t cols);
 
+/* NF4/FP4: the fp32 absmax of block blk (aux as for a row; blk counted over the tensor), and
+ * the 16 values of the codes (t WT_NF4 or WT_FP4). For fused kernels. */
+float wtype_bnb_absmax(const WAux *aux, int64_t blk);
+void wtype_code4(WType t, float code[16]);
+
 typedef struct Weight {
     WType type;
     int rows, cols;

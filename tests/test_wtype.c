@@ -84,6 +84,42 @@ static void *dup_blob(Blob b) {
     return p;
 }
 
+/* cpu against ref on a fixture's weight (the K types have no quantizer: only here) */
+static void fixture_matmul(const Weight *w, const char *nm) {
+    Backend *ref = backend_init("ref", 1, NULL), *cpu = backend_init("cpu", 2, NULL);
+    for (int M = 1; M <= 9; M += 8) {
+        size_t nx = (size_t)M * w->cols, no = (size_t)M * w->rows;
+        float *x = malloc(nx * 4), *a = malloc(no * 4), *b = malloc(no * 4);
+        float *da = malloc(nx * 4), *db = malloc(nx * 4), *dout = malloc(no * 4);
+        for (size_t i = 0; i < nx; i++)
+            x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+        for (size_t i = 0; i < no; i++)
+            dout[i] = (float)((i * 104729) % 1000) / 500.0f - 1.0f;
+        memset(da, 0, nx * 4);
+        memset(db, 0, nx * 4);
+        ref->ops->matmul_w_fwd(ref, a, x, w, NULL, M);
+        cpu->ops->matmul_w_fwd(cpu, b, x, w, NULL, M);
+        ref->ops->matmul_w_bwd_in(ref, da, dout, w, M);
+        cpu->ops->matmul_w_bwd_in(cpu, db, dout, w, M);
+        double e1 = test_max_abs_diff(a, b, no), e2 = test_max_abs_diff(da, db, nx);
+        double s1 = test_max_abs_diff(a, (float[1]){0}, 1) + 1.0, s2 = 1.0;
+        for (size_t i = 0; i < no; i++)
+            s1 = fmax(s1, fabs((double)a[i]));
+        for (size_t i = 0; i < nx; i++)
+            s2 = fmax(s2, fabs((double)da[i]));
+        CHECK(e1 <= 1e-4 * s1 && e2 <= 1e-4 * s2, "%s M=%d: cpu vs ref %.3g, %.3g (%s)", nm, M, e1,
+              e2, cpu_matmul_w_path(w->type, w->cols, M));
+        free(x);
+        free(a);
+        free(b);
+        free(da);
+        free(db);
+        free(dout);
+    }
+    backend_free(ref);
+    backend_free(cpu);
+}
+
 static void test_fixtures(void) {
     size_t len;
     uint8_t *buf = read_all("tests/fixtures/wtype.bin", &len);
@@ -132,6 +168,10 @@ static void test_fixtures(void) {
               "%.9g)",
               nm, diff, numel, first, (double)got[first], (double)ref[first]);
         dequantized++;
+        int finite = 1;
+        for (size_t i = 0; i < numel; i++)
+            finite &= isfinite(ref[i]) != 0;
+        if (finite) fixture_matmul(&w, nm); /* (f16_3x40 holds an overflow to inf) */
 
         /* quantize the source */
         if (wtype_info[t].quant_row) {
@@ -255,9 +295,10 @@ static void test_matmul_w(void) {
     Backend *ref = backend_init("ref", 1, NULL);
     const WType types[] = {WT_F32, WT_BF16, WT_F16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4, WT_FP4};
     const int threads[] = {1, 2, 3};
-    /* (M, N, K): odd M and N, K of one block, the direct (M <= 8) and the tiled paths */
-    const int shapes[][3] = {{1, 7, 64},     {3, 33, 128},  {8, 17, 256},  {9, 5, 64},
-                             {37, 129, 192}, {64, 70, 512}, {2, 300, 1024}};
+    /* (M, N, K): odd M and N, K of one block, the direct (M <= 8) and the tiled paths; the
+     * last one spans 5 forward tiles (1 MiB each) and 2 input-gradient tiles */
+    const int shapes[][3] = {{1, 7, 64},     {3, 33, 128},  {8, 17, 256},   {9, 5, 64},
+                             {37, 129, 192}, {64, 70, 512}, {2, 300, 1024}, {12, 1100, 1024}};
     int n_cases = 0;
     double worst_all = 0;
     CHECK(backend_missing(ref->ops, BACKEND_NEED_WTYPES) == NULL, "ref lacks typed matmuls");
@@ -314,7 +355,7 @@ static void test_matmul_w(void) {
                 double e1, e2;
                 CHECK(matmul_close(got, want, sf, (size_t)M * N, &e1),
                       "%s fwd M=%d N=%d K=%d threads %d (%s): rel err %.3g", wtype_info[t].name, M,
-                      N, K, threads[hi], cpu_matmul_w_path(t, M), e1);
+                      N, K, threads[hi], cpu_matmul_w_path(t, K, M), e1);
                 CHECK(matmul_close(gotd, wantd, sb, (size_t)M * K, &e2),
                       "%s bwd_in M=%d N=%d K=%d threads %d: rel err %.3g", wtype_info[t].name, M, N,
                       K, threads[hi], e2);
@@ -349,15 +390,17 @@ static void test_matmul_w(void) {
             free(dout);
             free(deq);
         }
-    printf("matmul_w: %d cpu runs (8 types, 7 shapes, 1-3 threads) match ref: worst |err| / "
+    printf("matmul_w: %d cpu runs (8 types, 8 shapes, 1-3 threads) match ref: worst |err| / "
            "sum|a*b| %.3g; direct path for Q4_0 here: %s\n",
-           n_cases, worst_all, cpu_matmul_w_path(WT_Q4_0, 1));
+           n_cases, worst_all, cpu_matmul_w_path(WT_Q4_0, 64, 1));
     backend_free(ref);
 }
 
 int main(void) {
     test_fixtures();
     test_names_and_errors();
+    test_matmul_w();
+    setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */
     test_matmul_w();
     return test_report("test_wtype");
 }

@@ -14,8 +14,8 @@ int cpu_own_running(void);
  * n minus their median, clamped to [1, n]; n when k is 0. Pure, so tests can drive it. */
 int cpu_idle_from_counts(int n, const int *others, int k);
 
-/* Which kernel matmul_w_fwd runs for a weight of type t and M input rows: "tiles+sgemm",
+/* Which kernel matmul_w_fwd runs for a weight of type t, rows of K and M input rows: "tiles+sgemm",
  * "direct avx512" or "direct plain" (TUNA_WTYPE_PLAIN=1 forces plain). For tests and benches. */
-const char *cpu_matmul_w_path(WType t, int M);
+const char *cpu_matmul_w_path(WType t, int K, int M);
 
 #endif

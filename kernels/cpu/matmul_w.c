@@ -2,13 +2,14 @@
  *
  * No fp32 copy of the whole matrix is made:
  * - M > WDIRECT_MAX_M (prefill, training): W is dequantized a tile of rows at a time into a
- *   per-thread fp32 buffer of about 256 KiB (L2), and OpenBLAS multiplies each tile on one
- *   thread; OpenMP runs the tiles. Tile edges do not depend on the thread count, so neither
+ *   per-thread fp32 buffer of about 1 MiB (256 KiB and 4 MiB measured the same), and OpenBLAS
+ *   multiplies each tile on one thread; OpenMP runs the tiles. Tile edges do not depend on the thread count, so neither
  *   do the bits.
  * - M <= WDIRECT_MAX_M (decoding): each thread walks its rows of W a chunk of blocks at a time,
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
- *   once. Q8_0, Q4_0 and Q4_1 have a fused AVX-512 kernel that dequantizes in registers (chosen
- *   at run time with __builtin_cpu_supports; TUNA_WTYPE_PLAIN=1 forces the plain path).
+ *   once. Every type but the K types (rows of a multiple of 32) has a fused AVX-512 kernel that
+ *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
+ *   TUNA_WTYPE_PLAIN=1 forces the plain path).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
@@ -26,9 +27,11 @@
 #define WDIRECT_MAX_M 8
 /* Elements of a row dequantized at once in the direct path (a multiple of every block). */
 #define WCHUNK 512
+/* The longest row the AVX-512 direct kernel takes (its NF4/FP4 scales are on the stack). */
+#define DIRECT_X_MAX_K 65536
 
 static int tile_rows(int K, int N) {
-    int t = (int)(65536 / (K > 0 ? K : 1)); /* 256 KiB of fp32 */
+    int t = (int)(262144 / (K > 0 ? K : 1)); /* 1 MiB of fp32 */
     t = t / 16 * 16;
     if (t < 16) t = 16;
     return t < N ? t : N;
@@ -88,65 +91,186 @@ nibbles_x(const uint8_t *qs, __m512 *lo, __m512 *hi) {
     *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m)));
 }
 
-/* rows [lo, hi) of out (M, N) for Q8_0, Q4_0, Q4_1: per block, each input row's dot with the
- * block's codes, times the scale (Q4_1: plus min times the inputs' block sum) */
+/* 32 bnb 4-bit codes (16 bytes; element 2i in the high nibble of byte i, 2i+1 in the low) as
+ * two vectors of 16 code values: elements 0..15 and 16..31 */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+codes4_x(const uint8_t *qs, __m512 lut, __m512 *lo, __m512 *hi) {
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0F);
+    __m128i h = _mm_and_si128(_mm_srli_epi16(q, 4), m), l = _mm_and_si128(q, m);
+    *lo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(h, l)), lut);
+    *hi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(h, l)), lut);
+}
+
+/* the 32 weights of group j (elements 32j .. 32j+31) of a row, in two registers: Q8_0, Q4_0,
+ * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
+ * times the block's absmax */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
+group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lut, int j,
+        __m512 *w0, __m512 *w1) {
+    if (t == WT_BF16 || t == WT_F16) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64 + 32));
+        if (t == WT_F16) {
+            *w0 = _mm512_cvtph_ps(a);
+            *w1 = _mm512_cvtph_ps(b);
+        } else {
+            *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
+            *w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+        }
+    } else if (t == WT_NF4 || t == WT_FP4) {
+        __m512 s = _mm512_set1_ps(sc[j / 2]);
+        codes4_x(row + (size_t)j * 16, lut, w0, w1);
+        *w0 = _mm512_mul_ps(*w0, s);
+        *w1 = _mm512_mul_ps(*w1, s);
+    } else {
+        const uint8_t *b = row + (size_t)j * (size_t)block_bytes;
+        __m512 c0, c1, dv = _mm512_set1_ps(h2f_x(b)), mv = _mm512_setzero_ps();
+        if (t == WT_Q8_0) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
+            c0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+            c1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+        } else if (t == WT_Q4_0) {
+            nibbles_x(b + 2, &c0, &c1);
+            c0 = _mm512_sub_ps(c0, _mm512_set1_ps(8.0f));
+            c1 = _mm512_sub_ps(c1, _mm512_set1_ps(8.0f));
+        } else { /* Q4_1 */
+            nibbles_x(b + 4, &c0, &c1);
+            mv = _mm512_set1_ps(h2f_x(b + 2));
+        }
+        *w0 = _mm512_fmadd_ps(c0, dv, mv);
+        *w1 = _mm512_fmadd_ps(c1, dv, mv);
+    }
+}
+
+/* the types direct_x takes, for a row of K */
+static int direct_x_takes(WType t, int K) {
+    return t != WT_F32 && t != WT_Q4_K && t != WT_Q5_K && t != WT_Q6_K && K % 32 == 0 &&
+           K <= DIRECT_X_MAX_K;
+}
+
+/* rows [lo, hi) of out (M, N), input rows two at a time: each group's weights are made once
+ * per pair of input rows and kept in registers, with four independent accumulators per input
+ * row (two groups in flight) */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
 direct_x(float *out, const float *in, const Weight *w, const float *bias, int M, size_t lo,
          size_t hi) {
-    int K = w->cols, N = w->rows, nb = K / 32;
-    const WTypeInfo *ti = &wtype_info[w->type];
-    size_t rb = (size_t)nb * (size_t)ti->block_bytes;
+    int K = w->cols, N = w->rows, ng = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    float code[16];
+    if (t == WT_NF4 || t == WT_FP4)
+        wtype_code4(t, code);
+    else
+        memset(code, 0, sizeof code);
+    __m512 lut = _mm512_loadu_ps(code);
+    float sc[DIRECT_X_MAX_K / 64]; /* NF4/FP4: the row's block scales, made before the loop
+                                     * (a call inside it would spill every zmm register) */
     for (size_t n = lo; n < hi; n++) {
-        const uint8_t *b = (const uint8_t *)w->data + n * rb;
-        __m512 acc[WDIRECT_MAX_M];
-        for (int m = 0; m < M; m++)
-            acc[m] = _mm512_setzero_ps();
-        for (int j = 0; j < nb; j++, b += ti->block_bytes) {
-            __m512 c0, c1, dv = _mm512_set1_ps(h2f_x(b)), mv = _mm512_setzero_ps();
-            if (w->type == WT_Q8_0) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
-                c0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-                c1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-            } else if (w->type == WT_Q4_0) {
-                nibbles_x(b + 2, &c0, &c1);
-                c0 = _mm512_sub_ps(c0, _mm512_set1_ps(8.0f));
-                c1 = _mm512_sub_ps(c1, _mm512_set1_ps(8.0f));
-            } else { /* Q4_1 */
-                nibbles_x(b + 4, &c0, &c1);
-                mv = _mm512_set1_ps(h2f_x(b + 2));
+        WAux aux;
+        const uint8_t *row = weight_row(w, (int)n, &aux);
+        if (t == WT_NF4 || t == WT_FP4)
+            for (int b = 0; b < K / 64; b++)
+                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        for (int m0 = 0; m0 < M; m0 += 2) {
+            int two = m0 + 1 < M;
+            const float *x0 = in + (size_t)m0 * K, *x1 = two ? x0 + K : x0;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            int j = 0;
+            for (; j + 1 < ng; j += 2) {
+                __m512 w0, w1, w2, w3;
+                group_x(t, bb, row, sc, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, lut, j + 1, &w2, &w3);
+                const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
+                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
+                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
+                a2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(p + 32), a2);
+                a3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(p + 48), a3);
+                if (two) {
+                    b0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(q), b0);
+                    b1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(q + 16), b1);
+                    b2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(q + 32), b2);
+                    b3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(q + 48), b3);
+                }
             }
-            /* the block's weights, in registers */
-            __m512 w0 = _mm512_fmadd_ps(c0, dv, mv), w1 = _mm512_fmadd_ps(c1, dv, mv);
-            for (int m = 0; m < M; m++) {
-                const float *x = in + (size_t)m * K + (size_t)j * 32;
-                acc[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[m]);
-                acc[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[m]);
+            if (j < ng) {
+                __m512 w0, w1;
+                group_x(t, bb, row, sc, lut, j, &w0, &w1);
+                const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
+                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
+                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
+                b0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(q), b0);
+                b1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(q + 16), b1);
+            }
+            float bn = bias ? bias[n] : 0.0f;
+            __m512 sa = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            out[(size_t)m0 * N + n] = _mm512_reduce_add_ps(sa) + bn;
+            if (two) {
+                __m512 sb = _mm512_add_ps(_mm512_add_ps(b0, b1), _mm512_add_ps(b2, b3));
+                out[(size_t)(m0 + 1) * N + n] = _mm512_reduce_add_ps(sb) + bn;
             }
         }
-        for (int m = 0; m < M; m++)
-            out[(size_t)m * N + n] = _mm512_reduce_add_ps(acc[m]) + (bias ? bias[n] : 0.0f);
     }
 }
 
-static int use_avx512(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("TUNA_WTYPE_PLAIN");
-        v = !(e && *e && *e != '0') && __builtin_cpu_supports("avx512f") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("f16c");
+/* rows n0 .. n0+nn-1 of w in fp32 into dst (nn, K), 32 weights at a time in registers */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
+dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
+    int K = w->cols, ng = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    float code[16], sc[DIRECT_X_MAX_K / 64];
+    if (t == WT_NF4 || t == WT_FP4)
+        wtype_code4(t, code);
+    else
+        memset(code, 0, sizeof code);
+    __m512 lut = _mm512_loadu_ps(code);
+    for (int n = n0; n < n0 + nn; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, n, &aux);
+        float *d = dst + (size_t)(n - n0) * K;
+        if (t == WT_NF4 || t == WT_FP4)
+            for (int b = 0; b < K / 64; b++)
+                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        for (int j = 0; j < ng; j++) {
+            __m512 w0, w1;
+            group_x(t, bb, row, sc, lut, j, &w0, &w1);
+            _mm512_storeu_ps(d + (size_t)j * 32, w0);
+            _mm512_storeu_ps(d + (size_t)j * 32 + 16, w1);
+        }
     }
-    return v;
+}
+
+/* read on every call (a getenv, next to a matmul), so a test can switch paths */
+static int use_avx512(void) {
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+    const char *e = getenv("TUNA_WTYPE_PLAIN");
+    return cpu && !(e && *e && *e != '0');
 }
 #endif
 
-const char *cpu_matmul_w_path(WType t, int M) {
+const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
-    if (use_avx512() && (t == WT_Q8_0 || t == WT_Q4_0 || t == WT_Q4_1)) return "direct avx512";
+    if (use_avx512() && direct_x_takes(t, K)) return "direct avx512";
 #endif
     (void)t;
     return "direct plain";
+}
+
+/* rows n0 .. n0+nn-1 of w in fp32 (the fused kernel where it applies, else the table's) */
+static void dequant_rows(const Weight *w, int n0, int nn, float *dst) {
+#ifdef WTYPE_X86
+    if (use_avx512() && direct_x_takes(w->type, w->cols)) {
+        dequant_rows_x(w, n0, nn, dst);
+        return;
+    }
+#endif
+    weight_dequantize_rows(w, n0, nn, dst);
 }
 
 // --- the tiled path -------------------------------------------------------------------------------
@@ -156,7 +280,7 @@ static void tiles_fwd(float *out, const float *in, const Weight *w, const float 
     int K = w->cols, N = w->rows;
     for (size_t t = lo; t < hi; t++) {
         int n0 = (int)t * tn, nn = N - n0 < tn ? N - n0 : tn;
-        weight_dequantize_rows(w, n0, nn, buf);
+        dequant_rows(w, n0, nn, buf);
         cpu_sgemm(1, 0, 1, M, nn, K, 1.0f, in, K, buf, K, 0.0f, out + n0, N);
         if (bias)
             for (int m = 0; m < M; m++)
@@ -178,7 +302,7 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     if (M <= WDIRECT_MAX_M) {
         nth = (size_t)K * N >= 16384 ? be->n_threads : 1;
 #ifdef WTYPE_X86
-        if (use_avx512() && (w->type == WT_Q8_0 || w->type == WT_Q4_0 || w->type == WT_Q4_1)) {
+        if (use_avx512() && direct_x_takes(w->type, K)) {
             CPU_PAR_RANGE(nth, (size_t)N, direct_x(out, in, w, bias, M, lo, hi));
             return;
         }

@@ -1,0 +1,137 @@
+/* bench_wtype.c: the cpu backend's matmul_w_fwd per weight type against fp32 matmul_fwd
+ * (OpenBLAS), at a decoding shape (M = 1, 576 x 576), a prefill/training shape (M = 512,
+ * 1536 x 576) and an LM-head shape (M = 512, 49152 x 576; --quick: 8192 x 576). Prints the CPU's
+ * features, the kernel path each row takes, ms per call and GFLOP/s (2 M N K per call), the
+ * best of several runs; cpu on every core. Built and run by `make bench`.
+ *   build/bench/bench_wtype [--quick] [--threads N]   (N 0: every core) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 0x2545F4914F6CDD1DULL;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) / 16777216.0) * 2.0f - 1.0f;
+}
+
+static void cpu_features(void) {
+    static const char *const flags[] = {"avx2",        "fma",      "f16c",
+                                        "avx512f",     "avx512bw", "avx512_vnni",
+                                        "avx512_bf16", "amx_bf16", "amx_tile"};
+    char line[8192];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char model[256] = "?", have[512] = "";
+    while (f && fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "model name", 10) && model[0] == '?') {
+            char *c = strchr(line, ':');
+            if (c) snprintf(model, sizeof model, "%s", c + 2);
+            model[strcspn(model, "\n")] = '\0';
+        }
+        if (!strncmp(line, "flags", 5)) {
+            for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+                char pat[64];
+                snprintf(pat, sizeof pat, " %s", flags[i]);
+                char *p = strstr(line, pat);
+                size_t n = strlen(pat);
+                if (p && (p[n] == ' ' || p[n] == '\n')) {
+                    strcat(have, flags[i]);
+                    strcat(have, " ");
+                }
+            }
+            break;
+        }
+    }
+    if (f) fclose(f);
+    printf("cpu: %s; features: %s\n", model, have[0] ? have : "(none of interest)");
+}
+
+static void bench_shape(Backend *be, int M, int N, int K, int reps) {
+    const WType types[] = {WT_F32, WT_BF16, WT_F16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4, WT_FP4};
+    size_t nw = (size_t)N * K;
+    float *wf = malloc(nw * 4), *x = malloc((size_t)M * K * 4), *out = malloc((size_t)M * N * 4);
+    for (size_t i = 0; i < nw; i++)
+        wf[i] = frand() * 0.05f;
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        x[i] = frand();
+    double flop = 2.0 * M * N * K;
+    printf("M=%d, W %d x %d:\n", M, N, K);
+    /* the fp32 baseline: matmul_fwd (matvecs for M <= 16, OpenBLAS sgemm above) */
+    double best = 1e30;
+    be->ops->matmul_fwd(be, out, x, wf, NULL, M, K, N); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        be->ops->matmul_fwd(be, out, x, wf, NULL, M, K, N);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    double base = best;
+    printf("  %-10s %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB\n", "fp32 c_matmul",
+           "matmul_fwd", best * 1e3, flop / best * 1e-9, 1.0, (double)nw * 4 / 1e6);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        Weight w;
+        TunaErr err = {0};
+        for (int dq = 0; dq <= (types[ti] == WT_NF4); dq++) {
+            if (weight_quantize(&w, wf, N, K, types[ti], dq, &err)) {
+                printf("  %s: %s\n", wtype_info[types[ti]].name, err.msg);
+                continue;
+            }
+            best = 1e30;
+            be->ops->matmul_w_fwd(be, out, x, &w, NULL, M); /* warm-up */
+            for (int r = 0; r < reps; r++) {
+                double t = now();
+                be->ops->matmul_w_fwd(be, out, x, &w, NULL, M);
+                t = now() - t;
+                if (t < best) best = t;
+            }
+            char nm[32];
+            snprintf(nm, sizeof nm, "%s%s", wtype_info[types[ti]].name, dq ? "+dq" : "");
+            printf("  %-10s    %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB\n", nm,
+                   types[ti] == WT_F32 ? "(fp32 slot)" : cpu_matmul_w_path(types[ti], K, M),
+                   best * 1e3, flop / best * 1e-9, base / best, (double)weight_bytes(&w) / 1e6);
+            weight_free(&w);
+        }
+    }
+    free(wf);
+    free(x);
+    free(out);
+}
+
+int main(int argc, char **argv) {
+    int quick = 0, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+    }
+    cpu_features();
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", threads, &err);
+    if (!be) {
+        fprintf(stderr, "bench_wtype: %s\n", err.msg);
+        return 1;
+    }
+    printf("cpu backend, %d threads; columns: type, kernel, ms per call (best), GFLOP/s, speed "
+           "vs fp32, weight size\n",
+           be->n_threads);
+    bench_shape(be, 1, 576, 576, quick ? 50 : 400);
+    bench_shape(be, 1, 1536, 576, quick ? 50 : 200);
+    bench_shape(be, 512, 1536, 576, quick ? 2 : 5);
+    bench_shape(be, 512, quick ? 8192 : 49152, 576, quick ? 1 : 3);
+    backend_free(be);
+    return 0;
+}
