@@ -164,10 +164,10 @@ size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
 static int spec_site(const Model *m, const ParamSpec *s, int *layer) {
     for (int l = 0; l < m->cfg.L; l++) {
         LayerWeights *w = &m->layers[l];
-        float **f[LORA_N_SITES] = {[LORA_Q] = &w->wq,       [LORA_K] = &w->wk,
-                                   [LORA_V] = &w->wv,       [LORA_O] = &w->wo,
-                                   [LORA_GATE] = &w->w_gate, [LORA_UP] = &w->w_up,
-                                   [LORA_DOWN] = &w->w_down};
+        float **f[LORA_N_SITES] = {
+                [LORA_Q] = &w->wq,       [LORA_K] = &w->wk,        [LORA_V] = &w->wv,
+                [LORA_O] = &w->wo,       [LORA_GATE] = &w->w_gate, [LORA_UP] = &w->w_up,
+                [LORA_DOWN] = &w->w_down};
         for (int k = 0; k < LORA_N_SITES; k++)
             if (s->dst == f[k]) {
                 *layer = l;
@@ -177,20 +177,25 @@ static int spec_site(const Model *m, const ParamSpec *s, int *layer) {
     return -1;
 }
 
+/* The input width of a linear spec as the model holds it (out, in). */
+static int spec_in_dim(const ParamSpec *s) {
+    return (int)(s->mode == LOAD_COPY ? s->shape[1] : s->shape[0]);
+}
+
 /* Which specs load as typed weights: the linear layers below o->fp32_from_layer. */
-static void mark_typed(const Model *m, SpecList *specs, const ModelLoadOptions *o) {
+static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
     for (int i = 0; i < specs->n; i++) {
         ParamSpec *s = &specs->v[i];
         s->site = spec_site(m, s, &s->layer);
         int from = o && o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer
                                                : (o ? o->fp32_from_layer : 0);
         s->typed = o && o->qtype != WT_F32 && s->site >= 0 && s->layer < from;
+        /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
+        if (s->typed && spec_in_dim(s) % wtype_info[o->qtype].block) {
+            s->typed = 0;
+            m->n_qskipped++;
+        }
     }
-}
-
-/* The input width of a linear spec as the model holds it (out, in). */
-static int spec_in_dim(const ParamSpec *s) {
-    return (int)(s->mode == LOAD_COPY ? s->shape[1] : s->shape[0]);
 }
 
 /* A host Weight copied into backend memory (a new Weight whose buffers the backend owns). */
@@ -680,8 +685,8 @@ void model_base_linear(const Model *m, int l, LoraSite site, float *out, const f
         m->be->ops->matmul_fwd(m->be, out, in, W, bias, M, K, N);
 }
 
-int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din,
-                                const float *dout, int M) {
+int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
+                                int M) {
     const Weight *q = m->layers[l].qw[site];
     if (!q) return 0;
     if (din) m->be->ops->matmul_w_bwd_in(m->be, din, dout, q, M);

@@ -78,6 +78,7 @@ typedef struct Model {
     size_t n_params;      /* floats in params */
     size_t n_qbytes;      /* bytes of the typed weights (LayerWeights.qw), outside params */
     size_t n_qparams;     /* the weights they hold */
+    int n_qskipped;       /* linear layers left fp32: rows not whole blocks of the type */
     float *wte;           // (V, C)
     float *wpe;           // (max_pos, C) GPT-2
     float *lnf_w, *lnf_b; // (C)
@@ -133,8 +134,8 @@ void model_base_linear(const Model *m, int l, LoraSite site, float *out, const f
 /* dst (rows, cols) = the typed weight d (backend memory) in fp32, through download. */
 void weight_download_f32(Backend *be, const Weight *d, float *dst);
 
-int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din,
-                                const float *dout, int M);
+int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
+                                int M);
 void model_free(Model *m); /* NULL-safe */
 
 /* Sizes the KV cache for cache_T positions (capped at max_position_embeddings for GPT-2)

@@ -939,8 +939,9 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
 /* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
 static LoraSite base_site(int site, int slice) {
     static const LoraSite of[N_SITES] = {
-            [SITE_Q] = LORA_Q,       [SITE_K] = LORA_K,   [SITE_V] = LORA_V,      [SITE_QKV] = LORA_Q,
-            [SITE_O] = LORA_O,       [SITE_GATE] = LORA_GATE, [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
+            [SITE_Q] = LORA_Q,   [SITE_K] = LORA_K,      [SITE_V] = LORA_V,
+            [SITE_QKV] = LORA_Q, [SITE_O] = LORA_O,      [SITE_GATE] = LORA_GATE,
+            [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
     return site == SITE_QKV ? (LoraSite)(LORA_Q + slice) : of[site];
 }
 

@@ -245,8 +245,8 @@ static int quant_options(const TrainConfig *c, TrainMethod method, ModelLoadOpti
                          "--quantization-bit 4",
                          c->quantization_type);
     if (c->double_quantization && t != WT_NF4 && t != WT_FP4)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--double-quantization applies to nf4 and fp4, not %s", name);
+        return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
+                         name);
     o->qtype = (WType)t;
     o->double_quant = c->double_quantization;
     if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers; /* resolved on load */
@@ -292,6 +292,18 @@ static int run_open(Run *r, TunaErr *err) {
     ModelLoadOptions lo;
     if ((rc = quant_options(c, method, &lo, err))) return rc;
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
+    if (r->m->n_qbytes) {
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "base: %zu linear weights in %s%s (%.1f MiB), %zu in fp32%s%d linear layer%s "
+                 "left fp32: rows not whole blocks of %d)",
+                 r->m->n_qparams, wtype_info[lo.qtype].name,
+                 lo.double_quant ? " + 8-bit scales" : "", (double)r->m->n_qbytes / (1 << 20),
+                 r->m->n_params, " (", r->m->n_qskipped, r->m->n_qskipped == 1 ? "" : "s",
+                 wtype_info[lo.qtype].block);
+        if (!r->m->n_qskipped) *strstr(msg, " (") = '\0';
+        emit_log(r, "info", msg);
+    }
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params + r->m->n_qparams);
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;

@@ -4,7 +4,8 @@
  *  - a host read of its memory is caught (the process dies with the guard's one line);
  *  - every command that loads a model, trains, samples, evaluates, chats, generates or exports
  *    runs on it and gives the cpu backend's results bit for bit: train with full, freeze,
- *    LoRA (dropout, trainable tokens, gradient checkpointing) and P-tuning, with evals,
+ *    LoRA (dropout, trainable tokens, gradient checkpointing), QLoRA (NF4 base) and P-tuning,
+ *    with evals,
  *    samples and checkpoints; --resume; eval; chat on a run folder; generate.
  * Small models only: every op of the guard opens and closes its whole arena (mprotect), which
  * costs seconds a token on a 135M model. */
@@ -165,6 +166,8 @@ int main(void) {
                "--lora-trainable-tokens 1,5 --gradient-checkpointing --grad-accum 2",
                "adapter_model.safetensors");
     test_train("ptuning", "--method ptuning --prefix-tokens 4", "adapter_model.safetensors");
+    test_train("qlora", "--method lora --quantization-bit 4 --double-quantization",
+               "adapter_model.safetensors");
     char fmt[1600];
     snprintf(fmt, sizeof fmt,
              "train --resume %s/resume-{be} --quiet --backend {be} --allow-changes && cat "

@@ -218,6 +218,13 @@ static void g_adamw(Backend *be, float *p, const float *g, float gscale, float *
                     float bc2) {
     OPEN_CALL(be, adamw(in_, p, g, gscale, m, v, n, lr, b1, b2, eps, wd, bc1, bc2));
 }
+static void g_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
+                           const float *bias, int M) {
+    OPEN_CALL(be, matmul_w_fwd(in_, out, in, w, bias, M));
+}
+static void g_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+    OPEN_CALL(be, matmul_w_bwd_in(in_, din, dout, w, M));
+}
 static void g_set_threads(Backend *be, int n_threads) {
     Guard *g = GUARD(be);
     backend_set_threads(g->inner, n_threads);
@@ -256,6 +263,8 @@ static const BackendOps guard_ops = {
         .scale = g_scale,
         .dropout = g_dropout,
         .adamw = g_adamw,
+        .matmul_w_fwd = g_matmul_w_fwd,
+        .matmul_w_bwd_in = g_matmul_w_bwd_in,
         .set_threads = g_set_threads,
 };
 
