@@ -182,6 +182,44 @@ static int spec_in_dim(const ParamSpec *s) {
     return (int)(s->mode == LOAD_COPY ? s->shape[1] : s->shape[0]);
 }
 
+/* Bytes of an (N, K) weight in type t (its scales included), 0 when its rows are not whole
+ * blocks (it then stays fp32). */
+static size_t typed_bytes(WType t, int dq, size_t N, size_t K) {
+    if (K % (size_t)wtype_info[t].block) return 0;
+    size_t b = N * wtype_row_bytes(t, (int64_t)K);
+    if (t == WT_NF4 || t == WT_FP4) {
+        size_t blocks = N * K / 64;
+        b += dq ? blocks + (blocks + 255) / 256 * sizeof(float) + sizeof(float) /* offset */
+                : blocks * sizeof(float);
+    }
+    return b;
+}
+
+size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed) {
+    *n_typed = 0;
+    if (!o || o->qtype == WT_F32) return 0;
+    size_t C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
+           FF = (size_t)c->FF;
+    int gpt2 = c->arch == ARCH_GPT2;
+    size_t dims[LORA_N_SITES][2] = {{gpt2 ? C : QD, C},
+                                    {gpt2 ? C : KD, C},
+                                    {gpt2 ? C : KD, C},
+                                    {C, gpt2 ? C : QD},
+                                    {gpt2 ? 0 : FF, C},
+                                    {FF, C},
+                                    {C, FF}};
+    int from = o->fp32_from_layer < 0 ? c->L + o->fp32_from_layer : o->fp32_from_layer;
+    size_t bytes = 0;
+    for (int l = 0; l < c->L && l < from; l++)
+        for (int k = 0; k < LORA_N_SITES; k++) {
+            size_t b = typed_bytes(o->qtype, o->double_quant, dims[k][0], dims[k][1]);
+            if (!b || !dims[k][0]) continue;
+            bytes += b;
+            *n_typed += dims[k][0] * dims[k][1];
+        }
+    return bytes;
+}
+
 /* Which specs load as typed weights: the linear layers below o->fp32_from_layer. */
 static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
     for (int i = 0; i < specs->n; i++) {

@@ -125,6 +125,10 @@ typedef struct ModelLoadOptions {
 int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
                     TunaErr *err);
 
+/* From the config alone: the bytes the typed linear weights of model_load_opts(o) take, and in
+ * *n_typed the weights they hold (0 and 0 for no quantization). */
+size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed);
+
 /* The base linear layer of (layer l, site): out (M, N) = in (M, K) · Wᵀ + bias, through the
  * typed weight where the model keeps one, else the fp32 W. */
 void model_base_linear(const Model *m, int l, LoraSite site, float *out, const float *in,

@@ -221,38 +221,6 @@ static double auto_lr(TrainMethod method, size_t n_params) {
     return exp(log(small) + t * (log(big) - log(small)));
 }
 
-/* --quantization-bit / --quantization-type / --double-quantization as load options: the
- * linear layers the method keeps frozen (all for LoRA and P-tuning; freeze: those below its
- * trained layers) in the chosen type. */
-static int quant_options(const TrainConfig *c, TrainMethod method, ModelLoadOptions *o,
-                         TunaErr *err) {
-    *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
-    if (!c->quantization_bit) return 0;
-    if (c->quantization_bit != 4 && c->quantization_bit != 8)
-        return tuna_errf(err, TUNA_EINVAL, "--quantization-bit must be 0, 4 or 8, got %d",
-                         c->quantization_bit);
-    if (method == METHOD_FULL)
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--quantization-bit %d: full fine-tuning trains every weight in fp32; "
-                         "use --method lora (QLoRA), ptuning or freeze",
-                         c->quantization_bit);
-    const char *name = c->quantization_bit == 8 ? "q8_0" : c->quantization_type;
-    int t = wtype_by_name(name);
-    int ok4 = t == WT_NF4 || t == WT_FP4 || t == WT_Q4_0 || t == WT_Q4_1;
-    if (c->quantization_bit == 4 && !ok4)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--quantization-type \"%s\": want nf4, fp4, q4_0 or q4_1 with "
-                         "--quantization-bit 4",
-                         c->quantization_type);
-    if (c->double_quantization && t != WT_NF4 && t != WT_FP4)
-        return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
-                         name);
-    o->qtype = (WType)t;
-    o->double_quant = c->double_quantization;
-    if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers; /* resolved on load */
-    return 0;
-}
-
 /* Checks and loads everything the run needs; touches no file. */
 static int run_open(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
@@ -290,7 +258,7 @@ static int run_open(Run *r, TunaErr *err) {
                          MAX_SAMPLE_PROMPTS);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     ModelLoadOptions lo;
-    if ((rc = quant_options(c, method, &lo, err))) return rc;
+    if ((rc = train_load_options(c, method, &lo, err))) return rc;
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
     if (r->m->n_qbytes) {
         char msg[300];

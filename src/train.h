@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "model_train.h"
 
 typedef struct TrainConfig {
     char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
@@ -105,6 +106,11 @@ typedef struct TrainEstimate {
 /* Fails, in train_state_init's words, on what a run would refuse of the method's options (an
  * unknown method, LoRA targets the architecture lacks, more freeze layers than it has). */
 int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out, TunaErr *err);
+
+/* --quantization-bit / --quantization-type / --double-quantization as the options model_load_opts
+ * takes for method (the layers it keeps frozen: all for lora and ptuning, those below the trained
+ * ones for freeze); a one-line error for a value or method they do not go with. */
+int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOptions *o, TunaErr *err);
 
 /* Defaults for every field. */
 void train_config_defaults(TrainConfig *c);

@@ -16,6 +16,7 @@
 #include "../kernels/backend.h"
 #include "../src/model.h"
 #include "../src/model_train.h"
+#include "../src/train.h"
 #include "../src/xalloc.h"
 #include "harness.h"
 
@@ -137,6 +138,10 @@ static void type_case(const char *arch, WType t, int dq) {
     CHECK(mq->n_params + mq->n_qparams == mf->n_params && mq->n_qbytes > 0,
           "%s %s: %zu fp32 + %zu typed weights vs %zu", arch, what, mq->n_params, mq->n_qparams,
           mf->n_params);
+    size_t nt, tb = model_typed_bytes_for(&mq->cfg, &o, &nt);
+    CHECK(tb == mq->n_qbytes && nt == mq->n_qparams,
+          "%s %s: the estimate from config.json (%zu bytes, %zu weights) is what loads (%zu, %zu)",
+          arch, what, tb, nt, mq->n_qbytes, mq->n_qparams);
     logits_case(arch, mq, mf, what);
     char w2[96];
     snprintf(w2, sizeof w2, "%s lora", what);
@@ -190,7 +195,52 @@ static void freeze_case(const char *arch) {
     backend_free(be);
 }
 
+/* stories260K: its down projections (K = 172) are not whole blocks and stay fp32; the
+ * estimate knows it. */
+static void fallback_case(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    ModelLoadOptions o = {.qtype = WT_Q4_0, .fp32_from_layer = 1 << 30};
+    Model *m = NULL;
+    if (model_load_opts("models/stories260K", be, &o, &m, &err)) {
+        CHECK(0, "stories260K Q4_0: %s", err.msg);
+    } else {
+        size_t nt, tb = model_typed_bytes_for(&m->cfg, &o, &nt);
+        CHECK(m->n_qskipped == m->cfg.L && !m->layers[0].qw[LORA_DOWN] && m->layers[0].w_down &&
+                      m->layers[0].qw[LORA_UP],
+              "stories260K: %d down projections left fp32", m->n_qskipped);
+        CHECK(tb == m->n_qbytes && nt == m->n_qparams, "stories260K: estimate %zu vs %zu bytes", tb,
+              m->n_qbytes);
+    }
+    model_free(m);
+    backend_free(be);
+}
+
+/* train_estimate (the Setup screen's memory figure) follows --quantization-bit. */
+static void estimate_case(void) {
+    TunaErr err = {0};
+    ModelConfig mc;
+    CHECK(config_load("tests/fixtures/llama", &mc, &err) == 0, "%s", err.msg);
+    TrainConfig c;
+    train_config_defaults(&c);
+    snprintf(c.method, sizeof c.method, "lora");
+    TrainEstimate e32, e4;
+    CHECK(train_estimate(&mc, &c, &e32, &err) == 0, "%s", err.msg);
+    c.quantization_bit = 4;
+    CHECK(train_estimate(&mc, &c, &e4, &err) == 0, "%s", err.msg);
+    ModelLoadOptions o = {.qtype = WT_NF4, .fp32_from_layer = 1 << 30};
+    size_t nt, tb = model_typed_bytes_for(&mc, &o, &nt);
+    CHECK(e32.weight_bytes - e4.weight_bytes == nt * sizeof(float) - tb && nt > 0,
+          "estimate: 4-bit base saves %zu bytes, expected %zu", e32.weight_bytes - e4.weight_bytes,
+          nt * sizeof(float) - tb);
+    snprintf(c.method, sizeof c.method, "full");
+    CHECK(train_estimate(&mc, &c, &e4, &err) != 0 && strstr(err.msg, "full fine-tuning"),
+          "estimate: full + 4-bit refused: %s", err.msg);
+}
+
 int main(void) {
+    fallback_case();
+    estimate_case();
     const char *archs[] = {"llama", "qwen3", "gpt2", "mistral", "llama_tied"};
     const struct {
         WType t;

@@ -161,6 +161,9 @@ static const FormRow form_rows[] = {
         {"eval_steps", "eval steps", 5, 0},
         {"save_steps", "save steps", 10, 0},
         {"seed", "seed", 1, 0},
+        {"quantization_bit", "base bits (0/4/8)", 4, 0},
+        {"quantization_type", "4-bit type", 0, 0},
+        {"double_quantization", "double quant", 1, 0},
         {"output", "output", 0, 0},
 };
 
