@@ -53,7 +53,8 @@ ENGINE_SRC := $(wildcard src/*.c)
 CLI_SRC    := $(filter-out src/cli/main.c,$(wildcard src/cli/*.c))
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI_LIB    := $(BUILD)/libtuna_cli.a
-KERNEL_SRC := kernels/backend.c kernels/wtype.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c)
+KERNEL_SRC := kernels/backend.c kernels/wtype.c $(wildcard kernels/ref/*.c) $(wildcard kernels/cpu/*.c) \
+              $(wildcard kernels/guard/*.c)
 UI_SRC     := $(wildcard ui/*.c)
 LIB_SRC    := $(ENGINE_SRC) $(KERNEL_SRC) $(UI_SRC)
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cpu/cpu_backend.h"
+#include "guard/guard_backend.h"
 #include "ref/ops_ref.h"
 
 typedef Backend *(*BackendInit)(int n_threads, TunaErr *err);
@@ -71,6 +72,7 @@ static const struct {
 #endif
         {"cpu", cpu_backend_init},
         {"ref", ref_backend_init},
+        {"guard", guard_backend_init}, /* a checking tool: not in backend_list */
 };
 
 Backend *backend_init(const char *name, int n_threads, TunaErr *err) {

@@ -299,7 +299,7 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
             size_t n = (size_t)n_tok * C;
             out->trainable += n;
             out->param_bytes += bsize(n);
-            out->grad_bytes += bsize(n);
+            out->grad_bytes += bsize(n + (size_t)C); /* + tokens_grad_embed's sink row */
         }
     } else if (setup->method == METHOD_PTUNING) {
         int H = setup->prefix_hidden, pj = setup->prefix_projection != 0;
@@ -396,7 +396,7 @@ static int tokens_init(TrainState *ts, const char *list, TunaErr *err) {
     size_t n = (size_t)ts->n_tok * C;
     int fail = 0;
     ts->tok_val = balloc(ts, n, &fail);
-    ts->tok_grad = balloc(ts, n, &fail);
+    ts->tok_grad = balloc(ts, n + (size_t)C, &fail); /* + the sink row of tokens_grad_embed */
     if (fail) return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the trainable token rows");
     for (int j = 0; j < ts->n_tok; j++)
         ts->be->ops->copy(ts->be, ts->tok_val + (size_t)j * C, m->wte + (size_t)ts->tok_idx[j] * C,
@@ -419,37 +419,50 @@ static void tokens_sync(TrainState *ts) {
                           ts->tok_val + (size_t)j * C, sizeof(float) * (size_t)C);
 }
 
-/* Gradient of the trainable rows: through a tied LM head, dlogits[:, id]ᵀ · xnf, and through
- * the embedding lookup, the residual gradient of every position holding the id. Host loops:
- * training runs on backends whose memory the host reads (train_state_init wants their
- * backward ops), and n_tok is a handful of rows. */
+/* Gradient of the trainable rows through a tied LM head: dlogits[:, id]ᵀ · xnf. The few
+ * columns and xnf come to the host through download, the rows' gradient goes back through
+ * upload (n_tok is a handful of rows; no host loop reads backend memory). Same additions in
+ * the same order as an in-place loop, so the result is bit-identical to one. */
 static void tokens_grad_head(TrainState *ts, const float *dlogits, const float *xnf, int M) {
     const Model *m = ts->m;
-    if (m->lm_head != m->wte) return;
+    if (m->lm_head != m->wte || M <= 0) return;
+    const BackendOps *op = ts->be->ops;
     int C = m->cfg.C, V = m->cfg.V;
+    size_t n = (size_t)ts->n_tok * C;
+    float *x = xmalloc(sizeof(float) * (size_t)M * C), *d = xmalloc(sizeof(float) * (size_t)M);
+    float *g = xmalloc(sizeof(float) * n);
+    op->download(ts->be, x, xnf, sizeof(float) * (size_t)M * C);
+    op->download(ts->be, g, ts->tok_grad, sizeof(float) * n);
     for (int j = 0; j < ts->n_tok; j++) {
-        float *g = ts->tok_grad + (size_t)j * C;
         size_t col = (size_t)ts->tok_idx[j];
+        for (int r = 0; r < M; r++)
+            op->download(ts->be, d + r, dlogits + (size_t)r * V + col, sizeof(float));
+        float *gj = g + (size_t)j * C;
         for (int r = 0; r < M; r++) {
-            float d = dlogits[(size_t)r * V + col];
-            if (d == 0.0f) continue;
-            const float *x = xnf + (size_t)r * C;
+            if (d[r] == 0.0f) continue;
+            const float *xr = x + (size_t)r * C;
             for (int k = 0; k < C; k++)
-                g[k] += d * x[k];
+                gj[k] += d[r] * xr[k];
         }
     }
+    op->upload(ts->be, ts->tok_grad, g, sizeof(float) * n);
+    free(x);
+    free(d);
+    free(g);
 }
 
+/* Gradient of the trainable rows through the embedding lookup: the residual gradient of every
+ * position holding the id, by the backend's embed_bwd over ids mapped to the rows (other
+ * positions to the sink row after them, which nothing reads). */
 static void tokens_grad_embed(TrainState *ts, const float *dx, const int32_t *ids, int M) {
-    int C = ts->m->cfg.C;
-    for (int t = 0; t < M; t++)
+    int32_t *map = xmalloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
+    for (int t = 0; t < M; t++) {
+        map[t] = ts->n_tok;
         for (int j = 0; j < ts->n_tok; j++)
-            if (ids[t] == ts->tok_idx[j]) {
-                float *g = ts->tok_grad + (size_t)j * C;
-                const float *d = dx + (size_t)t * C;
-                for (int k = 0; k < C; k++)
-                    g[k] += d[k];
-            }
+            if (ids[t] == ts->tok_idx[j]) map[t] = j;
+    }
+    ts->be->ops->embed_bwd(ts->be, ts->tok_grad, dx, map, M, ts->m->cfg.C);
+    free(map);
 }
 
 /* Each part of train_state_init returns 0, TS_NOMEM when an allocation failed (the caller
@@ -883,7 +896,7 @@ void train_set_step_seed(TrainState *ts, uint64_t step) {
 void train_zero_grad(TrainState *ts) {
     if (ts->grads) zero(ts, ts->grads, ts->g1 - ts->g0);
     if (ts->ad_grad) zero(ts, ts->ad_grad, ts->n_ad);
-    if (ts->tok_grad) zero(ts, ts->tok_grad, (size_t)ts->n_tok * ts->m->cfg.C);
+    if (ts->tok_grad) zero(ts, ts->tok_grad, (size_t)(ts->n_tok + 1) * ts->m->cfg.C);
 }
 
 /* Gradient buffer of a base weight, or NULL when it is frozen. */

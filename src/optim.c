@@ -62,11 +62,20 @@ int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, fl
     }
     free(z);
     size_t off = 0;
+    o->spans = xcalloc((size_t)(np ? np : 1), sizeof *o->spans);
     for (int i = 0; i < np; i++) {
         o->len[i] = tp[i].n;
         o->m[i] = o->m_block + off;
         o->v[i] = o->v_block + off;
         off += tp[i].n;
+        OptimSpan *last = o->n_spans ? &o->spans[o->n_spans - 1] : NULL;
+        if (last && last->p + last->n == tp[i].data && last->g + last->n == tp[i].grad &&
+            last->decay == tp[i].decay) {
+            last->n += tp[i].n; /* m and v are end to end by construction */
+            continue;
+        }
+        o->spans[o->n_spans++] =
+                (OptimSpan){tp[i].data, tp[i].grad, o->m[i], o->v[i], tp[i].n, tp[i].decay};
     }
     return 0;
 }
@@ -78,6 +87,7 @@ void optim_free(Optim *o) {
     free(o->m);
     free(o->v);
     free(o->len);
+    free(o->spans);
     memset(o, 0, sizeof *o);
 }
 
@@ -99,9 +109,12 @@ double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, flo
 void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale) {
     o->t++;
     float bc1 = 1.0f - powf(o->b1, (float)o->t), bc2 = 1.0f - powf(o->b2, (float)o->t);
-    for (int i = 0; i < np; i++)
-        o->be->ops->adamw(o->be, tp[i].data, tp[i].grad, gscale, o->m[i], o->v[i], tp[i].n, lr,
-                          o->b1, o->b2, o->eps, tp[i].decay ? o->wd : 0.0f, bc1, bc2);
+    TUNA_ASSERT(np == o->n && (np == 0 || tp[0].data == o->spans[0].p));
+    for (int i = 0; i < o->n_spans; i++) {
+        const OptimSpan *s = &o->spans[i];
+        o->be->ops->adamw(o->be, s->p, s->g, gscale, s->m, s->v, s->n, lr, o->b1, o->b2, o->eps,
+                          s->decay ? o->wd : 0.0f, bc1, bc2);
+    }
 }
 
 void optim_download(const Optim *o, float **m, float **v) {

@@ -20,6 +20,16 @@ int sched_parse(const char *name);
  * get_*_schedule_with_warmup LambdaLR gives it. */
 double sched_factor(SchedType s, int step, int warmup, int total);
 
+/* A stretch of consecutive tensors whose values, gradients and moments each lie end to end in
+ * memory and that share the weight-decay flag: one AdamW pass covers it. A LoRA run's A and B
+ * matrices (one block, src/model_train.c) are one span; full fine-tuning alternates the
+ * matrices of a layer (decay) with its norms and biases (none). */
+typedef struct OptimSpan {
+    float *p, *g, *m, *v;
+    size_t n;
+    int decay;
+} OptimSpan;
+
 typedef struct Optim {
     float b1, b2, eps, wd;
     int t;          /* steps taken */
@@ -28,6 +38,8 @@ typedef struct Optim {
     size_t *len;
     float *m_block, *v_block; /* backend memory, block_len floats each */
     size_t block_len;
+    OptimSpan *spans; /* the AdamW passes of a step, over the tensors given to optim_init */
+    int n_spans;
     Backend *be;
 } Optim;
 
@@ -41,7 +53,8 @@ void optim_free(Optim *o);
  * for optim_step, which applies it in the same pass (one sweep less over the gradients).
  * Returns the norm before clipping. */
 double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale);
-/* One AdamW step with learning rate lr on the gradients times gscale (1 for none). */
+/* One AdamW step with learning rate lr on the gradients times gscale (1 for none), over the
+ * tensors given to optim_init (tp and np must be those), one pass per span. */
 void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale);
 
 /* Moments to and from host (checkpoints): m[i], v[i] sized like the tensors. */

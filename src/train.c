@@ -1,489 +1,32 @@
-#include "train.h"
+/* train.c: a training run (train.h): its setup (backend, model, tokenizer, template, data,
+ * method, optimizer), the step loop with its commands, evals and samples, and the objectives
+ * the step calls. What the run writes is src/train_out.c's; the options are
+ * src/train_config.c's; the shared Run is in train_run.h. */
+#include "train_run.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-
-#include <cjson/cJSON.h>
 
 #include "../kernels/backend.h"
 #include "control.h"
 #include "dataset.h"
 #include "evalloss.h"
+#include "events.h"
 #include "generate.h"
 #include "model.h"
 #include "model_train.h"
 #include "optim.h"
 #include "peft.h"
-#include "safetensors.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "xalloc.h"
 
-// --- the options table: one row per flag / JSON key (train.h: TrainOption)
-
-#define OFF(k) offsetof(TrainConfig, k)
-#define SZ(k)  sizeof(((TrainConfig *)0)->k)
-/* ranges: lo..hi; ABOVE: > lo; FROM: >= lo; OPEN: > lo and <= hi; NONE: any integer / finite number */
-#define RANGE(lo, hi) 1, lo, hi, 0
-#define ABOVE(lo)     1, lo, HUGE_VAL, 1
-#define FROM(lo)      1, lo, HUGE_VAL, 0
-#define OPEN(lo, hi)  1, lo, hi, 1
-#define NONE          0, 0, 0, 0
-#define S(k, m, d, h)                                                                              \
-    { #k, TRAIN_OPT_STR, OFF(k), SZ(k), d, h, NULL, m, NONE, 0 }
-#define I(k, m, rg, d, h)                                                                          \
-    { #k, TRAIN_OPT_INT, OFF(k), sizeof(int), d, h, NULL, m, rg, 0 }
-#define D(k, m, rg, d, h)                                                                          \
-    { #k, TRAIN_OPT_DBL, OFF(k), sizeof(double), d, h, NULL, m, rg, 0 }
-#define B(k, m, d, h)                                                                              \
-    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, NULL, m, NONE, 0 }
-#define B3(k, alt, m, d, h)                                                                        \
-    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, alt, m, NONE, 0 }
-#define ALL  TRAIN_M_ALL
-#define LORA TRAIN_M_LORA
-#define BIG  1e9
-
-static const TrainOption fields[] = {
-        S(model, ALL, "models/stories260K",
-          "model folder (config.json, model.safetensors, tokenizer.json)"),
-        S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
-        S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
-        {"template", TRAIN_OPT_STR, OFF(template_name), SZ(template_name), "auto",
-         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL,
-         ALL, NONE, 0},
-        S(templates_dir, ALL, "templates", "folder of template files"),
-        S(method, ALL, "lora",
-          "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
-        S(stage, ALL, "sft", "sft (supervised) | pt (plain text, every token trains)"),
-        I(lora_rank, LORA, RANGE(1, 4096), "8", "LoRA rank r"),
-        D(lora_alpha, LORA, OPEN(0, BIG), "16", "LoRA alpha (scale alpha/r)"),
-        D(lora_dropout, LORA, RANGE(0, 0.99), "0", "LoRA dropout"),
-        S(lora_target, LORA, "all",
-          "LoRA target modules, comma-separated (q_proj,v_proj; GPT-2 c_attn), or all: every "
-          "linear layer of the blocks (LLaMA-Factory's default)"),
-        B(use_rslora, LORA, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
-        S(lora_trainable_tokens, LORA, "",
-          "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
-          "token "
-          "strings, or eos (the token the template ends answers with); needed when the base never "
-          "learned that token"),
-        I(freeze_layers, TRAIN_M_FREEZE, RANGE(1, 100000), "2",
-          "freeze: how many last layers train"),
-        I(prefix_tokens, TRAIN_M_PTUNING, RANGE(1, 1024), "16",
-          "ptuning: virtual tokens (num_virtual_tokens)"),
-        B(prefix_projection, TRAIN_M_PTUNING, "false",
-          "ptuning: reparameterize the prefix through an MLP"),
-        I(prefix_hidden, TRAIN_M_PTUNING, RANGE(1, 65536), "64",
-          "ptuning: hidden size of that MLP (encoder_hidden_size)"),
-        D(epochs, ALL, RANGE(0, 100000), "3",
-          "passes over the training data (fractional allowed, e.g. 1.5)"),
-        I(max_steps, ALL, RANGE(0, BIG), "0",
-          "stop after this many optimizer steps (0 = from epochs)"),
-        {"lr", TRAIN_OPT_DBL, OFF(lr), sizeof(double), "auto",
-         "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
-         "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
-         "at 1M and below",
-         NULL, ALL, ABOVE(0), 1},
-        S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
-        I(warmup_steps, ALL, RANGE(0, BIG), "0", "warmup steps"),
-        D(warmup_ratio, ALL, RANGE(0, 1), "0",
-          "warmup as a fraction of all steps (if warmup_steps is 0)"),
-        D(weight_decay, ALL, FROM(0), "0", "AdamW weight decay (not on norms and biases)"),
-        D(max_grad_norm, ALL, FROM(0), "1.0", "clip the global gradient norm (0 = off)"),
-        I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
-        I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
-        I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),
-        B(gradient_checkpointing, ALL, "false",
-          "recompute activations in the backward: less memory, ~1/3 more time"),
-        D(val_size, ALL, RANGE(0, BIG), "0.1", "validation split: fraction, or a count if >= 1"),
-        I(eval_steps, ALL, RANGE(0, BIG), "20", "evaluate every N steps (0 = at the end only)"),
-        I(save_steps, ALL, RANGE(0, BIG), "50", "checkpoint every N steps (0 = only at the end)"),
-        I(save_total_limit, ALL, RANGE(0, 1000000), "2", "checkpoints kept"),
-        I(logging_steps, ALL, RANGE(1, BIG), "1", "write a step line every N steps"),
-        S(sample_prompts, ALL, "Who are you?",
-          "fixed prompts for sample generations, separated by | (up to 16, answered together)"),
-        I(sample_steps, ALL, RANGE(0, BIG), "0",
-          "generate samples every N steps (0 = with each eval)"),
-        I(sample_max_tokens, ALL, RANGE(0, 65536), "48", "tokens per sample"),
-        S(vars, ALL, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
-        I(max_samples, ALL, RANGE(0, BIG), "0", "use at most N rows per dataset (0 = all)"),
-        B(strict, ALL, "false",
-          "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
-          "warned)"),
-        B3(packing, "neat", ALL, "false",
-           "pack short examples into full rows of cutoff_len: true (they attend to each other, "
-           "LLaMA-Factory packing) or neat (positions restart and attention stays inside each "
-           "example: neat_packing; the losses equal unpacked training)"),
-        B(group_by_length, ALL, "false",
-          "batches of examples of similar length (Hugging Face group_by_length): less padding"),
-        S(pad_to, ALL, "batch",
-          "batch: each batch padded to its own longest example (rounded up to 8); max: every "
-          "batch to the longest example of the data (the fixed rows of earlier versions)"),
-        B(train_on_prompt, ALL, "false", "sft: the prompt tokens train too, not only the replies"),
-        B(mask_history, ALL, "false",
-          "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
-        I(seed, ALL, NONE, "42", "seed for data order, LoRA init, dropout and sampling"),
-        I(max_bad_steps, ALL, RANGE(1, 1000000), "5",
-          "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
-        S(adapter, LORA | TRAIN_M_PTUNING, "",
-          "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
-          "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
-          "kept, optimizer and schedule start fresh (not --resume)"),
-        S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
-        S(backend, ALL, "cpu", "cpu | ref | cuda"),
-        I(threads, ALL, RANGE(0, 4096), "0",
-          "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
-};
-#define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
-
-int train_option_count(void) {
-    return N_FIELDS;
-}
-
-const TrainOption *train_option(int i) {
-    return i >= 0 && i < N_FIELDS ? &fields[i] : NULL;
-}
-
-const TrainOption *train_option_find(const char *key) {
-    char k[64];
-    snprintf(k, sizeof k, "%s", key);
-    for (char *q = k; *q; q++)
-        if (*q == '-') *q = '_';
-    for (int i = 0; i < N_FIELDS; i++)
-        if (!strcmp(fields[i].key, k)) return &fields[i];
-    return NULL;
-}
-
-unsigned train_method_bit(const char *method) {
-    static const char *const names[] = {"full", "freeze", "lora", "ptuning"};
-    for (unsigned i = 0; i < 4; i++)
-        if (!strcmp(method, names[i])) return 1u << i;
-    return 0;
-}
-
-const char *train_config_key(int i, int *is_bool, const char **help) {
-    if (i < 0 || i >= N_FIELDS) return NULL;
-    if (is_bool) *is_bool = fields[i].type == TRAIN_OPT_BOOL;
-    if (help) *help = fields[i].help;
-    return fields[i].key;
-}
-
-/* "--lr: must be a number > 0, got -1" (where "--": the flag; else "FILE: " and the key). */
-static int range_err(const TrainOption *f, const char *raw, const char *where, TunaErr *err) {
-    char name[80], what[120];
-    snprintf(name, sizeof name, "%s%s", where, f->key);
-    if (!strcmp(where, "--"))
-        for (char *q = name + 2; *q; q++)
-            if (*q == '_') *q = '-';
-    const char *kind = f->type == TRAIN_OPT_INT ? "an integer" : "a number";
-    if (!f->ranged)
-        snprintf(what, sizeof what, "%s", kind);
-    else if (f->hi == HUGE_VAL)
-        snprintf(what, sizeof what, "%s %s %.10g%s", kind, f->lo_open ? ">" : ">=", f->lo,
-                 f->is_auto ? " or auto" : "");
-    else
-        snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, f->lo, f->hi);
-    return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
-}
-
-static int in_range(const TrainOption *f, double x) {
-    return !f->ranged || ((f->lo_open ? x > f->lo : x >= f->lo) && x <= f->hi);
-}
-
-static int field_set(TrainConfig *c, const TrainOption *f, const char *v, const char *where,
-                     TunaErr *err) {
-    char *p = (char *)c + f->off, *end;
-    errno = 0;
-    switch (f->type) {
-    case TRAIN_OPT_STR:
-        if (strlen(v) >= f->size)
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
-        memcpy(p, v, strlen(v) + 1);
-        return 0;
-    case TRAIN_OPT_INT: {
-        long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < -1000000000L || x > 1000000000L ||
-            !in_range(f, (double)x))
-            return range_err(f, v, where, err);
-        *(int *)p = (int)x;
-        return 0;
-    }
-    case TRAIN_OPT_DBL: {
-        if (f->is_auto && !strcmp(v, "auto")) {
-            *(double *)p = 0; /* 0 stands for auto: the value is chosen when the run starts */
-            return 0;
-        }
-        double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x) || !in_range(f, x))
-            return range_err(f, v, where, err);
-        *(double *)p = x;
-        return 0;
-    }
-    case TRAIN_OPT_BOOL:
-        if (!strcmp(v, "true") || !strcmp(v, "1"))
-            *(int *)p = 1;
-        else if (!strcmp(v, "false") || !strcmp(v, "0"))
-            *(int *)p = 0;
-        else if (f->alt && !strcmp(v, f->alt))
-            *(int *)p = 2;
-        else if (f->alt)
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true, false or %s, got \"%s\"",
-                             where, f->key, f->alt, v);
-        else
-            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where,
-                             f->key, v);
-        return 0;
-    }
-    return 0;
-}
-
-int train_config_check(const TrainConfig *c, TunaErr *err) {
-    for (int i = 0; i < N_FIELDS; i++) {
-        const TrainOption *f = &fields[i];
-        if (!f->ranged || (f->type != TRAIN_OPT_INT && f->type != TRAIN_OPT_DBL)) continue;
-        const char *p = (const char *)c + f->off;
-        double x = f->type == TRAIN_OPT_INT ? (double)*(const int *)p : *(const double *)p;
-        if (f->is_auto && x == 0) continue;
-        char raw[64];
-        snprintf(raw, sizeof raw, "%.17g", x);
-        if (!isfinite(x) || !in_range(f, x)) return range_err(f, raw, "--", err);
-    }
-    return 0;
-}
-
-/* One field's value as text (for diffs). */
-static void field_text(const TrainConfig *c, const TrainOption *f, char *out, size_t cap) {
-    const char *p = (const char *)c + f->off;
-    switch (f->type) {
-    case TRAIN_OPT_STR: snprintf(out, cap, "\"%s\"", p); break;
-    case TRAIN_OPT_INT: snprintf(out, cap, "%d", *(const int *)p); break;
-    case TRAIN_OPT_DBL:
-        if (f->is_auto && *(const double *)p == 0)
-            snprintf(out, cap, "auto");
-        else
-            snprintf(out, cap, "%.15g", *(const double *)p);
-        break;
-    case TRAIN_OPT_BOOL:
-        snprintf(out, cap, "%s",
-                 *(const int *)p == 2 && f->alt ? f->alt
-                 : *(const int *)p              ? "true"
-                                                : "false");
-        break;
-    }
-}
-
-int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap) {
-    int n = 0;
-    if (cap) out[0] = '\0';
-    for (int i = 0; i < N_FIELDS; i++) {
-        const TrainOption *f = &fields[i];
-        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
-        char x[1100], y[1100];
-        field_text(a, f, x, sizeof x);
-        field_text(b, f, y, sizeof y);
-        if (!strcmp(x, y)) continue;
-        size_t o = strlen(out);
-        if (o < cap) snprintf(out + o, cap - o, "%s%s %.60s -> %.60s", n ? ", " : "", f->key, x, y);
-        n++;
-    }
-    return n;
-}
-
-void train_config_defaults(TrainConfig *c) {
-    memset(c, 0, sizeof *c);
-    for (int i = 0; i < N_FIELDS; i++)
-        field_set(c, &fields[i], fields[i].def, "", NULL);
-}
-
-int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err) {
-    const TrainOption *f = train_option_find(key);
-    if (!f) return tuna_errf(err, TUNA_EINVAL, "unknown option \"%s\"", key);
-    return field_set(c, f, value, "--", err);
-}
-
-int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
-    char *text = xread_file(path, NULL);
-    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
-    cJSON *root = cJSON_Parse(text);
-    int rc = 0;
-    if (!cJSON_IsObject(root)) {
-        const char *at = cJSON_GetErrorPtr();
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON near byte %ld", path,
-                       at && root == NULL ? (long)(at - text) : 0L);
-        goto done;
-    }
-    const cJSON *it;
-    cJSON_ArrayForEach(it, root) {
-        if (!strcmp(it->string, "history")) continue; /* changes made on resume (a record) */
-        const TrainOption *f = train_option_find(it->string);
-        if (!f) {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\"", path, it->string);
-            goto done;
-        }
-        char buf[64], where[1100];
-        const char *v = buf;
-        snprintf(where, sizeof where, "%s: ", path);
-        if (cJSON_IsString(it))
-            v = it->valuestring;
-        else if (cJSON_IsBool(it))
-            v = cJSON_IsTrue(it) ? "true" : "false";
-        else if (cJSON_IsNumber(it)) {
-            if (f->type == TRAIN_OPT_INT && it->valuedouble == floor(it->valuedouble))
-                snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
-            else
-                snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
-        } else {
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has the wrong type", path, it->string);
-            goto done;
-        }
-        if ((rc = field_set(c, f, v, where, err))) goto done;
-    }
-done:
-    cJSON_Delete(root);
-    free(text);
-    return rc;
-}
-
-char *train_config_json(const TrainConfig *c) {
-    cJSON *o = cJSON_CreateObject();
-    for (int i = 0; i < N_FIELDS; i++) {
-        const char *p = (const char *)c + fields[i].off;
-        switch (fields[i].type) {
-        case TRAIN_OPT_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
-        case TRAIN_OPT_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
-        case TRAIN_OPT_DBL:
-            if (fields[i].is_auto && *(const double *)p == 0)
-                cJSON_AddStringToObject(o, fields[i].key, "auto");
-            else
-                cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p);
-            break;
-        case TRAIN_OPT_BOOL:
-            if (*(const int *)p == 2 && fields[i].alt)
-                cJSON_AddStringToObject(o, fields[i].key, fields[i].alt);
-            else
-                cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p);
-            break;
-        }
-    }
-    char *s = cJSON_Print(o);
-    cJSON_Delete(o);
-    return s;
-}
-
-void train_config_help(FILE *f) {
-    for (int i = 0; i < N_FIELDS; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "--%s", fields[i].key);
-        for (char *q = left + 2; *q; q++)
-            if (*q == '_') *q = '-';
-        fprintf(f, "  %-24s %s%s%s%s\n", left, fields[i].help, *fields[i].def ? " [" : "",
-                fields[i].def, *fields[i].def ? "]" : "");
-    }
-}
-
-// --- the run
-
-typedef struct Run {
-    const TrainConfig *cfg;
-    const TrainHooks *hooks;
-    char dir[1024];
-    FILE *metrics, *tlog;
-    double t0;
-    Backend *be;
-    Model *m;
-    Tokenizer *tok;
-    Template *tpl;
-    Dataset *all, *train, *val;
-    Batcher batcher;
-    int have_batcher;
-    TrainState *ts;
-    Optim opt;
-    int have_opt;
-    int B, T, total, warmup, steps_per_epoch, step;
-    int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
-    SchedType sched;
-    double lr; /* the peak learning rate: cfg->lr, or what auto chose */
-    double best_eval;
-    int best_step;
-    double cores_checked; /* follow_free_cores: time of the last check */
-    int cores_seen;       /* the free cores that check found (a change needs two in a row) */
-    int lock_fd;          /* RUN/.lock, flock'ed while the run writes the folder (-1: none) */
-    char **pending;       /* events from before metrics.jsonl is open (the folder untouched) */
-    int n_pending;
-    int write_errno; /* first failed write of metrics.jsonl / trainer_log.jsonl */
-    const char *write_file_name;
-    int bar_shown;               /* a progress bar without its newline is on the terminal */
-    const struct Objective *obj; /* the stage's step and eval (objectives[]) */
-} Run;
-
 typedef struct Objective Objective;
 static const Objective *objective_for(const char *stage);
-
-/* Notes the first failed write of a run file: the loop stops the run on it. */
-static void note_write(Run *r, FILE *f, const char *name, int ok) {
-    if (ok && fflush(f) == 0) return;
-    if (!r->write_errno) {
-        r->write_errno = errno ? errno : EIO;
-        r->write_file_name = name;
-    }
-}
-
-/* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
-static void emit(Run *r, cJSON *ev) {
-    char *line = cJSON_PrintUnformatted(ev);
-    if (r->metrics) {
-        errno = 0;
-        note_write(r, r->metrics, "metrics.jsonl", fprintf(r->metrics, "%s\n", line) >= 0);
-    } else if (r->n_pending < 256) {
-        r->pending = xrealloc(r->pending, sizeof *r->pending * (size_t)(r->n_pending + 1));
-        r->pending[r->n_pending++] = xstrdup(line);
-    }
-    if (r->hooks && r->hooks->on_line) r->hooks->on_line(r->hooks->user, line);
-    free(line);
-    cJSON_Delete(ev);
-}
-
-static cJSON *event(const char *type) {
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "type", type);
-    return e;
-}
-
-static int quiet(const Run *r) {
-    return r->hooks && r->hooks->quiet;
-}
-
-/* One line on stderr, never inside a progress bar. */
-static void say(Run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(Run *r, const char *fmt, ...) {
-    if (quiet(r)) return;
-    if (r->bar_shown) fputs("\r\033[K", stderr);
-    r->bar_shown = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static void emit_log(Run *r, const char *level, const char *msg) {
-    cJSON *e = event("log");
-    cJSON_AddStringToObject(e, "level", level);
-    cJSON_AddStringToObject(e, "msg", msg);
-    emit(r, e);
-    say(r, "tuna: %s", msg);
-}
 
 /* A test hook (tests/test_threads.c): TUNA_THREADS_SCHEDULE="1,2,3" runs step N on the N-th
  * count of the list (cycling), whatever --threads says, to show that a run's numbers do not
@@ -535,28 +78,6 @@ static void follow_free_cores(Run *r) {
     emit_log(r, "info", msg);
 }
 
-static int mkdir_p(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
-}
-
-static int write_file(const char *path, const char *text) {
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return -1;
-    int ok = fputs(text, f) >= 0;
-    ok &= fclose(f) == 0;
-    return ok && !rename(tmp, path) ? 0 : -1;
-}
-
 // --- evaluation and samples
 
 static int run_eval(Run *r, double *loss, TunaErr *err);
@@ -605,12 +126,13 @@ static int run_samples(Run *r, TunaErr *err) {
         t_gen = time_now() - t_gen;
         for (int i = 0; i < k; i++) {
             if (!rc) {
-                cJSON *e = event("sample");
-                cJSON_AddNumberToObject(e, "step", r->step);
-                cJSON_AddStringToObject(e, "prompt", text[i]);
-                cJSON_AddStringToObject(e, "text", res[i].text);
-                cJSON_AddNumberToObject(e, "seconds", t_gen); /* the k prompts together */
-                emit(r, e);
+                static Event e;
+                event_clear(&e, EV_SAMPLE);
+                e.step = r->step;
+                event_str(e.name, sizeof e.name, text[i]);
+                event_str(e.text, sizeof e.text, res[i].text);
+                e.seconds = t_gen; /* the k prompts together */
+                emit(r, &e);
                 char one[200];
                 snprintf(one, sizeof one, "%s", res[i].text);
                 for (char *q = one; *q; q++)
@@ -629,381 +151,8 @@ static int run_samples(Run *r, TunaErr *err) {
     return rc;
 }
 
-// --- checkpoints: trainable tensors + optimizer moments + trainer state, atomically
-
-static int save_tensors(const char *path, const TrainParam *tp, int np, float **data,
-                        const char *prefix, TunaErr *err) {
-    StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
-    char(*names)[200] = xcalloc((size_t)np, sizeof *names);
-    for (int i = 0; i < np; i++) {
-        snprintf(names[i], sizeof names[i], "%s%s#%d", prefix, tp[i].name,
-                 i); /* GPT-2 parts share a name */
-        wt[i].name = names[i];
-        wt[i].dtype = ST_F32;
-        wt[i].ndim = 1;
-        wt[i].shape[0] = (int64_t)tp[i].n;
-        wt[i].data = data[i];
-    }
-    int rc = safetensors_write(path, wt, np, NULL, 0, err);
-    free(wt);
-    free(names);
-    return rc;
-}
-
-static int load_tensors(const char *path, const TrainParam *tp, int np, float **data,
-                        const char *prefix, TunaErr *err) {
-    SafeTensors *st = NULL;
-    int rc = safetensors_open(path, &st, err);
-    for (int i = 0; i < np && !rc; i++) {
-        char nm[220];
-        snprintf(nm, sizeof nm, "%s%s#%d", prefix, tp[i].name, i);
-        const StTensor *t = safetensors_find(st, nm);
-        if (!t || st_tensor_numel(t) != tp[i].n)
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: \"%s\" missing or of the wrong size (another method or model?)",
-                           path, nm);
-        else
-            rc = st_tensor_to_f32(t, data[i], tp[i].n, err);
-    }
-    safetensors_free(st);
-    return rc;
-}
-
-static float **host_bufs(const TrainParam *tp, int np) {
-    float **h = xcalloc((size_t)np, sizeof *h);
-    for (int i = 0; i < np; i++)
-        h[i] = xmalloc(sizeof(float) * (tp[i].n ? tp[i].n : 1));
-    return h;
-}
-
-static void free_bufs(float **h, int np) {
-    if (!h) return;
-    for (int i = 0; i < np; i++)
-        free(h[i]);
-    free(h);
-}
-
-static int cmp_ckpt(const void *a, const void *b) {
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
-/* Steps of the checkpoint-N folders in dir, ascending. */
-static int list_ckpts(const char *dir, int *steps, int cap) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    if (!d) return 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < cap) {
-        int s;
-        char tail;
-        if (sscanf(e->d_name, "checkpoint-%d%c", &s, &tail) == 1) steps[n++] = s;
-    }
-    closedir(d);
-    qsort(steps, (size_t)n, sizeof *steps, cmp_ckpt);
-    return n;
-}
-
-static int save_checkpoint(Run *r, TunaErr *err) {
-    char dir[1200], tmp[1300], path[1400];
-    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, r->step);
-    int rc = dir_begin(dir, tmp, sizeof tmp, err);
-    if (rc) return rc;
-    int np;
-    const TrainParam *tp = train_params(r->ts, &np);
-    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
-    train_download_params(r->ts, p);
-    optim_download(&r->opt, mm, vv);
-    snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
-    rc = save_tensors(path, tp, np, p, "", err);
-    if (!rc) {
-        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-        StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
-        char(*nm)[210] = xcalloc((size_t)np * 2, sizeof *nm);
-        for (int i = 0; i < 2 * np; i++) {
-            snprintf(nm[i], sizeof nm[i], "%s%s#%d", i < np ? "m." : "v.", tp[i % np].name, i % np);
-            wt[i] = (StWriteTensor){.name = nm[i],
-                                    .dtype = ST_F32,
-                                    .ndim = 1,
-                                    .shape = {(int64_t)tp[i % np].n},
-                                    .data = i < np ? mm[i] : vv[i - np]};
-        }
-        rc = safetensors_write(path, wt, 2 * np, NULL, 0, err);
-        free(wt);
-        free(nm);
-    }
-    free_bufs(p, np);
-    free_bufs(mm, np);
-    free_bufs(vv, np);
-    if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
-        TrainMethod mt = train_setup(r->ts)->method;
-        if (mt == METHOD_LORA || mt == METHOD_PTUNING)
-            rc = adapter_write(r->ts, tmp, r->cfg->model, err);
-        else
-            rc = model_write_hf(r->m, tmp, err);
-    }
-    if (!rc) {
-        cJSON *s = cJSON_CreateObject();
-        cJSON_AddNumberToObject(s, "global_step", r->step);
-        cJSON_AddNumberToObject(s, "epoch", r->batcher.epoch);
-        cJSON_AddNumberToObject(s, "cursor", (double)r->batcher.cursor);
-        cJSON_AddNumberToObject(s, "optimizer_t", r->opt.t);
-        cJSON_AddNumberToObject(s, "best_eval_loss", isfinite(r->best_eval) ? r->best_eval : -1);
-        cJSON_AddNumberToObject(s, "total_steps", r->total);
-        cJSON_AddNumberToObject(s, "elapsed", time_now() - r->t0);
-        char *txt = cJSON_Print(s);
-        cJSON_Delete(s);
-        snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-        if (write_file(path, txt)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
-        free(txt);
-    }
-    if (!rc) rc = dir_commit(tmp, dir, err);
-    if (rc) {
-        dir_remove(tmp);
-        return rc;
-    }
-    /* rotation counts this run's checkpoints only: a checkpoint-N past the current step is
-     * another run's (or a stray folder) and is neither counted nor deleted */
-    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
-    while (n > 0 && steps[n - 1] > r->step)
-        n--;
-    for (int i = 0; i + r->cfg->save_total_limit < n && r->cfg->save_total_limit > 0; i++) {
-        snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
-        dir_remove(path);
-    }
-    cJSON *e = event("checkpoint");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    snprintf(path, sizeof path, "checkpoint-%d", r->step);
-    cJSON_AddStringToObject(e, "path", path);
-    emit(r, e);
-    return 0;
-}
-
-/* One number of trainer_state.json, range-checked; integer: a whole number. */
-static int state_num(const cJSON *s, const char *key, double lo, double hi, int integer,
-                     double *out, const char *path, TunaErr *err) {
-    const cJSON *v = cJSON_GetObjectItem(s, key);
-    if (!cJSON_IsNumber(v)) return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" is missing", path, key);
-    double x = v->valuedouble;
-    if (!isfinite(x) || x < lo || x > hi || (integer && x != floor(x)))
-        return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be %s from %g to %g, got %g", path,
-                         key, integer ? "an integer" : "a number", lo, hi, x);
-    *out = x;
-    return 0;
-}
-
-/* Loads checkpoint-STEP after checking every field of its trainer_state.json; on an error
- * the run's step, optimizer count and clock are left as they were. */
-static int load_checkpoint(Run *r, int step, TunaErr *err) {
-    char dir[1200], path[1400];
-    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, step);
-    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    char *txt = xread_file(path, NULL);
-    if (!txt) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
-    cJSON *s = cJSON_Parse(txt);
-    free(txt);
-    if (!cJSON_IsObject(s)) {
-        cJSON_Delete(s);
-        return tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON", path);
-    }
-    double gs = 0, ep = 0, cu = 0, ot = 0, be = -1, el = 0, ts = 0;
-    double bpe = (double)batcher_batches_per_epoch(&r->batcher);
-    int rc = state_num(s, "global_step", 1, 1e9, 1, &gs, path, err);
-    if (!rc && gs != step)
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"global_step\" is %.0f in checkpoint-%d", path, gs,
-                       step);
-    if (!rc) rc = state_num(s, "epoch", 0, 1e6, 1, &ep, path, err);
-    if (!rc) rc = state_num(s, "cursor", 0, bpe, 1, &cu, path, err);
-    if (!rc) rc = state_num(s, "optimizer_t", 0, gs, 1, &ot, path, err);
-    if (!rc && cJSON_GetObjectItem(s, "best_eval_loss"))
-        rc = state_num(s, "best_eval_loss", -1, 1e30, 0, &be, path, err);
-    if (!rc && cJSON_GetObjectItem(s, "elapsed"))
-        rc = state_num(s, "elapsed", 0, 1e10, 0, &el, path, err);
-    if (!rc && cJSON_GetObjectItem(s, "total_steps"))
-        rc = state_num(s, "total_steps", 1, 1e9, 1, &ts, path, err);
-    /* the epoch the cursor says it is in: at most one epoch past what the steps can reach */
-    if (!rc && bpe > 0 && ep > floor(gs * r->cfg->grad_accum / bpe) + 1)
-        rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"epoch\" %.0f is past what %.0f steps reach", path,
-                       ep, gs);
-    cJSON_Delete(s);
-    if (rc) return rc;
-    int np;
-    const TrainParam *tp = train_params(r->ts, &np);
-    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
-    snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
-    rc = load_tensors(path, tp, np, p, "", err);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (!rc) rc = load_tensors(path, tp, np, mm, "m.", err);
-    if (!rc) rc = load_tensors(path, tp, np, vv, "v.", err);
-    if (!rc) rc = batcher_seek(&r->batcher, (int)ep, (size_t)cu, err);
-    if (!rc) {
-        train_upload_params(r->ts, p);
-        optim_upload(&r->opt, mm, vv);
-        r->step = (int)gs;
-        r->opt.t = (int)ot;
-        r->best_eval = be >= 0 ? be : (double)INFINITY;
-        r->t0 -= el;
-    }
-    free_bufs(p, np);
-    free_bufs(mm, np);
-    free_bufs(vv, np);
-    return rc;
-}
-
-/* Resume: the newest checkpoint-N that validates, older ones when it does not (each skip
- * is said and logged). Nothing on disk changes here. */
-static int resume_pick(Run *r, TunaErr *err) {
-    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
-    char first[700] = "", msg[900];
-    for (int i = n - 1; i >= 0; i--) {
-        TunaErr e = {0};
-        if (!load_checkpoint(r, steps[i], &e)) {
-            if (first[0]) {
-                snprintf(msg, sizeof msg, "resumed from checkpoint-%d, the newest that validates",
-                         steps[i]);
-                emit_log(r, "warn", msg);
-            } else {
-                snprintf(msg, sizeof msg, "resumed from checkpoint-%d", r->step);
-                emit_log(r, "info", msg);
-            }
-            return 0;
-        }
-        snprintf(msg, sizeof msg, "checkpoint-%d skipped: %s", steps[i], e.msg);
-        emit_log(r, "warn", msg);
-        if (!first[0]) snprintf(first, sizeof first, "%s", e.msg);
-    }
-    if (!n)
-        return tuna_errf(err, TUNA_ENOTFOUND,
-                         "%s: no checkpoint-N folder to resume from; nothing was changed", r->dir);
-    return tuna_errf(err, TUNA_EFORMAT,
-                     "%s: no checkpoint validates (newest: %s); nothing was changed", r->dir,
-                     first);
-}
-
-/* On resume, metrics past the checkpoint came from the interrupted run: drop them. */
-static int metrics_truncate(const char *path, int step, TunaErr *err) {
-    char *text = xread_file(path, NULL);
-    if (!text) return 0;
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(text);
-        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", tmp, strerror(errno));
-    }
-    int ok = 1;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        cJSON *j = cJSON_Parse(line);
-        const cJSON *s = cJSON_GetObjectItem(j, "step"), *t = cJSON_GetObjectItem(j, "type");
-        int keep = j && (!cJSON_IsNumber(s) || s->valueint <= step);
-        if (cJSON_IsString(t) && !strcmp(t->valuestring, "done")) keep = 0;
-        if (keep && fprintf(f, "%s\n", line) < 0) ok = 0;
-        cJSON_Delete(j);
-    }
-    if (fclose(f)) ok = 0;
-    free(text);
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(e));
-    }
-    return 0;
-}
-
-/* Takes every command written to RUN/control since the last call: the file is renamed first,
- * so a writer appending meanwhile starts a new one and nothing is lost. Returns CTL_* bits
- * (control_parse); lines it does not know are one warning. */
-static int read_control(Run *r) {
-    char path[1200], taken[1300];
-    snprintf(path, sizeof path, "%s/control", r->dir);
-    snprintf(taken, sizeof taken, "%s/control.reading", r->dir);
-    if (rename(path, taken)) return 0;
-    FILE *f = fopen(taken, "r");
-    int bits = 0;
-    if (f) {
-        static char text[CONTROL_MAX_BYTES];
-        size_t n = fread(text, 1, sizeof text, f);
-        int more = fgetc(f) != EOF, bad = 0;
-        fclose(f);
-        char first[48];
-        bits = control_parse(text, n, first, sizeof first, &bad);
-        if (bad || more) {
-            char msg[200];
-            snprintf(msg, sizeof msg,
-                     "control: %d unknown command%s (first: \"%s\"; pause, resume, save, stop)%s",
-                     bad, bad == 1 ? "" : "s", first,
-                     more ? "; past 64 KiB of the file was ignored" : "");
-            emit_log(r, "warn", msg);
-        }
-    }
-    unlink(taken);
-    return bits;
-}
-
 static int stop_requested(const Run *r) {
     return r->hooks && r->hooks->stop && *r->hooks->stop;
-}
-
-/* Seconds as "42s", "3m05s" or "1h02m". */
-static void fmt_secs(double t, char *out, size_t cap) {
-    if (!(t >= 0) || !isfinite(t)) {
-        snprintf(out, cap, "?");
-        return;
-    }
-    long x = (long)(t + 0.5);
-    if (x < 60)
-        snprintf(out, cap, "%lds", x);
-    else if (x < 3600)
-        snprintf(out, cap, "%ldm%02lds", x / 60, x % 60);
-    else
-        snprintf(out, cap, "%ldh%02ldm", x / 3600, x / 60 % 60);
-}
-
-/* The bar on a terminal; without one a line every progress_every seconds (and the last). */
-static void progress(Run *r, double loss, double lr_now, double tps, double real_tps, double eta,
-                     double *last_line) {
-    if (quiet(r)) return;
-    char e[32];
-    fmt_secs(eta, e, sizeof e);
-    if (isatty(2)) {
-        int w = 30, done = r->total ? (int)((double)w * r->step / r->total) : w;
-        char bar[64];
-        for (int i = 0; i < w; i++)
-            bar[i] = i < done ? '#' : '.';
-        bar[w] = '\0';
-        fprintf(stderr, "\r[%s] %d/%d loss %.4f  %.0f tok/s (%.0f real)  eta %s\033[K", bar,
-                r->step, r->total, loss, tps, real_tps, e);
-        r->bar_shown = 1;
-        if (r->step == r->total) {
-            fputc('\n', stderr);
-            r->bar_shown = 0;
-        }
-        return;
-    }
-    double every = r->hooks && r->hooks->progress_every > 0 ? r->hooks->progress_every : 10,
-           now = time_now();
-    if (now - *last_line < every && r->step != r->total && *last_line > 0) return;
-    *last_line = now;
-    say(r, "step %d/%d loss %.4f lr %.3g %.0f tok/s (%.0f real) eta %s", r->step, r->total, loss,
-        lr_now, tps, real_tps, e);
-}
-
-/* Moves every file of tmp into dir (each rename is atomic). */
-static int publish_files(const char *tmp, const char *dir, TunaErr *err) {
-    DIR *d = opendir(tmp);
-    if (!d) return tuna_errf(err, TUNA_EIO, "%s: cannot read", tmp);
-    struct dirent *e;
-    int rc = 0;
-    while ((e = readdir(d)) && !rc) {
-        if (e->d_name[0] == '.') continue;
-        char a[1600], b[1600];
-        snprintf(a, sizeof a, "%s/%s", tmp, e->d_name);
-        snprintf(b, sizeof b, "%s/%s", dir, e->d_name);
-        if (rename(a, b)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", b, strerror(errno));
-    }
-    closedir(d);
-    return rc;
 }
 
 static void run_close(Run *r) {
@@ -1017,17 +166,7 @@ static void run_close(Run *r) {
     tokenizer_free(r->tok);
     model_free(r->m);
     backend_free(r->be);
-    if (r->metrics) fclose(r->metrics);
-    if (r->tlog) fclose(r->tlog);
-    for (int i = 0; i < r->n_pending; i++)
-        free(r->pending[i]);
-    free(r->pending);
-    if (r->lock_fd >= 0) { /* the folder was ours: train.pid too */
-        char path[1200];
-        snprintf(path, sizeof path, "%s/train.pid", r->dir);
-        unlink(path);
-        close(r->lock_fd); /* releases the flock; the file stays (unlinking it would race) */
-    }
+    run_files_close(r);
 }
 
 /* --lora-trainable-tokens: a comma list of ids, token strings or "eos" -> a comma list of ids. */
@@ -1219,247 +358,6 @@ static int run_open(Run *r, TunaErr *err) {
     return 0;
 }
 
-/* Files that make a folder a run of ours (setup_config.json / train.log / train.pid, which the
- * workbench writes before it starts the trainer, do not). */
-static const char *const run_files[] = {"train_config.json",         "metrics.jsonl",
-                                        "trainer_log.jsonl",         "adapter_config.json",
-                                        "adapter_model.safetensors", "model.safetensors"};
-
-static int holds_run(const char *dir) {
-    char path[1400];
-    for (size_t i = 0; i < sizeof run_files / sizeof run_files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, run_files[i]);
-        if (access(path, F_OK) == 0) return 1;
-    }
-    int steps[4];
-    return list_ckpts(dir, steps, 4) > 0;
-}
-
-/* "NAME.tmp-PID" (or, with tag ".old-", NAME.old-PID) whose process is gone: an interrupted
- * atomic write. */
-static int stale_tagged(const char *name, const char *tag) {
-    const char *t = strstr(name, tag);
-    if (!t) return 0;
-    char *end;
-    long pid = strtol(t + 5, &end, 10);
-    if (end == t + 5 || *end || pid <= 0) return 0;
-    return pid != (long)getpid() && kill((pid_t)pid, 0) && errno == ESRCH;
-}
-
-static int stale_tmp(const char *name) {
-    return stale_tagged(name, ".tmp-");
-}
-
-/* Removes checkpoint-N.tmp-PID (and the like) left in dir by a trainer that died, and
- * RUN.tmp-PID beside it. */
-static void clean_stale(Run *r) {
-    char path[1600], msg[1700];
-    DIR *d = opendir(r->dir);
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (stale_tmp(e->d_name)) {
-            snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
-            dir_remove(path);
-            snprintf(msg, sizeof msg, "removed %s (left by an interrupted write)", e->d_name);
-            emit_log(r, "info", msg);
-        } else if (stale_tagged(e->d_name, ".old-")) {
-            /* checkpoint-N.old-PID: the replaced copy; when the new one never arrived it is
-             * the checkpoint, so it goes back under its name */
-            char base[1600];
-            snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
-            snprintf(base, sizeof base, "%s", path);
-            *strstr(base + strlen(r->dir), ".old-") = '\0';
-            if (access(base, F_OK) && !rename(path, base)) {
-                snprintf(msg, sizeof msg, "restored %s (a replacement was interrupted)",
-                         base + strlen(r->dir) + 1);
-            } else {
-                dir_remove(path);
-                snprintf(msg, sizeof msg, "removed %s (left by an interrupted write)", e->d_name);
-            }
-            emit_log(r, "info", msg);
-        }
-    if (d) closedir(d);
-    char parent[1100];
-    snprintf(parent, sizeof parent, "%s", r->dir);
-    char *slash = strrchr(parent, '/');
-    const char *base = slash ? slash + 1 : parent;
-    if (slash)
-        *slash = '\0';
-    else
-        snprintf(parent, sizeof parent, ".");
-    size_t bl = strlen(base);
-    char b2[1100];
-    snprintf(b2, sizeof b2, "%s", base);
-    d = opendir(slash && !parent[0] ? "/" : parent);
-    while (d && (e = readdir(d)))
-        if (!strncmp(e->d_name, b2, bl) && !strncmp(e->d_name + bl, ".tmp-", 5) &&
-            stale_tmp(e->d_name)) {
-            snprintf(path, sizeof path, "%s/%s", slash && !parent[0] ? "" : parent, e->d_name);
-            dir_remove(path);
-        }
-    if (d) closedir(d);
-}
-
-/* Reads the pid in a held lock file (0 if none). */
-static long lock_holder(int fd) {
-    char buf[32] = "";
-    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
-    buf[n > 0 ? n : 0] = '\0';
-    return strtol(buf, NULL, 10);
-}
-
-static int lock_busy(Run *r, int fd, TunaErr *err) {
-    long pid = lock_holder(fd);
-    close(fd);
-    r->lock_fd = -1;
-    return tuna_errf(err, TUNA_EINVAL, "another tuna train (pid %ld) is writing %s", pid, r->dir);
-}
-
-/* Takes the run folder: refuses a folder another trainer holds, and one that holds a run
- * unless resuming or overwriting; creates it, locks RUN/.lock, cleans stale temporaries. */
-static int run_claim(Run *r, int resume, TunaErr *err) {
-    char path[1200];
-    struct stat sb;
-    int exists = stat(r->dir, &sb) == 0;
-    if (exists && !S_ISDIR(sb.st_mode))
-        return tuna_errf(err, TUNA_EINVAL, "%s: exists and is not a folder", r->dir);
-    if (resume && !exists)
-        return tuna_errf(err, TUNA_ENOTFOUND, "%s: no such run folder to resume", r->dir);
-    snprintf(path, sizeof path, "%s/.lock", r->dir);
-    r->lock_fd = -1;
-    if (exists) { /* a held lock first: that answer is the one that helps */
-        int fd = open(path, O_RDWR | O_CLOEXEC);
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK)
-            return lock_busy(r, fd, err);
-        r->lock_fd = fd;
-    }
-    int overwrite = r->hooks && r->hooks->overwrite;
-    if (exists && !resume && !overwrite && holds_run(r->dir)) {
-        if (r->lock_fd >= 0) close(r->lock_fd);
-        r->lock_fd = -1;
-        return tuna_errf(err, TUNA_EINVAL,
-                         "%s already holds a run: continue it with --resume %s, or replace it "
-                         "with --overwrite",
-                         r->dir, r->dir);
-    }
-    if (!exists && mkdir_p(r->dir))
-        return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
-    if (r->lock_fd < 0) {
-        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0) return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", path, strerror(errno));
-        if (flock(fd, LOCK_EX | LOCK_NB)) {
-            if (errno == EWOULDBLOCK) return lock_busy(r, fd, err);
-            emit_log(r, "warn",
-                     "this file system does not lock files: nothing stops a second "
-                     "trainer writing this run");
-        }
-        r->lock_fd = fd;
-    }
-    char pid[32];
-    int pl = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(r->lock_fd, 0) || pwrite(r->lock_fd, pid, (size_t)pl, 0) != pl) {
-        /* the lock holds without the pid; only the message loses it */
-    }
-    clean_stale(r);
-    if (overwrite && !resume && exists) { /* the old run's files and checkpoints, not others */
-        static const char *const more[] = {"config.json",     "generation_config.json",
-                                           "tokenizer.json",  "tokenizer_config.json",
-                                           "tokenizer.model", "control"};
-        for (size_t i = 0; i < sizeof run_files / sizeof run_files[0] + 6; i++) {
-            const char *f = i < sizeof run_files / sizeof run_files[0]
-                                    ? run_files[i]
-                                    : more[i - sizeof run_files / sizeof run_files[0]];
-            snprintf(path, sizeof path, "%s/%s", r->dir, f);
-            unlink(path);
-        }
-        int steps[4096], n = list_ckpts(r->dir, steps, 4096);
-        for (int i = 0; i < n; i++) {
-            snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
-            dir_remove(path);
-        }
-        if (n) {
-            char msg[1300];
-            snprintf(msg, sizeof msg, "--overwrite: replaced the run in %s (%d old checkpoints)",
-                     r->dir, n);
-            emit_log(r, "info", msg);
-        }
-    }
-    return 0;
-}
-
-/* Writes train_config.json (on resume keeping its history, plus this resume's changes) and
- * opens the metrics files; the events held back until now go first. */
-static int run_files_open(Run *r, int resume, TunaErr *err) {
-    const TrainConfig *c = r->cfg;
-    char path[1200];
-    int rc = 0;
-    snprintf(path, sizeof path, "%s/train.pid", r->dir);
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d\n", (int)getpid());
-    write_file(path, pid);
-    snprintf(path, sizeof path, "%s/train_config.json", r->dir);
-    cJSON *hist = NULL;
-    if (resume) {
-        char *old = xread_file(path, NULL);
-        cJSON *o = old ? cJSON_Parse(old) : NULL;
-        hist = cJSON_DetachItemFromObject(o, "history");
-        cJSON_Delete(o);
-        free(old);
-    }
-    const char *changes = r->hooks ? r->hooks->changes : NULL;
-    char *cj = train_config_json(c);
-    cJSON *conf = cJSON_Parse(cj);
-    free(cj);
-    if (changes && *changes) {
-        if (!cJSON_IsArray(hist)) {
-            cJSON_Delete(hist);
-            hist = cJSON_CreateArray();
-        }
-        cJSON *h = cJSON_CreateObject();
-        cJSON_AddNumberToObject(h, "time", (double)time(NULL));
-        cJSON_AddNumberToObject(h, "step", r->step);
-        cJSON_AddStringToObject(h, "changes", changes);
-        cJSON_AddItemToArray(hist, h);
-    }
-    if (hist) cJSON_AddItemToObject(conf, "history", hist);
-    char *json = cJSON_Print(conf);
-    cJSON_Delete(conf);
-    if (write_file(path, json))
-        rc = tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
-    free(json);
-    if (rc) return rc;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-    if (resume && (rc = metrics_truncate(path, r->step, err))) return rc;
-    if (!resume) unlink(path);
-    if (!(r->metrics = fopen(path, "a")))
-        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
-    snprintf(path, sizeof path, "%s/trainer_log.jsonl", r->dir);
-    if (resume && (rc = metrics_truncate(path, r->step, err))) return rc;
-    if (!resume) unlink(path);
-    if (!(r->tlog = fopen(path, "a")))
-        return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(errno));
-    for (int i = 0; i < r->n_pending; i++) {
-        errno = 0;
-        note_write(r, r->metrics, "metrics.jsonl", fprintf(r->metrics, "%s\n", r->pending[i]) >= 0);
-        free(r->pending[i]);
-    }
-    r->n_pending = 0;
-    if (changes && *changes) {
-        char msg[1300];
-        snprintf(msg, sizeof msg, "resumed with changed settings (--allow-changes): %.1200s",
-                 changes);
-        emit_log(r, "warn", msg);
-    }
-    return 0;
-}
-
-static int write_error(Run *r, TunaErr *err) {
-    return tuna_errf(err, TUNA_EIO,
-                     "%s/%s: cannot write: %s; the run stopped (its last "
-                     "checkpoint is kept)",
-                     r->dir, r->write_file_name, strerror(r->write_errno));
-}
-
 /* The state of the step loop that lives beside Run: the micro-batch copies, the clocks, the
  * skipped-step counters and where the last checkpoint is. */
 enum { WIN = 16 };
@@ -1538,10 +436,7 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
         if (tauto.has_model_template && !tauto.matched) {
             emit_log(r, "warn", note);
         } else { /* recorded in metrics.jsonl, not printed */
-            cJSON *ev = event("log");
-            cJSON_AddStringToObject(ev, "level", "info");
-            cJSON_AddStringToObject(ev, "msg", note);
-            emit(r, ev);
+            emit_note(r, "info", note);
         }
     }
     /* --adapter: the method and LoRA/prefix shape from the adapter, then its tensors as the
@@ -1554,78 +449,8 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
     if (!rc) rc = run_claim(r, resume, err);
     if (!rc && resume) rc = resume_pick(r, err);
     if (!rc) rc = run_files_open(r, resume, err);
-    if (rc && !r->metrics && !resume) { /* the workbench's fresh folder waits for the error */
-        char path[1200];
-        snprintf(path, sizeof path, "%s/setup_config.json", r->dir);
-        if (access(path, F_OK) == 0 && !holds_run(r->dir)) {
-            snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-            r->metrics = fopen(path, "w");
-            for (int i = 0; r->metrics && i < r->n_pending; i++)
-                fprintf(r->metrics, "%s\n", r->pending[i]);
-        }
-    }
-    if (rc && r->metrics) {
-        cJSON *e = event("done");
-        cJSON_AddNumberToObject(e, "step", r->step);
-        cJSON_AddStringToObject(e, "status", "error");
-        cJSON_AddStringToObject(e, "msg", err ? err->msg : "");
-        emit(r, e);
-    }
+    if (rc) run_files_failed(r, resume, err);
     return rc;
-}
-
-/* The start event (with the resolved config) and the one-line summary of the setup. */
-static void emit_start(Run *r) {
-    const TrainConfig *cfg = r->cfg;
-    cJSON *e = event("start");
-    cJSON_AddNumberToObject(e, "time", (double)time(NULL));
-    const char *slash = strrchr(r->dir, '/');
-    cJSON_AddStringToObject(e, "run", slash ? slash + 1 : r->dir);
-    cJSON_AddStringToObject(e, "model", cfg->model);
-    cJSON_AddStringToObject(e, "method", cfg->method);
-    cJSON_AddStringToObject(e, "dataset", cfg->dataset);
-    cJSON_AddNumberToObject(e, "total_steps", r->total);
-    cJSON_AddNumberToObject(e, "epochs", cfg->epochs);
-    cJSON_AddNumberToObject(e, "start_step", r->step);
-    cJSON_AddNumberToObject(e, "train_examples", (double)r->train->n);
-    cJSON_AddNumberToObject(e, "val_examples", (double)r->val->n);
-    cJSON_AddNumberToObject(e, "trainable_params", (double)train_param_count(r->ts));
-    cJSON_AddNumberToObject(e, "total_params", (double)r->m->n_params);
-    cJSON_AddNumberToObject(e, "seq_len", r->T);
-    cJSON_AddNumberToObject(e, "lr", r->lr); /* the peak: config's "auto" resolved */
-    char *cj = train_config_json(cfg);
-    cJSON_AddItemToObject(e, "config", cJSON_Parse(cj));
-    free(cj);
-    emit(r, e);
-    char msg[600];
-    snprintf(
-            msg, sizeof msg,
-            "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
-            "tokens%s, lr %.3g%s",
-            cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts), r->m->n_params,
-            r->pad_multiple ? "up to " : "", r->T,
-            r->pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r->lr,
-            cfg->lr > 0 ? "" : " (auto)");
-    emit_log(r, "info", msg);
-}
-
-/* An eval event (and its trainer_log.jsonl line when tlog_too). */
-static void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int tlog_too) {
-    cJSON *e = event("eval");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    cJSON_AddNumberToObject(e, "epoch", epoch);
-    cJSON_AddNumberToObject(e, "eval_loss", el);
-    cJSON_AddNumberToObject(e, "perplexity", exp(el));
-    emit(r, e);
-    if (!tlog_too) return;
-    errno = 0;
-    note_write(r, r->tlog, "trainer_log.jsonl",
-               fprintf(r->tlog,
-                       "{\"current_steps\": %d, \"total_steps\": %d, \"eval_loss\": "
-                       "%.6g, \"epoch\": %.4f, \"percentage\": %.2f, \"elapsed_time\": "
-                       "\"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                       r->step, r->total, el, epoch, 100.0 * r->step / r->total, elapsed,
-                       eta > 0 ? eta : 0) >= 0);
 }
 
 enum { CMD_RUN, CMD_WAIT, CMD_STOP };
@@ -1637,15 +462,11 @@ static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
     if ((ctl & CTL_PAUSE) && !lp->paused) {
         lp->paused = 1;
         lp->paused_at = time_now();
-        cJSON *e = event("state");
-        cJSON_AddStringToObject(e, "state", "paused");
-        emit(r, e);
+        emit_state(r, 1);
     } else if ((ctl & CTL_RESUME) && lp->paused) {
         lp->paused = 0;
         lp->paused_total += time_now() - lp->paused_at;
-        cJSON *e = event("state");
-        cJSON_AddStringToObject(e, "state", "running");
-        emit(r, e);
+        emit_state(r, 0);
         lp->t_last = time_now();
     }
     if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
@@ -1716,21 +537,11 @@ static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
     if (lp->bad_row < r->cfg->max_bad_steps) return 0;
     /* a checkpoint this run saved just before the first bad step holds the weights that gave
      * it: set aside (renamed, not deleted); the one before it is kept */
-    char keep[200] = "no checkpoint was saved", set_aside[80] = "";
+    char keep[300];
     int first_bad = r->step - lp->bad_row + 1;
-    if (lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step) {
-        char a[1200], b2[1300];
-        snprintf(a, sizeof a, "%s/checkpoint-%d", r->dir, lp->saved_at);
-        snprintf(b2, sizeof b2, "%s.nonfinite", a);
-        if (!rename(a, b2))
-            snprintf(set_aside, sizeof set_aside,
-                     " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)", lp->saved_at,
-                     lp->saved_at);
-    }
-    int cks[4096], nck = list_ckpts(r->dir, cks, 4096);
-    while (nck > 0 && cks[nck - 1] > r->step)
-        nck--;
-    if (nck > 0) snprintf(keep, sizeof keep, "checkpoint-%d is kept%s", cks[nck - 1], set_aside);
+    ckpt_set_aside(
+            r, lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step ? lp->saved_at : -1,
+            keep, sizeof keep);
     return tuna_errf(err, TUNA_EINVAL,
                      "stopped at step %d: %d steps in a row with a non-finite loss or gradient (lr "
                      "%.3g too high?); %s",
@@ -1760,31 +571,24 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
     }
     *epoch = (double)r->step / r->steps_per_epoch;
     if (r->step % (cfg->logging_steps > 0 ? cfg->logging_steps : 1) == 0 || r->step == r->total) {
-        cJSON *e = event("step");
-        cJSON_AddNumberToObject(e, "step", r->step);
-        cJSON_AddNumberToObject(e, "total_steps", r->total);
-        cJSON_AddNumberToObject(e, "epoch", *epoch);
-        cJSON_AddNumberToObject(e, "loss", loss);
-        cJSON_AddNumberToObject(e, "lr", lr);
-        cJSON_AddNumberToObject(e, "grad_norm", gnorm);
-        cJSON_AddNumberToObject(e, "tokens_per_s", tok_window);
-        cJSON_AddNumberToObject(e, "real_tok_s", real_window);
-        cJSON_AddNumberToObject(e, "real_tokens", n_t);
-        cJSON_AddNumberToObject(e, "elapsed", *elapsed);
-        if (*eta >= 0) cJSON_AddNumberToObject(e, "eta", *eta);
-        if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
+        static Event e;
+        event_clear(&e, EV_STEP);
+        e.step = r->step;
+        e.total_steps = r->total;
+        e.epoch = *epoch;
+        e.loss = loss;
+        e.lr = lr;
+        e.grad_norm = gnorm;
+        e.tokens_per_s = tok_window;
+        e.real_tok_s = real_window;
+        e.real_tokens = n_t;
+        e.elapsed = *elapsed;
+        if (*eta >= 0) e.eta = *eta;
+        if (lp->bad_total) e.skipped_steps = lp->bad_total;
         for (int i = 0; i < so->n_metrics; i++) /* the objective's own (rewards/margins...) */
-            cJSON_AddNumberToObject(e, so->names[i], so->values[i]);
-        emit(r, e);
-        // LLaMA-Factory's trainer_log.jsonl
-        errno = 0;
-        note_write(r, r->tlog, "trainer_log.jsonl",
-                   fprintf(r->tlog,
-                           "{\"current_steps\": %d, \"total_steps\": %d, \"loss\": %.6g, "
-                           "\"lr\": %.6g, \"epoch\": %.4f, \"percentage\": %.2f, "
-                           "\"elapsed_time\": \"%.0fs\", \"remaining_time\": \"%.0fs\"}\n",
-                           r->step, r->total, loss, lr, *epoch, 100.0 * r->step / r->total,
-                           *elapsed, *eta > 0 ? *eta : 0) >= 0);
+            event_metric(&e, so->names[i], so->values[i]);
+        emit(r, &e);
+        tlog_step(r, loss, lr, *epoch, *elapsed, *eta);
     }
     progress(r, loss, lr, tok_window, real_window, *eta, &lp->last_line);
 }
@@ -1867,22 +671,9 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
     TrainMethod mt = train_setup(r->ts)->method;
     int adapter = mt == METHOD_LORA || mt == METHOD_PTUNING;
-    if (!rc && !strcmp(status, "finished")) { /* final artifacts at the root of the run */
-        char tmp[1300];
-        rc = dir_begin(r->dir, tmp, sizeof tmp, err);
-        if (!rc)
-            rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
-                         : model_write_hf(r->m, tmp, err);
-        if (!rc) rc = publish_files(tmp, r->dir, err);
-        dir_remove(tmp);
-    }
-    cJSON *e = event("done");
-    cJSON_AddNumberToObject(e, "step", r->step);
-    cJSON_AddStringToObject(e, "status", rc ? "error" : status);
-    cJSON_AddStringToObject(e, "msg", rc && err ? err->msg : "");
-    if (isfinite(r->best_eval)) cJSON_AddNumberToObject(e, "best_eval_loss", r->best_eval);
-    if (lp->bad_total) cJSON_AddNumberToObject(e, "skipped_steps", lp->bad_total);
-    emit(r, e);
+    if (!rc && !strcmp(status, "finished")) rc = write_result(r, adapter, err);
+    emit_done(r, rc ? "error" : status, rc && err ? err->msg : "",
+              isfinite(r->best_eval) ? r->best_eval : (double)NAN, lp->bad_total);
     if (!rc) { /* the summary: where the result went, best eval loss, time */
         char t[32], best[96] = "";
         fmt_secs(time_now() - r->t0 - lp->paused_total, t, sizeof t);

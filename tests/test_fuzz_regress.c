@@ -306,7 +306,7 @@ static void test_metrics_empty_file(void) {
     const char *dir = mkcase("metrics_empty");
     write_text(dir, "metrics.jsonl", "");
     EventSource *src = source_file_open(dir);
-    UiEvent ev[4];
+    Event ev[4];
     CHECK(source_poll(src, ev, 4) == 0, "empty metrics.jsonl gives no events");
     CHECK(source_poll(src, ev, 4) == 0, "twice");
     write_text(dir, "metrics.jsonl", "{\"type\":\"step\",\"step\":3,\"loss\":1.5}\n");
@@ -326,13 +326,13 @@ static void test_metrics_huge_numbers(void) {
                                   "{\"type\":\"eval\",\"step\":9.3e18,\"eval_loss\":1e308}",
                                   "{\"type\":\"checkpoint\",\"step\":-9.3e18,\"path\":\"x\"}"};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-        UiEvent ev;
-        CHECK(ui_event_parse(lines[i], strlen(lines[i]), &ev) == 0, "line %zu parses", i);
+        Event ev;
+        CHECK(event_parse(lines[i], strlen(lines[i]), &ev) == 0, "line %zu parses", i);
         CHECK(ev.step == -1, "line %zu: out-of-range step reads as -1, got %ld", i, ev.step);
     }
-    UiEvent ev;
+    Event ev;
     const char *ok = "{\"type\":\"step\",\"step\":12,\"total_steps\":40}";
-    CHECK(ui_event_parse(ok, strlen(ok), &ev) == 0 && ev.step == 12 && ev.total_steps == 40,
+    CHECK(event_parse(ok, strlen(ok), &ev) == 0 && ev.step == 12 && ev.total_steps == 40,
           "in-range steps are kept");
 }
 

@@ -11,6 +11,60 @@
 #include "src/safetensors.h"
 #include "src/xalloc.h"
 
+/* Tensors end to end in one block with the same decay flag are one AdamW pass (a LoRA run's
+ * A and B); a change of flag or a gap starts another; the result is the per-tensor one. */
+static void test_spans(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    size_t n = 1000;
+    float *p = be->ops->alloc(be, n * 4), *g = be->ops->alloc(be, n * 4);
+    float *hp = xmalloc(n * 4), *hg = xmalloc(n * 4), *want = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        hp[i] = (float)sin((double)i);
+        hg[i] = (float)cos(0.3 * (double)i);
+    }
+    /* sizes 100, 200, 50 | 150 (no decay) | 300, gap of 100, 100 */
+    size_t off[] = {0, 100, 300, 350, 500, 900}, len[] = {100, 200, 50, 150, 300, 100};
+    int decay[] = {1, 1, 1, 0, 1, 1};
+    TrainParam tp[6];
+    for (int i = 0; i < 6; i++)
+        tp[i] = (TrainParam){
+                .data = p + off[i], .grad = g + off[i], .n = len[i], .decay = decay[i]};
+    for (int pass = 0; pass < 2; pass++) {
+        be->ops->upload(be, p, hp, n * 4);
+        be->ops->upload(be, g, hg, n * 4);
+        Optim o;
+        CHECK(optim_init(&o, be, tp, 6, 0.9f, 0.999f, 1e-8f, 0.1f, &err) == 0, "%s", err.msg);
+        if (pass == 0) {
+            CHECK(o.n_spans == 4, "6 tensors in 4 spans (got %d)", o.n_spans);
+            CHECK(o.n_spans == 4 && o.spans[0].n == 350 && o.spans[1].n == 150 &&
+                          !o.spans[1].decay && o.spans[2].n == 300 && o.spans[3].n == 100,
+                  "span sizes");
+            for (int k = 0; k < 3; k++)
+                optim_step(&o, tp, 6, 1e-2f, 0.5f);
+            be->ops->download(be, want, p, n * 4);
+        } else { /* one tensor at a time: the reference */
+            for (int i = 0; i < 6; i++) {
+                Optim one;
+                CHECK(optim_init(&one, be, &tp[i], 1, 0.9f, 0.999f, 1e-8f, 0.1f, &err) == 0, "%s",
+                      err.msg);
+                for (int k = 0; k < 3; k++)
+                    optim_step(&one, &tp[i], 1, 1e-2f, 0.5f);
+                optim_free(&one);
+            }
+            be->ops->download(be, hp, p, n * 4);
+            CHECK(memcmp(hp, want, n * 4) == 0, "spans give the per-tensor result bit for bit");
+        }
+        optim_free(&o);
+    }
+    free(hp);
+    free(hg);
+    free(want);
+    be->ops->release(be, p);
+    be->ops->release(be, g);
+    backend_free(be);
+}
+
 int main(void) {
     const char *fx = "tests/fixtures/train/adamw.safetensors";
     TunaErr err = {0};
@@ -107,5 +161,6 @@ int main(void) {
         backend_free(be);
     }
     safetensors_free(st);
+    test_spans();
     return test_report("test_optim");
 }

@@ -482,15 +482,6 @@ static int run_train(const char *method, const char *extra_key, const char *extr
     return rc;
 }
 
-static int same_file(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = xread_file(a, &na), *y = xread_file(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
 /* Three steps of full and P-tuning (with the projection) on stories260K, 8 rows of up to 80
  * tokens a step (enough rows for the norms to go onto threads), evaluated at the end. */
 static void test_train_run(void) {
@@ -537,7 +528,7 @@ static void test_train_run(void) {
             char fa[512], fb[512];
             snprintf(fa, sizeof fa, "%s/%s", out[0], runs[r][3]);
             snprintf(fb, sizeof fb, "%s/%s", out[k], runs[r][3]);
-            CHECK(same_file(fa, fb), "%s, %s: %s differs from 1 thread's", runs[r][0], what,
+            CHECK(test_same_file(fa, fb), "%s, %s: %s differs from 1 thread's", runs[r][0], what,
                   runs[r][3]);
         }
     }

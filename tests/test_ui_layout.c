@@ -191,27 +191,98 @@ static void write_str(const char *path, const char *mode, const char *s) {
     fclose(f);
 }
 
+/* Every type written by event_json reads back with event_parse to the same fields (the table
+ * is one for both), absent fields stay absent, a step's unknown numbers become metrics and a
+ * long text is cut at a UTF-8 boundary. */
+static void test_event_roundtrip(void) {
+    static Event e, back;
+    for (int t = EV_START; t <= EV_DONE; t++) {
+        event_clear(&e, (EventType)t);
+        e.step = 7 + t;
+        e.epoch = 0.25 * t;
+        if (t == EV_START) {
+            e.step = -1;
+            e.time = 1700000000;
+            event_str(e.run, sizeof e.run, "run-a");
+            event_str(e.model, sizeof e.model, "models/x");
+            event_str(e.method, sizeof e.method, "lora");
+            e.total_steps = 40;
+            e.epochs = 3;
+            e.trainable_params = 123456789012L;
+            e.lr = 2e-4;
+            e.config = "{\"lr\":0.0002}";
+        }
+        if (t == EV_STEP) {
+            e.loss = 2.5;
+            e.lr = 1e-3;
+            e.grad_norm = 0.5;
+            e.real_tokens = 99;
+            event_metric(&e, "rewards/margins", 0.125);
+        }
+        if (t == EV_EVAL) e.eval_loss = 1.75;
+        if (t == EV_SAMPLE || t == EV_CHECKPOINT || t == EV_DONE)
+            event_str(e.name, sizeof e.name, t == EV_DONE ? "stopped" : "name \"q\"");
+        if (t == EV_SAMPLE || t == EV_LOG || t == EV_DONE)
+            event_str(e.text, sizeof e.text, "line one\nline two \xc3\xa9");
+        if (t == EV_LOG) e.level = 1;
+        if (t == EV_STATE) e.paused = 1;
+        if (t == EV_DONE) e.best_eval_loss = 1.5;
+        char *line = event_json(&e);
+        CHECK(line && event_parse(line, strlen(line), &back) == 0, "type %d: written and read", t);
+        if (!line) continue;
+        CHECK(back.type == (EventType)t && back.step == e.step && back.epoch == e.epoch &&
+                      (back.time == e.time || (isnan(back.time) && isnan(e.time))),
+              "type %d: common fields (%s)", t, line);
+        CHECK(!strcmp(back.name, e.name) && !strcmp(back.text, e.text) &&
+                      !strcmp(back.run, e.run) && !strcmp(back.model, e.model),
+              "type %d: strings (%s)", t, line);
+        CHECK(back.loss == e.loss || (isnan(back.loss) && isnan(e.loss)), "type %d: loss", t);
+        CHECK(back.lr == e.lr || (isnan(back.lr) && isnan(e.lr)), "type %d: lr", t);
+        CHECK(back.level == e.level && back.paused == e.paused &&
+                      back.trainable_params == e.trainable_params &&
+                      back.real_tokens == e.real_tokens,
+              "type %d: counts and flags (%s)", t, line);
+        CHECK(back.n_metrics == e.n_metrics &&
+                      (!e.n_metrics || (!strcmp(back.metric_name[0], "rewards/margins") &&
+                                        back.metric[0] == 0.125)),
+              "type %d: metrics (%s)", t, line);
+        CHECK(t != EV_START || strstr(line, "\"config\":{\"lr\":0.0002}"), "start: config object");
+        CHECK(t != EV_STEP || !strstr(line, "\"eta\""), "step: absent eta not written");
+        free(line);
+    }
+    event_clear(&e, EV_NONE);
+    CHECK(event_json(&e) == NULL, "EV_NONE is not written");
+    char big[EVENT_TEXT_MAX + 8];
+    memset(big, 'a', sizeof big);
+    memcpy(big + EVENT_TEXT_MAX - 2, "\xc3\xa9\xc3\xa9", 4); /* a 2-byte character across the cut */
+    big[sizeof big - 1] = '\0';
+    event_str(e.text, sizeof e.text, big);
+    CHECK(strlen(e.text) == EVENT_TEXT_MAX - 2, "long text cut before a split character (%zu)",
+          strlen(e.text));
+}
+
 static void test_events(void) {
-    UiEvent ev;
+    Event ev;
     const char *step =
             "{\"type\":\"step\",\"step\":12,\"total_steps\":300,\"epoch\":0.12,\"loss\":2.3141,"
             "\"lr\":0.001,\"grad_norm\":0.93,\"tokens_per_s\":5400.2,\"elapsed\":12.3,\"eta\":288."
             "1}";
-    CHECK(ui_event_parse(step, strlen(step), &ev) == 0 && ev.type == EV_STEP, "parse step");
+    CHECK(event_parse(step, strlen(step), &ev) == 0 && ev.type == EV_STEP, "parse step");
     CHECK(ev.step == 12 && ev.total_steps == 300 && fabs(ev.loss - 2.3141) < 1e-9 &&
                   fabs(ev.eta - 288.1) < 1e-9,
           "step fields");
     const char *done =
             "{\"type\":\"done\",\"step\":300,\"status\":\"stopped\",\"msg\":\"by user\"}";
-    CHECK(ui_event_parse(done, strlen(done), &ev) == 0 && ev.type == EV_DONE &&
+    CHECK(event_parse(done, strlen(done), &ev) == 0 && ev.type == EV_DONE &&
                   !strcmp(ev.name, "stopped") && !strcmp(ev.text, "by user"),
           "parse done");
-    CHECK(ui_event_parse("{\"type\":\"x\"}", 12, &ev) == 0 && ev.type == EV_NONE, "unknown type");
-    CHECK(ui_event_parse("{\"type\":", 8, &ev) == -1, "partial line is not JSON");
+    CHECK(event_parse("{\"type\":\"x\"}", 12, &ev) == 0 && ev.type == EV_NONE, "unknown type");
+    CHECK(event_parse("{\"type\":", 8, &ev) == -1, "partial line is not JSON");
+    test_event_roundtrip();
 
     History *h = history_new();
     for (int i = 1; i <= HIST_STEPS + 10; i++) {
-        UiEvent e = {0};
+        Event e = {0};
         e.type = EV_STEP;
         e.step = i;
         e.total_steps = -1;
@@ -223,7 +294,7 @@ static void test_events(void) {
                   ring_last(&h->step_x) == HIST_STEPS + 10,
           "ring overwrites the oldest");
     for (int i = 0; i < HIST_SAMPLES + 3; i++) {
-        UiEvent e = {0};
+        Event e = {0};
         e.type = EV_SAMPLE;
         e.step = i;
         e.total_steps = -1;
@@ -242,7 +313,7 @@ static void test_events(void) {
     char path[256];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     EventSource *src = source_file_open(dir);
-    UiEvent out[8];
+    Event out[8];
     CHECK(source_poll(src, out, 8) == 0, "no file yet");
     write_str(path, "w",
               "{\"type\":\"start\",\"run\":\"r\",\"method\":\"lora\",\"total_steps\":3}\n{\"type\":"

@@ -33,7 +33,7 @@
 #include "widgets.h"
 
 #define TICK_MS         100
-#define EVENTS_PER_TURN 256
+#define EVENTS_PER_TURN 64
 
 // --- process-wide terminal state. These are the only globals in ui/: signal handlers and the
 // panic hook have no other way to reach them (nvtop's flag-only handlers).
@@ -412,12 +412,11 @@ static int handle_key(App *app, int ch) {
 }
 
 static int drain_events(App *app) {
-    static UiEvent
-            evs[EVENTS_PER_TURN]; /* ~2.6 MB: static to keep it off the stack; UI thread only */
+    static Event evs[EVENTS_PER_TURN]; /* ~0.9 MB: static, off the stack; UI thread only */
     int any = 0, n;
     RunStatus was = app->hist->status;
     /* at most a few batches per turn so a long backlog never delays keys */
-    for (int round = 0; round < 8 && (n = source_poll(app->src, evs, EVENTS_PER_TURN)) > 0;
+    for (int round = 0; round < 32 && (n = source_poll(app->src, evs, EVENTS_PER_TURN)) > 0;
          round++) {
         for (int i = 0; i < n; i++)
             history_apply(app->hist, &evs[i]);

@@ -88,23 +88,23 @@ static void set_if(double *dst, double v) {
 void history_note(History *h, int level, const char *text) {
     HistLog *l = &h->logs[h->logs_head];
     l->level = level;
-    snprintf(l->text, sizeof l->text, "%s", text);
+    event_str(l->text, sizeof l->text, text);
     h->logs_head = (h->logs_head + 1) % HIST_LOGS;
     if (h->logs_n < HIST_LOGS) h->logs_n++;
     h->version++;
 }
 
-void history_apply(History *h, const UiEvent *ev) {
+void history_apply(History *h, const Event *ev) {
     if (ev->total_steps > 0) h->total_steps = ev->total_steps;
     if (ev->step > h->step) h->step = ev->step;
     set_if(&h->epoch, ev->epoch);
     switch (ev->type) {
     case EV_RESET: history_reset(h); return;
     case EV_START:
-        snprintf(h->run, sizeof h->run, "%s", ev->run);
-        snprintf(h->model, sizeof h->model, "%s", ev->model);
-        snprintf(h->method, sizeof h->method, "%s", ev->method);
-        snprintf(h->dataset, sizeof h->dataset, "%s", ev->dataset);
+        event_str(h->run, sizeof h->run, ev->run);
+        event_str(h->model, sizeof h->model, ev->model);
+        event_str(h->method, sizeof h->method, ev->method);
+        event_str(h->dataset, sizeof h->dataset, ev->dataset);
         set_if(&h->epochs, ev->epochs);
         if (h->status == RUN_WAITING) h->status = RUN_RUNNING;
         break;
@@ -136,17 +136,17 @@ void history_apply(History *h, const UiEvent *ev) {
     case EV_SAMPLE: {
         HistSample *s = &h->samples[h->samples_head];
         s->step = ev->step;
-        snprintf(s->prompt, sizeof s->prompt, "%s", ev->name);
-        snprintf(s->text, sizeof s->text, "%s", ev->text);
+        event_str(s->prompt, sizeof s->prompt, ev->name);
+        event_str(s->text, sizeof s->text, ev->text);
         h->samples_head = (h->samples_head + 1) % HIST_SAMPLES;
         if (h->samples_n < HIST_SAMPLES) h->samples_n++;
         break;
     }
     case EV_LOG: history_note(h, ev->level, ev->text); break;
     case EV_CHECKPOINT: {
-        snprintf(h->last_checkpoint, sizeof h->last_checkpoint, "%s", ev->name);
+        event_str(h->last_checkpoint, sizeof h->last_checkpoint, ev->name);
         char msg[UI_NAME_MAX + 64];
-        snprintf(msg, sizeof msg, "checkpoint saved at step %ld: %s", ev->step, ev->name);
+        snprintf(msg, sizeof msg, "checkpoint saved at step %ld: %.200s", ev->step, ev->name);
         history_note(h, 0, msg);
         break;
     }
@@ -159,7 +159,7 @@ void history_apply(History *h, const UiEvent *ev) {
         h->status = !strcmp(ev->name, "error")     ? RUN_ERROR
                     : !strcmp(ev->name, "stopped") ? RUN_STOPPED
                                                    : RUN_FINISHED;
-        snprintf(h->done_msg, sizeof h->done_msg, "%s", ev->text);
+        event_str(h->done_msg, sizeof h->done_msg, ev->text);
         char msg[UI_TEXT_MAX];
         snprintf(msg, sizeof msg, "run %.32s at step %ld%s%.1900s", ev->name, ev->step,
                  ev->text[0] ? ": " : "", ev->text);

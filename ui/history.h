@@ -74,7 +74,7 @@ History *history_new(void);
 void history_free(History *h);
 void history_reset(History *h);
 /* Folds one event into the history. */
-void history_apply(History *h, const UiEvent *ev);
+void history_apply(History *h, const Event *ev);
 /* i-th newest sample / log line (0 = newest); NULL past the end. */
 const HistSample *history_sample(const History *h, size_t i);
 const HistLog *history_log(const History *h, size_t i);

@@ -45,21 +45,21 @@ int runs_read_one(const char *run_dir, RunInfo *out) {
     out->mtime = (double)st.st_mtime;
     FILE *f = fopen(path, "r");
     if (!f) return -1;
-    UiEvent *ev = xmalloc(sizeof *ev);
+    Event *ev = xmalloc(sizeof *ev);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     int done = 0, paused = 0, any = 0;
     while ((len = getline(&line, &cap, f)) > 0) {
-        if (ui_event_parse(line, (size_t)len, ev) != 0) continue;
+        if (event_parse(line, (size_t)len, ev) != 0) continue;
         any = 1;
         if (ev->step > out->last_step) out->last_step = ev->step;
         if (ev->total_steps > 0) out->total_steps = ev->total_steps;
         switch (ev->type) {
         case EV_START:
-            snprintf(out->method, sizeof out->method, "%s", ev->method);
-            snprintf(out->model, sizeof out->model, "%s", ev->model);
-            snprintf(out->dataset, sizeof out->dataset, "%s", ev->dataset);
+            event_str(out->method, sizeof out->method, ev->method);
+            event_str(out->model, sizeof out->model, ev->model);
+            event_str(out->dataset, sizeof out->dataset, ev->dataset);
             done = 0; /* a resumed run appends a new start */
             break;
         case EV_STEP:

@@ -12,100 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "../src/err.h"
 #include "../src/xalloc.h"
-
-// --- parsing one line
-
-static double num(const cJSON *o, const char *k) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : (double)NAN;
-}
-
-static long lnum(const cJSON *o, const char *k) {
-    double v = num(o, k);
-    return v > -1e15 && v < 1e15 ? (long)v : -1; /* NaN, inf and 1e300 too: no UB cast */
-}
-
-static void str(const cJSON *o, const char *k, char *dst, size_t n) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (cJSON_IsString(it) && it->valuestring) snprintf(dst, n, "%s", it->valuestring);
-}
-
-static void clear_event(UiEvent *ev) {
-    memset(ev, 0, sizeof *ev);
-    ev->step = ev->total_steps = -1;
-    ev->time = ev->epoch = ev->epochs = ev->loss = ev->lr = ev->grad_norm = (double)NAN;
-    ev->tokens_per_s = ev->elapsed = ev->eta = ev->eval_loss = ev->perplexity = (double)NAN;
-    ev->real_tok_s = (double)NAN;
-}
-
-int ui_event_parse(const char *line, size_t len, UiEvent *ev) {
-    clear_event(ev);
-    cJSON *o = cJSON_ParseWithLength(line, len);
-    if (!o || !cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        return -1;
-    }
-    char type[32] = "";
-    str(o, "type", type, sizeof type);
-    ev->step = lnum(o, "step");
-    ev->total_steps = lnum(o, "total_steps");
-    ev->time = num(o, "time");
-    ev->epoch = num(o, "epoch");
-    if (!strcmp(type, "start")) {
-        ev->type = EV_START;
-        str(o, "run", ev->run, sizeof ev->run);
-        str(o, "model", ev->model, sizeof ev->model);
-        str(o, "method", ev->method, sizeof ev->method);
-        str(o, "dataset", ev->dataset, sizeof ev->dataset);
-        ev->epochs = num(o, "epochs");
-    } else if (!strcmp(type, "step")) {
-        ev->type = EV_STEP;
-        ev->loss = num(o, "loss");
-        ev->lr = num(o, "lr");
-        ev->grad_norm = num(o, "grad_norm");
-        ev->tokens_per_s = num(o, "tokens_per_s");
-        ev->real_tok_s = num(o, "real_tok_s");
-        ev->elapsed = num(o, "elapsed");
-        ev->eta = num(o, "eta");
-    } else if (!strcmp(type, "eval")) {
-        ev->type = EV_EVAL;
-        ev->eval_loss = num(o, "eval_loss");
-        ev->perplexity = num(o, "perplexity");
-    } else if (!strcmp(type, "sample")) {
-        ev->type = EV_SAMPLE;
-        str(o, "prompt", ev->name, sizeof ev->name);
-        str(o, "text", ev->text, sizeof ev->text);
-    } else if (!strcmp(type, "log")) {
-        ev->type = EV_LOG;
-        char lv[16] = "info";
-        str(o, "level", lv, sizeof lv);
-        ev->level = !strcmp(lv, "error")                            ? 2
-                    : !strcmp(lv, "warn") || !strcmp(lv, "warning") ? 1
-                                                                    : 0;
-        str(o, "msg", ev->text, sizeof ev->text);
-    } else if (!strcmp(type, "checkpoint")) {
-        ev->type = EV_CHECKPOINT;
-        str(o, "path", ev->name, sizeof ev->name);
-    } else if (!strcmp(type, "state")) {
-        ev->type = EV_STATE;
-        char st[32] = "";
-        str(o, "state", st, sizeof st);
-        ev->paused = !strcmp(st, "paused");
-    } else if (!strcmp(type, "done")) {
-        ev->type = EV_DONE;
-        snprintf(ev->name, sizeof ev->name, "finished");
-        str(o, "status", ev->name, sizeof ev->name);
-        str(o, "msg", ev->text, sizeof ev->text);
-    } else {
-        ev->type = EV_NONE;
-    }
-    cJSON_Delete(o);
-    return 0;
-}
 
 const char *ui_command_name(UiCommand cmd) {
     switch (cmd) {
@@ -174,14 +82,13 @@ static void follow_read(FileFollow *f) {
     }
 }
 
-static int follow_poll(EventSource *src, UiEvent *out, int max) {
+static int follow_poll(EventSource *src, Event *out, int max) {
     FileFollow *f = src->ctx;
     int n = 0;
     if (max <= 0) return 0;
     if (!memchr(f->buf ? f->buf : "", '\n', f->buf ? f->len : 0)) follow_read(f);
     if (f->reset_pending) {
-        clear_event(&out[n]);
-        out[n++].type = EV_RESET;
+        event_clear(&out[n++], EV_RESET);
         f->reset_pending = 0;
     }
     size_t pos = 0;
@@ -189,7 +96,7 @@ static int follow_poll(EventSource *src, UiEvent *out, int max) {
         char *nl = memchr(f->buf + pos, '\n', f->len - pos);
         if (!nl) break; /* partial last line: keep for the next tick */
         size_t ll = (size_t)(nl - (f->buf + pos));
-        if (ll && ui_event_parse(f->buf + pos, ll, &out[n]) == 0 && out[n].type != EV_NONE) n++;
+        if (ll && event_parse(f->buf + pos, ll, &out[n]) == 0 && out[n].type != EV_NONE) n++;
         pos += ll + 1;
     }
     if (pos) { /* pos == 0 when nothing was read yet: buf may still be NULL */

@@ -7,9 +7,8 @@
  * complete lines and keeps a partial last line for the next call. A file that shrinks (a new
  * run written over the old one) restarts from the top with an EV_RESET event.
  *
- * metrics.jsonl: one JSON object a line, "type" one of start | step | eval | sample | log |
- * checkpoint | state | done (fields as in ui_event_parse below); unknown types and keys are
- * ignored so the trainer may add fields.
+ * metrics.jsonl: one JSON object a line, the Event of src/events.h, which the trainer writes and
+ * event_parse reads back with one table (unknown types and keys are ignored).
  *
  * CONTROL FILE (file-follow mode): source_command appends one line to RUN_DIR/control, opened
  * O_APPEND|O_CREAT: "pause\n", "resume\n", "save\n" or "stop\n". The trainer should, between
@@ -24,35 +23,10 @@
 
 #include <stddef.h>
 
-#define UI_TEXT_MAX 2048
+#include "../src/events.h"
+
+#define UI_TEXT_MAX 2048 /* what the UI keeps of a text */
 #define UI_NAME_MAX 256
-
-typedef enum UiEventType {
-    EV_NONE,
-    EV_START,      /* run, model, method, dataset, total_steps, epochs */
-    EV_STEP,       /* step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s, elapsed, eta */
-    EV_EVAL,       /* step, epoch, eval_loss, perplexity */
-    EV_SAMPLE,     /* step, prompt (name), text */
-    EV_LOG,        /* level (0 info, 1 warn, 2 error), text */
-    EV_CHECKPOINT, /* step, path (name) */
-    EV_STATE,      /* paused */
-    EV_DONE,       /* step, status (name: finished | stopped | error), text */
-    EV_RESET       /* the source restarted from the beginning: clear history */
-} UiEventType;
-
-/* One event, POD with bounded text: NaN marks a number the line did not carry. */
-typedef struct UiEvent {
-    UiEventType type;
-    long step, total_steps;
-    double time, epoch, epochs, loss, lr, grad_norm, tokens_per_s, elapsed, eta;
-    double real_tok_s; /* step: tokens with a target per second (NaN when absent) */
-    double eval_loss, perplexity;
-    int level;  /* EV_LOG */
-    int paused; /* EV_STATE */
-    char run[UI_NAME_MAX], model[UI_NAME_MAX], method[64], dataset[UI_NAME_MAX];
-    char name[UI_NAME_MAX]; /* sample prompt, checkpoint path, done status */
-    char text[UI_TEXT_MAX]; /* sample text, log message, done message (truncated) */
-} UiEvent;
 
 typedef enum UiCommand { CMD_PAUSE, CMD_RESUME, CMD_SAVE, CMD_STOP } UiCommand;
 
@@ -60,7 +34,7 @@ typedef struct EventSource EventSource;
 
 typedef struct EventSourceOps {
     /* Copies up to max pending events into out; returns how many (0 = none now). */
-    int (*poll)(EventSource *src, UiEvent *out, int max);
+    int (*poll)(EventSource *src, Event *out, int max);
     /* An fd that becomes readable when events are pending (the UI polls it), or -1: the UI then
      * calls poll on its ~100 ms tick. The UI reads and discards its bytes. */
     int (*wake_fd)(EventSource *src);
@@ -80,7 +54,7 @@ struct EventSource {
 /* Follows run_dir/metrics.jsonl (the file need not exist yet). Never fails except on OOM. */
 EventSource *source_file_open(const char *run_dir);
 
-static inline int source_poll(EventSource *s, UiEvent *out, int max) {
+static inline int source_poll(EventSource *s, Event *out, int max) {
     return s ? s->ops->poll(s, out, max) : 0;
 }
 static inline int source_wake_fd(EventSource *s) {
@@ -89,10 +63,6 @@ static inline int source_wake_fd(EventSource *s) {
 int source_command(EventSource *s, UiCommand cmd, char *err, size_t err_len);
 int source_alive(EventSource *s);
 void source_free(EventSource *s); /* NULL-safe */
-
-/* Parses one metrics.jsonl line into *ev (unknown type -> EV_NONE). Returns 0, or -1 when the
- * line is not a JSON object. Pure; used by the file source and the runs list. */
-int ui_event_parse(const char *line, size_t len, UiEvent *ev);
 
 /* The command's control-file word ("pause", ...). */
 const char *ui_command_name(UiCommand cmd);

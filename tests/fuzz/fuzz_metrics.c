@@ -1,5 +1,5 @@
 /* fuzz_metrics.c: the metrics.jsonl reader of `tuna watch` and the UI (ui/source.c). Each line
- * goes through ui_event_parse; then the file source follows a run folder whose metrics.jsonl
+ * goes through event_parse; then the file source follows a run folder whose metrics.jsonl
  * starts empty (a run with no metrics yet) and is then written in two pieces (split at the first
  * NUL, or the middle), polled with small and large event buffers. */
 #include "fuzz_common.h"
@@ -8,12 +8,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static UiEvent ev[16];
+    static Event ev[16];
     size_t pos = 0;
     while (pos < size) {
         const uint8_t *nl = memchr(data + pos, '\n', size - pos);
         size_t ll = nl ? (size_t)(nl - (data + pos)) : size - pos;
-        ui_event_parse((const char *)data + pos, ll, &ev[0]);
+        event_parse((const char *)data + pos, ll, &ev[0]);
         pos += ll + 1;
     }
     const uint8_t *b;

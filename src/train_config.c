@@ -1,0 +1,377 @@
+/* train_config.c: the training options, one table (TrainOption rows: key, type, default, range,
+ * help, the methods each applies to) behind getopt, the config file, --help, validation and
+ * the Setup screen's form (see train.h). */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "xalloc.h"
+
+// --- the options table: one row per flag / JSON key (train.h: TrainOption)
+
+#define OFF(k) offsetof(TrainConfig, k)
+#define SZ(k)  sizeof(((TrainConfig *)0)->k)
+/* ranges: lo..hi; ABOVE: > lo; FROM: >= lo; OPEN: > lo and <= hi; NONE: any integer / finite number */
+#define RANGE(lo, hi) 1, lo, hi, 0
+#define ABOVE(lo)     1, lo, HUGE_VAL, 1
+#define FROM(lo)      1, lo, HUGE_VAL, 0
+#define OPEN(lo, hi)  1, lo, hi, 1
+#define NONE          0, 0, 0, 0
+#define S(k, m, d, h)                                                                              \
+    { #k, TRAIN_OPT_STR, OFF(k), SZ(k), d, h, NULL, m, NONE, 0 }
+#define I(k, m, rg, d, h)                                                                          \
+    { #k, TRAIN_OPT_INT, OFF(k), sizeof(int), d, h, NULL, m, rg, 0 }
+#define D(k, m, rg, d, h)                                                                          \
+    { #k, TRAIN_OPT_DBL, OFF(k), sizeof(double), d, h, NULL, m, rg, 0 }
+#define B(k, m, d, h)                                                                              \
+    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, NULL, m, NONE, 0 }
+#define B3(k, alt, m, d, h)                                                                        \
+    { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, alt, m, NONE, 0 }
+#define ALL  TRAIN_M_ALL
+#define LORA TRAIN_M_LORA
+#define BIG  1e9
+
+static const TrainOption fields[] = {
+        S(model, ALL, "models/stories260K",
+          "model folder (config.json, model.safetensors, tokenizer.json)"),
+        S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
+        S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
+        {"template", TRAIN_OPT_STR, OFF(template_name), SZ(template_name), "auto",
+         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL,
+         ALL, NONE, 0},
+        S(templates_dir, ALL, "templates", "folder of template files"),
+        S(method, ALL, "lora",
+          "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
+        S(stage, ALL, "sft", "sft (supervised) | pt (plain text, every token trains)"),
+        I(lora_rank, LORA, RANGE(1, 4096), "8", "LoRA rank r"),
+        D(lora_alpha, LORA, OPEN(0, BIG), "16", "LoRA alpha (scale alpha/r)"),
+        D(lora_dropout, LORA, RANGE(0, 0.99), "0", "LoRA dropout"),
+        S(lora_target, LORA, "all",
+          "LoRA target modules, comma-separated (q_proj,v_proj; GPT-2 c_attn), or all: every "
+          "linear layer of the blocks (LLaMA-Factory's default)"),
+        B(use_rslora, LORA, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
+        S(lora_trainable_tokens, LORA, "",
+          "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
+          "token "
+          "strings, or eos (the token the template ends answers with); needed when the base never "
+          "learned that token"),
+        I(freeze_layers, TRAIN_M_FREEZE, RANGE(1, 100000), "2",
+          "freeze: how many last layers train"),
+        I(prefix_tokens, TRAIN_M_PTUNING, RANGE(1, 1024), "16",
+          "ptuning: virtual tokens (num_virtual_tokens)"),
+        B(prefix_projection, TRAIN_M_PTUNING, "false",
+          "ptuning: reparameterize the prefix through an MLP"),
+        I(prefix_hidden, TRAIN_M_PTUNING, RANGE(1, 65536), "64",
+          "ptuning: hidden size of that MLP (encoder_hidden_size)"),
+        D(epochs, ALL, RANGE(0, 100000), "3",
+          "passes over the training data (fractional allowed, e.g. 1.5)"),
+        I(max_steps, ALL, RANGE(0, BIG), "0",
+          "stop after this many optimizer steps (0 = from epochs)"),
+        {"lr", TRAIN_OPT_DBL, OFF(lr), sizeof(double), "auto",
+         "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
+         "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
+         "at 1M and below",
+         NULL, ALL, ABOVE(0), 1},
+        S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
+        I(warmup_steps, ALL, RANGE(0, BIG), "0", "warmup steps"),
+        D(warmup_ratio, ALL, RANGE(0, 1), "0",
+          "warmup as a fraction of all steps (if warmup_steps is 0)"),
+        D(weight_decay, ALL, FROM(0), "0", "AdamW weight decay (not on norms and biases)"),
+        D(max_grad_norm, ALL, FROM(0), "1.0", "clip the global gradient norm (0 = off)"),
+        I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
+        I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
+        I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),
+        B(gradient_checkpointing, ALL, "false",
+          "recompute activations in the backward: less memory, ~1/3 more time"),
+        D(val_size, ALL, RANGE(0, BIG), "0.1", "validation split: fraction, or a count if >= 1"),
+        I(eval_steps, ALL, RANGE(0, BIG), "20", "evaluate every N steps (0 = at the end only)"),
+        I(save_steps, ALL, RANGE(0, BIG), "50", "checkpoint every N steps (0 = only at the end)"),
+        I(save_total_limit, ALL, RANGE(0, 1000000), "2", "checkpoints kept"),
+        I(logging_steps, ALL, RANGE(1, BIG), "1", "write a step line every N steps"),
+        S(sample_prompts, ALL, "Who are you?",
+          "fixed prompts for sample generations, separated by | (up to 16, answered together)"),
+        I(sample_steps, ALL, RANGE(0, BIG), "0",
+          "generate samples every N steps (0 = with each eval)"),
+        I(sample_max_tokens, ALL, RANGE(0, 65536), "48", "tokens per sample"),
+        S(vars, ALL, "", "dataset placeholders, e.g. name=Tuna,author=Ann"),
+        I(max_samples, ALL, RANGE(0, BIG), "0", "use at most N rows per dataset (0 = all)"),
+        B(strict, ALL, "false",
+          "a bad dataset row or an unfilled {{placeholder}} is fatal (default: skipped or "
+          "warned)"),
+        B3(packing, "neat", ALL, "false",
+           "pack short examples into full rows of cutoff_len: true (they attend to each other, "
+           "LLaMA-Factory packing) or neat (positions restart and attention stays inside each "
+           "example: neat_packing; the losses equal unpacked training)"),
+        B(group_by_length, ALL, "false",
+          "batches of examples of similar length (Hugging Face group_by_length): less padding"),
+        S(pad_to, ALL, "batch",
+          "batch: each batch padded to its own longest example (rounded up to 8); max: every "
+          "batch to the longest example of the data (the fixed rows of earlier versions)"),
+        B(train_on_prompt, ALL, "false", "sft: the prompt tokens train too, not only the replies"),
+        B(mask_history, ALL, "false",
+          "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),
+        I(seed, ALL, NONE, "42", "seed for data order, LoRA init, dropout and sampling"),
+        I(max_bad_steps, ALL, RANGE(1, 1000000), "5",
+          "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
+        S(adapter, LORA | TRAIN_M_PTUNING, "",
+          "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
+          "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
+          "kept, optimizer and schedule start fresh (not --resume)"),
+        S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
+        S(backend, ALL, "cpu", "cpu | ref | cuda"),
+        I(threads, ALL, RANGE(0, 4096), "0",
+          "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
+};
+#define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
+
+int train_option_count(void) {
+    return N_FIELDS;
+}
+
+const TrainOption *train_option(int i) {
+    return i >= 0 && i < N_FIELDS ? &fields[i] : NULL;
+}
+
+const TrainOption *train_option_find(const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, "%s", key);
+    for (char *q = k; *q; q++)
+        if (*q == '-') *q = '_';
+    for (int i = 0; i < N_FIELDS; i++)
+        if (!strcmp(fields[i].key, k)) return &fields[i];
+    return NULL;
+}
+
+unsigned train_method_bit(const char *method) {
+    static const char *const names[] = {"full", "freeze", "lora", "ptuning"};
+    for (unsigned i = 0; i < 4; i++)
+        if (!strcmp(method, names[i])) return 1u << i;
+    return 0;
+}
+
+const char *train_config_key(int i, int *is_bool, const char **help) {
+    if (i < 0 || i >= N_FIELDS) return NULL;
+    if (is_bool) *is_bool = fields[i].type == TRAIN_OPT_BOOL;
+    if (help) *help = fields[i].help;
+    return fields[i].key;
+}
+
+/* "--lr: must be a number > 0, got -1" (where "--": the flag; else "FILE: " and the key). */
+static int range_err(const TrainOption *f, const char *raw, const char *where, TunaErr *err) {
+    char name[80], what[120];
+    snprintf(name, sizeof name, "%s%s", where, f->key);
+    if (!strcmp(where, "--"))
+        for (char *q = name + 2; *q; q++)
+            if (*q == '_') *q = '-';
+    const char *kind = f->type == TRAIN_OPT_INT ? "an integer" : "a number";
+    if (!f->ranged)
+        snprintf(what, sizeof what, "%s", kind);
+    else if (f->hi == HUGE_VAL)
+        snprintf(what, sizeof what, "%s %s %.10g%s", kind, f->lo_open ? ">" : ">=", f->lo,
+                 f->is_auto ? " or auto" : "");
+    else
+        snprintf(what, sizeof what, "%s from %.10g to %.10g", kind, f->lo, f->hi);
+    return tuna_errf(err, TUNA_EINVAL, "%s: must be %s, got %s", name, what, raw);
+}
+
+static int in_range(const TrainOption *f, double x) {
+    return !f->ranged || ((f->lo_open ? x > f->lo : x >= f->lo) && x <= f->hi);
+}
+
+static int field_set(TrainConfig *c, const TrainOption *f, const char *v, const char *where,
+                     TunaErr *err) {
+    char *p = (char *)c + f->off, *end;
+    errno = 0;
+    switch (f->type) {
+    case TRAIN_OPT_STR:
+        if (strlen(v) >= f->size)
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: value too long", where, f->key);
+        memcpy(p, v, strlen(v) + 1);
+        return 0;
+    case TRAIN_OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < -1000000000L || x > 1000000000L ||
+            !in_range(f, (double)x))
+            return range_err(f, v, where, err);
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case TRAIN_OPT_DBL: {
+        if (f->is_auto && !strcmp(v, "auto")) {
+            *(double *)p = 0; /* 0 stands for auto: the value is chosen when the run starts */
+            return 0;
+        }
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(x) || !in_range(f, x))
+            return range_err(f, v, where, err);
+        *(double *)p = x;
+        return 0;
+    }
+    case TRAIN_OPT_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1"))
+            *(int *)p = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0"))
+            *(int *)p = 0;
+        else if (f->alt && !strcmp(v, f->alt))
+            *(int *)p = 2;
+        else if (f->alt)
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true, false or %s, got \"%s\"",
+                             where, f->key, f->alt, v);
+        else
+            return tuna_errf(err, TUNA_EINVAL, "%s%s: expected true or false, got \"%s\"", where,
+                             f->key, v);
+        return 0;
+    }
+    return 0;
+}
+
+int train_config_check(const TrainConfig *c, TunaErr *err) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        const TrainOption *f = &fields[i];
+        if (!f->ranged || (f->type != TRAIN_OPT_INT && f->type != TRAIN_OPT_DBL)) continue;
+        const char *p = (const char *)c + f->off;
+        double x = f->type == TRAIN_OPT_INT ? (double)*(const int *)p : *(const double *)p;
+        if (f->is_auto && x == 0) continue;
+        char raw[64];
+        snprintf(raw, sizeof raw, "%.17g", x);
+        if (!isfinite(x) || !in_range(f, x)) return range_err(f, raw, "--", err);
+    }
+    return 0;
+}
+
+/* One field's value as text (for diffs). */
+static void field_text(const TrainConfig *c, const TrainOption *f, char *out, size_t cap) {
+    const char *p = (const char *)c + f->off;
+    switch (f->type) {
+    case TRAIN_OPT_STR: snprintf(out, cap, "\"%s\"", p); break;
+    case TRAIN_OPT_INT: snprintf(out, cap, "%d", *(const int *)p); break;
+    case TRAIN_OPT_DBL:
+        if (f->is_auto && *(const double *)p == 0)
+            snprintf(out, cap, "auto");
+        else
+            snprintf(out, cap, "%.15g", *(const double *)p);
+        break;
+    case TRAIN_OPT_BOOL:
+        snprintf(out, cap, "%s",
+                 *(const int *)p == 2 && f->alt ? f->alt
+                 : *(const int *)p              ? "true"
+                                                : "false");
+        break;
+    }
+}
+
+int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap) {
+    int n = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < N_FIELDS; i++) {
+        const TrainOption *f = &fields[i];
+        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
+        char x[1100], y[1100];
+        field_text(a, f, x, sizeof x);
+        field_text(b, f, y, sizeof y);
+        if (!strcmp(x, y)) continue;
+        size_t o = strlen(out);
+        if (o < cap) snprintf(out + o, cap - o, "%s%s %.60s -> %.60s", n ? ", " : "", f->key, x, y);
+        n++;
+    }
+    return n;
+}
+
+void train_config_defaults(TrainConfig *c) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < N_FIELDS; i++)
+        field_set(c, &fields[i], fields[i].def, "", NULL);
+}
+
+int train_config_set(TrainConfig *c, const char *key, const char *value, TunaErr *err) {
+    const TrainOption *f = train_option_find(key);
+    if (!f) return tuna_errf(err, TUNA_EINVAL, "unknown option \"%s\"", key);
+    return field_set(c, f, value, "--", err);
+}
+
+int train_config_load(TrainConfig *c, const char *path, TunaErr *err) {
+    char *text = xread_file(path, NULL);
+    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
+    cJSON *root = cJSON_Parse(text);
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        const char *at = cJSON_GetErrorPtr();
+        rc = tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON near byte %ld", path,
+                       at && root == NULL ? (long)(at - text) : 0L);
+        goto done;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        if (!strcmp(it->string, "history")) continue; /* changes made on resume (a record) */
+        const TrainOption *f = train_option_find(it->string);
+        if (!f) {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: unknown key \"%s\"", path, it->string);
+            goto done;
+        }
+        char buf[64], where[1100];
+        const char *v = buf;
+        snprintf(where, sizeof where, "%s: ", path);
+        if (cJSON_IsString(it))
+            v = it->valuestring;
+        else if (cJSON_IsBool(it))
+            v = cJSON_IsTrue(it) ? "true" : "false";
+        else if (cJSON_IsNumber(it)) {
+            if (f->type == TRAIN_OPT_INT && it->valuedouble == floor(it->valuedouble))
+                snprintf(buf, sizeof buf, "%.0f", it->valuedouble);
+            else
+                snprintf(buf, sizeof buf, "%.17g", it->valuedouble);
+        } else {
+            rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" has the wrong type", path, it->string);
+            goto done;
+        }
+        if ((rc = field_set(c, f, v, where, err))) goto done;
+    }
+done:
+    cJSON_Delete(root);
+    free(text);
+    return rc;
+}
+
+char *train_config_json(const TrainConfig *c) {
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < N_FIELDS; i++) {
+        const char *p = (const char *)c + fields[i].off;
+        switch (fields[i].type) {
+        case TRAIN_OPT_STR: cJSON_AddStringToObject(o, fields[i].key, p); break;
+        case TRAIN_OPT_INT: cJSON_AddNumberToObject(o, fields[i].key, *(const int *)p); break;
+        case TRAIN_OPT_DBL:
+            if (fields[i].is_auto && *(const double *)p == 0)
+                cJSON_AddStringToObject(o, fields[i].key, "auto");
+            else
+                cJSON_AddNumberToObject(o, fields[i].key, *(const double *)p);
+            break;
+        case TRAIN_OPT_BOOL:
+            if (*(const int *)p == 2 && fields[i].alt)
+                cJSON_AddStringToObject(o, fields[i].key, fields[i].alt);
+            else
+                cJSON_AddBoolToObject(o, fields[i].key, *(const int *)p);
+            break;
+        }
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+void train_config_help(FILE *f) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s", fields[i].key);
+        for (char *q = left + 2; *q; q++)
+            if (*q == '_') *q = '-';
+        fprintf(f, "  %-24s %s%s%s%s\n", left, fields[i].help, *fields[i].def ? " [" : "",
+                fields[i].def, *fields[i].def ? "]" : "");
+    }
+}
