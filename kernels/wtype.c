@@ -668,6 +668,24 @@ int weight_quantize(Weight *w, const float *src, int rows, int cols, WType type,
     return 0;
 }
 
+int weight_wrap(Weight *w, const void *data, int rows, int cols, WType type, TunaErr *err) {
+    memset(w, 0, sizeof *w);
+    if ((unsigned)type >= WT_COUNT || is_bnb(type))
+        return tuna_errf(err, TUNA_EINVAL, "weight_wrap: type %s has scales apart from its codes",
+                         (unsigned)type < WT_COUNT ? wtype_info[type].name : "?");
+    if (rows <= 0 || cols <= 0 || cols % wtype_info[type].block)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "weight_wrap: a (%d, %d) matrix cannot be %s: its rows of %d must be "
+                         "whole blocks of %d",
+                         rows, cols, wtype_info[type].name, cols, wtype_info[type].block);
+    w->type = type;
+    w->rows = rows;
+    w->cols = cols;
+    w->data = (void *)(uintptr_t)data;
+    w->borrowed = 1;
+    return 0;
+}
+
 void weight_dequantize_rows(const Weight *w, int r0, int n_rows, float *dst) {
     const WTypeInfo *ti = &wtype_info[w->type];
     for (int r = r0; r < r0 + n_rows; r++) {
@@ -690,7 +708,7 @@ size_t weight_bytes(const Weight *w) {
 
 void weight_free(Weight *w) {
     if (!w) return;
-    free(w->data);
+    if (!w->borrowed) free(w->data);
     free(w->absmax);
     free(w->absmax_q);
     free(w->absmax2);

@@ -86,12 +86,17 @@ typedef struct Weight {
     uint8_t *absmax_q;
     float *absmax2;
     float offset;
+    int borrowed; /* 1: data is someone else's (weight_wrap); weight_free leaves it */
 } Weight;
 
 /* w = src (rows, cols) quantized to type (host memory, owned by w: weight_free). Refuses a cols
  * that is not a whole number of blocks. double_quant: NF4/FP4 with compressed statistics. */
 int weight_quantize(Weight *w, const float *src, int rows, int cols, WType type, int double_quant,
                     TunaErr *err);
+/* w = a view of rows x cols elements of type at data (not NF4/FP4, whose scales live apart),
+ * e.g. a GGUF tensor in its mapping (ne[0] = cols); weight_free does not free data. Refuses a
+ * cols that is not a whole number of blocks. */
+int weight_wrap(Weight *w, const void *data, int rows, int cols, WType type, TunaErr *err);
 /* dst (rows, cols) = w in fp32. */
 void weight_dequantize(const Weight *w, float *dst);
 /* dst (n_rows, cols) = rows r0 .. r0+n_rows-1 of w in fp32. */

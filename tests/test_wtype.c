@@ -268,6 +268,23 @@ static void test_names_and_errors(void) {
     rc = weight_quantize(&w, x, 1, 96, WT_Q6_K, 0, &err);
     CHECK(rc == TUNA_EUNSUP && strstr(err.msg, "Q6_K"), "q6_k: %s", err.msg);
     printf("error line: %s\n", err.msg);
+    /* a borrowed view */
+    uint8_t blk[2 * 18] = {0};
+    blk[1] = 0x3c; /* d = 1.0 (f16 0x3c00) */
+    blk[2] = 0x98; /* codes 8, 9: 0 and 1 */
+    Weight v;
+    memset(&err, 0, sizeof err);
+    CHECK(weight_wrap(&v, blk, 2, 32, WT_Q4_0, &err) == 0 && v.borrowed, "wrap: %s", err.msg);
+    float d[64];
+    weight_dequantize(&v, d);
+    CHECK(d[0] == 0.0f && d[16] == 1.0f && d[1] == -8.0f && d[32] == 0.0f, "wrap values %g %g %g",
+          (double)d[0], (double)d[16], (double)d[1]);
+    weight_free(&v); /* leaves blk alone (ASan would catch a free) */
+    memset(&err, 0, sizeof err);
+    CHECK(weight_wrap(&v, blk, 1, 64, WT_NF4, &err) == TUNA_EINVAL, "wrap nf4");
+    memset(&err, 0, sizeof err);
+    CHECK(weight_wrap(&v, blk, 1, 33, WT_Q8_0, &err) == TUNA_EINVAL && strstr(err.msg, "(1, 33)"),
+          "wrap shape: %s", err.msg);
 }
 
 // --- cpu matmul_w_fwd / matmul_w_bwd_in against ref ---------------------------------------------

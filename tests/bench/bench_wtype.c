@@ -2,7 +2,8 @@
  * (OpenBLAS), at a decoding shape (M = 1, 576 x 576), a prefill/training shape (M = 512,
  * 1536 x 576) and an LM-head shape (M = 512, 49152 x 576; --quick: 8192 x 576). Prints the CPU's
  * features, the kernel path each row takes, ms per call and GFLOP/s (2 M N K per call), the
- * best of several runs; cpu on every core. Built and run by `make bench`.
+ * best of several runs, and for M = 512 the input gradient (matmul_w_bwd_in against fp32
+ * matmul_bwd with din only); cpu on every core. Built and run by `make bench`.
  *   build/bench/bench_wtype [--quick] [--threads N]   (N 0: every core) */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -80,7 +81,19 @@ static void bench_shape(Backend *be, int M, int N, int K, int reps) {
         t = now() - t;
         if (t < best) best = t;
     }
-    double base = best;
+    double base = best, base_bwd = 0;
+    float *din = malloc((size_t)M * K * 4);
+    memset(din, 0, (size_t)M * K * 4);
+    if (M > 8) {
+        base_bwd = 1e30;
+        for (int r = 0; r < reps; r++) {
+            double t = now();
+            be->ops->matmul_bwd(be, din, NULL, NULL, out, x, wf, M, K, N);
+            t = now() - t;
+            if (t < base_bwd) base_bwd = t;
+        }
+        printf("  (fp32 matmul_bwd din only: %.3f ms)\n", base_bwd * 1e3);
+    }
     printf("  %-10s %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB\n", "fp32 c_matmul",
            "matmul_fwd", best * 1e3, flop / best * 1e-9, 1.0, (double)nw * 4 / 1e6);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -101,15 +114,27 @@ static void bench_shape(Backend *be, int M, int N, int K, int reps) {
             }
             char nm[32];
             snprintf(nm, sizeof nm, "%s%s", wtype_info[types[ti]].name, dq ? "+dq" : "");
-            printf("  %-10s    %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB\n", nm,
+            printf("  %-10s    %-14s %9.3f ms %8.1f GFLOP/s  %6.2fx   %8.1f MB", nm,
                    types[ti] == WT_F32 ? "(fp32 slot)" : cpu_matmul_w_path(types[ti], K, M),
                    best * 1e3, flop / best * 1e-9, base / best, (double)weight_bytes(&w) / 1e6);
+            if (M > 8) { /* the input gradient, against fp32 matmul_bwd's din */
+                double bb = 1e30;
+                for (int r = 0; r < reps; r++) {
+                    double t = now();
+                    be->ops->matmul_w_bwd_in(be, din, out, &w, M);
+                    t = now() - t;
+                    if (t < bb) bb = t;
+                }
+                printf("   bwd_in %8.3f ms %6.2fx", bb * 1e3, base_bwd / bb);
+            }
+            printf("\n");
             weight_free(&w);
         }
     }
     free(wf);
     free(x);
     free(out);
+    free(din);
 }
 
 int main(int argc, char **argv) {
