@@ -11,7 +11,66 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../src/safetensors.h"
+static float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* fp16 and bf16 to and from fp32, IEEE round-to-nearest-even (as numpy and torch). */
+float wtype_bf16_to_f32(uint16_t b) {
+    return f32_from_bits((uint32_t)b << 16);
+}
+
+float wtype_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    if (exp == 0) {
+        if (man == 0) return f32_from_bits(sign);
+        uint32_t e = 113; /* subnormal: shift the mantissa up until the implicit bit appears */
+        while (!(man & 0x400u)) {
+            man <<= 1;
+            e--;
+        }
+        return f32_from_bits(sign | (e << 23) | ((man & 0x3FFu) << 13));
+    }
+    if (exp == 31) return f32_from_bits(sign | 0x7F800000u | (man << 13));
+    return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+uint16_t wtype_f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+uint16_t wtype_f32_to_f16(float f) {
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t exp = (u >> 23) & 0xFFu, man = u & 0x7FFFFFu;
+    if (exp == 0xFF) return (uint16_t)(sign | (man ? 0x7E00u | (man >> 13) : 0x7C00u));
+    int e = (int)exp - 112; /* rebias 127 -> 15 */
+    if (e >= 31) return (uint16_t)(sign | 0x7C00u);
+    if (e <= 0) {
+        if (e < -10) return sign; /* below half the smallest subnormal */
+        uint32_t m = man | 0x800000u;
+        int shift = 14 - e;
+        uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        uint32_t r = m >> shift;
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* may carry into inf: correct */
+    return (uint16_t)(sign | h);
+}
 
 static uint16_t rd16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -23,7 +82,7 @@ static void wr16(uint8_t *p, uint16_t v) {
 }
 
 static float h2f(const uint8_t *p) {
-    return st_f16_to_f32(rd16(p));
+    return wtype_f16_to_f32(rd16(p));
 }
 
 // --- F32, BF16, F16 -------------------------------------------------------------------------
@@ -70,7 +129,7 @@ static void q_f16(const float *src, void *dst, int64_t n, WAux *aux) {
     (void)aux;
     uint8_t *d = dst;
     for (int64_t i = 0; i < n; i++)
-        wr16(d + 2 * i, st_f32_to_f16(src[i]));
+        wr16(d + 2 * i, wtype_f32_to_f16(src[i]));
 }
 
 // --- Q8_0, Q4_0, Q4_1 (ggml; quantization as gguf-py's gguf.quants) -----------------------
@@ -95,7 +154,7 @@ static void q_q8_0(const float *src, void *dst, int64_t n, WAux *aux) {
             amax = fmaxf(amax, fabsf(src[j]));
         float d = amax / 127.0f;
         float id = d == 0.0f ? 0.0f : 1.0f / d;
-        wr16(b, st_f32_to_f16(d));
+        wr16(b, wtype_f32_to_f16(d));
         for (int j = 0; j < 32; j++) {
             float v = src[j] * id;
             b[2 + j] = (uint8_t)(int8_t)roundf(v);
@@ -129,7 +188,7 @@ static void q_q4_0(const float *src, void *dst, int64_t n, WAux *aux) {
             }
         float d = max / -8.0f;
         float id = d == 0.0f ? 0.0f : 1.0f / d;
-        wr16(b, st_f32_to_f16(d));
+        wr16(b, wtype_f32_to_f16(d));
         for (int j = 0; j < 16; j++) {
             float x0 = src[j] * id, x1 = src[j + 16] * id;
             x0 = x0 + 8.5f;
@@ -169,8 +228,8 @@ static void q_q4_1(const float *src, void *dst, int64_t n, WAux *aux) {
         float range = max - min;
         float d = range / 15.0f;
         float id = d == 0.0f ? 0.0f : 1.0f / d;
-        wr16(b, st_f32_to_f16(d));
-        wr16(b + 2, st_f32_to_f16(min));
+        wr16(b, wtype_f32_to_f16(d));
+        wr16(b + 2, wtype_f32_to_f16(min));
         for (int j = 0; j < 16; j++) {
             float x0 = src[j] - min, x1 = src[j + 16] - min;
             x0 = x0 * id;

@@ -64,6 +64,12 @@ typedef struct WTypeInfo {
 
 extern const WTypeInfo wtype_info[WT_COUNT];
 
+/* IEEE half and bfloat16 to and from fp32, round-to-nearest-even (NaN stays NaN). */
+float wtype_f16_to_f32(uint16_t h);
+float wtype_bf16_to_f32(uint16_t b);
+uint16_t wtype_f32_to_f16(float f);
+uint16_t wtype_f32_to_bf16(float f);
+
 /* The type named s (case-insensitive; also fp32/float32, bf16/bfloat16, fp16/float16), or -1. */
 int wtype_by_name(const char *s);
 /* The type of GGUF type id t, or -1. */

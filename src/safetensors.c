@@ -1,5 +1,7 @@
 #include "safetensors.h"
 
+#include "../kernels/wtype.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -638,64 +640,20 @@ const char *safetensors_shard_path(const SafeTensors *st, int shard) {
 
 // --- conversions ---------------------------------------------------------------------------
 
-static float f32_from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 float st_bf16_to_f32(uint16_t b) {
-    return f32_from_bits((uint32_t)b << 16);
+    return wtype_bf16_to_f32(b);
 }
 
 float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    if (exp == 0) {
-        if (man == 0) return f32_from_bits(sign);
-        uint32_t e = 113; /* subnormal: shift the mantissa up until the implicit bit appears */
-        while (!(man & 0x400u)) {
-            man <<= 1;
-            e--;
-        }
-        return f32_from_bits(sign | (e << 23) | ((man & 0x3FFu) << 13));
-    }
-    if (exp == 31) return f32_from_bits(sign | 0x7F800000u | (man << 13));
-    return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+    return wtype_f16_to_f32(h);
 }
 
 uint16_t st_f32_to_bf16(float f) {
-    uint32_t u = f32_bits(f);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    return wtype_f32_to_bf16(f);
 }
 
 uint16_t st_f32_to_f16(float f) {
-    uint32_t u = f32_bits(f);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t exp = (u >> 23) & 0xFFu, man = u & 0x7FFFFFu;
-    if (exp == 0xFF) return (uint16_t)(sign | (man ? 0x7E00u | (man >> 13) : 0x7C00u));
-    int e = (int)exp - 112; /* rebias 127 -> 15 */
-    if (e >= 31) return (uint16_t)(sign | 0x7C00u);
-    if (e <= 0) {
-        if (e < -10) return sign; /* below half the smallest subnormal */
-        uint32_t m = man | 0x800000u;
-        int shift = 14 - e;
-        uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        uint32_t r = m >> shift;
-        if (rem > half || (rem == half && (r & 1u))) r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1FFFu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* may carry into inf: correct */
-    return (uint16_t)(sign | h);
+    return wtype_f32_to_f16(f);
 }
 
 void st_tensor_release(const StTensor *t) {
