@@ -48,6 +48,7 @@ typedef struct TrainConfig {
     /* the frozen base's linear layers on load: 0 (fp32), 8 or 4 bits, in quantization_type */
     int quantization_bit, double_quantization;
     char quantization_type[8];
+    char dtype[8]; /* the frozen base's linear layers without quantization: fp32 or bf16 */
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt

@@ -130,6 +130,9 @@ static const TrainOption fields[] = {
           "4 bits: nf4 | fp4 (bitsandbytes' blocks of 64) | q4_0 | q4_1 (GGUF's of 32)"),
         B(double_quantization, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "false",
           "nf4/fp4: the block scales in 8 bits too (bitsandbytes compress_statistics)"),
+        S(dtype, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "fp32",
+          "fp32 | bf16: the frozen base's linear layers in bf16 (half the memory; products "
+          "accumulate in fp32) when not quantized"),
         S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, ALL, "cpu", "cpu | ref | cuda"),
         I(threads, ALL, RANGE(0, 4096), "0",

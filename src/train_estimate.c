@@ -17,6 +17,18 @@
 int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOptions *o,
                        TunaErr *err) {
     *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
+    int bf16 = !strcmp(c->dtype, "bf16");
+    if (!bf16 && strcmp(c->dtype, "fp32"))
+        return tuna_errf(err, TUNA_EINVAL, "--dtype must be fp32 or bf16, got \"%s\"", c->dtype);
+    if (!c->quantization_bit && bf16) {
+        if (method == METHOD_FULL)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--dtype bf16 keeps the frozen base in bf16: full fine-tuning trains "
+                             "every weight in fp32; use lora, ptuning or freeze");
+        o->qtype = WT_BF16;
+        if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers;
+        return 0;
+    }
     if (!c->quantization_bit) return 0;
     if (c->quantization_bit != 4 && c->quantization_bit != 8)
         return tuna_errf(err, TUNA_EINVAL, "--quantization-bit must be 0, 4 or 8, got %d",

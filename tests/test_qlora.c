@@ -1,6 +1,6 @@
 /* test_qlora.c: training and inference over a quantized base (model_load_opts). For each
  * fixture architecture and weight type (nf4 with and without double quantization, fp4, q4_0,
- * q4_1, q8_0), a model loaded with typed linear layers is compared with an fp32 model whose
+ * q4_1, q8_0, and the 16-bit bf16 / f16 of --dtype), a model loaded with typed linear layers is compared with an fp32 model whose
  * linear layers hold the very values the typed ones dequantize to:
  *  - LoRA (all targets), P-tuning and freeze (frozen layers typed, trained ones fp32): the loss
  *    and every trainable gradient of one step agree to 1e-4 relative. tuna's fp32 LoRA equals
@@ -236,16 +236,50 @@ static void estimate_case(void) {
     snprintf(c.method, sizeof c.method, "full");
     CHECK(train_estimate(&mc, &c, &e4, &err) != 0 && strstr(err.msg, "full fine-tuning"),
           "estimate: full + 4-bit refused: %s", err.msg);
+    /* --dtype bf16: the frozen linear layers at 2 bytes a weight */
+    snprintf(c.method, sizeof c.method, "lora");
+    c.quantization_bit = 0;
+    snprintf(c.dtype, sizeof c.dtype, "bf16");
+    CHECK(train_estimate(&mc, &c, &e4, &err) == 0, "%s", err.msg);
+    CHECK(e32.weight_bytes - e4.weight_bytes == nt * 2, "estimate: a bf16 base saves %zu bytes",
+          e32.weight_bytes - e4.weight_bytes);
+    snprintf(c.dtype, sizeof c.dtype, "fp16");
+    CHECK(train_estimate(&mc, &c, &e4, &err) != 0 && strstr(err.msg, "--dtype must be"),
+          "estimate: --dtype fp16 refused: %s", err.msg);
+}
+
+/* A bf16 checkpoint kept in bf16 (--dtype bf16) loses nothing: the same step as its fp32 load,
+ * with no copying of weights between the two. */
+static void bf16_checkpoint_case(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    ModelLoadOptions o = {.qtype = WT_BF16, .fp32_from_layer = 1 << 30};
+    Model *mq = NULL, *mf = NULL;
+    if (model_load_opts("tests/fixtures/llama_bf16", be, &o, &mq, &err) ||
+        model_load("tests/fixtures/llama_bf16", be, &mf, &err)) {
+        CHECK(0, "llama_bf16: %s", err.msg);
+    } else {
+        CHECK(mq->n_qparams > 0, "llama_bf16: linear layers kept in bf16");
+        logits_case("llama_bf16", mq, mf, "bf16 checkpoint");
+        step_case("llama_bf16", mq, mf, be,
+                  (TrainSetup){.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 3},
+                  "bf16 file kept bf16");
+    }
+    model_free(mq);
+    model_free(mf);
+    backend_free(be);
 }
 
 int main(void) {
     fallback_case();
+    bf16_checkpoint_case();
     estimate_case();
     const char *archs[] = {"llama", "qwen3", "gpt2", "mistral", "llama_tied"};
     const struct {
         WType t;
         int dq;
-    } types[] = {{WT_NF4, 0}, {WT_NF4, 1}, {WT_FP4, 0}, {WT_Q4_0, 0}, {WT_Q4_1, 0}, {WT_Q8_0, 0}};
+    } types[] = {{WT_NF4, 0},  {WT_NF4, 1},  {WT_FP4, 0},  {WT_Q4_0, 0},
+                 {WT_Q4_1, 0}, {WT_Q8_0, 0}, {WT_BF16, 0}, {WT_F16, 0}};
     for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++)
         for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
             type_case(archs[a], types[k].t, types[k].dq);

@@ -164,6 +164,7 @@ static const FormRow form_rows[] = {
         {"quantization_bit", "base bits (0/4/8)", 4, 0},
         {"quantization_type", "4-bit type", 0, 0},
         {"double_quantization", "double quant", 1, 0},
+        {"dtype", "base dtype", 0, 0},
         {"output", "output", 0, 0},
 };
 
