@@ -23,23 +23,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "kernels/backend.h"
 
 enum { B = 2, T = 256, BT = B * T, C = 576, NH = 9, KVH = 3, HS = 64, FF = 1536 };
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 0x2545F4914F6CDD1DULL;
-static float frand(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) / 16777216.0) * 2.0f - 1.0f;
-}
 
 /* Backend buffer of n random floats in [-s, s] (in [0, s] when s < 0: -s scale, positive). */
 static float *buf(Backend *be, size_t n, float s) {

@@ -14,14 +14,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "src/tokenizer.h"
 #include "src/xalloc.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Seconds to encode text, line by line (by_line) or whole; *ntok gets the token count. */
 static double run(const Tokenizer *t, const char *text, size_t len, int by_line, size_t *ntok) {

@@ -14,22 +14,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 0x2545F4914F6CDD1DULL;
-static float frand(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) / 16777216.0) * 2.0f - 1.0f;
-}
 
 static void cpu_features(void) {
     static const char *const flags[] = {"avx2",        "fma",      "f16c",
