@@ -758,11 +758,40 @@ void weight_dequantize(const Weight *w, float *dst) {
     weight_dequantize_rows(w, 0, w->rows, dst);
 }
 
+int weight_arrays(const Weight *w, void *p[4], size_t bytes[4]) {
+    size_t nb = n_blocks(w);
+    p[0] = w->data;
+    bytes[0] = wtype_row_bytes(w->type, w->cols) * (size_t)w->rows;
+    if (!is_bnb(w->type)) return 1;
+    if (!w->double_quant) {
+        p[1] = w->absmax;
+        bytes[1] = nb * sizeof(float);
+        return 2;
+    }
+    p[1] = w->absmax_q;
+    bytes[1] = nb;
+    p[2] = w->absmax2;
+    bytes[2] = (nb + 255) / 256 * sizeof(float);
+    return 3;
+}
+
+void weight_set_arrays(Weight *w, void *const p[4]) {
+    w->data = p[0];
+    if (!is_bnb(w->type)) return;
+    if (!w->double_quant) {
+        w->absmax = p[1];
+        return;
+    }
+    w->absmax_q = p[1];
+    w->absmax2 = p[2];
+}
+
 size_t weight_bytes(const Weight *w) {
-    size_t b = wtype_row_bytes(w->type, w->cols) * (size_t)w->rows, nb = n_blocks(w);
-    if (!is_bnb(w->type)) return b;
-    if (w->double_quant) return b + nb + (nb + 255) / 256 * sizeof(float) + sizeof(float);
-    return b + nb * sizeof(float);
+    void *p[4];
+    size_t bytes[4], b = w->double_quant && is_bnb(w->type) ? sizeof(float) : 0; /* offset */
+    for (int i = 0, n = weight_arrays(w, p, bytes); i < n; i++)
+        b += bytes[i];
+    return b;
 }
 
 void weight_free(Weight *w) {

@@ -107,6 +107,12 @@ int weight_wrap(Weight *w, const void *data, int rows, int cols, WType type, Tun
 void weight_dequantize(const Weight *w, float *dst);
 /* dst (n_rows, cols) = rows r0 .. r0+n_rows-1 of w in fp32. */
 void weight_dequantize_rows(const Weight *w, int r0, int n_rows, float *dst);
+/* The arrays w holds, for moving it as a whole (to a backend and back): p[i] and bytes[i] for
+ * data, then absmax (NF4/FP4), or absmax_q and absmax2 (double-quantized); returns how many.
+ * Only type, rows, cols and double_quant decide which. weight_set_arrays puts p back in the
+ * same order. */
+int weight_arrays(const Weight *w, void *p[4], size_t bytes[4]);
+void weight_set_arrays(Weight *w, void *const p[4]);
 /* Bytes the weight holds (codes and scales). */
 size_t weight_bytes(const Weight *w);
 /* Row r's bytes, and aux filled for it (zeroed for types without scales). */

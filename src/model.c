@@ -161,19 +161,25 @@ size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
 }
 
 /* The (layer, LoraSite) of a linear layer's weight spec, or -1 (norms, biases, embeddings). */
+float **layer_site_weight(LayerWeights *w, LoraSite k) {
+    switch (k) {
+    case LORA_Q: return &w->wq;
+    case LORA_K: return &w->wk;
+    case LORA_V: return &w->wv;
+    case LORA_O: return &w->wo;
+    case LORA_GATE: return &w->w_gate;
+    case LORA_UP: return &w->w_up;
+    default: return &w->w_down;
+    }
+}
+
 static int spec_site(const Model *m, const ParamSpec *s, int *layer) {
-    for (int l = 0; l < m->cfg.L; l++) {
-        LayerWeights *w = &m->layers[l];
-        float **f[LORA_N_SITES] = {
-                [LORA_Q] = &w->wq,       [LORA_K] = &w->wk,        [LORA_V] = &w->wv,
-                [LORA_O] = &w->wo,       [LORA_GATE] = &w->w_gate, [LORA_UP] = &w->w_up,
-                [LORA_DOWN] = &w->w_down};
+    for (int l = 0; l < m->cfg.L; l++)
         for (int k = 0; k < LORA_N_SITES; k++)
-            if (s->dst == f[k]) {
+            if (s->dst == layer_site_weight(&m->layers[l], (LoraSite)k)) {
                 *layer = l;
                 return k;
             }
-    }
     return -1;
 }
 
@@ -186,13 +192,8 @@ static int spec_in_dim(const ParamSpec *s) {
  * blocks (it then stays fp32). */
 static size_t typed_bytes(WType t, int dq, size_t N, size_t K) {
     if (K % (size_t)wtype_info[t].block) return 0;
-    size_t b = N * wtype_row_bytes(t, (int64_t)K);
-    if (t == WT_NF4 || t == WT_FP4) {
-        size_t blocks = N * K / 64;
-        b += dq ? blocks + (blocks + 255) / 256 * sizeof(float) + sizeof(float) /* offset */
-                : blocks * sizeof(float);
-    }
-    return b;
+    Weight shape = {.type = t, .rows = (int)N, .cols = (int)K, .double_quant = dq};
+    return weight_bytes(&shape);
 }
 
 size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed) {
@@ -236,73 +237,49 @@ static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
     }
 }
 
-/* A host Weight copied into backend memory (a new Weight whose buffers the backend owns). */
+static void weight_release(Backend *be, Weight *d) {
+    if (!d) return;
+    void *p[4];
+    size_t bytes[4];
+    for (int i = 0, n = weight_arrays(d, p, bytes); i < n; i++)
+        be->ops->release(be, p[i]);
+    free(d);
+}
+
+/* A host Weight copied into backend memory (a new Weight whose arrays the backend owns). */
 static Weight *weight_to_backend(Backend *be, const Weight *h, TunaErr *err) {
-    Weight *d = xcalloc(1, sizeof *d);
-    *d = *h;
-    d->data = NULL;
-    d->absmax = NULL;
-    d->absmax_q = NULL;
-    d->absmax2 = NULL;
-    size_t nb = (size_t)h->rows * wtype_row_bytes(h->type, h->cols),
-           blocks = (size_t)h->rows * (size_t)h->cols / 64, b2 = (blocks + 255) / 256;
-    int fail = !(d->data = be->ops->alloc(be, nb ? nb : 1));
-    if (!fail) be->ops->upload(be, d->data, h->data, nb);
-    if (!fail && h->absmax) {
-        fail = !(d->absmax = be->ops->alloc(be, blocks * sizeof(float)));
-        if (!fail) be->ops->upload(be, d->absmax, h->absmax, blocks * sizeof(float));
-    }
-    if (!fail && h->absmax_q) {
-        fail = !(d->absmax_q = be->ops->alloc(be, blocks)) ||
-               !(d->absmax2 = be->ops->alloc(be, b2 * sizeof(float)));
-        if (!fail) {
-            be->ops->upload(be, d->absmax_q, h->absmax_q, blocks);
-            be->ops->upload(be, d->absmax2, h->absmax2, b2 * sizeof(float));
-        }
-    }
+    void *src[4], *dst[4] = {NULL, NULL, NULL, NULL};
+    size_t bytes[4];
+    int n = weight_arrays(h, src, bytes), fail = 0;
+    for (int i = 0; i < n && !fail; i++)
+        if (!(fail = !(dst[i] = be->ops->alloc(be, bytes[i] ? bytes[i] : 1))))
+            be->ops->upload(be, dst[i], src[i], bytes[i]);
     if (fail) {
         tuna_errf(err, TUNA_ENOMEM, "cannot allocate %.1f MiB for a %s weight",
                   (double)weight_bytes(h) / (1 << 20), wtype_info[h->type].name);
-        be->ops->release(be, d->data);
-        be->ops->release(be, d->absmax);
-        be->ops->release(be, d->absmax_q);
-        be->ops->release(be, d->absmax2);
-        free(d);
+        for (int i = 0; i < n; i++)
+            be->ops->release(be, dst[i]);
         return NULL;
     }
+    Weight *d = xmalloc(sizeof *d);
+    *d = *h;
+    weight_set_arrays(d, dst);
     return d;
 }
 
 void weight_download_f32(Backend *be, const Weight *d, float *dst) {
+    void *src[4], *host[4];
+    size_t bytes[4];
+    int n = weight_arrays(d, src, bytes);
+    for (int i = 0; i < n; i++) {
+        host[i] = xmalloc(bytes[i] ? bytes[i] : 1);
+        be->ops->download(be, host[i], src[i], bytes[i]);
+    }
     Weight h = *d;
-    size_t nb = (size_t)d->rows * wtype_row_bytes(d->type, d->cols),
-           blocks = (size_t)d->rows * (size_t)d->cols / 64, b2 = (blocks + 255) / 256;
-    h.data = xmalloc(nb ? nb : 1);
-    be->ops->download(be, h.data, d->data, nb);
-    if (d->absmax) {
-        h.absmax = xmalloc(blocks * sizeof(float));
-        be->ops->download(be, h.absmax, d->absmax, blocks * sizeof(float));
-    }
-    if (d->absmax_q) {
-        h.absmax_q = xmalloc(blocks);
-        h.absmax2 = xmalloc(b2 * sizeof(float));
-        be->ops->download(be, h.absmax_q, d->absmax_q, blocks);
-        be->ops->download(be, h.absmax2, d->absmax2, b2 * sizeof(float));
-    }
+    weight_set_arrays(&h, host);
     weight_dequantize(&h, dst);
-    free(h.data);
-    free(h.absmax);
-    free(h.absmax_q);
-    free(h.absmax2);
-}
-
-static void weight_release(Backend *be, Weight *d) {
-    if (!d) return;
-    be->ops->release(be, d->data);
-    be->ops->release(be, d->absmax);
-    be->ops->release(be, d->absmax_q);
-    be->ops->release(be, d->absmax2);
-    free(d);
+    for (int i = 0; i < n; i++)
+        free(host[i]);
 }
 
 // --- where the weights come from: a safetensors checkpoint or a GGUF file

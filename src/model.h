@@ -125,6 +125,9 @@ typedef struct ModelLoadOptions {
 int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
                     TunaErr *err);
 
+/* Where layer w keeps the fp32 weight of a linear layer (&w->wq for LORA_Q, ...). */
+float **layer_site_weight(LayerWeights *w, LoraSite k);
+
 /* From the config alone: the bytes the typed linear weights of model_load_opts(o) take, and in
  * *n_typed the weights they hold (0 and 0 for no quantization). */
 size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed);

@@ -221,6 +221,20 @@ static double auto_lr(TrainMethod method, size_t n_params) {
     return exp(log(small) + t * (log(big) - log(small)));
 }
 
+/* What the load kept typed: one line in the log and on the terminal. */
+static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
+    const Model *m = r->m;
+    char skipped[96] = "", msg[300];
+    if (m->n_qskipped)
+        snprintf(skipped, sizeof skipped,
+                 " (%d linear layer%s left fp32: rows not whole blocks of %d)", m->n_qskipped,
+                 m->n_qskipped == 1 ? "" : "s", wtype_info[lo->qtype].block);
+    snprintf(msg, sizeof msg, "base: %zu linear weights in %s%s (%.1f MiB), %zu in fp32%s",
+             m->n_qparams, wtype_info[lo->qtype].name, lo->double_quant ? " + 8-bit scales" : "",
+             (double)m->n_qbytes / (1 << 20), m->n_params, skipped);
+    emit_log(r, "info", msg);
+}
+
 /* Checks and loads everything the run needs; touches no file. */
 static int run_open(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
@@ -260,18 +274,7 @@ static int run_open(Run *r, TunaErr *err) {
     ModelLoadOptions lo;
     if ((rc = train_load_options(c, method, &lo, err))) return rc;
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
-    if (r->m->n_qbytes) {
-        char msg[300];
-        snprintf(msg, sizeof msg,
-                 "base: %zu linear weights in %s%s (%.1f MiB), %zu in fp32%s%d linear layer%s "
-                 "left fp32: rows not whole blocks of %d)",
-                 r->m->n_qparams, wtype_info[lo.qtype].name,
-                 lo.double_quant ? " + 8-bit scales" : "", (double)r->m->n_qbytes / (1 << 20),
-                 r->m->n_params, " (", r->m->n_qskipped, r->m->n_qskipped == 1 ? "" : "s",
-                 wtype_info[lo.qtype].block);
-        if (!r->m->n_qskipped) *strstr(msg, " (") = '\0';
-        emit_log(r, "info", msg);
-    }
+    if (r->m->n_qbytes) log_typed_base(r, &lo);
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params + r->m->n_qparams);
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;

@@ -20,18 +20,6 @@
 #include "../src/xalloc.h"
 #include "harness.h"
 
-static float **site_ptr(LayerWeights *w, int k) {
-    switch (k) {
-    case LORA_Q: return &w->wq;
-    case LORA_K: return &w->wk;
-    case LORA_V: return &w->wv;
-    case LORA_O: return &w->wo;
-    case LORA_GATE: return &w->w_gate;
-    case LORA_UP: return &w->w_up;
-    default: return &w->w_down;
-    }
-}
-
 /* mf's fp32 linear weights := what mq's typed ones dequantize to; the count of typed ones. */
 static int copy_dequantized(Backend *be, Model *mq, Model *mf) {
     int n = 0;
@@ -41,7 +29,7 @@ static int copy_dequantized(Backend *be, Model *mq, Model *mf) {
             if (!q) continue;
             float *h = xmalloc(sizeof(float) * (size_t)q->rows * q->cols);
             weight_download_f32(be, q, h);
-            be->ops->upload(be, *site_ptr(&mf->layers[l], k), h,
+            be->ops->upload(be, *layer_site_weight(&mf->layers[l], (LoraSite)k), h,
                             sizeof(float) * (size_t)q->rows * q->cols);
             free(h);
             n++;
