@@ -225,10 +225,12 @@ size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, si
 static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
     for (int i = 0; i < specs->n; i++) {
         ParamSpec *s = &specs->v[i];
+        s->typed = 0;
+        s->site = s->layer = -1;
+        if (!o || o->qtype == WT_F32) continue; /* no search of the layers on a plain load */
         s->site = spec_site(m, s, &s->layer);
-        int from = o && o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer
-                                               : (o ? o->fp32_from_layer : 0);
-        s->typed = o && o->qtype != WT_F32 && s->site >= 0 && s->layer < from;
+        int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
+        s->typed = s->site >= 0 && s->layer < from;
         /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
         if (s->typed && spec_in_dim(s) % wtype_info[o->qtype].block) {
             s->typed = 0;

@@ -937,12 +937,18 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
 }
 
 /* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
+/* The adapter site of each of the model's linear layers (GPT-2's q, k, v: slices of SITE_QKV). */
+static const Site site_of[LORA_N_SITES] = {
+        [LORA_Q] = SITE_Q,       [LORA_K] = SITE_K,   [LORA_V] = SITE_V,      [LORA_O] = SITE_O,
+        [LORA_GATE] = SITE_GATE, [LORA_UP] = SITE_UP, [LORA_DOWN] = SITE_DOWN};
+
+/* The other way: the model's linear layer of an adapter site (and slice of the fused c_attn). */
 static LoraSite base_site(int site, int slice) {
-    static const LoraSite of[N_SITES] = {
-            [SITE_Q] = LORA_Q,   [SITE_K] = LORA_K,      [SITE_V] = LORA_V,
-            [SITE_QKV] = LORA_Q, [SITE_O] = LORA_O,      [SITE_GATE] = LORA_GATE,
-            [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
-    return site == SITE_QKV ? (LoraSite)(LORA_Q + slice) : of[site];
+    if (site == SITE_QKV) return (LoraSite)(LORA_Q + slice);
+    int k = 0;
+    while (k + 1 < LORA_N_SITES && site_of[k] != (Site)site)
+        k++;
+    return (LoraSite)k;
 }
 
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
@@ -1168,14 +1174,11 @@ int train_prefix(TrainState *ts, float **prefix) {
  * fused c_attn: the q, k and v slices of one module). */
 static void train_linear(void *ctx, int l, LoraSite site, float *out, const float *in,
                          const float *W, const float *bias, int M, int K, int N) {
-    static const Site sites[LORA_N_SITES] = {
-            [LORA_Q] = SITE_Q,       [LORA_K] = SITE_K,   [LORA_V] = SITE_V,      [LORA_O] = SITE_O,
-            [LORA_GATE] = SITE_GATE, [LORA_UP] = SITE_UP, [LORA_DOWN] = SITE_DOWN};
     TrainState *ts = ctx;
     if (ts->m->cfg.arch == ARCH_GPT2 && site <= LORA_V)
         linear_fwd(ts, l, SITE_QKV, (int)site - LORA_Q, out, in, W, bias, M, K, N);
     else
-        linear_fwd(ts, l, sites[site], 0, out, in, W, bias, M, K, N);
+        linear_fwd(ts, l, site_of[site], 0, out, in, W, bias, M, K, N);
 }
 
 /* Forward of layer l of a micro-batch of Bn rows, from a->x_in into a's activations and the
