@@ -156,14 +156,15 @@ FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/gguf.c src/gguf_model.c \
                 src/tokenizer_gguf.c src/jinja.c \
-                src/tokenizer.c src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c ui/source.c
+                src/tokenizer.c src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c \
+                src/events.c kernels/wtype.c ui/source.c
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_OBJ     := $(FUZZ_SRC:%.c=build-fuzz/obj/%.o)
 .SECONDARY: $(FUZZ_OBJ)
-build-fuzz/obj/%.o: %.c $(wildcard src/*.h ui/*.h) Makefile
+build-fuzz/obj/%.o: %.c $(wildcard src/*.h ui/*.h kernels/*.h) Makefile
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
