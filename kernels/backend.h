@@ -145,6 +145,11 @@ struct Backend {
     const BackendOps *ops;
     void *ctx;
     int n_threads;
+    /* Matrix-product precision, torch.autocast's: 0 fp32; 1 bf16, where matmul_fwd, matmul_bwd,
+     * matmul_w_fwd and matmul_w_bwd_in round both operands to bf16 (to nearest even) and
+     * accumulate in fp32 (outputs stay fp32). The engine sets it (a --bf16 run); a backend
+     * without bf16 kernels rounds and runs its fp32 ones, which gives the same products. */
+    int mm_bf16;
     TunaErr err;
 };
 
