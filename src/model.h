@@ -207,4 +207,12 @@ int model_run_base(const char *dir, char *base, size_t cap, TunaErr *err);
 int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
                    TunaErr *err);
 
+/* The base's precision as LLaMA-Factory names it (--quantization-bit 0|4|8,
+ * --quantization-type nf4|fp4|q4_0|q4_1, --double-quantization, --dtype fp32|bf16) as load
+ * options for every linear layer of the blocks; a one-line error for a bad combination.
+ * `tuna train` adds its method's rules (train_load_options); chat, generate and eval use it as
+ * is. */
+int model_load_options(int bits, const char *qtype, int double_quant, const char *dtype,
+                       ModelLoadOptions *o, TunaErr *err);
+
 #endif

@@ -83,3 +83,31 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
     }
     return rc;
 }
+
+int model_load_options(int bits, const char *qtype, int double_quant, const char *dtype,
+                       ModelLoadOptions *o, TunaErr *err) {
+    *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
+    int bf16 = !strcmp(dtype, "bf16");
+    if (!bf16 && strcmp(dtype, "fp32"))
+        return tuna_errf(err, TUNA_EINVAL, "--dtype must be fp32 or bf16, got \"%s\"", dtype);
+    if (!bits) { /* double_quant alone changes nothing (LLaMA-Factory's default is on) */
+        if (bf16) o->qtype = WT_BF16;
+        return 0;
+    }
+    if (bits != 4 && bits != 8)
+        return tuna_errf(err, TUNA_EINVAL, "--quantization-bit must be 0, 4 or 8, got %d", bits);
+    const char *name = bits == 8 ? "q8_0" : qtype;
+    int t = wtype_by_name(name);
+    int ok4 = t == WT_NF4 || t == WT_FP4 || t == WT_Q4_0 || t == WT_Q4_1;
+    if (bits == 4 && !ok4)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--quantization-type \"%s\": want nf4, fp4, q4_0 or q4_1 with "
+                         "--quantization-bit 4",
+                         qtype);
+    if (double_quant && t != WT_NF4 && t != WT_FP4)
+        return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
+                         name);
+    o->qtype = (WType)t;
+    o->double_quant = double_quant;
+    return 0;
+}

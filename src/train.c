@@ -271,6 +271,7 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
+    r->be->mm_bf16 = c->bf16;
     ModelLoadOptions lo;
     if ((rc = train_load_options(c, method, &lo, err))) return rc;
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;

@@ -49,6 +49,8 @@ typedef struct TrainConfig {
     int quantization_bit, double_quantization;
     char quantization_type[8];
     char dtype[8]; /* the frozen base's linear layers without quantization: fp32 or bf16 */
+    /* mixed precision: matrix products in bf16 with fp32 accumulation (Backend.mm_bf16) */
+    int bf16;
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt

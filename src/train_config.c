@@ -133,6 +133,9 @@ static const TrainOption fields[] = {
         S(dtype, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "fp32",
           "fp32 | bf16: the frozen base's linear layers in bf16 (half the memory; products "
           "accumulate in fp32) when not quantized"),
+        B(bf16, ALL, "false",
+          "mixed precision as torch.autocast: the matrix products of the forward and backward "
+          "in bf16 with fp32 accumulation; weights, gradients and optimizer state stay fp32"),
         S(output, ALL, "", "run folder (default runs/DATASET-METHOD)"),
         S(backend, ALL, "cpu", "cpu | ref | cuda"),
         I(threads, ALL, RANGE(0, 4096), "0",

@@ -16,41 +16,20 @@
  * trained layers) in the chosen type. */
 int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOptions *o,
                        TunaErr *err) {
-    *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
-    int bf16 = !strcmp(c->dtype, "bf16");
-    if (!bf16 && strcmp(c->dtype, "fp32"))
-        return tuna_errf(err, TUNA_EINVAL, "--dtype must be fp32 or bf16, got \"%s\"", c->dtype);
-    if (!c->quantization_bit && bf16) {
-        if (method == METHOD_FULL)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "--dtype bf16 keeps the frozen base in bf16: full fine-tuning trains "
-                             "every weight in fp32; use lora, ptuning or freeze");
-        o->qtype = WT_BF16;
-        if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers;
-        return 0;
-    }
-    if (!c->quantization_bit) return 0;
-    if (c->quantization_bit != 4 && c->quantization_bit != 8)
-        return tuna_errf(err, TUNA_EINVAL, "--quantization-bit must be 0, 4 or 8, got %d",
-                         c->quantization_bit);
+    int rc = model_load_options(c->quantization_bit, c->quantization_type, c->double_quantization,
+                                c->dtype, o, err);
+    if (rc || o->qtype == WT_F32) return rc;
     if (method == METHOD_FULL)
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--quantization-bit %d: full fine-tuning trains every weight in fp32; "
-                         "use --method lora (QLoRA), ptuning or freeze",
-                         c->quantization_bit);
-    const char *name = c->quantization_bit == 8 ? "q8_0" : c->quantization_type;
-    int t = wtype_by_name(name);
-    int ok4 = t == WT_NF4 || t == WT_FP4 || t == WT_Q4_0 || t == WT_Q4_1;
-    if (c->quantization_bit == 4 && !ok4)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--quantization-type \"%s\": want nf4, fp4, q4_0 or q4_1 with "
-                         "--quantization-bit 4",
-                         c->quantization_type);
-    if (c->double_quantization && t != WT_NF4 && t != WT_FP4)
-        return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
-                         name);
-    o->qtype = (WType)t;
-    o->double_quant = c->double_quantization;
+        return c->quantization_bit
+                       ? tuna_errf(err, TUNA_EUNSUP,
+                                   "--quantization-bit %d: full fine-tuning trains every weight in "
+                                   "fp32; use --method lora (QLoRA), ptuning or freeze",
+                                   c->quantization_bit)
+                       : tuna_errf(
+                                 err, TUNA_EUNSUP,
+                                 "--dtype %s keeps the frozen base in %s: full fine-tuning trains "
+                                 "every weight in fp32; use lora, ptuning or freeze",
+                                 c->dtype, c->dtype);
     if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers; /* resolved on load */
     return 0;
 }

@@ -165,6 +165,7 @@ static const FormRow form_rows[] = {
         {"quantization_type", "4-bit type", 0, 0},
         {"double_quantization", "double quant", 1, 0},
         {"dtype", "base dtype", 0, 0},
+        {"bf16", "bf16 compute", 1, 0},
         {"output", "output", 0, 0},
 };
 

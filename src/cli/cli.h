@@ -50,6 +50,7 @@ typedef struct CliOpt {
 } CliOpt;
 
 #define CLI_MAX_OPTS 48
+struct CliPrecision;
 
 /* Fills out (CLI_MAX_OPTS entries) from doc, terminated as getopt_long wants. */
 void cli_longopts(const CliOpt *doc, struct option *out);
@@ -88,6 +89,41 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
  * the caller owns all three (free tokenizer, model, then backend); on failure nothing is left
  * allocated. */
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
-                   Backend **be, Model **m, Tokenizer **tok, TunaErr *err);
+                   const struct CliPrecision *prec, Backend **be, Model **m, Tokenizer **tok,
+                   TunaErr *err);
+
+/* The base's precision in chat, generate and eval, with `tuna train`'s names: the table rows
+ * CLI_PRECISION_OPTS (keys from CLI_OPT_PREC on, clear of every command's own), parsed by
+ * cli_precision_opt, applied by cli_load_model (model_load_options; bf16 sets Backend.mm_bf16).
+ * A zeroed struct with qtype "nf4" and dtype "fp32" is the plain fp32 load. */
+typedef struct CliPrecision {
+    int bits, double_quant, bf16;
+    const char *qtype, *dtype;
+} CliPrecision;
+#define CLI_PRECISION_INIT                                                                         \
+    { 0, 0, 0, "nf4", "fp32" }
+enum {
+    CLI_OPT_PREC = 1000,
+    CLI_OPT_PREC_TYPE,
+    CLI_OPT_PREC_DQ,
+    CLI_OPT_PREC_DTYPE,
+    CLI_OPT_PREC_BF16
+};
+#define CLI_PRECISION_OPTS                                                                         \
+    {"quantization-bit", 1, CLI_OPT_PREC, "N",                                                     \
+     "keep the base's linear layers in 8 (q8_0) or 4 bits (0 = off, the default)"},                \
+            {"quantization-type", 1, CLI_OPT_PREC_TYPE, "T",                                       \
+             "4 bits: nf4 (default) | fp4 | q4_0 | q4_1"},                                         \
+            {"double-quantization", 0, CLI_OPT_PREC_DQ, NULL,                                      \
+             "nf4/fp4: the block scales in 8 bits too"},                                           \
+            {"dtype", 1, CLI_OPT_PREC_DTYPE, "D",                                                  \
+             "fp32 (default) | bf16: the base's linear layers in bf16"},                           \
+    {                                                                                              \
+        "bf16", 0, CLI_OPT_PREC_BF16, NULL,                                                        \
+                "matrix products in bf16 with fp32 accumulation (as torch.autocast)"               \
+    }
+/* 1 when c is a precision option (stored in p), -1 when its value is bad (message printed), 0
+ * when c is not one. */
+int cli_precision_opt(int c, const char *arg, CliPrecision *p);
 
 #endif

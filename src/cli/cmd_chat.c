@@ -70,12 +70,28 @@ int cli_parse_float(const char *s, const char *flag, float lo, float hi, float *
     return 0;
 }
 
+int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
+    switch (c) {
+    case CLI_OPT_PREC: return cli_parse_int(arg, "quantization-bit", 0, 8, &p->bits) ? -1 : 1;
+    case CLI_OPT_PREC_TYPE: p->qtype = arg; return 1;
+    case CLI_OPT_PREC_DQ: p->double_quant = 1; return 1;
+    case CLI_OPT_PREC_DTYPE: p->dtype = arg; return 1;
+    case CLI_OPT_PREC_BF16: p->bf16 = 1; return 1;
+    default: return 0;
+    }
+}
+
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
-                   Backend **be, Model **m, Tokenizer **tok, TunaErr *err) {
+                   const CliPrecision *prec, Backend **be, Model **m, Tokenizer **tok,
+                   TunaErr *err) {
     *be = NULL;
     *m = NULL;
     *tok = NULL;
     int rc;
+    ModelLoadOptions lo;
+    if ((rc = model_load_options(prec->bits, prec->qtype, prec->double_quant, prec->dtype, &lo,
+                                 err)))
+        return rc;
     char base[4096];
     snprintf(base, sizeof base, "%s", model_dir);
     if (model_is_adapter_run(model_dir)) { /* a LoRA run: its base, then its adapter */
@@ -89,7 +105,8 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     }
     if (!(*be = backend_init(backend, threads, err)))
         return err && err->code ? err->code : TUNA_EINVAL;
-    if ((rc = model_load(base, *be, m, err))) goto fail;
+    (*be)->mm_bf16 = prec->bf16;
+    if ((rc = model_load_opts(base, *be, &lo, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
     if ((rc = tokenizer_load(base, tok, err))) goto fail;
     return 0;
@@ -146,6 +163,7 @@ static const CliOpt chat_opts[] = {
         {"plain", 0, OPT_PLAIN, NULL,
          "scripted: print the replies alone, without the \"user: \" and \"assistant: \" "
          "lines"},
+        CLI_PRECISION_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };
@@ -348,7 +366,8 @@ int cmd_chat(int argc, char **argv) {
     int n_messages = 0, max_new = 256, top_k = -1, threads = BACKEND_THREADS_IDLE, seed = 42;
     int sampling_asked = 0, lookup = 0, plain = 0;
     float temp = -1, top_p = -1;
-    int c;
+    CliPrecision prec = CLI_PRECISION_INIT;
+    int c, pc;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, CLI_OPTSTRING, lo, NULL)) != -1) {
@@ -385,7 +404,13 @@ int cmd_chat(int argc, char **argv) {
         case OPT_BACKEND: backend = optarg; break;
         case OPT_PLAIN: plain = 1; break;
         case OPT_HELP: cli_help(stdout, usage, chat_opts); return 0;
-        default: cli_bad_option("chat", c, argv); return 2;
+        default:
+            if ((pc = cli_precision_opt(c, optarg, &prec))) {
+                if (pc < 0) return 2;
+                break;
+            }
+            cli_bad_option("chat", c, argv);
+            return 2;
         }
     }
     if (optind != argc - 1) {
@@ -414,7 +439,7 @@ int cmd_chat(int argc, char **argv) {
     Chat ch;
     memset(&ch, 0, sizeof ch);
     if (template_load(tdir, tname, &tpl, &err)) goto fail; /* cheap: fail before the model */
-    if (cli_load_model(dir, adapter, backend, threads, &be, &m, &tok, &err)) goto fail;
+    if (cli_load_model(dir, adapter, backend, threads, &prec, &be, &m, &tok, &err)) goto fail;
     const ModelConfig *cfg = &m->cfg;
     int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));
     float t_use = !sample ? 0 : temp > 0 ? temp : cfg->gen_temperature;

@@ -71,6 +71,7 @@ static const CliOpt eval_opts[] = {
          "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"quiet", 0, OPT_QUIET, NULL, "no progress or summary on stderr"},
+        CLI_PRECISION_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };
@@ -182,6 +183,7 @@ static void add_num_or_null(cJSON *o, const char *key, int have, double v) {
 typedef struct EvalArgs {
     const char *model, *adapter, *dataset, *ddir, *tname, *tdir, *vars, *output, *backend;
     int max_samples, cutoff, batch, max_new, nogen, quiet, pad_multiple, threads;
+    CliPrecision prec;
 } EvalArgs;
 
 static const char eval_usage[] =
@@ -198,7 +200,8 @@ static int eval_parse(int argc, char **argv, EvalArgs *a) {
                     .batch = 8,
                     .max_new = 64,
                     .pad_multiple = 8, /* --pad-to batch */
-                    .threads = BACKEND_THREADS_IDLE};
+                    .threads = BACKEND_THREADS_IDLE,
+                    .prec = CLI_PRECISION_INIT};
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(eval_opts, lo);
     int c;
@@ -240,7 +243,12 @@ static int eval_parse(int argc, char **argv, EvalArgs *a) {
         case OPT_BACKEND: a->backend = optarg; break;
         case OPT_QUIET: a->quiet = 1; break;
         case OPT_HELP: cli_help(stdout, eval_usage, eval_opts); return 0;
-        default: cli_bad_option("eval", c, argv); return 2;
+        default: {
+            int pc = cli_precision_opt(c, optarg, &a->prec);
+            if (pc > 0) break;
+            if (!pc) cli_bad_option("eval", c, argv);
+            return 2;
+        }
         }
     }
     opterr = 1;
@@ -345,7 +353,8 @@ int cmd_eval(int argc, char **argv) {
     size_t n_gen = 0;
     double t0 = time_now();
     if (template_load(a.tdir, a.tname, &tpl, &err)) goto fail;
-    if (cli_load_model(a.model, a.adapter, a.backend, a.threads, &be, &m, &tok, &err)) goto fail;
+    if (cli_load_model(a.model, a.adapter, a.backend, a.threads, &a.prec, &be, &m, &tok, &err))
+        goto fail;
     DatasetOptions dopt = {.names = a.dataset,
                            .dataset_dir = a.ddir,
                            .vars = a.vars,

@@ -63,6 +63,7 @@ static const CliOpt generate_opts[] = {
         {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
         {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
         {"quiet", 0, OPT_QUIET, NULL, "no timing line on stderr"},
+        CLI_PRECISION_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };
@@ -109,6 +110,7 @@ typedef struct GenArgs {
     int json, echo, lookup;
     int quiet, seed, sampling_asked;
     float temp, top_p, rep;
+    CliPrecision prec;
 } GenArgs;
 
 /* Reads the options into a. Returns -1 to go on, else the exit code (--help, a bad option). */
@@ -128,7 +130,8 @@ static int generate_parse(int argc, char **argv, GenArgs *a) {
                    .seed = 42,
                    .temp = -1,
                    .top_p = -1,
-                   .rep = -1};
+                   .rep = -1,
+                   .prec = CLI_PRECISION_INIT};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -175,7 +178,12 @@ static int generate_parse(int argc, char **argv, GenArgs *a) {
         case OPT_NO_ECHO: a->echo = 0; break;
         case OPT_QUIET: a->quiet = 1; break;
         case OPT_HELP: cli_help(stdout, usage, generate_opts); return 0;
-        default: fprintf(stderr, "tuna generate: see --help\n"); return 2;
+        default: {
+            int pc = cli_precision_opt(c, optarg, &a->prec);
+            if (pc > 0) break;
+            if (!pc) fprintf(stderr, "tuna generate: see --help\n");
+            return 2;
+        }
         }
     }
     if (optind != argc - 1) {
@@ -271,7 +279,7 @@ static int cmd_generate(int argc, char **argv) {
     GenerateResult res = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (cli_load_model(a.dir, NULL, a.backend, a.threads, &be, &m, &tok, &err)) goto fail;
+    if (cli_load_model(a.dir, NULL, a.backend, a.threads, &a.prec, &be, &m, &tok, &err)) goto fail;
     if (generate_prompt_ids(m, tok, prompt, &ids, &n_ids, &err)) goto fail;
     const ModelConfig *cfg = &m->cfg;
     int sample = a.temp > 0 || (a.temp < 0 && (cfg->gen_do_sample || a.sampling_asked));
