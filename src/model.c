@@ -726,6 +726,7 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
 
 void model_free(Model *m) {
     if (!m) return;
+    if (m->lora_owner_free) m->lora_owner_free(m->lora_owner);
     if (m->be) {
         free_state(m);
         for (int l = 0; m->layers && l < m->cfg.L; l++)

@@ -103,10 +103,15 @@ typedef struct Model {
     float *logits;            // (act_T, V)
     int32_t *pos;             // (act_T) host
     const ModelLora *lora;    /* model_set_lora: applied unmerged, or NULL */
-    float *lora_u, *lora_t;   // (act_T, rank), (act_T, max(FF, NH*HS, C)) its scratch
-    int lora_rank_cap;        /* the rank lora_u is sized for */
-    int prefix_len;           /* P-tuning: virtual tokens at cache positions 0..P-1 */
-    float *prefix;            // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
+    /* adapter_load onto a typed base (which cannot be merged into): the adapter's own state,
+     * freed by model_free with owner_free, and its view, set as lora */
+    ModelLora own_lora;
+    void *lora_owner;
+    void (*lora_owner_free)(void *);
+    float *lora_u, *lora_t; // (act_T, rank), (act_T, max(FF, NH*HS, C)) its scratch
+    int lora_rank_cap;      /* the rank lora_u is sized for */
+    int prefix_len;         /* P-tuning: virtual tokens at cache positions 0..P-1 */
+    float *prefix;          // (P, L*2*KVH*HS) host, PEFT's prompt_embeddings layout
 } Model;
 
 /* Loads config.json + model.safetensors (or its sharded index) from dir onto be. */
@@ -197,6 +202,8 @@ int model_is_adapter_run(const char *dir);
 /* The string at key in dir/file (a JSON object, such as a run's train_config.json): 0, or -1
  * when the file, the key or a string that fits in cap is missing. */
 int model_run_string(const char *dir, const char *file, const char *key, char *out, size_t cap);
+/* The number (or boolean, as 0/1) at key in dir/file: 0, or -1 when it is missing. */
+int model_run_number(const char *dir, const char *file, const char *key, double *out);
 /* The base model of adapter run dir: adapter_config.json's base_model_name_or_path when it is a
  * model here (a folder or a .gguf file), else the --model of the run's train_config.json (the
  * base moved since); else a one-line error saying what is missing and what to give instead. */

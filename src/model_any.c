@@ -28,6 +28,20 @@ int model_run_string(const char *dir, const char *file, const char *key, char *o
     return rc;
 }
 
+int model_run_number(const char *dir, const char *file, const char *key, double *out) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    char *text = xread_file(path, NULL);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    int rc = cJSON_IsNumber(v) ? 0 : cJSON_IsBool(v) ? 0 : -1;
+    if (!rc) *out = cJSON_IsBool(v) ? (double)cJSON_IsTrue(v) : v->valuedouble;
+    cJSON_Delete(j);
+    return rc;
+}
+
 int model_is_adapter_run(const char *dir) {
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);

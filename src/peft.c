@@ -184,6 +184,10 @@ static const StTensor *adapter_find(const SafeTensors *st, const char *name) {
     return safetensors_find(st, alt);
 }
 
+static void free_adapter_state(void *ts) {
+    train_state_free(ts);
+}
+
 int adapter_load(Model *m, const char *dir, TunaErr *err) {
     TrainSetup setup;
     char targets[512], tokens[4096];
@@ -226,7 +230,17 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
         free(h);
         if (rc) goto done;
     }
-    rc = train_lora_merge(ts, err);
+    if (m->n_qbytes) { /* a typed base is not merged into: the adapter runs unmerged */
+        rc = train_lora_view(ts, &m->own_lora, err);
+        if (!rc) rc = model_set_lora(m, &m->own_lora, err);
+        if (!rc) {
+            m->lora_owner = ts;
+            m->lora_owner_free = free_adapter_state;
+            ts = NULL;
+        }
+    } else {
+        rc = train_lora_merge(ts, err);
+    }
 done:
     train_state_free(ts);
     safetensors_free(st);

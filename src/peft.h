@@ -2,7 +2,9 @@
  *
  * adapter_load reads adapter_config.json + adapter_model.safetensors (LoRA: r, lora_alpha,
  * target_modules, use_rslora, fan_in_fan_out, trainable_token_indices) and merges the adapter into the model's base
- * weights (W += scale * B·A), so every inference path (generate, chat, eval) sees it.
+ * weights (W += scale * B·A), so every inference path (generate, chat, eval) sees it; a typed
+ * (quantized or bf16) base is not merged into: the model keeps the adapter and applies it
+ * unmerged (model_set_lora), as peft does over a bitsandbytes base.
  * adapter_save writes a trainer's LoRA tensors with PEFT's names and config fields.
  * model_save_hf writes the model's current weights as a HF checkpoint (config.json,
  * model.safetensors in the checkpoint's original tensor layout, tokenizer files copied from
@@ -16,7 +18,7 @@
 #include "model_train.h"
 #include "train.h"
 
-/* Merges the PEFT LoRA adapter in dir into m. */
+/* Merges the PEFT LoRA adapter in dir into m (a typed base: applies it unmerged). */
 int adapter_load(Model *m, const char *dir, TunaErr *err);
 
 /* Reads dir/adapter_config.json into a TrainSetup (method LORA); targets and tokens are filled

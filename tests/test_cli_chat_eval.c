@@ -256,11 +256,41 @@ static void test_precision(void) {
         CHECK(isfinite(l) && fabs(l - l32) <= v[i].tol * l32 && l != l32,
               "eval %s: loss %.9g vs fp32 %.9g (tolerance %g)", v[i].flags, l, l32, v[i].tol);
     }
+    /* an adapter run trained on a 4-bit base: generate loads its base as trained (the same ids
+     * as asking for it), and an explicit --dtype fp32 loads the full-precision base instead */
+    char *out, *err, args[1024], gen[3][4096];
+    snprintf(args, sizeof args,
+             "train --model models/stories260K --dataset identity --max-steps 2 --val-size 0 "
+             "--save-steps 0 --sample-prompts '' --quantization-bit 4 --quantization-type q4_0 "
+             "--output %s/qrun --quiet",
+             tmpdir);
+    int rc = run(args, NULL, &out, &err);
+    CHECK(rc == 0, "train a 4-bit LoRA run: exit %d, %s", rc, err);
+    free(out);
+    free(err);
+    const char *variants[3] = {"", "--quantization-bit 4 --quantization-type q4_0", "--dtype fp32"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(args, sizeof args,
+                 "generate %s/qrun --prompt \"Once upon a time\" --max-new-tokens 24 "
+                 "--temperature 0 --ignore-eos --json --quiet %s",
+                 tmpdir, variants[k]);
+        rc = run(args, NULL, &out, &err);
+        cJSON *j = cJSON_Parse(out);
+        char *s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "ids"));
+        CHECK(rc == 0 && s, "generate the run %s: exit %d, %s", variants[k], rc, err);
+        snprintf(gen[k], sizeof gen[k], "%s", s ? s : "");
+        free(s);
+        cJSON_Delete(j);
+        free(out);
+        free(err);
+    }
+    CHECK(!strcmp(gen[0], gen[1]), "the run's own base: %s vs asked 4-bit %s", gen[0], gen[1]);
+    CHECK(strcmp(gen[0], gen[2]), "--dtype fp32 gave the 4-bit base's ids: %s", gen[2]);
+
     /* generate on a 4-bit base with bf16 products answers */
-    char *out, *err;
-    int rc = run("generate models/stories260K --prompt \"Once upon a time\" --max-new-tokens 16 "
-                 "--temperature 0 --quantization-bit 4 --bf16 --json --quiet",
-                 NULL, &out, &err);
+    rc = run("generate models/stories260K --prompt \"Once upon a time\" --max-new-tokens 16 "
+             "--temperature 0 --quantization-bit 4 --bf16 --json --quiet",
+             NULL, &out, &err);
     cJSON *j = cJSON_Parse(out);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(j, "ids");
     CHECK(rc == 0 && cJSON_GetArraySize(ids) >= 16, "generate 4-bit --bf16: exit %d, %s %s", rc,

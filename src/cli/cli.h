@@ -95,13 +95,15 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
 /* The base's precision in chat, generate and eval, with `tuna train`'s names: the table rows
  * CLI_PRECISION_OPTS (keys from CLI_OPT_PREC on, clear of every command's own), parsed by
  * cli_precision_opt, applied by cli_load_model (model_load_options; bf16 sets Backend.mm_bf16).
- * A zeroed struct with qtype "nf4" and dtype "fp32" is the plain fp32 load. */
+ * CLI_PRECISION_INIT is the plain fp32 load; with none of the options given, an adapter run
+ * loads its base as it was trained (its train_config.json: a QLoRA run's 4-bit base). */
 typedef struct CliPrecision {
     int bits, double_quant, bf16;
     const char *qtype, *dtype;
+    int given; /* a precision option was on the command line: an adapter run's own is not used */
 } CliPrecision;
 #define CLI_PRECISION_INIT                                                                         \
-    { 0, 0, 0, "nf4", "fp32" }
+    { 0, 0, 0, "nf4", "fp32", 0 }
 enum {
     CLI_OPT_PREC = 1000,
     CLI_OPT_PREC_TYPE,

@@ -71,6 +71,7 @@ int cli_parse_float(const char *s, const char *flag, float lo, float hi, float *
 }
 
 int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
+    if (c >= CLI_OPT_PREC && c <= CLI_OPT_PREC_BF16) p->given = 1;
     switch (c) {
     case CLI_OPT_PREC: return cli_parse_int(arg, "quantization-bit", 0, 8, &p->bits) ? -1 : 1;
     case CLI_OPT_PREC_TYPE: p->qtype = arg; return 1;
@@ -88,10 +89,6 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     *m = NULL;
     *tok = NULL;
     int rc;
-    ModelLoadOptions lo;
-    if ((rc = model_load_options(prec->bits, prec->qtype, prec->double_quant, prec->dtype, &lo,
-                                 err)))
-        return rc;
     char base[4096];
     snprintf(base, sizeof base, "%s", model_dir);
     if (model_is_adapter_run(model_dir)) { /* a LoRA run: its base, then its adapter */
@@ -103,9 +100,23 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
         if ((rc = model_run_base(model_dir, base, sizeof base, err))) return rc;
         adapter_dir = model_dir;
     }
+    CliPrecision p = *prec;
+    char qt[16], dt[16];
+    double v;
+    if (adapter_dir && !p.given) { /* the base as the adapter was trained on it */
+        const char *tc = "train_config.json";
+        if (!model_run_number(adapter_dir, tc, "quantization_bit", &v)) p.bits = (int)v;
+        if (!model_run_number(adapter_dir, tc, "double_quantization", &v)) p.double_quant = v != 0;
+        if (!model_run_number(adapter_dir, tc, "bf16", &v)) p.bf16 = v != 0;
+        if (!model_run_string(adapter_dir, tc, "quantization_type", qt, sizeof qt)) p.qtype = qt;
+        if (!model_run_string(adapter_dir, tc, "dtype", dt, sizeof dt)) p.dtype = dt;
+        if (!p.bits) p.double_quant = 0;
+    }
+    ModelLoadOptions lo;
+    if ((rc = model_load_options(p.bits, p.qtype, p.double_quant, p.dtype, &lo, err))) return rc;
     if (!(*be = backend_init(backend, threads, err)))
         return err && err->code ? err->code : TUNA_EINVAL;
-    (*be)->mm_bf16 = prec->bf16;
+    (*be)->mm_bf16 = p.bf16;
     if ((rc = model_load_opts(base, *be, &lo, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
     if ((rc = tokenizer_load(base, tok, err))) goto fail;
