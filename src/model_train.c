@@ -207,6 +207,19 @@ static size_t bsize(size_t n) {
     return (n ? n : 1) * sizeof(float);
 }
 
+/* Rows of logits the head computes at once. The (R, V) logits of a long batch would be the
+ * biggest activation of all (Qwen2.5's 151936 columns: 311 MB for 512 rows, more than its
+ * 4-bit layers' share of a QLoRA run), so the head runs a chunk of rows at a time with its
+ * backward right after: 32 MiB of logits, and at least 64 rows for the GEMM. */
+static size_t head_chunk(size_t N, size_t V) {
+    size_t r = ((size_t)8 << 20) / (V ? V : 1);
+    if (r < 64) r = 64;
+    /* tests force a few rows to run many chunks on the tiny models */
+    const char *e = getenv("TUNA_HEAD_ROWS");
+    if (e && atoi(e) > 0) r = (size_t)atoi(e);
+    return r < N ? r : N;
+}
+
 /* The activation block (init_activations): per layer with a set of its own 3 rows of C,
  * q and att, k and v with the prefix rows, gate/up/act, and q/k before their norms (Qwen3); the
  * layer inputs, the final norm's input and output and the logits. In floats, each buffer
@@ -226,7 +239,8 @@ static ActPlan act_plan(const ModelConfig *c, int B, int T, int P, int ckpt) {
     a.per_layer = pad16(N * C) * 3 + pad16(N * QD) * 2 + pad16(a.kvn) * 2 + pad16(N * FF) * 3 +
                   (c->qk_norm ? pad16(N * QD) + pad16(N * KD) : 0);
     a.n_full = ckpt ? 1 : (size_t)c->L;
-    a.total = pad16(N * C) * ((size_t)c->L + 2) + a.per_layer * a.n_full + pad16(N * V);
+    a.total = pad16(N * C) * ((size_t)c->L + 2) + a.per_layer * a.n_full +
+              pad16(head_chunk(N, V) * V);
     return a;
 }
 
@@ -700,7 +714,7 @@ static int init_activations(TrainState *ts) {
     }
     TAKE(ts->x_L, N * C);
     TAKE(ts->xnf, N * C);
-    TAKE(ts->logits, N * V);
+    TAKE(ts->logits, head_chunk(N, V) * V);
 #undef TAKE
     TUNA_ASSERT(p == ts->act_block + total_act);
     return 0;
@@ -1239,13 +1253,15 @@ static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
 /* The LM head and cross-entropy on the R positions that have a target (SFT masks the prompts):
  * the head is most of a small model's work (stories15M: 9.2M of 15M multiply-adds per token).
  * Their rows of xnf move to the front (row by row, never onto an unread row); each row's
- * logits, loss and gradient are the same computation as on all M rows. With backward,
- * ts->logits holds the R rows' dlogits afterwards. Returns R; *loss_sum the summed loss. */
-static int head_fwd(TrainState *ts, const int32_t *targets, int M, float loss_scale, int backward,
-                    double *loss_sum) {
+ * logits, loss and gradient are the same computation as on all M rows. A chunk of rows at a
+ * time (head_chunk): logits, loss, and with backward at once their dlogits' share of dxn (the R
+ * rows back in their places afterwards) and of the head's gradient. Returns R; *loss_sum the
+ * summed loss. */
+static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float loss_scale,
+                        int backward, double *loss_sum) {
     Model *m = ts->m;
     const BackendOps *op = ts->be->ops;
-    int C = m->cfg.C, R = 0;
+    int C = m->cfg.C, V = m->cfg.V, R = 0;
     for (int i = 0; i < M; i++)
         if (targets[i] != -100) {
             ts->head_rows[R] = i;
@@ -1256,35 +1272,33 @@ static int head_fwd(TrainState *ts, const int32_t *targets, int M, float loss_sc
             if (ts->head_rows[r] != r)
                 op->copy(ts->be, ts->xnf + (size_t)r * C, ts->xnf + (size_t)ts->head_rows[r] * C,
                          sizeof(float) * (size_t)C);
-    double sum = 0;
-    if (R) {
-        op->matmul_fwd(ts->be, ts->logits, ts->xnf, m->lm_head, NULL, R, C, m->cfg.V);
-        op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses, ts->logits,
-                         ts->head_targets, R, m->cfg.V, loss_scale);
-        for (int r = 0; r < R; r++)
-            sum += (double)ts->losses[r];
-    }
-    *loss_sum = sum;
-    return R;
-}
-
-/* The LM head's backward from the R rows' dlogits (ts->logits): dxn (M rows, the R rows back
- * in their places) and the head's gradient. */
-static void head_bwd(TrainState *ts, int R, int M) {
-    Model *m = ts->m;
-    const BackendOps *op = ts->be->ops;
-    int C = m->cfg.C;
-    zero(ts, ts->dxn, (size_t)M * C);
-    if (!R) return;
     float *dxr = R < M ? ts->tmp : ts->dxn; /* the R rows' gradient, then back in place */
-    if (R < M) zero(ts, dxr, (size_t)R * C);
-    op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
-                   m->cfg.V);
-    if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
-    if (R < M)
+    if (backward) {
+        zero(ts, ts->dxn, (size_t)M * C);
+        if (R && R < M) zero(ts, dxr, (size_t)R * C);
+    }
+    int hc = (int)head_chunk(ts->N, (size_t)V);
+    double sum = 0;
+    for (int r0 = 0; r0 < R; r0 += hc) {
+        int rc = R - r0 < hc ? R - r0 : hc;
+        const float *xr = ts->xnf + (size_t)r0 * C;
+        op->matmul_fwd(ts->be, ts->logits, xr, m->lm_head, NULL, rc, C, V);
+        op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
+                         ts->head_targets + r0, rc, V, loss_scale);
+        if (backward) {
+            op->matmul_bwd(ts->be, dxr + (size_t)r0 * C, G(ts, m->lm_head), NULL, ts->logits, xr,
+                           m->lm_head, rc, C, V);
+            if (ts->n_tok) tokens_grad_head(ts, ts->logits, xr, rc);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        sum += (double)ts->losses[r];
+    if (backward && R < M)
         for (int r = 0; r < R; r++)
             op->copy(ts->be, ts->dxn + (size_t)ts->head_rows[r] * C, dxr + (size_t)r * C,
                      sizeof(float) * (size_t)C);
+    *loss_sum = sum;
+    return R;
 }
 
 /* Attention's backward of layer l from datt to dq, dk and dv (through the prefix's keys and
@@ -1399,12 +1413,10 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     for (int l = 0; l < c->L; l++)
         layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
     decoder_norm(m, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
-    int R = head_fwd(ts, targets, M, loss_scale, backward, loss_sum);
-    *n_targets = R;
+    *n_targets = head_fwd_bwd(ts, targets, M, loss_scale, backward, loss_sum);
 
-    // --- backward (ts->logits now holds dlogits of the R rows)
+    // --- backward (the head's is done: dxn holds the final norm's output gradient)
     if (backward) {
-        head_bwd(ts, R, M);
         zero(ts, ts->dx, (size_t)M * C);
         norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
         for (int l = c->L - 1; l >= 0; l--)
