@@ -552,6 +552,8 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
         pi->shape[1] = s->shape[1];
         pi->mode = (int)s->mode;
         pi->part = s->part;
+        pi->layer = s->layer;
+        pi->site = s->site;
         WTensor t;
         ws_find(w, s->name, &t);
         if (s->typed) {

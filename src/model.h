@@ -69,6 +69,7 @@ typedef struct ParamInfo {
     int mode;         /* 0 copy, 1 transposed (Conv1D), 2 split of c_attn weight, 3 of its bias */
     int part;
     const Weight *q; /* a typed weight (not in params: off and n are 0), or NULL */
+    int layer, site; /* a block's linear weight (a LoraSite) on a typed load, else -1 */
 } ParamInfo;
 
 typedef struct Model {

@@ -370,6 +370,29 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err) {
     return rc;
 }
 
+/* An unmerged adapter's W += scale * B·A at p's (layer, site), W (out, in) as the model holds it:
+ * the adapter an export of a typed base merges into the dequantized weight. */
+static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
+    const ModelLora *lo = m->lora;
+    const float *Ad = lo->A[p->layer][p->site], *Bd = lo->B[p->layer][p->site];
+    if (!Ad || !Bd) return;
+    int r = lo->rank, in = (int)(p->mode == 0 ? p->shape[1] : p->shape[0]);
+    int out = (int)(p->n / (size_t)in);
+    float *A = xmalloc(sizeof(float) * (size_t)r * in),
+          *B = xmalloc(sizeof(float) * (size_t)out * r);
+    m->be->ops->download(m->be, A, Ad, sizeof(float) * (size_t)r * in);
+    m->be->ops->download(m->be, B, Bd, sizeof(float) * (size_t)out * r);
+    for (int o = 0; o < out; o++) /* train_lora_merge's arithmetic */
+        for (int i = 0; i < in; i++) {
+            double s = 0;
+            for (int k = 0; k < r; k++)
+                s += (double)B[(size_t)o * r + k] * (double)A[(size_t)k * in + i];
+            W[(size_t)o * in + i] += (float)(s * (double)lo->scale);
+        }
+    free(A);
+    free(B);
+}
+
 int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
     char path[4400], src[4400];
     int rc;
@@ -385,6 +408,7 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
             weight_download_f32(be, p->q, part);
         else
             be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
+        if (m->lora && p->site >= 0) add_lora_delta(m, p, part);
         int j = n;
         if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
             for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {}

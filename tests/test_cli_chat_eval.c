@@ -285,6 +285,27 @@ static void test_precision(void) {
         free(err);
     }
     CHECK(!strcmp(gen[0], gen[1]), "the run's own base: %s vs asked 4-bit %s", gen[0], gen[1]);
+    /* its export merges the adapter into the dequantized 4-bit base (peft's merge_and_unload):
+     * an fp32 model that answers as the run does */
+    snprintf(args, sizeof args, "export --model %s/qrun --out %s/qmerged", tmpdir, tmpdir);
+    rc = run(args, NULL, &out, &err);
+    CHECK(rc == 0 && strstr(err, "dequantized to fp32"), "export the 4-bit run: exit %d, %s", rc,
+          err);
+    free(out);
+    free(err);
+    snprintf(args, sizeof args,
+             "generate %s/qmerged --prompt \"Once upon a time\" --max-new-tokens 24 "
+             "--temperature 0 --ignore-eos --json --quiet",
+             tmpdir);
+    rc = run(args, NULL, &out, &err);
+    cJSON *jm = cJSON_Parse(out);
+    char *sm = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(jm, "ids"));
+    CHECK(rc == 0 && sm && !strcmp(sm, gen[0]), "the merged export: %s vs the run %s",
+          sm ? sm : err, gen[0]);
+    free(sm);
+    cJSON_Delete(jm);
+    free(out);
+    free(err);
     CHECK(strcmp(gen[0], gen[2]), "--dtype fp32 gave the 4-bit base's ids: %s", gen[2]);
 
     /* generate on a 4-bit base with bf16 products answers */

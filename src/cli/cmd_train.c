@@ -311,13 +311,20 @@ static int export_to(const Model *m, const char *out, int overwrite, const char 
 }
 
 int cmd_export(int argc, char **argv) {
-    static struct option lo[] = {
-            {"model", required_argument, NULL, 'm'}, {"adapter", required_argument, NULL, 'a'},
-            {"out", required_argument, NULL, 'o'},   {"overwrite", no_argument, NULL, 'w'},
-            {"help", no_argument, NULL, 'h'},        {0, 0, 0, 0}};
+    static const CliOpt export_opts[] = {
+            {"model", 1, 'm', "DIR", "the base model, or a LoRA run (its base and adapter)"},
+            {"adapter", 1, 'a', "DIR", "the PEFT LoRA adapter or run to merge"},
+            {"out", 1, 'o', "DIR", "where the Hugging Face checkpoint goes"},
+            {"overwrite", 0, 'w', NULL, "write into a folder that is not an earlier export"},
+            CLI_PRECISION_OPTS,
+            {"help", 0, 'h', NULL, "show this help"},
+            {NULL, 0, 0, NULL, NULL}};
+    struct option lo[CLI_MAX_OPTS];
+    cli_longopts(export_opts, lo);
     const char *model = NULL, *adapter = NULL;
     char out[4000] = "";
-    int c, overwrite = 0;
+    int c, overwrite = 0, pc;
+    CliPrecision prec = CLI_PRECISION_INIT;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'm')
@@ -329,13 +336,20 @@ int cmd_export(int argc, char **argv) {
         else if (c == 'w')
             overwrite = 1;
         else if (c == 'h') {
-            printf("usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR "
-                   "[--overwrite]\n"
-                   "Merges a PEFT LoRA adapter into the model and writes a Hugging Face "
-                   "checkpoint.\n"
-                   "--out must be new, empty or a previous export; --overwrite writes into "
-                   "another folder (files of the same names replaced, others kept).\n");
+            cli_help(stdout,
+                     "usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR "
+                     "[--overwrite]\n"
+                     "Merges a PEFT LoRA adapter into the model and writes a Hugging Face "
+                     "checkpoint.\n"
+                     "--out must be new, empty or a previous export; --overwrite writes into "
+                     "another folder (files of the same names replaced, others kept).\n"
+                     "A run trained on a quantized or bf16 base merges into that base "
+                     "dequantized to fp32, as peft's merge_and_unload does (--dtype fp32: "
+                     "into the full-precision base instead).",
+                     export_opts);
             return 0;
+        } else if ((pc = cli_precision_opt(c, optarg, &prec))) {
+            if (pc < 0) return 2;
         } else {
             fprintf(stderr, "tuna export: see --help\n");
             return 2;
@@ -370,16 +384,24 @@ int cmd_export(int argc, char **argv) {
         adapter = model;
         model = base;
     }
-    Backend *be = backend_init("cpu", 0, &err);
+    Backend *be = NULL;
     Model *m = NULL;
+    Tokenizer *tok = NULL;
     /* the model and adapter load before --out is looked at: a failure touches nothing */
-    int rc = !be || model_load(model, be, &m, &err) ||
-             (adapter && adapter_load(m, adapter, &err)) ||
-             export_to(m, out, overwrite, model, adapter, &err);
+    int rc = cli_load_model(model, adapter, "cpu", 0, &prec, &be, &m, &tok, &err);
+    if (!rc && m->n_qparams)
+        fprintf(stderr,
+                "tuna: the base as %s: %zu weights in %s, dequantized to fp32 for the export%s "
+                "(as peft's merge_and_unload; --dtype fp32 merges into the full-precision base)\n",
+                prec.given ? "asked" : "the run trained it", m->n_qparams,
+                wtype_info[m->layers[0].qw[LORA_Q] ? m->layers[0].qw[LORA_Q]->type : WT_F32].name,
+                adapter ? " with the adapter merged in" : "");
+    rc = rc || export_to(m, out, overwrite, model, adapter, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else
-        fprintf(stderr, "tuna: wrote %s (%zu parameters)\n", out, m->n_params);
+        fprintf(stderr, "tuna: wrote %s (%zu parameters)\n", out, m->n_params + m->n_qparams);
+    tokenizer_free(tok);
     model_free(m);
     backend_free(be);
     return rc ? 1 : 0;
