@@ -22,6 +22,9 @@ SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, vocab, tied, arch, rope theta
     "qwen2.5-1.5b": dict(H=1536, L=28, NH=12, KVH=2, I=8960, V=151936, tied=True, arch="qwen2",
                          theta=1e6),
+    # the same files at a size that loads in a second (a check of the writer itself)
+    "llama3-tiny": dict(H=128, L=2, NH=4, KVH=2, I=256, V=128256, tied=False, arch="llama",
+                        theta=5e5),
     "llama3-8b": dict(H=4096, L=32, NH=32, KVH=8, I=14336, V=128256, tied=False, arch="llama",
                       theta=5e5),
 }
