@@ -180,6 +180,7 @@ fixtures:
 	$(VENV)/bin/python tests/gen_jinja_fixtures.py tests/fixtures/jinja
 	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_wtype_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_bf16_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_gguf_tok_fixtures.py ../shared tests/fixtures/smollm2_tok.jsonl
 
 # The main job: the workbench in a terminal, the headless demo (generate, train, chat) otherwise.
