@@ -14,13 +14,18 @@
 #include "peft.h"
 #include "xalloc.h"
 
-int model_run_string(const char *dir, const char *file, const char *key, char *out, size_t cap) {
+/* dir/file parsed (NULL when it cannot be read or parsed); the caller deletes it */
+static cJSON *run_json(const char *dir, const char *file) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, file);
     char *text = xread_file(path, NULL);
-    if (!text) return -1;
-    cJSON *j = cJSON_Parse(text);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
+    return j;
+}
+
+int model_run_string(const char *dir, const char *file, const char *key, char *out, size_t cap) {
+    cJSON *j = run_json(dir, file);
     const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, key));
     int rc = v && *v && strlen(v) < cap ? 0 : -1;
     if (!rc) snprintf(out, cap, "%s", v);
@@ -29,14 +34,9 @@ int model_run_string(const char *dir, const char *file, const char *key, char *o
 }
 
 int model_run_number(const char *dir, const char *file, const char *key, double *out) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    char *text = xread_file(path, NULL);
-    if (!text) return -1;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
+    cJSON *j = run_json(dir, file);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    int rc = cJSON_IsNumber(v) ? 0 : cJSON_IsBool(v) ? 0 : -1;
+    int rc = cJSON_IsNumber(v) || cJSON_IsBool(v) ? 0 : -1;
     if (!rc) *out = cJSON_IsBool(v) ? (double)cJSON_IsTrue(v) : v->valuedouble;
     cJSON_Delete(j);
     return rc;
