@@ -639,7 +639,8 @@ static void r_matmul_w(Backend *be, float *out, const float *in, const Weight *w
 static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     float *f = ref_dequant(be, w);
     float *d = be->mm_bf16 ? ref_bf16_copy(be, dout, (size_t)M * (size_t)w->rows) : NULL;
-    if (f && (d || !be->mm_bf16)) ref_matmul_bwd(din, NULL, NULL, d ? d : dout, NULL, f, M, w->cols, w->rows);
+    if (f && (d || !be->mm_bf16))
+        ref_matmul_bwd(din, NULL, NULL, d ? d : dout, NULL, f, M, w->cols, w->rows);
     free(f);
     free(d);
 }
