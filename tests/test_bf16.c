@@ -93,9 +93,9 @@ static int same_bits(const float *a, const float *b, size_t n) {
     return !memcmp(a, b, n * sizeof *a);
 }
 
-static const int shapes[][3] = {{1, 1, 1},     {1, 7, 33},      {7, 33, 130},
-                                {33, 130, 7},  {130, 7, 33},    {13, 257, 33},
-                                {25, 513, 65}, {130, 300, 200}, {64, 576, 96}};
+static const int shapes[][3] = {{1, 1, 1},     {1, 7, 33},     {7, 33, 130},  {33, 130, 7},
+                                {130, 7, 33},  {13, 257, 33},  {25, 513, 65}, {130, 300, 200},
+                                {64, 576, 96}, {400, 520, 390}};
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 // --- matmul_fwd and matmul_bwd -------------------------------------------------------------------
@@ -172,8 +172,8 @@ static void test_dense(Backend *ref, Backend *cpu, const char *path) {
 // --- matmul_w_fwd and matmul_w_bwd_in ------------------------------------------------------------
 
 static void test_typed(Backend *ref, Backend *cpu, const char *path) {
-    static const int tshapes[][3] = {
-            {1, 32, 1}, {7, 64, 33}, {33, 288, 130}, {130, 96, 7}, {40, 544, 70}};
+    static const int tshapes[][3] = {{1, 32, 1},   {7, 64, 33},   {33, 288, 130},
+                                     {130, 96, 7}, {40, 544, 70}, {390, 64, 400}};
     static const WType types[] = {WT_BF16, WT_Q8_0, WT_Q4_0, WT_F32};
     double worst = 0;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)

@@ -2,10 +2,14 @@
  * bf16 (to nearest even, as wtype_f32_to_bf16), products summed in fp32, outputs fp32.
  *
  * Two paths, chosen on every call (cpu_bf16_path):
- * - "avx512bf16": a kernel of our own on vdpbf16ps. Each block of KC elements of K packs op(A)
- *   into panels of MR rows and op(B) into panels of NR columns, both as bf16 pairs along K
- *   (the rounding happens in the packing; a bf16 weight is copied as is). A 12 x 32 tile of C
- *   is 24 zmm accumulators, zeroed per block and added to C at its end.
+ * - "avx512bf16": a kernel of our own on vdpbf16ps. C is cut into tasks of MC x NC; a task
+ *   walks K in blocks of KC, packing its rows of op(A) into panels of MR rows and its columns
+ *   of op(B) into panels of NR columns, both as bf16 pairs along K (the rounding, vectorized,
+ *   happens in the packing; a bf16 weight is copied as is). A 12 x 32 tile of C is 24 zmm
+ *   accumulators, zeroed per block and added to C at its end. Each task packs its own operands
+ *   (some packing is repeated) so that threads meet once per product: with shared panels, two
+ *   barriers per K block cost most of the time on this shared 2-core machine (perf: 60% in
+ *   libgomp waits, 3% in the kernel).
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
  *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
@@ -29,8 +33,8 @@
 #define MR 12  /* rows of a tile of C */
 #define NR 32  /* columns of a tile of C (two zmm of fp32) */
 #define KC 256 /* elements of K per block (even) */
-#define MC 96  /* rows of C per task (a multiple of MR) */
-#define NC 512 /* columns of C per task (a multiple of NR) */
+#define MC 384 /* rows of C per task (a multiple of MR) */
+#define NC 384 /* columns of C per task (a multiple of NR) */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -115,54 +119,90 @@ static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K
 
 // --- the AVX512-BF16 path ------------------------------------------------------------------------
 
-/* dst [(kn + 1) / 2][P][2] = rows r0 .. r0+rn-1 (rn <= P) and elements k0 .. k0+kn-1 of v as bf16
- * pairs along K; rows past rn and the odd element past kn are zero. */
-static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int kn, int P, uint16_t *dst) {
-    int kp = (kn + 1) / 2;
-    if (rn < P || kn % 2) memset(dst, 0, (size_t)kp * (size_t)P * 2 * sizeof *dst);
-    if (!v->kmajor && !v->h) {
-        for (int r = 0; r < rn; r++) {
-            const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
-            uint16_t *d = dst + 2 * r;
-            for (int k = 0; k < kn; k++)
-                d[(size_t)(k >> 1) * P * 2 + (k & 1)] = bf16_round(row[k]);
-        }
-        return;
-    }
-    if (v->kmajor && !v->h) {
-        for (int k = 0; k < kn; k++) {
-            const float *col = v->f + (k0 + (size_t)k) * v->ld + r0;
-            uint16_t *d = dst + (size_t)(k >> 1) * P * 2 + (k & 1);
-            for (int r = 0; r < rn; r++)
-                d[2 * r] = bf16_round(col[r]);
-        }
-        return;
-    }
-    for (int r = 0; r < rn; r++)
-        for (int k = 0; k < kn; k++)
-            dst[((size_t)(k >> 1) * P + (size_t)r) * 2 + (size_t)(k & 1)] =
-                    view_at(v, r0 + (size_t)r, k0 + (size_t)k);
+#ifdef BF16_X86
+#define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* x rounded to bf16 as wtype_f32_to_bf16 does (NaN too), in the upper 16 bits of each lane */
+X_TARGET static inline __m512i round_hi(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                            _mm512_set1_epi32(0x7F800000));
+    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
 }
 
-#ifdef BF16_X86
-/* c (mr, nr) (+)= the (MR, NR) tile of a (kp pairs of MR rows) and b (kp pairs of NR columns);
+/* dst [(kn + 1) / 2][P] words, each the bf16 pair (element 2j low, 2j + 1 high) of rows r0 ..
+ * r0+rn-1 (rn <= P) and elements k0 .. k0+kn-1 of v; rows past rn and the odd element past kn
+ * are zero. */
+X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int kn, int P,
+                                uint32_t *dst) {
+    int kp = (kn + 1) / 2;
+    if (rn < P || kn % 2) memset(dst, 0, (size_t)kp * (size_t)P * sizeof *dst);
+    uint16_t *d16 = (uint16_t *)dst;
+    if (!v->kmajor) { /* rows contiguous in k: 16 elements are 8 words, one per pair */
+        for (int r = 0; r < rn; r++) {
+            int k = 0;
+            if (v->h) {
+                const uint16_t *row = v->h + (r0 + (size_t)r) * v->ld + k0;
+                for (; k + 2 <= kn; k += 2)
+                    dst[(size_t)(k / 2) * P + (size_t)r] = (uint32_t)row[k] | (uint32_t)row[k + 1]
+                                                                                      << 16;
+            } else {
+                const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
+                for (; k + 16 <= kn; k += 16) {
+                    __m256i h = _mm512_cvtepi32_epi16(
+                            _mm512_srli_epi32(round_hi(_mm512_loadu_ps(row + k)), 16));
+                    uint32_t w[8];
+                    _mm256_storeu_si256((__m256i *)w, h);
+                    uint32_t *d = dst + (size_t)(k / 2) * P + (size_t)r;
+                    for (int j = 0; j < 8; j++)
+                        d[(size_t)j * P] = w[j];
+                }
+            }
+            for (; k < kn; k++)
+                d16[((size_t)(k >> 1) * P + (size_t)r) * 2 + (size_t)(k & 1)] =
+                        view_at(v, r0 + (size_t)r, k0 + (size_t)k);
+        }
+        return;
+    }
+    for (int k = 0; k < kn; k += 2) { /* columns contiguous in r: 16 rows of a pair at once */
+        uint32_t *d = dst + (size_t)(k / 2) * P;
+        int two = k + 1 < kn;
+        if (v->h) {
+            const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
+            for (int r = 0; r < rn; r++)
+                d[r] = (uint32_t)c0[r] | (two ? (uint32_t)c1[r] << 16 : 0u);
+            continue;
+        }
+        const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
+        for (int r = 0; r < rn; r += 16) {
+            __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+            __m512i lo = _mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m, c0 + r)), 16);
+            __m512i hi = _mm512_setzero_si512();
+            if (two)
+                hi = _mm512_and_si512(round_hi(_mm512_maskz_loadu_ps(m, c1 + r)),
+                                      _mm512_set1_epi32((int)0xFFFF0000u));
+            _mm512_mask_storeu_epi32(d + r, m, _mm512_or_si512(lo, hi));
+        }
+    }
+}
+
+/* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows) and b (kp words of NR columns);
  * add: whether c's old values are kept */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void
-kernel_tile(int kp, const uint16_t *a, const uint16_t *b, float *c, size_t ldc, int mr, int nr,
-            int add) {
+X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                 int mr, int nr, int add) {
     __m512 acc[MR][2];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int p = 0; p < kp; p++) {
-        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR * 2);
-        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR * 2 + 32);
-        const uint16_t *ap = a + (size_t)p * MR * 2;
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
+        const uint32_t *ap = a + (size_t)p * MR;
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
-            int32_t pair;
-            memcpy(&pair, ap + 2 * i, sizeof pair);
-            __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[i]);
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
         }
@@ -181,58 +221,49 @@ kernel_tile(int kp, const uint16_t *a, const uint16_t *b, float *c, size_t ldc, 
     }
 }
 
-/* one task: rows [m0, m0 + MC) and columns [n0, n0 + NC) of C, from the packed block */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void
-gemm_task(const uint16_t *ap, const uint16_t *bp, int kp, int M, int N, size_t m0, size_t n0,
-          float *C, size_t ldc, int add) {
+/* One task: rows [m0, m0 + MC) and columns [n0, n0 + NC) of C over the whole of K, block by
+ * block: the task packs its own operands (ap, bp: MC x KC and NC x KC of bf16), so the threads
+ * meet only at the end. */
+X_TARGET static void gemm_task(const View *a, const View *b, int M, int N, int K, size_t m0,
+                               size_t n0, float *C, size_t ldc, int add0, uint32_t *ap,
+                               uint32_t *bp) {
     size_t m1 = m0 + MC < (size_t)M ? m0 + MC : (size_t)M;
     size_t n1 = n0 + NC < (size_t)N ? n0 + NC : (size_t)N;
-    for (size_t n = n0; n < n1; n += NR) {
-        const uint16_t *b = bp + (n / NR) * (size_t)kp * NR * 2;
-        int nr = n1 - n < NR ? (int)(n1 - n) : NR;
-        for (size_t m = m0; m < m1; m += MR) {
-            const uint16_t *a = ap + (m / MR) * (size_t)kp * MR * 2;
-            int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-            kernel_tile(kp, a, b, C + m * ldc + n, ldc, mr, nr, add);
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+        for (size_t m = m0; m < m1; m += MR)
+            pack_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn, MR,
+                       ap + (m - m0) / MR * (size_t)kp * MR);
+        for (size_t n = n0; n < n1; n += NR)
+            pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
+                       bp + (n - n0) / NR * (size_t)kp * NR);
+        for (size_t n = n0; n < n1; n += NR) {
+            const uint32_t *bt = bp + (n - n0) / NR * (size_t)kp * NR;
+            int nr = n1 - n < NR ? (int)(n1 - n) : NR;
+            for (size_t m = m0; m < m1; m += MR)
+                kernel_tile(kp, ap + (m - m0) / MR * (size_t)kp * MR, bt, C + m * ldc + n, ldc,
+                            m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || k0 > 0);
         }
     }
 }
 
 static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, float beta, float *C,
                   int ldc) {
-    size_t npa = ((size_t)M + MR - 1) / MR, npb = ((size_t)N + NR - 1) / NR;
-    size_t kcp = KC / 2; /* pairs per block */
-    uint16_t *ap = malloc(npa * kcp * MR * 2 * sizeof *ap);
-    uint16_t *bp = malloc(npb * kcp * NR * 2 * sizeof *bp);
-    if (!ap || !bp) {
-        free(ap);
-        free(bp);
-        return -1;
-    }
     size_t tm = ((size_t)M + MC - 1) / MC, tn = ((size_t)N + NC - 1) / NC;
-    long ntasks = (long)(tm * tn), npanels = (long)(npa + npb);
+    long ntasks = (long)(tm * tn);
+    if (nth > ntasks) nth = (int)ntasks;
+    size_t per = (size_t)(MC + NC) * KC / 2; /* words of one thread's packed operands */
+    uint32_t *buf = malloc(per * (size_t)(nth > 0 ? nth : 1) * sizeof *buf);
+    if (!buf) return -1;
 #pragma omp parallel num_threads(nth) if (nth > 1)
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-#pragma omp for schedule(dynamic, 4)
-        for (long p = 0; p < npanels; p++) {
-            if ((size_t)p < npa) {
-                size_t r0 = (size_t)p * MR;
-                int rn = (size_t)M - r0 < MR ? (int)((size_t)M - r0) : MR;
-                pack_panel(a, r0, rn, (size_t)k0, kn, MR, ap + (size_t)p * kp * MR * 2);
-            } else {
-                size_t q = (size_t)p - npa, r0 = q * NR;
-                int rn = (size_t)N - r0 < NR ? (int)((size_t)N - r0) : NR;
-                pack_panel(b, r0, rn, (size_t)k0, kn, NR, bp + q * kp * NR * 2);
-            }
-        }
+    {
+        uint32_t *ap = buf + per * (size_t)omp_get_thread_num(), *bp = ap + (size_t)MC * KC / 2;
 #pragma omp for schedule(dynamic, 1)
         for (long t = 0; t < ntasks; t++)
-            gemm_task(ap, bp, kp, M, N, (size_t)t / tn * MC, (size_t)t % tn * NC, C, (size_t)ldc,
-                      k0 > 0 || beta != 0.0f);
+            gemm_task(a, b, M, N, K, (size_t)t / tn * MC, (size_t)t % tn * NC, C, (size_t)ldc,
+                      beta != 0.0f, ap, bp);
     }
-    free(ap);
-    free(bp);
+    free(buf);
     return 0;
 }
 #endif

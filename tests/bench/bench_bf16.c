@@ -12,7 +12,8 @@
  * (as the engine would, whose activations and master weights are fp32); their primitive is
  * made before the clock starts. Prints the CPU's features, GFLOP/s (2 M N K per call) and
  * each candidate's ratio to fp32. Built and run by `make bench`.
- *   build/bench/bench_bf16 [--quick] [--rounds R] [--threads N]   (N 0: every core) */
+ *   build/bench/bench_bf16 [--quick] [--rounds R] [--threads N] [--shape M,K,N]   (N 0: every
+ *   core; --shape: that one shape only) */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -225,7 +226,7 @@ static void bench_shape(Backend *be, int M, int K, int N, int rounds) {
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, rounds = 3, threads = 0;
+    int quick = 0, rounds = 3, threads = 0, sm = 0, sk = 0, sn = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             quick = 1;
@@ -233,6 +234,12 @@ int main(int argc, char **argv) {
             rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc &&
+                 (sscanf(argv[++i], "%d,%d,%d", &sm, &sk, &sn) != 3 || sm < 1 || sk < 1 ||
+                  sn < 1)) {
+            fprintf(stderr, "bench_bf16: --shape M,K,N\n");
+            return 2;
+        }
     }
     cpu_features();
     TunaErr err = {0};
@@ -248,6 +255,11 @@ int main(int argc, char **argv) {
     printf("threads %d; OpenBLAS core %s; bf16 path %s; AMX: none of these candidates but oneDNN "
            "uses it\n",
            be->n_threads, openblas_get_corename(), cpu_bf16_path());
+    if (sm) {
+        bench_shape(be, sm, sk, sn, rounds);
+        backend_free(be);
+        return 0;
+    }
     static const int smol[][2] = {{576, 576}, {576, 192}, {576, 1536}, {1536, 576}, {576, 49152}};
     static const int gpt2[][2] = {{768, 2304}, {768, 3072}, {3072, 768}};
     int nsmol = quick ? 4 : 5;
