@@ -130,7 +130,7 @@ SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics test_keep_work test_cli_misc test_threads test_config_variants \
              test_train_adapter test_gguf test_tokenizer_gguf test_packing test_lora_unmerged test_estimate \
-             test_wtype
+             test_wtype test_bf16
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
@@ -145,7 +145,9 @@ test-interop: tuna
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/bench_*.c))
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libtuna.a $(CUDA_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtuna.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtuna.a $(LDLIBS) $(BENCH_LIBS)
+# bench_bf16 also weighs oneDNN where libdnnl-dev is installed (tuna does not use it)
+$(BUILD)/bench/bench_bf16: BENCH_LIBS := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),-DBENCH_DNNL -ldnnl)
 
 bench: tuna $(BENCH_BIN)
 	@sh tests/bench/run.sh $(VENV)

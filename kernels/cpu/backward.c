@@ -37,6 +37,10 @@ static int threads_for(const Backend *be, size_t work) {
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N) {
     if (M <= 0 || K <= 0 || N <= 0) return;
+    if (be->mm_bf16 && (din || dw)) { /* dbias stays a sum of fp32 below */
+        cpu_matmul_bwd_bf16(be, din, dw, dout, in, w, M, K, N);
+        din = dw = NULL;
+    }
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
     if (din) cpu_sgemm(nth, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, din, K);

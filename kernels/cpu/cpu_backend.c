@@ -130,6 +130,10 @@ static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi
 
 static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
+    if (be->mm_bf16) {
+        cpu_matmul_bf16(be, out, in, w, bias, M, K, N);
+        return;
+    }
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
     if (M <= MATVECS_MAX_M) { /* bandwidth-bound: worth two threads from 64 KiB of weights */

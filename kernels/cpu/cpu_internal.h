@@ -75,6 +75,19 @@ static inline float vexpf(float xin) {
  * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+/* gemm_bf16.c: the matrix products under Backend.mm_bf16 (operands rounded to bf16, fp32
+ * sums; bits independent of the thread count). cpu_gemm_bf16 is C (M,N) = beta C + op(A) op(B)
+ * with beta 0 or 1, and returns 0 or -1 (no memory); its path is cpu_bf16_path's
+ * (cpu_backend.h). */
+int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
+                     int M, int K, int N);
+void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                         const float *w, int M, int K, int N);
+void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
+                           const float *bias, int M);
+void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);
 void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
                       int M);
 void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);

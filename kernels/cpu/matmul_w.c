@@ -293,6 +293,10 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
                       int M) {
     int K = w->cols, N = w->rows;
     if (M <= 0 || N <= 0) return;
+    if (be->mm_bf16) { /* gemm_bf16.c */
+        cpu_matmul_w_bf16_fwd(be, out, in, w, bias, M);
+        return;
+    }
     if (w->type == WT_F32) {
         be->ops->matmul_fwd(be, out, in, w->data, bias, M, K, N);
         return;
@@ -336,6 +340,10 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
 void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     int K = w->cols, N = w->rows;
     if (M <= 0 || N <= 0) return;
+    if (be->mm_bf16) { /* gemm_bf16.c */
+        cpu_matmul_w_bf16_bwd_in(be, din, dout, w, M);
+        return;
+    }
     if (w->type == WT_F32) {
         be->ops->matmul_bwd(be, din, NULL, NULL, dout, NULL, w->data, M, K, N);
         return;

@@ -66,6 +66,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc) {
     do {                                                                                           \
         Guard *g_ = GUARD(be);                                                                     \
         Backend *in_ = g_->inner;                                                                  \
+        in_->mm_bf16 = (be)->mm_bf16;                                                              \
         arena_unlock(g_);                                                                          \
         in_->ops->CALL;                                                                            \
         arena_lock(g_);                                                                            \

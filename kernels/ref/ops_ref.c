@@ -465,10 +465,32 @@ void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_
 
 // --- the backend table
 
+/* Backend.mm_bf16: the operands rounded to bf16 (to nearest even) into fp32 scratch copies, for
+ * the plain loops below; NULL (and the error latched) when there is no memory. A NULL src gives
+ * a NULL copy. Release with free. */
+static float *ref_bf16_copy(Backend *be, const float *src, size_t n) {
+    if (!src) return NULL;
+    float *d = malloc((n ? n : 1) * sizeof(float));
+    if (!d) {
+        if (!be->err.code)
+            tuna_errf(&be->err, TUNA_ENOMEM, "ref: out of memory for a bf16 copy of %zu floats", n);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        d[i] = wtype_bf16_to_f32(wtype_f32_to_bf16(src[i]));
+    return d;
+}
+
 static void r_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
-    (void)be;
-    ref_matmul_fwd(out, in, w, bias, M, K, N);
+    if (!be->mm_bf16) {
+        ref_matmul_fwd(out, in, w, bias, M, K, N);
+        return;
+    }
+    float *a = ref_bf16_copy(be, in, (size_t)M * K), *b = ref_bf16_copy(be, w, (size_t)N * K);
+    if (a && b) ref_matmul_fwd(out, a, b, bias, M, K, N);
+    free(a);
+    free(b);
 }
 static void r_rmsnorm(Backend *be, float *out, const float *in, const float *w, float eps, int R,
                       int C) {
@@ -510,8 +532,21 @@ static void r_embed(Backend *be, float *out, const int32_t *ids, const float *ta
 
 static void r_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                          const float *in, const float *w, int M, int K, int N) {
-    (void)be;
-    ref_matmul_bwd(din, dw, dbias, dout, in, w, M, K, N);
+    if (!be->mm_bf16 || (!din && !dw)) {
+        ref_matmul_bwd(din, dw, dbias, dout, in, w, M, K, N);
+        return;
+    }
+    /* dbias sums dout in fp32 (it is no matrix product) */
+    float *d = ref_bf16_copy(be, dout, (size_t)M * N);
+    float *x = dw ? ref_bf16_copy(be, in, (size_t)M * K) : NULL;
+    float *v = din ? ref_bf16_copy(be, w, (size_t)N * K) : NULL;
+    if (d && (!dw || x) && (!din || v)) {
+        ref_matmul_bwd(din, dw, NULL, d, x, v, M, K, N);
+        if (dbias) ref_matmul_bwd(NULL, NULL, dbias, dout, NULL, NULL, M, K, N);
+    }
+    free(d);
+    free(x);
+    free(v);
 }
 static void r_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, const float *in,
                           const float *w, float eps, int R, int C) {
@@ -575,7 +610,8 @@ static void r_adamw(Backend *be, float *p, const float *g, float gscale, float *
     ref_adamw(p, g, gscale, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
 }
 
-/* The typed weights: W dequantized to fp32, then the plain loops above (the oracle). */
+/* The typed weights: W dequantized to fp32 (then rounded to bf16 under mm_bf16), then the
+ * plain loops above (the oracle). */
 static float *ref_dequant(Backend *be, const Weight *w) {
     float *f = malloc((size_t)w->rows * (size_t)w->cols * sizeof(float));
     if (!f) {
@@ -585,22 +621,28 @@ static float *ref_dequant(Backend *be, const Weight *w) {
         return NULL;
     }
     weight_dequantize(w, f);
+    if (be->mm_bf16)
+        for (size_t i = 0; i < (size_t)w->rows * (size_t)w->cols; i++)
+            f[i] = wtype_bf16_to_f32(wtype_f32_to_bf16(f[i]));
     return f;
 }
 
 static void r_matmul_w(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
                        int M) {
     float *f = ref_dequant(be, w);
-    if (!f) return;
-    ref_matmul_fwd(out, in, f, bias, M, w->cols, w->rows);
+    float *a = be->mm_bf16 ? ref_bf16_copy(be, in, (size_t)M * (size_t)w->cols) : NULL;
+    if (f && (a || !be->mm_bf16)) ref_matmul_fwd(out, a ? a : in, f, bias, M, w->cols, w->rows);
     free(f);
+    free(a);
 }
 
 static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     float *f = ref_dequant(be, w);
-    if (!f) return;
-    ref_matmul_bwd(din, NULL, NULL, dout, NULL, f, M, w->cols, w->rows);
+    float *d = be->mm_bf16 ? ref_bf16_copy(be, dout, (size_t)M * (size_t)w->rows) : NULL;
+    if (f && (d || !be->mm_bf16))
+        ref_matmul_bwd(din, NULL, NULL, d ? d : dout, NULL, f, M, w->cols, w->rows);
     free(f);
+    free(d);
 }
 
 static const BackendOps ref_ops = {

@@ -1,0 +1,410 @@
+/* gemm_bf16.c: the cpu backend's matrix products under Backend.mm_bf16: both operands rounded to
+ * bf16 (to nearest even, as wtype_f32_to_bf16), products summed in fp32, outputs fp32.
+ *
+ * Two paths, chosen on every call (cpu_bf16_path):
+ * - "avx512bf16": a kernel of our own on vdpbf16ps. C is cut into tasks of MC x NC; a task
+ *   walks K in blocks of KC, packing its rows of op(A) into panels of MR rows and its columns
+ *   of op(B) into panels of NR columns, both as bf16 pairs along K (the rounding, vectorized,
+ *   happens in the packing; a bf16 weight is copied as is). A 12 x 32 tile of C is 24 zmm
+ *   accumulators, zeroed per block and added to C at its end. Each task packs its own operands
+ *   (some packing is repeated) so that threads meet once per product: with shared panels, two
+ *   barriers per K block cost most of the time on this shared 2-core machine (perf: 60% in
+ *   libgomp waits, 3% in the kernel).
+ * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
+ *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
+ *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
+ * No AMX path: neither the kernel nor OpenBLAS 0.3.21's sbgemm uses AMX tiles (README).
+ *
+ * The bits do not depend on the thread count: the K blocks are fixed (KC), each tile of C is
+ * computed by one thread over the whole of K in block order, and cpu_sgemm is thread-invariant.
+ * Only the summation order (and vdpbf16ps' flushing of denormals to zero) separates the paths. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../wtype.h"
+#include "cpu_backend.h"
+#include "cpu_internal.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define BF16_X86 1
+#endif
+
+#define MR 12  /* rows of a tile of C */
+#define NR 32  /* columns of a tile of C (two zmm of fp32) */
+#define KC 256 /* elements of K per block (even) */
+#define MC 384 /* rows of C per task (a multiple of MR) */
+#define NC 384 /* columns of C per task (a multiple of NR) */
+/* floats of each operand block the plain path rounds at once */
+#define PLAIN_BLOCK (1u << 22)
+
+/* An operand seen as rows of K: element (r, k) is p[r * ld + k], or p[k * ld + r] when kmajor;
+ * fp32 at f or bf16 at h (one of them). op(A) is (M, K); op(B) is seen as its transpose (N, K). */
+typedef struct View {
+    const float *f;
+    const uint16_t *h;
+    size_t ld;
+    int kmajor;
+} View;
+
+static inline uint16_t bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static inline uint16_t view_at(const View *v, size_t r, size_t k) {
+    size_t i = v->kmajor ? k * v->ld + r : r * v->ld + k;
+    return v->h ? v->h[i] : bf16_round(v->f[i]);
+}
+
+const char *cpu_bf16_path(void) {
+#ifdef BF16_X86
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512bf16");
+    const char *e = getenv("TUNA_BF16");
+    if (cpu && !(e && !strcmp(e, "plain"))) return "avx512bf16";
+#endif
+    return "plain";
+}
+
+// --- the plain path: rounded fp32 copies and cpu_sgemm -----------------------------------------
+
+/* dst (rn, K) = rows r0 .. r0+rn-1 of v, rounded to bf16 and held in fp32 */
+static void view_rows_f32(const View *v, size_t r0, size_t K, float *dst, size_t lo, size_t hi) {
+    for (size_t r = lo; r < hi; r++)
+        for (size_t k = 0; k < K; k++)
+            dst[r * K + k] = bf16_value(view_at(v, r0 + r, k));
+}
+
+static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K, float beta,
+                      float *C, int ldc) {
+    size_t mb = PLAIN_BLOCK / (size_t)K, nb = mb;
+    if (mb > (size_t)M) mb = (size_t)M;
+    if (nb > (size_t)N) nb = (size_t)N;
+    if (!mb) mb = 1;
+    if (!nb) nb = 1;
+    float *ab = malloc(mb * (size_t)K * sizeof(float)),
+          *bb = malloc(nb * (size_t)K * sizeof(float));
+    if (!ab || !bb) {
+        free(ab);
+        free(bb);
+        return -1;
+    }
+    for (size_t n0 = 0; n0 < (size_t)N; n0 += nb) {
+        size_t nn = (size_t)N - n0 < nb ? (size_t)N - n0 : nb;
+        CPU_PAR_RANGE(nth, nn, view_rows_f32(b, n0, (size_t)K, bb, lo, hi));
+        for (size_t m0 = 0; m0 < (size_t)M; m0 += mb) {
+            size_t mm = (size_t)M - m0 < mb ? (size_t)M - m0 : mb;
+            CPU_PAR_RANGE(nth, mm, view_rows_f32(a, m0, (size_t)K, ab, lo, hi));
+            cpu_sgemm(nth, 0, 1, (int)mm, (int)nn, K, 1.0f, ab, K, bb, K, beta,
+                      C + m0 * (size_t)ldc + n0, ldc);
+        }
+    }
+    free(ab);
+    free(bb);
+    return 0;
+}
+
+// --- the AVX512-BF16 path ------------------------------------------------------------------------
+
+#ifdef BF16_X86
+#define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* x rounded to bf16 as wtype_f32_to_bf16 does (NaN too), in the upper 16 bits of each lane */
+X_TARGET static inline __m512i round_hi(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                            _mm512_set1_epi32(0x7F800000));
+    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+}
+
+/* dst [(kn + 1) / 2][P] words, each the bf16 pair (element 2j low, 2j + 1 high) of rows r0 ..
+ * r0+rn-1 (rn <= P) and elements k0 .. k0+kn-1 of v; rows past rn and the odd element past kn
+ * are zero. */
+X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int kn, int P,
+                                uint32_t *dst) {
+    int kp = (kn + 1) / 2;
+    if (rn < P || kn % 2) memset(dst, 0, (size_t)kp * (size_t)P * sizeof *dst);
+    uint16_t *d16 = (uint16_t *)dst;
+    if (!v->kmajor) { /* rows contiguous in k: 16 elements are 8 words, one per pair */
+        for (int r = 0; r < rn; r++) {
+            int k = 0;
+            if (v->h) {
+                const uint16_t *row = v->h + (r0 + (size_t)r) * v->ld + k0;
+                for (; k + 2 <= kn; k += 2)
+                    dst[(size_t)(k / 2) * P + (size_t)r] = (uint32_t)row[k] | (uint32_t)row[k + 1]
+                                                                                      << 16;
+            } else {
+                const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
+                for (; k + 16 <= kn; k += 16) {
+                    __m256i h = _mm512_cvtepi32_epi16(
+                            _mm512_srli_epi32(round_hi(_mm512_loadu_ps(row + k)), 16));
+                    uint32_t w[8];
+                    _mm256_storeu_si256((__m256i *)w, h);
+                    uint32_t *d = dst + (size_t)(k / 2) * P + (size_t)r;
+                    for (int j = 0; j < 8; j++)
+                        d[(size_t)j * P] = w[j];
+                }
+            }
+            for (; k < kn; k++)
+                d16[((size_t)(k >> 1) * P + (size_t)r) * 2 + (size_t)(k & 1)] =
+                        view_at(v, r0 + (size_t)r, k0 + (size_t)k);
+        }
+        return;
+    }
+    for (int k = 0; k < kn; k += 2) { /* columns contiguous in r: 16 rows of a pair at once */
+        uint32_t *d = dst + (size_t)(k / 2) * P;
+        int two = k + 1 < kn;
+        if (v->h) {
+            const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
+            for (int r = 0; r < rn; r++)
+                d[r] = (uint32_t)c0[r] | (two ? (uint32_t)c1[r] << 16 : 0u);
+            continue;
+        }
+        const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
+        for (int r = 0; r < rn; r += 16) {
+            __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+            __m512i lo = _mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m, c0 + r)), 16);
+            __m512i hi = _mm512_setzero_si512();
+            if (two)
+                hi = _mm512_and_si512(round_hi(_mm512_maskz_loadu_ps(m, c1 + r)),
+                                      _mm512_set1_epi32((int)0xFFFF0000u));
+            _mm512_mask_storeu_epi32(d + r, m, _mm512_or_si512(lo, hi));
+        }
+    }
+}
+
+/* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows) and b (kp words of NR columns);
+ * add: whether c's old values are kept */
+X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                 int mr, int nr, int add) {
+    __m512 acc[MR][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int p = 0; p < kp; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
+        const uint32_t *ap = a + (size_t)p * MR;
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + (size_t)i * ldc;
+        __m512 v0 = acc[i][0], v1 = acc[i][1];
+        if (add) {
+            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), v0);
+            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), v1);
+        }
+        _mm512_mask_storeu_ps(ci, m0, v0);
+        _mm512_mask_storeu_ps(ci + 16, m1, v1);
+    }
+}
+
+/* One task: rows [m0, m0 + MC) and columns [n0, n0 + NC) of C over the whole of K, block by
+ * block: the task packs its own operands (ap, bp: MC x KC and NC x KC of bf16), so the threads
+ * meet only at the end. */
+X_TARGET static void gemm_task(const View *a, const View *b, int M, int N, int K, size_t m0,
+                               size_t n0, float *C, size_t ldc, int add0, uint32_t *ap,
+                               uint32_t *bp) {
+    size_t m1 = m0 + MC < (size_t)M ? m0 + MC : (size_t)M;
+    size_t n1 = n0 + NC < (size_t)N ? n0 + NC : (size_t)N;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+        for (size_t m = m0; m < m1; m += MR)
+            pack_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn, MR,
+                       ap + (m - m0) / MR * (size_t)kp * MR);
+        for (size_t n = n0; n < n1; n += NR)
+            pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
+                       bp + (n - n0) / NR * (size_t)kp * NR);
+        for (size_t n = n0; n < n1; n += NR) {
+            const uint32_t *bt = bp + (n - n0) / NR * (size_t)kp * NR;
+            int nr = n1 - n < NR ? (int)(n1 - n) : NR;
+            for (size_t m = m0; m < m1; m += MR)
+                kernel_tile(kp, ap + (m - m0) / MR * (size_t)kp * MR, bt, C + m * ldc + n, ldc,
+                            m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || k0 > 0);
+        }
+    }
+}
+
+static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, float beta, float *C,
+                  int ldc) {
+    size_t tm = ((size_t)M + MC - 1) / MC, tn = ((size_t)N + NC - 1) / NC;
+    long ntasks = (long)(tm * tn);
+    if (nth > ntasks) nth = (int)ntasks;
+    size_t per = (size_t)(MC + NC) * KC / 2; /* words of one thread's packed operands */
+    uint32_t *buf = malloc(per * (size_t)(nth > 0 ? nth : 1) * sizeof *buf);
+    if (!buf) return -1;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        uint32_t *ap = buf + per * (size_t)omp_get_thread_num(), *bp = ap + (size_t)MC * KC / 2;
+#pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < ntasks; t++)
+            gemm_task(a, b, M, N, K, (size_t)t / tn * MC, (size_t)t % tn * NC, C, (size_t)ldc,
+                      beta != 0.0f, ap, bp);
+    }
+    free(buf);
+    return 0;
+}
+#endif
+
+// --- the entry points ----------------------------------------------------------------------------
+
+/* C (M, N) = beta C + op(A) op(B) (beta 0 or 1) in bf16 with fp32 sums; A, B as views */
+static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K, float beta,
+                      float *C, int ldc) {
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        if (beta == 0.0f)
+            for (int m = 0; m < M; m++)
+                memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof *C);
+        return 0;
+    }
+#ifdef BF16_X86
+    if (!strcmp(cpu_bf16_path(), "avx512bf16")) return gemm_x(nth, a, b, M, N, K, beta, C, ldc);
+#endif
+    return gemm_plain(nth, a, b, M, N, K, beta, C, ldc);
+}
+
+int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+    View a = {A, NULL, (size_t)lda, ta}, b = {B, NULL, (size_t)ldb, !tb};
+    return gemm_views(nth, &a, &b, M, N, K, beta, C, ldc);
+}
+
+static void oom(Backend *be, const char *what, int M, int N, int K) {
+    if (!be->err.code)
+        tuna_errf(&be->err, TUNA_ENOMEM, "cpu: out of memory for a bf16 %s (%d x %d x %d)", what, M,
+                  K, N);
+}
+
+static int threads_of(Backend *be, int M, int K, int N) {
+    return (size_t)M * (size_t)K * (size_t)N >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
+}
+
+static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo, size_t hi) {
+    for (size_t m = lo; m < hi; m++)
+        for (int n = 0; n < N; n++)
+            out[m * ldo + (size_t)n] += bias[n];
+}
+
+void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
+                     int M, int K, int N) {
+    int nth = threads_of(be, M, K, N);
+    if (cpu_gemm_bf16(nth, 0, 1, M, N, K, in, K, w, K, 0.0f, out, N)) {
+        oom(be, "matmul", M, N, K);
+        return;
+    }
+    if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_add(out, bias, N, (size_t)N, lo, hi));
+}
+
+void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                         const float *w, int M, int K, int N) {
+    int nth = threads_of(be, M, K, N);
+    if (din && cpu_gemm_bf16(nth, 0, 0, M, K, N, dout, N, w, K, 1.0f, din, K)) {
+        oom(be, "matmul_bwd", M, N, K);
+        return;
+    }
+    if (dw && cpu_gemm_bf16(nth, 1, 0, N, K, M, dout, N, in, K, 1.0f, dw, K)) {
+        oom(be, "matmul_bwd", M, N, K);
+        return;
+    }
+}
+
+/* Rows of a typed weight other than BF16 go through an fp32 tile of about 16 MiB. */
+static int typed_tile_rows(int K, int N) {
+    int t = (int)(PLAIN_BLOCK / (size_t)(K > 0 ? K : 1)) / NR * NR;
+    if (t < NR) t = NR;
+    return t < N ? t : N;
+}
+
+void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
+                           const float *bias, int M) {
+    int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
+    if (w->type == WT_F32) {
+        cpu_matmul_bf16(be, out, in, w->data, bias, M, K, N);
+        return;
+    }
+    View a = {in, NULL, (size_t)K, 0};
+    if (w->type == WT_BF16) { /* its stored rows, as they are */
+        View b = {NULL, w->data, (size_t)K, 0};
+        if (gemm_views(nth, &a, &b, M, N, K, 0.0f, out, N)) {
+            oom(be, "matmul_w", M, N, K);
+            return;
+        }
+    } else {
+        int tn = typed_tile_rows(K, N);
+        float *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+        if (!buf) {
+            oom(be, "matmul_w", M, N, K);
+            return;
+        }
+        for (int n0 = 0; n0 < N; n0 += tn) {
+            int nn = N - n0 < tn ? N - n0 : tn;
+            CPU_PAR_RANGE(
+                    nth, (size_t)nn,
+                    weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
+            View b = {buf, NULL, (size_t)K, 0};
+            if (gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
+                free(buf);
+                {
+                    oom(be, "matmul_w", M, N, K);
+                    return;
+                }
+            }
+        }
+        free(buf);
+    }
+    if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_add(out, bias, N, (size_t)N, lo, hi));
+}
+
+void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+    int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
+    if (w->type == WT_F32) {
+        cpu_matmul_bwd_bf16(be, din, NULL, dout, NULL, w->data, M, K, N);
+        return;
+    }
+    if (w->type == WT_BF16) { /* din (M, K) += dout (M, N) W (N, K), W's bf16 rows as they are */
+        View a = {dout, NULL, (size_t)N, 0}, b = {NULL, w->data, (size_t)K, 1};
+        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K)) oom(be, "matmul_w_bwd_in", M, N, K);
+        return;
+    }
+    int tn = typed_tile_rows(K, N);
+    float *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+    if (!buf) {
+        oom(be, "matmul_w_bwd_in", M, N, K);
+        return;
+    }
+    for (int n0 = 0; n0 < N; n0 += tn) { /* din += dout[:, tile] tile, tiles in order */
+        int nn = N - n0 < tn ? N - n0 : tn;
+        CPU_PAR_RANGE(
+                nth, (size_t)nn,
+                weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
+        View a = {dout + n0, NULL, (size_t)N, 0}, b = {buf, NULL, (size_t)K, 1};
+        if (gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
+            oom(be, "matmul_w_bwd_in", M, N, K);
+            break;
+        }
+    }
+    free(buf);
+}

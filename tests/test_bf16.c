@@ -1,0 +1,312 @@
+/* test_bf16: the matrix products under Backend.mm_bf16 (both operands rounded to bf16, fp32
+ * sums). The ref backend equals, bit for bit, a direct sum in double of the rounded operands'
+ * products; the cpu backend's paths (avx512bf16 where the CPU has it, and plain, forced with
+ * TUNA_BF16=plain) stay within an fp32 summation bound of it: |cpu - exact| <= (n + 2) 2^-24
+ * S, where n is the number of terms and S the sum of their magnitudes (products, bias, the old
+ * value of an accumulated gradient). Every path gives the same bits on 1 and on 2 threads.
+ * Shapes are odd (1, 7, 33, 130, ...) and cross the kernel's tiles (12 x 32) and K blocks (256).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/wtype.h"
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+static float *rnd(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand();
+    return p;
+}
+static float *dup(const float *p, size_t n) {
+    float *d = malloc((n ? n : 1) * sizeof *d);
+    memcpy(d, p, n * sizeof *d);
+    return d;
+}
+static double r16(float x) {
+    return (double)wtype_bf16_to_f32(wtype_f32_to_bf16(x));
+}
+
+/* The exact sums: out (M, N) = init + Σ_k A(m, k) B(k, n) with A(m, k) = a[m * sam + k * sak]
+ * and B(k, n) = b[k * sbk + n * sbn], each operand rounded to bf16; the sum in double in k order
+ * (the ref's order), and S the sum of the magnitudes. init: a bias (sim 0: one row for every m)
+ * or the old value of an accumulated output (sim its row stride), or NULL. */
+typedef struct {
+    double *val, *mag; /* the exact value and S */
+    float *ref;        /* the ref's float: a bias starts its double sum, an old value gets += */
+} Exact;
+static Exact exact(const float *a, size_t sam, size_t sak, const float *b, size_t sbk, size_t sbn,
+                   const float *init, size_t sim, int M, int K, int N) {
+    size_t len = (size_t)M * N + 1;
+    Exact e = {malloc(sizeof(double) * len), malloc(sizeof(double) * len),
+               malloc(sizeof(float) * len)};
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double i0 = init ? (double)init[m * sim + (size_t)n] : 0.0;
+            double s = sim ? 0.0 : i0, g = fabs(i0);
+            for (int k = 0; k < K; k++) {
+                double p = r16(a[m * sam + k * sak]) * r16(b[k * sbk + n * sbn]);
+                s += p;
+                g += fabs(p);
+            }
+            size_t i = (size_t)m * N + n;
+            e.val[i] = sim ? s + i0 : s;
+            e.mag[i] = g;
+            e.ref[i] = sim ? init[m * sim + (size_t)n] + (float)s : (float)s;
+        }
+    return e;
+}
+static void exact_free(Exact e) {
+    free(e.val);
+    free(e.mag);
+    free(e.ref);
+}
+
+/* ref (float) of e bit for bit, and cpu within the summation bound; returns the worst error in
+ * units of 2^-24 S */
+static double check_exact(const char *what, const float *refv, const float *cpuv, Exact e, int n,
+                          size_t len) {
+    int same = 1;
+    double worst = 0, bound = (double)(n + 2);
+    for (size_t i = 0; i < len; i++) {
+        if (refv && refv[i] != e.ref[i]) same = 0;
+        double err = fabs((double)cpuv[i] - e.val[i]) / (e.mag[i] * 0x1p-24 + 1e-300);
+        if (!(err <= worst)) worst = err;
+    }
+    if (refv) CHECK(same, "%s: ref differs from the direct sum of rounded operands", what);
+    CHECK(worst <= bound, "%s: cpu off by %.3g x 2^-24 S (bound %g)", what, worst, bound);
+    return worst;
+}
+
+static int same_bits(const float *a, const float *b, size_t n) {
+    return !memcmp(a, b, n * sizeof *a);
+}
+
+static const int shapes[][3] = {{1, 1, 1},     {1, 7, 33},     {7, 33, 130},  {33, 130, 7},
+                                {130, 7, 33},  {13, 257, 33},  {25, 513, 65}, {130, 300, 200},
+                                {64, 576, 96}, {400, 520, 390}};
+#define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
+
+// --- matmul_fwd and matmul_bwd -------------------------------------------------------------------
+
+static void test_dense(Backend *ref, Backend *cpu, const char *path) {
+    double worst = 0;
+    for (int si = 0; si < N_SHAPES; si++) {
+        int M = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+        size_t nx = (size_t)M * K, nw = (size_t)N * K, no = (size_t)M * N;
+        float *x = rnd(nx), *w = rnd(nw), *bias = rnd((size_t)N), *dout = rnd(no);
+        float *din0 = rnd(nx), *dw0 = rnd(nw), *db0 = rnd((size_t)N);
+        char what[96];
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            float *o_ref = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
+            const float *bb = with_bias ? bias : NULL;
+            ref->ops->matmul_fwd(ref, o_ref, x, w, bb, M, K, N);
+            backend_set_threads(cpu, 1);
+            cpu->ops->matmul_fwd(cpu, o1, x, w, bb, M, K, N);
+            backend_set_threads(cpu, 2);
+            cpu->ops->matmul_fwd(cpu, o2, x, w, bb, M, K, N);
+            Exact e = exact(x, (size_t)K, 1, w, 1, (size_t)K, bb, 0, M, K, N);
+            snprintf(what, sizeof what, "%s matmul_fwd %dx%dx%d bias %d", path, M, K, N, with_bias);
+            worst = fmax(worst, check_exact(what, o_ref, o1, e, K + with_bias, no));
+            CHECK(same_bits(o1, o2, no), "%s: 1 and 2 threads differ", what);
+            exact_free(e);
+            free(o_ref);
+            free(o1);
+            free(o2);
+        }
+        /* the backward: din += dout w, dw += doutᵀ x, dbias += Σ dout */
+        float *di_ref = dup(din0, nx), *di1 = dup(din0, nx), *di2 = dup(din0, nx);
+        float *dw_ref = dup(dw0, nw), *dw1 = dup(dw0, nw), *dw2 = dup(dw0, nw);
+        float *db_ref = dup(db0, (size_t)N), *db1 = dup(db0, (size_t)N), *db2 = dup(db0, (size_t)N);
+        ref->ops->matmul_bwd(ref, di_ref, dw_ref, db_ref, dout, x, w, M, K, N);
+        backend_set_threads(cpu, 1);
+        cpu->ops->matmul_bwd(cpu, di1, dw1, db1, dout, x, w, M, K, N);
+        backend_set_threads(cpu, 2);
+        cpu->ops->matmul_bwd(cpu, di2, dw2, db2, dout, x, w, M, K, N);
+        Exact ei = exact(dout, (size_t)N, 1, w, (size_t)K, 1, din0, (size_t)K, M, N, K);
+        Exact ew = exact(dout, 1, (size_t)N, x, (size_t)K, 1, dw0, (size_t)K, N, M, K);
+        snprintf(what, sizeof what, "%s matmul_bwd din %dx%dx%d", path, M, K, N);
+        worst = fmax(worst, check_exact(what, di_ref, di1, ei, N + 1, nx));
+        CHECK(same_bits(di1, di2, nx), "%s: 1 and 2 threads differ", what);
+        snprintf(what, sizeof what, "%s matmul_bwd dw %dx%dx%d", path, M, K, N);
+        worst = fmax(worst, check_exact(what, dw_ref, dw1, ew, M + 1, nw));
+        CHECK(same_bits(dw1, dw2, nw), "%s: 1 and 2 threads differ", what);
+        double dbe = 0; /* dbias is an fp32 sum of dout, not rounded */
+        for (int n = 0; n < N; n++) {
+            double s = (double)db0[n], g = fabs(s);
+            for (int m = 0; m < M; m++) {
+                s += (double)dout[(size_t)m * N + n];
+                g += fabs((double)dout[(size_t)m * N + n]);
+            }
+            dbe = fmax(dbe, fabs((double)db1[n] - s) / (g * 0x1p-24));
+        }
+        CHECK(dbe <= M + 2, "%s: dbias off by %.3g x 2^-24 S", what, dbe);
+        CHECK(same_bits(db1, db2, (size_t)N), "%s: dbias 1 and 2 threads differ", what);
+        /* din only and dw only take the same paths */
+        float *di3 = dup(din0, nx), *dw3 = dup(dw0, nw);
+        cpu->ops->matmul_bwd(cpu, di3, NULL, NULL, dout, x, w, M, K, N);
+        cpu->ops->matmul_bwd(cpu, NULL, dw3, NULL, dout, x, w, M, K, N);
+        CHECK(same_bits(di1, di3, nx) && same_bits(dw1, dw3, nw), "%s: din or dw alone differs",
+              what);
+        exact_free(ei);
+        exact_free(ew);
+        free(di_ref), free(di1), free(di2), free(di3);
+        free(dw_ref), free(dw1), free(dw2), free(dw3);
+        free(db_ref), free(db1), free(db2);
+        free(x), free(w), free(bias), free(dout), free(din0), free(dw0), free(db0);
+    }
+    printf("%s: dense products, worst error %.3g x 2^-24 S\n", path, worst);
+}
+
+// --- matmul_w_fwd and matmul_w_bwd_in ------------------------------------------------------------
+
+static void test_typed(Backend *ref, Backend *cpu, const char *path) {
+    static const int tshapes[][3] = {{1, 32, 1},   {7, 64, 33},   {33, 288, 130},
+                                     {130, 96, 7}, {40, 544, 70}, {390, 64, 400}};
+    static const WType types[] = {WT_BF16, WT_Q8_0, WT_Q4_0, WT_F32};
+    double worst = 0;
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        for (size_t s = 0; s < sizeof tshapes / sizeof tshapes[0]; s++) {
+            int M = tshapes[s][0], K = tshapes[s][1], N = tshapes[s][2];
+            size_t nx = (size_t)M * K, nw = (size_t)N * K, no = (size_t)M * N;
+            float *src = rnd(nw), *x = rnd(nx), *dout = rnd(no), *bias = rnd((size_t)N);
+            float *din0 = rnd(nx), *deq = malloc(nw * sizeof *deq);
+            Weight w;
+            TunaErr err = {0};
+            if (weight_quantize(&w, src, N, K, types[t], 0, &err)) {
+                CHECK(0, "weight_quantize %s: %s", wtype_info[types[t]].name, err.msg);
+                continue;
+            }
+            weight_dequantize(&w, deq);
+            char what[96];
+            snprintf(what, sizeof what, "%s matmul_w_fwd %s %dx%dx%d", path,
+                     wtype_info[types[t]].name, M, K, N);
+            float *o_ref = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
+            ref->ops->matmul_w_fwd(ref, o_ref, x, &w, bias, M);
+            backend_set_threads(cpu, 1);
+            cpu->ops->matmul_w_fwd(cpu, o1, x, &w, bias, M);
+            backend_set_threads(cpu, 2);
+            cpu->ops->matmul_w_fwd(cpu, o2, x, &w, bias, M);
+            Exact e = exact(x, (size_t)K, 1, deq, 1, (size_t)K, bias, 0, M, K, N);
+            worst = fmax(worst, check_exact(what, o_ref, o1, e, K + 1, no));
+            CHECK(same_bits(o1, o2, no), "%s: 1 and 2 threads differ", what);
+            exact_free(e);
+            snprintf(what, sizeof what, "%s matmul_w_bwd_in %s %dx%dx%d", path,
+                     wtype_info[types[t]].name, M, K, N);
+            float *di_ref = dup(din0, nx), *di1 = dup(din0, nx), *di2 = dup(din0, nx);
+            ref->ops->matmul_w_bwd_in(ref, di_ref, dout, &w, M);
+            backend_set_threads(cpu, 1);
+            cpu->ops->matmul_w_bwd_in(cpu, di1, dout, &w, M);
+            backend_set_threads(cpu, 2);
+            cpu->ops->matmul_w_bwd_in(cpu, di2, dout, &w, M);
+            Exact ei = exact(dout, (size_t)N, 1, deq, (size_t)K, 1, din0, (size_t)K, M, N, K);
+            worst = fmax(worst, check_exact(what, di_ref, di1, ei, N + 1, nx));
+            CHECK(same_bits(di1, di2, nx), "%s: 1 and 2 threads differ", what);
+            exact_free(ei);
+            weight_free(&w);
+            free(o_ref), free(o1), free(o2), free(di_ref), free(di1), free(di2);
+            free(src), free(x), free(dout), free(bias), free(din0), free(deq);
+        }
+    printf("%s: typed products, worst error %.3g x 2^-24 S\n", path, worst);
+}
+
+/* The two paths sum in different orders but take the same products: close, not equal. */
+static void test_paths_agree(Backend *cpu) {
+    int M = 130, K = 577, N = 70;
+    float *x = rnd((size_t)M * K), *w = rnd((size_t)N * K);
+    float *a = malloc(sizeof(float) * (size_t)(M * N)),
+          *b = malloc(sizeof(float) * (size_t)(M * N));
+    unsetenv("TUNA_BF16");
+    cpu->ops->matmul_fwd(cpu, a, x, w, NULL, M, K, N);
+    setenv("TUNA_BF16", "plain", 1);
+    cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, K, N);
+    unsetenv("TUNA_BF16");
+    Exact e = exact(x, (size_t)K, 1, w, 1, (size_t)K, NULL, 0, M, K, N);
+    double d = 0;
+    for (size_t i = 0; i < (size_t)(M * N); i++)
+        d = fmax(d, fabs((double)a[i] - (double)b[i]) / (e.mag[i] * 0x1p-24));
+    CHECK(d <= 2.0 * (K + 2), "fast and plain paths differ by %.3g x 2^-24 S", d);
+    printf("fast vs plain: largest difference %.3g x 2^-24 S\n", d);
+    exact_free(e);
+    free(x), free(w), free(a), free(b);
+}
+
+/* mm_bf16 0 is untouched: the fp32 product differs from the bf16 one */
+static void test_flag_off(Backend *cpu) {
+    int M = 33, K = 64, N = 20;
+    float *x = rnd((size_t)M * K), *w = rnd((size_t)N * K);
+    float *a = malloc(sizeof(float) * (size_t)(M * N)),
+          *b = malloc(sizeof(float) * (size_t)(M * N));
+    cpu->mm_bf16 = 0;
+    cpu->ops->matmul_fwd(cpu, a, x, w, NULL, M, K, N);
+    cpu->mm_bf16 = 1;
+    cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, K, N);
+    CHECK(!same_bits(a, b, (size_t)(M * N)), "mm_bf16 changed nothing");
+    free(x), free(w), free(a), free(b);
+}
+
+/* The guard backend passes mm_bf16 to the cpu backend it wraps. */
+static void test_guard(Backend *cpu) {
+    TunaErr err = {0};
+    Backend *g = backend_init("guard", 1, &err);
+    if (!g) {
+        SKIP("no guard backend: %s", err.msg);
+        return;
+    }
+    int M = 20, K = 40, N = 24;
+    size_t nx = (size_t)M * K, nw = (size_t)N * K, no = (size_t)M * N;
+    float *x = rnd(nx), *w = rnd(nw), *a = malloc(no * sizeof *a), *b = malloc(no * sizeof *b);
+    float *gx = g->ops->alloc(g, nx * 4), *gw = g->ops->alloc(g, nw * 4),
+          *go = g->ops->alloc(g, no * 4);
+    g->ops->upload(g, gx, x, nx * 4);
+    g->ops->upload(g, gw, w, nw * 4);
+    g->mm_bf16 = 1;
+    g->ops->matmul_fwd(g, go, gx, gw, NULL, M, K, N);
+    g->ops->download(g, a, go, no * 4);
+    backend_set_threads(cpu, 1);
+    cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, K, N);
+    CHECK(same_bits(a, b, no), "guard with mm_bf16 differs from cpu");
+    backend_free(g);
+    free(x), free(w), free(a), free(b);
+}
+
+int main(void) {
+    TunaErr err = {0};
+    Backend *ref = backend_init("ref", 1, &err), *cpu = backend_init("cpu", 2, &err);
+    if (!ref || !cpu) {
+        fprintf(stderr, "test_bf16: no backend: %s\n", err.msg);
+        return 1;
+    }
+    ref->mm_bf16 = cpu->mm_bf16 = 1;
+    unsetenv("TUNA_BF16");
+    const char *fast = cpu_bf16_path();
+    printf("bf16 path here: %s\n", fast);
+    if (strcmp(fast, "plain")) {
+        test_dense(ref, cpu, fast);
+        test_typed(ref, cpu, fast);
+        test_paths_agree(cpu);
+    } else {
+        SKIP("no AVX512-BF16 on this CPU: only the plain path is tested");
+    }
+    setenv("TUNA_BF16", "plain", 1);
+    CHECK(!strcmp(cpu_bf16_path(), "plain"), "TUNA_BF16=plain did not force the plain path");
+    test_dense(ref, cpu, "plain");
+    test_typed(ref, cpu, "plain");
+    unsetenv("TUNA_BF16");
+    test_flag_off(cpu);
+    test_guard(cpu);
+    backend_free(ref);
+    backend_free(cpu);
+    return test_report("test_bf16");
+}
