@@ -250,7 +250,8 @@ static void test_precision(void) {
              {"--quantization-bit 4", 0.05},
              {"--quantization-bit 4 --quantization-type q4_1", 0.05},
              {"--quantization-bit 4 --double-quantization", 0.05},
-             {"--dtype bf16", 0.01}};
+             {"--dtype bf16", 0.01},
+             {"--bf16", 0.01}};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         double l = eval_loss_with(v[i].flags);
         CHECK(isfinite(l) && fabs(l - l32) <= v[i].tol * l32 && l != l32,
