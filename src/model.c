@@ -28,7 +28,9 @@ typedef struct ParamSpec {
     size_t n; /* floats at dst */
     LoadMode mode;
     int part;
-    int typed; /* kept as a typed Weight (ModelLoadOptions), not in params */
+    int typed;  /* kept as a typed Weight (ModelLoadOptions), not in params */
+    WType qt;   /* its type */
+    int stored; /* 1: the GGUF tensor's own bytes (type qt as stored), 0: quantized from fp32 */
     int layer, site;
 } ParamSpec;
 
@@ -219,24 +221,6 @@ size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, si
             *n_typed += dims[k][0] * dims[k][1];
         }
     return bytes;
-}
-
-/* Which specs load as typed weights: the linear layers below o->fp32_from_layer. */
-static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
-    for (int i = 0; i < specs->n; i++) {
-        ParamSpec *s = &specs->v[i];
-        s->typed = 0;
-        s->site = s->layer = -1;
-        if (!o || o->qtype == WT_F32) continue; /* no search of the layers on a plain load */
-        s->site = spec_site(m, s, &s->layer);
-        int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
-        s->typed = s->site >= 0 && s->layer < from;
-        /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
-        if (s->typed && spec_in_dim(s) % wtype_info[o->qtype].block) {
-            s->typed = 0;
-            m->n_qskipped++;
-        }
-    }
 }
 
 static void weight_release(Backend *be, Weight *d) {
@@ -434,6 +418,75 @@ static int open_weights(const char *dir, Model *m, WSrc *w, TunaErr *err) {
     return 0;
 }
 
+/* Which specs load as typed weights: the linear layers below o->fp32_from_layer, quantized to
+ * o->qtype, or with o->keep_stored (and qtype F32) a GGUF tensor's own type where tuna has it
+ * (F32 stays fp32, and so does GPT-2's transposed Conv1D, whose rows are not the file's). */
+static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoadOptions *o,
+                       int has_w_ops) {
+    int stored = o && o->qtype == WT_F32 && o->keep_stored && w->gg && has_w_ops;
+    for (int i = 0; i < specs->n; i++) {
+        ParamSpec *s = &specs->v[i];
+        s->typed = s->stored = 0;
+        s->qt = WT_F32;
+        s->site = s->layer = -1;
+        if (!o || (o->qtype == WT_F32 && !stored)) continue; /* no search on a plain load */
+        s->site = spec_site(m, s, &s->layer);
+        int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
+        if (s->site < 0 || s->layer >= from) continue;
+        if (stored) {
+            WTensor t;
+            if (s->mode != LOAD_COPY || !ws_find(w, s->name, &t) || t.x == GGUF_X_TRANSPOSE)
+                continue;
+            int wt = wtype_by_ggml((int)t.gt->type);
+            if (wt <= WT_F32 || !wtype_row_bytes((WType)wt, spec_in_dim(s))) continue;
+            s->typed = s->stored = 1;
+            s->qt = (WType)wt;
+            continue;
+        }
+        s->typed = 1;
+        s->qt = o->qtype;
+        /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
+        if (spec_in_dim(s) % wtype_info[o->qtype].block) {
+            s->typed = 0;
+            m->n_qskipped++;
+        }
+    }
+}
+
+ModelLoadOptions model_load_frozen(int fp32_from_layer) {
+    return (ModelLoadOptions){
+            .qtype = WT_F32, .fp32_from_layer = fp32_from_layer, .keep_stored = 1};
+}
+
+size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
+                              size_t *n_typed) {
+    if (!o || o->qtype != WT_F32 || !o->keep_stored) return model_typed_bytes_for(c, o, n_typed);
+    *n_typed = 0;
+    WSrc w = {.cfg = c};
+    if (gguf_model_path(dir, w.file, sizeof w.file, NULL) != 1 || gguf_open(w.file, &w.gg, NULL))
+        return 0;
+    Model m = {.cfg = *c};
+    SpecList specs = {0};
+    m.layers = xcalloc((size_t)c->L, sizeof *m.layers);
+    if (c->arch == ARCH_GPT2)
+        specs_gpt2(&m, &specs, "");
+    else
+        specs_llama(&m, &specs);
+    mark_typed(&m, &w, &specs, o, 1);
+    size_t bytes = 0;
+    for (int i = 0; i < specs.n; i++) {
+        const ParamSpec *s = &specs.v[i];
+        if (!s->typed) continue;
+        int K = spec_in_dim(s);
+        bytes += wtype_row_bytes(s->qt, K) * (s->n / (size_t)K);
+        *n_typed += s->n;
+    }
+    free(specs.v);
+    free(m.layers);
+    gguf_free(w.gg);
+    return bytes;
+}
+
 /* Checks every tensor before anything is allocated: present, shaped and typed as the specs
  * want, and no GGUF tensor left over. Sums the sizes; biggest is the largest tensor in floats,
  * xform whether any GGUF tensor needs reordering. */
@@ -495,14 +548,27 @@ out:
 
 /* One backend allocation for every weight (m->params, m->pinfo), filled tensor by tensor
  * through a host staging buffer. */
-/* A linear weight (host fp32, the model's (out, in) layout) quantized to o->qtype and kept in
- * backend memory as m->layers[layer].qw[site]. */
-static int fill_typed(Model *m, const ParamSpec *s, const float *host, const ModelLoadOptions *o,
-                      TunaErr *err) {
+/* A linear weight kept typed (ParamSpec.qt): the GGUF tensor's own rows of blocks (q and k rows
+ * put back in HF's order), or the host fp32 (the model's (out, in) layout) quantized. */
+static int fill_typed(Model *m, const ParamSpec *s, const WTensor *t, const WSrc *w,
+                      const float *host, const ModelLoadOptions *o, TunaErr *err) {
     int K = spec_in_dim(s), N = (int)(s->n / (size_t)K);
     Weight h;
-    int rc = weight_quantize(&h, host, N, K, o->qtype, o->double_quant, err);
-    if (rc) return tuna_errf(err, rc, "%s: %s", s->name, err ? err->msg : "");
+    int rc;
+    if (s->stored) {
+        h = (Weight){.type = s->qt, .rows = N, .cols = K};
+        h.data = malloc(t->gt->nbytes);
+        if (!h.data)
+            return tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate %zu bytes", s->name,
+                             t->gt->nbytes);
+        rc = gguf_tensor_rows_to_hf(w->gg, t->gt, t->x, t->heads, h.data, err);
+    } else {
+        rc = weight_quantize(&h, host, N, K, s->qt, o->double_quant, err);
+    }
+    if (rc) {
+        if (s->stored) free(h.data);
+        return tuna_errf(err, rc, "%s: %s", s->name, err ? err->msg : "");
+    }
     Weight *d = weight_to_backend(m->be, &h, err);
     weight_free(&h);
     if (!d) return TUNA_ENOMEM;
@@ -532,7 +598,7 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
     if (xform) xscratch = malloc(biggest * sizeof(float));
     int typed = 0;
     for (int i = 0; i < specs->n; i++)
-        typed |= specs->v[i].typed;
+        typed |= specs->v[i].typed && !specs->v[i].stored;
     if (direct && typed) host = malloc(biggest * sizeof(float)); /* quantized from the host */
     if ((reshaped && !scratch) || ((!direct || typed) && !host) || (xform && !xscratch)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
@@ -557,8 +623,8 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
         if (s->typed) {
             pi->off = 0;
             *s->dst = NULL;
-            if ((rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
-            if ((rc = fill_typed(m, s, host, o, err))) goto out;
+            if (!s->stored && (rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
+            if ((rc = fill_typed(m, s, &t, w, host, o, err))) goto out;
             pi->q = m->layers[s->layer].qw[s->site];
             if (i + 1 == specs->n || strcmp(specs->v[i + 1].name, s->name)) ws_release(&t);
             continue;
@@ -611,7 +677,7 @@ int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Mod
         specs_llama(m, &specs);
     size_t total, biggest;
     int xform;
-    mark_typed(m, &specs, o);
+    mark_typed(m, &w, &specs, o, be->ops->matmul_w_fwd != NULL);
     if ((rc = check_tensors(&w, &specs, &total, &biggest, &xform, err))) goto fail;
     if ((rc = fill_params(m, &w, &specs, total, biggest, xform, o, dir, err))) goto fail;
     if (c->tie_embeddings) m->lm_head = m->wte;

@@ -120,7 +120,16 @@ typedef struct ModelLoadOptions {
     int double_quant;    /* NF4/FP4: absmaxes in 8 bits (bitsandbytes compress_statistics) */
     int fp32_from_layer; /* freeze trains the layers from here on: they stay fp32 (negative:
                             counted from the end, -2 for the last two) */
+    int keep_stored;     /* qtype WT_F32: a GGUF file's linear weights below fp32_from_layer keep
+                            the type they are stored in (when tuna has it and the backend has
+                            matmul_w_fwd), bit for bit, instead of being dequantized */
 } ModelLoadOptions;
+
+/* The one rule for a base that stays frozen (LoRA, P-tuning, the frozen layers of freeze from
+ * fp32_from_layer on, and inference without a merged adapter: chat, generate, eval): nothing is
+ * re-quantized and a GGUF file keeps its stored types. Full fine-tuning, trained layers and a
+ * merged adapter need the fp32 load (NULL options); an explicit qtype overrides this. */
+ModelLoadOptions model_load_frozen(int fp32_from_layer);
 
 int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
                     TunaErr *err);
@@ -131,6 +140,10 @@ float **layer_site_weight(LayerWeights *w, LoraSite k);
 /* From the config alone: the bytes the typed linear weights of model_load_opts(o) take, and in
  * *n_typed the weights they hold (0 and 0 for no quantization). */
 size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed);
+/* The same for the model at dir as model_load_opts(dir, o) would keep it: with o->keep_stored
+ * a GGUF file's header decides (its tensors' types); else model_typed_bytes_for. */
+size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
+                              size_t *n_typed);
 
 /* The base linear layer of (layer l, site): out (M, N) = in (M, K) · Wᵀ + bias, through the
  * typed weight where the model keeps one, else the fp32 W. */

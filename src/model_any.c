@@ -74,7 +74,8 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
                    TunaErr *err) {
     *out = NULL;
     snprintf(base_dir, cap, "%s", dir);
-    if (!model_is_adapter_run(dir)) return model_load(dir, be, out, err);
+    ModelLoadOptions lo = model_load_frozen(1 << 30); /* inference: a GGUF file as stored */
+    if (!model_is_adapter_run(dir)) return model_load_opts(dir, be, &lo, out, err);
     int rc = model_run_base(dir, base_dir, cap, err);
     if (!rc) rc = model_load(base_dir, be, out, err);
     if (!rc && (rc = adapter_load(*out, dir, err))) {

@@ -29,7 +29,12 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
         if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers;
         return 0;
     }
-    if (!c->quantization_bit) return 0;
+    if (!c->quantization_bit) {
+        /* a frozen base keeps a GGUF file's stored types; full fine-tuning trains it in fp32 */
+        if (method != METHOD_FULL)
+            *o = model_load_frozen(method == METHOD_FREEZE ? -c->freeze_layers : 1 << 30);
+        return 0;
+    }
     if (c->quantization_bit != 4 && c->quantization_bit != 8)
         return tuna_errf(err, TUNA_EINVAL, "--quantization-bit must be 0, 4 or 8, got %d",
                          c->quantization_bit);
@@ -85,7 +90,7 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     ModelLoadOptions lo;
     int rc = train_load_options(cfg, method, &lo, err);
     if (rc) return rc;
-    size_t per_layer, n_typed = 0, typed_bytes = model_typed_bytes_for(mc, &lo, &n_typed);
+    size_t per_layer, n_typed = 0, typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
     out->total_params = model_param_count_for(mc, &per_layer);
     TrainSizes ts;
     rc = train_state_size(mc, out->total_params, per_layer, &setup, cfg->batch_size,
