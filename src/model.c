@@ -418,6 +418,11 @@ static int open_weights(const char *dir, Model *m, WSrc *w, TunaErr *err) {
     return 0;
 }
 
+/* The token embedding's or the LM head's spec. */
+static int spec_is_head(const ParamSpec *s) {
+    return !strcmp(s->name, "model.embed_tokens.weight") || !strcmp(s->name, "lm_head.weight");
+}
+
 /* Which specs load as typed weights: the linear layers below o->fp32_from_layer, quantized to
  * o->qtype, or with o->keep_stored (and qtype F32) a GGUF tensor's own type where tuna has it
  * (F32 stays fp32, and so does GPT-2's transposed Conv1D, whose rows are not the file's). */
@@ -432,7 +437,8 @@ static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoad
         if (!o || (o->qtype == WT_F32 && !stored)) continue; /* no search on a plain load */
         s->site = spec_site(m, s, &s->layer);
         int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
-        if (s->site < 0 || s->layer >= from) continue;
+        int head = stored && o->typed_head && spec_is_head(s);
+        if (!head && (s->site < 0 || s->layer >= from)) continue;
         if (stored) {
             WTensor t;
             if (s->mode != LOAD_COPY || !ws_find(w, s->name, &t) || t.x == GGUF_X_TRANSPOSE)
@@ -453,10 +459,13 @@ static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoad
     }
 }
 
-ModelLoadOptions model_load_frozen(int fp32_from_layer) {
-    return (ModelLoadOptions){
-            .qtype = WT_F32, .fp32_from_layer = fp32_from_layer, .keep_stored = 1};
+ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains) {
+    return (ModelLoadOptions){.qtype = WT_F32,
+                              .fp32_from_layer = fp32_from_layer,
+                              .keep_stored = 1,
+                              .typed_head = !embed_trains};
 }
+
 
 size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
                               size_t *n_typed) {
@@ -572,7 +581,12 @@ static int fill_typed(Model *m, const ParamSpec *s, const WTensor *t, const WSrc
     Weight *d = weight_to_backend(m->be, &h, err);
     weight_free(&h);
     if (!d) return TUNA_ENOMEM;
-    m->layers[s->layer].qw[s->site] = d;
+    if (s->site < 0 && !strcmp(s->name, "lm_head.weight"))
+        m->head_q = d;
+    else if (s->site < 0)
+        m->wte_q = d;
+    else
+        m->layers[s->layer].qw[s->site] = d;
     m->n_qbytes += weight_bytes(d);
     m->n_qparams += s->n;
     return 0;
@@ -625,7 +639,8 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
             *s->dst = NULL;
             if (!s->stored && (rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
             if ((rc = fill_typed(m, s, &t, w, host, o, err))) goto out;
-            pi->q = m->layers[s->layer].qw[s->site];
+            pi->q = s->site < 0 ? (s->name[0] == 'l' ? m->head_q : m->wte_q)
+                                : m->layers[s->layer].qw[s->site];
             if (i + 1 == specs->n || strcmp(specs->v[i + 1].name, s->name)) ws_release(&t);
             continue;
         }
@@ -677,10 +692,10 @@ int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Mod
         specs_llama(m, &specs);
     size_t total, biggest;
     int xform;
-    mark_typed(m, &w, &specs, o, be->ops->matmul_w_fwd != NULL);
+    mark_typed(m, &w, &specs, o, be->ops->matmul_w_fwd && be->ops->embed_w_fwd);
     if ((rc = check_tensors(&w, &specs, &total, &biggest, &xform, err))) goto fail;
     if ((rc = fill_params(m, &w, &specs, total, biggest, xform, o, dir, err))) goto fail;
-    if (c->tie_embeddings) m->lm_head = m->wte;
+    if (c->tie_embeddings) m->lm_head = m->wte, m->head_q = m->wte_q;
     if (!c->learned_pos) {
         float f[512];
         rope_freqs(c, f);
@@ -768,6 +783,24 @@ void model_base_linear(const Model *m, int l, LoraSite site, float *out, const f
         m->be->ops->matmul_fwd(m->be, out, in, W, bias, M, K, N);
 }
 
+void model_embed(const Model *m, float *out, const int32_t *ids, int T) {
+    if (m->wte_q)
+        m->be->ops->embed_w_fwd(m->be, out, ids, m->wte_q, T);
+    else
+        m->be->ops->embed_fwd(m->be, out, ids, m->wte, T, m->cfg.C);
+}
+
+void model_head(const Model *m, float *logits, const float *xn, int M) {
+    if (m->head_q)
+        m->be->ops->matmul_w_fwd(m->be, logits, xn, m->head_q, NULL, M);
+    else
+        m->be->ops->matmul_fwd(m->be, logits, xn, m->lm_head, NULL, M, m->cfg.C, m->cfg.V);
+}
+
+void model_head_bwd_in(const Model *m, float *dxn, const float *dlogits, int M) {
+    m->be->ops->matmul_w_bwd_in(m->be, dxn, dlogits, m->head_q, M);
+}
+
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
                                 int M) {
     const Weight *q = m->layers[l].qw[site];
@@ -797,6 +830,8 @@ void model_free(Model *m) {
         for (int l = 0; m->layers && l < m->cfg.L; l++)
             for (int k = 0; k < LORA_N_SITES; k++)
                 weight_release(m->be, m->layers[l].qw[k]);
+        if (m->head_q != m->wte_q) weight_release(m->be, m->head_q);
+        weight_release(m->be, m->wte_q);
         m->be->ops->release(m->be, m->params);
         m->be->ops->release(m->be, m->inv_freq);
     }
@@ -958,7 +993,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     int p0 = m->n_past, Tk = p0 + T;
     size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
-    op->embed_fwd(be, m->x, ids, m->wte, T, C);
+    model_embed(m, m->x, ids, T);
     if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
     for (int t = 0; t < T; t++)
         m->pos[t] = p0 + t;
@@ -980,7 +1015,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     int R = all_logits ? T : 1;
     const float *xin = m->x + (size_t)(T - R) * C;
     norm_rows(m, m->xb, xin, m->lnf_w, m->lnf_b, R);
-    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, R, C, c->V);
+    model_head(m, m->logits, m->xb, R);
     if (logits) op->download(be, logits, m->logits, sizeof(float) * (size_t)R * c->V);
     m->n_past = Tk;
 }
@@ -1043,7 +1078,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
         m->pos[r] = m->slot_past[s];
     }
     int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
-    op->embed_fwd(be, m->x, ids, m->wte, n, C);
+    model_embed(m, m->x, ids, n);
     if (c->learned_pos)
         for (int r = 0; r < n; r++)
             op->add_fwd(be, m->x + (size_t)r * C, m->x + (size_t)r * C,
@@ -1062,7 +1097,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
         out_mlp_fwd(m, w, n);
     }
     norm_rows(m, m->xb, m->x, m->lnf_w, m->lnf_b, n);
-    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, n, C, c->V);
+    model_head(m, m->logits, m->xb, n);
     op->download(be, logits, m->logits, sizeof(float) * (size_t)n * c->V);
     for (int r = 0; r < n; r++)
         m->slot_past[slots[r]]++;

@@ -83,6 +83,9 @@ typedef struct Model {
     float *wpe;           // (max_pos, C) GPT-2
     float *lnf_w, *lnf_b; // (C)
     float *lm_head;       // (V, C), == wte when tied
+    /* The frozen token embedding and LM head kept typed (ModelLoadOptions.typed_head), in
+     * backend memory; wte / lm_head are then NULL. Tied: head_q == wte_q, one copy. */
+    Weight *wte_q, *head_q;
     LayerWeights *layers; // (L)
     ParamInfo *pinfo;     /* every checkpoint tensor, in params order */
     int n_pinfo;
@@ -123,13 +126,16 @@ typedef struct ModelLoadOptions {
     int keep_stored;     /* qtype WT_F32: a GGUF file's linear weights below fp32_from_layer keep
                             the type they are stored in (when tuna has it and the backend has
                             matmul_w_fwd), bit for bit, instead of being dequantized */
+    int typed_head;      /* with keep_stored: the token embedding and LM head too (frozen: no
+                            trainable tokens, not full fine-tuning) */
 } ModelLoadOptions;
 
-/* The one rule for a base that stays frozen (LoRA, P-tuning, the frozen layers of freeze from
- * fp32_from_layer on, and inference without a merged adapter: chat, generate, eval): nothing is
- * re-quantized and a GGUF file keeps its stored types. Full fine-tuning, trained layers and a
+/* The one rule for a base that stays frozen (LoRA, P-tuning, the frozen layers of freeze below
+ * fp32_from_layer, and inference without a merged adapter: chat, generate, eval): nothing is
+ * re-quantized and a GGUF file keeps its stored types, the token embedding and LM head too
+ * unless embed_trains (LoRA's trainable tokens). Full fine-tuning, trained layers and a
  * merged adapter need the fp32 load (NULL options); an explicit qtype overrides this. */
-ModelLoadOptions model_load_frozen(int fp32_from_layer);
+ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains);
 
 int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
                     TunaErr *err);
@@ -156,6 +162,12 @@ void weight_download_f32(Backend *be, const Weight *d, float *dst);
 
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
                                 int M);
+/* out (T, C) = the embedding rows of ids (host), from the typed table where the model keeps one. */
+void model_embed(const Model *m, float *out, const int32_t *ids, int T);
+/* logits (M, V) = xn (M, C) · LM headᵀ, through the typed head where the model keeps one. */
+void model_head(const Model *m, float *logits, const float *xn, int M);
+/* Its input gradient through the typed (frozen) head, m->head_q set: dxn += dlogits · head. */
+void model_head_bwd_in(const Model *m, float *dxn, const float *dlogits, int M);
 void model_free(Model *m); /* NULL-safe */
 
 /* Sizes the KV cache for cache_T positions (capped at max_position_embeddings for GPT-2)

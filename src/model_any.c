@@ -74,7 +74,7 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
                    TunaErr *err) {
     *out = NULL;
     snprintf(base_dir, cap, "%s", dir);
-    ModelLoadOptions lo = model_load_frozen(1 << 30); /* inference: a GGUF file as stored */
+    ModelLoadOptions lo = model_load_frozen(1 << 30, 0); /* inference: a GGUF file as stored */
     if (!model_is_adapter_run(dir)) return model_load_opts(dir, be, &lo, out, err);
     int rc = model_run_base(dir, base_dir, cap, err);
     if (!rc) rc = model_load(base_dir, be, out, err);

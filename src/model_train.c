@@ -425,7 +425,7 @@ static void tokens_sync(TrainState *ts) {
  * the same order as an in-place loop, so the result is bit-identical to one. */
 static void tokens_grad_head(TrainState *ts, const float *dlogits, const float *xnf, int M) {
     const Model *m = ts->m;
-    if (m->lm_head != m->wte || M <= 0) return;
+    if (m->lm_head != m->wte || !m->wte || M <= 0) return;
     const BackendOps *op = ts->be->ops;
     int C = m->cfg.C, V = m->cfg.V;
     size_t n = (size_t)ts->n_tok * C;
@@ -1225,7 +1225,7 @@ static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
     const ModelConfig *c = &m->cfg;
     const BackendOps *op = ts->be->ops;
     int T = ts->T, M = Bn * T, C = c->C;
-    op->embed_fwd(ts->be, x, ids, m->wte, M, C);
+    model_embed(m, x, ids, M);
     if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
         op->embed_fwd(ts->be, ts->tmp, ts->pos, m->wpe, M, C);
         op->add_fwd(ts->be, x, x, ts->tmp, (size_t)M * C);
@@ -1258,7 +1258,7 @@ static int head_fwd(TrainState *ts, const int32_t *targets, int M, float loss_sc
                          sizeof(float) * (size_t)C);
     double sum = 0;
     if (R) {
-        op->matmul_fwd(ts->be, ts->logits, ts->xnf, m->lm_head, NULL, R, C, m->cfg.V);
+        model_head(m, ts->logits, ts->xnf, R);
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses, ts->logits,
                          ts->head_targets, R, m->cfg.V, loss_scale);
         for (int r = 0; r < R; r++)
@@ -1278,8 +1278,11 @@ static void head_bwd(TrainState *ts, int R, int M) {
     if (!R) return;
     float *dxr = R < M ? ts->tmp : ts->dxn; /* the R rows' gradient, then back in place */
     if (R < M) zero(ts, dxr, (size_t)R * C);
-    op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
-                   m->cfg.V);
+    if (m->head_q) /* a typed head is frozen: the input gradient only */
+        model_head_bwd_in(m, dxr, ts->logits, R);
+    else
+        op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R,
+                       C, m->cfg.V);
     if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
     if (R < M)
         for (int r = 0; r < R; r++)

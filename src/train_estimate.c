@@ -32,7 +32,8 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
     if (!c->quantization_bit) {
         /* a frozen base keeps a GGUF file's stored types; full fine-tuning trains it in fp32 */
         if (method != METHOD_FULL)
-            *o = model_load_frozen(method == METHOD_FREEZE ? -c->freeze_layers : 1 << 30);
+            *o = model_load_frozen(method == METHOD_FREEZE ? -c->freeze_layers : 1 << 30,
+                                   method == METHOD_LORA && c->lora_trainable_tokens[0]);
         return 0;
     }
     if (c->quantization_bit != 4 && c->quantization_bit != 8)

@@ -185,7 +185,7 @@ int main(void) {
     /* twice: dequantized to fp32 (model_load), and as inference loads it, the linear weights
      * kept Q4_1 as stored (model_load_frozen): the same bounds and the same greedy ids */
     for (int typed = 0; typed < 2; typed++) {
-        ModelLoadOptions lo = model_load_frozen(1 << 30);
+        ModelLoadOptions lo = model_load_frozen(1 << 30, 0);
         double t0 = time_now();
         if (model_load_opts(model_dir, be, typed ? &lo : NULL, &m, &err)) {
             CHECK(0, "%s: %s", model_dir, err.msg);

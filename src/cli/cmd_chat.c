@@ -90,7 +90,7 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     if (!(*be = backend_init(backend, threads, err)))
         return err && err->code ? err->code : TUNA_EINVAL;
     /* a merged adapter needs the fp32 base; else it stays as the file stores it */
-    ModelLoadOptions lo = model_load_frozen(1 << 30);
+    ModelLoadOptions lo = model_load_frozen(1 << 30, 0);
     if ((rc = model_load_opts(base, *be, adapter_dir ? NULL : &lo, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
     if ((rc = tokenizer_load(base, tok, err))) goto fail;
