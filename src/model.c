@@ -420,7 +420,9 @@ static int open_weights(const char *dir, Model *m, WSrc *w, TunaErr *err) {
 
 /* The token embedding's or the LM head's spec. */
 static int spec_is_head(const ParamSpec *s) {
-    return !strcmp(s->name, "model.embed_tokens.weight") || !strcmp(s->name, "lm_head.weight");
+    size_t n = strlen(s->name);
+    return !strcmp(s->name, "model.embed_tokens.weight") || !strcmp(s->name, "lm_head.weight") ||
+           (n >= 10 && !strcmp(s->name + n - 10, "wte.weight")); /* GPT-2 */
 }
 
 /* Which specs load as typed weights: the linear layers below o->fp32_from_layer, quantized to

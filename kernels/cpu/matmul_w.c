@@ -7,7 +7,7 @@
  *   do the bits.
  * - M <= WDIRECT_MAX_M (decoding): each thread walks its rows of W a chunk of blocks at a time,
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
- *   once. Every type but the K types (rows of a multiple of 32) has a fused AVX-512 kernel that
+ *   once. Every type (rows of a multiple of 32 and of its block) has a fused AVX-512 kernel that
  *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
  *   TUNA_WTYPE_PLAIN=1 forces the plain path).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
@@ -102,13 +102,105 @@ codes4_x(const uint8_t *qs, __m512 lut, __m512 *lo, __m512 *hi) {
     *hi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(h, l)), lut);
 }
 
+/* 32 bytes as two vectors of 16 int32: bytes 0..15 and 16..31 */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+bytes32_x(__m256i v, __m512i *lo, __m512i *hi) {
+    *lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(v));
+    *hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1));
+}
+
+/* The K types' group j (32 elements) of a row in registers, from the scales row_scales_x made:
+ * Q4_K, Q5_K: code * sc[j] - mn[j] (one 6-bit scale and min per 32); Q6_K: (code - 32) times
+ * sc[2j] (elements 0..15) and sc[2j + 1] (16..31). The codes are read as in wtype.c's
+ * deq_q*_k_block: a super-block of 256 holds 8 groups. */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
+group_k_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, int j,
+          __m512 *w0, __m512 *w1) {
+    const uint8_t *b = row + (size_t)(j / 8) * (size_t)block_bytes;
+    int g8 = j % 8;
+    __m256i m4 = _mm256_set1_epi8(0x0F), q;
+    if (t == WT_Q6_K) {
+        int h = g8 / 4, g = g8 % 4;
+        __m256i ql = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (g & 1)));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        ql = _mm256_and_si256(_mm256_srli_epi16(ql, g >= 2 ? 4 : 0), m4);
+        qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), _mm256_set1_epi8(3));
+        q = _mm256_or_si256(ql, _mm256_slli_epi16(qh, 4));
+        __m512i a, c;
+        bytes32_x(q, &a, &c);
+        __m512 off = _mm512_set1_ps(32.0f);
+        *w0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(a), off), _mm512_set1_ps(sc[2 * j]));
+        *w1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), off),
+                            _mm512_set1_ps(sc[2 * j + 1]));
+        return;
+    }
+    int p = g8 / 2, hi = g8 % 2;
+    const uint8_t *qs = b + (t == WT_Q4_K ? 16 : 48) + 32 * p;
+    q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs), 4 * hi), m4);
+    if (t == WT_Q5_K) {
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+        qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * p + hi), _mm256_set1_epi8(1));
+        q = _mm256_or_si256(q, _mm256_slli_epi16(qh, 4));
+    }
+    __m512i a, c;
+    bytes32_x(q, &a, &c);
+    __m512 s = _mm512_set1_ps(sc[j]), m = _mm512_set1_ps(mn[j]);
+    /* a product then a difference, as deq_q4_k_block rounds them: dequant_rows_x is exact */
+    *w0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), s), m);
+    *w1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), s), m);
+}
+
+static int is_k_type(WType t) {
+    return t == WT_Q4_K || t == WT_Q5_K || t == WT_Q6_K;
+}
+
+/* A row's block scales, made before its loop (a call inside it would spill every zmm
+ * register): NF4/FP4 the absmax of each block of 64 into sc; Q4_K/Q5_K d * scale and
+ * dmin * min of each group of 32 into sc and mn; Q6_K d * scale of each 16 into sc. */
+static void row_scales_x(WType t, const uint8_t *row, int K, const WAux *aux, float *sc,
+                         float *mn) {
+    if (t == WT_NF4 || t == WT_FP4) {
+        for (int b = 0; b < K / 64; b++)
+            sc[b] = wtype_bnb_absmax(aux, aux->block0 + b);
+        return;
+    }
+    if (!is_k_type(t)) return;
+    int bb = wtype_info[t].block_bytes;
+    for (int s = 0; s < K / 256; s++) {
+        const uint8_t *b = row + (size_t)s * (size_t)bb;
+        if (t == WT_Q6_K) {
+            float d = wtype_f16_to_f32((uint16_t)(b[208] | (b[209] << 8)));
+            for (int i = 0; i < 16; i++)
+                sc[s * 16 + i] = d * (float)(int8_t)b[192 + i];
+            continue;
+        }
+        float d = wtype_f16_to_f32((uint16_t)(b[0] | (b[1] << 8)));
+        float dmin = wtype_f16_to_f32((uint16_t)(b[2] | (b[3] << 8)));
+        const uint8_t *q = b + 4;
+        for (int j = 0; j < 8; j++) {
+            int c, m;
+            if (j < 4) {
+                c = q[j] & 63;
+                m = q[j + 4] & 63;
+            } else {
+                c = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+                m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+            }
+            sc[s * 8 + j] = d * (float)c;
+            mn[s * 8 + j] = dmin * (float)m;
+        }
+    }
+}
+
 /* the 32 weights of group j (elements 32j .. 32j+31) of a row, in two registers: Q8_0, Q4_0,
  * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
- * times the block's absmax */
+ * times the block's absmax; the K types: group_k_x */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
-group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lut, int j,
-        __m512 *w0, __m512 *w1) {
-    if (t == WT_BF16 || t == WT_F16) {
+group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn,
+        __m512 lut, int j, __m512 *w0, __m512 *w1) {
+    if (is_k_type(t)) {
+        group_k_x(t, block_bytes, row, sc, mn, j, w0, w1);
+    } else if (t == WT_BF16 || t == WT_F16) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64));
         __m256i b = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64 + 32));
         if (t == WT_F16) {
@@ -145,8 +237,7 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lu
 
 /* the types direct_x takes, for a row of K */
 static int direct_x_takes(WType t, int K) {
-    return t != WT_F32 && t != WT_Q4_K && t != WT_Q5_K && t != WT_Q6_K && K % 32 == 0 &&
-           K <= DIRECT_X_MAX_K;
+    return t != WT_F32 && K % wtype_info[t].block == 0 && K % 32 == 0 && K <= DIRECT_X_MAX_K;
 }
 
 /* rows [lo, hi) of out (M, N), input rows two at a time: each group's weights are made once
@@ -164,14 +255,11 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     else
         memset(code, 0, sizeof code);
     __m512 lut = _mm512_loadu_ps(code);
-    float sc[DIRECT_X_MAX_K / 64]; /* NF4/FP4: the row's block scales, made before the loop
-                                     * (a call inside it would spill every zmm register) */
+    float sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32]; /* row_scales_x */
     for (size_t n = lo; n < hi; n++) {
         WAux aux;
         const uint8_t *row = weight_row(w, (int)n, &aux);
-        if (t == WT_NF4 || t == WT_FP4)
-            for (int b = 0; b < K / 64; b++)
-                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        row_scales_x(t, row, K, &aux, sc, mn);
         for (int m0 = 0; m0 < M; m0 += 2) {
             int two = m0 + 1 < M;
             const float *x0 = in + (size_t)m0 * K, *x1 = two ? x0 + K : x0;
@@ -180,8 +268,8 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             int j = 0;
             for (; j + 1 < ng; j += 2) {
                 __m512 w0, w1, w2, w3;
-                group_x(t, bb, row, sc, lut, j, &w0, &w1);
-                group_x(t, bb, row, sc, lut, j + 1, &w2, &w3);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, mn, lut, j + 1, &w2, &w3);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -196,7 +284,7 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             }
             if (j < ng) {
                 __m512 w0, w1;
-                group_x(t, bb, row, sc, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -220,7 +308,7 @@ dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
     int K = w->cols, ng = K / 32;
     WType t = w->type;
     int bb = wtype_info[t].block_bytes;
-    float code[16], sc[DIRECT_X_MAX_K / 64];
+    float code[16], sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32];
     if (t == WT_NF4 || t == WT_FP4)
         wtype_code4(t, code);
     else
@@ -230,12 +318,10 @@ dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
         WAux aux;
         const uint8_t *row = weight_row(w, n, &aux);
         float *d = dst + (size_t)(n - n0) * K;
-        if (t == WT_NF4 || t == WT_FP4)
-            for (int b = 0; b < K / 64; b++)
-                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        row_scales_x(t, row, K, &aux, sc, mn);
         for (int j = 0; j < ng; j++) {
             __m512 w0, w1;
-            group_x(t, bb, row, sc, lut, j, &w0, &w1);
+            group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
             _mm512_storeu_ps(d + (size_t)j * 32, w0);
             _mm512_storeu_ps(d + (size_t)j * 32 + 16, w1);
         }
