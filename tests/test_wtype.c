@@ -497,6 +497,93 @@ static void test_k_direct(void) {
     backend_free(ref);
 }
 
+/* The 8-bit-activation direct path (TUNA_WTYPE_Q8ACT=1; Q8_0, Q4_0, Q4_1, M <= 8) against the
+ * fp32 oracle: each activation is off by at most amax(block) / 254, so an output is within
+ * sum over blocks of amax / 254 * sum |w| of the block (plus 1e-5 of sum |x w| for fp32 sums);
+ * the same bits for 1 to 3 threads. Where the CPU lacks AVX512-VNNI the fp32 path runs. */
+static void test_q8act(void) {
+    setenv("TUNA_WTYPE_Q8ACT", "1", 1);
+    Backend *ref = backend_init("ref", 1, NULL);
+    const WType types[] = {WT_Q8_0, WT_Q4_0, WT_Q4_1};
+    const int shapes[][3] = {{1, 7, 64}, {2, 33, 576}, {5, 19, 1536}, {8, 64, 96}, {3, 1, 32}};
+    double worst = 0;
+    int n_cases = 0;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            WType t = types[ti];
+            float *wf = malloc((size_t)N * K * 4), *x = malloc((size_t)M * K * 4);
+            float *deq = malloc((size_t)N * K * 4), *bias = malloc((size_t)N * 4);
+            for (size_t i = 0; i < (size_t)N * K; i++)
+                wf[i] = frand();
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+            for (int i = 0; i < N; i++)
+                bias[i] = frand();
+            if (si == 4) memset(x, 0, (size_t)M * K * 4); /* blocks of zeros: dx = 0 */
+            Weight w;
+            TunaErr err = {0};
+            CHECK(weight_quantize(&w, wf, N, K, t, 0, &err) == 0, "%s", err.msg);
+            weight_dequantize(&w, deq);
+            float *want = malloc((size_t)M * N * 4), *lim = malloc((size_t)M * N * 4);
+            ref->ops->matmul_w_fwd(ref, want, x, &w, bias, M);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double l = 1e-30;
+                    for (int b = 0; b < K / 32; b++) {
+                        double amax = 0, sw = 0;
+                        for (int i = b * 32; i < b * 32 + 32; i++) {
+                            double xv = (double)x[(size_t)m * K + i], wv = (double)deq[(size_t)n * K + i];
+                            amax = fmax(amax, fabs(xv));
+                            sw += fabs(wv);
+                            l += 1e-5 * fabs(xv * wv);
+                        }
+                        l += amax / 254.0 * sw;
+                    }
+                    lim[(size_t)m * N + n] = (float)l;
+                }
+            float *first = NULL;
+            for (int th = 1; th <= 3; th++) {
+                Backend *cpu = backend_init("cpu", th, NULL);
+                float *got = malloc((size_t)M * N * 4);
+                cpu->ops->matmul_w_fwd(cpu, got, x, &w, bias, M);
+                for (size_t i = 0; i < (size_t)M * N; i++) {
+                    double d = fabs((double)got[i] - (double)want[i]);
+                    worst = fmax(worst, d / (double)lim[i]);
+                    if (!(d <= (double)lim[i])) {
+                        CHECK(0, "%s M=%d N=%d K=%d threads %d (%s): |err| %.3g over bound %.3g",
+                              wtype_info[t].name, M, N, K, th, cpu_matmul_w_path(t, K, M), d,
+                              (double)lim[i]);
+                        break;
+                    }
+                }
+                if (!first)
+                    first = got;
+                else {
+                    CHECK(!memcmp(first, got, (size_t)M * N * 4),
+                          "%s M=%d: q8 activations: bits differ between 1 and %d threads",
+                          wtype_info[t].name, M, th);
+                    free(got);
+                }
+                backend_free(cpu);
+                n_cases++;
+            }
+            free(first);
+            free(want);
+            free(lim);
+            free(wf);
+            free(x);
+            free(deq);
+            free(bias);
+            weight_free(&w);
+        }
+    printf("q8 activations: %d cpu runs within the rounding bound of the fp32 oracle (worst %.2f "
+           "of it); path for Q4_1 M=1 K=576: %s\n",
+           n_cases, worst, cpu_matmul_w_path(WT_Q4_1, 576, 1));
+    backend_free(ref);
+    unsetenv("TUNA_WTYPE_Q8ACT");
+}
+
 /* embed_w_fwd: cpu bit-identical to ref (each row weight_dequantize_rows's) for every type, odd
  * widths, repeated ids, the first and last rows, T below and above the threading cut. */
 static void test_embed_w(void) {
@@ -547,6 +634,7 @@ int main(void) {
     test_fixtures();
     test_k_direct();
     test_embed_w();
+    test_q8act();
     test_names_and_errors();
     test_matmul_w();
     setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */

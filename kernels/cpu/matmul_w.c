@@ -9,7 +9,9 @@
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
  *   once. Every type (rows of a multiple of 32 and of its block) has a fused AVX-512 kernel that
  *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
- *   TUNA_WTYPE_PLAIN=1 forces the plain path).
+ *   TUNA_WTYPE_PLAIN=1 forces the plain path). TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1
+ *   with 8-bit activations and AVX512-VNNI integer dot products instead (direct_q8: off by
+ *   default, it changes the math; measured no faster here, see its comment).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
@@ -302,6 +304,110 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     }
 }
 
+// --- the direct path with 8-bit activations (TUNA_WTYPE_Q8ACT=1): Q8_0, Q4_0, Q4_1 -----------
+//
+// Each input row is quantized per block of 32: dx = max|x| / 127 (0 for a block of zeros),
+// qx = rint(x / dx) (ties to even, |qx| <= 127), and its exact fp32 block sum sx = sum x (in
+// element order). A block of weights then costs one integer dot product (AVX512-VNNI vpdpbusd:
+// unsigned codes times signed qx): Q8_0 d dx sum(q qx) (Q8_0's signed q by its magnitude,
+// qx by q's sign); Q4_1 d dx sum(q qx) + m sx; Q4_0 d (dx sum(q qx) - 8 sx). The products are
+// exact integers; the 8 lanes of each block are summed in fp32 with the block's scale, lanes
+// and blocks in a fixed order, so the bits do not depend on the thread count. The fp32 path
+// stays the oracle: this one differs from it by the activation's rounding (|x - dx qx| <= dx/2
+// per element), within 1/127 of sum |x w| per block.
+
+#define Q8ACT_MAX (8 * 8192) /* M * K this path takes (its buffers are on the stack) */
+
+static int q8act_on(void) {
+    const char *e = getenv("TUNA_WTYPE_Q8ACT");
+    return e && *e && *e != '0';
+}
+
+static int direct_q8_takes(WType t, int K, int M) {
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+              __builtin_cpu_supports("f16c");
+    return cpu && (t == WT_Q8_0 || t == WT_Q4_0 || t == WT_Q4_1) && K % 32 == 0 &&
+           (size_t)M * (size_t)K <= Q8ACT_MAX && q8act_on();
+}
+
+/* x (K) in blocks of 32 into qx, dx, sx as above */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void quant_x8(const float *x, int K,
+                                                                            int8_t *qx, float *dx,
+                                                                            float *sx) {
+    for (int b = 0; b < K / 32; b++) {
+        const float *p = x + (size_t)b * 32;
+        __m512 a = _mm512_loadu_ps(p), c = _mm512_loadu_ps(p + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+        float s = 0.0f;
+        for (int i = 0; i < 32; i++)
+            s += p[i];
+        sx[b] = s;
+        dx[b] = amax / 127.0f;
+        __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)); /* rint: ties to even */
+        __m512i qc = _mm512_cvtps_epi32(_mm512_mul_ps(c, inv));
+        _mm_storeu_si128((__m128i *)(qx + (size_t)b * 32), _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(qx + (size_t)b * 32 + 16), _mm512_cvtsepi32_epi8(qc));
+    }
+}
+
+/* rows [lo, hi) of out (M, N) with M <= 8 input rows of 8-bit activations */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c"))) static void
+direct_q8(float *out, const float *in, const Weight *w, const float *bias, int M, size_t lo,
+          size_t hi) {
+    int K = w->cols, N = w->rows, nb = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    int8_t qx[Q8ACT_MAX] __attribute__((aligned(64)));
+    float dx[Q8ACT_MAX / 32], sx[Q8ACT_MAX / 32];
+    for (int m = 0; m < M; m++)
+        quant_x8(in + (size_t)m * K, K, qx + (size_t)m * K, dx + (size_t)m * nb,
+                 sx + (size_t)m * nb);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (size_t n = lo; n < hi; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, (int)n, &aux);
+        for (int m = 0; m < M; m++) {
+            const int8_t *q = qx + (size_t)m * K;
+            const float *dm = dx + (size_t)m * nb, *sm = sx + (size_t)m * nb;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+            float accs = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * (size_t)bb;
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 32)), u;
+                float d = h2f_x(blk);
+                if (t == WT_Q8_0) {
+                    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                    u = _mm256_sign_epi8(wq, wq);
+                    xv = _mm256_sign_epi8(xv, wq);
+                } else {
+                    __m128i c = _mm_loadu_si128((const __m128i *)(blk + (t == WT_Q4_1 ? 4 : 2)));
+                    u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(c, 4), m4),
+                                         _mm_and_si128(c, m4));
+                }
+                __m256i isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xv);
+                __m256 f = _mm256_cvtepi32_ps(isum), s = _mm256_set1_ps(d * dm[b]);
+                if (b & 1)
+                    acc1 = _mm256_fmadd_ps(f, s, acc1);
+                else
+                    acc0 = _mm256_fmadd_ps(f, s, acc0);
+                if (t == WT_Q4_1)
+                    accs += h2f_x(blk + 2) * sm[b];
+                else if (t == WT_Q4_0)
+                    accs -= 8.0f * d * sm[b];
+            }
+            __m256 a = _mm256_add_ps(acc0, acc1);
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            out[(size_t)m * N + n] = _mm_cvtss_f32(r) + accs + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
 /* rows n0 .. n0+nn-1 of w in fp32 into dst (nn, K), 32 weights at a time in registers */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
 dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
@@ -342,6 +448,7 @@ static int use_avx512(void) {
 const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
+    if (direct_q8_takes(t, K, M)) return "direct avx512-vnni q8 activations";
     if (use_avx512() && direct_x_takes(t, K)) return "direct avx512";
 #endif
     (void)t;
@@ -388,6 +495,10 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     if (M <= WDIRECT_MAX_M) {
         nth = (size_t)K * N >= 16384 ? be->n_threads : 1;
 #ifdef WTYPE_X86
+        if (direct_q8_takes(w->type, K, M)) {
+            CPU_PAR_RANGE(nth, (size_t)N, direct_q8(out, in, w, bias, M, lo, hi));
+            return;
+        }
         if (use_avx512() && direct_x_takes(w->type, K)) {
             CPU_PAR_RANGE(nth, (size_t)N, direct_x(out, in, w, bias, M, lo, hi));
             return;
