@@ -143,6 +143,7 @@ static const struct {
         SLOT(adamw, BACKEND_NEED_TRAIN),
         SLOT(matmul_w_fwd, BACKEND_NEED_WTYPES),
         SLOT(matmul_w_bwd_in, BACKEND_NEED_WTYPES),
+        SLOT(embed_w_fwd, BACKEND_NEED_WTYPES),
 };
 #undef SLOT
 

@@ -134,6 +134,9 @@ typedef struct BackendOps {
     /* Of matmul_w_fwd, the input gradient only (W is frozen): din (M, w->cols) += dout
      * (M, w->rows) · W. */
     void (*matmul_w_bwd_in)(Backend *be, float *din, const float *dout, const Weight *w, int M);
+    /* out (T, table->cols) = rows ids (T, host memory) of the typed table, in fp32 (each row
+     * exactly weight_dequantize_rows's). A frozen token embedding kept in its stored type. */
+    void (*embed_w_fwd)(Backend *be, float *out, const int32_t *ids, const Weight *table, int T);
 
     // --- optional
     /* Resolves n_threads as backend_init does (N, 0, BACKEND_THREADS_IDLE) into be->n_threads.
@@ -176,7 +179,7 @@ void backend_set_threads(Backend *be, int n_threads);
  * AdamW). */
 #define BACKEND_NEED_INFER 1u
 #define BACKEND_NEED_TRAIN 2u
-/* The typed-weight matmuls (matmul_w_fwd, matmul_w_bwd_in). */
+/* The typed-weight ops (matmul_w_fwd, matmul_w_bwd_in, embed_w_fwd). */
 #define BACKEND_NEED_WTYPES 4u
 /* The name of the first slot that `need` uses and ops leaves NULL, or NULL when all are there. */
 const char *backend_missing(const BackendOps *ops, unsigned need);

@@ -446,6 +446,24 @@ int gguf_name_for(const ModelConfig *cfg, const char *hf, char *out, size_t cap,
     return -1;
 }
 
+/* dst = the rows (row_bytes each) of src in HF's order: llama.cpp stores row h*HS + 2i + j of
+ * head h for HF's row h*HS + j*HS/2 + i. A pure permutation of whole rows, so it applies to
+ * the rows of blocks of a quantized tensor as well as to floats. */
+static int unpermute_rows(const Gguf *g, const GgufTensor *t, int heads, void *dst, const void *src,
+                          size_t rows, size_t row_bytes, TunaErr *err) {
+    if (heads <= 0 || rows % (size_t)(2 * heads))
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: tensor \"%s\": %zu rows cannot be split into %d rotary heads",
+                         gguf_path(g), t->name, rows, heads);
+    size_t hs = rows / (size_t)heads, half = hs / 2;
+    for (size_t h = 0; h < (size_t)heads; h++)
+        for (size_t i = 0; i < half; i++)
+            for (size_t j = 0; j < 2; j++)
+                memcpy((char *)dst + (h * hs + j * half + i) * row_bytes,
+                       (const char *)src + (h * hs + 2 * i + j) * row_bytes, row_bytes);
+    return 0;
+}
+
 int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, float *dst,
                       float *scratch, size_t n, TunaErr *err) {
     if (x == GGUF_X_NONE) return gguf_tensor_to_f32(g, t, dst, n, err);
@@ -459,18 +477,20 @@ int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads
                 dst[c * rows + r] = scratch[r * cols + c];
         return 0;
     }
-    /* llama.cpp stores row h*HS + 2i + j of head h for HF's row h*HS + j*HS/2 + i */
-    if (heads <= 0 || rows % (size_t)(2 * heads))
-        return tuna_errf(err, TUNA_EFORMAT,
-                         "%s: tensor \"%s\": %zu rows cannot be split into %d rotary heads",
-                         gguf_path(g), t->name, rows, heads);
-    size_t hs = rows / (size_t)heads, half = hs / 2;
-    for (size_t h = 0; h < (size_t)heads; h++)
-        for (size_t i = 0; i < half; i++)
-            for (size_t j = 0; j < 2; j++)
-                memcpy(dst + (h * hs + j * half + i) * cols, scratch + (h * hs + 2 * i + j) * cols,
-                       cols * sizeof(float));
-    return 0;
+    return unpermute_rows(g, t, heads, dst, scratch, rows, cols * sizeof(float), err);
+}
+
+int gguf_tensor_rows_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, void *dst,
+                           TunaErr *err) {
+    size_t rows = t->ndim == 2 ? (size_t)t->ne[1] : 1, rb = t->nbytes / (rows ? rows : 1);
+    if (x == GGUF_X_TRANSPOSE || t->ndim != 2 || rb * rows != t->nbytes)
+        return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": not a matrix of whole rows",
+                         gguf_path(g), t->name);
+    if (x == GGUF_X_NONE) {
+        memcpy(dst, t->data, t->nbytes);
+        return 0;
+    }
+    return unpermute_rows(g, t, heads, dst, t->data, rows, rb, err);
 }
 
 // --- HF config.json for an exported GGUF model ---------------------------------------------

@@ -36,6 +36,11 @@ int gguf_name_for(const ModelConfig *cfg, const char *hf, char *out, size_t cap,
 int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, float *dst,
                       float *scratch, size_t n, TunaErr *err);
 
+/* Copies a 2-d t as stored (rows of blocks, t->nbytes bytes) into dst in HF row order (x NONE
+ * or UNPERMUTE: a transposed tensor cannot be kept as stored). */
+int gguf_tensor_rows_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, void *dst,
+                           TunaErr *err);
+
 /* Writes cfg as a Hugging Face config.json (and generation_config.json) into dir, for a model
  * loaded from GGUF and saved as a HF checkpoint (tuna export). Returns 0 or TUNA_EIO. */
 int gguf_write_hf_config(const ModelConfig *cfg, const char *dir, TunaErr *err);

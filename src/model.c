@@ -28,7 +28,9 @@ typedef struct ParamSpec {
     size_t n; /* floats at dst */
     LoadMode mode;
     int part;
-    int typed; /* kept as a typed Weight (ModelLoadOptions), not in params */
+    int typed;  /* kept as a typed Weight (ModelLoadOptions), not in params */
+    WType qt;   /* its type */
+    int stored; /* 1: the GGUF tensor's own bytes (type qt as stored), 0: quantized from fp32 */
     int layer, site;
 } ParamSpec;
 
@@ -219,24 +221,6 @@ size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, si
             *n_typed += dims[k][0] * dims[k][1];
         }
     return bytes;
-}
-
-/* Which specs load as typed weights: the linear layers below o->fp32_from_layer. */
-static void mark_typed(Model *m, SpecList *specs, const ModelLoadOptions *o) {
-    for (int i = 0; i < specs->n; i++) {
-        ParamSpec *s = &specs->v[i];
-        s->typed = 0;
-        s->site = s->layer = -1;
-        if (!o || o->qtype == WT_F32) continue; /* no search of the layers on a plain load */
-        s->site = spec_site(m, s, &s->layer);
-        int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
-        s->typed = s->site >= 0 && s->layer < from;
-        /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
-        if (s->typed && spec_in_dim(s) % wtype_info[o->qtype].block) {
-            s->typed = 0;
-            m->n_qskipped++;
-        }
-    }
 }
 
 static void weight_release(Backend *be, Weight *d) {
@@ -434,6 +418,94 @@ static int open_weights(const char *dir, Model *m, WSrc *w, TunaErr *err) {
     return 0;
 }
 
+/* The token embedding's or the LM head's spec. */
+static int spec_is_head(const ParamSpec *s) {
+    size_t n = strlen(s->name);
+    return !strcmp(s->name, "model.embed_tokens.weight") || !strcmp(s->name, "lm_head.weight") ||
+           (n >= 10 && !strcmp(s->name + n - 10, "wte.weight")); /* GPT-2 */
+}
+
+/* Which specs load as typed weights: the linear layers below o->fp32_from_layer, quantized to
+ * o->qtype, or with o->keep_stored (and qtype F32) the checkpoint tensor's own type where tuna
+ * has it: a GGUF type, or a safetensors BF16 / F16 (F32 stays fp32, and so does GPT-2's
+ * transposed Conv1D, whose rows are not the file's). */
+static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoadOptions *o,
+                       int has_w_ops) {
+    int stored = o && o->qtype == WT_F32 && o->keep_stored && (w->gg || w->st) && has_w_ops;
+    for (int i = 0; i < specs->n; i++) {
+        ParamSpec *s = &specs->v[i];
+        s->typed = s->stored = 0;
+        s->qt = WT_F32;
+        s->site = s->layer = -1;
+        if (!o || (o->qtype == WT_F32 && !stored)) continue; /* no search on a plain load */
+        s->site = spec_site(m, s, &s->layer);
+        int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
+        int head = stored && o->typed_head && spec_is_head(s);
+        if (!head && (s->site < 0 || s->layer >= from)) continue;
+        if (stored) {
+            WTensor t;
+            if (s->mode != LOAD_COPY || !ws_find(w, s->name, &t) || t.x == GGUF_X_TRANSPOSE)
+                continue;
+            int wt = t.st ? (t.st->dtype == ST_BF16  ? WT_BF16
+                             : t.st->dtype == ST_F16 ? WT_F16
+                                                     : -1)
+                          : wtype_by_ggml((int)t.gt->type);
+            if (wt <= WT_F32 || !wtype_row_bytes((WType)wt, spec_in_dim(s))) continue;
+            s->typed = s->stored = 1;
+            s->qt = (WType)wt;
+            continue;
+        }
+        s->typed = 1;
+        s->qt = o->qtype;
+        /* a row that is not whole blocks stays fp32 (as llama.cpp's quantize falls back) */
+        if (spec_in_dim(s) % wtype_info[o->qtype].block) {
+            s->typed = 0;
+            m->n_qskipped++;
+        }
+    }
+}
+
+ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains) {
+    return (ModelLoadOptions){.qtype = WT_F32,
+                              .fp32_from_layer = fp32_from_layer,
+                              .keep_stored = 1,
+                              .typed_head = !embed_trains};
+}
+
+size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
+                              size_t *n_typed) {
+    if (!o || o->qtype != WT_F32 || !o->keep_stored) return model_typed_bytes_for(c, o, n_typed);
+    *n_typed = 0;
+    WSrc w = {.cfg = c};
+    Model m = {.cfg = *c};
+    if (open_weights(dir, &m, &w, NULL)) {
+        safetensors_free(w.st);
+        gguf_free(w.gg);
+        return 0;
+    }
+    SpecList specs = {0};
+    m.layers = xcalloc((size_t)c->L, sizeof *m.layers);
+    if (c->arch == ARCH_GPT2)
+        specs_gpt2(&m, &specs,
+                   w.st && safetensors_find(w.st, "transformer.wte.weight") ? "transformer." : "");
+    else
+        specs_llama(&m, &specs);
+    mark_typed(&m, &w, &specs, o, 1);
+    size_t bytes = 0;
+    for (int i = 0; i < specs.n; i++) {
+        const ParamSpec *s = &specs.v[i];
+        if (!s->typed) continue;
+        int K = spec_in_dim(s);
+        bytes += wtype_row_bytes(s->qt, K) * (s->n / (size_t)K);
+        *n_typed += s->n;
+    }
+    free(specs.v);
+    free(m.layers);
+    gguf_free(w.gg);
+    safetensors_free(w.st);
+    return bytes;
+}
+
 /* Checks every tensor before anything is allocated: present, shaped and typed as the specs
  * want, and no GGUF tensor left over. Sums the sizes; biggest is the largest tensor in floats,
  * xform whether any GGUF tensor needs reordering. */
@@ -495,18 +567,41 @@ out:
 
 /* One backend allocation for every weight (m->params, m->pinfo), filled tensor by tensor
  * through a host staging buffer. */
-/* A linear weight (host fp32, the model's (out, in) layout) quantized to o->qtype and kept in
- * backend memory as m->layers[layer].qw[site]. */
-static int fill_typed(Model *m, const ParamSpec *s, const float *host, const ModelLoadOptions *o,
-                      TunaErr *err) {
+/* A linear weight kept typed (ParamSpec.qt): the GGUF tensor's own rows of blocks (q and k rows
+ * put back in HF's order), or the host fp32 (the model's (out, in) layout) quantized. */
+static int fill_typed(Model *m, const ParamSpec *s, const WTensor *t, const WSrc *w,
+                      const float *host, const ModelLoadOptions *o, TunaErr *err) {
     int K = spec_in_dim(s), N = (int)(s->n / (size_t)K);
     Weight h;
-    int rc = weight_quantize(&h, host, N, K, o->qtype, o->double_quant, err);
-    if (rc) return tuna_errf(err, rc, "%s: %s", s->name, err ? err->msg : "");
+    int rc;
+    if (s->stored) {
+        h = (Weight){.type = s->qt, .rows = N, .cols = K};
+        size_t nb = t->st ? t->st->nbytes : t->gt->nbytes;
+        h.data = malloc(nb);
+        if (!h.data)
+            return tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate %zu bytes", s->name, nb);
+        if (t->st) { /* safetensors bf16 / f16 rows are the Linear layout already */
+            memcpy(h.data, t->st->data, nb);
+            rc = 0;
+        } else {
+            rc = gguf_tensor_rows_to_hf(w->gg, t->gt, t->x, t->heads, h.data, err);
+        }
+    } else {
+        rc = weight_quantize(&h, host, N, K, s->qt, o->double_quant, err);
+    }
+    if (rc) {
+        if (s->stored) free(h.data);
+        return tuna_errf(err, rc, "%s: %s", s->name, err ? err->msg : "");
+    }
     Weight *d = weight_to_backend(m->be, &h, err);
     weight_free(&h);
     if (!d) return TUNA_ENOMEM;
-    m->layers[s->layer].qw[s->site] = d;
+    if (s->site < 0 && !strcmp(s->name, "lm_head.weight"))
+        m->head_q = d;
+    else if (s->site < 0)
+        m->wte_q = d;
+    else
+        m->layers[s->layer].qw[s->site] = d;
     m->n_qbytes += weight_bytes(d);
     m->n_qparams += s->n;
     return 0;
@@ -532,7 +627,7 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
     if (xform) xscratch = malloc(biggest * sizeof(float));
     int typed = 0;
     for (int i = 0; i < specs->n; i++)
-        typed |= specs->v[i].typed;
+        typed |= specs->v[i].typed && !specs->v[i].stored;
     if (direct && typed) host = malloc(biggest * sizeof(float)); /* quantized from the host */
     if ((reshaped && !scratch) || ((!direct || typed) && !host) || (xform && !xscratch)) {
         rc = tuna_errf(err, TUNA_ENOMEM, "%s: cannot allocate staging buffers", dir);
@@ -559,9 +654,10 @@ static int fill_params(Model *m, const WSrc *w, const SpecList *specs, size_t to
         if (s->typed) {
             pi->off = 0;
             *s->dst = NULL;
-            if ((rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
-            if ((rc = fill_typed(m, s, host, o, err))) goto out;
-            pi->q = m->layers[s->layer].qw[s->site];
+            if (!s->stored && (rc = spec_fill(w, s, &t, host, scratch, xscratch, err))) goto out;
+            if ((rc = fill_typed(m, s, &t, w, host, o, err))) goto out;
+            pi->q = s->site < 0 ? (s->name[0] == 'l' ? m->head_q : m->wte_q)
+                                : m->layers[s->layer].qw[s->site];
             if (i + 1 == specs->n || strcmp(specs->v[i + 1].name, s->name)) ws_release(&t);
             continue;
         }
@@ -613,10 +709,10 @@ int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Mod
         specs_llama(m, &specs);
     size_t total, biggest;
     int xform;
-    mark_typed(m, &specs, o);
+    mark_typed(m, &w, &specs, o, be->ops->matmul_w_fwd && be->ops->embed_w_fwd);
     if ((rc = check_tensors(&w, &specs, &total, &biggest, &xform, err))) goto fail;
     if ((rc = fill_params(m, &w, &specs, total, biggest, xform, o, dir, err))) goto fail;
-    if (c->tie_embeddings) m->lm_head = m->wte;
+    if (c->tie_embeddings) m->lm_head = m->wte, m->head_q = m->wte_q;
     if (!c->learned_pos) {
         float f[512];
         rope_freqs(c, f);
@@ -704,6 +800,24 @@ void model_base_linear(const Model *m, int l, LoraSite site, float *out, const f
         m->be->ops->matmul_fwd(m->be, out, in, W, bias, M, K, N);
 }
 
+void model_embed(const Model *m, float *out, const int32_t *ids, int T) {
+    if (m->wte_q)
+        m->be->ops->embed_w_fwd(m->be, out, ids, m->wte_q, T);
+    else
+        m->be->ops->embed_fwd(m->be, out, ids, m->wte, T, m->cfg.C);
+}
+
+void model_head(const Model *m, float *logits, const float *xn, int M) {
+    if (m->head_q)
+        m->be->ops->matmul_w_fwd(m->be, logits, xn, m->head_q, NULL, M);
+    else
+        m->be->ops->matmul_fwd(m->be, logits, xn, m->lm_head, NULL, M, m->cfg.C, m->cfg.V);
+}
+
+void model_head_bwd_in(const Model *m, float *dxn, const float *dlogits, int M) {
+    m->be->ops->matmul_w_bwd_in(m->be, dxn, dlogits, m->head_q, M);
+}
+
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
                                 int M) {
     const Weight *q = m->layers[l].qw[site];
@@ -734,6 +848,8 @@ void model_free(Model *m) {
         for (int l = 0; m->layers && l < m->cfg.L; l++)
             for (int k = 0; k < LORA_N_SITES; k++)
                 weight_release(m->be, m->layers[l].qw[k]);
+        if (m->head_q != m->wte_q) weight_release(m->be, m->head_q);
+        weight_release(m->be, m->wte_q);
         m->be->ops->release(m->be, m->params);
         m->be->ops->release(m->be, m->inv_freq);
     }
@@ -895,7 +1011,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     int p0 = m->n_past, Tk = p0 + T;
     size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
-    op->embed_fwd(be, m->x, ids, m->wte, T, C);
+    model_embed(m, m->x, ids, T);
     if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
     for (int t = 0; t < T; t++)
         m->pos[t] = p0 + t;
@@ -917,7 +1033,7 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     int R = all_logits ? T : 1;
     const float *xin = m->x + (size_t)(T - R) * C;
     norm_rows(m, m->xb, xin, m->lnf_w, m->lnf_b, R);
-    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, R, C, c->V);
+    model_head(m, m->logits, m->xb, R);
     if (logits) op->download(be, logits, m->logits, sizeof(float) * (size_t)R * c->V);
     m->n_past = Tk;
 }
@@ -980,7 +1096,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
         m->pos[r] = m->slot_past[s];
     }
     int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, QD = NH * HS, KD = KVH * HS;
-    op->embed_fwd(be, m->x, ids, m->wte, n, C);
+    model_embed(m, m->x, ids, n);
     if (c->learned_pos)
         for (int r = 0; r < n; r++)
             op->add_fwd(be, m->x + (size_t)r * C, m->x + (size_t)r * C,
@@ -999,7 +1115,7 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
         out_mlp_fwd(m, w, n);
     }
     norm_rows(m, m->xb, m->x, m->lnf_w, m->lnf_b, n);
-    op->matmul_fwd(be, m->logits, m->xb, m->lm_head, NULL, n, C, c->V);
+    model_head(m, m->logits, m->xb, n);
     op->download(be, logits, m->logits, sizeof(float) * (size_t)n * c->V);
     for (int r = 0; r < n; r++)
         m->slot_past[slots[r]]++;

@@ -84,6 +84,9 @@ typedef struct Model {
     float *wpe;           // (max_pos, C) GPT-2
     float *lnf_w, *lnf_b; // (C)
     float *lm_head;       // (V, C), == wte when tied
+    /* The frozen token embedding and LM head kept typed (ModelLoadOptions.typed_head), in
+     * backend memory; wte / lm_head are then NULL. Tied: head_q == wte_q, one copy. */
+    Weight *wte_q, *head_q;
     LayerWeights *layers; // (L)
     ParamInfo *pinfo;     /* every checkpoint tensor, in params order */
     int n_pinfo;
@@ -126,7 +129,20 @@ typedef struct ModelLoadOptions {
     int double_quant;    /* NF4/FP4: absmaxes in 8 bits (bitsandbytes compress_statistics) */
     int fp32_from_layer; /* freeze trains the layers from here on: they stay fp32 (negative:
                             counted from the end, -2 for the last two) */
+    int keep_stored;     /* qtype WT_F32 (--dtype auto): the linear weights below fp32_from_layer
+                            keep the type the checkpoint stores them in (a GGUF type, or a
+                            safetensors BF16 / F16; when the backend has matmul_w_fwd), bit for
+                            bit, instead of being converted to fp32 */
+    int typed_head;      /* with keep_stored: the token embedding and LM head too (frozen: no
+                            trainable tokens, not full fine-tuning) */
 } ModelLoadOptions;
+
+/* The one rule for a base that stays frozen under --dtype auto (LoRA, P-tuning, the frozen layers
+ * of freeze below fp32_from_layer, and inference: chat, generate, eval): nothing is converted,
+ * a GGUF file keeps its stored types and a bf16 / f16 checkpoint its bf16 / f16, the token
+ * embedding and LM head too unless embed_trains (LoRA's trainable tokens). Full fine-tuning
+ * needs the fp32 load; an explicit qtype or dtype overrides this. */
+ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains);
 
 int model_load_opts(const char *dir, Backend *be, const ModelLoadOptions *o, Model **out,
                     TunaErr *err);
@@ -137,6 +153,10 @@ float **layer_site_weight(LayerWeights *w, LoraSite k);
 /* From the config alone: the bytes the typed linear weights of model_load_opts(o) take, and in
  * *n_typed the weights they hold (0 and 0 for no quantization). */
 size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, size_t *n_typed);
+/* The same for the model at dir as model_load_opts(dir, o) would keep it: with o->keep_stored
+ * a GGUF file's header decides (its tensors' types); else model_typed_bytes_for. */
+size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
+                              size_t *n_typed);
 
 /* The base linear layer of (layer l, site): out (M, N) = in (M, K) · Wᵀ + bias, through the
  * typed weight where the model keeps one, else the fp32 W. */
@@ -149,6 +169,12 @@ void weight_download_f32(Backend *be, const Weight *d, float *dst);
 
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
                                 int M);
+/* out (T, C) = the embedding rows of ids (host), from the typed table where the model keeps one. */
+void model_embed(const Model *m, float *out, const int32_t *ids, int T);
+/* logits (M, V) = xn (M, C) · LM headᵀ, through the typed head where the model keeps one. */
+void model_head(const Model *m, float *logits, const float *xn, int M);
+/* Its input gradient through the typed (frozen) head, m->head_q set: dxn += dlogits · head. */
+void model_head_bwd_in(const Model *m, float *dxn, const float *dlogits, int M);
 void model_free(Model *m); /* NULL-safe */
 
 /* Sizes the KV cache for cache_T positions (capped at max_position_embeddings for GPT-2)
@@ -216,8 +242,9 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
                    TunaErr *err);
 
 /* The base's precision as LLaMA-Factory names it (--quantization-bit 0|4|8,
- * --quantization-type nf4|fp4|q4_0|q4_1, --double-quantization, --dtype fp32|bf16) as load
- * options for every linear layer of the blocks; a one-line error for a bad combination.
+ * --quantization-type nf4|fp4|q4_0|q4_1, --double-quantization, --dtype auto|fp32|bf16) as load
+ * options for every linear layer of the blocks (auto: model_load_frozen, the checkpoint's own
+ * types); a one-line error for a bad combination.
  * `tuna train` adds its method's rules (train_load_options); chat, generate and eval use it as
  * is. */
 int model_load_options(int bits, const char *qtype, int double_quant, const char *dtype,

@@ -88,7 +88,8 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
                    TunaErr *err) {
     *out = NULL;
     snprintf(base_dir, cap, "%s", dir);
-    if (!model_is_adapter_run(dir)) return model_load(dir, be, out, err);
+    ModelLoadOptions lo = model_load_frozen(1 << 30, 0); /* inference: a GGUF file as stored */
+    if (!model_is_adapter_run(dir)) return model_load_opts(dir, be, &lo, out, err);
     int rc = model_run_base(dir, base_dir, cap, err);
     if (!rc) rc = model_load(base_dir, be, out, err);
     if (!rc && (rc = adapter_load(*out, dir, err))) {
@@ -101,11 +102,12 @@ int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, si
 int model_load_options(int bits, const char *qtype, int double_quant, const char *dtype,
                        ModelLoadOptions *o, TunaErr *err) {
     *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
-    int bf16 = !strcmp(dtype, "bf16");
-    if (!bf16 && strcmp(dtype, "fp32"))
-        return tuna_errf(err, TUNA_EINVAL, "--dtype must be fp32 or bf16, got \"%s\"", dtype);
+    int bf16 = !strcmp(dtype, "bf16"), autot = !strcmp(dtype, "auto");
+    if (!bf16 && !autot && strcmp(dtype, "fp32"))
+        return tuna_errf(err, TUNA_EINVAL, "--dtype must be auto, fp32 or bf16, got \"%s\"", dtype);
     if (!bits) { /* double_quant alone changes nothing (LLaMA-Factory's default is on) */
         if (bf16) o->qtype = WT_BF16;
+        if (autot) *o = model_load_frozen(1 << 30, 0);
         return 0;
     }
     if (bits != 4 && bits != 8)

@@ -439,7 +439,7 @@ static void tokens_sync(TrainState *ts) {
  * the same order as an in-place loop, so the result is bit-identical to one. */
 static void tokens_grad_head(TrainState *ts, const float *dlogits, const float *xnf, int M) {
     const Model *m = ts->m;
-    if (m->lm_head != m->wte || M <= 0) return;
+    if (m->lm_head != m->wte || !m->wte || M <= 0) return;
     const BackendOps *op = ts->be->ops;
     int C = m->cfg.C, V = m->cfg.V;
     size_t n = (size_t)ts->n_tok * C;
@@ -1239,7 +1239,7 @@ static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
     const ModelConfig *c = &m->cfg;
     const BackendOps *op = ts->be->ops;
     int T = ts->T, M = Bn * T, C = c->C;
-    op->embed_fwd(ts->be, x, ids, m->wte, M, C);
+    model_embed(m, x, ids, M);
     if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
         op->embed_fwd(ts->be, ts->tmp, ts->pos, m->wpe, M, C);
         op->add_fwd(ts->be, x, x, ts->tmp, (size_t)M * C);
@@ -1282,12 +1282,15 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
     for (int r0 = 0; r0 < R; r0 += hc) {
         int rc = R - r0 < hc ? R - r0 : hc;
         const float *xr = ts->xnf + (size_t)r0 * C;
-        op->matmul_fwd(ts->be, ts->logits, xr, m->lm_head, NULL, rc, C, V);
+        model_head(m, ts->logits, xr, rc);
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
                          ts->head_targets + r0, rc, V, loss_scale);
         if (backward) {
-            op->matmul_bwd(ts->be, dxr + (size_t)r0 * C, G(ts, m->lm_head), NULL, ts->logits, xr,
-                           m->lm_head, rc, C, V);
+            if (m->head_q) /* a typed head is frozen: the input gradient only */
+                model_head_bwd_in(m, dxr + (size_t)r0 * C, ts->logits, rc);
+            else
+                op->matmul_bwd(ts->be, dxr + (size_t)r0 * C, G(ts, m->lm_head), NULL, ts->logits,
+                               xr, m->lm_head, rc, C, V);
             if (ts->n_tok) tokens_grad_head(ts, ts->logits, xr, rc);
         }
     }

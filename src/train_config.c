@@ -130,9 +130,11 @@ static const TrainOption fields[] = {
           "4 bits: nf4 | fp4 (bitsandbytes' blocks of 64) | q4_0 | q4_1 (GGUF's of 32)"),
         B(double_quantization, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "false",
           "nf4/fp4: the block scales in 8 bits too (bitsandbytes compress_statistics)"),
-        S(dtype, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "fp32",
-          "fp32 | bf16: the frozen base's linear layers in bf16 (half the memory; products "
-          "accumulate in fp32) when not quantized"),
+        S(dtype, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "auto",
+          "auto | fp32 | bf16: the frozen base when not quantized; auto keeps it as the "
+          "checkpoint stores it (a bf16 or f16 checkpoint's linear layers, embedding and head "
+          "in bf16 / f16, a GGUF file's types), bf16 converts it (half the memory of fp32); "
+          "products accumulate in fp32"),
         B(bf16, ALL, "false",
           "mixed precision as torch.autocast: the matrix products of the forward and backward "
           "in bf16 with fp32 accumulation; weights, gradients and optimizer state stay fp32"),

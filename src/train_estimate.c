@@ -18,7 +18,16 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
                        TunaErr *err) {
     int rc = model_load_options(c->quantization_bit, c->quantization_type, c->double_quantization,
                                 c->dtype, o, err);
-    if (rc || o->qtype == WT_F32) return rc;
+    if (rc) return rc;
+    if (o->keep_stored) {          /* auto: the frozen base as the checkpoint stores it */
+        if (method == METHOD_FULL) /* full fine-tuning trains every weight in fp32 */
+            *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
+        else
+            *o = model_load_frozen(method == METHOD_FREEZE ? -c->freeze_layers : 1 << 30,
+                                   method == METHOD_LORA && c->lora_trainable_tokens[0]);
+        return 0;
+    }
+    if (o->qtype == WT_F32) return 0;
     if (method == METHOD_FULL)
         return c->quantization_bit
                        ? tuna_errf(err, TUNA_EUNSUP,
@@ -64,7 +73,8 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     ModelLoadOptions lo;
     int rc = train_load_options(cfg, method, &lo, err);
     if (rc) return rc;
-    size_t per_layer, n_typed = 0, typed_bytes = model_typed_bytes_for(mc, &lo, &n_typed);
+    size_t per_layer, n_typed = 0,
+                      typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
     out->total_params = model_param_count_for(mc, &per_layer);
     TrainSizes ts;
     rc = train_state_size(mc, out->total_params, per_layer, &setup, cfg->batch_size,

@@ -178,11 +178,61 @@ static void train_case(const char *arch, const char *what, TrainSetup setup) {
     free(g32);
 }
 
+/* --dtype auto on a bf16 / f16 checkpoint: the linear layers, embedding and head stay in the
+ * stored type (no conversion: the memory halves), the logits are those of the fp32 load (the
+ * same products, exact conversions), and the estimate's bytes are the load's. */
+static void auto_case(const char *arch, const char *suffix, WType want) {
+    char dir[128];
+    snprintf(dir, sizeof dir, "tests/fixtures/%s%s", arch, suffix);
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *ma = NULL, *mf = NULL;
+    ModelLoadOptions o = model_load_frozen(1 << 30, 0);
+    float *a = NULL, *b = NULL;
+    if (!be || model_load_opts(dir, be, &o, &ma, &err) || model_load(dir, be, &mf, &err)) {
+        CHECK(0, "%s: %s", dir, err.msg);
+        goto done;
+    }
+    size_t n_typed = 0, bytes = model_typed_bytes_file(dir, &ma->cfg, &o, &n_typed);
+    int all_linear = 1;
+    for (int l = 0; l < ma->cfg.L; l++)
+        for (int k = 0; k < LORA_N_SITES; k++)
+            if (ma->layers[l].qw[k] && ma->layers[l].qw[k]->type != want) all_linear = 0;
+    CHECK(ma->n_qparams > 0 && all_linear && ma->wte_q && ma->wte_q->type == want,
+          "%s auto: kept %zu weights typed, embedding %s", dir, ma->n_qparams,
+          ma->wte_q ? wtype_info[ma->wte_q->type].name : "fp32");
+    CHECK(bytes == ma->n_qbytes && n_typed == ma->n_qparams,
+          "%s auto: estimate %zu bytes / %zu weights, load %zu / %zu", dir, bytes, n_typed,
+          ma->n_qbytes, ma->n_qparams);
+    int T = 9, V = ma->cfg.V;
+    int32_t ids[9] = {1, 5, 9, 2, 7, 3, 11, 4, 6};
+    a = xmalloc(sizeof(float) * (size_t)T * V);
+    b = xmalloc(sizeof(float) * (size_t)T * V);
+    int rc = model_reserve(ma, 16, 16, &err) || model_reserve(mf, 16, 16, &err) ||
+             model_forward(ma, ids, T, a, 1, &err) || model_forward(mf, ids, T, b, 1, &err);
+    CHECK(!rc, "%s auto: %s", dir, err.msg);
+    double d = rc ? 1 : test_max_abs_diff(a, b, (size_t)T * V);
+    CHECK(d <= 1e-5, "%s auto: logits %.3g from the fp32 load", dir, d);
+    printf("  %-14s auto: %zu weights kept in %s (%.1f KiB), logits within %.2g of the fp32 "
+           "load\n",
+           arch, ma->n_qparams, wtype_info[want].name, (double)ma->n_qbytes / 1024, d);
+done:
+    free(a);
+    free(b);
+    model_free(ma);
+    model_free(mf);
+    backend_free(be);
+}
+
 int main(void) {
     const char *archs[] = {"llama", "llama_tied", "llama3", "mistral", "qwen2", "qwen3", "gpt2"};
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {
         arch_case(archs[i], "cpu");
         arch_case(archs[i], "ref");
+    }
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {
+        auto_case(archs[i], "_bf16", WT_BF16);
+        auto_case(archs[i], "_f16", WT_F16);
     }
     TrainSetup full = {.method = METHOD_FULL, .seed = 1},
                lora = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1},

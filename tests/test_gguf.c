@@ -2,6 +2,7 @@
  * field refused in one line), dequantization equal to gguf-py's bit for bit, GGUF metadata read
  * into a ModelConfig or refused, and SmolLM2-135M-Instruct Q4_1 loaded as transformers' GGUF
  * loader does (weights and logits; skipped without ../shared). */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -599,7 +600,7 @@ static void test_model_path(void) {
 /* Writes the HF checkpoint in dir as a GGUF file at out, the way llama.cpp's converter lays it
  * out: llama.cpp tensor names, dims innermost first, q/k rows permuted for llama and mistral,
  * GPT-2's Conv1D weights transposed. F32 throughout, so both loads must agree bit for bit. */
-static int hf_to_gguf(const char *dir, const char *out, ModelConfig *cfg) {
+static int hf_to_gguf_typed(const char *dir, const char *out, ModelConfig *cfg, WType qt) {
     TunaErr err = {0};
     SafeTensors *st = NULL;
     if (config_load(dir, cfg, &err) || safetensors_open(dir, &st, &err)) {
@@ -690,9 +691,19 @@ static int hf_to_gguf(const char *dir, const char *out, ModelConfig *cfg) {
         put32(&h, (uint32_t)t->ndim);
         for (int dd = 0; dd < t->ndim; dd++)
             put64(&h, ne[dd]);
-        put32(&h, GGML_F32);
-        put64(&h, d.n);
-        put(&d, dst, n * sizeof(float));
+        /* qt: every matrix whose rows are whole blocks in qt's blocks, as llama.cpp quantizes */
+        Weight q;
+        if (qt != WT_F32 && t->ndim == 2 && ne[0] % (uint64_t)wtype_info[qt].block == 0 &&
+            weight_quantize(&q, dst, (int)ne[1], (int)ne[0], qt, 0, &err) == 0) {
+            put32(&h, (uint32_t)wtype_info[qt].ggml);
+            put64(&h, d.n);
+            put(&d, q.data, weight_bytes(&q));
+            weight_free(&q);
+        } else {
+            put32(&h, GGML_F32);
+            put64(&h, d.n);
+            put(&d, dst, n * sizeof(float));
+        }
         pad_to(&d, 32);
         nt++;
         free(src);
@@ -711,6 +722,95 @@ static int hf_to_gguf(const char *dir, const char *out, ModelConfig *cfg) {
     safetensors_free(st);
     CHECK(ok, "cannot write %s", out);
     return ok ? 0 : -1;
+}
+
+static int hf_to_gguf(const char *dir, const char *out, ModelConfig *cfg) {
+    return hf_to_gguf_typed(dir, out, cfg, WT_F32);
+}
+
+/* The logits (T, V) of ids on m, from a fresh cache. */
+static float *logits_of(Model *m, const int32_t *ids, int T) {
+    TunaErr err = {0};
+    float *lg = malloc(sizeof(float) * (size_t)T * (size_t)m->cfg.V);
+    model_reset(m);
+    CHECK(model_forward(m, ids, T, lg, 1, &err) == 0, "%s", err.msg);
+    return lg;
+}
+
+/* A GGUF file whose matrices are typed (Q8_0, Q4_0, Q4_1, F16, BF16), loaded as stored
+ * (model_load_frozen: the linear layers, token embedding and LM head keep the file's type, q
+ * and k rows un-permuted as rows of blocks) against the same file dequantized to fp32
+ * (model_load): on ref, where a typed matmul is the fp32 one on the dequantized weight,
+ * the logits are bit-identical; on cpu within 1e-4 of the largest logit (the fused kernels
+ * sum in another order). The memory estimate equals what the load kept. */
+static void test_typed_gguf(void) {
+    const char *dirs[] = {"tests/fixtures/llama",   "tests/fixtures/llama_tied",
+                          "tests/fixtures/mistral", "tests/fixtures/qwen2",
+                          "tests/fixtures/qwen3",   "tests/fixtures/gpt2"};
+    const WType types[] = {WT_Q8_0, WT_Q4_1, WT_Q4_0, WT_F16, WT_BF16};
+    const char *bes[] = {"ref", "cpu"};
+    const int32_t ids[12] = {1, 17, 200, 3, 99, 42, 5, 250, 7, 128, 64, 11};
+    int n_cases = 0;
+    double worst = 0;
+    for (size_t bi = 0; bi < 2; bi++) {
+        TunaErr err = {0};
+        Backend *be = backend_init(bes[bi], 2, &err);
+        CHECK(be != NULL, "%s", err.msg);
+        if (!be) continue;
+        for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+            for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+                char out[] = "/tmp/tuna_gguf_typed_XXXXXX.gguf";
+                int fd = mkstemps(out, 5);
+                if (fd < 0) continue;
+                close(fd);
+                ModelConfig hc;
+                Model *a = NULL, *b = NULL;
+                ModelLoadOptions lo = model_load_frozen(1 << 30, 0);
+                if (hf_to_gguf_typed(dirs[i], out, &hc, types[ti]) == 0 &&
+                    model_load(out, be, &a, &err) == 0 &&
+                    model_load_opts(out, be, &lo, &b, &err) == 0) {
+                    /* GPT-2's Conv1D matrices are stored transposed: they load fp32 */
+                    size_t n_typed, bytes = model_typed_bytes_file(out, &hc, &lo, &n_typed);
+                    CHECK(b->n_qparams > 0 && bytes == b->n_qbytes && n_typed == b->n_qparams,
+                          "%s %s: typed %zu (%zu bytes), estimate %zu (%zu bytes)", dirs[i],
+                          wtype_info[types[ti]].name, b->n_qparams, b->n_qbytes, n_typed, bytes);
+                    CHECK(b->wte_q && b->head_q && !b->wte &&
+                                  (b->head_q == b->wte_q) == hc.tie_embeddings,
+                          "%s: token embedding / LM head not kept typed", dirs[i]);
+                    CHECK(a->n_qparams == 0, "model_load kept %zu typed", a->n_qparams);
+                    CHECK(model_reserve(a, 32, 16, &err) == 0 &&
+                                  model_reserve(b, 32, 16, &err) == 0,
+                          "%s", err.msg);
+                    for (int T = 5; T <= 12; T += 7) { /* the direct and the tiled paths */
+                        float *la = logits_of(a, ids, T), *lb = logits_of(b, ids, T);
+                        size_t n = (size_t)T * (size_t)hc.V;
+                        double d = test_max_abs_diff(la, lb, n), s = 1.0;
+                        for (size_t k = 0; k < n; k++)
+                            s = fmax(s, fabs((double)la[k]));
+                        if (bi == 0)
+                            CHECK(!memcmp(la, lb, n * sizeof(float)),
+                                  "%s %s T=%d on ref: typed logits differ from fp32 by %.3g",
+                                  dirs[i], wtype_info[types[ti]].name, T, d);
+                        else
+                            CHECK(d <= 1e-4 * s, "%s %s T=%d on cpu: |dlogit| %.3g (max %.3g)",
+                                  dirs[i], wtype_info[types[ti]].name, T, d, s);
+                        worst = fmax(worst, d / s);
+                        free(la);
+                        free(lb);
+                        n_cases++;
+                    }
+                } else {
+                    CHECK(0, "%s %s: %s", dirs[i], wtype_info[types[ti]].name, err.msg);
+                }
+                model_free(a);
+                model_free(b);
+                unlink(out);
+            }
+        backend_free(be);
+    }
+    printf("typed GGUF: %d loads as stored match fp32 (ref bit for bit; cpu worst %.3g of the "
+           "largest logit)\n",
+           n_cases, worst);
 }
 
 static void test_hf_fixtures_as_gguf(void) {
@@ -900,6 +1000,7 @@ int main(void) {
     test_config();
     test_model_path();
     test_hf_fixtures_as_gguf();
+    test_typed_gguf();
     test_smollm2();
     return test_report("test_gguf");
 }

@@ -174,16 +174,6 @@ int main(void) {
     Model *m = NULL;
     CHECK(be != NULL, "%s", err.msg);
     if (!ref || !lg || !be) goto done;
-    double t0 = time_now();
-    if (model_load(model_dir, be, &m, &err)) {
-        CHECK(0, "%s: %s", model_dir, err.msg);
-        goto done;
-    }
-    printf("  %s loaded in %.2f s: %s, %d layers, hidden %d, vocab %d, rope_theta %g\n", model_dir,
-           time_now() - t0, config_arch_name(m->cfg.arch), m->cfg.L, m->cfg.C, m->cfg.V,
-           (double)m->cfg.rope_theta);
-    CHECK(model_reserve(m, 256, 64, &err) == 0, "%s", err.msg);
-    check_logits(m, ref, lg);
     Tokenizer *tok = NULL;
     Template *tpl = NULL;
     int tok_rc = tokenizer_load(model_dir, &tok, &err);
@@ -192,7 +182,28 @@ int main(void) {
         int tpl_rc = template_load("templates", "smollm", &tpl, &err);
         CHECK(tpl_rc == 0, "the smollm template does not load: %s", err.msg);
     }
-    check_greedy(m, ref, tok, tpl);
+    /* twice: dequantized to fp32 (model_load), and as inference loads it, the linear weights
+     * kept Q4_1 as stored (model_load_frozen): the same bounds and the same greedy ids */
+    for (int typed = 0; typed < 2; typed++) {
+        ModelLoadOptions lo = model_load_frozen(1 << 30, 0);
+        double t0 = time_now();
+        if (model_load_opts(model_dir, be, typed ? &lo : NULL, &m, &err)) {
+            CHECK(0, "%s: %s", model_dir, err.msg);
+            goto done;
+        }
+        printf("  %s loaded %s in %.2f s: %s, %d layers, hidden %d, vocab %d, rope_theta %g; "
+               "%zu weights typed (%.1f MiB), %zu fp32\n",
+               model_dir, typed ? "as stored" : "in fp32", time_now() - t0,
+               config_arch_name(m->cfg.arch), m->cfg.L, m->cfg.C, m->cfg.V,
+               (double)m->cfg.rope_theta, m->n_qparams, (double)m->n_qbytes / (1 << 20),
+               m->n_params);
+        if (typed) CHECK(m->n_qparams > 0, "the stored-type load kept nothing typed");
+        CHECK(model_reserve(m, 256, 64, &err) == 0, "%s", err.msg);
+        check_logits(m, ref, lg);
+        check_greedy(m, ref, tok, tpl);
+        model_free(m);
+        m = NULL;
+    }
     check_cli(model_dir, ref);
     template_free(tpl);
     tokenizer_free(tok);

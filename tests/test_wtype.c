@@ -413,11 +413,233 @@ static void test_matmul_w(void) {
     backend_free(ref);
 }
 
+/* A random (N, K) weight of a K type (no quantizer: random codes, fp16 scales in [0.01, 0.05)) */
+static void random_k_weight(Weight *w, WType t, int N, int K) {
+    size_t rb = wtype_row_bytes(t, K), nb = (size_t)N * rb;
+    uint8_t *p = malloc(nb);
+    for (size_t i = 0; i < nb; i++)
+        p[i] = (uint8_t)(rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull,
+                         rng_state >> 56);
+    int bb = wtype_info[t].block_bytes;
+    for (size_t b = 0; b < nb / (size_t)bb; b++) {
+        uint8_t *blk = p + b * (size_t)bb;
+        int at[2] = {t == WT_Q6_K ? 208 : 0, t == WT_Q6_K ? -1 : 2};
+        for (int i = 0; i < 2; i++) {
+            if (at[i] < 0) continue;
+            uint16_t h = wtype_f32_to_f16(0.01f + 0.04f * (frand() * 0.5f + 0.5f));
+            blk[at[i]] = (uint8_t)(h & 0xFF);
+            blk[at[i] + 1] = (uint8_t)(h >> 8);
+        }
+    }
+    TunaErr err = {0};
+    CHECK(weight_wrap(w, p, N, K, t, &err) == 0, "%s", err.msg);
+    w->borrowed = 0; /* weight_free frees p */
+}
+
+/* The K types' fused direct kernels (and the tiled path) against ref on odd shapes, 1 to 3
+ * threads: within 1e-5 of sum |x w| per output, and the same bits for every thread count. */
+static void test_k_direct(void) {
+    Backend *ref = backend_init("ref", 1, NULL);
+    const WType types[] = {WT_Q4_K, WT_Q5_K, WT_Q6_K};
+    const int shapes[][3] = {{1, 7, 256},   {2, 33, 512}, {3, 5, 768},    {5, 19, 256},
+                             {8, 64, 1280}, {9, 11, 512}, {1, 300, 2048}, {16, 40, 768}};
+    double worst = 0;
+    int n_cases = 0;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            WType t = types[ti];
+            Weight w;
+            random_k_weight(&w, t, N, K);
+            float *deq = malloc((size_t)N * K * 4), *x = malloc((size_t)M * K * 4);
+            weight_dequantize(&w, deq);
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                x[i] = frand();
+            float *sf = malloc((size_t)M * N * 4), *want = malloc((size_t)M * N * 4);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += fabs((double)x[(size_t)m * K + k] * (double)deq[(size_t)n * K + k]);
+                    sf[(size_t)m * N + n] = (float)s;
+                }
+            ref->ops->matmul_w_fwd(ref, want, x, &w, NULL, M);
+            float *first = NULL;
+            for (int th = 1; th <= 3; th++) {
+                Backend *cpu = backend_init("cpu", th, NULL);
+                float *got = malloc((size_t)M * N * 4);
+                cpu->ops->matmul_w_fwd(cpu, got, x, &w, NULL, M);
+                double e;
+                CHECK(matmul_close(got, want, sf, (size_t)M * N, &e),
+                      "%s M=%d N=%d K=%d threads %d (%s): rel err %.3g", wtype_info[t].name, M, N,
+                      K, th, cpu_matmul_w_path(t, K, M), e);
+                worst = fmax(worst, e);
+                if (!first)
+                    first = got;
+                else {
+                    CHECK(!memcmp(first, got, (size_t)M * N * 4),
+                          "%s M=%d: bits differ between 1 and %d threads", wtype_info[t].name, M,
+                          th);
+                    free(got);
+                }
+                backend_free(cpu);
+                n_cases++;
+            }
+            free(first);
+            free(sf);
+            free(want);
+            free(x);
+            free(deq);
+            weight_free(&w);
+        }
+    printf("K types: %d cpu runs match ref: worst |err| / sum|a*b| %.3g; path for Q4_K M=1: %s\n",
+           n_cases, worst, cpu_matmul_w_path(WT_Q4_K, 256, 1));
+    backend_free(ref);
+}
+
+/* The 8-bit-activation direct path (TUNA_WTYPE_Q8ACT=1; Q8_0, Q4_0, Q4_1, M <= 8) against the
+ * fp32 oracle: each activation is off by at most amax(block) / 254, so an output is within
+ * sum over blocks of amax / 254 * sum |w| of the block (plus 1e-5 of sum |x w| for fp32 sums);
+ * the same bits for 1 to 3 threads. Where the CPU lacks AVX512-VNNI the fp32 path runs. */
+static void test_q8act(void) {
+    setenv("TUNA_WTYPE_Q8ACT", "1", 1);
+    Backend *ref = backend_init("ref", 1, NULL);
+    const WType types[] = {WT_Q8_0, WT_Q4_0, WT_Q4_1};
+    const int shapes[][3] = {{1, 7, 64}, {2, 33, 576}, {5, 19, 1536}, {8, 64, 96}, {3, 1, 32}};
+    double worst = 0;
+    int n_cases = 0;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            WType t = types[ti];
+            float *wf = malloc((size_t)N * K * 4), *x = malloc((size_t)M * K * 4);
+            float *deq = malloc((size_t)N * K * 4), *bias = malloc((size_t)N * 4);
+            for (size_t i = 0; i < (size_t)N * K; i++)
+                wf[i] = frand();
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+            for (int i = 0; i < N; i++)
+                bias[i] = frand();
+            if (si == 4) memset(x, 0, (size_t)M * K * 4); /* blocks of zeros: dx = 0 */
+            Weight w;
+            TunaErr err = {0};
+            CHECK(weight_quantize(&w, wf, N, K, t, 0, &err) == 0, "%s", err.msg);
+            weight_dequantize(&w, deq);
+            float *want = malloc((size_t)M * N * 4), *lim = malloc((size_t)M * N * 4);
+            ref->ops->matmul_w_fwd(ref, want, x, &w, bias, M);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double l = 1e-30;
+                    for (int b = 0; b < K / 32; b++) {
+                        double amax = 0, sw = 0;
+                        for (int i = b * 32; i < b * 32 + 32; i++) {
+                            double xv = (double)x[(size_t)m * K + i],
+                                   wv = (double)deq[(size_t)n * K + i];
+                            amax = fmax(amax, fabs(xv));
+                            sw += fabs(wv);
+                            l += 1e-5 * fabs(xv * wv);
+                        }
+                        l += amax / 254.0 * sw;
+                    }
+                    lim[(size_t)m * N + n] = (float)l;
+                }
+            float *first = NULL;
+            for (int th = 1; th <= 3; th++) {
+                Backend *cpu = backend_init("cpu", th, NULL);
+                float *got = malloc((size_t)M * N * 4);
+                cpu->ops->matmul_w_fwd(cpu, got, x, &w, bias, M);
+                for (size_t i = 0; i < (size_t)M * N; i++) {
+                    double d = fabs((double)got[i] - (double)want[i]);
+                    worst = fmax(worst, d / (double)lim[i]);
+                    if (!(d <= (double)lim[i])) {
+                        CHECK(0, "%s M=%d N=%d K=%d threads %d (%s): |err| %.3g over bound %.3g",
+                              wtype_info[t].name, M, N, K, th, cpu_matmul_w_path(t, K, M), d,
+                              (double)lim[i]);
+                        break;
+                    }
+                }
+                if (!first)
+                    first = got;
+                else {
+                    CHECK(!memcmp(first, got, (size_t)M * N * 4),
+                          "%s M=%d: q8 activations: bits differ between 1 and %d threads",
+                          wtype_info[t].name, M, th);
+                    free(got);
+                }
+                backend_free(cpu);
+                n_cases++;
+            }
+            free(first);
+            free(want);
+            free(lim);
+            free(wf);
+            free(x);
+            free(deq);
+            free(bias);
+            weight_free(&w);
+        }
+    printf("q8 activations: %d cpu runs within the rounding bound of the fp32 oracle (worst %.2f "
+           "of it); path for Q4_1 M=1 K=576: %s\n",
+           n_cases, worst, cpu_matmul_w_path(WT_Q4_1, 576, 1));
+    backend_free(ref);
+    unsetenv("TUNA_WTYPE_Q8ACT");
+}
+
+/* embed_w_fwd: cpu bit-identical to ref (each row weight_dequantize_rows's) for every type, odd
+ * widths, repeated ids, the first and last rows, T below and above the threading cut. */
+static void test_embed_w(void) {
+    Backend *ref = backend_init("ref", 1, NULL), *cpu = backend_init("cpu", 3, NULL);
+    CHECK(ref->ops->embed_w_fwd && cpu->ops->embed_w_fwd, "embed_w_fwd missing");
+    int n_cases = 0;
+    for (int t = WT_F32; t < WT_COUNT; t++) {
+        int V = 37 + 11 * t, K = wtype_info[t].block == 1     ? 67 + t
+                                 : wtype_info[t].block == 256 ? 256 * (1 + t % 2)
+                                                              : 64 * (1 + t % 3);
+        Weight w;
+        TunaErr err = {0};
+        if (wtype_info[t].quant_row) {
+            float *f = malloc((size_t)V * K * 4);
+            for (size_t i = 0; i < (size_t)V * K; i++)
+                f[i] = frand();
+            CHECK(weight_quantize(&w, f, V, K, (WType)t, t == WT_NF4, &err) == 0, "%s", err.msg);
+            free(f);
+        } else {
+            random_k_weight(&w, (WType)t, V, K);
+        }
+        for (int T = 1; T <= 40; T += 13) {
+            int32_t *ids = malloc((size_t)T * 4);
+            for (int i = 0; i < T; i++)
+                ids[i] = i == 0 ? V - 1 : (int32_t)((unsigned)(i * 7919) % (unsigned)V);
+            float *a = malloc((size_t)T * K * 4), *b = malloc((size_t)T * K * 4);
+            float *d = malloc((size_t)K * 4);
+            ref->ops->embed_w_fwd(ref, a, ids, &w, T);
+            cpu->ops->embed_w_fwd(cpu, b, ids, &w, T);
+            weight_dequantize_rows(&w, ids[0], 1, d);
+            CHECK(!memcmp(a, b, (size_t)T * K * 4) && !memcmp(a, d, (size_t)K * 4),
+                  "embed_w_fwd %s V=%d K=%d T=%d: cpu differs from ref", wtype_info[t].name, V, K,
+                  T);
+            free(ids);
+            free(a);
+            free(b);
+            free(d);
+            n_cases++;
+        }
+        weight_free(&w);
+    }
+    printf("embed_w_fwd: %d cases (every type), cpu bit-identical to ref\n", n_cases);
+    backend_free(ref);
+    backend_free(cpu);
+}
+
 int main(void) {
     test_fixtures();
+    test_k_direct();
+    test_embed_w();
+    test_q8act();
     test_names_and_errors();
     test_matmul_w();
     setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */
     test_matmul_w();
+    test_k_direct();
     return test_report("test_wtype");
 }

@@ -384,6 +384,14 @@ static void c_embed(Backend *be, float *out, const int32_t *ids, const float *ta
     ref_embed_fwd(out, ids, table, T, C);
 }
 
+/* Rows are independent and each is weight_dequantize_rows's exactly: bit-identical to ref. */
+static void c_embed_w(Backend *be, float *out, const int32_t *ids, const Weight *table, int T) {
+    (void)be;
+#pragma omp parallel for schedule(static) if (T > 16)
+    for (int t = 0; t < T; t++)
+        weight_dequantize_rows(table, ids[t], 1, out + (size_t)t * table->cols);
+}
+
 static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                             size_t kv_stride, int NH, int KVH, int HS, int window,
@@ -420,6 +428,7 @@ static const BackendOps cpu_ops = {
         .embed_fwd = c_embed,
         .matmul_bwd = cpu_matmul_bwd,
         .matmul_w_fwd = cpu_matmul_w_fwd,
+        .embed_w_fwd = c_embed_w,
         .matmul_w_bwd_in = cpu_matmul_w_bwd_in,
         .rmsnorm_bwd = cpu_rmsnorm_bwd,
         .layernorm_bwd = cpu_layernorm_bwd,

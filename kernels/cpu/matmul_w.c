@@ -7,9 +7,11 @@
  *   do the bits.
  * - M <= WDIRECT_MAX_M (decoding): each thread walks its rows of W a chunk of blocks at a time,
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
- *   once. Every type but the K types (rows of a multiple of 32) has a fused AVX-512 kernel that
+ *   once. Every type (rows of a multiple of 32 and of its block) has a fused AVX-512 kernel that
  *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
- *   TUNA_WTYPE_PLAIN=1 forces the plain path).
+ *   TUNA_WTYPE_PLAIN=1 forces the plain path). TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1
+ *   with 8-bit activations and AVX512-VNNI integer dot products instead (direct_q8: off by
+ *   default, it changes the math; measured no faster here, see its comment).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
@@ -102,13 +104,105 @@ codes4_x(const uint8_t *qs, __m512 lut, __m512 *lo, __m512 *hi) {
     *hi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(h, l)), lut);
 }
 
+/* 32 bytes as two vectors of 16 int32: bytes 0..15 and 16..31 */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+bytes32_x(__m256i v, __m512i *lo, __m512i *hi) {
+    *lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(v));
+    *hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1));
+}
+
+/* The K types' group j (32 elements) of a row in registers, from the scales row_scales_x made:
+ * Q4_K, Q5_K: code * sc[j] - mn[j] (one 6-bit scale and min per 32); Q6_K: (code - 32) times
+ * sc[2j] (elements 0..15) and sc[2j + 1] (16..31). The codes are read as in wtype.c's
+ * deq_q*_k_block: a super-block of 256 holds 8 groups. */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
+group_k_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, int j,
+          __m512 *w0, __m512 *w1) {
+    const uint8_t *b = row + (size_t)(j / 8) * (size_t)block_bytes;
+    int g8 = j % 8;
+    __m256i m4 = _mm256_set1_epi8(0x0F), q;
+    if (t == WT_Q6_K) {
+        int h = g8 / 4, g = g8 % 4;
+        __m256i ql = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (g & 1)));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        ql = _mm256_and_si256(_mm256_srli_epi16(ql, g >= 2 ? 4 : 0), m4);
+        qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), _mm256_set1_epi8(3));
+        q = _mm256_or_si256(ql, _mm256_slli_epi16(qh, 4));
+        __m512i a, c;
+        bytes32_x(q, &a, &c);
+        __m512 off = _mm512_set1_ps(32.0f);
+        *w0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(a), off), _mm512_set1_ps(sc[2 * j]));
+        *w1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), off),
+                            _mm512_set1_ps(sc[2 * j + 1]));
+        return;
+    }
+    int p = g8 / 2, hi = g8 % 2;
+    const uint8_t *qs = b + (t == WT_Q4_K ? 16 : 48) + 32 * p;
+    q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs), 4 * hi), m4);
+    if (t == WT_Q5_K) {
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+        qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * p + hi), _mm256_set1_epi8(1));
+        q = _mm256_or_si256(q, _mm256_slli_epi16(qh, 4));
+    }
+    __m512i a, c;
+    bytes32_x(q, &a, &c);
+    __m512 s = _mm512_set1_ps(sc[j]), m = _mm512_set1_ps(mn[j]);
+    /* a product then a difference, as deq_q4_k_block rounds them: dequant_rows_x is exact */
+    *w0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), s), m);
+    *w1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), s), m);
+}
+
+static int is_k_type(WType t) {
+    return t == WT_Q4_K || t == WT_Q5_K || t == WT_Q6_K;
+}
+
+/* A row's block scales, made before its loop (a call inside it would spill every zmm
+ * register): NF4/FP4 the absmax of each block of 64 into sc; Q4_K/Q5_K d * scale and
+ * dmin * min of each group of 32 into sc and mn; Q6_K d * scale of each 16 into sc. */
+static void row_scales_x(WType t, const uint8_t *row, int K, const WAux *aux, float *sc,
+                         float *mn) {
+    if (t == WT_NF4 || t == WT_FP4) {
+        for (int b = 0; b < K / 64; b++)
+            sc[b] = wtype_bnb_absmax(aux, aux->block0 + b);
+        return;
+    }
+    if (!is_k_type(t)) return;
+    int bb = wtype_info[t].block_bytes;
+    for (int s = 0; s < K / 256; s++) {
+        const uint8_t *b = row + (size_t)s * (size_t)bb;
+        if (t == WT_Q6_K) {
+            float d = wtype_f16_to_f32((uint16_t)(b[208] | (b[209] << 8)));
+            for (int i = 0; i < 16; i++)
+                sc[s * 16 + i] = d * (float)(int8_t)b[192 + i];
+            continue;
+        }
+        float d = wtype_f16_to_f32((uint16_t)(b[0] | (b[1] << 8)));
+        float dmin = wtype_f16_to_f32((uint16_t)(b[2] | (b[3] << 8)));
+        const uint8_t *q = b + 4;
+        for (int j = 0; j < 8; j++) {
+            int c, m;
+            if (j < 4) {
+                c = q[j] & 63;
+                m = q[j + 4] & 63;
+            } else {
+                c = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+                m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+            }
+            sc[s * 8 + j] = d * (float)c;
+            mn[s * 8 + j] = dmin * (float)m;
+        }
+    }
+}
+
 /* the 32 weights of group j (elements 32j .. 32j+31) of a row, in two registers: Q8_0, Q4_0,
  * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
- * times the block's absmax */
+ * times the block's absmax; the K types: group_k_x */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
-group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lut, int j,
-        __m512 *w0, __m512 *w1) {
-    if (t == WT_BF16 || t == WT_F16) {
+group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, __m512 lut,
+        int j, __m512 *w0, __m512 *w1) {
+    if (is_k_type(t)) {
+        group_k_x(t, block_bytes, row, sc, mn, j, w0, w1);
+    } else if (t == WT_BF16 || t == WT_F16) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64));
         __m256i b = _mm256_loadu_si256((const __m256i *)(row + (size_t)j * 64 + 32));
         if (t == WT_F16) {
@@ -145,8 +239,7 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, __m512 lu
 
 /* the types direct_x takes, for a row of K */
 static int direct_x_takes(WType t, int K) {
-    return t != WT_F32 && t != WT_Q4_K && t != WT_Q5_K && t != WT_Q6_K && K % 32 == 0 &&
-           K <= DIRECT_X_MAX_K;
+    return t != WT_F32 && K % wtype_info[t].block == 0 && K % 32 == 0 && K <= DIRECT_X_MAX_K;
 }
 
 /* rows [lo, hi) of out (M, N), input rows two at a time: each group's weights are made once
@@ -164,14 +257,11 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     else
         memset(code, 0, sizeof code);
     __m512 lut = _mm512_loadu_ps(code);
-    float sc[DIRECT_X_MAX_K / 64]; /* NF4/FP4: the row's block scales, made before the loop
-                                     * (a call inside it would spill every zmm register) */
+    float sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32]; /* row_scales_x */
     for (size_t n = lo; n < hi; n++) {
         WAux aux;
         const uint8_t *row = weight_row(w, (int)n, &aux);
-        if (t == WT_NF4 || t == WT_FP4)
-            for (int b = 0; b < K / 64; b++)
-                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        row_scales_x(t, row, K, &aux, sc, mn);
         for (int m0 = 0; m0 < M; m0 += 2) {
             int two = m0 + 1 < M;
             const float *x0 = in + (size_t)m0 * K, *x1 = two ? x0 + K : x0;
@@ -180,8 +270,8 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             int j = 0;
             for (; j + 1 < ng; j += 2) {
                 __m512 w0, w1, w2, w3;
-                group_x(t, bb, row, sc, lut, j, &w0, &w1);
-                group_x(t, bb, row, sc, lut, j + 1, &w2, &w3);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, mn, lut, j + 1, &w2, &w3);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -196,7 +286,7 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             }
             if (j < ng) {
                 __m512 w0, w1;
-                group_x(t, bb, row, sc, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -214,13 +304,116 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     }
 }
 
+// --- the direct path with 8-bit activations (TUNA_WTYPE_Q8ACT=1): Q8_0, Q4_0, Q4_1 -----------
+//
+// Each input row is quantized per block of 32: dx = max|x| / 127 (0 for a block of zeros),
+// qx = rint(x / dx) (ties to even, |qx| <= 127), and its exact fp32 block sum sx = sum x (in
+// element order). A block of weights then costs one integer dot product (AVX512-VNNI vpdpbusd:
+// unsigned codes times signed qx): Q8_0 d dx sum(q qx) (Q8_0's signed q by its magnitude,
+// qx by q's sign); Q4_1 d dx sum(q qx) + m sx; Q4_0 d (dx sum(q qx) - 8 sx). The products are
+// exact integers; the 8 lanes of each block are summed in fp32 with the block's scale, lanes
+// and blocks in a fixed order, so the bits do not depend on the thread count. The fp32 path
+// stays the oracle: this one differs from it by the activation's rounding (|x - dx qx| <= dx/2
+// per element), within 1/127 of sum |x w| per block.
+
+#define Q8ACT_MAX (8 * 8192) /* M * K this path takes (its buffers are on the stack) */
+
+static int q8act_on(void) {
+    const char *e = getenv("TUNA_WTYPE_Q8ACT");
+    return e && *e && *e != '0';
+}
+
+static int direct_q8_takes(WType t, int K, int M) {
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+              __builtin_cpu_supports("f16c");
+    return cpu && (t == WT_Q8_0 || t == WT_Q4_0 || t == WT_Q4_1) && K % 32 == 0 &&
+           (size_t)M * (size_t)K <= Q8ACT_MAX && q8act_on();
+}
+
+/* x (K) in blocks of 32 into qx, dx, sx as above */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+quant_x8(const float *x, int K, int8_t *qx, float *dx, float *sx) {
+    for (int b = 0; b < K / 32; b++) {
+        const float *p = x + (size_t)b * 32;
+        __m512 a = _mm512_loadu_ps(p), c = _mm512_loadu_ps(p + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+        float s = 0.0f;
+        for (int i = 0; i < 32; i++)
+            s += p[i];
+        sx[b] = s;
+        dx[b] = amax / 127.0f;
+        __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)); /* rint: ties to even */
+        __m512i qc = _mm512_cvtps_epi32(_mm512_mul_ps(c, inv));
+        _mm_storeu_si128((__m128i *)(qx + (size_t)b * 32), _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(qx + (size_t)b * 32 + 16), _mm512_cvtsepi32_epi8(qc));
+    }
+}
+
+/* rows [lo, hi) of out (M, N) with M <= 8 input rows of 8-bit activations */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c"))) static void
+direct_q8(float *out, const float *in, const Weight *w, const float *bias, int M, size_t lo,
+          size_t hi) {
+    int K = w->cols, N = w->rows, nb = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    int8_t qx[Q8ACT_MAX] __attribute__((aligned(64)));
+    float dx[Q8ACT_MAX / 32], sx[Q8ACT_MAX / 32];
+    for (int m = 0; m < M; m++)
+        quant_x8(in + (size_t)m * K, K, qx + (size_t)m * K, dx + (size_t)m * nb,
+                 sx + (size_t)m * nb);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (size_t n = lo; n < hi; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, (int)n, &aux);
+        for (int m = 0; m < M; m++) {
+            const int8_t *q = qx + (size_t)m * K;
+            const float *dm = dx + (size_t)m * nb, *sm = sx + (size_t)m * nb;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+            float accs = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * (size_t)bb;
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 32)), u;
+                float d = h2f_x(blk);
+                if (t == WT_Q8_0) {
+                    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                    u = _mm256_sign_epi8(wq, wq);
+                    xv = _mm256_sign_epi8(xv, wq);
+                } else {
+                    __m128i c = _mm_loadu_si128((const __m128i *)(blk + (t == WT_Q4_1 ? 4 : 2)));
+                    u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(c, 4), m4),
+                                         _mm_and_si128(c, m4));
+                }
+                __m256i isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xv);
+                __m256 f = _mm256_cvtepi32_ps(isum), s = _mm256_set1_ps(d * dm[b]);
+                if (b & 1)
+                    acc1 = _mm256_fmadd_ps(f, s, acc1);
+                else
+                    acc0 = _mm256_fmadd_ps(f, s, acc0);
+                if (t == WT_Q4_1)
+                    accs += h2f_x(blk + 2) * sm[b];
+                else if (t == WT_Q4_0)
+                    accs -= 8.0f * d * sm[b];
+            }
+            __m256 a = _mm256_add_ps(acc0, acc1);
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            out[(size_t)m * N + n] = _mm_cvtss_f32(r) + accs + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
 /* rows n0 .. n0+nn-1 of w in fp32 into dst (nn, K), 32 weights at a time in registers */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
 dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
     int K = w->cols, ng = K / 32;
     WType t = w->type;
     int bb = wtype_info[t].block_bytes;
-    float code[16], sc[DIRECT_X_MAX_K / 64];
+    float code[16], sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32];
     if (t == WT_NF4 || t == WT_FP4)
         wtype_code4(t, code);
     else
@@ -230,12 +423,10 @@ dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
         WAux aux;
         const uint8_t *row = weight_row(w, n, &aux);
         float *d = dst + (size_t)(n - n0) * K;
-        if (t == WT_NF4 || t == WT_FP4)
-            for (int b = 0; b < K / 64; b++)
-                sc[b] = wtype_bnb_absmax(&aux, aux.block0 + b);
+        row_scales_x(t, row, K, &aux, sc, mn);
         for (int j = 0; j < ng; j++) {
             __m512 w0, w1;
-            group_x(t, bb, row, sc, lut, j, &w0, &w1);
+            group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
             _mm512_storeu_ps(d + (size_t)j * 32, w0);
             _mm512_storeu_ps(d + (size_t)j * 32 + 16, w1);
         }
@@ -256,6 +447,7 @@ static int use_avx512(void) {
 const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
+    if (direct_q8_takes(t, K, M)) return "direct avx512-vnni q8 activations";
     if (use_avx512() && direct_x_takes(t, K)) return "direct avx512";
 #endif
     (void)t;
@@ -306,6 +498,10 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     if (M <= WDIRECT_MAX_M) {
         nth = (size_t)K * N >= 16384 ? be->n_threads : 1;
 #ifdef WTYPE_X86
+        if (direct_q8_takes(w->type, K, M)) {
+            CPU_PAR_RANGE(nth, (size_t)N, direct_q8(out, in, w, bias, M, lo, hi));
+            return;
+        }
         if (use_avx512() && direct_x_takes(w->type, K)) {
             CPU_PAR_RANGE(nth, (size_t)N, direct_x(out, in, w, bias, M, lo, hi));
             return;

@@ -164,6 +164,7 @@ static const BackendOps cuda_ops = {
         .adamw = nullptr,
         .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
         .matmul_w_bwd_in = nullptr,
+        .embed_w_fwd = nullptr,
         .set_threads = nullptr, /* no host threads do work here */
 };
 

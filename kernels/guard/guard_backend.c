@@ -226,6 +226,9 @@ static void g_matmul_w_fwd(Backend *be, float *out, const float *in, const Weigh
 static void g_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     OPEN_CALL(be, matmul_w_bwd_in(in_, din, dout, w, M));
 }
+static void g_embed_w_fwd(Backend *be, float *out, const int32_t *ids, const Weight *table, int T) {
+    OPEN_CALL(be, embed_w_fwd(in_, out, ids, table, T));
+}
 static void g_set_threads(Backend *be, int n_threads) {
     Guard *g = GUARD(be);
     backend_set_threads(g->inner, n_threads);
@@ -265,6 +268,7 @@ static const BackendOps guard_ops = {
         .dropout = g_dropout,
         .adamw = g_adamw,
         .matmul_w_fwd = g_matmul_w_fwd,
+        .embed_w_fwd = g_embed_w_fwd,
         .matmul_w_bwd_in = g_matmul_w_bwd_in,
         .set_threads = g_set_threads,
 };

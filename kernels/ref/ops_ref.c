@@ -169,6 +169,11 @@ void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, in
         memcpy(out + (size_t)t * C, table + (size_t)ids[t] * C, sizeof(float) * (size_t)C);
 }
 
+void ref_embed_w_fwd(float *out, const int32_t *ids, const Weight *table, int T) {
+    for (int t = 0; t < T; t++)
+        weight_dequantize_rows(table, ids[t], 1, out + (size_t)t * table->cols);
+}
+
 // --- backward ops (every gradient +=; NULL gradients are skipped)
 
 void ref_matmul_bwd(float *din, float *dw, float *dbias, const float *dout, const float *in,
@@ -636,6 +641,11 @@ static void r_matmul_w(Backend *be, float *out, const float *in, const Weight *w
     free(a);
 }
 
+static void r_embed_w(Backend *be, float *out, const int32_t *ids, const Weight *table, int T) {
+    (void)be;
+    ref_embed_w_fwd(out, ids, table, T);
+}
+
 static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     float *f = ref_dequant(be, w);
     float *d = be->mm_bf16 ? ref_bf16_copy(be, dout, (size_t)M * (size_t)w->rows) : NULL;
@@ -666,6 +676,7 @@ static const BackendOps ref_ops = {
         .matmul_bwd = r_matmul_bwd,
         .matmul_w_fwd = r_matmul_w,
         .matmul_w_bwd_in = r_matmul_w_bwd_in,
+        .embed_w_fwd = r_embed_w,
         .rmsnorm_bwd = r_rmsnorm_bwd,
         .layernorm_bwd = r_layernorm_bwd,
         .rope_bwd = r_rope_bwd,

@@ -24,6 +24,8 @@ void ref_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void ref_gelu_fwd(float *out, const float *in, size_t n, int approx);
 void ref_add_fwd(float *out, const float *a, const float *b, size_t n);
 void ref_embed_fwd(float *out, const int32_t *ids, const float *table, int T, int C);
+/* out (T, table->cols) = rows ids of the typed table in fp32 (weight_dequantize_rows). */
+void ref_embed_w_fwd(float *out, const int32_t *ids, const Weight *table, int T);
 
 /* Backward ops: every gradient output accumulates (+=); a NULL gradient pointer skips it. */
 void ref_matmul_bwd(float *din, float *dw, float *dbias, const float *dout, const float *in,

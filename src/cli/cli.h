@@ -95,7 +95,7 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
 /* The base's precision in chat, generate and eval, with `tuna train`'s names: the table rows
  * CLI_PRECISION_OPTS (keys from CLI_OPT_PREC on, clear of every command's own), parsed by
  * cli_precision_opt, applied by cli_load_model (model_load_options; bf16 sets Backend.mm_bf16).
- * CLI_PRECISION_INIT is the plain fp32 load; with none of the options given, an adapter run
+ * CLI_PRECISION_INIT is --dtype auto (the checkpoint's own types); with none of the options given, an adapter run
  * loads its base as it was trained (its train_config.json: a QLoRA run's 4-bit base). */
 typedef struct CliPrecision {
     int bits, double_quant, bf16;
@@ -103,7 +103,7 @@ typedef struct CliPrecision {
     int given; /* a precision option was on the command line: an adapter run's own is not used */
 } CliPrecision;
 #define CLI_PRECISION_INIT                                                                         \
-    { 0, 0, 0, "nf4", "fp32", 0 }
+    { 0, 0, 0, "nf4", "auto", 0 }
 enum {
     CLI_OPT_PREC = 1000,
     CLI_OPT_PREC_TYPE,
@@ -119,7 +119,7 @@ enum {
             {"double-quantization", 0, CLI_OPT_PREC_DQ, NULL,                                      \
              "nf4/fp4: the block scales in 8 bits too"},                                           \
             {"dtype", 1, CLI_OPT_PREC_DTYPE, "D",                                                  \
-             "fp32 (default) | bf16: the base's linear layers in bf16"},                           \
+             "auto (default: as the checkpoint stores them; GGUF types, bf16) | fp32 | bf16"},     \
     {                                                                                              \
         "bf16", 0, CLI_OPT_PREC_BF16, NULL,                                                        \
                 "matrix products in bf16 with fp32 accumulation (as torch.autocast)"               \

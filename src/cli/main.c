@@ -228,8 +228,9 @@ static void generate_report(const GenArgs *a, const Model *m, const Backend *be,
         json_str(stdout, res->text);
         static const char *why[] = {"max_new_tokens", "eos", "stop_string", "callback",
                                     "context_full"};
-        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"threads\": %d",
-               why[res->stopped_by], tps, be->n_threads);
+        printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"prefill_s\": %.6f, "
+               "\"threads\": %d",
+               why[res->stopped_by], tps, res->prefill_s, be->n_threads);
         if (a->lookup && !sample)
             printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res->n_drafted,
                    res->n_accepted);

@@ -36,6 +36,10 @@ else
 	sh tests/bench/bench_padding.sh || status=1
 fi
 
+# the real SmolLM2 Q4_1 GGUF decoded by tuna (weights kept as stored) and by llama.cpp
+echo "=== SmolLM2 Q4_1 GGUF: tuna generate vs llama.cpp (llama-cpp-python), paired rounds ==="
+"$PY" tests/bench/bench_gguf_llamacpp.py || status=1
+
 # the engine reshape must not cost speed: the binary before it against this one, paired
 echo "=== old vs new tuna (OLD=${OLD:-d6528ad}): generation and LoRA training ==="
 sh tests/bench/bench_versions.sh || status=1

@@ -1,0 +1,99 @@
+"""Decoding the real SmolLM2-135M-Instruct Q4_1 GGUF: tuna generate vs llama.cpp (through
+llama-cpp-python), same file, same prompt, same number of new tokens (greedy), same threads.
+
+    python tests/bench/bench_gguf_llamacpp.py [--tokens 128] [--threads 2] [--rounds 5]
+
+Rounds alternate tuna and llama.cpp; each reports decode tok/s ((N-1) tokens after the one the
+prefill gives, over the time of their steps) and prefill tok/s. The summary is the median of the
+per-round ratios tuna / llama.cpp (paired, so load on a shared machine hits both alike). Skips
+with a message when llama_cpp is not importable or the model is not here."""
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle. "
+          "The story should have a beginning, a middle and an end, and it should be told in "
+          "the first person, with vivid details about the sea, the weather and the keeper's "
+          "daily routine, and a surprising twist at the end that changes everything.")
+
+
+def find_model():
+    for d in (os.environ.get("SMOLLM2_GGUF", ""), "../shared/models/smollm2-135m-instruct"):
+        if d.endswith(".gguf") and os.path.isfile(d):
+            return d
+        g = sorted(glob.glob(os.path.join(d, "*Q4_1*.gguf"))) if d else []
+        if g:
+            return g[0]
+    return None
+
+
+def run_tuna(model, n, threads):
+    out = subprocess.run(["./tuna" if os.path.exists("./tuna") else "build/tuna", "generate",
+                          model, "--prompt", PROMPT, "--max-new-tokens", str(n),
+                          "--temperature", "0", "--ignore-eos", "--threads", str(threads),
+                          "--json", "--quiet", "--no-echo"],
+                         capture_output=True, text=True, check=True).stdout
+    j = json.loads(out)
+    return j["tokens_per_s"], len(j["prompt_ids"]) / j["prefill_s"], j["ids"]
+
+
+def run_llama(llm, n):
+    toks = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(toks)
+    t1 = time.perf_counter()
+    ids = []
+    tok = llm.sample(top_k=1, temp=0.0)
+    ids.append(tok)
+    t2 = time.perf_counter()
+    for _ in range(n - 1):
+        llm.eval([tok])
+        tok = llm.sample(top_k=1, temp=0.0)
+        ids.append(tok)
+    t3 = time.perf_counter()
+    return (n - 1) / (t3 - t2), len(toks) / (t1 - t0), ids
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    model = find_model()
+    if not model:
+        print("bench_gguf_llamacpp: no SmolLM2 Q4_1 GGUF (../shared or $SMOLLM2_GGUF); skipped")
+        return 0
+    try:
+        import llama_cpp
+    except ImportError:
+        print("bench_gguf_llamacpp: llama_cpp is not installed in this venv; skipped (pip "
+              "install llama-cpp-python, e.g. from /opt/wheels-cache)")
+        return 0
+    llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=a.threads,
+                          n_threads_batch=a.threads, n_batch=512, verbose=False)
+    print(f"model {model}, {a.tokens} new tokens greedy, {a.threads} threads, llama-cpp-python "
+          f"{llama_cpp.__version__}")
+    dec, pre = [], []
+    for r in range(a.rounds):
+        td, tp, tids = run_tuna(model, a.tokens, a.threads)
+        ld, lp, lids = run_llama(llm, a.tokens)
+        same = sum(1 for x, y in zip(tids, lids) if x == y)
+        print(f"round {r}: decode tuna {td:7.1f} tok/s, llama.cpp {ld:7.1f} tok/s, ratio "
+              f"{td / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, llama.cpp {lp:7.1f} tok/s, ratio "
+              f"{tp / lp:5.2f} | same ids {same}/{a.tokens}")
+        dec.append(td / ld)
+        pre.append(tp / lp)
+    print(f"median ratio tuna / llama.cpp: decode {statistics.median(dec):.2f}, prefill "
+          f"{statistics.median(pre):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
