@@ -426,23 +426,26 @@ static int spec_is_head(const ParamSpec *s) {
 }
 
 /* Which specs load as typed weights: the linear layers below o->fp32_from_layer, quantized to
- * o->qtype, or with o->keep_stored (and qtype F32) the checkpoint tensor's own type where tuna
- * has it: a GGUF type, or a safetensors BF16 / F16 (F32 stays fp32, and so does GPT-2's
- * transposed Conv1D, whose rows are not the file's). */
+ * o->qtype; with o->keep_stored, the frozen embedding and head (typed_head), and the linear
+ * layers when there is no qtype, in the checkpoint tensor's own type where tuna has it: a GGUF
+ * type, or a safetensors BF16 / F16 (F32 stays fp32, and so does GPT-2's transposed Conv1D,
+ * whose rows are not the file's). */
 static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoadOptions *o,
                        int has_w_ops) {
-    int stored = o && o->qtype == WT_F32 && o->keep_stored && (w->gg || w->st) && has_w_ops;
+    int keep = o && o->keep_stored && (w->gg || w->st) && has_w_ops;
     for (int i = 0; i < specs->n; i++) {
         ParamSpec *s = &specs->v[i];
         s->typed = s->stored = 0;
         s->qt = WT_F32;
         s->site = s->layer = -1;
-        if (!o || (o->qtype == WT_F32 && !stored)) continue; /* no search on a plain load */
+        if (!o || (o->qtype == WT_F32 && !keep)) continue; /* no search on a plain load */
         s->site = spec_site(m, s, &s->layer);
         int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
-        int head = stored && o->typed_head && spec_is_head(s);
+        int head = keep && o->typed_head && spec_is_head(s);
         if (!head && (s->site < 0 || s->layer >= from)) continue;
-        if (stored) {
+        /* the linear layers in qtype when one is asked for; the embedding and head (and, with
+         * no qtype, the linear layers too) as stored */
+        if (head || o->qtype == WT_F32) {
             WTensor t;
             if (s->mode != LOAD_COPY || !ws_find(w, s->name, &t) || t.x == GGUF_X_TRANSPOSE)
                 continue;
@@ -474,7 +477,7 @@ ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains) {
 
 size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
                               size_t *n_typed) {
-    if (!o || o->qtype != WT_F32 || !o->keep_stored) return model_typed_bytes_for(c, o, n_typed);
+    if (!o || !o->keep_stored) return model_typed_bytes_for(c, o, n_typed);
     *n_typed = 0;
     WSrc w = {.cfg = c};
     Model m = {.cfg = *c};
@@ -495,8 +498,9 @@ size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const Model
     for (int i = 0; i < specs.n; i++) {
         const ParamSpec *s = &specs.v[i];
         if (!s->typed) continue;
-        int K = spec_in_dim(s);
-        bytes += wtype_row_bytes(s->qt, K) * (s->n / (size_t)K);
+        size_t K = (size_t)spec_in_dim(s);
+        bytes += s->stored ? wtype_row_bytes(s->qt, (int64_t)K) * (s->n / K)
+                           : typed_bytes(s->qt, o->double_quant, s->n / K, K);
         *n_typed += s->n;
     }
     free(specs.v);

@@ -123,6 +123,7 @@ int model_load_options(int bits, const char *qtype, int double_quant, const char
     if (double_quant && t != WT_NF4 && t != WT_FP4)
         return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
                          name);
+    if (autot) *o = model_load_frozen(1 << 30, 0); /* the embedding and head as stored */
     o->qtype = (WType)t;
     o->double_quant = double_quant;
     return 0;

@@ -11,23 +11,19 @@
 #include "model_train.h"
 #include "train.h"
 
-/* --quantization-bit / --quantization-type / --double-quantization as load options: the
- * linear layers the method keeps frozen (all for LoRA and P-tuning; freeze: those below its
- * trained layers) in the chosen type. */
+/* --quantization-bit / --quantization-type / --double-quantization / --dtype as load options:
+ * the linear layers the method keeps frozen (all for LoRA and P-tuning; freeze: those below its
+ * trained layers) in the chosen type, and under auto the frozen embedding and head as stored
+ * (not when LoRA trains token rows); full fine-tuning loads fp32 under auto, refuses the rest. */
 int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOptions *o,
                        TunaErr *err) {
     int rc = model_load_options(c->quantization_bit, c->quantization_type, c->double_quantization,
                                 c->dtype, o, err);
-    if (rc) return rc;
-    if (o->keep_stored) {          /* auto: the frozen base as the checkpoint stores it */
-        if (method == METHOD_FULL) /* full fine-tuning trains every weight in fp32 */
-            *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
-        else
-            *o = model_load_frozen(method == METHOD_FREEZE ? -c->freeze_layers : 1 << 30,
-                                   method == METHOD_LORA && c->lora_trainable_tokens[0]);
+    if (rc || (o->qtype == WT_F32 && !o->keep_stored)) return rc;
+    if (method == METHOD_FULL && o->qtype == WT_F32) { /* auto: full trains every weight in fp32 */
+        *o = (ModelLoadOptions){.qtype = WT_F32, .fp32_from_layer = 1 << 30};
         return 0;
     }
-    if (o->qtype == WT_F32) return 0;
     if (method == METHOD_FULL)
         return c->quantization_bit
                        ? tuna_errf(err, TUNA_EUNSUP,
@@ -40,6 +36,7 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
                                  "every weight in fp32; use lora, ptuning or freeze",
                                  c->dtype, c->dtype);
     if (method == METHOD_FREEZE) o->fp32_from_layer = -c->freeze_layers; /* resolved on load */
+    if (method == METHOD_LORA && c->lora_trainable_tokens[0]) o->typed_head = 0; /* it trains */
     return 0;
 }
 
