@@ -33,7 +33,9 @@
 #define MR 12  /* rows of a tile of C */
 #define NR 32  /* columns of a tile of C (two zmm of fp32) */
 #define KC 256 /* elements of K per block (even) */
-#define MC 384 /* rows of C per task (a multiple of MR) */
+#define MC                                                                                         \
+    768        /* rows of C per task at most (a multiple of MR; halved down to 48 while there
+                   are fewer than two tasks a thread) */
 #define NC 384 /* columns of C per task (a multiple of NR) */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
@@ -225,9 +227,9 @@ X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, f
  * block: the task packs its own operands (ap, bp: MC x KC and NC x KC of bf16), so the threads
  * meet only at the end. */
 X_TARGET static void gemm_task(const View *a, const View *b, int M, int N, int K, size_t m0,
-                               size_t n0, float *C, size_t ldc, int add0, uint32_t *ap,
+                               size_t mc, size_t n0, float *C, size_t ldc, int add0, uint32_t *ap,
                                uint32_t *bp) {
-    size_t m1 = m0 + MC < (size_t)M ? m0 + MC : (size_t)M;
+    size_t m1 = m0 + mc < (size_t)M ? m0 + mc : (size_t)M;
     size_t n1 = n0 + NC < (size_t)N ? n0 + NC : (size_t)N;
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
@@ -249,18 +251,22 @@ X_TARGET static void gemm_task(const View *a, const View *b, int M, int N, int K
 
 static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, float beta, float *C,
                   int ldc) {
-    size_t tm = ((size_t)M + MC - 1) / MC, tn = ((size_t)N + NC - 1) / NC;
+    size_t mc = MC, tn = ((size_t)N + NC - 1) / NC, tm = ((size_t)M + mc - 1) / mc;
+    while (tm * tn < 2 * (size_t)nth && mc > 4 * MR) { /* task shapes do not change the bits */
+        mc /= 2;
+        tm = ((size_t)M + mc - 1) / mc;
+    }
     long ntasks = (long)(tm * tn);
     if (nth > ntasks) nth = (int)ntasks;
-    size_t per = (size_t)(MC + NC) * KC / 2; /* words of one thread's packed operands */
+    size_t per = (mc + NC) * KC / 2; /* words of one thread's packed operands */
     uint32_t *buf = malloc(per * (size_t)(nth > 0 ? nth : 1) * sizeof *buf);
     if (!buf) return -1;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-        uint32_t *ap = buf + per * (size_t)omp_get_thread_num(), *bp = ap + (size_t)MC * KC / 2;
+        uint32_t *ap = buf + per * (size_t)omp_get_thread_num(), *bp = ap + mc * KC / 2;
 #pragma omp for schedule(dynamic, 1)
         for (long t = 0; t < ntasks; t++)
-            gemm_task(a, b, M, N, K, (size_t)t / tn * MC, (size_t)t % tn * NC, C, (size_t)ldc,
+            gemm_task(a, b, M, N, K, (size_t)t / tn * mc, mc, (size_t)t % tn * NC, C, (size_t)ldc,
                       beta != 0.0f, ap, bp);
     }
     free(buf);
