@@ -449,8 +449,8 @@ int gguf_name_for(const ModelConfig *cfg, const char *hf, char *out, size_t cap,
 /* dst = the rows (row_bytes each) of src in HF's order: llama.cpp stores row h*HS + 2i + j of
  * head h for HF's row h*HS + j*HS/2 + i. A pure permutation of whole rows, so it applies to
  * the rows of blocks of a quantized tensor as well as to floats. */
-static int unpermute_rows(const Gguf *g, const GgufTensor *t, int heads, void *dst,
-                          const void *src, size_t rows, size_t row_bytes, TunaErr *err) {
+static int unpermute_rows(const Gguf *g, const GgufTensor *t, int heads, void *dst, const void *src,
+                          size_t rows, size_t row_bytes, TunaErr *err) {
     if (heads <= 0 || rows % (size_t)(2 * heads))
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: tensor \"%s\": %zu rows cannot be split into %d rotary heads",

@@ -468,7 +468,6 @@ ModelLoadOptions model_load_frozen(int fp32_from_layer, int embed_trains) {
                               .typed_head = !embed_trains};
 }
 
-
 size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const ModelLoadOptions *o,
                               size_t *n_typed) {
     if (!o || o->qtype != WT_F32 || !o->keep_stored) return model_typed_bytes_for(c, o, n_typed);

@@ -1281,8 +1281,8 @@ static void head_bwd(TrainState *ts, int R, int M) {
     if (m->head_q) /* a typed head is frozen: the input gradient only */
         model_head_bwd_in(m, dxr, ts->logits, R);
     else
-        op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R,
-                       C, m->cfg.V);
+        op->matmul_bwd(ts->be, dxr, G(ts, m->lm_head), NULL, ts->logits, ts->xnf, m->lm_head, R, C,
+                       m->cfg.V);
     if (ts->n_tok) tokens_grad_head(ts, ts->logits, ts->xnf, R);
     if (R < M)
         for (int r = 0; r < R; r++)

@@ -91,7 +91,8 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     ModelLoadOptions lo;
     int rc = train_load_options(cfg, method, &lo, err);
     if (rc) return rc;
-    size_t per_layer, n_typed = 0, typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
+    size_t per_layer, n_typed = 0,
+                      typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
     out->total_params = model_param_count_for(mc, &per_layer);
     TrainSizes ts;
     rc = train_state_size(mc, out->total_params, per_layer, &setup, cfg->batch_size,

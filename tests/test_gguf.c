@@ -744,9 +744,9 @@ static float *logits_of(Model *m, const int32_t *ids, int T) {
  * the logits are bit-identical; on cpu within 1e-4 of the largest logit (the fused kernels
  * sum in another order). The memory estimate equals what the load kept. */
 static void test_typed_gguf(void) {
-    const char *dirs[] = {"tests/fixtures/llama", "tests/fixtures/llama_tied",
+    const char *dirs[] = {"tests/fixtures/llama",   "tests/fixtures/llama_tied",
                           "tests/fixtures/mistral", "tests/fixtures/qwen2",
-                          "tests/fixtures/qwen3", "tests/fixtures/gpt2"};
+                          "tests/fixtures/qwen3",   "tests/fixtures/gpt2"};
     const WType types[] = {WT_Q8_0, WT_Q4_1, WT_Q4_0, WT_F16, WT_BF16};
     const char *bes[] = {"ref", "cpu"};
     const int32_t ids[12] = {1, 17, 200, 3, 99, 42, 5, 250, 7, 128, 64, 11};
@@ -778,7 +778,8 @@ static void test_typed_gguf(void) {
                                   (b->head_q == b->wte_q) == hc.tie_embeddings,
                           "%s: token embedding / LM head not kept typed", dirs[i]);
                     CHECK(a->n_qparams == 0, "model_load kept %zu typed", a->n_qparams);
-                    CHECK(model_reserve(a, 32, 16, &err) == 0 && model_reserve(b, 32, 16, &err) == 0,
+                    CHECK(model_reserve(a, 32, 16, &err) == 0 &&
+                                  model_reserve(b, 32, 16, &err) == 0,
                           "%s", err.msg);
                     for (int T = 5; T <= 12; T += 7) { /* the direct and the tiled paths */
                         float *la = logits_of(a, ids, T), *lb = logits_of(b, ids, T);

@@ -441,7 +441,7 @@ static void random_k_weight(Weight *w, WType t, int N, int K) {
 static void test_k_direct(void) {
     Backend *ref = backend_init("ref", 1, NULL);
     const WType types[] = {WT_Q4_K, WT_Q5_K, WT_Q6_K};
-    const int shapes[][3] = {{1, 7, 256},  {2, 33, 512}, {3, 5, 768},   {5, 19, 256},
+    const int shapes[][3] = {{1, 7, 256},   {2, 33, 512}, {3, 5, 768},    {5, 19, 256},
                              {8, 64, 1280}, {9, 11, 512}, {1, 300, 2048}, {16, 40, 768}};
     double worst = 0;
     int n_cases = 0;
@@ -533,7 +533,8 @@ static void test_q8act(void) {
                     for (int b = 0; b < K / 32; b++) {
                         double amax = 0, sw = 0;
                         for (int i = b * 32; i < b * 32 + 32; i++) {
-                            double xv = (double)x[(size_t)m * K + i], wv = (double)deq[(size_t)n * K + i];
+                            double xv = (double)x[(size_t)m * K + i],
+                                   wv = (double)deq[(size_t)n * K + i];
                             amax = fmax(amax, fabs(xv));
                             sw += fabs(wv);
                             l += 1e-5 * fabs(xv * wv);
@@ -592,8 +593,8 @@ static void test_embed_w(void) {
     int n_cases = 0;
     for (int t = WT_F32; t < WT_COUNT; t++) {
         int V = 37 + 11 * t, K = wtype_info[t].block == 1     ? 67 + t
-                               : wtype_info[t].block == 256 ? 256 * (1 + t % 2)
-                                                            : 64 * (1 + t % 3);
+                                 : wtype_info[t].block == 256 ? 256 * (1 + t % 2)
+                                                              : 64 * (1 + t % 3);
         Weight w;
         TunaErr err = {0};
         if (wtype_info[t].quant_row) {

@@ -11,7 +11,7 @@
  *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
  *   TUNA_WTYPE_PLAIN=1 forces the plain path). TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1
  *   with 8-bit activations and AVX512-VNNI integer dot products instead (direct_q8: off by
- *   default, it changes the math; measured no faster here, see its comment).
+ *   default, it changes the math: see its comment).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
@@ -198,8 +198,8 @@ static void row_scales_x(WType t, const uint8_t *row, int K, const WAux *aux, fl
  * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
  * times the block's absmax; the K types: group_k_x */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
-group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn,
-        __m512 lut, int j, __m512 *w0, __m512 *w1) {
+group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, __m512 lut,
+        int j, __m512 *w0, __m512 *w1) {
     if (is_k_type(t)) {
         group_k_x(t, block_bytes, row, sc, mn, j, w0, w1);
     } else if (t == WT_BF16 || t == WT_F16) {
@@ -334,9 +334,8 @@ static int direct_q8_takes(WType t, int K, int M) {
 }
 
 /* x (K) in blocks of 32 into qx, dx, sx as above */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void quant_x8(const float *x, int K,
-                                                                            int8_t *qx, float *dx,
-                                                                            float *sx) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+quant_x8(const float *x, int K, int8_t *qx, float *dx, float *sx) {
     for (int b = 0; b < K / 32; b++) {
         const float *p = x + (size_t)b * 32;
         __m512 a = _mm512_loadu_ps(p), c = _mm512_loadu_ps(p + 16);

@@ -225,8 +225,7 @@ static void g_matmul_w_fwd(Backend *be, float *out, const float *in, const Weigh
 static void g_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     OPEN_CALL(be, matmul_w_bwd_in(in_, din, dout, w, M));
 }
-static void g_embed_w_fwd(Backend *be, float *out, const int32_t *ids, const Weight *table,
-                          int T) {
+static void g_embed_w_fwd(Backend *be, float *out, const int32_t *ids, const Weight *table, int T) {
     OPEN_CALL(be, embed_w_fwd(in_, out, ids, table, T));
 }
 static void g_set_threads(Backend *be, int n_threads) {
