@@ -773,8 +773,8 @@ void emit_start(Run *r) {
             msg, sizeof msg,
             "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
             "tokens%s, lr %.3g%s",
-            cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts), r->m->n_params,
-            r->pad_multiple ? "up to " : "", r->T,
+            cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts),
+            r->m->n_params + r->m->n_qparams, r->pad_multiple ? "up to " : "", r->T,
             r->pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r->lr,
             cfg->lr > 0 ? "" : " (auto)");
     emit_log(r, "info", msg);

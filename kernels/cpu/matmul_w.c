@@ -11,7 +11,7 @@
  *   dequantizes in registers (chosen at run time with __builtin_cpu_supports;
  *   TUNA_WTYPE_PLAIN=1 forces the plain path). TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1
  *   with 8-bit activations and AVX512-VNNI integer dot products instead (direct_q8: off by
- *   default, it changes the math; measured no faster here, see its comment).
+ *   default, it changes the math: see its comment).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
