@@ -40,6 +40,16 @@ fi
 echo "=== SmolLM2 Q4_1 GGUF: tuna generate vs llama.cpp (llama-cpp-python), paired rounds ==="
 "$PY" tests/bench/bench_gguf_llamacpp.py || status=1
 
+# low-precision training (issue 13): the CPU's features, then SmolLM2 LoRA fp32 / bf16 / 4-bit
+# against torch+peft fp32 and bf16 autocast, and GPT-2 full --bf16 against fp32, alternated
+echo "=== low-precision training speed: tuna fp32/bf16/4-bit vs torch+peft fp32/autocast ==="
+"$PY" tests/bench/bench_precision.py $TORCH_FLAG || status=1
+
+# peak memory of LoRA over a bf16 / 8-bit / 4-bit base on real shapes (BENCH_8B=0 skips the
+# Llama-3-8B-shaped run, several minutes)
+echo "=== peak memory: Qwen2.5-1.5B-shaped and Llama-3-8B-shaped LoRA over low-precision bases ==="
+sh tests/bench/bench_memory.sh "$VENV" || status=1
+
 # the engine reshape must not cost speed: the binary before it against this one, paired
 echo "=== old vs new tuna (OLD=${OLD:-d6528ad}): generation and LoRA training ==="
 sh tests/bench/bench_versions.sh || status=1
