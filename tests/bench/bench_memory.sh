@@ -3,7 +3,9 @@
 # shapes written by tests/bench/gen_random_model.py (no download):
 #   (1) Qwen2.5-1.5B-shaped (hidden 1536, 28 layers, 12/2 heads, intermediate 8960, vocab 151936,
 #       tied), bf16 safetensors: LoRA r8, rows of 512 tokens, batch 1, gradient checkpointing,
-#       2 steps, with the base in fp32, bf16, 8 bits and 4 bits (NF4). Goal: <= 2.0 GB at 4 bits.
+#       2 steps, with the base in fp32, bf16 (--dtype bf16: the linear layers; auto: the
+#       checkpoint's own bf16, embedding and head too), 8 bits and 4 bits (NF4, embedding and head
+#       as stored). Goal: <= 2.0 GB at 4 bits.
 #   (2) Llama-3-8B-shaped (hidden 4096, 32 layers, 32/8 heads, intermediate 14336, vocab 128256),
 #       written straight to a Q4_0 GGUF: 3 LoRA steps at 256 tokens. Goal: within 8 GB.
 #       (several minutes of compute on 2 cores; BENCH_8B=0 skips it)
@@ -51,7 +53,8 @@ common="--dataset alpaca_en_demo --method lora --lora-rank 8 --packing true --ba
 Q=$DIR/random-qwen2.5-1.5b-bf16
 if gen qwen2.5-1.5b st-bf16 $SHARED/tokenizers/qwen3 "$Q"; then
 	echo "== Qwen2.5-1.5B-shaped, LoRA r8, 512 tokens, batch 1, 2 steps: peak RSS =="
-	for p in "fp32:--dtype fp32" "bf16:--dtype bf16" "8-bit:--quantization-bit 8" \
+	for p in "fp32:--dtype fp32" "bf16 (--dtype bf16):--dtype bf16" \
+		"bf16 as stored (auto):--dtype auto" "8-bit:--quantization-bit 8" \
 		"4-bit nf4:--quantization-bit 4" "4-bit nf4 + double quant:--quantization-bit 4 --double-quantization"; do
 		label=${p%%:*}
 		flags=${p#*:}
