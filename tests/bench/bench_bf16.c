@@ -34,36 +34,6 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/wtype.h"
 
-static void cpu_features(void) {
-    static const char *const flags[] = {"avx2",        "fma",         "avx512f",  "avx512bw",
-                                        "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"};
-    char line[8192];
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char model[256] = "?", have[512] = "";
-    while (f && fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10) && model[0] == '?') {
-            char *c = strchr(line, ':');
-            if (c) snprintf(model, sizeof model, "%s", c + 2);
-            model[strcspn(model, "\n")] = '\0';
-        }
-        if (!strncmp(line, "flags", 5)) {
-            for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-                char pat[64];
-                snprintf(pat, sizeof pat, " %s", flags[i]);
-                char *p = strstr(line, pat);
-                size_t n = strlen(pat);
-                if (p && (p[n] == ' ' || p[n] == '\n')) {
-                    strcat(have, flags[i]);
-                    strcat(have, " ");
-                }
-            }
-            break;
-        }
-    }
-    if (f) fclose(f);
-    printf("cpu: %s; features: %s\n", model, have[0] ? have : "(none of interest)");
-}
-
 enum { OP_FWD, OP_DIN, OP_DW };
 static const char *const op_names[] = {"fwd", "din", "dw"};
 enum { C_FP32, C_BF16, C_PLAIN, C_SBGEMM, C_DNNL, C_COUNT };
@@ -241,7 +211,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    cpu_features();
+    bench_cpu_features();
     TunaErr err = {0};
     Backend *be = backend_init("cpu", threads, &err);
     if (!be) {

@@ -18,37 +18,6 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 
-static void cpu_features(void) {
-    static const char *const flags[] = {"avx2",        "fma",      "f16c",
-                                        "avx512f",     "avx512bw", "avx512_vnni",
-                                        "avx512_bf16", "amx_bf16", "amx_tile"};
-    char line[8192];
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char model[256] = "?", have[512] = "";
-    while (f && fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10) && model[0] == '?') {
-            char *c = strchr(line, ':');
-            if (c) snprintf(model, sizeof model, "%s", c + 2);
-            model[strcspn(model, "\n")] = '\0';
-        }
-        if (!strncmp(line, "flags", 5)) {
-            for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-                char pat[64];
-                snprintf(pat, sizeof pat, " %s", flags[i]);
-                char *p = strstr(line, pat);
-                size_t n = strlen(pat);
-                if (p && (p[n] == ' ' || p[n] == '\n')) {
-                    strcat(have, flags[i]);
-                    strcat(have, " ");
-                }
-            }
-            break;
-        }
-    }
-    if (f) fclose(f);
-    printf("cpu: %s; features: %s\n", model, have[0] ? have : "(none of interest)");
-}
-
 static void bench_shape(Backend *be, int M, int N, int K, int reps) {
     const WType types[] = {WT_F32, WT_BF16, WT_F16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4, WT_FP4};
     size_t nw = (size_t)N * K;
@@ -130,7 +99,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     }
-    cpu_features();
+    bench_cpu_features();
     TunaErr err = {0};
     Backend *be = backend_init("cpu", threads, &err);
     if (!be) {
