@@ -11,7 +11,9 @@ completion mask), writes tests/fixtures/train/dpo_<method>_<case>.safetensors ho
     loss (1)                    the batch's loss
     metrics (6)                 rewards/chosen, rewards/rejected, rewards/accuracies,
                                 rewards/margins, logps/chosen, logps/rejected (batch means)
-    adapter.NAME, grad.NAME     lora: peft's adapter tensors (B non-zero) and their gradients
+    adapter.NAME, grad.NAME     lora: peft's adapter tensors (B non-zero) and their gradients;
+                                ptuning: PEFT prefix tuning's prompt_embeddings (3 virtual
+                                tokens, 0.5*randn) and its gradient
     policy.model.norm.weight    full: the policy's final norm (the reference is the fixture
                                 model itself; the policy differs from it there only)
     grad.NAME                   full: the gradient of every parameter
@@ -48,7 +50,7 @@ warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 
 from datasets import Dataset  # noqa: E402
-from peft import get_peft_model_state_dict  # noqa: E402
+from peft import PrefixTuningConfig, get_peft_model, get_peft_model_state_dict  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
@@ -129,6 +131,13 @@ def run(fix_dir, out_dir, method, case):
     if method == "lora":
         model, _, _ = lora_model(fix_dir, "llama", False, 4000)
         ref = load(fix_dir, "llama")
+    elif method == "ptuning":  # PEFT prefix tuning, 3 virtual tokens, prompt_embeddings 0.5*randn
+        model = get_peft_model(load(fix_dir, "llama"),
+                               PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+        with torch.no_grad():
+            w = model.prompt_encoder["default"].embedding.weight
+            w.copy_(0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(5000)))
+        ref = load(fix_dir, "llama")
     else:
         model, ref = load(fix_dir, "llama"), load(fix_dir, "llama")
         with torch.no_grad():  # the policy differs from the reference in its final norm
@@ -167,6 +176,10 @@ def run(fix_dir, out_dir, method, case):
         for name, v in sd.items():
             t["adapter." + name] = v.detach().clone()
             t["grad." + name] = by_ptr[v.data_ptr()].grad.detach().clone()
+    elif method == "ptuning":
+        w = model.prompt_encoder["default"].embedding.weight
+        t["adapter.prompt_embeddings"] = w.detach().clone()
+        t["grad.prompt_embeddings"] = w.grad.detach().clone()
     else:
         t["policy.model.norm.weight"] = model.model.norm.weight.detach().clone()
         for name, p in model.named_parameters():
@@ -190,6 +203,8 @@ def main():
         run(fix_dir, out_dir, "lora", case)
     for case in ("sigmoid", "hinge", "ipo", "sigmoid_ls"):
         run(fix_dir, out_dir, "full", case)
+    for case in ("sigmoid", "ipo"):
+        run(fix_dir, out_dir, "ptuning", case)
 
 
 if __name__ == "__main__":

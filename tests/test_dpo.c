@@ -1,8 +1,8 @@
 /* test_dpo.c: the preference stage's loss, TRL's reward metrics and every gradient against
  * tests/gen_dpo_fixtures.py (TRL's DPOTrainer for sigmoid, hinge and ipo; LLaMA-Factory's
- * formulas for label smoothing, pref_ftx, orpo and simpo), on the tiny llama with LoRA (the
- * reference: the same Model through a METHOD_NONE state, the adapter off, no copy) and full
- * fine-tuning (the reference: a second, frozen Model). One batch of two pairs. Tolerances: the
+ * formulas for label smoothing, pref_ftx, orpo and simpo), on the tiny llama with LoRA and
+ * P-tuning (the reference: the same Model through a METHOD_NONE state, the adapter off, no copy)
+ * and full fine-tuning (the reference: a second, frozen Model). One batch of two pairs. Tolerances: the
  * loss and each gradient tensor within 1e-3 relative (per tensor, of max |ref|); the metrics
  * within 1e-3 relative + 1e-5 (rewards are beta times differences of fp32 log-prob sums). Also
  * on the head in chunks of 3 rows, and on the ref backend. */
@@ -47,7 +47,8 @@ static void run_case(const char *backend, const char *method, const char *kind) 
         SKIP("%s missing (tests/gen_dpo_fixtures.py makes it)", fpath);
         return;
     }
-    int lora = !strcmp(method, "lora");
+    int lora = !strcmp(method, "lora"), ptuning = !strcmp(method, "ptuning"),
+        adapter = lora || ptuning;
     TunaErr err = {0};
     SafeTensors *fx = NULL;
     Backend *be = backend_init(backend, 2, &err);
@@ -57,7 +58,7 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     double *ref = NULL;
     if (!be || safetensors_open(fpath, &fx, &err) ||
         model_load("tests/fixtures/llama", be, &m, &err) ||
-        (!lora && model_load("tests/fixtures/llama", be, &mref, &err))) {
+        (!adapter && model_load("tests/fixtures/llama", be, &mref, &err))) {
         CHECK(0, "%s: %s", fpath, err.msg);
         goto done;
     }
@@ -73,8 +74,13 @@ static void run_case(const char *backend, const char *method, const char *kind) 
                      .ftx = meta_num(fx, "ftx")};
     const char *lt = safetensors_metadata(fx, "loss_type");
     CHECK(lt && pref_loss_parse(lt, &pc.type) == 0, "%s: loss_type %s", fpath, lt ? lt : "?");
-    TrainSetup setup = {.method = lora ? METHOD_LORA : METHOD_FULL, .seed = 1};
-    if (lora) {
+    TrainSetup setup = {.method = lora      ? METHOD_LORA
+                                  : ptuning ? METHOD_PTUNING
+                                            : METHOD_FULL,
+                        .seed = 1};
+    if (ptuning) {
+        setup.prefix_tokens = 3;
+    } else if (lora) {
         setup.lora_rank = 4;
         setup.lora_alpha = 8;
         setup.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
@@ -87,13 +93,13 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     }
     TrainSetup none = {.method = METHOD_NONE};
     if (train_state_init(m, &setup, B, T, &ts, &err) ||
-        train_state_init(lora ? m : mref, &none, B, T, &rs, &err)) {
+        train_state_init(adapter ? m : mref, &none, B, T, &rs, &err)) {
         CHECK(0, "%s: %s", fpath, err.msg);
         goto done;
     }
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    for (int i = 0; lora && i < np; i++) {
+    for (int i = 0; adapter && i < np; i++) {
         char nm[200];
         snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
         const StTensor *a = safetensors_find(fx, nm);
@@ -134,8 +140,8 @@ static void run_case(const char *backend, const char *method, const char *kind) 
         const StTensor *g = safetensors_find(fx, nm);
         CHECK(g != NULL, "%s: %s missing", fpath, nm);
         if (!g) continue;
-        const ParamInfo *pi = lora ? NULL : pinfo_at(m, tp[i].data);
-        CHECK(lora || (pi && pi->mode == 0), "%s: %s layout", fpath, tp[i].name);
+        const ParamInfo *pi = adapter ? NULL : pinfo_at(m, tp[i].data);
+        CHECK(adapter || (pi && pi->mode == 0), "%s: %s layout", fpath, tp[i].name);
         float *got = xmalloc(sizeof(float) * tp[i].n);
         be->ops->download(be, got, tp[i].grad, tp[i].n * sizeof(float));
         const float *rf = g->data;
@@ -197,6 +203,8 @@ int main(void) {
         run_case("cpu", "lora", lora_cases[i]);
     for (size_t i = 0; i < sizeof full_cases / sizeof full_cases[0]; i++)
         run_case("cpu", "full", full_cases[i]);
+    run_case("cpu", "ptuning", "sigmoid");
+    run_case("cpu", "ptuning", "ipo");
     run_case("ref", "lora", "sigmoid");
     run_case("ref", "full", "ipo");
     setenv("TUNA_HEAD_ROWS", "3", 1); /* the two passes of the head in chunks of 3 rows */
