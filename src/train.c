@@ -396,8 +396,15 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err))) return rc;
     if (r->pref_on && pref_uses_ref(r->pref.type)) {
         /* the reference: LoRA and P-tuning leave the Model's weights alone, so it is the same
-         * Model without the adapter; full and freeze train them in place: a frozen copy */
+         * Model without the adapter; full and freeze train them in place: a frozen copy. A run
+         * from --adapter (a LoRA or P-tuning SFT, say) has that adapter as it starts, frozen (a
+         * second copy of the adapter only, without dropout: TRL's reference when re-training
+         * an adapter), filled in run_prepare */
         TrainSetup none = {.method = METHOD_NONE, .seed = setup.seed};
+        if (c->adapter[0]) {
+            none = setup;
+            none.lora_dropout = 0;
+        }
         Model *base = r->m;
         if (method == METHOD_FULL || method == METHOD_FREEZE) {
             if ((rc = model_load_opts(c->model, r->be, &lo, &r->ref_m, err))) return rc;
@@ -505,6 +512,8 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
     if (!rc && from_adapter) r->cfg = cfg = adapted;
     if (!rc) rc = run_open(r, err);
     if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
+    if (!rc && r->ref_ts && cfg->adapter[0]) /* the reference: the adapter as it starts */
+        rc = adapter_init_train(r->ref_ts, cfg->adapter, cfg->model, err);
     if (!rc) rc = run_claim(r, resume, err);
     if (!rc && resume) rc = resume_pick(r, err);
     if (!rc) rc = run_files_open(r, resume, err);
@@ -672,6 +681,7 @@ static int pref_eval(Run *r, double *loss, TunaErr *err) {
     free(ref);
     batcher_free(&vb);
     *loss = pb.sums.n ? pb.sums.loss / pb.sums.n : 0;
+    r->eval_pref = pb.sums; /* the eval event's eval_rewards/... (train_out.c emit_eval) */
     return rc;
 }
 

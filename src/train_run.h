@@ -59,6 +59,7 @@ typedef struct Run {
     PrefConfig pref;
     Model *ref_m;
     TrainState *ref_ts;
+    PrefSums eval_pref; /* the last eval's sums over the validation pairs */
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)

@@ -1,9 +1,10 @@
 /* test_train_dpo.c: `tuna train --stage dpo` end to end on the bundled stories260K with
  * ../shared/datasets/dpo_en_demo.json (skipped without it): LoRA (the reference: the base with
  * the adapter off, so the first step's loss is ln 2 and its rewards 0; 4 pairs seen 5 times are
- * learnt, accuracy 1), full (a frozen copy), orpo (no reference) and P-tuning runs finish,
- * metrics.jsonl's step events carry TRL's six metrics, the adapter is written, and bad
- * combinations fail with one line. Runs ./tuna (or $TUNA_BIN) from the repo root. */
+ * learnt, accuracy 1), full (a frozen copy), orpo (no reference) and P-tuning runs finish, a
+ * run from an SFT adapter (--adapter) has that adapter as its reference, metrics.jsonl's step
+ * events carry TRL's six metrics and the eval events the eval_ ones, the adapter is written,
+ * and bad combinations fail with one line. Runs ./tuna (or $TUNA_BIN) from the repo root. */
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,7 +33,7 @@ static int sh(const char *cmd) {
 }
 
 typedef struct Seen {
-    int steps, evals, with_metrics;
+    int steps, evals, with_metrics, evals_with_metrics;
     double loss1, margin1, acc1, eval0, margin_last, acc_last;
 } Seen;
 
@@ -65,6 +66,13 @@ static void read_metrics(const char *dir, Seen *s) {
         if (t && !strcmp(t, "eval")) {
             if (step == 0) s->eval0 = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_loss"));
             s->evals++;
+            int all = 1;
+            for (int k = 0; k < 6; k++) {
+                char key[64];
+                snprintf(key, sizeof key, "eval_%s", metric_keys[k]);
+                all &= cJSON_IsNumber(cJSON_GetObjectItem(j, key));
+            }
+            s->evals_with_metrics += all;
         }
         cJSON_Delete(j);
     }
@@ -82,7 +90,9 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     CHECK(s->steps == steps && s->with_metrics == steps,
           "%s: %d step events, %d with the six metrics (want %d)", name, s->steps, s->with_metrics,
           steps);
-    CHECK(s->evals >= 2, "%s: eval events %d", name, s->evals);
+    CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals,
+          "%s: %d eval events, %d with eval_rewards/... (all expected)", name, s->evals,
+          s->evals_with_metrics);
 }
 
 /* A run that must fail: exit 2 and one line naming the problem. */
@@ -131,6 +141,22 @@ int main(void) {
     CHECK(isfinite(s.loss1) && s.loss1 > 0, "orpo: loss %g", s.loss1);
     run(tmp, "ptuning", "--method ptuning --prefix-tokens 4 --pref-loss ipo", 4, &s);
     CHECK(isfinite(s.loss1), "ptuning ipo: loss %g", s.loss1);
+    /* from an SFT adapter: the reference is that adapter as it starts (TRL's re-training case),
+     * so the first step is ln 2 again although the adapter is not zero */
+    char cmd0[1200];
+    snprintf(cmd0, sizeof cmd0,
+             "%s train --model models/stories260K --dataset identity --dataset-dir datasets "
+             "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --max-steps 4 "
+             "--sample-prompts '' --quiet --threads 2 --output %s/sft 2>/dev/null",
+             bin(), tmp);
+    CHECK(sh(cmd0) == 0, "the SFT run for --adapter");
+    char args[400];
+    snprintf(args, sizeof args, "--adapter %s/sft", tmp);
+    run(tmp, "from_sft", args, 2, &s);
+    CHECK(fabs(s.loss1 - log(2.0)) < 1e-6 && fabs(s.margin1) < 1e-6,
+          "from an SFT adapter: step 1 loss %.7f, margin %.3g (ln 2 and 0: the reference is the "
+          "adapter as it starts)",
+          s.loss1, s.margin1);
     refused(tmp, "--pref-loss dpo", "--pref-loss: must be sigmoid, hinge, ipo, orpo or simpo");
     refused(tmp, "--packing true", "pairs are neither packed nor grouped");
     refused(tmp, "--pref-loss hinge --dpo-label-smoothing 0.1", "only with --pref-loss sigmoid");
