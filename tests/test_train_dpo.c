@@ -2,7 +2,8 @@
  * ../shared/datasets/dpo_en_demo.json (skipped without it): LoRA (the reference: the base with
  * the adapter off, so the first step's loss is ln 2 and its rewards 0; 4 pairs seen 5 times are
  * learnt, accuracy 1), full (a frozen copy), orpo (no reference) and P-tuning runs finish, a
- * run from an SFT adapter (--adapter) has that adapter as its reference, metrics.jsonl's step
+ * run from an SFT adapter (--adapter) has that adapter as its reference (and resumes after a
+ * SIGKILL with the same losses, bit for bit), metrics.jsonl's step
  * events carry TRL's six metrics and the eval events the eval_ ones, the adapter is written,
  * and bad combinations fail with one line. Runs ./tuna (or $TUNA_BIN) from the repo root. */
 #include <sys/stat.h>
@@ -77,6 +78,56 @@ static void read_metrics(const char *dir, Seen *s) {
         cJSON_Delete(j);
     }
     free(text);
+}
+
+/* Step losses (index = step) from metrics.jsonl. */
+static void read_losses(const char *dir, double *loss, int cap) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    for (int i = 0; i < cap; i++)
+        loss[i] = -1;
+    char *text = xread_file(path, NULL);
+    char *save = NULL;
+    for (char *l = text ? strtok_r(text, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
+        int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
+        if (t && !strcmp(t, "step") && step >= 0 && step < cap)
+            loss[step] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+        cJSON_Delete(j);
+    }
+    free(text);
+}
+
+/* Killed (SIGKILL) after its checkpoint at step 3 and resumed: the same loss at every step as
+ * the run left alone, bit for bit (the pairs' order, the reference from --adapter). */
+static void test_resume(const char *tmp, const char *adapter) {
+    char args[1500], cmd[4096], u[300], k[300];
+    snprintf(args, sizeof args,
+             "--model models/stories260K --dataset dpo_en_demo --dataset-dir ../shared/datasets "
+             "--stage dpo --batch-size 2 --cutoff-len 64 --max-samples 40 --val-size 4 "
+             "--eval-steps 0 --save-steps 3 --sample-prompts '' --quiet --threads 1 --adapter %s "
+             "--max-steps 40",
+             adapter);
+    snprintf(u, sizeof u, "%s/resume_u", tmp);
+    snprintf(k, sizeof k, "%s/resume_k", tmp);
+    snprintf(cmd, sizeof cmd, "%s train %s --output %s 2>/dev/null", bin(), args, u);
+    CHECK(sh(cmd) == 0, "resume: the uninterrupted run");
+    snprintf(cmd, sizeof cmd,
+             "%s train %s --output %s 2>/dev/null & P=$!; for i in $(seq 600); do grep -q "
+             "'\"step\":5,' %s/metrics.jsonl 2>/dev/null && break; sleep 0.02; done; kill -9 $P; "
+             "wait $P 2>/dev/null; grep -q '\"type\":\"done\"' %s/metrics.jsonl && exit 9; "
+             "%s train --resume %s --quiet 2>/dev/null",
+             bin(), args, k, k, k, bin(), k);
+    int rc = sh(cmd);
+    CHECK(rc == 0, "resume: killed mid-run, then --resume: exit %d (9: it had finished)", rc);
+    double a[48], b[48];
+    read_losses(u, a, 48);
+    read_losses(k, b, 48);
+    int same = 1;
+    for (int i = 1; i <= 40; i++)
+        same &= a[i] >= 0 && a[i] == b[i];
+    CHECK(same, "resume: the losses of steps 1..40 equal the uninterrupted run's, bit for bit");
 }
 
 static void run(const char *tmp, const char *name, const char *args, int steps, Seen *s) {
@@ -157,6 +208,7 @@ int main(void) {
           "from an SFT adapter: step 1 loss %.7f, margin %.3g (ln 2 and 0: the reference is the "
           "adapter as it starts)",
           s.loss1, s.margin1);
+    test_resume(tmp, args + strlen("--adapter "));
     refused(tmp, "--pref-loss dpo", "--pref-loss: must be sigmoid, hinge, ipo, orpo or simpo");
     refused(tmp, "--packing true", "pairs are neither packed nor grouped");
     refused(tmp, "--pref-loss hinge --dpo-label-smoothing 0.1", "only with --pref-loss sigmoid");
