@@ -25,8 +25,10 @@ enum { FMT_ALPACA, FMT_SHAREGPT };
 typedef struct DatasetAttr {
     char *name, *path;
     int formatting;
+    int ranking; /* "ranking": true: a preference dataset (chosen/rejected) */
     /* columns: NULL = unused */
     const char *prompt, *query, *response, *system, *history, *messages, *tools;
+    const char *chosen, *rejected; /* ranking */
     /* tags: NULL = never matches */
     const char *role_tag, *content_tag, *user_tag, *assistant_tag, *observation_tag, *function_tag,
             *system_tag;
@@ -39,7 +41,7 @@ static const char *get_str(const cJSON *obj, const char *key) {
 
 /* Fills a from the registry entry (strings borrowed from the cJSON tree `entry`). */
 static int parse_attr(const char *info_path, const char *dir, const char *name, const cJSON *entry,
-                      DatasetAttr *a, TunaErr *err) {
+                      int want_ranking, DatasetAttr *a, TunaErr *err) {
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(entry))
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an object", info_path, name);
@@ -57,9 +59,15 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
                          name);
     }
     const cJSON *rank = cJSON_GetObjectItemCaseSensitive(entry, "ranking");
-    if (cJSON_IsTrue(rank))
+    a->ranking = cJSON_IsTrue(rank);
+    if (a->ranking && !want_ranking)
         return tuna_errf(err, TUNA_EUNSUP,
                          "%s: \"%s\" is a ranking (preference, dpo) dataset: not supported for sft",
+                         info_path, name);
+    if (!a->ranking && want_ranking) /* LLaMA-Factory: "not applicable in the current stage" */
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"%s\" is not a ranking dataset: a preference stage (dpo) needs "
+                         "\"ranking\": true with chosen and rejected columns",
                          info_path, name);
     const char *fmt = get_str(entry, "formatting");
     if (!fmt || !strcmp(fmt, "alpaca"))
@@ -77,7 +85,7 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
                          name);
     if (cols) {
         if (cJSON_GetObjectItemCaseSensitive(cols, "kto_tag") ||
-            cJSON_GetObjectItemCaseSensitive(cols, "chosen"))
+            (!a->ranking && cJSON_GetObjectItemCaseSensitive(cols, "chosen")))
             return tuna_errf(err, TUNA_EUNSUP,
                              "%s: \"%s\" is a kto/preference dataset: not supported for sft",
                              info_path, name);
@@ -88,6 +96,8 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
         a->history = get_str(cols, "history");
         a->messages = get_str(cols, "messages");
         a->tools = get_str(cols, "tools");
+        a->chosen = get_str(cols, "chosen");
+        a->rejected = get_str(cols, "rejected");
     } else {
         a->prompt = "instruction";
         a->query = "input";
@@ -119,6 +129,11 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: \"%s\": sharegpt needs columns.messages and "
                          "tags role_tag/content_tag",
+                         info_path, name);
+    if (a->ranking && (!a->chosen || !a->rejected))
+        return tuna_errf(err, TUNA_EFORMAT,
+                         "%s: \"%s\": a ranking dataset needs columns.chosen and "
+                         "columns.rejected",
                          info_path, name);
     a->name = xstrdup(name);
     size_t l = strlen(dir) + strlen(file) + 2;
@@ -727,6 +742,115 @@ static void pt_flush(Ctx *c) {
     c->n_pend = 0;
 }
 
+/* LLaMA-Factory's infer_seqlen: how much of a prompt of slen and an answer of tlen tokens fits
+ * in cutoff (the answer counts more). */
+static void infer_seqlen(size_t slen, size_t tlen, size_t cutoff, size_t *snew, size_t *tnew) {
+    size_t max_t;
+    if (tlen * 2 < cutoff)
+        max_t = cutoff;
+    else if (slen * 2 < cutoff)
+        max_t = cutoff - slen;
+    else
+        max_t = (size_t)((double)cutoff * ((double)tlen / (double)(slen + tlen)));
+    *tnew = tlen < max_t ? tlen : max_t;
+    size_t max_s = cutoff > *tnew ? cutoff - *tnew : 0;
+    *snew = slen < max_s ? slen : max_s;
+}
+
+/* The chosen or rejected answer of a ranking row: a string (alpaca) or a message object whose
+ * role is an assistant or function tag (sharegpt). NULL and *why when it is neither. */
+static const char *pair_answer(const DatasetAttr *a, const cJSON *row, const char *col,
+                               char *whybuf, size_t whylen, const char **why) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(row, col);
+    if (a->formatting == FMT_ALPACA) {
+        if (cJSON_IsString(j)) return j->valuestring;
+        snprintf(whybuf, whylen, "\"%s\" must be a string, got %s", col, jtype(j));
+    } else {
+        const char *role = cJSON_IsObject(j) ? get_str(j, a->role_tag) : NULL;
+        const char *content = cJSON_IsObject(j) ? get_str(j, a->content_tag) : NULL;
+        if (role && content && (tag_is(a->assistant_tag, role) || tag_is(a->function_tag, role)))
+            return content;
+        if (role && content)
+            snprintf(whybuf, whylen, "\"%s\": role \"%s\" where %s was expected", col, role,
+                     a->assistant_tag ? a->assistant_tag : "an assistant tag");
+        else
+            snprintf(whybuf, whylen, "\"%s\" must be an object with string \"%s\" and \"%s\"", col,
+                     a->role_tag, a->content_tag);
+    }
+    *why = whybuf;
+    return NULL;
+}
+
+/* Encodes cv (the prompt) + answer as LLaMA-Factory's encode_oneturn: the prompt is every token
+ * before the last reply (history included), the answer that reply. *ids owns both. */
+static int encode_oneturn(Ctx *c, Conv *cv, const char *role, const char *answer, int32_t **ids,
+                          size_t *n, size_t *plen, TunaErr *err) {
+    conv_add(cv, role, &c->vars, answer);
+    int32_t *labels = NULL;
+    int rc = template_encode_train(c->tpl, c->tok, cv->m, cv->n, 0, TEMPLATE_MASK_HISTORY, ids,
+                                   &labels, n, err);
+    free(cv->own[--cv->n]);
+    if (rc) return rc;
+    size_t p = 0;
+    while (p < *n && labels[p] == TEMPLATE_IGNORE)
+        p++;
+    free(labels);
+    *plen = p;
+    return 0;
+}
+
+/* A ranking row: the pair (chosen, rejected) sharing the prompt cv, truncated together as
+ * LLaMA-Factory's pairwise processor does (infer_seqlen of the prompt and the longer answer),
+ * pushed as two consecutive examples. */
+static int pair_row(Ctx *c, const DatasetAttr *a, const char *path, long line, const cJSON *row,
+                    Conv *cv, TunaErr *err) {
+    char whybuf[400];
+    const char *why = NULL;
+    const char *ch = pair_answer(a, row, a->chosen, whybuf, sizeof whybuf, &why);
+    const char *rj = ch ? pair_answer(a, row, a->rejected, whybuf, sizeof whybuf, &why) : NULL;
+    if (why) return bad_row(c, err, path, line, "%s", why);
+    int32_t *ids[2] = {NULL, NULL};
+    size_t n[2], p[2];
+    TunaErr e2 = {0};
+    int rc = encode_oneturn(c, cv, "assistant", ch, &ids[0], &n[0], &p[0], &e2);
+    if (!rc) rc = encode_oneturn(c, cv, "assistant", rj, &ids[1], &n[1], &p[1], &e2);
+    if (!rc && (p[0] != p[1] || memcmp(ids[0], ids[1], p[0] * sizeof(int32_t))))
+        rc = tuna_errf(&e2, TUNA_EINVAL, "chosen and rejected do not share the prompt's tokens");
+    if (rc) {
+        free(ids[0]);
+        free(ids[1]);
+        if (rc == TUNA_EINVAL) return bad_row(c, err, path, line, "%s", e2.msg);
+        if (err) *err = e2;
+        return rc;
+    }
+    size_t s = p[0], t[2] = {n[0] - p[0], n[1] - p[1]}, tl = t[0] > t[1] ? t[0] : t[1], snew, tnew;
+    if (c->opt->cutoff_len > 0) {
+        infer_seqlen(s, tl, (size_t)c->opt->cutoff_len, &snew, &tnew);
+        if (snew < s || tnew < tl) c->d->n_truncated++;
+    } else {
+        snew = s, tnew = tl;
+    }
+    if (t[0] > tnew) t[0] = tnew;
+    if (t[1] > tnew) t[1] = tnew;
+    if (!t[0] || !t[1] || snew + tnew > (size_t)INT_MAX) {
+        c->d->n_dropped++;
+        free(ids[0]);
+        free(ids[1]);
+        return 0;
+    }
+    for (int k = 0; k < 2; k++) { /* prompt[:snew] + answer[:t] */
+        size_t m = snew + t[k];
+        int32_t *e = xmalloc(m * sizeof *e), *l = xmalloc(m * sizeof *l);
+        memcpy(e, ids[k], snew * sizeof *e);
+        memcpy(e + snew, ids[k] + s, t[k] * sizeof *e);
+        for (size_t i = 0; i < m; i++)
+            l[i] = i < snew ? TEMPLATE_IGNORE : e[i];
+        ds_push(c->d, e, l, m);
+        free(ids[k]);
+    }
+    return 0;
+}
+
 /* One JSON row. Returns 0 (also for a skipped bad row) or a fatal error. */
 static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line, const char *text,
                        size_t len, TunaErr *err) {
@@ -740,11 +864,19 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
     }
     const char *why = NULL;
     char whybuf[400];
-    int pt = c->opt->stage_pt;
+    int pt = c->opt->stage_pt, need = !pt && !a->ranking;
     if (a->formatting == FMT_ALPACA)
-        convert_alpaca(a, row, &c->vars, !pt, &cv, &why, whybuf, sizeof whybuf);
+        convert_alpaca(a, row, &c->vars, need, &cv, &why, whybuf, sizeof whybuf);
     else
-        convert_sharegpt(a, row, &c->vars, !pt, &cv, &why, whybuf, sizeof whybuf);
+        convert_sharegpt(a, row, &c->vars, need, &cv, &why, whybuf, sizeof whybuf);
+    if (!why && a->ranking && a->formatting == FMT_SHAREGPT && cv.m[cv.n - 1].role[0] != 'u' &&
+        strcmp(cv.m[cv.n - 1].role, "observation")) {
+        snprintf(whybuf, sizeof whybuf,
+                 "\"%s\" must end with a user message (an odd count): the answers are \"%s\" "
+                 "and \"%s\"",
+                 a->messages, a->chosen, a->rejected);
+        why = whybuf;
+    }
     if (why) {
         rc = bad_row(c, err, path, line, "%s", why);
         goto out;
@@ -768,6 +900,10 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
         while (k < cv.n && (!strcmp(cv.m[k].role, "system") || !strcmp(cv.m[k].role, "tools")))
             k++;
         rc = k < cv.n ? pt_add(c, cv.m[k].content, 0, err) : 0; /* vars already applied */
+        goto out;
+    }
+    if (a->ranking) {
+        rc = pair_row(c, a, path, line, row, &cv, err);
         goto out;
     }
     int32_t *ids = NULL, *labels = NULL;
@@ -812,7 +948,8 @@ static int load_one(Ctx *c, const DatasetAttr *a, TunaErr *err) {
     Reader r;
     int rc = reader_open(&r, a->path, err);
     if (rc) return rc;
-    if (!c->opt->stage_pt && (r.kind == RD_TEXT || (a->formatting == FMT_ALPACA && !a->response))) {
+    if (!c->opt->stage_pt &&
+        (r.kind == RD_TEXT || (a->formatting == FMT_ALPACA && !a->response && !a->ranking))) {
         reader_close(&r);
         return tuna_errf(err, TUNA_EUNSUP,
                          "%s: dataset \"%s\" is plain text (no response "
@@ -873,6 +1010,7 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
         free(ids);
     }
     Dataset *d = xcalloc(1, sizeof *d);
+    d->pairs = opt->ranking != 0;
     c.d = d;
     int rc = 0;
     cJSON *info = NULL;
@@ -913,7 +1051,7 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
             goto fail;
         }
         DatasetAttr a;
-        if ((rc = parse_attr(info_path, dir, nm, entry, &a, err))) goto fail;
+        if ((rc = parse_attr(info_path, dir, nm, entry, opt->ranking, &a, err))) goto fail;
         rc = load_one(&c, &a, err);
         attr_free(&a);
         if (rc) goto fail;
@@ -982,8 +1120,8 @@ int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train,
     *train = *val = NULL;
     if (!(val_size >= 0))
         return tuna_errf(err, TUNA_EINVAL, "val_size must be >= 0, got %g", val_size);
-    size_t n = all->n,
-           nv = val_size >= 1 ? (size_t)val_size : (size_t)llround(val_size * (double)n);
+    size_t k = all->pairs ? 2 : 1, n = all->n / k, /* units: examples or pairs */
+            nv = val_size >= 1 ? (size_t)val_size : (size_t)llround(val_size * (double)n);
     if (nv >= n && n > 0)
         return tuna_errf(err, TUNA_EINVAL,
                          "val_size %g takes %zu of %zu examples: nothing left to "
@@ -998,9 +1136,10 @@ int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train,
         in_val[idx[i]] = 1;
     free(idx);
     Dataset *tr = ds_empty_like(all), *va = ds_empty_like(all);
-    for (size_t i = 0; i < n; i++) {
+    tr->pairs = va->pairs = all->pairs;
+    for (size_t i = 0; i < n * k; i++) {
         Example *e = &all->ex[i];
-        ds_push(in_val[i] ? va : tr, e->ids, e->labels, (size_t)e->n);
+        ds_push(in_val[i / k] ? va : tr, e->ids, e->labels, (size_t)e->n);
     }
     free(in_val);
     free(all->ex);
@@ -1016,6 +1155,18 @@ int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train,
 static size_t ex_len(const Batcher *b, size_t i) {
     size_t n = (size_t)b->d->ex[i].n;
     return n < (size_t)b->T ? n : (size_t)b->T;
+}
+
+/* The batcher's units: examples, or pairs (Dataset.pairs). */
+static size_t n_units(const Dataset *d) {
+    return d->pairs ? d->n / 2 : d->n;
+}
+
+/* A unit's row length: a pair's is its longer answer's. */
+static size_t unit_len(const Batcher *b, size_t u) {
+    if (!b->d->pairs) return ex_len(b, u);
+    size_t c = ex_len(b, 2 * u), r = ex_len(b, 2 * u + 1);
+    return c > r ? c : r;
 }
 
 /* Mega-batches of the shuffled order, each sorted by length, longest first; equal lengths keep
@@ -1037,7 +1188,7 @@ static void group_by_length(Batcher *b) {
 }
 
 static void batcher_plan(Batcher *b) {
-    size_t n = b->d->n;
+    size_t n = n_units(b->d);
     for (size_t i = 0; i < n; i++)
         b->order[i] = i;
     uint64_t s = b->seed ^ 0x74756e61ull; /* "tuna" */
@@ -1066,7 +1217,11 @@ static void batcher_plan(Batcher *b) {
 int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t seed,
                  TunaErr *err) {
     memset(b, 0, sizeof *b);
-    if (!d || d->n == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
+    if (!d || n_units(d) == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
+    if (d->pairs && flags)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "batcher: pairs (a preference dataset) are neither packed nor grouped "
+                         "by length");
     if (B <= 0 || T < 2)
         return tuna_errf(err, TUNA_EINVAL, "batcher: need B >= 1 and T >= 2, got B=%d T=%d", B, T);
     b->d = d;
@@ -1076,10 +1231,11 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
         return tuna_errf(err, TUNA_EINVAL, "batcher: unknown flags %#x", (unsigned)flags);
     b->pack = flags & BATCH_PACK_NEAT ? flags | BATCH_PACK : flags;
     b->seed = seed;
-    b->order = xmalloc(d->n * sizeof *b->order);
-    b->row_start = xmalloc((d->n + 1) * sizeof *b->row_start);
-    b->ids = xmalloc((size_t)B * (size_t)T * sizeof *b->ids);
-    b->targets = xmalloc((size_t)B * (size_t)T * sizeof *b->targets);
+    size_t rows = (size_t)B * (d->pairs ? 2 : 1);
+    b->order = xmalloc(n_units(d) * sizeof *b->order);
+    b->row_start = xmalloc((n_units(d) + 1) * sizeof *b->row_start);
+    b->ids = xmalloc(rows * (size_t)T * sizeof *b->ids);
+    b->targets = xmalloc(rows * (size_t)T * sizeof *b->targets);
     if (b->pack & BATCH_PACK_NEAT) b->seg_start = xmalloc((size_t)B * (size_t)T * sizeof(int32_t));
     batcher_plan(b);
     return 0;
@@ -1101,6 +1257,8 @@ int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err) {
 }
 
 int batcher_set_rank(Batcher *b, int rank, int world, TunaErr *err) {
+    if (b->d->pairs && world != 1)
+        return tuna_errf(err, TUNA_EUNSUP, "rank shares of a batch of pairs are not supported");
     if (world < 1 || rank < 0 || rank >= world || b->B % world)
         return tuna_errf(err, TUNA_EINVAL,
                          "rank %d of %d processes: the batch of %d rows must split evenly", rank,
@@ -1108,6 +1266,40 @@ int batcher_set_rank(Batcher *b, int rank, int world, TunaErr *err) {
     b->rank = rank;
     b->world = world;
     return 0;
+}
+
+/* batcher_next's batch of pairs: pair r's chosen in row r, its rejected in row B + r. */
+static int pairs_next(Batcher *b, Batch *out, size_t T, int wrapped) {
+    size_t B = (size_t)b->B, BT = 2 * B * T;
+    for (size_t i = 0; i < BT; i++) {
+        b->ids[i] = b->pad_id;
+        b->targets[i] = TEMPLATE_IGNORE;
+    }
+    int n_targets = 0, n_tokens = 0;
+    for (size_t r = 0; r < B; r++) {
+        size_t row = b->cursor * B + r;
+        if (row >= b->n_rows) break;
+        for (size_t k = 0; k < 2; k++) {
+            size_t ex = 2 * b->order[b->row_start[row]] + k, m = ex_len(b, ex);
+            const Example *e = &b->d->ex[ex];
+            int32_t *ids = b->ids + (k * B + r) * T, *tg = b->targets + (k * B + r) * T;
+            memcpy(ids, e->ids, m * sizeof *ids);
+            for (size_t t = 0; t + 1 < m; t++) {
+                tg[t] = e->labels[t + 1];
+                n_targets += tg[t] != TEMPLATE_IGNORE;
+            }
+            n_tokens += (int)m;
+        }
+    }
+    b->cursor++;
+    out->B = (int)(2 * B);
+    out->T = (int)T;
+    out->ids = b->ids;
+    out->targets = b->targets;
+    out->seg_start = NULL;
+    out->n_targets = out->n_targets_global = n_targets;
+    out->n_tokens = out->n_tokens_global = n_tokens;
+    return wrapped;
 }
 
 int batcher_next(Batcher *b, Batch *out) {
@@ -1126,12 +1318,13 @@ int batcher_next(Batcher *b, Batch *out) {
             size_t row = b->cursor * (size_t)b->B + r, len = 0;
             if (row >= b->n_rows) break;
             for (size_t k = b->row_start[row]; k < b->row_start[row + 1]; k++)
-                len += ex_len(b, b->order[k]);
+                len += unit_len(b, b->order[k]);
             longest = len > longest ? len : longest;
         }
         longest = (longest + mult - 1) / mult * mult;
         if (longest < T) T = longest;
     }
+    if (b->d->pairs) return pairs_next(b, out, T, wrapped);
     size_t BT = (size_t)b->B * T;
     for (size_t i = 0; i < BT; i++) {
         b->ids[i] = b->pad_id;

@@ -8,7 +8,12 @@
  * keys it omits are unused, as in LLaMA-Factory. Files: .jsonl (one object per line, read line by
  * line), .json (a top-level array, scanned element by element so no whole-file cJSON tree is
  * built; a .json starting with '{' is read as JSON lines), .txt (one row per non-empty line,
- * column "text"; stage pt only). Ranking (dpo) and kto datasets are rejected (not for sft).
+ * column "text"; stage pt only). Ranking datasets ("ranking": true, columns chosen and
+ * rejected: strings in alpaca form, messages in sharegpt form after a prompt that ends with a
+ * user turn) load only with DatasetOptions.ranking, and then only they do: each row is a pair of
+ * Examples, chosen then rejected, sharing the prompt (every token before the last reply,
+ * masked), truncated together as LLaMA-Factory's pairwise processor (infer_seqlen of the prompt
+ * and the longer answer). kto datasets are rejected.
  * A bad row is reported as `FILE:LINE: what` (the line where the element starts): fatal with
  * strict, else skipped and counted, the first DATASET_MAX_MSGS messages kept.
  * Single-threaded: a Dataset/Batcher is used by one thread (the trainer). */
@@ -31,6 +36,7 @@ typedef struct DatasetOptions {
     int strict;              /* a bad row is fatal */
     int stage_pt;       /* plain text: text + EOS, every token trains, packed into cutoff_len */
     int template_flags; /* sft: TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY */
+    int ranking;        /* preference stages: ranking datasets only, loaded as pairs */
 } DatasetOptions;
 
 typedef struct Example {
@@ -43,6 +49,7 @@ typedef struct Example {
 
 typedef struct Dataset {
     Example *ex; /* (n) owned, each ids/labels malloc'd */
+    int pairs;   /* ranking: ex[2i] is pair i's chosen, ex[2i + 1] its rejected */
     size_t n, cap;
     size_t n_rows;         /* rows read (good + bad) */
     size_t n_skipped;      /* bad rows skipped (non-strict) */
@@ -67,7 +74,8 @@ void dataset_free(Dataset *d); /* NULL-safe */
  * val_size when val_size >= 1) go to *val, the rest to *train, each keeping the original order.
  * The Examples are moved: afterwards `all` is empty (n == 0, counters kept) but must still be
  * freed; *train and *val own their examples (free each with dataset_free). val_size 0 gives an
- * empty *val. TUNA_EINVAL when val_size < 0 or would leave train empty. */
+ * empty *val. TUNA_EINVAL when val_size < 0 or would leave train empty. A dataset of pairs
+ * splits by pair (val_size counts pairs), both halves keeping pairs. */
 int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train, Dataset **val,
                   TunaErr *err);
 
@@ -106,7 +114,11 @@ typedef struct Batch {
  * Row length: every batch has rows of T (pad_multiple 0, the default), or with pad_multiple > 0
  * (set after batcher_init) each batch is padded only to its own longest row rounded up to a
  * multiple of pad_multiple, at most T; the rows, their order and their contents are the same.
- * Resume: save (epoch, cursor) and call batcher_seek after batcher_init. */
+ * Resume: save (epoch, cursor) and call batcher_seek after batcher_init.
+ * Pairs (Dataset.pairs): the permutation is over pairs and a batch of B pairs has 2B rows, the
+ * chosen answers in rows 0..B-1 and the rejected in B..2B-1 (TRL's concatenated forward;
+ * Batch.B is 2B); a pair counts the longer of its two for pad_multiple. No packing, no
+ * grouping by length, no rank shares with pairs (TUNA_EUNSUP). */
 typedef struct Batcher {
     const Dataset *d; /* borrowed */
     int B, T, pack;   /* pack: the BATCH_* flags */
@@ -117,7 +129,7 @@ typedef struct Batcher {
     size_t cursor;             /* next batch index within the epoch */
     size_t *order;             /* (d->n) this epoch's permutation */
     size_t *row_start, n_rows; /* (n_rows + 1) row r = order[row_start[r] .. row_start[r+1]) */
-    int32_t *ids, *targets;    /* (B, T) */
+    int32_t *ids, *targets;    /* (B, T); pairs: (2B, T) */
     int32_t *seg_start;        /* (B, T) with BATCH_PACK_NEAT, else NULL */
     int rank, world;           /* batcher_set_rank: this process's share (0 of 1: all) */
 } Batcher;

@@ -59,7 +59,7 @@ static const EventField fields[] = {
         NUM("real_tokens", F_LONG, real_tokens, T(STEP)),
         NUM("elapsed", F_DBL, elapsed, T(STEP)),
         NUM("eta", F_DBL, eta, T(STEP)),
-        NUM("", F_METRICS, n_metrics, T(STEP)),
+        NUM("", F_METRICS, n_metrics, T(STEP) | T(EVAL)),
         STR("prompt", name, T(SAMPLE)),
         STR("text", text, T(SAMPLE)),
         NUM("seconds", F_DBL, seconds, T(SAMPLE)),
@@ -199,7 +199,7 @@ int event_parse(const char *line, size_t len, Event *ev) {
         const EventField *f = field_of(bit, it->string);
         if (f)
             parse_field(ev, f, it);
-        else if (ev->type == EV_STEP && cJSON_IsNumber(it))
+        else if ((ev->type == EV_STEP || ev->type == EV_EVAL) && cJSON_IsNumber(it))
             event_metric(ev, it->string, it->valuedouble);
     }
     cJSON_Delete(o);

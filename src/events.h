@@ -5,9 +5,10 @@
  * "log" | "checkpoint" | "state" | "done", ...fields}. Which fields a type carries, their JSON
  * keys and their order are one table in events.c, used by both event_json (the writer) and
  * event_parse (the reader), so the two cannot disagree. A number the line does not carry is
- * NaN (doubles) or -1 (counts); a string it does not carry is "". A step's further numbers
- * (an objective's own metrics, such as DPO's rewards/margins) ride in metric[]; the reader
- * puts any numeric key it does not know there, so a new objective needs no new field.
+ * NaN (doubles) or -1 (counts); a string it does not carry is "". A step's or an eval's further
+ * numbers (an objective's own metrics, such as DPO's rewards/margins, eval_rewards/margins) ride
+ * in metric[]; the reader puts any numeric key it does not know there, so a new objective needs
+ * no new field.
  * Pure functions; any thread. */
 #ifndef TUNA_SRC_EVENTS_H
 #define TUNA_SRC_EVENTS_H
@@ -61,7 +62,7 @@ typedef struct Event {
 void event_clear(Event *ev, EventType type);
 /* Copies s into the string field dst of capacity cap, cut at a UTF-8 boundary. */
 void event_str(char *dst, size_t cap, const char *s);
-/* Adds a step's named metric (ignored past EVENT_MAX_METRICS). */
+/* Adds a step's or an eval's named metric (ignored past EVENT_MAX_METRICS). */
 void event_metric(Event *ev, const char *name, double value);
 
 /* The line for ev (no newline), malloc'ed; NULL only for an EV_NONE or EV_RESET event. */

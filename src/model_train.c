@@ -88,6 +88,14 @@ struct TrainState {
     int32_t *kv_lo;                    /* (N) host: train_set_spans' first keys */
     int spans;                         /* kv_lo is in force (neat packing) */
     uint64_t step_seed;
+    /* train_step_rows: its callback and context (NULL: forward only), and the rows' (B) sums of
+     * target log-probs, target counts and gradient scales, host */
+    int rows_on;
+    TrainRowFn row_fn;
+    void *row_ctx;
+    double *row_logp;
+    int *row_n;
+    float *row_scale;
     // P-tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
     size_t PW;                                /* L*2*KD */
@@ -740,6 +748,9 @@ static int init_scratch(TrainState *ts) {
     ts->losses = xmalloc(sizeof(float) * N);
     ts->head_rows = xmalloc(sizeof(int32_t) * N);
     ts->head_targets = xmalloc(sizeof(int32_t) * N);
+    ts->row_logp = xmalloc(sizeof(double) * (size_t)ts->B);
+    ts->row_n = xmalloc(sizeof(int) * (size_t)ts->B);
+    ts->row_scale = xmalloc(sizeof(float) * (size_t)ts->B);
     ts->pos = xmalloc(sizeof(int32_t) * N);
     ts->kv_lo = xmalloc(sizeof(int32_t) * N);
     for (int b = 0; b < ts->B; b++)
@@ -829,6 +840,9 @@ void train_state_free(TrainState *ts) {
     free(ts->losses);
     free(ts->head_rows);
     free(ts->head_targets);
+    free(ts->row_logp);
+    free(ts->row_n);
+    free(ts->row_scale);
     free(ts->pos);
     free(ts->kv_lo);
     free(ts);
@@ -1257,6 +1271,20 @@ static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
  * time (head_chunk): logits, loss, and with backward at once their dlogits' share of dxn (the R
  * rows back in their places afterwards) and of the head's gradient. Returns R; *loss_sum the
  * summed loss. */
+/* train_step_rows: each row's sum of target log-probs (minus its losses) and target count. */
+static void head_row_sums(TrainState *ts, int R, int M) {
+    int Bn = M / ts->T;
+    for (int b = 0; b < Bn; b++) {
+        ts->row_logp[b] = 0;
+        ts->row_n[b] = 0;
+    }
+    for (int r = 0; r < R; r++) {
+        int b = ts->head_rows[r] / ts->T;
+        ts->row_logp[b] -= (double)ts->losses[r];
+        ts->row_n[b]++;
+    }
+}
+
 static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float loss_scale,
                         int backward, double *loss_sum) {
     Model *m = ts->m;
@@ -1279,12 +1307,31 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
     }
     int hc = (int)head_chunk(ts->N, (size_t)V);
     double sum = 0;
+    /* train_step_rows with a callback: a first pass of the losses alone gives each row's
+     * log-prob, the callback its scale, and the pass below scales each row's dlogits by it */
+    int two = ts->rows_on && backward;
+    for (int r0 = 0; two && r0 < R; r0 += hc) {
+        int rc = R - r0 < hc ? R - r0 : hc;
+        model_head(m, ts->logits, ts->xnf + (size_t)r0 * C, rc);
+        op->xent_fwd_bwd(ts->be, NULL, ts->losses + r0, ts->logits, ts->head_targets + r0, rc, V,
+                         1.0f);
+    }
+    if (two) {
+        head_row_sums(ts, R, M);
+        ts->row_fn(ts->row_ctx, ts->row_logp, ts->row_n, M / ts->T, ts->row_scale);
+    }
     for (int r0 = 0; r0 < R; r0 += hc) {
         int rc = R - r0 < hc ? R - r0 : hc;
         const float *xr = ts->xnf + (size_t)r0 * C;
         model_head(m, ts->logits, xr, rc);
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
                          ts->head_targets + r0, rc, V, loss_scale);
+        for (int a = 0, e; two && a < rc; a = e) { /* the runs of one row's positions */
+            int row = ts->head_rows[r0 + a] / ts->T;
+            for (e = a + 1; e < rc && ts->head_rows[r0 + e] / ts->T == row; e++)
+                ;
+            op->scale(ts->be, ts->logits + (size_t)a * V, (size_t)(e - a) * V, ts->row_scale[row]);
+        }
         if (backward) {
             if (m->head_q) /* a typed head is frozen: the input gradient only */
                 model_head_bwd_in(m, dxr + (size_t)r0 * C, ts->logits, rc);
@@ -1296,6 +1343,7 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
     }
     for (int r = 0; r < R; r++)
         sum += (double)ts->losses[r];
+    if (ts->rows_on && !two) head_row_sums(ts, R, M);
     if (backward && R < M)
         for (int r = 0; r < R; r++)
             op->copy(ts->be, ts->dxn + (size_t)ts->head_rows[r] * C, dxr + (size_t)r * C,
@@ -1432,6 +1480,28 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     }
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
+    return 0;
+}
+
+int train_step_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
+                    TrainRowFn fn, void *ctx, double *logp, int *n, TunaErr *err) {
+    if (B_used < 1 || B_used > ts->B)
+        return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used,
+                         ts->B);
+    ts->rows_on = 1;
+    ts->row_fn = fn;
+    ts->row_ctx = ctx;
+    double loss;
+    int nt;
+    int rc = train_step_fb(ts, ids, targets, B_used, 1.0f, fn != NULL, &loss, &nt, err);
+    ts->rows_on = 0;
+    ts->row_fn = NULL;
+    ts->row_ctx = NULL;
+    if (rc) return rc;
+    for (int b = 0; b < B_used; b++) {
+        if (logp) logp[b] = ts->row_logp[b];
+        if (n) n[b] = ts->row_n[b];
+    }
     return 0;
 }
 

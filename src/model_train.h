@@ -95,6 +95,21 @@ void train_zero_grad(TrainState *ts);
 int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
                   float loss_scale, int backward, double *loss_sum, int *n_targets, TunaErr *err);
 
+/* An objective of whole sequences (the preference stages): given each row's sum of target
+ * log-probabilities logp[b] (minus the sum of its token cross-entropies) and target count n[b],
+ * b < B rows, it puts in scale[b] the factor on the gradient of each of row b's token
+ * cross-entropies (d objective / d CE = -d objective / d logp[b]). */
+typedef void (*TrainRowFn)(void *ctx, const double *logp, const int *n, int B, float *scale);
+
+/* train_step_fb for such an objective. fn NULL: the forward only, no gradient. With fn: the
+ * forward, then the LM head twice: a first pass of the losses alone gives the rows' logp and n,
+ * fn their scales, and the second pass (the head's usual one) scales each row's dlogits by its
+ * scale before the backward, which accumulates into the gradients (an exact per-row weight for
+ * one more head matmul, not another forward). Either way logp[b] and n[b] (B_used, either may be
+ * NULL) are the rows' sums and counts. */
+int train_step_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
+                    TrainRowFn fn, void *ctx, double *logp, int *n, TunaErr *err);
+
 /* The row length T of the next train_step_fb calls: 1 <= T <= the T of train_state_init (the
  * buffers keep their size; a shorter T only does less work). Each row's positions restart at
  * 0 (after a prefix), and every position sees the whole row before it (spans cleared). */

@@ -21,6 +21,7 @@
 #include "model_train.h"
 #include "optim.h"
 #include "peft.h"
+#include "pref.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "xalloc.h"
@@ -158,6 +159,8 @@ static int stop_requested(const Run *r) {
 static void run_close(Run *r) {
     if (r->have_opt) optim_free(&r->opt);
     train_state_free(r->ts);
+    train_state_free(r->ref_ts);
+    model_free(r->ref_m);
     if (r->have_batcher) batcher_free(&r->batcher);
     dataset_free(r->train);
     dataset_free(r->val);
@@ -261,7 +264,29 @@ static int run_open(Run *r, TunaErr *err) {
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
-        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft or pt, got \"%s\"", c->stage);
+        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt or dpo, got \"%s\"", c->stage);
+    if ((r->pref_on = !strcmp(c->stage, "dpo"))) {
+        r->pref = (PrefConfig){.beta = c->pref_beta,
+                               .simpo_gamma = c->simpo_gamma,
+                               .label_smoothing = c->dpo_label_smoothing,
+                               .ftx = c->pref_ftx};
+        if (pref_loss_parse(c->pref_loss, &r->pref.type))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--pref-loss: must be sigmoid, hinge, ipo, orpo or simpo, got \"%s\"",
+                             c->pref_loss);
+        if (c->dpo_label_smoothing > 0 && r->pref.type != PREF_SIGMOID)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--dpo-label-smoothing: only with --pref-loss sigmoid (conservative "
+                             "DPO)");
+        if (c->packing || c->group_by_length)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage dpo: pairs are neither packed nor grouped by length (turn "
+                             "off --packing and --group-by-length)");
+        if (c->lora_trainable_tokens[0])
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage dpo: not with --lora-trainable-tokens (the reference, the "
+                             "base with the adapter off, would see the trained rows)");
+    }
     if (c->packing == 2 && method == METHOD_PTUNING)
         return tuna_errf(err, TUNA_EUNSUP,
                          "--packing neat: not with --method ptuning (each packed example would "
@@ -302,6 +327,7 @@ static int run_open(Run *r, TunaErr *err) {
                            .max_samples = c->max_samples,
                            .strict = c->strict,
                            .stage_pt = !strcmp(c->stage, "pt"),
+                           .ranking = r->pref_on,
                            .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
                                              (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
     if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
@@ -330,6 +356,7 @@ static int run_open(Run *r, TunaErr *err) {
     for (size_t i = 0; i < r->val->n; i++)
         maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
     r->B = c->batch_size;
+    r->rows = r->pref_on ? 2 * r->B : r->B;
     r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
     int flags = (c->packing == 2 ? BATCH_PACK_NEAT
                  : c->packing    ? BATCH_PACK
@@ -368,7 +395,25 @@ static int run_open(Run *r, TunaErr *err) {
         if ((rc = resolve_tokens(r, c->lora_trainable_tokens, toks, sizeof toks, err))) return rc;
         setup.lora_tokens = toks;
     }
-    if ((rc = train_state_init(r->m, &setup, r->B, r->T, &r->ts, err))) return rc;
+    if ((rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err))) return rc;
+    if (r->pref_on && pref_uses_ref(r->pref.type)) {
+        /* the reference: LoRA and P-tuning leave the Model's weights alone, so it is the same
+         * Model without the adapter; full and freeze train them in place: a frozen copy. A run
+         * from --adapter (a LoRA or P-tuning SFT, say) has that adapter as it starts, frozen (a
+         * second copy of the adapter only, without dropout: TRL's reference when re-training
+         * an adapter), filled in run_prepare */
+        TrainSetup none = {.method = METHOD_NONE, .seed = setup.seed};
+        if (c->adapter[0]) {
+            none = setup;
+            none.lora_dropout = 0;
+        }
+        Model *base = r->m;
+        if (method == METHOD_FULL || method == METHOD_FREEZE) {
+            if ((rc = model_load_opts(c->model, r->be, &lo, &r->ref_m, err))) return rc;
+            base = r->ref_m;
+        }
+        if ((rc = train_state_init(base, &none, r->rows, r->T, &r->ref_ts, err))) return rc;
+    }
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
@@ -416,10 +461,13 @@ struct Objective {
 
 static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int xent_eval(Run *r, double *loss, TunaErr *err);
+static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+static int pref_eval(Run *r, double *loss, TunaErr *err);
 
 static const Objective objectives[] = {
         {"sft", xent_step, xent_eval},
         {"pt", xent_step, xent_eval},
+        {"dpo", pref_step, pref_eval},
 };
 
 static const Objective *objective_for(const char *stage) {
@@ -466,6 +514,8 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
     if (!rc && from_adapter) r->cfg = cfg = adapted;
     if (!rc) rc = run_open(r, err);
     if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
+    if (!rc && r->ref_ts && cfg->adapter[0]) /* the reference: the adapter as it starts */
+        rc = adapter_init_train(r->ref_ts, cfg->adapter, cfg->model, err);
     if (!rc) rc = run_claim(r, resume, err);
     if (!rc && resume) rc = resume_pick(r, err);
     if (!rc) rc = run_files_open(r, resume, err);
@@ -538,6 +588,103 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
 static int xent_eval(Run *r, double *loss, TunaErr *err) {
     long cnt;
     return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
+}
+
+/* dpo: one batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) of row length T: the
+ * reference's sums, then the policy's forward (and with backward its gradients, the loss scaled
+ * by `scale`), the pairs' loss and metrics added to pb->sums. */
+static int pref_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward,
+                      PrefBatch *pb, double *ref, TunaErr *err) {
+    int rows = r->rows, rc;
+    if ((rc = train_set_seq_len(r->ts, T, err))) return rc;
+    if (r->ref_ts) {
+        if ((rc = train_set_seq_len(r->ref_ts, T, err)) ||
+            (rc = train_step_rows(r->ref_ts, ids, tg, rows, NULL, NULL, ref, NULL, err)))
+            return rc;
+    }
+    pb->ref = r->ref_ts ? ref : NULL;
+    if (backward)
+        return train_step_rows(r->ts, ids, tg, rows, pref_row_scales, pb, NULL, NULL, err);
+    double *logp = xmalloc(sizeof(double) * (size_t)rows);
+    int *n = xmalloc(sizeof(int) * (size_t)rows);
+    float *scale = xmalloc(sizeof(float) * (size_t)rows);
+    rc = train_step_rows(r->ts, ids, tg, rows, NULL, NULL, logp, n, err);
+    if (!rc) pref_row_scales(pb, logp, n, rows, scale);
+    free(logp);
+    free(n);
+    free(scale);
+    return rc;
+}
+
+/* The pairs of a batch with an answer (a short last batch is padded with empty rows). */
+static int pref_count(const int32_t *tg, int P, int T) {
+    int n = 0;
+    for (int p = 0; p < P; p++) {
+        int any = 0;
+        for (int t = 0; t < T && !any; t++)
+            any = tg[(size_t)p * T + t] != TEMPLATE_IGNORE;
+        n += any;
+    }
+    return n;
+}
+
+/* dpo: the step's GA micro-batches of pairs into the gradients; the loss is the mean over the
+ * step's pairs, and the step event carries TRL's metrics (means over the pairs). */
+static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
+    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0, pairs = 0;
+    size_t slot = (size_t)rows * T;
+    out->n_t = out->n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T;
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        out->n_t += b.n_targets;
+        out->n_tok += b.n_tokens;
+        pairs += pref_count(b.targets, P, b.T);
+    }
+    train_zero_grad(r->ts);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    PrefBatch pb = {.c = &r->pref, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
+    double *ref = xmalloc(sizeof(double) * (size_t)rows);
+    for (int a = 0; a < GA && !rc; a++)
+        rc = pref_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &pb, ref, err);
+    free(ref);
+    const PrefSums *s = &pb.sums;
+    double n = s->n ? s->n : 1;
+    out->loss = s->loss / n;
+    static const char *const names[] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
+                                        "rewards/margins", "logps/chosen",     "logps/rejected"};
+    double v[] = {s->rewards_chosen, s->rewards_rejected, s->accuracies,
+                  s->margins,        s->logps_chosen,     s->logps_rejected};
+    out->n_metrics = 6;
+    for (int k = 0; k < 6; k++) {
+        out->names[k] = names[k];
+        out->values[k] = v[k] / n;
+    }
+    return rc;
+}
+
+/* dpo: the mean preference loss over the validation pairs (forward only). */
+static int pref_eval(Run *r, double *loss, TunaErr *err) {
+    Batcher vb;
+    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 0, err);
+    if (rc) return rc;
+    vb.pad_multiple = r->pad_multiple;
+    PrefBatch pb = {.c = &r->pref, .pairs = r->B, .scale = 0};
+    double *ref = xmalloc(sizeof(double) * (size_t)r->rows);
+    size_t nb = batcher_batches_per_epoch(&vb);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&vb, &b);
+        rc = pref_batch(r, b.ids, b.targets, b.T, 0, &pb, ref, err);
+    }
+    free(ref);
+    batcher_free(&vb);
+    *loss = pb.sums.n ? pb.sums.loss / pb.sums.n : 0;
+    r->eval_pref = pb.sums; /* the eval event's eval_rewards/... (train_out.c emit_eval) */
+    return rc;
 }
 
 static int run_eval(Run *r, double *loss, TunaErr *err) {
@@ -725,7 +872,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         return rc;
     }
     emit_start(&r);
-    Loop lp = {.GA = r.cfg->grad_accum, .B = r.B, .T = r.T, .status = "finished"};
+    Loop lp = {.GA = r.cfg->grad_accum, .B = r.rows, .T = r.T, .status = "finished"};
     size_t n = (size_t)lp.GA * lp.B * lp.T;
     lp.ids = xmalloc(sizeof(int32_t) * n);
     lp.tg = xmalloc(sizeof(int32_t) * n);

@@ -51,6 +51,9 @@ typedef struct TrainConfig {
     char dtype[8]; /* the frozen base's linear layers without quantization: fp32 or bf16 */
     /* mixed precision: matrix products in bf16 with fp32 accumulation (Backend.mm_bf16) */
     int bf16;
+    /* stage dpo (LLaMA-Factory's names): pref_loss sigmoid | hinge | ipo | orpo | simpo */
+    char pref_loss[16];
+    double pref_beta, simpo_gamma, dpo_label_smoothing, pref_ftx;
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt

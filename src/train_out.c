@@ -788,6 +788,16 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
     e.epoch = epoch;
     e.eval_loss = el;
     e.perplexity = exp(el);
+    const PrefSums *s = &r->eval_pref;
+    if (r->pref_on && s->n) { /* LLaMA-Factory's eval_ names of TRL's metrics */
+        const char *names[] = {"eval_rewards/chosen",     "eval_rewards/rejected",
+                               "eval_rewards/accuracies", "eval_rewards/margins",
+                               "eval_logps/chosen",       "eval_logps/rejected"};
+        double v[] = {s->rewards_chosen, s->rewards_rejected, s->accuracies,
+                      s->margins,        s->logps_chosen,     s->logps_rejected};
+        for (int k = 0; k < 6; k++)
+            event_metric(&e, names[k], v[k] / s->n);
+    }
     emit(r, &e);
     if (!tlog_too) return;
     tlog_line(r, "eval_loss", el, (double)NAN, epoch, elapsed, eta);

@@ -15,6 +15,7 @@
 #include "model.h"
 #include "model_train.h"
 #include "optim.h"
+#include "pref.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "train.h"
@@ -50,6 +51,15 @@ typedef struct Run {
     const char *write_file_name;
     int bar_shown;               /* a progress bar without its newline is on the terminal */
     const struct Objective *obj; /* the stage's step and eval (objectives[]) */
+    int rows; /* rows of a micro-batch: B, or 2B for pairs (chosen, then rejected) */
+    /* stage dpo: the loss, and the reference: a METHOD_NONE state over the trained Model (LoRA,
+     * P-tuning: the adapter off) or over ref_m, a frozen copy (full, freeze); NULL for orpo and
+     * simpo */
+    int pref_on;
+    PrefConfig pref;
+    Model *ref_m;
+    TrainState *ref_ts;
+    PrefSums eval_pref; /* the last eval's sums over the validation pairs */
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)

@@ -1,7 +1,7 @@
 /* test_dataset.c: the registry and loaders on the shipped datasets (alpaca JSON array, JSONL,
  * sharegpt, tools, pt text), {{var}} substitution, malformed temp files (FILE:LINE messages, skip
- * counts, strict), ranking rejection, cutoff, the deterministic split, and the batcher
- * (determinism, resume, epoch wrap, target shift, packing). Uses the bundled stories260K
+ * counts, strict), ranking rejection for sft (tests/test_pref_data.c loads them), cutoff, the
+ * deterministic split, and the batcher (determinism, resume, epoch wrap, target shift, packing). Uses the bundled stories260K
  * tokenizer and the shipped datasets/ and templates/. */
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -19,7 +19,7 @@ static Template *van, *chatml;
 
 static Dataset *load(const char *names, const char *dir, const char *vars, int cutoff, int max,
                      int strict, int pt, const Template *t, int *rc_out, TunaErr *err) {
-    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0};
+    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0};
     Dataset *d = NULL;
     int rc = dataset_load(&o, tok, t, &d, err);
     if (rc_out) *rc_out = rc;

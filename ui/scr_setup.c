@@ -36,6 +36,8 @@
 #include "widgets.h"
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
+static const char *stage_names[] = {"sft", "pt", "dpo"};
+static const char *pref_loss_names[] = {"sigmoid", "hinge", "ipo", "orpo", "simpo"};
 
 void setup_add_choice(Field *f, const char *s) {
     if (f->n_choices == MAX_CHOICES) return;
@@ -166,6 +168,12 @@ static const FormRow form_rows[] = {
         {"double_quantization", "double quant", 1, 0},
         {"dtype", "base dtype", 0, 0},
         {"bf16", "bf16 compute", 1, 0},
+        {"stage", "stage", 0, 1},
+        {"pref_loss", "pref loss", 0, 1}, /* these five with stage dpo only (visible()) */
+        {"pref_beta", "pref beta", 0.05, 0},
+        {"simpo_gamma", "simpo gamma", 0.1, 0},
+        {"dpo_label_smoothing", "label smoothing", 0.05, 0},
+        {"pref_ftx", "pref ftx", 0.1, 0},
         {"output", "output", 0, 0},
 };
 
@@ -237,6 +245,10 @@ static SetupState *setup_get(App *app) {
     Field *mm = setup_field(s, "method");
     for (int i = 0; i < 4; i++)
         setup_add_choice(mm, method_names[i]);
+    for (int i = 0; i < 3; i++)
+        setup_add_choice(setup_field(s, "stage"), stage_names[i]);
+    for (int i = 0; i < 5; i++)
+        setup_add_choice(setup_field(s, "pref_loss"), pref_loss_names[i]);
     load_datasets(s);
     if (!setup_field(s, "dataset")->n_choices)
         setup_add_choice(setup_field(s, "dataset"), "identity");
@@ -441,11 +453,18 @@ static void form_config(SetupState *s, TrainConfig *c) {
 
 // --- actions
 
+/* The preference stage's options: rows only while the stage is dpo. */
+static int dpo_only(const char *key) {
+    return !strncmp(key, "pref_", 5) || !strcmp(key, "simpo_gamma") ||
+           !strcmp(key, "dpo_label_smoothing");
+}
+
 static void visible(SetupState *s, int *idx, int *n) {
     unsigned mb = setup_method_bit(s);
+    int dpo = !strcmp(setup_field(s, "stage")->text, "dpo");
     *n = 0;
     for (int i = 0; i < s->n; i++)
-        if (s->f[i].methods & mb) idx[(*n)++] = i;
+        if ((s->f[i].methods & mb) && (dpo || !dpo_only(s->f[i].key))) idx[(*n)++] = i;
 }
 
 static Field *selected(SetupState *s) {
@@ -485,6 +504,15 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         for (int i = 0; i < 4; i++)
             if (!strcmp(v, method_names[i])) return 0;
         return snprintf(why, n, "expected full, lora, freeze or ptuning, got \"%.100s\"", v), -1;
+    } else if (!strcmp(f->key, "stage")) {
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(v, stage_names[i])) return 0;
+        return snprintf(why, n, "expected sft, pt or dpo, got \"%.100s\"", v), -1;
+    } else if (!strcmp(f->key, "pref_loss")) {
+        for (int i = 0; i < 5; i++)
+            if (!strcmp(v, pref_loss_names[i])) return 0;
+        return snprintf(why, n, "expected sigmoid, hinge, ipo, orpo or simpo, got \"%.100s\"", v),
+               -1;
     } else if (!strcmp(f->key, "dataset")) {
         char b[256];
         int any = 0;

@@ -61,6 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     opt.template_flags = sel & 32 ? TEMPLATE_MASK_HISTORY | TEMPLATE_TRAIN_ON_PROMPT : 0;
     opt.vars = sel & 64 ? "name=Tuna,author=Ann" : NULL;
     opt.stage_pt = (sel & 7) >= 6;
+    /* a registry from the input: bit 1 loads it as a preference stage (ranking pairs) */
+    opt.ranking = (sel & 128) && (sel & 2);
     if (opt.stage_pt && !opt.cutoff_len) opt.cutoff_len = 16;
     Dataset *d = NULL;
     if (dataset_load(&opt, tok, tpl, &d, &err) != 0) {

@@ -1,0 +1,115 @@
+/* pref.c: the preference losses and their derivatives (pref.h). */
+#include "pref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+static const char *const names[] = {"sigmoid", "hinge", "ipo", "orpo", "simpo"};
+
+int pref_loss_parse(const char *name, PrefLossType *out) {
+    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
+        if (!strcmp(name, names[i])) {
+            *out = (PrefLossType)i;
+            return 0;
+        }
+    return -1;
+}
+
+int pref_uses_ref(PrefLossType t) {
+    return t == PREF_SIGMOID || t == PREF_HINGE || t == PREF_IPO;
+}
+
+/* log(sigmoid(x)) without overflow */
+static double logsig(double x) {
+    return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x));
+}
+
+static double sigm(double x) {
+    return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x));
+}
+
+void pref_pairs(const PrefConfig *c, int n, const double *pc, const double *pr, const int *nc,
+                const int *nr, const double *rc, const double *rr, double *gc, double *gr,
+                PrefSums *s) {
+    double beta = c->beta, eps = c->label_smoothing;
+    for (int i = 0; i < n; i++) {
+        gc[i] = gr[i] = 0;
+        if (nc[i] <= 0 || nr[i] <= 0) continue;
+        double lc = nc[i], lr = nr[i], loss, dc, dr; /* dc, dr: d loss / d pc, pr */
+        double rew_c, rew_r, lp_c = pc[i], lp_r = pr[i];
+        if (pref_uses_ref(c->type)) {
+            double xc = pc[i] - rc[i], xr = pr[i] - rr[i]; /* the log-ratios */
+            rew_c = beta * xc;
+            rew_r = beta * xr;
+            if (c->type == PREF_IPO) { /* TRL: the ratios' per-token means */
+                double z = xc / lc - xr / lr, d = z - 1 / (2 * beta);
+                loss = d * d;
+                dc = 2 * d / lc;
+                dr = -2 * d / lr;
+            } else if (c->type == PREF_HINGE) {
+                double z = xc - xr, h = 1 - beta * z;
+                loss = h > 0 ? h : 0;
+                dc = h > 0 ? -beta : 0;
+                dr = -dc;
+            } else { /* sigmoid, with conservative DPO's label smoothing */
+                double z = beta * (xc - xr);
+                loss = -logsig(z) * (1 - eps) - logsig(-z) * eps;
+                double dz = -(1 - eps) * sigm(-z) + eps * sigm(z);
+                dc = beta * dz;
+                dr = -dc;
+            }
+        } else { /* LLaMA-Factory's orpo and simpo on the per-token means */
+            double mc = pc[i] / lc, mr = pr[i] / lr, dmc, dmr;
+            lp_c = mc;
+            lp_r = mr;
+            rew_c = beta * mc;
+            rew_r = beta * mr;
+            if (c->type == PREF_ORPO) {
+                /* log_odds = (mc - mr) - (log1p(-exp(mc)) - log1p(-exp(mr))) */
+                double u = (mc - mr) - (log1p(-exp(mc)) - log1p(-exp(mr)));
+                loss = -mc - beta * logsig(u);
+                double su = sigm(-u); /* d(-logsig(u))/du = -su */
+                dmc = -1 - beta * su / (1 - exp(mc));
+                dmr = beta * su / (1 - exp(mr));
+            } else { /* simpo: -logsigmoid(beta * (mc - mr - gamma / beta)) */
+                double z = beta * (mc - mr) - c->simpo_gamma;
+                loss = -logsig(z);
+                dmc = -beta * sigm(-z);
+                dmr = -dmc;
+            }
+            dc = dmc / lc;
+            dr = dmr / lr;
+        }
+        if (c->ftx > 0) { /* + ftx * (-(pc / nc)) */
+            loss += c->ftx * (-pc[i] / lc);
+            dc += -c->ftx / lc;
+        }
+        gc[i] = dc;
+        gr[i] = dr;
+        s->loss += loss;
+        s->rewards_chosen += rew_c;
+        s->rewards_rejected += rew_r;
+        s->accuracies += rew_c > rew_r ? 1 : 0;
+        s->margins += rew_c - rew_r;
+        s->logps_chosen += lp_c;
+        s->logps_rejected += lp_r;
+        s->n++;
+    }
+}
+
+void pref_row_scales(void *ctx, const double *logp, const int *n, int B, float *scale) {
+    PrefBatch *pb = ctx;
+    int P = pb->pairs;
+    for (int b = 0; b < B; b++)
+        scale[b] = 0;
+    if (B < 2 * P) return; /* not a batch of P pairs: no gradient */
+    double *g = xmalloc(sizeof(double) * 2 * (size_t)P);
+    pref_pairs(pb->c, P, logp, logp + P, n, n + P, pb->ref, pb->ref ? pb->ref + P : NULL, g, g + P,
+               &pb->sums);
+    for (int b = 0; b < 2 * P; b++) /* logp = -sum CE: d/dCE = -d/dlogp */
+        scale[b] = (float)(-g[b] * pb->scale);
+    free(g);
+}
