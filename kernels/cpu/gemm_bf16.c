@@ -122,7 +122,7 @@ static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K
 // --- the AVX512-BF16 path ------------------------------------------------------------------------
 
 #ifdef BF16_X86
-#define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
 /* x rounded to bf16 as wtype_f32_to_bf16 does (NaN too), in the upper 16 bits of each lane */
 X_TARGET static inline __m512i round_hi(__m512 x) {

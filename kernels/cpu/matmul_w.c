@@ -78,14 +78,14 @@ static void direct_plain(float *out, const float *in, const Weight *w, const flo
 // --- the direct path: AVX-512 kernels that dequantize in registers -----------------------------
 
 #ifdef WTYPE_X86
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline float
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static inline float
 h2f_x(const uint8_t *p) {
     return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8)));
 }
 
 /* 32 4-bit codes of a Q4_0/Q4_1 block as two vectors of 16 floats: elements 0..15 (low
  * nibbles) and 16..31 (high nibbles) */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static inline void
 nibbles_x(const uint8_t *qs, __m512 *lo, __m512 *hi) {
     __m128i q = _mm_loadu_si128((const __m128i *)qs);
     __m128i m = _mm_set1_epi8(0x0F);
@@ -95,7 +95,7 @@ nibbles_x(const uint8_t *qs, __m512 *lo, __m512 *hi) {
 
 /* 32 bnb 4-bit codes (16 bytes; element 2i in the high nibble of byte i, 2i+1 in the low) as
  * two vectors of 16 code values: elements 0..15 and 16..31 */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static inline void
 codes4_x(const uint8_t *qs, __m512 lut, __m512 *lo, __m512 *hi) {
     __m128i q = _mm_loadu_si128((const __m128i *)qs);
     __m128i m = _mm_set1_epi8(0x0F);
@@ -105,7 +105,7 @@ codes4_x(const uint8_t *qs, __m512 lut, __m512 *lo, __m512 *hi) {
 }
 
 /* 32 bytes as two vectors of 16 int32: bytes 0..15 and 16..31 */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static inline void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static inline void
 bytes32_x(__m256i v, __m512i *lo, __m512i *hi) {
     *lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(v));
     *hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1));
@@ -115,7 +115,7 @@ bytes32_x(__m256i v, __m512i *lo, __m512i *hi) {
  * Q4_K, Q5_K: code * sc[j] - mn[j] (one 6-bit scale and min per 32); Q6_K: (code - 32) times
  * sc[2j] (elements 0..15) and sc[2j + 1] (16..31). The codes are read as in wtype.c's
  * deq_q*_k_block: a super-block of 256 holds 8 groups. */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"), always_inline)) static inline void
 group_k_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, int j,
           __m512 *w0, __m512 *w1) {
     const uint8_t *b = row + (size_t)(j / 8) * (size_t)block_bytes;
@@ -197,7 +197,7 @@ static void row_scales_x(WType t, const uint8_t *row, int K, const WAux *aux, fl
 /* the 32 weights of group j (elements 32j .. 32j+31) of a row, in two registers: Q8_0, Q4_0,
  * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
  * times the block's absmax; the K types: group_k_x */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) static inline void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"), always_inline)) static inline void
 group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, __m512 lut,
         int j, __m512 *w0, __m512 *w1) {
     if (is_k_type(t)) {
@@ -245,7 +245,7 @@ static int direct_x_takes(WType t, int K) {
 /* rows [lo, hi) of out (M, N), input rows two at a time: each group's weights are made once
  * per pair of input rows and kept in registers, with four independent accumulators per input
  * row (two groups in flight) */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static void
 direct_x(float *out, const float *in, const Weight *w, const float *bias, int M, size_t lo,
          size_t hi) {
     int K = w->cols, N = w->rows, ng = K / 32;
@@ -334,7 +334,7 @@ static int direct_q8_takes(WType t, int K, int M) {
 }
 
 /* x (K) in blocks of 32 into qx, dx, sx as above */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void
 quant_x8(const float *x, int K, int8_t *qx, float *dx, float *sx) {
     for (int b = 0; b < K / 32; b++) {
         const float *p = x + (size_t)b * 32;
@@ -354,7 +354,7 @@ quant_x8(const float *x, int K, int8_t *qx, float *dx, float *sx) {
 }
 
 /* rows [lo, hi) of out (M, N) with M <= 8 input rows of 8-bit activations */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c"))) static void
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"))) static void
 direct_q8(float *out, const float *in, const Weight *w, const float *bias, int M, size_t lo,
           size_t hi) {
     int K = w->cols, N = w->rows, nb = K / 32;
@@ -408,7 +408,7 @@ direct_q8(float *out, const float *in, const Weight *w, const float *bias, int M
 }
 
 /* rows n0 .. n0+nn-1 of w in fp32 into dst (nn, K), 32 weights at a time in registers */
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static void
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static void
 dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
     int K = w->cols, ng = K / 32;
     WType t = w->type;
