@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train as bt  # noqa: E402
 
 ROOT = bt.ROOT
+TRAIN_CMD = bt.tuna_cmd  # bench_train's own command for a case (run_tuna swaps bt.tuna_cmd)
 
 
 def cpu_features():
@@ -69,7 +70,7 @@ def tuna_lora_cmd(tuna, model, flags, out_dir, steps):
 
 def tuna_gpt2_cmd(tuna, model, flags, out_dir, steps):
     case = dict(bt.CASES["b"], tuna_steps=steps)
-    return bt.tuna_cmd(tuna, model, case, out_dir) + flags
+    return TRAIN_CMD(tuna, model, case, out_dir) + flags
 
 
 def run_tuna(cmd_fn, tuna, model, flags, steps):
@@ -204,8 +205,9 @@ def main():
                 print(f"  round {r + 1} {label}: {out['error']}", flush=True)
                 res[label].append(None)
             else:
-                print(f"  round {r + 1} {label}: {out['tok_s']:.1f} tok/s, peak RSS "
-                      f"{out.get('peak_rss_mib', 0):.0f} MiB{bt.busy(out)}", flush=True)
+                # (no peak RSS here: a child's ru_maxrss keeps the RSS this Python process had
+                # when it forked, torch included; tests/bench/bench_memory.sh measures memory)
+                print(f"  round {r + 1} {label}: {out['tok_s']:.1f} tok/s{bt.busy(out)}", flush=True)
                 res[label].append(out["tok_s"])
 
     def med(label):
