@@ -34,7 +34,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (av->elem_type == GGUF_STRING) {
                     if (av->strs[k].len && av->strs[k].s[av->strs[k].len - 1] == 0x7f) bv++;
                 } else {
-                    iv += gguf_arr_int(av, k);
+                    /* a sum that only keeps the reads alive: unsigned, so it may wrap */
+                    iv = (int64_t)((uint64_t)iv + (uint64_t)gguf_arr_int(av, k));
                     dv += gguf_arr_float(av, k);
                 }
             }
