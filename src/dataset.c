@@ -742,21 +742,6 @@ static void pt_flush(Ctx *c) {
     c->n_pend = 0;
 }
 
-/* LLaMA-Factory's infer_seqlen: how much of a prompt of slen and an answer of tlen tokens fits
- * in cutoff (the answer counts more). */
-static void infer_seqlen(size_t slen, size_t tlen, size_t cutoff, size_t *snew, size_t *tnew) {
-    size_t max_t;
-    if (tlen * 2 < cutoff)
-        max_t = cutoff;
-    else if (slen * 2 < cutoff)
-        max_t = cutoff - slen;
-    else
-        max_t = (size_t)((double)cutoff * ((double)tlen / (double)(slen + tlen)));
-    *tnew = tlen < max_t ? tlen : max_t;
-    size_t max_s = cutoff > *tnew ? cutoff - *tnew : 0;
-    *snew = slen < max_s ? slen : max_s;
-}
-
 /* The chosen or rejected answer of a ranking row: a string (alpaca) or a message object whose
  * role is an assistant or function tag (sharegpt). NULL and *why when it is neither. */
 static const char *pair_answer(const DatasetAttr *a, const cJSON *row, const char *col,
@@ -825,7 +810,7 @@ static int pair_row(Ctx *c, const DatasetAttr *a, const char *path, long line, c
     }
     size_t s = p[0], t[2] = {n[0] - p[0], n[1] - p[1]}, tl = t[0] > t[1] ? t[0] : t[1], snew, tnew;
     if (c->opt->cutoff_len > 0) {
-        infer_seqlen(s, tl, (size_t)c->opt->cutoff_len, &snew, &tnew);
+        template_infer_seqlen(s, tl, (size_t)c->opt->cutoff_len, &snew, &tnew);
         if (snew < s || tnew < tl) c->d->n_truncated++;
     } else {
         snew = s, tnew = tl;

@@ -568,9 +568,8 @@ static int encode_messages(const Template *t, const Tokenizer *tok, const ChatMe
     return 0;
 }
 
-/* LLaMA-Factory's infer_seqlen: how much of a (source, target) pair fits in cutoff_len. */
-static void infer_seqlen(size_t source_len, size_t target_len, size_t cutoff_len, size_t *new_src,
-                         size_t *new_tgt) {
+void template_infer_seqlen(size_t source_len, size_t target_len, size_t cutoff_len, size_t *new_src,
+                           size_t *new_tgt) {
     size_t max_target;
     if (target_len * 2 < cutoff_len)
         max_target = cutoff_len;
@@ -626,7 +625,7 @@ int template_encode_train(const Template *t, const Tokenizer *tok, const ChatMes
     int *turn_idx = xcalloc((size_t)turns + 1, sizeof *turn_idx);
     for (int j = 0; j < turns && total < cutoff; j++) {
         int u = hist ? turns - 1 - j : j;
-        infer_seqlen(parts[2 * u].n, parts[2 * u + 1].n, cutoff - total, &sl[u], &tl[u]);
+        template_infer_seqlen(parts[2 * u].n, parts[2 * u + 1].n, cutoff - total, &sl[u], &tl[u]);
         total += sl[u] + tl[u];
         turn_idx[u] = j;
     }

@@ -20,6 +20,11 @@
 
 typedef struct Template Template;
 
+/* LLaMA-Factory's infer_seqlen: how much of a (source, target) pair of these lengths fits in
+ * cutoff_len (the target counts more). The supervised encoder and the preference pairs' share. */
+void template_infer_seqlen(size_t source_len, size_t target_len, size_t cutoff_len, size_t *new_src,
+                           size_t *new_tgt);
+
 /* Loads templates_dir/name.json. name must be a plain file stem ([A-Za-z0-9_.-], no '/').
  * TUNA_ENOTFOUND (with the list of available names) if the file is missing, TUNA_EFORMAT with
  * file and key for a bad file. On success *out is owned by the caller. */
