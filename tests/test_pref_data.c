@@ -4,7 +4,7 @@
  * (infer_seqlen of the prompt and the longer answer); bad rows named FILE:LINE; stages that
  * refuse the other kind of dataset; the split by pairs and the batcher's chosen-then-rejected
  * rows. The stories260K tokenizer, the vanilla template (prompt, then answer + EOS), temp files,
- * and ../shared/datasets/dpo_en_demo.json when present. */
+ * and the shipped datasets/dpo_en_demo.json (LLaMA-Factory's demo). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,13 +217,9 @@ static void test_cutoff(void) {
 /* The shipped demo (300 sharegpt pairs): every pair shares its masked prompt; the split keeps
  * pairs; a batch is B chosen rows then the B rejected of the same pairs. */
 static void test_demo_split_batch(void) {
-    if (access("../shared/datasets/dpo_en_demo.json", R_OK)) {
-        SKIP("../shared/datasets/dpo_en_demo.json is not here");
-        return;
-    }
     TunaErr err = {0};
     int rc;
-    Dataset *d = load("dpo_en_demo", "../shared/datasets", 256, 1, 1, chatml, &rc, &err);
+    Dataset *d = load("dpo_en_demo", "datasets", 256, 1, 1, chatml, &rc, &err);
     CHECK(rc == 0 && d && d->pairs && d->n_rows == 300 && d->n == 2 * (300 - d->n_dropped),
           "dpo_en_demo: rc %d n %zu rows %zu: %s", rc, d ? d->n : 0, d ? d->n_rows : 0, err.msg);
     if (!d) return;

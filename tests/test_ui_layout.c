@@ -61,6 +61,18 @@ static void test_layouts(void) {
             }
             /* the body is covered: header + progress + upper + lower + help == rows */
             if (t.plot.h + t.samples.h + 3 != rows) bad++;
+            /* a preference run's reward-margin plot beside (or under) the loss plot */
+            Rect lp = t.plot, mp;
+            layout_split_plot(&lp, &mp);
+            Rect pr[] = {t.header,  t.progress, lp,        mp,    t.stats,
+                         t.lr_plot, t.gn_plot,  t.samples, t.log, t.help};
+            bad += check_rects(pr, 10, rows, cols, "train+margin");
+            if (mp.h && (lp.h < 6 || lp.w < 30 || mp.h < 6 || mp.w < 30 ||
+                         lp.h * lp.w + mp.h * mp.w != t.plot.h * t.plot.w)) {
+                fprintf(stderr, "train %dx%d: margin split leaves a plot too small\n", cols, rows);
+                bad++;
+            }
+            if (!mp.h && memcmp(&lp, &t.plot, sizeof lp)) bad++;
             for (int sbs = 0; sbs < 2; sbs++) {
                 ChatLayout c;
                 layout_chat(rows, cols, sbs, &c);
@@ -302,6 +314,22 @@ static void test_events(void) {
         snprintf(e.text, sizeof e.text, "sample %d", i);
         history_apply(h, &e);
     }
+    CHECK(h->margin_x.n == 0 && isnan(h->reward_acc), "an sft run has no reward margins");
+    for (int i = 1; i <= 3; i++) { /* a dpo run: steps and evals carry TRL's reward metrics */
+        Event e;
+        event_clear(&e, i == 2 ? EV_EVAL : EV_STEP);
+        e.step = i;
+        e.loss = e.eval_loss = 0.6;
+        event_metric(&e, i == 2 ? "eval_rewards/accuracies" : "rewards/accuracies", 0.25 * i);
+        event_metric(&e, i == 2 ? "eval_rewards/margins" : "rewards/margins", 0.1 * i);
+        history_apply(h, &e);
+    }
+    CHECK(h->margin_x.n == 2 && ring_last(&h->margin_x) == 3 &&
+                  ring_last(&h->margin_y) == 0.1 * 3 && h->emargin_x.n == 1 &&
+                  ring_last(&h->emargin_y) == 0.1 * 2 && h->reward_acc == 0.75 &&
+                  h->eval_reward_acc == 0.5 && h->eval_reward_margin == 0.1 * 2,
+          "reward margins: %zu steps, %zu evals, acc %g eval %g", h->margin_x.n, h->emargin_x.n,
+          h->reward_acc, h->eval_reward_acc);
     CHECK(h->samples_n == HIST_SAMPLES && history_sample(h, 0)->step == HIST_SAMPLES + 2 &&
                   history_sample(h, HIST_SAMPLES) == NULL,
           "samples ring newest first");

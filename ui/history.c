@@ -46,6 +46,7 @@ static void clear_scalars(History *h) {
             (double)NAN;
     h->elapsed = h->eta = h->eval_loss = h->perplexity = h->best_eval = (double)NAN;
     h->best_eval_step = -1;
+    h->reward_acc = h->reward_margin = h->eval_reward_acc = h->eval_reward_margin = (double)NAN;
     h->status = RUN_WAITING;
     h->done_msg[0] = h->last_checkpoint[0] = 0;
 }
@@ -59,20 +60,28 @@ History *history_new(void) {
     ring_init(&h->tps_y, HIST_STEPS);
     ring_init(&h->eval_x, HIST_EVALS);
     ring_init(&h->eval_y, HIST_EVALS);
+    ring_init(&h->margin_x, HIST_STEPS);
+    ring_init(&h->margin_y, HIST_STEPS);
+    ring_init(&h->emargin_x, HIST_EVALS);
+    ring_init(&h->emargin_y, HIST_EVALS);
     clear_scalars(h);
     return h;
 }
 
 void history_free(History *h) {
     if (!h) return;
-    Ring *rings[] = {&h->step_x, &h->loss_y, &h->lr_y, &h->gn_y, &h->tps_y, &h->eval_x, &h->eval_y};
+    Ring *rings[] = {&h->step_x,   &h->loss_y,    &h->lr_y,     &h->gn_y,
+                     &h->tps_y,    &h->eval_x,    &h->eval_y,   &h->margin_x,
+                     &h->margin_y, &h->emargin_x, &h->emargin_y};
     for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++)
         free(rings[i]->v);
     free(h);
 }
 
 void history_reset(History *h) {
-    Ring *rings[] = {&h->step_x, &h->loss_y, &h->lr_y, &h->gn_y, &h->tps_y, &h->eval_x, &h->eval_y};
+    Ring *rings[] = {&h->step_x,   &h->loss_y,    &h->lr_y,     &h->gn_y,
+                     &h->tps_y,    &h->eval_x,    &h->eval_y,   &h->margin_x,
+                     &h->margin_y, &h->emargin_x, &h->emargin_y};
     for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++)
         rings[i]->head = rings[i]->n = 0;
     h->samples_head = h->samples_n = 0;
@@ -92,6 +101,13 @@ void history_note(History *h, int level, const char *text) {
     h->logs_head = (h->logs_head + 1) % HIST_LOGS;
     if (h->logs_n < HIST_LOGS) h->logs_n++;
     h->version++;
+}
+
+/* The event's metric called name (an objective's own: rewards/margins...), NaN when absent. */
+static double metric_of(const Event *ev, const char *name) {
+    for (int i = 0; i < ev->n_metrics && i < EVENT_MAX_METRICS; i++)
+        if (!strcmp(ev->metric_name[i], name)) return ev->metric[i];
+    return (double)NAN;
 }
 
 void history_apply(History *h, const Event *ev) {
@@ -122,6 +138,12 @@ void history_apply(History *h, const Event *ev) {
         set_if(&h->elapsed, ev->elapsed);
         set_if(&h->eta, ev->eta);
         if (h->status == RUN_WAITING) h->status = RUN_RUNNING;
+        if (isfinite(metric_of(ev, "rewards/margins"))) {
+            ring_push(&h->margin_x, (double)ev->step);
+            ring_push(&h->margin_y, metric_of(ev, "rewards/margins"));
+            h->reward_margin = metric_of(ev, "rewards/margins");
+            set_if(&h->reward_acc, metric_of(ev, "rewards/accuracies"));
+        }
         break;
     case EV_EVAL:
         ring_push(&h->eval_x, (double)ev->step);
@@ -131,6 +153,12 @@ void history_apply(History *h, const Event *ev) {
         if (isfinite(ev->eval_loss) && !(ev->eval_loss >= h->best_eval)) {
             h->best_eval = ev->eval_loss;
             h->best_eval_step = ev->step;
+        }
+        if (isfinite(metric_of(ev, "eval_rewards/margins"))) {
+            ring_push(&h->emargin_x, (double)ev->step);
+            ring_push(&h->emargin_y, metric_of(ev, "eval_rewards/margins"));
+            h->eval_reward_margin = metric_of(ev, "eval_rewards/margins");
+            set_if(&h->eval_reward_acc, metric_of(ev, "eval_rewards/accuracies"));
         }
         break;
     case EV_SAMPLE: {

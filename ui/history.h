@@ -57,12 +57,17 @@ typedef struct History {
     double real_tok_s; /* tokens with a target per second, NaN before a step that has it */
     double eval_loss, perplexity, best_eval;
     long best_eval_step;
+    /* preference stages (their step and eval events carry rewards/margins and
+     * rewards/accuracies, TRL's names): NaN until seen */
+    double reward_acc, reward_margin, eval_reward_acc, eval_reward_margin;
     RunStatus status;
     char done_msg[UI_TEXT_MAX];
     char last_checkpoint[UI_NAME_MAX];
     // --- series
     Ring step_x, loss_y, lr_y, gn_y, tps_y; /* one entry per step event */
     Ring eval_x, eval_y;
+    Ring margin_x, margin_y;          /* steps that carried rewards/margins */
+    Ring emargin_x, emargin_y;        /* evals that carried eval_rewards/margins */
     HistSample samples[HIST_SAMPLES]; /* ring */
     size_t samples_head, samples_n;
     HistLog logs[HIST_LOGS]; /* ring */

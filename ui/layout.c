@@ -63,6 +63,19 @@ int layout_train(int rows, int cols, TrainLayout *out) {
     return 0;
 }
 
+void layout_split_plot(Rect *plot, Rect *second) {
+    Rect p = *plot;
+    memset(second, 0, sizeof *second);
+    if (p.w >= 70) {
+        int lw = p.w * 55 / 100;
+        *plot = rect(p.y, p.x, p.h, lw);
+        *second = rect(p.y, p.x + lw, p.h, p.w - lw);
+    } else if (p.h >= 14) {
+        *plot = rect(p.y, p.x, p.h / 2, p.w);
+        *second = rect(p.y + p.h / 2, p.x, p.h - p.h / 2, p.w);
+    }
+}
+
 int layout_chat(int rows, int cols, int side_by_side, ChatLayout *out) {
     memset(out, 0, sizeof *out);
     if (too_small(rows, cols)) return LAYOUT_TOO_SMALL;

@@ -38,6 +38,11 @@ typedef struct SplitLayout {
 
 int layout_frame(int rows, int cols, FrameLayout *out);
 int layout_train(int rows, int cols, TrainLayout *out);
+/* A preference run's second plot (the reward margin) beside the loss plot: *plot keeps the left
+ * part and *second gets the right one when plot is at least 70 columns wide, else the lower half
+ * when it is at least 14 rows high; otherwise *second is hidden (h 0) and *plot is unchanged.
+ * Each part keeps room for a frame and a plot (6 rows, 30 columns). */
+void layout_split_plot(Rect *plot, Rect *second);
 int layout_chat(int rows, int cols, int side_by_side, ChatLayout *out);
 int layout_split(int rows, int cols, int list_min_w, SplitLayout *out);
 /* Runs: the list beside the details from LAYOUT_RUNS_SIDE_COLS columns on; narrower, the list

@@ -183,7 +183,13 @@ static void draw_stats(App *app, Rect r) {
             ROW("eval loss", "%.4f", h->eval_loss);
     } else
         ROW("eval loss", "--");
-    if (isfinite(h->perplexity))
+    if (h->margin_x.n || h->emargin_x.n) { /* a preference stage: its loss has no perplexity */
+        char tr[40] = "--", ev[40] = "";
+        if (isfinite(h->reward_acc)) snprintf(tr, sizeof tr, "%.3f", h->reward_acc);
+        if (isfinite(h->eval_reward_acc))
+            snprintf(ev, sizeof ev, " (eval %.3f)", h->eval_reward_acc);
+        ROW("reward acc", "%s%s", tr, ev);
+    } else if (isfinite(h->perplexity))
         ROW("perplexity", h->perplexity < 1e6 ? "%.2f" : "%.3g", h->perplexity);
     else
         ROW("perplexity", "--");
@@ -299,6 +305,9 @@ static void train_draw(App *app) {
     snprintf(title, sizeof title, "loss: train%s, eval %s | %s%s",
              theme_glyphs()->utf8 ? "\xe2\x94\x80" : "-", mk,
              tv->zoom_all ? "all steps" : "last 50 steps", tv->log_y ? " | log" : "");
+    /* a preference run (rewards/margins in its events): the reward margin is a second plot */
+    Rect margin = {0};
+    if (h->margin_x.n || h->emargin_x.n) layout_split_plot(&L.plot, &margin);
     if (!h->step_x.n && !app->src) {
         ui_frame(L.plot, "loss", 0);
         Rect in = ui_inner(L.plot);
@@ -307,6 +316,12 @@ static void train_draw(App *app) {
     } else {
         plot_series(L.plot, title, &h->step_x, &h->loss_y, &h->eval_x, &h->eval_y, ROLE_SERIES_1,
                     x_min, x_max, tv->log_y, 1);
+    }
+    if (margin.h) {
+        snprintf(title, sizeof title, "reward margin: train%s, eval %s",
+                 theme_glyphs()->utf8 ? "\xe2\x94\x80" : "-", mk);
+        plot_series(margin, title, &h->margin_x, &h->margin_y, &h->emargin_x, &h->emargin_y,
+                    ROLE_SERIES_1, x_min, x_max, 0, 1);
     }
     draw_stats(app, L.stats);
     if (L.lr_plot.h)
