@@ -9,6 +9,7 @@
 
 #include "model.h"
 #include "model_train.h"
+#include "pref.h"
 #include "train.h"
 
 /* --quantization-bit / --quantization-type / --double-quantization / --dtype as load options:
@@ -73,10 +74,31 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     size_t per_layer, n_typed = 0,
                       typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
     out->total_params = model_param_count_for(mc, &per_layer);
+    /* stage dpo: each batch row is a pair, chosen and rejected (train_run's rows = 2 B) */
+    int pairs = !strcmp(cfg->stage, "dpo");
+    int rows = pairs ? 2 * cfg->batch_size : cfg->batch_size;
     TrainSizes ts;
-    rc = train_state_size(mc, out->total_params, per_layer, &setup, cfg->batch_size,
-                          cfg->cutoff_len, &ts, err);
+    rc = train_state_size(mc, out->total_params, per_layer, &setup, rows, cfg->cutoff_len, &ts,
+                          err);
     if (rc) return rc;
+    PrefLossType pt;
+    if (pairs && !pref_loss_parse(cfg->pref_loss, &pt) && pref_uses_ref(pt)) {
+        /* the reference train_run builds: a state without training (or the starting adapter,
+         * frozen, for a run from --adapter) over the same Model, or over a frozen copy of the
+         * weights for full and freeze */
+        TrainSetup none = {.method = METHOD_NONE, .seed = setup.seed};
+        if (cfg->adapter[0]) {
+            none = setup;
+            none.lora_dropout = 0;
+        }
+        TrainSizes rs;
+        rc = train_state_size(mc, out->total_params, per_layer, &none, rows, cfg->cutoff_len, &rs,
+                              err);
+        if (rc) return rc;
+        out->ref_bytes = rs.param_bytes + rs.grad_bytes + rs.act_bytes + rs.scratch_bytes;
+        if (method == METHOD_FULL || method == METHOD_FREEZE)
+            out->ref_bytes += (out->total_params - n_typed) * sizeof(float) + typed_bytes;
+    }
     out->trainable_params = ts.trainable;
     out->lora_modules = ts.lora_modules;
     out->weight_bytes =
@@ -86,6 +108,6 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     out->act_bytes = ts.act_bytes;
     out->scratch_bytes = ts.scratch_bytes;
     out->total_bytes = out->weight_bytes + out->grad_bytes + out->optim_bytes + out->act_bytes +
-                       out->scratch_bytes;
+                       out->scratch_bytes + out->ref_bytes;
     return 0;
 }

@@ -9,6 +9,7 @@
  *   weight extra + gradients + activations + scratch = every byte train_state_init asks the
  *                      backend for, and optimizer bytes = every byte optim_init asks for
  *                      (a backend whose alloc counts).
+ * Stage dpo (rows are pairs; the reference's state, and a frozen copy for full) likewise.
  * Then the refusals: a cutoff past GPT-2's positions, a target the architecture lacks, more freeze
  * layers than it has, an unknown method. */
 #include <stdio.h>
@@ -144,6 +145,66 @@ static void one_case(Model *m, const char *dir, const Case *k) {
     train_state_free(ts);
 }
 
+/* Stage dpo: rows are pairs (2 B), and the reference train_run builds (a state without
+ * training over the same Model for LoRA, over a frozen copy of the weights for full) is counted
+ * in ref_bytes; orpo has no reference. */
+static void dpo_case(Model *m, const char *dir, const char *method, const char *loss) {
+    char what[200];
+    snprintf(what, sizeof what, "%s dpo %s %s", dir, method, loss);
+    TrainConfig cfg;
+    train_config_defaults(&cfg);
+    snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    snprintf(cfg.stage, sizeof cfg.stage, "dpo");
+    snprintf(cfg.pref_loss, sizeof cfg.pref_loss, "%s", loss);
+    cfg.batch_size = BATCH;
+    cfg.cutoff_len = CUTOFF;
+    ModelConfig mc;
+    TunaErr err = {0};
+    TrainEstimate est;
+    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    TrainSetup setup = {.method = method_of(method),
+                        .lora_rank = cfg.lora_rank,
+                        .lora_alpha = (float)cfg.lora_alpha,
+                        .lora_dropout = (float)cfg.lora_dropout,
+                        .lora_targets = cfg.lora_target,
+                        .seed = 42};
+    TrainState *ts = NULL, *rs = NULL;
+    counted = 0;
+    if (train_state_init(m, &setup, 2 * BATCH, CUTOFF, &ts, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    size_t state_bytes = counted;
+    size_t ref_bytes = 0;
+    if (strcmp(loss, "orpo")) {
+        TrainSetup none = {.method = METHOD_NONE, .seed = 42};
+        counted = 0;
+        if (train_state_init(m, &none, 2 * BATCH, CUTOFF, &rs, &err)) {
+            CHECK(0, "%s: %s", what, err.msg);
+            train_state_free(ts);
+            return;
+        }
+        ref_bytes = counted;
+        if (setup.method == METHOD_FULL) ref_bytes += m->n_params * sizeof(float); /* the copy */
+    }
+    size_t state_est = est.weight_bytes - m->n_params * sizeof(float) + est.grad_bytes +
+                       est.act_bytes + est.scratch_bytes;
+    CHECK(state_est == state_bytes && est.act_bytes == train_activation_bytes(ts),
+          "%s: policy state %zu bytes estimated, train_state_init(2B rows) took %zu", what,
+          state_est, state_bytes);
+    CHECK(est.ref_bytes == ref_bytes, "%s: reference %zu bytes estimated, %zu allocated", what,
+          est.ref_bytes, ref_bytes);
+    CHECK(est.total_bytes == est.weight_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes +
+                                     est.scratch_bytes + est.ref_bytes,
+          "%s: total", what);
+    printf("  %-40s state %9zu reference %9zu bytes\n", what, state_bytes, ref_bytes);
+    train_state_free(rs);
+    train_state_free(ts);
+}
+
 static void one_model(const char *dir) {
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 1, &err);
@@ -159,6 +220,9 @@ static void one_model(const char *dir) {
     be->ops = &ops;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         one_case(m, dir, &cases[i]);
+    dpo_case(m, dir, "lora", "sigmoid");
+    dpo_case(m, dir, "full", "sigmoid");
+    dpo_case(m, dir, "lora", "orpo");
     be->ops = real_ops;
     model_free(m);
     backend_free(be);

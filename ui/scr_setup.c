@@ -997,9 +997,14 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
                 fmt_bytes((double)e.weight_bytes, w1, sizeof w1);
                 fmt_bytes((double)(e.grad_bytes + e.optim_bytes), w2, sizeof w2);
                 fmt_bytes((double)(e.act_bytes + e.scratch_bytes), w3, sizeof w3);
-                LINE(ROLE_DIM, "  fp32 weights %s + grads/AdamW %s + activations %s (%ldx%ld tok)",
-                     w1, w2, w3, (long)setup_field(s, "batch_size")->v,
-                     (long)setup_field(s, "cutoff_len")->v);
+                LINE(ROLE_DIM, "  weights %s + grads/AdamW %s + activations %s (%ldx%ld tok%s)", w1,
+                     w2, w3, (long)setup_field(s, "batch_size")->v,
+                     (long)setup_field(s, "cutoff_len")->v,
+                     strcmp(tc.stage, "dpo") ? "" : " pairs");
+                if (e.ref_bytes) {
+                    fmt_bytes((double)e.ref_bytes, w1, sizeof w1);
+                    LINE(ROLE_DIM, "  + the reference (dpo) %s", w1);
+                }
             }
         }
     }
