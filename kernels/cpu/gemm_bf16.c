@@ -2,14 +2,15 @@
  * bf16 (to nearest even, as wtype_f32_to_bf16), products summed in fp32, outputs fp32.
  *
  * Two paths, chosen on every call (cpu_bf16_path):
- * - "avx512bf16": a kernel of our own on vdpbf16ps. C is cut into tasks of MC x NC; a task
- *   walks K in blocks of KC, packing its rows of op(A) into panels of MR rows and its columns
- *   of op(B) into panels of NR columns, both as bf16 pairs along K (the rounding, vectorized,
- *   happens in the packing; a bf16 weight is copied as is). A 12 x 32 tile of C is 24 zmm
- *   accumulators, zeroed per block and added to C at its end. Each task packs its own operands
- *   (some packing is repeated) so that threads meet once per product: with shared panels, two
- *   barriers per K block cost most of the time on this shared 2-core machine (perf: 60% in
- *   libgomp waits, 3% in the kernel).
+ * - "avx512bf16": a kernel of our own on vdpbf16ps. op(A) is packed once per product (in
+ *   chunks of at most 16 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
+ *   KC, by all threads; then C is cut into tasks of columns (NC, or narrower so that each thread
+ *   gets two; row parts too when the columns are few): a task walks K block by block, packs its
+ *   columns of op(B) into panels of NR (the rounding, vectorized, happens in the packing; a bf16
+ *   weight is copied as is) and runs every row panel over them. A 12 x 32 tile of C is 24 zmm
+ *   accumulators, zeroed per block and added to C at its end. Threads meet twice per chunk
+ *   (after the packing of A, at the end): with shared B panels, two barriers per K block cost
+ *   most of the time on this shared 2-core machine (perf: 60% in libgomp waits).
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
  *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
@@ -33,9 +34,6 @@
 #define MR 12  /* rows of a tile of C */
 #define NR 32  /* columns of a tile of C (two zmm of fp32) */
 #define KC 256 /* elements of K per block (even) */
-#define MC                                                                                         \
-    768        /* rows of C per task at most (a multiple of MR; halved down to 48 while there
-                   are fewer than two tasks a thread) */
 #define NC 384 /* columns of C per task (a multiple of NR) */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
@@ -145,11 +143,8 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
     if (!v->kmajor) { /* rows contiguous in k: 16 elements are 8 words, one per pair */
         for (int r = 0; r < rn; r++) {
             int k = 0;
-            if (v->h) {
-                const uint16_t *row = v->h + (r0 + (size_t)r) * v->ld + k0;
-                for (; k + 2 <= kn; k += 2)
-                    dst[(size_t)(k / 2) * P + (size_t)r] = (uint32_t)row[k] | (uint32_t)row[k + 1]
-                                                                                      << 16;
+            if (v->h) { /* whole pairs: the 16-row gathers below */
+                k = kn & ~1;
             } else {
                 const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
                 for (; k + 16 <= kn; k += 16) {
@@ -166,6 +161,23 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
                 d16[((size_t)(k >> 1) * P + (size_t)r) * 2 + (size_t)(k & 1)] =
                         view_at(v, r0 + (size_t)r, k0 + (size_t)k);
         }
+        if (v->h) { /* a bf16 pair is one 32-bit word of its row: 16 rows' words gathered */
+            const uint16_t *base = v->h + r0 * v->ld + k0;
+            for (int r = 0; r < rn; r += 16) {
+                __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+                __m512i idx = _mm512_mullo_epi32(
+                        _mm512_add_epi32(_mm512_set1_epi32(r),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                           13, 14, 15)),
+                        _mm512_set1_epi32((int)v->ld));
+                for (int j = 0; j < kn / 2; j++) {
+                    __m512i w = _mm512_mask_i32gather_epi32(
+                            _mm512_setzero_si512(), m,
+                            _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j)), base, 2);
+                    _mm512_mask_storeu_epi32(dst + (size_t)j * P + (size_t)r, m, w);
+                }
+            }
+        }
         return;
     }
     for (int k = 0; k < kn; k += 2) { /* columns contiguous in r: 16 rows of a pair at once */
@@ -173,8 +185,15 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
         int two = k + 1 < kn;
         if (v->h) {
             const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
-            for (int r = 0; r < rn; r++)
-                d[r] = (uint32_t)c0[r] | (two ? (uint32_t)c1[r] << 16 : 0u);
+            for (int r = 0; r < rn; r += 16) {
+                __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+                __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c0 + r));
+                __m512i hi = two ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                                                             _mm256_maskz_loadu_epi16(m, c1 + r)),
+                                                     16)
+                                 : _mm512_setzero_si512();
+                _mm512_mask_storeu_epi32(d + r, m, _mm512_or_si512(lo, hi));
+            }
             continue;
         }
         const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
@@ -223,53 +242,92 @@ X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, f
     }
 }
 
-/* One task: rows [m0, m0 + MC) and columns [n0, n0 + NC) of C over the whole of K, block by
- * block: the task packs its own operands (ap, bp: MC x KC and NC x KC of bf16), so the threads
- * meet only at the end. */
-X_TARGET static void gemm_task(const View *a, const View *b, int M, int N, int K, size_t m0,
-                               size_t mc, size_t n0, float *C, size_t ldc, int add0, uint32_t *ap,
-                               uint32_t *bp) {
-    size_t m1 = m0 + mc < (size_t)M ? m0 + mc : (size_t)M;
-    size_t n1 = n0 + NC < (size_t)N ? n0 + NC : (size_t)N;
-    for (int k0 = 0; k0 < K; k0 += KC) {
+/* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
+ * at apk + (kb * npan + i) * A_STRIDE words */
+#define A_STRIDE ((size_t)(KC / 2) * MR)
+
+/* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
+ * [n0, n1), over the whole of K, block by block: the task packs its columns of op(B) (bp:
+ * NC x KC of bf16) once per K block and runs every row panel over them. */
+X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
+                               size_t p1, const View *b, int K, size_t n0, size_t n1, float *C,
+                               size_t ldc, int add0, uint32_t *bp) {
+    for (int k0 = 0, kb = 0; k0 < K; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        for (size_t m = m0; m < m1; m += MR)
-            pack_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn, MR,
-                       ap + (m - m0) / MR * (size_t)kp * MR);
         for (size_t n = n0; n < n1; n += NR)
             pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
                        bp + (n - n0) / NR * (size_t)kp * NR);
         for (size_t n = n0; n < n1; n += NR) {
             const uint32_t *bt = bp + (n - n0) / NR * (size_t)kp * NR;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
-            for (size_t m = m0; m < m1; m += MR)
-                kernel_tile(kp, ap + (m - m0) / MR * (size_t)kp * MR, bt, C + m * ldc + n, ldc,
+            for (size_t i = p0; i < p1; i++) {
+                size_t m = m0 + i * MR;
+                kernel_tile(kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
                             m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || k0 > 0);
+            }
         }
     }
 }
 
+/* op(A) is packed once per chunk of rows (all of it up to A_CHUNK_WORDS of packed words) by all
+ * threads, then the tasks (column blocks of C, and row parts when there are too few of those)
+ * share it: each tile of C is still one task's, over K in block order, so the bits do not
+ * depend on the thread count or on the chunking. (Until this, each task packed its own rows of
+ * A: the LM head's 49152 columns packed the same activations 128 times; pack_panel was 18% of a
+ * SmolLM2 LoRA step.) */
+#define A_CHUNK_WORDS ((size_t)4 << 20) /* 16 MiB of packed A at most */
+
 static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, float beta, float *C,
                   int ldc) {
-    size_t mc = MC, tn = ((size_t)N + NC - 1) / NC, tm = ((size_t)M + mc - 1) / mc;
-    while (tm * tn < 2 * (size_t)nth && mc > 4 * MR) { /* task shapes do not change the bits */
-        mc /= 2;
-        tm = ((size_t)M + mc - 1) / mc;
-    }
-    long ntasks = (long)(tm * tn);
+    size_t nkb = ((size_t)K + KC - 1) / KC;
+    size_t chunk = A_CHUNK_WORDS / (nkb * A_STRIDE) * MR; /* rows per chunk, a multiple of MR */
+    if (chunk < MR) chunk = MR;
+    if (chunk > (size_t)M) chunk = (size_t)M;
+    size_t npan_max = (chunk + MR - 1) / MR;
+    /* column tasks: NC wide, or narrower (multiples of NR) so that there are 2 a thread */
+    size_t nc = NC, want = 2 * (size_t)(nth > 0 ? nth : 1);
+    if (((size_t)N + nc - 1) / nc < want) nc = (((size_t)N + want - 1) / want + NR - 1) / NR * NR;
+    size_t tn = ((size_t)N + nc - 1) / nc, tm = 1;
+    while (tn * tm < want && npan_max >= 2 * tm) /* few columns: split the rows too */
+        tm *= 2;
+    long ntasks = (long)(tn * tm);
     if (nth > ntasks) nth = (int)ntasks;
-    size_t per = (mc + NC) * KC / 2; /* words of one thread's packed operands */
-    uint32_t *buf = malloc(per * (size_t)(nth > 0 ? nth : 1) * sizeof *buf);
-    if (!buf) return -1;
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        uint32_t *ap = buf + per * (size_t)omp_get_thread_num(), *bp = ap + mc * KC / 2;
-#pragma omp for schedule(dynamic, 1)
-        for (long t = 0; t < ntasks; t++)
-            gemm_task(a, b, M, N, K, (size_t)t / tn * mc, mc, (size_t)t % tn * NC, C, (size_t)ldc,
-                      beta != 0.0f, ap, bp);
+    if (nth < 1) nth = 1;
+    size_t per = nc * KC / 2; /* words of one thread's packed columns */
+    uint32_t *apk = malloc(nkb * npan_max * A_STRIDE * sizeof *apk),
+             *bbuf = malloc(per * (size_t)nth * sizeof *bbuf);
+    if (!apk || !bbuf) {
+        free(apk);
+        free(bbuf);
+        return -1;
     }
-    free(buf);
+    for (size_t m0 = 0; m0 < (size_t)M; m0 += chunk) {
+        size_t m1 = m0 + chunk < (size_t)M ? m0 + chunk : (size_t)M;
+        size_t npan = (m1 - m0 + MR - 1) / MR;
+        long npack = (long)(npan * nkb);
+#pragma omp parallel num_threads(nth) if (nth > 1)
+        {
+#pragma omp for schedule(static)
+            for (long j = 0; j < npack; j++) {
+                size_t i = (size_t)j % npan, kb = (size_t)j / npan, m = m0 + i * MR;
+                int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
+                pack_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn, MR,
+                           apk + (kb * npan + i) * A_STRIDE);
+            }
+            uint32_t *bp = bbuf + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < ntasks; t++) {
+                size_t tc = (size_t)t % tn, tr = (size_t)t / tn;
+                size_t n0 = tc * nc, n1 = n0 + nc < (size_t)N ? n0 + nc : (size_t)N;
+                size_t p0 = npan * tr / tm, p1 = npan * (tr + 1) / tm;
+                if (p0 < p1)
+                    gemm_task(apk, npan, m0, m1, p0, p1, b, K, n0, n1, C, (size_t)ldc, beta != 0.0f,
+                              bp);
+            }
+        }
+    }
+    free(apk);
+    free(bbuf);
     return 0;
 }
 #endif
