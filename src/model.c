@@ -220,6 +220,11 @@ size_t model_typed_bytes_for(const ModelConfig *c, const ModelLoadOptions *o, si
             bytes += b;
             *n_typed += dims[k][0] * dims[k][1];
         }
+    if (o->typed_head && o->head_bf16) { /* the embedding, and an untied head, in bf16 */
+        size_t heads = c->tie_embeddings ? 1 : 2, V = (size_t)c->V;
+        bytes += heads * typed_bytes(WT_BF16, 0, V, C);
+        *n_typed += heads * V * C;
+    }
     return bytes;
 }
 
@@ -441,8 +446,13 @@ static void mark_typed(Model *m, const WSrc *w, SpecList *specs, const ModelLoad
         if (!o || (o->qtype == WT_F32 && !keep)) continue; /* no search on a plain load */
         s->site = spec_site(m, s, &s->layer);
         int from = o->fp32_from_layer < 0 ? m->cfg.L + o->fp32_from_layer : o->fp32_from_layer;
-        int head = keep && o->typed_head && spec_is_head(s);
+        int head = o->typed_head && (keep || o->head_bf16) && spec_is_head(s);
         if (!head && (s->site < 0 || s->layer >= from)) continue;
+        if (head && !keep) { /* --dtype bf16: the frozen embedding and head converted */
+            s->typed = 1;
+            s->qt = WT_BF16;
+            continue;
+        }
         /* the linear layers in qtype when one is asked for; the embedding and head (and, with
          * no qtype, the linear layers too) as stored */
         if (head || o->qtype == WT_F32) {

@@ -133,8 +133,11 @@ typedef struct ModelLoadOptions {
                             keep the type the checkpoint stores them in (a GGUF type, or a
                             safetensors BF16 / F16; when the backend has matmul_w_fwd), bit for
                             bit, instead of being converted to fp32 */
-    int typed_head;      /* with keep_stored: the token embedding and LM head too (frozen: no
-                            trainable tokens, not full fine-tuning) */
+    int typed_head;      /* the token embedding and LM head are frozen (no trainable tokens, not
+                            full fine-tuning) and typed: with keep_stored as stored, with
+                            head_bf16 in bf16 */
+    int head_bf16;       /* --dtype bf16: the frozen embedding and head (typed_head) converted to
+                            bf16, as a bf16 torch model holds them */
 } ModelLoadOptions;
 
 /* The one rule for a base that stays frozen under --dtype auto (LoRA, P-tuning, the frozen layers

@@ -232,8 +232,9 @@ static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
         snprintf(skipped, sizeof skipped,
                  " (%d linear layer%s left fp32: rows not whole blocks of %d)", m->n_qskipped,
                  m->n_qskipped == 1 ? "" : "s", wtype_info[lo->qtype].block);
-    snprintf(msg, sizeof msg, "base: %zu linear weights in %s%s (%.1f MiB), %zu in fp32%s",
-             m->n_qparams,
+    snprintf(msg, sizeof msg,
+             "base: %zu frozen weights (linear layers%s) in %s%s (%.1f MiB), %zu in fp32%s",
+             m->n_qparams, m->wte_q || m->head_q ? ", embedding and head" : "",
              lo->qtype == WT_F32 ? "the file's stored types" : wtype_info[lo->qtype].name,
              lo->double_quant ? " + 8-bit scales" : "", (double)m->n_qbytes / (1 << 20),
              m->n_params, skipped);

@@ -224,13 +224,26 @@ static void estimate_case(void) {
     snprintf(c.method, sizeof c.method, "full");
     CHECK(train_estimate(&mc, &c, &e4, &err) != 0 && strstr(err.msg, "full fine-tuning"),
           "estimate: full + 4-bit refused: %s", err.msg);
-    /* --dtype bf16: the frozen linear layers at 2 bytes a weight */
+    /* --dtype bf16: the frozen linear layers, token embedding and head at 2 bytes a weight */
     snprintf(c.method, sizeof c.method, "lora");
     c.quantization_bit = 0;
     snprintf(c.dtype, sizeof c.dtype, "bf16");
     CHECK(train_estimate(&mc, &c, &e4, &err) == 0, "%s", err.msg);
-    CHECK(e32.weight_bytes - e4.weight_bytes == nt * 2, "estimate: a bf16 base saves %zu bytes",
-          e32.weight_bytes - e4.weight_bytes);
+    size_t heads = (mc.tie_embeddings ? 1 : 2) * (size_t)mc.V * (size_t)mc.C;
+    CHECK(e32.weight_bytes - e4.weight_bytes == (nt + heads) * 2,
+          "estimate: a bf16 base saves %zu bytes, expected %zu", e32.weight_bytes - e4.weight_bytes,
+          (nt + heads) * 2);
+    /* with trainable token rows the embedding and head stay fp32: the linear layers alone */
+    TrainEstimate t32;
+    snprintf(c.lora_trainable_tokens, sizeof c.lora_trainable_tokens, "3");
+    CHECK(train_estimate(&mc, &c, &e4, &err) == 0, "%s", err.msg);
+    snprintf(c.dtype, sizeof c.dtype, "auto");
+    CHECK(train_estimate(&mc, &c, &t32, &err) == 0, "%s", err.msg);
+    c.lora_trainable_tokens[0] = 0;
+    snprintf(c.dtype, sizeof c.dtype, "bf16");
+    CHECK(t32.weight_bytes - e4.weight_bytes == nt * 2,
+          "estimate: bf16 base with trainable tokens saves %zu bytes, expected %zu",
+          t32.weight_bytes - e4.weight_bytes, nt * 2);
     snprintf(c.dtype, sizeof c.dtype, "fp16");
     CHECK(train_estimate(&mc, &c, &e4, &err) != 0 && strstr(err.msg, "--dtype must be"),
           "estimate: --dtype fp16 refused: %s", err.msg);
