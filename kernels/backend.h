@@ -150,11 +150,21 @@ struct Backend {
     int n_threads;
     /* Matrix-product precision, torch.autocast's: 0 fp32; 1 bf16, where matmul_fwd, matmul_bwd,
      * matmul_w_fwd and matmul_w_bwd_in round both operands to bf16 (to nearest even) and
-     * accumulate in fp32 (outputs stay fp32). The engine sets it (a --bf16 run); a backend
+     * accumulate in fp32 (outputs stay fp32; LoRA rank-side products excepted: MM_BF16_MIN_SIDE).
+     * The engine sets it (a --bf16 run); a backend
      * without bf16 kernels rounds and runs its fp32 ones, which gives the same products. */
     int mm_bf16;
     TunaErr err;
 };
+
+/* Under mm_bf16, a matmul_fwd / matmul_bwd whose K or N is at most MM_BF16_MIN_SIDE runs in fp32
+ * all the same: that is LoRA's rank side (x·Aᵀ, its gradients, and the products into the rank),
+ * where rounding the long operand to bf16 costs more than the product itself (6% of a SmolLM2
+ * LoRA --bf16 step) and fp32 is the more exact. Every backend applies this one rule. */
+#define MM_BF16_MIN_SIDE 16
+static inline int backend_mm_bf16(const Backend *be, int K, int N) {
+    return be->mm_bf16 && K > MM_BF16_MIN_SIDE && N > MM_BF16_MIN_SIDE;
+}
 
 /* n_threads for backend_init: the cores that other processes are not keeping busy right now
  * (at least one). For generation next to a running `tuna train`: two OpenMP teams spinning on

@@ -34,8 +34,11 @@ static float *dup(const float *p, size_t n) {
     memcpy(d, p, n * sizeof *d);
     return d;
 }
+/* whether the product under test rounds its operands (MM_BF16_MIN_SIDE: a matmul_fwd/bwd with
+ * K or N at most 16, LoRA's rank side, runs in fp32 under mm_bf16) */
+static int rounding = 1;
 static double r16(float x) {
-    return (double)wtype_bf16_to_f32(wtype_f32_to_bf16(x));
+    return rounding ? (double)wtype_bf16_to_f32(wtype_f32_to_bf16(x)) : (double)x;
 }
 
 /* The exact sums: out (M, N) = init + Σ_k A(m, k) B(k, n) with A(m, k) = a[m * sam + k * sak]
@@ -108,6 +111,7 @@ static void test_dense(Backend *ref, Backend *cpu, const char *path) {
         float *x = rnd(nx), *w = rnd(nw), *bias = rnd((size_t)N), *dout = rnd(no);
         float *din0 = rnd(nx), *dw0 = rnd(nw), *db0 = rnd((size_t)N);
         char what[96];
+        rounding = K > MM_BF16_MIN_SIDE && N > MM_BF16_MIN_SIDE;
         for (int with_bias = 0; with_bias < 2; with_bias++) {
             float *o_ref = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
             const float *bb = with_bias ? bias : NULL;
@@ -172,6 +176,7 @@ static void test_dense(Backend *ref, Backend *cpu, const char *path) {
 // --- matmul_w_fwd and matmul_w_bwd_in ------------------------------------------------------------
 
 static void test_typed(Backend *ref, Backend *cpu, const char *path) {
+    rounding = 1; /* a typed weight's products always round */
     static const int tshapes[][3] = {{1, 32, 1},   {7, 64, 33},   {33, 288, 130},
                                      {130, 96, 7}, {40, 544, 70}, {390, 64, 400}};
     static const WType types[] = {WT_BF16, WT_Q8_0, WT_Q4_0, WT_F32};
@@ -253,6 +258,18 @@ static void test_flag_off(Backend *cpu) {
     cpu->mm_bf16 = 1;
     cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, K, N);
     CHECK(!same_bits(a, b, (size_t)(M * N)), "mm_bf16 changed nothing");
+    /* LoRA's rank side (N = 8 here; K = 8 below) stays fp32 under mm_bf16: the same bits */
+    int R = 8;
+    cpu->mm_bf16 = 0;
+    cpu->ops->matmul_fwd(cpu, a, x, w, NULL, M, K, R);
+    cpu->mm_bf16 = 1;
+    cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, K, R);
+    CHECK(same_bits(a, b, (size_t)(M * R)), "mm_bf16 rounded a rank-side product (N %d)", R);
+    cpu->mm_bf16 = 0;
+    cpu->ops->matmul_fwd(cpu, a, x, w, NULL, M, R, N);
+    cpu->mm_bf16 = 1;
+    cpu->ops->matmul_fwd(cpu, b, x, w, NULL, M, R, N);
+    CHECK(same_bits(a, b, (size_t)(M * N)), "mm_bf16 rounded a rank-side product (K %d)", R);
     free(x), free(w), free(a), free(b);
 }
 

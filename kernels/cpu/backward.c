@@ -37,7 +37,7 @@ static int threads_for(const Backend *be, size_t work) {
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N) {
     if (M <= 0 || K <= 0 || N <= 0) return;
-    if (be->mm_bf16 && (din || dw)) { /* dbias stays a sum of fp32 below */
+    if (backend_mm_bf16(be, K, N) && (din || dw)) { /* dbias stays a sum of fp32 below */
         cpu_matmul_bwd_bf16(be, din, dw, dout, in, w, M, K, N);
         din = dw = NULL;
     }

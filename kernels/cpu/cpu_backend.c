@@ -130,7 +130,7 @@ static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi
 
 static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
-    if (be->mm_bf16) {
+    if (backend_mm_bf16(be, K, N)) {
         cpu_matmul_bf16(be, out, in, w, bias, M, K, N);
         return;
     }

@@ -488,7 +488,7 @@ static float *ref_bf16_copy(Backend *be, const float *src, size_t n) {
 
 static void r_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
-    if (!be->mm_bf16) {
+    if (!backend_mm_bf16(be, K, N)) {
         ref_matmul_fwd(out, in, w, bias, M, K, N);
         return;
     }
@@ -537,7 +537,7 @@ static void r_embed(Backend *be, float *out, const int32_t *ids, const float *ta
 
 static void r_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                          const float *in, const float *w, int M, int K, int N) {
-    if (!be->mm_bf16 || (!din && !dw)) {
+    if (!backend_mm_bf16(be, K, N) || (!din && !dw)) {
         ref_matmul_bwd(din, dw, dbias, dout, in, w, M, K, N);
         return;
     }
