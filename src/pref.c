@@ -96,6 +96,8 @@ void pref_pairs(const PrefConfig *c, int n, const double *pc, const double *pr, 
         s->margins += rew_c - rew_r;
         s->logps_chosen += lp_c;
         s->logps_rejected += lp_r;
+        s->logp_wins += pc[i] > pr[i] ? 1 : 0;
+        s->mean_logp_wins += pc[i] / lc > pr[i] / lr ? 1 : 0;
         s->n++;
     }
 }

@@ -26,6 +26,11 @@ typedef struct PrefSums {
     double loss;
     double rewards_chosen, rewards_rejected, accuracies, margins;
     double logps_chosen, logps_rejected;
+    /* the policy alone as a preference classifier (eval only; not TRL metrics): pairs whose
+     * chosen answer has the higher summed log-prob, and the higher per-token mean log-prob.
+     * Unlike rewards/accuracies (0 before any step: the rewards are log-ratios to the start)
+     * they measure the model before training too. */
+    double logp_wins, mean_logp_wins;
     int n; /* pairs */
 } PrefSums;
 

@@ -789,13 +789,15 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
     e.eval_loss = el;
     e.perplexity = exp(el);
     const PrefSums *s = &r->eval_pref;
-    if (r->pref_on && s->n) { /* LLaMA-Factory's eval_ names of TRL's metrics */
+    if (r->pref_on && s->n) { /* LLaMA-Factory's eval_ names of TRL's metrics, then the policy's
+                                 own preference accuracy (pref.h PrefSums) */
         const char *names[] = {"eval_rewards/chosen",     "eval_rewards/rejected",
                                "eval_rewards/accuracies", "eval_rewards/margins",
-                               "eval_logps/chosen",       "eval_logps/rejected"};
-        double v[] = {s->rewards_chosen, s->rewards_rejected, s->accuracies,
-                      s->margins,        s->logps_chosen,     s->logps_rejected};
-        for (int k = 0; k < 6; k++)
+                               "eval_logps/chosen",       "eval_logps/rejected",
+                               "eval_logps/accuracies",   "eval_logps/mean_accuracies"};
+        double v[] = {s->rewards_chosen, s->rewards_rejected, s->accuracies, s->margins,
+                      s->logps_chosen,   s->logps_rejected,   s->logp_wins,  s->mean_logp_wins};
+        for (int k = 0; k < 8; k++)
             event_metric(&e, names[k], v[k] / s->n);
     }
     emit(r, &e);

@@ -194,8 +194,21 @@ static void test_derivatives(void) {
     }
 }
 
+/* The policy's own preference accuracy: summed and per-token mean log-probs compared. */
+static void test_logp_wins(void) {
+    double pc[3] = {-3.0, -8.0, -4.0}, pr[3] = {-4.0, -6.0, -9.0}, g[3];
+    int nc[3] = {3, 16, 2}, nr[3] = {2, 3, 9};
+    PrefConfig c = {PREF_SIMPO, 0.1, 0.5, 0, 0};
+    PrefSums s = {0};
+    pref_pairs(&c, 3, pc, pr, nc, nr, NULL, NULL, g, g, &s);
+    /* sums: -3 > -4 yes, -8 > -6 no, -4 > -9 yes; means: -1 > -2 yes, -0.5 > -2 yes, -2 > -1 no */
+    CHECK(s.n == 3 && s.logp_wins == 2 && s.mean_logp_wins == 2,
+          "logp wins %g, mean logp wins %g of %d", s.logp_wins, s.mean_logp_wins, s.n);
+}
+
 int main(void) {
     test_derivatives();
+    test_logp_wins();
     const char *lora_cases[] = {"sigmoid",     "hinge", "ipo",  "sigmoid_ls",
                                 "sigmoid_ftx", "orpo",  "simpo"};
     const char *full_cases[] = {"sigmoid", "hinge", "ipo", "sigmoid_ls"};

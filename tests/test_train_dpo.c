@@ -73,6 +73,13 @@ static void read_metrics(const char *dir, Seen *s) {
                 snprintf(key, sizeof key, "eval_%s", metric_keys[k]);
                 all &= cJSON_IsNumber(cJSON_GetObjectItem(j, key));
             }
+            /* the policy's own preference accuracy, a fraction of the pairs */
+            for (int k = 0; k < 2; k++) {
+                cJSON *a = cJSON_GetObjectItem(j, k ? "eval_logps/mean_accuracies"
+                                                    : "eval_logps/accuracies");
+                double v = cJSON_GetNumberValue(a);
+                all &= cJSON_IsNumber(a) && v >= 0 && v <= 1;
+            }
             s->evals_with_metrics += all;
         }
         cJSON_Delete(j);
