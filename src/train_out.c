@@ -798,6 +798,10 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
         for (int k = 0; k < 6; k++)
             event_metric(&e, names[k], v[k] / s->n);
     }
+    const char *kn[6];
+    double kv[6];
+    for (int k = 0, n = run_eval_metrics(r, kn, kv); k < n; k++) /* kto */
+        event_metric(&e, kn[k], kv[k]);
     emit(r, &e);
     if (!tlog_too) return;
     tlog_line(r, "eval_loss", el, (double)NAN, epoch, elapsed, eta);

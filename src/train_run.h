@@ -60,6 +60,10 @@ typedef struct Run {
     Model *ref_m;
     TrainState *ref_ts;
     PrefSums eval_pref; /* the last eval's sums over the validation pairs */
+    /* stage kto: the loss (the reference as for dpo: ref_ts, ref_m) and the last eval's sums */
+    int kto_on;
+    KtoConfig kto;
+    KtoSums eval_kto;
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)
@@ -69,6 +73,8 @@ typedef struct Run {
 void emit(Run *r, const Event *ev);
 /* The start event (with the resolved config) and the one-line summary of the setup. */
 void emit_start(Run *r);
+/* kto's eval metrics (names, values; at most 6) of the last eval, for emit_eval: src/train.c. */
+int run_eval_metrics(const Run *r, const char **names, double *v);
 /* A log event: level "info" or "warn", also said on the terminal. */
 void emit_log(Run *r, const char *level, const char *msg);
 /* The same, recorded in metrics.jsonl only. */
