@@ -22,6 +22,18 @@ Source: TRL 1.16's KTOTrainer._compute_loss on the collated batch, then backward
 are the trainer's _metrics. The reference is ref_model, the fixture model itself (frozen): for
 LoRA the base, what peft gives with the adapter disabled (checked). bf16 off.
 
+rm_<method>.safetensors (tests/fixtures/train): one batch of two pairs (random prompt, chosen
+and rejected ids, right-padded), the reward model as LLaMA-Factory trains it with TRL's
+AutoModelForCausalLMWithValueHead, transcribed here (trl 1.16 no longer ships that class):
+values = v_head.summary(hidden_states[-1]).squeeze(-1) (the last hidden state is after the final
+norm; no summary dropout), each row scored at attention_mask.sum(-1) - 1 (PairwiseTrainer), loss
+= -logsigmoid(chosen - rejected).mean(). Tensors:
+    input_ids, attention_mask, completion_mask (2P, T) I32   P chosen rows, then P rejected
+    loss (1), scores (2P), accuracy (1)
+    v_head.summary.weight (1, C), v_head.summary.bias (1)    the head (randn * 0.5, seeded)
+    grad.v_head.summary.weight, grad.v_head.summary.bias
+    adapter.NAME, grad.NAME (lora) / policy.model.norm.weight, grad.NAME (full) as for kto.
+
 Deterministic (fixed seeds, CPU); headers written by hand as gen_train_fixtures.py does.
 """
 import json
@@ -103,8 +115,8 @@ def grads_out(model, method, t):
             t["grad." + name] = by_ptr[v.data_ptr()].grad.detach().clone()
     else:
         t["policy.model.norm.weight"] = model.model.norm.weight.detach().clone()
-        for name, p in model.named_parameters():
-            t["grad." + name] = p.grad.detach().clone()
+        for name, p in model.named_parameters():  # rm: the LM head gets none (zeros)
+            t["grad." + name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
 
 
 def run_kto(fix_dir, out_dir, method, case):
@@ -134,12 +146,56 @@ def run_kto(fix_dir, out_dir, method, case):
     print(f"kto {method:4} {case:8} loss {loss.item():.6f} metrics {[round(x, 5) for x in metrics]}")
 
 
+def make_pairs(V):
+    g = torch.Generator().manual_seed(23)
+    r = lambda n: torch.randint(3, V, (n,), generator=g).tolist()
+    return [(r(3), r(5), r(3)), (r(5), r(2), r(6))]
+
+
+def run_rm(fix_dir, out_dir, method):
+    model, _ = policy_and_ref(fix_dir, method)
+    C = model.config.hidden_size
+    g = torch.Generator().manual_seed(31)
+    vw = (0.5 * torch.randn(1, C, generator=g)).requires_grad_(True)
+    vb = (0.5 * torch.randn(1, generator=g)).requires_grad_(True)
+    pairs = make_pairs(model.config.vocab_size)
+    rows = [p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs]
+    cms = [[0] * len(p) + [1] * len(c) for p, c, _ in pairs] + [[0] * len(p) + [1] * len(r) for p, _, r in pairs]
+    T = max(len(x) for x in rows)
+    ids = torch.tensor([x + [0] * (T - len(x)) for x in rows])
+    am = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in rows])
+    cm = torch.tensor([x + [0] * (T - len(x)) for x in cms])
+    model.train()
+    out = model(input_ids=ids, attention_mask=am, output_hidden_states=True)
+    values = torch.nn.functional.linear(out.hidden_states[-1], vw, vb).squeeze(-1)  # (2P, T)
+    P = len(pairs)
+    cmk, rmk = torch.split(am, P, dim=0)
+    cr, rr = torch.split(values, P, dim=0)
+    cs = cr.gather(dim=-1, index=(cmk.sum(dim=-1, keepdim=True) - 1)).squeeze(-1)
+    rs = rr.gather(dim=-1, index=(rmk.sum(dim=-1, keepdim=True) - 1)).squeeze(-1)
+    loss = -torch.nn.functional.logsigmoid(cs.float() - rs.float()).mean()
+    loss.backward()
+    t = {"input_ids": ids.to(torch.int32), "attention_mask": am.to(torch.int32), "completion_mask": cm.to(torch.int32),
+         "loss": loss.detach().float().reshape(1), "scores": torch.cat([cs, rs]).detach().float(),
+         "accuracy": (cs > rs).float().mean().reshape(1).detach(),
+         "v_head.summary.weight": vw.detach().clone(), "v_head.summary.bias": vb.detach().clone(),
+         "grad.v_head.summary.weight": vw.grad.detach().clone(), "grad.v_head.summary.bias": vb.grad.detach().clone()}
+    grads_out(model, method, t)
+    meta = base_meta()
+    meta.update(generator="tests/gen_kto_rm_fixtures.py", method=method,
+                source="LLaMA-Factory PairwiseTrainer.compute_loss + TRL ValueHead, transcribed")
+    save_st(t, os.path.join(out_dir, f"rm_{method}.safetensors"), meta)
+    print(f"rm  {method:4} loss {loss.item():.6f} scores {[round(x, 4) for x in t['scores'].tolist()]}")
+
+
 def main():
     fix_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     out_dir = os.path.join(fix_dir, "train")
     for method in ("lora", "full"):
         for case in ("base", "weights"):
             run_kto(fix_dir, out_dir, method, case)
+    for method in ("lora", "full"):
+        run_rm(fix_dir, out_dir, method)
 
 
 if __name__ == "__main__":
