@@ -158,6 +158,10 @@ static int stop_requested(const Run *r) {
 
 static void run_close(Run *r) {
     if (r->have_opt) optim_free(&r->opt);
+    if (r->have_vh) {
+        optim_free(&r->vh_opt);
+        vhead_free(&r->vh);
+    }
     train_state_free(r->ts);
     train_state_free(r->ref_ts);
     model_free(r->ref_m);
@@ -264,8 +268,16 @@ static int run_open(Run *r, TunaErr *err) {
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
-        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt, dpo or kto, got \"%s\"",
-                         c->stage);
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--stage: must be sft, pt, dpo, kto or rm, got \"%s\"", c->stage);
+    if ((r->rm_on = !strcmp(c->stage, "rm"))) {
+        if (c->packing || c->group_by_length)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage rm: pairs are neither packed nor grouped by length (turn "
+                             "off --packing and --group-by-length)");
+        if (c->pref_ftx > 0)
+            return tuna_errf(err, TUNA_EUNSUP, "--pref-ftx: dpo only, not with --stage rm");
+    }
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,
@@ -349,7 +361,7 @@ static int run_open(Run *r, TunaErr *err) {
                            .max_samples = c->max_samples,
                            .strict = c->strict,
                            .stage_pt = !strcmp(c->stage, "pt"),
-                           .ranking = r->pref_on,
+                           .ranking = r->pref_on || r->rm_on,
                            .kto = r->kto_on,
                            .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
                                              (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
@@ -379,7 +391,8 @@ static int run_open(Run *r, TunaErr *err) {
     for (size_t i = 0; i < r->val->n; i++)
         maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
     r->B = c->batch_size;
-    r->rows = r->pref_on || r->kto_on ? 2 * r->B : r->B; /* kto: the examples, their KL rows */
+    /* pairs (dpo, rm): chosen then rejected; kto: the examples, then their KL rows */
+    r->rows = r->pref_on || r->kto_on || r->rm_on ? 2 * r->B : r->B;
     r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
     int flags = (c->packing == 2 ? BATCH_PACK_NEAT
                  : c->packing    ? BATCH_PACK
@@ -442,6 +455,16 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
         return rc;
     r->have_opt = 1;
+    if (r->rm_on) { /* the value head, trained beside the model with the same AdamW settings */
+        if ((rc = vhead_init(&r->vh, r->be, r->m->cfg.C, (uint64_t)c->seed, err))) return rc;
+        r->have_vh = 1;
+        if ((rc = optim_init(&r->vh_opt, r->be, r->vh.tp, 2, 0.9f, 0.999f, 1e-8f,
+                             (float)c->weight_decay, err))) {
+            vhead_free(&r->vh);
+            r->have_vh = 0;
+            return rc;
+        }
+    }
     r->best_eval = (double)INFINITY;
     return 0;
 }
@@ -488,12 +511,15 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int pref_eval(Run *r, double *loss, TunaErr *err);
 static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int kto_eval(Run *r, double *loss, TunaErr *err);
+static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+static int rm_eval(Run *r, double *loss, TunaErr *err);
 
 static const Objective objectives[] = {
         {"sft", xent_step, xent_eval},
         {"pt", xent_step, xent_eval},
         {"dpo", pref_step, pref_eval},
         {"kto", kto_step, kto_eval},
+        {"rm", rm_step, rm_eval},
 };
 
 static const Objective *objective_for(const char *stage) {
@@ -838,8 +864,86 @@ static int kto_eval(Run *r, double *loss, TunaErr *err) {
     return rc;
 }
 
-/* The eval metrics of the stage (kto's TRL names with LLaMA-Factory's eval_ prefix). */
+/* rm: one micro-batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) through the model and
+ * the value head (with backward: the gradients, the loss scaled by rb->scale). */
+static int rm_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward,
+                    RmBatch *rb, TunaErr *err) {
+    int rows = r->rows, rc;
+    int *last = xmalloc(sizeof(int) * (size_t)rows);
+    rm_last_positions(tg, rows, T, last);
+    rb->last = last;
+    rc = train_set_seq_len(r->ts, T, err);
+    if (!rc) rc = train_step_hidden(r->ts, ids, rows, rm_hidden, rb, backward, err);
+    free(last);
+    return rc;
+}
+
+/* rm: the metrics of a step's (or an eval's) sums: accuracy (chosen scored above rejected),
+ * the mean scores and their margin. */
+static int rm_metrics(const RmSums *s, int eval, const char **names, double *v) {
+    static const char *const tn[] = {"accuracy", "rewards/chosen", "rewards/rejected",
+                                     "rewards/margins"};
+    static const char *const en[] = {"eval_accuracy", "eval_rewards/chosen",
+                                     "eval_rewards/rejected", "eval_rewards/margins"};
+    if (!s->n) return 0;
+    double x[] = {s->accuracy, s->chosen, s->rejected, s->chosen - s->rejected};
+    for (int k = 0; k < 4; k++) {
+        names[k] = eval ? en[k] : tn[k];
+        v[k] = x[k] / s->n;
+    }
+    return 4;
+}
+
+/* rm: the step's GA micro-batches of pairs into the gradients (the model's and the value
+ * head's); the loss is the mean over the step's pairs. */
+static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
+    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0, pairs = 0;
+    size_t slot = (size_t)rows * T;
+    out->n_t = out->n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T;
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        out->n_t += b.n_targets;
+        out->n_tok += b.n_tokens;
+        pairs += pref_count(b.targets, P, b.T);
+    }
+    train_zero_grad(r->ts);
+    vhead_zero_grad(&r->vh);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    RmBatch rb = {.vh = &r->vh, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
+    for (int a = 0; a < GA && !rc; a++)
+        rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
+    out->loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
+    out->n_metrics = rm_metrics(&rb.sums, 0, out->names, out->values);
+    return rc;
+}
+
+/* rm: the mean loss over the validation pairs (forward only). */
+static int rm_eval(Run *r, double *loss, TunaErr *err) {
+    Batcher vb;
+    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 0, err);
+    if (rc) return rc;
+    vb.pad_multiple = r->pad_multiple;
+    RmBatch rb = {.vh = &r->vh, .pairs = r->B};
+    size_t nb = batcher_batches_per_epoch(&vb);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&vb, &b);
+        rc = rm_batch(r, b.ids, b.targets, b.T, 0, &rb, err);
+    }
+    batcher_free(&vb);
+    *loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
+    r->eval_rm = rb.sums;
+    return rc;
+}
+
+/* The eval metrics of the stage (kto's TRL names, rm's accuracy and scores, with
+ * LLaMA-Factory's eval_ prefix). */
 int run_eval_metrics(const Run *r, const char **names, double *v) {
+    if (r->rm_on) return rm_metrics(&r->eval_rm, 1, names, v);
     if (!r->kto_on || !(r->eval_kto.n_chosen + r->eval_kto.n_rejected)) return 0;
     return kto_metrics(&r->eval_kto, 1, names, v);
 }
@@ -969,10 +1073,18 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double loss = so.loss;
         float gscale;
         double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
+        if (r->have_vh) { /* rm: one norm over the model's and the value head's gradients */
+            float g1, g2;
+            double n1 = optim_clip(r->be, tp, np, 0, &g1), n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2);
+            double mx = r->cfg->max_grad_norm;
+            gnorm = sqrt(n1 * n1 + n2 * n2);
+            gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;
+        }
         double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        if (!bad && r->have_vh) optim_step(&r->vh_opt, r->vh.tp, 2, (float)lr, gscale);
         r->step++;
         if (bad) {
             rc = bad_step(r, lp, loss, gnorm, err);
@@ -1015,6 +1127,10 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
 }
 
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
+    if (resume && !strcmp(cfg->stage, "rm"))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--resume: not with --stage rm yet (a checkpoint holds the value head "
+                         "but not its optimizer state)");
     Run r;
     memset(&r, 0, sizeof r);
     r.cfg = cfg;

@@ -52,7 +52,8 @@ static const TrainOption fields[] = {
         S(stage, ALL, "sft",
           "sft (supervised) | pt (plain text, every token trains) | dpo (preference pairs from "
           "ranking datasets, against a reference: the base, adapter off, or a frozen copy) | kto "
-          "(answers tagged desirable or undesirable, kto_tag datasets, against a reference)"),
+          "(answers tagged desirable or undesirable, kto_tag datasets, against a reference) | rm "
+          "(a reward model: a value head on the last token, trained on ranking pairs)"),
         S(pref_loss, ALL, "sigmoid",
           "dpo: sigmoid (DPO) | hinge | ipo | orpo | simpo (the last two without a reference)"),
         D(pref_beta, ALL, OPEN(0, BIG), "0.1",

@@ -217,6 +217,7 @@ int save_checkpoint(Run *r, TunaErr *err) {
     optim_download(&r->opt, mm, vv);
     snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
     rc = save_tensors(path, tp, np, p, "", err);
+    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
     if (!rc) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
         StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
@@ -885,6 +886,7 @@ int write_result(Run *r, int adapter, TunaErr *err) {
     if (!rc)
         rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
                      : model_write_hf(r->m, tmp, err);
+    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm: LLaMA-Factory's file */
     if (!rc) rc = publish_files(tmp, r->dir, err);
     dir_remove(tmp);
     return rc;

@@ -19,6 +19,7 @@
 #include "template.h"
 #include "tokenizer.h"
 #include "train.h"
+#include "value_head.h"
 
 typedef struct Run {
     const TrainConfig *cfg;
@@ -64,6 +65,12 @@ typedef struct Run {
     int kto_on;
     KtoConfig kto;
     KtoSums eval_kto;
+    /* stage rm: the value head and its own AdamW (one clipping norm over both), the last
+     * eval's sums */
+    int rm_on, have_vh;
+    ValueHead vh;
+    Optim vh_opt;
+    RmSums eval_rm;
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)

@@ -36,7 +36,7 @@
 #include "widgets.h"
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
-static const char *stage_names[] = {"sft", "pt", "dpo", "kto"};
+static const char *stage_names[] = {"sft", "pt", "dpo", "kto", "rm"};
 #define N_STAGES ((int)(sizeof stage_names / sizeof stage_names[0]))
 static const char *pref_loss_names[] = {"sigmoid", "hinge", "ipo", "orpo", "simpo"};
 
@@ -515,7 +515,7 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
     } else if (!strcmp(f->key, "stage")) {
         for (int i = 0; i < N_STAGES; i++)
             if (!strcmp(v, stage_names[i])) return 0;
-        return snprintf(why, n, "expected sft, pt, dpo or kto, got \"%.100s\"", v), -1;
+        return snprintf(why, n, "expected sft, pt, dpo, kto or rm, got \"%.100s\"", v), -1;
     } else if (!strcmp(f->key, "pref_loss")) {
         for (int i = 0; i < 5; i++)
             if (!strcmp(v, pref_loss_names[i])) return 0;
