@@ -1098,7 +1098,8 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
             goto fail;
         }
         DatasetAttr a;
-        if ((rc = parse_attr(info_path, dir, nm, entry, opt->ranking, opt->kto, &a, err))) goto fail;
+        if ((rc = parse_attr(info_path, dir, nm, entry, opt->ranking, opt->kto, &a, err)))
+            goto fail;
         rc = load_one(&c, &a, err);
         attr_free(&a);
         if (rc) goto fail;

@@ -96,7 +96,7 @@ typedef struct Batch {
     /* kto (Dataset.kto): (B/2) row b's tag (1 desirable, 0 undesirable, -1 an empty row);
      * else NULL. Rows 0..B/2-1 are the examples, B/2..B-1 their KL rows (see Batcher). */
     const int32_t *tags;
-    int n_tokens;     /* non-pad positions */
+    int n_tokens; /* non-pad positions */
     /* (B, T) with BATCH_PACK_NEAT, else NULL: the row position where the example holding each
      * position starts (pads after a row's last example start their own span). Positions
      * restart there and attention stays inside: train_set_spans. Borrowed like ids. */

@@ -59,8 +59,8 @@ void pref_row_scales(void *ctx, const double *logp, const int *n, int B, float *
 // --- kto: TRL's KTOTrainer loss (loss_type "kto") on unpaired examples
 
 typedef struct KtoConfig {
-    double beta;              /* pref_beta (0.1) */
-    double desirable_weight;  /* kto_chosen_weight (1) */
+    double beta;               /* pref_beta (0.1) */
+    double desirable_weight;   /* kto_chosen_weight (1) */
     double undesirable_weight; /* kto_rejected_weight (1) */
 } KtoConfig;
 

@@ -268,8 +268,8 @@ static int run_open(Run *r, TunaErr *err) {
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--stage: must be sft, pt, dpo, kto or rm, got \"%s\"", c->stage);
+        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt, dpo, kto or rm, got \"%s\"",
+                         c->stage);
     if ((r->rm_on = !strcmp(c->stage, "rm"))) {
         if (c->packing || c->group_by_length)
             return tuna_errf(err, TUNA_EUNSUP,
@@ -515,11 +515,8 @@ static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int rm_eval(Run *r, double *loss, TunaErr *err);
 
 static const Objective objectives[] = {
-        {"sft", xent_step, xent_eval},
-        {"pt", xent_step, xent_eval},
-        {"dpo", pref_step, pref_eval},
-        {"kto", kto_step, kto_eval},
-        {"rm", rm_step, rm_eval},
+        {"sft", xent_step, xent_eval}, {"pt", xent_step, xent_eval}, {"dpo", pref_step, pref_eval},
+        {"kto", kto_step, kto_eval},   {"rm", rm_step, rm_eval},
 };
 
 static const Objective *objective_for(const char *stage) {
@@ -783,12 +780,18 @@ static int kto_count(const int32_t *tags, int B) {
 
 /* kto: TRL's metrics of a step's (or an eval's) sums; names prefixed by pre ("" or "eval_"). */
 static int kto_metrics(const KtoSums *s, int eval, const char **names, double *v) {
-    static const char *const train_names[] = {"kl",           "rewards/chosen", "logps/chosen",
-                                              "rewards/rejected", "logps/rejected",
+    static const char *const train_names[] = {"kl",
+                                              "rewards/chosen",
+                                              "logps/chosen",
+                                              "rewards/rejected",
+                                              "logps/rejected",
                                               "rewards/margins"};
-    static const char *const eval_names[] = {"eval_kl",           "eval_rewards/chosen",
-                                             "eval_logps/chosen", "eval_rewards/rejected",
-                                             "eval_logps/rejected", "eval_rewards/margins"};
+    static const char *const eval_names[] = {"eval_kl",
+                                             "eval_rewards/chosen",
+                                             "eval_logps/chosen",
+                                             "eval_rewards/rejected",
+                                             "eval_logps/rejected",
+                                             "eval_rewards/margins"};
     const char *const *nm = eval ? eval_names : train_names;
     int k = 0;
     names[k] = nm[0];
@@ -835,8 +838,8 @@ static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     train_set_step_seed(r->ts, (uint64_t)r->step);
     KtoBatch kb = {.c = &r->kto, .scale = n_ex ? 1.0 / n_ex : 0};
     for (int a = 0; a < GA && !rc; a++)
-        rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a],
-                       1, &kb, err);
+        rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a], 1,
+                       &kb, err);
     free(tags);
     out->loss = n_ex ? kb.sums.loss / n_ex : 0;
     out->n_metrics = kto_metrics(&kb.sums, 0, out->names, out->values);
@@ -866,8 +869,8 @@ static int kto_eval(Run *r, double *loss, TunaErr *err) {
 
 /* rm: one micro-batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) through the model and
  * the value head (with backward: the gradients, the loss scaled by rb->scale). */
-static int rm_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward,
-                    RmBatch *rb, TunaErr *err) {
+static int rm_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward, RmBatch *rb,
+                    TunaErr *err) {
     int rows = r->rows, rc;
     int *last = xmalloc(sizeof(int) * (size_t)rows);
     rm_last_positions(tg, rows, T, last);
@@ -1075,7 +1078,8 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
         if (r->have_vh) { /* rm: one norm over the model's and the value head's gradients */
             float g1, g2;
-            double n1 = optim_clip(r->be, tp, np, 0, &g1), n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2);
+            double n1 = optim_clip(r->be, tp, np, 0, &g1),
+                   n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2);
             double mx = r->cfg->max_grad_norm;
             gnorm = sqrt(n1 * n1 + n2 * n2);
             gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;

@@ -93,8 +93,9 @@ int vhead_load(ValueHead *vh, const char *dir, TunaErr *err) {
         if (!t)
             rc = tuna_errf(err, TUNA_EFORMAT, "%s: no tensor %s", path, vh_names[k]);
         else if (numel != want)
-            rc = tuna_errf(err, TUNA_EFORMAT, "%s: %s has %zu values, the model's hidden size is %d",
-                           path, vh_names[k], numel, vh->C);
+            rc = tuna_errf(err, TUNA_EFORMAT,
+                           "%s: %s has %zu values, the model's hidden size is %d", path,
+                           vh_names[k], numel, vh->C);
         else
             rc = st_tensor_to_f32(t, k ? &b : w, want, err);
     }
@@ -109,8 +110,9 @@ int vhead_save(const ValueHead *vh, const char *dir, TunaErr *err) {
     snprintf(path, sizeof path, "%s/%s", dir, VHEAD_FILE);
     float *w = xmalloc(sizeof(float) * (size_t)vh->C), b;
     vhead_get(vh, w, &b);
-    StWriteTensor t[2] = {{.name = vh_names[0], .dtype = ST_F32, .ndim = 2, .shape = {1, vh->C}, .data = w},
-                          {.name = vh_names[1], .dtype = ST_F32, .ndim = 1, .shape = {1}, .data = &b}};
+    StWriteTensor t[2] = {
+            {.name = vh_names[0], .dtype = ST_F32, .ndim = 2, .shape = {1, vh->C}, .data = w},
+            {.name = vh_names[1], .dtype = ST_F32, .ndim = 1, .shape = {1}, .data = &b}};
     const char *meta[] = {"format", "pt"}; /* as LLaMA-Factory's fix_valuehead_checkpoint */
     int rc = safetensors_write(path, t, 2, meta, 1, err);
     free(w);

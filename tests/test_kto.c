@@ -19,8 +19,9 @@
 
 #define RTOL 1e-3
 
-static const char *metric_names[6] = {"kl",           "rewards/chosen", "rewards/rejected",
-                                      "rewards/margins", "logps/chosen", "logps/rejected"};
+static const char *metric_names[6] = {
+        "kl",           "rewards/chosen", "rewards/rejected", "rewards/margins",
+        "logps/chosen", "logps/rejected"};
 
 static const ParamInfo *pinfo_named(const Model *m, const char *name) {
     for (int i = 0; i < m->n_pinfo; i++)

@@ -28,8 +28,8 @@ static void put(const char *name, const char *text) {
     fclose(f);
 }
 
-static Dataset *load(const char *names, const char *dir, int cutoff, int strict, int kto,
-                     int *rc, TunaErr *err) {
+static Dataset *load(const char *names, const char *dir, int cutoff, int strict, int kto, int *rc,
+                     TunaErr *err) {
     DatasetOptions o = {
             .names = names, .dataset_dir = dir, .cutoff_len = cutoff, .strict = strict, .kto = kto};
     Dataset *d = NULL;
@@ -127,9 +127,8 @@ static void test_rows(void) {
           err.msg);
     /* the cutoff: infer_seqlen of prompt and reply */
     d = load("ks", tmpdir, 6, 0, 1, &rc, &err);
-    CHECK(rc == 0 && d && d->n == 2 && d->ex[0].n <= 6 && d->ex[1].n <= 6 &&
-                  d->n_truncated == 2 && prompt_len(&d->ex[0]) > 0 &&
-                  prompt_len(&d->ex[0]) < d->ex[0].n,
+    CHECK(rc == 0 && d && d->n == 2 && d->ex[0].n <= 6 && d->ex[1].n <= 6 && d->n_truncated == 2 &&
+                  prompt_len(&d->ex[0]) > 0 && prompt_len(&d->ex[0]) < d->ex[0].n,
           "cutoff 6: both kept, both parts in, n %d %d", d ? d->ex[0].n : 0, d ? d->ex[1].n : 0);
     dataset_free(d);
 }
@@ -147,7 +146,7 @@ static void check_batch(const Dataset *d, const Batch *bt, const size_t *order_e
         ok &= bt->tags[r] == e->tag && !memcmp(bt->ids + (size_t)r * bt->T, e->ids, (size_t)ne * 4);
         for (int t = 0; t < m; t++) {
             int32_t id = t < pe ? e->ids[t] : o->ids[po + t - pe];
-            int32_t want = t + 1 >= m ? TEMPLATE_IGNORE
+            int32_t want = t + 1 >= m   ? TEMPLATE_IGNORE
                            : t + 1 < pe ? TEMPLATE_IGNORE
                                         : o->ids[po + t + 1 - pe];
             ok &= ki[t] == id && kt[t] == want;

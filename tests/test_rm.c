@@ -137,8 +137,8 @@ static void run_case(const char *backend, const char *method) {
                   fabs(rb.sums.rejected - sum_r) <= RTOL * fabs(sum_r) + 1e-5,
           "%s: scores %.6g %.6g vs %.6g %.6g", fpath, rb.sums.chosen, rb.sums.rejected, sum_c,
           sum_r);
-    CHECK(fabs(rb.sums.accuracy / P - (double)((const float *)acc_t->data)[0]) < 1e-9, "%s: accuracy",
-          fpath);
+    CHECK(fabs(rb.sums.accuracy / P - (double)((const float *)acc_t->data)[0]) < 1e-9,
+          "%s: accuracy", fpath);
     double worst = 0;
     int compared = 0;
     for (int i = 0; i < np; i++)

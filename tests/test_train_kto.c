@@ -128,8 +128,9 @@ int main(void) {
                   fabs(s.eval0 - 0.5) < 1e-6,
           "lora: step 1 loss %.7f kl %g margin %.3g, eval 0 %.7f (0.5, 0, 0, 0.5 expected)",
           s.loss1, s.kl1, s.margin1, s.eval0);
-    CHECK(s.margin_sum_late > 0, "lora: the desirable answers' rewards rise above the others' "
-                                 "(margins summed over the last 5 steps %.4f)",
+    CHECK(s.margin_sum_late > 0,
+          "lora: the desirable answers' rewards rise above the others' "
+          "(margins summed over the last 5 steps %.4f)",
           s.margin_sum_late);
     char path[400];
     struct stat sb;

@@ -72,8 +72,10 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     read_metrics(out, s);
     CHECK(s->steps == steps && s->with_metrics == steps, "%s: %d step events, %d with accuracy",
           name, s->steps, s->with_metrics);
-    CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals, "%s: %d eval events, %d with "
-          "eval_accuracy", name, s->evals, s->evals_with_metrics);
+    CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals,
+          "%s: %d eval events, %d with "
+          "eval_accuracy",
+          name, s->evals, s->evals_with_metrics);
     char path[400];
     struct stat sb;
     snprintf(path, sizeof path, "%s/value_head.safetensors", out);
