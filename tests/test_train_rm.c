@@ -4,7 +4,8 @@
  * adapter, and its step and eval events carry accuracy and the scores; `tuna eval --stage rm`
  * on the run folder gives the pairwise accuracy and loss of the merged model that agree with
  * the run's own last eval (the 12 pairs = the 8 trained + the 4 held out); a full run finishes
- * with the head beside the model; bad combinations fail with one line. Runs ./tuna (or
+ * with the head beside the model; a P-tuning run trains (eval --stage rm refuses it); bad
+ * combinations fail with one line. Runs ./tuna (or
  * $TUNA_BIN) from the repo root. */
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -131,6 +132,13 @@ int main(void) {
     cJSON_Delete(j);
     free(text);
     run(tmp, "full", "--method full --lr 2e-3", 4, &s);
+    /* P-tuning trains; eval --stage rm refuses it (the scoring forward has no prefix) */
+    run(tmp, "ptuning", "--method ptuning --prefix-tokens 4 --eval-steps 2", 2, &s);
+    snprintf(cmd, sizeof cmd,
+             "%s eval --model %s/ptuning --dataset dpo_en_demo --dataset-dir ../shared/datasets "
+             "--max-samples 4 --stage rm --quiet >/dev/null 2>%s/pt.err",
+             bin(), tmp, tmp);
+    CHECK(sh(cmd) != 0, "eval --stage rm of a P-tuning run refused");
     refused(tmp, "--packing true", "pairs are neither packed nor grouped");
     refused(tmp, "--dataset kto_en_demo", "is not a ranking dataset");
     snprintf(cmd, sizeof cmd, "%s train --resume %s/lora 2>%s/resume.err", bin(), tmp, tmp);

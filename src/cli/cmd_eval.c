@@ -345,6 +345,13 @@ static int eval_rm(Model *m, Backend *be, const Dataset *d, const EvalArgs *a, c
     ValueHead vh = {0};
     TrainState *ts = NULL;
     Batcher b;
+    /* the training forward scores the pairs: it sees merged LoRA weights, not an adapter kept
+     * unmerged (a quantized base) or a P-tuning prefix */
+    if (m->prefix_len || m->lora)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--stage rm: not for a %s yet (a LoRA or full reward model on an "
+                         "unquantized base)",
+                         m->prefix_len ? "P-tuning run" : "LoRA run on a quantized base");
     if ((rc = vhead_init(&vh, be, m->cfg.C, 0, err))) return rc;
     if ((rc = vhead_load(&vh, vdir, err))) goto out;
     TrainSetup none = {.method = METHOD_NONE};
