@@ -29,6 +29,7 @@ typedef struct DatasetAttr {
     /* columns: NULL = unused */
     const char *prompt, *query, *response, *system, *history, *messages, *tools;
     const char *chosen, *rejected; /* ranking */
+    const char *kto_tag;           /* kto: the boolean column */
     /* tags: NULL = never matches */
     const char *role_tag, *content_tag, *user_tag, *assistant_tag, *observation_tag, *function_tag,
             *system_tag;
@@ -41,7 +42,7 @@ static const char *get_str(const cJSON *obj, const char *key) {
 
 /* Fills a from the registry entry (strings borrowed from the cJSON tree `entry`). */
 static int parse_attr(const char *info_path, const char *dir, const char *name, const cJSON *entry,
-                      int want_ranking, DatasetAttr *a, TunaErr *err) {
+                      int want_ranking, int want_kto, DatasetAttr *a, TunaErr *err) {
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(entry))
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" must be an object", info_path, name);
@@ -84,8 +85,12 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
         return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\": \"columns\" must be an object", info_path,
                          name);
     if (cols) {
-        if (cJSON_GetObjectItemCaseSensitive(cols, "kto_tag") ||
-            (!a->ranking && cJSON_GetObjectItemCaseSensitive(cols, "chosen")))
+        a->kto_tag = get_str(cols, "kto_tag");
+        if (a->kto_tag && !want_kto)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s: \"%s\" is a kto dataset (columns.kto_tag): only for --stage kto",
+                             info_path, name);
+        if (!a->ranking && cJSON_GetObjectItemCaseSensitive(cols, "chosen"))
             return tuna_errf(err, TUNA_EUNSUP,
                              "%s: \"%s\" is a kto/preference dataset: not supported for sft",
                              info_path, name);
@@ -129,6 +134,11 @@ static int parse_attr(const char *info_path, const char *dir, const char *name, 
         return tuna_errf(err, TUNA_EFORMAT,
                          "%s: \"%s\": sharegpt needs columns.messages and "
                          "tags role_tag/content_tag",
+                         info_path, name);
+    if (want_kto && !a->kto_tag) /* LLaMA-Factory: kto needs its kto_tag column */
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s: \"%s\" has no columns.kto_tag: --stage kto needs a dataset whose "
+                         "rows are tagged desirable (true) or undesirable (false)",
                          info_path, name);
     if (a->ranking && (!a->chosen || !a->rejected))
         return tuna_errf(err, TUNA_EFORMAT,
@@ -427,6 +437,7 @@ static void ds_push(Dataset *d, int32_t *ids, int32_t *labels, size_t n) {
     d->ex[d->n].ids = ids;
     d->ex[d->n].labels = labels;
     d->ex[d->n].n = (int)n;
+    d->ex[d->n].tag = -1;
     d->n++;
     d->n_tokens += n;
     for (size_t i = 0; i < n; i++)
@@ -836,6 +847,52 @@ static int pair_row(Ctx *c, const DatasetAttr *a, const char *path, long line, c
     return 0;
 }
 
+/* A kto row: cv's last message is the reply (desirable when the kto_tag column is true), every
+ * message before it the prompt, masked; truncated as LLaMA-Factory's feedback processor
+ * (infer_seqlen of the prompt and the reply), pushed as one Example with its tag. */
+static int kto_row(Ctx *c, const DatasetAttr *a, const char *path, long line, const cJSON *row,
+                   Conv *cv, TunaErr *err) {
+    const cJSON *tj = cJSON_GetObjectItemCaseSensitive(row, a->kto_tag);
+    if (!cJSON_IsBool(tj))
+        return bad_row(c, err, path, line, "\"%s\" (kto_tag) must be true or false, got %s",
+                       a->kto_tag, jtype(tj));
+    int tag = cJSON_IsTrue(tj);
+    /* take the reply off the conversation: encode_oneturn puts it back as the last turn */
+    char *reply = cv->own[--cv->n];
+    const char *role = cv->m[cv->n].role;
+    int32_t *ids = NULL;
+    size_t n = 0, p = 0;
+    TunaErr e2 = {0};
+    int rc = encode_oneturn(c, cv, role, reply, &ids, &n, &p, &e2);
+    free(reply);
+    if (rc) {
+        free(ids);
+        if (rc == TUNA_EINVAL) return bad_row(c, err, path, line, "%s", e2.msg);
+        if (err) *err = e2;
+        return rc;
+    }
+    size_t s = p, t = n - p, snew = s, tnew = t;
+    if (c->opt->cutoff_len > 0) {
+        template_infer_seqlen(s, t, (size_t)c->opt->cutoff_len, &snew, &tnew);
+        if (snew < s || tnew < t) c->d->n_truncated++;
+    }
+    if (!tnew || snew + tnew > (size_t)INT_MAX) {
+        c->d->n_dropped++;
+        free(ids);
+        return 0;
+    }
+    size_t m = snew + tnew;
+    int32_t *e = xmalloc(m * sizeof *e), *l = xmalloc(m * sizeof *l);
+    memcpy(e, ids, snew * sizeof *e);
+    memcpy(e + snew, ids + s, tnew * sizeof *e);
+    for (size_t i = 0; i < m; i++)
+        l[i] = i < snew ? TEMPLATE_IGNORE : e[i];
+    free(ids);
+    ds_push(c->d, e, l, m);
+    c->d->ex[c->d->n - 1].tag = tag;
+    return 0;
+}
+
 /* One JSON row. Returns 0 (also for a skipped bad row) or a fatal error. */
 static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line, const char *text,
                        size_t len, TunaErr *err) {
@@ -889,6 +946,10 @@ static int process_row(Ctx *c, const DatasetAttr *a, const char *path, long line
     }
     if (a->ranking) {
         rc = pair_row(c, a, path, line, row, &cv, err);
+        goto out;
+    }
+    if (a->kto_tag) {
+        rc = kto_row(c, a, path, line, row, &cv, err);
         goto out;
     }
     int32_t *ids = NULL, *labels = NULL;
@@ -996,6 +1057,7 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
     }
     Dataset *d = xcalloc(1, sizeof *d);
     d->pairs = opt->ranking != 0;
+    d->kto = opt->kto != 0;
     c.d = d;
     int rc = 0;
     cJSON *info = NULL;
@@ -1036,7 +1098,8 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
             goto fail;
         }
         DatasetAttr a;
-        if ((rc = parse_attr(info_path, dir, nm, entry, opt->ranking, &a, err))) goto fail;
+        if ((rc = parse_attr(info_path, dir, nm, entry, opt->ranking, opt->kto, &a, err)))
+            goto fail;
         rc = load_one(&c, &a, err);
         attr_free(&a);
         if (rc) goto fail;
@@ -1122,9 +1185,12 @@ int dataset_split(Dataset *all, double val_size, uint64_t seed, Dataset **train,
     free(idx);
     Dataset *tr = ds_empty_like(all), *va = ds_empty_like(all);
     tr->pairs = va->pairs = all->pairs;
+    tr->kto = va->kto = all->kto;
     for (size_t i = 0; i < n * k; i++) {
         Example *e = &all->ex[i];
-        ds_push(in_val[i / k] ? va : tr, e->ids, e->labels, (size_t)e->n);
+        Dataset *to = in_val[i / k] ? va : tr;
+        ds_push(to, e->ids, e->labels, (size_t)e->n);
+        to->ex[to->n - 1].tag = e->tag;
     }
     free(in_val);
     free(all->ex);
@@ -1203,10 +1269,10 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
                  TunaErr *err) {
     memset(b, 0, sizeof *b);
     if (!d || n_units(d) == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
-    if (d->pairs && flags)
+    if ((d->pairs || d->kto) && flags)
         return tuna_errf(err, TUNA_EUNSUP,
-                         "batcher: pairs (a preference dataset) are neither packed nor grouped "
-                         "by length");
+                         "batcher: pairs (a preference dataset) and kto examples are neither "
+                         "packed nor grouped by length");
     if (B <= 0 || T < 2)
         return tuna_errf(err, TUNA_EINVAL, "batcher: need B >= 1 and T >= 2, got B=%d T=%d", B, T);
     b->d = d;
@@ -1216,12 +1282,13 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
         return tuna_errf(err, TUNA_EINVAL, "batcher: unknown flags %#x", (unsigned)flags);
     b->pack = flags & BATCH_PACK_NEAT ? flags | BATCH_PACK : flags;
     b->seed = seed;
-    size_t rows = (size_t)B * (d->pairs ? 2 : 1);
+    size_t rows = (size_t)B * (d->pairs || d->kto ? 2 : 1);
     b->order = xmalloc(n_units(d) * sizeof *b->order);
     b->row_start = xmalloc((n_units(d) + 1) * sizeof *b->row_start);
     b->ids = xmalloc(rows * (size_t)T * sizeof *b->ids);
     b->targets = xmalloc(rows * (size_t)T * sizeof *b->targets);
     if (b->pack & BATCH_PACK_NEAT) b->seg_start = xmalloc((size_t)B * (size_t)T * sizeof(int32_t));
+    if (d->kto) b->tags = xmalloc((size_t)B * sizeof(int32_t));
     batcher_plan(b);
     return 0;
 }
@@ -1242,7 +1309,7 @@ int batcher_seek(Batcher *b, int epoch, size_t cursor, TunaErr *err) {
 }
 
 int batcher_set_rank(Batcher *b, int rank, int world, TunaErr *err) {
-    if (b->d->pairs && world != 1)
+    if ((b->d->pairs || b->d->kto) && world != 1)
         return tuna_errf(err, TUNA_EUNSUP, "rank shares of a batch of pairs are not supported");
     if (world < 1 || rank < 0 || rank >= world || b->B % world)
         return tuna_errf(err, TUNA_EINVAL,
@@ -1287,6 +1354,74 @@ static int pairs_next(Batcher *b, Batch *out, size_t T, int wrapped) {
     return wrapped;
 }
 
+/* The first trained position of e (its prompt's length). */
+static size_t ex_prompt(const Example *e) {
+    size_t p = 0;
+    while (p < (size_t)e->n && e->labels[p] == TEMPLATE_IGNORE)
+        p++;
+    return p;
+}
+
+/* batcher_next's batch of kto examples: example r in row r, its KL sequence in row B + r (row
+ * r's prompt, then the completion of the previous example, cycling over the batch's examples),
+ * every row truncated to the Batcher's T; the row length counts both halves. */
+static int kto_next(Batcher *b, Batch *out, int wrapped) {
+    size_t B = (size_t)b->B, nr = 0, *ex = xmalloc(B * sizeof *ex);
+    for (size_t r = 0; r < B; r++) {
+        size_t row = b->cursor * B + r;
+        if (row >= b->n_rows) break;
+        ex[nr++] = b->order[b->row_start[row]];
+    }
+    size_t Tmax = (size_t)b->T, T = Tmax, longest = 1;
+    for (size_t r = 0; r < nr; r++) {
+        const Example *e = &b->d->ex[ex[r]], *o = &b->d->ex[ex[(r + nr - 1) % nr]];
+        size_t l1 = (size_t)e->n, l2 = ex_prompt(e) + (size_t)o->n - ex_prompt(o);
+        longest = l1 > longest ? l1 : longest;
+        longest = l2 > longest ? l2 : longest;
+    }
+    if (b->pad_multiple > 0) {
+        size_t mult = (size_t)b->pad_multiple;
+        longest = (longest + mult - 1) / mult * mult;
+        if (longest < T) T = longest;
+    }
+    for (size_t i = 0; i < 2 * B * T; i++) {
+        b->ids[i] = b->pad_id;
+        b->targets[i] = TEMPLATE_IGNORE;
+    }
+    int n_targets = 0, n_tokens = 0;
+    for (size_t r = 0; r < B; r++)
+        b->tags[r] = r < nr ? b->d->ex[ex[r]].tag : -1;
+    for (size_t r = 0; r < nr; r++) {
+        const Example *e = &b->d->ex[ex[r]], *o = &b->d->ex[ex[(r + nr - 1) % nr]];
+        size_t pe = ex_prompt(e), po = ex_prompt(o);
+        for (size_t k = 0; k < 2; k++) {
+            int32_t *ids = b->ids + (k * B + r) * T, *tg = b->targets + (k * B + r) * T;
+            /* the row's tokens and labels: e whole (k 0), or e's prompt + o's completion */
+            size_t m = k ? pe + (size_t)o->n - po : (size_t)e->n;
+            if (m > T) m = T;
+            for (size_t t = 0; t < m; t++)
+                ids[t] = !k || t < pe ? e->ids[t] : o->ids[po + t - pe];
+            for (size_t t = 0; t + 1 < m; t++) {
+                size_t u = t + 1;
+                tg[t] = !k ? e->labels[u] : u < pe ? TEMPLATE_IGNORE : o->labels[po + u - pe];
+                n_targets += !k && tg[t] != TEMPLATE_IGNORE;
+            }
+            n_tokens += k ? 0 : (int)m;
+        }
+    }
+    free(ex);
+    b->cursor++;
+    out->B = (int)(2 * B);
+    out->T = (int)T;
+    out->ids = b->ids;
+    out->targets = b->targets;
+    out->seg_start = NULL;
+    out->tags = b->tags;
+    out->n_targets = out->n_targets_global = n_targets;
+    out->n_tokens = out->n_tokens_global = n_tokens;
+    return wrapped;
+}
+
 int batcher_next(Batcher *b, Batch *out) {
     int wrapped = 0;
     if (b->cursor >= batcher_batches_per_epoch(b)) {
@@ -1309,6 +1444,8 @@ int batcher_next(Batcher *b, Batch *out) {
         longest = (longest + mult - 1) / mult * mult;
         if (longest < T) T = longest;
     }
+    out->tags = NULL;
+    if (b->d->kto) return kto_next(b, out, wrapped);
     if (b->d->pairs) return pairs_next(b, out, T, wrapped);
     size_t BT = (size_t)b->B * T;
     for (size_t i = 0; i < BT; i++) {
@@ -1373,5 +1510,6 @@ void batcher_free(Batcher *b) {
     free(b->ids);
     free(b->targets);
     free(b->seg_start);
+    free(b->tags);
     memset(b, 0, sizeof *b);
 }

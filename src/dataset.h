@@ -13,7 +13,11 @@
  * user turn) load only with DatasetOptions.ranking, and then only they do: each row is a pair of
  * Examples, chosen then rejected, sharing the prompt (every token before the last reply,
  * masked), truncated together as LLaMA-Factory's pairwise processor (infer_seqlen of the prompt
- * and the longer answer). kto datasets are rejected.
+ * and the longer answer). kto datasets (columns.kto_tag: a boolean column, LLaMA-Factory's
+ * feedback data) load only with DatasetOptions.kto, and then only they do: each row is one
+ * Example, the prompt (every message before the last, masked) and the last reply, truncated as
+ * LLaMA-Factory's feedback processor (infer_seqlen of the prompt and the reply), its tag 1 when
+ * the column is true (desirable), 0 when false; a tag that is not a boolean is a bad row.
  * A bad row is reported as `FILE:LINE: what` (the line where the element starts): fatal with
  * strict, else skipped and counted, the first DATASET_MAX_MSGS messages kept.
  * Single-threaded: a Dataset/Batcher is used by one thread (the trainer). */
@@ -37,12 +41,14 @@ typedef struct DatasetOptions {
     int stage_pt;       /* plain text: text + EOS, every token trains, packed into cutoff_len */
     int template_flags; /* sft: TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY */
     int ranking;        /* preference stages: ranking datasets only, loaded as pairs */
+    int kto;            /* stage kto: kto_tag datasets only, examples with their tag */
 } DatasetOptions;
 
 typedef struct Example {
     int32_t *ids;    /* (n) */
     int32_t *labels; /* (n) ids[i] or TEMPLATE_IGNORE (-100) */
     int n;
+    int tag; /* kto: 1 desirable, 0 undesirable; -1 for other data */
 } Example;
 
 #define DATASET_MAX_MSGS 5
@@ -50,6 +56,7 @@ typedef struct Example {
 typedef struct Dataset {
     Example *ex; /* (n) owned, each ids/labels malloc'd */
     int pairs;   /* ranking: ex[2i] is pair i's chosen, ex[2i + 1] its rejected */
+    int kto;     /* kto: each example has its tag; batches carry the KL rows */
     size_t n, cap;
     size_t n_rows;         /* rows read (good + bad) */
     size_t n_skipped;      /* bad rows skipped (non-strict) */
@@ -86,7 +93,10 @@ typedef struct Batch {
     int32_t *ids;     /* (B, T) borrowed from the Batcher, valid until the next batcher_next */
     int32_t *targets; /* (B, T) targets[t] = labels[t+1]; -100 at pads, example ends, row end */
     int n_targets;    /* targets != -100 */
-    int n_tokens;     /* non-pad positions */
+    /* kto (Dataset.kto): (B/2) row b's tag (1 desirable, 0 undesirable, -1 an empty row);
+     * else NULL. Rows 0..B/2-1 are the examples, B/2..B-1 their KL rows (see Batcher). */
+    const int32_t *tags;
+    int n_tokens; /* non-pad positions */
     /* (B, T) with BATCH_PACK_NEAT, else NULL: the row position where the example holding each
      * position starts (pads after a row's last example start their own span). Positions
      * restart there and attention stays inside: train_set_spans. Borrowed like ids. */
@@ -118,7 +128,13 @@ typedef struct Batch {
  * Pairs (Dataset.pairs): the permutation is over pairs and a batch of B pairs has 2B rows, the
  * chosen answers in rows 0..B-1 and the rejected in B..2B-1 (TRL's concatenated forward;
  * Batch.B is 2B); a pair counts the longer of its two for pad_multiple. No packing, no
- * grouping by length, no rank shares with pairs (TUNA_EUNSUP). */
+ * grouping by length, no rank shares with pairs (TUNA_EUNSUP).
+ * kto (Dataset.kto): a batch of B examples has 2B rows: the examples in rows 0..B-1 and in row
+ * B + r the KL sequence of row r, TRL's mismatched pair: row r's prompt followed by the
+ * completion of the batch's previous example (r - 1; row 0 takes the last, cycling over the
+ * rows with an example, as TRL's KTOTrainer builds KL_completion_ids within a batch), masked
+ * the same way, truncated to T; Batch.tags the examples' tags. The row length (pad_multiple)
+ * counts both halves. No packing or grouping, no rank shares (TUNA_EUNSUP). */
 typedef struct Batcher {
     const Dataset *d; /* borrowed */
     int B, T, pack;   /* pack: the BATCH_* flags */
@@ -131,6 +147,7 @@ typedef struct Batcher {
     size_t *row_start, n_rows; /* (n_rows + 1) row r = order[row_start[r] .. row_start[r+1]) */
     int32_t *ids, *targets;    /* (B, T); pairs: (2B, T) */
     int32_t *seg_start;        /* (B, T) with BATCH_PACK_NEAT, else NULL */
+    int32_t *tags;             /* (B) kto, else NULL */
     int rank, world;           /* batcher_set_rank: this process's share (0 of 1: all) */
 } Batcher;
 

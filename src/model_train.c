@@ -92,6 +92,8 @@ struct TrainState {
      * target log-probs, target counts and gradient scales, host */
     int rows_on;
     TrainRowFn row_fn;
+    TrainHiddenFn hidden_fn; /* train_step_hidden: the caller's head instead of the LM head */
+    void *hidden_ctx;
     void *row_ctx;
     double *row_logp;
     int *row_n;
@@ -1464,7 +1466,14 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     for (int l = 0; l < c->L; l++)
         layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
     decoder_norm(m, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);
-    *n_targets = head_fwd_bwd(ts, targets, M, loss_scale, backward, loss_sum);
+    if (ts->hidden_fn) {
+        if (backward) zero(ts, ts->dxn, (size_t)M * C);
+        ts->hidden_fn(ts->hidden_ctx, be, ts->xnf, backward ? ts->dxn : NULL, Bn, ts->T, C);
+        *n_targets = 0;
+        *loss_sum = 0;
+    } else {
+        *n_targets = head_fwd_bwd(ts, targets, M, loss_scale, backward, loss_sum);
+    }
 
     // --- backward (the head's is done: dxn holds the final norm's output gradient)
     if (backward) {
@@ -1503,6 +1512,18 @@ int train_step_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, 
         if (n) n[b] = ts->row_n[b];
     }
     return 0;
+}
+
+int train_step_hidden(TrainState *ts, const int32_t *ids, int B_used, TrainHiddenFn fn, void *ctx,
+                      int backward, TunaErr *err) {
+    ts->hidden_fn = fn;
+    ts->hidden_ctx = ctx;
+    double loss;
+    int nt;
+    int rc = train_step_fb(ts, ids, NULL, B_used, 1.0f, backward, &loss, &nt, err);
+    ts->hidden_fn = NULL;
+    ts->hidden_ctx = NULL;
+    return rc;
 }
 
 // --- merge

@@ -110,6 +110,15 @@ typedef void (*TrainRowFn)(void *ctx, const double *logp, const int *n, int B, f
 int train_step_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, int B_used,
                     TrainRowFn fn, void *ctx, double *logp, int *n, TunaErr *err);
 
+/* A head of the caller's own on the final norm's output (the rm stage's value head) instead of
+ * the LM head: fn gets the backend's (B*T, C) final hidden states and, when dhidden is not NULL
+ * (a backward), a zeroed (B*T, C) backend buffer for their gradient, which the backward then
+ * takes through the model into the gradients. The LM head is not run. */
+typedef void (*TrainHiddenFn)(void *ctx, Backend *be, const float *hidden, float *dhidden, int B,
+                              int T, int C);
+int train_step_hidden(TrainState *ts, const int32_t *ids, int B_used, TrainHiddenFn fn, void *ctx,
+                      int backward, TunaErr *err);
+
 /* The row length T of the next train_step_fb calls: 1 <= T <= the T of train_state_init (the
  * buffers keep their size; a shorter T only does less work). Each row's positions restart at
  * 0 (after a prefix), and every position sees the whole row before it (spans cleared). */

@@ -115,3 +115,51 @@ void pref_row_scales(void *ctx, const double *logp, const int *n, int B, float *
         scale[b] = (float)(-g[b] * pb->scale);
     free(g);
 }
+
+// --- kto
+
+double kto_kl(int B, const double *pol, const double *ref, const int *n) {
+    double sum = 0;
+    int k = 0;
+    for (int i = 0; i < B; i++)
+        if (n[i] > 0) {
+            sum += pol[i] - ref[i];
+            k++;
+        }
+    double kl = k ? sum / k : 0;
+    return kl > 0 ? kl : 0; /* TRL: .clamp(min=0) */
+}
+
+void kto_rows(const KtoConfig *c, int n, const double *pol, const double *ref, const int *cnt,
+              const int *tag, double kl, double *g, KtoSums *s) {
+    double beta = c->beta;
+    for (int i = 0; i < n; i++) {
+        g[i] = 0;
+        if (cnt[i] <= 0) continue;
+        double x = pol[i] - ref[i], rew = beta * x;
+        if (tag[i]) { /* 1 - sigmoid(z), z = beta (x - kl): d/dx = -beta s (1 - s) */
+            double w = c->desirable_weight, sg = sigm(beta * (x - kl));
+            s->loss += w * (1 - sg);
+            g[i] = -w * beta * sg * (1 - sg);
+            s->rewards_chosen += rew;
+            s->logps_chosen += pol[i];
+            s->n_chosen++;
+        } else { /* 1 - sigmoid(z), z = beta (kl - x): d/dx = +beta s (1 - s) */
+            double w = c->undesirable_weight, sg = sigm(beta * (kl - x));
+            s->loss += w * (1 - sg);
+            g[i] = w * beta * sg * (1 - sg);
+            s->rewards_rejected += rew;
+            s->logps_rejected += pol[i];
+            s->n_rejected++;
+        }
+    }
+}
+
+void kto_row_scales(void *ctx, const double *logp, const int *n, int B, float *scale) {
+    KtoBatch *kb = ctx;
+    double *g = xmalloc(sizeof(double) * (size_t)(B > 0 ? B : 1));
+    kto_rows(kb->c, B, logp, kb->ref, n, kb->tag, kb->kl, g, &kb->sums);
+    for (int b = 0; b < B; b++) /* logp = -sum CE: d/dCE = -d/dlogp */
+        scale[b] = (float)(-g[b] * kb->scale);
+    free(g);
+}

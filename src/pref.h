@@ -1,7 +1,8 @@
-/* pref.h: the preference losses on per-sequence log-probabilities (the dpo stage): TRL's
+/* pref.h: the preference losses on per-sequence log-probabilities (the dpo and kto stages): TRL's
  * DPOTrainer sigmoid, hinge and ipo against a reference model, sigmoid with LLaMA-Factory's
  * dpo_label_smoothing (conservative DPO, as the TRL it pins computes it), and LLaMA-Factory's
- * reference-free orpo and simpo; pref_ftx adds the SFT term on the chosen answer. Pure host
+ * reference-free orpo and simpo; pref_ftx adds the SFT term on the chosen answer; TRL's
+ * KTOTrainer loss on unpaired examples with its KL estimate. Pure host
  * arithmetic in double: the model side gives the sums (model_train.h train_step_rows). */
 #ifndef TUNA_SRC_PREF_H
 #define TUNA_SRC_PREF_H
@@ -59,5 +60,51 @@ typedef struct PrefBatch {
 } PrefBatch;
 
 void pref_row_scales(void *ctx, const double *logp, const int *n, int B, float *scale);
+
+// --- kto: TRL's KTOTrainer loss (loss_type "kto") on unpaired examples
+
+typedef struct KtoConfig {
+    double beta;               /* pref_beta (0.1) */
+    double desirable_weight;   /* kto_chosen_weight (1) */
+    double undesirable_weight; /* kto_rejected_weight (1) */
+} KtoConfig;
+
+/* Sums over a step's examples, for TRL's metrics: rewards/chosen and logps/chosen are means
+ * over the desirable examples (n_chosen), the rejected ones over the undesirable, kl the mean
+ * of the micro-batches' kl (kl_sum / n_kl). */
+typedef struct KtoSums {
+    double loss; /* the weighted losses, summed */
+    double rewards_chosen, rewards_rejected, logps_chosen, logps_rejected;
+    double kl_sum;
+    int n_chosen, n_rejected, n_kl;
+} KtoSums;
+
+/* TRL's KL estimate of a micro-batch: the mean over its rows with a completion (n[i] > 0) of
+ * the policy's minus the reference's log-prob sums of the mismatched (prompt, completion)
+ * sequences, clamped at 0. It is detached (no gradient flows through it). 0 without rows. */
+double kto_kl(int B, const double *pol, const double *ref, const int *n);
+
+/* n examples: pol, ref the policy's and the reference's completion log-prob sums, cnt the
+ * completion tokens (0: a batch's padding row, counts for nothing), tag 1 desirable, 0
+ * undesirable, kl the micro-batch's kto_kl. Adds each example's weighted loss
+ *   desirable:   w_d * (1 - sigmoid(beta * (pol - ref - kl)))
+ *   undesirable: w_u * (1 - sigmoid(beta * (kl - (pol - ref))))
+ * and its reward beta * (pol - ref) to *s, and puts in g[i] d loss_i / d pol[i]. */
+void kto_rows(const KtoConfig *c, int n, const double *pol, const double *ref, const int *cnt,
+              const int *tag, double kl, double *g, KtoSums *s);
+
+/* A micro-batch as train_step_rows sees it: rows 0..B-1 the examples (their tags), the KL
+ * rows already done (kl). kto_row_scales is the row callback: scale = 1 / the step's examples
+ * gives TRL's mean. */
+typedef struct KtoBatch {
+    const KtoConfig *c;
+    const int *tag;    /* (B) */
+    const double *ref; /* (B) the reference's sums */
+    double kl;
+    double scale;
+    KtoSums sums; /* added to */
+} KtoBatch;
+
+void kto_row_scales(void *ctx, const double *logp, const int *n, int B, float *scale);
 
 #endif

@@ -158,6 +158,10 @@ static int stop_requested(const Run *r) {
 
 static void run_close(Run *r) {
     if (r->have_opt) optim_free(&r->opt);
+    if (r->have_vh) {
+        optim_free(&r->vh_opt);
+        vhead_free(&r->vh);
+    }
     train_state_free(r->ts);
     train_state_free(r->ref_ts);
     model_free(r->ref_m);
@@ -265,7 +269,37 @@ static int run_open(Run *r, TunaErr *err) {
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
-        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt or dpo, got \"%s\"", c->stage);
+        return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt, dpo, kto or rm, got \"%s\"",
+                         c->stage);
+    if ((r->rm_on = !strcmp(c->stage, "rm"))) {
+        if (c->packing || c->group_by_length)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage rm: pairs are neither packed nor grouped by length (turn "
+                             "off --packing and --group-by-length)");
+        if (c->pref_ftx > 0)
+            return tuna_errf(err, TUNA_EUNSUP, "--pref-ftx: dpo only, not with --stage rm");
+    }
+    r->kto_on = !strcmp(c->stage, "kto");
+    if (r->kto_on) {
+        r->kto = (KtoConfig){.beta = c->pref_beta,
+                             .desirable_weight = c->kto_chosen_weight,
+                             .undesirable_weight = c->kto_rejected_weight};
+        /* TRL: with one example a batch the KL estimate is the example's own log-ratio */
+        if (c->batch_size < 2)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--stage kto: --batch-size must be at least 2 (the KL term pairs "
+                             "each prompt with another example's answer in the batch)");
+        if (c->pref_ftx > 0)
+            return tuna_errf(err, TUNA_EUNSUP, "--pref-ftx: dpo only, not with --stage kto");
+        if (c->packing || c->group_by_length)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage kto: examples are neither packed nor grouped by length "
+                             "(turn off --packing and --group-by-length)");
+        if (c->lora_trainable_tokens[0])
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--stage kto: not with --lora-trainable-tokens (the reference, the "
+                             "base with the adapter off, would see the trained rows)");
+    }
     if ((r->pref_on = !strcmp(c->stage, "dpo"))) {
         r->pref = (PrefConfig){.beta = c->pref_beta,
                                .simpo_gamma = c->simpo_gamma,
@@ -328,7 +362,8 @@ static int run_open(Run *r, TunaErr *err) {
                            .max_samples = c->max_samples,
                            .strict = c->strict,
                            .stage_pt = !strcmp(c->stage, "pt"),
-                           .ranking = r->pref_on,
+                           .ranking = r->pref_on || r->rm_on,
+                           .kto = r->kto_on,
                            .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
                                              (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
     if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
@@ -357,7 +392,8 @@ static int run_open(Run *r, TunaErr *err) {
     for (size_t i = 0; i < r->val->n; i++)
         maxlen = r->val->ex[i].n > maxlen ? r->val->ex[i].n : maxlen;
     r->B = c->batch_size;
-    r->rows = r->pref_on ? 2 * r->B : r->B;
+    /* pairs (dpo, rm): chosen then rejected; kto: the examples, then their KL rows */
+    r->rows = r->pref_on || r->kto_on || r->rm_on ? 2 * r->B : r->B;
     r->T = c->packing ? c->cutoff_len : (maxlen < c->cutoff_len ? maxlen : c->cutoff_len);
     int flags = (c->packing == 2 ? BATCH_PACK_NEAT
                  : c->packing    ? BATCH_PACK
@@ -397,7 +433,7 @@ static int run_open(Run *r, TunaErr *err) {
         setup.lora_tokens = toks;
     }
     if ((rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err))) return rc;
-    if (r->pref_on && pref_uses_ref(r->pref.type)) {
+    if ((r->pref_on && pref_uses_ref(r->pref.type)) || r->kto_on) {
         /* the reference: LoRA and P-tuning leave the Model's weights alone, so it is the same
          * Model without the adapter; full and freeze train them in place: a frozen copy. A run
          * from --adapter (a LoRA or P-tuning SFT, say) has that adapter as it starts, frozen (a
@@ -420,6 +456,16 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
         return rc;
     r->have_opt = 1;
+    if (r->rm_on) { /* the value head, trained beside the model with the same AdamW settings */
+        if ((rc = vhead_init(&r->vh, r->be, r->m->cfg.C, (uint64_t)c->seed, err))) return rc;
+        r->have_vh = 1;
+        if ((rc = optim_init(&r->vh_opt, r->be, r->vh.tp, 2, 0.9f, 0.999f, 1e-8f,
+                             (float)c->weight_decay, err))) {
+            vhead_free(&r->vh);
+            r->have_vh = 0;
+            return rc;
+        }
+    }
     r->best_eval = (double)INFINITY;
     return 0;
 }
@@ -464,11 +510,14 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int xent_eval(Run *r, double *loss, TunaErr *err);
 static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
 static int pref_eval(Run *r, double *loss, TunaErr *err);
+static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+static int kto_eval(Run *r, double *loss, TunaErr *err);
+static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err);
+static int rm_eval(Run *r, double *loss, TunaErr *err);
 
 static const Objective objectives[] = {
-        {"sft", xent_step, xent_eval},
-        {"pt", xent_step, xent_eval},
-        {"dpo", pref_step, pref_eval},
+        {"sft", xent_step, xent_eval}, {"pt", xent_step, xent_eval}, {"dpo", pref_step, pref_eval},
+        {"kto", kto_step, kto_eval},   {"rm", rm_step, rm_eval},
 };
 
 static const Objective *objective_for(const char *stage) {
@@ -688,6 +737,221 @@ static int pref_eval(Run *r, double *loss, TunaErr *err) {
     return rc;
 }
 
+/* kto: one micro-batch (rows 0..B-1 the examples, B..2B-1 their KL sequences, row length T):
+ * the KL rows forward only through the reference and the policy give the batch's kl (TRL:
+ * detached, clamped at 0), the reference's sums of the examples, then the policy's forward
+ * (and with backward its gradients, the loss scaled by kb->scale); adds to kb->sums. */
+static int kto_batch(Run *r, const int32_t *ids, const int32_t *tg, const int32_t *tags, int T,
+                     int backward, KtoBatch *kb, TunaErr *err) {
+    int B = r->B, rc;
+    size_t half = (size_t)B * T;
+    double *buf = xmalloc(sizeof(double) * 3 * (size_t)B);
+    double *pkl = buf, *rkl = buf + B, *ref = buf + 2 * B;
+    int *cnt = xmalloc(sizeof(int) * (size_t)B);
+    float *scale = xmalloc(sizeof(float) * (size_t)B);
+    if ((rc = train_set_seq_len(r->ts, T, err)) || (rc = train_set_seq_len(r->ref_ts, T, err)) ||
+        (rc = train_step_rows(r->ref_ts, ids + half, tg + half, B, NULL, NULL, rkl, NULL, err)) ||
+        (rc = train_step_rows(r->ts, ids + half, tg + half, B, NULL, NULL, pkl, cnt, err)) ||
+        (rc = train_step_rows(r->ref_ts, ids, tg, B, NULL, NULL, ref, NULL, err)))
+        goto out;
+    kb->kl = kto_kl(B, pkl, rkl, cnt);
+    kb->sums.kl_sum += kb->kl;
+    kb->sums.n_kl++;
+    kb->ref = ref;
+    kb->tag = tags;
+    if (backward) {
+        rc = train_step_rows(r->ts, ids, tg, B, kto_row_scales, kb, NULL, NULL, err);
+    } else if (!(rc = train_step_rows(r->ts, ids, tg, B, NULL, NULL, pkl, cnt, err))) {
+        kto_row_scales(kb, pkl, cnt, B, scale);
+    }
+out:
+    free(buf);
+    free(cnt);
+    free(scale);
+    return rc;
+}
+
+/* kto: the examples of a batch (a short last batch has empty rows, tag -1). */
+static int kto_count(const int32_t *tags, int B) {
+    int n = 0;
+    for (int b = 0; b < B; b++)
+        n += tags[b] >= 0;
+    return n;
+}
+
+/* kto: TRL's metrics of a step's (or an eval's) sums; names prefixed by pre ("" or "eval_"). */
+static int kto_metrics(const KtoSums *s, int eval, const char **names, double *v) {
+    static const char *const train_names[] = {"kl",
+                                              "rewards/chosen",
+                                              "logps/chosen",
+                                              "rewards/rejected",
+                                              "logps/rejected",
+                                              "rewards/margins"};
+    static const char *const eval_names[] = {"eval_kl",
+                                             "eval_rewards/chosen",
+                                             "eval_logps/chosen",
+                                             "eval_rewards/rejected",
+                                             "eval_logps/rejected",
+                                             "eval_rewards/margins"};
+    const char *const *nm = eval ? eval_names : train_names;
+    int k = 0;
+    names[k] = nm[0];
+    v[k++] = s->n_kl ? s->kl_sum / s->n_kl : 0;
+    if (s->n_chosen) { /* TRL logs each side only when the batch has it */
+        names[k] = nm[1];
+        v[k++] = s->rewards_chosen / s->n_chosen;
+        names[k] = nm[2];
+        v[k++] = s->logps_chosen / s->n_chosen;
+    }
+    if (s->n_rejected) {
+        names[k] = nm[3];
+        v[k++] = s->rewards_rejected / s->n_rejected;
+        names[k] = nm[4];
+        v[k++] = s->logps_rejected / s->n_rejected;
+    }
+    if (s->n_chosen && s->n_rejected) {
+        names[k] = nm[5];
+        v[k++] = s->rewards_chosen / s->n_chosen - s->rewards_rejected / s->n_rejected;
+    }
+    return k;
+}
+
+/* kto: the step's GA micro-batches into the gradients; the loss is the mean over the step's
+ * examples (TRL's mean of the weighted losses), the step event carries TRL's metrics. */
+static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
+    int GA = lp->GA, rows = lp->B, B = rows / 2, T = lp->T, rc = 0, n_ex = 0;
+    size_t slot = (size_t)rows * T;
+    int32_t *tags = xmalloc(sizeof(int32_t) * (size_t)GA * B);
+    out->n_t = out->n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T;
+        /* the KL rows follow the examples at B * b.T: kept in place, the slot holds both */
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        memcpy(tags + (size_t)a * B, b.tags, sizeof(int32_t) * (size_t)B);
+        out->n_t += b.n_targets;
+        out->n_tok += b.n_tokens;
+        n_ex += kto_count(b.tags, B);
+    }
+    train_zero_grad(r->ts);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    KtoBatch kb = {.c = &r->kto, .scale = n_ex ? 1.0 / n_ex : 0};
+    for (int a = 0; a < GA && !rc; a++)
+        rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a], 1,
+                       &kb, err);
+    free(tags);
+    out->loss = n_ex ? kb.sums.loss / n_ex : 0;
+    out->n_metrics = kto_metrics(&kb.sums, 0, out->names, out->values);
+    return rc;
+}
+
+/* kto: the mean loss over the validation examples (forward only). */
+static int kto_eval(Run *r, double *loss, TunaErr *err) {
+    Batcher vb;
+    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 0, err);
+    if (rc) return rc;
+    vb.pad_multiple = r->pad_multiple;
+    KtoBatch kb = {.c = &r->kto, .scale = 0};
+    size_t nb = batcher_batches_per_epoch(&vb);
+    int n_ex = 0;
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&vb, &b);
+        n_ex += kto_count(b.tags, r->B);
+        rc = kto_batch(r, b.ids, b.targets, b.tags, b.T, 0, &kb, err);
+    }
+    batcher_free(&vb);
+    *loss = n_ex ? kb.sums.loss / n_ex : 0;
+    r->eval_kto = kb.sums; /* the eval event's eval_kl, eval_rewards/... (emit_eval) */
+    return rc;
+}
+
+/* rm: one micro-batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) through the model and
+ * the value head (with backward: the gradients, the loss scaled by rb->scale). */
+static int rm_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward, RmBatch *rb,
+                    TunaErr *err) {
+    int rows = r->rows, rc;
+    int *last = xmalloc(sizeof(int) * (size_t)rows);
+    rm_last_positions(tg, rows, T, last);
+    rb->last = last;
+    rc = train_set_seq_len(r->ts, T, err);
+    if (!rc) rc = train_step_hidden(r->ts, ids, rows, rm_hidden, rb, backward, err);
+    free(last);
+    return rc;
+}
+
+/* rm: the metrics of a step's (or an eval's) sums: accuracy (chosen scored above rejected),
+ * the mean scores and their margin. */
+static int rm_metrics(const RmSums *s, int eval, const char **names, double *v) {
+    static const char *const tn[] = {"accuracy", "rewards/chosen", "rewards/rejected",
+                                     "rewards/margins"};
+    static const char *const en[] = {"eval_accuracy", "eval_rewards/chosen",
+                                     "eval_rewards/rejected", "eval_rewards/margins"};
+    if (!s->n) return 0;
+    double x[] = {s->accuracy, s->chosen, s->rejected, s->chosen - s->rejected};
+    for (int k = 0; k < 4; k++) {
+        names[k] = eval ? en[k] : tn[k];
+        v[k] = x[k] / s->n;
+    }
+    return 4;
+}
+
+/* rm: the step's GA micro-batches of pairs into the gradients (the model's and the value
+ * head's); the loss is the mean over the step's pairs. */
+static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
+    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0, pairs = 0;
+    size_t slot = (size_t)rows * T;
+    out->n_t = out->n_tok = 0;
+    for (int a = 0; a < GA; a++) {
+        Batch b;
+        batcher_next(&r->batcher, &b);
+        lp->Ts[a] = b.T;
+        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
+        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        out->n_t += b.n_targets;
+        out->n_tok += b.n_tokens;
+        pairs += pref_count(b.targets, P, b.T);
+    }
+    train_zero_grad(r->ts);
+    vhead_zero_grad(&r->vh);
+    train_set_step_seed(r->ts, (uint64_t)r->step);
+    RmBatch rb = {.vh = &r->vh, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
+    for (int a = 0; a < GA && !rc; a++)
+        rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
+    out->loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
+    out->n_metrics = rm_metrics(&rb.sums, 0, out->names, out->values);
+    return rc;
+}
+
+/* rm: the mean loss over the validation pairs (forward only). */
+static int rm_eval(Run *r, double *loss, TunaErr *err) {
+    Batcher vb;
+    int rc = batcher_init(&vb, r->val, r->B, r->T, 0, 0, err);
+    if (rc) return rc;
+    vb.pad_multiple = r->pad_multiple;
+    RmBatch rb = {.vh = &r->vh, .pairs = r->B};
+    size_t nb = batcher_batches_per_epoch(&vb);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch b;
+        batcher_next(&vb, &b);
+        rc = rm_batch(r, b.ids, b.targets, b.T, 0, &rb, err);
+    }
+    batcher_free(&vb);
+    *loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
+    r->eval_rm = rb.sums;
+    return rc;
+}
+
+/* The eval metrics of the stage (kto's TRL names, rm's accuracy and scores, with
+ * LLaMA-Factory's eval_ prefix). */
+int run_eval_metrics(const Run *r, const char **names, double *v) {
+    if (r->rm_on) return rm_metrics(&r->eval_rm, 1, names, v);
+    if (!r->kto_on || !(r->eval_kto.n_chosen + r->eval_kto.n_rejected)) return 0;
+    return kto_metrics(&r->eval_kto, 1, names, v);
+}
+
 static int run_eval(Run *r, double *loss, TunaErr *err) {
     return r->obj->eval(r, loss, err);
 }
@@ -813,10 +1077,19 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double loss = so.loss;
         float gscale;
         double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
+        if (r->have_vh) { /* rm: one norm over the model's and the value head's gradients */
+            float g1, g2;
+            double n1 = optim_clip(r->be, tp, np, 0, &g1),
+                   n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2);
+            double mx = r->cfg->max_grad_norm;
+            gnorm = sqrt(n1 * n1 + n2 * n2);
+            gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;
+        }
         double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        if (!bad && r->have_vh) optim_step(&r->vh_opt, r->vh.tp, 2, (float)lr, gscale);
         r->step++;
         if (bad) {
             rc = bad_step(r, lp, loss, gnorm, err);
@@ -859,6 +1132,10 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
 }
 
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
+    if (resume && !strcmp(cfg->stage, "rm"))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--resume: not with --stage rm yet (a checkpoint holds the value head "
+                         "but not its optimizer state)");
     Run r;
     memset(&r, 0, sizeof r);
     r.cfg = cfg;

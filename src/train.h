@@ -54,6 +54,8 @@ typedef struct TrainConfig {
     /* stage dpo (LLaMA-Factory's names): pref_loss sigmoid | hinge | ipo | orpo | simpo */
     char pref_loss[16];
     double pref_beta, simpo_gamma, dpo_label_smoothing, pref_ftx;
+    /* stage kto: the weights of the desirable and undesirable examples' losses */
+    double kto_chosen_weight, kto_rejected_weight;
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt

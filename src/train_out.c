@@ -217,6 +217,7 @@ int save_checkpoint(Run *r, TunaErr *err) {
     optim_download(&r->opt, mm, vv);
     snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
     rc = save_tensors(path, tp, np, p, "", err);
+    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
     if (!rc) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
         StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
@@ -800,6 +801,10 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
         for (int k = 0; k < 8; k++)
             event_metric(&e, names[k], v[k] / s->n);
     }
+    const char *kn[6];
+    double kv[6];
+    for (int k = 0, n = run_eval_metrics(r, kn, kv); k < n; k++) /* kto */
+        event_metric(&e, kn[k], kv[k]);
     emit(r, &e);
     if (!tlog_too) return;
     tlog_line(r, "eval_loss", el, (double)NAN, epoch, elapsed, eta);
@@ -883,6 +888,7 @@ int write_result(Run *r, int adapter, TunaErr *err) {
     if (!rc)
         rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
                      : model_write_hf(r->m, tmp, err);
+    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm: LLaMA-Factory's file */
     if (!rc) rc = publish_files(tmp, r->dir, err);
     dir_remove(tmp);
     return rc;

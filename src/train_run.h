@@ -19,6 +19,7 @@
 #include "template.h"
 #include "tokenizer.h"
 #include "train.h"
+#include "value_head.h"
 
 typedef struct Run {
     const TrainConfig *cfg;
@@ -60,6 +61,16 @@ typedef struct Run {
     Model *ref_m;
     TrainState *ref_ts;
     PrefSums eval_pref; /* the last eval's sums over the validation pairs */
+    /* stage kto: the loss (the reference as for dpo: ref_ts, ref_m) and the last eval's sums */
+    int kto_on;
+    KtoConfig kto;
+    KtoSums eval_kto;
+    /* stage rm: the value head and its own AdamW (one clipping norm over both), the last
+     * eval's sums */
+    int rm_on, have_vh;
+    ValueHead vh;
+    Optim vh_opt;
+    RmSums eval_rm;
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)
@@ -69,6 +80,8 @@ typedef struct Run {
 void emit(Run *r, const Event *ev);
 /* The start event (with the resolved config) and the one-line summary of the setup. */
 void emit_start(Run *r);
+/* kto's eval metrics (names, values; at most 6) of the last eval, for emit_eval: src/train.c. */
+int run_eval_metrics(const Run *r, const char **names, double *v);
 /* A log event: level "info" or "warn", also said on the terminal. */
 void emit_log(Run *r, const char *level, const char *msg);
 /* The same, recorded in metrics.jsonl only. */

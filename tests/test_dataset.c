@@ -19,7 +19,7 @@ static Template *van, *chatml;
 
 static Dataset *load(const char *names, const char *dir, const char *vars, int cutoff, int max,
                      int strict, int pt, const Template *t, int *rc_out, TunaErr *err) {
-    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0};
+    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0, 0};
     Dataset *d = NULL;
     int rc = dataset_load(&o, tok, t, &d, err);
     if (rc_out) *rc_out = rc;
@@ -398,7 +398,7 @@ static void test_malformed(void) {
     d = load("dpo", tmpdir, NULL, 0, 0, 0, 0, van, &rc, &err);
     CHECK(rc == TUNA_EUNSUP && !d && strstr(err.msg, "not supported for sft"), "dpo: %s", err.msg);
     d = load("kto", tmpdir, NULL, 0, 0, 0, 0, van, &rc, &err);
-    CHECK(rc == TUNA_EUNSUP && !d && strstr(err.msg, "not supported for sft"), "kto: %s", err.msg);
+    CHECK(rc == TUNA_EUNSUP && !d && strstr(err.msg, "only for --stage kto"), "kto: %s", err.msg);
     d = load("hub", tmpdir, NULL, 0, 0, 0, 0, van, &rc, &err);
     CHECK(rc == TUNA_EUNSUP && !d && strstr(err.msg, "file_name"), "hub: %s", err.msg);
     d = load("csv", tmpdir, NULL, 0, 0, 0, 0, van, &rc, &err);

@@ -36,7 +36,8 @@
 #include "widgets.h"
 
 static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
-static const char *stage_names[] = {"sft", "pt", "dpo"};
+static const char *stage_names[] = {"sft", "pt", "dpo", "kto", "rm"};
+#define N_STAGES ((int)(sizeof stage_names / sizeof stage_names[0]))
 static const char *pref_loss_names[] = {"sigmoid", "hinge", "ipo", "orpo", "simpo"};
 
 void setup_add_choice(Field *f, const char *s) {
@@ -169,11 +170,13 @@ static const FormRow form_rows[] = {
         {"dtype", "base dtype", 0, 0},
         {"bf16", "bf16 compute", 1, 0},
         {"stage", "stage", 0, 1},
-        {"pref_loss", "pref loss", 0, 1}, /* these five with stage dpo only (visible()) */
+        {"pref_loss", "pref loss", 0, 1}, /* these with their stage only (stage_only()) */
         {"pref_beta", "pref beta", 0.05, 0},
         {"simpo_gamma", "simpo gamma", 0.1, 0},
         {"dpo_label_smoothing", "label smoothing", 0.05, 0},
         {"pref_ftx", "pref ftx", 0.1, 0},
+        {"kto_chosen_weight", "kto desirable w", 0.1, 0},
+        {"kto_rejected_weight", "kto undesirable w", 0.1, 0},
         {"output", "output", 0, 0},
 };
 
@@ -245,7 +248,7 @@ static SetupState *setup_get(App *app) {
     Field *mm = setup_field(s, "method");
     for (int i = 0; i < 4; i++)
         setup_add_choice(mm, method_names[i]);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < N_STAGES; i++)
         setup_add_choice(setup_field(s, "stage"), stage_names[i]);
     for (int i = 0; i < 5; i++)
         setup_add_choice(setup_field(s, "pref_loss"), pref_loss_names[i]);
@@ -453,18 +456,23 @@ static void form_config(SetupState *s, TrainConfig *c) {
 
 // --- actions
 
-/* The preference stage's options: rows only while the stage is dpo. */
-static int dpo_only(const char *key) {
-    return !strncmp(key, "pref_", 5) || !strcmp(key, "simpo_gamma") ||
-           !strcmp(key, "dpo_label_smoothing");
+/* The preference stages' options: rows only while their stage is chosen (pref_beta: dpo and
+ * kto; kto's weights: kto; the other pref_ and dpo ones: dpo). */
+static int stage_shows(const char *key, const char *stage) {
+    if (!strcmp(key, "pref_beta")) return !strcmp(stage, "dpo") || !strcmp(stage, "kto");
+    if (!strncmp(key, "kto_", 4)) return !strcmp(stage, "kto");
+    if (!strncmp(key, "pref_", 5) || !strcmp(key, "simpo_gamma") ||
+        !strcmp(key, "dpo_label_smoothing"))
+        return !strcmp(stage, "dpo");
+    return 1;
 }
 
 static void visible(SetupState *s, int *idx, int *n) {
     unsigned mb = setup_method_bit(s);
-    int dpo = !strcmp(setup_field(s, "stage")->text, "dpo");
+    const char *stage = setup_field(s, "stage")->text;
     *n = 0;
     for (int i = 0; i < s->n; i++)
-        if ((s->f[i].methods & mb) && (dpo || !dpo_only(s->f[i].key))) idx[(*n)++] = i;
+        if ((s->f[i].methods & mb) && stage_shows(s->f[i].key, stage)) idx[(*n)++] = i;
 }
 
 static Field *selected(SetupState *s) {
@@ -505,9 +513,9 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
             if (!strcmp(v, method_names[i])) return 0;
         return snprintf(why, n, "expected full, lora, freeze or ptuning, got \"%.100s\"", v), -1;
     } else if (!strcmp(f->key, "stage")) {
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < N_STAGES; i++)
             if (!strcmp(v, stage_names[i])) return 0;
-        return snprintf(why, n, "expected sft, pt or dpo, got \"%.100s\"", v), -1;
+        return snprintf(why, n, "expected sft, pt, dpo, kto or rm, got \"%.100s\"", v), -1;
     } else if (!strcmp(f->key, "pref_loss")) {
         for (int i = 0; i < 5; i++)
             if (!strcmp(v, pref_loss_names[i])) return 0;

@@ -2,6 +2,9 @@
  *   eval_loss, perplexity  mean cross-entropy of the assistant tokens under teacher forcing (the
  *                          training loss, forward only), and its exp;
  *   exact_match, bleu-4, rouge-l  greedy generations against the references (textmetrics.h).
+ * With --stage rm, a reward model (a run of --stage rm: its value_head.safetensors) on a ranking
+ * dataset: the pairwise accuracy (chosen scored above rejected), the Bradley-Terry loss and the
+ * mean scores.
  * The prompt and reference of an example come from its encoded ids: the prompt is everything
  * before its last trained (assistant) span, the reference is that span decoded without special
  * tokens and cut at the template's stop words. For single-turn data that is exactly the
@@ -21,6 +24,7 @@
 #include "../generate.h"
 #include "../model_train.h"
 #include "../textmetrics.h"
+#include "../value_head.h"
 #include "../xalloc.h"
 
 enum {
@@ -37,6 +41,7 @@ enum {
     OPT_MAXNEW,
     OPT_VARS,
     OPT_NOGEN,
+    OPT_STAGE,
     OPT_OUTPUT,
     OPT_THREADS,
     OPT_BACKEND,
@@ -66,6 +71,9 @@ static const CliOpt eval_opts[] = {
         {"max-new-tokens", 1, OPT_MAXNEW, "N", "longest generated answer (default 64)"},
         {"vars", 1, OPT_VARS, "K=V,...", "fill {{K}} placeholders in the data"},
         {"no-generate", 0, OPT_NOGEN, NULL, "loss and perplexity only (metrics are null)"},
+        {"stage", 1, OPT_STAGE, "STAGE",
+         "sft (default) or rm: a reward model's pairwise accuracy on a ranking dataset (its "
+         "value_head.safetensors beside the adapter or model)"},
         {"output", 1, OPT_OUTPUT, "FILE", "also write the JSON to FILE"},
         {"threads", 1, OPT_THREADS, "N",
          "CPU threads (default: the cores not busy with other work)"},
@@ -182,7 +190,7 @@ static void add_num_or_null(cJSON *o, const char *key, int have, double v) {
 /* What `tuna eval` was asked. */
 typedef struct EvalArgs {
     const char *model, *adapter, *dataset, *ddir, *tname, *tdir, *vars, *output, *backend;
-    int max_samples, cutoff, batch, max_new, nogen, quiet, pad_multiple, threads;
+    int max_samples, cutoff, batch, max_new, nogen, quiet, pad_multiple, threads, rm;
     CliPrecision prec;
 } EvalArgs;
 
@@ -236,6 +244,13 @@ static int eval_parse(int argc, char **argv, EvalArgs *a) {
             break;
         case OPT_VARS: a->vars = optarg; break;
         case OPT_NOGEN: a->nogen = 1; break;
+        case OPT_STAGE:
+            if (strcmp(optarg, "sft") && strcmp(optarg, "rm")) {
+                fprintf(stderr, "tuna eval: --stage: must be sft or rm, got \"%s\"\n", optarg);
+                return 2;
+            }
+            a->rm = !strcmp(optarg, "rm");
+            break;
         case OPT_OUTPUT: a->output = optarg; break;
         case OPT_THREADS:
             if (cli_parse_int(optarg, "threads", 1, 1024, &a->threads)) return 2;
@@ -320,6 +335,48 @@ static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long
     return root;
 }
 
+/* --stage rm: the pairs of d through the model and the value head in vdir, forward only. */
+static int eval_rm(Model *m, Backend *be, const Dataset *d, const EvalArgs *a, const char *vdir,
+                   RmSums *s, TunaErr *err) {
+    int maxlen = 2;
+    for (size_t i = 0; i < d->n; i++)
+        maxlen = d->ex[i].n > maxlen ? d->ex[i].n : maxlen;
+    int T = maxlen < a->cutoff ? maxlen : a->cutoff, B = a->batch, rc;
+    ValueHead vh = {0};
+    TrainState *ts = NULL;
+    Batcher b;
+    /* the training forward scores the pairs: it sees merged LoRA weights, not an adapter kept
+     * unmerged (a quantized base) or a P-tuning prefix */
+    if (m->prefix_len || m->lora)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--stage rm: not for a %s yet (a LoRA or full reward model on an "
+                         "unquantized base)",
+                         m->prefix_len ? "P-tuning run" : "LoRA run on a quantized base");
+    if ((rc = vhead_init(&vh, be, m->cfg.C, 0, err))) return rc;
+    if ((rc = vhead_load(&vh, vdir, err))) goto out;
+    TrainSetup none = {.method = METHOD_NONE};
+    if ((rc = train_state_init(m, &none, 2 * B, T, &ts, err))) goto out;
+    if ((rc = batcher_init(&b, d, B, T, 0, 0, err))) goto out;
+    b.pad_multiple = a->pad_multiple;
+    int *last = xmalloc(sizeof(int) * 2 * (size_t)B);
+    RmBatch rb = {.vh = &vh, .pairs = B, .last = last};
+    size_t nb = batcher_batches_per_epoch(&b);
+    for (size_t i = 0; i < nb && !rc; i++) {
+        Batch bt;
+        batcher_next(&b, &bt);
+        rm_last_positions(bt.targets, bt.B, bt.T, last);
+        rc = train_set_seq_len(ts, bt.T, err);
+        if (!rc) rc = train_step_hidden(ts, bt.ids, bt.B, rm_hidden, &rb, 0, err);
+    }
+    *s = rb.sums;
+    free(last);
+    batcher_free(&b);
+out:
+    train_state_free(ts);
+    vhead_free(&vh);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv) {
     EvalArgs a;
     int prc = eval_parse(argc, argv, &a);
@@ -359,8 +416,40 @@ int cmd_eval(int argc, char **argv) {
                            .dataset_dir = a.ddir,
                            .vars = a.vars,
                            .cutoff_len = a.cutoff,
-                           .max_samples = a.max_samples};
+                           .max_samples = a.max_samples,
+                           .ranking = a.rm};
     if (dataset_load(&dopt, tok, tpl, &d, &err)) goto fail;
+    if (a.rm) { /* a reward model: pairwise accuracy */
+        RmSums rs = {0};
+        if (d->n == 0) {
+            tuna_errf(&err, TUNA_EINVAL, "%s: no pairs to score", a.dataset);
+            goto fail;
+        }
+        if (eval_rm(m, be, d, &a, a.adapter ? a.adapter : a.model, &rs, &err)) goto fail;
+        double n = rs.n ? rs.n : 1;
+        root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "stage", "rm");
+        cJSON_AddNumberToObject(root, "accuracy", rs.accuracy / n);
+        cJSON_AddNumberToObject(root, "eval_loss", rs.loss / n);
+        cJSON_AddNumberToObject(root, "rewards/chosen", rs.chosen / n);
+        cJSON_AddNumberToObject(root, "rewards/rejected", rs.rejected / n);
+        cJSON_AddNumberToObject(root, "n_pairs", rs.n);
+        cJSON_AddStringToObject(root, "model", a.model);
+        if (a.adapter)
+            cJSON_AddStringToObject(root, "adapter", a.adapter);
+        else
+            cJSON_AddNullToObject(root, "adapter");
+        cJSON_AddStringToObject(root, "dataset", a.dataset);
+        json = cJSON_Print(root);
+        if (a.output && write_text(a.output, json, &err)) goto fail;
+        puts(json);
+        fflush(stdout);
+        if (!a.quiet)
+            fprintf(stderr, "eval: %d pairs, accuracy %.4f, loss %.4f (%.1f s)\n", rs.n,
+                    rs.accuracy / n, rs.loss / n, time_now() - t0);
+        rc = 0;
+        goto fail;
+    }
     if (d->n_skipped && !a.quiet)
         fprintf(stderr, "eval: skipped %zu bad rows (first: %s)\n", d->n_skipped,
                 d->n_msgs ? d->msgs[0] : "?");

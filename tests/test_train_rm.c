@@ -1,0 +1,149 @@
+/* test_train_rm.c: `tuna train --stage rm` and `tuna eval --stage rm` end to end on the bundled
+ * stories260K with ../shared/datasets/dpo_en_demo.json (skipped without it): a LoRA run learns
+ * its 8 training pairs (the last step's accuracy 1), writes value_head.safetensors beside the
+ * adapter, and its step and eval events carry accuracy and the scores; `tuna eval --stage rm`
+ * on the run folder gives the pairwise accuracy and loss of the merged model that agree with
+ * the run's own last eval (the 12 pairs = the 8 trained + the 4 held out); a full run finishes
+ * with the head beside the model; a P-tuning run trains (eval --stage rm refuses it); bad
+ * combinations fail with one line. Runs ./tuna (or
+ * $TUNA_BIN) from the repo root. */
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "harness.h"
+#include "src/xalloc.h"
+
+static const char *bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
+#define BASE                                                                                       \
+    "--model models/stories260K --dataset dpo_en_demo --dataset-dir ../shared/datasets "           \
+    "--stage rm --batch-size 2 --cutoff-len 96 --max-samples 12 --val-size 4 --eval-steps 5 "      \
+    "--sample-prompts '' --seed 3 --quiet --threads 2 "
+
+static int sh(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+typedef struct Seen {
+    int steps, evals, with_metrics, evals_with_metrics;
+    double acc_last, eval_loss_last, eval_acc_last;
+} Seen;
+
+static void read_metrics(const char *dir, Seen *s) {
+    memset(s, 0, sizeof *s);
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = xread_file(path, NULL);
+    if (!text) return;
+    char *save = NULL;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
+        if (t && !strcmp(t, "step")) {
+            s->steps++;
+            s->with_metrics += cJSON_IsNumber(cJSON_GetObjectItem(j, "accuracy")) &&
+                               cJSON_IsNumber(cJSON_GetObjectItem(j, "rewards/margins"));
+            s->acc_last = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "accuracy"));
+        }
+        if (t && !strcmp(t, "eval")) {
+            s->evals++;
+            s->evals_with_metrics += cJSON_IsNumber(cJSON_GetObjectItem(j, "eval_accuracy"));
+            s->eval_loss_last = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_loss"));
+            s->eval_acc_last = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_accuracy"));
+        }
+        cJSON_Delete(j);
+    }
+    free(text);
+}
+
+static void run(const char *tmp, const char *name, const char *args, int steps, Seen *s) {
+    char out[300], cmd[2048];
+    snprintf(out, sizeof out, "%s/%s", tmp, name);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err", bin(),
+             args, steps, out, out);
+    int rc = sh(cmd);
+    CHECK(rc == 0, "%s: tuna train exited %d", name, rc);
+    read_metrics(out, s);
+    CHECK(s->steps == steps && s->with_metrics == steps, "%s: %d step events, %d with accuracy",
+          name, s->steps, s->with_metrics);
+    CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals,
+          "%s: %d eval events, %d with "
+          "eval_accuracy",
+          name, s->evals, s->evals_with_metrics);
+    char path[400];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/value_head.safetensors", out);
+    CHECK(stat(path, &sb) == 0, "%s: %s written", name, path);
+}
+
+static void refused(const char *tmp, const char *args, const char *needle) {
+    char cmd[2048], errf[300];
+    snprintf(errf, sizeof errf, "%s/refused.err", tmp);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps 1 --output %s/refused 2>%s", bin(),
+             args, tmp, errf);
+    int rc = sh(cmd);
+    char *text = xread_file(errf, NULL);
+    CHECK(rc != 0 && text && strstr(text, needle), "%s: exit %d, said: %s", args, rc,
+          text ? text : "(nothing)");
+    free(text);
+}
+
+int main(void) {
+    if (access("../shared/datasets/dpo_en_demo.json", R_OK)) {
+        SKIP("../shared/datasets/dpo_en_demo.json is not here");
+        return test_report("test_train_rm");
+    }
+    char tmpl[] = "/tmp/tuna_rm_XXXXXX";
+    char *tmp = mkdtemp(tmpl);
+    CHECK(tmp != NULL, "mkdtemp");
+    if (!tmp) return test_report("test_train_rm");
+    Seen s;
+    run(tmp, "lora", "--method lora --lr 1e-2", 20, &s);
+    CHECK(s.acc_last == 1, "lora: the training pairs learnt (accuracy %g)", s.acc_last);
+    /* tuna eval --stage rm on the run: 12 pairs, 8 of them trained (accuracy 1) */
+    char cmd[1200], outf[400];
+    snprintf(outf, sizeof outf, "%s/eval.json", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s eval --model %s/lora --dataset dpo_en_demo --dataset-dir ../shared/datasets "
+             "--max-samples 12 --cutoff-len 96 --stage rm --threads 2 --quiet --output %s "
+             ">/dev/null",
+             bin(), tmp, outf);
+    CHECK(sh(cmd) == 0, "tuna eval --stage rm");
+    char *text = xread_file(outf, NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    double acc = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "accuracy")),
+           loss = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_loss"));
+    int n = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n_pairs"));
+    double want_acc = (8 + 4 * s.eval_acc_last) / 12;
+    CHECK(n == 12 && fabs(acc - want_acc) < 1e-9, "eval: %d pairs, accuracy %g (%g expected)", n,
+          acc, want_acc);
+    /* the held-out loss over 12 pairs, plus the 8 trained ones' (near 0, at most their share) */
+    CHECK(loss >= 4 * s.eval_loss_last / 12 - 1e-4 && loss < 4 * s.eval_loss_last / 12 + 0.05,
+          "eval loss %g (the run's held-out %g over 4 of 12 pairs)", loss, s.eval_loss_last);
+    printf("  lora: last step accuracy %g; tuna eval --stage rm: accuracy %.3f, loss %.4f\n",
+           s.acc_last, acc, loss);
+    cJSON_Delete(j);
+    free(text);
+    run(tmp, "full", "--method full --lr 2e-3", 4, &s);
+    /* P-tuning trains; eval --stage rm refuses it (the scoring forward has no prefix) */
+    run(tmp, "ptuning", "--method ptuning --prefix-tokens 4 --eval-steps 2", 2, &s);
+    snprintf(cmd, sizeof cmd,
+             "%s eval --model %s/ptuning --dataset dpo_en_demo --dataset-dir ../shared/datasets "
+             "--max-samples 4 --stage rm --quiet >/dev/null 2>%s/pt.err",
+             bin(), tmp, tmp);
+    CHECK(sh(cmd) != 0, "eval --stage rm of a P-tuning run refused");
+    refused(tmp, "--packing true", "pairs are neither packed nor grouped");
+    refused(tmp, "--dataset kto_en_demo", "is not a ranking dataset");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s/lora 2>%s/resume.err", bin(), tmp, tmp);
+    CHECK(sh(cmd) != 0, "--resume of an rm run refused");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "cleanup");
+    return test_report("test_train_rm");
+}
