@@ -108,8 +108,8 @@ typedef struct TrainEstimate {
     size_t optim_bytes;      /* AdamW's m and v */
     size_t act_bytes;        /* = train_activation_bytes */
     size_t scratch_bytes;    /* the backward's scratch (and the prefix's buffers) */
-    size_t ref_bytes;        /* stage dpo: the reference (its state; full and freeze: a frozen
-                                copy of the weights); 0 for orpo and simpo and the other stages */
+    size_t ref_bytes;        /* stages dpo and kto: the reference (its state; full and freeze: a
+                                frozen copy of the weights); 0 for orpo, simpo and the rest */
     size_t total_bytes;      /* the sum */
 } TrainEstimate;
 

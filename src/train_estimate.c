@@ -74,15 +74,17 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     size_t per_layer, n_typed = 0,
                       typed_bytes = model_typed_bytes_file(cfg->model, mc, &lo, &n_typed);
     out->total_params = model_param_count_for(mc, &per_layer);
-    /* stage dpo: each batch row is a pair, chosen and rejected (train_run's rows = 2 B) */
-    int pairs = !strcmp(cfg->stage, "dpo");
+    /* dpo and rm: each batch row is a pair, chosen and rejected; kto: each example and its KL
+     * row (train_run's rows = 2 B) */
+    int dpo = !strcmp(cfg->stage, "dpo"), kto = !strcmp(cfg->stage, "kto"),
+        rm = !strcmp(cfg->stage, "rm"), pairs = dpo || kto || rm;
     int rows = pairs ? 2 * cfg->batch_size : cfg->batch_size;
     TrainSizes ts;
     rc = train_state_size(mc, out->total_params, per_layer, &setup, rows, cfg->cutoff_len, &ts,
                           err);
     if (rc) return rc;
     PrefLossType pt;
-    if (pairs && !pref_loss_parse(cfg->pref_loss, &pt) && pref_uses_ref(pt)) {
+    if ((dpo && !pref_loss_parse(cfg->pref_loss, &pt) && pref_uses_ref(pt)) || kto) {
         /* the reference train_run builds: a state without training (or the starting adapter,
          * frozen, for a run from --adapter) over the same Model, or over a frozen copy of the
          * weights for full and freeze */
@@ -105,6 +107,12 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
             (out->total_params - n_typed) * sizeof(float) + typed_bytes + ts.param_bytes;
     out->grad_bytes = ts.grad_bytes;
     out->optim_bytes = 2 * ts.trainable * sizeof(float); /* optim_init: m and v per tensor */
+    if (rm) { /* the value head (C weights and a bias), its gradient and its AdamW state */
+        size_t vh = ((size_t)mc->C + 1) * sizeof(float);
+        out->weight_bytes += vh;
+        out->grad_bytes += vh;
+        out->optim_bytes += 2 * vh;
+    }
     out->act_bytes = ts.act_bytes;
     out->scratch_bytes = ts.scratch_bytes;
     out->total_bytes = out->weight_bytes + out->grad_bytes + out->optim_bytes + out->act_bytes +

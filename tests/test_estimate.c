@@ -9,7 +9,8 @@
  *   weight extra + gradients + activations + scratch = every byte train_state_init asks the
  *                      backend for, and optimizer bytes = every byte optim_init asks for
  *                      (a backend whose alloc counts).
- * Stage dpo (rows are pairs; the reference's state, and a frozen copy for full) likewise.
+ * Stages dpo, kto and rm (2 B rows; the dpo and kto reference's state, and a frozen copy for
+ * full; rm's value head) likewise.
  * Then the refusals: a cutoff past GPT-2's positions, a target the architecture lacks, more freeze
  * layers than it has, an unknown method. */
 #include <stdio.h>
@@ -145,17 +146,21 @@ static void one_case(Model *m, const char *dir, const Case *k) {
     train_state_free(ts);
 }
 
-/* Stage dpo: rows are pairs (2 B), and the reference train_run builds (a state without
- * training over the same Model for LoRA, over a frozen copy of the weights for full) is counted
- * in ref_bytes; orpo has no reference. */
-static void dpo_case(Model *m, const char *dir, const char *method, const char *loss) {
+/* Stages dpo, kto, rm: rows are pairs or an example and its KL row (2 B), and the reference
+ * train_run builds for dpo and kto (a state without training over the same Model for LoRA, over
+ * a frozen copy of the weights for full) is counted in ref_bytes; orpo and rm have none; rm adds
+ * its value head (C + 1 values, their gradient and AdamW state). */
+static void pref_case(Model *m, const char *dir, const char *method, const char *stage,
+                      const char *loss) {
     char what[200];
-    snprintf(what, sizeof what, "%s dpo %s %s", dir, method, loss);
+    snprintf(what, sizeof what, "%s %s %s %s", dir, stage, method, loss);
     TrainConfig cfg;
     train_config_defaults(&cfg);
     snprintf(cfg.method, sizeof cfg.method, "%s", method);
-    snprintf(cfg.stage, sizeof cfg.stage, "dpo");
+    snprintf(cfg.stage, sizeof cfg.stage, "%s", stage);
     snprintf(cfg.pref_loss, sizeof cfg.pref_loss, "%s", loss);
+    int rm = !strcmp(stage, "rm");
+    size_t vh = rm ? ((size_t)m->cfg.C + 1) * sizeof(float) : 0; /* the value head */
     cfg.batch_size = BATCH;
     cfg.cutoff_len = CUTOFF;
     ModelConfig mc;
@@ -179,7 +184,7 @@ static void dpo_case(Model *m, const char *dir, const char *method, const char *
     }
     size_t state_bytes = counted;
     size_t ref_bytes = 0;
-    if (strcmp(loss, "orpo")) {
+    if (!rm && strcmp(loss, "orpo")) {
         TrainSetup none = {.method = METHOD_NONE, .seed = 42};
         counted = 0;
         if (train_state_init(m, &none, 2 * BATCH, CUTOFF, &rs, &err)) {
@@ -192,9 +197,11 @@ static void dpo_case(Model *m, const char *dir, const char *method, const char *
     }
     size_t state_est = est.weight_bytes - m->n_params * sizeof(float) + est.grad_bytes +
                        est.act_bytes + est.scratch_bytes;
-    CHECK(state_est == state_bytes && est.act_bytes == train_activation_bytes(ts),
+    CHECK(state_est == state_bytes + 2 * vh && est.act_bytes == train_activation_bytes(ts),
           "%s: policy state %zu bytes estimated, train_state_init(2B rows) took %zu", what,
           state_est, state_bytes);
+    CHECK(est.optim_bytes == 2 * (train_param_count(ts) * sizeof(float) + vh),
+          "%s: optimizer %zu bytes estimated", what, est.optim_bytes);
     CHECK(est.ref_bytes == ref_bytes, "%s: reference %zu bytes estimated, %zu allocated", what,
           est.ref_bytes, ref_bytes);
     CHECK(est.total_bytes == est.weight_bytes + est.grad_bytes + est.optim_bytes + est.act_bytes +
@@ -220,9 +227,12 @@ static void one_model(const char *dir) {
     be->ops = &ops;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         one_case(m, dir, &cases[i]);
-    dpo_case(m, dir, "lora", "sigmoid");
-    dpo_case(m, dir, "full", "sigmoid");
-    dpo_case(m, dir, "lora", "orpo");
+    pref_case(m, dir, "lora", "dpo", "sigmoid");
+    pref_case(m, dir, "full", "dpo", "sigmoid");
+    pref_case(m, dir, "lora", "dpo", "orpo");
+    pref_case(m, dir, "lora", "kto", "sigmoid");
+    pref_case(m, dir, "full", "kto", "sigmoid");
+    pref_case(m, dir, "lora", "rm", "sigmoid");
     be->ops = real_ops;
     model_free(m);
     backend_free(be);

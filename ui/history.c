@@ -143,6 +143,7 @@ void history_apply(History *h, const Event *ev) {
             ring_push(&h->margin_y, metric_of(ev, "rewards/margins"));
             h->reward_margin = metric_of(ev, "rewards/margins");
             set_if(&h->reward_acc, metric_of(ev, "rewards/accuracies"));
+            set_if(&h->reward_acc, metric_of(ev, "accuracy")); /* rm's pairwise accuracy */
         }
         break;
     case EV_EVAL:
@@ -159,6 +160,7 @@ void history_apply(History *h, const Event *ev) {
             ring_push(&h->emargin_y, metric_of(ev, "eval_rewards/margins"));
             h->eval_reward_margin = metric_of(ev, "eval_rewards/margins");
             set_if(&h->eval_reward_acc, metric_of(ev, "eval_rewards/accuracies"));
+            set_if(&h->eval_reward_acc, metric_of(ev, "eval_accuracy"));
         }
         break;
     case EV_SAMPLE: {

@@ -1011,7 +1011,7 @@ static int draw_info(App *app, SetupState *s, Rect r, int draw) {
                      strcmp(tc.stage, "dpo") ? "" : " pairs");
                 if (e.ref_bytes) {
                     fmt_bytes((double)e.ref_bytes, w1, sizeof w1);
-                    LINE(ROLE_DIM, "  + the reference (dpo) %s", w1);
+                    LINE(ROLE_DIM, "  + the reference model %s", w1);
                 }
             }
         }
