@@ -118,6 +118,16 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CLI_LIB) $(BUILD)/libtuna.a $(LDLIBS)
 
+# tests/test_modelfile renders the Modelfile TEMPLATE with Go's text/template (tests/gotmpl),
+# built here where `go` is installed (scripts/deps.sh installs golang-go); without it that half skips.
+GO := $(shell command -v go 2>/dev/null)
+ifneq ($(GO),)
+$(BUILD)/tests/test_modelfile: $(BUILD)/gotmpl/gotmpl
+endif
+$(BUILD)/gotmpl/gotmpl: tests/gotmpl/main.go
+	@mkdir -p $(dir $@)
+	GOCACHE=$(abspath $(BUILD))/gotmpl/cache GO111MODULE=off $(GO) build -o $@ $<
+
 test: deps
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-san
