@@ -15,8 +15,8 @@
 #include "xalloc.h"
 
 #define CONTENT "\x01"
-#define SYSTEM "\x03"
-#define BOS "\x02"
+#define SYSTEM  "\x03"
+#define BOS     "\x02"
 
 typedef struct Buf {
     char *s;

@@ -258,8 +258,7 @@ int main(int argc, char **argv) {
         CHECK(system(cmd1) == 0, "%s", cmd1);
         char *cli = read_all(outp), *want = NULL;
         CHECK(template_load("templates", "smollm", &t, &err) == 0, "%s", err.msg);
-        CHECK(modelfile_render(t, "a.gguf", NULL, "<s>", "</s>", &want, &err) == 0, "%s",
-              err.msg);
+        CHECK(modelfile_render(t, "a.gguf", NULL, "<s>", "</s>", &want, &err) == 0, "%s", err.msg);
         CHECK(cli && want && !strcmp(cli, want), "cli:\n%s", cli ? cli : "(none)");
         free(cli);
         free(want);
@@ -271,7 +270,6 @@ int main(int argc, char **argv) {
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd)) {
-    }
+    if (system(cmd)) {}
     return test_report("test_modelfile");
 }
