@@ -118,19 +118,31 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CLI_LIB) $(BUILD)/libtuna.a $(LDLIBS)
 
+# tests/test_modelfile renders the Modelfile TEMPLATE with Go's text/template (tests/gotmpl),
+# built here where `go` is installed (scripts/deps.sh installs golang-go); without it that half skips.
+GO := $(shell command -v go 2>/dev/null)
+ifneq ($(GO),)
+$(BUILD)/tests/test_modelfile: $(BUILD)/gotmpl/gotmpl
+endif
+$(BUILD)/gotmpl/gotmpl: tests/gotmpl/main.go
+	@mkdir -p $(dir $@)
+	GOCACHE=$(abspath $(BUILD))/gotmpl/cache GO111MODULE=off $(GO) build -o $@ $<
+
 test: deps
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-san
 
 test-unit: tuna $(TEST_BIN)
-	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh tests/test_ui_chat_tmux.sh
+	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh tests/test_ui_chat_tmux.sh \
+		tests/test_ui_export_tmux.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \
              test_template test_dataset test_train_grad test_train_ckpt test_optim test_grad_ops \
              test_textmetrics test_keep_work test_cli_misc test_threads test_config_variants \
              test_train_adapter test_gguf test_tokenizer_gguf test_packing test_lora_unmerged test_estimate \
-             test_wtype test_bf16 test_pref_data test_dpo test_kto test_kto_data test_rm
+             test_wtype test_bf16 test_pref_data test_dpo test_kto test_kto_data test_rm \
+             test_modelfile
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna

@@ -762,6 +762,27 @@ int template_render_text(const Template *t, const ChatMessage *msgs, int n_msgs,
     return 0;
 }
 
+char *template_format_text(const Template *t, int fmt, const char *content, const char *bos,
+                           const char *eos) {
+    const Slot *s = fmt == TEMPLATE_FMT_PREFIX        ? &t->prefix
+                    : fmt == TEMPLATE_FMT_SYSTEM      ? &t->system
+                    : fmt == TEMPLATE_FMT_USER        ? &t->user
+                    : fmt == TEMPLATE_FMT_ASSISTANT   ? &t->assistant
+                    : fmt == TEMPLATE_FMT_OBSERVATION ? &t->observation
+                    : fmt == TEMPLATE_FMT_SEPARATOR   ? &t->separator
+                                                      : NULL;
+    if (fmt == TEMPLATE_FMT_SYSTEM_MERGED) return slot_first_text(&t->system, content);
+    if (!s) return NULL;
+    TextBuf b = {0};
+    tb_add(&b, "");
+    text_slot(t, s, content, bos, eos, &b);
+    return b.s;
+}
+
+int template_merges_system(const Template *t) {
+    return t->merge_system;
+}
+
 static int read_small_file(const char *path, char **out, size_t max) {
     FILE *f = fopen(path, "rb");
     if (!f) return 0;

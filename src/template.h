@@ -81,6 +81,23 @@ int template_stop_words(const Template *t, const char *const **words);
  * else the tokenizer's EOS; -1 if neither exists. */
 int template_eos_id(const Template *t, const Tokenizer *tok);
 
+/* One format as template_render_text writes it, for writers of the same template in another
+ * language (src/modelfile.c): content fills {{content}}, bos/eos as in template_render_text.
+ * TEMPLATE_FMT_SYSTEM_MERGED is the text merge_system_into_user puts before the first user
+ * message's content. malloc'd; NULL for an unknown fmt. */
+enum {
+    TEMPLATE_FMT_PREFIX,
+    TEMPLATE_FMT_SYSTEM,
+    TEMPLATE_FMT_SYSTEM_MERGED,
+    TEMPLATE_FMT_USER,
+    TEMPLATE_FMT_ASSISTANT,
+    TEMPLATE_FMT_OBSERVATION,
+    TEMPLATE_FMT_SEPARATOR,
+};
+char *template_format_text(const Template *t, int fmt, const char *content, const char *bos,
+                           const char *eos);
+int template_merges_system(const Template *t); /* merge_system_into_user */
+
 // --- the model's own template (`--template auto`)
 
 /* Renders a conversation as text, as template_encode_train (conversation ending with an

@@ -41,6 +41,13 @@ static const KeyBinding table[] = {
         {'\n', "Enter", NULL, "same as Enter", SCR_RUNS | SCR_CHAT | SCR_SETUP, 0, ACT_OPEN},
         {KEY_ENTER, "Enter", NULL, "same as Enter", SCR_RUNS | SCR_CHAT | SCR_SETUP, 0, ACT_OPEN},
         {'r', "r", "Rescan", "rescan the runs folder", SCR_RUNS, 1, ACT_REFRESH},
+        // --- runs: export (scr_runs.c's key function; in the form Left/Right pick the format,
+        // Up/Down the quant, typing edits the output path, Enter starts, Esc closes)
+        {'e', "e", "Export", "export the run: hf, peft, gguf or gguf-lora, with a progress bar",
+         SCR_RUNS, 1, ACT_NONE},
+        {KEY_LEFT, "Left", NULL, "export form: previous format", SCR_RUNS, 0, ACT_LEFT},
+        {KEY_RIGHT, "Right", NULL, "export form: next format", SCR_RUNS, 0, ACT_RIGHT},
+        {27, "Esc", "Close", "close the export form", SCR_RUNS, 0, ACT_NONE},
         // --- chat (Esc: scr_chat.c's key function)
         {27, "Esc", NULL,
          "leave the message box (then 1-4, q and ? are keys); outside it, stop a streaming reply",

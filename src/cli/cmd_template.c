@@ -1,6 +1,6 @@
 /* cmd_template.c: `tuna template list|show`: list the template files with their descriptions,
  * and show how one dataset example (or a built-in conversation) is rendered and which tokens
- * train. */
+ * train. `tuna template NAME --modelfile` prints the Ollama Modelfile for it (modelfile.h). */
 #include "../template.h"
 #include "cli.h"
 
@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "../dataset.h"
+#include "../modelfile.h"
+#include "../tokenizer.h"
 #include "../xalloc.h"
 
 // --- options
@@ -27,6 +29,9 @@ enum {
     OPT_STAGE,
     OPT_TRAIN_ON_PROMPT,
     OPT_MASK_HISTORY,
+    OPT_MODELFILE,
+    OPT_FROM,
+    OPT_ADAPTER,
     OPT_COLOR,
     OPT_NO_COLOR,
     OPT_HELP
@@ -51,6 +56,10 @@ static const TplOpt tpl_opts[] = {
         {"stage", 1, OPT_STAGE, "sft|pt", "show: sft (default) or pt (plain text, all trains)"},
         {"train-on-prompt", 0, OPT_TRAIN_ON_PROMPT, NULL, "show: the prompt tokens train too"},
         {"mask-history", 0, OPT_MASK_HISTORY, NULL, "show: only the last reply trains"},
+        {"modelfile", 0, OPT_MODELFILE, NULL,
+         "NAME --modelfile: print the Ollama Modelfile (BOS/EOS text from --model)"},
+        {"from", 1, OPT_FROM, "GGUF", "modelfile: the FROM path (default: model.gguf)"},
+        {"adapter", 1, OPT_ADAPTER, "GGUF", "modelfile: the ADAPTER path (LoRA form)"},
         {"color", 0, OPT_COLOR, NULL, "dim masked text with ANSI even when not a tty"},
         {"no-color", 0, OPT_NO_COLOR, NULL, "plain output: masked text in «...»"},
         {"help", 0, OPT_HELP, NULL, "this help"},
@@ -61,6 +70,7 @@ static void tpl_help(FILE *f) {
                "       tuna template show NAME [--dataset X] [options]\n"
                "       tuna template show auto --model M   (the built-in that matches M's own chat "
                "template, and why)\n"
+               "       tuna template NAME --modelfile [--model M] [--from GGUF] [--adapter GGUF]\n"
                "(show without --dataset: a built-in system + user + assistant conversation)\n"
                "\noptions:\n");
     for (int i = 0; tpl_opts[i].name; i++) {
@@ -224,6 +234,32 @@ fail:
     return rc;
 }
 
+/* `tuna template NAME --modelfile`: BOS/EOS text from the model's tokenizer (a folder or a
+ * .gguf file). */
+static int template_print_modelfile(const char *tdir, const char *name, const char *model,
+                                    const char *from, const char *adapter) {
+    Template *t = NULL;
+    Tokenizer *tok = NULL;
+    TunaErr err = {0};
+    char *text = NULL;
+    size_t ml = strlen(model);
+    int gguf = ml > 5 && !strcmp(model + ml - 5, ".gguf");
+    int rc = template_load(tdir, name, &t, &err);
+    if (!rc)
+        rc = gguf ? tokenizer_load_gguf_file(model, &tok, &err) : tokenizer_load(model, &tok, &err);
+    if (!rc) {
+        const char *bos = tokenizer_token_str(tok, tokenizer_bos_id(tok));
+        const char *eos = tokenizer_token_str(tok, tokenizer_eos_id(tok));
+        rc = modelfile_render(t, from, adapter, bos ? bos : "", eos ? eos : "", &text, &err);
+    }
+    if (!rc) fputs(text, stdout);
+    if (rc) fprintf(stderr, "tuna template %s --modelfile: %s\n", name, err.msg);
+    free(text);
+    tokenizer_free(tok);
+    template_free(t);
+    return rc ? 1 : 0;
+}
+
 int cmd_template(int argc, char **argv) {
     struct option lo[sizeof tpl_opts / sizeof tpl_opts[0]];
     int nopt = 0;
@@ -233,7 +269,8 @@ int cmd_template(int argc, char **argv) {
     lo[nopt] = (struct option){0, 0, 0, 0};
     const char *tdir = "templates", *model = "models/stories260K";
     DatasetOptions o = {0};
-    int index = 0, color = isatty(STDOUT_FILENO);
+    const char *mf_from = "model.gguf", *mf_adapter = NULL;
+    int index = 0, color = isatty(STDOUT_FILENO), modelfile = 0;
     optind = 0; /* glibc: full re-initialisation, argv[0] is skipped */
     opterr = 0;
     int c;
@@ -245,6 +282,9 @@ int cmd_template(int argc, char **argv) {
         case OPT_DDIR: o.dataset_dir = optarg; break;
         case OPT_MODEL: model = optarg; break;
         case OPT_VARS: o.vars = optarg; break;
+        case OPT_MODELFILE: modelfile = 1; break;
+        case OPT_FROM: mf_from = optarg; break;
+        case OPT_ADAPTER: mf_adapter = optarg; break;
         case OPT_COLOR: color = 1; break;
         case OPT_NO_COLOR: color = 0; break;
         case OPT_INDEX:
@@ -291,6 +331,14 @@ int cmd_template(int argc, char **argv) {
     if (!strcmp(model, "models/stories260K")) /* the bundled default, also from elsewhere */
         model = bundled_path(model, model_buf, sizeof model_buf);
     const char *sub = argv[optind++];
+    if (modelfile) {
+        if (!strcmp(sub, "show") && optind < argc) sub = argv[optind++];
+        if (optind < argc) {
+            fprintf(stderr, "tuna template: unexpected argument \"%s\"\n", argv[optind]);
+            return 2;
+        }
+        return template_print_modelfile(tdir, sub, model, mf_from, mf_adapter);
+    }
     if (!strcmp(sub, "list")) {
         char **names = NULL;
         int n = 0;
