@@ -38,6 +38,13 @@ typedef enum {
     METHOD_PTUNING_V1
 } TrainMethod;
 
+/* 1 for the methods whose result is an adapter beside a frozen base (lora, ptuning, prompt,
+ * ptuning-v1), 0 for those that change the model's weights (full, freeze). */
+static inline int train_method_adapter(TrainMethod m) {
+    return m == METHOD_LORA || m == METHOD_PTUNING || m == METHOD_PROMPT ||
+           m == METHOD_PTUNING_V1;
+}
+
 typedef struct TrainSetup {
     TrainMethod method;
     int freeze_layers; /* freeze: how many last layers train */

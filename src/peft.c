@@ -590,15 +590,42 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     free(text);
     const char *pt = cJSON_GetStringValue(cJSON_GetObjectItem(j, "peft_type"));
     int prefix = pt && !strcmp(pt, "PREFIX_TUNING");
+    /* PROMPT_TUNING, and P_TUNING, whose save keeps the virtual tokens but not the encoder that
+     * made them: either continues as prompt tuning from its prompt_embeddings */
+    int prompt = pt && (!strcmp(pt, "PROMPT_TUNING") || !strcmp(pt, "P_TUNING"));
     cJSON_Delete(j);
     TrainConfig def;
     train_config_defaults(&def);
-    const char *method = prefix ? "ptuning" : "lora";
+    const char *method = prefix ? "ptuning" : prompt ? "prompt" : "lora";
     if (strcmp(c->method, def.method) && strcmp(c->method, method))
         return tuna_errf(err, TUNA_EINVAL,
                          "--method %s conflicts with --adapter %s (a %s adapter); drop --method",
                          c->method, dir, method);
     snprintf(out->method, sizeof out->method, "%s", method);
+    if (prompt) {
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        SafeTensors *st = NULL;
+        int rc = safetensors_open(path, &st, err);
+        if (rc) return rc;
+        const StTensor *t = safetensors_find(st, "prompt_embeddings");
+        int P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= 1024 ? (int)t->shape[0] : 0;
+        safetensors_free(st);
+        if (!P)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape [P, C]",
+                             path);
+        if (c->prefix_tokens != def.prefix_tokens && c->prefix_tokens != P)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
+                             "drop --prefix-tokens",
+                             c->prefix_tokens, dir, P);
+        if (c->prompt_init_text[0])
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prompt-init-text conflicts with --adapter %s (the adapter's virtual "
+                             "tokens are the start); drop --prompt-init-text",
+                             dir);
+        out->prefix_tokens = P;
+        return 0;
+    }
     if (prefix) {
         /* the prefix itself, [P, layers*2*kv heads*head dim]; a projection's MLP is not kept */
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
