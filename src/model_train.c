@@ -106,6 +106,7 @@ struct TrainState {
     float *g_emb, *g_w1, *g_b1, *g_w2, *g_b2; /* their grads */
     float *p_h;                               /* host (P, H) tanh activations */
     float *dkf, *dvf; /* (B, P+T, KD) attention grads incl. the prefix rows */
+    int pre_frozen;   /* METHOD_NONE over a model with a prefix installed: pre is the model's */
     /* prompt tuning, P-tuning v1: VT virtual tokens open every row, and T counts them (the
      * caller's rows are T - VT long); the encoder's parameters are ad (ad_grad their grads) */
     int VT;
@@ -719,6 +720,30 @@ static int init_prefix(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
+/* METHOD_NONE (evaluation, a reference) over a model with a prefix installed (model_set_prefix:
+ * a PREFIX_TUNING adapter, or the virtual tokens of a PROMPT_TUNING / P_TUNING one run into it):
+ * the forward sees it as the inference path does, the real tokens at positions P.., nothing
+ * trains. */
+static int init_model_prefix(TrainState *ts) {
+    const Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    size_t KD = (size_t)c->KVH * c->HS;
+    int fail = 0, P = m->prefix_len;
+    ts->P = P;
+    ts->PW = (size_t)c->L * 2 * KD;
+    ts->pre_frozen = 1;
+    ts->pre_dev = balloc(ts, (size_t)P * ts->PW, &fail);
+    size_t kvf = (size_t)ts->B * (size_t)(P + ts->T) * KD;
+    ts->dkf = balloc(ts, kvf, &fail);
+    ts->dvf = balloc(ts, kvf, &fail);
+    if (fail) return TS_NOMEM;
+    ts->pre = xcalloc((size_t)P * ts->PW, sizeof(float));
+    ts->pre_grad = xcalloc((size_t)P * ts->PW, sizeof(float));
+    memcpy(ts->pre, m->prefix, sizeof(float) * (size_t)P * ts->PW);
+    ts->be->ops->upload(ts->be, ts->pre_dev, ts->pre, sizeof(float) * (size_t)P * ts->PW);
+    return 0;
+}
+
 /* Prompt tuning and P-tuning v1: the encoder's parameters (PyTorch's init; prompt tuning's TEXT
  * init: the embedding rows of the init text's ids, repeated and cut to P as PEFT does), the
  * virtual tokens' buffers and the host rows with their slots. ts->T already counts them. */
@@ -899,6 +924,8 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             rc = tokens_init(ts, setup->lora_tokens, err);
     } else if (setup->method == METHOD_PTUNING)
         rc = init_prefix(ts, err);
+    else if (setup->method == METHOD_NONE && m->prefix_len)
+        rc = init_model_prefix(ts);
     else if (VT) {
         TrainSetup keep = ts->setup; /* init_prompt reads the init text's ids */
         ts->setup.prompt_init_ids = setup->prompt_init_ids;
@@ -1176,6 +1203,7 @@ static void host_get(TrainState *ts, float *dst, const float *src, size_t n) {
 static void prefix_build(TrainState *ts) {
     int P = ts->P, H = ts->setup.prefix_hidden;
     size_t PW = ts->PW;
+    if (ts->pre_frozen) return; /* the model's own, uploaded once */
     if (!ts->setup.prefix_projection) {
         host_get(ts, ts->pre, ts->p_emb, (size_t)P * PW);
     } else {
@@ -1654,7 +1682,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
         if (c->learned_pos && G(ts, m->wpe))
             op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
-        if (ts->P) prefix_backward(ts);
+        if (ts->P && !ts->pre_frozen) prefix_backward(ts);
         if (ts->VT) prompt_backward(ts, Bn);
     }
     int rc = op->sync(be);

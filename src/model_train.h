@@ -41,8 +41,7 @@ typedef enum {
 /* 1 for the methods whose result is an adapter beside a frozen base (lora, ptuning, prompt,
  * ptuning-v1), 0 for those that change the model's weights (full, freeze). */
 static inline int train_method_adapter(TrainMethod m) {
-    return m == METHOD_LORA || m == METHOD_PTUNING || m == METHOD_PROMPT ||
-           m == METHOD_PTUNING_V1;
+    return m == METHOD_LORA || m == METHOD_PTUNING || m == METHOD_PROMPT || m == METHOD_PTUNING_V1;
 }
 
 typedef struct TrainSetup {

@@ -619,10 +619,11 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
                              "drop --prefix-tokens",
                              c->prefix_tokens, dir, P);
         if (c->prompt_init_text[0])
-            return tuna_errf(err, TUNA_EINVAL,
-                             "--prompt-init-text conflicts with --adapter %s (the adapter's virtual "
-                             "tokens are the start); drop --prompt-init-text",
-                             dir);
+            return tuna_errf(
+                    err, TUNA_EINVAL,
+                    "--prompt-init-text conflicts with --adapter %s (the adapter's virtual "
+                    "tokens are the start); drop --prompt-init-text",
+                    dir);
         out->prefix_tokens = P;
         return 0;
     }

@@ -34,11 +34,11 @@
     { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, NULL, m, NONE, 0 }
 #define B3(k, alt, m, d, h)                                                                        \
     { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, alt, m, NONE, 0 }
-#define ALL  TRAIN_M_ALL
-#define LORA TRAIN_M_LORA
-#define VIRT (TRAIN_M_PTUNING | TRAIN_M_PROMPT | TRAIN_M_PTUNING_V1)
+#define ALL         TRAIN_M_ALL
+#define LORA        TRAIN_M_LORA
+#define VIRT        (TRAIN_M_PTUNING | TRAIN_M_PROMPT | TRAIN_M_PTUNING_V1)
 #define FROZEN_BASE (LORA | VIRT | TRAIN_M_FREEZE)
-#define BIG  1e9
+#define BIG         1e9
 
 static const TrainOption fields[] = {
         S(model, ALL, "models/stories260K",
@@ -98,7 +98,8 @@ static const TrainOption fields[] = {
           "stop after this many optimizer steps (0 = from epochs)"),
         {"lr", TRAIN_OPT_DBL, OFF(lr), sizeof(double), "auto",
          "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
-         "freeze), 1e-2 (ptuning, prompt, ptuning-v1) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
+         "freeze), 1e-2 (ptuning, prompt, ptuning-v1) at 100M+ parameters, rising log-linearly to "
+         "1e-2, 2e-3, 3e-2 "
          "at 1M and below",
          NULL, ALL, ABOVE(0), 1},
         S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
@@ -187,7 +188,8 @@ const TrainOption *train_option_find(const char *key) {
 }
 
 unsigned train_method_bit(const char *method) {
-    static const char *const names[] = {"full", "freeze", "lora", "ptuning", "prompt", "ptuning-v1"};
+    static const char *const names[] = {"full",    "freeze", "lora",
+                                        "ptuning", "prompt", "ptuning-v1"};
     for (unsigned i = 0; i < 6; i++)
         if (!strcmp(method, names[i])) return 1u << i;
     return 0;

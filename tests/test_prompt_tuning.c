@@ -51,6 +51,49 @@ static int32_t *targets_of(const int32_t *labels, int B, int T, int *n_t) {
     return tg;
 }
 
+/* The mean loss of a forward-only METHOD_NONE state on m as it is (its prefix included). */
+static double none_loss(Model *m, const int32_t *ids, const int32_t *targets, int B, int T) {
+    TunaErr err = {0};
+    TrainSetup none = {.method = METHOD_NONE};
+    TrainState *ts = NULL;
+    double sum = 0;
+    int cnt = 0;
+    if (train_state_init(m, &none, B, T, &ts, &err) ||
+        train_step_fb(ts, ids, targets, B, 1.0f, 0, &sum, &cnt, &err))
+        CHECK(0, "METHOD_NONE: %s", err.msg);
+    train_state_free(ts);
+    return cnt ? sum / cnt : 1e30;
+}
+
+/* P-tuning v2's prefix, loaded as an adapter, is seen by evaluation too. */
+static void prefix_eval_case(void) {
+    const char *fx = "tests/fixtures/train/llama_prefix.safetensors";
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    SafeTensors *st = NULL;
+    Model *m = NULL;
+    if (safetensors_open(fx, &st, &err) || model_load("tests/fixtures/llama", be, &m, &err)) {
+        CHECK(0, "%s: %s", fx, err.msg);
+    } else {
+        const StTensor *ids = safetensors_find(st, "input_ids"),
+                       *lab = safetensors_find(st, "labels"), *loss = safetensors_find(st, "loss"),
+                       *pe = safetensors_find(st, "adapter.prompt_embeddings");
+        int B = (int)ids->shape[0], T = (int)ids->shape[1], n_t;
+        int32_t *tg = targets_of(lab->data, B, T, &n_t);
+        CHECK(model_set_prefix(m, pe->data, (int)pe->shape[0], &err) == 0, "%s", err.msg);
+        double le = none_loss(m, ids->data, tg, B, T), want = ((const float *)loss->data)[0];
+        CHECK(fabs(le - want) <= LOSS_RTOL * fabs(want), "prefix eval loss %.7f vs peft %.7f", le,
+              want);
+        printf("  llama  prefix     evaluation (METHOD_NONE) over the installed prefix: loss %.6f "
+               "(peft %.6f)\n",
+               le, want);
+        free(tg);
+    }
+    model_free(m);
+    backend_free(be);
+    safetensors_free(st);
+}
+
 static void run_case(const char *arch, const char *kind, TrainSetup setup, int T_extra) {
     char mdir[256], fpath[256];
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
@@ -130,6 +173,10 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup, int T
     if (P && model_set_prompt(m, emb, P, &err) == 0)
         dl = logits_diff(m, ids_t->data, lg_t->data, B, T);
     CHECK(dl <= LOGIT_ATOL, "%s %s inference: max |dlogit| %.3g (%s)", arch, kind, dl, err.msg);
+    /* evaluation (tuna eval's loss: a METHOD_NONE state) over the model with them installed */
+    double le = none_loss(m, ids_t->data, targets, B, T);
+    CHECK(fabs(le - want) <= LOSS_RTOL * fabs(want), "%s %s: eval loss %.7f vs peft %.7f", arch,
+          kind, le, want);
     printf("  %-6s %-10s%s loss %.6f (peft %.6f), %2d grad tensors, worst rel err %.2e; "
            "inference max |dlogit| %.2e\n",
            arch, kind, T_extra ? " (rows of T within T+3)" : "", loss, want, np, worst, dl);
@@ -261,5 +308,6 @@ int main(void) {
     peft_adapter_case("tests/fixtures/prompt/llama_ptv1_adapter",
                       "tests/fixtures/prompt/llama_ptv1_mlp.safetensors");
     text_init_case();
+    prefix_eval_case();
     return test_report("test_prompt_tuning");
 }
