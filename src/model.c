@@ -1016,8 +1016,9 @@ static void out_mlp_fwd(Model *m, const LayerWeights *w, int R) {
     decoder_out_mlp(&d, (int)(w - m->layers), R, &o);
 }
 
-/* One chunk of T <= act_T tokens. */
-static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, int all_logits) {
+/* One chunk of T <= act_T tokens: ids, or with emb (T, C host) those input embeddings. */
+static void forward_chunk_in(Model *m, const int32_t *ids, const float *emb, int T, float *logits,
+                             int all_logits) {
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
@@ -1025,7 +1026,10 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     int p0 = m->n_past, Tk = p0 + T;
     size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
-    model_embed(m, m->x, ids, T);
+    if (emb)
+        op->upload(be, m->x, emb, sizeof(float) * (size_t)T * C);
+    else
+        model_embed(m, m->x, ids, T);
     if (c->learned_pos) op->add_fwd(be, m->x, m->x, m->wpe + (size_t)p0 * C, (size_t)T * C);
     for (int t = 0; t < T; t++)
         m->pos[t] = p0 + t;
@@ -1050,6 +1054,38 @@ static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, in
     model_head(m, m->logits, m->xb, R);
     if (logits) op->download(be, logits, m->logits, sizeof(float) * (size_t)R * c->V);
     m->n_past = Tk;
+}
+
+static void forward_chunk(Model *m, const int32_t *ids, int T, float *logits, int all_logits) {
+    forward_chunk_in(m, ids, NULL, T, logits, all_logits);
+}
+
+int model_set_prompt(Model *m, const float *emb, int P, TunaErr *err) {
+    const ModelConfig *c = &m->cfg;
+    int rc = model_set_prefix(m, NULL, 0, err);
+    if (rc || !P) return rc;
+    if (P < 0 || P > 4096) return tuna_errf(err, TUNA_EINVAL, "%d virtual tokens", P);
+    if ((rc = model_reserve(m, P, P, err))) return rc;
+    if (m->cache_T < P)
+        return tuna_errf(err, TUNA_EINVAL, "%d virtual tokens exceed the model's %d positions", P,
+                         m->cache_T);
+    forward_chunk_in(m, NULL, emb, P, NULL, 0); /* their keys and values into the cache */
+    size_t KD = (size_t)c->KVH * c->HS, PW = (size_t)c->L * 2 * KD;
+    float *pre = xmalloc(sizeof(float) * (size_t)P * PW);
+    for (int l = 0; l < c->L; l++)
+        for (int p = 0; p < P; p++) {
+            size_t at = slot_layer_off(m, l, 0) + (size_t)p * KD;
+            float *dst = pre + (size_t)p * PW + (size_t)l * 2 * KD;
+            m->be->ops->download(m->be, dst, m->k_cache + at, KD * sizeof(float));
+            m->be->ops->download(m->be, dst + KD, m->v_cache + at, KD * sizeof(float));
+        }
+    rc = m->be->ops->sync(m->be);
+    if (rc)
+        rc = tuna_errf(err, rc, "%s", m->be->err.msg);
+    else
+        rc = model_set_prefix(m, pre, P, err);
+    free(pre);
+    return rc;
 }
 
 int model_forward(Model *m, const int32_t *ids, int T, float *logits, int all_logits,

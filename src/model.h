@@ -208,6 +208,14 @@ void model_reset(Model *m);
  * not rotated): every sequence then starts after it, at position P. P = 0 removes it. */
 int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
 
+/* Prompt tuning and P-tuning v1 at inference (PEFT's virtual tokens, prepended once at the
+ * start): emb (P, C host floats) run once through the decoder at positions 0..P-1, and the
+ * keys and values they leave in the cache become the prefix (model_set_prefix) that every
+ * sequence then starts after, at position P; the same attention as PEFT's single pass over
+ * [virtual tokens, ids]. Like model_set_prefix, the cache must be reserved again. P = 0 removes
+ * it. */
+int model_set_prompt(Model *m, const float *emb, int P, TunaErr *err);
+
 /* Applies lora (borrowed: it and its tensors must outlive its use) unmerged in every forward
  * from now on, or none (NULL). The base weights are not touched, so a training run samples
  * with its adapter without copying the base. TUNA_ENOMEM when the scratch cannot be had. */

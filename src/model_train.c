@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "decoder.h"
+#include "prompt_tuning.h"
 #include "rng.h"
 #include "xalloc.h"
 
@@ -107,6 +108,15 @@ struct TrainState {
     float *g_emb, *g_w1, *g_b1, *g_w2, *g_b2; /* their grads */
     float *p_h;                               /* host (P, H) tanh activations */
     float *dkf, *dvf; /* (B, P+T, KD) attention grads incl. the prefix rows */
+    int pre_frozen;   /* METHOD_NONE over a model with a prefix installed: pre is the model's */
+    /* prompt tuning, P-tuning v1: VT virtual tokens open every row, and T counts them (the
+     * caller's rows are T - VT long); the encoder's parameters are ad (ad_grad their grads) */
+    int VT;
+    PromptEnc enc;
+    float *vt_dev;          /* (VT, C) backend: the virtual token embeddings of this step */
+    float *vt_grad, *enc_g; /* host (VT, C) their gradient, (n_ad) the encoder's */
+    float *vt_dx;           /* host (VT, C) one row's share of vt_grad */
+    int32_t *x_ids, *x_tg;  /* host (B, T): the rows with the virtual tokens' slots */
 };
 
 static const char *site_hf(const ModelConfig *c, int site) {
@@ -270,6 +280,12 @@ static void scratch_plan(const ModelConfig *c, size_t N, int rank, size_t n[N_SC
         n[i] = plan[i];
 }
 
+/* The encoder of a prompt method: none (prompt tuning), the MLP or the LSTM (P-tuning v1). */
+static PromptEncType prompt_enc_type(const TrainSetup *s) {
+    if (s->method != METHOD_PTUNING_V1) return PROMPT_ENC_NONE;
+    return s->prompt_lstm ? PROMPT_ENC_LSTM : PROMPT_ENC_MLP;
+}
+
 /* What train_state_init allocates: the activation block and the backward's scratch from the
  * plans both use (act_plan, scratch_plan); the method's own tensors (init_full, init_lora,
  * init_prefix) mirrored term by term. tests/test_estimate.c checks the two against each other
@@ -280,6 +296,17 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
     if (T > c->max_pos && c->learned_pos)
         return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
                          c->max_pos);
+    int VT = 0;
+    if (setup->method == METHOD_PROMPT || setup->method == METHOD_PTUNING_V1) {
+        VT = setup->prefix_tokens;
+        if (VT < 1 || VT > 1024)
+            return tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", VT);
+        T += VT;
+        if (T > c->max_pos && c->learned_pos)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "cutoff %d and %d virtual tokens exceed the model's %d positions",
+                             T - VT, VT, c->max_pos);
+    }
     size_t N = (size_t)B * T, C = (size_t)c->C, KD = (size_t)c->KVH * c->HS;
     int ckpt = setup->grad_checkpoint != 0, P = 0;
     size_t lora_act = 0;
@@ -338,6 +365,18 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
         out->param_bytes = bsize(total);
         out->grad_bytes = bsize(total);
         out->scratch_bytes = bsize((size_t)P * PW) + 2 * bsize((size_t)B * (size_t)(P + T) * KD);
+    } else if (VT) {
+        PromptEnc e;
+        if (prompt_enc_init(&e, prompt_enc_type(setup), VT, (int)C, setup->prefix_hidden,
+                            setup->prompt_layers ? setup->prompt_layers : 2))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prefix-hidden must be in [1, 65536] and the LSTM layers in [1, %d]",
+                             PROMPT_ENC_MAX_LAYERS);
+        out->trainable = e.n_params;
+        out->param_bytes = bsize(e.n_params);
+        out->grad_bytes = bsize(e.n_params);
+        out->scratch_bytes = bsize((size_t)VT * C);
+        prompt_enc_free(&e);
     }
     /* the activation block and the backward's scratch: the plans train_state_init allocates */
     ActPlan ap = act_plan(c, B, T, P, ckpt);
@@ -683,6 +722,83 @@ static int init_prefix(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
+/* METHOD_NONE (evaluation, a reference) over a model with a prefix installed (model_set_prefix:
+ * a PREFIX_TUNING adapter, or the virtual tokens of a PROMPT_TUNING / P_TUNING one run into it):
+ * the forward sees it as the inference path does, the real tokens at positions P.., nothing
+ * trains. */
+static int init_model_prefix(TrainState *ts) {
+    const Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    size_t KD = (size_t)c->KVH * c->HS;
+    int fail = 0, P = m->prefix_len;
+    ts->P = P;
+    ts->PW = (size_t)c->L * 2 * KD;
+    ts->pre_frozen = 1;
+    ts->pre_dev = balloc(ts, (size_t)P * ts->PW, &fail);
+    size_t kvf = (size_t)ts->B * (size_t)(P + ts->T) * KD;
+    ts->dkf = balloc(ts, kvf, &fail);
+    ts->dvf = balloc(ts, kvf, &fail);
+    if (fail) return TS_NOMEM;
+    ts->pre = xcalloc((size_t)P * ts->PW, sizeof(float));
+    ts->pre_grad = xcalloc((size_t)P * ts->PW, sizeof(float));
+    memcpy(ts->pre, m->prefix, sizeof(float) * (size_t)P * ts->PW);
+    ts->be->ops->upload(ts->be, ts->pre_dev, ts->pre, sizeof(float) * (size_t)P * ts->PW);
+    return 0;
+}
+
+/* Prompt tuning and P-tuning v1: the encoder's parameters (PyTorch's init; prompt tuning's TEXT
+ * init: the embedding rows of the init text's ids, repeated and cut to P as PEFT does), the
+ * virtual tokens' buffers and the host rows with their slots. ts->T already counts them. */
+static int init_prompt(TrainState *ts, TunaErr *err) {
+    Model *m = ts->m;
+    const TrainSetup *setup = &ts->setup;
+    int VT = ts->VT, C = m->cfg.C, fail = 0;
+    if (prompt_enc_init(&ts->enc, prompt_enc_type(setup), VT, C, setup->prefix_hidden,
+                        setup->prompt_layers ? setup->prompt_layers : 2))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--prefix-hidden must be in [1, 65536] and the LSTM layers in [1, %d]",
+                         PROMPT_ENC_MAX_LAYERS);
+    size_t n = ts->enc.n_params;
+    ts->n_ad = n;
+    ts->ad = balloc(ts, n, &fail);
+    ts->ad_grad = balloc(ts, n, &fail);
+    ts->vt_dev = balloc(ts, (size_t)VT * C, &fail);
+    if (fail) return TS_NOMEM;
+    float *host = xmalloc(sizeof(float) * n);
+    prompt_enc_init_params(&ts->enc, host, setup->seed);
+    if (setup->method == METHOD_PROMPT && setup->prompt_init_ids && setup->prompt_init_n > 0) {
+        int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)VT);
+        for (int p = 0; p < VT; p++) {
+            ids[p] = setup->prompt_init_ids[p % setup->prompt_init_n];
+            if (ids[p] < 0 || ids[p] >= m->cfg.V) {
+                free(ids);
+                free(host);
+                return tuna_errf(err, TUNA_EINVAL,
+                                 "--prompt-init-text: token id %d outside the vocabulary (%d)",
+                                 (int)ids[p], m->cfg.V);
+            }
+        }
+        model_embed(m, ts->vt_dev, ids, VT);
+        ts->be->ops->download(ts->be, host, ts->vt_dev, sizeof(float) * (size_t)VT * C);
+        free(ids);
+    }
+    ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * n);
+    free(host);
+    for (int i = 0; i < ts->enc.n_t; i++) {
+        const PromptTensor *t = &ts->enc.t[i];
+        char name[160];
+        snprintf(name, sizeof name, "prompt_encoder.default.%s", t->name);
+        add_tp(ts, name, ts->ad + t->off, ts->ad_grad + t->off, t->n, t->ndim, t->shape[0],
+               t->shape[1], t->decay);
+    }
+    ts->vt_grad = xmalloc(sizeof(float) * (size_t)VT * C);
+    ts->vt_dx = xmalloc(sizeof(float) * (size_t)VT * C);
+    ts->enc_g = xmalloc(sizeof(float) * n);
+    ts->x_ids = xmalloc(sizeof(int32_t) * ts->N);
+    ts->x_tg = xmalloc(sizeof(int32_t) * ts->N);
+    return 0;
+}
+
 /* The activations the backward needs: one block, pointers into it. Every buffer starts on 64
  * bytes, so a layer recomputed into the shared set sees the alignment it had in the forward. */
 static int init_activations(TrainState *ts) {
@@ -774,12 +890,27 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     if (T > c->max_pos && c->learned_pos)
         return tuna_errf(err, TUNA_EINVAL, "cutoff %d exceeds the model's %d positions", T,
                          c->max_pos);
+    int VT = setup->method == METHOD_PROMPT || setup->method == METHOD_PTUNING_V1
+                     ? setup->prefix_tokens
+                     : 0;
+    if (VT) {
+        if (VT < 1 || VT > 1024)
+            return tuna_errf(err, TUNA_EINVAL, "--prefix-tokens must be in [1, 1024], got %d", VT);
+        if (T + VT > c->max_pos && c->learned_pos)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "cutoff %d and %d virtual tokens exceed the model's %d positions", T,
+                             VT, c->max_pos);
+        T += VT; /* the rows inside hold the virtual tokens too */
+    }
     TrainState *ts = xcalloc(1, sizeof *ts);
+    ts->VT = VT;
     ts->m = m;
     ts->be = be;
     ts->setup = *setup;
     ts->setup.lora_tokens =
             NULL; /* parsed into tok_idx (train_lora_tokens): the string may not outlive ts */
+    ts->setup.prompt_init_ids = NULL; /* used by init_prompt below only */
+    ts->setup.prompt_init_n = 0;
     ts->B = B;
     ts->T = T;
     ts->T_cap = T;
@@ -795,6 +926,15 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
             rc = tokens_init(ts, setup->lora_tokens, err);
     } else if (setup->method == METHOD_PTUNING)
         rc = init_prefix(ts, err);
+    else if (setup->method == METHOD_NONE && m->prefix_len)
+        rc = init_model_prefix(ts);
+    else if (VT) {
+        TrainSetup keep = ts->setup; /* init_prompt reads the init text's ids */
+        ts->setup.prompt_init_ids = setup->prompt_init_ids;
+        ts->setup.prompt_init_n = setup->prompt_init_n;
+        rc = init_prompt(ts, err);
+        ts->setup = keep;
+    }
     if (!rc) rc = init_activations(ts);
     if (!rc) rc = init_scratch(ts);
     if (rc == TS_NOMEM)
@@ -830,6 +970,13 @@ void train_state_free(TrainState *ts) {
     free(ts->tok_idx);
     be->ops->release(be, ts->dkf);
     be->ops->release(be, ts->dvf);
+    be->ops->release(be, ts->vt_dev);
+    prompt_enc_free(&ts->enc);
+    free(ts->vt_grad);
+    free(ts->vt_dx);
+    free(ts->enc_g);
+    free(ts->x_ids);
+    free(ts->x_tg);
     free(ts->pre);
     free(ts->pre_grad);
     free(ts->p_h);
@@ -891,9 +1038,10 @@ Model *train_model(const TrainState *ts) {
 }
 
 int train_set_seq_len(TrainState *ts, int T, TunaErr *err) {
-    if (T < 1 || T > ts->T_cap)
+    if (T < 1 || T > ts->T_cap - ts->VT)
         return tuna_errf(err, TUNA_EINVAL, "rows of %d tokens for a state sized for 1 to %d", T,
-                         ts->T_cap);
+                         ts->T_cap - ts->VT);
+    T += ts->VT; /* the virtual tokens open every row */
     if (T == ts->T && !ts->spans) return 0;
     ts->T = T;
     ts->spans = 0;
@@ -905,7 +1053,11 @@ int train_set_seq_len(TrainState *ts, int T, TunaErr *err) {
 
 int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err) {
     int T = ts->T;
-    if (!seg_start) return train_set_seq_len(ts, T, err);
+    if (!seg_start) return train_set_seq_len(ts, T - ts->VT, err);
+    if (ts->VT)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "neat packing: not with virtual tokens (prompt, ptuning-v1): each example "
+                         "would need its own");
     if (ts->P)
         return tuna_errf(err, TUNA_EUNSUP,
                          "neat packing: not with a prefix (ptuning): each example would need its "
@@ -1053,6 +1205,7 @@ static void host_get(TrainState *ts, float *dst, const float *src, size_t n) {
 static void prefix_build(TrainState *ts) {
     int P = ts->P, H = ts->setup.prefix_hidden;
     size_t PW = ts->PW;
+    if (ts->pre_frozen) return; /* the model's own, uploaded once */
     if (!ts->setup.prefix_projection) {
         host_get(ts, ts->pre, ts->p_emb, (size_t)P * PW);
     } else {
@@ -1191,6 +1344,51 @@ static void prefix_gather(TrainState *ts, int l, float *dk, float *dv, int Bn, i
     free(h);
 }
 
+// --- prompt tuning, P-tuning v1: the virtual tokens open every row's input embeddings
+
+/* The encoder's output from its current parameters into vt_dev (and ts->enc.out, host). */
+static void prompt_build(TrainState *ts) {
+    host_get(ts, ts->enc_g, ts->ad, ts->n_ad); /* enc_g: free until the backward */
+    prompt_enc_fwd(&ts->enc, ts->enc_g);
+    ts->be->ops->upload(ts->be, ts->vt_dev, ts->enc.out,
+                        sizeof(float) * (size_t)ts->VT * ts->m->cfg.C);
+}
+
+/* The caller's (Bn, T - VT) ids and targets into the rows with the virtual tokens' slots (their
+ * ids a placeholder the embedding overwrites, their targets none). */
+static void prompt_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, int Bn) {
+    int T = ts->T, VT = ts->VT, Tu = T - VT;
+    for (int b = 0; b < Bn; b++) {
+        for (int p = 0; p < VT; p++) {
+            ts->x_ids[(size_t)b * T + p] = 0;
+            ts->x_tg[(size_t)b * T + p] = -100;
+        }
+        memcpy(ts->x_ids + (size_t)b * T + VT, ids + (size_t)b * Tu, sizeof(int32_t) * Tu);
+        memcpy(ts->x_tg + (size_t)b * T + VT, targets + (size_t)b * Tu, sizeof(int32_t) * Tu);
+    }
+}
+
+/* The gradient of the virtual tokens, summed over the rows of dx, through the encoder. */
+static void prompt_backward(TrainState *ts, int Bn) {
+    size_t n = (size_t)ts->VT * ts->m->cfg.C;
+    memset(ts->vt_grad, 0, sizeof(float) * n);
+    for (int b = 0; b < Bn; b++) {
+        host_get(ts, ts->vt_dx, ts->dx + (size_t)b * ts->T * ts->m->cfg.C, n);
+        for (size_t i = 0; i < n; i++)
+            ts->vt_grad[i] += ts->vt_dx[i];
+    }
+    memset(ts->enc_g, 0, sizeof(float) * ts->n_ad);
+    prompt_enc_bwd(&ts->enc, ts->vt_grad, ts->enc_g);
+    grad_add(ts, ts->ad_grad, ts->enc_g, ts->n_ad);
+}
+
+int train_prompt(TrainState *ts, float **emb) {
+    if (!ts->VT) return 0;
+    prompt_build(ts);
+    *emb = ts->enc.out;
+    return ts->VT;
+}
+
 int train_prefix(TrainState *ts, float **prefix) {
     if (!ts->P) return 0;
     prefix_build(ts);
@@ -1256,6 +1454,8 @@ static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
     const BackendOps *op = ts->be->ops;
     int T = ts->T, M = Bn * T, C = c->C;
     model_embed(m, x, ids, M);
+    for (int b = 0; ts->VT && b < Bn; b++) /* the virtual tokens, before GPT-2's positions */
+        op->copy(ts->be, x + (size_t)b * T * C, ts->vt_dev, sizeof(float) * (size_t)ts->VT * C);
     if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
         op->embed_fwd(ts->be, ts->tmp, ts->pos, m->wpe, M, C);
         op->add_fwd(ts->be, x, x, ts->tmp, (size_t)M * C);
@@ -1451,10 +1651,16 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         return tuna_errf(err, TUNA_EINVAL, "batch of %d rows for a state sized for %d", B_used,
                          ts->B);
     int Bn = B_used, M = Bn * ts->T, C = c->C;
-    for (int i = 0; i < M; i++)
+    for (int i = 0; i < Bn * (ts->T - ts->VT); i++)
         if (ids[i] < 0 || ids[i] >= c->V)
             return tuna_errf(err, TUNA_EINVAL, "token id %d outside the vocabulary (%d)", ids[i],
                              c->V);
+    if (ts->VT) { /* the rows with the virtual tokens' slots from here on */
+        prompt_build(ts);
+        prompt_rows(ts, ids, targets, Bn);
+        ids = ts->x_ids;
+        targets = ts->x_tg;
+    }
 
     // --- forward
     if (ts->P) {
@@ -1485,7 +1691,8 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
         if (c->learned_pos && G(ts, m->wpe))
             op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
-        if (ts->P) prefix_backward(ts);
+        if (ts->P && !ts->pre_frozen) prefix_backward(ts);
+        if (ts->VT) prompt_backward(ts, Bn);
     }
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);

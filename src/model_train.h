@@ -24,7 +24,25 @@
 /* METHOD_PTUNING: P-tuning v2 / prefix tuning as PEFT's PREFIX_TUNING: trainable key/value
  * prefixes of prefix_tokens positions in every layer (not rotated; the real tokens sit at
  * positions P..P+T-1), optionally produced by the reparameterization MLP. */
-typedef enum { METHOD_NONE, METHOD_FULL, METHOD_FREEZE, METHOD_LORA, METHOD_PTUNING } TrainMethod;
+/* METHOD_PROMPT: prompt tuning as PEFT's PROMPT_TUNING: prefix_tokens trainable embeddings
+ * prepended to every row's input embeddings (positions 0..P-1, the real tokens after them).
+ * METHOD_PTUNING_V1: P-tuning v1 as PEFT's P_TUNING: the same virtual tokens, made each step by
+ * a prompt encoder (an MLP, or a bidirectional LSTM and an MLP head; src/prompt_tuning.h). */
+typedef enum {
+    METHOD_NONE,
+    METHOD_FULL,
+    METHOD_FREEZE,
+    METHOD_LORA,
+    METHOD_PTUNING,
+    METHOD_PROMPT,
+    METHOD_PTUNING_V1
+} TrainMethod;
+
+/* 1 for the methods whose result is an adapter beside a frozen base (lora, ptuning, prompt,
+ * ptuning-v1), 0 for those that change the model's weights (full, freeze). */
+static inline int train_method_adapter(TrainMethod m) {
+    return m == METHOD_LORA || m == METHOD_PTUNING || m == METHOD_PROMPT || m == METHOD_PTUNING_V1;
+}
 
 typedef struct TrainSetup {
     TrainMethod method;
@@ -37,10 +55,17 @@ typedef struct TrainSetup {
     const char *lora_tokens;  /* lora: comma list of token ids whose embedding rows also train
                                  (PEFT trainable_token_indices), or NULL */
     uint64_t seed;            /* LoRA init and dropout */
-    int prefix_tokens;        /* prefix: num_virtual_tokens */
+    int prefix_tokens;        /* prefix, prompt, ptuning-v1: num_virtual_tokens */
     int prefix_projection;    /* prefix: the MLP embedding -> tanh -> prefix */
-    int prefix_hidden;        /* prefix: encoder_hidden_size */
-    int grad_checkpoint;      /* keep layer inputs only; recompute the rest in the backward */
+    int prefix_hidden;        /* prefix, ptuning-v1: encoder_hidden_size */
+    int prompt_lstm;          /* ptuning-v1: the LSTM encoder (else the MLP) */
+    int prompt_layers;        /* ptuning-v1 LSTM: encoder_num_layers (0: PEFT's 2) */
+    /* prompt: prompt_tuning_init TEXT: the init text's token ids (as the tokenizer gives them,
+     * BOS included when it adds one), repeated and cut to prefix_tokens as PEFT does; NULL:
+     * RANDOM (N(0, 1)). Borrowed during train_state_init only. */
+    const int32_t *prompt_init_ids;
+    int prompt_init_n;
+    int grad_checkpoint; /* keep layer inputs only; recompute the rest in the backward */
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */
@@ -149,6 +174,10 @@ Model *train_model(const TrainState *ts);
 /* P-tuning: the current prefix, (P, L*2*KVH*HS) host floats (PEFT's prompt_embeddings:
  * row p viewed as [L][key|value][KVH][HS]). Returns P, 0 for other methods. */
 int train_prefix(TrainState *ts, float **prefix);
+
+/* Prompt tuning and P-tuning v1: the current virtual token embeddings, (P, C) host floats
+ * (what PEFT saves as prompt_embeddings: the encoder's output). Returns P, 0 for other methods. */
+int train_prompt(TrainState *ts, float **emb);
 
 /* Merges the LoRA deltas into the base weights of m (W += scale * B·A). */
 int train_lora_merge(TrainState *ts, TunaErr *err);

@@ -170,11 +170,39 @@ static int prefix_load(Model *m, const char *dir, TunaErr *err) {
     return rc;
 }
 
+/* A PROMPT_TUNING or P_TUNING adapter: prompt_embeddings (P, C), the virtual tokens PEFT prepends
+ * to the input (for P_TUNING the encoder's output, which is all save_pretrained keeps), run once
+ * into the model's KV-cache prefix. */
+static int prompt_load(Model *m, const char *dir, TunaErr *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    if (rc) return rc;
+    int64_t C = m->cfg.C;
+    const StTensor *t = safetensors_find(st, "prompt_embeddings");
+    if (!t || t->ndim != 2 || t->shape[1] != C || t->shape[0] < 1 || t->shape[0] > 4096) {
+        rc = tuna_errf(err, TUNA_EFORMAT,
+                       "%s: needs \"prompt_embeddings\" of shape [P, %lld] (the hidden size)", path,
+                       (long long)C);
+    } else {
+        size_t n = (size_t)t->shape[0] * (size_t)C;
+        float *h = xmalloc(sizeof(float) * n);
+        rc = st_tensor_to_f32(t, h, n, err);
+        if (!rc) rc = model_set_prompt(m, h, (int)t->shape[0], err);
+        free(h);
+    }
+    safetensors_free(st);
+    return rc;
+}
+
 /* An adapter tensor by tuna's name; PEFT also writes names with the adapter name ("default")
- * in some versions. */
+ * in some versions. Prompt tuning's embedding is saved as prompt_embeddings. */
 static const StTensor *adapter_find(const SafeTensors *st, const char *name) {
     const StTensor *t = safetensors_find(st, name);
     if (t) return t;
+    if (!strcmp(name, "prompt_encoder.default.embedding.weight"))
+        return safetensors_find(st, "prompt_embeddings");
     char alt[256];
     const char *dot = strstr(name, ".weight");
     if (dot)
@@ -196,8 +224,10 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
         snprintf(path, sizeof path, "%s/adapter_config.json", dir);
         char *text = xread_file(path, NULL);
         int is_prefix = text && strstr(text, "\"PREFIX_TUNING\"") != NULL;
+        int is_prompt = text && (strstr(text, "\"PROMPT_TUNING\"") || strstr(text, "\"P_TUNING\""));
         free(text);
         if (is_prefix) return prefix_load(m, dir, err);
+        if (is_prompt) return prompt_load(m, dir, err);
     }
     int rc = adapter_read_config(dir, &setup, targets, sizeof targets, tokens, sizeof tokens, err);
     if (rc) return rc;
@@ -292,10 +322,59 @@ static int prefix_write(const TrainState *ts, const char *tmp, const char *base,
     return rc;
 }
 
+/* PEFT's PROMPT_TUNING or P_TUNING adapter: prompt_embeddings (P, C), the virtual tokens as the
+ * encoder makes them now (PEFT's save_pretrained writes the same for both: for P_TUNING the
+ * encoder's output, not the MLP or LSTM), and the config. */
+static int prompt_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
+    char path[4400];
+    float *emb;
+    int P = train_prompt((TrainState *)ts, &emb);
+    const ModelConfig *c = &train_model(ts)->cfg;
+    const TrainSetup *s = train_setup(ts);
+    StWriteTensor wt = {.name = "prompt_embeddings",
+                        .dtype = ST_F32,
+                        .ndim = 2,
+                        .shape = {P, c->C},
+                        .data = emb};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    const char *meta[] = {"format", "pt"};
+    int rc = safetensors_write(path, &wt, 1, meta, 1, err);
+    if (rc) return rc;
+    int v1 = s->method == METHOD_PTUNING_V1;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "peft_type", v1 ? "P_TUNING" : "PROMPT_TUNING");
+    cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(j, "base_model_name_or_path", base ? base : "");
+    cJSON_AddNumberToObject(j, "num_virtual_tokens", P);
+    cJSON_AddNumberToObject(j, "token_dim", c->C);
+    cJSON_AddNumberToObject(j, "num_transformer_submodules", 1);
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->NH);
+    cJSON_AddNumberToObject(j, "num_layers", c->L);
+    if (v1) {
+        cJSON_AddStringToObject(j, "encoder_reparameterization_type",
+                                s->prompt_lstm ? "LSTM" : "MLP");
+        cJSON_AddNumberToObject(j, "encoder_hidden_size", s->prefix_hidden);
+        cJSON_AddNumberToObject(j, "encoder_num_layers", s->prompt_layers ? s->prompt_layers : 2);
+        cJSON_AddNumberToObject(j, "encoder_dropout", 0.0);
+    } else {
+        /* how it started matters to a fresh PEFT model only; a loaded one takes the tensor */
+        cJSON_AddStringToObject(j, "prompt_tuning_init", "RANDOM");
+    }
+    cJSON_AddBoolToObject(j, "inference_mode", 1);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+    rc = write_text(path, txt) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(txt);
+    return rc;
+}
+
 int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
     char path[4400];
     int rc;
     if (train_setup(ts)->method == METHOD_PTUNING) return prefix_write(ts, tmp, base, err);
+    if (train_setup(ts)->method == METHOD_PROMPT || train_setup(ts)->method == METHOD_PTUNING_V1)
+        return prompt_write(ts, tmp, base, err);
     int np;
     const TrainParam *tp = train_params(ts, &np);
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
@@ -511,15 +590,43 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     free(text);
     const char *pt = cJSON_GetStringValue(cJSON_GetObjectItem(j, "peft_type"));
     int prefix = pt && !strcmp(pt, "PREFIX_TUNING");
+    /* PROMPT_TUNING, and P_TUNING, whose save keeps the virtual tokens but not the encoder that
+     * made them: either continues as prompt tuning from its prompt_embeddings */
+    int prompt = pt && (!strcmp(pt, "PROMPT_TUNING") || !strcmp(pt, "P_TUNING"));
     cJSON_Delete(j);
     TrainConfig def;
     train_config_defaults(&def);
-    const char *method = prefix ? "ptuning" : "lora";
+    const char *method = prefix ? "ptuning" : prompt ? "prompt" : "lora";
     if (strcmp(c->method, def.method) && strcmp(c->method, method))
         return tuna_errf(err, TUNA_EINVAL,
                          "--method %s conflicts with --adapter %s (a %s adapter); drop --method",
                          c->method, dir, method);
     snprintf(out->method, sizeof out->method, "%s", method);
+    if (prompt) {
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        SafeTensors *st = NULL;
+        int rc = safetensors_open(path, &st, err);
+        if (rc) return rc;
+        const StTensor *t = safetensors_find(st, "prompt_embeddings");
+        int P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= 1024 ? (int)t->shape[0] : 0;
+        safetensors_free(st);
+        if (!P)
+            return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape [P, C]",
+                             path);
+        if (c->prefix_tokens != def.prefix_tokens && c->prefix_tokens != P)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
+                             "drop --prefix-tokens",
+                             c->prefix_tokens, dir, P);
+        if (c->prompt_init_text[0])
+            return tuna_errf(
+                    err, TUNA_EINVAL,
+                    "--prompt-init-text conflicts with --adapter %s (the adapter's virtual "
+                    "tokens are the start); drop --prompt-init-text",
+                    dir);
+        out->prefix_tokens = P;
+        return 0;
+    }
     if (prefix) {
         /* the prefix itself, [P, layers*2*kv heads*head dim]; a projection's MLP is not kept */
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);

@@ -95,6 +95,8 @@ static int run_samples(Run *r, TunaErr *err) {
     float *pre;
     int P = train_prefix(r->ts, &pre);
     if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;
+    if (!P && (P = train_prompt(r->ts, &pre)) && (rc0 = model_set_prompt(m, pre, P, err)))
+        return rc0;
     ModelLora view; /* the adapter runs unmerged: the base is neither copied nor changed */
     if (lora &&
         ((rc0 = train_lora_view(r->ts, &view, err)) || (rc0 = model_set_lora(m, &view, err)))) {
@@ -219,7 +221,9 @@ static double auto_lr(TrainMethod method, size_t n_params) {
     switch (method) {
     case METHOD_FULL:
     case METHOD_FREEZE: big = 2e-5, small = 2e-3; break;
-    case METHOD_PTUNING: big = 1e-2, small = 3e-2; break;
+    case METHOD_PTUNING:
+    case METHOD_PROMPT:
+    case METHOD_PTUNING_V1: big = 1e-2, small = 3e-2; break;
     default: big = 1e-4, small = 1e-2; break;
     }
     double t = (log10((double)(n_params ? n_params : 1)) - 6.0) / 2.0;
@@ -259,9 +263,19 @@ static int run_open(Run *r, TunaErr *err) {
         method = METHOD_LORA;
     else if (!strcmp(c->method, "ptuning"))
         method = METHOD_PTUNING;
+    else if (!strcmp(c->method, "prompt"))
+        method = METHOD_PROMPT;
+    else if (!strcmp(c->method, "ptuning-v1"))
+        method = METHOD_PTUNING_V1;
     else
         return tuna_errf(err, TUNA_EINVAL,
-                         "--method must be full, freeze, lora or ptuning, got \"%s\"", c->method);
+                         "--method must be full, freeze, lora, ptuning, prompt or ptuning-v1, got "
+                         "\"%s\"",
+                         c->method);
+    if (method == METHOD_PTUNING_V1 && strcmp(c->prompt_encoder, "mlp") &&
+        strcmp(c->prompt_encoder, "lstm"))
+        return tuna_errf(err, TUNA_EINVAL, "--prompt-encoder: must be mlp or lstm, got \"%s\"",
+                         c->prompt_encoder);
     if (sched_parse(c->lr_scheduler) < 0)
         return tuna_errf(err, TUNA_EINVAL,
                          "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
@@ -322,10 +336,12 @@ static int run_open(Run *r, TunaErr *err) {
                              "--stage dpo: not with --lora-trainable-tokens (the reference, the "
                              "base with the adapter off, would see the trained rows)");
     }
-    if (c->packing == 2 && method == METHOD_PTUNING)
+    if (c->packing == 2 &&
+        (method == METHOD_PTUNING || method == METHOD_PROMPT || method == METHOD_PTUNING_V1))
         return tuna_errf(err, TUNA_EUNSUP,
-                         "--packing neat: not with --method ptuning (each packed example would "
-                         "need the prefix of its own); use --packing true or none");
+                         "--packing neat: not with --method %s (each packed example would need "
+                         "the virtual tokens of its own); use --packing true or none",
+                         c->method);
     int n_prompts = c->sample_prompts[0] ? 1 : 0;
     for (const char *p = c->sample_prompts; *p; p++)
         n_prompts += *p == '|';
@@ -426,13 +442,31 @@ static int run_open(Run *r, TunaErr *err) {
                         .prefix_tokens = c->prefix_tokens,
                         .prefix_projection = c->prefix_projection,
                         .prefix_hidden = c->prefix_hidden,
+                        .prompt_lstm = !strcmp(c->prompt_encoder, "lstm"),
+                        .prompt_layers = c->prompt_encoder_layers,
                         .grad_checkpoint = c->gradient_checkpointing};
     char toks[1024];
+    int32_t *init_ids = NULL; /* --prompt-init-text: tokenized as PEFT does (tokenizer(text)) */
+    size_t n_init = 0;
+    if (method == METHOD_PROMPT && c->prompt_init_text[0]) {
+        if ((rc = tokenizer_encode(r->tok, c->prompt_init_text, strlen(c->prompt_init_text), 1,
+                                   &init_ids, &n_init, err)))
+            return rc;
+        if (!n_init) {
+            free(init_ids);
+            return tuna_errf(err, TUNA_EINVAL, "--prompt-init-text: \"%s\" makes no tokens",
+                             c->prompt_init_text);
+        }
+        setup.prompt_init_ids = init_ids;
+        setup.prompt_init_n = (int)n_init;
+    }
     if (method == METHOD_LORA && c->lora_trainable_tokens[0]) {
         if ((rc = resolve_tokens(r, c->lora_trainable_tokens, toks, sizeof toks, err))) return rc;
         setup.lora_tokens = toks;
     }
-    if ((rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err))) return rc;
+    rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err);
+    free(init_ids);
+    if (rc) return rc;
     if ((r->pref_on && pref_uses_ref(r->pref.type)) || r->kto_on) {
         /* the reference: LoRA and P-tuning leave the Model's weights alone, so it is the same
          * Model without the adapter; full and freeze train them in place: a frozen copy. A run
@@ -1111,7 +1145,7 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     const char *status = lp->status;
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
     TrainMethod mt = train_setup(r->ts)->method;
-    int adapter = mt == METHOD_LORA || mt == METHOD_PTUNING;
+    int adapter = train_method_adapter(mt);
     if (!rc && !strcmp(status, "finished")) rc = write_result(r, adapter, err);
     emit_done(r, rc ? "error" : status, rc && err ? err->msg : "",
               isfinite(r->best_eval) ? r->best_eval : (double)NAN, lp->bad_total);

@@ -56,6 +56,10 @@ typedef struct TrainConfig {
     double pref_beta, simpo_gamma, dpo_label_smoothing, pref_ftx;
     /* stage kto: the weights of the desirable and undesirable examples' losses */
     double kto_chosen_weight, kto_rejected_weight;
+    /* prompt: the init text (PEFT prompt_tuning_init TEXT), "" for random; ptuning-v1: the
+     * encoder, mlp | lstm, and the LSTM's layers */
+    char prompt_init_text[512], prompt_encoder[8];
+    int prompt_encoder_layers;
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt
@@ -69,7 +73,9 @@ enum {
     TRAIN_M_FREEZE = 2,
     TRAIN_M_LORA = 4,
     TRAIN_M_PTUNING = 8,
-    TRAIN_M_ALL = 15
+    TRAIN_M_PROMPT = 16,
+    TRAIN_M_PTUNING_V1 = 32,
+    TRAIN_M_ALL = 63
 };
 
 typedef struct TrainOption {
@@ -92,7 +98,8 @@ int train_option_count(void);
 const TrainOption *train_option(int i);
 /* The option of a key or flag name ('-' or '_'), NULL when there is none. */
 const TrainOption *train_option_find(const char *key);
-/* TRAIN_M_FULL .. TRAIN_M_PTUNING for "full", "freeze", "lora", "ptuning"; 0 for others. */
+/* TRAIN_M_FULL .. TRAIN_M_PTUNING_V1 for "full", "freeze", "lora", "ptuning", "prompt",
+ * "ptuning-v1"; 0 for others. */
 unsigned train_method_bit(const char *method);
 
 /* What a run of a config would take, from the model's config.json alone (no weights loaded):

@@ -34,9 +34,11 @@
     { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, NULL, m, NONE, 0 }
 #define B3(k, alt, m, d, h)                                                                        \
     { #k, TRAIN_OPT_BOOL, OFF(k), sizeof(int), d, h, alt, m, NONE, 0 }
-#define ALL  TRAIN_M_ALL
-#define LORA TRAIN_M_LORA
-#define BIG  1e9
+#define ALL         TRAIN_M_ALL
+#define LORA        TRAIN_M_LORA
+#define VIRT        (TRAIN_M_PTUNING | TRAIN_M_PROMPT | TRAIN_M_PTUNING_V1)
+#define FROZEN_BASE (LORA | VIRT | TRAIN_M_FREEZE)
+#define BIG         1e9
 
 static const TrainOption fields[] = {
         S(model, ALL, "models/stories260K",
@@ -48,7 +50,9 @@ static const TrainOption fields[] = {
          ALL, NONE, 0},
         S(templates_dir, ALL, "templates", "folder of template files"),
         S(method, ALL, "lora",
-          "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes)"),
+          "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes) | prompt "
+          "(prompt tuning: trainable virtual tokens at the input) | ptuning-v1 (P-tuning: "
+          "virtual tokens made by a prompt encoder, an MLP or LSTM)"),
         S(stage, ALL, "sft",
           "sft (supervised) | pt (plain text, every token trains) | dpo (preference pairs from "
           "ranking datasets, against a reference: the base, adapter off, or a frozen copy) | kto "
@@ -81,19 +85,28 @@ static const TrainOption fields[] = {
           "learned that token"),
         I(freeze_layers, TRAIN_M_FREEZE, RANGE(1, 100000), "2",
           "freeze: how many last layers train"),
-        I(prefix_tokens, TRAIN_M_PTUNING, RANGE(1, 1024), "16",
-          "ptuning: virtual tokens (num_virtual_tokens)"),
+        I(prefix_tokens, VIRT, RANGE(1, 1024), "16",
+          "ptuning, prompt, ptuning-v1: virtual tokens (num_virtual_tokens)"),
         B(prefix_projection, TRAIN_M_PTUNING, "false",
           "ptuning: reparameterize the prefix through an MLP"),
-        I(prefix_hidden, TRAIN_M_PTUNING, RANGE(1, 65536), "64",
-          "ptuning: hidden size of that MLP (encoder_hidden_size)"),
+        I(prefix_hidden, TRAIN_M_PTUNING | TRAIN_M_PTUNING_V1, RANGE(1, 65536), "64",
+          "ptuning: hidden size of that MLP; ptuning-v1: of the prompt encoder "
+          "(encoder_hidden_size)"),
+        S(prompt_init_text, TRAIN_M_PROMPT, "",
+          "prompt: start the virtual tokens from this text's token embeddings, repeated to fill "
+          "them (PEFT prompt_tuning_init TEXT); empty: random N(0, 1)"),
+        S(prompt_encoder, TRAIN_M_PTUNING_V1, "mlp",
+          "ptuning-v1: the prompt encoder, mlp | lstm (PEFT encoder_reparameterization_type)"),
+        I(prompt_encoder_layers, TRAIN_M_PTUNING_V1, RANGE(1, 4), "2",
+          "ptuning-v1, lstm: the bidirectional LSTM's layers (encoder_num_layers)"),
         D(epochs, ALL, RANGE(0, 100000), "3",
           "passes over the training data (fractional allowed, e.g. 1.5)"),
         I(max_steps, ALL, RANGE(0, BIG), "0",
           "stop after this many optimizer steps (0 = from epochs)"),
         {"lr", TRAIN_OPT_DBL, OFF(lr), sizeof(double), "auto",
          "peak learning rate, or auto: by method and model size, 1e-4 (lora), 2e-5 (full, "
-         "freeze), 1e-2 (ptuning) at 100M+ parameters, rising log-linearly to 1e-2, 2e-3, 3e-2 "
+         "freeze), 1e-2 (ptuning, prompt, ptuning-v1) at 100M+ parameters, rising log-linearly to "
+         "1e-2, 2e-3, 3e-2 "
          "at 1M and below",
          NULL, ALL, ABOVE(0), 1},
         S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
@@ -137,17 +150,18 @@ static const TrainOption fields[] = {
         I(seed, ALL, NONE, "42", "seed for data order, LoRA init, dropout and sampling"),
         I(max_bad_steps, ALL, RANGE(1, 1000000), "5",
           "steps with a non-finite loss or gradient are skipped; stop after this many in a row"),
-        S(adapter, LORA | TRAIN_M_PTUNING, "",
-          "start a new run from this LoRA or ptuning adapter: a PEFT folder or an earlier run "
+        S(adapter, LORA | TRAIN_M_PTUNING | TRAIN_M_PROMPT, "",
+          "start a new run from this LoRA, ptuning or prompt adapter (a P_TUNING one continues "
+          "as prompt): a PEFT folder or an earlier run "
           "(LLaMA-Factory's adapter_name_or_path); its method, rank, alpha and targets are "
           "kept, optimizer and schedule start fresh (not --resume)"),
-        I(quantization_bit, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, RANGE(0, 8), "0",
+        I(quantization_bit, FROZEN_BASE, RANGE(0, 8), "0",
           "keep the frozen base's linear layers in 8 or 4 bits (QLoRA; 0 = fp32); 8 is q8_0"),
-        S(quantization_type, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "nf4",
+        S(quantization_type, FROZEN_BASE, "nf4",
           "4 bits: nf4 | fp4 (bitsandbytes' blocks of 64) | q4_0 | q4_1 (GGUF's of 32)"),
-        B(double_quantization, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "false",
+        B(double_quantization, FROZEN_BASE, "false",
           "nf4/fp4: the block scales in 8 bits too (bitsandbytes compress_statistics)"),
-        S(dtype, LORA | TRAIN_M_PTUNING | TRAIN_M_FREEZE, "auto",
+        S(dtype, FROZEN_BASE, "auto",
           "auto | fp32 | bf16: the frozen base when not quantized; auto keeps it as the "
           "checkpoint stores it (a bf16 or f16 checkpoint's linear layers, embedding and head "
           "in bf16 / f16, a GGUF file's types), bf16 converts it (half the memory of fp32); "
@@ -181,8 +195,9 @@ const TrainOption *train_option_find(const char *key) {
 }
 
 unsigned train_method_bit(const char *method) {
-    static const char *const names[] = {"full", "freeze", "lora", "ptuning"};
-    for (unsigned i = 0; i < 4; i++)
+    static const char *const names[] = {"full",    "freeze", "lora",
+                                        "ptuning", "prompt", "ptuning-v1"};
+    for (unsigned i = 0; i < 6; i++)
         if (!strcmp(method, names[i])) return 1u << i;
     return 0;
 }

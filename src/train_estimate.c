@@ -50,9 +50,13 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     case TRAIN_M_FREEZE: method = METHOD_FREEZE; break;
     case TRAIN_M_LORA: method = METHOD_LORA; break;
     case TRAIN_M_PTUNING: method = METHOD_PTUNING; break;
+    case TRAIN_M_PROMPT: method = METHOD_PROMPT; break;
+    case TRAIN_M_PTUNING_V1: method = METHOD_PTUNING_V1; break;
     default:
         return tuna_errf(err, TUNA_EINVAL,
-                         "--method must be full, freeze, lora or ptuning, got \"%s\"", cfg->method);
+                         "--method must be full, freeze, lora, ptuning, prompt or ptuning-v1, got "
+                         "\"%s\"",
+                         cfg->method);
     }
     /* the TrainSetup train_run builds (trainable tokens: one row per listed token) */
     TrainSetup setup = {.method = method,
@@ -67,6 +71,8 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
                         .prefix_tokens = cfg->prefix_tokens,
                         .prefix_projection = cfg->prefix_projection,
                         .prefix_hidden = cfg->prefix_hidden,
+                        .prompt_lstm = !strcmp(cfg->prompt_encoder, "lstm"),
+                        .prompt_layers = cfg->prompt_encoder_layers,
                         .grad_checkpoint = cfg->gradient_checkpointing};
     ModelLoadOptions lo;
     int rc = train_load_options(cfg, method, &lo, err);

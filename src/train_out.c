@@ -239,7 +239,7 @@ int save_checkpoint(Run *r, TunaErr *err) {
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
         TrainMethod mt = train_setup(r->ts)->method;
-        if (mt == METHOD_LORA || mt == METHOD_PTUNING)
+        if (train_method_adapter(mt))
             rc = adapter_write(r->ts, tmp, r->cfg->model, err);
         else
             rc = model_write_hf(r->m, tmp, err);

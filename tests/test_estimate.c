@@ -59,13 +59,20 @@ static const Case cases[] = {
         {"ptuning 4", "ptuning", 0, 0, 0, NULL, "", 4, 0, 0, 0},
         {"ptuning 3 mlp 8", "ptuning", 0, 0, 0, NULL, "", 3, 1, 8, 0},
         {"ptuning 2 ckpt", "ptuning", 0, 0, 0, NULL, "", 2, 0, 0, 1},
+        /* prompt tuning, P-tuning v1 (projection 1: the LSTM encoder) */
+        {"prompt 4", "prompt", 0, 0, 0, NULL, "", 4, 0, 0, 0},
+        {"prompt 3 ckpt", "prompt", 0, 0, 0, NULL, "", 3, 0, 0, 1},
+        {"ptuning-v1 3 mlp 8", "ptuning-v1", 0, 0, 0, NULL, "", 3, 0, 8, 0},
+        {"ptuning-v1 2 lstm 6 ckpt", "ptuning-v1", 0, 0, 0, NULL, "", 2, 1, 6, 1},
 };
 
 static TrainMethod method_of(const char *m) {
-    return !strcmp(m, "full")     ? METHOD_FULL
-           : !strcmp(m, "freeze") ? METHOD_FREEZE
-           : !strcmp(m, "lora")   ? METHOD_LORA
-                                  : METHOD_PTUNING;
+    return !strcmp(m, "full")         ? METHOD_FULL
+           : !strcmp(m, "freeze")     ? METHOD_FREEZE
+           : !strcmp(m, "lora")       ? METHOD_LORA
+           : !strcmp(m, "prompt")     ? METHOD_PROMPT
+           : !strcmp(m, "ptuning-v1") ? METHOD_PTUNING_V1
+                                      : METHOD_PTUNING;
 }
 
 static void one_case(Model *m, const char *dir, const Case *k) {
@@ -80,7 +87,9 @@ static void one_case(Model *m, const char *dir, const Case *k) {
     if (k->targets) snprintf(cfg.lora_target, sizeof cfg.lora_target, "%s", k->targets);
     snprintf(cfg.lora_trainable_tokens, sizeof cfg.lora_trainable_tokens, "%s", k->tokens);
     if (k->prefix_tokens) cfg.prefix_tokens = k->prefix_tokens;
-    cfg.prefix_projection = k->projection;
+    int v1 = !strcmp(k->method, "ptuning-v1");
+    cfg.prefix_projection = v1 ? 0 : k->projection;
+    if (v1 && k->projection) snprintf(cfg.prompt_encoder, sizeof cfg.prompt_encoder, "lstm");
     if (k->hidden) cfg.prefix_hidden = k->hidden;
     cfg.gradient_checkpointing = k->ckpt;
     cfg.batch_size = BATCH;
@@ -106,6 +115,8 @@ static void one_case(Model *m, const char *dir, const Case *k) {
                                 cfg.lora_trainable_tokens[0] ? cfg.lora_trainable_tokens : NULL,
                         .seed = 42,
                         .prefix_tokens = cfg.prefix_tokens,
+                        .prompt_lstm = !strcmp(cfg.prompt_encoder, "lstm"),
+                        .prompt_layers = cfg.prompt_encoder_layers,
                         .prefix_projection = cfg.prefix_projection,
                         .prefix_hidden = cfg.prefix_hidden,
                         .grad_checkpoint = cfg.gradient_checkpointing};
@@ -263,10 +274,16 @@ static void refusals(void) {
     CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
                   strstr(err.msg, "--freeze-layers must be in [1, "),
           "freeze L+1: %s", err.msg);
+    snprintf(cfg.method, sizeof cfg.method, "adapter");
+    CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
+                  strstr(err.msg, "--method must be full, freeze, lora, ptuning, prompt or "
+                                  "ptuning-v1"),
+          "method adapter: %s", err.msg);
+    /* the virtual tokens count against a model's learned positions */
     snprintf(cfg.method, sizeof cfg.method, "prompt");
     CHECK(train_estimate(&mc, &cfg, &est, &err) == TUNA_EINVAL &&
-                  strstr(err.msg, "--method must be full, freeze, lora or ptuning"),
-          "method prompt: %s", err.msg);
+                  strstr(err.msg, "virtual tokens exceed the model's"),
+          "method prompt over the positions: %s", err.msg);
 }
 
 int main(void) {

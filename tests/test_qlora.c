@@ -2,7 +2,7 @@
  * fixture architecture and weight type (nf4 with and without double quantization, fp4, q4_0,
  * q4_1, q8_0, and the 16-bit bf16 / f16 of --dtype), a model loaded with typed linear layers is compared with an fp32 model whose
  * linear layers hold the very values the typed ones dequantize to:
- *  - LoRA (all targets), P-tuning and freeze (frozen layers typed, trained ones fp32): the loss
+ *  - LoRA (all targets), P-tuning (v2, and prompt tuning / v1 on nf4) and freeze (frozen layers typed, trained ones fp32): the loss
  *    and every trainable gradient of one step agree to 1e-4 relative. tuna's fp32 LoRA equals
  *    peft's (test_train_grad), so this is QLoRA's "peft over the dequantized weights";
  *  - the logits of a forward pass (prefill and one-row decoding) agree to 1e-4;
@@ -144,6 +144,25 @@ static void type_case(const char *arch, WType t, int dq) {
         snprintf(w2, sizeof w2, "%s ptuning", what);
         step_case(arch, mq, mf, be,
                   (TrainSetup){.method = METHOD_PTUNING, .prefix_tokens = 3, .seed = 3}, w2);
+        /* prompt tuning and P-tuning v1 (MLP, LSTM): virtual tokens at the input */
+        snprintf(w2, sizeof w2, "%s prompt", what);
+        step_case(arch, mq, mf, be,
+                  (TrainSetup){.method = METHOD_PROMPT, .prefix_tokens = 3, .seed = 3}, w2);
+        snprintf(w2, sizeof w2, "%s ptuning-v1 mlp", what);
+        step_case(arch, mq, mf, be,
+                  (TrainSetup){.method = METHOD_PTUNING_V1,
+                               .prefix_tokens = 3,
+                               .prefix_hidden = 8,
+                               .seed = 3},
+                  w2);
+        snprintf(w2, sizeof w2, "%s ptuning-v1 lstm", what);
+        step_case(arch, mq, mf, be,
+                  (TrainSetup){.method = METHOD_PTUNING_V1,
+                               .prefix_tokens = 3,
+                               .prefix_hidden = 6,
+                               .prompt_lstm = 1,
+                               .seed = 3},
+                  w2);
         TrainState *ts = NULL;
         TrainSetup full = {.method = METHOD_FULL, .seed = 1};
         int rc = train_state_init(mq, &full, 1, 8, &ts, &err);

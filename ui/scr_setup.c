@@ -35,7 +35,9 @@
 #include "setup_preview.h"
 #include "widgets.h"
 
-static const char *method_names[] = {"full", "lora", "freeze", "ptuning"};
+static const char *method_names[] = {"full", "lora", "freeze", "ptuning", "prompt", "ptuning-v1"};
+#define N_METHODS ((int)(sizeof method_names / sizeof method_names[0]))
+static const char *prompt_encoder_names[] = {"mlp", "lstm"};
 static const char *stage_names[] = {"sft", "pt", "dpo", "kto", "rm"};
 #define N_STAGES ((int)(sizeof stage_names / sizeof stage_names[0]))
 static const char *pref_loss_names[] = {"sigmoid", "hinge", "ipo", "orpo", "simpo"};
@@ -154,6 +156,9 @@ static const FormRow form_rows[] = {
         {"prefix_tokens", "prefix tokens", 1, 0},
         {"prefix_projection", "prefix MLP", 1, 0},
         {"prefix_hidden", "prefix hidden", 16, 0},
+        {"prompt_init_text", "prompt init text", 0, 0},
+        {"prompt_encoder", "prompt encoder", 0, 1},
+        {"prompt_encoder_layers", "encoder layers", 1, 0},
         {"epochs", "epochs", 1, 0},
         {"lr", "learning rate", 0, 0},
         {"batch_size", "batch size", 1, 0},
@@ -246,8 +251,10 @@ static SetupState *setup_get(App *app) {
     if (!t->n_choices) setup_add_choice(t, "vanilla");
     snprintf(t->text, sizeof t->text, "%s", app->template_name);
     Field *mm = setup_field(s, "method");
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_METHODS; i++)
         setup_add_choice(mm, method_names[i]);
+    for (int i = 0; i < 2; i++)
+        setup_add_choice(setup_field(s, "prompt_encoder"), prompt_encoder_names[i]);
     for (int i = 0; i < N_STAGES; i++)
         setup_add_choice(setup_field(s, "stage"), stage_names[i]);
     for (int i = 0; i < 5; i++)
@@ -509,9 +516,16 @@ static int check_text(SetupState *s, const Field *f, const char *v, char *why, s
         if (template_load("templates", v, &t, &e)) return snprintf(why, n, "%s", e.msg), -1;
         template_free(t);
     } else if (!strcmp(f->key, "method")) {
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < N_METHODS; i++)
             if (!strcmp(v, method_names[i])) return 0;
-        return snprintf(why, n, "expected full, lora, freeze or ptuning, got \"%.100s\"", v), -1;
+        return snprintf(why, n,
+                        "expected full, lora, freeze, ptuning, prompt or ptuning-v1, got "
+                        "\"%.100s\"",
+                        v),
+               -1;
+    } else if (!strcmp(f->key, "prompt_encoder")) {
+        if (!strcmp(v, "mlp") || !strcmp(v, "lstm")) return 0;
+        return snprintf(why, n, "expected mlp or lstm, got \"%.100s\"", v), -1;
     } else if (!strcmp(f->key, "stage")) {
         for (int i = 0; i < N_STAGES; i++)
             if (!strcmp(v, stage_names[i])) return 0;
@@ -801,7 +815,11 @@ static void draw_form(App *app, SetupState *s, Rect list) {
             snprintf(v, sizeof v, "%.599s", t);
         }
         Role r = sel ? ROLE_SELECTED : ROLE_VALUE;
-        if (!sel && !strcmp(f->key, "prefix_hidden") && !setup_field(s, "prefix_projection")->v)
+        if (!sel && !strcmp(f->key, "prefix_hidden") && setup_method_bit(s) == TRAIN_M_PTUNING &&
+            !setup_field(s, "prefix_projection")->v)
+            r = ROLE_DIM; /* ptuning-v1's encoder always has it; v2's only with the MLP */
+        if (!sel && !strcmp(f->key, "prompt_encoder_layers") &&
+            strcmp(setup_field(s, "prompt_encoder")->text, "lstm"))
             r = ROLE_DIM;
         /* a value wider than the row: paths keep their end (the run's name), others their start,
            with a mark where it is cut; Enter shows all of it in the editor */

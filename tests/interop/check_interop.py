@@ -12,6 +12,9 @@
    save_pretrained (all linear layers r=8 alpha=16; q,v only r=4 alpha=32 rsLoRA) are merged by
    `tuna export --adapter PEFT_DIR` and transformers' logits of the result must match peft's
    base+adapter logits (<= 1e-4); greedy ids from tuna generate must match peft's.
+3. Prompt tuning and P-tuning v1 (MLP, LSTM): tuna's adapters load in peft, which holds exactly the
+   prompt_embeddings tuna wrote, and `tuna generate RUN` gives the greedy ids of peft's forward; peft's
+   saved PROMPT_TUNING / P_TUNING adapters give them in `tuna generate PEFT_DIR`.
 Prints one line per check and "interop: N passed, N failed"; exit status 1 on any failure.
 """
 import argparse
@@ -190,6 +193,86 @@ def main():
         check(f"{label}: save_pretrained wrote adapter_model.safetensors",
               os.path.exists(os.path.join(pdir, "adapter_model.safetensors")))
         compare_merged(label, pdir, model)
+
+    # ---- 3. prompt tuning and P-tuning v1 (PEFT PROMPT_TUNING, P_TUNING) ---------------------
+    from peft import PromptEncoderConfig, PromptTuningConfig
+
+    def greedy_prompt(model, n=20):
+        """Greedy decoding by peft's own forward (argmax of model(input_ids=seq) each step, stopping
+        at EOS as tuna does). Not model.generate: with peft 0.21.2 and transformers 5.25 its
+        continuation under PROMPT_TUNING / P_TUNING differs from the argmax of peft's own forward
+        (seen on stories260K: generate's 2nd token is not the forward's argmax)."""
+        seq, eos = gen_ids.clone(), model.config.eos_token_id
+        for _ in range(n):
+            nx = model(input_ids=seq).logits[0, -1].argmax()
+            if nx.item() == eos:
+                break
+            seq = torch.cat([seq, nx.view(1, 1)], 1)
+        return seq[0, gen_ids.shape[1]:].tolist()
+
+    for label, extra in [("tuna->peft prompt", ["--method", "prompt", "--prompt-init-text", "Once upon a time"]),
+                         ("tuna->peft ptuning-v1 mlp", ["--method", "ptuning-v1", "--prefix-hidden", "32"]),
+                         ("tuna->peft ptuning-v1 lstm", ["--method", "ptuning-v1", "--prompt-encoder", "lstm",
+                                                        "--prefix-hidden", "16"])]:
+        run_dir = os.path.join(work, label.replace(" ", "_").replace(">", ""))
+        p = run([tuna, "train", "--model", base_dir, "--dataset", "identity",
+                 "--dataset-dir", os.path.join(ROOT, "datasets"), "--templates-dir", os.path.join(ROOT, "templates"),
+                 "--vars", "name=Tuna,author=Ann", "--prefix-tokens", "6", "--lr", "3e-2", "--max-steps", "10",
+                 "--eval-steps", "0", "--save-steps", "0", "--val-size", "0", "--sample-prompts", "",
+                 "--threads", "2", "--output", run_dir, "--quiet"] + extra)
+        if not check(f"{label}: tuna train {' '.join(extra)} (10 steps) writes a PEFT adapter",
+                     p.returncode == 0 and os.path.exists(os.path.join(run_dir, "adapter_model.safetensors"))):
+            continue
+        try:
+            pm = PeftModel.from_pretrained(load_base(), run_dir).eval()
+            loaded = True
+        except Exception as e:  # noqa: BLE001
+            loaded = False
+            print(f"      {type(e).__name__}: {e}")
+        if not check(f"{label}: peft PeftModel.from_pretrained loads tuna's adapter", loaded):
+            continue
+        with safe_open(os.path.join(run_dir, "adapter_model.safetensors"), "pt") as f:
+            file_t = {k: f.get_tensor(k) for k in f.keys()}
+        sd = peft.get_peft_model_state_dict(pm)
+        check(f"{label}: peft holds exactly the prompt_embeddings tuna wrote",
+              set(file_t) == set(sd) == {"prompt_embeddings"} and
+              torch.equal(sd["prompt_embeddings"], file_t["prompt_embeddings"]), str(sorted(file_t)))
+        with torch.no_grad():
+            pl = pm(input_ids=ids).logits[:, -ids.shape[1]:].float()
+        effect = (pl - base_logits).abs().max().item()
+        check(f"{label}: the virtual tokens change the logits (test is not vacuous)", effect > 1e-3,
+              f"max |peft - base| = {effect:.3g}")
+        with torch.no_grad():
+            want = greedy_prompt(pm)
+        _, got = tuna_generate(run_dir)
+        check(f"{label}: tuna generate RUN greedy ids == peft's greedy (base+virtual tokens)", got == want,
+              f"tuna {got} vs peft {want}" if got != want else f"{len(got)} tokens")
+
+    for i, (label, cfg) in enumerate([
+            ("peft->tuna PROMPT_TUNING", PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
+            ("peft->tuna P_TUNING (MLP)", PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
+                                                              encoder_hidden_size=32)),
+            ("peft->tuna P_TUNING (LSTM)", PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
+                                                               encoder_hidden_size=16,
+                                                               encoder_reparameterization_type="LSTM"))]):
+        torch.manual_seed(200 + i)
+        model = get_peft_model(load_base(), cfg)
+        model.train()
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=3e-2)
+        vocab = model.config.vocab_size
+        for _ in range(5):
+            x = torch.randint(3, vocab, (4, 32))
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        pdir = os.path.join(work, f"peft-prompt-{i}")
+        model.save_pretrained(pdir)
+        with torch.no_grad():
+            want = greedy_prompt(model)
+        _, got = tuna_generate(pdir)
+        check(f"{label}: tuna generate PEFT_DIR greedy ids == peft's greedy", got == want,
+              f"tuna {got} vs peft {want}" if got != want else f"{len(got)} tokens")
 
     if args.keep:
         print(f"kept {work}")
