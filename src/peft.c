@@ -120,6 +120,23 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     setup->lora_rank = r->valueint;
     setup->lora_alpha = (float)a->valuedouble;
     setup->lora_rslora = cJSON_IsTrue(cJSON_GetObjectItem(root, "use_rslora"));
+    /* PiSSA (init_lora_weights "pissa"): as peft does on load, the base gets the residual of the
+     * top-r SVD (train_state_init), then the adapter's A and B; the other inits that change the
+     * base are refused */
+    const cJSON *ilw = cJSON_GetObjectItem(root, "init_lora_weights");
+    if (cJSON_IsString(ilw)) {
+        const char *v = ilw->valuestring;
+        if (!strcmp(v, "pissa"))
+            setup->lora_pissa = 1;
+        else if (!strncmp(v, "pissa_niter", 11) || !strcmp(v, "olora") || !strcmp(v, "corda") ||
+                 !strcmp(v, "loftq") || !strcmp(v, "lora_ga")) {
+            rc = tuna_errf(err, TUNA_EUNSUP,
+                           "%s: init_lora_weights \"%s\" is not supported (it changes the base "
+                           "weights; tuna does pissa); convert the adapter to plain LoRA in peft",
+                           path, v);
+            goto done;
+        }
+    }
     const cJSON *t = cJSON_GetObjectItem(root, "target_modules"), *e;
     targets[0] = '\0';
     if (cJSON_IsString(t))
@@ -575,6 +592,13 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     out->lora_rank = s.lora_rank;
     out->lora_alpha = (double)s.lora_alpha;
     out->use_rslora = s.lora_rslora;
+    if (strcmp(c->init_lora_weights, def.init_lora_weights) && !s.lora_pissa)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--init-lora-weights %s conflicts with --adapter %s (not a PiSSA adapter); "
+                         "drop it",
+                         c->init_lora_weights, dir);
+    snprintf(out->init_lora_weights, sizeof out->init_lora_weights, "%s",
+             s.lora_pissa ? "pissa" : "default");
     if (strlen(targets) >= sizeof out->lora_target ||
         strlen(tokens) >= sizeof out->lora_trainable_tokens)
         return tuna_errf(err, TUNA_EUNSUP,

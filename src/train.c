@@ -261,6 +261,13 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
+    if (strcmp(c->init_lora_weights, "default") && strcmp(c->init_lora_weights, "pissa"))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--init-lora-weights: must be default or pissa, got \"%s\"",
+                         c->init_lora_weights);
+    if (method != METHOD_LORA && (c->loraplus_lr_ratio > 0 || strcmp(c->init_lora_weights, "default")))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--loraplus-lr-ratio and --init-lora-weights are for --method lora");
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
@@ -384,6 +391,7 @@ static int run_open(Run *r, TunaErr *err) {
                         .lora_alpha = (float)c->lora_alpha,
                         .lora_dropout = (float)c->lora_dropout,
                         .lora_rslora = c->use_rslora,
+                        .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
                         .lora_targets = c->lora_target,
                         .seed = (uint64_t)c->seed,
                         .prefix_tokens = c->prefix_tokens,
@@ -419,6 +427,9 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
         return rc;
     r->have_opt = 1;
+    if (c->loraplus_lr_ratio > 0 &&
+        (rc = optim_loraplus(&r->opt, tp, np, (float)c->loraplus_lr_ratio, err)))
+        return rc;
     r->best_eval = (double)INFINITY;
     return 0;
 }
