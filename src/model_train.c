@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "decoder.h"
+#include "pissa.h"
 #include "rng.h"
 #include "xalloc.h"
 
@@ -524,6 +525,54 @@ static int init_full(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
+/* A module's base weight as the model stores it: one matrix, or GPT-2's fused c_attn as the
+ * three matrices q, k, v, each rows of the module's output from row0. An fp32 weight only
+ * (W NULL where the layer is typed). */
+typedef struct MergePart {
+    float *W;
+    int row0, rows;
+} MergePart;
+
+static int mod_parts(const Model *m, const LoraMod *lm, MergePart parts[3]) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[lm->layer];
+    switch (lm->site) {
+    case SITE_Q: parts[0] = (MergePart){w->wq, 0, lm->out}; return 1;
+    case SITE_K: parts[0] = (MergePart){w->wk, 0, lm->out}; return 1;
+    case SITE_V: parts[0] = (MergePart){w->wv, 0, lm->out}; return 1;
+    case SITE_O: parts[0] = (MergePart){w->wo, 0, lm->out}; return 1;
+    case SITE_GATE: parts[0] = (MergePart){w->w_gate, 0, lm->out}; return 1;
+    case SITE_UP: parts[0] = (MergePart){w->w_up, 0, lm->out}; return 1;
+    case SITE_DOWN: parts[0] = (MergePart){w->w_down, 0, lm->out}; return 1;
+    default: {
+        int QD = c->NH * c->HS, KD = c->KVH * c->HS;
+        parts[0] = (MergePart){w->wq, 0, QD};
+        parts[1] = (MergePart){w->wk, QD, KD};
+        parts[2] = (MergePart){w->wv, QD + KD, KD};
+        return 3;
+    }
+    }
+}
+
+/* PiSSA: A and B (host, the module's slices) from the top-r SVD of the module's base weight,
+ * and the base weight replaced by the residual (pissa.h), as PEFT's pissa_init. */
+static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, TunaErr *err) {
+    Backend *be = ts->be;
+    MergePart parts[3];
+    int np = mod_parts(ts->m, lm, parts);
+    float *W = xmalloc(sizeof(float) * (size_t)lm->out * lm->in);
+    for (int pi = 0; pi < np; pi++)
+        be->ops->download(be, W + (size_t)parts[pi].row0 * lm->in, parts[pi].W,
+                          sizeof(float) * (size_t)parts[pi].rows * lm->in);
+    int rc = pissa_factor(W, lm->out, lm->in, ts->setup.lora_rank, ts->lora_scale, A, B, err);
+    if (!rc)
+        for (int pi = 0; pi < np; pi++)
+            be->ops->upload(be, parts[pi].W, W + (size_t)parts[pi].row0 * lm->in,
+                            sizeof(float) * (size_t)parts[pi].rows * lm->in);
+    free(W);
+    return rc;
+}
+
 /* LoRA: a module per (layer, targeted site), A and B initialised as PEFT does, their saved
  * activations, and the trainable token rows. */
 static int init_lora(TrainState *ts, TunaErr *err) {
@@ -540,6 +589,10 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
     ts->lora_scale =
             setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r) : setup->lora_alpha / (float)r;
+    if (setup->lora_pissa && m->n_qbytes)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "PiSSA needs an fp32 base (as peft: init under fp32, then quantize the "
+                         "residual); load the model without quantization or bf16");
     ts->site_mod = xmalloc(sizeof *ts->site_mod * (size_t)c->L);
     ts->mods = xcalloc((size_t)c->L * N_SITES, sizeof *ts->mods);
     size_t total = 0;
@@ -570,6 +623,10 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             host[off + j] =
                     ((float)(rng_splitmix64(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
         memset(host + off + na, 0, nb * sizeof(float));
+        if (setup->lora_pissa && (rc = pissa_mod(ts, lm, host + off, host + off + na, err))) {
+            free(host);
+            return rc;
+        }
         lm->A = ts->ad + off;
         lm->dA = ts->ad_grad + off;
         lm->B = ts->ad + off + na;
@@ -1507,11 +1564,6 @@ int train_step_rows(TrainState *ts, const int32_t *ids, const int32_t *targets, 
 
 // --- merge
 
-typedef struct MergePart {
-    float *W;
-    int row0, rows;
-} MergePart;
-
 int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
     if (ts->setup.method != METHOD_LORA)
         return tuna_errf(err, TUNA_EINVAL, "train_lora_view: the method is not LoRA");
@@ -1540,7 +1592,6 @@ int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
 
 int train_lora_merge(TrainState *ts, TunaErr *err) {
     Model *m = ts->m;
-    const ModelConfig *c = &m->cfg;
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
     if (m->n_qbytes)
@@ -1550,29 +1601,12 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
     if (ts->n_tok) tokens_sync(ts);
     for (int i = 0; i < ts->n_mods; i++) {
         LoraMod *lm = &ts->mods[i];
-        const LayerWeights *w = &m->layers[lm->layer];
         size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
         float *A = xmalloc(sizeof(float) * na), *B = xmalloc(sizeof(float) * nb);
         be->ops->download(be, A, lm->A, na * sizeof(float));
         be->ops->download(be, B, lm->B, nb * sizeof(float));
         MergePart parts[3];
-        int np = 1;
-        switch (lm->site) {
-        case SITE_Q: parts[0] = (MergePart){w->wq, 0, lm->out}; break;
-        case SITE_K: parts[0] = (MergePart){w->wk, 0, lm->out}; break;
-        case SITE_V: parts[0] = (MergePart){w->wv, 0, lm->out}; break;
-        case SITE_O: parts[0] = (MergePart){w->wo, 0, lm->out}; break;
-        case SITE_GATE: parts[0] = (MergePart){w->w_gate, 0, lm->out}; break;
-        case SITE_UP: parts[0] = (MergePart){w->w_up, 0, lm->out}; break;
-        case SITE_DOWN: parts[0] = (MergePart){w->w_down, 0, lm->out}; break;
-        default: {
-            int QD = c->NH * c->HS, KD = c->KVH * c->HS;
-            parts[0] = (MergePart){w->wq, 0, QD};
-            parts[1] = (MergePart){w->wk, QD, KD};
-            parts[2] = (MergePart){w->wv, QD + KD, KD};
-            np = 3;
-        }
-        }
+        int np = mod_parts(m, lm, parts);
         for (int pi = 0; pi < np; pi++) {
             size_t n = (size_t)parts[pi].rows * lm->in;
             float *W = xmalloc(sizeof(float) * n);

@@ -355,7 +355,12 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddBoolToObject(c, "fan_in_fan_out", train_model(ts)->cfg.arch == ARCH_GPT2);
     cJSON_AddBoolToObject(c, "use_rslora", s->lora_rslora);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
-    cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    /* PiSSA: peft (and tuna) loading it runs the same SVD on the original base, leaving the
+     * residual there, then sets the saved A and B: the base stays the original model's */
+    if (s->lora_pissa)
+        cJSON_AddStringToObject(c, "init_lora_weights", "pissa");
+    else
+        cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddNullToObject(c, "modules_to_save");
     int n_tok;
     const int32_t *tok = train_lora_tokens(ts, &n_tok);

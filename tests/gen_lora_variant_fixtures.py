@@ -100,9 +100,86 @@ def gen_loraplus(out_dir):
     save_st(tensors, os.path.join(out_dir, "loraplus", "loraplus.safetensors"), m)
 
 
+# ---------------------------------------------------------------------------------------------
+# PiSSA: peft's pissa_init on the tiny fp32 checkpoints tests/fixtures/<arch>/
+PISSA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                 "gpt2": ["c_attn", "c_proj", "c_fc"]}
+
+
+def pissa_model(fix_dir, arch, rslora):
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                attn_implementation="eager")
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
+                     fan_in_fan_out=arch == "gpt2", use_rslora=rslora, init_lora_weights="pissa",
+                     task_type="CAUSAL_LM")
+    return get_peft_model(base, cfg)
+
+
+def gen_pissa(fix_dir, out_dir, arch, rslora=False):
+    model = pissa_model(fix_dir, arch, rslora)
+    tensors, shapes = {}, {}
+    for name, mod in model.named_modules():
+        if not hasattr(mod, "lora_A") or "default" not in mod.lora_A:
+            continue
+        key = "base_model.model." + name.removeprefix("base_model.model.")
+        a, b = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+        w = mod.get_base_layer().weight.detach()
+        if arch == "gpt2":
+            w = w.t()  # Conv1D keeps [in, out]; store [out, in] like nn.Linear
+        tensors[key + ".lora_A.weight"] = a.detach().clone()
+        tensors[key + ".lora_B.weight"] = b.detach().clone()
+        tensors["residual." + key] = w.contiguous().clone()
+        shapes[key] = [list(a.shape), list(b.shape), list(w.shape)]
+    # one forward: residual + adapter == the original model
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                attn_implementation="eager")
+    with torch.no_grad():
+        model.eval()
+        base.eval()
+        d = (model(input_ids=ids).logits - base(input_ids=ids).logits).abs().max().item()
+    assert d < 1e-4, d
+    m = meta()
+    m.update(arch=arch, r="4", lora_alpha="8", use_rslora=str(rslora).lower(), init_lora_weights="pissa",
+             layout="lora_A [r, in], lora_B [out, r]; residual.<module> = the base weight after pissa_init, "
+                    "[out, in] (GPT-2 Conv1D transposed)",
+             logits_vs_original=repr(d), shapes=json.dumps(shapes))
+    os.makedirs(os.path.join(out_dir, "pissa"), exist_ok=True)
+    name = f"{arch}_pissa_rslora" if rslora else f"{arch}_pissa"
+    save_st(tensors, os.path.join(out_dir, "pissa", name + ".safetensors"), m)
+    if arch == "llama" and not rslora:
+        # a "trained" PiSSA adapter as peft saves it (B moved off its init), and its logits over
+        # the original base as peft loads it (pissa_init again, then the saved A and B)
+        gen = torch.Generator().manual_seed(7300)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".lora_B." in n or ".lora_A." in n:
+                    p.add_(0.02 * torch.randn(p.shape, generator=gen))
+        adir = os.path.join(out_dir, "pissa", "llama_pissa_adapter")
+        model.save_pretrained(adir)
+        from peft import PeftModel
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                    attn_implementation="eager")
+        loaded = PeftModel.from_pretrained(base, adir).eval()
+        ids = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4], [8, 6, 1, 3, 12, 2, 9, 5]])
+        with torch.no_grad():
+            logits = loaded(input_ids=ids).logits
+            model.eval()
+            d = (model(input_ids=ids).logits - logits).abs().max().item()
+        assert d < 1e-5, d
+        m = meta()
+        m.update(adapter="tests/fixtures/pissa/llama_pissa_adapter", base="tests/fixtures/llama",
+                 how="PeftModel.from_pretrained(original base, adapter).eval() logits")
+        save_st({"input_ids": ids.to(torch.int32), "logits": logits.clone()},
+                os.path.join(out_dir, "pissa", "llama_pissa_logits.safetensors"), m)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     gen_loraplus(out)
+    for arch in ("llama", "gpt2"):
+        gen_pissa(out, out, arch)
+    gen_pissa(out, out, "llama", rslora=True)
 
 
 if __name__ == "__main__":
