@@ -91,9 +91,7 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
                 *mts = cJSON_GetObjectItem(root, "modules_to_save"),
                 *bias = cJSON_GetObjectItem(root, "bias");
     const char *bad = NULL;
-    if (cJSON_IsTrue(dora))
-        bad = "use_dora";
-    else if (ltt && !cJSON_IsNull(ltt))
+    if (ltt && !cJSON_IsNull(ltt))
         bad = "layers_to_transform";
     else if (cJSON_IsObject(rp) && rp->child)
         bad = "rank_pattern";
@@ -106,7 +104,7 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     if (bad) {
         rc = tuna_errf(err, TUNA_EUNSUP,
                        "%s: \"%s\" is not supported (tuna's LoRA: one rank and alpha, every "
-                       "layer, no DoRA, no trained biases or modules_to_save)",
+                       "layer, no trained biases or modules_to_save)",
                        path, bad);
         goto done;
     }
@@ -120,6 +118,7 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     setup->lora_rank = r->valueint;
     setup->lora_alpha = (float)a->valuedouble;
     setup->lora_rslora = cJSON_IsTrue(cJSON_GetObjectItem(root, "use_rslora"));
+    setup->lora_dora = cJSON_IsTrue(dora);
     /* PiSSA (init_lora_weights "pissa"): as peft does on load, the base gets the residual of the
      * top-r SVD (train_state_init), then the adapter's A and B; the other inits that change the
      * base are refused */
@@ -235,7 +234,8 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
                            tp[i].name, setup.lora_rank, targets);
             goto done;
         }
-        if (t->ndim != 2 || t->shape[0] != tp[i].shape[0] || t->shape[1] != tp[i].shape[1]) {
+        if (t->ndim != tp[i].ndim || t->shape[0] != tp[i].shape[0] ||
+            (t->ndim == 2 && t->shape[1] != tp[i].shape[1])) {
             rc = tuna_errf(err, TUNA_EFORMAT,
                            "%s: tensor \"%s\" has the wrong shape for this model", path,
                            tp[i].name);
@@ -354,6 +354,7 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddStringToObject(c, "bias", "none");
     cJSON_AddBoolToObject(c, "fan_in_fan_out", train_model(ts)->cfg.arch == ARCH_GPT2);
     cJSON_AddBoolToObject(c, "use_rslora", s->lora_rslora);
+    cJSON_AddBoolToObject(c, "use_dora", s->lora_dora);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
     /* PiSSA: peft (and tuna) loading it runs the same SVD on the original base, leaving the
      * residual there, then sets the saved A and B: the base stays the original model's */
@@ -597,6 +598,11 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     out->lora_rank = s.lora_rank;
     out->lora_alpha = (double)s.lora_alpha;
     out->use_rslora = s.lora_rslora;
+    if (c->use_dora != def.use_dora && c->use_dora != s.lora_dora)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-dora conflicts with --adapter %s (use_dora %s); drop it", dir,
+                         s.lora_dora ? "true" : "false");
+    out->use_dora = s.lora_dora;
     if (strcmp(c->init_lora_weights, def.init_lora_weights) && !s.lora_pissa)
         return tuna_errf(err, TUNA_EINVAL,
                          "--init-lora-weights %s conflicts with --adapter %s (not a PiSSA adapter); "

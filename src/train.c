@@ -92,6 +92,7 @@ static int run_samples(Run *r, TunaErr *err) {
     if (!c->sample_prompts[0]) return 0;
     Model *m = r->m;
     int lora = train_setup(r->ts)->method == METHOD_LORA;
+    if (lora && train_setup(r->ts)->lora_dora) return 0; /* no unmerged DoRA forward yet */
     float *pre;
     int P = train_prefix(r->ts, &pre);
     if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;
@@ -265,9 +266,11 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--init-lora-weights: must be default or pissa, got \"%s\"",
                          c->init_lora_weights);
-    if (method != METHOD_LORA && (c->loraplus_lr_ratio > 0 || strcmp(c->init_lora_weights, "default")))
+    if (method != METHOD_LORA &&
+        (c->loraplus_lr_ratio > 0 || strcmp(c->init_lora_weights, "default") || c->use_dora))
         return tuna_errf(err, TUNA_EINVAL,
-                         "--loraplus-lr-ratio and --init-lora-weights are for --method lora");
+                         "--use-dora, --loraplus-lr-ratio and --init-lora-weights are for --method "
+                         "lora");
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
@@ -392,6 +395,7 @@ static int run_open(Run *r, TunaErr *err) {
                         .lora_dropout = (float)c->lora_dropout,
                         .lora_rslora = c->use_rslora,
                         .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
+                        .lora_dora = c->use_dora,
                         .lora_targets = c->lora_target,
                         .seed = (uint64_t)c->seed,
                         .prefix_tokens = c->prefix_tokens,

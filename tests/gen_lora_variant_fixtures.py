@@ -157,6 +157,8 @@ def gen_pissa(fix_dir, out_dir, arch, rslora=False):
                     p.add_(0.02 * torch.randn(p.shape, generator=gen))
         adir = os.path.join(out_dir, "pissa", "llama_pissa_adapter")
         model.save_pretrained(adir)
+        if os.path.exists(os.path.join(adir, "README.md")):
+            os.remove(os.path.join(adir, "README.md"))
         from peft import PeftModel
         base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
                                                     attn_implementation="eager")
@@ -174,12 +176,78 @@ def gen_pissa(fix_dir, out_dir, arch, rslora=False):
                 os.path.join(out_dir, "pissa", "llama_pissa_logits.safetensors"), m)
 
 
+# ---------------------------------------------------------------------------------------------
+# DoRA (use_dora=True): loss and the grads of lora_A, lora_B and lora_magnitude_vector, with B and
+# the magnitude moved off their init (so m / ||W + s B A|| != 1), as tests/gen_train_fixtures.py
+# does for LoRA (same inputs and label masking: B=2, T=10, prompt masks 3 and 5).
+def gen_dora(fix_dir, out_dir, arch, ai, rslora=False):
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                attn_implementation="eager",
+                                                **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
+                                                   if arch == "gpt2" else {}))
+    base.train()
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
+                     fan_in_fan_out=arch == "gpt2", use_rslora=rslora, use_dora=True, task_type="CAUSAL_LM")
+    seed = 7400 + ai + (100 if rslora else 0)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+    gen = torch.Generator().manual_seed(3000 + ai)
+    T_, B_ = 10, 2
+    ids = torch.randint(0, model.config.vocab_size, (B_, T_), generator=gen)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, :5] = -100
+    model.train()
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    sd = peft.get_peft_model_state_dict(model)
+    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(sd) == len(by_ptr), (len(sd), len(by_ptr))
+    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
+               "loss": out.loss.detach().float().reshape(1)}
+    for name, t in sd.items():
+        p = by_ptr[t.data_ptr()]
+        tensors["adapter." + name] = t.detach().clone()
+        tensors["grad." + name] = p.grad.detach().clone()
+    m = meta()
+    m.update(arch=arch, r="4", lora_alpha="8", use_rslora=str(rslora).lower(), use_dora="true",
+             target_modules=json.dumps(PISSA_TARGETS[arch]), names=json.dumps(sorted(sd)),
+             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn; magnitude *= 1+0.1*randn" % seed)
+    os.makedirs(os.path.join(out_dir, "dora"), exist_ok=True)
+    name = f"{arch}_dora_rslora" if rslora else f"{arch}_dora"
+    save_st(tensors, os.path.join(out_dir, "dora", name + ".safetensors"), m)
+    if arch == "llama" and not rslora:
+        adir = os.path.join(out_dir, "dora", "llama_dora_adapter")
+        model.save_pretrained(adir)
+        readme = os.path.join(adir, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+        model.eval()
+        ids2 = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4], [8, 6, 1, 3, 12, 2, 9, 5]])
+        with torch.no_grad():
+            logits = model(input_ids=ids2).logits
+        m = meta()
+        m.update(adapter="tests/fixtures/dora/llama_dora_adapter", base="tests/fixtures/llama")
+        save_st({"input_ids": ids2.to(torch.int32), "logits": logits.clone()},
+                os.path.join(out_dir, "dora", "llama_dora_logits.safetensors"), m)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     gen_loraplus(out)
     for arch in ("llama", "gpt2"):
         gen_pissa(out, out, arch)
     gen_pissa(out, out, "llama", rslora=True)
+    gen_dora(out, out, "llama", 0)
+    gen_dora(out, out, "llama", 0, rslora=True)
+    gen_dora(out, out, "gpt2", 6)
 
 
 if __name__ == "__main__":
