@@ -641,10 +641,16 @@ int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaE
                          (long long)t->shape[1]);
             else if (t)
                 snprintf(have, sizeof have, "%d-dimensional", t->ndim);
+            char need[48];
+            if (tp[i].ndim == 2)
+                snprintf(need, sizeof need, "[%lld, %lld]", (long long)tp[i].shape[0],
+                         (long long)s1);
+            else
+                snprintf(need, sizeof need, "[%lld]", (long long)tp[i].shape[0]);
             rc = tuna_errf(err, TUNA_EINVAL,
                            "--adapter %s does not fit --model %s: tensor \"%s\" is %s, the model "
-                           "needs [%lld, %lld] (an adapter of another base model)",
-                           dir, model, tp[i].name, have, (long long)tp[i].shape[0], (long long)s1);
+                           "needs %s (an adapter of another base model)",
+                           dir, model, tp[i].name, have, need);
             break;
         }
         host[i] = xmalloc(sizeof(float) * tp[i].n);
