@@ -39,7 +39,7 @@ static void build_spans(Optim *o, const TrainParam *tp) {
             last->n += tp[i].n; /* m and v are end to end by construction */
             continue;
         }
-        o->spans[o->n_spans++] = (OptimSpan){tp[i].data, tp[i].grad, o->m[i],        o->v[i],
+        o->spans[o->n_spans++] = (OptimSpan){tp[i].data, tp[i].grad,  o->m[i],      o->v[i],
                                              tp[i].n,    tp[i].decay, o->lr_mult[i]};
     }
 }
@@ -131,7 +131,8 @@ void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale) 
 
 int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr *err) {
     if (!(ratio > 0) || !isfinite(ratio))
-        return tuna_errf(err, TUNA_EINVAL, "--loraplus-lr-ratio must be > 0, got %g", (double)ratio);
+        return tuna_errf(err, TUNA_EINVAL, "--loraplus-lr-ratio must be > 0, got %g",
+                         (double)ratio);
     TUNA_ASSERT(np == o->n);
     int n_b = 0;
     for (int i = 0; i < np; i++) {
@@ -141,8 +142,9 @@ int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr 
         n_b += is_b;
     }
     if (!n_b)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--loraplus-lr-ratio: no LoRA B matrix trains (use it with --method lora)");
+        return tuna_errf(
+                err, TUNA_EINVAL,
+                "--loraplus-lr-ratio: no LoRA B matrix trains (use it with --method lora)");
     build_spans(o, tp);
     return 0;
 }

@@ -37,7 +37,7 @@ typedef struct Optim {
     int n;          /* tensors */
     float **m, **v; /* per tensor: its slice of m_block / v_block */
     size_t *len;
-    float *lr_mult; /* per tensor: 1, or loraplus_lr_ratio for LoRA+'s B group */
+    float *lr_mult;           /* per tensor: 1, or loraplus_lr_ratio for LoRA+'s B group */
     float *m_block, *v_block; /* backend memory, block_len floats each */
     size_t block_len;
     OptimSpan *spans; /* the AdamW passes of a step, over the tensors given to optim_init */

@@ -604,10 +604,11 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
                          s.lora_dora ? "true" : "false");
     out->use_dora = s.lora_dora;
     if (strcmp(c->init_lora_weights, def.init_lora_weights) && !s.lora_pissa)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--init-lora-weights %s conflicts with --adapter %s (not a PiSSA adapter); "
-                         "drop it",
-                         c->init_lora_weights, dir);
+        return tuna_errf(
+                err, TUNA_EINVAL,
+                "--init-lora-weights %s conflicts with --adapter %s (not a PiSSA adapter); "
+                "drop it",
+                c->init_lora_weights, dir);
     snprintf(out->init_lora_weights, sizeof out->init_lora_weights, "%s",
              s.lora_pissa ? "pissa" : "default");
     if (strlen(targets) >= sizeof out->lora_target ||

@@ -16,13 +16,14 @@ int pissa_factor(float *W, int out, int in, int r, float scale, float *A, float 
     int k = out < in ? out : in;
     if (r < 1 || r > k)
         return tuna_errf(err, TUNA_EINVAL,
-                         "PiSSA: rank %d is more than the %d singular values of a %d x %d weight", r,
-                         k, out, in);
+                         "PiSSA: rank %d is more than the %d singular values of a %d x %d weight",
+                         r, k, out, in);
     /* W row-major (out, in) is Wᵀ column-major (in, out): Wᵀ = U'·S·V'ᵀ gives W = V'·S·U'ᵀ, so
      * W's left vectors are V' (rows of vt) and its right vectors the columns of U' */
     int m = in, n = out, lda = in, ldu = in, ldvt = k, lwork = -1, info = 0;
     double *a = xmalloc(sizeof(double) * (size_t)in * out), *s = xmalloc(sizeof(double) * k);
-    double *u = xmalloc(sizeof(double) * (size_t)in * k), *vt = xmalloc(sizeof(double) * (size_t)k * out);
+    double *u = xmalloc(sizeof(double) * (size_t)in * k),
+           *vt = xmalloc(sizeof(double) * (size_t)k * out);
     int *iwork = xmalloc(sizeof(int) * 8 * (size_t)k);
     for (size_t i = 0; i < (size_t)in * out; i++)
         a[i] = (double)W[i];
@@ -36,8 +37,8 @@ int pissa_factor(float *W, int out, int in, int r, float scale, float *A, float 
     }
     int rc = 0;
     if (info) {
-        rc = tuna_errf(err, TUNA_EINVAL, "PiSSA: the SVD of a %d x %d weight failed (info %d)",
-                       out, in, info);
+        rc = tuna_errf(err, TUNA_EINVAL, "PiSSA: the SVD of a %d x %d weight failed (info %d)", out,
+                       in, info);
     } else {
         /* peft in fp32: Sr /= scale; A = diag(sqrt(Sr)) Uhr; B = Vr diag(sqrt(Sr)) */
         for (int j = 0; j < r; j++) {

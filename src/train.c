@@ -418,6 +418,7 @@ static int run_open(Run *r, TunaErr *err) {
         if (c->adapter[0]) {
             none = setup;
             none.lora_dropout = 0;
+            none.lora_pissa = 0; /* the base already holds the residual: no second SVD */
         }
         Model *base = r->m;
         if (method == METHOD_FULL || method == METHOD_FREEZE) {

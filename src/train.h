@@ -34,7 +34,7 @@ typedef struct TrainConfig {
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
     char init_lora_weights[16]; /* "default" (PEFT's init_lora_weights=True) or "pissa" */
     char pad_to[8]; /* "batch": rows as long as each batch needs; "max": all as the longest */
-    int use_dora; /* DoRA (PEFT use_dora) */
+    int use_dora;   /* DoRA (PEFT use_dora) */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;

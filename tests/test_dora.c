@@ -161,7 +161,8 @@ static void test_adapter(void) {
     // the same adapter as a training start, saved by tuna, loaded again
     TrainSetup s;
     char targets[512], tokens[64];
-    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) == 0 &&
+    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
+                          0 &&
                   s.lora_dora,
           "adapter_read_config reads use_dora: %s", err.msg);
     s.lora_targets = targets;
@@ -204,7 +205,10 @@ static void test_refusals(void) {
     Model *m = NULL;
     CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
     if (m) {
-        TrainSetup s = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_dora = 1,
+        TrainSetup s = {.method = METHOD_LORA,
+                        .lora_rank = 4,
+                        .lora_alpha = 8,
+                        .lora_dora = 1,
                         .lora_dropout = 0.1f};
         TrainState *ts = NULL;
         int rc = train_state_init(m, &s, 1, 4, &ts, &err);

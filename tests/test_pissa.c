@@ -43,11 +43,16 @@ static int module_weights(const Model *m, const char *key, float *W[3], int rows
     static const struct {
         const char *suffix;
         size_t off;
-    } one[] = {{"q_proj", offsetof(LayerWeights, wq)},     {"k_proj", offsetof(LayerWeights, wk)},
-               {"v_proj", offsetof(LayerWeights, wv)},     {"o_proj", offsetof(LayerWeights, wo)},
-               {"gate_proj", offsetof(LayerWeights, w_gate)}, {"up_proj", offsetof(LayerWeights, w_up)},
-               {"down_proj", offsetof(LayerWeights, w_down)}, {"attn.c_proj", offsetof(LayerWeights, wo)},
-               {"c_fc", offsetof(LayerWeights, w_up)},     {"mlp.c_proj", offsetof(LayerWeights, w_down)}};
+    } one[] = {{"q_proj", offsetof(LayerWeights, wq)},
+               {"k_proj", offsetof(LayerWeights, wk)},
+               {"v_proj", offsetof(LayerWeights, wv)},
+               {"o_proj", offsetof(LayerWeights, wo)},
+               {"gate_proj", offsetof(LayerWeights, w_gate)},
+               {"up_proj", offsetof(LayerWeights, w_up)},
+               {"down_proj", offsetof(LayerWeights, w_down)},
+               {"attn.c_proj", offsetof(LayerWeights, wo)},
+               {"c_fc", offsetof(LayerWeights, w_up)},
+               {"mlp.c_proj", offsetof(LayerWeights, w_down)}};
     if (strstr(key, "c_attn")) {
         W[0] = w->wq, W[1] = w->wk, W[2] = w->wv;
         rows[0] = QD, rows[1] = KD, rows[2] = KD;
@@ -126,8 +131,8 @@ static void run_case(const char *arch, const char *targets, int rslora) {
         free(B);
         // the residual base weight
         char key[200];
-        snprintf(key, sizeof key, "residual.%.*s", (int)(strlen(tp[i].name) - strlen(".lora_A.weight")),
-                 tp[i].name);
+        snprintf(key, sizeof key, "residual.%.*s",
+                 (int)(strlen(tp[i].name) - strlen(".lora_A.weight")), tp[i].name);
         const StTensor *rw = safetensors_find(fx, key);
         float *W[3] = {0};
         int rows[3] = {out, 0, 0};
@@ -136,7 +141,8 @@ static void run_case(const char *arch, const char *targets, int rslora) {
         if (!rw || !nw) continue;
         float *got = xmalloc(sizeof(float) * (size_t)out * in);
         for (int q = 0, row0 = 0; q < nw; row0 += rows[q], q++)
-            be->ops->download(be, got + (size_t)row0 * in, W[q], sizeof(float) * (size_t)rows[q] * in);
+            be->ops->download(be, got + (size_t)row0 * in, W[q],
+                              sizeof(float) * (size_t)rows[q] * in);
         worst_w = fmax(worst_w, rel_diff(got, rw->data, (size_t)out * in));
         free(got);
         n_mod++;
@@ -200,7 +206,8 @@ static void test_adapter(void) {
     // tuna: the same adapter as a training start (adapter_read_config -> lora_pissa), saved again
     TrainSetup s;
     char targets[512], tokens[64];
-    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) == 0 &&
+    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
+                          0 &&
                   s.lora_pissa,
           "adapter_read_config reads init_lora_weights pissa: %s", err.msg);
     s.lora_targets = targets;
