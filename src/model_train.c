@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "decoder.h"
+#include "pissa.h"
 #include "prompt_tuning.h"
 #include "rng.h"
 #include "xalloc.h"
@@ -31,6 +32,11 @@ typedef struct LoraMod {
     float *dA, *dB;
     float *h; // (N, in) the dropped-out input, NULL when dropout is 0
     float *u; // (N, r) h · Aᵀ
+    /* DoRA: the magnitude (out) and its grad, in the adapter block after B; on the host, the
+     * step's row norms ||W + s·B·A|| (detached) and g = magnitude / norm */
+    float *mag, *dmag;
+    double *wn;
+    float *g;
     /* with checkpointing, h and u of the layers after the first alias the first layer's
      * module at the same site: only the layer being recomputed needs them */
 } LoraMod;
@@ -64,6 +70,9 @@ struct TrainState {
     int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
     const float *(*view_A)[LORA_N_SITES], *(*view_B)[LORA_N_SITES]; /* train_lora_view's */
     float lora_scale;
+    /* DoRA: backend (N, widest module output) scratch for the recomputed pre-scale output and
+     * the scaled output gradient, and a host copy of each */
+    float *dora_z, *dora_dy, *dora_h1, *dora_h2;
     char targets[256];
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
      * (n_tok, C) replace those rows of wte (and so of a tied LM head) */
@@ -334,7 +343,7 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
             if (!want[s]) continue;
             int in, o;
             site_dims(c, s, &in, &o);
-            total += (size_t)c->L * (size_t)r * (size_t)(in + o);
+            total += (size_t)c->L * ((size_t)r * (size_t)(in + o) + (setup->lora_dora ? o : 0));
             out->lora_modules += c->L;
             /* h and u: every layer's, or with checkpointing the first layer's only */
             size_t per = (setup->lora_dropout > 0 ? N * (size_t)in : 0) + N * (size_t)r;
@@ -343,6 +352,15 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
         out->trainable = total;
         out->param_bytes = bsize(total);
         out->grad_bytes = bsize(total);
+        if (setup->lora_dora) { /* dora_z, dora_dy */
+            int widest = 0;
+            for (int s2 = 0; s2 < N_SITES; s2++) {
+                int in, o;
+                site_dims(c, s2, &in, &o);
+                if (want[s2] && o > widest) widest = o;
+            }
+            out->scratch_bytes += 2 * bsize(N * (size_t)widest);
+        }
         int n_tok = 0; /* trainable tokens: one embedding row each */
         for (const char *q = setup->lora_tokens; q && *q; q++)
             if (*q != ',' && (q == setup->lora_tokens || q[-1] == ',')) n_tok++;
@@ -565,6 +583,98 @@ static int init_full(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
+/* A module's base weight as the model stores it: one matrix, or GPT-2's fused c_attn as the
+ * three matrices q, k, v, each rows of the module's output from row0. An fp32 weight only
+ * (W NULL where the layer is typed). */
+typedef struct MergePart {
+    float *W;
+    int row0, rows;
+} MergePart;
+
+static int mod_parts(const Model *m, const LoraMod *lm, MergePart parts[3]) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[lm->layer];
+    switch (lm->site) {
+    case SITE_Q: parts[0] = (MergePart){w->wq, 0, lm->out}; return 1;
+    case SITE_K: parts[0] = (MergePart){w->wk, 0, lm->out}; return 1;
+    case SITE_V: parts[0] = (MergePart){w->wv, 0, lm->out}; return 1;
+    case SITE_O: parts[0] = (MergePart){w->wo, 0, lm->out}; return 1;
+    case SITE_GATE: parts[0] = (MergePart){w->w_gate, 0, lm->out}; return 1;
+    case SITE_UP: parts[0] = (MergePart){w->w_up, 0, lm->out}; return 1;
+    case SITE_DOWN: parts[0] = (MergePart){w->w_down, 0, lm->out}; return 1;
+    default: {
+        int QD = c->NH * c->HS, KD = c->KVH * c->HS;
+        parts[0] = (MergePart){w->wq, 0, QD};
+        parts[1] = (MergePart){w->wk, QD, KD};
+        parts[2] = (MergePart){w->wv, QD + KD, KD};
+        return 3;
+    }
+    }
+}
+
+/* PiSSA: A and B (host, the module's slices) from the top-r SVD of the module's base weight,
+ * and the base weight replaced by the residual (pissa.h), as PEFT's pissa_init. */
+static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, TunaErr *err) {
+    Backend *be = ts->be;
+    MergePart parts[3];
+    int np = mod_parts(ts->m, lm, parts);
+    float *W = xmalloc(sizeof(float) * (size_t)lm->out * lm->in);
+    for (int pi = 0; pi < np; pi++)
+        be->ops->download(be, W + (size_t)parts[pi].row0 * lm->in, parts[pi].W,
+                          sizeof(float) * (size_t)parts[pi].rows * lm->in);
+    int rc = pissa_factor(W, lm->out, lm->in, ts->setup.lora_rank, ts->lora_scale, A, B, err);
+    if (!rc)
+        for (int pi = 0; pi < np; pi++)
+            be->ops->upload(be, parts[pi].W, W + (size_t)parts[pi].row0 * lm->in,
+                            sizeof(float) * (size_t)parts[pi].rows * lm->in);
+    free(W);
+    return rc;
+}
+
+/* DoRA: wn[o] = ||W[o,:] + s·(B·A)[o,:]|| over the module's output rows, from host A (r, in) and
+ * B (out, r) and the base weight downloaded (peft's get_weight_norm; no gradient flows here). */
+static void dora_norms(TrainState *ts, const LoraMod *lm, const float *A, const float *B,
+                       double *wn) {
+    Backend *be = ts->be;
+    int r = ts->setup.lora_rank, in = lm->in;
+    double s = (double)ts->lora_scale;
+    MergePart parts[3];
+    int np = mod_parts(ts->m, lm, parts);
+    float *W = xmalloc(sizeof(float) * (size_t)lm->out * in);
+    for (int pi = 0; pi < np; pi++)
+        be->ops->download(be, W + (size_t)parts[pi].row0 * in, parts[pi].W,
+                          sizeof(float) * (size_t)parts[pi].rows * in);
+    for (int o = 0; o < lm->out; o++) {
+        double ss = 0;
+        for (int i = 0; i < in; i++) {
+            double d = 0;
+            for (int j = 0; j < r; j++)
+                d += (double)B[(size_t)o * r + j] * (double)A[(size_t)j * in + i];
+            double v = (double)W[(size_t)o * in + i] + s * d;
+            ss += v * v;
+        }
+        wn[o] = sqrt(ss);
+    }
+    free(W);
+}
+
+/* DoRA, at the start of a module's forward: the row norms from the live A and B, and
+ * g = magnitude / norm. */
+static void dora_prepare(TrainState *ts, LoraMod *lm) {
+    Backend *be = ts->be;
+    int r = ts->setup.lora_rank;
+    size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
+    float *A = xmalloc(sizeof(float) * na), *B = xmalloc(sizeof(float) * nb);
+    be->ops->download(be, A, lm->A, na * sizeof(float));
+    be->ops->download(be, B, lm->B, nb * sizeof(float));
+    dora_norms(ts, lm, A, B, lm->wn);
+    be->ops->download(be, lm->g, lm->mag, sizeof(float) * (size_t)lm->out);
+    for (int o = 0; o < lm->out; o++)
+        lm->g[o] = (float)((double)lm->g[o] / lm->wn[o]);
+    free(A);
+    free(B);
+}
+
 /* LoRA: a module per (layer, targeted site), A and B initialised as PEFT does, their saved
  * activations, and the trainable token rows. */
 static int init_lora(TrainState *ts, TunaErr *err) {
@@ -581,6 +691,16 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
     ts->lora_scale =
             setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r) : setup->lora_alpha / (float)r;
+    if (setup->lora_dora && m->n_qbytes)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "DoRA over a quantized or bf16 base is not supported yet; load the model "
+                         "in fp32 (--dtype fp32, no --quantization-bit)");
+    if (setup->lora_dora && setup->lora_dropout > 0)
+        return tuna_errf(err, TUNA_EUNSUP, "DoRA with --lora-dropout > 0 is not supported yet");
+    if (setup->lora_pissa && m->n_qbytes)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "PiSSA needs an fp32 base (as peft: init under fp32, then quantize the "
+                         "residual); load the model without quantization or bf16");
     ts->site_mod = xmalloc(sizeof *ts->site_mod * (size_t)c->L);
     ts->mods = xcalloc((size_t)c->L * N_SITES, sizeof *ts->mods);
     size_t total = 0;
@@ -592,7 +712,7 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             lm->layer = l;
             lm->site = s;
             site_dims(c, s, &lm->in, &lm->out);
-            total += (size_t)r * (size_t)(lm->in + lm->out);
+            total += (size_t)r * (size_t)(lm->in + lm->out) + (setup->lora_dora ? lm->out : 0);
             ts->site_mod[l][s] = ts->n_mods++;
         }
     ts->n_ad = total;
@@ -611,17 +731,36 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             host[off + j] =
                     ((float)(rng_splitmix64(&rng) >> 40) / 16777216.0f * 2.0f - 1.0f) * bound;
         memset(host + off + na, 0, nb * sizeof(float));
+        if (setup->lora_pissa && (rc = pissa_mod(ts, lm, host + off, host + off + na, err))) {
+            free(host);
+            return rc;
+        }
         lm->A = ts->ad + off;
         lm->dA = ts->ad_grad + off;
         lm->B = ts->ad + off + na;
         lm->dB = ts->ad_grad + off + na;
+        size_t nm = 0;
+        if (setup->lora_dora) { /* magnitude = ||W + s·B·A|| at init (peft's update_layer) */
+            nm = (size_t)lm->out;
+            lm->mag = ts->ad + off + na + nb;
+            lm->dmag = ts->ad_grad + off + na + nb;
+            lm->wn = xmalloc(sizeof(double) * nm);
+            lm->g = xmalloc(sizeof(float) * nm);
+            dora_norms(ts, lm, host + off, host + off + na, lm->wn);
+            for (size_t o = 0; o < nm; o++)
+                host[off + na + nb + o] = (float)lm->wn[o];
+        }
         char path[160], name[200];
         site_path(m, lm->layer, lm->site, path, sizeof path);
         snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", path);
         add_tp(ts, name, lm->A, lm->dA, na, 2, r, lm->in, 1);
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
         add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
-        off += na + nb;
+        if (nm) { /* 1-D but decayed, as transformers' get_decay_parameter_names has it */
+            snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", path);
+            add_tp(ts, name, lm->mag, lm->dmag, nm, 1, lm->out, 0, 1);
+        }
+        off += na + nb + nm;
         if (ts->ckpt && lm->layer > 0) { /* every layer has the same sites */
             const LoraMod *first = &ts->mods[i % (ts->n_mods / c->L)];
             lm->h = first->h;
@@ -637,6 +776,15 @@ static int init_lora(TrainState *ts, TunaErr *err) {
     }
     if (!fail) ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * total);
     free(host);
+    if (!fail && setup->lora_dora) {
+        int widest = 0;
+        for (int i = 0; i < ts->n_mods; i++)
+            if (ts->mods[i].out > widest) widest = ts->mods[i].out;
+        ts->dora_z = balloc(ts, N * (size_t)widest, &fail);
+        ts->dora_dy = balloc(ts, N * (size_t)widest, &fail);
+        ts->dora_h1 = xmalloc(sizeof(float) * N * (size_t)widest);
+        ts->dora_h2 = xmalloc(sizeof(float) * N * (size_t)widest);
+    }
     if (fail) return TS_NOMEM;
     return 0;
 }
@@ -959,7 +1107,13 @@ void train_state_free(TrainState *ts) {
                      ts->dact,  ts->tmp, ts->dys,     ts->du,        ts->dh,    ts->zeros};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->ops->release(be, bufs[i]);
+    be->ops->release(be, ts->dora_z);
+    be->ops->release(be, ts->dora_dy);
+    free(ts->dora_h1);
+    free(ts->dora_h2);
     for (int i = 0; i < ts->n_mods; i++) {
+        free(ts->mods[i].wn);
+        free(ts->mods[i].g);
         if (ts->ckpt && ts->mods[i].layer > 0) continue; /* aliases of the first layer's */
         be->ops->release(be, ts->mods[i].h);
         be->ops->release(be, ts->mods[i].u);
@@ -1133,6 +1287,62 @@ static LoraSite base_site(int site, int slice) {
     return (LoraSite)k;
 }
 
+/* DoRA forward (peft's DoraLinearLayer without dropout), on rows [row0, row0 + n_out) of the
+ * module: out = W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, g = magnitude / norm
+ * (dora_prepare). On the host: a per-column scale the backends do not have as an op. */
+static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, float *out, const float *bias,
+                     int M, int n_out) {
+    Backend *be = ts->be;
+    size_t n = (size_t)M * n_out;
+    float *h = ts->dora_h1, *b = ts->dora_h2;
+    be->ops->download(be, h, out, sizeof(float) * n);
+    if (bias)
+        be->ops->download(be, b, bias, sizeof(float) * (size_t)n_out);
+    else
+        memset(b, 0, sizeof(float) * (size_t)n_out);
+    const float *g = lm->g + row0;
+    for (int t = 0; t < M; t++)
+        for (int o = 0; o < n_out; o++) {
+            float *y = &h[(size_t)t * n_out + o];
+            *y = g[o] * (*y - b[o]) + b[o];
+        }
+    be->ops->upload(be, out, h, sizeof(float) * n);
+}
+
+/* DoRA backward on rows [row0, row0 + n_out): with z = W·x + s·B·A·x (recomputed), y = g ⊙ z +
+ * bias and the norm detached: dmagnitude[o] += Σ_t dy[t,o]·z[t,o] / norm[o]; returns g ⊙ dy
+ * (ts->dora_dy), the gradient the base and the adapter see. */
+static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, const float *dout,
+                             const float *in, const float *W, int M, int K, int n_out) {
+    Backend *be = ts->be;
+    int r = ts->setup.lora_rank;
+    size_t n = (size_t)M * n_out;
+    be->ops->matmul_fwd(be, ts->dora_z, in, W, NULL, M, K, n_out);
+    be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
+    be->ops->scale(be, ts->dys, n, ts->lora_scale);
+    be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
+    float *z = ts->dora_h1, *dy = ts->dora_h2;
+    be->ops->download(be, z, ts->dora_z, sizeof(float) * n);
+    be->ops->download(be, dy, dout, sizeof(float) * n);
+    double *acc = xcalloc((size_t)n_out, sizeof(double));
+    const float *g = lm->g + row0;
+    for (int t = 0; t < M; t++)
+        for (int o = 0; o < n_out; o++) {
+            size_t i = (size_t)t * n_out + o;
+            acc[o] += (double)dy[i] * (double)z[i];
+            dy[i] *= g[o];
+        }
+    be->ops->upload(be, ts->dora_dy, dy, sizeof(float) * n);
+    float *dm = xmalloc(sizeof(float) * (size_t)n_out);
+    be->ops->download(be, dm, lm->dmag + row0, sizeof(float) * (size_t)n_out);
+    for (int o = 0; o < n_out; o++)
+        dm[o] += (float)(acc[o] / lm->wn[row0 + o]);
+    be->ops->upload(be, lm->dmag + row0, dm, sizeof(float) * (size_t)n_out);
+    free(dm);
+    free(acc);
+    return ts->dora_dy;
+}
+
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
 static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int n_out) {
@@ -1143,11 +1353,13 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
     LoraMod *lm = &ts->mods[mi];
     int r = ts->setup.lora_rank;
     if (slice == 0) lora_u_fwd(ts, lm, in, M, K); /* the fused c_attn: once for three slices */
+    if (slice == 0 && lm->mag) dora_prepare(ts, lm);
     const float *Bs = lm->B + (size_t)slice_row(ts, site, slice) * r;
     /* dys is backward scratch, free during the forward (out may be ts->tmp) */
     be->ops->matmul_fwd(be, ts->dys, lm->u, Bs, NULL, M, r, n_out);
     be->ops->scale(be, ts->dys, (size_t)M * n_out, ts->lora_scale);
     be->ops->add_fwd(be, out, out, ts->dys, (size_t)M * n_out);
+    if (lm->mag) dora_fwd(ts, lm, slice_row(ts, site, slice), out, bias, M, n_out);
 }
 
 /* Backward of linear_fwd: din (M,K) += dout · W (+ the adapter's path), dW and dbias when
@@ -1157,9 +1369,12 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
                        const float *dout, const float *in, const float *W, const float *bias, int M,
                        int K, int n_out) {
     Backend *be = ts->be;
+    int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
+    /* DoRA: the magnitude's gradient, and dout scaled by g for everything below */
+    if (mi >= 0 && ts->mods[mi].mag)
+        dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), dout, in, W, M, K, n_out);
     if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M))
         be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
-    int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
     int r = ts->setup.lora_rank;
@@ -1735,14 +1950,11 @@ int train_step_hidden(TrainState *ts, const int32_t *ids, int B_used, TrainHidde
 
 // --- merge
 
-typedef struct MergePart {
-    float *W;
-    int row0, rows;
-} MergePart;
-
 int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
     if (ts->setup.method != METHOD_LORA)
         return tuna_errf(err, TUNA_EINVAL, "train_lora_view: the method is not LoRA");
+    if (ts->setup.lora_dora)
+        return tuna_errf(err, TUNA_EUNSUP, "DoRA does not run unmerged (no inference view yet)");
     int L = ts->m->cfg.L, r = ts->setup.lora_rank;
     if (!ts->view_A) {
         ts->view_A = xcalloc((size_t)L, sizeof *ts->view_A);
@@ -1768,7 +1980,6 @@ int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
 
 int train_lora_merge(TrainState *ts, TunaErr *err) {
     Model *m = ts->m;
-    const ModelConfig *c = &m->cfg;
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
     if (m->n_qbytes)
@@ -1778,28 +1989,16 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
     if (ts->n_tok) tokens_sync(ts);
     for (int i = 0; i < ts->n_mods; i++) {
         LoraMod *lm = &ts->mods[i];
-        const LayerWeights *w = &m->layers[lm->layer];
         size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
         float *A = xmalloc(sizeof(float) * na), *B = xmalloc(sizeof(float) * nb);
         be->ops->download(be, A, lm->A, na * sizeof(float));
         be->ops->download(be, B, lm->B, nb * sizeof(float));
         MergePart parts[3];
-        int np = 1;
-        switch (lm->site) {
-        case SITE_Q: parts[0] = (MergePart){w->wq, 0, lm->out}; break;
-        case SITE_K: parts[0] = (MergePart){w->wk, 0, lm->out}; break;
-        case SITE_V: parts[0] = (MergePart){w->wv, 0, lm->out}; break;
-        case SITE_O: parts[0] = (MergePart){w->wo, 0, lm->out}; break;
-        case SITE_GATE: parts[0] = (MergePart){w->w_gate, 0, lm->out}; break;
-        case SITE_UP: parts[0] = (MergePart){w->w_up, 0, lm->out}; break;
-        case SITE_DOWN: parts[0] = (MergePart){w->w_down, 0, lm->out}; break;
-        default: {
-            int QD = c->NH * c->HS, KD = c->KVH * c->HS;
-            parts[0] = (MergePart){w->wq, 0, QD};
-            parts[1] = (MergePart){w->wk, QD, KD};
-            parts[2] = (MergePart){w->wv, QD + KD, KD};
-            np = 3;
-        }
+        int np = mod_parts(m, lm, parts);
+        float *mag = NULL; /* DoRA: W ← magnitude / ||W + s·B·A|| ⊙ (W + s·B·A), row by row */
+        if (lm->mag) {
+            mag = xmalloc(sizeof(float) * (size_t)lm->out);
+            be->ops->download(be, mag, lm->mag, sizeof(float) * (size_t)lm->out);
         }
         for (int pi = 0; pi < np; pi++) {
             size_t n = (size_t)parts[pi].rows * lm->in;
@@ -1813,11 +2012,21 @@ int train_lora_merge(TrainState *ts, TunaErr *err) {
                              (double)A[(size_t)j * lm->in + k];
                     W[(size_t)o * lm->in + k] += (float)(s * (double)ts->lora_scale);
                 }
+            for (int o = 0; mag && o < parts[pi].rows; o++) {
+                float *w = W + (size_t)o * lm->in;
+                double ss = 0;
+                for (int k = 0; k < lm->in; k++)
+                    ss += (double)w[k] * (double)w[k];
+                double f = (double)mag[parts[pi].row0 + o] / sqrt(ss);
+                for (int k = 0; k < lm->in; k++)
+                    w[k] = (float)((double)w[k] * f);
+            }
             be->ops->upload(be, parts[pi].W, W, n * sizeof(float));
             free(W);
         }
         free(A);
         free(B);
+        free(mag);
     }
     int rc = be->ops->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);

@@ -50,7 +50,12 @@ typedef struct TrainSetup {
     int lora_rank;     /* lora */
     float lora_alpha;
     float lora_dropout;
-    int lora_rslora;          /* scale alpha/sqrt(r) instead of alpha/r */
+    int lora_rslora; /* scale alpha/sqrt(r) instead of alpha/r */
+    int lora_dora;   /* DoRA (PEFT use_dora): each module's output rows scaled by a trainable
+                       magnitude over the row norm of W + scale·B·A (detached); fp32 base, no
+                       dropout */
+    int lora_pissa;  /* PiSSA init (PEFT init_lora_weights="pissa"): A, B from the top-r SVD of
+                       each adapted weight W, and W replaced by the residual W - scale·B·A */
     const char *lora_targets; /* comma list of HF module names, "all", or NULL for the default */
     const char *lora_tokens;  /* lora: comma list of token ids whose embedding rows also train
                                  (PEFT trainable_token_indices), or NULL */

@@ -28,6 +28,22 @@ double sched_factor(SchedType s, int step, int warmup, int total) {
     return f > 0 ? f : 0;
 }
 
+/* The AdamW passes: runs of tensors end to end in values, gradients and moments that share the
+ * weight-decay flag and the lr multiplier. */
+static void build_spans(Optim *o, const TrainParam *tp) {
+    o->n_spans = 0;
+    for (int i = 0; i < o->n; i++) {
+        OptimSpan *last = o->n_spans ? &o->spans[o->n_spans - 1] : NULL;
+        if (last && last->p + last->n == tp[i].data && last->g + last->n == tp[i].grad &&
+            last->decay == tp[i].decay && last->lr_mult == o->lr_mult[i]) {
+            last->n += tp[i].n; /* m and v are end to end by construction */
+            continue;
+        }
+        o->spans[o->n_spans++] = (OptimSpan){tp[i].data, tp[i].grad,  o->m[i],      o->v[i],
+                                             tp[i].n,    tp[i].decay, o->lr_mult[i]};
+    }
+}
+
 int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
                float wd, TunaErr *err) {
     memset(o, 0, sizeof *o);
@@ -61,22 +77,17 @@ int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, fl
         be->ops->upload(be, o->v_block + off, z, sizeof(float) * k);
     }
     free(z);
+    o->lr_mult = xcalloc((size_t)(np ? np : 1), sizeof *o->lr_mult);
     size_t off = 0;
-    o->spans = xcalloc((size_t)(np ? np : 1), sizeof *o->spans);
     for (int i = 0; i < np; i++) {
         o->len[i] = tp[i].n;
         o->m[i] = o->m_block + off;
         o->v[i] = o->v_block + off;
+        o->lr_mult[i] = 1.0f;
         off += tp[i].n;
-        OptimSpan *last = o->n_spans ? &o->spans[o->n_spans - 1] : NULL;
-        if (last && last->p + last->n == tp[i].data && last->g + last->n == tp[i].grad &&
-            last->decay == tp[i].decay) {
-            last->n += tp[i].n; /* m and v are end to end by construction */
-            continue;
-        }
-        o->spans[o->n_spans++] =
-                (OptimSpan){tp[i].data, tp[i].grad, o->m[i], o->v[i], tp[i].n, tp[i].decay};
     }
+    o->spans = xcalloc((size_t)(np ? np : 1), sizeof *o->spans);
+    build_spans(o, tp);
     return 0;
 }
 
@@ -88,6 +99,7 @@ void optim_free(Optim *o) {
     free(o->v);
     free(o->len);
     free(o->spans);
+    free(o->lr_mult);
     memset(o, 0, sizeof *o);
 }
 
@@ -112,9 +124,29 @@ void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale) 
     TUNA_ASSERT(np == o->n && (np == 0 || tp[0].data == o->spans[0].p));
     for (int i = 0; i < o->n_spans; i++) {
         const OptimSpan *s = &o->spans[i];
-        o->be->ops->adamw(o->be, s->p, s->g, gscale, s->m, s->v, s->n, lr, o->b1, o->b2, o->eps,
-                          s->decay ? o->wd : 0.0f, bc1, bc2);
+        o->be->ops->adamw(o->be, s->p, s->g, gscale, s->m, s->v, s->n, lr * s->lr_mult, o->b1,
+                          o->b2, o->eps, s->decay ? o->wd : 0.0f, bc1, bc2);
     }
+}
+
+int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr *err) {
+    if (!(ratio > 0) || !isfinite(ratio))
+        return tuna_errf(err, TUNA_EINVAL, "--loraplus-lr-ratio must be > 0, got %g",
+                         (double)ratio);
+    TUNA_ASSERT(np == o->n);
+    int n_b = 0;
+    for (int i = 0; i < np; i++) {
+        /* LLaMA-Factory's _create_loraplus_optimizer: "lora_B" in the name or a 1-D tensor */
+        int is_b = strstr(tp[i].name, "lora_B") != NULL;
+        o->lr_mult[i] = is_b || tp[i].ndim == 1 ? ratio : 1.0f;
+        n_b += is_b;
+    }
+    if (!n_b)
+        return tuna_errf(
+                err, TUNA_EINVAL,
+                "--loraplus-lr-ratio: no LoRA B matrix trains (use it with --method lora)");
+    build_spans(o, tp);
+    return 0;
 }
 
 void optim_download(const Optim *o, float **m, float **v) {

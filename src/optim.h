@@ -28,6 +28,7 @@ typedef struct OptimSpan {
     float *p, *g, *m, *v;
     size_t n;
     int decay;
+    float lr_mult; /* the span's lr is the step's lr times this (LoRA+) */
 } OptimSpan;
 
 typedef struct Optim {
@@ -36,6 +37,7 @@ typedef struct Optim {
     int n;          /* tensors */
     float **m, **v; /* per tensor: its slice of m_block / v_block */
     size_t *len;
+    float *lr_mult;           /* per tensor: 1, or loraplus_lr_ratio for LoRA+'s B group */
     float *m_block, *v_block; /* backend memory, block_len floats each */
     size_t block_len;
     OptimSpan *spans; /* the AdamW passes of a step, over the tensors given to optim_init */
@@ -47,6 +49,14 @@ typedef struct Optim {
 int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
                float wd, TunaErr *err);
 void optim_free(Optim *o);
+/* LoRA+ (Hayou et al. 2024) as LLaMA-Factory's create_loraplus_optimizer groups it: the tensors
+ * whose name holds "lora_B", and any 1-D tensor, step with lr * ratio; the rest (lora_A, trainable
+ * token rows) with lr. Weight decay stays per tensor (tp[i].decay), as its decay/no-decay groups;
+ * the schedule scales both lrs alike (LambdaLR over every group). Call after optim_init with the
+ * same tensors. LLaMA-Factory's loraplus_lr_embedding is for lora_embedding_B, which tuna does
+ * not have (no LoRA on embeddings). TUNA_EINVAL when ratio <= 0 or no tensor is a B. */
+int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr *err);
+
 /* Global L2 norm of all gradients and torch.nn.utils.clip_grad_norm_'s factor: if max_norm > 0
  * and the norm exceeds it, the gradients are to be scaled by max_norm / (norm + 1e-6), else 1.
  * With gscale NULL the gradients are scaled in place; otherwise the factor goes to *gscale

@@ -91,9 +91,7 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
                 *mts = cJSON_GetObjectItem(root, "modules_to_save"),
                 *bias = cJSON_GetObjectItem(root, "bias");
     const char *bad = NULL;
-    if (cJSON_IsTrue(dora))
-        bad = "use_dora";
-    else if (ltt && !cJSON_IsNull(ltt))
+    if (ltt && !cJSON_IsNull(ltt))
         bad = "layers_to_transform";
     else if (cJSON_IsObject(rp) && rp->child)
         bad = "rank_pattern";
@@ -106,7 +104,7 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     if (bad) {
         rc = tuna_errf(err, TUNA_EUNSUP,
                        "%s: \"%s\" is not supported (tuna's LoRA: one rank and alpha, every "
-                       "layer, no DoRA, no trained biases or modules_to_save)",
+                       "layer, no trained biases or modules_to_save)",
                        path, bad);
         goto done;
     }
@@ -120,6 +118,24 @@ int adapter_read_config(const char *dir, TrainSetup *setup, char *targets, size_
     setup->lora_rank = r->valueint;
     setup->lora_alpha = (float)a->valuedouble;
     setup->lora_rslora = cJSON_IsTrue(cJSON_GetObjectItem(root, "use_rslora"));
+    setup->lora_dora = cJSON_IsTrue(dora);
+    /* PiSSA (init_lora_weights "pissa"): as peft does on load, the base gets the residual of the
+     * top-r SVD (train_state_init), then the adapter's A and B; the other inits that change the
+     * base are refused */
+    const cJSON *ilw = cJSON_GetObjectItem(root, "init_lora_weights");
+    if (cJSON_IsString(ilw)) {
+        const char *v = ilw->valuestring;
+        if (!strcmp(v, "pissa"))
+            setup->lora_pissa = 1;
+        else if (!strncmp(v, "pissa_niter", 11) || !strcmp(v, "olora") || !strcmp(v, "corda") ||
+                 !strcmp(v, "loftq") || !strcmp(v, "lora_ga")) {
+            rc = tuna_errf(err, TUNA_EUNSUP,
+                           "%s: init_lora_weights \"%s\" is not supported (it changes the base "
+                           "weights; tuna does pissa); convert the adapter to plain LoRA in peft",
+                           path, v);
+            goto done;
+        }
+    }
     const cJSON *t = cJSON_GetObjectItem(root, "target_modules"), *e;
     targets[0] = '\0';
     if (cJSON_IsString(t))
@@ -248,7 +264,8 @@ int adapter_load(Model *m, const char *dir, TunaErr *err) {
                            tp[i].name, setup.lora_rank, targets);
             goto done;
         }
-        if (t->ndim != 2 || t->shape[0] != tp[i].shape[0] || t->shape[1] != tp[i].shape[1]) {
+        if (t->ndim != tp[i].ndim || t->shape[0] != tp[i].shape[0] ||
+            (t->ndim == 2 && t->shape[1] != tp[i].shape[1])) {
             rc = tuna_errf(err, TUNA_EFORMAT,
                            "%s: tensor \"%s\" has the wrong shape for this model", path,
                            tp[i].name);
@@ -416,8 +433,14 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddStringToObject(c, "bias", "none");
     cJSON_AddBoolToObject(c, "fan_in_fan_out", train_model(ts)->cfg.arch == ARCH_GPT2);
     cJSON_AddBoolToObject(c, "use_rslora", s->lora_rslora);
+    cJSON_AddBoolToObject(c, "use_dora", s->lora_dora);
     cJSON_AddBoolToObject(c, "inference_mode", 1);
-    cJSON_AddBoolToObject(c, "init_lora_weights", 1);
+    /* PiSSA: peft (and tuna) loading it runs the same SVD on the original base, leaving the
+     * residual there, then sets the saved A and B: the base stays the original model's */
+    if (s->lora_pissa)
+        cJSON_AddStringToObject(c, "init_lora_weights", "pissa");
+    else
+        cJSON_AddBoolToObject(c, "init_lora_weights", 1);
     cJSON_AddNullToObject(c, "modules_to_save");
     int n_tok;
     const int32_t *tok = train_lora_tokens(ts, &n_tok);
@@ -682,6 +705,19 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     out->lora_rank = s.lora_rank;
     out->lora_alpha = (double)s.lora_alpha;
     out->use_rslora = s.lora_rslora;
+    if (c->use_dora != def.use_dora && c->use_dora != s.lora_dora)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-dora conflicts with --adapter %s (use_dora %s); drop it", dir,
+                         s.lora_dora ? "true" : "false");
+    out->use_dora = s.lora_dora;
+    if (strcmp(c->init_lora_weights, def.init_lora_weights) && !s.lora_pissa)
+        return tuna_errf(
+                err, TUNA_EINVAL,
+                "--init-lora-weights %s conflicts with --adapter %s (not a PiSSA adapter); "
+                "drop it",
+                c->init_lora_weights, dir);
+    snprintf(out->init_lora_weights, sizeof out->init_lora_weights, "%s",
+             s.lora_pissa ? "pissa" : "default");
     if (strlen(targets) >= sizeof out->lora_target ||
         strlen(tokens) >= sizeof out->lora_trainable_tokens)
         return tuna_errf(err, TUNA_EUNSUP,
@@ -713,10 +749,16 @@ int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaE
                          (long long)t->shape[1]);
             else if (t)
                 snprintf(have, sizeof have, "%d-dimensional", t->ndim);
+            char need[48];
+            if (tp[i].ndim == 2)
+                snprintf(need, sizeof need, "[%lld, %lld]", (long long)tp[i].shape[0],
+                         (long long)s1);
+            else
+                snprintf(need, sizeof need, "[%lld]", (long long)tp[i].shape[0]);
             rc = tuna_errf(err, TUNA_EINVAL,
                            "--adapter %s does not fit --model %s: tensor \"%s\" is %s, the model "
-                           "needs [%lld, %lld] (an adapter of another base model)",
-                           dir, model, tp[i].name, have, (long long)tp[i].shape[0], (long long)s1);
+                           "needs %s (an adapter of another base model)",
+                           dir, model, tp[i].name, have, need);
             break;
         }
         host[i] = xmalloc(sizeof(float) * tp[i].n);

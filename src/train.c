@@ -92,6 +92,7 @@ static int run_samples(Run *r, TunaErr *err) {
     if (!c->sample_prompts[0]) return 0;
     Model *m = r->m;
     int lora = train_setup(r->ts)->method == METHOD_LORA;
+    if (lora && train_setup(r->ts)->lora_dora) return 0; /* no unmerged DoRA forward yet */
     float *pre;
     int P = train_prefix(r->ts, &pre);
     if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;
@@ -280,6 +281,15 @@ static int run_open(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
     r->sched = (SchedType)sched_parse(c->lr_scheduler);
+    if (strcmp(c->init_lora_weights, "default") && strcmp(c->init_lora_weights, "pissa"))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--init-lora-weights: must be default or pissa, got \"%s\"",
+                         c->init_lora_weights);
+    if (method != METHOD_LORA &&
+        (c->loraplus_lr_ratio > 0 || strcmp(c->init_lora_weights, "default") || c->use_dora))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-dora, --loraplus-lr-ratio and --init-lora-weights are for --method "
+                         "lora");
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
@@ -437,6 +447,8 @@ static int run_open(Run *r, TunaErr *err) {
                         .lora_alpha = (float)c->lora_alpha,
                         .lora_dropout = (float)c->lora_dropout,
                         .lora_rslora = c->use_rslora,
+                        .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
+                        .lora_dora = c->use_dora,
                         .lora_targets = c->lora_target,
                         .seed = (uint64_t)c->seed,
                         .prefix_tokens = c->prefix_tokens,
@@ -477,6 +489,7 @@ static int run_open(Run *r, TunaErr *err) {
         if (c->adapter[0]) {
             none = setup;
             none.lora_dropout = 0;
+            none.lora_pissa = 0; /* the base already holds the residual: no second SVD */
         }
         Model *base = r->m;
         if (method == METHOD_FULL || method == METHOD_FREEZE) {
@@ -490,6 +503,9 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
         return rc;
     r->have_opt = 1;
+    if (c->loraplus_lr_ratio > 0 &&
+        (rc = optim_loraplus(&r->opt, tp, np, (float)c->loraplus_lr_ratio, err)))
+        return rc;
     if (r->rm_on) { /* the value head, trained beside the model with the same AdamW settings */
         if ((rc = vhead_init(&r->vh, r->be, r->m->cfg.C, (uint64_t)c->seed, err))) return rc;
         r->have_vh = 1;

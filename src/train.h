@@ -32,7 +32,9 @@ typedef struct TrainConfig {
     char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
     char method[16], stage[8], lora_target[256], output[1024], vars[512], lr_scheduler[32];
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
+    char init_lora_weights[16]; /* "default" (PEFT's init_lora_weights=True) or "pissa" */
     char pad_to[8]; /* "batch": rows as long as each batch needs; "max": all as the longest */
+    int use_dora;   /* DoRA (PEFT use_dora) */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;
@@ -40,6 +42,7 @@ typedef struct TrainConfig {
     int group_by_length; /* batches of similar lengths */
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;
     int train_on_prompt, mask_history;
+    double loraplus_lr_ratio; /* LoRA+: the B matrices' lr is lr times this; 0 = off */
     double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
     double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */

@@ -78,6 +78,14 @@ static const TrainOption fields[] = {
           "LoRA target modules, comma-separated (q_proj,v_proj; GPT-2 c_attn), or all: every "
           "linear layer of the blocks (LLaMA-Factory's default)"),
         B(use_rslora, LORA, "false", "rank-stabilized LoRA (scale alpha/sqrt(r))"),
+        B(use_dora, LORA, "false",
+          "DoRA: a trainable magnitude per output row over the norm of W + scale*B*A (fp32 base, "
+          "no dropout)"),
+        D(loraplus_lr_ratio, LORA, FROM(0), "0",
+          "LoRA+: the B matrices (and 1-D tensors) train at lr times this, e.g. 16 (0 = off)"),
+        S(init_lora_weights, LORA, "default",
+          "default (A random, B 0) | pissa (A, B from the top-r SVD of each weight, which keeps "
+          "the residual; fp32 base only)"),
         S(lora_trainable_tokens, LORA, "",
           "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
           "token "

@@ -65,6 +65,7 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
                         .lora_alpha = (float)cfg->lora_alpha,
                         .lora_dropout = (float)cfg->lora_dropout,
                         .lora_rslora = cfg->use_rslora,
+                        .lora_dora = cfg->use_dora,
                         .lora_targets = cfg->lora_target,
                         .lora_tokens = cfg->lora_trainable_tokens,
                         .seed = (uint64_t)cfg->seed,

@@ -270,7 +270,7 @@ static void test_refusals(void) {
            "--model");
     refuse("another base model", "--adapter tests/fixtures/train/llama_lora_adapter",
            "does not fit --model models/stories260K", "another base model");
-    /* a PEFT adapter that uses what tuna's LoRA does not have (DoRA) */
+    /* a DoRA config (use_dora) over a plain LoRA file: its magnitude vectors are missing */
     char cmd[1400];
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s/dora && sed 's/\"use_dora\": false/\"use_dora\": true/' "
@@ -280,7 +280,7 @@ static void test_refusals(void) {
              tmpdir, tmpdir, tmpdir);
     CHECK(system(cmd) == 0, "%s", cmd);
     snprintf(a, sizeof a, "--adapter %s/dora", tmpdir);
-    refuse("DoRA adapter", a, "adapter_config.json", "\"use_dora\" is not supported");
+    refuse("DoRA adapter", a, "lora_magnitude_vector\" is missing", "needs [64]");
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s/mts && sed 's/\"modules_to_save\": null/\"modules_to_save\": "
              "[\"lm_head\"]/' tests/fixtures/train/llama_lora_adapter/adapter_config.json > "

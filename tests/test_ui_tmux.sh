@@ -285,11 +285,11 @@ setf() {
     tmux -L "$SOCK" send-keys -t $T Enter
 }
 # form rows with method lora (scr_setup.c): 0 model, 1 template, 2 dataset, 3 vars, 4 method,
-# 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 lora train tokens, 10 epochs,
-# 11 lr, 12 batch size, 13 grad accum, 14 cutoff len, 15 grad checkpoint, 16 val size,
-# 17 eval steps, 18 save steps, 19 seed, 20 base bits, 21 4-bit type, 22 double quant,
-# 23 base dtype, 24 bf16 compute, 25 stage, 26 output (with stage dpo its five options come
-# between stage and output)
+# 5 lora rank, 6 lora alpha, 7 lora dropout, 8 lora target, 9 lora train tokens, 10 DoRA,
+# 11 LoRA+ lr ratio, 12 lora init, 13 epochs, 14 lr, 15 batch size, 16 grad accum, 17 cutoff len,
+# 18 grad checkpoint, 19 val size, 20 eval steps, 21 save steps, 22 seed, 23 base bits,
+# 24 4-bit type, 25 double quant, 26 base dtype, 27 bf16 compute, 28 stage, 29 output (with
+# stage dpo its five options come between stage and output)
 # flow SIZE ENV RUN_NAME HALF_COLUMNS ASCII CKPT: the whole flow at one terminal size and colour
 # mode; CKPT true turns gradient checkpointing on (the same run, so the same answers)
 flow() {
@@ -299,10 +299,10 @@ flow() {
     tmux -L "$SOCK" send-keys -t $T 1
     chk 'wait_for "training setup" 30' "1 opens Setup"
     setf 0 models/stories260K; setf 1 vanilla; setf 2 identity; setf 3 "name=Tuna,author=Ann"; setf 4 lora
-    setf 5 16; setf 6 32; setf 8 all; setf 9 eos; setf 10 25; setf 11 1e-2; setf 14 128; setf 17 25
-    setf 26 $RUN
+    setf 5 16; setf 6 32; setf 8 all; setf 9 eos; setf 13 25; setf 14 1e-2; setf 17 128; setf 20 25
+    setf 29 $RUN
     if [ "$ckpt" = true ]; then
-        tmux -L "$SOCK" send-keys -t $T -N 30 Up; tmux -L "$SOCK" send-keys -t $T -N 15 Down
+        tmux -L "$SOCK" send-keys -t $T -N 30 Up; tmux -L "$SOCK" send-keys -t $T -N 18 Down
         tmux -L "$SOCK" send-keys -t $T Right
         chk 'wait_for "grad checkpoint *<* on" 30' "setup: Right toggles grad checkpoint on"
     fi
@@ -432,7 +432,7 @@ start 200x60 "sh -c 'trap \"\" INT; stty -a > $W/before; NO_COLOR=1 LANG=C.UTF-8
 chk 'wait_for " 1 Setup " 30' "bad start: the workbench opens"
 tmux -L "$SOCK" send-keys -t $T 1
 wait_for "training setup" 30
-setf 2 nonexistent; setf 26 $RUNS/bad
+setf 2 nonexistent; setf 29 $RUNS/bad
 chk 'wait_for "nonexistent" 30' "bad start: typed dataset shown"
 tmux -L "$SOCK" send-keys -t $T C-t
 chk 'wait_for "ERROR" 60' "bad start: the run shows ERROR"
@@ -496,17 +496,17 @@ chk 'until_ok "cap | grep \"output \" | grep -q \" /tmp/tuna_ui_tmux.*…\""' "8
 tmux -L "$SOCK" send-keys -t $T Escape
 chk 'until_ok "cap | grep \"output\" | grep -q \"identity-lora-2\""' "80x24 editor: Esc keeps the old value"
 # a typed output that exists: ^T refuses it and moves on to a free name (no run started there)
-setf 26 $R13/identity-lora
+setf 29 $R13/identity-lora
 tmux -L "$SOCK" send-keys -t $T C-t
 chk 'until_ok "joined 47 79 | grep -qF \"already exists; output is now\""' "80x24 setup: ^T on an existing folder refuses and offers a fresh name ($(joined 47 79))"
 S=$(cap); echo "$S" > "$W/setup13_80x24.txt"
 tmux -L "$SOCK" send-keys -t $T Up Down
 chk 'until_ok "cap | grep \"output\" | grep -q \"identity-lora-2\"" && [ ! -e $R13/identity-lora/setup_config.json ]' "80x24 setup: nothing written into the existing folder; output is now identity-lora-2"
 # stage dpo: its five options show between stage and output; back to sft they leave
-setf 25 dpo
+setf 28 dpo
 tmux -L "$SOCK" send-keys -t $T -N 2 Down # the rows below stage in view
 chk 'until_ok "cap | grep -q \"pref loss.*sigmoid\" && cap | grep -q \"pref beta\""' "80x24 setup: stage dpo shows pref loss (sigmoid) and pref beta"
-setf 25 sft
+setf 28 sft
 chk 'until_ok "! cap | grep -q \"pref loss\""' "80x24 setup: stage sft hides them"
 # ^T on the pre-filled values (output: the fresh identity-lora-2): the trainer writes there, with
 # the config Setup wrote there; then x x stops it

@@ -167,6 +167,10 @@ def main():
     tuna_to_peft("tuna->peft", [])
     # the EOS row trains too (PEFT trainable_token_indices); stories260K never learned </s>
     tuna_to_peft("tuna->peft (+trainable tokens eos,<s>)", ["--lora-trainable-tokens", "eos,<s>"])
+    # PiSSA: saved as init_lora_weights "pissa"; peft redoes the SVD on the original base on load
+    tuna_to_peft("tuna->peft (PiSSA)", ["--init-lora-weights", "pissa"])
+    tuna_to_peft("tuna->peft (LoRA+ ratio 16)", ["--loraplus-lr-ratio", "16"])
+    tuna_to_peft("tuna->peft (DoRA)", ["--use-dora"])
 
     # ---- 2. peft -> tuna ----------------------------------------------------------------
     variants = [
@@ -175,6 +179,9 @@ def main():
                                                           use_rslora=True)),
         ("peft->tuna (q,v, r=4, trainable_token_indices [2, 5, 300])",
          dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], trainable_token_indices=[2, 5, 300])),
+        ("peft->tuna (all linear, r=8, PiSSA)", dict(r=8, lora_alpha=16, target_modules=ALL_LINEAR,
+                                                     init_lora_weights="pissa")),
+        ("peft->tuna (all linear, r=8, DoRA)", dict(r=8, lora_alpha=16, target_modules=ALL_LINEAR, use_dora=True)),
     ]
     for i, (label, kw) in enumerate(variants):
         torch.manual_seed(100 + i)

@@ -1,0 +1,275 @@
+/* test_pissa.c: PiSSA initialisation (TrainSetup.lora_pissa) against peft's pissa_init
+ * (tests/fixtures/pissa/ from tests/gen_lora_variant_fixtures.py) on the tiny fp32 llama and
+ * GPT-2 (fused c_attn, Conv1D) checkpoints, r=4 alpha=8 (and rsLoRA): every lora_A, lora_B and
+ * the residual base weight within 1e-4 (max abs, relative to the tensor's largest entry).
+ * LAPACK and torch may pick opposite signs for a singular pair (u, v) -> (-u, -v): each pair's
+ * sign is aligned with peft's before comparing (B[:,j]·A[j,:] does not change). Then peft's
+ * saved PiSSA adapter (init_lora_weights "pissa") loads over the original base to peft's
+ * logits (1e-4), and tuna's own save of a PiSSA state records "pissa" and round-trips. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "src/model.h"
+#include "src/model_train.h"
+#include "src/peft.h"
+#include "src/safetensors.h"
+#include "src/xalloc.h"
+
+#define TOL 1e-4
+
+/* max |got - ref| / max(1, max |ref|) over n */
+static double rel_diff(const float *got, const float *ref, size_t n) {
+    double mx = 1, d = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs((double)ref[i]));
+        d = fmax(d, fabs((double)got[i] - (double)ref[i]));
+    }
+    return d / mx;
+}
+
+/* The base weight rows [row0, row0 + rows) of the module named by key (peft's path) in m. */
+static int module_weights(const Model *m, const char *key, float *W[3], int rows[3]) {
+    const ModelConfig *c = &m->cfg;
+    const char *p = strstr(key, ".layers.");
+    if (!p) p = strstr(key, ".h.");
+    if (!p) return 0;
+    int l = atoi(strchr(p + 1, '.') + 1);
+    const LayerWeights *w = &m->layers[l];
+    int QD = c->NH * c->HS, KD = c->KVH * c->HS;
+    static const struct {
+        const char *suffix;
+        size_t off;
+    } one[] = {{"q_proj", offsetof(LayerWeights, wq)},
+               {"k_proj", offsetof(LayerWeights, wk)},
+               {"v_proj", offsetof(LayerWeights, wv)},
+               {"o_proj", offsetof(LayerWeights, wo)},
+               {"gate_proj", offsetof(LayerWeights, w_gate)},
+               {"up_proj", offsetof(LayerWeights, w_up)},
+               {"down_proj", offsetof(LayerWeights, w_down)},
+               {"attn.c_proj", offsetof(LayerWeights, wo)},
+               {"c_fc", offsetof(LayerWeights, w_up)},
+               {"mlp.c_proj", offsetof(LayerWeights, w_down)}};
+    if (strstr(key, "c_attn")) {
+        W[0] = w->wq, W[1] = w->wk, W[2] = w->wv;
+        rows[0] = QD, rows[1] = KD, rows[2] = KD;
+        return 3;
+    }
+    for (size_t i = 0; i < sizeof one / sizeof one[0]; i++) {
+        size_t ls = strlen(one[i].suffix), lk = strlen(key);
+        if (lk >= ls && !strcmp(key + lk - ls, one[i].suffix)) {
+            W[0] = *(float *const *)((const char *)w + one[i].off);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void run_case(const char *arch, const char *targets, int rslora) {
+    char mdir[256], fpath[256];
+    snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
+    snprintf(fpath, sizeof fpath, "tests/fixtures/pissa/%s_pissa%s.safetensors", arch,
+             rslora ? "_rslora" : "");
+    struct stat sb;
+    if (stat(fpath, &sb)) {
+        SKIP("%s missing (tests/gen_lora_variant_fixtures.py makes it)", fpath);
+        return;
+    }
+    TunaErr err = {0};
+    SafeTensors *fx = NULL;
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    TrainState *ts = NULL;
+    if (safetensors_open(fpath, &fx, &err) || model_load(mdir, be, &m, &err)) {
+        CHECK(0, "%s: %s", arch, err.msg);
+        goto done;
+    }
+    TrainSetup setup = {.method = METHOD_LORA,
+                        .lora_rank = 4,
+                        .lora_alpha = 8,
+                        .lora_rslora = rslora,
+                        .lora_pissa = 1,
+                        .lora_targets = targets,
+                        .seed = 1};
+    if (train_state_init(m, &setup, 1, 4, &ts, &err)) {
+        CHECK(0, "%s: %s", arch, err.msg);
+        goto done;
+    }
+    int np, r = 4;
+    const TrainParam *tp = train_params(ts, &np);
+    double worst_ab = 0, worst_w = 0;
+    int n_mod = 0, flipped = 0;
+    for (int i = 0; i + 1 < np; i += 2) { /* lora_A, lora_B of one module */
+        const StTensor *ra = safetensors_find(fx, tp[i].name),
+                       *rb = safetensors_find(fx, tp[i + 1].name);
+        CHECK(ra && rb && st_tensor_numel(ra) == tp[i].n && st_tensor_numel(rb) == tp[i + 1].n,
+              "%s: %s in the fixture", arch, tp[i].name);
+        if (!ra || !rb || st_tensor_numel(ra) != tp[i].n || st_tensor_numel(rb) != tp[i + 1].n)
+            continue;
+        int in = (int)tp[i].shape[1], out = (int)tp[i + 1].shape[0];
+        float *A = xmalloc(sizeof(float) * tp[i].n), *B = xmalloc(sizeof(float) * tp[i + 1].n);
+        be->ops->download(be, A, tp[i].data, sizeof(float) * tp[i].n);
+        be->ops->download(be, B, tp[i + 1].data, sizeof(float) * tp[i + 1].n);
+        const float *RA = ra->data, *RB = rb->data;
+        for (int j = 0; j < r; j++) { /* align each singular pair's sign with peft's */
+            double dot = 0;
+            for (int k = 0; k < in; k++)
+                dot += (double)A[(size_t)j * in + k] * (double)RA[(size_t)j * in + k];
+            if (dot >= 0) continue;
+            flipped++;
+            for (int k = 0; k < in; k++)
+                A[(size_t)j * in + k] = -A[(size_t)j * in + k];
+            for (int o = 0; o < out; o++)
+                B[(size_t)o * r + j] = -B[(size_t)o * r + j];
+        }
+        worst_ab = fmax(worst_ab, rel_diff(A, RA, tp[i].n));
+        worst_ab = fmax(worst_ab, rel_diff(B, RB, tp[i + 1].n));
+        free(A);
+        free(B);
+        // the residual base weight
+        char key[200];
+        snprintf(key, sizeof key, "residual.%.*s",
+                 (int)(strlen(tp[i].name) - strlen(".lora_A.weight")), tp[i].name);
+        const StTensor *rw = safetensors_find(fx, key);
+        float *W[3] = {0};
+        int rows[3] = {out, 0, 0};
+        int nw = module_weights(m, key, W, rows);
+        CHECK(rw && nw, "%s: %s", arch, key);
+        if (!rw || !nw) continue;
+        float *got = xmalloc(sizeof(float) * (size_t)out * in);
+        for (int q = 0, row0 = 0; q < nw; row0 += rows[q], q++)
+            be->ops->download(be, got + (size_t)row0 * in, W[q],
+                              sizeof(float) * (size_t)rows[q] * in);
+        worst_w = fmax(worst_w, rel_diff(got, rw->data, (size_t)out * in));
+        free(got);
+        n_mod++;
+    }
+    CHECK(n_mod > 0 && worst_ab <= TOL, "%s%s: lora_A/lora_B vs peft: max rel diff %.3g", arch,
+          rslora ? " rslora" : "", worst_ab);
+    CHECK(n_mod > 0 && worst_w <= TOL, "%s%s: residual W vs peft: max rel diff %.3g", arch,
+          rslora ? " rslora" : "", worst_w);
+    printf("  %s%s: %d modules, A,B max rel diff %.2e (%d pairs sign-flipped), residual W %.2e\n",
+           arch, rslora ? " rslora" : "", n_mod, worst_ab, flipped, worst_w);
+done:
+    train_state_free(ts);
+    model_free(m);
+    safetensors_free(fx);
+    backend_free(be);
+}
+
+/* Logits of each row of ids with m, against ref (B, T, V). */
+static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
+    TunaErr err = {0};
+    int V = m->cfg.V;
+    float *got = xmalloc(sizeof(float) * (size_t)T * V);
+    double worst = 0;
+    model_reserve(m, T, T, &err);
+    for (int b = 0; b < B; b++) {
+        model_reset(m);
+        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
+        worst = fmax(worst, test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V));
+    }
+    free(got);
+    return worst;
+}
+
+/* peft's saved PiSSA adapter over the original base: the SVD again, the residual kept, then the
+ * saved A and B merged: peft's logits. tuna's save of that state says "pissa" and reloads the
+ * same way. */
+static void test_adapter(void) {
+    const char *fx = "tests/fixtures/pissa/llama_pissa_logits.safetensors",
+               *adir = "tests/fixtures/pissa/llama_pissa_adapter";
+    struct stat sb;
+    if (stat(fx, &sb)) {
+        SKIP("%s missing", fx);
+        return;
+    }
+    TunaErr err = {0};
+    SafeTensors *st = NULL;
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL, *m2 = NULL;
+    TrainState *ts = NULL;
+    CHECK(safetensors_open(fx, &st, &err) == 0, "%s", err.msg);
+    const StTensor *ids = st ? safetensors_find(st, "input_ids") : NULL,
+                   *lg = st ? safetensors_find(st, "logits") : NULL;
+    CHECK(ids && lg, "%s: input_ids/logits missing", fx);
+    if (!ids || !lg) goto done;
+    int B = (int)ids->shape[0], T = (int)ids->shape[1];
+    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && adapter_load(m, adir, &err) == 0, "%s", err.msg);
+    double d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
+    CHECK(d <= 1e-4, "peft PiSSA adapter over the original base: max |dlogit| %.3g", d);
+    printf("  peft PiSSA adapter loaded over the original llama: max |dlogit| vs peft %.2e\n", d);
+    // tuna: the same adapter as a training start (adapter_read_config -> lora_pissa), saved again
+    TrainSetup s;
+    char targets[512], tokens[64];
+    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
+                          0 &&
+                  s.lora_pissa,
+          "adapter_read_config reads init_lora_weights pissa: %s", err.msg);
+    s.lora_targets = targets;
+    CHECK(model_load("tests/fixtures/llama", be, &m2, &err) == 0, "%s", err.msg);
+    if (!m2 || train_state_init(m2, &s, 1, 4, &ts, &err)) {
+        CHECK(0, "%s", err.msg);
+        goto done;
+    }
+    CHECK(adapter_init_train(ts, adir, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
+    char tmpl[] = "/tmp/tuna_pissa_XXXXXX";
+    char *tmp = mkdtemp(tmpl), out[256], cfg[300];
+    snprintf(out, sizeof out, "%s/adapter", tmp);
+    CHECK(adapter_save(ts, out, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", out);
+    char *text = xread_file(cfg, NULL);
+    CHECK(text && strstr(text, "\"init_lora_weights\":\t\"pissa\""),
+          "tuna's adapter_config.json says init_lora_weights pissa");
+    free(text);
+    model_free(m);
+    m = NULL;
+    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && adapter_load(m, out, &err) == 0, "%s", err.msg);
+    d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
+    CHECK(d <= 1e-4, "tuna's save of it, reloaded: max |dlogit| %.3g", d);
+    printf("  tuna's save of that PiSSA state, reloaded: max |dlogit| vs peft %.2e\n", d);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "rm");
+done:
+    train_state_free(ts);
+    model_free(m);
+    model_free(m2);
+    safetensors_free(st);
+    backend_free(be);
+}
+
+/* PiSSA needs an fp32 base, as peft's pissa_init. */
+static void test_refusals(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    ModelLoadOptions lo = {0};
+    lo.qtype = WT_Q8_0;
+    lo.fp32_from_layer = 1 << 20; /* every layer typed */
+    if (model_load_opts("tests/fixtures/llama", be, &lo, &m, &err)) {
+        SKIP("quantized load: %s", err.msg);
+    } else {
+        TrainSetup s = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_pissa = 1};
+        TrainState *ts = NULL;
+        int rc = train_state_init(m, &s, 1, 4, &ts, &err);
+        CHECK(rc == TUNA_EUNSUP && strstr(err.msg, "PiSSA"), "quantized base refused: %s", err.msg);
+        train_state_free(ts);
+    }
+    model_free(m);
+    backend_free(be);
+}
+
+int main(void) {
+    run_case("llama", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", 0);
+    run_case("llama", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", 1);
+    run_case("gpt2", "c_attn,c_proj,c_fc", 0);
+    test_adapter();
+    test_refusals();
+    return test_report("test_pissa");
+}
