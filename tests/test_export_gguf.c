@@ -1,0 +1,198 @@
+/* test_export_gguf.c: the GGUF writer (gguf_write.c) read back by gguf.c, its atomic save and
+ * write errors; `tuna export --format gguf|gguf-lora` (export_gguf.c): round trip of the merged
+ * model's logits, metadata, and malformed requests (one line, no file left behind). */
+#include <dirent.h>
+#include <errno.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../kernels/wtype.h"
+#include "../src/gguf.h"
+#include "../src/gguf_write.h"
+#include "harness.h"
+
+static char tmpdir[256];
+
+/* Number of entries in tmpdir whose name starts with prefix. */
+static int count_files(const char *prefix) {
+    DIR *d = opendir(tmpdir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        n += !strncmp(e->d_name, prefix, strlen(prefix));
+    if (d) closedir(d);
+    return n;
+}
+
+static GgufWriter *sample_writer(void) {
+    GgufWriter *w = gguf_writer_new();
+    gguf_w_str(w, "general.architecture", "llama");
+    gguf_w_u32(w, "general.alignment", 64);
+    gguf_w_scalar(w, "k.u8", GGUF_U8, 200);
+    gguf_w_scalar(w, "k.i8", GGUF_I8, (uint8_t)-5);
+    gguf_w_scalar(w, "k.u16", GGUF_U16, 60000);
+    gguf_w_scalar(w, "k.i16", GGUF_I16, (uint16_t)-300);
+    gguf_w_i32(w, "k.i32", -70000);
+    gguf_w_u64(w, "k.u64", 1ull << 40);
+    gguf_w_scalar(w, "k.i64", GGUF_I64, (uint64_t)-(1ll << 41));
+    gguf_w_f32(w, "k.f32", 0.25f);
+    double d = -1.5;
+    uint64_t db;
+    memcpy(&db, &d, 8);
+    gguf_w_scalar(w, "k.f64", GGUF_F64, db);
+    gguf_w_bool(w, "k.bool", 1);
+    int32_t ia[3] = {1, -2, 3};
+    gguf_w_arr(w, "k.arr_i32", GGUF_I32, ia, 3);
+    float fa[2] = {0.5f, -4.0f};
+    gguf_w_arr(w, "k.arr_f32", GGUF_F32, fa, 2);
+    const char *sa[] = {"a", "", "h\xc3\xa9llo"};
+    gguf_w_arr_str(w, "k.arr_str", sa, NULL, 3);
+    return w;
+}
+
+static void test_writer_round_trip(void) {
+    TunaErr err = {0};
+    GgufWriter *w = sample_writer();
+    float f[2 * 3] = {1, 2, 3, 4, 5, 6};
+    int64_t ne2[2] = {3, 2}, ne1[1] = {5};
+    CHECK(!gguf_w_tensor(w, "t.f32", GGML_F32, 2, ne2, f, sizeof f, 0, &err), "%s", err.msg);
+    uint16_t h[5];
+    for (int i = 0; i < 5; i++)
+        h[i] = wtype_f32_to_f16((float)i * 0.5f);
+    CHECK(!gguf_w_tensor(w, "t.f16", GGML_F16, 1, ne1, h, sizeof h, 0, &err), "%s", err.msg);
+    float q[64];
+    for (int i = 0; i < 64; i++)
+        q[i] = sinf((float)i);
+    Weight qw;
+    CHECK(!weight_quantize(&qw, q, 2, 32, WT_Q8_0, 0, &err), "%s", err.msg);
+    int64_t neq[2] = {32, 2};
+    CHECK(!gguf_w_tensor(w, "t.q8", GGML_Q8_0, 2, neq, qw.data, 2 * 34, 0, &err), "%s", err.msg);
+    /* refused: bad size, odd row for a block type, repeated name */
+    CHECK(gguf_w_tensor(w, "t.bad", GGML_F32, 2, ne2, f, 5 * 4, 0, &err) == TUNA_EINVAL, "size");
+    int64_t ne_odd[1] = {33};
+    CHECK(gguf_w_tensor(w, "t.odd", GGML_Q8_0, 1, ne_odd, q, 34, 0, &err) == TUNA_EINVAL, "block");
+    CHECK(gguf_w_tensor(w, "t.f32", GGML_F32, 2, ne2, f, sizeof f, 0, &err) == TUNA_EINVAL, "dup");
+    char path[512];
+    snprintf(path, sizeof path, "%s/w.gguf", tmpdir);
+    CHECK(!gguf_writer_save(w, path, &err), "%s", err.msg);
+    gguf_writer_free(w);
+    CHECK(count_files("w.gguf.tmp") == 0, "temporary left");
+    Gguf *g = NULL;
+    CHECK(!gguf_open(path, &g, &err), "%s", err.msg);
+    if (!g) goto out;
+    CHECK(gguf_version(g) == 3, "version");
+    int64_t v;
+    double x;
+    GgufStr s;
+    const GgufArr *a;
+    CHECK(gguf_get_str(g, "general.architecture", &s, &err) == 1 && s.len == 5 &&
+                  !memcmp(s.s, "llama", 5),
+          "arch");
+    CHECK(gguf_get_int(g, "k.u8", &v, &err) == 1 && v == 200, "u8");
+    CHECK(gguf_get_int(g, "k.i8", &v, &err) == 1 && v == -5, "i8");
+    CHECK(gguf_get_int(g, "k.u16", &v, &err) == 1 && v == 60000, "u16");
+    CHECK(gguf_get_int(g, "k.i16", &v, &err) == 1 && v == -300, "i16");
+    CHECK(gguf_get_int(g, "k.i32", &v, &err) == 1 && v == -70000, "i32");
+    CHECK(gguf_get_int(g, "k.u64", &v, &err) == 1 && v == (1ll << 40), "u64");
+    CHECK(gguf_get_int(g, "k.i64", &v, &err) == 1 && v == -(1ll << 41), "i64");
+    CHECK(gguf_get_float(g, "k.f32", &x, &err) == 1 && x == 0.25, "f32");
+    CHECK(gguf_get_float(g, "k.f64", &x, &err) == 1 && x == -1.5, "f64");
+    int b = 0;
+    CHECK(gguf_get_bool(g, "k.bool", &b, &err) == 1 && b == 1, "bool");
+    CHECK(gguf_get_arr(g, "k.arr_i32", &a, &err) == 1 && a->n == 3 && gguf_arr_int(a, 1) == -2,
+          "arr i32");
+    CHECK(gguf_get_arr(g, "k.arr_f32", &a, &err) == 1 && a->n == 2 &&
+                  gguf_arr_float(a, 1) == -4.0,
+          "arr f32");
+    CHECK(gguf_get_arr(g, "k.arr_str", &a, &err) == 1 && a->n == 3 && a->strs[1].len == 0 &&
+                  a->strs[2].len == 6 && !memcmp(a->strs[2].s, "h\xc3\xa9llo", 6),
+          "arr str");
+    CHECK(gguf_tensor_count(g) == 3, "tensors");
+    const GgufTensor *t = gguf_find_tensor(g, "t.f32");
+    float back[6];
+    CHECK(t && t->ndim == 2 && t->ne[0] == 3 && t->ne[1] == 2 &&
+                  !gguf_tensor_to_f32(g, t, back, 6, &err) && !memcmp(back, f, sizeof f),
+          "f32 tensor");
+    t = gguf_find_tensor(g, "t.q8");
+    CHECK(t && t->type == GGML_Q8_0 && t->nbytes == 68 && !memcmp(t->data, qw.data, 68),
+          "q8 tensor");
+    for (int i = 0; i < gguf_tensor_count(g); i++) /* the alignment asked for */
+        CHECK(((const char *)gguf_tensor_at(g, i)->data - (const char *)gguf_tensor_at(g, 0)->data) %
+                              64 ==
+                      0,
+              "alignment");
+    /* a copy of every key into a second file reads back the same */
+    GgufWriter *w2 = gguf_writer_new();
+    for (int i = 0; i < gguf_kv_count(g); i++)
+        gguf_w_copy(w2, NULL, gguf_kv_at(g, i));
+    char path2[600];
+    snprintf(path2, sizeof path2, "%s/w2.gguf", tmpdir);
+    CHECK(!gguf_writer_save(w2, path2, &err), "%s", err.msg);
+    gguf_writer_free(w2);
+    Gguf *g2 = NULL;
+    CHECK(!gguf_open(path2, &g2, &err), "%s", err.msg);
+    if (g2) {
+        CHECK(gguf_kv_count(g2) == gguf_kv_count(g), "copied keys");
+        CHECK(gguf_get_int(g2, "k.i64", &v, &err) == 1 && v == -(1ll << 41), "copied i64");
+        CHECK(gguf_get_float(g2, "k.f64", &x, &err) == 1 && x == -1.5, "copied f64");
+        CHECK(gguf_get_arr(g2, "k.arr_str", &a, &err) == 1 && a->n == 3 && a->strs[2].len == 6,
+              "copied arr");
+    }
+    gguf_free(g2);
+    gguf_free(g);
+out:
+    weight_free(&qw);
+}
+
+/* Write errors: one line naming the file, no file and no temporary left. */
+static void test_writer_errors(void) {
+    TunaErr err = {0};
+    GgufWriter *w = sample_writer();
+    char path[512];
+    snprintf(path, sizeof path, "%s/nodir/x.gguf", tmpdir);
+    CHECK(gguf_writer_save(w, path, &err) == TUNA_EIO && strstr(err.msg, path) &&
+                  !strchr(err.msg, '\n'),
+          "missing folder: %s", err.msg);
+    CHECK(gguf_writer_save(w, "/dev/null", &err) == TUNA_EIO && strstr(err.msg, "regular"),
+          "device: %s", err.msg);
+    /* a full disk, as a file-size limit (EFBIG) in a child */
+    static float big[1 << 16];
+    int64_t ne[1] = {1 << 16};
+    gguf_w_tensor(w, "big", GGML_F32, 1, ne, big, sizeof big, 0, &err);
+    snprintf(path, sizeof path, "%s/full.gguf", tmpdir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {100000, 100000};
+        setrlimit(RLIMIT_FSIZE, &rl);
+        TunaErr e2 = {0};
+        int rc = gguf_writer_save(w, path, &e2);
+        _exit(rc == TUNA_EIO && strstr(e2.msg, path) && strstr(e2.msg, "too large") ? 0 : 1);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "full disk: status %d", st);
+    CHECK(count_files("full.gguf") == 0, "a partial file is left");
+    /* read-only folder (skipped as root, who may write anywhere) */
+    if (geteuid() != 0) {
+        char ro[300];
+        snprintf(ro, sizeof ro, "%s/ro", tmpdir);
+        mkdir(ro, 0555);
+        snprintf(path, sizeof path, "%s/x.gguf", ro);
+        CHECK(gguf_writer_save(w, path, &err) == TUNA_EIO && strstr(err.msg, "Permission"),
+              "read-only: %s", err.msg);
+    }
+    gguf_writer_free(w);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna_test_export_gguf_%d", (int)getpid());
+    mkdir(tmpdir, 0755);
+    test_writer_round_trip();
+    test_writer_errors();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "chmod -R u+w %s; rm -rf %s", tmpdir, tmpdir);
+    if (system(cmd)) {}
+    return test_report("test_export_gguf");
+}
