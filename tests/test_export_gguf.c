@@ -11,6 +11,9 @@
 #include "../kernels/wtype.h"
 #include "../src/gguf.h"
 #include "../src/gguf_write.h"
+#include "../src/jinja.h"
+#include "../src/template.h"
+#include <cjson/cJSON.h>
 #include "harness.h"
 
 static char tmpdir[256];
@@ -186,11 +189,67 @@ static void test_writer_errors(void) {
     gguf_writer_free(w);
 }
 
+/* template_to_jinja rendered by jinja.c == template_render_text, for every bundled template on
+ * conversations with and without a system message, several turns, an empty system (the default
+ * one), quotes, braces and newlines in the content. */
+static void test_template_jinja(void) {
+    TunaErr err = {0};
+    char **names = NULL;
+    int nn = 0;
+    CHECK(!template_list("templates", &names, &nn, &err) && nn >= 5, "%s", err.msg);
+    static const ChatMessage c1[] = {{"user", "Hi!"}};
+    static const ChatMessage c2[] = {{"system", "Be brief.\nVery."}, {"user", "What's {{x}}?"}};
+    static const ChatMessage c3[] = {{"system", ""},     {"user", "a"},     {"assistant", "b"},
+                                     {"user", "c 'q' \\"}, {"assistant", "d"}, {"user", "e"}};
+    static const ChatMessage c4[] = {{"user", "x"}, {"assistant", "y{%"}};
+    static const ChatMessage c5[] = {{"system", "S"}, {"user", "u"}, {"assistant", "v"}};
+    const struct {
+        const ChatMessage *m;
+        int n;
+    } convs[] = {{c1, 1}, {c2, 2}, {c3, 6}, {c4, 2}, {c5, 3}};
+    int compared = 0;
+    for (int i = 0; i < nn; i++) {
+        Template *t = NULL;
+        if (template_load("templates", names[i], &t, &err)) continue;
+        char *src = template_to_jinja(t);
+        JinjaTemplate *jt = NULL;
+        CHECK(!jinja_parse(src, strlen(src), names[i], &jt, &err), "%s: %s", names[i], err.msg);
+        for (int c = 0; jt && c < 5; c++) {
+            char *want = NULL, *got = NULL;
+            if (template_render_text(t, convs[c].m, convs[c].n, "<s>", "</s>", &want, &err))
+                continue;
+            cJSON *ctx = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(ctx, "messages");
+            for (int k = 0; k < convs[c].n; k++) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "role", convs[c].m[k].role);
+                cJSON_AddStringToObject(o, "content", convs[c].m[k].content);
+                cJSON_AddItemToArray(arr, o);
+            }
+            cJSON_AddStringToObject(ctx, "bos_token", "<s>");
+            cJSON_AddStringToObject(ctx, "eos_token", "</s>");
+            cJSON_AddBoolToObject(ctx, "add_generation_prompt", 1);
+            int rc = jinja_render(jt, ctx, &got, NULL, &err);
+            CHECK(!rc && !strcmp(got, want), "%s conversation %d:\n got  [%s]\n want [%s]\n%s",
+                  names[i], c, got ? got : err.msg, want, src);
+            compared++;
+            cJSON_Delete(ctx);
+            free(want);
+            free(got);
+        }
+        jinja_free(jt);
+        free(src);
+        template_free(t);
+    }
+    CHECK(compared >= 5 * 8, "only %d renders compared", compared);
+    template_list_free(names, nn);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna_test_export_gguf_%d", (int)getpid());
     mkdir(tmpdir, 0755);
     test_writer_round_trip();
     test_writer_errors();
+    test_template_jinja();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "chmod -R u+w %s; rm -rf %s", tmpdir, tmpdir);
     if (system(cmd)) {}
