@@ -333,7 +333,9 @@ static int add_tensors(GgufWriter *w, const Model *m, int want, int verbose, Tun
         char gname[160];
         GgufXform x;
         int heads;
-        if (gguf_name_for(c, wt[i].name, gname, sizeof gname, &x, &heads)) {
+        const char *hf = wt[i].name;
+        if (!strncmp(hf, "transformer.", 12)) hf += 12; /* GPT-2's prefix */
+        if (gguf_name_for(c, hf, gname, sizeof gname, &x, &heads)) {
             rc = tuna_errf(err, TUNA_EUNSUP, "tensor \"%s\" has no llama.cpp name", wt[i].name);
             break;
         }
