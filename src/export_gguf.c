@@ -381,9 +381,8 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
                 TunaErr *err) {
     const ModelConfig *c = &m->cfg;
     int want = o->wtype;
-    if (want < 0 || want >= WT_COUNT || !wtype_info[want].quant_row)
-        return tuna_errf(err, TUNA_EUNSUP, "--quant %s: tuna cannot write this type yet",
-                         want >= 0 && want < WT_COUNT ? wtype_info[want].name : "?");
+    if (want < 0 || want >= WT_COUNT)
+        return tuna_errf(err, TUNA_EINVAL, "quant type %d is not a weight type", want);
     if (m->prefix_len)
         return tuna_errf(err, TUNA_EUNSUP,
                          "a P-tuning prefix cannot be folded into GGUF weights (llama.cpp has "
@@ -394,6 +393,10 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
                          "--quant %s needs a hidden size that is a multiple of %d; this %s model's "
                          "is %d (try q8_0 or f16)",
                          wtype_info[want].name, blk, config_arch_name(c->arch), c->C);
+    if (!wtype_info[want].quant_row)
+        return tuna_errf(err, TUNA_EUNSUP, "--quant %s: tuna has no %s quantizer yet (q4_0, "
+                         "q4_1 and q8_0 are bit-identical to the gguf package's)",
+                         wtype_info[want].name, wtype_info[want].name);
     GgufWriter *w = gguf_writer_new();
     gguf_w_str(w, "general.architecture", arch_name(c->arch));
     gguf_w_str(w, "general.type", "model");

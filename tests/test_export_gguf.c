@@ -18,6 +18,7 @@
 #include "../src/template.h"
 #include "../src/tokenizer.h"
 #include <cjson/cJSON.h>
+#include "../src/xalloc.h"
 #include "harness.h"
 
 static char tmpdir[256];
@@ -370,6 +371,150 @@ static void test_round_trip(void) {
     backend_free(be);
 }
 
+// --- the CLI ---------------------------------------------------------------------------------
+
+static const char *bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
+/* Runs `[prefix] tuna args` from the repo root; exit status, stderr (malloc'd) in *err. */
+static int run(const char *prefix, const char *args, char **errtxt) {
+    char cmd[4096], pe[400];
+    snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s %s %s </dev/null >/dev/null 2>%s", prefix ? prefix : "", bin(),
+             args, pe);
+    int st = system(cmd);
+    *errtxt = xread_file(pe, NULL);
+    if (!*errtxt) *errtxt = xstrdup("");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* *.gguf files and temporaries in tmpdir (recursively one level: out/ included). */
+static int n_outputs(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "find %s -name '*.gguf*' -type f | wc -l > %s/count", tmpdir,
+             tmpdir);
+    if (system(cmd)) return -1;
+    snprintf(cmd, sizeof cmd, "%s/count", tmpdir);
+    char *c = xread_file(cmd, NULL);
+    int n = c ? atoi(c) : -1;
+    free(c);
+    return n;
+}
+
+static void check_refused(const char *prefix, const char *args, const char *want) {
+    char *e;
+    int before = n_outputs();
+    int rc = run(prefix, args, &e);
+    int lines = 0;
+    for (const char *p = e; *p; p++)
+        lines += *p == '\n';
+    CHECK(rc != 0 && lines == 1 && strstr(e, want), "`tuna %s`: exit %d, stderr \"%s\" (want one "
+          "line with \"%s\")", args, rc, e, want);
+    CHECK(n_outputs() == before, "`tuna %s` left a file behind", args);
+    free(e);
+}
+
+static void test_cli(void) {
+    if (access(bin(), X_OK)) {
+        SKIP("%s is not built: make tuna", bin());
+        return;
+    }
+    char args[2048], *e;
+    /* a 2-step LoRA run and a P-tuning run of stories260K */
+    const char *methods[2] = {"lora", "ptuning"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(args, sizeof args,
+                 "train --model models/stories260K --dataset identity --dataset-dir datasets "
+                 "--vars name=Tuna,author=Ann --method %s --template llama2 --max-steps 2 "
+                 "--quiet --output %s/run_%s",
+                 methods[i], tmpdir, methods[i]);
+        int rc = run(NULL, args, &e);
+        CHECK(rc == 0, "train %s: %s", methods[i], e);
+        free(e);
+    }
+    /* merged f16 of the LoRA run, with its template as Jinja */
+    snprintf(args, sizeof args, "export --format gguf --model %s/run_lora --out %s/merged.gguf",
+             tmpdir, tmpdir);
+    CHECK(run(NULL, args, &e) == 0, "%s", e);
+    free(e);
+    char path[600];
+    snprintf(path, sizeof path, "%s/merged.gguf", tmpdir);
+    Gguf *g = NULL;
+    TunaErr err = {0};
+    CHECK(!gguf_open(path, &g, &err), "%s", err.msg);
+    GgufStr s;
+    CHECK(g && gguf_get_str(g, "tokenizer.chat_template", &s, &err) == 1 &&
+                  memmem(s.s, s.len, "[INST]", 6),
+          "merged: chat template of the run (llama2)");
+    int64_t v;
+    CHECK(g && gguf_get_int(g, "general.file_type", &v, &err) == 1 && v == 1, "file_type f16");
+    gguf_free(g);
+    /* the adapter in llama.cpp's format */
+    snprintf(args, sizeof args, "export --format gguf-lora --model %s/run_lora --out %s/lora.gguf",
+             tmpdir, tmpdir);
+    CHECK(run(NULL, args, &e) == 0, "%s", e);
+    free(e);
+    snprintf(path, sizeof path, "%s/lora.gguf", tmpdir);
+    g = NULL;
+    CHECK(!gguf_open(path, &g, &err), "%s", err.msg);
+    double alpha = 0;
+    CHECK(g && gguf_get_str(g, "general.type", &s, &err) == 1 && s.len == 7 &&
+                  !memcmp(s.s, "adapter", 7),
+          "general.type adapter");
+    CHECK(g && gguf_get_float(g, "adapter.lora.alpha", &alpha, &err) == 1 && alpha > 0, "alpha");
+    const GgufTensor *a = g ? gguf_find_tensor(g, "blk.0.attn_q.weight.lora_a") : NULL,
+                     *b = g ? gguf_find_tensor(g, "blk.0.attn_q.weight.lora_b") : NULL;
+    CHECK(a && b && a->ne[0] == 64 && b->ne[1] == 64 && a->ne[1] == b->ne[0],
+          "lora_a (in, r) and lora_b (r, out)");
+    gguf_free(g);
+
+    /* ten malformed requests: one line each, nothing left behind */
+    char sub[700];
+    snprintf(args, sizeof args, "export --format gguf --quant q5_x --model models/stories260K "
+             "--out %s/a.gguf", tmpdir);
+    check_refused(NULL, args, "--quant \"q5_x\"");
+    snprintf(args, sizeof args, "export --format ggml --model models/stories260K --out %s/a.gguf",
+             tmpdir);
+    check_refused(NULL, args, "--format \"ggml\"");
+    snprintf(args, sizeof args, "export --format gguf --quant q4_k --model models/stories260K "
+             "--out %s/a.gguf", tmpdir);
+    check_refused(NULL, args, "multiple of 256");
+    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
+             "--out %s/no/such/dir/a.gguf", tmpdir);
+    check_refused(NULL, args, "cannot write");
+    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
+             "--out %s/a.gguf", tmpdir);
+    check_refused("ulimit -f 64;", args, "File too large"); /* a full disk */
+    snprintf(args, sizeof args, "export --format gguf --model %s/no_such_run --out %s/a.gguf",
+             tmpdir, tmpdir);
+    check_refused(NULL, args, "no_such_run");
+    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
+             "--out %s/merged.gguf", tmpdir);
+    check_refused(NULL, args, "exists");
+    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
+             "--out %s/a.bin", tmpdir);
+    check_refused(NULL, args, "ending in .gguf");
+    snprintf(args, sizeof args, "export --format gguf-lora --model models/stories260K "
+             "--out %s/a.gguf", tmpdir);
+    check_refused(NULL, args, "needs a LoRA run");
+    snprintf(args, sizeof args, "export --format gguf --model %s/run_ptuning --out %s/a.gguf",
+             tmpdir, tmpdir);
+    check_refused(NULL, args, "P-tuning");
+    snprintf(args, sizeof args, "export --format gguf-lora --model %s/run_ptuning "
+             "--out %s/a.gguf", tmpdir, tmpdir);
+    check_refused(NULL, args, "not a LoRA adapter");
+    snprintf(sub, sizeof sub, "%s/dir.gguf", tmpdir);
+    mkdir(sub, 0755);
+    snprintf(args, sizeof args, "export --format gguf --overwrite --model models/stories260K "
+             "--out %s", sub);
+    check_refused(NULL, args, "not a regular file");
+    snprintf(args, sizeof args, "export --format gguf --out %s/x.gguf --model "
+             "tests/fixtures/nope.gguf", tmpdir);
+    check_refused(NULL, args, "nope.gguf");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna_test_export_gguf_%d", (int)getpid());
     mkdir(tmpdir, 0755);
@@ -377,6 +522,7 @@ int main(void) {
     test_writer_errors();
     test_template_jinja();
     test_round_trip();
+    test_cli();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "chmod -R u+w %s; rm -rf %s", tmpdir, tmpdir);
     if (system(cmd)) {}
