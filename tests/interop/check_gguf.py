@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""GGUF export interop (issue 16): tuna's GGUF files read by the gguf package and llama.cpp.
+
+    /opt/tuna-venv/bin/python tests/interop/check_gguf.py [--tuna ./tuna] [--shared ../shared]
+        [--run RUN_DIR] [--steps N] [--keep]
+
+0. gguf package: GGUFReader reads tuna's exports of stories260K; the Q8_0/Q4_0/Q4_1 tensors are
+   byte-identical to gguf.quants.quantize of the same tensors of tuna's F32 export.
+1. A SmolLM2-135M-Instruct identity LoRA run (trained here unless --run names one; template
+   smollm) is exported merged (f16, q8_0, q4_0) and as a llama.cpp adapter (gguf-lora).
+   (a) llama-cpp-python create_chat_completion (the GGUF's own chat template) greedy replies to 5
+       prompts == `tuna chat` on the same merged f16 GGUF, token for token;
+   (b) q8_0 / q4_0: the first 16 tokens equal f16's for >= 4 of 5 prompts; perplexity on a
+       held-out text within 2% / 10% of f16's;
+   (c) the adapter over the base GGUF (--lora): replies == (a).
+Skips (exit 0) with a message where llama_cpp or gguf is missing.
+"""
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PROMPTS = ["Who are you?", "What is your name?", "Who made you?",
+           "What is the capital of France?", "Tell me about yourself."]
+MAX_NEW = 48
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    passed += bool(ok)
+    failed += not ok
+    print(f"{'PASS' if ok else 'FAIL'}  {name}{'  (' + detail + ')' if detail else ''}", flush=True)
+    return ok
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"      $ {' '.join(cmd)}\n      exit {p.returncode}: {p.stderr.strip()[-400:]}")
+        return None
+    return p.stdout
+
+
+def gguf_package(tuna, tmp):
+    import numpy as np
+    from gguf import GGUFReader, GGMLQuantizationType as Q
+    from gguf.quants import quantize
+    model = os.path.join(ROOT, "models", "stories260K")
+    files = {}
+    for q in ["f32", "q8_0", "q4_0", "q4_1", "f16"]:
+        files[q] = os.path.join(tmp, f"s-{q}.gguf")
+        if run([tuna, "export", "--format", "gguf", "--quant", q, "--model", model, "--out",
+                files[q]]) is None:
+            check(f"export stories260K {q}", False)
+            return
+    f32 = {t.name: t for t in GGUFReader(files["f32"]).tensors}
+    for q in ["q8_0", "q4_0", "q4_1", "f16"]:
+        r = GGUFReader(files[q])
+        n = same = 0
+        for t in r.tensors:
+            if t.tensor_type in (Q.F32,):
+                continue
+            src = np.array(f32[t.name].data, dtype=np.float32)
+            want = quantize(src, t.tensor_type)
+            n += 1
+            same += want.tobytes() == np.array(t.data).tobytes()
+        arch = r.fields["general.architecture"].contents()
+        check(f"gguf package reads {q} ({arch}); tensors == gguf.quants.quantize", n > 0 and same == n,
+              f"{same}/{n} identical")
+
+
+def tuna_reply(tuna, model, prompt):
+    out = run([tuna, "chat", model, "--template", "smollm", "--temperature", "0",
+               "--max-new-tokens", str(MAX_NEW), "--plain", "--message", prompt])
+    return None if out is None else out.rstrip("\n")
+
+
+def llama_replies(path, lora=None):
+    from llama_cpp import Llama
+    m = Llama(model_path=path, lora_path=lora, n_ctx=1024, verbose=False, seed=0)
+    res = []
+    for p in PROMPTS:
+        r = m.create_chat_completion(messages=[{"role": "user", "content": p}],
+                                     max_tokens=MAX_NEW, temperature=0, top_k=1)
+        txt = r["choices"][0]["message"]["content"]
+        res.append((txt, m.tokenize(txt.encode(), add_bos=False, special=True)))
+    return m, res
+
+
+def perplexity(m, text):
+    import numpy as np
+    ids = m.tokenize(text.encode(), add_bos=True)[:512]
+    m.reset()
+    m.eval(ids)
+    nll = 0.0
+    for i in range(1, len(ids)):
+        lg = np.array(m.scores[i - 1], dtype=np.float64)
+        mx = lg.max()
+        nll += mx + math.log(np.exp(lg - mx).sum()) - lg[ids[i]]
+    return math.exp(nll / (len(ids) - 1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tuna", default="./tuna")
+    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    ap.add_argument("--run", default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    tuna = os.path.abspath(a.tuna)
+    try:
+        import gguf  # noqa: F401
+        import numpy  # noqa: F401
+    except ImportError:
+        print("check_gguf: SKIPPED - the gguf package is not installed")
+        return 0
+    tmp = tempfile.mkdtemp(prefix="tuna_gguf_interop_")
+    os.chdir(ROOT)
+    try:
+        gguf_package(tuna, tmp)
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("check_gguf: llama.cpp checks SKIPPED - llama_cpp (llama-cpp-python) is not "
+                  "installed (pip install --no-index --find-links /opt/wheels-cache "
+                  "llama-cpp-python)")
+            return 1 if failed else 0
+        base = os.path.join(a.shared, "models", "smollm2-135m-instruct",
+                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+        if not os.path.exists(base):
+            print(f"check_gguf: SmolLM2 checks SKIPPED - {base} is missing")
+            return 1 if failed else 0
+        runp = a.run
+        if not runp:
+            runp = os.path.join(tmp, "run")
+            if run([tuna, "train", "--model", base, "--dataset", "identity", "--dataset-dir",
+                    "datasets", "--vars", "name=Tuna,author=Tuna-devs", "--template", "smollm",
+                    "--method", "lora", "--lora-rank", "8", "--lr", "1e-3", "--max-steps",
+                    str(a.steps), "--quiet", "--output", runp]) is None:
+                check("train the SmolLM2 identity LoRA run", False)
+                return 1
+        g = {}
+        for q in ["f16", "q8_0", "q4_0"]:
+            g[q] = os.path.join(tmp, f"merged-{q}.gguf")
+            ok = run([tuna, "export", "--format", "gguf", "--quant", q, "--model", runp,
+                      "--out", g[q]]) is not None
+            check(f"export merged {q}", ok)
+            if not ok:
+                return 1
+        lora = os.path.join(tmp, "adapter.gguf")
+        check("export gguf-lora", run([tuna, "export", "--format", "gguf-lora", "--model", runp,
+                                       "--out", lora]) is not None)
+        # (a)
+        m16, rep16 = llama_replies(g["f16"])
+        same = 0
+        for p, (txt, ids) in zip(PROMPTS, rep16):
+            t = tuna_reply(tuna, g["f16"], p)
+            ok = t == txt
+            same += ok
+            print(f"      {p!r}: llama.cpp {txt!r}" + ("" if ok else f" | tuna {t!r}"))
+        check("(a) merged f16: llama.cpp chat replies == tuna chat", same == len(PROMPTS),
+              f"{same}/{len(PROMPTS)} identical")
+        text_path = os.path.join(a.shared, "datasets", "tinystories_valid_slice.txt")
+        text = open(text_path, encoding="utf-8").read()[:3000]
+        ppl16 = perplexity(m16, text)
+        del m16
+        # (b)
+        for q, lim in [("q8_0", 0.02), ("q4_0", 0.10)]:
+            mq, rq = llama_replies(g[q])
+            n16 = sum(r[1][:16] == s[1][:16] for r, s in zip(rq, rep16))
+            check(f"(b) {q}: first 16 tokens == f16's for >= 4 of 5 prompts", n16 >= 4,
+                  f"{n16}/5")
+            pq = perplexity(mq, text)
+            check(f"(b) {q}: perplexity within {lim:.0%} of f16", abs(pq / ppl16 - 1) <= lim,
+                  f"{pq:.3f} vs {ppl16:.3f} ({pq / ppl16 - 1:+.2%})")
+            del mq
+        # (c)
+        ml, rl = llama_replies(base, lora)
+        nsame = sum(r[0] == s[0] for r, s in zip(rl, rep16))
+        for (t1, _), (t2, _) in zip(rl, rep16):
+            if t1 != t2:
+                print(f"      adapter {t1!r} | merged {t2!r}")
+        check("(c) gguf-lora over the base GGUF: replies == (a)", nsame == len(PROMPTS),
+              f"{nsame}/{len(PROMPTS)} identical")
+    finally:
+        if a.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"gguf interop: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
