@@ -41,7 +41,10 @@ static uint32_t file_type(int wt) {
 
 static const char *arch_name(ModelArch a) {
     /* llama.cpp converts Mistral (v0.1-style) checkpoints as "llama" */
-    return a == ARCH_QWEN2 ? "qwen2" : a == ARCH_QWEN3 ? "qwen3" : a == ARCH_GPT2 ? "gpt2" : "llama";
+    return a == ARCH_QWEN2   ? "qwen2"
+           : a == ARCH_QWEN3 ? "qwen3"
+           : a == ARCH_GPT2  ? "gpt2"
+                             : "llama";
 }
 
 // --- architecture metadata -----------------------------------------------------------------
@@ -234,15 +237,17 @@ static int tok_from_hf(GgufWriter *w, const char *dir, const ModelConfig *c, con
             snprintf(pad, sizeof pad, "[PAD%d]", i);
             tok[i] = xstrdup(pad);
             tt[i] = TT_UNUSED;
-        } else if (spm && tt[i] == TT_NORMAL && strlen(tok[i]) == 6 &&
-                   !strncmp(tok[i], "<0x", 3) && tok[i][5] == '>') {
+        } else if (spm && tt[i] == TT_NORMAL && strlen(tok[i]) == 6 && !strncmp(tok[i], "<0x", 3) &&
+                   tok[i][5] == '>') {
             tt[i] = TT_BYTE;
         }
         if (cJSON_IsString(unk) && !strcmp(tok[i], unk->valuestring)) tt[i] = TT_UNKNOWN;
     }
     gguf_w_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
-    if (!spm) gguf_w_str(w, "tokenizer.ggml.pre", pre);
-    else gguf_w_str(w, "tokenizer.ggml.pre", "default");
+    if (!spm)
+        gguf_w_str(w, "tokenizer.ggml.pre", pre);
+    else
+        gguf_w_str(w, "tokenizer.ggml.pre", "default");
     gguf_w_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, NULL, (uint64_t)n);
     if (spm) gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_F32, score, (uint64_t)n);
     gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_I32, tt, (uint64_t)n);
@@ -261,7 +266,8 @@ static int tok_from_hf(GgufWriter *w, const char *dir, const ModelConfig *c, con
                 ids[s] = i;
                 break;
             }
-    static const char *const keys[3] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+    static const char *const keys[3] = {"tokenizer.ggml.bos_token_id",
+                                        "tokenizer.ggml.eos_token_id",
                                         "tokenizer.ggml.padding_token_id"};
     for (int s = 0; s < 3; s++)
         if (ids[s] >= 0) gguf_w_u32(w, keys[s], (uint32_t)ids[s]);
@@ -394,7 +400,8 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
                          "is %d (try q8_0 or f16)",
                          wtype_info[want].name, blk, config_arch_name(c->arch), c->C);
     if (!wtype_info[want].quant_row)
-        return tuna_errf(err, TUNA_EUNSUP, "--quant %s: tuna has no %s quantizer yet (q4_0, "
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--quant %s: tuna has no %s quantizer yet (q4_0, "
                          "q4_1 and q8_0 are bit-identical to the gguf package's)",
                          wtype_info[want].name, wtype_info[want].name);
     GgufWriter *w = gguf_writer_new();
@@ -476,8 +483,8 @@ int export_gguf_lora(const ModelConfig *cfg, const char *adapter_dir, const char
         GgufXform x;
         int heads;
         if (gguf_name_for(cfg, base, gname, sizeof gname, &x, &heads) || t->ndim != 2) {
-            rc = tuna_errf(err, TUNA_EUNSUP, "%s: tensor \"%s\" has no llama.cpp base tensor",
-                           path, nm);
+            rc = tuna_errf(err, TUNA_EUNSUP, "%s: tensor \"%s\" has no llama.cpp base tensor", path,
+                           nm);
             break;
         }
         size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1], nel = rows * cols;

@@ -87,8 +87,7 @@ void gguf_w_scalar(GgufWriter *w, const char *key, GgufType type, uint64_t bits)
     TUNA_ASSERT(scalar_size(type) > 0);
     put_key(w, key, type);
     put(w, &bits, scalar_size(type)); /* the low bytes of the value */
-    if (type == GGUF_U32 && !strcmp(key, "general.alignment") && bits &&
-        !(bits & (bits - 1)))
+    if (type == GGUF_U32 && !strcmp(key, "general.alignment") && bits && !(bits & (bits - 1)))
         w->align = (uint32_t)bits;
 }
 

@@ -8,18 +8,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../kernels/wtype.h"
 #include "../kernels/backend.h"
+#include "../kernels/wtype.h"
 #include "../src/export_gguf.h"
 #include "../src/gguf.h"
-#include "../src/model.h"
 #include "../src/gguf_write.h"
 #include "../src/jinja.h"
+#include "../src/model.h"
 #include "../src/template.h"
 #include "../src/tokenizer.h"
-#include <cjson/cJSON.h>
 #include "../src/xalloc.h"
 #include "harness.h"
+#include <cjson/cJSON.h>
 
 static char tmpdir[256];
 
@@ -44,7 +44,7 @@ static GgufWriter *sample_writer(void) {
     gguf_w_scalar(w, "k.i16", GGUF_I16, (uint16_t)-300);
     gguf_w_i32(w, "k.i32", -70000);
     gguf_w_u64(w, "k.u64", 1ull << 40);
-    gguf_w_scalar(w, "k.i64", GGUF_I64, (uint64_t)-(1ll << 41));
+    gguf_w_scalar(w, "k.i64", GGUF_I64, (uint64_t) - (1ll << 41));
     gguf_w_f32(w, "k.f32", 0.25f);
     double d = -1.5;
     uint64_t db;
@@ -111,8 +111,7 @@ static void test_writer_round_trip(void) {
     CHECK(gguf_get_bool(g, "k.bool", &b, &err) == 1 && b == 1, "bool");
     CHECK(gguf_get_arr(g, "k.arr_i32", &a, &err) == 1 && a->n == 3 && gguf_arr_int(a, 1) == -2,
           "arr i32");
-    CHECK(gguf_get_arr(g, "k.arr_f32", &a, &err) == 1 && a->n == 2 &&
-                  gguf_arr_float(a, 1) == -4.0,
+    CHECK(gguf_get_arr(g, "k.arr_f32", &a, &err) == 1 && a->n == 2 && gguf_arr_float(a, 1) == -4.0,
           "arr f32");
     CHECK(gguf_get_arr(g, "k.arr_str", &a, &err) == 1 && a->n == 3 && a->strs[1].len == 0 &&
                   a->strs[2].len == 6 && !memcmp(a->strs[2].s, "h\xc3\xa9llo", 6),
@@ -127,7 +126,8 @@ static void test_writer_round_trip(void) {
     CHECK(t && t->type == GGML_Q8_0 && t->nbytes == 68 && !memcmp(t->data, qw.data, 68),
           "q8 tensor");
     for (int i = 0; i < gguf_tensor_count(g); i++) /* the alignment asked for */
-        CHECK(((const char *)gguf_tensor_at(g, i)->data - (const char *)gguf_tensor_at(g, 0)->data) %
+        CHECK(((const char *)gguf_tensor_at(g, i)->data -
+               (const char *)gguf_tensor_at(g, 0)->data) %
                               64 ==
                       0,
               "alignment");
@@ -204,7 +204,7 @@ static void test_template_jinja(void) {
     CHECK(!template_list("templates", &names, &nn, &err) && nn >= 5, "%s", err.msg);
     static const ChatMessage c1[] = {{"user", "Hi!"}};
     static const ChatMessage c2[] = {{"system", "Be brief.\nVery."}, {"user", "What's {{x}}?"}};
-    static const ChatMessage c3[] = {{"system", ""},     {"user", "a"},     {"assistant", "b"},
+    static const ChatMessage c3[] = {{"system", ""},       {"user", "a"},      {"assistant", "b"},
                                      {"user", "c 'q' \\"}, {"assistant", "d"}, {"user", "e"}};
     static const ChatMessage c4[] = {{"user", "x"}, {"assistant", "y{%"}};
     static const ChatMessage c5[] = {{"system", "S"}, {"user", "u"}, {"assistant", "v"}};
@@ -299,11 +299,13 @@ static float *logits_of(Model *m, const int32_t *ids, int T) {
  * q8_0, q4_0 and read back by tuna: f16 logits within 1e-2 of the fp32 model's; q8_0 and q4_0
  * within a looser bound (their rounding), and 1-D tensors F32. */
 static void test_round_trip(void) {
-    const char *dirs[] = {"tests/fixtures/llama", "tests/fixtures/llama_tied",
+    const char *dirs[] = {"tests/fixtures/llama",   "tests/fixtures/llama_tied",
                           "tests/fixtures/mistral", "tests/fixtures/qwen2",
-                          "tests/fixtures/qwen3", "tests/fixtures/gpt2", "models/stories260K"};
+                          "tests/fixtures/qwen3",   "tests/fixtures/gpt2",
+                          "models/stories260K"};
     const int types[] = {WT_F16, WT_BF16, WT_Q8_0, WT_Q4_0, WT_Q4_1};
-    const double tol[] = {1e-2, 1e-1, 0.3, 2.5, 2.5}; /* f16 as the issue asks; the rest: rounding */
+    const double tol[] = {1e-2, 1e-1, 0.3, 2.5,
+                          2.5}; /* f16 as the issue asks; the rest: rounding */
     const int32_t ids[10] = {1, 17, 200, 3, 99, 42, 5, 250, 7, 128};
     const int T = 10;
     TunaErr err = {0};
@@ -359,8 +361,7 @@ static void test_round_trip(void) {
             CHECK(worst <= tol[k], "%s %s: max |logit diff| %g > %g", dirs[i],
                   wtype_info[types[k]].name, worst, tol[k]);
             if (getenv("TEST_VERBOSE"))
-                printf("%s %s: max |logit diff| %.3g\n", dirs[i], wtype_info[types[k]].name,
-                       worst);
+                printf("%s %s: max |logit diff| %.3g\n", dirs[i], wtype_info[types[k]].name, worst);
             free(lg);
             model_free(m2);
             unlink(out);
@@ -393,8 +394,7 @@ static int run(const char *prefix, const char *args, char **errtxt) {
 /* *.gguf files and temporaries in tmpdir (recursively one level: out/ included). */
 static int n_outputs(void) {
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "find %s -name '*.gguf*' -type f | wc -l > %s/count", tmpdir,
-             tmpdir);
+    snprintf(cmd, sizeof cmd, "find %s -name '*.gguf*' -type f | wc -l > %s/count", tmpdir, tmpdir);
     if (system(cmd)) return -1;
     snprintf(cmd, sizeof cmd, "%s/count", tmpdir);
     char *c = xread_file(cmd, NULL);
@@ -410,8 +410,10 @@ static void check_refused(const char *prefix, const char *args, const char *want
     int lines = 0;
     for (const char *p = e; *p; p++)
         lines += *p == '\n';
-    CHECK(rc != 0 && lines == 1 && strstr(e, want), "`tuna %s`: exit %d, stderr \"%s\" (want one "
-          "line with \"%s\")", args, rc, e, want);
+    CHECK(rc != 0 && lines == 1 && strstr(e, want),
+          "`tuna %s`: exit %d, stderr \"%s\" (want one "
+          "line with \"%s\")",
+          args, rc, e, want);
     CHECK(n_outputs() == before, "`tuna %s` left a file behind", args);
     free(e);
 }
@@ -472,46 +474,66 @@ static void test_cli(void) {
 
     /* ten malformed requests: one line each, nothing left behind */
     char sub[700];
-    snprintf(args, sizeof args, "export --format gguf --quant q5_x --model models/stories260K "
-             "--out %s/a.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --quant q5_x --model models/stories260K "
+             "--out %s/a.gguf",
+             tmpdir);
     check_refused(NULL, args, "--quant \"q5_x\"");
     snprintf(args, sizeof args, "export --format ggml --model models/stories260K --out %s/a.gguf",
              tmpdir);
     check_refused(NULL, args, "--format \"ggml\"");
-    snprintf(args, sizeof args, "export --format gguf --quant q4_k --model models/stories260K "
-             "--out %s/a.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --quant q4_k --model models/stories260K "
+             "--out %s/a.gguf",
+             tmpdir);
     check_refused(NULL, args, "multiple of 256");
-    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
-             "--out %s/no/such/dir/a.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --model models/stories260K "
+             "--out %s/no/such/dir/a.gguf",
+             tmpdir);
     check_refused(NULL, args, "cannot write");
-    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
-             "--out %s/a.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --model models/stories260K "
+             "--out %s/a.gguf",
+             tmpdir);
     check_refused("ulimit -f 64;", args, "File too large"); /* a full disk */
     snprintf(args, sizeof args, "export --format gguf --model %s/no_such_run --out %s/a.gguf",
              tmpdir, tmpdir);
     check_refused(NULL, args, "no_such_run");
-    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
-             "--out %s/merged.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --model models/stories260K "
+             "--out %s/merged.gguf",
+             tmpdir);
     check_refused(NULL, args, "exists");
-    snprintf(args, sizeof args, "export --format gguf --model models/stories260K "
-             "--out %s/a.bin", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --model models/stories260K "
+             "--out %s/a.bin",
+             tmpdir);
     check_refused(NULL, args, "ending in .gguf");
-    snprintf(args, sizeof args, "export --format gguf-lora --model models/stories260K "
-             "--out %s/a.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf-lora --model models/stories260K "
+             "--out %s/a.gguf",
+             tmpdir);
     check_refused(NULL, args, "needs a LoRA run");
     snprintf(args, sizeof args, "export --format gguf --model %s/run_ptuning --out %s/a.gguf",
              tmpdir, tmpdir);
     check_refused(NULL, args, "P-tuning");
-    snprintf(args, sizeof args, "export --format gguf-lora --model %s/run_ptuning "
-             "--out %s/a.gguf", tmpdir, tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf-lora --model %s/run_ptuning "
+             "--out %s/a.gguf",
+             tmpdir, tmpdir);
     check_refused(NULL, args, "not a LoRA adapter");
     snprintf(sub, sizeof sub, "%s/dir.gguf", tmpdir);
     mkdir(sub, 0755);
-    snprintf(args, sizeof args, "export --format gguf --overwrite --model models/stories260K "
-             "--out %s", sub);
+    snprintf(args, sizeof args,
+             "export --format gguf --overwrite --model models/stories260K "
+             "--out %s",
+             sub);
     check_refused(NULL, args, "not a regular file");
-    snprintf(args, sizeof args, "export --format gguf --out %s/x.gguf --model "
-             "tests/fixtures/nope.gguf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --out %s/x.gguf --model "
+             "tests/fixtures/nope.gguf",
+             tmpdir);
     check_refused(NULL, args, "nope.gguf");
 }
 

@@ -349,8 +349,8 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
         return 2;
     }
     if (!stat(out, &sb) && !overwrite) {
-        fprintf(stderr,
-                "tuna export: --out %s: exists; choose a new name or add --overwrite\n", out);
+        fprintf(stderr, "tuna export: --out %s: exists; choose a new name or add --overwrite\n",
+                out);
         return 1;
     }
     TunaErr err = {0};
@@ -425,8 +425,9 @@ int cmd_export(int argc, char **argv) {
             {"overwrite", 0, 'w', NULL, "write into a folder that is not an earlier export"},
             {"format", 1, 'f', "FMT", "hf (default), gguf (merged, for llama.cpp) or gguf-lora"},
             {"quant", 1, 'q', "TYPE", "gguf: f16 (default), bf16, f32, q8_0, q4_0, q4_1"},
-            {"template", 1, 'T', "NAME", "gguf: the chat template (default: the run's, else the "
-                                         "model's own)"},
+            {"template", 1, 'T', "NAME",
+             "gguf: the chat template (default: the run's, else the "
+             "model's own)"},
             CLI_PRECISION_OPTS,
             {"help", 0, 'h', NULL, "show this help"},
             {NULL, 0, 0, NULL, NULL}};
@@ -474,8 +475,8 @@ int cmd_export(int argc, char **argv) {
             return 2;
         }
     }
-    if (strcmp(format, "hf")) return cmd_export_gguf(model, adapter, format, quant, tpl, out,
-                                                     overwrite, &prec);
+    if (strcmp(format, "hf"))
+        return cmd_export_gguf(model, adapter, format, quant, tpl, out, overwrite, &prec);
     if (!model || !out[0]) {
         fprintf(stderr, "tuna export: --model and --out are required (see --help)\n");
         return 2;
