@@ -142,7 +142,7 @@ static const char *split_regex(const cJSON *j) {
  * NULL when tuna cannot tell. */
 static const char *bytelevel_pre(const cJSON *pt) {
     const char *re = split_regex(pt);
-    if (!re) return json_has_type(pt, "Digits") ? "smollm" : "gpt2";
+    if (!re) return json_has_type(pt, "Digits") ? "smollm" : "gpt-2";
     if (strstr(re, "\\p{N}{1,3}")) return "llama-bpe";
     if (strstr(re, "(?i:'s|'t|'re|'ve|'m|'ll|'d)") && strstr(re, "\\p{N}|")) return "qwen2";
     return NULL;

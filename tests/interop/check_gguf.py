@@ -6,6 +6,8 @@
 
 0. gguf package: GGUFReader reads tuna's exports of stories260K; the Q8_0/Q4_0/Q4_1 tensors are
    byte-identical to gguf.quants.quantize of the same tensors of tuna's F32 export.
+   Tokenizers: a tiny random llama with each of ../shared/tokenizers' tokenizer.json (gpt2,
+   llama2, llama3, mistral, qwen3) exported: llama.cpp's ids == HF tokenizers' on 5 texts.
 1. A SmolLM2-135M-Instruct identity LoRA run (trained here unless --run names one; template
    smollm) is exported merged (f16, q8_0, q4_0) and as a llama.cpp adapter (gguf-lora).
    (a) llama-cpp-python create_chat_completion (the GGUF's own chat template) greedy replies to 5
@@ -74,6 +76,63 @@ def gguf_package(tuna, tmp):
               f"{same}/{n} identical")
 
 
+TOK_TEXTS = ["Hello world! It's 2024, and 12345 apples cost $3.50.",
+             "  leading spaces\n\nnew lines\ttabs",
+             "h\u00e9llo w\u00f6rld \u2014 \u00fcn\u00efc\u00f6d\u00e9 \u65e5\u672c\u8a9e \U0001f600",
+             "def f(x):\n    return x**2  # comment", "I'm you're they'll don't"]
+
+
+def tokenizers(tuna, shared, tmp):
+    """HF tokenizer.json -> tokenizer.ggml.*: llama.cpp tokenizes as HF tokenizers does."""
+    import json
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+    from llama_cpp import Llama
+    tdir = os.path.join(shared, "tokenizers")
+    if not os.path.isdir(tdir):
+        print(f"check_gguf: tokenizer checks SKIPPED - {tdir} is missing")
+        return
+    for name in sorted(os.listdir(tdir)):
+        d = os.path.join(tdir, name)
+        if not os.path.isdir(d):
+            continue
+        tk = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        V, C = tk.get_vocab_size(with_added_tokens=True), 32
+        md = os.path.join(tmp, "tk_" + name)
+        os.makedirs(md, exist_ok=True)
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            if os.path.exists(os.path.join(d, f)):
+                shutil.copy(os.path.join(d, f), md)
+        json.dump(dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=C,
+                       intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1, vocab_size=V, rms_norm_eps=1e-5,
+                       max_position_embeddings=256, tie_word_embeddings=True),
+                  open(os.path.join(md, "config.json"), "w"))
+        r = np.random.default_rng(0)
+        t = {"model.embed_tokens.weight": r.standard_normal((V, C)).astype(np.float32) * 0.02,
+             "model.norm.weight": np.ones(C, np.float32),
+             "model.layers.0.input_layernorm.weight": np.ones(C, np.float32),
+             "model.layers.0.post_attention_layernorm.weight": np.ones(C, np.float32)}
+        for n, sh in [("self_attn.q_proj", (C, C)), ("self_attn.k_proj", (16, C)),
+                      ("self_attn.v_proj", (16, C)), ("self_attn.o_proj", (C, C)),
+                      ("mlp.gate_proj", (64, C)), ("mlp.up_proj", (64, C)),
+                      ("mlp.down_proj", (C, 64))]:
+            t[f"model.layers.0.{n}.weight"] = r.standard_normal(sh).astype(np.float32) * 0.02
+        save_file(t, os.path.join(md, "model.safetensors"))
+        out = os.path.join(tmp, f"tk_{name}.gguf")
+        if run([tuna, "export", "--format", "gguf", "--quant", "f32", "--model", md, "--out",
+                out]) is None:
+            check(f"tokenizer {name}: export", False)
+            continue
+        m = Llama(model_path=out, vocab_only=True, verbose=False)
+        same = sum(tk.encode(s, add_special_tokens=False).ids ==
+                   m.tokenize(s.encode(), add_bos=False, special=False) for s in TOK_TEXTS)
+        check(f"tokenizer {name} (HF tokenizer.json -> GGUF): llama.cpp ids == HF ids",
+              same == len(TOK_TEXTS), f"{same}/{len(TOK_TEXTS)} texts")
+        del m
+
+
 def tuna_reply(tuna, model, prompt):
     out = run([tuna, "chat", model, "--template", "smollm", "--temperature", "0",
                "--max-new-tokens", str(MAX_NEW), "--plain", "--message", prompt])
@@ -131,6 +190,7 @@ def main():
                   "installed (pip install --no-index --find-links /opt/wheels-cache "
                   "llama-cpp-python)")
             return 1 if failed else 0
+        tokenizers(tuna, a.shared, tmp)
         base = os.path.join(a.shared, "models", "smollm2-135m-instruct",
                             "SmolLM2-135M-Instruct.Q4_1.gguf")
         if not os.path.exists(base):
