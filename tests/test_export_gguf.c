@@ -425,8 +425,8 @@ static void test_cli(void) {
     }
     char args[2048], *e;
     /* a 2-step LoRA run and a P-tuning run of stories260K */
-    const char *methods[2] = {"lora", "ptuning"};
-    for (int i = 0; i < 2; i++) {
+    const char *methods[3] = {"lora", "ptuning", "full"};
+    for (int i = 0; i < 3; i++) {
         snprintf(args, sizeof args,
                  "train --model models/stories260K --dataset identity --dataset-dir datasets "
                  "--vars name=Tuna,author=Ann --method %s --template llama2 --max-steps 2 "
@@ -453,6 +453,23 @@ static void test_cli(void) {
     int64_t v;
     CHECK(g && gguf_get_int(g, "general.file_type", &v, &err) == 1 && v == 1, "file_type f16");
     gguf_free(g);
+    /* a full run's weights, with its template, read back by tuna */
+    snprintf(args, sizeof args, "export --format gguf --quant q8_0 --model %s/run_full", tmpdir);
+    CHECK(run(NULL, args, &e) == 0, "%s", e);
+    free(e);
+    snprintf(path, sizeof path, "%s/run_full/q8_0.gguf", tmpdir);
+    g = NULL;
+    CHECK(!gguf_open(path, &g, &err), "%s", err.msg);
+    CHECK(g && gguf_get_str(g, "tokenizer.chat_template", &s, &err) == 1 &&
+                  memmem(s.s, s.len, "[INST]", 6),
+          "full run: chat template of the run (llama2)");
+    CHECK(g && gguf_find_tensor(g, "blk.0.attn_q.weight") &&
+                  gguf_find_tensor(g, "blk.0.attn_q.weight")->type == GGML_Q8_0,
+          "full run: q8_0 matrices");
+    gguf_free(g);
+    snprintf(args, sizeof args, "generate %s --prompt Hello --max-new 4 --temperature 0", path);
+    CHECK(run(NULL, args, &e) == 0, "tuna generate on the export: %s", e);
+    free(e);
     /* the adapter in llama.cpp's format */
     snprintf(args, sizeof args, "export --format gguf-lora --model %s/run_lora --out %s/lora.gguf",
              tmpdir, tmpdir);
