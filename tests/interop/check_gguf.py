@@ -151,10 +151,11 @@ def llama_replies(path, lora=None):
     return m, res
 
 
-def perplexity(m, text):
+def perplexity(path, text):
     import numpy as np
+    from llama_cpp import Llama
+    m = Llama(model_path=path, n_ctx=1024, verbose=False, logits_all=True)
     ids = m.tokenize(text.encode(), add_bos=True)[:512]
-    m.reset()
     m.eval(ids)
     nll = 0.0
     for i in range(1, len(ids)):
@@ -228,17 +229,31 @@ def main():
               f"{same}/{len(PROMPTS)} identical")
         text_path = os.path.join(a.shared, "datasets", "tinystories_valid_slice.txt")
         text = open(text_path, encoding="utf-8").read()[:3000]
-        ppl16 = perplexity(m16, text)
+        ppl16 = perplexity(g["f16"], text)
         del m16
         # (b)
         for q, lim in [("q8_0", 0.02), ("q4_0", 0.10)]:
             mq, rq = llama_replies(g[q])
             n16 = sum(r[1][:16] == s[1][:16] for r, s in zip(rq, rep16))
+            for (t1, _), (t2, _) in zip(rq, rep16):
+                print(f"      {q} {t1[:60]!r} | f16 {t2[:60]!r}")
             check(f"(b) {q}: first 16 tokens == f16's for >= 4 of 5 prompts", n16 >= 4,
                   f"{n16}/5")
-            pq = perplexity(mq, text)
+            pq = perplexity(g[q], text)
             check(f"(b) {q}: perplexity within {lim:.0%} of f16", abs(pq / ppl16 - 1) <= lim,
                   f"{pq:.3f} vs {ppl16:.3f} ({pq / ppl16 - 1:+.2%})")
+            # the yardstick: llama.cpp's own llama-quantize of tuna's f16 export
+            import ctypes
+            import llama_cpp
+            qp = llama_cpp.llama_model_quantize_default_params()
+            qp.ftype = {"q8_0": 7, "q4_0": 2}[q]
+            lq = os.path.join(tmp, f"llama-quantize-{q}.gguf")
+            if llama_cpp.llama_model_quantize(g["f16"].encode(), lq.encode(),
+                                              ctypes.byref(qp)) == 0:
+                pl = perplexity(lq, text)
+                check(f"(b) {q}: perplexity <= 1.01 x llama-quantize's of the f16 export",
+                      pq <= pl * 1.01, f"tuna {pq:.3f}, llama-quantize {pl:.3f} "
+                      f"({pl / ppl16 - 1:+.2%} vs f16)")
             del mq
         # (c)
         ml, rl = llama_replies(base, lora)
