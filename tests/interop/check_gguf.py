@@ -6,6 +6,8 @@
 
 0. gguf package: GGUFReader reads tuna's exports of stories260K; the Q8_0/Q4_0/Q4_1 tensors are
    byte-identical to gguf.quants.quantize of the same tensors of tuna's F32 export.
+   Architectures: the llama, llama_tied, mistral, qwen2, qwen3 and gpt2 fixtures exported at f32
+   give llama.cpp logits within 1e-2 of transformers' (the fixtures' reference logits).
    Tokenizers: a tiny random llama with each of ../shared/tokenizers' tokenizer.json (gpt2,
    llama2, llama3, mistral, qwen3) exported: llama.cpp's ids == HF tokenizers' on 5 texts.
 1. A SmolLM2-135M-Instruct identity LoRA run (trained here unless --run names one; template
@@ -133,6 +135,51 @@ def tokenizers(tuna, shared, tmp):
         del m
 
 
+def architectures(tuna, tmp):
+    """The six fixture architectures exported at f32: llama.cpp's logits == transformers'."""
+    import json
+    import numpy as np
+    from safetensors.numpy import load_file
+    from llama_cpp import Llama
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = {chr(c): b for b, c in zip(bs, cs)}
+    tok = {"version": "1.0", "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                             "trim_offsets": True, "use_regex": True},
+           "post_processor": None, "decoder": {"type": "ByteLevel"},
+           "model": {"type": "BPE", "vocab": vocab, "merges": []}}
+    for name in ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gpt2"]:
+        src = os.path.join(ROOT, "tests", "fixtures", name)
+        d = os.path.join(tmp, "fx_" + name)
+        os.makedirs(d, exist_ok=True)
+        for f in ["config.json", "generation_config.json", "model.safetensors"]:
+            shutil.copy(os.path.join(src, f), d)
+        json.dump(tok, open(os.path.join(d, "tokenizer.json"), "w"))
+        out = os.path.join(tmp, f"fx_{name}.gguf")
+        if run([tuna, "export", "--format", "gguf", "--quant", "f32", "--model", d, "--out",
+                out]) is None:
+            check(f"{name}: export", False)
+            continue
+        ref = load_file(os.path.join(src, "reference.safetensors"))
+        m = Llama(model_path=out, n_ctx=64, verbose=False, logits_all=True)
+        worst = 0.0
+        for row in range(ref["input_ids"].shape[0]):
+            ids = ref["input_ids"][row].tolist()
+            m.reset()
+            m.eval(ids)
+            lg = np.array(m.scores[:len(ids)])
+            worst = max(worst, float(np.abs(lg - ref["logits"][row]).max()))
+        check(f"{name}: llama.cpp logits of tuna's f32 export == transformers' (<= 1e-2)",
+              worst <= 1e-2, f"max |diff| {worst:.2e}")
+        del m
+
+
 def tuna_reply(tuna, model, prompt):
     out = run([tuna, "chat", model, "--template", "smollm", "--temperature", "0",
                "--max-new-tokens", str(MAX_NEW), "--plain", "--message", prompt])
@@ -191,6 +238,7 @@ def main():
                   "installed (pip install --no-index --find-links /opt/wheels-cache "
                   "llama-cpp-python)")
             return 1 if failed else 0
+        architectures(tuna, tmp)
         tokenizers(tuna, a.shared, tmp)
         base = os.path.join(a.shared, "models", "smollm2-135m-instruct",
                             "SmolLM2-135M-Instruct.Q4_1.gguf")
