@@ -308,6 +308,99 @@ out:
     return rc;
 }
 
+// --- Q4_K ---------------------------------------------------------------------------------
+
+/* Q4_K: x ~ d*sc*q - dmin*m per sub-block of 32 (q 0..15, sc and m 6-bit). Each sub-block's
+ * (scale, min) is fitted by least squares over 21 candidate grids (the min kept <= 0, as the
+ * format needs); the super-block's d and dmin are the largest of them over 63. Not the gguf
+ * package's (it has no Q4_K quantizer) nor byte-identical to llama.cpp's search. */
+static void fit_q4_sub(const float *x, float *scale, float *neg_min) {
+    float lo = 0, hi = x[0];
+    for (int i = 0; i < 32; i++) {
+        lo = fminf(lo, x[i]);
+        hi = fmaxf(hi, x[i]);
+    }
+    *scale = 0;
+    *neg_min = -lo;
+    if (!(hi > lo)) return;
+    double best = INFINITY;
+    for (int is = 0; is <= 20; is++) {
+        float iscale = (15.0f - 1.0f + 0.1f * (float)is) / (hi - lo);
+        double sq = 0, sx = 0, sqq = 0, sqx = 0;
+        int q[32];
+        for (int i = 0; i < 32; i++) {
+            int v = (int)lrintf(iscale * (x[i] - lo));
+            q[i] = v < 0 ? 0 : v > 15 ? 15 : v;
+            sq += q[i];
+            sx += (double)x[i];
+            sqq += (double)q[i] * q[i];
+            sqx += (double)q[i] * (double)x[i];
+        }
+        double det = 32 * sqq - sq * sq, a, b; /* x ~ a*q + b */
+        if (det <= 0) continue;
+        a = (32 * sqx - sq * sx) / det;
+        b = (sx - a * sq) / 32;
+        if (b > 0) { /* the offset must be <= 0 */
+            b = 0;
+            a = sqq > 0 ? sqx / sqq : 0;
+        }
+        double err = 0;
+        for (int i = 0; i < 32; i++) {
+            double e = a * q[i] + b - (double)x[i];
+            err += e * e;
+        }
+        if (err < best && a > 0) {
+            best = err;
+            *scale = (float)a;
+            *neg_min = (float)-b;
+        }
+    }
+}
+
+void export_gguf_q4_k_row(const float *src, void *dst, int64_t n) {
+    uint8_t *b = dst;
+    for (int64_t k = 0; k < n; k += 256, b += 144, src += 256) {
+        float sc[8], mn[8], max_sc = 0, max_mn = 0;
+        for (int j = 0; j < 8; j++) {
+            fit_q4_sub(src + 32 * j, &sc[j], &mn[j]);
+            max_sc = fmaxf(max_sc, sc[j]);
+            max_mn = fmaxf(max_mn, mn[j]);
+        }
+        uint16_t hd = wtype_f32_to_f16(max_sc / 63.0f), hm = wtype_f32_to_f16(max_mn / 63.0f);
+        float d = wtype_f16_to_f32(hd), dmin = wtype_f16_to_f32(hm);
+        memcpy(b, &hd, 2); /* little-endian, as the reader */
+        memcpy(b + 2, &hm, 2);
+        uint8_t *scales = b + 4, *qs = b + 16;
+        memset(scales, 0, 12);
+        int isc[8], imn[8];
+        for (int j = 0; j < 8; j++) {
+            int a = d > 0 ? (int)lrintf(sc[j] / d) : 0,
+                c = dmin > 0 ? (int)lrintf(mn[j] / dmin) : 0;
+            isc[j] = a < 0 ? 0 : a > 63 ? 63 : a;
+            imn[j] = c < 0 ? 0 : c > 63 ? 63 : c;
+            if (j < 4) {
+                scales[j] |= (uint8_t)isc[j];
+                scales[j + 4] |= (uint8_t)imn[j];
+            } else {
+                scales[j + 4] = (uint8_t)((isc[j] & 0xF) | ((imn[j] & 0xF) << 4));
+                scales[j - 4] |= (uint8_t)((isc[j] >> 4) << 6);
+                scales[j] |= (uint8_t)((imn[j] >> 4) << 6);
+            }
+        }
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int q2[2];
+                for (int h = 0; h < 2; h++) {
+                    int j = 2 * c + h;
+                    float ds = d * (float)isc[j], dm = dmin * (float)imn[j];
+                    int v = ds > 0 ? (int)lrintf((src[32 * j + l] + dm) / ds) : 0;
+                    q2[h] = v < 0 ? 0 : v > 15 ? 15 : v;
+                }
+                qs[32 * c + l] = (uint8_t)(q2[0] | (q2[1] << 4));
+            }
+    }
+}
+
 // --- tensors -------------------------------------------------------------------------------
 
 /* llama.cpp's q/k row order: GGUF row h*hs + 2i + j holds HF row h*hs + j*hs/2 + i. */
@@ -368,7 +461,16 @@ static int add_tensors(GgufWriter *w, const Model *m, int want, int verbose, Tun
         if (wt[i].ndim == 2 && t != want) n_f16 += t == WT_F16;
         Weight q;
         size_t r2 = wt[i].ndim == 1 ? 1 : rows, c2 = wt[i].ndim == 1 ? rows : cols;
-        rc = weight_quantize(&q, src, (int)r2, (int)c2, (WType)t, 0, err);
+        if (t == WT_Q4_K) { /* wtype.c reads Q4_K only: its quantizer is the export's */
+            q.data = xmalloc(wtype_row_bytes(WT_Q4_K, (int64_t)c2) * r2);
+            for (size_t rr = 0; rr < r2; rr++)
+                export_gguf_q4_k_row(src + rr * c2,
+                                     (char *)q.data + rr * wtype_row_bytes(WT_Q4_K, (int64_t)c2),
+                                     (int64_t)c2);
+            rc = 0;
+        } else {
+            rc = weight_quantize(&q, src, (int)r2, (int)c2, (WType)t, 0, err);
+        }
         if (!rc)
             rc = gguf_w_tensor(w, gname, wtype_info[t].ggml, wt[i].ndim, ne, q.data,
                                wtype_row_bytes((WType)t, (int64_t)c2) * r2, 1, err);
@@ -399,7 +501,7 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
                          "--quant %s needs a hidden size that is a multiple of %d; this %s model's "
                          "is %d (try q8_0 or f16)",
                          wtype_info[want].name, blk, config_arch_name(c->arch), c->C);
-    if (!wtype_info[want].quant_row)
+    if (!wtype_info[want].quant_row && want != WT_Q4_K)
         return tuna_errf(err, TUNA_EUNSUP,
                          "--quant %s: tuna has no %s quantizer yet (q4_0, "
                          "q4_1 and q8_0 are bit-identical to the gguf package's)",

@@ -14,6 +14,8 @@
 #ifndef TUNA_SRC_EXPORT_GGUF_H
 #define TUNA_SRC_EXPORT_GGUF_H
 
+#include <stdint.h>
+
 #include "err.h"
 #include "model.h"
 
@@ -40,5 +42,10 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
  * lora_b's rows permuted as the base's q/k rows are. */
 int export_gguf_lora(const ModelConfig *cfg, const char *adapter_dir, const char *out,
                      TunaErr *err);
+
+/* One row of n floats (n a multiple of 256) as Q4_K blocks: per sub-block of 32 a least-squares
+ * (scale, min) over 21 candidate grids, 6-bit scales under the super-block's f16 d and dmin.
+ * Not byte-identical to llama.cpp's search (the gguf package has no Q4_K quantizer). */
+void export_gguf_q4_k_row(const float *src, void *dst, int64_t n);
 
 #endif

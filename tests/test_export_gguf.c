@@ -554,12 +554,51 @@ static void test_cli(void) {
     check_refused(NULL, args, "nope.gguf");
 }
 
+/* Q4_K quantization (export_gguf_q4_k_row): the reader's dequantization of it is as close to
+ * the input as Q4_1's (the same 4 bits with a fitted min), on random rows of odd scales. */
+static void test_q4_k(void) {
+    const int rows = 16, cols = 512;
+    float *x = malloc(sizeof(float) * rows * cols), *y = malloc(sizeof(float) * rows * cols);
+    uint64_t r = 12345;
+    for (int i = 0; i < rows * cols; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        float u = (float)((r >> 40) & 0xFFFFFF) / 16777216.0f - 0.5f;
+        x[i] = u * (float)(1 + i / cols) + (i % 97 == 0 ? 3.0f : 0.0f);
+    }
+    double err[2] = {0, 0};
+    const WType ts[2] = {WT_Q4_K, WT_Q4_1};
+    for (int k = 0; k < 2; k++) {
+        Weight w;
+        TunaErr e = {0};
+        void *buf = NULL;
+        if (ts[k] == WT_Q4_K) {
+            size_t rb = wtype_row_bytes(WT_Q4_K, cols);
+            buf = malloc(rb * rows);
+            for (int i = 0; i < rows; i++)
+                export_gguf_q4_k_row(x + (size_t)i * cols, (char *)buf + rb * i, cols);
+            CHECK(!weight_wrap(&w, buf, rows, cols, WT_Q4_K, &e), "%s", e.msg);
+        } else {
+            CHECK(!weight_quantize(&w, x, rows, cols, ts[k], 0, &e), "%s", e.msg);
+        }
+        weight_dequantize(&w, y);
+        for (int i = 0; i < rows * cols; i++)
+            err[k] += ((double)y[i] - (double)x[i]) * ((double)y[i] - (double)x[i]);
+        weight_free(&w);
+        free(buf);
+    }
+    CHECK(err[0] <= err[1] * 1.25, "Q4_K squared error %g vs Q4_1 %g", err[0], err[1]);
+    if (getenv("TEST_VERBOSE")) printf("Q4_K squared error %g, Q4_1 %g\n", err[0], err[1]);
+    free(x);
+    free(y);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna_test_export_gguf_%d", (int)getpid());
     mkdir(tmpdir, 0755);
     test_writer_round_trip();
     test_writer_errors();
     test_template_jinja();
+    test_q4_k();
     test_round_trip();
     test_cli();
     char cmd[600];

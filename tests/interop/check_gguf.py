@@ -8,6 +8,8 @@
    byte-identical to gguf.quants.quantize of the same tensors of tuna's F32 export.
    Architectures: the llama, llama_tied, mistral, qwen2, qwen3 and gpt2 fixtures exported at f32
    give llama.cpp logits within 1e-2 of transformers' (the fixtures' reference logits).
+   Q4_K: a random 256-wide llama at q4_k dequantizes (gguf package) within Q4_1's error and
+   loads in llama.cpp.
    Tokenizers: a tiny random llama with each of ../shared/tokenizers' tokenizer.json (gpt2,
    llama2, llama3, mistral, qwen3) exported: llama.cpp's ids == HF tokenizers' on 5 texts.
 1. A SmolLM2-135M-Instruct identity LoRA run (trained here unless --run names one; template
@@ -180,6 +182,69 @@ def architectures(tuna, tmp):
         del m
 
 
+def q4_k(tuna, tmp):
+    """Q4_K (tuna's own search): the gguf package dequantizes tuna's blocks to within Q4_1's
+    error of the f32 weights, and llama.cpp's logits follow the f32 export's."""
+    import json
+    import numpy as np
+    from safetensors.numpy import save_file
+    from gguf import GGUFReader, GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+    from llama_cpp import Llama
+    d = os.path.join(tmp, "q4k")
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(os.path.join(tmp, "fx_llama", "tokenizer.json"), d)
+    C, F, V = 256, 512, 256
+    json.dump(dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=C,
+                   intermediate_size=F, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=V, rms_norm_eps=1e-5,
+                   max_position_embeddings=256, tie_word_embeddings=False),
+              open(os.path.join(d, "config.json"), "w"))
+    r = np.random.default_rng(1)
+    t = {"model.embed_tokens.weight": r.standard_normal((V, C)).astype(np.float32),
+         "lm_head.weight": r.standard_normal((V, C)).astype(np.float32) * 0.05,
+         "model.norm.weight": np.ones(C, np.float32)}
+    for li in range(2):
+        t[f"model.layers.{li}.input_layernorm.weight"] = np.ones(C, np.float32)
+        t[f"model.layers.{li}.post_attention_layernorm.weight"] = np.ones(C, np.float32)
+        for n, sh in [("self_attn.q_proj", (C, C)), ("self_attn.k_proj", (C // 2, C)),
+                      ("self_attn.v_proj", (C // 2, C)), ("self_attn.o_proj", (C, C)),
+                      ("mlp.gate_proj", (F, C)), ("mlp.up_proj", (F, C)),
+                      ("mlp.down_proj", (C, F))]:
+            t[f"model.layers.{li}.{n}.weight"] = r.standard_normal(sh).astype(np.float32) * 0.05
+    save_file(t, os.path.join(d, "model.safetensors"))
+    out = {}
+    for q in ["f32", "q4_k", "q4_1"]:
+        out[q] = os.path.join(tmp, f"q4k-{q}.gguf")
+        if run([tuna, "export", "--format", "gguf", "--quant", q, "--model", d, "--out",
+                out[q]]) is None:
+            check(f"q4_k model: export {q}", False)
+            return
+    f32 = {x.name: np.array(x.data, dtype=np.float32) for x in GGUFReader(out["f32"]).tensors}
+    errs = {}
+    for q in ["q4_k", "q4_1"]:
+        e = n = 0.0
+        for x in GGUFReader(out[q]).tensors:
+            if x.tensor_type in (Q.Q4_K, Q.Q4_1):
+                y = dequantize(np.array(x.data), x.tensor_type).reshape(f32[x.name].shape)
+                e += float(((y - f32[x.name]) ** 2).sum())
+                n += f32[x.name].size
+        errs[q] = e / max(n, 1)
+    check("q4_k: gguf package dequantizes tuna's Q4_K within 1.25 x Q4_1's squared error",
+          0 < errs["q4_k"] <= 1.25 * errs["q4_1"],
+          f"mse {errs['q4_k']:.3g} vs Q4_1 {errs['q4_1']:.3g}")
+    ids = list(range(1, 60, 3))
+    lg = {}
+    for q in ["f32", "q4_k", "q4_1"]:
+        m = Llama(model_path=out[q], n_ctx=64, verbose=False, logits_all=True)
+        m.eval(ids)
+        lg[q] = np.array(m.scores[:len(ids)])
+        del m
+    dk = float(np.abs(lg["f32"] - lg["q4_k"]).max())
+    d1 = float(np.abs(lg["f32"] - lg["q4_1"]).max())
+    check("q4_k: llama.cpp's logits within 1.25 x Q4_1's distance of the f32 export's",
+          dk <= 1.25 * d1, f"max |diff| {dk:.3f} vs Q4_1 {d1:.3f}")
+
 def tuna_reply(tuna, model, prompt):
     out = run([tuna, "chat", model, "--template", "smollm", "--temperature", "0",
                "--max-new-tokens", str(MAX_NEW), "--plain", "--message", prompt])
@@ -239,6 +304,7 @@ def main():
                   "llama-cpp-python)")
             return 1 if failed else 0
         architectures(tuna, tmp)
+        q4_k(tuna, tmp)
         tokenizers(tuna, a.shared, tmp)
         base = os.path.join(a.shared, "models", "smollm2-135m-instruct",
                             "SmolLM2-135M-Instruct.Q4_1.gguf")
