@@ -326,7 +326,7 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
     int wt = export_gguf_quant(quant);
     if (wt < 0) {
         fprintf(stderr,
-                "tuna export: --quant \"%s\": expected f16, bf16, f32, q8_0, q4_0 or q4_1\n",
+                "tuna export: --quant \"%s\": expected f16, bf16, f32, q8_0, q4_0, q4_1 or q4_k\n",
                 quant);
         return 2;
     }
@@ -424,7 +424,7 @@ int cmd_export(int argc, char **argv) {
             {"out", 1, 'o', "DIR", "where the Hugging Face checkpoint goes"},
             {"overwrite", 0, 'w', NULL, "write into a folder that is not an earlier export"},
             {"format", 1, 'f', "FMT", "hf (default), gguf (merged, for llama.cpp) or gguf-lora"},
-            {"quant", 1, 'q', "TYPE", "gguf: f16 (default), bf16, f32, q8_0, q4_0, q4_1"},
+            {"quant", 1, 'q', "TYPE", "gguf: f16 (default), bf16, f32, q8_0, q4_0, q4_1, q4_k"},
             {"template", 1, 'T', "NAME",
              "gguf: the chat template (default: the run's, else the "
              "model's own)"},
