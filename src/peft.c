@@ -495,9 +495,7 @@ static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
     free(B);
 }
 
-int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
-    char path[4400], src[4400];
-    int rc;
+int model_hf_tensors(const Model *m, StWriteTensor **wt_out, int *n_out) {
     Backend *be = m->be;
     StWriteTensor *wt = xcalloc((size_t)m->n_pinfo, sizeof *wt);
     float **host = xcalloc((size_t)m->n_pinfo, sizeof *host);
@@ -542,13 +540,27 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
         }
         free(part);
     }
+    free(host); /* wt[i].data owns each buffer */
+    *wt_out = wt;
+    *n_out = n;
+    return 0;
+}
+
+void model_hf_tensors_free(StWriteTensor *wt, int n) {
+    for (int i = 0; wt && i < n; i++)
+        free((void *)wt[i].data);
+    free(wt);
+}
+
+int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
+    char path[4400], src[4400];
+    StWriteTensor *wt;
+    int n;
+    model_hf_tensors(m, &wt, &n);
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
-    rc = safetensors_write(path, wt, n, meta, 1, err);
-    for (int i = 0; i < n; i++)
-        free(host[i]);
-    free(host);
-    free(wt);
+    int rc = safetensors_write(path, wt, n, meta, 1, err);
+    model_hf_tensors_free(wt, n);
     if (rc) return rc;
     const char *files[] = {"config.json",     "generation_config.json",
                            "tokenizer.json",  "tokenizer_config.json",

@@ -37,6 +37,12 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err);
 /* The same two, writing into an existing folder (no rename): for checkpoints. */
 int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
 int model_write_hf(const Model *m, const char *dir, TunaErr *err);
+/* m's weights as the HF checkpoint holds them (names, shapes, fp32; typed weights dequantized,
+ * an unmerged LoRA added in), as model_write_hf writes them: *wt (n) with malloc'd data; free
+ * with model_hf_tensors_free. For the GGUF export. */
+struct StWriteTensor;
+int model_hf_tensors(const Model *m, struct StWriteTensor **wt, int *n);
+void model_hf_tensors_free(struct StWriteTensor *wt, int n);
 
 /* tuna train --adapter DIR (LLaMA-Factory's adapter_name_or_path): a new run that starts from
  * a LoRA or P-tuning adapter, a PEFT save or an earlier run (not --resume: the optimizer and the

@@ -1059,3 +1059,135 @@ int template_auto(const char *templates_dir, const char *model_path, const char 
     free(src);
     return rc;
 }
+
+// --- the template as Jinja (GGUF tokenizer.chat_template, for llama.cpp)
+
+/* Appends s (n bytes) escaped for a single-quoted Jinja string. */
+static void jj_quote(TextBuf *b, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char e[8] = {s[i], 0};
+        if (s[i] == '\'' || s[i] == '\\') snprintf(e, sizeof e, "\\%c", s[i]);
+        if (s[i] == '\n') snprintf(e, sizeof e, "\\n");
+        if (s[i] == '\r') snprintf(e, sizeof e, "\\r");
+        tb_add(b, e);
+    }
+}
+
+/* Appends literal text: raw where it holds no Jinja delimiter, else as a quoted string. */
+static void jj_text(TextBuf *b, const char *s, size_t n) {
+    if (!n) return;
+    int raw = 1;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (s[i] == '{' && (s[i + 1] == '{' || s[i + 1] == '%' || s[i + 1] == '#')) raw = 0;
+    if (n && s[n - 1] == '{') raw = 0; /* would join the next tag */
+    if (raw) {
+        char *c = xstrndup(s, n);
+        tb_add(b, c);
+        free(c);
+        return;
+    }
+    tb_add(b, "{{ '");
+    jj_quote(b, s, n);
+    tb_add(b, "' }}");
+}
+
+/* A slot with {{content}} as the Jinja expression content_expr. */
+static void jj_slot(const Template *t, const Slot *s, const char *content_expr, TextBuf *b) {
+    for (int i = 0; i < s->n; i++) {
+        const Elem *e = &s->el[i];
+        if (e->kind == EL_BOS) {
+            tb_add(b, "{{ bos_token }}");
+        } else if (e->kind == EL_EOS) {
+            if (t->replace_eos && t->n_stop > 0)
+                jj_text(b, t->stop_words[0], strlen(t->stop_words[0]));
+            else
+                tb_add(b, "{{ eos_token }}");
+        } else {
+            const char *m = strstr(e->text, "{{content}}");
+            if (!m) {
+                jj_text(b, e->text, strlen(e->text));
+                continue;
+            }
+            jj_text(b, e->text, (size_t)(m - e->text));
+            tb_add(b, "{{ ");
+            tb_add(b, content_expr);
+            tb_add(b, " }}");
+            jj_text(b, m + 11, strlen(m + 11));
+        }
+    }
+}
+
+char *template_to_jinja(const Template *t) {
+    TextBuf b = {0};
+    tb_add(&b, "");
+    /* the system text: the conversation's own when not empty, else the default */
+    tb_add(&b, "{% set ns = namespace(sys='', first=0, merged='') %}");
+    if (t->default_system && *t->default_system) {
+        tb_add(&b, "{% set ns.sys = '");
+        jj_quote(&b, t->default_system, strlen(t->default_system));
+        tb_add(&b, "' %}");
+    }
+    tb_add(&b, "{% if messages and messages[0]['role'] == 'system' %}{% set ns.first = 1 %}"
+               "{% if messages[0]['content'] %}{% set ns.sys = messages[0]['content'] %}"
+               "{% endif %}{% endif %}");
+    tb_add(&b, "{% for message in messages %}{% set k = loop.index0 - ns.first %}"
+               "{% if k >= 0 %}");
+    tb_add(&b, "{% if k == 0 %}");
+    jj_slot(t, &t->prefix, "''", &b);
+    const char *first_content = "message['content']";
+    if (t->merge_system) {
+        /* the system slot's first text, filled, goes in front of the first message */
+        tb_add(&b, "{% set ns.merged = message['content'] %}{% if ns.sys %}");
+        const Elem *st = NULL;
+        for (int i = 0; i < t->system.n && !st; i++)
+            if (t->system.el[i].kind == EL_TEXT) st = &t->system.el[i];
+        tb_add(&b, "{% set ns.merged = ");
+        if (st) {
+            const char *m = strstr(st->text, "{{content}}");
+            size_t pre = m ? (size_t)(m - st->text) : strlen(st->text);
+            tb_add(&b, "'");
+            jj_quote(&b, st->text, pre);
+            tb_add(&b, "'");
+            if (m) {
+                tb_add(&b, " ~ ns.sys ~ '");
+                jj_quote(&b, m + 11, strlen(m + 11));
+                tb_add(&b, "'");
+            }
+        } else {
+            tb_add(&b, "ns.sys");
+        }
+        tb_add(&b, " ~ message['content'] %}{% endif %}");
+        first_content = "ns.merged";
+    } else {
+        tb_add(&b, "{% if ns.sys %}");
+        jj_slot(t, &t->system, "ns.sys", &b);
+        tb_add(&b, "{% endif %}");
+    }
+    tb_add(&b, "{% elif k % 2 == 0 %}");
+    jj_slot(t, &t->separator, "''", &b);
+    tb_add(&b, "{% endif %}");
+    /* the message's own slot */
+    static const struct {
+        const char *cond;
+        int slot; /* 0 user, 1 assistant, 2 observation, 3 function */
+    } roles[] = {{"message['role'] == 'user'", 0},
+                 {"message['role'] == 'assistant'", 1},
+                 {"message['role'] == 'observation' or message['role'] == 'tool'", 2},
+                 {"message['role'] == 'function'", 3}};
+    for (int i = 0; i < 4; i++) {
+        tb_add(&b, i == 0 ? "{% if " : "{% elif ");
+        tb_add(&b, roles[i].cond);
+        tb_add(&b, " %}");
+        const Slot *s = roles[i].slot == 0   ? &t->user
+                        : roles[i].slot == 1 ? &t->assistant
+                        : roles[i].slot == 2 ? &t->observation
+                                             : &t->function;
+        tb_add(&b, "{% if k == 0 %}");
+        jj_slot(t, s, first_content, &b);
+        tb_add(&b, "{% else %}");
+        jj_slot(t, s, "message['content']", &b);
+        tb_add(&b, "{% endif %}");
+    }
+    tb_add(&b, "{% endif %}{% endif %}{% endfor %}");
+    return b.s;
+}

@@ -107,6 +107,10 @@ int template_merges_system(const Template *t); /* merge_system_into_user */
 int template_render_text(const Template *t, const ChatMessage *msgs, int n_msgs, const char *bos,
                          const char *eos, char **out, TunaErr *err);
 
+/* The template as a Jinja chat template (HF/llama.cpp conventions: messages with role and
+ * content, bos_token, eos_token) that renders every conversation template_render_text accepts
+ * byte for byte as it does (role "tool" is read as "observation"). Malloc'd; caller frees. */
+char *template_to_jinja(const Template *t);
 /* The chat template a model carries: model_path is a .gguf file or a folder of one
  * (tokenizer.chat_template; BOS/EOS text from tokenizer.ggml.*), or an HF folder
  * (chat_template.jinja, else tokenizer_config.json "chat_template": a string, or a list of

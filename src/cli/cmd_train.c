@@ -13,8 +13,12 @@
 
 #include "../../kernels/backend.h"
 #include "../atomic_dir.h"
+#include "../export_gguf.h"
+#include "../gguf.h"
+#include "../gguf_model.h"
 #include "../model.h"
 #include "../peft.h"
+#include "../template.h"
 #include "../train.h"
 #include "../xalloc.h"
 #include "cli.h"
@@ -310,18 +314,126 @@ static int export_to(const Model *m, const char *out, int overwrite, const char 
     return rc;
 }
 
+/* tuna export --format gguf|gguf-lora: one .gguf file (export_gguf.c). */
+static int cmd_export_gguf(const char *model, const char *adapter, const char *format,
+                           const char *quant, const char *tpl, char *out, int overwrite,
+                           CliPrecision *prec) {
+    int lora = !strcmp(format, "gguf-lora");
+    if (!lora && strcmp(format, "gguf")) {
+        fprintf(stderr, "tuna export: --format \"%s\": expected hf, gguf or gguf-lora\n", format);
+        return 2;
+    }
+    int wt = export_gguf_quant(quant);
+    if (wt < 0) {
+        fprintf(stderr,
+                "tuna export: --quant \"%s\": expected f16, bf16, f32, q8_0, q4_0, q4_1 or q4_k\n",
+                quant);
+        return 2;
+    }
+    if (!model) {
+        fprintf(stderr, "tuna export: --model is required (see --help)\n");
+        return 2;
+    }
+    if (!cli_model_path_ok("export", "--model", model)) return 1;
+    struct stat sb;
+    if (!out[0]) { /* default: beside the run's files */
+        if (stat(model, &sb) || !S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "tuna export: --out FILE.gguf is required for a model file\n");
+            return 2;
+        }
+        snprintf(out, 4000, "%s/%s.gguf", model, lora ? "adapter-lora" : quant);
+    }
+    size_t ol = strlen(out);
+    if (ol < 5 || strcasecmp(out + ol - 5, ".gguf")) {
+        fprintf(stderr, "tuna export: --out %s: a GGUF export is one file ending in .gguf\n", out);
+        return 2;
+    }
+    if (!stat(out, &sb) && !overwrite) {
+        fprintf(stderr, "tuna export: --out %s: exists; choose a new name or add --overwrite\n",
+                out);
+        return 1;
+    }
+    TunaErr err = {0};
+    char base[4096];
+    if (model_is_adapter_run(model)) {
+        if (adapter) {
+            fprintf(stderr, "tuna: %s is an adapter run; give --adapter with a base model\n",
+                    model);
+            return 2;
+        }
+        if (model_run_base(model, base, sizeof base, &err)) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
+        adapter = model;
+        model = base;
+    }
+    if (lora && !adapter) {
+        fprintf(stderr, "tuna export: --format gguf-lora needs a LoRA run (or --adapter DIR)\n");
+        return 2;
+    }
+    if (lora) {
+        ModelConfig cfg;
+        char gpath[4096];
+        int g = gguf_model_path(model, gpath, sizeof gpath, &err), rc = g < 0 ? g : 0;
+        if (!rc) rc = g ? gguf_config_load(gpath, &cfg, &err) : config_load(model, &cfg, &err);
+        if (!rc) rc = export_gguf_lora(&cfg, adapter, out, &err);
+        if (rc)
+            fprintf(stderr, "tuna: %s\n", err.msg);
+        else
+            fprintf(stderr, "tuna: wrote %s (LoRA adapter for %s)\n", out, model);
+        return rc ? 1 : 0;
+    }
+    /* the chat template: the run's (as Jinja), else the model's own */
+    char tname_buf[256], tdir_buf[4096];
+    const char *tname = tpl, *tdir = NULL;
+    int run_tpl = cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf,
+                                       tdir_buf, sizeof tdir_buf);
+    char *jinja = NULL;
+    if ((tpl || run_tpl) && strcmp(tname, "auto")) {
+        Template *t = NULL;
+        if (template_load(tdir, tname, &t, &err)) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
+        jinja = template_to_jinja(t);
+        template_free(t);
+    }
+    Backend *be = NULL;
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    int rc = cli_load_model(model, adapter, "cpu", 0, prec, &be, &m, &tok, &err);
+    GgufExportOpts o = {wt, jinja, NULL};
+    if (!rc) rc = export_gguf(m, &o, out, 1, &err);
+    if (rc)
+        fprintf(stderr, "tuna: %s\n", err.msg);
+    else
+        fprintf(stderr, "tuna: wrote %s (%s%s%s)\n", out, wtype_info[wt].name,
+                jinja ? ", chat template " : "", jinja ? tname : "");
+    free(jinja);
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+    return rc ? 1 : 0;
+}
+
 int cmd_export(int argc, char **argv) {
     static const CliOpt export_opts[] = {
             {"model", 1, 'm', "DIR", "the base model, or a LoRA run (its base and adapter)"},
             {"adapter", 1, 'a', "DIR", "the PEFT LoRA adapter or run to merge"},
             {"out", 1, 'o', "DIR", "where the Hugging Face checkpoint goes"},
             {"overwrite", 0, 'w', NULL, "write into a folder that is not an earlier export"},
+            {"format", 1, 'f', "FMT", "hf (default), gguf (merged, for llama.cpp) or gguf-lora"},
+            {"quant", 1, 'q', "TYPE", "gguf: f16 (default), bf16, f32, q8_0, q4_0, q4_1, q4_k"},
+            {"template", 1, 'T', "NAME",
+             "gguf: the chat template (default: the run's, else the "
+             "model's own)"},
             CLI_PRECISION_OPTS,
             {"help", 0, 'h', NULL, "show this help"},
             {NULL, 0, 0, NULL, NULL}};
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(export_opts, lo);
-    const char *model = NULL, *adapter = NULL;
+    const char *model = NULL, *adapter = NULL, *format = "hf", *quant = "f16", *tpl = NULL;
     char out[4000] = "";
     int c, overwrite = 0, pc;
     CliPrecision prec = CLI_PRECISION_INIT;
@@ -335,10 +447,18 @@ int cmd_export(int argc, char **argv) {
             snprintf(out, sizeof out, "%s", optarg);
         else if (c == 'w')
             overwrite = 1;
+        else if (c == 'f')
+            format = optarg;
+        else if (c == 'q')
+            quant = optarg;
+        else if (c == 'T')
+            tpl = optarg;
         else if (c == 'h') {
             cli_help(stdout,
                      "usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR "
                      "[--overwrite]\n"
+                     "       tuna export --format gguf|gguf-lora --model RUN_OR_MODEL "
+                     "[--quant TYPE] [--out FILE.gguf]\n"
                      "Merges a PEFT LoRA adapter into the model and writes a Hugging Face "
                      "checkpoint.\n"
                      "--out must be new, empty or a previous export; --overwrite writes into "
@@ -355,6 +475,8 @@ int cmd_export(int argc, char **argv) {
             return 2;
         }
     }
+    if (strcmp(format, "hf"))
+        return cmd_export_gguf(model, adapter, format, quant, tpl, out, overwrite, &prec);
     if (!model || !out[0]) {
         fprintf(stderr, "tuna export: --model and --out are required (see --help)\n");
         return 2;

@@ -18,4 +18,8 @@ if [ ! -x ./tuna ]; then
 fi
 MODEL=models/stories260K
 [ -f "$MODEL/model.safetensors" ] || MODEL=../shared/models/stories260K
-exec "$PY" tests/interop/check_interop.py --tuna ./tuna --model "$MODEL"
+"$PY" tests/interop/check_interop.py --tuna ./tuna --model "$MODEL"
+rc=$?
+# GGUF exports against the gguf package and llama.cpp's binding (skips without them)
+"$PY" tests/interop/check_gguf.py --tuna ./tuna --shared ../shared || rc=1
+exit $rc
