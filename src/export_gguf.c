@@ -218,7 +218,7 @@ static int tok_from_hf(GgufWriter *w, const char *dir, const ModelConfig *c, con
         } else {
             continue;
         }
-        if (spm) {
+        if (spm && strchr(ms[k], ' ')) { /* a merge without its space scores nothing */
             char *sp = strchr(ms[k], ' ');
             char *joined = xmalloc(strlen(ms[k]) + 1);
             memcpy(joined, ms[k], (size_t)(sp - ms[k]));
@@ -423,7 +423,9 @@ static int matrix_type(int want, const char *gname, int tied, int64_t cols) {
     return t;
 }
 
-static int add_tensors(GgufWriter *w, const Model *m, int want, int verbose, TunaErr *err) {
+static int add_tensors(GgufWriter *w, const Model *m, const GgufExportOpts *o, int verbose,
+                       TunaErr *err) {
+    int want = o->wtype;
     const ModelConfig *c = &m->cfg;
     StWriteTensor *wt;
     int n, rc = 0, n_f16 = 0;
@@ -475,6 +477,7 @@ static int add_tensors(GgufWriter *w, const Model *m, int want, int verbose, Tun
             rc = gguf_w_tensor(w, gname, wtype_info[t].ggml, wt[i].ndim, ne, q.data,
                                wtype_row_bytes((WType)t, (int64_t)c2) * r2, 1, err);
         free(tmp);
+        if (!rc && o->progress) o->progress(o->progress_ctx, i + 1, n);
     }
     if (!rc && verbose && n_f16)
         fprintf(stderr,
@@ -521,7 +524,7 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
     int rc = dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf")
                      ? tok_from_gguf(w, m->dir, o->chat_template, err)
                      : tok_from_hf(w, m->dir, c, o->chat_template, err);
-    if (!rc) rc = add_tensors(w, m, want, verbose, err);
+    if (!rc) rc = add_tensors(w, m, o, verbose, err);
     if (!rc) rc = gguf_writer_save(w, out, err);
     gguf_writer_free(w);
     return rc;

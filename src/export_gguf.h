@@ -23,6 +23,9 @@ typedef struct GgufExportOpts {
     int wtype;                 /* WT_F32, WT_F16, WT_BF16, WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_Q4_K */
     const char *chat_template; /* Jinja source for tokenizer.chat_template; NULL: the source's */
     const char *name;          /* general.name; NULL: the model folder's name */
+    /* called after each tensor (done of total), e.g. for a progress bar; NULL for none */
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
 } GgufExportOpts;
 
 /* The WType of a --quant name (f32, f16, bf16, q8_0, q4_0, q4_1, q4_k), or -1. */

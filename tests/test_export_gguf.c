@@ -338,7 +338,7 @@ static void test_round_trip(void) {
         for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
             char out[700];
             snprintf(out, sizeof out, "%s/rt%zu_%zu.gguf", tmpdir, i, k);
-            GgufExportOpts o = {types[k], NULL, "test"};
+            GgufExportOpts o = {types[k], NULL, "test", NULL, NULL};
             int rc = export_gguf(m, &o, out, 0, &err);
             CHECK(!rc, "%s %s: %s", dirs[i], wtype_info[types[k]].name, err.msg);
             if (rc) continue;
@@ -436,12 +436,22 @@ static void test_cli(void) {
         CHECK(rc == 0, "train %s: %s", methods[i], e);
         free(e);
     }
-    /* merged f16 of the LoRA run, with its template as Jinja */
+    /* merged f16 of the LoRA run, with its template as Jinja; progress lines on request (the
+     * workbench's Export action), and the Ollama Modelfile beside it (test_modelfile checks its
+     * TEMPLATE and stop lines) */
     snprintf(args, sizeof args, "export --format gguf --model %s/run_lora --out %s/merged.gguf",
              tmpdir, tmpdir);
-    CHECK(run(NULL, args, &e) == 0, "%s", e);
+    CHECK(run("TUNA_PROGRESS=1", args, &e) == 0, "%s", e);
+    CHECK(strstr(e, "progress 1/") && strstr(e, "Modelfile"), "progress lines and a Modelfile: %s",
+          e);
     free(e);
     char path[600];
+    snprintf(path, sizeof path, "%s/merged.Modelfile", tmpdir);
+    char *mf = xread_file(path, NULL);
+    CHECK(mf && strstr(mf, "FROM ./merged.gguf") && strstr(mf, "[INST]"),
+          "merged.Modelfile: FROM the GGUF beside it, llama2's TEMPLATE: %s",
+          mf ? mf : "(missing)");
+    free(mf);
     snprintf(path, sizeof path, "%s/merged.gguf", tmpdir);
     Gguf *g = NULL;
     TunaErr err = {0};

@@ -17,6 +17,7 @@
 #include "../gguf.h"
 #include "../gguf_model.h"
 #include "../model.h"
+#include "../modelfile.h"
 #include "../peft.h"
 #include "../template.h"
 #include "../train.h"
@@ -314,7 +315,32 @@ static int export_to(const Model *m, const char *out, int overwrite, const char 
     return rc;
 }
 
-/* tuna export --format gguf|gguf-lora: one .gguf file (export_gguf.c). */
+/* TUNA_PROGRESS=1 (the workbench's Export action): a "progress K/N" line per tensor. */
+static void print_progress(void *ctx, int done, int total) {
+    (void)ctx;
+    fprintf(stderr, "progress %d/%d\n", done, total);
+}
+
+/* The Ollama Modelfile beside an exported GGUF: out's name with .Modelfile for .gguf. from: the
+ * GGUF FROM names; adapter: the gguf-lora file or NULL. A Modelfile that cannot be written is a
+ * warning: the GGUF itself is complete. */
+static void export_modelfile(const char *out, const char *tdir, const char *tname, const char *from,
+                             const char *adapter) {
+    char path[4200];
+    snprintf(path, sizeof path, "%.*s.Modelfile", (int)(strlen(out) - 5), out);
+    TunaErr err = {0};
+    Template *t = NULL;
+    int rc = template_load(tdir, tname, &t, &err);
+    if (!rc) rc = modelfile_write(path, t, from, adapter, &err);
+    template_free(t);
+    if (rc)
+        fprintf(stderr, "tuna: warning: no Modelfile: %s\n", err.msg);
+    else
+        fprintf(stderr, "tuna: wrote %s (template %s): ollama create NAME -f %s\n", path, tname,
+                path);
+}
+
+/* tuna export --format gguf|gguf-lora: one .gguf file (export_gguf.c), and its Modelfile. */
 static int cmd_export_gguf(const char *model, const char *adapter, const char *format,
                            const char *quant, const char *tpl, char *out, int overwrite,
                            CliPrecision *prec) {
@@ -378,11 +404,22 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
         int g = gguf_model_path(model, gpath, sizeof gpath, &err), rc = g < 0 ? g : 0;
         if (!rc) rc = g ? gguf_config_load(gpath, &cfg, &err) : config_load(model, &cfg, &err);
         if (!rc) rc = export_gguf_lora(&cfg, adapter, out, &err);
-        if (rc)
+        if (rc) {
             fprintf(stderr, "tuna: %s\n", err.msg);
-        else
-            fprintf(stderr, "tuna: wrote %s (LoRA adapter for %s)\n", out, model);
-        return rc ? 1 : 0;
+            return 1;
+        }
+        fprintf(stderr, "tuna: wrote %s (LoRA adapter for %s)\n", out, model);
+        char tn[256], td[4096];
+        const char *tname = tpl, *tdir = NULL;
+        cli_default_template(model, adapter, &tname, &tdir, tn, sizeof tn, td, sizeof td);
+        if (g > 0)
+            export_modelfile(out, tdir, tname, gpath, out);
+        else /* Ollama's ADAPTER goes over a GGUF base */
+            fprintf(stderr,
+                    "tuna: no Modelfile: the base %s is not a GGUF file; export it with --format "
+                    "gguf and use that as FROM\n",
+                    model);
+        return 0;
     }
     /* the chat template: the run's (as Jinja), else the model's own */
     char tname_buf[256], tdir_buf[4096];
@@ -403,13 +440,14 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
     Model *m = NULL;
     Tokenizer *tok = NULL;
     int rc = cli_load_model(model, adapter, "cpu", 0, prec, &be, &m, &tok, &err);
-    GgufExportOpts o = {wt, jinja, NULL};
+    GgufExportOpts o = {wt, jinja, NULL, getenv("TUNA_PROGRESS") ? print_progress : NULL, NULL};
     if (!rc) rc = export_gguf(m, &o, out, 1, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else
         fprintf(stderr, "tuna: wrote %s (%s%s%s)\n", out, wtype_info[wt].name,
                 jinja ? ", chat template " : "", jinja ? tname : "");
+    if (!rc) export_modelfile(out, tdir, tname, out, NULL);
     free(jinja);
     tokenizer_free(tok);
     model_free(m);
