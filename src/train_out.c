@@ -53,6 +53,7 @@ static void tlog_line(Run *r, const char *key, double v, double lr, double epoch
 
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
 void emit(Run *r, const Event *ev) {
+    if (r->rank) return; /* data parallel: rank 0 speaks for the run */
     char *line = event_json(ev);
     if (!line) return;
     if (r->metrics) {
@@ -71,7 +72,7 @@ static int quiet(const Run *r) {
 }
 
 void say(Run *r, const char *fmt, ...) {
-    if (quiet(r)) return;
+    if (quiet(r) || r->rank) return;
     if (r->bar_shown) fputs("\r\033[K", stderr);
     r->bar_shown = 0;
     va_list ap;
@@ -764,6 +765,7 @@ void emit_start(Run *r) {
     e.total_params = (long)(r->m->n_params + r->m->n_qparams);
     e.seq_len = r->T;
     e.lr = r->lr; /* the peak: config's "auto" resolved */
+    event_metric(&e, "world_size", r->world); /* processes (ranks) of a data-parallel run */
     char *cj = train_config_json(cfg);
     e.config = cj;
     emit(r, &e);

@@ -60,6 +60,9 @@ typedef struct Run {
     Model *ref_m;
     TrainState *ref_ts;
     PrefSums eval_pref; /* the last eval's sums over the validation pairs */
+    int rank, world;    /* data parallel (dist.h): rank 0 alone writes files, events and lines */
+    float *dist_buf;    /* sum_grads' host copy of a device gradient */
+    size_t dist_cap;
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)
