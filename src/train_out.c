@@ -39,6 +39,7 @@ static void note_write(Run *r, FILE *f, const char *name, int ok) {
  * NaN. */
 static void tlog_line(Run *r, const char *key, double v, double lr, double epoch, double elapsed,
                       double eta) {
+    if (!r->tlog) return; /* data parallel: ranks but 0 write nothing */
     char lr_part[48] = "";
     if (!isnan(lr)) snprintf(lr_part, sizeof lr_part, ", \"lr\": %.6g", lr);
     errno = 0;
@@ -461,7 +462,7 @@ void fmt_secs(double t, char *out, size_t cap) {
 /* The bar on a terminal; without one a line every progress_every seconds (and the last). */
 void progress(Run *r, double loss, double lr_now, double tps, double real_tps, double eta,
               double *last_line) {
-    if (quiet(r)) return;
+    if (quiet(r) || r->rank) return;
     char e[32];
     fmt_secs(eta, e, sizeof e);
     if (isatty(2)) {
