@@ -5,8 +5,8 @@
 #include "train_run.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -782,9 +782,10 @@ static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
     char keep[300] = "";
     int first_bad = r->step - lp->bad_row + 1;
     if (!r->rank)
-        ckpt_set_aside(
-            r, lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step ? lp->saved_at : -1,
-            keep, sizeof keep);
+        ckpt_set_aside(r,
+                       lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step ? lp->saved_at
+                                                                                      : -1,
+                       keep, sizeof keep);
     return tuna_errf(err, TUNA_EINVAL,
                      "stopped at step %d: %d steps in a row with a non-finite loss or gradient (lr "
                      "%.3g too high?); %s",
@@ -903,7 +904,8 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double epoch, elapsed, eta;
         log_step(r, lp, &so, lr, gnorm, &epoch, &elapsed, &eta);
         if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
-        if (r->write_errno && r->world == 1) break; /* said below; no more steps (ranks: at the
+        if (r->write_errno && r->world == 1)
+            break; /* said below; no more steps (ranks: at the
                                                      * next shared_control, all together) */
     }
     if (!rc && r->write_errno) rc = write_error(r, err);

@@ -765,7 +765,7 @@ void emit_start(Run *r) {
     e.trainable_params = (long)train_param_count(r->ts);
     e.total_params = (long)(r->m->n_params + r->m->n_qparams);
     e.seq_len = r->T;
-    e.lr = r->lr; /* the peak: config's "auto" resolved */
+    e.lr = r->lr;                             /* the peak: config's "auto" resolved */
     event_metric(&e, "world_size", r->world); /* processes (ranks) of a data-parallel run */
     char *cj = train_config_json(cfg);
     e.config = cj;

@@ -12,9 +12,13 @@ ok()  { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAIL test_mpi: $*"; }
 BIN=${TUNA_BIN:-./tuna}
 done_() { echo "test_mpi: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
+if ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then # a plain build says so for --nproc 2
+    out=$("$BIN" train --nproc 2 --model models/stories260K --dataset identity 2>&1)
+    [ $? -eq 2 ] && echo "$out" | grep -q "built without MPI" && ok || bad "--nproc 2 without MPI: $out"
+fi
 if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
     echo "SKIP test_mpi: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=1; done_
+    skip=$((skip + 1)); done_
 fi
 W=$(mktemp -d /tmp/tuna_mpi.XXXXXX)
 trap 'rm -rf "$W"' EXIT

@@ -88,8 +88,10 @@ static int launch_nproc(int *argc, char **argv) {
     *argc -= width;
     if (np == 1) return -1;
     if (!dist_available()) {
-        fprintf(stderr, "tuna train: --nproc %d: this tuna is built without MPI (make MPI=1, "
-                        "with libopenmpi-dev)\n", np);
+        fprintf(stderr,
+                "tuna train: --nproc %d: this tuna is built without MPI (make MPI=1, "
+                "with libopenmpi-dev)\n",
+                np);
         return 2;
     }
     static char self[4096];
