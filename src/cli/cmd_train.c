@@ -264,6 +264,7 @@ int cmd_train(int argc, char **argv) {
         return stop_signal ? 128 + stop_signal : 1;
     }
     if (stopped) {
+        if (dist_rank()) return EXIT_STOPPED; /* data parallel: rank 0 says it */
         fprintf(stderr, "tuna: stopped; checkpoint saved (continue with --resume %s)\n",
                 cfg.output[0] ? cfg.output : "RUN");
         return stop_signal ? 128 + stop_signal : EXIT_STOPPED;
