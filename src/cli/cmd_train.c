@@ -69,8 +69,9 @@ static char **join_flag_words(int *argc, char **argv) {
 
 /* --nproc N: the same command as N data-parallel processes on this host, `mpirun -np N` of this
  * binary with the arguments but --nproc (root in a container needs --allow-run-as-root; each
- * rank's threads are its share of the cores, so no binding). Returns only when it does not exec:
- * -1 without --nproc (or N = 1, which is dropped), else the exit status. */
+ * rank's threads are its share of the cores, so no binding; N may exceed the cores). Returns
+ * only when it does not exec: -1 without --nproc (or N = 1, which is dropped), else the exit
+ * status. */
 static int launch_nproc(int *argc, char **argv) {
     int np = 0, at = -1, width = 0;
     for (int i = 1; i < *argc && at < 0; i++) {
@@ -103,13 +104,14 @@ static int launch_nproc(int *argc, char **argv) {
     self[sl] = '\0';
     char **av = xcalloc((size_t)*argc + 12, sizeof *av), nps[16];
     static char mpirun[] = "mpirun", root[] = "--allow-run-as-root", bind[] = "--bind-to",
-                none[] = "none", npf[] = "-np";
+                none[] = "none", over[] = "--oversubscribe", npf[] = "-np";
     int k = 0;
     snprintf(nps, sizeof nps, "%d", np);
     av[k++] = mpirun;
     if (getuid() == 0) av[k++] = root;
     av[k++] = bind;
     av[k++] = none;
+    av[k++] = over; /* N above the cores (slots) is the user's call */
     av[k++] = npf;
     av[k++] = nps;
     av[k++] = self;
