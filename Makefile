@@ -10,6 +10,7 @@
 #   make fuzz           libFuzzer targets, each run FUZZ_SECONDS (60) (clang)
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
 #   make format / format-check / lint
+#   MPI=1               data-parallel training over MPI (libopenmpi-dev; `tuna train --nproc N`)
 #   WERROR=0            escape hatch for -Werror;  SAN=address,undefined  sanitizer build
 
 CC       ?= cc
@@ -71,6 +72,18 @@ CUDA_LIBS  := -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcublas -lcudart
 NVCCFLAGS  := -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-fPIC -Werror all-warnings -DTUNA_HAVE_CUDA=1
 endif
 
+# MPI=1: data-parallel training (src/dist.c) with Open MPI's flags; without it dist.c is a world
+# of one. `make test` builds MPI=1 where mpicc is installed (tests/test_mpi.sh).
+MPI      ?=
+ifeq ($(MPI),1)
+MPICC    := $(shell command -v mpicc 2>/dev/null)
+ifeq ($(MPICC),)
+$(error MPI=1: mpicc not found (apt-get install libopenmpi-dev openmpi-bin, or make deps))
+endif
+CFLAGS   += -DTUNA_HAVE_MPI=1 $(shell $(MPICC) --showme:compile)
+LDLIBS   += $(shell $(MPICC) --showme:link)
+endif
+
 # Rebuild everything when the flags change (a SAN or CUDA switch), as Redis' .make-settings.
 FLAGS_FILE := $(BUILD)/.flags
 $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS_FILE) || \
@@ -129,12 +142,13 @@ $(BUILD)/gotmpl/gotmpl: tests/gotmpl/main.go
 	GOCACHE=$(abspath $(BUILD))/gotmpl/cache GO111MODULE=off $(GO) build -o $@ $<
 
 test: deps
-	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory $(if $(shell command -v mpicc 2>/dev/null),MPI=1) test-unit
 	@$(MAKE) --no-print-directory test-san
 
 test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh tests/test_ui_chat_tmux.sh \
-		tests/test_ui_export_tmux.sh
+		tests/test_ui_export_tmux.sh \
+		tests/test_mpi.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \

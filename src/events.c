@@ -59,7 +59,7 @@ static const EventField fields[] = {
         NUM("real_tokens", F_LONG, real_tokens, T(STEP)),
         NUM("elapsed", F_DBL, elapsed, T(STEP)),
         NUM("eta", F_DBL, eta, T(STEP)),
-        NUM("", F_METRICS, n_metrics, T(STEP) | T(EVAL)),
+        NUM("", F_METRICS, n_metrics, T(STEP) | T(EVAL) | T(START)),
         STR("prompt", name, T(SAMPLE)),
         STR("text", text, T(SAMPLE)),
         NUM("seconds", F_DBL, seconds, T(SAMPLE)),

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "../kernels/backend.h"
 #include "control.h"
 #include "dataset.h"
+#include "dist.h"
 #include "evalloss.h"
 #include "events.h"
 #include "generate.h"
@@ -63,7 +65,7 @@ static int threads_schedule(Run *r) {
 static void follow_free_cores(Run *r) {
     if (threads_schedule(r)) return;
     double now = time_now();
-    if (r->cfg->threads || now - r->cores_checked < 0.5) return;
+    if (r->cfg->threads || r->world > 1 || now - r->cores_checked < 0.5) return;
     r->cores_checked = now;
     int cur = r->be->n_threads;
     backend_set_threads(r->be, BACKEND_THREADS_IDLE);
@@ -159,7 +161,60 @@ static int stop_requested(const Run *r) {
     return r->hooks && r->hooks->stop && *r->hooks->stop;
 }
 
+/* Data parallel (dist.h): the control bits (RUN/control, the stop flag) and a failed write as
+ * rank 0 sees them, the same on every rank so that all pause, save and stop together. */
+static int shared_control(Run *r) {
+    int ctl = r->rank ? 0 : read_control(r) | (stop_requested(r) ? CTL_STOP : 0);
+    if (r->world == 1) return ctl;
+    long v[2] = {ctl, r->rank ? 0 : r->write_errno};
+    if (dist_sum_longs(v, 2, NULL)) return CTL_STOP;
+    if (v[1] && !r->write_errno) r->write_errno = (int)v[1];
+    return (int)v[0];
+}
+
+/* Data parallel: the gradients summed over the ranks, in place, before the norm, the clip and
+ * the step (every rank then takes the same step). One allreduce per tensor after the whole
+ * backward; bucketing and overlap with the backward are later work. */
+static int sum_grads(Run *r, TunaErr *err) {
+    int np, rc = r->be->ops->sync(r->be);
+    if (rc) return tuna_errf(err, rc, "%s", r->be->err.msg);
+    const TrainParam *tp = train_params(r->ts, &np);
+    for (int i = 0; i < np && !rc; i++) {
+        if (r->be->ops->host_memory) {
+            rc = dist_sum_floats(tp[i].grad, tp[i].n, err);
+            continue;
+        }
+        if (tp[i].n > r->dist_cap) {
+            free(r->dist_buf);
+            r->dist_buf = xmalloc(sizeof(float) * tp[i].n);
+            r->dist_cap = tp[i].n;
+        }
+        r->be->ops->download(r->be, r->dist_buf, tp[i].grad, sizeof(float) * tp[i].n);
+        rc = dist_sum_floats(r->dist_buf, tp[i].n, err);
+        if (!rc) r->be->ops->upload(r->be, tp[i].grad, r->dist_buf, sizeof(float) * tp[i].n);
+    }
+    return rc;
+}
+
+/* Data parallel with --threads 0: this rank's share of the cores it may run on (the cores over
+ * the ranks on this host, or the cores mpirun bound it to). */
+static void dist_threads(Run *r) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    int mine = sched_getaffinity(0, sizeof set, &set) ? (int)online : CPU_COUNT(&set);
+    int n = r->cfg->threads;
+    if (!n) {
+        n = mine >= online ? mine / dist_local_world() : mine;
+        backend_set_threads(r->be, n < 1 ? 1 : n);
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "data parallel: %d processes (%d on this host), %d threads each",
+             r->world, dist_local_world(), r->be->n_threads);
+    emit_log(r, "info", msg);
+}
+
 static void run_close(Run *r) {
+    free(r->dist_buf);
     if (r->have_opt) optim_free(&r->opt);
     if (r->have_vh) {
         optim_free(&r->vh_opt);
@@ -358,8 +413,13 @@ static int run_open(Run *r, TunaErr *err) {
     if (n_prompts > MAX_SAMPLE_PROMPTS)
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
+    if (r->world > 1 && (r->pref_on || r->kto_on || r->rm_on))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--stage %s: not yet with several processes (data parallel: sft and pt)",
+                         c->stage);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     r->be->mm_bf16 = c->bf16;
+    if (r->world > 1) dist_threads(r);
     ModelLoadOptions lo;
     if ((rc = train_load_options(c, method, &lo, err))) return rc;
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
@@ -425,7 +485,10 @@ static int run_open(Run *r, TunaErr *err) {
                  : c->packing    ? BATCH_PACK
                                  : 0) |
                 (c->group_by_length ? BATCH_GROUP_BY_LENGTH : 0);
-    if ((rc = batcher_init(&r->batcher, r->train, r->B, r->T, flags, (uint64_t)c->seed, err)))
+    /* data parallel: every rank reads the global micro-batch (world x B rows, one process's
+     * order) and trains on its slice of B rows (xent_step) */
+    if ((rc = batcher_init(&r->batcher, r->train, r->B * r->world, r->T, flags, (uint64_t)c->seed,
+                           err)))
         return rc;
     r->have_batcher = 1;
     /* --pad-to batch: a batch's rows as long as its longest example (a multiple of 8, at most T);
@@ -616,10 +679,15 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
     if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
     if (!rc && r->ref_ts && cfg->adapter[0]) /* the reference: the adapter as it starts */
         rc = adapter_init_train(r->ref_ts, cfg->adapter, cfg->model, err);
-    if (!rc) rc = run_claim(r, resume, err);
+    if (!rc && !r->rank) rc = run_claim(r, resume, err); /* the folder is rank 0's */
     if (!rc && resume) rc = resume_pick(r, err);
-    if (!rc) rc = run_files_open(r, resume, err);
-    if (rc) run_files_failed(r, resume, err);
+    if (!rc && !r->rank) rc = run_files_open(r, resume, err);
+    if (r->world > 1) { /* all ranks start, or none */
+        long bad = rc != 0;
+        if (dist_sum_longs(&bad, 1, NULL) || (bad && !rc))
+            rc = tuna_errf(err, TUNA_EINVAL, "another rank failed to start (rank 0 says why)");
+    }
+    if (rc && !r->rank) run_files_failed(r, resume, err);
     return rc;
 }
 
@@ -627,8 +695,7 @@ enum { CMD_RUN, CMD_WAIT, CMD_STOP };
 
 /* The commands between steps: the control file (pause, resume, save, stop) and the stop flag.
  * CMD_WAIT while paused; *rc is set when a save fails. */
-static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
-    int ctl = read_control(r);
+static int loop_commands(Run *r, Loop *lp, int ctl, int *rc, TunaErr *err) {
     if ((ctl & CTL_PAUSE) && !lp->paused) {
         lp->paused = 1;
         lp->paused_at = time_now();
@@ -640,10 +707,10 @@ static int loop_commands(Run *r, Loop *lp, int *rc, TunaErr *err) {
         lp->t_last = time_now();
     }
     if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
-        if ((*rc = save_checkpoint(r, err))) return CMD_STOP;
+        if (!r->rank && (*rc = save_checkpoint(r, err))) return CMD_STOP;
         lp->saved_at = r->step;
     }
-    if ((ctl & CTL_STOP) || stop_requested(r)) {
+    if (ctl & CTL_STOP) {
         lp->status = "stopped";
         return CMD_STOP;
     }
@@ -662,14 +729,17 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T; /* each micro-batch its own row length; its slot stays B*T */
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)B * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)B * b.T);
-        if (lp->sg) memcpy(lp->sg + a * slot, b.seg_start, sizeof(int32_t) * (size_t)B * b.T);
-        *n_t += b.n_targets;
+        size_t mine = (size_t)r->rank * B * b.T; /* this rank's rows of the global batch */
+        memcpy(lp->ids + a * slot, b.ids + mine, sizeof(int32_t) * (size_t)B * b.T);
+        memcpy(lp->tg + a * slot, b.targets + mine, sizeof(int32_t) * (size_t)B * b.T);
+        if (lp->sg)
+            memcpy(lp->sg + a * slot, b.seg_start + mine, sizeof(int32_t) * (size_t)B * b.T);
+        *n_t += b.n_targets; /* the global batch's: one process's normalisation */
         *n_tok += b.n_tokens;
     }
     train_zero_grad(r->ts);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    /* each rank its own dropout masks (the same seed as before in one process) */
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     double loss_sum = 0;
     for (int a = 0; a < GA && !rc; a++) {
         double s;
@@ -680,6 +750,10 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         rc = train_step_fb(r->ts, lp->ids + a * slot, lp->tg + a * slot, B,
                            *n_t ? 1.0f / (float)*n_t : 0.0f, 1, &s, &c, err);
         loss_sum += s;
+    }
+    if (!rc && r->world > 1) { /* the ranks' gradients and losses summed */
+        rc = sum_grads(r, err);
+        if (!rc) rc = dist_sum_doubles(&loss_sum, 1, err);
     }
     out->loss = *n_t ? loss_sum / *n_t : 0;
     return rc;
@@ -1019,11 +1093,13 @@ static int bad_step(Run *r, Loop *lp, double loss, double gnorm, TunaErr *err) {
     if (lp->bad_row < r->cfg->max_bad_steps) return 0;
     /* a checkpoint this run saved just before the first bad step holds the weights that gave
      * it: set aside (renamed, not deleted); the one before it is kept */
-    char keep[300];
+    char keep[300] = "";
     int first_bad = r->step - lp->bad_row + 1;
-    ckpt_set_aside(
-            r, lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step ? lp->saved_at : -1,
-            keep, sizeof keep);
+    if (!r->rank)
+        ckpt_set_aside(r,
+                       lp->saved_at == first_bad - 1 && lp->saved_at > lp->start_step ? lp->saved_at
+                                                                                      : -1,
+                       keep, sizeof keep);
     return tuna_errf(err, TUNA_EINVAL,
                      "stopped at step %d: %d steps in a row with a non-finite loss or gradient (lr "
                      "%.3g too high?); %s",
@@ -1079,6 +1155,7 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
 static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
     const TrainConfig *cfg = r->cfg;
     int rc;
+    if (r->rank) return 0; /* eval, samples and checkpoints: rank 0's (no collectives) */
     int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
     if (do_eval && r->val->n) {
         double el;
@@ -1105,7 +1182,7 @@ static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta
 static int run_loop(Run *r, Loop *lp, TunaErr *err) {
     int np, rc = 0;
     const TrainParam *tp = train_params(r->ts, &np);
-    if (r->step == 0 && r->val->n) { /* the starting point of the eval curve */
+    if (r->step == 0 && r->val->n && !r->rank) { /* the starting point of the eval curve */
         double el;
         rc = run_eval(r, &el, err);
         if (!rc) {
@@ -1114,8 +1191,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         }
     }
     while (r->step < r->total && !rc) {
+        int ctl = shared_control(r);
         if (r->write_errno) return write_error(r, err);
-        int cmd = loop_commands(r, lp, &rc, err);
+        int cmd = loop_commands(r, lp, ctl, &rc, err);
         if (cmd == CMD_STOP) break;
         if (cmd == CMD_WAIT) {
             usleep(100000);
@@ -1149,7 +1227,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double epoch, elapsed, eta;
         log_step(r, lp, &so, lr, gnorm, &epoch, &elapsed, &eta);
         if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
-        if (r->write_errno) break; /* said below; no more steps */
+        if (r->write_errno && r->world == 1)
+            break; /* said below; no more steps (ranks: at the
+                                                     * next shared_control, all together) */
     }
     if (!rc && r->write_errno) rc = write_error(r, err);
     return rc;
@@ -1159,6 +1239,7 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
  * and the summary lines. */
 static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     const char *status = lp->status;
+    if (r->rank) return rc; /* rank 0 writes the result */
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
     TrainMethod mt = train_setup(r->ts)->method;
     int adapter = train_method_adapter(mt);
@@ -1193,6 +1274,10 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     r.lock_fd = -1;
     r.t0 = time_now();
     if (hooks && hooks->stopped) *hooks->stopped = 0;
+    int drc = dist_init(err);
+    if (drc) return drc;
+    r.rank = dist_rank();
+    r.world = dist_world();
     TrainConfig resolved, adapted;
     int rc = run_prepare(&r, resume, &resolved, &adapted, err);
     if (rc) {

@@ -39,6 +39,7 @@ static void note_write(Run *r, FILE *f, const char *name, int ok) {
  * NaN. */
 static void tlog_line(Run *r, const char *key, double v, double lr, double epoch, double elapsed,
                       double eta) {
+    if (!r->tlog) return; /* data parallel: ranks but 0 write nothing */
     char lr_part[48] = "";
     if (!isnan(lr)) snprintf(lr_part, sizeof lr_part, ", \"lr\": %.6g", lr);
     errno = 0;
@@ -53,6 +54,7 @@ static void tlog_line(Run *r, const char *key, double v, double lr, double epoch
 
 /* Appends one event to metrics.jsonl (flushed: watchers follow the file) and the hook. */
 void emit(Run *r, const Event *ev) {
+    if (r->rank) return; /* data parallel: rank 0 speaks for the run */
     char *line = event_json(ev);
     if (!line) return;
     if (r->metrics) {
@@ -71,7 +73,7 @@ static int quiet(const Run *r) {
 }
 
 void say(Run *r, const char *fmt, ...) {
-    if (quiet(r)) return;
+    if (quiet(r) || r->rank) return;
     if (r->bar_shown) fputs("\r\033[K", stderr);
     r->bar_shown = 0;
     va_list ap;
@@ -461,7 +463,7 @@ void fmt_secs(double t, char *out, size_t cap) {
 /* The bar on a terminal; without one a line every progress_every seconds (and the last). */
 void progress(Run *r, double loss, double lr_now, double tps, double real_tps, double eta,
               double *last_line) {
-    if (quiet(r)) return;
+    if (quiet(r) || r->rank) return;
     char e[32];
     fmt_secs(eta, e, sizeof e);
     if (isatty(2)) {
@@ -764,7 +766,8 @@ void emit_start(Run *r) {
     e.trainable_params = (long)train_param_count(r->ts);
     e.total_params = (long)(r->m->n_params + r->m->n_qparams);
     e.seq_len = r->T;
-    e.lr = r->lr; /* the peak: config's "auto" resolved */
+    e.lr = r->lr;                             /* the peak: config's "auto" resolved */
+    event_metric(&e, "world_size", r->world); /* processes (ranks) of a data-parallel run */
     char *cj = train_config_json(cfg);
     e.config = cj;
     emit(r, &e);

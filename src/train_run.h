@@ -71,6 +71,9 @@ typedef struct Run {
     ValueHead vh;
     Optim vh_opt;
     RmSums eval_rm;
+    int rank, world;    /* data parallel (dist.h): rank 0 alone writes files, events and lines */
+    float *dist_buf;    /* sum_grads' host copy of a device gradient */
+    size_t dist_cap;
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)

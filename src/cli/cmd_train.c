@@ -16,6 +16,7 @@
 #include "../export_gguf.h"
 #include "../gguf.h"
 #include "../gguf_model.h"
+#include "../dist.h"
 #include "../model.h"
 #include "../modelfile.h"
 #include "../peft.h"
@@ -71,7 +72,67 @@ static char **join_flag_words(int *argc, char **argv) {
     return av;
 }
 
+/* --nproc N: the same command as N data-parallel processes on this host, `mpirun -np N` of this
+ * binary with the arguments but --nproc (root in a container needs --allow-run-as-root; each
+ * rank's threads are its share of the cores, so no binding; N may exceed the cores). Returns
+ * only when it does not exec: -1 without --nproc (or N = 1, which is dropped), else the exit
+ * status. */
+static int launch_nproc(int *argc, char **argv) {
+    int np = 0, at = -1, width = 0;
+    for (int i = 1; i < *argc && at < 0; i++) {
+        if (!strcmp(argv[i], "--nproc") && i + 1 < *argc) {
+            at = i, width = 2;
+            if (cli_parse_int(argv[i + 1], "nproc", 1, 4096, &np)) return 2;
+        } else if (!strncmp(argv[i], "--nproc=", 8)) {
+            at = i, width = 1;
+            if (cli_parse_int(argv[i] + 8, "nproc", 1, 4096, &np)) return 2;
+        }
+    }
+    if (at < 0) return -1;
+    for (int i = at; i + width <= *argc; i++) /* drop it, the NULL too */
+        argv[i] = argv[i + width];
+    *argc -= width;
+    if (np == 1) return -1;
+    if (!dist_available()) {
+        fprintf(stderr,
+                "tuna train: --nproc %d: this tuna is built without MPI (make MPI=1, "
+                "with libopenmpi-dev)\n",
+                np);
+        return 2;
+    }
+    static char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0) {
+        fprintf(stderr, "tuna train: --nproc: cannot find this binary: %s\n", strerror(errno));
+        return 2;
+    }
+    self[sl] = '\0';
+    char **av = xcalloc((size_t)*argc + 12, sizeof *av), nps[16];
+    static char mpirun[] = "mpirun", root[] = "--allow-run-as-root", bind[] = "--bind-to",
+                none[] = "none", over[] = "--oversubscribe", npf[] = "-np";
+    int k = 0;
+    snprintf(nps, sizeof nps, "%d", np);
+    av[k++] = mpirun;
+    if (getuid() == 0) av[k++] = root;
+    av[k++] = bind;
+    av[k++] = none;
+    av[k++] = over; /* N above the cores (slots) is the user's call */
+    av[k++] = npf;
+    av[k++] = nps;
+    av[k++] = self;
+    for (int i = 0; i < *argc; i++) /* "train" and its arguments */
+        av[k++] = argv[i];
+    av[k] = NULL;
+    execvp("mpirun", av);
+    fprintf(stderr, "tuna train: --nproc %d: cannot run mpirun: %s (apt-get install openmpi-bin)\n",
+            np, strerror(errno));
+    free(av);
+    return 2;
+}
+
 int cmd_train(int argc, char **argv) {
+    int lrc = launch_nproc(&argc, argv);
+    if (lrc >= 0) return lrc;
     struct option lo[96];
     int n = 0;
     const char *key;
@@ -210,6 +271,7 @@ int cmd_train(int argc, char **argv) {
         return stop_signal ? 128 + stop_signal : 1;
     }
     if (stopped) {
+        if (dist_rank()) return EXIT_STOPPED; /* data parallel: rank 0 says it */
         fprintf(stderr, "tuna: stopped; checkpoint saved (continue with --resume %s)\n",
                 cfg.output[0] ? cfg.output : "RUN");
         return stop_signal ? 128 + stop_signal : EXIT_STOPPED;

@@ -1,0 +1,29 @@
+/* dist.h: data-parallel processes. Built with MPI (make MPI=1, -DTUNA_HAVE_MPI) and started by
+ * mpirun, dist_init joins the MPI world (rank, world size); otherwise, and in a plain build, it
+ * is one process of a world of one and every call below is a no-op. Collectives are blocking
+ * and every rank must make the same calls in the same order. */
+#ifndef TUNA_SRC_DIST_H
+#define TUNA_SRC_DIST_H
+
+#include <stddef.h>
+
+#include "err.h"
+
+/* Joins the world (MPI_Init_thread, funneled) once; later calls return 0 at once. Returns 0 or
+ * a TUNA_* code with err set. */
+int dist_init(TunaErr *err);
+int dist_rank(void);  /* 0 .. world-1; 0 in one process */
+int dist_world(void); /* the number of ranks; 1 in one process */
+/* The ranks on this host (OMPI_COMM_WORLD_LOCAL_SIZE or MPI's shared-memory split); 1 alone. */
+int dist_local_world(void);
+/* In-place sums over the ranks of x[0..n). */
+int dist_sum_floats(float *x, size_t n, TunaErr *err);
+int dist_sum_doubles(double *x, size_t n, TunaErr *err);
+int dist_sum_longs(long *x, size_t n, TunaErr *err);
+void dist_barrier(void);
+/* Leaves the world (MPI_Finalize) if dist_init joined one. */
+void dist_finalize(void);
+/* 1 when this binary was built with MPI. */
+int dist_available(void);
+
+#endif
