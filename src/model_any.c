@@ -124,7 +124,7 @@ int model_load_options(int bits, const char *qtype, int double_quant, const char
         return tuna_errf(err, TUNA_EINVAL, "--double-quantization applies to nf4 and fp4, not %s",
                          name);
     if (autot) *o = model_load_frozen(1 << 30, 0); /* the embedding and head as stored */
-    if (bf16) o->typed_head = o->head_bf16 = 1; /* the embedding and head in bf16 */
+    if (bf16) o->typed_head = o->head_bf16 = 1;    /* the embedding and head in bf16 */
     o->qtype = (WType)t;
     o->double_quant = double_quant;
     return 0;

@@ -71,8 +71,8 @@ typedef struct Run {
     ValueHead vh;
     Optim vh_opt;
     RmSums eval_rm;
-    int rank, world;    /* data parallel (dist.h): rank 0 alone writes files, events and lines */
-    float *dist_buf;    /* sum_grads' host copy of a device gradient */
+    int rank, world; /* data parallel (dist.h): rank 0 alone writes files, events and lines */
+    float *dist_buf; /* sum_grads' host copy of a device gradient */
     size_t dist_cap;
 } Run;
 

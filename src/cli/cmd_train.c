@@ -13,10 +13,10 @@
 
 #include "../../kernels/backend.h"
 #include "../atomic_dir.h"
+#include "../dist.h"
 #include "../export_gguf.h"
 #include "../gguf.h"
 #include "../gguf_model.h"
-#include "../dist.h"
 #include "../model.h"
 #include "../modelfile.h"
 #include "../peft.h"
