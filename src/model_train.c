@@ -919,11 +919,12 @@ static int init_prompt(TrainState *ts, TunaErr *err) {
         for (int p = 0; p < VT; p++) {
             ids[p] = setup->prompt_init_ids[p % setup->prompt_init_n];
             if (ids[p] < 0 || ids[p] >= m->cfg.V) {
+                int bad = (int)ids[p];
                 free(ids);
                 free(host);
                 return tuna_errf(err, TUNA_EINVAL,
-                                 "--prompt-init-text: token id %d outside the vocabulary (%d)",
-                                 (int)ids[p], m->cfg.V);
+                                 "--prompt-init-text: token id %d outside the vocabulary (%d)", bad,
+                                 m->cfg.V);
             }
         }
         model_embed(m, ts->vt_dev, ids, VT);
