@@ -802,13 +802,13 @@ static int pref_count(const int32_t *tg, int P, int T) {
     return n;
 }
 
-/* dpo: the step's GA micro-batches of pairs into the gradients; the loss is the mean over the
- * step's pairs, and the step event carries TRL's metrics (means over the pairs). */
-static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
-    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0, pairs = 0;
-    size_t slot = (size_t)rows * T;
+/* dpo and rm: the step's GA micro-batches of pairs copied into the Loop's slots (their row
+ * lengths in lp->Ts, token counts in out); returns the pairs with an answer. */
+static int gather_pairs(Run *r, Loop *lp, StepOut *out) {
+    int rows = lp->B, P = rows / 2, pairs = 0;
+    size_t slot = (size_t)rows * lp->T;
     out->n_t = out->n_tok = 0;
-    for (int a = 0; a < GA; a++) {
+    for (int a = 0; a < lp->GA; a++) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T;
@@ -818,6 +818,15 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         out->n_tok += b.n_tokens;
         pairs += pref_count(b.targets, P, b.T);
     }
+    return pairs;
+}
+
+/* dpo: the step's GA micro-batches of pairs into the gradients; the loss is the mean over the
+ * step's pairs, and the step event carries TRL's metrics (means over the pairs). */
+static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
+    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0;
+    size_t slot = (size_t)rows * T;
+    int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
     train_set_step_seed(r->ts, (uint64_t)r->step);
     PrefBatch pb = {.c = &r->pref, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
@@ -1025,19 +1034,9 @@ static int rm_metrics(const RmSums *s, int eval, const char **names, double *v) 
 /* rm: the step's GA micro-batches of pairs into the gradients (the model's and the value
  * head's); the loss is the mean over the step's pairs. */
 static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
-    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0, pairs = 0;
+    int GA = lp->GA, rows = lp->B, P = rows / 2, T = lp->T, rc = 0;
     size_t slot = (size_t)rows * T;
-    out->n_t = out->n_tok = 0;
-    for (int a = 0; a < GA; a++) {
-        Batch b;
-        batcher_next(&r->batcher, &b);
-        lp->Ts[a] = b.T;
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
-        out->n_t += b.n_targets;
-        out->n_tok += b.n_tokens;
-        pairs += pref_count(b.targets, P, b.T);
-    }
+    int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
     vhead_zero_grad(&r->vh);
     train_set_step_seed(r->ts, (uint64_t)r->step);
