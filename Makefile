@@ -127,7 +127,7 @@ $(BUILD)/%.o: %.cu $(wildcard src/err.h kernels/*.h kernels/ref/*.h kernels/cuda
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA_LIB)
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(CLI_LIB) $(BUILD)/libtuna.a $(CUDA_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CLI_LIB) $(BUILD)/libtuna.a $(LDLIBS)
 

@@ -17,6 +17,7 @@
 #include "src/peft.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define GRAD_RTOL 1e-3
 #define LOSS_RTOL 1e-5
@@ -72,15 +73,9 @@ static void run_case(const char *arch, const char *kind, const char *targets, in
     }
     CHECK(n_mag > 0 && n_mag * 3 == np, "%s: a magnitude per module (%d of %d tensors)", arch,
           n_mag, np);
-    const int32_t *ids = ids_t->data, *labels = lab_t->data;
-    targets_t = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    int n_t = 0;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int32_t y = t + 1 < T ? labels[b * T + t + 1] : -100;
-            targets_t[b * T + t] = y;
-            n_t += y != -100;
-        }
+    const int32_t *ids = ids_t->data;
+    int n_t;
+    targets_t = test_next_targets(lab_t->data, B, T, &n_t);
     double loss_sum;
     int cnt;
     train_zero_grad(ts);
@@ -119,83 +114,17 @@ done:
     backend_free(be);
 }
 
-static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
-    TunaErr err = {0};
-    int V = m->cfg.V;
-    float *got = xmalloc(sizeof(float) * (size_t)T * V);
-    double worst = 0;
-    model_reserve(m, T, T, &err);
-    for (int b = 0; b < B; b++) {
-        model_reset(m);
-        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
-        worst = fmax(worst, test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V));
-    }
-    free(got);
-    return worst;
+static int lora_dora_set(const TrainSetup *s) {
+    return s->lora_dora;
 }
 
 static void test_adapter(void) {
-    const char *fx = "tests/fixtures/dora/llama_dora_logits.safetensors",
-               *adir = "tests/fixtures/dora/llama_dora_adapter";
-    struct stat sb;
-    if (stat(fx, &sb)) {
-        SKIP("%s missing", fx);
-        return;
-    }
-    TunaErr err = {0};
-    SafeTensors *st = NULL;
-    Backend *be = backend_init("cpu", 2, &err);
-    Model *m = NULL, *m2 = NULL;
-    TrainState *ts = NULL;
-    CHECK(safetensors_open(fx, &st, &err) == 0, "%s", err.msg);
-    const StTensor *ids = st ? safetensors_find(st, "input_ids") : NULL,
-                   *lg = st ? safetensors_find(st, "logits") : NULL;
-    CHECK(ids && lg, "%s: input_ids/logits missing", fx);
-    if (!ids || !lg) goto done;
-    int B = (int)ids->shape[0], T = (int)ids->shape[1];
-    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
-    CHECK(m && adapter_load(m, adir, &err) == 0, "%s", err.msg);
-    double d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
-    CHECK(d <= 1e-4, "peft DoRA adapter merged: max |dlogit| %.3g", d);
-    printf("  peft DoRA adapter merged into llama: max |dlogit| vs peft %.2e\n", d);
-    // the same adapter as a training start, saved by tuna, loaded again
-    TrainSetup s;
-    char targets[512], tokens[64];
-    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
-                          0 &&
-                  s.lora_dora,
-          "adapter_read_config reads use_dora: %s", err.msg);
-    s.lora_targets = targets;
-    CHECK(model_load("tests/fixtures/llama", be, &m2, &err) == 0, "%s", err.msg);
-    if (!m2 || train_state_init(m2, &s, 1, 4, &ts, &err)) {
-        CHECK(0, "%s", err.msg);
-        goto done;
-    }
-    CHECK(adapter_init_train(ts, adir, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
-    char tmpl[] = "/tmp/tuna_dora_XXXXXX";
-    char *tmp = mkdtemp(tmpl), out[256], cfg[300];
-    snprintf(out, sizeof out, "%s/adapter", tmp);
-    CHECK(adapter_save(ts, out, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
-    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", out);
-    char *text = xread_file(cfg, NULL);
-    CHECK(text && strstr(text, "\"use_dora\":\ttrue"), "tuna's adapter_config.json: use_dora true");
-    free(text);
-    model_free(m);
-    m = NULL;
-    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
-    CHECK(m && adapter_load(m, out, &err) == 0, "%s", err.msg);
-    d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
-    CHECK(d <= 1e-4, "tuna's save of it, reloaded: max |dlogit| %.3g", d);
-    printf("  tuna's save of that DoRA state, reloaded: max |dlogit| vs peft %.2e\n", d);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0, "rm");
-done:
-    train_state_free(ts);
-    model_free(m);
-    model_free(m2);
-    safetensors_free(st);
-    backend_free(be);
+    test_adapter_round_trip(
+            &(AdapterRoundTrip){.what = "DoRA",
+                                .fx = "tests/fixtures/dora/llama_dora_logits.safetensors",
+                                .adir = "tests/fixtures/dora/llama_dora_adapter",
+                                .needle = "\"use_dora\":\ttrue",
+                                .is_set = lora_dora_set});
 }
 
 /* What DoRA does not do yet is refused, not approximated. */

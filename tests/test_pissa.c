@@ -18,6 +18,7 @@
 #include "src/peft.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define TOL 1e-4
 
@@ -159,89 +160,20 @@ done:
     safetensors_free(fx);
     backend_free(be);
 }
-
-/* Logits of each row of ids with m, against ref (B, T, V). */
-static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
-    TunaErr err = {0};
-    int V = m->cfg.V;
-    float *got = xmalloc(sizeof(float) * (size_t)T * V);
-    double worst = 0;
-    model_reserve(m, T, T, &err);
-    for (int b = 0; b < B; b++) {
-        model_reset(m);
-        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
-        worst = fmax(worst, test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V));
-    }
-    free(got);
-    return worst;
-}
-
 /* peft's saved PiSSA adapter over the original base: the SVD again, the residual kept, then the
  * saved A and B merged: peft's logits. tuna's save of that state says "pissa" and reloads the
  * same way. */
+static int lora_pissa_set(const TrainSetup *s) {
+    return s->lora_pissa;
+}
+
 static void test_adapter(void) {
-    const char *fx = "tests/fixtures/pissa/llama_pissa_logits.safetensors",
-               *adir = "tests/fixtures/pissa/llama_pissa_adapter";
-    struct stat sb;
-    if (stat(fx, &sb)) {
-        SKIP("%s missing", fx);
-        return;
-    }
-    TunaErr err = {0};
-    SafeTensors *st = NULL;
-    Backend *be = backend_init("cpu", 2, &err);
-    Model *m = NULL, *m2 = NULL;
-    TrainState *ts = NULL;
-    CHECK(safetensors_open(fx, &st, &err) == 0, "%s", err.msg);
-    const StTensor *ids = st ? safetensors_find(st, "input_ids") : NULL,
-                   *lg = st ? safetensors_find(st, "logits") : NULL;
-    CHECK(ids && lg, "%s: input_ids/logits missing", fx);
-    if (!ids || !lg) goto done;
-    int B = (int)ids->shape[0], T = (int)ids->shape[1];
-    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
-    CHECK(m && adapter_load(m, adir, &err) == 0, "%s", err.msg);
-    double d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
-    CHECK(d <= 1e-4, "peft PiSSA adapter over the original base: max |dlogit| %.3g", d);
-    printf("  peft PiSSA adapter loaded over the original llama: max |dlogit| vs peft %.2e\n", d);
-    // tuna: the same adapter as a training start (adapter_read_config -> lora_pissa), saved again
-    TrainSetup s;
-    char targets[512], tokens[64];
-    CHECK(adapter_read_config(adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
-                          0 &&
-                  s.lora_pissa,
-          "adapter_read_config reads init_lora_weights pissa: %s", err.msg);
-    s.lora_targets = targets;
-    CHECK(model_load("tests/fixtures/llama", be, &m2, &err) == 0, "%s", err.msg);
-    if (!m2 || train_state_init(m2, &s, 1, 4, &ts, &err)) {
-        CHECK(0, "%s", err.msg);
-        goto done;
-    }
-    CHECK(adapter_init_train(ts, adir, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
-    char tmpl[] = "/tmp/tuna_pissa_XXXXXX";
-    char *tmp = mkdtemp(tmpl), out[256], cfg[300];
-    snprintf(out, sizeof out, "%s/adapter", tmp);
-    CHECK(adapter_save(ts, out, "tests/fixtures/llama", &err) == 0, "%s", err.msg);
-    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", out);
-    char *text = xread_file(cfg, NULL);
-    CHECK(text && strstr(text, "\"init_lora_weights\":\t\"pissa\""),
-          "tuna's adapter_config.json says init_lora_weights pissa");
-    free(text);
-    model_free(m);
-    m = NULL;
-    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
-    CHECK(m && adapter_load(m, out, &err) == 0, "%s", err.msg);
-    d = m ? logits_diff(m, ids->data, lg->data, B, T) : 1e30;
-    CHECK(d <= 1e-4, "tuna's save of it, reloaded: max |dlogit| %.3g", d);
-    printf("  tuna's save of that PiSSA state, reloaded: max |dlogit| vs peft %.2e\n", d);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    CHECK(system(cmd) == 0, "rm");
-done:
-    train_state_free(ts);
-    model_free(m);
-    model_free(m2);
-    safetensors_free(st);
-    backend_free(be);
+    test_adapter_round_trip(
+            &(AdapterRoundTrip){.what = "PiSSA",
+                                .fx = "tests/fixtures/pissa/llama_pissa_logits.safetensors",
+                                .adir = "tests/fixtures/pissa/llama_pissa_adapter",
+                                .needle = "\"init_lora_weights\":\t\"pissa\"",
+                                .is_set = lora_pissa_set});
 }
 
 /* PiSSA needs an fp32 base, as peft's pissa_init. */

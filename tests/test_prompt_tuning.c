@@ -16,41 +16,11 @@
 #include "src/peft.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define GRAD_RTOL  1e-3
 #define LOSS_RTOL  1e-5
 #define LOGIT_ATOL 1e-4
-
-/* Largest |logit - ref| over the rows of ids (B, T) run through m's inference path. */
-static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
-    TunaErr err = {0};
-    int V = m->cfg.V;
-    float *got = xmalloc(sizeof(float) * (size_t)T * V);
-    double worst = 0;
-    if (model_reserve(m, T, T, &err)) worst = 1e30;
-    for (int b = 0; b < B && worst < 1e30; b++) {
-        model_reset(m);
-        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
-        double d = test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V);
-        if (d > worst) worst = d;
-    }
-    free(got);
-    return worst;
-}
-
-/* The fixture's targets: labels shifted left by one. */
-static int32_t *targets_of(const int32_t *labels, int B, int T, int *n_t) {
-    int32_t *tg = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    *n_t = 0;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int32_t y = t + 1 < T ? labels[b * T + t + 1] : -100;
-            tg[b * T + t] = y;
-            *n_t += y != -100;
-        }
-    return tg;
-}
-
 /* The mean loss of a forward-only METHOD_NONE state on m as it is (its prefix included). */
 static double none_loss(Model *m, const int32_t *ids, const int32_t *targets, int B, int T) {
     TunaErr err = {0};
@@ -79,7 +49,7 @@ static void prefix_eval_case(void) {
                        *lab = safetensors_find(st, "labels"), *loss = safetensors_find(st, "loss"),
                        *pe = safetensors_find(st, "adapter.prompt_embeddings");
         int B = (int)ids->shape[0], T = (int)ids->shape[1], n_t;
-        int32_t *tg = targets_of(lab->data, B, T, &n_t);
+        int32_t *tg = test_next_targets(lab->data, B, T, &n_t);
         CHECK(model_set_prefix(m, pe->data, (int)pe->shape[0], &err) == 0, "%s", err.msg);
         double le = none_loss(m, ids->data, tg, B, T), want = ((const float *)loss->data)[0];
         CHECK(fabs(le - want) <= LOSS_RTOL * fabs(want), "prefix eval loss %.7f vs peft %.7f", le,
@@ -133,7 +103,7 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup, int T
         be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
     }
     int n_t;
-    targets = targets_of(lab_t->data, B, T, &n_t);
+    targets = test_next_targets(lab_t->data, B, T, &n_t);
     double loss_sum;
     int cnt;
     int rc =
@@ -171,7 +141,7 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup, int T
     /* the inference path: the virtual tokens once into the cache, then the real tokens */
     double dl = 1e30;
     if (P && model_set_prompt(m, emb, P, &err) == 0)
-        dl = logits_diff(m, ids_t->data, lg_t->data, B, T);
+        dl = test_logits_diff(m, ids_t->data, lg_t->data, B, T);
     CHECK(dl <= LOGIT_ATOL, "%s %s inference: max |dlogit| %.3g (%s)", arch, kind, dl, err.msg);
     /* evaluation (tuna eval's loss: a METHOD_NONE state) over the model with them installed */
     double le = none_loss(m, ids_t->data, targets, B, T);
@@ -189,7 +159,7 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup, int T
         Model *m2 = NULL;
         CHECK(model_load(mdir, be, &m2, &err) == 0 && adapter_load(m2, out, &err) == 0, "%s",
               err.msg);
-        double d2 = m2 ? logits_diff(m2, ids_t->data, lg_t->data, B, T) : 1e30;
+        double d2 = m2 ? test_logits_diff(m2, ids_t->data, lg_t->data, B, T) : 1e30;
         CHECK(d2 <= LOGIT_ATOL, "%s %s: tuna's adapter reloaded: max |dlogit| %.3g", arch, kind,
               d2);
         printf("  %-6s %-10s tuna's adapter saved and loaded: max |dlogit| vs peft %.2e\n", arch,
@@ -218,7 +188,7 @@ static void peft_adapter_case(const char *adapter, const char *fixture) {
     } else {
         const StTensor *ids = safetensors_find(fx, "input_ids"),
                        *lg = safetensors_find(fx, "logits");
-        double d = logits_diff(m, ids->data, lg->data, (int)ids->shape[0], (int)ids->shape[1]);
+        double d = test_logits_diff(m, ids->data, lg->data, (int)ids->shape[0], (int)ids->shape[1]);
         CHECK(d <= LOGIT_ATOL, "%s: max |dlogit| %.3g", adapter, d);
         printf("  peft's %s loaded in tuna: max |dlogit| vs peft %.2e\n", adapter, d);
     }

@@ -13,6 +13,7 @@
 #include "src/peft.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define GRAD_RTOL 1e-3
 #define LOSS_RTOL 1e-5
@@ -51,24 +52,6 @@ static const ParamInfo *find_pinfo(const Model *m, const float *data) {
         if (m->params + m->pinfo[i].off == data) return &m->pinfo[i];
     return NULL;
 }
-
-/* Logits of both rows of the llama fixture with model m, compared with ref (B,T,V). */
-static double logits_diff(Model *m, const int32_t *ids, const float *ref, int B, int T) {
-    TunaErr err = {0};
-    int V = m->cfg.V;
-    float *got = xmalloc(sizeof(float) * (size_t)T * V);
-    double worst = 0;
-    model_reserve(m, T, T, &err);
-    for (int b = 0; b < B; b++) {
-        model_reset(m);
-        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) worst = 1e30;
-        double d = test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V);
-        if (d > worst) worst = d;
-    }
-    free(got);
-    return worst;
-}
-
 static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     char mdir[256], fpath[256];
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
@@ -122,15 +105,9 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
             free(h);
         }
     }
-    const int32_t *ids = ids_t->data, *labels = lab_t->data;
-    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    int n_t = 0;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int32_t y = t + 1 < T ? labels[b * T + t + 1] : -100;
-            targets[b * T + t] = y;
-            n_t += y != -100;
-        }
+    const int32_t *ids = ids_t->data;
+    int n_t;
+    int32_t *targets = test_next_targets(lab_t->data, B, T, &n_t);
     double loss_sum;
     int cnt;
     int rc = train_step_fb(ts, ids, targets, B, 1.0f / (float)n_t, 1, &loss_sum, &cnt, &err);
@@ -171,7 +148,7 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
         const StTensor *lg = safetensors_find(fx, "logits");
         CHECK(P == 3 && lg, "%s: prefix or logits missing", fpath);
         if (P == 3 && lg && model_set_prefix(m, pre, P, &err) == 0) {
-            double d = logits_diff(m, ids, lg->data, B, T);
+            double d = test_logits_diff(m, ids, lg->data, B, T);
             CHECK(d <= 1e-4, "%s prefix inference: max |dlogit| %.3g", arch, d);
             printf("  %-10s %-13s generation path with the prefix in the KV cache: max |dlogit| "
                    "%.2e\n",
@@ -206,7 +183,7 @@ static void test_peft_interop(void) {
     int B = (int)ids->shape[0], T = (int)ids->shape[1];
     CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
     CHECK(adapter_load(m, "tests/fixtures/train/llama_lora_adapter", &err) == 0, "%s", err.msg);
-    double d = logits_diff(m, ids->data, lg->data, B, T);
+    double d = test_logits_diff(m, ids->data, lg->data, B, T);
     CHECK(d <= 1e-4, "peft adapter: max |dlogit| %.3g", d);
     printf("  peft adapter (saved by peft) merged into llama: max |dlogit| vs peft %.2e\n", d);
     // tuna's HF export of the merged model reloads to the same logits
@@ -217,7 +194,7 @@ static void test_peft_interop(void) {
     Model *m2 = NULL;
     CHECK(model_load(out, be, &m2, &err) == 0, "%s", err.msg);
     if (m2) {
-        d = logits_diff(m2, ids->data, lg->data, B, T);
+        d = test_logits_diff(m2, ids->data, lg->data, B, T);
         CHECK(d <= 1e-4, "merged export: max |dlogit| %.3g", d);
         printf("  merged HF export reloaded: max |dlogit| vs peft %.2e\n", d);
     }

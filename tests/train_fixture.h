@@ -1,0 +1,130 @@
+/* train_fixture.h: what the training tests against peft/TRL fixtures share (header-only, after
+ * harness.h): the logits of rows through a Model, the fixture's labels as next-token targets,
+ * and the round trip of a peft adapter folder (merged logits, tuna's save of it, reloaded). */
+#ifndef TUNA_TESTS_TRAIN_FIXTURE_H
+#define TUNA_TESTS_TRAIN_FIXTURE_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "src/model.h"
+#include "src/model_train.h"
+#include "src/peft.h"
+#include "src/safetensors.h"
+#include "src/xalloc.h"
+
+/* The largest |logit - ref| over B rows of T ids, each row from an empty cache; 1e30 when a
+ * forward fails. ref is (B, T, V). */
+static inline double test_logits_diff(Model *m, const int32_t *ids, const float *ref, int B,
+                                      int T) {
+    TunaErr err = {0};
+    int V = m->cfg.V;
+    float *got = xmalloc(sizeof(float) * (size_t)T * V);
+    double worst = 0;
+    if (model_reserve(m, T, T, &err)) worst = 1e30;
+    for (int b = 0; b < B && worst < 1e30; b++) {
+        model_reset(m);
+        if (model_forward(m, ids + (size_t)b * T, T, got, 1, &err)) {
+            worst = 1e30;
+            break;
+        }
+        worst = fmax(worst, test_max_abs_diff(got, ref + (size_t)b * T * V, (size_t)T * V));
+    }
+    free(got);
+    return worst;
+}
+
+/* The fixture's labels (B, T) as targets: shifted left by one, -100 where nothing is learnt;
+ * *n_targets counts the rest. Free the result. */
+static inline int32_t *test_next_targets(const int32_t *labels, int B, int T, int *n_targets) {
+    int32_t *tg = xmalloc(sizeof(int32_t) * (size_t)B * T);
+    *n_targets = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int32_t y = t + 1 < T ? labels[b * T + t + 1] : -100;
+            tg[b * T + t] = y;
+            *n_targets += y != -100;
+        }
+    return tg;
+}
+
+/* A peft adapter folder adir over tests/fixtures/llama against fx (input_ids, logits from
+ * peft): loaded and merged, its logits within 1e-4; read as a training start
+ * (adapter_read_config must set the flag is_set checks), saved by tuna (its adapter_config.json
+ * must contain needle), loaded again: the same logits. what names the variant in messages. */
+typedef struct AdapterRoundTrip {
+    const char *what, *fx, *adir, *needle;
+    int (*is_set)(const TrainSetup *s);
+} AdapterRoundTrip;
+
+static inline void test_adapter_round_trip(const AdapterRoundTrip *c) {
+    const char *base = "tests/fixtures/llama";
+    struct stat sb;
+    if (stat(c->fx, &sb)) {
+        SKIP("%s missing", c->fx);
+        return;
+    }
+    TunaErr err = {0};
+    SafeTensors *st = NULL;
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL, *m2 = NULL;
+    TrainState *ts = NULL;
+    CHECK(safetensors_open(c->fx, &st, &err) == 0, "%s", err.msg);
+    const StTensor *ids = st ? safetensors_find(st, "input_ids") : NULL,
+                   *lg = st ? safetensors_find(st, "logits") : NULL;
+    CHECK(ids && lg, "%s: input_ids/logits missing", c->fx);
+    if (!ids || !lg) goto done;
+    int B = (int)ids->shape[0], T = (int)ids->shape[1];
+    CHECK(model_load(base, be, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && adapter_load(m, c->adir, &err) == 0, "%s", err.msg);
+    double d = m ? test_logits_diff(m, ids->data, lg->data, B, T) : 1e30;
+    CHECK(d <= 1e-4, "peft %s adapter over llama: max |dlogit| %.3g", c->what, d);
+    printf("  peft %s adapter over llama: max |dlogit| vs peft %.2e\n", c->what, d);
+    TrainSetup s;
+    char targets[512], tokens[64];
+    CHECK(adapter_read_config(c->adir, &s, targets, sizeof targets, tokens, sizeof tokens, &err) ==
+                          0 &&
+                  c->is_set(&s),
+          "adapter_read_config reads %s: %s", c->what, err.msg);
+    s.lora_targets = targets;
+    CHECK(model_load(base, be, &m2, &err) == 0, "%s", err.msg);
+    if (!m2 || train_state_init(m2, &s, 1, 4, &ts, &err)) {
+        CHECK(0, "%s", err.msg);
+        goto done;
+    }
+    CHECK(adapter_init_train(ts, c->adir, base, &err) == 0, "%s", err.msg);
+    char tmpl[] = "/tmp/tuna_adapter_rt_XXXXXX";
+    char *tmp = mkdtemp(tmpl), out[256], cfg[300];
+    CHECK(tmp != NULL, "mkdtemp");
+    if (!tmp) goto done;
+    snprintf(out, sizeof out, "%s/adapter", tmp);
+    CHECK(adapter_save(ts, out, base, &err) == 0, "%s", err.msg);
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", out);
+    char *text = xread_file(cfg, NULL);
+    CHECK(text && strstr(text, c->needle), "tuna's adapter_config.json has %s", c->needle);
+    free(text);
+    model_free(m);
+    m = NULL;
+    CHECK(model_load(base, be, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && adapter_load(m, out, &err) == 0, "%s", err.msg);
+    d = m ? test_logits_diff(m, ids->data, lg->data, B, T) : 1e30;
+    CHECK(d <= 1e-4, "tuna's save of it, reloaded: max |dlogit| %.3g", d);
+    printf("  tuna's save of that %s state, reloaded: max |dlogit| vs peft %.2e\n", c->what, d);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "rm");
+done:
+    train_state_free(ts);
+    model_free(m);
+    model_free(m2);
+    safetensors_free(st);
+    backend_free(be);
+}
+
+#endif
