@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static int test_passed, test_failed, test_skipped;
 
@@ -40,6 +41,36 @@ __attribute__((constructor)) static void test_line_buffered(void) {
         fprintf(stderr, __VA_ARGS__);                                                              \
         fputc('\n', stderr);                                                                       \
     } while (0)
+
+/* The tuna binary a test runs: $TUNA_BIN (make test-san sets the ASan build's), else ./tuna. */
+static inline const char *test_tuna_bin(void) {
+    const char *b = getenv("TUNA_BIN");
+    return b && *b ? b : "./tuna";
+}
+
+/* system(cmd)'s exit status; 128 when the shell did not exit normally. */
+static inline int test_system(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* `tuna train BASE ARGS --max-steps 1` in tmp must fail: a non-zero exit, and its stderr says
+ * needle (the one-line error naming the problem). */
+static inline void test_train_refused(const char *tmp, const char *base, const char *args,
+                                      const char *needle) {
+    char cmd[4096], errf[300], text[4096] = "";
+    snprintf(errf, sizeof errf, "%s/refused.err", tmp);
+    snprintf(cmd, sizeof cmd, "%s train %s%s --max-steps 1 --output %s/refused 2>%s",
+             test_tuna_bin(), base, args, tmp, errf);
+    int rc = test_system(cmd);
+    FILE *f = fopen(errf, "r");
+    if (f) {
+        text[fread(text, 1, sizeof text - 1, f)] = 0;
+        fclose(f);
+    }
+    CHECK(rc != 0 && strstr(text, needle), "%s: exit %d, said: %s", args, rc,
+          *text ? text : "(nothing)");
+}
 
 static inline int test_report(const char *name) {
     printf("%s: %d passed, %d failed, %d skipped\n", name, test_passed, test_failed, test_skipped);

@@ -17,16 +17,6 @@
 #include "src/dataset.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 // --- the batcher on a hand-made dataset
 
 static void add_example(Dataset *d, int n, int seed) {
@@ -152,9 +142,9 @@ static int read_steps(const char *dir, Steps *s) {
 
 static int train(const char *args, const char *dir) {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --output %s --overwrite 2>%s.err", bin(), args,
-             dir, dir);
-    return sh(cmd);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --output %s --overwrite 2>%s.err",
+             test_tuna_bin(), args, dir, dir);
+    return test_system(cmd);
 }
 
 /* The same run with --pad-to max and --pad-to batch: equal losses at every step and eval. */
@@ -302,8 +292,8 @@ static void test_rank_shares(void) {
 int main(void) {
     test_batcher();
     test_rank_shares();
-    if (access(bin(), X_OK) != 0 || access("models/stories260K/config.json", R_OK) != 0) {
-        SKIP("no %s or models/stories260K: the end-to-end part is skipped", bin());
+    if (access(test_tuna_bin(), X_OK) != 0 || access("models/stories260K/config.json", R_OK) != 0) {
+        SKIP("no %s or models/stories260K: the end-to-end part is skipped", test_tuna_bin());
         return test_report("test_batching");
     }
     char tmp[] = "/tmp/tuna_batching_XXXXXX";
@@ -319,6 +309,6 @@ int main(void) {
     test_real_tokens(tmp);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    sh(cmd);
+    test_system(cmd);
     return test_report("test_batching");
 }

@@ -12,11 +12,6 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 static char tmpdir[64];
 
 /* Runs `tuna ARGS` (stdin from in_file if not NULL); returns the exit status and the captured
@@ -25,8 +20,8 @@ static int run(const char *args, const char *in_file, char **out, char **err) {
     char cmd[2048], po[128], pe[128];
     snprintf(po, sizeof po, "%s/stdout", tmpdir);
     snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", bin(), args, in_file ? in_file : "/dev/null",
-             po, pe);
+    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", test_tuna_bin(), args,
+             in_file ? in_file : "/dev/null", po, pe);
     int st = system(cmd);
     *out = xread_file(po, NULL);
     *err = xread_file(pe, NULL);

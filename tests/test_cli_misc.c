@@ -20,11 +20,6 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 static char tmpdir[64];
 
 /* Runs `tuna ARGS` (stdin from in_file, else /dev/null); returns the exit status and the
@@ -33,8 +28,8 @@ static int run(const char *args, const char *in_file, char **out, char **err) {
     char cmd[4096], po[128], pe[128];
     snprintf(po, sizeof po, "%s/stdout", tmpdir);
     snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", bin(), args, in_file ? in_file : "/dev/null",
-             po, pe);
+    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", test_tuna_bin(), args,
+             in_file ? in_file : "/dev/null", po, pe);
     int st = system(cmd);
     *out = xread_file(po, NULL);
     *err = xread_file(pe, NULL);
@@ -361,7 +356,7 @@ static void test_interactive(void) {
     snprintf(cmd, sizeof cmd,
              "tmux -L %s new-session -d -s chat -x 100 -y 20 -c %s \"%s chat models/stories260K "
              "--max-new-tokens 4 --temperature 0; echo EXIT=\\$?; sleep 60\"",
-             sock, cwd, bin());
+             sock, cwd, test_tuna_bin());
     CHECK(system(cmd) == 0, "tmux new-session");
     char *pane = NULL;
     /* capture-pane drops trailing blanks: an empty prompt line is ">" */
@@ -412,8 +407,8 @@ static void test_model_paths(void) {
 
 static void test_templates_elsewhere(void) {
     char exe[4096], cmd[4600], path[128];
-    if (!realpath(bin(), exe)) {
-        CHECK(0, "realpath %s", bin());
+    if (!realpath(test_tuna_bin(), exe)) {
+        CHECK(0, "realpath %s", test_tuna_bin());
         return;
     }
     snprintf(path, sizeof path, "%s/show", tmpdir);

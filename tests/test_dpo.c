@@ -16,27 +16,17 @@
 #include "src/pref.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define RTOL 1e-3
 
 static const char *metric_names[6] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
                                       "rewards/margins", "logps/chosen",     "logps/rejected"};
 
-static const ParamInfo *pinfo_named(const Model *m, const char *name) {
-    for (int i = 0; i < m->n_pinfo; i++)
-        if (!strcmp(m->pinfo[i].name, name)) return &m->pinfo[i];
-    return NULL;
-}
-
 static const ParamInfo *pinfo_at(const Model *m, const float *data) {
     for (int i = 0; i < m->n_pinfo; i++)
         if (m->params + m->pinfo[i].off == data) return &m->pinfo[i];
     return NULL;
-}
-
-static double meta_num(const SafeTensors *fx, const char *key) {
-    const char *s = safetensors_metadata(fx, key);
-    return s ? atof(s) : 0;
 }
 
 static void run_case(const char *backend, const char *method, const char *kind) {
@@ -68,10 +58,10 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     CHECK(ids_t && cm_t && loss_t && met_t, "%s: tensors missing", fpath);
     if (!ids_t || !cm_t || !loss_t || !met_t) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1], P = B / 2;
-    PrefConfig pc = {.beta = meta_num(fx, "beta"),
-                     .simpo_gamma = meta_num(fx, "simpo_gamma"),
-                     .label_smoothing = meta_num(fx, "label_smoothing"),
-                     .ftx = meta_num(fx, "ftx")};
+    PrefConfig pc = {.beta = test_fx_number(fx, "beta"),
+                     .simpo_gamma = test_fx_number(fx, "simpo_gamma"),
+                     .label_smoothing = test_fx_number(fx, "label_smoothing"),
+                     .ftx = test_fx_number(fx, "ftx")};
     const char *lt = safetensors_metadata(fx, "loss_type");
     CHECK(lt && pref_loss_parse(lt, &pc.type) == 0, "%s: loss_type %s", fpath, lt ? lt : "?");
     TrainSetup setup = {.method = lora      ? METHOD_LORA
@@ -85,11 +75,7 @@ static void run_case(const char *backend, const char *method, const char *kind) 
         setup.lora_alpha = 8;
         setup.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     } else { /* the policy's final norm differs from the reference's */
-        const StTensor *w = safetensors_find(fx, "policy.model.norm.weight");
-        const ParamInfo *pi = pinfo_named(m, "model.norm.weight");
-        CHECK(w && pi && pi->n == (size_t)w->shape[0], "%s: policy norm", fpath);
-        if (!w || !pi) goto done;
-        be->ops->upload(be, m->params + pi->off, w->data, pi->n * sizeof(float));
+        if (test_fx_policy_norm(be, m, fx, fpath)) goto done;
     }
     TrainSetup none = {.method = METHOD_NONE};
     if (train_state_init(m, &setup, B, T, &ts, &err) ||
@@ -99,19 +85,10 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     }
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    for (int i = 0; adapter && i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
-        const StTensor *a = safetensors_find(fx, nm);
-        CHECK(a != NULL, "%s: %s missing", fpath, nm);
-        if (a) be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
-    }
+    if (adapter) test_fx_upload_adapter(be, fx, fpath, tp, np);
     /* targets: the next token where it is an answer token (TRL's shifted completion mask) */
     const int32_t *ids = ids_t->data, *cm = cm_t->data;
-    targets = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            targets[b * T + t] = t + 1 < T && cm[b * T + t + 1] ? ids[b * T + t + 1] : -100;
+    targets = test_completion_targets(ids, cm, B, T);
     ref = xmalloc(sizeof(double) * (size_t)B);
     int rc = pref_uses_ref(pc.type)
                      ? train_step_rows(rs, ids, targets, B, NULL, NULL, ref, NULL, &err)

@@ -86,11 +86,6 @@ static char *numbers(const char *dir) {
     return out;
 }
 
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_train(const char *name, const char *flags, const char *result) {
     char cmd[2048], dir[2][400];
     for (int k = 0; k < 2; k++) {
@@ -102,7 +97,7 @@ static void test_train(const char *name, const char *flags, const char *result) 
                  "--max-steps 4 --eval-steps 2 --save-steps 2 --sample-max-tokens 6 %s "
                  "--backend %s --output %s 2>%s.err",
                  bin, flags, be, dir[k], dir[k]);
-        CHECK(sh(cmd) == 0, "%s on %s: tuna train failed (see %s.err)", name, be, dir[k]);
+        CHECK(test_system(cmd) == 0, "%s on %s: tuna train failed (see %s.err)", name, be, dir[k]);
     }
     char *a = numbers(dir[0]), *b = numbers(dir[1]);
     CHECK(a && b && strstr(a, "\n") && !strcmp(a, b), "%s: metrics differ on guard:\n%s\nvs\n%s",
@@ -141,7 +136,7 @@ static void test_same_output(const char *what, const char *tpl) {
         snprintf(out[k], sizeof out[k], "%s/out-%s", tmp, be);
         fill(part, sizeof part, tpl, be);
         snprintf(cmd, sizeof cmd, "{ %s %s; } > %s 2>/dev/null", bin, part, out[k]);
-        CHECK(sh(cmd) == 0, "%s on %s failed: %s", what, be, cmd);
+        CHECK(test_system(cmd) == 0, "%s on %s failed: %s", what, be, cmd);
     }
     size_t n = 0;
     char *text = xread_file(out[0], &n);
@@ -183,7 +178,7 @@ int main(void) {
              "%s/resume-cpu/adapter_model.safetensors %s/resume-cpu/checkpoint-4; "
              "cp -r %s/resume-cpu %s/resume-guard",
              bin, tmp, tmp, tmp, tmp, tmp, tmp);
-    CHECK(sh(cmd) == 0, "the run to resume");
+    CHECK(test_system(cmd) == 0, "the run to resume");
     test_same_output("resume", fmt);
     snprintf(fmt, sizeof fmt,
              "eval --model %s/lora-cpu --dataset identity --dataset-dir datasets --vars "
@@ -199,6 +194,6 @@ int main(void) {
     test_same_output("generate", "generate models/stories260K --prompt 'Once upon' "
                                  "--temperature 0 --max-new-tokens 24 --backend {be}");
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    if (sh(cmd)) fprintf(stderr, "cannot remove %s\n", tmp);
+    if (test_system(cmd)) fprintf(stderr, "cannot remove %s\n", tmp);
     return test_report("test_guard");
 }

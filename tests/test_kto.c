@@ -16,32 +16,13 @@
 #include "src/pref.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define RTOL 1e-3
 
 static const char *metric_names[6] = {
         "kl",           "rewards/chosen", "rewards/rejected", "rewards/margins",
         "logps/chosen", "logps/rejected"};
-
-static const ParamInfo *pinfo_named(const Model *m, const char *name) {
-    for (int i = 0; i < m->n_pinfo; i++)
-        if (!strcmp(m->pinfo[i].name, name)) return &m->pinfo[i];
-    return NULL;
-}
-
-static double meta_num(const SafeTensors *fx, const char *key) {
-    const char *s = safetensors_metadata(fx, key);
-    return s ? atof(s) : 0;
-}
-
-/* targets: the next token where it is a completion token (TRL's shifted completion mask) */
-static int32_t *make_targets(const int32_t *ids, const int32_t *cm, int B, int T) {
-    int32_t *tg = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            tg[b * T + t] = t + 1 < T && cm[b * T + t + 1] ? ids[b * T + t + 1] : -100;
-    return tg;
-}
 
 static void run_case(const char *backend, const char *method, const char *kind) {
     char fpath[256];
@@ -77,20 +58,16 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     if (!ids_t || !cm_t || !kids_t || !kcm_t || !lab_t || !loss_t || !met_t) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1], T2 = (int)kids_t->shape[1];
     int Tmax = T > T2 ? T : T2;
-    KtoConfig kc = {.beta = meta_num(fx, "beta"),
-                    .desirable_weight = meta_num(fx, "desirable_weight"),
-                    .undesirable_weight = meta_num(fx, "undesirable_weight")};
+    KtoConfig kc = {.beta = test_fx_number(fx, "beta"),
+                    .desirable_weight = test_fx_number(fx, "desirable_weight"),
+                    .undesirable_weight = test_fx_number(fx, "undesirable_weight")};
     TrainSetup setup = {.method = lora ? METHOD_LORA : METHOD_FULL, .seed = 1};
     if (lora) {
         setup.lora_rank = 4;
         setup.lora_alpha = 8;
         setup.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     } else { /* the policy's final norm differs from the reference's */
-        const StTensor *w = safetensors_find(fx, "policy.model.norm.weight");
-        const ParamInfo *pi = pinfo_named(m, "model.norm.weight");
-        CHECK(w && pi && pi->n == (size_t)w->shape[0], "%s: policy norm", fpath);
-        if (!w || !pi) goto done;
-        be->ops->upload(be, m->params + pi->off, w->data, pi->n * sizeof(float));
+        if (test_fx_policy_norm(be, m, fx, fpath)) goto done;
     }
     TrainSetup none = {.method = METHOD_NONE};
     if (train_state_init(m, &setup, B, Tmax, &ts, &err) ||
@@ -100,15 +77,9 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     }
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    for (int i = 0; lora && i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
-        const StTensor *a = safetensors_find(fx, nm);
-        CHECK(a != NULL, "%s: %s missing", fpath, nm);
-        if (a) be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
-    }
-    tg = make_targets(ids_t->data, cm_t->data, B, T);
-    ktg = make_targets(kids_t->data, kcm_t->data, B, T2);
+    if (lora) test_fx_upload_adapter(be, fx, fpath, tp, np);
+    tg = test_completion_targets(ids_t->data, cm_t->data, B, T);
+    ktg = test_completion_targets(kids_t->data, kcm_t->data, B, T2);
     buf = xmalloc(sizeof(double) * 3 * (size_t)B);
     double *pkl = buf, *rkl = buf + B, *ref = buf + 2 * B;
     cnt = xmalloc(sizeof(int) * (size_t)B);

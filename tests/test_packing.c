@@ -268,16 +268,6 @@ static void packed_equals_unpacked(const char *dir, const char *backend, TrainMe
 
 // --- the CLI
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void test_cli(void) {
     char tmp[] = "/tmp/tuna_packing_XXXXXX";
     if (!mkdtemp(tmp)) {
@@ -291,8 +281,8 @@ static void test_cli(void) {
              "--group-by-length --cutoff-len 128 --batch-size 2 --max-steps 3 --eval-steps 3 "
              "--save-steps 0 --sample-prompts '' --threads 1 --quiet --output %s/run "
              ">%s/out.txt 2>&1",
-             bin(), tmp, tmp);
-    int rc = sh(cmd);
+             test_tuna_bin(), tmp, tmp);
+    int rc = test_system(cmd);
     snprintf(path, sizeof path, "%s/out.txt", tmp);
     char *out = xread_file(path, NULL);
     CHECK(rc == 0, "tuna train --packing neat: exit %d: %s", rc, out ? out : "");
@@ -310,8 +300,8 @@ static void test_cli(void) {
     snprintf(cmd, sizeof cmd,
              "%s train --model models/stories260K --dataset identity --dataset-dir datasets "
              "--method ptuning --packing neat --max-steps 1 --output %s/p >%s/err.txt 2>&1",
-             bin(), tmp, tmp);
-    rc = sh(cmd);
+             test_tuna_bin(), tmp, tmp);
+    rc = test_system(cmd);
     snprintf(path, sizeof path, "%s/err.txt", tmp);
     char *e = xread_file(path, NULL);
     CHECK(rc != 0 && e && strstr(e, "--packing neat: not with --method ptuning") &&
@@ -321,15 +311,15 @@ static void test_cli(void) {
     snprintf(cmd, sizeof cmd,
              "%s train --model models/stories260K --packing=tight --max-steps 1 --output %s/q "
              ">%s/err2.txt 2>&1",
-             bin(), tmp, tmp);
-    rc = sh(cmd);
+             test_tuna_bin(), tmp, tmp);
+    rc = test_system(cmd);
     snprintf(path, sizeof path, "%s/err2.txt", tmp);
     e = xread_file(path, NULL);
     CHECK(rc == 2 && e && strstr(e, "packing: expected true, false or neat, got \"tight\""),
           "a bad packing word: exit %d: %s", rc, e ? e : "");
     free(e);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    sh(cmd);
+    test_system(cmd);
 }
 
 int main(void) {

@@ -17,14 +17,9 @@
 #include "src/safetensors.h"
 #include "src/value_head.h"
 #include "src/xalloc.h"
+#include "train_fixture.h"
 
 #define RTOL 1e-3
-
-static const ParamInfo *pinfo_named(const Model *m, const char *name) {
-    for (int i = 0; i < m->n_pinfo; i++)
-        if (!strcmp(m->pinfo[i].name, name)) return &m->pinfo[i];
-    return NULL;
-}
 
 static void check_grad(const char *fpath, Backend *be, const SafeTensors *fx, const TrainParam *t,
                        double *worst, int *compared) {
@@ -84,11 +79,7 @@ static void run_case(const char *backend, const char *method) {
         setup.lora_alpha = 8;
         setup.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     } else {
-        const StTensor *w = safetensors_find(fx, "policy.model.norm.weight");
-        const ParamInfo *pi = pinfo_named(m, "model.norm.weight");
-        CHECK(w && pi && pi->n == (size_t)w->shape[0], "%s: policy norm", fpath);
-        if (!w || !pi) goto done;
-        be->ops->upload(be, m->params + pi->off, w->data, pi->n * sizeof(float));
+        if (test_fx_policy_norm(be, m, fx, fpath)) goto done;
     }
     if (train_state_init(m, &setup, B, T, &ts, &err) || vhead_init(&vh, be, C, 1, &err)) {
         CHECK(0, "%s: %s", fpath, err.msg);
@@ -97,19 +88,10 @@ static void run_case(const char *backend, const char *method) {
     vhead_set(&vh, vw_t->data, ((const float *)vb_t->data)[0]);
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    for (int i = 0; lora && i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
-        const StTensor *a = safetensors_find(fx, nm);
-        CHECK(a != NULL, "%s: %s missing", fpath, nm);
-        if (a) be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
-    }
+    if (lora) test_fx_upload_adapter(be, fx, fpath, tp, np);
     /* the batch's targets (the answers trained), then each row's last token from them */
     const int32_t *ids = ids_t->data, *cm = cm_t->data, *am = am_t->data;
-    tg = xmalloc(sizeof(int32_t) * (size_t)B * T);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            tg[b * T + t] = t + 1 < T && cm[b * T + t + 1] ? ids[b * T + t + 1] : -100;
+    tg = test_completion_targets(ids, cm, B, T);
     last = xmalloc(sizeof(int) * (size_t)B);
     rm_last_positions(tg, B, T, last);
     int ok = 1;

@@ -24,11 +24,6 @@
 #include "src/train.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 #define BASE                                                                                       \
     "--model models/stories260K --dataset identity --dataset-dir datasets "                        \
     "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 --quiet "              \
@@ -40,7 +35,7 @@ static char tmpdir[256];
 static int train(const char *args, char *msg, size_t cap) {
     char cmd[2048], errf[300];
     snprintf(errf, sizeof errf, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s 2>%s", bin(), args, errf);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s 2>%s", test_tuna_bin(), args, errf);
     int st = system(cmd);
     if (msg) {
         char *t = xread_file(errf, NULL);

@@ -15,11 +15,6 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 #define BASE                                                                                       \
     "--model models/stories260K --dataset dpo_en_demo --dataset-dir ../shared/datasets "           \
     "--stage dpo --batch-size 2 --cutoff-len 96 --val-size 8 --eval-steps 4 --sample-prompts '' "  \
@@ -27,11 +22,6 @@ static const char *bin(void) {
 
 static const char *metric_keys[6] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
                                      "rewards/margins", "logps/chosen",     "logps/rejected"};
-
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 typedef struct Seen {
     int steps, evals, with_metrics, evals_with_metrics;
@@ -118,15 +108,15 @@ static void test_resume(const char *tmp, const char *adapter) {
              adapter);
     snprintf(u, sizeof u, "%s/resume_u", tmp);
     snprintf(k, sizeof k, "%s/resume_k", tmp);
-    snprintf(cmd, sizeof cmd, "%s train %s --output %s 2>/dev/null", bin(), args, u);
-    CHECK(sh(cmd) == 0, "resume: the uninterrupted run");
+    snprintf(cmd, sizeof cmd, "%s train %s --output %s 2>/dev/null", test_tuna_bin(), args, u);
+    CHECK(test_system(cmd) == 0, "resume: the uninterrupted run");
     snprintf(cmd, sizeof cmd,
              "%s train %s --output %s 2>/dev/null & P=$!; for i in $(seq 600); do grep -q "
              "'\"step\":5,' %s/metrics.jsonl 2>/dev/null && break; sleep 0.02; done; kill -9 $P; "
              "wait $P 2>/dev/null; grep -q '\"type\":\"done\"' %s/metrics.jsonl && exit 9; "
              "%s train --resume %s --quiet 2>/dev/null",
-             bin(), args, k, k, k, bin(), k);
-    int rc = sh(cmd);
+             test_tuna_bin(), args, k, k, k, test_tuna_bin(), k);
+    int rc = test_system(cmd);
     CHECK(rc == 0, "resume: killed mid-run, then --resume: exit %d (9: it had finished)", rc);
     double a[48], b[48];
     read_losses(u, a, 48);
@@ -140,9 +130,9 @@ static void test_resume(const char *tmp, const char *adapter) {
 static void run(const char *tmp, const char *name, const char *args, int steps, Seen *s) {
     char out[300], cmd[2048];
     snprintf(out, sizeof out, "%s/%s", tmp, name);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err", bin(),
-             args, steps, out, out);
-    int rc = sh(cmd);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err",
+             test_tuna_bin(), args, steps, out, out);
+    int rc = test_system(cmd);
     CHECK(rc == 0, "%s: tuna train exited %d", name, rc);
     read_metrics(out, s);
     CHECK(s->steps == steps && s->with_metrics == steps,
@@ -151,19 +141,6 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals,
           "%s: %d eval events, %d with eval_rewards/... (all expected)", name, s->evals,
           s->evals_with_metrics);
-}
-
-/* A run that must fail: exit 2 and one line naming the problem. */
-static void refused(const char *tmp, const char *args, const char *needle) {
-    char cmd[2048], errf[300];
-    snprintf(errf, sizeof errf, "%s/refused.err", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps 1 --output %s/refused 2>%s", bin(),
-             args, tmp, errf);
-    int rc = sh(cmd);
-    char *text = xread_file(errf, NULL);
-    CHECK(rc != 0 && text && strstr(text, needle), "%s: exit %d, said: %s", args, rc,
-          text ? text : "(nothing)");
-    free(text);
 }
 
 int main(void) {
@@ -206,8 +183,8 @@ int main(void) {
              "%s train --model models/stories260K --dataset identity --dataset-dir datasets "
              "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --max-steps 4 "
              "--sample-prompts '' --quiet --threads 2 --output %s/sft 2>/dev/null",
-             bin(), tmp);
-    CHECK(sh(cmd0) == 0, "the SFT run for --adapter");
+             test_tuna_bin(), tmp);
+    CHECK(test_system(cmd0) == 0, "the SFT run for --adapter");
     char args[400];
     snprintf(args, sizeof args, "--adapter %s/sft", tmp);
     run(tmp, "from_sft", args, 2, &s);
@@ -216,11 +193,13 @@ int main(void) {
           "adapter as it starts)",
           s.loss1, s.margin1);
     test_resume(tmp, args + strlen("--adapter "));
-    refused(tmp, "--pref-loss dpo", "--pref-loss: must be sigmoid, hinge, ipo, orpo or simpo");
-    refused(tmp, "--packing true", "pairs are neither packed nor grouped");
-    refused(tmp, "--pref-loss hinge --dpo-label-smoothing 0.1", "only with --pref-loss sigmoid");
-    refused(tmp, "--dataset identity --dataset-dir datasets",
-            "\"identity\" is not a ranking dataset");
+    test_train_refused(tmp, BASE, "--pref-loss dpo",
+                       "--pref-loss: must be sigmoid, hinge, ipo, orpo or simpo");
+    test_train_refused(tmp, BASE, "--packing true", "pairs are neither packed nor grouped");
+    test_train_refused(tmp, BASE, "--pref-loss hinge --dpo-label-smoothing 0.1",
+                       "only with --pref-loss sigmoid");
+    test_train_refused(tmp, BASE, "--dataset identity --dataset-dir datasets",
+                       "\"identity\" is not a ranking dataset");
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "cleanup");

@@ -15,11 +15,6 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 #define BASE                                                                                       \
     "--model models/stories260K --dataset kto_en_demo --dataset-dir ../shared/datasets "           \
     "--stage kto --batch-size 4 --cutoff-len 96 --val-size 8 --eval-steps 4 --sample-prompts '' "  \
@@ -27,11 +22,6 @@ static const char *bin(void) {
 
 static const char *metric_keys[6] = {"kl",           "rewards/chosen", "rewards/rejected",
                                      "logps/chosen", "logps/rejected", "rewards/margins"};
-
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 typedef struct Seen {
     int steps, evals, with_metrics, evals_with_metrics;
@@ -86,9 +76,9 @@ static void read_metrics(const char *dir, int steps, Seen *s) {
 static void run(const char *tmp, const char *name, const char *args, int steps, Seen *s) {
     char out[300], cmd[2048];
     snprintf(out, sizeof out, "%s/%s", tmp, name);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err", bin(),
-             args, steps, out, out);
-    int rc = sh(cmd);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err",
+             test_tuna_bin(), args, steps, out, out);
+    int rc = test_system(cmd);
     CHECK(rc == 0, "%s: tuna train exited %d", name, rc);
     read_metrics(out, steps, s);
     CHECK(s->steps == steps && s->with_metrics == steps,
@@ -97,19 +87,6 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     CHECK(s->evals >= 2 && s->evals_with_metrics == s->evals,
           "%s: %d eval events, %d with eval_kl, eval_rewards/... (all expected)", name, s->evals,
           s->evals_with_metrics);
-}
-
-/* A run that must fail: exit non-zero and one line naming the problem. */
-static void refused(const char *tmp, const char *args, const char *needle) {
-    char cmd[2048], errf[300];
-    snprintf(errf, sizeof errf, "%s/refused.err", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps 1 --output %s/refused 2>%s", bin(),
-             args, tmp, errf);
-    int rc = sh(cmd);
-    char *text = xread_file(errf, NULL);
-    CHECK(rc != 0 && text && strstr(text, needle), "%s: exit %d, said: %s", args, rc,
-          text ? text : "(nothing)");
-    free(text);
 }
 
 int main(void) {
@@ -141,11 +118,12 @@ int main(void) {
     run(tmp, "full", "--method full --lr 2e-3 --kto-chosen-weight 2 --kto-rejected-weight 2", 4,
         &s);
     CHECK(fabs(s.loss1 - 1.0) < 1e-6, "full, weights 2: step 1 loss %.7f (1 expected)", s.loss1);
-    refused(tmp, "--batch-size 1", "--batch-size must be at least 2");
-    refused(tmp, "--packing true", "examples are neither packed nor grouped");
-    refused(tmp, "--pref-ftx 0.1", "--pref-ftx: dpo only");
-    refused(tmp, "--dataset identity --dataset-dir datasets", "has no columns.kto_tag");
-    refused(tmp, "--stage sft", "only for --stage kto");
+    test_train_refused(tmp, BASE, "--batch-size 1", "--batch-size must be at least 2");
+    test_train_refused(tmp, BASE, "--packing true", "examples are neither packed nor grouped");
+    test_train_refused(tmp, BASE, "--pref-ftx 0.1", "--pref-ftx: dpo only");
+    test_train_refused(tmp, BASE, "--dataset identity --dataset-dir datasets",
+                       "has no columns.kto_tag");
+    test_train_refused(tmp, BASE, "--stage sft", "only for --stage kto");
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "cleanup");

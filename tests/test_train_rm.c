@@ -16,20 +16,10 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 #define BASE                                                                                       \
     "--model models/stories260K --dataset dpo_en_demo --dataset-dir ../shared/datasets "           \
     "--stage rm --batch-size 2 --cutoff-len 96 --max-samples 12 --val-size 4 --eval-steps 5 "      \
     "--sample-prompts '' --seed 3 --quiet --threads 2 "
-
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 typedef struct Seen {
     int steps, evals, with_metrics, evals_with_metrics;
@@ -66,9 +56,9 @@ static void read_metrics(const char *dir, Seen *s) {
 static void run(const char *tmp, const char *name, const char *args, int steps, Seen *s) {
     char out[300], cmd[2048];
     snprintf(out, sizeof out, "%s/%s", tmp, name);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err", bin(),
-             args, steps, out, out);
-    int rc = sh(cmd);
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps %d --output %s 2>%s.err",
+             test_tuna_bin(), args, steps, out, out);
+    int rc = test_system(cmd);
     CHECK(rc == 0, "%s: tuna train exited %d", name, rc);
     read_metrics(out, s);
     CHECK(s->steps == steps && s->with_metrics == steps, "%s: %d step events, %d with accuracy",
@@ -81,18 +71,6 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     struct stat sb;
     snprintf(path, sizeof path, "%s/value_head.safetensors", out);
     CHECK(stat(path, &sb) == 0, "%s: %s written", name, path);
-}
-
-static void refused(const char *tmp, const char *args, const char *needle) {
-    char cmd[2048], errf[300];
-    snprintf(errf, sizeof errf, "%s/refused.err", tmp);
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --max-steps 1 --output %s/refused 2>%s", bin(),
-             args, tmp, errf);
-    int rc = sh(cmd);
-    char *text = xread_file(errf, NULL);
-    CHECK(rc != 0 && text && strstr(text, needle), "%s: exit %d, said: %s", args, rc,
-          text ? text : "(nothing)");
-    free(text);
 }
 
 int main(void) {
@@ -114,8 +92,8 @@ int main(void) {
              "%s eval --model %s/lora --dataset dpo_en_demo --dataset-dir ../shared/datasets "
              "--max-samples 12 --cutoff-len 96 --stage rm --threads 2 --quiet --output %s "
              ">/dev/null",
-             bin(), tmp, outf);
-    CHECK(sh(cmd) == 0, "tuna eval --stage rm");
+             test_tuna_bin(), tmp, outf);
+    CHECK(test_system(cmd) == 0, "tuna eval --stage rm");
     char *text = xread_file(outf, NULL);
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     double acc = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "accuracy")),
@@ -137,12 +115,13 @@ int main(void) {
     snprintf(cmd, sizeof cmd,
              "%s eval --model %s/ptuning --dataset dpo_en_demo --dataset-dir ../shared/datasets "
              "--max-samples 4 --stage rm --quiet >/dev/null 2>%s/pt.err",
-             bin(), tmp, tmp);
-    CHECK(sh(cmd) != 0, "eval --stage rm of a P-tuning run refused");
-    refused(tmp, "--packing true", "pairs are neither packed nor grouped");
-    refused(tmp, "--dataset kto_en_demo", "is not a ranking dataset");
-    snprintf(cmd, sizeof cmd, "%s train --resume %s/lora 2>%s/resume.err", bin(), tmp, tmp);
-    CHECK(sh(cmd) != 0, "--resume of an rm run refused");
+             test_tuna_bin(), tmp, tmp);
+    CHECK(test_system(cmd) != 0, "eval --stage rm of a P-tuning run refused");
+    test_train_refused(tmp, BASE, "--packing true", "pairs are neither packed nor grouped");
+    test_train_refused(tmp, BASE, "--dataset kto_en_demo", "is not a ranking dataset");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s/lora 2>%s/resume.err", test_tuna_bin(), tmp,
+             tmp);
+    CHECK(test_system(cmd) != 0, "--resume of an rm run refused");
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "cleanup");
     return test_report("test_train_rm");

@@ -16,11 +16,6 @@
 #include "harness.h"
 #include "src/xalloc.h"
 
-static const char *bin(void) {
-    const char *b = getenv("TUNA_BIN");
-    return b && *b ? b : "./tuna";
-}
-
 #define BASE                                                                                       \
     "--model models/stories260K --dataset identity --dataset-dir datasets "                        \
     "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 --quiet "
@@ -52,18 +47,13 @@ static int read_losses(const char *dir, double *loss, int cap, double *eval0, do
     return n;
 }
 
-static int sh(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* Starts a training in the background; returns its pid. */
 static pid_t spawn(const char *args, const char *out) {
     pid_t p = fork();
     if (p == 0) {
         char cmd[2048];
-        snprintf(cmd, sizeof cmd, "exec %s train " BASE "%s --output %s 2>/dev/null", bin(), args,
-                 out);
+        snprintf(cmd, sizeof cmd, "exec %s train " BASE "%s --output %s 2>/dev/null",
+                 test_tuna_bin(), args, out);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -94,8 +84,8 @@ static void compare(const char *what, const double *a, const double *b, int n) {
 }
 
 int main(void) {
-    if (access(bin(), X_OK)) {
-        CHECK(0, "%s not built", bin());
+    if (access(test_tuna_bin(), X_OK)) {
+        CHECK(0, "%s not built", test_tuna_bin());
         return test_report("test_train_run");
     }
     char tmpl[] = "/tmp/tuna_train_XXXXXX", d[512], d2[512];
@@ -106,8 +96,8 @@ int main(void) {
     // --- the reference run
     snprintf(d, sizeof d, "%s/ref", tmp);
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --output %s", bin(), args, d);
-    CHECK(sh(cmd) == 0, "reference training failed");
+    snprintf(cmd, sizeof cmd, "%s train " BASE "%s --output %s", test_tuna_bin(), args, d);
+    CHECK(test_system(cmd) == 0, "reference training failed");
     double ref[64] = {0}, e0 = 0, e1 = 0;
     CHECK(read_losses(d, ref, 64, &e0, &e1) == N, "expected %d step lines", N);
     CHECK(e1 < e0, "LoRA: eval loss did not go down: %.4f -> %.4f", e0, e1);
@@ -134,8 +124,8 @@ int main(void) {
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 130,
           "SIGINT: trainer did not exit with 130 after its checkpoint (status %d)", st);
     double got[64] = {0};
-    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
-    CHECK(sh(cmd) == 0, "resume after SIGINT failed");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "resume after SIGINT failed");
     CHECK(read_losses(d2, got, 64, NULL, NULL) == N, "resumed run: expected %d step lines", N);
     compare("SIGINT + resume", ref, got, N);
     // --- SIGKILL between checkpoints: resume from the last checkpoint, redo the lost steps
@@ -144,8 +134,8 @@ int main(void) {
     wait_step(d2, 15);
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
-    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", bin(), d2);
-    CHECK(sh(cmd) == 0, "resume after SIGKILL failed");
+    snprintf(cmd, sizeof cmd, "%s train --resume %s --quiet", test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "resume after SIGKILL failed");
     memset(got, 0, sizeof got);
     CHECK(read_losses(d2, got, 64, NULL, NULL) == N,
           "resumed run after SIGKILL: expected %d step lines", N);
@@ -153,8 +143,8 @@ int main(void) {
     // --- the saved config replays the same run
     snprintf(d2, sizeof d2, "%s/replay", tmp);
     snprintf(p, sizeof p, "%s/train_config.json", d);
-    snprintf(cmd, sizeof cmd, "%s train --config %s --quiet --output %s", bin(), p, d2);
-    CHECK(sh(cmd) == 0, "--config replay failed");
+    snprintf(cmd, sizeof cmd, "%s train --config %s --quiet --output %s", test_tuna_bin(), p, d2);
+    CHECK(test_system(cmd) == 0, "--config replay failed");
     memset(got, 0, sizeof got);
     read_losses(d2, got, 64, NULL, NULL);
     compare("--config replay", ref, got, N);
@@ -163,8 +153,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd,
              "%s train " BASE
              "--method full --lr 3e-3 --max-steps 20 --eval-steps 20 --save-steps 0 --output %s",
-             bin(), d2);
-    CHECK(sh(cmd) == 0, "full training failed");
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "full training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "full: eval loss did not go down: %.4f -> %.4f", e0, e1);
     printf("  full: eval loss %.4f -> %.4f over 20 steps\n", e0, e1);
@@ -175,8 +165,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd,
              "%s train " BASE "--method freeze --freeze-layers 2 --lr 3e-3 --max-steps 10 "
              "--eval-steps 10 --save-steps 0 --output %s",
-             bin(), d2);
-    CHECK(sh(cmd) == 0, "freeze training failed");
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "freeze training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "freeze: eval loss did not go down: %.4f -> %.4f", e0, e1);
     printf("  freeze: eval loss %.4f -> %.4f over 10 steps\n", e0, e1);
@@ -185,8 +175,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd,
              "%s train " BASE "--method ptuning --prefix-tokens 8 --lr 3e-2 --max-steps 10 "
              "--eval-steps 10 --save-steps 0 --output %s",
-             bin(), d2);
-    CHECK(sh(cmd) == 0, "ptuning training failed");
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "ptuning training failed");
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < e0, "ptuning: eval loss did not go down: %.4f -> %.4f", e0, e1);
     snprintf(p, sizeof p, "%s/adapter_config.json", d2);
@@ -212,8 +202,8 @@ int main(void) {
                  "--template vanilla --method full --max-steps 30 --eval-steps 0 --save-steps 0 "
                  "--quiet "
                  "--output %s",
-                 bin(), d2);
-        int rc = sh(cmd);
+                 test_tuna_bin(), d2);
+        int rc = test_system(cmd);
         kill(hog, SIGKILL);
         waitpid(hog, NULL, 0);
         snprintf(p, sizeof p, "%s/metrics.jsonl", d2);
@@ -230,8 +220,8 @@ int main(void) {
     snprintf(cmd, sizeof cmd,
              "%s train --model models/stories260K --dataset identity --dataset-dir datasets "
              "--vars name=Tuna,author=Ann --quiet --output %s",
-             bin(), d2);
-    CHECK(sh(cmd) == 0, "training with the defaults failed");
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "training with the defaults failed");
     e0 = e1 = 0;
     read_losses(d2, got, 64, &e0, &e1);
     CHECK(e1 < 8, "defaults: eval loss %.4f -> %.4f, want below 8", e0, e1);
@@ -252,7 +242,8 @@ int main(void) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char c2[1024], ef[600];
         snprintf(ef, sizeof ef, "%s/err.txt", tmp);
-        snprintf(c2, sizeof c2, "%s train " BASE "%s --output %s/bad 2>%s", bin(), bad[i], tmp, ef);
+        snprintf(c2, sizeof c2, "%s train " BASE "%s --output %s/bad 2>%s", test_tuna_bin(), bad[i],
+                 tmp, ef);
         int s2 = system(c2);
         char *e = xread_file(ef, NULL);
         int lines = 0;

@@ -54,6 +54,54 @@ static inline int32_t *test_next_targets(const int32_t *labels, int B, int T, in
     return tg;
 }
 
+/* The model's parameter named name (HF's name), or NULL. */
+static inline const ParamInfo *test_param_named(const Model *m, const char *name) {
+    for (int i = 0; i < m->n_pinfo; i++)
+        if (!strcmp(m->pinfo[i].name, name)) return &m->pinfo[i];
+    return NULL;
+}
+
+/* A number from the fixture's metadata; 0 when absent. */
+static inline double test_fx_number(const SafeTensors *fx, const char *key) {
+    const char *s = safetensors_metadata(fx, key);
+    return s ? atof(s) : 0;
+}
+
+/* TRL's targets: the next token where it is a completion token (its shifted completion mask
+ * cm, (B, T)); -100 elsewhere. Free the result. */
+static inline int32_t *test_completion_targets(const int32_t *ids, const int32_t *cm, int B,
+                                               int T) {
+    int32_t *tg = xmalloc(sizeof(int32_t) * (size_t)B * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            tg[b * T + t] = t + 1 < T && cm[b * T + t + 1] ? ids[b * T + t + 1] : -100;
+    return tg;
+}
+
+/* The fixture's "adapter.NAME" tensors into the trainable tensors tp[0..np) (each must be there). */
+static inline void test_fx_upload_adapter(Backend *be, const SafeTensors *fx, const char *fpath,
+                                          const TrainParam *tp, int np) {
+    for (int i = 0; i < np; i++) {
+        char nm[200];
+        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
+        const StTensor *a = safetensors_find(fx, nm);
+        CHECK(a != NULL, "%s: %s missing", fpath, nm);
+        if (a) be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
+    }
+}
+
+/* Full fine-tuning fixtures move the policy's final norm off the reference's: the fixture's
+ * policy.model.norm.weight into m. 0, or -1 when it is missing. */
+static inline int test_fx_policy_norm(Backend *be, Model *m, const SafeTensors *fx,
+                                      const char *fpath) {
+    const StTensor *w = safetensors_find(fx, "policy.model.norm.weight");
+    const ParamInfo *pi = test_param_named(m, "model.norm.weight");
+    CHECK(w && pi && pi->n == (size_t)w->shape[0], "%s: policy norm", fpath);
+    if (!w || !pi) return -1;
+    be->ops->upload(be, m->params + pi->off, w->data, pi->n * sizeof(float));
+    return 0;
+}
+
 /* A peft adapter folder adir over tests/fixtures/llama against fx (input_ids, logits from
  * peft): loaded and merged, its logits within 1e-4; read as a training start
  * (adapter_read_config must set the flag is_set checks), saved by tuna (its adapter_config.json
