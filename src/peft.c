@@ -601,6 +601,30 @@ static int same_list(const char *a, const char *b) {
     return na == nb;
 }
 
+/* The virtual tokens P of a prompt or prefix adapter in dir (its prompt_embeddings, at most
+ * max_p rows, shape names the expected shape in the error); --prefix-tokens, when given
+ * (not def_tokens), must agree. */
+static int adapter_virtual_tokens(const char *dir, const TrainConfig *c, int def_tokens, int max_p,
+                                  const char *shape, int *P, TunaErr *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    if (rc) return rc;
+    const StTensor *t = safetensors_find(st, "prompt_embeddings");
+    *P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= max_p ? (int)t->shape[0] : 0;
+    safetensors_free(st);
+    if (!*P)
+        return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape %s", path,
+                         shape);
+    if (c->prefix_tokens != def_tokens && c->prefix_tokens != *P)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
+                         "drop --prefix-tokens",
+                         c->prefix_tokens, dir, *P);
+    return 0;
+}
+
 int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
     const char *dir = c->adapter;
     char path[1200];
@@ -637,49 +661,19 @@ int adapter_train_config(const TrainConfig *c, TrainConfig *out, TunaErr *err) {
                          "--method %s conflicts with --adapter %s (a %s adapter); drop --method",
                          c->method, dir, method);
     snprintf(out->method, sizeof out->method, "%s", method);
-    if (prompt) {
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        SafeTensors *st = NULL;
-        int rc = safetensors_open(path, &st, err);
+    if (prompt || prefix) {
+        /* prompt: [P, C]; prefix: the prefix itself, [P, layers*2*kv heads*head dim] (a
+         * projection's MLP is not kept) */
+        int P, rc = adapter_virtual_tokens(dir, c, def.prefix_tokens, prompt ? 1024 : 4096,
+                                           prompt ? "[P, C]" : "[P, N]", &P, err);
         if (rc) return rc;
-        const StTensor *t = safetensors_find(st, "prompt_embeddings");
-        int P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= 1024 ? (int)t->shape[0] : 0;
-        safetensors_free(st);
-        if (!P)
-            return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape [P, C]",
-                             path);
-        if (c->prefix_tokens != def.prefix_tokens && c->prefix_tokens != P)
-            return tuna_errf(err, TUNA_EINVAL,
-                             "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
-                             "drop --prefix-tokens",
-                             c->prefix_tokens, dir, P);
-        if (c->prompt_init_text[0])
+        if (prompt && c->prompt_init_text[0])
             return tuna_errf(
                     err, TUNA_EINVAL,
                     "--prompt-init-text conflicts with --adapter %s (the adapter's virtual "
                     "tokens are the start); drop --prompt-init-text",
                     dir);
-        out->prefix_tokens = P;
-        return 0;
-    }
-    if (prefix) {
-        /* the prefix itself, [P, layers*2*kv heads*head dim]; a projection's MLP is not kept */
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        SafeTensors *st = NULL;
-        int rc = safetensors_open(path, &st, err);
-        if (rc) return rc;
-        const StTensor *t = safetensors_find(st, "prompt_embeddings");
-        int P = t && t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= 4096 ? (int)t->shape[0] : 0;
-        safetensors_free(st);
-        if (!P)
-            return tuna_errf(err, TUNA_EFORMAT, "%s: needs \"prompt_embeddings\" of shape [P, N]",
-                             path);
-        if (c->prefix_tokens != def.prefix_tokens && c->prefix_tokens != P)
-            return tuna_errf(err, TUNA_EINVAL,
-                             "--prefix-tokens %d conflicts with --adapter %s (%d virtual tokens); "
-                             "drop --prefix-tokens",
-                             c->prefix_tokens, dir, P);
-        if (c->prefix_projection)
+        if (prefix && c->prefix_projection)
             return tuna_errf(err, TUNA_EINVAL,
                              "--prefix-projection conflicts with --adapter %s (the adapter keeps "
                              "the prefix, not the MLP that made it); drop --prefix-projection",
