@@ -13,20 +13,12 @@
 
 #include "src/dataset.h"
 #include "src/xalloc.h"
+#include "tests/data_fixture.h"
 #include "tests/harness.h"
 
 static Tokenizer *tok;
 static Template *van;
 static char tmpdir[64];
-
-static void put(const char *name, const char *text) {
-    char p[256];
-    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
-    FILE *f = fopen(p, "w");
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
 
 static Dataset *load(const char *names, const char *dir, int cutoff, int strict, int kto, int *rc,
                      TunaErr *err) {
@@ -37,56 +29,33 @@ static Dataset *load(const char *names, const char *dir, int cutoff, int strict,
     return d;
 }
 
-static int32_t *enc(const char *s, size_t *n) {
-    int32_t *ids = NULL;
-    tokenizer_encode(tok, s, strlen(s), 0, &ids, n, NULL);
-    return ids;
-}
-
-static int prompt_len(const Example *e) {
-    int p = 0;
-    while (p < e->n && e->labels[p] == TEMPLATE_IGNORE)
-        p++;
-    return p;
-}
-
-/* e is BOS + prompt + answer + EOS, the prompt masked and the rest trained. */
-static int is_example(const Example *e, const char *prompt, const char *answer) {
-    size_t np, na;
-    int32_t *p = enc(prompt, &np), *a = enc(answer, &na);
-    int ok = (size_t)e->n == 1 + np + na + 1 && e->ids[0] == 1 && !memcmp(e->ids + 1, p, np * 4) &&
-             !memcmp(e->ids + 1 + np, a, na * 4) && e->ids[e->n - 1] == 2 &&
-             prompt_len(e) == (int)(1 + np);
-    for (int i = prompt_len(e); ok && i < e->n; i++)
-        ok = e->labels[i] == e->ids[i];
-    free(p);
-    free(a);
-    return ok;
-}
-
 static void test_rows(void) {
-    put("dataset_info.json",
-        "{\"ks\": {\"file_name\": \"ks.json\", \"formatting\": \"sharegpt\", \"columns\": "
-        "{\"messages\": \"messages\", \"kto_tag\": \"label\"}, \"tags\": {\"role_tag\": \"role\", "
-        "\"content_tag\": \"content\", \"user_tag\": \"user\", \"assistant_tag\": "
-        "\"assistant\"}},\n"
-        " \"ka\": {\"file_name\": \"ka.jsonl\", \"columns\": {\"prompt\": \"instruction\", "
-        "\"response\": \"output\", \"kto_tag\": \"good\"}},\n"
-        " \"plain\": {\"file_name\": \"plain.json\"}}\n");
-    put("ks.json",
-        "[\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Lily saw a cat.\"}, {\"role\": "
-        "\"assistant\", \"content\": \"She smiled.\"}], \"label\": true},\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}, {\"role\": "
-        "\"assistant\", \"content\": \"The sky.\"}], \"label\": false},\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}, {\"role\": "
-        "\"assistant\", \"content\": \"He was fast.\"}], \"label\": \"yes\"},\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}], \"label\": true}\n"
-        "]\n");
-    put("ka.jsonl", "{\"instruction\": \"Tom ran.\", \"output\": \"He was fast.\", \"good\": "
-                    "false}\n"
-                    "{\"instruction\": \"Tom ran.\", \"output\": \"He was fast.\"}\n");
-    put("plain.json", "[{\"instruction\": \"a\", \"output\": \"b\"}]\n");
+    test_put_file(
+            tmpdir, "dataset_info.json",
+            "{\"ks\": {\"file_name\": \"ks.json\", \"formatting\": \"sharegpt\", \"columns\": "
+            "{\"messages\": \"messages\", \"kto_tag\": \"label\"}, \"tags\": {\"role_tag\": "
+            "\"role\", "
+            "\"content_tag\": \"content\", \"user_tag\": \"user\", \"assistant_tag\": "
+            "\"assistant\"}},\n"
+            " \"ka\": {\"file_name\": \"ka.jsonl\", \"columns\": {\"prompt\": \"instruction\", "
+            "\"response\": \"output\", \"kto_tag\": \"good\"}},\n"
+            " \"plain\": {\"file_name\": \"plain.json\"}}\n");
+    test_put_file(
+            tmpdir, "ks.json",
+            "[\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Lily saw a cat.\"}, {\"role\": "
+            "\"assistant\", \"content\": \"She smiled.\"}], \"label\": true},\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}, {\"role\": "
+            "\"assistant\", \"content\": \"The sky.\"}], \"label\": false},\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}, {\"role\": "
+            "\"assistant\", \"content\": \"He was fast.\"}], \"label\": \"yes\"},\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Tom ran.\"}], \"label\": true}\n"
+            "]\n");
+    test_put_file(tmpdir, "ka.jsonl",
+                  "{\"instruction\": \"Tom ran.\", \"output\": \"He was fast.\", \"good\": "
+                  "false}\n"
+                  "{\"instruction\": \"Tom ran.\", \"output\": \"He was fast.\"}\n");
+    test_put_file(tmpdir, "plain.json", "[{\"instruction\": \"a\", \"output\": \"b\"}]\n");
     TunaErr err = {0};
     int rc;
     Dataset *d = load("ks", tmpdir, 0, 0, 1, &rc, &err);
@@ -94,9 +63,10 @@ static void test_rows(void) {
           "sharegpt kto: rc %d n %zu skipped %zu: %s", rc, d ? d->n : 0, d ? d->n_skipped : 0,
           err.msg);
     if (d && d->n == 2) {
-        CHECK(is_example(&d->ex[0], "Lily saw a cat.", "She smiled.") && d->ex[0].tag == 1,
+        CHECK(test_is_example(tok, &d->ex[0], "Lily saw a cat.", "She smiled.") &&
+                      d->ex[0].tag == 1,
               "desirable: BOS prompt answer EOS, prompt masked, tag 1");
-        CHECK(is_example(&d->ex[1], "Tom ran.", "The sky.") && d->ex[1].tag == 0,
+        CHECK(test_is_example(tok, &d->ex[1], "Tom ran.", "The sky.") && d->ex[1].tag == 0,
               "undesirable: tag 0");
         char want[300];
         snprintf(want, sizeof want,
@@ -112,7 +82,7 @@ static void test_rows(void) {
           "strict: the first bad row is fatal, named: %s", err.msg);
     d = load("ka", tmpdir, 0, 0, 1, &rc, &err);
     CHECK(rc == 0 && d && d->n == 1 && d->n_skipped == 1 && d->ex[0].tag == 0 &&
-                  is_example(&d->ex[0], "Tom ran.", "He was fast."),
+                  test_is_example(tok, &d->ex[0], "Tom ran.", "He was fast."),
           "alpaca kto: rc %d n %zu: %s", rc, d ? d->n : 0, err.msg);
     if (d && d->n_msgs)
         CHECK(strstr(d->msgs[0], "ka.jsonl:2: \"good\" (kto_tag) must be true or false, got "
@@ -128,7 +98,7 @@ static void test_rows(void) {
     /* the cutoff: infer_seqlen of prompt and reply */
     d = load("ks", tmpdir, 6, 0, 1, &rc, &err);
     CHECK(rc == 0 && d && d->n == 2 && d->ex[0].n <= 6 && d->ex[1].n <= 6 && d->n_truncated == 2 &&
-                  prompt_len(&d->ex[0]) > 0 && prompt_len(&d->ex[0]) < d->ex[0].n,
+                  test_prompt_len(&d->ex[0]) > 0 && test_prompt_len(&d->ex[0]) < d->ex[0].n,
           "cutoff 6: both kept, both parts in, n %d %d", d ? d->ex[0].n : 0, d ? d->ex[1].n : 0);
     dataset_free(d);
 }
@@ -138,7 +108,7 @@ static void check_batch(const Dataset *d, const Batch *bt, const size_t *order_e
     int ok = 1, n_t = 0;
     for (int r = 0; r < nr; r++) {
         const Example *e = &d->ex[order_ex[r]], *o = &d->ex[order_ex[(r + nr - 1) % nr]];
-        int pe = prompt_len(e), po = prompt_len(o), m = pe + o->n - po, ne = e->n;
+        int pe = test_prompt_len(e), po = test_prompt_len(o), m = pe + o->n - po, ne = e->n;
         if (m > bt->T) m = bt->T; /* rows are cut at T */
         if (ne > bt->T) ne = bt->T;
         const int32_t *ki = bt->ids + (size_t)(B + r) * bt->T,

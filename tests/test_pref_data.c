@@ -13,20 +13,12 @@
 
 #include "src/dataset.h"
 #include "src/xalloc.h"
+#include "tests/data_fixture.h"
 #include "tests/harness.h"
 
 static Tokenizer *tok;
 static Template *van, *chatml;
 static char tmpdir[64];
-
-static void put(const char *name, const char *text) {
-    char p[256];
-    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
-    FILE *f = fopen(p, "w");
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
 
 static Dataset *load(const char *names, const char *dir, int cutoff, int strict, int ranking,
                      const Template *t, int *rc, TunaErr *err) {
@@ -40,63 +32,42 @@ static Dataset *load(const char *names, const char *dir, int cutoff, int strict,
     return d;
 }
 
-static int32_t *enc(const char *s, size_t *n) {
-    int32_t *ids = NULL;
-    tokenizer_encode(tok, s, strlen(s), 0, &ids, n, NULL);
-    return ids;
-}
-
-/* The first trained position of e (the prompt's length). */
-static int prompt_len(const Example *e) {
-    int p = 0;
-    while (p < e->n && e->labels[p] == TEMPLATE_IGNORE)
-        p++;
-    return p;
-}
-
-/* e is BOS + prompt + answer + EOS, the prompt masked and the rest trained. */
-static int is_example(const Example *e, const char *prompt, const char *answer) {
-    size_t np, na;
-    int32_t *p = enc(prompt, &np), *a = enc(answer, &na);
-    int ok = (size_t)e->n == 1 + np + na + 1 && e->ids[0] == 1 && !memcmp(e->ids + 1, p, np * 4) &&
-             !memcmp(e->ids + 1 + np, a, na * 4) && e->ids[e->n - 1] == 2 &&
-             prompt_len(e) == (int)(1 + np);
-    for (int i = prompt_len(e); ok && i < e->n; i++)
-        ok = e->labels[i] == e->ids[i];
-    free(p);
-    free(a);
-    return ok;
-}
-
 static void test_alpaca_sharegpt(void) {
-    put("dataset_info.json",
-        "{\"pa\": {\"file_name\": \"pa.json\", \"ranking\": true, \"columns\": {\"prompt\": "
-        "\"instruction\", \"query\": \"input\", \"chosen\": \"chosen\", \"rejected\": "
-        "\"rejected\"}},\n"
-        " \"ps\": {\"file_name\": \"ps.jsonl\", \"formatting\": \"sharegpt\", \"ranking\": true, "
-        "\"columns\": {\"messages\": \"conversations\", \"chosen\": \"chosen\", \"rejected\": "
-        "\"rejected\"}},\n"
-        " \"nocol\": {\"file_name\": \"pa.json\", \"ranking\": true},\n"
-        " \"plain\": {\"file_name\": \"plain.json\"},\n"
-        " \"cut\": {\"file_name\": \"cut.json\", \"ranking\": true, \"columns\": {\"prompt\": "
-        "\"instruction\", \"chosen\": \"chosen\", \"rejected\": \"rejected\"}}}\n");
-    put("pa.json", "[\n"
-                   "{\"instruction\": \"Lily saw a cat.\", \"input\": \"What did she do?\",\n"
-                   " \"chosen\": \"She smiled.\", \"rejected\": \"The sky was big and blue.\"},\n"
-                   "{\"instruction\": \"Tom ran.\", \"chosen\": 7, \"rejected\": \"no\"},\n"
-                   "{\"instruction\": \"Tom ran.\", \"chosen\": \"He was fast.\"}\n"
-                   "]\n");
-    put("ps.jsonl",
-        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}, {\"from\": \"gpt\", "
-        "\"value\": \"Hello.\"}, {\"from\": \"human\", \"value\": \"A story?\"}], \"chosen\": "
-        "{\"from\": \"gpt\", \"value\": \"Once upon a time.\"}, \"rejected\": {\"from\": \"gpt\", "
-        "\"value\": \"No.\"}}\n"
-        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}, {\"from\": \"gpt\", "
-        "\"value\": \"Hello.\"}], \"chosen\": {\"from\": \"gpt\", \"value\": \"a\"}, \"rejected\": "
-        "{\"from\": \"gpt\", \"value\": \"b\"}}\n"
-        "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}], \"chosen\": {\"from\": "
-        "\"human\", \"value\": \"a\"}, \"rejected\": {\"from\": \"gpt\", \"value\": \"b\"}}\n");
-    put("plain.json", "[{\"instruction\": \"a\", \"output\": \"b\"}]\n");
+    test_put_file(
+            tmpdir, "dataset_info.json",
+            "{\"pa\": {\"file_name\": \"pa.json\", \"ranking\": true, \"columns\": {\"prompt\": "
+            "\"instruction\", \"query\": \"input\", \"chosen\": \"chosen\", \"rejected\": "
+            "\"rejected\"}},\n"
+            " \"ps\": {\"file_name\": \"ps.jsonl\", \"formatting\": \"sharegpt\", \"ranking\": "
+            "true, "
+            "\"columns\": {\"messages\": \"conversations\", \"chosen\": \"chosen\", \"rejected\": "
+            "\"rejected\"}},\n"
+            " \"nocol\": {\"file_name\": \"pa.json\", \"ranking\": true},\n"
+            " \"plain\": {\"file_name\": \"plain.json\"},\n"
+            " \"cut\": {\"file_name\": \"cut.json\", \"ranking\": true, \"columns\": {\"prompt\": "
+            "\"instruction\", \"chosen\": \"chosen\", \"rejected\": \"rejected\"}}}\n");
+    test_put_file(tmpdir, "pa.json",
+                  "[\n"
+                  "{\"instruction\": \"Lily saw a cat.\", \"input\": \"What did she do?\",\n"
+                  " \"chosen\": \"She smiled.\", \"rejected\": \"The sky was big and blue.\"},\n"
+                  "{\"instruction\": \"Tom ran.\", \"chosen\": 7, \"rejected\": \"no\"},\n"
+                  "{\"instruction\": \"Tom ran.\", \"chosen\": \"He was fast.\"}\n"
+                  "]\n");
+    test_put_file(
+            tmpdir, "ps.jsonl",
+            "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}, {\"from\": \"gpt\", "
+            "\"value\": \"Hello.\"}, {\"from\": \"human\", \"value\": \"A story?\"}], \"chosen\": "
+            "{\"from\": \"gpt\", \"value\": \"Once upon a time.\"}, \"rejected\": {\"from\": "
+            "\"gpt\", "
+            "\"value\": \"No.\"}}\n"
+            "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}, {\"from\": \"gpt\", "
+            "\"value\": \"Hello.\"}], \"chosen\": {\"from\": \"gpt\", \"value\": \"a\"}, "
+            "\"rejected\": "
+            "{\"from\": \"gpt\", \"value\": \"b\"}}\n"
+            "{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi.\"}], \"chosen\": "
+            "{\"from\": "
+            "\"human\", \"value\": \"a\"}, \"rejected\": {\"from\": \"gpt\", \"value\": \"b\"}}\n");
+    test_put_file(tmpdir, "plain.json", "[{\"instruction\": \"a\", \"output\": \"b\"}]\n");
     TunaErr err = {0};
     int rc;
     Dataset *d = load("pa", tmpdir, 0, 0, 1, van, &rc, &err);
@@ -105,10 +76,10 @@ static void test_alpaca_sharegpt(void) {
           err.msg);
     if (d && d->n == 2) {
         /* prompt = instruction + "\n" + input; both answers after the same masked prompt */
-        CHECK(is_example(&d->ex[0], "Lily saw a cat.\nWhat did she do?", "She smiled."),
+        CHECK(test_is_example(tok, &d->ex[0], "Lily saw a cat.\nWhat did she do?", "She smiled."),
               "chosen: BOS prompt answer EOS, prompt masked");
-        CHECK(is_example(&d->ex[1], "Lily saw a cat.\nWhat did she do?",
-                         "The sky was big and blue."),
+        CHECK(test_is_example(tok, &d->ex[1], "Lily saw a cat.\nWhat did she do?",
+                              "The sky was big and blue."),
               "rejected: the same prompt, its own answer");
         char want[300];
         snprintf(want, sizeof want, "%s/pa.json:4: \"chosen\" must be a string, got number",
@@ -129,9 +100,10 @@ static void test_alpaca_sharegpt(void) {
     if (d && d->n == 2) {
         /* the history is part of the masked prompt: user, assistant + EOS, user */
         size_t n1, n2, n3;
-        int32_t *a = enc("Hi.", &n1), *b = enc("Hello.", &n2), *c = enc("A story?", &n3);
-        int p = prompt_len(&d->ex[0]);
-        CHECK(p == (int)(1 + n1 + n2 + 1 + n3) && p == prompt_len(&d->ex[1]) &&
+        int32_t *a = test_encode(tok, "Hi.", &n1), *b = test_encode(tok, "Hello.", &n2),
+                *c = test_encode(tok, "A story?", &n3);
+        int p = test_prompt_len(&d->ex[0]);
+        CHECK(p == (int)(1 + n1 + n2 + 1 + n3) && p == test_prompt_len(&d->ex[1]) &&
                       !memcmp(d->ex[0].ids, d->ex[1].ids, (size_t)p * 4) &&
                       d->ex[0].ids[1 + n1 + n2] == 2,
               "sharegpt: the prompt holds the history, masked, shared (p=%d)", p);
@@ -139,7 +111,7 @@ static void test_alpaca_sharegpt(void) {
         free(b);
         free(c);
         size_t na, nb;
-        int32_t *x = enc("Once upon a time.", &na), *y = enc("No.", &nb);
+        int32_t *x = test_encode(tok, "Once upon a time.", &na), *y = test_encode(tok, "No.", &nb);
         CHECK(d->ex[0].n == p + (int)na + 1 && !memcmp(d->ex[0].ids + p, x, na * 4) &&
                       d->ex[1].n == p + (int)nb + 1 && !memcmp(d->ex[1].ids + p, y, nb * 4),
               "sharegpt answers");
@@ -174,9 +146,10 @@ static void test_cutoff(void) {
     char row[600];
     snprintf(row, sizeof row,
              "[{\"instruction\": \"%s\", \"chosen\": \"%s\", \"rejected\": \"%s\"}]\n", P, C, R);
-    put("cut.json", row);
+    test_put_file(tmpdir, "cut.json", row);
     size_t np, nc, nr;
-    int32_t *p = enc(P, &np), *c = enc(C, &nc), *r = enc(R, &nr);
+    int32_t *p = test_encode(tok, P, &np), *c = test_encode(tok, C, &nc),
+            *r = test_encode(tok, R, &nr);
     size_t S = 1 + np, Tc = nc + 1, Tr = nr + 1; /* BOS + prompt; answer + EOS */
     int cuts[] = {0, 24, 2 * (int)Tc + 2, (int)(S + Tc), 9};
     for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
@@ -198,7 +171,8 @@ static void test_cutoff(void) {
         if (d && d->n == 2) {
             size_t tr = Tr < t ? Tr : t;
             CHECK((size_t)d->ex[0].n == s + t && (size_t)d->ex[1].n == s + tr &&
-                          prompt_len(&d->ex[0]) == (int)s && prompt_len(&d->ex[1]) == (int)s &&
+                          test_prompt_len(&d->ex[0]) == (int)s &&
+                          test_prompt_len(&d->ex[1]) == (int)s &&
                           !memcmp(d->ex[0].ids + 1, p, (s - 1) * 4) &&
                           !memcmp(d->ex[0].ids + s, c, (t < nc ? t : nc) * 4) &&
                           !memcmp(d->ex[1].ids + s, r, (tr < nr ? tr : nr) * 4),
@@ -226,8 +200,8 @@ static void test_demo_split_batch(void) {
     int shared = 1, bounded = 1;
     for (size_t i = 0; i + 1 < d->n; i += 2) {
         const Example *c = &d->ex[i], *r = &d->ex[i + 1];
-        int p = prompt_len(c);
-        shared &= p == prompt_len(r) && p > 0 && p < c->n && p < r->n &&
+        int p = test_prompt_len(c);
+        shared &= p == test_prompt_len(r) && p > 0 && p < c->n && p < r->n &&
                   !memcmp(c->ids, r->ids, (size_t)p * 4);
         bounded &= c->n <= 256 && r->n <= 256;
     }
@@ -241,8 +215,8 @@ static void test_demo_split_batch(void) {
           "split by pairs: %zu + %zu", tr ? tr->n : 0, va ? va->n : 0);
     int kept = 1;
     for (size_t i = 0; tr && i + 1 < tr->n; i += 2)
-        kept &= prompt_len(&tr->ex[i]) == prompt_len(&tr->ex[i + 1]) &&
-                !memcmp(tr->ex[i].ids, tr->ex[i + 1].ids, (size_t)prompt_len(&tr->ex[i]) * 4);
+        kept &= test_prompt_len(&tr->ex[i]) == test_prompt_len(&tr->ex[i + 1]) &&
+                !memcmp(tr->ex[i].ids, tr->ex[i + 1].ids, (size_t)test_prompt_len(&tr->ex[i]) * 4);
     CHECK(kept, "the split keeps each pair together, chosen first");
     Batcher b;
     rc = tr ? batcher_init(&b, tr, 3, 256, 0, 7, &err) : -1;
