@@ -72,6 +72,31 @@ static inline void test_train_refused(const char *tmp, const char *base, const c
           *text ? text : "(nothing)");
 }
 
+/* `tuna args` with stdin from in_file (else /dev/null), its stdout and stderr captured in dir;
+ * returns the exit status and both texts (malloc'd, "" when empty). */
+static inline int test_run_tuna(const char *dir, const char *args, const char *in_file, char **out,
+                                char **err) {
+    char cmd[4096], p[2][300];
+    char **dst[2] = {out, err};
+    snprintf(p[0], sizeof p[0], "%s/stdout", dir);
+    snprintf(p[1], sizeof p[1], "%s/stderr", dir);
+    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", test_tuna_bin(), args,
+             in_file ? in_file : "/dev/null", p[0], p[1]);
+    int rc = test_system(cmd);
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen(p[k], "rb");
+        long n = 0;
+        if (f && !fseek(f, 0, SEEK_END)) n = ftell(f);
+        char *s = malloc((size_t)(n > 0 ? n : 0) + 1);
+        size_t got = 0;
+        if (f && n > 0 && !fseek(f, 0, SEEK_SET)) got = fread(s, 1, (size_t)n, f);
+        s[got] = 0;
+        if (f) fclose(f);
+        *dst[k] = s;
+    }
+    return rc;
+}
+
 static inline int test_report(const char *name) {
     printf("%s: %d passed, %d failed, %d skipped\n", name, test_passed, test_failed, test_skipped);
     return test_failed ? 1 : 0;

@@ -14,22 +14,6 @@
 
 static char tmpdir[64];
 
-/* Runs `tuna ARGS` (stdin from in_file if not NULL); returns the exit status and the captured
- * stdout / stderr (malloc'd). */
-static int run(const char *args, const char *in_file, char **out, char **err) {
-    char cmd[2048], po[128], pe[128];
-    snprintf(po, sizeof po, "%s/stdout", tmpdir);
-    snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", test_tuna_bin(), args,
-             in_file ? in_file : "/dev/null", po, pe);
-    int st = system(cmd);
-    *out = xread_file(po, NULL);
-    *err = xread_file(pe, NULL);
-    if (!*out) *out = xstrdup("");
-    if (!*err) *err = xstrdup("");
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static int has_visible_text(const char *s) {
     for (; *s; s++)
         if (*s != ' ' && *s != '\n' && *s != '\t' && *s != '\r') return 1;
@@ -45,8 +29,9 @@ static double num(const cJSON *o, const char *key) {
 
 static void test_chat(void) {
     char *out, *err;
-    int rc = run("chat models/stories260K --message \"Who are you?\" --max-new-tokens 24", NULL,
-                 &out, &err);
+    int rc = test_run_tuna(tmpdir,
+                           "chat models/stories260K --message \"Who are you?\" --max-new-tokens 24",
+                           NULL, &out, &err);
     CHECK(rc == 0, "chat --message: exit %d, stderr: %s", rc, err);
     CHECK(has_visible_text(out), "chat printed no reply");
     CHECK(strncmp(out, "> ", 2), "no prompt without a terminal");
@@ -54,10 +39,12 @@ static void test_chat(void) {
     free(err);
 
     /* a scripted two-turn conversation with a system prompt and another template */
-    rc = run("chat models/stories260K --template chatml --system \"You are a storyteller.\" "
-             "--message Hi --message \"Tell me more\" --max-new-tokens 12 --temperature 0.8 "
-             "--top-p 0.9 --top-k 40 --seed 7",
-             NULL, &out, &err);
+    rc = test_run_tuna(
+            tmpdir,
+            "chat models/stories260K --template chatml --system \"You are a storyteller.\" "
+            "--message Hi --message \"Tell me more\" --max-new-tokens 12 --temperature 0.8 "
+            "--top-p 0.9 --top-k 40 --seed 7",
+            NULL, &out, &err);
     CHECK(rc == 0, "chat two turns: exit %d, stderr: %s", rc, err);
     CHECK(has_visible_text(out), "chat two turns printed nothing");
     free(out);
@@ -68,9 +55,9 @@ static void test_chat(void) {
     const char *turns = "chat models/stories260K --temperature 0 --max-new-tokens 60 "
                         "--message \"Once upon a time\" --message \"Once upon a time\"";
     char cmd[512];
-    rc = run(turns, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, turns, NULL, &out, &err);
     snprintf(cmd, sizeof cmd, "%s --lookup 6", turns);
-    int rc2 = run(cmd, NULL, &out2, &err2);
+    int rc2 = test_run_tuna(tmpdir, cmd, NULL, &out2, &err2);
     CHECK(rc == 0 && rc2 == 0, "chat --lookup: exit %d/%d, stderr: %s", rc, rc2, err2);
     CHECK(has_visible_text(out) && !strcmp(out, out2),
           "chat --lookup changed the replies:\n%s\nvs\n%s", out, out2);
@@ -85,7 +72,7 @@ static void test_chat(void) {
     FILE *f = fopen(in, "w");
     fputs("hello\n/reset\n\nOnce upon a time\n/quit\nnever sent\n", f);
     fclose(f);
-    rc = run("chat models/stories260K --max-new-tokens 16", in, &out, &err);
+    rc = test_run_tuna(tmpdir, "chat models/stories260K --max-new-tokens 16", in, &out, &err);
     CHECK(rc == 0, "chat stdin: exit %d, stderr: %s", rc, err);
     CHECK(has_visible_text(out), "chat stdin printed nothing");
     free(out);
@@ -144,7 +131,7 @@ static void test_eval(void) {
              "eval --model models/stories260K --dataset identity --dataset-dir datasets "
              "--vars name=Tuna,author=Ann --max-samples 8 --max-new-tokens 32 --output %s",
              path);
-    int rc = run(args, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "eval identity: exit %d, stderr: %s", rc, err);
     cJSON *j = check_report("identity", out, 1);
     CHECK(num(j, "n_samples") == 8, "identity: n_samples %g", num(j, "n_samples"));
@@ -160,7 +147,8 @@ static void test_eval(void) {
     free(err);
 
     /* classification by generation: 20 rotten tomatoes reviews */
-    rc = run(
+    rc = test_run_tuna(
+            tmpdir,
             "eval --model models/stories260K --dataset rotten_tomatoes_test --dataset-dir datasets "
             "--template vanilla --max-samples 20",
             NULL, &out, &err);
@@ -177,9 +165,11 @@ static void test_eval(void) {
     free(err);
 
     /* loss only, one row per batch: the same loss (padding must not count) */
-    rc = run("eval --model models/stories260K --dataset rotten_tomatoes_test --max-samples 20 "
-             "--no-generate --batch-size 1 --quiet",
-             NULL, &out, &err);
+    rc = test_run_tuna(
+            tmpdir,
+            "eval --model models/stories260K --dataset rotten_tomatoes_test --max-samples 20 "
+            "--no-generate --batch-size 1 --quiet",
+            NULL, &out, &err);
     CHECK(rc == 0, "eval --no-generate: exit %d, stderr: %s", rc, err);
     CHECK(!*err, "--quiet wrote to stderr: %s", err);
     j = check_report("no-generate", out, 0);
@@ -195,11 +185,13 @@ static void test_eval(void) {
      * (the row length changes the kernels' summation blocks; measured 1.2e-9 relative) */
     double lmax = 0, lbatch = 0, nmax = 0, nbatch = 0;
     for (int k = 0; k < 2; k++) {
-        rc = run(k ? "eval --model models/stories260K --dataset alpaca_en_demo --max-samples 24 "
-                     "--no-generate --quiet"
-                   : "eval --model models/stories260K --dataset alpaca_en_demo --max-samples 24 "
-                     "--no-generate --quiet --pad-to max",
-                 NULL, &out, &err);
+        rc = test_run_tuna(
+                tmpdir,
+                k ? "eval --model models/stories260K --dataset alpaca_en_demo --max-samples 24 "
+                    "--no-generate --quiet"
+                  : "eval --model models/stories260K --dataset alpaca_en_demo --max-samples 24 "
+                    "--no-generate --quiet --pad-to max",
+                NULL, &out, &err);
         CHECK(rc == 0, "eval alpaca (%s): exit %d, stderr: %s", k ? "batch" : "max", rc, err);
         j = check_report(k ? "pad-to batch" : "pad-to max", out, 0);
         *(k ? &lbatch : &lmax) = num(j, "eval_loss");
@@ -223,7 +215,7 @@ static double eval_loss_with(const char *flags) {
              "eval --model models/stories260K --dataset alpaca_en_demo --max-samples 16 "
              "--no-generate --quiet %s",
              flags);
-    int rc = run(args, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "eval %s: exit %d, stderr: %s", flags, rc, err);
     cJSON *j = rc ? NULL : check_report(flags, out, 0);
     double l = j ? num(j, "eval_loss") : (double)NAN;
@@ -260,7 +252,7 @@ static void test_precision(void) {
              "--save-steps 0 --sample-prompts '' --quantization-bit 4 --quantization-type q4_0 "
              "--output %s/qrun --quiet",
              tmpdir);
-    int rc = run(args, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "train a 4-bit LoRA run: exit %d, %s", rc, err);
     free(out);
     free(err);
@@ -270,7 +262,7 @@ static void test_precision(void) {
                  "generate %s/qrun --prompt \"Once upon a time\" --max-new-tokens 24 "
                  "--temperature 0 --ignore-eos --json --quiet %s",
                  tmpdir, variants[k]);
-        rc = run(args, NULL, &out, &err);
+        rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
         cJSON *j = cJSON_Parse(out);
         char *s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "ids"));
         CHECK(rc == 0 && s, "generate the run %s: exit %d, %s", variants[k], rc, err);
@@ -284,7 +276,7 @@ static void test_precision(void) {
     /* its export merges the adapter into the dequantized 4-bit base (peft's merge_and_unload):
      * an fp32 model that answers as the run does */
     snprintf(args, sizeof args, "export --model %s/qrun --out %s/qmerged", tmpdir, tmpdir);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0 && strstr(err, "dequantized to fp32"), "export the 4-bit run: exit %d, %s", rc,
           err);
     free(out);
@@ -293,7 +285,7 @@ static void test_precision(void) {
              "generate %s/qmerged --prompt \"Once upon a time\" --max-new-tokens 24 "
              "--temperature 0 --ignore-eos --json --quiet",
              tmpdir);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     cJSON *jm = cJSON_Parse(out);
     char *sm = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(jm, "ids"));
     CHECK(rc == 0 && sm && !strcmp(sm, gen[0]), "the merged export: %s vs the run %s",
@@ -305,9 +297,11 @@ static void test_precision(void) {
     CHECK(strcmp(gen[0], gen[2]), "--dtype fp32 gave the 4-bit base's ids: %s", gen[2]);
 
     /* generate on a 4-bit base with bf16 products answers */
-    rc = run("generate models/stories260K --prompt \"Once upon a time\" --max-new-tokens 16 "
-             "--temperature 0 --quantization-bit 4 --bf16 --json --quiet",
-             NULL, &out, &err);
+    rc = test_run_tuna(
+            tmpdir,
+            "generate models/stories260K --prompt \"Once upon a time\" --max-new-tokens 16 "
+            "--temperature 0 --quantization-bit 4 --bf16 --json --quiet",
+            NULL, &out, &err);
     cJSON *j = cJSON_Parse(out);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(j, "ids");
     CHECK(rc == 0 && cJSON_GetArraySize(ids) >= 16, "generate 4-bit --bf16: exit %d, %s %s", rc,
@@ -346,7 +340,7 @@ static void test_bad_args(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *out, *err;
-        int rc = run(bad[i], NULL, &out, &err);
+        int rc = test_run_tuna(tmpdir, bad[i], NULL, &out, &err);
         size_t nl = 0;
         for (const char *p = err; *p; p++)
             nl += *p == '\n';
@@ -357,12 +351,12 @@ static void test_bad_args(void) {
         free(err);
     }
     char *out, *err;
-    int rc = run("eval --help", NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, "eval --help", NULL, &out, &err);
     CHECK(rc == 0 && strstr(out, "--max-new-tokens") && strstr(out, "--no-generate"),
           "eval --help");
     free(out);
     free(err);
-    rc = run("chat --help", NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, "chat --help", NULL, &out, &err);
     CHECK(rc == 0 && strstr(out, "--message") && strstr(out, "--adapter"), "chat --help");
     free(out);
     free(err);

@@ -22,22 +22,6 @@
 
 static char tmpdir[64];
 
-/* Runs `tuna ARGS` (stdin from in_file, else /dev/null); returns the exit status and the
- * captured stdout / stderr (malloc'd). */
-static int run(const char *args, const char *in_file, char **out, char **err) {
-    char cmd[4096], po[128], pe[128];
-    snprintf(po, sizeof po, "%s/stdout", tmpdir);
-    snprintf(pe, sizeof pe, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s <%s >%s 2>%s", test_tuna_bin(), args,
-             in_file ? in_file : "/dev/null", po, pe);
-    int st = system(cmd);
-    *out = xread_file(po, NULL);
-    *err = xread_file(pe, NULL);
-    if (!*out) *out = xstrdup("");
-    if (!*err) *err = xstrdup("");
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static int n_lines(const char *s) {
     int n = 0;
     for (; *s; s++)
@@ -48,7 +32,7 @@ static int n_lines(const char *s) {
 /* A failure of `tuna args`: exit code rc_want, one line on stderr holding want (and want2). */
 static void check_one_line(const char *args, int rc_want, const char *want, const char *want2) {
     char *out, *err;
-    int rc = run(args, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == rc_want, "`tuna %s`: exit %d, want %d (stderr %s)", args, rc, rc_want, err);
     CHECK(n_lines(err) == 1 && strstr(err, want) && (!want2 || strstr(err, want2)),
           "`tuna %s`: stderr is not the one line with \"%s\": \"%s\"", args, want, err);
@@ -61,7 +45,7 @@ static void check_one_line(const char *args, int rc_want, const char *want, cons
 
 static void test_ui_options(void) {
     char *out, *err;
-    int rc = run("--no-color --help", NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, "--no-color --help", NULL, &out, &err);
     CHECK(rc == 0 && strstr(out, "tuna ui [options]"), "tuna --no-color --help: %d %s%s", rc, out,
           err);
     free(out);
@@ -83,7 +67,7 @@ static int train(const char *out, const char *tpl) {
              "--vars name=Tuna,author=Ann --method lora --template %s --max-steps 2 --quiet "
              "--output %s",
              tpl, out);
-    int rc = run(args, NULL, &o, &e);
+    int rc = test_run_tuna(tmpdir, args, NULL, &o, &e);
     CHECK(rc == 0, "train %s: exit %d: %s", out, rc, e);
     free(o);
     free(e);
@@ -98,7 +82,7 @@ static const char *eval_template(const char *args) {
              "eval %s --dataset identity --dataset-dir datasets --vars name=Tuna,author=Ann "
              "--max-samples 2 --no-generate --quiet",
              args);
-    int rc = run(cmd, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, cmd, NULL, &out, &err);
     cJSON *j = cJSON_Parse(out);
     const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "template"));
     snprintf(name, sizeof name, "%s", rc == 0 && t ? t : "");
@@ -117,13 +101,13 @@ static void test_runs(void) {
 
     /* chat RUN: the base model with the run's adapter and template */
     snprintf(args, sizeof args, "chat %s --message Hi --max-new-tokens 8 --temperature 0", lora);
-    int rc = run(args, NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0 && !strstr(err, "cannot read"), "chat RUN: exit %d: %s", rc, err);
     snprintf(args, sizeof args,
              "chat models/stories260K --adapter %s --template chatml --message Hi "
              "--max-new-tokens 8 --temperature 0",
              lora);
-    int rc2 = run(args, NULL, &out2, &err2);
+    int rc2 = test_run_tuna(tmpdir, args, NULL, &out2, &err2);
     CHECK(rc2 == 0 && !strcmp(out, out2),
           "chat RUN differs from chat BASE --adapter RUN --template chatml:\n%s\nvs\n%s", out,
           out2);
@@ -134,7 +118,7 @@ static void test_runs(void) {
 
     /* generate RUN */
     snprintf(args, sizeof args, "generate %s --prompt Once --max-new-tokens 4 --quiet", lora);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0 && !strncmp(out, "Once", 4), "generate RUN: exit %d: %s%s", rc, out, err);
     free(out);
     free(err);
@@ -146,8 +130,8 @@ static void test_runs(void) {
     fputs("{\"text\": \"Once upon a time\"}\n", f);
     fclose(f);
     snprintf(args, sizeof args, "tokenize %s", lora);
-    rc = run(args, in, &out, &err);
-    rc2 = run("tokenize models/stories260K", in, &out2, &err2);
+    rc = test_run_tuna(tmpdir, args, in, &out, &err);
+    rc2 = test_run_tuna(tmpdir, "tokenize models/stories260K", in, &out2, &err2);
     CHECK(rc == 0 && rc2 == 0 && strstr(out, "\"ids\"") && !strcmp(out, out2),
           "tokenize RUN: exit %d: %s%s", rc, out, err);
     free(out);
@@ -164,7 +148,7 @@ static void test_runs(void) {
              "eval --model %s --dataset identity --dataset-dir datasets --max-samples 1 "
              "--no-generate --quiet",
              lora);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     cJSON *j = cJSON_Parse(out);
     const char *jm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "model"));
     const char *ja = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "adapter"));
@@ -189,13 +173,13 @@ static void test_runs(void) {
     snprintf(e1, sizeof e1, "%s/export-run", tmpdir);
     snprintf(e2, sizeof e2, "%s/export-base", tmpdir);
     snprintf(args, sizeof args, "export --model %s --out %s", lora, e1);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "export --model RUN: exit %d: %s", rc, err);
     free(out);
     free(err);
     snprintf(args, sizeof args, "export --model models/stories260K --adapter %s --out %s", lora,
              e2);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "export --model BASE --adapter RUN: exit %d: %s", rc, err);
     free(out);
     free(err);
@@ -227,7 +211,7 @@ static void test_runs(void) {
              moved);
     CHECK(system(cmd) == 0, "edit train_config.json");
     snprintf(args, sizeof args, "generate %s --max-new-tokens 2 --quiet", moved);
-    rc = run(args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
     CHECK(rc == 0, "base from train_config.json: exit %d: %s", rc, err);
     free(out);
     free(err);
@@ -237,8 +221,9 @@ static void test_runs(void) {
 
 static void test_context(void) {
     char *out, *err;
-    int rc = run("generate models/stories260K --ignore-eos --max-new-tokens 600 --quiet --json",
-                 NULL, &out, &err);
+    int rc = test_run_tuna(
+            tmpdir, "generate models/stories260K --ignore-eos --max-new-tokens 600 --quiet --json",
+            NULL, &out, &err);
     cJSON *j = cJSON_Parse(out);
     int n = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "prompt_ids")) +
             cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "ids"));
@@ -251,8 +236,9 @@ static void test_context(void) {
     cJSON_Delete(j);
     free(out);
     free(err);
-    rc = run("generate models/stories260K --ignore-eos --max-new-tokens 20 --quiet", NULL, &out,
-             &err);
+    rc = test_run_tuna(tmpdir,
+                       "generate models/stories260K --ignore-eos --max-new-tokens 20 --quiet", NULL,
+                       &out, &err);
     CHECK(rc == 0 && !*err, "within the context: exit %d, stderr \"%s\"", rc, err);
     free(out);
     free(err);
@@ -264,7 +250,7 @@ static void test_context(void) {
              "chat models/stories260K --system \"%s\" --message \"Tell me a story\" "
              "--max-new-tokens 200 --temperature 0",
              sys_prompt);
-    rc = run(chat_args, NULL, &out, &err);
+    rc = test_run_tuna(tmpdir, chat_args, NULL, &out, &err);
     CHECK(rc == 0 && n_lines(err) == 1 &&
                   strstr(err, "the reply stopped at the model's context of 512 tokens"),
           "chat at the context: exit %d, stderr \"%s\"", rc, err);
@@ -286,9 +272,10 @@ static void test_context(void) {
 
 static void test_labels(void) {
     char *out, *err;
-    int rc = run("chat models/stories260K --message Hi --message \"Tell me more\" "
-                 "--max-new-tokens 6 --temperature 0",
-                 NULL, &out, &err);
+    int rc = test_run_tuna(tmpdir,
+                           "chat models/stories260K --message Hi --message \"Tell me more\" "
+                           "--max-new-tokens 6 --temperature 0",
+                           NULL, &out, &err);
     CHECK(rc == 0 && !strncmp(out, "user: Hi\nassistant: ", 20) &&
                   strstr(out, "\nuser: Tell me more\nassistant: "),
           "scripted chat labels: exit %d:\n%s", rc, out);
@@ -299,11 +286,12 @@ static void test_labels(void) {
     FILE *f = fopen(in, "w");
     fputs("hello\n", f);
     fclose(f);
-    rc = run("chat models/stories260K --max-new-tokens 6 --temperature 0", in, &out, &err);
+    rc = test_run_tuna(tmpdir, "chat models/stories260K --max-new-tokens 6 --temperature 0", in,
+                       &out, &err);
     CHECK(rc == 0 && !strncmp(out, "user: hello\nassistant: ", 23), "piped chat labels:\n%s", out);
     char *plain, *err2;
-    rc = run("chat models/stories260K --max-new-tokens 6 --temperature 0 --plain", in, &plain,
-             &err2);
+    rc = test_run_tuna(tmpdir, "chat models/stories260K --max-new-tokens 6 --temperature 0 --plain",
+                       in, &plain, &err2);
     CHECK(rc == 0 && !strstr(plain, "user:") && !strstr(plain, "assistant:") &&
                   !strcmp(plain, out + 23),
           "--plain: the reply alone:\n%s\nvs\n%s", plain, out);
