@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "src/xalloc.h"
 

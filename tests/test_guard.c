@@ -20,6 +20,7 @@
 #include "../kernels/backend.h"
 #include "../src/events.h"
 #include "../src/xalloc.h"
+#include "cli_fixture.h"
 #include "harness.h"
 
 static const char *bin;

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "kernels/backend.h"
 #include "src/dataset.h"

@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "kernels/backend.h"
 #include "src/model.h"

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "src/xalloc.h"
 
