@@ -13,6 +13,7 @@
 #ifdef TUNA_HAVE_MPI
 #include <mpi.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,10 @@ static void step_text(char *buf, size_t cap) {
 static void die(const char *line) {
     fprintf(stderr, "%s\n", line);
     fflush(stderr);
+    /* MPI_Abort waits for mpirun's word; with a peer's host cut off that can take forever, so
+     * this rank ends in 30 s regardless (SIGALRM's default action) */
+    signal(SIGALRM, SIG_DFL);
+    alarm(30);
     MPI_Abort(MPI_COMM_WORLD, 1);
     _exit(1); /* not reached: MPI_Abort does not return */
 }
@@ -61,8 +66,8 @@ static void *watchdog(void *arg) {
     (void)arg;
     pthread_mutex_lock(&wd_mu);
     while (!atomic_load(&wd_quit)) {
-        long long t = atomic_load(&timeout_ms), poll = t / 4 < 1000 ? (t / 4 > 50 ? t / 4 : 50)
-                                                                   : 1000;
+        long long t = atomic_load(&timeout_ms),
+                  poll = t / 4 < 1000 ? (t / 4 > 50 ? t / 4 : 50) : 1000;
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += poll / 1000;

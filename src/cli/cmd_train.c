@@ -107,7 +107,8 @@ static int banner_line(Banner *b, const char *s) {
     }
     if ((p = strstr(s, "MPI_ABORT was invoked on rank ")) && sscanf(p + 30, "%d", &r) == 1)
         b->abort_rank = r;
-    if ((p = strstr(s, "Process name: [[")) && (p = strstr(p, "],")) && sscanf(p + 2, "%d", &r) == 1)
+    if ((p = strstr(s, "Process name: [[")) && (p = strstr(p, "],")) &&
+        sscanf(p + 2, "%d", &r) == 1)
         b->exit_rank = r;
     if ((p = strstr(s, "Exit code:")) && sscanf(p + 10, "%d", &r) == 1) b->exit_code = r;
     if (!strncmp(s, "tuna: rank ", 11)) { /* dist.c's fault line: the summary says it */
@@ -203,8 +204,9 @@ static int run_mpirun(char **av, int np) {
         close(fds[0]);
         close(fds[1]);
         execvp("mpirun", av);
-        fprintf(stderr, "tuna train: --nproc %d: cannot run mpirun: %s (apt-get install openmpi-bin)\n",
-                np, strerror(errno));
+        fprintf(stderr,
+                "tuna train: --nproc %d: cannot run mpirun: %s (apt-get install openmpi-bin)\n", np,
+                strerror(errno));
         _exit(127);
     }
     close(fds[1]);
