@@ -82,8 +82,18 @@ typedef struct Banner {
     char signame[32];
     int abort_rank; /* "MPI_ABORT was invoked on rank R" */
     int exit_rank, exit_code;
-    char line[400]; /* a rank's own fault line ("tuna: rank R of N: ...") */
+    char line[400];         /* a rank's own fault line ("tuna: rank R of N: ...") */
+    unsigned long seen[16]; /* hashes of the last "tuna..." lines shown: each rank says the same
+                               error before the first step; it is shown once */
+    int n_seen;
 } Banner;
+
+static unsigned long hash_line(const char *s) {
+    unsigned long h = 5381;
+    for (; *s && *s != '\n' && *s != '\r'; s++)
+        h = h * 33 + (unsigned char)*s;
+    return h;
+}
 
 static int is_dashes(const char *s) {
     size_t n = strspn(s, "-");
@@ -123,7 +133,14 @@ static int banner_line(Banner *b, const char *s) {
         return 0;
     /* libevent inside mpirun, while it tears an aborted job down */
     if (!strncmp(s, "[warn] Epoll ", 13)) return 0;
-    return !b->in;
+    if (b->in) return 0;
+    if (!strncmp(s, "tuna", 4)) {
+        unsigned long h = hash_line(s);
+        for (int i = 0; i < b->n_seen && i < 16; i++)
+            if (b->seen[i] == h) return 0;
+        b->seen[b->n_seen++ % 16] = h;
+    }
+    return 1;
 }
 
 /* The step of the last step event in the run's metrics.jsonl, and 1 in *done when its last
