@@ -3,7 +3,8 @@
 # Called by the Makefile (make deps); safe to run again. Needs root or sudo for apt-get.
 set -e
 PKGS="build-essential pkg-config libcjson-dev libpcre2-dev libncurses-dev libedit-dev libopenblas-openmp-dev tmux
-      clang libclang-rt-14-dev curl ca-certificates unzip golang-go libopenmpi-dev openmpi-bin"
+      clang libclang-rt-14-dev curl ca-certificates unzip golang-go libopenmpi-dev openmpi-bin
+      iproute2"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,4 +1,10 @@
-/* dist.c: the data-parallel layer of dist.h over MPI, or a world of one without it. */
+/* dist.c: the data-parallel layer of dist.h over MPI, or a world of one without it.
+ *
+ * Faults: the world communicator returns errors (MPI_ERRORS_RETURN) instead of MPI's default
+ * abort, so a failed collective is said in one line (rank, collective, step) before the job is
+ * aborted (MPI_Abort: mpirun then ends every rank). A rank that hangs fails nothing: every
+ * collective runs between dist_enter and dist_leave, and a watchdog thread that finds one
+ * running longer than the timeout says so in one line and aborts the job the same way. */
 #include "dist.h"
 
 #include <limits.h>
@@ -6,8 +12,122 @@
 
 #ifdef TUNA_HAVE_MPI
 #include <mpi.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static int joined, rank, world = 1, local_world = 1;
+
+// --- the collective in progress and the watchdog that times it
+
+/* what: the collective's name while one runs (NULL between); since: its start (monotonic ms);
+ * step: the step the trainer said; timeout_ms: dist_set_timeout's. Written by the rank's
+ * thread, read by the watchdog. */
+static _Atomic(const char *) cur_what;
+static atomic_llong cur_since, timeout_ms = 300000;
+static atomic_int cur_step = -1, wd_quit;
+static pthread_t wd_thread;
+static int wd_started;
+static pthread_mutex_t wd_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wd_cv = PTHREAD_COND_INITIALIZER;
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* " at step N" or "" before the first step */
+static void step_text(char *buf, size_t cap) {
+    int s = atomic_load(&cur_step);
+    if (s >= 0)
+        snprintf(buf, cap, " at step %d", s);
+    else
+        snprintf(buf, cap, " before the first step");
+}
+
+/* One line on stderr, then the whole job ends (mpirun ends the other ranks). */
+static void die(const char *line) {
+    fprintf(stderr, "%s\n", line);
+    fflush(stderr);
+    /* MPI_Abort waits for mpirun's word; with a peer's host cut off that can take forever, so
+     * this rank ends in 30 s regardless (SIGALRM's default action) */
+    signal(SIGALRM, SIG_DFL);
+    alarm(30);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    _exit(1); /* not reached: MPI_Abort does not return */
+}
+
+static void *watchdog(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&wd_mu);
+    while (!atomic_load(&wd_quit)) {
+        long long t = atomic_load(&timeout_ms),
+                  poll = t / 4 < 1000 ? (t / 4 > 50 ? t / 4 : 50) : 1000;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += poll / 1000;
+        until.tv_nsec += (poll % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&wd_cv, &wd_mu, &until);
+        const char *what = atomic_load(&cur_what);
+        long long since = atomic_load(&cur_since);
+        if (!what || atomic_load(&wd_quit) || now_ms() - since < t) continue;
+        char line[400], st[48];
+        step_text(st, sizeof st);
+        snprintf(line, sizeof line,
+                 "tuna: rank %d of %d: %s waited %.0f s%s: another rank hung or died "
+                 "(dist_timeout %.0f s); stopping the job",
+                 rank, world, what, (double)(now_ms() - since) / 1000, st, (double)t / 1000);
+        die(line);
+    }
+    pthread_mutex_unlock(&wd_mu);
+    return NULL;
+}
+
+void dist_enter(const char *what) {
+    atomic_store(&cur_since, now_ms());
+    atomic_store(&cur_what, what);
+}
+
+void dist_leave(void) {
+    atomic_store(&cur_what, (const char *)NULL);
+}
+
+void dist_set_timeout(double seconds) {
+    if (seconds > 0) atomic_store(&timeout_ms, (long long)(seconds * 1000));
+}
+
+void dist_set_step(int step) {
+    atomic_store(&cur_step, step);
+}
+
+/* A collective returned rc: one line and the job ends. Returns only in a world of one. */
+static int failed(const char *what, int rc, TunaErr *err) {
+    char msg[MPI_MAX_ERROR_STRING] = "", line[MPI_MAX_ERROR_STRING + 300], st[48];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    step_text(st, sizeof st);
+    snprintf(line, sizeof line, "tuna: rank %d of %d: %s failed%s: %s; stopping the job", rank,
+             world, what, st, msg);
+    if (joined && world > 1) die(line);
+    return tuna_errf(err, TUNA_EIO, "%s", line + 6);
+}
+
+void dist_note_run(const char *dir) {
+    const char *path = getenv("TUNA_NPROC_STATUS");
+    if (rank || !path || !*path) return;
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    fprintf(f, "%s\n", dir);
+    fclose(f);
+}
+
+// --- joining and leaving
 
 /* started by mpirun (Open MPI, or a PMI launcher): a plain start stays a world of one */
 static int launched(void) {
@@ -24,6 +144,8 @@ int dist_init(TunaErr *err) {
             return tuna_errf(err, TUNA_EIO, "MPI_Init_thread failed");
     }
     joined = 1;
+    /* a failed collective comes back to failed(), which names the rank before aborting */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm node;
@@ -31,6 +153,10 @@ int dist_init(TunaErr *err) {
         MPI_SUCCESS) {
         MPI_Comm_size(node, &local_world);
         MPI_Comm_free(&node);
+    }
+    if (world > 1) {
+        atomic_store(&wd_quit, 0);
+        wd_started = !pthread_create(&wd_thread, NULL, watchdog, NULL);
     }
     atexit(dist_finalize);
     return 0;
@@ -55,8 +181,10 @@ static int sum(void *x, size_t n, size_t esz, MPI_Datatype t, TunaErr *err) {
     char *p = x;
     while (n) {
         int k = n > (size_t)INT_MAX ? INT_MAX : (int)n;
-        if (MPI_Allreduce(MPI_IN_PLACE, p, k, t, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
-            return tuna_errf(err, TUNA_EIO, "MPI_Allreduce of %d values failed", k);
+        dist_enter("MPI_Allreduce");
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, k, t, MPI_SUM, MPI_COMM_WORLD);
+        dist_leave();
+        if (rc != MPI_SUCCESS) return failed("MPI_Allreduce", rc, err);
         p += (size_t)k * esz;
         n -= (size_t)k;
     }
@@ -74,12 +202,24 @@ int dist_sum_longs(long *x, size_t n, TunaErr *err) {
 }
 
 void dist_barrier(void) {
-    if (joined && world > 1) MPI_Barrier(MPI_COMM_WORLD);
+    if (!joined || world == 1) return;
+    dist_enter("MPI_Barrier");
+    int rc = MPI_Barrier(MPI_COMM_WORLD);
+    dist_leave();
+    if (rc != MPI_SUCCESS) failed("MPI_Barrier", rc, NULL);
 }
 
 void dist_finalize(void) {
     int done = 0;
     if (!joined) return;
+    if (wd_started) {
+        pthread_mutex_lock(&wd_mu);
+        atomic_store(&wd_quit, 1);
+        pthread_cond_signal(&wd_cv);
+        pthread_mutex_unlock(&wd_mu);
+        pthread_join(wd_thread, NULL);
+        wd_started = 0;
+    }
     MPI_Finalized(&done);
     if (!done) MPI_Finalize();
     joined = 0;
@@ -117,5 +257,18 @@ int dist_sum_longs(long *x, size_t n, TunaErr *err) {
 }
 void dist_barrier(void) {}
 void dist_finalize(void) {}
+void dist_enter(const char *what) {
+    (void)what;
+}
+void dist_leave(void) {}
+void dist_set_timeout(double seconds) {
+    (void)seconds;
+}
+void dist_set_step(int step) {
+    (void)step;
+}
+void dist_note_run(const char *dir) {
+    (void)dir;
+}
 
 #endif

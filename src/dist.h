@@ -1,7 +1,10 @@
 /* dist.h: data-parallel processes. Built with MPI (make MPI=1, -DTUNA_HAVE_MPI) and started by
  * mpirun, dist_init joins the MPI world (rank, world size); otherwise, and in a plain build, it
  * is one process of a world of one and every call below is a no-op. Collectives are blocking
- * and every rank must make the same calls in the same order. */
+ * and every rank must make the same calls in the same order.
+ * Faults: a collective that fails, or that runs longer than the timeout (a rank hung or died),
+ * ends the whole job: one line on stderr naming this rank, the collective and the step, then
+ * MPI_Abort. The collectives below return an error only in a world of one. */
 #ifndef TUNA_SRC_DIST_H
 #define TUNA_SRC_DIST_H
 
@@ -23,6 +26,17 @@ int dist_sum_longs(long *x, size_t n, TunaErr *err);
 void dist_barrier(void);
 /* Leaves the world (MPI_Finalize) if dist_init joined one. */
 void dist_finalize(void);
+/* Every collective runs between these two (what: its name, a string literal): a watchdog thread
+ * started by dist_init ends the job when one runs longer than the timeout. */
+void dist_enter(const char *what);
+void dist_leave(void);
+/* The watchdog's limit in seconds (train option dist_timeout; 300 until set; <= 0 keeps it). */
+void dist_set_timeout(double seconds);
+/* The training step the fault lines name. */
+void dist_set_step(int step);
+/* Rank 0: the run folder, written for `tuna train --nproc` (the file named by $TUNA_NPROC_STATUS)
+ * so that it can record a job that died in the run's metrics.jsonl. */
+void dist_note_run(const char *dir);
 /* 1 when this binary was built with MPI. */
 int dist_available(void);
 

@@ -199,7 +199,8 @@ int event_parse(const char *line, size_t len, Event *ev) {
         const EventField *f = field_of(bit, it->string);
         if (f)
             parse_field(ev, f, it);
-        else if ((ev->type == EV_STEP || ev->type == EV_EVAL) && cJSON_IsNumber(it))
+        else if ((ev->type == EV_STEP || ev->type == EV_EVAL || ev->type == EV_START) &&
+                 cJSON_IsNumber(it)) /* start: world_size */
             event_metric(ev, it->string, it->valuedouble);
     }
     cJSON_Delete(o);

@@ -1190,6 +1190,7 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         }
     }
     while (r->step < r->total && !rc) {
+        dist_set_step(r->step + 1); /* the step under way, as the step events count */
         int ctl = shared_control(r);
         if (r->write_errno) return write_error(r, err);
         int cmd = loop_commands(r, lp, ctl, &rc, err);
@@ -1275,6 +1276,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     if (hooks && hooks->stopped) *hooks->stopped = 0;
     int drc = dist_init(err);
     if (drc) return drc;
+    dist_set_timeout(cfg->dist_timeout);
     r.rank = dist_rank();
     r.world = dist_world();
     TrainConfig resolved, adapted;
@@ -1284,6 +1286,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
         return rc;
     }
     emit_start(&r);
+    dist_note_run(r.dir);
     Loop lp = {.GA = r.cfg->grad_accum, .B = r.rows, .T = r.T, .status = "finished"};
     size_t n = (size_t)lp.GA * lp.B * lp.T;
     lp.ids = xmalloc(sizeof(int32_t) * n);

@@ -38,6 +38,7 @@ typedef struct TrainConfig {
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;
+    double dist_timeout; /* data parallel: seconds a collective may wait before the job ends */
     int packing;         /* 0, 1 (true), 2 (neat) */
     int group_by_length; /* batches of similar lengths */
     int prefix_tokens, prefix_projection, prefix_hidden, gradient_checkpointing;

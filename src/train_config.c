@@ -181,6 +181,9 @@ static const TrainOption fields[] = {
         S(backend, ALL, "cpu", "cpu | ref | cuda"),
         I(threads, ALL, RANGE(0, 4096), "0",
           "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
+        D(dist_timeout, ALL, ABOVE(0), "300",
+          "data parallel (mpirun, --nproc): seconds a collective may wait for the other ranks "
+          "before the job ends as hung (more than rank 0's longest eval, samples and checkpoint)"),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
@@ -326,7 +329,9 @@ int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, siz
     if (cap) out[0] = '\0';
     for (int i = 0; i < N_FIELDS; i++) {
         const TrainOption *f = &fields[i];
-        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
+        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads") ||
+            !strcmp(f->key, "dist_timeout"))
+            continue;
         char x[1100], y[1100];
         field_text(a, f, x, sizeof x);
         field_text(b, f, y, sizeof y);

@@ -293,6 +293,14 @@ static void test_events(void) {
     test_event_roundtrip();
 
     History *h = history_new();
+    CHECK(h->world_size == 1, "one process until a start says more");
+    { /* a data-parallel run's start carries its world size (the stats panel shows it) */
+        const char *ws = "{\"type\":\"start\",\"run\":\"r\",\"method\":\"lora\",\"world_size\":4}";
+        Event e;
+        CHECK(event_parse(ws, strlen(ws), &e) == 0 && e.type == EV_START, "parse start");
+        history_apply(h, &e);
+        CHECK(h->world_size == 4, "start: world_size %d, not 4", h->world_size);
+    }
     for (int i = 1; i <= HIST_STEPS + 10; i++) {
         Event e = {0};
         e.type = EV_STEP;

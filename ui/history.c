@@ -42,6 +42,7 @@ static void clear_scalars(History *h) {
     h->run[0] = h->model[0] = h->method[0] = h->dataset[0] = 0;
     h->total_steps = -1;
     h->step = -1;
+    h->world_size = 1;
     h->epochs = h->epoch = h->loss = h->lr = h->grad_norm = h->tokens_per_s = h->real_tok_s =
             (double)NAN;
     h->elapsed = h->eta = h->eval_loss = h->perplexity = h->best_eval = (double)NAN;
@@ -122,6 +123,8 @@ void history_apply(History *h, const Event *ev) {
         event_str(h->method, sizeof h->method, ev->method);
         event_str(h->dataset, sizeof h->dataset, ev->dataset);
         set_if(&h->epochs, ev->epochs);
+        double ws = metric_of(ev, "world_size");
+        h->world_size = isfinite(ws) && ws >= 1 ? (int)ws : 1;
         if (h->status == RUN_WAITING) h->status = RUN_RUNNING;
         break;
     case EV_STEP:

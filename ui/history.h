@@ -51,6 +51,7 @@ typedef struct History {
     char run[UI_NAME_MAX], model[UI_NAME_MAX], method[64], dataset[UI_NAME_MAX];
     long total_steps;
     double epochs;
+    int world_size; /* the processes of a data-parallel run (MPI ranks); 1 alone */
     // --- latest values
     long step;
     double epoch, loss, lr, grad_norm, tokens_per_s, elapsed, eta;

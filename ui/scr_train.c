@@ -218,6 +218,7 @@ static void draw_stats(App *app, Rect r) {
         ROW("method", "%s", meth);
         if (h->dataset[0]) ROW("dataset", "%s", h->dataset);
     }
+    if (h->world_size > 1) ROW("processes", "%d (data parallel)", h->world_size);
 #undef ROW
 }
 

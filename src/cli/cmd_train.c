@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../../kernels/backend.h"
@@ -72,11 +73,230 @@ static char **join_flag_words(int *argc, char **argv) {
     return av;
 }
 
+// --- --nproc: mpirun as a child, its exit summarised
+
+/* Open MPI's help banners come between lines of dashes; what they say is read, not shown. */
+typedef struct Banner {
+    int in;        /* inside a banner */
+    int rank, sig; /* "process rank R ... exited on signal S" (-1: none) */
+    char signame[32];
+    int abort_rank; /* "MPI_ABORT was invoked on rank R" */
+    int exit_rank, exit_code;
+    char line[400];         /* a rank's own fault line ("tuna: rank R of N: ...") */
+    unsigned long seen[16]; /* hashes of the last "tuna..." lines shown: each rank says the same
+                               error before the first step; it is shown once */
+    int n_seen;
+} Banner;
+
+static unsigned long hash_line(const char *s) {
+    unsigned long h = 5381;
+    for (; *s && *s != '\n' && *s != '\r'; s++)
+        h = h * 33 + (unsigned char)*s;
+    return h;
+}
+
+static int is_dashes(const char *s) {
+    size_t n = strspn(s, "-");
+    return n >= 20 && (s[n] == '\0' || s[n] == '\n' || s[n] == '\r');
+}
+
+/* One line of mpirun's stderr: returns 1 when it is shown. */
+static int banner_line(Banner *b, const char *s) {
+    int r, sig;
+    char name[32];
+    const char *p;
+    if (is_dashes(s)) {
+        b->in = !b->in;
+        return 0;
+    }
+    if ((p = strstr(s, "process rank ")) &&
+        sscanf(p, "process rank %d with PID %*d on node %*s exited on signal %d (%31[^)])", &r,
+               &sig, name) == 3) {
+        b->rank = r, b->sig = sig;
+        snprintf(b->signame, sizeof b->signame, "%s", name);
+    }
+    if ((p = strstr(s, "MPI_ABORT was invoked on rank ")) && sscanf(p + 30, "%d", &r) == 1)
+        b->abort_rank = r;
+    if ((p = strstr(s, "Process name: [[")) && (p = strstr(p, "],")) &&
+        sscanf(p + 2, "%d", &r) == 1)
+        b->exit_rank = r;
+    if ((p = strstr(s, "Exit code:")) && sscanf(p + 10, "%d", &r) == 1) b->exit_code = r;
+    if (!strncmp(s, "tuna: rank ", 11)) { /* dist.c's fault line: the summary says it */
+        if (!b->line[0]) {
+            snprintf(b->line, sizeof b->line, "%s", s + 6);
+            b->line[strcspn(b->line, "\r\n")] = '\0';
+        }
+        return 0;
+    }
+    /* "[host:pid] 1 more process has sent help message ..." and the hint after it */
+    if (s[0] == '[' && (strstr(s, "help message") || strstr(s, "orte_base_help_aggregate")))
+        return 0;
+    /* libevent inside mpirun, while it tears an aborted job down */
+    if (!strncmp(s, "[warn] Epoll ", 13)) return 0;
+    if (b->in) return 0;
+    if (!strncmp(s, "tuna", 4)) {
+        unsigned long h = hash_line(s);
+        for (int i = 0; i < b->n_seen && i < 16; i++)
+            if (b->seen[i] == h) return 0;
+        b->seen[b->n_seen++ % 16] = h;
+    }
+    return 1;
+}
+
+/* The step of the last step event in the run's metrics.jsonl, and 1 in *done when its last
+ * event is a done (the run said how it ended). */
+static int metrics_tail(const char *path, int *done) {
+    FILE *f = fopen(path, "r");
+    *done = 0;
+    if (!f) return -1;
+    char line[8192];
+    int step = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"step\":");
+        if (!strncmp(line, "{\"type\":\"step\"", 14) && p) step = atoi(p + 7);
+        if (line[0] == '{') *done = !strncmp(line, "{\"type\":\"done\"", 14);
+    }
+    fclose(f);
+    return step;
+}
+
+/* The one line that says why the job ended, without its "tuna: " (step: the last step done,
+ * -1 unknown) */
+static void job_summary(const Banner *b, int np, int status, int step, char *out, size_t cap) {
+    char at[48] = "";
+    if (step >= 0) snprintf(at, sizeof at, " after step %d", step);
+    if (b->line[0])
+        snprintf(out, cap, "%s", b->line);
+    else if (b->sig >= 0)
+        snprintf(out, cap, "rank %d of %d died (signal %d, %s)%s; the job stopped", b->rank, np,
+                 b->sig, b->signame, at);
+    else if (b->abort_rank >= 0)
+        snprintf(out, cap, "rank %d of %d aborted the job%s", b->abort_rank, np, at);
+    else if (b->exit_rank >= 0)
+        snprintf(out, cap, "rank %d of %d exited with status %d%s; the job stopped", b->exit_rank,
+                 np, b->exit_code, at);
+    else
+        snprintf(out, cap, "mpirun ended with status %d%s", status, at);
+}
+
+/* Appends {"type":"done","status":"error",...} to a run whose ranks could not say it. */
+static void metrics_failed(const char *path, int step, const char *msg) {
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f, "{\"type\":\"done\",\"step\":%d,\"status\":\"error\",\"msg\":\"", step);
+    for (const char *p = msg; *p; p++)
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if ((unsigned char)*p >= 0x20)
+            fputc(*p, f);
+    fprintf(f, "\"}\n");
+    fclose(f);
+}
+
+static volatile sig_atomic_t mpirun_pid;
+
+static void forward_signal(int sig) {
+    if (mpirun_pid > 0) kill((pid_t)mpirun_pid, sig);
+}
+
+/* Runs av (mpirun ...) with its stderr read here: Open MPI's banners are read, not shown, and
+ * a job that failed leaves one line (which rank, why, where to resume) and, where rank 0 had a
+ * run folder but no done event, a done event with status "error" in its metrics.jsonl. Returns
+ * the exit status (mpirun's; 1 for a failure it ended with 0). */
+static int run_mpirun(char **av, int np) {
+    char status_path[] = "/tmp/tuna-nproc-XXXXXX";
+    int sfd = mkstemp(status_path);
+    if (sfd >= 0) {
+        close(sfd);
+        setenv("TUNA_NPROC_STATUS", status_path, 1);
+    }
+    int fds[2];
+    if (pipe(fds)) {
+        fprintf(stderr, "tuna train: --nproc: pipe: %s\n", strerror(errno));
+        return 2;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        execvp("mpirun", av);
+        fprintf(stderr,
+                "tuna train: --nproc %d: cannot run mpirun: %s (apt-get install openmpi-bin)\n", np,
+                strerror(errno));
+        _exit(127);
+    }
+    close(fds[1]);
+    if (pid < 0) {
+        fprintf(stderr, "tuna train: --nproc: fork: %s\n", strerror(errno));
+        close(fds[0]);
+        return 2;
+    }
+    /* Ctrl-C reaches mpirun from the terminal (it stops the ranks, which save); a SIGTERM sent
+     * to this launcher is passed on */
+    mpirun_pid = pid;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGINT, SIG_IGN);
+    Banner b = {.rank = -1, .sig = -1, .abort_rank = -1, .exit_rank = -1};
+    char line[4096];
+    size_t n = 0;
+    char c;
+    ssize_t got;
+    /* lines end at \n or \r (progress lines rewrite themselves); each is shown as it ends */
+    while ((got = read(fds[0], &c, 1)) != 0) {
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        line[n++] = c;
+        if (c == '\n' || c == '\r' || n == sizeof line - 1) {
+            line[n] = '\0';
+            if (banner_line(&b, line)) fputs(line, stderr);
+            n = 0;
+        }
+    }
+    if (n) {
+        line[n] = '\0';
+        if (banner_line(&b, line)) fputs(line, stderr);
+    }
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    mpirun_pid = 0;
+    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    char dir[1100] = "", metrics[1200];
+    FILE *f = sfd >= 0 ? fopen(status_path, "r") : NULL;
+    if (f && fgets(dir, sizeof dir, f)) dir[strcspn(dir, "\n")] = '\0';
+    if (f) fclose(f);
+    if (sfd >= 0) unlink(status_path);
+    if (rc == 127 && !dir[0]) return 2; /* mpirun itself did not start: said above */
+    int done = 0, step = -1;
+    if (dir[0]) {
+        snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+        step = metrics_tail(metrics, &done);
+    }
+    /* the run ended by itself (finished, stopped, an error rank 0 wrote down), or a failure
+     * before any run folder: the ranks said why */
+    if (done || (!dir[0] && b.sig < 0 && !b.line[0])) return rc;
+    if (!rc && !b.line[0] && b.sig < 0) return 0;
+    char msg[700];
+    job_summary(&b, np, rc, step, msg, sizeof msg);
+    if (dir[0] && step >= 0) {
+        metrics_failed(metrics, step, msg);
+        fprintf(stderr, "tuna: %s; continue with --resume %s\n", msg, dir);
+    } else
+        fprintf(stderr, "tuna: %s\n", msg);
+    return rc ? rc : 1;
+}
+
 /* --nproc N: the same command as N data-parallel processes on this host, `mpirun -np N` of this
  * binary with the arguments but --nproc (root in a container needs --allow-run-as-root; each
- * rank's threads are its share of the cores, so no binding; N may exceed the cores). Returns
- * only when it does not exec: -1 without --nproc (or N = 1, which is dropped), else the exit
- * status. */
+ * rank's threads are its share of the cores, so no binding; N may exceed the cores). mpirun
+ * runs as a child (run_mpirun). Returns -1 without --nproc (or N = 1, which is dropped), else
+ * the exit status. */
 static int launch_nproc(int *argc, char **argv) {
     int np = 0, at = -1, width = 0;
     for (int i = 1; i < *argc && at < 0; i++) {
@@ -123,11 +343,9 @@ static int launch_nproc(int *argc, char **argv) {
     for (int i = 0; i < *argc; i++) /* "train" and its arguments */
         av[k++] = argv[i];
     av[k] = NULL;
-    execvp("mpirun", av);
-    fprintf(stderr, "tuna train: --nproc %d: cannot run mpirun: %s (apt-get install openmpi-bin)\n",
-            np, strerror(errno));
+    int rc = run_mpirun(av, np);
     free(av);
-    return 2;
+    return rc;
 }
 
 int cmd_train(int argc, char **argv) {
