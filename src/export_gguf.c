@@ -516,8 +516,7 @@ static int write_tensors(GgufWriter *w, const Model *m, const GgufExportOpts *o,
                            wtype_info[p->type].name);
         if (!rc)
             rc = gguf_w_tensor(w, gname, wtype_info[p->type].ggml, wt[i].ndim, ne, NULL,
-                               wtype_row_bytes((WType)p->type, (int64_t)p->cols) * p->rows, 0,
-                               err);
+                               wtype_row_bytes((WType)p->type, (int64_t)p->cols) * p->rows, 0, err);
     }
     if (!rc && verbose && n_f16)
         fprintf(stderr,
@@ -525,8 +524,9 @@ static int write_tensors(GgufWriter *w, const Model *m, const GgufExportOpts *o,
                 "llama.cpp's convert script does)\n",
                 n_f16, wtype_info[want].name);
     if (!rc) {
-        Stream s = {m, plan, n, xmalloc(sizeof(float) * (most ? most : 1)),
-                    most_tmp ? xmalloc(sizeof(float) * most_tmp) : NULL, o};
+        Stream s = {.m = m, .p = plan, .n = n, .o = o};
+        s.f32 = xmalloc(sizeof(float) * (most ? most : 1));
+        s.tmp = most_tmp ? xmalloc(sizeof(float) * most_tmp) : NULL;
         rc = gguf_writer_save_fill(w, out, fill_tensor, &s, err);
         free(s.f32);
         free(s.tmp);

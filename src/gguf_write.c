@@ -304,8 +304,7 @@ int gguf_writer_save(GgufWriter *w, const char *path, TunaErr *err) {
     return gguf_writer_save_fill(w, path, NULL, NULL, err);
 }
 
-int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx,
-                          TunaErr *err) {
+int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx, TunaErr *err) {
     struct stat sb;
     if (!stat(path, &sb) && !S_ISREG(sb.st_mode))
         return tuna_errf(err, TUNA_EIO, "%s: exists and is not a regular file", path);

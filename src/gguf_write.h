@@ -57,8 +57,7 @@ typedef int (*GgufFill)(void *ctx, int i, void *dst, size_t nbytes, TunaErr *err
 
 /* gguf_writer_save, each data-less tensor's bytes made by fill(ctx, i, ...) as it is written, in
  * the order added, into one buffer of the largest such tensor's size. */
-int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx,
-                          TunaErr *err);
+int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx, TunaErr *err);
 
 /* Bytes of one row of n elements of ggml type t (0 when n is not a whole number of blocks or
  * the type is unknown). */

@@ -218,8 +218,7 @@ static void test_writer_fill(void) {
         snprintf(name, sizeof name, "t%d", i);
         mem[i] = xmalloc(nb[i]);
         fill_bytes(NULL, i, mem[i], nb[i], &err);
-        CHECK(!gguf_w_tensor(a, name, types[i], 2, ne[i], mem[i], nb[i], 1, &err), "%s",
-              err.msg);
+        CHECK(!gguf_w_tensor(a, name, types[i], 2, ne[i], mem[i], nb[i], 1, &err), "%s", err.msg);
         CHECK(!gguf_w_tensor(b, name, types[i], 2, ne[i], NULL, nb[i], 0, &err), "%s", err.msg);
     }
     char pa[512], pb[512];
