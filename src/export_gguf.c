@@ -423,68 +423,116 @@ static int matrix_type(int want, const char *gname, int tied, int64_t cols) {
     return t;
 }
 
-static int add_tensors(GgufWriter *w, const Model *m, const GgufExportOpts *o, int verbose,
-                       TunaErr *err) {
+/* One tensor of the merged export: where it comes from and how it is stored. */
+typedef struct Planned {
+    const char *hf; /* model_hf_tensor_fill's name */
+    GgufXform x;
+    int heads, ndim, type;
+    size_t rows, cols; /* as stored: rows of cols (a 1-D tensor: 1 row of n) */
+} Planned;
+
+typedef struct Stream {
+    const Model *m;
+    const Planned *p;
+    int n;
+    float *f32, *tmp; /* one tensor as the model holds it, and permuted or transposed */
+    const GgufExportOpts *o;
+} Stream;
+
+/* GgufFill: tensor i merged (model_hf_tensor_fill), permuted or transposed as llama.cpp lays it
+ * out, and quantized row by row into dst. */
+static int fill_tensor(void *ctx, int i, void *dst, size_t nbytes, TunaErr *err) {
+    Stream *s = ctx;
+    const Planned *p = &s->p[i];
+    size_t rows = p->rows, cols = p->cols;
+    model_hf_tensor_fill(s->m, p->hf, s->f32);
+    const float *src = s->f32;
+    if (p->x == GGUF_X_UNPERMUTE) { /* a 1-D tensor (a bias) is rows of one */
+        permute_rows(s->tmp, src, p->heads, p->ndim == 1 ? cols : rows, p->ndim == 1 ? 1 : cols);
+        src = s->tmp;
+    } else if (p->x == GGUF_X_TRANSPOSE && p->ndim == 2) { /* Conv1D (in, out) -> rows of in */
+        for (size_t r = 0; r < cols; r++)
+            for (size_t k = 0; k < rows; k++)
+                s->tmp[k * cols + r] = src[r * rows + k];
+        src = s->tmp;
+    }
+    size_t rb = wtype_row_bytes((WType)p->type, (int64_t)cols);
+    if (rb * rows != nbytes)
+        return tuna_errf(err, TUNA_EINVAL, "tensor \"%s\": %zu bytes planned, %zu made", p->hf,
+                         nbytes, rb * rows);
+    for (size_t r = 0; r < rows; r++) {
+        uint8_t *d = (uint8_t *)dst + r * rb;
+        if (p->type == WT_Q4_K) { /* wtype.c reads Q4_K only: its quantizer is the export's */
+            export_gguf_q4_k_row(src + r * cols, d, (int64_t)cols);
+        } else { /* weight_quantize's rows, without its copy of the whole matrix */
+            WAux aux = {0};
+            wtype_info[p->type].quant_row(src + r * cols, d, (int64_t)cols, &aux);
+        }
+    }
+    if (s->o->progress) s->o->progress(s->o->progress_ctx, i + 1, s->n);
+    return 0;
+}
+
+/* Plans every tensor (name, type, size: the header needs them all first), then writes the file
+ * making one tensor at a time: the peak is the model plus one tensor (fp32, its permuted copy
+ * and its stored bytes). */
+static int write_tensors(GgufWriter *w, const Model *m, const GgufExportOpts *o, const char *out,
+                         int verbose, TunaErr *err) {
     int want = o->wtype;
     const ModelConfig *c = &m->cfg;
     StWriteTensor *wt;
     int n, rc = 0, n_f16 = 0;
-    model_hf_tensors(m, &wt, &n);
+    model_hf_tensor_list(m, &wt, &n);
+    Planned *plan = xcalloc((size_t)(n ? n : 1), sizeof *plan);
+    size_t most = 0, most_tmp = 0;
     for (int i = 0; i < n && !rc; i++) {
         char gname[160];
-        GgufXform x;
-        int heads;
+        Planned *p = &plan[i];
         const char *hf = wt[i].name;
         if (!strncmp(hf, "transformer.", 12)) hf += 12; /* GPT-2's prefix */
-        if (gguf_name_for(c, hf, gname, sizeof gname, &x, &heads)) {
+        if (gguf_name_for(c, hf, gname, sizeof gname, &p->x, &p->heads)) {
             rc = tuna_errf(err, TUNA_EUNSUP, "tensor \"%s\" has no llama.cpp name", wt[i].name);
             break;
         }
+        p->hf = wt[i].name;
+        p->ndim = wt[i].ndim;
         size_t rows = (size_t)wt[i].shape[0], cols = wt[i].ndim == 2 ? (size_t)wt[i].shape[1] : 1;
-        const float *src = wt[i].data;
-        float *tmp = NULL;
-        if (x == GGUF_X_UNPERMUTE) {
-            tmp = xmalloc(sizeof(float) * rows * cols);
-            permute_rows(tmp, src, heads, rows, cols);
-            src = tmp;
-        } else if (x == GGUF_X_TRANSPOSE && wt[i].ndim == 2) { /* Conv1D (in, out) -> rows of in */
-            tmp = xmalloc(sizeof(float) * rows * cols);
-            for (size_t r = 0; r < rows; r++)
-                for (size_t k = 0; k < cols; k++)
-                    tmp[k * rows + r] = src[r * cols + k];
-            src = tmp;
+        if (p->x == GGUF_X_TRANSPOSE && wt[i].ndim == 2) {
             size_t t = rows;
             rows = cols;
             cols = t;
         }
+        if (p->x == GGUF_X_UNPERMUTE || (p->x == GGUF_X_TRANSPOSE && wt[i].ndim == 2))
+            most_tmp = rows * cols > most_tmp ? rows * cols : most_tmp;
+        most = rows * cols > most ? rows * cols : most;
         int64_t ne[2] = {(int64_t)cols, (int64_t)rows};
         if (wt[i].ndim == 1) ne[0] = (int64_t)rows;
-        int t = wt[i].ndim == 1 ? WT_F32 : matrix_type(want, gname, c->tie_embeddings, ne[0]);
-        if (wt[i].ndim == 2 && t != want) n_f16 += t == WT_F16;
-        Weight q;
-        size_t r2 = wt[i].ndim == 1 ? 1 : rows, c2 = wt[i].ndim == 1 ? rows : cols;
-        if (t == WT_Q4_K) { /* wtype.c reads Q4_K only: its quantizer is the export's */
-            q.data = xmalloc(wtype_row_bytes(WT_Q4_K, (int64_t)c2) * r2);
-            for (size_t rr = 0; rr < r2; rr++)
-                export_gguf_q4_k_row(src + rr * c2,
-                                     (char *)q.data + rr * wtype_row_bytes(WT_Q4_K, (int64_t)c2),
-                                     (int64_t)c2);
-            rc = 0;
-        } else {
-            rc = weight_quantize(&q, src, (int)r2, (int)c2, (WType)t, 0, err);
-        }
+        p->type = wt[i].ndim == 1 ? WT_F32 : matrix_type(want, gname, c->tie_embeddings, ne[0]);
+        if (wt[i].ndim == 2 && p->type != want) n_f16 += p->type == WT_F16;
+        p->rows = wt[i].ndim == 1 ? 1 : rows;
+        p->cols = wt[i].ndim == 1 ? rows : cols;
+        if (p->type != WT_Q4_K && !wtype_info[p->type].quant_row)
+            rc = tuna_errf(err, TUNA_EUNSUP, "tensor \"%s\": tuna does not make %s", wt[i].name,
+                           wtype_info[p->type].name);
         if (!rc)
-            rc = gguf_w_tensor(w, gname, wtype_info[t].ggml, wt[i].ndim, ne, q.data,
-                               wtype_row_bytes((WType)t, (int64_t)c2) * r2, 1, err);
-        free(tmp);
-        if (!rc && o->progress) o->progress(o->progress_ctx, i + 1, n);
+            rc = gguf_w_tensor(w, gname, wtype_info[p->type].ggml, wt[i].ndim, ne, NULL,
+                               wtype_row_bytes((WType)p->type, (int64_t)p->cols) * p->rows, 0, err);
     }
     if (!rc && verbose && n_f16)
         fprintf(stderr,
                 "tuna: %d matrices kept in F16: their rows are not whole %s blocks (as "
                 "llama.cpp's convert script does)\n",
                 n_f16, wtype_info[want].name);
-    model_hf_tensors_free(wt, n);
+    if (!rc) {
+        Stream s = {.m = m, .p = plan, .n = n, .o = o};
+        s.f32 = xmalloc(sizeof(float) * (most ? most : 1));
+        s.tmp = most_tmp ? xmalloc(sizeof(float) * most_tmp) : NULL;
+        rc = gguf_writer_save_fill(w, out, fill_tensor, &s, err);
+        free(s.f32);
+        free(s.tmp);
+    }
+    free(plan);
+    free(wt);
     return rc;
 }
 
@@ -524,8 +572,7 @@ int export_gguf(const Model *m, const GgufExportOpts *o, const char *out, int ve
     int rc = dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf")
                      ? tok_from_gguf(w, m->dir, o->chat_template, err)
                      : tok_from_hf(w, m->dir, c, o->chat_template, err);
-    if (!rc) rc = add_tensors(w, m, o, verbose, err);
-    if (!rc) rc = gguf_writer_save(w, out, err);
+    if (!rc) rc = write_tensors(w, m, o, out, verbose, err);
     gguf_writer_free(w);
     return rc;
 }

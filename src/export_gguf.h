@@ -10,7 +10,9 @@
  * head (the token embedding when tied) Q8_0, as llama-quantize keeps it at 6+ bits. Metadata:
  * general.*, the architecture's keys, tokenizer.ggml.* (copied from a GGUF source, or built from
  * the HF tokenizer.json), tokenizer.chat_template. The file appears whole or not at all
- * (gguf_writer_save). */
+ * (gguf_writer_save_fill). It streams: every tensor's name, type and size is planned first (the
+ * header needs them), then each is merged, quantized and written in turn, so the peak memory is
+ * the loaded model plus one tensor (fp32, a permuted copy, its stored bytes). */
 #ifndef TUNA_SRC_EXPORT_GGUF_H
 #define TUNA_SRC_EXPORT_GGUF_H
 

@@ -236,7 +236,29 @@ static int write_zeros(int fd, size_t n) {
     return e;
 }
 
-static int write_file(GgufWriter *w, int fd) {
+/* The bytes of tensor i: its own, or fill's into scratch (*buf, grown to the largest). 0, an
+ * errno, or -1 when fill failed (err set by it). */
+static int tensor_bytes(GgufWriter *w, int i, GgufFill fill, void *ctx, void **buf, size_t *cap,
+                        const void **out, TunaErr *err) {
+    WTensor *t = &w->t[i];
+    *out = t->data;
+    if (t->data || !t->nbytes) return 0;
+    if (!fill) {
+        tuna_errf(err, TUNA_EINVAL, "tensor \"%s\" has no data and no fill", t->name);
+        return -1;
+    }
+    if (t->nbytes > *cap) {
+        free(*buf);
+        *buf = malloc(t->nbytes);
+        *cap = *buf ? t->nbytes : 0;
+        if (!*buf) return ENOMEM;
+    }
+    if (fill(ctx, i, *buf, t->nbytes, err)) return -1;
+    *out = *buf;
+    return 0;
+}
+
+static int write_file(GgufWriter *w, int fd, GgufFill fill, void *ctx, TunaErr *err) {
     GgufWriter h = {0}; /* reuses the byte buffer helpers for the header and tensor infos */
     put(&h, "GGUF", 4);
     put_u32(&h, 3);
@@ -262,18 +284,27 @@ static int write_file(GgufWriter *w, int fd) {
     off += h.kv_len;
     if (!e) e = write_zeros(fd, pad_to(off, w->align) - off);
     data_off = 0;
+    void *buf = NULL; /* one tensor's bytes at a time, for those fill makes */
+    size_t cap = 0;
     for (int i = 0; i < w->n_t && !e; i++) {
         WTensor *t = &w->t[i];
-        e = write_all(fd, t->data, t->nbytes);
+        const void *data;
+        e = tensor_bytes(w, i, fill, ctx, &buf, &cap, &data, err);
+        if (!e) e = write_all(fd, data, t->nbytes);
         size_t end = data_off + t->nbytes;
         if (!e && i + 1 < w->n_t) e = write_zeros(fd, pad_to(end, w->align) - end);
         data_off = pad_to(end, w->align);
     }
+    free(buf);
     free(h.kv);
     return e;
 }
 
 int gguf_writer_save(GgufWriter *w, const char *path, TunaErr *err) {
+    return gguf_writer_save_fill(w, path, NULL, NULL, err);
+}
+
+int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx, TunaErr *err) {
     struct stat sb;
     if (!stat(path, &sb) && !S_ISREG(sb.st_mode))
         return tuna_errf(err, TUNA_EIO, "%s: exists and is not a regular file", path);
@@ -286,13 +317,18 @@ int gguf_writer_save(GgufWriter *w, const char *path, TunaErr *err) {
     struct sigaction ign = {0}, old;
     ign.sa_handler = SIG_IGN;
     sigaction(SIGXFSZ, &ign, &old);
-    int e = write_file(w, fd);
+    TunaErr ferr = {0};
+    int e = write_file(w, fd, fill, ctx, &ferr);
     if (!e && fsync(fd)) e = errno;
     if (close(fd) && !e) e = errno;
     sigaction(SIGXFSZ, &old, NULL);
     if (!e && rename(tmp, path)) e = errno;
     if (e) {
         unlink(tmp);
+        if (e < 0) { /* fill's own error */
+            if (err) *err = ferr;
+            return ferr.code ? ferr.code : TUNA_EINVAL;
+        }
         return tuna_errf(err, TUNA_EIO, "%s: cannot write: %s", path, strerror(e));
     }
     /* the rename itself reaches the disk with the folder (best effort) */

@@ -41,13 +41,23 @@ void gguf_w_arr_str(GgufWriter *w, const char *key, const char *const *s, const 
 void gguf_w_copy(GgufWriter *w, const char *key, const GgufKV *kv);
 
 /* A tensor of type (a GgmlType value), ndim dims ne (innermost first), nbytes at data. own: the
- * writer frees data (malloc'd) with itself; else data must outlive gguf_writer_save. Refuses
- * (TUNA_EINVAL) a size that does not match the type's blocks, or a repeated name. */
+ * writer frees data (malloc'd) with itself; else data must outlive gguf_writer_save. data NULL
+ * (nbytes still the tensor's size): the bytes come from gguf_writer_save_fill's fill when the
+ * file is written, so that a big model is never whole in memory. Refuses (TUNA_EINVAL) a size
+ * that does not match the type's blocks, or a repeated name. */
 int gguf_w_tensor(GgufWriter *w, const char *name, int type, int ndim, const int64_t *ne,
                   const void *data, size_t nbytes, int own, TunaErr *err);
 
 /* Writes the file (see above). Returns 0 or TUNA_EIO with one line naming path. */
 int gguf_writer_save(GgufWriter *w, const char *path, TunaErr *err);
+
+/* Makes the bytes of tensor i (added with data NULL): nbytes into dst. 0, or an error code with
+ * err set (the file is then not written and the error returned as fill gave it). */
+typedef int (*GgufFill)(void *ctx, int i, void *dst, size_t nbytes, TunaErr *err);
+
+/* gguf_writer_save, each data-less tensor's bytes made by fill(ctx, i, ...) as it is written, in
+ * the order added, into one buffer of the largest such tensor's size. */
+int gguf_writer_save_fill(GgufWriter *w, const char *path, GgufFill fill, void *ctx, TunaErr *err);
 
 /* Bytes of one row of n elements of ggml type t (0 when n is not a whole number of blocks or
  * the type is unknown). */

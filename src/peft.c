@@ -495,34 +495,42 @@ static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
     free(B);
 }
 
-int model_hf_tensors(const Model *m, StWriteTensor **wt_out, int *n_out) {
-    Backend *be = m->be;
+int model_hf_tensor_list(const Model *m, StWriteTensor **wt_out, int *n_out) {
     StWriteTensor *wt = xcalloc((size_t)m->n_pinfo, sizeof *wt);
-    float **host = xcalloc((size_t)m->n_pinfo, sizeof *host);
     int n = 0;
     for (int i = 0; i < m->n_pinfo; i++) {
         const ParamInfo *p = &m->pinfo[i];
+        int j = n;
+        if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
+            for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {}
+        if (j < n) continue;
+        wt[n].name = p->name;
+        wt[n].dtype = ST_F32;
+        wt[n].ndim = p->ndim;
+        wt[n].shape[0] = p->shape[0];
+        wt[n].shape[1] = p->shape[1];
+        n++;
+    }
+    *wt_out = wt;
+    *n_out = n;
+    return 0;
+}
+
+void model_hf_tensor_fill(const Model *m, const char *name, float *dst) {
+    Backend *be = m->be;
+    int started = 0;
+    for (int i = 0; i < m->n_pinfo; i++) {
+        const ParamInfo *p = &m->pinfo[i];
+        if (strcmp(p->name, name)) continue;
         size_t fn = (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
+        if (!started) memset(dst, 0, sizeof(float) * fn);
+        started = 1;
         float *part = xmalloc(sizeof(float) * p->n);
         if (p->q) /* a typed base weight: dequantized, as peft merges into a 4/8-bit base */
             weight_download_f32(be, p->q, part);
         else
             be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
         if (m->lora && p->site >= 0) add_lora_delta(m, p, part);
-        int j = n;
-        if (p->part > 0) /* later parts of GPT-2's c_attn go into the tensor already started */
-            for (j = 0; j < n && strcmp(wt[j].name, p->name); j++) {}
-        if (j == n) {
-            host[n] = xcalloc(fn, sizeof(float));
-            wt[n].name = p->name;
-            wt[n].dtype = ST_F32;
-            wt[n].ndim = p->ndim;
-            wt[n].shape[0] = p->shape[0];
-            wt[n].shape[1] = p->shape[1];
-            wt[n].data = host[n];
-            n++;
-        }
-        float *dst = host[j];
         size_t R = (size_t)p->shape[0], Cn = p->ndim == 2 ? (size_t)p->shape[1] : 1;
         if (p->mode == 0)
             memcpy(dst, part, sizeof(float) * fn);
@@ -540,7 +548,18 @@ int model_hf_tensors(const Model *m, StWriteTensor **wt_out, int *n_out) {
         }
         free(part);
     }
-    free(host); /* wt[i].data owns each buffer */
+}
+
+int model_hf_tensors(const Model *m, StWriteTensor **wt_out, int *n_out) {
+    StWriteTensor *wt;
+    int n;
+    model_hf_tensor_list(m, &wt, &n);
+    for (int j = 0; j < n; j++) {
+        size_t fn = (size_t)wt[j].shape[0] * (wt[j].ndim == 2 ? (size_t)wt[j].shape[1] : 1);
+        float *d = xmalloc(sizeof(float) * fn);
+        model_hf_tensor_fill(m, wt[j].name, d);
+        wt[j].data = d; /* wt[j].data owns its buffer */
+    }
     *wt_out = wt;
     *n_out = n;
     return 0;

@@ -43,6 +43,11 @@ int model_write_hf(const Model *m, const char *dir, TunaErr *err);
 struct StWriteTensor;
 int model_hf_tensors(const Model *m, struct StWriteTensor **wt, int *n);
 void model_hf_tensors_free(struct StWriteTensor *wt, int n);
+/* The same one tensor at a time, for an export that streams: model_hf_tensor_list gives the
+ * entries (name, ndim, shape; data NULL) in model_hf_tensors' order, freed with free(*wt);
+ * model_hf_tensor_fill writes the tensor of that name (shape[0] x shape[1] floats) into dst. */
+int model_hf_tensor_list(const Model *m, struct StWriteTensor **wt, int *n);
+void model_hf_tensor_fill(const Model *m, const char *name, float *dst);
 
 /* tuna train --adapter DIR (LLaMA-Factory's adapter_name_or_path): a new run that starts from
  * a LoRA or P-tuning adapter, a PEFT save or an earlier run (not --resume: the optimizer and the

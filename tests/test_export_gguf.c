@@ -194,6 +194,54 @@ static void test_writer_errors(void) {
     gguf_writer_free(w);
 }
 
+/* gguf_writer_save_fill's fill for test_writer_fill: tensor i is bytes 7*i + k; a tensor whose
+ * index is *ctx fails. */
+static int fill_bytes(void *ctx, int i, void *dst, size_t nbytes, TunaErr *err) {
+    if (ctx && *(const int *)ctx == i) return tuna_errf(err, TUNA_EFORMAT, "fill %d says no", i);
+    for (size_t k = 0; k < nbytes; k++)
+        ((uint8_t *)dst)[k] = (uint8_t)(7 * i + (int)k);
+    return 0;
+}
+
+/* Tensors made while the file is written (data NULL + fill, the streaming export) give the
+ * same file as the same bytes held in memory; a failing fill returns its own error and leaves
+ * no file; a data-less tensor without a fill is refused. */
+static void test_writer_fill(void) {
+    TunaErr err = {0};
+    static const int64_t ne[3][2] = {{64, 3}, {7, 1}, {32, 2}};
+    static const int types[3] = {GGML_F32, GGML_F16, GGML_Q8_0};
+    static const size_t nb[3] = {64 * 3 * 4, 7 * 2, 2 * 34};
+    uint8_t *mem[3];
+    GgufWriter *a = sample_writer(), *b = sample_writer();
+    for (int i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "t%d", i);
+        mem[i] = xmalloc(nb[i]);
+        fill_bytes(NULL, i, mem[i], nb[i], &err);
+        CHECK(!gguf_w_tensor(a, name, types[i], 2, ne[i], mem[i], nb[i], 1, &err), "%s", err.msg);
+        CHECK(!gguf_w_tensor(b, name, types[i], 2, ne[i], NULL, nb[i], 0, &err), "%s", err.msg);
+    }
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/mem.gguf", tmpdir);
+    snprintf(pb, sizeof pb, "%s/fill.gguf", tmpdir);
+    CHECK(!gguf_writer_save(a, pa, &err), "%s", err.msg);
+    CHECK(gguf_writer_save(b, pb, &err) == TUNA_EINVAL && count_files("fill.gguf") == 0,
+          "no fill: %s", err.msg);
+    int bad = 1;
+    CHECK(gguf_writer_save_fill(b, pb, fill_bytes, &bad, &err) == TUNA_EFORMAT &&
+                  !strcmp(err.msg, "fill 1 says no") && count_files("fill.gguf") == 0,
+          "failing fill: %s", err.msg);
+    CHECK(!gguf_writer_save_fill(b, pb, fill_bytes, NULL, &err), "%s", err.msg);
+    size_t la = 0, lb = 0;
+    char *fa = xread_file(pa, &la), *fb = xread_file(pb, &lb);
+    CHECK(fa && fb && la == lb && !memcmp(fa, fb, la), "filled file != in-memory file (%zu, %zu)",
+          la, lb);
+    free(fa);
+    free(fb);
+    gguf_writer_free(a);
+    gguf_writer_free(b);
+}
+
 /* template_to_jinja rendered by jinja.c == template_render_text, for every bundled template on
  * conversations with and without a system message, several turns, an empty system (the default
  * one), quotes, braces and newlines in the content. */
@@ -607,6 +655,7 @@ int main(void) {
     mkdir(tmpdir, 0755);
     test_writer_round_trip();
     test_writer_errors();
+    test_writer_fill();
     test_template_jinja();
     test_q4_k();
     test_round_trip();
