@@ -563,7 +563,12 @@ static int run_open(Run *r, TunaErr *err) {
     }
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
-    if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
+    /* --zero 1: each rank the AdamW state of its slice of the trainable values (ZeRO stage 1) */
+    int shard = c->zero && r->world > 1;
+    if (c->zero && r->world == 1)
+        emit_log(r, "info", "--zero 1: one process, nothing to shard (the state stays whole)");
+    if ((rc = optim_init_shard(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay,
+                               shard ? r->rank : 0, shard ? r->world : 1, err)))
         return rc;
     r->have_opt = 1;
     if (c->loraplus_lr_ratio > 0 &&
@@ -706,8 +711,8 @@ static int loop_commands(Run *r, Loop *lp, int ctl, int *rc, TunaErr *err) {
         emit_state(r, 0);
         lp->t_last = time_now();
     }
-    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
-        if (!r->rank && (*rc = save_checkpoint(r, err))) return CMD_STOP;
+    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) { /* every rank (save_checkpoint) */
+        if ((*rc = save_checkpoint(r, err))) return CMD_STOP;
         lp->saved_at = r->step;
     }
     if (ctl & CTL_STOP) {
@@ -1154,7 +1159,13 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
 static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
     const TrainConfig *cfg = r->cfg;
     int rc;
-    if (r->rank) return 0; /* eval, samples and checkpoints: rank 0's (no collectives) */
+    int save = cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total;
+    if (r->rank) { /* eval and samples: rank 0's; a checkpoint: every rank (save_checkpoint) */
+        if (!save) return 0;
+        if ((rc = save_checkpoint(r, err))) return rc;
+        lp->saved_at = r->step;
+        return 0;
+    }
     int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
     if (do_eval && r->val->n) {
         double el;
@@ -1169,10 +1180,10 @@ static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta
     int do_sample = cfg->sample_steps > 0 ? r->step % cfg->sample_steps == 0 || r->step == r->total
                                           : do_eval;
     if (do_sample && (rc = run_samples(r, err))) return rc;
-    if (r->write_errno) return 0; /* the loop's check says it; no checkpoint after it */
-    if (cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total) {
+    /* after a failed write the loop's check says it; save_checkpoint writes nothing then */
+    if (save) {
         if ((rc = save_checkpoint(r, err))) return rc;
-        lp->saved_at = r->step;
+        if (!r->write_errno) lp->saved_at = r->step;
     }
     return 0;
 }
@@ -1216,6 +1227,8 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        /* --zero 1: each rank updated its slice; every rank gets the others' */
+        if (!bad && (rc = optim_share_params(&r->opt, tp, np, err))) break;
         if (!bad && r->have_vh) optim_step(&r->vh_opt, r->vh.tp, 2, (float)lr, gscale);
         r->step++;
         if (bad) {
@@ -1238,8 +1251,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
  * and the summary lines. */
 static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     const char *status = lp->status;
-    if (r->rank) return rc; /* rank 0 writes the result */
+    /* every rank (save_checkpoint: the slices of a sharded optimizer); rank 0 writes it */
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
+    if (r->rank) return rc; /* rank 0 writes the result */
     TrainMethod mt = train_setup(r->ts)->method;
     int adapter = train_method_adapter(mt);
     if (!rc && !strcmp(status, "finished")) rc = write_result(r, adapter, err);

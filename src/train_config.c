@@ -181,6 +181,10 @@ static const TrainOption fields[] = {
         S(backend, ALL, "cpu", "cpu | ref | cuda"),
         I(threads, ALL, RANGE(0, 4096), "0",
           "CPU threads (0 = the cores other processes leave free, followed as it runs)"),
+        I(zero, ALL, RANGE(0, 1), "0",
+          "data parallel (--nproc, mpirun): 1 shards the AdamW state over the processes, each "
+          "keeping and updating its slice (ZeRO stage 1; the same numbers, 1/N of the state per "
+          "process); nothing changes in one process"),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
@@ -326,7 +330,8 @@ int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, siz
     if (cap) out[0] = '\0';
     for (int i = 0; i < N_FIELDS; i++) {
         const TrainOption *f = &fields[i];
-        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads")) continue;
+        if (!strcmp(f->key, "output") || !strcmp(f->key, "threads") || !strcmp(f->key, "zero"))
+            continue; /* zero: the same numbers; a checkpoint resumes with it or without */
         char x[1100], y[1100];
         field_text(a, f, x, sizeof x);
         field_text(b, f, y, sizeof y);
