@@ -413,10 +413,6 @@ static int run_open(Run *r, TunaErr *err) {
     if (n_prompts > MAX_SAMPLE_PROMPTS)
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
-    if (r->world > 1 && (r->pref_on || r->kto_on || r->rm_on))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--stage %s: not yet with several processes (data parallel: sft and pt)",
-                         c->stage);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     r->be->mm_bf16 = c->bf16;
     if (r->world > 1) dist_threads(r);
@@ -808,20 +804,27 @@ static int pref_count(const int32_t *tg, int P, int T) {
 }
 
 /* dpo and rm: the step's GA micro-batches of pairs copied into the Loop's slots (their row
- * lengths in lp->Ts, token counts in out); returns the pairs with an answer. */
+ * lengths in lp->Ts, token counts in out); returns the pairs with an answer. Data parallel:
+ * every rank reads the global micro-batch of world x P pairs (chosen rows, then rejected) and
+ * takes its P pairs, chosen then rejected; the counts are the global batch's (one process's
+ * normalisation). */
 static int gather_pairs(Run *r, Loop *lp, StepOut *out) {
-    int rows = lp->B, P = rows / 2, pairs = 0;
+    int rows = lp->B, P = rows / 2, PG = P * r->world, pairs = 0;
     size_t slot = (size_t)rows * lp->T;
     out->n_t = out->n_tok = 0;
     for (int a = 0; a < lp->GA; a++) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T;
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        size_t half = (size_t)P * b.T, mine = (size_t)r->rank * half, rej = (size_t)PG * b.T;
+        for (int k = 0; k < 2; k++) { /* chosen, rejected */
+            memcpy(lp->ids + a * slot + k * half, b.ids + k * rej + mine, sizeof(int32_t) * half);
+            memcpy(lp->tg + a * slot + k * half, b.targets + k * rej + mine,
+                   sizeof(int32_t) * half);
+        }
         out->n_t += b.n_targets;
         out->n_tok += b.n_tokens;
-        pairs += pref_count(b.targets, P, b.T);
+        pairs += pref_count(b.targets, PG, b.T);
     }
     return pairs;
 }
@@ -833,13 +836,37 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     size_t slot = (size_t)rows * T;
     int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    /* each rank its own dropout masks (the same seed as before in one process) */
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     PrefBatch pb = {.c = &r->pref, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
     double *ref = xmalloc(sizeof(double) * (size_t)rows);
     for (int a = 0; a < GA && !rc; a++)
         rc = pref_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &pb, ref, err);
     free(ref);
-    const PrefSums *s = &pb.sums;
+    PrefSums *s = &pb.sums;
+    if (!rc && r->world > 1) { /* the ranks' gradients and sums */
+        double v[] = {s->loss,
+                      s->rewards_chosen,
+                      s->rewards_rejected,
+                      s->accuracies,
+                      s->margins,
+                      s->logps_chosen,
+                      s->logps_rejected,
+                      s->logp_wins,
+                      s->mean_logp_wins,
+                      s->n};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 10, err)))
+            *s = (PrefSums){.loss = v[0],
+                            .rewards_chosen = v[1],
+                            .rewards_rejected = v[2],
+                            .accuracies = v[3],
+                            .margins = v[4],
+                            .logps_chosen = v[5],
+                            .logps_rejected = v[6],
+                            .logp_wins = v[7],
+                            .mean_logp_wins = v[8],
+                            .n = (int)v[9]};
+    }
     double n = s->n ? s->n : 1;
     out->loss = s->loss / n;
     static const char *const names[] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
@@ -893,6 +920,13 @@ static int kto_batch(Run *r, const int32_t *ids, const int32_t *tg, const int32_
         (rc = train_step_rows(r->ref_ts, ids, tg, B, NULL, NULL, ref, NULL, err)))
         goto out;
     kb->kl = kto_kl(B, pkl, rkl, cnt);
+    if (backward && r->world > 1) { /* data parallel: kto_kl over the global micro-batch */
+        double v[2] = {0, 0};
+        for (int i = 0; i < B; i++)
+            if (cnt[i] > 0) v[0] += pkl[i] - rkl[i], v[1]++;
+        if ((rc = dist_sum_doubles(v, 2, err))) goto out;
+        kb->kl = v[1] > 0 && v[0] > 0 ? v[0] / v[1] : 0; /* TRL: .clamp(min=0) */
+    }
     kb->sums.kl_sum += kb->kl;
     kb->sums.n_kl++;
     kb->ref = ref;
@@ -965,21 +999,37 @@ static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T;
-        /* the KL rows follow the examples at B * b.T: kept in place, the slot holds both */
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(tags + (size_t)a * B, b.tags, sizeof(int32_t) * (size_t)B);
+        /* the KL rows follow the examples at B * b.T in the slot. Data parallel: the global
+         * micro-batch has world x B examples, then their KL rows; this rank takes its B of each
+         * (a KL row stays beside its example) and the global counts */
+        int BG = B * r->world;
+        size_t half = (size_t)B * b.T, mine = (size_t)r->rank * half, kl = (size_t)BG * b.T;
+        for (int k = 0; k < 2; k++) { /* the examples, their KL rows */
+            memcpy(lp->ids + a * slot + k * half, b.ids + k * kl + mine, sizeof(int32_t) * half);
+            memcpy(lp->tg + a * slot + k * half, b.targets + k * kl + mine, sizeof(int32_t) * half);
+        }
+        memcpy(tags + (size_t)a * B, b.tags + (size_t)r->rank * B, sizeof(int32_t) * (size_t)B);
         out->n_t += b.n_targets;
         out->n_tok += b.n_tokens;
-        n_ex += kto_count(b.tags, B);
+        n_ex += kto_count(b.tags, BG);
     }
     train_zero_grad(r->ts);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     KtoBatch kb = {.c = &r->kto, .scale = n_ex ? 1.0 / n_ex : 0};
     for (int a = 0; a < GA && !rc; a++)
         rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a], 1,
                        &kb, err);
     free(tags);
+    KtoSums *s = &kb.sums;
+    if (!rc && r->world > 1) { /* the ranks' gradients and sums (kl: already the global one) */
+        double v[] = {s->loss,           s->rewards_chosen, s->rewards_rejected, s->logps_chosen,
+                      s->logps_rejected, s->n_chosen,       s->n_rejected};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 7, err))) {
+            s->loss = v[0], s->rewards_chosen = v[1], s->rewards_rejected = v[2];
+            s->logps_chosen = v[3], s->logps_rejected = v[4];
+            s->n_chosen = (int)v[5], s->n_rejected = (int)v[6];
+        }
+    }
     out->loss = n_ex ? kb.sums.loss / n_ex : 0;
     out->n_metrics = kto_metrics(&kb.sums, 0, out->names, out->values);
     return rc;
@@ -1003,6 +1053,25 @@ static int kto_eval(Run *r, double *loss, TunaErr *err) {
     batcher_free(&vb);
     *loss = n_ex ? kb.sums.loss / n_ex : 0;
     r->eval_kto = kb.sums; /* the eval event's eval_kl, eval_rewards/... (emit_eval) */
+    return rc;
+}
+
+/* Data parallel, rm: the value head's gradients summed over the ranks (its 2 tensors; through
+ * a host copy where the backend's memory is not the host's). */
+static int sum_vhead_grads(Run *r, TunaErr *err) {
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const TrainParam *t = &r->vh.tp[i];
+        if (r->be->ops->host_memory) {
+            rc = dist_sum_floats(t->grad, t->n, err);
+            continue;
+        }
+        float *h = xmalloc(sizeof(float) * t->n);
+        r->be->ops->download(r->be, h, t->grad, sizeof(float) * t->n);
+        rc = dist_sum_floats(h, t->n, err);
+        if (!rc) r->be->ops->upload(r->be, t->grad, h, sizeof(float) * t->n);
+        free(h);
+    }
     return rc;
 }
 
@@ -1044,10 +1113,21 @@ static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
     vhead_zero_grad(&r->vh);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     RmBatch rb = {.vh = &r->vh, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
     for (int a = 0; a < GA && !rc; a++)
         rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
+    if (!rc && r->world > 1) { /* the ranks' gradients (the model's, the head's) and sums */
+        RmSums *s = &rb.sums;
+        double v[] = {s->loss, s->accuracy, s->chosen, s->rejected, s->n};
+        if (!(rc = sum_grads(r, err)) && !(rc = sum_vhead_grads(r, err)) &&
+            !(rc = dist_sum_doubles(v, 5, err)))
+            *s = (RmSums){.loss = v[0],
+                          .accuracy = v[1],
+                          .chosen = v[2],
+                          .rejected = v[3],
+                          .n = (int)v[4]};
+    }
     out->loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
     out->n_metrics = rm_metrics(&rb.sums, 0, out->names, out->values);
     return rc;

@@ -11,6 +11,8 @@
 #   checkpoint-10, redoes steps 11-20 (the same total, so the same lr schedule) with 2 ranks
 #   (bit for bit), 2 ranks without --zero (bit for bit), one process (within 1e-5; step 11 bit
 #   for bit) and, from LoRA's 2 x 3 run, 3 ranks x 2 (within 1e-5);
+# - --backend guard (memory the host may not touch: the host copies), --zero 1 == --zero 0 bit
+#   for bit over 2 steps, checkpoint-1/optimizer.safetensors too;
 # - --zero 2 is refused in one line.
 # Skips, with a message, when ./tuna (or $TUNA_BIN) is built without MPI (make MPI=1) or mpirun
 # is missing. Run from the repo root.
@@ -70,6 +72,20 @@ for m in full lora ptuning; do
     [ -n "$oz" ] && [ -n "$o2" ] && [ $((2 * oz - o2)) -ge 0 ] && [ $((2 * oz - o2)) -le 8 ] && ok \
         || bad "$m: optimizer state $oz bytes with --zero 1, not half of $o2"
 done
+# --backend guard: memory the host may not touch, so the values and moments go through the
+# host copies of optim_share_params and optim_gather: the same bits as without --zero
+G="--model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs --template vanilla
+   --max-steps 2 --save-steps 1 --val-size 0 --logging-steps 1 --lr 1e-3 --threads 1 --quiet
+   --method full --batch-size 1 --cutoff-len 32 --backend guard"
+for z in 0 1; do
+    # shellcheck disable=SC2086
+    timeout -k 10 300 "$BIN" train --nproc 2 $G --zero $z --output "$W/guard-$z" >"$W/guard-$z.log" 2>&1 \
+        || bad "guard: --zero $z failed: $(tail -5 "$W/guard-$z.log")"
+    losses "$W/guard-$z/metrics.jsonl" >"$W/guard-$z.loss"
+done
+[ "$(wc -l <"$W/guard-1.loss")" -eq 2 ] && cmp -s "$W/guard-0.loss" "$W/guard-1.loss" \
+    && cmp -s "$W/guard-0/checkpoint-1/optimizer.safetensors" "$W/guard-1/checkpoint-1/optimizer.safetensors" \
+    && ok || bad "guard backend: --zero 1 differs from --zero 0 (losses or checkpoint-1/optimizer.safetensors)"
 # resume the finished --zero 1 run from checkpoint-10: steps 11-20 again, world by world
 resume() { # name, source run, command prefix (--nproc N or empty), extra flags
     cp -r "$W/$2" "$W/$1"
