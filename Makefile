@@ -148,7 +148,8 @@ test: deps
 test-unit: tuna $(TEST_BIN)
 	@sh tests/run_tests.sh $(BUILD) $(TEST_BIN) tests/test_ui_tmux.sh tests/test_ui_chat_tmux.sh \
 		tests/test_ui_export_tmux.sh \
-		tests/test_mpi.sh tests/test_mpi_faults.sh tests/test_mpi_netns.sh
+		tests/test_mpi.sh tests/test_mpi_faults.sh tests/test_mpi_netns.sh tests/test_mpi_zero.sh \
+		tests/test_mpi_pref.sh
 
 # The loaders (safetensors, config, tokenizer) and the model run under ASan + UBSan.
 SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz_regress test_control test_model test_kernels test_generate \

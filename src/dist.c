@@ -9,6 +9,7 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef TUNA_HAVE_MPI
 #include <mpi.h>
@@ -269,6 +270,76 @@ void dist_set_step(int step) {
 }
 void dist_note_run(const char *dir) {
     (void)dir;
+}
+
+#endif
+
+// --- sharded optimizer state (--zero 1): parts of one array over the ranks
+
+#ifdef TUNA_HAVE_MPI
+
+/* counts (size_t, world) -> MPI's int counts and displacements; TUNA_EINVAL when they do not
+ * fit an int */
+static int int_parts(const size_t *counts, int **cnt, int **dsp, TunaErr *err) {
+    size_t at = 0;
+    *cnt = malloc(sizeof(int) * (size_t)world);
+    *dsp = malloc(sizeof(int) * (size_t)world);
+    for (int r = 0; *cnt && *dsp && r < world; r++) {
+        if (counts[r] > (size_t)INT_MAX - at) {
+            free(*cnt), free(*dsp);
+            return tuna_errf(err, TUNA_EINVAL, "a gather of more than %d values at once", INT_MAX);
+        }
+        (*cnt)[r] = (int)counts[r];
+        (*dsp)[r] = (int)at;
+        at += counts[r];
+    }
+    if (!*cnt || !*dsp) {
+        free(*cnt), free(*dsp);
+        return tuna_errf(err, TUNA_ENOMEM, "cannot allocate the counts of %d ranks", world);
+    }
+    return 0;
+}
+
+int dist_allgather_floats(float *x, const size_t *counts, TunaErr *err) {
+    int *cnt, *dsp, rc;
+    if (world == 1) return 0;
+    if ((rc = int_parts(counts, &cnt, &dsp, err))) return rc;
+    dist_enter("MPI_Allgatherv");
+    int mrc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, cnt, dsp, MPI_FLOAT,
+                             MPI_COMM_WORLD);
+    dist_leave();
+    if (mrc != MPI_SUCCESS) rc = failed("MPI_Allgatherv", mrc, err);
+    free(cnt);
+    free(dsp);
+    return rc;
+}
+
+int dist_gather_floats(const float *mine, float *all, const size_t *counts, TunaErr *err) {
+    int *cnt, *dsp, rc;
+    if (world == 1) {
+        if (counts[0]) memmove(all, mine, sizeof(float) * counts[0]);
+        return 0;
+    }
+    if ((rc = int_parts(counts, &cnt, &dsp, err))) return rc;
+    dist_enter("MPI_Gatherv");
+    int mrc = MPI_Gatherv(mine, cnt[rank], MPI_FLOAT, all, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    dist_leave();
+    if (mrc != MPI_SUCCESS) rc = failed("MPI_Gatherv", mrc, err);
+    free(cnt);
+    free(dsp);
+    return rc;
+}
+
+#else /* one process */
+
+int dist_allgather_floats(float *x, const size_t *counts, TunaErr *err) {
+    (void)x, (void)counts, (void)err;
+    return 0;
+}
+int dist_gather_floats(const float *mine, float *all, const size_t *counts, TunaErr *err) {
+    (void)err;
+    if (counts[0]) memmove(all, mine, sizeof(float) * counts[0]);
+    return 0;
 }
 
 #endif

@@ -40,4 +40,17 @@ void dist_note_run(const char *dir);
 /* 1 when this binary was built with MPI. */
 int dist_available(void);
 
+/* --- sharded optimizer state (--zero 1): the parts of one array, spread over the ranks.
+ * counts[r] (world of them) is how many values rank r holds; the parts lie end to end in rank
+ * order. Every count and their sum must fit an int (MPI's counts): callers pass windows. */
+
+/* In place onto every rank (MPI_Allgatherv): x holds the sum of counts values, rank r's own
+ * part already at its offset (the sum of counts[0..r)); the others' parts are filled in. A world
+ * of one has nothing to fetch. */
+int dist_allgather_floats(float *x, const size_t *counts, TunaErr *err);
+/* Onto rank 0 (MPI_Gatherv): rank r sends mine[0..counts[r]); rank 0 receives every part, end
+ * to end, into all (the sum of counts values; read on rank 0 only, NULL allowed elsewhere). A
+ * world of one copies mine into all. */
+int dist_gather_floats(const float *mine, float *all, const size_t *counts, TunaErr *err);
+
 #endif

@@ -3,7 +3,10 @@
  * schedules of transformers (constant, constant_with_warmup, linear, cosine; warmup from 0),
  * and global-norm gradient clipping. Moments live in backend memory: one block for m and one
  * for v, the tensors' slices one after another (AdamW is elementwise: no alignment needed).
- * One thread at a time. */
+ * Data parallel with --zero 1 (ZeRO stage 1, optim_init_shard): each rank keeps the moments
+ * of one contiguous slice of the tensors laid end to end, updates that slice of the values,
+ * and optim_share_params gives every rank the rest (collectives over dist.h). One thread at a
+ * time. */
 #ifndef TUNA_SRC_OPTIM_H
 #define TUNA_SRC_OPTIM_H
 
@@ -35,20 +38,36 @@ typedef struct Optim {
     float b1, b2, eps, wd;
     int t;          /* steps taken */
     int n;          /* tensors */
-    float **m, **v; /* per tensor: its slice of m_block / v_block */
-    size_t *len;
-    float *lr_mult;           /* per tensor: 1, or loraplus_lr_ratio for LoRA+'s B group */
-    float *m_block, *v_block; /* backend memory, block_len floats each */
+    float **m, **v; /* per tensor: the moments of its part in this rank's slice (NULL: none) */
+    size_t *first;  /* per tensor: where that part starts in the tensor (0 unsharded) */
+    size_t *len;    /* per tensor: that part's length (the tensor's unsharded) */
+    float *lr_mult; /* per tensor: 1, or loraplus_lr_ratio for LoRA+'s B group */
+    float *m_block, *v_block; /* backend memory, block_len floats each: this rank's slice */
     size_t block_len;
-    OptimSpan *spans; /* the AdamW passes of a step, over the tensors given to optim_init */
+    OptimSpan *spans; /* the AdamW passes of a step, over this rank's slice of the tensors */
     int n_spans;
     Backend *be;
+    /* the flat space: the tensors end to end in their order, total values; rank `rank` of
+     * `world` keeps [bounds[rank], bounds[rank + 1]) (world near-equal ranges; one: all) */
+    int rank, world;
+    size_t total;
+    size_t *bounds; /* (world + 1) */
+    size_t *off;    /* per tensor: its offset in the flat space */
+    float *p0;      /* tp[0].data: the tensors optim_step is given must be these */
+    float *host;    /* a window's host copy (backends whose memory is not the host's) */
 } Optim;
 
 /* The tensors are a TrainParam array (train_params of a TrainState, or any other). */
 int optim_init(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2, float eps,
                float wd, TunaErr *err);
+/* The same as rank `rank` of `world` of a sharded optimizer (ZeRO stage 1): the moments of this
+ * rank's slice only, zeroed; every rank calls it with the same tensors (shapes and order).
+ * optim_init is rank 0 of 1. */
+int optim_init_shard(Optim *o, Backend *be, const TrainParam *tp, int np, float b1, float b2,
+                     float eps, float wd, int rank, int world, TunaErr *err);
 void optim_free(Optim *o);
+/* The bytes of this rank's moments (m and v). */
+size_t optim_state_bytes(const Optim *o);
 /* LoRA+ (Hayou et al. 2024) as LLaMA-Factory's create_loraplus_optimizer groups it: the tensors
  * whose name holds "lora_B", and any 1-D tensor, step with lr * ratio; the rest (lora_A, trainable
  * token rows) with lr. Weight decay stays per tensor (tp[i].decay), as its decay/no-decay groups;
@@ -64,11 +83,24 @@ int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr 
  * Returns the norm before clipping. */
 double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale);
 /* One AdamW step with learning rate lr on the gradients times gscale (1 for none), over the
- * tensors given to optim_init (tp and np must be those), one pass per span. */
+ * tensors given to optim_init (tp and np must be those), one pass per span: sharded, over this
+ * rank's slice only (every rank has the whole gradient; the step is elementwise, so each value
+ * comes out as one process computes it, bit for bit, on a backend whose adamw gives an element
+ * the same result wherever it falls in a pass). */
 void optim_step(Optim *o, const TrainParam *tp, int np, float lr, float gscale);
+/* Sharded: after optim_step, every rank fetches the values the others updated (an allgather per
+ * tensor, through host copies where the backend's memory is not the host's). Collective: every
+ * rank calls it after every step it takes. Unsharded: nothing. */
+int optim_share_params(Optim *o, const TrainParam *tp, int np, TunaErr *err);
 
-/* Moments to and from host (checkpoints): m[i], v[i] sized like the tensors. */
+/* Moments to and from host: m[i], v[i] sized like the tensors; sharded, only this rank's parts
+ * of them are written (download) or read (upload): a resume reads the whole moments on every
+ * rank and each keeps its slice, whatever the number of ranks that saved them. */
 void optim_download(const Optim *o, float **m, float **v);
 void optim_upload(Optim *o, float *const *m, float *const *v);
+/* Checkpoints: the whole moments onto rank 0's m[i], v[i] (sized like the tensors; NULL on the
+ * other ranks): the layout one process has. Sharded it is collective (every rank calls it, each
+ * sends its slice); unsharded it is optim_download. */
+int optim_gather(Optim *o, float **m, float **v, TunaErr *err);
 
 #endif

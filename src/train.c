@@ -413,10 +413,6 @@ static int run_open(Run *r, TunaErr *err) {
     if (n_prompts > MAX_SAMPLE_PROMPTS)
         return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
                          MAX_SAMPLE_PROMPTS);
-    if (r->world > 1 && (r->pref_on || r->kto_on || r->rm_on))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--stage %s: not yet with several processes (data parallel: sft and pt)",
-                         c->stage);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     r->be->mm_bf16 = c->bf16;
     if (r->world > 1) dist_threads(r);
@@ -563,7 +559,12 @@ static int run_open(Run *r, TunaErr *err) {
     }
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
-    if ((rc = optim_init(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay, err)))
+    /* --zero 1: each rank the AdamW state of its slice of the trainable values (ZeRO stage 1) */
+    int shard = c->zero && r->world > 1;
+    if (c->zero && r->world == 1)
+        emit_log(r, "info", "--zero 1: one process, nothing to shard (the state stays whole)");
+    if ((rc = optim_init_shard(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay,
+                               shard ? r->rank : 0, shard ? r->world : 1, err)))
         return rc;
     r->have_opt = 1;
     if (c->loraplus_lr_ratio > 0 &&
@@ -706,8 +707,8 @@ static int loop_commands(Run *r, Loop *lp, int ctl, int *rc, TunaErr *err) {
         emit_state(r, 0);
         lp->t_last = time_now();
     }
-    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) {
-        if (!r->rank && (*rc = save_checkpoint(r, err))) return CMD_STOP;
+    if ((ctl & CTL_SAVE) && r->step > lp->saved_at) { /* every rank (save_checkpoint) */
+        if ((*rc = save_checkpoint(r, err))) return CMD_STOP;
         lp->saved_at = r->step;
     }
     if (ctl & CTL_STOP) {
@@ -803,20 +804,27 @@ static int pref_count(const int32_t *tg, int P, int T) {
 }
 
 /* dpo and rm: the step's GA micro-batches of pairs copied into the Loop's slots (their row
- * lengths in lp->Ts, token counts in out); returns the pairs with an answer. */
+ * lengths in lp->Ts, token counts in out); returns the pairs with an answer. Data parallel:
+ * every rank reads the global micro-batch of world x P pairs (chosen rows, then rejected) and
+ * takes its P pairs, chosen then rejected; the counts are the global batch's (one process's
+ * normalisation). */
 static int gather_pairs(Run *r, Loop *lp, StepOut *out) {
-    int rows = lp->B, P = rows / 2, pairs = 0;
+    int rows = lp->B, P = rows / 2, PG = P * r->world, pairs = 0;
     size_t slot = (size_t)rows * lp->T;
     out->n_t = out->n_tok = 0;
     for (int a = 0; a < lp->GA; a++) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T;
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
+        size_t half = (size_t)P * b.T, mine = (size_t)r->rank * half, rej = (size_t)PG * b.T;
+        for (int k = 0; k < 2; k++) { /* chosen, rejected */
+            memcpy(lp->ids + a * slot + k * half, b.ids + k * rej + mine, sizeof(int32_t) * half);
+            memcpy(lp->tg + a * slot + k * half, b.targets + k * rej + mine,
+                   sizeof(int32_t) * half);
+        }
         out->n_t += b.n_targets;
         out->n_tok += b.n_tokens;
-        pairs += pref_count(b.targets, P, b.T);
+        pairs += pref_count(b.targets, PG, b.T);
     }
     return pairs;
 }
@@ -828,13 +836,37 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     size_t slot = (size_t)rows * T;
     int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    /* each rank its own dropout masks (the same seed as before in one process) */
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     PrefBatch pb = {.c = &r->pref, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
     double *ref = xmalloc(sizeof(double) * (size_t)rows);
     for (int a = 0; a < GA && !rc; a++)
         rc = pref_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &pb, ref, err);
     free(ref);
-    const PrefSums *s = &pb.sums;
+    PrefSums *s = &pb.sums;
+    if (!rc && r->world > 1) { /* the ranks' gradients and sums */
+        double v[] = {s->loss,
+                      s->rewards_chosen,
+                      s->rewards_rejected,
+                      s->accuracies,
+                      s->margins,
+                      s->logps_chosen,
+                      s->logps_rejected,
+                      s->logp_wins,
+                      s->mean_logp_wins,
+                      s->n};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 10, err)))
+            *s = (PrefSums){.loss = v[0],
+                            .rewards_chosen = v[1],
+                            .rewards_rejected = v[2],
+                            .accuracies = v[3],
+                            .margins = v[4],
+                            .logps_chosen = v[5],
+                            .logps_rejected = v[6],
+                            .logp_wins = v[7],
+                            .mean_logp_wins = v[8],
+                            .n = (int)v[9]};
+    }
     double n = s->n ? s->n : 1;
     out->loss = s->loss / n;
     static const char *const names[] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
@@ -888,6 +920,13 @@ static int kto_batch(Run *r, const int32_t *ids, const int32_t *tg, const int32_
         (rc = train_step_rows(r->ref_ts, ids, tg, B, NULL, NULL, ref, NULL, err)))
         goto out;
     kb->kl = kto_kl(B, pkl, rkl, cnt);
+    if (backward && r->world > 1) { /* data parallel: kto_kl over the global micro-batch */
+        double v[2] = {0, 0};
+        for (int i = 0; i < B; i++)
+            if (cnt[i] > 0) v[0] += pkl[i] - rkl[i], v[1]++;
+        if ((rc = dist_sum_doubles(v, 2, err))) goto out;
+        kb->kl = v[1] > 0 && v[0] > 0 ? v[0] / v[1] : 0; /* TRL: .clamp(min=0) */
+    }
     kb->sums.kl_sum += kb->kl;
     kb->sums.n_kl++;
     kb->ref = ref;
@@ -960,21 +999,37 @@ static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         Batch b;
         batcher_next(&r->batcher, &b);
         lp->Ts[a] = b.T;
-        /* the KL rows follow the examples at B * b.T: kept in place, the slot holds both */
-        memcpy(lp->ids + a * slot, b.ids, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(lp->tg + a * slot, b.targets, sizeof(int32_t) * (size_t)rows * b.T);
-        memcpy(tags + (size_t)a * B, b.tags, sizeof(int32_t) * (size_t)B);
+        /* the KL rows follow the examples at B * b.T in the slot. Data parallel: the global
+         * micro-batch has world x B examples, then their KL rows; this rank takes its B of each
+         * (a KL row stays beside its example) and the global counts */
+        int BG = B * r->world;
+        size_t half = (size_t)B * b.T, mine = (size_t)r->rank * half, kl = (size_t)BG * b.T;
+        for (int k = 0; k < 2; k++) { /* the examples, their KL rows */
+            memcpy(lp->ids + a * slot + k * half, b.ids + k * kl + mine, sizeof(int32_t) * half);
+            memcpy(lp->tg + a * slot + k * half, b.targets + k * kl + mine, sizeof(int32_t) * half);
+        }
+        memcpy(tags + (size_t)a * B, b.tags + (size_t)r->rank * B, sizeof(int32_t) * (size_t)B);
         out->n_t += b.n_targets;
         out->n_tok += b.n_tokens;
-        n_ex += kto_count(b.tags, B);
+        n_ex += kto_count(b.tags, BG);
     }
     train_zero_grad(r->ts);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     KtoBatch kb = {.c = &r->kto, .scale = n_ex ? 1.0 / n_ex : 0};
     for (int a = 0; a < GA && !rc; a++)
         rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a], 1,
                        &kb, err);
     free(tags);
+    KtoSums *s = &kb.sums;
+    if (!rc && r->world > 1) { /* the ranks' gradients and sums (kl: already the global one) */
+        double v[] = {s->loss,           s->rewards_chosen, s->rewards_rejected, s->logps_chosen,
+                      s->logps_rejected, s->n_chosen,       s->n_rejected};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 7, err))) {
+            s->loss = v[0], s->rewards_chosen = v[1], s->rewards_rejected = v[2];
+            s->logps_chosen = v[3], s->logps_rejected = v[4];
+            s->n_chosen = (int)v[5], s->n_rejected = (int)v[6];
+        }
+    }
     out->loss = n_ex ? kb.sums.loss / n_ex : 0;
     out->n_metrics = kto_metrics(&kb.sums, 0, out->names, out->values);
     return rc;
@@ -998,6 +1053,25 @@ static int kto_eval(Run *r, double *loss, TunaErr *err) {
     batcher_free(&vb);
     *loss = n_ex ? kb.sums.loss / n_ex : 0;
     r->eval_kto = kb.sums; /* the eval event's eval_kl, eval_rewards/... (emit_eval) */
+    return rc;
+}
+
+/* Data parallel, rm: the value head's gradients summed over the ranks (its 2 tensors; through
+ * a host copy where the backend's memory is not the host's). */
+static int sum_vhead_grads(Run *r, TunaErr *err) {
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const TrainParam *t = &r->vh.tp[i];
+        if (r->be->ops->host_memory) {
+            rc = dist_sum_floats(t->grad, t->n, err);
+            continue;
+        }
+        float *h = xmalloc(sizeof(float) * t->n);
+        r->be->ops->download(r->be, h, t->grad, sizeof(float) * t->n);
+        rc = dist_sum_floats(h, t->n, err);
+        if (!rc) r->be->ops->upload(r->be, t->grad, h, sizeof(float) * t->n);
+        free(h);
+    }
     return rc;
 }
 
@@ -1039,10 +1113,21 @@ static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     int pairs = gather_pairs(r, lp, out);
     train_zero_grad(r->ts);
     vhead_zero_grad(&r->vh);
-    train_set_step_seed(r->ts, (uint64_t)r->step);
+    train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     RmBatch rb = {.vh = &r->vh, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
     for (int a = 0; a < GA && !rc; a++)
         rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
+    if (!rc && r->world > 1) { /* the ranks' gradients (the model's, the head's) and sums */
+        RmSums *s = &rb.sums;
+        double v[] = {s->loss, s->accuracy, s->chosen, s->rejected, s->n};
+        if (!(rc = sum_grads(r, err)) && !(rc = sum_vhead_grads(r, err)) &&
+            !(rc = dist_sum_doubles(v, 5, err)))
+            *s = (RmSums){.loss = v[0],
+                          .accuracy = v[1],
+                          .chosen = v[2],
+                          .rejected = v[3],
+                          .n = (int)v[4]};
+    }
     out->loss = rb.sums.n ? rb.sums.loss / rb.sums.n : 0;
     out->n_metrics = rm_metrics(&rb.sums, 0, out->names, out->values);
     return rc;
@@ -1154,7 +1239,13 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
 static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
     const TrainConfig *cfg = r->cfg;
     int rc;
-    if (r->rank) return 0; /* eval, samples and checkpoints: rank 0's (no collectives) */
+    int save = cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total;
+    if (r->rank) { /* eval and samples: rank 0's; a checkpoint: every rank (save_checkpoint) */
+        if (!save) return 0;
+        if ((rc = save_checkpoint(r, err))) return rc;
+        lp->saved_at = r->step;
+        return 0;
+    }
     int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
     if (do_eval && r->val->n) {
         double el;
@@ -1169,10 +1260,10 @@ static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta
     int do_sample = cfg->sample_steps > 0 ? r->step % cfg->sample_steps == 0 || r->step == r->total
                                           : do_eval;
     if (do_sample && (rc = run_samples(r, err))) return rc;
-    if (r->write_errno) return 0; /* the loop's check says it; no checkpoint after it */
-    if (cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total) {
+    /* after a failed write the loop's check says it; save_checkpoint writes nothing then */
+    if (save) {
         if ((rc = save_checkpoint(r, err))) return rc;
-        lp->saved_at = r->step;
+        if (!r->write_errno) lp->saved_at = r->step;
     }
     return 0;
 }
@@ -1217,6 +1308,8 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);
+        /* --zero 1: each rank updated its slice; every rank gets the others' */
+        if (!bad && (rc = optim_share_params(&r->opt, tp, np, err))) break;
         if (!bad && r->have_vh) optim_step(&r->vh_opt, r->vh.tp, 2, (float)lr, gscale);
         r->step++;
         if (bad) {
@@ -1239,8 +1332,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
  * and the summary lines. */
 static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     const char *status = lp->status;
-    if (r->rank) return rc; /* rank 0 writes the result */
+    /* every rank (save_checkpoint: the slices of a sharded optimizer); rank 0 writes it */
     if (!rc && !strcmp(status, "stopped") && r->step > lp->saved_at) rc = save_checkpoint(r, err);
+    if (r->rank) return rc; /* rank 0 writes the result */
     TrainMethod mt = train_setup(r->ts)->method;
     int adapter = train_method_adapter(mt);
     if (!rc && !strcmp(status, "finished")) rc = write_result(r, adapter, err);

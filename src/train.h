@@ -64,6 +64,7 @@ typedef struct TrainConfig {
      * encoder, mlp | lstm, and the LSTM's layers */
     char prompt_init_text[512], prompt_encoder[8];
     int prompt_encoder_layers;
+    int zero; /* data parallel: 1 shards the AdamW state over the ranks (ZeRO stage 1) */
 } TrainConfig;
 
 /* --- the options table: one row per `tuna train` flag / train_config.json key. getopt
@@ -142,7 +143,7 @@ char *train_config_json(const TrainConfig *c);
 /* Checks every numeric field's range; the message names the flag and the value, e.g.
  * "--lr: must be a number > 0 or auto, got -1". */
 int train_config_check(const TrainConfig *c, TunaErr *err);
-/* The keys whose values differ between a and b (output and threads left out), as
+/* The keys whose values differ between a and b (output, threads and zero left out), as
  * "lr auto -> 0.05, epochs 3 -> 5" into out; returns how many. */
 int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, size_t cap);
 /* Sets one field from its flag/key name and a string value. */

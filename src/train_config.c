@@ -184,6 +184,10 @@ static const TrainOption fields[] = {
         D(dist_timeout, ALL, ABOVE(0), "300",
           "data parallel (mpirun, --nproc): seconds a collective may wait for the other ranks "
           "before the job ends as hung (more than rank 0's longest eval, samples and checkpoint)"),
+        I(zero, ALL, RANGE(0, 1), "0",
+          "data parallel (--nproc, mpirun): 1 shards the AdamW state over the processes, each "
+          "keeping and updating its slice (ZeRO stage 1; the same numbers, 1/N of the state per "
+          "process); nothing changes in one process"),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
@@ -330,8 +334,8 @@ int train_config_diff(const TrainConfig *a, const TrainConfig *b, char *out, siz
     for (int i = 0; i < N_FIELDS; i++) {
         const TrainOption *f = &fields[i];
         if (!strcmp(f->key, "output") || !strcmp(f->key, "threads") ||
-            !strcmp(f->key, "dist_timeout"))
-            continue;
+            !strcmp(f->key, "dist_timeout") || !strcmp(f->key, "zero"))
+            continue; /* zero: the same numbers; a checkpoint resumes with it or without */
         char x[1100], y[1100];
         field_text(a, f, x, sizeof x);
         field_text(b, f, y, sizeof y);

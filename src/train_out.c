@@ -209,14 +209,26 @@ static int list_ckpts(const char *dir, int *steps, int cap) {
 
 int save_checkpoint(Run *r, TunaErr *err) {
     char dir[1200], tmp[1300], path[1400];
-    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, r->step);
-    int rc = dir_begin(dir, tmp, sizeof tmp, err);
-    if (rc) return rc;
-    int np;
+    int np, rc;
     const TrainParam *tp = train_params(r->ts, &np);
-    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
+    /* the moments whole on rank 0, as one process has them (sharded: each rank sends its slice,
+     * so every rank is here, and before anything that could fail on rank 0 alone) */
+    if (r->rank && r->opt.world == 1) return 0;
+    float **mm = r->rank ? NULL : host_bufs(tp, np), **vv = r->rank ? NULL : host_bufs(tp, np);
+    rc = optim_gather(&r->opt, mm, vv, err);
+    if (rc || r->rank || r->write_errno) { /* after a failed write nothing more is written */
+        free_bufs(mm, np);
+        free_bufs(vv, np);
+        return rc;
+    }
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, r->step);
+    if ((rc = dir_begin(dir, tmp, sizeof tmp, err))) {
+        free_bufs(mm, np);
+        free_bufs(vv, np);
+        return rc;
+    }
+    float **p = host_bufs(tp, np);
     train_download_params(r->ts, p);
-    optim_download(&r->opt, mm, vv);
     snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
     rc = save_tensors(path, tp, np, p, "", err);
     if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
@@ -768,19 +780,27 @@ void emit_start(Run *r) {
     e.seq_len = r->T;
     e.lr = r->lr;                             /* the peak: config's "auto" resolved */
     event_metric(&e, "world_size", r->world); /* processes (ranks) of a data-parallel run */
+    /* this rank's AdamW moments: all of them, or its slice with --zero 1 over several ranks */
+    event_metric(&e, "optimizer_state_bytes", (double)optim_state_bytes(&r->opt));
     char *cj = train_config_json(cfg);
     e.config = cj;
     emit(r, &e);
     free(cj);
-    char msg[600];
+    char msg[700], opt[120];
+    if (r->opt.world > 1)
+        snprintf(opt, sizeof opt, ", optimizer state %.2f MiB a process (--zero 1: 1/%d each)",
+                 (double)optim_state_bytes(&r->opt) / (1 << 20), r->opt.world);
+    else
+        snprintf(opt, sizeof opt, ", optimizer state %.2f MiB%s",
+                 (double)optim_state_bytes(&r->opt) / (1 << 20), r->world > 1 ? " a process" : "");
     snprintf(
             msg, sizeof msg,
             "%s: %zu train / %zu val examples, %d steps, %zu trainable of %zu params, rows of %s%d "
-            "tokens%s, lr %.3g%s",
+            "tokens%s, lr %.3g%s%s",
             cfg->method, r->train->n, r->val->n, r->total, train_param_count(r->ts),
             r->m->n_params + r->m->n_qparams, r->pad_multiple ? "up to " : "", r->T,
             r->pad_multiple ? " (each batch padded to its longest, a multiple of 8)" : "", r->lr,
-            cfg->lr > 0 ? "" : " (auto)");
+            cfg->lr > 0 ? "" : " (auto)", opt);
     emit_log(r, "info", msg);
 }
 

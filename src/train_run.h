@@ -128,6 +128,9 @@ int write_result(Run *r, int adapter, TunaErr *err);
 
 // --- checkpoints
 
+/* checkpoint-STEP, written by rank 0. Every rank calls it at the same step: with --zero 1 over
+ * several ranks each sends its slice of the optimizer state to rank 0 first (the others return
+ * at once otherwise). Writes nothing after a failed write of the run's files (write_errno). */
 int save_checkpoint(Run *r, TunaErr *err);
 /* --resume: the latest complete checkpoint, loaded into the run (step, optimizer, data order). */
 int resume_pick(Run *r, TunaErr *err);

@@ -1,7 +1,9 @@
 /* test_optim.c: AdamW + schedules + clipping against torch.optim.AdamW and transformers'
  * schedulers (tests/fixtures/train/adamw.safetensors from tests/gen_train_fixtures.py):
  * 20 steps of cosine-with-warmup, two groups (weight decay 0.01 and 0), parameters within
- * 1e-5; the four schedule tables exactly (1e-6); clip_grad_norm_ within 1e-6 relative. */
+ * 1e-5; the four schedule tables exactly (1e-6); clip_grad_norm_ within 1e-6 relative. A sharded
+ * optimizer (--zero 1), each rank of 2, 3, 4 or 7 stepping its slice, gives the unsharded values
+ * and moments bit for bit (ref and cpu), slice edges anywhere. */
 #include <string.h>
 #include <sys/stat.h>
 
@@ -60,6 +62,106 @@ static void test_spans(void) {
     free(hp);
     free(hg);
     free(want);
+    be->ops->release(be, p);
+    be->ops->release(be, g);
+    backend_free(be);
+}
+
+/* ZeRO stage 1 without MPI: each rank's Optim (optim_init_shard) steps its own copy of the
+ * values; the ranks' slices stitched together are the unsharded run's values and moments, bit
+ * for bit, for edges that fall anywhere in a pass (the cpu adamw's vector body and its scalar
+ * tail must agree). optim_upload of whole moments keeps the rank's slice (a resume). */
+static void test_shards(const char *backend) {
+    TunaErr err = {0};
+    Backend *be = backend_init(backend, 2, &err);
+    /* one block: 37, 1001 (decay) | 19 (none) | 4099, 3 (decay): 5159 values */
+    size_t len[] = {37, 1001, 19, 4099, 3}, n = 5159, off[5];
+    int decay[] = {1, 1, 0, 1, 1};
+    float *p = be->ops->alloc(be, n * 4), *g = be->ops->alloc(be, n * 4);
+    float *hp = xmalloc(n * 4), *hg = xmalloc(3 * n * 4), *want = xmalloc(3 * n * 4);
+    float *got = xmalloc(3 * n * 4), *mv[2][5], *back[2][5];
+    TrainParam tp[5];
+    for (int i = 0, at = 0; i < 5; at += (int)len[i], i++) {
+        off[i] = (size_t)at;
+        tp[i] = (TrainParam){.data = p + at, .grad = g + at, .n = len[i], .decay = decay[i]};
+        for (int k = 0; k < 2; k++) {
+            mv[k][i] = xmalloc(len[i] * 4);
+            back[k][i] = xmalloc(len[i] * 4);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        hp[i] = (float)sin(0.7 * (double)i);
+    for (size_t i = 0; i < 3 * n; i++) /* three steps' gradients */
+        hg[i] = (float)cos(0.3 * (double)i) * (i % 7 == 0 ? 5.0f : 0.5f);
+    int worlds[] = {1, 2, 3, 4, 7};
+    for (int wi = -1; wi < 5; wi++) { /* -1: the unsharded reference (optim_init) */
+        int world = wi < 0 ? 1 : worlds[wi];
+        for (int rank = 0; rank < world; rank++) {
+            Optim o;
+            be->ops->upload(be, p, hp, n * 4);
+            int rc = wi < 0 ? optim_init(&o, be, tp, 5, 0.9f, 0.999f, 1e-8f, 0.1f, &err)
+                            : optim_init_shard(&o, be, tp, 5, 0.9f, 0.999f, 1e-8f, 0.1f, rank,
+                                               world, &err);
+            CHECK(rc == 0, "%s", err.msg);
+            if (rc) continue;
+            for (int k = 0; k < 3; k++) {
+                be->ops->upload(be, g, hg + (size_t)k * n, n * 4);
+                optim_step(&o, tp, 5, 1e-2f, 0.8f);
+            }
+            float *dst = wi < 0 ? want : got; /* values, then m, then v, each n */
+            size_t lo = o.bounds[rank], hi = o.bounds[rank + 1];
+            CHECK(o.block_len == hi - lo && hi - lo <= n / (size_t)world + 1,
+                  "rank %d of %d: a slice of %zu values", rank, world, o.block_len);
+            float *cur = xmalloc(n * 4);
+            be->ops->download(be, cur, p, n * 4);
+            memcpy(dst + lo, cur + lo, (hi - lo) * 4);
+            free(cur);
+            optim_download(&o, mv[0], mv[1]);
+            for (int k = 0; k < 2; k++)
+                for (int i = 0; i < 5; i++)
+                    for (size_t j = 0; j < len[i]; j++) {
+                        size_t f = off[i] + j;
+                        if (f >= lo && f < hi) dst[(size_t)(k + 1) * n + f] = mv[k][i][j];
+                    }
+            if (wi >= 0) { /* a resume: whole moments in, this rank's slice kept */
+                Optim o2;
+                CHECK(optim_init_shard(&o2, be, tp, 5, 0.9f, 0.999f, 1e-8f, 0.1f, rank, world,
+                                       &err) == 0,
+                      "%s", err.msg);
+                optim_upload(&o2, mv[0], mv[1]);
+                for (int k = 0; k < 2; k++)
+                    for (int i = 0; i < 5; i++)
+                        memset(back[k][i], 0xff, len[i] * 4);
+                optim_download(&o2, back[0], back[1]);
+                int same = 1;
+                for (int k = 0; k < 2; k++)
+                    for (int i = 0; i < 5; i++)
+                        for (size_t j = 0; j < len[i]; j++) {
+                            size_t f = off[i] + j;
+                            if (f >= lo && f < hi) same &= back[k][i][j] == mv[k][i][j];
+                        }
+                CHECK(same, "[%s] rank %d of %d: upload then download loses the slice",
+                      be->ops->name, rank, world);
+                optim_free(&o2);
+            }
+            optim_free(&o);
+        }
+        if (wi >= 0)
+            CHECK(memcmp(got, want, 3 * n * 4) == 0,
+                  "[%s] %d ranks: values and moments differ from one process's", be->ops->name,
+                  world);
+    }
+    printf("  [%s] sharded AdamW over 2, 3, 4, 7 ranks == one process, bit for bit\n",
+           be->ops->name);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 5; i++) {
+            free(mv[k][i]);
+            free(back[k][i]);
+        }
+    free(hp);
+    free(hg);
+    free(want);
+    free(got);
     be->ops->release(be, p);
     be->ops->release(be, g);
     backend_free(be);
@@ -162,5 +264,7 @@ int main(void) {
     }
     safetensors_free(st);
     test_spans();
+    test_shards("ref");
+    test_shards("cpu");
     return test_report("test_optim");
 }

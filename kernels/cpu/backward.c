@@ -719,8 +719,14 @@ static void adamw_range(float *restrict p, const float *restrict g, float gscale
 #pragma omp simd
     for (size_t j = i; j < i1; j++) {
         float gj = g[j] * gscale;
+#ifdef __AVX512F__ /* the body's fused multiply-adds: an element's result does not depend on
+                    * where it falls in the pass (a --zero 1 slice edge, a chunk's tail) */
+        float mj = fmaf(b1, m[j], a1 * gj);
+        float vj = fmaf(b2, v[j], a2 * gj * gj);
+#else
         float mj = b1 * m[j] + a1 * gj;
         float vj = b2 * v[j] + a2 * gj * gj;
+#endif
         m[j] = mj;
         v[j] = vj;
         p[j] = p[j] * decay - step * mj / (sqrtf(vj * ib2) + eps);

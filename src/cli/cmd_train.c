@@ -133,6 +133,9 @@ static int banner_line(Banner *b, const char *s) {
         return 0;
     /* libevent inside mpirun, while it tears an aborted job down */
     if (!strncmp(s, "[warn] Epoll ", 13)) return 0;
+    /* mpirun failing to show one of its help banners while it aborts the job (seen on a SIGSTOP
+     * timeout: "ORTE_ERROR_LOG: Out of resource in file .../show_help.c"); other errors show */
+    if (s[0] == '[' && strstr(s, "ORTE_ERROR_LOG") && strstr(s, "show_help.c")) return 0;
     if (b->in) return 0;
     if (!strncmp(s, "tuna", 4)) {
         unsigned long h = hash_line(s);
