@@ -4,6 +4,8 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include "xalloc.h"
+
 #ifdef TUNA_HAVE_MPI
 #include <mpi.h>
 
@@ -119,3 +121,64 @@ void dist_barrier(void) {}
 void dist_finalize(void) {}
 
 #endif
+
+// --- non-blocking sums
+
+#ifdef TUNA_HAVE_MPI
+
+int dist_isum_floats(DistPending *p, float *x, size_t n, TunaErr *err) {
+    if (world == 1) return 0;
+    while (n) {
+        int k = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 16;
+            p->req = xrealloc(p->req, sizeof(MPI_Request) * (size_t)p->cap);
+        }
+        MPI_Request *r = (MPI_Request *)p->req + p->n;
+        if (MPI_Iallreduce(MPI_IN_PLACE, x, k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, r) !=
+            MPI_SUCCESS)
+            return tuna_errf(err, TUNA_EIO, "MPI_Iallreduce of %d values failed", k);
+        p->n++;
+        x += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int dist_test(DistPending *p) {
+    int done = 1;
+    if (p->n) MPI_Testall(p->n, p->req, &done, MPI_STATUSES_IGNORE);
+    return done;
+}
+
+int dist_wait(DistPending *p, TunaErr *err) {
+    int n = p->n;
+    p->n = 0;
+    if (n && MPI_Waitall(n, p->req, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+        return tuna_errf(err, TUNA_EIO, "MPI_Waitall of %d gradient sums failed", n);
+    return 0;
+}
+
+#else
+
+int dist_isum_floats(DistPending *p, float *x, size_t n, TunaErr *err) {
+    (void)p, (void)x, (void)n, (void)err;
+    return 0;
+}
+int dist_test(DistPending *p) {
+    (void)p;
+    return 1;
+}
+int dist_wait(DistPending *p, TunaErr *err) {
+    (void)err;
+    p->n = 0;
+    return 0;
+}
+
+#endif
+
+void dist_pending_free(DistPending *p) {
+    free(p->req);
+    p->req = NULL;
+    p->n = p->cap = 0;
+}
