@@ -44,4 +44,7 @@ int dist_test(DistPending *p);
 int dist_wait(DistPending *p, TunaErr *err);
 void dist_pending_free(DistPending *p);
 
+/* Copies root's buf[0..n) to every rank (MPI_Bcast; a no-op in a world of one). */
+int dist_bcast_bytes(void *buf, size_t n, int root, TunaErr *err);
+
 #endif
