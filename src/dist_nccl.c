@@ -55,8 +55,8 @@ int dist_nccl_init(TunaErr *err) {
     nr = ncclCommInitRank(&comm, dist_world(), id, dist_rank());
     if (nr != ncclSuccess) {
         cudaStreamDestroy(stream);
-        return tuna_errf(err, TUNA_EIO, "ncclCommInitRank (rank %d of %d, GPU %d): %s",
-                         dist_rank(), dist_world(), dev, ncclGetErrorString(nr));
+        return tuna_errf(err, TUNA_EIO, "ncclCommInitRank (rank %d of %d, GPU %d): %s", dist_rank(),
+                         dist_world(), dev, ncclGetErrorString(nr));
     }
     joined = 1;
     device = dev;

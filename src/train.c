@@ -212,13 +212,13 @@ typedef struct GradBucket {
 typedef struct GradSync {
     Run *r;
     GradBucket *b;
-    int nb, next;   /* next: the first bucket not started in this step */
-    float *host;    /* device backends: the buckets' host copies (download, sum, upload) */
+    int nb, next; /* next: the first bucket not started in this step */
+    float *host;  /* device backends: the buckets' host copies (download, sum, upload) */
     DistPending pend;
-    int rc;         /* the first failure inside the hook, reported after the backward */
+    int rc; /* the first failure inside the hook, reported after the backward */
     TunaErr err;
-    double t_comm;  /* seconds this rank spent in communication calls (not hidden by compute) */
-    double t_step;  /* seconds of the steps' forward, backward and sums */
+    double t_comm; /* seconds this rank spent in communication calls (not hidden by compute) */
+    double t_step; /* seconds of the steps' forward, backward and sums */
     long steps;
 } GradSync;
 
