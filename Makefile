@@ -72,6 +72,22 @@ CUDA_LIBS  := -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcublas -lcudart
 NVCCFLAGS  := -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-fPIC -Werror all-warnings -DTUNA_HAVE_CUDA=1
 endif
 
+# NCCL (GPUs): src/dist_nccl.c sums device buffers over the ranks with ncclAllReduce where nvcc
+# and nccl.h are found (as the CUDA backend); only tests/test_nccl links NCCL and the CUDA runtime
+# (GPU data-parallel training waits for GPU training, issue 14), so ./tuna does not need them.
+ifneq ($(NVCC),)
+NCCL_H     := $(firstword $(wildcard $(CUDA_DIR)/include/nccl.h /usr/local/include/nccl.h /usr/include/nccl.h))
+endif
+ifneq ($(NCCL_H),)
+NCCL_LIB   := $(firstword $(wildcard $(CUDA_DIR)/lib/libnccl.so $(CUDA_DIR)/lib64/libnccl.so \
+                  /usr/local/lib/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so))
+NCCL_LIBS  := -L$(dir $(NCCL_LIB)) -Wl,-rpath,$(dir $(NCCL_LIB)) -lnccl \
+              -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart
+$(BUILD)/src/dist_nccl.o: CFLAGS += -DTUNA_HAVE_NCCL=1 -isystem $(dir $(NCCL_H)) -isystem $(CUDA_DIR)/include
+$(BUILD)/tests/test_nccl: private CFLAGS += -DTUNA_HAVE_NCCL=1 -isystem $(CUDA_DIR)/include
+$(BUILD)/tests/test_nccl: private LDLIBS += $(NCCL_LIBS)
+endif
+
 # MPI=1: data-parallel training (src/dist.c) with Open MPI's flags; without it dist.c is a world
 # of one. `make test` builds MPI=1 where mpicc is installed (tests/test_mpi.sh).
 MPI      ?=

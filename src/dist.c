@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xalloc.h"
+
 #ifdef TUNA_HAVE_MPI
 #include <mpi.h>
 #include <pthread.h>
@@ -343,3 +345,78 @@ int dist_gather_floats(const float *mine, float *all, const size_t *counts, Tuna
 }
 
 #endif
+
+// --- non-blocking sums
+
+#ifdef TUNA_HAVE_MPI
+
+int dist_isum_floats(DistPending *p, float *x, size_t n, TunaErr *err) {
+    if (world == 1) return 0;
+    while (n) {
+        int k = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 16;
+            p->req = xrealloc(p->req, sizeof(MPI_Request) * (size_t)p->cap);
+        }
+        MPI_Request *r = (MPI_Request *)p->req + p->n;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, x, k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, r);
+        if (rc != MPI_SUCCESS) return failed("MPI_Iallreduce", rc, err);
+        p->n++;
+        x += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int dist_bcast_bytes(void *buf, size_t n, int root, TunaErr *err) {
+    if (world == 1) return 0;
+    if (n > (size_t)INT_MAX) return tuna_errf(err, TUNA_EINVAL, "broadcast of %zu bytes", n);
+    dist_enter("MPI_Bcast");
+    int rc = MPI_Bcast(buf, (int)n, MPI_BYTE, root, MPI_COMM_WORLD);
+    dist_leave();
+    return rc == MPI_SUCCESS ? 0 : failed("MPI_Bcast", rc, err);
+}
+
+int dist_test(DistPending *p) {
+    int done = 1;
+    if (p->n) MPI_Testall(p->n, p->req, &done, MPI_STATUSES_IGNORE);
+    return done;
+}
+
+int dist_wait(DistPending *p, TunaErr *err) {
+    int n = p->n;
+    p->n = 0;
+    if (!n) return 0;
+    dist_enter("MPI_Waitall (gradient buckets)");
+    int rc = MPI_Waitall(n, p->req, MPI_STATUSES_IGNORE);
+    dist_leave();
+    return rc == MPI_SUCCESS ? 0 : failed("MPI_Waitall", rc, err);
+}
+
+#else
+
+int dist_isum_floats(DistPending *p, float *x, size_t n, TunaErr *err) {
+    (void)p, (void)x, (void)n, (void)err;
+    return 0;
+}
+int dist_bcast_bytes(void *buf, size_t n, int root, TunaErr *err) {
+    (void)buf, (void)n, (void)root, (void)err;
+    return 0;
+}
+int dist_test(DistPending *p) {
+    (void)p;
+    return 1;
+}
+int dist_wait(DistPending *p, TunaErr *err) {
+    (void)err;
+    p->n = 0;
+    return 0;
+}
+
+#endif
+
+void dist_pending_free(DistPending *p) {
+    free(p->req);
+    p->req = NULL;
+    p->n = p->cap = 0;
+}

@@ -53,4 +53,25 @@ int dist_allgather_floats(float *x, const size_t *counts, TunaErr *err);
  * world of one copies mine into all. */
 int dist_gather_floats(const float *mine, float *all, const size_t *counts, TunaErr *err);
 
+// --- non-blocking sums (the gradient buckets of src/train.c)
+
+/* The sums started and not yet waited for, owned by the caller: zero it to start ({0}), free
+ * it with dist_pending_free. One thread (the one that joined) uses it. */
+typedef struct DistPending {
+    void *req; /* MPI_Request[cap] */
+    int n, cap;
+} DistPending;
+/* Starts the in-place sum over the ranks of x[0..n) (MPI_Iallreduce; several when n exceeds an
+ * int) and returns; x must stay untouched until dist_wait. Every rank starts the same sums in the
+ * same order. A no-op in a world of one. */
+int dist_isum_floats(DistPending *p, float *x, size_t n, TunaErr *err);
+/* Drives the started sums on (MPI_Testall): 1 when all are done, 0 when some are not. */
+int dist_test(DistPending *p);
+/* Waits for all the started sums; p is then empty (its memory kept). */
+int dist_wait(DistPending *p, TunaErr *err);
+void dist_pending_free(DistPending *p);
+
+/* Copies root's buf[0..n) to every rank (MPI_Bcast; a no-op in a world of one). */
+int dist_bcast_bytes(void *buf, size_t n, int root, TunaErr *err);
+
 #endif

@@ -103,6 +103,8 @@ struct TrainState {
     int rows_on;
     TrainRowFn row_fn;
     TrainHiddenFn hidden_fn; /* train_step_hidden: the caller's head instead of the LM head */
+    TrainGradFn grad_fn;     /* train_set_grad_hook's, or NULL */
+    void *grad_ctx;
     void *hidden_ctx;
     void *row_ctx;
     double *row_logp;
@@ -434,6 +436,7 @@ static void add_tp(TrainState *ts, const char *name, float *data, float *grad, s
     p->shape[0] = d0;
     p->shape[1] = d1;
     p->decay = decay;
+    p->layer = -1; /* the callers that know better set it */
     ts->n_trainable += n;
 }
 
@@ -574,12 +577,18 @@ static int init_full(TrainState *ts, TunaErr *err) {
     }
     ts->grads = balloc(ts, ts->g1 - ts->g0, &fail);
     if (fail) return TS_NOMEM;
+    size_t *lo = xmalloc(sizeof(size_t) * 2 * (size_t)c->L), *hi = lo + c->L;
+    for (int l = 0; l < c->L; l++)
+        layer_range(m, l, &lo[l], &hi[l]);
     for (int i = 0; i < m->n_pinfo; i++) {
         const ParamInfo *p = &m->pinfo[i];
         if (p->off < ts->g0 || p->off + p->n > ts->g1) continue;
         add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
                p->shape[0], p->shape[1], p->ndim == 2);
+        for (int l = 0; l < c->L; l++)
+            if (p->off >= lo[l] && p->off + p->n <= hi[l]) ts->tp[ts->n_tp - 1].layer = l;
     }
+    free(lo);
     return 0;
 }
 
@@ -754,11 +763,14 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         site_path(m, lm->layer, lm->site, path, sizeof path);
         snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", path);
         add_tp(ts, name, lm->A, lm->dA, na, 2, r, lm->in, 1);
+        ts->tp[ts->n_tp - 1].layer = lm->layer;
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", path);
         add_tp(ts, name, lm->B, lm->dB, nb, 2, lm->out, r, 1);
+        ts->tp[ts->n_tp - 1].layer = lm->layer;
         if (nm) { /* 1-D but decayed, as transformers' get_decay_parameter_names has it */
             snprintf(name, sizeof name, "base_model.model.%s.lora_magnitude_vector", path);
             add_tp(ts, name, lm->mag, lm->dmag, nm, 1, lm->out, 0, 1);
+            ts->tp[ts->n_tp - 1].layer = lm->layer;
         }
         off += na + nb + nm;
         if (ts->ckpt && lm->layer > 0) { /* every layer has the same sites */
@@ -1232,6 +1244,11 @@ int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err) {
 
 void train_set_step_seed(TrainState *ts, uint64_t step) {
     ts->step_seed = step;
+}
+
+void train_set_grad_hook(TrainState *ts, TrainGradFn fn, void *ctx) {
+    ts->grad_fn = fn;
+    ts->grad_ctx = ctx;
 }
 
 void train_zero_grad(TrainState *ts) {
@@ -1901,14 +1918,17 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
     if (backward) {
         zero(ts, ts->dx, (size_t)M * C);
         norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
-        for (int l = c->L - 1; l >= 0; l--)
+        for (int l = c->L - 1; l >= 0; l--) {
             layer_bwd(ts, l, Bn);
+            if (ts->grad_fn) ts->grad_fn(ts->grad_ctx, l);
+        }
         if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
         if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
         if (c->learned_pos && G(ts, m->wpe))
             op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
         if (ts->P && !ts->pre_frozen) prefix_backward(ts);
         if (ts->VT) prompt_backward(ts, Bn);
+        if (ts->grad_fn) ts->grad_fn(ts->grad_ctx, -1);
     }
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);

@@ -82,6 +82,8 @@ typedef struct TrainParam {
     int ndim;
     int64_t shape[2];
     int decay; /* 0 for norms and biases (no weight decay) */
+    int layer; /* the decoder layer whose backward makes this gradient, -1 for none (embeddings,
+                  final norm, head, prefix, prompt, trainable tokens) */
 } TrainParam;
 
 typedef struct TrainState TrainState;
@@ -148,6 +150,15 @@ typedef void (*TrainHiddenFn)(void *ctx, Backend *be, const float *hidden, float
                               int T, int C);
 int train_step_hidden(TrainState *ts, const int32_t *ids, int B_used, TrainHiddenFn fn, void *ctx,
                       int backward, TunaErr *err);
+
+/* A gradient hook: the backward of train_step_fb (and _rows, _hidden) calls fn(ctx, l) as soon
+ * as the gradients of decoder layer l (the TrainParams of .layer l) are final for this call, for
+ * l = L-1 down to 0, then fn(ctx, -1) when all are (those of layer -1 last). The backend may still
+ * be running the work queued before: sync before reading. Data-parallel training starts a layer's
+ * allreduce there while the backward goes on (src/train.c); the engine knows nothing of it.
+ * fn NULL: no hook (the default). The forward-only calls never call it. */
+typedef void (*TrainGradFn)(void *ctx, int layer);
+void train_set_grad_hook(TrainState *ts, TrainGradFn fn, void *ctx);
 
 /* The row length T of the next train_step_fb calls: 1 <= T <= the T of train_state_init (the
  * buffers keep their size; a shorter T only does less work). Each row's positions restart at

@@ -173,8 +173,8 @@ static int shared_control(Run *r) {
 }
 
 /* Data parallel: the gradients summed over the ranks, in place, before the norm, the clip and
- * the step (every rank then takes the same step). One allreduce per tensor after the whole
- * backward; bucketing and overlap with the backward are later work. */
+ * the step (every rank then takes the same step). With buckets (grad_sync below) this is only
+ * the fallback of TUNA_BUCKET_MB=0: one blocking allreduce per tensor after the whole backward. */
 static int sum_grads(Run *r, TunaErr *err) {
     int np, rc = r->be->ops->sync(r->be);
     if (rc) return tuna_errf(err, rc, "%s", r->be->err.msg);
@@ -196,6 +196,164 @@ static int sum_grads(Run *r, TunaErr *err) {
     return rc;
 }
 
+// --- gradient buckets overlapped with the backward
+
+/* A bucket: one contiguous range of gradient memory (consecutive layers' tensors, about
+ * TUNA_BUCKET_MB), summed by one non-blocking allreduce started as soon as the backward has
+ * finished its lowest layer (train_set_grad_hook); layer -1: after the whole backward (the
+ * embeddings, final norm and head, which go last). */
+typedef struct GradBucket {
+    float *grad; /* backend memory */
+    size_t n;
+    size_t off; /* device backends: where its host copy lies in GradSync.host */
+    int layer;
+} GradBucket;
+
+typedef struct GradSync {
+    Run *r;
+    GradBucket *b;
+    int nb, next; /* next: the first bucket not started in this step */
+    float *host;  /* device backends: the buckets' host copies (download, sum, upload) */
+    DistPending pend;
+    int rc; /* the first failure inside the hook, reported after the backward */
+    TunaErr err;
+    double t_comm; /* seconds this rank spent in communication calls (not hidden by compute) */
+    double t_step; /* seconds of the steps' forward, backward and sums */
+    long steps;
+} GradSync;
+
+/* A contiguous run of gradient memory of one layer (or -1), while the buckets are built. */
+typedef struct GradSeg {
+    float *p;
+    size_t n;
+    int layer;
+} GradSeg;
+
+static int seg_cmp(const void *a, const void *b) {
+    const GradSeg *x = a, *y = b;
+    if (x->layer != y->layer) return x->layer < 0 ? 1 : y->layer < 0 ? -1 : y->layer - x->layer;
+    return x->p > y->p ? -1 : x->p < y->p; /* falling addresses: the layers lie in rising order */
+}
+
+/* The buckets of r's trainable tensors: their gradients by layer, last layer first (the order
+ * the backward finishes them), layer -1 last, each layer's from its highest address down (full
+ * fine-tuning's gradient block and LoRA's adapter block both hold the layers in rising order);
+ * neighbours in memory merged into one bucket up to cap bytes (a bucket is closed once it holds
+ * cap bytes or more). Tensors that are not neighbours make buckets of their own. */
+static GradSync *grad_sync_init(Run *r, size_t cap) {
+    int np;
+    const TrainParam *tp = train_params(r->ts, &np);
+    GradSeg *s = xmalloc(sizeof(GradSeg) * (size_t)(np ? np : 1));
+    int ns = 0;
+    for (int i = 0; i < np; i++)
+        if (tp[i].n) s[ns++] = (GradSeg){tp[i].grad, tp[i].n, tp[i].layer};
+    qsort(s, (size_t)ns, sizeof *s, seg_cmp);
+    GradSync *g = xcalloc(1, sizeof *g);
+    g->r = r;
+    g->b = xmalloc(sizeof(GradBucket) * (size_t)(np ? np : 1));
+    size_t off = 0;
+    for (int i = 0; i < ns; i++) {
+        GradBucket *cur = g->nb ? &g->b[g->nb - 1] : NULL;
+        int below = cur && s[i].p + s[i].n == cur->grad; /* the layer before, just below */
+        int above = cur && cur->grad + cur->n == s[i].p;
+        if (cur && (below || above) && cur->n * sizeof(float) < cap) {
+            if (below) cur->grad = s[i].p;
+            cur->n += s[i].n;
+            cur->layer = s[i].layer; /* the segments come in falling layer order, -1 last */
+        } else {
+            g->b[g->nb++] = (GradBucket){s[i].p, s[i].n, 0, s[i].layer};
+        }
+    }
+    for (int i = 0; i < g->nb; i++) {
+        g->b[i].off = off;
+        off += g->b[i].n;
+    }
+    if (!r->be->ops->host_memory) g->host = xmalloc(sizeof(float) * (off ? off : 1));
+    free(s);
+    return g;
+}
+
+static void grad_sync_free(GradSync *g) {
+    if (!g) return;
+    dist_pending_free(&g->pend);
+    free(g->host);
+    free(g->b);
+    free(g);
+}
+
+/* The hook (train_set_grad_hook) on the step's last micro-batch: starts every bucket whose layers
+ * the backward has finished (all at layer -1), then drives the started ones on (MPI_Test). */
+static void grad_ready(void *ctx, int layer) {
+    GradSync *g = ctx;
+    Backend *be = g->r->be;
+    double t0 = time_now();
+    if (g->rc) return;
+    if (g->next < g->nb && (layer < 0 || g->b[g->next].layer >= layer)) {
+        int rc = be->ops->sync(be); /* the layer's work done (a no-op on the cpu backend) */
+        if (rc) g->rc = tuna_errf(&g->err, rc, "%s", be->err.msg);
+    }
+    while (!g->rc && g->next < g->nb && (layer < 0 || g->b[g->next].layer >= layer)) {
+        GradBucket *b = &g->b[g->next++];
+        float *x = b->grad;
+        if (!be->ops->host_memory) { /* device memory: summed through a host copy */
+            x = g->host + b->off;
+            be->ops->download(be, x, b->grad, sizeof(float) * b->n);
+        }
+        g->rc = dist_isum_floats(&g->pend, x, b->n, &g->err);
+    }
+    dist_test(&g->pend);
+    g->t_comm += time_now() - t0;
+}
+
+/* After the backward: waits for the step's sums (device backends: the sums uploaded back). */
+static int grad_sync_wait(GradSync *g, TunaErr *err) {
+    Backend *be = g->r->be;
+    double t0 = time_now();
+    int rc = g->rc;
+    g->rc = 0;
+    if (rc) {
+        if (err) *err = g->err;
+        return rc;
+    }
+    if (g->next != g->nb) return tuna_errf(err, TUNA_EINVAL, "gradient buckets left unsent");
+    g->next = 0;
+    rc = dist_wait(&g->pend, err);
+    for (int i = 0; !rc && !be->ops->host_memory && i < g->nb; i++)
+        be->ops->upload(be, g->b[i].grad, g->host + g->b[i].off, sizeof(float) * g->b[i].n);
+    g->t_comm += time_now() - t0;
+    return rc;
+}
+
+/* TUNA_BUCKET_MB: the bucket size (default 25 MB, as PyTorch DDP); 0 turns the buckets off (one
+ * blocking allreduce per tensor after the backward). */
+static double bucket_mb(void) {
+    const char *e = getenv("TUNA_BUCKET_MB");
+    double v = e && *e ? atof(e) : 25.0;
+    return v < 0 ? 0 : v;
+}
+
+/* The log line on how much of the step communication took, not hidden by the backward. */
+static void grad_sync_report(Run *r) {
+    GradSync *g = r->gsync;
+    if (!g || !g->steps) return;
+    double mb = bucket_mb();
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "data parallel: gradient sums %s: %.1f ms per step not hidden by compute, of %.1f ms "
+             "per step (forward, backward, sums) over %ld steps (rank %d)",
+             mb > 0 ? "in buckets" : "after the backward", 1e3 * g->t_comm / (double)g->steps,
+             1e3 * g->t_step / (double)g->steps, g->steps, r->rank);
+    if (mb > 0) {
+        size_t n = 0;
+        for (int i = 0; i < g->nb; i++)
+            n += g->b[i].n;
+        size_t len = strlen(msg);
+        snprintf(msg + len, sizeof msg - len, "; %d buckets (cut at %.3g MB), %.2f MB in all",
+                 g->nb, mb, (double)n * 4.0 / 1e6);
+    }
+    emit_log(r, "info", msg);
+}
+
 /* Data parallel with --threads 0: this rank's share of the cores it may run on (the cores over
  * the ranks on this host, or the cores mpirun bound it to). */
 static void dist_threads(Run *r) {
@@ -215,6 +373,7 @@ static void dist_threads(Run *r) {
 
 static void run_close(Run *r) {
     free(r->dist_buf);
+    grad_sync_free(r->gsync);
     if (r->have_opt) optim_free(&r->opt);
     if (r->have_vh) {
         optim_free(&r->vh_opt);
@@ -741,6 +900,9 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     train_zero_grad(r->ts);
     /* each rank its own dropout masks (the same seed as before in one process) */
     train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
+    double mb = r->world > 1 ? bucket_mb() : 0, t0 = time_now();
+    if (r->world > 1 && !r->gsync) r->gsync = grad_sync_init(r, (size_t)(mb * 1e6));
+    GradSync *g = mb > 0 ? r->gsync : NULL;
     double loss_sum = 0;
     for (int a = 0; a < GA && !rc; a++) {
         double s;
@@ -748,13 +910,20 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         rc = train_set_seq_len(r->ts, lp->Ts[a], err);
         if (!rc && lp->sg) rc = train_set_spans(r->ts, lp->sg + a * slot, err);
         if (rc) break;
+        /* the buckets start during the last micro-batch's backward (the others accumulate) */
+        train_set_grad_hook(r->ts, g && a == GA - 1 ? grad_ready : NULL, g);
         rc = train_step_fb(r->ts, lp->ids + a * slot, lp->tg + a * slot, B,
                            *n_t ? 1.0f / (float)*n_t : 0.0f, 1, &s, &c, err);
         loss_sum += s;
     }
+    train_set_grad_hook(r->ts, NULL, NULL);
     if (!rc && r->world > 1) { /* the ranks' gradients and losses summed */
-        rc = sum_grads(r, err);
+        double t1 = time_now();
+        rc = g ? grad_sync_wait(g, err) : sum_grads(r, err);
+        if (!g) r->gsync->t_comm += time_now() - t1;
         if (!rc) rc = dist_sum_doubles(&loss_sum, 1, err);
+        r->gsync->t_step += time_now() - t0;
+        r->gsync->steps++;
     }
     out->loss = *n_t ? loss_sum / *n_t : 0;
     return rc;
@@ -1390,6 +1559,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     lp.t_last = time_now();
     lp.start_step = lp.saved_at = r.step;
     rc = run_loop(&r, &lp, err);
+    grad_sync_report(&r);
     rc = run_finish(&r, &lp, rc, err);
     if (hooks && hooks->stopped) *hooks->stopped = !rc && !strcmp(lp.status, "stopped");
     free(lp.ids);

@@ -74,6 +74,7 @@ typedef struct Run {
     int rank, world; /* data parallel (dist.h): rank 0 alone writes files, events and lines */
     float *dist_buf; /* sum_grads' host copy of a device gradient */
     size_t dist_cap;
+    struct GradSync *gsync; /* the gradient buckets (src/train.c); NULL in one process */
 } Run;
 
 // --- src/train_out.c: events (metrics.jsonl and the hook)

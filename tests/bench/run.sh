@@ -54,6 +54,9 @@ sh tests/bench/bench_memory.sh "$VENV" || status=1
 echo "=== old vs new tuna (OLD=${OLD:-d6528ad}): generation and LoRA training ==="
 sh tests/bench/bench_versions.sh || status=1
 
+# data parallel (issue 17): 1 process x 2 threads vs 2 processes x 1 thread (skips without MPI)
+echo "=== data-parallel scaling: 1 x 2 threads vs 2 MPI processes x 1 thread (SmolLM2 LoRA, GPT-2 full) ===" && sh tests/bench/bench_mpi.sh "$VENV" || status=1
+
 # --- C micro-benchmarks (build/bench/bench_*, built by `make bench`) -------------------------
 for b in build/bench/bench_*; do
 	[ -f "$b" ] && [ -x "$b" ] || continue
