@@ -9,6 +9,7 @@
 #   make test-interop   PEFT/transformers load tuna's adapters and exports and vice versa (needs $(VENV))
 #   make fuzz           libFuzzer targets, each run FUZZ_SECONDS (60) (clang)
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
+#   make venv           creates $(VENV) from PyPI (torch, transformers, peft, trl, gguf, llama-cpp-python)
 #   make format / format-check / lint
 #   MPI=1               data-parallel training over MPI (libopenmpi-dev; `tuna train --nproc N`)
 #   WERROR=0            escape hatch for -Werror;  SAN=address,undefined  sanitizer build
@@ -108,7 +109,7 @@ $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test test-unit test-san test-interop bench fuzz fixtures run format format-check lint clean
+.PHONY: all deps venv test test-unit test-san test-interop bench fuzz fixtures run format format-check lint clean
 all: tuna
 
 deps:
@@ -179,6 +180,16 @@ test-san:
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
 	@ASAN_OPTIONS=detect_leaks=1 TUNA_BIN=build-san/tuna sh tests/run_tests.sh build-san \
 		$(addprefix build-san/tests/,$(SAN_TESTS))
+
+# The Python reference tooling, once, outside the repo (several GB of wheels from PyPI): torch,
+# transformers, peft, trl, gguf and llama-cpp-python (built from source: cmake, a compiler).
+# For make test-interop, make bench and make fixtures; make test needs none of it.
+VENV_PKGS ?= torch transformers peft trl safetensors numpy gguf sentencepiece llama-cpp-python
+venv: $(VENV)/bin/python
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(VENV_PKGS)
 
 # Python peft/transformers load tuna's adapters and exports, and tuna loads peft's (needs $(VENV)).
 test-interop: tuna

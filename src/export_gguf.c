@@ -148,6 +148,93 @@ static const char *bytelevel_pre(const cJSON *pt) {
     return NULL;
 }
 
+/* tokenizer.json's merges as "a b" strings (*k of them); with spm, a piece's score is minus the
+ * rank of the merge that makes it (score[id], n ids; a merge without its space scores nothing). */
+static char **read_merges(const cJSON *merges, const cJSON *vocab, int spm, int n, float *score,
+                          int *k_out) {
+    const cJSON *it;
+    int nm = cJSON_GetArraySize(merges), k = 0;
+    char **ms = xcalloc((size_t)(nm ? nm : 1), sizeof *ms);
+    cJSON_ArrayForEach(it, merges) {
+        if (cJSON_IsString(it)) {
+            ms[k] = xstrdup(it->valuestring);
+        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2) {
+            const char *a = cJSON_GetArrayItem(it, 0)->valuestring,
+                       *b = cJSON_GetArrayItem(it, 1)->valuestring;
+            if (!a || !b) continue;
+            ms[k] = xmalloc(strlen(a) + strlen(b) + 2);
+            sprintf(ms[k], "%s %s", a, b);
+        } else {
+            continue;
+        }
+        if (spm && strchr(ms[k], ' ')) { /* a merge without its space scores nothing */
+            char *sp = strchr(ms[k], ' ');
+            char *joined = xmalloc(strlen(ms[k]) + 1);
+            memcpy(joined, ms[k], (size_t)(sp - ms[k]));
+            strcpy(joined + (sp - ms[k]), sp + 1);
+            const cJSON *id = jget(vocab, joined);
+            if (cJSON_IsNumber(id) && id->valueint >= 0 && id->valueint < n &&
+                score[id->valueint] == 0)
+                score[id->valueint] = -(float)(k + 1);
+            free(joined);
+        }
+        k++;
+    }
+    *k_out = k;
+    return ms;
+}
+
+/* tokenizer.ggml's special ids and flags and the chat template, from dir/tokenizer_config.json,
+ * tokenizer.json (root: its unk_token and post-processor) and the model config; tok/tt: the
+ * n tokens and their types as written. */
+static void tok_specials(GgufWriter *w, const char *dir, const cJSON *root, const ModelConfig *c,
+                         const char *tpl, char *const *tok, const int32_t *tt, int n, int spm) {
+    char path[4200];
+    size_t len;
+    const cJSON *unk = jget(jget(root, "model"), "unk_token");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    char *txt = xread_file(path, &len);
+    cJSON *cfg = txt ? cJSON_ParseWithLength(txt, len) : NULL;
+    free(txt);
+    const char *names[3] = {cfg_token(cfg, "bos_token"), cfg_token(cfg, "eos_token"),
+                            cfg_token(cfg, "pad_token")};
+    int ids[3] = {c->bos_id, c->n_eos ? c->eos_ids[0] : -1, -1};
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; names[s] && i < n; i++)
+            if (!strcmp(tok[i], names[s])) {
+                ids[s] = i;
+                break;
+            }
+    static const char *const keys[3] = {"tokenizer.ggml.bos_token_id",
+                                        "tokenizer.ggml.eos_token_id",
+                                        "tokenizer.ggml.padding_token_id"};
+    for (int s = 0; s < 3; s++)
+        if (ids[s] >= 0) gguf_w_u32(w, keys[s], (uint32_t)ids[s]);
+    for (int i = 0; cJSON_IsString(unk) && i < n; i++)
+        if (tt[i] == TT_UNKNOWN) {
+            gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)i);
+            break;
+        }
+    const cJSON *ab = jget(cfg, "add_bos_token");
+    int add_bos = cJSON_IsBool(ab) ? cJSON_IsTrue(ab) : spm;
+    /* a Template post-processor that starts with the BOS adds it */
+    const cJSON *pp = jget(root, "post_processor");
+    if (!cJSON_IsBool(ab) && pp && ids[0] >= 0) {
+        char *pps = cJSON_PrintUnformatted(pp);
+        add_bos = pps && strstr(pps, "\"single\":[{\"SpecialToken\":{\"id\":") &&
+                  strstr(pps, tok[ids[0]]);
+        free(pps);
+    }
+    gguf_w_bool(w, "tokenizer.ggml.add_bos_token", add_bos);
+    const cJSON *ae = jget(cfg, "add_eos_token");
+    gguf_w_bool(w, "tokenizer.ggml.add_eos_token", cJSON_IsTrue(ae));
+    const char *own_tpl = NULL;
+    const cJSON *ct = jget(cfg, "chat_template");
+    if (cJSON_IsString(ct)) own_tpl = ct->valuestring;
+    if (tpl || own_tpl) gguf_w_str(w, "tokenizer.chat_template", tpl ? tpl : own_tpl);
+    cJSON_Delete(cfg);
+}
+
 /* tokenizer.ggml.* built from dir/tokenizer.json (+ tokenizer_config.json), as
  * convert_hf_to_gguf.py does: "gpt2" for byte-level BPE, "llama" for SentencePiece-style BPE
  * (byte fallback; scores ranked by merge order); vocabulary padded to V with [PAD{i}]. */
@@ -203,34 +290,8 @@ static int tok_from_hf(GgufWriter *w, const char *dir, const ModelConfig *c, con
         goto free_vocab;
     }
     const cJSON *unk = jget(model, "unk_token");
-    /* merges as "a b"; a SentencePiece score is minus the rank of the merge making the piece */
-    int nm = cJSON_GetArraySize(merges), k = 0;
-    char **ms = xcalloc((size_t)(nm ? nm : 1), sizeof *ms);
-    cJSON_ArrayForEach(it, merges) {
-        if (cJSON_IsString(it)) {
-            ms[k] = xstrdup(it->valuestring);
-        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2) {
-            const char *a = cJSON_GetArrayItem(it, 0)->valuestring,
-                       *b = cJSON_GetArrayItem(it, 1)->valuestring;
-            if (!a || !b) continue;
-            ms[k] = xmalloc(strlen(a) + strlen(b) + 2);
-            sprintf(ms[k], "%s %s", a, b);
-        } else {
-            continue;
-        }
-        if (spm && strchr(ms[k], ' ')) { /* a merge without its space scores nothing */
-            char *sp = strchr(ms[k], ' ');
-            char *joined = xmalloc(strlen(ms[k]) + 1);
-            memcpy(joined, ms[k], (size_t)(sp - ms[k]));
-            strcpy(joined + (sp - ms[k]), sp + 1);
-            const cJSON *id = jget(vocab, joined);
-            if (cJSON_IsNumber(id) && id->valueint >= 0 && id->valueint < n &&
-                score[id->valueint] == 0)
-                score[id->valueint] = -(float)(k + 1);
-            free(joined);
-        }
-        k++;
-    }
+    int k;
+    char **ms = read_merges(merges, vocab, spm, n, score, &k);
     for (int i = 0; i < n; i++) {
         if (!tok[i]) {
             char pad[32];
@@ -252,48 +313,7 @@ static int tok_from_hf(GgufWriter *w, const char *dir, const ModelConfig *c, con
     if (spm) gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_F32, score, (uint64_t)n);
     gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_I32, tt, (uint64_t)n);
     gguf_w_arr_str(w, "tokenizer.ggml.merges", (const char *const *)ms, NULL, (uint64_t)k);
-    /* special ids and flags from tokenizer_config.json and the model config */
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    txt = xread_file(path, &len);
-    cJSON *cfg = txt ? cJSON_ParseWithLength(txt, len) : NULL;
-    free(txt);
-    const char *names[3] = {cfg_token(cfg, "bos_token"), cfg_token(cfg, "eos_token"),
-                            cfg_token(cfg, "pad_token")};
-    int ids[3] = {c->bos_id, c->n_eos ? c->eos_ids[0] : -1, -1};
-    for (int s = 0; s < 3; s++)
-        for (int i = 0; names[s] && i < n; i++)
-            if (!strcmp(tok[i], names[s])) {
-                ids[s] = i;
-                break;
-            }
-    static const char *const keys[3] = {"tokenizer.ggml.bos_token_id",
-                                        "tokenizer.ggml.eos_token_id",
-                                        "tokenizer.ggml.padding_token_id"};
-    for (int s = 0; s < 3; s++)
-        if (ids[s] >= 0) gguf_w_u32(w, keys[s], (uint32_t)ids[s]);
-    for (int i = 0; cJSON_IsString(unk) && i < n; i++)
-        if (tt[i] == TT_UNKNOWN) {
-            gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)i);
-            break;
-        }
-    const cJSON *ab = jget(cfg, "add_bos_token");
-    int add_bos = cJSON_IsBool(ab) ? cJSON_IsTrue(ab) : spm;
-    /* a Template post-processor that starts with the BOS adds it */
-    const cJSON *pp = jget(root, "post_processor");
-    if (!cJSON_IsBool(ab) && pp && ids[0] >= 0) {
-        char *pps = cJSON_PrintUnformatted(pp);
-        add_bos = pps && strstr(pps, "\"single\":[{\"SpecialToken\":{\"id\":") &&
-                  strstr(pps, tok[ids[0]]);
-        free(pps);
-    }
-    gguf_w_bool(w, "tokenizer.ggml.add_bos_token", add_bos);
-    const cJSON *ae = jget(cfg, "add_eos_token");
-    gguf_w_bool(w, "tokenizer.ggml.add_eos_token", cJSON_IsTrue(ae));
-    const char *own_tpl = NULL;
-    const cJSON *ct = jget(cfg, "chat_template");
-    if (cJSON_IsString(ct)) own_tpl = ct->valuestring;
-    if (tpl || own_tpl) gguf_w_str(w, "tokenizer.chat_template", tpl ? tpl : own_tpl);
-    cJSON_Delete(cfg);
+    tok_specials(w, dir, root, c, tpl, tok, tt, n, spm);
     for (int i = 0; i < k; i++)
         free(ms[i]);
     free(ms);

@@ -464,11 +464,9 @@ static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
     emit_log(r, "info", msg);
 }
 
-/* Checks and loads everything the run needs; touches no file. */
-static int run_open(Run *r, TunaErr *err) {
+/* --method and the options that go with it, the scheduler, --pad-to: *method set. */
+static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
     const TrainConfig *c = r->cfg;
-    int rc;
-    if ((rc = train_config_check(c, err))) return rc;
     TrainMethod method;
     if (!strcmp(c->method, "full"))
         method = METHOD_FULL;
@@ -506,6 +504,13 @@ static int run_open(Run *r, TunaErr *err) {
                          "lora");
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
+    *out = method;
+    return 0;
+}
+
+/* --stage: the objective and what each preference stage refuses. */
+static int run_check_stage(Run *r, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
     if (!(r->obj = objective_for(c->stage))) /* the stages are the rows of objectives[] */
         return tuna_errf(err, TUNA_EINVAL, "--stage: must be sft, pt, dpo, kto or rm, got \"%s\"",
                          c->stage);
@@ -560,27 +565,14 @@ static int run_open(Run *r, TunaErr *err) {
                              "--stage dpo: not with --lora-trainable-tokens (the reference, the "
                              "base with the adapter off, would see the trained rows)");
     }
-    if (c->packing == 2 &&
-        (method == METHOD_PTUNING || method == METHOD_PROMPT || method == METHOD_PTUNING_V1))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--packing neat: not with --method %s (each packed example would need "
-                         "the virtual tokens of its own); use --packing true or none",
-                         c->method);
-    int n_prompts = c->sample_prompts[0] ? 1 : 0;
-    for (const char *p = c->sample_prompts; *p; p++)
-        n_prompts += *p == '|';
-    if (n_prompts > MAX_SAMPLE_PROMPTS)
-        return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
-                         MAX_SAMPLE_PROMPTS);
-    if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
-    r->be->mm_bf16 = c->bf16;
-    if (r->world > 1) dist_threads(r);
-    ModelLoadOptions lo;
-    if ((rc = train_load_options(c, method, &lo, err))) return rc;
-    if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
-    if (r->m->n_qbytes) log_typed_base(r, &lo);
+    return 0;
+}
+
+/* The tokenizer, the template, the dataset and its split, the batcher and the step counts. */
+static int run_open_data(Run *r, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    int rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
-    r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params + r->m->n_qparams);
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
     char ph[80];
     if (template_unknown_placeholder(r->tpl, ph, sizeof ph)) {
@@ -659,6 +651,15 @@ static int run_open(Run *r, TunaErr *err) {
     r->total = (int)want;
     if (r->total < 1) return tuna_errf(err, TUNA_EINVAL, "nothing to train: 0 steps");
     r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
+    return 0;
+}
+
+/* The trainable state of the method (train_state_init), the preference stages' reference, the
+ * optimizer (sharded with --zero 1) and rm's value head. lo: the model's load options (the
+ * reference of a full or freeze run is a second load). */
+static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions *lo, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    int rc;
     TrainSetup setup = {.method = method,
                         .freeze_layers = c->freeze_layers,
                         .lora_rank = c->lora_rank,
@@ -711,7 +712,7 @@ static int run_open(Run *r, TunaErr *err) {
         }
         Model *base = r->m;
         if (method == METHOD_FULL || method == METHOD_FREEZE) {
-            if ((rc = model_load_opts(c->model, r->be, &lo, &r->ref_m, err))) return rc;
+            if ((rc = model_load_opts(c->model, r->be, lo, &r->ref_m, err))) return rc;
             base = r->ref_m;
         }
         if ((rc = train_state_init(base, &none, r->rows, r->T, &r->ref_ts, err))) return rc;
@@ -739,6 +740,38 @@ static int run_open(Run *r, TunaErr *err) {
             return rc;
         }
     }
+    return 0;
+}
+
+/* Checks and loads everything the run needs; touches no file. */
+static int run_open(Run *r, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    int rc;
+    TrainMethod method = METHOD_NONE;
+    if ((rc = train_config_check(c, err)) || (rc = run_check_method(r, &method, err)) ||
+        (rc = run_check_stage(r, err)))
+        return rc;
+    if (c->packing == 2 &&
+        (method == METHOD_PTUNING || method == METHOD_PROMPT || method == METHOD_PTUNING_V1))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--packing neat: not with --method %s (each packed example would need "
+                         "the virtual tokens of its own); use --packing true or none",
+                         c->method);
+    int n_prompts = c->sample_prompts[0] ? 1 : 0;
+    for (const char *p = c->sample_prompts; *p; p++)
+        n_prompts += *p == '|';
+    if (n_prompts > MAX_SAMPLE_PROMPTS)
+        return tuna_errf(err, TUNA_EINVAL, "--sample-prompts: %d prompts, at most %d", n_prompts,
+                         MAX_SAMPLE_PROMPTS);
+    if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
+    r->be->mm_bf16 = c->bf16;
+    if (r->world > 1) dist_threads(r);
+    ModelLoadOptions lo;
+    if ((rc = train_load_options(c, method, &lo, err))) return rc;
+    if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
+    if (r->m->n_qbytes) log_typed_base(r, &lo);
+    r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params + r->m->n_qparams);
+    if ((rc = run_open_data(r, err)) || (rc = run_open_training(r, method, &lo, err))) return rc;
     r->best_eval = (double)INFINITY;
     return 0;
 }
