@@ -246,9 +246,23 @@ int model_run_number(const char *dir, const char *file, const char *key, double 
  * model here (a folder or a .gguf file), else the --model of the run's train_config.json (the
  * base moved since); else a one-line error saying what is missing and what to give instead. */
 int model_run_base(const char *dir, char *base, size_t cap, TunaErr *err);
-/* Loads what dir holds: a model (config.json + weights, or GGUF), or an adapter run's base
- * (model_run_base) with the adapter applied. base_dir gets the folder the tokenizer comes
- * from. */
+/* The base's precision with `tuna train`'s names (model_load_options' arguments, and bf16:
+ * Backend.mm_bf16). */
+typedef struct ModelPrecision {
+    int bits, double_quant, bf16;
+    char qtype[32], dtype[32];
+} ModelPrecision;
+#define MODEL_PRECISION_INIT                                                                       \
+    { 0, 0, 0, "nf4", "auto" } /* the checkpoint's own types */
+/* The precision adapter run dir's base was trained in (its train_config.json: quantization_bit,
+ * quantization_type, double_quantization, dtype, bf16; a QLoRA run's 4-bit base), over p: the
+ * keys the run lacks leave p as it is. The one rule of chat, generate, eval and the TUI's Chat
+ * for an adapter run's base when no precision is asked for. */
+void model_run_precision(const char *dir, ModelPrecision *p);
+/* Loads what dir holds: a model (config.json + weights, or GGUF, its own types), or an adapter
+ * run's base (model_run_base) in the precision it was trained in (model_run_precision; sets
+ * be->mm_bf16 as the run had it) with the adapter applied. base_dir gets the folder the
+ * tokenizer comes from. */
 int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
                    TunaErr *err);
 

@@ -84,15 +84,31 @@ int model_run_base(const char *dir, char *base, size_t cap, TunaErr *err) {
                      dir, rec, dir);
 }
 
+void model_run_precision(const char *dir, ModelPrecision *p) {
+    const char *tc = "train_config.json";
+    double v;
+    if (!model_run_number(dir, tc, "quantization_bit", &v)) p->bits = (int)v;
+    if (!model_run_number(dir, tc, "double_quantization", &v)) p->double_quant = v != 0;
+    if (!model_run_number(dir, tc, "bf16", &v)) p->bf16 = v != 0;
+    model_run_string(dir, tc, "quantization_type", p->qtype, sizeof p->qtype);
+    model_run_string(dir, tc, "dtype", p->dtype, sizeof p->dtype);
+    if (!p->bits) p->double_quant = 0;
+}
+
 int model_load_any(const char *dir, Backend *be, Model **out, char *base_dir, size_t cap,
                    TunaErr *err) {
     *out = NULL;
     snprintf(base_dir, cap, "%s", dir);
     ModelLoadOptions lo = model_load_frozen(1 << 30, 0); /* inference: a GGUF file as stored */
     if (!model_is_adapter_run(dir)) return model_load_opts(dir, be, &lo, out, err);
+    ModelPrecision p = MODEL_PRECISION_INIT;
+    model_run_precision(dir, &p);
     int rc = model_run_base(dir, base_dir, cap, err);
-    if (!rc) rc = model_load(base_dir, be, out, err);
-    if (!rc && (rc = adapter_load(*out, dir, err))) {
+    if (!rc) rc = model_load_options(p.bits, p.qtype, p.double_quant, p.dtype, &lo, err);
+    if (rc) return rc;
+    be->mm_bf16 = p.bf16;
+    if ((rc = model_load_opts(base_dir, be, &lo, out, err))) return rc;
+    if ((rc = adapter_load(*out, dir, err))) {
         model_free(*out);
         *out = NULL;
     }

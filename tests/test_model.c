@@ -175,6 +175,25 @@ static void check_adapter_runs(void) {
     rc = be ? model_load_any(tmp, be, &m, base, sizeof base, &err) : -1;
     CHECK(!rc && m && !strcmp(base, "tests/fixtures/llama"),
           "the run's train_config.json model as the base: rc %d, base %s (%s)", rc, base, err.msg);
+    CHECK(!rc && m && !m->n_qparams && be && !be->mm_bf16, "an fp32 run: an fp32 base");
+    model_free(m);
+    m = NULL;
+    /* a run trained on an 8-bit base with bf16 products opens as it was trained, as `tuna chat`
+     * opens it (model_run_precision, the one rule) */
+    f = fopen(cmd, "w");
+    if (f)
+        fputs("{\"model\": \"tests/fixtures/llama\", \"quantization_bit\": 8, \"bf16\": true}\n",
+              f),
+                fclose(f);
+    rc = be ? model_load_any(tmp, be, &m, base, sizeof base, &err) : -1;
+    CHECK(!rc && m && m->n_qparams > 0 && be->mm_bf16,
+          "an 8-bit bf16 run: base typed (%zu values) and bf16 products (%d): rc %d (%s)",
+          m ? m->n_qparams : 0, be ? be->mm_bf16 : -1, rc, err.msg);
+    ModelPrecision p = MODEL_PRECISION_INIT;
+    model_run_precision(tmp, &p);
+    CHECK(p.bits == 8 && p.bf16 && !strcmp(p.qtype, "nf4") && !strcmp(p.dtype, "auto"),
+          "model_run_precision: %d %d %s %s", p.bits, p.bf16, p.qtype, p.dtype);
+    if (be) be->mm_bf16 = 0;
     model_free(m);
     m = NULL;
     rc = be ? model_load_any("tests/fixtures/llama", be, &m, base, sizeof base, &err) : -1;

@@ -100,18 +100,11 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
         if ((rc = model_run_base(model_dir, base, sizeof base, err))) return rc;
         adapter_dir = model_dir;
     }
-    CliPrecision p = *prec;
-    char qt[16], dt[16];
-    double v;
-    if (adapter_dir && !p.given) { /* the base as the adapter was trained on it */
-        const char *tc = "train_config.json";
-        if (!model_run_number(adapter_dir, tc, "quantization_bit", &v)) p.bits = (int)v;
-        if (!model_run_number(adapter_dir, tc, "double_quantization", &v)) p.double_quant = v != 0;
-        if (!model_run_number(adapter_dir, tc, "bf16", &v)) p.bf16 = v != 0;
-        if (!model_run_string(adapter_dir, tc, "quantization_type", qt, sizeof qt)) p.qtype = qt;
-        if (!model_run_string(adapter_dir, tc, "dtype", dt, sizeof dt)) p.dtype = dt;
-        if (!p.bits) p.double_quant = 0;
-    }
+    ModelPrecision p = {prec->bits, prec->double_quant, prec->bf16, "", ""};
+    snprintf(p.qtype, sizeof p.qtype, "%s", prec->qtype);
+    snprintf(p.dtype, sizeof p.dtype, "%s", prec->dtype);
+    /* the base as the adapter was trained on it (the TUI's Chat: the same, model_load_any) */
+    if (adapter_dir && !prec->given) model_run_precision(adapter_dir, &p);
     ModelLoadOptions lo;
     if ((rc = model_load_options(p.bits, p.qtype, p.double_quant, p.dtype, &lo, err))) return rc;
     if (!(*be = backend_init(backend, threads, err)))
