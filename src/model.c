@@ -840,6 +840,25 @@ int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din
     return 1;
 }
 
+/* DoRA on out (R, N) = W·x + bias + s·B·A·x: out = g ⊙ (out - bias) + bias, on the host (a
+ * per-column scale is not a backend op; the training forward does the same, dora_fwd). */
+static void dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N) {
+    size_t n = (size_t)R * N;
+    float *h = xmalloc(sizeof(float) * (n + (size_t)N)), *b = h + n;
+    be->ops->download(be, h, out, sizeof(float) * n);
+    if (bias)
+        be->ops->download(be, b, bias, sizeof(float) * (size_t)N);
+    else
+        memset(b, 0, sizeof(float) * (size_t)N);
+    for (int t = 0; t < R; t++)
+        for (int o = 0; o < N; o++) {
+            float *y = &h[(size_t)t * N + o];
+            *y = g[o] * (*y - b[o]) + b[o];
+        }
+    be->ops->upload(be, out, h, sizeof(float) * n);
+    free(h);
+}
+
 /* out (R, N) = in (R, K) · Wᵀ + bias, plus the unmerged LoRA of (layer l, site), if any. */
 static void linear(Model *m, int l, LoraSite site, float *out, const float *in, const float *W,
                    const float *bias, int R, int K, int N) {
@@ -852,6 +871,7 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
     op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
     op->scale(be, m->lora_t, (size_t)R * N, lo->scale);
     op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
+    if (lo->G && lo->G[l][site]) dora_scale(be, out, bias, lo->G[l][site], R, N);
 }
 
 void model_free(Model *m) {

@@ -56,6 +56,10 @@ typedef struct ModelLora {
     float scale;
     const float *(*A)[LORA_N_SITES]; /* (L) rows of per-site pointers, NULL where none */
     const float *(*B)[LORA_N_SITES];
+    /* DoRA (NULL when the adapter is plain LoRA, else rows as A's): per site the host vector g
+     * (the site's outputs) = magnitude / ||W + s·B·A|| row by row, so that the output
+     * W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, as peft's DoRA without dropout */
+    const float *(*G)[LORA_N_SITES];
 } ModelLora;
 
 /* One tensor of the checkpoint as it maps into Model.params: HF name, file shape, and where

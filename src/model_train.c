@@ -69,6 +69,7 @@ struct TrainState {
     int n_mods;
     int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
     const float *(*view_A)[LORA_N_SITES], *(*view_B)[LORA_N_SITES]; /* train_lora_view's */
+    const float *(*view_G)[LORA_N_SITES];                           /* and DoRA's g (host) */
     float lora_scale;
     /* DoRA: backend (N, widest module output) scratch for the recomputed pre-scale output and
      * the scaled output gradient, and a host copy of each */
@@ -1151,6 +1152,7 @@ void train_state_free(TrainState *ts) {
     free(ts->site_mod);
     free(ts->view_A);
     free(ts->view_B);
+    free(ts->view_G);
     free(ts->tp);
     free(ts->acts);
     free(ts->losses);
@@ -1974,28 +1976,33 @@ int train_step_hidden(TrainState *ts, const int32_t *ids, int B_used, TrainHidde
 int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
     if (ts->setup.method != METHOD_LORA)
         return tuna_errf(err, TUNA_EINVAL, "train_lora_view: the method is not LoRA");
-    if (ts->setup.lora_dora)
-        return tuna_errf(err, TUNA_EUNSUP, "DoRA does not run unmerged (no inference view yet)");
-    int L = ts->m->cfg.L, r = ts->setup.lora_rank;
+    int L = ts->m->cfg.L, r = ts->setup.lora_rank, dora = ts->setup.lora_dora;
     if (!ts->view_A) {
         ts->view_A = xcalloc((size_t)L, sizeof *ts->view_A);
         ts->view_B = xcalloc((size_t)L, sizeof *ts->view_B);
+        if (dora) ts->view_G = xcalloc((size_t)L, sizeof *ts->view_G);
     }
     static const LoraSite to_model[N_SITES] = {
             [SITE_Q] = LORA_Q,   [SITE_K] = LORA_K,      [SITE_V] = LORA_V,
             [SITE_QKV] = LORA_Q, [SITE_O] = LORA_O,      [SITE_GATE] = LORA_GATE,
             [SITE_UP] = LORA_UP, [SITE_DOWN] = LORA_DOWN};
     for (int i = 0; i < ts->n_mods; i++) {
-        const LoraMod *lm = &ts->mods[i];
+        LoraMod *lm = &ts->mods[i];
         int slices = lm->site == SITE_QKV ? 3 : 1; /* GPT-2's c_attn: q, k, v share A */
         for (int s = 0; s < slices; s++) {
             LoraSite ms = (LoraSite)(to_model[lm->site] + s);
             ts->view_A[lm->layer][ms] = lm->A;
             ts->view_B[lm->layer][ms] = lm->B + (size_t)slice_row(ts, lm->site, s) * r;
+            if (dora) ts->view_G[lm->layer][ms] = lm->g + slice_row(ts, lm->site, s);
         }
+        if (dora) dora_prepare(ts, lm); /* g from the live A, B and magnitude */
     }
     if (ts->n_tok) tokens_sync(ts);
-    *out = (ModelLora){.rank = r, .scale = ts->lora_scale, .A = ts->view_A, .B = ts->view_B};
+    *out = (ModelLora){.rank = r,
+                       .scale = ts->lora_scale,
+                       .A = ts->view_A,
+                       .B = ts->view_B,
+                       .G = dora ? ts->view_G : NULL};
     return 0;
 }
 

@@ -200,8 +200,9 @@ int train_lora_merge(TrainState *ts, TunaErr *err);
 
 /* LoRA: the adapter as the inference forward applies it unmerged (model_set_lora), pointing
  * at ts's live A and B (valid while ts lives; the pointer tables are ts's). The trainable
- * token rows are written into the embedding first, as a training step does. TUNA_EINVAL when
- * the method is not LoRA. */
+ * token rows are written into the embedding first, as a training step does. DoRA: its g
+ * (magnitude / row norm) computed now from the live weights, valid until the next step.
+ * TUNA_EINVAL when the method is not LoRA. */
 int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err);
 
 #endif

@@ -94,7 +94,6 @@ static int run_samples(Run *r, TunaErr *err) {
     if (!c->sample_prompts[0]) return 0;
     Model *m = r->m;
     int lora = train_setup(r->ts)->method == METHOD_LORA;
-    if (lora && train_setup(r->ts)->lora_dora) return 0; /* no unmerged DoRA forward yet */
     float *pre;
     int P = train_prefix(r->ts, &pre);
     if (P && (rc0 = model_set_prefix(m, pre, P, err))) return rc0;

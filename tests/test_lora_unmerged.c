@@ -4,7 +4,8 @@
  * - prefill logits of every position agree (max |Δ| <= 1e-4 of logits of about 1..10);
  * - batched decoding (model_decode_slots, two sequences) agrees with the unmerged prefill;
  * - the base is untouched: after model_set_lora(NULL) the logits are bit-identical to before;
- * on llama (RoPE, all seven sites), gpt2 (the fused c_attn sliced into q, k, v) and qwen3. */
+ * on llama (RoPE, all seven sites), gpt2 (the fused c_attn sliced into q, k, v) and qwen3; and
+ * DoRA (its g applied on the host after the product) on llama, gpt2 and qwen2 (q/k/v biases). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -35,7 +36,7 @@ static double max_diff(const float *a, const float *b, size_t n) {
     return d;
 }
 
-static void check_model(const char *dir) {
+static void check_model(const char *dir, int dora) {
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 2, &err);
     Model *m = NULL;
@@ -45,7 +46,8 @@ static void check_model(const char *dir) {
         return;
     }
     int V = m->cfg.V;
-    TrainSetup setup = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1};
+    TrainSetup setup = {
+            .method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1, .lora_dora = dora};
     TrainState *ts = NULL;
     if (train_state_init(m, &setup, 1, 16, &ts, &err)) {
         CHECK(0, "%s: %s", dir, err.msg);
@@ -56,10 +58,12 @@ static void check_model(const char *dir) {
     int np;
     const TrainParam *tp = train_params(ts, &np);
     uint64_t s = 5;
-    for (int i = 0; i < np; i++) { /* B is zero at init: random A and B */
+    for (int i = 0; i < np; i++) { /* B is zero at init: random A and B (DoRA: magnitude) */
         float *h = xmalloc(sizeof(float) * tp[i].n);
+        int mag = strstr(tp[i].name, "magnitude") != NULL;
         for (size_t j = 0; j < tp[i].n; j++)
-            h[j] = ((float)(rng(&s) % 2000) / 2000.0f - 0.5f) * 0.4f;
+            h[j] = mag ? 0.5f + (float)(rng(&s) % 2000) / 2000.0f
+                       : ((float)(rng(&s) % 2000) / 2000.0f - 0.5f) * 0.4f;
         be->ops->upload(be, tp[i].data, h, sizeof(float) * tp[i].n);
         free(h);
     }
@@ -107,8 +111,9 @@ static void check_model(const char *dir) {
         CHECK(dd <= 1e-5 * fmax(1.0, big), "%s: batched decode vs prefill differ by %.3g", dir, dd);
         CHECK(memcmp(base, again, sizeof(float) * n) == 0,
               "%s: the base is unchanged after model_set_lora(NULL)", dir);
-        printf("  %-24s unmerged vs merged %.1e, decode vs prefill %.1e (adapter moves %.2g)\n",
-               dir, dm, dd, db);
+        printf("  %-24s %s unmerged vs merged %.1e, decode vs prefill %.1e (adapter moves "
+               "%.2g)\n",
+               dir, dora ? "DoRA" : "LoRA", dm, dd, db);
     }
     free(base), free(unm), free(unm2), free(again), free(mrg), free(dec);
     train_state_free(ts);
@@ -117,9 +122,12 @@ static void check_model(const char *dir) {
 }
 
 int main(void) {
-    check_model("tests/fixtures/llama");
-    check_model("tests/fixtures/gpt2");
-    check_model("tests/fixtures/qwen3");
-    check_model("models/stories260K");
+    check_model("tests/fixtures/llama", 0);
+    check_model("tests/fixtures/gpt2", 0);
+    check_model("tests/fixtures/qwen3", 0);
+    check_model("models/stories260K", 0);
+    check_model("tests/fixtures/llama", 1);
+    check_model("tests/fixtures/gpt2", 1);
+    check_model("tests/fixtures/qwen2", 1);
     return test_report("test_lora_unmerged");
 }
