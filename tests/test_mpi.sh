@@ -7,23 +7,15 @@
 # without MPI (make MPI=1) or mpirun is missing. Run from the repo root.
 # Prints "test_mpi: N passed, N failed, N skipped"; exits non-zero on any failure.
 set -u
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL test_mpi: $*"; }
-BIN=${TUNA_BIN:-./tuna}
-done_() { echo "test_mpi: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
+NAME=test_mpi
+. tests/mpi_lib.sh
 if ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then # a plain build says so for --nproc 2
     out=$("$BIN" train --nproc 2 --model models/stories260K --dataset identity 2>&1)
     [ $? -eq 2 ] && echo "$out" | grep -q "built without MPI" && ok || bad "--nproc 2 without MPI: $out"
 fi
-if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
-    echo "SKIP test_mpi: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=$((skip + 1)); done_
-fi
+mpi_required
 W=$(mktemp -d /tmp/tuna_mpi.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-# the step losses of a metrics.jsonl, one a line
-losses() { grep '^{"type":"step"' "$1" | sed -E 's/.*"loss":([^,}]*).*/\1/'; }
 COMMON="--model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs
         --template vanilla --max-steps 20 --val-size 0 --logging-steps 1 --save-steps 0
         --lr 1e-3 --threads 1 --quiet"

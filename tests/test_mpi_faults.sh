@@ -14,23 +14,13 @@
 # Run from the repo root. Prints "test_mpi_faults: N passed, N failed, N skipped"; exits
 # non-zero on any failure.
 set -u
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL test_mpi_faults: $*"; }
-BIN=${TUNA_BIN:-./tuna}
-done_() { echo "test_mpi_faults: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
-if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
-    echo "SKIP test_mpi_faults: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=$((skip + 1)); done_
-fi
+NAME=test_mpi_faults
+. tests/mpi_lib.sh
+mpi_required
 W=$(mktemp -d /tmp/tuna_mpi_faults.XXXXXX)
 STOPPED=""
 # a rank left stopped by a failed check is woken and ended (by its pid, nothing broader)
 trap '[ -n "$STOPPED" ] && kill -CONT $STOPPED 2>/dev/null && kill -KILL $STOPPED 2>/dev/null; rm -rf "$W"' EXIT
-losses() { grep '^{"type":"step"' "$1" | sed -E 's/.*"loss":([^,}]*).*/\1/'; }
-# worst relative difference of two loss lists, one a line
-worst() { paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1;
-    r = a > 0 ? d / a : d; if (r > w) w = r} END {printf "%.3g", w + 0}'; }
 # the pid of rank R of the job whose argv holds $2 (its environment says its rank)
 rank_pid() {
     for p in $(pgrep -f -- "$2"); do

@@ -12,15 +12,9 @@
 # Run from the repo root. Prints "test_mpi_netns: N passed, N failed, N skipped"; exits non-zero
 # on any failure.
 set -u
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL test_mpi_netns: $*"; }
-BIN=${TUNA_BIN:-./tuna}
-done_() { echo "test_mpi_netns: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
-if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
-    echo "SKIP test_mpi_netns: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=$((skip + 1)); done_
-fi
+NAME=test_mpi_netns
+. tests/mpi_lib.sh
+mpi_required
 if ! command -v ip >/dev/null 2>&1; then
     echo "SKIP test_mpi_netns: no ip command (iproute2)"; skip=$((skip + 1)); done_
 fi
@@ -63,7 +57,6 @@ chmod +x "$W/nsexec"
 printf '%s slots=1\n%s slots=1\n' "$IPA" "$IPB" >"$W/hostfile"
 # veth bytes "rx tx" as host a sees them
 bytes() { ip -n "$A" -s link show vA$$ | awk '/RX:/ {getline; rx = $1} /TX:/ {getline; tx = $1} END {print rx, tx}'; }
-losses() { grep '^{"type":"step"' "$1" | sed -E 's/.*"loss":([^,}]*).*/\1/'; }
 COMMON="--model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs
         --template vanilla --max-steps 20 --val-size 0 --logging-steps 1 --save-steps 0
         --lr 1e-3 --threads 1 --quiet"

@@ -11,22 +11,11 @@
 # mpirun is missing. Run from the repo root.
 # Prints "test_mpi_pref: N passed, N failed, N skipped"; exits non-zero on any failure.
 set -u
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL test_mpi_pref: $*"; }
-BIN=${TUNA_BIN:-./tuna}
-done_() { echo "test_mpi_pref: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
-if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
-    echo "SKIP test_mpi_pref: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=$((skip + 1)); done_
-fi
+NAME=test_mpi_pref
+. tests/mpi_lib.sh
+mpi_required
 W=$(mktemp -d /tmp/tuna_mpi_pref.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-# the step (or eval) losses of a metrics.jsonl, one a line
-losses() { grep "^{\"type\":\"${2:-step}\"" "$1" | sed -E "s/.*\"${3:-loss}\":([^,}]*).*/\1/"; }
-worst() { paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1;
-    r = a > 0 ? d / a : d; if (r > w) w = r} END {printf "%.3g", w + 0}'; }
-within() { awk -v w="$1" -v t="$2" 'BEGIN {exit !(w <= t)}'; }
 COMMON="--model models/stories260K --template vanilla --method lora --cutoff-len 64
         --max-samples 40 --max-steps 20 --logging-steps 1 --save-steps 0 --lr 1e-3 --threads 1
         --quiet"

@@ -18,26 +18,14 @@
 # is missing. Run from the repo root.
 # Prints "test_mpi_zero: N passed, N failed, N skipped"; exits non-zero on any failure.
 set -u
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL test_mpi_zero: $*"; }
-BIN=${TUNA_BIN:-./tuna}
-done_() { echo "test_mpi_zero: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
+NAME=test_mpi_zero
+. tests/mpi_lib.sh
 out=$("$BIN" train --zero 2 --model models/stories260K 2>&1)
 [ $? -eq 2 ] && [ "$(echo "$out" | wc -l)" -eq 1 ] && echo "$out" | grep -q -- "--zero" && ok \
     || bad "--zero 2: want one line and exit 2, got: $out"
-if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" 2>/dev/null | grep -q libmpi; then
-    echo "SKIP test_mpi_zero: $BIN is built without MPI or mpirun is missing (make MPI=1; libopenmpi-dev openmpi-bin)"
-    skip=$((skip + 1)); done_
-fi
+mpi_required
 W=$(mktemp -d /tmp/tuna_mpi_zero.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-# the step losses of a metrics.jsonl, one a line (as written: %.17g, so equal text = equal bits)
-losses() { grep '^{"type":"step"' "$1" | sed -E 's/.*"loss":([^,}]*).*/\1/'; }
-# the worst relative difference of two loss files, line by line
-worst() { paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1;
-    r = a > 0 ? d / a : d; if (r > w) w = r} END {printf "%.3g", w + 0}'; }
-within() { awk -v w="$1" 'BEGIN {exit !(w <= 1e-5)}'; }
 obytes() { grep '^{"type":"start"' "$1" | sed -E 's/.*"optimizer_state_bytes":([0-9]+).*/\1/'; }
 COMMON="--model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs
         --template vanilla --max-steps 20 --val-size 0 --logging-steps 1 --save-steps 10
