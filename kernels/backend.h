@@ -151,6 +151,9 @@ struct Backend {
     /* Matrix-product precision, torch.autocast's: 0 fp32; 1 bf16, where matmul_fwd, matmul_bwd,
      * matmul_w_fwd and matmul_w_bwd_in round both operands to bf16 (to nearest even) and
      * accumulate in fp32 (outputs stay fp32; LoRA rank-side products excepted: MM_BF16_MIN_SIDE).
+     * attention_fwd and attention_bwd then run their products in bf16 as torch's bf16 SDPA does
+     * (q, k, v, dout and the probabilities and score gradients rounded; fp32 sums and softmax;
+     * kernels/ref ref_attention_fwd_bf16 is the rule; the cuda backend does not read the flag yet).
      * The engine sets it (a --bf16 run); a backend
      * without bf16 kernels rounds and runs its fp32 ones, which gives the same products. */
     int mm_bf16;

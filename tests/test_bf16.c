@@ -14,6 +14,7 @@
 #include "harness.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/ref/attn_span.h"
 #include "kernels/wtype.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -298,6 +299,226 @@ static void test_guard(Backend *cpu) {
     free(x), free(w), free(a), free(b);
 }
 
+// --- attention under mm_bf16 -----------------------------------------------------------------
+
+/* One bf16 ulp at magnitude y (8 significant bits: 2^(floor(log2 y) - 7)). */
+static double bf_ulp(double y) {
+    int e;
+    if (!(y > 0)) return 0x1p-133;
+    frexp(y, &e); /* y = m 2^e, m in [0.5, 1) */
+    return ldexp(1.0, e - 8);
+}
+
+/* How far apart bf16(xc) and bf16(xr) can be when both xc and xr (fp32) lie within d of x: 0
+ * when no bf16 rounding boundary lies in [x - d, x + d] (both round to the same value), else
+ * 2d + one ulp (a value on a boundary flips to its neighbour). */
+static double flip_allow(double x, double d) {
+    d = d * 1.01 + 0x1p-140;
+    uint16_t lo = wtype_f32_to_bf16((float)(x - d)), hi = wtype_f32_to_bf16((float)(x + d));
+    return lo == hi ? 0.0 : 2 * d + bf_ulp(fabs(x) + d);
+}
+
+typedef struct {
+    int B, Tq, Tk, NH, KVH, HS, win;
+    size_t stride;
+    const int32_t *kv_lo;
+} AShape;
+
+/* The tolerance of the cpu backend's bf16 attention against the ref's, element by element, from
+ * first principles. Both take the same bf16 operands and exact products; they differ in (1) fp32
+ * sums in the cpu's products (at most (n + 2) 2^-24 of the sum of the terms' magnitudes, n terms,
+ * plus an old accumulated value), (2) the cpu's fp32 scores, exp (vexpf, ~1 ulp) and softmax sums
+ * against the ref's double, which move P by a relative eps_j bounded below, and (3) where P or
+ * dS lies so close to a bf16 rounding boundary that the two round it to neighbouring bf16 values
+ * (flip_allow: one bf16 ulp, 2^-8..2^-7 of the value; only those entries get it). A score
+ * s_j = scale Σ q k has fp32 error dS_j <= (HS + 1) 2^-24 scale Σ|q k| + 2^-24 |s_j|; then
+ * eps_j <= 2 dS_j + 2 max dS + (|s_j - max s| + n + 8) 2^-24 (s - max, exp, the row sum, the
+ * division). The gradient: dp_j = do·v_j within E_j = (HS + 1) 2^-24 Σ|do v|; D = Σ p dp within
+ * Σ (eps p |dp| + p E) + (n + 1) 2^-24 Σ p|dp|; ds_j = scale p_j (dp_j - D) within scale (eps_j
+ * p_j |dp_j - D| + p_j (E_j + dD)) + 4 2^-24 |ds_j|. Everything is computed here in double. */
+static void attn_tol(const AShape *a, const float *q, const float *k, const float *v,
+                     const float *dout, const float *dq0, const float *dk0, const float *dv0,
+                     double *to, double *tq, double *tk, double *tv) {
+    int HS = a->HS, grp = a->NH / a->KVH;
+    size_t nq = (size_t)a->B * a->Tq * a->NH * HS, nkv = (size_t)a->B * a->stride;
+    double scale = (double)(1.0f / sqrtf((float)HS)), u = 0x1p-24;
+    double *mo = calloc(nq, sizeof(double)), *mq = calloc(nq, sizeof(double)),
+           *mk = calloc(nkv, sizeof(double)), *mv = calloc(nkv, sizeof(double));
+    size_t tk_ = (size_t)a->Tk;
+    double *s = malloc(tk_ * sizeof(double)), *dS = malloc(tk_ * sizeof(double)),
+           *dp = malloc(tk_ * sizeof(double)), *E = malloc(tk_ * sizeof(double)),
+           *pr = malloc(tk_ * sizeof(double)), *eps = malloc(tk_ * sizeof(double));
+    for (size_t i = 0; i < nq; i++)
+        to[i] = tq[i] = 0;
+    for (size_t i = 0; i < nkv; i++)
+        tk[i] = tv[i] = 0;
+    for (int b = 0; b < a->B; b++)
+        for (int t = 0; t < a->Tq; t++)
+            for (int h = 0; h < a->NH; h++) {
+                size_t qo = (((size_t)b * a->Tq + t) * a->NH + h) * HS;
+                int p = a->Tk - a->Tq + t;
+                int lo = tuna_attn_lo(a->kv_lo, (size_t)b * a->Tq + t, p, a->win), n = p - lo + 1;
+                double mx = -INFINITY, dmax = 0, sum = 0;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * a->stride + ((size_t)j * a->KVH + h / grp) * HS;
+                    double x = 0, m = 0, d = 0, md = 0;
+                    for (int i = 0; i < HS; i++) {
+                        x += r16(q[qo + i]) * r16(k[ko + i]);
+                        m += fabs(r16(q[qo + i]) * r16(k[ko + i]));
+                        d += r16(dout[qo + i]) * r16(v[ko + i]);
+                        md += fabs(r16(dout[qo + i]) * r16(v[ko + i]));
+                    }
+                    s[j] = x * scale;
+                    dS[j] = (HS + 1) * u * m * scale + u * fabs(s[j]);
+                    dp[j] = d;
+                    E[j] = (HS + 1) * u * md;
+                    mx = fmax(mx, s[j]);
+                    dmax = fmax(dmax, dS[j]);
+                }
+                for (int j = lo; j <= p; j++)
+                    sum += (pr[j] = exp(s[j] - mx));
+                double D = 0, dD = 0, pdp = 0;
+                for (int j = lo; j <= p; j++) {
+                    pr[j] /= sum;
+                    eps[j] = 2 * dS[j] + 2 * dmax + (fabs(s[j] - mx) + n + 8) * u;
+                    D += pr[j] * dp[j];
+                    dD += eps[j] * pr[j] * fabs(dp[j]) + pr[j] * E[j];
+                    pdp += pr[j] * fabs(dp[j]);
+                }
+                dD += (n + 1) * u * pdp;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * a->stride + ((size_t)j * a->KVH + h / grp) * HS;
+                    double P16 = r16((float)pr[j]);
+                    double aP = flip_allow(pr[j], (eps[j] + u) * pr[j]);
+                    double ds = scale * pr[j] * (dp[j] - D);
+                    double dds = scale * (eps[j] * pr[j] * fabs(dp[j] - D) + pr[j] * (E[j] + dD)) +
+                                 4 * u * fabs(ds);
+                    double aS = flip_allow(ds, dds), S16 = r16((float)ds);
+                    for (int i = 0; i < HS; i++) {
+                        double kv = r16(k[ko + i]), vv = r16(v[ko + i]);
+                        double qq = r16(q[qo + i]), dd = r16(dout[qo + i]);
+                        to[qo + i] += aP * fabs(vv);
+                        mo[qo + i] += fabs(P16 * vv);
+                        tq[qo + i] += aS * fabs(kv);
+                        mq[qo + i] += fabs(S16 * kv);
+                        tk[ko + i] += aS * fabs(qq);
+                        mk[ko + i] += fabs(S16 * qq);
+                        tv[ko + i] += aP * fabs(dd);
+                        mv[ko + i] += fabs(P16 * dd);
+                    }
+                }
+            }
+    double no = (a->Tk + 2) * u, nkvt = ((double)a->Tq * grp + 2 * grp + 2) * u;
+    for (size_t i = 0; i < nq; i++) {
+        to[i] += no * mo[i] + 1e-30;
+        tq[i] += no * (mq[i] + fabs((double)dq0[i])) + 1e-30;
+    }
+    for (size_t i = 0; i < nkv; i++) {
+        tk[i] += nkvt * (mk[i] + fabs((double)dk0[i])) + 1e-30;
+        tv[i] += nkvt * (mv[i] + fabs((double)dv0[i])) + 1e-30;
+    }
+    free(mo), free(mq), free(mk), free(mv);
+    free(s), free(dS), free(dp), free(E), free(pr), free(eps);
+}
+
+/* the largest |x - y| / tol over n, and how many exceed 1 */
+static double worst_ratio(const float *x, const float *y, const double *tol, size_t n, int *over) {
+    double w = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs((double)x[i] - (double)y[i]) / tol[i];
+        if (r > 1 || r != r) (*over)++;
+        if (r > w || r != r) w = r != r ? (double)INFINITY : r;
+    }
+    return w;
+}
+
+/* cpu attention forward and backward under mm_bf16 against the ref's (attn_tol), on random and
+ * odd shapes, decode-like (Tq < Tk) ones, GQA, a window, and kv_lo of neat packing blocks and of
+ * no block form; bits equal on 1 and 2 threads; and the fp32 forward would not pass (the
+ * tolerance is tight enough to see operands that were not rounded). */
+static void test_attention(Backend *ref, Backend *cpu, const char *path) {
+    static const int sh[][7] = {
+            /* B, Tq, Tk, NH, KVH, HS, window */
+            {1, 5, 5, 4, 2, 8, 0},     {1, 1, 37, 8, 4, 8, 0},     {2, 7, 7, 6, 6, 16, 0},
+            {1, 9, 9, 2, 2, 13, 3},    {2, 40, 40, 6, 2, 16, 0},   {1, 33, 50, 4, 4, 24, 0},
+            {2, 64, 64, 9, 3, 64, 17}, {1, 300, 300, 3, 1, 64, 0}, {1, 45, 45, 2, 1, 35, 0}};
+    size_t nsh = sizeof sh / sizeof sh[0];
+    double worst[4] = {0};
+    int fp32_over = 0;
+    for (size_t c = 0; c < 3 * nsh; c++) {
+        const int *x = sh[c % nsh];
+        AShape a = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], (size_t)(x[2] + 3) * x[4] * x[5],
+                    NULL};
+        int32_t *kv_lo = NULL;
+        if (c >= nsh) { /* neat-packing blocks (3.. keys), then kv_lo of no block form */
+            kv_lo = malloc(sizeof(int32_t) * (size_t)a.B * a.Tq);
+            for (int b = 0; b < a.B; b++)
+                for (int t = 0; t < a.Tq; t++) {
+                    int p = a.Tk - a.Tq + t, len = 3 + 2 * b + (int)(c % 5) * 7;
+                    kv_lo[(size_t)b * a.Tq + t] = c >= 2 * nsh ? p / 2 : p - p % len;
+                }
+            a.kv_lo = kv_lo;
+        }
+        size_t nq = (size_t)a.B * a.Tq * a.NH * a.HS, nkv = (size_t)a.B * a.stride;
+        float *q = rnd(nq), *k = rnd(nkv), *v = rnd(nkv), *dout = rnd(nq);
+        for (size_t i = 0; i < nq; i++) /* scores of a few units: a peaked softmax */
+            q[i] *= 3.0f;
+        float *dq0 = rnd(nq), *dk0 = rnd(nkv), *dv0 = rnd(nkv);
+        float *o[3], *g[3][3]; /* ref, cpu 2 threads, cpu 1 thread */
+        for (int r = 0; r < 3; r++) {
+            Backend *be = r ? cpu : ref;
+            if (r) backend_set_threads(cpu, r == 1 ? 2 : 1);
+            o[r] = malloc(nq * sizeof(float));
+            g[r][0] = dup(dq0, nq), g[r][1] = dup(dk0, nkv), g[r][2] = dup(dv0, nkv);
+            be->ops->attention_fwd(be, o[r], q, k, v, a.B, a.Tq, a.Tk, a.stride, a.NH, a.KVH, a.HS,
+                                   a.win, kv_lo);
+            be->ops->attention_bwd(be, g[r][0], g[r][1], g[r][2], dout, q, k, v, a.B, a.Tq, a.Tk,
+                                   a.stride, a.NH, a.KVH, a.HS, a.win, kv_lo);
+        }
+        CHECK(!ref->err.code && !cpu->err.code, "attention error: %s %s", ref->err.msg,
+              cpu->err.msg);
+        double *to = malloc(nq * sizeof(double)), *tq = malloc(nq * sizeof(double)),
+               *tk = malloc(nkv * sizeof(double)), *tv = malloc(nkv * sizeof(double));
+        attn_tol(&a, q, k, v, dout, dq0, dk0, dv0, to, tq, tk, tv);
+        int over = 0;
+        double w[4] = {worst_ratio(o[1], o[0], to, nq, &over),
+                       worst_ratio(g[1][0], g[0][0], tq, nq, &over),
+                       worst_ratio(g[1][1], g[0][1], tk, nkv, &over),
+                       worst_ratio(g[1][2], g[0][2], tv, nkv, &over)};
+        CHECK(over == 0,
+              "%s bf16 attention B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %d beyond the "
+              "bound (out %.3g dq %.3g dk %.3g dv %.3g of it)",
+              path, a.B, a.Tq, a.Tk, a.NH, a.KVH, a.HS, a.win,
+              c >= 2 * nsh ? " half"
+              : kv_lo      ? " blocks"
+                           : "",
+              over, w[0], w[1], w[2], w[3]);
+        for (int i = 0; i < 4; i++)
+            worst[i] = fmax(worst[i], w[i]);
+        CHECK(same_bits(o[1], o[2], nq) && same_bits(g[1][0], g[2][0], nq) &&
+                      same_bits(g[1][1], g[2][1], nkv) && same_bits(g[1][2], g[2][2], nkv),
+              "%s bf16 attention (shape %zu): 1 and 2 threads differ", path, c);
+        cpu->mm_bf16 = 0; /* the fp32 forward, against the bf16 bound */
+        cpu->ops->attention_fwd(cpu, o[2], q, k, v, a.B, a.Tq, a.Tk, a.stride, a.NH, a.KVH, a.HS,
+                                a.win, kv_lo);
+        cpu->mm_bf16 = 1;
+        worst_ratio(o[2], o[0], to, nq, &fp32_over);
+        free(to), free(tq), free(tk), free(tv);
+        for (int r = 0; r < 3; r++) {
+            free(o[r]);
+            for (int j = 0; j < 3; j++)
+                free(g[r][j]);
+        }
+        free(q), free(k), free(v), free(dout), free(dq0), free(dk0), free(dv0), free(kv_lo);
+    }
+    CHECK(fp32_over > 0, "%s: the fp32 attention passes the bf16 bound: the test sees nothing",
+          path);
+    printf("%s: bf16 attention, worst |cpu - ref| / bound: out %.3g dq %.3g dk %.3g dv %.3g; "
+           "fp32 forward beyond it in %d entries\n",
+           path, worst[0], worst[1], worst[2], worst[3], fp32_over);
+    backend_set_threads(cpu, 2);
+}
+
 int main(void) {
     TunaErr err = {0};
     Backend *ref = backend_init("ref", 1, &err), *cpu = backend_init("cpu", 2, &err);
@@ -313,6 +534,7 @@ int main(void) {
         test_dense(ref, cpu, fast);
         test_typed(ref, cpu, fast);
         test_paths_agree(cpu);
+        test_attention(ref, cpu, fast);
     } else {
         SKIP("no AVX512-BF16 on this CPU: only the plain path is tested");
     }
@@ -320,6 +542,7 @@ int main(void) {
     CHECK(!strcmp(cpu_bf16_path(), "plain"), "TUNA_BF16=plain did not force the plain path");
     test_dense(ref, cpu, "plain");
     test_typed(ref, cpu, "plain");
+    test_attention(ref, cpu, "plain");
     unsetenv("TUNA_BF16");
     test_flag_off(cpu);
     test_guard(cpu);

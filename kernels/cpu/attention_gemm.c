@@ -9,7 +9,11 @@
  * window, kv_lo, kv_stride). The causally masked half of S is computed and discarded: at T = 512
  * the sgemm is still several times faster than the per-row loops it replaces. A neat-packed row
  * (kv_lo marks runs of positions that each see only their own run) is block diagonal: each
- * example's block is computed on its own, so the squares between examples cost nothing. */
+ * example's block is computed on its own, so the squares between examples cost nothing.
+ * Under Backend.mm_bf16 the products are cpu_gemm_bf16's (bf16 operands, fp32 sums, one thread
+ * each), as torch's bf16 SDPA on the CPU: S = Q·Kᵀ is scaled in the softmax (fp32), P is rounded
+ * to bf16 for O = P·V and dV += Pᵀ·dO, and dS is scaled before it is rounded for dQ and dK
+ * (ref_attention_fwd_bf16 is the rule). The fp32 path is unchanged. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -17,15 +21,30 @@
 
 #include "cpu_internal.h"
 
-/* Softmax of each row t of S (Tq, Tk) over keys lo..p (p = Tk−Tq+t, lo by tuna_attn_lo with
- * this batch row's kv_lo, or NULL), zero elsewhere. */
-static void masked_softmax(float *S, int Tq, int Tk, int window, const int32_t *kv_lo) {
+/* One product of the attention: C (M,N) = alpha op(A) op(B) + beta C, sgemm on this thread, or
+ * (bf) cpu_gemm_bf16 on this thread, which takes alpha 1 only. Returns 0 or -1 (no memory). */
+static int prod(int bf, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc) {
+    if (bf) return cpu_gemm_bf16(1, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return 0;
+}
+
+/* Softmax of each row t of scale·S (Tq, Tk) over keys lo..p (p = Tk−Tq+t, lo by tuna_attn_lo
+ * with this batch row's kv_lo, or NULL), zero elsewhere. scale 1: S is already scaled. */
+static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
+                           const int32_t *kv_lo) {
     for (int t = 0; t < Tq; t++) {
         float *s = S + (size_t)t * Tk;
         int p = Tk - Tq + t;
         int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
         float mx = -INFINITY, sum = 0;
-        /* vectorized (omp simd reductions, vexpf): the scalar expf loop was 8% of a SmolLM2
+        if (scale != 1.0f)
+#pragma omp simd
+            for (int j = lo; j <= p; j++)
+                s[j] *= scale;
+                /* vectorized (omp simd reductions, vexpf): the scalar expf loop was 8% of a SmolLM2
          * LoRA step at 512 tokens; the order is fixed per row, so the thread count cannot
          * change the bits */
 #pragma omp simd reduction(max : mx)
@@ -84,7 +103,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                            int window, const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, total = B * NH, fail = 0;
+    int grp = NH / KVH, total = B * NH, fail = 0, bf = be->mm_bf16;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
     openblas_set_num_threads(1); /* a team of one thread would let OpenBLAS thread (cpu_sgemm) */
 #pragma omp parallel num_threads(be->n_threads)
@@ -106,12 +125,16 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
                 const float *qh = q + ((size_t)b * Tq + s0) * qs + (size_t)h * HS;
                 const float *kg = k + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
                 const float *vg = v + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, qh, (int)qs,
-                            kg, (int)ks, 0.0f, S, lk);
-                masked_softmax(S, lq, lk, window, lo);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lq, HS, lk, 1.0f, S, lk, vg,
-                            (int)ks, 0.0f, out + ((size_t)b * Tq + s0) * qs + (size_t)h * HS,
-                            (int)qs);
+                int e = prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, qh, (int)qs, kg, (int)ks,
+                             0.0f, S, lk);
+                if (!e) masked_softmax(S, lq, lk, bf ? scale : 1.0f, window, lo);
+                if (!e)
+                    e = prod(bf, 0, 0, lq, HS, lk, 1.0f, S, lk, vg, (int)ks, 0.0f,
+                             out + ((size_t)b * Tq + s0) * qs + (size_t)h * HS, (int)qs);
+                if (e) {
+#pragma omp atomic write
+                    fail = 1;
+                }
             }
         }
         free(S);
@@ -123,35 +146,42 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
 /* The backward of one (block, query head): queries s0..s0+lq-1 of the head whose row starts at
  * qrow in q/dq/dout, keys s0..s0+lq+dk_off-1 of the kv head at kvo in k/v/dk/dv. P and dP are
  * scratch of lq x lk. */
-static void block_bwd(float *P, float *dP, int s0, int lq, int dk_off, float scale, int window,
-                      const int32_t *lo, float *dq, float *dk, float *dv, const float *dout,
-                      const float *q, const float *k, const float *v, size_t kvo, size_t qrow,
-                      size_t qs, size_t ks, int HS) {
+static int block_bwd(int bf, float *P, float *dP, int s0, int lq, int dk_off, float scale,
+                     int window, const int32_t *lo, float *dq, float *dk, float *dv,
+                     const float *dout, const float *q, const float *k, const float *v, size_t kvo,
+                     size_t qrow, size_t qs, size_t ks, int HS) {
     int lk = lq + dk_off;
     size_t qo = qrow + (size_t)s0 * qs, ko = kvo + (size_t)s0 * ks;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, scale, q + qo, (int)qs, k + ko,
-                (int)ks, 0.0f, P, lk);
-    masked_softmax(P, lq, lk, window, lo);
-    if (dv) /* dV += Pᵀ·dO */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lk, HS, lq, 1.0f, P, lk, dout + qo,
-                    (int)qs, 1.0f, dv + ko, (int)ks);
-    if (!dq && !dk) return;
-    /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, lq, lk, HS, 1.0f, dout + qo, (int)qs,
-                v + ko, (int)ks, 0.0f, dP, lk);
+    if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, q + qo, (int)qs, k + ko, (int)ks, 0.0f, P,
+             lk))
+        return -1;
+    masked_softmax(P, lq, lk, bf ? scale : 1.0f, window, lo);
+    if (dv && /* dV += Pᵀ·dO */
+        prod(bf, 1, 0, lk, HS, lq, 1.0f, P, lk, dout + qo, (int)qs, 1.0f, dv + ko, (int)ks))
+        return -1;
+    if (!dq && !dk) return 0;
+    /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj (under bf16 also times
+     * scale here, before the products round it) */
+    if (prod(bf, 0, 1, lq, lk, HS, 1.0f, dout + qo, (int)qs, v + ko, (int)ks, 0.0f, dP, lk))
+        return -1;
     for (int t = 0; t < lq; t++) {
         float *pr = P + (size_t)t * lk, *dr = dP + (size_t)t * lk, D = 0;
         for (int j = 0; j < lk; j++)
             D += pr[j] * dr[j];
         for (int j = 0; j < lk; j++)
             dr[j] = pr[j] * (dr[j] - D);
+        if (bf)
+            for (int j = 0; j < lk; j++)
+                dr[j] *= scale;
     }
-    if (dq) /* dQ += scale·dS·K */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, lq, HS, lk, scale, dP, lk, k + ko,
-                    (int)ks, 1.0f, dq + qo, (int)qs);
-    if (dk) /* dK += scale·dSᵀ·Q */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lk, HS, lq, scale, dP, lk, q + qo,
-                    (int)qs, 1.0f, dk + ko, (int)ks);
+    float a = bf ? 1.0f : scale;
+    if (dq && /* dQ += scale·dS·K */
+        prod(bf, 0, 0, lq, HS, lk, a, dP, lk, k + ko, (int)ks, 1.0f, dq + qo, (int)qs))
+        return -1;
+    if (dk && /* dK += scale·dSᵀ·Q */
+        prod(bf, 1, 0, lk, HS, lq, a, dP, lk, q + qo, (int)qs, 1.0f, dk + ko, (int)ks))
+        return -1;
+    return 0;
 }
 
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
@@ -159,7 +189,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                            size_t kv_stride, int NH, int KVH, int HS, int window,
                            const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, total = B * KVH, fail = 0;
+    int grp = NH / KVH, total = B * KVH, fail = 0, bf = be->mm_bf16;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, n = (size_t)Tq * Tk;
     openblas_set_num_threads(1);
 #pragma omp parallel num_threads(be->n_threads)
@@ -178,9 +208,12 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
             int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
             for (int i = 0; i < nb; i++)
                 for (int h = g * grp; h < (g + 1) * grp; h++)
-                    block_bwd(P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window, lo, dq,
-                              dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
-                              (size_t)b * Tq * qs + (size_t)h * HS, qs, ks, HS);
+                    if (block_bwd(bf, P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window,
+                                  lo, dq, dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
+                                  (size_t)b * Tq * qs + (size_t)h * HS, qs, ks, HS)) {
+#pragma omp atomic write
+                        fail = 1;
+                    }
         }
         free(P);
         free(dP);

@@ -325,7 +325,8 @@ static void attention_items(float *out, const float *q, const float *k, const fl
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window, const int32_t *kv_lo) {
-    if (Tq >= ATTN_GEMM_MIN_TQ) { /* training and long prefills: as matrix products */
+    /* training and long prefills as matrix products; under mm_bf16 every shape (bf16 products) */
+    if (Tq >= ATTN_GEMM_MIN_TQ || be->mm_bf16) {
         if (cpu_attention_gemm_fwd(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
                                    kv_lo))
             tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
@@ -396,7 +397,7 @@ static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
                             const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                             size_t kv_stride, int NH, int KVH, int HS, int window,
                             const int32_t *kv_lo) {
-    if (Tq < ATTN_GEMM_MIN_TQ) {
+    if (Tq < ATTN_GEMM_MIN_TQ && !be->mm_bf16) {
         cpu_attention_bwd(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
                           kv_lo);
         return;

@@ -362,6 +362,121 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
     free(dva);
 }
 
+/* bf16 as wtype rounds it (to nearest even), held in a double */
+static double ref_r16(double x) {
+    return (double)wtype_bf16_to_f32(wtype_f32_to_bf16((float)x));
+}
+
+/* Attention under Backend.mm_bf16, torch's bf16 SDPA on the CPU: the four (forward) and six
+ * (backward, with the recomputed scores) matrix products take bf16 operands and sum exactly
+ * (here in double); the softmax and everything between the products is not rounded to bf16.
+ * q, k, v and dout come in already rounded to bf16 (r_attention*: ref_bf16_copy). Per (b, t, h):
+ *   s_j = scale * q·k_j, p = softmax(s) (an fp32 P: (float)p is what is rounded),
+ *   o = sum_j bf16(P_j) v_j;
+ *   dp_j = do·v_j, D = sum_j p_j dp_j, ds_j = bf16(scale * p_j (dp_j - D)) (the scaled fp32
+ *   value is what is rounded), dq += sum_j ds_j k_j, dk_j += ds_j q, dv_j += bf16(P_j) do. */
+void ref_attention_fwd_bf16(float *out, const float *q, const float *k, const float *v, int B,
+                            int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                            const int32_t *kv_lo) {
+    double scale = (double)(1.0f / sqrtf((float)HS));
+    int grp = NH / KVH;
+    double *sc = malloc(sizeof(double) * (size_t)(Tk > 0 ? Tk : 1));
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++)
+            for (int h = 0; h < NH; h++) {
+                const float *qv = q + (((size_t)b * Tq + t) * NH + h) * HS;
+                float *o = out + (((size_t)b * Tq + t) * NH + h) * HS;
+                int p = Tk - Tq + t;
+                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
+                double mx = -INFINITY, sum = 0;
+                for (int j = lo; j <= p; j++) {
+                    const float *kv = k + b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
+                    double s = 0;
+                    for (int i = 0; i < HS; i++)
+                        s += (double)qv[i] * (double)kv[i];
+                    sc[j] = s * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = lo; j <= p; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
+                for (int j = lo; j <= p; j++)
+                    sc[j] = ref_r16(sc[j] / sum);
+                for (int i = 0; i < HS; i++) {
+                    double acc = 0;
+                    for (int j = lo; j <= p; j++)
+                        acc += sc[j] *
+                               (double)v[b * kv_stride + ((size_t)j * KVH + h / grp) * HS + i];
+                    o[i] = (float)acc;
+                }
+            }
+    free(sc);
+}
+
+void ref_attention_bwd_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                            int NH, int KVH, int HS, int window, const int32_t *kv_lo) {
+    double scale = (double)(1.0f / sqrtf((float)HS));
+    int grp = NH / KVH;
+    size_t nkv = (size_t)B * Tk * KVH * HS;
+    size_t tk = (size_t)(Tk > 0 ? Tk : 1);
+    double *pr = malloc(sizeof(double) * tk), *dp = malloc(sizeof(double) * tk);
+    double *acc = malloc(sizeof(double) * (size_t)(HS > 0 ? HS : 1));
+    double *dka = dk ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
+    double *dva = dv ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tq; t++)
+            for (int h = 0; h < NH; h++) {
+                size_t qo = (((size_t)b * Tq + t) * NH + h) * HS;
+                const float *qv = q + qo, *dov = dout + qo;
+                int p = Tk - Tq + t;
+                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
+                double mx = -INFINITY, sum = 0, D = 0;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
+                    double s = 0, d = 0;
+                    for (int i = 0; i < HS; i++) {
+                        s += (double)qv[i] * (double)k[ko + i];
+                        d += (double)dov[i] * (double)v[ko + i];
+                    }
+                    pr[j] = s * scale;
+                    dp[j] = d;
+                    if (pr[j] > mx) mx = pr[j];
+                }
+                for (int j = lo; j <= p; j++)
+                    sum += (pr[j] = exp(pr[j] - mx));
+                for (int j = lo; j <= p; j++) {
+                    pr[j] /= sum;
+                    D += pr[j] * dp[j];
+                }
+                for (int i = 0; i < HS; i++)
+                    acc[i] = 0;
+                for (int j = lo; j <= p; j++) {
+                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
+                    size_t ao = (((size_t)b * Tk + j) * KVH + h / grp) * HS;
+                    double ds = ref_r16(scale * pr[j] * (dp[j] - D)), p16 = ref_r16(pr[j]);
+                    for (int i = 0; i < HS; i++) {
+                        acc[i] += ds * (double)k[ko + i];
+                        if (dka) dka[ao + i] += ds * (double)qv[i];
+                        if (dva) dva[ao + i] += p16 * (double)dov[i];
+                    }
+                }
+                if (dq)
+                    for (int i = 0; i < HS; i++)
+                        dq[qo + i] += (float)acc[i];
+            }
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < (size_t)Tk * KVH * HS; i++) {
+            size_t ao = (size_t)b * Tk * KVH * HS + i;
+            if (dka) dk[b * kv_stride + i] += (float)dka[ao];
+            if (dva) dv[b * kv_stride + i] += (float)dva[ao];
+        }
+    free(pr);
+    free(dp);
+    free(acc);
+    free(dka);
+    free(dva);
+}
+
 /* out = silu(g) * u, silu(g) = g * sig(g): dg += dout * u * sig * (1 + g * (1 - sig));
  * du += dout * silu(g). */
 void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
@@ -486,6 +601,11 @@ static float *ref_bf16_copy(Backend *be, const float *src, size_t n) {
     return d;
 }
 
+/* floats spanned by k or v (B rows kv_stride apart, each Tk x KVH x HS) */
+static size_t kv_extent(int B, int Tk, size_t kv_stride, int KVH, int HS) {
+    return B > 0 ? (size_t)(B - 1) * kv_stride + (size_t)Tk * KVH * HS : 0;
+}
+
 static void r_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
     if (!backend_mm_bf16(be, K, N)) {
@@ -515,8 +635,19 @@ static void r_rope(Backend *be, float *x, const int32_t *pos, const float *inv_f
 static void r_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window, const int32_t *kv_lo) {
-    (void)be;
-    ref_attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
+    if (!be->mm_bf16) {
+        ref_attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
+        return;
+    }
+    size_t nq = (size_t)B * Tq * NH * HS, nkv = kv_extent(B, Tk, kv_stride, KVH, HS);
+    float *q16 = ref_bf16_copy(be, q, nq), *k16 = ref_bf16_copy(be, k, nkv),
+          *v16 = ref_bf16_copy(be, v, nkv);
+    if (q16 && k16 && v16)
+        ref_attention_fwd_bf16(out, q16, k16, v16, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                               kv_lo);
+    free(q16);
+    free(k16);
+    free(v16);
 }
 static void r_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     (void)be;
@@ -572,8 +703,21 @@ static void r_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
                             const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                             size_t kv_stride, int NH, int KVH, int HS, int window,
                             const int32_t *kv_lo) {
-    (void)be;
-    ref_attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
+    if (!be->mm_bf16) {
+        ref_attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                          kv_lo);
+        return;
+    }
+    size_t nq = (size_t)B * Tq * NH * HS, nkv = kv_extent(B, Tk, kv_stride, KVH, HS);
+    float *q16 = ref_bf16_copy(be, q, nq), *k16 = ref_bf16_copy(be, k, nkv),
+          *v16 = ref_bf16_copy(be, v, nkv), *d16 = ref_bf16_copy(be, dout, nq);
+    if (q16 && k16 && v16 && d16)
+        ref_attention_bwd_bf16(dq, dk, dv, d16, q16, k16, v16, B, Tq, Tk, kv_stride, NH, KVH, HS,
+                               window, kv_lo);
+    free(q16);
+    free(k16);
+    free(v16);
+    free(d16);
 }
 static void r_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout,
                          const float *gate, const float *up, size_t n) {

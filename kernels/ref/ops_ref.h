@@ -39,6 +39,16 @@ void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, i
 void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                        const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
                        int NH, int KVH, int HS, int window, const int32_t *kv_lo);
+/* Attention as under Backend.mm_bf16 (torch's bf16 SDPA): q, k, v (and dout) already rounded to
+ * bf16 by the caller; the probabilities P and the score gradients (scaled by 1/sqrt(HS)) are
+ * rounded to bf16 before their products; sums exact (double), softmax unrounded. Shapes and
+ * semantics otherwise as ref_attention_fwd / ref_attention_bwd. */
+void ref_attention_fwd_bf16(float *out, const float *q, const float *k, const float *v, int B,
+                            int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                            const int32_t *kv_lo);
+void ref_attention_bwd_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                            int NH, int KVH, int HS, int window, const int32_t *kv_lo);
 void ref_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                     size_t n);
 void ref_gelu_bwd(float *din, const float *dout, const float *in, size_t n, int approx);
