@@ -105,9 +105,16 @@ void ref_rope_fwd(float *x, const int32_t *pos, const float *inv_freq, int T, in
         }
 }
 
-void ref_attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
-                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                       const int32_t *kv_lo) {
+/* bf16 as wtype rounds it (to nearest even), held in a double */
+static double ref_r16(double x) {
+    return (double)wtype_bf16_to_f32(wtype_f32_to_bf16((float)x));
+}
+
+/* ref_attention_fwd, and with bf16 ref_attention_fwd_bf16: P normalised, then rounded to bf16,
+ * before the product with v (an fp32 P: (float)p is what is rounded). */
+static void attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
+                          int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                          const int32_t *kv_lo, int bf16) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH;
     double *sc = malloc(sizeof(double) * (size_t)(Tk > 0 ? Tk : 1));
@@ -130,6 +137,11 @@ void ref_attention_fwd(float *out, const float *q, const float *k, const float *
                 double sum = 0;
                 for (int j = lo; j <= p; j++)
                     sum += (sc[j] = exp(sc[j] - mx));
+                if (bf16) { /* normalise and round P; acc / 1 below is acc */
+                    for (int j = lo; j <= p; j++)
+                        sc[j] = ref_r16(sc[j] / sum);
+                    sum = 1;
+                }
                 for (int i = 0; i < HS; i++) {
                     double acc = 0;
                     for (int j = lo; j <= p; j++)
@@ -139,6 +151,12 @@ void ref_attention_fwd(float *out, const float *q, const float *k, const float *
                 }
             }
     free(sc);
+}
+
+void ref_attention_fwd(float *out, const float *q, const float *k, const float *v, int B, int Tq,
+                       int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                       const int32_t *kv_lo) {
+    attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, 0);
 }
 
 void ref_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
@@ -297,9 +315,9 @@ void ref_rope_bwd(float *dx, const int32_t *pos, const float *inv_freq, int T, i
 /* Per (b, t, h): p = softmax(scale * q·k), o = p·v. With dp_j = do·v_j and D = sum_j p_j dp_j,
  * ds_j = p_j (dp_j - D); dq += scale * sum_j ds_j k_j; dk_j += scale * ds_j q; dv_j += p_j do.
  * dk and dv are summed over queries in double buffers and added once at the end. */
-void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                       const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
-                       int NH, int KVH, int HS, int window, const int32_t *kv_lo) {
+static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                          const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                          int NH, int KVH, int HS, int window, const int32_t *kv_lo, int bf16) {
     double scale = (double)(1.0f / sqrtf((float)HS));
     int grp = NH / KVH;
     size_t nkv = (size_t)B * Tk * KVH * HS;
@@ -338,11 +356,13 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                 for (int j = lo; j <= p; j++) {
                     size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
                     size_t ao = (((size_t)b * Tk + j) * KVH + h / grp) * HS;
-                    double ds = pr[j] * (dp[j] - D) * scale;
+                    double ds = pr[j] * (dp[j] - D) * scale, pj = pr[j];
+                    if (bf16) /* the scaled dS and P rounded */
+                        ds = ref_r16(scale * pr[j] * (dp[j] - D)), pj = ref_r16(pr[j]);
                     for (int i = 0; i < HS; i++) {
                         acc[i] += ds * (double)k[ko + i];
                         if (dka) dka[ao + i] += ds * (double)qv[i];
-                        if (dva) dva[ao + i] += pr[j] * (double)dov[i];
+                        if (dva) dva[ao + i] += pj * (double)dov[i];
                     }
                 }
                 if (dq)
@@ -362,9 +382,10 @@ void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
     free(dva);
 }
 
-/* bf16 as wtype rounds it (to nearest even), held in a double */
-static double ref_r16(double x) {
-    return (double)wtype_bf16_to_f32(wtype_f32_to_bf16((float)x));
+void ref_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
+                       int NH, int KVH, int HS, int window, const int32_t *kv_lo) {
+    attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, 0);
 }
 
 /* Attention under Backend.mm_bf16, torch's bf16 SDPA on the CPU: the four (forward) and six
@@ -378,103 +399,13 @@ static double ref_r16(double x) {
 void ref_attention_fwd_bf16(float *out, const float *q, const float *k, const float *v, int B,
                             int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
                             const int32_t *kv_lo) {
-    double scale = (double)(1.0f / sqrtf((float)HS));
-    int grp = NH / KVH;
-    double *sc = malloc(sizeof(double) * (size_t)(Tk > 0 ? Tk : 1));
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < Tq; t++)
-            for (int h = 0; h < NH; h++) {
-                const float *qv = q + (((size_t)b * Tq + t) * NH + h) * HS;
-                float *o = out + (((size_t)b * Tq + t) * NH + h) * HS;
-                int p = Tk - Tq + t;
-                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
-                double mx = -INFINITY, sum = 0;
-                for (int j = lo; j <= p; j++) {
-                    const float *kv = k + b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
-                    double s = 0;
-                    for (int i = 0; i < HS; i++)
-                        s += (double)qv[i] * (double)kv[i];
-                    sc[j] = s * scale;
-                    if (sc[j] > mx) mx = sc[j];
-                }
-                for (int j = lo; j <= p; j++)
-                    sum += (sc[j] = exp(sc[j] - mx));
-                for (int j = lo; j <= p; j++)
-                    sc[j] = ref_r16(sc[j] / sum);
-                for (int i = 0; i < HS; i++) {
-                    double acc = 0;
-                    for (int j = lo; j <= p; j++)
-                        acc += sc[j] *
-                               (double)v[b * kv_stride + ((size_t)j * KVH + h / grp) * HS + i];
-                    o[i] = (float)acc;
-                }
-            }
-    free(sc);
+    attention_fwd(out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, 1);
 }
 
 void ref_attention_bwd_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
                             const float *k, const float *v, int B, int Tq, int Tk, size_t kv_stride,
                             int NH, int KVH, int HS, int window, const int32_t *kv_lo) {
-    double scale = (double)(1.0f / sqrtf((float)HS));
-    int grp = NH / KVH;
-    size_t nkv = (size_t)B * Tk * KVH * HS;
-    size_t tk = (size_t)(Tk > 0 ? Tk : 1);
-    double *pr = malloc(sizeof(double) * tk), *dp = malloc(sizeof(double) * tk);
-    double *acc = malloc(sizeof(double) * (size_t)(HS > 0 ? HS : 1));
-    double *dka = dk ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
-    double *dva = dv ? calloc(nkv ? nkv : 1, sizeof(double)) : NULL;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < Tq; t++)
-            for (int h = 0; h < NH; h++) {
-                size_t qo = (((size_t)b * Tq + t) * NH + h) * HS;
-                const float *qv = q + qo, *dov = dout + qo;
-                int p = Tk - Tq + t;
-                int lo = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
-                double mx = -INFINITY, sum = 0, D = 0;
-                for (int j = lo; j <= p; j++) {
-                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
-                    double s = 0, d = 0;
-                    for (int i = 0; i < HS; i++) {
-                        s += (double)qv[i] * (double)k[ko + i];
-                        d += (double)dov[i] * (double)v[ko + i];
-                    }
-                    pr[j] = s * scale;
-                    dp[j] = d;
-                    if (pr[j] > mx) mx = pr[j];
-                }
-                for (int j = lo; j <= p; j++)
-                    sum += (pr[j] = exp(pr[j] - mx));
-                for (int j = lo; j <= p; j++) {
-                    pr[j] /= sum;
-                    D += pr[j] * dp[j];
-                }
-                for (int i = 0; i < HS; i++)
-                    acc[i] = 0;
-                for (int j = lo; j <= p; j++) {
-                    size_t ko = b * kv_stride + ((size_t)j * KVH + h / grp) * HS;
-                    size_t ao = (((size_t)b * Tk + j) * KVH + h / grp) * HS;
-                    double ds = ref_r16(scale * pr[j] * (dp[j] - D)), p16 = ref_r16(pr[j]);
-                    for (int i = 0; i < HS; i++) {
-                        acc[i] += ds * (double)k[ko + i];
-                        if (dka) dka[ao + i] += ds * (double)qv[i];
-                        if (dva) dva[ao + i] += p16 * (double)dov[i];
-                    }
-                }
-                if (dq)
-                    for (int i = 0; i < HS; i++)
-                        dq[qo + i] += (float)acc[i];
-            }
-    for (int b = 0; b < B; b++)
-        for (size_t i = 0; i < (size_t)Tk * KVH * HS; i++) {
-            size_t ao = (size_t)b * Tk * KVH * HS + i;
-            if (dka) dk[b * kv_stride + i] += (float)dka[ao];
-            if (dva) dv[b * kv_stride + i] += (float)dva[ao];
-        }
-    free(pr);
-    free(dp);
-    free(acc);
-    free(dka);
-    free(dva);
+    attention_bwd(dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, 1);
 }
 
 /* out = silu(g) * u, silu(g) = g * sig(g): dg += dout * u * sig * (1 + g * (1 - sig));
