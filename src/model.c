@@ -840,11 +840,9 @@ int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din
     return 1;
 }
 
-/* DoRA on out (R, N) = W·x + bias + s·B·A·x: out = g ⊙ (out - bias) + bias, on the host (a
- * per-column scale is not a backend op; the training forward does the same, dora_fwd). */
-static void dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N) {
+void model_dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N,
+                      float *h, float *b) {
     size_t n = (size_t)R * N;
-    float *h = xmalloc(sizeof(float) * (n + (size_t)N)), *b = h + n;
     be->ops->download(be, h, out, sizeof(float) * n);
     if (bias)
         be->ops->download(be, b, bias, sizeof(float) * (size_t)N);
@@ -856,7 +854,6 @@ static void dora_scale(Backend *be, float *out, const float *bias, const float *
             *y = g[o] * (*y - b[o]) + b[o];
         }
     be->ops->upload(be, out, h, sizeof(float) * n);
-    free(h);
 }
 
 /* out (R, N) = in (R, K) · Wᵀ + bias, plus the unmerged LoRA of (layer l, site), if any. */
@@ -871,7 +868,11 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
     op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
     op->scale(be, m->lora_t, (size_t)R * N, lo->scale);
     op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
-    if (lo->G && lo->G[l][site]) dora_scale(be, out, bias, lo->G[l][site], R, N);
+    if (lo->G && lo->G[l][site]) {
+        float *h = xmalloc(sizeof(float) * ((size_t)R * N + (size_t)N));
+        model_dora_scale(be, out, bias, lo->G[l][site], R, N, h, h + (size_t)R * N);
+        free(h);
+    }
 }
 
 void model_free(Model *m) {

@@ -220,6 +220,13 @@ int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
  * it. */
 int model_set_prompt(Model *m, const float *emb, int P, TunaErr *err);
 
+/* DoRA on a linear layer's output out (R, N) = W·x + bias + s·B·A·x: out = g ⊙ (out - bias) +
+ * bias, the per-output scale g = magnitude / ||W + s·B·A|| (peft's DoRA without dropout), on the
+ * host (a per-column scale is not a backend op). h (R·N) and b (N): host scratch. The inference
+ * forward (ModelLora.G) and the training forward use it. */
+void model_dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N,
+                      float *h, float *b);
+
 /* Applies lora (borrowed: it and its tensors must outlive its use) unmerged in every forward
  * from now on, or none (NULL). The base weights are not touched, so a training run samples
  * with its adapter without copying the base. TUNA_ENOMEM when the scratch cannot be had. */

@@ -1309,24 +1309,10 @@ static LoraSite base_site(int site, int slice) {
 
 /* DoRA forward (peft's DoraLinearLayer without dropout), on rows [row0, row0 + n_out) of the
  * module: out = W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, g = magnitude / norm
- * (dora_prepare). On the host: a per-column scale the backends do not have as an op. */
+ * (dora_prepare), model_dora_scale. */
 static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, float *out, const float *bias,
                      int M, int n_out) {
-    Backend *be = ts->be;
-    size_t n = (size_t)M * n_out;
-    float *h = ts->dora_h1, *b = ts->dora_h2;
-    be->ops->download(be, h, out, sizeof(float) * n);
-    if (bias)
-        be->ops->download(be, b, bias, sizeof(float) * (size_t)n_out);
-    else
-        memset(b, 0, sizeof(float) * (size_t)n_out);
-    const float *g = lm->g + row0;
-    for (int t = 0; t < M; t++)
-        for (int o = 0; o < n_out; o++) {
-            float *y = &h[(size_t)t * n_out + o];
-            *y = g[o] * (*y - b[o]) + b[o];
-        }
-    be->ops->upload(be, out, h, sizeof(float) * n);
+    model_dora_scale(ts->be, out, bias, lm->g + row0, M, n_out, ts->dora_h1, ts->dora_h2);
 }
 
 /* DoRA backward on rows [row0, row0 + n_out): with z = W·x + s·B·A·x (recomputed), y = g ⊙ z +
