@@ -150,8 +150,16 @@ static size_t utf8_len1(unsigned char c) {
     return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
 }
 
+/* Length of the character at s[i] (i < len) by its lead byte, never past len: vocab strings,
+ * added tokens and decoder pieces may hold a truncated sequence. */
+static size_t utf8_at(const char *s, size_t i, size_t len) {
+    size_t k = utf8_len1((unsigned char)s[i]);
+    return k < len - i ? k : len - i;
+}
+
 static uint32_t utf8_cp(const unsigned char *s, size_t n) {
     switch (n) {
+    case 0: return 0;
     case 1: return s[0];
     case 2: return ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F);
     case 3: return ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
@@ -364,7 +372,7 @@ static int pattern_find(const Pattern *pat, const char *s, size_t len, MatchCtx 
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(mc->md);
             size_t st = ov[0], en = ov[1];
             if (st == en && last_end == (long)en) { /* onig: no empty match right after one */
-                pos += pos < len ? utf8_len1((unsigned char)s[pos]) : 1;
+                pos += pos < len ? utf8_at(s, pos, len) : 1;
                 continue;
             }
             pos = en;
@@ -635,8 +643,8 @@ static void pattern_free(Pattern *p) {
 }
 
 static uint32_t first_cp(const char *s) {
-    size_t n = utf8_len1((unsigned char)s[0]);
-    return s[0] ? utf8_cp((const unsigned char *)s, n) : 0;
+    size_t n = strnlen(s, 4);
+    return utf8_cp((const unsigned char *)s, n ? utf8_at(s, 0, n) : 0);
 }
 
 // --- loading: model
@@ -992,6 +1000,12 @@ static int parse_prepend_scheme(const Tokenizer *t, const cJSON *n, const char *
     return rc;
 }
 
+/* s is exactly one valid UTF-8 character (serde's char). */
+static int one_char(const char *s) {
+    size_t l = strlen(s);
+    return l > 0 && l <= 4 && utf8_len1((unsigned char)s[0]) == l && utf8_valid(s, l);
+}
+
 static int parse_repl_char(const Tokenizer *t, const cJSON *n, const char *where, char *buf,
                            size_t *len, TunaErr *err) {
     const char *r;
@@ -999,7 +1013,7 @@ static int parse_repl_char(const Tokenizer *t, const cJSON *n, const char *where
     if (rc) return rc;
     if (!r) r = "\xE2\x96\x81";
     size_t l = strlen(r);
-    if (l == 0 || l > 4 || utf8_len1((unsigned char)r[0]) != l || !utf8_valid(r, l))
+    if (!one_char(r))
         return tuna_errf(err, TUNA_EFORMAT, "%s: %s.replacement must be one character", t->path,
                          where);
     memcpy(buf, r, l);
@@ -1214,6 +1228,9 @@ static int load_decoder(Tokenizer *t, const cJSON *n, const char *where, TunaErr
             return rc;
         if ((rc = jint(t, jget(n, "stop"), "decoder Strip.stop", 0, 1 << 20, &stop, err)))
             return rc;
+        if (!one_char(content))
+            return tuna_errf(err, TUNA_EFORMAT, "%s: %s Strip.content must be one character",
+                             t->path, where);
         s->kind = DEC_STRIP;
         s->strip_char = first_cp(content);
         s->start = (size_t)start;
@@ -1584,10 +1601,9 @@ static void split_added(const Tokenizer *t, const AddedSet *set, const char *s, 
         i = en;
         if (m->single_word) {
             int before = st > 0 && is_word_char(t, utf8_prev(s, st, &ps), mc);
-            int after = en < len && is_word_char(t,
-                                                 utf8_cp((const unsigned char *)s + en,
-                                                         utf8_len1((unsigned char)s[en])),
-                                                 mc);
+            int after = en < len &&
+                        is_word_char(t, utf8_cp((const unsigned char *)s + en, utf8_at(s, en, len)),
+                                     mc);
             if (before || after) continue;
         }
         if (m->lstrip) {
@@ -1601,7 +1617,7 @@ static void split_added(const Tokenizer *t, const AddedSet *set, const char *s, 
         }
         if (m->rstrip) {
             while (en < len) {
-                size_t k = utf8_len1((unsigned char)s[en]);
+                size_t k = utf8_at(s, en, len);
                 if (!is_ws(utf8_cp((const unsigned char *)s + en, k))) break;
                 en += k;
             }
@@ -1655,7 +1671,7 @@ static int normalize_str(const Tokenizer *t, const char *s, size_t len, Buf *out
             size_t st0 = 0, en = a.len, ps;
             if (st->left)
                 while (st0 < en) {
-                    size_t n = utf8_len1((unsigned char)a.p[st0]);
+                    size_t n = utf8_at(a.p, st0, en);
                     if (!is_ws(utf8_cp((const unsigned char *)a.p + st0, n))) break;
                     st0 += n;
                 }
@@ -1862,7 +1878,7 @@ static void bpe_chunk(const Tokenizer *t, const char *w, size_t len, EncCtx *c, 
     int32_t unk_id = -1;
     uint32_t unk_len = 0;
     for (size_t i = 0; i < len;) {
-        size_t cl = utf8_len1((unsigned char)w[i]), e = i + cl;
+        size_t cl = utf8_at(w, i, len), e = i + cl;
         int32_t id;
         const char *piece = w + i;
         size_t plen = cl;
@@ -2153,7 +2169,7 @@ static void decode_step(const Tokenizer *t, const DecStep *st, const TokList *in
             const char *s = in->b.p + in->off[i];
             size_t a = 0, e = in->len[i], ps;
             for (size_t k = 0; k < st->start && a < e; k++) {
-                size_t cl = utf8_len1((unsigned char)s[a]);
+                size_t cl = utf8_at(s, a, e);
                 if (utf8_cp((const unsigned char *)s + a, cl) != st->strip_char) break;
                 a += cl;
             }
@@ -2169,7 +2185,7 @@ static void decode_step(const Tokenizer *t, const DecStep *st, const TokList *in
             const char *s = in->b.p + in->off[i];
             size_t n = in->len[i], k = 0, start = tmp.len;
             while (k < n) {
-                size_t cl = utf8_len1((unsigned char)s[k]);
+                size_t cl = utf8_at(s, k, n);
                 uint32_t cp = utf8_cp((const unsigned char *)s + k, cl);
                 if (cp >= 324 || t->c2b[cp] < 0) break;
                 char ch = (char)t->c2b[cp];
@@ -2193,7 +2209,7 @@ static void decode_step(const Tokenizer *t, const DecStep *st, const TokList *in
             const char *s = in->b.p + in->off[i];
             tmp.len = 0;
             for (size_t k = 0; k < in->len[i];) {
-                size_t cl = utf8_len1((unsigned char)s[k]);
+                size_t cl = utf8_at(s, k, in->len[i]);
                 if (utf8_cp((const unsigned char *)s + k, cl) == st->repl) {
                     if (!(i == 0 && st->prepend_scheme != PREPEND_NEVER)) buf_add(&tmp, " ", 1);
                 } else {

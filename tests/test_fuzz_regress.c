@@ -137,6 +137,57 @@ static void test_tokenizer_huge_ids(void) {
     }
 }
 
+/* fuzz_tokenizer: a vocab token, decoder content or added token holding a truncated UTF-8
+ * sequence ("\xF0" alone; the loader checks added tokens, not vocab strings or decoder content). The character loops took its length from the lead byte (4) and read
+ * past the string (heap-buffer-overflow in utf8_cp). A Strip decoder's content must now be one
+ * character (as HF's char); the vocab cases load, encode and decode. */
+static void test_tokenizer_truncated_utf8(void) {
+    {
+        Tokenizer *tok;
+        TunaErr err;
+        int rc = tok_load_text("tok_trunc_strip",
+                               "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+                               "\"decoder\":{\"type\":\"Strip\",\"content\":\"\xF0\",\"start\":1,"
+                               "\"stop\":1}}",
+                               &tok, &err);
+        CHECK(tok == NULL, "tok_trunc_strip: *out stays NULL");
+        expect_msg("tok_trunc_strip", rc, &err, "tokenizer.json", "Strip.content must be one");
+    }
+    static const char *cases[] = {
+            "\"decoder\":{\"type\":\"Strip\",\"content\":\" \",\"start\":2,\"stop\":2}",
+            "\"decoder\":{\"type\":\"ByteLevel\"}",
+            "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
+            "\"prepend_scheme\":\"always\"}",
+            "\"normalizer\":{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true}",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[1024], label[32];
+        snprintf(text, sizeof text,
+                 "{\"added_tokens\":[{\"id\":3,\"content\":\"b\",\"rstrip\":true,"
+                 "\"single_word\":true}],\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xF0\":0,"
+                 "\"a\":1,\"\xE2\x96\":2},\"merges\":[]},%s}",
+                 cases[i]);
+        snprintf(label, sizeof label, "tok_trunc_%zu", i);
+        Tokenizer *tok;
+        TunaErr err;
+        int rc = tok_load_text(label, text, &tok, &err);
+        CHECK(rc == 0, "%s: loads: %s", label, err.msg);
+        if (rc) continue;
+        int32_t ids[] = {0, 1, 2, 3, 0};
+        size_t len = 0;
+        char *d = tokenizer_decode_len(tok, ids, 5, 1, &len);
+        CHECK(d != NULL, "%s: decodes", label);
+        free(d);
+        int32_t *enc = NULL;
+        size_t n = 0;
+        static const char in[] = "a\xF0 b\xF0 a";
+        CHECK(tokenizer_encode(tok, in, sizeof in - 1, 0, &enc, &n, &err) == 0, "%s: encodes: %s",
+              label, err.msg);
+        free(enc);
+        tokenizer_free(tok);
+    }
+}
+
 // --- config.json (fuzz_config) ----------------------------------------------------------------
 
 static const char *cfg_llama =
@@ -343,6 +394,7 @@ int main(void) {
     }
     test_tokenizer_double_free();
     test_tokenizer_huge_ids();
+    test_tokenizer_truncated_utf8();
     test_config_out_of_range();
     test_limits();
     test_metrics_empty_file();
