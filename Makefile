@@ -8,6 +8,7 @@
 #                       LLAMA2C=path/to/llama2.c adds its run.c to the generation benchmark
 #   make test-interop   PEFT/transformers load tuna's adapters and exports and vice versa (needs $(VENV))
 #   make fuzz           libFuzzer targets, each run FUZZ_SECONDS (60) (clang)
+#   make fuzz-ci        the same with a fixed seed and execution count (what CI runs)
 #   make fixtures       regenerate tests/fixtures with tests/gen_fixtures.py (needs $(VENV))
 #   make venv           creates $(VENV) from PyPI (torch, transformers, peft, trl, gguf, llama-cpp-python)
 #   make format / format-check / lint
@@ -109,7 +110,7 @@ $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps venv test test-unit test-san test-interop bench fuzz fixtures run format format-check lint clean
+.PHONY: all deps venv test test-unit test-san test-interop bench fuzz fuzz-ci fixtures run format format-check lint clean
 all: tuna
 
 deps:
@@ -228,6 +229,10 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
 		-lcjson -lpcre2-8 -lm
 fuzz: deps $(FUZZ_BIN)
 	@sh tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz $(notdir $(FUZZ_BIN))
+
+# CI's fuzz stage: a fixed seed and execution count per target, the same result on every run
+fuzz-ci: deps $(FUZZ_BIN)
+	@FUZZ_MODE=ci sh tests/fuzz/run.sh 180 build-fuzz $(notdir $(FUZZ_BIN))
 
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures

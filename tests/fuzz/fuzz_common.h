@@ -35,12 +35,14 @@ static inline void fuzz_cleanup(void) {
     rmdir(fuzz_dir);
 }
 
-/* The scratch directory, created on first call. */
+/* The scratch directory, created on first call. The pid is printed at a fixed width so that
+ * the path, and every error message naming it, has the same length in every run (make fuzz-ci
+ * repeats its executions exactly). */
 static inline const char *fuzz_scratch(void) {
     if (fuzz_dir[0]) return fuzz_dir;
     struct stat st;
     const char *root = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) ? "/dev/shm" : "/tmp";
-    snprintf(fuzz_dir, sizeof fuzz_dir, "%s/tuna_fuzz_%ld", root, (long)getpid());
+    snprintf(fuzz_dir, sizeof fuzz_dir, "%s/tuna_fuzz_%010ld", root, (long)getpid());
     mkdir(fuzz_dir, 0700);
     atexit(fuzz_cleanup);
     return fuzz_dir;
