@@ -4,7 +4,10 @@
  * abort, so a failed collective is said in one line (rank, collective, step) before the job is
  * aborted (MPI_Abort: mpirun then ends every rank). A rank that hangs fails nothing: every
  * collective runs between dist_enter and dist_leave, and a watchdog thread that finds one
- * running longer than the timeout says so in one line and aborts the job the same way. */
+ * running longer than the timeout says so in one line and aborts the job the same way. The
+ * watchdog calls MPI only where MPI_Init_thread granted MPI_THREAD_MULTIPLE (Open MPI does);
+ * under a lesser level it ends its process with _exit instead, and mpirun ends the job because a
+ * rank exited without MPI_Finalize. */
 #include "dist.h"
 
 #include <limits.h>
@@ -23,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int joined, rank, world = 1, local_world = 1;
+static int joined, rank, world = 1, local_world = 1, thread_level = MPI_THREAD_SINGLE;
 
 // --- the collective in progress and the watchdog that times it
 
@@ -53,10 +56,12 @@ static void step_text(char *buf, size_t cap) {
         snprintf(buf, cap, " before the first step");
 }
 
-/* One line on stderr, then the whole job ends (mpirun ends the other ranks). */
-static void die(const char *line) {
+/* One line on stderr, then the whole job ends (mpirun ends the other ranks). other_thread: the
+ * caller is not the thread that initialized MPI (the watchdog). */
+static void die(const char *line, int other_thread) {
     fprintf(stderr, "%s\n", line);
     fflush(stderr);
+    if (other_thread && thread_level < MPI_THREAD_MULTIPLE) _exit(1);
     /* MPI_Abort waits for mpirun's word; with a peer's host cut off that can take forever, so
      * this rank ends in 30 s regardless (SIGALRM's default action) */
     signal(SIGALRM, SIG_DFL);
@@ -86,7 +91,7 @@ static void *watchdog(void *arg) {
                  "tuna: rank %d of %d: %s waited %.0f s%s: another rank hung or died "
                  "(dist_timeout %.0f s); stopping the job",
                  rank, world, what, (double)(now_ms() - since) / 1000, st, (double)t / 1000);
-        die(line);
+        die(line, 1);
     }
     pthread_mutex_unlock(&wd_mu);
     return NULL;
@@ -117,7 +122,7 @@ static int failed(const char *what, int rc, TunaErr *err) {
     step_text(st, sizeof st);
     snprintf(line, sizeof line, "tuna: rank %d of %d: %s failed%s: %s; stopping the job", rank,
              world, what, st, msg);
-    if (joined && world > 1) die(line);
+    if (joined && world > 1) die(line, 0);
     return tuna_errf(err, TUNA_EIO, "%s", line + 6);
 }
 
@@ -142,9 +147,11 @@ int dist_init(TunaErr *err) {
     if (joined || !launched()) return 0;
     MPI_Initialized(&ok);
     if (!ok) {
-        int provided;
-        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        /* MULTIPLE for the watchdog's MPI_Abort alone: only the main thread calls MPI otherwise */
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &thread_level) != MPI_SUCCESS)
             return tuna_errf(err, TUNA_EIO, "MPI_Init_thread failed");
+    } else {
+        MPI_Query_thread(&thread_level);
     }
     joined = 1;
     /* a failed collective comes back to failed(), which names the rank before aborting */
