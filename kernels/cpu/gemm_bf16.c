@@ -132,6 +132,52 @@ X_TARGET static inline __m512i round_hi(__m512 x) {
     return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
 }
 
+/* x[c] = word c of every x[i] (the 16 x 16 transpose of 32-bit words): pairs of rows interleaved
+ * by words, then by 64 bits, then 128-bit lanes picked twice. */
+X_TARGET static inline void transpose16(__m512i x[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
+    }
+    /* u[4g + q]: words q, q + 4, q + 8, q + 12 of rows 4g .. 4g + 3, lane by lane */
+    for (int g = 0; g < 4; g++) {
+        __m512i *a = t + 4 * g;
+        u[4 * g + 0] = _mm512_unpacklo_epi64(a[0], a[2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(a[0], a[2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(a[1], a[3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(a[1], a[3]);
+    }
+    for (int q = 0; q < 4; q++) { /* t reused: lanes 0, 2 (t[q]) and 1, 3 (t[q + 4]) */
+        t[q] = _mm512_shuffle_i32x4(u[q], u[4 + q], 0x88);
+        t[q + 4] = _mm512_shuffle_i32x4(u[q], u[4 + q], 0xdd);
+        t[q + 8] = _mm512_shuffle_i32x4(u[8 + q], u[12 + q], 0x88);
+        t[q + 12] = _mm512_shuffle_i32x4(u[8 + q], u[12 + q], 0xdd);
+    }
+    for (int c = 0; c < 8; c++) {
+        x[c] = _mm512_shuffle_i32x4(t[c], t[c + 8], 0x88);
+        x[c + 8] = _mm512_shuffle_i32x4(t[c], t[c + 8], 0xdd);
+    }
+}
+
+/* The nw (<= 16) bf16 pairs of row r of a row-major view from element k, one 32-bit word each
+ * (element 2j low, 2j + 1 high), the rest zero; fp32 is rounded here. */
+X_TARGET static inline __m512i row_pairs(const View *v, size_t r, size_t k, int nw) {
+    __mmask16 mw = nw == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nw) - 1);
+    if (v->h) return _mm512_maskz_loadu_epi32(mw, v->h + r * v->ld + k);
+    const float *p = v->f + r * v->ld + k;
+    int nf = 2 * nw; /* floats */
+    __mmask16 m0 = nf >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nf) - 1);
+    __mmask16 m1 = nf >= 32  ? (__mmask16)0xFFFF
+                   : nf > 16 ? (__mmask16)((1u << (nf - 16)) - 1)
+                             : (__mmask16)0;
+    __m256i lo =
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m0, p)), 16));
+    __m256i hi = _mm512_cvtepi32_epi16(
+            _mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m1, p + 16)), 16));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
 /* dst [(kn + 1) / 2][P] words, each the bf16 pair (element 2j low, 2j + 1 high) of rows r0 ..
  * r0+rn-1 (rn <= P) and elements k0 .. k0+kn-1 of v; rows past rn and the odd element past kn
  * are zero. */
@@ -140,44 +186,26 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
     int kp = (kn + 1) / 2;
     if (rn < P || kn % 2) memset(dst, 0, (size_t)kp * (size_t)P * sizeof *dst);
     uint16_t *d16 = (uint16_t *)dst;
-    if (!v->kmajor) { /* rows contiguous in k: 16 elements are 8 words, one per pair */
-        for (int r = 0; r < rn; r++) {
-            int k = 0;
-            if (v->h) { /* whole pairs: the 16-row gathers below */
-                k = kn & ~1;
-            } else {
-                const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
-                for (; k + 16 <= kn; k += 16) {
-                    __m256i h = _mm512_cvtepi32_epi16(
-                            _mm512_srli_epi32(round_hi(_mm512_loadu_ps(row + k)), 16));
-                    uint32_t w[8];
-                    _mm256_storeu_si256((__m256i *)w, h);
-                    uint32_t *d = dst + (size_t)(k / 2) * P + (size_t)r;
-                    for (int j = 0; j < 8; j++)
-                        d[(size_t)j * P] = w[j];
-                }
-            }
-            for (; k < kn; k++)
-                d16[((size_t)(k >> 1) * P + (size_t)r) * 2 + (size_t)(k & 1)] =
-                        view_at(v, r0 + (size_t)r, k0 + (size_t)k);
-        }
-        if (v->h) { /* a bf16 pair is one 32-bit word of its row: 16 rows' words gathered */
-            const uint16_t *base = v->h + r0 * v->ld + k0;
-            for (int r = 0; r < rn; r += 16) {
-                __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
-                __m512i idx = _mm512_mullo_epi32(
-                        _mm512_add_epi32(_mm512_set1_epi32(r),
-                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-                                                           13, 14, 15)),
-                        _mm512_set1_epi32((int)v->ld));
-                for (int j = 0; j < kn / 2; j++) {
-                    __m512i w = _mm512_mask_i32gather_epi32(
-                            _mm512_setzero_si512(), m,
-                            _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j)), base, 2);
-                    _mm512_mask_storeu_epi32(dst + (size_t)j * P + (size_t)r, m, w);
-                }
+    if (!v->kmajor) {    /* rows contiguous in k: a pair is one 32-bit word of its row */
+        int np = kn / 2; /* whole pairs; an odd last element goes below */
+        for (int r = 0; r < rn; r += 16) { /* 16 rows x 16 pairs, transposed in registers */
+            int nrow = rn - r < 16 ? rn - r : 16;
+            __mmask16 mr = nrow == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nrow) - 1);
+            for (int j = 0; j < np; j += 16) {
+                int nw = np - j < 16 ? np - j : 16;
+                __m512i x[16];
+                for (int i = 0; i < 16; i++)
+                    x[i] = i < nrow ? row_pairs(v, r0 + (size_t)(r + i), k0 + 2 * (size_t)j, nw)
+                                    : _mm512_setzero_si512();
+                transpose16(x);
+                for (int c = 0; c < nw; c++)
+                    _mm512_mask_storeu_epi32(dst + (size_t)(j + c) * P + (size_t)r, mr, x[c]);
             }
         }
+        if (kn % 2)
+            for (int r = 0; r < rn; r++)
+                d16[((size_t)np * P + (size_t)r) * 2] =
+                        view_at(v, r0 + (size_t)r, k0 + (size_t)kn - 1);
         return;
     }
     for (int k = 0; k < kn; k += 2) { /* columns contiguous in r: 16 rows of a pair at once */
@@ -209,10 +237,12 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
     }
 }
 
-/* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows) and b (kp words of NR columns);
- * add: whether c's old values are kept */
-X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
-                                 int mr, int nr, int add) {
+/* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows; the word of row i and pair p at
+ * a[i * si + p * sp]) and b (kp words of NR columns); add: whether c's old values are kept. si, sp
+ * are constants of the two callers below: the sums are the same, in the same order, either way. */
+__attribute__((always_inline)) X_TARGET static inline void
+kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *b, float *c,
+               size_t ldc, int mr, int nr, int add) {
     __m512 acc[MR][2];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
@@ -220,10 +250,10 @@ X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, f
     for (int p = 0; p < kp; p++) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
         __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
-        const uint32_t *ap = a + (size_t)p * MR;
+        const uint32_t *ap = a + (size_t)p * sp;
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
-            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[i]);
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[(size_t)i * si]);
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
         }
@@ -243,15 +273,63 @@ X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, f
 }
 
 /* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
- * at apk + (kb * npan + i) * A_STRIDE words */
+ * at apk + (kb * npan + i) * A_STRIDE words, in one of two layouts (pack_a_panel) */
 #define A_STRIDE ((size_t)(KC / 2) * MR)
+
+/* A panel by pairs (pack_panel's layout: word (i, p) at p * MR + i), as a k-major op(A) packs */
+X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+                                 int mr, int nr, int add) {
+    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add);
+}
+
+/* A panel by rows (word (i, p) at i * KC / 2 + p), as a row-major op(A) packs */
+X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t *b, float *c,
+                                      size_t ldc, int mr, int nr, int add) {
+    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add);
+}
+
+/* One panel of op(A): rows r0 .. r0+rn-1 (rn <= MR), elements k0 .. k0+kn-1, A_STRIDE words. A
+ * k-major view packs by pairs (pack_panel: 16 rows of a pair are contiguous there); a row-major
+ * one by rows, where a row's pairs are contiguous: rounded 16 elements at a time and stored as
+ * they are (pack_panel's layout took one scattered store per word: 7% of a SmolLM2 LoRA step).
+ * Rows past rn and the odd element past kn are zero. */
+X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, int kn,
+                                  uint32_t *dst) {
+    if (v->kmajor) {
+        pack_panel(v, r0, rn, k0, kn, MR, dst);
+        return;
+    }
+    const int W = KC / 2, kp = (kn + 1) / 2;
+    for (int r = 0; r < MR; r++) {
+        uint32_t *d = dst + (size_t)r * W;
+        if (r >= rn) {
+            memset(d, 0, (size_t)kp * sizeof *d);
+            continue;
+        }
+        int k = 0;
+        if (v->h) {
+            const uint16_t *row = v->h + (r0 + (size_t)r) * v->ld + k0;
+            memcpy(d, row, (size_t)(kn / 2) * sizeof *d);
+            k = kn & ~1;
+        } else {
+            const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
+            for (; k + 16 <= kn; k += 16)
+                _mm256_storeu_si256((__m256i *)(d + k / 2),
+                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+                                            round_hi(_mm512_loadu_ps(row + k)), 16)));
+            for (; k + 1 < kn; k += 2)
+                d[k / 2] = (uint32_t)bf16_round(row[k]) | (uint32_t)bf16_round(row[k + 1]) << 16;
+        }
+        if (k < kn) d[k / 2] = view_at(v, r0 + (size_t)r, k0 + (size_t)k);
+    }
+}
 
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
  * [n0, n1), over the whole of K, block by block: the task packs its columns of op(B) (bp:
  * NC x KC of bf16) once per K block and runs every row panel over them. */
 X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int K, size_t n0, size_t n1, float *C,
-                               size_t ldc, int add0, uint32_t *bp) {
+                               size_t ldc, int add0, int arows, uint32_t *bp) {
     for (int k0 = 0, kb = 0; k0 < K; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
         for (size_t n = n0; n < n1; n += NR)
@@ -262,8 +340,9 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
-                kernel_tile(kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
-                            m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || k0 > 0);
+                (arows ? kernel_tile_rows : kernel_tile)(
+                        kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
+                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || k0 > 0);
             }
         }
     }
@@ -311,8 +390,8 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
             for (long j = 0; j < npack; j++) {
                 size_t i = (size_t)j % npan, kb = (size_t)j / npan, m = m0 + i * MR;
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
-                pack_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn, MR,
-                           apk + (kb * npan + i) * A_STRIDE);
+                pack_a_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn,
+                             apk + (kb * npan + i) * A_STRIDE);
             }
             uint32_t *bp = bbuf + per * (size_t)omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
@@ -322,7 +401,7 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
                 size_t p0 = npan * tr / tm, p1 = npan * (tr + 1) / tm;
                 if (p0 < p1)
                     gemm_task(apk, npan, m0, m1, p0, p1, b, K, n0, n1, C, (size_t)ldc, beta != 0.0f,
-                              bp);
+                              !a->kmajor, bp);
             }
         }
     }
