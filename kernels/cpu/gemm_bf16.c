@@ -4,7 +4,8 @@
  * Two paths, chosen on every call (cpu_bf16_path):
  * - "avx512bf16": a kernel of our own on vdpbf16ps. op(A) is packed once per product (in
  *   chunks of at most 16 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
- *   KC, by all threads; then C is cut into tasks of columns (NC, or narrower so that each thread
+ *   KC (row by row for a row-major op(A), pair by pair for a k-major one: pack_a_panel), by all
+ *   threads; then C is cut into tasks of columns (NC, or narrower so that each thread
  *   gets two; row parts too when the columns are few): a task walks K block by block, packs its
  *   columns of op(B) into panels of NR (the rounding, vectorized, happens in the packing; a bf16
  *   weight is copied as is) and runs every row panel over them. A 12 x 32 tile of C is 24 zmm
