@@ -12,8 +12,12 @@
  * (as the engine would, whose activations and master weights are fp32); their primitive is
  * made before the clock starts. Prints the CPU's features, GFLOP/s (2 M N K per call) and
  * each candidate's ratio to fp32. Built and run by `make bench`.
- *   build/bench/bench_bf16 [--quick] [--rounds R] [--threads N] [--shape M,K,N]   (N 0: every
- *   core; --shape: that one shape only) */
+ *   build/bench/bench_bf16 [--quick] [--rounds R] [--threads N] [--shape M,K,N] [--peak]
+ *   (N 0: every core; --shape: that one shape only; --peak: only the ceiling below)
+ * --peak (also printed first in every run): the arithmetic ceiling of this machine, a register-only
+ * loop of 24 independent vdpbf16ps zmm (64 FLOP each) and of vfmadd231ps zmm (32 FLOP), on 1
+ * thread and on all of them, alternated, best of the rounds. No product can beat it; the training
+ * benchmarks state their targets against it (bench_precision.py). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -195,11 +199,80 @@ static void bench_shape(Backend *be, int M, int K, int N, int rounds) {
     free(x), free(w), free(d), free(c), free(a16), free(b16);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* FLOP per second of n FMA-like instructions per thread on 24 accumulators (a latency of up to 24
+ * cycles hidden at one instruction a cycle), on nth threads. bf16: vdpbf16ps, 32 products and 32
+ * sums per zmm; else vfmadd231ps, 16 and 16. */
+__attribute__((target("avx512f,avx512bf16"))) static double peak_run(int nth, int bf16) {
+    const long iters = 20000000; /* of 24 instructions */
+    double t0 = omp_get_wtime();
+    float sink = 0;
+#pragma omp parallel num_threads(nth) reduction(+ : sink)
+    {
+        __m512 acc[24];
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) /* distinct, or the compiler merges the 24 chains into one */
+            acc[i] = _mm512_set1_ps((float)i);
+        __m512i a = _mm512_set1_epi32(0x3f803f80); /* bf16 pairs (1, 1) */
+        __m512 x = _mm512_set1_ps(1e-7f);
+        /* unrolled, so that the 24 accumulators live in registers (checked in the disassembly:
+         * 24 vdpbf16ps and 24 vfmadd in the loops; rolled, they went through the stack and the
+         * loop measured half the rate) */
+        if (bf16)
+            for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+                for (int i = 0; i < 24; i++)
+                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)a, (__m512bh)a);
+                __asm__ volatile("" : "+v"(a)); /* not hoisted */
+            }
+        else
+            for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+                for (int i = 0; i < 24; i++)
+                    acc[i] = _mm512_fmadd_ps(x, x, acc[i]);
+                __asm__ volatile("" : "+v"(x));
+            }
+        for (int i = 0; i < 24; i++)
+            sink += _mm512_reduce_add_ps(acc[i]);
+    }
+    double t = omp_get_wtime() - t0;
+    if (sink == 42.0f) printf(" ");
+    return (double)nth * (double)iters * 24.0 * (bf16 ? 64.0 : 32.0) / t;
+}
+#endif
+
+/* The ceiling: best of rounds, 1 thread and nth threads, bf16 and fp32 alternated. */
+static void peak(int nth, int rounds) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bf16")) {
+        printf("peak: needs AVX512-BF16; this CPU has none\n");
+        return;
+    }
+    double best[2][2] = {{0}}; /* [bf16][all threads] */
+    for (int r = 0; r < rounds; r++)
+        for (int bf = 1; bf >= 0; bf--)
+            for (int all = 0; all < 2; all++) {
+                double g = peak_run(all ? nth : 1, bf);
+                if (g > best[bf][all]) best[bf][all] = g;
+            }
+    printf("peak (register-only FMA loop, best of %d): bf16 %.1f GFLOP/s on 1 thread, %.1f on %d "
+           "(%.2fx); fp32 %.1f and %.1f (%.2fx)\n",
+           rounds, best[1][0] / 1e9, best[1][1] / 1e9, nth, best[1][1] / best[1][0],
+           best[0][0] / 1e9, best[0][1] / 1e9, best[0][1] / best[0][0]);
+#else
+    (void)nth, (void)rounds;
+    printf("peak: x86-64 only\n");
+#endif
+}
+
 int main(int argc, char **argv) {
-    int quick = 0, rounds = 3, threads = 0, sm = 0, sk = 0, sn = 0;
+    int quick = 0, only_peak = 0, rounds = 3, threads = 0, sm = 0, sk = 0, sn = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--peak"))
+            only_peak = 1;
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
             rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -225,6 +298,11 @@ int main(int argc, char **argv) {
     printf("threads %d; OpenBLAS core %s; bf16 path %s; AMX: none of these candidates but oneDNN "
            "uses it\n",
            be->n_threads, openblas_get_corename(), cpu_bf16_path());
+    peak(be->n_threads, rounds);
+    if (only_peak) {
+        backend_free(be);
+        return 0;
+    }
     if (sm) {
         bench_shape(be, sm, sk, sn, rounds);
         backend_free(be);

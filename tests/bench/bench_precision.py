@@ -48,6 +48,21 @@ def cpu_features():
     return name, [f for f in want if f in flags]
 
 
+def peak_line():
+    """The machine's arithmetic ceiling (build/bench/bench_bf16 --peak: register-only vdpbf16ps
+    and vfmadd231ps loops on 1 thread and on every thread), which bounds every speed target."""
+    import subprocess
+    exe = os.path.join(ROOT, "build", "bench", "bench_bf16")
+    if not os.path.exists(exe):
+        return "peak: build/bench/bench_bf16 not built (make bench builds it)"
+    try:
+        out = subprocess.run([exe, "--peak", "--rounds", "3"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120).stdout
+    except (subprocess.SubprocessError, OSError) as e:
+        return f"peak: {e}"
+    return next((x for x in out.splitlines() if x.startswith("peak")), "peak: no figure")
+
+
 def smollm2():
     import subprocess
     try:
@@ -155,6 +170,7 @@ def main():
 
     name, feats = cpu_features()
     print(f"CPU: {name}; features: {' '.join(feats) or 'none of interest'}")
+    print(peak_line())
     have_torch = not a.no_torch
     if have_torch:
         try:
