@@ -230,7 +230,7 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
 fuzz: deps $(FUZZ_BIN)
 	@sh tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz $(notdir $(FUZZ_BIN))
 
-# CI's fuzz stage: a fixed seed and execution count per target, the same result on every run
+# CI's fuzz stage: a fixed seed and execution count per target (tests/fuzz/README.md)
 fuzz-ci: deps $(FUZZ_BIN)
 	@FUZZ_MODE=ci sh tests/fuzz/run.sh 180 build-fuzz $(notdir $(FUZZ_BIN))
 
