@@ -31,7 +31,7 @@ typedef struct LoraMod {
     float *A, *B; // (r, in), (out, r)
     float *dA, *dB;
     float *h; // (N, in) the dropped-out input, NULL when dropout is 0
-    float *u; // (N, r) h · Aᵀ
+    float *u; // (N, r) s · h · Aᵀ, the LoRA scale s folded in on the rank side
     /* DoRA: the magnitude (out) and its grad, in the adapter block after B; on the host, the
      * step's row norms ||W + s·B·A|| (detached) and g = magnitude / norm */
     float *mag, *dmag;
@@ -1281,7 +1281,10 @@ static int slice_row(const TrainState *ts, int site, int slice) {
     return slice * c->NH * c->HS; /* GPT-2: q, k, v are C rows each */
 }
 
-/* The adapter's input side: h = dropout(in) (when dropout is on), u (M, r) = h · Aᵀ. */
+/* The adapter's input side: h = dropout(in) (when dropout is on), u (M, r) = s · h · Aᵀ. The
+ * scale s is applied here, to r columns, rather than to the n_out columns of the adapter's output
+ * and of its gradient (three passes over (M, n_out) a site; the same bits when s is a power of
+ * two, as alpha 16 over rank 8). */
 static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int K) {
     Backend *be = ts->be;
     const float *h = in;
@@ -1290,6 +1293,7 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
         h = lm->h;
     }
     be->ops->matmul_fwd(be, lm->u, h, lm->A, NULL, M, K, ts->setup.lora_rank);
+    be->ops->scale(be, lm->u, (size_t)M * (size_t)ts->setup.lora_rank, ts->lora_scale);
 }
 
 /* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
@@ -1325,7 +1329,6 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, const float 
     size_t n = (size_t)M * n_out;
     be->ops->matmul_fwd(be, ts->dora_z, in, W, NULL, M, K, n_out);
     be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
-    be->ops->scale(be, ts->dys, n, ts->lora_scale);
     be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
     float *z = ts->dora_h1, *dy = ts->dora_h2;
     be->ops->download(be, z, ts->dora_z, sizeof(float) * n);
@@ -1363,7 +1366,6 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
     const float *Bs = lm->B + (size_t)slice_row(ts, site, slice) * r;
     /* dys is backward scratch, free during the forward (out may be ts->tmp) */
     be->ops->matmul_fwd(be, ts->dys, lm->u, Bs, NULL, M, r, n_out);
-    be->ops->scale(be, ts->dys, (size_t)M * n_out, ts->lora_scale);
     be->ops->add_fwd(be, out, out, ts->dys, (size_t)M * n_out);
     if (lm->mag) dora_fwd(ts, lm, slice_row(ts, site, slice), out, bias, M, n_out);
 }
@@ -1386,13 +1388,12 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
     int r = ts->setup.lora_rank;
     size_t row = (size_t)slice_row(ts, site, slice);
     if (slice == 0) zero(ts, ts->du, (size_t)M * r);
-    // y += s · u · Bᵀ  =>  du += s · dy · B,  dB += s · dyᵀ · u
-    be->ops->copy(be, ts->dys, dout, sizeof(float) * (size_t)M * n_out);
-    be->ops->scale(be, ts->dys, (size_t)M * n_out, ts->lora_scale);
-    be->ops->matmul_bwd(be, ts->du, lm->dB + row * r, NULL, ts->dys, lm->u, lm->B + row * r, M, r,
+    // y += u · Bᵀ (u = s · h · Aᵀ)  =>  du += dy · B,  dB += dyᵀ · u
+    be->ops->matmul_bwd(be, ts->du, lm->dB + row * r, NULL, dout, lm->u, lm->B + row * r, M, r,
                         n_out);
     if (!last_slice) return;
-    // u = h · Aᵀ  =>  dh += du · A,  dA += duᵀ · h
+    // u = s · h · Aᵀ  =>  dh += s · du · A,  dA += s · duᵀ · h (du scaled first: r columns)
+    be->ops->scale(be, ts->du, (size_t)M * r, ts->lora_scale);
     if (lm->h) {
         zero(ts, ts->dh, (size_t)M * K);
         be->ops->matmul_bwd(be, ts->dh, lm->dA, NULL, ts->du, lm->h, lm->A, M, K, r);
