@@ -32,10 +32,19 @@
 #define BF16_X86 1
 #endif
 
-#define MR 12  /* rows of a tile of C */
-#define NR 32  /* columns of a tile of C (two zmm of fp32) */
-#define KC 256 /* elements of K per block (even) */
-#define NC 384 /* columns of C per task (a multiple of NR) */
+#ifndef MR
+/* The tile of C: MR x NR, NV zmm of fp32 a row, MR * NV accumulators (24 of the 32 zmm).
+ * Tried on one Zen 4 core (-DMR= -DNR=; NR a multiple of 16 dividing NC): 8 x 48 (3 loads of
+ * op(B) and 8 broadcasts for 24 vdpbf16ps, where 12 x 32 has 2 and 12) ran the step's 576- and
+ * 1536-wide products 2-4% faster, but the attention's 64-wide ones 25% slower (64 of a panel's 96
+ * columns), and a SmolLM2 LoRA step 2% slower; 6 x 64 and 9 x 48 no faster; 14 x 32 spilled. The bits are the same for every tile shape: each element of C is the same
+ * sum in the same order. */
+#define MR 12 /* rows of a tile of C */
+#define NR 32 /* columns of a tile of C (two zmm of fp32) */
+#endif
+#define NV (NR / 16) /* zmm of fp32 across a tile */
+#define KC 256       /* elements of K per block (even) */
+#define NC 384       /* columns of C per task (a multiple of NR) */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -244,32 +253,39 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
 __attribute__((always_inline)) X_TARGET static inline void
 kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *b, float *c,
                size_t ldc, int mr, int nr, int add) {
-    __m512 acc[MR][2];
+    __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = _mm512_setzero_ps();
     for (int p = 0; p < kp; p++) {
-        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
-        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
+        __m512bh bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16 * v);
         const uint32_t *ap = a + (size_t)p * sp;
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
             __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[(size_t)i * si]);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
         }
     }
-    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __mmask16 mk[NV];
+    for (int v = 0; v < NV; v++) {
+        int left = nr - 16 * v;
+        mk[v] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
-        __m512 v0 = acc[i][0], v1 = acc[i][1];
-        if (add) {
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), v0);
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), v1);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __m512 x = acc[i][v];
+            if (add) x = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], ci + 16 * v), x);
+            _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
         }
-        _mm512_mask_storeu_ps(ci, m0, v0);
-        _mm512_mask_storeu_ps(ci + 16, m1, v1);
     }
 }
 
