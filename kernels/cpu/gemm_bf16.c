@@ -37,8 +37,9 @@
  * Tried on one Zen 4 core (-DMR= -DNR=; NR a multiple of 16 dividing NC): 8 x 48 (3 loads of
  * op(B) and 8 broadcasts for 24 vdpbf16ps, where 12 x 32 has 2 and 12) ran the step's 576- and
  * 1536-wide products 2-4% faster, but the attention's 64-wide ones 25% slower (64 of a panel's 96
- * columns), and a SmolLM2 LoRA step 2% slower; 6 x 64 and 9 x 48 no faster; 14 x 32 spilled. The bits are the same for every tile shape: each element of C is the same
- * sum in the same order. */
+ * columns), and a SmolLM2 LoRA step 2% slower; 6 x 64 and 9 x 48 no faster; 14 x 32 spilled.
+ * The bits are the same for every tile shape: each element of C is the same sum in the same
+ * order. */
 #define MR 12 /* rows of a tile of C */
 #define NR 32 /* columns of a tile of C (two zmm of fp32) */
 #endif
