@@ -1,15 +1,15 @@
 /* attention_gemm.c: causal attention forward and backward for long query blocks (training,
- * prefill) as matrix products. Per (batch row, head) the scores S = scale·Q·Kᵀ (Tq, Tk), the
- * masked softmax P, and O = P·V are single-threaded sgemm calls, heads spread over the
- * OpenMP threads (OpenBLAS itself on one thread, so the result does not depend on the thread
- * count). The backward recomputes P and uses dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)),
- * dQ += scale·dS·K, dK += scale·dSᵀ·Q, dV += Pᵀ·dO; a thread owns a whole kv head (all
- * grp query heads that share it), so dK and dV have no races. Same semantics as the
- * attention_fwd / attention_bwd slots of kernels/backend.h (GQA, causal offset Tk−Tq,
- * window, kv_lo, kv_stride). The causally masked half of S is computed and discarded: at T = 512
- * the sgemm is still several times faster than the per-row loops it replaces. A neat-packed row
- * (kv_lo marks runs of positions that each see only their own run) is block diagonal: each
- * example's block is computed on its own, so the squares between examples cost nothing.
+ * prefill) as matrix products. Per (batch row, head, chunk of QB queries) the scores S =
+ * scale·Q·Kᵀ over the keys the chunk's queries can see, the masked softmax P, and O = P·V are
+ * single-threaded sgemm calls, the tasks spread over the OpenMP threads (OpenBLAS itself on one
+ * thread, so the result does not depend on the thread count). The backward recomputes P and
+ * uses dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)), dQ += scale·dS·K, dK += scale·dSᵀ·Q,
+ * dV += Pᵀ·dO, a task per query head with its own partial dK and dV, summed per kv head after.
+ * Same semantics as the attention_fwd / attention_bwd slots of kernels/backend.h (GQA, causal
+ * offset Tk−Tq, window, kv_lo, kv_stride). Inside a chunk the masked triangle is computed and
+ * discarded; above the chunks it is skipped. A neat-packed row (kv_lo marks runs of positions
+ * that each see only their own run) is block diagonal: each example's block is computed on its
+ * own, so the squares between examples cost nothing.
  * Under Backend.mm_bf16 the products are cpu_gemm_bf16's (bf16 operands, fp32 sums, one thread
  * each), as torch's bf16 SDPA on the CPU: S = Q·Kᵀ is scaled in the softmax (fp32), P is rounded
  * to bf16 for O = P·V and dV += Pᵀ·dO, and dS is scaled before it is rounded for dQ and dK
@@ -99,38 +99,55 @@ static int blocks_of(const int32_t *kv_lo, int b, int Tq, int Tk, int *blk, cons
     return 1;
 }
 
+/* Query rows a task computes at once: rows c·QB .. of a block see keys up to their last row's
+ * (causal), so the masked triangle above the diagonal is computed only inside the chunk. At 512
+ * tokens that skips 3/8 of the scores and of the products over them (which were a fifth of a
+ * SmolLM2 LoRA step's arithmetic), and gives the threads B·NH·(Tq / QB) tasks to share. */
+#define QB 128
+
+/* The query chunk [qa, qe) of block [s0, s1) and chunk c, and the keys it sees: *lk of them from
+ * the block's first key. 0 when the chunk misses the block. */
+static int chunk_of(int s0, int s1, int c, int Tq, int Tk, int *qa, int *qe, int *lk) {
+    *qa = c * QB > s0 ? c * QB : s0;
+    *qe = (c + 1) * QB < s1 ? (c + 1) * QB : s1;
+    *lk = *qe - s0 + Tk - Tq;
+    return *qa < *qe;
+}
+
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                            int window, const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, total = B * NH, fail = 0, bf = be->mm_bf16;
-    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
+    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0, bf = be->mm_bf16;
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
     openblas_set_num_threads(1); /* a team of one thread would let OpenBLAS thread (cpu_sgemm) */
 #pragma omp parallel num_threads(be->n_threads)
     {
-        float *S = malloc(sizeof(float) * (size_t)Tq * Tk);
+        float *S = malloc(sizeof(float) * mq * Tk);
         int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
         if (!S || !blk) {
 #pragma omp atomic write
             fail = 1;
         }
 #pragma omp for schedule(dynamic)
-        for (int idx = 0; idx < total; idx++) {
+        for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
             if (!S || !blk) continue;
-            int b = idx / NH, h = idx % NH, g = h / grp;
+            int c = nqc - 1 - idx / (B * NH), b = idx % (B * NH) / NH, h = idx % NH, g = h / grp;
             const int32_t *lo;
-            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
+            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo), qa, qe, lk;
             for (int i = 0; i < nb; i++) { /* block i: queries s0.., keys s0.. (see blocks_of) */
-                int s0 = blk[i], lq = blk[i + 1] - s0, lk = lq + Tk - Tq;
-                const float *qh = q + ((size_t)b * Tq + s0) * qs + (size_t)h * HS;
+                int s0 = blk[i];
+                if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
+                int lq = qe - qa;
+                const float *qh = q + ((size_t)b * Tq + qa) * qs + (size_t)h * HS;
                 const float *kg = k + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
                 const float *vg = v + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
                 int e = prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, qh, (int)qs, kg, (int)ks,
                              0.0f, S, lk);
-                if (!e) masked_softmax(S, lq, lk, bf ? scale : 1.0f, window, lo);
+                if (!e) masked_softmax(S, lq, lk, bf ? scale : 1.0f, window, lo ? lo + qa : NULL);
                 if (!e)
                     e = prod(bf, 0, 0, lq, HS, lk, 1.0f, S, lk, vg, (int)ks, 0.0f,
-                             out + ((size_t)b * Tq + s0) * qs + (size_t)h * HS, (int)qs);
+                             out + ((size_t)b * Tq + qa) * qs + (size_t)h * HS, (int)qs);
                 if (e) {
 #pragma omp atomic write
                     fail = 1;
@@ -143,81 +160,123 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
     return fail ? -1 : 0;
 }
 
-/* The backward of one (block, query head): queries s0..s0+lq-1 of the head whose row starts at
- * qrow in q/dq/dout, keys s0..s0+lq+dk_off-1 of the kv head at kvo in k/v/dk/dv. P and dP are
+/* The backward of one chunk of one query head: lq queries (their rows at q, dq, dout) over lk
+ * keys (at k, v), the chunk's last query at the last key. The keys' gradients go to the head's
+ * own partial sums pk, pv (lk rows of HS; beta 0: the first chunk to reach them). P and dP are
  * scratch of lq x lk. */
-static int block_bwd(int bf, float *P, float *dP, int s0, int lq, int dk_off, float scale,
-                     int window, const int32_t *lo, float *dq, float *dk, float *dv,
-                     const float *dout, const float *q, const float *k, const float *v, size_t kvo,
-                     size_t qrow, size_t qs, size_t ks, int HS) {
-    int lk = lq + dk_off;
-    size_t qo = qrow + (size_t)s0 * qs, ko = kvo + (size_t)s0 * ks;
-    if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, q + qo, (int)qs, k + ko, (int)ks, 0.0f, P,
-             lk))
+static int chunk_bwd(int bf, float *P, float *dP, int lq, int lk, float scale, int window,
+                     const int32_t *lo, float *dq, float *pk, float *pv, float beta,
+                     const float *dout, const float *q, const float *k, const float *v, size_t qs,
+                     size_t ks, int HS) {
+    if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, q, (int)qs, k, (int)ks, 0.0f, P, lk))
         return -1;
     masked_softmax(P, lq, lk, bf ? scale : 1.0f, window, lo);
-    if (dv && /* dV += Pᵀ·dO */
-        prod(bf, 1, 0, lk, HS, lq, 1.0f, P, lk, dout + qo, (int)qs, 1.0f, dv + ko, (int)ks))
+    if (pv && /* dV += Pᵀ·dO */
+        prod(bf, 1, 0, lk, HS, lq, 1.0f, P, lk, dout, (int)qs, beta, pv, HS))
         return -1;
-    if (!dq && !dk) return 0;
+    if (!dq && !pk) return 0;
     /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj (under bf16 also times
-     * scale here, before the products round it) */
-    if (prod(bf, 0, 1, lq, lk, HS, 1.0f, dout + qo, (int)qs, v + ko, (int)ks, 0.0f, dP, lk))
-        return -1;
+     * scale here, before the products round it); P is 0 past the query's own key p */
+    if (prod(bf, 0, 1, lq, lk, HS, 1.0f, dout, (int)qs, v, (int)ks, 0.0f, dP, lk)) return -1;
+    float ds = bf ? scale : 1.0f;
     for (int t = 0; t < lq; t++) {
         float *pr = P + (size_t)t * lk, *dr = dP + (size_t)t * lk, D = 0;
-        for (int j = 0; j < lk; j++)
+        int p = lk - lq + t;
+#pragma omp simd reduction(+ : D)
+        for (int j = 0; j <= p; j++)
             D += pr[j] * dr[j];
-        for (int j = 0; j < lk; j++)
-            dr[j] = pr[j] * (dr[j] - D);
-        if (bf)
-            for (int j = 0; j < lk; j++)
-                dr[j] *= scale;
+#pragma omp simd
+        for (int j = 0; j <= p; j++)
+            dr[j] = pr[j] * (dr[j] - D) * ds;
+        for (int j = p + 1; j < lk; j++)
+            dr[j] = 0;
     }
     float a = bf ? 1.0f : scale;
     if (dq && /* dQ += scale·dS·K */
-        prod(bf, 0, 0, lq, HS, lk, a, dP, lk, k + ko, (int)ks, 1.0f, dq + qo, (int)qs))
+        prod(bf, 0, 0, lq, HS, lk, a, dP, lk, k, (int)ks, 1.0f, dq, (int)qs))
         return -1;
-    if (dk && /* dK += scale·dSᵀ·Q */
-        prod(bf, 1, 0, lk, HS, lq, a, dP, lk, q + qo, (int)qs, 1.0f, dk + ko, (int)ks))
+    if (pk && /* dK += scale·dSᵀ·Q */
+        prod(bf, 1, 0, lk, HS, lq, a, dP, lk, q, (int)qs, beta, pk, HS))
         return -1;
     return 0;
 }
 
+/* Tasks are (query head, chunk) pairs' worth of work per head: a head's chunks run in one task,
+ * last chunk first (it reaches all of its block's keys: beta 0 there), into the head's partial
+ * dK and dV (Tk x HS each); then dK, dV += the group's partials in head order. The sums do not
+ * depend on the thread count; a task per kv head (as before) left one of two threads idle a
+ * third of the time with SmolLM2's 3 kv heads. One batch row at a time (partials NH x Tk x HS). */
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                            size_t kv_stride, int NH, int KVH, int HS, int window,
                            const int32_t *kv_lo) {
     float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, total = B * KVH, fail = 0, bf = be->mm_bf16;
-    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, n = (size_t)Tq * Tk;
+    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, fail = 0, bf = be->mm_bf16;
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
+    size_t part = (size_t)Tk * HS; /* floats of one head's partial dK (or dV) */
+    float *pk = dk ? malloc(sizeof(float) * part * NH) : NULL,
+          *pv = dv ? malloc(sizeof(float) * part * NH) : NULL;
+    if ((dk && !pk) || (dv && !pv)) {
+        free(pk);
+        free(pv);
+        return -1;
+    }
     openblas_set_num_threads(1);
 #pragma omp parallel num_threads(be->n_threads)
     {
-        float *P = malloc(sizeof(float) * n), *dP = malloc(sizeof(float) * n);
+        float *P = malloc(sizeof(float) * mq * Tk), *dP = malloc(sizeof(float) * mq * Tk);
         int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
         if (!P || !dP || !blk) {
 #pragma omp atomic write
             fail = 1;
         }
+        for (int b = 0; b < B; b++) {
 #pragma omp for schedule(dynamic)
-        for (int idx = 0; idx < total; idx++) {
-            if (!P || !dP || !blk) continue;
-            int b = idx / KVH, g = idx % KVH;
-            const int32_t *lo;
-            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo);
-            for (int i = 0; i < nb; i++)
-                for (int h = g * grp; h < (g + 1) * grp; h++)
-                    if (block_bwd(bf, P, dP, blk[i], blk[i + 1] - blk[i], Tk - Tq, scale, window,
-                                  lo, dq, dk, dv, dout, q, k, v, b * kv_stride + (size_t)g * HS,
-                                  (size_t)b * Tq * qs + (size_t)h * HS, qs, ks, HS)) {
+            for (int h = 0; h < NH; h++) {
+                if (!P || !dP || !blk) continue;
+                const int32_t *lo;
+                int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo), g = h / grp, qa, qe, lk;
+                for (int i = 0; i < nb; i++) {
+                    int s0 = blk[i], first = 1;
+                    for (int c = nqc - 1; c >= 0; c--) {
+                        if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
+                        size_t qo = ((size_t)b * Tq + qa) * qs + (size_t)h * HS,
+                               ko = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS,
+                               po = part * h + (size_t)s0 * HS;
+                        if (chunk_bwd(bf, P, dP, qe - qa, lk, scale, window, lo ? lo + qa : NULL,
+                                      dq ? dq + qo : NULL, pk ? pk + po : NULL, pv ? pv + po : NULL,
+                                      first ? 0.0f : 1.0f, dout + qo, q + qo, k + ko, v + ko, qs,
+                                      ks, HS)) {
 #pragma omp atomic write
-                        fail = 1;
+                            fail = 1;
+                        }
+                        first = 0;
                     }
+                }
+            }
+            /* dK, dV += the partials of each kv head's query heads, in head order */
+#pragma omp for schedule(static)
+            for (int j = 0; j < Tk; j++)
+                for (int g = 0; g < KVH; g++) {
+                    size_t o = b * kv_stride + (size_t)j * ks + (size_t)g * HS;
+                    for (int h = g * grp; h < (g + 1) * grp; h++) {
+                        size_t po = part * h + (size_t)j * HS;
+                        if (dk)
+#pragma omp simd
+                            for (int d = 0; d < HS; d++)
+                                dk[o + d] += pk[po + d];
+                        if (dv)
+#pragma omp simd
+                            for (int d = 0; d < HS; d++)
+                                dv[o + d] += pv[po + d];
+                    }
+                }
         }
         free(P);
         free(dP);
         free(blk);
     }
+    free(pk);
+    free(pv);
     return fail ? -1 : 0;
 }
