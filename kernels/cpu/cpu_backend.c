@@ -99,10 +99,55 @@ static void sgemm_call(int ta, int tb, int M, int N, int k0, int kn, float alpha
                 kn, alpha, a, lda, b, ldb, beta, C, ldc);
 }
 
+static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc);
+
+/* A product with a side of at most SGEMM_SPLIT_MAX (a LoRA adapter's rank side) and more than
+ * SGEMM_BLOCK rows of C (or columns, when there are more of those): one-thread sgemm calls on
+ * at most SGEMM_PARTS blocks of its rows (columns), spread over the threads. OpenBLAS's own
+ * threads cost such products more than they gave (2 threads: 1.34x over one on a SmolLM2 LoRA
+ * step's rank side, perf: sched_yield 3.7% of the step; 1.8x this way). The blocks are the same
+ * on any thread count, so are the bits (OpenBLAS picks its kernel by the shape of a call: a
+ * split by threads changed them). */
+#define SGEMM_SPLIT_MAX 16
+#define SGEMM_BLOCK     128 /* rows (columns) of a block at least */
+#define SGEMM_PARTS     4   /* blocks at most */
+static void sgemm_blocks(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                         int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int rows = M >= N, len = rows ? M : N;
+    int bl = (len + SGEMM_PARTS - 1) / SGEMM_PARTS;
+    bl = bl < SGEMM_BLOCK ? SGEMM_BLOCK : (bl + 15) / 16 * 16;
+    int nb = (len + bl - 1) / bl;
+    openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (int b = 0; b < nb; b++) {
+        size_t lo = (size_t)b * bl;
+        int n = len - (int)lo < bl ? len - (int)lo : bl;
+        if (rows)
+            sgemm_k(ta, tb, n, N, K, alpha, ta ? A + lo : A + lo * (size_t)lda, lda, B, ldb, beta,
+                    C + lo * (size_t)ldc, ldc);
+        else
+            sgemm_k(ta, tb, M, n, K, alpha, A, lda, tb ? B + lo * (size_t)ldb : B + lo, ldb, beta,
+                    C + lo, ldc);
+    }
+}
+
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    if ((M <= SGEMM_SPLIT_MAX || N <= SGEMM_SPLIT_MAX || K <= SGEMM_SPLIT_MAX) &&
+        (M > SGEMM_BLOCK || N > SGEMM_BLOCK)) {
+        sgemm_blocks(omp_in_parallel() ? 1 : nth, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                     ldc);
+        return;
+    }
     openblas_set_num_threads(nth);
+    sgemm_k(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* cpu_sgemm on OpenBLAS's threads as set: K cut as sgemm_q says */
+static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
     if (K <= 32) {
         sgemm_call(ta, tb, M, N, 0, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
