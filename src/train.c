@@ -637,9 +637,11 @@ static int run_open_data(Run *r, TunaErr *err) {
                            err)))
         return rc;
     r->have_batcher = 1;
-    /* --pad-to batch: a batch's rows as long as its longest example (a multiple of 8, at most T);
-     * the same rows in the same order as max, so the losses are the same (packed rows are full) */
-    r->pad_multiple = !c->packing && !strcmp(c->pad_to, "batch") ? 8 : 0;
+    /* --pad-to batch: a batch's rows as long as its longest row (a multiple of 8, at most T);
+     * the same rows in the same order as max, so the losses are the same. Packed rows too: they
+     * hold whole examples while the next fits, so they end short of T (alpaca_en_demo at 512:
+     * 336 to 450 tokens), and the pads after the last example change nothing before them */
+    r->pad_multiple = !strcmp(c->pad_to, "batch") ? 8 : 0;
     r->batcher.pad_multiple = r->pad_multiple;
     size_t bpe = batcher_batches_per_epoch(&r->batcher);
     r->steps_per_epoch = (int)((bpe + (size_t)c->grad_accum - 1) / (size_t)c->grad_accum);

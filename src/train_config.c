@@ -150,8 +150,9 @@ static const TrainOption fields[] = {
         B(group_by_length, ALL, "false",
           "batches of examples of similar length (Hugging Face group_by_length): less padding"),
         S(pad_to, ALL, "batch",
-          "batch: each batch padded to its own longest example (rounded up to 8); max: every "
-          "batch to the longest example of the data (the fixed rows of earlier versions)"),
+          "batch: each batch padded to its own longest example or packed row (rounded up to 8); "
+          "max: every batch to the longest example of the data, or to cutoff_len when packing "
+          "(the fixed rows of earlier versions)"),
         B(train_on_prompt, ALL, "false", "sft: the prompt tokens train too, not only the replies"),
         B(mask_history, ALL, "false",
           "sft: only the last reply of a conversation trains (truncation keeps the last turns)"),

@@ -1,5 +1,5 @@
-/* test_batching.c: batches padded to their own longest example (--pad-to batch, the default)
- * against the fixed rows of the longest example in the data (--pad-to max).
+/* test_batching.c: batches padded to their own longest example or packed row (--pad-to batch,
+ * the default) against the fixed rows of the longest example in the data (--pad-to max).
  * - the batcher: each batch's rows are its longest row rounded up to a multiple of 8 (at most
  *   T), holding the same ids and targets as the fixed rows, in the same order;
  * - `tuna train` on stories260K + identity: the per-step losses and eval losses of the two modes
@@ -35,17 +35,13 @@ static void add_example(Dataset *d, int n, int seed) {
     }
 }
 
-static void test_batcher(void) {
-    Dataset *d = xcalloc(1, sizeof *d);
-    static const int lens[] = {5, 9, 17, 3, 40, 64, 12, 8, 7, 33, 2, 90, 15, 16, 24, 1, 50, 6};
-    int nl = (int)(sizeof lens / sizeof lens[0]);
-    for (int i = 0; i < nl; i++)
-        add_example(d, lens[i], i);
-    const int B = 3, T = 72; /* 90 is cut to 72: a batch holding it has rows of 72, not 80 */
+/* Rows of a batcher with pad_multiple 8 against the fixed rows of T, over two epochs: flags 0
+ * (examples), or packed rows (which end where their last example does). */
+static void check_rows(const Dataset *d, int B, int T, int flags) {
     TunaErr err = {0};
     Batcher fx, pb;
-    CHECK(batcher_init(&fx, d, B, T, 0, 7, &err) == 0, "init: %s", err.msg);
-    CHECK(batcher_init(&pb, d, B, T, 0, 7, &err) == 0, "init: %s", err.msg);
+    CHECK(batcher_init(&fx, d, B, T, flags, 7, &err) == 0, "init: %s", err.msg);
+    CHECK(batcher_init(&pb, d, B, T, flags, 7, &err) == 0, "init: %s", err.msg);
     pb.pad_multiple = 8;
     size_t nb = batcher_batches_per_epoch(&pb);
     int shorter = 0, bad_len = 0, bad_rows = 0, bad_count = 0;
@@ -74,10 +70,28 @@ static void test_batcher(void) {
         if (nt != b.n_targets || a.n_targets != b.n_targets || a.n_tokens != b.n_tokens)
             bad_count++;
     }
-    CHECK(bad_len == 0, "%d batches with rows not the longest rounded up to 8", bad_len);
-    CHECK(bad_rows == 0, "%d positions differ from the fixed rows", bad_rows);
-    CHECK(bad_count == 0, "%d batches with n_targets/n_tokens not as counted", bad_count);
-    CHECK(shorter > 0, "no batch was shorter than the fixed rows");
+    CHECK(bad_len == 0, "flags %d: %d batches with rows not the longest rounded up to 8", flags,
+          bad_len);
+    CHECK(bad_rows == 0, "flags %d: %d positions differ from the fixed rows", flags, bad_rows);
+    CHECK(bad_count == 0, "flags %d: %d batches with n_targets/n_tokens not as counted", flags,
+          bad_count);
+    CHECK(shorter > 0, "flags %d: no batch was shorter than the fixed rows", flags);
+    batcher_free(&fx);
+    batcher_free(&pb);
+}
+
+static void test_batcher(void) {
+    Dataset *d = xcalloc(1, sizeof *d);
+    static const int lens[] = {5, 9, 17, 3, 40, 64, 12, 8, 7, 33, 2, 90, 15, 16, 24, 1, 50, 6};
+    int nl = (int)(sizeof lens / sizeof lens[0]);
+    for (int i = 0; i < nl; i++)
+        add_example(d, lens[i], i);
+    const int B = 3, T = 72; /* 90 is cut to 72: a batch holding it has rows of 72, not 80 */
+    TunaErr err = {0};
+    check_rows(d, B, T, 0);
+    check_rows(d, B, T, BATCH_PACK);
+    check_rows(d, 1, 100, BATCH_PACK);
+    check_rows(d, 2, 100, BATCH_PACK_NEAT);
     /* resume: seeking gives the same batches */
     Batcher sk;
     CHECK(batcher_init(&sk, d, B, T, 0, 7, &err) == 0 && batcher_seek(&sk, 1, 2, &err) == 0,
@@ -87,14 +101,13 @@ static void test_batcher(void) {
     batcher_init(&ref, d, B, T, 0, 7, &err);
     ref.pad_multiple = 8;
     Batch x, y;
+    size_t nb = batcher_batches_per_epoch(&ref);
     for (size_t k = 0; k < nb + 3; k++) /* epoch 1, batch 2 */
         batcher_next(&ref, &x);
     batcher_next(&sk, &y);
     CHECK(x.T == y.T && !memcmp(x.ids, y.ids, sizeof(int32_t) * (size_t)B * x.T) &&
                   !memcmp(x.targets, y.targets, sizeof(int32_t) * (size_t)B * x.T),
           "a seeked batcher gives the same per-batch rows (T %d vs %d)", x.T, y.T);
-    batcher_free(&fx);
-    batcher_free(&pb);
     batcher_free(&sk);
     batcher_free(&ref);
     dataset_free(d);
@@ -307,6 +320,11 @@ int main(void) {
                 "--max-steps 4 --eval-steps 2 --grad-accum 2 --gradient-checkpointing", tmp);
     same_losses("ptuning", "--method ptuning --prefix-tokens 4 --max-steps 4 --eval-steps 2", tmp);
     same_losses("full", "--method full --max-steps 3 --eval-steps 3", tmp);
+    /* packed rows end where their last example does, short of --cutoff-len */
+    same_losses("lora, packed", "--packing true --cutoff-len 200 --max-steps 4 --eval-steps 2",
+                tmp);
+    same_losses("lora, neat packing",
+                "--packing neat --cutoff-len 200 --max-steps 4 --eval-steps 2", tmp);
     test_real_tokens(tmp);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
