@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Speed of low-precision training (issue 13), side by side and alternated in one run:
 
-  (1) LoRA r8 on the real SmolLM2-135M-Instruct (../shared GGUF), rows of 512 tokens of packed
-      alpaca_en_demo, batch 1:
+  (1) LoRA r8 on the real SmolLM2-135M-Instruct (../shared GGUF), packed alpaca_en_demo at
+      --cutoff-len 512, batch 1 (a packed row holds whole examples while the next fits, so it
+      ends short of 512: 336-450 tokens, and tuna's rows stop at their last token, rounded up to
+      8); torch+peft runs rows of random token ids of the same lengths, step for step, so both
+      sides compute the same tokens:
         tuna bf16 base+--bf16 vs torch+peft fp32                (target: tuna >= 3x)
         tuna bf16 base+--bf16 vs torch+peft under bf16 autocast (target: tuna >= 1.5x)
         tuna fp32            vs torch+peft fp32               (reported)
@@ -100,7 +103,7 @@ def run_tuna(cmd_fn, tuna, model, flags, steps):
         bt.tuna_cmd = saved
 
 
-def torch_worker(model, gguf_file, autocast, steps):
+def torch_worker(model, gguf_file, autocast, steps, lengths):
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -118,10 +121,14 @@ def torch_worker(model, gguf_file, autocast, steps):
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
-    B, T = 1, 512
+    B = 1
+    # the row length of each step: tuna's rows (two warm-up steps first), or 512 each
+    lens = [int(x) for x in lengths.split(",")] if lengths else [512] * (steps + 2)
+    lens = (lens * (steps + 2))[:steps + 2]
+    it = iter(lens)
 
     def step():
-        ids = torch.randint(0, m.config.vocab_size, (B, T), generator=g)
+        ids = torch.randint(0, m.config.vocab_size, (B, next(it)), generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = m(input_ids=ids, labels=ids).loss
         loss.backward()
@@ -135,15 +142,16 @@ def torch_worker(model, gguf_file, autocast, steps):
     for _ in range(steps):
         step()
     sec = time.perf_counter() - t0
-    print(json.dumps({"tok_s": steps * B * T / sec, "timed_steps": steps, "timed_s": sec}))
+    print(json.dumps({"tok_s": B * sum(lens[2:]) / sec, "timed_steps": steps, "timed_s": sec}))
     return 0
 
 
-def run_torch(model_dir, gguf_file, autocast, steps):
+def run_torch(model_dir, gguf_file, autocast, steps, lengths):
     import json
     env = dict(os.environ, OMP_NUM_THREADS=str(bt.THREADS), MKL_NUM_THREADS=str(bt.THREADS))
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", model_dir,
-           "--gguf-file", gguf_file or "", "--steps", str(steps)] + (["--autocast"] if autocast else [])
+           "--gguf-file", gguf_file or "", "--steps", str(steps),
+           "--lengths", ",".join(map(str, lengths))] + (["--autocast"] if autocast else [])
     rc, out, err, rss, wall, others = bt.run_child(cmd, env)
     lines = [l for l in out.splitlines() if l.startswith("{")]
     if rc or not lines:
@@ -165,9 +173,10 @@ def main():
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--gguf-file", default="", help=argparse.SUPPRESS)
     ap.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.torch_worker:
-        return torch_worker(a.torch_worker, a.gguf_file or None, a.autocast, a.steps)
+        return torch_worker(a.torch_worker, a.gguf_file or None, a.autocast, a.steps, a.lengths)
 
     name, feats = cpu_features()
     print(f"CPU: {name}; features: {' '.join(feats) or 'none of interest'}")
@@ -192,18 +201,26 @@ def main():
             if os.path.isdir(gg):  # the model's folder: its GGUF file
                 gg = os.path.join(gg, sorted(x for x in os.listdir(gg) if x.endswith(".gguf"))[0])
             d, f = os.path.dirname(gg), os.path.basename(gg)
+            rows = []  # tuna's token count of each step (the same data order every run)
+
+            def tuna_rows(flags):
+                out = run_tuna(tuna_lora_cmd, a.tuna, gg, flags, a.steps)
+                if not rows and "step_tokens" in out:
+                    rows.extend(out["step_tokens"])
+                    print(f"  tokens of tuna's steps: {rows}", flush=True)
+                return out
+
             configs += [
-                ("tuna lora fp32", lambda: run_tuna(tuna_lora_cmd, a.tuna, gg, ["--dtype", "fp32"], a.steps)),
-                ("tuna lora bf16", lambda: run_tuna(tuna_lora_cmd, a.tuna, gg,
-                                                    ["--dtype", "bf16", "--bf16"], a.steps)),
+                ("tuna lora fp32", lambda: tuna_rows(["--dtype", "fp32"])),
+                ("tuna lora bf16", lambda: tuna_rows(["--dtype", "bf16", "--bf16"])),
                 ("tuna lora 4-bit", lambda: run_tuna(tuna_lora_cmd, a.tuna, gg,
                                                      ["--quantization-bit", "4", "--bf16"], a.steps)),
                 ("tuna lora q4_1 stored", lambda: run_tuna(tuna_lora_cmd, a.tuna, gg, ["--bf16"], a.steps)),
             ]
             if have_torch:
                 configs += [
-                    ("torch lora fp32", lambda: run_torch(d, f, False, a.steps - 2)),
-                    ("torch lora autocast", lambda: run_torch(d, f, True, a.steps - 2)),
+                    ("torch lora fp32", lambda: run_torch(d, f, False, a.steps - 2, rows)),
+                    ("torch lora autocast", lambda: run_torch(d, f, True, a.steps - 2, rows)),
                 ]
     if "gpt2" in only:
         path = os.path.join(a.cache, bt.CASES["b"]["model"])
