@@ -57,6 +57,7 @@ static const EventField fields[] = {
         NUM("tokens_per_s", F_DBL, tokens_per_s, T(STEP)),
         NUM("real_tok_s", F_DBL, real_tok_s, T(STEP)),
         NUM("real_tokens", F_LONG, real_tokens, T(STEP)),
+        NUM("tokens", F_LONG, tokens, T(STEP)),
         NUM("elapsed", F_DBL, elapsed, T(STEP)),
         NUM("eta", F_DBL, eta, T(STEP)),
         NUM("", F_METRICS, n_metrics, T(STEP) | T(EVAL) | T(START)),

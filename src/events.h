@@ -44,7 +44,7 @@ typedef struct Event {
                            reader leaves it NULL) */
     // step
     double loss, grad_norm, tokens_per_s, real_tok_s, elapsed, eta;
-    long real_tokens, skipped_steps;
+    long real_tokens, tokens, skipped_steps; /* tokens: the step's non-pad tokens */
     int n_metrics;
     char metric_name[EVENT_MAX_METRICS][48];
     double metric[EVENT_MAX_METRICS];

@@ -1427,6 +1427,7 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
         e.tokens_per_s = tok_window;
         e.real_tok_s = real_window;
         e.real_tokens = n_t;
+        e.tokens = n_tok;
         e.elapsed = *elapsed;
         if (*eta >= 0) e.eta = *eta;
         if (lp->bad_total) e.skipped_steps = lp->bad_total;

@@ -229,6 +229,7 @@ static void test_event_roundtrip(void) {
             e.lr = 1e-3;
             e.grad_norm = 0.5;
             e.real_tokens = 99;
+            e.tokens = 123;
             event_metric(&e, "rewards/margins", 0.125);
         }
         if (t == EV_EVAL) e.eval_loss = 1.75;
@@ -252,7 +253,7 @@ static void test_event_roundtrip(void) {
         CHECK(back.lr == e.lr || (isnan(back.lr) && isnan(e.lr)), "type %d: lr", t);
         CHECK(back.level == e.level && back.paused == e.paused &&
                       back.trainable_params == e.trainable_params &&
-                      back.real_tokens == e.real_tokens,
+                      back.real_tokens == e.real_tokens && back.tokens == e.tokens,
               "type %d: counts and flags (%s)", t, line);
         CHECK(back.n_metrics == e.n_metrics &&
                       (!e.n_metrics || (!strcmp(back.metric_name[0], "rewards/margins") &&

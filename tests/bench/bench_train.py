@@ -200,7 +200,7 @@ def run_tuna(tuna, model_dir, case):
         sec = sum(d for _, d in timed)
         return {"tok_s": tok / sec, "timed_steps": len(timed), "timed_s": sec,
                 "step_tok_s": [round(e["tokens_per_s"], 1) for e in steps],
-                "step_tokens": [round(t) for t, _ in per_step],
+                "step_tokens": [e.get("tokens", round(t)) for e, (t, _) in zip(steps, per_step)],
                 "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
                 "peak_rss_mib": rss, "wall_s": wall, "others_cpu_share": others,
                 "cmd": " ".join(map(shell_quote, cmd))}
