@@ -40,6 +40,11 @@ typedef struct BackendOps {
     /* out (M,N) = in (M,K) · w (N,K)ᵀ + bias (N) (bias may be NULL). HF Linear layout. */
     void (*matmul_fwd)(Backend *be, float *out, const float *in, const float *w, const float *bias,
                        int M, int K, int N);
+    /* out (M,N) += in (M,K) · w (N,K)ᵀ: matmul_fwd into scratch and add_fwd, as one product
+     * (a LoRA adapter's u·Bᵀ onto the base layer's output: no scratch pass, no add pass).
+     * Optional: NULL where a backend has none, and callers then do the two ops. */
+    void (*matmul_acc)(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                       int N);
     /* out (R,C) = in (R,C) / rms(in row) * w (C). out may alias in. */
     void (*rmsnorm_fwd)(Backend *be, float *out, const float *in, const float *w, float eps, int R,
                         int C);

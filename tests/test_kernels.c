@@ -73,6 +73,40 @@ static void test_backend(Backend *be) {
             free(out);
         }
     }
+    // matmul_acc (optional): out += in · wᵀ, as matmul_fwd into scratch and add_fwd; a rank-8
+    // side as LoRA's u · Bᵀ, and a product under mm_bf16 too
+    int acc_shapes[][4] = {{3, 17, 29, 0}, {512, 8, 300, 0}, {130, 16, 1536, 0}, {70, 100, 77, 1}};
+    for (size_t s = 0; be->ops->matmul_acc && s < sizeof acc_shapes / sizeof acc_shapes[0]; s++) {
+        int M = acc_shapes[s][0], K = acc_shapes[s][1], N = acc_shapes[s][2];
+        size_t no = (size_t)M * N;
+        float *in = rand_buf((size_t)M * K, 1), *w = rand_buf((size_t)N * K, 0.5f);
+        float *o0 = rand_buf(no, 1), *ref = malloc(sizeof(float) * no),
+              *out = malloc(sizeof(float) * no);
+        be->mm_bf16 = acc_shapes[s][3];
+        if (be->mm_bf16) { /* the ref's bf16 rule: operands rounded, fp32 sums */
+            Backend *r = backend_init("ref", 1, &(TunaErr){0});
+            memcpy(ref, o0, sizeof(float) * no);
+            r->mm_bf16 = 1;
+            r->ops->matmul_acc(r, ref, in, w, M, K, N);
+            backend_free(r);
+        } else {
+            ref_matmul_fwd(ref, in, w, NULL, M, K, N);
+            for (size_t i = 0; i < no; i++)
+                ref[i] += o0[i];
+        }
+        float *din = up(be, in, (size_t)M * K), *dw = up(be, w, (size_t)N * K),
+              *dout = up(be, o0, no);
+        be->ops->matmul_acc(be, dout, din, dw, M, K, N);
+        down(be, out, dout, no);
+        be->mm_bf16 = 0;
+        CHECK(test_close_enough(out, ref, no, 1e-4f, 1e-4f, &worst),
+              "%s matmul_acc M=%d K=%d N=%d bf16=%d: max err %g", nm, M, K, N, acc_shapes[s][3],
+              worst);
+        be->ops->release(be, din);
+        be->ops->release(be, dw);
+        be->ops->release(be, dout);
+        free(in), free(w), free(o0), free(ref), free(out);
+    }
     // norms (the last two are above the parallel threshold, rows not a multiple of 2)
     int nshapes[][2] = {{1, 64}, {5, 288}, {7, 13}, {3, 576}, {131, 288}, {61, 577}};
     for (size_t s = 0; s < sizeof nshapes / sizeof nshapes[0]; s++) {

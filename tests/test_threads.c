@@ -148,8 +148,9 @@ static void test_kernels(void) {
     /* (M, K, N); an inner dimension above 448 (K forward, M for dw) is where OpenBLAS's own
      * threads would change the bits */
     int mm[][3] = {{2048, 64, 172}, {2048, 172, 64}, {2048, 64, 512},
-                   {555, 64, 172},  {300, 1001, 96}, {8, 64, 600}};
-    for (int s = 0; s < 6; s++) {
+                   {555, 64, 172},  {300, 1001, 96}, {8, 64, 600}, /* LoRA's rank side: */
+                   {555, 576, 8},   {555, 8, 1536}};
+    for (int s = 0; s < (int)(sizeof mm / sizeof mm[0]); s++) {
         int M = mm[s][0], K = mm[s][1], N = mm[s][2];
         float *in = rand_buf((size_t)M * K), *w = rand_buf((size_t)N * K);
         float *bias = rand_buf((size_t)N), *out = rand_buf((size_t)M * N);
@@ -161,6 +162,7 @@ static void test_kernels(void) {
         SAME_ON_ALL_THREADS(be, name, o1, op->matmul_fwd(be, out, in, w, bias, M, K, N));
         Outs o2 = {{din, dw, dbias}, {(size_t)M * K, (size_t)N * K, (size_t)N}, 3};
         SAME_ON_ALL_THREADS(be, name, o2, op->matmul_bwd(be, din, dw, dbias, dout, in, w, M, K, N));
+        SAME_ON_ALL_THREADS(be, name, o1, op->matmul_acc(be, out, in, w, M, K, N));
         free(in);
         free(w);
         free(bias);

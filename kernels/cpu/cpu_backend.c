@@ -190,6 +190,21 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
     if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_rows(out, bias, N, lo, hi));
 }
 
+/* out += in · wᵀ: the product with beta 1 (the same sums as matmul_fwd's, then one add) */
+static void c_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                         int N) {
+    if (M <= 0 || N <= 0) return;
+    if (backend_mm_bf16(be, K, N)) {
+        if (cpu_gemm_bf16(be->n_threads, 0, 1, M, N, K, in, K, w, K, 1.0f, out, N) && !be->err.code)
+            tuna_errf(&be->err, TUNA_ENOMEM, "cpu: out of memory for a bf16 product (%d x %d x %d)",
+                      M, K, N);
+        return;
+    }
+    size_t work = (size_t)M * K * N;
+    cpu_sgemm(work >= PAR_MIN_WORK * 4 ? be->n_threads : 1, 0, 1, M, N, K, 1.0f, in, K, w, K, 1.0f,
+              out, N);
+}
+
 // --- normalization
 
 static void rmsnorm_rows(float *out, const float *in, const float *w, float eps, int C, size_t lo,
@@ -464,6 +479,7 @@ static const BackendOps cpu_ops = {
         .copy = host_memcpy,
         .sync = host_sync,
         .matmul_fwd = c_matmul,
+        .matmul_acc = c_matmul_acc,
         .rmsnorm_fwd = c_rmsnorm,
         .layernorm_fwd = c_layernorm,
         .rope_fwd = c_rope,

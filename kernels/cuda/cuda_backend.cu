@@ -140,6 +140,7 @@ static const BackendOps cuda_ops = {
         .sync = cuda_sync,
         .shutdown = cuda_shutdown,
         .matmul_fwd = cuda_matmul_fwd,
+        .matmul_acc = nullptr, /* optional: callers do matmul_fwd + add_fwd */
         .rmsnorm_fwd = cuda_rmsnorm_fwd,
         .layernorm_fwd = cuda_layernorm_fwd,
         .rope_fwd = cuda_rope_fwd,

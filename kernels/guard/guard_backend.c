@@ -131,6 +131,10 @@ static void g_matmul_fwd(Backend *be, float *out, const float *in, const float *
                          const float *bias, int M, int K, int N) {
     OPEN_CALL(be, matmul_fwd(in_, out, in, w, bias, M, K, N));
 }
+static void g_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                         int N) {
+    OPEN_CALL(be, matmul_acc(in_, out, in, w, M, K, N));
+}
 static void g_rmsnorm_fwd(Backend *be, float *out, const float *in, const float *w, float eps,
                           int R, int C) {
     OPEN_CALL(be, rmsnorm_fwd(in_, out, in, w, eps, R, C));
@@ -246,6 +250,7 @@ static const BackendOps guard_ops = {
         .sync = g_sync,
         .shutdown = g_shutdown,
         .matmul_fwd = g_matmul_fwd,
+        .matmul_acc = g_matmul_acc,
         .rmsnorm_fwd = g_rmsnorm_fwd,
         .layernorm_fwd = g_layernorm_fwd,
         .rope_fwd = g_rope_fwd,

@@ -548,6 +548,21 @@ static void r_matmul(Backend *be, float *out, const float *in, const float *w, c
     free(a);
     free(b);
 }
+
+/* the slot's definition: the product into scratch, then added */
+static void r_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                         int N) {
+    size_t n = (size_t)M * N;
+    float *t = malloc(sizeof(float) * (n ? n : 1));
+    if (!t) {
+        if (!be->err.code) tuna_errf(&be->err, TUNA_ENOMEM, "ref: out of memory (matmul_acc)");
+        return;
+    }
+    r_matmul(be, t, in, w, NULL, M, K, N);
+    for (size_t i = 0; i < n; i++)
+        out[i] += t[i];
+    free(t);
+}
 static void r_rmsnorm(Backend *be, float *out, const float *in, const float *w, float eps, int R,
                       int C) {
     (void)be;
@@ -740,6 +755,7 @@ static const BackendOps ref_ops = {
         .copy = host_memcpy,
         .sync = host_sync,
         .matmul_fwd = r_matmul,
+        .matmul_acc = r_matmul_acc,
         .rmsnorm_fwd = r_rmsnorm,
         .layernorm_fwd = r_layernorm,
         .rope_fwd = r_rope,
