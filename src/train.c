@@ -640,7 +640,7 @@ static int run_open_data(Run *r, TunaErr *err) {
     /* --pad-to batch: a batch's rows as long as its longest row (a multiple of 8, at most T);
      * the same rows in the same order as max, so the losses are the same. Packed rows too: they
      * hold whole examples while the next fits, so they end short of T (alpaca_en_demo at 512:
-     * 336 to 450 tokens), and the pads after the last example change nothing before them */
+     * 159 to 481 tokens), and the pads after the last example change nothing before them */
     r->pad_multiple = !strcmp(c->pad_to, "batch") ? 8 : 0;
     r->batcher.pad_multiple = r->pad_multiple;
     size_t bpe = batcher_batches_per_epoch(&r->batcher);

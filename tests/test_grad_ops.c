@@ -698,18 +698,13 @@ static void be_rope(void) {
 }
 
 static void be_attention(void) {
-    int shapes[][7] = {/* B, Tq, Tk, NH, KVH, HS, window */
-                       {1, 5, 5, 4, 2, 8, 0},
-                       {1, 1, 37, 8, 4, 8, 0},
-                       {2, 7, 7, 6, 6, 16, 0},
-                       {1, 4, 20, 4, 1, 12, 0},
-                       {1, 9, 9, 2, 2, 8, 3},
-                       {2, 3, 11, 9, 3, 64, 0},
-                       {1, 33, 40, 6, 2, 17, 7},
-                       {2, 64, 64, 9, 3, 64, 0},
-                       /* several query chunks of the sgemm path (QB 128), a key offset */
-                       {2, 300, 300, 6, 2, 16, 0},
-                       {1, 200, 230, 4, 2, 8, 50}};
+    /* B, Tq, Tk, NH, KVH, HS, window; the last two: several query chunks of the sgemm path (QB
+     * 128), a key offset */
+    int shapes[][7] = {{1, 5, 5, 4, 2, 8, 0},      {1, 1, 37, 8, 4, 8, 0},
+                       {2, 7, 7, 6, 6, 16, 0},     {1, 4, 20, 4, 1, 12, 0},
+                       {1, 9, 9, 2, 2, 8, 3},      {2, 3, 11, 9, 3, 64, 0},
+                       {1, 33, 40, 6, 2, 17, 7},   {2, 64, 64, 9, 3, 64, 0},
+                       {2, 300, 300, 6, 2, 16, 0}, {1, 200, 230, 4, 2, 8, 50}};
     int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
     /* each shape again with neat-packing spans (examples of 1..9 keys): the loop path for
      * short query blocks and the sgemm path (Tq >= 32), which computes such rows example by

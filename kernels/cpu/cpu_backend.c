@@ -99,8 +99,25 @@ static void sgemm_call(int ta, int tb, int M, int N, int k0, int kn, float alpha
                 kn, alpha, a, lda, b, ldb, beta, C, ldc);
 }
 
+/* cpu_sgemm on OpenBLAS's threads as set: K cut as sgemm_q says */
 static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                    const float *B, int ldb, float beta, float *C, int ldc);
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+    if (K <= 32) {
+        sgemm_call(ta, tb, M, N, 0, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (sgemm_q()) {
+        int main_k = K - K % 32;
+        sgemm_call(ta, tb, M, N, 0, main_k, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (main_k < K)
+            sgemm_call(ta, tb, M, N, main_k, K - main_k, alpha, A, lda, B, ldb, 1.0f, C, ldc);
+        return;
+    }
+    int ns = (K + 191) / 192, kc = (K + ns - 1) / ns;
+    for (int k0 = 0; k0 < K; k0 += kc)
+        sgemm_call(ta, tb, M, N, k0, K - k0 < kc ? K - k0 : kc, alpha, A, lda, B, ldb,
+                   k0 ? 1.0f : beta, C, ldc);
+}
 
 /* A product with a side of at most SGEMM_SPLIT_MAX (a LoRA adapter's rank side) and more than
  * SGEMM_BLOCK rows of C (or columns, when there are more of those): one-thread sgemm calls on
@@ -145,26 +162,6 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
     sgemm_k(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* cpu_sgemm on OpenBLAS's threads as set: K cut as sgemm_q says */
-static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                    const float *B, int ldb, float beta, float *C, int ldc) {
-    if (K <= 32) {
-        sgemm_call(ta, tb, M, N, 0, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    if (sgemm_q()) {
-        int main_k = K - K % 32;
-        sgemm_call(ta, tb, M, N, 0, main_k, alpha, A, lda, B, ldb, beta, C, ldc);
-        if (main_k < K)
-            sgemm_call(ta, tb, M, N, main_k, K - main_k, alpha, A, lda, B, ldb, 1.0f, C, ldc);
-        return;
-    }
-    int ns = (K + 191) / 192, kc = (K + ns - 1) / ns;
-    for (int k0 = 0; k0 < K; k0 += kc)
-        sgemm_call(ta, tb, M, N, k0, K - k0 < kc ? K - k0 : kc, alpha, A, lda, B, ldb,
-                   k0 ? 1.0f : beta, C, ldc);
-}
-
 static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi) {
     for (size_t m = lo; m < hi; m++) {
         float *o = out + m * N;
@@ -176,7 +173,7 @@ static void bias_rows(float *out, const float *bias, int N, size_t lo, size_t hi
 static void c_matmul(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
     if (backend_mm_bf16(be, K, N)) {
-        cpu_matmul_bf16(be, out, in, w, bias, M, K, N);
+        cpu_matmul_bf16(be, out, in, w, bias, M, K, N, 0.0f);
         return;
     }
     size_t work = (size_t)M * K * N;
@@ -195,9 +192,7 @@ static void c_matmul_acc(Backend *be, float *out, const float *in, const float *
                          int N) {
     if (M <= 0 || N <= 0) return;
     if (backend_mm_bf16(be, K, N)) {
-        if (cpu_gemm_bf16(be->n_threads, 0, 1, M, N, K, in, K, w, K, 1.0f, out, N) && !be->err.code)
-            tuna_errf(&be->err, TUNA_ENOMEM, "cpu: out of memory for a bf16 product (%d x %d x %d)",
-                      M, K, N);
+        cpu_matmul_bf16(be, out, in, w, NULL, M, K, N, 1.0f);
         return;
     }
     size_t work = (size_t)M * K * N;

@@ -82,7 +82,7 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
 int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
-                     int M, int K, int N);
+                     int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                          const float *w, int M, int K, int N);
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,

@@ -6,8 +6,8 @@
  *   chunks of at most 16 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
  *   KC (row by row for a row-major op(A), pair by pair for a k-major one: pack_a_panel), by all
  *   threads; then C is cut into tasks of whole panels of columns (at most NC, at least two
- *   tasks a thread, evenly: column_tasks; row parts too when the columns are few): a task walks K block by block, packs its
- *   columns of op(B) into panels of NR (the rounding, vectorized, happens in the packing; a bf16
+ *   tasks a thread, evenly: column_tasks; row parts too when the columns are few): a task
+ *   walks K block by block, packs its columns of op(B) into panels of NR (the rounding, vectorized, happens in the packing; a bf16
  *   weight is copied as is) and runs every row panel over them. A 12 x 32 tile of C is 24 zmm
  *   accumulators, zeroed per block and added to C at its end. Threads meet twice per chunk
  *   (after the packing of A, at the end): with shared B panels, two barriers per K block cost
@@ -483,9 +483,9 @@ static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo
 }
 
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
-                     int M, int K, int N) {
+                     int M, int K, int N, float beta) {
     int nth = threads_of(be, M, K, N);
-    if (cpu_gemm_bf16(nth, 0, 1, M, N, K, in, K, w, K, 0.0f, out, N)) {
+    if (cpu_gemm_bf16(nth, 0, 1, M, N, K, in, K, w, K, beta, out, N)) {
         oom(be, "matmul", M, N, K);
         return;
     }
@@ -516,7 +516,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
                            const float *bias, int M) {
     int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
     if (w->type == WT_F32) {
-        cpu_matmul_bf16(be, out, in, w->data, bias, M, K, N);
+        cpu_matmul_bf16(be, out, in, w->data, bias, M, K, N, 0.0f);
         return;
     }
     View a = {in, NULL, (size_t)K, 0};
