@@ -131,6 +131,9 @@ static int banner_line(Banner *b, const char *s) {
     /* "[host:pid] 1 more process has sent help message ..." and the hint after it */
     if (s[0] == '[' && (strstr(s, "help message") || strstr(s, "orte_base_help_aggregate")))
         return 0;
+    /* Open MPI's shared-memory copy from a peer that just died ("[host:pid] Read -1, expected
+     * 184960, errno = 3": ESRCH), printed by a surviving rank before the job is torn down */
+    if (s[0] == '[' && strstr(s, "] Read -1, expected ")) return 0;
     /* libevent inside mpirun, while it tears an aborted job down */
     if (!strncmp(s, "[warn] Epoll ", 13)) return 0;
     /* mpirun failing to show one of its help banners while it aborts the job (seen on a SIGSTOP
@@ -283,6 +286,16 @@ static int run_mpirun(char **av, int np) {
     }
     /* the run ended by itself (finished, stopped, an error rank 0 wrote down), or a failure
      * before any run folder: the ranks said why */
+    if (done && rc && b.sig >= 0) { /* rank 0 wrote its done event, yet a rank was killed: the
+                                      * one line still says which (its event is already there) */
+        char msg[700];
+        b.line[0] = '\0'; /* the killed rank is the cause, not what the others then saw */
+        job_summary(&b, np, rc, step, msg, sizeof msg);
+        fprintf(stderr, "tuna: %s%s%s\n", msg,
+                dir[0] && step >= 0 ? "; continue with --resume " : "",
+                dir[0] && step >= 0 ? dir : "");
+        return rc;
+    }
     if (done || (!dir[0] && b.sig < 0 && !b.line[0])) return rc;
     if (!rc && !b.line[0] && b.sig < 0) return 0;
     char msg[700];
