@@ -372,7 +372,10 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
  * depend on the thread count or on the chunking. (Until this, each task packed its own rows of
  * A: the LM head's 49152 columns packed the same activations 128 times; pack_panel was 18% of a
  * SmolLM2 LoRA step.) */
-#define A_CHUNK_WORDS ((size_t)4 << 20) /* 16 MiB of packed A at most */
+/* 32 MiB of packed A at most: the LM head's input gradient (M = head_chunk's rows, K = V) fits
+ * in one chunk (GPT-2: 166 x 50257 is 16.7 MB; at 16 MiB it ran as 156 + 10 rows, reading the
+ * 50257 x 768 head twice: 98 -> 125 GFLOP/s on one thread, 190 -> 217 on two, whole) */
+#define A_CHUNK_WORDS ((size_t)8 << 20)
 
 /* The column tasks of a product of np panels of NR columns on nt threads: whole panels, at most
  * NC columns, the panels spread evenly (counts differ by one at most), at least want tasks when
@@ -393,6 +396,10 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
     size_t nkb = ((size_t)K + KC - 1) / KC;
     size_t chunk = A_CHUNK_WORDS / (nkb * A_STRIDE) * MR; /* rows per chunk, a multiple of MR */
     if (chunk < MR) chunk = MR;
+    if (chunk < (size_t)M) { /* chunks of equal size: each one reads all of op(B) again */
+        size_t nch = ((size_t)M + chunk - 1) / chunk;
+        chunk = (((size_t)M + nch - 1) / nch + MR - 1) / MR * MR;
+    }
     if (chunk > (size_t)M) chunk = (size_t)M;
     size_t npan_max = (chunk + MR - 1) / MR;
     size_t nt = (size_t)(nth > 0 ? nth : 1), want = 2 * nt, np = ((size_t)N + NR - 1) / NR;
