@@ -416,6 +416,10 @@ static float *balloc(TrainState *ts, size_t n, int *fail) {
 }
 
 static void zero(TrainState *ts, float *p, size_t n) {
+    if (ts->be->ops->zero) {
+        ts->be->ops->zero(ts->be, p, n * sizeof(float));
+        return;
+    }
     while (n) {
         size_t k = n < ts->zeros_n ? n : ts->zeros_n;
         ts->be->ops->copy(ts->be, p, ts->zeros, k * sizeof(float));

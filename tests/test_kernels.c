@@ -107,6 +107,26 @@ static void test_backend(Backend *be) {
         be->ops->release(be, dout);
         free(in), free(w), free(o0), free(ref), free(out);
     }
+    // zero (optional): the bytes [off, off + n) of a buffer set to 0, those around it kept; a
+    // small range and one above the parallel threshold, odd sizes
+    size_t zr[][2] = {{3, 41}, {5, (size_t)3 << 20 | 7}};
+    for (size_t s = 0; be->ops->zero && s < sizeof zr / sizeof zr[0]; s++) {
+        size_t off = zr[s][0], n = zr[s][1], all = (off + n + 9 + 3) / 4 * 4;
+        unsigned char *h = malloc(all), *got = malloc(all);
+        for (size_t i = 0; i < all; i++)
+            h[i] = (unsigned char)(1 + i % 251);
+        char *d = be->ops->alloc(be, all);
+        be->ops->upload(be, d, h, all);
+        be->ops->zero(be, d + off, n);
+        be->ops->download(be, got, d, all);
+        be->ops->sync(be);
+        size_t bad = 0;
+        for (size_t i = 0; i < all; i++)
+            bad += got[i] != (i >= off && i < off + n ? 0 : h[i]);
+        CHECK(bad == 0, "%s zero of %zu bytes at %zu: %zu bytes wrong", nm, n, off, bad);
+        be->ops->release(be, d);
+        free(h), free(got);
+    }
     // norms (the last two are above the parallel threshold, rows not a multiple of 2)
     int nshapes[][2] = {{1, 64}, {5, 288}, {7, 13}, {3, 576}, {131, 288}, {61, 577}};
     for (size_t s = 0; s < sizeof nshapes / sizeof nshapes[0]; s++) {

@@ -188,6 +188,13 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
 }
 
 /* out += in · wᵀ: the product with beta 1 (the same sums as matmul_fwd's, then one add) */
+/* memset by all threads: the backward zeroes about 8 MB a SmolLM2 layer (its gradient buffers),
+ * which as a copy from a buffer of zeros on one thread was 2.7% of a LoRA step on two */
+static void c_zero(Backend *be, void *dst, size_t bytes) {
+    CPU_PAR_RANGE(bytes >= (size_t)PAR_MIN_WORK * 16 ? be->n_threads : 1, bytes,
+                  memset((char *)dst + lo, 0, hi - lo));
+}
+
 static void c_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
                          int N) {
     if (M <= 0 || N <= 0) return;
@@ -472,6 +479,7 @@ static const BackendOps cpu_ops = {
         .upload = host_memcpy,
         .download = host_memcpy,
         .copy = host_memcpy,
+        .zero = c_zero,
         .sync = host_sync,
         .matmul_fwd = c_matmul,
         .matmul_acc = c_matmul_acc,

@@ -137,6 +137,7 @@ static const BackendOps cuda_ops = {
         .upload = cuda_upload,
         .download = cuda_download,
         .copy = cuda_copy,
+        .zero = nullptr, /* optional: callers copy from a buffer of zeros */
         .sync = cuda_sync,
         .shutdown = cuda_shutdown,
         .matmul_fwd = cuda_matmul_fwd,

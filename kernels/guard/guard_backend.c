@@ -112,6 +112,9 @@ static void g_download(Backend *be, void *dst, const void *src, size_t bytes) {
 static void g_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     OPEN_CALL(be, copy(in_, dst, src, bytes));
 }
+static void g_zero(Backend *be, void *dst, size_t bytes) {
+    OPEN_CALL(be, zero(in_, dst, bytes));
+}
 static int g_sync(Backend *be) {
     Guard *g = GUARD(be);
     int rc = g->inner->ops->sync(g->inner);
@@ -247,6 +250,7 @@ static const BackendOps guard_ops = {
         .upload = g_upload,
         .download = g_download,
         .copy = g_copy,
+        .zero = g_zero,
         .sync = g_sync,
         .shutdown = g_shutdown,
         .matmul_fwd = g_matmul_fwd,

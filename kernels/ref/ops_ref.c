@@ -40,6 +40,11 @@ void host_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
 }
 
+void host_zero(Backend *be, void *dst, size_t bytes) {
+    (void)be;
+    if (bytes) memset(dst, 0, bytes);
+}
+
 int host_sync(Backend *be) {
     return be->err.code;
 }
@@ -753,6 +758,7 @@ static const BackendOps ref_ops = {
         .upload = host_memcpy,
         .download = host_memcpy,
         .copy = host_memcpy,
+        .zero = host_zero,
         .sync = host_sync,
         .matmul_fwd = r_matmul,
         .matmul_acc = r_matmul_acc,

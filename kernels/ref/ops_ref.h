@@ -69,6 +69,7 @@ Backend *ref_backend_init(int n_threads, TunaErr *err);
 void *host_alloc(Backend *be, size_t bytes);
 void host_release(Backend *be, void *p);
 void host_memcpy(Backend *be, void *dst, const void *src, size_t bytes);
+void host_zero(Backend *be, void *dst, size_t bytes);
 int host_sync(Backend *be);
 
 #endif
