@@ -91,6 +91,10 @@ void backend_set_threads(Backend *be, int n_threads) {
     if (be && be->ops->set_threads) be->ops->set_threads(be, n_threads);
 }
 
+size_t backend_bf16_extra_bytes(const char *name, size_t bf16_bytes) {
+    return name && !strcmp(name, "cpu") ? cpu_pack_bytes(bf16_bytes) : 0;
+}
+
 void backend_free(Backend *be) {
     if (!be) return;
     if (be->ops->shutdown) be->ops->shutdown(be);

@@ -190,6 +190,11 @@ static inline int backend_mm_bf16(const Backend *be, int K, int N) {
 Backend *backend_init(const char *name, int n_threads, TunaErr *err);
 void backend_free(Backend *be);
 
+/* Bytes the backend called name keeps beside bf16_bytes of frozen BF16 weights when mm_bf16
+ * runs their products (the cpu backend's packed copies: cpu_backend.h, CPU_PACK_MB), for
+ * memory estimates. 0 for the others. */
+size_t backend_bf16_extra_bytes(const char *name, size_t bf16_bytes);
+
 /* Re-decides be's thread count (n_threads as for backend_init). A long-lived session calls it
  * before each piece of work: a chat asks for BACKEND_THREADS_IDLE before every reply, as a
  * training run may have started or ended since the last one. */

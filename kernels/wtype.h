@@ -93,6 +93,12 @@ typedef struct Weight {
     float *absmax2;
     float offset;
     int borrowed; /* 1: data is someone else's (weight_wrap); weight_free leaves it */
+    /* A backend's own copy of the weight, laid out for its products (the cpu backend: a BF16
+     * weight's panels for the forward under mm_bf16, gemm_bf16.c weight_pack), made on first
+     * use within the backend's budget; NULL until then. Released with the arrays: ops->release
+     * for a backend Weight (model.c), weight_free for a host one (the cpu backend's is host
+     * memory). */
+    void *pack;
 } Weight;
 
 /* w = src (rows, cols) quantized to type (host memory, owned by w: weight_free). Refuses a cols

@@ -234,6 +234,7 @@ static void weight_release(Backend *be, Weight *d) {
     size_t bytes[4];
     for (int i = 0, n = weight_arrays(d, p, bytes); i < n; i++)
         be->ops->release(be, p[i]);
+    be->ops->release(be, d->pack);
     free(d);
 }
 
@@ -254,6 +255,7 @@ static Weight *weight_to_backend(Backend *be, const Weight *h, TunaErr *err) {
     }
     Weight *d = xmalloc(sizeof *d);
     *d = *h;
+    d->pack = NULL;
     weight_set_arrays(d, dst);
     return d;
 }

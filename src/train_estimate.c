@@ -41,6 +41,16 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
     return 0;
 }
 
+/* What the backend keeps beside frozen BF16 weights under --bf16 (the cpu backend's packed
+ * copies, backend_bf16_extra_bytes): --dtype bf16's typed weights (and a tied head) once more.
+ * Not counted: a checkpoint's own BF16 kept as stored under --dtype auto (the file's types). */
+static size_t pack_bytes(const TrainConfig *cfg, const ModelConfig *mc, const ModelLoadOptions *lo,
+                         size_t typed_bytes) {
+    if (!cfg->bf16 || lo->qtype != WT_BF16) return 0;
+    size_t emb = lo->typed_head && !mc->tie_embeddings ? (size_t)mc->V * mc->C * 2 : 0;
+    return backend_bf16_extra_bytes(cfg->backend, typed_bytes > emb ? typed_bytes - emb : 0);
+}
+
 int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out,
                    TunaErr *err) {
     memset(out, 0, sizeof *out);
@@ -110,8 +120,8 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     }
     out->trainable_params = ts.trainable;
     out->lora_modules = ts.lora_modules;
-    out->weight_bytes =
-            (out->total_params - n_typed) * sizeof(float) + typed_bytes + ts.param_bytes;
+    out->weight_bytes = (out->total_params - n_typed) * sizeof(float) + typed_bytes +
+                        ts.param_bytes + pack_bytes(cfg, mc, &lo, typed_bytes);
     out->grad_bytes = ts.grad_bytes;
     out->optim_bytes = 2 * ts.trainable * sizeof(float); /* optim_init: m and v per tensor */
     if (rm) { /* the value head (C weights and a bias), its gradient and its AdamW state */

@@ -201,10 +201,19 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
             char what[96];
             snprintf(what, sizeof what, "%s matmul_w_fwd %s %dx%dx%d", path,
                      wtype_info[types[t]].name, M, K, N);
-            float *o_ref = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
+            float *o_ref = rnd(no), *o0 = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
             ref->ops->matmul_w_fwd(ref, o_ref, x, &w, bias, M);
             backend_set_threads(cpu, 1);
+            /* without the budget for a packed copy, then with it: a BF16 weight on the fast
+             * path is packed by the second product, and the bits are the same */
+            cpu_backend_set_pack_mb(cpu, 0);
+            cpu->ops->matmul_w_fwd(cpu, o0, x, &w, bias, M);
+            CHECK(!w.pack, "%s: packed without a budget", what);
+            cpu_backend_set_pack_mb(cpu, CPU_PACK_MB);
             cpu->ops->matmul_w_fwd(cpu, o1, x, &w, bias, M);
+            int packs = types[t] == WT_BF16 && !strcmp(path, "avx512bf16");
+            CHECK(!w.pack == !packs, "%s: packed copy %s", what, w.pack ? "made" : "missing");
+            CHECK(same_bits(o0, o1, no), "%s: the packed weight changes the bits", what);
             backend_set_threads(cpu, 2);
             cpu->ops->matmul_w_fwd(cpu, o2, x, &w, bias, M);
             Exact e = exact(x, (size_t)K, 1, deq, 1, (size_t)K, bias, 0, M, K, N);
@@ -224,7 +233,7 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
             CHECK(same_bits(di1, di2, nx), "%s: 1 and 2 threads differ", what);
             exact_free(ei);
             weight_free(&w);
-            free(o_ref), free(o1), free(o2), free(di_ref), free(di1), free(di2);
+            free(o_ref), free(o0), free(o1), free(o2), free(di_ref), free(di1), free(di2);
             free(src), free(x), free(dout), free(bias), free(din0), free(deq);
         }
     printf("%s: typed products, worst error %.3g x 2^-24 S\n", path, worst);

@@ -580,11 +580,40 @@ static void c_set_threads(Backend *be, int n_threads) {
                                                         : cores;
 }
 
+static size_t pack_mb_bytes(long mb) {
+    return mb > 0 ? (size_t)mb << 20 : 0;
+}
+
+static long pack_mb_env(void) {
+    const char *e = getenv("TUNA_PACK_MB");
+    return e && *e ? atol(e) : CPU_PACK_MB;
+}
+
+/* The backend and its state (be->ctx): Backend first, so that backend_free frees both. */
+typedef struct CpuBackend {
+    Backend be;
+    CpuPackBudget pack;
+} CpuBackend;
+
 Backend *cpu_backend_init(int n_threads, TunaErr *err) {
     (void)err;
-    Backend *be = calloc(1, sizeof *be);
-    if (!be) return NULL;
+    CpuBackend *cb = calloc(1, sizeof *cb);
+    if (!cb) return NULL;
+    Backend *be = &cb->be;
     be->ops = &cpu_ops;
+    be->ctx = &cb->pack;
+    cpu_backend_set_pack_mb(be, pack_mb_env());
     c_set_threads(be, n_threads);
     return be;
+}
+
+void cpu_backend_set_pack_mb(Backend *be, long mb) {
+    CpuPackBudget *b = be->ctx;
+    b->cap = pack_mb_bytes(mb);
+}
+
+size_t cpu_pack_bytes(size_t bf16_bytes) {
+    size_t cap = pack_mb_bytes(pack_mb_env());
+    if (strcmp(cpu_bf16_path(), "avx512bf16")) return 0;
+    return bf16_bytes < cap ? bf16_bytes : cap;
 }

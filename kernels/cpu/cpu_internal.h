@@ -75,6 +75,12 @@ static inline float vexpf(float xin) {
  * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+/* The cpu backend's budget of packed weight copies (be->ctx; cpu_backend.h, CPU_PACK_MB):
+ * bytes allowed and taken (atomically: weights may be packed from two threads). */
+typedef struct CpuPackBudget {
+    size_t cap, used;
+} CpuPackBudget;
+
 /* gemm_bf16.c: the matrix products under Backend.mm_bf16 (operands rounded to bf16, fp32
  * sums; bits independent of the thread count). cpu_gemm_bf16 is C (M,N) = beta C + op(A) op(B)
  * with beta 0 or 1, and returns 0 or -1 (no memory); its path is cpu_bf16_path's

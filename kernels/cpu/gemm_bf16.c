@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../ref/ops_ref.h"
 #include "../wtype.h"
 #include "cpu_backend.h"
 #include "cpu_internal.h"
@@ -43,9 +44,10 @@
 #define MR 12 /* rows of a tile of C */
 #define NR 32 /* columns of a tile of C (two zmm of fp32) */
 #endif
-#define NV (NR / 16) /* zmm of fp32 across a tile */
-#define KC 256       /* elements of K per block (even) */
-#define NC 384       /* columns of C per task (a multiple of NR) */
+#define NV          (NR / 16)               /* zmm of fp32 across a tile */
+#define KC          256                     /* elements of K per block (even) */
+#define NC          384                     /* columns of C per task (a multiple of NR) */
+#define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in one K block */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -56,6 +58,7 @@ typedef struct View {
     const uint16_t *h;
     size_t ld;
     int kmajor;
+    const uint32_t *pk; /* op(B) only, or NULL: its panels packed already (weight_pack) */
 } View;
 
 static inline uint16_t bf16_round(float x) {
@@ -346,15 +349,17 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
  * [n0, n1), over the whole of K, block by block: the task packs its columns of op(B) (bp:
  * NC x KC of bf16) once per K block and runs every row panel over them. */
 X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
-                               size_t p1, const View *b, int K, size_t n0, size_t n1, float *C,
-                               size_t ldc, int add0, int arows, uint32_t *bp) {
+                               size_t p1, const View *b, int N, int K, size_t n0, size_t n1,
+                               float *C, size_t ldc, int add0, int arows, uint32_t *bp) {
     for (int k0 = 0, kb = 0; k0 < K; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        for (size_t n = n0; n < n1; n += NR)
+        size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
+        for (size_t n = n0; n < n1 && !b->pk; n += NR)
             pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
                        bp + (n - n0) / NR * (size_t)kp * NR);
         for (size_t n = n0; n < n1; n += NR) {
-            const uint32_t *bt = bp + (n - n0) / NR * (size_t)kp * NR;
+            const uint32_t *bt = b->pk ? b->pk + ((size_t)kb * npb + n / NR) * PANEL_WORDS
+                                       : bp + (n - n0) / NR * (size_t)kp * NR;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
@@ -438,8 +443,8 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
                 if (n1 > (size_t)N) n1 = (size_t)N;
                 size_t p0 = npan * tr / tm, p1 = npan * (tr + 1) / tm;
                 if (p0 < p1)
-                    gemm_task(apk, npan, m0, m1, p0, p1, b, K, n0, n1, C, (size_t)ldc, beta != 0.0f,
-                              !a->kmajor, bp);
+                    gemm_task(apk, npan, m0, m1, p0, p1, b, N, K, n0, n1, C, (size_t)ldc,
+                              beta != 0.0f, !a->kmajor, bp);
             }
         }
     }
@@ -469,7 +474,7 @@ static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K
 
 int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
-    View a = {A, NULL, (size_t)lda, ta}, b = {B, NULL, (size_t)ldb, !tb};
+    View a = {A, NULL, (size_t)lda, ta, NULL}, b = {B, NULL, (size_t)ldb, !tb, NULL};
     return gemm_views(nth, &a, &b, M, N, K, beta, C, ldc);
 }
 
@@ -519,6 +524,59 @@ static int typed_tile_rows(int K, int N) {
     return t < N ? t : N;
 }
 
+#ifdef BF16_X86
+/* Panels [lo, hi) of weight_pack's layout (panel j: K block j / npb, rows NR * (j % npb) ..) */
+X_TARGET static void pack_weight_panels(const Weight *w, uint32_t *dst, size_t lo, size_t hi) {
+    int N = w->rows, K = w->cols;
+    size_t npb = ((size_t)N + NR - 1) / NR;
+    View v = {NULL, w->data, (size_t)K, 0, NULL};
+    for (size_t j = lo; j < hi; j++) {
+        size_t n = j % npb * NR;
+        int k0 = (int)(j / npb) * KC, kn = K - k0 < KC ? K - k0 : KC;
+        pack_panel(&v, n, (size_t)N - n < NR ? (int)((size_t)N - n) : NR, (size_t)k0, kn, NR,
+                   dst + j * PANEL_WORDS);
+    }
+}
+#endif
+
+/* A BF16 weight's panels for the forward (op(B) = its rows), all of them as gemm_task reads
+ * them: K block by K block, NR rows a panel in pairs along K (pack_panel; the last panel's
+ * missing rows zero), PANEL_WORDS apart. Made once, on the first product, when the backend's
+ * budget has room (cpu_backend.h); NULL otherwise, and the products pack as before. The same
+ * words as the per-product packing, so the same bits. */
+static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth) {
+#ifdef BF16_X86
+    CpuPackBudget *bud = be->ctx;
+    const uint32_t *pk = __atomic_load_n((uint32_t *const *)&w->pack, __ATOMIC_ACQUIRE);
+    if (pk || !bud || w->type != WT_BF16 || strcmp(cpu_bf16_path(), "avx512bf16")) return pk;
+    int N = w->rows, K = w->cols;
+    size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
+    size_t bytes = nkb * npb * PANEL_WORDS * sizeof(uint32_t);
+    size_t used = __atomic_add_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
+    if (used > bud->cap) {
+        __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    uint32_t *dst = host_alloc(be, bytes);
+    if (!dst) {
+        __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    CPU_PAR_RANGE(nth, nkb * npb, pack_weight_panels(w, dst, lo, hi));
+    void *none = NULL; /* another thread may have packed it meanwhile: theirs stays */
+    if (!__atomic_compare_exchange_n((void **)&((Weight *)w)->pack, &none, dst, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        host_release(be, dst);
+        __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
+        return none;
+    }
+    return dst;
+#else
+    (void)be, (void)nth;
+    return w->pack;
+#endif
+}
+
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M) {
     int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
@@ -526,9 +584,9 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
         cpu_matmul_bf16(be, out, in, w->data, bias, M, K, N, 0.0f);
         return;
     }
-    View a = {in, NULL, (size_t)K, 0};
-    if (w->type == WT_BF16) { /* its stored rows, as they are */
-        View b = {NULL, w->data, (size_t)K, 0};
+    View a = {in, NULL, (size_t)K, 0, NULL};
+    if (w->type == WT_BF16) { /* its stored rows, as they are, or packed once (weight_pack) */
+        View b = {NULL, w->data, (size_t)K, 0, weight_pack(be, w, nth)};
         if (gemm_views(nth, &a, &b, M, N, K, 0.0f, out, N)) {
             oom(be, "matmul_w", M, N, K);
             return;
@@ -545,7 +603,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
             CPU_PAR_RANGE(
                     nth, (size_t)nn,
                     weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
-            View b = {buf, NULL, (size_t)K, 0};
+            View b = {buf, NULL, (size_t)K, 0, NULL};
             if (gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
                 free(buf);
                 {
@@ -566,7 +624,7 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         return;
     }
     if (w->type == WT_BF16) { /* din (M, K) += dout (M, N) W (N, K), W's bf16 rows as they are */
-        View a = {dout, NULL, (size_t)N, 0}, b = {NULL, w->data, (size_t)K, 1};
+        View a = {dout, NULL, (size_t)N, 0, NULL}, b = {NULL, w->data, (size_t)K, 1, NULL};
         if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K)) oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
@@ -581,7 +639,7 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         CPU_PAR_RANGE(
                 nth, (size_t)nn,
                 weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
-        View a = {dout + n0, NULL, (size_t)N, 0}, b = {buf, NULL, (size_t)K, 1};
+        View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b = {buf, NULL, (size_t)K, 1, NULL};
         if (gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
             oom(be, "matmul_w_bwd_in", M, N, K);
             break;

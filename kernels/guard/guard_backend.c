@@ -291,6 +291,7 @@ Backend *guard_backend_init(int n_threads, TunaErr *err) {
     Backend *be = calloc(1, sizeof *be);
     if (!g || !be) goto fail;
     if (!(g->inner = cpu_backend_init(n_threads, err))) goto fail;
+    cpu_backend_set_pack_mb(g->inner, 0); /* no copies outside the arena */
     /* address space only (PROT_NONE, no reserve): pages exist once an op writes them */
     for (g->cap = (size_t)1 << 36; g->cap >= ((size_t)1 << 28); g->cap /= 2) {
         g->base = mmap(NULL, g->cap, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
