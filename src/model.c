@@ -866,10 +866,17 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
     model_base_linear(m, l, site, out, in, W, bias, R, K, N);
     const ModelLora *lo = m->lora;
     if (!lo || !lo->A[l][site]) return;
+    /* u = s · in · Aᵀ, then out += u · Bᵀ: the scale on the rank's r columns, as the trainer's
+     * forward applies it (model_train.c lora_u_fwd), so that a chat with the adapter unmerged
+     * computes what training computed */
     op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
-    op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
-    op->scale(be, m->lora_t, (size_t)R * N, lo->scale);
-    op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
+    op->scale(be, m->lora_u, (size_t)R * lo->rank, lo->scale);
+    if (op->matmul_acc) {
+        op->matmul_acc(be, out, m->lora_u, lo->B[l][site], R, lo->rank, N);
+    } else {
+        op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
+        op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
+    }
     if (lo->G && lo->G[l][site]) {
         float *h = xmalloc(sizeof(float) * ((size_t)R * N + (size_t)N));
         model_dora_scale(be, out, bias, lo->G[l][site], R, N, h, h + (size_t)R * N);
