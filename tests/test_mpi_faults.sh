@@ -28,26 +28,36 @@ rank_pid() {
     done | head -1
 }
 now() { date +%s.%N; }
+# wait_for FILE PATTERN: up to 60 s, until FILE holds a line matching PATTERN
+wait_for() {
+    i=0
+    while [ $i -lt 600 ] && ! grep -q "$2" "$1" 2>/dev/null; do
+        sleep 0.1; i=$((i + 1))
+    done
+}
 N=30
 COMMON="--model models/stories260K --dataset identity --vars name=Tuna,author=Tuna-devs
         --template vanilla --max-steps $N --val-size 0 --logging-steps 1 --save-steps 5
         --lr 1e-3 --threads 1 --quiet"
 
+# run2 NAME [FLAGS]: the 2-rank run into $W/NAME (stdout NAME.out, stderr NAME.err)
+run2() {
+    name=$1; shift
+    # shellcheck disable=SC2086
+    timeout -k 10 120 "$BIN" train --nproc 2 $COMMON --batch-size 2 "$@" --output "$W/$name" \
+        >"$W/$name.out" 2>"$W/$name.err"
+}
+
 # the uninterrupted run
-# shellcheck disable=SC2086
-timeout -k 10 120 "$BIN" train --nproc 2 $COMMON --batch-size 2 --output "$W/ref" >"$W/ref.log" 2>&1 \
-    || { bad "uninterrupted run failed: $(tail -3 "$W/ref.log")"; done_; }
+run2 ref \
+    || { bad "uninterrupted run failed: $(tail -3 "$W/ref.err")"; done_; }
 losses "$W/ref/metrics.jsonl" >"$W/ref.loss"
 [ "$(wc -l <"$W/ref.loss")" -eq $N ] && ok || bad "uninterrupted run: $(wc -l <"$W/ref.loss") step events, not $N"
 
 # SIGKILL of rank 1 once checkpoint-10 is written
-# shellcheck disable=SC2086
-timeout -k 10 120 "$BIN" train --nproc 2 $COMMON --batch-size 2 --output "$W/kill" >"$W/kill.out" 2>"$W/kill.err" &
+run2 kill &
 job=$!
-i=0
-while [ $i -lt 600 ] && ! grep -q '"type":"checkpoint","step":10' "$W/kill/metrics.jsonl" 2>/dev/null; do
-    sleep 0.1; i=$((i + 1))
-done
+wait_for "$W/kill/metrics.jsonl" '"type":"checkpoint","step":10'
 p1=$(rank_pid 1 "--output $W/kill")
 if [ -z "$p1" ]; then
     bad "SIGKILL: no rank 1 found (the job ended before checkpoint-10?)"; wait $job
@@ -92,14 +102,9 @@ else
 fi
 
 # SIGSTOP of rank 1 (a hang): rank 0's watchdog ends the job
-# shellcheck disable=SC2086
-timeout -k 10 120 "$BIN" train --nproc 2 $COMMON --batch-size 2 --dist-timeout 4 --output "$W/hang" \
-    >"$W/hang.out" 2>"$W/hang.err" &
+run2 hang --dist-timeout 4 &
 job=$!
-i=0
-while [ $i -lt 600 ] && ! grep -q '"type":"step","step":3,' "$W/hang/metrics.jsonl" 2>/dev/null; do
-    sleep 0.1; i=$((i + 1))
-done
+wait_for "$W/hang/metrics.jsonl" '"type":"step","step":3,'
 p1=$(rank_pid 1 "--output $W/hang")
 if [ -z "$p1" ]; then
     bad "SIGSTOP: no rank 1 found"; wait $job
