@@ -47,7 +47,7 @@
 #define NV          (NR / 16)               /* zmm of fp32 across a tile */
 #define KC          256                     /* elements of K per block (even) */
 #define NC          384                     /* columns of C per task (a multiple of NR) */
-#define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in one K block */
+#define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in a whole K block */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -345,6 +345,12 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
     }
 }
 
+/* Where panel p of K block kb starts in op(B)'s panels packed beforehand (View.pk: npb panels a
+ * block, kp pairs of NR words each in this block; only the last block is shorter than KC) */
+static size_t panel_at(size_t kb, size_t npb, size_t p, int kp) {
+    return kb * npb * PANEL_WORDS + p * (size_t)kp * NR;
+}
+
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
  * [n0, n1), over the whole of K, block by block: the task packs its columns of op(B) (bp:
  * NC x KC of bf16) once per K block and runs every row panel over them. */
@@ -358,7 +364,7 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
             pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
                        bp + (n - n0) / NR * (size_t)kp * NR);
         for (size_t n = n0; n < n1; n += NR) {
-            const uint32_t *bt = b->pk ? b->pk + ((size_t)kb * npb + n / NR) * PANEL_WORDS
+            const uint32_t *bt = b->pk ? b->pk + panel_at((size_t)kb, npb, n / NR, kp)
                                        : bp + (n - n0) / NR * (size_t)kp * NR;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
@@ -534,14 +540,14 @@ X_TARGET static void pack_weight_panels(const Weight *w, uint32_t *dst, size_t l
         size_t n = j % npb * NR;
         int k0 = (int)(j / npb) * KC, kn = K - k0 < KC ? K - k0 : KC;
         pack_panel(&v, n, (size_t)N - n < NR ? (int)((size_t)N - n) : NR, (size_t)k0, kn, NR,
-                   dst + j * PANEL_WORDS);
+                   dst + panel_at(j / npb, npb, j % npb, (kn + 1) / 2));
     }
 }
 #endif
 
 /* A BF16 weight's panels for the forward (op(B) = its rows), all of them as gemm_task reads
  * them: K block by K block, NR rows a panel in pairs along K (pack_panel; the last panel's
- * missing rows zero), PANEL_WORDS apart. Made once, on the first product, when the backend's
+ * missing rows zero; panel_at: the last K block's panels as short as it). Made once, on the first product, when the backend's
  * budget has room (cpu_backend.h); NULL otherwise, and the products pack as before. The same
  * words as the per-product packing, so the same bits. */
 static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth) {
@@ -551,7 +557,8 @@ static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth) {
     if (pk || !bud || w->type != WT_BF16 || strcmp(cpu_bf16_path(), "avx512bf16")) return pk;
     int N = w->rows, K = w->cols;
     size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
-    size_t bytes = nkb * npb * PANEL_WORDS * sizeof(uint32_t);
+    int kn_last = K - (int)(nkb - 1) * KC; /* (a K of 576 in blocks of 256 wasted a third) */
+    size_t bytes = panel_at(nkb - 1, npb, npb, (kn_last + 1) / 2) * sizeof(uint32_t);
     size_t used = __atomic_add_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
     if (used > bud->cap) {
         __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
