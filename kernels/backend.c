@@ -91,6 +91,16 @@ void backend_set_threads(Backend *be, int n_threads) {
     if (be && be->ops->set_threads) be->ops->set_threads(be, n_threads);
 }
 
+void backend_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                        int N, float *scratch) {
+    if (be->ops->matmul_acc) {
+        be->ops->matmul_acc(be, out, in, w, M, K, N);
+        return;
+    }
+    be->ops->matmul_fwd(be, scratch, in, w, NULL, M, K, N);
+    be->ops->add_fwd(be, out, out, scratch, (size_t)M * N);
+}
+
 size_t backend_bf16_extra_bytes(const char *name, size_t bf16_bytes) {
     return name && !strcmp(name, "cpu") ? cpu_pack_bytes(bf16_bytes) : 0;
 }

@@ -190,6 +190,11 @@ static inline int backend_mm_bf16(const Backend *be, int K, int N) {
 Backend *backend_init(const char *name, int n_threads, TunaErr *err);
 void backend_free(Backend *be);
 
+/* out (M,N) += in (M,K) · w (N,K)ᵀ: the backend's matmul_acc, or where it has none matmul_fwd
+ * into scratch (M x N floats of backend memory, not out) and add_fwd */
+void backend_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
+                        int N, float *scratch);
+
 /* Bytes the backend called name keeps beside bf16_bytes of frozen BF16 weights when mm_bf16
  * runs their products (the cpu backend's packed copies: cpu_backend.h, CPU_PACK_MB), for
  * memory estimates. 0 for the others. */

@@ -871,12 +871,7 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
      * computes what training computed */
     op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
     op->scale(be, m->lora_u, (size_t)R * lo->rank, lo->scale);
-    if (op->matmul_acc) {
-        op->matmul_acc(be, out, m->lora_u, lo->B[l][site], R, lo->rank, N);
-    } else {
-        op->matmul_fwd(be, m->lora_t, m->lora_u, lo->B[l][site], NULL, R, lo->rank, N);
-        op->add_fwd(be, out, out, m->lora_t, (size_t)R * N);
-    }
+    backend_matmul_acc(be, out, m->lora_u, lo->B[l][site], R, lo->rank, N, m->lora_t);
     if (lo->G && lo->G[l][site]) {
         float *h = xmalloc(sizeof(float) * ((size_t)R * N + (size_t)N));
         model_dora_scale(be, out, bias, lo->G[l][site], R, N, h, h + (size_t)R * N);

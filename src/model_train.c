@@ -1368,12 +1368,9 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
     if (slice == 0) lora_u_fwd(ts, lm, in, M, K); /* the fused c_attn: once for three slices */
     if (slice == 0 && lm->mag) dora_prepare(ts, lm);
     const float *Bs = lm->B + (size_t)slice_row(ts, site, slice) * r;
-    if (be->ops->matmul_acc) { /* out += u · Bᵀ */
-        be->ops->matmul_acc(be, out, lm->u, Bs, M, r, n_out);
-    } else { /* dys is backward scratch, free during the forward (out may be ts->tmp) */
-        be->ops->matmul_fwd(be, ts->dys, lm->u, Bs, NULL, M, r, n_out);
-        be->ops->add_fwd(be, out, out, ts->dys, (size_t)M * n_out);
-    }
+    /* out += u · Bᵀ (the scratch, without matmul_acc: dys, backward scratch, free during the
+     * forward; out may be ts->tmp) */
+    backend_matmul_acc(be, out, lm->u, Bs, M, r, n_out, ts->dys);
     if (lm->mag) dora_fwd(ts, lm, slice_row(ts, site, slice), out, bias, M, n_out);
 }
 

@@ -187,7 +187,6 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
     if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_rows(out, bias, N, lo, hi));
 }
 
-/* out += in · wᵀ: the product with beta 1 (the same sums as matmul_fwd's, then one add) */
 /* memset by all threads: the backward zeroes about 8 MB a SmolLM2 layer (its gradient buffers),
  * which as a copy from a buffer of zeros on one thread was 2.7% of a LoRA step on two */
 static void c_zero(Backend *be, void *dst, size_t bytes) {
@@ -195,6 +194,7 @@ static void c_zero(Backend *be, void *dst, size_t bytes) {
                   memset((char *)dst + lo, 0, hi - lo));
 }
 
+/* out += in · wᵀ: the product with beta 1 (the same sums as matmul_fwd's, then one add) */
 static void c_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
                          int N) {
     if (M <= 0 || N <= 0) return;

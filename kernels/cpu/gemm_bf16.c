@@ -3,12 +3,14 @@
  *
  * Two paths, chosen on every call (cpu_bf16_path):
  * - "avx512bf16": a kernel of our own on vdpbf16ps. op(A) is packed once per product (in
- *   chunks of at most 16 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
+ *   chunks of at most 32 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
  *   KC (row by row for a row-major op(A), pair by pair for a k-major one: pack_a_panel), by all
  *   threads; then C is cut into tasks of whole panels of columns (at most NC, at least two
  *   tasks a thread, evenly: column_tasks; row parts too when the columns are few): a task
- *   walks K block by block, packs its columns of op(B) into panels of NR (the rounding, vectorized, happens in the packing; a bf16
- *   weight is copied as is) and runs every row panel over them. A 12 x 32 tile of C is 24 zmm
+ *   walks K block by block, packs its columns of op(B) into panels of NR (the rounding,
+ *   vectorized, happens in the packing; a bf16 weight is copied as is, and a frozen BF16
+ *   weight's panels may be packed once for all its forward products: weight_pack) and runs
+ *   every row panel over them. A 12 x 32 tile of C is 24 zmm
  *   accumulators, zeroed per block and added to C at its end. Threads meet twice per chunk
  *   (after the packing of A, at the end): with shared B panels, two barriers per K block cost
  *   most of the time on this shared 2-core machine (perf: 60% in libgomp waits).
@@ -357,9 +359,9 @@ static size_t panel_at(size_t kb, size_t npb, size_t p, int kp) {
 X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int N, int K, size_t n0, size_t n1,
                                float *C, size_t ldc, int add0, int arows, uint32_t *bp) {
+    size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
     for (int k0 = 0, kb = 0; k0 < K; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
         for (size_t n = n0; n < n1 && !b->pk; n += NR)
             pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
                        bp + (n - n0) / NR * (size_t)kp * NR);

@@ -286,22 +286,18 @@ static int run_mpirun(char **av, int np) {
     }
     /* the run ended by itself (finished, stopped, an error rank 0 wrote down), or a failure
      * before any run folder: the ranks said why */
-    if (done && rc && b.sig >= 0) { /* rank 0 wrote its done event, yet a rank was killed: the
-                                      * one line still says which (its event is already there) */
-        char msg[700];
-        b.line[0] = '\0'; /* the killed rank is the cause, not what the others then saw */
-        job_summary(&b, np, rc, step, msg, sizeof msg);
-        fprintf(stderr, "tuna: %s%s%s\n", msg,
-                dir[0] && step >= 0 ? "; continue with --resume " : "",
-                dir[0] && step >= 0 ? dir : "");
+    /* ... except a rank killed after rank 0 wrote its done event: the one line still names it
+     * (the killed rank is the cause, not what the others then saw; the event is there) */
+    int killed = done && rc && b.sig >= 0;
+    if (killed)
+        b.line[0] = '\0';
+    else if (done || (!dir[0] && b.sig < 0 && !b.line[0]))
         return rc;
-    }
-    if (done || (!dir[0] && b.sig < 0 && !b.line[0])) return rc;
     if (!rc && !b.line[0] && b.sig < 0) return 0;
     char msg[700];
     job_summary(&b, np, rc, step, msg, sizeof msg);
     if (dir[0] && step >= 0) {
-        metrics_failed(metrics, step, msg);
+        if (!done) metrics_failed(metrics, step, msg);
         fprintf(stderr, "tuna: %s; continue with --resume %s\n", msg, dir);
     } else
         fprintf(stderr, "tuna: %s\n", msg);
