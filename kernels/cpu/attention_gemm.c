@@ -13,12 +13,16 @@
  * Under Backend.mm_bf16 the products are cpu_gemm_bf16's (bf16 operands, fp32 sums, one thread
  * each), as torch's bf16 SDPA on the CPU: S = Q·Kᵀ is scaled in the softmax (fp32), P is rounded
  * to bf16 for O = P·V and dV += Pᵀ·dO, and dS is scaled before it is rounded for dQ and dK
- * (ref_attention_fwd_bf16 is the rule). The fp32 path is unchanged. */
+ * (ref_attention_fwd_bf16 is the rule). On the AVX512-BF16 path (attn_fwd_x, attn_bwd_x) the
+ * same products run on gemm_bf16.c's pieces with K and V packed once a call and tiles cut at the
+ * causal edge: the same bits, 1.15x (SmolLM2's shapes at 512 tokens). The fp32 path is
+ * unchanged. */
 #include <math.h>
 #include <stdlib.h>
 
 #include <cblas.h>
 
+#include "cpu_backend.h"
 #include "cpu_internal.h"
 
 /* One product of the attention: C (M,N) = alpha op(A) op(B) + beta C, sgemm on this thread, or
@@ -64,6 +68,25 @@ static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
             s[j] *= inv;
         for (int j = p + 1; j < Tk; j++)
             s[j] = 0;
+    }
+}
+
+/* dS = P∘(dP − D)·ds in place of dP (lq x lk), D_t = Σ_j P_tj dP_tj: the softmax's backward (under
+ * bf16 ds is the scale, applied here before the products round dS). Reads P and dP up to each
+ * query's own key p only (P is 0 past it) and writes 0 past it. */
+static void grad_scores(const float *P, float *dP, int lq, int lk, float ds) {
+    for (int t = 0; t < lq; t++) {
+        const float *pr = P + (size_t)t * lk;
+        float *dr = dP + (size_t)t * lk, D = 0;
+        int p = lk - lq + t;
+#pragma omp simd reduction(+ : D)
+        for (int j = 0; j <= p; j++)
+            D += pr[j] * dr[j];
+#pragma omp simd
+        for (int j = 0; j <= p; j++)
+            dr[j] = pr[j] * (dr[j] - D) * ds;
+        for (int j = p + 1; j < lk; j++)
+            dr[j] = 0;
     }
 }
 
@@ -114,9 +137,329 @@ static int chunk_of(int s0, int s1, int c, int Tq, int Tk, int *qa, int *qe, int
     return *qa < *qe;
 }
 
+/* dK, dV += the partials (pk, pv: part floats a query head) of each kv head's query heads, in
+ * head order, for batch row b; inside a parallel region (its threads share the keys) */
+static void partial_sums(float *dk, float *dv, const float *pk, const float *pv, int b, int Tk,
+                         size_t kv_stride, size_t ks, size_t part, int KVH, int grp, int HS) {
+#pragma omp for schedule(static)
+    for (int j = 0; j < Tk; j++)
+        for (int g = 0; g < KVH; g++) {
+            size_t o = b * kv_stride + (size_t)j * ks + (size_t)g * HS;
+            for (int h = g * grp; h < (g + 1) * grp; h++) {
+                size_t po = part * h + (size_t)j * HS;
+                if (dk)
+#pragma omp simd
+                    for (int d = 0; d < HS; d++)
+                        dk[o + d] += pk[po + d];
+                if (dv)
+#pragma omp simd
+                    for (int d = 0; d < HS; d++)
+                        dv[o + d] += pv[po + d];
+            }
+        }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ATT_X 1
+/* --- bf16 on the AVX512-BF16 path: K and V packed once, tiles cut at the causal edge ---------
+ * The same products as the generic path above, on gemm_bf16.c's pieces (cpu_bf16_pack_a/_b,
+ * cpu_bf16_tile: the same rounding, K blocks and tiles, so the same bits): each batch row's kv
+ * head is packed once per call for all of its query heads and chunks (it was packed again for
+ * each product, 11% of the attention's time, with the softmax's), and a row panel's products stop
+ * at its last visible key (keys past it have P = 0: the sums skip exact zeros and are unchanged),
+ * where the chunks of QB queries computed the whole chunk's triangle (5/8 of the square at 512
+ * tokens, now about 1/2). */
+#define AX_MR      CPU_BF16_MR
+#define AX_NR      CPU_BF16_NR
+#define AX_KC      CPU_BF16_KC
+#define AX_A_WORDS ((size_t)(AX_KC / 2) * AX_MR) /* one packed panel of op(A) */
+
+/* whether this path runs: the kernel is vdpbf16ps', and a head is at most one K block */
+static int x_path(int HS) {
+    return HS <= AX_KC && !strcmp(cpu_bf16_path(), "avx512bf16");
+}
+
+enum { KV_KC = 1, KV_VC = 2, KV_KP = 4, KV_VP = 8 }; /* which packings KvPack holds */
+
+/* One call's K and V, packed per (batch row, block of blocks_of, kv head) in up to four ways:
+ * "cols" (kc, vc: the keys are op(B)'s columns, pairs along the head: panels of AX_NR keys, for
+ * Q·Kᵀ and dO·Vᵀ) and "pairs" (kp, vp: the head's dims are the columns, pairs along the keys in
+ * K blocks of AX_KC: for P·V and dS·K). A block of Lk keys: cols_words(Lk), pairs_words(Lk). */
+typedef struct KvPack {
+    int HS, KVH, Tq, want, kph, ndp; /* kph: pairs of a head; ndp: panels of AX_NR dims */
+    int *nblk, *blk;                 /* per row: its blocks, and their starts (Tq + 1 a row) */
+    const int32_t **lo;              /* per row: blocks_of's kv_lo (NULL when split) */
+    size_t *off;                     /* (row, block) -> word offset of its kv heads (Tq a row) */
+    uint32_t *w;
+} KvPack;
+
+static size_t cols_words(const KvPack *p, int Lk) {
+    return (size_t)((Lk + AX_NR - 1) / AX_NR) * (size_t)p->kph * AX_NR;
+}
+
+static size_t pairs_words(const KvPack *p, int Lk) {
+    return (size_t)((Lk + AX_KC - 1) / AX_KC) * (size_t)p->ndp * (AX_KC / 2) * AX_NR;
+}
+
+static size_t head_words(const KvPack *p, int Lk) {
+    size_t c = cols_words(p, Lk), q = pairs_words(p, Lk);
+    return (p->want & KV_KC ? c : 0) + (p->want & KV_VC ? c : 0) + (p->want & KV_KP ? q : 0) +
+           (p->want & KV_VP ? q : 0);
+}
+
+/* The packing `which` of kv head g of block i of row b (Lk keys) */
+static uint32_t *kv_at(const KvPack *p, int b, int i, int g, int Lk, int which) {
+    uint32_t *w = p->w + p->off[(size_t)b * p->Tq + i] + (size_t)g * head_words(p, Lk);
+    size_t c = cols_words(p, Lk), q = pairs_words(p, Lk);
+    for (int f = KV_KC; f < which; f <<= 1)
+        if (p->want & f) w += f == KV_KC || f == KV_VC ? c : q;
+    return w;
+}
+
+static void kv_free(KvPack *p) {
+    free(p->nblk);
+    free(p->blk);
+    free(p->lo);
+    free(p->off);
+    free(p->w);
+}
+
+/* Packs what `want` names of k and v (shapes as cpu_attention_gemm_fwd's) on nth threads.
+ * Returns 0, or -1 with nothing held (no memory). */
+static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, int Tq, int Tk,
+                   size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want) {
+    *p = (KvPack){HS,   KVH,  Tq,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
+                  NULL, NULL, NULL, NULL, NULL};
+    size_t ks = (size_t)KVH * HS, nu = 0, words = 0;
+    p->nblk = malloc(sizeof(int) * (size_t)B);
+    p->blk = malloc(sizeof(int) * (size_t)B * ((size_t)Tq + 1));
+    p->lo = malloc(sizeof(*p->lo) * (size_t)B);
+    p->off = malloc(sizeof(size_t) * (size_t)B * (size_t)Tq);
+    int *ub = malloc(sizeof(int) * 2 * (size_t)B * (size_t)Tq); /* the units (row, block) */
+    if (!p->nblk || !p->blk || !p->lo || !p->off || !ub) goto fail;
+    for (int b = 0; b < B; b++) {
+        int *blk = p->blk + (size_t)b * ((size_t)Tq + 1);
+        p->nblk[b] = blocks_of(kv_lo, b, Tq, Tk, blk, &p->lo[b]);
+        for (int i = 0; i < p->nblk[b]; i++, nu++) {
+            p->off[(size_t)b * Tq + i] = words;
+            words += (size_t)KVH * head_words(p, blk[i + 1] - blk[i] + Tk - Tq);
+            ub[2 * nu] = b;
+            ub[2 * nu + 1] = i;
+        }
+    }
+    p->w = malloc(sizeof(uint32_t) * (words ? words : 1));
+    if (!p->w) goto fail;
+    long nj = (long)(nu * (size_t)KVH);
+#pragma omp parallel for schedule(dynamic) num_threads(nth) if (nth > 1 && nj > 1)
+    for (long j = 0; j < nj; j++) {
+        int b = ub[2 * (j / KVH)], i = ub[2 * (j / KVH) + 1], g = (int)(j % KVH);
+        int s0 = p->blk[(size_t)b * ((size_t)Tq + 1) + i];
+        int Lk = p->blk[(size_t)b * ((size_t)Tq + 1) + i + 1] - s0 + Tk - Tq;
+        size_t base = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
+        for (int f = KV_KC; f <= KV_VP; f <<= 1) {
+            if (!(want & f)) continue;
+            const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
+            uint32_t *d = kv_at(p, b, i, g, Lk, f);
+            if (f == KV_KC || f == KV_VC)
+                for (int n = 0; n < Lk; n += AX_NR)
+                    cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
+                                    d + (size_t)(n / AX_NR) * p->kph * AX_NR);
+            else
+                for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
+                    for (int n = 0; n < HS; n += AX_NR)
+                        cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR,
+                                        (size_t)k0, Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
+                                        d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) *
+                                                        (AX_KC / 2) * AX_NR);
+        }
+    }
+    free(ub);
+    return 0;
+fail:
+    free(ub);
+    kv_free(p);
+    return -1;
+}
+
+/* S (lq x lk, row stride lk) = X·Yᵀ for the lq rows of x (stride xs; a chunk's queries, or
+ * their dO) over the lk keys packed at yc (cols: K or V), tiles of AX_NR keys up to each row
+ * panel's last visible key only (the rest of S is left as it was: nothing reads it) */
+static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const uint32_t *yc,
+                     int HS, uint32_t *ap) {
+    int kph = (HS + 1) / 2;
+    for (int i0 = 0; i0 < lq; i0 += AX_MR) {
+        int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, last = lk - lq + i0 + mr - 1;
+        cpu_bf16_pack_a(x, xs, 0, (size_t)i0, mr, 0, HS, ap);
+        for (int n = 0; n <= last; n += AX_NR)
+            cpu_bf16_tile(kph, ap, 0, yc + (size_t)(n / AX_NR) * kph * AX_NR,
+                          S + (size_t)i0 * lk + n, (size_t)lk, mr, lk - n < AX_NR ? lk - n : AX_NR,
+                          0);
+    }
+}
+
+/* O (lq x HS, row stride os) (= or, add, +=) P·Y: P (lq x lk, stride lk) 0 past each row's
+ * last visible key, Y's keys packed at yp (pairs: V or K); a row panel's sums stop at its last
+ * visible key */
+static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const uint32_t *yp, int HS,
+                   int ndp, int add, uint32_t *ap) {
+    for (int i0 = 0; i0 < lq; i0 += AX_MR) {
+        int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, kn_all = lk - lq + i0 + mr;
+        for (int k0 = 0, kb = 0; k0 < kn_all; k0 += AX_KC, kb++) {
+            int kn = kn_all - k0 < AX_KC ? kn_all - k0 : AX_KC;
+            cpu_bf16_pack_a(P, (size_t)lk, 0, (size_t)i0, mr, (size_t)k0, kn, ap);
+            for (int n = 0; n < HS; n += AX_NR)
+                cpu_bf16_tile((kn + 1) / 2, ap, 0,
+                              yp + ((size_t)kb * ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) * AX_NR,
+                              O + (size_t)i0 * os + n, os, mr, HS - n < AX_NR ? HS - n : AX_NR,
+                              add || k0 > 0);
+        }
+    }
+}
+
+/* D (lk x HS, stride HS) (= or, add, +=) Xᵀ·Y: X (lq x lk, stride lk: P or dS) 0 past each
+ * query's last visible key; Y the chunk's lq rows (stride ys: dO or Q), packed here into yp by
+ * pairs of queries; a key panel's sums start at the first query that sees it */
+static void keys_x(float *D, const float *X, int lq, int lk, const float *y, size_t ys, int HS,
+                   int add, uint32_t *ap, uint32_t *yp) {
+    int kpl = (lq + 1) / 2;
+    for (int n = 0; n < HS; n += AX_NR)
+        cpu_bf16_pack_b(y, ys, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, 0, lq,
+                        yp + (size_t)(n / AX_NR) * kpl * AX_NR);
+    for (int j0 = 0; j0 < lk; j0 += AX_MR) {
+        int mr = lk - j0 < AX_MR ? lk - j0 : AX_MR, t0 = j0 - (lk - lq);
+        t0 = t0 > 0 ? t0 & ~1 : 0;
+        cpu_bf16_pack_a(X, (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap);
+        for (int n = 0; n < HS; n += AX_NR)
+            cpu_bf16_tile((lq - t0 + 1) / 2, ap, 1,
+                          yp + (size_t)(n / AX_NR) * kpl * AX_NR + (size_t)(t0 / 2) * AX_NR,
+                          D + (size_t)j0 * HS + n, (size_t)HS, mr, HS - n < AX_NR ? HS - n : AX_NR,
+                          add);
+    }
+}
+
+/* cpu_attention_gemm_fwd under bf16 on this path: tasks as there */
+static int attn_fwd_x(Backend *be, float *out, const float *q, const float *k, const float *v,
+                      int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                      const int32_t *kv_lo) {
+    float scale = 1.0f / sqrtf((float)HS);
+    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0;
+    size_t qs = (size_t)NH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
+    KvPack kv;
+    if (kv_pack(&kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo, KV_KC | KV_VP))
+        return -1;
+#pragma omp parallel num_threads(be->n_threads)
+    {
+        float *S = malloc(sizeof(float) * mq * Tk);
+        uint32_t *ap = malloc(sizeof(uint32_t) * AX_A_WORDS);
+        if (!S || !ap) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic)
+        for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
+            if (!S || !ap) continue;
+            int c = nqc - 1 - idx / (B * NH), b = idx % (B * NH) / NH, h = idx % NH, g = h / grp;
+            const int *blk = kv.blk + (size_t)b * ((size_t)Tq + 1);
+            const int32_t *lo = kv.lo[b];
+            int qa, qe, lk;
+            for (int i = 0; i < kv.nblk[b]; i++) { /* block i: queries s0.., keys s0.. */
+                int s0 = blk[i], Lk = blk[i + 1] - s0 + Tk - Tq;
+                if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
+                int lq = qe - qa;
+                const float *qh = q + ((size_t)b * Tq + qa) * qs + (size_t)h * HS;
+                scores_x(S, qh, qs, lq, lk, kv_at(&kv, b, i, g, Lk, KV_KC), HS, ap);
+                masked_softmax(S, lq, lk, scale, window, lo ? lo + qa : NULL);
+                rows_x(out + ((size_t)b * Tq + qa) * qs + (size_t)h * HS, qs, S, lq, lk,
+                       kv_at(&kv, b, i, g, Lk, KV_VP), HS, kv.ndp, 0, ap);
+            }
+        }
+        free(S);
+        free(ap);
+    }
+    kv_free(&kv);
+    return fail ? -1 : 0;
+}
+
+/* cpu_attention_gemm_bwd's chunk_bwd on this path: the chunk's queries at q (and dq, dout;
+ * stride qs) over lk keys packed at kc, vc, kp (block of Lk keys) */
+static void chunk_bwd_x(float *P, float *dP, uint32_t *ap, uint32_t *yp, int lq, int lk,
+                        float scale, int window, const int32_t *lo, float *dq, float *pk, float *pv,
+                        int first, const float *dout, const float *q, size_t qs, int HS, int ndp,
+                        const uint32_t *kc, const uint32_t *vc, const uint32_t *kp) {
+    scores_x(P, q, qs, lq, lk, kc, HS, ap);
+    masked_softmax(P, lq, lk, scale, window, lo);
+    if (pv) keys_x(pv, P, lq, lk, dout, qs, HS, !first, ap, yp); /* dV += Pᵀ·dO */
+    if (!dq && !pk) return;
+    scores_x(dP, dout, qs, lq, lk, vc, HS, ap); /* dP = dO·Vᵀ */
+    grad_scores(P, dP, lq, lk, scale);
+    if (dq) rows_x(dq, qs, dP, lq, lk, kp, HS, ndp, 1, ap);    /* dQ += dS·K */
+    if (pk) keys_x(pk, dP, lq, lk, q, qs, HS, !first, ap, yp); /* dK += dSᵀ·Q */
+}
+
+/* cpu_attention_gemm_bwd under bf16 on this path: tasks and partial sums as there */
+static int attn_bwd_x(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                      const float *q, const float *k, const float *v, int B, int Tq, int Tk,
+                      size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo,
+                      float *pk, float *pv) {
+    float scale = 1.0f / sqrtf((float)HS);
+    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, fail = 0;
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
+    size_t part = (size_t)Tk * HS;
+    KvPack kv;
+    if (kv_pack(&kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo,
+                KV_KC | (dq || dk ? KV_VC : 0) | (dq ? KV_KP : 0)))
+        return -1;
+#pragma omp parallel num_threads(be->n_threads)
+    {
+        float *P = malloc(sizeof(float) * mq * Tk), *dP = malloc(sizeof(float) * mq * Tk);
+        uint32_t *ap = malloc(sizeof(uint32_t) * AX_A_WORDS),
+                 *yp = malloc(sizeof(uint32_t) * (size_t)kv.ndp * (QB / 2) * AX_NR);
+        if (!P || !dP || !ap || !yp) {
+#pragma omp atomic write
+            fail = 1;
+        }
+        for (int b = 0; b < B; b++) {
+            const int *blk = kv.blk + (size_t)b * ((size_t)Tq + 1);
+            const int32_t *lo = kv.lo[b];
+#pragma omp for schedule(dynamic)
+            for (int h = 0; h < NH; h++) {
+                if (!P || !dP || !ap || !yp) continue;
+                int g = h / grp, qa, qe, lk;
+                for (int i = 0; i < kv.nblk[b]; i++) {
+                    int s0 = blk[i], Lk = blk[i + 1] - s0 + Tk - Tq, first = 1;
+                    const uint32_t *kc = kv_at(&kv, b, i, g, Lk, KV_KC),
+                                   *vc = dq || dk ? kv_at(&kv, b, i, g, Lk, KV_VC) : NULL,
+                                   *kp = dq ? kv_at(&kv, b, i, g, Lk, KV_KP) : NULL;
+                    for (int c = nqc - 1; c >= 0; c--) {
+                        if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
+                        size_t qo = ((size_t)b * Tq + qa) * qs + (size_t)h * HS,
+                               po = part * h + (size_t)s0 * HS;
+                        chunk_bwd_x(P, dP, ap, yp, qe - qa, lk, scale, window, lo ? lo + qa : NULL,
+                                    dq ? dq + qo : NULL, pk ? pk + po : NULL, pv ? pv + po : NULL,
+                                    first, dout + qo, q + qo, qs, HS, kv.ndp, kc, vc, kp);
+                        first = 0;
+                    }
+                }
+            }
+            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, ks, part, KVH, grp, HS);
+        }
+        free(P);
+        free(dP);
+        free(ap);
+        free(yp);
+    }
+    kv_free(&kv);
+    return fail ? -1 : 0;
+}
+#endif
+
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                            int window, const int32_t *kv_lo) {
+#ifdef ATT_X
+    if (be->mm_bf16 && x_path(HS))
+        return attn_fwd_x(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
+#endif
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0, bf = be->mm_bf16;
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
@@ -178,19 +521,7 @@ static int chunk_bwd(int bf, float *P, float *dP, int lq, int lk, float scale, i
     /* dP = dO·Vᵀ, then dS = P∘(dP − D) in place, D_t = Σ_j P_tj dP_tj (under bf16 also times
      * scale here, before the products round it); P is 0 past the query's own key p */
     if (prod(bf, 0, 1, lq, lk, HS, 1.0f, dout, (int)qs, v, (int)ks, 0.0f, dP, lk)) return -1;
-    float ds = bf ? scale : 1.0f;
-    for (int t = 0; t < lq; t++) {
-        float *pr = P + (size_t)t * lk, *dr = dP + (size_t)t * lk, D = 0;
-        int p = lk - lq + t;
-#pragma omp simd reduction(+ : D)
-        for (int j = 0; j <= p; j++)
-            D += pr[j] * dr[j];
-#pragma omp simd
-        for (int j = 0; j <= p; j++)
-            dr[j] = pr[j] * (dr[j] - D) * ds;
-        for (int j = p + 1; j < lk; j++)
-            dr[j] = 0;
-    }
+    grad_scores(P, dP, lq, lk, bf ? scale : 1.0f);
     float a = bf ? 1.0f : scale;
     if (dq && /* dQ += scale·dS·K */
         prod(bf, 0, 0, lq, HS, lk, a, dP, lk, k, (int)ks, 1.0f, dq, (int)qs))
@@ -221,6 +552,15 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
         free(pv);
         return -1;
     }
+#ifdef ATT_X
+    if (be->mm_bf16 && x_path(HS)) {
+        int e = attn_bwd_x(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                           kv_lo, pk, pv);
+        free(pk);
+        free(pv);
+        return e;
+    }
+#endif
     openblas_set_num_threads(1);
 #pragma omp parallel num_threads(be->n_threads)
     {
@@ -254,23 +594,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                     }
                 }
             }
-            /* dK, dV += the partials of each kv head's query heads, in head order */
-#pragma omp for schedule(static)
-            for (int j = 0; j < Tk; j++)
-                for (int g = 0; g < KVH; g++) {
-                    size_t o = b * kv_stride + (size_t)j * ks + (size_t)g * HS;
-                    for (int h = g * grp; h < (g + 1) * grp; h++) {
-                        size_t po = part * h + (size_t)j * HS;
-                        if (dk)
-#pragma omp simd
-                            for (int d = 0; d < HS; d++)
-                                dk[o + d] += pk[po + d];
-                        if (dv)
-#pragma omp simd
-                            for (int d = 0; d < HS; d++)
-                                dv[o + d] += pv[po + d];
-                    }
-                }
+            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, ks, part, KVH, grp, HS);
         }
         free(P);
         free(dP);

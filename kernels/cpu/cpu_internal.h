@@ -87,6 +87,28 @@ typedef struct CpuPackBudget {
  * (cpu_backend.h). */
 int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
+/* The AVX512-BF16 path's pieces (x86 builds only; for callers on that path), for products
+ * that pack an operand once and run it many times. A tile of C is CPU_BF16_MR x CPU_BF16_NR, and
+ * the products sum K in blocks of CPU_BF16_KC (each block's sum from zero, then added to C):
+ * whoever runs the tiles over K blocks that way gets cpu_gemm_bf16's bits.
+ * - cpu_bf16_pack_b: a panel of op(B): (kn + 1) / 2 words of CPU_BF16_NR, word p * NR + c the
+ *   bf16 pair (elements k0 + 2p, k0 + 2p + 1) of column r0 + c; columns past rn (<= NR) and the
+ *   odd element past kn zero. src's element (column r, k) is src[r * ld + k], or src[k * ld + r]
+ *   when kmajor.
+ * - cpu_bf16_pack_a: a panel of op(A), rows r0 .. r0+rn-1 (rn <= MR) and elements k0 .. k0+kn-1
+ *   (kn <= KC) of src seen as above (rows for columns): (KC / 2) * MR words, row by row (word
+ *   i * KC / 2 + p) or, when kmajor, pair by pair (word p * MR + i); rows past rn zero.
+ * - cpu_bf16_tile: c (mr x nr, row stride ldc) = (add: c +) the sum over kp pairs of the A panel
+ *   (packed with that kmajor) times the B panel, on this thread. */
+#define CPU_BF16_MR 12
+#define CPU_BF16_NR 32
+#define CPU_BF16_KC 256
+void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
+                     uint32_t *dst);
+void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
+                     uint32_t *dst);
+void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
+                   int mr, int nr, int add);
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,

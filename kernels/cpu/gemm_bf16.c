@@ -35,19 +35,17 @@
 #define BF16_X86 1
 #endif
 
-#ifndef MR
 /* The tile of C: MR x NR, NV zmm of fp32 a row, MR * NV accumulators (24 of the 32 zmm).
- * Tried on one Zen 4 core (-DMR= -DNR=; NR a multiple of 16 dividing NC): 8 x 48 (3 loads of
+ * Tried on one Zen 4 core (NR a multiple of 16 dividing NC): 8 x 48 (3 loads of
  * op(B) and 8 broadcasts for 24 vdpbf16ps, where 12 x 32 has 2 and 12) ran the step's 576- and
  * 1536-wide products 2-4% faster, but the attention's 64-wide ones 25% slower (64 of a panel's 96
  * columns), and a SmolLM2 LoRA step 2% slower; 6 x 64 and 9 x 48 no faster; 14 x 32 spilled.
  * The bits are the same for every tile shape: each element of C is the same sum in the same
  * order. */
-#define MR 12 /* rows of a tile of C */
-#define NR 32 /* columns of a tile of C (two zmm of fp32) */
-#endif
+#define MR          CPU_BF16_MR             /* rows of a tile of C (12) */
+#define NR          CPU_BF16_NR             /* columns of a tile of C (32: two zmm of fp32) */
 #define NV          (NR / 16)               /* zmm of fp32 across a tile */
-#define KC          256                     /* elements of K per block (even) */
+#define KC          CPU_BF16_KC             /* elements of K per block (256, even) */
 #define NC          384                     /* columns of C per task (a multiple of NR) */
 #define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in a whole K block */
 /* floats of each operand block the plain path rounds at once */
@@ -459,6 +457,25 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
     free(apk);
     free(bbuf);
     return 0;
+}
+
+/* The pieces, for products that pack an operand once and run it many times (attention_gemm.c);
+ * cpu_internal.h says what each does. */
+void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
+                     uint32_t *dst) {
+    View v = {src, NULL, ld, kmajor, NULL};
+    pack_panel(&v, r0, rn, k0, kn, NR, dst);
+}
+
+void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
+                     uint32_t *dst) {
+    View v = {src, NULL, ld, kmajor, NULL};
+    pack_a_panel(&v, r0, rn, k0, kn, dst);
+}
+
+void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
+                   int mr, int nr, int add) {
+    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
 }
 #endif
 
