@@ -44,16 +44,21 @@ static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
         int p = Tk - Tq + t;
         int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
         float mx = -INFINITY, sum = 0;
-        if (scale != 1.0f)
-#pragma omp simd
-            for (int j = lo; j <= p; j++)
-                s[j] *= scale;
-                /* vectorized (omp simd reductions, vexpf): the scalar expf loop was 8% of a SmolLM2
+        /* vectorized (omp simd reductions, vexpf): the scalar expf loop was 8% of a SmolLM2
          * LoRA step at 512 tokens; the order is fixed per row, so the thread count cannot
-         * change the bits */
+         * change the bits. The scaling and the max in one pass. */
+        if (scale != 1.0f) {
 #pragma omp simd reduction(max : mx)
-        for (int j = lo; j <= p; j++)
-            mx = s[j] > mx ? s[j] : mx;
+            for (int j = lo; j <= p; j++) {
+                float x = s[j] * scale;
+                s[j] = x;
+                mx = x > mx ? x : mx;
+            }
+        } else {
+#pragma omp simd reduction(max : mx)
+            for (int j = lo; j <= p; j++)
+                mx = s[j] > mx ? s[j] : mx;
+        }
         for (int j = 0; j < lo; j++)
             s[j] = 0;
 #pragma omp simd reduction(+ : sum)
