@@ -121,25 +121,25 @@ static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const floa
 
 /* A product with a side of at most SGEMM_SPLIT_MAX (a LoRA adapter's rank side) and more than
  * SGEMM_BLOCK rows of C (or columns, when there are more of those): one-thread sgemm calls on
- * at most SGEMM_PARTS blocks of its rows (columns), spread over the threads. OpenBLAS's own
- * threads cost such products more than they gave (2 threads: 1.34x over one on a SmolLM2 LoRA
- * step's rank side, perf: sched_yield 3.7% of the step; 1.8x this way). The blocks are the same
- * on any thread count, so are the bits (OpenBLAS picks its kernel by the shape of a call: a
- * split by threads changed them). */
+ * SGEMM_PARTS blocks of its rows (columns) of nearly equal size (bounds multiples of 8), spread
+ * over the threads. OpenBLAS's own threads cost such products more than they gave (2 threads:
+ * 1.34x over one on a SmolLM2 LoRA step's rank side, perf: sched_yield 3.7% of the step; 1.8x
+ * this way). The blocks are the same on any thread count, so are the bits (OpenBLAS picks its
+ * kernel by the shape of a call: a split by threads changed them). Blocks of at least 128 rows
+ * (as before 2026-12-05) cut 456 rows into 128, 128, 128 and 72 and 192 into 128 and 64: one of
+ * two threads idle a fifth to a third of those products. */
 #define SGEMM_SPLIT_MAX 16
-#define SGEMM_BLOCK     128 /* rows (columns) of a block at least */
-#define SGEMM_PARTS     4   /* blocks at most */
+#define SGEMM_BLOCK     128 /* more rows (columns) than this: split */
+#define SGEMM_PARTS     4   /* blocks */
 static void sgemm_blocks(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A,
                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    int rows = M >= N, len = rows ? M : N;
-    int bl = (len + SGEMM_PARTS - 1) / SGEMM_PARTS;
-    bl = bl < SGEMM_BLOCK ? SGEMM_BLOCK : (bl + 15) / 16 * 16;
-    int nb = (len + bl - 1) / bl;
+    int rows = M >= N, len = rows ? M : N, nb = SGEMM_PARTS;
     openblas_set_num_threads(1);
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (int b = 0; b < nb; b++) {
-        size_t lo = (size_t)b * bl;
-        int n = len - (int)lo < bl ? len - (int)lo : bl;
+        size_t lo = (size_t)len * b / nb / 8 * 8;
+        int n = (b + 1 < nb ? (int)((size_t)len * (b + 1) / nb / 8 * 8) : len) - (int)lo;
+        if (n <= 0) continue;
         if (rows)
             sgemm_k(ta, tb, n, N, K, alpha, ta ? A + lo : A + lo * (size_t)lda, lda, B, ldb, beta,
                     C + lo * (size_t)ldc, ldc);
