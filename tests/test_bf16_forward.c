@@ -91,6 +91,11 @@ done:
     backend_free(be);
 }
 
+/* Set: the model's frozen linear layers stay in their stored type (--dtype auto: BF16 for the
+ * _bf16 fixtures), and the adapters' B start from small random values, not PEFT's zeros (then
+ * the adapter's terms of the forward and of the input gradient are not zero at the first step) */
+static int b_random;
+
 /* The gradients of one training step: n floats per trainable tensor, concatenated. */
 static float *step_grads(const char *dir, const char *backend, int bf16, TrainSetup setup,
                          size_t *n_out, double *loss) {
@@ -99,13 +104,29 @@ static float *step_grads(const char *dir, const char *backend, int bf16, TrainSe
     Model *m = NULL;
     TrainState *ts = NULL;
     float *g = NULL;
-    if (!be || model_load(dir, be, &m, &err) || train_state_init(m, &setup, 2, 12, &ts, &err)) {
+    ModelLoadOptions o = model_load_frozen(1 << 30, 0);
+    if (!be ||
+        (b_random ? model_load_opts(dir, be, &o, &m, &err) : model_load(dir, be, &m, &err)) ||
+        train_state_init(m, &setup, 2, 12, &ts, &err)) {
         CHECK(0, "%s %s: %s", dir, backend, err.msg);
         goto done;
     }
     be->mm_bf16 = bf16;
-    int32_t ids[24], tg[24];
+    CHECK(!b_random || m->n_qparams > 0, "%s: no layer kept typed", dir);
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
     uint64_t x = 777;
+    for (int i = 0; b_random && i < np; i++) {
+        if (!strstr(tp[i].name, "lora_B")) continue;
+        float *h = xmalloc(sizeof(float) * tp[i].n);
+        for (size_t j = 0; j < tp[i].n; j++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            h[j] = (float)((double)(x >> 40) / 16777216.0 - 0.5) * 0.2f;
+        }
+        be->ops->upload(be, tp[i].data, h, sizeof(float) * tp[i].n);
+        free(h);
+    }
+    int32_t ids[24], tg[24];
     for (int i = 0; i < 24; i++) {
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
         ids[i] = (int32_t)((x >> 33) % (uint64_t)m->cfg.V);
@@ -117,8 +138,6 @@ static float *step_grads(const char *dir, const char *backend, int bf16, TrainSe
         CHECK(0, "%s %s: %s", dir, backend, err.msg);
         goto done;
     }
-    int np;
-    const TrainParam *tp = train_params(ts, &np);
     size_t n = 0;
     for (int i = 0; i < np; i++)
         n += tp[i].n;
@@ -242,5 +261,11 @@ int main(void) {
     train_case("qwen3", "lora", lora);
     train_case("gpt2", "lora", lora);
     train_case("llama", "ptuning", pre);
+    /* over a base kept in BF16 (typed frozen layers: matmul_w_fwd, matmul_w_bwd_in) with B != 0,
+     * so that the adapter's terms of the forward and of the input gradient count */
+    b_random = 1;
+    train_case("qwen3_bf16", "lora B", lora);
+    train_case("gpt2_bf16", "lora B", lora);
+    b_random = 0;
     return test_report("test_bf16_forward");
 }
