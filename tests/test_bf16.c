@@ -97,9 +97,19 @@ static int same_bits(const float *a, const float *b, size_t n) {
     return !memcmp(a, b, n * sizeof *a);
 }
 
-static const int shapes[][3] = {{1, 1, 1},     {1, 7, 33},     {7, 33, 130},  {33, 130, 7},
-                                {130, 7, 33},  {13, 257, 33},  {25, 513, 65}, {130, 300, 200},
-                                {64, 576, 96}, {400, 520, 390}};
+static const int shapes[][3] = {{1, 1, 1},
+                                {1, 7, 33},
+                                {7, 33, 130},
+                                {33, 130, 7},
+                                {130, 7, 33},
+                                {13, 257, 33},
+                                {25, 513, 65},
+                                {130, 300, 200},
+                                {64, 576, 96},
+                                {400, 520, 390},
+                                /* K past 2 x 16 blocks: gemm_x's K slices (forward; din) */
+                                {37, 9000, 45},
+                                {13, 40, 8300}};
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 // --- matmul_fwd and matmul_bwd -------------------------------------------------------------------
@@ -178,10 +188,12 @@ static void test_dense(Backend *ref, Backend *cpu, const char *path) {
 
 static void test_typed(Backend *ref, Backend *cpu, const char *path) {
     rounding = 1; /* a typed weight's products always round */
-    /* the last two only for types of one-element blocks: an odd K, and K blocks whose pair
-     * count is not a multiple of 16 (the cpu kernel packs a bf16 weight 16 x 16 words at a time) */
-    static const int tshapes[][3] = {{1, 32, 1},    {7, 64, 33},    {33, 288, 130}, {130, 96, 7},
-                                     {40, 544, 70}, {390, 64, 400}, {17, 301, 45},  {5, 38, 19}};
+    /* 8500 rows: the input gradient's K in gemm_x's K slices; the last two only for types of
+     * one-element blocks: an odd K, and K blocks whose pair count is not a multiple of 16 (the
+     * cpu kernel packs a bf16 weight 16 x 16 words at a time) */
+    static const int tshapes[][3] = {{1, 32, 1},    {7, 64, 33},   {33, 288, 130},
+                                     {130, 96, 7},  {40, 544, 70}, {390, 64, 400},
+                                     {9, 64, 8500}, {17, 301, 45}, {5, 38, 19}};
     static const WType types[] = {WT_BF16, WT_Q8_0, WT_Q4_0, WT_F32};
     double worst = 0;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
