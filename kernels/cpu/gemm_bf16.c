@@ -13,7 +13,9 @@
  *   every row panel over them. A 12 x 32 tile of C is 24 zmm
  *   accumulators, zeroed per block and added to C at its end. Threads meet twice per chunk
  *   (after the packing of A, at the end): with shared B panels, two barriers per K block cost
- *   most of the time on this shared 2-core machine (perf: 60% in libgomp waits).
+ *   most of the time on this shared 2-core machine (perf: 60% in libgomp waits). A long K with
+ *   a small C (the LM head's input gradient) runs in slices of K into partials of C, added in
+ *   slice order (k_slices).
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
  *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
