@@ -164,8 +164,6 @@ static void partial_sums(float *dk, float *dv, const float *pk, const float *pv,
         }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define ATT_X 1
 /* --- bf16 on the AVX512-BF16 path: K and V packed once, tiles cut at the causal edge ---------
  * The same products as the generic path above, on gemm_bf16.c's pieces (cpu_bf16_pack_a/_b,
  * cpu_bf16_tile: the same rounding, K blocks and tiles, so the same bits): each batch row's kv
@@ -179,9 +177,19 @@ static void partial_sums(float *dk, float *dv, const float *pk, const float *pv,
 #define AX_KC      CPU_BF16_KC
 #define AX_A_WORDS ((size_t)(AX_KC / 2) * AX_MR) /* one packed panel of op(A) */
 
-/* whether this path runs: the kernel is vdpbf16ps', and a head is at most one K block */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ATT_X 1
+#endif
+
+/* whether the AVX512-BF16 path runs: the kernel is vdpbf16ps', and a head is at most one K
+ * block */
 static int x_path(int HS) {
+#ifdef ATT_X
     return HS <= AX_KC && !strcmp(cpu_bf16_path(), "avx512bf16");
+#else
+    (void)HS;
+    return 0;
+#endif
 }
 
 enum { KV_KC = 1, KV_VC = 2, KV_KP = 4, KV_VP = 8 }; /* which packings KvPack holds */
@@ -229,13 +237,39 @@ static void kv_free(KvPack *p) {
     free(p->w);
 }
 
-/* Packs what `want` names of k and v (shapes as cpu_attention_gemm_fwd's) on nth threads.
- * Returns 0, or -1 with nothing held (no memory). */
+#ifdef ATT_X
+/* Packs unit (row b, block i, kv head g: Lk keys from key s0) of what p->want names */
+static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_stride, int b, int i,
+                         int g, int s0, int Lk) {
+    int HS = p->HS;
+    size_t ks = (size_t)p->KVH * HS, base = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
+    for (int f = KV_KC; f <= KV_VP; f <<= 1) {
+        if (!(p->want & f)) continue;
+        const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
+        uint32_t *d = kv_at(p, b, i, g, Lk, f);
+        if (f == KV_KC || f == KV_VC)
+            for (int n = 0; n < Lk; n += AX_NR)
+                cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
+                                d + (size_t)(n / AX_NR) * p->kph * AX_NR);
+        else
+            for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
+                for (int n = 0; n < HS; n += AX_NR)
+                    cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR,
+                                    (size_t)k0, Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
+                                    d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) *
+                                                    AX_NR);
+    }
+}
+#endif
+
+/* The blocks of every batch row (blocks_of), and what `want` names of k and v packed (the
+ * AVX512-BF16 path only; shapes as cpu_attention_gemm_fwd's) on nth threads. Returns 0, or -1
+ * with nothing held (no memory). */
 static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, int Tq, int Tk,
                    size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want) {
     *p = (KvPack){HS,   KVH,  Tq,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
                   NULL, NULL, NULL, NULL, NULL};
-    size_t ks = (size_t)KVH * HS, nu = 0, words = 0;
+    size_t nu = 0, words = 0;
     p->nblk = malloc(sizeof(int) * (size_t)B);
     p->blk = malloc(sizeof(int) * (size_t)B * ((size_t)Tq + 1));
     p->lo = malloc(sizeof(*p->lo) * (size_t)B);
@@ -252,32 +286,21 @@ static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, in
             ub[2 * nu + 1] = i;
         }
     }
-    p->w = malloc(sizeof(uint32_t) * (words ? words : 1));
-    if (!p->w) goto fail;
-    long nj = (long)(nu * (size_t)KVH);
+#ifdef ATT_X
+    if (want) {
+        if (!(p->w = malloc(sizeof(uint32_t) * (words ? words : 1)))) goto fail;
+        long nj = (long)(nu * (size_t)KVH);
 #pragma omp parallel for schedule(dynamic) num_threads(nth) if (nth > 1 && nj > 1)
-    for (long j = 0; j < nj; j++) {
-        int b = ub[2 * (j / KVH)], i = ub[2 * (j / KVH) + 1], g = (int)(j % KVH);
-        int s0 = p->blk[(size_t)b * ((size_t)Tq + 1) + i];
-        int Lk = p->blk[(size_t)b * ((size_t)Tq + 1) + i + 1] - s0 + Tk - Tq;
-        size_t base = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
-        for (int f = KV_KC; f <= KV_VP; f <<= 1) {
-            if (!(want & f)) continue;
-            const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
-            uint32_t *d = kv_at(p, b, i, g, Lk, f);
-            if (f == KV_KC || f == KV_VC)
-                for (int n = 0; n < Lk; n += AX_NR)
-                    cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
-                                    d + (size_t)(n / AX_NR) * p->kph * AX_NR);
-            else
-                for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
-                    for (int n = 0; n < HS; n += AX_NR)
-                        cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR,
-                                        (size_t)k0, Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
-                                        d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) *
-                                                        (AX_KC / 2) * AX_NR);
+        for (long j = 0; j < nj; j++) {
+            int b = ub[2 * (j / KVH)], i = ub[2 * (j / KVH) + 1];
+            const int *blk = p->blk + (size_t)b * ((size_t)Tq + 1);
+            kv_pack_unit(p, k, v, kv_stride, b, i, (int)(j % KVH), blk[i],
+                         blk[i + 1] - blk[i] + Tk - Tq);
         }
     }
+#else
+    (void)nth, (void)k, (void)v, (void)kv_stride;
+#endif
     free(ub);
     return 0;
 fail:
@@ -286,6 +309,7 @@ fail:
     return -1;
 }
 
+#ifdef ATT_X
 /* S (lq x lk, row stride lk) = X·Yᵀ for the lq rows of x (stride xs; a chunk's queries, or
  * their dO) over the lk keys packed at yc (cols: K or V), tiles of AX_NR keys up to each row
  * panel's last visible key only (the rest of S is left as it was: nothing reads it) */
@@ -342,49 +366,6 @@ static void keys_x(float *D, const float *X, int lq, int lk, const float *y, siz
     }
 }
 
-/* cpu_attention_gemm_fwd under bf16 on this path: tasks as there */
-static int attn_fwd_x(Backend *be, float *out, const float *q, const float *k, const float *v,
-                      int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                      const int32_t *kv_lo) {
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0;
-    size_t qs = (size_t)NH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
-    KvPack kv;
-    if (kv_pack(&kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo, KV_KC | KV_VP))
-        return -1;
-#pragma omp parallel num_threads(be->n_threads)
-    {
-        float *S = malloc(sizeof(float) * mq * Tk);
-        uint32_t *ap = malloc(sizeof(uint32_t) * AX_A_WORDS);
-        if (!S || !ap) {
-#pragma omp atomic write
-            fail = 1;
-        }
-#pragma omp for schedule(dynamic)
-        for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
-            if (!S || !ap) continue;
-            int c = nqc - 1 - idx / (B * NH), b = idx % (B * NH) / NH, h = idx % NH, g = h / grp;
-            const int *blk = kv.blk + (size_t)b * ((size_t)Tq + 1);
-            const int32_t *lo = kv.lo[b];
-            int qa, qe, lk;
-            for (int i = 0; i < kv.nblk[b]; i++) { /* block i: queries s0.., keys s0.. */
-                int s0 = blk[i], Lk = blk[i + 1] - s0 + Tk - Tq;
-                if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
-                int lq = qe - qa;
-                const float *qh = q + ((size_t)b * Tq + qa) * qs + (size_t)h * HS;
-                scores_x(S, qh, qs, lq, lk, kv_at(&kv, b, i, g, Lk, KV_KC), HS, ap);
-                masked_softmax(S, lq, lk, scale, window, lo ? lo + qa : NULL);
-                rows_x(out + ((size_t)b * Tq + qa) * qs + (size_t)h * HS, qs, S, lq, lk,
-                       kv_at(&kv, b, i, g, Lk, KV_VP), HS, kv.ndp, 0, ap);
-            }
-        }
-        free(S);
-        free(ap);
-    }
-    kv_free(&kv);
-    return fail ? -1 : 0;
-}
-
 /* cpu_attention_gemm_bwd's chunk_bwd on this path: the chunk's queries at q (and dq, dout;
  * stride qs) over lk keys packed at kc, vc, kp (block of Lk keys) */
 static void chunk_bwd_x(float *P, float *dP, uint32_t *ap, uint32_t *yp, int lq, int lk,
@@ -401,112 +382,7 @@ static void chunk_bwd_x(float *P, float *dP, uint32_t *ap, uint32_t *yp, int lq,
     if (pk) keys_x(pk, dP, lq, lk, q, qs, HS, !first, ap, yp); /* dK += dSᵀ·Q */
 }
 
-/* cpu_attention_gemm_bwd under bf16 on this path: tasks and partial sums as there */
-static int attn_bwd_x(Backend *be, float *dq, float *dk, float *dv, const float *dout,
-                      const float *q, const float *k, const float *v, int B, int Tq, int Tk,
-                      size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo,
-                      float *pk, float *pv) {
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, fail = 0;
-    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
-    size_t part = (size_t)Tk * HS;
-    KvPack kv;
-    if (kv_pack(&kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo,
-                KV_KC | (dq || dk ? KV_VC : 0) | (dq ? KV_KP : 0)))
-        return -1;
-#pragma omp parallel num_threads(be->n_threads)
-    {
-        float *P = malloc(sizeof(float) * mq * Tk), *dP = malloc(sizeof(float) * mq * Tk);
-        uint32_t *ap = malloc(sizeof(uint32_t) * AX_A_WORDS),
-                 *yp = malloc(sizeof(uint32_t) * (size_t)kv.ndp * (QB / 2) * AX_NR);
-        if (!P || !dP || !ap || !yp) {
-#pragma omp atomic write
-            fail = 1;
-        }
-        for (int b = 0; b < B; b++) {
-            const int *blk = kv.blk + (size_t)b * ((size_t)Tq + 1);
-            const int32_t *lo = kv.lo[b];
-#pragma omp for schedule(dynamic)
-            for (int h = 0; h < NH; h++) {
-                if (!P || !dP || !ap || !yp) continue;
-                int g = h / grp, qa, qe, lk;
-                for (int i = 0; i < kv.nblk[b]; i++) {
-                    int s0 = blk[i], Lk = blk[i + 1] - s0 + Tk - Tq, first = 1;
-                    const uint32_t *kc = kv_at(&kv, b, i, g, Lk, KV_KC),
-                                   *vc = dq || dk ? kv_at(&kv, b, i, g, Lk, KV_VC) : NULL,
-                                   *kp = dq ? kv_at(&kv, b, i, g, Lk, KV_KP) : NULL;
-                    for (int c = nqc - 1; c >= 0; c--) {
-                        if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
-                        size_t qo = ((size_t)b * Tq + qa) * qs + (size_t)h * HS,
-                               po = part * h + (size_t)s0 * HS;
-                        chunk_bwd_x(P, dP, ap, yp, qe - qa, lk, scale, window, lo ? lo + qa : NULL,
-                                    dq ? dq + qo : NULL, pk ? pk + po : NULL, pv ? pv + po : NULL,
-                                    first, dout + qo, q + qo, qs, HS, kv.ndp, kc, vc, kp);
-                        first = 0;
-                    }
-                }
-            }
-            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, ks, part, KVH, grp, HS);
-        }
-        free(P);
-        free(dP);
-        free(ap);
-        free(yp);
-    }
-    kv_free(&kv);
-    return fail ? -1 : 0;
-}
 #endif
-
-int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
-                           int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                           int window, const int32_t *kv_lo) {
-#ifdef ATT_X
-    if (be->mm_bf16 && x_path(HS))
-        return attn_fwd_x(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
-#endif
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0, bf = be->mm_bf16;
-    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
-    openblas_set_num_threads(1); /* a team of one thread would let OpenBLAS thread (cpu_sgemm) */
-#pragma omp parallel num_threads(be->n_threads)
-    {
-        float *S = malloc(sizeof(float) * mq * Tk);
-        int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
-        if (!S || !blk) {
-#pragma omp atomic write
-            fail = 1;
-        }
-#pragma omp for schedule(dynamic)
-        for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
-            if (!S || !blk) continue;
-            int c = nqc - 1 - idx / (B * NH), b = idx % (B * NH) / NH, h = idx % NH, g = h / grp;
-            const int32_t *lo;
-            int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo), qa, qe, lk;
-            for (int i = 0; i < nb; i++) { /* block i: queries s0.., keys s0.. (see blocks_of) */
-                int s0 = blk[i];
-                if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
-                int lq = qe - qa;
-                const float *qh = q + ((size_t)b * Tq + qa) * qs + (size_t)h * HS;
-                const float *kg = k + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
-                const float *vg = v + b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
-                int e = prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, qh, (int)qs, kg, (int)ks,
-                             0.0f, S, lk);
-                if (!e) masked_softmax(S, lq, lk, bf ? scale : 1.0f, window, lo ? lo + qa : NULL);
-                if (!e)
-                    e = prod(bf, 0, 0, lq, HS, lk, 1.0f, S, lk, vg, (int)ks, 0.0f,
-                             out + ((size_t)b * Tq + qa) * qs + (size_t)h * HS, (int)qs);
-                if (e) {
-#pragma omp atomic write
-                    fail = 1;
-                }
-            }
-        }
-        free(S);
-        free(blk);
-    }
-    return fail ? -1 : 0;
-}
 
 /* The backward of one chunk of one query head: lq queries (their rows at q, dq, dout) over lk
  * keys (at k, v), the chunk's last query at the last key. The keys' gradients go to the head's
@@ -537,6 +413,162 @@ static int chunk_bwd(int bf, float *P, float *dP, int lq, int lk, float scale, i
     return 0;
 }
 
+/* One call's operands and shapes, as its tasks see them. x: the AVX512-BF16 path (K and V
+ * packed in kv); otherwise the products are prod's, bf16 or fp32 by bf. */
+typedef struct AttnCall {
+    float *out, *dq, *pk, *pv; /* out: the forward's; dq and dK, dV's partials: the backward's */
+    const float *q, *k, *v, *dout;
+    int Tq, Tk, NH, HS, window, grp, bf, x;
+    size_t kv_stride, qs, ks, part; /* part: floats of one head's partial dK (or dV) */
+    float scale;
+    KvPack kv; /* the blocks of each row (and under x, K and V packed) */
+} AttnCall;
+
+/* A thread's scratch: S (or P) and dP, QB x Tk each; under x a packed panel of op(A) and a
+ * chunk's rows packed by pairs */
+typedef struct AttnScratch {
+    float *P, *dP;
+    uint32_t *ap, *yp;
+} AttnScratch;
+
+static int call_init(AttnCall *a, Backend *be, const float *q, const float *k, const float *v,
+                     int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                     const int32_t *kv_lo, int want) {
+    *a = (AttnCall){.q = q,
+                    .k = k,
+                    .v = v,
+                    .Tq = Tq,
+                    .Tk = Tk,
+                    .NH = NH,
+                    .HS = HS,
+                    .window = window,
+                    .grp = NH / KVH,
+                    .bf = be->mm_bf16,
+                    .x = be->mm_bf16 && x_path(HS),
+                    .kv_stride = kv_stride,
+                    .qs = (size_t)NH * HS,
+                    .ks = (size_t)KVH * HS,
+                    .part = (size_t)Tk * HS,
+                    .scale = 1.0f / sqrtf((float)HS)};
+    if (!a->x) openblas_set_num_threads(1); /* a team of one would let OpenBLAS thread */
+    return kv_pack(&a->kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo,
+                   a->x ? want : 0);
+}
+
+static void scratch_free(AttnScratch *s) {
+    free(s->P);
+    free(s->dP);
+    free(s->ap);
+    free(s->yp);
+}
+
+/* 0, or -1 with nothing held */
+static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd) {
+    size_t mq = (size_t)(a->Tq < QB ? a->Tq : QB);
+    *s = (AttnScratch){
+            malloc(sizeof(float) * mq * a->Tk), bwd ? malloc(sizeof(float) * mq * a->Tk) : NULL,
+            a->x ? malloc(sizeof(uint32_t) * AX_A_WORDS) : NULL,
+            a->x && bwd ? malloc(sizeof(uint32_t) * (size_t)a->kv.ndp * (QB / 2) * AX_NR) : NULL};
+    if (!s->P || (bwd && !s->dP) || (a->x && !s->ap) || (a->x && bwd && !s->yp)) {
+        scratch_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* The forward of chunk c of query head h in block i of batch row b (nothing where the chunk
+ * misses the block): 0, or -1 (no memory) */
+static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int c) {
+    const int *blk = a->kv.blk + (size_t)b * ((size_t)a->Tq + 1);
+    const int32_t *lo = a->kv.lo[b];
+    int s0 = blk[i], g = h / a->grp, HS = a->HS, qa, qe, lk;
+    if (!chunk_of(s0, blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk)) return 0;
+    int lq = qe - qa;
+    size_t qo = ((size_t)b * a->Tq + qa) * a->qs + (size_t)h * HS;
+    lo = lo ? lo + qa : NULL;
+#ifdef ATT_X
+    if (a->x) {
+        int Lk = blk[i + 1] - s0 + a->Tk - a->Tq;
+        scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, Lk, KV_KC), HS, s->ap);
+        masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
+        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, Lk, KV_VP), HS, a->kv.ndp,
+               0, s->ap);
+        return 0;
+    }
+#endif
+    int bf = a->bf, ks = (int)a->ks;
+    size_t ko = b * a->kv_stride + (size_t)s0 * a->ks + (size_t)g * HS;
+    if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : a->scale, a->q + qo, (int)a->qs, a->k + ko, ks, 0.0f,
+             s->P, lk))
+        return -1;
+    masked_softmax(s->P, lq, lk, bf ? a->scale : 1.0f, a->window, lo);
+    return prod(bf, 0, 0, lq, HS, lk, 1.0f, s->P, lk, a->v + ko, ks, 0.0f, a->out + qo, (int)a->qs);
+}
+
+/* The backward of chunk c of query head h in block i of batch row b into dq and the head's
+ * partials (first: the first chunk to reach them, beta 0): 1 done, 0 the chunk misses the
+ * block, -1 no memory */
+static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int c, int first) {
+    const int *blk = a->kv.blk + (size_t)b * ((size_t)a->Tq + 1);
+    const int32_t *lo = a->kv.lo[b];
+    int s0 = blk[i], g = h / a->grp, HS = a->HS, qa, qe, lk;
+    if (!chunk_of(s0, blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk)) return 0;
+    size_t qo = ((size_t)b * a->Tq + qa) * a->qs + (size_t)h * HS,
+           po = a->part * h + (size_t)s0 * HS;
+    float *dq = a->dq ? a->dq + qo : NULL, *pk = a->pk ? a->pk + po : NULL,
+          *pv = a->pv ? a->pv + po : NULL;
+    lo = lo ? lo + qa : NULL;
+#ifdef ATT_X
+    if (a->x) {
+        int Lk = blk[i + 1] - s0 + a->Tk - a->Tq;
+        chunk_bwd_x(s->P, s->dP, s->ap, s->yp, qe - qa, lk, a->scale, a->window, lo, dq, pk, pv,
+                    first, a->dout + qo, a->q + qo, a->qs, HS, a->kv.ndp,
+                    kv_at(&a->kv, b, i, g, Lk, KV_KC),
+                    dq || pk ? kv_at(&a->kv, b, i, g, Lk, KV_VC) : NULL,
+                    dq ? kv_at(&a->kv, b, i, g, Lk, KV_KP) : NULL);
+        return 1;
+    }
+#endif
+    size_t ko = b * a->kv_stride + (size_t)s0 * a->ks + (size_t)g * HS;
+    return chunk_bwd(a->bf, s->P, s->dP, qe - qa, lk, a->scale, a->window, lo, dq, pk, pv,
+                     first ? 0.0f : 1.0f, a->dout + qo, a->q + qo, a->k + ko, a->v + ko, a->qs,
+                     a->ks, HS)
+                   ? -1
+                   : 1;
+}
+
+int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
+                           int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                           int window, const int32_t *kv_lo) {
+    AttnCall a;
+    if (call_init(&a, be, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, KV_KC | KV_VP))
+        return -1;
+    a.out = out;
+    int nqc = (Tq + QB - 1) / QB, total = B * NH * nqc, fail = 0;
+#pragma omp parallel num_threads(be->n_threads)
+    {
+        AttnScratch s;
+        int ok = !scratch_init(&s, &a, 0);
+        if (!ok) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic)
+        for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
+            if (!ok) continue;
+            int c = nqc - 1 - idx / (B * NH), b = idx % (B * NH) / NH, h = idx % NH;
+            for (int i = 0; i < a.kv.nblk[b]; i++) /* block i: queries s0.., keys s0.. */
+                if (fwd_chunk(&a, &s, b, i, h, c)) {
+#pragma omp atomic write
+                    fail = 1;
+                }
+        }
+        if (ok) scratch_free(&s);
+    }
+    kv_free(&a.kv);
+    return fail ? -1 : 0;
+}
+
 /* Tasks are (query head, chunk) pairs' worth of work per head: a head's chunks run in one task,
  * last chunk first (it reaches all of its block's keys: beta 0 there), into the head's partial
  * dK and dV (Tk x HS each); then dK, dV += the group's partials in head order. The sums do not
@@ -546,65 +578,46 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                            size_t kv_stride, int NH, int KVH, int HS, int window,
                            const int32_t *kv_lo) {
-    float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH, nqc = (Tq + QB - 1) / QB, fail = 0, bf = be->mm_bf16;
-    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, mq = (size_t)(Tq < QB ? Tq : QB);
-    size_t part = (size_t)Tk * HS; /* floats of one head's partial dK (or dV) */
+    size_t part = (size_t)Tk * HS;
     float *pk = dk ? malloc(sizeof(float) * part * NH) : NULL,
           *pv = dv ? malloc(sizeof(float) * part * NH) : NULL;
-    if ((dk && !pk) || (dv && !pv)) {
+    AttnCall a;
+    if ((dk && !pk) || (dv && !pv) ||
+        call_init(&a, be, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
+                  KV_KC | (dq || dk ? KV_VC : 0) | (dq ? KV_KP : 0))) {
         free(pk);
         free(pv);
         return -1;
     }
-#ifdef ATT_X
-    if (be->mm_bf16 && x_path(HS)) {
-        int e = attn_bwd_x(be, dq, dk, dv, dout, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                           kv_lo, pk, pv);
-        free(pk);
-        free(pv);
-        return e;
-    }
-#endif
-    openblas_set_num_threads(1);
+    a.dq = dq, a.pk = pk, a.pv = pv, a.dout = dout;
+    int nqc = (Tq + QB - 1) / QB, fail = 0;
 #pragma omp parallel num_threads(be->n_threads)
     {
-        float *P = malloc(sizeof(float) * mq * Tk), *dP = malloc(sizeof(float) * mq * Tk);
-        int *blk = malloc(sizeof(int) * ((size_t)Tq + 1));
-        if (!P || !dP || !blk) {
+        AttnScratch s;
+        int ok = !scratch_init(&s, &a, 1);
+        if (!ok) {
 #pragma omp atomic write
             fail = 1;
         }
         for (int b = 0; b < B; b++) {
 #pragma omp for schedule(dynamic)
             for (int h = 0; h < NH; h++) {
-                if (!P || !dP || !blk) continue;
-                const int32_t *lo;
-                int nb = blocks_of(kv_lo, b, Tq, Tk, blk, &lo), g = h / grp, qa, qe, lk;
-                for (int i = 0; i < nb; i++) {
-                    int s0 = blk[i], first = 1;
-                    for (int c = nqc - 1; c >= 0; c--) {
-                        if (!chunk_of(s0, blk[i + 1], c, Tq, Tk, &qa, &qe, &lk)) continue;
-                        size_t qo = ((size_t)b * Tq + qa) * qs + (size_t)h * HS,
-                               ko = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS,
-                               po = part * h + (size_t)s0 * HS;
-                        if (chunk_bwd(bf, P, dP, qe - qa, lk, scale, window, lo ? lo + qa : NULL,
-                                      dq ? dq + qo : NULL, pk ? pk + po : NULL, pv ? pv + po : NULL,
-                                      first ? 0.0f : 1.0f, dout + qo, q + qo, k + ko, v + ko, qs,
-                                      ks, HS)) {
+                if (!ok) continue;
+                for (int i = 0; i < a.kv.nblk[b]; i++)
+                    for (int c = nqc - 1, first = 1; c >= 0; c--) {
+                        int r = bwd_chunk(&a, &s, b, i, h, c, first);
+                        if (r < 0) {
 #pragma omp atomic write
                             fail = 1;
                         }
-                        first = 0;
+                        if (r) first = 0;
                     }
-                }
             }
-            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, ks, part, KVH, grp, HS);
+            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, a.ks, part, KVH, a.grp, HS);
         }
-        free(P);
-        free(dP);
-        free(blk);
+        if (ok) scratch_free(&s);
     }
+    kv_free(&a.kv);
     free(pk);
     free(pv);
     return fail ? -1 : 0;
