@@ -13,10 +13,10 @@
  * Under Backend.mm_bf16 the products are cpu_gemm_bf16's (bf16 operands, fp32 sums, one thread
  * each), as torch's bf16 SDPA on the CPU: S = Q·Kᵀ is scaled in the softmax (fp32), P is rounded
  * to bf16 for O = P·V and dV += Pᵀ·dO, and dS is scaled before it is rounded for dQ and dK
- * (ref_attention_fwd_bf16 is the rule). On the AVX512-BF16 path (attn_fwd_x, attn_bwd_x) the
- * same products run on gemm_bf16.c's pieces with K and V packed once a call and tiles cut at the
- * causal edge: the same bits, 1.15x (SmolLM2's shapes at 512 tokens). The fp32 path is
- * unchanged. */
+ * (ref_attention_fwd_bf16 is the rule). On the AVX512-BF16 path (AttnCall.x: scores_x, rows_x,
+ * keys_x) the same products run on gemm_bf16.c's pieces with K and V packed once a call and
+ * tiles cut at the causal edge: the same bits, 1.15x (SmolLM2's shapes at 512 tokens). One
+ * driver each for the forward and the backward; fwd_chunk and bwd_chunk take the call's path. */
 #include <math.h>
 #include <stdlib.h>
 
