@@ -270,11 +270,12 @@ static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, in
     *p = (KvPack){HS,   KVH,  Tq,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
                   NULL, NULL, NULL, NULL, NULL};
     size_t nu = 0, words = 0;
-    p->nblk = malloc(sizeof(int) * (size_t)B);
-    p->blk = malloc(sizeof(int) * (size_t)B * ((size_t)Tq + 1));
-    p->lo = malloc(sizeof(*p->lo) * (size_t)B);
-    p->off = malloc(sizeof(size_t) * (size_t)B * (size_t)Tq);
-    int *ub = malloc(sizeof(int) * 2 * (size_t)B * (size_t)Tq); /* the units (row, block) */
+    size_t nb = (size_t)(B > 0 ? B : 1), nt = (size_t)(Tq > 0 ? Tq : 1); /* no malloc(0) */
+    p->nblk = malloc(sizeof(int) * nb);
+    p->blk = malloc(sizeof(int) * nb * (nt + 1));
+    p->lo = malloc(sizeof(*p->lo) * nb);
+    p->off = malloc(sizeof(size_t) * nb * nt);
+    int *ub = malloc(sizeof(int) * 2 * nb * nt); /* the units (row, block) */
     if (!p->nblk || !p->blk || !p->lo || !p->off || !ub) goto fail;
     for (int b = 0; b < B; b++) {
         int *blk = p->blk + (size_t)b * ((size_t)Tq + 1);
@@ -541,6 +542,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
                            int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                            int window, const int32_t *kv_lo) {
     AttnCall a;
+    if (B <= 0 || Tq <= 0) return 0; /* nothing to compute */
     if (call_init(&a, be, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, KV_KC | KV_VP))
         return -1;
     a.out = out;
@@ -578,6 +580,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                            size_t kv_stride, int NH, int KVH, int HS, int window,
                            const int32_t *kv_lo) {
+    if (B <= 0 || Tq <= 0) return 0; /* nothing to compute */
     size_t part = (size_t)Tk * HS;
     float *pk = dk ? malloc(sizeof(float) * part * NH) : NULL,
           *pv = dv ? malloc(sizeof(float) * part * NH) : NULL;
