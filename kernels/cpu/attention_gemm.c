@@ -199,10 +199,10 @@ enum { KV_KC = 1, KV_VC = 2, KV_KP = 4, KV_VP = 8 }; /* which packings KvPack ho
  * Q·Kᵀ and dO·Vᵀ) and "pairs" (kp, vp: the head's dims are the columns, pairs along the keys in
  * K blocks of AX_KC: for P·V and dS·K). A block of Lk keys: cols_words(Lk), pairs_words(Lk). */
 typedef struct KvPack {
-    int HS, KVH, Tq, want, kph, ndp; /* kph: pairs of a head; ndp: panels of AX_NR dims */
-    int *nblk, *blk;                 /* per row: its blocks, and their starts (Tq + 1 a row) */
-    const int32_t **lo;              /* per row: blocks_of's kv_lo (NULL when split) */
-    size_t *off;                     /* (row, block) -> word offset of its kv heads (Tq a row) */
+    int HS, KVH, Tq, Tk, want, kph, ndp; /* kph: pairs of a head; ndp: panels of AX_NR dims */
+    int *nblk, *blk;                     /* per row: its blocks, and their starts (Tq + 1 a row) */
+    const int32_t **lo;                  /* per row: blocks_of's kv_lo (NULL when split) */
+    size_t *off; /* (row, block) -> word offset of its kv heads (Tq a row) */
     uint32_t *w;
 } KvPack;
 
@@ -220,8 +220,20 @@ static size_t head_words(const KvPack *p, int Lk) {
            (p->want & KV_VP ? q : 0);
 }
 
-/* The packing `which` of kv head g of block i of row b (Lk keys) */
-static uint32_t *kv_at(const KvPack *p, int b, int i, int g, int Lk, int which) {
+/* Row b's block starts (blk[i] .. blk[i + 1] the queries of block i; blocks_of) */
+static const int *kv_row(const KvPack *p, int b) {
+    return p->blk + (size_t)b * ((size_t)p->Tq + 1);
+}
+
+/* The keys block i of row b sees: its own queries' keys (and Tk - Tq before them) */
+static int kv_keys(const KvPack *p, int b, int i) {
+    const int *blk = kv_row(p, b);
+    return blk[i + 1] - blk[i] + p->Tk - p->Tq;
+}
+
+/* The packing `which` of kv head g of block i of row b */
+static uint32_t *kv_at(const KvPack *p, int b, int i, int g, int which) {
+    int Lk = kv_keys(p, b, i);
     uint32_t *w = p->w + p->off[(size_t)b * p->Tq + i] + (size_t)g * head_words(p, Lk);
     size_t c = cols_words(p, Lk), q = pairs_words(p, Lk);
     for (int f = KV_KC; f < which; f <<= 1)
@@ -238,15 +250,16 @@ static void kv_free(KvPack *p) {
 }
 
 #ifdef ATT_X
-/* Packs unit (row b, block i, kv head g: Lk keys from key s0) of what p->want names */
+/* Packs what p->want names of kv head g of block i of row b (its keys from the block's first) */
 static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_stride, int b, int i,
-                         int g, int s0, int Lk) {
-    int HS = p->HS;
-    size_t ks = (size_t)p->KVH * HS, base = b * kv_stride + (size_t)s0 * ks + (size_t)g * HS;
+                         int g) {
+    int HS = p->HS, Lk = kv_keys(p, b, i);
+    size_t ks = (size_t)p->KVH * HS,
+           base = b * kv_stride + (size_t)kv_row(p, b)[i] * ks + (size_t)g * HS;
     for (int f = KV_KC; f <= KV_VP; f <<= 1) {
         if (!(p->want & f)) continue;
         const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
-        uint32_t *d = kv_at(p, b, i, g, Lk, f);
+        uint32_t *d = kv_at(p, b, i, g, f);
         if (f == KV_KC || f == KV_VC)
             for (int n = 0; n < Lk; n += AX_NR)
                 cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
@@ -267,45 +280,36 @@ static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_st
  * with nothing held (no memory). */
 static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, int Tq, int Tk,
                    size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want) {
-    *p = (KvPack){HS,   KVH,  Tq,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
+    *p = (KvPack){HS,   KVH,  Tq,   Tk,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
                   NULL, NULL, NULL, NULL, NULL};
-    size_t nu = 0, words = 0;
+    size_t words = 0;
     size_t nb = (size_t)(B > 0 ? B : 1), nt = (size_t)(Tq > 0 ? Tq : 1); /* no malloc(0) */
     p->nblk = malloc(sizeof(int) * nb);
     p->blk = malloc(sizeof(int) * nb * (nt + 1));
     p->lo = malloc(sizeof(*p->lo) * nb);
     p->off = malloc(sizeof(size_t) * nb * nt);
-    int *ub = malloc(sizeof(int) * 2 * nb * nt); /* the units (row, block) */
-    if (!p->nblk || !p->blk || !p->lo || !p->off || !ub) goto fail;
+    if (!p->nblk || !p->blk || !p->lo || !p->off) goto fail;
     for (int b = 0; b < B; b++) {
-        int *blk = p->blk + (size_t)b * ((size_t)Tq + 1);
-        p->nblk[b] = blocks_of(kv_lo, b, Tq, Tk, blk, &p->lo[b]);
-        for (int i = 0; i < p->nblk[b]; i++, nu++) {
+        p->nblk[b] = blocks_of(kv_lo, b, Tq, Tk, p->blk + (size_t)b * (nt + 1), &p->lo[b]);
+        for (int i = 0; i < p->nblk[b]; i++) {
             p->off[(size_t)b * Tq + i] = words;
-            words += (size_t)KVH * head_words(p, blk[i + 1] - blk[i] + Tk - Tq);
-            ub[2 * nu] = b;
-            ub[2 * nu + 1] = i;
+            words += (size_t)KVH * head_words(p, kv_keys(p, b, i));
         }
     }
 #ifdef ATT_X
     if (want) {
         if (!(p->w = malloc(sizeof(uint32_t) * (words ? words : 1)))) goto fail;
-        long nj = (long)(nu * (size_t)KVH);
+        long nj = (long)B * KVH; /* a task per (row, kv head), over the row's blocks */
 #pragma omp parallel for schedule(dynamic) num_threads(nth) if (nth > 1 && nj > 1)
-        for (long j = 0; j < nj; j++) {
-            int b = ub[2 * (j / KVH)], i = ub[2 * (j / KVH) + 1];
-            const int *blk = p->blk + (size_t)b * ((size_t)Tq + 1);
-            kv_pack_unit(p, k, v, kv_stride, b, i, (int)(j % KVH), blk[i],
-                         blk[i + 1] - blk[i] + Tk - Tq);
-        }
+        for (long j = 0; j < nj; j++)
+            for (int i = 0; i < p->nblk[j / KVH]; i++)
+                kv_pack_unit(p, k, v, kv_stride, (int)(j / KVH), i, (int)(j % KVH));
     }
 #else
     (void)nth, (void)k, (void)v, (void)kv_stride;
 #endif
-    free(ub);
     return 0;
 fail:
-    free(ub);
     kv_free(p);
     return -1;
 }
@@ -331,7 +335,8 @@ static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const 
  * last visible key, Y's keys packed at yp (pairs: V or K); a row panel's sums stop at its last
  * visible key */
 static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const uint32_t *yp, int HS,
-                   int ndp, int add, uint32_t *ap) {
+                   int add, uint32_t *ap) {
+    int ndp = (HS + AX_NR - 1) / AX_NR; /* yp's panels of dims a K block */
     for (int i0 = 0; i0 < lq; i0 += AX_MR) {
         int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, kn_all = lk - lq + i0 + mr;
         for (int k0 = 0, kb = 0; k0 < kn_all; k0 += AX_KC, kb++) {
@@ -365,22 +370,6 @@ static void keys_x(float *D, const float *X, int lq, int lk, const float *y, siz
                           D + (size_t)j0 * HS + n, (size_t)HS, mr, HS - n < AX_NR ? HS - n : AX_NR,
                           add);
     }
-}
-
-/* cpu_attention_gemm_bwd's chunk_bwd on this path: the chunk's queries at q (and dq, dout;
- * stride qs) over lk keys packed at kc, vc, kp (block of Lk keys) */
-static void chunk_bwd_x(float *P, float *dP, uint32_t *ap, uint32_t *yp, int lq, int lk,
-                        float scale, int window, const int32_t *lo, float *dq, float *pk, float *pv,
-                        int first, const float *dout, const float *q, size_t qs, int HS, int ndp,
-                        const uint32_t *kc, const uint32_t *vc, const uint32_t *kp) {
-    scores_x(P, q, qs, lq, lk, kc, HS, ap);
-    masked_softmax(P, lq, lk, scale, window, lo);
-    if (pv) keys_x(pv, P, lq, lk, dout, qs, HS, !first, ap, yp); /* dV += Pᵀ·dO */
-    if (!dq && !pk) return;
-    scores_x(dP, dout, qs, lq, lk, vc, HS, ap); /* dP = dO·Vᵀ */
-    grad_scores(P, dP, lq, lk, scale);
-    if (dq) rows_x(dq, qs, dP, lq, lk, kp, HS, ndp, 1, ap);    /* dQ += dS·K */
-    if (pk) keys_x(pk, dP, lq, lk, q, qs, HS, !first, ap, yp); /* dK += dSᵀ·Q */
 }
 
 #endif
@@ -463,8 +452,8 @@ static void scratch_free(AttnScratch *s) {
     free(s->yp);
 }
 
-/* 0, or -1 with nothing held */
-static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd) {
+/* 1, or 0 with nothing held and *fail set (no memory); in a parallel region */
+static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd, int *fail) {
     size_t mq = (size_t)(a->Tq < QB ? a->Tq : QB);
     *s = (AttnScratch){
             malloc(sizeof(float) * mq * a->Tk), bwd ? malloc(sizeof(float) * mq * a->Tk) : NULL,
@@ -472,15 +461,17 @@ static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd) {
             a->x && bwd ? malloc(sizeof(uint32_t) * (size_t)a->kv.ndp * (QB / 2) * AX_NR) : NULL};
     if (!s->P || (bwd && !s->dP) || (a->x && !s->ap) || (a->x && bwd && !s->yp)) {
         scratch_free(s);
-        return -1;
+#pragma omp atomic write
+        *fail = 1;
+        return 0;
     }
-    return 0;
+    return 1;
 }
 
 /* The forward of chunk c of query head h in block i of batch row b (nothing where the chunk
  * misses the block): 0, or -1 (no memory) */
 static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int c) {
-    const int *blk = a->kv.blk + (size_t)b * ((size_t)a->Tq + 1);
+    const int *blk = kv_row(&a->kv, b);
     const int32_t *lo = a->kv.lo[b];
     int s0 = blk[i], g = h / a->grp, HS = a->HS, qa, qe, lk;
     if (!chunk_of(s0, blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk)) return 0;
@@ -489,11 +480,9 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     lo = lo ? lo + qa : NULL;
 #ifdef ATT_X
     if (a->x) {
-        int Lk = blk[i + 1] - s0 + a->Tk - a->Tq;
-        scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, Lk, KV_KC), HS, s->ap);
+        scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap);
         masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
-        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, Lk, KV_VP), HS, a->kv.ndp,
-               0, s->ap);
+        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP), HS, 0, s->ap);
         return 0;
     }
 #endif
@@ -510,7 +499,7 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
  * partials (first: the first chunk to reach them, beta 0): 1 done, 0 the chunk misses the
  * block, -1 no memory */
 static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int c, int first) {
-    const int *blk = a->kv.blk + (size_t)b * ((size_t)a->Tq + 1);
+    const int *blk = kv_row(&a->kv, b);
     const int32_t *lo = a->kv.lo[b];
     int s0 = blk[i], g = h / a->grp, HS = a->HS, qa, qe, lk;
     if (!chunk_of(s0, blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk)) return 0;
@@ -520,13 +509,18 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
           *pv = a->pv ? a->pv + po : NULL;
     lo = lo ? lo + qa : NULL;
 #ifdef ATT_X
-    if (a->x) {
-        int Lk = blk[i + 1] - s0 + a->Tk - a->Tq;
-        chunk_bwd_x(s->P, s->dP, s->ap, s->yp, qe - qa, lk, a->scale, a->window, lo, dq, pk, pv,
-                    first, a->dout + qo, a->q + qo, a->qs, HS, a->kv.ndp,
-                    kv_at(&a->kv, b, i, g, Lk, KV_KC),
-                    dq || pk ? kv_at(&a->kv, b, i, g, Lk, KV_VC) : NULL,
-                    dq ? kv_at(&a->kv, b, i, g, Lk, KV_KP) : NULL);
+    if (a->x) { /* chunk_bwd's steps on the packed K and V */
+        int lq = qe - qa;
+        const float *qc = a->q + qo, *dout = a->dout + qo;
+        scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap);
+        masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
+        if (pv) keys_x(pv, s->P, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp); /* dV += Pᵀ·dO */
+        if (!dq && !pk) return 1;
+        scores_x(s->dP, dout, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_VC), HS, s->ap); /* dP */
+        grad_scores(s->P, s->dP, lq, lk, a->scale);
+        if (dq) /* dQ += dS·K */
+            rows_x(dq, a->qs, s->dP, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap);
+        if (pk) keys_x(pk, s->dP, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp); /* dK += dSᵀ·Q */
         return 1;
     }
 #endif
@@ -550,11 +544,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
 #pragma omp parallel num_threads(be->n_threads)
     {
         AttnScratch s;
-        int ok = !scratch_init(&s, &a, 0);
-        if (!ok) {
-#pragma omp atomic write
-            fail = 1;
-        }
+        int ok = scratch_init(&s, &a, 0, &fail);
 #pragma omp for schedule(dynamic)
         for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
             if (!ok) continue;
@@ -597,11 +587,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
 #pragma omp parallel num_threads(be->n_threads)
     {
         AttnScratch s;
-        int ok = !scratch_init(&s, &a, 1);
-        if (!ok) {
-#pragma omp atomic write
-            fail = 1;
-        }
+        int ok = scratch_init(&s, &a, 1, &fail);
         for (int b = 0; b < B; b++) {
 #pragma omp for schedule(dynamic)
             for (int h = 0; h < NH; h++) {

@@ -489,12 +489,11 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
                 if (n1 > (size_t)N) n1 = (size_t)N;
                 size_t p0 = npan * tr / tm, p1 = npan * (tr + 1) / tm;
                 int kb0 = (int)(nkb * s / ns), kb1 = (int)(nkb * (s + 1) / ns);
-                if (p0 < p1 && ns == 1)
-                    gemm_task(apk, npan, m0, m1, p0, p1, b, N, K, kb0, kb1, n0, n1, C, (size_t)ldc,
-                              beta != 0.0f, !a->kmajor, bp);
-                else if (p0 < p1) /* slice s into its partial (row m at row m of it) */
+                if (p0 < p1) /* into C, or slice s into its partial (row m at row m of it) */
                     gemm_task(apk, npan, m0, m1, p0, p1, b, N, K, kb0, kb1, n0, n1,
-                              part + s * (size_t)M * (size_t)N, (size_t)N, 0, !a->kmajor, bp);
+                              ns > 1 ? part + s * (size_t)M * (size_t)N : C,
+                              ns > 1 ? (size_t)N : (size_t)ldc, ns == 1 && beta != 0.0f, !a->kmajor,
+                              bp);
             }
             if (ns > 1) {
                 size_t lo, hi;
@@ -616,9 +615,9 @@ X_TARGET static void pack_weight_panels(const Weight *w, uint32_t *dst, size_t l
 
 /* A BF16 weight's panels for the forward (op(B) = its rows), all of them as gemm_task reads
  * them: K block by K block, NR rows a panel in pairs along K (pack_panel; the last panel's
- * missing rows zero; panel_at: the last K block's panels as short as it). Made once, on the first product, when the backend's
- * budget has room (cpu_backend.h); NULL otherwise, and the products pack as before. The same
- * words as the per-product packing, so the same bits. */
+ * missing rows zero; panel_at: the last K block's panels as short as it). Made once, on the
+ * first product, when the backend's budget has room (cpu_backend.h); NULL otherwise, and the
+ * products pack as before. The same words as the per-product packing, so the same bits. */
 static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth) {
 #ifdef BF16_X86
     CpuPackBudget *bud = be->ctx;
