@@ -474,9 +474,12 @@ static int gemm_x(int nth, const View *a, const View *b, int M, int N, int K, fl
         long npack = (long)(npan * nkb);
 #pragma omp parallel num_threads(nth) if (nth > 1)
         {
+            /* panel-major: a thread packs whole rows of panels (K block-major gave one
+             * thread every full block and the other the short last one: with K 576, blocks
+             * of 256, 256 and 64, one thread packed twice what the other did and waited) */
 #pragma omp for schedule(static)
             for (long j = 0; j < npack; j++) {
-                size_t i = (size_t)j % npan, kb = (size_t)j / npan, m = m0 + i * MR;
+                size_t i = (size_t)j / nkb, kb = (size_t)j % nkb, m = m0 + i * MR;
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
                 pack_a_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn,
                              apk + (kb * npan + i) * A_STRIDE);
