@@ -142,16 +142,18 @@ static int chunk_of(int s0, int s1, int c, int Tq, int Tk, int *qa, int *qe, int
     return *qa < *qe;
 }
 
-/* dK, dV += the partials (pk, pv: part floats a query head) of each kv head's query heads, in
- * head order, for batch row b; inside a parallel region (its threads share the keys) */
+/* dK, dV += the partials (pk, pv: part floats a query head and lane, nl lanes a head) of each kv
+ * head's query heads, in head and lane order, for batch row b; inside a parallel region (its
+ * threads share the keys) */
 static void partial_sums(float *dk, float *dv, const float *pk, const float *pv, int b, int Tk,
-                         size_t kv_stride, size_t ks, size_t part, int KVH, int grp, int HS) {
+                         size_t kv_stride, size_t ks, size_t part, int KVH, int grp, int HS,
+                         int nl) {
 #pragma omp for schedule(static)
     for (int j = 0; j < Tk; j++)
         for (int g = 0; g < KVH; g++) {
             size_t o = b * kv_stride + (size_t)j * ks + (size_t)g * HS;
-            for (int h = g * grp; h < (g + 1) * grp; h++) {
-                size_t po = part * h + (size_t)j * HS;
+            for (int hl = g * grp * nl; hl < (g + 1) * grp * nl; hl++) {
+                size_t po = part * (size_t)hl + (size_t)j * HS;
                 if (dk)
 #pragma omp simd
                     for (int d = 0; d < HS; d++)
@@ -408,8 +410,8 @@ static int chunk_bwd(int bf, float *P, float *dP, int lq, int lk, float scale, i
 typedef struct AttnCall {
     float *out, *dq, *pk, *pv; /* out: the forward's; dq and dK, dV's partials: the backward's */
     const float *q, *k, *v, *dout;
-    int Tq, Tk, NH, HS, window, grp, bf, x;
-    size_t kv_stride, qs, ks, part; /* part: floats of one head's partial dK (or dV) */
+    int Tq, Tk, NH, HS, window, grp, bf, x, nl; /* nl: the backward's lanes a head */
+    size_t kv_stride, qs, ks, part; /* part: floats of one (head, lane)'s partial dK (or dV) */
     float scale;
     KvPack kv; /* the blocks of each row (and under x, K and V packed) */
 } AttnCall;
@@ -495,16 +497,16 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     return prod(bf, 0, 0, lq, HS, lk, 1.0f, s->P, lk, a->v + ko, ks, 0.0f, a->out + qo, (int)a->qs);
 }
 
-/* The backward of chunk c of query head h in block i of batch row b into dq and the head's
- * partials (first: the first chunk to reach them, beta 0): 1 done, 0 the chunk misses the
- * block, -1 no memory */
-static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int c, int first) {
+/* The backward of chunk c of query head h in block i of batch row b into dq and the partials of
+ * (h, lane) (first: the first chunk to reach them, beta 0): 0, or -1 no memory. The chunk meets
+ * the block (chunk_of: qa, qe, lk). */
+static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int lane, int qa,
+                     int qe, int lk, int first) {
     const int *blk = kv_row(&a->kv, b);
     const int32_t *lo = a->kv.lo[b];
-    int s0 = blk[i], g = h / a->grp, HS = a->HS, qa, qe, lk;
-    if (!chunk_of(s0, blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk)) return 0;
+    int s0 = blk[i], g = h / a->grp, HS = a->HS;
     size_t qo = ((size_t)b * a->Tq + qa) * a->qs + (size_t)h * HS,
-           po = a->part * h + (size_t)s0 * HS;
+           po = a->part * ((size_t)h * a->nl + lane) + (size_t)s0 * HS;
     float *dq = a->dq ? a->dq + qo : NULL, *pk = a->pk ? a->pk + po : NULL,
           *pv = a->pv ? a->pv + po : NULL;
     lo = lo ? lo + qa : NULL;
@@ -515,21 +517,46 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
         scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap);
         masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
         if (pv) keys_x(pv, s->P, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp); /* dV += Pᵀ·dO */
-        if (!dq && !pk) return 1;
+        if (!dq && !pk) return 0;
         scores_x(s->dP, dout, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_VC), HS, s->ap); /* dP */
         grad_scores(s->P, s->dP, lq, lk, a->scale);
         if (dq) /* dQ += dS·K */
             rows_x(dq, a->qs, s->dP, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap);
         if (pk) keys_x(pk, s->dP, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp); /* dK += dSᵀ·Q */
-        return 1;
+        return 0;
     }
 #endif
     size_t ko = b * a->kv_stride + (size_t)s0 * a->ks + (size_t)g * HS;
     return chunk_bwd(a->bf, s->P, s->dP, qe - qa, lk, a->scale, a->window, lo, dq, pk, pv,
                      first ? 0.0f : 1.0f, a->dout + qo, a->q + qo, a->k + ko, a->v + ko, a->qs,
-                     a->ks, HS)
-                   ? -1
-                   : 1;
+                     a->ks, HS);
+}
+
+/* The backward's lanes: a head's chunks, by descending c, go to lanes 0, 1, 1, 0, 0, 1, 1, ...,
+ * two lanes of about equal causal work (at 512 tokens chunks 3 and 0, and 2 and 1). A task was a
+ * head: SmolLM2's 9 heads on 2 threads left one idle a ninth of the backward. */
+static int chunk_lane(int nqc, int c) {
+    return (nqc - c) / 2 % 2;
+}
+
+/* Lane `lane` of query head h in block i of row b: its chunks, last first, into the lane's
+ * partials (the first chunk writes them), then the rows of the block's keys that no chunk of the
+ * lane reaches set to 0. 0, or -1 no memory. */
+static int bwd_lane(const AttnCall *a, AttnScratch *s, int b, int i, int h, int lane, int nqc) {
+    const int *blk = kv_row(&a->kv, b);
+    int reach = 0, qa, qe, lk;
+    for (int c = nqc - 1; c >= 0; c--) {
+        if (chunk_lane(nqc, c) != lane ||
+            !chunk_of(blk[i], blk[i + 1], c, a->Tq, a->Tk, &qa, &qe, &lk))
+            continue;
+        if (bwd_chunk(a, s, b, i, h, lane, qa, qe, lk, !reach)) return -1;
+        if (!reach) reach = lk;
+    }
+    size_t po = a->part * ((size_t)h * a->nl + lane) + (size_t)blk[i] * a->HS,
+           from = (size_t)reach * a->HS, to = (size_t)kv_keys(&a->kv, b, i) * a->HS;
+    if (a->pk && to > from) memset(a->pk + po + from, 0, sizeof(float) * (to - from));
+    if (a->pv && to > from) memset(a->pv + po + from, 0, sizeof(float) * (to - from));
+    return 0;
 }
 
 int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
@@ -561,19 +588,20 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
     return fail ? -1 : 0;
 }
 
-/* Tasks are (query head, chunk) pairs' worth of work per head: a head's chunks run in one task,
- * last chunk first (it reaches all of its block's keys: beta 0 there), into the head's partial
- * dK and dV (Tk x HS each); then dK, dV += the group's partials in head order. The sums do not
- * depend on the thread count; a task per kv head (as before) left one of two threads idle a
- * third of the time with SmolLM2's 3 kv heads. One batch row at a time (partials NH x Tk x HS). */
+/* Tasks are (query head, lane) pairs: a lane's chunks (chunk_lane) run in one task, last chunk
+ * first, into the lane's partial dK and dV (Tk x HS each); then dK, dV += the group's partials in
+ * head and lane order. The lanes depend on the shape only, so the sums do not depend on the thread
+ * count; a task per kv head (as before) left one of two threads idle a third of the time with
+ * SmolLM2's 3 kv heads. One batch row at a time (partials NH x lanes x Tk x HS). */
 int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const float *dout,
                            const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                            size_t kv_stride, int NH, int KVH, int HS, int window,
                            const int32_t *kv_lo) {
     if (B <= 0 || Tq <= 0) return 0; /* nothing to compute */
+    int nqc = (Tq + QB - 1) / QB, nl = nqc > 1 ? 2 : 1, ntask = NH * nl, fail = 0;
     size_t part = (size_t)Tk * HS;
-    float *pk = dk ? malloc(sizeof(float) * part * NH) : NULL,
-          *pv = dv ? malloc(sizeof(float) * part * NH) : NULL;
+    float *pk = dk ? malloc(sizeof(float) * part * (size_t)ntask) : NULL,
+          *pv = dv ? malloc(sizeof(float) * part * (size_t)ntask) : NULL;
     AttnCall a;
     if ((dk && !pk) || (dv && !pv) ||
         call_init(&a, be, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
@@ -582,27 +610,22 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
         free(pv);
         return -1;
     }
-    a.dq = dq, a.pk = pk, a.pv = pv, a.dout = dout;
-    int nqc = (Tq + QB - 1) / QB, fail = 0;
+    a.dq = dq, a.pk = pk, a.pv = pv, a.dout = dout, a.nl = nl;
 #pragma omp parallel num_threads(be->n_threads)
     {
         AttnScratch s;
         int ok = scratch_init(&s, &a, 1, &fail);
         for (int b = 0; b < B; b++) {
 #pragma omp for schedule(dynamic)
-            for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < ntask; t++) { /* lane 0 (each head's last chunk) first */
                 if (!ok) continue;
                 for (int i = 0; i < a.kv.nblk[b]; i++)
-                    for (int c = nqc - 1, first = 1; c >= 0; c--) {
-                        int r = bwd_chunk(&a, &s, b, i, h, c, first);
-                        if (r < 0) {
+                    if (bwd_lane(&a, &s, b, i, t % NH, t / NH, nqc)) {
 #pragma omp atomic write
-                            fail = 1;
-                        }
-                        if (r) first = 0;
+                        fail = 1;
                     }
             }
-            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, a.ks, part, KVH, a.grp, HS);
+            partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, a.ks, part, KVH, a.grp, HS, nl);
         }
         if (ok) scratch_free(&s);
     }
