@@ -435,11 +435,16 @@ static void c_gelu(Backend *be, float *out, const float *in, size_t n, int appro
     CPU_PAR_RANGE(n >= PAR_MIN_WORK ? be->n_threads : 1, n, gelu_range(out, in, approx, lo, hi));
 }
 
-static void c_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
-    (void)be;
+static void add_range(float *out, const float *a, const float *b, size_t lo, size_t hi) {
 #pragma omp simd
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = lo; i < hi; i++)
         out[i] = a[i] + b[i];
+}
+
+/* The residual adds (two a layer in the forward): on one thread they kept the other idle about
+ * 0.6% of a SmolLM2 LoRA step */
+static void c_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
+    CPU_PAR_RANGE(n >= PAR_MIN_WORK ? be->n_threads : 1, n, add_range(out, a, b, lo, hi));
 }
 
 static void c_embed(Backend *be, float *out, const int32_t *ids, const float *table, int T, int C) {
