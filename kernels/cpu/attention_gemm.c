@@ -252,28 +252,26 @@ static void kv_free(KvPack *p) {
 }
 
 #ifdef ATT_X
-/* Packs what p->want names of kv head g of block i of row b (its keys from the block's first) */
+/* Packs the packing f (one of p->want) of kv head g of block i of row b (its keys from the
+ * block's first) */
 static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_stride, int b, int i,
-                         int g) {
+                         int g, int f) {
     int HS = p->HS, Lk = kv_keys(p, b, i);
     size_t ks = (size_t)p->KVH * HS,
            base = b * kv_stride + (size_t)kv_row(p, b)[i] * ks + (size_t)g * HS;
-    for (int f = KV_KC; f <= KV_VP; f <<= 1) {
-        if (!(p->want & f)) continue;
-        const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
-        uint32_t *d = kv_at(p, b, i, g, f);
-        if (f == KV_KC || f == KV_VC)
-            for (int n = 0; n < Lk; n += AX_NR)
-                cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
-                                d + (size_t)(n / AX_NR) * p->kph * AX_NR);
-        else
-            for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
-                for (int n = 0; n < HS; n += AX_NR)
-                    cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR,
-                                    (size_t)k0, Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
-                                    d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) *
-                                                    AX_NR);
-    }
+    const float *x = (f == KV_KC || f == KV_KP ? k : v) + base;
+    uint32_t *d = kv_at(p, b, i, g, f);
+    if (f == KV_KC || f == KV_VC)
+        for (int n = 0; n < Lk; n += AX_NR)
+            cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
+                            d + (size_t)(n / AX_NR) * p->kph * AX_NR);
+    else
+        for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
+            for (int n = 0; n < HS; n += AX_NR)
+                cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, (size_t)k0,
+                                Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
+                                d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) *
+                                                AX_NR);
 }
 #endif
 
@@ -301,11 +299,18 @@ static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, in
 #ifdef ATT_X
     if (want) {
         if (!(p->w = malloc(sizeof(uint32_t) * (words ? words : 1)))) goto fail;
-        long nj = (long)B * KVH; /* a task per (row, kv head), over the row's blocks */
+        int fs[4], nf = 0; /* the packings wanted */
+        for (int f = KV_KC; f <= KV_VP; f <<= 1)
+            if (want & f) fs[nf++] = f;
+        /* a task per (row, kv head, packing), over the row's blocks (a task per (row, kv head)
+         * gave SmolLM2's 3 kv heads to 2 threads as 2 and 1) */
+        long nj = (long)B * KVH * nf;
 #pragma omp parallel for schedule(dynamic) num_threads(nth) if (nth > 1 && nj > 1)
-        for (long j = 0; j < nj; j++)
-            for (int i = 0; i < p->nblk[j / KVH]; i++)
-                kv_pack_unit(p, k, v, kv_stride, (int)(j / KVH), i, (int)(j % KVH));
+        for (long j = 0; j < nj; j++) {
+            int b = (int)(j / (KVH * nf)), g = (int)(j / nf % KVH), f = fs[j % nf];
+            for (int i = 0; i < p->nblk[b]; i++)
+                kv_pack_unit(p, k, v, kv_stride, b, i, g, f);
+        }
     }
 #else
     (void)nth, (void)k, (void)v, (void)kv_stride;
