@@ -101,6 +101,16 @@ void backend_matmul_acc(Backend *be, float *out, const float *in, const float *w
     be->ops->add_fwd(be, out, out, scratch, (size_t)M * N);
 }
 
+void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
+                            const Weight *const *ws, const float *const *biases, int M) {
+    if (be->ops->matmul_w_fwd_n) {
+        be->ops->matmul_w_fwd_n(be, n, outs, in, ws, biases, M);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        be->ops->matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
+}
+
 size_t backend_bf16_extra_bytes(const char *name, size_t bf16_bytes) {
     return name && !strcmp(name, "cpu") ? cpu_pack_bytes(bf16_bytes) : 0;
 }

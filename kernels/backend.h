@@ -145,6 +145,12 @@ typedef struct BackendOps {
     /* out (T, table->cols) = rows ids (T, host memory) of the typed table, in fp32 (each row
      * exactly weight_dequantize_rows's). A frozen token embedding kept in its stored type. */
     void (*embed_w_fwd)(Backend *be, float *out, const int32_t *ids, const Weight *table, int T);
+    /* matmul_w_fwd of n weights (their cols equal) over one input, outs[i] from ws[i] and
+     * biases[i] (biases or an entry NULL: none): the same values as n matmul_w_fwd calls in
+     * order, for a backend that shares the work on the input (a layer's q, k and v). Optional:
+     * backend_matmul_w_fwd_n loops where it is NULL. */
+    void (*matmul_w_fwd_n)(Backend *be, int n, float *const *outs, const float *in,
+                           const Weight *const *ws, const float *const *biases, int M);
 
     // --- optional
     /* Resolves n_threads as backend_init does (N, 0, BACKEND_THREADS_IDLE) into be->n_threads.
@@ -194,6 +200,10 @@ void backend_free(Backend *be);
  * into scratch (M x N floats of backend memory, not out) and add_fwd */
 void backend_matmul_acc(Backend *be, float *out, const float *in, const float *w, int M, int K,
                         int N, float *scratch);
+
+/* The backend's matmul_w_fwd_n, or n matmul_w_fwd calls where it has none */
+void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
+                            const Weight *const *ws, const float *const *biases, int M);
 
 /* Bytes the backend called name keeps beside bf16_bytes of frozen BF16 weights when mm_bf16
  * runs their products (the cpu backend's packed copies: cpu_backend.h, CPU_PACK_MB), for

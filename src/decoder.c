@@ -17,9 +17,15 @@ void decoder_qkv(const Decoder *d, int l, int M, const float *x_in, const Decode
     int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH;
     float *qd = c->qk_norm ? o->q_raw : o->q, *kd = c->qk_norm ? o->k_raw : o->k;
     decoder_norm(m, o->xn, x_in, w->ln1_w, w->ln1_b, M);
-    d->linear(d->ctx, l, LORA_Q, qd, o->xn, w->wq, w->bq, M, C, NH * HS);
-    d->linear(d->ctx, l, LORA_K, kd, o->xn, w->wk, w->bk, M, C, KVH * HS);
-    d->linear(d->ctx, l, LORA_V, o->v, o->xn, w->wv, w->bv, M, C, KVH * HS);
+    const LoraSite sites[3] = {LORA_Q, LORA_K, LORA_V};
+    float *const outs[3] = {qd, kd, o->v};
+    const float *const Ws[3] = {w->wq, w->wk, w->wv}, *const bs[3] = {w->bq, w->bk, w->bv};
+    const int Ns[3] = {NH * HS, KVH * HS, KVH * HS};
+    if (d->linear_n)
+        d->linear_n(d->ctx, l, 3, sites, outs, o->xn, Ws, bs, M, C, Ns);
+    else
+        for (int i = 0; i < 3; i++)
+            d->linear(d->ctx, l, sites[i], outs[i], o->xn, Ws[i], bs[i], M, C, Ns[i]);
     if (c->qk_norm) {
         be->ops->rmsnorm_fwd(be, o->q, o->q_raw, w->q_norm, c->norm_eps, M * NH, HS);
         be->ops->rmsnorm_fwd(be, o->k, o->k_raw, w->k_norm, c->norm_eps, M * KVH, HS);

@@ -19,10 +19,18 @@
 typedef void (*DecoderLinear)(void *ctx, int l, LoraSite site, float *out, const float *in,
                               const float *W, const float *bias, int M, int K, int N);
 
+/* The linear layers at sites[0..n) over one input (a layer's q, k and v; Ws, biases, Ns as
+ * DecoderLinear's, per site): the same values as n DecoderLinear calls in order, for a caller
+ * that shares work between them. */
+typedef void (*DecoderLinearN)(void *ctx, int l, int n, const LoraSite *sites, float *const *outs,
+                               const float *in, const float *const *Ws, const float *const *biases,
+                               int M, int K, const int *Ns);
+
 typedef struct Decoder {
     const Model *m; /* config, layer weights, RoPE frequencies, backend */
     DecoderLinear linear;
-    void *ctx; /* for linear */
+    DecoderLinearN linear_n; /* NULL: linear for each */
+    void *ctx;               /* for linear and linear_n */
 } Decoder;
 
 /* Where the attention input of M rows goes. xn: norm(x_in). With q/k-norm the projections go to

@@ -816,6 +816,21 @@ void model_base_linear(const Model *m, int l, LoraSite site, float *out, const f
         m->be->ops->matmul_fwd(m->be, out, in, W, bias, M, K, N);
 }
 
+void model_base_linear_n(const Model *m, int l, int n, const LoraSite *sites, float *const *outs,
+                         const float *in, const float *const *Ws, const float *const *biases, int M,
+                         int K, const int *Ns) {
+    const Weight *q[LORA_N_SITES];
+    int typed = n <= LORA_N_SITES;
+    for (int i = 0; typed && i < n; i++)
+        typed = (q[i] = m->layers[l].qw[sites[i]]) != NULL;
+    if (typed) {
+        backend_matmul_w_fwd_n(m->be, n, outs, in, q, biases, M);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        model_base_linear(m, l, sites[i], outs[i], in, Ws[i], biases[i], M, K, Ns[i]);
+}
+
 void model_embed(const Model *m, float *out, const int32_t *ids, int T) {
     if (m->wte_q)
         m->be->ops->embed_w_fwd(m->be, out, ids, m->wte_q, T);

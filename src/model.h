@@ -169,11 +169,18 @@ size_t model_typed_bytes_file(const char *dir, const ModelConfig *c, const Model
  * typed weight where the model keeps one, else the fp32 W. */
 void model_base_linear(const Model *m, int l, LoraSite site, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int N);
-/* Its input gradient when the weight is typed (frozen): din (M, K) += dout (M, N) · W. Returns
- * 0 when (l, site) is fp32 (the caller's matmul_bwd does it, with dW when it trains). */
+/* model_base_linear at sites[0..n) of layer l over one input (outs[i], Ws[i], biases[i], Ns[i]):
+ * one backend call (matmul_w_fwd_n, which may share the work on the input) where every site's
+ * weight is typed, else n calls. The same values either way. */
+void model_base_linear_n(const Model *m, int l, int n, const LoraSite *sites, float *const *outs,
+                         const float *in, const float *const *Ws, const float *const *biases, int M,
+                         int K, const int *Ns);
 /* dst (rows, cols) = the typed weight d (backend memory) in fp32, through download. */
 void weight_download_f32(Backend *be, const Weight *d, float *dst);
 
+/* model_base_linear's input gradient when the weight is typed (frozen): din (M, K) += dout
+ * (M, N) · W. Returns 0 when (l, site) is fp32 (the caller's matmul_bwd does it, with dW when
+ * it trains). */
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
                                 int M);
 /* out (T, C) = the embedding rows of ids (host), from the typed table where the model keeps one. */

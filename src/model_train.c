@@ -1356,11 +1356,11 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, const float 
     return ts->dora_dy;
 }
 
-/* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
-static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
-                       const float *W, const float *bias, int M, int K, int n_out) {
+/* out (M, n_out), the base layer's in · Wᵀ + bias, += scale · (dropout(in) · Aᵀ) ·
+ * B[row0 : row0+n_out]ᵀ where an adapter sits at (l, site) (DoRA: and the magnitude's scaling) */
+static void adapter_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
+                        const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
-    model_base_linear(ts->m, l, base_site(site, slice), out, in, W, bias, M, K, n_out);
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
@@ -1372,6 +1372,13 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
      * forward; out may be ts->tmp) */
     backend_matmul_acc(be, out, lm->u, Bs, M, r, n_out, ts->dys);
     if (lm->mag) dora_fwd(ts, lm, slice_row(ts, site, slice), out, bias, M, n_out);
+}
+
+/* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
+static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
+                       const float *W, const float *bias, int M, int K, int n_out) {
+    model_base_linear(ts->m, l, base_site(site, slice), out, in, W, bias, M, K, n_out);
+    adapter_fwd(ts, l, site, slice, out, in, bias, M, K, n_out);
 }
 
 /* Backward of linear_fwd: din (M,K) += dout · W (+ the adapter's path), dW and dbias when
@@ -1635,6 +1642,23 @@ static void train_linear(void *ctx, int l, LoraSite site, float *out, const floa
         linear_fwd(ts, l, site_of[site], 0, out, in, W, bias, M, K, N);
 }
 
+/* train_linear at several sites over one input (the decoder's q, k and v): the base layers in
+ * one model_base_linear_n (the backend may pack the input once for all), then each adapter. The
+ * same ops on each output in the same order as train_linear's. */
+static void train_linear_n(void *ctx, int l, int n, const LoraSite *sites, float *const *outs,
+                           const float *in, const float *const *Ws, const float *const *biases,
+                           int M, int K, const int *Ns) {
+    TrainState *ts = ctx;
+    if (ts->m->cfg.arch == ARCH_GPT2) { /* the fused c_attn's slices */
+        for (int i = 0; i < n; i++)
+            train_linear(ctx, l, sites[i], outs[i], in, Ws[i], biases[i], M, K, Ns[i]);
+        return;
+    }
+    model_base_linear_n(ts->m, l, n, sites, outs, in, Ws, biases, M, K, Ns);
+    for (int i = 0; i < n; i++)
+        adapter_fwd(ts, l, site_of[sites[i]], 0, outs[i], in, biases[i], M, K, Ns[i]);
+}
+
 /* Forward of layer l of a micro-batch of Bn rows, from a->x_in into a's activations and the
  * layer's output into xout. xout NULL: the recompute of a checkpointed layer in the backward,
  * which stops at what the backward reads (of the down projection only the adapter's u and h,
@@ -1643,7 +1667,7 @@ static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) 
     const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     int T = ts->T, M = Bn * T, KD = c->KVH * c->HS;
-    Decoder d = {.m = m, .linear = train_linear, .ctx = ts};
+    Decoder d = {.m = m, .linear = train_linear, .linear_n = train_linear_n, .ctx = ts};
     /* with a prefix, new k and v go to scratch (dk, dv are free in the forward) and are
      * then placed after the prefix rows of each batch row */
     float *kk = ts->P ? ts->dk : a->k, *vd = ts->P ? ts->dv : a->v;

@@ -251,6 +251,58 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
     printf("%s: typed products, worst error %.3g x 2^-24 S\n", path, worst);
 }
 
+/* matmul_w_fwd_n (n weights over one input: one product on the fast path where all are BF16)
+ * against n matmul_w_fwd calls: the same bits, on 1 and 2 threads, with and without packed
+ * copies, biases on some, widths that split panels and tasks across weights (a SmolLM2 layer's
+ * q, k, v: 576, 192, 192), and a weight of another type or K that sends it the slow way. */
+static void test_typed_n(Backend *cpu, const char *path) {
+    rounding = 1;
+    static const int cases[][6] = {/* M, K, n, and the weights' rows */
+                                   {456, 576, 3, 576, 192, 192},
+                                   {37, 96, 3, 33, 7, 64},
+                                   {130, 288, 2, 1, 400, 0},
+                                   {5, 64, 3, 40, 41, 42}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int variant = 0; variant < 3; variant++) { /* all BF16; one Q8_0; budget 0 */
+            int M = cases[c][0], K = cases[c][1], n = cases[c][2];
+            Weight w[3];
+            float *outs[3], *sep[3], *bias[3], *x = rnd((size_t)M * K);
+            const Weight *ws[3];
+            const float *bs[3];
+            size_t no[3];
+            TunaErr err = {0};
+            for (int i = 0; i < n; i++) {
+                int N = cases[c][3 + i];
+                float *src = rnd((size_t)N * K);
+                WType t = variant == 1 && i == 1 ? WT_Q8_0 : WT_BF16;
+                CHECK(!weight_quantize(&w[i], src, N, K, t, 0, &err), "quantize: %s", err.msg);
+                free(src);
+                no[i] = (size_t)M * N;
+                outs[i] = rnd(no[i]), sep[i] = rnd(no[i]);
+                bias[i] = i == 1 ? NULL : rnd((size_t)N);
+                ws[i] = &w[i], bs[i] = bias[i];
+            }
+            cpu_backend_set_pack_mb(cpu, variant == 2 ? 0 : CPU_PACK_MB);
+            for (int th = 1; th <= 2; th++) {
+                backend_set_threads(cpu, th);
+                for (int i = 0; i < n; i++)
+                    cpu->ops->matmul_w_fwd(cpu, sep[i], x, ws[i], bs[i], M);
+                cpu->ops->matmul_w_fwd_n(cpu, n, outs, x, ws, bs, M);
+                for (int i = 0; i < n; i++)
+                    CHECK(same_bits(outs[i], sep[i], no[i]),
+                          "%s matmul_w_fwd_n %dx%d weight %d of %d (variant %d, %d threads): not "
+                          "the bits of matmul_w_fwd",
+                          path, M, K, i, n, variant, th);
+            }
+            cpu_backend_set_pack_mb(cpu, CPU_PACK_MB);
+            for (int i = 0; i < n; i++) {
+                weight_free(&w[i]);
+                free(outs[i]), free(sep[i]), free(bias[i]);
+            }
+            free(x);
+        }
+}
+
 /* The two paths sum in different orders but take the same products: close, not equal. */
 static void test_paths_agree(Backend *cpu) {
     int M = 130, K = 577, N = 70;
@@ -557,6 +609,7 @@ int main(void) {
     if (strcmp(fast, "plain")) {
         test_dense(ref, cpu, fast);
         test_typed(ref, cpu, fast);
+        test_typed_n(cpu, fast);
         test_paths_agree(cpu);
         test_attention(ref, cpu, fast);
     } else {
@@ -566,6 +619,7 @@ int main(void) {
     CHECK(!strcmp(cpu_bf16_path(), "plain"), "TUNA_BF16=plain did not force the plain path");
     test_dense(ref, cpu, "plain");
     test_typed(ref, cpu, "plain");
+    test_typed_n(cpu, "plain");
     test_attention(ref, cpu, "plain");
     unsetenv("TUNA_BF16");
     test_flag_off(cpu);

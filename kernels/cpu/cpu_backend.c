@@ -498,6 +498,7 @@ static const BackendOps cpu_ops = {
         .embed_fwd = c_embed,
         .matmul_bwd = cpu_matmul_bwd,
         .matmul_w_fwd = cpu_matmul_w_fwd,
+        .matmul_w_fwd_n = cpu_matmul_w_fwd_n,
         .embed_w_fwd = c_embed_w,
         .matmul_w_bwd_in = cpu_matmul_w_bwd_in,
         .rmsnorm_bwd = cpu_rmsnorm_bwd,

@@ -533,6 +533,16 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     free(bufs);
 }
 
+void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
+                        const Weight *const *ws, const float *const *biases, int M) {
+    if (be->mm_bf16) { /* gemm_bf16.c: one product where it can */
+        cpu_matmul_w_bf16_fwd_n(be, n, outs, in, ws, biases, M);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        cpu_matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
+}
+
 void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
     int K = w->cols, N = w->rows;
     if (M <= 0 || N <= 0) return;

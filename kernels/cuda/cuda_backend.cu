@@ -167,7 +167,8 @@ static const BackendOps cuda_ops = {
         .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
         .matmul_w_bwd_in = nullptr,
         .embed_w_fwd = nullptr,
-        .set_threads = nullptr, /* no host threads do work here */
+        .matmul_w_fwd_n = nullptr, /* the engine loops matmul_w_fwd */
+        .set_threads = nullptr,    /* no host threads do work here */
 };
 
 // --- lifetime
