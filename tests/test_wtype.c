@@ -631,8 +631,50 @@ static void test_embed_w(void) {
     backend_free(cpu);
 }
 
+/* cpu_dequant_rows (AVX-512 where it applies) against weight_dequantize_rows: the same bits for
+ * every type, including Q4_1's product-then-sum and the sign of a zero (Q4_0's negative scales,
+ * codes of 8), at K of one block up to the SmolLM2 MLP's 1536 */
+static void test_dequant_rows(void) {
+    const WType types[] = {WT_Q8_0, WT_Q4_0, WT_Q4_1, WT_NF4,  WT_FP4,
+                           WT_BF16, WT_F16,  WT_Q4_K, WT_Q5_K, WT_Q6_K};
+    const int Ks[] = {256, 576, 1536};
+    int n_cases = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+            WType t = types[ti];
+            int N = 37, K = Ks[ki];
+            if (K % wtype_info[t].block) continue; /* the K types: blocks of 256 */
+            Weight w;
+            if (wtype_info[t].quant_row) {
+                float *src = malloc((size_t)N * K * 4);
+                for (size_t i = 0; i < (size_t)N * K; i++) /* some exact zeros and repeats */
+                    src[i] = i % 7 == 0 ? 0.0f : frand();
+                TunaErr err = {0};
+                if (weight_quantize(&w, src, N, K, t, t == WT_NF4 && ki == 1, &err)) {
+                    CHECK(0, "quantize %s: %s", wtype_info[t].name, err.msg);
+                    free(src);
+                    continue;
+                }
+                free(src);
+            } else {
+                random_k_weight(&w, t, N, K);
+            }
+            float *a = malloc((size_t)N * K * 4), *b = malloc((size_t)N * K * 4);
+            weight_dequantize_rows(&w, 3, N - 3, a);
+            cpu_dequant_rows(&w, 3, N - 3, b);
+            CHECK(!memcmp(a, b, (size_t)(N - 3) * K * 4),
+                  "cpu_dequant_rows %s K=%d: not weight_dequantize_rows's bits", wtype_info[t].name,
+                  K);
+            n_cases++;
+            free(a), free(b);
+            weight_free(&w);
+        }
+    printf("cpu_dequant_rows: %d cases bit-identical to weight_dequantize_rows\n", n_cases);
+}
+
 int main(void) {
     test_fixtures();
+    test_dequant_rows();
     test_k_direct();
     test_embed_w();
     test_q8act();

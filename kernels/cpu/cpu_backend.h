@@ -30,6 +30,10 @@ int cpu_idle_from_counts(int n, const int *others, int k);
  * "direct avx512" or "direct plain" (TUNA_WTYPE_PLAIN=1 forces plain). For tests and benches. */
 const char *cpu_matmul_w_path(WType t, int K, int M);
 
+/* weight_dequantize_rows (the same bits), on AVX-512 where the type and K allow (matmul_w.c):
+ * what the bf16 products over a typed weight other than BF16 dequantize with */
+void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
+
 /* Which kernel the matrix products take under Backend.mm_bf16 now: "avx512bf16" (kernels/cpu/
  * gemm_bf16.c, where the CPU has AVX512-BF16) or "plain" (bf16-rounded fp32 copies through
  * sgemm; TUNA_BF16=plain forces it). For tests and benches. */

@@ -705,9 +705,8 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
         }
         for (int n0 = 0; n0 < N; n0 += tn) {
             int nn = N - n0 < tn ? N - n0 : tn;
-            CPU_PAR_RANGE(
-                    nth, (size_t)nn,
-                    weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
+            CPU_PAR_RANGE(nth, (size_t)nn,
+                          cpu_dequant_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
             View b = {buf, NULL, (size_t)K, 0, NULL};
             if (gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
                 free(buf);
@@ -779,9 +778,8 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
     }
     for (int n0 = 0; n0 < N; n0 += tn) { /* din += dout[:, tile] tile, tiles in order */
         int nn = N - n0 < tn ? N - n0 : tn;
-        CPU_PAR_RANGE(
-                nth, (size_t)nn,
-                weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
+        CPU_PAR_RANGE(nth, (size_t)nn,
+                      cpu_dequant_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
         View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b = {buf, NULL, (size_t)K, 1, NULL};
         if (gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
             oom(be, "matmul_w_bwd_in", M, N, K);

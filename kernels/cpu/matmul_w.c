@@ -196,10 +196,13 @@ static void row_scales_x(WType t, const uint8_t *row, int K, const WAux *aux, fl
 
 /* the 32 weights of group j (elements 32j .. 32j+31) of a row, in two registers: Q8_0, Q4_0,
  * Q4_1: code * d (+ m); BF16, F16: widened; NF4, FP4: the code's value by a 16-entry permute,
- * times the block's absmax; the K types: group_k_x */
+ * times the block's absmax; the K types: group_k_x. exact (a constant at each call): as the
+ * type's dequant_row rounds, for callers that promise weight_dequantize_rows's bits: the product
+ * alone for Q8_0 and Q4_0 (a fused multiply-add of 0 turns a -0, from a negative scale, into +0),
+ * the product then the sum for Q4_1; else one fused multiply-add. */
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"), always_inline)) static inline void
 group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn, __m512 lut,
-        int j, __m512 *w0, __m512 *w1) {
+        int j, __m512 *w0, __m512 *w1, int exact) {
     if (is_k_type(t)) {
         group_k_x(t, block_bytes, row, sc, mn, j, w0, w1);
     } else if (t == WT_BF16 || t == WT_F16) {
@@ -231,6 +234,15 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
         } else { /* Q4_1 */
             nibbles_x(b + 4, &c0, &c1);
             mv = _mm512_set1_ps(h2f_x(b + 2));
+        }
+        if (exact) {
+            *w0 = _mm512_mul_ps(c0, dv);
+            *w1 = _mm512_mul_ps(c1, dv);
+            if (t == WT_Q4_1) {
+                *w0 = _mm512_add_ps(*w0, mv);
+                *w1 = _mm512_add_ps(*w1, mv);
+            }
+            return;
         }
         *w0 = _mm512_fmadd_ps(c0, dv, mv);
         *w1 = _mm512_fmadd_ps(c1, dv, mv);
@@ -270,8 +282,8 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             int j = 0;
             for (; j + 1 < ng; j += 2) {
                 __m512 w0, w1, w2, w3;
-                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
-                group_x(t, bb, row, sc, mn, lut, j + 1, &w2, &w3);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1, 0);
+                group_x(t, bb, row, sc, mn, lut, j + 1, &w2, &w3, 0);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -286,7 +298,7 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
             }
             if (j < ng) {
                 __m512 w0, w1;
-                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
+                group_x(t, bb, row, sc, mn, lut, j, &w0, &w1, 0);
                 const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
                 a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0);
                 a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p + 16), a1);
@@ -426,7 +438,7 @@ dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
         row_scales_x(t, row, K, &aux, sc, mn);
         for (int j = 0; j < ng; j++) {
             __m512 w0, w1;
-            group_x(t, bb, row, sc, mn, lut, j, &w0, &w1);
+            group_x(t, bb, row, sc, mn, lut, j, &w0, &w1, 1);
             _mm512_storeu_ps(d + (size_t)j * 32, w0);
             _mm512_storeu_ps(d + (size_t)j * 32 + 16, w1);
         }
@@ -454,8 +466,9 @@ const char *cpu_matmul_w_path(WType t, int K, int M) {
     return "direct plain";
 }
 
-/* rows n0 .. n0+nn-1 of w in fp32 (the fused kernel where it applies, else the table's) */
-static void dequant_rows(const Weight *w, int n0, int nn, float *dst) {
+/* rows n0 .. n0+nn-1 of w in fp32 (the fused kernel where it applies, else the table's): the
+ * bits of weight_dequantize_rows */
+void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst) {
 #ifdef WTYPE_X86
     if (use_avx512() && direct_x_takes(w->type, w->cols)) {
         dequant_rows_x(w, n0, nn, dst);
@@ -472,7 +485,7 @@ static void tiles_fwd(float *out, const float *in, const Weight *w, const float 
     int K = w->cols, N = w->rows;
     for (size_t t = lo; t < hi; t++) {
         int n0 = (int)t * tn, nn = N - n0 < tn ? N - n0 : tn;
-        dequant_rows(w, n0, nn, buf);
+        cpu_dequant_rows(w, n0, nn, buf);
         cpu_sgemm(1, 0, 1, M, nn, K, 1.0f, in, K, buf, K, 0.0f, out + n0, N);
         if (bias)
             for (int m = 0; m < M; m++)
