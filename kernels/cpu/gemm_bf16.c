@@ -621,7 +621,56 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
     }
 }
 
-/* Rows of a typed weight other than BF16 go through an fp32 tile of about 16 MiB. */
+#ifdef BF16_X86
+X_TARGET static void round_row_x(const float *src, uint16_t *dst, int K) {
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+                                                          round_hi(_mm512_loadu_ps(src + k)), 16)));
+    for (; k < K; k++)
+        dst[k] = bf16_round(src[k]);
+}
+#endif
+
+/* Rows [r0, r0 + nn) of a typed weight into dst (nn x K) in bf16, each row dequantized into fp32
+ * scratch (cpu_dequant_rows) and rounded to nearest even, as the packing would round them: the
+ * tile the products read is half the bytes of fp32 rows (an fp32 tile went through memory twice:
+ * the quantized runs were the ones the machine's busy spells slowed most). 0, or -1 no memory. */
+static int dequant_rows_bf16(const Weight *w, int r0, int nn, uint16_t *dst) {
+    int K = w->cols;
+    float *row = malloc(sizeof(float) * (size_t)K);
+    if (!row) return -1;
+#ifdef BF16_X86
+    int x = !strcmp(cpu_bf16_path(), "avx512bf16");
+#endif
+    for (int r = 0; r < nn; r++) {
+        uint16_t *d = dst + (size_t)r * K;
+        cpu_dequant_rows(w, r0 + r, 1, row);
+#ifdef BF16_X86
+        if (x) {
+            round_row_x(row, d, K);
+            continue;
+        }
+#endif
+        for (int k = 0; k < K; k++)
+            d[k] = bf16_round(row[k]);
+    }
+    free(row);
+    return 0;
+}
+
+/* dequant_rows_bf16 of rows [n0, n0 + nn) on nth threads: 0, or -1 no memory */
+static int dequant_tile_bf16(const Weight *w, int n0, int nn, uint16_t *buf, int nth) {
+    int fail = 0;
+    CPU_PAR_RANGE(
+            nth, (size_t)nn,
+            if (dequant_rows_bf16(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)w->cols))
+                    __atomic_store_n(&fail, 1, __ATOMIC_RELAXED));
+    return fail ? -1 : 0;
+}
+
+/* Rows of a typed weight other than BF16 go through a tile of about 16 MiB of fp32 rows (held as
+ * bf16: 8 MiB). */
 static int typed_tile_rows(int K, int N) {
     int t = (int)(PLAIN_BLOCK / (size_t)(K > 0 ? K : 1)) / NR * NR;
     if (t < NR) t = NR;
@@ -698,22 +747,19 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
         }
     } else {
         int tn = typed_tile_rows(K, N);
-        float *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+        uint16_t *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
         if (!buf) {
             oom(be, "matmul_w", M, N, K);
             return;
         }
         for (int n0 = 0; n0 < N; n0 += tn) {
             int nn = N - n0 < tn ? N - n0 : tn;
-            CPU_PAR_RANGE(nth, (size_t)nn,
-                          cpu_dequant_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
-            View b = {buf, NULL, (size_t)K, 0, NULL};
-            if (gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
+            View b = {NULL, buf, (size_t)K, 0, NULL};
+            if (dequant_tile_bf16(w, n0, nn, buf, nth) ||
+                gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
                 free(buf);
-                {
-                    oom(be, "matmul_w", M, N, K);
-                    return;
-                }
+                oom(be, "matmul_w", M, N, K);
+                return;
             }
         }
         free(buf);
@@ -771,17 +817,16 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         return;
     }
     int tn = typed_tile_rows(K, N);
-    float *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+    uint16_t *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
     if (!buf) {
         oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
     for (int n0 = 0; n0 < N; n0 += tn) { /* din += dout[:, tile] tile, tiles in order */
         int nn = N - n0 < tn ? N - n0 : tn;
-        CPU_PAR_RANGE(nth, (size_t)nn,
-                      cpu_dequant_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
-        View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b = {buf, NULL, (size_t)K, 1, NULL};
-        if (gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
+        View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b = {NULL, buf, (size_t)K, 1, NULL};
+        if (dequant_tile_bf16(w, n0, nn, buf, nth) ||
+            gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
             oom(be, "matmul_w_bwd_in", M, N, K);
             break;
         }
