@@ -1633,13 +1633,18 @@ int train_prefix(TrainState *ts, float **prefix) {
 
 /* The decoder core's linear layers for training: linear_fwd with the run's LoRA modules (GPT-2's
  * fused c_attn: the q, k and v slices of one module). */
+/* The adapter site and slice of the model's linear layer s (GPT-2's q, k, v: slices of c_attn) */
+static int adapter_site(const TrainState *ts, LoraSite s, int *slice) {
+    int fused = ts->m->cfg.arch == ARCH_GPT2 && s <= LORA_V;
+    *slice = fused ? (int)s - LORA_Q : 0;
+    return fused ? SITE_QKV : (int)site_of[s];
+}
+
 static void train_linear(void *ctx, int l, LoraSite site, float *out, const float *in,
                          const float *W, const float *bias, int M, int K, int N) {
     TrainState *ts = ctx;
-    if (ts->m->cfg.arch == ARCH_GPT2 && site <= LORA_V)
-        linear_fwd(ts, l, SITE_QKV, (int)site - LORA_Q, out, in, W, bias, M, K, N);
-    else
-        linear_fwd(ts, l, site_of[site], 0, out, in, W, bias, M, K, N);
+    int slice, as = adapter_site(ts, site, &slice);
+    linear_fwd(ts, l, as, slice, out, in, W, bias, M, K, N);
 }
 
 /* train_linear at several sites over one input (the decoder's q, k and v): the base layers in
@@ -1649,14 +1654,11 @@ static void train_linear_n(void *ctx, int l, int n, const LoraSite *sites, float
                            const float *in, const float *const *Ws, const float *const *biases,
                            int M, int K, const int *Ns) {
     TrainState *ts = ctx;
-    if (ts->m->cfg.arch == ARCH_GPT2) { /* the fused c_attn's slices */
-        for (int i = 0; i < n; i++)
-            train_linear(ctx, l, sites[i], outs[i], in, Ws[i], biases[i], M, K, Ns[i]);
-        return;
-    }
     model_base_linear_n(ts->m, l, n, sites, outs, in, Ws, biases, M, K, Ns);
-    for (int i = 0; i < n; i++)
-        adapter_fwd(ts, l, site_of[sites[i]], 0, outs[i], in, biases[i], M, K, Ns[i]);
+    for (int i = 0; i < n; i++) {
+        int slice, as = adapter_site(ts, sites[i], &slice);
+        adapter_fwd(ts, l, as, slice, outs[i], in, biases[i], M, K, Ns[i]);
+    }
 }
 
 /* Forward of layer l of a micro-batch of Bn rows, from a->x_in into a's activations and the

@@ -502,6 +502,11 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     return prod(bf, 0, 0, lq, HS, lk, 1.0f, s->P, lk, a->v + ko, ks, 0.0f, a->out + qo, (int)a->qs);
 }
 
+/* Where the partial dK (or dV) of (query head h, lane) has key row `row` (floats) */
+static size_t lane_at(const AttnCall *a, int h, int lane, int row) {
+    return a->part * ((size_t)h * a->nl + lane) + (size_t)row * a->HS;
+}
+
 /* The backward of chunk c of query head h in block i of batch row b into dq and the partials of
  * (h, lane) (first: the first chunk to reach them, beta 0): 0, or -1 no memory. The chunk meets
  * the block (chunk_of: qa, qe, lk). */
@@ -510,8 +515,7 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     const int *blk = kv_row(&a->kv, b);
     const int32_t *lo = a->kv.lo[b];
     int s0 = blk[i], g = h / a->grp, HS = a->HS;
-    size_t qo = ((size_t)b * a->Tq + qa) * a->qs + (size_t)h * HS,
-           po = a->part * ((size_t)h * a->nl + lane) + (size_t)s0 * HS;
+    size_t qo = ((size_t)b * a->Tq + qa) * a->qs + (size_t)h * HS, po = lane_at(a, h, lane, s0);
     float *dq = a->dq ? a->dq + qo : NULL, *pk = a->pk ? a->pk + po : NULL,
           *pv = a->pv ? a->pv + po : NULL;
     lo = lo ? lo + qa : NULL;
@@ -557,8 +561,8 @@ static int bwd_lane(const AttnCall *a, AttnScratch *s, int b, int i, int h, int 
         if (bwd_chunk(a, s, b, i, h, lane, qa, qe, lk, !reach)) return -1;
         if (!reach) reach = lk;
     }
-    size_t po = a->part * ((size_t)h * a->nl + lane) + (size_t)blk[i] * a->HS,
-           from = (size_t)reach * a->HS, to = (size_t)kv_keys(&a->kv, b, i) * a->HS;
+    size_t po = lane_at(a, h, lane, blk[i]), from = (size_t)reach * a->HS,
+           to = (size_t)kv_keys(&a->kv, b, i) * a->HS;
     if (a->pk && to > from) memset(a->pk + po + from, 0, sizeof(float) * (to - from));
     if (a->pv && to > from) memset(a->pv + po + from, 0, sizeof(float) * (to - from));
     return 0;

@@ -116,8 +116,8 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M);
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);
-void cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
-                             const Weight *const *ws, const float *const *biases, int M);
+int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
+                            const Weight *const *ws, const float *const *biases, int M);
 void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
                       int M);
 void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,

@@ -316,6 +316,16 @@ X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t 
  * one by rows, where a row's pairs are contiguous: rounded 16 elements at a time and stored as
  * they are (pack_panel's layout took one scattered store per word: 7% of a SmolLM2 LoRA step).
  * Rows past rn and the odd element past kn are zero. */
+/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 16 at a time) */
+X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
+    int k = 0;
+    for (; k + 16 <= n; k += 16)
+        _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+                                                          round_hi(_mm512_loadu_ps(src + k)), 16)));
+    for (; k < n; k++)
+        dst[k] = bf16_round(src[k]);
+}
+
 X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, int kn,
                                   uint32_t *dst) {
     if (v->kmajor) {
@@ -329,20 +339,11 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
             memset(d, 0, (size_t)kp * sizeof *d);
             continue;
         }
-        int k = 0;
-        if (v->h) {
-            const uint16_t *row = v->h + (r0 + (size_t)r) * v->ld + k0;
-            memcpy(d, row, (size_t)(kn / 2) * sizeof *d);
-            k = kn & ~1;
-        } else {
-            const float *row = v->f + (r0 + (size_t)r) * v->ld + k0;
-            for (; k + 16 <= kn; k += 16)
-                _mm256_storeu_si256((__m256i *)(d + k / 2),
-                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(
-                                            round_hi(_mm512_loadu_ps(row + k)), 16)));
-            for (; k + 1 < kn; k += 2)
-                d[k / 2] = (uint32_t)bf16_round(row[k]) | (uint32_t)bf16_round(row[k + 1]) << 16;
-        }
+        int k = kn & ~1; /* the whole pairs; an odd last element below */
+        if (v->h)
+            memcpy(d, v->h + (r0 + (size_t)r) * v->ld + k0, (size_t)(kn / 2) * sizeof *d);
+        else
+            round_row_x(v->f + (r0 + (size_t)r) * v->ld + k0, (uint16_t *)d, k);
         if (k < kn) d[k / 2] = view_at(v, r0 + (size_t)r, k0 + (size_t)k);
     }
 }
@@ -621,17 +622,6 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
     }
 }
 
-#ifdef BF16_X86
-X_TARGET static void round_row_x(const float *src, uint16_t *dst, int K) {
-    int k = 0;
-    for (; k + 16 <= K; k += 16)
-        _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(
-                                                          round_hi(_mm512_loadu_ps(src + k)), 16)));
-    for (; k < K; k++)
-        dst[k] = bf16_round(src[k]);
-}
-#endif
-
 /* Rows [r0, r0 + nn) of a typed weight into dst (nn x K) in bf16, each row dequantized into fp32
  * scratch (cpu_dequant_rows) and rounded to nearest even, as the packing would round them: the
  * tile the products read is half the bytes of fp32 rows (an fp32 tile went through memory twice:
@@ -767,12 +757,13 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
     if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_add(out, bias, N, (size_t)N, lo, hi));
 }
 
-/* cpu_matmul_w_bf16_fwd of n weights over one input: on the AVX512-BF16 path, BF16 weights of the
- * same K run as one product that packs the input once (gemm_x's outputs; a SmolLM2 layer's q, k
- * and v at 456 rows, min of 400 alternated: 1.343 -> 1.213 ms on 2 threads, 2.487 -> 2.376 on
- * 1); otherwise one product each. The same bits either way. */
-void cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
-                             const Weight *const *ws, const float *const *biases, int M) {
+/* cpu_matmul_w_bf16_fwd of n weights over one input as one product that packs the input once
+ * (gemm_x's outputs; a SmolLM2 layer's q, k and v at 456 rows, min of 400 alternated: 1.343 ->
+ * 1.213 ms on 2 threads, 2.487 -> 2.376 on 1), the bits of n separate products. Returns 1 done,
+ * 0 when it does not apply (off the AVX512-BF16 path, a weight not BF16 or of another K: the
+ * caller runs them one by one). */
+int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
+                            const Weight *const *ws, const float *const *biases, int M) {
 #ifdef BF16_X86
     int K = ws[0]->cols, N = 0,
         one = n >= 2 && n <= X_MAX_OUTS && M > 0 && K > 0 && !strcmp(cpu_bf16_path(), "avx512bf16");
@@ -790,7 +781,7 @@ void cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float
         }
         if (gemm_x(nth, &a, n, o, M, K, 0.0f)) {
             oom(be, "matmul_w", M, N, K);
-            return;
+            return 1;
         }
         for (int i = 0; i < n; i++) {
             int Ni = ws[i]->rows;
@@ -798,11 +789,12 @@ void cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float
             const float *bi = biases ? biases[i] : NULL;
             if (bi) CPU_PAR_RANGE(nth, (size_t)M, bias_add(oi, bi, Ni, (size_t)Ni, lo, hi));
         }
-        return;
+        return 1;
     }
+#else
+    (void)be, (void)n, (void)outs, (void)in, (void)ws, (void)biases, (void)M;
 #endif
-    for (int i = 0; i < n; i++)
-        cpu_matmul_w_bf16_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
+    return 0;
 }
 
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {

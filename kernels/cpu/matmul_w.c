@@ -548,10 +548,8 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
 
 void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                         const Weight *const *ws, const float *const *biases, int M) {
-    if (be->mm_bf16) { /* gemm_bf16.c: one product where it can */
-        cpu_matmul_w_bf16_fwd_n(be, n, outs, in, ws, biases, M);
-        return;
-    }
+    if (be->mm_bf16 && cpu_matmul_w_bf16_fwd_n(be, n, outs, in, ws, biases, M))
+        return; /* gemm_bf16.c: one product */
     for (int i = 0; i < n; i++)
         cpu_matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
 }
