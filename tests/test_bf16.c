@@ -223,7 +223,7 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
             CHECK(!w.pack, "%s: packed without a budget", what);
             cpu_backend_set_pack_mb(cpu, CPU_PACK_MB);
             cpu->ops->matmul_w_fwd(cpu, o1, x, &w, bias, M);
-            int packs = types[t] == WT_BF16 && !strcmp(path, "avx512bf16");
+            int packs = types[t] == WT_BF16 && strcmp(path, "plain");
             CHECK(!w.pack == !packs, "%s: packed copy %s", what, w.pack ? "made" : "missing");
             CHECK(same_bits(o0, o1, no), "%s: the packed weight changes the bits", what);
             backend_set_threads(cpu, 2);
@@ -612,6 +612,15 @@ int main(void) {
         test_typed_n(cpu, fast);
         test_paths_agree(cpu);
         test_attention(ref, cpu, fast);
+        if (!strcmp(fast, "amx")) { /* the vdpbf16ps kernel, which an AMX CPU also has */
+            setenv("TUNA_BF16", "avx512bf16", 1);
+            CHECK(!strcmp(cpu_bf16_path(), "avx512bf16"),
+                  "TUNA_BF16=avx512bf16 did not force the vdpbf16ps path");
+            test_dense(ref, cpu, "avx512bf16");
+            test_typed(ref, cpu, "avx512bf16");
+            test_typed_n(cpu, "avx512bf16");
+            unsetenv("TUNA_BF16");
+        }
     } else {
         SKIP("no AVX512-BF16 on this CPU: only the plain path is tested");
     }

@@ -187,7 +187,7 @@ static void partial_sums(float *dk, float *dv, const float *pk, const float *pv,
  * block */
 static int x_path(int HS) {
 #ifdef ATT_X
-    return HS <= AX_KC && !strcmp(cpu_bf16_path(), "avx512bf16");
+    return HS <= AX_KC && strcmp(cpu_bf16_path(), "plain"); /* AMX CPUs too */
 #else
     (void)HS;
     return 0;

@@ -34,9 +34,10 @@ const char *cpu_matmul_w_path(WType t, int K, int M);
  * what the bf16 products over a typed weight other than BF16 dequantize with */
 void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
 
-/* Which kernel the matrix products take under Backend.mm_bf16 now: "avx512bf16" (kernels/cpu/
- * gemm_bf16.c, where the CPU has AVX512-BF16) or "plain" (bf16-rounded fp32 copies through
- * sgemm; TUNA_BF16=plain forces it). For tests and benches. */
+/* Which kernel the matrix products take under Backend.mm_bf16 now: "amx" (kernels/cpu/
+ * gemm_bf16.c on AMX-BF16 tiles, where the CPU has them), "avx512bf16" (the same on vdpbf16ps,
+ * where the CPU has AVX512-BF16; TUNA_BF16=avx512bf16 forces it on an AMX CPU) or "plain"
+ * (bf16-rounded fp32 copies through sgemm; TUNA_BF16=plain forces it). For tests and benches. */
 const char *cpu_bf16_path(void);
 
 #endif

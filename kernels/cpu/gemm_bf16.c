@@ -19,11 +19,17 @@
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
  *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
- * No AMX path: neither the kernel nor OpenBLAS 0.3.21's sbgemm uses AMX tiles (README).
+ * - "amx": where the CPU has AMX-BF16 tiles (and the OS lets the process use them), the same
+ *   packing and tasks with TDPBF16PS on the tiles instead of the vdpbf16ps tile of C
+ *   (gemm_task_amx): op(A) packed by rows always, the panels padded to whole steps of 16 pairs,
+ *   C held in 4 tiles over up to AMX_KB blocks of K, two row panels against each column panel.
+ *   TUNA_BF16=avx512bf16 forces the vdpbf16ps kernel on such a CPU. The attention's products
+ *   (attention_gemm.c) keep the vdpbf16ps kernel.
  *
  * The bits do not depend on the thread count: the K blocks are fixed (KC), each tile of C is
  * computed by one thread over the whole of K in block order, and cpu_sgemm is thread-invariant.
- * Only the summation order (and vdpbf16ps' flushing of denormals to zero) separates the paths. */
+ * Only the summation order (and vdpbf16ps' and TDPBF16PS' flushing of denormals to zero)
+ * separates the paths. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,7 +39,10 @@
 #include "cpu_internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define BF16_X86 1
 #endif
 
@@ -50,6 +59,7 @@
 #define KC          CPU_BF16_KC             /* elements of K per block (256, even) */
 #define NC          384                     /* columns of C per task (a multiple of NR) */
 #define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in a whole K block */
+#define KPAD(kp)    (((kp) + 15) & ~15)     /* pairs a packed panel holds: whole AMX steps */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -83,6 +93,22 @@ static inline uint16_t view_at(const View *v, size_t r, size_t k) {
     return v->h ? v->h[i] : bf16_round(v->f[i]);
 }
 
+#ifdef BF16_X86
+/* Whether this CPU has AMX-BF16 tiles (CPUID 7.0 EDX bits 22 and 24) and the kernel lets this
+ * process use them (Linux asks for it once: arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA). */
+static int amx_usable(void) {
+    static int ok = -1;
+    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+    if (v < 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u) && (d >> 24 & 1u) &&
+            syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+        __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
 const char *cpu_bf16_path(void) {
 #ifdef BF16_X86
     static int cpu = -1;
@@ -90,9 +116,18 @@ const char *cpu_bf16_path(void) {
         cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
               __builtin_cpu_supports("avx512bf16");
     const char *e = getenv("TUNA_BF16");
-    if (cpu && !(e && !strcmp(e, "plain"))) return "avx512bf16";
+    if (cpu && !(e && !strcmp(e, "plain"))) {
+        if (!(e && !strcmp(e, "avx512bf16")) && amx_usable()) return "amx";
+        return "avx512bf16";
+    }
 #endif
     return "plain";
+}
+
+/* 0 plain, 1 the vdpbf16ps kernel, 2 the AMX tiles (both on gemm_x's packing) */
+static inline int path_x(void) {
+    const char *p = cpu_bf16_path();
+    return !strcmp(p, "amx") ? 2 : !strcmp(p, "avx512bf16") ? 1 : 0;
 }
 
 // --- the plain path: rounded fp32 copies and cpu_sgemm -----------------------------------------
@@ -326,19 +361,35 @@ X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
         dst[k] = bf16_round(src[k]);
 }
 
+/* amx: the AMX tiles' layout, by rows whatever the view (a k-major one packed by pairs, then
+ * transposed: the tiles read 16 pairs of a row at once), each row's pairs from kp to KPAD(kp)
+ * zero (a tile step is 16 pairs). */
 X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, int kn,
-                                  uint32_t *dst) {
+                                  uint32_t *dst, int amx) {
+    const int W = KC / 2, kp = (kn + 1) / 2;
+    if (v->kmajor && amx) {
+        uint32_t t[(KC / 2) * MR];
+        pack_panel(v, r0, rn, k0, kn, MR, t);
+        for (int r = 0; r < MR; r++) {
+            uint32_t *d = dst + (size_t)r * W;
+            for (int p = 0; p < kp; p++)
+                d[p] = t[(size_t)p * MR + (size_t)r];
+            memset(d + kp, 0, (size_t)(KPAD(kp) - kp) * sizeof *d);
+        }
+        return;
+    }
     if (v->kmajor) {
         pack_panel(v, r0, rn, k0, kn, MR, dst);
         return;
     }
-    const int W = KC / 2, kp = (kn + 1) / 2;
+    const int kz = amx ? KPAD(kp) : kp; /* words a row is written to */
     for (int r = 0; r < MR; r++) {
         uint32_t *d = dst + (size_t)r * W;
         if (r >= rn) {
-            memset(d, 0, (size_t)kp * sizeof *d);
+            memset(d, 0, (size_t)kz * sizeof *d);
             continue;
         }
+        if (kz > kp) memset(d + kp, 0, (size_t)(kz - kp) * sizeof *d);
         int k = kn & ~1; /* the whole pairs; an odd last element below */
         if (v->h)
             memcpy(d, v->h + (r0 + (size_t)r) * v->ld + k0, (size_t)(kn / 2) * sizeof *d);
@@ -349,9 +400,18 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
 }
 
 /* Where panel p of K block kb starts in op(B)'s panels packed beforehand (View.pk: npb panels a
- * block, kp pairs of NR words each in this block; only the last block is shorter than KC) */
+ * block, KPAD(kp) pairs of NR words each in this block, the pad zero: pack_b_panel; only the
+ * last block is shorter than KC) */
 static size_t panel_at(size_t kb, size_t npb, size_t p, int kp) {
-    return kb * npb * PANEL_WORDS + p * (size_t)kp * NR;
+    return kb * npb * PANEL_WORDS + p * (size_t)KPAD(kp) * NR;
+}
+
+/* A panel of op(B) as gemm_task reads it: pack_panel's, then zero pairs up to KPAD(kp) */
+X_TARGET static void pack_b_panel(const View *v, size_t r0, int rn, size_t k0, int kn,
+                                  uint32_t *dst) {
+    int kp = (kn + 1) / 2;
+    pack_panel(v, r0, rn, k0, kn, NR, dst);
+    memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
 }
 
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
@@ -365,11 +425,11 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
     for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
         for (size_t n = n0; n < n1 && !b->pk; n += NR)
-            pack_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn, NR,
-                       bp + (n - n0) / NR * (size_t)kp * NR);
+            pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
+                         bp + (n - n0) / NR * (size_t)KPAD(kp) * NR);
         for (size_t n = n0; n < n1; n += NR) {
             const uint32_t *bt = b->pk ? b->pk + panel_at((size_t)kb, npb, n / NR, kp)
-                                       : bp + (n - n0) / NR * (size_t)kp * NR;
+                                       : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
@@ -379,6 +439,168 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
             }
         }
     }
+}
+
+// --- the AMX tiles: gemm_task's loops on TDPBF16PS ------------------------------------------------
+
+/* Tiles: 0-3 C (MR rows of 16 fp32: rows of panel i by columns 0-15, 16-31; then panel i + 1),
+ * 4-5 A (MR rows of 16 pairs), 6-7 B (16 pairs of 16 columns: a panel's two halves, as packed).
+ * A step is 16 pairs of K (KPAD: the packings zero what is past K). */
+#define AMX_TARGET                                                                                 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
+
+typedef struct TileCfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileCfg;
+
+AMX_TARGET static void amx_config(void) {
+    TileCfg c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c.rows[t] = t < 6 ? MR : 16;
+        c.colsb[t] = 64;
+    }
+    _tile_loadconfig(&c);
+}
+
+/* buf (MR x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
+X_TARGET static void c_to_buf(float *buf, const float *c, size_t ldc, int mr, int nv) {
+    __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : nv > 0 ? (__mmask16)((1u << nv) - 1) : 0;
+    for (int i = 0; i < MR; i++)
+        _mm512_storeu_ps(buf + 16 * i, i < mr ? _mm512_maskz_loadu_ps(m, c + (size_t)i * ldc)
+                                              : _mm512_setzero_ps());
+}
+
+X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, int nv) {
+    __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : nv > 0 ? (__mmask16)((1u << nv) - 1) : 0;
+    for (int i = 0; i < mr; i++)
+        _mm512_mask_storeu_ps(c + (size_t)i * ldc, m, _mm512_loadu_ps(buf + 16 * i));
+}
+
+/* C tile t (a compile-time number) from / to c (mr x nv of it), directly where the tile is whole */
+#define AMX_C_LOAD(t, c, mr, nv, add, bf)                                                          \
+    do {                                                                                           \
+        if (!(add))                                                                                \
+            _tile_zero(t);                                                                         \
+        else if ((mr) == MR && (nv) >= 16)                                                         \
+            _tile_loadd(t, c, ldc * sizeof(float));                                                \
+        else {                                                                                     \
+            c_to_buf(bf, c, ldc, mr, nv);                                                          \
+            _tile_loadd(t, bf, 64);                                                                \
+        }                                                                                          \
+    } while (0)
+#define AMX_C_STORE(t, c, mr, nv, bf)                                                              \
+    do {                                                                                           \
+        if ((mr) == MR && (nv) >= 16)                                                              \
+            _tile_stored(t, c, ldc * sizeof(float));                                               \
+        else if ((mr) > 0 && (nv) > 0) {                                                           \
+            _tile_stored(t, bf, 64);                                                               \
+            buf_to_c(bf, c, ldc, mr, nv);                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* K blocks the AMX tiles run between loading C and storing it (gemm_task_amx packs the task's
+ * columns of op(B) for that many blocks at once): with one block, C's tiles went through memory
+ * every 256 of K, and a product with K 576 spent about half its time there (perf). */
+#define AMX_KB 4
+
+/* c (mr0 rows, and mr1 below them at c + MR ldc when a1; nr columns) (add: +)= the nb K blocks
+ * of the row panel(s) (block j at a0 + j * ablk, the second panel A_STRIDE after) times the B
+ * panels bs[j], each block KC / 2 pairs but the last (kp_last), on this thread's tiles
+ * (configured). The tiles add each step's products onto C's running value (C is loaded into them
+ * when add), so the sums differ from the vdpbf16ps kernel's, which adds each block's sum to C;
+ * each element is still one task's, over K in order and in blocks that depend on the shape only
+ * (gemm_task_amx): the bits do not depend on the thread count. */
+AMX_TARGET static void amx_tile(int nb, int kp_last, const uint32_t *a0, size_t ablk, int two,
+                                const uint32_t *const *bs, float *c, size_t ldc, int mr0, int mr1,
+                                int nr, int add) {
+    float bf[MR * 16];
+    float *c1 = c + (size_t)MR * ldc;
+    AMX_C_LOAD(0, c, mr0, nr, add, bf);
+    AMX_C_LOAD(1, c + 16, mr0, nr - 16, add, bf);
+    if (two) {
+        AMX_C_LOAD(2, c1, mr1, nr, add, bf);
+        AMX_C_LOAD(3, c1 + 16, mr1, nr - 16, add, bf);
+    }
+    const size_t sa = KC / 2 * sizeof(uint32_t), sb = NR * sizeof(uint32_t);
+    for (int j = 0; j < nb; j++) {
+        int ns = (j == nb - 1 ? KPAD(kp_last) : KC / 2) / 16;
+        const uint32_t *a = a0 + (size_t)j * ablk, *b = bs[j];
+        if (!two)
+            for (int s = 0; s < ns; s++) {
+                const uint32_t *bk = b + (size_t)s * 16 * NR;
+                _tile_loadd(6, bk, sb);
+                _tile_loadd(7, bk + 16, sb);
+                _tile_loadd(4, a + 16 * s, sa);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+            }
+        else
+            for (int s = 0; s < ns; s++) {
+                const uint32_t *bk = b + (size_t)s * 16 * NR;
+                _tile_loadd(6, bk, sb);
+                _tile_loadd(7, bk + 16, sb);
+                _tile_loadd(4, a + 16 * s, sa);
+                _tile_loadd(5, a + A_STRIDE + 16 * s, sa);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+    }
+    if (two) {
+        AMX_C_STORE(2, c1, mr1, nr, bf);
+        AMX_C_STORE(3, c1 + 16, mr1, nr - 16, bf);
+    }
+    AMX_C_STORE(0, c, mr0, nr, bf);
+    AMX_C_STORE(1, c + 16, mr0, nr - 16, bf);
+}
+
+/* gemm_task on the AMX tiles: the same packed operands, K in groups of AMX_KB blocks (the
+ * task's columns of op(B) packed for a group at once: bp holds AMX_KB times gemm_task's), two
+ * row panels at a time. The groups start at multiples of AMX_KB blocks from the task's first
+ * block, which depends on the shape only (k_slices). */
+AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0, size_t m1,
+                                     size_t p0, size_t p1, const View *b, int N, int K, int kb0,
+                                     int kb1, size_t n0, size_t n1, float *C, size_t ldc, int add0,
+                                     uint32_t *bp) {
+    size_t npb = ((size_t)N + NR - 1) / NR, nt = (n1 - n0 + NR - 1) / NR; /* task's panels */
+    amx_config();
+    for (int g = kb0; g < kb1; g += AMX_KB) {
+        int nb = kb1 - g < AMX_KB ? kb1 - g : AMX_KB, klast = K - (g + nb - 1) * KC;
+        int kp_last = ((klast < KC ? klast : KC) + 1) / 2;
+        for (int j = 0; j < nb && !b->pk; j++) { /* block j: nt panels of KPAD(kp) pairs */
+            int k0 = (g + j) * KC, kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+            for (size_t n = n0; n < n1; n += NR)
+                pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
+                             bp + (size_t)j * nt * PANEL_WORDS +
+                                     (n - n0) / NR * (size_t)KPAD(kp) * NR);
+        }
+        /* a pair of row panels (24 rows x 1024 of K: 48 KB) stays in L1 while the task's
+         * columns stream from L2; the other way round, every column panel read all of A from
+         * L3 (2048 rows: 2.4 MB) */
+        for (size_t i = p0; i < p1; i += 2) {
+            size_t m = m0 + i * MR;
+            int mr0 = m1 - m < MR ? (int)(m1 - m) : MR;
+            int mr1 = i + 1 < p1 ? (m1 - m - MR < MR ? (int)(m1 - m - MR) : MR) : 0;
+            for (size_t n = n0; n < n1; n += NR) {
+                const uint32_t *bs[AMX_KB];
+                for (int j = 0; j < nb; j++) {
+                    int kp = j == nb - 1 ? kp_last : KC / 2;
+                    bs[j] = b->pk ? b->pk + panel_at((size_t)(g + j), npb, n / NR, kp)
+                                  : bp + (size_t)j * nt * PANEL_WORDS +
+                                            (n - n0) / NR * (size_t)KPAD(kp) * NR;
+                }
+                amx_tile(nb, kp_last, apk + ((size_t)g * npan + i) * A_STRIDE, npan * A_STRIDE,
+                         mr1 > 0, bs, C + m * ldc + n, ldc, mr0, mr1,
+                         n1 - n < NR ? (int)(n1 - n) : NR, add0 || g > kb0);
+            }
+        }
+    }
+    _tile_release();
 }
 
 /* op(A) is packed once per chunk of rows (all of it up to A_CHUNK_WORDS of packed words) by all
@@ -456,6 +678,7 @@ typedef struct XOut {
  * over K in block order, as with one output: the same bits as nb separate products. K slices
  * with one output only. */
 static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta) {
+    int amx = path_x() == 2;
     size_t poff[X_MAX_OUTS + 1] = {0}; /* the outputs' first panels in the tasks' order */
     for (int i = 0; i < nb; i++)
         poff[i + 1] = poff[i] + ((size_t)o[i].N + NR - 1) / NR;
@@ -478,6 +701,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     if (nth > ntasks) nth = (int)ntasks;
     if (nth < 1) nth = 1;
     size_t per = (np + tn - 1) / tn * NR * KC / 2; /* words of one thread's packed columns */
+    if (amx) per *= AMX_KB;                        /* a group of K blocks at once */
     uint32_t *apk = malloc(nkb * npan_max * A_STRIDE * sizeof *apk),
              *bbuf = malloc(per * (size_t)nth * sizeof *bbuf);
     float *part = ns > 1 ? malloc(sizeof(float) * ns * (size_t)M * (size_t)N) : NULL;
@@ -501,7 +725,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 size_t i = (size_t)j / nkb, kb = (size_t)j % nkb, m = m0 + i * MR;
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
                 pack_a_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn,
-                             apk + (kb * npan + i) * A_STRIDE);
+                             apk + (kb * npan + i) * A_STRIDE, amx);
             }
             uint32_t *bp = bbuf + per * (size_t)omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
@@ -517,10 +741,15 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                     size_t n0 = (lo - poff[i]) * NR, n1 = (hi - poff[i]) * NR;
                     if (n1 > (size_t)o[i].N) n1 = (size_t)o[i].N;
                     /* into C, or slice s into its partial (row m at row m of it) */
-                    gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
-                              ns > 1 ? part + s * (size_t)M * (size_t)N : o[i].C,
-                              ns > 1 ? (size_t)N : (size_t)o[i].ldc, ns == 1 && beta != 0.0f,
-                              !a->kmajor, bp);
+                    float *Ci = ns > 1 ? part + s * (size_t)M * (size_t)N : o[i].C;
+                    size_t ldi = ns > 1 ? (size_t)N : (size_t)o[i].ldc;
+                    int add0 = ns == 1 && beta != 0.0f;
+                    if (amx)
+                        gemm_task_amx(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0,
+                                      n1, Ci, ldi, add0, bp);
+                    else
+                        gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
+                                  Ci, ldi, add0, !a->kmajor, bp);
                 }
             }
             if (ns > 1) {
@@ -547,7 +776,7 @@ void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn,
 void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
                      uint32_t *dst) {
     View v = {src, NULL, ld, kmajor, NULL};
-    pack_a_panel(&v, r0, rn, k0, kn, dst);
+    pack_a_panel(&v, r0, rn, k0, kn, dst, 0);
 }
 
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
@@ -569,7 +798,7 @@ static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K
         return 0;
     }
 #ifdef BF16_X86
-    if (!strcmp(cpu_bf16_path(), "avx512bf16")) {
+    if (path_x()) {
         XOut o = {b, N, ldc, C};
         return gemm_x(nth, a, 1, &o, M, K, beta);
     }
@@ -631,7 +860,7 @@ static int dequant_rows_bf16(const Weight *w, int r0, int nn, uint16_t *dst) {
     float *row = malloc(sizeof(float) * (size_t)K);
     if (!row) return -1;
 #ifdef BF16_X86
-    int x = !strcmp(cpu_bf16_path(), "avx512bf16");
+    int x = path_x() != 0;
 #endif
     for (int r = 0; r < nn; r++) {
         uint16_t *d = dst + (size_t)r * K;
@@ -676,8 +905,8 @@ X_TARGET static void pack_weight_panels(const Weight *w, uint32_t *dst, size_t l
     for (size_t j = lo; j < hi; j++) {
         size_t n = j % npb * NR;
         int k0 = (int)(j / npb) * KC, kn = K - k0 < KC ? K - k0 : KC;
-        pack_panel(&v, n, (size_t)N - n < NR ? (int)((size_t)N - n) : NR, (size_t)k0, kn, NR,
-                   dst + panel_at(j / npb, npb, j % npb, (kn + 1) / 2));
+        pack_b_panel(&v, n, (size_t)N - n < NR ? (int)((size_t)N - n) : NR, (size_t)k0, kn,
+                     dst + panel_at(j / npb, npb, j % npb, (kn + 1) / 2));
     }
 }
 #endif
@@ -691,7 +920,7 @@ static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth) {
 #ifdef BF16_X86
     CpuPackBudget *bud = be->ctx;
     const uint32_t *pk = __atomic_load_n((uint32_t *const *)&w->pack, __ATOMIC_ACQUIRE);
-    if (pk || !bud || w->type != WT_BF16 || strcmp(cpu_bf16_path(), "avx512bf16")) return pk;
+    if (pk || !bud || w->type != WT_BF16 || !path_x()) return pk;
     int N = w->rows, K = w->cols;
     size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
     int kn_last = K - (int)(nkb - 1) * KC; /* (a K of 576 in blocks of 256 wasted a third) */
@@ -765,8 +994,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
 int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                             const Weight *const *ws, const float *const *biases, int M) {
 #ifdef BF16_X86
-    int K = ws[0]->cols, N = 0,
-        one = n >= 2 && n <= X_MAX_OUTS && M > 0 && K > 0 && !strcmp(cpu_bf16_path(), "avx512bf16");
+    int K = ws[0]->cols, N = 0, one = n >= 2 && n <= X_MAX_OUTS && M > 0 && K > 0 && path_x();
     for (int i = 0; one && i < n; i++) {
         one = ws[i]->type == WT_BF16 && ws[i]->cols == K && ws[i]->rows > 0;
         N += ws[i]->rows;
