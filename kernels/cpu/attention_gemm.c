@@ -202,6 +202,7 @@ enum { KV_KC = 1, KV_VC = 2, KV_KP = 4, KV_VP = 8 }; /* which packings KvPack ho
  * K blocks of AX_KC: for P·V and dS·K). A block of Lk keys: cols_words(Lk), pairs_words(Lk). */
 typedef struct KvPack {
     int HS, KVH, Tq, Tk, want, kph, ndp; /* kph: pairs of a head; ndp: panels of AX_NR dims */
+    int amx, kps;                        /* the AMX layouts (cpu_bf16_amx); pairs a cols panel */
     int *nblk, *blk;                     /* per row: its blocks, and their starts (Tq + 1 a row) */
     const int32_t **lo;                  /* per row: blocks_of's kv_lo (NULL when split) */
     size_t *off; /* (row, block) -> word offset of its kv heads (Tq a row) */
@@ -209,7 +210,7 @@ typedef struct KvPack {
 } KvPack;
 
 static size_t cols_words(const KvPack *p, int Lk) {
-    return (size_t)((Lk + AX_NR - 1) / AX_NR) * (size_t)p->kph * AX_NR;
+    return (size_t)((Lk + AX_NR - 1) / AX_NR) * (size_t)p->kps * AX_NR;
 }
 
 static size_t pairs_words(const KvPack *p, int Lk) {
@@ -264,14 +265,15 @@ static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_st
     if (f == KV_KC || f == KV_VC)
         for (int n = 0; n < Lk; n += AX_NR)
             cpu_bf16_pack_b(x, ks, 0, (size_t)n, Lk - n < AX_NR ? Lk - n : AX_NR, 0, HS,
-                            d + (size_t)(n / AX_NR) * p->kph * AX_NR);
+                            d + (size_t)(n / AX_NR) * p->kps * AX_NR, p->amx);
     else
         for (int k0 = 0, kb = 0; k0 < Lk; k0 += AX_KC, kb++)
             for (int n = 0; n < HS; n += AX_NR)
                 cpu_bf16_pack_b(x, ks, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, (size_t)k0,
                                 Lk - k0 < AX_KC ? Lk - k0 : AX_KC,
                                 d + ((size_t)kb * p->ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) *
-                                                AX_NR);
+                                                AX_NR,
+                                p->amx);
 }
 #endif
 
@@ -279,9 +281,22 @@ static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_st
  * AVX512-BF16 path only; shapes as cpu_attention_gemm_fwd's) on nth threads. Returns 0, or -1
  * with nothing held (no memory). */
 static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, int Tq, int Tk,
-                   size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want) {
-    *p = (KvPack){HS,   KVH,  Tq,   Tk,   want, (HS + 1) / 2, (HS + AX_NR - 1) / AX_NR,
-                  NULL, NULL, NULL, NULL, NULL};
+                   size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want, int amx) {
+    int kph = (HS + 1) / 2;
+    *p = (KvPack){HS,
+                  KVH,
+                  Tq,
+                  Tk,
+                  want,
+                  kph,
+                  (HS + AX_NR - 1) / AX_NR,
+                  amx,
+                  amx ? CPU_BF16_KPAD(kph) : kph,
+                  NULL,
+                  NULL,
+                  NULL,
+                  NULL,
+                  NULL};
     size_t words = 0;
     size_t nb = (size_t)(B > 0 ? B : 1), nt = (size_t)(Tq > 0 ? Tq : 1); /* no malloc(0) */
     p->nblk = malloc(sizeof(int) * nb);
@@ -326,15 +341,15 @@ fail:
  * their dO) over the lk keys packed at yc (cols: K or V), tiles of AX_NR keys up to each row
  * panel's last visible key only (the rest of S is left as it was: nothing reads it) */
 static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const uint32_t *yc,
-                     int HS, uint32_t *ap) {
-    int kph = (HS + 1) / 2;
+                     int HS, uint32_t *ap, int amx) {
+    int kph = (HS + 1) / 2, kps = amx ? CPU_BF16_KPAD(kph) : kph; /* kv_pack's cols panels */
     for (int i0 = 0; i0 < lq; i0 += AX_MR) {
         int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, last = lk - lq + i0 + mr - 1;
-        cpu_bf16_pack_a(x, xs, 0, (size_t)i0, mr, 0, HS, ap);
+        cpu_bf16_pack_a(x, xs, 0, (size_t)i0, mr, 0, HS, ap, amx);
         for (int n = 0; n <= last; n += AX_NR)
-            cpu_bf16_tile(kph, ap, 0, yc + (size_t)(n / AX_NR) * kph * AX_NR,
+            cpu_bf16_tile(kph, ap, 0, yc + (size_t)(n / AX_NR) * kps * AX_NR,
                           S + (size_t)i0 * lk + n, (size_t)lk, mr, lk - n < AX_NR ? lk - n : AX_NR,
-                          0);
+                          0, amx);
     }
 }
 
@@ -342,40 +357,41 @@ static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const 
  * last visible key, Y's keys packed at yp (pairs: V or K); a row panel's sums stop at its last
  * visible key */
 static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const uint32_t *yp, int HS,
-                   int add, uint32_t *ap) {
+                   int add, uint32_t *ap, int amx) {
     int ndp = (HS + AX_NR - 1) / AX_NR; /* yp's panels of dims a K block */
     for (int i0 = 0; i0 < lq; i0 += AX_MR) {
         int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, kn_all = lk - lq + i0 + mr;
         for (int k0 = 0, kb = 0; k0 < kn_all; k0 += AX_KC, kb++) {
             int kn = kn_all - k0 < AX_KC ? kn_all - k0 : AX_KC;
-            cpu_bf16_pack_a(P, (size_t)lk, 0, (size_t)i0, mr, (size_t)k0, kn, ap);
+            cpu_bf16_pack_a(P, (size_t)lk, 0, (size_t)i0, mr, (size_t)k0, kn, ap, amx);
             for (int n = 0; n < HS; n += AX_NR)
                 cpu_bf16_tile((kn + 1) / 2, ap, 0,
                               yp + ((size_t)kb * ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) * AX_NR,
                               O + (size_t)i0 * os + n, os, mr, HS - n < AX_NR ? HS - n : AX_NR,
-                              add || k0 > 0);
+                              add || k0 > 0, amx);
         }
     }
 }
 
 /* D (lk x HS, stride HS) (= or, add, +=) Xᵀ·Y: X (lq x lk, stride lk: P or dS) 0 past each
  * query's last visible key; Y the chunk's lq rows (stride ys: dO or Q), packed here into yp by
- * pairs of queries; a key panel's sums start at the first query that sees it */
+ * pairs of queries; a key panel's sums start at the first query that sees it (under amx at the
+ * first query: a tile step past the panel's end would read the next one's pairs) */
 static void keys_x(float *D, const float *X, int lq, int lk, const float *y, size_t ys, int HS,
-                   int add, uint32_t *ap, uint32_t *yp) {
-    int kpl = (lq + 1) / 2;
+                   int add, uint32_t *ap, uint32_t *yp, int amx) {
+    int kpl = (lq + 1) / 2, kps = amx ? CPU_BF16_KPAD(kpl) : kpl;
     for (int n = 0; n < HS; n += AX_NR)
         cpu_bf16_pack_b(y, ys, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, 0, lq,
-                        yp + (size_t)(n / AX_NR) * kpl * AX_NR);
+                        yp + (size_t)(n / AX_NR) * kps * AX_NR, amx);
     for (int j0 = 0; j0 < lk; j0 += AX_MR) {
         int mr = lk - j0 < AX_MR ? lk - j0 : AX_MR, t0 = j0 - (lk - lq);
-        t0 = t0 > 0 ? t0 & ~1 : 0;
-        cpu_bf16_pack_a(X, (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap);
+        t0 = t0 > 0 && !amx ? t0 & ~1 : 0;
+        cpu_bf16_pack_a(X, (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap, amx);
         for (int n = 0; n < HS; n += AX_NR)
             cpu_bf16_tile((lq - t0 + 1) / 2, ap, 1,
-                          yp + (size_t)(n / AX_NR) * kpl * AX_NR + (size_t)(t0 / 2) * AX_NR,
+                          yp + (size_t)(n / AX_NR) * kps * AX_NR + (size_t)(t0 / 2) * AX_NR,
                           D + (size_t)j0 * HS + n, (size_t)HS, mr, HS - n < AX_NR ? HS - n : AX_NR,
-                          add);
+                          add, amx);
     }
 }
 
@@ -449,7 +465,16 @@ static int call_init(AttnCall *a, Backend *be, const float *q, const float *k, c
                     .scale = 1.0f / sqrtf((float)HS)};
     if (!a->x) openblas_set_num_threads(1); /* a team of one would let OpenBLAS thread */
     return kv_pack(&a->kv, be->n_threads, k, v, B, Tq, Tk, kv_stride, KVH, HS, kv_lo,
-                   a->x ? want : 0);
+                   a->x ? want : 0, a->x && cpu_bf16_amx());
+}
+
+/* This thread's AMX tiles configured (on) or released, when the call runs on them */
+static void tiles(const AttnCall *a, int on) {
+#ifdef ATT_X
+    if (a->kv.amx) cpu_bf16_tiles(on);
+#else
+    (void)a, (void)on;
+#endif
 }
 
 static void scratch_free(AttnScratch *s) {
@@ -465,7 +490,9 @@ static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd, int *fail) {
     *s = (AttnScratch){
             malloc(sizeof(float) * mq * a->Tk), bwd ? malloc(sizeof(float) * mq * a->Tk) : NULL,
             a->x ? malloc(sizeof(uint32_t) * AX_A_WORDS) : NULL,
-            a->x && bwd ? malloc(sizeof(uint32_t) * (size_t)a->kv.ndp * (QB / 2) * AX_NR) : NULL};
+            a->x && bwd
+                    ? malloc(sizeof(uint32_t) * (size_t)a->kv.ndp * CPU_BF16_KPAD(QB / 2) * AX_NR)
+                    : NULL};
     if (!s->P || (bwd && !s->dP) || (a->x && !s->ap) || (a->x && bwd && !s->yp)) {
         scratch_free(s);
 #pragma omp atomic write
@@ -487,9 +514,10 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     lo = lo ? lo + qa : NULL;
 #ifdef ATT_X
     if (a->x) {
-        scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap);
+        int amx = a->kv.amx;
+        scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
         masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
-        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP), HS, 0, s->ap);
+        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP), HS, 0, s->ap, amx);
         return 0;
     }
 #endif
@@ -521,17 +549,19 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     lo = lo ? lo + qa : NULL;
 #ifdef ATT_X
     if (a->x) { /* chunk_bwd's steps on the packed K and V */
-        int lq = qe - qa;
+        int lq = qe - qa, amx = a->kv.amx;
         const float *qc = a->q + qo, *dout = a->dout + qo;
-        scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap);
+        scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
         masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
-        if (pv) keys_x(pv, s->P, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp); /* dV += Pᵀ·dO */
+        if (pv) /* dV += Pᵀ·dO */
+            keys_x(pv, s->P, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp, amx);
         if (!dq && !pk) return 0;
-        scores_x(s->dP, dout, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_VC), HS, s->ap); /* dP */
+        scores_x(s->dP, dout, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_VC), HS, s->ap, amx);
         grad_scores(s->P, s->dP, lq, lk, a->scale);
         if (dq) /* dQ += dS·K */
-            rows_x(dq, a->qs, s->dP, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap);
-        if (pk) keys_x(pk, s->dP, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp); /* dK += dSᵀ·Q */
+            rows_x(dq, a->qs, s->dP, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap, amx);
+        if (pk) /* dK += dSᵀ·Q */
+            keys_x(pk, s->dP, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp, amx);
         return 0;
     }
 #endif
@@ -581,6 +611,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
     {
         AttnScratch s;
         int ok = scratch_init(&s, &a, 0, &fail);
+        tiles(&a, 1);
 #pragma omp for schedule(dynamic)
         for (int idx = 0; idx < total; idx++) { /* the longest chunks (last rows) first */
             if (!ok) continue;
@@ -591,6 +622,7 @@ int cpu_attention_gemm_fwd(Backend *be, float *out, const float *q, const float 
                     fail = 1;
                 }
         }
+        tiles(&a, 0);
         if (ok) scratch_free(&s);
     }
     kv_free(&a.kv);
@@ -624,6 +656,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
     {
         AttnScratch s;
         int ok = scratch_init(&s, &a, 1, &fail);
+        tiles(&a, 1);
         for (int b = 0; b < B; b++) {
 #pragma omp for schedule(dynamic)
             for (int t = 0; t < ntask; t++) { /* lane 0 (each head's last chunk) first */
@@ -636,6 +669,7 @@ int cpu_attention_gemm_bwd(Backend *be, float *dq, float *dk, float *dv, const f
             }
             partial_sums(dk, dv, pk, pv, b, Tk, kv_stride, a.ks, part, KVH, a.grp, HS, nl);
         }
+        tiles(&a, 0);
         if (ok) scratch_free(&s);
     }
     kv_free(&a.kv);

@@ -99,16 +99,26 @@ int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, 
  *   (kn <= KC) of src seen as above (rows for columns): (KC / 2) * MR words, row by row (word
  *   i * KC / 2 + p) or, when kmajor, pair by pair (word p * MR + i); rows past rn zero.
  * - cpu_bf16_tile: c (mr x nr, row stride ldc) = (add: c +) the sum over kp pairs of the A panel
- *   (packed with that kmajor) times the B panel, on this thread. */
-#define CPU_BF16_MR 12
-#define CPU_BF16_NR 32
-#define CPU_BF16_KC 256
+ *   (packed with that kmajor) times the B panel, on this thread.
+ * amx (cpu_bf16_amx(), taken once for all of a product's pieces): the AMX tiles' layouts and
+ * kernel: cpu_bf16_pack_a packs by rows whatever kmajor (cpu_bf16_tile then ignores a_kmajor),
+ * each row's pairs zero from (kn + 1) / 2 up to a multiple of 16; cpu_bf16_pack_b zeroes the
+ * panel's pairs up to a multiple of 16 too (its room must be that); cpu_bf16_tile reads whole
+ * steps of 16 pairs and adds onto c's running value (not a block's sum: gemm_task_amx's bits),
+ * on tiles the thread has configured with cpu_bf16_tiles(1) (and releases with
+ * cpu_bf16_tiles(0)). */
+#define CPU_BF16_MR       12
+#define CPU_BF16_NR       32
+#define CPU_BF16_KC       256
+#define CPU_BF16_KPAD(kp) (((kp) + 15) & ~15) /* the pairs an amx panel holds */
 void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
-                     uint32_t *dst);
+                     uint32_t *dst, int amx);
 void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
-                     uint32_t *dst);
+                     uint32_t *dst, int amx);
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
-                   int mr, int nr, int add);
+                   int mr, int nr, int add, int amx);
+void cpu_bf16_tiles(int on);
+int cpu_bf16_amx(void); /* whether cpu_gemm_bf16 runs on the AMX tiles now */
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,

@@ -59,7 +59,7 @@
 #define KC          CPU_BF16_KC             /* elements of K per block (256, even) */
 #define NC          384                     /* columns of C per task (a multiple of NR) */
 #define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in a whole K block */
-#define KPAD(kp)    (((kp) + 15) & ~15)     /* pairs a packed panel holds: whole AMX steps */
+#define KPAD(kp)    CPU_BF16_KPAD(kp)       /* pairs a packed panel holds: whole AMX steps */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -463,7 +463,9 @@ AMX_TARGET static void amx_config(void) {
         c.rows[t] = t < 6 ? MR : 16;
         c.colsb[t] = 64;
     }
-    _tile_loadconfig(&c);
+    /* GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes of the config, which then
+     * drops the stores of rows and colsb as dead (seen inlined: a #GP); the asm names all 64 */
+    __asm__ volatile("ldtilecfg %0" ::"m"(c));
 }
 
 /* buf (MR x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
@@ -768,22 +770,41 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
 /* The pieces, for products that pack an operand once and run it many times (attention_gemm.c);
  * cpu_internal.h says what each does. */
 void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
-                     uint32_t *dst) {
+                     uint32_t *dst, int amx) {
     View v = {src, NULL, ld, kmajor, NULL};
-    pack_panel(&v, r0, rn, k0, kn, NR, dst);
+    if (amx)
+        pack_b_panel(&v, r0, rn, k0, kn, dst);
+    else
+        pack_panel(&v, r0, rn, k0, kn, NR, dst);
 }
 
 void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
-                     uint32_t *dst) {
+                     uint32_t *dst, int amx) {
     View v = {src, NULL, ld, kmajor, NULL};
-    pack_a_panel(&v, r0, rn, k0, kn, dst, 0);
+    pack_a_panel(&v, r0, rn, k0, kn, dst, amx);
 }
 
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
-                   int mr, int nr, int add) {
+                   int mr, int nr, int add, int amx) {
+    if (amx) {
+        const uint32_t *bs[1] = {b};
+        amx_tile(1, kp, a, 0, 0, bs, c, ldc, mr, 0, nr, add);
+        return;
+    }
     (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
 }
+
+AMX_TARGET void cpu_bf16_tiles(int on) {
+    if (on)
+        amx_config();
+    else
+        _tile_release();
+}
 #endif
+
+int cpu_bf16_amx(void) {
+    return path_x() == 2;
+}
 
 // --- the entry points ----------------------------------------------------------------------------
 
