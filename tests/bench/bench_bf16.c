@@ -16,7 +16,8 @@
  *   (N 0: every core; --shape: that one shape only; --peak: only the ceiling below)
  * --peak (also printed first in every run): the arithmetic ceiling of this machine, a register-only
  * loop of 24 independent vdpbf16ps zmm (64 FLOP each) and of vfmadd231ps zmm (32 FLOP), on 1
- * thread and on all of them, alternated, best of the rounds. No product can beat it; the training
+ * thread and on all of them, alternated, best of the rounds; and where the bf16 path is "amx", a
+ * loop of TDPBF16PS on 4 tiles (16384 FLOP each). No product can beat it; the training
  * benchmarks state their targets against it (bench_precision.py). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -242,6 +243,45 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_run(int nth, in
 }
 #endif
 
+/* FLOP per second of TDPBF16PS on registers (16 x 16 x 32 products: 16384 FLOP each) into 4
+ * independent tiles, on nth threads; only where the cpu backend's path is "amx" (which has
+ * asked Linux for the tiles). The config is loaded with our own asm, as gemm_bf16.c does. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("amx-tile,amx-bf16"))) static double peak_amx(int nth) {
+    const long iters = 2000000; /* of 4 instructions */
+    double t0 = omp_get_wtime();
+#pragma omp parallel num_threads(nth)
+    {
+        struct {
+            uint8_t palette, start_row, reserved[14];
+            uint16_t colsb[16];
+            uint8_t rows[16];
+        } cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 6; t++)
+            cfg.rows[t] = 16, cfg.colsb[t] = 64;
+        __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+        static const uint16_t ones[16 * 32] = {0}; /* zeros: the rate does not depend on them */
+        _tile_loadd(4, ones, 64);
+        _tile_loadd(5, ones, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (long it = 0; it < iters; it++) {
+            _tile_dpbf16ps(0, 4, 5);
+            _tile_dpbf16ps(1, 4, 5);
+            _tile_dpbf16ps(2, 4, 5);
+            _tile_dpbf16ps(3, 4, 5);
+        }
+        _tile_release();
+    }
+    double t = omp_get_wtime() - t0;
+    return (double)nth * (double)iters * 4.0 * 16384.0 / t;
+}
+#endif
+
 /* The ceiling: best of rounds, 1 thread and nth threads, bf16 and fp32 alternated. */
 static void peak(int nth, int rounds) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -260,6 +300,17 @@ static void peak(int nth, int rounds) {
            "(%.2fx); fp32 %.1f and %.1f (%.2fx)\n",
            rounds, best[1][0] / 1e9, best[1][1] / 1e9, nth, best[1][1] / best[1][0],
            best[0][0] / 1e9, best[0][1] / 1e9, best[0][1] / best[0][0]);
+    if (!strcmp(cpu_bf16_path(), "amx")) {
+        double amx[2] = {0};
+        for (int r = 0; r < rounds; r++)
+            for (int all = 0; all < 2; all++) {
+                double g = peak_amx(all ? nth : 1);
+                if (g > amx[all]) amx[all] = g;
+            }
+        printf("peak AMX (register-only TDPBF16PS loop, best of %d): %.1f GFLOP/s on 1 thread, "
+               "%.1f on %d (%.2fx)\n",
+               rounds, amx[0] / 1e9, amx[1] / 1e9, nth, amx[1] / amx[0]);
+    }
 #else
     (void)nth, (void)rounds;
     printf("peak: x86-64 only\n");
@@ -295,8 +346,8 @@ int main(int argc, char **argv) {
     *(void **)&sbgemm = dlsym(RTLD_DEFAULT, "cblas_sbgemm");
     if (!sbgemm)
         printf("sbgemm: this OpenBLAS (%s) does not export cblas_sbgemm\n", openblas_get_config());
-    printf("threads %d; OpenBLAS core %s; bf16 path %s; AMX: none of these candidates but oneDNN "
-           "uses it\n",
+    printf("threads %d; OpenBLAS core %s; bf16 path %s (amx: AMX tiles; TUNA_BF16=avx512bf16 "
+           "forces vdpbf16ps)\n",
            be->n_threads, openblas_get_corename(), cpu_bf16_path());
     peak(be->n_threads, rounds);
     if (only_peak) {

@@ -64,7 +64,7 @@ def peak_line():
                              text=True, timeout=120).stdout
     except (subprocess.SubprocessError, OSError) as e:
         return f"peak: {e}"
-    return next((x for x in out.splitlines() if x.startswith("peak")), "peak: no figure")
+    return "\n".join(x for x in out.splitlines() if x.startswith("peak")) or "peak: no figure"
 
 
 def smollm2():
