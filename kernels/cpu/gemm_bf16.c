@@ -60,6 +60,7 @@
 #define NC          384                     /* columns of C per task (a multiple of NR) */
 #define PANEL_WORDS ((size_t)(KC / 2) * NR) /* a packed panel of op(B) in a whole K block */
 #define KPAD(kp)    CPU_BF16_KPAD(kp)       /* pairs a packed panel holds: whole AMX steps */
+#define AMX_MR      16                      /* rows of gemm_x's op(A) panels on the AMX tiles */
 /* floats of each operand block the plain path rounds at once */
 #define PLAIN_BLOCK (1u << 22)
 
@@ -361,19 +362,19 @@ X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
         dst[k] = bf16_round(src[k]);
 }
 
-/* amx: the AMX tiles' layout, by rows whatever the view (a k-major one packed by pairs, then
- * transposed: the tiles read 16 pairs of a row at once), each row's pairs from kp to KPAD(kp)
- * zero (a tile step is 16 pairs). */
+/* amx: the AMX tiles' layout, pm rows (at most AMX_MR) by rows whatever the view (a k-major one
+ * packed by pairs, then transposed: the tiles read 16 pairs of a row at once), each row's pairs
+ * from kp to KPAD(kp) zero (a tile step is 16 pairs); otherwise pm is MR. */
 X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, int kn,
-                                  uint32_t *dst, int amx) {
+                                  uint32_t *dst, int amx, int pm) {
     const int W = KC / 2, kp = (kn + 1) / 2;
     if (v->kmajor && amx) {
-        uint32_t t[(KC / 2) * MR];
-        pack_panel(v, r0, rn, k0, kn, MR, t);
-        for (int r = 0; r < MR; r++) {
+        uint32_t t[(KC / 2) * AMX_MR];
+        pack_panel(v, r0, rn, k0, kn, pm, t);
+        for (int r = 0; r < pm; r++) {
             uint32_t *d = dst + (size_t)r * W;
             for (int p = 0; p < kp; p++)
-                d[p] = t[(size_t)p * MR + (size_t)r];
+                d[p] = t[(size_t)p * pm + (size_t)r];
             memset(d + kp, 0, (size_t)(KPAD(kp) - kp) * sizeof *d);
         }
         return;
@@ -383,7 +384,7 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
         return;
     }
     const int kz = amx ? KPAD(kp) : kp; /* words a row is written to */
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < pm; r++) {
         uint32_t *d = dst + (size_t)r * W;
         if (r >= rn) {
             memset(d, 0, (size_t)kz * sizeof *d);
@@ -455,12 +456,13 @@ typedef struct TileCfg {
     uint8_t rows[16];
 } TileCfg;
 
-AMX_TARGET static void amx_config(void) {
+/* tm: rows of the A and C tiles (AMX_MR for gemm_x, MR for the attention's pieces) */
+AMX_TARGET static void amx_config(int tm) {
     TileCfg c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 8; t++) {
-        c.rows[t] = t < 6 ? MR : 16;
+        c.rows[t] = (uint8_t)(t < 6 ? tm : 16);
         c.colsb[t] = 64;
     }
     /* GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes of the config, which then
@@ -468,10 +470,10 @@ AMX_TARGET static void amx_config(void) {
     __asm__ volatile("ldtilecfg %0" ::"m"(c));
 }
 
-/* buf (MR x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
-X_TARGET static void c_to_buf(float *buf, const float *c, size_t ldc, int mr, int nv) {
+/* buf (tm x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
+X_TARGET static void c_to_buf(float *buf, const float *c, size_t ldc, int mr, int nv, int tm) {
     __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : nv > 0 ? (__mmask16)((1u << nv) - 1) : 0;
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < tm; i++)
         _mm512_storeu_ps(buf + 16 * i, i < mr ? _mm512_maskz_loadu_ps(m, c + (size_t)i * ldc)
                                               : _mm512_setzero_ps());
 }
@@ -487,16 +489,16 @@ X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, in
     do {                                                                                           \
         if (!(add))                                                                                \
             _tile_zero(t);                                                                         \
-        else if ((mr) == MR && (nv) >= 16)                                                         \
+        else if ((mr) == tm && (nv) >= 16)                                                         \
             _tile_loadd(t, c, ldc * sizeof(float));                                                \
         else {                                                                                     \
-            c_to_buf(bf, c, ldc, mr, nv);                                                          \
+            c_to_buf(bf, c, ldc, mr, nv, tm);                                                      \
             _tile_loadd(t, bf, 64);                                                                \
         }                                                                                          \
     } while (0)
 #define AMX_C_STORE(t, c, mr, nv, bf)                                                              \
     do {                                                                                           \
-        if ((mr) == MR && (nv) >= 16)                                                              \
+        if ((mr) == tm && (nv) >= 16)                                                              \
             _tile_stored(t, c, ldc * sizeof(float));                                               \
         else if ((mr) > 0 && (nv) > 0) {                                                           \
             _tile_stored(t, bf, 64);                                                               \
@@ -516,11 +518,12 @@ X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, in
  * when add), so the sums differ from the vdpbf16ps kernel's, which adds each block's sum to C;
  * each element is still one task's, over K in order and in blocks that depend on the shape only
  * (gemm_task_amx): the bits do not depend on the thread count. */
-AMX_TARGET static void amx_tile(int nb, int kp_last, const uint32_t *a0, size_t ablk, int two,
-                                const uint32_t *const *bs, float *c, size_t ldc, int mr0, int mr1,
-                                int nr, int add) {
-    float bf[MR * 16];
-    float *c1 = c + (size_t)MR * ldc;
+AMX_TARGET static void amx_tile(int tm, int nb, int kp_last, const uint32_t *a0, size_t ablk,
+                                int two, const uint32_t *const *bs, float *c, size_t ldc, int mr0,
+                                int mr1, int nr, int add) {
+    float bf[AMX_MR * 16];
+    float *c1 = c + (size_t)tm * ldc;
+    const size_t astr = (size_t)(KC / 2) * (size_t)tm; /* the second row panel's offset */
     AMX_C_LOAD(0, c, mr0, nr, add, bf);
     AMX_C_LOAD(1, c + 16, mr0, nr - 16, add, bf);
     if (two) {
@@ -546,7 +549,7 @@ AMX_TARGET static void amx_tile(int nb, int kp_last, const uint32_t *a0, size_t 
                 _tile_loadd(6, bk, sb);
                 _tile_loadd(7, bk + 16, sb);
                 _tile_loadd(4, a + 16 * s, sa);
-                _tile_loadd(5, a + A_STRIDE + 16 * s, sa);
+                _tile_loadd(5, a + astr + 16 * s, sa);
                 _tile_dpbf16ps(0, 4, 6);
                 _tile_dpbf16ps(1, 4, 7);
                 _tile_dpbf16ps(2, 5, 6);
@@ -561,16 +564,17 @@ AMX_TARGET static void amx_tile(int nb, int kp_last, const uint32_t *a0, size_t 
     AMX_C_STORE(1, c + 16, mr0, nr - 16, bf);
 }
 
-/* gemm_task on the AMX tiles: the same packed operands, K in groups of AMX_KB blocks (the
- * task's columns of op(B) packed for a group at once: bp holds AMX_KB times gemm_task's), two
- * row panels at a time. The groups start at multiples of AMX_KB blocks from the task's first
- * block, which depends on the shape only (k_slices). */
+/* gemm_task on the AMX tiles: the same packed op(B), op(A) in panels of AMX_MR rows, K in groups
+ * of AMX_KB blocks (the task's columns of op(B) packed for a group at once: bp holds AMX_KB times
+ * gemm_task's), two row panels at a time. The groups start at multiples of AMX_KB blocks from the
+ * task's first block, which depends on the shape only (k_slices). */
 AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0, size_t m1,
                                      size_t p0, size_t p1, const View *b, int N, int K, int kb0,
                                      int kb1, size_t n0, size_t n1, float *C, size_t ldc, int add0,
                                      uint32_t *bp) {
     size_t npb = ((size_t)N + NR - 1) / NR, nt = (n1 - n0 + NR - 1) / NR; /* task's panels */
-    amx_config();
+    const size_t astr = (size_t)(KC / 2) * AMX_MR;
+    amx_config(AMX_MR);
     for (int g = kb0; g < kb1; g += AMX_KB) {
         int nb = kb1 - g < AMX_KB ? kb1 - g : AMX_KB, klast = K - (g + nb - 1) * KC;
         int kp_last = ((klast < KC ? klast : KC) + 1) / 2;
@@ -581,13 +585,12 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                              bp + (size_t)j * nt * PANEL_WORDS +
                                      (n - n0) / NR * (size_t)KPAD(kp) * NR);
         }
-        /* a pair of row panels (24 rows x 1024 of K: 48 KB) stays in L1 while the task's
-         * columns stream from L2; the other way round, every column panel read all of A from
-         * L3 (2048 rows: 2.4 MB) */
+        /* a pair of row panels stays in cache while the task's columns stream from L2; the other
+         * way round, every column panel read all of A from L3 (2048 rows: 2.4 MB) */
         for (size_t i = p0; i < p1; i += 2) {
-            size_t m = m0 + i * MR;
-            int mr0 = m1 - m < MR ? (int)(m1 - m) : MR;
-            int mr1 = i + 1 < p1 ? (m1 - m - MR < MR ? (int)(m1 - m - MR) : MR) : 0;
+            size_t m = m0 + i * AMX_MR;
+            int mr0 = m1 - m < AMX_MR ? (int)(m1 - m) : AMX_MR;
+            int mr1 = i + 1 < p1 ? (m1 - m - AMX_MR < AMX_MR ? (int)(m1 - m - AMX_MR) : AMX_MR) : 0;
             for (size_t n = n0; n < n1; n += NR) {
                 const uint32_t *bs[AMX_KB];
                 for (int j = 0; j < nb; j++) {
@@ -596,7 +599,7 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                                   : bp + (size_t)j * nt * PANEL_WORDS +
                                             (n - n0) / NR * (size_t)KPAD(kp) * NR;
                 }
-                amx_tile(nb, kp_last, apk + ((size_t)g * npan + i) * A_STRIDE, npan * A_STRIDE,
+                amx_tile(AMX_MR, nb, kp_last, apk + ((size_t)g * npan + i) * astr, npan * astr,
                          mr1 > 0, bs, C + m * ldc + n, ldc, mr0, mr1,
                          n1 - n < NR ? (int)(n1 - n) : NR, add0 || g > kb0);
             }
@@ -687,14 +690,16 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     int N = o[0].N, ldc = o[0].ldc;
     float *C = o[0].C;
     size_t nkb = ((size_t)K + KC - 1) / KC, ns = nb == 1 ? k_slices(nkb, M, N) : 1;
-    size_t chunk = A_CHUNK_WORDS / (nkb * A_STRIDE) * MR; /* rows per chunk, a multiple of MR */
-    if (chunk < MR) chunk = MR;
+    /* op(A)'s panels: pm rows, astr words a K block */
+    const size_t pm = amx ? AMX_MR : MR, astr = (size_t)(KC / 2) * pm;
+    size_t chunk = A_CHUNK_WORDS / (nkb * astr) * pm; /* rows per chunk, a multiple of pm */
+    if (chunk < pm) chunk = pm;
     if (chunk < (size_t)M) { /* chunks of equal size: each one reads all of op(B) again */
         size_t nch = ((size_t)M + chunk - 1) / chunk;
-        chunk = (((size_t)M + nch - 1) / nch + MR - 1) / MR * MR;
+        chunk = (((size_t)M + nch - 1) / nch + pm - 1) / pm * pm;
     }
     if (chunk > (size_t)M) chunk = (size_t)M;
-    size_t npan_max = (chunk + MR - 1) / MR;
+    size_t npan_max = (chunk + pm - 1) / pm;
     size_t nt = (size_t)(nth > 0 ? nth : 1), want = 2 * nt, np = poff[nb];
     size_t tn = column_tasks(np, nt, want), tm = 1;
     while (tn * tm < want && npan_max >= 2 * tm) /* few columns: split the rows too */
@@ -704,7 +709,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     if (nth < 1) nth = 1;
     size_t per = (np + tn - 1) / tn * NR * KC / 2; /* words of one thread's packed columns */
     if (amx) per *= AMX_KB;                        /* a group of K blocks at once */
-    uint32_t *apk = malloc(nkb * npan_max * A_STRIDE * sizeof *apk),
+    uint32_t *apk = malloc(nkb * npan_max * astr * sizeof *apk),
              *bbuf = malloc(per * (size_t)nth * sizeof *bbuf);
     float *part = ns > 1 ? malloc(sizeof(float) * ns * (size_t)M * (size_t)N) : NULL;
     if (!apk || !bbuf || (ns > 1 && !part)) {
@@ -715,7 +720,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     }
     for (size_t m0 = 0; m0 < (size_t)M; m0 += chunk) {
         size_t m1 = m0 + chunk < (size_t)M ? m0 + chunk : (size_t)M;
-        size_t npan = (m1 - m0 + MR - 1) / MR;
+        size_t npan = (m1 - m0 + pm - 1) / pm;
         long npack = (long)(npan * nkb);
 #pragma omp parallel num_threads(nth) if (nth > 1)
         {
@@ -724,10 +729,10 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
              * of 256, 256 and 64, one thread packed twice what the other did and waited) */
 #pragma omp for schedule(static)
             for (long j = 0; j < npack; j++) {
-                size_t i = (size_t)j / nkb, kb = (size_t)j % nkb, m = m0 + i * MR;
+                size_t i = (size_t)j / nkb, kb = (size_t)j % nkb, m = m0 + i * pm;
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
-                pack_a_panel(a, m, m1 - m < MR ? (int)(m1 - m) : MR, (size_t)k0, kn,
-                             apk + (kb * npan + i) * A_STRIDE, amx);
+                pack_a_panel(a, m, m1 - m < pm ? (int)(m1 - m) : (int)pm, (size_t)k0, kn,
+                             apk + (kb * npan + i) * astr, amx, (int)pm);
             }
             uint32_t *bp = bbuf + per * (size_t)omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
@@ -781,14 +786,14 @@ void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn,
 void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
                      uint32_t *dst, int amx) {
     View v = {src, NULL, ld, kmajor, NULL};
-    pack_a_panel(&v, r0, rn, k0, kn, dst, amx);
+    pack_a_panel(&v, r0, rn, k0, kn, dst, amx, MR);
 }
 
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx) {
     if (amx) {
         const uint32_t *bs[1] = {b};
-        amx_tile(1, kp, a, 0, 0, bs, c, ldc, mr, 0, nr, add);
+        amx_tile(MR, 1, kp, a, 0, 0, bs, c, ldc, mr, 0, nr, add);
         return;
     }
     (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
@@ -796,7 +801,7 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
 
 AMX_TARGET void cpu_bf16_tiles(int on) {
     if (on)
-        amx_config();
+        amx_config(MR);
     else
         _tile_release();
 }
