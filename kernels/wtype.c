@@ -797,7 +797,8 @@ size_t weight_bytes(const Weight *w) {
 void weight_free(Weight *w) {
     if (!w) return;
     if (!w->borrowed) free(w->data);
-    free(w->pack); /* a host weight given to the cpu backend: its packed copy, host memory */
+    free(w->pack); /* a host weight given to the cpu backend: its packed copies, host memory */
+    free(w->pack_t);
     free(w->absmax);
     free(w->absmax_q);
     free(w->absmax2);

@@ -99,6 +99,7 @@ typedef struct Weight {
      * for a backend Weight (model.c), weight_free for a host one (the cpu backend's is host
      * memory). */
     void *pack;
+    void *pack_t; /* the same for the products of the input gradient (its op(B) is the weight) */
 } Weight;
 
 /* w = src (rows, cols) quantized to type (host memory, owned by w: weight_free). Refuses a cols

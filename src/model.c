@@ -235,6 +235,7 @@ static void weight_release(Backend *be, Weight *d) {
     for (int i = 0, n = weight_arrays(d, p, bytes); i < n; i++)
         be->ops->release(be, p[i]);
     be->ops->release(be, d->pack);
+    be->ops->release(be, d->pack_t);
     free(d);
 }
 
@@ -255,7 +256,7 @@ static Weight *weight_to_backend(Backend *be, const Weight *h, TunaErr *err) {
     }
     Weight *d = xmalloc(sizeof *d);
     *d = *h;
-    d->pack = NULL;
+    d->pack = d->pack_t = NULL;
     weight_set_arrays(d, dst);
     return d;
 }

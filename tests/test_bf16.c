@@ -234,10 +234,18 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
             exact_free(e);
             snprintf(what, sizeof what, "%s matmul_w_bwd_in %s %dx%dx%d", path,
                      wtype_info[types[t]].name, M, K, N);
-            float *di_ref = dup(din0, nx), *di1 = dup(din0, nx), *di2 = dup(din0, nx);
+            float *di_ref = dup(din0, nx), *di0 = dup(din0, nx), *di1 = dup(din0, nx),
+                  *di2 = dup(din0, nx);
             ref->ops->matmul_w_bwd_in(ref, di_ref, dout, &w, M);
             backend_set_threads(cpu, 1);
+            /* the input gradient's packed copy (Weight.pack_t), the same way */
+            cpu_backend_set_pack_mb(cpu, 0);
+            cpu->ops->matmul_w_bwd_in(cpu, di0, dout, &w, M);
+            CHECK(!w.pack_t, "%s: packed without a budget", what);
+            cpu_backend_set_pack_mb(cpu, CPU_PACK_MB);
             cpu->ops->matmul_w_bwd_in(cpu, di1, dout, &w, M);
+            CHECK(!w.pack_t == !packs, "%s: packed copy %s", what, w.pack_t ? "made" : "missing");
+            CHECK(same_bits(di0, di1, nx), "%s: the packed weight changes the bits", what);
             backend_set_threads(cpu, 2);
             cpu->ops->matmul_w_bwd_in(cpu, di2, dout, &w, M);
             Exact ei = exact(dout, (size_t)N, 1, deq, (size_t)K, 1, din0, (size_t)K, M, N, K);
@@ -245,7 +253,8 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
             CHECK(same_bits(di1, di2, nx), "%s: 1 and 2 threads differ", what);
             exact_free(ei);
             weight_free(&w);
-            free(o_ref), free(o0), free(o1), free(o2), free(di_ref), free(di1), free(di2);
+            free(o_ref), free(o0), free(o1), free(o2), free(di_ref), free(di0), free(di1),
+                    free(di2);
             free(src), free(x), free(dout), free(bias), free(din0), free(deq);
         }
     printf("%s: typed products, worst error %.3g x 2^-24 S\n", path, worst);

@@ -621,5 +621,5 @@ void cpu_backend_set_pack_mb(Backend *be, long mb) {
 size_t cpu_pack_bytes(size_t bf16_bytes) {
     size_t cap = pack_mb_bytes(pack_mb_env());
     if (!strcmp(cpu_bf16_path(), "plain")) return 0;
-    return bf16_bytes < cap ? bf16_bytes : cap;
+    return 2 * bf16_bytes < cap ? 2 * bf16_bytes : cap; /* the forward's and the input gradient's */
 }
