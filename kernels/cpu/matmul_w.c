@@ -249,6 +249,11 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
     }
 }
 
+/* direct_x prefetches the row this many ahead (the hardware's prefetch alone left decoding
+ * waiting on each block's first load: SmolLM2 Q4_1, 2 threads, Xeon, 128 tokens greedy, 98 ->
+ * 151 tok/s, the same ids; 1 row ahead 127, 2: 140-145, 8: 149-151, 16: 146-150) */
+#define PREFETCH_ROWS 4
+
 /* the types direct_x takes, for a row of K */
 static int direct_x_takes(WType t, int K) {
     return t != WT_F32 && K % wtype_info[t].block == 0 && K % 32 == 0 && K <= DIRECT_X_MAX_K;
@@ -270,9 +275,16 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
         memset(code, 0, sizeof code);
     __m512 lut = _mm512_loadu_ps(code);
     float sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32]; /* row_scales_x */
+    size_t rbytes = (size_t)(K / wtype_info[t].block) * (size_t)bb;
     for (size_t n = lo; n < hi; n++) {
         WAux aux;
         const uint8_t *row = weight_row(w, (int)n, &aux);
+        if (n + PREFETCH_ROWS < hi) { /* the rows PREFETCH_ROWS ahead */
+            WAux ax;
+            const char *nx = weight_row(w, (int)(n + PREFETCH_ROWS), &ax);
+            for (size_t b = 0; b < rbytes; b += 64)
+                _mm_prefetch(nx + b, _MM_HINT_T0);
+        }
         row_scales_x(t, row, K, &aux, sc, mn);
         for (int m0 = 0; m0 < M; m0 += 2) {
             int two = m0 + 1 < M;
