@@ -110,7 +110,7 @@ $(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(LDLIBS) $(NVCC)' | cmp -s - $(FLAGS
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps venv test test-unit test-san test-interop bench fuzz fuzz-ci fixtures run format format-check lint clean
+.PHONY: venv-llama all deps venv test test-unit test-san test-interop bench fuzz fuzz-ci fixtures run format format-check lint clean
 all: tuna
 
 deps:
@@ -185,12 +185,23 @@ test-san:
 # The Python reference tooling, once, outside the repo (several GB of wheels from PyPI): torch,
 # transformers, peft, trl, gguf and llama-cpp-python (built from source: cmake, a compiler).
 # For make test-interop, make bench and make fixtures; make test needs none of it.
-VENV_PKGS ?= torch transformers peft trl safetensors numpy gguf sentencepiece llama-cpp-python
+# llama.cpp is built for AVX-512 (with VNNI, VBMI and BF16: both kinds of CPU these machines
+# have) without -march=native: on a Xeon with AMX, native builds ggml's AMX-INT8 path, and
+# llama-cpp-python 0.3.36 so built crashed (SIGSEGV in llama_decode) on any batch of more than
+# one token. `make venv-llama` rebuilds it so in an existing venv.
+VENV_PKGS ?= torch transformers peft trl safetensors numpy gguf sentencepiece
+LLAMA_PKG ?= llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
 venv: $(VENV)/bin/python
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(VENV_PKGS)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(VENV)/bin/pip install -q --no-cache-dir $(LLAMA_PKG)
+venv-llama: $(VENV)/bin/python
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(VENV)/bin/pip install -q --no-cache-dir --force-reinstall \
+		--no-deps $(LLAMA_PKG)
 
 # Python peft/transformers load tuna's adapters and exports, and tuna loads peft's (needs $(VENV)).
 test-interop: tuna

@@ -76,6 +76,15 @@ def main():
         print("bench_gguf_llamacpp: llama_cpp is not installed in this venv; skipped (pip "
               "install llama-cpp-python, e.g. from /opt/wheels-cache)")
         return 0
+    # a llama.cpp built with ggml's AMX path (-march=native on a Xeon with AMX) crashed on a
+    # batch of several tokens: try one in a child first, so that a crash is a line, not the end
+    probe = ("import llama_cpp, sys; m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, "
+             "verbose=False); m.eval(m.tokenize(b'Once upon a time there was', add_bos=False))")
+    rc = subprocess.run([sys.executable, "-c", probe, model], capture_output=True).returncode
+    if rc:
+        print(f"bench_gguf_llamacpp: llama-cpp-python died evaluating a batch (exit {rc}); "
+              "rebuild it without ggml's AMX path (`make venv-llama`); skipped")
+        return 0
     llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=a.threads,
                           n_threads_batch=a.threads, n_batch=512, verbose=False)
     print(f"model {model}, {a.tokens} new tokens greedy, {a.threads} threads, llama-cpp-python "
