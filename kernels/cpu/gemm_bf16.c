@@ -1026,28 +1026,44 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
 /* cpu_matmul_w_bf16_fwd of n weights over one input as one product that packs the input once
  * (gemm_x's outputs; a SmolLM2 layer's q, k and v at 456 rows, min of 400 alternated: 1.343 ->
  * 1.213 ms on 2 threads, 2.487 -> 2.376 on 1), the bits of n separate products. Returns 1 done,
- * 0 when it does not apply (off the AVX512-BF16 path, a weight not BF16 or of another K: the
- * caller runs them one by one). */
+ * 0 when it does not apply (off the fast paths, an F32 weight, one of another K, or quantized
+ * weights of more than one tile together: the caller runs them one by one). */
 int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                             const Weight *const *ws, const float *const *biases, int M) {
 #ifdef BF16_X86
-    int K = ws[0]->cols, N = 0, one = n >= 2 && n <= X_MAX_OUTS && M > 0 && K > 0 && path_x();
+    int K = ws[0]->cols, N = 0, Nq = 0,
+        one = n >= 2 && n <= X_MAX_OUTS && M > 0 && K > 0 && path_x();
     for (int i = 0; one && i < n; i++) {
-        one = ws[i]->type == WT_BF16 && ws[i]->cols == K && ws[i]->rows > 0;
+        one = ws[i]->type != WT_F32 && ws[i]->cols == K && ws[i]->rows > 0;
         N += ws[i]->rows;
+        if (ws[i]->type != WT_BF16) Nq += ws[i]->rows; /* rows dequantized into one tile */
     }
+    if (one && Nq > typed_tile_rows(K, Nq)) one = 0; /* more than a tile: one by one */
     if (one) {
         int nth = threads_of(be, M, K, N);
         View a = {in, NULL, (size_t)K, 0, NULL}, b[X_MAX_OUTS];
         XOut o[X_MAX_OUTS];
-        for (int i = 0; i < n; i++) {
-            b[i] = (View){NULL, ws[i]->data, (size_t)K, 0, weight_pack(be, ws[i], nth, 0)};
+        /* quantized weights (QLoRA's q, k, v) dequantized into one bf16 tile, as each one's
+         * own product would (dequant_tile_bf16): the same rows, so the same bits */
+        uint16_t *buf = Nq ? malloc((size_t)Nq * (size_t)K * sizeof *buf) : NULL;
+        int fail = Nq && !buf;
+        for (int i = 0, r = 0; i < n && !fail; i++) {
+            if (ws[i]->type == WT_BF16) {
+                b[i] = (View){NULL, ws[i]->data, (size_t)K, 0, weight_pack(be, ws[i], nth, 0)};
+            } else {
+                uint16_t *t = buf + (size_t)r * K;
+                fail = dequant_tile_bf16(ws[i], 0, ws[i]->rows, t, nth) != 0;
+                b[i] = (View){NULL, t, (size_t)K, 0, NULL};
+                r += ws[i]->rows;
+            }
             o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i]};
         }
-        if (gemm_x(nth, &a, n, o, M, K, 0.0f)) {
+        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f)) {
+            free(buf);
             oom(be, "matmul_w", M, N, K);
             return 1;
         }
+        free(buf);
         for (int i = 0; i < n; i++) {
             int Ni = ws[i]->rows;
             float *oi = outs[i];
