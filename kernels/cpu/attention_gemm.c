@@ -196,6 +196,11 @@ static int x_path(int HS) {
 
 enum { KV_KC = 1, KV_VC = 2, KV_KP = 4, KV_VP = 8 }; /* which packings KvPack holds */
 
+/* The pairs a packed panel of kp pairs takes: whole steps of 16 on the AMX tiles */
+static int pairs_room(int kp, int amx) {
+    return amx ? CPU_BF16_KPAD(kp) : kp;
+}
+
 /* One call's K and V, packed per (batch row, block of blocks_of, kv head) in up to four ways:
  * "cols" (kc, vc: the keys are op(B)'s columns, pairs along the head: panels of AX_NR keys, for
  * Q·Kᵀ and dO·Vᵀ) and "pairs" (kp, vp: the head's dims are the columns, pairs along the keys in
@@ -283,20 +288,9 @@ static void kv_pack_unit(KvPack *p, const float *k, const float *v, size_t kv_st
 static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, int Tq, int Tk,
                    size_t kv_stride, int KVH, int HS, const int32_t *kv_lo, int want, int amx) {
     int kph = (HS + 1) / 2;
-    *p = (KvPack){HS,
-                  KVH,
-                  Tq,
-                  Tk,
-                  want,
-                  kph,
-                  (HS + AX_NR - 1) / AX_NR,
-                  amx,
-                  amx ? CPU_BF16_KPAD(kph) : kph,
-                  NULL,
-                  NULL,
-                  NULL,
-                  NULL,
-                  NULL};
+    *p = (KvPack){
+            HS,   KVH,  Tq,   Tk,   want, kph, (HS + AX_NR - 1) / AX_NR, amx, pairs_room(kph, amx),
+            NULL, NULL, NULL, NULL, NULL};
     size_t words = 0;
     size_t nb = (size_t)(B > 0 ? B : 1), nt = (size_t)(Tq > 0 ? Tq : 1); /* no malloc(0) */
     p->nblk = malloc(sizeof(int) * nb);
@@ -342,7 +336,7 @@ fail:
  * panel's last visible key only (the rest of S is left as it was: nothing reads it) */
 static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const uint32_t *yc,
                      int HS, uint32_t *ap, int amx) {
-    int kph = (HS + 1) / 2, kps = amx ? CPU_BF16_KPAD(kph) : kph; /* kv_pack's cols panels */
+    int kph = (HS + 1) / 2, kps = pairs_room(kph, amx); /* kv_pack's cols panels */
     for (int i0 = 0; i0 < lq; i0 += AX_MR) {
         int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, last = lk - lq + i0 + mr - 1;
         cpu_bf16_pack_a(x, xs, 0, (size_t)i0, mr, 0, HS, ap, amx);
@@ -379,7 +373,7 @@ static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const ui
  * first query: a tile step past the panel's end would read the next one's pairs) */
 static void keys_x(float *D, const float *X, int lq, int lk, const float *y, size_t ys, int HS,
                    int add, uint32_t *ap, uint32_t *yp, int amx) {
-    int kpl = (lq + 1) / 2, kps = amx ? CPU_BF16_KPAD(kpl) : kpl;
+    int kpl = (lq + 1) / 2, kps = pairs_room(kpl, amx);
     for (int n = 0; n < HS; n += AX_NR)
         cpu_bf16_pack_b(y, ys, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, 0, lq,
                         yp + (size_t)(n / AX_NR) * kps * AX_NR, amx);
@@ -471,7 +465,7 @@ static int call_init(AttnCall *a, Backend *be, const float *q, const float *k, c
 /* This thread's AMX tiles configured (on) or released, when the call runs on them */
 static void tiles(const AttnCall *a, int on) {
 #ifdef ATT_X
-    if (a->kv.amx) cpu_bf16_tiles(on);
+    if (a->kv.amx) cpu_bf16_tiles(on ? AX_MR : 0);
 #else
     (void)a, (void)on;
 #endif

@@ -105,8 +105,9 @@ int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, 
  * each row's pairs zero from (kn + 1) / 2 up to a multiple of 16; cpu_bf16_pack_b zeroes the
  * panel's pairs up to a multiple of 16 too (its room must be that); cpu_bf16_tile reads whole
  * steps of 16 pairs and adds onto c's running value (not a block's sum: gemm_task_amx's bits),
- * on tiles the thread has configured with cpu_bf16_tiles(1) (and releases with
- * cpu_bf16_tiles(0)). */
+ * on tiles the thread has configured with cpu_bf16_tiles(CPU_BF16_MR) (and releases with
+ * cpu_bf16_tiles(0)). cpu_bf16_tiles(rows) configures tiles 0-5 with that many rows (at most 16)
+ * of 64 bytes and tiles 6-7 with 16, the layout the pieces (and bench_bf16's AMX peak) use. */
 #define CPU_BF16_MR       12
 #define CPU_BF16_NR       32
 #define CPU_BF16_KC       256
@@ -117,7 +118,7 @@ void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn,
                      uint32_t *dst, int amx);
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx);
-void cpu_bf16_tiles(int on);
+void cpu_bf16_tiles(int rows);
 int cpu_bf16_amx(void); /* whether cpu_gemm_bf16 runs on the AMX tiles now */
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */

@@ -24,7 +24,7 @@
  *   (gemm_task_amx): op(A) packed by rows always, the panels padded to whole steps of 16 pairs,
  *   C held in 4 tiles over up to AMX_KB blocks of K, two row panels against each column panel.
  *   TUNA_BF16=avx512bf16 forces the vdpbf16ps kernel on such a CPU. The attention's products
- *   (attention_gemm.c) keep the vdpbf16ps kernel.
+ *   (attention_gemm.c) run on the same tiles through cpu_bf16_pack_a/_b/_tile.
  *
  * The bits do not depend on the thread count: the K blocks are fixed (KC), each tile of C is
  * computed by one thread over the whole of K in block order, and cpu_sgemm is thread-invariant.
@@ -174,6 +174,11 @@ static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K
 #ifdef BF16_X86
 #define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
+/* the mask of the first n of 16 lanes (none for n <= 0, all for n >= 16) */
+static inline __mmask16 lanes16(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+}
+
 /* x rounded to bf16 as wtype_f32_to_bf16 does (NaN too), in the upper 16 bits of each lane */
 X_TARGET static inline __m512i round_hi(__m512 x) {
     __m512i u = _mm512_castps_si512(x);
@@ -215,14 +220,11 @@ X_TARGET static inline void transpose16(__m512i x[16]) {
 /* The nw (<= 16) bf16 pairs of row r of a row-major view from element k, one 32-bit word each
  * (element 2j low, 2j + 1 high), the rest zero; fp32 is rounded here. */
 X_TARGET static inline __m512i row_pairs(const View *v, size_t r, size_t k, int nw) {
-    __mmask16 mw = nw == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nw) - 1);
+    __mmask16 mw = lanes16(nw);
     if (v->h) return _mm512_maskz_loadu_epi32(mw, v->h + r * v->ld + k);
     const float *p = v->f + r * v->ld + k;
     int nf = 2 * nw; /* floats */
-    __mmask16 m0 = nf >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nf) - 1);
-    __mmask16 m1 = nf >= 32  ? (__mmask16)0xFFFF
-                   : nf > 16 ? (__mmask16)((1u << (nf - 16)) - 1)
-                             : (__mmask16)0;
+    __mmask16 m0 = lanes16(nf), m1 = lanes16(nf - 16);
     __m256i lo =
             _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m0, p)), 16));
     __m256i hi = _mm512_cvtepi32_epi16(
@@ -242,7 +244,7 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
         int np = kn / 2; /* whole pairs; an odd last element goes below */
         for (int r = 0; r < rn; r += 16) { /* 16 rows x 16 pairs, transposed in registers */
             int nrow = rn - r < 16 ? rn - r : 16;
-            __mmask16 mr = nrow == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nrow) - 1);
+            __mmask16 mr = lanes16(nrow);
             for (int j = 0; j < np; j += 16) {
                 int nw = np - j < 16 ? np - j : 16;
                 __m512i x[16];
@@ -266,7 +268,7 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
         if (v->h) {
             const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
             for (int r = 0; r < rn; r += 16) {
-                __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+                __mmask16 m = lanes16(rn - r);
                 __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c0 + r));
                 __m512i hi = two ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(
                                                              _mm256_maskz_loadu_epi16(m, c1 + r)),
@@ -278,7 +280,7 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
         }
         const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
         for (int r = 0; r < rn; r += 16) {
-            __mmask16 m = rn - r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rn - r)) - 1);
+            __mmask16 m = lanes16(rn - r);
             __m512i lo = _mm512_srli_epi32(round_hi(_mm512_maskz_loadu_ps(m, c0 + r)), 16);
             __m512i hi = _mm512_setzero_si512();
             if (two)
@@ -316,10 +318,8 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
         }
     }
     __mmask16 mk[NV];
-    for (int v = 0; v < NV; v++) {
-        int left = nr - 16 * v;
-        mk[v] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-    }
+    for (int v = 0; v < NV; v++)
+        mk[v] = lanes16(nr - 16 * v);
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
 #pragma GCC unroll 4
@@ -420,6 +420,24 @@ X_TARGET static void pack_b_panel(const View *v, size_t r0, int rn, size_t k0, i
     memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
 }
 
+/* A task's columns [n0, n1) of op(B) for K block k0 (kn elements), packed into bp: panel p at
+ * bp + p * KPAD(kp) * NR */
+X_TARGET static void pack_task_panels(const View *b, size_t n0, size_t n1, int k0, int kn,
+                                      uint32_t *bp) {
+    size_t kq = (size_t)KPAD((kn + 1) / 2);
+    for (size_t n = n0; n < n1; n += NR)
+        pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
+                     bp + (n - n0) / NR * kq * NR);
+}
+
+/* The panel of op(B) at column n (of K block kb, kp pairs) a task reads: packed beforehand
+ * (View.pk: panel_at, npb panels a block) or by the task into bp (pack_task_panels, from n0) */
+static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, size_t npb,
+                                  size_t n, size_t n0, int kp) {
+    return b->pk ? b->pk + panel_at(kb, npb, n / NR, kp)
+                 : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
+}
+
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
  * [n0, n1), over K blocks [kb0, kb1) (all of K, or a slice: gemm_x), block by block: the task
  * packs its columns of op(B) (bp: NC x KC of bf16) once per K block and runs every row panel
@@ -430,12 +448,9 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
     size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
     for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        for (size_t n = n0; n < n1 && !b->pk; n += NR)
-            pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
-                         bp + (n - n0) / NR * (size_t)KPAD(kp) * NR);
+        if (!b->pk) pack_task_panels(b, n0, n1, k0, kn, bp);
         for (size_t n = n0; n < n1; n += NR) {
-            const uint32_t *bt = b->pk ? b->pk + panel_at((size_t)kb, npb, n / NR, kp)
-                                       : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
+            const uint32_t *bt = task_panel(b, bp, (size_t)kb, npb, n, n0, kp);
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
@@ -449,9 +464,10 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
 
 // --- the AMX tiles: gemm_task's loops on TDPBF16PS ------------------------------------------------
 
-/* Tiles: 0-3 C (MR rows of 16 fp32: rows of panel i by columns 0-15, 16-31; then panel i + 1),
- * 4-5 A (MR rows of 16 pairs), 6-7 B (16 pairs of 16 columns: a panel's two halves, as packed).
- * A step is 16 pairs of K (KPAD: the packings zero what is past K). */
+/* Tiles: 0-3 C (tm rows of 16 fp32: rows of panel i by columns 0-15, 16-31; then panel i + 1),
+ * 4-5 A (tm rows of 16 pairs), 6-7 B (16 pairs of 16 columns: a panel's two halves, as packed);
+ * tm is AMX_MR for gemm_x, MR for the attention's pieces. A step is 16 pairs of K (KPAD: the
+ * packings zero what is past K). */
 #define AMX_TARGET                                                                                 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
 
@@ -461,7 +477,7 @@ typedef struct TileCfg {
     uint8_t rows[16];
 } TileCfg;
 
-/* tm: rows of the A and C tiles (AMX_MR for gemm_x, MR for the attention's pieces) */
+/* tm (<= 16): rows of the A and C tiles (AMX_MR for gemm_x, MR for the attention's pieces) */
 AMX_TARGET static void amx_config(int tm) {
     TileCfg c;
     memset(&c, 0, sizeof c);
@@ -477,14 +493,14 @@ AMX_TARGET static void amx_config(int tm) {
 
 /* buf (tm x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
 X_TARGET static void c_to_buf(float *buf, const float *c, size_t ldc, int mr, int nv, int tm) {
-    __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : nv > 0 ? (__mmask16)((1u << nv) - 1) : 0;
+    __mmask16 m = lanes16(nv);
     for (int i = 0; i < tm; i++)
         _mm512_storeu_ps(buf + 16 * i, i < mr ? _mm512_maskz_loadu_ps(m, c + (size_t)i * ldc)
                                               : _mm512_setzero_ps());
 }
 
 X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, int nv) {
-    __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : nv > 0 ? (__mmask16)((1u << nv) - 1) : 0;
+    __mmask16 m = lanes16(nv);
     for (int i = 0; i < mr; i++)
         _mm512_mask_storeu_ps(c + (size_t)i * ldc, m, _mm512_loadu_ps(buf + 16 * i));
 }
@@ -516,9 +532,9 @@ X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, in
  * every 256 of K, and a product with K 576 spent about half its time there (perf). */
 #define AMX_KB 4
 
-/* c (mr0 rows, and mr1 below them at c + MR ldc when a1; nr columns) (add: +)= the nb K blocks
- * of the row panel(s) (block j at a0 + j * ablk, the second panel A_STRIDE after) times the B
- * panels bs[j], each block KC / 2 pairs but the last (kp_last), on this thread's tiles
+/* c (mr0 rows, and when two mr1 below them at c + tm ldc; nr columns) (add: +)= the nb K blocks
+ * of the row panel(s) of tm rows (block j at a0 + j * ablk, the second panel KC / 2 * tm words
+ * after) times the B panels bs[j], each block KC / 2 pairs but the last (kp_last), on this thread's tiles
  * (configured). The tiles add each step's products onto C's running value (C is loaded into them
  * when add), so the sums differ from the vdpbf16ps kernel's, which adds each block's sum to C;
  * each element is still one task's, over K in order and in blocks that depend on the shape only
@@ -539,27 +555,19 @@ AMX_TARGET static void amx_tile(int tm, int nb, int kp_last, const uint32_t *a0,
     for (int j = 0; j < nb; j++) {
         int ns = (j == nb - 1 ? KPAD(kp_last) : KC / 2) / 16;
         const uint32_t *a = a0 + (size_t)j * ablk, *b = bs[j];
-        if (!two)
-            for (int s = 0; s < ns; s++) {
-                const uint32_t *bk = b + (size_t)s * 16 * NR;
-                _tile_loadd(6, bk, sb);
-                _tile_loadd(7, bk + 16, sb);
-                _tile_loadd(4, a + 16 * s, sa);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-            }
-        else
-            for (int s = 0; s < ns; s++) {
-                const uint32_t *bk = b + (size_t)s * 16 * NR;
-                _tile_loadd(6, bk, sb);
-                _tile_loadd(7, bk + 16, sb);
-                _tile_loadd(4, a + 16 * s, sa);
+        for (int s = 0; s < ns; s++) {
+            const uint32_t *bk = b + (size_t)s * 16 * NR;
+            _tile_loadd(6, bk, sb);
+            _tile_loadd(7, bk + 16, sb);
+            _tile_loadd(4, a + 16 * s, sa);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            if (two) {
                 _tile_loadd(5, a + astr + 16 * s, sa);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
             }
+        }
     }
     if (two) {
         AMX_C_STORE(2, c1, mr1, nr, bf);
@@ -584,11 +592,9 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
         int nb = kb1 - g < AMX_KB ? kb1 - g : AMX_KB, klast = K - (g + nb - 1) * KC;
         int kp_last = ((klast < KC ? klast : KC) + 1) / 2;
         for (int j = 0; j < nb && !b->pk; j++) { /* block j: nt panels of KPAD(kp) pairs */
-            int k0 = (g + j) * KC, kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-            for (size_t n = n0; n < n1; n += NR)
-                pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
-                             bp + (size_t)j * nt * PANEL_WORDS +
-                                     (n - n0) / NR * (size_t)KPAD(kp) * NR);
+            int k0 = (g + j) * KC;
+            pack_task_panels(b, n0, n1, k0, K - k0 < KC ? K - k0 : KC,
+                             bp + (size_t)j * nt * PANEL_WORDS);
         }
         /* a pair of row panels stays in cache while the task's columns stream from L2; the other
          * way round, every column panel read all of A from L3 (2048 rows: 2.4 MB) */
@@ -598,12 +604,9 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
             int mr1 = i + 1 < p1 ? (m1 - m - AMX_MR < AMX_MR ? (int)(m1 - m - AMX_MR) : AMX_MR) : 0;
             for (size_t n = n0; n < n1; n += NR) {
                 const uint32_t *bs[AMX_KB];
-                for (int j = 0; j < nb; j++) {
-                    int kp = j == nb - 1 ? kp_last : KC / 2;
-                    bs[j] = b->pk ? b->pk + panel_at((size_t)(g + j), npb, n / NR, kp)
-                                  : bp + (size_t)j * nt * PANEL_WORDS +
-                                            (n - n0) / NR * (size_t)KPAD(kp) * NR;
-                }
+                for (int j = 0; j < nb; j++)
+                    bs[j] = task_panel(b, bp + (size_t)j * nt * PANEL_WORDS, (size_t)(g + j), npb,
+                                       n, n0, j == nb - 1 ? kp_last : KC / 2);
                 amx_tile(AMX_MR, nb, kp_last, apk + ((size_t)g * npan + i) * astr, npan * astr,
                          mr1 > 0, bs, C + m * ldc + n, ldc, mr0, mr1,
                          n1 - n < NR ? (int)(n1 - n) : NR, add0 || g > kb0);
@@ -804,9 +807,9 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
     (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
 }
 
-AMX_TARGET void cpu_bf16_tiles(int on) {
-    if (on)
-        amx_config(MR);
+AMX_TARGET void cpu_bf16_tiles(int rows) {
+    if (rows)
+        amx_config(rows);
     else
         _tile_release();
 }
@@ -928,12 +931,11 @@ static int typed_tile_rows(int K, int N) {
 }
 
 #ifdef BF16_X86
-/* Panels [lo, hi) of weight_pack's layout (panel j: K block j / npb, rows NR * (j % npb) ..);
- * t: of the input gradient's op(B), the weight itself (its columns are op(B)'s columns, pairs
- * along its rows) */
-X_TARGET static void pack_weight_panels(const Weight *w, int t, uint32_t *dst, size_t lo,
-                                        size_t hi) {
-    int N = t ? w->cols : w->rows, K = t ? w->rows : w->cols;
+/* Panels [lo, hi) of weight_pack's layout (panel j: K block j / npb, rows NR * (j % npb) ..) of
+ * op(B) (N columns, K deep): t 0 the weight's rows, t 1 the weight itself (the input gradient's:
+ * its columns are op(B)'s columns, pairs along its rows) */
+X_TARGET static void pack_weight_panels(const Weight *w, int t, int N, int K, uint32_t *dst,
+                                        size_t lo, size_t hi) {
     size_t npb = ((size_t)N + NR - 1) / NR;
     View v = {NULL, w->data, (size_t)w->cols, t, NULL};
     for (size_t j = lo; j < hi; j++) {
@@ -972,7 +974,7 @@ static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth, int t)
         __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
         return NULL;
     }
-    CPU_PAR_RANGE(nth, nkb * npb, pack_weight_panels(w, t, dst, lo, hi));
+    CPU_PAR_RANGE(nth, nkb * npb, pack_weight_panels(w, t, N, K, dst, lo, hi));
     void *none = NULL; /* another thread may have packed it meanwhile: theirs stays */
     if (!__atomic_compare_exchange_n((void **)slot, &none, dst, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE)) {

@@ -37,6 +37,7 @@
 #include "bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/wtype.h"
 
 enum { OP_FWD, OP_DIN, OP_DW };
@@ -245,23 +246,14 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_run(int nth, in
 
 /* FLOP per second of TDPBF16PS on registers (16 x 16 x 32 products: 16384 FLOP each) into 4
  * independent tiles, on nth threads; only where the cpu backend's path is "amx" (which has
- * asked Linux for the tiles). The config is loaded with our own asm, as gemm_bf16.c does. */
+ * asked Linux for the tiles), configured by cpu_bf16_tiles. */
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("amx-tile,amx-bf16"))) static double peak_amx(int nth) {
     const long iters = 2000000; /* of 4 instructions */
     double t0 = omp_get_wtime();
 #pragma omp parallel num_threads(nth)
     {
-        struct {
-            uint8_t palette, start_row, reserved[14];
-            uint16_t colsb[16];
-            uint8_t rows[16];
-        } cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int t = 0; t < 6; t++)
-            cfg.rows[t] = 16, cfg.colsb[t] = 64;
-        __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+        cpu_bf16_tiles(16); /* tiles 0-5 of 16 rows, as gemm_bf16.c configures them */
         static const uint16_t ones[16 * 32] = {0}; /* zeros: the rate does not depend on them */
         _tile_loadd(4, ones, 64);
         _tile_loadd(5, ones, 64);
@@ -275,7 +267,7 @@ __attribute__((target("amx-tile,amx-bf16"))) static double peak_amx(int nth) {
             _tile_dpbf16ps(2, 4, 5);
             _tile_dpbf16ps(3, 4, 5);
         }
-        _tile_release();
+        cpu_bf16_tiles(0);
     }
     double t = omp_get_wtime() - t0;
     return (double)nth * (double)iters * 4.0 * 16384.0 / t;
