@@ -5,6 +5,8 @@
  * S, where n is the number of terms and S the sum of their magnitudes (products, bias, the old
  * value of an accumulated gradient). Every path gives the same bits on 1 and on 2 threads.
  * Shapes are odd (1, 7, 33, 130, ...) and cross the kernel's tiles (12 x 32) and K blocks (256).
+ * An operand that rounds to a bf16 denormal counts as zero on the fast paths, as the CPU's bf16
+ * dot products read it (test_denormals).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -333,6 +335,90 @@ static void test_paths_agree(Backend *cpu) {
     free(x), free(w), free(a), free(b);
 }
 
+/* Operands with fp32 denormals. TDPBF16PS and VDPBF16PS read bf16 denormals as zero (as
+ * oneDNN's and so torch's bf16 products on these CPUs do), so on the fast paths an operand that
+ * rounds to a bf16 denormal counts as zero, and on the plain path (sgemm on the rounded values) as
+ * itself; the rounding is still bf16_round's, an fp32 denormal that rounds up to the least normal
+ * included (VCVTNE2PS2BF16, which the packing uses, reads every fp32 denormal as zero: gemm_bf16.c
+ * takes the slow rounding for those). "Small" entries: denormals (one in 7 rounding up to a normal)
+ * and normals of the two lowest exponents, half each; every product pairs one with a "big" entry
+ * (2^126 (1 + j / 8)), so each is a multiple of 2^-10 below 16 and every sum of at most 64 of them
+ * is exact in fp32: the cpu backend's bits equal the ref's on the operands as the path reads
+ * them. Four runs put the small entries in each operand of each product (x and dout row-major, w
+ * row-major for the forward and k-major for din, dout and x k-major for dw). */
+static float tiny_or_big(int big) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    uint32_t r = (uint32_t)(rng >> 32);
+    uint32_t sign = (r & 1u) << 31, u;
+    if (big)
+        u = sign | (uint32_t)(126 + 127) << 23 | (r >> 1 & 7u) << 20;
+    else
+        u = sign | (r >> 1 & 1u ? (1u + (r >> 2 & 1u)) << 23 : 0u) | (r >> 3 & 0x7FFFFFu);
+    if (!big && r % 7 == 0) u = sign | 0x007FFFC0u; /* a denormal rounding up to 2^-126 */
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* x as a fast path reads it: zero where it rounds to a bf16 denormal */
+static float *daz(const float *x, size_t n, int fast) {
+    float *d = dup(x, n);
+    for (size_t i = 0; i < n && fast; i++)
+        if (!(wtype_f32_to_bf16(x[i]) & 0x7F80u)) d[i] = 0.0f;
+    return d;
+}
+
+static void test_denormals(Backend *ref, Backend *cpu, const char *path) {
+    int fast = strcmp(path, "plain") != 0;
+    const int M = 40, K = 64, N = 48;
+    size_t nx = (size_t)M * K, nw = (size_t)N * K, no = (size_t)M * N;
+    /* which of x, w, dout are small in each run; the products each run checks */
+    static const int small[4][3] = {{1, 0, 1}, {0, 1, 0}, {1, 0, 0}, {0, 0, 1}};
+    static const int checks[4][3] = {{1, 1, 0}, {1, 1, 0}, {0, 0, 1}, {0, 0, 1}};
+    for (int run = 0; run < 4; run++) {
+        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w),
+              *dout = malloc(no * sizeof *dout);
+        for (size_t i = 0; i < nx; i++)
+            x[i] = tiny_or_big(!small[run][0]);
+        for (size_t i = 0; i < nw; i++)
+            w[i] = tiny_or_big(!small[run][1]);
+        for (size_t i = 0; i < no; i++)
+            dout[i] = tiny_or_big(!small[run][2]);
+        float *o[2], *di[2], *dw[2];
+        float *xd = daz(x, nx, fast), *wd = daz(w, nw, fast), *dd = daz(dout, no, fast);
+        for (int b = 0; b < 2; b++) {
+            Backend *be = b ? cpu : ref;
+            o[b] = calloc(no, sizeof(float));
+            di[b] = calloc(nx, sizeof(float));
+            dw[b] = calloc(nw, sizeof(float));
+            be->ops->matmul_fwd(be, o[b], b ? x : xd, b ? w : wd, NULL, M, K, N);
+            be->ops->matmul_bwd(be, di[b], dw[b], NULL, b ? dout : dd, b ? x : xd, b ? w : wd, M, K,
+                                N);
+        }
+        free(xd), free(wd), free(dd);
+        if (checks[run][0])
+            CHECK(same_bits(o[0], o[1], no),
+                  "%s: denormal operands (run %d): matmul_fwd differs "
+                  "from ref",
+                  path, run);
+        if (checks[run][1])
+            CHECK(same_bits(di[0], di[1], nx),
+                  "%s: denormal operands (run %d): din differs "
+                  "from ref",
+                  path, run);
+        if (checks[run][2])
+            CHECK(same_bits(dw[0], dw[1], nw),
+                  "%s: denormal operands (run %d): dw differs "
+                  "from ref",
+                  path, run);
+        for (int b = 0; b < 2; b++)
+            free(o[b]), free(di[b]), free(dw[b]);
+        free(x), free(w), free(dout);
+    }
+}
+
 /* mm_bf16 0 is untouched: the fp32 product differs from the bf16 one */
 static void test_flag_off(Backend *cpu) {
     int M = 33, K = 64, N = 20;
@@ -620,12 +706,14 @@ int main(void) {
         test_typed(ref, cpu, fast);
         test_typed_n(cpu, fast);
         test_paths_agree(cpu);
+        test_denormals(ref, cpu, fast);
         test_attention(ref, cpu, fast);
         if (!strcmp(fast, "amx")) { /* the vdpbf16ps kernel, which an AMX CPU also has */
             setenv("TUNA_BF16", "avx512bf16", 1);
             CHECK(!strcmp(cpu_bf16_path(), "avx512bf16"),
                   "TUNA_BF16=avx512bf16 did not force the vdpbf16ps path");
             test_dense(ref, cpu, "avx512bf16");
+            test_denormals(ref, cpu, "avx512bf16");
             test_typed(ref, cpu, "avx512bf16");
             test_typed_n(cpu, "avx512bf16");
             unsetenv("TUNA_BF16");
@@ -636,6 +724,7 @@ int main(void) {
     setenv("TUNA_BF16", "plain", 1);
     CHECK(!strcmp(cpu_bf16_path(), "plain"), "TUNA_BF16=plain did not force the plain path");
     test_dense(ref, cpu, "plain");
+    test_denormals(ref, cpu, "plain");
     test_typed(ref, cpu, "plain");
     test_typed_n(cpu, "plain");
     test_attention(ref, cpu, "plain");
