@@ -963,6 +963,95 @@ X_TARGET static void pack_weight_panels(const Weight *w, int t, int N, int K, ui
 }
 #endif
 
+#ifdef BF16_X86
+/* Words of weight_pack's layout for an op(B) of N columns, K deep */
+static size_t panels_words(int N, int K) {
+    size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
+    int kn_last = K - (int)(nkb - 1) * KC;
+    return panel_at(nkb - 1, npb, npb, (kn_last + 1) / 2);
+}
+
+/* Units [lo, hi) of rows n0 .. n0 + nn - 1 of a typed weight packed as op(B) into dst, in
+ * weight_pack's layout (panels_words(N, K) words): t 0, the forward's (those rows are op(B)'s
+ * nn columns, K = w->cols; a unit is a panel's 32 rows, every K block of them), t 1 the input
+ * gradient's (op(B)'s columns are w's, K = nn; a unit is a K block of 256 rows, every panel of
+ * it, 32 rows at a time). Each piece is dequantized into fp32 scratch (sc: 32 rows) and packed
+ * from there while it is in cache: the words of the per-task packing of dequant_tile_bf16's
+ * rows (both round each value to nearest even), without that tile going through memory twice.
+ * *fail = 1: no memory. */
+X_TARGET static void pack_typed_units(const Weight *w, int t, int n0, int nn, uint32_t *dst,
+                                      size_t lo, size_t hi, int *fail) {
+    int C = w->cols, N = t ? C : nn, K = t ? nn : C;
+    float *sc = malloc(sizeof(float) * 32 * (size_t)C);
+    if (!sc) {
+        __atomic_store_n(fail, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    size_t npb = ((size_t)N + NR - 1) / NR;
+    View v = {sc, NULL, (size_t)C, t, NULL};
+    for (size_t u = lo; u < hi; u++) {
+        if (!t) { /* panel u: rows 32 u .. of the tile, each K block */
+            int r0 = (int)u * NR, rn = nn - r0 < NR ? nn - r0 : NR;
+            cpu_dequant_rows(w, n0 + r0, rn, sc);
+            for (int kb = 0, k0 = 0; k0 < K; kb++, k0 += KC) {
+                int kn = K - k0 < KC ? K - k0 : KC;
+                pack_b_panel(&v, 0, rn, (size_t)k0, kn,
+                             dst + panel_at((size_t)kb, npb, u, (kn + 1) / 2));
+            }
+            continue;
+        }
+        int k0 = (int)u * KC, kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+        for (int s = 0; s < kn; s += 32) { /* 32 rows: 16 pairs of every panel */
+            int sn = kn - s < 32 ? kn - s : 32;
+            cpu_dequant_rows(w, n0 + k0 + s, sn, sc);
+            for (size_t p = 0; p < npb; p++) {
+                size_t c0 = p * NR;
+                pack_panel(&v, c0, (size_t)N - c0 < NR ? (int)((size_t)N - c0) : NR, 0, sn, NR,
+                           dst + panel_at(u, npb, p, kp) + (size_t)(s / 2) * NR);
+            }
+        }
+        for (size_t p = 0; p < npb; p++) /* the pad pairs up to a whole AMX step */
+            memset(dst + panel_at(u, npb, p, kp) + (size_t)kp * NR, 0,
+                   (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
+    }
+    free(sc);
+}
+
+/* pack_typed_units of all units on nth threads: 0, or -1 no memory */
+static int pack_typed(const Weight *w, int t, int n0, int nn, uint32_t *dst, int nth) {
+    int K = t ? nn : w->cols;
+    size_t units = t ? ((size_t)K + KC - 1) / KC : ((size_t)nn + NR - 1) / NR;
+    int fail = 0;
+    CPU_PAR_RANGE(nth, units, pack_typed_units(w, t, n0, nn, dst, lo, hi, &fail));
+    return fail ? -1 : 0;
+}
+#endif
+
+/* Bytes of a tile of tn rows of a typed weight as op(B) (t 0 the forward's, 1 the input
+ * gradient's): packed in gemm_x's panels on its paths, bf16 rows otherwise */
+static size_t typed_tile_bytes(const Weight *w, int t, int tn) {
+#ifdef BF16_X86
+    if (path_x()) return panels_words(t ? w->cols : tn, t ? tn : w->cols) * sizeof(uint32_t);
+#endif
+    (void)t;
+    return (size_t)tn * (size_t)w->cols * sizeof(uint16_t);
+}
+
+/* Rows n0 .. n0 + nn - 1 of a typed weight into buf (typed_tile_bytes) as op(B), and *b the
+ * view of them: packed (pack_typed) on gemm_x's paths, bf16 rows (dequant_tile_bf16)
+ * otherwise; the same bits either way. 0, or -1 no memory. */
+static int typed_tile(const Weight *w, int t, int n0, int nn, void *buf, int nth, View *b) {
+    size_t ld = (size_t)w->cols;
+#ifdef BF16_X86
+    if (path_x()) {
+        *b = (View){NULL, NULL, ld, t, buf};
+        return pack_typed(w, t, n0, nn, buf, nth);
+    }
+#endif
+    *b = (View){NULL, buf, ld, t, NULL};
+    return dequant_tile_bf16(w, n0, nn, buf, nth);
+}
+
 /* A BF16 weight's panels for the forward (t 0: op(B) = its rows, Weight.pack) or for the input
  * gradient (t 1: op(B) = the weight, its columns the panels', Weight.pack_t), all of them as
  * gemm_task reads them: K block by K block, NR columns a panel in pairs along K (pack_panel; the
@@ -1021,15 +1110,15 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
         }
     } else {
         int tn = typed_tile_rows(K, N);
-        uint16_t *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+        void *buf = malloc(typed_tile_bytes(w, 0, tn));
         if (!buf) {
             oom(be, "matmul_w", M, N, K);
             return;
         }
         for (int n0 = 0; n0 < N; n0 += tn) {
             int nn = N - n0 < tn ? N - n0 : tn;
-            View b = {NULL, buf, (size_t)K, 0, NULL};
-            if (dequant_tile_bf16(w, n0, nn, buf, nth) ||
+            View b;
+            if (typed_tile(w, 0, n0, nn, buf, nth, &b) ||
                 gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
                 free(buf);
                 oom(be, "matmul_w", M, N, K);
@@ -1061,18 +1150,20 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
         int nth = threads_of(be, M, K, N);
         View a = {in, NULL, (size_t)K, 0, NULL}, b[X_MAX_OUTS];
         XOut o[X_MAX_OUTS];
-        /* quantized weights (QLoRA's q, k, v) dequantized into one bf16 tile, as each one's
-         * own product would (dequant_tile_bf16): the same rows, so the same bits */
-        uint16_t *buf = Nq ? malloc((size_t)Nq * (size_t)K * sizeof *buf) : NULL;
+        /* quantized weights (QLoRA's q, k, v) dequantized into one buffer, each packed as its
+         * own product would pack it (typed_tile): the same words, so the same bits */
+        size_t bytes = 0;
+        for (int i = 0; i < n; i++)
+            if (ws[i]->type != WT_BF16) bytes += typed_tile_bytes(ws[i], 0, ws[i]->rows);
+        char *buf = Nq ? malloc(bytes) : NULL;
         int fail = Nq && !buf;
-        for (int i = 0, r = 0; i < n && !fail; i++) {
+        size_t at = 0; /* bytes of buf taken */
+        for (int i = 0; i < n && !fail; i++) {
             if (ws[i]->type == WT_BF16) {
                 b[i] = (View){NULL, ws[i]->data, (size_t)K, 0, weight_pack(be, ws[i], nth, 0)};
             } else {
-                uint16_t *t = buf + (size_t)r * K;
-                fail = dequant_tile_bf16(ws[i], 0, ws[i]->rows, t, nth) != 0;
-                b[i] = (View){NULL, t, (size_t)K, 0, NULL};
-                r += ws[i]->rows;
+                fail = typed_tile(ws[i], 0, 0, ws[i]->rows, buf + at, nth, &b[i]) != 0;
+                at += typed_tile_bytes(ws[i], 0, ws[i]->rows);
             }
             o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i]};
         }
@@ -1109,15 +1200,15 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         return;
     }
     int tn = typed_tile_rows(K, N);
-    uint16_t *buf = malloc((size_t)tn * (size_t)K * sizeof *buf);
+    void *buf = malloc(typed_tile_bytes(w, 1, tn));
     if (!buf) {
         oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
     for (int n0 = 0; n0 < N; n0 += tn) { /* din += dout[:, tile] tile, tiles in order */
         int nn = N - n0 < tn ? N - n0 : tn;
-        View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b = {NULL, buf, (size_t)K, 1, NULL};
-        if (dequant_tile_bf16(w, n0, nn, buf, nth) ||
+        View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b;
+        if (typed_tile(w, 1, n0, nn, buf, nth, &b) ||
             gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
             oom(be, "matmul_w_bwd_in", M, N, K);
             break;
