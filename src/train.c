@@ -454,12 +454,25 @@ static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
         snprintf(skipped, sizeof skipped,
                  " (%d linear layer%s left fp32: rows not whole blocks of %d)", m->n_qskipped,
                  m->n_qskipped == 1 ? "" : "s", wtype_info[lo->qtype].block);
-    snprintf(msg, sizeof msg,
-             "base: %zu frozen weights (linear layers%s) in %s%s (%.1f MiB), %zu in fp32%s",
-             m->n_qparams, m->wte_q || m->head_q ? ", embedding and head" : "",
-             lo->qtype == WT_F32 ? "the file's stored types" : wtype_info[lo->qtype].name,
-             lo->double_quant ? " + 8-bit scales" : "", (double)m->n_qbytes / (1 << 20),
-             m->n_params, skipped);
+    /* the embedding and head: in the layers' type, or one of their own (a GGUF's stored type
+     * or bf16 under a --quantization-bit: the line once said NF4 for a head kept in Q4_1) */
+    const Weight *h = m->head_q ? m->head_q : m->wte_q;
+    char head[64] = "";
+    if (h && (lo->qtype == WT_F32 || h->type == lo->qtype))
+        snprintf(head, sizeof head, ", embedding and head");
+    const char *in = lo->qtype == WT_F32 ? "the file's stored types" : wtype_info[lo->qtype].name;
+    char lin[96];
+    snprintf(lin, sizeof lin, "%s%s", in, lo->double_quant ? " + 8-bit scales" : "");
+    if (h && !head[0])
+        snprintf(msg, sizeof msg,
+                 "base: %zu frozen weights (linear layers in %s; embedding and head in %s) "
+                 "(%.1f MiB), %zu in fp32%s",
+                 m->n_qparams, lin, wtype_info[h->type].name, (double)m->n_qbytes / (1 << 20),
+                 m->n_params, skipped);
+    else
+        snprintf(msg, sizeof msg,
+                 "base: %zu frozen weights (linear layers%s) in %s (%.1f MiB), %zu in fp32%s",
+                 m->n_qparams, head, lin, (double)m->n_qbytes / (1 << 20), m->n_params, skipped);
     emit_log(r, "info", msg);
 }
 
