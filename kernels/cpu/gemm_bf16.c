@@ -365,7 +365,7 @@ X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t 
  * one by rows, where a row's pairs are contiguous: rounded 16 elements at a time and stored as
  * they are (pack_panel's layout took one scattered store per word: 7% of a SmolLM2 LoRA step).
  * Rows past rn and the odd element past kn are zero. */
-/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 16 at a time) */
+/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 32 at a time, then 16) */
 X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
     int k = 0;
     for (; k + 32 <= n; k += 32)
