@@ -449,7 +449,7 @@ static double auto_lr(TrainMethod method, size_t n_params) {
 /* What the load kept typed: one line in the log and on the terminal. */
 static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
     const Model *m = r->m;
-    char skipped[96] = "", msg[300];
+    char skipped[96] = "", msg[768];
     if (m->n_qskipped)
         snprintf(skipped, sizeof skipped,
                  " (%d linear layer%s left fp32: rows not whole blocks of %d)", m->n_qskipped,
