@@ -33,8 +33,8 @@ typedef struct BackendOps {
     void (*upload)(Backend *be, void *dst, const void *host_src, size_t bytes);
     void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes); /* device to device */
-    /* bytes of dst set to zero (the gradients that the backward ops accumulate into). Optional:
-     * NULL where a backend has none, and callers then copy from a buffer of zeros. */
+    /* bytes of dst set to zero (the gradients that the backward ops accumulate into). Training
+     * needs it; inference does not. */
     void (*zero)(Backend *be, void *dst, size_t bytes);
     int (*sync)(Backend *be);      /* waits for queued work; returns 0 or the latched error code */
     void (*shutdown)(Backend *be); /* optional (NULL): frees be->ctx; backend_free frees be */

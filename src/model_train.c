@@ -91,8 +91,7 @@ struct TrainState {
     float *act_block;
     size_t act_bytes; /* act_block plus the LoRA h and u buffers */
     // scratch
-    float *dx, *dxn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *tmp, *dys, *du, *dh, *zeros;
-    size_t zeros_n;
+    float *dx, *dxn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *tmp, *dys, *du, *dh;
     float *losses;                     /* (N) host */
     int32_t *head_rows, *head_targets; /* (N) host: the positions that have a target, and it */
     int32_t *pos;                      /* (N) host */
@@ -285,8 +284,8 @@ static ActPlan act_plan(const ModelConfig *c, int B, int T, int P, int ckpt) {
 }
 
 /* The backward's scratch (init_scratch), in floats and in allocation order: dx, dxn, dq, dk, dv,
- * datt, dgate, dup, dact, tmp, dys, du, dh, zeros. rank: LoRA's (1 otherwise). */
-enum { N_SCRATCH = 14 };
+ * datt, dgate, dup, dact, tmp, dys, du, dh. rank: LoRA's (1 otherwise). */
+enum { N_SCRATCH = 13 };
 static void scratch_plan(const ModelConfig *c, size_t N, int rank, size_t n[N_SCRATCH]) {
     size_t C = (size_t)c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS,
            FF = (size_t)c->FF;
@@ -295,7 +294,7 @@ static void scratch_plan(const ModelConfig *c, size_t N, int rank, size_t n[N_SC
     size_t mx_out = mx > QD + 2 * KD ? mx : QD + 2 * KD;
     size_t plan[N_SCRATCH] = {N * C,      N * mx,           N * QD, N * KD, N * KD,
                               N * QD,     N * FF,           N * FF, N * FF, N * mx_out,
-                              N * mx_out, N * (size_t)rank, N * mx, N * mx};
+                              N * mx_out, N * (size_t)rank, N * mx};
     for (int i = 0; i < N_SCRATCH; i++)
         n[i] = plan[i];
 }
@@ -424,16 +423,7 @@ static float *balloc(TrainState *ts, size_t n, int *fail) {
 }
 
 static void zero(TrainState *ts, float *p, size_t n) {
-    if (ts->be->ops->zero) {
-        ts->be->ops->zero(ts->be, p, n * sizeof(float));
-        return;
-    }
-    while (n) {
-        size_t k = n < ts->zeros_n ? n : ts->zeros_n;
-        ts->be->ops->copy(ts->be, p, ts->zeros, k * sizeof(float));
-        p += k;
-        n -= k;
-    }
+    ts->be->ops->zero(ts->be, p, n * sizeof(float));
 }
 
 static void add_tp(TrainState *ts, const char *name, float *data, float *grad, size_t n, int ndim,
@@ -1020,7 +1010,7 @@ static int init_activations(TrainState *ts) {
     return 0;
 }
 
-/* The backward's scratch, the zeros, and the host arrays of a micro-batch. */
+/* The backward's scratch and the host arrays of a micro-batch. */
 static int init_scratch(TrainState *ts) {
     const ModelConfig *c = &ts->m->cfg;
     size_t N = ts->N;
@@ -1029,14 +1019,10 @@ static int init_scratch(TrainState *ts) {
     scratch_plan(c, N, ts->setup.method == METHOD_LORA ? ts->setup.lora_rank : 1, n);
     float **dst[N_SCRATCH] = {&ts->dx,   &ts->dxn,   &ts->dq,  &ts->dk,   &ts->dv,
                               &ts->datt, &ts->dgate, &ts->dup, &ts->dact, &ts->tmp,
-                              &ts->dys,  &ts->du,    &ts->dh,  &ts->zeros};
+                              &ts->dys,  &ts->du,    &ts->dh};
     for (int i = 0; i < N_SCRATCH; i++)
         *dst[i] = balloc(ts, n[i], &fail);
-    ts->zeros_n = n[N_SCRATCH - 1];
     if (fail) return TS_NOMEM;
-    float *z = xcalloc(ts->zeros_n, sizeof(float));
-    ts->be->ops->upload(ts->be, ts->zeros, z, ts->zeros_n * sizeof(float));
-    free(z);
     ts->losses = xmalloc(sizeof(float) * N);
     ts->head_rows = xmalloc(sizeof(int32_t) * N);
     ts->head_targets = xmalloc(sizeof(int32_t) * N);
@@ -1130,7 +1116,7 @@ void train_state_free(TrainState *ts) {
     Backend *be = ts->be;
     float *bufs[] = {ts->grads, ts->ad,  ts->ad_grad, ts->act_block, ts->dx,    ts->dxn,
                      ts->dq,    ts->dk,  ts->dv,      ts->datt,      ts->dgate, ts->dup,
-                     ts->dact,  ts->tmp, ts->dys,     ts->du,        ts->dh,    ts->zeros};
+                     ts->dact,  ts->tmp, ts->dys,     ts->du,        ts->dh};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->ops->release(be, bufs[i]);
     be->ops->release(be, ts->dora_z);

@@ -107,9 +107,10 @@ static void test_backend(Backend *be) {
         be->ops->release(be, dout);
         free(in), free(w), free(o0), free(ref), free(out);
     }
-    // zero (optional): the bytes [off, off + n) of a buffer set to 0, those around it kept; a
-    // small range and one above the parallel threshold, odd sizes
+    // zero (every backend that trains has it): the bytes [off, off + n) of a buffer set to 0,
+    // those around it kept; a small range and one above the parallel threshold, odd sizes
     size_t zr[][2] = {{3, 41}, {5, (size_t)3 << 20 | 7}};
+    CHECK(be->ops->zero != NULL, "%s has no zero op", nm);
     for (size_t s = 0; be->ops->zero && s < sizeof zr / sizeof zr[0]; s++) {
         size_t off = zr[s][0], n = zr[s][1], all = (off + n + 9 + 3) / 4 * 4;
         unsigned char *h = malloc(all), *got = malloc(all);

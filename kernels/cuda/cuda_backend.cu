@@ -119,6 +119,12 @@ static void cuda_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     CUDA_TRY(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
 }
 
+static void cuda_zero(Backend *be, void *dst, size_t bytes) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || !bytes) return;
+    CUDA_TRY(be, cudaMemsetAsync(dst, 0, bytes, ctx->stream));
+}
+
 static int cuda_sync(Backend *be) {
     CudaCtx *ctx = cuda_begin(be);
     if (ctx) CUDA_TRY(be, cudaStreamSynchronize(ctx->stream));
@@ -137,7 +143,7 @@ static const BackendOps cuda_ops = {
         .upload = cuda_upload,
         .download = cuda_download,
         .copy = cuda_copy,
-        .zero = nullptr, /* optional: callers copy from a buffer of zeros */
+        .zero = cuda_zero,
         .sync = cuda_sync,
         .shutdown = cuda_shutdown,
         .matmul_fwd = cuda_matmul_fwd,
