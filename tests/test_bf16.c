@@ -20,11 +20,14 @@
 #include "kernels/wtype.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
-static float frand(void) {
+static uint64_t rnext(void) {
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
-    return (float)((double)(rng >> 40) / 16777216.0 * 2.0 - 1.0);
+    return rng;
+}
+static float frand(void) {
+    return (float)((double)(rnext() >> 40) / 16777216.0 * 2.0 - 1.0);
 }
 static float *rnd(size_t n) {
     float *p = malloc((n ? n : 1) * sizeof *p);
@@ -347,10 +350,7 @@ static void test_paths_agree(Backend *cpu) {
  * them. Four runs put the small entries in each operand of each product (x and dout row-major, w
  * row-major for the forward and k-major for din, dout and x k-major for dw). */
 static float tiny_or_big(int big) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    uint32_t r = (uint32_t)(rng >> 32);
+    uint32_t r = (uint32_t)(rnext() >> 32);
     uint32_t sign = (r & 1u) << 31, u;
     if (big)
         u = sign | (uint32_t)(126 + 127) << 23 | (r >> 1 & 7u) << 20;

@@ -199,8 +199,8 @@ X_TARGET static inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
                                               _mm512_fpclass_ps_mask(hi, 0x20)),
                          0)) {
         __m256i l = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(lo), 16));
-        __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(hi), 16));
-        return _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
+        return _mm512_inserti64x4(_mm512_castsi256_si512(l),
+                                  _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(hi), 16)), 1);
     }
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
@@ -365,17 +365,14 @@ X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t 
  * one by rows, where a row's pairs are contiguous: rounded 16 elements at a time and stored as
  * they are (pack_panel's layout took one scattered store per word: 7% of a SmolLM2 LoRA step).
  * Rows past rn and the odd element past kn are zero. */
-/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 32 at a time, then 16) */
+/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 32 at a time) */
 X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
-    int k = 0;
-    for (; k + 32 <= n; k += 32)
-        _mm512_storeu_si512(dst + k,
-                            bf16_pairs(_mm512_loadu_ps(src + k), _mm512_loadu_ps(src + k + 16)));
-    for (; k + 16 <= n; k += 16)
-        _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(
-                                                          round_hi(_mm512_loadu_ps(src + k)), 16)));
-    for (; k < n; k++)
-        dst[k] = bf16_round(src[k]);
+    for (int k = 0; k < n; k += 32) {
+        __mmask16 m0 = lanes16(n - k), m1 = lanes16(n - k - 16);
+        __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m0, src + k),
+                               _mm512_maskz_loadu_ps(m1, src + k + 16));
+        _mm512_mask_storeu_epi16(dst + k, (__mmask32)m0 | (__mmask32)m1 << 16, x);
+    }
 }
 
 /* amx: the AMX tiles' layout, pm rows (at most AMX_MR) by rows whatever the view (a k-major one
@@ -964,7 +961,8 @@ X_TARGET static void pack_weight_panels(const Weight *w, int t, int N, int K, ui
 #endif
 
 #ifdef BF16_X86
-/* Words of weight_pack's layout for an op(B) of N columns, K deep */
+/* Words of weight_pack's layout for an op(B) of N columns, K deep (the last K block's panels as
+ * short as it: a K of 576 in blocks of 256 wasted a third) */
 static size_t panels_words(int N, int K) {
     size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
     int kn_last = K - (int)(nkb - 1) * KC;
@@ -1067,8 +1065,7 @@ static const uint32_t *weight_pack(Backend *be, const Weight *w, int nth, int t)
     if (pk || !bud || w->type != WT_BF16 || !path_x()) return pk;
     int N = t ? w->cols : w->rows, K = t ? w->rows : w->cols;
     size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
-    int kn_last = K - (int)(nkb - 1) * KC; /* (a K of 576 in blocks of 256 wasted a third) */
-    size_t bytes = panel_at(nkb - 1, npb, npb, (kn_last + 1) / 2) * sizeof(uint32_t);
+    size_t bytes = panels_words(N, K) * sizeof(uint32_t);
     size_t used = __atomic_add_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
     if (used > bud->cap) {
         __atomic_sub_fetch(&bud->used, bytes, __ATOMIC_RELAXED);
