@@ -428,7 +428,9 @@ static int metrics_truncate(const char *path, int step, TunaErr *err) {
 }
 
 /* Takes every command written to RUN/control since the last call: the file is renamed first,
- * so a writer appending meanwhile starts a new one and nothing is lost. Returns CTL_* bits
+ * so a writer appending meanwhile starts a new one (a writer that opened the file before the
+ * rename writes its line again when the file is no longer RUN/control: ui/source.c
+ * follow_command). Returns CTL_* bits
  * (control_parse); lines it does not know are one warning. */
 int read_control(Run *r) {
     char path[1200], taken[1300];

@@ -106,23 +106,34 @@ static int follow_poll(EventSource *src, Event *out, int max) {
     return n;
 }
 
+/* Appends the command to RUN/control. The trainer takes the file by renaming it (read_control),
+ * so a line written between this open and the trainer's read of the renamed file would be lost
+ * (seen once in CI: a resume lost, the run left paused). When the file this wrote to is no
+ * longer RUN/control, the line goes again into the new one: the commands are idempotent (pause,
+ * resume and stop set a state; save skips a step already saved), so one taken twice is
+ * harmless. */
 static int follow_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
     FileFollow *f = src->ctx;
-    char path[4200];
+    char path[4200], line[32];
     snprintf(path, sizeof path, "%s/control", f->dir);
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        if (err) snprintf(err, err_len, "%s: %s", path, strerror(errno));
-        return TUNA_EIO;
-    }
-    char line[32];
     int len = snprintf(line, sizeof line, "%s\n", ui_command_name(cmd));
-    ssize_t w = write(fd, line, (size_t)len);
-    int e = errno;
-    close(fd);
-    if (w != len) {
-        if (err) snprintf(err, err_len, "%s: %s", path, strerror(e));
-        return TUNA_EIO;
+    for (int tries = 0; tries < 8; tries++) {
+        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            if (err) snprintf(err, err_len, "%s: %s", path, strerror(errno));
+            return TUNA_EIO;
+        }
+        ssize_t w = write(fd, line, (size_t)len);
+        int e = errno;
+        struct stat mine, now;
+        int same = fstat(fd, &mine) == 0 && stat(path, &now) == 0 && mine.st_ino == now.st_ino &&
+                   mine.st_dev == now.st_dev;
+        close(fd);
+        if (w != len) {
+            if (err) snprintf(err, err_len, "%s: %s", path, strerror(e));
+            return TUNA_EIO;
+        }
+        if (same) break; /* still the file the trainer will take next */
     }
     return 0;
 }
