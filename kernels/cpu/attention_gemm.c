@@ -307,7 +307,7 @@ static int kv_pack(KvPack *p, int nth, const float *k, const float *v, int B, in
     }
 #ifdef ATT_X
     if (want) {
-        if (!(p->w = malloc(sizeof(uint32_t) * (words ? words : 1)))) goto fail;
+        if (!(p->w = cpu_alloc64(sizeof(uint32_t) * (words ? words : 1)))) goto fail;
         int fs[4], nf = 0; /* the packings wanted */
         for (int f = KV_KC; f <= KV_VP; f <<= 1)
             if (want & f) fs[nf++] = f;
@@ -481,12 +481,12 @@ static void scratch_free(AttnScratch *s) {
 /* 1, or 0 with nothing held and *fail set (no memory); in a parallel region */
 static int scratch_init(AttnScratch *s, const AttnCall *a, int bwd, int *fail) {
     size_t mq = (size_t)(a->Tq < QB ? a->Tq : QB);
-    *s = (AttnScratch){
-            malloc(sizeof(float) * mq * a->Tk), bwd ? malloc(sizeof(float) * mq * a->Tk) : NULL,
-            a->x ? malloc(sizeof(uint32_t) * AX_A_WORDS) : NULL,
-            a->x && bwd
-                    ? malloc(sizeof(uint32_t) * (size_t)a->kv.ndp * CPU_BF16_KPAD(QB / 2) * AX_NR)
-                    : NULL};
+    *s = (AttnScratch){malloc(sizeof(float) * mq * a->Tk),
+                       bwd ? malloc(sizeof(float) * mq * a->Tk) : NULL,
+                       a->x ? cpu_alloc64(sizeof(uint32_t) * AX_A_WORDS) : NULL,
+                       a->x && bwd ? cpu_alloc64(sizeof(uint32_t) * (size_t)a->kv.ndp *
+                                                 CPU_BF16_KPAD(QB / 2) * AX_NR)
+                                   : NULL};
     if (!s->P || (bwd && !s->dP) || (a->x && !s->ap) || (a->x && bwd && !s->yp)) {
         scratch_free(s);
 #pragma omp atomic write

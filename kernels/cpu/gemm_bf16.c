@@ -730,8 +730,8 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     if (nth < 1) nth = 1;
     size_t per = (np + tn - 1) / tn * NR * KC / 2; /* words of one thread's packed columns */
     if (amx) per *= AMX_KB;                        /* a group of K blocks at once */
-    uint32_t *apk = malloc(nkb * npan_max * astr * sizeof *apk),
-             *bbuf = malloc(per * (size_t)nth * sizeof *bbuf);
+    uint32_t *apk = cpu_alloc64(nkb * npan_max * astr * sizeof *apk),
+             *bbuf = cpu_alloc64(per * (size_t)nth * sizeof *bbuf);
     float *part = ns > 1 ? malloc(sizeof(float) * ns * (size_t)M * (size_t)N) : NULL;
     if (!apk || !bbuf || (ns > 1 && !part)) {
         free(apk);
@@ -1107,7 +1107,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
         }
     } else {
         int tn = typed_tile_rows(K, N);
-        void *buf = malloc(typed_tile_bytes(w, 0, tn));
+        void *buf = cpu_alloc64(typed_tile_bytes(w, 0, tn));
         if (!buf) {
             oom(be, "matmul_w", M, N, K);
             return;
@@ -1152,7 +1152,7 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
         size_t bytes = 0;
         for (int i = 0; i < n; i++)
             if (ws[i]->type != WT_BF16) bytes += typed_tile_bytes(ws[i], 0, ws[i]->rows);
-        char *buf = Nq ? malloc(bytes) : NULL;
+        char *buf = Nq ? cpu_alloc64(bytes) : NULL;
         int fail = Nq && !buf;
         size_t at = 0; /* bytes of buf taken */
         for (int i = 0; i < n && !fail; i++) {
@@ -1197,7 +1197,7 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         return;
     }
     int tn = typed_tile_rows(K, N);
-    void *buf = malloc(typed_tile_bytes(w, 1, tn));
+    void *buf = cpu_alloc64(typed_tile_bytes(w, 1, tn));
     if (!buf) {
         oom(be, "matmul_w_bwd_in", M, N, K);
         return;
