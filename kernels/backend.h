@@ -152,6 +152,20 @@ typedef struct BackendOps {
     void (*matmul_w_fwd_n)(Backend *be, int n, float *const *outs, const float *in,
                            const Weight *const *ws, const float *const *biases, int M);
 
+    // --- optional: copies of trainable weights in the products' form (NULL where a backend
+    // keeps none; the products then read the weights as they are)
+    /* w (rows x cols, backend memory) is a trainable matrix of matmul_fwd / matmul_bwd products
+     * (as their w, N = rows, K = cols), written from now on only by adamw passes that each
+     * cover it whole, by this backend's upload, copy and zero, or else reported with
+     * weights_written. The backend may keep a copy of it in the form its products read (the
+     * cpu backend under mm_bf16: bf16 panels), which each adamw pass over w refreshes as it
+     * writes w; products read a copy only while it holds w's values, so the results are those
+     * without it, bit for bit. rows 0: w is no longer tracked, its copy freed (before w is). */
+    void (*weight_track)(Backend *be, const float *w, int rows, int cols);
+    /* p[0..n) was written other than by adamw and this backend's memory ops (a collective, the
+     * host): copies of tracked weights there are stale until the next adamw pass over them. */
+    void (*weights_written)(Backend *be, const float *p, size_t n);
+
     // --- optional
     /* Resolves n_threads as backend_init does (N, 0, BACKEND_THREADS_IDLE) into be->n_threads.
      * NULL: the backend has no host threads to size. */

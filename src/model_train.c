@@ -595,6 +595,31 @@ static int init_full(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
+void train_track_weights(TrainState *ts, int on) {
+    const BackendOps *op = ts->be->ops;
+    int full = ts->setup.method == METHOD_FULL || ts->setup.method == METHOD_FREEZE;
+    if (!op->weight_track || !full || !ts->grads) return;
+    const Model *m = ts->m;
+    const ModelConfig *c = &m->cfg;
+    const float *lo = m->params + ts->g0, *hi = m->params + ts->g1;
+    int Q = c->NH * c->HS, KV = c->KVH * c->HS;
+    for (int l = 0; l <= c->L; l++) {
+        const LayerWeights *w = l < c->L ? &m->layers[l] : NULL;
+        struct {
+            const float *p;
+            int rows, cols;
+        } mat[] = {{w ? w->wq : NULL, Q, c->C},         {w ? w->wk : NULL, KV, c->C},
+                   {w ? w->wv : NULL, KV, c->C},        {w ? w->wo : NULL, c->C, Q},
+                   {w ? w->w_gate : NULL, c->FF, c->C}, {w ? w->w_up : NULL, c->FF, c->C},
+                   {w ? w->w_down : NULL, c->C, c->FF}, {w ? NULL : m->lm_head, c->V, c->C}};
+        for (size_t i = 0; i < sizeof mat / sizeof mat[0]; i++) {
+            const float *p = mat[i].p;
+            if (p && p >= lo && p + (size_t)mat[i].rows * mat[i].cols <= hi)
+                op->weight_track(ts->be, p, on ? mat[i].rows : 0, mat[i].cols);
+        }
+    }
+}
+
 /* A module's base weight as the model stores it: one matrix, or GPT-2's fused c_attn as the
  * three matrices q, k, v, each rows of the module's output from row0. An fp32 weight only
  * (W NULL where the layer is typed). */
@@ -1107,6 +1132,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
         return rc;
     }
     train_zero_grad(ts);
+    train_track_weights(ts, 1);
     *out = ts;
     return 0;
 }
@@ -1114,6 +1140,7 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
 void train_state_free(TrainState *ts) {
     if (!ts) return;
     Backend *be = ts->be;
+    train_track_weights(ts, 0);
     float *bufs[] = {ts->grads, ts->ad,  ts->ad_grad, ts->act_block, ts->dx,    ts->dxn,
                      ts->dq,    ts->dk,  ts->dv,      ts->datt,      ts->dgate, ts->dup,
                      ts->dact,  ts->tmp, ts->dys,     ts->du,        ts->dh};

@@ -91,6 +91,13 @@ typedef struct TrainState TrainState;
 int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState **out,
                      TunaErr *err);
 void train_state_free(TrainState *ts);
+/* The trainable matrices that the products read (each trained layer's linear weights, and the
+ * head when it trains; not the token and position tables as such) tracked by the backend
+ * (BackendOps.weight_track, which may keep them in its products' form, refreshed by its AdamW
+ * passes), or no longer (on 0: a sharded optimizer writes a slice of them per pass, so no copy
+ * would ever be whole). train_state_init tracks them for full and freeze fine-tuning, and
+ * train_state_free untracks them. */
+void train_track_weights(TrainState *ts, int on);
 
 /* The trainable tensors (owned by ts). */
 const TrainParam *train_params(const TrainState *ts, int *n);

@@ -234,6 +234,7 @@ int optim_share_params(Optim *o, const TrainParam *tp, int np, TunaErr *err) {
             float *x = tp[i].data + a;
             if (be->ops->host_memory) {
                 rc = dist_allgather_floats(x, counts, err);
+                if (be->ops->weights_written) be->ops->weights_written(be, x, b - a);
                 continue;
             }
             float *h = host_window(o);

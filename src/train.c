@@ -740,6 +740,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
     if ((rc = optim_init_shard(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay,
                                shard ? r->rank : 0, shard ? r->world : 1, err)))
         return rc;
+    if (shard) train_track_weights(r->ts, 0); /* AdamW writes this rank's slice only */
     r->have_opt = 1;
     if (c->loraplus_lr_ratio > 0 &&
         (rc = optim_loraplus(&r->opt, tp, np, (float)c->loraplus_lr_ratio, err)))

@@ -41,14 +41,27 @@ int train_load_options(const TrainConfig *c, TrainMethod method, ModelLoadOption
     return 0;
 }
 
-/* What the backend keeps beside frozen BF16 weights under --bf16 (the cpu backend's packed
- * copies, backend_bf16_extra_bytes): --dtype bf16's typed weights (and a tied head) once more.
- * Not counted: a checkpoint's own BF16 kept as stored under --dtype auto (the file's types). */
+/* What the backend keeps beside the weights under --bf16 (the cpu backend's packed copies,
+ * backend_bf16_extra_bytes, one budget for both): --dtype bf16's typed weights (and a tied head)
+ * once more, and for full and freeze the trained linear layers (and the head under full) as bf16
+ * once more (model_train.c track_weights). Not counted: a checkpoint's own BF16 kept as stored
+ * under --dtype auto (the file's types). */
 static size_t pack_bytes(const TrainConfig *cfg, const ModelConfig *mc, const ModelLoadOptions *lo,
-                         size_t typed_bytes) {
-    if (!cfg->bf16 || lo->qtype != WT_BF16) return 0;
-    size_t emb = lo->typed_head && !mc->tie_embeddings ? (size_t)mc->V * mc->C * 2 : 0;
-    return backend_bf16_extra_bytes(cfg->backend, typed_bytes > emb ? typed_bytes - emb : 0);
+                         size_t typed_bytes, TrainMethod method) {
+    if (!cfg->bf16) return 0;
+    size_t frozen = 0, trained = 0;
+    if (lo->qtype == WT_BF16) {
+        size_t emb = lo->typed_head && !mc->tie_embeddings ? (size_t)mc->V * mc->C * 2 : 0;
+        frozen = typed_bytes > emb ? typed_bytes - emb : 0;
+    }
+    if (method == METHOD_FULL || method == METHOD_FREEZE) {
+        size_t C = (size_t)mc->C, Q = (size_t)mc->NH * mc->HS, KV = (size_t)mc->KVH * mc->HS,
+               FF = (size_t)mc->FF, mlp = mc->arch == ARCH_GPT2 ? 2 : 3;
+        size_t layers = method == METHOD_FULL ? (size_t)mc->L : (size_t)cfg->freeze_layers;
+        trained = layers * (2 * Q * C + 2 * KV * C + mlp * FF * C);
+        if (method == METHOD_FULL) trained += (size_t)mc->V * C; /* the head, tied or not */
+    }
+    return backend_bf16_extra_bytes(cfg->backend, frozen + trained * 2);
 }
 
 int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate *out,
@@ -121,7 +134,7 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     out->trainable_params = ts.trainable;
     out->lora_modules = ts.lora_modules;
     out->weight_bytes = (out->total_params - n_typed) * sizeof(float) + typed_bytes +
-                        ts.param_bytes + pack_bytes(cfg, mc, &lo, typed_bytes);
+                        ts.param_bytes + pack_bytes(cfg, mc, &lo, typed_bytes, method);
     out->grad_bytes = ts.grad_bytes;
     out->optim_bytes = 2 * ts.trainable * sizeof(float); /* optim_init: m and v per tensor */
     if (rm) { /* the value head (C weights and a bias), its gradient and its AdamW state */

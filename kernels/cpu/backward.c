@@ -695,9 +695,10 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
  * bias-corrected step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's
  * errno branch unless the whole file is built with -fno-math-errno (the optimize attribute
  * does not do it), and that branch stops the vectorizer. */
-static void adamw_range(float *restrict p, const float *restrict g, float gscale, float *restrict m,
-                        float *restrict v, size_t i0, size_t i1, float b1, float b2, float eps,
-                        float decay, float step, float ib2) {
+void cpu_adamw_range(float *restrict p, const float *restrict g, float *restrict m,
+                     float *restrict v, size_t i0, size_t i1, const CpuAdamw *h) {
+    float gscale = h->gscale, b1 = h->b1, b2 = h->b2, eps = h->eps, decay = h->decay,
+          step = h->step, ib2 = h->ib2;
     float a1 = 1.0f - b1, a2 = 1.0f - b2;
     size_t i = i0;
 #ifdef __AVX512F__
@@ -736,12 +737,14 @@ static void adamw_range(float *restrict p, const float *restrict g, float gscale
 void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                float lr, float b1, float b2, float eps, float wd, float bc1, float bc2) {
     int nth = threads_for(be, n * 8);
-    float decay = 1.0f - lr * wd, step = lr / bc1, ib2 = 1.0f / bc2;
+    CpuAdamw h = {gscale, b1, b2, eps, 1.0f - lr * wd, lr / bc1, 1.0f / bc2};
+    /* with tracked weights inside, the pass that refreshes their copies as it goes */
+    if (cpu_mirror_adamw(be, nth, p, g, m, v, n, &h)) return;
     size_t chunk = 16384; /* 64 KiB of each array per task */
     size_t nchunk = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (size_t c = 0; c < nchunk; c++) {
         size_t i1 = (c + 1) * chunk < n ? (c + 1) * chunk : n;
-        adamw_range(p, g, gscale, m, v, c * chunk, i1, b1, b2, eps, decay, step, ib2);
+        cpu_adamw_range(p, g, m, v, c * chunk, i1, &h);
     }
 }

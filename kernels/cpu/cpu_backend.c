@@ -7,6 +7,7 @@
 #include "cpu_backend.h"
 
 #include <dirent.h>
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -187,9 +188,23 @@ static void c_matmul(Backend *be, float *out, const float *in, const float *w, c
     if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_rows(out, bias, N, lo, hi));
 }
 
+/* The memory ops that write: a tracked weight written here has a stale copy (gemm_bf16.c) */
+static void c_upload(Backend *be, void *dst, const void *src, size_t bytes) {
+    cpu_mirrors_written(be, dst, bytes);
+    host_memcpy(be, dst, src, bytes);
+}
+
+/* Memory freed with tracked weights in it (an owner that did not untrack them): their copies
+ * go with it, so that a later allocation at the same place never finds one */
+static void c_release(Backend *be, void *p) {
+    if (p) cpu_mirrors_released(be, p, malloc_usable_size(p));
+    host_release(be, p);
+}
+
 /* memset by all threads: the backward zeroes about 8 MB a SmolLM2 layer (its gradient buffers),
  * which as a copy from a buffer of zeros on one thread was 2.7% of a LoRA step on two */
 static void c_zero(Backend *be, void *dst, size_t bytes) {
+    cpu_mirrors_written(be, dst, bytes);
     CPU_PAR_RANGE(bytes >= (size_t)PAR_MIN_WORK * 16 ? be->n_threads : 1, bytes,
                   memset((char *)dst + lo, 0, hi - lo));
 }
@@ -476,14 +491,18 @@ static void c_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
 
 static void c_set_threads(Backend *be, int n_threads);
 
+static void c_shutdown(Backend *be) {
+    cpu_mirrors_free(be); /* be->ctx is inside be's own allocation: backend_free frees it */
+}
+
 static const BackendOps cpu_ops = {
         .name = "cpu",
         .host_memory = 1,
         .alloc = host_alloc,
-        .release = host_release,
-        .upload = host_memcpy,
+        .release = c_release,
+        .upload = c_upload,
         .download = host_memcpy,
-        .copy = host_memcpy,
+        .copy = c_upload,
         .zero = c_zero,
         .sync = host_sync,
         .matmul_fwd = c_matmul,
@@ -514,6 +533,9 @@ static const BackendOps cpu_ops = {
         .dropout = cpu_dropout,
         .adamw = cpu_adamw,
         .set_threads = c_set_threads,
+        .weight_track = cpu_weight_track,
+        .weights_written = cpu_weights_written,
+        .shutdown = c_shutdown,
 };
 
 /* This process's threads that are running or runnable now (state R in /proc/self/task/N/stat):

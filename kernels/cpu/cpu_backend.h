@@ -21,6 +21,11 @@ void cpu_backend_set_pack_mb(Backend *be, long mb);
  * CPU_PACK_MB). */
 size_t cpu_pack_bytes(size_t bf16_bytes);
 
+/* A trainable weight's packed copy (Backend.weight_track; gemm_bf16.c): 0 none kept for w, 1
+ * kept but stale (written since the last AdamW pass that covered it), 2 holding w's values (the
+ * products read it). For tests. */
+int cpu_weight_copy_state(Backend *be, const float *w);
+
 /* This process's threads that are running or runnable now (state R in /proc/self/task), at
  * least 1. What BACKEND_THREADS_IDLE takes off the machine's procs_running. */
 int cpu_own_running(void);

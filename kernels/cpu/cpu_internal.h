@@ -86,8 +86,11 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
                const float *B, int ldb, float beta, float *C, int ldc);
 /* The cpu backend's budget of packed weight copies (be->ctx; cpu_backend.h, CPU_PACK_MB):
  * bytes allowed and taken (atomically: weights may be packed from two threads). */
+typedef struct CpuMirror CpuMirror;
 typedef struct CpuPackBudget {
     size_t cap, used;
+    CpuMirror *mirrors; /* the packed copies of trainable weights (gemm_bf16.c cpu_weight_track) */
+    int n_mirrors;
 } CpuPackBudget;
 
 /* gemm_bf16.c: the matrix products under Backend.mm_bf16 (operands rounded to bf16, fp32
@@ -168,6 +171,26 @@ void cpu_scale(Backend *be, float *x, size_t n, float s);
 void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
 void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
+/* AdamW on p[i0..i1) (backward.c; cpu_adamw's body): decay = 1 - lr wd, step = lr / bc1,
+ * ib2 = 1 / bc2 */
+typedef struct CpuAdamw {
+    float gscale, b1, b2, eps, decay, step, ib2;
+} CpuAdamw;
+void cpu_adamw_range(float *p, const float *g, float *m, float *v, size_t i0, size_t i1,
+                     const CpuAdamw *h);
+
+/* Packed copies of trainable fp32 weights (gemm_bf16.c; Backend.weight_track and
+ * weights_written): the backend's slots, and what cpu_adamw and the writes call.
+ * cpu_mirror_adamw runs cpu_adamw's pass on p[0..n) when a tracked weight lies whole inside it,
+ * refreshing the copies of those as it writes them (returns 1), and returns 0 when none does
+ * (having marked stale the copies of any weight the pass covers in part). */
+void cpu_weight_track(Backend *be, const float *w, int rows, int cols);
+void cpu_weights_written(Backend *be, const float *p, size_t n);
+void cpu_mirrors_written(Backend *be, const void *dst, size_t bytes);
+void cpu_mirrors_released(Backend *be, const void *p, size_t bytes);
+void cpu_mirrors_free(Backend *be);
+int cpu_mirror_adamw(Backend *be, int nth, float *p, const float *g, float *m, float *v, size_t n,
+                     const CpuAdamw *h);
 
 /* attention_gemm.c: the sgemm path for query blocks of at least ATTN_GEMM_MIN_TQ rows.
  * Return 0, or -1 when scratch memory could not be had (nothing is written then... except

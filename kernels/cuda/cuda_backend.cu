@@ -174,6 +174,8 @@ static const BackendOps cuda_ops = {
         .matmul_w_bwd_in = nullptr,
         .embed_w_fwd = nullptr,
         .matmul_w_fwd_n = nullptr, /* the engine loops matmul_w_fwd */
+        .weight_track = nullptr,   /* products read the weights as they are */
+        .weights_written = nullptr,
         .set_threads = nullptr,    /* no host threads do work here */
 };
 

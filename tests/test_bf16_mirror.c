@@ -1,0 +1,363 @@
+/* test_bf16_mirror: the cpu backend's packed copies of trainable weights (Backend.weight_track;
+ * kernels/cpu/gemm_bf16.c). Under mm_bf16 the AdamW pass over a tracked fp32 matrix writes its
+ * bf16 panels as it updates it, and the products read them instead of packing the matrix again.
+ * A copy changes no bit, and a stale one is never read:
+ * - backend: products (matmul_fwd, matmul_acc, matmul_bwd's input gradient) on a tracked matrix
+ *   equal, bit for bit, those of a second backend that tracks nothing, over odd shapes (rows
+ *   past a K block of 256, odd rows, columns past 256), after an AdamW pass over it and the
+ *   values around it (the copy is then read: state 2), after an upload into part of it, a
+ *   weights_written report and an AdamW pass over half of it (the copy is stale: state 1, and
+ *   the products pack the values as they are), and once another pass has made it whole again;
+ *   untracking and freeing the memory drop the copy; on each fast path (amx, avx512bf16
+ *   forced) and on the plain one (which keeps none);
+ * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
+ *   optimizer steps under mm_bf16: the losses, grad norms, gradients and updated weights equal
+ *   those of a run whose backend has no room for copies (pack budget 0), on 1 and 2 threads,
+ *   and the copies are in use (state 2) after a step; the Setup screen's estimate (train_estimate)
+ *   counts the copies the run keeps. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "src/model.h"
+#include "src/model_train.h"
+#include "src/optim.h"
+#include "src/train.h"
+#include "src/xalloc.h"
+
+static uint64_t rng = 0x243F6A8885A308D3ULL;
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+
+/* The products on W (rows N, cols K) of a and b, compared bit for bit */
+static void same_products(Backend *a, Backend *b, const float *Wa, const float *Wb, int N, int K,
+                          const char *what) {
+    const int M = 40;
+    size_t nin = (size_t)M * K, nout = (size_t)M * N;
+    float *in = malloc(sizeof(float) * nin), *dout = malloc(sizeof(float) * nout);
+    float *o[2], *d[2];
+    for (size_t i = 0; i < nin; i++)
+        in[i] = frand();
+    for (size_t i = 0; i < nout; i++)
+        dout[i] = frand();
+    Backend *be[2] = {a, b};
+    const float *W[2] = {Wa, Wb};
+    for (int j = 0; j < 2; j++) {
+        o[j] = malloc(sizeof(float) * nout);
+        d[j] = calloc(nin, sizeof(float));
+        be[j]->ops->matmul_fwd(be[j], o[j], in, W[j], NULL, M, K, N);
+        be[j]->ops->matmul_acc(be[j], o[j], in, W[j], M, K, N); /* beta 1 onto the first */
+        be[j]->ops->matmul_bwd(be[j], d[j], NULL, NULL, dout, in, W[j], M, K, N);
+    }
+    CHECK(!memcmp(o[0], o[1], sizeof(float) * nout),
+          "%s (%d x %d): forward differs from the untracked backend's (max diff %g)", what, N, K,
+          test_max_abs_diff(o[0], o[1], nout));
+    CHECK(!memcmp(d[0], d[1], sizeof(float) * nin),
+          "%s (%d x %d): input gradient differs from the untracked backend's (max diff %g)", what,
+          N, K, test_max_abs_diff(d[0], d[1], nin));
+    for (int j = 0; j < 2; j++) {
+        free(o[j]);
+        free(d[j]);
+    }
+    free(in);
+    free(dout);
+}
+
+typedef struct Side {
+    Backend *be;
+    float *p, *g, *m, *v; /* gap, W, gap */
+} Side;
+
+static void adamw(Side *s, size_t off, size_t n, int t) {
+    float bc1 = 1.0f - 0.729f, bc2 = 1.0f - 0.997f; /* any step's: both sides the same */
+    (void)t;
+    s->be->ops->adamw(s->be, s->p + off, s->g + off, 0.5f, s->m + off, s->v + off, n, 1e-2f, 0.9f,
+                      0.999f, 1e-8f, 0.01f, bc1, bc2);
+}
+
+static void test_backend(const char *path, int fast) {
+    static const int shapes[][2] = {{96, 288}, {70, 300}, {33, 513}, {293, 64}, {512, 40}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int N = shapes[si][0], K = shapes[si][1];
+        size_t gap = 37, nw = (size_t)N * K, n = gap + nw + 53;
+        TunaErr err = {0};
+        Side s[2];
+        for (int j = 0; j < 2; j++) {
+            s[j].be = backend_init("cpu", 2, &err);
+            s[j].be->mm_bf16 = 1;
+            s[j].p = s[j].be->ops->alloc(s[j].be, sizeof(float) * n);
+            s[j].g = malloc(sizeof(float) * n);
+            s[j].m = calloc(n, sizeof(float));
+            s[j].v = calloc(n, sizeof(float));
+        }
+        for (size_t i = 0; i < n; i++) {
+            s[0].p[i] = s[1].p[i] = frand();
+            s[0].g[i] = s[1].g[i] = frand();
+        }
+        float *Wa = s[0].p + gap, *Wb = s[1].p + gap;
+        Backend *a = s[0].be, *b = s[1].be;
+        a->ops->weight_track(a, Wa, N, K);
+        char what[96];
+        int want = fast ? 2 : 0, stale = fast ? 1 : 0;
+        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: tracked, before any AdamW pass: state %d",
+              path, cpu_weight_copy_state(a, Wa));
+        snprintf(what, sizeof what, "%s, before any pass", path);
+        same_products(a, b, Wa, Wb, N, K, what);
+        for (int step = 0; step < 2; step++) { /* the pass over it all, twice */
+            adamw(&s[0], 0, n, step);
+            adamw(&s[1], 0, n, step);
+            CHECK(!memcmp(s[0].p, s[1].p, sizeof(float) * n), "%s: AdamW's values differ", path);
+            CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: after a whole pass: state %d", path,
+                  cpu_weight_copy_state(a, Wa));
+            snprintf(what, sizeof what, "%s, after AdamW pass %d", path, step + 1);
+            same_products(a, b, Wa, Wb, N, K, what);
+        }
+        /* an upload into a row in the middle: stale */
+        float row[513];
+        for (int k = 0; k < K; k++)
+            row[k] = frand();
+        size_t r = (size_t)N / 2 * K;
+        a->ops->upload(a, Wa + r, row, sizeof(float) * K);
+        b->ops->upload(b, Wb + r, row, sizeof(float) * K);
+        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after an upload: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        snprintf(what, sizeof what, "%s, after an upload into it", path);
+        same_products(a, b, Wa, Wb, N, K, what);
+        adamw(&s[0], 0, n, 2); /* whole again */
+        adamw(&s[1], 0, n, 2);
+        CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: after a whole pass: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        /* a pass over half of it (a sharded optimizer's slice): stale */
+        adamw(&s[0], 0, gap + nw / 2, 3);
+        adamw(&s[1], 0, gap + nw / 2, 3);
+        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after a pass over half: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        snprintf(what, sizeof what, "%s, after a pass over half of it", path);
+        same_products(a, b, Wa, Wb, N, K, what);
+        adamw(&s[0], 0, n, 4);
+        adamw(&s[1], 0, n, 4);
+        /* written by someone else (a collective): stale until the next pass */
+        Wa[nw - 1] = Wb[nw - 1] = 0.25f;
+        a->ops->weights_written(a, Wa + nw - 1, 1);
+        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after weights_written: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        snprintf(what, sizeof what, "%s, after weights_written", path);
+        same_products(a, b, Wa, Wb, N, K, what);
+        /* the gradients of a pass do not touch the copy: zeroing them keeps it */
+        adamw(&s[0], 0, n, 5);
+        adamw(&s[1], 0, n, 5);
+        a->ops->zero(a, s[0].m, sizeof(float) * n); /* not a tracked weight */
+        CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: zeroing other memory: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        a->ops->weight_track(a, Wa, 0, 0);
+        CHECK(cpu_weight_copy_state(a, Wa) == 0, "%s: untracked: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        a->ops->weight_track(a, Wa, N, K); /* and freed with its memory */
+        a->ops->release(a, s[0].p);
+        CHECK(cpu_weight_copy_state(a, Wa) == 0, "%s: memory freed: state %d", path,
+              cpu_weight_copy_state(a, Wa));
+        b->ops->release(b, s[1].p);
+        for (int j = 0; j < 2; j++) {
+            free(s[j].g);
+            free(s[j].m);
+            free(s[j].v);
+            backend_free(s[j].be);
+        }
+    }
+}
+
+// --- the engine
+
+#define STEPS 3
+
+typedef struct Trace {
+    double loss[STEPS], gnorm[STEPS];
+    float *grads, *weights; /* the last step's gradients, the weights at the end */
+    size_t n;
+    int ok, copies;            /* copies: the last layer's q weight in use as a copy after a step */
+    size_t est_extra, tracked; /* bytes: the estimate's for --bf16, the copies' tracked */
+} Trace;
+
+static float *gather(const TrainParam *tp, int np, size_t total, int data) {
+    float *out = xmalloc(sizeof(float) * total), *o = out;
+    for (int i = 0; i < np; i++) {
+        memcpy(o, data ? tp[i].data : tp[i].grad, sizeof(float) * tp[i].n);
+        o += tp[i].n;
+    }
+    return out;
+}
+
+static void run(const char *model, TrainMethod method, int nth, long pack_mb, Trace *tr) {
+    memset(tr, 0, sizeof *tr);
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", nth, &err);
+    Model *m = NULL;
+    TrainState *ts = NULL;
+    Optim opt = {0};
+    enum { B = 4, T = 48 };
+    int32_t ids[B * T], tg[B * T];
+    TrainSetup setup = {.method = method, .freeze_layers = 1, .seed = 7};
+    if (!be) {
+        CHECK(0, "%s: %s", model, err.msg);
+        return;
+    }
+    be->mm_bf16 = 1;
+    cpu_backend_set_pack_mb(be, pack_mb);
+    if (model_load(model, be, &m, &err) || train_state_init(m, &setup, B, T, &ts, &err)) {
+        CHECK(0, "%s: %s", model, err.msg);
+        goto done;
+    }
+    int np;
+    const TrainParam *tp = train_params(ts, &np);
+    for (int i = 0; i < np; i++)
+        tr->n += tp[i].n;
+    /* the bytes of the copies tracked, against the estimate's --bf16 share */
+    size_t tracked = 0;
+    const ModelConfig *mc = &m->cfg;
+    for (int l = 0; l < mc->L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        const float *mats[] = {w->wq, w->wk, w->wv, w->wo, w->w_gate, w->w_up, w->w_down};
+        int dims[][2] = {
+                {mc->NH * mc->HS, mc->C}, {mc->KVH * mc->HS, mc->C}, {mc->KVH * mc->HS, mc->C},
+                {mc->C, mc->NH * mc->HS}, {mc->FF, mc->C},           {mc->FF, mc->C},
+                {mc->C, mc->FF}};
+        for (int i = 0; i < 7; i++)
+            if (mats[i] && cpu_weight_copy_state(be, mats[i]))
+                tracked += (size_t)dims[i][0] * dims[i][1];
+    }
+    if (cpu_weight_copy_state(be, m->lm_head)) tracked += (size_t)mc->V * mc->C;
+    TrainConfig cfg;
+    train_config_defaults(&cfg);
+    snprintf(cfg.model, sizeof cfg.model, "%s", model);
+    snprintf(cfg.method, sizeof cfg.method, "%s", method == METHOD_FULL ? "full" : "freeze");
+    cfg.freeze_layers = 1;
+    cfg.batch_size = B;
+    cfg.cutoff_len = T;
+    TrainEstimate e32, e16;
+    int erc = train_estimate(mc, &cfg, &e32, &err);
+    cfg.bf16 = 1;
+    erc = erc || train_estimate(mc, &cfg, &e16, &err);
+    CHECK(!erc, "%s: estimate: %s", model, err.msg);
+    tr->est_extra = erc ? 0 : e16.weight_bytes - e32.weight_bytes;
+    tr->tracked = tracked * 4; /* bf16, in two layouts */
+    if (optim_init(&opt, be, tp, np, 0.9f, 0.999f, 1e-8f, 0.01f, &err)) {
+        CHECK(0, "%s: %s", model, err.msg);
+        goto done;
+    }
+    uint64_t r = 12345;
+    int V = m->cfg.V;
+    for (int step = 0; step < STEPS; step++) {
+        int n_t = 0;
+        for (int i = 0; i < B * T; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            ids[i] = (int32_t)(3 + (r >> 33) % (uint64_t)(V - 3));
+            tg[i] = i % T < 6 ? -100 : (int32_t)((r >> 20) % (uint64_t)V);
+            n_t += tg[i] >= 0;
+        }
+        train_zero_grad(ts);
+        train_set_step_seed(ts, (uint64_t)step);
+        int c;
+        if (train_step_fb(ts, ids, tg, B, 1.0f / (float)n_t, 1, &tr->loss[step], &c, &err)) {
+            CHECK(0, "%s: %s", model, err.msg);
+            goto done;
+        }
+        float gscale;
+        tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale);
+        if (step == STEPS - 1) tr->grads = gather(tp, np, tr->n, 0);
+        optim_step(&opt, tp, np, 1e-2f, gscale);
+        if (step == 0) tr->copies = cpu_weight_copy_state(be, m->layers[m->cfg.L - 1].wq);
+    }
+    tr->weights = gather(tp, np, tr->n, 1);
+    tr->ok = be->err.code == 0;
+    CHECK(tr->ok, "%s: %s", model, be->err.msg);
+done:
+    optim_free(&opt);
+    train_state_free(ts);
+    model_free(m);
+    backend_free(be);
+}
+
+static void same_trace(const char *what, const Trace *ref, const Trace *got) {
+    if (!ref->ok || !got->ok || ref->n != got->n) {
+        CHECK(0, "%s: runs failed or differ in size (%zu, %zu)", what, ref->n, got->n);
+        return;
+    }
+    for (int s = 0; s < STEPS; s++) {
+        CHECK(!memcmp(&ref->loss[s], &got->loss[s], sizeof(double)),
+              "%s: step %d loss %.17g, without copies %.17g", what, s + 1, got->loss[s],
+              ref->loss[s]);
+        CHECK(!memcmp(&ref->gnorm[s], &got->gnorm[s], sizeof(double)),
+              "%s: step %d grad norm %.17g, without copies %.17g", what, s + 1, got->gnorm[s],
+              ref->gnorm[s]);
+    }
+    CHECK(!memcmp(ref->grads, got->grads, sizeof(float) * ref->n),
+          "%s: last gradients differ (max diff %g)", what,
+          test_max_abs_diff(ref->grads, got->grads, ref->n));
+    CHECK(!memcmp(ref->weights, got->weights, sizeof(float) * ref->n),
+          "%s: weights differ (max diff %g)", what,
+          test_max_abs_diff(ref->weights, got->weights, ref->n));
+}
+
+static void test_engine(int fast) {
+    struct {
+        const char *model;
+        TrainMethod method;
+        const char *name;
+    } runs[] = {{"tests/fixtures/llama_tied", METHOD_FULL, "llama_tied full"},
+                {"tests/fixtures/llama_tied", METHOD_FREEZE, "llama_tied freeze"},
+                {"tests/fixtures/gpt2", METHOD_FULL, "gpt2 full"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        Trace none, with1, with2;
+        run(runs[i].model, runs[i].method, 2, 0, &none);
+        run(runs[i].model, runs[i].method, 1, CPU_PACK_MB, &with1);
+        run(runs[i].model, runs[i].method, 2, CPU_PACK_MB, &with2);
+        char what[96];
+        snprintf(what, sizeof what, "%s, copies, 1 thread", runs[i].name);
+        same_trace(what, &none, &with1);
+        snprintf(what, sizeof what, "%s, copies, 2 threads", runs[i].name);
+        same_trace(what, &none, &with2);
+        CHECK(none.copies == 0, "%s: a copy without a budget (state %d)", runs[i].name,
+              none.copies);
+        CHECK(with2.copies == (fast ? 2 : 0), "%s: the last layer's q weight: copy state %d",
+              runs[i].name, with2.copies);
+        CHECK(with2.est_extra == with2.tracked && (with2.tracked > 0) == fast,
+              "%s: the estimate counts %zu bytes of copies, the run tracks %zu", runs[i].name,
+              with2.est_extra, with2.tracked);
+        Trace *t[] = {&none, &with1, &with2};
+        for (int j = 0; j < 3; j++) {
+            free(t[j]->grads);
+            free(t[j]->weights);
+        }
+    }
+}
+
+int main(void) {
+    unsetenv("TUNA_BF16");
+    unsetenv("TUNA_PACK_MB");
+    const char *fast = cpu_bf16_path();
+    printf("bf16 path here: %s\n", fast);
+    if (strcmp(fast, "plain")) {
+        test_backend(fast, 1);
+        test_engine(1);
+        if (!strcmp(fast, "amx")) {
+            setenv("TUNA_BF16", "avx512bf16", 1);
+            test_backend("avx512bf16", 1);
+            unsetenv("TUNA_BF16");
+        }
+    } else {
+        SKIP("no AVX512-BF16 on this CPU: the plain path keeps no copies");
+    }
+    setenv("TUNA_BF16", "plain", 1);
+    test_backend("plain", 0);
+    test_engine(0);
+    unsetenv("TUNA_BF16");
+    return test_report("test_bf16_mirror");
+}
