@@ -173,10 +173,10 @@ static const BackendOps cuda_ops = {
         .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
         .matmul_w_bwd_in = nullptr,
         .embed_w_fwd = nullptr,
-        .matmul_w_fwd_n = nullptr, /* the engine loops matmul_w_fwd */
-        .weight_track = nullptr,   /* products read the weights as they are */
-        .weights_written = nullptr,
-        .set_threads = nullptr,    /* no host threads do work here */
+        .matmul_w_fwd_n = nullptr,  /* the engine loops matmul_w_fwd */
+        .weight_track = nullptr,    /* products read the weights as they are */
+        .weights_written = nullptr, /* nor copies to mark stale */
+        .set_threads = nullptr,     /* no host threads do work here */
 };
 
 // --- lifetime
