@@ -152,6 +152,12 @@ typedef struct BackendOps {
     void (*matmul_w_fwd_n)(Backend *be, int n, float *const *outs, const float *in,
                            const Weight *const *ws, const float *const *biases, int M);
 
+    /* matmul_bwd's weight gradient alone, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing
+     * dw and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
+     * product need not read dw). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
+    void (*matmul_bwd_dw)(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
+                          int N);
+
     // --- optional: copies of trainable weights in the products' form (NULL where a backend
     // keeps none; the products then read the weights as they are)
     /* w (rows x cols, backend memory) is a trainable matrix of matmul_fwd / matmul_bwd products

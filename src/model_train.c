@@ -1,5 +1,6 @@
 #include "model_train.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,14 @@ struct TrainState {
     // full / freeze: gradients of params[g0, g1)
     float *grads;
     size_t g0, g1;
+    /* the trained matrices' gradients (by address): train_zero_grad leaves them pending, and a
+     * step's first write of each overwrites it (lazy_take) */
+    struct LazyGrad {
+        float *g;
+        size_t n;
+        int layer, pending;
+    } * lazy;
+    int n_lazy;
     // lora
     float *ad, *ad_grad;
     size_t n_ad;
@@ -595,10 +604,11 @@ static int init_full(TrainState *ts, TunaErr *err) {
     return 0;
 }
 
-void train_track_weights(TrainState *ts, int on) {
-    const BackendOps *op = ts->be->ops;
-    int full = ts->setup.method == METHOD_FULL || ts->setup.method == METHOD_FREEZE;
-    if (!op->weight_track || !full || !ts->grads) return;
+/* The trained matrices that the products read: each trained layer's linear weights, and the
+ * head when it trains (not the token and position tables as such); fn(ts, p, rows, cols, layer,
+ * arg) for each (layer -1: the head) */
+typedef void (*MatFn)(TrainState *ts, const float *p, int rows, int cols, int layer, int arg);
+static void trained_matrices(TrainState *ts, MatFn fn, int arg) {
     const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     const float *lo = m->params + ts->g0, *hi = m->params + ts->g1;
@@ -615,9 +625,38 @@ void train_track_weights(TrainState *ts, int on) {
         for (size_t i = 0; i < sizeof mat / sizeof mat[0]; i++) {
             const float *p = mat[i].p;
             if (p && p >= lo && p + (size_t)mat[i].rows * mat[i].cols <= hi)
-                op->weight_track(ts->be, p, on ? mat[i].rows : 0, mat[i].cols);
+                fn(ts, p, mat[i].rows, mat[i].cols, l < c->L ? l : -1, arg);
         }
     }
+}
+
+static void track_one(TrainState *ts, const float *p, int rows, int cols, int layer, int on) {
+    (void)layer;
+    ts->be->ops->weight_track(ts->be, p, on ? rows : 0, cols);
+}
+
+void train_track_weights(TrainState *ts, int on) {
+    int full = ts->setup.method == METHOD_FULL || ts->setup.method == METHOD_FREEZE;
+    if (ts->be->ops->weight_track && full && ts->grads) trained_matrices(ts, track_one, on);
+}
+
+static float *G(const TrainState *ts, const float *p);
+
+static void lazy_add(TrainState *ts, const float *p, int rows, int cols, int layer, int arg) {
+    (void)arg;
+    ts->lazy[ts->n_lazy++] = (struct LazyGrad){G(ts, p), (size_t)rows * (size_t)cols, layer, 0};
+}
+
+/* The lazily written gradients: the trained matrices', by address (full and freeze) */
+static void lazy_init(TrainState *ts) {
+    ts->lazy = xcalloc((size_t)ts->m->cfg.L * 7 + 1, sizeof *ts->lazy);
+    trained_matrices(ts, lazy_add, 0);
+    for (int i = 1; i < ts->n_lazy; i++)
+        for (int j = i; j > 0 && ts->lazy[j].g < ts->lazy[j - 1].g; j--) {
+            struct LazyGrad t = ts->lazy[j];
+            ts->lazy[j] = ts->lazy[j - 1];
+            ts->lazy[j - 1] = t;
+        }
 }
 
 /* A module's base weight as the model stores it: one matrix, or GPT-2's fused c_attn as the
@@ -1103,9 +1142,10 @@ int train_state_init(Model *m, const TrainSetup *setup, int B, int T, TrainState
     ts->ckpt = setup->grad_checkpoint != 0;
     int rc = 0;
     // --- what trains, then what the backward keeps and needs
-    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE)
+    if (setup->method == METHOD_FULL || setup->method == METHOD_FREEZE) {
         rc = init_full(ts, err);
-    else if (setup->method == METHOD_LORA) {
+        if (!rc) lazy_init(ts);
+    } else if (setup->method == METHOD_LORA) {
         rc = init_lora(ts, err);
         if (!rc && setup->lora_tokens && setup->lora_tokens[0])
             rc = tokens_init(ts, setup->lora_tokens, err);
@@ -1179,6 +1219,7 @@ void train_state_free(TrainState *ts) {
     free(ts->view_B);
     free(ts->view_G);
     free(ts->tp);
+    free(ts->lazy);
     free(ts->acts);
     free(ts->losses);
     free(ts->head_rows);
@@ -1278,8 +1319,59 @@ void train_set_grad_hook(TrainState *ts, TrainGradFn fn, void *ctx) {
     ts->grad_ctx = ctx;
 }
 
+/* The trained matrices' gradients are not zeroed up front (498 MB for GPT-2, a pass to DRAM that
+ * the weight gradient's product then read back): a step's first write of one overwrites it
+ * (BackendOps.matmul_bwd_dw, or the zeroing right before where a backend has none), and a
+ * backward ends with none pending (lazy_flush), so whoever reads the gradients finds what zeroing
+ * them up front would have left, bit for bit. */
+static int lazy_find(const TrainState *ts, const float *g) {
+    for (int i = 0; g && i < ts->n_lazy; i++)
+        if (ts->lazy[i].g == g) return i;
+    return -1;
+}
+
+/* g about to be accumulated into: zeroed first if it is pending */
+static void lazy_take(TrainState *ts, const float *g) {
+    int i = lazy_find(ts, g);
+    if (i >= 0 && ts->lazy[i].pending) zero(ts, ts->lazy[i].g, ts->lazy[i].n);
+    if (i >= 0) ts->lazy[i].pending = 0;
+}
+
+/* the pending ones of layer l (INT_MIN: all) zeroed: nothing wrote them this step */
+static void lazy_flush(TrainState *ts, int l) {
+    for (int i = 0; i < ts->n_lazy; i++)
+        if (ts->lazy[i].pending && (l == INT_MIN || ts->lazy[i].layer == l)) {
+            zero(ts, ts->lazy[i].g, ts->lazy[i].n);
+            ts->lazy[i].pending = 0;
+        }
+}
+
+/* matmul_bwd of a trained matrix W whose gradient dw may be pending: din and dbias accumulated,
+ * and dw overwritten when pending (matmul_bwd_dw), accumulated otherwise */
+static void matmul_bwd_lazy(TrainState *ts, float *din, float *dw, float *dbias, const float *dout,
+                            const float *in, const float *W, int M, int K, int N) {
+    const BackendOps *op = ts->be->ops;
+    int i = lazy_find(ts, dw);
+    if (i >= 0 && ts->lazy[i].pending && op->matmul_bwd_dw) {
+        if (din || dbias) op->matmul_bwd(ts->be, din, NULL, dbias, dout, in, W, M, K, N);
+        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N);
+        ts->lazy[i].pending = 0;
+        return;
+    }
+    lazy_take(ts, dw);
+    op->matmul_bwd(ts->be, din, dw, dbias, dout, in, W, M, K, N);
+}
+
 void train_zero_grad(TrainState *ts) {
-    if (ts->grads) zero(ts, ts->grads, ts->g1 - ts->g0);
+    if (ts->grads) { /* all but the trained matrices', which are pending from here */
+        float *at = ts->grads, *end = ts->grads + (ts->g1 - ts->g0);
+        for (int i = 0; i < ts->n_lazy; i++) {
+            zero(ts, at, (size_t)(ts->lazy[i].g - at));
+            at = ts->lazy[i].g + ts->lazy[i].n;
+            ts->lazy[i].pending = 1;
+        }
+        zero(ts, at, (size_t)(end - at));
+    }
     if (ts->ad_grad) zero(ts, ts->ad_grad, ts->n_ad);
     if (ts->tok_grad) zero(ts, ts->tok_grad, (size_t)(ts->n_tok + 1) * ts->m->cfg.C);
 }
@@ -1414,7 +1506,7 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
     if (mi >= 0 && ts->mods[mi].mag)
         dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), dout, in, W, M, K, n_out);
     if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M))
-        be->ops->matmul_bwd(be, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
+        matmul_bwd_lazy(ts, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
     int r = ts->setup.lora_rank;
@@ -1811,8 +1903,8 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
             if (m->head_q) /* a typed head is frozen: the input gradient only */
                 model_head_bwd_in(m, dxr + (size_t)r0 * C, ts->logits, rc);
             else
-                op->matmul_bwd(ts->be, dxr + (size_t)r0 * C, G(ts, m->lm_head), NULL, ts->logits,
-                               xr, m->lm_head, rc, C, V);
+                matmul_bwd_lazy(ts, dxr + (size_t)r0 * C, G(ts, m->lm_head), NULL, ts->logits, xr,
+                                m->lm_head, rc, C, V);
             if (ts->n_tok) tokens_grad_head(ts, ts->logits, xr, rc);
         }
     }
@@ -1960,16 +2052,20 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         norm_bwd(ts, ts->dx, ts->dxn, ts->x_L, m->lnf_w, m->lnf_b, M);
         for (int l = c->L - 1; l >= 0; l--) {
             layer_bwd(ts, l, Bn);
+            lazy_flush(ts, l); /* the layer's gradients are final: none left pending */
             if (ts->grad_fn) ts->grad_fn(ts->grad_ctx, l);
         }
+        lazy_take(ts, G(ts, m->wte)); /* a tied head's, when no head ran (hidden_fn) */
         if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
         if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
         if (c->learned_pos && G(ts, m->wpe))
             op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
         if (ts->P && !ts->pre_frozen) prefix_backward(ts);
         if (ts->VT) prompt_backward(ts, Bn);
+        lazy_flush(ts, INT_MIN);
         if (ts->grad_fn) ts->grad_fn(ts->grad_ctx, -1);
     }
+    lazy_flush(ts, INT_MIN); /* after a forward alone too: the gradients read as zeroed */
     int rc = op->sync(be);
     if (rc) return tuna_errf(err, rc, "%s", be->err.msg);
     return 0;

@@ -10,9 +10,15 @@
  *   the products pack the values as they are), and once another pass has made it whole again;
  *   untracking and freeing the memory drop the copy; on each fast path (amx, avx512bf16
  *   forced) and on the plain one (which keeps none);
+ * - matmul_bwd_dw (a step's first write of a weight gradient: overwritten, on the AMX tiles in
+ *   one product with its lines streamed) equals zeroing the gradient and matmul_bwd's +=, bit
+ *   for bit, from a gradient full of NaN, over shapes of one and several K blocks and groups and
+ *   K slices;
  * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
  *   optimizer steps under mm_bf16: the losses, grad norms, gradients and updated weights equal
  *   those of a run whose backend has no room for copies (pack budget 0), on 1 and 2 threads,
+ *   and those of the guard backend (the cpu kernels with neither copies nor matmul_bwd_dw: every
+ *   gradient zeroed up front, then accumulated),
  *   and the copies are in use (state 2) after a step; the Setup screen's estimate (train_estimate)
  *   counts the copies the run keeps. */
 #include <stdint.h>
@@ -174,6 +180,40 @@ static void test_backend(const char *path, int fast) {
     }
 }
 
+/* matmul_bwd_dw (dw overwritten: the AMX tiles' one product, its lines streamed) against zeroing
+ * dw and matmul_bwd's dw +=, bit for bit; dw starts as NaN, so a read of it would show */
+static void test_bwd_dw(const char *path) {
+    static const int shapes[][3] = {{256, 768, 96},  {512, 200, 333}, {77, 64, 1000},
+                                    {1100, 96, 130}, {3000, 33, 40},  {64, 17, 17}};
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    be->mm_bf16 = 1;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int M = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+        size_t nw = (size_t)N * K;
+        float *dout = malloc(sizeof(float) * (size_t)M * N), *in = malloc(sizeof(float) * M * K);
+        float *a = be->ops->alloc(be, sizeof(float) * nw),
+              *b = be->ops->alloc(be, sizeof(float) * nw);
+        for (size_t i = 0; i < (size_t)M * N; i++)
+            dout[i] = frand();
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            in[i] = frand();
+        for (size_t i = 0; i < nw; i++)
+            a[i] = b[i] = __builtin_nanf("");
+        be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N);
+        be->ops->zero(be, b, sizeof(float) * nw);
+        be->ops->matmul_bwd(be, NULL, b, NULL, dout, in, NULL, M, K, N);
+        CHECK(!memcmp(a, b, sizeof(float) * nw),
+              "%s: matmul_bwd_dw (%d x %d x %d) differs from zeroing and matmul_bwd (max diff %g)",
+              path, M, K, N, test_max_abs_diff(a, b, nw));
+        be->ops->release(be, a);
+        be->ops->release(be, b);
+        free(dout);
+        free(in);
+    }
+    backend_free(be);
+}
+
 // --- the engine
 
 #define STEPS 3
@@ -186,19 +226,22 @@ typedef struct Trace {
     size_t est_extra, tracked; /* bytes: the estimate's for --bf16, the copies' tracked */
 } Trace;
 
-static float *gather(const TrainParam *tp, int np, size_t total, int data) {
+static float *gather(Backend *be, const TrainParam *tp, int np, size_t total, int data) {
     float *out = xmalloc(sizeof(float) * total), *o = out;
     for (int i = 0; i < np; i++) {
-        memcpy(o, data ? tp[i].data : tp[i].grad, sizeof(float) * tp[i].n);
+        be->ops->download(be, o, data ? tp[i].data : tp[i].grad, sizeof(float) * tp[i].n);
         o += tp[i].n;
     }
     return out;
 }
 
+/* pack_mb < 0: the guard backend (the cpu kernels behind it, with neither copies nor
+ * matmul_bwd_dw: every gradient zeroed up front and accumulated) */
 static void run(const char *model, TrainMethod method, int nth, long pack_mb, Trace *tr) {
     memset(tr, 0, sizeof *tr);
     TunaErr err = {0};
-    Backend *be = backend_init("cpu", nth, &err);
+    int guard = pack_mb < 0;
+    Backend *be = backend_init(guard ? "guard" : "cpu", nth, &err);
     Model *m = NULL;
     TrainState *ts = NULL;
     Optim opt = {0};
@@ -210,7 +253,7 @@ static void run(const char *model, TrainMethod method, int nth, long pack_mb, Tr
         return;
     }
     be->mm_bf16 = 1;
-    cpu_backend_set_pack_mb(be, pack_mb);
+    if (!guard) cpu_backend_set_pack_mb(be, pack_mb);
     if (model_load(model, be, &m, &err) || train_state_init(m, &setup, B, T, &ts, &err)) {
         CHECK(0, "%s: %s", model, err.msg);
         goto done;
@@ -230,10 +273,10 @@ static void run(const char *model, TrainMethod method, int nth, long pack_mb, Tr
                 {mc->C, mc->NH * mc->HS}, {mc->FF, mc->C},           {mc->FF, mc->C},
                 {mc->C, mc->FF}};
         for (int i = 0; i < 7; i++)
-            if (mats[i] && cpu_weight_copy_state(be, mats[i]))
+            if (mats[i] && !guard && cpu_weight_copy_state(be, mats[i]))
                 tracked += (size_t)dims[i][0] * dims[i][1];
     }
-    if (cpu_weight_copy_state(be, m->lm_head)) tracked += (size_t)mc->V * mc->C;
+    if (!guard && cpu_weight_copy_state(be, m->lm_head)) tracked += (size_t)mc->V * mc->C;
     TrainConfig cfg;
     train_config_defaults(&cfg);
     snprintf(cfg.model, sizeof cfg.model, "%s", model);
@@ -271,11 +314,11 @@ static void run(const char *model, TrainMethod method, int nth, long pack_mb, Tr
         }
         float gscale;
         tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale);
-        if (step == STEPS - 1) tr->grads = gather(tp, np, tr->n, 0);
+        if (step == STEPS - 1) tr->grads = gather(be, tp, np, tr->n, 0);
         optim_step(&opt, tp, np, 1e-2f, gscale);
-        if (step == 0) tr->copies = cpu_weight_copy_state(be, m->layers[m->cfg.L - 1].wq);
+        if (step == 0 && !guard) tr->copies = cpu_weight_copy_state(be, m->layers[m->cfg.L - 1].wq);
     }
-    tr->weights = gather(tp, np, tr->n, 1);
+    tr->weights = gather(be, tp, np, tr->n, 1);
     tr->ok = be->err.code == 0;
     CHECK(tr->ok, "%s: %s", model, be->err.msg);
 done:
@@ -316,10 +359,14 @@ static void test_engine(int fast) {
                 {"tests/fixtures/gpt2", METHOD_FULL, "gpt2 full"}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         Trace none, with1, with2;
+        Trace plain;
+        run(runs[i].model, runs[i].method, 2, -1, &plain);
         run(runs[i].model, runs[i].method, 2, 0, &none);
         run(runs[i].model, runs[i].method, 1, CPU_PACK_MB, &with1);
         run(runs[i].model, runs[i].method, 2, CPU_PACK_MB, &with2);
         char what[96];
+        snprintf(what, sizeof what, "%s, guard backend (gradients zeroed up front)", runs[i].name);
+        same_trace(what, &plain, &none);
         snprintf(what, sizeof what, "%s, copies, 1 thread", runs[i].name);
         same_trace(what, &none, &with1);
         snprintf(what, sizeof what, "%s, copies, 2 threads", runs[i].name);
@@ -331,8 +378,8 @@ static void test_engine(int fast) {
         CHECK(with2.est_extra == with2.tracked && (with2.tracked > 0) == fast,
               "%s: the estimate counts %zu bytes of copies, the run tracks %zu", runs[i].name,
               with2.est_extra, with2.tracked);
-        Trace *t[] = {&none, &with1, &with2};
-        for (int j = 0; j < 3; j++) {
+        Trace *t[] = {&none, &with1, &with2, &plain};
+        for (int j = 0; j < 4; j++) {
             free(t[j]->grads);
             free(t[j]->weights);
         }
@@ -346,10 +393,12 @@ int main(void) {
     printf("bf16 path here: %s\n", fast);
     if (strcmp(fast, "plain")) {
         test_backend(fast, 1);
+        test_bwd_dw(fast);
         test_engine(1);
         if (!strcmp(fast, "amx")) {
             setenv("TUNA_BF16", "avx512bf16", 1);
             test_backend("avx512bf16", 1);
+            test_bwd_dw("avx512bf16");
             unsetenv("TUNA_BF16");
         }
     } else {
@@ -357,6 +406,7 @@ int main(void) {
     }
     setenv("TUNA_BF16", "plain", 1);
     test_backend("plain", 0);
+    test_bwd_dw("plain");
     test_engine(0);
     unsetenv("TUNA_BF16");
     return test_report("test_bf16_mirror");

@@ -33,6 +33,14 @@ static int threads_for(const Backend *be, size_t work) {
 
 // --- matrix products
 
+/* dw (N,K) = doutᵀ · in: zeroed and matmul_bwd's, or in one product on the AMX tiles */
+void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
+                       int N) {
+    if (backend_mm_bf16(be, K, N) && cpu_matmul_bwd_dw_bf16(be, dw, dout, in, M, K, N)) return;
+    be->ops->zero(be, dw, sizeof(float) * (size_t)(N > 0 ? N : 0) * (size_t)(K > 0 ? K : 0));
+    cpu_matmul_bwd(be, NULL, dw, NULL, dout, in, NULL, M, K, N);
+}
+
 /* din (M,K) += dout (M,N) · w (N,K);  dw (N,K) += doutᵀ · in (M,K);  dbias (N) += Σ_m dout. */
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N) {

@@ -533,6 +533,7 @@ static const BackendOps cpu_ops = {
         .dropout = cpu_dropout,
         .adamw = cpu_adamw,
         .set_threads = c_set_threads,
+        .matmul_bwd_dw = cpu_matmul_bwd_dw,
         .weight_track = cpu_weight_track,
         .weights_written = cpu_weights_written,
         .shutdown = c_shutdown,

@@ -136,6 +136,14 @@ void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, c
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                          const float *w, int M, int K, int N);
+/* matmul_bwd_dw's product on the AMX tiles, where it takes them (returns 1; 0: not here, the
+ * caller zeroes dw and accumulates): beta 0, C's whole lines streamed past the caches. The bits of
+ * zeroing dw and cpu_matmul_bwd_bf16's dw (a tile starts from zero either way; not with K slices,
+ * whose sum onto zeroed memory would turn a -0 into +0). */
+int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
+                           int N);
+void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
+                       int N);
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M);
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);

@@ -575,7 +575,7 @@ X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, in
  * (gemm_task_amx): the bits do not depend on the thread count. */
 AMX_TARGET static void amx_tile(int tm, int nb, int kp_last, const uint32_t *a0, size_t ablk,
                                 int two, const uint32_t *const *bs, float *c, size_t ldc, int mr0,
-                                int mr1, int nr, int add) {
+                                int mr1, int nr, int add, int stream) {
     float bf[AMX_MR * 16];
     float *c1 = c + (size_t)tm * ldc;
     const size_t astr = (size_t)(KC / 2) * (size_t)tm; /* the second row panel's offset */
@@ -603,6 +603,21 @@ AMX_TARGET static void amx_tile(int tm, int nb, int kp_last, const uint32_t *a0,
             }
         }
     }
+    if (stream && !add && mr0 == tm && (!two || mr1 == tm) && nr == NR && !((uintptr_t)c & 63) &&
+        !(ldc % 16)) { /* whole lines past the caches, through a buffer (no read for ownership) */
+        float cs[4][AMX_MR * 16] __attribute__((aligned(64)));
+        _tile_stored(0, cs[0], 64);
+        _tile_stored(1, cs[1], 64);
+        if (two) {
+            _tile_stored(2, cs[2], 64);
+            _tile_stored(3, cs[3], 64);
+        }
+        for (int t = 0; t < (two ? 4 : 2); t++)
+            for (int i = 0; i < tm; i++)
+                _mm512_stream_ps((t < 2 ? c : c1) + (size_t)i * ldc + 16 * (t & 1),
+                                 _mm512_load_ps(cs[t] + 16 * i));
+        return;
+    }
     if (two) {
         AMX_C_STORE(2, c1, mr1, nr, bf);
         AMX_C_STORE(3, c1 + 16, mr1, nr - 16, bf);
@@ -618,7 +633,7 @@ AMX_TARGET static void amx_tile(int tm, int nb, int kp_last, const uint32_t *a0,
 AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0, size_t m1,
                                      size_t p0, size_t p1, const View *b, int N, int K, int kb0,
                                      int kb1, size_t n0, size_t n1, float *C, size_t ldc, int add0,
-                                     uint32_t *bp) {
+                                     uint32_t *bp, int stream) {
     size_t npb = ((size_t)N + NR - 1) / NR, nt = (n1 - n0 + NR - 1) / NR; /* task's panels */
     const size_t astr = (size_t)(KC / 2) * AMX_MR;
     amx_config(AMX_MR);
@@ -643,10 +658,12 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                                        n, n0, j == nb - 1 ? kp_last : KC / 2);
                 amx_tile(AMX_MR, nb, kp_last, apk + ((size_t)g * npan + i) * astr, npan * astr,
                          mr1 > 0, bs, C + m * ldc + n, ldc, mr0, mr1,
-                         n1 - n < NR ? (int)(n1 - n) : NR, add0 || g > kb0);
+                         n1 - n < NR ? (int)(n1 - n) : NR, add0 || g > kb0,
+                         stream && g + nb == kb1);
             }
         }
     }
+    if (stream) _mm_sfence(); /* the streamed lines before the threads meet */
     _tile_release();
 }
 
@@ -724,7 +741,8 @@ typedef struct XOut {
  * (several weights over one input: a layer's q, k and v). Each tile of each C_i is one task's
  * over K in block order, as with one output: the same bits as nb separate products. K slices
  * with one output only. */
-static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta) {
+static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta,
+                  int stream) {
     int amx = path_x() == 2;
     size_t poff[X_MAX_OUTS + 1] = {0}; /* the outputs' first panels in the tasks' order */
     for (int i = 0; i < nb; i++)
@@ -795,7 +813,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                     int add0 = ns == 1 && beta != 0.0f;
                     if (amx)
                         gemm_task_amx(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0,
-                                      n1, Ci, ldi, add0, bp);
+                                      n1, Ci, ldi, add0, bp, stream && ns == 1);
                     else
                         gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
                                   Ci, ldi, add0, !a->kmajor, bp);
@@ -835,7 +853,7 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
                    int mr, int nr, int add, int amx) {
     if (amx) {
         const uint32_t *bs[1] = {b};
-        amx_tile(MR, 1, kp, a, 0, 0, bs, c, ldc, mr, 0, nr, add);
+        amx_tile(MR, 1, kp, a, 0, 0, bs, c, ldc, mr, 0, nr, add, 0);
         return;
     }
     (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
@@ -868,7 +886,7 @@ static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K
 #ifdef BF16_X86
     if (path_x()) {
         XOut o = {b, N, ldc, C};
-        return gemm_x(nth, a, 1, &o, M, K, beta);
+        return gemm_x(nth, a, 1, &o, M, K, beta, 0);
     }
 #endif
     return gemm_plain(nth, a, b, M, N, K, beta, C, ldc);
@@ -925,6 +943,23 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
         oom(be, "matmul_bwd", M, N, K);
         return;
     }
+}
+
+int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
+                           int N) {
+#ifdef BF16_X86
+    /* dw (N, K) = op(A) op(B): op(A) = doutᵀ (k-major), op(B) seen as inᵀ (k-major), M deep */
+    size_t nkb = ((size_t)M + KC - 1) / KC;
+    if (path_x() != 2 || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
+    View a = {dout, NULL, (size_t)N, 1, NULL}, b = {in, NULL, (size_t)K, 1, NULL};
+    XOut o = {&b, K, K, dw};
+    if (gemm_x(threads_of(be, M, K, N), &a, 1, &o, N, M, 0.0f, 1))
+        oom(be, "matmul_bwd_dw", M, N, K);
+    return 1;
+#else
+    (void)be, (void)dw, (void)dout, (void)in, (void)M, (void)K, (void)N;
+    return 0;
+#endif
 }
 
 /* Rows [r0, r0 + nn) of a typed weight into dst (nn x K) in bf16, each row dequantized into fp32
@@ -1403,7 +1438,7 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
             }
             o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i]};
         }
-        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f)) {
+        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0)) {
             free(buf);
             oom(be, "matmul_w", M, N, K);
             return 1;

@@ -174,6 +174,7 @@ static const BackendOps cuda_ops = {
         .matmul_w_bwd_in = nullptr,
         .embed_w_fwd = nullptr,
         .matmul_w_fwd_n = nullptr,  /* the engine loops matmul_w_fwd */
+        .matmul_bwd_dw = nullptr,   /* the engine zeroes and accumulates */
         .weight_track = nullptr,    /* products read the weights as they are */
         .weights_written = nullptr, /* nor copies to mark stale */
         .set_threads = nullptr,     /* no host threads do work here */
