@@ -15,7 +15,7 @@
  *   for bit, from a gradient full of NaN, over shapes of one and several K blocks and groups and
  *   K slices;
  * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
- *   optimizer steps under mm_bf16: the losses, grad norms, gradients and updated weights equal
+ *   optimizer steps of two micro-batches each under mm_bf16: the losses, grad norms, gradients and updated weights equal
  *   those of a run whose backend has no room for copies (pack budget 0), on 1 and 2 threads,
  *   and those of the guard backend (the cpu kernels with neither copies nor matmul_bwd_dw: every
  *   gradient zeroed up front, then accumulated),
@@ -308,10 +308,16 @@ static void run(const char *model, TrainMethod method, int nth, long pack_mb, Tr
         train_zero_grad(ts);
         train_set_step_seed(ts, (uint64_t)step);
         int c;
-        if (train_step_fb(ts, ids, tg, B, 1.0f / (float)n_t, 1, &tr->loss[step], &c, &err)) {
+        /* two micro-batches (the halves of the batch): the first writes the gradients, the
+         * second accumulates */
+        double half;
+        if (train_step_fb(ts, ids, tg, B / 2, 1.0f / (float)n_t, 1, &tr->loss[step], &c, &err) ||
+            train_step_fb(ts, ids + B / 2 * T, tg + B / 2 * T, B - B / 2, 1.0f / (float)n_t, 1,
+                          &half, &c, &err)) {
             CHECK(0, "%s: %s", model, err.msg);
             goto done;
         }
+        tr->loss[step] += half;
         float gscale;
         tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale);
         if (step == STEPS - 1) tr->grads = gather(be, tp, np, tr->n, 0);
