@@ -15,12 +15,12 @@
  *   for bit, from a gradient full of NaN, over shapes of one and several K blocks and groups and
  *   K slices;
  * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
- *   optimizer steps of two micro-batches each under mm_bf16: the losses, grad norms, gradients and updated weights equal
- *   those of a run whose backend has no room for copies (pack budget 0), on 1 and 2 threads,
- *   and those of the guard backend (the cpu kernels with neither copies nor matmul_bwd_dw: every
- *   gradient zeroed up front, then accumulated),
- *   and the copies are in use (state 2) after a step; the Setup screen's estimate (train_estimate)
- *   counts the copies the run keeps. */
+ *   optimizer steps of two micro-batches each under mm_bf16: the losses, grad norms, gradients
+ *   and updated weights equal those of a run whose backend has no room for copies (pack budget
+ *   0), on 1 and 2 threads, and those of the guard backend (the cpu kernels with neither copies
+ *   nor matmul_bwd_dw: every gradient zeroed up front, then accumulated); the copies are in use
+ *   (state 2) after a step; the Setup screen's estimate (train_estimate) counts the copies the
+ *   run keeps. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
