@@ -82,11 +82,23 @@ typedef struct Side {
     float *p, *g, *m, *v; /* gap, W, gap */
 } Side;
 
-static void adamw(Side *s, size_t off, size_t n, int t) {
+/* The AdamW pass over p[0, n) on both sides (the same values: the copy changes none) */
+static void adamw_both(Side *s, size_t n, const char *path) {
     float bc1 = 1.0f - 0.729f, bc2 = 1.0f - 0.997f; /* any step's: both sides the same */
-    (void)t;
-    s->be->ops->adamw(s->be, s->p + off, s->g + off, 0.5f, s->m + off, s->v + off, n, 1e-2f, 0.9f,
-                      0.999f, 1e-8f, 0.01f, bc1, bc2);
+    for (int j = 0; j < 2; j++)
+        s[j].be->ops->adamw(s[j].be, s[j].p, s[j].g, 0.5f, s[j].m, s[j].v, n, 1e-2f, 0.9f, 0.999f,
+                            1e-8f, 0.01f, bc1, bc2);
+    CHECK(!memcmp(s[0].p, s[1].p, sizeof(float) * n), "%s: AdamW's values differ", path);
+}
+
+/* The tracked side's copy of W (at gap) in state `want`, and its products equal the other's */
+static void expect(const Side *s, size_t gap, int N, int K, int want, const char *path,
+                   const char *when) {
+    int got = cpu_weight_copy_state(s[0].be, s[0].p + gap);
+    CHECK(got == want, "%s, %s: copy state %d, expected %d", path, when, got, want);
+    char what[128];
+    snprintf(what, sizeof what, "%s, %s", path, when);
+    same_products(s[0].be, s[1].be, s[0].p + gap, s[1].p + gap, N, K, what);
 }
 
 static void test_backend(const char *path, int fast) {
@@ -110,59 +122,31 @@ static void test_backend(const char *path, int fast) {
         }
         float *Wa = s[0].p + gap, *Wb = s[1].p + gap;
         Backend *a = s[0].be, *b = s[1].be;
-        a->ops->weight_track(a, Wa, N, K);
-        char what[96];
         int want = fast ? 2 : 0, stale = fast ? 1 : 0;
-        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: tracked, before any AdamW pass: state %d",
-              path, cpu_weight_copy_state(a, Wa));
-        snprintf(what, sizeof what, "%s, before any pass", path);
-        same_products(a, b, Wa, Wb, N, K, what);
-        for (int step = 0; step < 2; step++) { /* the pass over it all, twice */
-            adamw(&s[0], 0, n, step);
-            adamw(&s[1], 0, n, step);
-            CHECK(!memcmp(s[0].p, s[1].p, sizeof(float) * n), "%s: AdamW's values differ", path);
-            CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: after a whole pass: state %d", path,
-                  cpu_weight_copy_state(a, Wa));
-            snprintf(what, sizeof what, "%s, after AdamW pass %d", path, step + 1);
-            same_products(a, b, Wa, Wb, N, K, what);
-        }
-        /* an upload into a row in the middle: stale */
-        float row[513];
+        a->ops->weight_track(a, Wa, N, K);
+        expect(s, gap, N, K, stale, path, "tracked, before any AdamW pass");
+        adamw_both(s, n, path); /* the pass over it all, twice */
+        expect(s, gap, N, K, want, path, "after an AdamW pass");
+        adamw_both(s, n, path);
+        expect(s, gap, N, K, want, path, "after a second AdamW pass");
+        float row[513]; /* an upload into a row in the middle: stale */
         for (int k = 0; k < K; k++)
             row[k] = frand();
         size_t r = (size_t)N / 2 * K;
         a->ops->upload(a, Wa + r, row, sizeof(float) * K);
         b->ops->upload(b, Wb + r, row, sizeof(float) * K);
-        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after an upload: state %d", path,
-              cpu_weight_copy_state(a, Wa));
-        snprintf(what, sizeof what, "%s, after an upload into it", path);
-        same_products(a, b, Wa, Wb, N, K, what);
-        adamw(&s[0], 0, n, 2); /* whole again */
-        adamw(&s[1], 0, n, 2);
-        CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: after a whole pass: state %d", path,
-              cpu_weight_copy_state(a, Wa));
-        /* a pass over half of it (a sharded optimizer's slice): stale */
-        adamw(&s[0], 0, gap + nw / 2, 3);
-        adamw(&s[1], 0, gap + nw / 2, 3);
-        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after a pass over half: state %d", path,
-              cpu_weight_copy_state(a, Wa));
-        snprintf(what, sizeof what, "%s, after a pass over half of it", path);
-        same_products(a, b, Wa, Wb, N, K, what);
-        adamw(&s[0], 0, n, 4);
-        adamw(&s[1], 0, n, 4);
-        /* written by someone else (a collective): stale until the next pass */
-        Wa[nw - 1] = Wb[nw - 1] = 0.25f;
+        expect(s, gap, N, K, stale, path, "after an upload into it");
+        adamw_both(s, n, path);
+        expect(s, gap, N, K, want, path, "whole again");
+        adamw_both(s, gap + nw / 2, path); /* half of it (a sharded optimizer's slice): stale */
+        expect(s, gap, N, K, stale, path, "after a pass over half of it");
+        adamw_both(s, n, path);
+        Wa[nw - 1] = Wb[nw - 1] = 0.25f; /* written by someone else (a collective) */
         a->ops->weights_written(a, Wa + nw - 1, 1);
-        CHECK(cpu_weight_copy_state(a, Wa) == stale, "%s: after weights_written: state %d", path,
-              cpu_weight_copy_state(a, Wa));
-        snprintf(what, sizeof what, "%s, after weights_written", path);
-        same_products(a, b, Wa, Wb, N, K, what);
-        /* the gradients of a pass do not touch the copy: zeroing them keeps it */
-        adamw(&s[0], 0, n, 5);
-        adamw(&s[1], 0, n, 5);
-        a->ops->zero(a, s[0].m, sizeof(float) * n); /* not a tracked weight */
-        CHECK(cpu_weight_copy_state(a, Wa) == want, "%s: zeroing other memory: state %d", path,
-              cpu_weight_copy_state(a, Wa));
+        expect(s, gap, N, K, stale, path, "after weights_written");
+        adamw_both(s, n, path);
+        a->ops->zero(a, s[0].m, sizeof(float) * n); /* other memory: the copy stays */
+        expect(s, gap, N, K, want, path, "after zeroing other memory");
         a->ops->weight_track(a, Wa, 0, 0);
         CHECK(cpu_weight_copy_state(a, Wa) == 0, "%s: untracked: state %d", path,
               cpu_weight_copy_state(a, Wa));
