@@ -274,6 +274,16 @@ static void test_event_roundtrip(void) {
           strlen(e.text));
 }
 
+/* source_test_after_write: the trainer's read_control (rename, read, unlink), `takes` times */
+static int takes;
+static void take_control(const char *path) {
+    if (takes <= 0) return;
+    takes--;
+    char taken[300];
+    snprintf(taken, sizeof taken, "%s.reading", path);
+    if (rename(path, taken) == 0) unlink(taken);
+}
+
 static void test_events(void) {
     Event ev;
     const char *step =
@@ -379,6 +389,20 @@ static void test_events(void) {
     if (cf) fclose(cf);
     cbuf[cl] = 0;
     CHECK(!strcmp(cbuf, "pause\nstop\n"), "control file: \"%s\"", cbuf);
+    /* the trainer takes RUN/control (renames it, reads it, unlinks it) between the UI's open and
+     * the UI's write: the line went into a file already read, so the UI writes it again into a
+     * new RUN/control (a lost "resume" once left a run paused in CI) */
+    unlink(cpath);
+    takes = 1;
+    source_test_after_write = take_control;
+    CHECK(source_command(src, CMD_RESUME, err, sizeof err) == 0, "resume: %s", err);
+    source_test_after_write = NULL;
+    cf = fopen(cpath, "r");
+    cl = cf ? fread(cbuf, 1, sizeof cbuf - 1, cf) : 0;
+    if (cf) fclose(cf);
+    cbuf[cl] = 0;
+    CHECK(takes == 0 && !strcmp(cbuf, "resume\n"),
+          "a line written into a control file taken meanwhile is written again: \"%s\"", cbuf);
     CHECK(source_alive(src) == -1, "no pid file: unknown");
     source_free(src);
     // runs summary

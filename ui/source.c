@@ -112,6 +112,8 @@ static int follow_poll(EventSource *src, Event *out, int max) {
  * longer RUN/control, the line goes again into the new one: the commands are idempotent (pause,
  * resume and stop set a state; save skips a step already saved), so one taken twice is
  * harmless. */
+void (*source_test_after_write)(const char *control_path);
+
 static int follow_command(EventSource *src, UiCommand cmd, char *err, size_t err_len) {
     FileFollow *f = src->ctx;
     char path[4200], line[32];
@@ -125,6 +127,7 @@ static int follow_command(EventSource *src, UiCommand cmd, char *err, size_t err
         }
         ssize_t w = write(fd, line, (size_t)len);
         int e = errno;
+        if (source_test_after_write) source_test_after_write(path);
         struct stat mine, now;
         int same = fstat(fd, &mine) == 0 && stat(path, &now) == 0 && mine.st_ino == now.st_ino &&
                    mine.st_dev == now.st_dev;

@@ -61,6 +61,10 @@ static inline int source_wake_fd(EventSource *s) {
     return s && s->ops->wake_fd ? s->ops->wake_fd(s) : -1;
 }
 int source_command(EventSource *s, UiCommand cmd, char *err, size_t err_len);
+/* For tests: source_command (file-follow mode) calls it with RUN_DIR/control's path after each
+ * write of its line and before it checks that the file it wrote is still RUN_DIR/control (the
+ * trainer takes the file by renaming it, at any moment). NULL in the program. */
+extern void (*source_test_after_write)(const char *control_path);
 int source_alive(EventSource *s);
 void source_free(EventSource *s); /* NULL-safe */
 
