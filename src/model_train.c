@@ -608,26 +608,32 @@ static int init_full(TrainState *ts, TunaErr *err) {
  * head when it trains (not the token and position tables as such); fn(ts, p, rows, cols, layer,
  * arg) for each (layer -1: the head) */
 typedef void (*MatFn)(TrainState *ts, const float *p, int rows, int cols, int layer, int arg);
+
+/* rows x cols of a layer's weight at LoraSite k (layer_site_weight): its product's out x in */
+static void lora_site_shape(const ModelConfig *c, int k, int *rows, int *cols) {
+    int Q = c->NH * c->HS, KV = c->KVH * c->HS;
+    *rows = k == LORA_Q                      ? Q
+            : k == LORA_K || k == LORA_V     ? KV
+            : k == LORA_GATE || k == LORA_UP ? c->FF
+                                             : c->C;
+    *cols = k == LORA_O ? Q : k == LORA_DOWN ? c->FF : c->C;
+}
+
 static void trained_matrices(TrainState *ts, MatFn fn, int arg) {
-    const Model *m = ts->m;
+    Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     const float *lo = m->params + ts->g0, *hi = m->params + ts->g1;
-    int Q = c->NH * c->HS, KV = c->KVH * c->HS;
-    for (int l = 0; l <= c->L; l++) {
-        const LayerWeights *w = l < c->L ? &m->layers[l] : NULL;
-        struct {
-            const float *p;
-            int rows, cols;
-        } mat[] = {{w ? w->wq : NULL, Q, c->C},         {w ? w->wk : NULL, KV, c->C},
-                   {w ? w->wv : NULL, KV, c->C},        {w ? w->wo : NULL, c->C, Q},
-                   {w ? w->w_gate : NULL, c->FF, c->C}, {w ? w->w_up : NULL, c->FF, c->C},
-                   {w ? w->w_down : NULL, c->C, c->FF}, {w ? NULL : m->lm_head, c->V, c->C}};
-        for (size_t i = 0; i < sizeof mat / sizeof mat[0]; i++) {
-            const float *p = mat[i].p;
-            if (p && p >= lo && p + (size_t)mat[i].rows * mat[i].cols <= hi)
-                fn(ts, p, mat[i].rows, mat[i].cols, l < c->L ? l : -1, arg);
+    for (int l = 0; l <= c->L; l++)
+        for (int k = 0; k < (l < c->L ? LORA_N_SITES : 1); k++) {
+            int rows = c->V, cols = c->C; /* past the layers: the head */
+            const float *p = m->lm_head;
+            if (l < c->L) {
+                p = *layer_site_weight(&m->layers[l], (LoraSite)k);
+                lora_site_shape(c, k, &rows, &cols);
+            }
+            if (p && p >= lo && p + (size_t)rows * cols <= hi)
+                fn(ts, p, rows, cols, l < c->L ? l : -1, arg);
         }
-    }
 }
 
 static void track_one(TrainState *ts, const float *p, int rows, int cols, int layer, int on) {
@@ -649,7 +655,7 @@ static void lazy_add(TrainState *ts, const float *p, int rows, int cols, int lay
 
 /* The lazily written gradients: the trained matrices', by address (full and freeze) */
 static void lazy_init(TrainState *ts) {
-    ts->lazy = xcalloc((size_t)ts->m->cfg.L * 7 + 1, sizeof *ts->lazy);
+    ts->lazy = xcalloc((size_t)ts->m->cfg.L * LORA_N_SITES + 1, sizeof *ts->lazy);
     trained_matrices(ts, lazy_add, 0);
     for (int i = 1; i < ts->n_lazy; i++)
         for (int j = i; j > 0 && ts->lazy[j].g < ts->lazy[j - 1].g; j--) {

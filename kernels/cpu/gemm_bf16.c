@@ -1033,6 +1033,37 @@ static size_t panels_words(int N, int K) {
     return panel_at(nkb - 1, npb, npb, (kn_last + 1) / 2);
 }
 
+/* The two halves of weight_pack's layouts that a few rows fill, shared by the typed weights'
+ * packing (pack_typed_units) and the trained weights' copies (mirror_pack_rows); nt: the lines
+ * streamed past the caches (pack_panel_nt; the caller fences).
+ * - rows_fwd: panel u of the forward's op(B) (its columns are rows r0 .. r0 + rn - 1 of v, rn <=
+ *   NR), every K block of K, each block's pad pairs zeroed;
+ * - rows_din: in K block kb (kn deep) of the input gradient's op(B) = v (k-major: N columns, npb
+ *   panels), the pairs that v's rows k .. k + sn - 1 make (k at an even offset s of the block),
+ *   16 of every panel per 32 rows; the block's pad pairs zeroed when these rows end it. */
+X_TARGET static void rows_fwd(const View *v, size_t r0, int rn, int K, size_t npb, size_t u,
+                              uint32_t *dst, int nt) {
+    for (int kb = 0, k0 = 0; k0 < K; kb++, k0 += KC) {
+        int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+        uint32_t *d = dst + panel_at((size_t)kb, npb, u, kp);
+        (nt ? pack_panel_nt : pack_panel)(v, r0, rn, (size_t)k0, kn, NR, d);
+        memset(d + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *d);
+    }
+}
+
+X_TARGET static void rows_din(const View *v, size_t k, int sn, int N, size_t npb, size_t kb, int s,
+                              int kn, uint32_t *dst, int nt) {
+    int kp = (kn + 1) / 2;
+    for (size_t p = 0; p < npb; p++) {
+        size_t c0 = p * NR;
+        uint32_t *d = dst + panel_at(kb, npb, p, kp);
+        (nt ? pack_panel_nt : pack_panel)(v, c0, (size_t)N - c0 < NR ? (int)((size_t)N - c0) : NR,
+                                          k, sn, NR, d + (size_t)(s / 2) * NR);
+        if (s + sn == kn) /* the block's last rows: its pad pairs up to a whole AMX step */
+            memset(d + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *d);
+    }
+}
+
 /* Units [lo, hi) of rows n0 .. n0 + nn - 1 of a typed weight packed as op(B) into dst, in
  * weight_pack's layout (panels_words(N, K) words): t 0, the forward's (those rows are op(B)'s
  * nn columns, K = w->cols; a unit is a panel's 32 rows, every K block of them), t 1 the input
@@ -1055,26 +1086,15 @@ X_TARGET static void pack_typed_units(const Weight *w, int t, int n0, int nn, ui
         if (!t) { /* panel u: rows 32 u .. of the tile, each K block */
             int r0 = (int)u * NR, rn = nn - r0 < NR ? nn - r0 : NR;
             cpu_dequant_rows(w, n0 + r0, rn, sc);
-            for (int kb = 0, k0 = 0; k0 < K; kb++, k0 += KC) {
-                int kn = K - k0 < KC ? K - k0 : KC;
-                pack_b_panel(&v, 0, rn, (size_t)k0, kn,
-                             dst + panel_at((size_t)kb, npb, u, (kn + 1) / 2));
-            }
+            rows_fwd(&v, 0, rn, K, npb, u, dst, 0);
             continue;
         }
-        int k0 = (int)u * KC, kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
+        int k0 = (int)u * KC, kn = K - k0 < KC ? K - k0 : KC;
         for (int s = 0; s < kn; s += 32) { /* 32 rows: 16 pairs of every panel */
             int sn = kn - s < 32 ? kn - s : 32;
             cpu_dequant_rows(w, n0 + k0 + s, sn, sc);
-            for (size_t p = 0; p < npb; p++) {
-                size_t c0 = p * NR;
-                pack_panel(&v, c0, (size_t)N - c0 < NR ? (int)((size_t)N - c0) : NR, 0, sn, NR,
-                           dst + panel_at(u, npb, p, kp) + (size_t)(s / 2) * NR);
-            }
+            rows_din(&v, 0, sn, N, npb, u, s, kn, dst, 0);
         }
-        for (size_t p = 0; p < npb; p++) /* the pad pairs up to a whole AMX step */
-            memset(dst + panel_at(u, npb, p, kp) + (size_t)kp * NR, 0,
-                   (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
     }
     free(sc);
 }
@@ -1248,27 +1268,12 @@ void cpu_mirrors_free(Backend *be) {
  * input gradient's pairs of them (16 pairs of every panel of their K block: r0 even), from w's
  * values as they are now; the unit that ends a K block zeroes its pad pairs. */
 X_TARGET static void mirror_pack_rows(const CpuMirror *m, int r0, int rn) {
-    int rows = m->rows, cols = m->cols;
-    size_t npb = ((size_t)rows + NR - 1) / NR;
+    int rows = m->rows, cols = m->cols, kb = r0 / KC, k0 = kb * KC;
     View v = {m->w, NULL, (size_t)cols, 0, NULL};
-    for (int kb = 0, k0 = 0; k0 < cols; kb++, k0 += KC) {
-        int kn = cols - k0 < KC ? cols - k0 : KC;
-        int kp = (kn + 1) / 2;
-        uint32_t *dst = m->pk[0] + panel_at((size_t)kb, npb, (size_t)r0 / NR, kp);
-        pack_panel_nt(&v, (size_t)r0, rn, (size_t)k0, kn, NR, dst);
-        memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
-    }
+    rows_fwd(&v, (size_t)r0, rn, cols, ((size_t)rows + NR - 1) / NR, (size_t)r0 / NR, m->pk[0], 1);
     v.kmajor = 1; /* op(B) = w: its columns are the panels', pairs along its rows */
-    npb = ((size_t)cols + NR - 1) / NR;
-    int kb = r0 / KC, k0 = kb * KC, kn = rows - k0 < KC ? rows - k0 : KC, kp = (kn + 1) / 2;
-    for (size_t p = 0; p < npb; p++) {
-        size_t c0 = p * NR;
-        uint32_t *dst = m->pk[1] + panel_at((size_t)kb, npb, p, kp);
-        pack_panel_nt(&v, c0, (size_t)cols - c0 < NR ? (int)((size_t)cols - c0) : NR, (size_t)r0,
-                      rn, NR, dst + (size_t)((r0 - k0) / 2) * NR);
-        if (r0 + rn == k0 + kn) /* the block's last rows: its pad pairs */
-            memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
-    }
+    rows_din(&v, (size_t)r0, rn, cols, ((size_t)cols + NR - 1) / NR, (size_t)kb, r0 - k0,
+             rows - k0 < KC ? rows - k0 : KC, m->pk[1], 1);
 }
 
 /* A piece of the AdamW pass: elements [i0, i1) of p, and when m is set the rows of it from r0
