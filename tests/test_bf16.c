@@ -114,7 +114,14 @@ static const int shapes[][3] = {{1, 1, 1},
                                 {400, 520, 390},
                                 /* K past 2 x 16 blocks: gemm_x's K slices (forward; din) */
                                 {37, 9000, 45},
-                                {13, 40, 8300}};
+                                {13, 40, 8300},
+                                /* a tall op(A) against few columns: gemm_x's row tasks, over
+                                 * several K blocks (the AMX tiles' C between blocks in scratch),
+                                 * a last panel of 8 columns and rows past the last whole panel */
+                                {2100, 600, 40},
+                                /* an output of 8 MiB (written past the caches), and din / dw
+                                 * accumulated over 8 and 4 K blocks in row tasks */
+                                {1024, 24, 2048}};
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 // --- matmul_fwd and matmul_bwd -------------------------------------------------------------------
@@ -690,6 +697,38 @@ static void test_attention(Backend *ref, Backend *cpu, const char *path) {
     backend_set_threads(cpu, 2);
 }
 
+/* On the AMX tiles C's running sums go from K block to K block through the tiles, a scratch
+ * (all of a task's rows, or a few at a time per group of blocks) or C itself: the same fp32
+ * values, so the same bits whichever way a product takes. TUNA_AMX_SCRATCH_KB makes the scratch
+ * too small for a task's rows. */
+static void test_scratch(Backend *cpu) {
+    static const int sh[][3] = {{1024, 24, 2048}, {300, 2100, 200}, {2100, 1300, 40}};
+    for (int si = 0; si < 3; si++) {
+        int M = sh[si][0], K = sh[si][1], N = sh[si][2];
+        size_t nx = (size_t)M * K, nw = (size_t)N * K, no = (size_t)M * N;
+        float *x = rnd(nx), *w = rnd(nw), *dout = rnd(no), *din0 = rnd(nx), *dw0 = rnd(nw);
+        for (int nth = 1; nth <= 2; nth++) {
+            float *o[2], *di[2], *dw[2];
+            backend_set_threads(cpu, nth);
+            for (int v = 0; v < 2; v++) {
+                if (v) setenv("TUNA_AMX_SCRATCH_KB", "16", 1);
+                o[v] = rnd(no), di[v] = dup(din0, nx), dw[v] = dup(dw0, nw);
+                cpu->ops->matmul_fwd(cpu, o[v], x, w, NULL, M, K, N);
+                cpu->ops->matmul_bwd(cpu, di[v], dw[v], NULL, dout, x, w, M, K, N);
+                unsetenv("TUNA_AMX_SCRATCH_KB");
+            }
+            CHECK(same_bits(o[0], o[1], no) && same_bits(di[0], di[1], nx) &&
+                          same_bits(dw[0], dw[1], nw),
+                  "amx %dx%dx%d, %d thread(s): C's sums through a small scratch give other bits", M,
+                  K, N, nth);
+            for (int v = 0; v < 2; v++)
+                free(o[v]), free(di[v]), free(dw[v]);
+        }
+        free(x), free(w), free(dout), free(din0), free(dw0);
+    }
+    backend_set_threads(cpu, 2);
+}
+
 int main(void) {
     TunaErr err = {0};
     Backend *ref = backend_init("ref", 1, &err), *cpu = backend_init("cpu", 2, &err);
@@ -708,6 +747,7 @@ int main(void) {
         test_paths_agree(cpu);
         test_denormals(ref, cpu, fast);
         test_attention(ref, cpu, fast);
+        if (!strcmp(fast, "amx")) test_scratch(cpu);
         if (!strcmp(fast, "amx")) { /* the vdpbf16ps kernel, which an AMX CPU also has */
             setenv("TUNA_BF16", "avx512bf16", 1);
             CHECK(!strcmp(cpu_bf16_path(), "avx512bf16"),
