@@ -403,7 +403,7 @@ X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
  * LoRA step). Several panels at once read a few lines of each row of the view together: one at a
  * time, the LM head's weight gradient (its output gradient, 256 rows of 50257, seen k-major)
  * packed at 2.6 GB/s, a line from every row in turn. */
-#define AMX_KGRP 4
+#define AMX_KGRP 8
 X_TARGET static void pack_a_kmajor_amx(const View *v, size_t r0, int rn, size_t k0, int kn,
                                        uint32_t *dst, size_t step, int pm) {
     const int W = KC / 2, kp = (kn + 1) / 2, kq = KPAD(kp), P = (rn + 15) / 16 * 16;
@@ -469,11 +469,39 @@ X_TARGET static void pack_b_panel(const View *v, size_t r0, int rn, size_t k0, i
     memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
 }
 
+/* pack_task_panels from a k-major fp32 view: pair by pair across all the panels, where a pair's
+ * two rows of the task's columns are contiguous in the view (panel by panel, each of the two read
+ * 128 bytes of every row in turn: the weight gradients' op(B), a layer's input, packed at a few
+ * GB/s from memory) */
+X_TARGET static void pack_panels_kmajor(const View *v, size_t n0, size_t n1, size_t k0, int kn,
+                                        uint32_t *bp) {
+    const int kp = (kn + 1) / 2;
+    const size_t kq = (size_t)KPAD(kp), w = (n1 - n0 + NR - 1) / NR * NR;
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                         8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int k = 0; k < kn; k += 2) {
+        const float *c0 = v->f + (k0 + (size_t)k) * v->ld, *c1 = c0 + v->ld;
+        uint32_t *d = bp + (size_t)(k / 2) * NR;
+        for (size_t j = 0; j < w; j += 16) { /* columns past n1 zero */
+            __mmask16 m = lanes16((int)(n1 - n0 - j));
+            __m512 hi = k + 1 < kn ? _mm512_maskz_loadu_ps(m, c1 + n0 + j) : _mm512_setzero_ps();
+            __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m, c0 + n0 + j), hi);
+            _mm512_storeu_si512(d + j / NR * kq * NR + j % NR, _mm512_permutexvar_epi16(zip, x));
+        }
+    }
+    for (size_t j = 0; j < w; j += NR)
+        memset(bp + j / NR * kq * NR + (size_t)kp * NR, 0, (kq - (size_t)kp) * NR * sizeof *bp);
+}
+
 /* A task's columns [n0, n1) of op(B) for K block k0 (kn elements), packed into bp: panel p at
  * bp + p * KPAD(kp) * NR */
 X_TARGET static void pack_task_panels(const View *b, size_t n0, size_t n1, int k0, int kn,
                                       uint32_t *bp) {
     size_t kq = (size_t)KPAD((kn + 1) / 2);
+    if (b->kmajor && !b->h) {
+        pack_panels_kmajor(b, n0, n1, (size_t)k0, kn, bp);
+        return;
+    }
     for (size_t n = n0; n < n1; n += NR)
         pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
                      bp + (n - n0) / NR * kq * NR);
