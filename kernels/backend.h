@@ -154,9 +154,11 @@ typedef struct BackendOps {
 
     /* matmul_bwd's weight gradient alone, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing
      * dw and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
-     * product need not read dw). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
+     * product need not read dw). sumsq (or NULL): *sumsq = Σ dw² in double, summed in an order
+     * that depends on the shape alone (a part of the gradient norm without a pass over dw
+     * later). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
     void (*matmul_bwd_dw)(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                          int N);
+                          int N, double *sumsq);
 
     // --- optional: copies of trainable weights in the products' form (NULL where a backend
     // keeps none; the products then read the weights as they are)

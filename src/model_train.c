@@ -69,6 +69,8 @@ struct TrainState {
         float *g;
         size_t n;
         int layer, pending;
+        double ss; /* Σ g², valid when ss_ok: since the step's overwrite, nothing else wrote g */
+        int ss_ok;
     } * lazy;
     int n_lazy;
     // lora
@@ -650,7 +652,8 @@ static float *G(const TrainState *ts, const float *p);
 
 static void lazy_add(TrainState *ts, const float *p, int rows, int cols, int layer, int arg) {
     (void)arg;
-    ts->lazy[ts->n_lazy++] = (struct LazyGrad){G(ts, p), (size_t)rows * (size_t)cols, layer, 0};
+    ts->lazy[ts->n_lazy++] =
+            (struct LazyGrad){G(ts, p), (size_t)rows * (size_t)cols, layer, 0, 0, 0};
 }
 
 /* The lazily written gradients: the trained matrices', by address (full and freeze) */
@@ -1336,32 +1339,37 @@ static int lazy_find(const TrainState *ts, const float *g) {
     return -1;
 }
 
-/* g about to be accumulated into: zeroed first if it is pending */
+/* g about to be accumulated into: zeroed first if it is pending; its Σ g² no longer known */
 static void lazy_take(TrainState *ts, const float *g) {
     int i = lazy_find(ts, g);
     if (i >= 0 && ts->lazy[i].pending) zero(ts, ts->lazy[i].g, ts->lazy[i].n);
-    if (i >= 0) ts->lazy[i].pending = 0;
+    if (i >= 0) ts->lazy[i].pending = ts->lazy[i].ss_ok = 0;
 }
 
-/* the pending ones of layer l (INT_MIN: all) zeroed: nothing wrote them this step */
+/* the pending ones of layer l (INT_MIN: all) zeroed: nothing wrote them this step (Σ g² = 0) */
 static void lazy_flush(TrainState *ts, int l) {
     for (int i = 0; i < ts->n_lazy; i++)
         if (ts->lazy[i].pending && (l == INT_MIN || ts->lazy[i].layer == l)) {
             zero(ts, ts->lazy[i].g, ts->lazy[i].n);
             ts->lazy[i].pending = 0;
+            ts->lazy[i].ss = 0;
+            ts->lazy[i].ss_ok = 1;
         }
 }
 
 /* matmul_bwd of a trained matrix W whose gradient dw may be pending: din and dbias accumulated,
- * and dw overwritten when pending (matmul_bwd_dw), accumulated otherwise */
+ * and dw overwritten when pending (matmul_bwd_dw, which also gives Σ dw² unless a gradient hook
+ * may change dw afterwards), accumulated otherwise */
 static void matmul_bwd_lazy(TrainState *ts, float *din, float *dw, float *dbias, const float *dout,
                             const float *in, const float *W, int M, int K, int N) {
     const BackendOps *op = ts->be->ops;
     int i = lazy_find(ts, dw);
     if (i >= 0 && ts->lazy[i].pending && op->matmul_bwd_dw) {
+        struct LazyGrad *z = &ts->lazy[i];
         if (din || dbias) op->matmul_bwd(ts->be, din, NULL, dbias, dout, in, W, M, K, N);
-        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N);
-        ts->lazy[i].pending = 0;
+        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N, ts->grad_fn ? NULL : &z->ss);
+        z->pending = 0;
+        z->ss_ok = !ts->grad_fn;
         return;
     }
     lazy_take(ts, dw);
@@ -1375,11 +1383,28 @@ void train_zero_grad(TrainState *ts) {
             zero(ts, at, (size_t)(ts->lazy[i].g - at));
             at = ts->lazy[i].g + ts->lazy[i].n;
             ts->lazy[i].pending = 1;
+            ts->lazy[i].ss_ok = 0;
         }
         zero(ts, at, (size_t)(end - at));
     }
     if (ts->ad_grad) zero(ts, ts->ad_grad, ts->n_ad);
     if (ts->tok_grad) zero(ts, ts->tok_grad, (size_t)(ts->n_tok + 1) * ts->m->cfg.C);
+}
+
+void train_grad_sumsq(const TrainState *ts, const TrainParam *tp, int np, double *known) {
+    for (int p = 0; p < np; p++) {
+        known[p] = -1;
+        const float *at = tp[p].grad, *end = at + tp[p].n;
+        double s = 0;
+        for (int i = 0; at && i < ts->n_lazy && at < end; i++) { /* by address */
+            const struct LazyGrad *z = &ts->lazy[i];
+            if (z->g + z->n <= at) continue;
+            if (z->g != at || !z->ss_ok) break;
+            s += z->ss;
+            at += z->n;
+        }
+        if (tp[p].grad && at == end) known[p] = s;
+    }
 }
 
 /* Gradient buffer of a base weight, or NULL when it is frozen. */

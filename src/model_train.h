@@ -126,6 +126,11 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
                      const TrainSetup *setup, int B, int T, TrainSizes *out, TunaErr *err);
 
 void train_zero_grad(TrainState *ts);
+/* known[p] = Σ g² of tp[p]'s gradient where the step's backward knows it (a trained matrix, or
+ * several that tile the tensor, whose gradient one product wrote since train_zero_grad and
+ * nothing else since: BackendOps.matmul_bwd_dw's sumsq, without a gradient hook), else -1. For
+ * optim_clip; not where anything outside the backward changes the gradients (data parallel's sum). */
+void train_grad_sumsq(const TrainState *ts, const TrainParam *tp, int np, double *known);
 
 /* Forward (and, if backward, backward) of one micro-batch: ids and targets are host
  * (B_used, T) arrays, targets -100 where no loss. The loss gradient is scaled by

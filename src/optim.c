@@ -137,10 +137,11 @@ size_t optim_state_bytes(const Optim *o) {
     return 2 * o->block_len * sizeof(float);
 }
 
-double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale) {
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale,
+                  const double *known) {
     double ss = 0;
     for (int i = 0; i < np; i++)
-        ss += be->ops->sumsq(be, tp[i].grad, tp[i].n);
+        ss += known && known[i] >= 0 ? known[i] : be->ops->sumsq(be, tp[i].grad, tp[i].n);
     double norm = sqrt(ss);
     float c = 1.0f;
     if (max_norm > 0 && norm > (double)max_norm) c = (float)((double)max_norm / (norm + 1e-6));

@@ -80,8 +80,10 @@ int optim_loraplus(Optim *o, const TrainParam *tp, int np, float ratio, TunaErr 
  * and the norm exceeds it, the gradients are to be scaled by max_norm / (norm + 1e-6), else 1.
  * With gscale NULL the gradients are scaled in place; otherwise the factor goes to *gscale
  * for optim_step, which applies it in the same pass (one sweep less over the gradients).
+ * known (or NULL): Σ g² of tensor i where known[i] >= 0 (train_grad_sumsq), not summed again.
  * Returns the norm before clipping. */
-double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale);
+double optim_clip(Backend *be, const TrainParam *tp, int np, float max_norm, float *gscale,
+                  const double *known);
 /* One AdamW step with learning rate lr on the gradients times gscale (1 for none), over the
  * tensors given to optim_init (tp and np must be those), one pass per span: sharded, over this
  * rank's slice only (every rank has the whole gradient; the step is elementwise, so each value

@@ -799,6 +799,7 @@ typedef struct Loop {
     int GA, B, T;
     int32_t *ids, *tg, *sg; /* (GA, B, T) the step's micro-batches; sg: neat spans or NULL */
     int *Ts;                /* (GA) each micro-batch's row length */
+    double *known;          /* (the trained tensors) train_grad_sumsq's, for optim_clip */
     const char *status;     /* "finished" or "stopped" */
     double t_last, paused_at, paused_total, last_line;
     double win[WIN]; /* the last steps' times, for the ETA (not the first: warm-up) */
@@ -1513,11 +1514,14 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         if ((rc = r->obj->step(r, lp, &so, err))) break;
         double loss = so.loss;
         float gscale;
-        double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale);
+        /* the parts of the norm the backward knows (one process: no sum of the ranks' after) */
+        if (r->world == 1) train_grad_sumsq(r->ts, tp, np, lp->known);
+        const double *known = r->world == 1 ? lp->known : NULL;
+        double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale, known);
         if (r->have_vh) { /* rm: one norm over the model's and the value head's gradients */
             float g1, g2;
-            double n1 = optim_clip(r->be, tp, np, 0, &g1),
-                   n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2);
+            double n1 = optim_clip(r->be, tp, np, 0, &g1, known),
+                   n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2, NULL);
             double mx = r->cfg->max_grad_norm;
             gnorm = sqrt(n1 * n1 + n2 * n2);
             gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;
@@ -1605,6 +1609,9 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     lp.tg = xmalloc(sizeof(int32_t) * n);
     lp.sg = r.batcher.seg_start ? xmalloc(sizeof(int32_t) * n) : NULL;
     lp.Ts = xmalloc(sizeof(int) * (size_t)lp.GA);
+    int ntp;
+    train_params(r.ts, &ntp);
+    lp.known = xmalloc(sizeof(double) * (size_t)(ntp > 0 ? ntp : 1));
     lp.t_last = time_now();
     lp.start_step = lp.saved_at = r.step;
     rc = run_loop(&r, &lp, err);
@@ -1615,6 +1622,7 @@ int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaE
     free(lp.tg);
     free(lp.sg);
     free(lp.Ts);
+    free(lp.known);
     run_close(&r);
     return rc;
 }

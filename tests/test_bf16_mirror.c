@@ -21,6 +21,7 @@
  *   nor matmul_bwd_dw: every gradient zeroed up front, then accumulated); the copies are in use
  *   (state 2) after a step; the Setup screen's estimate (train_estimate) counts the copies the
  *   run keeps. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,12 +185,28 @@ static void test_bwd_dw(const char *path) {
             in[i] = frand();
         for (size_t i = 0; i < nw; i++)
             a[i] = b[i] = __builtin_nanf("");
-        be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N);
+        be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N, NULL);
         be->ops->zero(be, b, sizeof(float) * nw);
         be->ops->matmul_bwd(be, NULL, b, NULL, dout, in, NULL, M, K, N);
         CHECK(!memcmp(a, b, sizeof(float) * nw),
               "%s: matmul_bwd_dw (%d x %d x %d) differs from zeroing and matmul_bwd (max diff %g)",
               path, M, K, N, test_max_abs_diff(a, b, nw));
+        /* with Σ dw²: the same dw, the sum within double rounding of a plain one, and the same
+         * bits on 1 and 2 threads */
+        double ss[2], ref = 0;
+        for (int nth = 1; nth <= 2; nth++) {
+            backend_set_threads(be, nth);
+            for (size_t i = 0; i < nw; i++)
+                a[i] = __builtin_nanf("");
+            be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N, &ss[nth - 1]);
+            CHECK(!memcmp(a, b, sizeof(float) * nw), "%s: matmul_bwd_dw with its Σ dw² differs",
+                  path);
+        }
+        for (size_t i = 0; i < nw; i++)
+            ref += (double)b[i] * (double)b[i];
+        CHECK(fabs(ss[1] - ref) <= 1e-12 * ref && !memcmp(&ss[0], &ss[1], sizeof(double)),
+              "%s: matmul_bwd_dw (%d x %d x %d): Σ dw² %.17g (1 thread %.17g), summed %.17g", path,
+              M, K, N, ss[1], ss[0], ref);
         be->ops->release(be, a);
         be->ops->release(be, b);
         free(dout);
@@ -303,7 +320,7 @@ static void run(const char *model, TrainMethod method, int nth, long pack_mb, Tr
         }
         tr->loss[step] += half;
         float gscale;
-        tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale);
+        tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale, NULL);
         if (step == STEPS - 1) tr->grads = gather(be, tp, np, tr->n, 0);
         optim_step(&opt, tp, np, 1e-2f, gscale);
         if (step == 0 && !guard) tr->copies = cpu_weight_copy_state(be, m->layers[m->cfg.L - 1].wq);
@@ -337,6 +354,80 @@ static void same_trace(const char *what, const Trace *ref, const Trace *got) {
     CHECK(!memcmp(ref->weights, got->weights, sizeof(float) * ref->n),
           "%s: weights differ (max diff %g)", what,
           test_max_abs_diff(ref->weights, got->weights, ref->n));
+}
+
+/* The gradient norm's parts that the backward knows (train_grad_sumsq): a trained matrix's Σ g²
+ * from its weight gradient's product, where one product wrote the gradient this step and nothing
+ * else since. Each known part equals the sum of its gradient within double rounding; a tied
+ * head's (the embedding's backward adds to it) and the norms' and biases' are not known; none
+ * after a second micro-batch (accumulated) or with a gradient hook; and the step's norm and
+ * clipping factor are those without them. */
+static void hook_none(void *ctx, int layer) {
+    (void)ctx, (void)layer;
+}
+
+static void test_known(const char *model, TrainMethod method, const char *name, int tied) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 2, &err);
+    Model *m = NULL;
+    TrainState *ts = NULL;
+    enum { B = 2, T = 40 };
+    int32_t ids[B * T], tg[B * T];
+    TrainSetup setup = {.method = method, .freeze_layers = 1, .seed = 7};
+    be->mm_bf16 = 1;
+    if (model_load(model, be, &m, &err) || train_state_init(m, &setup, B, T, &ts, &err)) {
+        CHECK(0, "%s: %s", model, err.msg);
+        goto done;
+    }
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = 3 + (i * 7919) % (m->cfg.V - 3);
+        tg[i] = i % T < 4 ? -100 : (i * 104729) % m->cfg.V;
+    }
+    int np, c;
+    double loss;
+    const TrainParam *tp = train_params(ts, &np);
+    double *known = xmalloc(sizeof(double) * (size_t)np);
+    for (int pass = 0; pass < 3; pass++) { /* one micro-batch; two; one with a hook */
+        train_zero_grad(ts);
+        train_set_grad_hook(ts, pass == 2 ? hook_none : NULL, NULL);
+        for (int mb = 0; mb < (pass == 1 ? 2 : 1); mb++)
+            if (train_step_fb(ts, ids, tg, B, 0.01f, 1, &loss, &c, &err)) {
+                CHECK(0, "%s: %s", name, err.msg);
+                goto out;
+            }
+        train_set_grad_hook(ts, NULL, NULL);
+        train_grad_sumsq(ts, tp, np, known);
+        int n_known = 0, bad = 0, head_known = 0;
+        for (int i = 0; i < np; i++) {
+            if (known[i] < 0) continue;
+            n_known++;
+            double s = be->ops->sumsq(be, tp[i].grad, tp[i].n);
+            bad += !(fabs(known[i] - s) <= 1e-12 * s);
+            head_known |= tp[i].data == m->lm_head;
+        }
+        CHECK(!bad, "%s: %d known part(s) of the norm differ from their gradients' sums", name,
+              bad);
+        if (pass == 0) {
+            CHECK(n_known >= 4 * (method == METHOD_FREEZE ? 1 : m->cfg.L) && n_known < np,
+                  "%s: %d of %d tensors' Σ g² known", name, n_known, np);
+            CHECK(!(tied && head_known), "%s: a tied head's Σ g² taken as known", name);
+            float g1, g2;
+            double n1 = optim_clip(be, tp, np, 0.5f, &g1, known),
+                   n2 = optim_clip(be, tp, np, 0.5f, &g2, NULL);
+            CHECK(fabs(n1 - n2) <= 1e-13 * n2 && g1 == g2,
+                  "%s: norm %.17g (factor %.9g) with the known parts, %.17g (%.9g) without", name,
+                  n1, (double)g1, n2, (double)g2);
+        } else {
+            CHECK(n_known == 0, "%s: %d tensors' Σ g² known after %s", name, n_known,
+                  pass == 1 ? "a second micro-batch" : "a gradient hook");
+        }
+    }
+out:
+    free(known);
+done:
+    train_state_free(ts);
+    model_free(m);
+    backend_free(be);
 }
 
 static void test_engine(int fast) {
@@ -385,6 +476,9 @@ int main(void) {
         test_backend(fast, 1);
         test_bwd_dw(fast);
         test_engine(1);
+        test_known("tests/fixtures/llama_tied", METHOD_FULL, "llama_tied full", 1);
+        test_known("tests/fixtures/llama_tied", METHOD_FREEZE, "llama_tied freeze", 1);
+        test_known("tests/fixtures/gpt2", METHOD_FULL, "gpt2 full", 1);
         if (!strcmp(fast, "amx")) {
             setenv("TUNA_BF16", "avx512bf16", 1);
             test_backend("avx512bf16", 1);
@@ -398,6 +492,7 @@ int main(void) {
     test_backend("plain", 0);
     test_bwd_dw("plain");
     test_engine(0);
+    test_known("tests/fixtures/gpt2", METHOD_FULL, "gpt2 full, plain", 1);
     unsetenv("TUNA_BF16");
     return test_report("test_bf16_mirror");
 }

@@ -222,7 +222,7 @@ int main(void) {
         printf("  [%s] AdamW 20 steps vs torch: max |dp| %.2e\n", be->ops->name, worst);
         // clipping
         be->ops->upload(be, g, T("G"), N * 4);
-        double norm = optim_clip(be, tp, 1, 0.5f, NULL);
+        double norm = optim_clip(be, tp, 1, 0.5f, NULL, NULL);
         double want = (double)T("clip.total_norm")[0];
         CHECK(fabs(norm - want) <= 1e-6 * want, "clip norm %.7f vs %.7f", norm, want);
         be->ops->download(be, hp, g, N * 4);
@@ -240,7 +240,7 @@ int main(void) {
                 for (int k = 0; k < 3; k++) {
                     be->ops->upload(be, gp[pass], T("G") + (size_t)k * N, N * 4);
                     float gs = 1.0f;
-                    optim_clip(be, tp, 1, 0.05f, pass ? &gs : NULL);
+                    optim_clip(be, tp, 1, 0.05f, pass ? &gs : NULL, NULL);
                     if (pass)
                         CHECK(gs < 1.0f, "clip factor %g: the test wants clipping", (double)gs);
                     optim_step(&o2, tp, 1, 1e-3f, gs);

@@ -330,7 +330,7 @@ static void run_method(const Method *me, const int *sched, int nsched, Trace *tr
             goto done;
         }
         float gscale;
-        tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale);
+        tr->gnorm[step] = optim_clip(be, tp, np, 1.0f, &gscale, NULL);
         tr->grads[step] = gather(tp, np, tr->n, 0);
         optim_step(&opt, tp, np, 1e-2f, gscale);
     }

@@ -33,12 +33,16 @@ static int threads_for(const Backend *be, size_t work) {
 
 // --- matrix products
 
-/* dw (N,K) = doutᵀ · in: zeroed and matmul_bwd's, or in one product on the AMX tiles */
+/* dw (N,K) = doutᵀ · in: zeroed and matmul_bwd's, or in one product on the AMX tiles; sumsq:
+ * Σ dw², from the tiles there, else by a pass over dw right after */
 void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                       int N) {
-    if (backend_mm_bf16(be, K, N) && cpu_matmul_bwd_dw_bf16(be, dw, dout, in, M, K, N)) return;
-    be->ops->zero(be, dw, sizeof(float) * (size_t)(N > 0 ? N : 0) * (size_t)(K > 0 ? K : 0));
+                       int N, double *sumsq) {
+    if (backend_mm_bf16(be, K, N) && cpu_matmul_bwd_dw_bf16(be, dw, dout, in, M, K, N, sumsq))
+        return;
+    size_t n = (size_t)(N > 0 ? N : 0) * (size_t)(K > 0 ? K : 0);
+    be->ops->zero(be, dw, sizeof(float) * n);
     cpu_matmul_bwd(be, NULL, dw, NULL, dout, in, NULL, M, K, N);
+    if (sumsq) *sumsq = cpu_sumsq(be, dw, n);
 }
 
 /* din (M,K) += dout (M,N) · w (N,K);  dw (N,K) += doutᵀ · in (M,K);  dbias (N) += Σ_m dout. */

@@ -139,11 +139,12 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
 /* matmul_bwd_dw's product on the AMX tiles, where it takes them (returns 1; 0: not here, the
  * caller zeroes dw and accumulates): beta 0, C's whole lines streamed past the caches. The bits of
  * zeroing dw and cpu_matmul_bwd_bf16's dw (a tile starts from zero either way; not with K slices,
- * whose sum onto zeroed memory would turn a -0 into +0). */
+ * whose sum onto zeroed memory would turn a -0 into +0). sumsq (or NULL): Σ dw², from the tiles
+ * as they are written. */
 int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                           int N);
+                           int N, double *sumsq);
 void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                       int N);
+                       int N, double *sumsq);
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M);
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);

@@ -30,6 +30,7 @@
  * computed by one thread over the whole of K in block order, and cpu_sgemm is thread-invariant.
  * Only the summation order (and vdpbf16ps' and TDPBF16PS' flushing of denormals to zero)
  * separates the paths. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -627,7 +628,24 @@ typedef struct AmxC {
     float *out;
     size_t ldi, ldo;
     int in_whole, out_whole, stream;
+    double *ss; /* or NULL: Σ x² of the tiles' final values, the first row panel's at ss[0], the
+                 * second's at ss[ss_ld] (amx_sumsq) */
+    size_t ss_ld;
 } AmxC;
+
+/* Σ x² of a tile's 256 values in double, in a fixed order (4 chains of 8 lanes, then added) */
+AMX_TARGET static double amx_sumsq(const float *t) {
+    __m512d s[4];
+    for (int j = 0; j < 4; j++)
+        s[j] = _mm512_setzero_pd();
+    for (int i = 0; i < 256; i += 32)
+        for (int j = 0; j < 4; j++) {
+            __m512d x = _mm512_cvtps_pd(_mm256_load_ps(t + i + 8 * j));
+            s[j] = _mm512_fmadd_pd(x, x, s[j]);
+        }
+    return _mm512_reduce_add_pd(
+            _mm512_add_pd(_mm512_add_pd(s[0], s[1]), _mm512_add_pd(s[2], s[3])));
+}
 
 /* The tiles of C (mr0 rows, and when two mr1 below them, tm rows on; nr columns) as c says, plus
  * one K block of kp pairs of the row panel(s) of tm rows at a (the second KC / 2 * tm words after)
@@ -676,8 +694,11 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
     }
     size_t ldo = c->ldo;
     float *c1 = co + (size_t)tm * ldo;
-    if (c->stream && mr0 == tm && (!two || mr1 == tm) && nr == NR && !((uintptr_t)co & 63) &&
-        !(ldo % 16)) { /* whole lines past the caches, through a buffer (no read for ownership) */
+    int lines = c->stream && mr0 == tm && (!two || mr1 == tm) && nr == NR &&
+                !((uintptr_t)co & 63) && !(ldo % 16);
+    if (c->ss || lines) {
+        /* through a buffer: whole lines past the caches (no read for ownership), and Σ x² of
+         * the values (rows and columns past C's are zero: the packed operands' pads) */
         float cs[4][AMX_MR * 16] __attribute__((aligned(64)));
         _tile_stored(0, cs[0], 64);
         _tile_stored(1, cs[1], 64);
@@ -685,10 +706,23 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
             _tile_stored(2, cs[2], 64);
             _tile_stored(3, cs[3], 64);
         }
-        for (int t = 0; t < (two ? 4 : 2); t++)
-            for (int i = 0; i < tm; i++)
-                _mm512_stream_ps((t < 2 ? co : c1) + (size_t)i * ldo + 16 * (t & 1),
-                                 _mm512_load_ps(cs[t] + 16 * i));
+        if (c->ss) {
+            c->ss[0] = amx_sumsq(cs[0]) + amx_sumsq(cs[1]);
+            if (two) c->ss[c->ss_ld] = amx_sumsq(cs[2]) + amx_sumsq(cs[3]);
+        }
+        if (lines) {
+            for (int t = 0; t < (two ? 4 : 2); t++)
+                for (int i = 0; i < tm; i++)
+                    _mm512_stream_ps((t < 2 ? co : c1) + (size_t)i * ldo + 16 * (t & 1),
+                                     _mm512_load_ps(cs[t] + 16 * i));
+            return;
+        }
+        buf_to_c(cs[0], co, ldo, mr0, nr);
+        buf_to_c(cs[1], co + 16, ldo, mr0, nr - 16);
+        if (two) {
+            buf_to_c(cs[2], c1, ldo, mr1, nr);
+            buf_to_c(cs[3], c1 + 16, ldo, mr1, nr - 16);
+        }
         return;
     }
     if (two) {
@@ -714,7 +748,7 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                                      size_t p0, size_t p1, const View *b, int N, int K, int kb0,
                                      int kb1, size_t n0, size_t n1, float *C, size_t ldc, int add0,
                                      uint32_t *bp, float *scratch, size_t lds, size_t scr_panels,
-                                     int stream) {
+                                     int stream, double *ss) {
     size_t npb = ((size_t)N + NR - 1) / NR, nt = (n1 - n0 + NR - 1) / NR; /* task's panels */
     const size_t astr = (size_t)(KC / 2) * AMX_MR;
     int keep = p1 - p0 <= scr_panels; /* scratch holds all the task's rows: C only at the end */
@@ -754,9 +788,11 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                          * the last block (of the group unless keep) */
                         int from = keep ? kb > kb0 : j > 0, to = keep ? kb + 1 < kb1 : j + 1 < nb;
                         const float *cin = add0 || kb > kb0 ? cm : NULL;
-                        AmxC c = {from ? sm : cin,        to ? sm : cm, from ? lds : ldc,
-                                  to ? lds : ldc,         from,         to,
-                                  stream && kb + 1 == kb1};
+                        AmxC c = {from ? sm : cin,         to ? sm : cm, from ? lds : ldc,
+                                  to ? lds : ldc,          from,         to,
+                                  stream && kb + 1 == kb1, NULL,         npb};
+                        if (ss && kb + 1 == kb1) /* row panel m / AMX_MR, column panel n / NR */
+                            c.ss = ss + m / AMX_MR * npb + n / NR;
                         size_t l0 = lines * q / nq, l1 = lines * (q + 1) / nq;
                         amx_tile(AMX_MR, kp, apk + ((size_t)kb * npan + i) * astr, mr1 > 0, bt, &c,
                                  mr0, mr1, n1 - n < NR ? (int)(n1 - n) : NR,
@@ -853,7 +889,7 @@ typedef struct XOut {
  * over K in block order, as with one output: the same bits as nb separate products. K slices
  * with one output only. */
 static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta,
-                  int stream) {
+                  int stream, double *ss) {
     int amx = path_x() == 2;
     size_t poff[X_MAX_OUTS + 1] = {0}; /* the outputs' first panels in the tasks' order */
     for (int i = 0; i < nb; i++)
@@ -948,7 +984,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                     if (amx)
                         gemm_task_amx(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0,
                                       n1, Ci, ldi, add0, bp, (float *)(bp + per - scr), tw,
-                                      scr_panels, stream && ns == 1);
+                                      scr_panels, stream && ns == 1, ss);
                     else
                         gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
                                   Ci, ldi, add0, !a->kmajor, bp);
@@ -987,7 +1023,7 @@ void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn,
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx) {
     if (amx) {
-        AmxC cc = {add ? c : NULL, c, ldc, ldc, 0, 0, 0};
+        AmxC cc = {add ? c : NULL, c, ldc, ldc, 0, 0, 0, NULL, 0};
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
@@ -1022,7 +1058,7 @@ static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K
     if (path_x()) {
         XOut o = {b, N, ldc, C};
         return gemm_x(nth, a, 1, &o, M, K, beta,
-                      (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES);
+                      (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES, NULL);
     }
 #endif
     return gemm_plain(nth, a, b, M, N, K, beta, C, ldc);
@@ -1082,18 +1118,32 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
 }
 
 int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                           int N) {
+                           int N, double *sumsq) {
 #ifdef BF16_X86
     /* dw (N, K) = op(A) op(B): op(A) = doutᵀ (k-major), op(B) seen as inᵀ (k-major), M deep */
     size_t nkb = ((size_t)M + KC - 1) / KC;
     if (path_x() != 2 || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
     View a = {dout, NULL, (size_t)N, 1, NULL}, b = {in, NULL, (size_t)K, 1, NULL};
     XOut o = {&b, K, K, dw};
-    if (gemm_x(threads_of(be, M, K, N), &a, 1, &o, N, M, 0.0f, 1))
+    /* Σ dw² by tiles: a row panel's part of a column panel each, added in order below */
+    size_t nps = sumsq ? ((size_t)N + AMX_MR - 1) / AMX_MR * (((size_t)K + NR - 1) / NR) : 0;
+    double *ss = nps ? malloc(nps * sizeof *ss) : NULL;
+    if ((nps && !ss) || gemm_x(threads_of(be, M, K, N), &a, 1, &o, N, M, 0.0f, 1, ss)) {
+        free(ss);
         oom(be, "matmul_bwd_dw", M, N, K);
+        if (sumsq) *sumsq = NAN;
+        return 1;
+    }
+    if (sumsq) {
+        double t = 0;
+        for (size_t i = 0; i < nps; i++)
+            t += ss[i];
+        *sumsq = t;
+    }
+    free(ss);
     return 1;
 #else
-    (void)be, (void)dw, (void)dout, (void)in, (void)M, (void)K, (void)N;
+    (void)be, (void)dw, (void)dout, (void)in, (void)M, (void)K, (void)N, (void)sumsq;
     return 0;
 #endif
 }
@@ -1579,7 +1629,7 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
             }
             o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i]};
         }
-        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0)) {
+        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0, NULL)) {
             free(buf);
             oom(be, "matmul_w", M, N, K);
             return 1;
