@@ -631,6 +631,7 @@ typedef struct AmxC {
     double *ss; /* or NULL: Σ x² of the tiles' final values, the first row panel's at ss[0], the
                  * second's at ss[ss_ld] (amx_sumsq) */
     size_t ss_ld;
+    const float *bias; /* or NULL: added to each row of the final values (nr of them) */
 } AmxC;
 
 /* Σ x² of a tile's 256 values in double, in a fixed order (4 chains of 8 lanes, then added) */
@@ -674,6 +675,13 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
         _tile_zero(2);
         _tile_zero(3);
     }
+    /* C's lines, to be written at the end of this block: owned by the time they are (a fresh
+     * output read for ownership from memory cost the forward products a third) */
+    if (!c->out_whole && !c->stream)
+        for (int i = 0; i < (two ? 2 * tm : tm); i++) {
+            __builtin_prefetch(co + (size_t)i * c->ldo, 1, 3);
+            __builtin_prefetch(co + (size_t)i * c->ldo + 16, 1, 3);
+        }
     const size_t sa = KC / 2 * sizeof(uint32_t), sb = NR * sizeof(uint32_t);
     const size_t astr = (size_t)(KC / 2) * (size_t)tm; /* the second row panel's offset */
     int ns = KPAD(kp) / 16, per = (pfn + ns - 1) / ns; /* lines to prefetch a step */
@@ -696,9 +704,9 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
     float *c1 = co + (size_t)tm * ldo;
     int lines = c->stream && mr0 == tm && (!two || mr1 == tm) && nr == NR &&
                 !((uintptr_t)co & 63) && !(ldo % 16);
-    if (c->ss || lines) {
-        /* through a buffer: whole lines past the caches (no read for ownership), and Σ x² of
-         * the values (rows and columns past C's are zero: the packed operands' pads) */
+    if (c->ss || c->bias || lines) {
+        /* through a buffer: whole lines past the caches (no read for ownership), Σ x² of the
+         * values (rows and columns past C's are zero: the packed operands' pads), the bias */
         float cs[4][AMX_MR * 16] __attribute__((aligned(64)));
         _tile_stored(0, cs[0], 64);
         _tile_stored(1, cs[1], 64);
@@ -706,6 +714,14 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
             _tile_stored(2, cs[2], 64);
             _tile_stored(3, cs[3], 64);
         }
+        if (c->bias) /* the product's sum, then + bias: a separate pass's bits */
+            for (int t = 0; t < (two ? 4 : 2); t++) {
+                __m512 bv =
+                        _mm512_maskz_loadu_ps(lanes16(nr - 16 * (t & 1)), c->bias + 16 * (t & 1));
+                for (int i = 0; i < tm; i++)
+                    _mm512_store_ps(cs[t] + 16 * i,
+                                    _mm512_add_ps(_mm512_load_ps(cs[t] + 16 * i), bv));
+            }
         if (c->ss) {
             c->ss[0] = amx_sumsq(cs[0]) + amx_sumsq(cs[1]);
             if (two) c->ss[c->ss_ld] = amx_sumsq(cs[2]) + amx_sumsq(cs[3]);
@@ -748,7 +764,7 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                                      size_t p0, size_t p1, const View *b, int N, int K, int kb0,
                                      int kb1, size_t n0, size_t n1, float *C, size_t ldc, int add0,
                                      uint32_t *bp, float *scratch, size_t lds, size_t scr_panels,
-                                     int stream, double *ss) {
+                                     int stream, double *ss, const float *bias) {
     size_t npb = ((size_t)N + NR - 1) / NR, nt = (n1 - n0 + NR - 1) / NR; /* task's panels */
     const size_t astr = (size_t)(KC / 2) * AMX_MR;
     int keep = p1 - p0 <= scr_panels; /* scratch holds all the task's rows: C only at the end */
@@ -788,11 +804,19 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                          * the last block (of the group unless keep) */
                         int from = keep ? kb > kb0 : j > 0, to = keep ? kb + 1 < kb1 : j + 1 < nb;
                         const float *cin = add0 || kb > kb0 ? cm : NULL;
-                        AmxC c = {from ? sm : cin,         to ? sm : cm, from ? lds : ldc,
-                                  to ? lds : ldc,          from,         to,
-                                  stream && kb + 1 == kb1, NULL,         npb};
+                        AmxC c = {from ? sm : cin,
+                                  to ? sm : cm,
+                                  from ? lds : ldc,
+                                  to ? lds : ldc,
+                                  from,
+                                  to,
+                                  stream && kb + 1 == kb1,
+                                  NULL,
+                                  npb,
+                                  NULL};
                         if (ss && kb + 1 == kb1) /* row panel m / AMX_MR, column panel n / NR */
                             c.ss = ss + m / AMX_MR * npb + n / NR;
+                        if (bias && kb + 1 == kb1) c.bias = bias + n;
                         size_t l0 = lines * q / nq, l1 = lines * (q + 1) / nq;
                         amx_tile(AMX_MR, kp, apk + ((size_t)kb * npan + i) * astr, mr1 > 0, bt, &c,
                                  mr0, mr1, n1 - n < NR ? (int)(n1 - n) : NR,
@@ -879,7 +903,15 @@ typedef struct XOut {
     const View *b;
     int N, ldc;
     float *C;
+    const float *bias; /* or NULL: (N) added to each row of C = op(A) op(B) (beta 0 only) */
 } XOut;
+
+/* out (rows [lo, hi), row stride ldo) += bias (N) */
+static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo, size_t hi) {
+    for (size_t m = lo; m < hi; m++)
+        for (int n = 0; n < N; n++)
+            out[m * ldo + (size_t)n] += bias[n];
+}
 
 #define X_MAX_OUTS 8
 
@@ -984,7 +1016,8 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                     if (amx)
                         gemm_task_amx(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0,
                                       n1, Ci, ldi, add0, bp, (float *)(bp + per - scr), tw,
-                                      scr_panels, stream && ns == 1, ss);
+                                      scr_panels, stream && ns == 1, ss,
+                                      ns == 1 ? o[i].bias : NULL);
                     else
                         gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
                                   Ci, ldi, add0, !a->kmajor, bp);
@@ -994,6 +1027,13 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 size_t lo, hi;
                 omp_share(m1 - m0, &lo, &hi);
                 add_slices(C, ldc, beta, part, ns, M, N, m0 + lo, m0 + hi);
+            }
+            if (!amx || ns > 1) { /* the biases after the sums (amx: in amx_tile) */
+                size_t lo, hi;
+                omp_share(m1 - m0, &lo, &hi);
+                for (int i = 0; i < nb; i++)
+                    if (o[i].bias)
+                        bias_add(o[i].C, o[i].bias, o[i].N, (size_t)o[i].ldc, m0 + lo, m0 + hi);
             }
         }
     }
@@ -1023,7 +1063,7 @@ void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn,
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx) {
     if (amx) {
-        AmxC cc = {add ? c : NULL, c, ldc, ldc, 0, 0, 0, NULL, 0};
+        AmxC cc = {add ? c : NULL, c, ldc, ldc, 0, 0, 0, NULL, 0, NULL};
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
@@ -1044,30 +1084,35 @@ int cpu_bf16_amx(void) {
 
 // --- the entry points ----------------------------------------------------------------------------
 
-/* C (M, N) = beta C + op(A) op(B) (beta 0 or 1) in bf16 with fp32 sums; A, B as views */
+/* C (M, N) = beta C + op(A) op(B) (beta 0 or 1) in bf16 with fp32 sums (+ bias (N), or NULL, on
+ * each row); A, B as views */
 static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K, float beta,
-                      float *C, int ldc) {
+                      float *C, int ldc, const float *bias) {
+    int rc = 0;
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) {
         if (beta == 0.0f)
             for (int m = 0; m < M; m++)
                 memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof *C);
-        return 0;
     }
 #ifdef BF16_X86
-    if (path_x()) {
-        XOut o = {b, N, ldc, C};
-        return gemm_x(nth, a, 1, &o, M, K, beta,
-                      (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES, NULL);
+    else if (path_x()) {
+        XOut o = {b, N, ldc, C, beta == 0.0f ? bias : NULL};
+        rc = gemm_x(nth, a, 1, &o, M, K, beta,
+                    (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES, NULL);
+        if (rc || o.bias) return rc;
     }
 #endif
-    return gemm_plain(nth, a, b, M, N, K, beta, C, ldc);
+    else if ((rc = gemm_plain(nth, a, b, M, N, K, beta, C, ldc)))
+        return rc;
+    if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_add(C, bias, N, (size_t)ldc, lo, hi));
+    return 0;
 }
 
 int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
     View a = {A, NULL, (size_t)lda, ta, NULL}, b = {B, NULL, (size_t)ldb, !tb, NULL};
-    return gemm_views(nth, &a, &b, M, N, K, beta, C, ldc);
+    return gemm_views(nth, &a, &b, M, N, K, beta, C, ldc, NULL);
 }
 
 static void oom(Backend *be, const char *what, int M, int N, int K) {
@@ -1080,12 +1125,6 @@ static int threads_of(Backend *be, int M, int K, int N) {
     return (size_t)M * (size_t)K * (size_t)N >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
 }
 
-static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo, size_t hi) {
-    for (size_t m = lo; m < hi; m++)
-        for (int n = 0; n < N; n++)
-            out[m * ldo + (size_t)n] += bias[n];
-}
-
 static const uint32_t *mirror_pack(const Backend *be, const float *w, int N, int K, int t);
 
 void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, const float *bias,
@@ -1093,11 +1132,7 @@ void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, c
     int nth = threads_of(be, M, K, N);
     View a = {in, NULL, (size_t)K, 0, NULL},
          b = {w, NULL, (size_t)K, 0, mirror_pack(be, w, N, K, 0)};
-    if (gemm_views(nth, &a, &b, M, N, K, beta, out, N)) {
-        oom(be, "matmul", M, N, K);
-        return;
-    }
-    if (bias) CPU_PAR_RANGE(nth, (size_t)M, bias_add(out, bias, N, (size_t)N, lo, hi));
+    if (gemm_views(nth, &a, &b, M, N, K, beta, out, N, bias)) oom(be, "matmul", M, N, K);
 }
 
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
@@ -1106,7 +1141,7 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
     if (din) { /* din (M, K) += dout (M, N) w (N, K): op(B) = w, k-major */
         View a = {dout, NULL, (size_t)N, 0, NULL},
              b = {w, NULL, (size_t)K, 1, mirror_pack(be, w, N, K, 1)};
-        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K)) {
+        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K, NULL)) {
             oom(be, "matmul_bwd", M, N, K);
             return;
         }
@@ -1124,7 +1159,7 @@ int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const floa
     size_t nkb = ((size_t)M + KC - 1) / KC;
     if (path_x() != 2 || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
     View a = {dout, NULL, (size_t)N, 1, NULL}, b = {in, NULL, (size_t)K, 1, NULL};
-    XOut o = {&b, K, K, dw};
+    XOut o = {&b, K, K, dw, NULL};
     /* Σ dw² by tiles: a row panel's part of a column panel each, added in order below */
     size_t nps = sumsq ? ((size_t)N + AMX_MR - 1) / AMX_MR * (((size_t)K + NR - 1) / NR) : 0;
     double *ss = nps ? malloc(nps * sizeof *ss) : NULL;
@@ -1566,7 +1601,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
     View a = {in, NULL, (size_t)K, 0, NULL};
     if (w->type == WT_BF16) { /* its stored rows, as they are, or packed once (weight_pack) */
         View b = {NULL, w->data, (size_t)K, 0, weight_pack(be, w, nth, 0)};
-        if (gemm_views(nth, &a, &b, M, N, K, 0.0f, out, N)) {
+        if (gemm_views(nth, &a, &b, M, N, K, 0.0f, out, N, NULL)) {
             oom(be, "matmul_w", M, N, K);
             return;
         }
@@ -1581,7 +1616,7 @@ void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weigh
             int nn = N - n0 < tn ? N - n0 : tn;
             View b;
             if (typed_tile(w, 0, n0, nn, buf, nth, &b) ||
-                gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N)) {
+                gemm_views(nth, &a, &b, M, nn, K, 0.0f, out + n0, N, NULL)) {
                 free(buf);
                 oom(be, "matmul_w", M, N, K);
                 return;
@@ -1627,7 +1662,7 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
                 fail = typed_tile(ws[i], 0, 0, ws[i]->rows, buf + at, nth, &b[i]) != 0;
                 at += typed_tile_bytes(ws[i], 0, ws[i]->rows);
             }
-            o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i]};
+            o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i], biases ? biases[i] : NULL};
         }
         if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0, NULL)) {
             free(buf);
@@ -1635,12 +1670,6 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
             return 1;
         }
         free(buf);
-        for (int i = 0; i < n; i++) {
-            int Ni = ws[i]->rows;
-            float *oi = outs[i];
-            const float *bi = biases ? biases[i] : NULL;
-            if (bi) CPU_PAR_RANGE(nth, (size_t)M, bias_add(oi, bi, Ni, (size_t)Ni, lo, hi));
-        }
         return 1;
     }
 #else
@@ -1658,7 +1687,8 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
     if (w->type == WT_BF16) { /* din (M, K) += dout (M, N) W (N, K), W's bf16 rows as they are */
         View a = {dout, NULL, (size_t)N, 0, NULL},
              b = {NULL, w->data, (size_t)K, 1, weight_pack(be, w, nth, 1)};
-        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K)) oom(be, "matmul_w_bwd_in", M, N, K);
+        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K, NULL))
+            oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
     int tn = typed_tile_rows(K, N);
@@ -1671,7 +1701,7 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         int nn = N - n0 < tn ? N - n0 : tn;
         View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b;
         if (typed_tile(w, 1, n0, nn, buf, nth, &b) ||
-            gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K)) {
+            gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K, NULL)) {
             oom(be, "matmul_w_bwd_in", M, N, K);
             break;
         }
