@@ -707,6 +707,9 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
  * bias-corrected step). With AVX-512 the body is written with intrinsics: GCC keeps sqrtf's
  * errno branch unless the whole file is built with -fno-math-errno (the optimize attribute
  * does not do it), and that branch stops the vectorizer. */
+/* floats ahead that cpu_adamw_range fetches (a 1 KB of each stream) */
+#define ADAMW_PF 256
+
 void cpu_adamw_range(float *restrict p, const float *restrict g, float *restrict m,
                      float *restrict v, size_t i0, size_t i1, const CpuAdamw *h) {
     float gscale = h->gscale, b1 = h->b1, b2 = h->b2, eps = h->eps, decay = h->decay,
@@ -718,6 +721,13 @@ void cpu_adamw_range(float *restrict p, const float *restrict g, float *restrict
            va2 = _mm512_set1_ps(a2), veps = _mm512_set1_ps(eps), vdec = _mm512_set1_ps(decay),
            vstep = _mm512_set1_ps(step), vib2 = _mm512_set1_ps(ib2), vgs = _mm512_set1_ps(gscale);
     for (; i + 16 <= i1; i += 16) {
+        if (i + ADAMW_PF < i1) { /* four streams in, three out: the prefetcher lags (66 vs 70 ms
+                                  * for GPT-2's 124M on 2 threads) */
+            _mm_prefetch((const char *)(g + i + ADAMW_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(m + i + ADAMW_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + i + ADAMW_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + ADAMW_PF), _MM_HINT_T0);
+        }
         __m512 gi = _mm512_mul_ps(_mm512_loadu_ps(g + i), vgs);
         __m512 mi = _mm512_fmadd_ps(vb1, _mm512_loadu_ps(m + i), _mm512_mul_ps(va1, gi));
         __m512 vi = _mm512_fmadd_ps(vb2, _mm512_loadu_ps(v + i),
