@@ -1357,6 +1357,46 @@ static void lazy_flush(TrainState *ts, int l) {
         }
 }
 
+static int cmp_int32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The embedding's backward into wte's gradient. A tied head's product wrote that gradient this
+ * step (pending otherwise: zeroed first, as lazy_take does, when no head ran: hidden_fn) with its
+ * Σ g², which stays known: the rows of the batch's tokens are the only ones the embedding adds
+ * to, and their sums before and after it move it (the LM head's 38.6M gradients for GPT-2 are
+ * not read again for the norm). */
+static void embed_bwd_wte(TrainState *ts, const int32_t *ids, int M) {
+    float *g = G(ts, ts->m->wte);
+    if (!g) return;
+    const BackendOps *op = ts->be->ops;
+    int C = ts->m->cfg.C, V = ts->m->cfg.V, i = lazy_find(ts, g), n = 0;
+    int32_t *rows = NULL;
+    if (i >= 0 && !ts->lazy[i].pending && ts->lazy[i].ss_ok && M > 0) {
+        rows = xmalloc(sizeof *rows * (size_t)M);
+        memcpy(rows, ids, sizeof *rows * (size_t)M);
+        qsort(rows, (size_t)M, sizeof *rows, cmp_int32);
+        for (int j = 0; j < M; j++)
+            if (!n || rows[j] != rows[n - 1]) rows[n++] = rows[j];
+        if (rows[0] < 0 || rows[n - 1] >= V) n = 0; /* not rows of wte: summed again later */
+    }
+    if (!n) {
+        lazy_take(ts, g);
+        op->embed_bwd(ts->be, g, ts->dx, ids, M, C);
+        free(rows);
+        return;
+    }
+    double before = 0, after = 0;
+    for (int j = 0; j < n; j++)
+        before += op->sumsq(ts->be, g + (size_t)rows[j] * C, (size_t)C);
+    op->embed_bwd(ts->be, g, ts->dx, ids, M, C);
+    for (int j = 0; j < n; j++)
+        after += op->sumsq(ts->be, g + (size_t)rows[j] * C, (size_t)C);
+    ts->lazy[i].ss += after - before;
+    free(rows);
+}
+
 /* matmul_bwd of a trained matrix W whose gradient dw may be pending: din and dbias accumulated,
  * and dw overwritten when pending (matmul_bwd_dw, which also gives Σ dw² unless a gradient hook
  * may change dw afterwards), accumulated otherwise */
@@ -2086,8 +2126,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
             lazy_flush(ts, l); /* the layer's gradients are final: none left pending */
             if (ts->grad_fn) ts->grad_fn(ts->grad_ctx, l);
         }
-        lazy_take(ts, G(ts, m->wte)); /* a tied head's, when no head ran (hidden_fn) */
-        if (G(ts, m->wte)) op->embed_bwd(be, G(ts, m->wte), ts->dx, ids, M, C);
+        embed_bwd_wte(ts, ids, M);
         if (ts->n_tok) tokens_grad_embed(ts, ts->dx, ids, M);
         if (c->learned_pos && G(ts, m->wpe))
             op->embed_bwd(be, G(ts, m->wpe), ts->dx, ts->pos, M, C);
