@@ -561,19 +561,27 @@ void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, co
     CPU_PAR_RANGE(threads_for(be, n), n, swiglu_bwd_range(dgate, dup, dout, gate, up, lo, hi));
 }
 
+/* din[lo, hi) += dout · GELU'(in), tanh's approximation (tanh(u) = 1 - 2 / (1 + exp(2u))). A
+ * range of its own, so the loop is vectorized on one thread too (the parallel-for form ran it
+ * scalar there: 7.1 against 1.1 ns an element) */
+static void gelu_bwd_tanh(float *din, const float *dout, const float *restrict in, size_t lo,
+                          size_t hi) {
+    const float kk = 0.7978845608f, c3 = 0.044715f;
+#pragma omp simd
+    for (size_t i = lo; i < hi; i++) {
+        float x = in[i], th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
+        float d =
+                0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
+        din[i] += dout[i] * d;
+    }
+}
+
 void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
                   int approx) {
     if (!din) return;
     int nth = threads_for(be, n);
-    if (approx) { /* tanh(u) = 1 - 2 / (1 + exp(2u)) */
-        const float kk = 0.7978845608f, c3 = 0.044715f;
-#pragma omp parallel for simd num_threads(nth) if (nth > 1)
-        for (size_t i = 0; i < n; i++) {
-            float x = in[i], th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
-            float d = 0.5f * (1.0f + th) +
-                      0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
-            din[i] += dout[i] * d;
-        }
+    if (approx) {
+        CPU_PAR_RANGE(nth, n, gelu_bwd_tanh(din, dout, in, lo, hi));
     } else {
 #pragma omp parallel for num_threads(nth) if (nth > 1)
         for (size_t i = 0; i < n; i++) {
