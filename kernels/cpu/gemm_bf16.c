@@ -255,11 +255,42 @@ X_TARGET static inline void store16(uint32_t *dst, __mmask16 m, __m512i x, int n
         _mm512_mask_storeu_epi32(dst, m, x);
 }
 
+/* The bf16 pairs of a k-major fp32 view's rows r0 .. r0+rn-1 and elements k0 .. k0+kn-1 (an odd
+ * last element paired with zero), in panels of P rows (panel q at dst + q * pstride, pair p's
+ * word of row i at p * P + i; rows past rn zero): each pair's two rows of the view are read
+ * across all the panels at once, where they are contiguous (panel by panel, a task's op(B) for
+ * the weight gradients read 128 bytes of every row in turn, at a few GB/s from memory). nt:
+ * store16's (the caller fences). */
+__attribute__((always_inline)) X_TARGET static inline void
+pack_kmajor_pairs(const View *v, size_t r0, int rn, size_t k0, int kn, int P, size_t pstride,
+                  uint32_t *dst, int nt) {
+    /* the two rows' 16 bf16 each, then interleaved: word i = (c0[i], c1[i]) */
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                         8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    int npan = (rn + P - 1) / P;
+    for (int k = 0; k < kn; k += 2) {
+        const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
+        for (int q = 0; q < npan; q++)
+            for (int r = 0; r < P; r += 16) {
+                int col = q * P + r, nl = P - r < 16 ? P - r : 16;
+                __mmask16 m = lanes16(rn - col < nl ? rn - col : nl);
+                __m512 hi = k + 1 < kn ? _mm512_maskz_loadu_ps(m, c1 + col) : _mm512_setzero_ps();
+                __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m, c0 + col), hi);
+                store16(dst + (size_t)q * pstride + (size_t)(k / 2) * P + (size_t)r, lanes16(nl),
+                        _mm512_permutexvar_epi16(zip, x), nt);
+            }
+    }
+}
+
 /* dst [(kn + 1) / 2][P] words, each the bf16 pair (element 2j low, 2j + 1 high) of rows r0 ..
  * r0+rn-1 (rn <= P) and elements k0 .. k0+kn-1 of v; rows past rn and the odd element past kn
  * are zero. nt: store16's (the caller fences). */
 __attribute__((always_inline)) X_TARGET static inline void
 pack_panel_s(const View *v, size_t r0, int rn, size_t k0, int kn, int P, uint32_t *dst, int nt) {
+    if (v->kmajor && !v->h) {
+        pack_kmajor_pairs(v, r0, rn, k0, kn, P, 0, dst, nt);
+        return;
+    }
     int kp = (kn + 1) / 2;
     if (rn < P || kn % 2) memset(dst, 0, (size_t)kp * (size_t)P * sizeof *dst);
     uint16_t *d16 = (uint16_t *)dst;
@@ -285,32 +316,18 @@ pack_panel_s(const View *v, size_t r0, int rn, size_t k0, int kn, int P, uint32_
                         view_at(v, r0 + (size_t)r, k0 + (size_t)kn - 1);
         return;
     }
-    for (int k = 0; k < kn; k += 2) { /* columns contiguous in r: 16 rows of a pair at once */
+    for (int k = 0; k < kn; k += 2) { /* bf16, k-major: 16 rows of a pair at once */
         uint32_t *d = dst + (size_t)(k / 2) * P;
-        int two = k + 1 < kn;
-        if (v->h) {
-            const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
-            for (int r = 0; r < rn; r += 16) {
-                __mmask16 m = lanes16(rn - r);
-                __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c0 + r));
-                __m512i hi = two ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                                                             _mm256_maskz_loadu_epi16(m, c1 + r)),
-                                                     16)
-                                 : _mm512_setzero_si512();
-                _mm512_mask_storeu_epi32(d + r, m, _mm512_or_si512(lo, hi));
-            }
-            continue;
-        }
-        const float *c0 = v->f + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
-        /* the two rows' 16 bf16 each, then interleaved: word i = (c0[i], c1[i]) */
-        const __m512i zip =
-                _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23,
-                                 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
         for (int r = 0; r < rn; r += 16) {
             __mmask16 m = lanes16(rn - r);
-            __m512 hi = two ? _mm512_maskz_loadu_ps(m, c1 + r) : _mm512_setzero_ps();
-            __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m, c0 + r), hi);
-            store16(d + r, m, _mm512_permutexvar_epi16(zip, x), nt);
+            __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c0 + r));
+            __m512i hi =
+                    k + 1 < kn ? _mm512_slli_epi32(
+                                         _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c1 + r)),
+                                         16)
+                               : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(d + r, m, _mm512_or_si512(lo, hi));
         }
     }
 }
@@ -470,37 +487,17 @@ X_TARGET static void pack_b_panel(const View *v, size_t r0, int rn, size_t k0, i
     memset(dst + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *dst);
 }
 
-/* pack_task_panels from a k-major fp32 view: pair by pair across all the panels, where a pair's
- * two rows of the task's columns are contiguous in the view (panel by panel, each of the two read
- * 128 bytes of every row in turn: the weight gradients' op(B), a layer's input, packed at a few
- * GB/s from memory) */
-X_TARGET static void pack_panels_kmajor(const View *v, size_t n0, size_t n1, size_t k0, int kn,
-                                        uint32_t *bp) {
-    const int kp = (kn + 1) / 2;
-    const size_t kq = (size_t)KPAD(kp), w = (n1 - n0 + NR - 1) / NR * NR;
-    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
-                                         8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for (int k = 0; k < kn; k += 2) {
-        const float *c0 = v->f + (k0 + (size_t)k) * v->ld, *c1 = c0 + v->ld;
-        uint32_t *d = bp + (size_t)(k / 2) * NR;
-        for (size_t j = 0; j < w; j += 16) { /* columns past n1 zero */
-            __mmask16 m = lanes16((int)(n1 - n0 - j));
-            __m512 hi = k + 1 < kn ? _mm512_maskz_loadu_ps(m, c1 + n0 + j) : _mm512_setzero_ps();
-            __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m, c0 + n0 + j), hi);
-            _mm512_storeu_si512(d + j / NR * kq * NR + j % NR, _mm512_permutexvar_epi16(zip, x));
-        }
-    }
-    for (size_t j = 0; j < w; j += NR)
-        memset(bp + j / NR * kq * NR + (size_t)kp * NR, 0, (kq - (size_t)kp) * NR * sizeof *bp);
-}
-
 /* A task's columns [n0, n1) of op(B) for K block k0 (kn elements), packed into bp: panel p at
  * bp + p * KPAD(kp) * NR */
 X_TARGET static void pack_task_panels(const View *b, size_t n0, size_t n1, int k0, int kn,
                                       uint32_t *bp) {
-    size_t kq = (size_t)KPAD((kn + 1) / 2);
-    if (b->kmajor && !b->h) {
-        pack_panels_kmajor(b, n0, n1, (size_t)k0, kn, bp);
+    int kp = (kn + 1) / 2;
+    size_t kq = (size_t)KPAD(kp);
+    if (b->kmajor && !b->h) { /* all the task's panels at once, then their pads */
+        pack_kmajor_pairs(b, n0, (int)(n1 - n0), (size_t)k0, kn, NR, kq * NR, bp, 0);
+        for (size_t n = n0; n < n1; n += NR)
+            memset(bp + (n - n0) / NR * kq * NR + (size_t)kp * NR, 0,
+                   (kq - (size_t)kp) * NR * sizeof *bp);
         return;
     }
     for (size_t n = n0; n < n1; n += NR)
