@@ -1346,14 +1346,20 @@ static void lazy_take(TrainState *ts, const float *g) {
     if (i >= 0) ts->lazy[i].pending = ts->lazy[i].ss_ok = 0;
 }
 
+/* z's gradient written this step, overwritten whole, Σ g² = ss: known to the norm unless a
+ * gradient hook may change it afterwards */
+static void lazy_written(const TrainState *ts, struct LazyGrad *z, double ss) {
+    z->pending = 0;
+    z->ss = ss;
+    z->ss_ok = !ts->grad_fn;
+}
+
 /* the pending ones of layer l (INT_MIN: all) zeroed: nothing wrote them this step (Σ g² = 0) */
 static void lazy_flush(TrainState *ts, int l) {
     for (int i = 0; i < ts->n_lazy; i++)
         if (ts->lazy[i].pending && (l == INT_MIN || ts->lazy[i].layer == l)) {
             zero(ts, ts->lazy[i].g, ts->lazy[i].n);
-            ts->lazy[i].pending = 0;
-            ts->lazy[i].ss = 0;
-            ts->lazy[i].ss_ok = 1;
+            lazy_written(ts, &ts->lazy[i], 0);
         }
 }
 
@@ -1405,11 +1411,10 @@ static void matmul_bwd_lazy(TrainState *ts, float *din, float *dw, float *dbias,
     const BackendOps *op = ts->be->ops;
     int i = lazy_find(ts, dw);
     if (i >= 0 && ts->lazy[i].pending && op->matmul_bwd_dw) {
-        struct LazyGrad *z = &ts->lazy[i];
+        double ss = 0;
         if (din || dbias) op->matmul_bwd(ts->be, din, NULL, dbias, dout, in, W, M, K, N);
-        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N, ts->grad_fn ? NULL : &z->ss);
-        z->pending = 0;
-        z->ss_ok = !ts->grad_fn;
+        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N, ts->grad_fn ? NULL : &ss);
+        lazy_written(ts, &ts->lazy[i], ss);
         return;
     }
     lazy_take(ts, dw);
