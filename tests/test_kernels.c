@@ -14,6 +14,7 @@
 #include "harness.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/ref/ops_ref.h"
 
 static uint64_t rng = 88172645463325252ULL;
@@ -363,7 +364,80 @@ static void test_thread_counts(void) {
     }
 }
 
+/* The cpu backend's 16-lane exp (vexpf16) and tanh-GELU loops give the bits of the scalar forms
+ * (vexpf, the formulas below) lane by lane: which elements a vector or the scalar tail takes
+ * depends on the thread count's ranges, and the bits must not. */
+static float gelu_tanh_scalar(float x) {
+    const float kk = 0.7978845608f, c3 = 0.044715f;
+    float th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
+    return 0.5f * x * (1.0f + th);
+}
+static float gelu_tanh_d_scalar(float x) {
+    const float kk = 0.7978845608f, c3 = 0.044715f;
+    float th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
+}
+static int same_bits(float a, float b) {
+    return !memcmp(&a, &b, sizeof a) || (a != a && b != b);
+}
+
+static void test_simd_exact(void) {
+    size_t n = 1 << 20;
+    float *x = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) { /* random bits, a sweep, and the edges */
+        uint32_t u = (uint32_t)(rng >> 32);
+        frand();
+        memcpy(&x[i], &u, sizeof u);
+        if (i % 3 == 1) x[i] = frand() * 100.0f;
+        if (i % 3 == 2) x[i] = frand() * 6.0f;
+    }
+    const float edge[] = {0.0f,    -0.0f,  -87.0f,   88.0f,     -87.0001f, 88.0001f, 1e-30f,
+                          -1e-30f, 1e-45f, INFINITY, -INFINITY, NAN,       -126.5f,  127.5f};
+    memcpy(x, edge, sizeof edge);
+#ifdef __AVX512F__
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i += 16) {
+        float y[16];
+        _mm512_storeu_ps(y, vexpf16(_mm512_loadu_ps(x + i)));
+        for (int l = 0; l < 16; l++)
+            if (!same_bits(y[l], vexpf(x[i + (size_t)l])) && !bad++) first = i + (size_t)l;
+    }
+    CHECK(!bad, "vexpf16 differs from vexpf at %zu inputs (first %a)", bad, (double)x[first]);
+#else
+    SKIP("no AVX-512 in this build: vexpf16 not compiled");
+#endif
+    size_t m = 40000 + 13; /* ranges split unevenly: vectors and scalar tails in each */
+    for (size_t i = 0; i < m; i++)
+        x[i] = frand() * (i % 2 ? 8.0f : 40.0f);
+    float *out = malloc(sizeof(float) * m), *din = malloc(sizeof(float) * m),
+          *dout = rand_buf(m, 1.0f);
+    for (int th = 1; th <= 2; th++) {
+        TunaErr err = {0};
+        Backend *be = backend_init("cpu", th, &err);
+        if (!be) break;
+        be->ops->gelu_fwd(be, out, x, m, 1);
+        for (size_t i = 0; i < m; i++)
+            din[i] = 0.25f;
+        be->ops->gelu_bwd(be, din, dout, x, m, 1);
+        size_t bf = 0, bb = 0;
+        for (size_t i = 0; i < m; i++) {
+            bf += !same_bits(out[i], gelu_tanh_scalar(x[i]));
+            bb += !same_bits(din[i], 0.25f + dout[i] * gelu_tanh_d_scalar(x[i]));
+        }
+        CHECK(!bf && !bb,
+              "cpu tanh-GELU on %d threads: forward differs from the scalar form at %zu"
+              " of %zu, backward at %zu",
+              th, bf, m, bb);
+        backend_free(be);
+    }
+    free(x);
+    free(out);
+    free(din);
+    free(dout);
+}
+
 int main(void) {
+    test_simd_exact();
     test_thread_counts();
     const char *names[] = {"ref", "cpu", "cuda"};
     for (size_t i = 0; i < 3; i++) {
