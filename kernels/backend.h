@@ -154,7 +154,8 @@ typedef struct BackendOps {
 
     /* matmul_bwd's weight gradient alone, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing
      * dw and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
-     * product need not read dw). sumsq (or NULL): *sumsq = Σ dw² in double, summed in an order
+     * product need not read dw). sumsq (or NULL): *sumsq = Σ dw², in double or from fp32
+     * partials of at most 32 squares (within 2e-6 relative of an exact sum), summed in an order
      * that depends on the shape alone (a part of the gradient norm without a pass over dw
      * later). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
     void (*matmul_bwd_dw)(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
