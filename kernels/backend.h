@@ -152,14 +152,15 @@ typedef struct BackendOps {
     void (*matmul_w_fwd_n)(Backend *be, int n, float *const *outs, const float *in,
                            const Weight *const *ws, const float *const *biases, int M);
 
-    /* matmul_bwd's weight gradient alone, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing
-     * dw and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
-     * product need not read dw). sumsq (or NULL): *sumsq = Σ dw², in double or from fp32
+    /* matmul_bwd's weight gradient, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing dw
+     * and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
+     * product need not read dw); and din (or NULL) += dout · w (N,K) as matmul_bwd's, in the same
+     * call so that a backend may share the work on dout (the cpu's AMX path packs it once). sumsq (or NULL): *sumsq = Σ dw², in double or from fp32
      * partials of at most 32 squares (within 2e-6 relative of an exact sum), summed in an order
      * that depends on the shape alone (a part of the gradient norm without a pass over dw
      * later). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
-    void (*matmul_bwd_dw)(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                          int N, double *sumsq);
+    void (*matmul_bwd_dw)(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                          const float *w, int M, int K, int N, double *sumsq);
 
     // --- optional: copies of trainable weights in the products' form (NULL where a backend
     // keeps none; the products then read the weights as they are)

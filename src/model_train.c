@@ -1412,8 +1412,8 @@ static void matmul_bwd_lazy(TrainState *ts, float *din, float *dw, float *dbias,
     int i = lazy_find(ts, dw);
     if (i >= 0 && ts->lazy[i].pending && op->matmul_bwd_dw) {
         double ss = 0;
-        if (din || dbias) op->matmul_bwd(ts->be, din, NULL, dbias, dout, in, W, M, K, N);
-        op->matmul_bwd_dw(ts->be, dw, dout, in, M, K, N, ts->grad_fn ? NULL : &ss);
+        if (dbias) op->matmul_bwd(ts->be, NULL, NULL, dbias, dout, in, W, M, K, N);
+        op->matmul_bwd_dw(ts->be, din, dw, dout, in, W, M, K, N, ts->grad_fn ? NULL : &ss);
         lazy_written(ts, &ts->lazy[i], ss);
         return;
     }

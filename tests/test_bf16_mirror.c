@@ -169,11 +169,48 @@ static void test_backend(const char *path, int fast) {
     }
 }
 
+/* matmul_bwd_dw with an input gradient: din += dout · w and dw = doutᵀ · in in one call (on the
+ * AMX tiles dw's op(A) comes from the dout packed for din) against matmul_bwd's din and dw onto
+ * zeros, bit for bit; din starts from values (+=), dw from NaN */
+static void bwd_dw_din(Backend *be, const char *path, int M, int K, int N) {
+    size_t nw = (size_t)N * K, ni = (size_t)M * K;
+    float *dout = malloc(sizeof(float) * (size_t)M * N), *in = malloc(sizeof(float) * ni),
+          *w = malloc(sizeof(float) * nw), *d0 = malloc(sizeof(float) * ni);
+    float *a = be->ops->alloc(be, sizeof(float) * nw), *b = be->ops->alloc(be, sizeof(float) * nw),
+          *da = be->ops->alloc(be, sizeof(float) * ni),
+          *db = be->ops->alloc(be, sizeof(float) * ni);
+    for (size_t i = 0; i < (size_t)M * N; i++)
+        dout[i] = frand();
+    for (size_t i = 0; i < ni; i++)
+        in[i] = frand(), d0[i] = frand();
+    for (size_t i = 0; i < nw; i++)
+        w[i] = frand(), a[i] = __builtin_nanf("");
+    memcpy(da, d0, sizeof(float) * ni);
+    memcpy(db, d0, sizeof(float) * ni);
+    double ss = 0;
+    be->ops->matmul_bwd_dw(be, da, a, dout, in, w, M, K, N, &ss);
+    be->ops->zero(be, b, sizeof(float) * nw);
+    be->ops->matmul_bwd(be, db, b, NULL, dout, in, w, M, K, N);
+    CHECK(!memcmp(a, b, sizeof(float) * nw) && !memcmp(da, db, sizeof(float) * ni),
+          "%s: matmul_bwd_dw with din (%d x %d x %d) differs from matmul_bwd: dw max diff %g, din "
+          "%g",
+          path, M, K, N, test_max_abs_diff(a, b, nw), test_max_abs_diff(da, db, ni));
+    be->ops->release(be, a);
+    be->ops->release(be, b);
+    be->ops->release(be, da);
+    be->ops->release(be, db);
+    free(dout);
+    free(in);
+    free(w);
+    free(d0);
+}
+
 /* matmul_bwd_dw (dw overwritten: the AMX tiles' one product, its lines streamed) against zeroing
  * dw and matmul_bwd's dw +=, bit for bit; dw starts as NaN, so a read of it would show */
 static void test_bwd_dw(const char *path) {
     static const int shapes[][3] = {{256, 768, 96},  {512, 200, 333}, {77, 64, 1000},
-                                    {1100, 96, 130}, {3000, 33, 40},  {64, 17, 17}};
+                                    {1100, 96, 130}, {3000, 33, 40},  {64, 17, 17},
+                                    {240, 40, 9},    {250, 16, 50257}};
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 2, &err);
     be->mm_bf16 = 1;
@@ -189,7 +226,7 @@ static void test_bwd_dw(const char *path) {
             in[i] = frand();
         for (size_t i = 0; i < nw; i++)
             a[i] = b[i] = __builtin_nanf("");
-        be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N, NULL);
+        be->ops->matmul_bwd_dw(be, NULL, a, dout, in, NULL, M, K, N, NULL);
         be->ops->zero(be, b, sizeof(float) * nw);
         be->ops->matmul_bwd(be, NULL, b, NULL, dout, in, NULL, M, K, N);
         CHECK(!memcmp(a, b, sizeof(float) * nw),
@@ -202,7 +239,7 @@ static void test_bwd_dw(const char *path) {
             backend_set_threads(be, nth);
             for (size_t i = 0; i < nw; i++)
                 a[i] = __builtin_nanf("");
-            be->ops->matmul_bwd_dw(be, a, dout, in, M, K, N, &ss[nth - 1]);
+            be->ops->matmul_bwd_dw(be, NULL, a, dout, in, NULL, M, K, N, &ss[nth - 1]);
             CHECK(!memcmp(a, b, sizeof(float) * nw), "%s: matmul_bwd_dw with its Σ dw² differs",
                   path);
         }
@@ -215,7 +252,13 @@ static void test_bwd_dw(const char *path) {
         be->ops->release(be, b);
         free(dout);
         free(in);
+        for (int nth = 1; nth <= 2; nth++) {
+            backend_set_threads(be, nth);
+            bwd_dw_din(be, path, M, K, N);
+        }
     }
+    /* dout too large to keep packed (A_CHUNK_WORDS): dw's op(A) packed from dout itself */
+    bwd_dw_din(be, path, 1040, 24, 16400);
     backend_free(be);
 }
 

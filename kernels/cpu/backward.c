@@ -33,12 +33,15 @@ static int threads_for(const Backend *be, size_t work) {
 
 // --- matrix products
 
-/* dw (N,K) = doutᵀ · in: zeroed and matmul_bwd's, or in one product on the AMX tiles; sumsq:
- * Σ dw², from the tiles there, else by a pass over dw right after */
-void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                       int N, double *sumsq) {
-    if (backend_mm_bf16(be, K, N) && cpu_matmul_bwd_dw_bf16(be, dw, dout, in, M, K, N, sumsq))
+/* din (M,K) += dout · w (din NULL: none) and dw (N,K) = doutᵀ · in: matmul_bwd's din, dw zeroed
+ * and matmul_bwd's, or on the AMX tiles sharing dout's packing; sumsq: Σ dw², from the tiles
+ * there, else by a pass over dw right after */
+void cpu_matmul_bwd_dw(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                       const float *w, int M, int K, int N, double *sumsq) {
+    if (backend_mm_bf16(be, K, N) &&
+        cpu_matmul_bwd_dw_bf16(be, din, dw, dout, in, w, M, K, N, sumsq))
         return;
+    if (din) cpu_matmul_bwd(be, din, NULL, NULL, dout, in, w, M, K, N);
     size_t n = (size_t)(N > 0 ? N : 0) * (size_t)(K > 0 ? K : 0);
     be->ops->zero(be, dw, sizeof(float) * n);
     cpu_matmul_bwd(be, NULL, dw, NULL, dout, in, NULL, M, K, N);

@@ -127,6 +127,11 @@ typedef struct CpuPackBudget {
     size_t cap, used;
     CpuMirror *mirrors; /* the packed copies of trainable weights (gemm_bf16.c cpu_weight_track) */
     int n_mirrors;
+    /* matmul_bwd_dw's op(A) built from din's packing (cpu_matmul_bwd_dw_bf16), kept from call to
+     * call: a fresh 26 MB for GPT-2's head beside din's went back to the system after each step
+     * (glibc's trim threshold) and was faulted in again, 3.5% of the step */
+    uint32_t *kpack;
+    size_t kpack_words;
 } CpuPackBudget;
 
 /* gemm_bf16.c: the matrix products under Backend.mm_bf16 (operands rounded to bf16, fp32
@@ -172,15 +177,16 @@ void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, c
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                          const float *w, int M, int K, int N);
-/* matmul_bwd_dw's product on the AMX tiles, where it takes them (returns 1; 0: not here, the
- * caller zeroes dw and accumulates): beta 0, C's whole lines streamed past the caches. The bits of
- * zeroing dw and cpu_matmul_bwd_bf16's dw (a tile starts from zero either way; not with K slices,
- * whose sum onto zeroed memory would turn a -0 into +0). sumsq (or NULL): Σ dw², from the tiles
- * as they are written. */
-int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                           int N, double *sumsq);
-void cpu_matmul_bwd_dw(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                       int N, double *sumsq);
+/* matmul_bwd_dw's products on the AMX tiles, where it takes them (returns 1; 0: not here, and
+ * nothing done: the caller runs din's product, zeroes dw and accumulates): dw with beta 0, C's
+ * whole lines streamed past the caches. The bits of zeroing dw and cpu_matmul_bwd_bf16's dw (a
+ * tile starts from zero either way; not with K slices, whose sum onto zeroed memory would turn a
+ * -0 into +0). din (or NULL): cpu_matmul_bwd_bf16's, first, and dw's op(A) then taken from the
+ * dout it packed. sumsq (or NULL): Σ dw², from the tiles as they are written. */
+int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                           const float *w, int M, int K, int N, double *sumsq);
+void cpu_matmul_bwd_dw(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                       const float *w, int M, int K, int N, double *sumsq);
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M);
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);

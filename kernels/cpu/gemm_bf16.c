@@ -928,7 +928,7 @@ static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo
  * over K in block order, as with one output: the same bits as nb separate products. K slices
  * with one output only. */
 static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta,
-                  int stream, double *ss) {
+                  int stream, double *ss, const uint32_t *apk_in, uint32_t **apk_out) {
     int amx = path_x() == 2;
     size_t poff[X_MAX_OUTS + 1] = {0}; /* the outputs' first panels in the tasks' order */
     for (int i = 0; i < nb; i++)
@@ -972,11 +972,15 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     }
     size_t scr = amx && nkb > ns ? scr_panels * AMX_MR * tw : 0;
     per += scr;
-    uint32_t *apk = cpu_alloc64(nkb * npan_max * astr * sizeof *apk),
+    /* op(A) packed already (apk_in: on the tiles, in one chunk), or handed back packed */
+    int one = amx && chunk >= (size_t)M;
+    if (apk_out) *apk_out = NULL;
+    uint32_t *apk = apk_in && one ? (uint32_t *)apk_in
+                                  : cpu_alloc64(nkb * npan_max * astr * sizeof *apk),
              *bbuf = cpu_alloc64(per * (size_t)nth * sizeof *bbuf);
     float *part = ns > 1 ? malloc(sizeof(float) * ns * (size_t)M * (size_t)N) : NULL;
     if (!apk || !bbuf || (ns > 1 && !part)) {
-        free(apk);
+        if (apk != apk_in) free(apk);
         free(bbuf);
         free(part);
         return -1;
@@ -986,7 +990,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
         size_t npan = (m1 - m0 + pm - 1) / pm;
         /* a k-major op(A) on the AMX tiles packs AMX_KGRP panels at once (pack_a_kmajor_amx) */
         size_t ag = amx && a->kmajor ? AMX_KGRP : 1, ngrp = (npan + ag - 1) / ag;
-        long npack = (long)(ngrp * nkb);
+        long npack = apk == apk_in ? 0 : (long)(ngrp * nkb);
 #pragma omp parallel num_threads(nth) if (nth > 1)
         {
             /* panel-major: a thread packs whole rows of panels (K block-major gave one
@@ -1044,7 +1048,10 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
             }
         }
     }
-    free(apk);
+    if (apk_out && one && apk != apk_in)
+        *apk_out = apk;
+    else if (apk != apk_in)
+        free(apk);
     free(bbuf);
     free(part);
     return 0;
@@ -1106,7 +1113,7 @@ static int gemm_views(int nth, const View *a, const View *b, int M, int N, int K
     else if (path_x()) {
         XOut o = {b, N, ldc, C, beta == 0.0f ? bias : NULL};
         rc = gemm_x(nth, a, 1, &o, M, K, beta,
-                    (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES, NULL);
+                    (size_t)M * (size_t)N * sizeof(float) >= STREAM_MIN_BYTES, NULL, NULL, NULL);
         if (rc || o.bias) return rc;
     }
 #endif
@@ -1159,18 +1166,89 @@ void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, 
     }
 }
 
-int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const float *in, int M, int K,
-                           int N, double *sumsq) {
+#ifdef BF16_X86
+/* The weight gradient's op(A) = doutᵀ on the AMX tiles (k-major: N rows, M deep; panels i0 .. i1
+ * of npd, nkd K blocks) from the input gradient's op(A) = dout as gemm_x packed it for the tiles
+ * (src: by rows, npa panels of AMX_MR rows a K block, ceil(N / KC) blocks): the bf16 values and
+ * zero pads of pack_a_kmajor_amx, in its places. There the rows of a K block lie together; the
+ * fp32 dout is read a line from every row in turn (the LM head's dlogits, 252 rows of 50257:
+ * 5.5 ms a GPT-2 step where the input gradient had packed the same values already). */
+X_TARGET static void kmajor_from_rows(const uint32_t *src, size_t npa, int M, uint32_t *dst,
+                                      size_t npd, size_t nkd, size_t i0, size_t i1, int nt) {
+    const size_t astr = (size_t)(KC / 2) * AMX_MR, rows = npa * AMX_MR; /* src's, pads zero */
+    for (size_t i = i0; i < i1; i++) {
+        size_t col = i * AMX_MR; /* dout's columns col .. col + 15: 8 words of src's rows */
+        const uint32_t *sb = src + col / KC * npa * astr + col % KC / 2;
+        for (size_t kb = 0; kb < nkd; kb++) {
+            int kn = M - (int)(kb * KC) < KC ? M - (int)(kb * KC) : KC, kq = KPAD((kn + 1) / 2);
+            uint32_t *d = dst + (kb * npd + i) * astr;
+            for (int q0 = 0; q0 < kq; q0 += 16) {
+                __m512i x[16];
+                for (int j = 0; j < 16; j++) { /* rows t, t + 1: word c = (t, c) | (t + 1, c) */
+                    size_t t = kb * KC + 2 * (size_t)(q0 + j);
+                    __m256i lo = _mm256_setzero_si256(), hi = lo;
+                    if (t < rows)
+                        lo = _mm256_loadu_si256(
+                                (const __m256i *)(sb + t / AMX_MR * astr + t % AMX_MR * (KC / 2)));
+                    if (t + 1 < rows)
+                        hi = _mm256_loadu_si256((const __m256i *)(sb + (t + 1) / AMX_MR * astr +
+                                                                  (t + 1) % AMX_MR * (KC / 2)));
+                    x[j] = _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+                }
+                transpose16(x);
+                for (int r = 0; r < AMX_MR; r++)
+                    if (nt) /* whole lines, read once by the product well after */
+                        _mm512_stream_si512((void *)(d + (size_t)r * (KC / 2) + q0), x[r]);
+                    else
+                        _mm512_storeu_si512(d + (size_t)r * (KC / 2) + q0, x[r]);
+            }
+        }
+    }
+    if (nt) _mm_sfence();
+}
+#endif
+
+int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
+                           const float *w, int M, int K, int N, double *sumsq) {
 #ifdef BF16_X86
     /* dw (N, K) = op(A) op(B): op(A) = doutᵀ (k-major), op(B) seen as inᵀ (k-major), M deep */
     size_t nkb = ((size_t)M + KC - 1) / KC;
     if (path_x() != 2 || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
+    int nth = threads_of(be, M, K, N);
+    uint32_t *pa = NULL, *pk = NULL;
+    if (din) { /* cpu_matmul_bwd_bf16's input gradient, its packed dout kept for dw's */
+        View a = {dout, NULL, (size_t)N, 0, NULL},
+             b = {w, NULL, (size_t)K, 1, mirror_pack(be, w, N, K, 1)};
+        XOut od = {&b, K, K, din, NULL};
+        if (gemm_x(nth, &a, 1, &od, M, N, 1.0f,
+                   (size_t)M * (size_t)K * sizeof(float) >= STREAM_MIN_BYTES, NULL, NULL, &pa)) {
+            oom(be, "matmul_bwd", M, N, K);
+            if (sumsq) *sumsq = NAN;
+            return 1;
+        }
+        size_t npd = ((size_t)N + AMX_MR - 1) / AMX_MR,
+               words = nkb * npd * (size_t)(KC / 2) * AMX_MR;
+        CpuPackBudget *bud = be->ctx;
+        if (pa && words <= A_CHUNK_WORDS && bud->kpack_words < words) {
+            free(bud->kpack);
+            bud->kpack = cpu_alloc64(words * sizeof *pk);
+            bud->kpack_words = bud->kpack ? words : 0;
+        }
+        if (pa && words <= bud->kpack_words) {
+            pk = bud->kpack;
+            CPU_PAR_RANGE(nth, npd,
+                          kmajor_from_rows(pa, ((size_t)M + AMX_MR - 1) / AMX_MR, M, pk, npd, nkb,
+                                           lo, hi, words * sizeof *pk >= STREAM_MIN_BYTES));
+        }
+        free(pa);
+    }
     View a = {dout, NULL, (size_t)N, 1, NULL}, b = {in, NULL, (size_t)K, 1, NULL};
     XOut o = {&b, K, K, dw, NULL};
     /* Σ dw² by tiles: a row panel's part of a column panel each, added in order below */
     size_t nps = sumsq ? ((size_t)N + AMX_MR - 1) / AMX_MR * (((size_t)K + NR - 1) / NR) : 0;
     double *ss = nps ? malloc(nps * sizeof *ss) : NULL;
-    if ((nps && !ss) || gemm_x(threads_of(be, M, K, N), &a, 1, &o, N, M, 0.0f, 1, ss)) {
+    if ((nps && !ss) || gemm_x(nth, &a, 1, &o, N, M, 0.0f, 1, ss, pk, NULL)) {
         free(ss);
         oom(be, "matmul_bwd_dw", M, N, K);
         if (sumsq) *sumsq = NAN;
@@ -1185,7 +1263,8 @@ int cpu_matmul_bwd_dw_bf16(Backend *be, float *dw, const float *dout, const floa
     free(ss);
     return 1;
 #else
-    (void)be, (void)dw, (void)dout, (void)in, (void)M, (void)K, (void)N, (void)sumsq;
+    (void)be, (void)din, (void)dw, (void)dout, (void)in, (void)w, (void)M, (void)K, (void)N,
+            (void)sumsq;
     return 0;
 #endif
 }
@@ -1489,6 +1568,9 @@ void cpu_mirrors_free(Backend *be) {
         mirror_drop(be, &b->mirrors[0]);
     free(b->mirrors);
     b->mirrors = NULL;
+    free(b->kpack);
+    b->kpack = NULL;
+    b->kpack_words = 0;
 }
 
 #ifdef BF16_X86
@@ -1671,7 +1753,7 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
             }
             o[i] = (XOut){&b[i], ws[i]->rows, ws[i]->rows, outs[i], biases ? biases[i] : NULL};
         }
-        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0, NULL)) {
+        if (fail || gemm_x(nth, &a, n, o, M, K, 0.0f, 0, NULL, NULL, NULL)) {
             free(buf);
             oom(be, "matmul_w", M, N, K);
             return 1;
