@@ -570,22 +570,18 @@ void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, co
  * the scalar form below, which takes the rest), its streams fetched ahead. */
 static void gelu_bwd_tanh(float *din, const float *dout, const float *restrict in, size_t lo,
                           size_t hi) {
-    const float kk = 0.7978845608f, c3 = 0.044715f;
+    const float kk = GELU_K, c3 = GELU_C3;
     size_t i = lo;
 #ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f),
-                 k2 = _mm512_set1_ps(2.0f * kk), vk = _mm512_set1_ps(kk), vc3 = _mm512_set1_ps(c3),
-                 v3c3 = _mm512_set1_ps(3.0f * c3), two = _mm512_set1_ps(2.0f);
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), vk = _mm512_set1_ps(kk),
+                 v3c3 = _mm512_set1_ps(3.0f * c3);
     for (; i + 16 <= hi; i += 16) {
         if (!(i & 63) && i + GELU_PF < hi) {
             _mm_prefetch((const char *)(in + i + GELU_PF), _MM_HINT_T0);
             _mm_prefetch((const char *)(dout + i + GELU_PF), _MM_HINT_T0);
             _mm_prefetch((const char *)(din + i + GELU_PF), _MM_HINT_T0);
         }
-        __m512 x = _mm512_loadu_ps(in + i);
-        __m512 u = _mm512_mul_ps(
-                k2, _mm512_add_ps(x, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(vc3, x), x), x)));
-        __m512 th = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(one, vexpf16(u))));
+        __m512 x = _mm512_loadu_ps(in + i), th = gelu_th16(x);
         __m512 d = _mm512_add_ps(
                 _mm512_mul_ps(half, _mm512_add_ps(one, th)),
                 _mm512_mul_ps(
@@ -597,11 +593,12 @@ static void gelu_bwd_tanh(float *din, const float *dout, const float *restrict i
                                                 _mm512_mul_ps(_mm512_loadu_ps(dout + i), d)));
     }
 #endif
-    for (; i < hi; i++) {
-        float x = in[i], th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
+#pragma omp simd /* the rest; all of it without AVX-512 */
+    for (size_t j = i; j < hi; j++) {
+        float x = in[j], th = gelu_th(x);
         float d =
                 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
-        din[i] += dout[i] * d;
+        din[j] += dout[j] * d;
     }
 }
 
