@@ -155,10 +155,10 @@ typedef struct BackendOps {
     /* matmul_bwd's weight gradient, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing dw
      * and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
      * product need not read dw); and din (or NULL) += dout · w (N,K) as matmul_bwd's, in the same
-     * call so that a backend may share the work on dout (the cpu's AMX path packs it once). sumsq (or NULL): *sumsq = Σ dw², in double or from fp32
-     * partials of at most 32 squares (within 2e-6 relative of an exact sum), summed in an order
-     * that depends on the shape alone (a part of the gradient norm without a pass over dw
-     * later). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
+     * call so that a backend may share the work on dout (the cpu's AMX path packs it once).
+     * sumsq (or NULL): *sumsq = Σ dw², in double or from fp32 partials of at most 32 squares
+     * (within 2e-6 relative of an exact sum), summed in an order that depends on the shape alone
+     * (a part of the gradient norm without a pass over dw later). Optional (NULL: the engine zeroes dw and runs matmul_bwd). */
     void (*matmul_bwd_dw)(Backend *be, float *din, float *dw, const float *dout, const float *in,
                           const float *w, int M, int K, int N, double *sumsq);
 

@@ -1519,9 +1519,9 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         const double *known = r->world == 1 ? lp->known : NULL;
         double gnorm = optim_clip(r->be, tp, np, (float)r->cfg->max_grad_norm, &gscale, known);
         if (r->have_vh) { /* rm: one norm over the model's and the value head's gradients */
-            float g1, g2;
-            double n1 = optim_clip(r->be, tp, np, 0, &g1, known),
-                   n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2, NULL);
+            float g2;
+            double n1 = gnorm, /* the model's part, just summed */
+                    n2 = optim_clip(r->be, r->vh.tp, 2, 0, &g2, NULL);
             double mx = r->cfg->max_grad_norm;
             gnorm = sqrt(n1 * n1 + n2 * n2);
             gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;

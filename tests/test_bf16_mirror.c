@@ -34,11 +34,11 @@
 #include "src/model_train.h"
 #include "src/optim.h"
 #include "src/train.h"
+#include "src/xalloc.h"
 
 /* matmul_bwd_dw's Σ dw² against a plain sum in double: the AMX tiles' sum takes fp32 partials of
  * 32 squares a lane before double (within 32 x 2^-24 = 2e-6 relative; about 1e-9 seen) */
 #define SS_RTOL 2e-6
-#include "src/xalloc.h"
 
 static uint64_t rng = 0x243F6A8885A308D3ULL;
 static float frand(void) {

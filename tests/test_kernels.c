@@ -365,17 +365,13 @@ static void test_thread_counts(void) {
 }
 
 /* The cpu backend's 16-lane exp (vexpf16) and tanh-GELU loops give the bits of the scalar forms
- * (vexpf, the formulas below) lane by lane: which elements a vector or the scalar tail takes
+ * (vexpf, gelu_th and gelu_d, as the loops' tails run them) lane by lane: which elements a vector or the scalar tail takes
  * depends on the thread count's ranges, and the bits must not. */
 static float gelu_tanh_scalar(float x) {
-    const float kk = 0.7978845608f, c3 = 0.044715f;
-    float th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
-    return 0.5f * x * (1.0f + th);
+    return 0.5f * x * (1.0f + gelu_th(x));
 }
 static float gelu_tanh_d_scalar(float x) {
-    const float kk = 0.7978845608f, c3 = 0.044715f;
-    float th = 1.0f - 2.0f / (1.0f + vexpf(2.0f * kk * (x + c3 * x * x * x)));
-    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
+    return gelu_d(x, gelu_th(x));
 }
 static int same_bits(float a, float b) {
     return !memcmp(&a, &b, sizeof a) || (a != a && b != b);

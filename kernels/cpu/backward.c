@@ -570,11 +570,10 @@ void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, co
  * the scalar form below, which takes the rest), its streams fetched ahead. */
 static void gelu_bwd_tanh(float *din, const float *dout, const float *restrict in, size_t lo,
                           size_t hi) {
-    const float kk = GELU_K, c3 = GELU_C3;
     size_t i = lo;
-#ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), vk = _mm512_set1_ps(kk),
-                 v3c3 = _mm512_set1_ps(3.0f * c3);
+#ifdef __AVX512F__ /* gelu_d on 16 lanes */
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f),
+                 vk = _mm512_set1_ps(GELU_K), v3c3 = _mm512_set1_ps(3.0f * GELU_C3);
     for (; i + 16 <= hi; i += 16) {
         if (!(i & 63) && i + GELU_PF < hi) {
             _mm_prefetch((const char *)(in + i + GELU_PF), _MM_HINT_T0);
@@ -594,12 +593,8 @@ static void gelu_bwd_tanh(float *din, const float *dout, const float *restrict i
     }
 #endif
 #pragma omp simd /* the rest; all of it without AVX-512 */
-    for (size_t j = i; j < hi; j++) {
-        float x = in[j], th = gelu_th(x);
-        float d =
-                0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kk * (1.0f + 3.0f * c3 * x * x);
-        din[j] += dout[j] * d;
-    }
+    for (size_t j = i; j < hi; j++)
+        din[j] += dout[j] * gelu_d(in[j], gelu_th(in[j]));
 }
 
 void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,

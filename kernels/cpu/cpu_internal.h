@@ -118,6 +118,11 @@ static inline __m512 vexpf16(__m512 xin) {
 static inline float gelu_th(float x) {
     return 1.0f - 2.0f / (1.0f + vexpf(2.0f * GELU_K * (x + GELU_C3 * x * x * x)));
 }
+/* its derivative at x, th = gelu_th(x) */
+static inline float gelu_d(float x, float th) {
+    return 0.5f * (1.0f + th) +
+           0.5f * x * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * GELU_C3 * x * x);
+}
 #ifdef __AVX512F__
 static inline __m512 gelu_th16(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f);

@@ -1149,12 +1149,20 @@ void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, c
     if (gemm_views(nth, &a, &b, M, N, K, beta, out, N, bias)) oom(be, "matmul", M, N, K);
 }
 
+/* The operands of din (M, K) += dout (M, N) w (N, K): op(A) = dout, op(B) = w, k-major (its
+ * input-gradient copy where w is tracked) */
+static void din_views(const Backend *be, const float *dout, const float *w, int K, int N, View *a,
+                      View *b) {
+    *a = (View){dout, NULL, (size_t)N, 0, NULL};
+    *b = (View){w, NULL, (size_t)K, 1, mirror_pack(be, w, N, K, 1)};
+}
+
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                          const float *w, int M, int K, int N) {
     int nth = threads_of(be, M, K, N);
-    if (din) { /* din (M, K) += dout (M, N) w (N, K): op(B) = w, k-major */
-        View a = {dout, NULL, (size_t)N, 0, NULL},
-             b = {w, NULL, (size_t)K, 1, mirror_pack(be, w, N, K, 1)};
+    if (din) {
+        View a, b;
+        din_views(be, dout, w, K, N, &a, &b);
         if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K, NULL)) {
             oom(be, "matmul_bwd", M, N, K);
             return;
@@ -1218,8 +1226,8 @@ int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout
     int nth = threads_of(be, M, K, N);
     uint32_t *pa = NULL, *pk = NULL;
     if (din) { /* cpu_matmul_bwd_bf16's input gradient, its packed dout kept for dw's */
-        View a = {dout, NULL, (size_t)N, 0, NULL},
-             b = {w, NULL, (size_t)K, 1, mirror_pack(be, w, N, K, 1)};
+        View a, b;
+        din_views(be, dout, w, K, N, &a, &b);
         XOut od = {&b, K, K, din, NULL};
         if (gemm_x(nth, &a, 1, &od, M, N, 1.0f,
                    (size_t)M * (size_t)K * sizeof(float) >= STREAM_MIN_BYTES, NULL, NULL, &pa)) {
