@@ -35,6 +35,15 @@ static float *rnd(size_t n) {
         p[i] = frand();
     return p;
 }
+/* rnd's values in 64-byte aligned memory, as the engine's buffers are (backend alloc): the AMX
+ * products stream whole aligned lines of their outputs only */
+static float *rnd64(size_t n) {
+    float *p = aligned_alloc(64, ((n ? n : 1) * sizeof *p + 63) / 64 * 64);
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand();
+    return p;
+}
+
 static float *dup(const float *p, size_t n) {
     float *d = malloc((n ? n : 1) * sizeof *d);
     memcpy(d, p, n * sizeof *d);
@@ -121,7 +130,12 @@ static const int shapes[][3] = {{1, 1, 1},
                                 {2100, 600, 40},
                                 /* an output of 8 MiB (written past the caches), and din / dw
                                  * accumulated over 8 and 4 K blocks in row tasks */
-                                {1024, 24, 2048}};
+                                {1024, 24, 2048},
+                                /* forward outputs of 256 KiB and more, whole lines (rows of a
+                                 * multiple of 16): streamed too, over 1 and 2 K blocks, the last
+                                 * row panel short */
+                                {256, 300, 384},
+                                {100, 200, 704}};
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 // --- matmul_fwd and matmul_bwd -------------------------------------------------------------------
@@ -136,7 +150,7 @@ static void test_dense(Backend *ref, Backend *cpu, const char *path) {
         char what[96];
         rounding = K > MM_BF16_MIN_SIDE && N > MM_BF16_MIN_SIDE;
         for (int with_bias = 0; with_bias < 2; with_bias++) {
-            float *o_ref = rnd(no), *o1 = rnd(no), *o2 = rnd(no);
+            float *o_ref = rnd(no), *o1 = rnd64(no), *o2 = rnd64(no);
             const float *bb = with_bias ? bias : NULL;
             ref->ops->matmul_fwd(ref, o_ref, x, w, bb, M, K, N);
             backend_set_threads(cpu, 1);
