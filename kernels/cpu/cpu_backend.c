@@ -121,6 +121,9 @@ static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const floa
 }
 
 /* A product with a side of at most SGEMM_SPLIT_MAX (a LoRA adapter's rank side) and more than
+ * SGEMM_BLOCK rows or columns goes to skinny.c's loops (cpu_skinny: 1.2-2x OpenBLAS's calls
+ * below on one thread at a SmolLM2 adapter's shapes); what those do not take (alpha other than 1,
+ * beta other than 0 or 1, the transposes no LoRA op has) runs as follows: with more than
  * SGEMM_BLOCK rows of C (or columns, when there are more of those): one-thread sgemm calls on
  * SGEMM_PARTS blocks of its rows (columns) of nearly equal size (bounds multiples of 8), spread
  * over the threads. OpenBLAS's own threads cost such products more than they gave (2 threads:
@@ -129,7 +132,7 @@ static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const floa
  * kernel by the shape of a call: a split by threads changed them). Blocks of at least 128 rows
  * (as before 2026-12-05) cut 456 rows into 128, 128, 128 and 72 and 192 into 128 and 64: one of
  * two threads idle a fifth to a third of those products. */
-#define SGEMM_SPLIT_MAX 16
+#define SGEMM_SPLIT_MAX SKINNY_MAX
 #define SGEMM_BLOCK     128 /* more rows (columns) than this: split */
 #define SGEMM_PARTS     4   /* blocks */
 static void sgemm_blocks(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A,
@@ -155,6 +158,9 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
     if (M <= 0 || N <= 0) return;
     if ((M <= SGEMM_SPLIT_MAX || N <= SGEMM_SPLIT_MAX || K <= SGEMM_SPLIT_MAX) &&
         (M > SGEMM_BLOCK || N > SGEMM_BLOCK)) {
+        if (!cpu_skinny(omp_in_parallel() ? 1 : nth, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta,
+                        C, ldc))
+            return;
         sgemm_blocks(omp_in_parallel() ? 1 : nth, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
                      ldc);
         return;

@@ -144,6 +144,12 @@ static inline __m512 gelu_th16(__m512 x) {
  * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+/* skinny.c: C (M,N) = op(A) op(B) + beta C (alpha 1, beta 0 or 1) where a side is at most
+ * SKINNY_MAX, in loops of our own (each element summed by one task in a fixed order: the bits do
+ * not depend on nth); 0, or -1 for a product it does not take (and then nothing is written). */
+#define SKINNY_MAX 16
+int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc);
 /* The cpu backend's budget of packed weight copies (be->ctx; cpu_backend.h, CPU_PACK_MB):
  * bytes allowed and taken (atomically: weights may be packed from two threads). */
 typedef struct CpuMirror CpuMirror;
