@@ -36,84 +36,9 @@ static int prod(int bf, int ta, int tb, int M, int N, int K, float alpha, const 
     return 0;
 }
 
-#ifdef __AVX512F__
-/* lanes n of 16 (n <= 16) */
-static inline __mmask16 lanes_n(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-}
-#endif
-
-/* x (n) = softmax(scale·x) in place. On AVX-512 in intrinsics, 16 lanes (GCC vectorized the
- * loops below on 8 lanes under -march=native on the Xeons, and the softmax was a sixth of the
- * attention's time on Zen 4): the sums in two chains of 16 lanes (element j in lane j % 16 of
- * chain j / 16 % 2), then the lanes in _mm512_reduce_add_ps' order. The order depends on n only,
- * so the thread count cannot change the bits. */
-static void softmax_row(float *x, int n, float scale) {
-#ifdef __AVX512F__
-    const __m512 sc = _mm512_set1_ps(scale);
-    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
-    int j = 0;
-    for (; j + 32 <= n; j += 32) { /* scaled, and the max */
-        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(x + j), sc),
-               b = _mm512_mul_ps(_mm512_loadu_ps(x + j + 16), sc);
-        _mm512_storeu_ps(x + j, a);
-        _mm512_storeu_ps(x + j + 16, b);
-        m0 = _mm512_max_ps(m0, a);
-        m1 = _mm512_max_ps(m1, b);
-    }
-    for (; j < n; j += 16) {
-        __mmask16 k = lanes_n(n - j);
-        __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), sc);
-        _mm512_mask_storeu_ps(x + j, k, a);
-        m0 = _mm512_mask_max_ps(m0, k, m0, a);
-    }
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-    for (j = 0; j + 32 <= n; j += 32) { /* exp(x - max), and the sum */
-        __m512 a = vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j), mx)),
-               b = vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), mx));
-        _mm512_storeu_ps(x + j, a);
-        _mm512_storeu_ps(x + j + 16, b);
-        s0 = _mm512_add_ps(s0, a);
-        s1 = _mm512_add_ps(s1, b);
-    }
-    for (; j < n; j += 16) {
-        __mmask16 k = lanes_n(n - j);
-        __m512 a =
-                _mm512_maskz_mov_ps(k, vexpf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mx)));
-        _mm512_mask_storeu_ps(x + j, k, a);
-        if (j / 16 % 2)
-            s1 = _mm512_add_ps(s1, a);
-        else
-            s0 = _mm512_add_ps(s0, a);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
-    for (j = 0; j < n; j += 16) {
-        __mmask16 k = lanes_n(n - j);
-        _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), inv));
-    }
-#else
-    float mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-    for (int j = 0; j < n; j++) {
-        x[j] *= scale;
-        mx = x[j] > mx ? x[j] : mx;
-    }
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < n; j++) {
-        x[j] = vexpf(x[j] - mx);
-        sum += x[j];
-    }
-    float inv = 1.0f / sum;
-#pragma omp simd
-    for (int j = 0; j < n; j++)
-        x[j] *= inv;
-#endif
-}
-
 /* Softmax of each row t of scale·S (Tq, Tk) over keys lo..p (p = Tk−Tq+t, lo by tuna_attn_lo
  * with this batch row's kv_lo, or NULL), zero elsewhere. scale 1: S is already scaled (x·1 is
- * x). The scalar expf loop was 8% of a SmolLM2 LoRA step at 512 tokens (vexpf: softmax_row). */
+ * x). The scalar expf loop was 8% of a SmolLM2 LoRA step at 512 tokens (vexpf: cpu_softmax_row). */
 static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
                            const int32_t *kv_lo) {
     for (int t = 0; t < Tq; t++) {
@@ -121,14 +46,14 @@ static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
         int p = Tk - Tq + t;
         int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
         if (lo > 0) memset(s, 0, sizeof(float) * (size_t)lo);
-        softmax_row(s + lo, p + 1 - lo, scale);
+        cpu_softmax_row(s + lo, p + 1 - lo, scale);
         if (p + 1 < Tk) memset(s + p + 1, 0, sizeof(float) * (size_t)(Tk - p - 1));
     }
 }
 
 /* dS = P∘(dP − D)·ds in place of dP (lq x lk), D_t = Σ_j P_tj dP_tj: the softmax's backward (under
  * bf16 ds is the scale, applied here before the products round dS). Reads P and dP up to each
- * query's own key p only (P is 0 past it) and writes 0 past it. D's sum as softmax_row's. */
+ * query's own key p only (P is 0 past it) and writes 0 past it. D's sum as cpu_softmax_row's. */
 static void grad_scores(const float *P, float *dP, int lq, int lk, float ds) {
     for (int t = 0; t < lq; t++) {
         const float *pr = P + (size_t)t * lk;
@@ -143,7 +68,7 @@ static void grad_scores(const float *P, float *dP, int lq, int lk, float ds) {
                     s1, _mm512_mul_ps(_mm512_loadu_ps(pr + j + 16), _mm512_loadu_ps(dr + j + 16)));
         }
         for (; j < n; j += 16) {
-            __mmask16 k = lanes_n(n - j);
+            __mmask16 k = cpu_lanes16(n - j);
             __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, pr + j),
                                      _mm512_maskz_loadu_ps(k, dr + j));
             if (j / 16 % 2)
@@ -154,7 +79,7 @@ static void grad_scores(const float *P, float *dP, int lq, int lk, float ds) {
         const __m512 D = _mm512_set1_ps(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1))),
                      vd = _mm512_set1_ps(ds);
         for (j = 0; j < n; j += 16) {
-            __mmask16 k = lanes_n(n - j);
+            __mmask16 k = cpu_lanes16(n - j);
             __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dr + j), D);
             _mm512_mask_storeu_ps(
                     dr + j, k,

@@ -382,21 +382,8 @@ static void attention_items(float *out, const float *q, const float *k, const fl
                 sc[(size_t)h * n + j] = head_dot(qh, kr, HS) * scale;
             }
         }
-        for (int h = 0; h < grp; h++) { /* softmax, vectorized (vexpf, about 1 ulp) */
-            float *sh = sc + (size_t)h * n, mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-            for (int j = 0; j < n; j++)
-                mx = sh[j] > mx ? sh[j] : mx;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < n; j++) {
-                sh[j] = vexpf(sh[j] - mx);
-                sum += sh[j];
-            }
-            float inv = 1.0f / sum;
-#pragma omp simd
-            for (int j = 0; j < n; j++)
-                sh[j] *= inv;
-        }
+        for (int h = 0; h < grp; h++) /* softmax (vexpf, about 1 ulp) */
+            cpu_softmax_row(sc + (size_t)h * n, n, 1.0f);
         /* out = probs · V, accumulated in registers across keys: a masked store and reload
          * of `o` per key stalls store forwarding */
         for (int h = 0; h < grp; h++)
