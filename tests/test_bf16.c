@@ -29,19 +29,18 @@ static uint64_t rnext(void) {
 static float frand(void) {
     return (float)((double)(rnext() >> 40) / 16777216.0 * 2.0 - 1.0);
 }
-static float *rnd(size_t n) {
-    float *p = malloc((n ? n : 1) * sizeof *p);
+static float *fill(float *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         p[i] = frand();
     return p;
 }
+static float *rnd(size_t n) {
+    return fill(malloc((n ? n : 1) * sizeof(float)), n);
+}
 /* rnd's values in 64-byte aligned memory, as the engine's buffers are (backend alloc): the AMX
  * products stream whole aligned lines of their outputs only */
 static float *rnd64(size_t n) {
-    float *p = aligned_alloc(64, ((n ? n : 1) * sizeof *p + 63) / 64 * 64);
-    for (size_t i = 0; i < n; i++)
-        p[i] = frand();
-    return p;
+    return fill(aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64), n);
 }
 
 static float *dup(const float *p, size_t n) {

@@ -158,11 +158,9 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
     if (M <= 0 || N <= 0) return;
     if ((M <= SGEMM_SPLIT_MAX || N <= SGEMM_SPLIT_MAX || K <= SGEMM_SPLIT_MAX) &&
         (M > SGEMM_BLOCK || N > SGEMM_BLOCK)) {
-        if (!cpu_skinny(omp_in_parallel() ? 1 : nth, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta,
-                        C, ldc))
-            return;
-        sgemm_blocks(omp_in_parallel() ? 1 : nth, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                     ldc);
+        int n = omp_in_parallel() ? 1 : nth;
+        if (cpu_skinny(n, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+            sgemm_blocks(n, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     openblas_set_num_threads(nth);

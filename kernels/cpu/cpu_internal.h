@@ -113,9 +113,9 @@ static inline __m512 vexpf16(__m512 xin) {
 #endif
 
 #ifdef __AVX512F__
-/* the first n of 16 lanes (n <= 16) */
+/* the first n of 16 lanes (none for n <= 0, all for n >= 16) */
 static inline __mmask16 cpu_lanes16(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
 }
 #endif
 

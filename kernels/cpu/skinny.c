@@ -22,10 +22,6 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-static inline __mmask16 lanes(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
-}
-
 /* the sums of the 16 lanes of a0 .. a7, in order: halves added, then pairs, in one order (by
  * value: an array's address taken kept the callers' accumulators in memory) */
 __attribute__((always_inline)) static inline __m256
@@ -48,7 +44,7 @@ __attribute__((always_inline)) static inline void inner_at(int RM, int m, int N,
                                                            const float *Bt, size_t sb, float beta,
                                                            float *C, int ldc) {
     for (int n = 0; n < N; n += 16) {
-        __mmask16 k = lanes(N - n);
+        __mmask16 k = cpu_lanes16(N - n);
         __m512 acc[4];
 #pragma GCC unroll 4
         for (int i = 0; i < RM; i++)
@@ -89,7 +85,7 @@ static void dots_rows(int m0, int m1, int n, int K, const float *A, int lda, con
             for (int j = 0; j < 8; j++)
                 acc0[j] = acc1[j] = _mm512_setzero_ps();
             for (int k = 0; k < K; k += 16) {
-                __mmask16 mk = lanes(K - k);
+                __mmask16 mk = cpu_lanes16(K - k);
                 __m512 a0 = _mm512_maskz_loadu_ps(mk, a0p + k),
                        a1 = _mm512_maskz_loadu_ps(mk, a1p + k);
 #pragma GCC unroll 8
@@ -123,7 +119,7 @@ __attribute__((always_inline)) static inline void outer_at(int P, int q0, int Q,
                                                            size_t sq) {
     const int NC = P == 8 ? 2 : 1;
     __m512 acc[16][2];
-    __mmask16 mk[2] = {lanes(Q - q0), lanes(Q - q0 - 16)};
+    __mmask16 mk[2] = {cpu_lanes16(Q - q0), cpu_lanes16(Q - q0 - 16)};
 #pragma GCC unroll 16
     for (int j = 0; j < P; j++)
         acc[j][0] = acc[j][1] = _mm512_setzero_ps();
@@ -163,13 +159,16 @@ static float *transposed(const float *src, int rows, int cols, int ld, int pcols
     return t;
 }
 
-/* (rows, pcols) = src (rows, cols; rows ld apart), the columns past cols zero */
-static float *padded(const float *src, int rows, int cols, int ld, int pcols) {
-    float *t = calloc((size_t)rows * (size_t)pcols + 16, sizeof(float));
-    if (!t) return NULL;
+/* src (rows, cols; rows ld apart) as (prows, pcols) with rows pcols apart, zero past rows and
+ * cols: src itself where it is so already (*own NULL), else a copy in *own (NULL: no memory) */
+static const float *padded(const float *src, int rows, int cols, int ld, int prows, int pcols,
+                           float **own) {
+    *own = NULL;
+    if (rows == prows && cols == pcols && ld == pcols) return src;
+    if (!(*own = calloc((size_t)prows * (size_t)pcols + 16, sizeof(float)))) return NULL;
     for (int i = 0; i < rows; i++)
-        memcpy(t + (size_t)i * pcols, src + (size_t)i * ld, sizeof(float) * (size_t)cols);
-    return t;
+        memcpy(*own + (size_t)i * pcols, src + (size_t)i * ld, sizeof(float) * (size_t)cols);
+    return *own;
 }
 
 int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -192,18 +191,10 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
     if (N <= SKINNY_MAX && !ta && N < M) { /* dots */
         /* op(B) column-major (rows K apart), zero columns up to a whole group of 8 */
         int n8 = (N + 7) / 8 * 8;
-        float *bt = tb ? padded(B, N, K, ldb, K) : transposed(B, K, N, ldb, n8);
-        if (!bt) return -1;
-        if (tb) { /* padded gave N rows: room for n8 */
-            float *t = realloc(bt, sizeof(float) * ((size_t)n8 * (size_t)K + 16));
-            if (!t) {
-                free(bt);
-                return -1;
-            }
-            bt = t;
-            memset(bt + (size_t)N * K, 0, sizeof(float) * (size_t)(n8 - N) * (size_t)K);
-        }
-        const float *Bt = bt;
+        float *bt = NULL;
+        const float *Bt =
+                tb ? padded(B, N, K, ldb, n8, K, &bt) : (bt = transposed(B, K, N, ldb, n8));
+        if (!Bt) return -1;
         size_t sb = (size_t)K;
         int nt = (M + 7) / 8;
 #pragma omp parallel for num_threads(nth) schedule(dynamic) if (nth > 1 && nt > 1)
@@ -216,7 +207,9 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
         int small_m = M <= N, p = small_m ? M : N, Q = small_m ? N : M, P = p <= 8 ? 8 : 16;
         const float *Y = small_m ? B : A;
         int ldy = small_m ? ldb : lda;
-        float *X = padded(small_m ? A : B, K, p, small_m ? lda : ldb, P); /* (K, P) */
+        float *own;
+        const float *X =
+                padded(small_m ? A : B, K, p, small_m ? lda : ldb, K, P, &own); /* (K, P) */
         if (!X) return -1;
         size_t sj = small_m ? (size_t)ldc : 1, sq = small_m ? 1 : (size_t)ldc;
         int w = P == 8 ? 32 : 16, nt = (Q + w - 1) / w;
@@ -227,7 +220,7 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
             else
                 outer_at(16, w * t, Q, p, K, X, Y, ldy, beta, C, sj, sq);
         }
-        free(X);
+        free(own);
         return 0;
     }
     return -1;
