@@ -10,8 +10,8 @@
  *   the products pack the values as they are), and once another pass has made it whole again;
  *   untracking and freeing the memory drop the copy; on each fast path (amx, avx512bf16
  *   forced) and on the plain one (which keeps none);
- * - matmul_bwd_dw (a step's first write of a weight gradient: overwritten, on the AMX tiles in
- *   one product with its lines streamed) equals zeroing the gradient and matmul_bwd's +=, bit
+ * - matmul_bwd_dw (a step's first write of a weight gradient: overwritten, on the AMX tiles or
+ *   vdpbf16ps in one product with its lines streamed) equals zeroing the gradient and matmul_bwd's +=, bit
  *   for bit, from a gradient full of NaN, over shapes of one and several K blocks and groups and
  *   K slices;
  * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
@@ -37,7 +37,8 @@
 #include "src/xalloc.h"
 
 /* matmul_bwd_dw's Σ dw² against a plain sum in double: the AMX tiles' sum takes fp32 partials of
- * 32 squares a lane before double (within 32 x 2^-24 = 2e-6 relative; about 1e-9 seen) */
+ * 32 squares a lane before double, vdpbf16ps's of 24 (within 32 x 2^-24 = 2e-6 relative; about
+ * 1e-9 seen) */
 #define SS_RTOL 2e-6
 
 static uint64_t rng = 0x243F6A8885A308D3ULL;
@@ -205,7 +206,7 @@ static void bwd_dw_din(Backend *be, const char *path, int M, int K, int N) {
     free(d0);
 }
 
-/* matmul_bwd_dw (dw overwritten: the AMX tiles' one product, its lines streamed) against zeroing
+/* matmul_bwd_dw (dw overwritten: one product on a fast path, its lines streamed) against zeroing
  * dw and matmul_bwd's dw +=, bit for bit; dw starts as NaN, so a read of it would show */
 static void test_bwd_dw(const char *path) {
     static const int shapes[][3] = {{256, 768, 96},  {512, 200, 333}, {77, 64, 1000},

@@ -284,12 +284,13 @@ void cpu_matmul_bf16(Backend *be, float *out, const float *in, const float *w, c
                      int M, int K, int N, float beta); /* out = beta out + in wᵀ (+ bias) */
 void cpu_matmul_bwd_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                          const float *w, int M, int K, int N);
-/* matmul_bwd_dw's products on the AMX tiles, where it takes them (returns 1; 0: not here, and
- * nothing done: the caller runs din's product, zeroes dw and accumulates): dw with beta 0, C's
- * whole lines streamed past the caches. The bits of zeroing dw and cpu_matmul_bwd_bf16's dw (a
- * tile starts from zero either way; not with K slices, whose sum onto zeroed memory would turn a
- * -0 into +0). din (or NULL): cpu_matmul_bwd_bf16's, first, and dw's op(A) then taken from the
- * dout it packed. sumsq (or NULL): Σ dw², from the tiles as they are written. */
+/* matmul_bwd_dw's products on the AMX tiles or vdpbf16ps, where it takes them (returns 1; 0:
+ * not here, and nothing done: the caller runs din's product, zeroes dw and accumulates): dw with
+ * beta 0, C's whole lines streamed past the caches. The bits of zeroing dw and
+ * cpu_matmul_bwd_bf16's dw (a tile starts from zero either way; not with K slices, whose sum onto
+ * zeroed memory would turn a -0 into +0). din (or NULL): cpu_matmul_bwd_bf16's, first (on the
+ * tiles dw's op(A) is then taken from the dout it packed). sumsq (or NULL): Σ dw², from the tiles
+ * as they are written. */
 int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout, const float *in,
                            const float *w, int M, int K, int N, double *sumsq);
 void cpu_matmul_bwd_dw(Backend *be, float *din, float *dw, const float *dout, const float *in,

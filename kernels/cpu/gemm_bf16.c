@@ -345,10 +345,13 @@ X_TARGET static void pack_panel_nt(const View *v, size_t r0, int rn, size_t k0, 
 
 /* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows; the word of row i and pair p at
  * a[i * si + p * sp]) and b (kp words of NR columns); add: whether c's old values are kept. si, sp
- * are constants of the two callers below: the sums are the same, in the same order, either way. */
+ * are constants of the two callers below: the sums are the same, in the same order, either way.
+ * ss (or NULL): *ss = Σ x² of the tile's values as stored, from fp32 partials of MR * NV = 24
+ * squares a lane, then in double (amx_sumsq2's bound); nt: whole aligned lines of c stored past
+ * the caches (the caller fences). */
 __attribute__((always_inline)) X_TARGET static inline void
 kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *b, float *c,
-               size_t ldc, int mr, int nr, int add) {
+               size_t ldc, int mr, int nr, int add, double *ss, int nt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
@@ -372,15 +375,25 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
     __mmask16 mk[NV];
     for (int v = 0; v < NV; v++)
         mk[v] = lanes16(nr - 16 * v);
+    __m512 sq = _mm512_setzero_ps();
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __m512 x = acc[i][v];
             if (add) x = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], ci + 16 * v), x);
-            _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
+            if (nt && mk[v] == 0xffff && !((uintptr_t)(ci + 16 * v) & 63))
+                _mm512_stream_ps(ci + 16 * v, x);
+            else
+                _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
+            if (ss) sq = _mm512_mask3_fmadd_ps(x, x, sq, mk[v]);
         }
     }
+    if (ss)
+        *ss = _mm512_reduce_add_pd(
+                _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(sq)),
+                              _mm512_cvtps_pd(_mm256_castpd_ps(
+                                      _mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1)))));
 }
 
 /* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
@@ -389,14 +402,14 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
 
 /* A panel by pairs (pack_panel's layout: word (i, p) at p * MR + i), as a k-major op(A) packs */
 X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
-                                 int mr, int nr, int add) {
-    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add);
+                                 int mr, int nr, int add, double *ss, int nt) {
+    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add, ss, nt);
 }
 
 /* A panel by rows (word (i, p) at i * KC / 2 + p), as a row-major op(A) packs */
 X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t *b, float *c,
-                                      size_t ldc, int mr, int nr, int add) {
-    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add);
+                                      size_t ldc, int mr, int nr, int add, double *ss, int nt) {
+    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add, ss, nt);
 }
 
 /* One panel of op(A): rows r0 .. r0+rn-1 (rn <= MR), elements k0 .. k0+kn-1, A_STRIDE words. A
@@ -516,10 +529,12 @@ static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, 
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
  * [n0, n1), over K blocks [kb0, kb1) (all of K, or a slice: gemm_x), block by block: the task
  * packs its columns of op(B) (bp: NC x KC of bf16) once per K block and runs every row panel
- * over them. */
+ * over them. After the last block: stream, C's whole lines past the caches; ss (or NULL), each
+ * tile's Σ x² at ss[row panel m / MR * npb + column panel n / NR] (kernel_tile_at). */
 X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int N, int K, int kb0, int kb1, size_t n0,
-                               size_t n1, float *C, size_t ldc, int add0, int arows, uint32_t *bp) {
+                               size_t n1, float *C, size_t ldc, int add0, int arows, uint32_t *bp,
+                               int stream, double *ss) {
     size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
     for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
@@ -527,14 +542,17 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
         for (size_t n = n0; n < n1; n += NR) {
             const uint32_t *bt = task_panel(b, bp, (size_t)kb, npb, n, n0, kp);
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
+            int last = kb + 1 == kb1;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
                 (arows ? kernel_tile_rows : kernel_tile)(
                         kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
-                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || kb > kb0);
+                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || kb > kb0,
+                        ss && last ? ss + m / MR * npb + n / NR : NULL, stream && last);
             }
         }
     }
+    if (stream) _mm_sfence(); /* the streamed lines before the threads meet */
 }
 
 // --- the AMX tiles: gemm_task's loops on TDPBF16PS ------------------------------------------------
@@ -905,6 +923,12 @@ static void add_slices(float *C, int ldc, float beta, const float *part, size_t 
  * lines that will not be read again before they leave the caches */
 #define STREAM_MIN_BYTES ((size_t)8 << 20)
 
+/* gemm_x's stream: its outputs' whole lines past the caches on the AMX tiles (STREAM_AMX), or on
+ * both fast paths (STREAM_ALL: the weight gradients, which only AdamW reads, a step later: GPT-2
+ * --bf16 on one Zen 4 core 5.6% faster streamed). The vdpbf16ps path keeps the forward outputs
+ * in the caches: streamed, a GPT-2 --bf16 step ran 1% slower there and a SmolLM2 LoRA one 2.4%. */
+enum { STREAM_NONE, STREAM_AMX, STREAM_ALL };
+
 /* The forward products' outputs (matmul_fwd, matmul_acc and the typed weights' forward: a
  * layer's activations, which training keeps for the backward, each in memory of its own that
  * nothing has touched since the step before) are streamed from this size: their lines came from
@@ -915,7 +939,7 @@ static void add_slices(float *C, int ldc, float beta, const float *part, size_t 
 #define FWD_STREAM_MIN_BYTES ((size_t)256 << 10)
 
 static int stream_out(int M, int N, size_t min_bytes) {
-    return (size_t)M * (size_t)N * sizeof(float) >= min_bytes;
+    return (size_t)M * (size_t)N * sizeof(float) >= min_bytes ? STREAM_AMX : STREAM_NONE;
 }
 
 /* One op(B) of a product, its N columns and where they go (C, row stride ldc) */
@@ -939,7 +963,9 @@ static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo
  * one op(A): A packed once for all of them, and the column tasks over their panels in order
  * (several weights over one input: a layer's q, k and v). Each tile of each C_i is one task's
  * over K in block order, as with one output: the same bits as nb separate products. K slices
- * with one output only. */
+ * with one output only. stream: STREAM_*; ss (or NULL, and K slices none): each tile's Σ x² of
+ * C's final values, at ss[row panel * column panels + column panel], the row panels the path's
+ * (AMX_MR rows on the tiles, MR otherwise). */
 static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, float beta,
                   int stream, double *ss, const uint32_t *apk_in, uint32_t **apk_out) {
     int amx = path_x() == 2;
@@ -1001,8 +1027,10 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     for (size_t m0 = 0; m0 < (size_t)M; m0 += chunk) {
         size_t m1 = m0 + chunk < (size_t)M ? m0 + chunk : (size_t)M;
         size_t npan = (m1 - m0 + pm - 1) / pm;
-        /* a k-major op(A) on the AMX tiles packs AMX_KGRP panels at once (pack_a_kmajor_amx) */
-        size_t ag = amx && a->kmajor ? AMX_KGRP : 1, ngrp = (npan + ag - 1) / ag;
+        /* a k-major fp32 op(A) packs AMX_KGRP panels at once (pack_a_kmajor_amx, or for
+         * vdpbf16ps pack_kmajor_pairs across them: a panel alone read 48 bytes of every row of
+         * the view in turn, the weight gradients' doutᵀ) */
+        size_t ag = a->kmajor && (amx || !a->h) ? AMX_KGRP : 1, ngrp = (npan + ag - 1) / ag;
         long npack = apk == apk_in ? 0 : (long)(ngrp * nkb);
 #pragma omp parallel num_threads(nth) if (nth > 1)
         {
@@ -1015,8 +1043,10 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
                 size_t rows = m1 - m < ag * pm ? m1 - m : ag * pm;
                 uint32_t *d = apk + (kb * npan + i) * astr;
-                if (ag > 1)
+                if (ag > 1 && amx)
                     pack_a_kmajor_amx(a, m, (int)rows, (size_t)k0, kn, d, astr, (int)pm);
+                else if (ag > 1)
+                    pack_kmajor_pairs(a, m, (int)rows, (size_t)k0, kn, MR, astr, d, 0);
                 else
                     pack_a_panel(a, m, (int)rows, (size_t)k0, kn, d, amx, (int)pm);
             }
@@ -1044,7 +1074,8 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                                       ns == 1 ? o[i].bias : NULL);
                     else
                         gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
-                                  Ci, ldi, add0, !a->kmajor, bp);
+                                  Ci, ldi, add0, !a->kmajor, bp, stream == STREAM_ALL && ns == 1,
+                                  ns == 1 ? ss : NULL);
                 }
             }
             if (ns > 1) {
@@ -1094,7 +1125,7 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
-    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add);
+    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add, NULL, 0);
 }
 
 AMX_TARGET void cpu_bf16_tiles(int rows) {
@@ -1235,10 +1266,13 @@ int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout
 #ifdef BF16_X86
     /* dw (N, K) = op(A) op(B): op(A) = doutᵀ (k-major), op(B) seen as inᵀ (k-major), M deep */
     size_t nkb = ((size_t)M + KC - 1) / KC;
-    if (path_x() != 2 || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
+    int path = path_x();
+    if (!path || M <= 0 || N <= 0 || K <= 0 || k_slices(nkb, N, K) > 1) return 0;
     int nth = threads_of(be, M, K, N);
     uint32_t *pa = NULL, *pk = NULL;
-    if (din) { /* cpu_matmul_bwd_bf16's input gradient, its packed dout kept for dw's */
+    if (din && path == 1) { /* vdpbf16ps: cpu_matmul_bwd_bf16's, op(A) packed anew for dw */
+        cpu_matmul_bwd_bf16(be, din, NULL, dout, NULL, w, M, K, N);
+    } else if (din) { /* cpu_matmul_bwd_bf16's input gradient, its packed dout kept for dw's */
         View a, b;
         din_views(be, dout, w, K, N, &a, &b);
         XOut od = {&b, K, K, din, NULL};
@@ -1267,9 +1301,10 @@ int cpu_matmul_bwd_dw_bf16(Backend *be, float *din, float *dw, const float *dout
     View a = {dout, NULL, (size_t)N, 1, NULL}, b = {in, NULL, (size_t)K, 1, NULL};
     XOut o = {&b, K, K, dw, NULL};
     /* Σ dw² by tiles: a row panel's part of a column panel each, added in order below */
-    size_t nps = sumsq ? ((size_t)N + AMX_MR - 1) / AMX_MR * (((size_t)K + NR - 1) / NR) : 0;
+    size_t pm = path == 2 ? AMX_MR : MR;
+    size_t nps = sumsq ? ((size_t)N + pm - 1) / pm * (((size_t)K + NR - 1) / NR) : 0;
     double *ss = nps ? malloc(nps * sizeof *ss) : NULL;
-    if ((nps && !ss) || gemm_x(nth, &a, 1, &o, N, M, 0.0f, 1, ss, pk, NULL)) {
+    if ((nps && !ss) || gemm_x(nth, &a, 1, &o, N, M, 0.0f, STREAM_ALL, ss, pk, NULL)) {
         free(ss);
         oom(be, "matmul_bwd_dw", M, N, K);
         if (sumsq) *sumsq = NAN;
