@@ -346,12 +346,13 @@ X_TARGET static void pack_panel_nt(const View *v, size_t r0, int rn, size_t k0, 
 /* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows; the word of row i and pair p at
  * a[i * si + p * sp]) and b (kp words of NR columns); add: whether c's old values are kept. si, sp
  * are constants of the two callers below: the sums are the same, in the same order, either way.
- * ss (or NULL): *ss = Σ x² of the tile's values as stored, from fp32 partials of MR * NV = 24
+ * bias (or NULL): its nr values added to each row after the sum (a separate pass's bits). ss
+ * (or NULL): *ss = Σ x² of the tile's values as stored, from fp32 partials of MR * NV = 24
  * squares a lane, then in double (amx_sumsq2's bound); nt: whole aligned lines of c stored past
  * the caches (the caller fences). */
 __attribute__((always_inline)) X_TARGET static inline void
 kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *b, float *c,
-               size_t ldc, int mr, int nr, int add, double *ss, int nt) {
+               size_t ldc, int mr, int nr, int add, const float *bias, double *ss, int nt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
@@ -373,8 +374,11 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
         }
     }
     __mmask16 mk[NV];
-    for (int v = 0; v < NV; v++)
+    __m512 bv[NV];
+    for (int v = 0; v < NV; v++) {
         mk[v] = lanes16(nr - 16 * v);
+        bv[v] = bias ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
+    }
     __m512 sq = _mm512_setzero_ps();
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
@@ -382,6 +386,7 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
         for (int v = 0; v < NV; v++) {
             __m512 x = acc[i][v];
             if (add) x = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], ci + 16 * v), x);
+            if (bias) x = _mm512_add_ps(x, bv[v]);
             if (nt && mk[v] == 0xffff && !((uintptr_t)(ci + 16 * v) & 63))
                 _mm512_stream_ps(ci + 16 * v, x);
             else
@@ -402,14 +407,15 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
 
 /* A panel by pairs (pack_panel's layout: word (i, p) at p * MR + i), as a k-major op(A) packs */
 X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
-                                 int mr, int nr, int add, double *ss, int nt) {
-    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add, ss, nt);
+                                 int mr, int nr, int add, const float *bias, double *ss, int nt) {
+    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* A panel by rows (word (i, p) at i * KC / 2 + p), as a row-major op(A) packs */
 X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t *b, float *c,
-                                      size_t ldc, int mr, int nr, int add, double *ss, int nt) {
-    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add, ss, nt);
+                                      size_t ldc, int mr, int nr, int add, const float *bias,
+                                      double *ss, int nt) {
+    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* One panel of op(A): rows r0 .. r0+rn-1 (rn <= MR), elements k0 .. k0+kn-1, A_STRIDE words. A
@@ -529,12 +535,13 @@ static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, 
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
  * [n0, n1), over K blocks [kb0, kb1) (all of K, or a slice: gemm_x), block by block: the task
  * packs its columns of op(B) (bp: NC x KC of bf16) once per K block and runs every row panel
- * over them. After the last block: stream, C's whole lines past the caches; ss (or NULL), each
- * tile's Σ x² at ss[row panel m / MR * npb + column panel n / NR] (kernel_tile_at). */
+ * over them. After the last block: bias (or NULL, N values) added; stream, C's whole lines past
+ * the caches; ss (or NULL), each tile's Σ x² at ss[row panel m / MR * npb + column panel n / NR]
+ * (kernel_tile_at). */
 X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int N, int K, int kb0, int kb1, size_t n0,
                                size_t n1, float *C, size_t ldc, int add0, int arows, uint32_t *bp,
-                               int stream, double *ss) {
+                               int stream, double *ss, const float *bias) {
     size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
     for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
@@ -548,6 +555,7 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
                 (arows ? kernel_tile_rows : kernel_tile)(
                         kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
                         m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || kb > kb0,
+                        bias && last ? bias + n : NULL,
                         ss && last ? ss + m / MR * npb + n / NR : NULL, stream && last);
             }
         }
@@ -951,10 +959,14 @@ typedef struct XOut {
 } XOut;
 
 /* out (rows [lo, hi), row stride ldo) += bias (N) */
-static void bias_add(float *out, const float *bias, int N, size_t ldo, size_t lo, size_t hi) {
-    for (size_t m = lo; m < hi; m++)
+static void bias_add(float *restrict out, const float *restrict bias, int N, size_t ldo, size_t lo,
+                     size_t hi) {
+    for (size_t m = lo; m < hi; m++) {
+        float *restrict o = out + m * ldo;
+#pragma omp simd
         for (int n = 0; n < N; n++)
-            out[m * ldo + (size_t)n] += bias[n];
+            o[n] += bias[n];
+    }
 }
 
 #define X_MAX_OUTS 8
@@ -1075,7 +1087,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                     else
                         gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
                                   Ci, ldi, add0, !a->kmajor, bp, stream == STREAM_ALL && ns == 1,
-                                  ns == 1 ? ss : NULL);
+                                  ns == 1 ? ss : NULL, ns == 1 ? o[i].bias : NULL);
                 }
             }
             if (ns > 1) {
@@ -1083,7 +1095,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 omp_share(m1 - m0, &lo, &hi);
                 add_slices(C, ldc, beta, part, ns, M, N, m0 + lo, m0 + hi);
             }
-            if (!amx || ns > 1) { /* the biases after the sums (amx: in amx_tile) */
+            if (ns > 1) { /* the biases after the sums (else in the tiles' last block) */
                 size_t lo, hi;
                 omp_share(m1 - m0, &lo, &hi);
                 for (int i = 0; i < nb; i++)
@@ -1125,7 +1137,7 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
-    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add, NULL, 0);
+    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add, NULL, NULL, 0);
 }
 
 AMX_TARGET void cpu_bf16_tiles(int rows) {
