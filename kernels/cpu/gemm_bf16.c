@@ -441,6 +441,10 @@ X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
  * time, the LM head's weight gradient (its output gradient, 256 rows of 50257, seen k-major)
  * packed at 2.6 GB/s, a line from every row in turn. */
 #define AMX_KGRP 8
+/* and on vdpbf16ps (gemm_x): 32 panels of MR rows, 384 columns (1.5 KB) of each row of the view
+ * read at a time where 8 panels read 384 bytes (GPT-2 --bf16 on one Zen 4 core: +1.4%; 64 panels
+ * no faster, 16 slower) */
+#define X_KGRP 32
 X_TARGET static void pack_a_kmajor_amx(const View *v, size_t r0, int rn, size_t k0, int kn,
                                        uint32_t *dst, size_t step, int pm) {
     const int W = KC / 2, kp = (kn + 1) / 2, kq = KPAD(kp), P = (rn + 15) / 16 * 16;
@@ -1039,10 +1043,14 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     for (size_t m0 = 0; m0 < (size_t)M; m0 += chunk) {
         size_t m1 = m0 + chunk < (size_t)M ? m0 + chunk : (size_t)M;
         size_t npan = (m1 - m0 + pm - 1) / pm;
-        /* a k-major fp32 op(A) packs AMX_KGRP panels at once (pack_a_kmajor_amx, or for
-         * vdpbf16ps pack_kmajor_pairs across them: a panel alone read 48 bytes of every row of
-         * the view in turn, the weight gradients' doutᵀ) */
-        size_t ag = a->kmajor && (amx || !a->h) ? AMX_KGRP : 1, ngrp = (npan + ag - 1) / ag;
+        /* a k-major fp32 op(A) packs AMX_KGRP panels at once (pack_a_kmajor_amx), or for
+         * vdpbf16ps up to X_KGRP (pack_kmajor_pairs across them: a panel alone read 48 bytes of
+         * every row of the view in turn, the weight gradients' doutᵀ), fewer where that would
+         * leave under two groups a thread */
+        size_t ag = a->kmajor && amx ? AMX_KGRP : a->kmajor && !a->h ? X_KGRP : 1;
+        while (!amx && ag > AMX_KGRP && npan < ag * 2 * nt)
+            ag /= 2;
+        size_t ngrp = (npan + ag - 1) / ag;
         long npack = apk == apk_in ? 0 : (long)(ngrp * nkb);
 #pragma omp parallel num_threads(nth) if (nth > 1)
         {
