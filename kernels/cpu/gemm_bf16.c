@@ -380,7 +380,11 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
         bv[v] = bias ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
     }
     __m512 sq = _mm512_setzero_ps();
-    for (int i = 0; i < mr; i++) {
+    /* unrolled with constant rows: a loop to the runtime mr had GCC keep acc on the stack (24
+     * stores of zero before the loop, 24 of the sums after it and their loads here) */
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
         float *ci = c + (size_t)i * ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
