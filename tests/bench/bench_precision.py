@@ -169,7 +169,10 @@ def main():
     # 2026-12-06 on Zen 4), so one round's paired ratio moved 2.5-3.4; 3 rounds left the median
     # to one or two of them
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=6, help="tuna steps per run (2 warm-up)")
+    # 10 (8 timed, each side): with 6, tuna's bf16 LoRA timed 4 steps in about 3 s, and one of
+    # the Zen 4 VM's vCPUs slowing to half speed for a few seconds took a whole run (its rounds
+    # 465-467 or 549-589 tok/s) where torch's longer runs averaged over such stretches
+    ap.add_argument("--steps", type=int, default=10, help="steps per run, each side (2 warm-up)")
     ap.add_argument("--only", default="lora,gpt2")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--cache", default=os.environ.get("TUNA_BENCH_MODELS", "/tmp/tuna-bench-models"))
