@@ -337,6 +337,13 @@ X_TARGET static void pack_panel(const View *v, size_t r0, int rn, size_t k0, int
     pack_panel_s(v, r0, rn, k0, kn, P, dst, 0);
 }
 
+/* A k-major op(A)'s panels of MR rows for vdpbf16ps, pack_kmajor_pairs across them (panel q at
+ * dst + q * step): gemm_x's, which is not built for AVX-512 itself */
+X_TARGET static void pack_a_kmajor_x(const View *v, size_t r0, int rn, size_t k0, int kn,
+                                     uint32_t *dst, size_t step) {
+    pack_kmajor_pairs(v, r0, rn, k0, kn, MR, step, dst, 0);
+}
+
 /* pack_panel's words, whole lines stored past the caches (the caller then runs _mm_sfence) */
 X_TARGET static void pack_panel_nt(const View *v, size_t r0, int rn, size_t k0, int kn, int P,
                                    uint32_t *dst) {
@@ -1070,7 +1077,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 if (ag > 1 && amx)
                     pack_a_kmajor_amx(a, m, (int)rows, (size_t)k0, kn, d, astr, (int)pm);
                 else if (ag > 1)
-                    pack_kmajor_pairs(a, m, (int)rows, (size_t)k0, kn, MR, astr, d, 0);
+                    pack_a_kmajor_x(a, m, (int)rows, (size_t)k0, kn, d, astr);
                 else
                     pack_a_panel(a, m, (int)rows, (size_t)k0, kn, d, amx, (int)pm);
             }
