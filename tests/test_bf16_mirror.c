@@ -11,9 +11,9 @@
  *   untracking and freeing the memory drop the copy; on each fast path (amx, avx512bf16
  *   forced) and on the plain one (which keeps none);
  * - matmul_bwd_dw (a step's first write of a weight gradient: overwritten, on the AMX tiles or
- *   vdpbf16ps in one product with its lines streamed) equals zeroing the gradient and matmul_bwd's +=, bit
- *   for bit, from a gradient full of NaN, over shapes of one and several K blocks and groups and
- *   K slices;
+ *   vdpbf16ps in one product with its lines streamed) equals zeroing the gradient and
+ *   matmul_bwd's +=, bit for bit, from a gradient full of NaN, over shapes of one and several K
+ *   blocks and groups and K slices;
  * - engine: full fine-tuning (tiny tied LLaMA and GPT-2 of tests/fixtures) and freeze, three
  *   optimizer steps of two micro-batches each under mm_bf16: the losses, grad norms, gradients
  *   and updated weights equal those of a run whose backend has no room for copies (pack budget

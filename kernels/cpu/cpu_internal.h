@@ -112,10 +112,20 @@ static inline __m512 vexpf16(__m512 xin) {
 }
 #endif
 
-#ifdef __AVX512F__
-/* the first n of 16 lanes (none for n <= 0, all for n >= 16) */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* the first n of 16 lanes (none for n <= 0, all for n >= 16); outside __AVX512F__ too, for the
+ * functions built for AVX-512 by their own target attributes (gemm_bf16.c) */
 static inline __mmask16 cpu_lanes16(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+}
+
+/* d + the 16 floats of s in double (lanes 0-7, then 8-15): Σ x²'s fp32 partials summed on */
+__attribute__((always_inline, target("avx512f"))) static inline __m512d cpu_add_pd16(__m512d d,
+                                                                                     __m512 s) {
+    d = _mm512_add_pd(d, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+    return _mm512_add_pd(
+            d, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
 }
 #endif
 

@@ -175,11 +175,6 @@ static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K
 #ifdef BF16_X86
 #define X_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-/* the mask of the first n of 16 lanes (none for n <= 0, all for n >= 16) */
-static inline __mmask16 lanes16(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
-}
-
 /* x rounded to bf16 as wtype_f32_to_bf16 does (NaN too), in the upper 16 bits of each lane */
 X_TARGET static inline __m512i round_hi(__m512 x) {
     __m512i u = _mm512_castps_si512(x);
@@ -237,11 +232,11 @@ X_TARGET static inline void transpose16(__m512i x[16]) {
 /* The nw (<= 16) bf16 pairs of row r of a row-major view from element k, one 32-bit word each
  * (element 2j low, 2j + 1 high), the rest zero; fp32 is rounded here. */
 X_TARGET static inline __m512i row_pairs(const View *v, size_t r, size_t k, int nw) {
-    __mmask16 mw = lanes16(nw);
+    __mmask16 mw = cpu_lanes16(nw);
     if (v->h) return _mm512_maskz_loadu_epi32(mw, v->h + r * v->ld + k);
     const float *p = v->f + r * v->ld + k;
     int nf = 2 * nw; /* floats */
-    __mmask16 m0 = lanes16(nf), m1 = lanes16(nf - 16);
+    __mmask16 m0 = cpu_lanes16(nf), m1 = cpu_lanes16(nf - 16);
     return bf16_pairs(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m1, p + 16));
 }
 
@@ -273,11 +268,11 @@ pack_kmajor_pairs(const View *v, size_t r0, int rn, size_t k0, int kn, int P, si
         for (int q = 0; q < npan; q++)
             for (int r = 0; r < P; r += 16) {
                 int col = q * P + r, nl = P - r < 16 ? P - r : 16;
-                __mmask16 m = lanes16(rn - col < nl ? rn - col : nl);
+                __mmask16 m = cpu_lanes16(rn - col < nl ? rn - col : nl);
                 __m512 hi = k + 1 < kn ? _mm512_maskz_loadu_ps(m, c1 + col) : _mm512_setzero_ps();
                 __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m, c0 + col), hi);
-                store16(dst + (size_t)q * pstride + (size_t)(k / 2) * P + (size_t)r, lanes16(nl),
-                        _mm512_permutexvar_epi16(zip, x), nt);
+                store16(dst + (size_t)q * pstride + (size_t)(k / 2) * P + (size_t)r,
+                        cpu_lanes16(nl), _mm512_permutexvar_epi16(zip, x), nt);
             }
     }
 }
@@ -298,7 +293,7 @@ pack_panel_s(const View *v, size_t r0, int rn, size_t k0, int kn, int P, uint32_
         int np = kn / 2; /* whole pairs; an odd last element goes below */
         for (int r = 0; r < rn; r += 16) { /* 16 rows x 16 pairs, transposed in registers */
             int nrow = rn - r < 16 ? rn - r : 16;
-            __mmask16 mr = lanes16(nrow);
+            __mmask16 mr = cpu_lanes16(nrow);
             for (int j = 0; j < np; j += 16) {
                 int nw = np - j < 16 ? np - j : 16;
                 __m512i x[16];
@@ -320,7 +315,7 @@ pack_panel_s(const View *v, size_t r0, int rn, size_t k0, int kn, int P, uint32_
         uint32_t *d = dst + (size_t)(k / 2) * P;
         const uint16_t *c0 = v->h + (k0 + (size_t)k) * v->ld + r0, *c1 = c0 + v->ld;
         for (int r = 0; r < rn; r += 16) {
-            __mmask16 m = lanes16(rn - r);
+            __mmask16 m = cpu_lanes16(rn - r);
             __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c0 + r));
             __m512i hi =
                     k + 1 < kn ? _mm512_slli_epi32(
@@ -383,7 +378,7 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
     __mmask16 mk[NV];
     __m512 bv[NV];
     for (int v = 0; v < NV; v++) {
-        mk[v] = lanes16(nr - 16 * v);
+        mk[v] = cpu_lanes16(nr - 16 * v);
         bv[v] = bias ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
     }
     __m512 sq = _mm512_setzero_ps();
@@ -405,11 +400,7 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
             if (ss) sq = _mm512_mask3_fmadd_ps(x, x, sq, mk[v]);
         }
     }
-    if (ss)
-        *ss = _mm512_reduce_add_pd(
-                _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(sq)),
-                              _mm512_cvtps_pd(_mm256_castpd_ps(
-                                      _mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1)))));
+    if (ss) *ss = _mm512_reduce_add_pd(cpu_add_pd16(_mm512_setzero_pd(), sq));
 }
 
 /* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
@@ -437,7 +428,7 @@ X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t 
 /* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 32 at a time) */
 X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
     for (int k = 0; k < n; k += 32) {
-        __mmask16 m0 = lanes16(n - k), m1 = lanes16(n - k - 16);
+        __mmask16 m0 = cpu_lanes16(n - k), m1 = cpu_lanes16(n - k - 16);
         __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m0, src + k),
                                _mm512_maskz_loadu_ps(m1, src + k + 16));
         _mm512_mask_storeu_epi16(dst + k, (__mmask32)m0 | (__mmask32)m1 << 16, x);
@@ -561,10 +552,10 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size
     for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
         if (!b->pk) pack_task_panels(b, n0, n1, k0, kn, bp);
+        int last = kb + 1 == kb1;
         for (size_t n = n0; n < n1; n += NR) {
             const uint32_t *bt = task_panel(b, bp, (size_t)kb, npb, n, n0, kp);
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
-            int last = kb + 1 == kb1;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
                 (arows ? kernel_tile_rows : kernel_tile)(
@@ -609,14 +600,14 @@ AMX_TARGET static void amx_config(int tm) {
 
 /* buf (tm x 16, rows of 16) = c's (mr x nv) corner, the rest zero; and back (masked) */
 X_TARGET static void c_to_buf(float *buf, const float *c, size_t ldc, int mr, int nv, int tm) {
-    __mmask16 m = lanes16(nv);
+    __mmask16 m = cpu_lanes16(nv);
     for (int i = 0; i < tm; i++)
         _mm512_storeu_ps(buf + 16 * i, i < mr ? _mm512_maskz_loadu_ps(m, c + (size_t)i * ldc)
                                               : _mm512_setzero_ps());
 }
 
 X_TARGET static void buf_to_c(const float *buf, float *c, size_t ldc, int mr, int nv) {
-    __mmask16 m = lanes16(nv);
+    __mmask16 m = cpu_lanes16(nv);
     for (int i = 0; i < mr; i++)
         _mm512_mask_storeu_ps(c + (size_t)i * ldc, m, _mm512_loadu_ps(buf + 16 * i));
 }
@@ -688,11 +679,8 @@ AMX_TARGET static double amx_sumsq2(const float *t0, const float *t1) {
             s[j] = _mm512_fmadd_ps(y, y, s[j]);
         }
     __m512d d = _mm512_setzero_pd();
-    for (int j = 0; j < 4; j++) {
-        d = _mm512_add_pd(d, _mm512_cvtps_pd(_mm512_castps512_ps256(s[j])));
-        d = _mm512_add_pd(d, _mm512_cvtps_pd(_mm256_castpd_ps(
-                                     _mm512_extractf64x4_pd(_mm512_castps_pd(s[j]), 1))));
-    }
+    for (int j = 0; j < 4; j++)
+        d = cpu_add_pd16(d, s[j]);
     return _mm512_reduce_add_pd(d);
 }
 
@@ -764,8 +752,8 @@ AMX_TARGET static void amx_tile(int tm, int kp, const uint32_t *a, int two, cons
         }
         if (c->bias) /* the product's sum, then + bias: a separate pass's bits */
             for (int t = 0; t < (two ? 4 : 2); t++) {
-                __m512 bv =
-                        _mm512_maskz_loadu_ps(lanes16(nr - 16 * (t & 1)), c->bias + 16 * (t & 1));
+                __m512 bv = _mm512_maskz_loadu_ps(cpu_lanes16(nr - 16 * (t & 1)),
+                                                  c->bias + 16 * (t & 1));
                 for (int i = 0; i < tm; i++)
                     _mm512_store_ps(cs[t] + 16 * i,
                                     _mm512_add_ps(_mm512_load_ps(cs[t] + 16 * i), bv));
