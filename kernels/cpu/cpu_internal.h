@@ -259,8 +259,9 @@ int cpu_gemm_bf16(int nth, int ta, int tb, int M, int N, int K, const float *A, 
                   const float *B, int ldb, float beta, float *C, int ldc);
 /* The AVX512-BF16 path's pieces (x86 builds only; for callers on that path), for products
  * that pack an operand once and run it many times. A tile of C is CPU_BF16_MR x CPU_BF16_NR, and
- * the products sum K in blocks of CPU_BF16_KC (each block's sum from zero, then added to C):
- * whoever runs the tiles over K blocks that way gets cpu_gemm_bf16's bits.
+ * the packings hold K in blocks of CPU_BF16_KC; cpu_bf16_tile sums one block from zero and adds
+ * it to C (cpu_gemm_bf16 sums up to 8 blocks in its registers before it adds to C: the same bits
+ * where K is one block, within fp32 rounding otherwise).
  * - cpu_bf16_pack_b: a panel of op(B): (kn + 1) / 2 words of CPU_BF16_NR, word p * NR + c the
  *   bf16 pair (elements k0 + 2p, k0 + 2p + 1) of column r0 + c; columns past rn (<= NR) and the
  *   odd element past kn zero. src's element (column r, k) is src[r * ld + k], or src[k * ld + r]

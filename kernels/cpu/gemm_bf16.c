@@ -5,17 +5,17 @@
  * - "avx512bf16": a kernel of our own on vdpbf16ps. op(A) is packed once per product (in
  *   chunks of at most 32 MiB of rows) into panels of MR rows, as bf16 pairs along K in blocks of
  *   KC (row by row for a row-major op(A), pair by pair for a k-major one: pack_a_panel), by all
- *   threads; then C is cut into tasks of whole panels of columns (at most NC, at least two
- *   tasks a thread, evenly: column_tasks; row parts too when the columns are few): a task
- *   walks K block by block, packs its columns of op(B) into panels of NR (the rounding,
- *   vectorized, happens in the packing; a bf16 weight is copied as is, and a frozen BF16
- *   weight's panels may be packed once for all its forward products: weight_pack) and runs
- *   every row panel over them. A 12 x 32 tile of C is 24 zmm
- *   accumulators, zeroed per block and added to C at its end. Threads meet twice per chunk
- *   (after the packing of A, at the end): with shared B panels, two barriers per K block cost
- *   most of the time on this shared 2-core machine (perf: 60% in libgomp waits). A long K with
- *   a small C (the LM head's input gradient) runs in slices of K into partials of C, added in
- *   slice order (k_slices).
+ *   threads (each panel's K blocks one after another); then C is cut into tasks of whole
+ *   panels of columns (at most NC, at least two tasks a thread, evenly: column_tasks; row parts
+ *   too when the columns are few): a task packs its columns of op(B) into panels of NR for up to
+ *   X_KB blocks of K at once (the rounding, vectorized, happens in the packing; a bf16 weight is
+ *   copied as is, and a frozen BF16 weight's panels may be packed once for all its products:
+ *   weight_pack) and runs every tile of C over them. A 12 x 32 tile of C is 24 zmm
+ *   accumulators, summed from zero over those blocks (K up to 2048) and then added to C. Threads
+ *   meet twice per chunk (after the packing of A, at the end): with shared B panels, two
+ *   barriers per K block cost most of the time on this shared 2-core machine (perf: 60% in
+ *   libgomp waits). A long K with a small C (the LM head's input gradient) runs in slices of K
+ *   into partials of C, added in slice order (k_slices).
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
  *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
@@ -345,34 +345,53 @@ X_TARGET static void pack_panel_nt(const View *v, size_t r0, int rn, size_t k0, 
     pack_panel_s(v, r0, rn, k0, kn, P, dst, 1);
 }
 
-/* c (mr, nr) (+)= the (MR, NR) tile of a (kp words of MR rows; the word of row i and pair p at
- * a[i * si + p * sp]) and b (kp words of NR columns); add: whether c's old values are kept. si, sp
- * are constants of the two callers below: the sums are the same, in the same order, either way.
- * bias (or NULL): its nr values added to each row after the sum (a separate pass's bits). ss
- * (or NULL): *ss = Σ x² of the tile's values as stored, from fp32 partials of MR * NV = 24
- * squares a lane, then in double (amx_sumsq2's bound); nt: whole aligned lines of c stored past
- * the caches (the caller fences). */
+/* K blocks of a tile summed in its registers (gemm_task): up to X_KB of them, K 2048, before C
+ * is stored. Each block's sum added to C in memory (a round trip of C per block of 256) ran the
+ * 1536-wide products and the LM head at 68-75% of the peak on one Zen 4 core. With both operands'
+ * blocks laid out one after another for each panel (gemm_task, panel_at), one thread a side at
+ * once (ab_pair.sh): SmolLM2 LoRA --dtype bf16 --bf16 +2.8%, GPT-2 --bf16 +2.0%. */
+#define X_KB 8
+
+/* The K blocks of one tile: nb of them, block j's words of op(A) at a + j * astep, its panel of
+ * op(B) at b[j], kp[j] pairs */
+typedef struct {
+    int nb;
+    size_t astep;
+    const uint32_t *b[X_KB];
+    int kp[X_KB];
+} TileK;
+
+/* c (mr, nr) (+)= the (MR, NR) tile of tk's blocks of a (MR rows; the word of row i and pair p
+ * at a[i * si + p * sp] in each block) and b (kp words of NR columns), summed from zero in fp32
+ * over all of them in order; add: whether c's old values are kept. si, sp are constants of the
+ * two callers below: the sums are the same, in the same order, either way. bias (or NULL): its nr
+ * values added to each row after the sum (a separate pass's bits). ss (or NULL): *ss = Σ x² of
+ * the tile's values as stored, from fp32 partials of MR * NV = 24 squares a lane, then in double
+ * (amx_sumsq2's bound); nt: whole aligned lines of c stored past the caches (the caller fences). */
 __attribute__((always_inline)) X_TARGET static inline void
-kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *b, float *c,
-               size_t ldc, int mr, int nr, int add, const float *bias, double *ss, int nt) {
+kernel_tile_at(const TileK *tk, const uint32_t *a, size_t si, size_t sp, float *c, size_t ldc,
+               int mr, int nr, int add, const float *bias, double *ss, int nt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
             acc[i][v] = _mm512_setzero_ps();
-    for (int p = 0; p < kp; p++) {
-        __m512bh bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16 * v);
-        const uint32_t *ap = a + (size_t)p * sp;
-#pragma GCC unroll 12
-        for (int i = 0; i < MR; i++) {
-            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[(size_t)i * si]);
+    for (int j = 0; j < tk->nb; j++) {
+        const uint32_t *aj = a + (size_t)j * tk->astep, *b = tk->b[j];
+        for (int p = 0, kp = tk->kp[j]; p < kp; p++) {
+            __m512bh bv[NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++)
-                acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+                bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16 * v);
+            const uint32_t *ap = aj + (size_t)p * sp;
+#pragma GCC unroll 12
+            for (int i = 0; i < MR; i++) {
+                __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ap[(size_t)i * si]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+            }
         }
     }
     __mmask16 mk[NV];
@@ -408,16 +427,16 @@ kernel_tile_at(int kp, const uint32_t *a, size_t si, size_t sp, const uint32_t *
 #define A_STRIDE ((size_t)(KC / 2) * MR)
 
 /* A panel by pairs (pack_panel's layout: word (i, p) at p * MR + i), as a k-major op(A) packs */
-X_TARGET static void kernel_tile(int kp, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
-                                 int mr, int nr, int add, const float *bias, double *ss, int nt) {
-    kernel_tile_at(kp, a, 1, MR, b, c, ldc, mr, nr, add, bias, ss, nt);
+X_TARGET static void kernel_tile(const TileK *tk, const uint32_t *a, float *c, size_t ldc, int mr,
+                                 int nr, int add, const float *bias, double *ss, int nt) {
+    kernel_tile_at(tk, a, 1, MR, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* A panel by rows (word (i, p) at i * KC / 2 + p), as a row-major op(A) packs */
-X_TARGET static void kernel_tile_rows(int kp, const uint32_t *a, const uint32_t *b, float *c,
-                                      size_t ldc, int mr, int nr, int add, const float *bias,
-                                      double *ss, int nt) {
-    kernel_tile_at(kp, a, KC / 2, 1, b, c, ldc, mr, nr, add, bias, ss, nt);
+X_TARGET static void kernel_tile_rows(const TileK *tk, const uint32_t *a, float *c, size_t ldc,
+                                      int mr, int nr, int add, const float *bias, double *ss,
+                                      int nt) {
+    kernel_tile_at(tk, a, KC / 2, 1, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* One panel of op(A): rows r0 .. r0+rn-1 (rn <= MR), elements k0 .. k0+kn-1, A_STRIDE words. A
@@ -497,11 +516,20 @@ X_TARGET static void pack_a_panel(const View *v, size_t r0, int rn, size_t k0, i
     }
 }
 
-/* Where panel p of K block kb starts in op(B)'s panels packed beforehand (View.pk: npb panels a
- * block, KPAD(kp) pairs of NR words each in this block, the pad zero: pack_b_panel; only the
- * last block is shorter than KC) */
-static size_t panel_at(size_t kb, size_t npb, size_t p, int kp) {
-    return kb * npb * PANEL_WORDS + p * (size_t)KPAD(kp) * NR;
+/* The words of one column panel of op(B) packed beforehand (View.pk), K deep: each K block's
+ * KPAD(kp) pairs of NR words, the pad zero (pack_b_panel); only the last block is shorter than
+ * KC */
+static size_t panel_words(int K) {
+    size_t nkb = ((size_t)K + KC - 1) / KC;
+    int kn_last = K - (int)(nkb - 1) * KC;
+    return (nkb - 1) * PANEL_WORDS + (size_t)KPAD((kn_last + 1) / 2) * NR;
+}
+
+/* Where panel p of K block kb starts in op(B)'s panels packed beforehand: panel by panel, a
+ * panel's K blocks one after another (a tile of gemm_task reads them as one stream: K
+ * block-major, the forward of a SmolLM2 LoRA --bf16 step ran 1% slower) */
+static size_t panel_at(size_t kb, size_t p, int K) {
+    return p * panel_words(K) + kb * PANEL_WORDS;
 }
 
 /* A panel of op(B) as gemm_task reads it: pack_panel's, then zero pairs up to KPAD(kp) */
@@ -513,54 +541,64 @@ X_TARGET static void pack_b_panel(const View *v, size_t r0, int rn, size_t k0, i
 }
 
 /* A task's columns [n0, n1) of op(B) for K block k0 (kn elements), packed into bp: panel p at
- * bp + p * KPAD(kp) * NR */
+ * bp + p * ps words (ps >= KPAD(kp) * NR) */
 X_TARGET static void pack_task_panels(const View *b, size_t n0, size_t n1, int k0, int kn,
-                                      uint32_t *bp) {
+                                      uint32_t *bp, size_t ps) {
     int kp = (kn + 1) / 2;
     size_t kq = (size_t)KPAD(kp);
     if (b->kmajor && !b->h) { /* all the task's panels at once, then their pads */
-        pack_kmajor_pairs(b, n0, (int)(n1 - n0), (size_t)k0, kn, NR, kq * NR, bp, 0);
+        pack_kmajor_pairs(b, n0, (int)(n1 - n0), (size_t)k0, kn, NR, ps, bp, 0);
         for (size_t n = n0; n < n1; n += NR)
-            memset(bp + (n - n0) / NR * kq * NR + (size_t)kp * NR, 0,
+            memset(bp + (n - n0) / NR * ps + (size_t)kp * NR, 0,
                    (kq - (size_t)kp) * NR * sizeof *bp);
         return;
     }
     for (size_t n = n0; n < n1; n += NR)
         pack_b_panel(b, n, n1 - n < NR ? (int)(n1 - n) : NR, (size_t)k0, kn,
-                     bp + (n - n0) / NR * kq * NR);
+                     bp + (n - n0) / NR * ps);
 }
 
-/* The panel of op(B) at column n (of K block kb, kp pairs) a task reads: packed beforehand
- * (View.pk: panel_at, npb panels a block) or by the task into bp (pack_task_panels, from n0) */
-static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, size_t npb,
-                                  size_t n, size_t n0, int kp) {
-    return b->pk ? b->pk + panel_at(kb, npb, n / NR, kp)
-                 : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
+/* The panel of op(B) at column n (of K block kb, kp pairs, K deep) a task on the AMX tiles
+ * reads: packed beforehand (View.pk: panel_at) or by the task into bp (pack_task_panels, from
+ * n0) */
+static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, int K, size_t n,
+                                  size_t n0, int kp) {
+    return b->pk ? b->pk + panel_at(kb, n / NR, K) : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
 }
 
-/* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0) and columns
- * [n0, n1), over K blocks [kb0, kb1) (all of K, or a slice: gemm_x), block by block: the task
- * packs its columns of op(B) (bp: NC x KC of bf16) once per K block and runs every row panel
- * over them. After the last block: bias (or NULL, N values) added; stream, C's whole lines past
- * the caches; ss (or NULL), each tile's Σ x² at ss[row panel m / MR * npb + column panel n / NR]
- * (kernel_tile_at). */
-X_TARGET static void gemm_task(const uint32_t *apk, size_t npan, size_t m0, size_t m1, size_t p0,
+/* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0; panel i's K blocks
+ * one after another at apk + (i * nkb + kb) * A_STRIDE words) and columns [n0, n1), over K
+ * blocks [kb0, kb1) (all of K, or a slice: gemm_x), X_KB blocks at a time: the task packs its
+ * columns of op(B) for those blocks (into bp, X_KB x NC x KC of bf16, a column panel's blocks one
+ * after another as well: a tile reads each operand as one stream) and runs every tile over all
+ * of them (kernel_tile_at), column panel by column panel. After the last group: bias (or NULL, N
+ * values) added; stream, C's whole lines past the caches; ss (or NULL), each tile's Σ x² at
+ * ss[row panel m / MR * npb + column panel n / NR] (kernel_tile_at). */
+X_TARGET static void gemm_task(const uint32_t *apk, size_t nkb, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int N, int K, int kb0, int kb1, size_t n0,
                                size_t n1, float *C, size_t ldc, int add0, int arows, uint32_t *bp,
                                int stream, double *ss, const float *bias) {
     size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
-    for (int kb = kb0, k0 = kb0 * KC; kb < kb1; k0 += KC, kb++) {
-        int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        if (!b->pk) pack_task_panels(b, n0, n1, k0, kn, bp);
-        int last = kb + 1 == kb1;
+    TileK tk = {.astep = A_STRIDE};
+    for (int g = kb0; g < kb1; g += X_KB) {
+        tk.nb = kb1 - g < X_KB ? kb1 - g : X_KB;
+        size_t ps = (size_t)tk.nb * PANEL_WORDS; /* a column panel's blocks in bp */
+        for (int j = 0; j < tk.nb; j++) {
+            int k0 = (g + j) * KC, kn = K - k0 < KC ? K - k0 : KC;
+            tk.kp[j] = (kn + 1) / 2;
+            if (!b->pk) pack_task_panels(b, n0, n1, k0, kn, bp + (size_t)j * PANEL_WORDS, ps);
+        }
+        int last = g + tk.nb == kb1;
         for (size_t n = n0; n < n1; n += NR) {
-            const uint32_t *bt = task_panel(b, bp, (size_t)kb, npb, n, n0, kp);
+            for (int j = 0; j < tk.nb; j++)
+                tk.b[j] = b->pk ? b->pk + panel_at((size_t)(g + j), n / NR, K)
+                                : bp + (n - n0) / NR * ps + (size_t)j * PANEL_WORDS;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
                 (arows ? kernel_tile_rows : kernel_tile)(
-                        kp, apk + ((size_t)kb * npan + i) * A_STRIDE, bt, C + m * ldc + n, ldc,
-                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || kb > kb0,
+                        &tk, apk + (i * nkb + (size_t)g) * A_STRIDE, C + m * ldc + n, ldc,
+                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || g > kb0,
                         bias && last ? bias + n : NULL,
                         ss && last ? ss + m / MR * npb + n / NR : NULL, stream && last);
             }
@@ -810,8 +848,9 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
         int kp_last = ((klast < KC ? klast : KC) + 1) / 2;
         for (int j = 0; j < nb && !b->pk; j++) { /* block j: nt panels of KPAD(kp) pairs */
             int k0 = (g + j) * KC;
-            pack_task_panels(b, n0, n1, k0, K - k0 < KC ? K - k0 : KC,
-                             bp + (size_t)j * nt * PANEL_WORDS);
+            int kn = K - k0 < KC ? K - k0 : KC;
+            pack_task_panels(b, n0, n1, k0, kn, bp + (size_t)j * nt * PANEL_WORDS,
+                             (size_t)KPAD((kn + 1) / 2) * NR);
         }
         for (size_t r0 = p0; r0 < p1; r0 += AMX_RCH) {
             size_t r1 = p1 - r0 < AMX_RCH ? p1 : r0 + AMX_RCH, nq = (r1 - r0 + 1) / 2;
@@ -819,12 +858,12 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                 int kb = g + j, kp = j == nb - 1 ? kp_last : KC / 2;
                 const uint32_t *bj = bp + (size_t)j * nt * PANEL_WORDS;
                 for (size_t n = n0; n < n1; n += NR) {
-                    const uint32_t *bt = task_panel(b, bj, (size_t)kb, npb, n, n0, kp), *nx = NULL;
+                    const uint32_t *bt = task_panel(b, bj, (size_t)kb, K, n, n0, kp), *nx = NULL;
                     int nxp = 0; /* the panel after this one (pairs), fetched meanwhile */
                     if (n + NR < n1)
-                        nx = task_panel(b, bj, (size_t)kb, npb, n + NR, n0, nxp = kp);
+                        nx = task_panel(b, bj, (size_t)kb, K, n + NR, n0, nxp = kp);
                     else if (j + 1 < nb)
-                        nx = task_panel(b, bj + nt * PANEL_WORDS, (size_t)kb + 1, npb, n0, n0,
+                        nx = task_panel(b, bj + nt * PANEL_WORDS, (size_t)kb + 1, K, n0, n0,
                                         nxp = j + 1 == nb - 1 ? kp_last : KC / 2);
                     size_t lines = (size_t)KPAD(nxp) * NR * sizeof(uint32_t) / 64;
                     for (size_t i = r0, q = 0; i < r1; i += 2, q++) {
@@ -1016,7 +1055,7 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
     if (nth > ntasks) nth = (int)ntasks;
     if (nth < 1) nth = 1;
     size_t per = (np + tn - 1) / tn * NR * KC / 2; /* words of one thread's packed columns */
-    if (amx) per *= AMX_KB;                        /* a group of K blocks at once */
+    per *= amx ? AMX_KB : nkb < X_KB ? nkb : X_KB; /* a group of K blocks at once */
     /* and on the AMX tiles C's running sums between K blocks (gemm_task_amx), after them: a
      * task's rows over several groups of blocks where they fit (amx_scratch_bytes) */
     size_t scr_panels = AMX_RCH, tpan = (npan_max + tm - 1) / tm;
@@ -1061,11 +1100,12 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                 size_t i = (size_t)j / nkb * ag, kb = (size_t)j % nkb, m = m0 + i * pm;
                 int k0 = (int)kb * KC, kn = K - k0 < KC ? K - k0 : KC;
                 size_t rows = m1 - m < ag * pm ? m1 - m : ag * pm;
-                uint32_t *d = apk + (kb * npan + i) * astr;
+                /* the tiles' layout: K block-major; vdpbf16ps': panel-major (gemm_task) */
+                uint32_t *d = apk + (amx ? kb * npan + i : i * nkb + kb) * astr;
                 if (ag > 1 && amx)
                     pack_a_kmajor_amx(a, m, (int)rows, (size_t)k0, kn, d, astr, (int)pm);
                 else if (ag > 1)
-                    pack_a_kmajor_x(a, m, (int)rows, (size_t)k0, kn, d, astr);
+                    pack_a_kmajor_x(a, m, (int)rows, (size_t)k0, kn, d, nkb * astr);
                 else
                     pack_a_panel(a, m, (int)rows, (size_t)k0, kn, d, amx, (int)pm);
             }
@@ -1092,8 +1132,8 @@ static int gemm_x(int nth, const View *a, int nb, const XOut *o, int M, int K, f
                                       scr_panels, stream && ns == 1, ss,
                                       ns == 1 ? o[i].bias : NULL);
                     else
-                        gemm_task(apk, npan, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1,
-                                  Ci, ldi, add0, !a->kmajor, bp, stream == STREAM_ALL && ns == 1,
+                        gemm_task(apk, nkb, m0, m1, p0, p1, o[i].b, o[i].N, K, kb0, kb1, n0, n1, Ci,
+                                  ldi, add0, !a->kmajor, bp, stream == STREAM_ALL && ns == 1,
                                   ns == 1 ? ss : NULL, ns == 1 ? o[i].bias : NULL);
                 }
             }
@@ -1144,7 +1184,8 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
-    (a_kmajor ? kernel_tile : kernel_tile_rows)(kp, a, b, c, ldc, mr, nr, add, NULL, NULL, 0);
+    TileK tk = {.nb = 1, .b = {b}, .kp = {kp}};
+    (a_kmajor ? kernel_tile : kernel_tile_rows)(&tk, a, c, ldc, mr, nr, add, NULL, NULL, 0);
 }
 
 AMX_TARGET void cpu_bf16_tiles(int rows) {
@@ -1401,7 +1442,7 @@ X_TARGET static void pack_weight_panels(const Weight *w, int t, int N, int K, ui
         size_t n = j % npb * NR;
         int k0 = (int)(j / npb) * KC, kn = K - k0 < KC ? K - k0 : KC;
         pack_b_panel(&v, n, (size_t)N - n < NR ? (int)((size_t)N - n) : NR, (size_t)k0, kn,
-                     dst + panel_at(j / npb, npb, j % npb, (kn + 1) / 2));
+                     dst + panel_at(j / npb, j % npb, K));
     }
 }
 #endif
@@ -1410,9 +1451,7 @@ X_TARGET static void pack_weight_panels(const Weight *w, int t, int N, int K, ui
 /* Words of weight_pack's layout for an op(B) of N columns, K deep (the last K block's panels as
  * short as it: a K of 576 in blocks of 256 wasted a third) */
 static size_t panels_words(int N, int K) {
-    size_t npb = ((size_t)N + NR - 1) / NR, nkb = ((size_t)K + KC - 1) / KC;
-    int kn_last = K - (int)(nkb - 1) * KC;
-    return panel_at(nkb - 1, npb, npb, (kn_last + 1) / 2);
+    return ((size_t)N + NR - 1) / NR * panel_words(K);
 }
 
 /* The two halves of weight_pack's layouts that a few rows fill, shared by the typed weights'
@@ -1420,25 +1459,25 @@ static size_t panels_words(int N, int K) {
  * streamed past the caches (pack_panel_nt; the caller fences).
  * - rows_fwd: panel u of the forward's op(B) (its columns are rows r0 .. r0 + rn - 1 of v, rn <=
  *   NR), every K block of K, each block's pad pairs zeroed;
- * - rows_din: in K block kb (kn deep) of the input gradient's op(B) = v (k-major: N columns, npb
- *   panels), the pairs that v's rows k .. k + sn - 1 make (k at an even offset s of the block),
+ * - rows_din: in K block kb (kn deep; K in all) of the input gradient's op(B) = v (k-major: N
+ *   columns, npb panels), the pairs that v's rows k .. k + sn - 1 make (k at an even offset s of the block),
  *   16 of every panel per 32 rows; the block's pad pairs zeroed when these rows end it. */
-X_TARGET static void rows_fwd(const View *v, size_t r0, int rn, int K, size_t npb, size_t u,
-                              uint32_t *dst, int nt) {
+X_TARGET static void rows_fwd(const View *v, size_t r0, int rn, int K, size_t u, uint32_t *dst,
+                              int nt) {
     for (int kb = 0, k0 = 0; k0 < K; kb++, k0 += KC) {
         int kn = K - k0 < KC ? K - k0 : KC, kp = (kn + 1) / 2;
-        uint32_t *d = dst + panel_at((size_t)kb, npb, u, kp);
+        uint32_t *d = dst + panel_at((size_t)kb, u, K);
         (nt ? pack_panel_nt : pack_panel)(v, r0, rn, (size_t)k0, kn, NR, d);
         memset(d + (size_t)kp * NR, 0, (size_t)(KPAD(kp) - kp) * NR * sizeof *d);
     }
 }
 
 X_TARGET static void rows_din(const View *v, size_t k, int sn, int N, size_t npb, size_t kb, int s,
-                              int kn, uint32_t *dst, int nt) {
+                              int kn, int K, uint32_t *dst, int nt) {
     int kp = (kn + 1) / 2;
     for (size_t p = 0; p < npb; p++) {
         size_t c0 = p * NR;
-        uint32_t *d = dst + panel_at(kb, npb, p, kp);
+        uint32_t *d = dst + panel_at(kb, p, K);
         (nt ? pack_panel_nt : pack_panel)(v, c0, (size_t)N - c0 < NR ? (int)((size_t)N - c0) : NR,
                                           k, sn, NR, d + (size_t)(s / 2) * NR);
         if (s + sn == kn) /* the block's last rows: its pad pairs up to a whole AMX step */
@@ -1468,14 +1507,14 @@ X_TARGET static void pack_typed_units(const Weight *w, int t, int n0, int nn, ui
         if (!t) { /* panel u: rows 32 u .. of the tile, each K block */
             int r0 = (int)u * NR, rn = nn - r0 < NR ? nn - r0 : NR;
             cpu_dequant_rows(w, n0 + r0, rn, sc);
-            rows_fwd(&v, 0, rn, K, npb, u, dst, 0);
+            rows_fwd(&v, 0, rn, K, u, dst, 0);
             continue;
         }
         int k0 = (int)u * KC, kn = K - k0 < KC ? K - k0 : KC;
         for (int s = 0; s < kn; s += 32) { /* 32 rows: 16 pairs of every panel */
             int sn = kn - s < 32 ? kn - s : 32;
             cpu_dequant_rows(w, n0 + k0 + s, sn, sc);
-            rows_din(&v, 0, sn, N, npb, u, s, kn, dst, 0);
+            rows_din(&v, 0, sn, N, npb, u, s, kn, K, dst, 0);
         }
     }
     free(sc);
@@ -1655,10 +1694,10 @@ void cpu_mirrors_free(Backend *be) {
 X_TARGET static void mirror_pack_rows(const CpuMirror *m, int r0, int rn) {
     int rows = m->rows, cols = m->cols, kb = r0 / KC, k0 = kb * KC;
     View v = {m->w, NULL, (size_t)cols, 0, NULL};
-    rows_fwd(&v, (size_t)r0, rn, cols, ((size_t)rows + NR - 1) / NR, (size_t)r0 / NR, m->pk[0], 1);
+    rows_fwd(&v, (size_t)r0, rn, cols, (size_t)r0 / NR, m->pk[0], 1);
     v.kmajor = 1; /* op(B) = w: its columns are the panels', pairs along its rows */
     rows_din(&v, (size_t)r0, rn, cols, ((size_t)cols + NR - 1) / NR, (size_t)kb, r0 - k0,
-             rows - k0 < KC ? rows - k0 : KC, m->pk[1], 1);
+             rows - k0 < KC ? rows - k0 : KC, rows, m->pk[1], 1);
 }
 
 /* A piece of the AdamW pass: elements [i0, i1) of p, and when m is set the rows of it from r0
