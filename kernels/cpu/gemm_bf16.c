@@ -352,38 +352,36 @@ X_TARGET static void pack_panel_nt(const View *v, size_t r0, int rn, size_t k0, 
  * once (ab_pair.sh): SmolLM2 LoRA --dtype bf16 --bf16 +2.8%, GPT-2 --bf16 +2.0%. */
 #define X_KB 8
 
-/* The K blocks of one tile: nb of them, block j's words of op(A) at a + j * astep, its panel of
- * op(B) at b[j], kp[j] pairs */
-typedef struct {
-    int nb;
-    size_t astep;
-    const uint32_t *b[X_KB];
-    int kp[X_KB];
-} TileK;
+/* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
+ * at apk + (i * nkb + kb) * A_STRIDE words (a panel's blocks one after another), in one of two
+ * layouts (pack_a_panel) */
+#define A_STRIDE ((size_t)(KC / 2) * MR)
 
-/* c (mr, nr) (+)= the (MR, NR) tile of tk's blocks of a (MR rows; the word of row i and pair p
- * at a[i * si + p * sp] in each block) and b (kp words of NR columns), summed from zero in fp32
- * over all of them in order; add: whether c's old values are kept. si, sp are constants of the
+/* c (mr, nr) (+)= the (MR, NR) tile of nb K blocks of a (MR rows; block j at a + j * A_STRIDE, the
+ * word of row i and pair p at a[i * si + p * sp] in it) and b (block j at b + j * PANEL_WORDS, kp
+ * words of NR columns; kp KC / 2 but in the last block, kp_last), summed from zero in fp32 over
+ * all of them in order; add: whether c's old values are kept. si, sp are constants of the
  * two callers below: the sums are the same, in the same order, either way. bias (or NULL): its nr
  * values added to each row after the sum (a separate pass's bits). ss (or NULL): *ss = Σ x² of
  * the tile's values as stored, from fp32 partials of MR * NV = 24 squares a lane, then in double
  * (amx_sumsq2's bound); nt: whole aligned lines of c stored past the caches (the caller fences). */
 __attribute__((always_inline)) X_TARGET static inline void
-kernel_tile_at(const TileK *tk, const uint32_t *a, size_t si, size_t sp, float *c, size_t ldc,
-               int mr, int nr, int add, const float *bias, double *ss, int nt) {
+kernel_tile_at(int nb, int kp_last, const uint32_t *a, size_t si, size_t sp, const uint32_t *b,
+               float *c, size_t ldc, int mr, int nr, int add, const float *bias, double *ss,
+               int nt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
             acc[i][v] = _mm512_setzero_ps();
-    for (int j = 0; j < tk->nb; j++) {
-        const uint32_t *aj = a + (size_t)j * tk->astep, *b = tk->b[j];
-        for (int p = 0, kp = tk->kp[j]; p < kp; p++) {
+    for (int j = 0; j < nb; j++) {
+        const uint32_t *aj = a + (size_t)j * A_STRIDE, *bj = b + (size_t)j * PANEL_WORDS;
+        for (int p = 0, kp = j + 1 < nb ? KC / 2 : kp_last; p < kp; p++) {
             __m512bh bv[NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++)
-                bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16 * v);
+                bv[v] = (__m512bh)_mm512_loadu_si512(bj + (size_t)p * NR + 16 * v);
             const uint32_t *ap = aj + (size_t)p * sp;
 #pragma GCC unroll 12
             for (int i = 0; i < MR; i++) {
@@ -422,21 +420,18 @@ kernel_tile_at(const TileK *tk, const uint32_t *a, size_t si, size_t sp, float *
     if (ss) *ss = _mm512_reduce_add_pd(cpu_add_pd16(_mm512_setzero_pd(), sq));
 }
 
-/* op(A) rows [m0, m0 + mn) packed once for the whole product: panel i (MR rows) of K block kb
- * at apk + (kb * npan + i) * A_STRIDE words, in one of two layouts (pack_a_panel) */
-#define A_STRIDE ((size_t)(KC / 2) * MR)
-
 /* A panel by pairs (pack_panel's layout: word (i, p) at p * MR + i), as a k-major op(A) packs */
-X_TARGET static void kernel_tile(const TileK *tk, const uint32_t *a, float *c, size_t ldc, int mr,
-                                 int nr, int add, const float *bias, double *ss, int nt) {
-    kernel_tile_at(tk, a, 1, MR, c, ldc, mr, nr, add, bias, ss, nt);
+X_TARGET static void kernel_tile(int nb, int kp_last, const uint32_t *a, const uint32_t *b,
+                                 float *c, size_t ldc, int mr, int nr, int add, const float *bias,
+                                 double *ss, int nt) {
+    kernel_tile_at(nb, kp_last, a, 1, MR, b, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* A panel by rows (word (i, p) at i * KC / 2 + p), as a row-major op(A) packs */
-X_TARGET static void kernel_tile_rows(const TileK *tk, const uint32_t *a, float *c, size_t ldc,
-                                      int mr, int nr, int add, const float *bias, double *ss,
-                                      int nt) {
-    kernel_tile_at(tk, a, KC / 2, 1, c, ldc, mr, nr, add, bias, ss, nt);
+X_TARGET static void kernel_tile_rows(int nb, int kp_last, const uint32_t *a, const uint32_t *b,
+                                      float *c, size_t ldc, int mr, int nr, int add,
+                                      const float *bias, double *ss, int nt) {
+    kernel_tile_at(nb, kp_last, a, KC / 2, 1, b, c, ldc, mr, nr, add, bias, ss, nt);
 }
 
 /* One panel of op(A): rows r0 .. r0+rn-1 (rn <= MR), elements k0 .. k0+kn-1, A_STRIDE words. A
@@ -566,39 +561,37 @@ static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, 
     return b->pk ? b->pk + panel_at(kb, n / NR, K) : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
 }
 
-/* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0; panel i's K blocks
- * one after another at apk + (i * nkb + kb) * A_STRIDE words) and columns [n0, n1), over K
- * blocks [kb0, kb1) (all of K, or a slice: gemm_x), X_KB blocks at a time: the task packs its
- * columns of op(B) for those blocks (into bp, X_KB x NC x KC of bf16, a column panel's blocks one
- * after another as well: a tile reads each operand as one stream) and runs every tile over all
- * of them (kernel_tile_at), column panel by column panel. After the last group: bias (or NULL, N
- * values) added; stream, C's whole lines past the caches; ss (or NULL), each tile's Σ x² at
- * ss[row panel m / MR * npb + column panel n / NR] (kernel_tile_at). */
+/* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0; A_STRIDE's layout)
+ * and columns [n0, n1), over K blocks [kb0, kb1) (all of K, or a slice: gemm_x), X_KB blocks at a
+ * time: the task packs its columns of op(B) for those blocks (into bp, X_KB x NC x KC of bf16, a
+ * column panel's blocks PANEL_WORDS apart, as in weight_pack's layout: a tile reads each operand
+ * as one stream) and runs every tile over all of them (kernel_tile_at), column panel by column
+ * panel. After the last group: bias (or NULL, N values) added; stream, C's whole lines past the
+ * caches; ss (or NULL), each tile's Σ x² at ss[row panel m / MR * npb + column panel n / NR]
+ * (kernel_tile_at). */
 X_TARGET static void gemm_task(const uint32_t *apk, size_t nkb, size_t m0, size_t m1, size_t p0,
                                size_t p1, const View *b, int N, int K, int kb0, int kb1, size_t n0,
                                size_t n1, float *C, size_t ldc, int add0, int arows, uint32_t *bp,
                                int stream, double *ss, const float *bias) {
-    size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels (b->pk: kb-major) */
-    TileK tk = {.astep = A_STRIDE};
+    size_t npb = ((size_t)N + NR - 1) / NR; /* op(B)'s panels */
     for (int g = kb0; g < kb1; g += X_KB) {
-        tk.nb = kb1 - g < X_KB ? kb1 - g : X_KB;
-        size_t ps = (size_t)tk.nb * PANEL_WORDS; /* a column panel's blocks in bp */
-        for (int j = 0; j < tk.nb; j++) {
+        int nb = kb1 - g < X_KB ? kb1 - g : X_KB, kp_last = 0;
+        size_t ps = (size_t)nb * PANEL_WORDS; /* a column panel's blocks in bp */
+        for (int j = 0; j < nb; j++) {
             int k0 = (g + j) * KC, kn = K - k0 < KC ? K - k0 : KC;
-            tk.kp[j] = (kn + 1) / 2;
+            kp_last = (kn + 1) / 2;
             if (!b->pk) pack_task_panels(b, n0, n1, k0, kn, bp + (size_t)j * PANEL_WORDS, ps);
         }
-        int last = g + tk.nb == kb1;
+        int last = g + nb == kb1;
         for (size_t n = n0; n < n1; n += NR) {
-            for (int j = 0; j < tk.nb; j++)
-                tk.b[j] = b->pk ? b->pk + panel_at((size_t)(g + j), n / NR, K)
-                                : bp + (n - n0) / NR * ps + (size_t)j * PANEL_WORDS;
+            const uint32_t *bt =
+                    b->pk ? b->pk + panel_at((size_t)g, n / NR, K) : bp + (n - n0) / NR * ps;
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
                 (arows ? kernel_tile_rows : kernel_tile)(
-                        &tk, apk + (i * nkb + (size_t)g) * A_STRIDE, C + m * ldc + n, ldc,
-                        m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || g > kb0,
+                        nb, kp_last, apk + (i * nkb + (size_t)g) * A_STRIDE, bt, C + m * ldc + n,
+                        ldc, m1 - m < MR ? (int)(m1 - m) : MR, nr, add0 || g > kb0,
                         bias && last ? bias + n : NULL,
                         ss && last ? ss + m / MR * npb + n / NR : NULL, stream && last);
             }
@@ -1184,8 +1177,7 @@ void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, f
         amx_tile(MR, kp, a, 0, b, &cc, mr, 0, nr, NULL, 0);
         return;
     }
-    TileK tk = {.nb = 1, .b = {b}, .kp = {kp}};
-    (a_kmajor ? kernel_tile : kernel_tile_rows)(&tk, a, c, ldc, mr, nr, add, NULL, NULL, 0);
+    (a_kmajor ? kernel_tile : kernel_tile_rows)(1, kp, a, b, c, ldc, mr, nr, add, NULL, NULL, 0);
 }
 
 AMX_TARGET void cpu_bf16_tiles(int rows) {
@@ -1460,8 +1452,9 @@ static size_t panels_words(int N, int K) {
  * - rows_fwd: panel u of the forward's op(B) (its columns are rows r0 .. r0 + rn - 1 of v, rn <=
  *   NR), every K block of K, each block's pad pairs zeroed;
  * - rows_din: in K block kb (kn deep; K in all) of the input gradient's op(B) = v (k-major: N
- *   columns, npb panels), the pairs that v's rows k .. k + sn - 1 make (k at an even offset s of the block),
- *   16 of every panel per 32 rows; the block's pad pairs zeroed when these rows end it. */
+ *   columns, npb panels), the pairs that v's rows k .. k + sn - 1 make (k at an even offset s of
+ *   the block), 16 of every panel per 32 rows; the block's pad pairs zeroed when these rows end
+ *   it. */
 X_TARGET static void rows_fwd(const View *v, size_t r0, int rn, int K, size_t u, uint32_t *dst,
                               int nt) {
     for (int kb = 0, k0 = 0; k0 < K; kb++, k0 += KC) {
