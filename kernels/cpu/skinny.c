@@ -10,8 +10,9 @@
  * - dots: C (M,n) (+)= A (M,K) · op(B) (K,n), n small: each element a dot product over K in 16
  *   lanes (lane l takes k = l mod 16, in order), the lanes then summed in a fixed tree
  *   (sums8), op(B) copied column-major first when it is given by rows;
- * - outer: D (p,Q) (+)= Xᵀ (p,K) · Y (K,Q), p small: 16 or 32 columns of D at a time over all of
- *   K in order, each step a broadcast of X's row times Y's; C = Aᵀ·B with M small is D = C, with
+ * - outer: D (p,Q) (+)= Xᵀ (p,K) · Y (K,Q), p small: 16 or 32 columns of D at a time over K in
+ *   order, each step a broadcast of X's row times Y's, K in chunks of rows that a thread walks
+ *   across all its columns; C = Aᵀ·B with M small is D = C, with
  *   N small it is Cᵀ = Bᵀ·A (D written transposed).
  * cpu_skinny returns -1 for any other product (cpu_sgemm then takes OpenBLAS's). */
 #include <stdlib.h>
@@ -110,50 +111,69 @@ static void dots_rows(int m0, int m1, int n, int K, const float *A, int lda, con
     }
 }
 
-/* rows of Y ahead that the outer form fetches: its loads of Y's strided rows were nearly half of
- * its samples in a LoRA step (SmolLM2 LoRA --bf16 +1% with them, one Zen 4 core; 32 no faster) */
-#define OUTER_PF 16
+/* Rows of Y a chunk of the outer form: a task walks a chunk of its columns strip by strip (the
+ * strips' sums kept in memory between chunks, exactly as in registers), fetching the next
+ * chunk's lines into L2 meanwhile. Each strip walked down all of K in turn had read one or two
+ * lines of each row 2.3-6 KB apart, at the rate its few misses in flight allowed (about 12 GB/s
+ * for the SmolLM2 adapters' gradients, 41% of the FMA rate). */
+#define OUTER_KB 32
 
-/* P (8 or 16, a constant) rows of D: columns [q0, q0 + 16·NC) (fewer at Q, NC = 2 for P 8, 1 for
- * 16) of the outer form, D (P, Q) (+)= Xᵀ·Y, X (K, P) rows P apart (padded with zeros past p),
- * Y (K, Q) rows ldy apart; D's element (j, q) at D + j·sj + q·sq, for j < p */
-__attribute__((always_inline)) static inline void outer_at(int P, int q0, int Q, int p, int K,
-                                                           const float *X, const float *Y, int ldy,
-                                                           float beta, float *D, size_t sj,
-                                                           size_t sq) {
-    const int NC = P == 8 ? 2 : 1;
-    __m512 acc[16][2];
-    __mmask16 mk[2] = {cpu_lanes16(Q - q0), cpu_lanes16(Q - q0 - 16)};
+/* P (8 or 16, a constant) rows of D, strip by strip (16 * NC columns each, NC = 2 for P 8, 1 for
+ * 16), for strips [s0, s1) of the outer form: D (P, Q) (+)= Xᵀ·Y, X (K, P) rows P apart (padded
+ * with zeros past p), Y (K, Q) rows ldy apart; D's element (j, q) at D + j·sj + q·sq, for j < p.
+ * S: the strips' sums, strip s at S + (s - s0)·P·16·NC. Each element of D is summed from zero
+ * over k in order in fused multiply-adds, then added to D (beta 1) or stored. */
+__attribute__((always_inline)) static inline void
+outer_strips(int P, int s0, int s1, int Q, int p, int K, const float *X, const float *Y, int ldy,
+             float beta, float *D, size_t sj, size_t sq, float *S) {
+    const int NC = P == 8 ? 2 : 1, W = 16 * NC;
+    for (int k0 = 0; k0 < K; k0 += OUTER_KB) {
+        int k1 = K - k0 < OUTER_KB ? K : k0 + OUTER_KB,
+            knext = K - k1 < OUTER_KB ? K : k1 + OUTER_KB;
+        for (int s = s0; s < s1; s++) {
+            int q0 = s * W;
+            float *st = S + (size_t)(s - s0) * P * W;
+            __m512 acc[16][2];
+            __mmask16 mk[2] = {cpu_lanes16(Q - q0), cpu_lanes16(Q - q0 - 16)};
 #pragma GCC unroll 16
-    for (int j = 0; j < P; j++)
-        acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        const float *y = Y + (size_t)k * ldy + q0, *x = X + (size_t)k * P;
-        if (k + OUTER_PF < K) { /* Y's rows are ldy apart: the row OUTER_PF ahead */
-            _mm_prefetch((const char *)(y + (size_t)OUTER_PF * ldy), _MM_HINT_T0);
-            if (NC > 1) _mm_prefetch((const char *)(y + (size_t)OUTER_PF * ldy + 16), _MM_HINT_T0);
-        }
-        __m512 y0 = _mm512_maskz_loadu_ps(mk[0], y),
-               y1 = NC > 1 ? _mm512_maskz_loadu_ps(mk[1], y + 16) : y0;
+            for (int j = 0; j < P; j++) {
+                acc[j][0] = k0 ? _mm512_load_ps(st + j * W) : _mm512_setzero_ps();
+                if (NC > 1) acc[j][1] = k0 ? _mm512_load_ps(st + j * W + 16) : _mm512_setzero_ps();
+            }
+            /* the next chunk's rows of this strip, spread over this chunk's rows */
+            int nf = knext - k1, per = (nf + (k1 - k0) - 1) / (k1 - k0);
+            for (int k = k0, f = k1; k < k1; k++) {
+                for (int i = 0; i < per && f < knext; i++, f++) {
+                    const char *y = (const char *)(Y + (size_t)f * ldy + q0);
+                    _mm_prefetch(y, _MM_HINT_T1);
+                    if (NC > 1) _mm_prefetch(y + 64, _MM_HINT_T1);
+                }
+                const float *y = Y + (size_t)k * ldy + q0, *x = X + (size_t)k * P;
+                __m512 y0 = _mm512_maskz_loadu_ps(mk[0], y),
+                       y1 = NC > 1 ? _mm512_maskz_loadu_ps(mk[1], y + 16) : y0;
 #pragma GCC unroll 16
-        for (int j = 0; j < P; j++) {
-            __m512 b = _mm512_set1_ps(x[j]);
-            acc[j][0] = _mm512_fmadd_ps(b, y0, acc[j][0]);
-            if (NC > 1) acc[j][1] = _mm512_fmadd_ps(b, y1, acc[j][1]);
+                for (int j = 0; j < P; j++) {
+                    __m512 b = _mm512_set1_ps(x[j]);
+                    acc[j][0] = _mm512_fmadd_ps(b, y0, acc[j][0]);
+                    if (NC > 1) acc[j][1] = _mm512_fmadd_ps(b, y1, acc[j][1]);
+                }
+            }
+#pragma GCC unroll 16
+            for (int j = 0; j < P; j++) {
+                _mm512_store_ps(st + j * W, acc[j][0]);
+                if (NC > 1) _mm512_store_ps(st + j * W + 16, acc[j][1]);
+            }
         }
     }
-    float v[16][32];
-#pragma GCC unroll 16
-    for (int j = 0; j < P; j++) {
-        _mm512_storeu_ps(v[j], acc[j][0]);
-        if (NC > 1) _mm512_storeu_ps(v[j] + 16, acc[j][1]);
+    for (int s = s0; s < s1; s++) {
+        int q0 = s * W, nq = Q - q0 < W ? Q - q0 : W;
+        const float *st = S + (size_t)(s - s0) * P * W;
+        for (int j = 0; j < p; j++)
+            for (int l = 0; l < nq; l++) {
+                float *d = D + (size_t)j * sj + (size_t)(q0 + l) * sq;
+                *d = beta != 0.0f ? *d + st[j * W + l] : st[j * W + l];
+            }
     }
-    int nq = Q - q0 < 16 * NC ? Q - q0 : 16 * NC;
-    for (int j = 0; j < p; j++)
-        for (int l = 0; l < nq; l++) {
-            float *d = D + (size_t)j * sj + (size_t)(q0 + l) * sq;
-            *d = beta != 0.0f ? *d + v[j][l] : v[j][l];
-        }
 }
 
 /* (pcols, rows) = src (rows, cols; rows ld apart) transposed, the rows past cols zero (pcols >=
@@ -220,14 +240,23 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
                 padded(small_m ? A : B, K, p, small_m ? lda : ldb, K, P, &own); /* (K, P) */
         if (!X) return -1;
         size_t sj = small_m ? (size_t)ldc : 1, sq = small_m ? 1 : (size_t)ldc;
-        int w = P == 8 ? 32 : 16, nt = (Q + w - 1) / w;
-#pragma omp parallel for num_threads(nth) schedule(dynamic) if (nth > 1 && nt > 1)
-        for (int t = 0; t < nt; t++) {
-            if (P == 8)
-                outer_at(8, w * t, Q, p, K, X, Y, ldy, beta, C, sj, sq);
-            else
-                outer_at(16, w * t, Q, p, K, X, Y, ldy, beta, C, sj, sq);
+        /* each thread a run of whole strips (an element's sum is the same whichever) */
+        int w = P == 8 ? 32 : 16, ns = (Q + w - 1) / w, nw = nth < ns ? nth : ns;
+        float *S = aligned_alloc(64, sizeof(float) * (size_t)P * (size_t)ns * (size_t)w);
+        if (!S) {
+            free(own);
+            return -1;
         }
+#pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
+        for (int t = 0; t < nw; t++) {
+            int s0 = (int)((long)ns * t / nw), s1 = (int)((long)ns * (t + 1) / nw);
+            float *St = S + (size_t)s0 * P * w;
+            if (P == 8)
+                outer_strips(8, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, St);
+            else
+                outer_strips(16, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, St);
+        }
+        free(S);
         free(own);
         return 0;
     }
