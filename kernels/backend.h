@@ -79,7 +79,9 @@ typedef struct BackendOps {
     void (*embed_fwd)(Backend *be, float *out, const int32_t *ids, const float *table, int T,
                       int C);
 
-    // --- backward ops. Every gradient output ACCUMULATES (+=); the caller zeroes it first.
+    // --- backward ops. Every gradient output ACCUMULATES (+=); the caller zeroes it first. An op
+    // with an `acc` argument overwrites its input gradients instead when acc is 0 (=: what
+    // was there is not read), for the first of a buffer's writers (a zeroing pass saved).
     // A gradient pointer may be NULL when that gradient is not needed (frozen weights, the
     // input of the first layer); the op then skips that work.
     /* Of matmul_fwd: din (M,K) += dout (M,N) · w (N,K); dw (N,K) += doutᵀ · in;
@@ -103,9 +105,9 @@ typedef struct BackendOps {
                           const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                           size_t kv_stride, int NH, int KVH, int HS, int window,
                           const int32_t *kv_lo);
-    /* Of swiglu_fwd: dgate (n) +=, dup (n) +=. */
+    /* Of swiglu_fwd: dgate (n) +=, dup (n) += (acc 0: =). */
     void (*swiglu_bwd)(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                       const float *up, size_t n);
+                       const float *up, size_t n, int acc);
     /* Of gelu_fwd: din (n) +=. */
     void (*gelu_bwd)(Backend *be, float *din, const float *dout, const float *in, size_t n,
                      int approx);
@@ -140,8 +142,9 @@ typedef struct BackendOps {
     void (*matmul_w_fwd)(Backend *be, float *out, const float *in, const Weight *w,
                          const float *bias, int M);
     /* Of matmul_w_fwd, the input gradient only (W is frozen): din (M, w->cols) += dout
-     * (M, w->rows) · W. */
-    void (*matmul_w_bwd_in)(Backend *be, float *din, const float *dout, const Weight *w, int M);
+     * (M, w->rows) · W (acc 0: =). */
+    void (*matmul_w_bwd_in)(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                            int acc);
     /* out (T, table->cols) = rows ids (T, host memory) of the typed table, in fp32 (each row
      * exactly weight_dequantize_rows's). A frozen token embedding kept in its stored type. */
     void (*embed_w_fwd)(Backend *be, float *out, const int32_t *ids, const Weight *table, int T);

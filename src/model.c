@@ -847,14 +847,14 @@ void model_head(const Model *m, float *logits, const float *xn, int M) {
 }
 
 void model_head_bwd_in(const Model *m, float *dxn, const float *dlogits, int M) {
-    m->be->ops->matmul_w_bwd_in(m->be, dxn, dlogits, m->head_q, M);
+    m->be->ops->matmul_w_bwd_in(m->be, dxn, dlogits, m->head_q, M, 1);
 }
 
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
-                                int M) {
+                                int M, int acc) {
     const Weight *q = m->layers[l].qw[site];
     if (!q) return 0;
-    if (din) m->be->ops->matmul_w_bwd_in(m->be, din, dout, q, M);
+    if (din) m->be->ops->matmul_w_bwd_in(m->be, din, dout, q, M, acc);
     return 1;
 }
 

@@ -179,10 +179,10 @@ void model_base_linear_n(const Model *m, int l, int n, const LoraSite *sites, fl
 void weight_download_f32(Backend *be, const Weight *d, float *dst);
 
 /* model_base_linear's input gradient when the weight is typed (frozen): din (M, K) += dout
- * (M, N) · W. Returns 0 when (l, site) is fp32 (the caller's matmul_bwd does it, with dW when
- * it trains). */
+ * (M, N) · W (acc 0: =). Returns 0 when (l, site) is fp32 (the caller's matmul_bwd does it, with
+ * dW when it trains). */
 int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din, const float *dout,
-                                int M);
+                                int M, int acc);
 /* out (T, C) = the embedding rows of ids (host), from the typed table where the model keeps one. */
 void model_embed(const Model *m, float *out, const int32_t *ids, int T);
 /* logits (M, V) = xn (M, C) · LM headᵀ, through the typed head where the model keeps one. */

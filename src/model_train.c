@@ -1572,17 +1572,20 @@ static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, c
 
 /* Backward of linear_fwd: din (M,K) += dout · W (+ the adapter's path), dW and dbias when
  * the base trains, dA and dB when an adapter sits here. last_slice: the fused c_attn
- * finishes its A gradient after the third slice. */
-static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slice, float *din,
-                       const float *dout, const float *in, const float *W, const float *bias, int M,
-                       int K, int n_out) {
+ * finishes its A gradient after the third slice. acc 0: din's first writer, its old values not
+ * read (a typed base's product overwrites it, else it is zeroed here first). */
+static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slice, int acc,
+                       float *din, const float *dout, const float *in, const float *W,
+                       const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     /* DoRA: the magnitude's gradient, and dout scaled by g for everything below */
     if (mi >= 0 && ts->mods[mi].mag)
         dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), dout, in, W, M, K, n_out);
-    if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M))
+    if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M, acc)) {
+        if (din && !acc) zero(ts, din, (size_t)M * K);
         matmul_bwd_lazy(ts, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
+    }
     if (mi < 0) return;
     LoraMod *lm = &ts->mods[mi];
     int r = ts->setup.lora_rank;
@@ -2052,33 +2055,29 @@ static void layer_bwd(TrainState *ts, int l, int Bn) {
      * writes only the shared set, tmp, dys and, with a prefix, dk and dv). The last layer's
      * are still there from the forward. */
     if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
-    // MLP
-    zero(ts, ts->dact, (size_t)M * FF);
-    linear_bwd(ts, l, SITE_DOWN, 0, 1, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
-    zero(ts, ts->dxn, (size_t)M * C);
-    zero(ts, ts->dup, (size_t)M * FF);
-    if (c->act == ACT_SILU) {
-        zero(ts, ts->dgate, (size_t)M * FF);
-        op->swiglu_bwd(ts->be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF);
-        linear_bwd(ts, l, SITE_GATE, 0, 1, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M, C,
-                   FF);
+    // MLP (each gradient buffer's first writer overwrites it: acc 0, no zeroing pass)
+    linear_bwd(ts, l, SITE_DOWN, 0, 1, 0, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
+    int silu = c->act == ACT_SILU;
+    if (silu) {
+        op->swiglu_bwd(ts->be, ts->dgate, ts->dup, ts->dact, a->gate, a->up, (size_t)M * FF, 0);
+        linear_bwd(ts, l, SITE_GATE, 0, 1, 0, ts->dxn, ts->dgate, a->xn2, w->w_gate, w->b_gate, M,
+                   C, FF);
     } else {
+        zero(ts, ts->dup, (size_t)M * FF);
         op->gelu_bwd(ts->be, ts->dup, ts->dact, a->up, (size_t)M * FF, c->act == ACT_GELU_TANH);
     }
-    linear_bwd(ts, l, SITE_UP, 0, 1, ts->dxn, ts->dup, a->xn2, w->w_up, w->b_up, M, C, FF);
+    linear_bwd(ts, l, SITE_UP, 0, 1, silu, ts->dxn, ts->dup, a->xn2, w->w_up, w->b_up, M, C, FF);
     norm_bwd(ts, ts->dx, ts->dxn, a->x_mid, w->ln2_w, w->ln2_b, M);
     // attention
-    zero(ts, ts->datt, (size_t)M * QD);
-    linear_bwd(ts, l, SITE_O, 0, 1, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
+    linear_bwd(ts, l, SITE_O, 0, 1, 0, ts->datt, ts->dx, a->att, w->wo, w->bo, M, QD, C);
     float *dqin, *dkin;
     attn_bwd(ts, l, a, Bn, &dqin, &dkin);
-    zero(ts, ts->dxn, (size_t)M * C);
-    linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, ts->dxn, dqin, a->xn1, w->wq, w->bq, M,
-               C, QD);
-    linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, ts->dxn, dkin, a->xn1,
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_Q, 0, !fused, 0, ts->dxn, dqin, a->xn1, w->wq, w->bq,
+               M, C, QD);
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_K, fused ? 1 : 0, !fused, 1, ts->dxn, dkin, a->xn1,
                w->wk, w->bk, M, C, KD);
-    linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, ts->dxn, ts->dv, a->xn1, w->wv,
-               w->bv, M, C, KD);
+    linear_bwd(ts, l, fused ? SITE_QKV : SITE_V, fused ? 2 : 0, 1, 1, ts->dxn, ts->dv, a->xn1,
+               w->wv, w->bv, M, C, KD);
     norm_bwd(ts, ts->dx, ts->dxn, a->x_in, w->ln1_w, w->ln1_b, M);
 }
 

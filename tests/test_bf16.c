@@ -261,22 +261,35 @@ static void test_typed(Backend *ref, Backend *cpu, const char *path) {
                      wtype_info[types[t]].name, M, K, N);
             float *di_ref = dup(din0, nx), *di0 = dup(din0, nx), *di1 = dup(din0, nx),
                   *di2 = dup(din0, nx);
-            ref->ops->matmul_w_bwd_in(ref, di_ref, dout, &w, M);
+            ref->ops->matmul_w_bwd_in(ref, di_ref, dout, &w, M, 1);
             backend_set_threads(cpu, 1);
             /* the input gradient's packed copy (Weight.pack_t), the same way */
             cpu_backend_set_pack_mb(cpu, 0);
-            cpu->ops->matmul_w_bwd_in(cpu, di0, dout, &w, M);
+            cpu->ops->matmul_w_bwd_in(cpu, di0, dout, &w, M, 1);
             CHECK(!w.pack_t, "%s: packed without a budget", what);
             cpu_backend_set_pack_mb(cpu, CPU_PACK_MB);
-            cpu->ops->matmul_w_bwd_in(cpu, di1, dout, &w, M);
+            cpu->ops->matmul_w_bwd_in(cpu, di1, dout, &w, M, 1);
             CHECK(!w.pack_t == !packs, "%s: packed copy %s", what, w.pack_t ? "made" : "missing");
             CHECK(same_bits(di0, di1, nx), "%s: the packed weight changes the bits", what);
             backend_set_threads(cpu, 2);
-            cpu->ops->matmul_w_bwd_in(cpu, di2, dout, &w, M);
+            cpu->ops->matmul_w_bwd_in(cpu, di2, dout, &w, M, 1);
             Exact ei = exact(dout, (size_t)N, 1, deq, (size_t)K, 1, din0, (size_t)K, M, N, K);
             worst = fmax(worst, check_exact(what, di_ref, di1, ei, N + 1, nx));
             CHECK(same_bits(di1, di2, nx), "%s: 1 and 2 threads differ", what);
             exact_free(ei);
+            /* acc 0: din overwritten (its NaNs never read), the same sums from zero */
+            float *zero0 = calloc(nx, sizeof(float)), *dz_ref = malloc(nx * sizeof(float)),
+                  *dz = malloc(nx * sizeof(float));
+            for (size_t i = 0; i < nx; i++)
+                dz_ref[i] = dz[i] = NAN;
+            ref->ops->matmul_w_bwd_in(ref, dz_ref, dout, &w, M, 0);
+            cpu->ops->matmul_w_bwd_in(cpu, dz, dout, &w, M, 0);
+            snprintf(what, sizeof what, "%s matmul_w_bwd_in acc 0 %s %dx%dx%d", path,
+                     wtype_info[types[t]].name, M, K, N);
+            Exact ez = exact(dout, (size_t)N, 1, deq, (size_t)K, 1, zero0, (size_t)K, M, N, K);
+            worst = fmax(worst, check_exact(what, dz_ref, dz, ez, N + 1, nx));
+            exact_free(ez);
+            free(zero0), free(dz_ref), free(dz);
             weight_free(&w);
             free(o_ref), free(o0), free(o1), free(o2), free(di_ref), free(di0), free(di1),
                     free(di2);

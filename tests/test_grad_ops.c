@@ -584,6 +584,7 @@ static void run_all_subsets(int op, const char *what, GradCall call, const void 
 
 typedef struct Args {
     int M, K, N, B, Tq, Tk, NH, KVH, HS, window, approx;
+    int set; /* an op with an acc argument: called with acc 0 (its gradients overwritten) */
     size_t n, kv_stride;
     float eps;
     const int32_t *ids;
@@ -609,7 +610,7 @@ static void call_attention(Backend *be, float **g, const float **in, const void 
 }
 static void call_swiglu(Backend *be, float **g, const float **in, const void *vp) {
     const Args *a = vp;
-    be->ops->swiglu_bwd(be, g[0], g[1], in[0], in[1], in[2], a->n);
+    be->ops->swiglu_bwd(be, g[0], g[1], in[0], in[1], in[2], a->n, !a->set);
 }
 static void call_gelu(Backend *be, float **g, const float **in, const void *vp) {
     const Args *a = vp;
@@ -762,6 +763,19 @@ static void be_elementwise(void) {
         snprintf(what, sizeof what, "n=%zu", n);
         run_all_subsets(OP_SWIGLU, what, call_swiglu, &a, ins, nins, 3, g0, want, ng, 2, 1e-6f,
                         1e-5f);
+        /* acc 0: the gradients overwritten, the NaNs they held never read */
+        float *nan0[2] = {malloc(sizeof(float) * n), malloc(sizeof(float) * n)};
+        float *wz[2] = {calloc(n, sizeof(float)), calloc(n, sizeof(float))};
+        for (size_t i = 0; i < n; i++)
+            nan0[0][i] = nan0[1][i] = NAN;
+        ref_swiglu_bwd(wz[0], wz[1], dout, x, u, n);
+        a.set = 1;
+        snprintf(what, sizeof what, "n=%zu acc 0", n);
+        run_all_subsets(OP_SWIGLU, what, call_swiglu, &a, ins, nins, 3, nan0, wz, ng, 2, 1e-6f,
+                        1e-5f);
+        a.set = 0;
+        for (int i = 0; i < 2; i++)
+            free(nan0[i]), free(wz[i]);
         for (int approx = 0; approx < 2; approx++) {
             a.approx = approx;
             memcpy(want[0], g0[0], sizeof(float) * n);

@@ -227,7 +227,7 @@ static void test_kernels(void) {
                                       0.1f, 0.01f));
         float *gate = rand_buf(n), *up = rand_buf(n), *dg = rand_buf(n), *du = rand_buf(n);
         Outs o4 = {{dg, du}, {n, n}, 2};
-        SAME_ON_ALL_THREADS(be, "swiglu_bwd", o4, op->swiglu_bwd(be, dg, du, g, gate, up, n));
+        SAME_ON_ALL_THREADS(be, "swiglu_bwd", o4, op->swiglu_bwd(be, dg, du, g, gate, up, n, 1));
         free(ids);
         free(dtable);
         free(dout);

@@ -99,8 +99,8 @@ static void fixture_matmul(const Weight *w, const char *nm) {
         memset(db, 0, nx * 4);
         ref->ops->matmul_w_fwd(ref, a, x, w, NULL, M);
         cpu->ops->matmul_w_fwd(cpu, b, x, w, NULL, M);
-        ref->ops->matmul_w_bwd_in(ref, da, dout, w, M);
-        cpu->ops->matmul_w_bwd_in(cpu, db, dout, w, M);
+        ref->ops->matmul_w_bwd_in(ref, da, dout, w, M, 1);
+        cpu->ops->matmul_w_bwd_in(cpu, db, dout, w, M, 1);
         double e1 = test_max_abs_diff(a, b, no), e2 = test_max_abs_diff(da, db, nx);
         double s1 = test_max_abs_diff(a, (float[1]){0}, 1) + 1.0, s2 = 1.0;
         for (size_t i = 0; i < no; i++)
@@ -360,7 +360,12 @@ static void test_matmul_w(void) {
             ref->ops->matmul_w_fwd(ref, want, x, &w, bias, M);
             for (size_t i = 0; i < (size_t)M * K; i++)
                 wantd[i] = 1.0f;
-            ref->ops->matmul_w_bwd_in(ref, wantd, dout, &w, M);
+            ref->ops->matmul_w_bwd_in(ref, wantd, dout, &w, M, 1);
+            /* acc 0: din overwritten, its NaNs never read */
+            float *wantz = malloc((size_t)M * K * 4);
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                wantz[i] = NAN;
+            ref->ops->matmul_w_bwd_in(ref, wantz, dout, &w, M, 0);
             float *first = NULL, *firstd = NULL;
             for (size_t hi = 0; hi < sizeof threads / sizeof threads[0]; hi++) {
                 Backend *cpu = backend_init("cpu", threads[hi], NULL);
@@ -368,8 +373,16 @@ static void test_matmul_w(void) {
                 cpu->ops->matmul_w_fwd(cpu, got, x, &w, bias, M);
                 for (size_t i = 0; i < (size_t)M * K; i++)
                     gotd[i] = 1.0f;
-                cpu->ops->matmul_w_bwd_in(cpu, gotd, dout, &w, M);
-                double e1, e2;
+                cpu->ops->matmul_w_bwd_in(cpu, gotd, dout, &w, M, 1);
+                float *gotz = malloc((size_t)M * K * 4);
+                for (size_t i = 0; i < (size_t)M * K; i++)
+                    gotz[i] = NAN;
+                cpu->ops->matmul_w_bwd_in(cpu, gotz, dout, &w, M, 0);
+                double e1, e2, e3;
+                CHECK(matmul_close(gotz, wantz, sb, (size_t)M * K, &e3),
+                      "%s bwd_in acc 0 M=%d N=%d K=%d threads %d: rel err %.3g", wtype_info[t].name,
+                      M, N, K, threads[hi], e3);
+                free(gotz);
                 CHECK(matmul_close(got, want, sf, (size_t)M * N, &e1),
                       "%s fwd M=%d N=%d K=%d threads %d (%s): rel err %.3g", wtype_info[t].name, M,
                       N, K, threads[hi], cpu_matmul_w_path(t, K, M), e1);
@@ -398,6 +411,7 @@ static void test_matmul_w(void) {
             free(firstd);
             free(want);
             free(wantd);
+            free(wantz);
             free(sf);
             free(sb);
             weight_free(&w);

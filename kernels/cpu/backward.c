@@ -534,34 +534,47 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
 
 /* One range of the SwiGLU backward; separate loops per NULL pattern (a conditional store keeps
  * GCC from vectorizing), each a plain `omp simd` loop: the earlier `parallel for simd` form ran
- * scalar (vexpf's clamps unvectorized), 8% of a SmolLM2 LoRA step. */
-static void swiglu_bwd_range(float *dgate, float *dup, const float *dout, const float *gate,
-                             const float *up, size_t lo, size_t hi) {
+ * scalar (vexpf's clamps unvectorized), 8% of a SmolLM2 LoRA step. ACC (a constant at each
+ * call): += (1) or = (0, the gradients not read). */
+#define SWIGLU_PUT(ACC, d, i, x) ((d)[i] = (ACC) ? (d)[i] + (x) : (x))
+__attribute__((always_inline)) static inline void swiglu_bwd_at(int ACC, float *dgate, float *dup,
+                                                                const float *dout,
+                                                                const float *gate, const float *up,
+                                                                size_t lo, size_t hi) {
     if (dgate && dup) {
 #pragma omp simd
         for (size_t i = lo; i < hi; i++) {
             float g = gate[i], sg = 1.0f / (1.0f + vexpf(-g)), d = dout[i];
-            dgate[i] += d * up[i] * sg * (1.0f + g * (1.0f - sg));
-            dup[i] += d * g * sg;
+            SWIGLU_PUT(ACC, dgate, i, d * up[i] * sg * (1.0f + g * (1.0f - sg)));
+            SWIGLU_PUT(ACC, dup, i, d * g * sg);
         }
     } else if (dgate) {
 #pragma omp simd
         for (size_t i = lo; i < hi; i++) {
             float g = gate[i], sg = 1.0f / (1.0f + vexpf(-g));
-            dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+            SWIGLU_PUT(ACC, dgate, i, dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg)));
         }
     } else if (dup) {
 #pragma omp simd
         for (size_t i = lo; i < hi; i++) {
             float g = gate[i];
-            dup[i] += dout[i] * g / (1.0f + vexpf(-g));
+            SWIGLU_PUT(ACC, dup, i, dout[i] * g / (1.0f + vexpf(-g)));
         }
     }
 }
+#undef SWIGLU_PUT
+
+static void swiglu_bwd_range(float *dgate, float *dup, const float *dout, const float *gate,
+                             const float *up, size_t lo, size_t hi, int acc) {
+    if (acc)
+        swiglu_bwd_at(1, dgate, dup, dout, gate, up, lo, hi);
+    else
+        swiglu_bwd_at(0, dgate, dup, dout, gate, up, lo, hi);
+}
 
 void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                    const float *up, size_t n) {
-    CPU_PAR_RANGE(threads_for(be, n), n, swiglu_bwd_range(dgate, dup, dout, gate, up, lo, hi));
+                    const float *up, size_t n, int acc) {
+    CPU_PAR_RANGE(threads_for(be, n), n, swiglu_bwd_range(dgate, dup, dout, gate, up, lo, hi, acc));
 }
 
 /* din[lo, hi) += dout · GELU'(in), tanh's approximation (tanh(u) = 1 - 2 / (1 + exp(2u))). A

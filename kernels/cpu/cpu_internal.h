@@ -308,14 +308,16 @@ void cpu_matmul_bwd_dw(Backend *be, float *din, float *dw, const float *dout, co
                        const float *w, int M, int K, int N, double *sumsq);
 void cpu_matmul_w_bf16_fwd(Backend *be, float *out, const float *in, const Weight *w,
                            const float *bias, int M);
-void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);
+void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                              int acc);
 int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                             const Weight *const *ws, const float *const *biases, int M);
 void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
                       int M);
 void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                         const Weight *const *ws, const float *const *biases, int M);
-void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M);
+void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                         int acc);
 void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const float *dout,
                     const float *in, const float *w, int M, int K, int N);
 void cpu_rmsnorm_bwd(Backend *be, float *din, float *dw, const float *dout, const float *in,
@@ -330,7 +332,7 @@ void cpu_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const float
                        const float *q, const float *k, const float *v, int B, int Tq, int Tk,
                        size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo);
 void cpu_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                    const float *up, size_t n);
+                    const float *up, size_t n, int acc);
 void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
                   int approx);
 void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int C);

@@ -1875,16 +1875,18 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
     return 0;
 }
 
-void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                              int acc) {
     int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
     if (w->type == WT_F32) {
+        if (!acc) memset(din, 0, sizeof(float) * (size_t)M * (size_t)K);
         cpu_matmul_bwd_bf16(be, din, NULL, dout, NULL, w->data, M, K, N);
         return;
     }
-    if (w->type == WT_BF16) { /* din (M, K) += dout (M, N) W (N, K), W's bf16 rows as they are */
+    if (w->type == WT_BF16) { /* din (M, K) (+)= dout (M, N) W (N, K), W's bf16 rows as they are */
         View a = {dout, NULL, (size_t)N, 0, NULL},
              b = {NULL, w->data, (size_t)K, 1, weight_pack(be, w, nth, 1)};
-        if (gemm_views(nth, &a, &b, M, K, N, 1.0f, din, K, NULL, STREAM_MIN_BYTES))
+        if (gemm_views(nth, &a, &b, M, K, N, acc ? 1.0f : 0.0f, din, K, NULL, STREAM_MIN_BYTES))
             oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
@@ -1894,11 +1896,12 @@ void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const 
         oom(be, "matmul_w_bwd_in", M, N, K);
         return;
     }
-    for (int n0 = 0; n0 < N; n0 += tn) { /* din += dout[:, tile] tile, tiles in order */
+    for (int n0 = 0; n0 < N; n0 += tn) { /* din (+)= dout[:, tile] tile, tiles in order */
         int nn = N - n0 < tn ? N - n0 : tn;
         View a = {dout + n0, NULL, (size_t)N, 0, NULL}, b;
         if (typed_tile(w, 1, n0, nn, buf, nth, &b) ||
-            gemm_views(nth, &a, &b, M, K, nn, 1.0f, din, K, NULL, STREAM_MIN_BYTES)) {
+            gemm_views(nth, &a, &b, M, K, nn, acc || n0 ? 1.0f : 0.0f, din, K, NULL,
+                       STREAM_MIN_BYTES)) {
             oom(be, "matmul_w_bwd_in", M, N, K);
             break;
         }

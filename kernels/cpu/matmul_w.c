@@ -566,15 +566,17 @@ void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
         cpu_matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
 }
 
-void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                         int acc) {
     int K = w->cols, N = w->rows;
-    if (M <= 0 || N <= 0) return;
-    if (be->mm_bf16) { /* gemm_bf16.c */
-        cpu_matmul_w_bf16_bwd_in(be, din, dout, w, M);
+    if (M <= 0) return;
+    if (N <= 0 || (w->type == WT_F32 && !be->mm_bf16)) { /* the accumulating op's */
+        if (!acc) memset(din, 0, sizeof(float) * (size_t)M * (size_t)K);
+        if (N > 0) be->ops->matmul_bwd(be, din, NULL, NULL, dout, NULL, w->data, M, K, N);
         return;
     }
-    if (w->type == WT_F32) {
-        be->ops->matmul_bwd(be, din, NULL, NULL, dout, NULL, w->data, M, K, N);
+    if (be->mm_bf16) { /* gemm_bf16.c */
+        cpu_matmul_w_bf16_bwd_in(be, din, dout, w, M, acc);
         return;
     }
     size_t work = (size_t)M * K * N;
@@ -592,7 +594,7 @@ void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weigh
         CPU_PAR_RANGE(
                 nth, (size_t)nn,
                 weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
-        cpu_sgemm(nth, 0, 0, M, K, nn, 1.0f, dout + n0, N, buf, K, 1.0f, din, K);
+        cpu_sgemm(nth, 0, 0, M, K, nn, 1.0f, dout + n0, N, buf, K, acc || n0 ? 1.0f : 0.0f, din, K);
     }
     free(buf);
 }

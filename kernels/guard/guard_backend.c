@@ -193,8 +193,8 @@ static void g_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
                                 window, kv_lo));
 }
 static void g_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout,
-                         const float *gate, const float *up, size_t n) {
-    OPEN_CALL(be, swiglu_bwd(in_, dgate, dup, dout, gate, up, n));
+                         const float *gate, const float *up, size_t n, int acc) {
+    OPEN_CALL(be, swiglu_bwd(in_, dgate, dup, dout, gate, up, n, acc));
 }
 static void g_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
                        int approx) {
@@ -230,8 +230,9 @@ static void g_matmul_w_fwd(Backend *be, float *out, const float *in, const Weigh
                            const float *bias, int M) {
     OPEN_CALL(be, matmul_w_fwd(in_, out, in, w, bias, M));
 }
-static void g_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
-    OPEN_CALL(be, matmul_w_bwd_in(in_, din, dout, w, M));
+static void g_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                              int acc) {
+    OPEN_CALL(be, matmul_w_bwd_in(in_, din, dout, w, M, acc));
 }
 static void g_embed_w_fwd(Backend *be, float *out, const int32_t *ids, const Weight *table, int T) {
     OPEN_CALL(be, embed_w_fwd(in_, out, ids, table, T));

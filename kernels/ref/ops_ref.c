@@ -671,8 +671,10 @@ static void r_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const 
     free(d16);
 }
 static void r_swiglu_bwd(Backend *be, float *dgate, float *dup, const float *dout,
-                         const float *gate, const float *up, size_t n) {
+                         const float *gate, const float *up, size_t n, int acc) {
     (void)be;
+    if (!acc && dgate) memset(dgate, 0, sizeof(float) * n);
+    if (!acc && dup) memset(dup, 0, sizeof(float) * n);
     ref_swiglu_bwd(dgate, dup, dout, gate, up, n);
 }
 static void r_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, size_t n,
@@ -741,7 +743,9 @@ static void r_embed_w(Backend *be, float *out, const int32_t *ids, const Weight 
     ref_embed_w_fwd(out, ids, table, T);
 }
 
-static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M) {
+static void r_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
+                              int acc) {
+    if (!acc) memset(din, 0, sizeof(float) * (size_t)M * (size_t)w->cols);
     float *f = ref_dequant(be, w);
     float *d = be->mm_bf16 ? ref_bf16_copy(be, dout, (size_t)M * (size_t)w->rows) : NULL;
     if (f && (d || !be->mm_bf16))

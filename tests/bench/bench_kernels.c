@@ -161,7 +161,9 @@ static void run(Backend *be, Bufs *s, int op) {
         o->attention_bwd(be, s->dq, s->dk, s->dv, s->ao, s->q, s->k, s->v, B, T, T,
                          (size_t)T * KVH * HS, NH, KVH, HS, 0, NULL);
         break;
-    case OP_SWIGLU: o->swiglu_bwd(be, s->din, s->dw, s->dout, s->x, s->x, (size_t)BT * FF); break;
+    case OP_SWIGLU:
+        o->swiglu_bwd(be, s->din, s->dw, s->dout, s->x, s->x, (size_t)BT * FF, 1);
+        break;
     case OP_GELU: o->gelu_bwd(be, s->din, s->dout, s->x, (size_t)BT * FF, 1); break;
     case OP_EMBED: o->embed_bwd(be, s->table, s->dout, s->ids, BT, C); break;
     case OP_XENT:
