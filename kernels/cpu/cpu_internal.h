@@ -140,25 +140,20 @@ static inline void cpu_softmax_row(float *x, int n, float scale) {
     const __m512 sc = _mm512_set1_ps(scale);
     __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
     int j = 0;
-    for (; j + 32 <= n; j += 32) { /* scaled, and the max */
-        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(x + j), sc),
-               b = _mm512_mul_ps(_mm512_loadu_ps(x + j + 16), sc);
-        _mm512_storeu_ps(x + j, a);
-        _mm512_storeu_ps(x + j + 16, b);
-        m0 = _mm512_max_ps(m0, a);
-        m1 = _mm512_max_ps(m1, b);
+    for (; j + 32 <= n; j += 32) { /* the max of the scaled values (not stored: the pass
+                                    * below scales them again, to the same bits) */
+        m0 = _mm512_max_ps(m0, _mm512_mul_ps(_mm512_loadu_ps(x + j), sc));
+        m1 = _mm512_max_ps(m1, _mm512_mul_ps(_mm512_loadu_ps(x + j + 16), sc));
     }
     for (; j < n; j += 16) {
         __mmask16 k = cpu_lanes16(n - j);
-        __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), sc);
-        _mm512_mask_storeu_ps(x + j, k, a);
-        m0 = _mm512_mask_max_ps(m0, k, m0, a);
+        m0 = _mm512_mask_max_ps(m0, k, m0, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), sc));
     }
     const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
     __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-    for (j = 0; j + 32 <= n; j += 32) { /* exp(x - max), and the sum */
-        __m512 a = vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j), mx)),
-               b = vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), mx));
+    for (j = 0; j + 32 <= n; j += 32) { /* exp(x scale - max), and the sum */
+        __m512 a = vexpf16(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + j), sc), mx)),
+               b = vexpf16(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + j + 16), sc), mx));
         _mm512_storeu_ps(x + j, a);
         _mm512_storeu_ps(x + j + 16, b);
         s0 = _mm512_add_ps(s0, a);
@@ -166,8 +161,8 @@ static inline void cpu_softmax_row(float *x, int n, float scale) {
     }
     for (; j < n; j += 16) {
         __mmask16 k = cpu_lanes16(n - j);
-        __m512 a =
-                _mm512_maskz_mov_ps(k, vexpf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mx)));
+        __m512 a = _mm512_maskz_mov_ps(
+                k, vexpf16(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), sc), mx)));
         _mm512_mask_storeu_ps(x + j, k, a);
         if (j / 16 % 2)
             s1 = _mm512_add_ps(s1, a);
