@@ -334,6 +334,32 @@ fail:
 }
 
 #ifdef ATT_X
+/* masked_softmax's P rounded to bf16 for the products (which round it so), each row's bf16 in
+ * place over the first half of its own floats (row stride 2 Tk in bf16): the last pass's scaling
+ * and the rounding in one (cpu_bf16_scale_round), where a pass wrote P and the product's packing
+ * read and rounded it. The bf16 zeros past a row's last key written after its values: they lie
+ * over its floats. */
+static void masked_softmax_x(float *S, int Tq, int Tk, float scale, int window,
+                             const int32_t *kv_lo) {
+    for (int t = 0; t < Tq; t++) {
+        float *s = S + (size_t)t * Tk;
+        uint16_t *h = (uint16_t *)s;
+        int p = Tk - Tq + t;
+        int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
+        if (lo > 0) memset(h, 0, sizeof *h * (size_t)lo); /* below s + lo */
+        float inv = cpu_softmax_exp(s + lo, p + 1 - lo, scale);
+        cpu_bf16_scale_round(s + lo, p + 1 - lo, inv, h + lo);
+        if (p + 1 < Tk) memset(h + p + 1, 0, sizeof *h * (size_t)(Tk - p - 1));
+    }
+}
+
+/* grad_scores, then each row of dS rounded to bf16 in place as masked_softmax_x's P (the
+ * products round it so; the row is in L1) */
+static void grad_scores_x(const float *P, float *dP, int lq, int lk, float ds) {
+    grad_scores(P, dP, lq, lk, ds);
+    for (int t = 0; t < lq; t++)
+        cpu_bf16_scale_round(dP + (size_t)t * lk, lk, 1.0f, (uint16_t *)(dP + (size_t)t * lk));
+}
 /* S (lq x lk, row stride lk) = X·Yᵀ for the lq rows of x (stride xs; a chunk's queries, or
  * their dO) over the lk keys packed at yc (cols: K or V), tiles of AX_NR keys up to each row
  * panel's last visible key only (the rest of S is left as it was: nothing reads it) */
@@ -350,17 +376,17 @@ static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const 
     }
 }
 
-/* O (lq x HS, row stride os) (= or, add, +=) P·Y: P (lq x lk, stride lk) 0 past each row's
- * last visible key, Y's keys packed at yp (pairs: V or K); a row panel's sums stop at its last
- * visible key */
-static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const uint32_t *yp, int HS,
-                   int add, uint32_t *ap, int amx) {
+/* O (lq x HS, row stride os) (= or, add, +=) P·Y: P (lq x lk, bf16, stride 2 lk: the rows
+ * masked_softmax_x and grad_scores_x rounded in place) 0 past each row's last visible key, Y's
+ * keys packed at yp (pairs: V or K); a row panel's sums stop at its last visible key */
+static void rows_x(float *O, size_t os, const uint16_t *P, int lq, int lk, const uint32_t *yp,
+                   int HS, int add, uint32_t *ap, int amx) {
     int ndp = (HS + AX_NR - 1) / AX_NR; /* yp's panels of dims a K block */
     for (int i0 = 0; i0 < lq; i0 += AX_MR) {
         int mr = lq - i0 < AX_MR ? lq - i0 : AX_MR, kn_all = lk - lq + i0 + mr;
         for (int k0 = 0, kb = 0; k0 < kn_all; k0 += AX_KC, kb++) {
             int kn = kn_all - k0 < AX_KC ? kn_all - k0 : AX_KC;
-            cpu_bf16_pack_a(P, (size_t)lk, 0, (size_t)i0, mr, (size_t)k0, kn, ap, amx);
+            cpu_bf16_pack_a_h(P, 2 * (size_t)lk, 0, (size_t)i0, mr, (size_t)k0, kn, ap, amx);
             for (int n = 0; n < HS; n += AX_NR)
                 cpu_bf16_tile((kn + 1) / 2, ap, 0,
                               yp + ((size_t)kb * ndp + (size_t)(n / AX_NR)) * (AX_KC / 2) * AX_NR,
@@ -370,12 +396,13 @@ static void rows_x(float *O, size_t os, const float *P, int lq, int lk, const ui
     }
 }
 
-/* D (lk x HS, stride HS) (= or, add, +=) Xᵀ·Y: X (lq x lk, stride lk: P or dS) 0 past each
- * query's last visible key; Y the chunk's lq rows (stride ys: dO or Q), packed here into yp by
- * pairs of queries; a key panel's sums start at the first query that sees it (under amx at the
- * first query: a tile step past the panel's end would read the next one's pairs) */
-static void keys_x(float *D, const float *X, int lq, int lk, const float *y, size_t ys, int HS,
-                   int add, uint32_t *ap, uint32_t *yp, int amx) {
+/* D (lk x HS, stride HS) (= or, add, +=) Xᵀ·Y: X (lq x lk: P in fp32, stride lk, or Xh: dS in
+ * bf16 as grad_scores_x left it, stride 2 lk) 0 past each query's last visible key; Y the chunk's
+ * lq rows (stride ys: dO or Q), packed here into yp by pairs of queries; a key panel's sums start
+ * at the first query that sees it (under amx at the first query: a tile step past the panel's
+ * end would read the next one's pairs) */
+static void keys_x(float *D, const float *X, const uint16_t *Xh, int lq, int lk, const float *y,
+                   size_t ys, int HS, int add, uint32_t *ap, uint32_t *yp, int amx) {
     int kpl = (lq + 1) / 2, kps = pairs_room(kpl, amx);
     for (int n = 0; n < HS; n += AX_NR)
         cpu_bf16_pack_b(y, ys, 1, (size_t)n, HS - n < AX_NR ? HS - n : AX_NR, 0, lq,
@@ -383,7 +410,10 @@ static void keys_x(float *D, const float *X, int lq, int lk, const float *y, siz
     for (int j0 = 0; j0 < lk; j0 += AX_MR) {
         int mr = lk - j0 < AX_MR ? lk - j0 : AX_MR, t0 = j0 - (lk - lq);
         t0 = t0 > 0 && !amx ? t0 & ~1 : 0;
-        cpu_bf16_pack_a(X, (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap, amx);
+        if (Xh)
+            cpu_bf16_pack_a_h(Xh, 2 * (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap, amx);
+        else
+            cpu_bf16_pack_a(X, (size_t)lk, 1, (size_t)j0, mr, (size_t)t0, lq - t0, ap, amx);
         for (int n = 0; n < HS; n += AX_NR)
             cpu_bf16_tile((lq - t0 + 1) / 2, ap, 1,
                           yp + (size_t)(n / AX_NR) * kps * AX_NR + (size_t)(t0 / 2) * AX_NR,
@@ -513,8 +543,9 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     if (a->x) {
         int amx = a->kv.amx;
         scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
-        masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
-        rows_x(a->out + qo, a->qs, s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP), HS, 0, s->ap, amx);
+        masked_softmax_x(s->P, lq, lk, a->scale, a->window, lo);
+        rows_x(a->out + qo, a->qs, (const uint16_t *)s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP),
+               HS, 0, s->ap, amx);
         return 0;
     }
 #endif
@@ -551,14 +582,15 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
         scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
         masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
         if (pv) /* dV += Pᵀ·dO */
-            keys_x(pv, s->P, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp, amx);
+            keys_x(pv, s->P, NULL, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp, amx);
         if (!dq && !pk) return 0;
         scores_x(s->dP, dout, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_VC), HS, s->ap, amx);
-        grad_scores(s->P, s->dP, lq, lk, a->scale);
+        grad_scores_x(s->P, s->dP, lq, lk, a->scale);
+        const uint16_t *dS = (const uint16_t *)s->dP;
         if (dq) /* dQ += dS·K */
-            rows_x(dq, a->qs, s->dP, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap, amx);
+            rows_x(dq, a->qs, dS, lq, lk, kv_at(&a->kv, b, i, g, KV_KP), HS, 1, s->ap, amx);
         if (pk) /* dK += dSᵀ·Q */
-            keys_x(pk, s->dP, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp, amx);
+            keys_x(pk, NULL, dS, lq, lk, qc, a->qs, HS, !first, s->ap, s->yp, amx);
         return 0;
     }
 #endif

@@ -134,8 +134,10 @@ __attribute__((always_inline, target("avx512f"))) static inline __m512d cpu_add_
  * attention's time on Zen 4): the sums in two chains of 16 lanes (element j in lane j % 16 of
  * chain j / 16 % 2), then the lanes in _mm512_reduce_add_ps' order. The order depends on n only,
  * so the thread count cannot change the bits. The attention's (attention_gemm.c) and the short
- * queries' (cpu_backend.c attention_items). */
-static inline void cpu_softmax_row(float *x, int n, float scale) {
+ * queries' (cpu_backend.c attention_items). cpu_softmax_exp is its first two passes: x (n) =
+ * exp(scale·x - max) in place, returning 1 / their sum (the last pass's factor: the caller may
+ * scale and round in one, cpu_bf16_scale_round). */
+static inline float cpu_softmax_exp(float *x, int n, float scale) {
 #ifdef __AVX512F__
     const __m512 sc = _mm512_set1_ps(scale);
     __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
@@ -169,11 +171,7 @@ static inline void cpu_softmax_row(float *x, int n, float scale) {
         else
             s0 = _mm512_add_ps(s0, a);
     }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
-    for (j = 0; j < n; j += 16) {
-        __mmask16 k = cpu_lanes16(n - j);
-        _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), inv));
-    }
+    return 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 #else
     float mx = -INFINITY, sum = 0;
 #pragma omp simd reduction(max : mx)
@@ -186,7 +184,19 @@ static inline void cpu_softmax_row(float *x, int n, float scale) {
         x[j] = vexpf(x[j] - mx);
         sum += x[j];
     }
-    float inv = 1.0f / sum;
+    return 1.0f / sum;
+#endif
+}
+
+static inline void cpu_softmax_row(float *x, int n, float scale) {
+    float inv = cpu_softmax_exp(x, n, scale);
+#ifdef __AVX512F__
+    const __m512 vi = _mm512_set1_ps(inv);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = cpu_lanes16(n - j);
+        _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), vi));
+    }
+#else
 #pragma omp simd
     for (int j = 0; j < n; j++)
         x[j] *= inv;
@@ -282,6 +292,12 @@ void cpu_bf16_pack_b(const float *src, size_t ld, int kmajor, size_t r0, int rn,
                      uint32_t *dst, int amx);
 void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0, int kn,
                      uint32_t *dst, int amx);
+/* cpu_bf16_pack_a of a bf16 source (the values as they are: the packing is a copy) */
+void cpu_bf16_pack_a_h(const uint16_t *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0,
+                       int kn, uint32_t *dst, int amx);
+/* dst (n) = x (n) · s rounded to bf16 as the packings round; dst may lie over x at or below
+ * its start (in place: (uint16_t *)x), each element read before the bytes over it are written */
+void cpu_bf16_scale_round(const float *x, int n, float s, uint16_t *dst);
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx);
 void cpu_bf16_tiles(int rows);

@@ -1170,6 +1170,22 @@ void cpu_bf16_pack_a(const float *src, size_t ld, int kmajor, size_t r0, int rn,
     pack_a_panel(&v, r0, rn, k0, kn, dst, amx, MR);
 }
 
+void cpu_bf16_pack_a_h(const uint16_t *src, size_t ld, int kmajor, size_t r0, int rn, size_t k0,
+                       int kn, uint32_t *dst, int amx) {
+    View v = {NULL, src, ld, kmajor, NULL};
+    pack_a_panel(&v, r0, rn, k0, kn, dst, amx, MR);
+}
+
+X_TARGET void cpu_bf16_scale_round(const float *x, int n, float s, uint16_t *d) {
+    const __m512 vs = _mm512_set1_ps(s);
+    for (int k = 0; k < n; k += 32) { /* x[k .. k+31] loaded before d[k .. k+31] is stored */
+        __mmask16 m0 = cpu_lanes16(n - k), m1 = cpu_lanes16(n - k - 16);
+        __m512i v = bf16_pairs(_mm512_mul_ps(_mm512_maskz_loadu_ps(m0, x + k), vs),
+                               _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, x + k + 16), vs));
+        _mm512_mask_storeu_epi16(d + k, (__mmask32)m0 | (__mmask32)m1 << 16, v);
+    }
+}
+
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
                    int mr, int nr, int add, int amx) {
     if (amx) {
