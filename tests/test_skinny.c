@@ -170,8 +170,66 @@ static void test_backend_ops(void) {
     backend_free(be);
 }
 
+/* cpu_skinny_bwd (an adapter's B side, din += dout·w and dw += doutᵀ·in in one pass over dout)
+ * against the two cpu_skinny products it stands for: the same bits, on 1 and 2 threads; shapes
+ * it does not take return -1 and write nothing */
+static void test_bwd_pair(void) {
+    if (!TAKES) SKIP("skinny.c built without AVX-512: cpu_skinny_bwd declines (checked below)");
+    static const int shapes[][3] = {/* M, K, N */
+                                    {512, 8, 576},  {456, 8, 1536}, {200, 3, 333},
+                                    {129, 16, 150}, {300, 12, 129}, {257, 1, 1000}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *dout = rand_buf((size_t)M * N), *in = rand_buf((size_t)M * K),
+              *w = rand_buf((size_t)N * K), *din0 = rand_buf((size_t)M * K),
+              *dw0 = rand_buf((size_t)N * K);
+        float *dinr = malloc(sizeof(float) * M * K), *dwr = malloc(sizeof(float) * N * K);
+        memcpy(dinr, din0, sizeof(float) * M * K);
+        memcpy(dwr, dw0, sizeof(float) * N * K);
+        int ok = !cpu_skinny(1, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, dinr, K) &&
+                 !cpu_skinny(1, 1, 0, N, K, M, 1.0f, dout, N, in, K, 1.0f, dwr, K);
+        CHECK(ok == TAKES, "%dx%dx%d: the separate products taken: %d", M, K, N, ok);
+        for (int nth = 1; nth <= 2; nth++) {
+            float *din = malloc(sizeof(float) * M * K), *dw = malloc(sizeof(float) * N * K);
+            memcpy(din, din0, sizeof(float) * M * K);
+            memcpy(dw, dw0, sizeof(float) * N * K);
+            int rc = cpu_skinny_bwd(nth, M, K, N, dout, in, w, din, dw);
+            CHECK(rc == (TAKES ? 0 : -1), "%dx%dx%d threads %d: returned %d", M, K, N, nth, rc);
+            if (!rc) {
+                CHECK(!memcmp(din, dinr, sizeof(float) * M * K),
+                      "%dx%dx%d threads %d: din differs from the dots form's", M, K, N, nth);
+                CHECK(!memcmp(dw, dwr, sizeof(float) * N * K),
+                      "%dx%dx%d threads %d: dw differs from the outer form's", M, K, N, nth);
+            } else {
+                CHECK(!memcmp(din, din0, sizeof(float) * M * K) &&
+                              !memcmp(dw, dw0, sizeof(float) * N * K),
+                      "%dx%dx%d: written though declined", M, K, N);
+            }
+            free(din), free(dw);
+        }
+        free(dout), free(in), free(w), free(din0), free(dw0), free(dinr), free(dwr);
+    }
+    /* shapes it leaves to the separate products: K over SKINNY_MAX, M or N of at most 128 */
+    static const int no[][3] = {{512, 17, 576}, {128, 8, 576}, {512, 8, 128}};
+    for (size_t s = 0; s < sizeof no / sizeof no[0]; s++) {
+        int M = no[s][0], K = no[s][1], N = no[s][2];
+        float *dout = rand_buf((size_t)M * N), *in = rand_buf((size_t)M * K),
+              *w = rand_buf((size_t)N * K), *din = rand_buf((size_t)M * K),
+              *dw = rand_buf((size_t)N * K);
+        float *d0 = malloc(sizeof(float) * M * K), *w0 = malloc(sizeof(float) * N * K);
+        memcpy(d0, din, sizeof(float) * M * K);
+        memcpy(w0, dw, sizeof(float) * N * K);
+        CHECK(cpu_skinny_bwd(2, M, K, N, dout, in, w, din, dw) == -1 &&
+                      !memcmp(din, d0, sizeof(float) * M * K) &&
+                      !memcmp(dw, w0, sizeof(float) * N * K),
+              "%dx%dx%d: taken, or written though declined", M, K, N);
+        free(dout), free(in), free(w), free(din), free(dw), free(d0), free(w0);
+    }
+}
+
 int main(void) {
     test_forms();
+    test_bwd_pair();
     test_backend_ops();
     return test_report("test_skinny");
 }

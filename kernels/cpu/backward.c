@@ -58,6 +58,8 @@ void cpu_matmul_bwd(Backend *be, float *din, float *dw, float *dbias, const floa
     }
     size_t work = (size_t)M * K * N;
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
+    if (din && dw && !cpu_skinny_bwd(omp_in_parallel() ? 1 : nth, M, K, N, dout, in, w, din, dw))
+        din = dw = NULL; /* both in one pass over dout */
     if (din) cpu_sgemm(nth, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, din, K);
     if (dw) cpu_sgemm(nth, 1, 0, N, K, M, 1.0f, dout, N, in, K, 1.0f, dw, K);
     if (dbias) {

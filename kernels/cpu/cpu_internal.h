@@ -242,6 +242,12 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
 #define SKINNY_MAX 16
 int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+/* matmul_bwd's din (M,K) += dout (M,N) · w (N,K) and dw (N,K) += doutᵀ · in (M,K) with K at
+ * most SKINNY_MAX (an adapter's B side), M and N over 128: the two products cpu_sgemm hands
+ * cpu_skinny (the dots and the outer form), in one pass over dout, each element's sum as there
+ * (the same bits); 0, or -1 when it does not take the shape (nothing written). */
+int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float *in, const float *w,
+                   float *din, float *dw);
 /* The cpu backend's budget of packed weight copies (be->ctx; cpu_backend.h, CPU_PACK_MB):
  * bytes allowed and taken (atomically: weights may be packed from two threads). */
 typedef struct CpuMirror CpuMirror;

@@ -122,49 +122,52 @@ static void dots_rows(int m0, int m1, int n, int K, const float *A, int lda, con
  * 16), for strips [s0, s1) of the outer form: D (P, Q) (+)= Xᵀ·Y, X (K, P) rows P apart (padded
  * with zeros past p), Y (K, Q) rows ldy apart; D's element (j, q) at D + j·sj + q·sq, for j < p.
  * S: the strips' sums, strip s at S + (s - s0)·P·16·NC. Each element of D is summed from zero
- * over k in order in fused multiply-adds, then added to D (beta 1) or stored. */
-__attribute__((always_inline)) static inline void
-outer_strips(int P, int s0, int s1, int Q, int p, int K, const float *X, const float *Y, int ldy,
-             float beta, float *D, size_t sj, size_t sq, float *S) {
+ * over k in order in fused multiply-adds (outer_chunk: the chunk of rows [k0, k1), chunk after
+ * chunk; pf: the next chunk's rows, up to knext, fetched meanwhile), then added to D (beta 1) or
+ * stored (outer_store). */
+__attribute__((always_inline)) static inline void outer_chunk(int P, int s0, int s1, int Q, int k0,
+                                                              int k1, int knext, const float *X,
+                                                              const float *Y, int ldy, float *S) {
     const int NC = P == 8 ? 2 : 1, W = 16 * NC;
-    for (int k0 = 0; k0 < K; k0 += OUTER_KB) {
-        int k1 = K - k0 < OUTER_KB ? K : k0 + OUTER_KB,
-            knext = K - k1 < OUTER_KB ? K : k1 + OUTER_KB;
-        for (int s = s0; s < s1; s++) {
-            int q0 = s * W;
-            float *st = S + (size_t)(s - s0) * P * W;
-            __m512 acc[16][2];
-            __mmask16 mk[2] = {cpu_lanes16(Q - q0), cpu_lanes16(Q - q0 - 16)};
+    for (int s = s0; s < s1; s++) {
+        int q0 = s * W;
+        float *st = S + (size_t)(s - s0) * P * W;
+        __m512 acc[16][2];
+        __mmask16 mk[2] = {cpu_lanes16(Q - q0), cpu_lanes16(Q - q0 - 16)};
+#pragma GCC unroll 16
+        for (int j = 0; j < P; j++) {
+            acc[j][0] = k0 ? _mm512_load_ps(st + j * W) : _mm512_setzero_ps();
+            if (NC > 1) acc[j][1] = k0 ? _mm512_load_ps(st + j * W + 16) : _mm512_setzero_ps();
+        }
+        /* the next chunk's rows of this strip, spread over this chunk's rows */
+        int nf = knext - k1, per = (nf + (k1 - k0) - 1) / (k1 - k0);
+        for (int k = k0, f = k1; k < k1; k++) {
+            for (int i = 0; i < per && f < knext; i++, f++) {
+                const char *y = (const char *)(Y + (size_t)f * ldy + q0);
+                _mm_prefetch(y, _MM_HINT_T1);
+                if (NC > 1) _mm_prefetch(y + 64, _MM_HINT_T1);
+            }
+            const float *y = Y + (size_t)k * ldy + q0, *x = X + (size_t)k * P;
+            __m512 y0 = _mm512_maskz_loadu_ps(mk[0], y),
+                   y1 = NC > 1 ? _mm512_maskz_loadu_ps(mk[1], y + 16) : y0;
 #pragma GCC unroll 16
             for (int j = 0; j < P; j++) {
-                acc[j][0] = k0 ? _mm512_load_ps(st + j * W) : _mm512_setzero_ps();
-                if (NC > 1) acc[j][1] = k0 ? _mm512_load_ps(st + j * W + 16) : _mm512_setzero_ps();
-            }
-            /* the next chunk's rows of this strip, spread over this chunk's rows */
-            int nf = knext - k1, per = (nf + (k1 - k0) - 1) / (k1 - k0);
-            for (int k = k0, f = k1; k < k1; k++) {
-                for (int i = 0; i < per && f < knext; i++, f++) {
-                    const char *y = (const char *)(Y + (size_t)f * ldy + q0);
-                    _mm_prefetch(y, _MM_HINT_T1);
-                    if (NC > 1) _mm_prefetch(y + 64, _MM_HINT_T1);
-                }
-                const float *y = Y + (size_t)k * ldy + q0, *x = X + (size_t)k * P;
-                __m512 y0 = _mm512_maskz_loadu_ps(mk[0], y),
-                       y1 = NC > 1 ? _mm512_maskz_loadu_ps(mk[1], y + 16) : y0;
-#pragma GCC unroll 16
-                for (int j = 0; j < P; j++) {
-                    __m512 b = _mm512_set1_ps(x[j]);
-                    acc[j][0] = _mm512_fmadd_ps(b, y0, acc[j][0]);
-                    if (NC > 1) acc[j][1] = _mm512_fmadd_ps(b, y1, acc[j][1]);
-                }
-            }
-#pragma GCC unroll 16
-            for (int j = 0; j < P; j++) {
-                _mm512_store_ps(st + j * W, acc[j][0]);
-                if (NC > 1) _mm512_store_ps(st + j * W + 16, acc[j][1]);
+                __m512 b = _mm512_set1_ps(x[j]);
+                acc[j][0] = _mm512_fmadd_ps(b, y0, acc[j][0]);
+                if (NC > 1) acc[j][1] = _mm512_fmadd_ps(b, y1, acc[j][1]);
             }
         }
+#pragma GCC unroll 16
+        for (int j = 0; j < P; j++) {
+            _mm512_store_ps(st + j * W, acc[j][0]);
+            if (NC > 1) _mm512_store_ps(st + j * W + 16, acc[j][1]);
+        }
     }
+}
+
+static void outer_store(int P, int s0, int s1, int Q, int p, float beta, float *D, size_t sj,
+                        size_t sq, const float *S) {
+    const int W = P == 8 ? 32 : 16;
     for (int s = s0; s < s1; s++) {
         int q0 = s * W, nq = Q - q0 < W ? Q - q0 : W;
         const float *st = S + (size_t)(s - s0) * P * W;
@@ -174,6 +177,23 @@ outer_strips(int P, int s0, int s1, int Q, int p, int K, const float *X, const f
                 *d = beta != 0.0f ? *d + st[j * W + l] : st[j * W + l];
             }
     }
+}
+
+/* the chunk after [k0, k1) of K rows: its end */
+static int outer_next(int k1, int K) {
+    return K - k1 < OUTER_KB ? K : k1 + OUTER_KB;
+}
+
+static void outer_strips(int P, int s0, int s1, int Q, int p, int K, const float *X, const float *Y,
+                         int ldy, float beta, float *D, size_t sj, size_t sq, float *S) {
+    for (int k0 = 0; k0 < K; k0 += OUTER_KB) {
+        int k1 = outer_next(k0, K);
+        if (P == 8)
+            outer_chunk(8, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
+        else
+            outer_chunk(16, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
+    }
+    outer_store(P, s0, s1, Q, p, beta, D, sj, sq, S);
 }
 
 /* (pcols, rows) = src (rows, cols; rows ld apart) transposed, the rows past cols zero (pcols >=
@@ -250,11 +270,7 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
 #pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
         for (int t = 0; t < nw; t++) {
             int s0 = (int)((long)ns * t / nw), s1 = (int)((long)ns * (t + 1) / nw);
-            float *St = S + (size_t)s0 * P * w;
-            if (P == 8)
-                outer_strips(8, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, St);
-            else
-                outer_strips(16, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, St);
+            outer_strips(P, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, S + (size_t)s0 * P * w);
         }
         free(S);
         free(own);
@@ -262,7 +278,48 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
     }
     return -1;
 }
+
+int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float *in, const float *w,
+                   float *din, float *dw) {
+    if (!(K <= SKINNY_MAX && K < M && K < N && M > 128 && N > 128)) return -1;
+    if (nth < 1) nth = 1;
+    int n8 = (K + 7) / 8 * 8, P = K <= 8 ? 8 : 16, sw = P == 8 ? 32 : 16, ns = (N + sw - 1) / sw,
+        nw = nth < ns ? nth : ns;
+    float *bt = transposed(w, N, K, K, n8), *own = NULL, *S = NULL; /* the dots' w, (n8, N) */
+    const float *X = bt ? padded(in, M, K, K, M, P, &own) : NULL;   /* the outer's in, (M, P) */
+    if (X) S = aligned_alloc(64, sizeof(float) * (size_t)P * (size_t)ns * (size_t)sw);
+    if (!S) {
+        free(bt);
+        free(own);
+        return -1;
+    }
+#pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
+    for (int t = 0; t < nw; t++) {
+        int s0 = (int)((long)ns * t / nw), s1 = (int)((long)ns * (t + 1) / nw);
+        float *St = S + (size_t)s0 * P * sw;
+        for (int k0 = 0; k0 < M;) {
+            int k1 = outer_next(k0, M), r0 = k0 + (k1 - k0) * t / nw,
+                r1 = k0 + (k1 - k0) * (t + 1) / nw;
+            if (r0 < r1) dots_rows(r0, r1, K, N, dout, N, bt, (size_t)N, 1.0f, din, K);
+            if (P == 8)
+                outer_chunk(8, s0, s1, N, k0, k1, outer_next(k1, M), X, dout, N, St);
+            else
+                outer_chunk(16, s0, s1, N, k0, k1, outer_next(k1, M), X, dout, N, St);
+            k0 = k1;
+        }
+        outer_store(P, s0, s1, N, K, 1.0f, dw, 1, (size_t)K, St);
+    }
+    free(S);
+    free(bt);
+    free(own);
+    return 0;
+}
 #else
+int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float *in, const float *w,
+                   float *din, float *dw) {
+    (void)nth, (void)M, (void)K, (void)N, (void)dout, (void)in, (void)w, (void)din, (void)dw;
+    return -1;
+}
 int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     (void)nth, (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda;
