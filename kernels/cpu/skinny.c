@@ -14,7 +14,9 @@
  *   order, each step a broadcast of X's row times Y's, K in chunks of rows that a thread walks
  *   across all its columns; C = Aᵀ·B with M small is D = C, with
  *   N small it is Cᵀ = Bᵀ·A (D written transposed).
- * cpu_skinny returns -1 for any other product (cpu_sgemm then takes OpenBLAS's). */
+ * cpu_skinny returns -1 for any other product (cpu_sgemm then takes OpenBLAS's). cpu_skinny_bwd
+ * runs an adapter's B side, a dots and an outer product over the same dout, chunk by chunk in
+ * one pass. */
 #include <stdlib.h>
 #include <string.h>
 
