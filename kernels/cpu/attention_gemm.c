@@ -36,18 +36,35 @@ static int prod(int bf, int ta, int tb, int M, int N, int K, float alpha, const 
     return 0;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ATT_X 1 /* the AVX512-BF16 path below (x_path) */
+#endif
+
 /* Softmax of each row t of scale·S (Tq, Tk) over keys lo..p (p = Tk−Tq+t, lo by tuna_attn_lo
  * with this batch row's kv_lo, or NULL), zero elsewhere. scale 1: S is already scaled (x·1 is
- * x). The scalar expf loop was 8% of a SmolLM2 LoRA step at 512 tokens (vexpf: cpu_softmax_row). */
-static void masked_softmax(float *S, int Tq, int Tk, float scale, int window,
-                           const int32_t *kv_lo) {
+ * x). The scalar expf loop was 8% of a SmolLM2 LoRA step at 512 tokens (vexpf: cpu_softmax_row).
+ * bf16 (the AVX512-BF16 path only): P rounded to bf16 for the products (which round it so), each
+ * row's bf16 in place over the first half of its own floats (row stride 2 Tk in bf16): the last
+ * pass's scaling and the rounding in one (cpu_bf16_scale_round), where a pass wrote P and the
+ * product's packing read and rounded it; the zeros past a row's last key written after its
+ * values, over which they lie. */
+static void masked_softmax(float *S, int Tq, int Tk, float scale, int window, const int32_t *kv_lo,
+                           int bf16) {
+    size_t es = bf16 ? sizeof(uint16_t) : sizeof(float); /* bytes an element */
     for (int t = 0; t < Tq; t++) {
         float *s = S + (size_t)t * Tk;
+        char *e = (char *)s; /* element j at e + j es */
         int p = Tk - Tq + t;
         int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
-        if (lo > 0) memset(s, 0, sizeof(float) * (size_t)lo);
-        cpu_softmax_row(s + lo, p + 1 - lo, scale);
-        if (p + 1 < Tk) memset(s + p + 1, 0, sizeof(float) * (size_t)(Tk - p - 1));
+        if (lo > 0) memset(e, 0, es * (size_t)lo); /* below s + lo either way */
+#ifdef ATT_X
+        if (bf16)
+            cpu_bf16_scale_round(s + lo, p + 1 - lo, cpu_softmax_exp(s + lo, p + 1 - lo, scale),
+                                 (uint16_t *)s + lo);
+        else
+#endif
+            cpu_softmax_row(s + lo, p + 1 - lo, scale);
+        if (p + 1 < Tk) memset(e + es * (size_t)(p + 1), 0, es * (size_t)(Tk - p - 1));
     }
 }
 
@@ -181,10 +198,6 @@ static void partial_sums(float *dk, float *dv, const float *pk, const float *pv,
 #define AX_NR      CPU_BF16_NR
 #define AX_KC      CPU_BF16_KC
 #define AX_A_WORDS ((size_t)(AX_KC / 2) * AX_MR) /* one packed panel of op(A) */
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define ATT_X 1
-#endif
 
 /* whether the AVX512-BF16 path runs: the kernel is vdpbf16ps', and a head is at most one K
  * block */
@@ -334,26 +347,7 @@ fail:
 }
 
 #ifdef ATT_X
-/* masked_softmax's P rounded to bf16 for the products (which round it so), each row's bf16 in
- * place over the first half of its own floats (row stride 2 Tk in bf16): the last pass's scaling
- * and the rounding in one (cpu_bf16_scale_round), where a pass wrote P and the product's packing
- * read and rounded it. The bf16 zeros past a row's last key written after its values: they lie
- * over its floats. */
-static void masked_softmax_x(float *S, int Tq, int Tk, float scale, int window,
-                             const int32_t *kv_lo) {
-    for (int t = 0; t < Tq; t++) {
-        float *s = S + (size_t)t * Tk;
-        uint16_t *h = (uint16_t *)s;
-        int p = Tk - Tq + t;
-        int lo = tuna_attn_lo(kv_lo, (size_t)t, p, window);
-        if (lo > 0) memset(h, 0, sizeof *h * (size_t)lo); /* below s + lo */
-        float inv = cpu_softmax_exp(s + lo, p + 1 - lo, scale);
-        cpu_bf16_scale_round(s + lo, p + 1 - lo, inv, h + lo);
-        if (p + 1 < Tk) memset(h + p + 1, 0, sizeof *h * (size_t)(Tk - p - 1));
-    }
-}
-
-/* grad_scores, then each row of dS rounded to bf16 in place as masked_softmax_x's P (the
+/* grad_scores, then each row of dS rounded to bf16 in place as masked_softmax's bf16 P (the
  * products round it so; the row is in L1) */
 static void grad_scores_x(const float *P, float *dP, int lq, int lk, float ds) {
     grad_scores(P, dP, lq, lk, ds);
@@ -377,7 +371,7 @@ static void scores_x(float *S, const float *x, size_t xs, int lq, int lk, const 
 }
 
 /* O (lq x HS, row stride os) (= or, add, +=) P·Y: P (lq x lk, bf16, stride 2 lk: the rows
- * masked_softmax_x and grad_scores_x rounded in place) 0 past each row's last visible key, Y's
+ * masked_softmax and grad_scores_x rounded in place) 0 past each row's last visible key, Y's
  * keys packed at yp (pairs: V or K); a row panel's sums stop at its last visible key */
 static void rows_x(float *O, size_t os, const uint16_t *P, int lq, int lk, const uint32_t *yp,
                    int HS, int add, uint32_t *ap, int amx) {
@@ -434,7 +428,7 @@ static int chunk_bwd(int bf, float *P, float *dP, int lq, int lk, float scale, i
                      size_t ks, int HS) {
     if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : scale, q, (int)qs, k, (int)ks, 0.0f, P, lk))
         return -1;
-    masked_softmax(P, lq, lk, bf ? scale : 1.0f, window, lo);
+    masked_softmax(P, lq, lk, bf ? scale : 1.0f, window, lo, 0);
     if (pv && /* dV += Pᵀ·dO */
         prod(bf, 1, 0, lk, HS, lq, 1.0f, P, lk, dout, (int)qs, beta, pv, HS))
         return -1;
@@ -543,7 +537,7 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     if (a->x) {
         int amx = a->kv.amx;
         scores_x(s->P, a->q + qo, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
-        masked_softmax_x(s->P, lq, lk, a->scale, a->window, lo);
+        masked_softmax(s->P, lq, lk, a->scale, a->window, lo, 1);
         rows_x(a->out + qo, a->qs, (const uint16_t *)s->P, lq, lk, kv_at(&a->kv, b, i, g, KV_VP),
                HS, 0, s->ap, amx);
         return 0;
@@ -554,7 +548,7 @@ static int fwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
     if (prod(bf, 0, 1, lq, lk, HS, bf ? 1.0f : a->scale, a->q + qo, (int)a->qs, a->k + ko, ks, 0.0f,
              s->P, lk))
         return -1;
-    masked_softmax(s->P, lq, lk, bf ? a->scale : 1.0f, a->window, lo);
+    masked_softmax(s->P, lq, lk, bf ? a->scale : 1.0f, a->window, lo, 0);
     return prod(bf, 0, 0, lq, HS, lk, 1.0f, s->P, lk, a->v + ko, ks, 0.0f, a->out + qo, (int)a->qs);
 }
 
@@ -580,7 +574,7 @@ static int bwd_chunk(const AttnCall *a, AttnScratch *s, int b, int i, int h, int
         int lq = qe - qa, amx = a->kv.amx;
         const float *qc = a->q + qo, *dout = a->dout + qo;
         scores_x(s->P, qc, a->qs, lq, lk, kv_at(&a->kv, b, i, g, KV_KC), HS, s->ap, amx);
-        masked_softmax(s->P, lq, lk, a->scale, a->window, lo);
+        masked_softmax(s->P, lq, lk, a->scale, a->window, lo, 0);
         if (pv) /* dV += Pᵀ·dO */
             keys_x(pv, s->P, NULL, lq, lk, dout, a->qs, HS, !first, s->ap, s->yp, amx);
         if (!dq && !pk) return 0;
