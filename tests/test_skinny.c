@@ -172,58 +172,44 @@ static void test_backend_ops(void) {
 
 /* cpu_skinny_bwd (an adapter's B side, din += dout·w and dw += doutᵀ·in in one pass over dout)
  * against the two cpu_skinny products it stands for: the same bits, on 1 and 2 threads; shapes
- * it does not take return -1 and write nothing */
+ * it does not take (K over SKINNY_MAX, M or N of at most 128; every shape without AVX-512)
+ * return -1 and write nothing */
 static void test_bwd_pair(void) {
     if (!TAKES) SKIP("skinny.c built without AVX-512: cpu_skinny_bwd declines (checked below)");
-    static const int shapes[][3] = {/* M, K, N */
-                                    {512, 8, 576},  {456, 8, 1536}, {200, 3, 333},
-                                    {129, 16, 150}, {300, 12, 129}, {257, 1, 1000}};
+    static const int shapes[][4] = {/* M, K, N, taken */
+                                    {512, 8, 576, 1},  {456, 8, 1536, 1}, {200, 3, 333, 1},
+                                    {129, 16, 150, 1}, {300, 12, 129, 1}, {257, 1, 1000, 1},
+                                    {512, 17, 576, 0}, {128, 8, 576, 0},  {512, 8, 128, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
-        float *dout = rand_buf((size_t)M * N), *in = rand_buf((size_t)M * K),
-              *w = rand_buf((size_t)N * K), *din0 = rand_buf((size_t)M * K),
-              *dw0 = rand_buf((size_t)N * K);
-        float *dinr = malloc(sizeof(float) * M * K), *dwr = malloc(sizeof(float) * N * K);
-        memcpy(dinr, din0, sizeof(float) * M * K);
-        memcpy(dwr, dw0, sizeof(float) * N * K);
-        int ok = !cpu_skinny(1, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, dinr, K) &&
-                 !cpu_skinny(1, 1, 0, N, K, M, 1.0f, dout, N, in, K, 1.0f, dwr, K);
-        CHECK(ok == TAKES, "%dx%dx%d: the separate products taken: %d", M, K, N, ok);
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2], taken = shapes[s][3] && TAKES;
+        size_t nd = (size_t)M * K, nw = (size_t)N * K;
+        float *dout = rand_buf((size_t)M * N), *in = rand_buf(nd), *w = rand_buf(nw),
+              *din0 = rand_buf(nd), *dw0 = rand_buf(nw);
+        /* what it must leave: the separate products' sums where it takes the shape, else din0, dw0 */
+        float *dinr = malloc(sizeof(float) * nd), *dwr = malloc(sizeof(float) * nw);
+        memcpy(dinr, din0, sizeof(float) * nd);
+        memcpy(dwr, dw0, sizeof(float) * nw);
+        if (taken)
+            CHECK(!cpu_skinny(1, 0, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, dinr, K) &&
+                          !cpu_skinny(1, 1, 0, N, K, M, 1.0f, dout, N, in, K, 1.0f, dwr, K),
+                  "%dx%dx%d: the separate products declined", M, K, N);
         for (int nth = 1; nth <= 2; nth++) {
-            float *din = malloc(sizeof(float) * M * K), *dw = malloc(sizeof(float) * N * K);
-            memcpy(din, din0, sizeof(float) * M * K);
-            memcpy(dw, dw0, sizeof(float) * N * K);
+            float *din = malloc(sizeof(float) * nd), *dw = malloc(sizeof(float) * nw);
+            memcpy(din, din0, sizeof(float) * nd);
+            memcpy(dw, dw0, sizeof(float) * nw);
             int rc = cpu_skinny_bwd(nth, M, K, N, dout, in, w, din, dw);
-            CHECK(rc == (TAKES ? 0 : -1), "%dx%dx%d threads %d: returned %d", M, K, N, nth, rc);
-            if (!rc) {
-                CHECK(!memcmp(din, dinr, sizeof(float) * M * K),
-                      "%dx%dx%d threads %d: din differs from the dots form's", M, K, N, nth);
-                CHECK(!memcmp(dw, dwr, sizeof(float) * N * K),
-                      "%dx%dx%d threads %d: dw differs from the outer form's", M, K, N, nth);
-            } else {
-                CHECK(!memcmp(din, din0, sizeof(float) * M * K) &&
-                              !memcmp(dw, dw0, sizeof(float) * N * K),
-                      "%dx%dx%d: written though declined", M, K, N);
-            }
+            CHECK(rc == (taken ? 0 : -1), "%dx%dx%d threads %d: returned %d", M, K, N, nth, rc);
+            CHECK(!memcmp(din, dinr, sizeof(float) * nd),
+                  "%dx%dx%d threads %d: din differs from the dots form's (or written though "
+                  "declined)",
+                  M, K, N, nth);
+            CHECK(!memcmp(dw, dwr, sizeof(float) * nw),
+                  "%dx%dx%d threads %d: dw differs from the outer form's (or written though "
+                  "declined)",
+                  M, K, N, nth);
             free(din), free(dw);
         }
         free(dout), free(in), free(w), free(din0), free(dw0), free(dinr), free(dwr);
-    }
-    /* shapes it leaves to the separate products: K over SKINNY_MAX, M or N of at most 128 */
-    static const int no[][3] = {{512, 17, 576}, {128, 8, 576}, {512, 8, 128}};
-    for (size_t s = 0; s < sizeof no / sizeof no[0]; s++) {
-        int M = no[s][0], K = no[s][1], N = no[s][2];
-        float *dout = rand_buf((size_t)M * N), *in = rand_buf((size_t)M * K),
-              *w = rand_buf((size_t)N * K), *din = rand_buf((size_t)M * K),
-              *dw = rand_buf((size_t)N * K);
-        float *d0 = malloc(sizeof(float) * M * K), *w0 = malloc(sizeof(float) * N * K);
-        memcpy(d0, din, sizeof(float) * M * K);
-        memcpy(w0, dw, sizeof(float) * N * K);
-        CHECK(cpu_skinny_bwd(2, M, K, N, dout, in, w, din, dw) == -1 &&
-                      !memcmp(din, d0, sizeof(float) * M * K) &&
-                      !memcmp(dw, w0, sizeof(float) * N * K),
-              "%dx%dx%d: taken, or written though declined", M, K, N);
-        free(dout), free(in), free(w), free(din), free(dw), free(d0), free(w0);
     }
 }
 

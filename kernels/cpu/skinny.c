@@ -119,18 +119,20 @@ static void dots_rows(int m0, int m1, int n, int K, const float *A, int lda, con
  * lines of each row 2.3-6 KB apart, at the rate its few misses in flight allowed (about 12 GB/s
  * for the SmolLM2 adapters' gradients, 41% of the FMA rate). */
 #define OUTER_KB 32
+/* columns of D a strip of the outer form covers, for P rows (8 or 16) */
+#define OUTER_W(P) ((P) == 8 ? 32 : 16)
 
 /* P (8 or 16, a constant) rows of D, strip by strip (16 * NC columns each, NC = 2 for P 8, 1 for
  * 16), for strips [s0, s1) of the outer form: D (P, Q) (+)= Xᵀ·Y, X (K, P) rows P apart (padded
  * with zeros past p), Y (K, Q) rows ldy apart; D's element (j, q) at D + j·sj + q·sq, for j < p.
  * S: the strips' sums, strip s at S + (s - s0)·P·16·NC. Each element of D is summed from zero
  * over k in order in fused multiply-adds (outer_chunk: the chunk of rows [k0, k1), chunk after
- * chunk; pf: the next chunk's rows, up to knext, fetched meanwhile), then added to D (beta 1) or
+ * chunk; the next chunk's rows, up to knext, fetched meanwhile), then added to D (beta 1) or
  * stored (outer_store). */
 __attribute__((always_inline)) static inline void outer_chunk(int P, int s0, int s1, int Q, int k0,
                                                               int k1, int knext, const float *X,
                                                               const float *Y, int ldy, float *S) {
-    const int NC = P == 8 ? 2 : 1, W = 16 * NC;
+    const int W = OUTER_W(P), NC = W / 16;
     for (int s = s0; s < s1; s++) {
         int q0 = s * W;
         float *st = S + (size_t)(s - s0) * P * W;
@@ -169,7 +171,7 @@ __attribute__((always_inline)) static inline void outer_chunk(int P, int s0, int
 
 static void outer_store(int P, int s0, int s1, int Q, int p, float beta, float *D, size_t sj,
                         size_t sq, const float *S) {
-    const int W = P == 8 ? 32 : 16;
+    const int W = OUTER_W(P);
     for (int s = s0; s < s1; s++) {
         int q0 = s * W, nq = Q - q0 < W ? Q - q0 : W;
         const float *st = S + (size_t)(s - s0) * P * W;
@@ -186,16 +188,29 @@ static int outer_next(int k1, int K) {
     return K - k1 < OUTER_KB ? K : k1 + OUTER_KB;
 }
 
-static void outer_strips(int P, int s0, int s1, int Q, int p, int K, const float *X, const float *Y,
-                         int ldy, float beta, float *D, size_t sj, size_t sq, float *S) {
-    for (int k0 = 0; k0 < K; k0 += OUTER_KB) {
-        int k1 = outer_next(k0, K);
-        if (P == 8)
-            outer_chunk(8, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
-        else
-            outer_chunk(16, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
-    }
-    outer_store(P, s0, s1, Q, p, beta, D, sj, sq, S);
+/* outer_chunk of the chunk of K rows from k0, for P (8 or 16) at run time; returns its end */
+static int outer_step(int P, int s0, int s1, int Q, int k0, int K, const float *X, const float *Y,
+                      int ldy, float *S) {
+    int k1 = outer_next(k0, K);
+    if (P == 8)
+        outer_chunk(8, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
+    else
+        outer_chunk(16, s0, s1, Q, k0, k1, outer_next(k1, K), X, Y, ldy, S);
+    return k1;
+}
+
+/* The strips of Q columns (*ns) and the threads that take runs of them (*nw, at most nth; thread
+ * t takes strips [ns t / nw, ns (t + 1) / nw): an element's sum is the same whichever), and the
+ * strips' sums (P x OUTER_W(P) floats each), or NULL (no memory) */
+static float *outer_plan(int P, int Q, int nth, int *ns, int *nw) {
+    *ns = (Q + OUTER_W(P) - 1) / OUTER_W(P);
+    *nw = nth < *ns ? (nth < 1 ? 1 : nth) : *ns;
+    return aligned_alloc(64, sizeof(float) * (size_t)P * (size_t)*ns * (size_t)OUTER_W(P));
+}
+
+/* thread t's run of strips (outer_plan) */
+static int run_start(int ns, int nw, int t) {
+    return (int)((long)ns * t / nw);
 }
 
 /* (pcols, rows) = src (rows, cols; rows ld apart) transposed, the rows past cols zero (pcols >=
@@ -262,17 +277,19 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
                 padded(small_m ? A : B, K, p, small_m ? lda : ldb, K, P, &own); /* (K, P) */
         if (!X) return -1;
         size_t sj = small_m ? (size_t)ldc : 1, sq = small_m ? 1 : (size_t)ldc;
-        /* each thread a run of whole strips (an element's sum is the same whichever) */
-        int w = P == 8 ? 32 : 16, ns = (Q + w - 1) / w, nw = nth < ns ? nth : ns;
-        float *S = aligned_alloc(64, sizeof(float) * (size_t)P * (size_t)ns * (size_t)w);
+        int ns, nw;
+        float *S = outer_plan(P, Q, nth, &ns, &nw);
         if (!S) {
             free(own);
             return -1;
         }
 #pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
         for (int t = 0; t < nw; t++) {
-            int s0 = (int)((long)ns * t / nw), s1 = (int)((long)ns * (t + 1) / nw);
-            outer_strips(P, s0, s1, Q, p, K, X, Y, ldy, beta, C, sj, sq, S + (size_t)s0 * P * w);
+            int s0 = run_start(ns, nw, t), s1 = run_start(ns, nw, t + 1);
+            float *St = S + (size_t)s0 * P * OUTER_W(P);
+            for (int k0 = 0; k0 < K;)
+                k0 = outer_step(P, s0, s1, Q, k0, K, X, Y, ldy, St);
+            outer_store(P, s0, s1, Q, p, beta, C, sj, sq, St);
         }
         free(S);
         free(own);
@@ -284,12 +301,10 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
 int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float *in, const float *w,
                    float *din, float *dw) {
     if (!(K <= SKINNY_MAX && K < M && K < N && M > 128 && N > 128)) return -1;
-    if (nth < 1) nth = 1;
-    int n8 = (K + 7) / 8 * 8, P = K <= 8 ? 8 : 16, sw = P == 8 ? 32 : 16, ns = (N + sw - 1) / sw,
-        nw = nth < ns ? nth : ns;
+    int n8 = (K + 7) / 8 * 8, P = K <= 8 ? 8 : 16, ns = 0, nw = 1;
     float *bt = transposed(w, N, K, K, n8), *own = NULL, *S = NULL; /* the dots' w, (n8, N) */
     const float *X = bt ? padded(in, M, K, K, M, P, &own) : NULL;   /* the outer's in, (M, P) */
-    if (X) S = aligned_alloc(64, sizeof(float) * (size_t)P * (size_t)ns * (size_t)sw);
+    if (X) S = outer_plan(P, N, nth, &ns, &nw);
     if (!S) {
         free(bt);
         free(own);
@@ -297,17 +312,13 @@ int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float 
     }
 #pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
     for (int t = 0; t < nw; t++) {
-        int s0 = (int)((long)ns * t / nw), s1 = (int)((long)ns * (t + 1) / nw);
-        float *St = S + (size_t)s0 * P * sw;
-        for (int k0 = 0; k0 < M;) {
+        int s0 = run_start(ns, nw, t), s1 = run_start(ns, nw, t + 1);
+        float *St = S + (size_t)s0 * P * OUTER_W(P);
+        for (int k0 = 0; k0 < M;) { /* this thread's share of the chunk's rows, then its strips */
             int k1 = outer_next(k0, M), r0 = k0 + (k1 - k0) * t / nw,
                 r1 = k0 + (k1 - k0) * (t + 1) / nw;
             if (r0 < r1) dots_rows(r0, r1, K, N, dout, N, bt, (size_t)N, 1.0f, din, K);
-            if (P == 8)
-                outer_chunk(8, s0, s1, N, k0, k1, outer_next(k1, M), X, dout, N, St);
-            else
-                outer_chunk(16, s0, s1, N, k0, k1, outer_next(k1, M), X, dout, N, St);
-            k0 = k1;
+            k0 = outer_step(P, s0, s1, N, k0, M, X, dout, N, St);
         }
         outer_store(P, s0, s1, N, K, 1.0f, dw, 1, (size_t)K, St);
     }
