@@ -439,14 +439,26 @@ X_TARGET static void kernel_tile_rows(int nb, int kp_last, const uint32_t *a, co
  * one by rows, where a row's pairs are contiguous: rounded 16 elements at a time and stored as
  * they are (pack_panel's layout took one scattered store per word: 7% of a SmolLM2 LoRA step).
  * Rows past rn and the odd element past kn are zero. */
-/* dst (n) = src (n) rounded to bf16, to nearest even (bf16_round's bits, 32 at a time) */
-X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
+/* dst (n) = src (n) (times s when SCALE, a constant at each call) rounded to bf16, to nearest
+ * even (bf16_round's bits, 32 at a time); src[k .. k+31] are loaded before dst[k .. k+31] is
+ * stored, so dst may lie over src at or below its start */
+__attribute__((always_inline)) X_TARGET static inline void
+round_row_s(const float *src, uint16_t *dst, int n, int SCALE, float s) {
+    const __m512 vs = _mm512_set1_ps(s);
     for (int k = 0; k < n; k += 32) {
         __mmask16 m0 = cpu_lanes16(n - k), m1 = cpu_lanes16(n - k - 16);
-        __m512i x = bf16_pairs(_mm512_maskz_loadu_ps(m0, src + k),
-                               _mm512_maskz_loadu_ps(m1, src + k + 16));
-        _mm512_mask_storeu_epi16(dst + k, (__mmask32)m0 | (__mmask32)m1 << 16, x);
+        __m512 lo = _mm512_maskz_loadu_ps(m0, src + k),
+               hi = _mm512_maskz_loadu_ps(m1, src + k + 16);
+        if (SCALE) {
+            lo = _mm512_mul_ps(lo, vs);
+            hi = _mm512_mul_ps(hi, vs);
+        }
+        _mm512_mask_storeu_epi16(dst + k, (__mmask32)m0 | (__mmask32)m1 << 16, bf16_pairs(lo, hi));
     }
+}
+
+X_TARGET static void round_row_x(const float *src, uint16_t *dst, int n) {
+    round_row_s(src, dst, n, 0, 1.0f);
 }
 
 /* Panels of op(A) for the AMX tiles from a k-major view: rows r0 .. r0+rn-1 (rn <= AMX_KGRP *
@@ -553,12 +565,12 @@ X_TARGET static void pack_task_panels(const View *b, size_t n0, size_t n1, int k
                      bp + (n - n0) / NR * ps);
 }
 
-/* The panel of op(B) at column n (of K block kb, kp pairs, K deep) a task on the AMX tiles
- * reads: packed beforehand (View.pk: panel_at) or by the task into bp (pack_task_panels, from
- * n0) */
+/* The panel of op(B) at column n (of K block kb, K deep) a task reads: packed beforehand
+ * (View.pk: panel_at) or by the task into bp (pack_task_panels from n0, its panels ps words
+ * apart) */
 static const uint32_t *task_panel(const View *b, const uint32_t *bp, size_t kb, int K, size_t n,
-                                  size_t n0, int kp) {
-    return b->pk ? b->pk + panel_at(kb, n / NR, K) : bp + (n - n0) / NR * (size_t)KPAD(kp) * NR;
+                                  size_t n0, size_t ps) {
+    return b->pk ? b->pk + panel_at(kb, n / NR, K) : bp + (n - n0) / NR * ps;
 }
 
 /* One task: C's rows of panels [p0, p1) of the packed chunk (first row m0; A_STRIDE's layout)
@@ -584,8 +596,7 @@ X_TARGET static void gemm_task(const uint32_t *apk, size_t nkb, size_t m0, size_
         }
         int last = g + nb == kb1;
         for (size_t n = n0; n < n1; n += NR) {
-            const uint32_t *bt =
-                    b->pk ? b->pk + panel_at((size_t)g, n / NR, K) : bp + (n - n0) / NR * ps;
+            const uint32_t *bt = task_panel(b, bp, (size_t)g, K, n, n0, ps);
             int nr = n1 - n < NR ? (int)(n1 - n) : NR;
             for (size_t i = p0; i < p1; i++) {
                 size_t m = m0 + i * MR;
@@ -851,13 +862,14 @@ AMX_TARGET static void gemm_task_amx(const uint32_t *apk, size_t npan, size_t m0
                 int kb = g + j, kp = j == nb - 1 ? kp_last : KC / 2;
                 const uint32_t *bj = bp + (size_t)j * nt * PANEL_WORDS;
                 for (size_t n = n0; n < n1; n += NR) {
-                    const uint32_t *bt = task_panel(b, bj, (size_t)kb, K, n, n0, kp), *nx = NULL;
+                    size_t ps = (size_t)KPAD(kp) * NR; /* pack_task_panels' panels */
+                    const uint32_t *bt = task_panel(b, bj, (size_t)kb, K, n, n0, ps), *nx = NULL;
                     int nxp = 0; /* the panel after this one (pairs), fetched meanwhile */
                     if (n + NR < n1)
-                        nx = task_panel(b, bj, (size_t)kb, K, n + NR, n0, nxp = kp);
+                        nx = task_panel(b, bj, (size_t)kb, K, n + NR, n0, ps), nxp = kp;
                     else if (j + 1 < nb)
-                        nx = task_panel(b, bj + nt * PANEL_WORDS, (size_t)kb + 1, K, n0, n0,
-                                        nxp = j + 1 == nb - 1 ? kp_last : KC / 2);
+                        nx = task_panel(b, bj + nt * PANEL_WORDS, (size_t)kb + 1, K, n0, n0, 0),
+                        nxp = j + 1 == nb - 1 ? kp_last : KC / 2;
                     size_t lines = (size_t)KPAD(nxp) * NR * sizeof(uint32_t) / 64;
                     for (size_t i = r0, q = 0; i < r1; i += 2, q++) {
                         size_t m = m0 + i * AMX_MR;
@@ -1177,13 +1189,7 @@ void cpu_bf16_pack_a_h(const uint16_t *src, size_t ld, int kmajor, size_t r0, in
 }
 
 X_TARGET void cpu_bf16_scale_round(const float *x, int n, float s, uint16_t *d) {
-    const __m512 vs = _mm512_set1_ps(s);
-    for (int k = 0; k < n; k += 32) { /* x[k .. k+31] loaded before d[k .. k+31] is stored */
-        __mmask16 m0 = cpu_lanes16(n - k), m1 = cpu_lanes16(n - k - 16);
-        __m512i v = bf16_pairs(_mm512_mul_ps(_mm512_maskz_loadu_ps(m0, x + k), vs),
-                               _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, x + k + 16), vs));
-        _mm512_mask_storeu_epi16(d + k, (__mmask32)m0 | (__mmask32)m1 << 16, v);
-    }
+    round_row_s(x, d, n, 1, s);
 }
 
 void cpu_bf16_tile(int kp, const uint32_t *a, int a_kmajor, const uint32_t *b, float *c, size_t ldc,
@@ -1891,14 +1897,10 @@ int cpu_matmul_w_bf16_fwd_n(Backend *be, int n, float *const *outs, const float 
     return 0;
 }
 
+/* a typed weight's input gradient (not F32: cpu_matmul_w_bwd_in runs those as fp32 products) */
 void cpu_matmul_w_bf16_bwd_in(Backend *be, float *din, const float *dout, const Weight *w, int M,
                               int acc) {
     int K = w->cols, N = w->rows, nth = threads_of(be, M, K, N);
-    if (w->type == WT_F32) {
-        if (!acc) memset(din, 0, sizeof(float) * (size_t)M * (size_t)K);
-        cpu_matmul_bwd_bf16(be, din, NULL, dout, NULL, w->data, M, K, N);
-        return;
-    }
     if (w->type == WT_BF16) { /* din (M, K) (+)= dout (M, N) W (N, K), W's bf16 rows as they are */
         View a = {dout, NULL, (size_t)N, 0, NULL},
              b = {NULL, w->data, (size_t)K, 1, weight_pack(be, w, nth, 1)};

@@ -570,9 +570,12 @@ void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weigh
                          int acc) {
     int K = w->cols, N = w->rows;
     if (M <= 0) return;
-    if (N <= 0 || (w->type == WT_F32 && !be->mm_bf16)) { /* the accumulating op's */
+    if (N <= 0 || w->type == WT_F32) { /* the accumulating products, din zeroed first for acc 0 */
         if (!acc) memset(din, 0, sizeof(float) * (size_t)M * (size_t)K);
-        if (N > 0) be->ops->matmul_bwd(be, din, NULL, NULL, dout, NULL, w->data, M, K, N);
+        if (N > 0 && be->mm_bf16)
+            cpu_matmul_bwd_bf16(be, din, NULL, dout, NULL, w->data, M, K, N);
+        else if (N > 0)
+            be->ops->matmul_bwd(be, din, NULL, NULL, dout, NULL, w->data, M, K, N);
         return;
     }
     if (be->mm_bf16) { /* gemm_bf16.c */
