@@ -213,6 +213,27 @@ static int run_start(int ns, int nw, int t) {
     return (int)((long)ns * t / nw);
 }
 
+/* The outer form on the nw threads of outer_plan (ns strips, S their sums), chunk by chunk of
+ * K; with bt (cpu_skinny_bwd) also the dots form over Y's rows, C2 (K, n) += Y · btᵀ (bt: n8 rows
+ * of Q), each chunk's rows shared among the threads before their strips of the chunk read them
+ * again */
+static void outer_run(int P, int Q, int p, int K, const float *X, const float *Y, int ldy,
+                      float beta, float *D, size_t sj, size_t sq, float *S, int ns, int nw,
+                      const float *bt, int n, float *C2) {
+#pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
+    for (int t = 0; t < nw; t++) {
+        int s0 = run_start(ns, nw, t), s1 = run_start(ns, nw, t + 1);
+        float *St = S + (size_t)s0 * P * OUTER_W(P);
+        for (int k0 = 0; k0 < K;) {
+            int k1 = outer_next(k0, K), r0 = k0 + (k1 - k0) * t / nw,
+                r1 = k0 + (k1 - k0) * (t + 1) / nw;
+            if (bt && r0 < r1) dots_rows(r0, r1, n, Q, Y, ldy, bt, (size_t)Q, 1.0f, C2, n);
+            k0 = outer_step(P, s0, s1, Q, k0, K, X, Y, ldy, St);
+        }
+        outer_store(P, s0, s1, Q, p, beta, D, sj, sq, St);
+    }
+}
+
 /* (pcols, rows) = src (rows, cols; rows ld apart) transposed, the rows past cols zero (pcols >=
  * cols) */
 static float *transposed(const float *src, int rows, int cols, int ld, int pcols) {
@@ -283,14 +304,7 @@ int cpu_skinny(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
             free(own);
             return -1;
         }
-#pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
-        for (int t = 0; t < nw; t++) {
-            int s0 = run_start(ns, nw, t), s1 = run_start(ns, nw, t + 1);
-            float *St = S + (size_t)s0 * P * OUTER_W(P);
-            for (int k0 = 0; k0 < K;)
-                k0 = outer_step(P, s0, s1, Q, k0, K, X, Y, ldy, St);
-            outer_store(P, s0, s1, Q, p, beta, C, sj, sq, St);
-        }
+        outer_run(P, Q, p, K, X, Y, ldy, beta, C, sj, sq, S, ns, nw, NULL, 0, NULL);
         free(S);
         free(own);
         return 0;
@@ -310,18 +324,8 @@ int cpu_skinny_bwd(int nth, int M, int K, int N, const float *dout, const float 
         free(own);
         return -1;
     }
-#pragma omp parallel for num_threads(nw) schedule(static) if (nw > 1)
-    for (int t = 0; t < nw; t++) {
-        int s0 = run_start(ns, nw, t), s1 = run_start(ns, nw, t + 1);
-        float *St = S + (size_t)s0 * P * OUTER_W(P);
-        for (int k0 = 0; k0 < M;) { /* this thread's share of the chunk's rows, then its strips */
-            int k1 = outer_next(k0, M), r0 = k0 + (k1 - k0) * t / nw,
-                r1 = k0 + (k1 - k0) * (t + 1) / nw;
-            if (r0 < r1) dots_rows(r0, r1, K, N, dout, N, bt, (size_t)N, 1.0f, din, K);
-            k0 = outer_step(P, s0, s1, N, k0, M, X, dout, N, St);
-        }
-        outer_store(P, s0, s1, N, K, 1.0f, dw, 1, (size_t)K, St);
-    }
+    /* dw = Dᵀ, D (K, N) += inᵀ · dout; din (M, K) += dout · w */
+    outer_run(P, N, K, M, X, dout, N, 1.0f, dw, 1, (size_t)K, S, ns, nw, bt, K, din);
     free(S);
     free(bt);
     free(own);
