@@ -185,14 +185,18 @@ test-san:
 # The Python reference tooling, once, outside the repo (several GB of wheels from PyPI): torch,
 # transformers, peft, trl, gguf and llama-cpp-python (built from source: cmake, a compiler).
 # For make test-interop, make bench and make fixtures; make test needs none of it.
-# llama.cpp is built for AVX-512 (with VNNI, VBMI and BF16: both kinds of CPU these machines
-# have) without -march=native: on a Xeon with AMX, native builds ggml's AMX-INT8 path, and
-# llama-cpp-python 0.3.36 so built crashed (SIGSEGV in llama_decode) on any batch of more than
-# one token. `make venv-llama` rebuilds it so in an existing venv.
+# llama.cpp is built without -march=native (on a Xeon with AMX, native builds ggml's AMX-INT8
+# path, and llama-cpp-python 0.3.36 so built crashed: SIGSEGV in llama_decode on any batch of
+# more than one token), for AVX2 and FMA and each AVX-512 extension this CPU lists in
+# /proc/cpuinfo (both AVX-512 kinds of machine here have VNNI, VBMI and BF16; an AMD Zen 3 has
+# none, and a build for them dies there of SIGILL). `make venv-llama` rebuilds it in an existing
+# venv (after moving it to another kind of CPU).
 VENV_PKGS ?= torch transformers peft trl safetensors numpy gguf sentencepiece
 LLAMA_PKG ?= llama-cpp-python==0.3.36
+cpu_has = $(if $(shell grep -m1 -ow '$(1)' /proc/cpuinfo 2>/dev/null),ON,OFF)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+	-DGGML_AVX512=$(call cpu_has,avx512bw) -DGGML_AVX512_VBMI=$(call cpu_has,avx512vbmi) \
+	-DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) -DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16)
 venv: $(VENV)/bin/python
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)

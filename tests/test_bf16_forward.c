@@ -167,9 +167,12 @@ static double rel_diff(const float *a, const float *b, size_t n) {
 /* A training step under --bf16 (every method, full included): the cpu kernels and the ref round
  * the same operands, but their fp32 sums run in other orders, so an activation one fp32 ulp apart
  * may round to the other bf16 neighbour downstream: their gradients agree within 5e-3 of the
- * largest, and at least twice as closely as either agrees with the fp32 step (measured: 6e-8 to
- * 4.5e-3, against 6e-3 to 1.1e-2), which they stay within 5e-2 of; the loss alike (within
- * 1e-5, or half the fp32 step's distance). */
+ * largest, and more closely than the cpu's agree with its own fp32 step, which they stay within
+ * 5e-2 of; the losses within 1e-4 of each other, relative. Measured on the AVX512-BF16 kernels:
+ * 6e-8 to 4.5e-3 against 6e-3 to 1.1e-2, losses within 1e-5. On the plain path (a CPU without
+ * AVX512-BF16, the sums in OpenBLAS's order: an AMD Zen 3) the gpt2 fixture's full step came out
+ * 4.5e-3 from the ref's against 5.3e-3 from fp32, its loss 140.96443 against the ref's 140.95801
+ * (4.6e-5 apart) and fp32's 140.96530. */
 static void train_case(const char *arch, const char *what, TrainSetup setup) {
     char dir[128];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", arch);
@@ -180,8 +183,7 @@ static void train_case(const char *arch, const char *what, TrainSetup setup) {
           *g32 = step_grads(dir, "cpu", 0, setup, &n32, &l32);
     if (gc && gr && g32 && nc == nr && nc == n32 && nc > 0) {
         double d_ref = rel_diff(gc, gr, nc), d_32 = rel_diff(gc, g32, nc);
-        CHECK(d_ref <= 5e-3 && d_ref <= 0.5 * d_32 &&
-                      fabs(lc - lr) <= fmax(1e-5 * fabs(lr), 0.5 * fabs(lc - l32)),
+        CHECK(d_ref <= 5e-3 && d_ref < d_32 && fabs(lc - lr) <= 1e-4 * fabs(lr),
               "%s %s --bf16: cpu vs ref gradients %.3g, loss %.7f vs %.7f", arch, what, d_ref, lc,
               lr);
         CHECK(d_32 <= 5e-2 && d_32 > 1e-6, "%s %s --bf16 vs fp32: gradients differ by %.3g", arch,

@@ -120,6 +120,33 @@ static void sgemm_k(int ta, int tb, int M, int N, int K, float alpha, const floa
                    k0 ? 1.0f : beta, C, ldc);
 }
 
+/* Rows of C that OpenBLAS's sgemm kernel computes as one group, on the cores where OpenBLAS's
+ * own threads gave other bits on 2 threads than on 1; 0 where they did not (the AVX-512 cores,
+ * as called before). Measured (0.3.21, core "Zen" on an AMD Zen 3, AVX2; "Haswell" runs the same
+ * kernels): a call's rows in whole groups of 12 come out the same whatever the call, its last
+ * M % 12 rows are summed in another order, and a column's bits change with the call's N (its
+ * last columns), so the cuts of OpenBLAS's threads changed them (test_bf16, test_bf16_mirror).
+ * There nth threads take whole groups of 12 rows each, with all of N, the last one also the
+ * rest of M (sgemm_rows): each row is computed alike on any thread count. */
+static int sgemm_row_unit(void) {
+    const char *core = openblas_get_corename();
+    return core && (!strcmp(core, "Zen") || !strcmp(core, "Haswell")) ? 12 : 0;
+}
+
+static void sgemm_rows(int nth, int u, int ta, int tb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
+    int groups = M / u, np = groups < nth ? groups : nth;
+    if (np < 1) np = 1;
+    openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(np) schedule(static) if (np > 1)
+    for (int p = 0; p < np; p++) {
+        int m0 = groups * p / np * u, m1 = p + 1 < np ? groups * (p + 1) / np * u : M;
+        sgemm_k(ta, tb, m1 - m0, N, K, alpha, ta ? A + m0 : A + (size_t)m0 * lda, lda, B, ldb,
+                beta, C + (size_t)m0 * ldc, ldc);
+    }
+}
+
 /* A product with a side of at most SGEMM_SPLIT_MAX (a LoRA adapter's rank side) and more than
  * SGEMM_BLOCK rows or columns goes to skinny.c's loops (cpu_skinny: 1.2-2x OpenBLAS's calls
  * below on one thread at a SmolLM2 adapter's shapes); what those do not take (alpha other than 1,
@@ -161,6 +188,11 @@ void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const 
         int n = omp_in_parallel() ? 1 : nth;
         if (cpu_skinny(n, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
             sgemm_blocks(n, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int u = sgemm_row_unit();
+    if (u) {
+        sgemm_rows(nth, u, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     openblas_set_num_threads(nth);
