@@ -142,8 +142,8 @@ static void sgemm_rows(int nth, int u, int ta, int tb, int M, int N, int K, floa
 #pragma omp parallel for num_threads(np) schedule(static) if (np > 1)
     for (int p = 0; p < np; p++) {
         int m0 = groups * p / np * u, m1 = p + 1 < np ? groups * (p + 1) / np * u : M;
-        sgemm_k(ta, tb, m1 - m0, N, K, alpha, ta ? A + m0 : A + (size_t)m0 * lda, lda, B, ldb,
-                beta, C + (size_t)m0 * ldc, ldc);
+        sgemm_k(ta, tb, m1 - m0, N, K, alpha, ta ? A + m0 : A + (size_t)m0 * lda, lda, B, ldb, beta,
+                C + (size_t)m0 * ldc, ldc);
     }
 }
 
