@@ -694,6 +694,13 @@ int main(void) {
     test_q8act();
     test_names_and_errors();
     test_matmul_w();
+    if (!strcmp(cpu_matmul_w_path(WT_Q4_0, 64, 1), "direct avx512")) {
+        setenv("TUNA_WTYPE_AVX2", "1", 1); /* the AVX2 kernels, which a CPU without AVX-512 runs */
+        test_dequant_rows();
+        test_k_direct();
+        test_matmul_w();
+        unsetenv("TUNA_WTYPE_AVX2");
+    }
     setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */
     test_matmul_w();
     test_k_direct();

@@ -134,11 +134,34 @@ static inline int path_x(void) {
 
 // --- the plain path: rounded fp32 copies and cpu_sgemm -----------------------------------------
 
-/* dst (rn, K) = rows r0 .. r0+rn-1 of v, rounded to bf16 and held in fp32 */
-static void view_rows_f32(const View *v, size_t r0, size_t K, float *dst, size_t lo, size_t hi) {
-    for (size_t r = lo; r < hi; r++)
-        for (size_t k = 0; k < K; k++)
-            dst[r * K + k] = bf16_value(view_at(v, r0 + r, k));
+/* dst[0..n) = src rounded to bf16 (as bf16_round) and held in fp32, or the bf16 h widened: one
+ * branch-free loop the compiler vectorizes (the element loop with view_at's tests was 22% of a
+ * SmolLM2 LoRA --bf16 step on the plain path, AMD Zen 3) */
+static void round_f32(const float *f, const uint16_t *h, size_t n, float *dst) {
+    uint32_t *d = (uint32_t *)dst; /* dst's floats written as their bits */
+    if (h) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            d[i] = (uint32_t)h[i] << 16;
+        return;
+    }
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x, r;
+        memcpy(&x, f + i, sizeof x);
+        r = (x + 0x7FFFu + ((x >> 16) & 1u)) & 0xFFFF0000u;
+        d[i] = (x & 0x7FFFFFFFu) > 0x7F800000u ? (x | 0x00400000u) & 0xFFFF0000u : r; /* NaN */
+    }
+}
+
+/* rows r0 .. r0+rn-1 of v (each of K) rounded to bf16 and held in fp32, in v's own layout: dst
+ * (rn, K) for a row-major v, parts [lo, hi) of the rows; (K, rn) for a k-major one, parts of K */
+static void view_block_f32(const View *v, size_t r0, size_t rn, size_t K, float *dst, size_t lo,
+                           size_t hi) {
+    for (size_t i = lo; i < hi; i++) {
+        size_t at = v->kmajor ? i * v->ld + r0 : (r0 + i) * v->ld, n = v->kmajor ? rn : K;
+        round_f32(v->f ? v->f + at : NULL, v->h ? v->h + at : NULL, n, dst + i * n);
+    }
 }
 
 static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K, float beta,
@@ -157,11 +180,16 @@ static int gemm_plain(int nth, const View *a, const View *b, int M, int N, int K
     }
     for (size_t n0 = 0; n0 < (size_t)N; n0 += nb) {
         size_t nn = (size_t)N - n0 < nb ? (size_t)N - n0 : nb;
-        CPU_PAR_RANGE(nth, nn, view_rows_f32(b, n0, (size_t)K, bb, lo, hi));
+        CPU_PAR_RANGE(nth, b->kmajor ? (size_t)K : nn,
+                      view_block_f32(b, n0, nn, (size_t)K, bb, lo, hi));
         for (size_t m0 = 0; m0 < (size_t)M; m0 += mb) {
             size_t mm = (size_t)M - m0 < mb ? (size_t)M - m0 : mb;
-            CPU_PAR_RANGE(nth, mm, view_rows_f32(a, m0, (size_t)K, ab, lo, hi));
-            cpu_sgemm(nth, 0, 1, (int)mm, (int)nn, K, 1.0f, ab, K, bb, K, beta,
+            CPU_PAR_RANGE(nth, a->kmajor ? (size_t)K : mm,
+                          view_block_f32(a, m0, mm, (size_t)K, ab, lo, hi));
+            /* op(A) (mm, K): ab row-major, or k-major (K, mm); op(B) (K, nn): bb's rows of K
+             * transposed, or k-major (K, nn) as it is */
+            cpu_sgemm(nth, a->kmajor, !b->kmajor, (int)mm, (int)nn, K, 1.0f, ab,
+                      a->kmajor ? (int)mm : K, bb, b->kmajor ? (int)nn : K, beta,
                       C + m0 * (size_t)ldc + n0, ldc);
         }
     }

@@ -457,14 +457,252 @@ dequant_rows_x(const Weight *w, int n0, int nn, float *dst) {
     }
 }
 
-/* read on every call (a getenv, next to a matmul), so a test can switch paths */
-static int use_avx512(void) {
+// --- the direct path and the dequantization on AVX2 (a CPU without AVX-512) --------------------
+//
+// The same kernels on 8 lanes (an AMD Zen 3 has AVX2, FMA and F16C and no AVX-512): a group of
+// 32 weights is four ymm. The dequantization is exact as group_x's (dequant_rows_2: the bits of
+// weight_dequantize_rows); direct_2's sums run in its own order (four accumulators of 8 lanes
+// an input row), each output on one thread, an input row's sums not depending on its pair.
+
+#define X2 __attribute__((target("avx2,fma,f16c")))
+
+/* 8 bytes at p as 8 int32, unsigned or signed */
+X2 static inline __m256i u8x8_2(__m128i v) {
+    return _mm256_cvtepu8_epi32(v);
+}
+
+/* the 16 bytes of v as two vectors of 8 floats (bytes 0..7 and 8..15) */
+X2 static inline void u8x16_2(__m128i v, __m256 *a, __m256 *b) {
+    *a = _mm256_cvtepi32_ps(u8x8_2(v));
+    *b = _mm256_cvtepi32_ps(u8x8_2(_mm_srli_si128(v, 8)));
+}
+
+/* 16 of the 16-entry table's values, by the codes in the 16 bytes of v */
+X2 static inline void lut16_2(__m128i v, __m256 lo8, __m256 hi8, __m256 *a, __m256 *b) {
+    __m256i i0 = u8x8_2(v), i1 = u8x8_2(_mm_srli_si128(v, 8));
+    /* permutevar8x32 reads an index's low 3 bits; bit 3 (moved to the sign) picks the half */
+    *a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo8, i0), _mm256_permutevar8x32_ps(hi8, i0),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
+    *b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo8, i1), _mm256_permutevar8x32_ps(hi8, i1),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(i1, 28)));
+}
+
+/* group j of a row (elements 32j .. 32j+31) in w[0..3], as group_x makes it (exact alike) */
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+group_2(WType t, int block_bytes, const uint8_t *row, const float *sc, const float *mn,
+        __m256 lut_lo, __m256 lut_hi, int j, __m256 w[4], int exact) {
+    __m128i m4 = _mm_set1_epi8(0x0F);
+    if (is_k_type(t)) {
+        const uint8_t *b = row + (size_t)(j / 8) * (size_t)block_bytes;
+        int g8 = j % 8;
+        __m256i q;
+        if (t == WT_Q6_K) {
+            __m256i m4y = _mm256_set1_epi8(0x0F);
+            int h = g8 / 4, g = g8 % 4;
+            __m256i ql = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (g & 1)));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+            ql = _mm256_and_si256(_mm256_srli_epi16(ql, g >= 2 ? 4 : 0), m4y);
+            qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), _mm256_set1_epi8(3));
+            q = _mm256_or_si256(ql, _mm256_slli_epi16(qh, 4));
+        } else {
+            int p = g8 / 2, hi = g8 % 2;
+            const uint8_t *qs = b + (t == WT_Q4_K ? 16 : 48) + 32 * p;
+            q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs), 4 * hi),
+                                 _mm256_set1_epi8(0x0F));
+            if (t == WT_Q5_K) {
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+                qh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * p + hi), _mm256_set1_epi8(1));
+                q = _mm256_or_si256(q, _mm256_slli_epi16(qh, 4));
+            }
+        }
+        u8x16_2(_mm256_castsi256_si128(q), &w[0], &w[1]);
+        u8x16_2(_mm256_extracti128_si256(q, 1), &w[2], &w[3]);
+        if (t == WT_Q6_K) {
+            __m256 off = _mm256_set1_ps(32.0f);
+            __m256 s0 = _mm256_set1_ps(sc[2 * j]), s1 = _mm256_set1_ps(sc[2 * j + 1]);
+            w[0] = _mm256_mul_ps(_mm256_sub_ps(w[0], off), s0);
+            w[1] = _mm256_mul_ps(_mm256_sub_ps(w[1], off), s0);
+            w[2] = _mm256_mul_ps(_mm256_sub_ps(w[2], off), s1);
+            w[3] = _mm256_mul_ps(_mm256_sub_ps(w[3], off), s1);
+            return;
+        }
+        __m256 s = _mm256_set1_ps(sc[j]), m = _mm256_set1_ps(mn[j]);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) /* a product then a difference, as deq_q4_k_block */
+            w[i] = _mm256_sub_ps(_mm256_mul_ps(w[i], s), m);
+    } else if (t == WT_BF16 || t == WT_F16) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m128i h = _mm_loadu_si128((const __m128i *)(row + (size_t)j * 64 + 16 * i));
+            w[i] = t == WT_F16
+                           ? _mm256_cvtph_ps(h)
+                           : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        }
+    } else if (t == WT_NF4 || t == WT_FP4) {
+        __m128i q = _mm_loadu_si128((const __m128i *)(row + (size_t)j * 16));
+        __m128i h = _mm_and_si128(_mm_srli_epi16(q, 4), m4), l = _mm_and_si128(q, m4);
+        lut16_2(_mm_unpacklo_epi8(h, l), lut_lo, lut_hi, &w[0], &w[1]);
+        lut16_2(_mm_unpackhi_epi8(h, l), lut_lo, lut_hi, &w[2], &w[3]);
+        __m256 s = _mm256_set1_ps(sc[j / 2]);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_mul_ps(w[i], s);
+    } else {
+        const uint8_t *b = row + (size_t)j * (size_t)block_bytes;
+        __m256 dv = _mm256_set1_ps(_cvtsh_ss((unsigned short)(b[0] | (b[1] << 8))));
+        __m256 mv = _mm256_setzero_ps();
+        if (t == WT_Q8_0) {
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                w[i] = _mm256_cvtepi32_ps(
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i))));
+        } else {
+            __m128i q = _mm_loadu_si128((const __m128i *)(b + (t == WT_Q4_1 ? 4 : 2)));
+            u8x16_2(_mm_and_si128(q, m4), &w[0], &w[1]);
+            u8x16_2(_mm_and_si128(_mm_srli_epi16(q, 4), m4), &w[2], &w[3]);
+            if (t == WT_Q4_0)
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    w[i] = _mm256_sub_ps(w[i], _mm256_set1_ps(8.0f));
+            else
+                mv = _mm256_set1_ps(_cvtsh_ss((unsigned short)(b[2] | (b[3] << 8))));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            if (t != WT_Q4_1)
+                w[i] = _mm256_mul_ps(w[i], dv);
+            else if (exact)
+                w[i] = _mm256_add_ps(_mm256_mul_ps(w[i], dv), mv);
+            else
+                w[i] = _mm256_fmadd_ps(w[i], dv, mv);
+    }
+}
+
+/* the table of NF4/FP4's codes in two halves (zeros for the other types) */
+X2 static void lut_2(WType t, __m256 *lo, __m256 *hi) {
+    float code[16] = {0};
+    if (t == WT_NF4 || t == WT_FP4) wtype_code4(t, code);
+    *lo = _mm256_loadu_ps(code);
+    *hi = _mm256_loadu_ps(code + 8);
+}
+
+X2 static inline float hsum_2(__m256 a) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+}
+
+/* direct_x on AVX2: rows [lo, hi) of out (M, N), input rows two at a time; for one type t (a
+ * constant in each of direct_2's calls: the type's tests out of the loop) */
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+direct_2_t(WType t, float *out, const float *in, const Weight *w, const float *bias, int M,
+           size_t lo, size_t hi) {
+    int K = w->cols, N = w->rows, ng = K / 32;
+    int bb = wtype_info[t].block_bytes;
+    __m256 lut_lo, lut_hi;
+    lut_2(t, &lut_lo, &lut_hi);
+    float sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32]; /* row_scales_x */
+    size_t rbytes = (size_t)(K / wtype_info[t].block) * (size_t)bb;
+    for (size_t n = lo; n < hi; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, (int)n, &aux);
+        if (n + PREFETCH_ROWS < hi) {
+            WAux ax;
+            const char *nx = weight_row(w, (int)(n + PREFETCH_ROWS), &ax);
+            for (size_t b = 0; b < rbytes; b += 64)
+                _mm_prefetch(nx + b, _MM_HINT_T0);
+        }
+        row_scales_x(t, row, K, &aux, sc, mn);
+        for (int m0 = 0; m0 < M; m0 += 2) {
+            int two = m0 + 1 < M;
+            const float *x0 = in + (size_t)m0 * K, *x1 = two ? x0 + K : x0;
+            __m256 a[4], b[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                a[i] = b[i] = _mm256_setzero_ps();
+            for (int j = 0; j < ng; j++) {
+                __m256 wv[4];
+                group_2(t, bb, row, sc, mn, lut_lo, lut_hi, j, wv, 0);
+                const float *p = x0 + (size_t)j * 32, *q = x1 + (size_t)j * 32;
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    a[i] = _mm256_fmadd_ps(wv[i], _mm256_loadu_ps(p + 8 * i), a[i]);
+                if (two)
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++)
+                        b[i] = _mm256_fmadd_ps(wv[i], _mm256_loadu_ps(q + 8 * i), b[i]);
+            }
+            float bn = bias ? bias[n] : 0.0f;
+            out[(size_t)m0 * N + n] =
+                    hsum_2(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))) +
+                    bn;
+            if (two)
+                out[(size_t)(m0 + 1) * N + n] = hsum_2(_mm256_add_ps(_mm256_add_ps(b[0], b[1]),
+                                                                     _mm256_add_ps(b[2], b[3]))) +
+                                                bn;
+        }
+    }
+}
+
+X2 static void direct_2(float *out, const float *in, const Weight *w, const float *bias, int M,
+                        size_t lo, size_t hi) {
+    switch (w->type) {
+#define DIRECT_2_CASE(T)                                                                           \
+    case T: direct_2_t(T, out, in, w, bias, M, lo, hi); break;
+        DIRECT_2_CASE(WT_Q8_0)
+        DIRECT_2_CASE(WT_Q4_0)
+        DIRECT_2_CASE(WT_Q4_1)
+        DIRECT_2_CASE(WT_NF4)
+        DIRECT_2_CASE(WT_FP4)
+        DIRECT_2_CASE(WT_BF16)
+        DIRECT_2_CASE(WT_F16)
+        DIRECT_2_CASE(WT_Q4_K)
+        DIRECT_2_CASE(WT_Q5_K)
+        DIRECT_2_CASE(WT_Q6_K)
+#undef DIRECT_2_CASE
+    default: direct_2_t(w->type, out, in, w, bias, M, lo, hi);
+    }
+}
+
+/* dequant_rows_x on AVX2 */
+X2 static void dequant_rows_2(const Weight *w, int n0, int nn, float *dst) {
+    int K = w->cols, ng = K / 32;
+    WType t = w->type;
+    int bb = wtype_info[t].block_bytes;
+    __m256 lut_lo, lut_hi;
+    lut_2(t, &lut_lo, &lut_hi);
+    float sc[DIRECT_X_MAX_K / 16], mn[DIRECT_X_MAX_K / 32];
+    for (int n = n0; n < n0 + nn; n++) {
+        WAux aux;
+        const uint8_t *row = weight_row(w, n, &aux);
+        float *d = dst + (size_t)(n - n0) * K;
+        row_scales_x(t, row, K, &aux, sc, mn);
+        for (int j = 0; j < ng; j++) {
+            __m256 wv[4];
+            group_2(t, bb, row, sc, mn, lut_lo, lut_hi, j, wv, 1);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                _mm256_storeu_ps(d + (size_t)j * 32 + 8 * i, wv[i]);
+        }
+    }
+}
+
+/* The fused kernels this CPU runs, read on every call (a getenv, next to a matmul) so that a test
+ * can switch paths: 2 AVX-512, 1 AVX2 (TUNA_WTYPE_AVX2=1 forces it on an AVX-512 CPU), 0 none
+ * (TUNA_WTYPE_PLAIN=1 forces that) */
+static int fused_isa(void) {
     static int cpu = -1;
-    if (cpu < 0)
-        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
-    const char *e = getenv("TUNA_WTYPE_PLAIN");
-    return cpu && !(e && *e && *e != '0');
+    if (cpu < 0) {
+        int x2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("f16c");
+        cpu = x2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                              __builtin_cpu_supports("avx512vl")
+                      ? 2
+                      : x2;
+    }
+    const char *e = getenv("TUNA_WTYPE_PLAIN"), *a = getenv("TUNA_WTYPE_AVX2");
+    if (e && *e && *e != '0') return 0;
+    return cpu == 2 && a && *a && *a != '0' ? 1 : cpu;
 }
 #endif
 
@@ -472,7 +710,8 @@ const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
     if (direct_q8_takes(t, K, M)) return "direct avx512-vnni q8 activations";
-    if (use_avx512() && direct_x_takes(t, K)) return "direct avx512";
+    if (direct_x_takes(t, K) && fused_isa())
+        return fused_isa() == 2 ? "direct avx512" : "direct avx2";
 #endif
     (void)t;
     return "direct plain";
@@ -482,9 +721,11 @@ const char *cpu_matmul_w_path(WType t, int K, int M) {
  * bits of weight_dequantize_rows */
 void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst) {
 #ifdef WTYPE_X86
-    if (use_avx512() && direct_x_takes(w->type, w->cols)) {
-        dequant_rows_x(w, n0, nn, dst);
-        return;
+    if (direct_x_takes(w->type, w->cols)) {
+        int isa = fused_isa();
+        if (isa == 2) dequant_rows_x(w, n0, nn, dst);
+        if (isa == 1) dequant_rows_2(w, n0, nn, dst);
+        if (isa) return;
     }
 #endif
     weight_dequantize_rows(w, n0, nn, dst);
@@ -527,8 +768,13 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
             CPU_PAR_RANGE(nth, (size_t)N, direct_q8(out, in, w, bias, M, lo, hi));
             return;
         }
-        if (use_avx512() && direct_x_takes(w->type, K)) {
+        int isa = direct_x_takes(w->type, K) ? fused_isa() : 0;
+        if (isa == 2) {
             CPU_PAR_RANGE(nth, (size_t)N, direct_x(out, in, w, bias, M, lo, hi));
+            return;
+        }
+        if (isa == 1) {
+            CPU_PAR_RANGE(nth, (size_t)N, direct_2(out, in, w, bias, M, lo, hi));
             return;
         }
 #endif
@@ -594,9 +840,8 @@ void cpu_matmul_w_bwd_in(Backend *be, float *din, const float *dout, const Weigh
     }
     for (int n0 = 0; n0 < N; n0 += tn) {
         int nn = N - n0 < tn ? N - n0 : tn;
-        CPU_PAR_RANGE(
-                nth, (size_t)nn,
-                weight_dequantize_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
+        CPU_PAR_RANGE(nth, (size_t)nn,
+                      cpu_dequant_rows(w, n0 + (int)lo, (int)(hi - lo), buf + lo * (size_t)K));
         cpu_sgemm(nth, 0, 0, M, K, nn, 1.0f, dout + n0, N, buf, K, acc || n0 ? 1.0f : 0.0f, din, K);
     }
     free(buf);
