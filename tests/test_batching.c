@@ -4,8 +4,8 @@
  *   T), holding the same ids and targets as the fixed rows, in the same order;
  * - `tuna train` on stories260K + identity: the per-step losses and eval losses of the two modes
  *   are the same (plain LoRA, with grad accumulation and gradient checkpointing, and ptuning):
- *   within 1e-6, and bit for bit before any update where the BLAS computes a row of a product
- *   alike whatever the product's rows and columns (blas_batch_invariant);
+ *   within 1e-6, and bit for bit before any update where the fp32 products compute an element
+ *   alike whatever the product's shape (cpu_sgemm_shape_invariant: not OpenBLAS's AVX2 kernels);
  * - metrics.jsonl's step events carry real_tok_s and real_tokens, and over one epoch the real
  *   tokens add up to the labels != -100 of the data (each example's first label never trains).
  * Runs ./tuna (or $TUNA_BIN) from the repo root. */
@@ -13,11 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cblas.h>
 #include <cjson/cJSON.h>
 
 #include "cli_fixture.h"
 #include "harness.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "src/dataset.h"
 #include "src/xalloc.h"
 
@@ -164,24 +164,6 @@ static int train(const char *args, const char *dir) {
     return test_system(cmd);
 }
 
-/* Whether sgemm gives an element of C the same bits in a product of 40 x 40 and of 32 x 32 (rows
- * and columns of the same operands): the fp32 products of a batch padded to another length.
- * OpenBLAS 0.3.21's AVX-512 kernels do; its Haswell/Zen ones (AVX2, an AMD Zen 3) sum a call's
- * last rows and columns in other orders (kernels/cpu/cpu_backend.c, sgemm_row_unit). */
-static int blas_batch_invariant(void) {
-    enum { M = 40, K = 64, S = 32 };
-    static float a[M * K], b[M * K], c1[M * M], c2[S * S];
-    for (int i = 0; i < M * K; i++) {
-        a[i] = (float)(i * 7919 % 1000 - 500) / 317.0f;
-        b[i] = (float)(i * 104729 % 1000 - 500) / 413.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, M, K, 1.0f, a, K, b, K, 0.0f, c1, M);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, K, 1.0f, a, K, b, K, 0.0f, c2, S);
-    for (int i = 0; i < S; i++)
-        if (memcmp(c2 + i * S, c1 + i * M, sizeof(float) * S)) return 0;
-    return 1;
-}
-
 /* The same run with --pad-to max and --pad-to batch: equal losses at every step and eval. */
 static void same_losses(const char *what, const char *args, const char *tmp) {
     char dmax[300], dbat[300], a[1024];
@@ -208,12 +190,12 @@ static void same_losses(const char *what, const char *args, const char *tmp) {
      * two modes agree bit for bit; the weight gradients sum over all B*T rows, where the pad
      * rows add exact zeros but change how the sum is blocked, so later steps may differ in the
      * last bits */
-    if (blas_batch_invariant())
+    if (cpu_sgemm_shape_invariant())
         CHECK(m.eval[0] == b.eval[0] && m.loss[0] == b.loss[0],
               "%s: before any update the losses differ (eval %.17g / %.17g, step 1 %.17g / %.17g)",
               what, m.eval[0], b.eval[0], m.loss[0], b.loss[0]);
     else
-        printf("%s: this BLAS sums a product's last rows and columns in other orders: equal "
+        printf("%s: this BLAS sums a product's last columns in other orders (tuna info): equal "
                "within 1e-6 only\n",
                what);
     for (int i = 0; i < m.n_eval && i < b.n_eval; i++) {

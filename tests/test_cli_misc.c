@@ -19,6 +19,7 @@
 
 #include "cli_fixture.h"
 #include "harness.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "src/xalloc.h"
 
 static char tmpdir[64];
@@ -418,6 +419,30 @@ static void test_templates_elsewhere(void) {
     free(out);
 }
 
+// --- info
+
+/* `tuna info` names the CPU and the kernels tuna picked on it: the same paths as the engine's
+ * own choice (cpu_bf16_path, cpu_matmul_w_path); extra arguments are a usage error */
+static void test_info(void) {
+    char cmd[600], path[128];
+    snprintf(path, sizeof path, "%s/info", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s info >%s 2>&1", test_tuna_bin(), path);
+    int st = system(cmd);
+    char *out = xread_file(path, NULL), want[128];
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && out && strstr(out, "cpu: ") &&
+                  strstr(out, "fp32 products: ") && strstr(out, "(core "),
+          "tuna info: %s", out ? out : "");
+    snprintf(want, sizeof want, "bf16 products (--bf16): %s\n", cpu_bf16_path());
+    CHECK(out && strstr(out, want), "tuna info does not say \"%s\": %s", want, out ? out : "");
+    snprintf(want, sizeof want, "quantized weights, decoding: %s\n",
+             cpu_matmul_w_path(WT_Q4_1, 4096, 1));
+    CHECK(out && strstr(out, want), "tuna info does not say \"%s\": %s", want, out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s info --bogus >/dev/null 2>&1", test_tuna_bin());
+    st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 2, "tuna info --bogus: exit %d", WEXITSTATUS(st));
+}
+
 // --- watch
 
 static void test_watch(void) {
@@ -438,6 +463,7 @@ int main(void) {
         SKIP("run from the repo root (models/stories260K missing)");
         return test_report("test_cli_misc");
     }
+    test_info();
     test_ui_options();
     test_runs();
     test_context();

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "harness.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -432,7 +434,67 @@ static void test_simd_exact(void) {
     free(dout);
 }
 
+/* cpu_sgemm on a core whose kernels sum a call's last rows in another order (OpenBLAS's Zen and
+ * Haswell): each row of C the same bits whatever M and the thread count (the padded groups of
+ * rows), over both op(A) layouts, beta 0 and 1 and a C wider than N, and each within fp32
+ * rounding of a double sum. Elsewhere skipped: OpenBLAS's own calls there. */
+static void test_sgemm_rows(void) {
+    if (!cpu_sgemm_rows_padded()) {
+        SKIP("cpu_sgemm leaves rows to OpenBLAS on core %s", openblas_get_corename());
+        return;
+    }
+    enum { R = 100, K = 70, N = 45, LDC = 50 };
+    static float a[R * K], b[N * K], c0[R * LDC], full[R * LDC], got[R * LDC];
+    uint64_t x = 7;
+    for (int i = 0; i < R * K; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        a[i] = (float)((double)(x >> 40) / 16777216.0 - 0.5);
+    }
+    for (int i = 0; i < N * K; i++)
+        b[i] = a[(i * 7) % (R * K)] * 0.5f + 0.125f;
+    for (int i = 0; i < R * LDC; i++)
+        c0[i] = (float)(i % 13) - 6.0f;
+    static const int ms[] = {1, 5, 11, 12, 13, 24, 40, 99};
+    int n_rows = 0, bad_bits = 0, bad_val = 0;
+    for (int ta = 0; ta <= 1; ta++)
+        for (int bi = 0; bi <= 1; bi++) {
+            float beta = (float)bi;
+            const float *A = a; /* op(A) (R, K): row-major, or k-major (K, R) */
+            int lda = ta ? R : K;
+            memcpy(full, c0, sizeof full);
+            cpu_sgemm(1, ta, 1, R, N, K, 1.0f, A, lda, b, K, beta, full, LDC);
+            for (int r = 0; r < R; r++)
+                for (int n = 0; n < N; n++) {
+                    double s = (double)beta * (double)c0[r * LDC + n];
+                    for (int k = 0; k < K; k++)
+                        s += (double)(ta ? A[k * R + r] : A[r * K + k]) * (double)b[n * K + k];
+                    bad_val += fabs((double)full[r * LDC + n] - s) > 1e-5 * (1 + fabs(s));
+                }
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++)
+                for (int nth = 1; nth <= 2; nth++) {
+                    int M = ms[mi];
+                    memcpy(got, c0, sizeof got);
+                    cpu_sgemm(nth, ta, 1, M, N, K, 1.0f, A, lda, b, K, beta, got, LDC);
+                    for (int r = 0; r < M; r++, n_rows++)
+                        bad_bits += memcmp(got + r * LDC, full + r * LDC, sizeof(float) * N) != 0;
+                    for (int r = M; r < R; r++) /* rows past M and columns past N untouched */
+                        bad_bits += memcmp(got + r * LDC, c0 + r * LDC, sizeof(float) * LDC) != 0;
+                    for (int r = 0; r < M; r++)
+                        bad_bits += memcmp(got + r * LDC + N, c0 + r * LDC + N,
+                                           sizeof(float) * (LDC - N)) != 0;
+                }
+        }
+    CHECK(bad_val == 0, "cpu_sgemm: %d elements off the double sum", bad_val);
+    CHECK(bad_bits == 0,
+          "cpu_sgemm: %d rows with other bits than in a product of %d rows, or written past M x N",
+          bad_bits, R);
+    printf("cpu_sgemm: %d rows of products of 1-99 rows on 1 and 2 threads the same bits as in "
+           "one of %d (core %s)\n",
+           n_rows, R, openblas_get_corename());
+}
+
 int main(void) {
+    test_sgemm_rows();
     test_simd_exact();
     test_thread_counts();
     const char *names[] = {"ref", "cpu", "cuda"};

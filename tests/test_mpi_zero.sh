@@ -97,7 +97,12 @@ if [ -f "$W/full-z/checkpoint-10/optimizer.safetensors" ]; then
     if resume full-r1 full-z "" "--batch-size 4 --allow-changes"; then
         w=$(worst "$W/full-r1.want" "$W/full-r1.loss")
         echo "test_mpi_zero: full: resumed with 1 process: worst relative loss difference over steps 11-20 $w"
-        within "$w" && [ "$(head -1 "$W/full-r1.loss")" = "$(head -1 "$W/full-r1.want")" ] && ok \
+        # step 11's forward the same bits as the 2 ranks' where the fp32 products compute an
+        # element alike in products of other shapes (one batch of 4 rows is padded to its longest
+        # row, each rank's 2 rows to theirs): `tuna info` says (not OpenBLAS's AVX2 kernels)
+        first=same
+        if "$BIN" info | grep -q "bits depend on the product's shape"; then first=close; fi
+        within "$w" && { [ $first = close ] || [ "$(head -1 "$W/full-r1.loss")" = "$(head -1 "$W/full-r1.want")" ]; } && ok \
             || bad "full: resumed with 1 process: worst $w, step 11 $(head -1 "$W/full-r1.loss") vs $(head -1 "$W/full-r1.want")"
         grep -q "nothing to shard" "$W/full-r1/metrics.jsonl" && ok || bad "full: one process with --zero 1 did not say so"
     fi

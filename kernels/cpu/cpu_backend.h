@@ -35,10 +35,11 @@ int cpu_own_running(void);
 int cpu_idle_from_counts(int n, const int *others, int k);
 
 /* Which kernel matmul_w_fwd runs for a weight of type t, rows of K and M input rows: "tiles+sgemm",
- * "direct avx512" or "direct plain" (TUNA_WTYPE_PLAIN=1 forces plain). For tests and benches. */
+ * "direct avx512", "direct avx2" (a CPU without AVX-512, or TUNA_WTYPE_AVX2=1) or "direct plain"
+ * (TUNA_WTYPE_PLAIN=1 forces plain). For tests, benches and `tuna info`. */
 const char *cpu_matmul_w_path(WType t, int K, int M);
 
-/* weight_dequantize_rows (the same bits), on AVX-512 where the type and K allow (matmul_w.c):
+/* weight_dequantize_rows (the same bits), on AVX-512 or AVX2 where the type and K allow (matmul_w.c):
  * what the bf16 products over a typed weight other than BF16 dequantize with */
 void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
 
@@ -47,5 +48,20 @@ void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
  * where the CPU has AVX512-BF16; TUNA_BF16=avx512bf16 forces it on an AMX CPU) or "plain"
  * (bf16-rounded fp32 copies through sgemm; TUNA_BF16=plain forces it). For tests and benches. */
 const char *cpu_bf16_path(void);
+
+/* The fp32 products' library, OpenBLAS's config line and "(core <its kernels>)", into buf */
+const char *cpu_blas_name(char *buf, size_t n);
+
+/* Whether cpu_sgemm computes each row of C alike whatever M (OpenBLAS's cores whose kernels do
+ * not, padded to whole groups of rows: cpu_backend.c, sgemm_row_unit); 0 where OpenBLAS is left
+ * to it (the AVX-512 cores, where it held for the batches tests make). */
+int cpu_sgemm_rows_padded(void);
+
+/* Whether the fp32 products (cpu_sgemm) give an element the same bits in products of other shapes
+ * (rows and columns of the same operands: 40 x 40 and 32 x 32, probed once), so that a row of a
+ * batch padded to another length, or split across ranks, computes alike. OpenBLAS 0.3.21's
+ * AVX-512 kernels do; its Haswell/Zen ones (AVX2) do not in the columns, which the attention's
+ * products over a batch's keys take (their rows cpu_sgemm pads: cpu_backend.c). */
+int cpu_sgemm_shape_invariant(void);
 
 #endif

@@ -236,6 +236,7 @@ static inline __m512 gelu_th16(__m512 x) {
  * result that does not depend on nth (see cpu_backend.c). */
 void cpu_sgemm(int nth, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
+
 /* skinny.c: C (M,N) = op(A) op(B) + beta C (alpha 1, beta 0 or 1) where a side is at most
  * SKINNY_MAX, in loops of our own (each element summed by one task in a fixed order: the bits do
  * not depend on nth); 0, or -1 for a product it does not take (and then nothing is written). */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../../kernels/backend.h"
+#include "../../kernels/cpu/cpu_backend.h"
 #include "../../ui/ui.h"
 #include "../config.h"
 #include "../err.h"
@@ -319,6 +320,50 @@ fail:
     return rc;
 }
 
+// --- info
+
+/* `tuna info`: this CPU, the features tuna's kernels look for, and the kernels it runs here */
+static int cmd_info(int argc, char **argv) {
+    if (argc > 1) {
+        int help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+        fprintf(help ? stdout : stderr,
+                "usage: tuna info   (the CPU, its features and the kernels tuna runs on it)\n");
+        return help ? 0 : 2;
+    }
+    char model[256] = "?", line[512];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+            snprintf(model, sizeof model, "%s", strchr(line, ':') + 2);
+            model[strcspn(model, "\n")] = '\0';
+            break;
+        }
+    if (f) fclose(f);
+    printf("cpu: %s, %ld online\n", model, sysconf(_SC_NPROCESSORS_ONLN));
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FEATURE(name)                                                                              \
+    if (__builtin_cpu_supports(name)) printf(" %s", name)
+    printf("features:");
+    FEATURE("avx2");
+    FEATURE("fma");
+    FEATURE("f16c");
+    FEATURE("avx512f");
+    FEATURE("avx512bw");
+    FEATURE("avx512vnni");
+    FEATURE("avx512bf16");
+    printf("\n");
+#undef FEATURE
+#endif
+    char blas[256];
+    printf("fp32 products: %s; an element's bits %s on the product's shape%s\n",
+           cpu_blas_name(blas, sizeof blas),
+           cpu_sgemm_shape_invariant() ? "do not depend" : "depend",
+           cpu_sgemm_rows_padded() ? " (rows padded to the kernel's groups)" : "");
+    printf("bf16 products (--bf16): %s\n", cpu_bf16_path());
+    printf("quantized weights, decoding: %s\n", cpu_matmul_w_path(WT_Q4_1, 4096, 1));
+    return 0;
+}
+
 // --- dispatch
 
 static const struct {
@@ -336,6 +381,7 @@ static const struct {
         {"export", cmd_export, "merge a LoRA adapter and write a Hugging Face checkpoint"},
         {"template", cmd_template,
          "list templates, or show one rendered example with its loss mask"},
+        {"info", cmd_info, "this CPU, its features and the kernels tuna runs on it"},
 };
 
 static void usage(FILE *f) {
