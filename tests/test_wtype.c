@@ -686,6 +686,63 @@ static void test_dequant_rows(void) {
     printf("cpu_dequant_rows: %d cases bit-identical to weight_dequantize_rows\n", n_cases);
 }
 
+/* matmul_w_fwd_n at decoding's M (one parallel region over the weights' rows end to end): each
+ * output the same bits as matmul_w_fwd's over that weight alone, for weights of mixed types and
+ * rows (an F32 one among them: the loop), with and without biases, on 1-3 threads */
+static void test_fwd_n(void) {
+    const WType sets[][3] = {
+            {WT_Q4_1, WT_Q8_0, WT_NF4}, {WT_Q4_0, WT_BF16, WT_F16}, {WT_Q4_1, WT_F32, WT_Q8_0}};
+    const int rows[3] = {37, 64, 29}, K = 128;
+    int n_cases = 0, bad = 0;
+    for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+        Weight w[3];
+        float *bias[3], *x = malloc(sizeof(float) * 8 * K);
+        TunaErr err = {0};
+        for (int i = 0; i < 3; i++) {
+            float *wf = malloc(sizeof(float) * (size_t)rows[i] * K);
+            for (int j = 0; j < rows[i] * K; j++)
+                wf[j] = frand();
+            CHECK(weight_quantize(&w[i], wf, rows[i], K, sets[si][i], 0, &err) == 0, "%s", err.msg);
+            free(wf);
+            bias[i] = malloc(sizeof(float) * (size_t)rows[i]);
+            for (int j = 0; j < rows[i]; j++)
+                bias[i][j] = frand();
+        }
+        for (int j = 0; j < 8 * K; j++)
+            x[j] = frand();
+        const Weight *ws[3] = {&w[0], &w[1], &w[2]};
+        for (int th = 1; th <= 3; th++) {
+            Backend *cpu = backend_init("cpu", th, NULL);
+            for (int M = 1; M <= 8; M += 3)
+                for (int hb = 0; hb <= 1; hb++) {
+                    float *outs[3], *alone[3];
+                    for (int i = 0; i < 3; i++) {
+                        outs[i] = malloc(sizeof(float) * (size_t)M * rows[i]);
+                        alone[i] = malloc(sizeof(float) * (size_t)M * rows[i]);
+                        cpu->ops->matmul_w_fwd(cpu, alone[i], x, ws[i], hb ? bias[i] : NULL, M);
+                    }
+                    cpu->ops->matmul_w_fwd_n(cpu, 3, outs, x, ws,
+                                             hb ? (const float *const *)bias : NULL, M);
+                    for (int i = 0; i < 3; i++) {
+                        bad += memcmp(outs[i], alone[i], sizeof(float) * (size_t)M * rows[i]) != 0;
+                        free(outs[i]);
+                        free(alone[i]);
+                    }
+                    n_cases++;
+                }
+            backend_free(cpu);
+        }
+        for (int i = 0; i < 3; i++) {
+            weight_free(&w[i]);
+            free(bias[i]);
+        }
+        free(x);
+    }
+    CHECK(bad == 0, "matmul_w_fwd_n: %d outputs not the bits of matmul_w_fwd alone", bad);
+    printf("matmul_w_fwd_n: %d cases at M 1-7, each output the bits of its product alone\n",
+           n_cases);
+}
+
 int main(void) {
     test_fixtures();
     test_dequant_rows();
@@ -694,11 +751,13 @@ int main(void) {
     test_q8act();
     test_names_and_errors();
     test_matmul_w();
+    test_fwd_n();
     if (!strcmp(cpu_matmul_w_path(WT_Q4_0, 64, 1), "direct avx512")) {
         setenv("TUNA_WTYPE_AVX2", "1", 1); /* the AVX2 kernels, which a CPU without AVX-512 runs */
         test_dequant_rows();
         test_k_direct();
         test_matmul_w();
+        test_fwd_n();
         unsetenv("TUNA_WTYPE_AVX2");
     }
     setenv("TUNA_WTYPE_PLAIN", "1", 1); /* again on the plain path */

@@ -414,6 +414,18 @@ static inline float head_dot(const float *a, const float *b, int n) {
                               acc);
     }
     return _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__) && defined(__FMA__) /* AVX2: the decode's attention (SmolLM2, 2 threads,
+                                            * 128 tokens: 13% of a token in the scalar loops) */
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
 #else
     float s = 0;
     for (int i = 0; i < n; i++)
@@ -433,6 +445,20 @@ static inline void head_weighted_sum(float *out, const float *p, const float *v,
             acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * rs + i),
                                   acc);
         _mm512_mask_storeu_ps(out + i, m, acc);
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
+    int i = 0;
+    for (; i + 8 <= HS; i += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * rs + i), acc);
+        _mm256_storeu_ps(out + i, acc);
+    }
+    for (; i < HS; i++) {
+        float a = 0;
+        for (int j = 0; j < n; j++)
+            a += p[j] * v[j * rs + i];
+        out[i] = a;
     }
 #else
     for (int i = 0; i < HS; i++)
@@ -456,6 +482,14 @@ static inline void head_axpy(float *o, float a, const float *v, int n) {
                               _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, v + i),
                                               _mm512_maskz_loadu_ps(m, o + i)));
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i,
+                         _mm256_fmadd_ps(av, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
+    for (; i < n; i++)
+        o[i] += a * v[i];
 #else
     for (int i = 0; i < n; i++)
         o[i] += a * v[i];

@@ -747,6 +747,47 @@ static void tiles_fwd(float *out, const float *in, const Weight *w, const float 
     }
 }
 
+/* The direct path's kernel for w and M input rows: 0 plain, 1 AVX2, 2 AVX-512, 3 8-bit
+ * activations (direct_q8) */
+static int direct_kind(const Weight *w, int M) {
+#ifdef WTYPE_X86
+    if (direct_q8_takes(w->type, w->cols, M)) return 3;
+    return direct_x_takes(w->type, w->cols) ? fused_isa() : 0;
+#else
+    (void)w, (void)M;
+    return 0;
+#endif
+}
+
+/* rows [lo, hi) of out (M, N) on the direct path's kernel `kind` */
+static void direct_rows(int kind, float *out, const float *in, const Weight *w, const float *bias,
+                        int M, size_t lo, size_t hi) {
+#ifdef WTYPE_X86
+    if (kind == 3)
+        direct_q8(out, in, w, bias, M, lo, hi);
+    else if (kind == 2)
+        direct_x(out, in, w, bias, M, lo, hi);
+    else if (kind == 1)
+        direct_2(out, in, w, bias, M, lo, hi);
+    else
+#else
+    (void)kind;
+#endif
+        direct_plain(out, in, w, bias, M, lo, hi);
+}
+
+/* rows [lo, hi) of n products' outputs laid end to end (weight i's rows from off[i]) */
+static void direct_span(int n, float *const *outs, const float *in, const Weight *const *ws,
+                        const float *const *biases, const int *kinds, const size_t *off, int M,
+                        size_t lo, size_t hi) {
+    for (int i = 0; i < n; i++) {
+        size_t a = lo > off[i] ? lo : off[i], b = hi < off[i + 1] ? hi : off[i + 1];
+        if (a < b)
+            direct_rows(kinds[i], outs[i], in, ws[i], biases ? biases[i] : NULL, M, a - off[i],
+                        b - off[i]);
+    }
+}
+
 void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w, const float *bias,
                       int M) {
     int K = w->cols, N = w->rows;
@@ -763,22 +804,8 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
     if (M <= WDIRECT_MAX_M) {
         nth = (size_t)K * N >= 16384 ? be->n_threads : 1;
-#ifdef WTYPE_X86
-        if (direct_q8_takes(w->type, K, M)) {
-            CPU_PAR_RANGE(nth, (size_t)N, direct_q8(out, in, w, bias, M, lo, hi));
-            return;
-        }
-        int isa = direct_x_takes(w->type, K) ? fused_isa() : 0;
-        if (isa == 2) {
-            CPU_PAR_RANGE(nth, (size_t)N, direct_x(out, in, w, bias, M, lo, hi));
-            return;
-        }
-        if (isa == 1) {
-            CPU_PAR_RANGE(nth, (size_t)N, direct_2(out, in, w, bias, M, lo, hi));
-            return;
-        }
-#endif
-        CPU_PAR_RANGE(nth, (size_t)N, direct_plain(out, in, w, bias, M, lo, hi));
+        int kind = direct_kind(w, M);
+        CPU_PAR_RANGE(nth, (size_t)N, direct_rows(kind, out, in, w, bias, M, lo, hi));
         return;
     }
     int tn = tile_rows(K, N), ntiles = (N + tn - 1) / tn;
@@ -808,6 +835,21 @@ void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                         const Weight *const *ws, const float *const *biases, int M) {
     if (be->mm_bf16 && cpu_matmul_w_bf16_fwd_n(be, n, outs, in, ws, biases, M))
         return; /* gemm_bf16.c: one product */
+    /* decoding (q, k, v; gate, up): the weights' rows end to end in one parallel region, where
+     * each product had its own (OpenMP's waits were 15% of a SmolLM2 Q4_1 token on 2 threads);
+     * each output computed by the same kernel as alone, so the same bits */
+    int same = n > 1 && n <= 8 && M > 0 && M <= WDIRECT_MAX_M && !be->mm_bf16, kinds[8];
+    size_t off[9] = {0};
+    for (int i = 0; same && i < n; i++) {
+        same = ws[i]->type != WT_F32 && ws[i]->cols == ws[0]->cols && ws[i]->rows > 0;
+        kinds[i] = same ? direct_kind(ws[i], M) : 0;
+        off[i + 1] = off[i] + (size_t)(same ? ws[i]->rows : 0);
+    }
+    if (same) {
+        int nth = (size_t)ws[0]->cols * off[n] >= 16384 ? be->n_threads : 1;
+        CPU_PAR_RANGE(nth, off[n], direct_span(n, outs, in, ws, biases, kinds, off, M, lo, hi));
+        return;
+    }
     for (int i = 0; i < n; i++)
         cpu_matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
 }
