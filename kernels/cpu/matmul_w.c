@@ -254,6 +254,19 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
  * 151 tok/s, the same ids; 1 row ahead 127, 2: 140-145, 8: 149-151, 16: 146-150) */
 #define PREFETCH_ROWS 4
 
+/* row n of w (its aux into *aux), the row PREFETCH_ROWS ahead (before hi, rbytes long) on its
+ * way into L1 */
+static inline const uint8_t *row_ahead(const Weight *w, size_t n, size_t hi, size_t rbytes,
+                                       WAux *aux) {
+    if (n + PREFETCH_ROWS < hi) {
+        WAux ax;
+        const char *nx = weight_row(w, (int)(n + PREFETCH_ROWS), &ax);
+        for (size_t b = 0; b < rbytes; b += 64)
+            _mm_prefetch(nx + b, _MM_HINT_T0);
+    }
+    return weight_row(w, (int)n, aux);
+}
+
 /* the types direct_x takes, for a row of K */
 static int direct_x_takes(WType t, int K) {
     return t != WT_F32 && K % wtype_info[t].block == 0 && K % 32 == 0 && K <= DIRECT_X_MAX_K;
@@ -278,13 +291,7 @@ direct_x(float *out, const float *in, const Weight *w, const float *bias, int M,
     size_t rbytes = (size_t)(K / wtype_info[t].block) * (size_t)bb;
     for (size_t n = lo; n < hi; n++) {
         WAux aux;
-        const uint8_t *row = weight_row(w, (int)n, &aux);
-        if (n + PREFETCH_ROWS < hi) { /* the rows PREFETCH_ROWS ahead */
-            WAux ax;
-            const char *nx = weight_row(w, (int)(n + PREFETCH_ROWS), &ax);
-            for (size_t b = 0; b < rbytes; b += 64)
-                _mm_prefetch(nx + b, _MM_HINT_T0);
-        }
+        const uint8_t *row = row_ahead(w, n, hi, rbytes, &aux);
         row_scales_x(t, row, K, &aux, sc, mn);
         for (int m0 = 0; m0 < M; m0 += 2) {
             int two = m0 + 1 < M;
@@ -605,13 +612,7 @@ direct_2_t(WType t, float *out, const float *in, const Weight *w, const float *b
     size_t rbytes = (size_t)(K / wtype_info[t].block) * (size_t)bb;
     for (size_t n = lo; n < hi; n++) {
         WAux aux;
-        const uint8_t *row = weight_row(w, (int)n, &aux);
-        if (n + PREFETCH_ROWS < hi) {
-            WAux ax;
-            const char *nx = weight_row(w, (int)(n + PREFETCH_ROWS), &ax);
-            for (size_t b = 0; b < rbytes; b += 64)
-                _mm_prefetch(nx + b, _MM_HINT_T0);
-        }
+        const uint8_t *row = row_ahead(w, n, hi, rbytes, &aux);
         row_scales_x(t, row, K, &aux, sc, mn);
         for (int m0 = 0; m0 < M; m0 += 2) {
             int two = m0 + 1 < M;
