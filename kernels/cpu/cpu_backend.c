@@ -54,10 +54,7 @@ static inline float dot_row(const float *in, const float *w, int K) {
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(in + k), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(in + k + 8), a1);
     }
-    __m256 a = _mm256_add_ps(a0, a1);
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+    float s = cpu_hsum8(_mm256_add_ps(a0, a1));
 #else
     float s = 0;
 #endif
@@ -420,9 +417,7 @@ static inline float head_dot(const float *a, const float *b, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+    float s = cpu_hsum8(acc);
     for (; i < n; i++)
         s += a[i] * b[i];
     return s;

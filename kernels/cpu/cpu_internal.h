@@ -120,6 +120,14 @@ static inline __mmask16 cpu_lanes16(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
 }
 
+/* the sum of a's 8 lanes: halves, then pairs, then the last two (one order for every caller:
+ * the AVX2 paths, and matmul_w.c's functions built for AVX2 by their own target attributes) */
+__attribute__((always_inline, target("avx"))) static inline float cpu_hsum8(__m256 a) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+}
+
 /* d + the 16 floats of s in double (lanes 0-7, then 8-15): Σ x²'s fp32 partials summed on */
 __attribute__((always_inline, target("avx512f"))) static inline __m512d cpu_add_pd16(__m512d d,
                                                                                      __m512 s) {

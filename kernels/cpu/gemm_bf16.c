@@ -83,13 +83,6 @@ static inline uint16_t bf16_round(float x) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
 static inline uint16_t view_at(const View *v, size_t r, size_t k) {
     size_t i = v->kmajor ? k * v->ld + r : r * v->ld + k;
     return v->h ? v->h[i] : bf16_round(v->f[i]);

@@ -429,11 +429,8 @@ direct_q8(float *out, const float *in, const Weight *w, const float *bias, int M
                 else if (t == WT_Q4_0)
                     accs -= 8.0f * d * sm[b];
             }
-            __m256 a = _mm256_add_ps(acc0, acc1);
-            __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-            r = _mm_add_ss(r, _mm_movehdup_ps(r));
-            out[(size_t)m * N + n] = _mm_cvtss_f32(r) + accs + (bias ? bias[n] : 0.0f);
+            out[(size_t)m * N + n] =
+                    cpu_hsum8(_mm256_add_ps(acc0, acc1)) + accs + (bias ? bias[n] : 0.0f);
         }
     }
 }
@@ -593,12 +590,6 @@ X2 static void lut_2(WType t, __m256 *lo, __m256 *hi) {
     *hi = _mm256_loadu_ps(code + 8);
 }
 
-X2 static inline float hsum_2(__m256 a) {
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
-}
-
 /* direct_x on AVX2: rows [lo, hi) of out (M, N), input rows two at a time; for one type t (a
  * constant in each of direct_2's calls: the type's tests out of the loop) */
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
@@ -635,12 +626,13 @@ direct_2_t(WType t, float *out, const float *in, const Weight *w, const float *b
             }
             float bn = bias ? bias[n] : 0.0f;
             out[(size_t)m0 * N + n] =
-                    hsum_2(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))) +
+                    cpu_hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))) +
                     bn;
             if (two)
-                out[(size_t)(m0 + 1) * N + n] = hsum_2(_mm256_add_ps(_mm256_add_ps(b[0], b[1]),
-                                                                     _mm256_add_ps(b[2], b[3]))) +
-                                                bn;
+                out[(size_t)(m0 + 1) * N + n] =
+                        cpu_hsum8(_mm256_add_ps(_mm256_add_ps(b[0], b[1]),
+                                                _mm256_add_ps(b[2], b[3]))) +
+                        bn;
         }
     }
 }
@@ -711,8 +703,8 @@ const char *cpu_matmul_w_path(WType t, int K, int M) {
     if (M > WDIRECT_MAX_M) return "tiles+sgemm";
 #ifdef WTYPE_X86
     if (direct_q8_takes(t, K, M)) return "direct avx512-vnni q8 activations";
-    if (direct_x_takes(t, K) && fused_isa())
-        return fused_isa() == 2 ? "direct avx512" : "direct avx2";
+    int isa = direct_x_takes(t, K) ? fused_isa() : 0;
+    if (isa) return isa == 2 ? "direct avx512" : "direct avx2";
 #endif
     (void)t;
     return "direct plain";
