@@ -3,10 +3,12 @@ llama-cpp-python), same file, same prompt, same number of new tokens (greedy), s
 
     python tests/bench/bench_gguf_llamacpp.py [--tokens 128] [--threads 2] [--rounds 5]
 
-Rounds alternate tuna and llama.cpp; each reports decode tok/s ((N-1) tokens after the one the
-prefill gives, over the time of their steps) and prefill tok/s. The summary is the median of the
-per-round ratios tuna / llama.cpp (paired, so load on a shared machine hits both alike). Skips
-with a message when llama_cpp is not importable or the model is not here."""
+Rounds alternate tuna, tuna with 8-bit activations (TUNA_WTYPE_Q8ACT=1: the math llama.cpp's
+Q4_1 path does, opt-in in tuna) and llama.cpp; each reports decode tok/s ((N-1) tokens after the
+one the prefill gives, over the time of their steps), prefill tok/s, and how many greedy ids
+agree with llama.cpp's before the first that differs. The summary is the median of the
+per-round ratios to llama.cpp (paired, so load on a shared machine hits all alike). Skips with a
+message when llama_cpp is not importable or the model is not here."""
 import argparse
 import glob
 import json
@@ -32,12 +34,13 @@ def find_model():
     return None
 
 
-def run_tuna(model, n, threads):
+def run_tuna(model, n, threads, env=None):
     out = subprocess.run(["./tuna" if os.path.exists("./tuna") else "build/tuna", "generate",
                           model, "--prompt", PROMPT, "--max-new-tokens", str(n),
                           "--temperature", "0", "--ignore-eos", "--threads", str(threads),
                           "--json", "--quiet", "--no-echo"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True,
+                         env=dict(os.environ, **(env or {}))).stdout
     j = json.loads(out)
     return j["tokens_per_s"], len(j["prompt_ids"]) / j["prefill_s"], j["ids"]
 
@@ -58,6 +61,14 @@ def run_llama(llm, n):
         ids.append(tok)
     t3 = time.perf_counter()
     return (n - 1) / (t3 - t2), len(toks) / (t1 - t0), ids
+
+
+def agree(a, b):
+    """how many leading ids a and b share"""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def main():
@@ -89,18 +100,21 @@ def main():
                           n_threads_batch=a.threads, n_batch=512, verbose=False)
     print(f"model {model}, {a.tokens} new tokens greedy, {a.threads} threads, llama-cpp-python "
           f"{llama_cpp.__version__}")
-    dec, pre = [], []
+    q8 = {"TUNA_WTYPE_Q8ACT": "1"}
+    dec, pre, dec8 = [], [], []
     for r in range(a.rounds):
         td, tp, tids = run_tuna(model, a.tokens, a.threads)
+        qd, _, qids = run_tuna(model, a.tokens, a.threads, q8)
         ld, lp, lids = run_llama(llm, a.tokens)
-        same = sum(1 for x, y in zip(tids, lids) if x == y)
-        print(f"round {r}: decode tuna {td:7.1f} tok/s, llama.cpp {ld:7.1f} tok/s, ratio "
-              f"{td / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, llama.cpp {lp:7.1f} tok/s, ratio "
-              f"{tp / lp:5.2f} | same ids {same}/{a.tokens}")
+        print(f"round {r}: decode tuna {td:7.1f} tok/s, tuna q8 activations {qd:7.1f}, llama.cpp "
+              f"{ld:7.1f}: ratios {td / ld:5.2f}, {qd / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, "
+              f"llama.cpp {lp:7.1f}, ratio {tp / lp:5.2f} | ids as llama.cpp's until "
+              f"{agree(tids, lids)}, q8 {agree(qids, lids)} of {a.tokens}")
         dec.append(td / ld)
+        dec8.append(qd / ld)
         pre.append(tp / lp)
-    print(f"median ratio tuna / llama.cpp: decode {statistics.median(dec):.2f}, prefill "
-          f"{statistics.median(pre):.2f}")
+    print(f"median ratio tuna / llama.cpp: decode {statistics.median(dec):.2f} (with 8-bit "
+          f"activations {statistics.median(dec8):.2f}), prefill {statistics.median(pre):.2f}")
     return 0
 
 
