@@ -7,8 +7,8 @@
  *    LoRA (dropout, trainable tokens, gradient checkpointing), QLoRA (NF4 base) and P-tuning,
  *    with evals,
  *    samples and checkpoints; --resume; eval; chat on a run folder; generate.
- * Small models only: every op of the guard opens and closes its whole arena (mprotect), which
- * costs seconds a token on a 135M model. */
+ * Small models, to keep it short: every op of the guard opens and closes its whole arena
+ * (mprotect; in huge pages, 0.4 s for a 4-step stories260K run that took 13.5 s in 4 KiB pages). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
