@@ -242,7 +242,9 @@ chk 'cap | grep -A3 "model" | grep -q "[a-z]"' "chat: reply text shown"
 tmux -L "$SOCK" send-keys -t $T C-b
 chk 'wait_for "tuned" 30' "chat: ^B opens side by side"
 tmux -L "$SOCK" send-keys -t $T "Who are you?" Enter
-chk 'wait_for "tok/s.*tok/s" 30 || [ $(cap | grep -c "tok/s") -ge 2 ]' "chat: both panes answer"
+# (both tags on one line, or on two: one poll for either, never a timeout before the other)
+both_answered() { cap | grep -q "tok/s.*tok/s" || [ "$(cap | grep -c "tok/s")" -ge 2 ]; }
+chk 'until_ok both_answered 30' "chat: both panes answer"
 start 200x60 "LANG=C.UTF-8 TERM=xterm-256color NO_COLOR=1 $BIN ui --screen chat"
 chk 'wait_for "params, template" 30' "chat 200x60 no colour: loads"
 tmux -L "$SOCK" send-keys -t $T C-b
@@ -345,7 +347,7 @@ flow() {
     tmux -L "$SOCK" send-keys -t $T 3
     chk 'wait_for "params, template" 30' "chat: the base model loads"
     tmux -L "$SOCK" send-keys -t $T C-b
-    chk 'wait_for "no tuned model" 30 || [ -s $RUN/adapter_config.json ]' "chat mid-run: no tuned model yet, says why"
+    chk 'until_ok "cap | grep -q \"no tuned model\" || [ -s $RUN/adapter_config.json ]" 30' "chat mid-run: no tuned model yet, says why"
     tmux -L "$SOCK" send-keys -t $T F3
     chk 'wait_for "FINISHED" 400' "train: the run finishes"
     chk '[ -s $RUN/adapter_config.json ]' "train: the run folder holds the adapter"
@@ -486,7 +488,8 @@ tmux -L "$SOCK" send-keys -t $T Enter C-a; tmux -L "$SOCK" send-keys -t $T -l e
 tmux -L "$SOCK" send-keys -t $T C-e; tmux -L "$SOCK" send-keys -t $T -l s; tmux -L "$SOCK" send-keys -t $T Enter
 chk 'wait_for "lora train tokens *eds "' "80x24 editor: ^A and ^E go to the start and the end (d -> eds)"
 tmux -L "$SOCK" send-keys -t $T Enter C-u Enter
-chk 'wait_for "lora train tokens *│* *$" || until_ok "cap | grep \"lora train tokens\" | grep -vq \"eds\""' "80x24 editor: ^U at the end clears the value"
+cleared() { cap | grep -q "lora train tokens *│* *$" || cap | grep "lora train tokens" | grep -vq "eds"; }
+chk 'until_ok cleared' "80x24 editor: ^U at the end clears the value"
 # horizontal scroll: a value longer than the row shows its end while typing, its start after Home
 tmux -L "$SOCK" send-keys -t $T -N 30 Down; tmux -L "$SOCK" send-keys -t $T Enter C-u
 tmux -L "$SOCK" send-keys -t $T -l "$R13/a-run-name-far-too-long-for-the-row-at-eighty-columns"
