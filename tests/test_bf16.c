@@ -68,12 +68,22 @@ static Exact exact(const float *a, size_t sam, size_t sak, const float *b, size_
     size_t len = (size_t)M * N + 1;
     Exact e = {malloc(sizeof(double) * len), malloc(sizeof(double) * len),
                malloc(sizeof(float) * len)};
+    /* the operands rounded once, each row of op(A) and column of op(B) contiguous in k */
+    double *ra = malloc(sizeof(double) * ((size_t)M * K + 1)),
+           *rb = malloc(sizeof(double) * ((size_t)N * K + 1));
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++)
+            ra[(size_t)m * K + k] = r16(a[m * sam + k * sak]);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++)
+            rb[(size_t)n * K + k] = r16(b[k * sbk + n * sbn]);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double i0 = init ? (double)init[m * sim + (size_t)n] : 0.0;
             double s = sim ? 0.0 : i0, g = fabs(i0);
+            const double *pa = ra + (size_t)m * K, *pb = rb + (size_t)n * K;
             for (int k = 0; k < K; k++) {
-                double p = r16(a[m * sam + k * sak]) * r16(b[k * sbk + n * sbn]);
+                double p = pa[k] * pb[k];
                 s += p;
                 g += fabs(p);
             }
@@ -82,6 +92,8 @@ static Exact exact(const float *a, size_t sam, size_t sak, const float *b, size_
             e.mag[i] = g;
             e.ref[i] = sim ? init[m * sim + (size_t)n] + (float)s : (float)s;
         }
+    free(ra);
+    free(rb);
     return e;
 }
 static void exact_free(Exact e) {
