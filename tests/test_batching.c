@@ -5,7 +5,8 @@
  * - `tuna train` on stories260K + identity: the per-step losses and eval losses of the two modes
  *   are the same (plain LoRA, with grad accumulation and gradient checkpointing, and ptuning):
  *   within 1e-6, and bit for bit before any update where the fp32 products compute an element
- *   alike whatever the product's shape (cpu_sgemm_shape_invariant: not OpenBLAS's AVX2 kernels);
+ *   alike whatever the product's shape (cpu_sgemm_shape_invariant: OpenBLAS's AVX-512 cores
+ *   past their small-matrix kernel, not its AVX2 ones);
  * - metrics.jsonl's step events carry real_tok_s and real_tokens, and over one epoch the real
  *   tokens add up to the labels != -100 of the data (each example's first label never trains).
  * Runs ./tuna (or $TUNA_BIN) from the repo root. */

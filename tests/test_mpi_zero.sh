@@ -99,7 +99,8 @@ if [ -f "$W/full-z/checkpoint-10/optimizer.safetensors" ]; then
         echo "test_mpi_zero: full: resumed with 1 process: worst relative loss difference over steps 11-20 $w"
         # step 11's forward the same bits as the 2 ranks' where the fp32 products compute an
         # element alike in products of other shapes (one batch of 4 rows is padded to its longest
-        # row, each rank's 2 rows to theirs): `tuna info` says (not OpenBLAS's AVX2 kernels)
+        # row, each rank's 2 rows to theirs): `tuna info` says (OpenBLAS's AVX-512 cores, past
+        # their small-matrix kernel; not its AVX2 ones)
         first=same
         if "$BIN" info | grep -q "bits depend on the product's shape"; then first=close; fi
         within "$w" && { [ $first = close ] || [ "$(head -1 "$W/full-r1.loss")" = "$(head -1 "$W/full-r1.want")" ]; } && ok \

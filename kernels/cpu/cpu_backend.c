@@ -153,16 +153,14 @@ const char *cpu_blas_name(char *buf, size_t n) {
     return buf;
 }
 
-int cpu_sgemm_shape_invariant(void) {
-    static int ok = -1;
-    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
-    if (v >= 0) return v;
-    enum { M = 40, K = 64, S = 32 };
-    float *a = malloc(sizeof(float) * 2 * M * K), *c1 = malloc(sizeof(float) * M * M),
+/* 1 if the S x S product of the first S rows of a and b has the bits of the top-left S x S of
+ * the M x M one (K deep, fixed operands), 0 if not or out of memory */
+static int probe_shape(int M, int S, int K) {
+    float *a = malloc(sizeof(float) * 2 * (size_t)M * K), *c1 = malloc(sizeof(float) * M * M),
           *c2 = malloc(sizeof(float) * S * S);
-    v = 0;
+    int v = 0;
     if (a && c1 && c2) {
-        float *b = a + M * K;
+        float *b = a + (size_t)M * K;
         for (int i = 0; i < M * K; i++) {
             a[i] = (float)(i * 7919 % 1000 - 500) / 317.0f;
             b[i] = (float)(i * 104729 % 1000 - 500) / 413.0f;
@@ -171,11 +169,20 @@ int cpu_sgemm_shape_invariant(void) {
         cpu_sgemm(1, 0, 1, S, S, K, 1.0f, a, K, b, K, 0.0f, c2, S);
         v = 1;
         for (int i = 0; i < S; i++)
-            v &= !memcmp(c2 + i * S, c1 + i * M, sizeof(float) * S);
+            v &= !memcmp(c2 + (size_t)i * S, c1 + (size_t)i * M, sizeof(float) * S);
     }
     free(a);
     free(c1);
     free(c2);
+    return v;
+}
+
+int cpu_sgemm_shape_invariant(void) {
+    static int ok = -1;
+    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    v = probe_shape(40, 32, 64);
+    if (!v && !sgemm_row_unit()) v = probe_shape(150, 120, 256) ? 2 : 0;
     __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
     return v;
 }

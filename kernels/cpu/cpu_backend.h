@@ -58,10 +58,13 @@ const char *cpu_blas_name(char *buf, size_t n);
 int cpu_sgemm_rows_padded(void);
 
 /* Whether the fp32 products (cpu_sgemm) give an element the same bits in products of other shapes
- * (rows and columns of the same operands: 40 x 40 and 32 x 32, probed once), so that a row of a
- * batch padded to another length, or split across ranks, computes alike. OpenBLAS 0.3.21's
- * AVX-512 kernels do; its Haswell/Zen ones (AVX2) do not in the columns, which the attention's
- * products over a batch's keys take (their rows cpu_sgemm pads: cpu_backend.c). */
+ * (rows and columns of the same operands, probed once), so that a row of a batch padded to
+ * another length, or split across ranks, computes alike: 1 in every product (40 x 40 against
+ * 32 x 32, K 64); 2 in products past OpenBLAS's small-matrix kernel (150 x 150 against 120 x 120,
+ * K 256; asked only where cpu_sgemm does not pad rows), which sums products of M N K up to about
+ * 1e6 with a side of up to about 12 in another order (measured on a Zen 4, core Cooperlake);
+ * 0 otherwise, as on OpenBLAS's Haswell/Zen cores (AVX2), whose columns depend on N, which the
+ * attention's products over a batch's keys take (their rows cpu_sgemm pads: cpu_backend.c). */
 int cpu_sgemm_shape_invariant(void);
 
 #endif

@@ -355,9 +355,10 @@ static int cmd_info(int argc, char **argv) {
 #undef FEATURE
 #endif
     char blas[256];
-    printf("fp32 products: %s; an element's bits %s on the product's shape%s\n",
-           cpu_blas_name(blas, sizeof blas),
-           cpu_sgemm_shape_invariant() ? "do not depend" : "depend",
+    int inv = cpu_sgemm_shape_invariant();
+    printf("fp32 products: %s; an element's bits %s on the product's shape%s%s\n",
+           cpu_blas_name(blas, sizeof blas), inv ? "do not depend" : "depend",
+           inv == 2 ? " past OpenBLAS's small-matrix kernel (M N K up to about 1e6)" : "",
            cpu_sgemm_rows_padded() ? " (rows padded to the kernel's groups)" : "");
     printf("bf16 products (--bf16): %s\n", cpu_bf16_path());
     printf("quantized weights, decoding: %s\n", cpu_matmul_w_path(WT_Q4_1, 4096, 1));
