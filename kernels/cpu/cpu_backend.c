@@ -162,8 +162,8 @@ static int probe_shape(int M, int S, int K) {
     if (a && c1 && c2) {
         float *b = a + (size_t)M * K;
         for (int i = 0; i < M * K; i++) {
-            a[i] = (float)(i * 7919 % 1000 - 500) / 317.0f;
-            b[i] = (float)(i * 104729 % 1000 - 500) / 413.0f;
+            a[i] = (float)((int64_t)i * 7919 % 1000 - 500) / 317.0f; /* 64 bits: no overflow */
+            b[i] = (float)((int64_t)i * 104729 % 1000 - 500) / 413.0f;
         }
         cpu_sgemm(1, 0, 1, M, M, K, 1.0f, a, K, b, K, 0.0f, c1, M);
         cpu_sgemm(1, 0, 1, S, S, K, 1.0f, a, K, b, K, 0.0f, c2, S);
