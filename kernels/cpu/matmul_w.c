@@ -9,9 +9,9 @@
  *   dequantizes the chunk into an L1 buffer and takes its dot products with the M inputs at
  *   once. Every type (rows of a multiple of 32 and of its block) has fused AVX-512 and AVX2
  *   kernels that dequantize in registers (chosen at run time with __builtin_cpu_supports;
- *   TUNA_WTYPE_PLAIN=1 forces the plain path, TUNA_WTYPE_AVX2=1 the AVX2 one). TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1
- *   with 8-bit activations and AVX2 integer dot products instead (direct_q8: off by default,
- *   it changes the math: see its comment).
+ *   TUNA_WTYPE_PLAIN=1 forces the plain path, TUNA_WTYPE_AVX2=1 the AVX2 one).
+ *   TUNA_WTYPE_Q8ACT=1 takes Q8_0, Q4_0 and Q4_1 with 8-bit activations and AVX2 integer dot
+ *   products instead (direct_q8: off by default, it changes the math: see its comment).
  * - The input gradient goes a tile of rows of W at a time through threaded OpenBLAS
  *   (din += dout[:, tile] · tile), tiles in order, so the bits do not depend on threads. */
 #include <stdlib.h>
@@ -78,8 +78,8 @@ static void direct_plain(float *out, const float *in, const Weight *w, const flo
 // --- the direct path: AVX-512 kernels that dequantize in registers -----------------------------
 
 #ifdef WTYPE_X86
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) static inline float
-h2f_x(const uint8_t *p) {
+/* the little-endian f16 at p as a float (one helper for the AVX-512, AVX2 and 8-bit kernels) */
+__attribute__((target("f16c"), always_inline)) static inline float h2f(const uint8_t *p) {
     return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8)));
 }
 
@@ -222,7 +222,7 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
         *w1 = _mm512_mul_ps(*w1, s);
     } else {
         const uint8_t *b = row + (size_t)j * (size_t)block_bytes;
-        __m512 c0, c1, dv = _mm512_set1_ps(h2f_x(b)), mv = _mm512_setzero_ps();
+        __m512 c0, c1, dv = _mm512_set1_ps(h2f(b)), mv = _mm512_setzero_ps();
         if (t == WT_Q8_0) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
             c0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
@@ -233,7 +233,7 @@ group_x(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
             c1 = _mm512_sub_ps(c1, _mm512_set1_ps(8.0f));
         } else { /* Q4_1 */
             nibbles_x(b + 4, &c0, &c1);
-            mv = _mm512_set1_ps(h2f_x(b + 2));
+            mv = _mm512_set1_ps(h2f(b + 2));
         }
         if (exact) {
             *w0 = _mm512_mul_ps(c0, dv);
@@ -372,10 +372,6 @@ static int direct_q8_takes(WType t, int K, int M) {
            (size_t)M * (size_t)K <= Q8ACT_MAX && q8act_on();
 }
 
-XQ static inline float h2f_q(const uint8_t *p) {
-    return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8)));
-}
-
 /* x (K) in blocks of 32 into qx, dx, sx as above */
 XQ static void quant_x8(const float *x, int K, int8_t *qx, float *dx, float *sx) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -414,7 +410,7 @@ q8_block(WType t, int bb, const uint8_t *row, const int8_t *q, const float *dm, 
          int b, __m256 *acc, float *accs) {
     const uint8_t *blk = row + (size_t)b * (size_t)bb;
     __m256i xv = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 32)), u;
-    float d = h2f_q(blk);
+    float d = h2f(blk);
     if (t == WT_Q8_0) {
         __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
         u = _mm256_sign_epi8(wq, wq);
@@ -427,7 +423,7 @@ q8_block(WType t, int bb, const uint8_t *row, const int8_t *q, const float *dm, 
     __m256i isum = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), _mm256_set1_epi16(1));
     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dm[b]), *acc);
     if (t == WT_Q4_1)
-        *accs += h2f_q(blk + 2) * sm[b];
+        *accs += h2f(blk + 2) * sm[b];
     else if (t == WT_Q4_0)
         *accs -= 8.0f * d * sm[b];
 }
@@ -594,7 +590,7 @@ group_2(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
             w[i] = _mm256_mul_ps(w[i], s);
     } else {
         const uint8_t *b = row + (size_t)j * (size_t)block_bytes;
-        __m256 dv = _mm256_set1_ps(_cvtsh_ss((unsigned short)(b[0] | (b[1] << 8))));
+        __m256 dv = _mm256_set1_ps(h2f(b));
         __m256 mv = _mm256_setzero_ps();
         if (t == WT_Q8_0) {
 #pragma GCC unroll 4
@@ -610,7 +606,7 @@ group_2(WType t, int block_bytes, const uint8_t *row, const float *sc, const flo
                 for (int i = 0; i < 4; i++)
                     w[i] = _mm256_sub_ps(w[i], _mm256_set1_ps(8.0f));
             else
-                mv = _mm256_set1_ps(_cvtsh_ss((unsigned short)(b[2] | (b[3] << 8))));
+                mv = _mm256_set1_ps(h2f(b + 2));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
@@ -740,15 +736,22 @@ static int fused_isa(void) {
 }
 #endif
 
-const char *cpu_matmul_w_path(WType t, int K, int M) {
-    if (M > WDIRECT_MAX_M) return "tiles+sgemm";
+/* The direct path's kernel for type t, rows of K and M input rows: 0 plain, 1 AVX2, 2 AVX-512,
+ * 3 8-bit activations (direct_q8) */
+static int direct_kind(WType t, int K, int M) {
 #ifdef WTYPE_X86
-    if (direct_q8_takes(t, K, M)) return "direct avx2 q8 activations";
-    int isa = direct_x_takes(t, K) ? fused_isa() : 0;
-    if (isa) return isa == 2 ? "direct avx512" : "direct avx2";
+    if (direct_q8_takes(t, K, M)) return 3;
+    return direct_x_takes(t, K) ? fused_isa() : 0;
+#else
+    (void)t, (void)K, (void)M;
+    return 0;
 #endif
-    (void)t;
-    return "direct plain";
+}
+
+const char *cpu_matmul_w_path(WType t, int K, int M) {
+    static const char *const names[] = {"direct plain", "direct avx2", "direct avx512",
+                                        "direct avx2 q8 activations"};
+    return M > WDIRECT_MAX_M ? "tiles+sgemm" : names[direct_kind(t, K, M)];
 }
 
 /* rows n0 .. n0+nn-1 of w in fp32 (the fused kernel where it applies, else the table's): the
@@ -779,18 +782,6 @@ static void tiles_fwd(float *out, const float *in, const Weight *w, const float 
                 for (int n = 0; n < nn; n++)
                     out[(size_t)m * N + n0 + n] += bias[n0 + n];
     }
-}
-
-/* The direct path's kernel for w and M input rows: 0 plain, 1 AVX2, 2 AVX-512, 3 8-bit
- * activations (direct_q8) */
-static int direct_kind(const Weight *w, int M) {
-#ifdef WTYPE_X86
-    if (direct_q8_takes(w->type, w->cols, M)) return 3;
-    return direct_x_takes(w->type, w->cols) ? fused_isa() : 0;
-#else
-    (void)w, (void)M;
-    return 0;
-#endif
 }
 
 /* rows [lo, hi) of out (M, N) on the direct path's kernel `kind` */
@@ -838,7 +829,7 @@ void cpu_matmul_w_fwd(Backend *be, float *out, const float *in, const Weight *w,
     int nth = work >= PAR_MIN_WORK * 4 ? be->n_threads : 1;
     if (M <= WDIRECT_MAX_M) {
         nth = (size_t)K * N >= 16384 ? be->n_threads : 1;
-        int kind = direct_kind(w, M);
+        int kind = direct_kind(w->type, K, M);
         CPU_PAR_RANGE(nth, (size_t)N, direct_rows(kind, out, in, w, bias, M, lo, hi));
         return;
     }
@@ -876,7 +867,7 @@ void cpu_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
     size_t off[9] = {0};
     for (int i = 0; same && i < n; i++) {
         same = ws[i]->type != WT_F32 && ws[i]->cols == ws[0]->cols && ws[i]->rows > 0;
-        kinds[i] = same ? direct_kind(ws[i], M) : 0;
+        kinds[i] = same ? direct_kind(ws[i]->type, ws[i]->cols, M) : 0;
         off[i + 1] = off[i] + (size_t)(same ? ws[i]->rows : 0);
     }
     if (same) {
