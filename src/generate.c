@@ -286,6 +286,8 @@ typedef struct GenSeq {
     size_t prompt_len, gen_len, gen_cap, emitted;
     TextWindow tw;
     GenerateResult *res;
+    float *lp_row; /* top_logprobs: the logits as the model gave them (the sampler edits them) */
+    size_t lp_cap;
 } GenSeq;
 
 static void seq_begin(GenSeq *q, const Tokenizer *tok, const int32_t *prompt, size_t n_prompt,
@@ -305,6 +307,47 @@ static void seq_begin(GenSeq *q, const Tokenizer *tok, const int32_t *prompt, si
     text_full(&q->tw, tok, q->all, q->n_all, q->prompt_text, q->prompt_len, &q->gen_text,
               &q->gen_len, &q->gen_cap);
     if (!q->tw.frozen) window_at(&q->tw, tok, q->all, q->n_all, q->gen_len);
+}
+
+/* The next token from row (V logits, which the sampler may change); with opt->top_logprobs it
+ * also appends the token's log-probabilities under the model's own distribution to q->res. */
+static int seq_sample(GenSeq *q, Sampler *s, float *row, const GenerateOptions *opt) {
+    int k = opt->top_logprobs < GEN_LOGPROBS_MAX ? opt->top_logprobs : GEN_LOGPROBS_MAX;
+    if (k <= 0) return sampler_sample(s, row, q->all, q->n_all);
+    int V = s->V;
+    if (!q->lp_row) q->lp_row = xmalloc(sizeof(float) * (size_t)V);
+    memcpy(q->lp_row, row, sizeof(float) * (size_t)V);
+    int t = sampler_sample(s, row, q->all, q->n_all);
+    const float *x = q->lp_row;
+    double mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if ((double)x[i] > mx) mx = x[i];
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        sum += exp((double)x[i] - mx);
+    double lse = mx + log(sum);
+    GenerateResult *res = q->res;
+    if (res->n_lp == q->lp_cap) {
+        q->lp_cap = q->lp_cap ? 2 * q->lp_cap : 64;
+        res->lp = xrealloc(res->lp, sizeof(GenLogprob) * q->lp_cap);
+    }
+    GenLogprob *e = &res->lp[res->n_lp++];
+    memset(e, 0, sizeof *e);
+    e->id = t;
+    e->logprob = (float)((double)x[t] - lse);
+    for (int i = 0; i < V; i++) { /* the k largest, by insertion; NaN never enters */
+        if (!(x[i] == x[i]) || (e->n == k && !(x[i] > e->top_logprob[k - 1]))) continue;
+        int j = e->n < k ? e->n++ : k - 1;
+        for (; j > 0 && x[i] > e->top_logprob[j - 1]; j--) {
+            e->top_logprob[j] = e->top_logprob[j - 1];
+            e->top_id[j] = e->top_id[j - 1];
+        }
+        e->top_logprob[j] = x[i];
+        e->top_id[j] = i;
+    }
+    for (int j = 0; j < e->n; j++)
+        e->top_logprob[j] = (float)((double)e->top_logprob[j] - lse);
+    return t;
 }
 
 /* Takes the sampled token: 1 when the sequence has ended (res->stopped_by set), else 0 (the
@@ -363,6 +406,7 @@ static int seq_step(GenSeq *q, const Tokenizer *tok, int next, const GenerateOpt
 static void seq_end(GenSeq *q, const GenerateOptions *opt, int ok) {
     GenerateResult *res = q->res;
     free(q->tw.text);
+    free(q->lp_row);
     if (ok && res->stopped_by != 2 && q->gen_len > q->emitted && opt->on_text)
         opt->on_text(opt->user, q->gen_text + q->emitted, q->gen_len - q->emitted);
     res->ids = xmalloc(sizeof(int32_t) * (res->n_ids ? res->n_ids : 1));
@@ -446,7 +490,7 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
             res->stopped_by = 0;
             break;
         }
-        int next = pending >= 0 ? pending : sampler_sample(s, logits, q.all, q.n_all);
+        int next = pending >= 0 ? pending : seq_sample(&q, s, logits, opt);
         pending = -1;
         if (res->n_ids == 0) t1 = time_now();
         if (seq_step(&q, tok, next, opt)) break;
@@ -471,7 +515,7 @@ int generate_run(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *prom
         rc = model_forward(m, feed, d + 1, logits, 1, err);
         if (rc) break;
         for (; j < d; j++) { /* row j predicts the token after feed[j] */
-            int t = sampler_sample(s, logits + (size_t)j * V, q.all, q.n_all);
+            int t = seq_sample(&q, s, logits + (size_t)j * V, opt);
             if (t != feed[j + 1]) {
                 pending = t; /* the model's own token here: the next one */
                 break;
@@ -540,7 +584,7 @@ int generate_batch(Model *m, const Tokenizer *tok, Sampler *s, const int32_t *co
                 res[i].stopped_by = 0;
                 continue;
             }
-            int tkn = sampler_sample(s, li, qi->all, qi->n_all);
+            int tkn = seq_sample(qi, s, li, opt);
             if (seq_step(qi, tok, tkn, opt)) continue;
             if (model_slot_past(m, i) >= lim) {
                 res[i].stopped_by = 4;
@@ -572,8 +616,11 @@ void generate_result_free(GenerateResult *res) {
     if (!res) return;
     free(res->ids);
     free(res->text);
+    free(res->lp);
     res->ids = NULL;
     res->text = NULL;
+    res->lp = NULL;
+    res->n_lp = 0;
 }
 
 // --- the stop set

@@ -52,9 +52,24 @@ typedef struct GenerateOptions {
      * are those of plain decoding (on the cpu backend, where a few rows at once compute each
      * row exactly as one); 0 = off, at most LOOKUP_MAX. */
     int lookup;
+    /* 0 = off; else GenerateResult.lp gets, for each sampled token, its log-probability and
+     * the top_logprobs most likely tokens' (at most GEN_LOGPROBS_MAX) under the model's own
+     * distribution: the log-softmax of its logits, before temperature, repetition penalty,
+     * top-k and top-p. */
+    int top_logprobs;
 } GenerateOptions;
 
-#define LOOKUP_MAX 15
+#define LOOKUP_MAX       15
+#define GEN_LOGPROBS_MAX 20
+
+/* One sampled token's log-probabilities (GenerateOptions.top_logprobs). */
+typedef struct GenLogprob {
+    int32_t id;    /* the sampled token */
+    float logprob; /* its log-probability */
+    int n;         /* entries in top: the most likely first (ties: the lower id first) */
+    int32_t top_id[GEN_LOGPROBS_MAX];
+    float top_logprob[GEN_LOGPROBS_MAX];
+} GenLogprob;
 
 /* When a reply ends: the one stop set of chat, eval, generate, the Chat screen and a training
  * run's samples. eos: the model's EOS ids (generation_config.json / config.json), else the
@@ -96,6 +111,9 @@ typedef struct GenerateResult {
                        (max_position_embeddings reached) */
     size_t n_drafted; /* lookup decoding: draft tokens checked, and those kept */
     size_t n_accepted;
+    GenLogprob *lp; /* top_logprobs: one per sampled token, in order (malloc'd); a final EOS
+                         id, not in ids, has one too */
+    size_t n_lp;
     double prefill_s; /* seconds for the prompt */
     double decode_s;  /* seconds for tokens after the first */
 } GenerateResult;

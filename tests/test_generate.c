@@ -6,6 +6,7 @@
  *   bad options fail with one line on stderr. Runs ./tuna from the repo root.
  * - generate_batch: several prompts decoded together give each the ids, text and stop reason
  *   of generate_run alone (stories260K with and without a prefix, GPT-2, Qwen3, Mistral). */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -686,6 +687,129 @@ static void test_lookup(void) {
     lookup_case("tests/fixtures/gpt2", tdir, 0);
 }
 
+/* GenerateOptions.top_logprobs: each sampled token's record holds the log-softmax of the
+ * model's own logits (the sequence replayed token by token recomputes them), with a
+ * repetition penalty that changes what the sampler sees; the top N sorted, the greedy token
+ * first; lookup decoding and generate_batch give the same records bit for bit; and
+ * `tuna generate --logprobs` prints them (only with --json). */
+static void test_logprobs(void) {
+    TunaErr err = {0};
+    Backend *be = NULL;
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    if (open_case(MODEL, MODEL, &be, &m, &tok)) goto out;
+    const char *text = "Lily and Tom went to the park. Lily and Tom went to the";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    tokenizer_encode(tok, text, strlen(text), 1, &ids, &n, &err);
+    int V = m->cfg.V, K = 5;
+    GenerateOptions opt = {.max_new_tokens = 40,
+                           .eos_ids = m->cfg.eos_ids,
+                           .n_eos = m->cfg.n_eos,
+                           .top_logprobs = K};
+    Sampler s;
+    sampler_init(&s, V, 1, 0, 0, 1, 1.3f);
+    GenerateResult a = {0}, b = {0}, c[2] = {{0}};
+    CHECK(generate_run(m, tok, &s, ids, n, &opt, &a, &err) == 0, "logprobs run: %s", err.msg);
+    CHECK(a.n_lp == a.n_ids + (a.stopped_by == 1) && a.n_lp > 10,
+          "%zu records for %zu ids (stop %d)", a.n_lp, a.n_ids, a.stopped_by);
+    /* the reference: the sequence replayed one token at a time (the logits generate_run saw,
+     * bit for bit, on the cpu backend), its log-softmax in double */
+    float *r = xmalloc(sizeof(float) * (size_t)V);
+    model_reset(m);
+    CHECK(model_forward(m, ids, (int)n, r, 0, &err) == 0, "replay: %s", err.msg);
+    double worst = 0;
+    int ids_ok = 1, order_ok = 1, greedy_top = 0, penalized = 0;
+    for (size_t i = 0; i < a.n_lp && !err.msg[0]; i++) {
+        if (i && model_forward(m, &a.lp[i - 1].id, 1, r, 0, &err)) break;
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < V; v++)
+            mx = (double)r[v] > mx ? (double)r[v] : mx;
+        for (int v = 0; v < V; v++)
+            sum += exp((double)r[v] - mx);
+        double lse = mx + log(sum);
+        const GenLogprob *e = &a.lp[i];
+        ids_ok &= i >= a.n_ids || e->id == a.ids[i];
+        /* the records are floats: within their rounding (a relative 6e-8) of the double values */
+        double want = (double)r[e->id] - lse;
+        worst = fmax(worst, fabs((double)e->logprob - want) / fmax(1, fabs(want)));
+        order_ok &= e->n == K;
+        for (int j = 0; j < e->n; j++) {
+            want = (double)r[e->top_id[j]] - lse;
+            worst = fmax(worst, fabs((double)e->top_logprob[j] - want) / fmax(1, fabs(want)));
+            if (j) order_ok &= e->top_logprob[j] <= e->top_logprob[j - 1];
+            int above = 0; /* exactly j tokens more likely than the j-th (ties: lower ids) */
+            for (int v = 0; v < V; v++)
+                above += r[v] > r[e->top_id[j]] || (r[v] == r[e->top_id[j]] && v < e->top_id[j]);
+            order_ok &= above == j;
+        }
+        greedy_top += e->id == e->top_id[0];
+        penalized += e->id != e->top_id[0]; /* the penalty picked another than the model's top */
+    }
+    CHECK(!err.msg[0], "replay: %s", err.msg);
+    CHECK(ids_ok, "the records' ids are the generated ids");
+    CHECK(worst < 1e-6, "log-probabilities off the replayed log-softmax by %.3g (relative)", worst);
+    CHECK(order_ok, "the top %d are not the %d most likely tokens, in order", K, K);
+    CHECK(penalized > 0 && greedy_top > 0,
+          "the repetition penalty should move some picks off the model's top token: %d moved, "
+          "%d kept",
+          penalized, greedy_top);
+    printf("  logprobs: %zu records within %.2g (relative) of the replayed log-softmax; %d picks "
+           "moved "
+           "off the model's top token by the penalty\n",
+           a.n_lp, worst, penalized);
+    /* lookup decoding and batched decoding: the same records, bit for bit */
+    opt.lookup = 8;
+    CHECK(generate_run(m, tok, &s, ids, n, &opt, &b, &err) == 0, "lookup: %s", err.msg);
+    CHECK(b.n_lp == a.n_lp && b.n_accepted > 0 && !memcmp(a.lp, b.lp, sizeof(GenLogprob) * a.n_lp),
+          "lookup decoding: %zu records (%zu drafted tokens kept) vs %zu plain", b.n_lp,
+          b.n_accepted, a.n_lp);
+    opt.lookup = 0;
+    const int32_t *pp[2] = {ids, ids};
+    size_t pn[2] = {n, n};
+    CHECK(generate_batch(m, tok, &s, pp, pn, 2, &opt, c, &err) == 0, "batch: %s", err.msg);
+    for (int i = 0; i < 2; i++)
+        CHECK(c[i].n_lp == a.n_lp && !memcmp(a.lp, c[i].lp, sizeof(GenLogprob) * a.n_lp),
+              "generate_batch sequence %d: %zu records vs %zu alone", i, c[i].n_lp, a.n_lp);
+    generate_result_free(&a);
+    generate_result_free(&b);
+    generate_result_free(&c[0]);
+    generate_result_free(&c[1]);
+    CHECK(a.lp == NULL && a.n_lp == 0, "generate_result_free leaves no records");
+    sampler_free(&s);
+    free(r);
+    free(ids);
+    /* the CLI: a JSON array of one record per sampled token */
+    int st;
+    char *o = run("./tuna generate " MODEL " --prompt 'Once upon a time' --temperature 0 "
+                  "--max-new-tokens 12 --json --logprobs 3 --quiet",
+                  &st);
+    cJSON *j = cJSON_Parse(o ? o : "");
+    cJSON *lp = cJSON_GetObjectItem(j, "logprobs"), *gi = cJSON_GetObjectItem(j, "ids");
+    int nrec = cJSON_GetArraySize(lp), nids = cJSON_GetArraySize(gi), shape = nrec > 0;
+    for (int i = 0; i < nrec; i++) {
+        cJSON *e = cJSON_GetArrayItem(lp, i), *top = cJSON_GetObjectItem(e, "top");
+        int id = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(e, "id"));
+        shape &= cJSON_GetArraySize(top) == 3 &&
+                 (i >= nids || id == (int)cJSON_GetNumberValue(cJSON_GetArrayItem(gi, i))) &&
+                 id == (int)cJSON_GetNumberValue(cJSON_GetArrayItem(cJSON_GetArrayItem(top, 0), 0));
+    }
+    CHECK(st == 0 && shape && (nrec == nids || nrec == nids + 1),
+          "--json --logprobs 3: exit %d, %d records for %d ids: %.200s", st, nrec, nids, o);
+    cJSON_Delete(j);
+    free(o);
+    o = run("./tuna generate " MODEL " --logprobs 3 2>&1 >/dev/null", &st);
+    CHECK(st == 2 && strstr(o, "--json"), "--logprobs without --json: exit %d: %s", st, o);
+    free(o);
+    o = run("./tuna generate " MODEL " --json --logprobs 21 2>&1 >/dev/null", &st);
+    CHECK(st == 2 && strstr(o, "logprobs"), "--logprobs 21: exit %d: %s", st, o);
+    free(o);
+out:
+    tokenizer_free(tok);
+    model_free(m);
+    backend_free(be);
+}
+
 static void test_bad_options(void) {
     const char *cmds[] = {
             "./tuna generate " MODEL " --temperature abc 2>&1 >/dev/null",
@@ -722,6 +846,7 @@ int main(void) {
     test_incremental_text();
     test_batch();
     test_lookup();
+    test_logprobs();
     test_bad_options();
     return test_report("test_generate");
 }

@@ -40,7 +40,8 @@ enum {
     OPT_QUIET,
     OPT_HELP,
     OPT_PROMPT_FILE,
-    OPT_LOOKUP
+    OPT_LOOKUP,
+    OPT_LOGPROBS
 };
 
 /* One row per flag: getopt_long and --help are built from it (src/cli/cli.h). */
@@ -62,6 +63,9 @@ static const CliOpt generate_opts[] = {
          "CPU threads (default: the cores not busy with other work)"},
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"json", 0, OPT_JSON, NULL, "print one JSON object (ids, text, timing) instead of text"},
+        {"logprobs", 1, OPT_LOGPROBS, "N",
+         "with --json: each sampled token's log-probability and the N most likely (at most 20) "
+         "under the model's own distribution (before temperature, penalty, top-k/p)"},
         {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
         {"quiet", 0, OPT_QUIET, NULL, "no timing line on stderr"},
         CLI_PRECISION_OPTS,
@@ -108,7 +112,7 @@ typedef struct GenArgs {
     const char *prompt, *backend, *prompt_file, *dir;
     const char *stops[16];
     int n_stops, max_new, top_k, threads, ignore_eos;
-    int json, echo, lookup;
+    int json, echo, lookup, logprobs;
     int quiet, seed, sampling_asked;
     float temp, top_p, rep;
     CliPrecision prec;
@@ -176,6 +180,9 @@ static int generate_parse(int argc, char **argv, GenArgs *a) {
             break;
         case OPT_BACKEND: a->backend = optarg; break;
         case OPT_JSON: a->json = 1; break;
+        case OPT_LOGPROBS:
+            if (cli_parse_int(optarg, "logprobs", 1, GEN_LOGPROBS_MAX, &a->logprobs)) return 2;
+            break;
         case OPT_NO_ECHO: a->echo = 0; break;
         case OPT_QUIET: a->quiet = 1; break;
         case OPT_HELP: cli_help(stdout, usage, generate_opts); return 0;
@@ -189,6 +196,10 @@ static int generate_parse(int argc, char **argv, GenArgs *a) {
     }
     if (optind != argc - 1) {
         fprintf(stderr, "tuna generate: expected one MODEL_DIR (see --help)\n");
+        return 2;
+    }
+    if (a->logprobs && !a->json) {
+        fprintf(stderr, "tuna generate: --logprobs prints in the JSON object: add --json\n");
         return 2;
     }
     a->dir = argv[optind];
@@ -235,6 +246,18 @@ static void generate_report(const GenArgs *a, const Model *m, const Backend *be,
         if (a->lookup && !sample)
             printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res->n_drafted,
                    res->n_accepted);
+        if (a->logprobs) {
+            printf(", \"logprobs\": [");
+            for (size_t i = 0; i < res->n_lp; i++) {
+                const GenLogprob *e = &res->lp[i];
+                printf("%s{\"id\": %d, \"logprob\": %.9g, \"top\": [", i ? ", " : "", e->id,
+                       (double)e->logprob);
+                for (int j = 0; j < e->n; j++)
+                    printf("%s[%d, %.9g]", j ? ", " : "", e->top_id[j], (double)e->top_logprob[j]);
+                printf("]}");
+            }
+            printf("]");
+        }
         printf("}\n");
     } else {
         fputc('\n', stdout);
@@ -298,7 +321,8 @@ static int cmd_generate(int argc, char **argv) {
                            .stops = a.stops,
                            .n_stops = a.n_stops,
                            .on_text = a.json ? NULL : print_piece,
-                           .lookup = a.lookup};
+                           .lookup = a.lookup,
+                           .top_logprobs = a.logprobs};
     if (!a.json && a.echo) {
         char *p = tokenizer_decode(tok, ids, n_ids, 1);
         fputs(p, stdout);
