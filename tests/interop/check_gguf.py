@@ -51,6 +51,8 @@ import subprocess
 import sys
 import tempfile
 
+from near_tie import log_softmax, parting, top_dict, tuna_logprobs
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROMPTS = ["Who are you?", "What is your name?", "Who made you?",
            "What is the capital of France?", "Tell me about yourself."]
@@ -315,20 +317,6 @@ def chat_prompt_text(m, prompt):
     return f(messages=[{"role": "user", "content": prompt}]).prompt
 
 
-def log_softmax(x):
-    import numpy as np
-    x = np.asarray(x, dtype=np.float64)
-    mx = x.max()
-    return x - (mx + math.log(np.exp(x - mx).sum()))
-
-
-def top_dict(lp, chosen, k=2):
-    """{id: log-probability} of a row's k most likely tokens and the chosen one."""
-    import numpy as np
-    ids = [int(i) for i in np.argsort(-lp, kind="stable")[:k]] + [chosen]
-    return {i: float(lp[i]) for i in ids}
-
-
 def llama_greedy(m, pid, n):
     """llama.cpp's greedy ids after the prompt ids (a final EOS included) and, per sampled
     token, top_dict of its log-probabilities (m made with logits_all)."""
@@ -358,28 +346,8 @@ def tuna_greedy(tuna, model, prompt_text, tmp):
     if out is None:
         return None
     d = json.loads(out)
-    lps = [dict([(t[0], t[1]) for t in e["top"]] + [(e["id"], e["logprob"])])
-           for e in d["logprobs"]]
-    return d["prompt_ids"], [e["id"] for e in d["logprobs"]], lps, d["text"]
-
-
-def parting(ids_a, lp_a, ids_b, lp_b):
-    """Two greedy decodings of one prompt: (k, delta, gap). k: the tokens they share (their
-    length when neither parts); delta: the largest |log-probability difference| over those
-    positions, for the tokens both report; gap (None when they do not part): where they part,
-    A's margin for its token over B's plus B's for its over A's; a model whose log-probabilities
-    are within delta' of the other's parts only where gap <= 2 delta' (inf: B's token is not
-    among A's top two, or A's not among B's)."""
-    k = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y),
-             min(len(ids_a), len(ids_b)))
-    delta = max([abs(lp_a[i][t] - lp_b[i][t]) for i in range(k) for t in lp_a[i] if t in lp_b[i]]
-                or [0.0])
-    if k == min(len(ids_a), len(ids_b)):
-        return k, delta, None
-    x, y = ids_a[k], ids_b[k]
-    if y not in lp_a[k] or x not in lp_b[k]:
-        return k, delta, math.inf
-    return k, delta, (lp_a[k][x] - lp_a[k][y]) + (lp_b[k][y] - lp_b[k][x])
+    ids, lps = tuna_logprobs(d)
+    return d["prompt_ids"], ids, lps, d["text"]
 
 
 def forced_logits(path, replies, n=16):
