@@ -68,6 +68,29 @@ const int32_t *cuda_upload_i32(Backend *be, CudaCtx *ctx, const int32_t *host, s
     return ctx->scratch_i32;
 }
 
+float *cuda_scratch_f(Backend *be, CudaCtx *ctx, size_t n) {
+    if (n > ctx->scratch_f_cap) {
+        size_t cap = n > 2 * ctx->scratch_f_cap ? n : 2 * ctx->scratch_f_cap;
+        if (CUDA_TRY(be, cudaStreamSynchronize(ctx->stream))) return NULL; /* old readers */
+        if (CUDA_TRY(be, cudaFree(ctx->scratch_f))) return NULL;
+        ctx->scratch_f = NULL;
+        ctx->scratch_f_cap = 0;
+        if (CUDA_TRY(be, cudaMalloc((void **)&ctx->scratch_f, cap * sizeof(float)))) return NULL;
+        ctx->scratch_f_cap = cap;
+    }
+    return ctx->scratch_f;
+}
+
+int cuda_refuse_bf16(Backend *be, int K, int N, const char *op) {
+    if (!(K == 0 && N == 0 ? be->mm_bf16 : backend_mm_bf16(be, K, N))) return 0;
+    if (!be->err.code)
+        tuna_errf(&be->err, TUNA_EUNSUP,
+                  "cuda: %s: bf16 products (--bf16) are not implemented on the cuda backend yet; "
+                  "run without --bf16",
+                  op);
+    return 1;
+}
+
 // --- memory ops
 
 /* cudaMalloc memory is at least 256-byte aligned. An out-of-memory failure returns NULL
@@ -156,20 +179,20 @@ static const BackendOps cuda_ops = {
         .gelu_fwd = cuda_gelu_fwd,
         .add_fwd = cuda_add_fwd,
         .embed_fwd = cuda_embed_fwd,
-        /* training ops are not on CUDA yet: the trainer refuses a backend with NULL slots */
-        .matmul_bwd = nullptr,
-        .rmsnorm_bwd = nullptr,
-        .layernorm_bwd = nullptr,
-        .rope_bwd = nullptr,
-        .attention_bwd = nullptr,
-        .swiglu_bwd = nullptr,
-        .gelu_bwd = nullptr,
-        .embed_bwd = nullptr,
-        .xent_fwd_bwd = nullptr,
-        .sumsq = nullptr,
-        .scale = nullptr,
-        .dropout = nullptr,
-        .adamw = nullptr,
+        /* training (fp32; NOT YET RUN ON A DEVICE: scripts/gpu-check.sh checks them) */
+        .matmul_bwd = cuda_matmul_bwd,
+        .rmsnorm_bwd = cuda_rmsnorm_bwd,
+        .layernorm_bwd = cuda_layernorm_bwd,
+        .rope_bwd = cuda_rope_bwd,
+        .attention_bwd = cuda_attention_bwd,
+        .swiglu_bwd = cuda_swiglu_bwd,
+        .gelu_bwd = cuda_gelu_bwd,
+        .embed_bwd = cuda_embed_bwd,
+        .xent_fwd_bwd = cuda_xent_fwd_bwd,
+        .sumsq = cuda_sumsq,
+        .scale = cuda_scale,
+        .dropout = cuda_dropout,
+        .adamw = cuda_adamw,
         .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
         .matmul_w_bwd_in = nullptr,
         .embed_w_fwd = nullptr,
@@ -238,6 +261,9 @@ static void cuda_shutdown(Backend *be) {
     if (cudaSetDevice(ctx->device) == cudaSuccess) {
         if (ctx->stream) (void)cudaStreamSynchronize(ctx->stream);
         if (ctx->scratch_i32) (void)cudaFree(ctx->scratch_i32);
+        if (ctx->scratch_f) (void)cudaFree(ctx->scratch_f);
+        if (ctx->partial) (void)cudaFree(ctx->partial);
+        if (ctx->partial_host) (void)cudaFreeHost(ctx->partial_host);
         if (ctx->cublas) (void)cublasDestroy(ctx->cublas);
         if (ctx->stream) (void)cudaStreamDestroy(ctx->stream);
     }

@@ -20,7 +20,7 @@ __global__ static void bias_add_kernel(float *out, const float *bias, size_t MN,
 void cuda_matmul_fwd(Backend *be, float *out, const float *in, const float *w, const float *bias,
                      int M, int K, int N) {
     CudaCtx *ctx = cuda_begin(be);
-    if (!ctx || M <= 0 || N <= 0) return;
+    if (!ctx || M <= 0 || N <= 0 || cuda_refuse_bf16(be, K, N, "matmul_fwd")) return;
     size_t MN = (size_t)M * N;
     if (K <= 0) { /* an empty sum: cuBLAS would leave out untouched */
         if (CUDA_TRY(be, cudaMemsetAsync(out, 0, MN * sizeof(float), ctx->stream))) return;
