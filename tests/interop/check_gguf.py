@@ -57,8 +57,13 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROMPTS = ["Who are you?", "What is your name?", "Who made you?",
            "What is the capital of France?", "Tell me about yourself."]
 MAX_NEW = 48
-DELTA_A = 0.05  # tuna's log-probabilities against llama.cpp's on the merged f16 GGUF
-DELTA_C = 0.15  # llama.cpp's, the adapter over the f16 base against the merged f16 GGUF
+# the largest |log-probability difference| along shared greedy tokens, measured on five
+# training runs (18, 22, 26, 30 and 18 steps): tuna against llama.cpp on the merged f16 GGUF
+# 0.011-0.023; llama.cpp's adapter over the f16 base against the merged file 0.014-0.043. The
+# bounds leave 4-6x that; a wrong computation (a template token, RoPE, a weight) moves them by
+# far more
+DELTA_A = 0.1
+DELTA_C = 0.25
 passed = failed = 0
 
 
@@ -439,9 +444,8 @@ def main():
         # (a) the chat replies, then why any differ: the same greedy decoding at the level of
         # ids from the same prompt ids, with each token's log-probabilities. Both programs
         # compute in floating point in their own order (llama.cpp rounds activations to f16
-        # for F16 weights; measured on a 22-step run: tuna's log-probabilities within 0.011 of
-        # llama.cpp's along 95 greedy tokens, 0.0017 on average), so a reply may part where
-        # the top two tokens are that close: allowed only there, with the bound enforced.
+        # for F16 weights: see DELTA_A), so a reply may part where the top two tokens are that
+        # close: allowed only there, with the bound enforced.
         m16, rep16 = llama_replies(g["f16"])
         lm = Llama(model_path=g["f16"], n_ctx=1024, verbose=False, logits_all=True)
         same = explained = pid_same = 0
@@ -549,8 +553,8 @@ def main():
             if t1 != t2:
                 print(f"      adapter {t1!r} | merged {t2!r}")
         # as in (a): the merged f16 weights are W + BA rounded to f16 once, the adapter adds BA
-        # at run time, so near-tied tokens may go either way (measured on a 22-step run:
-        # log-probabilities within 0.034 along 95 tokens); allowed only at such a tie
+        # at run time, so near-tied tokens may go either way (see DELTA_C); allowed only at
+        # such a tie
         la = Llama(model_path=base16, lora_path=lora, n_ctx=1024, verbose=False, logits_all=True)
         lm = Llama(model_path=g["f16"], n_ctx=1024, verbose=False, logits_all=True)
         explained = 0
