@@ -198,6 +198,11 @@ static void test_backend(Backend *be) {
                         {1, 4, 20, 4, 1, 12, 0},
                         {1, 9, 9, 2, 2, 8, 3},
                         {2, 3, 11, 9, 3, 64, 0},
+                        /* decoding: SmolLM2's heads (3 kv heads: in parts on 2 threads), a
+                         * head of 128 (tiles of 2 heads), scores past the stack (3000 keys) */
+                        {1, 1, 300, 9, 3, 64, 0},
+                        {1, 1, 200, 4, 1, 128, 0},
+                        {1, 2, 3000, 6, 2, 64, 0},
                         /* the sgemm path (Tq >= 32): prefill, a prefix (Tk > Tq), GQA, window */
                         {2, 40, 40, 6, 2, 16, 0},
                         {1, 33, 50, 4, 4, 24, 0},

@@ -174,9 +174,16 @@ static void test_kernels(void) {
     }
 
     /* attention, both paths (Tq < 32: per row; Tq >= 32: sgemm), GQA, and a window */
-    int at[][3] = {{16, 24, 0}, {64, 64, 0}, {48, 80, 20}, {500, 500, 0}};
-    for (int s = 0; s < 4; s++) {
-        int B = 2, Tq = at[s][0], Tk = at[s][1], win = at[s][2], NH = 8, KVH = 4, HS = 8;
+    /* the last: decoding one row with 3 kv heads of 64, whose query heads go in parts to
+     * the threads (the parts change no bit) */
+    int at[][7] = {{2, 16, 24, 0, 8, 4, 8},
+                   {2, 64, 64, 0, 8, 4, 8},
+                   {2, 48, 80, 20, 8, 4, 8},
+                   {2, 500, 500, 0, 8, 4, 8},
+                   {1, 1, 700, 0, 9, 3, 64}};
+    for (int s = 0; s < 5; s++) {
+        int B = at[s][0], Tq = at[s][1], Tk = at[s][2], win = at[s][3], NH = at[s][4],
+            KVH = at[s][5], HS = at[s][6];
         size_t nq = (size_t)B * Tq * NH * HS, nk = (size_t)B * Tk * KVH * HS;
         float *q = rand_buf(nq), *k = rand_buf(nk), *v = rand_buf(nk), *out = rand_buf(nq);
         float *dout = rand_buf(nq), *dq = rand_buf(nq), *dk = rand_buf(nk), *dv = rand_buf(nk);
