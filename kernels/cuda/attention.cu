@@ -137,27 +137,40 @@ __global__ static void attention_fwd_kernel(float *out, const float *q, const fl
     }
 }
 
+/* What both attention ops check and stage before their launch: --bf16 refused, NH a multiple
+ * of KVH, the dynamic shared memory (extra_rows of HS floats besides the warps' accumulators,
+ * and 2 ATTN_WARPS floats) within 48 KiB, kv_lo uploaded. Returns the shared memory bytes, or
+ * 0 when the op must do nothing (an error latched). */
+static size_t attention_begin(Backend *be, CudaCtx *ctx, const char *op, int B, int Tq, int NH,
+                              int KVH, int HS, int extra_rows, const int32_t *kv_lo,
+                              const int32_t **kv_lo_d) {
+    if (cuda_refuse_bf16(be, 0, 0, op)) return 0;
+    if (KVH <= 0 || NH % KVH != 0) {
+        tuna_errf(&be->err, TUNA_EINVAL, "%s:%d: %s: NH %d is not a multiple of KVH %d", __FILE__,
+                  __LINE__, op, NH, KVH);
+        return 0;
+    }
+    const size_t smem = ((size_t)(ATTN_WARPS + extra_rows) * HS + 2 * ATTN_WARPS) * sizeof(float);
+    if (smem > 48 * 1024) {
+        tuna_errf(&be->err, TUNA_EUNSUP,
+                  "%s:%d: %s: head size %d needs %zu bytes of shared memory (max 48 KiB)", __FILE__,
+                  __LINE__, op, HS, smem);
+        return 0;
+    }
+    *kv_lo_d = NULL;
+    if (kv_lo && !(*kv_lo_d = cuda_upload_i32(be, ctx, kv_lo, (size_t)B * Tq))) return 0;
+    return smem;
+}
+
 void cuda_attention_fwd(Backend *be, float *out, const float *q, const float *k, const float *v,
                         int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
                         int window, const int32_t *kv_lo) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || B <= 0 || Tq <= 0 || NH <= 0 || HS <= 0) return;
-    if (cuda_refuse_bf16(be, 0, 0, "attention_fwd")) return;
-    if (KVH <= 0 || NH % KVH != 0) {
-        tuna_errf(&be->err, TUNA_EINVAL, "%s:%d: attention_fwd: NH %d is not a multiple of KVH %d",
-                  __FILE__, __LINE__, NH, KVH);
-        return;
-    }
-    const size_t smem = ((size_t)(ATTN_WARPS + 1) * HS + 2 * ATTN_WARPS) * sizeof(float);
-    if (smem > 48 * 1024) {
-        tuna_errf(
-                &be->err, TUNA_EUNSUP,
-                "%s:%d: attention_fwd: head size %d needs %zu bytes of shared memory (max 48 KiB)",
-                __FILE__, __LINE__, HS, smem);
-        return;
-    }
-    const int32_t *kv_lo_d = NULL;
-    if (kv_lo && !(kv_lo_d = cuda_upload_i32(be, ctx, kv_lo, (size_t)B * Tq))) return;
+    const int32_t *kv_lo_d;
+    const size_t smem =
+            attention_begin(be, ctx, "attention_fwd", B, Tq, NH, KVH, HS, 1, kv_lo, &kv_lo_d);
+    if (!smem) return;
     const unsigned blocks = (unsigned)((size_t)B * Tq * NH);
     const float scale = 1.0f / sqrtf((float)HS);
     attention_fwd_kernel<<<blocks, ATTN_THREADS, smem, ctx->stream>>>(
@@ -273,22 +286,10 @@ void cuda_attention_bwd(Backend *be, float *dq, float *dk, float *dv, const floa
                         const int32_t *kv_lo) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || B <= 0 || Tq <= 0 || NH <= 0 || HS <= 0 || (!dq && !dk && !dv)) return;
-    if (cuda_refuse_bf16(be, 0, 0, "attention_bwd")) return;
-    if (KVH <= 0 || NH % KVH != 0) {
-        tuna_errf(&be->err, TUNA_EINVAL, "%s:%d: attention_bwd: NH %d is not a multiple of KVH %d",
-                  __FILE__, __LINE__, NH, KVH);
-        return;
-    }
-    const size_t smem = ((size_t)(ATTN_WARPS + 2) * HS + 2 * ATTN_WARPS) * sizeof(float);
-    if (smem > 48 * 1024) {
-        tuna_errf(
-                &be->err, TUNA_EUNSUP,
-                "%s:%d: attention_bwd: head size %d needs %zu bytes of shared memory (max 48 KiB)",
-                __FILE__, __LINE__, HS, smem);
-        return;
-    }
-    const int32_t *kv_lo_d = NULL;
-    if (kv_lo && !(kv_lo_d = cuda_upload_i32(be, ctx, kv_lo, (size_t)B * Tq))) return;
+    const int32_t *kv_lo_d;
+    const size_t smem =
+            attention_begin(be, ctx, "attention_bwd", B, Tq, NH, KVH, HS, 2, kv_lo, &kv_lo_d);
+    if (!smem) return;
     const unsigned blocks = (unsigned)((size_t)B * Tq * NH);
     const float scale = 1.0f / sqrtf((float)HS);
     attention_bwd_kernel<<<blocks, ATTN_THREADS, smem, ctx->stream>>>(

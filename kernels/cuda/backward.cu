@@ -107,16 +107,8 @@ __global__ static void layernorm_bwd_rows(float *din, float *st, const float *do
                                           const float *w, float eps, int C) {
     const size_t r = blockIdx.x;
     const float *x = in + r * C, *dy = dout + r * C;
-    float s = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        s += x[c];
-    const float mean = block_sum(s) / (float)C;
-    float v = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float d = x[c] - mean;
-        v += d * d;
-    }
-    const float rstd = 1.0f / sqrtf(block_sum(v) / (float)C + eps);
+    float mean, rstd;
+    block_mean_rstd(x, C, eps, &mean, &rstd); /* the forward's own statistics */
     if (threadIdx.x == 0) {
         st[2 * r] = mean;
         st[2 * r + 1] = rstd;

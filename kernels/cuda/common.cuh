@@ -88,6 +88,23 @@ static __device__ __forceinline__ float block_sum(float x) {
     return x;
 }
 
+/* A row's mean and 1/sqrt(biased variance + eps) over the block, the variance around the mean
+ * (two passes) for accuracy: the layernorm forward's and backward's one definition. */
+static __device__ __forceinline__ void block_mean_rstd(const float *x, int C, float eps,
+                                                       float *mean, float *rstd) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        s += x[i];
+    const float mu = block_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float d = x[i] - mu;
+        v += d * d;
+    }
+    *mean = mu;
+    *rstd = 1.0f / sqrtf(block_sum(v) / (float)C + eps);
+}
+
 /* Maximum over the block, as block_sum. */
 static __device__ __forceinline__ float block_max(float x) {
     __shared__ float part[32];

@@ -27,16 +27,8 @@ __global__ static void layernorm_fwd_kernel(float *out, const float *in, const f
                                             const float *b, float eps, int C) {
     const float *x = in + (size_t)blockIdx.x * C;
     float *y = out + (size_t)blockIdx.x * C;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        s += x[i];
-    const float mean = block_sum(s) / (float)C;
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const float d = x[i] - mean;
-        v += d * d;
-    }
-    const float rstd = 1.0f / sqrtf(block_sum(v) / (float)C + eps);
+    float mean, rstd;
+    block_mean_rstd(x, C, eps, &mean, &rstd);
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         y[i] = (x[i] - mean) * rstd * w[i] + (b ? b[i] : 0.0f);
     }

@@ -303,13 +303,7 @@ def llama_replies(path, lora=None):
 
 def chat_prompt_ids(m, prompt):
     """The prompt as create_chat_completion renders it (the GGUF's own template), as token ids."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    eos = m.detokenize([m.token_eos()]).decode(errors="ignore")
-    bos = m.detokenize([m.token_bos()]).decode(errors="ignore")
-    f = Jinja2ChatFormatter(template=m.metadata["tokenizer.chat_template"], eos_token=eos,
-                            bos_token=bos)
-    r = f(messages=[{"role": "user", "content": prompt}])
-    return m.tokenize(r.prompt.encode(), add_bos=True, special=True)
+    return m.tokenize(chat_prompt_text(m, prompt).encode(), add_bos=True, special=True)
 
 
 def chat_prompt_text(m, prompt):
