@@ -2,6 +2,7 @@
  * compiled in), cpu, ref. */
 #include "backend.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -111,6 +112,45 @@ void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float 
         be->ops->matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
 }
 
+void backend_attention_f16_widened(Backend *be, float *out, const float *q, const uint16_t *k,
+                                   const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride,
+                                   int NH, int KVH, int HS, int window, const int32_t *kv_lo,
+                                   void (*widen)(float *dst, const uint16_t *src, size_t n)) {
+    size_t row = (size_t)Tk * KVH * HS, n = (size_t)B * row;
+    float *kf = malloc(sizeof(float) * (n ? 2 * n : 1)), *vf = kf + n;
+    if (!kf) {
+        tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d keys in fp32", B,
+                  Tk);
+        return;
+    }
+    for (int b = 0; b < B; b++) {
+        const uint16_t *ks = k + (size_t)b * kv_stride, *vs = v + (size_t)b * kv_stride;
+        float *kd = kf + (size_t)b * row, *vd = vf + (size_t)b * row;
+        if (widen) {
+            widen(kd, ks, row);
+            widen(vd, vs, row);
+        } else
+            for (size_t i = 0; i < row; i++) {
+                kd[i] = wtype_f16_to_f32(ks[i]);
+                vd[i] = wtype_f16_to_f32(vs[i]);
+            }
+    }
+    be->ops->attention_fwd(be, out, q, kf, vf, B, Tq, Tk, row, NH, KVH, HS, window, kv_lo);
+    free(kf);
+}
+
+void backend_kv_f16_range(Backend *be, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(src[i]) < 65520.0f) && src[i] == src[i]) {
+            if (!be->err.code)
+                tuna_errf(&be->err, TUNA_EINVAL,
+                          "--cache-type f16: a key or value of %g is past f16's range (65504); "
+                          "use --cache-type f32",
+                          (double)src[i]);
+            return;
+        }
+}
+
 size_t backend_bf16_extra_bytes(const char *name, size_t bf16_bytes) {
     return name && !strcmp(name, "cpu") ? cpu_pack_bytes(bf16_bytes) : 0;
 }
@@ -169,6 +209,8 @@ static const struct {
         SLOT(matmul_w_fwd, BACKEND_NEED_WTYPES),
         SLOT(matmul_w_bwd_in, BACKEND_NEED_WTYPES),
         SLOT(embed_w_fwd, BACKEND_NEED_WTYPES),
+        SLOT(kv_store_f16, BACKEND_NEED_KV_F16),
+        SLOT(attention_fwd_f16, BACKEND_NEED_KV_F16),
 };
 #undef SLOT
 

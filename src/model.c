@@ -758,15 +758,22 @@ done:
     return rc;
 }
 
+/* Bytes of an element of the KV cache */
+static size_t kv_esize(const Model *m) {
+    return m->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+}
+
 static void free_state(Model *m) {
     Backend *be = m->be;
-    float **bufs[] = {&m->k_cache, &m->v_cache, &m->k_new,  &m->v_new, &m->x,
-                      &m->xb,      &m->xb2,     &m->q,      &m->att,   &m->hb,
-                      &m->hb2,     &m->logits,  &m->lora_u, &m->lora_t};
+    float **bufs[] = {&m->k_new, &m->v_new, &m->x,   &m->xb,     &m->xb2,    &m->q,
+                      &m->att,   &m->hb,    &m->hb2, &m->logits, &m->lora_u, &m->lora_t};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         be->ops->release(be, *bufs[i]);
         *bufs[i] = NULL;
     }
+    be->ops->release(be, m->k_cache);
+    be->ops->release(be, m->v_cache);
+    m->k_cache = m->v_cache = NULL;
     free(m->pos);
     free(m->slot_past);
     m->pos = NULL;
@@ -945,22 +952,30 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     free_state(m);
     Backend *be = m->be;
     size_t KD = (size_t)c->KVH * c->HS, QD = (size_t)c->NH * c->HS;
-    size_t kv = (size_t)c->L * n_slots * cache_T * KD;
-    size_t T = (size_t)act_T;
+    size_t kv = (size_t)c->L * n_slots * cache_T * KD * kv_esize(m);
+    size_t T = (size_t)act_T, nk = (size_t)(m->kv_f16 && act_T > n_slots ? act_T : n_slots) * KD;
     struct {
-        float **p;
-        size_t n;
-    } want[] = {{&m->k_cache, kv},      {&m->v_cache, kv},         {&m->x, T * c->C},
-                {&m->xb, T * c->C},     {&m->xb2, T * c->C},       {&m->q, T * QD},
-                {&m->att, T * QD},      {&m->hb, T * c->FF},       {&m->hb2, T * c->FF},
-                {&m->logits, T * c->V}, {&m->k_new, n_slots * KD}, {&m->v_new, n_slots * KD}};
+        void **p;
+        size_t bytes;
+    } want[] = {{&m->k_cache, kv},
+                {&m->v_cache, kv},
+                {(void **)&m->x, T * c->C * 4},
+                {(void **)&m->xb, T * c->C * 4},
+                {(void **)&m->xb2, T * c->C * 4},
+                {(void **)&m->q, T * QD * 4},
+                {(void **)&m->att, T * QD * 4},
+                {(void **)&m->hb, T * c->FF * 4},
+                {(void **)&m->hb2, T * c->FF * 4},
+                {(void **)&m->logits, T * c->V * 4},
+                {(void **)&m->k_new, nk * 4},
+                {(void **)&m->v_new, nk * 4}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        *want[i].p = be->ops->alloc(be, want[i].n * sizeof(float));
+        *want[i].p = be->ops->alloc(be, want[i].bytes);
         if (!*want[i].p) {
             free_state(m);
             return tuna_errf(err, TUNA_ENOMEM,
                              "cannot allocate %.1f MiB for the KV cache and activations",
-                             (double)want[i].n * 4 / (1 << 20));
+                             (double)want[i].bytes / (1 << 20));
         }
     }
     m->pos = xmalloc(sizeof(int32_t) * T);
@@ -983,9 +998,74 @@ int model_slot_past(const Model *m, int s) {
     return s == m->slot ? m->n_past : m->slot_past[s];
 }
 
-/* Where layer l's keys (or values) of the current slot start. */
+/* Where layer l's keys (or values) of the current slot start, in elements of the cache. */
 static size_t slot_layer_off(const Model *m, int l, int slot) {
     return ((size_t)l * m->n_slots + (size_t)slot) * m->cache_T * m->cfg.KVH * m->cfg.HS;
+}
+
+/* Element `at` of the k or v cache. */
+static void *kv_at(const Model *m, void *cache, size_t at) {
+    return (char *)cache + at * kv_esize(m);
+}
+
+/* n fp32 values of backend memory into the cache from element at (rounded with kv_f16). */
+static void kv_store(Model *m, void *cache, size_t at, const float *src, size_t n) {
+    if (m->kv_f16)
+        m->be->ops->kv_store_f16(m->be, kv_at(m, cache, at), src, n);
+    else
+        m->be->ops->copy(m->be, kv_at(m, cache, at), src, n * sizeof(float));
+}
+
+/* n fp32 values of host memory into the cache (through k_new with kv_f16) */
+static void kv_upload(Model *m, void *cache, size_t at, const float *src, size_t n) {
+    if (!m->kv_f16) {
+        m->be->ops->upload(m->be, kv_at(m, cache, at), src, n * sizeof(float));
+        return;
+    }
+    m->be->ops->upload(m->be, m->k_new, src, n * sizeof(float));
+    kv_store(m, cache, at, m->k_new, n);
+}
+
+/* n values of the cache from element at into host memory, as fp32 (halves widened) */
+static void kv_download(Model *m, float *dst, void *cache, size_t at, size_t n) {
+    if (!m->kv_f16) {
+        m->be->ops->download(m->be, dst, kv_at(m, cache, at), n * sizeof(float));
+        return;
+    }
+    uint16_t *h = xmalloc(sizeof(uint16_t) * n);
+    m->be->ops->download(m->be, h, kv_at(m, cache, at), n * sizeof(uint16_t));
+    m->be->ops->sync(m->be);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = wtype_f16_to_f32(h[i]);
+    free(h);
+}
+
+/* attention_fwd of Tq queries over the cache from element base (Tk positions of a slot) */
+static void kv_attention(Model *m, float *out, const float *q, size_t base, int Tq, int Tk) {
+    const ModelConfig *c = &m->cfg;
+    Backend *be = m->be;
+    size_t stride = (size_t)m->cache_T * c->KVH * c->HS;
+    if (m->kv_f16)
+        be->ops->attention_fwd_f16(be, out, q, kv_at(m, m->k_cache, base),
+                                   kv_at(m, m->v_cache, base), 1, Tq, Tk, stride, c->NH, c->KVH,
+                                   c->HS, c->sliding_window, NULL);
+    else
+        be->ops->attention_fwd(be, out, q, kv_at(m, m->k_cache, base), kv_at(m, m->v_cache, base),
+                               1, Tq, Tk, stride, c->NH, c->KVH, c->HS, c->sliding_window, NULL);
+}
+
+int model_set_kv_f16(Model *m, int on, TunaErr *err) {
+    on = !!on;
+    if (on && backend_missing(m->be->ops, BACKEND_NEED_KV_F16))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--cache-type f16: the %s backend keeps its KV cache in fp32 only (it "
+                         "has no %s op)",
+                         m->be->ops->name, backend_missing(m->be->ops, BACKEND_NEED_KV_F16));
+    if (on != m->kv_f16) {
+        free_state(m);
+        m->kv_f16 = on;
+    }
+    return 0;
 }
 
 void model_reset(Model *m) {
@@ -997,8 +1077,8 @@ void model_reset(Model *m) {
         for (int p = 0; p < m->prefix_len; p++) {
             const float *src = m->prefix + p * PW + (size_t)l * 2 * KD;
             size_t at = slot_layer_off(m, l, m->slot) + (size_t)p * KD;
-            m->be->ops->upload(m->be, m->k_cache + at, src, KD * sizeof(float));
-            m->be->ops->upload(m->be, m->v_cache + at, src + KD, KD * sizeof(float));
+            kv_upload(m, m->k_cache, at, src, KD);
+            kv_upload(m, m->v_cache, at, src + KD, KD);
         }
     m->n_past = m->prefix_len;
 }
@@ -1063,9 +1143,8 @@ static void forward_chunk_in(Model *m, const int32_t *ids, const float *emb, int
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    int C = c->C, HS = c->HS, NH = c->NH, KVH = c->KVH, KD = KVH * HS;
+    int C = c->C, KD = c->KVH * c->HS;
     int p0 = m->n_past, Tk = p0 + T;
-    size_t layer_kv = (size_t)m->cache_T * KD; /* one slot's cache of one layer */
 
     if (emb)
         op->upload(be, m->x, emb, sizeof(float) * (size_t)T * C);
@@ -1077,12 +1156,14 @@ static void forward_chunk_in(Model *m, const int32_t *ids, const float *emb, int
 
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
-        float *kc = m->k_cache + slot_layer_off(m, l, m->slot);
-        float *vc = m->v_cache + slot_layer_off(m, l, m->slot);
-        float *knew = kc + (size_t)p0 * KD, *vnew = vc + (size_t)p0 * KD;
-        qkv_fwd(m, w, T, knew, vnew); /* new keys and values straight into the cache */
-        op->attention_fwd(be, m->att, m->q, kc, vc, 1, T, Tk, layer_kv, NH, KVH, HS,
-                          c->sliding_window, NULL);
+        size_t base = slot_layer_off(m, l, m->slot), at = base + (size_t)p0 * KD;
+        if (m->kv_f16) { /* the new keys and values rounded into the cache */
+            qkv_fwd(m, w, T, m->k_new, m->v_new);
+            kv_store(m, m->k_cache, at, m->k_new, (size_t)T * KD);
+            kv_store(m, m->v_cache, at, m->v_new, (size_t)T * KD);
+        } else /* straight into the cache */
+            qkv_fwd(m, w, T, kv_at(m, m->k_cache, at), kv_at(m, m->v_cache, at));
+        kv_attention(m, m->att, m->q, base, T, Tk);
         out_mlp_fwd(m, w, T);
     }
     if (!logits && !all_logits) {
@@ -1117,8 +1198,8 @@ int model_set_prompt(Model *m, const float *emb, int P, TunaErr *err) {
         for (int p = 0; p < P; p++) {
             size_t at = slot_layer_off(m, l, 0) + (size_t)p * KD;
             float *dst = pre + (size_t)p * PW + (size_t)l * 2 * KD;
-            m->be->ops->download(m->be, dst, m->k_cache + at, KD * sizeof(float));
-            m->be->ops->download(m->be, dst + KD, m->v_cache + at, KD * sizeof(float));
+            kv_download(m, dst, m->k_cache, at, KD);
+            kv_download(m, dst + KD, m->v_cache, at, KD);
         }
     rc = m->be->ops->sync(m->be);
     if (rc)
@@ -1197,11 +1278,9 @@ int model_decode_slots(Model *m, int n, const int *slots, const int32_t *ids, fl
         qkv_fwd(m, w, n, m->k_new, m->v_new);
         for (int r = 0; r < n; r++) {
             size_t base = slot_layer_off(m, l, slots[r]), at = base + (size_t)m->pos[r] * KD;
-            op->copy(be, m->k_cache + at, m->k_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
-            op->copy(be, m->v_cache + at, m->v_new + (size_t)r * KD, sizeof(float) * (size_t)KD);
-            op->attention_fwd(be, m->att + (size_t)r * QD, m->q + (size_t)r * QD, m->k_cache + base,
-                              m->v_cache + base, 1, 1, m->pos[r] + 1, (size_t)m->cache_T * KD, NH,
-                              KVH, HS, c->sliding_window, NULL);
+            kv_store(m, m->k_cache, at, m->k_new + (size_t)r * KD, (size_t)KD);
+            kv_store(m, m->v_cache, at, m->v_new + (size_t)r * KD, (size_t)KD);
+            kv_attention(m, m->att + (size_t)r * QD, m->q + (size_t)r * QD, base, 1, m->pos[r] + 1);
         }
         out_mlp_fwd(m, w, n);
     }

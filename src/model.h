@@ -98,19 +98,21 @@ typedef struct Model {
     float *inv_freq; // (HS/2) RoPE frequencies, backend memory
 
     // --- inference state (sized by model_reserve)
-    int cache_T;              /* positions the KV cache holds (per slot) */
-    int n_past;               /* positions already in the current slot's cache */
-    int n_slots, slot;        /* sequences the cache holds (batched decoding), current one */
-    int *slot_past;           /* (n_slots) n_past of each slot; slot_past[slot] is stale */
-    float *k_cache, *v_cache; // (L, n_slots, cache_T, KVH, HS)
-    float *k_new, *v_new;     // (n_slots, KVH*HS) a decoding batch's new keys and values
-    int act_T;                /* rows the activation buffers hold */
-    float *x, *xb, *xb2;      // (act_T, C)
-    float *q, *att;           // (act_T, NH*HS)
-    float *hb, *hb2;          // (act_T, FF)
-    float *logits;            // (act_T, V)
-    int32_t *pos;             // (act_T) host
-    const ModelLora *lora;    /* model_set_lora: applied unmerged, or NULL */
+    int cache_T;             /* positions the KV cache holds (per slot) */
+    int n_past;              /* positions already in the current slot's cache */
+    int n_slots, slot;       /* sequences the cache holds (batched decoding), current one */
+    int *slot_past;          /* (n_slots) n_past of each slot; slot_past[slot] is stale */
+    int kv_f16;              /* the cache holds halves (model_set_kv_f16), not floats */
+    void *k_cache, *v_cache; // (L, n_slots, cache_T, KVH, HS) fp32, or f16 with kv_f16
+    float *k_new, *v_new;    // (n_slots, KVH*HS) a decoding batch's new keys and values (kv_f16:
+                             // (max(n_slots, act_T), KVH*HS), a chunk's before they are rounded)
+    int act_T;               /* rows the activation buffers hold */
+    float *x, *xb, *xb2;     // (act_T, C)
+    float *q, *att;          // (act_T, NH*HS)
+    float *hb, *hb2;         // (act_T, FF)
+    float *logits;           // (act_T, V)
+    int32_t *pos;            // (act_T) host
+    const ModelLora *lora;   /* model_set_lora: applied unmerged, or NULL */
     /* adapter_load onto a typed base (which cannot be merged into): the adapter's own state,
      * freed by model_free with owner_free, and its view, set as lora */
     ModelLora own_lora;
@@ -198,6 +200,11 @@ int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err);
 /* model_reserve for batched decoding: n_slots sequences of up to cache_T positions each, every
  * one with its own KV cache. Slot 0 is current; all slots are empty. */
 int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *err);
+
+/* The KV cache in f16 (on: keys and values rounded to nearest even as they are stored, half the
+ * bytes; llama.cpp's default) or fp32 (off, the default). Empties the cache: the next
+ * model_reserve sizes it. A backend without the ops (BACKEND_NEED_KV_F16) is a one-line error. */
+int model_set_kv_f16(Model *m, int on, TunaErr *err);
 
 /* Makes slot s current: model_forward and model_reset then work on its sequence. */
 void model_use_slot(Model *m, int s);

@@ -44,6 +44,112 @@ static void down(Backend *be, float *h, const float *d, size_t n) {
     be->ops->sync(be);
 }
 
+/* attention_fwd_f16 over k and v rounded to f16: ref_attention_fwd over the widened rows (the
+ * tolerance of attention_fwd), and the bits of the backend's own attention_fwd over them */
+static void attention_f16_case(Backend *be, const float *q, const float *k, const float *v,
+                               const int *sh, size_t stride, const int32_t *kv_lo,
+                               const char *what) {
+    int B = sh[0], Tq = sh[1], Tk = sh[2], NH = sh[3], KVH = sh[4], HS = sh[5], win = sh[6];
+    size_t nq = (size_t)B * Tq * NH * HS, nkv = (size_t)B * stride;
+    uint16_t *k16 = malloc(sizeof(uint16_t) * nkv), *v16 = malloc(sizeof(uint16_t) * nkv);
+    float *kw = malloc(sizeof(float) * nkv), *vw = malloc(sizeof(float) * nkv);
+    for (size_t i = 0; i < nkv; i++) {
+        k16[i] = wtype_f32_to_f16(k[i]);
+        v16[i] = wtype_f32_to_f16(v[i]);
+        kw[i] = wtype_f16_to_f32(k16[i]);
+        vw[i] = wtype_f16_to_f32(v16[i]);
+    }
+    float *ref = malloc(sizeof(float) * nq), *out = malloc(sizeof(float) * nq),
+          *wide = malloc(sizeof(float) * nq);
+    ref_attention_fwd(ref, q, kw, vw, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
+    float *dq = up(be, q, nq), *dkw = up(be, kw, nkv), *dvw = up(be, vw, nkv);
+    uint16_t *dk = be->ops->alloc(be, sizeof(uint16_t) * nkv),
+             *dv = be->ops->alloc(be, sizeof(uint16_t) * nkv);
+    be->ops->upload(be, dk, k16, sizeof(uint16_t) * nkv);
+    be->ops->upload(be, dv, v16, sizeof(uint16_t) * nkv);
+    float *dout = be->ops->alloc(be, sizeof(float) * nq);
+    be->ops->attention_fwd_f16(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
+    down(be, out, dout, nq);
+    be->ops->attention_fwd(be, dout, dq, dkw, dvw, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
+    down(be, wide, dout, nq);
+    double worst;
+    CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
+          "%s attention f16 cache B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", be->ops->name,
+          B, Tq, Tk, NH, KVH, HS, win, what, worst);
+    CHECK(!memcmp(out, wide, sizeof(float) * nq),
+          "%s attention f16 cache B=%d Tq=%d Tk=%d HS=%d%s: not the bits of attention_fwd over "
+          "the widened rows",
+          be->ops->name, B, Tq, Tk, HS, what);
+    be->ops->release(be, dq);
+    be->ops->release(be, dkw);
+    be->ops->release(be, dvw);
+    be->ops->release(be, dk);
+    be->ops->release(be, dv);
+    be->ops->release(be, dout);
+    free(k16);
+    free(v16);
+    free(kw);
+    free(vw);
+    free(ref);
+    free(out);
+    free(wide);
+}
+
+/* kv_store_f16: wtype_f32_to_f16's bits on normal values, f16 subnormals, exact ties, the
+ * largest finite values, zeros and infinities' neighbours (odd lengths: vector tails); a value
+ * past the range sets be->err naming --cache-type, and the rest is still stored */
+static void kv_store_f16_case(Backend *be) {
+    size_t n = 1000 + 7;
+    float *x = rand_buf(n, 3);
+    for (size_t i = 0; i < 200; i++) {
+        uint16_t h = (uint16_t)((i * 2654435761u) & 0x7BFFu); /* a finite f16 */
+        float a = wtype_f16_to_f32(h), b = wtype_f16_to_f32((uint16_t)(h + 1));
+        x[i] = i % 4 == 0 ? (a + b) / 2 : i % 4 == 1 ? a : i % 4 == 2 ? -(a + b) / 2 : a * 1e-4f;
+    }
+    x[200] = 65504.0f;
+    x[201] = -65519.0f; /* rounds to 65504 */
+    x[202] = 0.0f;
+    x[203] = -0.0f;
+    x[204] = 5.9604645e-8f; /* the smallest subnormal */
+    x[205] = 2.9802322e-8f; /* half of it: to even, zero */
+    x[206] = 2.9802326e-8f; /* just above: the smallest */
+    uint16_t *got = malloc(sizeof(uint16_t) * n), *want = malloc(sizeof(uint16_t) * n);
+    for (size_t i = 0; i < n; i++)
+        want[i] = wtype_f32_to_f16(x[i]);
+    for (int over = 0; over < 2; over++) {
+        for (size_t len = n - 9; len <= n; len += 9) { /* 998 and 1007: tails of 6 and 15 */
+            float *dx = up(be, x, len);
+            uint16_t *dh = be->ops->alloc(be, sizeof(uint16_t) * len);
+            be->ops->kv_store_f16(be, dh, dx, len);
+            be->ops->download(be, got, dh, sizeof(uint16_t) * len);
+            int rc = be->ops->sync(be);
+            size_t bad = 0;
+            for (size_t i = 0; i < len; i++)
+                bad += got[i] != want[i];
+            CHECK(bad == 0, "%s kv_store_f16 (%zu values%s): %zu differ from wtype_f32_to_f16",
+                  be->ops->name, len, over ? ", one past the range" : "", bad);
+            if (over)
+                CHECK(rc && strstr(be->err.msg, "--cache-type f16") &&
+                              strstr(be->err.msg, "-1e+09"),
+                      "%s kv_store_f16 of -1e9 and 70000: rc %d \"%s\"", be->ops->name, rc,
+                      be->err.msg);
+            else
+                CHECK(rc == 0, "%s kv_store_f16 within range: rc %d \"%s\"", be->ops->name, rc,
+                      be->err.msg);
+            be->err = (TunaErr){0};
+            be->ops->release(be, dx);
+            be->ops->release(be, dh);
+        }
+        x[n - 3] = 70000.0f; /* past the range (and inside both lengths' vectors or tails) */
+        x[500] = -1e9f;
+        want[n - 3] = wtype_f32_to_f16(x[n - 3]);
+        want[500] = wtype_f32_to_f16(x[500]);
+    }
+    free(x);
+    free(got);
+    free(want);
+}
+
 static void test_backend(Backend *be) {
     const char *nm = be->ops->name;
     double worst;
@@ -239,6 +345,11 @@ static void test_backend(Backend *be) {
               : kv_lo        ? " spans"
                              : "",
               worst);
+        if (be->ops->attention_fwd_f16)
+            attention_f16_case(be, q, k, v, sh, stride, kv_lo,
+                               s >= 2 * n_ash ? " half"
+                               : kv_lo        ? " spans"
+                                              : "");
         free(kv_lo);
         be->ops->release(be, dq);
         be->ops->release(be, dk);
@@ -250,6 +361,7 @@ static void test_backend(Backend *be) {
         free(ref);
         free(out);
     }
+    if (be->ops->kv_store_f16) kv_store_f16_case(be);
     // elementwise and embedding
     {
         size_t n = 40000 + 3; /* above the parallel threshold, not a vector multiple */

@@ -403,63 +403,92 @@ static void c_rope(Backend *be, float *x, const int32_t *pos, const float *inv_f
     cpu_rope_rotate(be, x, pos, inv_freq, T, NH, HS, rot_dim, 1.0f);
 }
 
-/* Head-sized vector kernels. Heads are short (8 to 256): AVX-512 with a masked tail, so a
- * head of 8 is one masked load instead of a scalar loop (measured 40% of decode time on
+/* Head-sized vector kernels over a KV cache row of fp32 or, with F16 (a constant at each call,
+ * the --cache-type f16 cache), of halves widened as they are loaded (exactly: the values are
+ * those of the fp32 row the widening gives). Heads are short (8 to 256): AVX-512 with a masked
+ * tail, so a head of 8 is one masked load instead of a scalar loop (measured 40% of decode time on
  * stories260K, head_dim 8, before this). */
-static inline float head_dot(const float *a, const float *b, int n) {
+__attribute__((always_inline)) static inline const void *kv_row(const void *p, size_t i, int F16) {
+    return F16 ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
+}
+__attribute__((always_inline)) static inline float kv_at(const void *p, size_t i, int F16) {
+    return F16 ? wtype_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+#ifdef __AVX512F__
+/* elements i .. i+15 of a row as floats, lanes past n (from i) zero */
+__attribute__((always_inline)) static inline __m512 kv_load16(const void *p, size_t i, int n,
+                                                              int F16) {
+    if (!F16)
+        return n >= 16 ? _mm512_loadu_ps((const float *)p + i)
+                       : _mm512_maskz_loadu_ps(cpu_lanes16(n), (const float *)p + i);
+    if (n >= 16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+    uint16_t t[16] = {0};
+    memcpy(t, (const uint16_t *)p + i, sizeof(uint16_t) * (size_t)(n > 0 ? n : 0));
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* elements i .. i+7 of a row as floats */
+__attribute__((always_inline)) static inline __m256 kv_load8(const void *p, size_t i, int F16) {
+    if (F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    return _mm256_loadu_ps((const float *)p + i);
+}
+#define KV_AVX2 1
+#endif
+
+__attribute__((always_inline)) static inline float head_dot(const float *a, const void *b, int n,
+                                                            int F16) {
 #ifdef __AVX512F__
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i),
-                              acc);
-    }
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), kv_load16(b, (size_t)i, 16, F16), acc);
+    if (i < n)
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(cpu_lanes16(n - i), a + i),
+                              kv_load16(b, (size_t)i, n - i, F16), acc);
     return _mm512_reduce_add_ps(acc);
-#elif defined(__AVX2__) && defined(__FMA__) /* AVX2: the decode's attention (SmolLM2, 2 threads,
-                                            * 128 tokens: 13% of a token in the scalar loops) */
+#elif defined(KV_AVX2) /* AVX2: the decode's attention (SmolLM2, 2 threads, 128 tokens: 13% of a
+                        * token in the scalar loops) */
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_load8(b, (size_t)i, F16), acc);
     float s = cpu_hsum8(acc);
     for (; i < n; i++)
-        s += a[i] * b[i];
+        s += a[i] * kv_at(b, (size_t)i, F16);
     return s;
 #else
     float s = 0;
     for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
+        s += a[i] * kv_at(b, (size_t)i, F16);
     return s;
 #endif
 }
 
 /* out (HS) = sum_j p[j] * v[j*rs .. +HS] */
-static inline void head_weighted_sum(float *out, const float *p, const float *v, size_t rs, int n,
-                                     int HS) {
+__attribute__((always_inline)) static inline void
+head_weighted_sum(float *out, const float *p, const void *v, size_t rs, int n, int HS, int F16) {
 #ifdef __AVX512F__
     for (int i = 0; i < HS; i += 16) {
-        __mmask16 m = (__mmask16)(HS - i >= 16 ? 0xFFFF : (1u << (HS - i)) - 1);
+        __mmask16 m = cpu_lanes16(HS - i);
         __m512 acc = _mm512_setzero_ps();
         for (int j = 0; j < n; j++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * rs + i),
-                                  acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), kv_load16(v, j * rs + i, HS - i, F16), acc);
         _mm512_mask_storeu_ps(out + i, m, acc);
     }
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(KV_AVX2)
     int i = 0;
     for (; i + 8 <= HS; i += 8) {
         __m256 acc = _mm256_setzero_ps();
         for (int j = 0; j < n; j++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * rs + i), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), kv_load8(v, j * rs + i, F16), acc);
         _mm256_storeu_ps(out + i, acc);
     }
     for (; i < HS; i++) {
         float a = 0;
         for (int j = 0; j < n; j++)
-            a += p[j] * v[j * rs + i];
+            a += p[j] * kv_at(v, j * rs + i, F16);
         out[i] = a;
     }
 #else
@@ -467,18 +496,24 @@ static inline void head_weighted_sum(float *out, const float *p, const float *v,
         out[i] = 0;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < HS; i++)
-            out[i] += p[j] * v[j * rs + i];
+            out[i] += p[j] * kv_at(v, j * rs + i, F16);
 #endif
 }
 
 #define WSUM_PF 8 /* K and V rows fetched ahead (a row of a kv head: HS floats, every rs) */
+/* a row's cache lines fetched ahead (HS elements of 4 bytes, or 2 with F16) */
+__attribute__((always_inline)) static inline void kv_prefetch(const void *row, int HS, int F16) {
+    for (int c = 0; c < HS; c += F16 ? 32 : 16)
+        __builtin_prefetch(kv_row(row, (size_t)c, F16), 0, 3);
+}
+
 #ifdef __AVX512F__
 /* heads_weighted_sum for NH heads of NC full 16-float chunks (HS = 16 NC), constants after
  * inlining: NH x NC accumulators in registers, each V row read once for all the heads, the
  * next rows prefetched; every output element is still one fma chain over j in order, the bits
  * of head_weighted_sum. */
 __attribute__((always_inline)) static inline void
-wsum_tile(float *out, const float *p, const float *v, size_t rs, int n, int NH, int NC) {
+wsum_tile(float *out, const float *p, const void *v, size_t rs, int n, int NH, int NC, int F16) {
     __m512 acc[4][8];
 #pragma GCC unroll 4
     for (int h = 0; h < NH; h++)
@@ -486,14 +521,11 @@ wsum_tile(float *out, const float *p, const float *v, size_t rs, int n, int NH, 
         for (int c = 0; c < NC; c++)
             acc[h][c] = _mm512_setzero_ps();
     for (int j = 0; j < n; j++) {
-        const float *vr = v + (size_t)j * rs;
-        if (j + WSUM_PF < n)
-#pragma GCC unroll 8
-            for (int c = 0; c < NC; c++)
-                __builtin_prefetch(vr + WSUM_PF * rs + 16 * c, 0, 3);
+        const void *vr = kv_row(v, (size_t)j * rs, F16);
+        if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, F16), 16 * NC, F16);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
-            __m512 x = _mm512_loadu_ps(vr + 16 * c);
+            __m512 x = kv_load16(vr, (size_t)(16 * c), 16, F16);
 #pragma GCC unroll 4
             for (int h = 0; h < NH; h++)
                 acc[h][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)h * n + j]), x, acc[h][c]);
@@ -511,8 +543,10 @@ wsum_tile(float *out, const float *p, const float *v, size_t rs, int n, int NH, 
  * head_weighted_sum's values, bit for bit; head sizes 64 and 128 with the rows read once
  * for up to 4 (64) or 2 (128) heads, in order (SmolLM2 decoding at 1.5k tokens: 28% of the
  * attention's samples were one head at a time, one chunk per pass, a chain each) */
-static inline void heads_weighted_sum(float *out, const float *p, const float *v, size_t rs, int n,
-                                      int HS, int nh) {
+__attribute__((always_inline)) static inline void heads_weighted_sum(float *out, const float *p,
+                                                                     const void *v, size_t rs,
+                                                                     int n, int HS, int nh,
+                                                                     int F16) {
 #ifdef __AVX512F__
     if (HS == 64 || HS == 128) {
         int tile = HS == 64 ? 4 : 2;
@@ -522,41 +556,39 @@ static inline void heads_weighted_sum(float *out, const float *p, const float *v
             const float *ph = p + (size_t)h * n;
             if (HS == 64) {
                 if (m == 4)
-                    wsum_tile(o, ph, v, rs, n, 4, 4);
+                    wsum_tile(o, ph, v, rs, n, 4, 4, F16);
                 else if (m == 3)
-                    wsum_tile(o, ph, v, rs, n, 3, 4);
+                    wsum_tile(o, ph, v, rs, n, 3, 4, F16);
                 else if (m == 2)
-                    wsum_tile(o, ph, v, rs, n, 2, 4);
+                    wsum_tile(o, ph, v, rs, n, 2, 4, F16);
                 else
-                    wsum_tile(o, ph, v, rs, n, 1, 4);
+                    wsum_tile(o, ph, v, rs, n, 1, 4, F16);
             } else {
                 if (m == 2)
-                    wsum_tile(o, ph, v, rs, n, 2, 8);
+                    wsum_tile(o, ph, v, rs, n, 2, 8, F16);
                 else
-                    wsum_tile(o, ph, v, rs, n, 1, 8);
+                    wsum_tile(o, ph, v, rs, n, 1, 8, F16);
             }
         }
         return;
     }
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(KV_AVX2)
     if (HS % 64 == 0) { /* a head at a time, 64 floats (8 accumulators) a pass */
         for (int h = 0; h < nh; h++)
             for (int c0 = 0; c0 < HS; c0 += 64) {
-                const float *ph = p + (size_t)h * n, *vc = v + c0;
+                const float *ph = p + (size_t)h * n;
+                const void *vc = kv_row(v, (size_t)c0, F16);
                 __m256 acc[8];
 #pragma GCC unroll 8
                 for (int c = 0; c < 8; c++)
                     acc[c] = _mm256_setzero_ps();
                 for (int j = 0; j < n; j++) {
-                    const float *vr = vc + (size_t)j * rs;
-                    if (j + WSUM_PF < n)
-#pragma GCC unroll 4
-                        for (int c = 0; c < 4; c++)
-                            __builtin_prefetch(vr + WSUM_PF * rs + 16 * c, 0, 3);
+                    const void *vr = kv_row(vc, (size_t)j * rs, F16);
+                    if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, F16), 64, F16);
                     __m256 pj = _mm256_set1_ps(ph[j]);
 #pragma GCC unroll 8
                     for (int c = 0; c < 8; c++)
-                        acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+                        acc[c] = _mm256_fmadd_ps(pj, kv_load8(vr, (size_t)(8 * c), F16), acc[c]);
                 }
 #pragma GCC unroll 8
                 for (int c = 0; c < 8; c++)
@@ -566,43 +598,18 @@ static inline void heads_weighted_sum(float *out, const float *p, const float *v
     }
 #endif
     for (int h = 0; h < nh; h++)
-        head_weighted_sum(out + (size_t)h * HS, p + (size_t)h * n, v, rs, n, HS);
-}
-
-static inline void head_axpy(float *o, float a, const float *v, int n) {
-#ifdef __AVX512F__
-    __m512 av = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(o + i,
-                         _mm512_fmadd_ps(av, _mm512_loadu_ps(v + i), _mm512_loadu_ps(o + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(o + i, m,
-                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, v + i),
-                                              _mm512_maskz_loadu_ps(m, o + i)));
-    }
-#elif defined(__AVX2__) && defined(__FMA__)
-    __m256 av = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(o + i,
-                         _mm256_fmadd_ps(av, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
-    for (; i < n; i++)
-        o[i] += a * v[i];
-#else
-    for (int i = 0; i < n; i++)
-        o[i] += a * v[i];
-#endif
+        head_weighted_sum(out + (size_t)h * HS, p + (size_t)h * n, v, rs, n, HS, F16);
 }
 
 /* Items [lo,hi) of (batch row, query, kv head, part): the query heads that share a kv head
  * (`grp` of them, in `parts` parts of about grp / parts) are scored together, so each key and
  * value row is loaded once for all of them. Scores go to a scratch row, then softmax, then the
- * weighted sum of values; each head's sums are its own, so the parts change no bit. */
-static void attention_items(float *out, const float *q, const float *k, const float *v, int Tq,
-                            int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                            const int32_t *kv_lo, int parts, size_t lo, size_t hi, TunaErr *err) {
+ * weighted sum of values; each head's sums are its own, so the parts change no bit. k and v in
+ * fp32, or with F16 in halves. */
+__attribute__((always_inline)) static inline void
+attention_items(float *out, const float *q, const void *k, const void *v, int Tq, int Tk,
+                size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo,
+                int parts, size_t lo, size_t hi, TunaErr *err, int F16) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, per = (grp + parts - 1) / parts;
     size_t rs = (size_t)KVH * HS;
@@ -627,25 +634,53 @@ static void attention_items(float *out, const float *q, const float *k, const fl
         int p = Tk - Tq + t;
         int lo_k = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
         int n = p - lo_k + 1;
-        const float *kb = k + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
-        const float *vb = v + b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
+        size_t first = b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
+        const void *kb = kv_row(k, first, F16), *vb = kv_row(v, first, F16);
         for (int j = 0; j < n; j++) {
-            const float *kr = kb + j * rs;
+            const void *kr = kv_row(kb, (size_t)j * rs, F16);
             if (j + WSUM_PF < n) /* the rows' first touch: the scores waited on the loads */
-                for (int c = 0; c < HS; c += 16)
-                    __builtin_prefetch(kr + WSUM_PF * rs + c, 0, 3);
-            for (int h = 0; h < nh; h++) {
-                const float *qh = qv + (size_t)h * HS;
-                sc[(size_t)h * n + j] = head_dot(qh, kr, HS) * scale;
-            }
+                kv_prefetch(kv_row(kr, WSUM_PF * rs, F16), HS, F16);
+            for (int h = 0; h < nh; h++)
+                sc[(size_t)h * n + j] = head_dot(qv + (size_t)h * HS, kr, HS, F16) * scale;
         }
         for (int h = 0; h < nh; h++) /* softmax (vexpf, about 1 ulp) */
             cpu_softmax_row(sc + (size_t)h * n, n, 1.0f);
         /* out = probs · V, accumulated in registers across keys: a masked store and reload
          * of `o` per key stalls store forwarding */
-        heads_weighted_sum(o, sc, vb, rs, n, HS, nh);
+        heads_weighted_sum(o, sc, vb, rs, n, HS, nh, F16);
     }
     if (sc != stack_sc) free(sc);
+}
+
+static void attention_items_f32(float *out, const float *q, const float *k, const float *v, int Tq,
+                                int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                                const int32_t *kv_lo, int parts, size_t lo, size_t hi,
+                                TunaErr *err) {
+    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
+                    0);
+}
+
+static void attention_items_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                                int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
+                                int window, const int32_t *kv_lo, int parts, size_t lo, size_t hi,
+                                TunaErr *err) {
+    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
+                    1);
+}
+
+/* The threads and parts of a decode-sized attention (attention_items' items x parts) */
+static int attention_split(Backend *be, int B, int Tq, int Tk, int NH, int KVH, int HS,
+                           int *parts) {
+    /* a quarter of the usual threshold: each score also costs a reduction and an exp
+     * (stories260K decode, 2 threads: +12% at 256 tokens, +26% at 512) */
+    size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS, items = (size_t)B * Tq * KVH;
+    int nth = work >= PAR_MIN_WORK / 4 ? be->n_threads : 1;
+    /* few items that the threads do not share evenly (decoding SmolLM2: 3 kv heads on 2
+     * threads, one thread did 2 of them): each kv head's query heads in nth parts */
+    int grp = NH / KVH;
+    *parts =
+            nth > 1 && items < 4 * (size_t)nth && items % (size_t)nth ? (grp < nth ? grp : nth) : 1;
+    return nth;
 }
 
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
@@ -658,18 +693,72 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
             tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
         return;
     }
-    /* a quarter of the usual threshold: each score also costs a reduction and an exp
-     * (stories260K decode, 2 threads: +12% at 256 tokens, +26% at 512) */
-    size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS, items = (size_t)B * Tq * KVH;
-    int nth = work >= PAR_MIN_WORK / 4 ? be->n_threads : 1;
-    /* few items that the threads do not share evenly (decoding SmolLM2: 3 kv heads on 2
-     * threads, one thread did 2 of them): each kv head's query heads in nth parts */
-    int grp = NH / KVH;
-    int parts =
-            nth > 1 && items < 4 * (size_t)nth && items % (size_t)nth ? (grp < nth ? grp : nth) : 1;
+    int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);
+    size_t items = (size_t)B * Tq * KVH;
     CPU_PAR_RANGE(nth, items * (size_t)parts,
-                  attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
-                                  parts, lo, hi, &be->err));
+                  attention_items_f32(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
+                                      parts, lo, hi, &be->err));
+}
+
+// --- the f16 KV cache
+
+/* dst (n) = src (n) widened (exact) */
+static void widen_f16(float *dst, const uint16_t *src, size_t n) {
+    size_t i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#elif defined(KV_AVX2)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++)
+        dst[i] = wtype_f16_to_f32(src[i]);
+}
+
+/* dst (n) = src rounded to f16, to nearest even (VCVTPS2PH: wtype_f32_to_f16's bits); the range
+ * check (backend_kv_f16_range) only where a block held a value of 65520 or more */
+static void c_kv_store_f16(Backend *be, uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+    int big = 0;
+#ifdef __AVX512F__
+    const __m512 lim = _mm512_set1_ps(65520.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(src + i);
+        big |= _mm512_cmp_ps_mask(_mm512_abs_ps(x), lim, _CMP_GE_OQ) != 0;
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+#elif defined(KV_AVX2)
+    const __m256 lim = _mm256_set1_ps(65520.0f), sgn = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(src + i);
+        big |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sgn, x), lim, _CMP_GE_OQ)) != 0;
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+#endif
+    for (; i < n; i++) {
+        dst[i] = wtype_f32_to_f16(src[i]);
+        big |= fabsf(src[i]) >= 65520.0f;
+    }
+    if (big) backend_kv_f16_range(be, src, n);
+}
+
+/* Decoding reads the halves as it goes (half the bytes of an fp32 cache: after 1.5k tokens the
+ * cache is as many bytes a token as SmolLM2's Q4_1 weights); prefills and bf16 products widen
+ * the rows into fp32 and take c_attention's matrix products. */
+static void c_attention_f16(Backend *be, float *out, const float *q, const uint16_t *k,
+                            const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                            int KVH, int HS, int window, const int32_t *kv_lo) {
+    if (Tq >= ATTN_GEMM_MIN_TQ || be->mm_bf16) {
+        backend_attention_f16_widened(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                      kv_lo, widen_f16);
+        return;
+    }
+    int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);
+    size_t items = (size_t)B * Tq * KVH;
+    CPU_PAR_RANGE(nth, items * (size_t)parts,
+                  attention_items_f16(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
+                                      parts, lo, hi, &be->err));
 }
 
 // --- elementwise
@@ -773,6 +862,8 @@ static const BackendOps cpu_ops = {
         .layernorm_fwd = c_layernorm,
         .rope_fwd = c_rope,
         .attention_fwd = c_attention,
+        .kv_store_f16 = c_kv_store_f16,
+        .attention_fwd_f16 = c_attention_f16,
         .swiglu_fwd = c_swiglu,
         .gelu_fwd = c_gelu,
         .add_fwd = c_add,

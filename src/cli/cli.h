@@ -100,17 +100,24 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
 typedef struct CliPrecision {
     int bits, double_quant, bf16;
     const char *qtype, *dtype;
-    int given; /* a precision option was on the command line: an adapter run's own is not used */
+    int given;  /* a precision option was on the command line: an adapter run's own is not used */
+    int kv_f16; /* --cache-type f16 (CLI_CACHE_OPTS: the commands that decode) */
 } CliPrecision;
 #define CLI_PRECISION_INIT                                                                         \
-    { 0, 0, 0, "nf4", "auto", 0 }
+    { 0, 0, 0, "nf4", "auto", 0, 0 }
 enum {
     CLI_OPT_PREC = 1000,
     CLI_OPT_PREC_TYPE,
     CLI_OPT_PREC_DQ,
     CLI_OPT_PREC_DTYPE,
-    CLI_OPT_PREC_BF16
+    CLI_OPT_PREC_BF16,
+    CLI_OPT_CACHE
 };
+#define CLI_CACHE_OPTS                                                                             \
+    {                                                                                              \
+        "cache-type", 1, CLI_OPT_CACHE, "T",                                                       \
+                "the KV cache: f32 (default) | f16 (half the memory; keys and values rounded)"     \
+    }
 #define CLI_PRECISION_OPTS                                                                         \
     {"quantization-bit", 1, CLI_OPT_PREC, "N",                                                     \
      "keep the base's linear layers in 8 (q8_0) or 4 bits (0 = off, the default)"},                \

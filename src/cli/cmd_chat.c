@@ -78,6 +78,13 @@ int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
     case CLI_OPT_PREC_DQ: p->double_quant = 1; return 1;
     case CLI_OPT_PREC_DTYPE: p->dtype = arg; return 1;
     case CLI_OPT_PREC_BF16: p->bf16 = 1; return 1;
+    case CLI_OPT_CACHE:
+        if (strcmp(arg, "f32") && strcmp(arg, "f16")) {
+            fprintf(stderr, "tuna: --cache-type: expected f32 or f16, got \"%s\"\n", arg);
+            return -1;
+        }
+        p->kv_f16 = !strcmp(arg, "f16");
+        return 1;
     default: return 0;
     }
 }
@@ -112,6 +119,7 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     (*be)->mm_bf16 = p.bf16;
     if ((rc = model_load_opts(base, *be, &lo, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
+    if ((rc = model_set_kv_f16(*m, prec->kv_f16, err))) goto fail;
     if ((rc = tokenizer_load(base, tok, err))) goto fail;
     return 0;
 fail:
@@ -168,6 +176,7 @@ static const CliOpt chat_opts[] = {
          "scripted: print the replies alone, without the \"user: \" and \"assistant: \" "
          "lines"},
         CLI_PRECISION_OPTS,
+        CLI_CACHE_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };

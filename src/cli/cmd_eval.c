@@ -80,6 +80,7 @@ static const CliOpt eval_opts[] = {
         {"backend", 1, OPT_BACKEND, "NAME", "cpu (default), ref or cuda"},
         {"quiet", 0, OPT_QUIET, NULL, "no progress or summary on stderr"},
         CLI_PRECISION_OPTS,
+        CLI_CACHE_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };

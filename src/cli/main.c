@@ -69,6 +69,7 @@ static const CliOpt generate_opts[] = {
         {"no-echo", 0, OPT_NO_ECHO, NULL, "do not print the prompt before the continuation"},
         {"quiet", 0, OPT_QUIET, NULL, "no timing line on stderr"},
         CLI_PRECISION_OPTS,
+        CLI_CACHE_OPTS,
         {"help", 0, OPT_HELP, NULL, "show this help"},
         {NULL, 0, 0, NULL, NULL},
 };

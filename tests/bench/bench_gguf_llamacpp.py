@@ -1,14 +1,17 @@
 """Decoding the real SmolLM2-135M-Instruct Q4_1 GGUF: tuna generate vs llama.cpp (through
 llama-cpp-python), same file, same prompt, same number of new tokens (greedy), same threads.
 
-    python tests/bench/bench_gguf_llamacpp.py [--tokens 128] [--threads 2] [--rounds 5]
+    python tests/bench/bench_gguf_llamacpp.py [--tokens 128] [--threads 2] [--rounds 5] [--long]
 
 Rounds alternate tuna, tuna with 8-bit activations (TUNA_WTYPE_Q8ACT=1: the math llama.cpp's
-Q4_1 path does, opt-in in tuna) and llama.cpp; each reports decode tok/s ((N-1) tokens after the
+Q4_1 path does, opt-in in tuna), tuna with its KV cache in f16 (--cache-type f16: llama.cpp's
+default cache type) and llama.cpp; each reports decode tok/s ((N-1) tokens after the
 one the prefill gives, over the time of their steps), prefill tok/s, and how many greedy ids
 agree with llama.cpp's before the first that differs. The summary is the median of the
-per-round ratios to llama.cpp (paired, so load on a shared machine hits all alike). Skips with a
-message when llama_cpp is not importable or the model is not here."""
+per-round ratios to llama.cpp (paired, so load on a shared machine hits all alike). --long:
+the prompt is the first 6000 characters of datasets/tinystories_valid_slice.txt (1521 tokens),
+96 new tokens: decoding where the attention over the KV cache weighs as much as the weights.
+Skips with a message when llama_cpp is not importable or the model is not here."""
 import argparse
 import glob
 import json
@@ -34,19 +37,19 @@ def find_model():
     return None
 
 
-def run_tuna(model, n, threads, env=None):
+def run_tuna(model, prompt, n, threads, env=None, flags=()):
     out = subprocess.run(["./tuna" if os.path.exists("./tuna") else "build/tuna", "generate",
-                          model, "--prompt", PROMPT, "--max-new-tokens", str(n),
+                          model, "--prompt", prompt, "--max-new-tokens", str(n),
                           "--temperature", "0", "--ignore-eos", "--threads", str(threads),
-                          "--json", "--quiet", "--no-echo"],
+                          "--json", "--quiet", "--no-echo", *flags],
                          capture_output=True, text=True, check=True,
                          env=dict(os.environ, **(env or {}))).stdout
     j = json.loads(out)
     return j["tokens_per_s"], len(j["prompt_ids"]) / j["prefill_s"], j["ids"]
 
 
-def run_llama(llm, n):
-    toks = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
+def run_llama(llm, prompt, n):
+    toks = llm.tokenize(prompt.encode(), add_bos=False, special=False)
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(toks)
@@ -76,7 +79,16 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--long", action="store_true",
+                    help="a 1521-token prompt, 96 new tokens (unless --tokens says otherwise)")
     a = ap.parse_args()
+    prompt = PROMPT
+    if a.long:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets",
+                               "tinystories_valid_slice.txt"), encoding="utf-8") as f:
+            prompt = f.read()[:6000]
+        if "--tokens" not in sys.argv:
+            a.tokens = 96
     model = find_model()
     if not model:
         print("bench_gguf_llamacpp: no SmolLM2 Q4_1 GGUF (../shared or $SMOLLM2_GGUF); skipped")
@@ -96,25 +108,31 @@ def main():
         print(f"bench_gguf_llamacpp: llama-cpp-python died evaluating a batch (exit {rc}); "
               "rebuild it without ggml's AMX path (`make venv-llama`); skipped")
         return 0
-    llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=a.threads,
+    llm = llama_cpp.Llama(model_path=model, n_ctx=2048 if a.long else 512, n_threads=a.threads,
                           n_threads_batch=a.threads, n_batch=512, verbose=False)
-    print(f"model {model}, {a.tokens} new tokens greedy, {a.threads} threads, llama-cpp-python "
-          f"{llama_cpp.__version__}")
+    n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=False))
+    print(f"model {model}, a {n_prompt}-token prompt, {a.tokens} new tokens greedy, {a.threads} "
+          f"threads, llama-cpp-python {llama_cpp.__version__}")
     q8 = {"TUNA_WTYPE_Q8ACT": "1"}
-    dec, pre, dec8 = [], [], []
+    f16 = ("--cache-type", "f16")
+    dec, pre, dec8, dec16 = [], [], [], []
     for r in range(a.rounds):
-        td, tp, tids = run_tuna(model, a.tokens, a.threads)
-        qd, _, qids = run_tuna(model, a.tokens, a.threads, q8)
-        ld, lp, lids = run_llama(llm, a.tokens)
-        print(f"round {r}: decode tuna {td:7.1f} tok/s, tuna q8 activations {qd:7.1f}, llama.cpp "
-              f"{ld:7.1f}: ratios {td / ld:5.2f}, {qd / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, "
-              f"llama.cpp {lp:7.1f}, ratio {tp / lp:5.2f} | ids as llama.cpp's until "
-              f"{agree(tids, lids)}, q8 {agree(qids, lids)} of {a.tokens}")
+        td, tp, tids = run_tuna(model, prompt, a.tokens, a.threads)
+        qd, _, qids = run_tuna(model, prompt, a.tokens, a.threads, q8)
+        hd, _, hids = run_tuna(model, prompt, a.tokens, a.threads, flags=f16)
+        ld, lp, lids = run_llama(llm, prompt, a.tokens)
+        print(f"round {r}: decode tuna {td:7.1f} tok/s, q8 activations {qd:7.1f}, f16 cache "
+              f"{hd:7.1f}, llama.cpp {ld:7.1f}: ratios {td / ld:5.2f}, {qd / ld:5.2f}, "
+              f"{hd / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, llama.cpp {lp:7.1f}, ratio "
+              f"{tp / lp:5.2f} | ids as llama.cpp's until {agree(tids, lids)}, q8 "
+              f"{agree(qids, lids)}, f16 cache {agree(hids, lids)} of {a.tokens}")
         dec.append(td / ld)
         dec8.append(qd / ld)
+        dec16.append(hd / ld)
         pre.append(tp / lp)
     print(f"median ratio tuna / llama.cpp: decode {statistics.median(dec):.2f} (with 8-bit "
-          f"activations {statistics.median(dec8):.2f}), prefill {statistics.median(pre):.2f}")
+          f"activations {statistics.median(dec8):.2f}, with the f16 cache "
+          f"{statistics.median(dec16):.2f}), prefill {statistics.median(pre):.2f}")
     return 0
 
 

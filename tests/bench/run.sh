@@ -42,6 +42,8 @@ fi
 # the real SmolLM2 Q4_1 GGUF decoded by tuna (weights kept as stored) and by llama.cpp
 echo "=== SmolLM2 Q4_1 GGUF: tuna generate vs llama.cpp (llama-cpp-python), paired rounds ==="
 "$PY" tests/bench/bench_gguf_llamacpp.py || status=1
+echo "=== the same after a 1521-token prompt (the KV cache's reads weigh as much as the weights) ==="
+"$PY" tests/bench/bench_gguf_llamacpp.py --long --rounds 3 || status=1
 
 # low-precision training (issue 13): the CPU's features, then SmolLM2 LoRA fp32 / bf16 / 4-bit
 # against torch+peft fp32 and bf16 autocast, and GPT-2 full --bf16 against fp32, alternated
