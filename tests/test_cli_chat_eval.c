@@ -274,6 +274,30 @@ static void test_precision(void) {
         free(err);
     }
     CHECK(!strcmp(gen[0], gen[1]), "the run's own base: %s vs asked 4-bit %s", gen[0], gen[1]);
+    /* eval's JSON says how its numbers were computed: the run's own 4-bit base, or what the
+     * options asked for */
+    const struct {
+        const char *flags, *want;
+    } pv[] = {{"", "{\"quantization_bit\":4,\"quantization_type\":\"q4_0\",\"double_quantization\":"
+                   "false,\"dtype\":\"auto\",\"bf16\":false,\"cache_type\":\"f32\"}"},
+              {"--dtype fp32 --bf16 --cache-type f16",
+               "{\"quantization_bit\":0,\"quantization_type\":null,\"double_quantization\":false,"
+               "\"dtype\":\"fp32\",\"bf16\":true,\"cache_type\":\"f16\"}"}};
+    for (int k = 0; k < 2; k++) {
+        snprintf(args, sizeof args,
+                 "eval --model %s/qrun --dataset identity --max-samples 2 --max-new-tokens 4 "
+                 "--quiet %s",
+                 tmpdir, pv[k].flags);
+        rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
+        cJSON *j = cJSON_Parse(out);
+        char *s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "precision"));
+        CHECK(rc == 0 && s && !strcmp(s, pv[k].want), "eval the run %s: exit %d, precision %s",
+              pv[k].flags, rc, s ? s : err);
+        free(s);
+        cJSON_Delete(j);
+        free(out);
+        free(err);
+    }
     /* its export merges the adapter into the dequantized 4-bit base (peft's merge_and_unload):
      * an fp32 model that answers as the run does */
     snprintf(args, sizeof args, "export --model %s/qrun --out %s/qmerged", tmpdir, tmpdir);

@@ -91,6 +91,11 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
                    const struct CliPrecision *prec, Backend **be, Model **m, Tokenizer **tok,
                    TunaErr *err);
+/* cli_load_model, and *used (unless NULL) = the precision the base was loaded in: prec's, or
+ * with none given, an adapter run's own (what eval reports) */
+int cli_load_model_used(const char *model_dir, const char *adapter_dir, const char *backend,
+                        int threads, const struct CliPrecision *prec, Backend **be, Model **m,
+                        Tokenizer **tok, ModelPrecision *used, TunaErr *err);
 
 /* The base's precision in chat, generate and eval, with `tuna train`'s names: the table rows
  * CLI_PRECISION_OPTS (keys from CLI_OPT_PREC on, clear of every command's own), parsed by

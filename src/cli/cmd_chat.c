@@ -92,6 +92,13 @@ int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
 int cli_load_model(const char *model_dir, const char *adapter_dir, const char *backend, int threads,
                    const CliPrecision *prec, Backend **be, Model **m, Tokenizer **tok,
                    TunaErr *err) {
+    return cli_load_model_used(model_dir, adapter_dir, backend, threads, prec, be, m, tok, NULL,
+                               err);
+}
+
+int cli_load_model_used(const char *model_dir, const char *adapter_dir, const char *backend,
+                        int threads, const CliPrecision *prec, Backend **be, Model **m,
+                        Tokenizer **tok, ModelPrecision *used, TunaErr *err) {
     *be = NULL;
     *m = NULL;
     *tok = NULL;
@@ -112,6 +119,7 @@ int cli_load_model(const char *model_dir, const char *adapter_dir, const char *b
     snprintf(p.dtype, sizeof p.dtype, "%s", prec->dtype);
     /* the base as the adapter was trained on it (the TUI's Chat: the same, model_load_any) */
     if (adapter_dir && !prec->given) model_run_precision(adapter_dir, &p);
+    if (used) *used = p;
     ModelLoadOptions lo;
     if ((rc = model_load_options(p.bits, p.qtype, p.double_quant, p.dtype, &lo, err))) return rc;
     if (!(*be = backend_init(backend, threads, err)))

@@ -306,10 +306,26 @@ static int eval_generate(Model *m, const Tokenizer *tok, const Template *tpl, co
     return 0;
 }
 
+/* root.precision: how the numbers were computed: the base as loaded (an adapter run's own
+ * precision unless options said otherwise), the products, the KV cache */
+static void add_precision(cJSON *root, const ModelPrecision *p, int kv_f16) {
+    cJSON *pr = cJSON_AddObjectToObject(root, "precision");
+    cJSON_AddNumberToObject(pr, "quantization_bit", p->bits);
+    if (p->bits == 4)
+        cJSON_AddStringToObject(pr, "quantization_type", p->qtype);
+    else
+        cJSON_AddNullToObject(pr, "quantization_type");
+    cJSON_AddBoolToObject(pr, "double_quantization", p->bits == 4 && p->double_quant);
+    cJSON_AddStringToObject(pr, "dtype", p->dtype);
+    cJSON_AddBoolToObject(pr, "bf16", p->bf16);
+    cJSON_AddStringToObject(pr, "cache_type", kv_f16 ? "f16" : "f32");
+}
+
 /* The JSON report (caller deletes): loss, perplexity, scores (null without generation), what
  * was scored, and the first three samples. */
 static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long n_tokens,
-                          const double score[3], const Sample *samples, size_t n_gen) {
+                          const double score[3], const Sample *samples, size_t n_gen,
+                          const ModelPrecision *p, int kv_f16) {
     cJSON *root = cJSON_CreateObject();
     add_num_or_null(root, "eval_loss", 1, loss);
     add_num_or_null(root, "perplexity", 1, exp(loss));
@@ -325,6 +341,7 @@ static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long
         cJSON_AddNullToObject(root, "adapter");
     cJSON_AddStringToObject(root, "dataset", a->dataset);
     cJSON_AddStringToObject(root, "template", a->tname);
+    add_precision(root, p, kv_f16);
     cJSON *arr = cJSON_AddArrayToObject(root, "samples");
     for (size_t i = 0; i < n_gen && i < 3; i++) {
         cJSON *o = cJSON_CreateObject();
@@ -411,7 +428,9 @@ int cmd_eval(int argc, char **argv) {
     size_t n_gen = 0;
     double t0 = time_now();
     if (template_load(a.tdir, a.tname, &tpl, &err)) goto fail;
-    if (cli_load_model(a.model, a.adapter, a.backend, a.threads, &a.prec, &be, &m, &tok, &err))
+    ModelPrecision used;
+    if (cli_load_model_used(a.model, a.adapter, a.backend, a.threads, &a.prec, &be, &m, &tok, &used,
+                            &err))
         goto fail;
     DatasetOptions dopt = {.names = a.dataset,
                            .dataset_dir = a.ddir,
@@ -435,6 +454,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(root, "rewards/chosen", rs.chosen / n);
         cJSON_AddNumberToObject(root, "rewards/rejected", rs.rejected / n);
         cJSON_AddNumberToObject(root, "n_pairs", rs.n);
+        add_precision(root, &used, m->kv_f16);
         cJSON_AddStringToObject(root, "model", a.model);
         if (a.adapter)
             cJSON_AddStringToObject(root, "adapter", a.adapter);
@@ -471,7 +491,7 @@ int cmd_eval(int argc, char **argv) {
         if (eval_generate(m, tok, tpl, d, &a, progress, &s, samples, &n_gen, score, &err))
             goto fail;
     }
-    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen);
+    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen, &used, m->kv_f16);
     json = cJSON_Print(root);
     if (a.output && write_text(a.output, json, &err)) goto fail;
     puts(json);
