@@ -112,10 +112,15 @@ void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float 
         be->ops->matmul_w_fwd(be, outs[i], in, ws[i], biases ? biases[i] : NULL, M);
 }
 
-void backend_attention_f16_widened(Backend *be, float *out, const float *q, const uint16_t *k,
-                                   const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride,
-                                   int NH, int KVH, int HS, int window, const int32_t *kv_lo,
-                                   void (*widen)(float *dst, const uint16_t *src, size_t n)) {
+int kv_type_ok(WType t, int HS) {
+    if (t == WT_F32) return 1;
+    if (t != WT_F16 && t != WT_Q8_0) return 0;
+    return HS > 0 && HS % wtype_info[t].block == 0;
+}
+
+void backend_attention_kv_widened(Backend *be, WType t, float *out, const float *q, const void *k,
+                                  const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                                  int KVH, int HS, int window, const int32_t *kv_lo) {
     size_t row = (size_t)Tk * KVH * HS, n = (size_t)B * row;
     float *kf = malloc(sizeof(float) * (n ? 2 * n : 1)), *vf = kf + n;
     if (!kf) {
@@ -123,30 +128,24 @@ void backend_attention_f16_widened(Backend *be, float *out, const float *q, cons
                   Tk);
         return;
     }
-    for (int b = 0; b < B; b++) {
-        const uint16_t *ks = k + (size_t)b * kv_stride, *vs = v + (size_t)b * kv_stride;
-        float *kd = kf + (size_t)b * row, *vd = vf + (size_t)b * row;
-        if (widen) {
-            widen(kd, ks, row);
-            widen(vd, vs, row);
-        } else
-            for (size_t i = 0; i < row; i++) {
-                kd[i] = wtype_f16_to_f32(ks[i]);
-                vd[i] = wtype_f16_to_f32(vs[i]);
-            }
+    for (int b = 0; b < B && row; b++) {
+        size_t at = wtype_row_bytes(t, (int64_t)((size_t)b * kv_stride));
+        wtype_info[t].dequant_row((const char *)k + at, kf + (size_t)b * row, (int64_t)row, NULL);
+        wtype_info[t].dequant_row((const char *)v + at, vf + (size_t)b * row, (int64_t)row, NULL);
     }
     be->ops->attention_fwd(be, out, q, kf, vf, B, Tq, Tk, row, NH, KVH, HS, window, kv_lo);
     free(kf);
 }
 
-void backend_kv_f16_range(Backend *be, const float *src, size_t n) {
+void backend_kv_range(Backend *be, WType t, const float *src, size_t n) {
+    float lim = t == WT_Q8_0 ? 65520.0f * 127.0f : 65520.0f;
     for (size_t i = 0; i < n; i++)
-        if (!(fabsf(src[i]) < 65520.0f) && src[i] == src[i]) {
+        if (!(fabsf(src[i]) < lim) && src[i] == src[i]) {
             if (!be->err.code)
                 tuna_errf(&be->err, TUNA_EINVAL,
-                          "--cache-type f16: a key or value of %g is past f16's range (65504); "
-                          "use --cache-type f32",
-                          (double)src[i]);
+                          "--cache-type %s: a key or value of %g is past its range; use "
+                          "--cache-type f32",
+                          t == WT_Q8_0 ? "q8_0" : "f16", (double)src[i]);
             return;
         }
 }
@@ -209,8 +208,8 @@ static const struct {
         SLOT(matmul_w_fwd, BACKEND_NEED_WTYPES),
         SLOT(matmul_w_bwd_in, BACKEND_NEED_WTYPES),
         SLOT(embed_w_fwd, BACKEND_NEED_WTYPES),
-        SLOT(kv_store_f16, BACKEND_NEED_KV_F16),
-        SLOT(attention_fwd_f16, BACKEND_NEED_KV_F16),
+        SLOT(kv_store, BACKEND_NEED_KV_TYPED),
+        SLOT(attention_fwd_kv, BACKEND_NEED_KV_TYPED),
 };
 #undef SLOT
 

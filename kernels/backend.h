@@ -155,17 +155,21 @@ typedef struct BackendOps {
     void (*matmul_w_fwd_n)(Backend *be, int n, float *const *outs, const float *in,
                            const Weight *const *ws, const float *const *biases, int M);
 
-    /* A KV cache in f16 (--cache-type f16: half the bytes of fp32, the type llama.cpp keeps):
-     * kv_store_f16: dst (n) = src rounded to f16 to nearest even (wtype_f32_to_f16's bits), and a
-     * value that rounds past f16's range (|x| >= 65520) sets be->err (backend_kv_f16_range);
-     * attention_fwd_f16: attention_fwd with k and v (B, Tk, KVH, HS; kv_stride
-     * apart, in halves) in f16, the results of attention_fwd over k and v widened to fp32 (an
-     * exact widening: backend_attention_f16_widened does just that). Optional
-     * (BACKEND_NEED_KV_F16); the cuda backend leaves them NULL. */
-    void (*kv_store_f16)(Backend *be, uint16_t *dst, const float *src, size_t n);
-    void (*attention_fwd_f16)(Backend *be, float *out, const float *q, const uint16_t *k,
-                              const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                              int KVH, int HS, int window, const int32_t *kv_lo);
+    /* A typed KV cache (--cache-type f16 | q8_0: half or 34/128 of fp32's bytes; llama.cpp's
+     * cache types), t one of kv_type_ok's. Positions (element counts: kv_stride, rows) are in
+     * elements; an element e of a cache starts at byte wtype_row_bytes(t, e), so they are whole
+     * blocks (Q8_0: HS a multiple of 32).
+     * kv_store: dst (n, a multiple of the block) = src in t's blocks, wtype_info[t].quant_row's
+     * bits; a value past t's range (f16: |x| >= 65520; Q8_0's f16 scales: |x| >= 65520 * 127)
+     * sets be->err (backend_kv_range).
+     * attention_fwd_kv: attention_fwd with k and v (B, Tk, KVH, HS; kv_stride apart) of type t:
+     * the results of attention_fwd over k and v dequantized to fp32 (dequant_row's values:
+     * backend_attention_kv_widened does just that). Optional (BACKEND_NEED_KV_TYPED); the cuda
+     * backend leaves them NULL. */
+    void (*kv_store)(Backend *be, WType t, void *dst, const float *src, size_t n);
+    void (*attention_fwd_kv)(Backend *be, WType t, float *out, const float *q, const void *k,
+                             const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                             int KVH, int HS, int window, const int32_t *kv_lo);
 
     /* matmul_bwd's weight gradient, overwriting: dw (N,K) = doutᵀ · in, the bits of zeroing dw
      * and matmul_bwd's dw += (a gradient a step has not written yet: no zeroing pass, and the
@@ -244,17 +248,20 @@ void backend_matmul_acc(Backend *be, float *out, const float *in, const float *w
 void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float *in,
                             const Weight *const *ws, const float *const *biases, int M);
 
-/* attention_fwd_f16 for a backend in host memory: k and v's rows 0 .. Tk-1 of each batch row
- * widened to fp32 (widen: n halves to floats, exactly; NULL: wtype_f16_to_f32 one at a time),
- * then be's attention_fwd over them. Sets be->err when out of memory. */
-void backend_attention_f16_widened(Backend *be, float *out, const float *q, const uint16_t *k,
-                                   const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride,
-                                   int NH, int KVH, int HS, int window, const int32_t *kv_lo,
-                                   void (*widen)(float *dst, const uint16_t *src, size_t n));
+/* The KV cache types (--cache-type): F32, F16 and Q8_0; 1 when t is one, for heads of HS (its
+ * blocks whole in a head), else 0 */
+int kv_type_ok(WType t, int HS);
 
-/* kv_store_f16's range check over the n values of src it stored: where one is at least 65520 in
- * magnitude (infinite in f16), be->err names it (unless be->err is already set) */
-void backend_kv_f16_range(Backend *be, const float *src, size_t n);
+/* attention_fwd_kv for a backend in host memory: k and v's rows 0 .. Tk-1 of each batch row
+ * dequantized to fp32 (wtype_info[t].dequant_row), then be's attention_fwd over them. Sets
+ * be->err when out of memory. */
+void backend_attention_kv_widened(Backend *be, WType t, float *out, const float *q, const void *k,
+                                  const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                                  int KVH, int HS, int window, const int32_t *kv_lo);
+
+/* kv_store's range check over the n values of src it stored in type t: where one is past t's
+ * range (infinite once stored), be->err names it (unless be->err is already set) */
+void backend_kv_range(Backend *be, WType t, const float *src, size_t n);
 
 /* Bytes the backend called name keeps beside bf16_bytes of frozen BF16 weights when mm_bf16
  * runs their products (the cpu backend's packed copies: cpu_backend.h, CPU_PACK_MB), for
@@ -273,8 +280,8 @@ void backend_set_threads(Backend *be, int n_threads);
 #define BACKEND_NEED_TRAIN 2u
 /* The typed-weight ops (matmul_w_fwd, matmul_w_bwd_in, embed_w_fwd). */
 #define BACKEND_NEED_WTYPES 4u
-/* The f16 KV cache (kv_store_f16, attention_fwd_f16). */
-#define BACKEND_NEED_KV_F16 8u
+/* A typed KV cache (kv_store, attention_fwd_kv). */
+#define BACKEND_NEED_KV_TYPED 8u
 /* The name of the first slot that `need` uses and ops leaves NULL, or NULL when all are there. */
 const char *backend_missing(const BackendOps *ops, unsigned need);
 

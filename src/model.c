@@ -758,9 +758,9 @@ done:
     return rc;
 }
 
-/* Bytes of an element of the KV cache */
-static size_t kv_esize(const Model *m) {
-    return m->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+/* Bytes of the first n elements of a KV cache (n whole blocks of its type) */
+static size_t kv_bytes(const Model *m, size_t n) {
+    return n ? wtype_row_bytes(m->kv_type, (int64_t)n) : 0;
 }
 
 static void free_state(Model *m) {
@@ -952,8 +952,9 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
     free_state(m);
     Backend *be = m->be;
     size_t KD = (size_t)c->KVH * c->HS, QD = (size_t)c->NH * c->HS;
-    size_t kv = (size_t)c->L * n_slots * cache_T * KD * kv_esize(m);
-    size_t T = (size_t)act_T, nk = (size_t)(m->kv_f16 && act_T > n_slots ? act_T : n_slots) * KD;
+    size_t kv = kv_bytes(m, (size_t)c->L * n_slots * cache_T * KD);
+    size_t T = (size_t)act_T,
+           nk = (size_t)(m->kv_type != WT_F32 && act_T > n_slots ? act_T : n_slots) * KD;
     struct {
         void **p;
         size_t bytes;
@@ -1003,22 +1004,22 @@ static size_t slot_layer_off(const Model *m, int l, int slot) {
     return ((size_t)l * m->n_slots + (size_t)slot) * m->cache_T * m->cfg.KVH * m->cfg.HS;
 }
 
-/* Element `at` of the k or v cache. */
+/* Element `at` of the k or v cache (a block boundary: whole rows of KVH*HS). */
 static void *kv_at(const Model *m, void *cache, size_t at) {
-    return (char *)cache + at * kv_esize(m);
+    return (char *)cache + kv_bytes(m, at);
 }
 
-/* n fp32 values of backend memory into the cache from element at (rounded with kv_f16). */
+/* n fp32 values of backend memory into the cache from element at (in its type) */
 static void kv_store(Model *m, void *cache, size_t at, const float *src, size_t n) {
-    if (m->kv_f16)
-        m->be->ops->kv_store_f16(m->be, kv_at(m, cache, at), src, n);
+    if (m->kv_type != WT_F32)
+        m->be->ops->kv_store(m->be, m->kv_type, kv_at(m, cache, at), src, n);
     else
         m->be->ops->copy(m->be, kv_at(m, cache, at), src, n * sizeof(float));
 }
 
-/* n fp32 values of host memory into the cache (through k_new with kv_f16) */
+/* n fp32 values of host memory into the cache (through k_new when typed) */
 static void kv_upload(Model *m, void *cache, size_t at, const float *src, size_t n) {
-    if (!m->kv_f16) {
+    if (m->kv_type == WT_F32) {
         m->be->ops->upload(m->be, kv_at(m, cache, at), src, n * sizeof(float));
         return;
     }
@@ -1026,17 +1027,17 @@ static void kv_upload(Model *m, void *cache, size_t at, const float *src, size_t
     kv_store(m, cache, at, m->k_new, n);
 }
 
-/* n values of the cache from element at into host memory, as fp32 (halves widened) */
+/* n values of the cache from element at into host memory, as fp32 (dequantized) */
 static void kv_download(Model *m, float *dst, void *cache, size_t at, size_t n) {
-    if (!m->kv_f16) {
+    if (m->kv_type == WT_F32) {
         m->be->ops->download(m->be, dst, kv_at(m, cache, at), n * sizeof(float));
         return;
     }
-    uint16_t *h = xmalloc(sizeof(uint16_t) * n);
-    m->be->ops->download(m->be, h, kv_at(m, cache, at), n * sizeof(uint16_t));
+    size_t bytes = kv_bytes(m, n);
+    void *h = xmalloc(bytes);
+    m->be->ops->download(m->be, h, kv_at(m, cache, at), bytes);
     m->be->ops->sync(m->be);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = wtype_f16_to_f32(h[i]);
+    wtype_info[m->kv_type].dequant_row(h, dst, (int64_t)n, NULL);
     free(h);
 }
 
@@ -1045,25 +1046,34 @@ static void kv_attention(Model *m, float *out, const float *q, size_t base, int 
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     size_t stride = (size_t)m->cache_T * c->KVH * c->HS;
-    if (m->kv_f16)
-        be->ops->attention_fwd_f16(be, out, q, kv_at(m, m->k_cache, base),
-                                   kv_at(m, m->v_cache, base), 1, Tq, Tk, stride, c->NH, c->KVH,
-                                   c->HS, c->sliding_window, NULL);
+    if (m->kv_type != WT_F32)
+        be->ops->attention_fwd_kv(be, m->kv_type, out, q, kv_at(m, m->k_cache, base),
+                                  kv_at(m, m->v_cache, base), 1, Tq, Tk, stride, c->NH, c->KVH,
+                                  c->HS, c->sliding_window, NULL);
     else
         be->ops->attention_fwd(be, out, q, kv_at(m, m->k_cache, base), kv_at(m, m->v_cache, base),
                                1, Tq, Tk, stride, c->NH, c->KVH, c->HS, c->sliding_window, NULL);
 }
 
-int model_set_kv_f16(Model *m, int on, TunaErr *err) {
-    on = !!on;
-    if (on && backend_missing(m->be->ops, BACKEND_NEED_KV_F16))
+int model_set_kv_type(Model *m, WType t, TunaErr *err) {
+    const char *name = t == WT_F32 ? "f32" : t == WT_F16 ? "f16" : t == WT_Q8_0 ? "q8_0" : "?";
+    if (!kv_type_ok(t, m->cfg.HS)) {
+        if (t == WT_Q8_0)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "--cache-type q8_0: this model's heads of %d are not whole blocks "
+                             "of 32; use f16",
+                             m->cfg.HS);
+        return tuna_errf(err, TUNA_EINVAL, "--cache-type: f32, f16 or q8_0, not type %d", (int)t);
+    }
+    if (t != WT_F32 && backend_missing(m->be->ops, BACKEND_NEED_KV_TYPED))
         return tuna_errf(err, TUNA_EUNSUP,
-                         "--cache-type f16: the %s backend keeps its KV cache in fp32 only (it "
+                         "--cache-type %s: the %s backend keeps its KV cache in fp32 only (it "
                          "has no %s op)",
-                         m->be->ops->name, backend_missing(m->be->ops, BACKEND_NEED_KV_F16));
-    if (on != m->kv_f16) {
+                         name, m->be->ops->name,
+                         backend_missing(m->be->ops, BACKEND_NEED_KV_TYPED));
+    if (t != m->kv_type) {
         free_state(m);
-        m->kv_f16 = on;
+        m->kv_type = t;
     }
     return 0;
 }
@@ -1157,7 +1167,7 @@ static void forward_chunk_in(Model *m, const int32_t *ids, const float *emb, int
     for (int l = 0; l < c->L; l++) {
         const LayerWeights *w = &m->layers[l];
         size_t base = slot_layer_off(m, l, m->slot), at = base + (size_t)p0 * KD;
-        if (m->kv_f16) { /* the new keys and values rounded into the cache */
+        if (m->kv_type != WT_F32) { /* the new keys and values stored in the cache's type */
             qkv_fwd(m, w, T, m->k_new, m->v_new);
             kv_store(m, m->k_cache, at, m->k_new, (size_t)T * KD);
             kv_store(m, m->v_cache, at, m->v_new, (size_t)T * KD);

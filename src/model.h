@@ -102,9 +102,9 @@ typedef struct Model {
     int n_past;              /* positions already in the current slot's cache */
     int n_slots, slot;       /* sequences the cache holds (batched decoding), current one */
     int *slot_past;          /* (n_slots) n_past of each slot; slot_past[slot] is stale */
-    int kv_f16;              /* the cache holds halves (model_set_kv_f16), not floats */
-    void *k_cache, *v_cache; // (L, n_slots, cache_T, KVH, HS) fp32, or f16 with kv_f16
-    float *k_new, *v_new;    // (n_slots, KVH*HS) a decoding batch's new keys and values (kv_f16:
+    WType kv_type;           /* the cache's type (model_set_kv_type): F32, F16 or Q8_0 */
+    void *k_cache, *v_cache; // (L, n_slots, cache_T, KVH, HS) in kv_type
+    float *k_new, *v_new;    // (n_slots, KVH*HS) a decoding batch's new keys and values (typed:
                              // (max(n_slots, act_T), KVH*HS), a chunk's before they are rounded)
     int act_T;               /* rows the activation buffers hold */
     float *x, *xb, *xb2;     // (act_T, C)
@@ -201,10 +201,12 @@ int model_reserve(Model *m, int cache_T, int act_T, TunaErr *err);
  * one with its own KV cache. Slot 0 is current; all slots are empty. */
 int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *err);
 
-/* The KV cache in f16 (on: keys and values rounded to nearest even as they are stored, half the
- * bytes; llama.cpp's default) or fp32 (off, the default). Empties the cache: the next
- * model_reserve sizes it. A backend without the ops (BACKEND_NEED_KV_F16) is a one-line error. */
-int model_set_kv_f16(Model *m, int on, TunaErr *err);
+/* The KV cache's type: WT_F32 (the default), WT_F16 (keys and values rounded to nearest even as
+ * they are stored, half the bytes; llama.cpp's default) or WT_Q8_0 (blocks of 32 with an f16
+ * scale, 34/128 of fp32's bytes; heads of a multiple of 32). Empties the cache: the next
+ * model_reserve sizes it. A type the heads or the backend cannot take (BACKEND_NEED_KV_TYPED) is
+ * a one-line error. */
+int model_set_kv_type(Model *m, WType t, TunaErr *err);
 
 /* Makes slot s current: model_forward and model_reset then work on its sequence. */
 void model_use_slot(Model *m, int s);

@@ -44,50 +44,49 @@ static void down(Backend *be, float *h, const float *d, size_t n) {
     be->ops->sync(be);
 }
 
-/* attention_fwd_f16 over k and v rounded to f16: ref_attention_fwd over the widened rows (the
- * tolerance of attention_fwd), and the bits of the backend's own attention_fwd over them */
-static void attention_f16_case(Backend *be, const float *q, const float *k, const float *v,
-                               const int *sh, size_t stride, const int32_t *kv_lo,
-                               const char *what) {
+/* attention_fwd_kv over k and v stored in t (quant_row): ref_attention_fwd over the dequantized
+ * rows (the tolerance of attention_fwd), and the bits of the backend's own attention_fwd over
+ * them */
+static void attention_kv_case(Backend *be, WType t, const float *q, const float *k, const float *v,
+                              const int *sh, size_t stride, const int32_t *kv_lo,
+                              const char *what) {
     int B = sh[0], Tq = sh[1], Tk = sh[2], NH = sh[3], KVH = sh[4], HS = sh[5], win = sh[6];
     size_t nq = (size_t)B * Tq * NH * HS, nkv = (size_t)B * stride;
-    uint16_t *k16 = malloc(sizeof(uint16_t) * nkv), *v16 = malloc(sizeof(uint16_t) * nkv);
+    size_t bytes = wtype_row_bytes(t, (int64_t)nkv);
+    void *kt = malloc(bytes), *vt = malloc(bytes);
     float *kw = malloc(sizeof(float) * nkv), *vw = malloc(sizeof(float) * nkv);
-    for (size_t i = 0; i < nkv; i++) {
-        k16[i] = wtype_f32_to_f16(k[i]);
-        v16[i] = wtype_f32_to_f16(v[i]);
-        kw[i] = wtype_f16_to_f32(k16[i]);
-        vw[i] = wtype_f16_to_f32(v16[i]);
-    }
+    wtype_info[t].quant_row(k, kt, (int64_t)nkv, NULL);
+    wtype_info[t].quant_row(v, vt, (int64_t)nkv, NULL);
+    wtype_info[t].dequant_row(kt, kw, (int64_t)nkv, NULL);
+    wtype_info[t].dequant_row(vt, vw, (int64_t)nkv, NULL);
     float *ref = malloc(sizeof(float) * nq), *out = malloc(sizeof(float) * nq),
           *wide = malloc(sizeof(float) * nq);
     ref_attention_fwd(ref, q, kw, vw, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
     float *dq = up(be, q, nq), *dkw = up(be, kw, nkv), *dvw = up(be, vw, nkv);
-    uint16_t *dk = be->ops->alloc(be, sizeof(uint16_t) * nkv),
-             *dv = be->ops->alloc(be, sizeof(uint16_t) * nkv);
-    be->ops->upload(be, dk, k16, sizeof(uint16_t) * nkv);
-    be->ops->upload(be, dv, v16, sizeof(uint16_t) * nkv);
+    void *dk = be->ops->alloc(be, bytes), *dv = be->ops->alloc(be, bytes);
+    be->ops->upload(be, dk, kt, bytes);
+    be->ops->upload(be, dv, vt, bytes);
     float *dout = be->ops->alloc(be, sizeof(float) * nq);
-    be->ops->attention_fwd_f16(be, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
+    be->ops->attention_fwd_kv(be, t, dout, dq, dk, dv, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
     down(be, out, dout, nq);
     be->ops->attention_fwd(be, dout, dq, dkw, dvw, B, Tq, Tk, stride, NH, KVH, HS, win, kv_lo);
     down(be, wide, dout, nq);
     double worst;
     CHECK(test_close_enough(out, ref, nq, 1e-5f, 1e-4f, &worst),
-          "%s attention f16 cache B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", be->ops->name,
-          B, Tq, Tk, NH, KVH, HS, win, what, worst);
+          "%s attention %s cache B=%d Tq=%d Tk=%d NH=%d KVH=%d HS=%d win=%d%s: %g", be->ops->name,
+          wtype_info[t].name, B, Tq, Tk, NH, KVH, HS, win, what, worst);
     CHECK(!memcmp(out, wide, sizeof(float) * nq),
-          "%s attention f16 cache B=%d Tq=%d Tk=%d HS=%d%s: not the bits of attention_fwd over "
-          "the widened rows",
-          be->ops->name, B, Tq, Tk, HS, what);
+          "%s attention %s cache B=%d Tq=%d Tk=%d HS=%d%s: not the bits of attention_fwd over "
+          "the dequantized rows",
+          be->ops->name, wtype_info[t].name, B, Tq, Tk, HS, what);
     be->ops->release(be, dq);
     be->ops->release(be, dkw);
     be->ops->release(be, dvw);
     be->ops->release(be, dk);
     be->ops->release(be, dv);
     be->ops->release(be, dout);
-    free(k16);
-    free(v16);
+    free(kt);
+    free(vt);
     free(kw);
     free(vw);
     free(ref);
@@ -95,7 +94,7 @@ static void attention_f16_case(Backend *be, const float *q, const float *k, cons
     free(wide);
 }
 
-/* kv_store_f16: wtype_f32_to_f16's bits on normal values, f16 subnormals, exact ties, the
+/* kv_store in F16: wtype_f32_to_f16's bits on normal values, f16 subnormals, exact ties, the
  * largest finite values, zeros and infinities' neighbours (odd lengths: vector tails); a value
  * past the range sets be->err naming --cache-type, and the rest is still stored */
 static void kv_store_f16_case(Backend *be) {
@@ -120,7 +119,7 @@ static void kv_store_f16_case(Backend *be) {
         for (size_t len = n - 9; len <= n; len += 9) { /* 998 and 1007: tails of 6 and 15 */
             float *dx = up(be, x, len);
             uint16_t *dh = be->ops->alloc(be, sizeof(uint16_t) * len);
-            be->ops->kv_store_f16(be, dh, dx, len);
+            be->ops->kv_store(be, WT_F16, dh, dx, len);
             be->ops->download(be, got, dh, sizeof(uint16_t) * len);
             int rc = be->ops->sync(be);
             size_t bad = 0;
@@ -144,6 +143,44 @@ static void kv_store_f16_case(Backend *be) {
         x[500] = -1e9f;
         want[n - 3] = wtype_f32_to_f16(x[n - 3]);
         want[500] = wtype_f32_to_f16(x[500]);
+    }
+    free(x);
+    free(got);
+    free(want);
+}
+
+/* kv_store in Q8_0: quant_row's bits (blocks of mixed sizes, a zero block, exact halves of a
+ * step); a value past its scale's range (65504 x 127) sets be->err */
+static void kv_store_q8_case(Backend *be) {
+    size_t n = 32 * 40;
+    float *x = rand_buf(n, 3);
+    for (size_t i = 0; i < 32; i++)
+        x[32 + i] = 0.0f; /* a zero block: scale 0 */
+    for (size_t i = 0; i < 32; i++)
+        x[64 + i] = (float)((int)i - 16) * 0.5f; /* q = x / (amax / 127): halves of a step */
+    for (size_t i = 0; i < 32; i++)
+        x[96 + i] *= 1e4f;
+    size_t bytes = wtype_row_bytes(WT_Q8_0, (int64_t)n);
+    uint8_t *got = malloc(bytes), *want = malloc(bytes);
+    for (int over = 0; over < 2; over++) {
+        if (over) x[n - 5] = 1e10f;
+        wtype_info[WT_Q8_0].quant_row(x, want, (int64_t)n, NULL);
+        float *dx = up(be, x, n);
+        void *dq = be->ops->alloc(be, bytes);
+        be->ops->kv_store(be, WT_Q8_0, dq, dx, n);
+        be->ops->download(be, got, dq, bytes);
+        int rc = be->ops->sync(be);
+        CHECK(!memcmp(got, want, bytes), "%s kv_store Q8_0 (%zu values%s): not quant_row's bytes",
+              be->ops->name, n, over ? ", one past the range" : "");
+        if (over)
+            CHECK(rc && strstr(be->err.msg, "--cache-type q8_0") && strstr(be->err.msg, "1e+10"),
+                  "%s kv_store Q8_0 of 1e10: rc %d \"%s\"", be->ops->name, rc, be->err.msg);
+        else
+            CHECK(rc == 0, "%s kv_store Q8_0 within range: rc %d \"%s\"", be->ops->name, rc,
+                  be->err.msg);
+        be->err = (TunaErr){0};
+        be->ops->release(be, dx);
+        be->ops->release(be, dq);
     }
     free(x);
     free(got);
@@ -345,11 +382,11 @@ static void test_backend(Backend *be) {
               : kv_lo        ? " spans"
                              : "",
               worst);
-        if (be->ops->attention_fwd_f16)
-            attention_f16_case(be, q, k, v, sh, stride, kv_lo,
-                               s >= 2 * n_ash ? " half"
-                               : kv_lo        ? " spans"
-                                              : "");
+        if (be->ops->attention_fwd_kv) {
+            const char *what = s >= 2 * n_ash ? " half" : kv_lo ? " spans" : "";
+            attention_kv_case(be, WT_F16, q, k, v, sh, stride, kv_lo, what);
+            if (HS % 32 == 0) attention_kv_case(be, WT_Q8_0, q, k, v, sh, stride, kv_lo, what);
+        }
         free(kv_lo);
         be->ops->release(be, dq);
         be->ops->release(be, dk);
@@ -361,7 +398,10 @@ static void test_backend(Backend *be) {
         free(ref);
         free(out);
     }
-    if (be->ops->kv_store_f16) kv_store_f16_case(be);
+    if (be->ops->kv_store) {
+        kv_store_f16_case(be);
+        kv_store_q8_case(be);
+    }
     // elementwise and embedding
     {
         size_t n = 40000 + 3; /* above the parallel threshold, not a vector multiple */

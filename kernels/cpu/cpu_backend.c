@@ -403,25 +403,47 @@ static void c_rope(Backend *be, float *x, const int32_t *pos, const float *inv_f
     cpu_rope_rotate(be, x, pos, inv_freq, T, NH, HS, rot_dim, 1.0f);
 }
 
-/* Head-sized vector kernels over a KV cache row of fp32 or, with F16 (a constant at each call,
- * the --cache-type f16 cache), of halves widened as they are loaded (exactly: the values are
- * those of the fp32 row the widening gives). Heads are short (8 to 256): AVX-512 with a masked
- * tail, so a head of 8 is one masked load instead of a scalar loop (measured 40% of decode time on
- * stories260K, head_dim 8, before this). */
-__attribute__((always_inline)) static inline const void *kv_row(const void *p, size_t i, int F16) {
-    return F16 ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
+/* Head-sized vector kernels over a KV cache row of fp32, or (T, a constant at each call: the
+ * --cache-type cache) of f16 or Q8_0 blocks dequantized as they are loaded, exactly as
+ * wtype_info's dequant_row makes them. Heads are short (8 to 256): AVX-512 with a masked tail, so
+ * a head of 8 is one masked load instead of a scalar loop (measured 40% of decode time on
+ * stories260K, head_dim 8, before this). Q8_0 rows are whole blocks (kv_type_ok), so its loads
+ * start at 0 or 16 of a block of 32 (8 and 24 too on AVX2). */
+enum { KV_F32, KV_F16, KV_Q8 };
+
+/* bytes before element i of a row (a block boundary for Q8_0) */
+__attribute__((always_inline)) static inline size_t kv_off(size_t i, int T) {
+    return T == KV_F32 ? 4 * i : T == KV_F16 ? 2 * i : i / 32 * 34;
 }
-__attribute__((always_inline)) static inline float kv_at(const void *p, size_t i, int F16) {
-    return F16 ? wtype_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+__attribute__((always_inline)) static inline const void *kv_row(const void *p, size_t i, int T) {
+    return (const char *)p + kv_off(i, T);
+}
+/* the f16 scale of the Q8_0 block holding element i */
+__attribute__((always_inline)) static inline float kv_q8_scale(const void *p, size_t i) {
+    const uint8_t *b = (const uint8_t *)p + i / 32 * 34;
+#ifdef __F16C__
+    return _cvtsh_ss((unsigned short)(b[0] | b[1] << 8)); /* exact, as wtype_f16_to_f32 */
+#else
+    return wtype_f16_to_f32((uint16_t)(b[0] | b[1] << 8));
+#endif
+}
+__attribute__((always_inline)) static inline float kv_at(const void *p, size_t i, int T) {
+    if (T == KV_Q8) return (float)((const int8_t *)p)[i / 32 * 34 + 2 + i % 32] * kv_q8_scale(p, i);
+    return T == KV_F16 ? wtype_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 #ifdef __AVX512F__
 /* elements i .. i+15 of a row as floats, lanes past n (from i) zero */
 __attribute__((always_inline)) static inline __m512 kv_load16(const void *p, size_t i, int n,
-                                                              int F16) {
-    if (!F16)
+                                                              int T) {
+    if (T == KV_F32)
         return n >= 16 ? _mm512_loadu_ps((const float *)p + i)
                        : _mm512_maskz_loadu_ps(cpu_lanes16(n), (const float *)p + i);
+    if (T == KV_Q8) { /* n >= 16: whole blocks */
+        const int8_t *q = (const int8_t *)p + i / 32 * 34 + 2 + i % 32;
+        __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+        return _mm512_mul_ps(x, _mm512_set1_ps(kv_q8_scale(p, i)));
+    }
     if (n >= 16)
         return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
     uint16_t t[16] = {0};
@@ -430,51 +452,57 @@ __attribute__((always_inline)) static inline __m512 kv_load16(const void *p, siz
 }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 /* elements i .. i+7 of a row as floats */
-__attribute__((always_inline)) static inline __m256 kv_load8(const void *p, size_t i, int F16) {
-    if (F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+__attribute__((always_inline)) static inline __m256 kv_load8(const void *p, size_t i, int T) {
+    if (T == KV_Q8) {
+        const int8_t *q = (const int8_t *)p + i / 32 * 34 + 2 + i % 32;
+        __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+        return _mm256_mul_ps(x, _mm256_set1_ps(kv_q8_scale(p, i)));
+    }
+    if (T == KV_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
     return _mm256_loadu_ps((const float *)p + i);
 }
 #define KV_AVX2 1
 #endif
 
 __attribute__((always_inline)) static inline float head_dot(const float *a, const void *b, int n,
-                                                            int F16) {
+                                                            int T) {
 #ifdef __AVX512F__
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), kv_load16(b, (size_t)i, 16, F16), acc);
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), kv_load16(b, (size_t)i, 16, T), acc);
     if (i < n)
         acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(cpu_lanes16(n - i), a + i),
-                              kv_load16(b, (size_t)i, n - i, F16), acc);
+                              kv_load16(b, (size_t)i, n - i, T), acc);
     return _mm512_reduce_add_ps(acc);
 #elif defined(KV_AVX2) /* AVX2: the decode's attention (SmolLM2, 2 threads, 128 tokens: 13% of a
                         * token in the scalar loops) */
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_load8(b, (size_t)i, F16), acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), kv_load8(b, (size_t)i, T), acc);
     float s = cpu_hsum8(acc);
     for (; i < n; i++)
-        s += a[i] * kv_at(b, (size_t)i, F16);
+        s += a[i] * kv_at(b, (size_t)i, T);
     return s;
 #else
     float s = 0;
     for (int i = 0; i < n; i++)
-        s += a[i] * kv_at(b, (size_t)i, F16);
+        s += a[i] * kv_at(b, (size_t)i, T);
     return s;
 #endif
 }
 
 /* out (HS) = sum_j p[j] * v[j*rs .. +HS] */
 __attribute__((always_inline)) static inline void
-head_weighted_sum(float *out, const float *p, const void *v, size_t rs, int n, int HS, int F16) {
+head_weighted_sum(float *out, const float *p, const void *v, size_t rs, int n, int HS, int T) {
 #ifdef __AVX512F__
     for (int i = 0; i < HS; i += 16) {
         __mmask16 m = cpu_lanes16(HS - i);
         __m512 acc = _mm512_setzero_ps();
         for (int j = 0; j < n; j++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), kv_load16(v, j * rs + i, HS - i, F16), acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), kv_load16(v, j * rs + i, HS - i, T), acc);
         _mm512_mask_storeu_ps(out + i, m, acc);
     }
 #elif defined(KV_AVX2)
@@ -482,13 +510,13 @@ head_weighted_sum(float *out, const float *p, const void *v, size_t rs, int n, i
     for (; i + 8 <= HS; i += 8) {
         __m256 acc = _mm256_setzero_ps();
         for (int j = 0; j < n; j++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), kv_load8(v, j * rs + i, F16), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), kv_load8(v, j * rs + i, T), acc);
         _mm256_storeu_ps(out + i, acc);
     }
     for (; i < HS; i++) {
         float a = 0;
         for (int j = 0; j < n; j++)
-            a += p[j] * kv_at(v, j * rs + i, F16);
+            a += p[j] * kv_at(v, j * rs + i, T);
         out[i] = a;
     }
 #else
@@ -496,15 +524,15 @@ head_weighted_sum(float *out, const float *p, const void *v, size_t rs, int n, i
         out[i] = 0;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < HS; i++)
-            out[i] += p[j] * kv_at(v, j * rs + i, F16);
+            out[i] += p[j] * kv_at(v, j * rs + i, T);
 #endif
 }
 
 #define WSUM_PF 8 /* K and V rows fetched ahead (a row of a kv head: HS floats, every rs) */
-/* a row's cache lines fetched ahead (HS elements of 4 bytes, or 2 with F16) */
-__attribute__((always_inline)) static inline void kv_prefetch(const void *row, int HS, int F16) {
-    for (int c = 0; c < HS; c += F16 ? 32 : 16)
-        __builtin_prefetch(kv_row(row, (size_t)c, F16), 0, 3);
+/* a row's cache lines fetched ahead (HS elements) */
+__attribute__((always_inline)) static inline void kv_prefetch(const void *row, int HS, int T) {
+    for (size_t o = 0, end = kv_off((size_t)HS, T); o < end; o += 64)
+        __builtin_prefetch((const char *)row + o, 0, 3);
 }
 
 #ifdef __AVX512F__
@@ -513,7 +541,7 @@ __attribute__((always_inline)) static inline void kv_prefetch(const void *row, i
  * next rows prefetched; every output element is still one fma chain over j in order, the bits
  * of head_weighted_sum. */
 __attribute__((always_inline)) static inline void
-wsum_tile(float *out, const float *p, const void *v, size_t rs, int n, int NH, int NC, int F16) {
+wsum_tile(float *out, const float *p, const void *v, size_t rs, int n, int NH, int NC, int T) {
     __m512 acc[4][8];
 #pragma GCC unroll 4
     for (int h = 0; h < NH; h++)
@@ -521,11 +549,11 @@ wsum_tile(float *out, const float *p, const void *v, size_t rs, int n, int NH, i
         for (int c = 0; c < NC; c++)
             acc[h][c] = _mm512_setzero_ps();
     for (int j = 0; j < n; j++) {
-        const void *vr = kv_row(v, (size_t)j * rs, F16);
-        if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, F16), 16 * NC, F16);
+        const void *vr = kv_row(v, (size_t)j * rs, T);
+        if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, T), 16 * NC, T);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
-            __m512 x = kv_load16(vr, (size_t)(16 * c), 16, F16);
+            __m512 x = kv_load16(vr, (size_t)(16 * c), 16, T);
 #pragma GCC unroll 4
             for (int h = 0; h < NH; h++)
                 acc[h][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)h * n + j]), x, acc[h][c]);
@@ -545,8 +573,7 @@ wsum_tile(float *out, const float *p, const void *v, size_t rs, int n, int NH, i
  * attention's samples were one head at a time, one chunk per pass, a chain each) */
 __attribute__((always_inline)) static inline void heads_weighted_sum(float *out, const float *p,
                                                                      const void *v, size_t rs,
-                                                                     int n, int HS, int nh,
-                                                                     int F16) {
+                                                                     int n, int HS, int nh, int T) {
 #ifdef __AVX512F__
     if (HS == 64 || HS == 128) {
         int tile = HS == 64 ? 4 : 2;
@@ -556,18 +583,18 @@ __attribute__((always_inline)) static inline void heads_weighted_sum(float *out,
             const float *ph = p + (size_t)h * n;
             if (HS == 64) {
                 if (m == 4)
-                    wsum_tile(o, ph, v, rs, n, 4, 4, F16);
+                    wsum_tile(o, ph, v, rs, n, 4, 4, T);
                 else if (m == 3)
-                    wsum_tile(o, ph, v, rs, n, 3, 4, F16);
+                    wsum_tile(o, ph, v, rs, n, 3, 4, T);
                 else if (m == 2)
-                    wsum_tile(o, ph, v, rs, n, 2, 4, F16);
+                    wsum_tile(o, ph, v, rs, n, 2, 4, T);
                 else
-                    wsum_tile(o, ph, v, rs, n, 1, 4, F16);
+                    wsum_tile(o, ph, v, rs, n, 1, 4, T);
             } else {
                 if (m == 2)
-                    wsum_tile(o, ph, v, rs, n, 2, 8, F16);
+                    wsum_tile(o, ph, v, rs, n, 2, 8, T);
                 else
-                    wsum_tile(o, ph, v, rs, n, 1, 8, F16);
+                    wsum_tile(o, ph, v, rs, n, 1, 8, T);
             }
         }
         return;
@@ -577,18 +604,18 @@ __attribute__((always_inline)) static inline void heads_weighted_sum(float *out,
         for (int h = 0; h < nh; h++)
             for (int c0 = 0; c0 < HS; c0 += 64) {
                 const float *ph = p + (size_t)h * n;
-                const void *vc = kv_row(v, (size_t)c0, F16);
+                const void *vc = kv_row(v, (size_t)c0, T);
                 __m256 acc[8];
 #pragma GCC unroll 8
                 for (int c = 0; c < 8; c++)
                     acc[c] = _mm256_setzero_ps();
                 for (int j = 0; j < n; j++) {
-                    const void *vr = kv_row(vc, (size_t)j * rs, F16);
-                    if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, F16), 64, F16);
+                    const void *vr = kv_row(vc, (size_t)j * rs, T);
+                    if (j + WSUM_PF < n) kv_prefetch(kv_row(vr, WSUM_PF * rs, T), 64, T);
                     __m256 pj = _mm256_set1_ps(ph[j]);
 #pragma GCC unroll 8
                     for (int c = 0; c < 8; c++)
-                        acc[c] = _mm256_fmadd_ps(pj, kv_load8(vr, (size_t)(8 * c), F16), acc[c]);
+                        acc[c] = _mm256_fmadd_ps(pj, kv_load8(vr, (size_t)(8 * c), T), acc[c]);
                 }
 #pragma GCC unroll 8
                 for (int c = 0; c < 8; c++)
@@ -598,18 +625,18 @@ __attribute__((always_inline)) static inline void heads_weighted_sum(float *out,
     }
 #endif
     for (int h = 0; h < nh; h++)
-        head_weighted_sum(out + (size_t)h * HS, p + (size_t)h * n, v, rs, n, HS, F16);
+        head_weighted_sum(out + (size_t)h * HS, p + (size_t)h * n, v, rs, n, HS, T);
 }
 
 /* Items [lo,hi) of (batch row, query, kv head, part): the query heads that share a kv head
  * (`grp` of them, in `parts` parts of about grp / parts) are scored together, so each key and
  * value row is loaded once for all of them. Scores go to a scratch row, then softmax, then the
  * weighted sum of values; each head's sums are its own, so the parts change no bit. k and v in
- * fp32, or with F16 in halves. */
+ * fp32, or with T in halves. */
 __attribute__((always_inline)) static inline void
 attention_items(float *out, const float *q, const void *k, const void *v, int Tq, int Tk,
                 size_t kv_stride, int NH, int KVH, int HS, int window, const int32_t *kv_lo,
-                int parts, size_t lo, size_t hi, TunaErr *err, int F16) {
+                int parts, size_t lo, size_t hi, TunaErr *err, int T) {
     float scale = 1.0f / sqrtf((float)HS);
     int grp = NH / KVH, per = (grp + parts - 1) / parts;
     size_t rs = (size_t)KVH * HS;
@@ -635,19 +662,19 @@ attention_items(float *out, const float *q, const void *k, const void *v, int Tq
         int lo_k = tuna_attn_lo(kv_lo, (size_t)b * Tq + t, p, window);
         int n = p - lo_k + 1;
         size_t first = b * kv_stride + (size_t)g * HS + (size_t)lo_k * rs;
-        const void *kb = kv_row(k, first, F16), *vb = kv_row(v, first, F16);
+        const void *kb = kv_row(k, first, T), *vb = kv_row(v, first, T);
         for (int j = 0; j < n; j++) {
-            const void *kr = kv_row(kb, (size_t)j * rs, F16);
+            const void *kr = kv_row(kb, (size_t)j * rs, T);
             if (j + WSUM_PF < n) /* the rows' first touch: the scores waited on the loads */
-                kv_prefetch(kv_row(kr, WSUM_PF * rs, F16), HS, F16);
+                kv_prefetch(kv_row(kr, WSUM_PF * rs, T), HS, T);
             for (int h = 0; h < nh; h++)
-                sc[(size_t)h * n + j] = head_dot(qv + (size_t)h * HS, kr, HS, F16) * scale;
+                sc[(size_t)h * n + j] = head_dot(qv + (size_t)h * HS, kr, HS, T) * scale;
         }
         for (int h = 0; h < nh; h++) /* softmax (vexpf, about 1 ulp) */
             cpu_softmax_row(sc + (size_t)h * n, n, 1.0f);
         /* out = probs · V, accumulated in registers across keys: a masked store and reload
          * of `o` per key stalls store forwarding */
-        heads_weighted_sum(o, sc, vb, rs, n, HS, nh, F16);
+        heads_weighted_sum(o, sc, vb, rs, n, HS, nh, T);
     }
     if (sc != stack_sc) free(sc);
 }
@@ -660,12 +687,20 @@ static void attention_items_f32(float *out, const float *q, const float *k, cons
                     0);
 }
 
-static void attention_items_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
-                                int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS,
-                                int window, const int32_t *kv_lo, int parts, size_t lo, size_t hi,
+static void attention_items_f16(float *out, const float *q, const void *k, const void *v, int Tq,
+                                int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                                const int32_t *kv_lo, int parts, size_t lo, size_t hi,
                                 TunaErr *err) {
     attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
-                    1);
+                    KV_F16);
+}
+
+static void attention_items_q8(float *out, const float *q, const void *k, const void *v, int Tq,
+                               int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                               const int32_t *kv_lo, int parts, size_t lo, size_t hi,
+                               TunaErr *err) {
+    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
+                    KV_Q8);
 }
 
 /* The threads and parts of a decode-sized attention (attention_items' items x parts) */
@@ -700,25 +735,17 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
                                       parts, lo, hi, &be->err));
 }
 
-// --- the f16 KV cache
+// --- the typed KV cache (--cache-type)
 
-/* dst (n) = src (n) widened (exact) */
-static void widen_f16(float *dst, const uint16_t *src, size_t n) {
-    size_t i = 0;
-#ifdef __AVX512F__
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
-#elif defined(KV_AVX2)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#endif
-    for (; i < n; i++)
-        dst[i] = wtype_f16_to_f32(src[i]);
-}
-
-/* dst (n) = src rounded to f16, to nearest even (VCVTPS2PH: wtype_f32_to_f16's bits); the range
- * check (backend_kv_f16_range) only where a block held a value of 65520 or more */
-static void c_kv_store_f16(Backend *be, uint16_t *dst, const float *src, size_t n) {
+/* dst = src in t's blocks (quant_row's bits; f16 by VCVTPS2PH, the same bits), and the range
+ * check (backend_kv_range) where a value may be past t's range */
+static void c_kv_store(Backend *be, WType t, void *dst, const float *src, size_t n) {
+    if (t != WT_F16) {
+        if (n) wtype_info[t].quant_row(src, dst, (int64_t)n, NULL);
+        if (t != WT_F32) backend_kv_range(be, t, src, n);
+        return;
+    }
+    uint16_t *h = dst;
     size_t i = 0;
     int big = 0;
 #ifdef __AVX512F__
@@ -726,39 +753,48 @@ static void c_kv_store_f16(Backend *be, uint16_t *dst, const float *src, size_t 
     for (; i + 16 <= n; i += 16) {
         __m512 x = _mm512_loadu_ps(src + i);
         big |= _mm512_cmp_ps_mask(_mm512_abs_ps(x), lim, _CMP_GE_OQ) != 0;
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        _mm256_storeu_si256((__m256i *)(h + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
     }
 #elif defined(KV_AVX2)
     const __m256 lim = _mm256_set1_ps(65520.0f), sgn = _mm256_set1_ps(-0.0f);
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_loadu_ps(src + i);
         big |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sgn, x), lim, _CMP_GE_OQ)) != 0;
-        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
     }
 #endif
     for (; i < n; i++) {
-        dst[i] = wtype_f32_to_f16(src[i]);
+        h[i] = wtype_f32_to_f16(src[i]);
         big |= fabsf(src[i]) >= 65520.0f;
     }
-    if (big) backend_kv_f16_range(be, src, n);
+    if (big) backend_kv_range(be, t, src, n);
 }
 
-/* Decoding reads the halves as it goes (half the bytes of an fp32 cache: after 1.5k tokens the
- * cache is as many bytes a token as SmolLM2's Q4_1 weights); prefills and bf16 products widen
- * the rows into fp32 and take c_attention's matrix products. */
-static void c_attention_f16(Backend *be, float *out, const float *q, const uint16_t *k,
-                            const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                            int KVH, int HS, int window, const int32_t *kv_lo) {
+/* Decoding reads the cache's blocks as it goes (f16: half the bytes of an fp32 cache; after 1.5k
+ * tokens SmolLM2's cache is as many bytes a token as its Q4_1 weights); prefills and bf16
+ * products dequantize the rows into fp32 and take c_attention's matrix products. */
+static void c_attention_kv(Backend *be, WType t, float *out, const float *q, const void *k,
+                           const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH,
+                           int HS, int window, const int32_t *kv_lo) {
+    if (t == WT_F32) {
+        c_attention(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
+        return;
+    }
     if (Tq >= ATTN_GEMM_MIN_TQ || be->mm_bf16) {
-        backend_attention_f16_widened(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                      kv_lo, widen_f16);
+        backend_attention_kv_widened(be, t, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                     kv_lo);
         return;
     }
     int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);
     size_t items = (size_t)B * Tq * KVH;
-    CPU_PAR_RANGE(nth, items * (size_t)parts,
-                  attention_items_f16(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
-                                      parts, lo, hi, &be->err));
+    if (t == WT_F16)
+        CPU_PAR_RANGE(nth, items * (size_t)parts,
+                      attention_items_f16(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                          kv_lo, parts, lo, hi, &be->err));
+    else
+        CPU_PAR_RANGE(nth, items * (size_t)parts,
+                      attention_items_q8(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                         kv_lo, parts, lo, hi, &be->err));
 }
 
 // --- elementwise
@@ -862,8 +898,8 @@ static const BackendOps cpu_ops = {
         .layernorm_fwd = c_layernorm,
         .rope_fwd = c_rope,
         .attention_fwd = c_attention,
-        .kv_store_f16 = c_kv_store_f16,
-        .attention_fwd_f16 = c_attention_f16,
+        .kv_store = c_kv_store,
+        .attention_fwd_kv = c_attention_kv,
         .swiglu_fwd = c_swiglu,
         .gelu_fwd = c_gelu,
         .add_fwd = c_add,

@@ -165,14 +165,14 @@ static void g_attention_fwd(Backend *be, float *out, const float *q, const float
     OPEN_CALL(be,
               attention_fwd(in_, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo));
 }
-static void g_kv_store_f16(Backend *be, uint16_t *dst, const float *src, size_t n) {
-    OPEN_CALL(be, kv_store_f16(in_, dst, src, n));
+static void g_kv_store(Backend *be, WType t, void *dst, const float *src, size_t n) {
+    OPEN_CALL(be, kv_store(in_, t, dst, src, n));
 }
-static void g_attention_fwd_f16(Backend *be, float *out, const float *q, const uint16_t *k,
-                                const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                                int KVH, int HS, int window, const int32_t *kv_lo) {
-    OPEN_CALL(be, attention_fwd_f16(in_, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                    kv_lo));
+static void g_attention_fwd_kv(Backend *be, WType t, float *out, const float *q, const void *k,
+                               const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                               int KVH, int HS, int window, const int32_t *kv_lo) {
+    OPEN_CALL(be, attention_fwd_kv(in_, t, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                   kv_lo));
 }
 static void g_swiglu_fwd(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     OPEN_CALL(be, swiglu_fwd(in_, out, gate, up, n));
@@ -298,8 +298,8 @@ static const BackendOps guard_ops = {
         .matmul_w_fwd = g_matmul_w_fwd,
         .embed_w_fwd = g_embed_w_fwd,
         .matmul_w_bwd_in = g_matmul_w_bwd_in,
-        .kv_store_f16 = g_kv_store_f16,
-        .attention_fwd_f16 = g_attention_fwd_f16,
+        .kv_store = g_kv_store,
+        .attention_fwd_kv = g_attention_fwd_kv,
         .set_threads = g_set_threads,
 };
 

@@ -600,16 +600,15 @@ static void r_attention(Backend *be, float *out, const float *q, const float *k,
     free(k16);
     free(v16);
 }
-static void r_kv_store_f16(Backend *be, uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = wtype_f32_to_f16(src[i]);
-    backend_kv_f16_range(be, src, n);
+static void r_kv_store(Backend *be, WType t, void *dst, const float *src, size_t n) {
+    if (n) wtype_info[t].quant_row(src, dst, (int64_t)n, NULL);
+    backend_kv_range(be, t, src, n);
 }
-static void r_attention_f16(Backend *be, float *out, const float *q, const uint16_t *k,
-                            const uint16_t *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                            int KVH, int HS, int window, const int32_t *kv_lo) {
-    backend_attention_f16_widened(be, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                  kv_lo, NULL);
+static void r_attention_kv(Backend *be, WType t, float *out, const float *q, const void *k,
+                           const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH,
+                           int HS, int window, const int32_t *kv_lo) {
+    backend_attention_kv_widened(be, t, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
+                                 kv_lo);
 }
 static void r_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     (void)be;
@@ -789,8 +788,8 @@ static const BackendOps ref_ops = {
         .matmul_w_fwd = r_matmul_w,
         .matmul_w_bwd_in = r_matmul_w_bwd_in,
         .embed_w_fwd = r_embed_w,
-        .kv_store_f16 = r_kv_store_f16,
-        .attention_fwd_f16 = r_attention_f16,
+        .kv_store = r_kv_store,
+        .attention_fwd_kv = r_attention_kv,
         .rmsnorm_bwd = r_rmsnorm_bwd,
         .layernorm_bwd = r_layernorm_bwd,
         .rope_bwd = r_rope_bwd,

@@ -105,8 +105,9 @@ int cli_load_model_used(const char *model_dir, const char *adapter_dir, const ch
 typedef struct CliPrecision {
     int bits, double_quant, bf16;
     const char *qtype, *dtype;
-    int given;  /* a precision option was on the command line: an adapter run's own is not used */
-    int kv_f16; /* --cache-type f16 (CLI_CACHE_OPTS: the commands that decode) */
+    int given;   /* a precision option was on the command line: an adapter run's own is not used */
+    int kv_type; /* --cache-type, a WType: F32, F16 or Q8_0 (CLI_CACHE_OPTS: the commands that
+                    decode) */
 } CliPrecision;
 #define CLI_PRECISION_INIT                                                                         \
     { 0, 0, 0, "nf4", "auto", 0, 0 }
@@ -121,7 +122,7 @@ enum {
 #define CLI_CACHE_OPTS                                                                             \
     {                                                                                              \
         "cache-type", 1, CLI_OPT_CACHE, "T",                                                       \
-                "the KV cache: f32 (default) | f16 (half the memory; keys and values rounded)"     \
+                "the KV cache: f32 (default) | f16 (half the memory) | q8_0 (about a quarter)"     \
     }
 #define CLI_PRECISION_OPTS                                                                         \
     {"quantization-bit", 1, CLI_OPT_PREC, "N",                                                     \

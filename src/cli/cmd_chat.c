@@ -79,11 +79,11 @@ int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
     case CLI_OPT_PREC_DTYPE: p->dtype = arg; return 1;
     case CLI_OPT_PREC_BF16: p->bf16 = 1; return 1;
     case CLI_OPT_CACHE:
-        if (strcmp(arg, "f32") && strcmp(arg, "f16")) {
-            fprintf(stderr, "tuna: --cache-type: expected f32 or f16, got \"%s\"\n", arg);
+        if (strcmp(arg, "f32") && strcmp(arg, "f16") && strcmp(arg, "q8_0")) {
+            fprintf(stderr, "tuna: --cache-type: expected f32, f16 or q8_0, got \"%s\"\n", arg);
             return -1;
         }
-        p->kv_f16 = !strcmp(arg, "f16");
+        p->kv_type = !strcmp(arg, "f32") ? WT_F32 : !strcmp(arg, "f16") ? WT_F16 : WT_Q8_0;
         return 1;
     default: return 0;
     }
@@ -127,7 +127,7 @@ int cli_load_model_used(const char *model_dir, const char *adapter_dir, const ch
     (*be)->mm_bf16 = p.bf16;
     if ((rc = model_load_opts(base, *be, &lo, m, err))) goto fail;
     if (adapter_dir && (rc = adapter_load(*m, adapter_dir, err))) goto fail;
-    if ((rc = model_set_kv_f16(*m, prec->kv_f16, err))) goto fail;
+    if ((rc = model_set_kv_type(*m, (WType)prec->kv_type, err))) goto fail;
     if ((rc = tokenizer_load(base, tok, err))) goto fail;
     return 0;
 fail:

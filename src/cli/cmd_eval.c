@@ -308,7 +308,7 @@ static int eval_generate(Model *m, const Tokenizer *tok, const Template *tpl, co
 
 /* root.precision: how the numbers were computed: the base as loaded (an adapter run's own
  * precision unless options said otherwise), the products, the KV cache */
-static void add_precision(cJSON *root, const ModelPrecision *p, int kv_f16) {
+static void add_precision(cJSON *root, const ModelPrecision *p, WType kv) {
     cJSON *pr = cJSON_AddObjectToObject(root, "precision");
     cJSON_AddNumberToObject(pr, "quantization_bit", p->bits);
     if (p->bits == 4)
@@ -318,14 +318,17 @@ static void add_precision(cJSON *root, const ModelPrecision *p, int kv_f16) {
     cJSON_AddBoolToObject(pr, "double_quantization", p->bits == 4 && p->double_quant);
     cJSON_AddStringToObject(pr, "dtype", p->dtype);
     cJSON_AddBoolToObject(pr, "bf16", p->bf16);
-    cJSON_AddStringToObject(pr, "cache_type", kv_f16 ? "f16" : "f32");
+    cJSON_AddStringToObject(pr, "cache_type",
+                            kv == WT_F16    ? "f16"
+                            : kv == WT_Q8_0 ? "q8_0"
+                                            : "f32");
 }
 
 /* The JSON report (caller deletes): loss, perplexity, scores (null without generation), what
  * was scored, and the first three samples. */
 static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long n_tokens,
                           const double score[3], const Sample *samples, size_t n_gen,
-                          const ModelPrecision *p, int kv_f16) {
+                          const ModelPrecision *p, WType kv) {
     cJSON *root = cJSON_CreateObject();
     add_num_or_null(root, "eval_loss", 1, loss);
     add_num_or_null(root, "perplexity", 1, exp(loss));
@@ -341,7 +344,7 @@ static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long
         cJSON_AddNullToObject(root, "adapter");
     cJSON_AddStringToObject(root, "dataset", a->dataset);
     cJSON_AddStringToObject(root, "template", a->tname);
-    add_precision(root, p, kv_f16);
+    add_precision(root, p, kv);
     cJSON *arr = cJSON_AddArrayToObject(root, "samples");
     for (size_t i = 0; i < n_gen && i < 3; i++) {
         cJSON *o = cJSON_CreateObject();
@@ -454,7 +457,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(root, "rewards/chosen", rs.chosen / n);
         cJSON_AddNumberToObject(root, "rewards/rejected", rs.rejected / n);
         cJSON_AddNumberToObject(root, "n_pairs", rs.n);
-        add_precision(root, &used, m->kv_f16);
+        add_precision(root, &used, m->kv_type);
         cJSON_AddStringToObject(root, "model", a.model);
         if (a.adapter)
             cJSON_AddStringToObject(root, "adapter", a.adapter);
@@ -491,7 +494,7 @@ int cmd_eval(int argc, char **argv) {
         if (eval_generate(m, tok, tpl, d, &a, progress, &s, samples, &n_gen, score, &err))
             goto fail;
     }
-    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen, &used, m->kv_f16);
+    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen, &used, m->kv_type);
     json = cJSON_Print(root);
     if (a.output && write_text(a.output, json, &err)) goto fail;
     puts(json);

@@ -5,7 +5,7 @@ llama-cpp-python), same file, same prompt, same number of new tokens (greedy), s
 
 Rounds alternate tuna, tuna with 8-bit activations (TUNA_WTYPE_Q8ACT=1: the math llama.cpp's
 Q4_1 path does, opt-in in tuna), tuna with its KV cache in f16 (--cache-type f16: llama.cpp's
-default cache type) and llama.cpp; each reports decode tok/s ((N-1) tokens after the
+default cache type) and in Q8_0 (--cache-type q8_0) and llama.cpp; each reports decode tok/s ((N-1) tokens after the
 one the prefill gives, over the time of their steps), prefill tok/s, and how many greedy ids
 agree with llama.cpp's before the first that differs. The summary is the median of the
 per-round ratios to llama.cpp (paired, so load on a shared machine hits all alike). --long:
@@ -114,25 +114,29 @@ def main():
     print(f"model {model}, a {n_prompt}-token prompt, {a.tokens} new tokens greedy, {a.threads} "
           f"threads, llama-cpp-python {llama_cpp.__version__}")
     q8 = {"TUNA_WTYPE_Q8ACT": "1"}
-    f16 = ("--cache-type", "f16")
-    dec, pre, dec8, dec16 = [], [], [], []
+    f16, c8 = ("--cache-type", "f16"), ("--cache-type", "q8_0")
+    dec, pre, dec8, dec16, decc8 = [], [], [], [], []
     for r in range(a.rounds):
         td, tp, tids = run_tuna(model, prompt, a.tokens, a.threads)
         qd, _, qids = run_tuna(model, prompt, a.tokens, a.threads, q8)
         hd, _, hids = run_tuna(model, prompt, a.tokens, a.threads, flags=f16)
+        cd, _, cids = run_tuna(model, prompt, a.tokens, a.threads, flags=c8)
         ld, lp, lids = run_llama(llm, prompt, a.tokens)
         print(f"round {r}: decode tuna {td:7.1f} tok/s, q8 activations {qd:7.1f}, f16 cache "
-              f"{hd:7.1f}, llama.cpp {ld:7.1f}: ratios {td / ld:5.2f}, {qd / ld:5.2f}, "
-              f"{hd / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, llama.cpp {lp:7.1f}, ratio "
-              f"{tp / lp:5.2f} | ids as llama.cpp's until {agree(tids, lids)}, q8 "
-              f"{agree(qids, lids)}, f16 cache {agree(hids, lids)} of {a.tokens}")
+              f"{hd:7.1f}, q8_0 cache {cd:7.1f}, llama.cpp {ld:7.1f}: ratios {td / ld:5.2f}, "
+              f"{qd / ld:5.2f}, {hd / ld:5.2f}, {cd / ld:5.2f} | prefill tuna {tp:7.1f} tok/s, "
+              f"llama.cpp {lp:7.1f}, ratio {tp / lp:5.2f} | ids as llama.cpp's until "
+              f"{agree(tids, lids)}, q8 {agree(qids, lids)}, f16 cache {agree(hids, lids)}, "
+              f"q8_0 cache {agree(cids, lids)} of {a.tokens}")
         dec.append(td / ld)
         dec8.append(qd / ld)
         dec16.append(hd / ld)
+        decc8.append(cd / ld)
         pre.append(tp / lp)
     print(f"median ratio tuna / llama.cpp: decode {statistics.median(dec):.2f} (with 8-bit "
           f"activations {statistics.median(dec8):.2f}, with the f16 cache "
-          f"{statistics.median(dec16):.2f}), prefill {statistics.median(pre):.2f}")
+          f"{statistics.median(dec16):.2f}, the q8_0 cache {statistics.median(decc8):.2f}), "
+          f"prefill {statistics.median(pre):.2f}")
     return 0
 
 
