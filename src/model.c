@@ -1055,6 +1055,11 @@ static void kv_attention(Model *m, float *out, const float *q, size_t base, int 
                                1, Tq, Tk, stride, c->NH, c->KVH, c->HS, c->sliding_window, NULL);
 }
 
+size_t model_kv_bytes(const Model *m) {
+    if (!m->k_cache) return 0;
+    return 2 * kv_bytes(m, (size_t)m->cfg.L * m->n_slots * m->cache_T * m->cfg.KVH * m->cfg.HS);
+}
+
 int model_set_kv_type(Model *m, WType t, TunaErr *err) {
     const char *name = t == WT_F32 ? "f32" : t == WT_F16 ? "f16" : t == WT_Q8_0 ? "q8_0" : "?";
     if (!kv_type_ok(t, m->cfg.HS)) {

@@ -207,6 +207,8 @@ int model_reserve_slots(Model *m, int n_slots, int cache_T, int act_T, TunaErr *
  * model_reserve sizes it. A type the heads or the backend cannot take (BACKEND_NEED_KV_TYPED) is
  * a one-line error. */
 int model_set_kv_type(Model *m, WType t, TunaErr *err);
+/* Bytes of the KV cache as reserved (keys and values, every slot); 0 before model_reserve */
+size_t model_kv_bytes(const Model *m);
 
 /* Makes slot s current: model_forward and model_reset then work on its sequence. */
 void model_use_slot(Model *m, int s);

@@ -941,11 +941,29 @@ static void test_kv_typed(void) {
         backend_free(rb);
     }
     int st;
-    char *o =
-            run("./tuna generate " MODEL " --prompt 'Once upon' --max-new-tokens 8 --temperature 0 "
-                "--cache-type f16 --json 2>&1",
-                &st);
-    CHECK(st == 0 && strstr(o, "\"ids\""), "--cache-type f16: exit %d: %.200s", st, o);
+    /* --json reports the cache: its type, positions and bytes (f16: half of fp32's) */
+    double bytes[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        char *o = run(k ? "./tuna generate " MODEL " --prompt 'Once upon' --max-new-tokens 8 "
+                          "--temperature 0 --cache-type f16 --json"
+                        : "./tuna generate " MODEL " --prompt 'Once upon' --max-new-tokens 8 "
+                          "--temperature 0 --json",
+                      &st);
+        cJSON *j = cJSON_Parse(o), *kv = cJSON_GetObjectItemCaseSensitive(j, "kv_cache");
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(kv, "type"),
+                    *b = cJSON_GetObjectItemCaseSensitive(kv, "bytes");
+        CHECK(st == 0 && cJSON_IsString(ty) && !strcmp(ty->valuestring, k ? "f16" : "f32") &&
+                      cJSON_IsNumber(b),
+              "--cache-type %s --json: exit %d: %.300s", k ? "f16" : "f32", st, o);
+        bytes[k] = cJSON_IsNumber(b) ? b->valuedouble : 0;
+        cJSON_Delete(j);
+        free(o);
+    }
+    CHECK(bytes[0] > 0 && bytes[1] * 2 == bytes[0], "kv_cache bytes: f32 %.0f, f16 %.0f", bytes[0],
+          bytes[1]);
+    char *o = run("./tuna generate " MODEL " --prompt hi --cache-type q8_0 2>&1 >/dev/null", &st);
+    CHECK(st != 0 && strstr(o, "heads of 8 are not whole blocks"),
+          "q8_0 on heads of 8: exit %d: %s", st, o);
     free(o);
     o = run("./tuna generate " MODEL " --cache-type f8 2>&1 >/dev/null", &st);
     CHECK(st == 2 && strstr(o, "--cache-type: expected f32, f16 or q8_0"),
