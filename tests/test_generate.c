@@ -607,12 +607,13 @@ static void test_batch(void) {
  * stop strings and EOS, with a repetition penalty, up to a full context (the GPT-2 fixture's 64 positions),
  * with a P-tuning prefix, for draft lengths 1, 8 and 15; and drafts are taken (accepted tokens
  * are passes saved). */
-static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) {
+static void lookup_case(const char *model_dir, const char *tok_dir, int prefix, WType kv) {
     TunaErr err = {0};
     Backend *be = NULL;
     Model *m = NULL;
     Tokenizer *tok = NULL;
     if (open_case(model_dir, tok_dir, &be, &m, &tok)) goto out;
+    CHECK(model_set_kv_type(m, kv, &err) == 0, "kv cache %s: %s", wtype_info[kv].name, err.msg);
     if (prefix) set_test_prefix(m, 2);
     static const char *texts[] = {"Once upon a time",
                                   "Lily and Tom went to the park. Lily and Tom went to the",
@@ -670,9 +671,13 @@ static void lookup_case(const char *model_dir, const char *tok_dir, int prefix) 
     CHECK(same == cases, "%s: lookup decoding matched plain greedy in %d of %d runs", model_dir,
           same, cases);
     CHECK(accepted > 0, "%s: no draft token was ever accepted", model_dir);
-    printf("  lookup %s%s: %d/%d runs identical to plain greedy, %zu draft tokens kept, %d ended "
-           "by a full context\n",
-           model_dir, prefix ? " +prefix" : "", same, cases, accepted, full);
+    printf("  lookup %s%s%s: %d/%d runs identical to plain greedy, %zu draft tokens kept, %d "
+           "ended by a full context\n",
+           model_dir, prefix ? " +prefix" : "",
+           kv == WT_F32   ? ""
+           : kv == WT_F16 ? " f16 cache"
+                          : " q8_0 cache",
+           same, cases, accepted, full);
 out:
     tokenizer_free(tok);
     model_free(m);
@@ -680,8 +685,9 @@ out:
 }
 
 static void test_lookup(void) {
-    lookup_case(MODEL, MODEL, 0);
-    lookup_case(MODEL, MODEL, 1);
+    lookup_case(MODEL, MODEL, 0, WT_F32);
+    lookup_case(MODEL, MODEL, 1, WT_F32);
+    lookup_case(MODEL, MODEL, 1, WT_F16); /* a typed cache: drafts checked against it too */
     const char *shared = test_shared_dir();
     if (!shared) {
         SKIP("../shared not found: lookup decoding checked on stories260K only");
@@ -689,9 +695,10 @@ static void test_lookup(void) {
     }
     char tdir[512];
     snprintf(tdir, sizeof tdir, "%s/tokenizers/qwen3", shared);
-    lookup_case("tests/fixtures/qwen3", tdir, 0);
+    lookup_case("tests/fixtures/qwen3", tdir, 0, WT_F32);
+    lookup_case("tests/fixtures/qwen3", tdir, 0, WT_Q8_0);
     snprintf(tdir, sizeof tdir, "%s/tokenizers/gpt2", shared);
-    lookup_case("tests/fixtures/gpt2", tdir, 0);
+    lookup_case("tests/fixtures/gpt2", tdir, 0, WT_F32);
 }
 
 /* GenerateOptions.top_logprobs: each sampled token's record holds the log-softmax of the
