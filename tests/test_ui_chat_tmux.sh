@@ -6,7 +6,8 @@
 #   - in Chat, typing 1 q ? goes into the message box; Esc leaves it, and then 1/2 switch
 #     screens and q quits (exit 0); F2-F5 switch while typing, and the tabs say so;
 #   - Chat's template is the run's (chatml), --template overrides it, Left/Right change it, ^E
-#     sets the system prompt; a status too long for the header is shown whole on the bottom line.
+#     sets the system prompt; a status too long for the header is shown whole on the bottom line;
+#   - the KV cache setting (f32, f16, q8_0) reaches the worker, and each reply's tag names it.
 # Every wait polls the screen for the text it expects, with a timeout (no fixed sleeps), so a
 # busy machine only makes it slower. Run from the repo root.
 # Prints "test_ui_chat_tmux: N passed, N failed, N skipped"; exits non-zero on any failure.
@@ -247,6 +248,31 @@ chk 'wait_for "message (Enter sends" 5' "chat: Esc cancels the system prompt edi
 keys F10
 chk 'wait_dead 10' "chat: F10 quits while typing"
 
+# --- 3b. the KV cache's type: Down three times from temperature, Right: f16; each reply's tag
+# says which cache it used; Left twice from f16: q8_0, which stories260K's heads of 8 cannot take
+start 80x24 "$ENV $BIN ui --model models/stories260K"
+wait_for "Setup" 20
+keys 3
+chk 'wait_for "params, template" 30' "chat (KV cache): the model loads"
+keys Escape
+keys Down Down Down
+keys Right
+chk 'wait_for "KV f16  template" 5' "chat: Right on the KV cache setting picks f16"
+keys Tab
+keys -l "Once upon a time"
+keys Enter
+chk 'wait_for "tok/s, KV f16)" 60' "chat: the reply says it used the f16 KV cache"
+keys Escape
+keys Left Left
+chk 'wait_for "KV q8_0  template" 5' "chat: Left twice from f16 picks q8_0"
+keys Tab
+keys -l "Hi"
+keys Enter
+chk 'wait_for "KV f16 (no q8_0: heads of 8, not of 32)" 60' "chat: q8_0 on heads of 8 keeps f16 and says why"
+S=$(cap); echo "$S" > "$W/chat_kv_80x24.txt"
+keys F10
+chk 'wait_dead 10' "chat (KV cache): F10 quits"
+
 # --- 4. --template overrides the run's template
 start 80x24 "$ENV $BIN watch $RUN --template vanilla"
 wait_for "FINISHED" 20
@@ -277,7 +303,7 @@ st=$(status)
 chk '[ "$st" = 130 ]' "tuna chat: Ctrl-C at the prompt exits 130 ($st)"
 
 for f in $W/help_chat_80x24.txt $W/chat_side_80x24.txt $W/chat_reply_80x24.txt $W/chat_status_80x24.txt \
-         $W/chat_system_80x24.txt; do
+         $W/chat_system_80x24.txt $W/chat_kv_80x24.txt; do
     [ -n "${TUNA_UI_SHOW:-}" ] && [ -f $f ] && { echo "=== $(basename $f)"; cat $f; }
 done
 echo "test_ui_chat_tmux: $pass passed, $fail failed, $skip skipped"

@@ -150,6 +150,18 @@ static void *worker_main(void *arg) {
         GenerateResult res = {0};
         Sampler smp = {0};
         TunaErr e = {0};
+        /* the KV cache's type: a change empties the cache (this reply prefills anew) */
+        WType kv = !strcmp(s.kv_cache, "f16")    ? WT_F16
+                   : !strcmp(s.kv_cache, "q8_0") ? WT_Q8_0
+                                                 : WT_F32;
+        char kv_note[160] = "";
+        if (kv != m->kv_type && model_set_kv_type(m, kv, &e)) { /* the reply's tag says why */
+            if (kv == WT_Q8_0 && m->cfg.HS % 32)
+                snprintf(kv_note, sizeof kv_note, " (no q8_0: heads of %d, not of 32)", m->cfg.HS);
+            else
+                snprintf(kv_note, sizeof kv_note, " (no %s: %.100s)", s.kv_cache, e.msg);
+            e = (TunaErr){0};
+        }
         StopSet stop;
         stopset_init(&stop, m, tok, tpl);
         int rc, max_new = s.max_new_tokens, dropped = 0;
@@ -176,15 +188,18 @@ static void *worker_main(void *arg) {
         if (rc) {
             push_out(w, CHATMSG_ERROR, e.msg, strlen(e.msg));
         } else {
-            char st[256];
+            char st[512];
             double tps =
                     res.n_ids > 1 && res.decode_s > 0 ? (double)(res.n_ids - 1) / res.decode_s : 0;
             char left[64] = "";
             if (dropped) /* the context policy left the oldest exchanges out of the prompt */
                 snprintf(left, sizeof left, ", %d old message%s left out", dropped,
                          dropped == 1 ? "" : "s");
-            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s%s%s", res.n_ids, tps, left,
-                     res.stopped_by == 3 ? ", cancelled" : "");
+            snprintf(st, sizeof st, "%zu tokens, %.0f tok/s, KV %s%s%s%s", res.n_ids, tps,
+                     m->kv_type == WT_F16    ? "f16"
+                     : m->kv_type == WT_Q8_0 ? "q8_0"
+                                             : "f32",
+                     kv_note, left, res.stopped_by == 3 ? ", cancelled" : "");
             push_out(w, CHATMSG_DONE, st, strlen(st));
         }
         generate_result_free(&res);

@@ -23,6 +23,8 @@ typedef struct ChatSettings {
     int share; /* replies generated at the same time (side by side: 2): each takes its share of
                   the idle cores (0 or 1: all of them) */
     char system[1024]; /* system prompt; "" = the template's default_system */
+    char kv_cache[8];  /* the KV cache's type, --cache-type's names: "f32" (or ""), "f16",
+                          "q8_0"; one the model cannot take keeps the last (the reply says so) */
 } ChatSettings;
 
 typedef struct ChatWorker ChatWorker;

@@ -3,8 +3,9 @@
  * stream in through the workers' queues and one wake pipe.
  * Keys: typing goes into the message box and Enter sends; Esc leaves the box, and then the
  * screen keys (1-4, q, ?) act as everywhere, Esc again stops a streaming reply, and Tab, Enter or
- * any other letter goes back in. Up/Down pick a setting (temperature, top-p, max tokens,
- * template, system prompt), Left/Right change it, ^E edits the system prompt in the box.
+ * any other letter goes back in. Up/Down pick a setting (temperature, top-p, max tokens, the KV
+ * cache's type, template, system prompt), Left/Right change it, ^E edits the system prompt in
+ * the box.
  * The template is --template, else the one the open (or --tuned) run trained with. */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -38,7 +39,7 @@ typedef struct ChatPane {
     int scroll; /* lines up from the bottom */
 } ChatPane;
 
-enum { SET_TEMP, SET_TOP_P, SET_MAX, SET_TEMPLATE, SET_SYSTEM, SET_COUNT };
+enum { SET_TEMP, SET_TOP_P, SET_MAX, SET_CACHE, SET_TEMPLATE, SET_SYSTEM, SET_COUNT };
 
 struct ChatState {
     ChatPane pane[2];
@@ -236,8 +237,12 @@ static ChatState *chat_get(App *app) {
     if (app->chat) return app->chat;
     ChatState *c = xcalloc(1, sizeof *c);
     if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) c->wake[0] = c->wake[1] = -1;
-    c->s = (ChatSettings){
-            .temperature = 0.7f, .top_p = 0.9f, .max_new_tokens = 96, .seed = 42, .share = 1};
+    c->s = (ChatSettings){.temperature = 0.7f,
+                          .top_p = 0.9f,
+                          .max_new_tokens = 96,
+                          .seed = 42,
+                          .share = 1,
+                          .kv_cache = "f32"};
     c->in_box = 1;
     pick_template(app, c, c->tpl, sizeof c->tpl);
     const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model
@@ -375,6 +380,13 @@ static int chat_action(App *app, Action a) {
         if (c->setting == 0) c->s.temperature += 0.1f * (float)d;
         if (c->setting == 1) c->s.top_p += 0.05f * (float)d;
         if (c->setting == 2) c->s.max_new_tokens += 16 * d;
+        if (c->setting == SET_CACHE) { /* f32, f16, q8_0, round */
+            static const char *const kinds[] = {"f32", "f16", "q8_0"};
+            int k = 0;
+            while (k < 3 && strcmp(c->s.kv_cache, kinds[k]))
+                k++;
+            snprintf(c->s.kv_cache, sizeof c->s.kv_cache, "%s", kinds[((k % 3) + 3 + d) % 3]);
+        }
         if (c->s.temperature < 0.05f) c->s.temperature = 0;
         if (c->s.temperature > 2) c->s.temperature = 2;
         if (c->s.top_p < 0.05f) c->s.top_p = 0.05f;
@@ -561,6 +573,8 @@ static void draw_settings(ChatState *c, Rect r) {
     snprintf(v[SET_TOP_P][1], sizeof v[0][0], "top-p %.2f", (double)c->s.top_p);
     snprintf(v[SET_MAX][0], sizeof v[0][0], "max tokens %d", c->s.max_new_tokens);
     snprintf(v[SET_MAX][1], sizeof v[0][0], "max %d", c->s.max_new_tokens);
+    snprintf(v[SET_CACHE][0], sizeof v[0][0], "KV cache %s", c->s.kv_cache);
+    snprintf(v[SET_CACHE][1], sizeof v[0][0], "KV %s", c->s.kv_cache);
     snprintf(v[SET_TEMPLATE][0], sizeof v[0][0], "template %.50s", c->tpl);
     snprintf(v[SET_TEMPLATE][1], sizeof v[0][0], "template %.50s", c->tpl);
     snprintf(v[SET_SYSTEM][0], sizeof v[0][0], "system: ");
@@ -574,6 +588,8 @@ static void draw_settings(ChatState *c, Rect r) {
     int f = want <= r.w ? 0 : 1, x = r.x + 1, end = r.x + r.w;
     if (f) sys = sys_short;
     for (int i = 0; i < SET_COUNT; i++) {
+        /* at 80 columns the default KV cache (f32) shows only while it is the picked setting */
+        if (f && i == SET_CACHE && i != c->setting && !strcmp(c->s.kv_cache, "f32")) continue;
         Role role = i == c->setting ? ROLE_SELECTED : ROLE_VALUE;
         x += ui_str(r.y, x, end - x, role, v[i][f]);
         if (i == SET_SYSTEM) {
