@@ -118,9 +118,21 @@ int kv_type_ok(WType t, int HS) {
     return HS > 0 && HS % wtype_info[t].block == 0;
 }
 
+const char *kv_type_name(WType t) {
+    return t == WT_F32 ? "f32" : t == WT_F16 ? "f16" : t == WT_Q8_0 ? "q8_0" : "?";
+}
+
+int kv_type_by_name(const char *name) {
+    static const WType types[] = {WT_F32, WT_F16, WT_Q8_0};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (name && !strcmp(name, kv_type_name(types[i]))) return (int)types[i];
+    return -1;
+}
+
 void backend_attention_kv_widened(Backend *be, WType t, float *out, const float *q, const void *k,
                                   const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                                  int KVH, int HS, int window, const int32_t *kv_lo) {
+                                  int KVH, int HS, int window, const int32_t *kv_lo,
+                                  void (*widen)(float *dst, const void *src, size_t n, WType t)) {
     size_t row = (size_t)Tk * KVH * HS, n = (size_t)B * row;
     float *kf = malloc(sizeof(float) * (n ? 2 * n : 1)), *vf = kf + n;
     if (!kf) {
@@ -130,6 +142,11 @@ void backend_attention_kv_widened(Backend *be, WType t, float *out, const float 
     }
     for (int b = 0; b < B && row; b++) {
         size_t at = wtype_row_bytes(t, (int64_t)((size_t)b * kv_stride));
+        if (widen) {
+            widen(kf + (size_t)b * row, (const char *)k + at, row, t);
+            widen(vf + (size_t)b * row, (const char *)v + at, row, t);
+            continue;
+        }
         wtype_info[t].dequant_row((const char *)k + at, kf + (size_t)b * row, (int64_t)row, NULL);
         wtype_info[t].dequant_row((const char *)v + at, vf + (size_t)b * row, (int64_t)row, NULL);
     }

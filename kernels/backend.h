@@ -251,13 +251,19 @@ void backend_matmul_w_fwd_n(Backend *be, int n, float *const *outs, const float 
 /* The KV cache types (--cache-type): F32, F16 and Q8_0; 1 when t is one, for heads of HS (its
  * blocks whole in a head), else 0 */
 int kv_type_ok(WType t, int HS);
+/* --cache-type's name of a KV cache type ("f32", "f16", "q8_0"; "?" for others), and back (-1
+ * for a name that is none of them) */
+const char *kv_type_name(WType t);
+int kv_type_by_name(const char *name);
 
 /* attention_fwd_kv for a backend in host memory: k and v's rows 0 .. Tk-1 of each batch row
- * dequantized to fp32 (wtype_info[t].dequant_row), then be's attention_fwd over them. Sets
- * be->err when out of memory. */
+ * dequantized to fp32 (by widen: n elements of type t from src, whole blocks, exactly
+ * dequant_row's values; NULL: wtype_info[t].dequant_row), then be's attention_fwd over them.
+ * Sets be->err when out of memory. */
 void backend_attention_kv_widened(Backend *be, WType t, float *out, const float *q, const void *k,
                                   const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
-                                  int KVH, int HS, int window, const int32_t *kv_lo);
+                                  int KVH, int HS, int window, const int32_t *kv_lo,
+                                  void (*widen)(float *dst, const void *src, size_t n, WType t));
 
 /* kv_store's range check over the n values of src it stored in type t: where one is past t's
  * range (infinite once stored), be->err names it (unless be->err is already set) */

@@ -1061,7 +1061,7 @@ size_t model_kv_bytes(const Model *m) {
 }
 
 int model_set_kv_type(Model *m, WType t, TunaErr *err) {
-    const char *name = t == WT_F32 ? "f32" : t == WT_F16 ? "f16" : t == WT_Q8_0 ? "q8_0" : "?";
+    const char *name = kv_type_name(t);
     if (!kv_type_ok(t, m->cfg.HS)) {
         if (t == WT_Q8_0)
             return tuna_errf(err, TUNA_EUNSUP,

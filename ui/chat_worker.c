@@ -151,9 +151,8 @@ static void *worker_main(void *arg) {
         Sampler smp = {0};
         TunaErr e = {0};
         /* the KV cache's type: a change empties the cache (this reply prefills anew) */
-        WType kv = !strcmp(s.kv_cache, "f16")    ? WT_F16
-                   : !strcmp(s.kv_cache, "q8_0") ? WT_Q8_0
-                                                 : WT_F32;
+        int kn = kv_type_by_name(s.kv_cache);
+        WType kv = kn < 0 ? WT_F32 : (WType)kn;
         char kv_note[160] = "";
         if (kv != m->kv_type && model_set_kv_type(m, kv, &e)) { /* the reply's tag says why */
             if (kv == WT_Q8_0 && m->cfg.HS % 32)
@@ -196,10 +195,8 @@ static void *worker_main(void *arg) {
                 snprintf(left, sizeof left, ", %d old message%s left out", dropped,
                          dropped == 1 ? "" : "s");
             snprintf(st, sizeof st, "%zu tokens, %.0f tok/s, KV %s%s%s%s", res.n_ids, tps,
-                     m->kv_type == WT_F16    ? "f16"
-                     : m->kv_type == WT_Q8_0 ? "q8_0"
-                                             : "f32",
-                     kv_note, left, res.stopped_by == 3 ? ", cancelled" : "");
+                     kv_type_name(m->kv_type), kv_note, left,
+                     res.stopped_by == 3 ? ", cancelled" : "");
             push_out(w, CHATMSG_DONE, st, strlen(st));
         }
         generate_result_free(&res);

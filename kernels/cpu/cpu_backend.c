@@ -770,6 +770,30 @@ static void c_kv_store(Backend *be, WType t, void *dst, const float *src, size_t
     if (big) backend_kv_range(be, t, src, n);
 }
 
+/* dst (n) = n elements of a typed cache dequantized, 16 (8) at a time with the decode kernels'
+ * loads (dequant_row's values; n whole blocks) */
+static void kv_widen(float *dst, const void *src, size_t n, WType t) {
+    int T = t == WT_F16 ? KV_F16 : KV_Q8;
+    size_t i = 0;
+#ifdef __AVX512F__
+    if (T == KV_F16)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, kv_load16(src, i, 16, KV_F16));
+    else
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, kv_load16(src, i, 16, KV_Q8));
+#elif defined(KV_AVX2)
+    if (T == KV_F16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, kv_load8(src, i, KV_F16));
+    else
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, kv_load8(src, i, KV_Q8));
+#endif
+    for (; i < n; i++)
+        dst[i] = kv_at(src, i, T);
+}
+
 /* Decoding reads the cache's blocks as it goes (f16: half the bytes of an fp32 cache; after 1.5k
  * tokens SmolLM2's cache is as many bytes a token as its Q4_1 weights); prefills and bf16
  * products dequantize the rows into fp32 and take c_attention's matrix products. */
@@ -782,7 +806,7 @@ static void c_attention_kv(Backend *be, WType t, float *out, const float *q, con
     }
     if (Tq >= ATTN_GEMM_MIN_TQ || be->mm_bf16) {
         backend_attention_kv_widened(be, t, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                     kv_lo);
+                                     kv_lo, kv_widen);
         return;
     }
     int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);

@@ -608,7 +608,7 @@ static void r_attention_kv(Backend *be, WType t, float *out, const float *q, con
                            const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH, int KVH,
                            int HS, int window, const int32_t *kv_lo) {
     backend_attention_kv_widened(be, t, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                 kv_lo);
+                                 kv_lo, NULL);
 }
 static void r_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     (void)be;

@@ -79,11 +79,10 @@ int cli_precision_opt(int c, const char *arg, CliPrecision *p) {
     case CLI_OPT_PREC_DTYPE: p->dtype = arg; return 1;
     case CLI_OPT_PREC_BF16: p->bf16 = 1; return 1;
     case CLI_OPT_CACHE:
-        if (strcmp(arg, "f32") && strcmp(arg, "f16") && strcmp(arg, "q8_0")) {
+        if ((p->kv_type = kv_type_by_name(arg)) < 0) {
             fprintf(stderr, "tuna: --cache-type: expected f32, f16 or q8_0, got \"%s\"\n", arg);
             return -1;
         }
-        p->kv_type = !strcmp(arg, "f32") ? WT_F32 : !strcmp(arg, "f16") ? WT_F16 : WT_Q8_0;
         return 1;
     default: return 0;
     }

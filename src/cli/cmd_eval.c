@@ -318,10 +318,7 @@ static void add_precision(cJSON *root, const ModelPrecision *p, WType kv) {
     cJSON_AddBoolToObject(pr, "double_quantization", p->bits == 4 && p->double_quant);
     cJSON_AddStringToObject(pr, "dtype", p->dtype);
     cJSON_AddBoolToObject(pr, "bf16", p->bf16);
-    cJSON_AddStringToObject(pr, "cache_type",
-                            kv == WT_F16    ? "f16"
-                            : kv == WT_Q8_0 ? "q8_0"
-                                            : "f32");
+    cJSON_AddStringToObject(pr, "cache_type", kv_type_name(kv));
 }
 
 /* The JSON report (caller deletes): loss, perplexity, scores (null without generation), what

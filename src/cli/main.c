@@ -228,11 +228,6 @@ static int generate_prompt_ids(const Model *m, const Tokenizer *tok, const char 
     return 0;
 }
 
-/* --cache-type's name of a KV cache type */
-static const char *kv_name(WType t) {
-    return t == WT_F16 ? "f16" : t == WT_Q8_0 ? "q8_0" : "f32";
-}
-
 /* The JSON object (--json) or the closing newline, then the timing line on stderr. */
 static void generate_report(const GenArgs *a, const Model *m, const Backend *be, const int32_t *ids,
                             size_t n_ids, const GenerateResult *res, int sample) {
@@ -249,7 +244,7 @@ static void generate_report(const GenArgs *a, const Model *m, const Backend *be,
         printf(", \"stopped_by\": \"%s\", \"tokens_per_s\": %.1f, \"prefill_s\": %.6f, "
                "\"threads\": %d, \"kv_cache\": {\"type\": \"%s\", \"positions\": %d, "
                "\"bytes\": %zu}",
-               why[res->stopped_by], tps, res->prefill_s, be->n_threads, kv_name(m->kv_type),
+               why[res->stopped_by], tps, res->prefill_s, be->n_threads, kv_type_name(m->kv_type),
                m->cache_T, model_kv_bytes(m));
         if (a->lookup && !sample)
             printf(", \"lookup_drafted\": %zu, \"lookup_kept\": %zu", res->n_drafted,
@@ -276,7 +271,7 @@ static void generate_report(const GenArgs *a, const Model *m, const Backend *be,
                 "generate: prompt %zu tokens, generated %zu tokens in %.3f s, %.1f tok/s, "
                 "%d thread%s, KV cache %s %.1f MiB",
                 n_ids, res->n_ids, res->prefill_s + res->decode_s, tps, be->n_threads,
-                be->n_threads == 1 ? "" : "s", kv_name(m->kv_type),
+                be->n_threads == 1 ? "" : "s", kv_type_name(m->kv_type),
                 (double)model_kv_bytes(m) / (1 << 20));
         if (a->lookup && !sample)
             fprintf(stderr, ", lookup kept %zu of %zu drafted", res->n_accepted, res->n_drafted);
