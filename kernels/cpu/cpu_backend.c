@@ -427,8 +427,12 @@ __attribute__((always_inline)) static inline float kv_q8_scale(const void *p, si
     return wtype_f16_to_f32((uint16_t)(b[0] | b[1] << 8));
 #endif
 }
+/* the int8 code of element i of a Q8_0 row (after its block's 2-byte scale) */
+__attribute__((always_inline)) static inline const int8_t *kv_q8_code(const void *p, size_t i) {
+    return (const int8_t *)p + i / 32 * 34 + 2 + i % 32;
+}
 __attribute__((always_inline)) static inline float kv_at(const void *p, size_t i, int T) {
-    if (T == KV_Q8) return (float)((const int8_t *)p)[i / 32 * 34 + 2 + i % 32] * kv_q8_scale(p, i);
+    if (T == KV_Q8) return (float)*kv_q8_code(p, i) * kv_q8_scale(p, i);
     return T == KV_F16 ? wtype_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
@@ -440,7 +444,7 @@ __attribute__((always_inline)) static inline __m512 kv_load16(const void *p, siz
         return n >= 16 ? _mm512_loadu_ps((const float *)p + i)
                        : _mm512_maskz_loadu_ps(cpu_lanes16(n), (const float *)p + i);
     if (T == KV_Q8) { /* n >= 16: whole blocks */
-        const int8_t *q = (const int8_t *)p + i / 32 * 34 + 2 + i % 32;
+        const int8_t *q = kv_q8_code(p, i);
         __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
         return _mm512_mul_ps(x, _mm512_set1_ps(kv_q8_scale(p, i)));
     }
@@ -454,7 +458,7 @@ __attribute__((always_inline)) static inline __m512 kv_load16(const void *p, siz
 /* elements i .. i+7 of a row as floats */
 __attribute__((always_inline)) static inline __m256 kv_load8(const void *p, size_t i, int T) {
     if (T == KV_Q8) {
-        const int8_t *q = (const int8_t *)p + i / 32 * 34 + 2 + i % 32;
+        const int8_t *q = kv_q8_code(p, i);
         __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
         return _mm256_mul_ps(x, _mm256_set1_ps(kv_q8_scale(p, i)));
     }
@@ -679,33 +683,27 @@ attention_items(float *out, const float *q, const void *k, const void *v, int Tq
     if (sc != stack_sc) free(sc);
 }
 
-static void attention_items_f32(float *out, const float *q, const float *k, const float *v, int Tq,
-                                int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                                const int32_t *kv_lo, int parts, size_t lo, size_t hi,
-                                TunaErr *err) {
-    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
-                    0);
+/* attention_items for the cache type T (known here only at run time): one call of the inlined
+ * kernels per type, each with its T a constant */
+static void attention_items_t(int T, float *out, const float *q, const void *k, const void *v,
+                              int Tq, int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
+                              const int32_t *kv_lo, int parts, size_t lo, size_t hi, TunaErr *err) {
+    if (T == KV_F16)
+        attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi,
+                        err, KV_F16);
+    else if (T == KV_Q8)
+        attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi,
+                        err, KV_Q8);
+    else
+        attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi,
+                        err, KV_F32);
 }
 
-static void attention_items_f16(float *out, const float *q, const void *k, const void *v, int Tq,
-                                int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                                const int32_t *kv_lo, int parts, size_t lo, size_t hi,
-                                TunaErr *err) {
-    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
-                    KV_F16);
-}
-
-static void attention_items_q8(float *out, const float *q, const void *k, const void *v, int Tq,
-                               int Tk, size_t kv_stride, int NH, int KVH, int HS, int window,
-                               const int32_t *kv_lo, int parts, size_t lo, size_t hi,
-                               TunaErr *err) {
-    attention_items(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo, parts, lo, hi, err,
-                    KV_Q8);
-}
-
-/* The threads and parts of a decode-sized attention (attention_items' items x parts) */
-static int attention_split(Backend *be, int B, int Tq, int Tk, int NH, int KVH, int HS,
-                           int *parts) {
+/* A decode-sized attention over a cache of type T: attention_items' items (x parts) on the
+ * threads */
+static void attention_decode(Backend *be, int T, float *out, const float *q, const void *k,
+                             const void *v, int B, int Tq, int Tk, size_t kv_stride, int NH,
+                             int KVH, int HS, int window, const int32_t *kv_lo) {
     /* a quarter of the usual threshold: each score also costs a reduction and an exp
      * (stories260K decode, 2 threads: +12% at 256 tokens, +26% at 512) */
     size_t work = (size_t)B * Tq * NH * (size_t)Tk * HS, items = (size_t)B * Tq * KVH;
@@ -713,9 +711,11 @@ static int attention_split(Backend *be, int B, int Tq, int Tk, int NH, int KVH, 
     /* few items that the threads do not share evenly (decoding SmolLM2: 3 kv heads on 2
      * threads, one thread did 2 of them): each kv head's query heads in nth parts */
     int grp = NH / KVH;
-    *parts =
+    int parts =
             nth > 1 && items < 4 * (size_t)nth && items % (size_t)nth ? (grp < nth ? grp : nth) : 1;
-    return nth;
+    CPU_PAR_RANGE(nth, items * (size_t)parts,
+                  attention_items_t(T, out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
+                                    parts, lo, hi, &be->err));
 }
 
 static void c_attention(Backend *be, float *out, const float *q, const float *k, const float *v,
@@ -728,11 +728,7 @@ static void c_attention(Backend *be, float *out, const float *q, const float *k,
             tuna_errf(&be->err, TUNA_ENOMEM, "attention: out of memory for %d x %d scores", Tq, Tk);
         return;
     }
-    int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);
-    size_t items = (size_t)B * Tq * KVH;
-    CPU_PAR_RANGE(nth, items * (size_t)parts,
-                  attention_items_f32(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo,
-                                      parts, lo, hi, &be->err));
+    attention_decode(be, KV_F32, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH, HS, window, kv_lo);
 }
 
 // --- the typed KV cache (--cache-type)
@@ -776,19 +772,11 @@ static void kv_widen(float *dst, const void *src, size_t n, WType t) {
     int T = t == WT_F16 ? KV_F16 : KV_Q8;
     size_t i = 0;
 #ifdef __AVX512F__
-    if (T == KV_F16)
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(dst + i, kv_load16(src, i, 16, KV_F16));
-    else
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(dst + i, kv_load16(src, i, 16, KV_Q8));
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, kv_load16(src, i, 16, T));
 #elif defined(KV_AVX2)
-    if (T == KV_F16)
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, kv_load8(src, i, KV_F16));
-    else
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, kv_load8(src, i, KV_Q8));
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, kv_load8(src, i, T));
 #endif
     for (; i < n; i++)
         dst[i] = kv_at(src, i, T);
@@ -809,16 +797,8 @@ static void c_attention_kv(Backend *be, WType t, float *out, const float *q, con
                                      kv_lo, kv_widen);
         return;
     }
-    int parts, nth = attention_split(be, B, Tq, Tk, NH, KVH, HS, &parts);
-    size_t items = (size_t)B * Tq * KVH;
-    if (t == WT_F16)
-        CPU_PAR_RANGE(nth, items * (size_t)parts,
-                      attention_items_f16(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                          kv_lo, parts, lo, hi, &be->err));
-    else
-        CPU_PAR_RANGE(nth, items * (size_t)parts,
-                      attention_items_q8(out, q, k, v, Tq, Tk, kv_stride, NH, KVH, HS, window,
-                                         kv_lo, parts, lo, hi, &be->err));
+    attention_decode(be, t == WT_F16 ? KV_F16 : KV_Q8, out, q, k, v, B, Tq, Tk, kv_stride, NH, KVH,
+                     HS, window, kv_lo);
 }
 
 // --- elementwise
