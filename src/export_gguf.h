@@ -1,7 +1,7 @@
 /* export_gguf.h: a tuna model as a GGUF v3 file llama.cpp loads (`tuna export --format gguf`),
  * and a LoRA adapter in llama.cpp's adapter format (`--format gguf-lora`).
  *
- * The merged export takes the model's weights as model_hf_tensors gives them (an unmerged LoRA
+ * The merged export takes the model's weights as model_hf_tensor_fill gives them (an unmerged LoRA
  * added in, typed weights dequantized), names them as llama.cpp does (gguf_name_for), applies
  * the q/k row permutation llama.cpp's convert script applies for llama/mistral, transposes
  * GPT-2's Conv1D weights, and stores them as convert_hf_to_gguf.py / llama-quantize do: 1-D

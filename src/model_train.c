@@ -1268,7 +1268,7 @@ void train_download_params(const TrainState *ts, float **host) {
         ts->be->ops->download(ts->be, host[i], ts->tp[i].data, sizeof(float) * ts->tp[i].n);
 }
 
-void train_upload_params(TrainState *ts, float *const *host) {
+void train_upload_params(TrainState *ts, const float *const *host) {
     for (int i = 0; i < ts->n_tp; i++)
         ts->be->ops->upload(ts->be, ts->tp[i].data, host[i], sizeof(float) * ts->tp[i].n);
 }

@@ -195,7 +195,7 @@ const int32_t *train_lora_tokens(const TrainState *ts, int *n);
 /* Copies every trainable tensor to host[i] (sized tp[i].n floats), in train_params order. */
 void train_download_params(const TrainState *ts, float **host);
 /* Uploads host[i] into every trainable tensor (resume). */
-void train_upload_params(TrainState *ts, float *const *host);
+void train_upload_params(TrainState *ts, const float *const *host);
 const TrainSetup *train_setup(const TrainState *ts);
 Model *train_model(const TrainState *ts);
 

@@ -192,7 +192,7 @@ void optim_download(const Optim *o, float **m, float **v) {
     }
 }
 
-void optim_upload(Optim *o, float *const *m, float *const *v) {
+void optim_upload(Optim *o, const float *const *m, const float *const *v) {
     for (int i = 0; i < o->n; i++) {
         if (!o->len[i]) continue;
         o->be->ops->upload(o->be, o->m[i], m[i] + o->first[i], sizeof(float) * o->len[i]);

@@ -99,7 +99,7 @@ int optim_share_params(Optim *o, const TrainParam *tp, int np, TunaErr *err);
  * of them are written (download) or read (upload): a resume reads the whole moments on every
  * rank and each keeps its slice, whatever the number of ranks that saved them. */
 void optim_download(const Optim *o, float **m, float **v);
-void optim_upload(Optim *o, float *const *m, float *const *v);
+void optim_upload(Optim *o, const float *const *m, const float *const *v);
 /* Checkpoints: the whole moments onto rank 0's m[i], v[i] (sized like the tensors; NULL on the
  * other ranks): the layout one process has. Sharded it is collective (every rank calls it, each
  * sends its slice); unsharded it is optim_download. */

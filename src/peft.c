@@ -525,16 +525,16 @@ void model_hf_tensor_fill(const Model *m, const char *name, float *dst) {
         size_t fn = (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
         if (!started) memset(dst, 0, sizeof(float) * fn);
         started = 1;
-        float *part = xmalloc(sizeof(float) * p->n);
+        /* the checkpoint's layout as it is (mode 0): straight into dst, no second buffer of the
+         * tensor's size (an 8B model's embedding is 2.1 GB in fp32) */
+        float *part = p->mode == 0 ? dst : xmalloc(sizeof(float) * p->n);
         if (p->q) /* a typed base weight: dequantized, as peft merges into a 4/8-bit base */
             weight_download_f32(be, p->q, part);
         else
             be->ops->download(be, part, m->params + p->off, sizeof(float) * p->n);
         if (m->lora && p->site >= 0) add_lora_delta(m, p, part);
         size_t R = (size_t)p->shape[0], Cn = p->ndim == 2 ? (size_t)p->shape[1] : 1;
-        if (p->mode == 0)
-            memcpy(dst, part, sizeof(float) * fn);
-        else if (p->mode == 1) {
+        if (p->mode == 1) { /* mode 0 is in place */
             for (size_t r = 0; r < R; r++)
                 for (size_t c = 0; c < Cn; c++)
                     dst[r * Cn + c] = part[c * R + r];
@@ -543,43 +543,138 @@ void model_hf_tensor_fill(const Model *m, const char *name, float *dst) {
             for (size_t r = 0; r < R; r++)
                 for (size_t c = 0; c < W; c++)
                     dst[r * Cn + off + c] = part[c * R + r];
-        } else {
+        } else if (p->mode == 3) {
             memcpy(dst + (size_t)p->part * (R / 3), part, sizeof(float) * (R / 3));
         }
-        free(part);
+        if (part != dst) free(part);
     }
 }
 
-int model_hf_tensors(const Model *m, StWriteTensor **wt_out, int *n_out) {
+/* model_hf_tensor_fill for safetensors_write_fill, over one file's entries */
+typedef struct HfFill {
+    const Model *m;
+    const StWriteTensor *wt;
+} HfFill;
+
+static void hf_fill(void *ctx, int i, float *dst) {
+    const HfFill *f = ctx;
+    model_hf_tensor_fill(f->m, f->wt[i].name, dst);
+}
+
+const char *hf_dtype_name(StDtype d) {
+    return d == ST_BF16 ? "bfloat16" : d == ST_F16 ? "float16" : "float32";
+}
+
+/* config.json (copied from the base, or written for a GGUF one) saying the dtype the tensors are
+ * written in: its torch_dtype and transformers 5's dtype, whichever it has (torch_dtype added
+ * when it has neither). Rewritten only when it says otherwise, so a base's file is copied as it
+ * is (one that does not parse is left so: the base loaded from it). */
+static int hf_config_dtype(const char *path, StDtype dt, TunaErr *err) {
+    size_t n;
+    char *text = xread_file(path, &n);
+    cJSON *j = text ? cJSON_ParseWithLength(text, n) : NULL;
+    free(text);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return 0;
+    }
+    const char *want = hf_dtype_name(dt), *keys[] = {"torch_dtype", "dtype"};
+    int has[2], changed = 0;
+    for (int k = 0; k < 2; k++)
+        has[k] = cJSON_HasObjectItem(j, keys[k]);
+    for (int k = 0; k < 2; k++) {
+        const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, keys[k]));
+        if ((has[k] || (k == 0 && !has[1])) && !(v && !strcmp(v, want))) {
+            cJSON *s = cJSON_CreateString(want);
+            if (has[k])
+                cJSON_ReplaceItemInObjectCaseSensitive(j, keys[k], s);
+            else
+                cJSON_AddItemToObject(j, keys[k], s);
+            changed = 1;
+        }
+    }
+    char *out = changed ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    int rc = out && write_text(path, out) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(out);
+    return rc;
+}
+
+/* shard s of ns's file name: model.safetensors alone, else transformers' model-0000i-of-0000n */
+static void shard_name(char *dst, size_t cap, int s, int ns) {
+    if (ns > 1)
+        snprintf(dst, cap, "model-%05d-of-%05d.safetensors", s + 1, ns);
+    else
+        snprintf(dst, cap, "model.safetensors");
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp((*(const StWriteTensor *const *)a)->name,
+                  (*(const StWriteTensor *const *)b)->name);
+}
+
+/* The weight files: model.safetensors, or shards of at most shard_bytes each (a tensor larger
+ * than that alone in its own) in the tensors' order, model-0000i-of-0000n.safetensors with
+ * model.safetensors.index.json, as transformers' save_pretrained cuts them. Each tensor is made
+ * (merged, dequantized) as it is written. */
+static int write_weights(const Model *m, const char *dir, StDtype dt, uint64_t shard_bytes,
+                         TunaErr *err) {
     StWriteTensor *wt;
     int n;
     model_hf_tensor_list(m, &wt, &n);
-    for (int j = 0; j < n; j++) {
-        size_t fn = (size_t)wt[j].shape[0] * (wt[j].ndim == 2 ? (size_t)wt[j].shape[1] : 1);
-        float *d = xmalloc(sizeof(float) * fn);
-        model_hf_tensor_fill(m, wt[j].name, d);
-        wt[j].data = d; /* wt[j].data owns its buffer */
+    int *shard = xcalloc((size_t)(n ? n : 1), sizeof *shard), ns = n ? 1 : 0;
+    uint64_t cur = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        wt[i].dtype = dt;
+        uint64_t b = (uint64_t)wt[i].shape[0] * (uint64_t)(wt[i].ndim == 2 ? wt[i].shape[1] : 1) *
+                     st_dtype_size(dt);
+        if (cur && shard_bytes && cur + b > shard_bytes) ns++, cur = 0;
+        shard[i] = ns - 1;
+        cur += b;
+        total += b;
     }
-    *wt_out = wt;
-    *n_out = n;
-    return 0;
-}
-
-void model_hf_tensors_free(StWriteTensor *wt, int n) {
-    for (int i = 0; wt && i < n; i++)
-        free((void *)wt[i].data);
-    free(wt);
-}
-
-int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
-    char path[4400], src[4400];
-    StWriteTensor *wt;
-    int n;
-    model_hf_tensors(m, &wt, &n);
-    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
-    int rc = safetensors_write(path, wt, n, meta, 1, err);
-    model_hf_tensors_free(wt, n);
+    char path[4400], file[64];
+    int rc = 0;
+    for (int s = 0, i0 = 0; s < ns && !rc; s++) {
+        int i1 = i0;
+        while (i1 < n && shard[i1] == s)
+            i1++;
+        shard_name(file, sizeof file, s, ns);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        HfFill f = {m, wt + i0};
+        rc = safetensors_write_fill(path, wt + i0, i1 - i0, meta, 1, hf_fill, &f, err);
+        i0 = i1;
+    }
+    if (!rc && ns > 1) { /* the index: every tensor's file, in name order as transformers has it */
+        const StWriteTensor **by = xcalloc((size_t)n, sizeof *by);
+        for (int i = 0; i < n; i++)
+            by[i] = &wt[i];
+        qsort(by, (size_t)n, sizeof *by, by_name);
+        cJSON *idx = cJSON_CreateObject();
+        cJSON *md = cJSON_AddObjectToObject(idx, "metadata");
+        cJSON_AddNumberToObject(md, "total_size", (double)total);
+        cJSON *map = cJSON_AddObjectToObject(idx, "weight_map");
+        for (int k = 0; k < n; k++) {
+            shard_name(file, sizeof file, shard[by[k] - wt], ns);
+            cJSON_AddStringToObject(map, by[k]->name, file);
+        }
+        char *text = cJSON_Print(idx);
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+        if (write_text(path, text)) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+        free(text);
+        cJSON_Delete(idx);
+        free(by);
+    }
+    free(shard);
+    free(wt);
+    return rc;
+}
+
+int model_write_hf_as(const Model *m, const char *tmp, StDtype dtype, uint64_t shard_bytes,
+                      TunaErr *err) {
+    char path[4400], src[4400];
+    int rc = write_weights(m, tmp, dtype, shard_bytes, err);
     if (rc) return rc;
     const char *files[] = {"config.json",     "generation_config.json",
                            "tokenizer.json",  "tokenizer_config.json",
@@ -593,8 +688,14 @@ int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
     /* a model loaded from GGUF has no config.json to copy: write one from its config */
     size_t dl = strlen(m->dir);
     if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
-        return gguf_write_hf_config(&m->cfg, tmp, err);
-    return 0;
+        rc = gguf_write_hf_config(&m->cfg, tmp, err);
+    snprintf(path, sizeof path, "%s/config.json", tmp);
+    if (!rc && !access(path, F_OK)) rc = hf_config_dtype(path, dtype, err);
+    return rc;
+}
+
+int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
+    return model_write_hf_as(m, tmp, ST_F32, HF_SHARD_BYTES, err);
 }
 
 // --- tuna train --adapter DIR: a new run that starts from an adapter
@@ -795,7 +896,7 @@ int adapter_init_train(TrainState *ts, const char *dir, const char *model, TunaE
                        "--adapter %s does not fit --model %s: the adapter holds %d tensors, the "
                        "model takes %d (an adapter of another base model)",
                        dir, model, safetensors_count(st), np);
-    if (!rc) train_upload_params(ts, host);
+    if (!rc) train_upload_params(ts, (const float *const *)host);
     for (int i = 0; i < np; i++)
         free(host[i]);
     free(host);

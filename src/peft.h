@@ -16,6 +16,7 @@
 #include "err.h"
 #include "model.h"
 #include "model_train.h"
+#include "safetensors.h"
 #include "train.h"
 
 /* Merges the PEFT LoRA adapter in dir into m (a typed base: applies it unmerged). */
@@ -37,16 +38,22 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err);
 /* The same two, writing into an existing folder (no rename): for checkpoints. */
 int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
 int model_write_hf(const Model *m, const char *dir, TunaErr *err);
-/* m's weights as the HF checkpoint holds them (names, shapes, fp32; typed weights dequantized,
- * an unmerged LoRA added in), as model_write_hf writes them: *wt (n) with malloc'd data; free
- * with model_hf_tensors_free. For the GGUF export. */
-struct StWriteTensor;
-int model_hf_tensors(const Model *m, struct StWriteTensor **wt, int *n);
-void model_hf_tensors_free(struct StWriteTensor *wt, int n);
-/* The same one tensor at a time, for an export that streams: model_hf_tensor_list gives the
- * entries (name, ndim, shape; data NULL) in model_hf_tensors' order, freed with free(*wt);
+/* model_write_hf with the tensors in dtype (ST_F32, ST_BF16 or ST_F16; rounded to nearest even)
+ * and the weights cut into shards of at most shard_bytes (0: one file) as transformers'
+ * save_pretrained does (model-0000i-of-0000n.safetensors and model.safetensors.index.json; one
+ * model.safetensors when they fit in one); config.json's torch_dtype says dtype. Each tensor is
+ * made (dequantized, an unmerged LoRA added in) as it is written: the model is never held twice.
+ * model_write_hf: fp32, shards of HF_SHARD_BYTES (transformers' and LLaMA-Factory's 5 GB). */
+#define HF_SHARD_BYTES 5000000000ull
+int model_write_hf_as(const Model *m, const char *dir, StDtype dtype, uint64_t shard_bytes,
+                      TunaErr *err);
+/* "float32", "bfloat16" or "float16": config.json's name of a writer dtype */
+const char *hf_dtype_name(StDtype dtype);
+/* m's weights as the HF checkpoint holds them, one tensor at a time (names, shapes, fp32; typed
+ * weights dequantized, an unmerged LoRA added in): model_hf_tensor_list gives the entries
+ * (name, ndim, shape; data NULL) in the checkpoint's order, freed with free(*wt);
  * model_hf_tensor_fill writes the tensor of that name (shape[0] x shape[1] floats) into dst. */
-int model_hf_tensor_list(const Model *m, struct StWriteTensor **wt, int *n);
+int model_hf_tensor_list(const Model *m, StWriteTensor **wt, int *n);
 void model_hf_tensor_fill(const Model *m, const char *name, float *dst);
 
 /* tuna train --adapter DIR (LLaMA-Factory's adapter_name_or_path): a new run that starts from

@@ -781,22 +781,22 @@ static int write_all(int fd, const void *p, size_t n) {
     return 0;
 }
 
-static int write_tensor_data(int fd, const StWriteTensor *t, size_t numel) {
-    if (t->dtype == ST_F32) return numel ? write_all(fd, t->data, numel * sizeof(float)) : 0;
+/* numel floats of data written as dtype (F32 as they are; F16/BF16 rounded to nearest even) */
+static int write_tensor_data(int fd, StDtype dtype, const float *data, size_t numel) {
+    if (dtype == ST_F32) return numel ? write_all(fd, data, numel * sizeof(float)) : 0;
     enum { CHUNK = 8192 };
     uint16_t tmp[CHUNK];
     for (size_t i = 0; i < numel; i += CHUNK) {
         size_t m = numel - i < CHUNK ? numel - i : CHUNK;
         for (size_t j = 0; j < m; j++)
-            tmp[j] = t->dtype == ST_F16 ? st_f32_to_f16(t->data[i + j])
-                                        : st_f32_to_bf16(t->data[i + j]);
+            tmp[j] = dtype == ST_F16 ? st_f32_to_f16(data[i + j]) : st_f32_to_bf16(data[i + j]);
         if (write_all(fd, tmp, m * sizeof(uint16_t))) return -1;
     }
     return 0;
 }
 
 /* Checks tensor i for writing (name, dtype, rank, shape, data) and gives its element count. */
-static int write_check(const char *path, const StWriteTensor *t, int i, size_t *numel,
+static int write_check(const char *path, const StWriteTensor *t, int i, int fill, size_t *numel,
                        TunaErr *err) {
     char nb[SHOWBUF];
     if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
@@ -813,10 +813,10 @@ static int write_check(const char *path, const StWriteTensor *t, int i, size_t *
         if (t->shape[d] < 0 || __builtin_mul_overflow(*numel, (uint64_t)t->shape[d], numel))
             return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": bad shape[%d] = %" PRId64, path,
                              show(t->name, nb, sizeof nb), d, t->shape[d]);
-    if (*numel > SIZE_MAX / 8 || (*numel && !t->data))
+    if (*numel > SIZE_MAX / 8 || (*numel && !t->data && !fill))
         return tuna_errf(err, TUNA_EINVAL, "%s: tensor \"%s\": %s", path,
                          show(t->name, nb, sizeof nb),
-                         *numel && !t->data ? "NULL data" : "too many elements");
+                         *numel > SIZE_MAX / 8 ? "too many elements" : "NULL data");
     return 0;
 }
 
@@ -870,10 +870,18 @@ static int write_header(Buf *h, const char *path, const StWriteTensor *ts,
 }
 
 /* Writes the file through PATH.tmp: length, header, data in write order, fsync, rename into
- * place, then (best effort) fsync of the folder. A failure leaves no .tmp behind. */
+ * place, then (best effort) fsync of the folder. A tensor without data is made by fill into one
+ * buffer of the largest of them, just before it is written. A failure leaves no .tmp behind. */
 static int write_file(const char *path, const Buf *h, const StWriteTensor *ts,
-                      const StWriteTensor **order, const size_t *numels, int n, TunaErr *err) {
+                      const StWriteTensor **order, const size_t *numels, int n, StFill fill,
+                      void *ctx, TunaErr *err) {
     int rc = 0;
+    size_t most = 0;
+    for (int i = 0; i < n; i++)
+        if (!ts[i].data && numels[i] > most) most = numels[i];
+    float *buf = most ? malloc(most * sizeof(float)) : NULL;
+    if (most && !buf)
+        return tuna_errf(err, TUNA_EIO, "%s: out of memory for a tensor of %zu floats", path, most);
     size_t pl = strlen(path) + 5;
     char *tmp = xmalloc(pl);
     snprintf(tmp, pl, "%s.tmp", path);
@@ -881,14 +889,23 @@ static int write_file(const char *path, const Buf *h, const StWriteTensor *ts,
     if (fd < 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
+        free(buf);
         return rc;
     }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)((uint64_t)h->n >> (8 * i));
     int bad = write_all(fd, len8, 8) || write_all(fd, h->p, h->n);
-    for (int i = 0; i < n && !bad; i++)
-        bad = write_tensor_data(fd, order[i], numels[order[i] - ts]);
+    for (int i = 0; i < n && !bad; i++) {
+        const StWriteTensor *t = order[i];
+        size_t k = (size_t)(t - ts), numel = numels[k];
+        const float *data = t->data;
+        if (!data && numel) {
+            fill(ctx, (int)k, buf);
+            data = buf;
+        }
+        bad = write_tensor_data(fd, t->dtype, data, numel);
+    }
     if (bad || fsync(fd) != 0) {
         rc = tuna_errf(err, TUNA_EIO, "%s: write failed: %s", tmp, strerror(errno));
         goto fail;
@@ -913,16 +930,24 @@ static int write_file(const char *path, const Buf *h, const StWriteTensor *ts,
         close(dfd);
     }
     free(tmp);
+    free(buf);
     return 0;
 fail:
     if (fd >= 0) close(fd);
     unlink(tmp);
     free(tmp);
+    free(buf);
     return rc;
 }
 
 int safetensors_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_kv,
                       int n_meta, TunaErr *err) {
+    return safetensors_write_fill(path, ts, n, meta_kv, n_meta, NULL, NULL, err);
+}
+
+int safetensors_write_fill(const char *path, const StWriteTensor *ts, int n,
+                           const char *const *meta_kv, int n_meta, StFill fill, void *ctx,
+                           TunaErr *err) {
     if (!path || n < 0 || (n && !ts) || n_meta < 0 || (n_meta && !meta_kv))
         return tuna_errf(err, TUNA_EINVAL, "safetensors_write: bad arguments");
     char nb[SHOWBUF];
@@ -932,7 +957,7 @@ int safetensors_write(const char *path, const StWriteTensor *ts, int n, const ch
     size_t *numels = xmalloc((size_t)(n ? n : 1) * sizeof *numels);
     for (int i = 0; i < n && !rc; i++) {
         order[i] = &ts[i];
-        rc = write_check(path, &ts[i], i, &numels[i], err);
+        rc = write_check(path, &ts[i], i, fill != NULL, &numels[i], err);
     }
     if (rc) goto done;
     qsort(order, (size_t)n, sizeof *order, name_order_cmp);
@@ -944,7 +969,7 @@ int safetensors_write(const char *path, const StWriteTensor *ts, int n, const ch
         }
     qsort(order, (size_t)n, sizeof *order, write_order_cmp);
     rc = write_header(&h, path, ts, order, numels, n, meta_kv, n_meta, err);
-    if (!rc) rc = write_file(path, &h, ts, order, numels, n, err);
+    if (!rc) rc = write_file(path, &h, ts, order, numels, n, fill, ctx, err);
 done:
     free(h.p);
     free(order);

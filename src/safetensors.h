@@ -81,7 +81,8 @@ int st_tensor_to_f32(const StTensor *t, float *dst, size_t n, TunaErr *err);
 void st_tensor_release(const StTensor *t);
 
 /* Writer input: host float32 data converted to dtype (F32, F16 or BF16; round to nearest even).
- * data may be NULL only when the tensor has no elements. */
+ * data may be NULL only when the tensor has no elements (or, with safetensors_write_fill, is
+ * filled as it is written). */
 typedef struct StWriteTensor {
     const char *name;
     StDtype dtype;
@@ -97,6 +98,15 @@ typedef struct StWriteTensor {
  * or TUNA_EIO. */
 int safetensors_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_kv,
                       int n_meta, TunaErr *err);
+
+/* safetensors_write with tensors made as they are written: a tensor whose data is NULL (and has
+ * elements) is filled by fill(ctx, i, dst), i its index in ts, into a buffer of the largest such
+ * tensor's floats, just before its bytes go out; so a model's export holds one tensor at a time,
+ * not a second copy of the model. The same file, byte for byte, as with the data given. */
+typedef void (*StFill)(void *ctx, int i, float *dst);
+int safetensors_write_fill(const char *path, const StWriteTensor *ts, int n,
+                           const char *const *meta_kv, int n_meta, StFill fill, void *ctx,
+                           TunaErr *err);
 
 /* f16/bf16 <-> f32 scalars; exact in the widening direction, round-to-nearest-even narrowing
  * (overflow gives inf, NaN stays NaN with its sign). */

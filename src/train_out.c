@@ -134,42 +134,69 @@ static int write_file(const char *path, const char *text) {
 
 // --- checkpoints: trainable tensors + optimizer moments + trainer state, atomically
 
-static int save_tensors(const char *path, const TrainParam *tp, int np, float **data,
-                        const char *prefix, TunaErr *err) {
-    StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
-    char(*names)[200] = xcalloc((size_t)np, sizeof *names);
-    for (int i = 0; i < np; i++) {
-        snprintf(names[i], sizeof names[i], "%s%s#%d", prefix, tp[i].name,
-                 i); /* GPT-2 parts share a name */
-        wt[i].name = names[i];
-        wt[i].dtype = ST_F32;
-        wt[i].ndim = 1;
-        wt[i].shape[0] = (int64_t)tp[i].n;
-        wt[i].data = data[i];
+/* A checkpoint's tensors made as they are written (safetensors_write_fill), so that a save holds
+ * one tensor at a time, not copies of the model and both moments: the trainable values (kind
+ * 0), or the optimizer's m then v (kind 1; 2 np tensors), downloaded from backend memory, or
+ * from the whole moments a sharded optimizer gathered (mm, vv) */
+typedef struct CkptFill {
+    const Optim *o; /* the moments' optimizer (its backend the tensors' too) */
+    const TrainParam *tp;
+    int np, kind;
+    float **mm, **vv;
+} CkptFill;
+
+static void ckpt_fill(void *ctx, int i, float *dst) {
+    const CkptFill *f = ctx;
+    Backend *be = f->o->be;
+    if (f->kind == 0) {
+        be->ops->download(be, dst, f->tp[i].data, sizeof(float) * f->tp[i].n);
+        return;
     }
-    int rc = safetensors_write(path, wt, np, NULL, 0, err);
+    int k = i % f->np, v = i >= f->np;
+    float **whole = v ? f->vv : f->mm;
+    if (whole) /* gathered */
+        memcpy(dst, whole[k], sizeof(float) * f->tp[k].n);
+    else /* this process's moments are the whole tensors' (optim: first 0, len n) */
+        be->ops->download(be, dst, v ? f->o->v[k] : f->o->m[k], sizeof(float) * f->tp[k].n);
+}
+
+/* Writes the np tensors (kind 0) or 2 np moments (kind 1) named prefix + name#i ("m.", "v."). */
+static int save_tensors(const char *path, CkptFill *f, TunaErr *err) {
+    int n = f->kind ? 2 * f->np : f->np;
+    StWriteTensor *wt = xcalloc((size_t)(n ? n : 1), sizeof *wt);
+    char(*names)[210] = xcalloc((size_t)(n ? n : 1), sizeof *names);
+    for (int i = 0; i < n; i++) {
+        const TrainParam *t = &f->tp[i % f->np];
+        snprintf(names[i], sizeof names[i], "%s%s#%d", f->kind ? (i < f->np ? "m." : "v.") : "",
+                 t->name, i % f->np); /* GPT-2 parts share a name */
+        wt[i] = (StWriteTensor){
+                .name = names[i], .dtype = ST_F32, .ndim = 1, .shape = {(int64_t)t->n}};
+    }
+    int rc = safetensors_write_fill(path, wt, n, NULL, 0, ckpt_fill, f, err);
     free(wt);
     free(names);
     return rc;
 }
 
-static int load_tensors(const char *path, const TrainParam *tp, int np, float **data,
-                        const char *prefix, TunaErr *err) {
-    SafeTensors *st = NULL;
-    int rc = safetensors_open(path, &st, err);
-    for (int i = 0; i < np && !rc; i++) {
+/* The tensors prefix + name#i of an open checkpoint file, each F32 of its tensor's size, as
+ * pointers into the file's mapping (data): a resume copies them into backend memory with no host
+ * copy of the model and its moments. */
+static int find_tensors(const SafeTensors *st, const char *path, const TrainParam *tp, int np,
+                        const float **data, const char *prefix, TunaErr *err) {
+    for (int i = 0; i < np; i++) {
         char nm[220];
         snprintf(nm, sizeof nm, "%s%s#%d", prefix, tp[i].name, i);
         const StTensor *t = safetensors_find(st, nm);
         if (!t || st_tensor_numel(t) != tp[i].n)
-            rc = tuna_errf(err, TUNA_EFORMAT,
-                           "%s: \"%s\" missing or of the wrong size (another method or model?)",
-                           path, nm);
-        else
-            rc = st_tensor_to_f32(t, data[i], tp[i].n, err);
+            return tuna_errf(err, TUNA_EFORMAT,
+                             "%s: \"%s\" missing or of the wrong size (another method or model?)",
+                             path, nm);
+        if (t->dtype != ST_F32 || (uintptr_t)t->data % sizeof(float))
+            return tuna_errf(err, TUNA_EFORMAT, "%s: \"%s\" is %s, not the F32 tuna writes", path,
+                             nm, st_dtype_name(t->dtype));
+        data[i] = t->data;
     }
-    safetensors_free(st);
-    return rc;
+    return 0;
 }
 
 static float **host_bufs(const TrainParam *tp, int np) {
@@ -214,8 +241,11 @@ int save_checkpoint(Run *r, TunaErr *err) {
     /* the moments whole on rank 0, as one process has them (sharded: each rank sends its slice,
      * so every rank is here, and before anything that could fail on rank 0 alone) */
     if (r->rank && r->opt.world == 1) return 0;
-    float **mm = r->rank ? NULL : host_bufs(tp, np), **vv = r->rank ? NULL : host_bufs(tp, np);
-    rc = optim_gather(&r->opt, mm, vv, err);
+    /* sharded: rank 0 gathers the whole moments first (one process's are written as they are) */
+    int gather = r->opt.world > 1;
+    float **mm = gather && !r->rank ? host_bufs(tp, np) : NULL,
+          **vv = gather && !r->rank ? host_bufs(tp, np) : NULL;
+    rc = gather ? optim_gather(&r->opt, mm, vv, err) : 0;
     if (rc || r->rank || r->write_errno) { /* after a failed write nothing more is written */
         free_bufs(mm, np);
         free_bufs(vv, np);
@@ -227,28 +257,15 @@ int save_checkpoint(Run *r, TunaErr *err) {
         free_bufs(vv, np);
         return rc;
     }
-    float **p = host_bufs(tp, np);
-    train_download_params(r->ts, p);
+    CkptFill f = {&r->opt, tp, np, 0, mm, vv};
     snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
-    rc = save_tensors(path, tp, np, p, "", err);
-    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
+    rc = save_tensors(path, &f, err);
     if (!rc) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-        StWriteTensor *wt = xcalloc((size_t)np * 2, sizeof *wt);
-        char(*nm)[210] = xcalloc((size_t)np * 2, sizeof *nm);
-        for (int i = 0; i < 2 * np; i++) {
-            snprintf(nm[i], sizeof nm[i], "%s%s#%d", i < np ? "m." : "v.", tp[i % np].name, i % np);
-            wt[i] = (StWriteTensor){.name = nm[i],
-                                    .dtype = ST_F32,
-                                    .ndim = 1,
-                                    .shape = {(int64_t)tp[i % np].n},
-                                    .data = i < np ? mm[i] : vv[i - np]};
-        }
-        rc = safetensors_write(path, wt, 2 * np, NULL, 0, err);
-        free(wt);
-        free(nm);
+        f.kind = 1;
+        rc = save_tensors(path, &f, err);
     }
-    free_bufs(p, np);
+    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
     free_bufs(mm, np);
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
@@ -345,12 +362,19 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     if (rc) return rc;
     int np;
     const TrainParam *tp = train_params(r->ts, &np);
-    float **p = host_bufs(tp, np), **mm = host_bufs(tp, np), **vv = host_bufs(tp, np);
+    /* pointers into the two files' mappings, uploaded once all of them are found */
+    const float **p = xcalloc((size_t)(np ? np : 1), sizeof *p),
+                **mm = xcalloc((size_t)(np ? np : 1), sizeof *mm),
+                **vv = xcalloc((size_t)(np ? np : 1), sizeof *vv);
+    SafeTensors *stp = NULL, *sto = NULL;
+    char opath[1400];
     snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
-    rc = load_tensors(path, tp, np, p, "", err);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (!rc) rc = load_tensors(path, tp, np, mm, "m.", err);
-    if (!rc) rc = load_tensors(path, tp, np, vv, "v.", err);
+    snprintf(opath, sizeof opath, "%s/optimizer.safetensors", dir);
+    rc = safetensors_open(path, &stp, err);
+    if (!rc) rc = find_tensors(stp, path, tp, np, p, "", err);
+    if (!rc) rc = safetensors_open(opath, &sto, err);
+    if (!rc) rc = find_tensors(sto, opath, tp, np, mm, "m.", err);
+    if (!rc) rc = find_tensors(sto, opath, tp, np, vv, "v.", err);
     if (!rc) rc = batcher_seek(&r->batcher, (int)ep, (size_t)cu, err);
     if (!rc) {
         train_upload_params(r->ts, p);
@@ -360,9 +384,11 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         r->best_eval = be >= 0 ? be : (double)INFINITY;
         r->t0 -= el;
     }
-    free_bufs(p, np);
-    free_bufs(mm, np);
-    free_bufs(vv, np);
+    safetensors_free(stp);
+    safetensors_free(sto);
+    free(p);
+    free(mm);
+    free(vv);
     return rc;
 }
 

@@ -128,7 +128,7 @@ static void test_shards(const char *backend) {
                 CHECK(optim_init_shard(&o2, be, tp, 5, 0.9f, 0.999f, 1e-8f, 0.1f, rank, world,
                                        &err) == 0,
                       "%s", err.msg);
-                optim_upload(&o2, mv[0], mv[1]);
+                optim_upload(&o2, (const float *const *)mv[0], (const float *const *)mv[1]);
                 for (int k = 0; k < 2; k++)
                     for (int i = 0; i < 5; i++)
                         memset(back[k][i], 0xff, len[i] * 4);

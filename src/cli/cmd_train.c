@@ -573,12 +573,12 @@ static int move_into(const char *tmp, const char *dir, TunaErr *err) {
  * into an existing one (empty, a previous export, or --overwrite) the files move in one by
  * one from a temporary folder inside it. Nothing but the export's own files is replaced. */
 static int export_to(const Model *m, const char *out, int overwrite, const char *model,
-                     const char *adapter, TunaErr *err) {
+                     const char *adapter, StDtype dt, uint64_t shard, TunaErr *err) {
     struct stat sb;
     char tmp[4200], marker[4300];
     if (stat(out, &sb)) {
         int rc = dir_begin(out, tmp, sizeof tmp, err);
-        if (!rc) rc = model_write_hf(m, tmp, err);
+        if (!rc) rc = model_write_hf_as(m, tmp, dt, shard, err);
         if (!rc && write_marker(tmp, tmp, model, adapter))
             rc = tuna_errf(err, TUNA_EIO, "%s/" EXPORT_MARKER ": cannot write", tmp);
         if (!rc && rename(tmp, out))
@@ -599,7 +599,7 @@ static int export_to(const Model *m, const char *out, int overwrite, const char 
     dir_remove(tmp);
     if (mkdir(tmp, 0755))
         return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    int rc = model_write_hf(m, tmp, err);
+    int rc = model_write_hf_as(m, tmp, dt, shard, err);
     if (!rc) rc = move_into(tmp, out, err);
     if (!rc && write_marker(out, out, model, adapter))
         rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", marker);
@@ -758,12 +758,20 @@ int cmd_export(int argc, char **argv) {
             {"template", 1, 'T', "NAME",
              "gguf: the chat template (default: the run's, else the "
              "model's own)"},
+            {"export-dtype", 1, 'D', "TYPE",
+             "hf: the tensors' type, auto (default: the base checkpoint's torch_dtype; fp32 for "
+             "a GGUF base), fp32, bf16 or f16"},
+            {"export-size", 1, 'S', "GB",
+             "hf: shards of at most GB gigabytes (10^9 bytes; default 5, as save_pretrained; 0: "
+             "one file)"},
             CLI_PRECISION_OPTS,
             {"help", 0, 'h', NULL, "show this help"},
             {NULL, 0, 0, NULL, NULL}};
     struct option lo[CLI_MAX_OPTS];
     cli_longopts(export_opts, lo);
-    const char *model = NULL, *adapter = NULL, *format = "hf", *quant = "f16", *tpl = NULL;
+    const char *model = NULL, *adapter = NULL, *format = "hf", *quant = "f16", *tpl = NULL,
+               *edtype = "auto";
+    double esize = 5;
     char out[4000] = "";
     int c, overwrite = 0, pc;
     CliPrecision prec = CLI_PRECISION_INIT;
@@ -783,7 +791,20 @@ int cmd_export(int argc, char **argv) {
             quant = optarg;
         else if (c == 'T')
             tpl = optarg;
-        else if (c == 'h') {
+        else if (c == 'D')
+            edtype = optarg;
+        else if (c == 'S') {
+            char *end;
+            errno = 0;
+            esize = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(esize >= 0) || esize > 1e6) {
+                fprintf(stderr,
+                        "tuna export: --export-size \"%s\": expected gigabytes a shard, a number "
+                        "from 0 (one file) up\n",
+                        optarg);
+                return 2;
+            }
+        } else if (c == 'h') {
             cli_help(stdout,
                      "usage: tuna export --model DIR [--adapter RUN_OR_ADAPTER_DIR] --out DIR "
                      "[--overwrite]\n"
@@ -795,7 +816,9 @@ int cmd_export(int argc, char **argv) {
                      "another folder (files of the same names replaced, others kept).\n"
                      "A run trained on a quantized or bf16 base merges into that base "
                      "dequantized to fp32, as peft's merge_and_unload does (--dtype fp32: "
-                     "into the full-precision base instead).",
+                     "into the full-precision base instead); the tensors are written in "
+                     "--export-dtype, one at a time (the model is not held twice), in shards of "
+                     "--export-size GB with model.safetensors.index.json when larger.",
                      export_opts);
             return 0;
         } else if ((pc = cli_precision_opt(c, optarg, &prec))) {
@@ -805,8 +828,23 @@ int cmd_export(int argc, char **argv) {
             return 2;
         }
     }
-    if (strcmp(format, "hf"))
+    StDtype dt = ST_F32;
+    int dt_auto = !strcmp(edtype, "auto");
+    if (!dt_auto && strcmp(edtype, "fp32") && strcmp(edtype, "f32") && strcmp(edtype, "bf16") &&
+        strcmp(edtype, "f16")) {
+        fprintf(stderr, "tuna export: --export-dtype \"%s\": expected auto, fp32, bf16 or f16\n",
+                edtype);
+        return 2;
+    }
+    if (!dt_auto) dt = !strcmp(edtype, "bf16") ? ST_BF16 : !strcmp(edtype, "f16") ? ST_F16 : ST_F32;
+    if (strcmp(format, "hf")) {
+        if (!dt_auto || esize != 5) {
+            fprintf(stderr, "tuna export: --export-dtype and --export-size are for --format hf "
+                            "(a GGUF export's type is --quant)\n");
+            return 2;
+        }
         return cmd_export_gguf(model, adapter, format, quant, tpl, out, overwrite, &prec);
+    }
     if (!model || !out[0]) {
         fprintf(stderr, "tuna export: --model and --out are required (see --help)\n");
         return 2;
@@ -841,18 +879,26 @@ int cmd_export(int argc, char **argv) {
     Tokenizer *tok = NULL;
     /* the model and adapter load before --out is looked at: a failure touches nothing */
     int rc = cli_load_model(model, adapter, "cpu", 0, &prec, &be, &m, &tok, &err);
-    if (!rc && m->n_qparams)
+    if (!rc && m->n_qparams && adapter)
         fprintf(stderr,
-                "tuna: the base as %s: %zu weights in %s, dequantized to fp32 for the export%s "
-                "(as peft's merge_and_unload; --dtype fp32 merges into the full-precision base)\n",
+                "tuna: the base as %s: %zu weights in %s, dequantized to fp32 for the merge (as "
+                "peft's merge_and_unload; --dtype fp32 merges into the full-precision base)\n",
                 prec.given ? "asked" : "the run trained it", m->n_qparams,
-                wtype_info[m->layers[0].qw[LORA_Q] ? m->layers[0].qw[LORA_Q]->type : WT_F32].name,
-                adapter ? " with the adapter merged in" : "");
-    rc = rc || export_to(m, out, overwrite, model, adapter, &err);
+                wtype_info[m->layers[0].qw[LORA_Q] ? m->layers[0].qw[LORA_Q]->type : WT_F32].name);
+    if (!rc && dt_auto) /* the base checkpoint's own type, as LLaMA-Factory's export keeps it */
+        dt = !strcmp(m->cfg.torch_dtype, "bfloat16")  ? ST_BF16
+             : !strcmp(m->cfg.torch_dtype, "float16") ? ST_F16
+                                                      : ST_F32;
+    uint64_t shard = (uint64_t)(esize * 1e9);
+    rc = rc || export_to(m, out, overwrite, model, adapter, dt, shard, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else
-        fprintf(stderr, "tuna: wrote %s (%zu parameters)\n", out, m->n_params + m->n_qparams);
+        fprintf(stderr, "tuna: wrote %s (%zu parameters in %s%s)\n", out,
+                m->n_params + m->n_qparams, hf_dtype_name(dt),
+                dt_auto && dt != ST_F32 ? ", the base checkpoint's type: --export-dtype fp32 "
+                                          "keeps every bit of the merge"
+                                        : "");
     tokenizer_free(tok);
     model_free(m);
     backend_free(be);

@@ -9,6 +9,8 @@
 #   (2) Llama-3-8B-shaped (hidden 4096, 32 layers, 32/8 heads, intermediate 14336, vocab 128256),
 #       written straight to a Q4_0 GGUF: 3 LoRA steps at 256 tokens. Goal: within 8 GB.
 #       (several minutes of compute on 2 cores; BENCH_8B=0 skips it)
+#   (3) tuna export of a LoRA run of each, in Hugging Face format: peak RSS (the export makes
+#       and writes one tensor at a time)
 # Peak RSS by /usr/bin/time -v (GNU time) of each `tuna train`.
 #   sh tests/bench/bench_memory.sh [VENV]      from the repo root; models go to $BENCH_MODELS
 #                                              (default /tmp/tuna-bench-models, 3 + 4.5 GB)
@@ -46,6 +48,25 @@ peak() {
 	rm -rf "$out"
 }
 
+# peak RSS in MiB of `tuna export EXPORT_FLAGS` (Hugging Face format) of a LoRA run trained with
+# ARGS, and the export's size in MiB (0 0 on failure): the export makes and writes one tensor at
+# a time, so it needs the loaded base plus one tensor
+export_peak() { # EXPORT_FLAGS ARGS...
+	xf=$1
+	shift
+	out=$(mktemp -d /tmp/tuna-bench-mem-XXXXXX)
+	# shellcheck disable=SC2086
+	if ./tuna train "$@" --output "$out/run" --quiet >"$out/log" 2>&1 &&
+		$TIME -v ./tuna export --model "$out/run" --out "$out/merged" $xf >"$out/log" 2>&1; then
+		kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/log")
+		echo "$((kb / 1024)) $(du -sm "$out/merged" | cut -f1)"
+	else
+		grep -v "^	" "$out/log" | tail -3 >&2
+		echo "0 0"
+	fi
+	rm -rf "$out"
+}
+
 common="--dataset alpaca_en_demo --method lora --lora-rank 8 --packing true --batch-size 1
 	--val-size 0 --eval-steps 0 --save-steps 0 --sample-prompts '' --gradient-checkpointing true
 	--threads 2"
@@ -68,6 +89,15 @@ if gen qwen2.5-1.5b st-bf16 $SHARED/tokenizers/qwen3 "$Q"; then
 		esac
 		[ "$mib" -gt 0 ] || status=1
 	done
+	echo "== the same, tuna export of a LoRA run (1 step), bf16 as the checkpoint: peak RSS =="
+	for p in "bf16 base:--dtype auto" "4-bit nf4 base:--quantization-bit 4"; do
+		label=${p%%:*}
+		flags=${p#*:}
+		# shellcheck disable=SC2086,SC2046
+		set -- $(eval export_peak "''" --model "$Q" $common --cutoff-len 64 --max-steps 1 $flags)
+		printf '  %-26s %6s MiB (the export %s MiB)\n' "$label" "$1" "$2"
+		[ "$1" -gt 0 ] || status=1
+	done
 else
 	status=1
 fi
@@ -81,6 +111,12 @@ if [ "${BENCH_8B:-1}" != 0 ]; then
 		printf '  %-26s %6s MiB\n' "Q4_0 as stored" "$mib"
 		if [ "$mib" -gt 0 ] && [ "$mib" -le 8192 ]; then echo "  goal within 8 GB: met"
 		else echo "  goal within 8 GB: MISSED"; status=1; fi
+		# its merged export to Hugging Face bf16 (16 GB written; fp32 tensors held whole took 32)
+		# shellcheck disable=SC2086,SC2046
+		set -- $(eval export_peak "'--export-dtype bf16'" --model "$L/model.gguf" $common \
+			--cutoff-len 64 --max-steps 1 --template llama3)
+		printf '  %-26s %6s MiB (the export %s MiB)\n' "export --export-dtype bf16" "$1" "$2"
+		[ "$1" -gt 0 ] || status=1
 	else
 		status=1
 	fi

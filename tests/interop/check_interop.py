@@ -129,6 +129,27 @@ def main():
 
     base_logits = logits_of(load_base())
 
+    def check_shards(label, adapter_dir, merged):
+        """tuna export --export-dtype bf16 --export-size (shards of 200 KB): transformers loads the
+        shards through model.safetensors.index.json, and every weight is the fp32 merge's rounded
+        to bf16 (torch's own rounding)."""
+        out = os.path.join(work, label + "-bf16-shards")
+        p = run([tuna, "export", "--model", base_dir, "--adapter", adapter_dir, "--out", out,
+                 "--export-dtype", "bf16", "--export-size", "0.0002"])
+        shards = sorted(f for f in os.listdir(out) if f.startswith("model-")) if p.returncode == 0 else []
+        if not check(f"{label}: tuna export --export-dtype bf16 --export-size 0.0002 writes shards",
+                     len(shards) > 1 and os.path.exists(os.path.join(out, "model.safetensors.index.json")),
+                     f"{len(shards)} shards"):
+            return
+        got = AutoModelForCausalLM.from_pretrained(out).eval()
+        want = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+        gs, ws = got.state_dict(), want.state_dict()
+        bad = [k for k in ws if k not in gs or gs[k].dtype != torch.bfloat16 or
+               not torch.equal(gs[k], ws[k].to(torch.bfloat16))]
+        check(f"{label}: transformers loads the bf16 shards: config dtype {got.config.dtype}, every "
+              "weight == the fp32 export's rounded to bf16 by torch", not bad and
+              got.config.dtype == torch.bfloat16, f"{len(ws)} tensors" + (f", differ: {bad[:3]}" if bad else ""))
+
     def compare_merged(label, adapter_dir, peft_model):
         """tuna export base+adapter -> transformers logits vs peft logits; tuna generate vs peft generate."""
         merged = os.path.join(work, label + "-merged")
@@ -144,6 +165,8 @@ def main():
         d = (ml - pl).abs().max().item()
         check(f"{label}: transformers(tuna merged) logits == peft(base+adapter) logits", d <= TOL,
               f"max abs diff {d:.3g} over {tuple(pl.shape)}, tol {TOL:g}")
+        if label == "tuna->peft":
+            check_shards(label, adapter_dir, merged)
         want, ref_lp = greedy(peft_model)
         prompt_ids, got, tuna_lp = tuna_generate(merged)
         ok, detail = same_or_tie(got, want, tuna_lp, ref_lp)
