@@ -1579,10 +1579,6 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
 }
 
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err) {
-    if (resume && !strcmp(cfg->stage, "rm"))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--resume: not with --stage rm yet (a checkpoint holds the value head "
-                         "but not its optimizer state)");
     Run r;
     memset(&r, 0, sizeof r);
     r.cfg = cfg;

@@ -265,7 +265,12 @@ int save_checkpoint(Run *r, TunaErr *err) {
         f.kind = 1;
         rc = save_tensors(path, &f, err);
     }
-    if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm (not resumed from yet) */
+    if (!rc && r->have_vh) { /* rm: the value head and its own AdamW moments */
+        rc = vhead_save(&r->vh, tmp, err);
+        CkptFill fv = {&r->vh_opt, r->vh.tp, 2, 1, NULL, NULL};
+        snprintf(path, sizeof path, "%s/" VHEAD_OPT_FILE, tmp);
+        if (!rc) rc = save_tensors(path, &fv, err);
+    }
     free_bufs(mm, np);
     free_bufs(vv, np);
     if (!rc) { /* a usable artifact in every checkpoint: the adapter, or the HF checkpoint */
@@ -375,10 +380,24 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     if (!rc) rc = safetensors_open(opath, &sto, err);
     if (!rc) rc = find_tensors(sto, opath, tp, np, mm, "m.", err);
     if (!rc) rc = find_tensors(sto, opath, tp, np, vv, "v.", err);
+    /* rm: the value head's moments (its weights: vhead_load below) */
+    SafeTensors *stv = NULL;
+    const float *vm[2], *vv2[2];
+    if (!rc && r->have_vh) {
+        snprintf(opath, sizeof opath, "%s/" VHEAD_OPT_FILE, dir);
+        rc = safetensors_open(opath, &stv, err);
+        if (!rc) rc = find_tensors(stv, opath, r->vh.tp, 2, vm, "m.", err);
+        if (!rc) rc = find_tensors(stv, opath, r->vh.tp, 2, vv2, "v.", err);
+        if (!rc) rc = vhead_load(&r->vh, dir, err);
+    }
     if (!rc) rc = batcher_seek(&r->batcher, (int)ep, (size_t)cu, err);
     if (!rc) {
         train_upload_params(r->ts, p);
         optim_upload(&r->opt, mm, vv);
+        if (r->have_vh) {
+            optim_upload(&r->vh_opt, vm, vv2);
+            r->vh_opt.t = (int)ot;
+        }
         r->step = (int)gs;
         r->opt.t = (int)ot;
         r->best_eval = be >= 0 ? be : (double)INFINITY;
@@ -386,6 +405,7 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     }
     safetensors_free(stp);
     safetensors_free(sto);
+    safetensors_free(stv);
     free(p);
     free(mm);
     free(vv);

@@ -16,6 +16,9 @@
 #include "model_train.h"
 
 #define VHEAD_FILE "value_head.safetensors"
+/* a checkpoint's value head optimizer state: m.NAME#i and v.NAME#i of its two tensors, as
+ * optimizer.safetensors holds the model's */
+#define VHEAD_OPT_FILE "value_head_optimizer.safetensors"
 
 typedef struct ValueHead {
     Backend *be;

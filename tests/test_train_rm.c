@@ -5,8 +5,9 @@
  * on the run folder gives the pairwise accuracy and loss of the merged model that agree with
  * the run's own last eval (the 12 pairs = the 8 trained + the 4 held out); a full run finishes
  * with the head beside the model; a P-tuning run trains (eval --stage rm refuses it); bad
- * combinations fail with one line. Runs ./tuna (or
- * $TUNA_BIN) from the repo root. */
+ * combinations fail with one line; --resume of a LoRA and a full rm run from a mid-run checkpoint
+ * redoes the last steps bit for bit (the value head's AdamW moments are in the checkpoint).
+ * Runs ./tuna (or $TUNA_BIN) from the repo root. */
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,6 +75,61 @@ static void run(const char *tmp, const char *name, const char *args, int steps, 
     CHECK(stat(path, &sb) == 0, "%s: %s written", name, path);
 }
 
+/* "step loss grad_norm" lines of a run's step events, from step `from` on (a static buffer) */
+static const char *step_lines(const char *dir, int from) {
+    static char buf[4096];
+    char path[512];
+    buf[0] = 0;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = xread_file(path, NULL), *save = NULL;
+    for (char *l = text ? strtok_r(text, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
+        int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
+        if (t && !strcmp(t, "step") && step >= from) {
+            size_t o = strlen(buf);
+            snprintf(buf + o, sizeof buf - o, "%d %.17g %.17g\n", step,
+                     cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItem(j, "grad_norm")));
+        }
+        cJSON_Delete(j);
+    }
+    free(text);
+    return buf;
+}
+
+/* --resume of an rm run: 6 steps with a checkpoint at 3 (which holds the value head and its
+ * AdamW moments), resumed from it, redoes steps 4-6 with the same losses and gradient norms bit
+ * for bit, and ends with the same value head and weights */
+static void resume(const char *tmp, const char *method) {
+    char a[200], b[220], cmd[4096];
+    snprintf(a, sizeof a, "%s/%s-6", tmp, method);
+    snprintf(b, sizeof b, "%s/%s-6-resumed", tmp, method);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method %s --lr 2e-3 --max-steps 6 --save-steps 3 --output %s "
+             "2>%s.err && cp -r %s %s && %s train --resume %s --quiet 2>%s.err",
+             test_tuna_bin(), method, a, a, a, b, test_tuna_bin(), b, b);
+    CHECK(test_system(cmd) == 0, "%s: 6 steps, then --resume from checkpoint-3", method);
+    char want[4096];
+    snprintf(want, sizeof want, "%s", step_lines(a, 4));
+    const char *got = step_lines(b, 4);
+    int lines = 0;
+    for (const char *p = got; *p; p++)
+        lines += *p == '\n';
+    /* the resumed run's metrics.jsonl goes on from its checkpoint: steps 4-6 once */
+    CHECK(lines == 3 && !strcmp(got, want), "%s: resumed steps 4-6 differ: %s vs %s", method, got,
+          want);
+    const char *files[] = {"value_head.safetensors", "adapter_model.safetensors",
+                           "model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char pa[400], pb[400];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        if (access(pa, F_OK) && i) continue; /* LoRA: no model.safetensors; full: no adapter */
+        CHECK(test_same_file(pa, pb), "%s: %s after the resume differs", method, files[i]);
+    }
+}
+
 int main(void) {
     if (access("../shared/datasets/dpo_en_demo.json", R_OK)) {
         SKIP("../shared/datasets/dpo_en_demo.json is not here");
@@ -120,9 +176,8 @@ int main(void) {
     CHECK(test_system(cmd) != 0, "eval --stage rm of a P-tuning run refused");
     test_train_refused(tmp, BASE, "--packing true", "pairs are neither packed nor grouped");
     test_train_refused(tmp, BASE, "--dataset kto_en_demo", "is not a ranking dataset");
-    snprintf(cmd, sizeof cmd, "%s train --resume %s/lora 2>%s/resume.err", test_tuna_bin(), tmp,
-             tmp);
-    CHECK(test_system(cmd) != 0, "--resume of an rm run refused");
+    resume(tmp, "lora");
+    resume(tmp, "full");
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "cleanup");
     return test_report("test_train_rm");
