@@ -668,6 +668,21 @@ static void lazy_init(TrainState *ts) {
         }
 }
 
+/* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
+/* The adapter site of each of the model's linear layers (GPT-2's q, k, v: slices of SITE_QKV). */
+static const Site site_of[LORA_N_SITES] = {
+        [LORA_Q] = SITE_Q,       [LORA_K] = SITE_K,   [LORA_V] = SITE_V,      [LORA_O] = SITE_O,
+        [LORA_GATE] = SITE_GATE, [LORA_UP] = SITE_UP, [LORA_DOWN] = SITE_DOWN};
+
+/* The other way: the model's linear layer of an adapter site (and slice of the fused c_attn). */
+static LoraSite base_site(int site, int slice) {
+    if (site == SITE_QKV) return (LoraSite)(LORA_Q + slice);
+    int k = 0;
+    while (k + 1 < LORA_N_SITES && site_of[k] != (Site)site)
+        k++;
+    return (LoraSite)k;
+}
+
 /* A module's base weight as the model stores it: one matrix, or GPT-2's fused c_attn as the
  * three matrices q, k, v, each rows of the module's output from row0. An fp32 weight only
  * (W NULL where the layer is typed). */
@@ -697,6 +712,23 @@ static int mod_parts(const Model *m, const LoraMod *lm, MergePart parts[3]) {
     }
 }
 
+/* The module's base weight (out x in) into host W, fp32: its parts downloaded, or dequantized
+ * where the base is typed (a QLoRA, bf16 or GGUF base: the values the products use) */
+static void mod_weight(const TrainState *ts, const LoraMod *lm, float *W) {
+    Backend *be = ts->be;
+    MergePart parts[3];
+    int np = mod_parts(ts->m, lm, parts);
+    for (int pi = 0; pi < np; pi++) {
+        const Weight *q = ts->m->layers[lm->layer].qw[base_site(lm->site, pi)];
+        float *dst = W + (size_t)parts[pi].row0 * lm->in;
+        if (q)
+            weight_download_f32(be, q, dst);
+        else
+            be->ops->download(be, dst, parts[pi].W,
+                              sizeof(float) * (size_t)parts[pi].rows * lm->in);
+    }
+}
+
 /* PiSSA: A and B (host, the module's slices) from the top-r SVD of the module's base weight,
  * and the base weight replaced by the residual (pissa.h), as PEFT's pissa_init. */
 static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, TunaErr *err) {
@@ -717,18 +749,14 @@ static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, Tuna
 }
 
 /* DoRA: wn[o] = ||W[o,:] + s·(B·A)[o,:]|| over the module's output rows, from host A (r, in) and
- * B (out, r) and the base weight downloaded (peft's get_weight_norm; no gradient flows here). */
+ * B (out, r) and the base weight (mod_weight: a typed base dequantized, as peft's get_weight_norm
+ * dequantizes a bitsandbytes one; no gradient flows here). */
 static void dora_norms(TrainState *ts, const LoraMod *lm, const float *A, const float *B,
                        double *wn) {
-    Backend *be = ts->be;
     int r = ts->setup.lora_rank, in = lm->in;
     double s = (double)ts->lora_scale;
-    MergePart parts[3];
-    int np = mod_parts(ts->m, lm, parts);
     float *W = xmalloc(sizeof(float) * (size_t)lm->out * in);
-    for (int pi = 0; pi < np; pi++)
-        be->ops->download(be, W + (size_t)parts[pi].row0 * in, parts[pi].W,
-                          sizeof(float) * (size_t)parts[pi].rows * in);
+    mod_weight(ts, lm, W);
     for (int o = 0; o < lm->out; o++) {
         double ss = 0;
         for (int i = 0; i < in; i++) {
@@ -776,10 +804,6 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
     ts->lora_scale =
             setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r) : setup->lora_alpha / (float)r;
-    if (setup->lora_dora && m->n_qbytes)
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "DoRA over a quantized or bf16 base is not supported yet; load the model "
-                         "in fp32 (--dtype fp32, no --quantization-bit)");
     if (setup->lora_dora && setup->lora_dropout > 0)
         return tuna_errf(err, TUNA_EUNSUP, "DoRA with --lora-dropout > 0 is not supported yet");
     if (setup->lora_pissa && m->n_qbytes)
@@ -1489,21 +1513,6 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
     be->ops->scale(be, lm->u, (size_t)M * (size_t)ts->setup.lora_rank, ts->lora_scale);
 }
 
-/* The model's linear layer (LoraSite) of an adapter site and slice of the fused c_attn. */
-/* The adapter site of each of the model's linear layers (GPT-2's q, k, v: slices of SITE_QKV). */
-static const Site site_of[LORA_N_SITES] = {
-        [LORA_Q] = SITE_Q,       [LORA_K] = SITE_K,   [LORA_V] = SITE_V,      [LORA_O] = SITE_O,
-        [LORA_GATE] = SITE_GATE, [LORA_UP] = SITE_UP, [LORA_DOWN] = SITE_DOWN};
-
-/* The other way: the model's linear layer of an adapter site (and slice of the fused c_attn). */
-static LoraSite base_site(int site, int slice) {
-    if (site == SITE_QKV) return (LoraSite)(LORA_Q + slice);
-    int k = 0;
-    while (k + 1 < LORA_N_SITES && site_of[k] != (Site)site)
-        k++;
-    return (LoraSite)k;
-}
-
 /* DoRA forward (peft's DoraLinearLayer without dropout), on rows [row0, row0 + n_out) of the
  * module: out = W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, g = magnitude / norm
  * (dora_prepare), model_dora_scale. */
@@ -1515,12 +1524,13 @@ static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, float *out, co
 /* DoRA backward on rows [row0, row0 + n_out): with z = W·x + s·B·A·x (recomputed), y = g ⊙ z +
  * bias and the norm detached: dmagnitude[o] += Σ_t dy[t,o]·z[t,o] / norm[o]; returns g ⊙ dy
  * (ts->dora_dy), the gradient the base and the adapter see. */
-static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, const float *dout,
+static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls, const float *dout,
                              const float *in, const float *W, int M, int K, int n_out) {
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
     size_t n = (size_t)M * n_out;
-    be->ops->matmul_fwd(be, ts->dora_z, in, W, NULL, M, K, n_out);
+    /* the base product again, as the forward ran it (a typed base's own kernel) */
+    model_base_linear(ts->m, lm->layer, ls, ts->dora_z, in, W, NULL, M, K, n_out);
     be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
     be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
     float *z = ts->dora_h1, *dy = ts->dora_h2;
@@ -1581,7 +1591,8 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     /* DoRA: the magnitude's gradient, and dout scaled by g for everything below */
     if (mi >= 0 && ts->mods[mi].mag)
-        dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), dout, in, W, M, K, n_out);
+        dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), base_site(site, slice), dout,
+                        in, W, M, K, n_out);
     if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M, acc)) {
         if (din && !acc) zero(ts, din, (size_t)M * K);
         matmul_bwd_lazy(ts, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);

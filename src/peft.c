@@ -472,8 +472,9 @@ int model_save_hf(const Model *m, const char *dir, TunaErr *err) {
     return rc;
 }
 
-/* An unmerged adapter's W += scale * B·A at p's (layer, site), W (out, in) as the model holds it:
- * the adapter an export of a typed base merges into the dequantized weight. */
+/* An unmerged adapter's W += scale * B·A at p's (layer, site), W (out, in) as the model holds it,
+ * and for DoRA each row then times its g = magnitude / ||W + scale·B·A|| (peft's merge): the
+ * adapter an export of a typed base merges into the dequantized weight. */
 static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
     const ModelLora *lo = m->lora;
     const float *Ad = lo->A[p->layer][p->site], *Bd = lo->B[p->layer][p->site];
@@ -484,12 +485,14 @@ static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
           *B = xmalloc(sizeof(float) * (size_t)out * r);
     m->be->ops->download(m->be, A, Ad, sizeof(float) * (size_t)r * in);
     m->be->ops->download(m->be, B, Bd, sizeof(float) * (size_t)out * r);
+    const float *g = lo->G ? lo->G[p->layer][p->site] : NULL; /* DoRA: rows times magnitude/norm */
     for (int o = 0; o < out; o++) /* train_lora_merge's arithmetic */
         for (int i = 0; i < in; i++) {
             double s = 0;
             for (int k = 0; k < r; k++)
                 s += (double)B[(size_t)o * r + k] * (double)A[(size_t)k * in + i];
             W[(size_t)o * in + i] += (float)(s * (double)lo->scale);
+            if (g) W[(size_t)o * in + i] *= g[o];
         }
     free(A);
     free(B);

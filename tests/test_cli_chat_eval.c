@@ -336,6 +336,66 @@ static void test_precision(void) {
     free(err);
 }
 
+/* `generate ARGS --json --logprobs 1`: the ids (JSON text into ids) and each token's
+ * log-probability (lp, at most n); returns how many */
+static int gen_lp(const char *args, char *ids, size_t cap, double *lp, int n) {
+    char *out, *err, full[1024];
+    snprintf(full, sizeof full,
+             "generate %s --prompt \"Once upon a time\" --max-new-tokens 24 --temperature 0 "
+             "--ignore-eos --json --logprobs 1 --quiet",
+             args);
+    int rc = test_run_tuna(tmpdir, full, NULL, &out, &err), k = 0;
+    cJSON *j = cJSON_Parse(out);
+    char *s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "ids"));
+    CHECK(rc == 0 && s, "generate %s: exit %d, %s", args, rc, err);
+    snprintf(ids, cap, "%s", s ? s : "");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "logprobs")) if (k < n) lp[k++] =
+            cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "logprob"));
+    free(s);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+    return k;
+}
+
+/* QDoRA: a DoRA run over a 4-bit base answers unmerged over that base as its export (the
+ * adapter merged into the dequantized base, each row times magnitude / norm, as peft's merge)
+ * answers in fp32: the same ids, log-probabilities within 1e-4; the adapter moves them */
+static void test_qdora(void) {
+    char args[1024], *out, *err, a[4096], b[4096], c[4096];
+    double la[32], lb[32], lc[32];
+    snprintf(args, sizeof args,
+             "train --model models/stories260K --dataset identity --max-steps 6 --lr 2e-2 "
+             "--val-size 0 --save-steps 0 --sample-prompts '' --use-dora --lora-target all "
+             "--quantization-bit 4 --quantization-type q4_0 --output %s/qdora --quiet",
+             tmpdir);
+    int rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
+    CHECK(rc == 0, "train DoRA over a 4-bit base: exit %d, %s", rc, err);
+    free(out);
+    free(err);
+    snprintf(args, sizeof args, "export --model %s/qdora --out %s/qdora-merged", tmpdir, tmpdir);
+    rc = test_run_tuna(tmpdir, args, NULL, &out, &err);
+    CHECK(rc == 0, "export the QDoRA run: exit %d, %s", rc, err);
+    free(out);
+    free(err);
+    snprintf(args, sizeof args, "%s/qdora", tmpdir);
+    int na = gen_lp(args, a, sizeof a, la, 32);
+    snprintf(args, sizeof args, "%s/qdora-merged", tmpdir);
+    int nb = gen_lp(args, b, sizeof b, lb, 32);
+    int nc = gen_lp("models/stories260K --quantization-bit 4 --quantization-type q4_0", c, sizeof c,
+                    lc, 32);
+    double d = 0, moved = 0;
+    for (int i = 0; i < na && i < nb; i++)
+        d = fmax(d, fabs(la[i] - lb[i]));
+    for (int i = 0; i < na && i < nc; i++)
+        moved = fmax(moved, fabs(la[i] - lc[i]));
+    CHECK(na == 24 && nb == 24 && !strcmp(a, b) && d <= 1e-4,
+          "QDoRA run unmerged %s vs its merged export %s: log-probabilities within %.3g", a, b, d);
+    CHECK(nc == 24 && (strcmp(a, c) || moved > 1e-2),
+          "the adapter changes the 4-bit base's answer (log-probabilities by %.3g)", moved);
+}
+
 // --- bad arguments: non-zero exit, one line on stderr, nothing on stdout
 
 static void test_bad_args(void) {
@@ -401,6 +461,7 @@ int main(void) {
     test_chat();
     test_eval();
     test_precision();
+    test_qdora();
     test_bad_args();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

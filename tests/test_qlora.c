@@ -2,7 +2,7 @@
  * fixture architecture and weight type (nf4 with and without double quantization, fp4, q4_0,
  * q4_1, q8_0, and the 16-bit bf16 / f16 of --dtype), a model loaded with typed linear layers is compared with an fp32 model whose
  * linear layers hold the very values the typed ones dequantize to:
- *  - LoRA (all targets), P-tuning (v2, and prompt tuning / v1 on nf4) and freeze (frozen layers typed, trained ones fp32): the loss
+ *  - LoRA and DoRA (all targets), P-tuning (v2, and prompt tuning / v1 on nf4) and freeze (frozen layers typed, trained ones fp32): the loss
  *    and every trainable gradient of one step agree to 1e-4 relative. tuna's fp32 LoRA equals
  *    peft's (test_train_grad), so this is QLoRA's "peft over the dequantized weights";
  *  - the logits of a forward pass (prefill and one-row decoding) agree to 1e-4;
@@ -138,6 +138,16 @@ static void type_case(const char *arch, WType t, int dq) {
                            .lora_rank = 4,
                            .lora_alpha = 8,
                            .lora_targets = "all",
+                           .seed = 3},
+              w2);
+    /* DoRA (QDoRA over 4 bits): the magnitude and the row norms of the dequantized weight */
+    snprintf(w2, sizeof w2, "%s dora", what);
+    step_case(arch, mq, mf, be,
+              (TrainSetup){.method = METHOD_LORA,
+                           .lora_rank = 4,
+                           .lora_alpha = 8,
+                           .lora_targets = "all",
+                           .lora_dora = 1,
                            .seed = 3},
               w2);
     if (t == WT_NF4 && !dq) {
