@@ -486,7 +486,7 @@ static void add_lora_delta(const Model *m, const ParamInfo *p, float *W) {
     m->be->ops->download(m->be, A, Ad, sizeof(float) * (size_t)r * in);
     m->be->ops->download(m->be, B, Bd, sizeof(float) * (size_t)out * r);
     const float *g = lo->G ? lo->G[p->layer][p->site] : NULL; /* DoRA: rows times magnitude/norm */
-    for (int o = 0; o < out; o++) /* train_lora_merge's arithmetic */
+    for (int o = 0; o < out; o++)                             /* train_lora_merge's arithmetic */
         for (int i = 0; i < in; i++) {
             double s = 0;
             for (int k = 0; k < r; k++)
@@ -557,11 +557,14 @@ void model_hf_tensor_fill(const Model *m, const char *name, float *dst) {
 typedef struct HfFill {
     const Model *m;
     const StWriteTensor *wt;
+    const HfWriteOpts *o;
+    int *done, total; /* the tensors made so far, of all the files' */
 } HfFill;
 
 static void hf_fill(void *ctx, int i, float *dst) {
     const HfFill *f = ctx;
     model_hf_tensor_fill(f->m, f->wt[i].name, dst);
+    if (f->o->progress) f->o->progress(f->o->progress_ctx, ++*f->done, f->total);
 }
 
 const char *hf_dtype_name(StDtype d) {
@@ -620,8 +623,9 @@ static int by_name(const void *a, const void *b) {
  * than that alone in its own) in the tensors' order, model-0000i-of-0000n.safetensors with
  * model.safetensors.index.json, as transformers' save_pretrained cuts them. Each tensor is made
  * (merged, dequantized) as it is written. */
-static int write_weights(const Model *m, const char *dir, StDtype dt, uint64_t shard_bytes,
-                         TunaErr *err) {
+static int write_weights(const Model *m, const char *dir, const HfWriteOpts *o, TunaErr *err) {
+    StDtype dt = o->dtype;
+    uint64_t shard_bytes = o->shard_bytes;
     StWriteTensor *wt;
     int n;
     model_hf_tensor_list(m, &wt, &n);
@@ -638,14 +642,14 @@ static int write_weights(const Model *m, const char *dir, StDtype dt, uint64_t s
     }
     const char *meta[] = {"format", "pt"};
     char path[4400], file[64];
-    int rc = 0;
+    int rc = 0, done = 0;
     for (int s = 0, i0 = 0; s < ns && !rc; s++) {
         int i1 = i0;
         while (i1 < n && shard[i1] == s)
             i1++;
         shard_name(file, sizeof file, s, ns);
         snprintf(path, sizeof path, "%s/%s", dir, file);
-        HfFill f = {m, wt + i0};
+        HfFill f = {m, wt + i0, o, &done, n};
         rc = safetensors_write_fill(path, wt + i0, i1 - i0, meta, 1, hf_fill, &f, err);
         i0 = i1;
     }
@@ -674,10 +678,9 @@ static int write_weights(const Model *m, const char *dir, StDtype dt, uint64_t s
     return rc;
 }
 
-int model_write_hf_as(const Model *m, const char *tmp, StDtype dtype, uint64_t shard_bytes,
-                      TunaErr *err) {
+int model_write_hf_as(const Model *m, const char *tmp, const HfWriteOpts *o, TunaErr *err) {
     char path[4400], src[4400];
-    int rc = write_weights(m, tmp, dtype, shard_bytes, err);
+    int rc = write_weights(m, tmp, o, err);
     if (rc) return rc;
     const char *files[] = {"config.json",     "generation_config.json",
                            "tokenizer.json",  "tokenizer_config.json",
@@ -693,12 +696,13 @@ int model_write_hf_as(const Model *m, const char *tmp, StDtype dtype, uint64_t s
     if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
         rc = gguf_write_hf_config(&m->cfg, tmp, err);
     snprintf(path, sizeof path, "%s/config.json", tmp);
-    if (!rc && !access(path, F_OK)) rc = hf_config_dtype(path, dtype, err);
+    if (!rc && !access(path, F_OK)) rc = hf_config_dtype(path, o->dtype, err);
     return rc;
 }
 
 int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
-    return model_write_hf_as(m, tmp, ST_F32, HF_SHARD_BYTES, err);
+    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL};
+    return model_write_hf_as(m, tmp, &o, err);
 }
 
 // --- tuna train --adapter DIR: a new run that starts from an adapter

@@ -43,10 +43,16 @@ int model_write_hf(const Model *m, const char *dir, TunaErr *err);
  * save_pretrained does (model-0000i-of-0000n.safetensors and model.safetensors.index.json; one
  * model.safetensors when they fit in one); config.json's torch_dtype says dtype. Each tensor is
  * made (dequantized, an unmerged LoRA added in) as it is written: the model is never held twice.
+ * progress (or NULL): after each tensor, the tensors done and their count.
  * model_write_hf: fp32, shards of HF_SHARD_BYTES (transformers' and LLaMA-Factory's 5 GB). */
 #define HF_SHARD_BYTES 5000000000ull
-int model_write_hf_as(const Model *m, const char *dir, StDtype dtype, uint64_t shard_bytes,
-                      TunaErr *err);
+typedef struct HfWriteOpts {
+    StDtype dtype;
+    uint64_t shard_bytes;
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
+} HfWriteOpts;
+int model_write_hf_as(const Model *m, const char *dir, const HfWriteOpts *o, TunaErr *err);
 /* "float32", "bfloat16" or "float16": config.json's name of a writer dtype */
 const char *hf_dtype_name(StDtype dtype);
 /* m's weights as the HF checkpoint holds them, one tensor at a time (names, shapes, fp32; typed

@@ -1,6 +1,6 @@
 #!/bin/sh
 # test_ui_export_tmux.sh: the Runs screen's Export (e) in tmux, as test_ui_tmux.sh drives the
-# real binary: a 2-step LoRA run of the bundled model is exported to hf from the form (the
+# real binary: a 2-step LoRA run of the bundled model is exported to hf in bf16 from the form (the
 # progress box, then "export done" and the folder), and an export that cannot work (the
 # recorded fixture run has no adapter) ends with its one-line error. Needs tmux and ./tuna.
 set -u
@@ -52,12 +52,19 @@ keys Down
 chk 'wait_for "bf16"' "Down picks the next quant"
 keys Left Left
 chk 'wait_for "\[hf\]"' "Left back to hf"
+chk 'cap | grep -q "dtype.*auto (the base"' "hf's type row: --export-dtype, auto by default"
+keys Down Down
+chk 'wait_for "dtype  *bf16"' "Down picks hf's bf16"
 keys BSpace BSpace x 2
 chk 'wait_for "r1-x2_"' "typing edits the output path"
 keys Enter
 chk 'wait_for "export done" 60' "the hf export finishes and says so ($(cap | head -1))"
 chk '[ -f "$W/runs/r1-x2/model.safetensors" ] && [ -f "$W/runs/r1-x2/config.json" ]' \
     "the exported folder has the merged model"
+chk 'head -c 400 "$W/runs/r1-x2/model.safetensors" | grep -q "BF16" &&
+     ! head -c 400 "$W/runs/r1-x2/model.safetensors" | grep -q "F32" &&
+     grep -q "\"torch_dtype\":[[:space:]]*\"bfloat16\"" "$W/runs/r1-x2/config.json"' \
+    "the form's bf16 reached tuna export (--export-dtype bf16: BF16 tensors, config says so)"
 
 # an export that fails: the recorded fixture run has no adapter or model
 start 100x30 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --runs tests/fixtures/ui"

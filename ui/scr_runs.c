@@ -1,7 +1,8 @@
 /* scr_runs.c: the Runs screen: every run in the runs folder with status, method, best eval loss
  * and last step; Enter opens one in the Train screen. Rescans every 2 s while shown.
- * e: Export: a small form (format hf|peft|gguf|gguf-lora, quant for gguf, output path) that runs
- * `tuna export --model RUN --out OUT [--format F] [--quant Q]` as a child process, shows a
+ * e: Export: a small form (format hf|peft|gguf|gguf-lora, the type: --export-dtype for hf, the
+ * quant for gguf; output path) that runs `tuna export --model RUN --out OUT [--format F]
+ * [--quant Q | --export-dtype D]` as a child process, shows a
  * progress bar (from "progress K/N" lines on its output, which the child is asked for with
  * TUNA_PROGRESS=1; a moving bar until one comes) and then the result or its one-line error. */
 #include <errno.h>
@@ -24,19 +25,21 @@
 
 static const char *const EXPORT_FORMATS[] = {"hf", "peft", "gguf", "gguf-lora"};
 static const char *const EXPORT_QUANTS[] = {"f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k"};
+static const char *const EXPORT_DTYPES[] = {"auto", "fp32", "bf16", "f16"}; /* hf's tensors */
 #define N_EXPORT_FORMATS 4
 #define N_EXPORT_QUANTS  6
+#define N_EXPORT_DTYPES  4
 
 typedef struct ExportState {
-    int form;       /* the form is open */
-    int fmt, quant; /* indices into the tables above */
-    char run[4096]; /* the run being exported */
-    char out[1024]; /* output path (typed) */
-    pid_t pid;      /* the running child, or 0 */
-    int fd;         /* its stdout+stderr, non-blocking */
-    char line[600]; /* the partial line being read */
-    char last[600]; /* its last complete line (the result or the error) */
-    double frac;    /* progress, < 0 until a progress line comes */
+    int form;              /* the form is open */
+    int fmt, quant, dtype; /* indices into the tables above */
+    char run[4096];        /* the run being exported */
+    char out[1024];        /* output path (typed) */
+    pid_t pid;             /* the running child, or 0 */
+    int fd;                /* its stdout+stderr, non-blocking */
+    char line[600];        /* the partial line being read */
+    char last[600];        /* its last complete line (the result or the error) */
+    double frac;           /* progress, < 0 until a progress line comes */
     double started;
 } ExportState;
 
@@ -70,6 +73,10 @@ static int export_argv(const char *exe, const char **argv) {
     if (!strcmp(EXPORT_FORMATS[ex.fmt], "gguf")) {
         argv[n++] = "--quant";
         argv[n++] = EXPORT_QUANTS[ex.quant];
+    }
+    if (!strcmp(EXPORT_FORMATS[ex.fmt], "hf") && ex.dtype) { /* auto is the default */
+        argv[n++] = "--export-dtype";
+        argv[n++] = EXPORT_DTYPES[ex.dtype];
     }
     argv[n] = NULL;
     return n;
@@ -206,7 +213,11 @@ static int export_form_action(App *app, Action a) {
         export_default_out();
         return UI_REDRAW;
     case ACT_UP:
-    case ACT_DOWN:
+    case ACT_DOWN: /* the type: gguf's quant, hf's --export-dtype */
+        if (!strcmp(EXPORT_FORMATS[ex.fmt], "hf")) {
+            ex.dtype = (ex.dtype + (a == ACT_DOWN ? 1 : N_EXPORT_DTYPES - 1)) % N_EXPORT_DTYPES;
+            return UI_REDRAW;
+        }
         if (strcmp(EXPORT_FORMATS[ex.fmt], "gguf")) return 0;
         ex.quant = (ex.quant + (a == ACT_DOWN ? 1 : N_EXPORT_QUANTS - 1)) % N_EXPORT_QUANTS;
         export_default_out();
@@ -239,14 +250,17 @@ static void export_draw(Rect area) {
         }
         ui_printf(y, x, iw, ROLE_LABEL, "format ");
         ui_printf(y++, x + 8, iw - 8, ROLE_VALUE, "%s", fl);
-        int gg = !strcmp(EXPORT_FORMATS[ex.fmt], "gguf");
-        ui_printf(y, x, iw, ROLE_LABEL, "quant ");
-        ui_printf(y++, x + 8, iw - 8, gg ? ROLE_VALUE : ROLE_DIM, "%s",
-                  gg ? EXPORT_QUANTS[ex.quant] : "(gguf only)");
+        int gg = !strcmp(EXPORT_FORMATS[ex.fmt], "gguf"),
+            hf = !strcmp(EXPORT_FORMATS[ex.fmt], "hf");
+        ui_printf(y, x, iw, ROLE_LABEL, hf ? "dtype " : "quant ");
+        ui_printf(y++, x + 8, iw - 8, gg || hf ? ROLE_VALUE : ROLE_DIM, "%s",
+                  gg   ? EXPORT_QUANTS[ex.quant]
+                  : hf ? (ex.dtype ? EXPORT_DTYPES[ex.dtype] : "auto (the base's type)")
+                       : "(the adapter as trained)");
         ui_printf(y, x, iw, ROLE_LABEL, "output ");
         int ol = (int)strlen(ex.out), vw = iw - 8;
         ui_printf(y++, x + 8, vw, ROLE_VALUE, "%s_", ol + 1 > vw ? ex.out + ol + 1 - vw : ex.out);
-        ui_str(y + 1, x, iw, ROLE_DIM, "<-/->: format  up/down: quant  Enter: export  Esc");
+        ui_str(y + 1, x, iw, ROLE_DIM, "<-/->: format  up/down: type  Enter: export  Esc");
         return;
     }
     double frac = ex.frac;

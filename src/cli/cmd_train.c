@@ -573,12 +573,12 @@ static int move_into(const char *tmp, const char *dir, TunaErr *err) {
  * into an existing one (empty, a previous export, or --overwrite) the files move in one by
  * one from a temporary folder inside it. Nothing but the export's own files is replaced. */
 static int export_to(const Model *m, const char *out, int overwrite, const char *model,
-                     const char *adapter, StDtype dt, uint64_t shard, TunaErr *err) {
+                     const char *adapter, const HfWriteOpts *o, TunaErr *err) {
     struct stat sb;
     char tmp[4200], marker[4300];
     if (stat(out, &sb)) {
         int rc = dir_begin(out, tmp, sizeof tmp, err);
-        if (!rc) rc = model_write_hf_as(m, tmp, dt, shard, err);
+        if (!rc) rc = model_write_hf_as(m, tmp, o, err);
         if (!rc && write_marker(tmp, tmp, model, adapter))
             rc = tuna_errf(err, TUNA_EIO, "%s/" EXPORT_MARKER ": cannot write", tmp);
         if (!rc && rename(tmp, out))
@@ -599,7 +599,7 @@ static int export_to(const Model *m, const char *out, int overwrite, const char 
     dir_remove(tmp);
     if (mkdir(tmp, 0755))
         return tuna_errf(err, TUNA_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    int rc = model_write_hf_as(m, tmp, dt, shard, err);
+    int rc = model_write_hf_as(m, tmp, o, err);
     if (!rc) rc = move_into(tmp, out, err);
     if (!rc && write_marker(out, out, model, adapter))
         rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", marker);
@@ -889,8 +889,9 @@ int cmd_export(int argc, char **argv) {
         dt = !strcmp(m->cfg.torch_dtype, "bfloat16")  ? ST_BF16
              : !strcmp(m->cfg.torch_dtype, "float16") ? ST_F16
                                                       : ST_F32;
-    uint64_t shard = (uint64_t)(esize * 1e9);
-    rc = rc || export_to(m, out, overwrite, model, adapter, dt, shard, &err);
+    HfWriteOpts ho = {dt, (uint64_t)(esize * 1e9), getenv("TUNA_PROGRESS") ? print_progress : NULL,
+                      NULL};
+    rc = rc || export_to(m, out, overwrite, model, adapter, &ho, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else
