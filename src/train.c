@@ -24,6 +24,7 @@
 #include "optim.h"
 #include "peft.h"
 #include "pref.h"
+#include "rng.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "xalloc.h"
@@ -533,6 +534,9 @@ static int run_check_stage(Run *r, TunaErr *err) {
                              "off --packing and --group-by-length)");
         if (c->pref_ftx > 0)
             return tuna_errf(err, TUNA_EUNSUP, "--pref-ftx: dpo only, not with --stage rm");
+    } else if (c->summary_dropout_prob != 0.1) {
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--summary-dropout-prob: the value head's dropout, for --stage rm only");
     }
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
@@ -1332,9 +1336,18 @@ static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     train_zero_grad(r->ts);
     vhead_zero_grad(&r->vh);
     train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
-    RmBatch rb = {.vh = &r->vh, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
-    for (int a = 0; a < GA && !rc; a++)
+    RmBatch rb = {.vh = &r->vh,
+                  .pairs = P,
+                  .scale = pairs ? 1.0 / pairs : 0,
+                  .drop_p = r->cfg->summary_dropout_prob};
+    /* the summary dropout's masks: this step, rank and micro-batch's (as LoRA's dropout) */
+    uint64_t s0 =
+            ((uint64_t)r->cfg->seed * 0x100000001B3ULL) ^
+            ((uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank) * 0x9E3779B97F4A7C15ULL;
+    for (int a = 0; a < GA && !rc; a++) {
+        rb.drop_seed = tuna_splitmix64(s0 + (uint64_t)a);
         rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
+    }
     if (!rc && r->world > 1) { /* the ranks' gradients (the model's, the head's) and sums */
         RmSums *s = &rb.sums;
         double v[] = {s->loss, s->accuracy, s->chosen, s->rejected, s->n};

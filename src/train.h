@@ -60,6 +60,8 @@ typedef struct TrainConfig {
     double pref_beta, simpo_gamma, dpo_label_smoothing, pref_ftx;
     /* stage kto: the weights of the desirable and undesirable examples' losses */
     double kto_chosen_weight, kto_rejected_weight;
+    /* stage rm: dropout on the value head's input while training (TRL's summary_dropout_prob) */
+    double summary_dropout_prob;
     /* prompt: the init text (PEFT prompt_tuning_init TEXT), "" for random; ptuning-v1: the
      * encoder, mlp | lstm, and the LSTM's layers */
     char prompt_init_text[512], prompt_encoder[8];

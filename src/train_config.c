@@ -71,6 +71,9 @@ static const TrainOption fields[] = {
           "kto: weight of the desirable examples' losses (TRL's desirable_weight)"),
         D(kto_rejected_weight, ALL, OPEN(0, BIG), "1",
           "kto: weight of the undesirable examples' losses (TRL's undesirable_weight)"),
+        D(summary_dropout_prob, ALL, RANGE(0, 0.99), "0.1",
+          "rm: dropout on the value head's input while training (TRL's ValueHead "
+          "summary_dropout_prob, 0.1 in LLaMA-Factory's reward model; 0: none)"),
         I(lora_rank, LORA, RANGE(1, 4096), "8", "LoRA rank r"),
         D(lora_alpha, LORA, OPEN(0, BIG), "16", "LoRA alpha (scale alpha/r)"),
         D(lora_dropout, LORA, RANGE(0, 0.99), "0", "LoRA dropout"),

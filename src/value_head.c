@@ -135,6 +135,19 @@ static double logsig(double x) {
     return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x));
 }
 
+float rm_drop_scale(uint64_t seed, int b, int i, double p) {
+    uint64_t key = tuna_dropout_key(seed ^ (uint64_t)(b + 1) * 0xD6E8FEB86659FD93ULL);
+    return tuna_dropout_u(key, (uint64_t)i) >= (float)p ? (float)(1.0 / (1.0 - p)) : 0.0f;
+}
+
+/* h (C) *= the dropout factors of row b (f, C: kept for the backward) */
+static void drop_row(const RmBatch *rb, int b, float *h, float *f, int C) {
+    for (int i = 0; i < C; i++) {
+        f[i] = rb->drop_p > 0 ? rm_drop_scale(rb->drop_seed, b, i, rb->drop_p) : 1.0f;
+        h[i] *= f[i];
+    }
+}
+
 void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int B, int T, int C) {
     RmBatch *rb = ctx;
     ValueHead *vh = rb->vh;
@@ -143,6 +156,7 @@ void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int 
     float *w = xmalloc(sizeof(float) * (size_t)C), bias;
     float *hc = xmalloc(sizeof(float) * (size_t)C), *hr = xmalloc(sizeof(float) * (size_t)C);
     float *gw = xmalloc(sizeof(float) * (size_t)C), *dh = xmalloc(sizeof(float) * (size_t)C);
+    float *fc = xmalloc(sizeof(float) * (size_t)C), *fr = xmalloc(sizeof(float) * (size_t)C);
     double *acc = xcalloc((size_t)C, sizeof(double));
     vhead_get(vh, w, &bias);
     int any = 0;
@@ -152,6 +166,8 @@ void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int 
         be->ops->download(be, hc, hidden + ((size_t)p * T + lc) * C, sizeof(float) * (size_t)C);
         be->ops->download(be, hr, hidden + ((size_t)(P + p) * T + lr) * C,
                           sizeof(float) * (size_t)C);
+        drop_row(rb, p, hc, fc, C); /* the head reads dropout(h) */
+        drop_row(rb, P + p, hr, fr, C);
         double sc = bias, sr = bias;
         for (int i = 0; i < C; i++) {
             sc += (double)w[i] * (double)hc[i];
@@ -168,11 +184,11 @@ void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int 
         double dz = -(z >= 0 ? exp(-z) / (1 + exp(-z)) : 1 / (1 + exp(z))) * rb->scale;
         for (int i = 0; i < C; i++) {
             acc[i] += dz * ((double)hc[i] - (double)hr[i]);
-            dh[i] = (float)(dz * (double)w[i]);
+            dh[i] = (float)(dz * (double)w[i]) * fc[i];
         }
         be->ops->upload(be, dhidden + ((size_t)p * T + lc) * C, dh, sizeof(float) * (size_t)C);
         for (int i = 0; i < C; i++)
-            dh[i] = -dh[i];
+            dh[i] = -(float)(dz * (double)w[i]) * fr[i];
         be->ops->upload(be, dhidden + ((size_t)(P + p) * T + lr) * C, dh,
                         sizeof(float) * (size_t)C);
         any = 1;
@@ -188,5 +204,7 @@ void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int 
     free(hr);
     free(gw);
     free(dh);
+    free(fc);
+    free(fr);
     free(acc);
 }

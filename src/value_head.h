@@ -3,7 +3,8 @@
  * decoder's last hidden state (after the final norm), read at each sequence's last token (the
  * last non-pad position, LLaMA-Factory's PairwiseTrainer: attention_mask.sum - 1), and the
  * pairwise Bradley-Terry loss -logsigmoid(r_chosen - r_rejected), the mean over the pairs.
- * TRL's summary dropout is not applied. Saved as LLaMA-Factory saves it: value_head.safetensors
+ * TRL's summary dropout (0.1 by default, as LLaMA-Factory's reward model has it) is applied to
+ * that hidden state while training (RmBatch.drop_p). Saved as LLaMA-Factory saves it: value_head.safetensors
  * (v_head.summary.weight (1, C), v_head.summary.bias (1)) beside the adapter or model.
  * The weights live in backend memory (two TrainParam entries for the optimizer); one thread. */
 #ifndef TUNA_SRC_VALUE_HEAD_H
@@ -53,7 +54,15 @@ typedef struct RmBatch {
     const int *last; /* (2P) */
     double scale;
     RmSums sums;
+    /* TRL's summary dropout on the hidden state the head reads, while training: each value
+     * kept with probability 1 - drop_p and scaled by 1 / (1 - drop_p), row b's mask from
+     * (drop_seed, b) (rm_drop_scale); drop_p 0: none (evaluation) */
+    double drop_p;
+    uint64_t drop_seed;
 } RmBatch;
+
+/* The dropout factor of element i of row b's head input: 0, or 1 / (1 - p) */
+float rm_drop_scale(uint64_t seed, int b, int i, double p);
 
 void rm_hidden(void *ctx, Backend *be, const float *hidden, float *dhidden, int B, int T, int C);
 

@@ -167,7 +167,83 @@ done:
     safetensors_free(fx);
 }
 
+/* TRL's summary dropout (RmBatch.drop_p): rm_hidden on hidden states of 2 pairs against a
+ * transcription in double of ValueHead.forward on dropout(h) = h * mask / (1 - p), the masks
+ * rm_drop_scale's: the loss, the head's weight gradient and each row's input gradient; about p
+ * of the values dropped; p 0 leaves every value as it is */
+static void dropout_case(void) {
+    TunaErr err = {0};
+    Backend *be = backend_init("cpu", 1, &err);
+    const int P = 2, B = 2 * P, T = 3, C = 256;
+    const double p = 0.25;
+    ValueHead vh;
+    CHECK(vhead_init(&vh, be, C, 7, &err) == 0, "vhead_init: %s", err.msg);
+    float *h = xmalloc(sizeof(float) * (size_t)B * T * C), *dh = xcalloc((size_t)B * T * C, 4);
+    uint64_t x = 99;
+    for (size_t i = 0; i < (size_t)B * T * C; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        h[i] = (float)((double)(x >> 40) / 16777216.0 * 2 - 1);
+    }
+    int last[4] = {2, 1, 0, 2};
+    vhead_zero_grad(&vh);
+    RmBatch rb = {.vh = &vh, .pairs = P, .last = last, .scale = 0.5, .drop_p = p, .drop_seed = 5};
+    rm_hidden(&rb, be, h, dh, B, T, C);
+    float *w = xmalloc(sizeof(float) * (size_t)C), b, *gw = xmalloc(sizeof(float) * (size_t)C);
+    vhead_get(&vh, w, &b);
+    be->ops->download(be, gw, vh.tp[0].grad, sizeof(float) * (size_t)C);
+    double loss = 0, worst = 0, *gref = calloc((size_t)C, sizeof(double));
+    int dropped = 0;
+    for (int q = 0; q < P; q++) {
+        double s[2] = {b, b};
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < C; i++) {
+                int row = q + k * P;
+                double f = rm_drop_scale(5, row, i, p);
+                dropped += f == 0;
+                s[k] += (double)w[i] * (double)h[((size_t)row * T + last[row]) * C + i] * f;
+            }
+        double z = s[0] - s[1], sig = 1 / (1 + exp(z)); /* d(-logsigmoid z)/dz = -sigmoid(-z) */
+        loss += log1p(exp(-z));
+        for (int k = 0; k < 2; k++) {
+            int row = q + k * P;
+            for (int i = 0; i < C; i++) {
+                double f = rm_drop_scale(5, row, i, p);
+                /* ds: the loss's derivative in this row's score (scale 0.5) */
+                double ds = (k ? 1 : -1) * sig * 0.5, hv = h[((size_t)row * T + last[row]) * C + i];
+                gref[i] += ds * hv * f;
+                double want = ds * (double)w[i] * f,
+                       got = dh[((size_t)row * T + last[row]) * C + i];
+                worst = fmax(worst, fabs(want - got));
+            }
+        }
+    }
+    double gw_worst = 0;
+    for (int i = 0; i < C; i++)
+        gw_worst = fmax(gw_worst, fabs(gref[i] - (double)gw[i]));
+    CHECK(fabs(rb.sums.loss - loss) <= 1e-6 * loss, "dropout: loss %.9g vs %.9g", rb.sums.loss,
+          loss);
+    CHECK(worst <= 1e-6 && gw_worst <= 1e-6,
+          "dropout: input gradients within %.3g, the head's weight gradient within %.3g", worst,
+          gw_worst);
+    CHECK(dropped > 0.18 * 4 * C && dropped < 0.32 * 4 * C, "dropout: %d of %d values dropped",
+          dropped, 4 * C);
+    int kept = 1;
+    for (int i = 0; i < C; i++)
+        kept &= rm_drop_scale(5, 0, i, 0.0) == 1.0f;
+    CHECK(kept, "p 0 keeps every value");
+    printf("  summary dropout p %.2f: %d of %d dropped, loss %.6f, gradients within %.2g\n", p,
+           dropped, 4 * C, loss / P, fmax(worst, gw_worst));
+    free(gref);
+    free(w);
+    free(gw);
+    free(h);
+    free(dh);
+    vhead_free(&vh);
+    backend_free(be);
+}
+
 int main(void) {
+    dropout_case();
     run_case("cpu", "lora");
     run_case("cpu", "full");
     run_case("ref", "lora");

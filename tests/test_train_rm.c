@@ -6,7 +6,9 @@
  * the run's own last eval (the 12 pairs = the 8 trained + the 4 held out); a full run finishes
  * with the head beside the model; a P-tuning run trains (eval --stage rm refuses it); bad
  * combinations fail with one line; --resume of a LoRA and a full rm run from a mid-run checkpoint
- * redoes the last steps bit for bit (the value head's AdamW moments are in the checkpoint).
+ * redoes the last steps bit for bit (the value head's AdamW moments are in the checkpoint);
+ * TRL's summary dropout (0.1) is on by default, --summary-dropout-prob 0 turns it off, and the
+ * option is refused outside --stage rm.
  * Runs ./tuna (or $TUNA_BIN) from the repo root. */
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -178,6 +180,24 @@ int main(void) {
     test_train_refused(tmp, BASE, "--dataset kto_en_demo", "is not a ranking dataset");
     resume(tmp, "lora");
     resume(tmp, "full");
+    /* TRL's summary dropout is on by default (0.1): without it step 1 scores other values */
+    char a[300], b[300];
+    snprintf(a, sizeof a, "%s/drop-default", tmp);
+    snprintf(b, sizeof b, "%s/drop-off", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE
+             "--method lora --max-steps 1 --output %s 2>/dev/null && %s train " BASE
+             "--method lora --max-steps 1 --summary-dropout-prob 0 --output %s 2>/dev/null",
+             test_tuna_bin(), a, test_tuna_bin(), b);
+    CHECK(test_system(cmd) == 0, "one step with and without the value head's dropout");
+    char la[4096];
+    snprintf(la, sizeof la, "%s", step_lines(a, 1));
+    CHECK(la[0] && strcmp(la, step_lines(b, 1)),
+          "the value head's dropout changes step 1: %s vs %s", la, step_lines(b, 1));
+    test_train_refused(tmp,
+                       "--model models/stories260K --dataset identity --stage sft "
+                       "--summary-dropout-prob 0.2",
+                       "", "--summary-dropout-prob: the value head's dropout, for --stage rm only");
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "cleanup");
     return test_report("test_train_rm");
