@@ -85,6 +85,7 @@ struct TrainState {
     /* DoRA: backend (N, widest module output) scratch for the recomputed pre-scale output and
      * the scaled output gradient, and a host copy of each */
     float *dora_z, *dora_dy, *dora_h1, *dora_h2;
+    size_t dora_cap; /* floats of dora_z and dora_h1 (dora_norms' chunks too) */
     char targets[256];
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
      * (n_tok, C) replace those rows of wte (and so of a tied LM head) */
@@ -748,44 +749,49 @@ static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, Tuna
     return rc;
 }
 
-/* DoRA: wn[o] = ||W[o,:] + s·(B·A)[o,:]|| over the module's output rows, from host A (r, in) and
- * B (out, r) and the base weight (mod_weight: a typed base dequantized, as peft's get_weight_norm
- * dequantizes a bitsandbytes one; no gradient flows here). */
-static void dora_norms(TrainState *ts, const LoraMod *lm, const float *A, const float *B,
-                       double *wn) {
+/* DoRA: wn[o] = ||W[o,:] + s·(B·A)[o,:]|| over the module's output rows (peft's
+ * get_weight_norm; no gradient flows here), from the base weight (mod_weight: a typed base
+ * dequantized, as peft's dequantizes a bitsandbytes one) and B·A made by the backend's product,
+ * in fp32 as peft's lora_B(lora_A(eye)), a chunk of rows at a time in the dora_z scratch; the
+ * squares summed in double. (A host loop over the rank per element, in double, took 2 s of a
+ * SmolLM2 DoRA step.) */
+static void dora_norms(TrainState *ts, const LoraMod *lm, double *wn) {
+    Backend *be = ts->be;
     int r = ts->setup.lora_rank, in = lm->in;
     double s = (double)ts->lora_scale;
-    float *W = xmalloc(sizeof(float) * (size_t)lm->out * in);
+    float *W = xmalloc(sizeof(float) * (size_t)lm->out * in), *D = ts->dora_h1;
     mod_weight(ts, lm, W);
-    for (int o = 0; o < lm->out; o++) {
-        double ss = 0;
-        for (int i = 0; i < in; i++) {
-            double d = 0;
-            for (int j = 0; j < r; j++)
-                d += (double)B[(size_t)o * r + j] * (double)A[(size_t)j * in + i];
-            double v = (double)W[(size_t)o * in + i] + s * d;
-            ss += v * v;
+    int chunk = (int)(ts->dora_cap / (size_t)in), mb = be->mm_bf16;
+    be->mm_bf16 = 0; /* a norm of the weights: fp32 whatever the products' precision */
+    for (int o0 = 0; o0 < lm->out; o0 += chunk) {
+        int rows = lm->out - o0 < chunk ? lm->out - o0 : chunk;
+        size_t n = (size_t)rows * in;
+        zero(ts, ts->dora_z, n); /* D (rows, in) = B[o0 .. o0+rows) (rows, r) · A (r, in) */
+        be->ops->matmul_bwd(be, ts->dora_z, NULL, NULL, lm->B + (size_t)o0 * r, NULL, lm->A, rows,
+                            in, r);
+        be->ops->download(be, D, ts->dora_z, sizeof(float) * n);
+        for (int o = 0; o < rows; o++) {
+            const float *w = W + (size_t)(o0 + o) * in, *d = D + (size_t)o * in;
+            double ss = 0;
+#pragma omp simd reduction(+ : ss)
+            for (int i = 0; i < in; i++) {
+                double v = (double)w[i] + s * (double)d[i];
+                ss += v * v;
+            }
+            wn[o0 + o] = sqrt(ss);
         }
-        wn[o] = sqrt(ss);
     }
+    be->mm_bf16 = mb;
     free(W);
 }
 
 /* DoRA, at the start of a module's forward: the row norms from the live A and B, and
  * g = magnitude / norm. */
 static void dora_prepare(TrainState *ts, LoraMod *lm) {
-    Backend *be = ts->be;
-    int r = ts->setup.lora_rank;
-    size_t na = (size_t)r * lm->in, nb = (size_t)lm->out * r;
-    float *A = xmalloc(sizeof(float) * na), *B = xmalloc(sizeof(float) * nb);
-    be->ops->download(be, A, lm->A, na * sizeof(float));
-    be->ops->download(be, B, lm->B, nb * sizeof(float));
-    dora_norms(ts, lm, A, B, lm->wn);
-    be->ops->download(be, lm->g, lm->mag, sizeof(float) * (size_t)lm->out);
+    dora_norms(ts, lm, lm->wn);
+    ts->be->ops->download(ts->be, lm->g, lm->mag, sizeof(float) * (size_t)lm->out);
     for (int o = 0; o < lm->out; o++)
         lm->g[o] = (float)((double)lm->g[o] / lm->wn[o]);
-    free(A);
-    free(B);
 }
 
 /* LoRA: a module per (layer, targeted site), A and B initialised as PEFT does, their saved
@@ -854,10 +860,8 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             lm->mag = ts->ad + off + na + nb;
             lm->dmag = ts->ad_grad + off + na + nb;
             lm->wn = xmalloc(sizeof(double) * nm);
-            lm->g = xmalloc(sizeof(float) * nm);
-            dora_norms(ts, lm, host + off, host + off + na, lm->wn);
-            for (size_t o = 0; o < nm; o++)
-                host[off + na + nb + o] = (float)lm->wn[o];
+            lm->g = xmalloc(sizeof(float) * nm); /* the magnitude: below, once A, B are up */
+            memset(host + off + na + nb, 0, nm * sizeof(float));
         }
         char path[160], name[200];
         site_path(m, lm->layer, lm->site, path, sizeof path);
@@ -892,10 +896,22 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         int widest = 0;
         for (int i = 0; i < ts->n_mods; i++)
             if (ts->mods[i].out > widest) widest = ts->mods[i].out;
-        ts->dora_z = balloc(ts, N * (size_t)widest, &fail);
+        /* the scratch also holds dora_norms' chunks of B·A: at least a row of every module */
+        ts->dora_cap = N * (size_t)widest;
+        for (int i = 0; i < ts->n_mods; i++)
+            if ((size_t)ts->mods[i].in > ts->dora_cap) ts->dora_cap = (size_t)ts->mods[i].in;
+        ts->dora_z = balloc(ts, ts->dora_cap, &fail);
         ts->dora_dy = balloc(ts, N * (size_t)widest, &fail);
-        ts->dora_h1 = xmalloc(sizeof(float) * N * (size_t)widest);
+        ts->dora_h1 = xmalloc(sizeof(float) * ts->dora_cap);
         ts->dora_h2 = xmalloc(sizeof(float) * N * (size_t)widest);
+        /* the magnitude = ||W + s·B·A|| at init (peft's update_layer) */
+        for (int i = 0; i < ts->n_mods && !fail; i++) {
+            LoraMod *lm = &ts->mods[i];
+            dora_norms(ts, lm, lm->wn);
+            for (int o = 0; o < lm->out; o++)
+                lm->g[o] = (float)lm->wn[o];
+            ts->be->ops->upload(ts->be, lm->mag, lm->g, sizeof(float) * (size_t)lm->out);
+        }
     }
     if (fail) return TS_NOMEM;
     return 0;
