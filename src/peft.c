@@ -12,6 +12,7 @@
 
 #include "gguf_model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 #include "xalloc.h"
 
 // --- files and folders
@@ -693,8 +694,10 @@ int model_write_hf_as(const Model *m, const char *tmp, const HfWriteOpts *o, Tun
     }
     /* a model loaded from GGUF has no config.json to copy: write one from its config */
     size_t dl = strlen(m->dir);
-    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf"))
+    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf")) { /* and its tokenizer's files */
         rc = gguf_write_hf_config(&m->cfg, tmp, err);
+        if (!rc) rc = tokenizer_gguf_write_hf(m->dir, tmp, err);
+    }
     snprintf(path, sizeof path, "%s/config.json", tmp);
     if (!rc && !access(path, F_OK)) rc = hf_config_dtype(path, o->dtype, err);
     return rc;

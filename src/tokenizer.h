@@ -31,6 +31,11 @@ int tokenizer_load(const char *dir, Tokenizer **out, TunaErr *err);
 struct Gguf;
 int tokenizer_load_gguf(const struct Gguf *g, Tokenizer **out, TunaErr *err);
 int tokenizer_load_gguf_file(const char *path, Tokenizer **out, TunaErr *err);
+/* The same tokenizer as Hugging Face files in dir: tokenizer.json (the document the GGUF's
+ * tokenizer is built from) and tokenizer_config.json (bos, eos, unk and pad tokens, add_bos_token,
+ * add_eos_token and the chat template): a GGUF model exported to Hugging Face format loads with
+ * its tokenizer, in tuna and in transformers. A file without tokenizer.ggml.model: nothing. */
+int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err);
 void tokenizer_free(Tokenizer *tok); /* NULL-safe */
 
 /* Encodes len bytes of text (UTF-8; invalid sequences are read as U+FFFD, as Rust's

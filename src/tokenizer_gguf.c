@@ -560,12 +560,9 @@ static void add_post_processor(const GgufTok *t, cJSON *root) {
     cJSON_AddItemToObject(root, "post_processor", post);
 }
 
-int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
-    *out = NULL;
-    GgufTok t;
-    int rc = read_gguf_tok(g, &t, err);
-    if (rc) return rc;
-
+/* The tokenizer.json document of t (*root), or an error (the pre-tokenizer tuna cannot read) */
+static int gguf_tok_json(const Gguf *g, const GgufTok *t, cJSON **root_out, TunaErr *err) {
+    int rc = 0;
     cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject();
     cJSON *vocab = cJSON_CreateObject(), *jm = cJSON_CreateArray(), *added = cJSON_CreateArray();
     cJSON_AddStringToObject(m, "type", "BPE");
@@ -573,16 +570,16 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
     cJSON_AddItemToObject(m, "vocab", vocab);
     cJSON_AddItemToObject(m, "merges", jm);
     cJSON_AddItemToObject(root, "added_tokens", added);
-    uint8_t *spelled = xmalloc(t.n); /* byte level: token is in the byte alphabet */
-    add_vocab(&t, vocab, spelled);
-    add_added_tokens(&t, added, spelled);
-    add_merges(&t, jm);
+    uint8_t *spelled = xmalloc(t->n); /* byte level: token is in the byte alphabet */
+    add_vocab(t, vocab, spelled);
+    add_added_tokens(t, added, spelled);
+    add_merges(t, jm);
 
-    if (t.spm) {
-        add_spm_parts(&t, root, m);
+    if (t->spm) {
+        add_spm_parts(t, root, m);
     } else {
         int ignore_merges;
-        cJSON *pt = bytelevel_pretok(g, t.has_pre ? &t.pre : NULL, &ignore_merges, err);
+        cJSON *pt = bytelevel_pretok(g, t->has_pre ? &t->pre : NULL, &ignore_merges, err);
         if (!pt) {
             rc = TUNA_EUNSUP;
         } else {
@@ -593,16 +590,149 @@ int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
             cJSON_AddItemToObject(root, "decoder", dec);
         }
     }
+    if (!rc) add_post_processor(t, root);
+    free(spelled);
+    if (rc) {
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    *root_out = root;
+    return rc;
+}
 
+int tokenizer_load_gguf(const Gguf *g, Tokenizer **out, TunaErr *err) {
+    *out = NULL;
+    GgufTok t;
+    cJSON *root = NULL;
+    int rc = read_gguf_tok(g, &t, err);
+    if (!rc) rc = gguf_tok_json(g, &t, &root, err);
     if (!rc) {
-        add_post_processor(&t, root);
         char *tpl_s = t.has_tpl ? str_dup_n(t.tpl.s, t.tpl.len) : NULL;
         TokMeta meta = {t.bos, t.eos, t.pad, tpl_s, "tokenizer.ggml.merges"};
         rc = tokenizer_from_json(t.path, root, &meta, out, err);
         free(tpl_s);
     }
-    free(spelled);
     cJSON_Delete(root);
+    return rc;
+}
+
+/* a token's text, or JSON null (id -1) */
+static cJSON *token_or_null(const GgufTok *t, int id) {
+    if (id < 0 || (size_t)id >= t->n) return cJSON_CreateNull();
+    char *s = str_dup_n(t->tok[id].s, t->tok[id].len);
+    cJSON *v = cJSON_CreateString(s);
+    free(s);
+    return v;
+}
+
+/* o[key] = v where o has no key (v freed otherwise) */
+static void put_default(cJSON *o, const char *key, cJSON *v) {
+    if (cJSON_HasObjectItem(o, key))
+        cJSON_Delete(v);
+    else
+        cJSON_AddItemToObject(o, key, v);
+}
+
+/* The fields Hugging Face's tokenizers library requires that tuna's reader leaves to their
+ * defaults: ByteLevel's add_prefix_space / trim_offsets / use_regex, a BPE model's dropout,
+ * unk_token, subword affixes, fuse_unk and byte_fallback, the template's pair, and the top
+ * level's version, truncation, padding and normalizer */
+static void hf_complete(cJSON *o) {
+    if (cJSON_IsArray(o)) {
+        cJSON *e;
+        cJSON_ArrayForEach(e, o) hf_complete(e);
+        return;
+    }
+    if (!cJSON_IsObject(o)) return;
+    const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "type"));
+    if (type && !strcmp(type, "ByteLevel")) {
+        put_default(o, "add_prefix_space", cJSON_CreateFalse());
+        put_default(o, "trim_offsets", cJSON_CreateTrue());
+        put_default(o, "use_regex", cJSON_CreateTrue());
+    }
+    if (type && !strcmp(type, "BPE")) {
+        put_default(o, "dropout", cJSON_CreateNull());
+        put_default(o, "unk_token", cJSON_CreateNull());
+        put_default(o, "continuing_subword_prefix", cJSON_CreateNull());
+        put_default(o, "end_of_word_suffix", cJSON_CreateNull());
+        put_default(o, "fuse_unk", cJSON_CreateFalse());
+        put_default(o, "byte_fallback", cJSON_CreateFalse());
+    }
+    if (type && !strcmp(type, "TemplateProcessing") && !cJSON_HasObjectItem(o, "pair")) {
+        cJSON *pair = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(o, "single"), 1);
+        cJSON *b = cJSON_CreateObject(), *seq = cJSON_CreateObject();
+        cJSON_AddStringToObject(seq, "id", "B");
+        cJSON_AddNumberToObject(seq, "type_id", 1);
+        cJSON_AddItemToObject(b, "Sequence", seq);
+        cJSON_AddItemToArray(pair, b);
+        cJSON_AddItemToObject(o, "pair", pair);
+    }
+    for (cJSON *c = o->child; c; c = c->next)
+        if (strcmp(c->string ? c->string : "", "vocab") &&
+            strcmp(c->string ? c->string : "", "merges"))
+            hf_complete(c);
+}
+
+int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
+    Gguf *g;
+    int rc = gguf_open(path, &g, err);
+    if (rc) return rc;
+    if (!gguf_find_kv(g, "tokenizer.ggml.model")) { /* a file with no tokenizer: none to write */
+        gguf_free(g);
+        return 0;
+    }
+    GgufTok t;
+    cJSON *root = NULL;
+    rc = read_gguf_tok(g, &t, err);
+    if (!rc) rc = gguf_tok_json(g, &t, &root, err);
+    char file[4200];
+    if (!rc) {
+        hf_complete(root);
+        cJSON *top = cJSON_CreateObject(); /* the keys in the order transformers writes them */
+        cJSON_AddStringToObject(top, "version", "1.0");
+        cJSON_AddNullToObject(top, "truncation");
+        cJSON_AddNullToObject(top, "padding");
+        const char *keys[] = {"added_tokens",   "normalizer", "pre_tokenizer",
+                              "post_processor", "decoder",    "model"};
+        for (int k = 0; k < 6; k++) {
+            cJSON *v = cJSON_DetachItemFromObjectCaseSensitive(root, keys[k]);
+            cJSON_AddItemToObject(top, keys[k], v ? v : cJSON_CreateNull());
+        }
+        cJSON_Delete(root);
+        root = top;
+        char *text = cJSON_PrintUnformatted(root);
+        snprintf(file, sizeof file, "%s/tokenizer.json", dir);
+        FILE *f = fopen(file, "wb");
+        int ok = f && fputs(text, f) >= 0;
+        if (f && fclose(f)) ok = 0;
+        if (!ok) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
+        free(text);
+    }
+    if (!rc) { /* the special tokens and the chat template, as transformers reads them */
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddStringToObject(c, "tokenizer_class", "PreTrainedTokenizerFast");
+        cJSON_AddItemToObject(c, "bos_token", token_or_null(&t, t.bos));
+        cJSON_AddItemToObject(c, "eos_token", token_or_null(&t, t.eos));
+        cJSON_AddItemToObject(c, "unk_token", token_or_null(&t, t.unk));
+        cJSON_AddItemToObject(c, "pad_token", token_or_null(&t, t.pad));
+        cJSON_AddBoolToObject(c, "add_bos_token", t.add_bos);
+        cJSON_AddBoolToObject(c, "add_eos_token", t.add_eos);
+        if (t.has_tpl) {
+            char *tpl = str_dup_n(t.tpl.s, t.tpl.len);
+            cJSON_AddStringToObject(c, "chat_template", tpl);
+            free(tpl);
+        }
+        char *text = cJSON_Print(c);
+        cJSON_Delete(c);
+        snprintf(file, sizeof file, "%s/tokenizer_config.json", dir);
+        FILE *f = fopen(file, "wb");
+        int ok = f && fputs(text, f) >= 0;
+        if (f && fclose(f)) ok = 0;
+        if (!ok) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
+        free(text);
+    }
+    cJSON_Delete(root);
+    gguf_free(g);
     return rc;
 }
 

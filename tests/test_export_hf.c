@@ -10,6 +10,8 @@
  *   (total_size, every tensor in the weight_map once, in the file that holds it); tuna loads the
  *   shards back and decodes the same ids and log-probabilities as from one file; a re-export of
  *   the other form into the same folder leaves no file of the first behind;
+ * - a GGUF model's export carries its tokenizer (tokenizer.json, tokenizer_config.json): stories260K
+ *   to GGUF and back tokenizes and decodes as the original;
  * - bad values and --format gguf with these options: one line, exit 2, nothing written.
  * Runs ./tuna (or $TUNA_BIN) from the repo root on the bundled stories260K and a 2-step LoRA. */
 #include <cjson/cJSON.h>
@@ -376,6 +378,59 @@ static void test_shards(void) {
     free(d3);
 }
 
+/* `tuna tokenize DIR` of text: the ids' JSON (malloc'd) */
+static char *tokenize(const char *dir, const char *text) {
+    char args[512], in[256], *o, *e;
+    snprintf(in, sizeof in, "%s/tok.in", tmpdir);
+    FILE *f = fopen(in, "w");
+    if (f) {
+        fprintf(f, "{\"text\": \"%s\"}\n", text);
+        fclose(f);
+    }
+    snprintf(args, sizeof args, "tokenize %s", dir);
+    int rc = test_run_tuna(tmpdir, args, in, &o, &e);
+    CHECK(rc == 0, "tokenize %s: %s", dir, e);
+    free(e);
+    return o;
+}
+
+/* A GGUF model exported to Hugging Face format carries its tokenizer (tokenizer.json and
+ * tokenizer_config.json made from tokenizer.ggml.*): stories260K (SentencePiece) to a GGUF and
+ * back tokenizes and decodes as the original */
+static void test_gguf_tokenizer(void) {
+    char args[512], g[128], hf[128], p[256];
+    snprintf(g, sizeof g, "%s/st.gguf", tmpdir);
+    snprintf(hf, sizeof hf, "%s/st-hf", tmpdir);
+    snprintf(args, sizeof args,
+             "export --format gguf --quant f32 --model models/stories260K --out %s", g);
+    CHECK(tuna(args, NULL) == 0, "stories260K to GGUF");
+    snprintf(args, sizeof args, "export --model %s --out %s", g, hf);
+    CHECK(tuna(args, NULL) == 0, "the GGUF back to Hugging Face format");
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", hf);
+    size_t n;
+    char *text = xread_file(p, &n);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    const char *bos = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "bos_token")),
+               *eos = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "eos_token"));
+    CHECK(bos && eos && !strcmp(bos, "<s>") && !strcmp(eos, "</s>"),
+          "tokenizer_config.json: bos %s eos %s", bos ? bos : "(none)", eos ? eos : "(none)");
+    cJSON_Delete(j);
+    free(text);
+    const char *texts[] = {"Once upon a time, there was a little girl named Lily.",
+                           "Digits 12345, punctuation!? and (brackets)", "caf\u00e9 na\u00efve"};
+    for (int i = 0; i < 3; i++) {
+        char *a = tokenize("models/stories260K", texts[i]), *b = tokenize(hf, texts[i]);
+        CHECK(a && b && a[0] && !strcmp(a, b), "tokenize %s: %s vs the original %s", texts[i], b,
+              a);
+        free(a);
+        free(b);
+    }
+    char *d1 = decode("models/stories260K"), *d2 = decode(hf);
+    CHECK(d1 && d2 && !strcmp(d1, d2), "generate from the GGUF's HF export == from stories260K");
+    free(d1);
+    free(d2);
+}
+
 static void one_line(const char *args, const char *want) {
     char *e = NULL;
     int rc = tuna(args, &e);
@@ -428,6 +483,7 @@ int main(void) {
     if (trained) {
         test_dtypes();
         test_shards();
+        test_gguf_tokenizer();
         test_errors();
     }
     char cmd[128];

@@ -150,6 +150,26 @@ def main():
               "weight == the fp32 export's rounded to bf16 by torch", not bad and
               got.config.dtype == torch.bfloat16, f"{len(ws)} tensors" + (f", differ: {bad[:3]}" if bad else ""))
 
+    def check_gguf_to_hf():
+        """A GGUF model exported to Hugging Face format carries its tokenizer: the base to an
+        f32 GGUF and back, transformers loads tokenizer and model, the same ids for 4 texts and
+        the same logits as the original."""
+        g, out = os.path.join(work, "base.gguf"), os.path.join(work, "base-from-gguf")
+        p = run([tuna, "export", "--format", "gguf", "--quant", "f32", "--model", base_dir, "--out", g])
+        p2 = run([tuna, "export", "--model", g, "--out", out]) if p.returncode == 0 else p
+        if not check("tuna export of a GGUF to Hugging Face format writes tokenizer files",
+                     p2.returncode == 0 and os.path.exists(os.path.join(out, "tokenizer.json")) and
+                     os.path.exists(os.path.join(out, "tokenizer_config.json"))):
+            return
+        t2 = AutoTokenizer.from_pretrained(out)
+        texts = [PROMPT, GEN_PROMPT, "Digits 12345, punctuation!? and (brackets)", "caf\u00e9 na\u00efve"]
+        bad = [x for x in texts if t2(x).input_ids != tok(x).input_ids]
+        check("transformers loads the GGUF export's tokenizer: the original's ids", not bad,
+              f"{len(texts)} texts" + (f", differ: {bad}" if bad else ""))
+        d = (logits_of(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()) -
+             base_logits).abs().max().item()
+        check("transformers(GGUF -> HF export) logits == the original's", d <= TOL, f"max abs diff {d:.3g}")
+
     def compare_merged(label, adapter_dir, peft_model):
         """tuna export base+adapter -> transformers logits vs peft logits; tuna generate vs peft generate."""
         merged = os.path.join(work, label + "-merged")
@@ -213,6 +233,7 @@ def main():
             check(f"{label}: peft holds exactly the adapter tensors tuna wrote", d == 0.0, f"max diff {d:.3g}")
             compare_merged(label, run_dir, pm)
 
+    check_gguf_to_hf()
     tuna_to_peft("tuna->peft", [])
     # the EOS row trains too (PEFT trainable_token_indices); stories260K never learned </s>
     tuna_to_peft("tuna->peft (+trainable tokens eos,<s>)", ["--lora-trainable-tokens", "eos,<s>"])
