@@ -673,6 +673,18 @@ static void hf_complete(cJSON *o) {
             hf_complete(c);
 }
 
+/* dir/name := j's text (indented, or on one line) */
+static int write_json(const char *dir, const char *name, const cJSON *j, int indent, TunaErr *err) {
+    char file[4200];
+    snprintf(file, sizeof file, "%s/%s", dir, name);
+    char *text = indent ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    FILE *f = fopen(file, "wb");
+    int ok = text && f && fputs(text, f) >= 0;
+    if (f && fclose(f)) ok = 0;
+    free(text);
+    return ok ? 0 : tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
+}
+
 int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
     Gguf *g;
     int rc = gguf_open(path, &g, err);
@@ -685,7 +697,6 @@ int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
     cJSON *root = NULL;
     rc = read_gguf_tok(g, &t, err);
     if (!rc) rc = gguf_tok_json(g, &t, &root, err);
-    char file[4200];
     if (!rc) {
         hf_complete(root);
         cJSON *top = cJSON_CreateObject(); /* the keys in the order transformers writes them */
@@ -700,13 +711,7 @@ int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
         }
         cJSON_Delete(root);
         root = top;
-        char *text = cJSON_PrintUnformatted(root);
-        snprintf(file, sizeof file, "%s/tokenizer.json", dir);
-        FILE *f = fopen(file, "wb");
-        int ok = f && fputs(text, f) >= 0;
-        if (f && fclose(f)) ok = 0;
-        if (!ok) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
-        free(text);
+        rc = write_json(dir, "tokenizer.json", root, 0, err);
     }
     if (!rc) { /* the special tokens and the chat template, as transformers reads them */
         cJSON *c = cJSON_CreateObject();
@@ -722,14 +727,8 @@ int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
             cJSON_AddStringToObject(c, "chat_template", tpl);
             free(tpl);
         }
-        char *text = cJSON_Print(c);
+        rc = write_json(dir, "tokenizer_config.json", c, 1, err);
         cJSON_Delete(c);
-        snprintf(file, sizeof file, "%s/tokenizer_config.json", dir);
-        FILE *f = fopen(file, "wb");
-        int ok = f && fputs(text, f) >= 0;
-        if (f && fclose(f)) ok = 0;
-        if (!ok) rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
-        free(text);
     }
     cJSON_Delete(root);
     gguf_free(g);
