@@ -495,10 +495,10 @@ int gguf_tensor_rows_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int 
 
 // --- HF config.json for an exported GGUF model ---------------------------------------------
 
-static int write_json(cJSON *j, const char *dir, const char *name, TunaErr *err) {
+int hf_write_json(cJSON *j, int indent, const char *dir, const char *name, TunaErr *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    char *txt = cJSON_Print(j);
+    char *txt = indent ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     FILE *f = txt ? fopen(path, "w") : NULL;
     int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
@@ -507,14 +507,15 @@ static int write_json(cJSON *j, const char *dir, const char *name, TunaErr *err)
     return ok ? 0 : tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
 }
 
-int gguf_write_hf_config(const ModelConfig *c, const char *dir, TunaErr *err) {
+int gguf_write_hf_config(const ModelConfig *c, const char *dir, const char *torch_dtype,
+                         TunaErr *err) {
     static const char *const archs[] = {"LlamaForCausalLM", "MistralForCausalLM",
                                         "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"};
     cJSON *j = cJSON_CreateObject();
     cJSON *a = cJSON_AddArrayToObject(j, "architectures");
     cJSON_AddItemToArray(a, cJSON_CreateString(archs[c->arch]));
     cJSON_AddStringToObject(j, "model_type", config_arch_name(c->arch));
-    cJSON_AddStringToObject(j, "torch_dtype", "float32");
+    cJSON_AddStringToObject(j, "torch_dtype", torch_dtype);
     cJSON_AddNumberToObject(j, "vocab_size", c->V);
     if (c->bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
     if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
@@ -559,12 +560,12 @@ int gguf_write_hf_config(const ModelConfig *c, const char *dir, TunaErr *err) {
         if (c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3)
             cJSON_AddBoolToObject(j, "use_sliding_window", 0);
     }
-    int rc = write_json(j, dir, "config.json", err);
+    int rc = hf_write_json(j, 1, dir, "config.json", err);
     if (rc) return rc;
     j = cJSON_CreateObject();
     if (c->bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
     if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
     if (c->n_eos > 1)
         cJSON_AddItemToObject(j, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
-    return write_json(j, dir, "generation_config.json", err);
+    return hf_write_json(j, 1, dir, "generation_config.json", err);
 }

@@ -41,8 +41,14 @@ int gguf_tensor_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads
 int gguf_tensor_rows_to_hf(const Gguf *g, const GgufTensor *t, GgufXform x, int heads, void *dst,
                            TunaErr *err);
 
-/* Writes cfg as a Hugging Face config.json (and generation_config.json) into dir, for a model
- * loaded from GGUF and saved as a HF checkpoint (tuna export). Returns 0 or TUNA_EIO. */
-int gguf_write_hf_config(const ModelConfig *cfg, const char *dir, TunaErr *err);
+/* Writes cfg as a Hugging Face config.json (torch_dtype: the type the weights are written in)
+ * and generation_config.json into dir, for a model loaded from GGUF and saved as a HF
+ * checkpoint (tuna export). Returns 0 or TUNA_EIO. */
+int gguf_write_hf_config(const ModelConfig *cfg, const char *dir, const char *torch_dtype,
+                         TunaErr *err);
+/* dir/name := j's JSON (indented, or on one line), then a newline; frees j. 0, or TUNA_EIO
+ * naming the file. The Hugging Face files an export of a GGUF model writes. */
+struct cJSON;
+int hf_write_json(struct cJSON *j, int indent, const char *dir, const char *name, TunaErr *err);
 
 #endif

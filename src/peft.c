@@ -572,6 +572,12 @@ const char *hf_dtype_name(StDtype d) {
     return d == ST_BF16 ? "bfloat16" : d == ST_F16 ? "float16" : "float32";
 }
 
+StDtype hf_dtype_by_name(const char *torch_dtype) {
+    return !strcmp(torch_dtype, "bfloat16")  ? ST_BF16
+           : !strcmp(torch_dtype, "float16") ? ST_F16
+                                             : ST_F32;
+}
+
 /* config.json (copied from the base, or written for a GGUF one) saying the dtype the tensors are
  * written in: its torch_dtype and transformers 5's dtype, whichever it has (torch_dtype added
  * when it has neither). Rewritten only when it says otherwise, so a base's file is copied as it
@@ -692,14 +698,16 @@ int model_write_hf_as(const Model *m, const char *tmp, const HfWriteOpts *o, Tun
         if (access(src, R_OK)) continue;
         if (copy_file(src, path)) return tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
     }
-    /* a model loaded from GGUF has no config.json to copy: write one from its config */
+    /* a model loaded from GGUF has no config.json to copy: write one from its config (in the
+     * written dtype), and its tokenizer's files; a copied config.json is set to that dtype */
     size_t dl = strlen(m->dir);
-    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf")) { /* and its tokenizer's files */
-        rc = gguf_write_hf_config(&m->cfg, tmp, err);
-        if (!rc) rc = tokenizer_gguf_write_hf(m->dir, tmp, err);
-    }
     snprintf(path, sizeof path, "%s/config.json", tmp);
-    if (!rc && !access(path, F_OK)) rc = hf_config_dtype(path, o->dtype, err);
+    if (dl > 5 && !strcasecmp(m->dir + dl - 5, ".gguf")) {
+        rc = gguf_write_hf_config(&m->cfg, tmp, hf_dtype_name(o->dtype), err);
+        if (!rc) rc = tokenizer_gguf_write_hf(m->dir, tmp, err);
+    } else if (!access(path, F_OK)) {
+        rc = hf_config_dtype(path, o->dtype, err);
+    }
     return rc;
 }
 

@@ -55,6 +55,8 @@ typedef struct HfWriteOpts {
 int model_write_hf_as(const Model *m, const char *dir, const HfWriteOpts *o, TunaErr *err);
 /* "float32", "bfloat16" or "float16": config.json's name of a writer dtype */
 const char *hf_dtype_name(StDtype dtype);
+/* ... and back: bfloat16 and float16 their types, anything else (float32, none) ST_F32 */
+StDtype hf_dtype_by_name(const char *torch_dtype);
 /* m's weights as the HF checkpoint holds them, one tensor at a time (names, shapes, fp32; typed
  * weights dequantized, an unmerged LoRA added in): model_hf_tensor_list gives the entries
  * (name, ndim, shape; data NULL) in the checkpoint's order, freed with free(*wt);

@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "gguf.h"
+#include "gguf_model.h"
 #include "tokenizer.h"
 #include "xalloc.h"
 
@@ -673,18 +674,6 @@ static void hf_complete(cJSON *o) {
             hf_complete(c);
 }
 
-/* dir/name := j's text (indented, or on one line) */
-static int write_json(const char *dir, const char *name, const cJSON *j, int indent, TunaErr *err) {
-    char file[4200];
-    snprintf(file, sizeof file, "%s/%s", dir, name);
-    char *text = indent ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
-    FILE *f = fopen(file, "wb");
-    int ok = text && f && fputs(text, f) >= 0;
-    if (f && fclose(f)) ok = 0;
-    free(text);
-    return ok ? 0 : tuna_errf(err, TUNA_EIO, "%s: cannot write", file);
-}
-
 int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
     Gguf *g;
     int rc = gguf_open(path, &g, err);
@@ -711,7 +700,8 @@ int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
         }
         cJSON_Delete(root);
         root = top;
-        rc = write_json(dir, "tokenizer.json", root, 0, err);
+        rc = hf_write_json(root, 0, dir, "tokenizer.json", err);
+        root = NULL;
     }
     if (!rc) { /* the special tokens and the chat template, as transformers reads them */
         cJSON *c = cJSON_CreateObject();
@@ -727,8 +717,7 @@ int tokenizer_gguf_write_hf(const char *path, const char *dir, TunaErr *err) {
             cJSON_AddStringToObject(c, "chat_template", tpl);
             free(tpl);
         }
-        rc = write_json(dir, "tokenizer_config.json", c, 1, err);
-        cJSON_Delete(c);
+        rc = hf_write_json(c, 1, dir, "tokenizer_config.json", err);
     }
     cJSON_Delete(root);
     gguf_free(g);

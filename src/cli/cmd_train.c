@@ -886,9 +886,7 @@ int cmd_export(int argc, char **argv) {
                 prec.given ? "asked" : "the run trained it", m->n_qparams,
                 wtype_info[m->layers[0].qw[LORA_Q] ? m->layers[0].qw[LORA_Q]->type : WT_F32].name);
     if (!rc && dt_auto) /* the base checkpoint's own type, as LLaMA-Factory's export keeps it */
-        dt = !strcmp(m->cfg.torch_dtype, "bfloat16")  ? ST_BF16
-             : !strcmp(m->cfg.torch_dtype, "float16") ? ST_F16
-                                                      : ST_F32;
+        dt = hf_dtype_by_name(m->cfg.torch_dtype);
     HfWriteOpts ho = {dt, (uint64_t)(esize * 1e9), getenv("TUNA_PROGRESS") ? print_progress : NULL,
                       NULL};
     rc = rc || export_to(m, out, overwrite, model, adapter, &ho, &err);
