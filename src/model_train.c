@@ -83,8 +83,9 @@ struct TrainState {
     const float *(*view_G)[LORA_N_SITES];                           /* and DoRA's g (host) */
     float lora_scale;
     /* DoRA: backend (N, widest module output) scratch for the recomputed pre-scale output and
-     * the scaled output gradient, and a host copy of each */
-    float *dora_z, *dora_dy, *dora_h1, *dora_h2;
+     * the scaled output gradient, and a host copy of each; with LoRA dropout also (g - 1) ⊙ dy,
+     * the gradient of the dropped-out base product (dora_dy2) */
+    float *dora_z, *dora_dy, *dora_dy2, *dora_h1, *dora_h2;
     size_t dora_cap; /* floats of dora_z and dora_h1 (dora_norms' chunks too) */
     char targets[256];
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
@@ -374,14 +375,14 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
         out->trainable = total;
         out->param_bytes = bsize(total);
         out->grad_bytes = bsize(total);
-        if (setup->lora_dora) { /* dora_z, dora_dy */
+        if (setup->lora_dora) { /* dora_z, dora_dy (and dora_dy2 with dropout) */
             int widest = 0;
             for (int s2 = 0; s2 < N_SITES; s2++) {
                 int in, o;
                 site_dims(c, s2, &in, &o);
                 if (want[s2] && o > widest) widest = o;
             }
-            out->scratch_bytes += 2 * bsize(N * (size_t)widest);
+            out->scratch_bytes += (setup->lora_dropout > 0 ? 3 : 2) * bsize(N * (size_t)widest);
         }
         int n_tok = 0; /* trainable tokens: one embedding row each */
         for (const char *q = setup->lora_tokens; q && *q; q++)
@@ -810,8 +811,6 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL, "--lora-rank must be in [1, 4096], got %d", r);
     ts->lora_scale =
             setup->lora_rslora ? setup->lora_alpha / sqrtf((float)r) : setup->lora_alpha / (float)r;
-    if (setup->lora_dora && setup->lora_dropout > 0)
-        return tuna_errf(err, TUNA_EUNSUP, "DoRA with --lora-dropout > 0 is not supported yet");
     if (setup->lora_pissa && m->n_qbytes)
         return tuna_errf(err, TUNA_EUNSUP,
                          "PiSSA needs an fp32 base (as peft: init under fp32, then quantize the "
@@ -902,6 +901,7 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             if ((size_t)ts->mods[i].in > ts->dora_cap) ts->dora_cap = (size_t)ts->mods[i].in;
         ts->dora_z = balloc(ts, ts->dora_cap, &fail);
         ts->dora_dy = balloc(ts, N * (size_t)widest, &fail);
+        if (setup->lora_dropout > 0) ts->dora_dy2 = balloc(ts, N * (size_t)widest, &fail);
         ts->dora_h1 = xmalloc(sizeof(float) * ts->dora_cap);
         ts->dora_h2 = xmalloc(sizeof(float) * N * (size_t)widest);
         /* the magnitude = ||W + s·B·A|| at init (peft's update_layer) */
@@ -1237,6 +1237,7 @@ void train_state_free(TrainState *ts) {
         be->ops->release(be, bufs[i]);
     be->ops->release(be, ts->dora_z);
     be->ops->release(be, ts->dora_dy);
+    be->ops->release(be, ts->dora_dy2);
     free(ts->dora_h1);
     free(ts->dora_h2);
     for (int i = 0; i < ts->n_mods; i++) {
@@ -1529,24 +1530,47 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
     be->ops->scale(be, lm->u, (size_t)M * (size_t)ts->setup.lora_rank, ts->lora_scale);
 }
 
-/* DoRA forward (peft's DoraLinearLayer without dropout), on rows [row0, row0 + n_out) of the
- * module: out = W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, g = magnitude / norm
- * (dora_prepare), model_dora_scale. */
-static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, float *out, const float *bias,
-                     int M, int n_out) {
-    model_dora_scale(ts->be, out, bias, lm->g + row0, M, n_out, ts->dora_h1, ts->dora_h2);
+/* DoRA forward (peft's DoraLinearVariant.forward), on rows [row0, row0 + n_out) of the module,
+ * g = magnitude / norm (dora_prepare). Without dropout out = W·x + bias + s·B·A·x becomes
+ * g ⊙ (W·x + s·B·A·x) + bias (model_dora_scale). With dropout, h = dropout(x) (lm->h), peft
+ * adds (g - 1) ⊙ W·h + g ⊙ s·B·A·h to the base's W·x + bias: out (which holds W·x + bias +
+ * s·B·A·h) += (g - 1) ⊙ z, z = W·h + s·B·A·h, the base product of h in the dora_z scratch (W:
+ * the slice's weight, as the base layer's product ran; Bs: its rows of B). */
+static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, LoraSite ls, float *out,
+                     const float *bias, const float *W, const float *Bs, int M, int K, int n_out) {
+    Backend *be = ts->be;
+    if (!lm->h) {
+        model_dora_scale(be, out, bias, lm->g + row0, M, n_out, ts->dora_h1, ts->dora_h2);
+        return;
+    }
+    size_t n = (size_t)M * n_out;
+    model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h, W, NULL, M, K, n_out);
+    backend_matmul_acc(be, ts->dora_z, lm->u, Bs, M, ts->setup.lora_rank, n_out, ts->dys);
+    float *z = ts->dora_h1, *y = ts->dora_h2;
+    be->ops->download(be, z, ts->dora_z, sizeof(float) * n);
+    be->ops->download(be, y, out, sizeof(float) * n);
+    const float *g = lm->g + row0;
+    for (int t = 0; t < M; t++)
+        for (int o = 0; o < n_out; o++) {
+            size_t i = (size_t)t * n_out + o;
+            y[i] += (g[o] - 1.0f) * z[i];
+        }
+    be->ops->upload(be, out, y, sizeof(float) * n);
 }
 
-/* DoRA backward on rows [row0, row0 + n_out): with z = W·x + s·B·A·x (recomputed), y = g ⊙ z +
- * bias and the norm detached: dmagnitude[o] += Σ_t dy[t,o]·z[t,o] / norm[o]; returns g ⊙ dy
- * (ts->dora_dy), the gradient the base and the adapter see. */
+/* DoRA backward on rows [row0, row0 + n_out): with h = x (no dropout) or dropout(x) (lm->h),
+ * z = W·h + s·B·A·h (recomputed) and the norm detached: dmagnitude[o] += Σ_t dy[t,o]·z[t,o] /
+ * norm[o]; returns g ⊙ dy (ts->dora_dy), the gradient the adapter sees, and without dropout the
+ * base too (y = g ⊙ z + bias). With dropout the base's W·x takes dy itself and *dy_h is set to
+ * (g - 1) ⊙ dy (ts->dora_dy2), the gradient of the dropped-out base product W·h. */
 static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls, const float *dout,
-                             const float *in, const float *W, int M, int K, int n_out) {
+                             const float *in, const float *W, int M, int K, int n_out,
+                             const float **dy_h) {
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
     size_t n = (size_t)M * n_out;
     /* the base product again, as the forward ran it (a typed base's own kernel) */
-    model_base_linear(ts->m, lm->layer, ls, ts->dora_z, in, W, NULL, M, K, n_out);
+    model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h ? lm->h : in, W, NULL, M, K, n_out);
     be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
     be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
     float *z = ts->dora_h1, *dy = ts->dora_h2;
@@ -1554,13 +1578,20 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls,
     be->ops->download(be, dy, dout, sizeof(float) * n);
     double *acc = xcalloc((size_t)n_out, sizeof(double));
     const float *g = lm->g + row0;
+    int drop = lm->h != NULL;
     for (int t = 0; t < M; t++)
         for (int o = 0; o < n_out; o++) {
             size_t i = (size_t)t * n_out + o;
             acc[o] += (double)dy[i] * (double)z[i];
+            if (drop) z[i] = (g[o] - 1.0f) * dy[i]; /* z read: its slot holds (g - 1) ⊙ dy */
             dy[i] *= g[o];
         }
     be->ops->upload(be, ts->dora_dy, dy, sizeof(float) * n);
+    *dy_h = NULL;
+    if (drop) {
+        be->ops->upload(be, ts->dora_dy2, z, sizeof(float) * n);
+        *dy_h = ts->dora_dy2;
+    }
     float *dm = xmalloc(sizeof(float) * (size_t)n_out);
     be->ops->download(be, dm, lm->dmag + row0, sizeof(float) * (size_t)n_out);
     for (int o = 0; o < n_out; o++)
@@ -1574,7 +1605,7 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls,
 /* out (M, n_out), the base layer's in · Wᵀ + bias, += scale · (dropout(in) · Aᵀ) ·
  * B[row0 : row0+n_out]ᵀ where an adapter sits at (l, site) (DoRA: and the magnitude's scaling) */
 static void adapter_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
-                        const float *bias, int M, int K, int n_out) {
+                        const float *W, const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
     if (mi < 0) return;
@@ -1586,14 +1617,16 @@ static void adapter_fwd(TrainState *ts, int l, int site, int slice, float *out, 
     /* out += u · Bᵀ (the scratch, without matmul_acc: dys, backward scratch, free during the
      * forward; out may be ts->tmp) */
     backend_matmul_acc(be, out, lm->u, Bs, M, r, n_out, ts->dys);
-    if (lm->mag) dora_fwd(ts, lm, slice_row(ts, site, slice), out, bias, M, n_out);
+    if (lm->mag)
+        dora_fwd(ts, lm, slice_row(ts, site, slice), base_site(site, slice), out, bias, W, Bs, M, K,
+                 n_out);
 }
 
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
 static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int n_out) {
     model_base_linear(ts->m, l, base_site(site, slice), out, in, W, bias, M, K, n_out);
-    adapter_fwd(ts, l, site, slice, out, in, bias, M, K, n_out);
+    adapter_fwd(ts, l, site, slice, out, in, W, bias, M, K, n_out);
 }
 
 /* Backward of linear_fwd: din (M,K) += dout · W (+ the adapter's path), dW and dbias when
@@ -1605,11 +1638,16 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
                        const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
     int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
-    /* DoRA: the magnitude's gradient, and dout scaled by g for everything below */
-    if (mi >= 0 && ts->mods[mi].mag)
-        dout = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), base_site(site, slice), dout,
-                        in, W, M, K, n_out);
-    if (!model_base_linear_bwd_typed(ts->m, l, base_site(site, slice), din, dout, M, acc)) {
+    LoraSite ls = base_site(site, slice);
+    /* DoRA: the magnitude's gradient, and dout scaled by g for the adapter (and, without
+     * dropout, the base); with dropout, dy_h = (g - 1) ⊙ dy for the base product of h */
+    const float *dy_ad = dout, *dy_h = NULL;
+    if (mi >= 0 && ts->mods[mi].mag) {
+        dy_ad = dora_bwd(ts, &ts->mods[mi], slice_row(ts, site, slice), ls, dout, in, W, M, K,
+                         n_out, &dy_h);
+        if (!dy_h) dout = dy_ad;
+    }
+    if (!model_base_linear_bwd_typed(ts->m, l, ls, din, dout, M, acc)) {
         if (din && !acc) zero(ts, din, (size_t)M * K);
         matmul_bwd_lazy(ts, din, G(ts, W), G(ts, bias), dout, in, W, M, K, n_out);
     }
@@ -1618,14 +1656,21 @@ static void linear_bwd(TrainState *ts, int l, int site, int slice, int last_slic
     int r = ts->setup.lora_rank;
     size_t row = (size_t)slice_row(ts, site, slice);
     if (slice == 0) zero(ts, ts->du, (size_t)M * r);
+    /* DoRA with dropout: dh += Wᵀ · ((g - 1) ⊙ dy), slice by slice (the fused c_attn's three
+     * add up before the dropout's backward at the last) */
+    int dh_open = dy_h && din;
+    if (dh_open && !model_base_linear_bwd_typed(ts->m, l, ls, ts->dh, dy_h, M, slice > 0)) {
+        if (slice == 0) zero(ts, ts->dh, (size_t)M * K);
+        be->ops->matmul_bwd(be, ts->dh, NULL, NULL, dy_h, NULL, W, M, K, n_out);
+    }
     // y += u · Bᵀ (u = s · h · Aᵀ)  =>  du += dy · B,  dB += dyᵀ · u
-    be->ops->matmul_bwd(be, ts->du, lm->dB + row * r, NULL, dout, lm->u, lm->B + row * r, M, r,
+    be->ops->matmul_bwd(be, ts->du, lm->dB + row * r, NULL, dy_ad, lm->u, lm->B + row * r, M, r,
                         n_out);
     if (!last_slice) return;
     // u = s · h · Aᵀ  =>  dh += s · du · A,  dA += s · duᵀ · h (du scaled first: r columns)
     be->ops->scale(be, ts->du, (size_t)M * r, ts->lora_scale);
     if (lm->h) {
-        zero(ts, ts->dh, (size_t)M * K);
+        if (!dh_open) zero(ts, ts->dh, (size_t)M * K);
         be->ops->matmul_bwd(be, ts->dh, lm->dA, NULL, ts->du, lm->h, lm->A, M, K, r);
         if (din) {
             be->ops->dropout(be, ts->dh, ts->dh, (size_t)M * K, ts->setup.lora_dropout,
@@ -1876,7 +1921,7 @@ static void train_linear_n(void *ctx, int l, int n, const LoraSite *sites, float
     model_base_linear_n(ts->m, l, n, sites, outs, in, Ws, biases, M, K, Ns);
     for (int i = 0; i < n; i++) {
         int slice, as = adapter_site(ts, sites[i], &slice);
-        adapter_fwd(ts, l, as, slice, outs[i], in, biases[i], M, K, Ns[i]);
+        adapter_fwd(ts, l, as, slice, outs[i], in, Ws[i], biases[i], M, K, Ns[i]);
     }
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference numbers for tuna's LoRA variants (LoRA+, PiSSA).
+"""Reference numbers for tuna's LoRA variants (LoRA+, PiSSA, DoRA, LoRA dropout).
 
     /opt/tuna-venv/bin/python tests/gen_lora_variant_fixtures.py tests/fixtures
 
@@ -7,6 +7,8 @@ Writes
     loraplus/loraplus.safetensors  LoRA+: AdamW steps over LLaMA-Factory's loraplus param groups
     pissa/<arch>_pissa.safetensors PiSSA init (peft init_lora_weights="pissa"): lora_A, lora_B and
                                    the residual base weight of every adapted layer
+    dora/<arch>_dora[_rslora].safetensors  DoRA: loss and gradients of one step (and a saved adapter)
+    dora/<arch>_{dora,lora}_dropout.safetensors  the same with lora_dropout 0.25, the masks recorded
 Deterministic (fixed seeds, CPU, one thread; safetensors written with sorted keys).
 """
 import json
@@ -30,7 +32,7 @@ def save_st(tensors, path, metadata):
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous()
         b = t.numpy().tobytes()
-        header[name] = {"dtype": {torch.int32: "I32", torch.float32: "F32"}[t.dtype],
+        header[name] = {"dtype": {torch.int32: "I32", torch.float32: "F32", torch.uint8: "U8"}[t.dtype],
                         "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
@@ -180,17 +182,40 @@ def gen_pissa(fix_dir, out_dir, arch, rslora=False):
 # DoRA (use_dora=True): loss and the grads of lora_A, lora_B and lora_magnitude_vector, with B and
 # the magnitude moved off their init (so m / ||W + s B A|| != 1), as tests/gen_train_fixtures.py
 # does for LoRA (same inputs and label masking: B=2, T=10, prompt masks 3 and 5).
-def gen_dora(fix_dir, out_dir, arch, ai, rslora=False):
+class MaskDropout(torch.nn.Module):
+    """nn.Dropout(p) with a mask drawn on its first call and kept (one training step), listed in
+    call order: the test replays mask.<k> for the k-th distinct dropout seed tuna uses, so both
+    sides drop the same inputs (tuna's masks come from its own hash, torch's from its RNG)."""
+
+    def __init__(self, p, gen, order):
+        super().__init__()
+        self.p, self.gen, self.order, self.mask = p, gen, order, None
+
+    def forward(self, x):
+        if self.mask is None:
+            self.mask = (torch.rand(x.shape, generator=self.gen) >= self.p).float()
+            self.order.append(self)
+        return x * (self.mask / (1 - self.p))  # torch's dropout: noise.bernoulli_(1-p).div_(1-p)
+
+
+def gen_dora(fix_dir, out_dir, arch, ai, rslora=False, dropout=0.0, dora=True):
     base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
                                                 attn_implementation="eager",
                                                 **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
                                                    if arch == "gpt2" else {}))
     base.train()
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
-                     fan_in_fan_out=arch == "gpt2", use_rslora=rslora, use_dora=True, task_type="CAUSAL_LM")
-    seed = 7400 + ai + (100 if rslora else 0)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=PISSA_TARGETS[arch], bias="none",
+                     fan_in_fan_out=arch == "gpt2", use_rslora=rslora, use_dora=dora, task_type="CAUSAL_LM")
+    seed = 7400 + ai + (100 if rslora else 0) + (200 if dropout else 0)
     torch.manual_seed(seed)
     model = get_peft_model(base, cfg)
+    order = []
+    if dropout:  # every lora_dropout module replaced by one replaying a recorded mask
+        mgen = torch.Generator().manual_seed(seed + 2)
+        for mod in model.modules():
+            if hasattr(mod, "lora_dropout") and "default" in mod.lora_dropout:
+                assert isinstance(mod.lora_dropout["default"], torch.nn.Dropout)
+                mod.lora_dropout["default"] = MaskDropout(dropout, mgen, order)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -216,14 +241,19 @@ def gen_dora(fix_dir, out_dir, arch, ai, rslora=False):
         p = by_ptr[t.data_ptr()]
         tensors["adapter." + name] = t.detach().clone()
         tensors["grad." + name] = p.grad.detach().clone()
+    for k, mod in enumerate(order):  # (B*T, in): the rows tuna's dropout sees
+        tensors["mask.%d" % k] = mod.mask.reshape(-1, mod.mask.shape[-1]).to(torch.uint8)
     m = meta()
-    m.update(arch=arch, r="4", lora_alpha="8", use_rslora=str(rslora).lower(), use_dora="true",
+    m.update(arch=arch, r="4", lora_alpha="8", use_rslora=str(rslora).lower(), use_dora=str(dora).lower(),
              target_modules=json.dumps(PISSA_TARGETS[arch]), names=json.dumps(sorted(sd)),
              init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn; magnitude *= 1+0.1*randn" % seed)
+    if dropout:
+        m.update(lora_dropout=str(dropout),
+                 masks="mask.<k>: the k-th lora_dropout called in the forward, 1 kept (scaled 1/(1-p)), 0 dropped")
     os.makedirs(os.path.join(out_dir, "dora"), exist_ok=True)
-    name = f"{arch}_dora_rslora" if rslora else f"{arch}_dora"
+    name = f"{arch}_{'dora' if dora else 'lora'}" + ("_rslora" if rslora else "") + ("_dropout" if dropout else "")
     save_st(tensors, os.path.join(out_dir, "dora", name + ".safetensors"), m)
-    if arch == "llama" and not rslora:
+    if arch == "llama" and not rslora and not dropout and dora:
         adir = os.path.join(out_dir, "dora", "llama_dora_adapter")
         model.save_pretrained(adir)
         readme = os.path.join(adir, "README.md")
@@ -248,6 +278,11 @@ def main():
     gen_dora(out, out, "llama", 0)
     gen_dora(out, out, "llama", 0, rslora=True)
     gen_dora(out, out, "gpt2", 6)
+    # LoRA dropout (p 0.25) with peft's masks replayed in tuna: DoRA (peft's DoraLinearVariant adds
+    # (g-1)*W*drop(x) + g*s*B*A*drop(x) to W*x: the base product of the dropped input) and plain LoRA
+    gen_dora(out, out, "llama", 0, dropout=0.25)
+    gen_dora(out, out, "gpt2", 6, dropout=0.25)
+    gen_dora(out, out, "llama", 0, dropout=0.25, dora=False)
 
 
 if __name__ == "__main__":

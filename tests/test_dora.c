@@ -22,6 +22,42 @@
 #define GRAD_RTOL 1e-3
 #define LOSS_RTOL 1e-5
 
+/* LoRA dropout against peft: the fixture recorded the mask of each lora_dropout call of peft's
+ * forward (mask.<k>, 1 kept); this stands in for the backend's dropout op and gives the k-th
+ * distinct seed tuna's trainer passes (one per module, the same in the forward, a checkpointed
+ * recompute and the backward) the k-th mask, scaled as ref_dropout scales. Both forwards visit
+ * the modules in the same order (q, k, v, o, gate, up, down; c_attn, c_proj, c_fc, c_proj). */
+static struct {
+    const SafeTensors *fx;
+    const BackendOps *ops; /* the backend's own */
+    uint64_t seeds[64];
+    int n_seeds, bad;
+} replay;
+
+static void replay_dropout(Backend *be, float *out, const float *in, size_t n, float p,
+                           uint64_t seed) {
+    int k = 0;
+    while (k < replay.n_seeds && replay.seeds[k] != seed)
+        k++;
+    if (k == replay.n_seeds && k < 64) replay.seeds[replay.n_seeds++] = seed;
+    char nm[32];
+    snprintf(nm, sizeof nm, "mask.%d", k);
+    const StTensor *mk = safetensors_find(replay.fx, nm);
+    float *h = xmalloc(sizeof(float) * n);
+    replay.ops->download(be, h, in, sizeof(float) * n);
+    if (!mk || mk->dtype != ST_U8 || st_tensor_numel(mk) != n) {
+        replay.bad++; /* a call the fixture has no mask for: the orders differ */
+        memset(h, 0, sizeof(float) * n);
+    } else {
+        const uint8_t *keep = mk->data;
+        float scale = 1.0f / (1.0f - p);
+        for (size_t i = 0; i < n; i++)
+            h[i] = keep[i] ? h[i] * scale : 0.0f;
+    }
+    replay.ops->upload(be, out, h, sizeof(float) * n);
+    free(h);
+}
+
 static void run_case(const char *arch, const char *kind, const char *targets, int rslora,
                      const char *backend, int ckpt) {
     char mdir[256], fpath[256];
@@ -47,14 +83,25 @@ static void run_case(const char *arch, const char *kind, const char *targets, in
     CHECK(ids_t && lab_t && loss_t, "%s: input_ids/labels/loss missing", fpath);
     if (!ids_t || !lab_t || !loss_t) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    int dora = strncmp(kind, "lora", 4) != 0, dropout = strstr(kind, "dropout") != NULL;
     TrainSetup setup = {.method = METHOD_LORA,
                         .lora_rank = 4,
                         .lora_alpha = 8,
                         .lora_rslora = rslora,
-                        .lora_dora = 1,
+                        .lora_dora = dora,
+                        .lora_dropout = dropout ? 0.25f : 0.0f,
                         .lora_targets = targets,
                         .seed = 1,
                         .grad_checkpoint = ckpt};
+    static BackendOps hooked;
+    if (dropout) {
+        memset(&replay, 0, sizeof replay);
+        replay.fx = fx;
+        replay.ops = be->ops;
+        hooked = *be->ops;
+        hooked.dropout = replay_dropout;
+        be->ops = &hooked;
+    }
     if (train_state_init(m, &setup, B, T, &ts, &err)) {
         CHECK(0, "%s %s: %s", arch, kind, err.msg);
         goto done;
@@ -71,8 +118,9 @@ static void run_case(const char *arch, const char *kind, const char *targets, in
             be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
         n_mag += strstr(tp[i].name, "lora_magnitude_vector") != NULL;
     }
-    CHECK(n_mag > 0 && n_mag * 3 == np, "%s: a magnitude per module (%d of %d tensors)", arch,
-          n_mag, np);
+    if (dora)
+        CHECK(n_mag > 0 && n_mag * 3 == np, "%s: a magnitude per module (%d of %d tensors)", arch,
+              n_mag, np);
     const int32_t *ids = ids_t->data;
     int n_t;
     targets_t = test_next_targets(lab_t->data, B, T, &n_t);
@@ -84,6 +132,13 @@ static void run_case(const char *arch, const char *kind, const char *targets, in
     double loss = loss_sum / cnt, want = (double)((const float *)loss_t->data)[0];
     CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s: loss %.7f vs peft %.7f", arch, kind,
           loss, want);
+    if (dropout) { /* every mask used, none missing: one per module */
+        char nm[32];
+        snprintf(nm, sizeof nm, "mask.%d", replay.n_seeds);
+        CHECK(replay.bad == 0 && replay.n_seeds == np / (dora ? 3 : 2) && !safetensors_find(fx, nm),
+              "%s %s: %d dropout seeds for %d modules, %d calls without a mask", arch, kind,
+              replay.n_seeds, np / (dora ? 3 : 2), replay.bad);
+    }
     double worst[3] = {0, 0, 0}; /* A, B, magnitude */
     for (int i = 0; i < np; i++) {
         char nm[200];
@@ -111,6 +166,7 @@ done:
     train_state_free(ts);
     model_free(m);
     safetensors_free(fx);
+    if (be && be->ops == &hooked) be->ops = replay.ops;
     backend_free(be);
 }
 
@@ -127,27 +183,6 @@ static void test_adapter(void) {
                                 .is_set = lora_dora_set});
 }
 
-/* What DoRA does not do yet is refused, not approximated. */
-static void test_refusals(void) {
-    TunaErr err = {0};
-    Backend *be = backend_init("cpu", 2, &err);
-    Model *m = NULL;
-    CHECK(model_load("tests/fixtures/llama", be, &m, &err) == 0, "%s", err.msg);
-    if (m) {
-        TrainSetup s = {.method = METHOD_LORA,
-                        .lora_rank = 4,
-                        .lora_alpha = 8,
-                        .lora_dora = 1,
-                        .lora_dropout = 0.1f};
-        TrainState *ts = NULL;
-        int rc = train_state_init(m, &s, 1, 4, &ts, &err);
-        CHECK(rc == TUNA_EUNSUP && strstr(err.msg, "dropout"), "dropout refused: %s", err.msg);
-        train_state_free(ts);
-    }
-    model_free(m);
-    backend_free(be);
-}
-
 int main(void) {
     const char *ll = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     run_case("llama", "dora", ll, 0, "ref", 0);
@@ -156,7 +191,15 @@ int main(void) {
     run_case("llama", "dora_rslora", ll, 1, "cpu", 0);
     run_case("gpt2", "dora", "c_attn,c_proj,c_fc", 0, "ref", 0);
     run_case("gpt2", "dora", "c_attn,c_proj,c_fc", 0, "cpu", 1);
+    /* lora_dropout 0.25, peft's masks replayed */
+    run_case("llama", "dora_dropout", ll, 0, "ref", 0);
+    run_case("llama", "dora_dropout", ll, 0, "cpu", 0);
+    run_case("llama", "dora_dropout", ll, 0, "cpu", 1);
+    run_case("gpt2", "dora_dropout", "c_attn,c_proj,c_fc", 0, "ref", 0);
+    run_case("gpt2", "dora_dropout", "c_attn,c_proj,c_fc", 0, "cpu", 0);
+    run_case("gpt2", "dora_dropout", "c_attn,c_proj,c_fc", 0, "cpu", 1);
+    run_case("llama", "lora_dropout", ll, 0, "cpu", 0);
+    run_case("llama", "lora_dropout", ll, 0, "cpu", 1);
     test_adapter();
-    test_refusals();
     return test_report("test_dora");
 }

@@ -1,7 +1,8 @@
 /* test_estimate.c: train_estimate (what the Setup screen shows) against what the engine really
  * allocates. For the fixture models of each architecture (llama, tied llama, gpt2, qwen3 with
  * its q/k norms, mistral) and stories260K, and the methods full, freeze, LoRA (every target,
- * dropout and trainable tokens; PEFT's default targets with checkpointing) and P-tuning v2
+ * dropout and trainable tokens; PEFT's default targets with checkpointing; DoRA with and
+ * without dropout) and P-tuning v2
  * (with and without the MLP, with checkpointing), the estimate from config.json alone gives:
  *   total params     = the loaded model's n_params
  *   trainable params = train_param_count of a real TrainState
@@ -46,24 +47,28 @@ typedef struct Case {
     const char *tokens;
     int prefix_tokens, projection, hidden;
     int ckpt;
+    int dora;
 } Case;
 
 static const Case cases[] = {
-        {"full", "full", 0, 0, 0, NULL, "", 0, 0, 0, 0},
-        {"full ckpt", "full", 0, 0, 0, NULL, "", 0, 0, 0, 1},
-        {"freeze 1", "freeze", 1, 0, 0, NULL, "", 0, 0, 0, 0},
-        {"freeze all", "freeze", 0, 0, 0, NULL, "", 0, 0, 0, 0},
-        {"lora all r4 dropout tokens", "lora", 0, 4, 0.1, "all", "3,5", 0, 0, 0, 0},
-        {"lora default r2 ckpt", "lora", 0, 2, 0, "", "", 0, 0, 0, 1},
-        {"lora all r3 dropout ckpt", "lora", 0, 3, 0.05, "all", "", 0, 0, 0, 1},
-        {"ptuning 4", "ptuning", 0, 0, 0, NULL, "", 4, 0, 0, 0},
-        {"ptuning 3 mlp 8", "ptuning", 0, 0, 0, NULL, "", 3, 1, 8, 0},
-        {"ptuning 2 ckpt", "ptuning", 0, 0, 0, NULL, "", 2, 0, 0, 1},
+        {"full", "full", 0, 0, 0, NULL, "", 0, 0, 0, 0, 0},
+        {"full ckpt", "full", 0, 0, 0, NULL, "", 0, 0, 0, 1, 0},
+        {"freeze 1", "freeze", 1, 0, 0, NULL, "", 0, 0, 0, 0, 0},
+        {"freeze all", "freeze", 0, 0, 0, NULL, "", 0, 0, 0, 0, 0},
+        {"lora all r4 dropout tokens", "lora", 0, 4, 0.1, "all", "3,5", 0, 0, 0, 0, 0},
+        {"lora default r2 ckpt", "lora", 0, 2, 0, "", "", 0, 0, 0, 1, 0},
+        {"lora all r3 dropout ckpt", "lora", 0, 3, 0.05, "all", "", 0, 0, 0, 1, 0},
+        /* DoRA: the magnitudes, and its scratch (one more buffer with dropout) */
+        {"dora all r4", "lora", 0, 4, 0, "all", "", 0, 0, 0, 0, 1},
+        {"dora all r4 dropout ckpt", "lora", 0, 4, 0.1, "all", "", 0, 0, 0, 1, 1},
+        {"ptuning 4", "ptuning", 0, 0, 0, NULL, "", 4, 0, 0, 0, 0},
+        {"ptuning 3 mlp 8", "ptuning", 0, 0, 0, NULL, "", 3, 1, 8, 0, 0},
+        {"ptuning 2 ckpt", "ptuning", 0, 0, 0, NULL, "", 2, 0, 0, 1, 0},
         /* prompt tuning, P-tuning v1 (projection 1: the LSTM encoder) */
-        {"prompt 4", "prompt", 0, 0, 0, NULL, "", 4, 0, 0, 0},
-        {"prompt 3 ckpt", "prompt", 0, 0, 0, NULL, "", 3, 0, 0, 1},
-        {"ptuning-v1 3 mlp 8", "ptuning-v1", 0, 0, 0, NULL, "", 3, 0, 8, 0},
-        {"ptuning-v1 2 lstm 6 ckpt", "ptuning-v1", 0, 0, 0, NULL, "", 2, 1, 6, 1},
+        {"prompt 4", "prompt", 0, 0, 0, NULL, "", 4, 0, 0, 0, 0},
+        {"prompt 3 ckpt", "prompt", 0, 0, 0, NULL, "", 3, 0, 0, 1, 0},
+        {"ptuning-v1 3 mlp 8", "ptuning-v1", 0, 0, 0, NULL, "", 3, 0, 8, 0, 0},
+        {"ptuning-v1 2 lstm 6 ckpt", "ptuning-v1", 0, 0, 0, NULL, "", 2, 1, 6, 1, 0},
 };
 
 static TrainMethod method_of(const char *m) {
@@ -92,6 +97,7 @@ static void one_case(Model *m, const char *dir, const Case *k) {
     if (v1 && k->projection) snprintf(cfg.prompt_encoder, sizeof cfg.prompt_encoder, "lstm");
     if (k->hidden) cfg.prefix_hidden = k->hidden;
     cfg.gradient_checkpointing = k->ckpt;
+    cfg.use_dora = k->dora;
     cfg.batch_size = BATCH;
     cfg.cutoff_len = CUTOFF;
 
@@ -110,6 +116,7 @@ static void one_case(Model *m, const char *dir, const Case *k) {
                         .lora_rank = cfg.lora_rank,
                         .lora_alpha = (float)cfg.lora_alpha,
                         .lora_dropout = (float)cfg.lora_dropout,
+                        .lora_dora = cfg.use_dora,
                         .lora_targets = cfg.lora_target,
                         .lora_tokens =
                                 cfg.lora_trainable_tokens[0] ? cfg.lora_trainable_tokens : NULL,

@@ -150,6 +150,18 @@ static void type_case(const char *arch, WType t, int dq) {
                            .lora_dora = 1,
                            .seed = 3},
               w2);
+    /* and with LoRA dropout: the base product of the dropped-out input, its (g - 1) gradient
+     * through the typed kernel (the same masks on both sides: the same seeds) */
+    snprintf(w2, sizeof w2, "%s dora dropout", what);
+    step_case(arch, mq, mf, be,
+              (TrainSetup){.method = METHOD_LORA,
+                           .lora_rank = 4,
+                           .lora_alpha = 8,
+                           .lora_targets = "all",
+                           .lora_dora = 1,
+                           .lora_dropout = 0.25f,
+                           .seed = 3},
+              w2);
     if (t == WT_NF4 && !dq) {
         snprintf(w2, sizeof w2, "%s ptuning", what);
         step_case(arch, mq, mf, be,
