@@ -221,6 +221,8 @@ static const struct {
         SLOT(xent_fwd_bwd, BACKEND_NEED_TRAIN),
         SLOT(sumsq, BACKEND_NEED_TRAIN),
         SLOT(dropout, BACKEND_NEED_TRAIN),
+        SLOT(col_scale, BACKEND_NEED_TRAIN),
+        SLOT(col_dot, BACKEND_NEED_TRAIN),
         SLOT(adamw, BACKEND_NEED_TRAIN),
         SLOT(matmul_w_fwd, BACKEND_NEED_WTYPES),
         SLOT(matmul_w_bwd_in, BACKEND_NEED_WTYPES),

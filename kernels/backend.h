@@ -126,6 +126,13 @@ typedef struct BackendOps {
     double (*sumsq)(Backend *be, const float *x, size_t n);
     /* x (n) *= s. */
     void (*scale)(Backend *be, float *x, size_t n, float s);
+    /* Per-column scale of R rows of N (DoRA's magnitude): out[t,o] = a[o] * (in[t,o] - b[o]) +
+     * b[o]; b NULL: out[t,o] = a[o] * in[t,o]. a, b (N): backend memory. out may alias in. */
+    void (*col_scale)(Backend *be, float *out, const float *in, const float *a, const float *b,
+                      int R, int N);
+    /* Per-column dot products over R rows of N: acc[o] (N, HOST memory) += Σ_t x[t,o]·y[t,o],
+     * each column summed in double in row order (the same bits whatever the threads). */
+    void (*col_dot)(Backend *be, double *acc, const float *x, const float *y, int R, int N);
     /* out (n) = in * mask / (1 - p), where mask[i] = hash(seed, i) >= p: the same seed gives the
      * same mask, so the backward applies this very op to the gradient. out may alias in. */
     void (*dropout)(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);

@@ -805,10 +805,10 @@ static int lora_scratch(Model *m, TunaErr *err) {
 int model_set_lora(Model *m, const ModelLora *lora, TunaErr *err) {
     if (lora && lora->rank < 1)
         return tuna_errf(err, TUNA_EINVAL, "model_set_lora: rank %d", lora->rank);
-    if (lora && !m->be->ops->scale)
+    if (lora && (!m->be->ops->scale || (lora->G && !m->be->ops->col_scale)))
         return tuna_errf(err, TUNA_EUNSUP,
-                         "backend \"%s\" cannot run an unmerged adapter: it has no scale op",
-                         m->be->ops->name);
+                         "backend \"%s\" cannot run an unmerged adapter: it has no %s op",
+                         m->be->ops->name, m->be->ops->scale ? "col_scale" : "scale");
     m->lora = lora;
     int rc = lora_scratch(m, err);
     if (rc) m->lora = NULL;
@@ -865,22 +865,6 @@ int model_base_linear_bwd_typed(const Model *m, int l, LoraSite site, float *din
     return 1;
 }
 
-void model_dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N,
-                      float *h, float *b) {
-    size_t n = (size_t)R * N;
-    be->ops->download(be, h, out, sizeof(float) * n);
-    if (bias)
-        be->ops->download(be, b, bias, sizeof(float) * (size_t)N);
-    else
-        memset(b, 0, sizeof(float) * (size_t)N);
-    for (int t = 0; t < R; t++)
-        for (int o = 0; o < N; o++) {
-            float *y = &h[(size_t)t * N + o];
-            *y = g[o] * (*y - b[o]) + b[o];
-        }
-    be->ops->upload(be, out, h, sizeof(float) * n);
-}
-
 /* out (R, N) = in (R, K) · Wᵀ + bias, plus the unmerged LoRA of (layer l, site), if any. */
 static void linear(Model *m, int l, LoraSite site, float *out, const float *in, const float *W,
                    const float *bias, int R, int K, int N) {
@@ -895,11 +879,8 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
     op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
     op->scale(be, m->lora_u, (size_t)R * lo->rank, lo->scale);
     backend_matmul_acc(be, out, m->lora_u, lo->B[l][site], R, lo->rank, N, m->lora_t);
-    if (lo->G && lo->G[l][site]) {
-        float *h = xmalloc(sizeof(float) * ((size_t)R * N + (size_t)N));
-        model_dora_scale(be, out, bias, lo->G[l][site], R, N, h, h + (size_t)R * N);
-        free(h);
-    }
+    /* DoRA: out = g ⊙ (out - bias) + bias */
+    if (lo->G && lo->G[l][site]) op->col_scale(be, out, out, lo->G[l][site], bias, R, N);
 }
 
 void model_free(Model *m) {

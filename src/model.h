@@ -56,8 +56,9 @@ typedef struct ModelLora {
     float scale;
     const float *(*A)[LORA_N_SITES]; /* (L) rows of per-site pointers, NULL where none */
     const float *(*B)[LORA_N_SITES];
-    /* DoRA (NULL when the adapter is plain LoRA, else rows as A's): per site the host vector g
-     * (the site's outputs) = magnitude / ||W + s·B·A|| row by row, so that the output
+    /* DoRA (NULL when the adapter is plain LoRA, else rows as A's): per site the vector g
+     * (backend memory, the site's outputs) = magnitude / ||W + s·B·A|| row by row (the backend's
+     * col_scale), so that the output
      * W·x + bias + s·B·A·x becomes g ⊙ (W·x + s·B·A·x) + bias, as peft's DoRA in eval (no
      * dropout) */
     const float *(*G)[LORA_N_SITES];
@@ -238,14 +239,6 @@ int model_set_prefix(Model *m, const float *prefix, int P, TunaErr *err);
  * [virtual tokens, ids]. Like model_set_prefix, the cache must be reserved again. P = 0 removes
  * it. */
 int model_set_prompt(Model *m, const float *emb, int P, TunaErr *err);
-
-/* DoRA on a linear layer's output out (R, N) = W·x + bias + s·B·A·x: out = g ⊙ (out - bias) +
- * bias, the per-output scale g = magnitude / ||W + s·B·A|| (peft's DoRA without dropout; the
- * trainer's dora_fwd adds dropout's extra term), on the
- * host (a per-column scale is not a backend op). h (R·N) and b (N): host scratch. The inference
- * forward (ModelLora.G) and the training forward use it. */
-void model_dora_scale(Backend *be, float *out, const float *bias, const float *g, int R, int N,
-                      float *h, float *b);
 
 /* Applies lora (borrowed: it and its tensors must outlive its use) unmerged in every forward
  * from now on, or none (NULL). The base weights are not touched, so a training run samples

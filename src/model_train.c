@@ -34,10 +34,12 @@ typedef struct LoraMod {
     float *h; // (N, in) the dropped-out input, NULL when dropout is 0
     float *u; // (N, r) s · h · Aᵀ, the LoRA scale s folded in on the rank side
     /* DoRA: the magnitude (out) and its grad, in the adapter block after B; on the host, the
-     * step's row norms ||W + s·B·A|| (detached) and g = magnitude / norm */
+     * step's row norms ||W + s·B·A|| (detached) and g = magnitude / norm; in backend memory g
+     * and, with dropout, g - 1 (slices of TrainState.dora_g) */
     float *mag, *dmag;
-    double *wn;
+    double *wn, *wsq; /* wsq: ||W[o,:]||², once (the base is frozen) */
     float *g;
+    float *g_dev, *gm1_dev;
     /* with checkpointing, h and u of the layers after the first alias the first layer's
      * module at the same site: only the layer being recomputed needs them */
 } LoraMod;
@@ -80,13 +82,14 @@ struct TrainState {
     int n_mods;
     int (*site_mod)[N_SITES]; /* (L, N_SITES) index into mods or -1 */
     const float *(*view_A)[LORA_N_SITES], *(*view_B)[LORA_N_SITES]; /* train_lora_view's */
-    const float *(*view_G)[LORA_N_SITES];                           /* and DoRA's g (host) */
+    const float *(*view_G)[LORA_N_SITES];                           /* and DoRA's g */
     float lora_scale;
     /* DoRA: backend (N, widest module output) scratch for the recomputed pre-scale output and
-     * the scaled output gradient, and a host copy of each; with LoRA dropout also (g - 1) ⊙ dy,
-     * the gradient of the dropped-out base product (dora_dy2) */
-    float *dora_z, *dora_dy, *dora_dy2, *dora_h1, *dora_h2;
-    size_t dora_cap; /* floats of dora_z and dora_h1 (dora_norms' chunks too) */
+     * the scaled output gradient; with LoRA dropout also (g - 1) ⊙ dy, the gradient of the
+     * dropped-out base product (dora_dy2); every module's g (and g - 1) in dora_g; a host
+     * scratch for dora_norms' chunks (dora_h1) */
+    float *dora_z, *dora_dy, *dora_dy2, *dora_g, *dora_h1;
+    size_t dora_cap; /* floats of dora_z and dora_h1 (dora_norms' products too): dora_cap_of */
     char targets[256];
     /* LoRA + trainable tokens (PEFT TrainableTokens): the values of n_tok embedding rows
      * (n_tok, C) replace those rows of wte (and so of a tied LM head) */
@@ -251,6 +254,14 @@ static size_t bsize(size_t n) {
     return (n ? n : 1) * sizeof(float);
 }
 
+/* DoRA's dora_z scratch (and its host twin dora_h1), in floats: the (N, widest output)
+ * recomputed product, or dora_norms' A·Wᵀ (r, out), B·A·Aᵀ (out, r) and A·Aᵀ (r, r) (on the
+ * host A·Wᵀ, B·A·Aᵀ and B) */
+static size_t dora_cap_of(size_t N, int widest, int r) {
+    size_t z = N * (size_t)widest, norms = 3 * (size_t)r * (size_t)widest + (size_t)r * (size_t)r;
+    return z > norms ? z : norms;
+}
+
 /* Rows of logits the head computes at once. The (R, V) logits of a long batch would be the
  * biggest activation of all (Qwen2.5's 151936 columns: 311 MB for 512 rows, more than its
  * 4-bit layers' share of a QLoRA run), so the head runs a chunk of rows at a time with its
@@ -375,14 +386,19 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
         out->trainable = total;
         out->param_bytes = bsize(total);
         out->grad_bytes = bsize(total);
-        if (setup->lora_dora) { /* dora_z, dora_dy (and dora_dy2 with dropout) */
+        if (setup->lora_dora) { /* dora_z, dora_dy (and dora_dy2 with dropout), dora_g */
             int widest = 0;
+            size_t outs = 0;
             for (int s2 = 0; s2 < N_SITES; s2++) {
                 int in, o;
                 site_dims(c, s2, &in, &o);
                 if (want[s2] && o > widest) widest = o;
+                if (want[s2]) outs += (size_t)c->L * (size_t)o;
             }
-            out->scratch_bytes += (setup->lora_dropout > 0 ? 3 : 2) * bsize(N * (size_t)widest);
+            int drop = setup->lora_dropout > 0;
+            out->scratch_bytes += bsize(dora_cap_of(N, widest, r));
+            out->scratch_bytes += (drop ? 2 : 1) * bsize(N * (size_t)widest);
+            out->scratch_bytes += bsize((drop ? 2 : 1) * outs);
         }
         int n_tok = 0; /* trainable tokens: one embedding row each */
         for (const char *q = setup->lora_tokens; q && *q; q++)
@@ -751,48 +767,66 @@ static int pissa_mod(TrainState *ts, const LoraMod *lm, float *A, float *B, Tuna
 }
 
 /* DoRA: wn[o] = ||W[o,:] + s·(B·A)[o,:]|| over the module's output rows (peft's
- * get_weight_norm; no gradient flows here), from the base weight (mod_weight: a typed base
- * dequantized, as peft's dequantizes a bitsandbytes one) and B·A made by the backend's product,
- * in fp32 as peft's lora_B(lora_A(eye)), a chunk of rows at a time in the dora_z scratch; the
- * squares summed in double. (A host loop over the rank per element, in double, took 2 s of a
- * SmolLM2 DoRA step.) */
+ * get_weight_norm; no gradient flows here), expanded so that neither W nor B·A is formed:
+ *   wn[o]² = ||W[o,:]||² + 2s·B[o,:]·(A·W[o,:]ᵀ) + s²·B[o,:]·(A·Aᵀ)·B[o,:]ᵀ,
+ * ||W[o,:]||² once at init (lm->wsq, from the dequantized weight: the values the products
+ * use, as peft dequantizes a bitsandbytes one), A·Wᵀ (r, out) by the base layer's own product
+ * with A's rows as its input (a typed base's kernel, one pass over the weight), A·Aᵀ and
+ * B·(A·Aᵀ) by the backend, all in fp32 (mm_bf16 off: a norm of the weights, whatever the
+ * products' precision); the r-long dot products and the sum in double on the host. (Forming
+ * B·A and the dequantized W every step wrote two module-sized matrices: 12% of a SmolLM2 DoRA
+ * step.) */
 static void dora_norms(TrainState *ts, const LoraMod *lm, double *wn) {
     Backend *be = ts->be;
-    int r = ts->setup.lora_rank, in = lm->in;
+    int r = ts->setup.lora_rank, in = lm->in, out = lm->out;
     double s = (double)ts->lora_scale;
-    float *W = xmalloc(sizeof(float) * (size_t)lm->out * in), *D = ts->dora_h1;
-    mod_weight(ts, lm, W);
-    int chunk = (int)(ts->dora_cap / (size_t)in), mb = be->mm_bf16;
-    be->mm_bf16 = 0; /* a norm of the weights: fp32 whatever the products' precision */
-    for (int o0 = 0; o0 < lm->out; o0 += chunk) {
-        int rows = lm->out - o0 < chunk ? lm->out - o0 : chunk;
-        size_t n = (size_t)rows * in;
-        zero(ts, ts->dora_z, n); /* D (rows, in) = B[o0 .. o0+rows) (rows, r) · A (r, in) */
-        be->ops->matmul_bwd(be, ts->dora_z, NULL, NULL, lm->B + (size_t)o0 * r, NULL, lm->A, rows,
-                            in, r);
-        be->ops->download(be, D, ts->dora_z, sizeof(float) * n);
-        for (int o = 0; o < rows; o++) {
-            const float *w = W + (size_t)(o0 + o) * in, *d = D + (size_t)o * in;
-            double ss = 0;
-#pragma omp simd reduction(+ : ss)
-            for (int i = 0; i < in; i++) {
-                double v = (double)w[i] + s * (double)d[i];
-                ss += v * v;
+    float *Q = ts->dora_z, *BG = Q + (size_t)r * out, *G = BG + (size_t)out * r;
+    int mb = be->mm_bf16;
+    be->mm_bf16 = 0;
+    MergePart parts[3];
+    int np = mod_parts(ts->m, lm, parts);
+    for (int pi = 0; pi < np; pi++) /* part pi: (r, rows) from r·row0 */
+        model_base_linear(ts->m, lm->layer, base_site(lm->site, pi), Q + (size_t)r * parts[pi].row0,
+                          lm->A, parts[pi].W, NULL, r, in, parts[pi].rows);
+    be->ops->matmul_fwd(be, G, lm->A, lm->A, NULL, r, in, r); /* G[k,l] = A[k,:]·A[l,:] */
+    be->ops->matmul_fwd(be, BG, lm->B, G, NULL, out, r, r);   /* BG[o,l] = B[o,:]·G[l,:] */
+    be->mm_bf16 = mb;
+    float *hq = ts->dora_h1, *hbg = hq + (size_t)r * out, *hb = hbg + (size_t)out * r;
+    be->ops->download(be, hq, Q, sizeof(float) * (size_t)r * out);
+    be->ops->download(be, hbg, BG, sizeof(float) * (size_t)out * r);
+    be->ops->download(be, hb, lm->B, sizeof(float) * (size_t)out * r);
+    for (int pi = 0; pi < np; pi++) {
+        const float *q = hq + (size_t)r * parts[pi].row0;
+        for (int j = 0; j < parts[pi].rows; j++) {
+            int o = parts[pi].row0 + j;
+            const float *b = hb + (size_t)o * r, *bg = hbg + (size_t)o * r;
+            double cross = 0, bgb = 0;
+            for (int k = 0; k < r; k++) {
+                cross += (double)b[k] * (double)q[(size_t)k * parts[pi].rows + j];
+                bgb += (double)b[k] * (double)bg[k];
             }
-            wn[o0 + o] = sqrt(ss);
+            double sq = lm->wsq[o] + 2 * s * cross + s * s * bgb;
+            wn[o] = sqrt(sq > 0 ? sq : 0);
         }
     }
-    be->mm_bf16 = mb;
-    free(W);
 }
 
 /* DoRA, at the start of a module's forward: the row norms from the live A and B, and
- * g = magnitude / norm. */
+ * g = magnitude / norm (host, and g_dev; gm1_dev = g - 1 with dropout). */
 static void dora_prepare(TrainState *ts, LoraMod *lm) {
+    Backend *be = ts->be;
+    size_t bytes = sizeof(float) * (size_t)lm->out;
     dora_norms(ts, lm, lm->wn);
-    ts->be->ops->download(ts->be, lm->g, lm->mag, sizeof(float) * (size_t)lm->out);
+    be->ops->download(be, lm->g, lm->mag, bytes);
     for (int o = 0; o < lm->out; o++)
         lm->g[o] = (float)((double)lm->g[o] / lm->wn[o]);
+    be->ops->upload(be, lm->g_dev, lm->g, bytes);
+    if (lm->gm1_dev) {
+        float *gm1 = ts->dora_h1; /* free between dora_norms' chunks */
+        for (int o = 0; o < lm->out; o++)
+            gm1[o] = lm->g[o] - 1.0f;
+        be->ops->upload(be, lm->gm1_dev, gm1, bytes);
+    }
 }
 
 /* LoRA: a module per (layer, targeted site), A and B initialised as PEFT does, their saved
@@ -895,18 +929,34 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         int widest = 0;
         for (int i = 0; i < ts->n_mods; i++)
             if (ts->mods[i].out > widest) widest = ts->mods[i].out;
-        /* the scratch also holds dora_norms' chunks of B·A: at least a row of every module */
-        ts->dora_cap = N * (size_t)widest;
-        for (int i = 0; i < ts->n_mods; i++)
-            if ((size_t)ts->mods[i].in > ts->dora_cap) ts->dora_cap = (size_t)ts->mods[i].in;
+        ts->dora_cap = dora_cap_of(N, widest, setup->lora_rank);
         ts->dora_z = balloc(ts, ts->dora_cap, &fail);
         ts->dora_dy = balloc(ts, N * (size_t)widest, &fail);
-        if (setup->lora_dropout > 0) ts->dora_dy2 = balloc(ts, N * (size_t)widest, &fail);
+        int drop = setup->lora_dropout > 0;
+        if (drop) ts->dora_dy2 = balloc(ts, N * (size_t)widest, &fail);
+        size_t outs = 0;
+        for (int i = 0; i < ts->n_mods; i++)
+            outs += (size_t)ts->mods[i].out;
+        ts->dora_g = balloc(ts, (drop ? 2 : 1) * outs, &fail);
+        for (int i = 0, go = 0; i < ts->n_mods && !fail; go += ts->mods[i].out, i++) {
+            ts->mods[i].g_dev = ts->dora_g + go;
+            if (drop) ts->mods[i].gm1_dev = ts->dora_g + outs + go;
+        }
         ts->dora_h1 = xmalloc(sizeof(float) * ts->dora_cap);
-        ts->dora_h2 = xmalloc(sizeof(float) * N * (size_t)widest);
-        /* the magnitude = ||W + s·B·A|| at init (peft's update_layer) */
+        /* ||W[o,:]||² once, then the magnitude = ||W + s·B·A|| at init (peft's update_layer) */
         for (int i = 0; i < ts->n_mods && !fail; i++) {
             LoraMod *lm = &ts->mods[i];
+            float *W = xmalloc(sizeof(float) * (size_t)lm->out * lm->in);
+            mod_weight(ts, lm, W);
+            lm->wsq = xmalloc(sizeof(double) * (size_t)lm->out);
+            for (int o = 0; o < lm->out; o++) {
+                const float *w = W + (size_t)o * lm->in;
+                double ss = 0;
+                for (int k = 0; k < lm->in; k++)
+                    ss += (double)w[k] * (double)w[k];
+                lm->wsq[o] = ss;
+            }
+            free(W);
             dora_norms(ts, lm, lm->wn);
             for (int o = 0; o < lm->out; o++)
                 lm->g[o] = (float)lm->wn[o];
@@ -1238,10 +1288,11 @@ void train_state_free(TrainState *ts) {
     be->ops->release(be, ts->dora_z);
     be->ops->release(be, ts->dora_dy);
     be->ops->release(be, ts->dora_dy2);
+    be->ops->release(be, ts->dora_g);
     free(ts->dora_h1);
-    free(ts->dora_h2);
     for (int i = 0; i < ts->n_mods; i++) {
         free(ts->mods[i].wn);
+        free(ts->mods[i].wsq);
         free(ts->mods[i].g);
         if (ts->ckpt && ts->mods[i].layer > 0) continue; /* aliases of the first layer's */
         be->ops->release(be, ts->mods[i].h);
@@ -1532,7 +1583,7 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
 
 /* DoRA forward (peft's DoraLinearVariant.forward), on rows [row0, row0 + n_out) of the module,
  * g = magnitude / norm (dora_prepare). Without dropout out = W·x + bias + s·B·A·x becomes
- * g ⊙ (W·x + s·B·A·x) + bias (model_dora_scale). With dropout, h = dropout(x) (lm->h), peft
+ * g ⊙ (W·x + s·B·A·x) + bias (col_scale). With dropout, h = dropout(x) (lm->h), peft
  * adds (g - 1) ⊙ W·h + g ⊙ s·B·A·h to the base's W·x + bias: out (which holds W·x + bias +
  * s·B·A·h) += (g - 1) ⊙ z, z = W·h + s·B·A·h, the base product of h in the dora_z scratch (W:
  * the slice's weight, as the base layer's product ran; Bs: its rows of B). */
@@ -1540,22 +1591,13 @@ static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, LoraSite ls, f
                      const float *bias, const float *W, const float *Bs, int M, int K, int n_out) {
     Backend *be = ts->be;
     if (!lm->h) {
-        model_dora_scale(be, out, bias, lm->g + row0, M, n_out, ts->dora_h1, ts->dora_h2);
+        be->ops->col_scale(be, out, out, lm->g_dev + row0, bias, M, n_out); /* as model.c's */
         return;
     }
-    size_t n = (size_t)M * n_out;
     model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h, W, NULL, M, K, n_out);
     backend_matmul_acc(be, ts->dora_z, lm->u, Bs, M, ts->setup.lora_rank, n_out, ts->dys);
-    float *z = ts->dora_h1, *y = ts->dora_h2;
-    be->ops->download(be, z, ts->dora_z, sizeof(float) * n);
-    be->ops->download(be, y, out, sizeof(float) * n);
-    const float *g = lm->g + row0;
-    for (int t = 0; t < M; t++)
-        for (int o = 0; o < n_out; o++) {
-            size_t i = (size_t)t * n_out + o;
-            y[i] += (g[o] - 1.0f) * z[i];
-        }
-    be->ops->upload(be, out, y, sizeof(float) * n);
+    be->ops->col_scale(be, ts->dora_z, ts->dora_z, lm->gm1_dev + row0, NULL, M, n_out);
+    be->ops->add_fwd(be, out, out, ts->dora_z, (size_t)M * n_out);
 }
 
 /* DoRA backward on rows [row0, row0 + n_out): with h = x (no dropout) or dropout(x) (lm->h),
@@ -1573,23 +1615,12 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls,
     model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h ? lm->h : in, W, NULL, M, K, n_out);
     be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
     be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
-    float *z = ts->dora_h1, *dy = ts->dora_h2;
-    be->ops->download(be, z, ts->dora_z, sizeof(float) * n);
-    be->ops->download(be, dy, dout, sizeof(float) * n);
     double *acc = xcalloc((size_t)n_out, sizeof(double));
-    const float *g = lm->g + row0;
-    int drop = lm->h != NULL;
-    for (int t = 0; t < M; t++)
-        for (int o = 0; o < n_out; o++) {
-            size_t i = (size_t)t * n_out + o;
-            acc[o] += (double)dy[i] * (double)z[i];
-            if (drop) z[i] = (g[o] - 1.0f) * dy[i]; /* z read: its slot holds (g - 1) ⊙ dy */
-            dy[i] *= g[o];
-        }
-    be->ops->upload(be, ts->dora_dy, dy, sizeof(float) * n);
+    be->ops->col_dot(be, acc, dout, ts->dora_z, M, n_out);
+    be->ops->col_scale(be, ts->dora_dy, dout, lm->g_dev + row0, NULL, M, n_out);
     *dy_h = NULL;
-    if (drop) {
-        be->ops->upload(be, ts->dora_dy2, z, sizeof(float) * n);
+    if (lm->h) {
+        be->ops->col_scale(be, ts->dora_dy2, dout, lm->gm1_dev + row0, NULL, M, n_out);
         *dy_h = ts->dora_dy2;
     }
     float *dm = xmalloc(sizeof(float) * (size_t)n_out);
@@ -2273,7 +2304,7 @@ int train_lora_view(TrainState *ts, ModelLora *out, TunaErr *err) {
             LoraSite ms = (LoraSite)(to_model[lm->site] + s);
             ts->view_A[lm->layer][ms] = lm->A;
             ts->view_B[lm->layer][ms] = lm->B + (size_t)slice_row(ts, lm->site, s) * r;
-            if (dora) ts->view_G[lm->layer][ms] = lm->g + slice_row(ts, lm->site, s);
+            if (dora) ts->view_G[lm->layer][ms] = lm->g_dev + slice_row(ts, lm->site, s);
         }
         if (dora) dora_prepare(ts, lm); /* g from the live A, B and magnitude */
     }

@@ -1,4 +1,4 @@
-/* test_grad_ops.c: the backward, loss and optimizer ops.
+/* test_grad_ops.c: the backward, loss and optimizer ops (and DoRA's per-column col_scale, col_dot).
  *  1. Finite differences: each ref backward op against central differences (h = 1e-5) of a
  *     double-precision forward written here, on the random projection L = <r, f(x)>
  *     (for xent, L = scale * Σ losses), for every gradient input; the double forwards are
@@ -62,12 +62,14 @@ enum {
     OP_SCALE,
     OP_DROPOUT,
     OP_ADAMW,
+    OP_COL_SCALE,
+    OP_COL_DOT,
     N_OPS
 };
 static const char *op_names[N_OPS] = {"matmul_bwd",    "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",
                                       "attention_bwd", "swiglu_bwd",  "gelu_bwd",      "embed_bwd",
                                       "xent_fwd_bwd",  "sumsq",       "scale",         "dropout",
-                                      "adamw"};
+                                      "adamw",         "col_scale",   "col_dot"};
 static double fd_worst[N_OPS]; /* max |g - fd| / max(1, max |fd|) */
 
 /* Inputs of one finite-difference case, in double (perturbed) with the int parameters. */
@@ -525,6 +527,8 @@ static int op_present(const BackendOps *o, int op) {
     case OP_SCALE: return o->scale != NULL;
     case OP_DROPOUT: return o->dropout != NULL;
     case OP_ADAMW: return o->adamw != NULL;
+    case OP_COL_SCALE: return o->col_scale != NULL;
+    case OP_COL_DOT: return o->col_dot != NULL;
     }
     return 0;
 }
@@ -891,6 +895,69 @@ static void be_reductions(void) {
     }
 }
 
+/* DoRA's per-column ops: col_scale with and without a bias, in place and not; col_dot's double
+ * sums (ref's against a sum written here, every backend's against ref's, bit for bit: a float
+ * product is exact in double and each column is summed in row order) */
+static void be_col_ops(void) {
+    int shapes[][2] = {{1, 7}, {2, 1}, {5, 33}, {300, 517}, {64, 1536}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int R = shapes[s][0], N = shapes[s][1];
+        size_t n = (size_t)R * N;
+        float *x = rand_buf(n, 2), *y = rand_buf(n, 1), *a = rand_buf((size_t)N, 1.5f),
+              *b = rand_buf((size_t)N, 0.5f), *want = zeros(n), *got = zeros(n);
+        double *dw = calloc((size_t)N, sizeof(double)), *dg = calloc((size_t)N, sizeof(double));
+        ref_col_dot(dw, x, y, R, N);
+        double worst = 0;
+        for (int o = 0; o < N; o++) {
+            double d = 0;
+            for (int t = 0; t < R; t++)
+                d += (double)x[(size_t)t * N + o] * (double)y[(size_t)t * N + o];
+            worst = fmax(worst, fabs(d - dw[o]));
+        }
+        CHECK(worst == 0, "ref col_dot %dx%d: %g from the plain sum", R, N, worst);
+        for (int bi = 0; bi < nbk; bi++) {
+            Backend *be = bks[bi].be;
+            char what[64];
+            float *dx = up(be, x, n), *dy = up(be, y, n), *da = up(be, a, (size_t)N),
+                  *db = up(be, b, (size_t)N), *dout = up(be, got, n);
+            if (has_op(bi, OP_COL_SCALE))
+                for (int mode = 0; mode < 3; mode++) { /* bias; none; bias in place */
+                    const float *bb = mode == 1 ? NULL : b;
+                    ref_col_scale(want, x, a, bb, R, N);
+                    if (mode == 2) {
+                        be->ops->col_scale(be, dx, dx, da, db, R, N);
+                        down(be, got, dx, n);
+                        be->ops->upload(be, dx, x, n * sizeof(float));
+                    } else {
+                        be->ops->col_scale(be, dout, dx, da, mode == 1 ? NULL : db, R, N);
+                        down(be, got, dout, n);
+                    }
+                    snprintf(what, sizeof what, "%dx%d %s", R, N,
+                             mode == 0   ? "bias"
+                             : mode == 1 ? "no bias"
+                                         : "bias in place");
+                    cmp(OP_COL_SCALE, bi, what, got, want, n, 1e-7f, 1e-6f);
+                }
+            if (has_op(bi, OP_COL_DOT)) {
+                double *pre = malloc(sizeof(double) * (size_t)N);
+                for (int o = 0; o < N; o++)
+                    dg[o] = pre[o] = 0.25 * o; /* += onto what is there */
+                ref_col_dot(pre, x, y, R, N);
+                be->ops->col_dot(be, dg, dx, dy, R, N);
+                be->ops->sync(be);
+                double e = 0;
+                for (int o = 0; o < N; o++)
+                    e = fmax(e, fabs(dg[o] - pre[o]));
+                free(pre);
+                CHECK(e == 0, "%s col_dot %dx%d: %g from ref", bks[bi].label, R, N, e);
+                if (e > be_worst[OP_COL_DOT][bi]) be_worst[OP_COL_DOT][bi] = e;
+            }
+            rel(be, dx), rel(be, dy), rel(be, da), rel(be, db), rel(be, dout);
+        }
+        free(x), free(y), free(a), free(b), free(want), free(got), free(dw), free(dg);
+    }
+}
+
 // --- 3. dropout and AdamW
 
 static void be_dropout(void) {
@@ -1042,6 +1109,7 @@ int main(void) {
     be_embed();
     be_xent();
     be_reductions();
+    be_col_ops();
     be_dropout();
     be_adamw();
     for (int bi = 0; bi < nbk; bi++) {

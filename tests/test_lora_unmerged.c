@@ -5,7 +5,8 @@
  * - batched decoding (model_decode_slots, two sequences) agrees with the unmerged prefill;
  * - the base is untouched: after model_set_lora(NULL) the logits are bit-identical to before;
  * on llama (RoPE, all seven sites), gpt2 (the fused c_attn sliced into q, k, v) and qwen3; and
- * DoRA (its g applied on the host after the product) on llama, gpt2 and qwen2 (q/k/v biases). */
+ * DoRA (its g applied after the product by the backend's col_scale) on llama, gpt2 and qwen2
+ * (q/k/v biases). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

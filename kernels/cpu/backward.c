@@ -731,6 +731,44 @@ void cpu_scale(Backend *be, float *x, size_t n, float s) {
         x[i] *= s;
 }
 
+/* ref_col_scale's expression, rows in parallel (a row at a time, the columns vectorized) */
+void cpu_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,
+                   int N) {
+    int nth = threads_for(be, (size_t)R * N * 8);
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int t = 0; t < R; t++) {
+        float *y = out + (size_t)t * N;
+        const float *x = in + (size_t)t * N;
+        if (b) {
+#pragma omp simd
+            for (int o = 0; o < N; o++)
+                y[o] = a[o] * (x[o] - b[o]) + b[o];
+        } else {
+#pragma omp simd
+            for (int o = 0; o < N; o++)
+                y[o] = a[o] * x[o];
+        }
+    }
+}
+
+/* Columns in parallel, each thread a range of them over every row in row order: the double
+ * sums of ref_col_dot, term for term (a float product is exact in double). */
+static void col_dot_range(double *acc, const float *x, const float *y, int R, int N, size_t lo,
+                          size_t hi) {
+    for (int t = 0; t < R; t++) {
+        const float *xr = x + (size_t)t * N, *yr = y + (size_t)t * N;
+#pragma omp simd
+        for (size_t o = lo; o < hi; o++)
+            acc[o] += (double)xr[o] * (double)yr[o];
+    }
+}
+
+void cpu_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N) {
+    int nth = threads_for(be, (size_t)R * N * 8);
+    if (nth > N / 16) nth = N / 16 > 1 ? N / 16 : 1; /* at least 16 columns a thread */
+    CPU_PAR_RANGE(nth, (size_t)N, col_dot_range(acc, x, y, R, N, lo, hi));
+}
+
 /* The mask comes from ops_hash.h, so it is the one ref_dropout (and any backend) draws. */
 void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed) {
     int nth = threads_for(be, n * 4);

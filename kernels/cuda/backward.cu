@@ -342,6 +342,58 @@ void cuda_scale(Backend *be, float *x, size_t n, float s) {
     CUDA_TRY_LAUNCH(be, scale_kernel);
 }
 
+__global__ static void col_scale_kernel(float *out, const float *in, const float *a, const float *b,
+                                        size_t n, int N) {
+    EW_LOOP(i, n) {
+        int o = (int)(i % (size_t)N);
+        float c = b ? b[o] : 0.0f;
+        out[i] = a[o] * (in[i] - c) + c;
+    }
+}
+
+void cuda_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,
+                    int N) {
+    CudaCtx *ctx = cuda_begin(be);
+    size_t n = (size_t)R * N;
+    if (!ctx || n == 0) return;
+    col_scale_kernel<<<cuda_grid_1d(n, BW_THREADS), BW_THREADS, 0, ctx->stream>>>(out, in, a, b, n,
+                                                                                  N);
+    CUDA_TRY_LAUNCH(be, col_scale_kernel);
+}
+
+/* a thread per column, its rows in order in double: ref_col_dot's sums term for term */
+__global__ static void col_dot_kernel(double *sums, const float *x, const float *y, int R, int N) {
+    int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= N) return;
+    double s = 0.0;
+    for (int t = 0; t < R; t++) {
+        size_t i = (size_t)t * N + o;
+        s += (double)x[i] * (double)y[i];
+    }
+    sums[o] = s;
+}
+
+void cuda_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || N <= 0) return;
+    double *sums = (double *)cuda_scratch_f(be, ctx, 2 * (size_t)N); /* N doubles */
+    double *host = (double *)malloc(sizeof(double) * (size_t)N);
+    if (!sums || !host) {
+        free(host);
+        if (sums) cuda_check(be, cudaErrorMemoryAllocation, "col_dot host", __FILE__, __LINE__);
+        return;
+    }
+    col_dot_kernel<<<cuda_grid_1d((size_t)N, BW_THREADS), BW_THREADS, 0, ctx->stream>>>(sums, x, y,
+                                                                                        R, N);
+    if (!CUDA_TRY_LAUNCH(be, col_dot_kernel) &&
+        !CUDA_TRY(be, cudaMemcpyAsync(host, sums, sizeof(double) * (size_t)N,
+                                      cudaMemcpyDeviceToHost, ctx->stream)) &&
+        !CUDA_TRY(be, cudaStreamSynchronize(ctx->stream)))
+        for (int o = 0; o < N; o++)
+            acc[o] += host[o];
+    free(host);
+}
+
 /* ops_hash.h's mask, as every backend: kept iff tuna_dropout_u(key, i) >= p */
 __global__ static void dropout_kernel(float *out, const float *in, size_t n, float p, uint64_t key,
                                       float keep) {

@@ -158,6 +158,9 @@ void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *
                        const int32_t *targets, int R, int V, float scale);
 double cuda_sumsq(Backend *be, const float *x, size_t n);
 void cuda_scale(Backend *be, float *x, size_t n, float s);
+void cuda_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,
+                    int N);
+void cuda_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N);
 void cuda_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
 void cuda_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                 float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);

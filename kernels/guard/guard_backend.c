@@ -236,6 +236,13 @@ static double g_sumsq(Backend *be, const float *x, size_t n) {
 static void g_scale(Backend *be, float *x, size_t n, float s) {
     OPEN_CALL(be, scale(in_, x, n, s));
 }
+static void g_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b,
+                        int R, int N) {
+    OPEN_CALL(be, col_scale(in_, out, in, a, b, R, N));
+}
+static void g_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N) {
+    OPEN_CALL(be, col_dot(in_, acc, x, y, R, N));
+}
 static void g_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed) {
     OPEN_CALL(be, dropout(in_, out, in, n, p, seed));
 }
@@ -293,6 +300,8 @@ static const BackendOps guard_ops = {
         .xent_fwd_bwd = g_xent_fwd_bwd,
         .sumsq = g_sumsq,
         .scale = g_scale,
+        .col_scale = g_col_scale,
+        .col_dot = g_col_dot,
         .dropout = g_dropout,
         .adamw = g_adamw,
         .matmul_w_fwd = g_matmul_w_fwd,

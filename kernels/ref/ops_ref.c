@@ -492,6 +492,23 @@ void ref_scale(float *x, size_t n, float s) {
         x[i] *= s;
 }
 
+void ref_col_scale(float *out, const float *in, const float *a, const float *b, int R, int N) {
+    for (int t = 0; t < R; t++)
+        for (int o = 0; o < N; o++) {
+            size_t i = (size_t)t * N + o;
+            float c = b ? b[o] : 0.0f;
+            out[i] = a[o] * (in[i] - c) + c;
+        }
+}
+
+void ref_col_dot(double *acc, const float *x, const float *y, int R, int N) {
+    for (int t = 0; t < R; t++)
+        for (int o = 0; o < N; o++) {
+            size_t i = (size_t)t * N + o;
+            acc[o] += (double)x[i] * (double)y[i];
+        }
+}
+
 /* p <= 0 copies, p >= 1 zeroes (instead of 0 * inf). */
 void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) {
     uint64_t key = tuna_dropout_key(seed);
@@ -715,6 +732,15 @@ static void r_dropout(Backend *be, float *out, const float *in, size_t n, float 
     (void)be;
     ref_dropout(out, in, n, p, seed);
 }
+static void r_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b,
+                        int R, int N) {
+    (void)be;
+    ref_col_scale(out, in, a, b, R, N);
+}
+static void r_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N) {
+    (void)be;
+    ref_col_dot(acc, x, y, R, N);
+}
 static void r_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v,
                     size_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
                     float bc2) {
@@ -800,6 +826,8 @@ static const BackendOps ref_ops = {
         .xent_fwd_bwd = r_xent,
         .sumsq = r_sumsq,
         .scale = r_scale,
+        .col_scale = r_col_scale,
+        .col_dot = r_col_dot,
         .dropout = r_dropout,
         .adamw = r_adamw,
 };
