@@ -37,7 +37,7 @@ EDIT_LIB := $(if $(wildcard /usr/include/editline/readline.h),-ledit)
 ifeq ($(EDIT_LIB),)
 CFLAGS   += -DTUNA_NO_LIBEDIT
 endif
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lpcre2-8 -lncursesw $(EDIT_LIB) -lpthread -lm \
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lyaml -lpcre2-8 -lncursesw $(EDIT_LIB) -lpthread -lm \
             -ldl
 
 ifneq ($(SAN),)
@@ -175,7 +175,8 @@ SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz
              test_textmetrics test_keep_work test_cli_misc test_threads test_config_variants \
              test_train_adapter test_gguf test_tokenizer_gguf test_packing test_lora_unmerged test_estimate \
              test_wtype test_bf16 test_pref_data test_dpo test_kto test_kto_data test_rm \
-             test_modelfile test_prompt_tuning test_export_gguf test_export_hf test_bf16_mirror test_skinny
+             test_modelfile test_prompt_tuning test_export_gguf test_export_hf test_bf16_mirror test_skinny \
+             test_lf_config
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna
@@ -229,7 +230,7 @@ FUZZ_CC      ?= clang
 FUZZ_SRC     := src/err.c src/xalloc.c src/safetensors.c src/config.c src/gguf.c src/gguf_model.c \
                 src/tokenizer_gguf.c src/jinja.c \
                 src/tokenizer.c src/tokenizer_unicode.c src/template.c src/dataset.c src/control.c \
-                src/events.c kernels/wtype.c ui/source.c
+                src/events.c kernels/wtype.c ui/source.c src/lf_config.c src/train_config.c
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -I. $(WARN) -Wno-unknown-pragmas \
                 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer
@@ -241,7 +242,7 @@ build-fuzz/obj/%.o: %.c $(wildcard src/*.h ui/*.h kernels/*.h) Makefile
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) \
-		-lcjson -lpcre2-8 -lm
+		-lcjson -lyaml -lpcre2-8 -lm
 fuzz: deps $(FUZZ_BIN)
 	@sh tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz $(notdir $(FUZZ_BIN))
 

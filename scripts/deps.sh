@@ -2,7 +2,7 @@
 # Installs the Debian packages tuna needs to build and test, only when one is missing.
 # Called by the Makefile (make deps); safe to run again. Needs root or sudo for apt-get.
 set -e
-PKGS="build-essential pkg-config libcjson-dev libpcre2-dev libncurses-dev libedit-dev libopenblas-openmp-dev tmux
+PKGS="build-essential pkg-config libcjson-dev libyaml-dev libpcre2-dev libncurses-dev libedit-dev libopenblas-openmp-dev tmux
       clang libclang-rt-14-dev curl ca-certificates unzip golang-go libopenmpi-dev openmpi-bin
       iproute2"
 missing=""

@@ -1050,6 +1050,12 @@ int template_auto_select(const char *templates_dir, const char *src, const char 
     return 0;
 }
 
+const char *template_auto_fallback(const char *name) {
+    if (!name || strncmp(name, "auto", 4)) return NULL;
+    if (!name[4]) return "vanilla";
+    return name[4] == ':' && name[5] ? name + 5 : NULL;
+}
+
 int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
                   TemplateAuto *out, TunaErr *err) {
     char *src = NULL, bos[256], eos[256];

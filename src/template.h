@@ -139,6 +139,10 @@ typedef struct TemplateAuto {
 int template_auto_select(const char *templates_dir, const char *src, const char *bos,
                          const char *eos, const char *fallback, TemplateAuto *out, TunaErr *err);
 
+/* The fallback of a template name asking for auto: "auto" -> "vanilla", "auto:NAME" -> NAME
+ * (LLaMA-Factory's files: auto:empty); NULL for any other name. */
+const char *template_auto_fallback(const char *name);
+
 /* template_model_chat_template + template_auto_select. */
 int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
                   TemplateAuto *out, TunaErr *err);

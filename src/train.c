@@ -867,10 +867,11 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
         r->dir[--dl] = '\0';
     /* --template auto (the default): the built-in matching the model's own chat template,
      * resolved here so train_config.json records the name */
-    if (!strcmp(cfg->template_name, "auto")) {
+    const char *fallback = template_auto_fallback(cfg->template_name);
+    if (fallback) {
         TunaErr e = {0};
         TemplateAuto tauto = {0};
-        if (template_auto(cfg->templates_dir, cfg->model, "vanilla", &tauto, &e))
+        if (template_auto(cfg->templates_dir, cfg->model, fallback, &tauto, &e))
             return tuna_errf(err, e.code, "--template auto: %s", e.msg);
         *resolved = *cfg;
         snprintf(resolved->template_name, sizeof resolved->template_name, "%s", tauto.name);

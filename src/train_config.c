@@ -46,8 +46,9 @@ static const TrainOption fields[] = {
         S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
         S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
         {"template", TRAIN_OPT_STR, OFF(template_name), SZ(template_name), "auto",
-         "prompt template (templates/NAME.json), or auto: the one matching the model's own", NULL,
-         ALL, NONE, 0},
+         "prompt template (templates/NAME.json), or auto: the one matching the model's own "
+         "(auto:NAME: NAME when the model has none; vanilla otherwise)",
+         NULL, ALL, NONE, 0},
         S(templates_dir, ALL, "templates", "folder of template files"),
         S(method, ALL, "lora",
           "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes) | prompt "

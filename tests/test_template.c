@@ -273,6 +273,24 @@ static void test_stories_ids(void) {
     CHECK(n == w && !memcmp(labels, wlab, n * sizeof *ids), "vanilla labels differ");
     free(ids);
     free(labels);
+    /* LLaMA-Factory's empty: vanilla without the EOS after each reply */
+    Template *emp = load_t(TDIR, "empty");
+    if (emp) {
+        int32_t we[512], wle[512];
+        size_t m2 = 0;
+        for (size_t i = 0; i < w; i++)
+            if (!(want[i] == 2 && (i + 1 == u2 || i + 1 == w))) {
+                we[m2] = want[i];
+                wle[m2++] = wlab[i];
+            }
+        rc = template_encode_train(emp, tok, m, 5, 0, 0, &ids, &labels, &n, &err);
+        CHECK(rc == 0 && n == m2 && n + 2 == w && !memcmp(ids, we, n * sizeof *ids) &&
+                      !memcmp(labels, wle, n * sizeof *ids),
+              "empty: n=%zu want %zu (%s)", n, m2, err.msg);
+        free(ids);
+        free(labels);
+        template_free(emp);
+    }
 
     /* LLaMA-Factory's train_on_prompt and mask_history: the same ids, other labels */
     static const struct {
@@ -407,10 +425,10 @@ static void test_files(void) {
     int n = 0;
     TunaErr err = {0};
     int rc = template_list(TDIR, &names, &n, &err);
-    const char *want[] = {"alpaca",  "chatml", "default", "llama2", "llama3",
-                          "mistral", "qwen",   "smollm",  "vanilla"};
-    CHECK(rc == 0 && n == 9, "template_list: rc %d n %d (%s)", rc, n, err.msg);
-    for (int i = 0; i < n && i < 9; i++)
+    const char *want[] = {"alpaca", "chatml",  "default", "empty",  "llama2",
+                          "llama3", "mistral", "qwen",    "smollm", "vanilla"};
+    CHECK(rc == 0 && n == 10, "template_list: rc %d n %d (%s)", rc, n, err.msg);
+    for (int i = 0; i < n && i < 10; i++)
         CHECK(!strcmp(names[i], want[i]), "list[%d] = %s, want %s", i, names[i], want[i]);
     template_list_free(names, n);
     template_list_free(NULL, 0);

@@ -72,18 +72,19 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
         from_run = 1;
     }
     if (!*tdir) *tdir = "templates";
-    if (!*tname || !strcmp(*tname, "auto")) { /* --template auto, the default */
+    const char *fallback = *tname ? template_auto_fallback(*tname) : "vanilla";
+    if (fallback) { /* --template auto, the default (or auto:NAME, another fallback) */
         TemplateAuto a;
         TunaErr e = {0};
-        if (template_auto(*tdir, model_dir, "vanilla", &a, &e) == 0) {
+        if (template_auto(*tdir, model_dir, fallback, &a, &e) == 0) {
             snprintf(nbuf, ncap, "%s", a.name);
             /* a match, or no template at all (today's default), is quiet: `tuna template show
              * auto --model M` says why; a template that matches no built-in is a warning */
             if (a.has_model_template && !a.matched)
                 fprintf(stderr, "tuna: warning: template %s (auto: %s)\n", a.name, a.why);
         } else {
-            snprintf(nbuf, ncap, "vanilla");
-            fprintf(stderr, "tuna: warning: template vanilla (auto: %s)\n", e.msg);
+            snprintf(nbuf, ncap, "%s", fallback);
+            fprintf(stderr, "tuna: warning: template %s (auto: %s)\n", fallback, e.msg);
         }
         *tname = nbuf;
     }

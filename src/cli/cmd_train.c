@@ -18,6 +18,7 @@
 #include "../export_gguf.h"
 #include "../gguf.h"
 #include "../gguf_model.h"
+#include "../lf_config.h"
 #include "../model.h"
 #include "../modelfile.h"
 #include "../peft.h"
@@ -395,12 +396,19 @@ int cmd_train(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == OPT_CONFIG)
             config = optarg;
+        else if (c == OPT_QUIET)
+            quiet = 1;
         else if (c == OPT_RESUME)
             resume = optarg;
         else if (c == OPT_HELP) {
-            printf("usage: tuna train [--config FILE | --resume RUN_DIR] [options]\n"
+            printf("usage: tuna train [FILE.yaml | --config FILE | --resume RUN_DIR] [options]\n"
                    "Fine-tunes a model (full, freeze or LoRA) and writes a run folder.\n\n"
-                   "  --config FILE          start from a train_config.json (flags override it)\n"
+                   "  FILE.yaml              a LLaMA-Factory training config (what "
+                   "llamafactory-cli\n"
+                   "                         train reads); flags override it\n"
+                   "  --config FILE          start from a train_config.json, or a LLaMA-Factory "
+                   ".yaml\n"
+                   "                         (flags override it)\n"
                    "  --resume RUN_DIR       continue RUN_DIR from its newest checkpoint that "
                    "validates\n"
                    "  --overwrite            replace the run already in --output (its "
@@ -414,12 +422,24 @@ int cmd_train(int argc, char **argv) {
             return 0;
         }
     }
+    /* tuna train FILE.yaml, as llamafactory-cli train FILE.yaml (GNU getopt has moved the
+     * operands after the options) */
+    const char *operand = optind < argc ? argv[optind] : NULL;
+    if (operand && lf_config_is_yaml(operand) && !config && !resume && optind + 1 == argc)
+        config = operand;
     char path[1200];
     if (resume) {
         snprintf(path, sizeof path, "%s/train_config.json", resume);
         config = path;
     }
-    if (config && train_config_load(&cfg, config, &err)) {
+    if (config && lf_config_is_yaml(config)) {
+        char notes[2048];
+        if (lf_config_load(&cfg, config, notes, sizeof notes, &err)) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
+        if (notes[0] && !quiet) fprintf(stderr, "tuna: %s (LLaMA-Factory): %s\n", config, notes);
+    } else if (config && train_config_load(&cfg, config, &err)) {
         fprintf(stderr, "tuna: %s\n", err.msg);
         return 1;
     }
@@ -446,7 +466,7 @@ int cmd_train(int argc, char **argv) {
             return 2;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && !(argv[optind] == config && optind + 1 == argc)) {
         fprintf(stderr, "tuna train: unexpected argument \"%s\" (see --help)\n", argv[optind]);
         return 2;
     }

@@ -79,6 +79,8 @@ make_seeds() {
         cp tests/fixtures/gguf/dequant.gguf "$out/seeds/$t/" ;;
     fuzz_jinja)
         for f in tests/fixtures/jinja/*.jinja; do [ -f "$f" ] && cp "$f" "$out/seeds/$t/"; done ;;
+    fuzz_lfyaml)
+        for f in tests/fixtures/lf/*.yaml; do [ -f "$f" ] && cp "$f" "$out/seeds/$t/"; done ;;
     esac
 }
 
@@ -100,6 +102,7 @@ for t in "$@"; do
     fuzz_dataset) runs=20000 ;;
     fuzz_gguf) runs=1000000 ;;
     fuzz_jinja) runs=350000 ;;
+    fuzz_lfyaml) runs=150000 ;;
     fuzz_metrics) runs=100000 ;;
     fuzz_safetensors) runs=400000 ;;
     fuzz_template) runs=60000 ;;

@@ -1,0 +1,749 @@
+/* lf_config.c: a LLaMA-Factory training YAML as a TrainConfig (see lf_config.h). The file is
+ * read with libyaml (flat `key: value` pairs, as LLaMA-Factory's examples are; a list of
+ * plain values joins with commas, as LLaMA-Factory splits them), each key is looked up in
+ * lf_keys[] (LLaMA-Factory's hparams: model_args.py, data_args.py, finetuning_args.py,
+ * training_args.py and Hugging Face's Seq2SeqTrainingArguments, at LLaMA-Factory ff6d4d12e),
+ * then in tuna's own options, and the values go through train_config_set, so every range and
+ * choice is checked where a flag's is. */
+#include "lf_config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include <yaml.h>
+
+#include "xalloc.h"
+
+#define LF_MAX_BYTES (1 << 20) /* a training config is a few hundred bytes */
+#define LF_MAX_KEYS  512
+
+typedef enum {
+    LF_TO,      /* LLaMA-Factory's argument, tuna's option `arg` (its value as it is) */
+    LF_IGNORE,  /* changes nothing that is trained: accepted, listed in the notes */
+    LF_ONLY,    /* accepted with a value in `arg` ("a|b", LLaMA-Factory's default or what tuna
+                   does) or null; any other value is refused with `why` */
+    LF_SPECIAL, /* read by lf_apply below */
+} LfKind;
+
+typedef struct LfKey {
+    const char *key;
+    LfKind kind;
+    const char *arg;
+    const char *why;
+} LfKey;
+
+#define NOT_IMPL(k, ok, why)                                                                       \
+    { k, LF_ONLY, ok, why }
+static const LfKey lf_keys[] = {
+        /* --- model_args.py */
+        {"model_name_or_path", LF_TO, "model", NULL},
+        {"adapter_name_or_path", LF_SPECIAL, NULL, NULL},
+        {"quantization_bit", LF_SPECIAL, NULL, NULL},
+        {"quantization_type", LF_TO, "quantization_type", NULL},
+        {"double_quantization", LF_TO, "double_quantization", NULL},
+        NOT_IMPL("quantization_method", "bnb",
+                 "tuna quantizes as bitsandbytes does (bnb); hqq, eetq and the others are not "
+                 "implemented"),
+        {"quantization_device_map", LF_IGNORE, NULL, NULL},
+        {"disable_gradient_checkpointing", LF_SPECIAL, NULL, NULL},
+        {"use_reentrant_gc", LF_IGNORE, NULL, NULL},
+        {"flash_attn", LF_IGNORE, NULL, NULL},
+        {"use_unsloth", LF_IGNORE, NULL, NULL},
+        {"use_unsloth_gc", LF_IGNORE, NULL, NULL},
+        {"enable_liger_kernel", LF_IGNORE, NULL, NULL},
+        {"trust_remote_code", LF_IGNORE, NULL, NULL},
+        {"low_cpu_mem_usage", LF_IGNORE, NULL, NULL},
+        {"cache_dir", LF_IGNORE, NULL, NULL},
+        {"hf_hub_token", LF_IGNORE, NULL, NULL},
+        {"ms_hub_token", LF_IGNORE, NULL, NULL},
+        {"om_hub_token", LF_IGNORE, NULL, NULL},
+        {"print_param_status", LF_IGNORE, NULL, NULL},
+        {"infer_backend", LF_IGNORE, NULL, NULL},
+        {"infer_dtype", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("model_revision", "main", "tuna reads the model folder as it is"),
+        NOT_IMPL("use_fast_tokenizer", "true", "tuna's tokenizer is the fast one's"),
+        NOT_IMPL("split_special_tokens", "false", "special tokens are always kept whole"),
+        NOT_IMPL("resize_vocab", "false", "the vocabulary is not resized"),
+        NOT_IMPL("add_tokens", "", "adding tokens is not implemented"),
+        NOT_IMPL("add_special_tokens", "", "adding tokens is not implemented"),
+        NOT_IMPL("rope_scaling", "", "RoPE scaling is the model's config.json's"),
+        NOT_IMPL("shift_attn", "false", "LongLoRA's shift short attention is not implemented"),
+        NOT_IMPL("upcast_layernorm", "false", "not implemented (norms are fp32 already)"),
+        NOT_IMPL("upcast_lmhead_output", "false", "not implemented"),
+        NOT_IMPL("train_from_scratch", "false", "training starts from the model's weights"),
+        NOT_IMPL("moe_aux_loss_coef", "", "mixture-of-experts models are not supported"),
+        NOT_IMPL("mixture_of_depths", "", "mixture of depths is not implemented"),
+        /* --- data_args.py */
+        {"template", LF_TO, "template", NULL},
+        {"dataset", LF_TO, "dataset", NULL},
+        {"dataset_dir", LF_TO, "dataset_dir", NULL},
+        {"cutoff_len", LF_TO, "cutoff_len", NULL},
+        {"train_on_prompt", LF_TO, "train_on_prompt", NULL},
+        {"mask_history", LF_TO, "mask_history", NULL},
+        {"max_samples", LF_TO, "max_samples", NULL},
+        {"val_size", LF_TO, "val_size", NULL},
+        {"packing", LF_SPECIAL, NULL, NULL},
+        {"neat_packing", LF_SPECIAL, NULL, NULL},
+        {"overwrite_cache", LF_IGNORE, NULL, NULL},
+        {"preprocessing_num_workers", LF_IGNORE, NULL, NULL},
+        {"preprocessing_batch_size", LF_IGNORE, NULL, NULL},
+        {"buffer_size", LF_IGNORE, NULL, NULL},
+        {"eval_on_each_dataset", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("eval_dataset", "",
+                 "a separate eval dataset is not implemented; use val_size (a split of the "
+                 "training data)"),
+        NOT_IMPL("mix_strategy", "concat", "tuna concatenates the datasets (concat)"),
+        NOT_IMPL("interleave_probs", "", "interleaving datasets is not implemented"),
+        NOT_IMPL("streaming", "false", "streaming datasets are not implemented"),
+        NOT_IMPL("tokenized_path", "", "pre-tokenized datasets are not read"),
+        NOT_IMPL("ignore_pad_token_for_loss", "true", "pad tokens never train"),
+        NOT_IMPL("default_system", "", "not implemented: the template's own system prompt is used"),
+        NOT_IMPL("enable_thinking", "true",
+                 "reasoning templates are not implemented (tuna has no template that adds or "
+                 "strips <think> blocks)"),
+        NOT_IMPL("tool_format", "", "tool formats are the template's own"),
+        NOT_IMPL("media_dir", "", "multimodal data is not supported"),
+        /* --- finetuning_args.py */
+        {"stage", LF_TO, "stage", NULL},
+        {"finetuning_type", LF_SPECIAL, NULL, NULL},
+        {"lora_rank", LF_TO, "lora_rank", NULL},
+        {"lora_alpha", LF_SPECIAL, NULL, NULL},
+        {"lora_dropout", LF_TO, "lora_dropout", NULL},
+        {"lora_target", LF_TO, "lora_target", NULL},
+        {"use_rslora", LF_TO, "use_rslora", NULL},
+        {"use_dora", LF_TO, "use_dora", NULL},
+        {"loraplus_lr_ratio", LF_TO, "loraplus_lr_ratio", NULL},
+        {"pissa_init", LF_SPECIAL, NULL, NULL},
+        {"pissa_iter", LF_SPECIAL, NULL, NULL},
+        {"freeze_trainable_layers", LF_SPECIAL, NULL, NULL},
+        {"pref_beta", LF_TO, "pref_beta", NULL},
+        {"pref_ftx", LF_TO, "pref_ftx", NULL},
+        {"pref_loss", LF_TO, "pref_loss", NULL},
+        {"dpo_label_smoothing", LF_TO, "dpo_label_smoothing", NULL},
+        {"simpo_gamma", LF_TO, "simpo_gamma", NULL},
+        {"kto_chosen_weight", LF_TO, "kto_chosen_weight", NULL},
+        {"kto_rejected_weight", LF_TO, "kto_rejected_weight", NULL},
+        {"plot_loss", LF_IGNORE, NULL, NULL},
+        {"compute_accuracy", LF_IGNORE, NULL, NULL},
+        {"freeze_vision_tower", LF_IGNORE, NULL, NULL},
+        {"freeze_multi_modal_projector", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("freeze_language_model", "false", "multimodal models are not supported"),
+        NOT_IMPL("freeze_trainable_modules", "all",
+                 "freeze trains whole layers (all); choosing their modules is not implemented"),
+        NOT_IMPL("freeze_extra_modules", "",
+                 "training modules outside the layers is not implemented"),
+        NOT_IMPL("additional_target", "", "modules_to_save is not implemented"),
+        NOT_IMPL("create_new_adapter", "false",
+                 "an adapter always continues training (adapter_name_or_path)"),
+        NOT_IMPL("pissa_convert", "false",
+                 "the adapter is saved with init_lora_weights pissa (peft redoes the SVD)"),
+        NOT_IMPL("pure_bf16", "false",
+                 "bf16 without fp32 master weights is not implemented; bf16: true keeps them"),
+        NOT_IMPL("use_llama_pro", "false", "LLaMA Pro is not implemented"),
+        NOT_IMPL("use_galore", "false", "GaLore is not implemented"),
+        NOT_IMPL("use_apollo", "false", "APOLLO is not implemented"),
+        NOT_IMPL("use_badam", "false", "BAdam is not implemented"),
+        NOT_IMPL("use_adam_mini", "false", "Adam-mini is not implemented"),
+        NOT_IMPL("use_muon", "false", "Muon is not implemented"),
+        NOT_IMPL("use_dft_loss", "false", "the DFT loss is not implemented"),
+        NOT_IMPL("use_asft_loss", "false", "the ASFT loss is not implemented"),
+        NOT_IMPL("use_eaft_loss", "false", "the EAFT loss is not implemented"),
+        NOT_IMPL("disable_shuffling", "false", "the data order is always shuffled"),
+        NOT_IMPL("early_stopping_steps", "", "early stopping is not implemented"),
+        NOT_IMPL("pref_bco_weight", "0|0.0", "the BCO term is not implemented"),
+        NOT_IMPL("ld_alpha", "", "LD-DPO is not implemented"),
+        NOT_IMPL("ref_model", "",
+                 "the reference is the base (adapter off) or a frozen copy; another model is not "
+                 "implemented"),
+        NOT_IMPL("ref_model_adapters", "", "the reference is the base (adapter off)"),
+        NOT_IMPL("ref_model_quantization_bit", "", "the reference is the base as loaded"),
+        NOT_IMPL("reward_model", "", "PPO is not implemented"),
+        /* --- training_args.py and Hugging Face's Seq2SeqTrainingArguments */
+        {"output_dir", LF_TO, "output", NULL},
+        {"per_device_train_batch_size", LF_TO, "batch_size", NULL},
+        {"gradient_accumulation_steps", LF_TO, "grad_accum", NULL},
+        {"learning_rate", LF_TO, "lr", NULL},
+        {"num_train_epochs", LF_TO, "epochs", NULL},
+        {"lr_scheduler_type", LF_TO, "lr_scheduler", NULL},
+        {"max_steps", LF_SPECIAL, NULL, NULL},
+        {"warmup_steps", LF_SPECIAL, NULL, NULL},
+        {"warmup_ratio", LF_TO, "warmup_ratio", NULL},
+        {"weight_decay", LF_TO, "weight_decay", NULL},
+        {"max_grad_norm", LF_TO, "max_grad_norm", NULL},
+        {"seed", LF_TO, "seed", NULL},
+        {"bf16", LF_TO, "bf16", NULL},
+        {"group_by_length", LF_TO, "group_by_length", NULL},
+        {"eval_strategy", LF_SPECIAL, NULL, NULL},
+        {"evaluation_strategy", LF_SPECIAL, NULL, NULL},
+        {"eval_steps", LF_SPECIAL, NULL, NULL},
+        {"save_strategy", LF_SPECIAL, NULL, NULL},
+        {"save_steps", LF_TO, "save_steps", NULL},
+        {"save_total_limit", LF_TO, "save_total_limit", NULL},
+        {"logging_steps", LF_TO, "logging_steps", NULL},
+        {"do_train", LF_ONLY, "true", "tuna train trains (do_train: true)"},
+        {"do_eval", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("do_predict", "false", "predictions are `tuna eval`'s"),
+        NOT_IMPL("predict_with_generate", "false", "predictions are `tuna eval`'s"),
+        NOT_IMPL("resume_from_checkpoint", "",
+                 "resume a tuna run with `tuna train --resume RUN_DIR`"),
+        NOT_IMPL("fp16", "false", "fp16 mixed precision is not implemented; use bf16: true"),
+        NOT_IMPL("optim", "adamw_torch|adamw_torch_fused|adamw_hf",
+                 "the optimizer is AdamW (adamw_torch)"),
+        NOT_IMPL("adam_beta1", "0.9", "AdamW's betas are 0.9 and 0.999"),
+        NOT_IMPL("adam_beta2", "0.999", "AdamW's betas are 0.9 and 0.999"),
+        NOT_IMPL("adam_epsilon", "1e-8|1.0e-8|1e-08", "AdamW's epsilon is 1e-8"),
+        NOT_IMPL("lr_scheduler_kwargs", "", "scheduler arguments are not implemented"),
+        NOT_IMPL("label_smoothing_factor", "0|0.0", "label smoothing is not implemented"),
+        NOT_IMPL("neftune_noise_alpha", "", "NEFTune is not implemented"),
+        NOT_IMPL("data_seed", "", "the data order follows seed"),
+        NOT_IMPL("load_best_model_at_end", "false",
+                 "the result is the last step's model (the best eval loss is reported)"),
+        NOT_IMPL("average_tokens_across_devices", "true",
+                 "the loss is normalised over every process's tokens"),
+        NOT_IMPL("dataloader_drop_last", "false", "the last partial batch trains"),
+        NOT_IMPL("push_to_hub", "false", "tuna does not upload"),
+        {"overwrite_output_dir", LF_IGNORE, NULL, NULL},
+        {"report_to", LF_IGNORE, NULL, NULL},
+        {"logging_dir", LF_IGNORE, NULL, NULL},
+        {"logging_strategy", LF_IGNORE, NULL, NULL},
+        {"logging_first_step", LF_IGNORE, NULL, NULL},
+        {"run_name", LF_IGNORE, NULL, NULL},
+        {"ddp_timeout", LF_IGNORE, NULL, NULL},
+        {"ddp_find_unused_parameters", LF_IGNORE, NULL, NULL},
+        {"deepspeed", LF_IGNORE, NULL, NULL},
+        {"fsdp", LF_IGNORE, NULL, NULL},
+        {"save_only_model", LF_IGNORE, NULL, NULL},
+        {"save_safetensors", LF_IGNORE, NULL, NULL},
+        {"per_device_eval_batch_size", LF_IGNORE, NULL, NULL},
+        {"dataloader_num_workers", LF_IGNORE, NULL, NULL},
+        {"dataloader_pin_memory", LF_IGNORE, NULL, NULL},
+        {"include_num_input_tokens_seen", LF_IGNORE, NULL, NULL},
+        {"remove_unused_columns", LF_IGNORE, NULL, NULL},
+        {"metric_for_best_model", LF_IGNORE, NULL, NULL},
+        {"greater_is_better", LF_IGNORE, NULL, NULL},
+        {"disable_tqdm", LF_IGNORE, NULL, NULL},
+        {"log_level", LF_IGNORE, NULL, NULL},
+        {"tf32", LF_IGNORE, NULL, NULL},
+        {"torch_compile", LF_IGNORE, NULL, NULL},
+        {"gradient_checkpointing", LF_IGNORE, NULL, NULL}, /* LLaMA-Factory turns it on itself */
+};
+#define N_LF_KEYS ((int)(sizeof lf_keys / sizeof lf_keys[0]))
+
+static const LfKey *lf_find(const char *key) {
+    for (int i = 0; i < N_LF_KEYS; i++)
+        if (!strcmp(lf_keys[i].key, key)) return &lf_keys[i];
+    return NULL;
+}
+
+/* The arguments of LLaMA-Factory features tuna does not implement, by prefix. */
+static const char *const lf_unimpl_prefixes[][2] = {
+        {"galore_", "GaLore"},
+        {"apollo_", "APOLLO"},
+        {"badam_", "BAdam"},
+        {"ppo_", "PPO"},
+        {"reward_model_", "PPO"},
+        {"oft_", "OFT"},
+        {"asft_", "the ASFT loss"},
+        {"eaft_", "the EAFT loss"},
+        {"kt_", "KTransformers"},
+        {"image_", "multimodal data"},
+        {"video_", "multimodal data"},
+        {"audio_", "multimodal data"},
+        {"ray_", "Ray"},
+        {"export_", "llamafactory-cli export (use tuna export)"},
+};
+
+static const char *lf_unimpl(const char *key) {
+    for (size_t i = 0; i < sizeof lf_unimpl_prefixes / sizeof *lf_unimpl_prefixes; i++)
+        if (!strncmp(key, lf_unimpl_prefixes[i][0], strlen(lf_unimpl_prefixes[i][0])))
+            return lf_unimpl_prefixes[i][1];
+    return NULL;
+}
+
+// --- the file: flat key: value pairs
+
+typedef struct Pair {
+    char *key, *val; /* val NULL: null (the key left at its default) */
+    int line;
+} Pair;
+
+typedef struct Doc {
+    const char *path;
+    Pair *p;
+    int n;
+} Doc;
+
+/* A plain scalar as YAML 1.1 reads it (PyYAML, OmegaConf): null and the boolean spellings.
+ * Quoted scalars are strings as they are. */
+static char *scalar_value(const yaml_event_t *e) {
+    const char *s = (const char *)e->data.scalar.value;
+    if (e->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return xstrdup(s);
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes",
+                                      "YES",  "on",   "On",   "ON"};
+    static const char *const no[] = {"false", "False", "FALSE", "no", "No",
+                                     "NO",    "off",   "Off",   "OFF"};
+    for (size_t i = 0; i < sizeof nulls / sizeof *nulls; i++)
+        if (!strcmp(s, nulls[i])) return NULL;
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+        if (!strcmp(s, yes[i])) return xstrdup("true");
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        if (!strcmp(s, no[i])) return xstrdup("false");
+    return xstrdup(s);
+}
+
+static void doc_free(Doc *d) {
+    for (int i = 0; i < d->n; i++) {
+        free(d->p[i].key);
+        free(d->p[i].val);
+    }
+    free(d->p);
+}
+
+/* The next event, or an error naming the file, line and column of libyaml's complaint. */
+static int next_event(yaml_parser_t *y, yaml_event_t *e, const char *path, TunaErr *err) {
+    if (yaml_parser_parse(y, e)) return 0;
+    return tuna_errf(err, TUNA_EFORMAT, "%s:%zu:%zu: YAML: %s%s%s", path, y->problem_mark.line + 1,
+                     y->problem_mark.column + 1, y->problem ? y->problem : "malformed",
+                     y->context ? " " : "", y->context ? y->context : "");
+}
+
+static int at(TunaErr *err, const char *path, const yaml_event_t *e, const char *what) {
+    return tuna_errf(err, TUNA_EFORMAT, "%s:%zu:%zu: %s", path, e->start_mark.line + 1,
+                     e->start_mark.column + 1, what);
+}
+
+/* A value: a scalar, or a list of scalars joined with commas (LLaMA-Factory splits dataset,
+ * lora_target, ... at commas). *out NULL for null. */
+static int read_value(yaml_parser_t *y, Doc *d, const char *key, char **out, TunaErr *err) {
+    yaml_event_t e;
+    *out = NULL;
+    if (next_event(y, &e, d->path, err)) return TUNA_EFORMAT;
+    int rc = 0;
+    char msg[300];
+    if (e.type == YAML_SCALAR_EVENT) {
+        if (e.data.scalar.tag)
+            rc = at(err, d->path, &e, "explicit YAML tags (!!...) are not read");
+        else
+            *out = scalar_value(&e);
+    } else if (e.type == YAML_SEQUENCE_START_EVENT) {
+        size_t len = 0, cap = 64;
+        char *s = xmalloc(cap);
+        s[0] = '\0';
+        for (;;) {
+            yaml_event_t v;
+            if ((rc = next_event(y, &v, d->path, err))) break;
+            if (v.type == YAML_SEQUENCE_END_EVENT) {
+                yaml_event_delete(&v);
+                break;
+            }
+            if (v.type != YAML_SCALAR_EVENT || v.data.scalar.tag) {
+                snprintf(msg, sizeof msg, "%s: a list holds plain values only", key);
+                rc = at(err, d->path, &v, msg);
+                yaml_event_delete(&v);
+                break;
+            }
+            const char *t = (const char *)v.data.scalar.value;
+            size_t tl = strlen(t);
+            while (len + tl + 2 > cap)
+                s = xrealloc(s, cap *= 2);
+            if (len) s[len++] = ',';
+            memcpy(s + len, t, tl + 1);
+            len += tl;
+            yaml_event_delete(&v);
+        }
+        if (rc)
+            free(s);
+        else
+            *out = s;
+    } else if (e.type == YAML_ALIAS_EVENT) {
+        snprintf(msg, sizeof msg, "%s: YAML aliases (*name) are not read", key);
+        rc = at(err, d->path, &e, msg);
+    } else {
+        snprintf(msg, sizeof msg,
+                 "%s: a nested mapping is not read (LLaMA-Factory's files are flat key: value)",
+                 key);
+        rc = at(err, d->path, &e, msg);
+    }
+    yaml_event_delete(&e);
+    return rc;
+}
+
+static int read_doc(const char *path, Doc *d, TunaErr *err) {
+    size_t len = 0;
+    char *text = xread_file(path, &len);
+    if (!text) return tuna_errf(err, TUNA_EIO, "%s: cannot read: %s", path, strerror(errno));
+    if (len > LF_MAX_BYTES) {
+        free(text);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: %zu bytes: a training config is at most %d", path,
+                         len, LF_MAX_BYTES);
+    }
+    yaml_parser_t y;
+    yaml_parser_initialize(&y);
+    yaml_parser_set_input_string(&y, (const unsigned char *)text, len);
+    d->path = path;
+    int rc = 0, state = 0; /* 0 before the mapping, 1 in it, 2 after it */
+    for (;;) {
+        yaml_event_t e;
+        if ((rc = next_event(&y, &e, path, err))) break;
+        yaml_event_type_t t = e.type;
+        if (t == YAML_STREAM_END_EVENT) {
+            yaml_event_delete(&e);
+            if (state == 0) rc = tuna_errf(err, TUNA_EFORMAT, "%s: no settings in the file", path);
+            break;
+        }
+        if (t == YAML_STREAM_START_EVENT || t == YAML_DOCUMENT_END_EVENT) {
+            yaml_event_delete(&e);
+            continue;
+        }
+        if (t == YAML_DOCUMENT_START_EVENT) {
+            if (state == 2) rc = at(err, path, &e, "a second YAML document (---): one only");
+            yaml_event_delete(&e);
+            if (rc) break;
+            continue;
+        }
+        if (state == 0) {
+            if (t != YAML_MAPPING_START_EVENT)
+                rc = at(err, path, &e, "the file must be a mapping of key: value lines");
+            state = 1;
+        } else if (state == 1 && t == YAML_MAPPING_END_EVENT) {
+            state = 2;
+        } else if (state == 1 && t == YAML_SCALAR_EVENT && !e.data.scalar.tag &&
+                   e.data.scalar.length > 0) {
+            if (d->n == LF_MAX_KEYS) {
+                rc = at(err, path, &e, "too many keys");
+            } else {
+                char *key = xstrdup((const char *)e.data.scalar.value), *val = NULL;
+                int line = (int)e.start_mark.line + 1;
+                for (int i = 0; i < d->n && !rc; i++)
+                    if (!strcmp(d->p[i].key, key))
+                        rc = tuna_errf(err, TUNA_EFORMAT, "%s:%d: %s: set twice (line %d too)",
+                                       path, line, key, d->p[i].line);
+                if (!rc) rc = read_value(&y, d, key, &val, err);
+                if (rc) {
+                    free(key);
+                } else {
+                    if (!d->p) d->p = xmalloc(sizeof *d->p * LF_MAX_KEYS);
+                    d->p[d->n++] = (Pair){key, val, line};
+                }
+            }
+        } else {
+            rc = at(err, path, &e, "expected a key: value line");
+        }
+        yaml_event_delete(&e);
+        if (rc) break;
+    }
+    yaml_parser_delete(&y);
+    free(text);
+    return rc;
+}
+
+// --- the settings
+
+typedef struct Set {
+    const char *opt; /* tuna's option */
+    char *val;
+    int line;         /* the file's line, 0 for a LLaMA-Factory default */
+    const char *from; /* the file's key */
+} Set;
+
+typedef struct Apply {
+    const char *path;
+    Set s[LF_MAX_KEYS + 32];
+    int n;
+    char *notes;
+    size_t cap;
+} Apply;
+
+/* "what (why); " onto the notes */
+static void note(Apply *a, const char *what, const char *why) {
+    if (!a->notes || !a->cap) return;
+    size_t len = strlen(a->notes);
+    if (len + 1 >= a->cap) return;
+    snprintf(a->notes + len, a->cap - len, "%s (%s); ", what, why);
+}
+
+static Set *find_set(Apply *a, const char *opt) {
+    for (int i = 0; i < a->n; i++)
+        if (!strcmp(a->s[i].opt, opt)) return &a->s[i];
+    return NULL;
+}
+
+/* opt = val from the file's key at line (two keys giving one option: refused) */
+static int put(Apply *a, const char *opt, const char *val, const Pair *p, TunaErr *err) {
+    Set *s = find_set(a, opt);
+    if (s && s->line)
+        return tuna_errf(err, TUNA_EINVAL, "%s:%d: %s: sets %s, as %s on line %d does", a->path,
+                         p->line, p->key, opt, s->from, s->line);
+    if (!s) s = &a->s[a->n++];
+    free(s->val);
+    *s = (Set){opt, xstrdup(val), p ? p->line : 0, p ? p->key : NULL};
+    return 0;
+}
+
+/* A LLaMA-Factory default where tuna's differs, unless the file set the option. */
+static void assume(Apply *a, const char *opt, const char *val, const char *why) {
+    if (find_set(a, opt)) return;
+    a->s[a->n++] = (Set){opt, xstrdup(val), 0, NULL};
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s %s", opt, val);
+    note(a, buf, why);
+}
+
+static const Pair *pair_of(const Doc *d, const char *key) {
+    for (int i = 0; i < d->n; i++)
+        if (!strcmp(d->p[i].key, key)) return d->p[i].val ? &d->p[i] : NULL;
+    return NULL;
+}
+
+static int bad(const Apply *a, const Pair *p, TunaErr *err, const char *why) {
+    return tuna_errf(err, TUNA_EUNSUP, "%s:%d: %s %s: %s", a->path, p->line, p->key, p->val, why);
+}
+
+/* v one of "a|b|c" (case-insensitive); "" accepts nothing (only null, which never gets here) */
+static int val_in(const char *v, const char *list) {
+    size_t n = strlen(v);
+    for (const char *q = list; *q;) {
+        size_t m = strcspn(q, "|");
+        if (m == n && !strncasecmp(q, v, n)) return 1;
+        q += m + (q[m] == '|');
+    }
+    return 0;
+}
+
+static int is_true(const Pair *p) {
+    return p && !strcmp(p->val, "true");
+}
+
+static int num_of(const Apply *a, const Pair *p, double *v, TunaErr *err) {
+    char *end;
+    errno = 0;
+    *v = strtod(p->val, &end);
+    if (end == p->val || *end || errno)
+        return tuna_errf(err, TUNA_EINVAL, "%s:%d: %s: \"%s\" is not a number", a->path, p->line,
+                         p->key, p->val);
+    return 0;
+}
+
+/* tuna's choices for options whose value is a name (checked here, where the line is known) */
+static const char *const lf_choices[][3] = {
+        {"stage", "sft|pt|dpo|kto|rm",
+         "tuna's stages are sft, pt, dpo, kto and rm (PPO is not implemented)"},
+        {"lr_scheduler", "constant|constant_with_warmup|linear|cosine",
+         "tuna's schedules are constant, constant_with_warmup, linear and cosine"},
+        {"pref_loss", "sigmoid|hinge|ipo|orpo|simpo",
+         "tuna's dpo losses are sigmoid, hinge, ipo, orpo and simpo"},
+        {"quantization_type", "nf4|fp4|q4_0|q4_1|q8_0",
+         "tuna's 4-bit types are nf4 and fp4 (bitsandbytes'), q4_0 and q4_1 (GGUF's)"},
+};
+
+static int check_choice(const Apply *a, const Pair *p, const char *opt, TunaErr *err) {
+    for (size_t i = 0; i < sizeof lf_choices / sizeof *lf_choices; i++)
+        if (!strcmp(lf_choices[i][0], opt) && !val_in(p->val, lf_choices[i][1]))
+            return bad(a, p, err, lf_choices[i][2]);
+    return 0;
+}
+
+/* The keys read together (LF_SPECIAL), then LLaMA-Factory's defaults where tuna's differ. */
+static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
+    const Pair *p;
+    char buf[64];
+    int rc = 0;
+    if ((p = pair_of(d, "finetuning_type"))) {
+        if (!val_in(p->val, "lora|freeze|full"))
+            return bad(a, p, err, "tuna implements lora, freeze and full (oft is not)");
+        if ((rc = put(a, "method", p->val, p, err))) return rc;
+    }
+    if ((p = pair_of(d, "adapter_name_or_path"))) {
+        if (strchr(p->val, ','))
+            return bad(a, p, err,
+                       "several adapters (all but the last merged first) are not implemented");
+        if ((rc = put(a, "adapter", p->val, p, err))) return rc;
+    }
+    const Pair *qb = pair_of(d, "quantization_bit"), *qt = pair_of(d, "quantization_type");
+    if (qb && !strcmp(qb->val, "8")) {
+        if (!qt || strcasecmp(qt->val, "q8_0"))
+            return bad(a, qb, err,
+                       "in LLaMA-Factory that is bitsandbytes' LLM.int8, which tuna does not "
+                       "implement; tuna's 8-bit base is GGUF's Q8_0 (blocks of 32 with a scale): "
+                       "add quantization_type: q8_0 to train on that");
+        find_set(a, "quantization_type")->opt = "quantization_type_q8"; /* dropped below */
+    }
+    if (qb && (rc = put(a, "quantization_bit", qb->val, qb, err))) return rc;
+    if (qb && !strcmp(qb->val, "4") && (!qt || val_in(qt->val, "nf4|fp4")))
+        assume(a, "double_quantization", "true", "LLaMA-Factory's default with 4 bits");
+    if ((p = pair_of(d, "disable_gradient_checkpointing")) &&
+        (rc = put(a, "gradient_checkpointing", is_true(p) ? "false" : "true", p, err)))
+        return rc;
+    assume(a, "gradient_checkpointing", "true", "LLaMA-Factory turns it on: the same numbers");
+    if ((p = pair_of(d, "lora_alpha"))) { /* `lora_alpha or lora_rank * 2`: 0 is unset */
+        double v;
+        if ((rc = num_of(a, p, &v, err)) || (v != 0 && (rc = put(a, "lora_alpha", p->val, p, err))))
+            return rc;
+    }
+    const Pair *rk = pair_of(d, "lora_rank");
+    snprintf(buf, sizeof buf, "%d", 2 * (rk ? atoi(rk->val) : 8));
+    assume(a, "lora_alpha", buf, "lora_rank x 2, LLaMA-Factory's default");
+    if ((p = pair_of(d, "pissa_init")) && is_true(p)) {
+        const Pair *it = pair_of(d, "pissa_iter");
+        if (!it || strcmp(it->val, "-1"))
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s:%d: pissa_init: LLaMA-Factory runs peft's fast SVD "
+                             "(pissa_niter_%s), which tuna does not implement; pissa_iter: -1 "
+                             "asks for the exact SVD that tuna computes",
+                             a->path, p->line, it ? it->val : "16");
+        if ((rc = put(a, "init_lora_weights", "pissa", p, err))) return rc;
+    }
+    if ((p = pair_of(d, "freeze_trainable_layers"))) {
+        if (p->val[0] == '-')
+            return bad(a, p, err,
+                       "LLaMA-Factory trains the first layers then; tuna's freeze trains the last "
+                       "ones (a positive count)");
+        if ((rc = put(a, "freeze_layers", p->val, p, err))) return rc;
+    }
+    const Pair *pk = pair_of(d, "packing"), *np = pair_of(d, "neat_packing");
+    int packed = is_true(pk) || is_true(np);
+    if (is_true(np)) {
+        if ((rc = put(a, "packing", "neat", np, err))) return rc;
+    } else if (pk && (rc = put(a, "packing", pk->val, pk, err))) {
+        return rc;
+    }
+    if ((p = pair_of(d, "max_steps")) &&
+        (rc = put(a, "max_steps", strcmp(p->val, "-1") ? p->val : "0", p, err)))
+        return rc;
+    if ((p = pair_of(d, "warmup_steps"))) { /* transformers 5: below 1, a ratio */
+        double v;
+        if ((rc = num_of(a, p, &v, err))) return rc;
+        if (v > 0 && v < 1)
+            rc = put(a, "warmup_ratio", p->val, p, err);
+        else
+            rc = put(a, "warmup_steps", p->val, p, err);
+        if (rc) return rc;
+    }
+    const Pair *es = pair_of(d, "eval_strategy");
+    if (!es) es = pair_of(d, "evaluation_strategy");
+    if (es && val_in(es->val, "steps")) {
+        const Pair *st = pair_of(d, "eval_steps");
+        if (!st) st = pair_of(d, "logging_steps");
+        if ((rc = put(a, "eval_steps", st ? st->val : "500", st ? st : es, err))) return rc;
+    } else if (es && !val_in(es->val, "no")) {
+        return bad(a, es, err,
+                   "evaluating each epoch is not implemented; use steps and eval_steps");
+    }
+    assume(a, "eval_steps", "0", "eval_strategy no: evaluated at the end only");
+    if ((p = pair_of(d, "save_strategy"))) {
+        if (val_in(p->val, "no")) { /* save_steps does not count then */
+            Set *s = find_set(a, "save_steps");
+            if (s) {
+                free(s->val);
+                s->val = xstrdup("0");
+            } else if ((rc = put(a, "save_steps", "0", p, err))) {
+                return rc;
+            }
+        } else if (!val_in(p->val, "steps")) {
+            return bad(a, p, err, "saving each epoch or the best is not implemented; use steps");
+        }
+    }
+    assume(a, "save_steps", "500", "Hugging Face's default");
+    assume(a, "lr", "5e-5", "Hugging Face's default learning_rate");
+    assume(a, "lr_scheduler", "linear", "Hugging Face's default lr_scheduler_type");
+    assume(a, "val_size", "0", "LLaMA-Factory's default");
+    struct stat st; /* LLaMA-Factory's dataset_dir is data, where a checkout keeps it */
+    if (!stat("data/dataset_info.json", &st))
+        assume(a, "dataset_dir", "data", "LLaMA-Factory's default, found here");
+    assume(a, "template", "auto:empty",
+           "unset: the model's chat template, or LLaMA-Factory's empty template without one");
+    const Pair *cl = pair_of(d, "cutoff_len");
+    if (packed) { /* DataArguments.__post_init__: cutoff_len -= 1 when packing is set */
+        Set *s = find_set(a, "cutoff_len");
+        snprintf(buf, sizeof buf, "%d", (cl ? atoi(cl->val) : 2048) - 1);
+        if (s) {
+            free(s->val);
+            s->val = xstrdup(buf);
+        } else {
+            a->s[a->n++] = (Set){"cutoff_len", xstrdup(buf), 0, NULL};
+        }
+        char what[96];
+        snprintf(what, sizeof what, "cutoff_len %s", buf);
+        note(a, what, "LLaMA-Factory shortens it by one when packing");
+    } else {
+        assume(a, "cutoff_len", "2048", "LLaMA-Factory's default");
+    }
+    return 0;
+}
+
+static int lf_apply(Apply *a, const Doc *d, TunaErr *err) {
+    char ignored[1024] = "";
+    for (int i = 0; i < d->n; i++) {
+        const Pair *p = &d->p[i];
+        const LfKey *k = lf_find(p->key);
+        int rc = 0;
+        const char *feature = k ? NULL : lf_unimpl(p->key);
+        if (feature)
+            return tuna_errf(err, TUNA_EUNSUP,
+                             "%s:%d: %s: an argument of %s, which tuna does not implement", a->path,
+                             p->line, p->key, feature);
+        if (!k) {
+            if (!train_option_find(p->key))
+                return tuna_errf(err, TUNA_EINVAL,
+                                 "%s:%d: %s: not a LLaMA-Factory training argument tuna knows, nor "
+                                 "a tuna option (tuna train --help)",
+                                 a->path, p->line, p->key);
+            if (p->val) rc = put(a, p->key, p->val, p, err);
+        } else if (k->kind == LF_TO) {
+            if (p->val && !(rc = check_choice(a, p, k->arg, err)))
+                rc = put(a, k->arg, p->val, p, err);
+        } else if (k->kind == LF_ONLY) {
+            if (p->val && !val_in(p->val, k->arg)) return bad(a, p, err, k->why);
+        } else if (k->kind == LF_IGNORE) {
+            size_t len = strlen(ignored);
+            snprintf(ignored + len, sizeof ignored - len, "%s%s", len ? ", " : "", p->key);
+        }
+        if (rc) return rc;
+    }
+    int rc = lf_special(a, d, err);
+    if (!rc && ignored[0]) note(a, ignored, "ignored: they change nothing that trains");
+    return rc;
+}
+
+int lf_config_is_yaml(const char *path) {
+    size_t n = path ? strlen(path) : 0;
+    return (n > 5 && !strcasecmp(path + n - 5, ".yaml")) ||
+           (n > 4 && !strcasecmp(path + n - 4, ".yml"));
+}
+
+int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, TunaErr *err) {
+    Doc d = {0};
+    Apply *a = xcalloc(1, sizeof *a);
+    a->path = path;
+    a->notes = notes;
+    a->cap = cap;
+    if (notes && cap) notes[0] = '\0';
+    int rc = read_doc(path, &d, err);
+    if (!rc) rc = lf_apply(a, &d, err);
+    for (int i = 0; !rc && i < a->n; i++) {
+        const Set *s = &a->s[i];
+        if (!strcmp(s->opt, "quantization_type_q8")) continue; /* quantization_bit 8 says it */
+        TunaErr e = {0};
+        if (!train_config_set(c, s->opt, s->val, &e)) continue;
+        if (s->line)
+            rc = tuna_errf(err, e.code, "%s:%d: %s: %s", path, s->line, s->from, e.msg);
+        else
+            rc = tuna_errf(err, e.code, "%s: LLaMA-Factory's default %s %s: %s", path, s->opt,
+                           s->val, e.msg);
+    }
+    for (int i = 0; i < a->n; i++)
+        free(a->s[i].val);
+    free(a);
+    doc_free(&d);
+    if (notes && cap) { /* "a; b; " -> "a; b" */
+        size_t n = strlen(notes);
+        while (n && (notes[n - 1] == ' ' || notes[n - 1] == ';'))
+            notes[--n] = '\0';
+    }
+    return rc;
+}

@@ -1,0 +1,364 @@
+/* test_lf_config.c: LLaMA-Factory's training YAML as `tuna train FILE.yaml` reads it
+ * (src/lf_config.c).
+ *  1. tests/fixtures/lf/lora_sft.yaml (LLaMA-Factory's qwen3_lora_sft.yaml example, on a model
+ *     and datasets of this repository): every key lands on tuna's option with its value, the
+ *     keys without effect are listed, and LLaMA-Factory's defaults fill the rest.
+ *  2. LLaMA-Factory's and Hugging Face's defaults where tuna's differ, and the keys read
+ *     together: finetuning_type, freeze_trainable_layers, (neat_)packing and its cutoff_len - 1,
+ *     quantization_bit and double_quantization, disable_gradient_checkpointing, pissa, max_steps
+ *     -1, warmup_steps below 1, eval/save strategies, lora_alpha 0, YAML 1.1 booleans and null,
+ *     lists, tuna's own options.
+ *  3. Every refusal is one line naming the file, the line and the key: what changes the math
+ *     and tuna does not implement, unknown keys, malformed YAML, values out of range.
+ *  4. The CLI: `tuna train FILE.yaml` (and --config FILE.yaml) trains exactly what the same
+ *     settings given as flags train (losses equal to the last digit), flags override the file,
+ *     an unset template resolves to the model's own or LLaMA-Factory's `empty`. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli_fixture.h"
+#include "harness.h"
+#include "src/lf_config.h"
+#include "src/train.h"
+
+static char tmp[256];
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+/* text as a YAML file, loaded over tuna's defaults; returns lf_config_load's status */
+static int load(const char *text, TrainConfig *c, char *notes, size_t cap, TunaErr *err) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/t.yaml", tmp);
+    write_text(path, text);
+    train_config_defaults(c);
+    memset(err, 0, sizeof *err);
+    return lf_config_load(c, path, notes, cap, err);
+}
+
+static void test_example(void) {
+    TrainConfig c;
+    train_config_defaults(&c);
+    TunaErr err = {0};
+    char notes[2048];
+    int rc = lf_config_load(&c, "tests/fixtures/lf/lora_sft.yaml", notes, sizeof notes, &err);
+    CHECK(rc == 0, "lora_sft.yaml: %s", err.msg);
+    CHECK(!strcmp(c.model, "models/stories260K") && !strcmp(c.method, "lora") &&
+                  !strcmp(c.stage, "sft") && c.lora_rank == 8 && !strcmp(c.lora_target, "all") &&
+                  !strcmp(c.dataset, "identity,alpaca_en_demo") &&
+                  !strcmp(c.template_name, "vanilla") && c.cutoff_len == 2048 &&
+                  c.max_samples == 1000,
+          "model/method/data: %s %s %s r%d %s %s %s %d %d", c.model, c.method, c.stage, c.lora_rank,
+          c.lora_target, c.dataset, c.template_name, c.cutoff_len, c.max_samples);
+    CHECK(!strcmp(c.output, "saves/stories260k/lora/sft") && c.logging_steps == 10 &&
+                  c.save_steps == 500,
+          "output: %s %d %d", c.output, c.logging_steps, c.save_steps);
+    CHECK(c.batch_size == 1 && c.grad_accum == 8 && c.lr == 1e-4 && c.epochs == 3.0 &&
+                  !strcmp(c.lr_scheduler, "cosine") && c.warmup_ratio == 0.1 && c.bf16 == 1,
+          "train: %d %d %g %g %s %g %d", c.batch_size, c.grad_accum, c.lr, c.epochs, c.lr_scheduler,
+          c.warmup_ratio, c.bf16);
+    /* LLaMA-Factory's defaults where tuna's differ */
+    CHECK(c.lora_alpha == 16 && c.gradient_checkpointing == 1 && c.val_size == 0 &&
+                  c.eval_steps == 0,
+          "defaults: alpha %g ckpt %d val %g eval %d", c.lora_alpha, c.gradient_checkpointing,
+          c.val_size, c.eval_steps);
+    CHECK(strstr(notes, "report_to") && strstr(notes, "preprocessing_num_workers") &&
+                  strstr(notes, "ignored") && strstr(notes, "lora_alpha 16"),
+          "notes: %s", notes);
+    printf("  lora_sft.yaml: %s\n", notes);
+}
+
+static void test_defaults_and_specials(void) {
+    TrainConfig c;
+    TunaErr err;
+    char notes[2048];
+    CHECK(load("model_name_or_path: models/stories260K\n", &c, notes, sizeof notes, &err) == 0,
+          "minimal: %s", err.msg);
+    CHECK(c.lr == 5e-5 && !strcmp(c.lr_scheduler, "linear") && c.cutoff_len == 2048 &&
+                  c.val_size == 0 && !strcmp(c.template_name, "auto:empty") && c.lora_alpha == 16 &&
+                  c.gradient_checkpointing == 1 && c.save_steps == 500 && c.eval_steps == 0 &&
+                  !strcmp(c.method, "lora") && c.packing == 0,
+          "minimal: lr %g %s cutoff %d val %g template %s alpha %g ckpt %d save %d eval %d", c.lr,
+          c.lr_scheduler, c.cutoff_len, c.val_size, c.template_name, c.lora_alpha,
+          c.gradient_checkpointing, c.save_steps, c.eval_steps);
+    CHECK(strstr(notes, "lr 5e-5") && strstr(notes, "auto:empty"), "notes: %s", notes);
+
+    CHECK(load("finetuning_type: freeze\nfreeze_trainable_layers: 3\nlora_rank: 16\n", &c, NULL, 0,
+               &err) == 0 &&
+                  !strcmp(c.method, "freeze") && c.freeze_layers == 3 && c.lora_alpha == 32,
+          "freeze: %s %s %d alpha %g", err.msg, c.method, c.freeze_layers, c.lora_alpha);
+    CHECK(load("finetuning_type: full\nlora_alpha: 0\nlora_rank: 4\n", &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.method, "full") && c.lora_alpha == 8,
+          "full, alpha 0 is 2r: %s %s %g", err.msg, c.method, c.lora_alpha);
+    CHECK(load("neat_packing: true\ncutoff_len: 1024\n", &c, notes, sizeof notes, &err) == 0 &&
+                  c.packing == 2 && c.cutoff_len == 1023 && strstr(notes, "cutoff_len 1023"),
+          "neat_packing: %s packing %d cutoff %d", err.msg, c.packing, c.cutoff_len);
+    CHECK(load("packing: yes\n", &c, NULL, 0, &err) == 0 && c.packing == 1 && c.cutoff_len == 2047,
+          "packing yes: %s %d %d", err.msg, c.packing, c.cutoff_len);
+    CHECK(load("packing: false\nstage: pt\n", &c, NULL, 0, &err) == 0 && c.packing == 0 &&
+                  c.cutoff_len == 2048 && !strcmp(c.stage, "pt"),
+          "packing false: %s %d %d", err.msg, c.packing, c.cutoff_len);
+    CHECK(load("quantization_bit: 4\n", &c, NULL, 0, &err) == 0 && c.quantization_bit == 4 &&
+                  c.double_quantization == 1 && !strcmp(c.quantization_type, "nf4"),
+          "4 bits: double quantization on: %s %d %d", err.msg, c.quantization_bit,
+          c.double_quantization);
+    CHECK(load("quantization_bit: 4\nquantization_type: fp4\ndouble_quantization: false\n", &c,
+               NULL, 0, &err) == 0 &&
+                  c.double_quantization == 0 && !strcmp(c.quantization_type, "fp4"),
+          "fp4 without double quantization: %s %d", err.msg, c.double_quantization);
+    CHECK(load("quantization_bit: 4\nquantization_type: q4_1\n", &c, NULL, 0, &err) == 0 &&
+                  c.double_quantization == 0 && !strcmp(c.quantization_type, "q4_1"),
+          "q4_1 (tuna's): no double quantization: %s %d", err.msg, c.double_quantization);
+    CHECK(load("quantization_bit: 8\nquantization_type: q8_0\n", &c, NULL, 0, &err) == 0 &&
+                  c.quantization_bit == 8,
+          "8 bits as q8_0: %s %d", err.msg, c.quantization_bit);
+    CHECK(load("disable_gradient_checkpointing: true\n", &c, NULL, 0, &err) == 0 &&
+                  c.gradient_checkpointing == 0,
+          "disable_gradient_checkpointing: %s %d", err.msg, c.gradient_checkpointing);
+    CHECK(load("pissa_init: true\npissa_iter: -1\n", &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.init_lora_weights, "pissa"),
+          "pissa exact: %s %s", err.msg, c.init_lora_weights);
+    CHECK(load("max_steps: -1\nwarmup_steps: 0.05\n", &c, NULL, 0, &err) == 0 && c.max_steps == 0 &&
+                  c.warmup_ratio == 0.05 && c.warmup_steps == 0,
+          "max_steps -1, warmup_steps as a ratio: %s %d %g %d", err.msg, c.max_steps,
+          c.warmup_ratio, c.warmup_steps);
+    CHECK(load("max_steps: 30\nwarmup_steps: 20\n", &c, NULL, 0, &err) == 0 && c.max_steps == 30 &&
+                  c.warmup_steps == 20,
+          "max_steps, warmup_steps: %s %d %d", err.msg, c.max_steps, c.warmup_steps);
+    CHECK(load("eval_strategy: steps\neval_steps: 50\nval_size: 0.1\n", &c, NULL, 0, &err) == 0 &&
+                  c.eval_steps == 50 && c.val_size == 0.1,
+          "eval steps: %s %d %g", err.msg, c.eval_steps, c.val_size);
+    CHECK(load("evaluation_strategy: steps\nlogging_steps: 7\n", &c, NULL, 0, &err) == 0 &&
+                  c.eval_steps == 7,
+          "eval_steps from logging_steps: %s %d", err.msg, c.eval_steps);
+    CHECK(load("eval_steps: 50\n", &c, NULL, 0, &err) == 0 && c.eval_steps == 0,
+          "eval_steps without a strategy (no): %s %d", err.msg, c.eval_steps);
+    CHECK(load("save_strategy: 'no'\nsave_steps: 100\n", &c, NULL, 0, &err) == 0 &&
+                  c.save_steps == 0,
+          "save_strategy no: %s %d", err.msg, c.save_steps);
+    CHECK(load("dataset: [identity, alpaca_en_demo]\ntemplate: null\nbf16: On\nseed: ~\n", &c, NULL,
+               0, &err) == 0 &&
+                  !strcmp(c.dataset, "identity,alpaca_en_demo") &&
+                  !strcmp(c.template_name, "auto:empty") && c.bf16 == 1 && c.seed == 42,
+          "list, null, YAML 1.1 boolean: %s %s %s %d %d", err.msg, c.dataset, c.template_name,
+          c.bf16, c.seed);
+    CHECK(load("threads: 1\nsample_prompts: \"Hi|Who are you?\"\nuse_dora: true\n"
+               "lora_dropout: 0.05\n",
+               &c, NULL, 0, &err) == 0 &&
+                  c.threads == 1 && !strcmp(c.sample_prompts, "Hi|Who are you?") &&
+                  c.use_dora == 1 && c.lora_dropout == 0.05,
+          "tuna's own options: %s %d %s", err.msg, c.threads, c.sample_prompts);
+    CHECK(load("stage: dpo\npref_beta: 0.2\npref_loss: simpo\nsimpo_gamma: 0.7\npref_ftx: 0.5\n"
+               "learning_rate: 5.0e-6\n",
+               &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.stage, "dpo") && c.pref_beta == 0.2 && !strcmp(c.pref_loss, "simpo") &&
+                  c.simpo_gamma == 0.7 && c.pref_ftx == 0.5 && c.lr == 5e-6,
+          "dpo: %s %s %g %s %g %g %g", err.msg, c.stage, c.pref_beta, c.pref_loss, c.simpo_gamma,
+          c.pref_ftx, c.lr);
+    CHECK(load("lora_alpha: 0.0\nlora_rank: 2\n", &c, NULL, 0, &err) == 0 && c.lora_alpha == 4,
+          "lora_alpha 0.0 is 2r: %s %g", err.msg, c.lora_alpha);
+    /* a LLaMA-Factory checkout keeps its datasets in data/: the default dataset_dir there */
+    char cwd[1024], dd[400];
+    snprintf(dd, sizeof dd, "%s/data", tmp);
+    mkdir(dd, 0755);
+    snprintf(dd, sizeof dd, "%s/data/dataset_info.json", tmp);
+    write_text(dd, "{}");
+    if (getcwd(cwd, sizeof cwd) && !chdir(tmp)) {
+        int rc = load("seed: 3\n", &c, NULL, 0, &err);
+        CHECK(rc == 0 && !strcmp(c.dataset_dir, "data"), "data/ here: %s %s", err.msg,
+              c.dataset_dir);
+        rc = load("seed: 3\ndataset_dir: mine\n", &c, NULL, 0, &err);
+        CHECK(rc == 0 && !strcmp(c.dataset_dir, "mine"), "dataset_dir set: %s", c.dataset_dir);
+        CHECK(!chdir(cwd), "back to %s", cwd);
+    }
+    CHECK(load("seed: 3\n", &c, NULL, 0, &err) == 0 && !strcmp(c.dataset_dir, "datasets"),
+          "no data/ here: tuna's datasets: %s", c.dataset_dir);
+    CHECK(load("optim: adamw_torch\nadam_beta1: 0.9\nfp16: false\nuse_galore: false\n"
+               "resume_from_checkpoint: null\ndo_train: true\nquantization_method: bnb\n",
+               &c, NULL, 0, &err) == 0,
+          "defaults of unimplemented features are accepted: %s", err.msg);
+}
+
+/* text must be refused with a message holding each of the needles (NULL-ended) */
+static void refused(const char *text, const char *n1, const char *n2) {
+    TrainConfig c;
+    TunaErr err;
+    int rc = load(text, &c, NULL, 0, &err);
+    char first[80];
+    snprintf(first, sizeof first, "%.*s", (int)strcspn(text, "\n"), text);
+    CHECK(rc != 0 && strstr(err.msg, "/t.yaml") && strstr(err.msg, n1) &&
+                  (!n2 || strstr(err.msg, n2)) && !strchr(err.msg, '\n'),
+          "[%s]: %d %s", first, rc, err.msg);
+}
+
+static void test_refusals(void) {
+    refused("seed: 1\nneftune_noise_alpha: 5\n", "t.yaml:2: neftune_noise_alpha 5", "NEFTune");
+    refused("quantization_bit: 8\n", ":1: quantization_bit 8", "LLM.int8");
+    refused("use_galore: true\n", ":1: use_galore", "GaLore");
+    refused("galore_rank: 16\n", ":1: galore_rank", "GaLore");
+    refused("fp16: true\n", ":1: fp16", "bf16");
+    refused("pure_bf16: true\n", "pure_bf16", NULL);
+    refused("optim: sgd\n", ":1: optim sgd", "AdamW");
+    refused("adam_beta2: 0.95\n", "adam_beta2 0.95", NULL);
+    refused("rope_scaling: linear\n", "rope_scaling", NULL);
+    refused("finetuning_type: oft\n", "finetuning_type oft", NULL);
+    refused("freeze_trainable_layers: -2\n", "freeze_trainable_layers -2", "first");
+    refused("freeze_trainable_modules: mlp\n", "freeze_trainable_modules mlp", NULL);
+    refused("additional_target: embed_tokens\n", "additional_target", NULL);
+    refused("pissa_init: true\n", ":1: pissa_init", "pissa_niter_16");
+    refused("pissa_init: true\npissa_iter: 4\n", "pissa_niter_4", NULL);
+    refused("adapter_name_or_path: a,b\n", "adapter_name_or_path", "several");
+    refused("eval_strategy: epoch\n", "eval_strategy epoch", NULL);
+    refused("save_strategy: best\n", "save_strategy best", NULL);
+    refused("eval_dataset: alpaca_en_demo\n", "eval_dataset", "val_size");
+    refused("resume_from_checkpoint: saves/x/checkpoint-500\n", "resume_from_checkpoint",
+            "--resume");
+    refused("do_predict: true\n", "do_predict", NULL);
+    refused("enable_thinking: false\n", "enable_thinking", NULL);
+    refused("label_smoothing_factor: 0.1\n", "label_smoothing_factor", NULL);
+    refused("stage: sft\nlearning_rat: 1e-4\n", ":2: learning_rat", "not a LLaMA-Factory");
+    refused("lr: 1\nlearning_rate: 2\n", ":2: learning_rate", "line 1");
+    refused("seed: 1\nseed: 2\n", ":2: seed", "twice");
+    refused("per_device_train_batch_size: 0\n", ":1: per_device_train_batch_size", NULL);
+    refused("num_train_epochs: lots\n", ":1: num_train_epochs", NULL);
+    refused("lr_scheduler_type: warmup_stable_decay\n", ":1: lr_scheduler_type", NULL);
+    refused("stage: ppo\n", ":1: stage", NULL);
+    refused("warmup_steps: abc\n", "warmup_steps", "not a number");
+    /* the YAML itself */
+    refused("model_name_or_path: [a\n", "t.yaml:2:1: YAML", NULL);
+    refused("a:\n  b: 1\n", ":2:3:", "nested mapping");
+    refused("x: &a 1\ny: *a\n", "alias", NULL);
+    refused("seed: !!int 3\n", "tags", NULL);
+    refused("seed: 1\n---\nseed: 2\n", "second YAML document", NULL);
+    refused("- a\n- b\n", "mapping of key: value", NULL);
+    refused("", "no settings", NULL);
+    refused("# only a comment\n", "no settings", NULL);
+    refused("dataset: [a, [b]]\n", "plain values", NULL);
+    TrainConfig c;
+    TunaErr err = {0};
+    CHECK(lf_config_load(&c, "tests/fixtures/lf/missing.yaml", NULL, 0, &err) != 0 &&
+                  strstr(err.msg, "missing.yaml: cannot read"),
+          "missing file: %s", err.msg);
+}
+
+/* the step losses (full precision) of a run's metrics.jsonl, "" when none */
+static void losses(const char *run, char *out, size_t cap) {
+    char path[400], line[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"loss\":");
+        if (strncmp(line, "{\"type\":\"step\"", 14) || !p) continue;
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%.*s ", (int)strcspn(p + 7, ",}"), p + 7);
+    }
+    fclose(f);
+}
+
+static void test_cli(void) {
+    char yaml[300], cmd[2048], a[2048], b[2048], c2[2048];
+    snprintf(yaml, sizeof yaml, "%s/run.yaml", tmp);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "model_name_or_path: models/stories260K\n"
+             "stage: sft\ndo_train: true\nfinetuning_type: lora\nlora_rank: 4\n"
+             "lora_target: all\ndataset: identity\ntemplate: vanilla\ncutoff_len: 96\n"
+             "max_samples: 24\noutput_dir: %s/lf-run\nlogging_steps: 1\nsave_steps: 500\n"
+             "report_to: none\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 2\n"
+             "learning_rate: 1.0e-3\nnum_train_epochs: 3.0\nlr_scheduler_type: cosine\n"
+             "warmup_ratio: 0.1\nmax_steps: 3\nseed: 7\n",
+             tmp);
+    write_text(yaml, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>%s/lf.err",
+             test_tuna_bin(), yaml, tmp);
+    int rc = test_system(cmd);
+    CHECK(rc == 0, "tuna train run.yaml: exit %d", rc);
+    /* the same settings as flags (LLaMA-Factory's defaults spelled out) */
+    snprintf(cmd, sizeof cmd,
+             "%s train --model models/stories260K --stage sft --method lora --lora-rank 4 "
+             "--lora-alpha 8 --lora-target all --dataset identity --template vanilla "
+             "--cutoff-len 96 --max-samples 24 --output %s/flags-run --logging-steps 1 "
+             "--save-steps 500 --batch-size 4 --grad-accum 2 --lr 1e-3 --epochs 3 "
+             "--lr-scheduler cosine --warmup-ratio 0.1 --max-steps 3 --seed 7 "
+             "--gradient-checkpointing --val-size 0 --eval-steps 0 --threads 1 --quiet "
+             "--sample-prompts '' 2>%s/flags.err",
+             test_tuna_bin(), tmp, tmp);
+    rc = test_system(cmd);
+    CHECK(rc == 0, "the same as flags: exit %d", rc);
+    char ra[400], rb[400];
+    snprintf(ra, sizeof ra, "%s/lf-run", tmp);
+    snprintf(rb, sizeof rb, "%s/flags-run", tmp);
+    losses(ra, a, sizeof a);
+    losses(rb, b, sizeof b);
+    CHECK(a[0] && !strcmp(a, b), "losses: yaml [%s] flags [%s]", a, b);
+    printf("  run.yaml and its flags: losses %s\n", a);
+    /* --config FILE.yaml, and a flag overriding the file */
+    snprintf(cmd, sizeof cmd,
+             "%s train --config %s --output %s/cfg-run --lr 5e-4 --threads 1 --quiet "
+             "--sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml, tmp);
+    rc = test_system(cmd);
+    char rcp[400], path[500];
+    snprintf(rcp, sizeof rcp, "%s/cfg-run", tmp);
+    losses(rcp, c2, sizeof c2);
+    snprintf(path, sizeof path, "%s/train_config.json", rcp);
+    TrainConfig got;
+    TunaErr err = {0};
+    train_config_defaults(&got);
+    int lrc = train_config_load(&got, path, &err);
+    CHECK(rc == 0 && !lrc && got.lr == 5e-4 && got.lora_rank == 4 && c2[0] && strcmp(c2, a),
+          "--config run.yaml --lr 5e-4: exit %d, %s lr %g, losses [%s]", rc, err.msg, got.lr, c2);
+    /* an unset template: stories260K has no chat template, so LLaMA-Factory's empty */
+    char yaml2[300];
+    snprintf(yaml2, sizeof yaml2, "%s/notemplate.yaml", tmp);
+    snprintf(text, sizeof text,
+             "model_name_or_path: models/stories260K\ndataset: identity\nmax_steps: 1\n"
+             "per_device_train_batch_size: 2\noutput_dir: %s/empty-run\ncutoff_len: 64\n",
+             tmp);
+    write_text(yaml2, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml2);
+    rc = test_system(cmd);
+    snprintf(path, sizeof path, "%s/empty-run/train_config.json", tmp);
+    train_config_defaults(&got);
+    lrc = train_config_load(&got, path, &err);
+    CHECK(rc == 0 && !lrc && !strcmp(got.template_name, "empty"),
+          "unset template: exit %d, %s template %s", rc, err.msg, got.template_name);
+    /* one config only; a refusal exits 1 with its line */
+    snprintf(cmd, sizeof cmd, "%s train %s %s 2>/dev/null", test_tuna_bin(), yaml, yaml2);
+    CHECK(test_system(cmd) == 2, "two config operands are refused");
+    char bad[300];
+    snprintf(bad, sizeof bad, "%s/bad.yaml", tmp);
+    write_text(bad, "model_name_or_path: models/stories260K\nuse_galore: true\n");
+    char *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd, "train %s", bad);
+    rc = test_run_tuna(tmp, cmd, NULL, &out, &errs);
+    CHECK(rc == 1 && strstr(errs, "bad.yaml:2: use_galore true: GaLore is not implemented") &&
+                  !strchr(strchr(errs, '\n') + 1, '\n'),
+          "a refusal: exit %d, said: %s", rc, errs);
+    free(out);
+    free(errs);
+}
+
+int main(void) {
+    snprintf(tmp, sizeof tmp, "/tmp/tuna_lf_config.%d", (int)getpid());
+    mkdir(tmp, 0755);
+    test_example();
+    test_defaults_and_specials();
+    test_refusals();
+    test_cli();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    (void)test_system(cmd);
+    return test_report("test_lf_config");
+}
