@@ -747,3 +747,214 @@ int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, Tu
     }
     return rc;
 }
+
+// --- llamafactory-cli export and chat files, as tuna export / tuna chat flags
+
+static const LfKey lf_export_keys[] = {
+        {"model_name_or_path", LF_TO, "--model", NULL},
+        {"adapter_name_or_path", LF_SPECIAL, NULL, NULL},
+        {"export_dir", LF_TO, "--out", NULL},
+        {"export_size", LF_TO, "--export-size", NULL},
+        {"infer_dtype", LF_SPECIAL, NULL, NULL},
+        {"template", LF_IGNORE, NULL, NULL},
+        {"export_device", LF_IGNORE, NULL, NULL},
+        {"trust_remote_code", LF_IGNORE, NULL, NULL},
+        {"finetuning_type", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("export_legacy_format", "false", ".bin files are not written (safetensors)"),
+        NOT_IMPL("export_quantization_bit", "",
+                 "GPTQ quantization of the export is not implemented (tuna export --format gguf "
+                 "--quant q4_k quantizes for llama.cpp)"),
+        NOT_IMPL("export_quantization_dataset", "", "GPTQ quantization is not implemented"),
+        NOT_IMPL("export_quantization_nsamples", "128", "GPTQ quantization is not implemented"),
+        NOT_IMPL("export_quantization_maxlen", "1024", "GPTQ quantization is not implemented"),
+        NOT_IMPL("export_hub_model_id", "", "tuna does not upload"),
+        NOT_IMPL("quantization_bit", "",
+                 "merging into a quantized model is refused by LLaMA-Factory too; drop it"),
+        NOT_IMPL("stage", "sft|pt|dpo|kto", "a reward model's value head is not exported"),
+};
+
+static const LfKey lf_chat_keys[] = {
+        {"model_name_or_path", LF_SPECIAL, NULL, NULL},
+        {"adapter_name_or_path", LF_SPECIAL, NULL, NULL},
+        {"template", LF_SPECIAL, NULL, NULL},
+        {"default_system", LF_TO, "--system", NULL},
+        {"infer_dtype", LF_SPECIAL, NULL, NULL},
+        {"do_sample", LF_SPECIAL, NULL, NULL},
+        {"temperature", LF_SPECIAL, NULL, NULL},
+        {"top_p", LF_SPECIAL, NULL, NULL},
+        {"top_k", LF_SPECIAL, NULL, NULL},
+        {"max_new_tokens", LF_TO, "--max-new-tokens", NULL},
+        {"quantization_bit", LF_SPECIAL, NULL, NULL},
+        {"quantization_type", LF_SPECIAL, NULL, NULL},
+        {"double_quantization", LF_SPECIAL, NULL, NULL},
+        {"infer_backend", LF_IGNORE, NULL, NULL},
+        {"trust_remote_code", LF_IGNORE, NULL, NULL},
+        {"finetuning_type", LF_IGNORE, NULL, NULL},
+        {"max_length", LF_IGNORE, NULL, NULL},
+        {"length_penalty", LF_IGNORE, NULL, NULL},
+        {"flash_attn", LF_IGNORE, NULL, NULL},
+        {"vllm_maxlen", LF_IGNORE, NULL, NULL},
+        {"vllm_gpu_util", LF_IGNORE, NULL, NULL},
+        {"vllm_enforce_eager", LF_IGNORE, NULL, NULL},
+        {"vllm_max_lora_rank", LF_IGNORE, NULL, NULL},
+        NOT_IMPL("repetition_penalty", "1|1.0", "tuna chat has no repetition penalty"),
+        NOT_IMPL("num_beams", "1", "beam search is not implemented"),
+        NOT_IMPL("skip_special_tokens", "true", "special tokens are not shown"),
+        NOT_IMPL("enable_thinking", "true",
+                 "reasoning templates are not implemented (no template adds or strips <think>)"),
+        NOT_IMPL("quantization_method", "bnb", "tuna quantizes as bitsandbytes does (bnb)"),
+};
+
+typedef struct ArgList {
+    char **v;
+    int n, cap;
+} ArgList;
+
+static void arg_add(ArgList *l, const char *flag, const char *val) {
+    if (l->n + 2 > l->cap) l->v = xrealloc(l->v, sizeof *l->v * (size_t)(l->cap = l->cap * 2 + 8));
+    l->v[l->n++] = xstrdup(flag);
+    if (val) l->v[l->n++] = xstrdup(val);
+}
+
+void lf_config_args_free(char **argv, int argc) {
+    for (int i = 0; i < argc; i++)
+        free(argv[i]);
+    free(argv);
+}
+
+/* infer_dtype's names to tuna's (export: --export-dtype, chat: --dtype) */
+static int lf_dtype(const Apply *a, const Pair *p, LfCommand cmd, ArgList *l, TunaErr *err) {
+    static const char *const map[][2] = {
+            {"auto", "auto"}, {"float32", "fp32"}, {"bfloat16", "bf16"}, {"float16", "f16"}};
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++) {
+        if (strcmp(p->val, map[i][0])) continue;
+        if (cmd == LF_CMD_EXPORT) {
+            arg_add(l, "--export-dtype", map[i][1]);
+        } else if (i == 3) {
+            return bad(a, p, err, "an f16 copy of the model is not implemented (bfloat16 is)");
+        } else if (i > 0) {
+            arg_add(l, "--dtype", map[i][1]);
+        }
+        return 0;
+    }
+    return bad(a, p, err, "expected auto, float32, bfloat16 or float16");
+}
+
+/* The chat's keys read together: the model as the operand, sampling with LLaMA-Factory's
+ * defaults, a 4- or 8-bit base, the template. */
+static int lf_chat_special(Apply *a, const Doc *d, ArgList *l, TunaErr *err) {
+    const Pair *p;
+    if ((p = pair_of(d, "template")))
+        arg_add(l, "--template", p->val);
+    else {
+        arg_add(l, "--template", "auto:empty");
+        note(a, "template auto:empty",
+             "unset: the model's chat template, or LLaMA-Factory's empty");
+    }
+    if ((p = pair_of(d, "do_sample")) && !is_true(p)) {
+        arg_add(l, "--temperature", "0"); /* greedy: temperature, top_p, top_k unused */
+    } else {
+        static const char *const samp[][4] = {{"temperature", "--temperature", "0.95"},
+                                              {"top_p", "--top-p", "0.7"},
+                                              {"top_k", "--top-k", "50"}};
+        for (int i = 0; i < 3; i++) {
+            p = pair_of(d, samp[i][0]);
+            arg_add(l, samp[i][1], p ? p->val : samp[i][2]);
+            if (!p) {
+                char what[64];
+                snprintf(what, sizeof what, "%s %s", samp[i][0], samp[i][2]);
+                note(a, what, "LLaMA-Factory's default");
+            }
+        }
+    }
+    if (!pair_of(d, "max_new_tokens")) {
+        arg_add(l, "--max-new-tokens", "1024");
+        note(a, "max_new_tokens 1024", "LLaMA-Factory's default");
+    }
+    const Pair *qb = pair_of(d, "quantization_bit"), *qt = pair_of(d, "quantization_type"),
+               *dq = pair_of(d, "double_quantization");
+    if (qb && !strcmp(qb->val, "8") && (!qt || strcasecmp(qt->val, "q8_0")))
+        return bad(a, qb, err,
+                   "in LLaMA-Factory that is bitsandbytes' LLM.int8, which tuna does not "
+                   "implement; add quantization_type: q8_0 for GGUF's Q8_0 blocks");
+    if (qb) arg_add(l, "--quantization-bit", qb->val);
+    if (qb && qt && strcmp(qb->val, "8")) arg_add(l, "--quantization-type", qt->val);
+    int nf = qb && !strcmp(qb->val, "4") && (!qt || val_in(qt->val, "nf4|fp4"));
+    if (nf && (!dq || is_true(dq))) arg_add(l, "--double-quantization", NULL);
+    return 0;
+}
+
+int lf_config_args(const char *path, LfCommand cmd, char ***argv, int *argc, char *notes,
+                   size_t cap, TunaErr *err) {
+    const LfKey *tab = cmd == LF_CMD_EXPORT ? lf_export_keys : lf_chat_keys;
+    int ntab = cmd == LF_CMD_EXPORT ? (int)(sizeof lf_export_keys / sizeof *lf_export_keys)
+                                    : (int)(sizeof lf_chat_keys / sizeof *lf_chat_keys);
+    const char *what = cmd == LF_CMD_EXPORT ? "export" : "chat";
+    Doc d = {0};
+    Apply *a = xcalloc(1, sizeof *a);
+    a->path = path;
+    a->notes = notes;
+    a->cap = cap;
+    if (notes && cap) notes[0] = '\0';
+    ArgList l = {0};
+    char ignored[1024] = "";
+    int rc = read_doc(path, &d, err);
+    for (int i = 0; !rc && i < d.n; i++) {
+        const Pair *p = &d.p[i];
+        const LfKey *k = NULL;
+        for (int j = 0; j < ntab && !k; j++)
+            if (!strcmp(tab[j].key, p->key)) k = &tab[j];
+        if (!k) {
+            const char *feature = lf_unimpl(p->key);
+            if (feature)
+                rc = tuna_errf(err, TUNA_EUNSUP,
+                               "%s:%d: %s: an argument of %s, which tuna does not implement", path,
+                               p->line, p->key, feature);
+            else
+                rc = tuna_errf(err, TUNA_EINVAL,
+                               "%s:%d: %s: not an argument of llamafactory-cli %s that tuna "
+                               "knows (tuna %s --help)",
+                               path, p->line, p->key, what, what);
+        } else if (k->kind == LF_TO && p->val) {
+            arg_add(&l, k->arg, p->val);
+        } else if (k->kind == LF_ONLY && p->val && !val_in(p->val, k->arg)) {
+            rc = bad(a, p, err, k->why);
+        } else if (k->kind == LF_IGNORE) {
+            size_t len = strlen(ignored);
+            snprintf(ignored + len, sizeof ignored - len, "%s%s", len ? ", " : "", p->key);
+        }
+    }
+    const Pair *p;
+    if (!rc && (p = pair_of(&d, "adapter_name_or_path"))) {
+        if (strchr(p->val, ','))
+            rc = bad(a, p, err,
+                     "several adapters (all but the last merged first) are not implemented");
+        else
+            arg_add(&l, "--adapter", p->val);
+    }
+    if (!rc && (p = pair_of(&d, "infer_dtype"))) rc = lf_dtype(a, p, cmd, &l, err);
+    if (!rc && cmd == LF_CMD_CHAT) rc = lf_chat_special(a, &d, &l, err);
+    const Pair *model = pair_of(&d, "model_name_or_path");
+    if (!rc && !model) rc = tuna_errf(err, TUNA_EINVAL, "%s: model_name_or_path is missing", path);
+    if (!rc && ignored[0]) note(a, ignored, "ignored: they change nothing in the result");
+    if (!rc) {
+        int off = cmd == LF_CMD_CHAT; /* the chat's model is its operand */
+        *argv = xmalloc(sizeof **argv * (size_t)(l.n + off + 1));
+        if (off) (*argv)[0] = xstrdup(model->val);
+        for (int i = 0; i < l.n; i++)
+            (*argv)[off + i] = l.v[i];
+        (*argv)[l.n + off] = NULL;
+        *argc = l.n + off;
+        free(l.v);
+    } else {
+        lf_config_args_free(l.v, l.n);
+    }
+    free(a);
+    doc_free(&d);
+    if (notes && cap) {
+        size_t n = strlen(notes);
+        while (n && (notes[n - 1] == ' ' || notes[n - 1] == ';'))
+            notes[--n] = '\0';
+    }
+    return rc;
+}

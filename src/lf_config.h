@@ -30,6 +30,19 @@
  * itself). */
 int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, TunaErr *err);
 
+/* LLaMA-Factory's other YAML files: `llamafactory-cli export` (merge_lora: model, adapter,
+ * export_dir, export_size, infer_dtype) and `llamafactory-cli chat` (inference: model, adapter,
+ * template, default_system, the generation arguments with LLaMA-Factory's defaults: sampling at
+ * temperature 0.95, top_p 0.7, top_k 50, up to 1024 new tokens). */
+typedef enum { LF_CMD_EXPORT, LF_CMD_CHAT } LfCommand;
+
+/* The file at path as `tuna export` or `tuna chat` flags: *argv (malloc'd strings, *argc of
+ * them; the chat's model first, as its operand). The same refusals and notes as
+ * lf_config_load. */
+int lf_config_args(const char *path, LfCommand cmd, char ***argv, int *argc, char *notes,
+                   size_t cap, TunaErr *err);
+void lf_config_args_free(char **argv, int argc);
+
 /* Whether path names a YAML file (.yaml or .yml). */
 int lf_config_is_yaml(const char *path);
 

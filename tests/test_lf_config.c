@@ -12,7 +12,10 @@
  *     and tuna does not implement, unknown keys, malformed YAML, values out of range.
  *  4. The CLI: `tuna train FILE.yaml` (and --config FILE.yaml) trains exactly what the same
  *     settings given as flags train (losses equal to the last digit), flags override the file,
- *     an unset template resolves to the model's own or LLaMA-Factory's `empty`. */
+ *     an unset template resolves to the model's own or LLaMA-Factory's `empty`.
+ *  5. llamafactory-cli's chat and export files: `tuna chat FILE.yaml` replies as the same flags
+ *     do (greedy, and sampled with LLaMA-Factory's defaults), `tuna export FILE.yaml` writes
+ *     the same file as the flags' merge, and their refusals name the line. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -350,6 +353,118 @@ static void test_cli(void) {
     free(errs);
 }
 
+/* the flags lf_config_args makes of text, space-joined into out ("" on error, err set) */
+static int args_of(const char *text, LfCommand cmd, char *out, size_t cap, TunaErr *err) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/a.yaml", tmp);
+    write_text(path, text);
+    char **v = NULL;
+    int n = 0;
+    memset(err, 0, sizeof *err);
+    out[0] = '\0';
+    int rc = lf_config_args(path, cmd, &v, &n, NULL, 0, err);
+    for (int i = 0; !rc && i < n; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%s%s", i ? " " : "", v[i]);
+    }
+    if (!rc) lf_config_args_free(v, n);
+    return rc;
+}
+
+/* llamafactory-cli chat and export files (examples/inference, examples/merge_lora) */
+static void test_chat_export(void) {
+    char a[1024], b[4096], cmd[2048];
+    TunaErr err;
+    int rc = args_of("model_name_or_path: models/stories260K\ntemplate: vanilla\n"
+                     "infer_backend: huggingface\ntrust_remote_code: true\n",
+                     LF_CMD_CHAT, a, sizeof a, &err);
+    CHECK(rc == 0 && !strcmp(a, "models/stories260K --template vanilla --temperature 0.95 "
+                                "--top-p 0.7 --top-k 50 --max-new-tokens 1024"),
+          "chat: %s [%s]", err.msg, a);
+    rc = args_of("model_name_or_path: m\nadapter_name_or_path: runs/x\ndo_sample: false\n"
+                 "max_new_tokens: 64\ndefault_system: Be brief.\nquantization_bit: 4\n"
+                 "infer_dtype: bfloat16\n",
+                 LF_CMD_CHAT, a, sizeof a, &err);
+    CHECK(rc == 0 && !strcmp(a, "m --max-new-tokens 64 --system Be brief. --adapter runs/x "
+                                "--dtype bf16 --template auto:empty --temperature 0 "
+                                "--quantization-bit 4 --double-quantization"),
+          "chat, greedy, 4 bits: %s [%s]", err.msg, a);
+    rc = args_of("model_name_or_path: m\nadapter_name_or_path: r\nexport_dir: out\n"
+                 "export_size: 2\nexport_device: cpu\nexport_legacy_format: false\n"
+                 "infer_dtype: bfloat16\ntemplate: llama3\n",
+                 LF_CMD_EXPORT, a, sizeof a, &err);
+    CHECK(rc == 0 && !strcmp(a, "--model m --out out --export-size 2 --adapter r "
+                                "--export-dtype bf16"),
+          "export: %s [%s]", err.msg, a);
+    static const struct {
+        LfCommand cmd;
+        const char *text, *needle;
+    } bad[] = {
+            {LF_CMD_EXPORT, "model_name_or_path: m\nexport_quantization_bit: 4\n",
+             ":2: export_quantization_bit 4: GPTQ"},
+            {LF_CMD_EXPORT, "model_name_or_path: m\nexport_legacy_format: true\n", ".bin"},
+            {LF_CMD_EXPORT, "model_name_or_path: m\nquantization_bit: 4\n", "quantized"},
+            {LF_CMD_EXPORT, "model_name_or_path: m\nlearning_rate: 1\n",
+             ":2: learning_rate: not an argument of llamafactory-cli export"},
+            {LF_CMD_EXPORT, "export_dir: out\n", "model_name_or_path is missing"},
+            {LF_CMD_CHAT, "model_name_or_path: m\nnum_beams: 4\n", ":2: num_beams 4: beam"},
+            {LF_CMD_CHAT, "model_name_or_path: m\nrepetition_penalty: 1.1\n", "repetition"},
+            {LF_CMD_CHAT, "model_name_or_path: m\nquantization_bit: 8\n", "LLM.int8"},
+            {LF_CMD_CHAT, "model_name_or_path: m\ninfer_dtype: float16\n", "f16"},
+            {LF_CMD_CHAT, "model_name_or_path: m\nadapter_name_or_path: a,b\n", "several"},
+            {LF_CMD_CHAT, "model_name_or_path: m\nvideo_fps: 2\n", "multimodal"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        rc = args_of(bad[i].text, bad[i].cmd, a, sizeof a, &err);
+        CHECK(rc != 0 && strstr(err.msg, "a.yaml") && strstr(err.msg, bad[i].needle) &&
+                      !strchr(err.msg, '\n'),
+              "refused [%s]: %s", bad[i].needle, err.msg);
+    }
+    /* the CLI: the file's chat == the same as flags, greedy and sampled (LLaMA-Factory's
+     * sampling defaults spelled out) */
+    char yaml[300];
+    snprintf(yaml, sizeof yaml, "%s/chat.yaml", tmp);
+    write_text(yaml, "model_name_or_path: models/stories260K\ntemplate: vanilla\n"
+                     "infer_backend: huggingface\n");
+    char *o1 = NULL, *o2 = NULL, *e1 = NULL, *e2 = NULL;
+    const char *tail[] = {"--temperature 0 --max-new-tokens 24", "--seed 3 --max-new-tokens 24"};
+    const char *same[] = {"", "--temperature 0.95 --top-p 0.7 --top-k 50"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "chat %s --message 'Once upon a time' --threads 1 %s", yaml,
+                 tail[k]);
+        int r1 = test_run_tuna(tmp, cmd, NULL, &o1, &e1);
+        snprintf(cmd, sizeof cmd,
+                 "chat models/stories260K --template vanilla %s --message 'Once upon a time' "
+                 "--threads 1 %s",
+                 same[k], tail[k]);
+        int r2 = test_run_tuna(tmp, cmd, NULL, &o2, &e2);
+        CHECK(r1 == 0 && r2 == 0 && strlen(o1) > 30 && !strcmp(o1, o2),
+              "chat.yaml %s: exit %d/%d [%s] vs flags [%s] (%s)", tail[k], r1, r2, o1, o2, e1);
+        free(o1), free(o2), free(e1), free(e2);
+    }
+    /* export: the file's merge == the flags' merge, byte for byte (test_cli's run) */
+    char merge[300];
+    snprintf(merge, sizeof merge, "%s/merge.yaml", tmp);
+    snprintf(b, sizeof b,
+             "model_name_or_path: models/stories260K\nadapter_name_or_path: %s/lf-run\n"
+             "template: vanilla\ntrust_remote_code: true\nexport_dir: %s/merged-yaml\n"
+             "export_size: 5\nexport_device: cpu\nexport_legacy_format: false\n",
+             tmp, tmp);
+    write_text(merge, b);
+    snprintf(cmd, sizeof cmd, "%s export %s 2>/dev/null", test_tuna_bin(), merge);
+    int r1 = test_system(cmd);
+    snprintf(cmd, sizeof cmd,
+             "%s export --model models/stories260K --adapter %s/lf-run --out %s/merged-flags "
+             "2>/dev/null",
+             test_tuna_bin(), tmp, tmp);
+    int r2 = test_system(cmd);
+    char f1[400], f2[400];
+    snprintf(f1, sizeof f1, "%s/merged-yaml/model.safetensors", tmp);
+    snprintf(f2, sizeof f2, "%s/merged-flags/model.safetensors", tmp);
+    CHECK(r1 == 0 && r2 == 0 && test_same_file(f1, f2), "merge.yaml: exit %d/%d, same file", r1,
+          r2);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/tuna_lf_config.%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -357,6 +472,7 @@ int main(void) {
     test_defaults_and_specials();
     test_refusals();
     test_cli();
+    test_chat_export();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     (void)test_system(cmd);

@@ -14,6 +14,7 @@
 #include "../config.h"
 #include "../err.h"
 #include "../generate.h"
+#include "../lf_config.h"
 #include "../model.h"
 #include "../template.h"
 #include "../tokenizer.h"
@@ -413,6 +414,31 @@ static const struct {
         {"info", cmd_info, "this CPU, its features and the kernels tuna runs on it"},
 };
 
+/* `tuna chat|export FILE.yaml [flags]`: LLaMA-Factory's inference or merge_lora file as the
+ * command's flags (lf_config.h), the flags given after it overriding them. */
+static int lf_command(LfCommand cmd, int argc, char **argv) {
+    char **fl = NULL, notes[1024];
+    int nf = 0;
+    TunaErr err = {0};
+    if (lf_config_args(argv[1], cmd, &fl, &nf, notes, sizeof notes, &err)) {
+        fprintf(stderr, "tuna: %s\n", err.msg);
+        return 1;
+    }
+    if (notes[0]) fprintf(stderr, "tuna: %s (LLaMA-Factory): %s\n", argv[1], notes);
+    char **args = xmalloc(sizeof(char *) * (size_t)(nf + argc + 1));
+    int n = 0;
+    args[n++] = argv[0];
+    for (int i = 0; i < nf; i++)
+        args[n++] = fl[i];
+    for (int i = 2; i < argc; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    int rc = cmd == LF_CMD_CHAT ? cmd_chat(n, args) : cmd_export(n, args);
+    free(args);
+    lf_config_args_free(fl, nf);
+    return rc;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: tuna COMMAND [options]   (tuna COMMAND --help for its options)\n\ncommands:\n");
@@ -436,6 +462,9 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    int chat = !strcmp(argv[1], "chat");
+    if ((chat || !strcmp(argv[1], "export")) && argc > 2 && lf_config_is_yaml(argv[2]))
+        return lf_command(chat ? LF_CMD_CHAT : LF_CMD_EXPORT, argc - 1, argv + 1);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "tuna: unknown command \"%s\"\n", argv[1]);
