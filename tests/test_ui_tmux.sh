@@ -260,6 +260,38 @@ tmux -L "$SOCK" send-keys -t $T C-s
 chk 'until_ok "grep -qs \"lora_rank.:[[:space:]]*10\" $W/cfg.json"' "setup: ^S saves lora_rank (flag name with underscores)"
 chk 'grep -q "\"lora_alpha\":[[:space:]]*16" $W/cfg.json' "setup: the refused value kept the old one"
 
+# --- 7d. Setup: ^O loads a LLaMA-Factory YAML (the engine's reading of it); ^T starts it with its
+# settings outside the form too (lr_scheduler, warmup, max_steps); ^S will not write JSON over it
+cat > $W/lf.yaml <<EOF
+model_name_or_path: models/stories260K
+dataset: identity
+template: vanilla
+finetuning_type: lora
+lora_rank: 4
+learning_rate: 2.0e-3
+lr_scheduler_type: linear
+warmup_ratio: 0.2
+max_steps: 2
+per_device_train_batch_size: 2
+cutoff_len: 64
+output_dir: $W/lfrun
+report_to: none
+EOF
+start 80x24 "LANG=C.UTF-8 TERM=xterm-256color $BIN ui --screen setup --config $W/lf.yaml"
+chk 'wait_for "trainable" 30' "setup lf.yaml: opens"
+tmux -L "$SOCK" send-keys -t $T C-o
+chk 'wait_for "LLaMA-Factory"' "setup: ^O loads a LLaMA-Factory YAML"
+tmux -L "$SOCK" send-keys -t $T C-s
+chk 'wait_for "writes JSON"' "setup: ^S does not write JSON over the YAML"
+tmux -L "$SOCK" send-keys -t $T C-t
+chk 'until_ok "[ -s $W/lfrun/setup_config.json ]" 30' "setup lf.yaml ^T: the run starts in its output_dir"
+for kv in '"lr_scheduler":[[:space:]]*"linear"' '"warmup_ratio":[[:space:]]*0.2' \
+          '"max_steps":[[:space:]]*2' '"lora_rank":[[:space:]]*4' '"lr":[[:space:]]*0.002' \
+          '"gradient_checkpointing":[[:space:]]*true' '"val_size":[[:space:]]*0'; do
+    chk "grep -q '$kv' $W/lfrun/setup_config.json" "setup lf.yaml ^T: the config has $kv"
+done
+chk 'until_ok "grep -qs type.:.done $W/lfrun/metrics.jsonl" 60' "setup lf.yaml ^T: the 2-step run finishes"
+
 # --- 8. watch on a missing folder (a typo): one line, exit 1; a run folder with no metrics yet
 # says so once and waits
 out=$("$BIN" watch $W/nothing_yet 2>&1 </dev/null); rc=$?

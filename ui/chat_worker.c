@@ -85,10 +85,12 @@ static void load_template(ChatWorker *w, const Model *m, Template **tpl) {
     *tpl = NULL;
     TunaErr terr = {0};
     TemplateAuto ta;
-    if (!strcmp(name, "auto")) /* the built-in matching the model's own chat template */
+    char fb[sizeof name];
+    if (template_auto_fallback(name)) { /* the model's own (auto:NAME: NAME without one) */
+        snprintf(fb, sizeof fb, "%s", template_auto_fallback(name)); /* name is written below */
         snprintf(name, sizeof name, "%s",
-                 template_auto("templates", w->model_dir, "vanilla", &ta, NULL) == 0 ? ta.name
-                                                                                     : "vanilla");
+                 template_auto("templates", w->model_dir, fb, &ta, NULL) == 0 ? ta.name : fb);
+    }
     if (name[0] && template_load("templates", name, tpl, &terr)) *tpl = NULL;
     char desc[1024];
     snprintf(desc, sizeof desc, "%.600s: %s, %.2fM params, template %.100s", w->model_dir,

@@ -24,6 +24,7 @@
 #include <cjson/cJSON.h>
 
 #include "../src/config.h"
+#include "../src/lf_config.h"
 #include "../src/model.h"
 #include "../src/template.h"
 #include "../src/train.h"
@@ -294,6 +295,7 @@ static void setup_free(SetupState *s) {
     }
     setup_browser_clear(&s->br);
     setup_preview_clear(&s->pv);
+    cJSON_Delete(s->extra);
     free(s->f);
     free(s);
 }
@@ -699,7 +701,11 @@ static int setup_action(App *app, Action a) {
         edit_set(&s->ed, v);
         return UI_REDRAW;
     case ACT_CFG_SAVE:
-        if (setup_write_json(app, s, app->config_path, NULL, err, sizeof err))
+        if (lf_config_is_yaml(app->config_path))
+            app_status(app, ROLE_ERROR,
+                       "^S writes JSON, not over the YAML %s: start with --config FILE.json",
+                       app->config_path);
+        else if (setup_write_json(app, s, app->config_path, NULL, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
             app_status(app, ROLE_NORMAL, "saved %s", app->config_path);
@@ -708,7 +714,8 @@ static int setup_action(App *app, Action a) {
         if (setup_load_json(s, app->config_path, err, sizeof err))
             app_status(app, ROLE_ERROR, "%s", err);
         else
-            app_status(app, ROLE_NORMAL, "loaded %s", app->config_path);
+            app_status(app, ROLE_NORMAL, "loaded %s%s", app->config_path,
+                       lf_config_is_yaml(app->config_path) ? " (LLaMA-Factory)" : "");
         return UI_REDRAW;
     case ACT_START: return setup_start_training(app, s);
     default: return 0;

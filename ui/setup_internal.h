@@ -67,6 +67,9 @@ struct SetupState {
     signed char *ds_done; /* 0 not counted yet, 1 exact, 2 approximate, -1 unknown */
     Browser br;
     SetupPreview pv;
+    /* the loaded config's settings that are not rows of the form (a LLaMA-Factory YAML's
+     * lr_scheduler, warmup, logging, ...): written back with the form's (a cJSON object) */
+    struct cJSON *extra;
 };
 
 // scr_setup.c: the form's helpers

@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "../src/lf_config.h"
 #include "../src/model.h"
 #include "../src/template.h"
 #include "../src/train.h"
@@ -26,12 +27,15 @@
 // --- config JSON
 
 static cJSON *setup_json(SetupState *s) {
-    cJSON *o = cJSON_CreateObject();
+    /* the loaded config's other settings, then the form's rows over them */
+    cJSON *o = s->extra ? cJSON_Duplicate(s->extra, 1) : cJSON_CreateObject();
     unsigned mb = setup_method_bit(s);
-    cJSON_AddStringToObject(o, "dataset_dir", "datasets");
+    if (!cJSON_GetObjectItemCaseSensitive(o, "dataset_dir"))
+        cJSON_AddStringToObject(o, "dataset_dir", "datasets");
     for (int i = 0; i < s->n; i++) {
         Field *f = &s->f[i];
         if (!(f->methods & mb)) continue;
+        cJSON_DeleteItemFromObjectCaseSensitive(o, f->key);
         if (setup_is_auto(f))
             cJSON_AddStringToObject(o, f->key, "auto");
         else if (f->kind == F_INT)
@@ -66,9 +70,21 @@ int setup_write_json(App *app, SetupState *s, const char *path, const char *outp
     return rc;
 }
 
+/* A train_config.json, or a LLaMA-Factory YAML read by the engine's lf_config_load (over tuna's
+ * defaults, as `tuna train FILE.yaml` does): the form's rows take its values and the rest is kept
+ * in s->extra, so that ^S and ^T write the whole config. */
 int setup_load_json(SetupState *s, const char *path, char *err, size_t n) {
-    char *txt = xread_file(path, NULL);
-    if (!txt) {
+    char *txt = NULL;
+    if (lf_config_is_yaml(path)) {
+        TrainConfig c;
+        TunaErr e = {0};
+        train_config_defaults(&c);
+        if (lf_config_load(&c, path, NULL, 0, &e)) {
+            snprintf(err, n, "%s", e.msg);
+            return -1;
+        }
+        txt = train_config_json(&c);
+    } else if (!(txt = xread_file(path, NULL))) {
         snprintf(err, n, "%.400s: %s", path, strerror(errno));
         return -1;
     }
@@ -94,8 +110,11 @@ int setup_load_json(SetupState *s, const char *path, char *err, size_t n) {
             snprintf(f->text, sizeof f->text, "%s", it->valuestring);
             if (!strcmp(f->key, "output")) s->output_typed = 1;
         }
+        cJSON_DeleteItemFromObjectCaseSensitive(o, f->key);
     }
-    cJSON_Delete(o);
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "history"); /* a resumed run's record */
+    cJSON_Delete(s->extra);
+    s->extra = o;
     return 0;
 }
 

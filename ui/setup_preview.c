@@ -91,11 +91,12 @@ int setup_preview_update(SetupPreview *p, const PreviewInputs *in) {
     Dataset *d = NULL;
     const char *tname = in->template_name;
     TemplateAuto ta;
-    if (!strcmp(tname, "auto")) /* --template auto: the built-in matching the model's own */
+    const char *fb = template_auto_fallback(tname);
+    if (fb) /* --template auto (auto:NAME): the built-in matching the model's own */
         tname = template_auto(in->templates_dir ? in->templates_dir : "templates", in->model_dir,
-                              "vanilla", &ta, NULL) == 0
+                              fb, &ta, NULL) == 0
                         ? ta.name
-                        : "vanilla";
+                        : fb;
     if (template_load(in->templates_dir ? in->templates_dir : "templates", tname, &t, &err)) {
         snprintf(p->err, sizeof p->err, "template: %s", err.msg);
         return 1;

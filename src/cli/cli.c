@@ -72,8 +72,10 @@ int cli_default_template(const char *model_dir, const char *adapter_dir, const c
         from_run = 1;
     }
     if (!*tdir) *tdir = "templates";
-    const char *fallback = *tname ? template_auto_fallback(*tname) : "vanilla";
-    if (fallback) { /* --template auto, the default (or auto:NAME, another fallback) */
+    char fallback[64] = "vanilla"; /* a copy: *tname may be nbuf, written below */
+    const char *fb = *tname ? template_auto_fallback(*tname) : "vanilla";
+    if (fb) snprintf(fallback, sizeof fallback, "%s", fb);
+    if (fb) { /* --template auto, the default (or auto:NAME, another fallback) */
         TemplateAuto a;
         TunaErr e = {0};
         if (template_auto(*tdir, model_dir, fallback, &a, &e) == 0) {
