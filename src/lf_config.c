@@ -93,9 +93,7 @@ static const LfKey lf_keys[] = {
         {"preprocessing_batch_size", LF_IGNORE, NULL, NULL},
         {"buffer_size", LF_IGNORE, NULL, NULL},
         {"eval_on_each_dataset", LF_IGNORE, NULL, NULL},
-        NOT_IMPL("eval_dataset", "",
-                 "a separate eval dataset is not implemented; use val_size (a split of the "
-                 "training data)"),
+        {"eval_dataset", LF_SPECIAL, NULL, NULL},
         NOT_IMPL("mix_strategy", "concat", "tuna concatenates the datasets (concat)"),
         NOT_IMPL("interleave_probs", "", "interleaving datasets is not implemented"),
         NOT_IMPL("streaming", "false", "streaming datasets are not implemented"),
@@ -623,6 +621,15 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         else
             rc = put(a, "warmup_steps", p->val, p, err);
         if (rc) return rc;
+    }
+    if ((p = pair_of(d, "eval_dataset"))) { /* LLaMA-Factory refuses it beside a val_size */
+        const Pair *vs = pair_of(d, "val_size");
+        if (vs && strtod(vs->val, NULL) > 1e-6)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "%s:%d: eval_dataset: and val_size (line %d) "
+                             "both choose the eval set; keep one",
+                             a->path, p->line, vs->line);
+        if ((rc = put(a, "eval_dataset", p->val, p, err))) return rc;
     }
     const Pair *es = pair_of(d, "eval_strategy");
     if (!es) es = pair_of(d, "evaluation_strategy");

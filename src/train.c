@@ -630,8 +630,30 @@ static int run_open_data(Run *r, TunaErr *err) {
                  r->all->n_unfilled, r->all->unfilled);
         emit_log(r, "warn", msg);
     }
-    if ((rc = dataset_split(r->all, c->val_size, (uint64_t)c->seed, &r->train, &r->val, err)))
+    int eval_ds = c->eval_dataset[0] != '\0';
+    if ((rc = dataset_split(r->all, eval_ds ? 0 : c->val_size, (uint64_t)c->seed, &r->train,
+                            &r->val, err)))
         return rc;
+    if (eval_ds) { /* --eval-dataset: its rows as the training data's, in place of a split */
+        DatasetOptions eopt = dopt;
+        eopt.names = c->eval_dataset;
+        Dataset *ev = NULL;
+        if ((rc = dataset_load(&eopt, r->tok, r->tpl, &ev, err))) return rc;
+        dataset_free(r->val);
+        r->val = ev;
+        char msg[900];
+        if (ev->n_skipped) {
+            snprintf(msg, sizeof msg, "eval dataset: skipped %zu bad rows (first: %s)",
+                     ev->n_skipped, ev->n_msgs ? ev->msgs[0] : "?");
+            emit_log(r, "warn", msg);
+        }
+        if (c->val_size > 0) {
+            snprintf(msg, sizeof msg,
+                     "val_size %g not used: the eval set is --eval-dataset %s (%zu examples)",
+                     c->val_size, c->eval_dataset, ev->n);
+            emit_note(r, "info", msg);
+        }
+    }
     if (r->train->n == 0)
         return tuna_errf(err, TUNA_EINVAL, "%s: no training examples left", c->dataset);
     // rows are as long as the longest example (up to cutoff_len): no padding to a fixed cutoff

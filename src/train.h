@@ -30,6 +30,7 @@
 
 typedef struct TrainConfig {
     char model[1024], dataset[512], dataset_dir[1024], template_name[64], templates_dir[1024];
+    char eval_dataset[512]; /* the eval set's datasets ("" : a val_size split of the data) */
     char method[16], stage[8], lora_target[256], output[1024], vars[512], lr_scheduler[32];
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
     char init_lora_weights[16]; /* "default" (PEFT's init_lora_weights=True) or "pissa" */

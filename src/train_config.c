@@ -45,6 +45,9 @@ static const TrainOption fields[] = {
           "model folder (config.json, model.safetensors, tokenizer.json)"),
         S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
         S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
+        S(eval_dataset, ALL, "",
+          "evaluate on these datasets (comma-separated, prepared as the training data) instead "
+          "of a val_size split of it (LLaMA-Factory's eval_dataset)"),
         {"template", TRAIN_OPT_STR, OFF(template_name), SZ(template_name), "auto",
          "prompt template (templates/NAME.json), or auto: the one matching the model's own "
          "(auto:NAME: NAME when the model has none; vanilla otherwise)",

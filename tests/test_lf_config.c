@@ -221,7 +221,7 @@ static void test_refusals(void) {
     refused("adapter_name_or_path: a,b\n", "adapter_name_or_path", "several");
     refused("eval_strategy: epoch\n", "eval_strategy epoch", NULL);
     refused("save_strategy: best\n", "save_strategy best", NULL);
-    refused("eval_dataset: alpaca_en_demo\n", "eval_dataset", "val_size");
+    refused("eval_dataset: alpaca_en_demo\nval_size: 0.1\n", ":1: eval_dataset", "line 2");
     refused("resume_from_checkpoint: saves/x/checkpoint-500\n", "resume_from_checkpoint",
             "--resume");
     refused("do_predict: true\n", "do_predict", NULL);
@@ -337,6 +337,48 @@ static void test_cli(void) {
     lrc = train_config_load(&got, path, &err);
     CHECK(rc == 0 && !lrc && !strcmp(got.template_name, "empty"),
           "unset template: exit %d, %s template %s", rc, err.msg, got.template_name);
+    /* eval_dataset: evaluated on it (prepared as the training data), the last eval == tuna eval
+     * of the result on the same rows */
+    char yaml3[300];
+    snprintf(yaml3, sizeof yaml3, "%s/evalds.yaml", tmp);
+    snprintf(text, sizeof text,
+             "model_name_or_path: models/stories260K\ndataset: identity\ntemplate: vanilla\n"
+             "eval_dataset: alpaca_en_demo\nmax_samples: 20\nmax_steps: 4\n"
+             "eval_strategy: steps\neval_steps: 2\nper_device_train_batch_size: 4\n"
+             "cutoff_len: 256\noutput_dir: %s/evalds-run\nlearning_rate: 1.0e-2\n",
+             tmp);
+    write_text(yaml3, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml3);
+    rc = test_system(cmd);
+    snprintf(path, sizeof path, "%s/evalds-run/metrics.jsonl", tmp);
+    FILE *mf = fopen(path, "r");
+    char line[8192];
+    int n_eval = 0;
+    double last = (double)NAN;
+    while (mf && fgets(line, sizeof line, mf)) {
+        const char *p = strstr(line, "\"eval_loss\":");
+        if (!strncmp(line, "{\"type\":\"eval\"", 14) && p) {
+            n_eval++;
+            last = atof(p + 12);
+        }
+    }
+    if (mf) fclose(mf);
+    char *eout = NULL, *eerr = NULL;
+    snprintf(cmd, sizeof cmd,
+             "eval --model %s/evalds-run --dataset alpaca_en_demo --max-samples 20 --no-generate "
+             "--batch-size 4 --cutoff-len 256 --threads 1",
+             tmp);
+    int erc = test_run_tuna(tmp, cmd, NULL, &eout, &eerr);
+    const char *el = eout ? strstr(eout, "\"eval_loss\":") : NULL;
+    double want = el ? atof(el + 12) : (double)NAN;
+    CHECK(rc == 0 && erc == 0 && n_eval == 3 && fabs(last - want) <= 1e-5 * fabs(want),
+          "eval_dataset: exit %d/%d, %d evals, last %.9g vs tuna eval %.9g", rc, erc, n_eval, last,
+          want);
+    printf("  eval_dataset alpaca_en_demo: last eval %.9g, tuna eval of the result %.9g\n", last,
+           want);
+    free(eout);
+    free(eerr);
     /* one config only; a refusal exits 1 with its line */
     snprintf(cmd, sizeof cmd, "%s train %s %s 2>/dev/null", test_tuna_bin(), yaml, yaml2);
     CHECK(test_system(cmd) == 2, "two config operands are refused");
