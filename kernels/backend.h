@@ -126,8 +126,9 @@ typedef struct BackendOps {
     double (*sumsq)(Backend *be, const float *x, size_t n);
     /* x (n) *= s. */
     void (*scale)(Backend *be, float *x, size_t n, float s);
-    /* Per-column scale of R rows of N (DoRA's magnitude): out[t,o] = a[o] * (in[t,o] - b[o]) +
-     * b[o]; b NULL: out[t,o] = a[o] * in[t,o]. a, b (N): backend memory. out may alias in. */
+    /* Per-column scale and shift of R rows of N (DoRA's magnitude, then the layer's bias):
+     * out[t,o] = a[o] * in[t,o] + b[o]; b NULL: + 0. a, b (N): backend memory. out may alias
+     * in. */
     void (*col_scale)(Backend *be, float *out, const float *in, const float *a, const float *b,
                       int R, int N);
     /* Per-column dot products over R rows of N: acc[o] (N, HOST memory) += Σ_t x[t,o]·y[t,o],

@@ -513,6 +513,15 @@ static int val_in(const char *v, const char *list) {
     return 0;
 }
 
+/* p's value as an integer within +-1e9 into *v; 0 when it is not one (tuna's own check of
+ * the option then says why, with the line) */
+static int int_of(const Pair *p, long *v) {
+    char *end;
+    errno = 0;
+    *v = strtol(p->val, &end, 10);
+    return end != p->val && !*end && !errno && *v >= -1000000000L && *v <= 1000000000L;
+}
+
 static int is_true(const Pair *p) {
     return p && !strcmp(p->val, "true");
 }
@@ -584,8 +593,11 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
             return rc;
     }
     const Pair *rk = pair_of(d, "lora_rank");
-    snprintf(buf, sizeof buf, "%d", 2 * (rk ? atoi(rk->val) : 8));
-    assume(a, "lora_alpha", buf, "lora_rank x 2, LLaMA-Factory's default");
+    long rank = 8;
+    if (!rk || int_of(rk, &rank)) { /* a rank that is no number is refused with its line */
+        snprintf(buf, sizeof buf, "%ld", 2 * rank);
+        assume(a, "lora_alpha", buf, "lora_rank x 2, LLaMA-Factory's default");
+    }
     if ((p = pair_of(d, "pissa_init")) && is_true(p)) {
         const Pair *it = pair_of(d, "pissa_iter");
         if (!it || strcmp(it->val, "-1"))
@@ -626,8 +638,8 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         const Pair *vs = pair_of(d, "val_size");
         if (vs && strtod(vs->val, NULL) > 1e-6)
             return tuna_errf(err, TUNA_EINVAL,
-                             "%s:%d: eval_dataset: and val_size (line %d) "
-                             "both choose the eval set; keep one",
+                             "%s:%d: eval_dataset and val_size (line %d) both choose the eval "
+                             "set; keep one",
                              a->path, p->line, vs->line);
         if ((rc = put(a, "eval_dataset", p->val, p, err))) return rc;
     }
@@ -637,13 +649,13 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         const Pair *st = pair_of(d, "eval_steps");
         if (!st) st = pair_of(d, "logging_steps");
         if ((rc = put(a, "eval_steps", st ? st->val : "500", st ? st : es, err))) return rc;
-    } else if (es && !val_in(es->val, "no")) {
+    } else if (es && !val_in(es->val, "no|false")) { /* a plain no is YAML 1.1's false */
         return bad(a, es, err,
                    "evaluating each epoch is not implemented; use steps and eval_steps");
     }
     assume(a, "eval_steps", "0", "eval_strategy no: evaluated at the end only");
     if ((p = pair_of(d, "save_strategy"))) {
-        if (val_in(p->val, "no")) { /* save_steps does not count then */
+        if (val_in(p->val, "no|false")) { /* save_steps does not count then */
             Set *s = find_set(a, "save_steps");
             if (s) {
                 free(s->val);
@@ -667,7 +679,9 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
     const Pair *cl = pair_of(d, "cutoff_len");
     if (packed) { /* DataArguments.__post_init__: cutoff_len -= 1 when packing is set */
         Set *s = find_set(a, "cutoff_len");
-        snprintf(buf, sizeof buf, "%d", (cl ? atoi(cl->val) : 2048) - 1);
+        long len = 2048;
+        if (cl && !int_of(cl, &len)) return 0; /* refused with its line when set */
+        snprintf(buf, sizeof buf, "%ld", len - 1);
         if (s) {
             free(s->val);
             s->val = xstrdup(buf);

@@ -870,8 +870,10 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
                    const float *bias, int R, int K, int N) {
     Backend *be = m->be;
     const BackendOps *op = be->ops;
-    model_base_linear(m, l, site, out, in, W, bias, R, K, N);
     const ModelLora *lo = m->lora;
+    int dora = lo && lo->A[l][site] && lo->G && lo->G[l][site];
+    /* DoRA scales W·x + s·B·A·x, then adds the bias: the product without it */
+    model_base_linear(m, l, site, out, in, W, dora ? NULL : bias, R, K, N);
     if (!lo || !lo->A[l][site]) return;
     /* u = s · in · Aᵀ, then out += u · Bᵀ: the scale on the rank's r columns, as the trainer's
      * forward applies it (model_train.c lora_u_fwd), so that a chat with the adapter unmerged
@@ -879,8 +881,7 @@ static void linear(Model *m, int l, LoraSite site, float *out, const float *in, 
     op->matmul_fwd(be, m->lora_u, in, lo->A[l][site], NULL, R, K, lo->rank);
     op->scale(be, m->lora_u, (size_t)R * lo->rank, lo->scale);
     backend_matmul_acc(be, out, m->lora_u, lo->B[l][site], R, lo->rank, N, m->lora_t);
-    /* DoRA: out = g ⊙ (out - bias) + bias */
-    if (lo->G && lo->G[l][site]) op->col_scale(be, out, out, lo->G[l][site], bias, R, N);
+    if (dora) op->col_scale(be, out, out, lo->G[l][site], bias, R, N); /* g ⊙ out + bias */
 }
 
 void model_free(Model *m) {

@@ -40,6 +40,10 @@ typedef struct LoraMod {
     double *wn, *wsq; /* wsq: ||W[o,:]||², once (the base is frozen) */
     float *g;
     float *g_dev, *gm1_dev;
+    /* DoRA with checkpointing: z = W·h + s·B·A·h of the layer last run (the forward, then each
+     * recompute), (N, out), kept for dora_bwd instead of its base product; every site's but
+     * the down projection's (the recompute stops before it). Aliased as h and u are. */
+    float *zk;
     /* with checkpointing, h and u of the layers after the first alias the first layer's
      * module at the same site: only the layer being recomputed needs them */
 } LoraMod;
@@ -379,8 +383,10 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
             site_dims(c, s, &in, &o);
             total += (size_t)c->L * ((size_t)r * (size_t)(in + o) + (setup->lora_dora ? o : 0));
             out->lora_modules += c->L;
-            /* h and u: every layer's, or with checkpointing the first layer's only */
+            /* h and u: every layer's, or with checkpointing the first layer's only (and DoRA's
+             * z then, but at the down projection) */
             size_t per = (setup->lora_dropout > 0 ? N * (size_t)in : 0) + N * (size_t)r;
+            if (ckpt && setup->lora_dora && s != SITE_DOWN) per += N * (size_t)o;
             lora_act += per * (ckpt ? 1 : (size_t)c->L) * sizeof(float);
         }
         out->trainable = total;
@@ -914,7 +920,12 @@ static int init_lora(TrainState *ts, TunaErr *err) {
             const LoraMod *first = &ts->mods[i % (ts->n_mods / c->L)];
             lm->h = first->h;
             lm->u = first->u;
+            lm->zk = first->zk;
             continue;
+        }
+        if (ts->ckpt && setup->lora_dora && lm->site != SITE_DOWN) {
+            lm->zk = balloc(ts, N * (size_t)lm->out, &fail);
+            ts->act_bytes += N * (size_t)lm->out * sizeof(float);
         }
         if (setup->lora_dropout > 0) {
             lm->h = balloc(ts, N * (size_t)lm->in, &fail);
@@ -1297,6 +1308,7 @@ void train_state_free(TrainState *ts) {
         if (ts->ckpt && ts->mods[i].layer > 0) continue; /* aliases of the first layer's */
         be->ops->release(be, ts->mods[i].h);
         be->ops->release(be, ts->mods[i].u);
+        be->ops->release(be, ts->mods[i].zk);
     }
     be->ops->release(be, ts->pre_dev);
     be->ops->release(be, ts->tok_val);
@@ -1590,14 +1602,19 @@ static void lora_u_fwd(TrainState *ts, LoraMod *lm, const float *in, int M, int 
 static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, LoraSite ls, float *out,
                      const float *bias, const float *W, const float *Bs, int M, int K, int n_out) {
     Backend *be = ts->be;
-    if (!lm->h) {
+    size_t n = (size_t)M * n_out;
+    float *zk = lm->zk ? lm->zk + (size_t)row0 * M : NULL; /* this slice's block */
+    if (!lm->h) { /* out holds z = W·x + s·B·A·x (the base's product without its bias) */
+        if (zk) be->ops->copy(be, zk, out, sizeof(float) * n);
         be->ops->col_scale(be, out, out, lm->g_dev + row0, bias, M, n_out); /* as model.c's */
         return;
     }
     model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h, W, NULL, M, K, n_out);
     backend_matmul_acc(be, ts->dora_z, lm->u, Bs, M, ts->setup.lora_rank, n_out, ts->dys);
-    be->ops->col_scale(be, ts->dora_z, ts->dora_z, lm->gm1_dev + row0, NULL, M, n_out);
-    be->ops->add_fwd(be, out, out, ts->dora_z, (size_t)M * n_out);
+    if (zk) be->ops->copy(be, zk, ts->dora_z, sizeof(float) * n);
+    /* out (W·x + s·B·A·h) += (g - 1) ⊙ z + bias */
+    be->ops->col_scale(be, ts->dora_z, ts->dora_z, lm->gm1_dev + row0, bias, M, n_out);
+    be->ops->add_fwd(be, out, out, ts->dora_z, n);
 }
 
 /* DoRA backward on rows [row0, row0 + n_out): with h = x (no dropout) or dropout(x) (lm->h),
@@ -1610,13 +1627,17 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls,
                              const float **dy_h) {
     Backend *be = ts->be;
     int r = ts->setup.lora_rank;
-    size_t n = (size_t)M * n_out;
-    /* the base product again, as the forward ran it (a typed base's own kernel) */
-    model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h ? lm->h : in, W, NULL, M, K, n_out);
-    be->ops->matmul_fwd(be, ts->dys, lm->u, lm->B + (size_t)row0 * r, NULL, M, r, n_out);
-    be->ops->add_fwd(be, ts->dora_z, ts->dora_z, ts->dys, n);
+    const float *z = ts->dora_z;
+    if (lm->zk) { /* checkpointing: the forward or the recompute just ran this layer */
+        z = lm->zk + (size_t)row0 * M;
+    } else { /* the base product again, as the forward ran it (a typed base's own kernel) */
+        model_base_linear(ts->m, lm->layer, ls, ts->dora_z, lm->h ? lm->h : in, W, NULL, M, K,
+                          n_out);
+        /* + s·B·A·h as dora_fwd added it (the same op: the same bits as lm->zk's) */
+        backend_matmul_acc(be, ts->dora_z, lm->u, lm->B + (size_t)row0 * r, M, r, n_out, ts->dys);
+    }
     double *acc = xcalloc((size_t)n_out, sizeof(double));
-    be->ops->col_dot(be, acc, dout, ts->dora_z, M, n_out);
+    be->ops->col_dot(be, acc, dout, z, M, n_out);
     be->ops->col_scale(be, ts->dora_dy, dout, lm->g_dev + row0, NULL, M, n_out);
     *dy_h = NULL;
     if (lm->h) {
@@ -1633,8 +1654,16 @@ static const float *dora_bwd(TrainState *ts, LoraMod *lm, int row0, LoraSite ls,
     return ts->dora_dy;
 }
 
+/* Whether a DoRA module sits at (l, site): its base product is made without the bias, which
+ * dora_fwd adds after the scaling. */
+static int is_dora(const TrainState *ts, int l, int site) {
+    int mi = ts->site_mod ? ts->site_mod[l][site] : -1;
+    return mi >= 0 && ts->mods[mi].mag != NULL;
+}
+
 /* out (M, n_out), the base layer's in · Wᵀ + bias, += scale · (dropout(in) · Aᵀ) ·
- * B[row0 : row0+n_out]ᵀ where an adapter sits at (l, site) (DoRA: and the magnitude's scaling) */
+ * B[row0 : row0+n_out]ᵀ where an adapter sits at (l, site) (DoRA: out arrives without the bias,
+ * which dora_fwd adds after the magnitude's scaling) */
 static void adapter_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                         const float *W, const float *bias, int M, int K, int n_out) {
     Backend *be = ts->be;
@@ -1656,7 +1685,8 @@ static void adapter_fwd(TrainState *ts, int l, int site, int slice, float *out, 
 /* out (M, n_out) = in · Wᵀ + bias, plus scale · (dropout(in) · Aᵀ) · B[row0 : row0+n_out]ᵀ. */
 static void linear_fwd(TrainState *ts, int l, int site, int slice, float *out, const float *in,
                        const float *W, const float *bias, int M, int K, int n_out) {
-    model_base_linear(ts->m, l, base_site(site, slice), out, in, W, bias, M, K, n_out);
+    model_base_linear(ts->m, l, base_site(site, slice), out, in, W,
+                      is_dora(ts, l, site) ? NULL : bias, M, K, n_out);
     adapter_fwd(ts, l, site, slice, out, in, W, bias, M, K, n_out);
 }
 
@@ -1949,7 +1979,13 @@ static void train_linear_n(void *ctx, int l, int n, const LoraSite *sites, float
                            const float *in, const float *const *Ws, const float *const *biases,
                            int M, int K, const int *Ns) {
     TrainState *ts = ctx;
-    model_base_linear_n(ts->m, l, n, sites, outs, in, Ws, biases, M, K, Ns);
+    TUNA_ASSERT(n <= 8);
+    const float *base_b[8] = {0}; /* DoRA adds the bias after its scaling: products without */
+    for (int i = 0; i < n && i < 8; i++) {
+        int slice, as = adapter_site(ts, sites[i], &slice);
+        base_b[i] = is_dora(ts, l, as) ? NULL : biases[i];
+    }
+    model_base_linear_n(ts->m, l, n, sites, outs, in, Ws, base_b, M, K, Ns);
     for (int i = 0; i < n; i++) {
         int slice, as = adapter_site(ts, sites[i], &slice);
         adapter_fwd(ts, l, as, slice, outs[i], in, Ws[i], biases[i], M, K, Ns[i]);

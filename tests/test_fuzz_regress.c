@@ -12,6 +12,7 @@
 
 #include "../src/config.h"
 #include "../src/dataset.h"
+#include "../src/lf_config.h"
 #include "../src/safetensors.h"
 #include "../src/template.h"
 #include "../src/tokenizer.h"
@@ -387,6 +388,31 @@ static void test_metrics_huge_numbers(void) {
           "in-range steps are kept");
 }
 
+/* fuzz_lfyaml: a lora_rank past int's range (read with atoi, doubled for LLaMA-Factory's
+ * lora_alpha default: a signed overflow, UBSan's report) and a cutoff_len past it with packing
+ * (its - 1); now read within +-1e9 or left to the option's own check, which names the line */
+static void test_lfyaml_huge_ints(void) {
+    const char *dir = mkcase("lfyaml");
+    static const struct {
+        const char *text, *needle;
+    } cases[] = {
+            {" \nlora_rank: 900719199925\"F16\"39254740993", ":2: lora_rank"},
+            {"lora_rank: -1223932235\n", ":1: lora_rank"},
+            {"packing: true\ncutoff_len: -2147483648\n", ":2: cutoff_len"},
+            {"neat_packing: true\ncutoff_len: 99999999999999999999\n", ":2: cutoff_len"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        write_text(dir, "t.yaml", cases[i].text);
+        char path[1200];
+        snprintf(path, sizeof path, "%s/t.yaml", dir);
+        TrainConfig c;
+        train_config_defaults(&c);
+        TunaErr err = {0};
+        int rc = lf_config_load(&c, path, NULL, 0, &err);
+        expect_msg("lfyaml huge int", rc, &err, "t.yaml", cases[i].needle);
+    }
+}
+
 int main(void) {
     if (!mkdtemp(base)) {
         perror("mkdtemp");
@@ -399,6 +425,7 @@ int main(void) {
     test_limits();
     test_metrics_empty_file();
     test_metrics_huge_numbers();
+    test_lfyaml_huge_ints();
     nftw(base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_report("test_fuzz_regress");
 }

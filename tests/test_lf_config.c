@@ -147,6 +147,10 @@ static void test_defaults_and_specials(void) {
     CHECK(load("save_strategy: 'no'\nsave_steps: 100\n", &c, NULL, 0, &err) == 0 &&
                   c.save_steps == 0,
           "save_strategy no: %s %d", err.msg, c.save_steps);
+    CHECK(load("save_strategy: no\neval_strategy: no\neval_steps: 5\n", &c, NULL, 0, &err) == 0 &&
+                  c.save_steps == 0 && c.eval_steps == 0,
+          "plain no (YAML 1.1's false) as a strategy: %s %d %d", err.msg, c.save_steps,
+          c.eval_steps);
     CHECK(load("dataset: [identity, alpaca_en_demo]\ntemplate: null\nbf16: On\nseed: ~\n", &c, NULL,
                0, &err) == 0 &&
                   !strcmp(c.dataset, "identity,alpaca_en_demo") &&

@@ -742,7 +742,7 @@ void cpu_col_scale(Backend *be, float *out, const float *in, const float *a, con
         if (b) {
 #pragma omp simd
             for (int o = 0; o < N; o++)
-                y[o] = a[o] * (x[o] - b[o]) + b[o];
+                y[o] = a[o] * x[o] + b[o];
         } else {
 #pragma omp simd
             for (int o = 0; o < N; o++)

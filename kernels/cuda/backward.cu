@@ -346,8 +346,7 @@ __global__ static void col_scale_kernel(float *out, const float *in, const float
                                         size_t n, int N) {
     EW_LOOP(i, n) {
         int o = (int)(i % (size_t)N);
-        float c = b ? b[o] : 0.0f;
-        out[i] = a[o] * (in[i] - c) + c;
+        out[i] = a[o] * in[i] + (b ? b[o] : 0.0f);
     }
 }
 

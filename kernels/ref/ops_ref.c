@@ -496,8 +496,7 @@ void ref_col_scale(float *out, const float *in, const float *a, const float *b, 
     for (int t = 0; t < R; t++)
         for (int o = 0; o < N; o++) {
             size_t i = (size_t)t * N + o;
-            float c = b ? b[o] : 0.0f;
-            out[i] = a[o] * (in[i] - c) + c;
+            out[i] = a[o] * in[i] + (b ? b[o] : 0.0f);
         }
 }
 
