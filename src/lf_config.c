@@ -555,6 +555,38 @@ static int check_choice(const Apply *a, const Pair *p, const char *opt, TunaErr 
     return 0;
 }
 
+/* quantization_bit 8 is bitsandbytes' LLM.int8 in LLaMA-Factory: refused unless the file asks
+ * for tuna's Q8_0 (quantization_type q8_0). *dq: double quantization by LLaMA-Factory's default
+ * (4 bits in nf4 or fp4). */
+static int lf_quant(const Apply *a, const Pair *qb, const Pair *qt, int *dq, TunaErr *err) {
+    *dq = qb && !strcmp(qb->val, "4") && (!qt || val_in(qt->val, "nf4|fp4"));
+    if (qb && !strcmp(qb->val, "8") && (!qt || strcasecmp(qt->val, "q8_0")))
+        return bad(a, qb, err,
+                   "in LLaMA-Factory that is bitsandbytes' LLM.int8, which tuna does not "
+                   "implement; tuna's 8-bit base is GGUF's Q8_0 (blocks of 32 with a scale): "
+                   "add quantization_type: q8_0 to use that");
+    return 0;
+}
+
+/* A key neither table holds: an argument of a feature tuna lacks, or unknown (what: where
+ * its own options are listed) */
+static int lf_unknown(const Apply *a, const Pair *p, const char *what, TunaErr *err) {
+    const char *feature = lf_unimpl(p->key);
+    if (feature)
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "%s:%d: %s: an argument of %s, which tuna does not implement", a->path,
+                         p->line, p->key, feature);
+    return tuna_errf(err, TUNA_EINVAL, "%s:%d: %s: not %s", a->path, p->line, p->key, what);
+}
+
+/* "a; b; " -> "a; b" */
+static void notes_end(char *notes, size_t cap) {
+    if (!notes || !cap) return;
+    size_t n = strlen(notes);
+    while (n && (notes[n - 1] == ' ' || notes[n - 1] == ';'))
+        notes[--n] = '\0';
+}
+
 /* The keys read together (LF_SPECIAL), then LLaMA-Factory's defaults where tuna's differ. */
 static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
     const Pair *p;
@@ -572,17 +604,12 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         if ((rc = put(a, "adapter", p->val, p, err))) return rc;
     }
     const Pair *qb = pair_of(d, "quantization_bit"), *qt = pair_of(d, "quantization_type");
-    if (qb && !strcmp(qb->val, "8")) {
-        if (!qt || strcasecmp(qt->val, "q8_0"))
-            return bad(a, qb, err,
-                       "in LLaMA-Factory that is bitsandbytes' LLM.int8, which tuna does not "
-                       "implement; tuna's 8-bit base is GGUF's Q8_0 (blocks of 32 with a scale): "
-                       "add quantization_type: q8_0 to train on that");
-        find_set(a, "quantization_type")->opt = "quantization_type_q8"; /* dropped below */
-    }
+    int dq;
+    if ((rc = lf_quant(a, qb, qt, &dq, err))) return rc;
+    if (qb && !strcmp(qb->val, "8")) /* quantization_type q8_0 is what bit 8 means: dropped */
+        find_set(a, "quantization_type")->opt = "quantization_type_q8";
     if (qb && (rc = put(a, "quantization_bit", qb->val, qb, err))) return rc;
-    if (qb && !strcmp(qb->val, "4") && (!qt || val_in(qt->val, "nf4|fp4")))
-        assume(a, "double_quantization", "true", "LLaMA-Factory's default with 4 bits");
+    if (dq) assume(a, "double_quantization", "true", "LLaMA-Factory's default with 4 bits");
     if ((p = pair_of(d, "disable_gradient_checkpointing")) &&
         (rc = put(a, "gradient_checkpointing", is_true(p) ? "false" : "true", p, err)))
         return rc;
@@ -703,17 +730,12 @@ static int lf_apply(Apply *a, const Doc *d, TunaErr *err) {
         const Pair *p = &d->p[i];
         const LfKey *k = lf_find(p->key);
         int rc = 0;
-        const char *feature = k ? NULL : lf_unimpl(p->key);
-        if (feature)
-            return tuna_errf(err, TUNA_EUNSUP,
-                             "%s:%d: %s: an argument of %s, which tuna does not implement", a->path,
-                             p->line, p->key, feature);
+        if (!k && (lf_unimpl(p->key) || !train_option_find(p->key)))
+            return lf_unknown(a, p,
+                              "a LLaMA-Factory training argument tuna knows, nor a tuna option "
+                              "(tuna train --help)",
+                              err);
         if (!k) {
-            if (!train_option_find(p->key))
-                return tuna_errf(err, TUNA_EINVAL,
-                                 "%s:%d: %s: not a LLaMA-Factory training argument tuna knows, nor "
-                                 "a tuna option (tuna train --help)",
-                                 a->path, p->line, p->key);
             if (p->val) rc = put(a, p->key, p->val, p, err);
         } else if (k->kind == LF_TO) {
             if (p->val && !(rc = check_choice(a, p, k->arg, err)))
@@ -761,11 +783,7 @@ int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, Tu
         free(a->s[i].val);
     free(a);
     doc_free(&d);
-    if (notes && cap) { /* "a; b; " -> "a; b" */
-        size_t n = strlen(notes);
-        while (n && (notes[n - 1] == ' ' || notes[n - 1] == ';'))
-            notes[--n] = '\0';
-    }
+    notes_end(notes, cap);
     return rc;
 }
 
@@ -894,13 +912,10 @@ static int lf_chat_special(Apply *a, const Doc *d, ArgList *l, TunaErr *err) {
     }
     const Pair *qb = pair_of(d, "quantization_bit"), *qt = pair_of(d, "quantization_type"),
                *dq = pair_of(d, "double_quantization");
-    if (qb && !strcmp(qb->val, "8") && (!qt || strcasecmp(qt->val, "q8_0")))
-        return bad(a, qb, err,
-                   "in LLaMA-Factory that is bitsandbytes' LLM.int8, which tuna does not "
-                   "implement; add quantization_type: q8_0 for GGUF's Q8_0 blocks");
+    int nf, rc = lf_quant(a, qb, qt, &nf, err);
+    if (rc) return rc;
     if (qb) arg_add(l, "--quantization-bit", qb->val);
     if (qb && qt && strcmp(qb->val, "8")) arg_add(l, "--quantization-type", qt->val);
-    int nf = qb && !strcmp(qb->val, "4") && (!qt || val_in(qt->val, "nf4|fp4"));
     if (nf && (!dq || is_true(dq))) arg_add(l, "--double-quantization", NULL);
     return 0;
 }
@@ -910,7 +925,10 @@ int lf_config_args(const char *path, LfCommand cmd, char ***argv, int *argc, cha
     const LfKey *tab = cmd == LF_CMD_EXPORT ? lf_export_keys : lf_chat_keys;
     int ntab = cmd == LF_CMD_EXPORT ? (int)(sizeof lf_export_keys / sizeof *lf_export_keys)
                                     : (int)(sizeof lf_chat_keys / sizeof *lf_chat_keys);
-    const char *what = cmd == LF_CMD_EXPORT ? "export" : "chat";
+    const char *what =
+            cmd == LF_CMD_EXPORT
+                    ? "an argument of llamafactory-cli export that tuna knows (tuna export --help)"
+                    : "an argument of llamafactory-cli chat that tuna knows (tuna chat --help)";
     Doc d = {0};
     Apply *a = xcalloc(1, sizeof *a);
     a->path = path;
@@ -926,16 +944,7 @@ int lf_config_args(const char *path, LfCommand cmd, char ***argv, int *argc, cha
         for (int j = 0; j < ntab && !k; j++)
             if (!strcmp(tab[j].key, p->key)) k = &tab[j];
         if (!k) {
-            const char *feature = lf_unimpl(p->key);
-            if (feature)
-                rc = tuna_errf(err, TUNA_EUNSUP,
-                               "%s:%d: %s: an argument of %s, which tuna does not implement", path,
-                               p->line, p->key, feature);
-            else
-                rc = tuna_errf(err, TUNA_EINVAL,
-                               "%s:%d: %s: not an argument of llamafactory-cli %s that tuna "
-                               "knows (tuna %s --help)",
-                               path, p->line, p->key, what, what);
+            rc = lf_unknown(a, p, what, err);
         } else if (k->kind == LF_TO && p->val) {
             arg_add(&l, k->arg, p->val);
         } else if (k->kind == LF_ONLY && p->val && !val_in(p->val, k->arg)) {
@@ -972,10 +981,6 @@ int lf_config_args(const char *path, LfCommand cmd, char ***argv, int *argc, cha
     }
     free(a);
     doc_free(&d);
-    if (notes && cap) {
-        size_t n = strlen(notes);
-        while (n && (notes[n - 1] == ' ' || notes[n - 1] == ';'))
-            notes[--n] = '\0';
-    }
+    notes_end(notes, cap);
     return rc;
 }
