@@ -211,15 +211,6 @@ static char *go_template(const Template *t, const char *bos, const char *eos) {
     return b.s;
 }
 
-int modelfile_template_starts_with_bos(const Template *t) {
-    ChatMessage m = {"user", "x"};
-    char *s = NULL;
-    if (template_render_text(t, &m, 1, BOS, "", &s, NULL)) return 0;
-    int r = s[0] == BOS[0];
-    free(s);
-    return r;
-}
-
 /* A Modelfile value: "..." or """...""" as Ollama's parser reads them back (it keeps newlines
  * and tabs in quotes, drops other control characters, and ends a """ value at the first """
  * followed by a space or newline). triple: 0 "...", 1 """...""", 2 bare when it can be (paths). */

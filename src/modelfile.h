@@ -9,7 +9,7 @@
  * separator or merge_system_into_user). Roles: user, assistant, tool (tuna's observation).
  * BOS: a BOS that starts the rendered text is left out of the TEMPLATE; llama.cpp (Ollama's
  * runner) adds it when it tokenizes the prompt, as the GGUF's tokenizer.ggml.add_bos_token says,
- * so the exporter sets that key to true when modelfile_template_starts_with_bos(). A BOS later in
+ * so the exporter sets that key to true when template_starts_with_bos(). A BOS later in
  * the text (Llama 2's every user turn) is written as its text, which llama.cpp reads back as the
  * special token. Not covered: tool calls (tuna's function/tools roles). Tested against Go's
  * text/template by tests/test_modelfile.c with tests/gotmpl/. */
@@ -25,10 +25,6 @@
  * TUNA_EINVAL (one line) for a stop word or system prompt that a Modelfile cannot hold. */
 int modelfile_render(const Template *t, const char *from, const char *adapter, const char *bos,
                      const char *eos, char **out, TunaErr *err);
-
-/* 1 when tuna's rendering of a conversation starts with the BOS token (the GGUF must then have
- * tokenizer.ggml.add_bos_token = true for Ollama to see the same tokens). */
-int modelfile_template_starts_with_bos(const Template *t);
 
 /* Writes path (through path.tmp-PID and a rename: the old file or the new one, never half of
  * one). BOS/EOS text is read from from_gguf's tokenizer (tokenizer.ggml.*). FROM and ADAPTER

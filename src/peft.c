@@ -685,13 +685,43 @@ static int write_weights(const Model *m, const char *dir, const HfWriteOpts *o, 
     return rc;
 }
 
+/* dir's tokenizer carries the chat template jinja: tokenizer_config.json's "chat_template"
+ * (the file made when there is none), and chat_template.jinja where the folder has one
+ * (transformers reads that file before the key) */
+static int hf_chat_template(const char *dir, const char *jinja, TunaErr *err) {
+    char path[4400];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    size_t n = 0;
+    char *text = xread_file(path, &n);
+    cJSON *j = text ? cJSON_ParseWithLength(text, n) : cJSON_CreateObject();
+    free(text);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return tuna_errf(err, TUNA_EFORMAT, "%s: not a JSON object; cannot set its chat_template",
+                         path);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "chat_template");
+    cJSON_AddStringToObject(j, "chat_template", jinja);
+    char *out = cJSON_Print(j);
+    cJSON_Delete(j);
+    int rc = !out || write_text(path, out) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
+    free(out);
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    if (!rc && !access(path, F_OK) && write_text(path, jinja))
+        rc = tuna_errf(err, TUNA_EIO, "%s: cannot write", path);
+    return rc;
+}
+
 int model_write_hf_as(const Model *m, const char *tmp, const HfWriteOpts *o, TunaErr *err) {
     char path[4400], src[4400];
     int rc = write_weights(m, tmp, o, err);
     if (rc) return rc;
-    const char *files[] = {"config.json",     "generation_config.json",
-                           "tokenizer.json",  "tokenizer_config.json",
-                           "tokenizer.model", "special_tokens_map.json"};
+    /* the tokenizer's files as save_pretrained writes them (a slow tokenizer's too) */
+    const char *files[] = {"config.json",         "generation_config.json",
+                           "tokenizer.json",      "tokenizer_config.json",
+                           "tokenizer.model",     "special_tokens_map.json",
+                           "chat_template.jinja", "added_tokens.json",
+                           "vocab.json",          "merges.txt"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(src, sizeof src, "%s/%s", m->dir, files[i]);
         snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
@@ -708,11 +738,12 @@ int model_write_hf_as(const Model *m, const char *tmp, const HfWriteOpts *o, Tun
     } else if (!access(path, F_OK)) {
         rc = hf_config_dtype(path, o->dtype, err);
     }
+    if (!rc && o->chat_template) rc = hf_chat_template(tmp, o->chat_template, err);
     return rc;
 }
 
 int model_write_hf(const Model *m, const char *tmp, TunaErr *err) {
-    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL};
+    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL, NULL};
     return model_write_hf_as(m, tmp, &o, err);
 }
 

@@ -44,13 +44,17 @@ int model_write_hf(const Model *m, const char *dir, TunaErr *err);
  * model.safetensors when they fit in one); config.json's torch_dtype says dtype. Each tensor is
  * made (dequantized, an unmerged LoRA added in) as it is written: the model is never held twice.
  * progress (or NULL): after each tensor, the tensors done and their count.
- * model_write_hf: fp32, shards of HF_SHARD_BYTES (transformers' and LLaMA-Factory's 5 GB). */
+ * model_write_hf: fp32, shards of HF_SHARD_BYTES (transformers' and LLaMA-Factory's 5 GB), the
+ * model's own chat template. */
 #define HF_SHARD_BYTES 5000000000ull
 typedef struct HfWriteOpts {
     StDtype dtype;
     uint64_t shard_bytes;
     void (*progress)(void *ctx, int done, int total);
     void *progress_ctx;
+    /* or NULL: the tokenizer's chat template (tokenizer_config.json's "chat_template", and
+     * chat_template.jinja where the model has one); NULL keeps the model's own */
+    const char *chat_template;
 } HfWriteOpts;
 int model_write_hf_as(const Model *m, const char *dir, const HfWriteOpts *o, TunaErr *err);
 /* "float32", "bfloat16" or "float16": config.json's name of a writer dtype */

@@ -1066,6 +1066,41 @@ int template_auto(const char *templates_dir, const char *model_path, const char 
     return rc;
 }
 
+int template_starts_with_bos(const Template *t) {
+    ChatMessage m = {"user", "x"};
+    char *s = NULL;
+    if (template_render_text(t, &m, 1, "\x02", "", &s, NULL)) return 0;
+    int r = s[0] == '\x02';
+    free(s);
+    return r;
+}
+
+int template_export_jinja(const char *templates_dir, const char *model_path, const char *name,
+                          const Tokenizer *tok, char **out, TunaErr *err) {
+    *out = NULL;
+    TemplateAuto a;
+    TunaErr e = {0};
+    /* the model's own: keep its source (an unreadable one is the loader's matter, not ours) */
+    if (template_auto(templates_dir, model_path, "vanilla", &a, &e) == 0 && a.has_model_template &&
+        a.matched && !strcmp(a.name, name))
+        return 0;
+    Template *t = NULL;
+    int rc = template_load(templates_dir, name, &t, err);
+    if (rc) return rc;
+    char *j = template_to_jinja(t);
+    /* the BOS that training's encoding prepends (auto_bos), which apply_chat_template's
+     * tokenizing (no special tokens) would not add */
+    if (tok && t->auto_bos && tokenizer_adds_bos(tok) && !template_starts_with_bos(t)) {
+        *out = xmalloc(strlen(j) + 16);
+        sprintf(*out, "{{ bos_token }}%s", j);
+        free(j);
+    } else {
+        *out = j;
+    }
+    template_free(t);
+    return 0;
+}
+
 // --- the template as Jinja (GGUF tokenizer.chat_template, for llama.cpp)
 
 /* Appends s (n bytes) escaped for a single-quoted Jinja string. */

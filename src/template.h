@@ -147,4 +147,19 @@ const char *template_auto_fallback(const char *name);
 int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
                   TemplateAuto *out, TunaErr *err);
 
+/* 1 when the template's rendering of a conversation starts with the BOS token (its own
+ * {{bos_token}}, not auto_bos). */
+int template_starts_with_bos(const Template *t);
+
+/* The chat template a Hugging Face checkpoint of a model trained with template name should carry
+ * (an export, a full run's model): *out NULL when name is the built-in that matches the model's
+ * own chat template exactly (the model's source is kept: it may say more, tools say, than the
+ * built-in), else the template as Jinja (template_to_jinja; malloc'd), as LLaMA-Factory writes
+ * its template into the tokenizer it saves, with {{ bos_token }} first where training's encoding
+ * prepends the BOS (auto_bos, tok's post-processor adding one): transformers' apply_chat_template
+ * tokenizes without special tokens, so its ids are then training's. Errors: the template cannot
+ * be loaded. */
+int template_export_jinja(const char *templates_dir, const char *model_path, const char *name,
+                          const Tokenizer *tok, char **out, TunaErr *err);
+
 #endif

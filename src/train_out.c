@@ -24,6 +24,7 @@
 #include "generate.h"
 #include "peft.h"
 #include "safetensors.h"
+#include "template.h"
 #include "xalloc.h"
 
 /* Notes the first failed write of a run file: the loop stops the run on it. */
@@ -218,6 +219,21 @@ static int cmp_ckpt(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* A full or freeze run's model as a Hugging Face checkpoint (fp32) in tmp, its tokenizer with the
+ * run's chat template where that is not the model's own (template_export_jinja; a pt run,
+ * trained on plain text, keeps the model's) */
+static int run_write_hf(Run *r, const char *tmp, TunaErr *err) {
+    char *jinja = NULL;
+    int rc = strcmp(r->cfg->stage, "pt")
+                     ? template_export_jinja(r->cfg->templates_dir, r->cfg->model,
+                                             r->cfg->template_name, r->tok, &jinja, err)
+                     : 0;
+    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL, jinja};
+    if (!rc) rc = model_write_hf_as(r->m, tmp, &o, err);
+    free(jinja);
+    return rc;
+}
+
 /* Steps of the checkpoint-N folders in dir, ascending. */
 static int list_ckpts(const char *dir, int *steps, int cap) {
     DIR *d = opendir(dir);
@@ -278,7 +294,7 @@ int save_checkpoint(Run *r, TunaErr *err) {
         if (train_method_adapter(mt))
             rc = adapter_write(r->ts, tmp, r->cfg->model, err);
         else
-            rc = model_write_hf(r->m, tmp, err);
+            rc = run_write_hf(r, tmp, err);
     }
     if (!rc) {
         cJSON *s = cJSON_CreateObject();
@@ -957,8 +973,7 @@ int write_result(Run *r, int adapter, TunaErr *err) {
     char tmp[1300];
     int rc = dir_begin(r->dir, tmp, sizeof tmp, err);
     if (!rc)
-        rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err)
-                     : model_write_hf(r->m, tmp, err);
+        rc = adapter ? adapter_write(r->ts, tmp, r->cfg->model, err) : run_write_hf(r, tmp, err);
     if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm: LLaMA-Factory's file */
     if (!rc) rc = publish_files(tmp, r->dir, err);
     dir_remove(tmp);

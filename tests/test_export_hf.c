@@ -12,6 +12,12 @@
  *   the other form into the same folder leaves no file of the first behind;
  * - a GGUF model's export carries its tokenizer (tokenizer.json, tokenizer_config.json): stories260K
  *   to GGUF and back tokenizes and decodes as the original;
+ * - the chat template: a model's own (chat_template.jinja too) is kept where the run trained with
+ *   it (--template auto matched) or no run says one; a run with another template (or none on a
+ *   model without one) writes that template's Jinja into tokenizer_config.json (and
+ *   chat_template.jinja where the model had one), which renders every test conversation as the
+ *   template does, with the BOS training's encoding prepends (so transformers' apply_chat_template
+ *   gives training's text); a full run's model folder likewise, a pt run's not;
  * - bad values and --format gguf with these options: one line, exit 2, nothing written.
  * Runs ./tuna (or $TUNA_BIN) from the repo root on the bundled stories260K and a 2-step LoRA. */
 #include <cjson/cJSON.h>
@@ -23,7 +29,11 @@
 
 #include "cli_fixture.h"
 #include "harness.h"
+#include "src/jinja.h"
+#include "src/model.h"
 #include "src/safetensors.h"
+#include "src/template.h"
+#include "src/tokenizer.h"
 #include "src/xalloc.h"
 
 static char tmpdir[64], lora[128];
@@ -431,6 +441,188 @@ static void test_gguf_tokenizer(void) {
     free(d2);
 }
 
+// --- the chat template an export carries
+
+static char *slurp(const char *dir, const char *name) {
+    char p[400];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return xread_file(p, NULL);
+}
+
+/* tokenizer_config.json's "chat_template" in dir (malloc'd), or NULL */
+static char *config_template(const char *dir) {
+    char *text = slurp(dir, "tokenizer_config.json");
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "chat_template"));
+    char *r = v ? xstrdup(v) : NULL;
+    cJSON_Delete(j);
+    free(text);
+    return r;
+}
+
+/* jinja renders each conversation as "<s>" + template name renders it (the BOS auto_bos adds on
+ * stories260K's tokenizer), with the generation prompt where it ends with the user */
+static void check_renders(const char *jinja, const char *name, const char *what) {
+    static const ChatMessage convs[][4] = {
+            {{"user", "hi"}},
+            {{"system", "be brief"}, {"user", "2+2?"}, {"assistant", "4"}},
+            {{"user", "a"}, {"assistant", "b"}, {"user", "c"}},
+    };
+    static const int lens[] = {1, 3, 3};
+    Template *t = NULL;
+    TunaErr err = {0};
+    CHECK(template_load("templates", name, &t, &err) == 0, "load %s: %s", name, err.msg);
+    if (!t || !jinja) return;
+    int bad = 0;
+    for (size_t c = 0; c < sizeof lens / sizeof lens[0]; c++) {
+        char *want = NULL, *got = NULL;
+        if (template_render_text(t, convs[c], lens[c], "<s>", "</s>", &want, &err)) {
+            CHECK(0, "render %s: %s", name, err.msg);
+            continue;
+        }
+        cJSON *ctx = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(ctx, "messages");
+        for (int i = 0; i < lens[c]; i++) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", convs[c][i].role);
+            cJSON_AddStringToObject(m, "content", convs[c][i].content);
+            cJSON_AddItemToArray(msgs, m);
+        }
+        cJSON_AddStringToObject(ctx, "bos_token", "<s>");
+        cJSON_AddStringToObject(ctx, "eos_token", "</s>");
+        cJSON_AddBoolToObject(ctx, "add_generation_prompt",
+                              !strcmp(convs[c][lens[c] - 1].role, "user"));
+        int rc = jinja_render_string(jinja, strlen(jinja), what, ctx, &got, NULL, &err);
+        char *with_bos = xmalloc(strlen(want) + 4);
+        sprintf(with_bos, "<s>%s", want);
+        if (rc || strcmp(got, with_bos)) {
+            bad++;
+            fprintf(stderr, "  %s, conversation %zu: %s\n  got  %s\n  want %s\n", what, c,
+                    rc ? err.msg : "differs", got ? got : "-", with_bos);
+        }
+        free(with_bos);
+        free(want);
+        free(got);
+        cJSON_Delete(ctx);
+    }
+    CHECK(bad == 0, "%s renders as template %s with the BOS (%d conversations differ)", what, name,
+          bad);
+    template_free(t);
+}
+
+static void test_chat_template(void) {
+    char args[768], base[128], path[300], run_a[128], run_auto[128], e[128], cmd[512];
+    /* stories260K with a chat template of its own: chatml's, in chat_template.jinja */
+    snprintf(base, sizeof base, "%s/base-ct", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp -r models/stories260K %s", base);
+    CHECK(system(cmd) == 0, "copy stories260K");
+    Template *cml = NULL;
+    TunaErr err = {0};
+    CHECK(template_load("templates", "chatml", &cml, &err) == 0, "chatml: %s", err.msg);
+    char *own = cml ? template_to_jinja(cml) : NULL;
+    template_free(cml);
+    snprintf(path, sizeof path, "%s/chat_template.jinja", base);
+    FILE *f = fopen(path, "w");
+    CHECK(f && own && fputs(own, f) >= 0 && fclose(f) == 0, "write %s", path);
+    char *base_cfg = slurp(base, "tokenizer_config.json");
+
+    /* a plain model's export, and a run that trained with the model's own (auto -> chatml) */
+    snprintf(e, sizeof e, "%s/ct-plain", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s", base, e);
+    CHECK(tuna(args, NULL) == 0, "export a model with chat_template.jinja");
+    char *j1 = slurp(e, "chat_template.jinja"), *c1 = slurp(e, "tokenizer_config.json");
+    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
+          "a plain export keeps chat_template.jinja and tokenizer_config.json as they are");
+    free(j1);
+    free(c1);
+    snprintf(run_auto, sizeof run_auto, "%s/ct-auto", tmpdir);
+    snprintf(args, sizeof args,
+             "train --model %s --dataset identity --dataset-dir datasets --vars name=T,author=A "
+             "--method lora --max-steps 1 --quiet --output %s",
+             base, run_auto);
+    CHECK(tuna(args, NULL) == 0, "train with --template auto on the chatml model");
+    char tn[64] = "";
+    model_run_string(run_auto, "train_config.json", "template", tn, sizeof tn);
+    CHECK(!strcmp(tn, "chatml"), "auto resolved to %s (want chatml)", tn);
+    snprintf(e, sizeof e, "%s/ct-auto-e", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s", run_auto, e);
+    char *msg = NULL;
+    CHECK(tuna(args, &msg) == 0 && msg && !strstr(msg, "chat template"), "export the auto run: %s",
+          msg ? msg : "");
+    free(msg);
+    j1 = slurp(e, "chat_template.jinja");
+    c1 = slurp(e, "tokenizer_config.json");
+    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
+          "a run with the model's own template keeps the model's chat template");
+    free(j1);
+    free(c1);
+
+    /* a run with another template: its Jinja, in both places */
+    snprintf(run_a, sizeof run_a, "%s/ct-alpaca", tmpdir);
+    snprintf(args, sizeof args,
+             "train --model %s --dataset identity --dataset-dir datasets --vars name=T,author=A "
+             "--method lora --max-steps 1 --quiet --template alpaca --output %s",
+             base, run_a);
+    CHECK(tuna(args, NULL) == 0, "train with --template alpaca on the chatml model");
+    snprintf(e, sizeof e, "%s/ct-alpaca-e", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s", run_a, e);
+    msg = NULL;
+    CHECK(tuna(args, &msg) == 0 && msg && strstr(msg, "chat template alpaca"),
+          "export the alpaca run: %s", msg ? msg : "");
+    free(msg);
+    j1 = slurp(e, "chat_template.jinja");
+    c1 = config_template(e);
+    CHECK(j1 && c1 && !strcmp(j1, c1) && !strncmp(c1, "{{ bos_token }}", 15),
+          "chat_template.jinja == tokenizer_config.json's chat_template, BOS first");
+    check_renders(c1, "alpaca", "the alpaca run's export");
+    free(j1);
+    free(c1);
+    /* --template names it on the export: chatml is the model's own again */
+    snprintf(e, sizeof e, "%s/ct-alpaca-chatml", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s --template chatml", run_a, e);
+    CHECK(tuna(args, NULL) == 0, "export --template chatml");
+    j1 = slurp(e, "chat_template.jinja");
+    CHECK(j1 && own && !strcmp(j1, own), "--template chatml keeps the model's own");
+    free(j1);
+
+    /* the identity run on stories260K, which has no chat template: the run's (vanilla) */
+    snprintf(e, sizeof e, "%s/ct-vanilla", tmpdir);
+    snprintf(args, sizeof args, "export --model %s --out %s", lora, e);
+    CHECK(tuna(args, NULL) == 0, "export the run on stories260K");
+    c1 = config_template(e);
+    CHECK(c1 && !file_exists(e, "chat_template.jinja"), "a model without a chat template gets one");
+    check_renders(c1, "vanilla", "the stories260K run's export");
+    free(c1);
+
+    /* full fine-tuning: the run's own model folder carries it; a pt run's does not */
+    char full[128];
+    snprintf(full, sizeof full, "%s/ct-full", tmpdir);
+    snprintf(args, sizeof args,
+             "train --model %s --dataset identity --dataset-dir datasets --vars name=T,author=A "
+             "--method full --max-steps 1 --quiet --template alpaca --output %s",
+             base, full);
+    CHECK(tuna(args, NULL) == 0, "a full run with --template alpaca");
+    c1 = config_template(full);
+    j1 = slurp(full, "chat_template.jinja");
+    CHECK(c1 && j1 && !strcmp(c1, j1), "the full run's model carries its template");
+    check_renders(c1, "alpaca", "the full run's model");
+    free(c1);
+    free(j1);
+    snprintf(full, sizeof full, "%s/ct-pt", tmpdir);
+    snprintf(args, sizeof args,
+             "train --model %s --dataset c4_demo --dataset-dir datasets --stage pt --method full "
+             "--max-steps 1 --quiet --template alpaca --cutoff-len 64 --output %s",
+             base, full);
+    CHECK(tuna(args, NULL) == 0, "a full pt run");
+    j1 = slurp(full, "chat_template.jinja");
+    c1 = slurp(full, "tokenizer_config.json");
+    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
+          "a pt run keeps the model's chat template");
+    free(j1);
+    free(c1);
+    free(base_cfg);
+    free(own);
+}
+
 static void one_line(const char *args, const char *want) {
     char *e = NULL;
     int rc = tuna(args, &e);
@@ -484,6 +676,7 @@ int main(void) {
         test_dtypes();
         test_shards();
         test_gguf_tokenizer();
+        test_chat_template();
         test_errors();
     }
     char cmd[128];

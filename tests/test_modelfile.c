@@ -129,7 +129,7 @@ static void check_template(const char *name, const char *gotmpl, const char *dir
     char *js = read_all(opath);
     cJSON *out = js ? cJSON_Parse(js) : NULL;
     CHECK(cJSON_GetArraySize(out) == N_CONVS, "%s: gotmpl output %s", name, js ? js : "(none)");
-    int starts_bos = modelfile_template_starts_with_bos(t);
+    int starts_bos = template_starts_with_bos(t);
     for (int i = 0; i < N_CONVS && cJSON_GetArraySize(out) == N_CONVS; i++) {
         char *want = NULL;
         rc = template_render_text(t, CONVS[i].m, CONVS[i].n, bos, eos, &want, &err);
@@ -237,12 +237,12 @@ int main(int argc, char **argv) {
     const char *with_bos[] = {"llama2", "llama3", "mistral"}, *without[] = {"chatml", "smollm"};
     for (int i = 0; i < 3; i++) {
         CHECK(template_load("templates", with_bos[i], &t, &err) == 0, "%s", err.msg);
-        CHECK(modelfile_template_starts_with_bos(t) == 1, "%s starts with BOS", with_bos[i]);
+        CHECK(template_starts_with_bos(t) == 1, "%s starts with BOS", with_bos[i]);
         template_free(t);
     }
     for (int i = 0; i < 2; i++) {
         CHECK(template_load("templates", without[i], &t, &err) == 0, "%s", err.msg);
-        CHECK(modelfile_template_starts_with_bos(t) == 0, "%s: no BOS", without[i]);
+        CHECK(template_starts_with_bos(t) == 0, "%s: no BOS", without[i]);
         template_free(t);
     }
     check_bad(dir);

@@ -776,8 +776,8 @@ int cmd_export(int argc, char **argv) {
             {"format", 1, 'f', "FMT", "hf (default), gguf (merged, for llama.cpp) or gguf-lora"},
             {"quant", 1, 'q', "TYPE", "gguf: f16 (default), bf16, f32, q8_0, q4_0, q4_1, q4_k"},
             {"template", 1, 'T', "NAME",
-             "gguf: the chat template (default: the run's, else the "
-             "model's own)"},
+             "the chat template the export carries (default: the run's, else the model's "
+             "own)"},
             {"export-dtype", 1, 'D', "TYPE",
              "hf: the tensors' type, auto (default: the base checkpoint's torch_dtype; fp32 for "
              "a GGUF base), fp32, bf16 or f16"},
@@ -899,6 +899,16 @@ int cmd_export(int argc, char **argv) {
     Tokenizer *tok = NULL;
     /* the model and adapter load before --out is looked at: a failure touches nothing */
     int rc = cli_load_model(model, adapter, "cpu", 0, &prec, &be, &m, &tok, &err);
+    /* the chat template: the run's (or --template), as Jinja, where it is not the model's own
+     * (a plain model's export keeps its own) */
+    char tname_buf[256], tdir_buf[4096], *jinja = NULL;
+    const char *tname = tpl, *tdir = NULL;
+    if (!rc && (tpl || cli_run_template(model, adapter, tname_buf, sizeof tname_buf, tdir_buf,
+                                        sizeof tdir_buf))) {
+        cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
+                             sizeof tdir_buf);
+        rc = template_export_jinja(tdir, model, tname, tok, &jinja, &err);
+    }
     if (!rc && m->n_qparams && adapter)
         fprintf(stderr,
                 "tuna: the base as %s: %zu weights in %s, dequantized to fp32 for the merge (as "
@@ -908,16 +918,18 @@ int cmd_export(int argc, char **argv) {
     if (!rc && dt_auto) /* the base checkpoint's own type, as LLaMA-Factory's export keeps it */
         dt = hf_dtype_by_name(m->cfg.torch_dtype);
     HfWriteOpts ho = {dt, (uint64_t)(esize * 1e9), getenv("TUNA_PROGRESS") ? print_progress : NULL,
-                      NULL};
+                      NULL, jinja};
     rc = rc || export_to(m, out, overwrite, model, adapter, &ho, &err);
     if (rc)
         fprintf(stderr, "tuna: %s\n", err.msg);
     else
-        fprintf(stderr, "tuna: wrote %s (%zu parameters in %s%s)\n", out,
+        fprintf(stderr, "tuna: wrote %s (%zu parameters in %s%s%s%s)\n", out,
                 m->n_params + m->n_qparams, hf_dtype_name(dt),
                 dt_auto && dt != ST_F32 ? ", the base checkpoint's type: --export-dtype fp32 "
                                           "keeps every bit of the merge"
-                                        : "");
+                                        : "",
+                jinja ? "; chat template " : "", jinja ? tname : "");
+    free(jinja);
     tokenizer_free(tok);
     model_free(m);
     backend_free(be);
