@@ -204,7 +204,7 @@ static const LfKey lf_keys[] = {
                  "the loss is normalised over every process's tokens"),
         NOT_IMPL("dataloader_drop_last", "false", "the last partial batch trains"),
         NOT_IMPL("push_to_hub", "false", "tuna does not upload"),
-        {"overwrite_output_dir", LF_IGNORE, NULL, NULL},
+        {"overwrite_output_dir", LF_SPECIAL, NULL, NULL}, /* lf_config_overwrite */
         {"report_to", LF_IGNORE, NULL, NULL},
         {"logging_dir", LF_IGNORE, NULL, NULL},
         {"logging_strategy", LF_IGNORE, NULL, NULL},
@@ -784,6 +784,14 @@ int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, Tu
     free(a);
     doc_free(&d);
     notes_end(notes, cap);
+    return rc;
+}
+
+int lf_config_overwrite(const char *path, TunaErr *err) {
+    Doc d = {0};
+    int rc = read_doc(path, &d, err);
+    if (!rc) rc = is_true(pair_of(&d, "overwrite_output_dir"));
+    doc_free(&d);
     return rc;
 }
 

@@ -30,6 +30,12 @@
  * itself). */
 int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, TunaErr *err);
 
+/* The file's overwrite_output_dir: 1 true (output_dir's run is replaced, as `tuna train
+ * --overwrite` does; LLaMA-Factory's trainer writes over it), 0 false or absent (a folder that
+ * holds a run is refused, as tuna refuses it; LLaMA-Factory would resume from its last
+ * checkpoint: `tuna train --resume DIR` does that), or an error code. */
+int lf_config_overwrite(const char *path, TunaErr *err);
+
 /* LLaMA-Factory's other YAML files: `llamafactory-cli export` (merge_lora: model, adapter,
  * export_dir, export_size, infer_dtype) and `llamafactory-cli chat` (inference: model, adapter,
  * template, default_system, the generation arguments with LLaMA-Factory's defaults: sampling at

@@ -27,6 +27,7 @@
 #include "harness.h"
 #include "src/lf_config.h"
 #include "src/train.h"
+#include "src/xalloc.h"
 
 static char tmp[256];
 
@@ -309,6 +310,31 @@ static void test_cli(void) {
     losses(rb, b, sizeof b);
     CHECK(a[0] && !strcmp(a, b), "losses: yaml [%s] flags [%s]", a, b);
     printf("  run.yaml and its flags: losses %s\n", a);
+    /* output_dir holds the run now: refused as tuna refuses it (overwrite_output_dir absent),
+     * replaced with overwrite_output_dir: true (LLaMA-Factory's examples say so), the same run */
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>%s/lf2.err",
+             test_tuna_bin(), yaml, tmp);
+    rc = test_system(cmd);
+    snprintf(c2, sizeof c2, "%s/lf2.err", tmp);
+    char *said = xread_file(c2, NULL);
+    CHECK(rc == 1 && said && strstr(said, "already holds a run"),
+          "run.yaml again without overwrite_output_dir: exit %d: %s", rc, said ? said : "");
+    free(said);
+    char yaml_ow[300];
+    snprintf(yaml_ow, sizeof yaml_ow, "%s/run-ow.yaml", tmp);
+    char text_ow[1200];
+    snprintf(text_ow, sizeof text_ow, "%soverwrite_output_dir: true\n", text);
+    write_text(yaml_ow, text_ow);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>%s/lf3.err",
+             test_tuna_bin(), yaml_ow, tmp);
+    rc = test_system(cmd);
+    losses(ra, c2, sizeof c2);
+    CHECK(rc == 0 && c2[0] && !strcmp(c2, a),
+          "overwrite_output_dir: true replaces the run: exit %d, losses [%s]", rc, c2);
+    snprintf(text_ow, sizeof text_ow, "%soverwrite_output_dir: false\n", text);
+    write_text(yaml_ow, text_ow);
+    rc = test_system(cmd);
+    CHECK(rc == 1, "overwrite_output_dir: false keeps the run: exit %d", rc);
     /* --config FILE.yaml, and a flag overriding the file */
     snprintf(cmd, sizeof cmd,
              "%s train --config %s --output %s/cfg-run --lr 5e-4 --threads 1 --quiet "

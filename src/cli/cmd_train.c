@@ -389,7 +389,7 @@ int cmd_train(int argc, char **argv) {
     train_config_defaults(&cfg);
     TunaErr err = {0};
     const char *config = NULL, *resume = NULL;
-    int quiet = 0, overwrite = 0, allow = 0, c;
+    int quiet = 0, overwrite = 0, allow = 0, lf_overwrite = 0, c;
     // pass 1: --config / --resume set the base, flags then override it
     optind = 1;
     opterr = 0;
@@ -439,6 +439,10 @@ int cmd_train(int argc, char **argv) {
             return 1;
         }
         if (notes[0] && !quiet) fprintf(stderr, "tuna: %s (LLaMA-Factory): %s\n", config, notes);
+        if ((lf_overwrite = lf_config_overwrite(config, &err)) < 0) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
     } else if (config && train_config_load(&cfg, config, &err)) {
         fprintf(stderr, "tuna: %s\n", err.msg);
         return 1;
@@ -503,6 +507,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "tuna train: --resume and --overwrite exclude each other\n");
         return 2;
     }
+    if (lf_overwrite && !resume) overwrite = 1; /* overwrite_output_dir: true */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
