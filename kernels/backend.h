@@ -122,6 +122,13 @@ typedef struct BackendOps {
      * dlogits may alias logits. */
     void (*xent_fwd_bwd)(Backend *be, float *dlogits, float *losses, const float *logits,
                          const int32_t *targets, int R, int V, float scale);
+    /* Statistics of each row of logits (R,V) with targets (R, host memory), for the metrics
+     * TRL's preference trainers log: stats (R x 3, HOST memory) = the row's mean logit
+     * (Σ z / V), its softmax's entropy (log Σ e^z - Σ softmax(z)·z) and 1 when the target is the
+     * first index of the row's largest logit (TRL's is_top1), else 0; a target outside [0, V)
+     * gives {0, 0, 0}. Optional: NULL, and the engine logs no such metric. */
+    void (*logit_stats)(Backend *be, float *stats, const float *logits, const int32_t *targets,
+                        int R, int V);
     /* Sum of squares of x (n), returned to the host (for the global grad norm). */
     double (*sumsq)(Backend *be, const float *x, size_t n);
     /* x (n) *= s. */

@@ -30,7 +30,7 @@ typedef enum EventType {
 
 #define EVENT_NAME_MAX    1024
 #define EVENT_TEXT_MAX    8192 /* a longer sample text or message is cut (at a UTF-8 boundary) */
-#define EVENT_MAX_METRICS 8
+#define EVENT_MAX_METRICS 16
 
 typedef struct Event {
     EventType type;

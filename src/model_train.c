@@ -130,6 +130,10 @@ struct TrainState {
     double *row_logp;
     int *row_n;
     float *row_scale;
+    /* train_set_logit_stats: each target row's logit_stats (N x 3, host), and their sums per
+     * row of the batch (B x 4: mean logit, entropy, is_top1, the count), NULL when off */
+    float *head_stats;
+    double *row_stat;
     // P-tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
     size_t PW;                                /* L*2*KD */
@@ -1340,6 +1344,8 @@ void train_state_free(TrainState *ts) {
     free(ts->row_logp);
     free(ts->row_n);
     free(ts->row_scale);
+    free(ts->head_stats);
+    free(ts->row_stat);
     free(ts->pos);
     free(ts->kv_lo);
     free(ts);
@@ -1425,6 +1431,21 @@ int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err) {
 
 void train_set_step_seed(TrainState *ts, uint64_t step) {
     ts->step_seed = step;
+}
+
+int train_set_logit_stats(TrainState *ts, int on) {
+    free(ts->head_stats);
+    free(ts->row_stat);
+    ts->head_stats = NULL;
+    ts->row_stat = NULL;
+    if (!on || !ts->be->ops->logit_stats) return 0;
+    ts->head_stats = xmalloc(sizeof(float) * 3 * ts->N);
+    ts->row_stat = xcalloc((size_t)ts->B * 4, sizeof(double));
+    return 1;
+}
+
+const double *train_row_stats(const TrainState *ts) {
+    return ts->row_stat;
 }
 
 void train_set_grad_hook(TrainState *ts, TrainGradFn fn, void *ctx) {
@@ -2068,6 +2089,14 @@ static void head_row_sums(TrainState *ts, int R, int M) {
         ts->row_logp[b] -= (double)ts->losses[r];
         ts->row_n[b]++;
     }
+    if (!ts->row_stat) return;
+    memset(ts->row_stat, 0, sizeof(double) * 4 * (size_t)Bn);
+    for (int r = 0; r < R; r++) {
+        double *st = ts->row_stat + (size_t)(ts->head_rows[r] / ts->T) * 4;
+        for (int k = 0; k < 3; k++)
+            st[k] += (double)ts->head_stats[(size_t)r * 3 + k];
+        st[3] += 1;
+    }
 }
 
 static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float loss_scale,
@@ -2100,6 +2129,9 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         model_head(m, ts->logits, ts->xnf + (size_t)r0 * C, rc);
         op->xent_fwd_bwd(ts->be, NULL, ts->losses + r0, ts->logits, ts->head_targets + r0, rc, V,
                          1.0f);
+        if (ts->head_stats)
+            op->logit_stats(ts->be, ts->head_stats + (size_t)r0 * 3, ts->logits,
+                            ts->head_targets + r0, rc, V);
     }
     if (two) {
         head_row_sums(ts, R, M);
@@ -2109,6 +2141,9 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         int rc = R - r0 < hc ? R - r0 : hc;
         const float *xr = ts->xnf + (size_t)r0 * C;
         model_head(m, ts->logits, xr, rc);
+        if (ts->head_stats && !two) /* before the gradient overwrites the logits */
+            op->logit_stats(ts->be, ts->head_stats + (size_t)r0 * 3, ts->logits,
+                            ts->head_targets + r0, rc, V);
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
                          ts->head_targets + r0, rc, V, loss_scale);
         for (int a = 0, e; two && a < rc; a = e) { /* the runs of one row's positions */

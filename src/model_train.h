@@ -187,6 +187,14 @@ int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err);
 /* Dropout masks change every step: the caller bumps this (the step number). */
 void train_set_step_seed(TrainState *ts, uint64_t step);
 
+/* The preference stages' metrics of the policy's logits (TRL's logits/chosen, logits/rejected,
+ * entropy, mean_token_accuracy): on, each train_step_rows also sums, per row of the batch, its
+ * target positions' logit_stats (mean logit, entropy, is_top1) and counts them, read with
+ * train_row_stats (B x 4, valid after the step; NULL when off). Returns 1 when on, 0 when off
+ * or the backend has no logit_stats (the metrics are then not logged). */
+int train_set_logit_stats(TrainState *ts, int on);
+const double *train_row_stats(const TrainState *ts);
+
 /* LoRA: the modules targeted (comma list). */
 const char *train_lora_targets(const TrainState *ts);
 /* LoRA: the token ids whose embedding rows train (trainable_token_indices), n of them. */

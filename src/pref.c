@@ -163,3 +163,46 @@ void kto_row_scales(void *ctx, const double *logp, const int *n, int B, float *s
         scale[b] = (float)(-g[b] * kb->scale);
     free(g);
 }
+
+// --- the policy's logits (TRL's logits/chosen, logits/rejected, entropy, accuracy)
+
+void pref_logit_sums(const double *st, int rows, const int32_t *tags, int P, LogitSums *s) {
+    for (int b = 0; st && b < rows; b++) {
+        const double *x = st + (size_t)b * 4;
+        int chosen = tags ? tags[b] == 1 : b < P, rejected = tags ? tags[b] == 0 : b >= P;
+        if (chosen) {
+            s->logits_chosen += x[0];
+            s->top1_chosen += x[2];
+            s->tok_chosen += x[3];
+        } else if (rejected) {
+            s->logits_rejected += x[0];
+            s->tok_rejected += x[3];
+        }
+        if (chosen || rejected) s->entropy += x[1];
+    }
+}
+
+int pref_logit_metrics(const LogitSums *s, int eval, int acc, const char **out, double *v) {
+    static const char *const nm[2][4] = {
+            {"logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy"},
+            {"eval_logits/chosen", "eval_logits/rejected", "eval_entropy",
+             "eval_mean_token_accuracy"}};
+    int k = 0;
+    if (s->tok_chosen > 0) {
+        out[k] = nm[eval][0];
+        v[k++] = s->logits_chosen / s->tok_chosen;
+    }
+    if (s->tok_rejected > 0) {
+        out[k] = nm[eval][1];
+        v[k++] = s->logits_rejected / s->tok_rejected;
+    }
+    if (s->tok_chosen + s->tok_rejected > 0) {
+        out[k] = nm[eval][2];
+        v[k++] = s->entropy / (s->tok_chosen + s->tok_rejected);
+    }
+    if (acc && s->tok_chosen > 0) {
+        out[k] = nm[eval][3];
+        v[k++] = s->top1_chosen / s->tok_chosen;
+    }
+    return k;
+}

@@ -7,6 +7,8 @@
 #ifndef TUNA_SRC_PREF_H
 #define TUNA_SRC_PREF_H
 
+#include <stdint.h>
+
 typedef enum { PREF_SIGMOID, PREF_HINGE, PREF_IPO, PREF_ORPO, PREF_SIMPO } PrefLossType;
 
 typedef struct PrefConfig {
@@ -22,6 +24,25 @@ int pref_loss_parse(const char *name, PrefLossType *out);
 /* sigmoid, hinge and ipo compare with a reference model; orpo and simpo do not. */
 int pref_uses_ref(PrefLossType t);
 
+/* The policy's logits over the answers' tokens (TRL's logits/chosen, logits/rejected, entropy and
+ * mean_token_accuracy, token-weighted): sums of each token's mean logit over the vocabulary, of
+ * its entropy and (chosen answers) of its is_top1, and the tokens of the chosen (desirable) and
+ * rejected (undesirable) answers; no tokens when the backend gives no logit_stats. */
+typedef struct LogitSums {
+    double logits_chosen, logits_rejected, entropy, top1_chosen, tok_chosen, tok_rejected;
+} LogitSums;
+
+/* Adds a batch's rows to s from st (rows x 4, train_row_stats: per row the sums of its answer
+ * tokens' mean logit, entropy and is_top1, and their count): row b is a chosen answer when
+ * tags[b] is 1 (kto; 0 rejected, -1 padding), or, tags NULL, when b < P (dpo: P chosen rows,
+ * then P rejected). st NULL (no logit_stats on this backend) adds nothing. */
+void pref_logit_sums(const double *st, int rows, const int32_t *tags, int P, LogitSums *s);
+
+/* TRL's logits/chosen, logits/rejected, entropy and, with acc (dpo's, not kto's),
+ * mean_token_accuracy of s, with the eval_ prefix when eval; a side without tokens is left out,
+ * as all of them without logit_stats. Returns the count written to names and v (at most 4). */
+int pref_logit_metrics(const LogitSums *s, int eval, int acc, const char **names, double *v);
+
 /* Sums over the pairs of a batch, for the TRL metrics (divide by n). */
 typedef struct PrefSums {
     double loss;
@@ -32,6 +53,7 @@ typedef struct PrefSums {
      * Unlike rewards/accuracies (0 before any step: the rewards are log-ratios to the start)
      * they measure the model before training too. */
     double logp_wins, mean_logp_wins;
+    LogitSums lg;
     int n; /* pairs */
 } PrefSums;
 
@@ -76,6 +98,7 @@ typedef struct KtoSums {
     double loss; /* the weighted losses, summed */
     double rewards_chosen, rewards_rejected, logps_chosen, logps_rejected;
     double kl_sum;
+    LogitSums lg;
     int n_chosen, n_rejected, n_kl;
 } KtoSums;
 

@@ -738,6 +738,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
     rc = train_state_init(r->m, &setup, r->rows, r->T, &r->ts, err);
     free(init_ids);
     if (rc) return rc;
+    if (r->pref_on || r->kto_on) train_set_logit_stats(r->ts, 1); /* TRL's logits/... metrics */
     if ((r->pref_on && pref_uses_ref(r->pref.type)) || r->kto_on) {
         /* the reference: LoRA and P-tuning leave the Model's weights alone, so it is the same
          * Model without the adapter; full and freeze train them in place: a frozen copy. A run
@@ -835,7 +836,7 @@ typedef struct Loop {
 /* What a step gives the loop: the loss it optimizes, the tokens with a target (n_t) and the
  * non-pad tokens (n_tok) it saw, and the objective's own metrics for the step event (none for
  * sft and pt; a preference stage's rewards and log-probabilities). */
-#define STEP_MAX_METRICS 8
+#define STEP_MAX_METRICS 16
 typedef struct StepOut {
     double loss;
     int n_t, n_tok;
@@ -1013,6 +1014,12 @@ static int xent_eval(Run *r, double *loss, TunaErr *err) {
 /* dpo: one batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) of row length T: the
  * reference's sums, then the policy's forward (and with backward its gradients, the loss scaled
  * by `scale`), the pairs' loss and metrics added to pb->sums. */
+int run_logit_metrics(const Run *r, const char **names, double *v) {
+    if (r->pref_on && r->eval_pref.n) return pref_logit_metrics(&r->eval_pref.lg, 1, 1, names, v);
+    if (r->kto_on) return pref_logit_metrics(&r->eval_kto.lg, 1, 0, names, v);
+    return 0;
+}
+
 static int pref_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward,
                       PrefBatch *pb, double *ref, TunaErr *err) {
     int rows = r->rows, rc;
@@ -1023,13 +1030,17 @@ static int pref_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int 
             return rc;
     }
     pb->ref = r->ref_ts ? ref : NULL;
-    if (backward)
-        return train_step_rows(r->ts, ids, tg, rows, pref_row_scales, pb, NULL, NULL, err);
+    if (backward) {
+        rc = train_step_rows(r->ts, ids, tg, rows, pref_row_scales, pb, NULL, NULL, err);
+        if (!rc) pref_logit_sums(train_row_stats(r->ts), rows, NULL, rows / 2, &pb->sums.lg);
+        return rc;
+    }
     double *logp = xmalloc(sizeof(double) * (size_t)rows);
     int *n = xmalloc(sizeof(int) * (size_t)rows);
     float *scale = xmalloc(sizeof(float) * (size_t)rows);
     rc = train_step_rows(r->ts, ids, tg, rows, NULL, NULL, logp, n, err);
     if (!rc) pref_row_scales(pb, logp, n, rows, scale);
+    if (!rc) pref_logit_sums(train_row_stats(r->ts), rows, NULL, rows / 2, &pb->sums.lg);
     free(logp);
     free(n);
     free(scale);
@@ -1099,8 +1110,14 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
                       s->logps_rejected,
                       s->logp_wins,
                       s->mean_logp_wins,
-                      s->n};
-        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 10, err)))
+                      s->n,
+                      s->lg.logits_chosen,
+                      s->lg.logits_rejected,
+                      s->lg.entropy,
+                      s->lg.top1_chosen,
+                      s->lg.tok_chosen,
+                      s->lg.tok_rejected};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 16, err)))
             *s = (PrefSums){.loss = v[0],
                             .rewards_chosen = v[1],
                             .rewards_rejected = v[2],
@@ -1110,7 +1127,8 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
                             .logps_rejected = v[6],
                             .logp_wins = v[7],
                             .mean_logp_wins = v[8],
-                            .n = (int)v[9]};
+                            .n = (int)v[9],
+                            .lg = {v[10], v[11], v[12], v[13], v[14], v[15]}};
     }
     double n = s->n ? s->n : 1;
     out->loss = s->loss / n;
@@ -1123,6 +1141,7 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         out->names[k] = names[k];
         out->values[k] = v[k] / n;
     }
+    out->n_metrics += pref_logit_metrics(&s->lg, 0, 1, out->names + 6, out->values + 6);
     return rc;
 }
 
@@ -1181,6 +1200,7 @@ static int kto_batch(Run *r, const int32_t *ids, const int32_t *tg, const int32_
     } else if (!(rc = train_step_rows(r->ts, ids, tg, B, NULL, NULL, pkl, cnt, err))) {
         kto_row_scales(kb, pkl, cnt, B, scale);
     }
+    if (!rc) pref_logit_sums(train_row_stats(r->ts), B, tags, 0, &kb->sums.lg);
 out:
     free(buf);
     free(cnt);
@@ -1267,16 +1287,22 @@ static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     free(tags);
     KtoSums *s = &kb.sums;
     if (!rc && r->world > 1) { /* the ranks' gradients and sums (kl: already the global one) */
-        double v[] = {s->loss,           s->rewards_chosen, s->rewards_rejected, s->logps_chosen,
-                      s->logps_rejected, s->n_chosen,       s->n_rejected};
-        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 7, err))) {
+        double v[] = {s->loss,           s->rewards_chosen,   s->rewards_rejected,
+                      s->logps_chosen,   s->logps_rejected,   s->n_chosen,
+                      s->n_rejected,     s->lg.logits_chosen, s->lg.logits_rejected,
+                      s->lg.entropy,     s->lg.top1_chosen,   s->lg.tok_chosen,
+                      s->lg.tok_rejected};
+        if (!(rc = sum_grads(r, err)) && !(rc = dist_sum_doubles(v, 13, err))) {
             s->loss = v[0], s->rewards_chosen = v[1], s->rewards_rejected = v[2];
             s->logps_chosen = v[3], s->logps_rejected = v[4];
             s->n_chosen = (int)v[5], s->n_rejected = (int)v[6];
+            s->lg = (LogitSums){v[7], v[8], v[9], v[10], v[11], v[12]};
         }
     }
     out->loss = n_ex ? kb.sums.loss / n_ex : 0;
     out->n_metrics = kto_metrics(&kb.sums, 0, out->names, out->values);
+    out->n_metrics += pref_logit_metrics(&kb.sums.lg, 0, 0, out->names + out->n_metrics,
+                                         out->values + out->n_metrics);
     return rc;
 }
 

@@ -892,6 +892,8 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
     double kv[6];
     for (int k = 0, n = run_eval_metrics(r, kn, kv); k < n; k++) /* kto */
         event_metric(&e, kn[k], kv[k]);
+    for (int k = 0, n = run_logit_metrics(r, kn, kv); k < n; k++) /* dpo, kto: eval_logits/... */
+        event_metric(&e, kn[k], kv[k]);
     emit(r, &e);
     if (!tlog_too) return;
     tlog_line(r, "eval_loss", el, (double)NAN, epoch, elapsed, eta);

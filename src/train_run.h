@@ -86,6 +86,9 @@ void emit(Run *r, const Event *ev);
 void emit_start(Run *r);
 /* kto's eval metrics (names, values; at most 6) of the last eval, for emit_eval: src/train.c. */
 int run_eval_metrics(const Run *r, const char **names, double *v);
+/* The last eval's logits/chosen, logits/rejected, entropy (and dpo's mean_token_accuracy), with
+ * LLaMA-Factory's eval_ prefix, where the backend measured them (at most 4). */
+int run_logit_metrics(const Run *r, const char **names, double *v);
 /* A log event: level "info" or "warn", also said on the terminal. */
 void emit_log(Run *r, const char *level, const char *msg);
 /* The same, recorded in metrics.jsonl only. */

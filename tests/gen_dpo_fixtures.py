@@ -11,6 +11,9 @@ completion mask), writes tests/fixtures/train/dpo_<method>_<case>.safetensors ho
     loss (1)                    the batch's loss
     metrics (6)                 rewards/chosen, rewards/rejected, rewards/accuracies,
                                 rewards/margins, logps/chosen, logps/rejected (batch means)
+    logit_metrics (4)           logits/chosen, logits/rejected, entropy, mean_token_accuracy
+                                (TRL's: token means over the answers; the trainer's own where it
+                                runs, and the transcription below checked against it there)
     adapter.NAME, grad.NAME     lora: peft's adapter tensors (B non-zero) and their gradients;
                                 ptuning: PEFT prefix tuning's prompt_embeddings (3 virtual
                                 tokens, 0.5*randn) and its gradient
@@ -67,11 +70,21 @@ def tokenizer(V):
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="t1", eos_token="t2", pad_token="t0")
 
 
-def make_pairs(V):
+def make_pairs(V, model=None):
+    """Two pairs of random ids; with model, the first chosen answer starts with the policy's own
+    3 greedy tokens (so that mean_token_accuracy is neither 0 nor 1)."""
     g = torch.Generator().manual_seed(7)
     r = lambda n: torch.randint(3, V, (n,), generator=g).tolist()
-    return [dict(prompt_ids=r(3), chosen_ids=r(5), rejected_ids=r(3)),
-            dict(prompt_ids=r(5), chosen_ids=r(2), rejected_ids=r(6))]
+    pairs = [dict(prompt_ids=r(3), chosen_ids=r(5), rejected_ids=r(3)),
+             dict(prompt_ids=r(5), chosen_ids=r(2), rejected_ids=r(6))]
+    if model is not None:
+        ids = list(pairs[0]["prompt_ids"])
+        with torch.no_grad():
+            for k in range(3):
+                nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                pairs[0]["chosen_ids"][k] = nxt
+                ids.append(nxt)
+    return pairs
 
 
 def trainer(model, ref, V, loss_type):
@@ -118,6 +131,28 @@ def transcribed(case, pol, ref, n):
     return losses.mean(), [float(x) for x in metrics]
 
 
+LOGIT_METRICS = ["logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy"]
+
+
+def logit_metrics(model, batch):
+    """TRL 1.16's DPO logits/chosen, logits/rejected, entropy, mean_token_accuracy, transcribed:
+    over the completion tokens (the shifted completion mask), each position's mean logit over the
+    vocabulary, its softmax's entropy, and whether its target is the first index of the largest
+    logit (chosen rows only); chosen rows first, then rejected."""
+    ids, cm = batch["input_ids"], batch["completion_mask"]
+    with torch.no_grad():
+        z = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits.double()[:, :-1]
+    m = cm[:, 1:].bool()
+    P = ids.shape[0] // 2
+    mean = z.mean(-1)
+    lp = torch.log_softmax(z, -1)
+    ent = -(lp.exp() * lp).sum(-1)
+    top1 = (z.argmax(-1) == ids[:, 1:]).double()
+    mc, mr = m[:P], m[P:]
+    return [float(mean[:P][mc].mean()), float(mean[P:][mr].mean()), float(ent[m].mean()),
+            float(top1[:P][mc].mean())]
+
+
 def case_ls(case):
     return 0.1 if case == "sigmoid_ls" else 0.0
 
@@ -150,11 +185,15 @@ def run(fix_dir, out_dir, method, case):
     V = model.config.vocab_size
     trl_case = case in ("sigmoid", "hinge", "ipo")
     tr = trainer(model, ref, V, case if trl_case else "sigmoid")
-    batch = tr.data_collator(make_pairs(V))
+    batch = tr.data_collator(make_pairs(V, model))
     model.train()
+    lmetrics = logit_metrics(model, batch)
     if trl_case:
         loss = tr.compute_loss(model, batch)
         metrics = [tr._metrics["train"][k][-1] for k in METRICS]
+        trl_lm = [tr._metrics["train"][k][-1] for k in LOGIT_METRICS]
+        assert all(abs(a - b) <= 1e-5 * max(1, abs(b)) for a, b in zip(lmetrics, trl_lm)), (lmetrics, trl_lm)
+        lmetrics = trl_lm
         source = f"trl {trl.__version__} DPOTrainer.compute_loss"
     else:
         pol, n = seq_logps(model, batch)
@@ -169,7 +208,8 @@ def run(fix_dir, out_dir, method, case):
     loss.backward()
     t = {"input_ids": batch["input_ids"].to(torch.int32),
          "completion_mask": batch["completion_mask"].to(torch.int32),
-         "loss": loss.detach().float().reshape(1), "metrics": torch.tensor(metrics, dtype=torch.float32)}
+         "loss": loss.detach().float().reshape(1), "metrics": torch.tensor(metrics, dtype=torch.float32),
+         "logit_metrics": torch.tensor(lmetrics, dtype=torch.float32)}
     if method == "lora":
         sd = get_peft_model_state_dict(model)
         by_ptr = {p.data_ptr(): p for n_, p in model.named_parameters() if p.requires_grad}

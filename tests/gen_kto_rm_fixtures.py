@@ -15,6 +15,7 @@ KL_completion_ids = [c[-1]] + c[:-1]). Tensors:
     label (B) I32                                  1 desirable, 0 undesirable
     loss (1), metrics (6)                          kl, rewards/chosen, rewards/rejected,
                                                    rewards/margins, logps/chosen, logps/rejected
+    logit_metrics (3)                              logits/chosen, logits/rejected, entropy
     adapter.NAME, grad.NAME                        lora: peft's tensors and their gradients
     policy.model.norm.weight, grad.NAME            full: as gen_dpo_fixtures.py
 metadata: beta, desirable_weight, undesirable_weight, source.
@@ -59,6 +60,7 @@ import trl  # noqa: E402
 
 BETA = 0.1
 KTO_METRICS = ["kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"]
+KTO_LOGIT_METRICS = ["logits/chosen", "logits/rejected", "entropy"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -133,10 +135,12 @@ def run_kto(fix_dir, out_dir, method, case):
             b = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert (a - b).abs().max() < 1e-4
     metrics = [tr._metrics["train"][k][-1] for k in KTO_METRICS]
+    lmetrics = [tr._metrics["train"][k][-1] for k in KTO_LOGIT_METRICS]
     loss.backward()
     t = {k: batch[k].to(torch.int32) for k in ("input_ids", "completion_mask", "KL_input_ids", "KL_completion_mask",
                                                "label")}
-    t.update(loss=loss.detach().float().reshape(1), metrics=torch.tensor(metrics, dtype=torch.float32))
+    t.update(loss=loss.detach().float().reshape(1), metrics=torch.tensor(metrics, dtype=torch.float32),
+             logit_metrics=torch.tensor(lmetrics, dtype=torch.float32))
     grads_out(model, method, t)
     meta = base_meta()
     meta.update(generator="tests/gen_kto_rm_fixtures.py", trl=trl.__version__, method=method, beta=repr(BETA),

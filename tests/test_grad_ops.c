@@ -64,12 +64,13 @@ enum {
     OP_ADAMW,
     OP_COL_SCALE,
     OP_COL_DOT,
+    OP_LOGIT_STATS,
     N_OPS
 };
-static const char *op_names[N_OPS] = {"matmul_bwd",    "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",
-                                      "attention_bwd", "swiglu_bwd",  "gelu_bwd",      "embed_bwd",
-                                      "xent_fwd_bwd",  "sumsq",       "scale",         "dropout",
-                                      "adamw",         "col_scale",   "col_dot"};
+static const char *op_names[N_OPS] = {
+        "matmul_bwd", "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",   "attention_bwd", "swiglu_bwd",
+        "gelu_bwd",   "embed_bwd",   "xent_fwd_bwd",  "sumsq",      "scale",         "dropout",
+        "adamw",      "col_scale",   "col_dot",       "logit_stats"};
 static double fd_worst[N_OPS]; /* max |g - fd| / max(1, max |fd|) */
 
 /* Inputs of one finite-difference case, in double (perturbed) with the int parameters. */
@@ -529,6 +530,7 @@ static int op_present(const BackendOps *o, int op) {
     case OP_ADAMW: return o->adamw != NULL;
     case OP_COL_SCALE: return o->col_scale != NULL;
     case OP_COL_DOT: return o->col_dot != NULL;
+    case OP_LOGIT_STATS: return o->logit_stats != NULL;
     }
     return 0;
 }
@@ -867,6 +869,63 @@ static void be_xent(void) {
     }
 }
 
+/* logit_stats: ref against the definitions in plain double (the mean, -Σ p log p, the first
+ * index of the largest logit), with ties at the maximum placed before, at and after the target;
+ * every backend against ref */
+static void be_logit_stats(void) {
+    int shapes[][2] = {{1, 7}, {37, 1000}, {64, 1031}, {3, 50000}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int R = shapes[s][0], V = shapes[s][1];
+        size_t n = (size_t)R * V;
+        float xs = s == 2 ? 30.0f : 3.0f;
+        float *x = rand_buf(n, xs), *want = zeros((size_t)R * 3), *got = zeros((size_t)R * 3);
+        int32_t *tg = malloc(sizeof(int32_t) * (size_t)R);
+        for (int r = 0; r < R; r++) {
+            tg[r] = r % 5 == 1 ? -100 : (int32_t)(((size_t)r * 7919) % (size_t)V);
+            float *row = x + (size_t)r * V;
+            if (tg[r] < 0) continue;
+            int t = tg[r];
+            if (r % 4 == 0) row[t] = 100;                           /* the target the largest */
+            if (r % 4 == 2 && t > 0) row[t] = row[t - 1] = 100;     /* tied with one before it */
+            if (r % 4 == 3 && t + 1 < V) row[t] = row[t + 1] = 100; /* and one after it */
+        }
+        ref_logit_stats(want, x, tg, R, V);
+        int bad = 0;
+        for (int r = 0; r < R; r++) {
+            const float *row = x + (size_t)r * V;
+            double e[3] = {0, 0, 0};
+            if (tg[r] >= 0) {
+                int first = 0;
+                for (int i = 1; i < V; i++)
+                    if (row[i] > row[first]) first = i;
+                double mx = row[first], se = 0, sz = 0, h = 0;
+                for (int i = 0; i < V; i++)
+                    se += exp((double)row[i] - mx), sz += (double)row[i];
+                for (int i = 0; i < V; i++) {
+                    double p = exp((double)row[i] - mx) / se;
+                    if (p > 0) h -= p * log(p);
+                }
+                e[0] = sz / V, e[1] = h, e[2] = first == tg[r];
+            }
+            for (int k = 0; k < 3; k++)
+                bad += fabs(e[k] - (double)want[(size_t)r * 3 + k]) > 1e-5 * fmax(1, fabs(e[k]));
+        }
+        CHECK(bad == 0, "ref logit_stats R=%d V=%d: %d values off the definitions", R, V, bad);
+        for (int bi = 0; bi < nbk; bi++) {
+            if (!has_op(bi, OP_LOGIT_STATS)) continue;
+            Backend *be = bks[bi].be;
+            float *dx = up(be, x, n);
+            memset(got, 0xff, sizeof(float) * (size_t)R * 3);
+            be->ops->logit_stats(be, got, dx, tg, R, V);
+            char what[64];
+            snprintf(what, sizeof what, "R=%d V=%d", R, V);
+            cmp(OP_LOGIT_STATS, bi, what, got, want, (size_t)R * 3, 1e-5f, 1e-5f);
+            rel(be, dx);
+        }
+        free(x), free(want), free(got), free(tg);
+    }
+}
+
 static void be_reductions(void) {
     size_t sizes[] = {1, 7, 40003, 1000003};
     for (size_t s = 0; s < 4; s++) {
@@ -1108,6 +1167,7 @@ int main(void) {
     be_elementwise();
     be_embed();
     be_xent();
+    be_logit_stats();
     be_reductions();
     be_col_ops();
     be_dropout();

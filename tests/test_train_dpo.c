@@ -24,6 +24,22 @@
 static const char *metric_keys[6] = {"rewards/chosen",  "rewards/rejected", "rewards/accuracies",
                                      "rewards/margins", "logps/chosen",     "logps/rejected"};
 
+/* TRL's logits/chosen, logits/rejected, entropy and mean_token_accuracy (prefix "" or "eval_"):
+ * all there, the entropy within (0, log V], the accuracy a fraction */
+static int logit_keys(const cJSON *j, const char *prefix) {
+    static const char *const k[] = {"logits/chosen", "logits/rejected", "entropy",
+                                    "mean_token_accuracy"};
+    double v[4];
+    for (int i = 0; i < 4; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s%s", prefix, k[i]);
+        const cJSON *x = cJSON_GetObjectItem(j, key);
+        if (!cJSON_IsNumber(x)) return 0;
+        v[i] = cJSON_GetNumberValue(x);
+    }
+    return v[2] > 0 && v[2] <= log(512) && v[3] >= 0 && v[3] <= 1; /* stories260K: V 512 */
+}
+
 typedef struct Seen {
     int steps, evals, with_metrics, evals_with_metrics;
     double loss1, margin1, acc1, eval0, margin_last, acc_last;
@@ -45,7 +61,7 @@ static void read_metrics(const char *dir, Seen *s) {
             int all = 1;
             for (int k = 0; k < 6; k++)
                 all &= cJSON_IsNumber(cJSON_GetObjectItem(j, metric_keys[k]));
-            s->with_metrics += all;
+            s->with_metrics += all && logit_keys(j, "");
             double margin = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "rewards/margins"));
             if (step == 1) {
                 s->loss1 = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
@@ -71,7 +87,7 @@ static void read_metrics(const char *dir, Seen *s) {
                 double v = cJSON_GetNumberValue(a);
                 all &= cJSON_IsNumber(a) && v >= 0 && v <= 1;
             }
-            s->evals_with_metrics += all;
+            s->evals_with_metrics += all && logit_keys(j, "eval_");
         }
         cJSON_Delete(j);
     }

@@ -49,6 +49,15 @@ static void read_metrics(const char *dir, int steps, Seen *s) {
                        !cJSON_GetObjectItem(j, metric_keys[k]);
             all &= cJSON_IsNumber(cJSON_GetObjectItem(j, "rewards/chosen")) ||
                    cJSON_IsNumber(cJSON_GetObjectItem(j, "rewards/rejected"));
+            /* TRL's logits/chosen and logits/rejected with the side's rewards, and the entropy
+             * (within (0, log V], stories260K's V 512) */
+            for (int k = 0; k < 2; k++)
+                all &= !cJSON_IsNumber(
+                               cJSON_GetObjectItem(j, k ? "rewards/rejected" : "rewards/chosen")) ||
+                       cJSON_IsNumber(
+                               cJSON_GetObjectItem(j, k ? "logits/rejected" : "logits/chosen"));
+            double ent = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "entropy"));
+            all &= ent > 0 && ent <= log(512);
             s->with_metrics += all;
             double margin = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "rewards/margins"));
             if (step == 1) {
@@ -67,6 +76,9 @@ static void read_metrics(const char *dir, int steps, Seen *s) {
                 snprintf(key, sizeof key, "eval_%s", metric_keys[k]);
                 all &= cJSON_IsNumber(cJSON_GetObjectItem(j, key));
             }
+            all &= cJSON_IsNumber(cJSON_GetObjectItem(j, "eval_logits/chosen")) &&
+                   cJSON_IsNumber(cJSON_GetObjectItem(j, "eval_logits/rejected")) &&
+                   cJSON_IsNumber(cJSON_GetObjectItem(j, "eval_entropy"));
             s->evals_with_metrics += all;
         }
         cJSON_Delete(j);

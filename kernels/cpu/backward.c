@@ -695,6 +695,41 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }
 
+/* Per row, three passes of 16 lanes: the largest logit (and the largest before the target), then
+ * Σ z, Σ e^(z - max) and Σ e^(z - max)·(z - max) (the entropy without cancellation). */
+void cpu_logit_stats(Backend *be, float *stats, const float *logits, const int32_t *targets, int R,
+                     int V) {
+    if (R <= 0) return;
+    int nth = threads_for(be, (size_t)R * V);
+#pragma omp parallel for num_threads(nth) if (nth > 1)
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float *st = stats + (size_t)r * 3;
+        int32_t tg = targets[r];
+        st[0] = st[1] = st[2] = 0;
+        if (tg < 0 || tg >= V) continue;
+        float before = -INFINITY, mx = -INFINITY;
+#pragma omp simd reduction(max : before)
+        for (int i = 0; i < tg; i++)
+            before = x[i] > before ? x[i] : before;
+#pragma omp simd reduction(max : mx)
+        for (int i = tg; i < V; i++)
+            mx = x[i] > mx ? x[i] : mx;
+        mx = before > mx ? before : mx;
+        float sz = 0, se = 0, sez = 0;
+#pragma omp simd reduction(+ : sz, se, sez)
+        for (int i = 0; i < V; i++) {
+            float d = x[i] - mx, e = vexpf(d);
+            sz += x[i];
+            se += e;
+            sez += e * d;
+        }
+        st[0] = sz / (float)V;
+        st[1] = (float)(log((double)se) - (double)sez / (double)se);
+        st[2] = x[tg] >= mx && x[tg] > before ? 1.0f : 0.0f;
+    }
+}
+
 /* Σ x² in chunks whose size depends on n alone (at least 4096 elements, at most 256 chunks),
  * each summed in order, and the chunk sums added in order: the same bits on any thread count. */
 #define SUMSQ_MAX_CHUNKS 256

@@ -921,6 +921,7 @@ static const BackendOps cpu_ops = {
         .gelu_bwd = cpu_gelu_bwd,
         .embed_bwd = cpu_embed_bwd,
         .xent_fwd_bwd = cpu_xent_fwd_bwd,
+        .logit_stats = cpu_logit_stats,
         .sumsq = cpu_sumsq,
         .scale = cpu_scale,
         .col_scale = cpu_col_scale,

@@ -369,6 +369,8 @@ void cpu_scale(Backend *be, float *x, size_t n, float s);
 void cpu_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,
                    int N);
 void cpu_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N);
+void cpu_logit_stats(Backend *be, float *stats, const float *logits, const int32_t *targets, int R,
+                     int V);
 void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
 void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);

@@ -189,6 +189,7 @@ static const BackendOps cuda_ops = {
         .gelu_bwd = cuda_gelu_bwd,
         .embed_bwd = cuda_embed_bwd,
         .xent_fwd_bwd = cuda_xent_fwd_bwd,
+        .logit_stats = nullptr, /* optional: no logits/entropy metrics on this backend yet */
         .sumsq = cuda_sumsq,
         .scale = cuda_scale,
         .col_scale = cuda_col_scale,

@@ -240,6 +240,10 @@ static void g_col_scale(Backend *be, float *out, const float *in, const float *a
                         int R, int N) {
     OPEN_CALL(be, col_scale(in_, out, in, a, b, R, N));
 }
+static void g_logit_stats(Backend *be, float *stats, const float *logits, const int32_t *targets,
+                          int R, int V) {
+    OPEN_CALL(be, logit_stats(in_, stats, logits, targets, R, V));
+}
 static void g_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N) {
     OPEN_CALL(be, col_dot(in_, acc, x, y, R, N));
 }
@@ -298,6 +302,7 @@ static const BackendOps guard_ops = {
         .gelu_bwd = g_gelu_bwd,
         .embed_bwd = g_embed_bwd,
         .xent_fwd_bwd = g_xent_fwd_bwd,
+        .logit_stats = g_logit_stats,
         .sumsq = g_sumsq,
         .scale = g_scale,
         .col_scale = g_col_scale,

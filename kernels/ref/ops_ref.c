@@ -480,6 +480,30 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
     return bad;
 }
 
+void ref_logit_stats(float *stats, const float *logits, const int32_t *targets, int R, int V) {
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float *st = stats + (size_t)r * 3;
+        int32_t tg = targets[r];
+        st[0] = st[1] = st[2] = 0;
+        if (tg < 0 || tg >= V) continue;
+        double mx = -INFINITY, before = -INFINITY, sz = 0, se = 0, sez = 0;
+        for (int i = 0; i < V; i++) {
+            if ((double)x[i] > mx) mx = x[i];
+            if (i < tg && (double)x[i] > before) before = x[i];
+        }
+        for (int i = 0; i < V; i++) {
+            double e = exp((double)x[i] - mx);
+            sz += (double)x[i];
+            se += e;
+            sez += e * ((double)x[i] - mx); /* the entropy from z - max: no cancellation */
+        }
+        st[0] = (float)(sz / V);
+        st[1] = (float)(log(se) - sez / se);
+        st[2] = (double)x[tg] >= mx && (double)x[tg] > before ? 1.0f : 0.0f;
+    }
+}
+
 double ref_sumsq(const float *x, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++)
@@ -719,6 +743,11 @@ static void r_xent(Backend *be, float *dlogits, float *losses, const float *logi
     if (bad && !be->err.code)
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }
+static void r_logit_stats(Backend *be, float *stats, const float *logits, const int32_t *targets,
+                          int R, int V) {
+    (void)be;
+    ref_logit_stats(stats, logits, targets, R, V);
+}
 static double r_sumsq(Backend *be, const float *x, size_t n) {
     (void)be;
     return ref_sumsq(x, n);
@@ -823,6 +852,7 @@ static const BackendOps ref_ops = {
         .gelu_bwd = r_gelu_bwd,
         .embed_bwd = r_embed_bwd,
         .xent_fwd_bwd = r_xent,
+        .logit_stats = r_logit_stats,
         .sumsq = r_sumsq,
         .scale = r_scale,
         .col_scale = r_col_scale,
