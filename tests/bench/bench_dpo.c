@@ -3,7 +3,9 @@
  * the first half, masked). SFT step: one forward + backward of the 2P rows (train_step_fb).
  * DPO step: the reference's forward (METHOD_NONE over the same Model: the adapter off), then
  * train_step_rows (the policy's forward, the LM head's extra pass of losses, the backward with
- * per-row scales). Timed alternately, ROUNDS rounds; the ratio of medians.
+ * per-row scales); and the DPO step with the logit statistics of TRL's logits/... metrics
+ * (train_set_logit_stats: one more read of the head's logits). Timed alternately, ROUNDS
+ * rounds; the ratios of medians.
  *   build/bench/bench_dpo [MODEL_DIR [P T ROUNDS]]
  * MODEL_DIR defaults to ../shared/models/smollm2-135m-instruct when present (vocabulary 49152:
  * the head's extra pass shows), else models/stories260K. */
@@ -62,7 +64,8 @@ int main(int argc, char **argv) {
     PrefConfig pc = {.type = PREF_SIGMOID, .beta = 0.1};
     double *ref = malloc(sizeof(double) * (size_t)B),
            *sft = malloc(sizeof(double) * (size_t)rounds),
-           *dpo = malloc(sizeof(double) * (size_t)rounds);
+           *dpo = malloc(sizeof(double) * (size_t)rounds),
+           *dps = malloc(sizeof(double) * (size_t)rounds);
     int n_t = 0;
     for (int i = 0; i < B * T; i++)
         n_t += tg[i] != -100;
@@ -71,30 +74,43 @@ int main(int argc, char **argv) {
         int c;
         train_zero_grad(ts);
         train_step_fb(ts, ids, tg, B, 1.0f / (float)n_t, 1, &s, &c, &err);
-        double t1 = now();
-        PrefBatch pb = {.c = &pc, .pairs = P, .ref = ref, .scale = 1.0 / P};
-        train_zero_grad(ts);
-        train_step_rows(rs, ids, tg, B, NULL, NULL, ref, NULL, &err);
-        train_step_rows(ts, ids, tg, B, pref_row_scales, &pb, NULL, NULL, &err);
-        double t2 = now();
+        double t1 = now(), tk[2];
+        for (int k = 0; k < 2; k++) { /* the DPO step without and with the statistics, in turn
+                                        * first (the second slot of a round ran 1% slower) */
+            int stats = (k + r) % 2;
+            double ta = now();
+            train_set_logit_stats(ts, stats);
+            PrefBatch pb = {.c = &pc, .pairs = P, .ref = ref, .scale = 1.0 / P};
+            train_zero_grad(ts);
+            train_step_rows(rs, ids, tg, B, NULL, NULL, ref, NULL, &err);
+            train_step_rows(ts, ids, tg, B, pref_row_scales, &pb, NULL, NULL, &err);
+            tk[stats] = now() - ta;
+        }
+        train_set_logit_stats(ts, 0);
         if (r >= 0) {
             sft[r] = t1 - t0;
-            dpo[r] = t2 - t1;
+            dpo[r] = tk[0];
+            dps[r] = tk[1];
         }
     }
     qsort(sft, (size_t)rounds, sizeof *sft, cmp);
     qsort(dpo, (size_t)rounds, sizeof *dpo, cmp);
-    double ms = sft[rounds / 2], md = dpo[rounds / 2];
+    qsort(dps, (size_t)rounds, sizeof *dps, cmp);
+    double ms = sft[rounds / 2], md = dpo[rounds / 2], mm = dps[rounds / 2];
     printf("%s, LoRA r8, %d pairs x %d tokens, %d threads, %d rounds alternating:\n", dir, P, T,
            be->n_threads, rounds);
     printf("  SFT step (2P rows, fwd+bwd) %.1f ms, DPO step (ref fwd + policy fwd+bwd with the "
            "head's extra pass) %.1f ms: %.2fx (limit 2.3x)\n",
            ms * 1e3, md * 1e3, md / ms);
+    printf("  DPO step with the logit statistics (logits/chosen, entropy, ...) %.1f ms: %.3fx the "
+           "DPO step\n",
+           mm * 1e3, mm / md);
     free(ids);
     free(tg);
     free(ref);
     free(sft);
     free(dpo);
+    free(dps);
     train_state_free(ts);
     train_state_free(rs);
     model_free(m);
