@@ -509,6 +509,15 @@ static void check_renders(const char *jinja, const char *name, const char *what)
     template_free(t);
 }
 
+/* dir's chat_template.jinja is own and its tokenizer_config.json is cfg, byte for byte */
+static void check_kept(const char *dir, const char *own, const char *cfg, const char *what) {
+    char *j = slurp(dir, "chat_template.jinja"), *c = slurp(dir, "tokenizer_config.json");
+    CHECK(j && own && !strcmp(j, own) && c && cfg && !strcmp(c, cfg),
+          "%s keeps the model's chat_template.jinja and tokenizer_config.json", what);
+    free(j);
+    free(c);
+}
+
 static void test_chat_template(void) {
     char args[768], base[128], path[300], run_a[128], run_auto[128], e[128], cmd[512];
     /* stories260K with a chat template of its own: chatml's, in chat_template.jinja */
@@ -529,11 +538,7 @@ static void test_chat_template(void) {
     snprintf(e, sizeof e, "%s/ct-plain", tmpdir);
     snprintf(args, sizeof args, "export --model %s --out %s", base, e);
     CHECK(tuna(args, NULL) == 0, "export a model with chat_template.jinja");
-    char *j1 = slurp(e, "chat_template.jinja"), *c1 = slurp(e, "tokenizer_config.json");
-    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
-          "a plain export keeps chat_template.jinja and tokenizer_config.json as they are");
-    free(j1);
-    free(c1);
+    check_kept(e, own, base_cfg, "a plain model's export");
     snprintf(run_auto, sizeof run_auto, "%s/ct-auto", tmpdir);
     snprintf(args, sizeof args,
              "train --model %s --dataset identity --dataset-dir datasets --vars name=T,author=A "
@@ -549,12 +554,7 @@ static void test_chat_template(void) {
     CHECK(tuna(args, &msg) == 0 && msg && !strstr(msg, "chat template"), "export the auto run: %s",
           msg ? msg : "");
     free(msg);
-    j1 = slurp(e, "chat_template.jinja");
-    c1 = slurp(e, "tokenizer_config.json");
-    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
-          "a run with the model's own template keeps the model's chat template");
-    free(j1);
-    free(c1);
+    check_kept(e, own, base_cfg, "a run with the model's own template");
 
     /* a run with another template: its Jinja, in both places */
     snprintf(run_a, sizeof run_a, "%s/ct-alpaca", tmpdir);
@@ -569,8 +569,7 @@ static void test_chat_template(void) {
     CHECK(tuna(args, &msg) == 0 && msg && strstr(msg, "chat template alpaca"),
           "export the alpaca run: %s", msg ? msg : "");
     free(msg);
-    j1 = slurp(e, "chat_template.jinja");
-    c1 = config_template(e);
+    char *j1 = slurp(e, "chat_template.jinja"), *c1 = config_template(e);
     CHECK(j1 && c1 && !strcmp(j1, c1) && !strncmp(c1, "{{ bos_token }}", 15),
           "chat_template.jinja == tokenizer_config.json's chat_template, BOS first");
     check_renders(c1, "alpaca", "the alpaca run's export");
@@ -613,12 +612,7 @@ static void test_chat_template(void) {
              "--max-steps 1 --quiet --template alpaca --cutoff-len 64 --output %s",
              base, full);
     CHECK(tuna(args, NULL) == 0, "a full pt run");
-    j1 = slurp(full, "chat_template.jinja");
-    c1 = slurp(full, "tokenizer_config.json");
-    CHECK(j1 && own && !strcmp(j1, own) && c1 && base_cfg && !strcmp(c1, base_cfg),
-          "a pt run keeps the model's chat template");
-    free(j1);
-    free(c1);
+    check_kept(full, own, base_cfg, "a pt run's model");
     free(base_cfg);
     free(own);
 }
