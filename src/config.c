@@ -429,9 +429,10 @@ static int parse_layout(const cJSON *root, ModelConfig *cfg, const char *path, T
 
 // --- keys of other architectures that change the computation: accepted only at their neutral
 // value, so a converted or hand-edited file of another model is refused instead of run wrong.
-// Keys that do not change the math (dropouts, use_cache, initializer_range, architectures,
+// Keys that do not change the math (use_cache, initializer_range, architectures,
 // transformers_version, pad_token_id, pretraining_tp: transformers 4.x split the same matmul
-// into slices, 5.x ignores it) pass.
+// into slices, 5.x ignores it) pass; the dropouts, which change training only, are noted
+// (note_dropouts) and said when a run starts.
 
 typedef enum { NEUTRAL_NULL, NEUTRAL_FALSE, NEUTRAL_ZERO } Neutral;
 
@@ -455,6 +456,24 @@ static const struct {
         {"n_routed_experts", NEUTRAL_ZERO, "a mixture of experts"},
         {"num_experts_per_tok", NEUTRAL_ZERO, "a mixture of experts"},
 };
+
+/* The model's own dropout probabilities, where non-zero, into cfg->dropout_keys: they change
+ * nothing at inference; training goes without them and says so (train.c) */
+static void note_dropouts(const cJSON *root, ModelConfig *cfg) {
+    static const char *const keys[] = {"attention_dropout",   "hidden_dropout",
+                                       "resid_pdrop",         "embd_pdrop",
+                                       "attn_pdrop",          "dropout",
+                                       "hidden_dropout_prob", "attention_probs_dropout_prob"};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
+        if (!cJSON_IsNumber(it) || !(it->valuedouble > 0)) continue;
+        int w = snprintf(cfg->dropout_keys + n, sizeof cfg->dropout_keys - n, "%s%s %g",
+                         n ? ", " : "", keys[i], it->valuedouble);
+        if (w < 0 || (size_t)w >= sizeof cfg->dropout_keys - n) break;
+        n += (size_t)w;
+    }
+}
 
 static int check_foreign_keys(const cJSON *root, const char *path, TunaErr *err) {
     for (size_t i = 0; i < sizeof foreign_keys / sizeof foreign_keys[0]; i++) {
@@ -631,6 +650,7 @@ static int parse_root(const cJSON *root, const char *path, ModelConfig *cfg, Tun
         TRY(parse_llama_like(root, cfg, path, err));
     TRY(parse_layout(root, cfg, path, err));
     TRY(check_foreign_keys(root, path, err));
+    note_dropouts(root, cfg);
     return check_limits(cfg, path, err);
 }
 

@@ -48,6 +48,9 @@ typedef struct ModelConfig {
     int qk_norm;                 /* Qwen3: RMSNorm over each head of q and k */
     int tie_embeddings;          /* lm_head shares the token embedding */
     int sliding_window;          /* 0 = none; else the same window on every layer */
+    /* config.json's non-zero dropout probabilities ("resid_pdrop 0.1, embd_pdrop 0.1, ..."),
+     * which transformers applies in training and tuna's training does not (as llm.c); "" none */
+    char dropout_keys[160];
     int bos_id;                  /* -1 if none */
     int eos_ids[CONFIG_MAX_EOS]; /* from generation_config.json if present, else config.json */
     int n_eos;

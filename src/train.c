@@ -913,6 +913,14 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
     int rc = from_adapter ? adapter_train_config(cfg, adapted, err) : 0;
     if (!rc && from_adapter) r->cfg = cfg = adapted;
     if (!rc) rc = run_open(r, err);
+    if (!rc && r->m->cfg.dropout_keys[0]) { /* GPT-2's resid_pdrop, embd_pdrop, attn_pdrop */
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "config.json: %s: tuna trains without the model's own dropout (transformers' "
+                 "Trainer applies it in training, llm.c does not)",
+                 r->m->cfg.dropout_keys);
+        emit_log(r, "warn", msg);
+    }
     if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
     if (!rc && r->ref_ts && cfg->adapter[0]) /* the reference: the adapter as it starts */
         rc = adapter_init_train(r->ref_ts, cfg->adapter, cfg->model, err);

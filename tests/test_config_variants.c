@@ -129,6 +129,20 @@ static void test_repo_models(void) {
               "qwen2 fixture");
     if (config_load("tests/fixtures/mistral", &cfg, &err) == 0)
         CHECK(cfg.sliding_window == 4096, "mistral fixture window %d", cfg.sliding_window);
+    /* the model's own dropouts, which training says it goes without: GPT-2's three, and none
+     * where attention_dropout is 0 */
+    if (config_load("tests/fixtures/gpt2", &cfg, &err) == 0)
+        CHECK(!strcmp(cfg.dropout_keys, "resid_pdrop 0.1, embd_pdrop 0.1, attn_pdrop 0.1"),
+              "gpt2 fixture dropouts: \"%s\"", cfg.dropout_keys);
+    if (config_load("tests/fixtures/qwen2", &cfg, &err) == 0)
+        CHECK(!cfg.dropout_keys[0], "qwen2 fixture dropouts: \"%s\"", cfg.dropout_keys);
+    ModelConfig d;
+    CHECK(config_parse("{\"model_type\": \"llama\", \"vocab_size\": 32, \"hidden_size\": 16, "
+                       "\"intermediate_size\": 32, \"num_hidden_layers\": 1, "
+                       "\"num_attention_heads\": 2, \"attention_dropout\": 0.05}",
+                       "t.json", &d, &err) == 0 &&
+                  !strcmp(d.dropout_keys, "attention_dropout 0.05"),
+          "attention_dropout 0.05: \"%s\" %s", d.dropout_keys, err.msg);
 }
 
 int main(void) {
