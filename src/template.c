@@ -935,17 +935,20 @@ typedef struct AutoScore {
     int same;      /* identical conversations */
     double prefix; /* sum over conversations of common prefix / model text length */
     int tail_note; /* a finished conversation matched with the model's trailing header */
+    int via_bos;   /* compared past the model's leading BOS (the built-in's auto_bos) */
 } AutoScore;
 
 static int score_cmp(const void *pa, const void *pb) {
     const AutoScore *a = pa, *b = pb;
     if (a->same != b->same) return b->same - a->same;
+    if (a->via_bos != b->via_bos) return a->via_bos - b->via_bos; /* literal matches first */
     if (a->prefix != b->prefix) return b->prefix > a->prefix ? 1 : -1;
     return strcmp(a->name, b->name);
 }
 
 int template_auto_select(const char *templates_dir, const char *src, const char *bos,
-                         const char *eos, const char *fallback, TemplateAuto *out, TunaErr *err) {
+                         const char *eos, int tok_adds_bos, const char *fallback, TemplateAuto *out,
+                         TunaErr *err) {
     memset(out, 0, sizeof *out);
     if (!src) {
         snprintf(out->name, sizeof out->name, "%s", fallback);
@@ -990,21 +993,30 @@ int template_auto_select(const char *templates_dir, const char *src, const char 
         snprintf(s->name, sizeof s->name, "%s", names[k]);
         char *prompt1 = NULL;
         template_render_text(t, AUTO_C1, 1, bos, eos, &prompt1, NULL);
+        /* a built-in whose encoding prepends the BOS (auto_bos, the tokenizer adding one) is the
+         * model's template that writes {{ bos_token }} first (tuna's own HF exports do) */
+        size_t bl = strlen(bos);
+        int bos_rule = tok_adds_bos && bl && t->auto_bos && !template_starts_with_bos(t);
         for (int i = 0; i < N_AUTO; i++) {
             if (!ref[i]) continue;
             char *txt = NULL;
             if (template_render_text(t, AUTO_CONVS[i].m, AUTO_CONVS[i].n, bos, eos, &txt, NULL))
                 continue;
-            size_t cp = common_prefix(txt, ref[i]);
-            int same = !strcmp(txt, ref[i]);
+            const char *r = ref[i];
+            if (bos_rule && !strncmp(r, bos, bl) && strncmp(txt, bos, bl)) {
+                r += bl;
+                s->via_bos = 1;
+            }
+            size_t cp = common_prefix(txt, r);
+            int same = !strcmp(txt, r);
             if (!same && cp == strlen(txt) &&
                 strcmp(AUTO_CONVS[i].m[AUTO_CONVS[i].n - 1].role, "user") && prompt1 &&
-                ends_with(prompt1, ref[i] + cp)) {
+                ends_with(prompt1, r + cp)) {
                 same = 1; /* the model's template appends the assistant header after a reply */
                 s->tail_note = 1;
             }
             s->same += same;
-            size_t rl = strlen(ref[i]);
+            size_t rl = strlen(r);
             s->prefix += rl ? (double)(same ? rl : cp) / (double)rl : 1.0;
             free(txt);
         }
@@ -1056,12 +1068,27 @@ const char *template_auto_fallback(const char *name) {
     return name[4] == ':' && name[5] ? name + 5 : NULL;
 }
 
+/* Whether the model's tokenizer prepends a BOS when encoding (as training's auto_bos asks it):
+ * loaded only for a template that writes bos_token; 0 when it cannot be read */
+static int model_adds_bos(const char *model_path) {
+    char gpath[4096];
+    Tokenizer *tok = NULL;
+    int g = gguf_model_path(model_path, gpath, sizeof gpath, NULL);
+    if (g < 0 || (g == 1 ? tokenizer_load_gguf_file(gpath, &tok, NULL)
+                         : tokenizer_load(model_path, &tok, NULL)))
+        return 0;
+    int adds = tokenizer_adds_bos(tok);
+    tokenizer_free(tok);
+    return adds;
+}
+
 int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
                   TemplateAuto *out, TunaErr *err) {
     char *src = NULL, bos[256], eos[256];
     int rc = template_model_chat_template(model_path, &src, bos, sizeof bos, eos, sizeof eos, err);
     if (rc < 0) return rc;
-    rc = template_auto_select(templates_dir, src, bos, eos, fallback, out, err);
+    int adds = src && bos[0] && strstr(src, "bos_token") ? model_adds_bos(model_path) : 0;
+    rc = template_auto_select(templates_dir, src, bos, eos, adds, fallback, out, err);
     free(src);
     return rc;
 }

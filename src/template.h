@@ -135,9 +135,13 @@ typedef struct TemplateAuto {
  * A finished conversation also matches when the model's template appends (part of) the assistant
  * header after it (early Llama 3 templates always do). No match: the closest (most identical
  * conversations, then longest common prefix) when one conversation or more is identical, else
- * fallback; out->why names the closest ones. src NULL: no template, fallback with a note. */
+ * fallback; out->why names the closest ones. src NULL: no template, fallback with a note.
+ * tok_adds_bos: the model's tokenizer prepends a BOS, so a model template that writes
+ * {{ bos_token }} first also matches a built-in whose encoding prepends it (auto_bos, no BOS of
+ * its own): what template_export_jinja writes (a literal match is preferred). */
 int template_auto_select(const char *templates_dir, const char *src, const char *bos,
-                         const char *eos, const char *fallback, TemplateAuto *out, TunaErr *err);
+                         const char *eos, int tok_adds_bos, const char *fallback, TemplateAuto *out,
+                         TunaErr *err);
 
 /* The fallback of a template name asking for auto: "auto" -> "vanilla", "auto:NAME" -> NAME
  * (LLaMA-Factory's files: auto:empty); NULL for any other name. */

@@ -575,6 +575,12 @@ static void test_chat_template(void) {
     check_renders(c1, "alpaca", "the alpaca run's export");
     free(j1);
     free(c1);
+    /* and tuna reads it back as alpaca (--template auto on the export: its BOS first is the
+     * built-in's auto_bos on this tokenizer) */
+    TemplateAuto ta;
+    CHECK(template_auto("templates", e, "vanilla", &ta, &err) == 0 && ta.matched &&
+                  !strcmp(ta.name, "alpaca"),
+          "auto on the alpaca run's export: %s (%s)", ta.name, ta.why);
     /* --template names it on the export: chatml is the model's own again */
     snprintf(e, sizeof e, "%s/ct-alpaca-chatml", tmpdir);
     snprintf(args, sizeof args, "export --model %s --out %s --template chatml", run_a, e);
@@ -591,6 +597,9 @@ static void test_chat_template(void) {
     CHECK(c1 && !file_exists(e, "chat_template.jinja"), "a model without a chat template gets one");
     check_renders(c1, "vanilla", "the stories260K run's export");
     free(c1);
+    CHECK(template_auto("templates", e, "alpaca", &ta, &err) == 0 && ta.matched &&
+                  !strcmp(ta.name, "vanilla"),
+          "auto on the stories260K run's export: %s (%s)", ta.name, ta.why);
 
     /* full fine-tuning: the run's own model folder carries it; a pt run's does not */
     char full[128];

@@ -2,6 +2,7 @@
  * model's own chat template (the templates in tests/fixtures/jinja, and the models in ../shared
  * when present); models without one fall back with a note; no match names the closest. */
 #include "../src/template.h"
+#include "../src/xalloc.h"
 #include "harness.h"
 
 static char *read_all(const char *path) {
@@ -26,7 +27,7 @@ static void pick_from_file(const char *file, const char *bos, const char *eos, c
     if (!src) return;
     TemplateAuto a;
     TunaErr err = {0};
-    int rc = template_auto_select("templates", src, bos, eos, "vanilla", &a, &err);
+    int rc = template_auto_select("templates", src, bos, eos, 0, "vanilla", &a, &err);
     CHECK(rc == 0, "%s: %s", file, err.msg);
     CHECK(!strcmp(a.name, want) && a.matched == want_match,
           "%s: picked %s (matched %d), want %s (%d): %s", file, a.name, a.matched, want, want_match,
@@ -85,20 +86,40 @@ int main(void) {
     pick_from_file("qwen3", "", "<|im_end|>", "chatml", 0);
     TemplateAuto a;
     TunaErr err = {0};
-    CHECK(template_auto_select("templates", NULL, "", "", "vanilla", &a, &err) == 0 &&
+    CHECK(template_auto_select("templates", NULL, "", "", 0, "vanilla", &a, &err) == 0 &&
                   !strcmp(a.name, "vanilla") && !a.has_model_template &&
                   strstr(a.why, "no chat template"),
           "no template: %s %s", a.name, a.why);
-    CHECK(template_auto_select("templates", "{{ raise_exception('no') }}", "", "", "vanilla", &a,
+    CHECK(template_auto_select("templates", "{{ raise_exception('no') }}", "", "", 0, "vanilla", &a,
                                &err) != 0 &&
                   strstr(err.msg, "raise_exception") && !strchr(err.msg, '\n'),
           "a template failing everywhere: %s", err.msg);
-    CHECK(template_auto_select("templates", "{% if %}", "", "", "vanilla", &a, &err) != 0 &&
+    CHECK(template_auto_select("templates", "{% if %}", "", "", 0, "vanilla", &a, &err) != 0 &&
                   strstr(err.msg, "chat_template:1:"),
           "a malformed template: %s", err.msg);
+    /* a template that writes the BOS first: a built-in whose encoding prepends it (auto_bos)
+     * where the tokenizer adds one (tuna's HF exports write such templates), not otherwise */
+    {
+        Template *t = NULL;
+        CHECK(template_load("templates", "alpaca", &t, &err) == 0, "alpaca: %s", err.msg);
+        char *j = t ? template_to_jinja(t) : NULL, *src = xmalloc(j ? strlen(j) + 20 : 20);
+        sprintf(src, "{{ bos_token }}%s", j ? j : "");
+        CHECK(template_auto_select("templates", src, "<s>", "</s>", 1, "vanilla", &a, &err) == 0 &&
+                      a.matched && !strcmp(a.name, "alpaca"),
+              "BOS first, tokenizer adds BOS: %s %s", a.name, a.why);
+        CHECK(template_auto_select("templates", src, "<s>", "</s>", 0, "vanilla", &a, &err) == 0 &&
+                      !a.matched,
+              "BOS first, tokenizer adds none: %s %s", a.name, a.why);
+        CHECK(template_auto_select("templates", j, "<s>", "</s>", 1, "vanilla", &a, &err) == 0 &&
+                      a.matched && !strcmp(a.name, "alpaca"),
+              "no BOS, tokenizer adds BOS: %s %s", a.name, a.why);
+        free(j);
+        free(src);
+        template_free(t);
+    }
     /* a template nothing resembles: the fallback, closest named */
     CHECK(template_auto_select("templates", "{% for m in messages %}@@{{ m.content }}{% endfor %}",
-                               "", "", "vanilla", &a, &err) == 0 &&
+                               "", "", 0, "vanilla", &a, &err) == 0 &&
                   !a.matched && strstr(a.why, "closest:"),
           "odd template: %s %s", a.name, a.why);
     printf("odd -> %s: %s\n", a.name, a.why);
