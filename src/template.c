@@ -1087,8 +1087,12 @@ int template_auto(const char *templates_dir, const char *model_path, const char 
     char *src = NULL, bos[256], eos[256];
     int rc = template_model_chat_template(model_path, &src, bos, sizeof bos, eos, sizeof eos, err);
     if (rc < 0) return rc;
-    int adds = src && bos[0] && strstr(src, "bos_token") ? model_adds_bos(model_path) : 0;
-    rc = template_auto_select(templates_dir, src, bos, eos, adds, fallback, out, err);
+    rc = template_auto_select(templates_dir, src, bos, eos, 0, fallback, out, err);
+    /* no literal match, and a template that writes the BOS: the tokenizer decides (loaded only
+     * then: a big tokenizer.json takes a moment, and the Setup screen asks on every change) */
+    if (!rc && src && !out->matched && bos[0] && strstr(src, "bos_token") &&
+        model_adds_bos(model_path))
+        rc = template_auto_select(templates_dir, src, bos, eos, 1, fallback, out, err);
     free(src);
     return rc;
 }
