@@ -106,6 +106,7 @@ struct TrainState {
     size_t n_trainable;
     // activations
     int ckpt;        /* gradient checkpointing: see LayerActs */
+    int recompute;   /* layer_bwd is running a checkpointed layer's forward again */
     LayerActs *acts; /* (L) */
     float *x_L, *xnf, *logits;
     float *act_block;
@@ -131,9 +132,11 @@ struct TrainState {
     int *row_n;
     float *row_scale;
     /* train_set_logit_stats: each target row's logit_stats (N x 3, host), and their sums per
-     * row of the batch (B x 4: mean logit, entropy, is_top1, the count), NULL when off */
+     * row of the batch (B x 4: mean logit, entropy, is_top1, the count); allocated when first
+     * turned on, kept while off (stats_on 0) */
     float *head_stats;
     double *row_stat;
+    int stats_on;
     // P-tuning: P virtual tokens; pre (P, L*2*KD) the prefix, built on the host each step
     int P;
     size_t PW;                                /* L*2*KD */
@@ -1434,18 +1437,16 @@ void train_set_step_seed(TrainState *ts, uint64_t step) {
 }
 
 int train_set_logit_stats(TrainState *ts, int on) {
-    free(ts->head_stats);
-    free(ts->row_stat);
-    ts->head_stats = NULL;
-    ts->row_stat = NULL;
-    if (!on || !ts->be->ops->logit_stats) return 0;
-    ts->head_stats = xmalloc(sizeof(float) * 3 * ts->N);
-    ts->row_stat = xcalloc((size_t)ts->B * 4, sizeof(double));
-    return 1;
+    ts->stats_on = on && ts->be->ops->logit_stats;
+    if (ts->stats_on && !ts->head_stats) {
+        ts->head_stats = xmalloc(sizeof(float) * 3 * ts->N);
+        ts->row_stat = xcalloc((size_t)ts->B * 4, sizeof(double));
+    }
+    return ts->stats_on;
 }
 
 const double *train_row_stats(const TrainState *ts) {
-    return ts->row_stat;
+    return ts->stats_on ? ts->row_stat : NULL;
 }
 
 void train_set_grad_hook(TrainState *ts, TrainGradFn fn, void *ctx) {
@@ -1624,7 +1625,12 @@ static void dora_fwd(TrainState *ts, const LoraMod *lm, int row0, LoraSite ls, f
                      const float *bias, const float *W, const float *Bs, int M, int K, int n_out) {
     Backend *be = ts->be;
     size_t n = (size_t)M * n_out;
-    float *zk = lm->zk ? lm->zk + (size_t)row0 * M : NULL; /* this slice's block */
+    /* this slice's block of the kept z: filled where dora_bwd reads it next, by a recompute or
+     * the forward of the last layer (the only one not recomputed); the forward's copies of the
+     * other layers would be overwritten unread */
+    float *zk = lm->zk && (ts->recompute || lm->layer == ts->m->cfg.L - 1)
+                        ? lm->zk + (size_t)row0 * M
+                        : NULL;
     if (!lm->h) { /* out holds z = W·x + s·B·A·x (the base's product without its bias) */
         if (zk) be->ops->copy(be, zk, out, sizeof(float) * n);
         be->ops->col_scale(be, out, out, lm->g_dev + row0, bias, M, n_out); /* as model.c's */
@@ -2089,7 +2095,7 @@ static void head_row_sums(TrainState *ts, int R, int M) {
         ts->row_logp[b] -= (double)ts->losses[r];
         ts->row_n[b]++;
     }
-    if (!ts->row_stat) return;
+    if (!ts->stats_on) return;
     memset(ts->row_stat, 0, sizeof(double) * 4 * (size_t)Bn);
     for (int r = 0; r < R; r++) {
         double *st = ts->row_stat + (size_t)(ts->head_rows[r] / ts->T) * 4;
@@ -2129,7 +2135,7 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         model_head(m, ts->logits, ts->xnf + (size_t)r0 * C, rc);
         op->xent_fwd_bwd(ts->be, NULL, ts->losses + r0, ts->logits, ts->head_targets + r0, rc, V,
                          1.0f);
-        if (ts->head_stats)
+        if (ts->stats_on)
             op->logit_stats(ts->be, ts->head_stats + (size_t)r0 * 3, ts->logits,
                             ts->head_targets + r0, rc, V);
     }
@@ -2141,7 +2147,7 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         int rc = R - r0 < hc ? R - r0 : hc;
         const float *xr = ts->xnf + (size_t)r0 * C;
         model_head(m, ts->logits, xr, rc);
-        if (ts->head_stats && !two) /* before the gradient overwrites the logits */
+        if (ts->stats_on && !two) /* before the gradient overwrites the logits */
             op->logit_stats(ts->be, ts->head_stats + (size_t)r0 * 3, ts->logits,
                             ts->head_targets + r0, rc, V);
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
@@ -2228,7 +2234,11 @@ static void layer_bwd(TrainState *ts, int l, int Bn) {
     /* checkpointed: the layer's activations again from its input (dx stays; the recompute
      * writes only the shared set, tmp, dys and, with a prefix, dk and dv). The last layer's
      * are still there from the forward. */
-    if (ts->ckpt && l < c->L - 1) layer_fwd(ts, l, a, NULL, Bn);
+    if (ts->ckpt && l < c->L - 1) {
+        ts->recompute = 1;
+        layer_fwd(ts, l, a, NULL, Bn);
+        ts->recompute = 0;
+    }
     // MLP (each gradient buffer's first writer overwrites it: acc 0, no zeroing pass)
     linear_bwd(ts, l, SITE_DOWN, 0, 1, 0, ts->dact, ts->dx, a->act, w->w_down, w->b_down, M, FF, C);
     int silu = c->act == ACT_SILU;

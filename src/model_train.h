@@ -191,7 +191,8 @@ void train_set_step_seed(TrainState *ts, uint64_t step);
  * entropy, mean_token_accuracy): on, each train_step_rows also sums, per row of the batch, its
  * target positions' logit_stats (mean logit, entropy, is_top1) and counts them, read with
  * train_row_stats (B x 4, valid after the step; NULL when off). Returns 1 when on, 0 when off
- * or the backend has no logit_stats (the metrics are then not logged). */
+ * or the backend has no logit_stats (the metrics are then not logged). Turning it off and on
+ * again costs nothing (a step whose rows are not wanted: kto's KL rows). */
 int train_set_logit_stats(TrainState *ts, int on);
 const double *train_row_stats(const TrainState *ts);
 

@@ -1082,8 +1082,9 @@ static int model_adds_bos(const char *model_path) {
     return adds;
 }
 
-int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
-                  TemplateAuto *out, TunaErr *err) {
+/* template_auto, with the model's tokenizer where the caller holds it (NULL: loaded if needed) */
+static int auto_match(const char *templates_dir, const char *model_path, const char *fallback,
+                      const Tokenizer *tok, TemplateAuto *out, TunaErr *err) {
     char *src = NULL, bos[256], eos[256];
     int rc = template_model_chat_template(model_path, &src, bos, sizeof bos, eos, sizeof eos, err);
     if (rc < 0) return rc;
@@ -1091,10 +1092,15 @@ int template_auto(const char *templates_dir, const char *model_path, const char 
     /* no literal match, and a template that writes the BOS: the tokenizer decides (loaded only
      * then: a big tokenizer.json takes a moment, and the Setup screen asks on every change) */
     if (!rc && src && !out->matched && bos[0] && strstr(src, "bos_token") &&
-        model_adds_bos(model_path))
+        (tok ? tokenizer_adds_bos(tok) : model_adds_bos(model_path)))
         rc = template_auto_select(templates_dir, src, bos, eos, 1, fallback, out, err);
     free(src);
     return rc;
+}
+
+int template_auto(const char *templates_dir, const char *model_path, const char *fallback,
+                  TemplateAuto *out, TunaErr *err) {
+    return auto_match(templates_dir, model_path, fallback, NULL, out, err);
 }
 
 int template_starts_with_bos(const Template *t) {
@@ -1112,8 +1118,8 @@ int template_export_jinja(const char *templates_dir, const char *model_path, con
     TemplateAuto a;
     TunaErr e = {0};
     /* the model's own: keep its source (an unreadable one is the loader's matter, not ours) */
-    if (template_auto(templates_dir, model_path, "vanilla", &a, &e) == 0 && a.has_model_template &&
-        a.matched && !strcmp(a.name, name))
+    if (auto_match(templates_dir, model_path, "vanilla", tok, &a, &e) == 0 &&
+        a.has_model_template && a.matched && !strcmp(a.name, name))
         return 0;
     Template *t = NULL;
     int rc = template_load(templates_dir, name, &t, err);

@@ -387,6 +387,7 @@ static void run_close(Run *r) {
     dataset_free(r->val);
     dataset_free(r->all);
     template_free(r->tpl);
+    free(r->hf_template);
     tokenizer_free(r->tok);
     model_free(r->m);
     backend_free(r->be);
@@ -1022,12 +1023,6 @@ static int xent_eval(Run *r, double *loss, TunaErr *err) {
 /* dpo: one batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) of row length T: the
  * reference's sums, then the policy's forward (and with backward its gradients, the loss scaled
  * by `scale`), the pairs' loss and metrics added to pb->sums. */
-int run_logit_metrics(const Run *r, const char **names, double *v) {
-    if (r->pref_on && r->eval_pref.n) return pref_logit_metrics(&r->eval_pref.lg, 1, 1, names, v);
-    if (r->kto_on) return pref_logit_metrics(&r->eval_kto.lg, 1, 0, names, v);
-    return 0;
-}
-
 static int pref_batch(Run *r, const int32_t *ids, const int32_t *tg, int T, int backward,
                       PrefBatch *pb, double *ref, TunaErr *err) {
     int rows = r->rows, rc;
@@ -1180,17 +1175,20 @@ static int pref_eval(Run *r, double *loss, TunaErr *err) {
  * (and with backward its gradients, the loss scaled by kb->scale); adds to kb->sums. */
 static int kto_batch(Run *r, const int32_t *ids, const int32_t *tg, const int32_t *tags, int T,
                      int backward, KtoBatch *kb, TunaErr *err) {
-    int B = r->B, rc;
+    int B = r->B, rc, stats = train_row_stats(r->ts) != NULL;
     size_t half = (size_t)B * T;
     double *buf = xmalloc(sizeof(double) * 3 * (size_t)B);
     double *pkl = buf, *rkl = buf + B, *ref = buf + 2 * B;
     int *cnt = xmalloc(sizeof(int) * (size_t)B);
     float *scale = xmalloc(sizeof(float) * (size_t)B);
     if ((rc = train_set_seq_len(r->ts, T, err)) || (rc = train_set_seq_len(r->ref_ts, T, err)) ||
-        (rc = train_step_rows(r->ref_ts, ids + half, tg + half, B, NULL, NULL, rkl, NULL, err)) ||
-        (rc = train_step_rows(r->ts, ids + half, tg + half, B, NULL, NULL, pkl, cnt, err)) ||
-        (rc = train_step_rows(r->ref_ts, ids, tg, B, NULL, NULL, ref, NULL, err)))
+        (rc = train_step_rows(r->ref_ts, ids + half, tg + half, B, NULL, NULL, rkl, NULL, err)))
         goto out;
+    /* the policy's KL rows without the logit statistics (the examples' below are the metrics) */
+    train_set_logit_stats(r->ts, 0);
+    rc = train_step_rows(r->ts, ids + half, tg + half, B, NULL, NULL, pkl, cnt, err);
+    train_set_logit_stats(r->ts, stats);
+    if (rc || (rc = train_step_rows(r->ref_ts, ids, tg, B, NULL, NULL, ref, NULL, err))) goto out;
     kb->kl = kto_kl(B, pkl, rkl, cnt);
     if (backward && r->world > 1) { /* data parallel: kto_kl over the global micro-batch */
         double v[2] = {0, 0};
@@ -1444,8 +1442,11 @@ static int rm_eval(Run *r, double *loss, TunaErr *err) {
  * LLaMA-Factory's eval_ prefix). */
 int run_eval_metrics(const Run *r, const char **names, double *v) {
     if (r->rm_on) return rm_metrics(&r->eval_rm, 1, names, v);
+    if (r->pref_on) /* the rewards are emit_eval's; the policy's logit statistics here */
+        return r->eval_pref.n ? pref_logit_metrics(&r->eval_pref.lg, 1, 1, names, v) : 0;
     if (!r->kto_on || !(r->eval_kto.n_chosen + r->eval_kto.n_rejected)) return 0;
-    return kto_metrics(&r->eval_kto, 1, names, v);
+    int k = kto_metrics(&r->eval_kto, 1, names, v);
+    return k + pref_logit_metrics(&r->eval_kto.lg, 1, 0, names + k, v + k);
 }
 
 static int run_eval(Run *r, double *loss, TunaErr *err) {

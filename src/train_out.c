@@ -223,15 +223,14 @@ static int cmp_ckpt(const void *a, const void *b) {
  * run's chat template where that is not the model's own (template_export_jinja; a pt run,
  * trained on plain text, keeps the model's) */
 static int run_write_hf(Run *r, const char *tmp, TunaErr *err) {
-    char *jinja = NULL;
-    int rc = strcmp(r->cfg->stage, "pt")
-                     ? template_export_jinja(r->cfg->templates_dir, r->cfg->model,
-                                             r->cfg->template_name, r->tok, &jinja, err)
-                     : 0;
-    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL, jinja};
-    if (!rc) rc = model_write_hf_as(r->m, tmp, &o, err);
-    free(jinja);
-    return rc;
+    if (!r->hf_template_made && strcmp(r->cfg->stage, "pt")) { /* once a run: it cannot change */
+        int rc = template_export_jinja(r->cfg->templates_dir, r->cfg->model, r->cfg->template_name,
+                                       r->tok, &r->hf_template, err);
+        if (rc) return rc;
+    }
+    r->hf_template_made = 1;
+    HfWriteOpts o = {ST_F32, HF_SHARD_BYTES, NULL, NULL, r->hf_template};
+    return model_write_hf_as(r->m, tmp, &o, err);
 }
 
 /* Steps of the checkpoint-N folders in dir, ascending. */
@@ -888,11 +887,9 @@ void emit_eval(Run *r, double el, double epoch, double elapsed, double eta, int 
         for (int k = 0; k < 8; k++)
             event_metric(&e, names[k], v[k] / s->n);
     }
-    const char *kn[6];
-    double kv[6];
-    for (int k = 0, n = run_eval_metrics(r, kn, kv); k < n; k++) /* kto */
-        event_metric(&e, kn[k], kv[k]);
-    for (int k = 0, n = run_logit_metrics(r, kn, kv); k < n; k++) /* dpo, kto: eval_logits/... */
+    const char *kn[10];
+    double kv[10];
+    for (int k = 0, n = run_eval_metrics(r, kn, kv); k < n; k++) /* rm, kto; eval_logits/... */
         event_metric(&e, kn[k], kv[k]);
     emit(r, &e);
     if (!tlog_too) return;

@@ -31,6 +31,10 @@ typedef struct Run {
     Model *m;
     Tokenizer *tok;
     Template *tpl;
+    /* full and freeze: the chat template the run's HF checkpoints carry (template_export_jinja,
+     * made at the first save; NULL: the model's own) */
+    char *hf_template;
+    int hf_template_made;
     Dataset *all, *train, *val;
     Batcher batcher;
     int have_batcher;
@@ -84,11 +88,10 @@ typedef struct Run {
 void emit(Run *r, const Event *ev);
 /* The start event (with the resolved config) and the one-line summary of the setup. */
 void emit_start(Run *r);
-/* kto's eval metrics (names, values; at most 6) of the last eval, for emit_eval: src/train.c. */
+/* The last eval's metrics for emit_eval (names, values; at most 10): rm's, kto's, and the
+ * policy's logits/chosen, logits/rejected, entropy (and dpo's mean_token_accuracy) where the
+ * backend measured them, with LLaMA-Factory's eval_ prefix: src/train.c. */
 int run_eval_metrics(const Run *r, const char **names, double *v);
-/* The last eval's logits/chosen, logits/rejected, entropy (and dpo's mean_token_accuracy), with
- * LLaMA-Factory's eval_ prefix, where the backend measured them (at most 4). */
-int run_logit_metrics(const Run *r, const char **names, double *v);
 /* A log event: level "info" or "warn", also said on the terminal. */
 void emit_log(Run *r, const char *level, const char *msg);
 /* The same, recorded in metrics.jsonl only. */

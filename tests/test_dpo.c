@@ -101,20 +101,7 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     rc = train_step_rows(ts, ids, targets, B, pref_row_scales, &pb, NULL, NULL, &err);
     CHECK(rc == 0 && pb.sums.n == P, "%s: %s", fpath, err.msg);
     /* TRL's logits/chosen, logits/rejected, entropy, mean_token_accuracy (token means) */
-    const StTensor *lm_t = safetensors_find(fx, "logit_metrics");
-    CHECK(lm_t && lm_t->shape[0] == 4, "%s: logit_metrics missing", fpath);
-    if (lm_t) {
-        LogitSums lg = {0};
-        pref_logit_sums(train_row_stats(ts), B, NULL, P, &lg);
-        const char *ln[4];
-        double lv[4];
-        int nl = pref_logit_metrics(&lg, 0, 1, ln, lv);
-        CHECK(nl == 4, "%s: %d logit metrics", fpath, nl);
-        for (int k = 0; k < nl; k++) {
-            double w = ((const float *)lm_t->data)[k], d = fabs(lv[k] - w);
-            CHECK(d <= 1e-4 * fabs(w) + 1e-5, "%s: %s %.7g vs TRL's %.7g", fpath, ln[k], lv[k], w);
-        }
-    }
+    test_fx_logit_metrics(fx, fpath, ts, B, NULL, P, 1, 4);
     double loss = pb.sums.loss / P, want = ((const float *)loss_t->data)[0];
     CHECK(fabs(loss - want) <= RTOL * fabs(want), "%s: loss %.7f vs %.7f", fpath, loss, want);
     double got_m[6] = {pb.sums.rewards_chosen, pb.sums.rewards_rejected, pb.sums.accuracies,

@@ -101,20 +101,7 @@ static void run_case(const char *backend, const char *method, const char *kind) 
     rc = train_step_rows(ts, ids_t->data, tg, B, kto_row_scales, &kb, NULL, NULL, &err);
     const KtoSums *s = &kb.sums;
     /* TRL's logits/chosen, logits/rejected (desirable, undesirable), entropy */
-    const StTensor *lm_t = safetensors_find(fx, "logit_metrics");
-    CHECK(lm_t && lm_t->shape[0] == 3, "%s: logit_metrics missing", fpath);
-    if (lm_t && rc == 0) {
-        LogitSums lg = {0};
-        pref_logit_sums(train_row_stats(ts), B, lab_t->data, 0, &lg);
-        const char *ln[4];
-        double lv[4];
-        int nl = pref_logit_metrics(&lg, 0, 0, ln, lv);
-        CHECK(nl == 3, "%s: %d logit metrics", fpath, nl);
-        for (int k = 0; k < nl; k++) {
-            double w = ((const float *)lm_t->data)[k], d = fabs(lv[k] - w);
-            CHECK(d <= 1e-4 * fabs(w) + 1e-5, "%s: %s %.7g vs TRL's %.7g", fpath, ln[k], lv[k], w);
-        }
-    }
+    if (rc == 0) test_fx_logit_metrics(fx, fpath, ts, B, lab_t->data, 0, 0, 3);
     CHECK(rc == 0 && s->n_chosen + s->n_rejected == B, "%s: %s", fpath, err.msg);
     double loss = s->loss / B, want = ((const float *)loss_t->data)[0];
     CHECK(fabs(loss - want) <= RTOL * fabs(want), "%s: loss %.7f vs %.7f", fpath, loss, want);

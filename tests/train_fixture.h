@@ -16,6 +16,7 @@
 #include "src/model.h"
 #include "src/model_train.h"
 #include "src/peft.h"
+#include "src/pref.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
 
@@ -79,6 +80,27 @@ static inline int32_t *test_completion_targets(const int32_t *ids, const int32_t
 }
 
 /* The fixture's "adapter.NAME" tensors into the trainable tensors tp[0..np) (each must be there). */
+/* TRL's logit metrics of the policy's step just run on ts (rows rows; tags or P as
+ * pref_logit_sums takes them; acc: mean_token_accuracy too) against the fixture's
+ * logit_metrics, want of them, each within 1e-4 relative + 1e-5 */
+static inline void test_fx_logit_metrics(const SafeTensors *fx, const char *fpath,
+                                         const TrainState *ts, int rows, const int32_t *tags, int P,
+                                         int acc, int want) {
+    const StTensor *lm_t = safetensors_find(fx, "logit_metrics");
+    CHECK(lm_t && lm_t->shape[0] == want, "%s: logit_metrics missing", fpath);
+    if (!lm_t) return;
+    LogitSums lg = {0};
+    pref_logit_sums(train_row_stats(ts), rows, tags, P, &lg);
+    const char *ln[4];
+    double lv[4];
+    int nl = pref_logit_metrics(&lg, 0, acc, ln, lv);
+    CHECK(nl == want, "%s: %d logit metrics", fpath, nl);
+    for (int k = 0; k < nl && k < want; k++) {
+        double w = ((const float *)lm_t->data)[k], d = fabs(lv[k] - w);
+        CHECK(d <= 1e-4 * fabs(w) + 1e-5, "%s: %s %.7g vs TRL's %.7g", fpath, ln[k], lv[k], w);
+    }
+}
+
 static inline void test_fx_upload_adapter(Backend *be, const SafeTensors *fx, const char *fpath,
                                           const TrainParam *tp, int np) {
     for (int i = 0; i < np; i++) {

@@ -908,8 +908,12 @@ int cmd_export(int argc, char **argv) {
      * (a plain model's export keeps its own) */
     char tname_buf[256], tdir_buf[4096], *jinja = NULL;
     const char *tname = tpl, *tdir = NULL;
-    if (!rc && (tpl || cli_run_template(model, adapter, tname_buf, sizeof tname_buf, tdir_buf,
-                                        sizeof tdir_buf))) {
+    if (!rc && !tname &&
+        cli_run_template(model, adapter, tname_buf, sizeof tname_buf, tdir_buf, sizeof tdir_buf)) {
+        tname = tname_buf; /* the run's, read once */
+        if (tdir_buf[0]) tdir = tdir_buf;
+    }
+    if (!rc && tname) {
         cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
                              sizeof tdir_buf);
         rc = template_export_jinja(tdir, model, tname, tok, &jinja, &err);
