@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/cpu_backend.h"
+
 static int test_passed, test_failed, test_skipped;
 
 /* stdout line by line, so that a FAIL on stderr never lands inside a half-written line of
@@ -17,6 +19,14 @@ static int test_passed, test_failed, test_skipped;
  * FAIL lines by their start). */
 __attribute__((constructor)) static void test_line_buffered(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
+/* The OpenBLAS core tuna runs with (kernels/cpu/cpu_backend.h: cpu_blas_core_reexec), for the
+ * kernels a test calls in its own process: glibc passes a constructor argc, argv and envp. */
+__attribute__((constructor)) static void harness_blas_core(int argc, char **argv, char **envp) {
+    (void)argc;
+    (void)envp;
+    cpu_blas_core_reexec(argv);
 }
 
 #define CHECK(cond, ...)                                                                           \

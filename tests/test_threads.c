@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "kernels/backend.h"
 #include "src/model.h"
@@ -92,7 +93,32 @@ static void outs_restore(const Outs *o, float *const *save) {
         }                                                                                          \
     } while (0)
 
+/* OpenBLAS runs the kernels of this CPU's class (harness.h started the test again with
+ * OPENBLAS_CORETYPE where OpenBLAS took the CPU for an older one: OpenBLAS 0.3.21 on an
+ * Emerald Rapids Xeon picked Prescott, whose sums changed with the thread count), and so does
+ * `tuna` started without the variable. A core set by the user is theirs. */
+static void test_blas_core(void) {
+    const char *picked = NULL, *want = cpu_blas_core_wanted(&picked);
+    const char *was = getenv("TUNA_BLAS_CORE_WAS");
+    CHECK(!want || (getenv("OPENBLAS_CORETYPE") && !was),
+          "OpenBLAS runs core %s where this CPU takes %s", picked, want);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "env -u OPENBLAS_CORETYPE -u TUNA_BLAS_CORE_WAS %s info",
+             test_tuna_bin());
+    FILE *f = popen(cmd, "r");
+    char line[1024], core[64] = "";
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "fp32 products:", 14) && strstr(line, "(core "))
+            sscanf(strstr(line, "(core ") + 6, "%63[A-Za-z0-9]", core);
+    CHECK(f && pclose(f) == 0 && core[0], "tuna info: no OpenBLAS core");
+    const char *fixed = was ? getenv("OPENBLAS_CORETYPE") : picked;
+    CHECK(!strcmp(core, fixed ? fixed : ""), "tuna runs OpenBLAS core %s, this test %s", core,
+          fixed);
+    printf("  OpenBLAS core %s%s%s\n", picked, was ? ", OpenBLAS's own pick " : "", was ? was : "");
+}
+
 static void test_kernels(void) {
+    test_blas_core();
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 1, &err);
     CHECK(be != NULL, "cpu backend: %s", err.msg);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -149,8 +150,52 @@ int cpu_sgemm_rows_padded(void) {
 
 const char *cpu_blas_name(char *buf, size_t n) {
     const char *cfg = openblas_get_config(), *core = openblas_get_corename();
-    snprintf(buf, n, "%s (core %s)", cfg ? cfg : "OpenBLAS", core ? core : "?");
+    const char *was = getenv("TUNA_BLAS_CORE_WAS");
+    if (was)
+        snprintf(buf, n, "%s (core %s, set by tuna: OpenBLAS took this CPU for a %s)",
+                 cfg ? cfg : "OpenBLAS", core ? core : "?", was);
+    else
+        snprintf(buf, n, "%s (core %s)", cfg ? cfg : "OpenBLAS", core ? core : "?");
     return buf;
+}
+
+/* 3: an AVX-512 core of OpenBLAS's, 2: an AVX2 + FMA one, 0: older (or not x86-64's) */
+static int blas_core_class(const char *core) {
+    static const char *const avx512[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    static const char *const avx2[] = {"Haswell", "Zen"};
+    for (size_t i = 0; core && i < sizeof avx512 / sizeof avx512[0]; i++)
+        if (!strcmp(core, avx512[i])) return 3;
+    for (size_t i = 0; core && i < sizeof avx2 / sizeof avx2[0]; i++)
+        if (!strcmp(core, avx2[i])) return 2;
+    return 0;
+}
+
+const char *cpu_blas_core_wanted(const char **picked) {
+    const char *core = openblas_get_corename();
+    if (picked) *picked = core ? core : "?";
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const char *want = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512cd"))
+        want = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = __builtin_cpu_is("amd") ? "Zen" : "Haswell";
+    return want && blas_core_class(core) < blas_core_class(want) ? want : NULL;
+#else
+    return NULL;
+#endif
+}
+
+void cpu_blas_core_reexec(char **argv) {
+    const char *was = NULL;
+    const char *want = getenv("OPENBLAS_CORETYPE") ? NULL : cpu_blas_core_wanted(&was);
+    if (!want || !argv) return;
+    if (setenv("TUNA_BLAS_CORE_WAS", was, 1) || setenv("OPENBLAS_CORETYPE", want, 1)) return;
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE");
+    unsetenv("TUNA_BLAS_CORE_WAS");
 }
 
 /* 1 if the S x S product of the first S rows of a and b has the bits of the top-left S x S of

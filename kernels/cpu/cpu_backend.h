@@ -49,8 +49,24 @@ void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
  * (bf16-rounded fp32 copies through sgemm; TUNA_BF16=plain forces it). For tests and benches. */
 const char *cpu_bf16_path(void);
 
-/* The fp32 products' library, OpenBLAS's config line and "(core <its kernels>)", into buf */
+/* The fp32 products' library, OpenBLAS's config line and "(core <its kernels>)", into buf (and
+ * who set the core where tuna did: TUNA_BLAS_CORE_WAS, below) */
 const char *cpu_blas_name(char *buf, size_t n);
+
+/* The OpenBLAS core this CPU's features call for, where the one OpenBLAS picked (*picked) is of
+ * an older class; NULL where its pick is fine. OpenBLAS 0.3.21 (Debian 12) takes an x86-64 CPU it does not
+ * know by model, as an Emerald Rapids Xeon (family 6, model 0xCF), for a Prescott: SSE3 kernels,
+ * several times slower fp32 products, whose sums change order with the thread count (seen:
+ * test_threads' losses on 2 threads off 1 thread's in the 8th digit). OpenBLAS reads
+ * OPENBLAS_CORETYPE once, when it loads, before main: src/cli/main.c starts tuna again with it
+ * set (and TUNA_BLAS_CORE_WAS, OpenBLAS's own pick, for cpu_blas_name). */
+const char *cpu_blas_core_wanted(const char **picked);
+
+/* For a program's main (or a constructor, glibc passes argv), before anything else: where
+ * cpu_blas_core_wanted names a core and the user has not set OPENBLAS_CORETYPE, starts the
+ * program again (/proc/self/exe, the same argv) with it set; returns where nothing needs it or
+ * the exec failed (the program goes on with OpenBLAS's pick). */
+void cpu_blas_core_reexec(char **argv);
 
 /* Whether cpu_sgemm computes each row of C alike whatever M (OpenBLAS's cores whose kernels do
  * not, padded to whole groups of rows: cpu_backend.c, sgemm_row_unit); 0 where OpenBLAS is left

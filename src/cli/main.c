@@ -447,6 +447,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* OpenBLAS picked its kernels when it loaded: where it took this CPU for an older one,
+     * tuna starts again with OPENBLAS_CORETYPE naming the right core */
+    cpu_blas_core_reexec(argv);
     if (argc < 2) return cmd_ui(argc, argv); /* the workbench */
     if (argv[1][0] == '-' && argv[1][1] == '-' && strcmp(argv[1], "--help")) {
         /* `tuna --no-color`, `tuna --screen chat`: options of the workbench */
