@@ -45,8 +45,10 @@ void cpu_dequant_rows(const Weight *w, int n0, int nn, float *dst);
 
 /* Which kernel the matrix products take under Backend.mm_bf16 now: "amx" (kernels/cpu/
  * gemm_bf16.c on AMX-BF16 tiles, where the CPU has them), "avx512bf16" (the same on vdpbf16ps,
- * where the CPU has AVX512-BF16; TUNA_BF16=avx512bf16 forces it on an AMX CPU) or "plain"
- * (bf16-rounded fp32 copies through sgemm; TUNA_BF16=plain forces it). For tests and benches. */
+ * where the CPU is an AMD one with AVX512-BF16; TUNA_BF16=avx512bf16 forces it on any CPU with
+ * AVX512-BF16) or "plain" (bf16-rounded fp32 copies through sgemm: where the CPU lacks both, and
+ * on an Intel CPU without usable AMX tiles, whose vdpbf16ps is slower than its fp32 FMAs;
+ * TUNA_BF16=plain forces it). For tests and benches. */
 const char *cpu_bf16_path(void);
 
 /* The fp32 products' library, OpenBLAS's config line and "(core <its kernels>)", into buf (and

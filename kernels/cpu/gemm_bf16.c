@@ -18,7 +18,9 @@
  *   into partials of C, added in slice order (k_slices).
  * - "plain": blocks of the operands rounded to bf16 values held in fp32, then cpu_sgemm. The
  *   products are the same (a product of two bf16 numbers is exact in fp32); the sums go in
- *   OpenBLAS's order. TUNA_BF16=plain forces it, and a CPU without AVX512-BF16 takes it.
+ *   OpenBLAS's order. TUNA_BF16=plain forces it; a CPU without AVX512-BF16 takes it, and so
+ *   does an Intel one without AMX tiles, whose vdpbf16ps runs at half the rate of its fp32
+ *   FMAs (cpu_bf16_path; TUNA_BF16=avx512bf16 forces the kernel there).
  * - "amx": where the CPU has AMX-BF16 tiles (and the OS lets the process use them), the same
  *   packing and tasks with TDPBF16PS on the tiles instead of the vdpbf16ps tile of C
  *   (gemm_task_amx): op(A) packed by rows always, the panels padded to whole steps of 16 pairs,
@@ -110,10 +112,19 @@ const char *cpu_bf16_path(void) {
     if (cpu < 0)
         cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
+    static int amd = -1;
+    if (amd < 0) amd = __builtin_cpu_is("amd");
     const char *e = getenv("TUNA_BF16");
+    int force_dp = e && !strcmp(e, "avx512bf16");
     if (cpu && !(e && !strcmp(e, "plain"))) {
-        if (!(e && !strcmp(e, "avx512bf16")) && amx_usable()) return "amx";
-        return "avx512bf16";
+        if (!force_dp && amx_usable()) return "amx";
+        /* vdpbf16ps pays where it outruns fp32 FMAs: an AMD Zen 4 runs it at the rate of
+         * vfmadd231ps, twice the products; an Intel Xeon without usable AMX tiles (Emerald
+         * Rapids, model 0xCF, AMX hidden) at half that rate, half of fp32's products
+         * (bench_bf16 --peak: 85.8 against 175.9 GFLOP/s), where the plain path ran 1.2x the
+         * kernel's speed (GPT-2 --bf16 232 vs 193 tok/s, SmolLM2 LoRA --dtype bf16 --bf16 317
+         * vs 254) */
+        if (force_dp || amd) return "avx512bf16";
     }
 #endif
     return "plain";
