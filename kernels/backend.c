@@ -221,6 +221,7 @@ static const struct {
         SLOT(xent_fwd_bwd, BACKEND_NEED_TRAIN),
         SLOT(sumsq, BACKEND_NEED_TRAIN),
         SLOT(dropout, BACKEND_NEED_TRAIN),
+        SLOT(noise_add, BACKEND_NEED_TRAIN),
         SLOT(col_scale, BACKEND_NEED_TRAIN),
         SLOT(col_dot, BACKEND_NEED_TRAIN),
         SLOT(adamw, BACKEND_NEED_TRAIN),

@@ -144,6 +144,10 @@ typedef struct BackendOps {
     /* out (n) = in * mask / (1 - p), where mask[i] = hash(seed, i) >= p: the same seed gives the
      * same mask, so the backward applies this very op to the gradient. out may alias in. */
     void (*dropout)(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
+    /* x (n) += (2u - 1) * mag, with u = tuna_dropout_u(tuna_dropout_key(seed), i): uniform noise
+     * on [-mag, mag) (NEFTune's, on the token embeddings while training), the same for a seed on
+     * every backend: 2u - 1 is exact, then one rounded product and one rounded sum. */
+    void (*noise_add)(Backend *be, float *x, size_t n, float mag, uint64_t seed);
     /* AdamW step on n parameters (PyTorch semantics, decoupled weight decay), on the gradient
      * g * gscale (the global-norm clip factor, 1 for none; g itself is not written):
      * p -= lr * wd * p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g²;

@@ -196,7 +196,7 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("adam_epsilon", "1e-8|1.0e-8|1e-08", "AdamW's epsilon is 1e-8"),
         NOT_IMPL("lr_scheduler_kwargs", "", "scheduler arguments are not implemented"),
         NOT_IMPL("label_smoothing_factor", "0|0.0", "label smoothing is not implemented"),
-        NOT_IMPL("neftune_noise_alpha", "", "NEFTune is not implemented"),
+        {"neftune_noise_alpha", LF_TO, "neftune_noise_alpha", NULL},
         NOT_IMPL("data_seed", "", "the data order follows seed"),
         NOT_IMPL("load_best_model_at_end", "false",
                  "the result is the last step's model (the best eval loss is reported)"),
@@ -676,9 +676,10 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         const Pair *st = pair_of(d, "eval_steps");
         if (!st) st = pair_of(d, "logging_steps");
         if ((rc = put(a, "eval_steps", st ? st->val : "500", st ? st : es, err))) return rc;
+    } else if (es && val_in(es->val, "epoch")) {
+        if ((rc = put(a, "eval_strategy", "epoch", es, err))) return rc;
     } else if (es && !val_in(es->val, "no|false")) { /* a plain no is YAML 1.1's false */
-        return bad(a, es, err,
-                   "evaluating each epoch is not implemented; use steps and eval_steps");
+        return bad(a, es, err, "eval_strategy: must be no, steps or epoch");
     }
     assume(a, "eval_steps", "0", "eval_strategy no: evaluated at the end only");
     if ((p = pair_of(d, "save_strategy"))) {
@@ -690,8 +691,13 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
             } else if ((rc = put(a, "save_steps", "0", p, err))) {
                 return rc;
             }
+        } else if (val_in(p->val, "epoch")) {
+            if ((rc = put(a, "save_strategy", "epoch", p, err))) return rc;
+        } else if (val_in(p->val, "best")) {
+            return bad(a, p, err,
+                       "saving the best checkpoint is not implemented; use steps or epoch");
         } else if (!val_in(p->val, "steps")) {
-            return bad(a, p, err, "saving each epoch or the best is not implemented; use steps");
+            return bad(a, p, err, "save_strategy: must be no, steps, epoch or best");
         }
     }
     assume(a, "save_steps", "500", "Hugging Face's default");

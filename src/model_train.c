@@ -119,6 +119,7 @@ struct TrainState {
     int32_t *kv_lo;                    /* (N) host: train_set_spans' first keys */
     int spans;                         /* kv_lo is in force (neat packing) */
     uint64_t step_seed;
+    int micro; /* the micro-batch of the step (train_set_micro_batch) */
     /* train_step_rows: its callback and context (NULL: forward only), and the rows' (B) sums of
      * target log-probs, target counts and gradient scales, host */
     int rows_on;
@@ -1434,6 +1435,11 @@ int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err) {
 
 void train_set_step_seed(TrainState *ts, uint64_t step) {
     ts->step_seed = step;
+    ts->micro = 0;
+}
+
+void train_set_micro_batch(TrainState *ts, int micro) {
+    ts->micro = micro;
 }
 
 int train_set_logit_stats(TrainState *ts, int on) {
@@ -1588,9 +1594,14 @@ static float *G(const TrainState *ts, const float *p) {
 
 // --- linear layers with an optional LoRA adapter
 
+/* The step's and micro-batch's seed (the first micro-batch's is the step's alone) */
+static uint64_t step_key(const TrainState *ts) {
+    return ts->setup.seed * 0x100000001B3ULL ^ ts->step_seed * 0x9E3779B97F4A7C15ULL ^
+           (uint64_t)ts->micro * 0xA24BAED4963EE407ULL;
+}
+
 static uint64_t drop_seed(const TrainState *ts, const LoraMod *lm) {
-    uint64_t s = ts->setup.seed * 0x100000001B3ULL ^ ts->step_seed * 0x9E3779B97F4A7C15ULL;
-    return s ^ ((uint64_t)lm->layer << 8 | (uint64_t)lm->site) * 0xD6E8FEB86659FD93ULL;
+    return step_key(ts) ^ ((uint64_t)lm->layer << 8 | (uint64_t)lm->site) * 0xD6E8FEB86659FD93ULL;
 }
 
 /* First row of B that a slice of the fused c_attn uses (0 for every other site). */
@@ -2057,13 +2068,19 @@ static void layer_fwd(TrainState *ts, int l, LayerActs *a, float *xout, int Bn) 
         lora_u_fwd(ts, &ts->mods[ts->site_mod[l][SITE_DOWN]], a->act, M, c->FF);
 }
 
-/* The token embeddings of ids (M = Bn * T rows) plus GPT-2's learned positions into x. */
-static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn) {
+/* The token embeddings of ids (M = Bn * T rows) plus GPT-2's learned positions into x; noise:
+ * NEFTune's on the token embeddings (as transformers' hook on the input embedding module: before
+ * the positions; the virtual tokens' slots are overwritten after it) */
+static void embed_fwd(TrainState *ts, float *x, const int32_t *ids, int Bn, int noise) {
     Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
     const BackendOps *op = ts->be->ops;
     int T = ts->T, M = Bn * T, C = c->C;
     model_embed(m, x, ids, M);
+    if (noise && ts->setup.neftune_alpha > 0) { /* torch: alpha / sqrt(dims), in float */
+        float mag = ts->setup.neftune_alpha / sqrtf((float)((T - ts->VT) * C));
+        op->noise_add(ts->be, x, (size_t)M * C, mag, step_key(ts) ^ 0x4E4546544E4F4953ULL);
+    }
     for (int b = 0; ts->VT && b < Bn; b++) /* the virtual tokens, before GPT-2's positions */
         op->copy(ts->be, x + (size_t)b * T * C, ts->vt_dev, sizeof(float) * (size_t)ts->VT * C);
     if (c->learned_pos && ts->spans) { /* positions restart inside the row: gather them */
@@ -2292,7 +2309,7 @@ int train_step_fb(TrainState *ts, const int32_t *ids, const int32_t *targets, in
         memset(ts->pre_grad, 0, sizeof(float) * (size_t)ts->P * ts->PW);
     }
     if (ts->n_tok) tokens_sync(ts);
-    embed_fwd(ts, ts->acts[0].x_in, ids, Bn);
+    embed_fwd(ts, ts->acts[0].x_in, ids, Bn, backward);
     for (int l = 0; l < c->L; l++)
         layer_fwd(ts, l, &ts->acts[l], l + 1 < c->L ? ts->acts[l + 1].x_in : ts->x_L, Bn);
     decoder_norm(m, ts->xnf, ts->x_L, m->lnf_w, m->lnf_b, M);

@@ -71,6 +71,10 @@ typedef struct TrainSetup {
     const int32_t *prompt_init_ids;
     int prompt_init_n;
     int grad_checkpoint; /* keep layer inputs only; recompute the rest in the backward */
+    /* NEFTune (Hugging Face's neftune_noise_alpha; 0: off): while training, the token
+     * embeddings of each micro-batch get uniform noise on [-m, m), m = alpha / sqrt(T C), T the
+     * row length without virtual tokens; the evals and the forwards without a backward none */
+    float neftune_alpha;
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */
@@ -184,8 +188,12 @@ int train_set_seq_len(TrainState *ts, int T, TunaErr *err);
  * when a start lies after its position. */
 int train_set_spans(TrainState *ts, const int32_t *seg_start, TunaErr *err);
 
-/* Dropout masks change every step: the caller bumps this (the step number). */
+/* Dropout masks (and NEFTune's noise) change every step: the caller bumps this (the step
+ * number)... */
 void train_set_step_seed(TrainState *ts, uint64_t step);
+/* ...and within a step every micro-batch (0, 1, ... of the step's gradient accumulation; 0 after
+ * train_set_step_seed): each draws its own masks. */
+void train_set_micro_batch(TrainState *ts, int micro);
 
 /* The preference stages' metrics of the policy's logits (TRL's logits/chosen, logits/rejected,
  * entropy, mean_token_accuracy): on, each train_step_rows also sums, per row of the batch, its

@@ -478,7 +478,19 @@ static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
     emit_log(r, "info", msg);
 }
 
-/* --method and the options that go with it, the scheduler, --pad-to: *method set. */
+/* eval_strategy / save_strategy: 0 steps, 1 epoch, 2 no; -1 for another word */
+static int strategy_parse(const char *s) {
+    return !strcmp(s, "steps") ? 0 : !strcmp(s, "epoch") ? 1 : !strcmp(s, "no") ? 2 : -1;
+}
+
+/* The steps between evals or checkpoints under a strategy (0: at the end only). */
+static int every(const char *strategy, int steps, int steps_per_epoch) {
+    int s = strategy_parse(strategy);
+    return s == 0 ? steps : s == 1 ? steps_per_epoch : 0;
+}
+
+/* --method and the options that go with it, the scheduler, the strategies, --pad-to: *method
+ * set. */
 static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
     const TrainConfig *c = r->cfg;
     TrainMethod method;
@@ -516,6 +528,11 @@ static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--use-dora, --loraplus-lr-ratio and --init-lora-weights are for --method "
                          "lora");
+    if (strategy_parse(c->eval_strategy) < 0 || strategy_parse(c->save_strategy) < 0)
+        return tuna_errf(err, TUNA_EINVAL, "--%s-strategy: must be steps, epoch or no, got \"%s\"",
+                         strategy_parse(c->eval_strategy) < 0 ? "eval" : "save",
+                         strategy_parse(c->eval_strategy) < 0 ? c->eval_strategy
+                                                              : c->save_strategy);
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     *out = method;
@@ -539,6 +556,12 @@ static int run_check_stage(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--summary-dropout-prob: the value head's dropout, for --stage rm only");
     }
+    /* transformers adds NEFTune's noise to every forward of the module in training mode, TRL's
+     * reference passes through the same module included: not reproduced here */
+    if (c->neftune_noise_alpha > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--neftune-noise-alpha: NEFTune is for --stage sft and pt, not %s",
+                         c->stage);
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,
@@ -692,6 +715,8 @@ static int run_open_data(Run *r, TunaErr *err) {
     r->total = (int)want;
     if (r->total < 1) return tuna_errf(err, TUNA_EINVAL, "nothing to train: 0 steps");
     r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
+    r->eval_every = every(c->eval_strategy, c->eval_steps, r->steps_per_epoch);
+    r->save_every = every(c->save_strategy, c->save_steps, r->steps_per_epoch);
     return 0;
 }
 
@@ -706,6 +731,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
                         .lora_rank = c->lora_rank,
                         .lora_alpha = (float)c->lora_alpha,
                         .lora_dropout = (float)c->lora_dropout,
+                        .neftune_alpha = (float)c->neftune_noise_alpha,
                         .lora_rslora = c->use_rslora,
                         .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
                         .lora_dora = c->use_dora,
@@ -996,6 +1022,7 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
         rc = train_set_seq_len(r->ts, lp->Ts[a], err);
         if (!rc && lp->sg) rc = train_set_spans(r->ts, lp->sg + a * slot, err);
         if (rc) break;
+        train_set_micro_batch(r->ts, a); /* its own dropout masks and NEFTune noise */
         /* the buckets start during the last micro-batch's backward (the others accumulate) */
         train_set_grad_hook(r->ts, g && a == GA - 1 ? grad_ready : NULL, g);
         rc = train_step_fb(r->ts, lp->ids + a * slot, lp->tg + a * slot, B,
@@ -1099,8 +1126,10 @@ static int pref_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     PrefBatch pb = {.c = &r->pref, .pairs = P, .scale = pairs ? 1.0 / pairs : 0};
     double *ref = xmalloc(sizeof(double) * (size_t)rows);
-    for (int a = 0; a < GA && !rc; a++)
+    for (int a = 0; a < GA && !rc; a++) {
+        train_set_micro_batch(r->ts, a);
         rc = pref_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &pb, ref, err);
+    }
     free(ref);
     PrefSums *s = &pb.sums;
     if (!rc && r->world > 1) { /* the ranks' gradients and sums */
@@ -1287,9 +1316,11 @@ static int kto_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
     train_zero_grad(r->ts);
     train_set_step_seed(r->ts, (uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank);
     KtoBatch kb = {.c = &r->kto, .scale = n_ex ? 1.0 / n_ex : 0};
-    for (int a = 0; a < GA && !rc; a++)
+    for (int a = 0; a < GA && !rc; a++) {
+        train_set_micro_batch(r->ts, a);
         rc = kto_batch(r, lp->ids + a * slot, lp->tg + a * slot, tags + (size_t)a * B, lp->Ts[a], 1,
                        &kb, err);
+    }
     free(tags);
     KtoSums *s = &kb.sums;
     if (!rc && r->world > 1) { /* the ranks' gradients and sums (kl: already the global one) */
@@ -1401,6 +1432,7 @@ static int rm_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
             ((uint64_t)r->step * (uint64_t)r->world + (uint64_t)r->rank) * 0x9E3779B97F4A7C15ULL;
     for (int a = 0; a < GA && !rc; a++) {
         rb.drop_seed = tuna_splitmix64(s0 + (uint64_t)a);
+        train_set_micro_batch(r->ts, a);
         rc = rm_batch(r, lp->ids + a * slot, lp->tg + a * slot, lp->Ts[a], 1, &rb, err);
     }
     if (!rc && r->world > 1) { /* the ranks' gradients (the model's, the head's) and sums */
@@ -1529,14 +1561,14 @@ static void log_step(Run *r, Loop *lp, const StepOut *so, double lr, double gnor
 static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta, TunaErr *err) {
     const TrainConfig *cfg = r->cfg;
     int rc;
-    int save = cfg->save_steps > 0 && r->step % cfg->save_steps == 0 && r->step < r->total;
+    int save = r->save_every > 0 && r->step % r->save_every == 0 && r->step < r->total;
     if (r->rank) { /* eval and samples: rank 0's; a checkpoint: every rank (save_checkpoint) */
         if (!save) return 0;
         if ((rc = save_checkpoint(r, err))) return rc;
         lp->saved_at = r->step;
         return 0;
     }
-    int do_eval = (cfg->eval_steps > 0 && r->step % cfg->eval_steps == 0) || r->step == r->total;
+    int do_eval = (r->eval_every > 0 && r->step % r->eval_every == 0) || r->step == r->total;
     if (do_eval && r->val->n) {
         double el;
         if ((rc = run_eval(r, &el, err))) return rc;

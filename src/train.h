@@ -35,7 +35,10 @@ typedef struct TrainConfig {
     char backend[16], sample_prompts[1024], lora_trainable_tokens[256];
     char init_lora_weights[16]; /* "default" (PEFT's init_lora_weights=True) or "pissa" */
     char pad_to[8]; /* "batch": rows as long as each batch needs; "max": all as the longest */
-    int use_dora;   /* DoRA (PEFT use_dora) */
+    /* Hugging Face's eval_strategy and save_strategy: "steps" (every eval_steps / save_steps),
+     * "epoch" (at the end of each epoch) or "no" (at the end only) */
+    char eval_strategy[8], save_strategy[8];
+    int use_dora; /* DoRA (PEFT use_dora) */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;
@@ -46,6 +49,7 @@ typedef struct TrainConfig {
     int train_on_prompt, mask_history;
     double loraplus_lr_ratio; /* LoRA+: the B matrices' lr is lr times this; 0 = off */
     double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
+    double neftune_noise_alpha; /* NEFTune: noise on the token embeddings while training (0: off) */
     double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
     /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */

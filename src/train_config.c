@@ -130,6 +130,10 @@ static const TrainOption fields[] = {
           "warmup as a fraction of all steps (if warmup_steps is 0)"),
         D(weight_decay, ALL, FROM(0), "0", "AdamW weight decay (not on norms and biases)"),
         D(max_grad_norm, ALL, FROM(0), "1.0", "clip the global gradient norm (0 = off)"),
+        D(neftune_noise_alpha, ALL, RANGE(0, 1e6), "0",
+          "NEFTune (sft, pt): uniform noise on the token embeddings while training, on [-m, m) "
+          "with m = alpha / sqrt(row length x hidden size), e.g. 5 (Hugging Face's "
+          "neftune_noise_alpha; 0 = off)"),
         I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
         I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
         I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),
@@ -138,6 +142,12 @@ static const TrainOption fields[] = {
         D(val_size, ALL, RANGE(0, BIG), "0.1", "validation split: fraction, or a count if >= 1"),
         I(eval_steps, ALL, RANGE(0, BIG), "20", "evaluate every N steps (0 = at the end only)"),
         I(save_steps, ALL, RANGE(0, BIG), "50", "checkpoint every N steps (0 = only at the end)"),
+        S(eval_strategy, ALL, "steps",
+          "steps: evaluate every eval_steps | epoch: at the end of each epoch | no: at the end "
+          "only (Hugging Face's eval_strategy)"),
+        S(save_strategy, ALL, "steps",
+          "steps: checkpoint every save_steps | epoch: at the end of each epoch | no: only the "
+          "final result (Hugging Face's save_strategy)"),
         I(save_total_limit, ALL, RANGE(0, 1000000), "2", "checkpoints kept"),
         I(logging_steps, ALL, RANGE(1, BIG), "1", "write a step line every N steps"),
         S(sample_prompts, ALL, "Who are you?",

@@ -42,6 +42,7 @@ typedef struct Run {
     Optim opt;
     int have_opt;
     int B, T, total, warmup, steps_per_epoch, step;
+    int eval_every, save_every; /* steps between evals / checkpoints (0: at the end only) */
     int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
     SchedType sched;
     double lr; /* the peak learning rate: cfg->lr, or what auto chose */

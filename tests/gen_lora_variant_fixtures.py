@@ -9,6 +9,8 @@ Writes
                                    the residual base weight of every adapted layer
     dora/<arch>_dora[_rslora].safetensors  DoRA: loss and gradients of one step (and a saved adapter)
     dora/<arch>_{dora,lora}_dropout.safetensors  the same with lora_dropout 0.25, the masks recorded
+    neftune/<arch>_neftune.safetensors  LoRA under transformers' NEFTune hook (neftune_noise_alpha 5):
+                                   the noise it drew recorded, loss and gradients, and the loss without
 Deterministic (fixed seeds, CPU, one thread; safetensors written with sorted keys).
 """
 import json
@@ -269,8 +271,89 @@ def gen_dora(fix_dir, out_dir, arch, ai, rslora=False, dropout=0.0, dora=True):
                 os.path.join(out_dir, "dora", "llama_dora_logits.safetensors"), m)
 
 
+# NEFTune: transformers' Trainer registers neftune_post_forward_hook (transformers/integrations/
+# neftune.py: activate_neftune) on the input embeddings
+# (noise uniform on [-m, m), m = alpha / sqrt(T * C), T the batch's row length, in training mode).
+# The hook below is that function with the noise kept (checked equal to transformers' own on the
+# same RNG state): the test replays it for tuna's noise_add op and checks the m tuna asks for.
+def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
+    from transformers.integrations.neftune import neftune_post_forward_hook
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                attn_implementation="eager",
+                                                **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
+                                                   if arch == "gpt2" else {}))
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
+                     fan_in_fan_out=arch == "gpt2", task_type="CAUSAL_LM")
+    seed = 7900 + ai
+    torch.manual_seed(seed)
+    model = get_peft_model(base, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    gen = torch.Generator().manual_seed(3000 + ai)
+    T_, B_ = 10, 2
+    ids = torch.randint(0, model.config.vocab_size, (B_, T_), generator=gen)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, :5] = -100
+    model.train()
+    emb = model.base_model.model.get_input_embeddings()  # what activate_neftune hooks under peft
+    emb.neftune_noise_alpha = alpha
+    drawn = []
+
+    def hook(module, args, output):
+        if module.training:
+            dims = torch.tensor(output.size(1) * output.size(2))
+            mag_norm = module.neftune_noise_alpha / torch.sqrt(dims)
+            noise = torch.zeros_like(output).uniform_(-mag_norm, mag_norm)
+            drawn.append((noise, mag_norm))
+            output = output + noise
+        return output
+
+    with torch.no_grad():  # the hook is transformers' own, noise aside
+        x = emb(ids)
+        torch.manual_seed(1)
+        want = neftune_post_forward_hook(emb, (ids,), x)
+        torch.manual_seed(1)
+        got = hook(emb, (ids,), x)
+        assert torch.equal(want, got)
+        drawn.clear()
+    h = emb.register_forward_hook(hook)
+    torch.manual_seed(seed + 2)
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    h.remove()
+    assert len(drawn) == 1
+    noise, mag = drawn[0]
+    model.eval()
+    with torch.no_grad():
+        clean = model(input_ids=ids, labels=labels).loss
+    sd = peft.get_peft_model_state_dict(model)
+    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
+               "loss": out.loss.detach().float().reshape(1), "loss_clean": clean.float().reshape(1),
+               "noise": noise.reshape(-1, noise.shape[-1]).clone(), "mag": mag.float().reshape(1)}
+    for name, t in sd.items():
+        p = by_ptr[t.data_ptr()]
+        tensors["adapter." + name] = t.detach().clone()
+        tensors["grad." + name] = p.grad.detach().clone()
+    m = meta()
+    m.update(arch=arch, r="4", lora_alpha="8", neftune_noise_alpha=str(alpha),
+             target_modules=json.dumps(PISSA_TARGETS[arch]),
+             noise="(B*T, C): what transformers' NEFTune hook added to the input embeddings; mag its m",
+             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
+    os.makedirs(os.path.join(out_dir, "neftune"), exist_ok=True)
+    save_st(tensors, os.path.join(out_dir, "neftune", f"{arch}_neftune.safetensors"), m)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+    if len(sys.argv) > 2 and sys.argv[2] == "neftune":  # only these
+        for ai, arch in enumerate(("llama", "gpt2")):
+            gen_neftune(out, out, arch, ai)
+        return
     gen_loraplus(out)
     for arch in ("llama", "gpt2"):
         gen_pissa(out, out, arch)
@@ -283,6 +366,8 @@ def main():
     gen_dora(out, out, "llama", 0, dropout=0.25)
     gen_dora(out, out, "gpt2", 6, dropout=0.25)
     gen_dora(out, out, "llama", 0, dropout=0.25, dora=False)
+    for ai, arch in enumerate(("llama", "gpt2")):
+        gen_neftune(out, out, arch, ai)
 
 
 if __name__ == "__main__":

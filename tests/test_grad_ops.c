@@ -65,12 +65,13 @@ enum {
     OP_COL_SCALE,
     OP_COL_DOT,
     OP_LOGIT_STATS,
+    OP_NOISE,
     N_OPS
 };
 static const char *op_names[N_OPS] = {
-        "matmul_bwd", "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",   "attention_bwd", "swiglu_bwd",
-        "gelu_bwd",   "embed_bwd",   "xent_fwd_bwd",  "sumsq",      "scale",         "dropout",
-        "adamw",      "col_scale",   "col_dot",       "logit_stats"};
+        "matmul_bwd", "rmsnorm_bwd", "layernorm_bwd", "rope_bwd",    "attention_bwd", "swiglu_bwd",
+        "gelu_bwd",   "embed_bwd",   "xent_fwd_bwd",  "sumsq",       "scale",         "dropout",
+        "adamw",      "col_scale",   "col_dot",       "logit_stats", "noise_add"};
 static double fd_worst[N_OPS]; /* max |g - fd| / max(1, max |fd|) */
 
 /* Inputs of one finite-difference case, in double (perturbed) with the int parameters. */
@@ -531,6 +532,7 @@ static int op_present(const BackendOps *o, int op) {
     case OP_COL_SCALE: return o->col_scale != NULL;
     case OP_COL_DOT: return o->col_dot != NULL;
     case OP_LOGIT_STATS: return o->logit_stats != NULL;
+    case OP_NOISE: return o->noise_add != NULL;
     }
     return 0;
 }
@@ -1066,6 +1068,55 @@ static void be_dropout(void) {
     free(x), free(want), free(got);
 }
 
+/* NEFTune's noise: x + (2u - 1) m with ops_hash.h's u, uniform on [-m, m) (mean 0, variance
+ * m^2 / 3 within 5 standard errors), the same bits on every backend, another for another seed. */
+static void be_noise(void) {
+    size_t n = 100003;
+    float mag = 0.37f;
+    float *x = rand_buf(n, 1), *want = zeros(n), *got = zeros(n);
+    memcpy(want, x, sizeof(float) * n);
+    ref_noise_add(want, n, mag, 77);
+    double s = 0, s2 = 0, lo = 0, hi = 0;
+    size_t exact = 0;
+    uint64_t key = tuna_dropout_key(77);
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)(tuna_dropout_u(key, i) * 2.0f - 1.0f) * (double)mag;
+        exact += want[i] == (float)((double)x[i] + (double)(float)e);
+        s += e, s2 += e * e;
+        lo = fmin(lo, e), hi = fmax(hi, e);
+    }
+    double mean = s / (double)n, var = s2 / (double)n - mean * mean, m2 = (double)mag * (double)mag;
+    CHECK(exact == n, "noise: %zu of %zu elements are x + (2u - 1) m", exact, n);
+    CHECK(fabs(mean) <= 5 * sqrt(m2 / 3 / (double)n), "noise: mean %.3g", mean);
+    CHECK(fabs(var - m2 / 3) <= 5 * m2 * sqrt(4.0 / 45 / (double)n),
+          "noise: variance %.5g, want %.5g", var, m2 / 3);
+    CHECK(lo >= -(double)mag && hi < (double)mag && lo < -0.99 * (double)mag &&
+                  hi > 0.99 * (double)mag,
+          "noise: range [%.4g, %.4g] for m %.4g", lo, hi, (double)mag);
+    for (int bi = 0; bi < nbk; bi++) {
+        if (!has_op(bi, OP_NOISE)) continue;
+        Backend *be = bks[bi].be;
+        for (size_t len = 1; len <= n; len = len == n   ? n + 1
+                                             : len < 64 ? len + 13
+                                                        : n) { /* odd, all */
+            float *dx = up(be, x, len);
+            be->ops->noise_add(be, dx, len, mag, 77);
+            down(be, got, dx, len);
+            char what[48];
+            snprintf(what, sizeof what, "n=%zu", len);
+            cmp(OP_NOISE, bi, what, got, want, len, 0, 0);
+            rel(be, dx);
+        }
+    }
+    memcpy(got, x, sizeof(float) * n);
+    ref_noise_add(got, n, mag, 78);
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++)
+        same += got[i] == want[i];
+    CHECK(same < n / 100, "noise: seeds 77 and 78 agree on %zu of %zu", same, n);
+    free(x), free(want), free(got);
+}
+
 /* Every backend's AdamW over 5 steps against a plain double loop (and ref). */
 static void be_adamw(void) {
     size_t sizes[] = {7, 40003};
@@ -1171,6 +1222,7 @@ int main(void) {
     be_reductions();
     be_col_ops();
     be_dropout();
+    be_noise();
     be_adamw();
     for (int bi = 0; bi < nbk; bi++) {
         CHECK(bks[bi].be->ops->sync(bks[bi].be) == 0, "%s: latched error: %s", bks[bi].label,

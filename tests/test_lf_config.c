@@ -152,6 +152,15 @@ static void test_defaults_and_specials(void) {
                   c.save_steps == 0 && c.eval_steps == 0,
           "plain no (YAML 1.1's false) as a strategy: %s %d %d", err.msg, c.save_steps,
           c.eval_steps);
+    CHECK(load("eval_strategy: epoch\nsave_strategy: epoch\neval_steps: 5\n", &c, NULL, 0, &err) ==
+                          0 &&
+                  !strcmp(c.eval_strategy, "epoch") && !strcmp(c.save_strategy, "epoch"),
+          "epoch strategies: %s %s %s", err.msg, c.eval_strategy, c.save_strategy);
+    CHECK(load("neftune_noise_alpha: 5\n", &c, NULL, 0, &err) == 0 && c.neftune_noise_alpha == 5,
+          "neftune_noise_alpha: %s %g", err.msg, c.neftune_noise_alpha);
+    CHECK(load("seed: 1\n", &c, NULL, 0, &err) == 0 && !strcmp(c.eval_strategy, "steps") &&
+                  !strcmp(c.save_strategy, "steps"),
+          "strategies by default: %s %s", c.eval_strategy, c.save_strategy);
     CHECK(load("dataset: [identity, alpaca_en_demo]\ntemplate: null\nbf16: On\nseed: ~\n", &c, NULL,
                0, &err) == 0 &&
                   !strcmp(c.dataset, "identity,alpaca_en_demo") &&
@@ -208,7 +217,6 @@ static void refused(const char *text, const char *n1, const char *n2) {
 }
 
 static void test_refusals(void) {
-    refused("seed: 1\nneftune_noise_alpha: 5\n", "t.yaml:2: neftune_noise_alpha 5", "NEFTune");
     refused("quantization_bit: 8\n", ":1: quantization_bit 8", "LLM.int8");
     refused("use_galore: true\n", ":1: use_galore", "GaLore");
     refused("galore_rank: 16\n", ":1: galore_rank", "GaLore");
@@ -224,8 +232,9 @@ static void test_refusals(void) {
     refused("pissa_init: true\n", ":1: pissa_init", "pissa_niter_16");
     refused("pissa_init: true\npissa_iter: 4\n", "pissa_niter_4", NULL);
     refused("adapter_name_or_path: a,b\n", "adapter_name_or_path", "several");
-    refused("eval_strategy: epoch\n", "eval_strategy epoch", NULL);
-    refused("save_strategy: best\n", "save_strategy best", NULL);
+    refused("eval_strategy: sometimes\n", "eval_strategy sometimes", "steps or epoch");
+    refused("save_strategy: best\n", "save_strategy best", "best checkpoint");
+    refused("save_strategy: often\n", "save_strategy often", NULL);
     refused("eval_dataset: alpaca_en_demo\nval_size: 0.1\n", ":1: eval_dataset", "line 2");
     refused("resume_from_checkpoint: saves/x/checkpoint-500\n", "resume_from_checkpoint",
             "--resume");

@@ -48,6 +48,27 @@ static int read_losses(const char *dir, double *loss, int cap, double *eval0, do
     return n;
 }
 
+/* The steps of the eval events in metrics.jsonl (up to cap), and of the last step event. */
+static int eval_steps_of(const char *dir, int *steps, int cap, int *last_step) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = xread_file(path, NULL);
+    if (!text) return -1;
+    int n = 0;
+    char *save = NULL;
+    *last_step = 0;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
+        int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
+        if (t && !strcmp(t, "eval") && n < cap) steps[n++] = step;
+        if (t && !strcmp(t, "step")) *last_step = step;
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
 /* Starts a training in the background; returns its pid. */
 static pid_t spawn(const char *args, const char *out) {
     pid_t p = fork();
@@ -185,6 +206,37 @@ int main(void) {
     CHECK(ac && strstr(ac, "PREFIX_TUNING"),
           "ptuning run lacks a PREFIX_TUNING adapter_config.json");
     free(ac);
+    // --- Hugging Face's epoch strategies: an eval and a checkpoint at the end of each epoch
+    // (2 epochs: the eval before training, at the first epoch's end and at the end; one
+    // checkpoint, the end's being the result), whatever eval_steps and save_steps say
+    snprintf(d2, sizeof d2, "%s/epochs", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --lr 1e-2 --epochs 2 --grad-accum 4 --eval-steps 1 "
+             "--save-steps 1 --eval-strategy epoch --save-strategy epoch --output %s",
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "epoch strategies: training failed");
+    int ev[16], last = 0, nev = eval_steps_of(d2, ev, 16, &last);
+    CHECK(last > 0 && last % 2 == 0 && nev == 3 && ev[0] == 0 && ev[1] == last / 2 && ev[2] == last,
+          "epoch strategies: %d evals (%d %d %d) over %d steps, want 0, %d, %d", nev, ev[0], ev[1],
+          ev[2], last, last / 2, last);
+    for (int s = 1; s <= last; s++) {
+        snprintf(p, sizeof p, "%s/checkpoint-%d", d2, s);
+        int want = s == last / 2;
+        CHECK((access(p, F_OK) == 0) == want, "epoch strategies: checkpoint-%d %s", s,
+              want ? "missing" : "written");
+    }
+    printf("  epoch strategies: evals at steps 0, %d, %d; checkpoint-%d only\n", last / 2, last,
+           last / 2);
+    // --- eval_strategy no: the end only (eval_steps 1 ignored)
+    snprintf(d2, sizeof d2, "%s/no-eval", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --max-steps 4 --eval-steps 1 --save-steps 0 "
+             "--eval-strategy no --output %s",
+             test_tuna_bin(), d2);
+    CHECK(test_system(cmd) == 0, "eval_strategy no: training failed");
+    nev = eval_steps_of(d2, ev, 16, &last);
+    CHECK(nev == 2 && ev[0] == 0 && ev[1] == 4, "eval_strategy no: %d evals (%d %d)", nev, ev[0],
+          ev[1]);
     // --- threads 0 follows the cores other processes leave free: a busy process beside the run
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         SKIP("one core: no other core for the run to give up");
@@ -238,6 +290,8 @@ int main(void) {
                          "--lr abc",
                          "--dataset no_such_dataset",
                          "--lora-target wq",
+                         "--eval-strategy epochs",
+                         "--stage kto --neftune-noise-alpha 5",
                          "--model /nonexistent",
                          "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -972,6 +972,7 @@ static const BackendOps cpu_ops = {
         .col_scale = cpu_col_scale,
         .col_dot = cpu_col_dot,
         .dropout = cpu_dropout,
+        .noise_add = cpu_noise_add,
         .adamw = cpu_adamw,
         .set_threads = c_set_threads,
         .matmul_bwd_dw = cpu_matmul_bwd_dw,

@@ -372,6 +372,7 @@ void cpu_col_dot(Backend *be, double *acc, const float *x, const float *y, int R
 void cpu_logit_stats(Backend *be, float *stats, const float *logits, const int32_t *targets, int R,
                      int V);
 void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
+void cpu_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed);
 void cpu_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 /* AdamW on p[i0..i1) (backward.c; cpu_adamw's body): decay = 1 - lr wd, step = lr / bc1,

@@ -413,6 +413,23 @@ void cuda_dropout(Backend *be, float *out, const float *in, size_t n, float p, u
     CUDA_TRY_LAUNCH(be, dropout_kernel);
 }
 
+/* ops_hash.h's uniforms, as ref_noise_add: the product and the sum rounded apart (__fmul_rn,
+ * __fadd_rn: nvcc would fuse them into one FMA) */
+__global__ static void noise_add_kernel(float *x, size_t n, float mag, uint64_t key) {
+    EW_LOOP(i, n) {
+        const float e = __fmul_rn(tuna_dropout_u(key, i) * 2.0f - 1.0f, mag);
+        x[i] = __fadd_rn(x[i], e);
+    }
+}
+
+void cuda_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed) {
+    CudaCtx *ctx = cuda_begin(be);
+    if (!ctx || n == 0) return;
+    noise_add_kernel<<<cuda_grid_1d(n, BW_THREADS), BW_THREADS, 0, ctx->stream>>>(
+            x, n, mag, tuna_dropout_key(seed));
+    CUDA_TRY_LAUNCH(be, noise_add_kernel);
+}
+
 /* PyTorch's AdamW, one fused pass: decay = 1 - lr wd, step = lr / bc1, ib2 = 1 / bc2 */
 __global__ static void adamw_kernel(float *p, const float *g, float gscale, float *m, float *v,
                                     size_t n, float b1, float b2, float eps, float decay,

@@ -162,6 +162,7 @@ void cuda_col_scale(Backend *be, float *out, const float *in, const float *a, co
                     int N);
 void cuda_col_dot(Backend *be, double *acc, const float *x, const float *y, int R, int N);
 void cuda_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
+void cuda_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed);
 void cuda_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
                 float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 // attention.cu (backward)

@@ -195,6 +195,7 @@ static const BackendOps cuda_ops = {
         .col_scale = cuda_col_scale,
         .col_dot = cuda_col_dot,
         .dropout = cuda_dropout,
+        .noise_add = cuda_noise_add,
         .adamw = cuda_adamw,
         .matmul_w_fwd = nullptr, /* typed weights: issue 14 */
         .matmul_w_bwd_in = nullptr,

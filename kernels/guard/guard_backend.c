@@ -250,6 +250,9 @@ static void g_col_dot(Backend *be, double *acc, const float *x, const float *y, 
 static void g_dropout(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed) {
     OPEN_CALL(be, dropout(in_, out, in, n, p, seed));
 }
+static void g_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed) {
+    OPEN_CALL(be, noise_add(in_, x, n, mag, seed));
+}
 static void g_adamw(Backend *be, float *p, const float *g, float gscale, float *m, float *v,
                     size_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
                     float bc2) {
@@ -308,6 +311,7 @@ static const BackendOps guard_ops = {
         .col_scale = g_col_scale,
         .col_dot = g_col_dot,
         .dropout = g_dropout,
+        .noise_add = g_noise_add,
         .adamw = g_adamw,
         .matmul_w_fwd = g_matmul_w_fwd,
         .embed_w_fwd = g_embed_w_fwd,

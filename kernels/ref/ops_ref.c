@@ -544,6 +544,14 @@ void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) 
     }
 }
 
+void ref_noise_add(float *x, size_t n, float mag, uint64_t seed) {
+    uint64_t key = tuna_dropout_key(seed);
+    for (size_t i = 0; i < n; i++) {
+        float e = (tuna_dropout_u(key, i) * 2.0f - 1.0f) * mag;
+        x[i] = x[i] + e;
+    }
+}
+
 void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
                float b1, float b2, float eps, float wd, float bc1, float bc2) {
     double dlr = lr, db1 = b1, db2 = b2;
@@ -760,6 +768,10 @@ static void r_dropout(Backend *be, float *out, const float *in, size_t n, float 
     (void)be;
     ref_dropout(out, in, n, p, seed);
 }
+static void r_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed) {
+    (void)be;
+    ref_noise_add(x, n, mag, seed);
+}
 static void r_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b,
                         int R, int N) {
     (void)be;
@@ -858,6 +870,7 @@ static const BackendOps ref_ops = {
         .col_scale = r_col_scale,
         .col_dot = r_col_dot,
         .dropout = r_dropout,
+        .noise_add = r_noise_add,
         .adamw = r_adamw,
 };
 

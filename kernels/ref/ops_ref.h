@@ -64,6 +64,7 @@ void ref_col_scale(float *out, const float *in, const float *a, const float *b, 
 void ref_col_dot(double *acc, const float *x, const float *y, int R, int N);
 void ref_logit_stats(float *stats, const float *logits, const int32_t *targets, int R, int V);
 void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed);
+void ref_noise_add(float *x, size_t n, float mag, uint64_t seed);
 void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
                float b1, float b2, float eps, float wd, float bc1, float bc2);
 
