@@ -195,7 +195,7 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("adam_beta2", "0.999", "AdamW's betas are 0.9 and 0.999"),
         NOT_IMPL("adam_epsilon", "1e-8|1.0e-8|1e-08", "AdamW's epsilon is 1e-8"),
         NOT_IMPL("lr_scheduler_kwargs", "", "scheduler arguments are not implemented"),
-        NOT_IMPL("label_smoothing_factor", "0|0.0", "label smoothing is not implemented"),
+        {"label_smoothing_factor", LF_TO, "label_smoothing_factor", NULL},
         {"neftune_noise_alpha", LF_TO, "neftune_noise_alpha", NULL},
         NOT_IMPL("data_seed", "", "the data order follows seed"),
         NOT_IMPL("load_best_model_at_end", "false",

@@ -75,6 +75,9 @@ typedef struct TrainSetup {
      * embeddings of each micro-batch get uniform noise on [-m, m), m = alpha / sqrt(T C), T the
      * row length without virtual tokens; the evals and the forwards without a backward none */
     float neftune_alpha;
+    /* Hugging Face's label_smoothing_factor e (0: off): each target's loss is (1 - e) (-log p)
+     * + e (-Σ log p) / V, in training and in the evals (the Trainer's LabelSmoother) */
+    float label_smoothing;
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */

@@ -562,6 +562,13 @@ static int run_check_stage(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EUNSUP,
                          "--neftune-noise-alpha: NEFTune is for --stage sft and pt, not %s",
                          c->stage);
+    /* Hugging Face's Trainer smooths the labels of its own loss; TRL's preference trainers and
+     * the reward model compute theirs without it */
+    if (c->label_smoothing_factor > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--label-smoothing-factor: for --stage sft and pt, not %s (dpo's own is "
+                         "--dpo-label-smoothing)",
+                         c->stage);
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,
@@ -732,6 +739,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
                         .lora_alpha = (float)c->lora_alpha,
                         .lora_dropout = (float)c->lora_dropout,
                         .neftune_alpha = (float)c->neftune_noise_alpha,
+                        .label_smoothing = (float)c->label_smoothing_factor,
                         .lora_rslora = c->use_rslora,
                         .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
                         .lora_dora = c->use_dora,

@@ -134,6 +134,10 @@ static const TrainOption fields[] = {
           "NEFTune (sft, pt): uniform noise on the token embeddings while training, on [-m, m) "
           "with m = alpha / sqrt(row length x hidden size), e.g. 5 (Hugging Face's "
           "neftune_noise_alpha; 0 = off)"),
+        D(label_smoothing_factor, ALL, RANGE(0, 0.999), "0",
+          "sft, pt: label smoothing e: each target's loss is (1 - e) (-log p) + e (mean over the "
+          "vocabulary of -log p), in training and the evals (Hugging Face's "
+          "label_smoothing_factor; 0 = off)"),
         I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
         I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
         I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),

@@ -9,8 +9,10 @@ Writes
                                    the residual base weight of every adapted layer
     dora/<arch>_dora[_rslora].safetensors  DoRA: loss and gradients of one step (and a saved adapter)
     dora/<arch>_{dora,lora}_dropout.safetensors  the same with lora_dropout 0.25, the masks recorded
-    neftune/<arch>_neftune.safetensors  LoRA under transformers' NEFTune hook (neftune_noise_alpha 5):
+    hf_trainer/<arch>_neftune.safetensors  LoRA under transformers' NEFTune hook (neftune_noise_alpha 5):
                                    the noise it drew recorded, loss and gradients, and the loss without
+    hf_trainer/<arch>_smooth.safetensors  LoRA under transformers' LabelSmoother (label_smoothing_factor
+                                   0.1): loss and gradients, and the loss of the model in eval mode
 Deterministic (fixed seeds, CPU, one thread; safetensors written with sorted keys).
 """
 import json
@@ -344,15 +346,65 @@ def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
              target_modules=json.dumps(PISSA_TARGETS[arch]),
              noise="(B*T, C): what transformers' NEFTune hook added to the input embeddings; mag its m",
              init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
-    os.makedirs(os.path.join(out_dir, "neftune"), exist_ok=True)
-    save_st(tensors, os.path.join(out_dir, "neftune", f"{arch}_neftune.safetensors"), m)
+    os.makedirs(os.path.join(out_dir, "hf_trainer"), exist_ok=True)
+    save_st(tensors, os.path.join(out_dir, "hf_trainer", f"{arch}_neftune.safetensors"), m)
+
+
+# Label smoothing: transformers' Trainer.compute_loss with label_smoothing_factor e runs its
+# LabelSmoother on the logits (shift_labels for a causal LM): (1 - e) nll + e mean(-log p), each
+# a mean over the target tokens; the same in prediction_step (the evals).
+def gen_smooth(fix_dir, out_dir, arch, ai, eps=0.1):
+    from transformers.trainer_pt_utils import LabelSmoother
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
+                                                attn_implementation="eager",
+                                                **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
+                                                   if arch == "gpt2" else {}))
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
+                     fan_in_fan_out=arch == "gpt2", task_type="CAUSAL_LM")
+    seed = 8100 + ai
+    torch.manual_seed(seed)
+    model = get_peft_model(base, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    gen = torch.Generator().manual_seed(3100 + ai)
+    T_, B_ = 10, 2
+    ids = torch.randint(0, model.config.vocab_size, (B_, T_), generator=gen)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, :5] = -100
+    smoother = LabelSmoother(epsilon=eps)
+    model.train()
+    loss = smoother(model(input_ids=ids), labels, shift_labels=True)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        loss_eval = smoother(model(input_ids=ids), labels, shift_labels=True)
+    sd = peft.get_peft_model_state_dict(model)
+    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
+               "loss": loss.detach().float().reshape(1), "loss_clean": loss_eval.float().reshape(1)}
+    for name, t in sd.items():
+        p = by_ptr[t.data_ptr()]
+        tensors["adapter." + name] = t.detach().clone()
+        tensors["grad." + name] = p.grad.detach().clone()
+    m = meta()
+    m.update(arch=arch, r="4", lora_alpha="8", label_smoothing_factor=str(eps),
+             target_modules=json.dumps(PISSA_TARGETS[arch]),
+             loss="transformers.trainer_pt_utils.LabelSmoother(epsilon)(outputs, labels, shift_labels=True)",
+             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
+    os.makedirs(os.path.join(out_dir, "hf_trainer"), exist_ok=True)
+    save_st(tensors, os.path.join(out_dir, "hf_trainer", f"{arch}_smooth.safetensors"), m)
 
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
-    if len(sys.argv) > 2 and sys.argv[2] == "neftune":  # only these
+    if len(sys.argv) > 2 and sys.argv[2] == "hf_trainer":  # only these
         for ai, arch in enumerate(("llama", "gpt2")):
             gen_neftune(out, out, arch, ai)
+            gen_smooth(out, out, arch, ai)
         return
     gen_loraplus(out)
     for arch in ("llama", "gpt2"):
@@ -368,6 +420,7 @@ def main():
     gen_dora(out, out, "llama", 0, dropout=0.25, dora=False)
     for ai, arch in enumerate(("llama", "gpt2")):
         gen_neftune(out, out, arch, ai)
+        gen_smooth(out, out, arch, ai)
 
 
 if __name__ == "__main__":

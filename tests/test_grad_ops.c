@@ -86,6 +86,7 @@ typedef struct FdCase {
     const int32_t *ids;   /* embed ids, rope positions, xent targets */
     const float *inv_freq;
     double eps, scale;
+    double smooth; /* xent: label smoothing */
     int approx;
 } FdCase;
 
@@ -203,9 +204,11 @@ static size_t forward_d(double *out, const FdCase *f) {
             double mx = -INFINITY, sum = 0;
             for (int i = 0; i < f->N; i++)
                 mx = x[i] > mx ? x[i] : mx;
+            double sx = 0; /* the definition: (1 - e) (-log p_t) + e mean(-log p) */
             for (int i = 0; i < f->N; i++)
-                sum += exp(x[i] - mx);
-            out[r] = tg < 0 ? 0.0 : (mx + log(sum) - x[tg]) * f->scale;
+                sum += exp(x[i] - mx), sx += x[i];
+            double lse = mx + log(sum), e = f->smooth;
+            out[r] = tg < 0 ? 0.0 : ((1 - e) * (lse - x[tg]) + e * (lse - sx / f->N)) * f->scale;
         }
         return (size_t)f->M;
     }
@@ -457,14 +460,19 @@ static void fd_embed(void) {
     free(tab), free(r), free(y), free(g), free(f.a), free(f.r);
 }
 
-static void fd_xent(void) {
+static void fd_xent(float smooth) {
     int R = 6, V = 11;
     int32_t tg[6] = {3, -100, 0, 10, -100, 3};
     float scale = 0.37f;
     float *x = rand_buf((size_t)R * V, 3), *d = zeros((size_t)R * V), *loss = zeros((size_t)R);
-    FdCase f = {.op = OP_XENT, .M = R, .N = V, .ids = tg, .scale = (double)scale};
+    FdCase f = {.op = OP_XENT,
+                .M = R,
+                .N = V,
+                .ids = tg,
+                .scale = (double)scale,
+                .smooth = (double)smooth};
     f.a = to_double(x, (size_t)R * V);
-    int bad = ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale);
+    int bad = ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale, smooth);
     CHECK(bad == 0, "fd xent: %d bad targets reported", bad);
     for (int r = 0; r < R; r++)
         loss[r] *= scale; /* forward_d reports scale * loss */
@@ -473,7 +481,7 @@ static void fd_xent(void) {
     fd_compare(&f, f.a, d, (size_t)R * V, "dlogits (targets -100 ignored)");
     /* dlogits aliasing logits gives the same */
     float *al = dup_buf(x, (size_t)R * V), *l2 = zeros((size_t)R);
-    ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale);
+    ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale, smooth);
     double e;
     CHECK(test_close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g",
           e);
@@ -824,7 +832,7 @@ static void be_embed(void) {
     }
 }
 
-static void be_xent(void) {
+static void be_xent(float smooth) {
     int shapes[][2] = {{1, 7}, {37, 1000}, {64, 1031}, {3, 50000}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int R = shapes[s][0], V = shapes[s][1];
@@ -836,8 +844,8 @@ static void be_xent(void) {
         for (int r = 0; r < R; r++)
             tg[r] = r % 5 == 1 ? -100 : (int32_t)(((size_t)r * 7919) % (size_t)V);
         float scale = 1.0f / (float)R;
-        ref_xent_fwd_bwd(want, wl, x, tg, R, V, scale);
-        char what[64];
+        ref_xent_fwd_bwd(want, wl, x, tg, R, V, scale, smooth);
+        char what[80];
         for (int bi = 0; bi < nbk; bi++) {
             if (!has_op(bi, OP_XENT)) continue;
             Backend *be = bks[bi].be;
@@ -846,22 +854,22 @@ static void be_xent(void) {
                 float *dl = mode == 0 ? dd : mode == 1 ? dx : NULL;
                 be->ops->upload(be, dx, x, n * sizeof(float)); /* mode 1 overwrote it */
                 memset(gl, 0xff, sizeof(float) * (size_t)R);
-                be->ops->xent_fwd_bwd(be, dl, gl, dx, tg, R, V, scale);
-                snprintf(what, sizeof what, "R=%d V=%d %s losses", R, V,
+                be->ops->xent_fwd_bwd(be, dl, gl, dx, tg, R, V, scale, smooth);
+                snprintf(what, sizeof what, "R=%d V=%d e=%g %s losses", R, V, (double)smooth,
                          mode == 0   ? "separate"
                          : mode == 1 ? "aliased"
                                      : "loss-only");
                 cmp(OP_XENT, bi, what, gl, wl, (size_t)R, 1e-5f, 1e-5f);
                 if (dl) {
                     down(be, got, dl, n);
-                    snprintf(what, sizeof what, "R=%d V=%d %s dlogits", R, V,
+                    snprintf(what, sizeof what, "R=%d V=%d e=%g %s dlogits", R, V, (double)smooth,
                              mode == 0 ? "separate" : "aliased");
                     cmp(OP_XENT, bi, what, got, want, n, 1e-7f, 1e-4f);
                 }
             }
             /* a target that is neither -100 nor a token id latches an error, and no crash */
             int32_t bad = V + 5;
-            be->ops->xent_fwd_bwd(be, dd, gl, dd, &bad, 1, V, 1.0f);
+            be->ops->xent_fwd_bwd(be, dd, gl, dd, &bad, 1, V, 1.0f, smooth);
             CHECK(be->ops->sync(be) == TUNA_EINVAL, "%s xent: a bad target is not reported",
                   bks[bi].label);
             tuna_err_clear(&be->err);
@@ -1194,7 +1202,8 @@ int main(void) {
     }
     fd_elementwise();
     fd_embed();
-    fd_xent();
+    fd_xent(0);
+    fd_xent(0.1f);
 
     // 2. + 3. every backend against ref
     const char *names[] = {"ref", "cpu", "cuda"};
@@ -1217,7 +1226,8 @@ int main(void) {
     be_attention();
     be_elementwise();
     be_embed();
-    be_xent();
+    be_xent(0);
+    be_xent(0.1f);
     be_logit_stats();
     be_reductions();
     be_col_ops();

@@ -158,6 +158,9 @@ static void test_defaults_and_specials(void) {
           "epoch strategies: %s %s %s", err.msg, c.eval_strategy, c.save_strategy);
     CHECK(load("neftune_noise_alpha: 5\n", &c, NULL, 0, &err) == 0 && c.neftune_noise_alpha == 5,
           "neftune_noise_alpha: %s %g", err.msg, c.neftune_noise_alpha);
+    CHECK(load("label_smoothing_factor: 0.1\n", &c, NULL, 0, &err) == 0 &&
+                  c.label_smoothing_factor == 0.1,
+          "label_smoothing_factor: %s %g", err.msg, c.label_smoothing_factor);
     CHECK(load("seed: 1\n", &c, NULL, 0, &err) == 0 && !strcmp(c.eval_strategy, "steps") &&
                   !strcmp(c.save_strategy, "steps"),
           "strategies by default: %s %s", c.eval_strategy, c.save_strategy);
@@ -240,7 +243,6 @@ static void test_refusals(void) {
             "--resume");
     refused("do_predict: true\n", "do_predict", NULL);
     refused("enable_thinking: false\n", "enable_thinking", NULL);
-    refused("label_smoothing_factor: 0.1\n", "label_smoothing_factor", NULL);
     refused("stage: sft\nlearning_rat: 1e-4\n", ":2: learning_rat", "not a LLaMA-Factory");
     refused("lr: 1\nlearning_rate: 2\n", ":2: learning_rate", "line 1");
     refused("seed: 1\nseed: 2\n", ":2: seed", "twice");

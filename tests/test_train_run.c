@@ -292,6 +292,7 @@ int main(void) {
                          "--lora-target wq",
                          "--eval-strategy epochs",
                          "--stage kto --neftune-noise-alpha 5",
+                         "--stage rm --label-smoothing-factor 0.1",
                          "--model /nonexistent",
                          "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

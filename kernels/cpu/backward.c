@@ -652,7 +652,7 @@ void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t 
 /* Per row: max-subtracted log-sum-exp; the exponentials go straight into dlogits (which may
  * alias logits, so the target's logit is read first) and are then scaled. */
 void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                      const int32_t *targets, int R, int V, float scale) {
+                      const int32_t *targets, int R, int V, float scale, float smooth) {
     if (R <= 0) return;
     int nth = threads_for(be, (size_t)R * V);
     int bad = 0;
@@ -672,6 +672,27 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
         for (int i = 0; i < V; i++)
             mx = x[i] > mx ? x[i] : mx;
         float sum = 0;
+        if (smooth > 0) { /* Hugging Face's label smoothing: its own loop, the plain one as is */
+            float sx = 0;
+#pragma omp simd reduction(+ : sum, sx)
+            for (int i = 0; i < V; i++) {
+                float d = x[i] - mx, e = vexpf(d); /* read before dx[i] (it may alias x) */
+                if (dx) dx[i] = e;
+                sum += e;
+                sx += d; /* shifted: no cancellation against lse */
+            }
+            double lse_m = log((double)sum), e = smooth; /* lse - mx */
+            if (dx) {
+                float f = scale / sum, u = (float)(e / V) * scale;
+#pragma omp simd
+                for (int i = 0; i < V; i++)
+                    dx[i] = dx[i] * f - u;
+                dx[tg] -= (float)(1 - e) * scale;
+            }
+            losses[r] = (float)((1 - e) * (lse_m - ((double)xt - (double)mx)) +
+                                e * (lse_m - (double)sx / V));
+            continue;
+        }
         if (dx) {
 #pragma omp simd reduction(+ : sum)
             for (int i = 0; i < V; i++) {

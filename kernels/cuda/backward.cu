@@ -238,7 +238,7 @@ void cuda_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t
  * the host has checked it is -100) gets loss 0 and zero gradients. Every read of the row
  * happens before the block_sum barrier that precedes the first write. */
 __global__ static void xent_kernel(float *dlogits, float *loss, const float *logits,
-                                   const int32_t *targets, int V, float scale) {
+                                   const int32_t *targets, int V, float scale, float smooth) {
     const size_t r = blockIdx.x;
     const float *x = logits + r * V;
     float *dx = dlogits ? dlogits + r * V : NULL;
@@ -258,7 +258,23 @@ __global__ static void xent_kernel(float *dlogits, float *loss, const float *log
     for (int i = threadIdx.x; i < V; i += blockDim.x)
         s += expf(x[i] - mx);
     const float xt = x[tg]; /* read by every thread before the barrier in block_sum */
+    float sx = 0.0f;        /* label smoothing: Σ (x - max), read before the barriers too */
+    if (smooth > 0.0f)
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            sx += x[i] - mx;
     const float lse = mx + logf(block_sum(s));
+    if (smooth > 0.0f) {
+        sx = block_sum(sx);
+        const float e = smooth, lse_m = lse - mx;
+        if (threadIdx.x == 0) loss[r] = (1.0f - e) * (lse - xt) + e * (lse_m - sx / (float)V);
+        if (!dx) return;
+        const float u = e / (float)V * scale, t = (1.0f - e) * scale;
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            const float p = expf(x[i] - lse) * scale - u;
+            dx[i] = i == tg ? p - t : p;
+        }
+        return;
+    }
     if (threadIdx.x == 0) loss[r] = lse - xt;
     if (!dx) return;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
@@ -268,7 +284,7 @@ __global__ static void xent_kernel(float *dlogits, float *loss, const float *log
 }
 
 void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                       const int32_t *targets, int R, int V, float scale) {
+                       const int32_t *targets, int R, int V, float scale, float smooth) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || R <= 0) return;
     int bad = 0;
@@ -281,7 +297,8 @@ void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *
     const int32_t *tg_d = cuda_upload_i32(be, ctx, targets, (size_t)R);
     float *loss_d = tg_d ? cuda_scratch_f(be, ctx, (size_t)R) : NULL;
     if (!loss_d) return;
-    xent_kernel<<<R, XENT_THREADS, 0, ctx->stream>>>(dlogits, loss_d, logits, tg_d, V, scale);
+    xent_kernel<<<R, XENT_THREADS, 0, ctx->stream>>>(dlogits, loss_d, logits, tg_d, V, scale,
+                                                     smooth);
     if (CUDA_TRY_LAUNCH(be, xent_kernel)) return;
     if (CUDA_TRY(be, cudaMemcpyAsync(losses, loss_d, (size_t)R * sizeof(float),
                                      cudaMemcpyDeviceToHost, ctx->stream)))

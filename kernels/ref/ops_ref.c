@@ -452,7 +452,7 @@ void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, 
 // --- loss and optimizer
 
 int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
-                     int R, int V, float scale) {
+                     int R, int V, float scale, float smooth) {
     int bad = 0;
     for (int r = 0; r < R; r++) {
         const float *x = logits + (size_t)r * V;
@@ -470,6 +470,18 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
         for (int i = 0; i < V; i++)
             sum += exp((double)x[i] - mx);
         double lse = mx + log(sum);
+        if (smooth > 0) { /* (1 - e) nll + e mean(-log p), as Hugging Face's LabelSmoother */
+            double sx = 0, e = smooth;
+            for (int i = 0; i < V; i++)
+                sx += (double)x[i];
+            losses[r] = (float)((1 - e) * (lse - xt) + e * (lse - sx / V));
+            if (dx) {
+                for (int i = 0; i < V; i++)
+                    dx[i] = (float)((exp((double)x[i] - lse) - e / V) * (double)scale);
+                dx[tg] = (float)((double)dx[tg] - (1 - e) * (double)scale);
+            }
+            continue;
+        }
         losses[r] = (float)(lse - xt);
         if (dx) {
             for (int i = 0; i < V; i++)
@@ -746,8 +758,8 @@ static void r_embed_bwd(Backend *be, float *dtable, const float *dout, const int
     ref_embed_bwd(dtable, dout, ids, T, C);
 }
 static void r_xent(Backend *be, float *dlogits, float *losses, const float *logits,
-                   const int32_t *targets, int R, int V, float scale) {
-    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale);
+                   const int32_t *targets, int R, int V, float scale, float smooth) {
+    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale, smooth);
     if (bad && !be->err.code)
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }

@@ -1,14 +1,18 @@
-/* test_neftune.c: NEFTune (TrainSetup.neftune_alpha, `--neftune-noise-alpha`) against
- * transformers' hook (tests/fixtures/neftune/ from tests/gen_lora_variant_fixtures.py): LoRA r=4
- * on the tiny llama and GPT-2 checkpoints, alpha 5, batch 2 x 10. The fixture recorded the noise
- * transformers' neftune_post_forward_hook drew on the input embeddings and its magnitude
- * m = alpha / sqrt(T C); this test stands that noise in for the backend's noise_add op and checks
- * that tuna asks for it once per training forward, over the token embeddings of the whole batch
- * (GPT-2's before its positions are added), with the same m; then the loss within 1e-5 relative
- * and every gradient within 1e-3 of the tensor's largest entry, on the ref and cpu backends and
- * with gradient checkpointing. A forward without a backward (the evals) adds none: its loss is
- * the model's without the hook. With the backend's own op: the same noise for the same step and
- * micro-batch, another for the next micro-batch. */
+/* test_hf_trainer.c: the two knobs of Hugging Face's Trainer on the loss it trains, against
+ * transformers (tests/fixtures/hf_trainer/ from tests/gen_lora_variant_fixtures.py): LoRA r=4 on
+ * the tiny llama and GPT-2 checkpoints, batch 2 x 10, the loss within 1e-5 relative and every
+ * gradient within 1e-3 of the tensor's largest entry, on the ref and cpu backends and with
+ * gradient checkpointing.
+ * - NEFTune (TrainSetup.neftune_alpha, `--neftune-noise-alpha`), alpha 5: the fixture recorded
+ *   the noise transformers' neftune_post_forward_hook drew on the input embeddings and its
+ *   magnitude m = alpha / sqrt(T C); this test stands that noise in for the backend's noise_add
+ *   op and checks that tuna asks for it once per training forward, over the token embeddings of
+ *   the whole batch (GPT-2's before its positions are added), with the same m. A forward without
+ *   a backward (the evals) adds none: its loss is the model's without the hook. With the
+ *   backend's own op: the same noise for the same step and micro-batch, another for the next
+ *   micro-batch and the next step.
+ * - Label smoothing (TrainSetup.label_smoothing, `--label-smoothing-factor`), 0.1: the Trainer's
+ *   LabelSmoother, in training and in the evals (a forward alone). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,10 +64,13 @@ static double step_loss(TrainState *ts, const int32_t *ids, const int32_t *tg, i
     return loss_sum / cnt;
 }
 
-static void run_case(const char *arch, const char *targets, const char *backend, int ckpt) {
+/* kind: "neftune" or "smooth" */
+static void run_case(const char *arch, const char *kind, const char *targets, const char *backend,
+                     int ckpt) {
     char mdir[256], fpath[256];
+    int nef = !strcmp(kind, "neftune");
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
-    snprintf(fpath, sizeof fpath, "tests/fixtures/neftune/%s_neftune.safetensors", arch);
+    snprintf(fpath, sizeof fpath, "tests/fixtures/hf_trainer/%s_%s.safetensors", arch, kind);
     struct stat sb;
     if (stat(fpath, &sb)) {
         SKIP("%s missing (tests/gen_lora_variant_fixtures.py makes it)", fpath);
@@ -84,8 +91,8 @@ static void run_case(const char *arch, const char *targets, const char *backend,
                    *lab_t = safetensors_find(fx, "labels"), *loss_t = safetensors_find(fx, "loss"),
                    *clean_t = safetensors_find(fx, "loss_clean"),
                    *mag_t = safetensors_find(fx, "mag");
-    CHECK(ids_t && lab_t && loss_t && clean_t && mag_t, "%s: tensors missing", fpath);
-    if (!ids_t || !lab_t || !loss_t || !clean_t || !mag_t) goto done;
+    CHECK(ids_t && lab_t && loss_t && clean_t && (mag_t || !nef), "%s: tensors missing", fpath);
+    if (!ids_t || !lab_t || !loss_t || !clean_t || (!mag_t && nef)) goto done;
     int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
     TrainSetup setup = {.method = METHOD_LORA,
                         .lora_rank = 4,
@@ -93,7 +100,8 @@ static void run_case(const char *arch, const char *targets, const char *backend,
                         .lora_targets = targets,
                         .seed = 1,
                         .grad_checkpoint = ckpt,
-                        .neftune_alpha = 5.0f};
+                        .neftune_alpha = nef ? 5.0f : 0.0f,
+                        .label_smoothing = nef ? 0.0f : 0.1f};
     memset(&replay, 0, sizeof replay);
     replay.fx = fx;
     replay.ops = be->ops;
@@ -121,18 +129,22 @@ static void run_case(const char *arch, const char *targets, const char *backend,
     double clean = step_loss(ts, ids, tg, B, n_t, 0, &err);
     double want_clean = (double)((const float *)clean_t->data)[0];
     CHECK(replay.calls == 0 && fabs(clean - want_clean) <= LOSS_RTOL * fabs(want_clean),
-          "%s [%s]: forward alone: %d noise calls, loss %.7f vs %.7f", arch, backend, replay.calls,
-          clean, want_clean);
-    // --- the training step: transformers' noise, once, of transformers' magnitude
+          "%s %s [%s]: forward alone: %d noise calls, loss %.7f vs %.7f", arch, kind, backend,
+          replay.calls, clean, want_clean);
+    // --- the training step (NEFTune: transformers' noise, once, of transformers' magnitude)
     double loss = step_loss(ts, ids, tg, B, n_t, 1, &err);
     double want = (double)((const float *)loss_t->data)[0];
-    float want_mag = ((const float *)mag_t->data)[0];
-    CHECK(replay.calls == 1 && replay.bad == 0, "%s [%s]: %d noise calls, %d of another shape",
-          arch, backend, replay.calls, replay.bad);
-    CHECK(replay.mag == want_mag, "%s [%s]: magnitude %.9g, transformers' %.9g", arch, backend,
-          (double)replay.mag, (double)want_mag);
-    CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s [%s]: loss %.7f vs transformers %.7f",
-          arch, backend, loss, want);
+    if (nef) {
+        float want_mag = ((const float *)mag_t->data)[0];
+        CHECK(replay.calls == 1 && replay.bad == 0, "%s [%s]: %d noise calls, %d of another shape",
+              arch, backend, replay.calls, replay.bad);
+        CHECK(replay.mag == want_mag, "%s [%s]: magnitude %.9g, transformers' %.9g", arch, backend,
+              (double)replay.mag, (double)want_mag);
+    } else {
+        CHECK(replay.calls == 0, "%s smooth [%s]: %d noise calls", arch, backend, replay.calls);
+    }
+    CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s [%s]: loss %.7f vs transformers %.7f",
+          arch, kind, backend, loss, want);
     double worst = 0;
     for (int i = 0; i < np; i++) {
         char nm[200];
@@ -152,9 +164,15 @@ static void run_case(const char *arch, const char *targets, const char *backend,
               ckpt ? " ckpt" : "", tp[i].name, d);
         free(got);
     }
-    printf("  %s [%s%s]: loss %.7f (transformers %.7f; %.7f without the noise), m %.6g, grad rel "
-           "diff %.2e\n",
-           arch, backend, ckpt ? " ckpt" : "", loss, want, clean, (double)replay.mag, worst);
+    if (nef)
+        printf("  %s neftune [%s%s]: loss %.7f (transformers %.7f; %.7f without the noise), m "
+               "%.6g, grad rel diff %.2e\n",
+               arch, backend, ckpt ? " ckpt" : "", loss, want, clean, (double)replay.mag, worst);
+    else
+        printf("  %s smooth [%s%s]: loss %.7f (transformers %.7f), eval %.7f (%.7f), grad rel diff "
+               "%.2e\n",
+               arch, backend, ckpt ? " ckpt" : "", loss, want, clean, want_clean, worst);
+    if (!nef) goto done;
     // --- the backend's own noise: the step's and micro-batch's, another for the next one
     be->ops = replay.ops;
     train_set_step_seed(ts, 3);
@@ -179,10 +197,13 @@ done:
 
 int main(void) {
     const char *ll = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-    run_case("llama", ll, "ref", 0);
-    run_case("llama", ll, "cpu", 0);
-    run_case("llama", ll, "cpu", 1);
-    run_case("gpt2", "c_attn,c_proj,c_fc", "ref", 0);
-    run_case("gpt2", "c_attn,c_proj,c_fc", "cpu", 0);
-    return test_report("test_neftune");
+    const char *kinds[] = {"neftune", "smooth"};
+    for (int k = 0; k < 2; k++) {
+        run_case("llama", kinds[k], ll, "ref", 0);
+        run_case("llama", kinds[k], ll, "cpu", 0);
+        run_case("llama", kinds[k], ll, "cpu", 1);
+        run_case("gpt2", kinds[k], "c_attn,c_proj,c_fc", "ref", 0);
+        run_case("gpt2", kinds[k], "c_attn,c_proj,c_fc", "cpu", 0);
+    }
+    return test_report("test_hf_trainer");
 }
