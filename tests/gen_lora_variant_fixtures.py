@@ -273,20 +273,15 @@ def gen_dora(fix_dir, out_dir, arch, ai, rslora=False, dropout=0.0, dora=True):
                 os.path.join(out_dir, "dora", "llama_dora_logits.safetensors"), m)
 
 
-# NEFTune: transformers' Trainer registers neftune_post_forward_hook (transformers/integrations/
-# neftune.py: activate_neftune) on the input embeddings
-# (noise uniform on [-m, m), m = alpha / sqrt(T * C), T the batch's row length, in training mode).
-# The hook below is that function with the noise kept (checked equal to transformers' own on the
-# same RNG state): the test replays it for tuna's noise_add op and checks the m tuna asks for.
-def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
-    from transformers.integrations.neftune import neftune_post_forward_hook
+def lora_batch(fix_dir, arch, seed, data_seed):
+    """A peft LoRA (r 4, alpha 8) over the tiny checkpoint with lora_B moved off its init, and a
+    batch of 2 x 10 random ids whose labels mask 3 and 5 prompt tokens (as gen_dora's)."""
     base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
                                                 attn_implementation="eager",
                                                 **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
                                                    if arch == "gpt2" else {}))
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
                      fan_in_fan_out=arch == "gpt2", task_type="CAUSAL_LM")
-    seed = 7900 + ai
     torch.manual_seed(seed)
     model = get_peft_model(base, cfg)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -294,12 +289,41 @@ def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
         for name, p in model.named_parameters():
             if ".lora_B." in name:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    gen = torch.Generator().manual_seed(3000 + ai)
-    T_, B_ = 10, 2
-    ids = torch.randint(0, model.config.vocab_size, (B_, T_), generator=gen)
+    gen = torch.Generator().manual_seed(data_seed)
+    ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=gen)
     labels = ids.clone()
     labels[0, :3] = -100
     labels[1, :5] = -100
+    return model, ids, labels
+
+
+def save_lora_case(model, ids, labels, loss, loss_clean, extra, arch, seed, name, out_dir, md):
+    """hf_trainer/<arch>_<name>.safetensors: the batch, the losses, the adapter and its grads."""
+    sd = peft.get_peft_model_state_dict(model)
+    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
+               "loss": loss.detach().float().reshape(1), "loss_clean": loss_clean.float().reshape(1)}
+    tensors.update(extra)
+    for n, t in sd.items():
+        tensors["adapter." + n] = t.detach().clone()
+        tensors["grad." + n] = by_ptr[t.data_ptr()].grad.detach().clone()
+    m = meta()
+    m.update(arch=arch, r="4", lora_alpha="8", target_modules=json.dumps(PISSA_TARGETS[arch]),
+             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
+    m.update(md)
+    os.makedirs(os.path.join(out_dir, "hf_trainer"), exist_ok=True)
+    save_st(tensors, os.path.join(out_dir, "hf_trainer", f"{arch}_{name}.safetensors"), m)
+
+
+# NEFTune: transformers' Trainer registers neftune_post_forward_hook (transformers/integrations/
+# neftune.py: activate_neftune) on the input embeddings (noise uniform on [-m, m),
+# m = alpha / sqrt(T * C), T the batch's row length, in training mode). The hook below is that
+# function with the noise kept (checked equal to transformers' own on the same RNG state): the
+# test replays it for tuna's noise_add op and checks the m tuna asks for.
+def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
+    from transformers.integrations.neftune import neftune_post_forward_hook
+    seed = 7900 + ai
+    model, ids, labels = lora_batch(fix_dir, arch, seed, 3000 + ai)
     model.train()
     emb = model.base_model.model.get_input_embeddings()  # what activate_neftune hooks under peft
     emb.neftune_noise_alpha = alpha
@@ -332,22 +356,11 @@ def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
     model.eval()
     with torch.no_grad():
         clean = model(input_ids=ids, labels=labels).loss
-    sd = peft.get_peft_model_state_dict(model)
-    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
-    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
-               "loss": out.loss.detach().float().reshape(1), "loss_clean": clean.float().reshape(1),
-               "noise": noise.reshape(-1, noise.shape[-1]).clone(), "mag": mag.float().reshape(1)}
-    for name, t in sd.items():
-        p = by_ptr[t.data_ptr()]
-        tensors["adapter." + name] = t.detach().clone()
-        tensors["grad." + name] = p.grad.detach().clone()
-    m = meta()
-    m.update(arch=arch, r="4", lora_alpha="8", neftune_noise_alpha=str(alpha),
-             target_modules=json.dumps(PISSA_TARGETS[arch]),
-             noise="(B*T, C): what transformers' NEFTune hook added to the input embeddings; mag its m",
-             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
-    os.makedirs(os.path.join(out_dir, "hf_trainer"), exist_ok=True)
-    save_st(tensors, os.path.join(out_dir, "hf_trainer", f"{arch}_neftune.safetensors"), m)
+    save_lora_case(model, ids, labels, out.loss, clean,
+                   {"noise": noise.reshape(-1, noise.shape[-1]).clone(), "mag": mag.float().reshape(1)},
+                   arch, seed, "neftune", out_dir,
+                   {"neftune_noise_alpha": str(alpha),
+                    "noise": "(B*T, C): what transformers' NEFTune hook added to the input embeddings; mag its m"})
 
 
 # Label smoothing: transformers' Trainer.compute_loss with label_smoothing_factor e runs its
@@ -355,26 +368,8 @@ def gen_neftune(fix_dir, out_dir, arch, ai, alpha=5.0):
 # a mean over the target tokens; the same in prediction_step (the evals).
 def gen_smooth(fix_dir, out_dir, arch, ai, eps=0.1):
     from transformers.trainer_pt_utils import LabelSmoother
-    base = AutoModelForCausalLM.from_pretrained(os.path.join(fix_dir, arch), dtype=torch.float32,
-                                                attn_implementation="eager",
-                                                **({"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
-                                                   if arch == "gpt2" else {}))
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=PISSA_TARGETS[arch], bias="none",
-                     fan_in_fan_out=arch == "gpt2", task_type="CAUSAL_LM")
     seed = 8100 + ai
-    torch.manual_seed(seed)
-    model = get_peft_model(base, cfg)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_B." in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    gen = torch.Generator().manual_seed(3100 + ai)
-    T_, B_ = 10, 2
-    ids = torch.randint(0, model.config.vocab_size, (B_, T_), generator=gen)
-    labels = ids.clone()
-    labels[0, :3] = -100
-    labels[1, :5] = -100
+    model, ids, labels = lora_batch(fix_dir, arch, seed, 3100 + ai)
     smoother = LabelSmoother(epsilon=eps)
     model.train()
     loss = smoother(model(input_ids=ids), labels, shift_labels=True)
@@ -382,21 +377,9 @@ def gen_smooth(fix_dir, out_dir, arch, ai, eps=0.1):
     model.eval()
     with torch.no_grad():
         loss_eval = smoother(model(input_ids=ids), labels, shift_labels=True)
-    sd = peft.get_peft_model_state_dict(model)
-    by_ptr = {p.data_ptr(): p for n, p in model.named_parameters() if p.requires_grad}
-    tensors = {"input_ids": ids.to(torch.int32), "labels": labels.to(torch.int32),
-               "loss": loss.detach().float().reshape(1), "loss_clean": loss_eval.float().reshape(1)}
-    for name, t in sd.items():
-        p = by_ptr[t.data_ptr()]
-        tensors["adapter." + name] = t.detach().clone()
-        tensors["grad." + name] = p.grad.detach().clone()
-    m = meta()
-    m.update(arch=arch, r="4", lora_alpha="8", label_smoothing_factor=str(eps),
-             target_modules=json.dumps(PISSA_TARGETS[arch]),
-             loss="transformers.trainer_pt_utils.LabelSmoother(epsilon)(outputs, labels, shift_labels=True)",
-             init="lora_A: peft (torch.manual_seed(%d)); lora_B 0.05*randn" % seed)
-    os.makedirs(os.path.join(out_dir, "hf_trainer"), exist_ok=True)
-    save_st(tensors, os.path.join(out_dir, "hf_trainer", f"{arch}_smooth.safetensors"), m)
+    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, "smooth", out_dir,
+                   {"label_smoothing_factor": str(eps),
+                    "loss": "transformers.trainer_pt_utils.LabelSmoother(epsilon)(outputs, labels, shift_labels=True)"})
 
 
 def main():

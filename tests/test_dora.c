@@ -141,23 +141,12 @@ static void run_case(const char *arch, const char *kind, const char *targets, in
     }
     double worst[3] = {0, 0, 0}; /* A, B, magnitude */
     for (int i = 0; i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "grad.%s", tp[i].name);
-        const StTensor *g = safetensors_find(fx, nm);
-        CHECK(g && st_tensor_numel(g) == tp[i].n, "%s: %s", fpath, nm);
-        if (!g || st_tensor_numel(g) != tp[i].n) continue;
-        float *got = xmalloc(sizeof(float) * tp[i].n);
-        be->ops->download(be, got, tp[i].grad, sizeof(float) * tp[i].n);
-        const float *ref = g->data;
-        double mx = 0;
-        for (size_t k = 0; k < tp[i].n; k++)
-            mx = fmax(mx, fabs((double)ref[k]));
-        double d = test_max_abs_diff(got, ref, tp[i].n) / fmax(mx, 1e-12);
+        double d = test_fx_grad_rel_diff(be, fx, fpath, &tp[i]);
+        if (d < 0) continue;
         int kind_i = strstr(tp[i].name, "lora_A") ? 0 : strstr(tp[i].name, "lora_B") ? 1 : 2;
         worst[kind_i] = fmax(worst[kind_i], d);
         CHECK(d <= GRAD_RTOL, "%s %s [%s%s]: %s grad rel diff %.3g", arch, kind, backend,
               ckpt ? " ckpt" : "", tp[i].name, d);
-        free(got);
     }
     printf("  %s %s [%s%s]: loss %.7f (peft %.7f), grad rel diff A %.2e B %.2e magnitude %.2e\n",
            arch, kind, backend, ckpt ? " ckpt" : "", loss, want, worst[0], worst[1], worst[2]);

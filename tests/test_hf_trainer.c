@@ -114,14 +114,7 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
     }
     int np;
     const TrainParam *tp = train_params(ts, &np);
-    for (int i = 0; i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "adapter.%s", tp[i].name);
-        const StTensor *a = safetensors_find(fx, nm);
-        CHECK(a && st_tensor_numel(a) == tp[i].n, "%s: %s", fpath, nm);
-        if (a && st_tensor_numel(a) == tp[i].n)
-            be->ops->upload(be, tp[i].data, a->data, tp[i].n * sizeof(float));
-    }
+    test_fx_upload_adapter(be, fx, fpath, tp, np);
     const int32_t *ids = ids_t->data;
     int n_t;
     tg = test_next_targets(lab_t->data, B, T, &n_t);
@@ -147,22 +140,11 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
           arch, kind, backend, loss, want);
     double worst = 0;
     for (int i = 0; i < np; i++) {
-        char nm[200];
-        snprintf(nm, sizeof nm, "grad.%s", tp[i].name);
-        const StTensor *g = safetensors_find(fx, nm);
-        CHECK(g && st_tensor_numel(g) == tp[i].n, "%s: %s", fpath, nm);
-        if (!g || st_tensor_numel(g) != tp[i].n) continue;
-        float *got = xmalloc(sizeof(float) * tp[i].n);
-        be->ops->download(be, got, tp[i].grad, sizeof(float) * tp[i].n);
-        const float *ref = g->data;
-        double mx = 0;
-        for (size_t k = 0; k < tp[i].n; k++)
-            mx = fmax(mx, fabs((double)ref[k]));
-        double d = test_max_abs_diff(got, ref, tp[i].n) / fmax(mx, 1e-12);
+        double d = test_fx_grad_rel_diff(be, fx, fpath, &tp[i]);
+        if (d < 0) continue;
         worst = fmax(worst, d);
-        CHECK(d <= GRAD_RTOL, "%s [%s%s]: %s grad rel diff %.3g", arch, backend,
+        CHECK(d <= GRAD_RTOL, "%s %s [%s%s]: %s grad rel diff %.3g", arch, kind, backend,
               ckpt ? " ckpt" : "", tp[i].name, d);
-        free(got);
     }
     if (nef)
         printf("  %s neftune [%s%s]: loss %.7f (transformers %.7f; %.7f without the noise), m "

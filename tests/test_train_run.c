@@ -21,52 +21,44 @@
     "--model models/stories260K --dataset identity --dataset-dir datasets "                        \
     "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 --quiet "
 
-/* Losses per step (index = step) from metrics.jsonl; returns the count of step lines. */
-static int read_losses(const char *dir, double *loss, int cap, double *eval0, double *eval_last) {
+/* From metrics.jsonl: the losses per step (index = step, below cap) and the count of step lines
+ * (returned), the first and last eval losses, and (evs, up to ev_cap) the eval events' steps,
+ * their count in *n_ev, and the last step in *last_step; NULL for what is not wanted. */
+static int read_metrics(const char *dir, double *loss, int cap, double *eval0, double *eval_last,
+                        int *evs, int ev_cap, int *n_ev, int *last_step) {
     char path[512];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     char *text = xread_file(path, NULL);
     if (!text) return -1;
-    int n = 0;
+    int n = 0, ne = 0;
     char *save = NULL;
     for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(l);
         const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
         int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
-        if (t && !strcmp(t, "step") && step < cap) {
-            loss[step] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+        if (t && !strcmp(t, "step")) {
+            if (loss && step < cap)
+                loss[step] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+            if (last_step) *last_step = step;
             n++;
         }
         if (t && !strcmp(t, "eval")) {
             double e = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_loss"));
             if (step == 0 && eval0) *eval0 = e;
             if (eval_last) *eval_last = e;
+            if (evs && ne < ev_cap) evs[ne] = step;
+            ne++;
         }
         cJSON_Delete(j);
     }
+    if (n_ev) *n_ev = ne;
     free(text);
     return n;
 }
 
-/* The steps of the eval events in metrics.jsonl (up to cap), and of the last step event. */
-static int eval_steps_of(const char *dir, int *steps, int cap, int *last_step) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    char *text = xread_file(path, NULL);
-    if (!text) return -1;
-    int n = 0;
-    char *save = NULL;
-    *last_step = 0;
-    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        cJSON *j = cJSON_Parse(l);
-        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
-        int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
-        if (t && !strcmp(t, "eval") && n < cap) steps[n++] = step;
-        if (t && !strcmp(t, "step")) *last_step = step;
-        cJSON_Delete(j);
-    }
-    free(text);
-    return n;
+/* Losses per step (index = step) from metrics.jsonl; returns the count of step lines. */
+static int read_losses(const char *dir, double *loss, int cap, double *eval0, double *eval_last) {
+    return read_metrics(dir, loss, cap, eval0, eval_last, NULL, 0, NULL, NULL);
 }
 
 /* Starts a training in the background; returns its pid. */
@@ -215,7 +207,8 @@ int main(void) {
              "--save-steps 1 --eval-strategy epoch --save-strategy epoch --output %s",
              test_tuna_bin(), d2);
     CHECK(test_system(cmd) == 0, "epoch strategies: training failed");
-    int ev[16], last = 0, nev = eval_steps_of(d2, ev, 16, &last);
+    int ev[16], last = 0, nev = 0;
+    read_metrics(d2, NULL, 0, NULL, NULL, ev, 16, &nev, &last);
     CHECK(last > 0 && last % 2 == 0 && nev == 3 && ev[0] == 0 && ev[1] == last / 2 && ev[2] == last,
           "epoch strategies: %d evals (%d %d %d) over %d steps, want 0, %d, %d", nev, ev[0], ev[1],
           ev[2], last, last / 2, last);
@@ -234,7 +227,7 @@ int main(void) {
              "--eval-strategy no --output %s",
              test_tuna_bin(), d2);
     CHECK(test_system(cmd) == 0, "eval_strategy no: training failed");
-    nev = eval_steps_of(d2, ev, 16, &last);
+    read_metrics(d2, NULL, 0, NULL, NULL, ev, 16, &nev, &last);
     CHECK(nev == 2 && ev[0] == 0 && ev[1] == 4, "eval_strategy no: %d evals (%d %d)", nev, ev[0],
           ev[1]);
     // --- threads 0 follows the cores other processes leave free: a busy process beside the run

@@ -112,6 +112,26 @@ static inline void test_fx_upload_adapter(Backend *be, const SafeTensors *fx, co
     }
 }
 
+/* The gradient of tp against the fixture's "grad.NAME": the largest |tuna - ref| over the
+ * largest |ref| (1e-12 at least); -1 (and a failed CHECK) when it is missing or of another size. */
+static inline double test_fx_grad_rel_diff(Backend *be, const SafeTensors *fx, const char *fpath,
+                                           const TrainParam *tp) {
+    char nm[200];
+    snprintf(nm, sizeof nm, "grad.%s", tp->name);
+    const StTensor *g = safetensors_find(fx, nm);
+    CHECK(g && st_tensor_numel(g) == tp->n, "%s: %s missing or of another size", fpath, nm);
+    if (!g || st_tensor_numel(g) != tp->n) return -1;
+    float *got = xmalloc(sizeof(float) * tp->n);
+    be->ops->download(be, got, tp->grad, sizeof(float) * tp->n);
+    const float *ref = g->data;
+    double mx = 0;
+    for (size_t k = 0; k < tp->n; k++)
+        mx = fmax(mx, fabs((double)ref[k]));
+    double d = test_max_abs_diff(got, ref, tp->n) / fmax(mx, 1e-12);
+    free(got);
+    return d;
+}
+
 /* Full fine-tuning fixtures move the policy's final norm off the reference's: the fixture's
  * policy.model.norm.weight into m. 0, or -1 when it is missing. */
 static inline int test_fx_policy_norm(Backend *be, Model *m, const SafeTensors *fx,
