@@ -176,7 +176,7 @@ SAN_TESTS ?= test_safetensors test_jinja test_tokenizer test_malformed test_fuzz
              test_train_adapter test_gguf test_tokenizer_gguf test_packing test_lora_unmerged test_estimate \
              test_wtype test_bf16 test_pref_data test_dpo test_kto test_kto_data test_rm \
              test_modelfile test_prompt_tuning test_export_gguf test_export_hf test_bf16_mirror test_skinny \
-             test_lf_config test_hf_trainer
+             test_lf_config test_hf_trainer test_evalloss
 test-san:
 	@$(MAKE) --no-print-directory SAN=address,undefined OPT=-O1 \
 		$(addprefix build-san/tests/,$(SAN_TESTS)) build-san/tuna

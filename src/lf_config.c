@@ -126,7 +126,7 @@ static const LfKey lf_keys[] = {
         {"kto_chosen_weight", LF_TO, "kto_chosen_weight", NULL},
         {"kto_rejected_weight", LF_TO, "kto_rejected_weight", NULL},
         {"plot_loss", LF_IGNORE, NULL, NULL},
-        {"compute_accuracy", LF_IGNORE, NULL, NULL},
+        {"compute_accuracy", LF_TO, "compute_accuracy", NULL},
         {"freeze_vision_tower", LF_IGNORE, NULL, NULL},
         {"freeze_multi_modal_projector", LF_IGNORE, NULL, NULL},
         NOT_IMPL("freeze_language_model", "false", "multimodal models are not supported"),

@@ -2189,7 +2189,7 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
     }
     for (int r = 0; r < R; r++)
         sum += (double)ts->losses[r];
-    if (ts->rows_on && !two) head_row_sums(ts, R, M);
+    if ((ts->rows_on || ts->stats_on) && !two) head_row_sums(ts, R, M);
     if (backward && R < M)
         for (int r = 0; r < R; r++)
             op->copy(ts->be, ts->dxn + (size_t)ts->head_rows[r] * C, dxr + (size_t)r * C,

@@ -199,7 +199,8 @@ void train_set_step_seed(TrainState *ts, uint64_t step);
 void train_set_micro_batch(TrainState *ts, int micro);
 
 /* The preference stages' metrics of the policy's logits (TRL's logits/chosen, logits/rejected,
- * entropy, mean_token_accuracy): on, each train_step_rows also sums, per row of the batch, its
+ * entropy, mean_token_accuracy) and the evals' accuracy (evalloss.h): on, each train_step_rows
+ * (and train_step_fb without a backward) also sums, per row of the batch, its
  * target positions' logit_stats (mean logit, entropy, is_top1) and counts them, read with
  * train_row_stats (B x 4, valid after the step; NULL when off). Returns 1 when on, 0 when off
  * or the backend has no logit_stats (the metrics are then not logged). Turning it off and on

@@ -956,6 +956,15 @@ static int run_prepare(Run *r, int resume, TrainConfig *resolved, TrainConfig *a
                  r->m->cfg.dropout_keys);
         emit_log(r, "warn", msg);
     }
+    if (!rc && cfg->compute_accuracy) { /* a metric: said where it is not logged, not refused */
+        int xent = r->obj->eval == xent_eval;
+        if (!xent || !r->be->ops->logit_stats)
+            emit_log(r, "warn",
+                     xent ? "compute_accuracy: this backend has no logit_stats; the evals log no "
+                            "eval_accuracy"
+                          : "compute_accuracy: for stages sft and pt (LLaMA-Factory's sft); this "
+                            "stage's evals log their own accuracies");
+    }
     if (!rc && from_adapter) rc = adapter_init_train(r->ts, cfg->adapter, cfg->model, err);
     if (!rc && r->ref_ts && cfg->adapter[0]) /* the reference: the adapter as it starts */
         rc = adapter_init_train(r->ref_ts, cfg->adapter, cfg->model, err);
@@ -1052,7 +1061,9 @@ static int xent_step(Run *r, Loop *lp, StepOut *out, TunaErr *err) {
 
 static int xent_eval(Run *r, double *loss, TunaErr *err) {
     long cnt;
-    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt, err);
+    r->eval_acc = (double)NAN;
+    return evalloss_run(r->ts, r->val, r->B, r->T, r->pad_multiple, NULL, NULL, loss, &cnt,
+                        r->cfg->compute_accuracy ? &r->eval_acc : NULL, err);
 }
 
 /* dpo: one batch of pairs (rows 0..P-1 chosen, P..2P-1 rejected) of row length T: the
@@ -1482,6 +1493,12 @@ static int rm_eval(Run *r, double *loss, TunaErr *err) {
  * LLaMA-Factory's eval_ prefix). */
 int run_eval_metrics(const Run *r, const char **names, double *v) {
     if (r->rm_on) return rm_metrics(&r->eval_rm, 1, names, v);
+    if (r->obj->eval == xent_eval) { /* sft, pt: LLaMA-Factory's compute_accuracy */
+        if (!isfinite(r->eval_acc)) return 0;
+        names[0] = "eval_accuracy";
+        v[0] = r->eval_acc;
+        return 1;
+    }
     if (r->pref_on) /* the rewards are emit_eval's; the policy's logit statistics here */
         return r->eval_pref.n ? pref_logit_metrics(&r->eval_pref.lg, 1, 1, names, v) : 0;
     if (!r->kto_on || !(r->eval_kto.n_chosen + r->eval_kto.n_rejected)) return 0;

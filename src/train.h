@@ -51,6 +51,7 @@ typedef struct TrainConfig {
     double lora_alpha, lora_dropout, val_size, warmup_ratio, weight_decay, max_grad_norm;
     double neftune_noise_alpha; /* NEFTune: noise on the token embeddings while training (0: off) */
     double label_smoothing_factor; /* Hugging Face's label smoothing of the loss (0: off) */
+    int compute_accuracy;          /* sft, pt: eval_accuracy in each eval (LLaMA-Factory's) */
     double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
     /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */

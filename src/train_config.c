@@ -138,6 +138,10 @@ static const TrainOption fields[] = {
           "sft, pt: label smoothing e: each target's loss is (1 - e) (-log p) + e (mean over the "
           "vocabulary of -log p), in training and the evals (Hugging Face's "
           "label_smoothing_factor; 0 = off)"),
+        B(compute_accuracy, ALL, "false",
+          "sft, pt: each eval also logs eval_accuracy: per example the share of its target "
+          "tokens whose most likely token is the target, averaged over the examples "
+          "(LLaMA-Factory's compute_accuracy)"),
         I(batch_size, ALL, RANGE(1, 65536), "8", "sequences per micro-batch"),
         I(grad_accum, ALL, RANGE(1, 65536), "1", "micro-batches per optimizer step"),
         I(cutoff_len, ALL, RANGE(2, 1048576), "256", "maximum tokens per example"),

@@ -70,6 +70,7 @@ typedef struct Run {
     int kto_on;
     KtoConfig kto;
     KtoSums eval_kto;
+    double eval_acc; /* sft, pt with compute_accuracy: the last eval's accuracy (NaN: none) */
     /* stage rm: the value head and its own AdamW (one clipping norm over both), the last
      * eval's sums */
     int rm_on, have_vh;

@@ -158,6 +158,8 @@ static void test_defaults_and_specials(void) {
           "epoch strategies: %s %s %s", err.msg, c.eval_strategy, c.save_strategy);
     CHECK(load("neftune_noise_alpha: 5\n", &c, NULL, 0, &err) == 0 && c.neftune_noise_alpha == 5,
           "neftune_noise_alpha: %s %g", err.msg, c.neftune_noise_alpha);
+    CHECK(load("compute_accuracy: true\n", &c, NULL, 0, &err) == 0 && c.compute_accuracy == 1,
+          "compute_accuracy: %s %d", err.msg, c.compute_accuracy);
     CHECK(load("label_smoothing_factor: 0.1\n", &c, NULL, 0, &err) == 0 &&
                   c.label_smoothing_factor == 0.1,
           "label_smoothing_factor: %s %g", err.msg, c.label_smoothing_factor);
@@ -379,14 +381,15 @@ static void test_cli(void) {
     CHECK(rc == 0 && !lrc && !strcmp(got.template_name, "empty"),
           "unset template: exit %d, %s template %s", rc, err.msg, got.template_name);
     /* eval_dataset: evaluated on it (prepared as the training data), the last eval == tuna eval
-     * of the result on the same rows */
+     * of the result on the same rows; compute_accuracy: its eval_accuracy too */
     char yaml3[300];
     snprintf(yaml3, sizeof yaml3, "%s/evalds.yaml", tmp);
     snprintf(text, sizeof text,
              "model_name_or_path: models/stories260K\ndataset: identity\ntemplate: vanilla\n"
              "eval_dataset: alpaca_en_demo\nmax_samples: 20\nmax_steps: 4\n"
              "eval_strategy: steps\neval_steps: 2\nper_device_train_batch_size: 4\n"
-             "cutoff_len: 256\noutput_dir: %s/evalds-run\nlearning_rate: 1.0e-2\n",
+             "cutoff_len: 256\noutput_dir: %s/evalds-run\nlearning_rate: 1.0e-2\n"
+             "compute_accuracy: true\n",
              tmp);
     write_text(yaml3, text);
     snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
@@ -395,13 +398,15 @@ static void test_cli(void) {
     snprintf(path, sizeof path, "%s/evalds-run/metrics.jsonl", tmp);
     FILE *mf = fopen(path, "r");
     char line[8192];
-    int n_eval = 0;
-    double last = (double)NAN;
+    int n_eval = 0, n_acc = 0;
+    double last = (double)NAN, last_acc = (double)NAN;
     while (mf && fgets(line, sizeof line, mf)) {
-        const char *p = strstr(line, "\"eval_loss\":");
+        const char *p = strstr(line, "\"eval_loss\":"), *q = strstr(line, "\"eval_accuracy\":");
         if (!strncmp(line, "{\"type\":\"eval\"", 14) && p) {
             n_eval++;
             last = atof(p + 12);
+            n_acc += q != NULL;
+            last_acc = q ? atof(q + 16) : (double)NAN;
         }
     }
     if (mf) fclose(mf);
@@ -416,6 +421,13 @@ static void test_cli(void) {
     CHECK(rc == 0 && erc == 0 && n_eval == 3 && fabs(last - want) <= 1e-5 * fabs(want),
           "eval_dataset: exit %d/%d, %d evals, last %.9g vs tuna eval %.9g", rc, erc, n_eval, last,
           want);
+    const char *ea = eout ? strstr(eout, "\"eval_accuracy\":") : NULL;
+    double want_acc = ea ? atof(ea + 16) : (double)NAN;
+    CHECK(n_acc == 3 && last_acc > 0 && last_acc < 1 && fabs(last_acc - want_acc) <= 1e-9,
+          "compute_accuracy: %d of 3 evals with eval_accuracy, last %.9g vs tuna eval %.9g", n_acc,
+          last_acc, want_acc);
+    printf("  compute_accuracy: last eval_accuracy %.9g, tuna eval of the result %.9g\n", last_acc,
+           want_acc);
     printf("  eval_dataset alpaca_en_demo: last eval %.9g, tuna eval of the result %.9g\n", last,
            want);
     free(eout);

@@ -1,6 +1,9 @@
 /* cmd_eval.c: `tuna eval`, a model (+ LoRA adapter) scored on a dataset, as one JSON object:
  *   eval_loss, perplexity  mean cross-entropy of the assistant tokens under teacher forcing (the
  *                          training loss, forward only), and its exp;
+ *   eval_accuracy          per example the share of its assistant tokens that are the most
+ *                          likely token there, averaged over the examples (LLaMA-Factory's
+ *                          compute_accuracy; null where the backend cannot say);
  *   exact_match, bleu-4, rouge-l  greedy generations against the references (textmetrics.h).
  * With --stage rm, a reward model (a run of --stage rm: its value_head.safetensors) on a ranking
  * dataset: the pairwise accuracy (chosen scored above rejected), the Bradley-Terry loss and the
@@ -95,7 +98,7 @@ static void loss_progress(void *ctx, size_t done, size_t total) {
 /* Mean token cross-entropy over d (evalloss_run): rows of B examples, T = the longest example
  * (at most cutoff); pad_multiple > 0 pads each batch only to its longest row. */
 static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int pad_multiple,
-                     int progress, double *loss, long *n_tokens, TunaErr *err) {
+                     int progress, double *loss, long *n_tokens, double *acc, TunaErr *err) {
     int maxlen = 2;
     for (size_t i = 0; i < d->n; i++)
         maxlen = d->ex[i].n > maxlen ? d->ex[i].n : maxlen;
@@ -106,7 +109,7 @@ static int eval_loss(Model *m, const Dataset *d, int batch_size, int cutoff, int
     int rc = train_state_init(m, &setup, B, T, &ts, err);
     if (rc) return rc;
     rc = evalloss_run(ts, d, B, T, pad_multiple, progress ? loss_progress : NULL, NULL, loss,
-                      n_tokens, err);
+                      n_tokens, acc, err);
     if (progress) fputc('\n', stderr);
     train_state_free(ts);
     return rc;
@@ -323,12 +326,13 @@ static void add_precision(cJSON *root, const ModelPrecision *p, WType kv) {
 
 /* The JSON report (caller deletes): loss, perplexity, scores (null without generation), what
  * was scored, and the first three samples. */
-static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, long n_tokens,
-                          const double score[3], const Sample *samples, size_t n_gen,
+static cJSON *eval_report(const EvalArgs *a, const Dataset *d, double loss, double acc,
+                          long n_tokens, const double score[3], const Sample *samples, size_t n_gen,
                           const ModelPrecision *p, WType kv) {
     cJSON *root = cJSON_CreateObject();
     add_num_or_null(root, "eval_loss", 1, loss);
     add_num_or_null(root, "perplexity", 1, exp(loss));
+    add_num_or_null(root, "eval_accuracy", isfinite(acc), acc);
     cJSON_AddNumberToObject(root, "n_samples", (double)d->n);
     cJSON_AddNumberToObject(root, "n_tokens", (double)n_tokens);
     add_num_or_null(root, "exact_match", !a->nogen, score[0]);
@@ -479,9 +483,9 @@ int cmd_eval(int argc, char **argv) {
         goto fail;
     }
 
-    double loss;
+    double loss, acc;
     long n_tokens;
-    if (eval_loss(m, d, a.batch, a.cutoff, a.pad_multiple, progress, &loss, &n_tokens, &err))
+    if (eval_loss(m, d, a.batch, a.cutoff, a.pad_multiple, progress, &loss, &n_tokens, &acc, &err))
         goto fail;
     double t_loss = time_now();
 
@@ -491,7 +495,7 @@ int cmd_eval(int argc, char **argv) {
         if (eval_generate(m, tok, tpl, d, &a, progress, &s, samples, &n_gen, score, &err))
             goto fail;
     }
-    root = eval_report(&a, d, loss, n_tokens, score, samples, n_gen, &used, m->kv_type);
+    root = eval_report(&a, d, loss, acc, n_tokens, score, samples, n_gen, &used, m->kv_type);
     json = cJSON_Print(root);
     if (a.output && write_text(a.output, json, &err)) goto fail;
     puts(json);
