@@ -55,6 +55,7 @@ static const LfKey lf_keys[] = {
         {"use_unsloth", LF_IGNORE, NULL, NULL},
         {"use_unsloth_gc", LF_IGNORE, NULL, NULL},
         {"enable_liger_kernel", LF_IGNORE, NULL, NULL},
+        {"use_v1_kernels", LF_IGNORE, NULL, NULL}, /* fused kernels of the same math */
         {"trust_remote_code", LF_IGNORE, NULL, NULL},
         {"low_cpu_mem_usage", LF_IGNORE, NULL, NULL},
         {"cache_dir", LF_IGNORE, NULL, NULL},
@@ -189,6 +190,9 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("resume_from_checkpoint", "",
                  "resume a tuna run with `tuna train --resume RUN_DIR`"),
         NOT_IMPL("fp16", "false", "fp16 mixed precision is not implemented; use bf16: true"),
+        NOT_IMPL("fp8", "false",
+                 "FP8 training is not implemented; bf16: true is tuna's mixed "
+                 "precision"),
         NOT_IMPL("optim", "adamw_torch|adamw_torch_fused|adamw_hf",
                  "the optimizer is AdamW (adamw_torch)"),
         NOT_IMPL("adam_beta1", "0.9", "AdamW's betas are 0.9 and 0.999"),
@@ -253,6 +257,14 @@ static const char *const lf_unimpl_prefixes[][2] = {
         {"audio_", "multimodal data"},
         {"ray_", "Ray"},
         {"export_", "llamafactory-cli export (use tuna export)"},
+        {"fp8_", "FP8 training"},
+        /* Megatron Bridge (megatron_bridge_args.py) */
+        {"tensor_model_parallel", "Megatron's model parallelism"},
+        {"pipeline_model_parallel", "Megatron's model parallelism"},
+        {"virtual_pipeline_model_parallel", "Megatron's model parallelism"},
+        {"expert_model_parallel", "Megatron's model parallelism"},
+        {"context_parallel", "Megatron's model parallelism"},
+        {"megatron_", "Megatron"},
 };
 
 static const char *lf_unimpl(const char *key) {

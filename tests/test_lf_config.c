@@ -226,6 +226,9 @@ static void test_refusals(void) {
     refused("use_galore: true\n", ":1: use_galore", "GaLore");
     refused("galore_rank: 16\n", ":1: galore_rank", "GaLore");
     refused("fp16: true\n", ":1: fp16", "bf16");
+    refused("fp8: true\n", ":1: fp8 true", "FP8");
+    refused("fp8_backend: te\n", ":1: fp8_backend", "FP8");
+    refused("tensor_model_parallel_size: 2\n", ":1: tensor_model_parallel_size", "Megatron");
     refused("pure_bf16: true\n", "pure_bf16", NULL);
     refused("optim: sgd\n", ":1: optim sgd", "AdamW");
     refused("adam_beta2: 0.95\n", "adam_beta2 0.95", NULL);
