@@ -119,7 +119,8 @@ struct TrainState {
     int32_t *kv_lo;                    /* (N) host: train_set_spans' first keys */
     int spans;                         /* kv_lo is in force (neat packing) */
     uint64_t step_seed;
-    int micro; /* the micro-batch of the step (train_set_micro_batch) */
+    int micro;     /* the micro-batch of the step (train_set_micro_batch) */
+    float *pissa0; /* PiSSA: the adapter tensors at init (host, laid out as ad), or NULL */
     /* train_step_rows: its callback and context (NULL: forward only), and the rows' (B) sums of
      * target log-probs, target counts and gradient scales, host */
     int rows_on;
@@ -943,7 +944,10 @@ static int init_lora(TrainState *ts, TunaErr *err) {
         ts->act_bytes += N * (size_t)r * sizeof(float);
     }
     if (!fail) ts->be->ops->upload(ts->be, ts->ad, host, sizeof(float) * total);
-    free(host);
+    if (setup->lora_pissa) /* kept: a trained adapter converts to plain LoRA against them */
+        ts->pissa0 = host;
+    else
+        free(host);
     if (!fail && setup->lora_dora) {
         int widest = 0;
         for (int i = 0; i < ts->n_mods; i++)
@@ -1322,6 +1326,7 @@ void train_state_free(TrainState *ts) {
     be->ops->release(be, ts->tok_val);
     be->ops->release(be, ts->tok_grad);
     free(ts->tok_idx);
+    free(ts->pissa0);
     be->ops->release(be, ts->dkf);
     be->ops->release(be, ts->dvf);
     be->ops->release(be, ts->vt_dev);
@@ -1449,6 +1454,11 @@ int train_set_logit_stats(TrainState *ts, int on) {
         ts->row_stat = xcalloc((size_t)ts->B * 4, sizeof(double));
     }
     return ts->stats_on;
+}
+
+const float *train_pissa_init(const TrainState *ts, const TrainParam *tp) {
+    if (!ts->pissa0 || tp->data < ts->ad || tp->data >= ts->ad + ts->n_ad) return NULL;
+    return ts->pissa0 + (tp->data - ts->ad);
 }
 
 const double *train_row_stats(const TrainState *ts) {

@@ -208,6 +208,12 @@ void train_set_micro_batch(TrainState *ts, int micro);
 int train_set_logit_stats(TrainState *ts, int on);
 const double *train_row_stats(const TrainState *ts);
 
+/* PiSSA (TrainSetup.lora_pissa): the values the trainable tensor tp (one of train_params')
+ * started from, the SVD factors, before any training or loaded adapter (host, tp->n floats);
+ * NULL without PiSSA or for a tensor that is not the adapter's. A trained PiSSA adapter becomes
+ * a plain LoRA of the original base with them (peft.h adapter_save_pissa_converted). */
+const float *train_pissa_init(const TrainState *ts, const TrainParam *tp);
+
 /* LoRA: the modules targeted (comma list). */
 const char *train_lora_targets(const TrainState *ts);
 /* LoRA: the token ids whose embedding rows train (trainable_token_indices), n of them. */

@@ -1,6 +1,7 @@
 #include "peft.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,12 +388,15 @@ static int prompt_write(const TrainState *ts, const char *tmp, const char *base,
     return rc;
 }
 
-int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
+/* The LoRA adapter's tensors and config. convert: a PiSSA adapter as the plain LoRA of the
+ * original base that peft's save_pretrained(path_initial_model_for_weight_conversion=...) writes:
+ * W + s'·B'·A' = W_res + s·B·A with A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r), r' = 2r
+ * and alpha' = 2 alpha (rsLoRA: sqrt(2) alpha), so s' = s; A0, B0 the SVD factors it started
+ * from (train_pissa_init). */
+static int lora_write(const TrainState *ts, const char *tmp, const char *base, int convert,
+                      TunaErr *err) {
     char path[4400];
     int rc;
-    if (train_setup(ts)->method == METHOD_PTUNING) return prefix_write(ts, tmp, base, err);
-    if (train_setup(ts)->method == METHOD_PROMPT || train_setup(ts)->method == METHOD_PTUNING_V1)
-        return prompt_write(ts, tmp, base, err);
     int np;
     const TrainParam *tp = train_params(ts, &np);
     StWriteTensor *wt = xcalloc((size_t)np, sizeof *wt);
@@ -409,6 +413,27 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
         wt[i].data = host[i];
     }
     train_download_params(ts, host);
+    for (int i = 0; convert && i < np; i++) {
+        const float *z = train_pissa_init(ts, &tp[i]);
+        int is_a = strstr(tp[i].name, ".lora_A.") != NULL;
+        int rows = (int)tp[i].shape[0], cols = (int)tp[i].shape[1];
+        float *w = xmalloc(sizeof(float) * 2 * tp[i].n);
+        if (is_a) { /* (r, in): the rows of A, then A0's */
+            memcpy(w, host[i], sizeof(float) * tp[i].n);
+            memcpy(w + tp[i].n, z, sizeof(float) * tp[i].n);
+            wt[i].shape[0] = 2 * rows;
+        } else { /* (out, r): each row of B, then of -B0 */
+            for (int o = 0; o < rows; o++)
+                for (int k = 0; k < cols; k++) {
+                    w[(size_t)o * 2 * cols + k] = host[i][(size_t)o * cols + k];
+                    w[(size_t)o * 2 * cols + cols + k] = -z[(size_t)o * cols + k];
+                }
+            wt[i].shape[1] = 2 * cols;
+        }
+        free(host[i]);
+        host[i] = w;
+        wt[i].data = w;
+    }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
     const char *meta[] = {"format", "pt"};
     rc = safetensors_write(path, wt, np, meta, 1, err);
@@ -423,8 +448,9 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddStringToObject(c, "peft_type", "LORA");
     cJSON_AddStringToObject(c, "task_type", "CAUSAL_LM");
     cJSON_AddStringToObject(c, "base_model_name_or_path", base ? base : "");
-    cJSON_AddNumberToObject(c, "r", s->lora_rank);
-    cJSON_AddNumberToObject(c, "lora_alpha", (double)s->lora_alpha);
+    double alpha = (double)s->lora_alpha * (!convert ? 1 : s->lora_rslora ? sqrt(2.0) : 2);
+    cJSON_AddNumberToObject(c, "r", s->lora_rank * (convert ? 2 : 1));
+    cJSON_AddNumberToObject(c, "lora_alpha", alpha);
     cJSON_AddNumberToObject(c, "lora_dropout", (double)s->lora_dropout);
     cJSON *tm = cJSON_AddArrayToObject(c, "target_modules");
     char *list = xstrdup(train_lora_targets(ts)), *save = NULL;
@@ -438,7 +464,7 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     cJSON_AddBoolToObject(c, "inference_mode", 1);
     /* PiSSA: peft (and tuna) loading it runs the same SVD on the original base, leaving the
      * residual there, then sets the saved A and B: the base stays the original model's */
-    if (s->lora_pissa)
+    if (s->lora_pissa && !convert)
         cJSON_AddStringToObject(c, "init_lora_weights", "pissa");
     else
         cJSON_AddBoolToObject(c, "init_lora_weights", 1);
@@ -460,6 +486,31 @@ int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaE
     snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
     rc = write_text(path, txt) ? tuna_errf(err, TUNA_EIO, "%s: cannot write", path) : 0;
     free(txt);
+    return rc;
+}
+
+int adapter_write(const TrainState *ts, const char *tmp, const char *base, TunaErr *err) {
+    if (train_setup(ts)->method == METHOD_PTUNING) return prefix_write(ts, tmp, base, err);
+    if (train_setup(ts)->method == METHOD_PROMPT || train_setup(ts)->method == METHOD_PTUNING_V1)
+        return prompt_write(ts, tmp, base, err);
+    return lora_write(ts, tmp, base, 0, err);
+}
+
+int adapter_save_pissa_converted(const TrainState *ts, const char *dir, const char *base,
+                                 TunaErr *err) {
+    const TrainSetup *s = train_setup(ts);
+    int n_tok;
+    train_lora_tokens(ts, &n_tok);
+    if (s->method != METHOD_LORA || !s->lora_pissa)
+        return tuna_errf(err, TUNA_EINVAL, "pissa_convert: the run is not a PiSSA LoRA");
+    if (s->lora_dora || n_tok) /* peft's conversion keeps lora_A and lora_B alone */
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "pissa_convert: not with %s (the converted LoRA holds A and B alone)",
+                         s->lora_dora ? "DoRA" : "trainable tokens");
+    char tmp[4200];
+    int rc = dir_begin(dir, tmp, sizeof tmp, err);
+    if (!rc) rc = lora_write(ts, tmp, base, 1, err);
+    if (!rc) rc = dir_commit(tmp, dir, err);
     return rc;
 }
 

@@ -35,6 +35,13 @@ int adapter_save(const TrainState *ts, const char *dir, const char *base, TunaEr
 /* Writes m as a Hugging Face checkpoint in dir (created). */
 int model_save_hf(const Model *m, const char *dir, TunaErr *err);
 
+/* A trained PiSSA adapter (ts: LoRA with lora_pissa) written to dir as peft's conversion to a
+ * plain LoRA of the original base (LLaMA-Factory's pissa_convert, its pissa_converted folder):
+ * rank 2r, the SVD factors it started from subtracted (peft.c lora_write). TUNA_EUNSUP with
+ * DoRA or trainable tokens, which the conversion would drop. */
+int adapter_save_pissa_converted(const TrainState *ts, const char *dir, const char *base,
+                                 TunaErr *err);
+
 /* The same two, writing into an existing folder (no rename): for checkpoints. */
 int adapter_write(const TrainState *ts, const char *dir, const char *base, TunaErr *err);
 int model_write_hf(const Model *m, const char *dir, TunaErr *err);

@@ -523,6 +523,12 @@ static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--init-lora-weights: must be default or pissa, got \"%s\"",
                          c->init_lora_weights);
+    if (c->pissa_convert &&
+        (strcmp(c->init_lora_weights, "pissa") || c->use_dora || c->lora_trainable_tokens[0]))
+        return tuna_errf(
+                err, TUNA_EINVAL,
+                "--pissa-convert: for --init-lora-weights pissa, without DoRA or trainable "
+                "tokens (the converted LoRA holds A and B alone)");
     if (method != METHOD_LORA &&
         (c->loraplus_lr_ratio > 0 || strcmp(c->init_lora_weights, "default") || c->use_dora))
         return tuna_errf(err, TUNA_EINVAL,

@@ -52,8 +52,9 @@ typedef struct TrainConfig {
     double neftune_noise_alpha; /* NEFTune: noise on the token embeddings while training (0: off) */
     double label_smoothing_factor; /* Hugging Face's label smoothing of the loss (0: off) */
     int compute_accuracy;          /* sft, pt: eval_accuracy in each eval (LLaMA-Factory's) */
-    double lr;     /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
-    double epochs; /* fractional, as LLaMA-Factory's num_train_epochs */
+    int pissa_convert; /* PiSSA: also write RUN/pissa_converted, a plain LoRA of the base */
+    double lr;         /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
+    double epochs;     /* fractional, as LLaMA-Factory's num_train_epochs */
     /* --adapter: start from this adapter (LLaMA-Factory's adapter_name_or_path), "" for none */
     char adapter[1024];
     /* the frozen base's linear layers on load: 0 (fp32), 8 or 4 bits, in quantization_type */

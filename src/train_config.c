@@ -93,6 +93,9 @@ static const TrainOption fields[] = {
         S(init_lora_weights, LORA, "default",
           "default (A random, B 0) | pissa (A, B from the top-r SVD of each weight, which keeps "
           "the residual; fp32 base only)"),
+        B(pissa_convert, LORA, "false",
+          "init_lora_weights pissa: the result also as a plain LoRA of the original base, rank "
+          "2r, in RUN/pissa_converted (LLaMA-Factory's pissa_convert; peft's conversion)"),
         S(lora_trainable_tokens, LORA, "",
           "LoRA: also train these tokens' embedding rows (PEFT trainable_token_indices): ids, "
           "token "

@@ -976,5 +976,10 @@ int write_result(Run *r, int adapter, TunaErr *err) {
     if (!rc && r->have_vh) rc = vhead_save(&r->vh, tmp, err); /* rm: LLaMA-Factory's file */
     if (!rc) rc = publish_files(tmp, r->dir, err);
     dir_remove(tmp);
+    if (!rc && r->cfg->pissa_convert) { /* LLaMA-Factory's pissa_converted folder beside it */
+        char conv[1300];
+        snprintf(conv, sizeof conv, "%s/pissa_converted", r->dir);
+        rc = adapter_save_pissa_converted(r->ts, conv, r->cfg->model, err);
+    }
     return rc;
 }

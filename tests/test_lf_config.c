@@ -158,6 +158,9 @@ static void test_defaults_and_specials(void) {
           "epoch strategies: %s %s %s", err.msg, c.eval_strategy, c.save_strategy);
     CHECK(load("neftune_noise_alpha: 5\n", &c, NULL, 0, &err) == 0 && c.neftune_noise_alpha == 5,
           "neftune_noise_alpha: %s %g", err.msg, c.neftune_noise_alpha);
+    CHECK(load("pissa_init: true\npissa_iter: -1\npissa_convert: true\n", &c, NULL, 0, &err) == 0 &&
+                  c.pissa_convert == 1 && !strcmp(c.init_lora_weights, "pissa"),
+          "pissa_convert: %s %d", err.msg, c.pissa_convert);
     CHECK(load("compute_accuracy: true\n", &c, NULL, 0, &err) == 0 && c.compute_accuracy == 1,
           "compute_accuracy: %s %d", err.msg, c.compute_accuracy);
     CHECK(load("label_smoothing_factor: 0.1\n", &c, NULL, 0, &err) == 0 &&

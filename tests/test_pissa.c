@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli_fixture.h"
 #include "harness.h"
 #include "kernels/backend.h"
 #include "src/model.h"
@@ -173,7 +174,61 @@ static void test_adapter(void) {
                                 .fx = "tests/fixtures/pissa/llama_pissa_logits.safetensors",
                                 .adir = "tests/fixtures/pissa/llama_pissa_adapter",
                                 .needle = "\"init_lora_weights\":\t\"pissa\"",
-                                .is_set = lora_pissa_set});
+                                .is_set = lora_pissa_set,
+                                .pissa_convert = 1});
+}
+
+/* The eval loss `tuna eval ARGS --no-generate` prints; NaN when it fails. */
+static double eval_loss_of(const char *tmp, const char *args) {
+    char cmd[1024], *out = NULL, *er = NULL;
+    snprintf(cmd, sizeof cmd,
+             "eval %s --dataset identity --vars name=Tuna,author=Ann --template vanilla "
+             "--no-generate --threads 1 --quiet",
+             args);
+    int rc = test_run_tuna(tmp, cmd, NULL, &out, &er);
+    const char *p = out ? strstr(out, "\"eval_loss\":") : NULL;
+    double v = rc == 0 && p ? atof(p + 12) : (double)NAN;
+    CHECK(isfinite(v), "tuna %s: exit %d: %s", cmd, rc, er ? er : "");
+    free(out);
+    free(er);
+    return v;
+}
+
+/* `tuna train --init-lora-weights pissa --pissa-convert` (LLaMA-Factory's pissa_convert): the
+ * run's PiSSA adapter (the SVD again on load) and RUN/pissa_converted over the original base
+ * (rank 2r, no SVD) score the same; without pissa, --pissa-convert is refused in one line. */
+static void test_cli_convert(void) {
+    char tmpl[] = "/tmp/tuna_pissa_cli_XXXXXX", cmd[1024], path[300];
+    char *tmp = mkdtemp(tmpl);
+    CHECK(tmp != NULL, "mkdtemp");
+    if (!tmp) return;
+    const char *base = "--model models/stories260K --dataset identity --dataset-dir datasets "
+                       "--vars name=Tuna,author=Ann --template vanilla --batch-size 4 --seed 3 "
+                       "--quiet --threads 1 ";
+    snprintf(cmd, sizeof cmd,
+             "%s train %s--init-lora-weights pissa --pissa-convert true --lora-rank 4 --lr 1e-2 "
+             "--max-steps 6 --eval-steps 0 --save-steps 0 --output %s/run",
+             test_tuna_bin(), base, tmp);
+    CHECK(test_system(cmd) == 0, "pissa_convert training failed");
+    snprintf(path, sizeof path, "%s/run/pissa_converted/adapter_config.json", tmp);
+    char *cfg = xread_file(path, NULL);
+    CHECK(cfg && strstr(cfg, "\"r\":\t8") && strstr(cfg, "\"init_lora_weights\":\ttrue"),
+          "%s: rank 8, init_lora_weights true", path);
+    free(cfg);
+    char a1[400], a2[400];
+    snprintf(a1, sizeof a1, "--model %s/run", tmp);
+    snprintf(a2, sizeof a2, "--model models/stories260K --adapter %s/run/pissa_converted", tmp);
+    double l1 = eval_loss_of(tmp, a1), l2 = eval_loss_of(tmp, a2),
+           l0 = eval_loss_of(tmp, "--model models/stories260K");
+    CHECK(fabs(l1 - l2) <= 1e-5 * fabs(l1) && fabs(l1 - l0) > 1e-3,
+          "the PiSSA run %.7f, its conversion over the base %.7f (the base alone %.7f)", l1, l2,
+          l0);
+    printf("  tuna train --pissa-convert: eval loss of the run %.7f, of pissa_converted over the "
+           "base %.7f (base %.7f)\n",
+           l1, l2, l0);
+    test_train_refused(tmp, base, "--pissa-convert true", "--pissa-convert");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    CHECK(system(cmd) == 0, "rm");
 }
 
 /* PiSSA needs an fp32 base, as peft's pissa_init. */
@@ -202,6 +257,7 @@ int main(void) {
     run_case("llama", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", 1);
     run_case("gpt2", "c_attn,c_proj,c_fc", 0);
     test_adapter();
+    test_cli_convert();
     test_refusals();
     return test_report("test_pissa");
 }

@@ -151,6 +151,7 @@ static inline int test_fx_policy_norm(Backend *be, Model *m, const SafeTensors *
 typedef struct AdapterRoundTrip {
     const char *what, *fx, *adir, *needle;
     int (*is_set)(const TrainSetup *s);
+    int pissa_convert; /* also adapter_save_pissa_converted: a plain LoRA of the base, the same */
 } AdapterRoundTrip;
 
 static inline void test_adapter_round_trip(const AdapterRoundTrip *c) {
@@ -206,6 +207,26 @@ static inline void test_adapter_round_trip(const AdapterRoundTrip *c) {
     d = m ? test_logits_diff(m, ids->data, lg->data, B, T) : 1e30;
     CHECK(d <= 1e-4, "tuna's save of it, reloaded: max |dlogit| %.3g", d);
     printf("  tuna's save of that %s state, reloaded: max |dlogit| vs peft %.2e\n", c->what, d);
+    if (c->pissa_convert) { /* rank 2r, no SVD on load: the original base plus it, the same */
+        snprintf(out, sizeof out, "%s/converted", tmp);
+        CHECK(adapter_save_pissa_converted(ts, out, base, &err) == 0, "%s", err.msg);
+        TrainSetup cs;
+        char ct[512], ck[64];
+        CHECK(adapter_read_config(out, &cs, ct, sizeof ct, ck, sizeof ck, &err) == 0 &&
+                      !cs.lora_pissa && cs.lora_rank == 2 * s.lora_rank &&
+                      cs.lora_alpha == 2 * s.lora_alpha,
+              "converted: %s pissa %d, r %d, alpha %g", err.msg, cs.lora_pissa, cs.lora_rank,
+              (double)cs.lora_alpha);
+        model_free(m);
+        m = NULL;
+        CHECK(model_load(base, be, &m, &err) == 0, "%s", err.msg);
+        CHECK(m && adapter_load(m, out, &err) == 0, "%s", err.msg);
+        d = m ? test_logits_diff(m, ids->data, lg->data, B, T) : 1e30;
+        CHECK(d <= 1e-4, "converted to plain LoRA, over the original base: max |dlogit| %.3g", d);
+        printf("  converted to a plain LoRA of rank %d, over the original base: max |dlogit| vs "
+               "peft %.2e\n",
+               cs.lora_rank, d);
+    }
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     CHECK(system(cmd) == 0, "rm");
