@@ -148,7 +148,8 @@ typedef struct BackendOps {
     void (*dropout)(Backend *be, float *out, const float *in, size_t n, float p, uint64_t seed);
     /* x (n) += (2u - 1) * mag, with u = tuna_dropout_u(tuna_dropout_key(seed), i): uniform noise
      * on [-mag, mag) (NEFTune's, on the token embeddings while training), the same for a seed on
-     * every backend: 2u - 1 is exact, then one rounded product and one rounded sum. */
+     * every backend: 2u - 1 is exact, then one rounded product and one rounded sum
+     * (kernels/ref/ops_hash.h: tuna_noise). */
     void (*noise_add)(Backend *be, float *x, size_t n, float mag, uint64_t seed);
     /* AdamW step on n parameters (PyTorch semantics, decoupled weight decay), on the gradient
      * g * gscale (the global-norm clip factor, 1 for none; g itself is not written):

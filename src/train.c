@@ -534,11 +534,12 @@ static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--use-dora, --loraplus-lr-ratio and --init-lora-weights are for --method "
                          "lora");
-    if (strategy_parse(c->eval_strategy) < 0 || strategy_parse(c->save_strategy) < 0)
-        return tuna_errf(err, TUNA_EINVAL, "--%s-strategy: must be steps, epoch or no, got \"%s\"",
-                         strategy_parse(c->eval_strategy) < 0 ? "eval" : "save",
-                         strategy_parse(c->eval_strategy) < 0 ? c->eval_strategy
-                                                              : c->save_strategy);
+    const char *strategies[] = {c->eval_strategy, c->save_strategy};
+    for (int k = 0; k < 2; k++)
+        if (strategy_parse(strategies[k]) < 0)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--%s-strategy: must be steps, epoch or no, got \"%s\"",
+                             k ? "save" : "eval", strategies[k]);
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     *out = method;
@@ -562,19 +563,20 @@ static int run_check_stage(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--summary-dropout-prob: the value head's dropout, for --stage rm only");
     }
-    /* transformers adds NEFTune's noise to every forward of the module in training mode, TRL's
-     * reference passes through the same module included: not reproduced here */
-    if (c->neftune_noise_alpha > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--neftune-noise-alpha: NEFTune is for --stage sft and pt, not %s",
-                         c->stage);
-    /* Hugging Face's Trainer smooths the labels of its own loss; TRL's preference trainers and
-     * the reward model compute theirs without it */
-    if (c->label_smoothing_factor > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
-        return tuna_errf(err, TUNA_EUNSUP,
-                         "--label-smoothing-factor: for --stage sft and pt, not %s (dpo's own is "
-                         "--dpo-label-smoothing)",
-                         c->stage);
+    /* the Trainer's own loss only, sft and pt: transformers adds NEFTune's noise to every forward
+     * of the module in training mode (TRL's reference passes through it too: not reproduced
+     * here), and TRL's preference trainers and the reward model compute their losses without
+     * the label smoothing */
+    const struct {
+        double on;
+        const char *flag, *more;
+    } xent_only[] = {{c->neftune_noise_alpha, "--neftune-noise-alpha", " (NEFTune)"},
+                     {c->label_smoothing_factor, "--label-smoothing-factor",
+                      " (dpo's own is --dpo-label-smoothing)"}};
+    for (int k = 0; k < 2; k++)
+        if (xent_only[k].on > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
+            return tuna_errf(err, TUNA_EUNSUP, "%s: for --stage sft and pt, not %s%s",
+                             xent_only[k].flag, c->stage, xent_only[k].more);
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,

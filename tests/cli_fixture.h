@@ -40,6 +40,15 @@ static inline void test_train_refused(const char *tmp, const char *base, const c
           *text ? text : "(nothing)");
 }
 
+/* The number after "key": in JSON text (a report, a metrics line); NaN when text is NULL or has
+ * no such key. */
+static inline double test_json_number(const char *text, const char *key) {
+    char pat[96];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = text ? strstr(text, pat) : NULL;
+    return p ? atof(p + strlen(pat)) : (double)NAN;
+}
+
 /* `tuna args` with stdin from in_file (else /dev/null), its stdout and stderr captured in dir;
  * returns the exit status and both texts (malloc'd, "" when empty). */
 static inline int test_run_tuna(const char *dir, const char *args, const char *in_file, char **out,

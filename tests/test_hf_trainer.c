@@ -71,22 +71,17 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
     int nef = !strcmp(kind, "neftune");
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
     snprintf(fpath, sizeof fpath, "tests/fixtures/hf_trainer/%s_%s.safetensors", arch, kind);
-    struct stat sb;
-    if (stat(fpath, &sb)) {
-        SKIP("%s missing (tests/gen_lora_variant_fixtures.py makes it)", fpath);
-        return;
-    }
     TunaErr err = {0};
-    SafeTensors *fx = NULL;
-    Backend *be = backend_init(backend, 2, &err);
-    Model *m = NULL;
+    Backend *be;
+    SafeTensors *fx;
+    Model *m;
     TrainState *ts = NULL;
     int32_t *tg = NULL;
     static BackendOps hooked;
-    if (safetensors_open(fpath, &fx, &err) || model_load(mdir, be, &m, &err)) {
-        CHECK(0, "%s: %s", arch, err.msg);
-        goto done;
-    }
+    int opened =
+            test_fx_open(fpath, "tests/gen_lora_variant_fixtures.py", mdir, backend, &be, &fx, &m);
+    if (opened > 0) return;
+    if (opened < 0) goto done;
     const StTensor *ids_t = safetensors_find(fx, "input_ids"),
                    *lab_t = safetensors_find(fx, "labels"), *loss_t = safetensors_find(fx, "loss"),
                    *clean_t = safetensors_find(fx, "loss_clean"),

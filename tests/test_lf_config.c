@@ -407,12 +407,13 @@ static void test_cli(void) {
     int n_eval = 0, n_acc = 0;
     double last = (double)NAN, last_acc = (double)NAN;
     while (mf && fgets(line, sizeof line, mf)) {
-        const char *p = strstr(line, "\"eval_loss\":"), *q = strstr(line, "\"eval_accuracy\":");
-        if (!strncmp(line, "{\"type\":\"eval\"", 14) && p) {
+        double e = test_json_number(line, "eval_loss"),
+               ac = test_json_number(line, "eval_accuracy");
+        if (!strncmp(line, "{\"type\":\"eval\"", 14) && isfinite(e)) {
             n_eval++;
-            last = atof(p + 12);
-            n_acc += q != NULL;
-            last_acc = q ? atof(q + 16) : (double)NAN;
+            last = e;
+            n_acc += isfinite(ac);
+            last_acc = ac;
         }
     }
     if (mf) fclose(mf);
@@ -422,13 +423,11 @@ static void test_cli(void) {
              "--batch-size 4 --cutoff-len 256 --threads 1",
              tmp);
     int erc = test_run_tuna(tmp, cmd, NULL, &eout, &eerr);
-    const char *el = eout ? strstr(eout, "\"eval_loss\":") : NULL;
-    double want = el ? atof(el + 12) : (double)NAN;
+    double want = test_json_number(eout, "eval_loss");
     CHECK(rc == 0 && erc == 0 && n_eval == 3 && fabs(last - want) <= 1e-5 * fabs(want),
           "eval_dataset: exit %d/%d, %d evals, last %.9g vs tuna eval %.9g", rc, erc, n_eval, last,
           want);
-    const char *ea = eout ? strstr(eout, "\"eval_accuracy\":") : NULL;
-    double want_acc = ea ? atof(ea + 16) : (double)NAN;
+    double want_acc = test_json_number(eout, "eval_accuracy");
     CHECK(n_acc == 3 && last_acc > 0 && last_acc < 1 && fabs(last_acc - want_acc) <= 1e-9,
           "compute_accuracy: %d of 3 evals with eval_accuracy, last %.9g vs tuna eval %.9g", n_acc,
           last_acc, want_acc);

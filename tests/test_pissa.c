@@ -75,20 +75,15 @@ static void run_case(const char *arch, const char *targets, int rslora) {
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
     snprintf(fpath, sizeof fpath, "tests/fixtures/pissa/%s_pissa%s.safetensors", arch,
              rslora ? "_rslora" : "");
-    struct stat sb;
-    if (stat(fpath, &sb)) {
-        SKIP("%s missing (tests/gen_lora_variant_fixtures.py makes it)", fpath);
-        return;
-    }
     TunaErr err = {0};
-    SafeTensors *fx = NULL;
-    Backend *be = backend_init("cpu", 2, &err);
-    Model *m = NULL;
+    Backend *be;
+    SafeTensors *fx;
+    Model *m;
     TrainState *ts = NULL;
-    if (safetensors_open(fpath, &fx, &err) || model_load(mdir, be, &m, &err)) {
-        CHECK(0, "%s: %s", arch, err.msg);
-        goto done;
-    }
+    int opened =
+            test_fx_open(fpath, "tests/gen_lora_variant_fixtures.py", mdir, "cpu", &be, &fx, &m);
+    if (opened > 0) return;
+    if (opened < 0) goto done;
     TrainSetup setup = {.method = METHOD_LORA,
                         .lora_rank = 4,
                         .lora_alpha = 8,
@@ -186,8 +181,7 @@ static double eval_loss_of(const char *tmp, const char *args) {
              "--no-generate --threads 1 --quiet",
              args);
     int rc = test_run_tuna(tmp, cmd, NULL, &out, &er);
-    const char *p = out ? strstr(out, "\"eval_loss\":") : NULL;
-    double v = rc == 0 && p ? atof(p + 12) : (double)NAN;
+    double v = rc == 0 ? test_json_number(out, "eval_loss") : (double)NAN;
     CHECK(isfinite(v), "tuna %s: exit %d: %s", cmd, rc, er ? er : "");
     free(out);
     free(er);

@@ -56,20 +56,14 @@ static void run_case(const char *arch, const char *kind, TrainSetup setup) {
     char mdir[256], fpath[256];
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
     snprintf(fpath, sizeof fpath, "tests/fixtures/train/%s_%s.safetensors", arch, kind);
-    struct stat sb;
-    if (stat(fpath, &sb)) {
-        SKIP("%s missing (tests/gen_train_fixtures.py makes it)", fpath);
-        return;
-    }
     TunaErr err = {0};
-    SafeTensors *fx = NULL;
-    Backend *be = backend_init("cpu", 2, &err);
-    Model *m = NULL;
+    Backend *be;
+    SafeTensors *fx;
+    Model *m;
     TrainState *ts = NULL;
-    if (safetensors_open(fpath, &fx, &err) || model_load(mdir, be, &m, &err)) {
-        CHECK(0, "%s: %s", arch, err.msg);
-        goto done;
-    }
+    int opened = test_fx_open(fpath, "tests/gen_train_fixtures.py", mdir, "cpu", &be, &fx, &m);
+    if (opened > 0) return;
+    if (opened < 0) goto done;
     const StTensor *ids_t = safetensors_find(fx, "input_ids"),
                    *lab_t = safetensors_find(fx, "labels"), *loss_t = safetensors_find(fx, "loss");
     CHECK(ids_t && lab_t && loss_t, "%s: input_ids/labels/loss missing", fpath);

@@ -41,6 +41,29 @@ static inline double test_logits_diff(Model *m, const int32_t *ids, const float 
     return worst;
 }
 
+/* A fixture case's file, backend and model: a SKIP and 1 when fpath is missing (gen: the
+ * script that makes it); -1 and a failed CHECK when the file or the checkpoint in mdir does not
+ * open on the backend; 0 when all three are open. What opened is in *be, *fx, *m either way
+ * (free them). */
+static inline int test_fx_open(const char *fpath, const char *gen, const char *mdir,
+                               const char *backend, Backend **be, SafeTensors **fx, Model **m) {
+    struct stat sb;
+    *be = NULL;
+    *fx = NULL;
+    *m = NULL;
+    if (stat(fpath, &sb)) {
+        SKIP("%s missing (%s makes it)", fpath, gen);
+        return 1;
+    }
+    TunaErr err = {0};
+    *be = backend_init(backend, 2, &err);
+    if (!*be || safetensors_open(fpath, fx, &err) || model_load(mdir, *be, m, &err)) {
+        CHECK(0, "%s: %s", fpath, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* The fixture's labels (B, T) as targets: shifted left by one, -100 where nothing is learnt;
  * *n_targets counts the rest. Free the result. */
 static inline int32_t *test_next_targets(const int32_t *labels, int B, int T, int *n_targets) {

@@ -841,15 +841,13 @@ void cpu_dropout(Backend *be, float *out, const float *in, size_t n, float p, ui
         out[i] = tuna_dropout_u(key, i) >= p ? in[i] * keep : 0.0f;
 }
 
-/* ops_hash.h's uniforms, as ref_noise_add (its two roundings: no contraction to an FMA) */
+/* ops_hash.h's noise, as ref_noise_add */
 void cpu_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed) {
     int nth = threads_for(be, n * 4);
     uint64_t key = tuna_dropout_key(seed);
 #pragma omp parallel for simd num_threads(nth) if (nth > 1)
-    for (size_t i = 0; i < n; i++) {
-        float e = (tuna_dropout_u(key, i) * 2.0f - 1.0f) * mag;
-        x[i] = x[i] + e;
-    }
+    for (size_t i = 0; i < n; i++)
+        x[i] += tuna_noise(key, i, mag);
 }
 
 /* AdamW on p[i0..i1): one fused pass (the clip factor, decoupled decay, both moments, the

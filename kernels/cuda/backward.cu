@@ -430,13 +430,9 @@ void cuda_dropout(Backend *be, float *out, const float *in, size_t n, float p, u
     CUDA_TRY_LAUNCH(be, dropout_kernel);
 }
 
-/* ops_hash.h's uniforms, as ref_noise_add: the product and the sum rounded apart (__fmul_rn,
- * __fadd_rn: nvcc would fuse them into one FMA) */
+/* ops_hash.h's noise, as ref_noise_add (the sum rounded apart from its product) */
 __global__ static void noise_add_kernel(float *x, size_t n, float mag, uint64_t key) {
-    EW_LOOP(i, n) {
-        const float e = __fmul_rn(tuna_dropout_u(key, i) * 2.0f - 1.0f, mag);
-        x[i] = __fadd_rn(x[i], e);
-    }
+    EW_LOOP(i, n) x[i] = __fadd_rn(x[i], tuna_noise(key, i, mag));
 }
 
 void cuda_noise_add(Backend *be, float *x, size_t n, float mag, uint64_t seed) {

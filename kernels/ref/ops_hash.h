@@ -34,4 +34,14 @@ static inline TUNA_HD float tuna_dropout_u(uint64_t key, uint64_t i) {
     return (float)(uint32_t)(tuna_splitmix64(key ^ i) >> 40) * (1.0f / 16777216.0f);
 }
 
+/* NEFTune's noise (noise_add) of element i under key: (2u - 1) * mag, 2u - 1 exact and one
+ * rounded product (on the GPU __fmul_rn: nvcc would fuse it into the caller's sum). */
+static inline TUNA_HD float tuna_noise(uint64_t key, uint64_t i, float mag) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(tuna_dropout_u(key, i) * 2.0f - 1.0f, mag);
+#else
+    return (tuna_dropout_u(key, i) * 2.0f - 1.0f) * mag;
+#endif
+}
+
 #endif

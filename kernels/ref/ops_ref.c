@@ -558,10 +558,8 @@ void ref_dropout(float *out, const float *in, size_t n, float p, uint64_t seed) 
 
 void ref_noise_add(float *x, size_t n, float mag, uint64_t seed) {
     uint64_t key = tuna_dropout_key(seed);
-    for (size_t i = 0; i < n; i++) {
-        float e = (tuna_dropout_u(key, i) * 2.0f - 1.0f) * mag;
-        x[i] = x[i] + e;
-    }
+    for (size_t i = 0; i < n; i++)
+        x[i] += tuna_noise(key, i, mag);
 }
 
 void ref_adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
