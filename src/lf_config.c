@@ -8,12 +8,14 @@
 #include "lf_config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
 #include <yaml.h>
 
 #include "xalloc.h"
@@ -22,7 +24,8 @@
 #define LF_MAX_KEYS  512
 
 typedef enum {
-    LF_TO,      /* LLaMA-Factory's argument, tuna's option `arg` (its value as it is) */
+    LF_TO,      /* LLaMA-Factory's argument, tuna's option `arg` (its value as it is; with a
+                   `why`, an empty value is refused with it) */
     LF_IGNORE,  /* changes nothing that is trained: accepted, listed in the notes */
     LF_ONLY,    /* accepted with a value in `arg` ("a|b", LLaMA-Factory's default or what tuna
                    does) or null; any other value is refused with `why` */
@@ -100,7 +103,10 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("streaming", "false", "streaming datasets are not implemented"),
         NOT_IMPL("tokenized_path", "", "pre-tokenized datasets are not read"),
         NOT_IMPL("ignore_pad_token_for_loss", "true", "pad tokens never train"),
-        NOT_IMPL("default_system", "", "not implemented: the template's own system prompt is used"),
+        /* the why of an LF_TO row: its empty value is refused with it */
+        {"default_system", LF_TO, "default_system",
+         "an empty default_system (no system prompt where the template has one) is not "
+         "implemented: tuna reads \"\" as the template's own; drop the key"},
         NOT_IMPL("enable_thinking", "true",
                  "reasoning templates are not implemented (tuna has no template that adds or "
                  "strips <think> blocks)"),
@@ -197,7 +203,7 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("adam_beta1", "0.9", "AdamW's betas are 0.9 and 0.999"),
         NOT_IMPL("adam_beta2", "0.999", "AdamW's betas are 0.9 and 0.999"),
         NOT_IMPL("adam_epsilon", "1e-8|1.0e-8|1e-08", "AdamW's epsilon is 1e-8"),
-        NOT_IMPL("lr_scheduler_kwargs", "", "scheduler arguments are not implemented"),
+        {"lr_scheduler_kwargs", LF_TO, "lr_scheduler_kwargs", NULL},
         {"label_smoothing_factor", LF_TO, "label_smoothing_factor", NULL},
         {"neftune_noise_alpha", LF_TO, "neftune_noise_alpha", NULL},
         NOT_IMPL("data_seed", "", "the data order follows seed"),
@@ -326,6 +332,53 @@ static int at(TunaErr *err, const char *path, const yaml_event_t *e, const char 
                      e->start_mark.column + 1, what);
 }
 
+/* A mapping of plain values (after its start event) as a JSON object's text: numbers, true,
+ * false and null as such, everything else a string (lr_scheduler_kwargs, which Hugging Face
+ * takes as a dict or as its JSON text). */
+static int read_json_map(yaml_parser_t *y, Doc *d, const char *key, char **out, TunaErr *err) {
+    cJSON *obj = cJSON_CreateObject();
+    char msg[300];
+    int rc = 0;
+    for (;;) {
+        yaml_event_t k, v;
+        if ((rc = next_event(y, &k, d->path, err))) break;
+        if (k.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&k);
+            break;
+        }
+        if (k.type != YAML_SCALAR_EVENT || (rc = next_event(y, &v, d->path, err))) {
+            if (!rc) {
+                snprintf(msg, sizeof msg, "%s: a key of plain text", key);
+                rc = at(err, d->path, &k, msg);
+            }
+            yaml_event_delete(&k);
+            break;
+        }
+        const char *name = (const char *)k.data.scalar.value;
+        if (v.type != YAML_SCALAR_EVENT || v.data.scalar.tag) {
+            snprintf(msg, sizeof msg, "%s: %s: a plain value (a number or a word)", key, name);
+            rc = at(err, d->path, &v, msg);
+        } else {
+            char *val = scalar_value(&v), *end = NULL;
+            double num = val ? strtod(val, &end) : 0;
+            int plain = v.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            cJSON *item = !val                                      ? cJSON_CreateNull()
+                          : plain && !strcmp(val, "true")           ? cJSON_CreateTrue()
+                          : plain && !strcmp(val, "false")          ? cJSON_CreateFalse()
+                          : plain && *val && !*end && isfinite(num) ? cJSON_CreateNumber(num)
+                                                                    : cJSON_CreateString(val);
+            cJSON_AddItemToObject(obj, name, item);
+            free(val);
+        }
+        yaml_event_delete(&k);
+        yaml_event_delete(&v);
+        if (rc) break;
+    }
+    if (!rc) *out = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    return rc;
+}
+
 /* A value: a scalar, or a list of scalars joined with commas (LLaMA-Factory splits dataset,
  * lora_target, ... at commas). *out NULL for null. */
 static int read_value(yaml_parser_t *y, Doc *d, const char *key, char **out, TunaErr *err) {
@@ -369,6 +422,8 @@ static int read_value(yaml_parser_t *y, Doc *d, const char *key, char **out, Tun
             free(s);
         else
             *out = s;
+    } else if (e.type == YAML_MAPPING_START_EVENT && !strcmp(key, "lr_scheduler_kwargs")) {
+        rc = read_json_map(y, d, key, out, err);
     } else if (e.type == YAML_ALIAS_EVENT) {
         snprintf(msg, sizeof msg, "%s: YAML aliases (*name) are not read", key);
         rc = at(err, d->path, &e, msg);
@@ -551,8 +606,10 @@ static int num_of(const Apply *a, const Pair *p, double *v, TunaErr *err) {
 static const char *const lf_choices[][3] = {
         {"stage", "sft|pt|dpo|kto|rm",
          "tuna's stages are sft, pt, dpo, kto and rm (PPO is not implemented)"},
-        {"lr_scheduler", "constant|constant_with_warmup|linear|cosine",
-         "tuna's schedules are constant, constant_with_warmup, linear and cosine"},
+        {"lr_scheduler",
+         "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial|"
+         "inverse_sqrt|cosine_with_min_lr|cosine_warmup_with_min_lr|warmup_stable_decay",
+         "reduce_lr_on_plateau and greedy (driven by the eval metrics) are not implemented"},
         {"pref_loss", "sigmoid|hinge|ipo|orpo|simpo",
          "tuna's dpo losses are sigmoid, hinge, ipo, orpo and simpo"},
         {"quantization_type", "nf4|fp4|q4_0|q4_1|q8_0",
@@ -755,6 +812,7 @@ static int lf_apply(Apply *a, const Doc *d, TunaErr *err) {
         if (!k) {
             if (p->val) rc = put(a, p->key, p->val, p, err);
         } else if (k->kind == LF_TO) {
+            if (p->val && !*p->val && k->why) return bad(a, p, err, k->why);
             if (p->val && !(rc = check_choice(a, p, k->arg, err)))
                 rc = put(a, k->arg, p->val, p, err);
         } else if (k->kind == LF_ONLY) {

@@ -4,29 +4,244 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "dist.h"
 #include "xalloc.h"
 
-static const char *sched_names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
+static const char *const sched_names[SCHED_N] = {"constant",
+                                                 "constant_with_warmup",
+                                                 "linear",
+                                                 "cosine",
+                                                 "cosine_with_restarts",
+                                                 "polynomial",
+                                                 "inverse_sqrt",
+                                                 "cosine_with_min_lr",
+                                                 "cosine_warmup_with_min_lr",
+                                                 "warmup_stable_decay"};
 
 int sched_parse(const char *name) {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < SCHED_N; i++)
         if (!strcmp(name, sched_names[i])) return i;
     return -1;
 }
 
-double sched_factor(SchedType s, int step, int warmup, int total) {
-    if (s == SCHED_CONSTANT) return 1.0;
-    if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);
-    if (s == SCHED_CONSTANT_WARMUP) return 1.0;
-    double rest = (double)(total - warmup > 1 ? total - warmup : 1);
-    if (s == SCHED_LINEAR) {
-        double f = (double)(total - step) / rest;
+const char *sched_names_list(void) {
+    return "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, "
+           "inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr or warmup_stable_decay";
+}
+
+/* the keyword arguments each schedule's function takes, space-separated (transformers 5.25's
+ * signatures; constant and constant_with_warmup are called without them) */
+static const char *const sched_keys[SCHED_N] = {
+        "",
+        "",
+        "",
+        "num_cycles",
+        "num_cycles",
+        "lr_end power",
+        "timescale",
+        "num_cycles min_lr min_lr_rate",
+        "num_cycles min_lr min_lr_rate warmup_lr_rate",
+        "num_decay_steps num_stable_steps warmup_type decay_type min_lr_ratio num_cycles"};
+
+static int has_key(const char *list, const char *key) {
+    size_t n = strlen(key);
+    for (const char *p = list; (p = strstr(p, key)); p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0')) return 1;
+    return 0;
+}
+
+/* kwargs' number `key` into *v (unchanged when absent or null); integral: a whole number */
+static int kw_num(const cJSON *kw, const char *key, int integral, double *v, int *set,
+                  TunaErr *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(kw, key);
+    if (set) *set = 0;
+    if (!it || cJSON_IsNull(it)) return 0;
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+        (integral && it->valuedouble != floor(it->valuedouble)))
+        return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: %s must be %s", key,
+                         integral ? "a whole number" : "a number");
+    *v = it->valuedouble;
+    if (set) *set = 1;
+    return 0;
+}
+
+/* wsd's warmup_type / decay_type: 0 linear, 1 cosine, 2 1-sqrt */
+static int kw_kind(const cJSON *kw, const char *key, int *v, TunaErr *err) {
+    static const char *const kinds[] = {"linear", "cosine", "1-sqrt"};
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(kw, key);
+    if (!it) return 0;
+    for (int i = 0; cJSON_IsString(it) && i < 3; i++)
+        if (!strcmp(it->valuestring, kinds[i])) return *v = i, 0;
+    return tuna_errf(err, TUNA_EINVAL,
+                     "--lr-scheduler-kwargs: %s must be \"linear\", \"cosine\" or \"1-sqrt\"", key);
+}
+
+static int sched_args(Sched *s, const cJSON *kw, TunaErr *err) {
+    const char *name = sched_names[s->type];
+    for (const cJSON *it = kw ? kw->child : NULL; it; it = it->next)
+        if (!has_key(sched_keys[s->type], it->string)) {
+            if (!*sched_keys[s->type])
+                return tuna_errf(err, TUNA_EINVAL,
+                                 "--lr-scheduler-kwargs: %s takes no arguments, got \"%s\"", name,
+                                 it->string);
+            return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: %s takes %s, not \"%s\"",
+                             name, sched_keys[s->type], it->string);
+        }
+    double ts = 0, min_lr = 0, stable = 0, decay = 0;
+    int have_ts, have_min_lr, have_rate, have_wlr, have_stable, have_decay, rc;
+    if ((rc = kw_num(kw, "num_cycles", 0, &s->num_cycles, NULL, err)) ||
+        (rc = kw_num(kw, "lr_end", 0, &s->lr_end, NULL, err)) ||
+        (rc = kw_num(kw, "power", 0, &s->power, NULL, err)) ||
+        (rc = kw_num(kw, "timescale", 1, &ts, &have_ts, err)) ||
+        (rc = kw_num(kw, "min_lr", 0, &min_lr, &have_min_lr, err)) ||
+        (rc = kw_num(kw, "min_lr_rate", 0, &s->min_lr_rate, &have_rate, err)) ||
+        (rc = kw_num(kw, "warmup_lr_rate", 0, &s->warmup_lr_rate, &have_wlr, err)) ||
+        (rc = kw_num(kw, "num_stable_steps", 1, &stable, &have_stable, err)) ||
+        (rc = kw_num(kw, "num_decay_steps", 1, &decay, &have_decay, err)) ||
+        (rc = kw_num(kw, "min_lr_ratio", 0, &s->min_lr_ratio, NULL, err)) ||
+        (rc = kw_kind(kw, "warmup_type", &s->warmup_kind, err)) ||
+        (rc = kw_kind(kw, "decay_type", &s->decay_kind, err)))
+        return rc;
+    if (!have_wlr) s->warmup_lr_rate = -1;
+    switch (s->type) {
+    case SCHED_POLYNOMIAL:
+        if (!(s->lr > s->lr_end))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--lr-scheduler-kwargs: polynomial: lr_end (%g) must be smaller than "
+                             "the learning rate (%g)",
+                             s->lr_end, s->lr);
+        break;
+    case SCHED_INVERSE_SQRT:
+        s->timescale = have_ts ? ts : s->warmup ? s->warmup : 10000;
+        if (s->timescale == 0)
+            return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: timescale must not be 0");
+        break;
+    case SCHED_COSINE_MIN_LR:
+    case SCHED_COSINE_WARMUP_MIN_LR:
+        if (have_min_lr && have_rate)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--lr-scheduler-kwargs: %s: only one of min_lr or min_lr_rate", name);
+        if (!have_min_lr && !have_rate)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--lr-scheduler-kwargs: %s needs min_lr or min_lr_rate", name);
+        if (have_min_lr) s->min_lr_rate = min_lr / s->lr;
+        break;
+    case SCHED_WSD:
+        if (!have_decay)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--lr-scheduler-kwargs: warmup_stable_decay needs num_decay_steps");
+        s->num_decay_steps = (int)decay;
+        s->num_stable_steps = have_stable ? (int)stable : s->total - s->warmup - s->num_decay_steps;
+        break;
+    default: break;
+    }
+    return 0;
+}
+
+int sched_init(Sched *s, const char *name, const char *kwargs, double lr, int warmup, int total,
+               TunaErr *err) {
+    int t = sched_parse(name);
+    if (t < 0)
+        return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler \"%s\": must be %s", name,
+                         sched_names_list());
+    *s = (Sched){.type = (SchedType)t,
+                 .warmup = warmup,
+                 .total = total,
+                 .lr = lr,
+                 .num_cycles = t == SCHED_COSINE_RESTARTS ? 1.0 : 0.5,
+                 .lr_end = 1e-7,
+                 .power = 1.0,
+                 .warmup_lr_rate = -1,
+                 .decay_kind = 1}; /* wsd: linear warmup, cosine decay */
+    cJSON *kw = NULL;
+    if (kwargs && *kwargs) {
+        kw = cJSON_Parse(kwargs);
+        if (!cJSON_IsObject(kw)) {
+            cJSON_Delete(kw);
+            return tuna_errf(
+                    err, TUNA_EINVAL,
+                    "--lr-scheduler-kwargs: \"%s\" is not a JSON object ({\"key\": value})",
+                    kwargs);
+        }
+    }
+    int rc = sched_args(s, kw, err);
+    cJSON_Delete(kw);
+    return rc;
+}
+
+/* the rise over the warmup, as every schedule but wsd and cosine_warmup_with_min_lr has it */
+static double warm(int step, int warmup) {
+    return (double)step / (double)(warmup > 1 ? warmup : 1);
+}
+
+/* the cosine with num_cycles waves from 1 at progress 0 */
+static double wave(double num_cycles, double progress) {
+    return 0.5 * (1.0 + cos(M_PI * num_cycles * 2.0 * progress));
+}
+
+static double wsd_factor(const Sched *s, int step) {
+    double f = 0, r = s->min_lr_ratio;
+    int w = s->warmup, st = s->num_stable_steps, d = s->num_decay_steps;
+    if (step < w) {
+        double p = warm(step, w);
+        f = s->warmup_kind == 0   ? p
+            : s->warmup_kind == 1 ? 0.5 * (1.0 - cos(M_PI * p))
+                                  : 1.0 - sqrt(1.0 - p);
+        f = f * (1.0 - r) + r;
         return f > 0 ? f : 0;
     }
-    double progress = (double)(step - warmup) / rest;
-    double f = 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress));
-    return f > 0 ? f : 0;
+    if (step < w + st) return 1.0;
+    if (step < w + st + d) {
+        double p = (double)(step - w - st) / (double)(d > 1 ? d : 1);
+        f = s->decay_kind == 0   ? 1.0 - p
+            : s->decay_kind == 1 ? wave(s->num_cycles, p)
+                                 : 1.0 - sqrt(p);
+        f = f * (1.0 - r) + r;
+        return f > 0 ? f : 0;
+    }
+    return r;
+}
+
+double sched_factor(const Sched *s, int step) {
+    int w = s->warmup, total = s->total;
+    double rest = (double)(total - w > 1 ? total - w : 1), progress = (double)(step - w) / rest, f;
+    switch (s->type) {
+    case SCHED_CONSTANT: return 1.0;
+    case SCHED_WSD: return wsd_factor(s, step);
+    case SCHED_COSINE_WARMUP_MIN_LR: { /* transformers' _lr_rate variant: a step further on */
+        double wf = w > 1 ? w : 1;
+        if (step < w)
+            return s->warmup_lr_rate < 0
+                           ? ((double)step + 1.0) / wf
+                           : s->warmup_lr_rate + (1.0 - s->warmup_lr_rate) * (double)step /
+                                                         (double)(w - 1 > 1 ? w - 1 : 1);
+        f = wave(s->num_cycles, ((double)step - w + 1.0) / rest);
+        f = f * (1 - s->min_lr_rate) + s->min_lr_rate;
+        return f > 0 ? f : 0;
+    }
+    default: break;
+    }
+    if (step < w) return warm(step, w);
+    switch (s->type) {
+    case SCHED_CONSTANT_WARMUP: return 1.0;
+    case SCHED_LINEAR: f = (double)(total - step) / rest; return f > 0 ? f : 0;
+    case SCHED_COSINE_RESTARTS:
+        if (progress >= 1.0) return 0.0;
+        f = 0.5 * (1.0 + cos(M_PI * fmod(s->num_cycles * progress, 1.0)));
+        return f > 0 ? f : 0;
+    case SCHED_POLYNOMIAL: {
+        if (step > total) return s->lr_end / s->lr;
+        double pct = 1.0 - (double)(step - w) / (double)(total - w > 0 ? total - w : 1);
+        return ((s->lr - s->lr_end) * pow(pct, s->power) + s->lr_end) / s->lr;
+    }
+    case SCHED_INVERSE_SQRT: return 1.0 / sqrt(((double)step + (s->timescale - w)) / s->timescale);
+    case SCHED_COSINE_MIN_LR:
+        f = wave(s->num_cycles, progress) * (1 - s->min_lr_rate) + s->min_lr_rate;
+        return f > 0 ? f : 0;
+    default: /* SCHED_COSINE */ f = wave(s->num_cycles, progress); return f > 0 ? f : 0;
+    }
 }
 
 /* The AdamW passes: runs of tensors' parts (this rank's slice; unsharded, the whole tensors)

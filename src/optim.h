@@ -1,6 +1,6 @@
 /* optim.h: AdamW over a TrainState's trainable tensors (PyTorch semantics: decoupled weight
  * decay, bias correction; no decay on 1-D tensors: norms and biases), the learning-rate
- * schedules of transformers (constant, constant_with_warmup, linear, cosine; warmup from 0),
+ * schedules of transformers (get_scheduler's, with their lr_scheduler_kwargs; warmup from 0),
  * and global-norm gradient clipping. Moments live in backend memory: one block for m and one
  * for v, the tensors' slices one after another (AdamW is elementwise: no alignment needed).
  * Data parallel with --zero 1 (ZeRO stage 1, optim_init_shard): each rank keeps the moments
@@ -15,13 +15,50 @@
 #include "err.h"
 #include "model_train.h"
 
-typedef enum { SCHED_CONSTANT, SCHED_CONSTANT_WARMUP, SCHED_LINEAR, SCHED_COSINE } SchedType;
+/* transformers' SchedulerType names, in this order (sched_names in optim.c) */
+typedef enum {
+    SCHED_CONSTANT,
+    SCHED_CONSTANT_WARMUP,
+    SCHED_LINEAR,
+    SCHED_COSINE,
+    SCHED_COSINE_RESTARTS, /* cosine_with_restarts: hard restarts, num_cycles of them */
+    SCHED_POLYNOMIAL,      /* polynomial: to lr_end, pct_remaining ** power */
+    SCHED_INVERSE_SQRT,    /* inverse_sqrt: 1 / sqrt((step + shift) / timescale) */
+    SCHED_COSINE_MIN_LR,   /* cosine_with_min_lr: the cosine down to min_lr (or min_lr_rate x lr) */
+    SCHED_COSINE_WARMUP_MIN_LR, /* cosine_warmup_with_min_lr: its warmup and progress run a step on */
+    SCHED_WSD,                  /* warmup_stable_decay */
+    SCHED_N
+} SchedType;
 
-/* Parses "constant", "constant_with_warmup", "linear", "cosine"; -1 if unknown. */
+/* A schedule with its arguments (transformers' lr_scheduler_kwargs, their defaults where
+ * unset): what get_scheduler(name, ..., scheduler_specific_kwargs) builds. */
+typedef struct Sched {
+    SchedType type;
+    int warmup, total;
+    double lr;             /* the peak lr (polynomial's lr_init; min_lr's divisor) */
+    double num_cycles;     /* cosine kinds, wsd's cosine decay: 0.5; restarts: 1 */
+    double min_lr_rate;    /* cosine_with_min_lr and cosine_warmup_with_min_lr */
+    double warmup_lr_rate; /* cosine_warmup_with_min_lr; < 0: unset */
+    double lr_end, power;  /* polynomial: 1e-7, 1 */
+    double timescale;      /* inverse_sqrt: the warmup, or 10000 without one */
+    int num_decay_steps, num_stable_steps; /* wsd (stable: total - warmup - decay if unset) */
+    int warmup_kind, decay_kind;           /* wsd: 0 linear, 1 cosine, 2 1-sqrt */
+    double min_lr_ratio;                   /* wsd */
+} Sched;
+
+/* The name's SchedType; -1 if it is none of transformers' that tuna runs. */
 int sched_parse(const char *name);
-/* The multiplier of the base lr for optimizer step `step` (0-based), as transformers'
- * get_*_schedule_with_warmup LambdaLR gives it. */
-double sched_factor(SchedType s, int step, int warmup, int total);
+/* The names tuna runs, "a, b, ... or z", for messages. */
+const char *sched_names_list(void);
+/* s from a name and kwargs (a JSON object as text, "" or "{}" for none), as transformers'
+ * get_scheduler makes it for an optimizer whose lr is lr: a key the schedule does not take, a
+ * value of the wrong kind or range, or a missing required one is an error naming it (as
+ * transformers' TypeError / ValueError). */
+int sched_init(Sched *s, const char *name, const char *kwargs, double lr, int warmup, int total,
+               TunaErr *err);
+/* The multiplier of the peak lr for optimizer step `step` (0-based), as the LambdaLR of
+ * transformers' schedule gives it. */
+double sched_factor(const Sched *s, int step);
 
 /* A stretch of consecutive tensors whose values, gradients and moments each lie end to end in
  * memory and that share the weight-decay flag: one AdamW pass covers it. A LoRA run's A and B

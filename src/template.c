@@ -317,6 +317,11 @@ const char *template_default_system(const Template *t) {
     return t->default_system;
 }
 
+void template_set_default_system(Template *t, const char *system) {
+    free(t->default_system);
+    t->default_system = xstrdup(system ? system : "");
+}
+
 const char *template_description(const Template *t) {
     return t->description;
 }
@@ -1113,17 +1118,19 @@ int template_starts_with_bos(const Template *t) {
 }
 
 int template_export_jinja(const char *templates_dir, const char *model_path, const char *name,
-                          const Tokenizer *tok, char **out, TunaErr *err) {
+                          const char *system, const Tokenizer *tok, char **out, TunaErr *err) {
     *out = NULL;
     TemplateAuto a;
     TunaErr e = {0};
+    int own_system = !system || !*system;
     /* the model's own: keep its source (an unreadable one is the loader's matter, not ours) */
-    if (auto_match(templates_dir, model_path, "vanilla", tok, &a, &e) == 0 &&
+    if (own_system && auto_match(templates_dir, model_path, "vanilla", tok, &a, &e) == 0 &&
         a.has_model_template && a.matched && !strcmp(a.name, name))
         return 0;
     Template *t = NULL;
     int rc = template_load(templates_dir, name, &t, err);
     if (rc) return rc;
+    if (!own_system) template_set_default_system(t, system);
     char *j = template_to_jinja(t);
     /* the BOS that training's encoding prepends (auto_bos), which apply_chat_template's
      * tokenizing (no special tokens) would not add */

@@ -35,7 +35,10 @@ void template_free(Template *t); /* NULL-safe */
 int template_unknown_placeholder(const Template *t, char *out, size_t cap);
 const char *template_name(const Template *t);           /* borrowed */
 const char *template_default_system(const Template *t); /* borrowed, "" when none */
-const char *template_description(const Template *t);    /* borrowed, "" when none */
+/* Replaces t's default system prompt (LLaMA-Factory's default_system: the system of every
+ * conversation that has none, in training and in the template's exports). */
+void template_set_default_system(Template *t, const char *system);
+const char *template_description(const Template *t); /* borrowed, "" when none */
 
 /* Sorted names of templates_dir/ *.json (without ".json"). *names is malloc'd, each name too;
  * free with template_list_free. */
@@ -161,9 +164,10 @@ int template_starts_with_bos(const Template *t);
  * built-in), else the template as Jinja (template_to_jinja; malloc'd), as LLaMA-Factory writes
  * its template into the tokenizer it saves, with {{ bos_token }} first where training's encoding
  * prepends the BOS (auto_bos, tok's post-processor adding one): transformers' apply_chat_template
- * tokenizes without special tokens, so its ids are then training's. Errors: the template cannot
- * be loaded. */
+ * tokenizes without special tokens, so its ids are then training's. system: the run's default
+ * system prompt (template_set_default_system; NULL or "": the template's own), always written.
+ * Errors: the template cannot be loaded. */
 int template_export_jinja(const char *templates_dir, const char *model_path, const char *name,
-                          const Tokenizer *tok, char **out, TunaErr *err);
+                          const char *system, const Tokenizer *tok, char **out, TunaErr *err);
 
 #endif

@@ -515,10 +515,10 @@ static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
         strcmp(c->prompt_encoder, "lstm"))
         return tuna_errf(err, TUNA_EINVAL, "--prompt-encoder: must be mlp or lstm, got \"%s\"",
                          c->prompt_encoder);
-    if (sched_parse(c->lr_scheduler) < 0)
-        return tuna_errf(err, TUNA_EINVAL,
-                         "--lr-scheduler must be constant, constant_with_warmup, linear or cosine");
-    r->sched = (SchedType)sched_parse(c->lr_scheduler);
+    /* the schedule and its arguments, checked now (the lr and step counts are set later) */
+    int rc = sched_init(&r->sched, c->lr_scheduler, c->lr_scheduler_kwargs, c->lr > 0 ? c->lr : 1.0,
+                        0, 1, err);
+    if (rc) return rc;
     if (strcmp(c->init_lora_weights, "default") && strcmp(c->init_lora_weights, "pissa"))
         return tuna_errf(err, TUNA_EINVAL,
                          "--init-lora-weights: must be default or pissa, got \"%s\"",
@@ -629,6 +629,7 @@ static int run_open_data(Run *r, TunaErr *err) {
     int rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
+    if (c->default_system[0]) template_set_default_system(r->tpl, c->default_system);
     char ph[80];
     if (template_unknown_placeholder(r->tpl, ph, sizeof ph)) {
         if (c->strict)
@@ -856,7 +857,11 @@ static int run_open(Run *r, TunaErr *err) {
     if ((rc = model_load_opts(c->model, r->be, &lo, &r->m, err))) return rc;
     if (r->m->n_qbytes) log_typed_base(r, &lo);
     r->lr = c->lr > 0 ? c->lr : auto_lr(method, r->m->n_params + r->m->n_qparams);
-    if ((rc = run_open_data(r, err)) || (rc = run_open_training(r, method, &lo, err))) return rc;
+    if ((rc = run_open_data(r, err)) ||
+        (rc = sched_init(&r->sched, c->lr_scheduler, c->lr_scheduler_kwargs, r->lr, r->warmup,
+                         r->total, err)) ||
+        (rc = run_open_training(r, method, &lo, err)))
+        return rc;
     r->best_eval = (double)INFINITY;
     return 0;
 }
@@ -1662,7 +1667,7 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
             gnorm = sqrt(n1 * n1 + n2 * n2);
             gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;
         }
-        double lr = r->lr * sched_factor(r->sched, r->step, r->warmup, r->total);
+        double lr = r->lr * sched_factor(&r->sched, r->step);
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);

@@ -38,6 +38,11 @@ typedef struct TrainConfig {
     /* Hugging Face's eval_strategy and save_strategy: "steps" (every eval_steps / save_steps),
      * "epoch" (at the end of each epoch) or "no" (at the end only) */
     char eval_strategy[8], save_strategy[8];
+    /* transformers' lr_scheduler_kwargs: a JSON object ("" for none), as sched_init reads it */
+    char lr_scheduler_kwargs[256];
+    /* LLaMA-Factory's default_system: the template's system prompt in training, and in the
+     * run's chat, eval and exports ("": the template's own) */
+    char default_system[1024];
     int use_dora; /* DoRA (PEFT use_dora) */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;

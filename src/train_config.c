@@ -52,6 +52,9 @@ static const TrainOption fields[] = {
          "prompt template (templates/NAME.json), or auto: the one matching the model's own "
          "(auto:NAME: NAME when the model has none; vanilla otherwise)",
          NULL, ALL, NONE, 0},
+        S(default_system, ALL, "",
+          "system prompt of the conversations that have none, in place of the template's, in "
+          "training and in the run's chat, eval and exports (LLaMA-Factory's default_system)"),
         S(templates_dir, ALL, "templates", "folder of template files"),
         S(method, ALL, "lora",
           "full | freeze | lora | ptuning (P-tuning v2: trainable key/value prefixes) | prompt "
@@ -127,7 +130,13 @@ static const TrainOption fields[] = {
          "1e-2, 2e-3, 3e-2 "
          "at 1M and below",
          NULL, ALL, ABOVE(0), 1},
-        S(lr_scheduler, ALL, "cosine", "constant | constant_with_warmup | linear | cosine"),
+        S(lr_scheduler, ALL, "cosine",
+          "constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | "
+          "inverse_sqrt | cosine_with_min_lr | cosine_warmup_with_min_lr | warmup_stable_decay "
+          "(transformers' schedules)"),
+        S(lr_scheduler_kwargs, ALL, "",
+          "the schedule's arguments as a JSON object, transformers' lr_scheduler_kwargs: "
+          "num_cycles, min_lr, min_lr_rate, lr_end, power, timescale, num_decay_steps, ..."),
         I(warmup_steps, ALL, RANGE(0, BIG), "0", "warmup steps"),
         D(warmup_ratio, ALL, RANGE(0, 1), "0",
           "warmup as a fraction of all steps (if warmup_steps is 0)"),

@@ -225,7 +225,7 @@ static int cmp_ckpt(const void *a, const void *b) {
 static int run_write_hf(Run *r, const char *tmp, TunaErr *err) {
     if (!r->hf_template_made && strcmp(r->cfg->stage, "pt")) { /* once a run: it cannot change */
         int rc = template_export_jinja(r->cfg->templates_dir, r->cfg->model, r->cfg->template_name,
-                                       r->tok, &r->hf_template, err);
+                                       r->cfg->default_system, r->tok, &r->hf_template, err);
         if (rc) return rc;
     }
     r->hf_template_made = 1;

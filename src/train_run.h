@@ -44,8 +44,8 @@ typedef struct Run {
     int B, T, total, warmup, steps_per_epoch, step;
     int eval_every, save_every; /* steps between evals / checkpoints (0: at the end only) */
     int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
-    SchedType sched;
-    double lr; /* the peak learning rate: cfg->lr, or what auto chose */
+    Sched sched;      /* the lr schedule (its warmup and total are those above) */
+    double lr;        /* the peak learning rate: cfg->lr, or what auto chose */
     double best_eval;
     int best_step;
     double cores_checked; /* follow_free_cores: time of the last check */

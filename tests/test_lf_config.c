@@ -256,7 +256,7 @@ static void test_refusals(void) {
     refused("seed: 1\nseed: 2\n", ":2: seed", "twice");
     refused("per_device_train_batch_size: 0\n", ":1: per_device_train_batch_size", NULL);
     refused("num_train_epochs: lots\n", ":1: num_train_epochs", NULL);
-    refused("lr_scheduler_type: warmup_stable_decay\n", ":1: lr_scheduler_type", NULL);
+    refused("lr_scheduler_type: greedy\n", ":1: lr_scheduler_type", NULL);
     refused("stage: ppo\n", ":1: stage", NULL);
     refused("warmup_steps: abc\n", "warmup_steps", "not a number");
     /* the YAML itself */
@@ -565,6 +565,152 @@ static void test_chat_export(void) {
           r2);
 }
 
+/* lr_scheduler_kwargs as Hugging Face takes it: a YAML mapping (flow or block) or JSON text;
+ * a run's lrs are transformers' (tests/fixtures/train/schedules.json: warmup_stable_decay with
+ * num_decay_steps 10, lr 2e-4, 5 warmup steps of 30) */
+static void test_sched_kwargs(void) {
+    static const char *const forms[][2] = {
+            {"lr_scheduler_kwargs: {min_lr_rate: 0.1, num_cycles: 1}\n",
+             "{\"min_lr_rate\":0.1,\"num_cycles\":1}"},
+            {"lr_scheduler_kwargs:\n  min_lr_rate: 1.0e-1\n  num_cycles: 1\n",
+             "{\"min_lr_rate\":0.1,\"num_cycles\":1}"},
+            {"lr_scheduler_kwargs: '{\"min_lr_rate\": 0.1}'\n", "{\"min_lr_rate\": 0.1}"},
+            {"lr_scheduler_kwargs: {decay_type: '1-sqrt', min_lr: null, x: yes}\n",
+             "{\"decay_type\":\"1-sqrt\",\"min_lr\":null,\"x\":true}"},
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
+        TrainConfig c;
+        TunaErr err;
+        int rc = load(forms[i][0], &c, NULL, 0, &err);
+        CHECK(rc == 0 && !strcmp(c.lr_scheduler_kwargs, forms[i][1]), "[%s]: %d %s -> %s",
+              forms[i][0], rc, err.msg, c.lr_scheduler_kwargs);
+    }
+    refused("lr_scheduler_kwargs: {a: [1, 2]}\n", ":1:", "lr_scheduler_kwargs: a: a plain value");
+    refused("optim_args: {a: 1}\n", "optim_args: a nested mapping is not read", NULL);
+    refused("lr_scheduler_type: reduce_lr_on_plateau\n", ":1: lr_scheduler_type",
+            "driven by the eval metrics");
+    /* a run: the lr of each step is transformers' */
+    char yaml[300], text[1024], cmd[1024], path[400];
+    snprintf(yaml, sizeof yaml, "%s/wsd.yaml", tmp);
+    snprintf(text, sizeof text,
+             "model_name_or_path: models/stories260K\nstage: sft\nfinetuning_type: lora\n"
+             "dataset: identity\ntemplate: vanilla\ncutoff_len: 32\nmax_samples: 8\n"
+             "output_dir: %s/wsd-run\nlogging_steps: 1\nsave_steps: 500\n"
+             "per_device_train_batch_size: 1\nlearning_rate: 2.0e-4\nmax_steps: 30\n"
+             "warmup_steps: 5\nlr_scheduler_type: warmup_stable_decay\n"
+             "lr_scheduler_kwargs: {num_decay_steps: 10}\n",
+             tmp);
+    write_text(yaml, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml);
+    int rc = test_system(cmd);
+    CHECK(rc == 0, "wsd.yaml: exit %d", rc);
+    char *fx = xread_file("tests/fixtures/train/schedules.json", NULL);
+    const char *at = fx ? strstr(fx, "{\"name\": \"warmup_stable_decay\", \"kwargs\": "
+                                     "{\"num_decay_steps\": 10}, \"lr\": 0.0002, \"warmup\": 5, "
+                                     "\"total\": 30, \"factors\": [")
+                        : NULL;
+    CHECK(at != NULL, "schedules.json: the wsd case");
+    snprintf(path, sizeof path, "%s/wsd-run/metrics.jsonl", tmp);
+    FILE *f = fopen(path, "r");
+    char line[8192];
+    int k = 0, bad = 0;
+    const char *want = at ? strchr(strstr(at, "\"factors\": ["), '[') + 1 : NULL;
+    while (f && want && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"lr\":");
+        if (strncmp(line, "{\"type\":\"step\"", 14) || !p) continue;
+        char *end;
+        double factor = strtod(want, &end);
+        want = end + 1;
+        double lr = strtod(p + 5, NULL);
+        if (fabs(lr - 2e-4 * factor) > 1e-18)
+            bad++, printf("  step %d: lr %.17g, want %.17g\n", k, lr, 2e-4 * factor);
+        k++;
+    }
+    if (f) fclose(f);
+    free(fx);
+    CHECK(k == 30 && !bad, "wsd run: %d steps, %d lrs off transformers'", k, bad);
+    printf("  lr_scheduler_kwargs: mapping, block and JSON forms; a wsd run's %d lrs == "
+           "transformers'\n",
+           k);
+}
+
+/* default_system: the run trains with it in place of the template's (qwen's "You are Qwen...");
+ * `tuna eval` of the run reads it (its eval loss == the run's last; with --template qwen, the
+ * template's own system, another loss), and the exports carry it: the HF tokenizer's chat
+ * template and the GGUF's Modelfile. An explicit empty one is refused. */
+static void test_default_system(void) {
+    TrainConfig c;
+    TunaErr err;
+    CHECK(load("default_system: You are Tuna.\n", &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.default_system, "You are Tuna."),
+          "default_system: %s [%s]", err.msg, c.default_system);
+    refused("default_system: \"\"\n", ":1: default_system", "drop the key");
+    char yaml[300], text[1024], cmd[1024], path[400];
+    const char *sys = "You are Tuna, a fish who answers in one line.";
+    snprintf(yaml, sizeof yaml, "%s/sys.yaml", tmp);
+    snprintf(text, sizeof text,
+             "model_name_or_path: models/stories260K\ndataset: identity\ntemplate: qwen\n"
+             "default_system: %s\neval_dataset: alpaca_en_demo\nmax_samples: 12\nmax_steps: 2\n"
+             "per_device_train_batch_size: 4\ncutoff_len: 256\noutput_dir: %s/sys-run\n"
+             "learning_rate: 1.0e-2\n",
+             sys, tmp);
+    write_text(yaml, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml);
+    int rc = test_system(cmd);
+    snprintf(path, sizeof path, "%s/sys-run/metrics.jsonl", tmp);
+    FILE *mf = fopen(path, "r");
+    char line[8192];
+    double last = (double)NAN;
+    while (mf && fgets(line, sizeof line, mf))
+        if (!strncmp(line, "{\"type\":\"eval\"", 14)) last = test_json_number(line, "eval_loss");
+    if (mf) fclose(mf);
+    double want[2];
+    for (int i = 0; i < 2; i++) {
+        char *eout = NULL, *eerr = NULL;
+        snprintf(cmd, sizeof cmd,
+                 "eval --model %s/sys-run --dataset alpaca_en_demo --max-samples 12 --no-generate "
+                 "--batch-size 4 --cutoff-len 256 --threads 1%s",
+                 tmp, i ? " --template qwen" : "");
+        int erc = test_run_tuna(tmp, cmd, NULL, &eout, &eerr);
+        want[i] = erc ? (double)NAN : test_json_number(eout, "eval_loss");
+        free(eout);
+        free(eerr);
+    }
+    CHECK(rc == 0 && fabs(last - want[0]) <= 1e-5 * fabs(want[0]) &&
+                  fabs(last - want[1]) > 1e-3 * fabs(want[1]),
+          "default_system: exit %d, last eval %.9g, tuna eval of the run %.9g, with the "
+          "template's own system %.9g",
+          rc, last, want[0], want[1]);
+    printf("  default_system: the run's last eval %.9g, tuna eval of the run %.9g (the template's "
+           "own system: %.9g)\n",
+           last, want[0], want[1]);
+    /* the exports: the merged HF checkpoint's chat template, the GGUF's Modelfile */
+    char *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd, "export --model %s/sys-run --out %s/sys-hf", tmp, tmp);
+    rc = test_run_tuna(tmp, cmd, NULL, &out, &errs);
+    free(out);
+    free(errs);
+    snprintf(path, sizeof path, "%s/sys-hf/tokenizer_config.json", tmp);
+    char *tc = xread_file(path, NULL);
+    CHECK(rc == 0 && tc && strstr(tc, sys) && !strstr(tc, "You are Qwen"),
+          "export --format hf: exit %d, tokenizer_config.json %s the run's default_system", rc,
+          tc ? "without" : "missing,");
+    free(tc);
+    snprintf(cmd, sizeof cmd, "export --format gguf --model %s/sys-run --out %s/sys.gguf", tmp,
+             tmp);
+    rc = test_run_tuna(tmp, cmd, NULL, &out, &errs);
+    free(out);
+    free(errs);
+    snprintf(path, sizeof path, "%s/sys.Modelfile", tmp);
+    char *mfile = xread_file(path, NULL), want_sys[200];
+    snprintf(want_sys, sizeof want_sys, "SYSTEM \"\"\"%s\"\"\"", sys);
+    CHECK(rc == 0 && mfile && strstr(mfile, want_sys), "export --format gguf: exit %d, %s", rc,
+          mfile ? mfile : "no Modelfile");
+    free(mfile);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/tuna_lf_config.%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -572,6 +718,8 @@ int main(void) {
     test_defaults_and_specials();
     test_refusals();
     test_cli();
+    test_sched_kwargs();
+    test_default_system();
     test_chat_export();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

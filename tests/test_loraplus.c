@@ -39,6 +39,8 @@ int main(void) {
     }
     const StTensor *lrs = T("lrs");
     int steps = (int)lrs->shape[0];
+    Sched cosine;
+    CHECK(sched_init(&cosine, "cosine", "", 2e-3, 2, steps, &err) == 0, "%s", err.msg);
     for (int be_i = 0; be_i < 2; be_i++) {
         Backend *be = backend_init(be_i ? "cpu" : "ref", 2, &err);
         float *p = be->ops->alloc(be, total * 4), *g = be->ops->alloc(be, total * 4);
@@ -75,7 +77,7 @@ int main(void) {
                 be->ops->upload(be, g + off[i],
                                 (const float *)T("G.%s", names[i])->data + (size_t)k * len[i],
                                 len[i] * 4);
-            double lr = 2e-3 * sched_factor(SCHED_COSINE, k, 2, steps);
+            double lr = 2e-3 * sched_factor(&cosine, k);
             CHECK(fabs(lr - (double)((const float *)lrs->data)[k]) <= 1e-9, "lr of step %d", k);
             optim_step(&o, tp, NT, (float)lr, 1.0f);
         }

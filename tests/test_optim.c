@@ -1,11 +1,15 @@
 /* test_optim.c: AdamW + schedules + clipping against torch.optim.AdamW and transformers'
  * schedulers (tests/fixtures/train/adamw.safetensors from tests/gen_train_fixtures.py):
  * 20 steps of cosine-with-warmup, two groups (weight decay 0.01 and 0), parameters within
- * 1e-5; the four schedule tables exactly (1e-6); clip_grad_norm_ within 1e-6 relative. A sharded
+ * 1e-5; the four schedule tables exactly (1e-6), and every schedule of transformers' that tuna
+ * runs with its lr_scheduler_kwargs (schedules.json, to 1e-15); clip_grad_norm_ within 1e-6
+ * relative. A sharded
  * optimizer (--zero 1), each rank of 2, 3, 4 or 7 stepping its slice, gives the unsharded values
  * and moments bit for bit (ref and cpu), slice edges anywhere. */
 #include <string.h>
 #include <sys/stat.h>
+
+#include <cjson/cJSON.h>
 
 #include "harness.h"
 #include "kernels/backend.h"
@@ -167,6 +171,67 @@ static void test_shards(const char *backend) {
     backend_free(be);
 }
 
+/* transformers' schedules with their lr_scheduler_kwargs (tests/fixtures/train/schedules.json
+ * from tests/gen_sched_fixtures.py): every factor of steps 0 .. total + 2 to the last bit or
+ * two; the arguments transformers refuses, refused. */
+static void test_sched_kwargs(void) {
+    const char *path = "tests/fixtures/train/schedules.json";
+    size_t len = 0;
+    char *text = xread_file(path, &len);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
+    CHECK(cJSON_GetArraySize(cases) >= 19, "%s: cases", path);
+    double worst = 0;
+    int n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases) {
+        const char *name = cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring;
+        char *kw = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "kwargs"));
+        double lr = cJSON_GetObjectItemCaseSensitive(c, "lr")->valuedouble;
+        int warmup = cJSON_GetObjectItemCaseSensitive(c, "warmup")->valueint;
+        int total = cJSON_GetObjectItemCaseSensitive(c, "total")->valueint;
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "factors");
+        Sched s;
+        TunaErr err = {0};
+        int rc = sched_init(&s, name, kw, lr, warmup, total, &err);
+        CHECK(rc == 0, "%s %s: %s", name, kw, err.msg);
+        double w = 0;
+        for (int k = 0; !rc && k < cJSON_GetArraySize(f); k++, n++)
+            w = fmax(w, fabs(sched_factor(&s, k) - cJSON_GetArrayItem(f, k)->valuedouble));
+        CHECK(w <= 1e-15, "%s %s: max |factor - transformers'| %.3g", name, kw, w);
+        worst = fmax(worst, w);
+        free(kw);
+    }
+    printf("  %d schedule factors of %d cases vs transformers: max diff %.3g\n", n,
+           cJSON_GetArraySize(cases), worst);
+    cJSON_Delete(root);
+    free(text);
+    /* what transformers refuses (TypeError, ValueError), refused with the argument named */
+    static const char *const bad[][4] = {
+            {"cosine", "{\"min_lr\": 1e-5}", "cosine takes num_cycles, not \"min_lr\"", ""},
+            {"linear", "{\"num_cycles\": 1}", "linear takes no arguments", ""},
+            {"cosine_with_min_lr", "{}", "needs min_lr or min_lr_rate", ""},
+            {"cosine_with_min_lr", "{\"min_lr\": 1e-5, \"min_lr_rate\": 0.1}", "only one of", ""},
+            {"warmup_stable_decay", "{\"num_stable_steps\": 3}", "needs num_decay_steps", ""},
+            {"warmup_stable_decay", "{\"num_decay_steps\": 2.5}", "num_decay_steps must be a whole",
+             ""},
+            {"warmup_stable_decay", "{\"num_decay_steps\": 2, \"decay_type\": \"exp\"}",
+             "decay_type must be", ""},
+            {"polynomial", "{\"lr_end\": 0.01}", "lr_end (0.01) must be smaller", ""},
+            {"cosine", "{\"num_cycles\": \"two\"}", "num_cycles must be a number", ""},
+            {"cosine", "[1]", "is not a JSON object", ""},
+            {"cosine", "{\"num_cycles\": 1", "is not a JSON object", ""},
+            {"reduce_lr_on_plateau", "", "--lr-scheduler \"reduce_lr_on_plateau\": must be", ""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        Sched s;
+        TunaErr err = {0};
+        int rc = sched_init(&s, bad[i][0], bad[i][1], 1e-3, 2, 10, &err);
+        CHECK(rc != 0 && strstr(err.msg, bad[i][2]) && !strchr(err.msg, '\n'),
+              "%s %s: rc %d, \"%s\"", bad[i][0], bad[i][1], rc, err.msg);
+    }
+}
+
 int main(void) {
     const char *fx = "tests/fixtures/train/adamw.safetensors";
     TunaErr err = {0};
@@ -186,12 +251,16 @@ int main(void) {
         char key[64];
         snprintf(key, sizeof key, "sched.%s", names[s]);
         const float *want = T(key);
+        Sched sc;
+        CHECK(sched_init(&sc, names[s], "", 1.0, 5, 30, &err) == 0, "%s", err.msg);
         double worst = 0;
         for (int k = 0; k < 30; k++)
-            worst = fmax(worst, fabs(sched_factor((SchedType)sched_parse(names[s]), k, 5, 30) -
-                                     (double)want[k]));
+            worst = fmax(worst, fabs(sched_factor(&sc, k) - (double)want[k]));
         CHECK(worst <= 1e-6, "schedule %s: max diff %.3g", names[s], worst);
     }
+    test_sched_kwargs();
+    Sched cosine;
+    CHECK(sched_init(&cosine, "cosine", "", 1e-3, 3, steps, &err) == 0, "%s", err.msg);
     // AdamW: 20 steps with the lrs transformers' cosine schedule produced
     for (int be_i = 0; be_i < 2; be_i++) {
         Backend *be = backend_init(be_i ? "cpu" : "ref", 2, &err);
@@ -208,7 +277,7 @@ int main(void) {
         for (int k = 0; k < steps; k++) {
             be->ops->upload(be, g, T("G") + (size_t)k * N, N * 4);
             be->ops->upload(be, h, T("G_nowd") + (size_t)k * N2, N2 * 4);
-            double lr = 1e-3 * sched_factor(SCHED_COSINE, k, 3, steps);
+            double lr = 1e-3 * sched_factor(&cosine, k);
             lr_worst = fmax(lr_worst, fabs(lr - (double)T("lrs")[k]));
             optim_step(&o, tp, 2, (float)lr, 1.0f);
             be->ops->download(be, hp, p, N * 4);

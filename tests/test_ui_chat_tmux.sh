@@ -286,6 +286,14 @@ start 80x24 "$ENV $BIN ui --screen chat --tuned $RUN"
 chk 'wait_for "params, template chatml" 30' "ui --tuned RUN: Chat uses that run's template"
 keys F10
 wait_dead 10
+# a run trained with --default-system: Chat's system prompt is the run's
+RUN2=$W/runs/sys
+"$BIN" train --quiet --model models/stories260K --dataset identity --template chatml \
+    --default-system "Swim fast." --max-steps 1 --eval-steps 0 --output "$RUN2" > "$W/train2.log" 2>&1
+start 80x24 "$ENV $BIN ui --screen chat --tuned $RUN2"
+chk 'wait_for "system: Swim fast\\." 30' "ui --tuned RUN: the run's default_system is Chat's system prompt"
+keys F10
+wait_dead 10
 
 # --- 6. headless interactive `tuna chat` on a terminal: Ctrl-D ends it with 0, Ctrl-C at the
 # prompt with 130 (the exit status of a SIGINT, as the README's exit codes say)

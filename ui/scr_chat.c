@@ -54,6 +54,7 @@ struct ChatState {
     ChatSettings s;            /* s.system: the system prompt */
     char tpl[128];             /* template of both panes */
     int tpl_chosen;            /* picked here with Left/Right: a new run does not change it */
+    int sys_set;               /* the system prompt was set here (^E): a run does not change it */
 };
 
 static int is_model_dir(const char *dir) {
@@ -167,8 +168,9 @@ static void tuned_start(App *app, ChatState *c) {
 // --- the template: --template, else the run's own
 
 /* The "template" a run folder recorded: train_config.json, else setup_config.json (written by
- * Setup before the trainer starts); a checkpoint-N folder asks its run. 0 when there is none. */
-static int run_template(const char *dir, char *out, size_t cap) {
+ * Setup before the trainer starts); a checkpoint-N folder asks its run. 0 when there is none.
+ * sys (scap bytes): the run's default_system from the same file, "" when it set none. */
+static int run_template(const char *dir, char *out, size_t cap, char *sys, size_t scap) {
     static const char *const files[] = {"train_config.json", "setup_config.json",
                                         "../train_config.json", "../setup_config.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
@@ -178,8 +180,10 @@ static int run_template(const char *dir, char *out, size_t cap) {
         cJSON *j = text ? cJSON_Parse(text) : NULL;
         free(text);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "template");
+        const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j, "default_system");
         int ok = cJSON_IsString(t) && t->valuestring[0] && strlen(t->valuestring) < cap;
         if (ok) snprintf(out, cap, "%s", t->valuestring);
+        if (ok) snprintf(sys, scap, "%s", cJSON_IsString(ds) ? ds->valuestring : "");
         cJSON_Delete(j);
         if (ok) return 1;
     }
@@ -187,8 +191,11 @@ static int run_template(const char *dir, char *out, size_t cap) {
 }
 
 /* The template Chat should use now: picked in Chat, --template, the --tuned model's run, the
- * open run, else the default (vanilla). */
-static void pick_template(App *app, const ChatState *c, char *out, size_t cap) {
+ * open run, else the default (vanilla). sys: the run's default_system when it is the run's
+ * template ("" otherwise). */
+static void pick_template(App *app, const ChatState *c, char *out, size_t cap, char *sys,
+                          size_t scap) {
+    sys[0] = '\0';
     if (c->tpl_chosen) {
         snprintf(out, cap, "%s", c->tpl);
         return;
@@ -197,15 +204,18 @@ static void pick_template(App *app, const ChatState *c, char *out, size_t cap) {
         snprintf(out, cap, "%s", app->template_name);
         return;
     }
-    if (app->tuned_dir[0] && run_template(app->tuned_dir, out, cap)) return;
-    if (app->run_dir[0] && run_template(app->run_dir, out, cap)) return;
+    if (app->tuned_dir[0] && run_template(app->tuned_dir, out, cap, sys, scap)) return;
+    if (app->run_dir[0] && run_template(app->run_dir, out, cap, sys, scap)) return;
     snprintf(out, cap, "%s", app->template_name);
 }
 
-/* Puts both panes on the template pick_template names, when it changed. */
+/* Puts both panes on the template pick_template names, when it changed; the system prompt
+ * becomes the run's default_system (LLaMA-Factory's: the run trained with it) unless it was set
+ * here. */
 static void sync_template(App *app, ChatState *c) {
-    char t[128];
-    pick_template(app, c, t, sizeof t);
+    char t[128], sys[sizeof c->s.system];
+    pick_template(app, c, t, sizeof t, sys, sizeof sys);
+    if (!c->sys_set) snprintf(c->s.system, sizeof c->s.system, "%s", sys);
     if (!strcmp(t, c->tpl)) return;
     snprintf(c->tpl, sizeof c->tpl, "%s", t);
     for (int i = 0; i < 2; i++)
@@ -244,7 +254,7 @@ static ChatState *chat_get(App *app) {
                           .share = 1,
                           .kv_cache = "f32"};
     c->in_box = 1;
-    pick_template(app, c, c->tpl, sizeof c->tpl);
+    pick_template(app, c, c->tpl, sizeof c->tpl, c->s.system, sizeof c->s.system);
     const char *base = app->hist->model[0] && is_model_dir(app->hist->model) ? app->hist->model
                                                                              : app->model_dir;
     pane_start(c, 0, base, c->tpl);
@@ -302,6 +312,7 @@ static void system_edit(ChatState *c, int start, int done) {
         return;
     }
     if (done) snprintf(c->s.system, sizeof c->s.system, "%.1023s", c->input);
+    if (done) c->sys_set = 1;
     input_set(c, c->saved);
     c->sys_edit = 0;
 }

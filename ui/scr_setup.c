@@ -874,14 +874,16 @@ static void model_line(const ModelConfig *c, double disk, char *b, size_t n) {
 static void draw_preview(App *app, SetupState *s, Rect r) {
     (void)app;
     Field *tf = setup_field(s, "template"), *df = setup_field(s, "dataset");
-    PreviewInputs in = {setup_field(s, "model")->text,
-                        "templates",
-                        tf->text,
-                        "datasets",
-                        df->text,
-                        setup_field(s, "vars")->text,
-                        (int)setup_field(s, "cutoff_len")->v,
-                        s->pv_index};
+    PreviewInputs in = {
+            setup_field(s, "model")->text,
+            "templates",
+            tf->text,
+            "datasets",
+            df->text,
+            setup_field(s, "vars")->text,
+            (int)setup_field(s, "cutoff_len")->v,
+            s->pv_index,
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s->extra, "default_system"))};
     setup_preview_update(&s->pv, &in);
     if (!s->pv.err[0]) s->pv_index = s->pv.index; /* past the end: stay on the last one */
     char title[300];

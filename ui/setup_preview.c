@@ -101,6 +101,8 @@ int setup_preview_update(SetupPreview *p, const PreviewInputs *in) {
         snprintf(p->err, sizeof p->err, "template: %s", err.msg);
         return 1;
     }
+    if (in->default_system && *in->default_system)
+        template_set_default_system(t, in->default_system);
     DatasetOptions o = {0};
     o.names = in->dataset;
     o.dataset_dir = in->dataset_dir;

@@ -32,7 +32,8 @@ typedef struct PreviewInputs {
     const char *dataset;     /* dataset_info.json key(s); the first example is shown */
     const char *vars;
     int cutoff_len;
-    long index; /* example to show (from 0); past the end shows the last one */
+    long index;                 /* example to show (from 0); past the end shows the last one */
+    const char *default_system; /* the config's default_system (NULL or "": the template's) */
 } PreviewInputs;
 
 /* Rebuilds p when the inputs differ from the last build; returns 1 when it rebuilt. Errors end up

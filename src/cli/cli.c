@@ -63,6 +63,17 @@ int cli_run_template(const char *model_dir, const char *adapter_dir, char *name,
     return 0;
 }
 
+const char *cli_run_system(const char *model_dir, const char *adapter_dir, char *buf, size_t cap) {
+    const char *dirs[2] = {adapter_dir, model_dir};
+    char name[256];
+    for (int i = 0; i < 2; i++) /* the folder whose template cli_run_template takes */
+        if (dirs[i] &&
+            !model_run_string(dirs[i], "train_config.json", "template", name, sizeof name))
+            return model_run_string(dirs[i], "train_config.json", "default_system", buf, cap) ? NULL
+                                                                                              : buf;
+    return NULL;
+}
+
 int cli_default_template(const char *model_dir, const char *adapter_dir, const char **tname,
                          const char **tdir, char *nbuf, size_t ncap, char *dbuf, size_t dcap) {
     int from_run = 0;

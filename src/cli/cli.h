@@ -77,6 +77,9 @@ int cli_model_path_ok(const char *cmd, const char *flag, const char *model);
  * or not a run). 1 when found; tdir is "" unless that folder exists here. */
 int cli_run_template(const char *model_dir, const char *adapter_dir, char *name, size_t cap,
                      char *tdir, size_t tcap);
+/* The default_system a run was trained with (train_config.json, looked up as cli_run_template
+ * looks): buf, or NULL when the run set none (the template's own then). */
+const char *cli_run_system(const char *model_dir, const char *adapter_dir, char *buf, size_t cap);
 /* Fills what the user left NULL: *tname with the run's template (cli_run_template) or
  * "vanilla", *tdir with the run's templates folder (when it exists) or "templates". nbuf and dbuf
  * hold the strings read. Returns 1 when the template is the run's. */

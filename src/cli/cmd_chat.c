@@ -459,6 +459,9 @@ int cmd_chat(int argc, char **argv) {
     Chat ch;
     memset(&ch, 0, sizeof ch);
     if (template_load(tdir, tname, &tpl, &err)) goto fail; /* cheap: fail before the model */
+    char run_sys[1024]; /* the run's default_system, where the template is the run's */
+    if (run_tpl && cli_run_system(dir, adapter, run_sys, sizeof run_sys))
+        template_set_default_system(tpl, run_sys);
     if (cli_load_model(dir, adapter, backend, threads, &prec, &be, &m, &tok, &err)) goto fail;
     const ModelConfig *cfg = &m->cfg;
     int sample = temp > 0 || (temp < 0 && (cfg->gen_do_sample || sampling_asked));

@@ -415,8 +415,8 @@ int cmd_eval(int argc, char **argv) {
         a.model = base;
     }
     char tname_buf[256], tdir_buf[4096];
-    cli_default_template(a.model, a.adapter, &a.tname, &a.tdir, tname_buf, sizeof tname_buf,
-                         tdir_buf, sizeof tdir_buf);
+    int run_tpl = cli_default_template(a.model, a.adapter, &a.tname, &a.tdir, tname_buf,
+                                       sizeof tname_buf, tdir_buf, sizeof tdir_buf);
     int progress = !a.quiet && isatty(STDERR_FILENO);
     TunaErr err = {0};
     int rc = 1;
@@ -432,6 +432,9 @@ int cmd_eval(int argc, char **argv) {
     size_t n_gen = 0;
     double t0 = time_now();
     if (template_load(a.tdir, a.tname, &tpl, &err)) goto fail;
+    char run_sys[1024]; /* the run's default_system, where the template is the run's */
+    if (run_tpl && cli_run_system(a.model, a.adapter, run_sys, sizeof run_sys))
+        template_set_default_system(tpl, run_sys);
     ModelPrecision used;
     if (cli_load_model_used(a.model, a.adapter, a.backend, a.threads, &a.prec, &be, &m, &tok, &used,
                             &err))

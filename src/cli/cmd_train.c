@@ -639,15 +639,17 @@ static void print_progress(void *ctx, int done, int total) {
 }
 
 /* The Ollama Modelfile beside an exported GGUF: out's name with .Modelfile for .gguf. from: the
- * GGUF FROM names; adapter: the gguf-lora file or NULL. A Modelfile that cannot be written is a
- * warning: the GGUF itself is complete. */
+ * GGUF FROM names; adapter: the gguf-lora file or NULL; system: the run's default_system (NULL:
+ * the template's own). A Modelfile that cannot be written is a warning: the GGUF itself is
+ * complete. */
 static void export_modelfile(const char *out, const char *tdir, const char *tname, const char *from,
-                             const char *adapter) {
+                             const char *adapter, const char *system) {
     char path[4200];
     snprintf(path, sizeof path, "%.*s.Modelfile", (int)(strlen(out) - 5), out);
     TunaErr err = {0};
     Template *t = NULL;
     int rc = template_load(tdir, tname, &t, &err);
+    if (!rc && system) template_set_default_system(t, system);
     if (!rc) rc = modelfile_write(path, t, from, adapter, &err);
     template_free(t);
     if (rc)
@@ -726,11 +728,13 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
             return 1;
         }
         fprintf(stderr, "tuna: wrote %s (LoRA adapter for %s)\n", out, model);
-        char tn[256], td[4096];
+        char tn[256], td[4096], sys[1024];
         const char *tname = tpl, *tdir = NULL;
-        cli_default_template(model, adapter, &tname, &tdir, tn, sizeof tn, td, sizeof td);
+        int run_tpl =
+                cli_default_template(model, adapter, &tname, &tdir, tn, sizeof tn, td, sizeof td);
         if (g > 0)
-            export_modelfile(out, tdir, tname, gpath, out);
+            export_modelfile(out, tdir, tname, gpath, out,
+                             run_tpl ? cli_run_system(model, adapter, sys, sizeof sys) : NULL);
         else /* Ollama's ADAPTER goes over a GGUF base */
             fprintf(stderr,
                     "tuna: no Modelfile: the base %s is not a GGUF file; export it with --format "
@@ -743,13 +747,15 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
     const char *tname = tpl, *tdir = NULL;
     int run_tpl = cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf,
                                        tdir_buf, sizeof tdir_buf);
-    char *jinja = NULL;
+    char *jinja = NULL, sys_buf[1024];
+    const char *sys = run_tpl ? cli_run_system(model, adapter, sys_buf, sizeof sys_buf) : NULL;
     if ((tpl || run_tpl) && strcmp(tname, "auto")) {
         Template *t = NULL;
         if (template_load(tdir, tname, &t, &err)) {
             fprintf(stderr, "tuna: %s\n", err.msg);
             return 1;
         }
+        if (sys) template_set_default_system(t, sys);
         jinja = template_to_jinja(t);
         template_free(t);
     }
@@ -764,7 +770,7 @@ static int cmd_export_gguf(const char *model, const char *adapter, const char *f
     else
         fprintf(stderr, "tuna: wrote %s (%s%s%s)\n", out, wtype_info[wt].name,
                 jinja ? ", chat template " : "", jinja ? tname : "");
-    if (!rc) export_modelfile(out, tdir, tname, out, NULL);
+    if (!rc) export_modelfile(out, tdir, tname, out, NULL, sys);
     free(jinja);
     tokenizer_free(tok);
     model_free(m);
@@ -906,17 +912,18 @@ int cmd_export(int argc, char **argv) {
     int rc = cli_load_model(model, adapter, "cpu", 0, &prec, &be, &m, &tok, &err);
     /* the chat template: the run's (or --template), as Jinja, where it is not the model's own
      * (a plain model's export keeps its own) */
-    char tname_buf[256], tdir_buf[4096], *jinja = NULL;
-    const char *tname = tpl, *tdir = NULL;
+    char tname_buf[256], tdir_buf[4096], *jinja = NULL, sys_buf[1024];
+    const char *tname = tpl, *tdir = NULL, *sys = NULL;
     if (!rc && !tname &&
         cli_run_template(model, adapter, tname_buf, sizeof tname_buf, tdir_buf, sizeof tdir_buf)) {
-        tname = tname_buf; /* the run's, read once */
+        tname = tname_buf; /* the run's, read once, and its default_system */
         if (tdir_buf[0]) tdir = tdir_buf;
+        sys = cli_run_system(model, adapter, sys_buf, sizeof sys_buf);
     }
     if (!rc && tname) {
         cli_default_template(model, adapter, &tname, &tdir, tname_buf, sizeof tname_buf, tdir_buf,
                              sizeof tdir_buf);
-        rc = template_export_jinja(tdir, model, tname, tok, &jinja, &err);
+        rc = template_export_jinja(tdir, model, tname, sys, tok, &jinja, &err);
     }
     if (!rc && m->n_qparams && adapter)
         fprintf(stderr,
