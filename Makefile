@@ -253,7 +253,7 @@ fuzz-ci: deps $(FUZZ_BIN)
 fixtures:
 	$(VENV)/bin/python tests/gen_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_train_fixtures.py tests/fixtures
-	$(VENV)/bin/python tests/gen_sched_fixtures.py tests/fixtures
+	$(VENV)/bin/python tests/gen_optim_fixtures.py tests/fixtures
 	$(VENV)/bin/python tests/gen_smollm2_fixtures.py ../shared tests/fixtures/smollm2
 	$(VENV)/bin/python tests/gen_jinja_fixtures.py tests/fixtures/jinja
 	$(VENV)/bin/python tests/gen_gguf_fixtures.py tests/fixtures

@@ -1244,7 +1244,7 @@ static void batcher_plan(Batcher *b) {
         b->order[i] = i;
     uint64_t s = b->seed ^ 0x74756e61ull; /* "tuna" */
     s += (uint64_t)b->epoch * TUNA_SPLITMIX64_GAMMA;
-    shuffle(b->order, n, rng_splitmix64(&s));
+    if (!(b->pack & BATCH_NO_SHUFFLE)) shuffle(b->order, n, rng_splitmix64(&s));
     if (b->pack & BATCH_GROUP_BY_LENGTH) group_by_length(b);
     b->n_rows = 0;
     b->row_start[0] = 0;
@@ -1269,7 +1269,7 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
                  TunaErr *err) {
     memset(b, 0, sizeof *b);
     if (!d || n_units(d) == 0) return tuna_errf(err, TUNA_EINVAL, "batcher: the dataset is empty");
-    if ((d->pairs || d->kto) && flags)
+    if ((d->pairs || d->kto) && (flags & (BATCH_PACK | BATCH_PACK_NEAT | BATCH_GROUP_BY_LENGTH)))
         return tuna_errf(err, TUNA_EUNSUP,
                          "batcher: pairs (a preference dataset) and kto examples are neither "
                          "packed nor grouped by length");
@@ -1278,7 +1278,8 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
     b->d = d;
     b->B = B;
     b->T = T;
-    if (flags & ~(BATCH_PACK | BATCH_PACK_NEAT | BATCH_GROUP_BY_LENGTH))
+    if (flags & ~(BATCH_PACK | BATCH_PACK_NEAT | BATCH_GROUP_BY_LENGTH | BATCH_NO_SHUFFLE |
+                  BATCH_DROP_LAST))
         return tuna_errf(err, TUNA_EINVAL, "batcher: unknown flags %#x", (unsigned)flags);
     b->pack = flags & BATCH_PACK_NEAT ? flags | BATCH_PACK : flags;
     b->seed = seed;
@@ -1294,6 +1295,7 @@ int batcher_init(Batcher *b, const Dataset *d, int B, int T, int flags, uint64_t
 }
 
 size_t batcher_batches_per_epoch(const Batcher *b) {
+    if (b->pack & BATCH_DROP_LAST) return b->n_rows / (size_t)b->B;
     return (b->n_rows + (size_t)b->B - 1) / (size_t)b->B;
 }
 

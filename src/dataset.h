@@ -108,8 +108,10 @@ typedef struct Batch {
 
 /* Batcher flags (batcher_init's `flags`). */
 #define BATCH_PACK            1 /* several examples per row, attending to each other (LLaMA-Factory packing) */
-#define BATCH_PACK_NEAT       2 /* BATCH_PACK with each example kept to itself: neat_packing */
-#define BATCH_GROUP_BY_LENGTH 4 /* rows of similar length in a batch (HF group_by_length) */
+#define BATCH_PACK_NEAT       2  /* BATCH_PACK with each example kept to itself: neat_packing */
+#define BATCH_GROUP_BY_LENGTH 4  /* rows of similar length in a batch (HF group_by_length) */
+#define BATCH_NO_SHUFFLE      8  /* the units in dataset order every epoch (disable_shuffling) */
+#define BATCH_DROP_LAST       16 /* an epoch's last partial batch dropped (drop_last) */
 
 /* Rows are filled from a per-epoch permutation (seed, epoch). Without packing each row holds
  * one example (longer ones truncated to T); with BATCH_PACK, consecutive examples of the
@@ -120,7 +122,8 @@ typedef struct Batch {
  * B * min(50, max(1, n / 4B)) examples and each is sorted by length, longest first (stable),
  * as Hugging Face's LengthGroupedSampler does, so a batch's rows have similar lengths.
  * Pads are pad_id (0) with target -100. An epoch is
- * ceil(rows / B) batches; a short last batch is padded with empty rows.
+ * ceil(rows / B) batches; a short last batch is padded with empty rows (BATCH_DROP_LAST: floor
+ * (rows / B), the short one dropped). BATCH_NO_SHUFFLE: the permutation is the identity.
  * Row length: every batch has rows of T (pad_multiple 0, the default), or with pad_multiple > 0
  * (set after batcher_init) each batch is padded only to its own longest row rounded up to a
  * multiple of pad_multiple, at most T; the rows, their order and their contents are the same.

@@ -156,8 +156,8 @@ static const LfKey lf_keys[] = {
         NOT_IMPL("use_dft_loss", "false", "the DFT loss is not implemented"),
         NOT_IMPL("use_asft_loss", "false", "the ASFT loss is not implemented"),
         NOT_IMPL("use_eaft_loss", "false", "the EAFT loss is not implemented"),
-        NOT_IMPL("disable_shuffling", "false", "the data order is always shuffled"),
-        NOT_IMPL("early_stopping_steps", "", "early stopping is not implemented"),
+        {"disable_shuffling", LF_TO, "disable_shuffling", NULL},
+        {"early_stopping_steps", LF_TO, "early_stopping_steps", NULL},
         NOT_IMPL("pref_bco_weight", "0|0.0", "the BCO term is not implemented"),
         NOT_IMPL("ld_alpha", "", "LD-DPO is not implemented"),
         NOT_IMPL("ref_model", "",
@@ -200,18 +200,17 @@ static const LfKey lf_keys[] = {
                  "precision"),
         NOT_IMPL("optim", "adamw_torch|adamw_torch_fused|adamw_hf",
                  "the optimizer is AdamW (adamw_torch)"),
-        NOT_IMPL("adam_beta1", "0.9", "AdamW's betas are 0.9 and 0.999"),
-        NOT_IMPL("adam_beta2", "0.999", "AdamW's betas are 0.9 and 0.999"),
-        NOT_IMPL("adam_epsilon", "1e-8|1.0e-8|1e-08", "AdamW's epsilon is 1e-8"),
+        {"adam_beta1", LF_TO, "adam_beta1", NULL},
+        {"adam_beta2", LF_TO, "adam_beta2", NULL},
+        {"adam_epsilon", LF_TO, "adam_epsilon", NULL},
         {"lr_scheduler_kwargs", LF_TO, "lr_scheduler_kwargs", NULL},
         {"label_smoothing_factor", LF_TO, "label_smoothing_factor", NULL},
         {"neftune_noise_alpha", LF_TO, "neftune_noise_alpha", NULL},
-        NOT_IMPL("data_seed", "", "the data order follows seed"),
-        NOT_IMPL("load_best_model_at_end", "false",
-                 "the result is the last step's model (the best eval loss is reported)"),
+        {"data_seed", LF_TO, "data_seed", NULL},
+        {"load_best_model_at_end", LF_TO, "load_best_model_at_end", NULL},
         NOT_IMPL("average_tokens_across_devices", "true",
                  "the loss is normalised over every process's tokens"),
-        NOT_IMPL("dataloader_drop_last", "false", "the last partial batch trains"),
+        {"dataloader_drop_last", LF_TO, "dataloader_drop_last", NULL},
         NOT_IMPL("push_to_hub", "false", "tuna does not upload"),
         {"overwrite_output_dir", LF_SPECIAL, NULL, NULL}, /* lf_config_overwrite */
         {"report_to", LF_IGNORE, NULL, NULL},
@@ -230,8 +229,10 @@ static const LfKey lf_keys[] = {
         {"dataloader_pin_memory", LF_IGNORE, NULL, NULL},
         {"include_num_input_tokens_seen", LF_IGNORE, NULL, NULL},
         {"remove_unused_columns", LF_IGNORE, NULL, NULL},
-        {"metric_for_best_model", LF_IGNORE, NULL, NULL},
-        {"greater_is_better", LF_IGNORE, NULL, NULL},
+        {"metric_for_best_model", LF_ONLY, "loss|eval_loss",
+         "the best model is the one with the lowest eval loss (metric_for_best_model loss)"},
+        {"greater_is_better", LF_ONLY, "false",
+         "the best model is the one with the lowest eval loss (greater_is_better false)"},
         {"disable_tqdm", LF_IGNORE, NULL, NULL},
         {"log_level", LF_IGNORE, NULL, NULL},
         {"tf32", LF_IGNORE, NULL, NULL},
@@ -762,8 +763,7 @@ static int lf_special(Apply *a, const Doc *d, TunaErr *err) {
         } else if (val_in(p->val, "epoch")) {
             if ((rc = put(a, "save_strategy", "epoch", p, err))) return rc;
         } else if (val_in(p->val, "best")) {
-            return bad(a, p, err,
-                       "saving the best checkpoint is not implemented; use steps or epoch");
+            if ((rc = put(a, "save_strategy", "best", p, err))) return rc;
         } else if (!val_in(p->val, "steps")) {
             return bad(a, p, err, "save_strategy: must be no, steps, epoch or best");
         }

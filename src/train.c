@@ -478,9 +478,14 @@ static void log_typed_base(Run *r, const ModelLoadOptions *lo) {
     emit_log(r, "info", msg);
 }
 
-/* eval_strategy / save_strategy: 0 steps, 1 epoch, 2 no; -1 for another word */
+/* eval_strategy / save_strategy: 0 steps, 1 epoch, 2 no, 3 best (save_strategy's only); -1 for
+ * another word */
 static int strategy_parse(const char *s) {
-    return !strcmp(s, "steps") ? 0 : !strcmp(s, "epoch") ? 1 : !strcmp(s, "no") ? 2 : -1;
+    return !strcmp(s, "steps")   ? 0
+           : !strcmp(s, "epoch") ? 1
+           : !strcmp(s, "no")    ? 2
+           : !strcmp(s, "best")  ? 3
+                                 : -1;
 }
 
 /* The steps between evals or checkpoints under a strategy (0: at the end only). */
@@ -536,10 +541,35 @@ static int run_check_method(Run *r, TrainMethod *out, TunaErr *err) {
                          "lora");
     const char *strategies[] = {c->eval_strategy, c->save_strategy};
     for (int k = 0; k < 2; k++)
-        if (strategy_parse(strategies[k]) < 0)
+        if (strategy_parse(strategies[k]) < 0 || (!k && strategy_parse(strategies[k]) == 3))
             return tuna_errf(err, TUNA_EINVAL,
-                             "--%s-strategy: must be steps, epoch or no, got \"%s\"",
-                             k ? "save" : "eval", strategies[k]);
+                             "--%s-strategy: must be steps, epoch%s or no, got \"%s\"",
+                             k ? "save" : "eval", k ? ", best" : "", strategies[k]);
+    int es = strategy_parse(c->eval_strategy), ss = strategy_parse(c->save_strategy);
+    if (ss == 3 && es == 2)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--save-strategy best: saves at the evals, and --eval-strategy is no");
+    /* EarlyStoppingCallback's asserts */
+    if (c->early_stopping_steps > 0 && (!c->load_best_model_at_end || es == 2))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--early-stopping-steps: needs --load-best-model-at-end and evals (an "
+                         "--eval-strategy other than no), as Hugging Face's EarlyStoppingCallback");
+    /* as Hugging Face's TrainingArguments checks it */
+    if (c->load_best_model_at_end && ss != 3) {
+        if (es == 0 && c->eval_steps <= 0) es = 2; /* eval_steps 0: at the end only */
+        if (es != ss)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--load-best-model-at-end: the eval and save strategies must match "
+                             "(or --save-strategy best), got %s%s and %s",
+                             es == 2 ? "no" : c->eval_strategy,
+                             es == 2 && strcmp(c->eval_strategy, "no") ? " (eval_steps 0)" : "",
+                             c->save_strategy);
+        if (es == 0 && c->save_steps % c->eval_steps)
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--load-best-model-at-end: --save-steps (%d) must be a multiple of "
+                             "--eval-steps (%d, above 0)",
+                             c->save_steps, c->eval_steps);
+    }
     if (strcmp(c->pad_to, "batch") && strcmp(c->pad_to, "max"))
         return tuna_errf(err, TUNA_EINVAL, "--pad-to: must be batch or max, got \"%s\"", c->pad_to);
     *out = method;
@@ -709,11 +739,13 @@ static int run_open_data(Run *r, TunaErr *err) {
     int flags = (c->packing == 2 ? BATCH_PACK_NEAT
                  : c->packing    ? BATCH_PACK
                                  : 0) |
-                (c->group_by_length ? BATCH_GROUP_BY_LENGTH : 0);
+                (c->group_by_length && !c->disable_shuffling ? BATCH_GROUP_BY_LENGTH : 0) |
+                (c->disable_shuffling ? BATCH_NO_SHUFFLE : 0) |
+                (c->dataloader_drop_last ? BATCH_DROP_LAST : 0);
     /* data parallel: every rank reads the global micro-batch (world x B rows, one process's
      * order) and trains on its slice of B rows (xent_step) */
-    if ((rc = batcher_init(&r->batcher, r->train, r->B * r->world, r->T, flags, (uint64_t)c->seed,
-                           err)))
+    uint64_t data_seed = (uint64_t)(c->data_seed >= 0 ? c->data_seed : c->seed);
+    if ((rc = batcher_init(&r->batcher, r->train, r->B * r->world, r->T, flags, data_seed, err)))
         return rc;
     r->have_batcher = 1;
     /* --pad-to batch: a batch's rows as long as its longest row (a multiple of 8, at most T);
@@ -733,6 +765,15 @@ static int run_open_data(Run *r, TunaErr *err) {
     r->warmup = c->warmup_steps > 0 ? c->warmup_steps : (int)ceil(c->warmup_ratio * r->total);
     r->eval_every = every(c->eval_strategy, c->eval_steps, r->steps_per_epoch);
     r->save_every = every(c->save_strategy, c->save_steps, r->steps_per_epoch);
+    r->save_best = strategy_parse(c->save_strategy) == 3;
+    if ((c->load_best_model_at_end || r->save_best) && !r->val->n)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--%s: there is no eval set (val_size 0 and no eval_dataset)",
+                         r->save_best ? "save-strategy best" : "load-best-model-at-end");
+    if (r->save_best && r->world > 1)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--save-strategy best is not implemented over several processes (rank 0 "
+                         "alone evaluates); use steps or epoch");
     return 0;
 }
 
@@ -808,7 +849,8 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
     int shard = c->zero && r->world > 1;
     if (c->zero && r->world == 1)
         emit_log(r, "info", "--zero 1: one process, nothing to shard (the state stays whole)");
-    if ((rc = optim_init_shard(&r->opt, r->be, tp, np, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay,
+    float b1 = (float)c->adam_beta1, b2 = (float)c->adam_beta2, eps = (float)c->adam_epsilon;
+    if ((rc = optim_init_shard(&r->opt, r->be, tp, np, b1, b2, eps, (float)c->weight_decay,
                                shard ? r->rank : 0, shard ? r->world : 1, err)))
         return rc;
     if (shard) train_track_weights(r->ts, 0); /* AdamW writes this rank's slice only */
@@ -819,8 +861,8 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
     if (r->rm_on) { /* the value head, trained beside the model with the same AdamW settings */
         if ((rc = vhead_init(&r->vh, r->be, r->m->cfg.C, (uint64_t)c->seed, err))) return rc;
         r->have_vh = 1;
-        if ((rc = optim_init(&r->vh_opt, r->be, r->vh.tp, 2, 0.9f, 0.999f, 1e-8f,
-                             (float)c->weight_decay, err))) {
+        if ((rc = optim_init(&r->vh_opt, r->be, r->vh.tp, 2, b1, b2, eps, (float)c->weight_decay,
+                             err))) {
             vhead_free(&r->vh);
             r->have_vh = 0;
             return rc;
@@ -876,6 +918,7 @@ typedef struct Loop {
     int *Ts;                /* (GA) each micro-batch's row length */
     double *known;          /* (the trained tensors) train_grad_sumsq's, for optim_clip */
     const char *status;     /* "finished" or "stopped" */
+    int early_stop;         /* early_stopping_steps evals without a lower loss: the end */
     double t_last, paused_at, paused_total, last_line;
     double win[WIN]; /* the last steps' times, for the ETA (not the first: warm-up) */
     int n_win, bad_row, bad_total, start_step, paused, saved_at;
@@ -1613,6 +1656,11 @@ static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta
         if (el < r->best_eval) {
             r->best_eval = el;
             r->best_step = r->step;
+            r->es_evals = 0;
+            save |= r->save_best && r->step < r->total; /* save_strategy best */
+        } else if (cfg->early_stopping_steps > 0 && ++r->es_evals >= cfg->early_stopping_steps &&
+                   r->step < r->total) { /* Hugging Face's EarlyStoppingCallback */
+            lp->early_stop = 1;
         }
         emit_eval(r, el, epoch, elapsed, eta, 1);
         say(r, "eval step %d: loss %.4f (best %.4f)", r->step, el, r->best_eval);
@@ -1683,6 +1731,15 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
         double epoch, elapsed, eta;
         log_step(r, lp, &so, lr, gnorm, &epoch, &elapsed, &eta);
         if ((rc = after_step(r, lp, epoch, elapsed, eta, err))) break;
+        if (lp->early_stop) {
+            char msg[300];
+            snprintf(msg, sizeof msg,
+                     "early stopping: %d evals in a row without a lower eval loss than %.6g "
+                     "(step %d); the run ends at step %d of %d",
+                     r->es_evals, r->best_eval, r->best_step, r->step, r->total);
+            emit_log(r, "info", msg);
+            break;
+        }
         if (r->write_errno && r->world == 1)
             break; /* said below; no more steps (ranks: at the
                                                      * next shared_control, all together) */
@@ -1700,6 +1757,8 @@ static int run_finish(Run *r, Loop *lp, int rc, TunaErr *err) {
     if (r->rank) return rc; /* rank 0 writes the result */
     TrainMethod mt = train_setup(r->ts)->method;
     int adapter = train_method_adapter(mt);
+    if (!rc && !strcmp(status, "finished") && r->cfg->load_best_model_at_end)
+        rc = load_best_result(r, err);
     if (!rc && !strcmp(status, "finished")) rc = write_result(r, adapter, err);
     emit_done(r, rc ? "error" : status, rc && err ? err->msg : "",
               isfinite(r->best_eval) ? r->best_eval : (double)NAN, lp->bad_total);

@@ -57,6 +57,17 @@ typedef struct TrainConfig {
     double neftune_noise_alpha; /* NEFTune: noise on the token embeddings while training (0: off) */
     double label_smoothing_factor; /* Hugging Face's label smoothing of the loss (0: off) */
     int compute_accuracy;          /* sft, pt: eval_accuracy in each eval (LLaMA-Factory's) */
+    /* Hugging Face's load_best_model_at_end (metric eval_loss): the result is the checkpoint
+     * whose eval loss was the lowest, that checkpoint kept through save_total_limit */
+    int load_best_model_at_end;
+    /* Hugging Face's EarlyStoppingCallback (LLaMA-Factory's early_stopping_steps): stop after
+     * this many evals in a row without a lower eval loss (0: off) */
+    int early_stopping_steps;
+    /* AdamW's betas and epsilon (Hugging Face's adam_beta1, adam_beta2, adam_epsilon) */
+    double adam_beta1, adam_beta2, adam_epsilon;
+    /* the data order: data_seed (>= 0; -1: seed's), disable_shuffling (in dataset order), and
+     * dataloader_drop_last (an epoch's last partial batch dropped) */
+    int data_seed, disable_shuffling, dataloader_drop_last;
     int pissa_convert; /* PiSSA: also write RUN/pissa_converted, a plain LoRA of the base */
     double lr;         /* 0: auto ("auto" in flags and JSON), chosen by method and model size */
     double epochs;     /* fractional, as LLaMA-Factory's num_train_epochs */

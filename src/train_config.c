@@ -141,6 +141,11 @@ static const TrainOption fields[] = {
         D(warmup_ratio, ALL, RANGE(0, 1), "0",
           "warmup as a fraction of all steps (if warmup_steps is 0)"),
         D(weight_decay, ALL, FROM(0), "0", "AdamW weight decay (not on norms and biases)"),
+        D(adam_beta1, ALL, RANGE(0, 0.9999999999), "0.9",
+          "AdamW's beta1 (Hugging Face's adam_beta1)"),
+        D(adam_beta2, ALL, RANGE(0, 0.9999999999), "0.999",
+          "AdamW's beta2 (Hugging Face's adam_beta2)"),
+        D(adam_epsilon, ALL, FROM(0), "1e-8", "AdamW's epsilon (Hugging Face's adam_epsilon)"),
         D(max_grad_norm, ALL, FROM(0), "1.0", "clip the global gradient norm (0 = off)"),
         D(neftune_noise_alpha, ALL, RANGE(0, 1e6), "0",
           "NEFTune (sft, pt): uniform noise on the token embeddings while training, on [-m, m) "
@@ -166,9 +171,17 @@ static const TrainOption fields[] = {
           "steps: evaluate every eval_steps | epoch: at the end of each epoch | no: at the end "
           "only (Hugging Face's eval_strategy)"),
         S(save_strategy, ALL, "steps",
-          "steps: checkpoint every save_steps | epoch: at the end of each epoch | no: only the "
-          "final result (Hugging Face's save_strategy)"),
+          "steps: checkpoint every save_steps | epoch: at the end of each epoch | best: at each "
+          "eval with a new lowest loss | no: only the final result (Hugging Face's save_strategy)"),
         I(save_total_limit, ALL, RANGE(0, 1000000), "2", "checkpoints kept"),
+        I(early_stopping_steps, ALL, RANGE(0, BIG), "0",
+          "stop after this many evals in a row without a lower eval loss (0 = off; Hugging Face's "
+          "EarlyStoppingCallback, LLaMA-Factory's early_stopping_steps; needs "
+          "--load-best-model-at-end)"),
+        B(load_best_model_at_end, ALL, "false",
+          "the result is the checkpoint with the lowest eval loss, kept through save_total_limit "
+          "(Hugging Face's load_best_model_at_end; eval and save strategies must match, "
+          "save_steps a multiple of eval_steps, or save_strategy best)"),
         I(logging_steps, ALL, RANGE(1, BIG), "1", "write a step line every N steps"),
         S(sample_prompts, ALL, "Who are you?",
           "fixed prompts for sample generations, separated by | (up to 16, answered together)"),
@@ -186,6 +199,12 @@ static const TrainOption fields[] = {
            "example: neat_packing; the losses equal unpacked training)"),
         B(group_by_length, ALL, "false",
           "batches of examples of similar length (Hugging Face group_by_length): less padding"),
+        B(disable_shuffling, ALL, "false",
+          "the examples in dataset order, every epoch (LLaMA-Factory's disable_shuffling)"),
+        B(dataloader_drop_last, ALL, "false",
+          "drop each epoch's last partial batch (Hugging Face's dataloader_drop_last)"),
+        I(data_seed, ALL, RANGE(-1, BIG), "-1",
+          "seed of the data order (-1: --seed's; Hugging Face's data_seed)"),
         S(pad_to, ALL, "batch",
           "batch: each batch padded to its own longest example or packed row (rounded up to 8); "
           "max: every batch to the longest example of the data, or to cutoff_len when packing "

@@ -249,6 +249,14 @@ static int list_ckpts(const char *dir, int *steps, int cap) {
     return n;
 }
 
+/* Whether checkpoint-STEP of this run is on disk. */
+static int ckpt_exists(const Run *r, int step) {
+    char dir[1200];
+    struct stat sb;
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, step);
+    return stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
 int save_checkpoint(Run *r, TunaErr *err) {
     char dir[1200], tmp[1300], path[1400];
     int np, rc;
@@ -295,6 +303,15 @@ int save_checkpoint(Run *r, TunaErr *err) {
         else
             rc = run_write_hf(r, tmp, err);
     }
+    /* load_best_model_at_end: the best checkpoint as Hugging Face's _save_checkpoint names it,
+     * checkpoint-best_step where that is this one or still on disk (else the one before) */
+    int best_ckpt = r->best_ckpt;
+    double best_ckpt_eval = r->best_ckpt_eval;
+    if (r->cfg->load_best_model_at_end && r->best_step > 0 &&
+        (r->best_step == r->step || ckpt_exists(r, r->best_step))) {
+        best_ckpt = r->best_step;
+        best_ckpt_eval = r->best_eval;
+    }
     if (!rc) {
         cJSON *s = cJSON_CreateObject();
         cJSON_AddNumberToObject(s, "global_step", r->step);
@@ -302,6 +319,10 @@ int save_checkpoint(Run *r, TunaErr *err) {
         cJSON_AddNumberToObject(s, "cursor", (double)r->batcher.cursor);
         cJSON_AddNumberToObject(s, "optimizer_t", r->opt.t);
         cJSON_AddNumberToObject(s, "best_eval_loss", isfinite(r->best_eval) ? r->best_eval : -1);
+        cJSON_AddNumberToObject(s, "best_global_step", r->best_step);
+        cJSON_AddNumberToObject(s, "best_checkpoint", best_ckpt);
+        cJSON_AddNumberToObject(s, "best_checkpoint_eval_loss", best_ckpt ? best_ckpt_eval : -1);
+        cJSON_AddNumberToObject(s, "early_stopping_evals", r->es_evals);
         cJSON_AddNumberToObject(s, "total_steps", r->total);
         cJSON_AddNumberToObject(s, "elapsed", time_now() - r->t0);
         char *txt = cJSON_Print(s);
@@ -315,14 +336,22 @@ int save_checkpoint(Run *r, TunaErr *err) {
         dir_remove(tmp);
         return rc;
     }
+    r->best_ckpt = best_ckpt;
+    r->best_ckpt_eval = best_ckpt_eval;
     /* rotation counts this run's checkpoints only: a checkpoint-N past the current step is
-     * another run's (or a stray folder) and is neither counted nor deleted */
-    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+     * another run's (or a stray folder) and is neither counted nor deleted. As transformers'
+     * rotate_checkpoints: the newest and the best (load_best_model_at_end) are kept, the oldest
+     * others deleted down to save_total_limit (or to those two). */
+    int steps[4096], n = list_ckpts(r->dir, steps, 4096), limit = r->cfg->save_total_limit;
     while (n > 0 && steps[n - 1] > r->step)
         n--;
-    for (int i = 0; i + r->cfg->save_total_limit < n && r->cfg->save_total_limit > 0; i++) {
+    int keep_best = n > 0 && best_ckpt > 0 && best_ckpt != steps[n - 1];
+    int keep = limit > 1 + keep_best ? limit : 1 + keep_best;
+    for (int i = 0, left = n; i < n && limit > 0 && left > keep; i++) {
+        if (i == n - 1 || (keep_best && steps[i] == best_ckpt)) continue;
         snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
         dir_remove(path);
+        left--;
     }
     static Event e;
     event_clear(&e, EV_CHECKPOINT);
@@ -359,7 +388,8 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         cJSON_Delete(s);
         return tuna_errf(err, TUNA_EFORMAT, "%s: invalid JSON", path);
     }
-    double gs = 0, ep = 0, cu = 0, ot = 0, be = -1, el = 0, ts = 0;
+    double gs = 0, ep = 0, cu = 0, ot = 0, be = -1, el = 0, ts = 0, bs = 0, bc = 0, bce = -1,
+           es = 0;
     double bpe = (double)batcher_batches_per_epoch(&r->batcher);
     int rc = state_num(s, "global_step", 1, 1e9, 1, &gs, path, err);
     if (!rc && gs != step)
@@ -374,6 +404,14 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         rc = state_num(s, "elapsed", 0, 1e10, 0, &el, path, err);
     if (!rc && cJSON_GetObjectItem(s, "total_steps"))
         rc = state_num(s, "total_steps", 1, 1e9, 1, &ts, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "best_global_step"))
+        rc = state_num(s, "best_global_step", 0, gs, 1, &bs, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "best_checkpoint"))
+        rc = state_num(s, "best_checkpoint", 0, gs, 1, &bc, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "best_checkpoint_eval_loss"))
+        rc = state_num(s, "best_checkpoint_eval_loss", -1, 1e30, 0, &bce, path, err);
+    if (!rc && cJSON_GetObjectItem(s, "early_stopping_evals"))
+        rc = state_num(s, "early_stopping_evals", 0, 1e9, 1, &es, path, err);
     /* the epoch the cursor says it is in: at most one epoch past what the steps can reach */
     if (!rc && bpe > 0 && ep > floor(gs * r->cfg->grad_accum / bpe) + 1)
         rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"epoch\" %.0f is past what %.0f steps reach", path,
@@ -416,6 +454,10 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         r->step = (int)gs;
         r->opt.t = (int)ot;
         r->best_eval = be >= 0 ? be : (double)INFINITY;
+        r->best_step = (int)bs;
+        r->best_ckpt = (int)bc;
+        r->best_ckpt_eval = bce;
+        r->es_evals = (int)es;
         r->t0 -= el;
     }
     safetensors_free(stp);
@@ -425,6 +467,43 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
     free(mm);
     free(vv);
     return rc;
+}
+
+int load_best_result(Run *r, TunaErr *err) {
+    char msg[600];
+    /* the run's last save (the result) names the best as a checkpoint would: this step when its
+     * eval was the best, checkpoint-best_step when saved, else the best saved before */
+    if (r->best_step == r->step || r->best_step <= 0) return 0;
+    int step = ckpt_exists(r, r->best_step) ? r->best_step : r->best_ckpt;
+    double loss = step == r->best_step ? r->best_eval : r->best_ckpt_eval;
+    if (step <= 0 || !ckpt_exists(r, step)) {
+        snprintf(msg, sizeof msg,
+                 "load_best_model_at_end: the lowest eval loss (step %d) was not saved in a "
+                 "checkpoint: the result is the last step's",
+                 r->best_step);
+        emit_log(r, "warn", msg);
+        return 0;
+    }
+    char dir[1200], path[1400];
+    snprintf(dir, sizeof dir, "%s/checkpoint-%d", r->dir, step);
+    snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
+    int np;
+    const TrainParam *tp = train_params(r->ts, &np);
+    const float **p = xcalloc((size_t)(np ? np : 1), sizeof *p);
+    SafeTensors *st = NULL;
+    int rc = safetensors_open(path, &st, err);
+    if (!rc) rc = find_tensors(st, path, tp, np, p, "", err);
+    if (!rc && r->have_vh) rc = vhead_load(&r->vh, dir, err);
+    if (!rc) train_upload_params(r->ts, p);
+    safetensors_free(st);
+    free(p);
+    if (rc) return rc;
+    snprintf(msg, sizeof msg,
+             "load_best_model_at_end: the result is checkpoint-%d's (eval loss %.6g), not step "
+             "%d's",
+             step, loss, r->step);
+    emit_log(r, "info", msg);
+    return 0;
 }
 
 /* Resume: the newest checkpoint-N that validates, older ones when it does not (each skip

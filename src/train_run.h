@@ -43,15 +43,19 @@ typedef struct Run {
     int have_opt;
     int B, T, total, warmup, steps_per_epoch, step;
     int eval_every, save_every; /* steps between evals / checkpoints (0: at the end only) */
+    int save_best;              /* save_strategy best: a checkpoint at each new lowest eval loss */
     int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
     Sched sched;      /* the lr schedule (its warmup and total are those above) */
     double lr;        /* the peak learning rate: cfg->lr, or what auto chose */
     double best_eval;
-    int best_step;
-    double cores_checked; /* follow_free_cores: time of the last check */
-    int cores_seen;       /* the free cores that check found (a change needs two in a row) */
-    int lock_fd;          /* RUN/.lock, flock'ed while the run writes the folder (-1: none) */
-    char **pending;       /* events from before metrics.jsonl is open (the folder untouched) */
+    int best_step;         /* the step of the lowest eval loss (Hugging Face's best_global_step) */
+    int best_ckpt;         /* load_best_model_at_end: checkpoint-N of it when saved (0: none yet) */
+    double best_ckpt_eval; /* its eval loss */
+    int es_evals;          /* early stopping: evals in a row without a lower eval loss */
+    double cores_checked;  /* follow_free_cores: time of the last check */
+    int cores_seen;        /* the free cores that check found (a change needs two in a row) */
+    int lock_fd;           /* RUN/.lock, flock'ed while the run writes the folder (-1: none) */
+    char **pending;        /* events from before metrics.jsonl is open (the folder untouched) */
     int n_pending;
     int write_errno; /* first failed write of metrics.jsonl / trainer_log.jsonl */
     const char *write_file_name;
@@ -141,6 +145,11 @@ int write_result(Run *r, int adapter, TunaErr *err);
  * several ranks each sends its slice of the optimizer state to rank 0 first (the others return
  * at once otherwise). Writes nothing after a failed write of the run's files (write_errno). */
 int save_checkpoint(Run *r, TunaErr *err);
+/* load_best_model_at_end, as the run finishes: the trainable tensors (and rm's value head) of
+ * the best checkpoint (Hugging Face's best_model_checkpoint: checkpoint-best_step when it was
+ * saved, else the best one saved before), said in a log line; nothing when the last step is the
+ * best or no checkpoint holds a best. */
+int load_best_result(Run *r, TunaErr *err);
 /* --resume: the latest complete checkpoint, loaded into the run (step, optimizer, data order). */
 int resume_pick(Run *r, TunaErr *err);
 /* After too many non-finite steps: sets aside a suspect checkpoint (-1: none), and says in

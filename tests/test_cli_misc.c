@@ -20,6 +20,7 @@
 #include "cli_fixture.h"
 #include "harness.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "src/train.h"
 #include "src/xalloc.h"
 
 static char tmpdir[64];
@@ -452,6 +453,31 @@ static void test_watch(void) {
     check_one_line("watch README.md", 1, "README.md: not a folder", NULL);
 }
 
+/* Every row of the engine's options table is a `tuna train` flag: the flags were once made in an
+ * array of 80 that dropped the rows past it (--dist-timeout and --zero) without a word. */
+static void test_train_flags(void) {
+    int n = 0, unknown = 0, is_bool;
+    const char *key;
+    char first[80] = "";
+    for (int i = 0; (key = train_config_key(i, &is_bool, NULL)); i++, n++) {
+        char flag[64], cmd[600], *out = NULL, *err = NULL;
+        snprintf(flag, sizeof flag, "%s", key);
+        for (char *p = flag; *p; p++)
+            if (*p == '_') *p = '-';
+        snprintf(cmd, sizeof cmd, "train --%s%s --model /nonexistent --output %s/flags", flag,
+                 is_bool ? "" : " 1", tmpdir);
+        test_run_tuna(tmpdir, cmd, NULL, &out, &err);
+        if (strstr(err, "unrecognized option") || strstr(err, "unknown option")) {
+            if (!unknown++) snprintf(first, sizeof first, "--%s", flag);
+        }
+        free(out);
+        free(err);
+    }
+    CHECK(n > 80 && !unknown, "%d of %d table rows are not tuna train flags (first: %s)", unknown,
+          n, first);
+    printf("  tuna train takes all %d options of the table as flags\n", n);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/tuna-cli-misc-XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -464,6 +490,7 @@ int main(void) {
         return test_report("test_cli_misc");
     }
     test_info();
+    test_train_flags();
     test_ui_options();
     test_runs();
     test_context();

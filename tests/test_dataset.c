@@ -524,6 +524,27 @@ static void test_batcher(void) {
     batcher_free(&b3);
     batcher_free(&b4);
 
+    /* disable_shuffling and drop_last: batch k holds examples kB .. kB + B - 1 in dataset order,
+     * every epoch; 91 examples in batches of 4: 22 batches, the 3 left over dropped */
+    Batcher ns;
+    CHECK(batcher_init(&ns, d, B, T, BATCH_NO_SHUFFLE | BATCH_DROP_LAST, 1234, &err) == 0,
+          "no-shuffle init: %s", err.msg);
+    size_t per_ns = batcher_batches_per_epoch(&ns);
+    CHECK(per_ns == 91 / B, "drop_last: %zu batches an epoch, want %d", per_ns, 91 / B);
+    int in_order = 1, wrap_at = -1;
+    for (size_t s = 0; s < 2 * per_ns; s++) {
+        if (batcher_next(&ns, &x) && wrap_at < 0) wrap_at = (int)s;
+        for (int r = 0; r < B; r++) {
+            const Example *e = &d->ex[(s % per_ns) * (size_t)B + (size_t)r];
+            int m = e->n < T ? e->n : T;
+            in_order &= !memcmp(e->ids, x.ids + r * T, (size_t)m * 4);
+        }
+    }
+    CHECK(in_order, "disable_shuffling: the examples in dataset order, every epoch");
+    CHECK(wrap_at == (int)per_ns, "drop_last: the epoch wraps after %zu full batches (at %d)",
+          per_ns, wrap_at);
+    batcher_free(&ns);
+
     /* packing: fewer rows, every example still once, boundaries not predicted */
     Batcher p;
     CHECK(batcher_init(&p, d, B, 256, 1, 99, &err) == 0, "pack init");

@@ -152,6 +152,19 @@ static void test_defaults_and_specials(void) {
                   c.save_steps == 0 && c.eval_steps == 0,
           "plain no (YAML 1.1's false) as a strategy: %s %d %d", err.msg, c.save_steps,
           c.eval_steps);
+    CHECK(load("save_strategy: best\nload_best_model_at_end: true\nmetric_for_best_model: "
+               "eval_loss\ngreater_is_better: false\n",
+               &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.save_strategy, "best") && c.load_best_model_at_end == 1,
+          "save_strategy best, load_best_model_at_end: %s %s %d", err.msg, c.save_strategy,
+          c.load_best_model_at_end);
+    CHECK(load("adam_beta1: 0.8\nadam_beta2: 0.95\nadam_epsilon: 1.0e-6\ndata_seed: 9\n"
+               "disable_shuffling: true\ndataloader_drop_last: true\nearly_stopping_steps: 3\n",
+               &c, NULL, 0, &err) == 0 &&
+                  c.adam_beta1 == 0.8 && c.adam_beta2 == 0.95 && c.adam_epsilon == 1e-6 &&
+                  c.data_seed == 9 && c.disable_shuffling && c.dataloader_drop_last &&
+                  c.early_stopping_steps == 3,
+          "Trainer arguments: %s", err.msg);
     CHECK(load("eval_strategy: epoch\nsave_strategy: epoch\neval_steps: 5\n", &c, NULL, 0, &err) ==
                           0 &&
                   !strcmp(c.eval_strategy, "epoch") && !strcmp(c.save_strategy, "epoch"),
@@ -234,7 +247,6 @@ static void test_refusals(void) {
     refused("tensor_model_parallel_size: 2\n", ":1: tensor_model_parallel_size", "Megatron");
     refused("pure_bf16: true\n", "pure_bf16", NULL);
     refused("optim: sgd\n", ":1: optim sgd", "AdamW");
-    refused("adam_beta2: 0.95\n", "adam_beta2 0.95", NULL);
     refused("rope_scaling: linear\n", "rope_scaling", NULL);
     refused("finetuning_type: oft\n", "finetuning_type oft", NULL);
     refused("freeze_trainable_layers: -2\n", "freeze_trainable_layers -2", "first");
@@ -244,7 +256,10 @@ static void test_refusals(void) {
     refused("pissa_init: true\npissa_iter: 4\n", "pissa_niter_4", NULL);
     refused("adapter_name_or_path: a,b\n", "adapter_name_or_path", "several");
     refused("eval_strategy: sometimes\n", "eval_strategy sometimes", "steps or epoch");
-    refused("save_strategy: best\n", "save_strategy best", "best checkpoint");
+    refused("adam_beta2: 1.5\n", ":1: adam_beta2", NULL);
+    refused("metric_for_best_model: accuracy\n", ":1: metric_for_best_model accuracy",
+            "lowest eval loss");
+    refused("greater_is_better: true\n", ":1: greater_is_better true", "lowest eval loss");
     refused("save_strategy: often\n", "save_strategy often", NULL);
     refused("eval_dataset: alpaca_en_demo\nval_size: 0.1\n", ":1: eval_dataset", "line 2");
     refused("resume_from_checkpoint: saves/x/checkpoint-500\n", "resume_from_checkpoint",

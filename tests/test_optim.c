@@ -172,7 +172,7 @@ static void test_shards(const char *backend) {
 }
 
 /* transformers' schedules with their lr_scheduler_kwargs (tests/fixtures/train/schedules.json
- * from tests/gen_sched_fixtures.py): every factor of steps 0 .. total + 2 to the last bit or
+ * from tests/gen_optim_fixtures.py): every factor of steps 0 .. total + 2 to the last bit or
  * two; the arguments transformers refuses, refused. */
 static void test_sched_kwargs(void) {
     const char *path = "tests/fixtures/train/schedules.json";
@@ -232,6 +232,66 @@ static void test_sched_kwargs(void) {
     }
 }
 
+/* adam_beta1, adam_beta2, adam_epsilon: torch.optim.AdamW with betas (0.8, 0.95), eps 1e-6 and
+ * weight decay 0.1 (tests/fixtures/train/adamw_args.json), 8 steps, ref and cpu */
+static void test_adamw_args(void) {
+    const char *path = "tests/fixtures/train/adamw_args.json";
+    char *text = xread_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *p0 = cJSON_GetObjectItemCaseSensitive(root, "p0"),
+                *G = cJSON_GetObjectItemCaseSensitive(root, "G"),
+                *P = cJSON_GetObjectItemCaseSensitive(root, "P"),
+                *betas = cJSON_GetObjectItemCaseSensitive(root, "betas");
+    int n = cJSON_GetArraySize(p0), steps = cJSON_GetArraySize(G);
+    CHECK(n > 0 && steps > 0 && cJSON_GetArraySize(P) == steps, "%s: p0, G, P", path);
+    if (n <= 0 || steps <= 0) {
+        cJSON_Delete(root);
+        free(text);
+        return;
+    }
+    float b1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble,
+          b2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble,
+          eps = (float)cJSON_GetObjectItemCaseSensitive(root, "eps")->valuedouble,
+          wd = (float)cJSON_GetObjectItemCaseSensitive(root, "weight_decay")->valuedouble;
+    double lr = cJSON_GetObjectItemCaseSensitive(root, "lr")->valuedouble;
+    float *h = xmalloc(sizeof(float) * (size_t)n), *want = xmalloc(sizeof(float) * (size_t)n);
+    for (int be_i = 0; be_i < 2; be_i++) {
+        TunaErr err = {0};
+        Backend *be = backend_init(be_i ? "cpu" : "ref", 2, &err);
+        float *p = be->ops->alloc(be, sizeof(float) * (size_t)n),
+              *g = be->ops->alloc(be, sizeof(float) * (size_t)n);
+        for (int i = 0; i < n; i++)
+            h[i] = (float)cJSON_GetArrayItem(p0, i)->valuedouble;
+        be->ops->upload(be, p, h, sizeof(float) * (size_t)n);
+        TrainParam tp = {.name = "w", .data = p, .grad = g, .n = (size_t)n, .ndim = 2, .decay = 1};
+        Optim o;
+        CHECK(optim_init(&o, be, &tp, 1, b1, b2, eps, wd, &err) == 0, "%s", err.msg);
+        double worst = 0;
+        for (int k = 0; k < steps; k++) {
+            for (int i = 0; i < n; i++)
+                h[i] = (float)cJSON_GetArrayItem(cJSON_GetArrayItem(G, k), i)->valuedouble;
+            be->ops->upload(be, g, h, sizeof(float) * (size_t)n);
+            optim_step(&o, &tp, 1, (float)lr, 1.0f);
+            be->ops->download(be, h, p, sizeof(float) * (size_t)n);
+            for (int i = 0; i < n; i++)
+                want[i] = (float)cJSON_GetArrayItem(cJSON_GetArrayItem(P, k), i)->valuedouble;
+            worst = fmax(worst, test_max_abs_diff(h, want, (size_t)n));
+        }
+        CHECK(worst <= 1e-6, "[%s] AdamW betas (%g, %g) eps %g: max |dp| %.3g", be->ops->name,
+              (double)b1, (double)b2, (double)eps, worst);
+        printf("  [%s] AdamW betas (%g, %g), eps %g, %d steps vs torch: max |dp| %.2e\n",
+               be->ops->name, (double)b1, (double)b2, (double)eps, steps, worst);
+        optim_free(&o);
+        be->ops->release(be, p);
+        be->ops->release(be, g);
+        backend_free(be);
+    }
+    free(h);
+    free(want);
+    cJSON_Delete(root);
+    free(text);
+}
+
 int main(void) {
     const char *fx = "tests/fixtures/train/adamw.safetensors";
     TunaErr err = {0};
@@ -259,6 +319,7 @@ int main(void) {
         CHECK(worst <= 1e-6, "schedule %s: max diff %.3g", names[s], worst);
     }
     test_sched_kwargs();
+    test_adamw_args();
     Sched cosine;
     CHECK(sched_init(&cosine, "cosine", "", 1e-3, 3, steps, &err) == 0, "%s", err.msg);
     // AdamW: 20 steps with the lrs transformers' cosine schedule produced

@@ -97,6 +97,168 @@ static void compare(const char *what, const double *a, const double *b, int n) {
           first, first > 0 ? a[first] : 0, first > 0 ? b[first] : 0);
 }
 
+/* The eval events of dir's metrics.jsonl past step 0 (steps and losses, up to cap); returns
+ * their count. *msg: the first log line that holds needle (malloc'd, NULL when none). */
+static int read_evals(const char *dir, int *steps, double *loss, int cap, const char *needle,
+                      char **msg) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *text = xread_file(path, NULL), *save = NULL;
+    int n = 0;
+    if (msg) *msg = NULL;
+    for (char *l = text ? strtok_r(text, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(l);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(j, "type"));
+        const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(j, "msg"));
+        int step = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "step"));
+        if (t && !strcmp(t, "eval") && step > 0 && n < cap) {
+            steps[n] = step;
+            loss[n++] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "eval_loss"));
+        }
+        if (msg && !*msg && m && strstr(m, needle)) *msg = xstrdup(m);
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
+/* Whether files a and b hold the same bytes. */
+static int same_file(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = xread_file(a, &na), *y = xread_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Hugging Face's load_best_model_at_end and save_strategy best. A LoRA run on identity at a
+ * constant lr too high for it, evaluated on alpaca_en_demo: its eval loss bottoms out before the
+ * end. The result is the best checkpoint's adapter
+ * byte for byte, and `tuna eval` of the run gives the best eval loss; save_total_limit 1 keeps
+ * that checkpoint beside the newest, as transformers' rotate_checkpoints does. save_strategy
+ * best: a checkpoint at each eval that lowered the loss, none other. The strategies' checks. */
+static void test_load_best(const char *tmp) {
+    char d[400], cmd[2048], p[600], q[600];
+    snprintf(d, sizeof d, "%s/best", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --lr 3e-2 --lr-scheduler constant --max-steps 12 "
+             "--eval-steps 2 --save-steps 2 --save-total-limit 1 --load-best-model-at-end "
+             "--val-size 0 --eval-dataset alpaca_en_demo --max-samples 16 --output %s",
+             test_tuna_bin(), d);
+    int rc = test_system(cmd);
+    int st[16], n, b = 0;
+    double el[16], best = (double)INFINITY;
+    char *msg = NULL;
+    n = read_evals(d, st, el, 16, "load_best_model_at_end", &msg);
+    for (int i = 0; i < n; i++)
+        if (el[i] < best) best = el[i], b = st[i];
+    CHECK(rc == 0 && n == 6 && b > 0 && b < 12, "load_best: exit %d, %d evals, best at step %d", rc,
+          n, b);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    snprintf(q, sizeof q, "%s/checkpoint-%d/adapter_model.safetensors", d, b);
+    CHECK(same_file(p, q), "load_best: the result is not checkpoint-%d's adapter", b);
+    for (int s = 2; s < 12; s += 2) { /* kept: the best and the newest (10) */
+        snprintf(p, sizeof p, "%s/checkpoint-%d", d, s);
+        int want = s == b || s == 10;
+        CHECK((access(p, F_OK) == 0) == want, "load_best: checkpoint-%d %s", s,
+              want ? "deleted" : "kept");
+    }
+    char want_msg[64];
+    snprintf(want_msg, sizeof want_msg, "the result is checkpoint-%d's", b);
+    CHECK(msg && strstr(msg, want_msg), "load_best: the log says %s", msg ? msg : "nothing");
+    char *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd,
+             "eval --model %s --dataset alpaca_en_demo --max-samples 16 --cutoff-len 256 "
+             "--template vanilla "
+             "--no-generate --batch-size 4",
+             d);
+    int erc = test_run_tuna(tmp, cmd, NULL, &out, &errs);
+    double got = test_json_number(out, "eval_loss");
+    CHECK(erc == 0 && fabs(got - best) <= 1e-5 * fabs(best),
+          "load_best: tuna eval of the result %.9g, the best eval %.9g (exit %d: %s)", got, best,
+          erc, errs);
+    printf("  load_best_model_at_end: evals");
+    for (int i = 0; i < n; i++)
+        printf(" %d:%.4f", st[i], el[i]);
+    printf("; the result is checkpoint-%d's, tuna eval %.6f\n", b, got);
+    free(out);
+    free(errs);
+    free(msg);
+    /* save_strategy best: checkpoints exactly at the evals that lowered the loss */
+    snprintf(d, sizeof d, "%s/save-best", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --lr 1e-1 --lr-scheduler constant --max-steps 12 "
+             "--eval-steps 2 --save-strategy best --save-total-limit 0 --val-size 0 "
+             "--eval-dataset alpaca_en_demo --max-samples 16 --output %s",
+             test_tuna_bin(), d);
+    rc = test_system(cmd);
+    n = read_evals(d, st, el, 16, "", NULL);
+    best = (double)INFINITY;
+    int saved = 0;
+    for (int i = 0; i < n; i++) {
+        int want = el[i] < best && st[i] < 12;
+        if (el[i] < best) best = el[i];
+        snprintf(p, sizeof p, "%s/checkpoint-%d", d, st[i]);
+        CHECK((access(p, F_OK) == 0) == want, "save_strategy best: checkpoint-%d %s", st[i],
+              want ? "missing" : "written");
+        saved += want;
+    }
+    CHECK(rc == 0 && n == 6 && saved >= 1 && saved < 5,
+          "save_strategy best: exit %d, %d evals, %d saved", rc, n, saved);
+    /* early_stopping_steps 2 (EarlyStoppingCallback's patience) on the first run: the evals at 4
+     * and 6 do not beat step 2's, so the run ends at step 6 with checkpoint-2's adapter */
+    snprintf(d, sizeof d, "%s/early", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --lr 3e-2 --lr-scheduler constant --max-steps 12 "
+             "--eval-steps 2 --save-steps 2 --load-best-model-at-end --early-stopping-steps 2 "
+             "--val-size 0 --eval-dataset alpaca_en_demo --max-samples 16 --output %s",
+             test_tuna_bin(), d);
+    rc = test_system(cmd);
+    int last = 0;
+    read_metrics(d, NULL, 0, NULL, NULL, NULL, 0, NULL, &last);
+    n = read_evals(d, st, el, 16, "early stopping", &msg);
+    CHECK(rc == 0 && last == 6 && n == 3 && msg && strstr(msg, "ends at step 6 of 12"),
+          "early stopping: exit %d, last step %d, %d evals, said %s", rc, last, n,
+          msg ? msg : "nothing");
+    free(msg);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
+    snprintf(q, sizeof q, "%s/checkpoint-2/adapter_model.safetensors", d);
+    CHECK(same_file(p, q), "early stopping: the result is not checkpoint-2's adapter");
+    /* data_seed: the data order alone (the LoRA init and the split are seed's): the same
+     * eval before training, another first batch; data_seed = seed is the default order */
+    double l3[4] = {0}, l3b[4] = {0}, l4[4] = {0}, e3 = 0, e3b = 0, e4 = 0;
+    const char *ds[3] = {"", "--data-seed 3", "--data-seed 4"};
+    double *ls[3] = {l3, l3b, l4}, *es[3] = {&e3, &e3b, &e4};
+    for (int i = 0; i < 3; i++) {
+        snprintf(d, sizeof d, "%s/ds%d", tmp, i);
+        snprintf(cmd, sizeof cmd,
+                 "%s train " BASE "--method lora --max-steps 2 --eval-steps 0 --save-steps 0 %s "
+                 "--output %s",
+                 test_tuna_bin(), ds[i], d);
+        CHECK(test_system(cmd) == 0, "data_seed run %d", i);
+        read_losses(d, ls[i], 4, es[i], NULL);
+    }
+    CHECK(l3[1] == l3b[1] && l3[2] == l3b[2] && e3 == e3b,
+          "data_seed 3 with seed 3: %.9g %.9g vs the default order's %.9g %.9g", l3b[1], l3b[2],
+          l3[1], l3[2]);
+    CHECK(e4 == e3 && l4[1] != l3[1],
+          "data_seed 4: eval before training %.9g (%.9g), step 1 %.9g (%.9g)", e4, e3, l4[1],
+          l3[1]);
+    test_train_refused(tmp, BASE, "--early-stopping-steps 2", "needs --load-best-model-at-end");
+    /* what transformers' TrainingArguments refuses, and what needs an eval set */
+    test_train_refused(tmp, BASE, "--load-best-model-at-end --eval-steps 3 --save-steps 4",
+                       "must be a multiple of --eval-steps");
+    test_train_refused(tmp, BASE, "--load-best-model-at-end --eval-strategy epoch",
+                       "the eval and save strategies must match");
+    test_train_refused(tmp, BASE, "--load-best-model-at-end --eval-steps 0",
+                       "got no (eval_steps 0) and steps");
+    test_train_refused(tmp, BASE, "--save-strategy best --val-size 0", "there is no eval set");
+    test_train_refused(tmp, BASE, "--save-strategy best --eval-strategy no",
+                       "--eval-strategy is no");
+    test_train_refused(tmp, BASE, "--eval-strategy best", "--eval-strategy: must be");
+}
+
 int main(void) {
     if (access(test_tuna_bin(), X_OK)) {
         CHECK(0, "%s not built", test_tuna_bin());
@@ -230,6 +392,7 @@ int main(void) {
     read_metrics(d2, NULL, 0, NULL, NULL, ev, 16, &nev, &last);
     CHECK(nev == 2 && ev[0] == 0 && ev[1] == 4, "eval_strategy no: %d evals (%d %d)", nev, ev[0],
           ev[1]);
+    test_load_best(tmp);
     // --- threads 0 follows the cores other processes leave free: a busy process beside the run
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         SKIP("one core: no other core for the run to give up");

@@ -364,12 +364,19 @@ static int launch_nproc(int *argc, char **argv) {
 int cmd_train(int argc, char **argv) {
     int lrc = launch_nproc(&argc, argv);
     if (lrc >= 0) return lrc;
-    struct option lo[96];
-    int n = 0;
-    const char *key;
-    int is_bool;
-    for (int i = 0; (key = train_config_key(i, &is_bool, NULL)) && n < 80; i++) {
-        static char names[96][48];
+    /* every row of the engine's table a flag (a fixed cap here once dropped the last rows,
+     * --dist-timeout and --zero, without a word), then the command's own */
+    int n_keys = 0, n = 0, is_bool;
+    while (train_config_key(n_keys, NULL, NULL))
+        n_keys++;
+    static struct option *lo;
+    static char(*names)[48];
+    free(lo);
+    free(names);
+    lo = xcalloc((size_t)n_keys + 7, sizeof *lo);
+    names = xcalloc((size_t)n_keys, sizeof *names);
+    for (int i = 0; i < n_keys; i++) {
+        const char *key = train_config_key(i, &is_bool, NULL);
         snprintf(names[n], sizeof names[n], "%s", key);
         for (char *p = names[n]; *p; p++)
             if (*p == '_') *p = '-';

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""transformers' learning-rate schedules with their lr_scheduler_kwargs, as tuna's sched_init /
-sched_factor must reproduce them.
+"""The optimizer's and the schedule's arguments, as Hugging Face's Trainer takes them: transformers'
+learning-rate schedules with their lr_scheduler_kwargs (tuna's sched_init / sched_factor), and
+torch.optim.AdamW with adam_beta1, adam_beta2 and adam_epsilon other than the defaults.
 
-    /opt/tuna-venv/bin/python tests/gen_sched_fixtures.py tests/fixtures
+    /opt/tuna-venv/bin/python tests/gen_optim_fixtures.py tests/fixtures
 
 Writes tests/fixtures/train/schedules.json: a list of cases, each {"name", "kwargs" (the JSON
 object tuna is given), "lr", "warmup", "total", "factors"}: the multiplier of the peak lr at
@@ -10,7 +11,10 @@ optimizer steps 0 .. total + 2, as the LambdaLR that transformers.get_scheduler 
 Trainer calls it: num_warmup_steps and num_training_steps, the kwargs as
 scheduler_specific_kwargs) gives it, read from the scheduler's own lambda (exact doubles), and
 checked against the lr torch's optimizer actually holds after each scheduler step.
-Deterministic: no randomness."""
+And tests/fixtures/train/adamw_args.json: {"lr", "betas", "eps", "weight_decay", "p0" (32
+float32 values), "G" (8 steps x 32), "P" (8 x 32)}: torch.optim.AdamW(lr, betas, eps,
+weight_decay, foreach=False) stepped on G, the values after each step (float32, printed exactly).
+Deterministic: fixed seeds."""
 import json
 import math
 import os
@@ -63,6 +67,23 @@ def case(name, kwargs, lr, warmup, total):
             "factors": factors}
 
 
+def adamw_args():
+    LR, BETAS, EPS, WD, STEPS, N = 2e-3, (0.8, 0.95), 1e-6, 0.1, 8, 32
+    gen = torch.Generator().manual_seed(6100)
+    p0 = torch.randn(N, generator=gen)
+    G = 0.1 * torch.randn(STEPS, N, generator=gen)
+    p = torch.nn.Parameter(p0.clone())
+    opt = torch.optim.AdamW([p], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, foreach=False)
+    P = []
+    for s in range(STEPS):
+        p.grad = G[s].clone()
+        opt.step()
+        P.append(p.detach().clone())
+    fl = lambda t: [float(x) for x in t.tolist()]  # float32 values: repr round-trips exactly
+    return {"lr": LR, "betas": list(BETAS), "eps": EPS, "weight_decay": WD, "p0": fl(p0),
+            "G": [fl(g) for g in G], "P": [fl(x) for x in P]}
+
+
 def main():
     out = os.path.join(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures", "train")
     os.makedirs(out, exist_ok=True)
@@ -72,6 +93,10 @@ def main():
         f.write(",\n".join(json.dumps(c) for c in cases))  # a case a line
         f.write("\n]}\n")
     print(f"wrote {len(cases)} schedules to {out}/schedules.json")
+    with open(os.path.join(out, "adamw_args.json"), "w") as f:
+        json.dump(adamw_args(), f)
+        f.write("\n")
+    print(f"wrote {out}/adamw_args.json")
 
 
 if __name__ == "__main__":
