@@ -192,8 +192,7 @@ static const LfKey lf_keys[] = {
         {"do_eval", LF_IGNORE, NULL, NULL},
         NOT_IMPL("do_predict", "false", "predictions are `tuna eval`'s"),
         NOT_IMPL("predict_with_generate", "false", "predictions are `tuna eval`'s"),
-        NOT_IMPL("resume_from_checkpoint", "",
-                 "resume a tuna run with `tuna train --resume RUN_DIR`"),
+        {"resume_from_checkpoint", LF_SPECIAL, NULL, NULL}, /* lf_config_resume */
         NOT_IMPL("fp16", "false", "fp16 mixed precision is not implemented; use bf16: true"),
         NOT_IMPL("fp8", "false",
                  "FP8 training is not implemented; bf16: true is tuna's mixed "
@@ -866,6 +865,18 @@ int lf_config_overwrite(const char *path, TunaErr *err) {
     Doc d = {0};
     int rc = read_doc(path, &d, err);
     if (!rc) rc = is_true(pair_of(&d, "overwrite_output_dir"));
+    doc_free(&d);
+    return rc;
+}
+
+int lf_config_resume(const char *path, char *out, size_t cap, TunaErr *err) {
+    Doc d = {0};
+    int rc = read_doc(path, &d, err);
+    const Pair *p = rc ? NULL : pair_of(&d, "resume_from_checkpoint");
+    if (!rc && p && p->val && strcmp(p->val, "false")) {
+        snprintf(out, cap, "%s", strcmp(p->val, "true") ? p->val : "");
+        rc = 1;
+    }
     doc_free(&d);
     return rc;
 }

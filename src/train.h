@@ -189,9 +189,11 @@ typedef struct TrainHooks {
     const char *changes;   /* resume: settings changed on purpose (logged, kept in history) */
     int *stopped;          /* out: 1 when the run stopped before finishing (stop, signal) */
     double progress_every; /* stderr not a terminal: seconds between progress lines (0: 10) */
+    int resume_step;       /* resume from checkpoint-N (0: the newest that validates) */
 } TrainHooks;
 
-/* Runs training; resume: continue from the newest checkpoint in cfg->output that validates.
+/* Runs training; resume: continue from the newest checkpoint in cfg->output that validates
+ * (hooks->resume_step: from that one).
  * Everything is checked (options, model, data, template) before the run folder is touched;
  * a folder that holds a run is refused unless hooks->overwrite or resume; RUN/.lock keeps a
  * second trainer out. */

@@ -509,6 +509,15 @@ int load_best_result(Run *r, TunaErr *err) {
 /* Resume: the newest checkpoint-N that validates, older ones when it does not (each skip
  * is said and logged). Nothing on disk changes here. */
 int resume_pick(Run *r, TunaErr *err) {
+    int want = r->hooks ? r->hooks->resume_step : 0;
+    if (want > 0) { /* that checkpoint, or nothing */
+        char msg[200];
+        int rc = load_checkpoint(r, want, err);
+        if (rc) return rc;
+        snprintf(msg, sizeof msg, "resumed from checkpoint-%d", r->step);
+        emit_log(r, "info", msg);
+        return 0;
+    }
     int steps[4096], n = list_ckpts(r->dir, steps, 4096);
     char first[700] = "", msg[900];
     for (int i = n - 1; i >= 0; i--) {

@@ -262,8 +262,6 @@ static void test_refusals(void) {
     refused("greater_is_better: true\n", ":1: greater_is_better true", "lowest eval loss");
     refused("save_strategy: often\n", "save_strategy often", NULL);
     refused("eval_dataset: alpaca_en_demo\nval_size: 0.1\n", ":1: eval_dataset", "line 2");
-    refused("resume_from_checkpoint: saves/x/checkpoint-500\n", "resume_from_checkpoint",
-            "--resume");
     refused("do_predict: true\n", "do_predict", NULL);
     refused("enable_thinking: false\n", "enable_thinking", NULL);
     refused("stage: sft\nlearning_rat: 1e-4\n", ":2: learning_rat", "not a LLaMA-Factory");
@@ -726,6 +724,92 @@ static void test_default_system(void) {
     free(mfile);
 }
 
+/* Resuming as llamafactory-cli does: output_dir's newest checkpoint when overwrite_output_dir
+ * is not true (a run with other settings refused, or resumed with --allow-changes), and
+ * resume_from_checkpoint naming one; --resume RUN/checkpoint-N the same from the CLI. The
+ * resumed losses are the uninterrupted run's (constant lr: the schedule does not depend on
+ * max_steps), bit for bit. */
+static void test_resume(void) {
+    char yaml[300], text[2048], cmd[1200], ref[400], out[400];
+    const char *common = "model_name_or_path: models/stories260K\ndataset: identity\n"
+                         "template: vanilla\ncutoff_len: 64\nmax_samples: 32\n"
+                         "per_device_train_batch_size: 2\nlearning_rate: 1.0e-3\n"
+                         "lr_scheduler_type: constant\nmax_steps: 6\nsave_steps: 2\n"
+                         "logging_steps: 1\nseed: 5\n";
+    snprintf(yaml, sizeof yaml, "%s/res.yaml", tmp);
+    snprintf(ref, sizeof ref, "%s/res-ref", tmp);
+    snprintf(text, sizeof text, "%soutput_dir: %s\n", common, ref);
+    write_text(yaml, text);
+    snprintf(cmd, sizeof cmd, "%s train %s --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml);
+    int rc = test_system(cmd);
+    char a[2048], b[2048];
+    losses(ref, a, sizeof a);
+    CHECK(rc == 0 && a[0], "the uninterrupted run: exit %d", rc);
+    /* a run that ended at step 4 (checkpoint-2 written, the end its result) */
+    snprintf(out, sizeof out, "%s/res-run", tmp);
+    snprintf(text, sizeof text, "%soutput_dir: %s\n", common, out);
+    write_text(yaml, text);
+    snprintf(cmd, sizeof cmd,
+             "%s train %s --max-steps 4 --threads 1 --quiet --sample-prompts '' 2>/dev/null",
+             test_tuna_bin(), yaml);
+    rc = test_system(cmd);
+    char *o = NULL, *e = NULL, args[1200];
+    snprintf(args, sizeof args, "train %s --threads 1 --quiet --sample-prompts ''", yaml);
+    int rc2 = test_run_tuna(tmp, args, NULL, &o, &e);
+    CHECK(rc == 0 && rc2 == 1 && strstr(e, "holds a run with other settings (max_steps 4 -> 6)") &&
+                  !strchr(strchr(e, '\n') + 1, '\n'),
+          "the file again, max_steps 6 over the run's 4: exit %d/%d: %s", rc, rc2, e);
+    free(o);
+    free(e);
+    snprintf(args, sizeof args, "train %s --allow-changes --threads 1 --sample-prompts ''", yaml);
+    rc = test_run_tuna(tmp, args, NULL, &o, &e);
+    losses(out, b, sizeof b);
+    CHECK(rc == 0 && strstr(e, "resuming the run in") && !strcmp(a, b),
+          "resumed with --allow-changes: exit %d, losses [%s] vs [%s]: %s", rc, b, a, e);
+    free(o);
+    free(e);
+    /* resume_from_checkpoint: that checkpoint, though checkpoint-4 is newer */
+    char yaml2[300];
+    snprintf(yaml2, sizeof yaml2, "%s/res2.yaml", tmp);
+    snprintf(text, sizeof text, "%soutput_dir: %s\nresume_from_checkpoint: %s/checkpoint-2\n",
+             common, ref, ref);
+    write_text(yaml2, text);
+    snprintf(args, sizeof args, "train %s --threads 1 --sample-prompts ''", yaml2);
+    rc = test_run_tuna(tmp, args, NULL, &o, &e);
+    losses(ref, b, sizeof b);
+    char mpath[500];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", ref);
+    char *mj = xread_file(mpath, NULL);
+    CHECK(rc == 0 && !strcmp(a, b) && mj && strstr(mj, "resumed from checkpoint-2"),
+          "resume_from_checkpoint checkpoint-2: exit %d, losses [%s] vs [%s]: %s", rc, b, a, e);
+    free(mj);
+    free(o);
+    free(e);
+    /* the CLI: --resume RUN/checkpoint-N */
+    snprintf(args, sizeof args, "train --resume %s/checkpoint-4 --threads 1 --quiet", ref);
+    rc = test_run_tuna(tmp, args, NULL, &o, &e);
+    losses(ref, b, sizeof b);
+    mj = xread_file(mpath, NULL);
+    CHECK(rc == 0 && !strcmp(a, b) && mj && strstr(mj, "resumed from checkpoint-4"),
+          "--resume RUN/checkpoint-4: exit %d, losses [%s] vs [%s]: %s", rc, b, a, e);
+    free(mj);
+    free(o);
+    free(e);
+    snprintf(text, sizeof text, "%soutput_dir: %s\nresume_from_checkpoint: %s/checkpoint-2\n",
+             common, ref, out);
+    write_text(yaml2, text);
+    snprintf(args, sizeof args, "train %s --threads 1", yaml2);
+    rc = test_run_tuna(tmp, args, NULL, &o, &e);
+    CHECK(rc == 1 && strstr(e, "a checkpoint-N folder of output_dir"),
+          "resume_from_checkpoint of another run: exit %d: %s", rc, e);
+    free(o);
+    free(e);
+    printf("  resume as LLaMA-Factory does: output_dir's newest, resume_from_checkpoint, --resume "
+           "RUN/checkpoint-N: the uninterrupted losses [%s]\n",
+           a);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/tuna_lf_config.%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -735,6 +819,7 @@ int main(void) {
     test_cli();
     test_sched_kwargs();
     test_default_system();
+    test_resume();
     test_chat_export();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

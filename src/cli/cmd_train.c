@@ -361,6 +361,45 @@ static int launch_nproc(int *argc, char **argv) {
     return rc;
 }
 
+/* RUN/checkpoint-N: *step N and run RUN (cap bytes) when path names a checkpoint folder of a run
+ * (its parent holds train_config.json); 0 otherwise. */
+static int split_checkpoint(const char *path, char *run, size_t cap, int *step) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    char tail;
+    int s;
+    char name[64];
+    if (n - b >= sizeof name) return 0;
+    memcpy(name, path + b, n - b);
+    name[n - b] = '\0';
+    if (sscanf(name, "checkpoint-%d%c", &s, &tail) != 1 || s < 1 || b >= cap) return 0;
+    snprintf(run, cap, "%.*s", b > 1 ? (int)(b - 1) : (int)b, path);
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/train_config.json", run);
+    if (access(cfg, F_OK)) return 0;
+    *step = s;
+    return 1;
+}
+
+/* Whether dir holds a run with a checkpoint (RUN/train_config.json and a checkpoint-N). */
+static int run_has_checkpoint(const char *dir) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/train_config.json", dir);
+    if (access(p, F_OK)) return 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0, s;
+    char tail;
+    while (d && !found && (e = readdir(d)))
+        found = sscanf(e->d_name, "checkpoint-%d%c", &s, &tail) == 1;
+    if (d) closedir(d);
+    return found;
+}
+
 int cmd_train(int argc, char **argv) {
     int lrc = launch_nproc(&argc, argv);
     if (lrc >= 0) return lrc;
@@ -417,7 +456,7 @@ int cmd_train(int argc, char **argv) {
                    ".yaml\n"
                    "                         (flags override it)\n"
                    "  --resume RUN_DIR       continue RUN_DIR from its newest checkpoint that "
-                   "validates\n"
+                   "validates (RUN_DIR/checkpoint-N: from that one)\n"
                    "  --overwrite            replace the run already in --output (its "
                    "checkpoints too)\n"
                    "  --allow-changes        --resume with changed settings (recorded in the "
@@ -434,11 +473,17 @@ int cmd_train(int argc, char **argv) {
     const char *operand = optind < argc ? argv[optind] : NULL;
     if (operand && lf_config_is_yaml(operand) && !config && !resume && optind + 1 == argc)
         config = operand;
-    char path[1200];
+    char path[1200], run_buf[1000];
+    int resume_step = 0;
+    if (resume && split_checkpoint(resume, run_buf, sizeof run_buf, &resume_step))
+        resume = run_buf; /* --resume RUN/checkpoint-N: that checkpoint of RUN */
     if (resume) {
         snprintf(path, sizeof path, "%s/train_config.json", resume);
         config = path;
     }
+    const char *yaml = config && lf_config_is_yaml(config) ? config : NULL;
+    char lf_resume[1000] = "";
+    int lf_resume_set = 0;
     if (config && lf_config_is_yaml(config)) {
         char notes[2048];
         if (lf_config_load(&cfg, config, notes, sizeof notes, &err)) {
@@ -446,7 +491,8 @@ int cmd_train(int argc, char **argv) {
             return 1;
         }
         if (notes[0] && !quiet) fprintf(stderr, "tuna: %s (LLaMA-Factory): %s\n", config, notes);
-        if ((lf_overwrite = lf_config_overwrite(config, &err)) < 0) {
+        if ((lf_overwrite = lf_config_overwrite(config, &err)) < 0 ||
+            (lf_resume_set = lf_config_resume(config, lf_resume, sizeof lf_resume, &err)) < 0) {
             fprintf(stderr, "tuna: %s\n", err.msg);
             return 1;
         }
@@ -497,13 +543,48 @@ int cmd_train(int argc, char **argv) {
             snprintf(cfg.dataset_dir, sizeof cfg.dataset_dir, "%s", p);
     }
     if (!cli_model_path_ok("train", "--model", cfg.model)) return 1;
+    /* a LLaMA-Factory file resumes as llamafactory-cli does: its resume_from_checkpoint, or
+     * output_dir's newest checkpoint when overwrite_output_dir is not true; its settings are then
+     * the run's (a difference is refused below, or recorded with --allow-changes) */
+    if (yaml && !resume && !overwrite && !lf_overwrite &&
+        (lf_resume_set || run_has_checkpoint(cfg.output))) {
+        if (lf_resume_set && lf_resume[0]) {
+            if (!split_checkpoint(lf_resume, run_buf, sizeof run_buf, &resume_step) ||
+                strcmp(run_buf, cfg.output)) {
+                fprintf(stderr,
+                        "tuna: %s: resume_from_checkpoint %s: tuna resumes a checkpoint-N folder "
+                        "of output_dir (%s)\n",
+                        yaml, lf_resume, cfg.output);
+                return 1;
+            }
+        }
+        resume = cfg.output;
+        snprintf(path, sizeof path, "%s/train_config.json", resume);
+        train_config_defaults(&saved);
+        if (train_config_load(&saved, path, &err)) {
+            fprintf(stderr, "tuna: %s\n", err.msg);
+            return 1;
+        }
+        if (!quiet)
+            fprintf(stderr,
+                    "tuna: %s: resuming the run in %s from %s, as LLaMA-Factory does "
+                    "(overwrite_output_dir: true starts it over)\n",
+                    yaml, resume, lf_resume[0] ? lf_resume : "its newest checkpoint");
+    }
     /* resume promises the same run step for step: changed settings are refused, or recorded */
     char changes[2048] = "";
     if (resume && train_config_diff(&saved, &cfg, changes, sizeof changes) && !allow) {
-        fprintf(stderr,
-                "tuna: %s: --resume with changed settings (%s); drop those flags, or add "
-                "--allow-changes to record the change in the run\n",
-                resume, changes);
+        if (yaml)
+            fprintf(stderr,
+                    "tuna: %s: output_dir %s holds a run with other settings (%s): "
+                    "overwrite_output_dir: true starts it over, --allow-changes resumes it with "
+                    "these (recorded in the run)\n",
+                    yaml, resume, changes);
+        else
+            fprintf(stderr,
+                    "tuna: %s: --resume with changed settings (%s); drop those flags, or add "
+                    "--allow-changes to record the change in the run\n",
+                    resume, changes);
         return 1;
     }
     if (resume && strcmp(cfg.output, resume)) {
@@ -526,7 +607,8 @@ int cmd_train(int argc, char **argv) {
                         .quiet = quiet,
                         .overwrite = overwrite,
                         .changes = changes,
-                        .stopped = &stopped};
+                        .stopped = &stopped,
+                        .resume_step = resume_step};
     int rc = train_run(&cfg, resume != NULL, &hooks, &err);
     if (rc) {
         fprintf(stderr, "tuna: %s\n", err.msg);
