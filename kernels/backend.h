@@ -121,9 +121,12 @@ typedef struct BackendOps {
      * is OVERWRITTEN (=) with (softmax - onehot(target)) * scale (0 rows for ignored targets);
      * dlogits may alias logits. smooth e > 0 is Hugging Face's label smoothing (LabelSmoother):
      * losses = (1 - e) (-log p[target]) + e (-Σ log p) / V, dlogits = (softmax - (1 - e)
-     * onehot - e / V) * scale; e = 0 is the plain loss, bit for bit. */
+     * onehot - e / V) * scale; e = 0 is the plain loss, bit for bit. dft (with e = 0):
+     * LLaMA-Factory's DFT loss, each row's loss and gradient times its target's probability
+     * w = exp(-(-log p[target])), w held constant: losses = w (-log p[target]), dlogits = w
+     * (softmax - onehot) * scale; dft 0 is the plain loss, bit for bit. */
     void (*xent_fwd_bwd)(Backend *be, float *dlogits, float *losses, const float *logits,
-                         const int32_t *targets, int R, int V, float scale, float smooth);
+                         const int32_t *targets, int R, int V, float scale, float smooth, int dft);
     /* Statistics of each row of logits (R,V) with targets (R, host memory), for the metrics
      * TRL's preference trainers log: stats (R x 3, HOST memory) = the row's mean logit
      * (Σ z / V), its softmax's entropy (log Σ e^z - Σ softmax(z)·z) and 1 when the target is the

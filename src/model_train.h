@@ -78,6 +78,9 @@ typedef struct TrainSetup {
     /* Hugging Face's label_smoothing_factor e (0: off): each target's loss is (1 - e) (-log p)
      * + e (-Σ log p) / V, in training and in the evals (the Trainer's LabelSmoother) */
     float label_smoothing;
+    /* LLaMA-Factory's use_dft_loss: each target's loss (and gradient) times its probability,
+     * held constant (the xent op's dft), in training and the evals */
+    int dft;
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */

@@ -607,6 +607,14 @@ static int run_check_stage(Run *r, TunaErr *err) {
         if (xent_only[k].on > 0 && strcmp(c->stage, "sft") && strcmp(c->stage, "pt"))
             return tuna_errf(err, TUNA_EUNSUP, "%s: for --stage sft and pt, not %s%s",
                              xent_only[k].flag, c->stage, xent_only[k].more);
+    /* LLaMA-Factory's DFT loss: its sft trainer's compute_loss_func, which transformers runs in
+     * place of the label smoother */
+    if (c->use_dft_loss && strcmp(c->stage, "sft"))
+        return tuna_errf(err, TUNA_EUNSUP, "--use-dft-loss: for --stage sft, not %s", c->stage);
+    if (c->use_dft_loss && c->label_smoothing_factor > 0)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-dft-loss and --label-smoothing-factor: transformers runs the DFT "
+                         "loss in place of the label smoother; keep one");
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,
@@ -790,6 +798,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
                         .lora_dropout = (float)c->lora_dropout,
                         .neftune_alpha = (float)c->neftune_noise_alpha,
                         .label_smoothing = (float)c->label_smoothing_factor,
+                        .dft = c->use_dft_loss,
                         .lora_rslora = c->use_rslora,
                         .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
                         .lora_dora = c->use_dora,

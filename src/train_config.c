@@ -155,6 +155,9 @@ static const TrainOption fields[] = {
           "sft, pt: label smoothing e: each target's loss is (1 - e) (-log p) + e (mean over the "
           "vocabulary of -log p), in training and the evals (Hugging Face's "
           "label_smoothing_factor; 0 = off)"),
+        B(use_dft_loss, ALL, "false",
+          "sft: LLaMA-Factory's DFT loss: each target token's loss times its probability (held "
+          "constant in the gradient), in training and the evals"),
         B(compute_accuracy, ALL, "false",
           "sft, pt: each eval also logs eval_accuracy: per example the share of its target "
           "tokens whose most likely token is the target, averaged over the examples "

@@ -11,6 +11,7 @@ Writes
     dora/<arch>_{dora,lora}_dropout.safetensors  the same with lora_dropout 0.25, the masks recorded
     hf_trainer/<arch>_neftune.safetensors  LoRA under transformers' NEFTune hook (neftune_noise_alpha 5):
                                    the noise it drew recorded, loss and gradients, and the loss without
+    hf_trainer/<arch>_dft.safetensors     LoRA under LLaMA-Factory's DFT loss (use_dft_loss)
     hf_trainer/<arch>_smooth.safetensors  LoRA under transformers' LabelSmoother (label_smoothing_factor
                                    0.1): loss and gradients, and the loss of the model in eval mode
 Deterministic (fixed seeds, CPU, one thread; safetensors written with sorted keys).
@@ -382,12 +383,43 @@ def gen_smooth(fix_dir, out_dir, arch, ai, eps=0.1):
                     "loss": "transformers.trainer_pt_utils.LabelSmoother(epsilon)(outputs, labels, shift_labels=True)"})
 
 
+# LLaMA-Factory's DFT loss (use_dft_loss: its sft trainer's compute_loss_func, dft_loss_func in
+# src/llamafactory/train/trainer_utils.py; LLaMA-Factory is not installed here, so its two lines
+# of math are transcribed): per target token cross_entropy(reduction="none") times its
+# probability exp(-loss) under no_grad, the mean over the target tokens (one batch: the
+# num_items_in_batch sum is the same); transformers runs it in prediction_step too (the evals).
+def dft_loss(logits, labels):
+    logits = logits.float()
+    labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
+    per_token = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels,
+                                                  ignore_index=-100, reduction="none")
+    valid = per_token[labels != -100]
+    with torch.no_grad():
+        w = torch.exp(-valid)
+    return (valid * w).mean()
+
+
+def gen_dft(fix_dir, out_dir, arch, ai):
+    seed = 8300 + ai
+    model, ids, labels = lora_batch(fix_dir, arch, seed, 3200 + ai)
+    model.train()
+    loss = dft_loss(model(input_ids=ids).logits, labels)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        loss_eval = dft_loss(model(input_ids=ids).logits, labels)
+    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, "dft", out_dir,
+                   {"use_dft_loss": "true",
+                    "loss": "LLaMA-Factory's _dft_cross_entropy: mean over target tokens of nll * exp(-nll).detach()"})
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     if len(sys.argv) > 2 and sys.argv[2] == "hf_trainer":  # only these
         for ai, arch in enumerate(("llama", "gpt2")):
             gen_neftune(out, out, arch, ai)
             gen_smooth(out, out, arch, ai)
+            gen_dft(out, out, arch, ai)
         return
     gen_loraplus(out)
     for arch in ("llama", "gpt2"):
@@ -404,6 +436,7 @@ def main():
     for ai, arch in enumerate(("llama", "gpt2")):
         gen_neftune(out, out, arch, ai)
         gen_smooth(out, out, arch, ai)
+        gen_dft(out, out, arch, ai)
 
 
 if __name__ == "__main__":

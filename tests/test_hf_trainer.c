@@ -12,7 +12,10 @@
  *   backend's own op: the same noise for the same step and micro-batch, another for the next
  *   micro-batch and the next step.
  * - Label smoothing (TrainSetup.label_smoothing, `--label-smoothing-factor`), 0.1: the Trainer's
- *   LabelSmoother, in training and in the evals (a forward alone). */
+ *   LabelSmoother, in training and in the evals (a forward alone).
+ * - LLaMA-Factory's DFT loss (TrainSetup.dft, `--use-dft-loss`): each target's loss times its
+ *   probability, held constant (hf_trainer/<arch>_dft: LLaMA-Factory's _dft_cross_entropy
+ *   transcribed), in training and in the evals. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,11 +67,11 @@ static double step_loss(TrainState *ts, const int32_t *ids, const int32_t *tg, i
     return loss_sum / cnt;
 }
 
-/* kind: "neftune" or "smooth" */
+/* kind: "neftune", "smooth" or "dft" */
 static void run_case(const char *arch, const char *kind, const char *targets, const char *backend,
                      int ckpt) {
     char mdir[256], fpath[256];
-    int nef = !strcmp(kind, "neftune");
+    int nef = !strcmp(kind, "neftune"), dft = !strcmp(kind, "dft");
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
     snprintf(fpath, sizeof fpath, "tests/fixtures/hf_trainer/%s_%s.safetensors", arch, kind);
     TunaErr err = {0};
@@ -96,7 +99,8 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
                         .seed = 1,
                         .grad_checkpoint = ckpt,
                         .neftune_alpha = nef ? 5.0f : 0.0f,
-                        .label_smoothing = nef ? 0.0f : 0.1f};
+                        .label_smoothing = nef || dft ? 0.0f : 0.1f,
+                        .dft = dft};
     memset(&replay, 0, sizeof replay);
     replay.fx = fx;
     replay.ops = be->ops;
@@ -129,7 +133,7 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
         CHECK(replay.mag == want_mag, "%s [%s]: magnitude %.9g, transformers' %.9g", arch, backend,
               (double)replay.mag, (double)want_mag);
     } else {
-        CHECK(replay.calls == 0, "%s smooth [%s]: %d noise calls", arch, backend, replay.calls);
+        CHECK(replay.calls == 0, "%s %s [%s]: %d noise calls", arch, kind, backend, replay.calls);
     }
     CHECK(fabs(loss - want) <= LOSS_RTOL * fabs(want), "%s %s [%s]: loss %.7f vs transformers %.7f",
           arch, kind, backend, loss, want);
@@ -146,9 +150,9 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
                "%.6g, grad rel diff %.2e\n",
                arch, backend, ckpt ? " ckpt" : "", loss, want, clean, (double)replay.mag, worst);
     else
-        printf("  %s smooth [%s%s]: loss %.7f (transformers %.7f), eval %.7f (%.7f), grad rel diff "
-               "%.2e\n",
-               arch, backend, ckpt ? " ckpt" : "", loss, want, clean, want_clean, worst);
+        printf("  %s %s [%s%s]: loss %.7f (%s %.7f), eval %.7f (%.7f), grad rel diff %.2e\n", arch,
+               kind, backend, ckpt ? " ckpt" : "", loss, dft ? "LLaMA-Factory" : "transformers",
+               want, clean, want_clean, worst);
     if (!nef) goto done;
     // --- the backend's own noise: the step's and micro-batch's, another for the next one
     be->ops = replay.ops;
@@ -174,8 +178,8 @@ done:
 
 int main(void) {
     const char *ll = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-    const char *kinds[] = {"neftune", "smooth"};
-    for (int k = 0; k < 2; k++) {
+    const char *kinds[] = {"neftune", "smooth", "dft"};
+    for (int k = 0; k < 3; k++) {
         run_case("llama", kinds[k], ll, "ref", 0);
         run_case("llama", kinds[k], ll, "cpu", 0);
         run_case("llama", kinds[k], ll, "cpu", 1);

@@ -158,6 +158,11 @@ static void test_defaults_and_specials(void) {
                   !strcmp(c.save_strategy, "best") && c.load_best_model_at_end == 1,
           "save_strategy best, load_best_model_at_end: %s %s %d", err.msg, c.save_strategy,
           c.load_best_model_at_end);
+    /* what upcasting gives (fp32 norm weights and logits) tuna always does */
+    CHECK(load("upcast_layernorm: true\nupcast_lmhead_output: true\n", &c, NULL, 0, &err) == 0,
+          "upcast_layernorm, upcast_lmhead_output: %s", err.msg);
+    CHECK(load("use_dft_loss: true\n", &c, NULL, 0, &err) == 0 && c.use_dft_loss == 1,
+          "use_dft_loss: %s", err.msg);
     CHECK(load("adam_beta1: 0.8\nadam_beta2: 0.95\nadam_epsilon: 1.0e-6\ndata_seed: 9\n"
                "disable_shuffling: true\ndataloader_drop_last: true\nearly_stopping_steps: 3\n",
                &c, NULL, 0, &err) == 0 &&

@@ -652,7 +652,7 @@ void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t 
 /* Per row: max-subtracted log-sum-exp; the exponentials go straight into dlogits (which may
  * alias logits, so the target's logit is read first) and are then scaled. */
 void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                      const int32_t *targets, int R, int V, float scale, float smooth) {
+                      const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
     if (R <= 0) return;
     int nth = threads_for(be, (size_t)R * V);
     int bad = 0;
@@ -700,17 +700,23 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
                 dx[i] = e; /* same index as the read: fine when dx aliases x */
                 sum += e;
             }
-            float f = scale / sum;
-#pragma omp simd
-            for (int i = 0; i < V; i++)
-                dx[i] *= f;
-            dx[tg] -= scale;
         } else {
 #pragma omp simd reduction(+ : sum)
             for (int i = 0; i < V; i++)
                 sum += vexpf(x[i] - mx);
         }
-        losses[r] = (float)((double)mx + log((double)sum) - (double)xt);
+        double nll = (double)mx + log((double)sum) - (double)xt;
+        /* DFT: the row times its target's probability, a constant for the gradient */
+        double w = dft ? exp(-nll) : 1.0;
+        float ws = dft ? (float)(w * (double)scale) : scale;
+        if (dx) {
+            float f = ws / sum;
+#pragma omp simd
+            for (int i = 0; i < V; i++)
+                dx[i] *= f;
+            dx[tg] -= ws;
+        }
+        losses[r] = (float)(w * nll);
     }
     if (bad && !be->err.code)
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);

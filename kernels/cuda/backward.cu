@@ -238,7 +238,8 @@ void cuda_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t
  * the host has checked it is -100) gets loss 0 and zero gradients. Every read of the row
  * happens before the block_sum barrier that precedes the first write. */
 __global__ static void xent_kernel(float *dlogits, float *loss, const float *logits,
-                                   const int32_t *targets, int V, float scale, float smooth) {
+                                   const int32_t *targets, int V, float scale, float smooth,
+                                   int dft) {
     const size_t r = blockIdx.x;
     const float *x = logits + r * V;
     float *dx = dlogits ? dlogits + r * V : NULL;
@@ -275,16 +276,18 @@ __global__ static void xent_kernel(float *dlogits, float *loss, const float *log
         }
         return;
     }
-    if (threadIdx.x == 0) loss[r] = lse - xt;
+    /* DFT: the row times its target's probability, a constant for the gradient */
+    const float w = dft ? expf(xt - lse) : 1.0f, ws = dft ? w * scale : scale;
+    if (threadIdx.x == 0) loss[r] = dft ? w * (lse - xt) : lse - xt;
     if (!dx) return;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float p = expf(x[i] - lse) * scale;
-        dx[i] = i == tg ? p - scale : p;
+        const float p = expf(x[i] - lse) * ws;
+        dx[i] = i == tg ? p - ws : p;
     }
 }
 
 void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                       const int32_t *targets, int R, int V, float scale, float smooth) {
+                       const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || R <= 0) return;
     int bad = 0;
@@ -298,7 +301,7 @@ void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *
     float *loss_d = tg_d ? cuda_scratch_f(be, ctx, (size_t)R) : NULL;
     if (!loss_d) return;
     xent_kernel<<<R, XENT_THREADS, 0, ctx->stream>>>(dlogits, loss_d, logits, tg_d, V, scale,
-                                                     smooth);
+                                                     smooth, dft);
     if (CUDA_TRY_LAUNCH(be, xent_kernel)) return;
     if (CUDA_TRY(be, cudaMemcpyAsync(losses, loss_d, (size_t)R * sizeof(float),
                                      cudaMemcpyDeviceToHost, ctx->stream)))

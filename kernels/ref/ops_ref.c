@@ -452,7 +452,7 @@ void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, 
 // --- loss and optimizer
 
 int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
-                     int R, int V, float scale, float smooth) {
+                     int R, int V, float scale, float smooth, int dft) {
     int bad = 0;
     for (int r = 0; r < R; r++) {
         const float *x = logits + (size_t)r * V;
@@ -482,11 +482,13 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
             }
             continue;
         }
-        losses[r] = (float)(lse - xt);
+        /* DFT: the row times its target's probability, a constant for the gradient */
+        double w = dft ? exp(xt - lse) : 1.0, ws = w * (double)scale;
+        losses[r] = (float)(w * (lse - xt));
         if (dx) {
             for (int i = 0; i < V; i++)
-                dx[i] = (float)(exp((double)x[i] - lse) * (double)scale);
-            dx[tg] = (float)((double)dx[tg] - (double)scale); /* dx[tg] was just written */
+                dx[i] = (float)(exp((double)x[i] - lse) * ws);
+            dx[tg] = (float)((double)dx[tg] - ws); /* dx[tg] was just written */
         }
     }
     return bad;
@@ -756,8 +758,8 @@ static void r_embed_bwd(Backend *be, float *dtable, const float *dout, const int
     ref_embed_bwd(dtable, dout, ids, T, C);
 }
 static void r_xent(Backend *be, float *dlogits, float *losses, const float *logits,
-                   const int32_t *targets, int R, int V, float scale, float smooth) {
-    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale, smooth);
+                   const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
+    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale, smooth, dft);
     if (bad && !be->err.code)
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }
