@@ -23,6 +23,14 @@ extern "C" {
 
 typedef struct Backend Backend;
 
+/* A per-row weight of the cross-entropy loss (xent_fwd_bwd), held constant in the gradient. */
+typedef enum { XENT_W_NONE, XENT_W_DFT, XENT_W_EAFT } XentWeightKind;
+typedef struct XentWeight {
+    XentWeightKind kind;
+    float alpha; /* XENT_W_EAFT's power */
+} XentWeight;
+#define XENT_PLAIN ((XentWeight){XENT_W_NONE, 0.0f})
+
 typedef struct BackendOps {
     const char *name;
     int host_memory; /* 1: buffers are plain host memory that the engine may also write directly */
@@ -121,12 +129,15 @@ typedef struct BackendOps {
      * is OVERWRITTEN (=) with (softmax - onehot(target)) * scale (0 rows for ignored targets);
      * dlogits may alias logits. smooth e > 0 is Hugging Face's label smoothing (LabelSmoother):
      * losses = (1 - e) (-log p[target]) + e (-Σ log p) / V, dlogits = (softmax - (1 - e)
-     * onehot - e / V) * scale; e = 0 is the plain loss, bit for bit. dft (with e = 0):
-     * LLaMA-Factory's DFT loss, each row's loss and gradient times its target's probability
-     * w = exp(-(-log p[target])), w held constant: losses = w (-log p[target]), dlogits = w
-     * (softmax - onehot) * scale; dft 0 is the plain loss, bit for bit. */
+     * onehot - e / V) * scale; e = 0 is the plain loss, bit for bit. wt (with e = 0): a weight
+     * w of each row, held constant: losses = w (-log p[target]), dlogits = w (softmax - onehot)
+     * * scale; LLaMA-Factory's DFT loss (XENT_W_DFT): w = p[target]; its EAFT loss
+     * (XENT_W_EAFT): w = (H / 3)^alpha, H the entropy of the softmax over the row's 20 largest
+     * logits (V >= 20; optional: a backend without it latches TUNA_EUNSUP); XENT_PLAIN is the
+     * plain loss, bit for bit. */
     void (*xent_fwd_bwd)(Backend *be, float *dlogits, float *losses, const float *logits,
-                         const int32_t *targets, int R, int V, float scale, float smooth, int dft);
+                         const int32_t *targets, int R, int V, float scale, float smooth,
+                         XentWeight wt);
     /* Statistics of each row of logits (R,V) with targets (R, host memory), for the metrics
      * TRL's preference trainers log: stats (R x 3, HOST memory) = the row's mean logit
      * (Σ z / V), its softmax's entropy (log Σ e^z - Σ softmax(z)·z) and 1 when the target is the

@@ -2161,7 +2161,7 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         int rc = R - r0 < hc ? R - r0 : hc;
         model_head(m, ts->logits, ts->xnf + (size_t)r0 * C, rc);
         op->xent_fwd_bwd(ts->be, NULL, ts->losses + r0, ts->logits, ts->head_targets + r0, rc, V,
-                         1.0f, 0.0f, 0);
+                         1.0f, 0.0f, XENT_PLAIN);
         if (ts->stats_on)
             op->logit_stats(ts->be, ts->head_stats + (size_t)r0 * 3, ts->logits,
                             ts->head_targets + r0, rc, V);
@@ -2180,9 +2180,11 @@ static int head_fwd_bwd(TrainState *ts, const int32_t *targets, int M, float los
         /* label smoothing: the objectives that take the plain loss (sft, pt); the preference
          * stages' log-probs (train_step_rows) are the plain ones */
         float smooth = ts->rows_on ? 0.0f : ts->setup.label_smoothing;
-        int dft = !ts->rows_on && ts->setup.dft;
+        XentWeight wt = XENT_PLAIN;
+        if (!ts->rows_on && ts->setup.dft) wt.kind = XENT_W_DFT;
+        if (!ts->rows_on && ts->setup.eaft) wt = (XentWeight){XENT_W_EAFT, ts->setup.eaft_alpha};
         op->xent_fwd_bwd(ts->be, backward ? ts->logits : NULL, ts->losses + r0, ts->logits,
-                         ts->head_targets + r0, rc, V, loss_scale, smooth, dft);
+                         ts->head_targets + r0, rc, V, loss_scale, smooth, wt);
         for (int a = 0, e; two && a < rc; a = e) { /* the runs of one row's positions */
             int row = ts->head_rows[r0 + a] / ts->T;
             for (e = a + 1; e < rc && ts->head_rows[r0 + e] / ts->T == row; e++)

@@ -78,9 +78,11 @@ typedef struct TrainSetup {
     /* Hugging Face's label_smoothing_factor e (0: off): each target's loss is (1 - e) (-log p)
      * + e (-Σ log p) / V, in training and in the evals (the Trainer's LabelSmoother) */
     float label_smoothing;
-    /* LLaMA-Factory's use_dft_loss: each target's loss (and gradient) times its probability,
-     * held constant (the xent op's dft), in training and the evals */
-    int dft;
+    /* LLaMA-Factory's use_dft_loss: each target's loss (and gradient) times its probability;
+     * use_eaft_loss: times (H / 3)^eaft_alpha, H the entropy over the 20 largest logits; held
+     * constant (the xent op's XentWeight), in training and the evals */
+    int dft, eaft;
+    float eaft_alpha;
 } TrainSetup;
 
 /* A trainable tensor: where its values and gradient live, and its name for saving. */

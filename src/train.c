@@ -609,12 +609,18 @@ static int run_check_stage(Run *r, TunaErr *err) {
                              xent_only[k].flag, c->stage, xent_only[k].more);
     /* LLaMA-Factory's DFT loss: its sft trainer's compute_loss_func, which transformers runs in
      * place of the label smoother */
-    if (c->use_dft_loss && strcmp(c->stage, "sft"))
-        return tuna_errf(err, TUNA_EUNSUP, "--use-dft-loss: for --stage sft, not %s", c->stage);
-    if (c->use_dft_loss && c->label_smoothing_factor > 0)
+    const char *weighted = c->use_dft_loss ? "--use-dft-loss" : "--use-eaft-loss";
+    if ((c->use_dft_loss || c->use_eaft_loss) && strcmp(c->stage, "sft"))
+        return tuna_errf(err, TUNA_EUNSUP, "%s: for --stage sft, not %s", weighted, c->stage);
+    if ((c->use_dft_loss || c->use_eaft_loss) && c->label_smoothing_factor > 0)
         return tuna_errf(err, TUNA_EINVAL,
-                         "--use-dft-loss and --label-smoothing-factor: transformers runs the DFT "
-                         "loss in place of the label smoother; keep one");
+                         "%s and --label-smoothing-factor: transformers runs LLaMA-Factory's loss "
+                         "in place of the label smoother; keep one",
+                         weighted);
+    if (c->use_dft_loss && c->use_eaft_loss)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--use-dft-loss and --use-eaft-loss: LLaMA-Factory runs the DFT loss "
+                         "alone then; keep one");
     r->kto_on = !strcmp(c->stage, "kto");
     if (r->kto_on) {
         r->kto = (KtoConfig){.beta = c->pref_beta,
@@ -799,6 +805,8 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
                         .neftune_alpha = (float)c->neftune_noise_alpha,
                         .label_smoothing = (float)c->label_smoothing_factor,
                         .dft = c->use_dft_loss,
+                        .eaft = c->use_eaft_loss,
+                        .eaft_alpha = (float)c->eaft_alpha,
                         .lora_rslora = c->use_rslora,
                         .lora_pissa = !strcmp(c->init_lora_weights, "pissa"),
                         .lora_dora = c->use_dora,
@@ -902,6 +910,10 @@ static int run_open(Run *r, TunaErr *err) {
                          MAX_SAMPLE_PROMPTS);
     if (!(r->be = backend_init(c->backend, c->threads, err))) return err ? err->code : TUNA_EINVAL;
     r->be->mm_bf16 = c->bf16;
+    if (c->use_eaft_loss && !strcmp(r->be->ops->name, "cuda"))
+        return tuna_errf(err, TUNA_EUNSUP,
+                         "--use-eaft-loss: its top-20 entropy is not implemented on the cuda "
+                         "backend yet (cpu and ref have it)");
     if (r->world > 1) dist_threads(r);
     ModelLoadOptions lo;
     if ((rc = train_load_options(c, method, &lo, err))) return rc;

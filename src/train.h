@@ -57,7 +57,9 @@ typedef struct TrainConfig {
     double neftune_noise_alpha; /* NEFTune: noise on the token embeddings while training (0: off) */
     double label_smoothing_factor; /* Hugging Face's label smoothing of the loss (0: off) */
     int use_dft_loss;              /* sft: LLaMA-Factory's DFT loss (TrainSetup.dft) */
-    int compute_accuracy;          /* sft, pt: eval_accuracy in each eval (LLaMA-Factory's) */
+    int use_eaft_loss;             /* sft: its EAFT loss, with eaft_alpha (TrainSetup.eaft) */
+    double eaft_alpha;
+    int compute_accuracy; /* sft, pt: eval_accuracy in each eval (LLaMA-Factory's) */
     /* Hugging Face's load_best_model_at_end (metric eval_loss): the result is the checkpoint
      * whose eval loss was the lowest, that checkpoint kept through save_total_limit */
     int load_best_model_at_end;

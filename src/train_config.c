@@ -158,6 +158,12 @@ static const TrainOption fields[] = {
         B(use_dft_loss, ALL, "false",
           "sft: LLaMA-Factory's DFT loss: each target token's loss times its probability (held "
           "constant in the gradient), in training and the evals"),
+        B(use_eaft_loss, ALL, "false",
+          "sft: LLaMA-Factory's EAFT loss: each target token's loss times (H / 3)^eaft_alpha, H "
+          "the entropy of the softmax over its 20 largest logits (held constant in the "
+          "gradient), in training and the evals"),
+        D(eaft_alpha, ALL, RANGE(0, 1e6), "1",
+          "the EAFT loss's power (LLaMA-Factory's eaft_alpha)"),
         B(compute_accuracy, ALL, "false",
           "sft, pt: each eval also logs eval_accuracy: per example the share of its target "
           "tokens whose most likely token is the target, averaged over the examples "

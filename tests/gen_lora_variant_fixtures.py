@@ -12,6 +12,7 @@ Writes
     hf_trainer/<arch>_neftune.safetensors  LoRA under transformers' NEFTune hook (neftune_noise_alpha 5):
                                    the noise it drew recorded, loss and gradients, and the loss without
     hf_trainer/<arch>_dft.safetensors     LoRA under LLaMA-Factory's DFT loss (use_dft_loss)
+    hf_trainer/<arch>_eaft.safetensors    ... and its EAFT loss (use_eaft_loss, eaft_alpha 0.5)
     hf_trainer/<arch>_smooth.safetensors  LoRA under transformers' LabelSmoother (label_smoothing_factor
                                    0.1): loss and gradients, and the loss of the model in eval mode
 Deterministic (fixed seeds, CPU, one thread; safetensors written with sorted keys).
@@ -413,6 +414,38 @@ def gen_dft(fix_dir, out_dir, arch, ai):
                     "loss": "LLaMA-Factory's _dft_cross_entropy: mean over target tokens of nll * exp(-nll).detach()"})
 
 
+# Its EAFT loss (use_eaft_loss, eaft_alpha: eaft_loss_func, transcribed the same way): each target
+# token's cross-entropy times (H / 3)^alpha under no_grad, H the entropy of the softmax over the
+# row's 20 largest logits (torch.topk), the mean over the target tokens.
+def eaft_loss(logits, labels, alpha):
+    logits = logits.float()
+    labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
+    source = logits.view(-1, logits.size(-1))
+    per_token = torch.nn.functional.cross_entropy(source, labels, ignore_index=-100, reduction="none")
+    valid_mask = labels != -100
+    valid = per_token[valid_mask]
+    with torch.no_grad():
+        topk_val, _ = torch.topk(source[valid_mask].detach(), k=20, dim=-1)
+        log_probs_topk = topk_val - torch.logsumexp(topk_val, dim=-1, keepdim=True)
+        entropy = -(torch.exp(log_probs_topk) * log_probs_topk).sum(dim=-1)
+        w = torch.pow(entropy / 3.0, alpha)
+    return (valid * w).mean()
+
+
+def gen_eaft(fix_dir, out_dir, arch, ai, alpha=0.5):
+    seed = 8500 + ai
+    model, ids, labels = lora_batch(fix_dir, arch, seed, 3300 + ai)
+    model.train()
+    loss = eaft_loss(model(input_ids=ids).logits, labels, alpha)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        loss_eval = eaft_loss(model(input_ids=ids).logits, labels, alpha)
+    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, "eaft", out_dir,
+                   {"use_eaft_loss": "true", "eaft_alpha": str(alpha),
+                    "loss": "LLaMA-Factory's _eaft_cross_entropy: mean over target tokens of nll * ((top-20 entropy) / 3) ** alpha"})
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     if len(sys.argv) > 2 and sys.argv[2] == "hf_trainer":  # only these
@@ -420,6 +453,7 @@ def main():
             gen_neftune(out, out, arch, ai)
             gen_smooth(out, out, arch, ai)
             gen_dft(out, out, arch, ai)
+            gen_eaft(out, out, arch, ai)
         return
     gen_loraplus(out)
     for arch in ("llama", "gpt2"):
@@ -437,6 +471,7 @@ def main():
         gen_neftune(out, out, arch, ai)
         gen_smooth(out, out, arch, ai)
         gen_dft(out, out, arch, ai)
+        gen_eaft(out, out, arch, ai)
 
 
 if __name__ == "__main__":

@@ -472,7 +472,7 @@ static void fd_xent(float smooth) {
                 .scale = (double)scale,
                 .smooth = (double)smooth};
     f.a = to_double(x, (size_t)R * V);
-    int bad = ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale, smooth, 0);
+    int bad = ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale, smooth, XENT_PLAIN);
     CHECK(bad == 0, "fd xent: %d bad targets reported", bad);
     for (int r = 0; r < R; r++)
         loss[r] *= scale; /* forward_d reports scale * loss */
@@ -481,27 +481,44 @@ static void fd_xent(float smooth) {
     fd_compare(&f, f.a, d, (size_t)R * V, "dlogits (targets -100 ignored)");
     /* dlogits aliasing logits gives the same */
     float *al = dup_buf(x, (size_t)R * V), *l2 = zeros((size_t)R);
-    ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale, smooth, 0);
+    ref_xent_fwd_bwd(al, l2, al, tg, R, V, scale, smooth, XENT_PLAIN);
     double e;
     CHECK(test_close_enough(al, d, (size_t)R * V, 0, 0, &e), "fd xent: aliased dlogits differ: %g",
           e);
     free(x), free(d), free(loss), free(f.a), free(al), free(l2);
 }
 
-/* DFT (LLaMA-Factory's _dft_cross_entropy): not a gradient of its loss (the weight is held
- * constant), so against its definition: each row's plain loss and dlogits times p[target] =
- * exp(-loss), in double */
-static void dft_definition(void) {
-    int R = 6, V = 11;
+static int desc_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* The weighted losses (LLaMA-Factory's _dft_cross_entropy and _eaft_cross_entropy) are not
+ * gradients of their losses (the weight is held constant), so against their definitions: each
+ * row's plain loss and dlogits times w, in double: DFT w = p[target] = exp(-loss); EAFT w =
+ * (H / 3)^alpha, H the entropy of the softmax over the row's 20 largest logits (sorted here) */
+static void weight_definition(int V, XentWeight wt) {
+    int R = 6;
     int32_t tg[6] = {3, -100, 0, 10, -100, 3};
     float scale = 0.37f;
     float *x = rand_buf((size_t)R * V, 3), *d = zeros((size_t)R * V), *loss = zeros((size_t)R);
-    float *dd = zeros((size_t)R * V), *ld = zeros((size_t)R);
-    ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale, 0, 0);
-    ref_xent_fwd_bwd(dd, ld, x, tg, R, V, scale, 0, 1);
+    float *dd = zeros((size_t)R * V), *ld = zeros((size_t)R), *srt = zeros((size_t)V);
+    ref_xent_fwd_bwd(d, loss, x, tg, R, V, scale, 0, XENT_PLAIN);
+    ref_xent_fwd_bwd(dd, ld, x, tg, R, V, scale, 0, wt);
     double worst = 0;
     for (int r = 0; r < R; r++) {
         double w = exp(-(double)loss[r]);
+        if (wt.kind == XENT_W_EAFT) {
+            memcpy(srt, x + (size_t)r * V, sizeof(float) * (size_t)V);
+            qsort(srt, (size_t)V, sizeof(float), desc_float);
+            int k = V < 20 ? V : 20;
+            double s = 0, h = 0;
+            for (int j = 0; j < k; j++)
+                s += exp((double)srt[j]);
+            for (int j = 0; j < k; j++)
+                h -= exp((double)srt[j]) / s * ((double)srt[j] - log(s));
+            w = pow(h / 3.0, (double)wt.alpha);
+        }
         double want_l = w * (double)loss[r];
         worst = fmax(worst, fabs((double)ld[r] - want_l) / fmax(1e-30, want_l));
         for (int i = 0; i < V; i++) {
@@ -511,8 +528,9 @@ static void dft_definition(void) {
         }
     }
     CHECK(worst <= 1e-5 && ld[1] == 0 && ld[4] == 0,
-          "DFT: the loss and dlogits are not the plain ones times p[target]: rel %.3g", worst);
-    free(x), free(d), free(loss), free(dd), free(ld);
+          "%s (V %d): the loss and dlogits are not the plain ones times w: rel %.3g",
+          wt.kind == XENT_W_DFT ? "DFT" : "EAFT", V, worst);
+    free(x), free(d), free(loss), free(dd), free(ld), free(srt);
 }
 
 // --- 2. every backend against ref
@@ -859,7 +877,7 @@ static void be_embed(void) {
     }
 }
 
-static void be_xent(float smooth, int dft) {
+static void be_xent(float smooth, XentWeight wt) {
     int shapes[][2] = {{1, 7}, {37, 1000}, {64, 1031}, {3, 50000}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int R = shapes[s][0], V = shapes[s][1];
@@ -871,19 +889,22 @@ static void be_xent(float smooth, int dft) {
         for (int r = 0; r < R; r++)
             tg[r] = r % 5 == 1 ? -100 : (int32_t)(((size_t)r * 7919) % (size_t)V);
         float scale = 1.0f / (float)R;
-        ref_xent_fwd_bwd(want, wl, x, tg, R, V, scale, smooth, dft);
+        ref_xent_fwd_bwd(want, wl, x, tg, R, V, scale, smooth, wt);
         char what[80];
         for (int bi = 0; bi < nbk; bi++) {
             if (!has_op(bi, OP_XENT)) continue;
             Backend *be = bks[bi].be;
+            if (wt.kind == XENT_W_EAFT && strstr(bks[bi].label, "cuda")) continue; /* not there */
             float *dx = up(be, x, n), *dd = be->ops->alloc(be, n * sizeof(float));
             for (int mode = 0; mode < 3; mode++) { /* separate, aliased, loss only */
                 float *dl = mode == 0 ? dd : mode == 1 ? dx : NULL;
                 be->ops->upload(be, dx, x, n * sizeof(float)); /* mode 1 overwrote it */
                 memset(gl, 0xff, sizeof(float) * (size_t)R);
-                be->ops->xent_fwd_bwd(be, dl, gl, dx, tg, R, V, scale, smooth, dft);
+                be->ops->xent_fwd_bwd(be, dl, gl, dx, tg, R, V, scale, smooth, wt);
                 snprintf(what, sizeof what, "R=%d V=%d e=%g%s %s losses", R, V, (double)smooth,
-                         dft ? " dft" : "",
+                         wt.kind == XENT_W_DFT ? " dft"
+                         : wt.kind             ? " eaft"
+                                               : "",
                          mode == 0   ? "separate"
                          : mode == 1 ? "aliased"
                                      : "loss-only");
@@ -891,13 +912,16 @@ static void be_xent(float smooth, int dft) {
                 if (dl) {
                     down(be, got, dl, n);
                     snprintf(what, sizeof what, "R=%d V=%d e=%g%s %s dlogits", R, V, (double)smooth,
-                             dft ? " dft" : "", mode == 0 ? "separate" : "aliased");
+                             wt.kind == XENT_W_DFT ? " dft"
+                             : wt.kind             ? " eaft"
+                                                   : "",
+                             mode == 0 ? "separate" : "aliased");
                     cmp(OP_XENT, bi, what, got, want, n, 1e-7f, 1e-4f);
                 }
             }
             /* a target that is neither -100 nor a token id latches an error, and no crash */
             int32_t bad = V + 5;
-            be->ops->xent_fwd_bwd(be, dd, gl, dd, &bad, 1, V, 1.0f, smooth, dft);
+            be->ops->xent_fwd_bwd(be, dd, gl, dd, &bad, 1, V, 1.0f, smooth, wt);
             CHECK(be->ops->sync(be) == TUNA_EINVAL, "%s xent: a bad target is not reported",
                   bks[bi].label);
             tuna_err_clear(&be->err);
@@ -1232,7 +1256,9 @@ int main(void) {
     fd_embed();
     fd_xent(0);
     fd_xent(0.1f);
-    dft_definition();
+    weight_definition(11, (XentWeight){XENT_W_DFT, 0});
+    weight_definition(11, (XentWeight){XENT_W_EAFT, 1.0f});
+    weight_definition(300, (XentWeight){XENT_W_EAFT, 0.5f});
 
     // 2. + 3. every backend against ref
     const char *names[] = {"ref", "cpu", "cuda"};
@@ -1255,9 +1281,10 @@ int main(void) {
     be_attention();
     be_elementwise();
     be_embed();
-    be_xent(0, 0);
-    be_xent(0.1f, 0);
-    be_xent(0, 1);
+    be_xent(0, XENT_PLAIN);
+    be_xent(0.1f, XENT_PLAIN);
+    be_xent(0, (XentWeight){XENT_W_DFT, 0});
+    be_xent(0, (XentWeight){XENT_W_EAFT, 1.0f});
     be_logit_stats();
     be_reductions();
     be_col_ops();

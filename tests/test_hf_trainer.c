@@ -15,7 +15,9 @@
  *   LabelSmoother, in training and in the evals (a forward alone).
  * - LLaMA-Factory's DFT loss (TrainSetup.dft, `--use-dft-loss`): each target's loss times its
  *   probability, held constant (hf_trainer/<arch>_dft: LLaMA-Factory's _dft_cross_entropy
- *   transcribed), in training and in the evals. */
+ *   transcribed), in training and in the evals; its EAFT loss (TrainSetup.eaft,
+ *   `--use-eaft-loss`, eaft_alpha 0.5): times (H / 3)^alpha, H the entropy over the 20 largest
+ *   logits (hf_trainer/<arch>_eaft). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +69,11 @@ static double step_loss(TrainState *ts, const int32_t *ids, const int32_t *tg, i
     return loss_sum / cnt;
 }
 
-/* kind: "neftune", "smooth" or "dft" */
+/* kind: "neftune", "smooth", "dft" or "eaft" */
 static void run_case(const char *arch, const char *kind, const char *targets, const char *backend,
                      int ckpt) {
     char mdir[256], fpath[256];
-    int nef = !strcmp(kind, "neftune"), dft = !strcmp(kind, "dft");
+    int nef = !strcmp(kind, "neftune"), dft = !strcmp(kind, "dft"), eaft = !strcmp(kind, "eaft");
     snprintf(mdir, sizeof mdir, "tests/fixtures/%s", arch);
     snprintf(fpath, sizeof fpath, "tests/fixtures/hf_trainer/%s_%s.safetensors", arch, kind);
     TunaErr err = {0};
@@ -99,8 +101,10 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
                         .seed = 1,
                         .grad_checkpoint = ckpt,
                         .neftune_alpha = nef ? 5.0f : 0.0f,
-                        .label_smoothing = nef || dft ? 0.0f : 0.1f,
-                        .dft = dft};
+                        .label_smoothing = nef || dft || eaft ? 0.0f : 0.1f,
+                        .dft = dft,
+                        .eaft = eaft,
+                        .eaft_alpha = 0.5f};
     memset(&replay, 0, sizeof replay);
     replay.fx = fx;
     replay.ops = be->ops;
@@ -151,8 +155,8 @@ static void run_case(const char *arch, const char *kind, const char *targets, co
                arch, backend, ckpt ? " ckpt" : "", loss, want, clean, (double)replay.mag, worst);
     else
         printf("  %s %s [%s%s]: loss %.7f (%s %.7f), eval %.7f (%.7f), grad rel diff %.2e\n", arch,
-               kind, backend, ckpt ? " ckpt" : "", loss, dft ? "LLaMA-Factory" : "transformers",
-               want, clean, want_clean, worst);
+               kind, backend, ckpt ? " ckpt" : "", loss,
+               dft || eaft ? "LLaMA-Factory" : "transformers", want, clean, want_clean, worst);
     if (!nef) goto done;
     // --- the backend's own noise: the step's and micro-batch's, another for the next one
     be->ops = replay.ops;
@@ -178,8 +182,8 @@ done:
 
 int main(void) {
     const char *ll = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-    const char *kinds[] = {"neftune", "smooth", "dft"};
-    for (int k = 0; k < 3; k++) {
+    const char *kinds[] = {"neftune", "smooth", "dft", "eaft"};
+    for (int k = 0; k < 4; k++) {
         run_case("llama", kinds[k], ll, "ref", 0);
         run_case("llama", kinds[k], ll, "cpu", 0);
         run_case("llama", kinds[k], ll, "cpu", 1);

@@ -163,6 +163,9 @@ static void test_defaults_and_specials(void) {
           "upcast_layernorm, upcast_lmhead_output: %s", err.msg);
     CHECK(load("use_dft_loss: true\n", &c, NULL, 0, &err) == 0 && c.use_dft_loss == 1,
           "use_dft_loss: %s", err.msg);
+    CHECK(load("use_eaft_loss: true\neaft_alpha: 0.5\n", &c, NULL, 0, &err) == 0 &&
+                  c.use_eaft_loss == 1 && c.eaft_alpha == 0.5,
+          "use_eaft_loss: %s", err.msg);
     CHECK(load("adam_beta1: 0.8\nadam_beta2: 0.95\nadam_epsilon: 1.0e-6\ndata_seed: 9\n"
                "disable_shuffling: true\ndataloader_drop_last: true\nearly_stopping_steps: 3\n",
                &c, NULL, 0, &err) == 0 &&

@@ -250,7 +250,7 @@ static void test_kernels(void) {
         Outs o2 = {{dl, losses}, {(size_t)T * V, (size_t)T}, 2};
         SAME_ON_ALL_THREADS(
                 be, "xent_fwd_bwd", o2,
-                op->xent_fwd_bwd(be, dl, losses, logits, ids, T, V, 1.0f / 900, 0.0f, 0));
+                op->xent_fwd_bwd(be, dl, losses, logits, ids, T, V, 1.0f / 900, 0.0f, XENT_PLAIN));
         size_t n = 300007;
         float *p = rand_buf(n), *g = rand_buf(n), *m = rand_buf(n), *v2 = rand_buf(n);
         for (size_t i = 0; i < n; i++)

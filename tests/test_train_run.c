@@ -451,6 +451,8 @@ int main(void) {
                          "--stage rm --label-smoothing-factor 0.1",
                          "--stage pt --use-dft-loss",
                          "--use-dft-loss --label-smoothing-factor 0.1",
+                         "--use-dft-loss --use-eaft-loss",
+                         "--stage dpo --use-eaft-loss",
                          "--model /nonexistent",
                          "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -651,8 +651,31 @@ void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t 
 
 /* Per row: max-subtracted log-sum-exp; the exponentials go straight into dlogits (which may
  * alias logits, so the target's logit is read first) and are then scaled. */
+/* EAFT's entropy: of the softmax over the row's 20 largest logits (all when V < 20), kept
+ * sorted as the row is read (most values fall below the smallest kept at once) */
+static double top20_entropy(const float *x, int V) {
+    float top[20];
+    int n = 0, k = V < 20 ? V : 20;
+    for (int i = 0; i < V; i++) {
+        float v = x[i];
+        if (n == k && v <= top[k - 1]) continue;
+        int j = n < k ? n++ : k - 1;
+        for (; j > 0 && top[j - 1] < v; j--)
+            top[j] = top[j - 1];
+        top[j] = v;
+    }
+    double s = 0, h = 0;
+    for (int j = 0; j < k; j++)
+        s += exp((double)top[j] - (double)top[0]);
+    double lse = (double)top[0] + log(s);
+    for (int j = 0; j < k; j++)
+        h -= exp((double)top[j] - lse) * ((double)top[j] - lse);
+    return h;
+}
+
 void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                      const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
+                      const int32_t *targets, int R, int V, float scale, float smooth,
+                      XentWeight wt) {
     if (R <= 0) return;
     int nth = threads_for(be, (size_t)R * V);
     int bad = 0;
@@ -672,6 +695,9 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
         for (int i = 0; i < V; i++)
             mx = x[i] > mx ? x[i] : mx;
         float sum = 0;
+        /* EAFT's weight, from the logits before dx (which may alias them) is written */
+        double w_eaft =
+                wt.kind == XENT_W_EAFT ? pow(top20_entropy(x, V) / 3.0, (double)wt.alpha) : 1.0;
         if (smooth > 0) { /* Hugging Face's label smoothing: its own loop, the plain one as is */
             float sx = 0;
 #pragma omp simd reduction(+ : sum, sx)
@@ -706,9 +732,10 @@ void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *l
                 sum += vexpf(x[i] - mx);
         }
         double nll = (double)mx + log((double)sum) - (double)xt;
-        /* DFT: the row times its target's probability, a constant for the gradient */
-        double w = dft ? exp(-nll) : 1.0;
-        float ws = dft ? (float)(w * (double)scale) : scale;
+        /* DFT: the row times its target's probability; EAFT: times (H / 3)^alpha; a constant
+         * for the gradient */
+        double w = wt.kind == XENT_W_DFT ? exp(-nll) : w_eaft;
+        float ws = wt.kind != XENT_W_NONE ? (float)(w * (double)scale) : scale;
         if (dx) {
             float f = ws / sum;
 #pragma omp simd

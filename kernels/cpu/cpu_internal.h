@@ -363,7 +363,8 @@ void cpu_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, s
                   int approx);
 void cpu_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T, int C);
 void cpu_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                      const int32_t *targets, int R, int V, float scale, float smooth, int dft);
+                      const int32_t *targets, int R, int V, float scale, float smooth,
+                      XentWeight wt);
 double cpu_sumsq(Backend *be, const float *x, size_t n);
 void cpu_scale(Backend *be, float *x, size_t n, float s);
 void cpu_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,

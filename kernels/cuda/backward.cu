@@ -278,7 +278,7 @@ __global__ static void xent_kernel(float *dlogits, float *loss, const float *log
     }
     /* DFT: the row times its target's probability, a constant for the gradient */
     const float w = dft ? expf(xt - lse) : 1.0f, ws = dft ? w * scale : scale;
-    if (threadIdx.x == 0) loss[r] = dft ? w * (lse - xt) : lse - xt;
+    if (threadIdx.x == 0) loss[r] = dft ? w * (lse - xt) : lse - xt; /* DFT: times p[target] */
     if (!dx) return;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         const float p = expf(x[i] - lse) * ws;
@@ -287,9 +287,14 @@ __global__ static void xent_kernel(float *dlogits, float *loss, const float *log
 }
 
 void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                       const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
+                       const int32_t *targets, int R, int V, float scale, float smooth,
+                       XentWeight wt) {
     CudaCtx *ctx = cuda_begin(be);
     if (!ctx || R <= 0) return;
+    if (wt.kind == XENT_W_EAFT) { /* its top-20 per row: not on this backend yet */
+        tuna_errf(&be->err, TUNA_EUNSUP, "xent: the EAFT loss is not implemented on cuda");
+        return;
+    }
     int bad = 0;
     for (int r = 0; r < R; r++) /* targets are host memory: checked here, as ref does */
         bad += (targets[r] < 0 || targets[r] >= V) && targets[r] != -100;
@@ -301,7 +306,7 @@ void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *
     float *loss_d = tg_d ? cuda_scratch_f(be, ctx, (size_t)R) : NULL;
     if (!loss_d) return;
     xent_kernel<<<R, XENT_THREADS, 0, ctx->stream>>>(dlogits, loss_d, logits, tg_d, V, scale,
-                                                     smooth, dft);
+                                                     smooth, wt.kind == XENT_W_DFT);
     if (CUDA_TRY_LAUNCH(be, xent_kernel)) return;
     if (CUDA_TRY(be, cudaMemcpyAsync(losses, loss_d, (size_t)R * sizeof(float),
                                      cudaMemcpyDeviceToHost, ctx->stream)))

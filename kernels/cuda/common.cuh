@@ -155,7 +155,8 @@ void cuda_gelu_bwd(Backend *be, float *din, const float *dout, const float *in, 
 void cuda_embed_bwd(Backend *be, float *dtable, const float *dout, const int32_t *ids, int T,
                     int C);
 void cuda_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
-                       const int32_t *targets, int R, int V, float scale, float smooth, int dft);
+                       const int32_t *targets, int R, int V, float scale, float smooth,
+                       XentWeight wt);
 double cuda_sumsq(Backend *be, const float *x, size_t n);
 void cuda_scale(Backend *be, float *x, size_t n, float s);
 void cuda_col_scale(Backend *be, float *out, const float *in, const float *a, const float *b, int R,

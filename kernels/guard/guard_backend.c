@@ -224,8 +224,8 @@ static void g_embed_bwd(Backend *be, float *dtable, const float *dout, const int
 }
 static void g_xent_fwd_bwd(Backend *be, float *dlogits, float *losses, const float *logits,
                            const int32_t *targets, int R, int V, float scale, float smooth,
-                           int dft) {
-    OPEN_CALL(be, xent_fwd_bwd(in_, dlogits, losses, logits, targets, R, V, scale, smooth, dft));
+                           XentWeight wt) {
+    OPEN_CALL(be, xent_fwd_bwd(in_, dlogits, losses, logits, targets, R, V, scale, smooth, wt));
 }
 static double g_sumsq(Backend *be, const float *x, size_t n) {
     Guard *g = GUARD(be);

@@ -451,8 +451,31 @@ void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, 
 
 // --- loss and optimizer
 
+/* EAFT's entropy: of the softmax over the row's 20 largest logits (all when V < 20), picked by
+ * repeated selection */
+static double ref_top20_entropy(const float *x, int V) {
+    int k = V < 20 ? V : 20;
+    double top[20];
+    unsigned char *used = calloc((size_t)V, 1);
+    for (int j = 0; j < k; j++) {
+        int bi = -1;
+        for (int i = 0; i < V; i++)
+            if (!used[i] && (bi < 0 || x[i] > x[bi])) bi = i;
+        used[bi] = 1;
+        top[j] = x[bi];
+    }
+    free(used);
+    double s = 0, h = 0;
+    for (int j = 0; j < k; j++)
+        s += exp(top[j] - top[0]);
+    double lse = top[0] + log(s);
+    for (int j = 0; j < k; j++)
+        h -= exp(top[j] - lse) * (top[j] - lse);
+    return h;
+}
+
 int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
-                     int R, int V, float scale, float smooth, int dft) {
+                     int R, int V, float scale, float smooth, XentWeight wt) {
     int bad = 0;
     for (int r = 0; r < R; r++) {
         const float *x = logits + (size_t)r * V;
@@ -482,8 +505,12 @@ int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const i
             }
             continue;
         }
-        /* DFT: the row times its target's probability, a constant for the gradient */
-        double w = dft ? exp(xt - lse) : 1.0, ws = w * (double)scale;
+        /* DFT: the row times its target's probability; EAFT: times (H / 3)^alpha; a constant
+         * for the gradient */
+        double w = wt.kind == XENT_W_DFT    ? exp(xt - lse)
+                   : wt.kind == XENT_W_EAFT ? pow(ref_top20_entropy(x, V) / 3.0, (double)wt.alpha)
+                                            : 1.0;
+        double ws = w * (double)scale;
         losses[r] = (float)(w * (lse - xt));
         if (dx) {
             for (int i = 0; i < V; i++)
@@ -758,8 +785,8 @@ static void r_embed_bwd(Backend *be, float *dtable, const float *dout, const int
     ref_embed_bwd(dtable, dout, ids, T, C);
 }
 static void r_xent(Backend *be, float *dlogits, float *losses, const float *logits,
-                   const int32_t *targets, int R, int V, float scale, float smooth, int dft) {
-    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale, smooth, dft);
+                   const int32_t *targets, int R, int V, float scale, float smooth, XentWeight wt) {
+    int bad = ref_xent_fwd_bwd(dlogits, losses, logits, targets, R, V, scale, smooth, wt);
     if (bad && !be->err.code)
         tuna_errf(&be->err, TUNA_EINVAL, "xent: %d target(s) outside [0, %d) and not -100", bad, V);
 }

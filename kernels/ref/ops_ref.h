@@ -57,7 +57,7 @@ void ref_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int T, 
 /* Loss and optimizer. ref_xent_fwd_bwd returns the number of rows whose target is neither
  * -100 nor in [0, V): those rows are treated as ignored, and the backend latches TUNA_EINVAL. */
 int ref_xent_fwd_bwd(float *dlogits, float *losses, const float *logits, const int32_t *targets,
-                     int R, int V, float scale, float smooth, int dft);
+                     int R, int V, float scale, float smooth, XentWeight wt);
 double ref_sumsq(const float *x, size_t n);
 void ref_scale(float *x, size_t n, float s);
 void ref_col_scale(float *out, const float *in, const float *a, const float *b, int R, int N);

@@ -167,7 +167,8 @@ static void run(Backend *be, Bufs *s, int op) {
     case OP_GELU: o->gelu_bwd(be, s->din, s->dout, s->x, (size_t)BT * FF, 1); break;
     case OP_EMBED: o->embed_bwd(be, s->table, s->dout, s->ids, BT, C); break;
     case OP_XENT:
-        o->xent_fwd_bwd(be, s->logits, s->losses, s->logits, s->targets, BT, V, 1.0f / BT, 0.0f, 0);
+        o->xent_fwd_bwd(be, s->logits, s->losses, s->logits, s->targets, BT, V, 1.0f / BT, 0.0f,
+                        XENT_PLAIN);
         break;
     case OP_SUMSQ: (void)o->sumsq(be, s->g, np); break;
     case OP_SCALE: o->scale(be, s->g, np, 1.0f); break;
