@@ -137,9 +137,21 @@ static void specs_gpt2(Model *m, SpecList *l, const char *pre) {
         spec_add(l, "lm_head.weight", 2, (int64_t)V, (int64_t)C, &m->lm_head, V * C, LOAD_COPY, 0);
 }
 
-size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
-    /* the table model_load allocates by, on a model that is never filled: its pointers only
-       say which tensors are the first layer's */
+int model_param_in_modules(const char *name, int layer, const char *modules) {
+    for (const char *q = modules; layer >= 0 && *q;) {
+        size_t n = strcspn(q, ",");
+        char pat[96];
+        snprintf(pat, sizeof pat, ".%d.%.*s", layer, (int)(n < 64 ? n : 64), q);
+        if (n && strstr(name, pat)) return 1;
+        q += n + (q[n] == ',');
+    }
+    return 0;
+}
+
+/* The parameters of the table model_load allocates by, on a model that is never filled (its
+ * pointers only say which tensors are the first layer's): all of them, returned, and *layer0
+ * those of the first layer (in modules, unless NULL). */
+static size_t count_specs(const ModelConfig *c, const char *modules, size_t *layer0) {
     Model m;
     memset(&m, 0, sizeof m);
     m.cfg = *c;
@@ -153,13 +165,24 @@ size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
     for (int i = 0; i < l.n; i++) {
         total += l.v[i].n;
         const char *d = (const char *)l.v[i].dst;
-        if (d >= (const char *)&m.layers[0] && d < (const char *)(&m.layers[0] + 1))
+        if (d >= (const char *)&m.layers[0] && d < (const char *)(&m.layers[0] + 1) &&
+            (!modules || model_param_in_modules(l.v[i].name, 0, modules)))
             layer += l.v[i].n;
     }
     free(l.v);
     free(m.layers);
-    if (per_layer) *per_layer = layer;
+    if (layer0) *layer0 = layer;
     return total;
+}
+
+size_t model_param_count_for(const ModelConfig *c, size_t *per_layer) {
+    return count_specs(c, NULL, per_layer);
+}
+
+size_t model_param_count_modules(const ModelConfig *c, const char *modules) {
+    size_t n;
+    count_specs(c, modules, &n);
+    return n;
 }
 
 /* The (layer, LoraSite) of a linear layer's weight spec, or -1 (norms, biases, embeddings). */

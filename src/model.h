@@ -256,6 +256,12 @@ size_t model_param_count(const Model *m);
 /* The floats model_load would allocate for a model of config c (the same tensor table), and
  * in *per_layer (may be NULL) those of one decoder layer. Reads no file. */
 size_t model_param_count_for(const ModelConfig *c, size_t *per_layer);
+/* Whether parameter `name` of layer `layer` is one of the comma-separated modules, matched as
+ * LLaMA-Factory's freeze tuning matches them (".{layer}.{module}" in the name). */
+int model_param_in_modules(const char *name, int layer, const char *modules);
+/* The parameters of one layer that are in those modules (the freeze method's
+ * freeze_trainable_modules), from the config alone. */
+size_t model_param_count_modules(const ModelConfig *c, const char *modules);
 
 /* One convention for what a model argument names (src/model_any.c), used by the CLI and the
  * workbench alike. An adapter run: a folder with an adapter_config.json and no config.json of

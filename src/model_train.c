@@ -376,7 +376,10 @@ int train_state_size(const ModelConfig *c, size_t n_params, size_t layer_params,
             n = (size_t)nl * layer_params; /* the layers lie one after another in params */
         }
         out->trainable = n;
-        out->grad_bytes = bsize(n);
+        out->grad_bytes = bsize(n); /* the layers' range, freeze_trainable_modules or not */
+        const char *mods = setup->method == METHOD_FREEZE ? setup->freeze_modules : NULL;
+        if (mods && *mods && strcmp(mods, "all"))
+            out->trainable = (size_t)setup->freeze_layers * model_param_count_modules(c, mods);
     } else if (setup->method == METHOD_LORA) {
         int want[N_SITES];
         char norm[256];
@@ -601,6 +604,38 @@ static void tokens_grad_embed(TrainState *ts, const float *dx, const int32_t *id
 #define TS_NOMEM (-1)
 
 /* full / freeze: the gradient block over the trained weights (all, or the last layers). */
+/* Every module named must be one of layer 0's (the word after ".0." in its parameters' names),
+ * as LLaMA-Factory checks freeze_trainable_modules. */
+static int check_freeze_modules(const Model *m, const char *mods, TunaErr *err) {
+    char have[256] = "";
+    for (int i = 0; i < m->n_pinfo; i++) {
+        const char *at = strstr(m->pinfo[i].name, ".0.");
+        if (!at) continue;
+        char word[64];
+        snprintf(word, sizeof word, "%.*s", (int)strcspn(at + 3, "."), at + 3);
+        char key[70];
+        snprintf(key, sizeof key, ",%s,", word);
+        char hay[260];
+        snprintf(hay, sizeof hay, ",%s,", have);
+        if (strstr(hay, key)) continue;
+        size_t len = strlen(have);
+        snprintf(have + len, sizeof have - len, "%s%s", len ? "," : "", word);
+    }
+    for (const char *q = mods; *q;) {
+        size_t n = strcspn(q, ",");
+        char key[70], hay[260];
+        snprintf(key, sizeof key, ",%.*s,", (int)(n < 64 ? n : 64), q);
+        snprintf(hay, sizeof hay, ",%s,", have);
+        if (!n || !strstr(hay, key))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--freeze-trainable-modules: \"%.*s\" is not a module of this "
+                             "model's layers (%s, or all)",
+                             (int)n, q, have);
+        q += n + (q[n] == ',');
+    }
+    return 0;
+}
+
 static int init_full(TrainState *ts, TunaErr *err) {
     const Model *m = ts->m;
     const ModelConfig *c = &m->cfg;
@@ -627,16 +662,24 @@ static int init_full(TrainState *ts, TunaErr *err) {
     size_t *lo = xmalloc(sizeof(size_t) * 2 * (size_t)c->L), *hi = lo + c->L;
     for (int l = 0; l < c->L; l++)
         layer_range(m, l, &lo[l], &hi[l]);
-    for (int i = 0; i < m->n_pinfo; i++) {
+    const char *mods = ts->setup.method == METHOD_FREEZE ? ts->setup.freeze_modules : NULL;
+    if (mods && (!*mods || !strcmp(mods, "all"))) mods = NULL;
+    int rc = mods ? check_freeze_modules(m, mods, err) : 0;
+    for (int i = 0; !rc && i < m->n_pinfo; i++) {
         const ParamInfo *p = &m->pinfo[i];
         if (p->off < ts->g0 || p->off + p->n > ts->g1) continue;
+        int layer = -1;
+        for (int l = 0; l < c->L; l++)
+            if (p->off >= lo[l] && p->off + p->n <= hi[l]) layer = l;
+        /* freeze_trainable_modules: the others keep their gradient buffer (the backward writes
+         * it) but are not trained, clipped or saved */
+        if (mods && !model_param_in_modules(p->name, layer, mods)) continue;
         add_tp(ts, p->name, m->params + p->off, ts->grads + (p->off - ts->g0), p->n, p->ndim,
                p->shape[0], p->shape[1], p->ndim == 2);
-        for (int l = 0; l < c->L; l++)
-            if (p->off >= lo[l] && p->off + p->n <= hi[l]) ts->tp[ts->n_tp - 1].layer = l;
+        ts->tp[ts->n_tp - 1].layer = layer;
     }
     free(lo);
-    return 0;
+    return rc;
 }
 
 /* The trained matrices that the products read: each trained layer's linear weights, and the

@@ -47,7 +47,10 @@ static inline int train_method_adapter(TrainMethod m) {
 typedef struct TrainSetup {
     TrainMethod method;
     int freeze_layers; /* freeze: how many last layers train */
-    int lora_rank;     /* lora */
+    /* freeze: the modules of those layers that train, comma-separated (LLaMA-Factory's
+     * freeze_trainable_modules: self_attn, mlp, input_layernorm, ...; NULL, "" or "all": all) */
+    const char *freeze_modules;
+    int lora_rank; /* lora */
     float lora_alpha;
     float lora_dropout;
     int lora_rslora; /* scale alpha/sqrt(r) instead of alpha/r */

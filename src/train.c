@@ -799,6 +799,7 @@ static int run_open_training(Run *r, TrainMethod method, const ModelLoadOptions 
     int rc;
     TrainSetup setup = {.method = method,
                         .freeze_layers = c->freeze_layers,
+                        .freeze_modules = c->freeze_trainable_modules,
                         .lora_rank = c->lora_rank,
                         .lora_alpha = (float)c->lora_alpha,
                         .lora_dropout = (float)c->lora_dropout,

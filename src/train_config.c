@@ -106,6 +106,10 @@ static const TrainOption fields[] = {
           "learned that token"),
         I(freeze_layers, TRAIN_M_FREEZE, RANGE(1, 100000), "2",
           "freeze: how many last layers train"),
+        S(freeze_trainable_modules, TRAIN_M_FREEZE, "all",
+          "freeze: the modules of the trained layers that train, comma-separated (self_attn, mlp, "
+          "input_layernorm, ...; GPT-2: attn, mlp, ln_1, ln_2), or all (LLaMA-Factory's "
+          "freeze_trainable_modules)"),
         I(prefix_tokens, VIRT, RANGE(1, 1024), "16",
           "ptuning, prompt, ptuning-v1: virtual tokens (num_virtual_tokens)"),
         B(prefix_projection, TRAIN_M_PTUNING, "false",

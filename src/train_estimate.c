@@ -84,6 +84,7 @@ int train_estimate(const ModelConfig *mc, const TrainConfig *cfg, TrainEstimate 
     /* the TrainSetup train_run builds (trainable tokens: one row per listed token) */
     TrainSetup setup = {.method = method,
                         .freeze_layers = cfg->freeze_layers,
+                        .freeze_modules = cfg->freeze_trainable_modules,
                         .lora_rank = cfg->lora_rank,
                         .lora_alpha = (float)cfg->lora_alpha,
                         .lora_dropout = (float)cfg->lora_dropout,

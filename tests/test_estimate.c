@@ -230,6 +230,42 @@ static void pref_case(Model *m, const char *dir, const char *method, const char 
     train_state_free(ts);
 }
 
+/* freeze with freeze_trainable_modules: the trainable count and the optimizer are those modules'
+ * (the gradient buffer still spans the layers), as train_state_init registers them */
+static void freeze_modules_case(Model *m, const char *dir) {
+    const char *mods = m->cfg.arch == ARCH_GPT2 ? "attn,ln_2" : "mlp,input_layernorm";
+    char what[200];
+    snprintf(what, sizeof what, "%s freeze 2 layers, %s", dir, mods);
+    TrainConfig cfg;
+    train_config_defaults(&cfg);
+    snprintf(cfg.method, sizeof cfg.method, "freeze");
+    cfg.freeze_layers = 2;
+    snprintf(cfg.freeze_trainable_modules, sizeof cfg.freeze_trainable_modules, "%s", mods);
+    cfg.batch_size = BATCH;
+    cfg.cutoff_len = CUTOFF;
+    ModelConfig mc;
+    TunaErr err = {0};
+    TrainEstimate est;
+    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    TrainSetup setup = {
+            .method = METHOD_FREEZE, .freeze_layers = 2, .freeze_modules = mods, .seed = 42};
+    TrainState *ts = NULL;
+    if (train_state_init(m, &setup, BATCH, CUTOFF, &ts, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    CHECK(est.trainable_params == train_param_count(ts) &&
+                  est.optim_bytes == 2 * train_param_count(ts) * sizeof(float) &&
+                  train_param_count(ts) > 0,
+          "%s: trainable %zu estimated, the state has %zu", what, est.trainable_params,
+          train_param_count(ts));
+    printf("  %-40s trainable %8zu\n", what, est.trainable_params);
+    train_state_free(ts);
+}
+
 static void one_model(const char *dir) {
     TunaErr err = {0};
     Backend *be = backend_init("cpu", 1, &err);
@@ -251,6 +287,7 @@ static void one_model(const char *dir) {
     pref_case(m, dir, "lora", "kto", "sigmoid");
     pref_case(m, dir, "full", "kto", "sigmoid");
     pref_case(m, dir, "lora", "rm", "sigmoid");
+    freeze_modules_case(m, dir);
     be->ops = real_ops;
     model_free(m);
     backend_free(be);

@@ -161,6 +161,10 @@ static void test_defaults_and_specials(void) {
     /* what upcasting gives (fp32 norm weights and logits) tuna always does */
     CHECK(load("upcast_layernorm: true\nupcast_lmhead_output: true\n", &c, NULL, 0, &err) == 0,
           "upcast_layernorm, upcast_lmhead_output: %s", err.msg);
+    CHECK(load("finetuning_type: freeze\nfreeze_trainable_modules: mlp,self_attn\n", &c, NULL, 0,
+               &err) == 0 &&
+                  !strcmp(c.freeze_trainable_modules, "mlp,self_attn"),
+          "freeze_trainable_modules: %s %s", err.msg, c.freeze_trainable_modules);
     CHECK(load("use_dft_loss: true\n", &c, NULL, 0, &err) == 0 && c.use_dft_loss == 1,
           "use_dft_loss: %s", err.msg);
     CHECK(load("use_eaft_loss: true\neaft_alpha: 0.5\n", &c, NULL, 0, &err) == 0 &&
@@ -258,7 +262,7 @@ static void test_refusals(void) {
     refused("rope_scaling: linear\n", "rope_scaling", NULL);
     refused("finetuning_type: oft\n", "finetuning_type oft", NULL);
     refused("freeze_trainable_layers: -2\n", "freeze_trainable_layers -2", "first");
-    refused("freeze_trainable_modules: mlp\n", "freeze_trainable_modules mlp", NULL);
+    refused("freeze_extra_modules: embed_tokens\n", "freeze_extra_modules", NULL);
     refused("additional_target: embed_tokens\n", "additional_target", NULL);
     refused("pissa_init: true\n", ":1: pissa_init", "pissa_niter_16");
     refused("pissa_init: true\npissa_iter: 4\n", "pissa_niter_4", NULL);

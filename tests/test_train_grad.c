@@ -213,12 +213,73 @@ done:
     safetensors_free(st);
 }
 
+/* freeze with freeze_trainable_modules (LLaMA-Factory's): only those modules of the trained
+ * layers train, by its ".{layer}.{module}" match; a module the layers lack is refused naming the
+ * ones they have */
+static void test_freeze_modules(void) {
+    static const struct {
+        const char *arch, *mods;
+        int layers, want;
+    } cases[] = {{"llama", "mlp,input_layernorm", 2, 8},
+                 {"gpt2", "attn", 1, 8}}; /* c_attn: q, k, v apart */
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        TunaErr err = {0};
+        Backend *be = backend_init("cpu", 2, &err);
+        Model *m = NULL;
+        char dir[128];
+        snprintf(dir, sizeof dir, "tests/fixtures/%s", cases[k].arch);
+        CHECK(model_load(dir, be, &m, &err) == 0, "%s", err.msg);
+        TrainSetup s = {.method = METHOD_FREEZE,
+                        .freeze_layers = cases[k].layers,
+                        .freeze_modules = cases[k].mods,
+                        .seed = 1};
+        TrainState *ts = NULL;
+        int ok = m && train_state_init(m, &s, 1, 8, &ts, &err) == 0, np = 0, good = 0;
+        const TrainParam *tp = ok ? train_params(ts, &np) : NULL;
+        for (int i = 0; i < np; i++) {
+            int hit = 0;
+            for (int l = m->cfg.L - cases[k].layers; l < m->cfg.L; l++)
+                for (const char *q = cases[k].mods; *q;) {
+                    size_t n = strcspn(q, ",");
+                    char pat[96];
+                    snprintf(pat, sizeof pat, ".%d.%.*s.", l, (int)n, q);
+                    hit |= strstr(tp[i].name, pat) != NULL;
+                    q += n + (q[n] == ',');
+                }
+            good += hit;
+        }
+        CHECK(ok && np == cases[k].want && good == np,
+              "%s freeze %s: %d tensors train (%d of them those modules), want %d: %s",
+              cases[k].arch, cases[k].mods, np, good, cases[k].want, err.msg);
+        train_state_free(ts);
+        s.freeze_modules = "self_attention";
+        ts = NULL;
+        int rc = m ? train_state_init(m, &s, 1, 8, &ts, &err) : -1;
+        CHECK(rc != 0 && strstr(err.msg, "\"self_attention\" is not a module") &&
+                      strstr(err.msg, "mlp"),
+              "%s: an unknown module: %s", cases[k].arch, err.msg);
+        train_state_free(ts);
+        model_free(m);
+        backend_free(be);
+    }
+}
+
 int main(void) {
     test_peft_interop();
     const char *archs[] = {"llama", "llama_tied", "llama3", "mistral", "qwen2", "qwen3", "gpt2"};
     TrainSetup full = {.method = METHOD_FULL, .seed = 1};
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
         run_case(archs[i], "full", full);
+    /* freeze_trainable_modules: their gradients are full fine-tuning's (a tensor's gradient
+     * does not depend on which others train) */
+    test_freeze_modules();
+    TrainSetup fm = {.method = METHOD_FREEZE,
+                     .freeze_layers = 2,
+                     .freeze_modules = "mlp,input_layernorm",
+                     .seed = 1};
+    run_case("llama", "full", fm);
+    fm.freeze_modules = "attn,ln_2";
+    run_case("gpt2", "full", fm);
     TrainSetup lora = {.method = METHOD_LORA, .lora_rank = 4, .lora_alpha = 8, .seed = 1};
     const char *lora_archs[] = {"llama", "qwen2", "qwen3", "gpt2"};
     for (size_t i = 0; i < 4; i++)

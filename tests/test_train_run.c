@@ -15,6 +15,7 @@
 
 #include "cli_fixture.h"
 #include "harness.h"
+#include "src/safetensors.h"
 #include "src/xalloc.h"
 
 #define BASE                                                                                       \
@@ -130,6 +131,40 @@ static int same_file(const char *a, const char *b) {
     free(x);
     free(y);
     return same;
+}
+
+/* freeze_trainable_modules mlp on the last 2 of stories260K's 5 layers: the result's mlp
+ * weights of layers 3 and 4 moved, every other tensor is the base's, byte for byte */
+static void test_freeze_modules(const char *tmp) {
+    char d[400], cmd[2048], path[500];
+    snprintf(d, sizeof d, "%s/freeze-mlp", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method freeze --freeze-layers 2 --freeze-trainable-modules mlp "
+             "--lr 1e-2 --max-steps 3 --eval-steps 0 --save-steps 0 --output %s",
+             test_tuna_bin(), d);
+    int rc = test_system(cmd);
+    snprintf(path, sizeof path, "%s/model.safetensors", d);
+    SafeTensors *a = NULL, *b = NULL;
+    TunaErr err = {0};
+    int ok = rc == 0 && !safetensors_open("models/stories260K/model.safetensors", &a, &err) &&
+             !safetensors_open(path, &b, &err);
+    int moved = 0, kept = 0, wrong = 0;
+    for (int i = 0; ok && i < safetensors_count(a); i++) {
+        const StTensor *x = safetensors_at(a, i), *y = safetensors_find(b, x->name);
+        if (!y || y->nbytes != x->nbytes) {
+            wrong++;
+            continue;
+        }
+        int same = !memcmp(x->data, y->data, x->nbytes);
+        int want_move = (strstr(x->name, ".3.mlp.") || strstr(x->name, ".4.mlp.")) != 0;
+        if (same == want_move) wrong++;
+        moved += !same;
+        kept += same;
+    }
+    CHECK(ok && moved == 6 && !wrong, "freeze mlp: exit %d, %d tensors moved, %d kept, %d wrong",
+          rc, moved, kept, wrong);
+    safetensors_free(a);
+    safetensors_free(b);
 }
 
 /* Hugging Face's load_best_model_at_end and save_strategy best. A LoRA run on identity at a
@@ -393,6 +428,7 @@ int main(void) {
     CHECK(nev == 2 && ev[0] == 0 && ev[1] == 4, "eval_strategy no: %d evals (%d %d)", nev, ev[0],
           ev[1]);
     test_load_best(tmp);
+    test_freeze_modules(tmp);
     // --- threads 0 follows the cores other processes leave free: a busy process beside the run
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         SKIP("one core: no other core for the run to give up");
