@@ -1029,6 +1029,85 @@ static int load_one(Ctx *c, const DatasetAttr *a, TunaErr *err) {
     return rc;
 }
 
+/* LLaMA-Factory's interleave mix_strategy, ordered as datasets.interleave_datasets orders a
+ * map-style dataset's indices: round-robin (under: min(len) of each in turn; over: max(len) of
+ * each in turn, the shorter ones starting over), or each next source drawn with the given
+ * probabilities (from tuna's generator, not numpy's: other draws, the same rule), until the
+ * first source runs out (under) or every one has run out once (over). ends[i]: the examples
+ * after source i; a unit is an example, or a pair (2) for ranking data. */
+static int mix_datasets(Dataset *d, const size_t *ends, int nd, const DatasetOptions *opt,
+                        TunaErr *err) {
+    int per = d->pairs ? 2 : 1, under = opt->mix == DATASET_MIX_UNDER;
+    size_t len[64], off[64], cur[64], lo = SIZE_MAX, hi = 0;
+    int done[64] = {0};
+    for (int i = 0; i < nd; i++) {
+        off[i] = (i ? ends[i - 1] : 0) / (size_t)per;
+        len[i] = ends[i] / (size_t)per - off[i];
+        cur[i] = 0;
+        if (!len[i])
+            return tuna_errf(err, TUNA_EINVAL,
+                             "mix_strategy: dataset %d of %d has no usable example", i + 1, nd);
+        lo = len[i] < lo ? len[i] : lo;
+        hi = len[i] > hi ? len[i] : hi;
+    }
+    for (int i = 0; opt->n_probs && !under && i < nd; i++)
+        if (!(opt->probs[i] > 0))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "mix_strategy interleave_over: dataset %d's probability is 0, so it "
+                             "never runs out",
+                             i + 1);
+    size_t n = 0, cap = opt->n_probs ? 2 * hi * (size_t)nd + 16 : (under ? lo : hi) * (size_t)nd;
+    size_t *idx = xmalloc(sizeof(size_t) * cap);
+    if (!opt->n_probs) {
+        for (size_t k = 0; k < (under ? lo : hi); k++)
+            for (int i = 0; i < nd; i++)
+                idx[n++] = off[i] + k % len[i];
+    } else {
+        uint64_t s = opt->mix_seed ^ 0x6d6978ull; /* "mix" */
+        for (;;) {
+            int any = 0, all = 1;
+            for (int i = 0; i < nd; i++)
+                any |= done[i], all &= done[i];
+            if (under ? any : all) break;
+            double u = (double)(rng_splitmix64(&s) >> 11) * 0x1.0p-53, c = 0;
+            int src = nd - 1;
+            for (int i = 0; i < nd; i++)
+                if (u < (c += opt->probs[i])) {
+                    src = i;
+                    break;
+                }
+            while (opt->probs[src] <= 0) /* past the cumulative sum's rounding */
+                src--;
+            if (n == cap) idx = xrealloc(idx, sizeof(size_t) * (cap *= 2));
+            idx[n++] = off[src] + cur[src];
+            if (++cur[src] >= len[src]) {
+                done[src] = 1;
+                cur[src] = 0;
+            }
+        }
+    }
+    Example *ex = xcalloc(n * (size_t)per + 1, sizeof *ex);
+    for (size_t j = 0; j < n; j++)
+        for (int k = 0; k < per; k++) {
+            const Example *e = &d->ex[idx[j] * (size_t)per + (size_t)k];
+            Example *o = &ex[j * (size_t)per + (size_t)k];
+            *o = *e;
+            o->ids = xmalloc(sizeof(int32_t) * (size_t)(e->n ? e->n : 1));
+            o->labels = xmalloc(sizeof(int32_t) * (size_t)(e->n ? e->n : 1));
+            memcpy(o->ids, e->ids, sizeof(int32_t) * (size_t)e->n);
+            memcpy(o->labels, e->labels, sizeof(int32_t) * (size_t)e->n);
+        }
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->ex[i].ids);
+        free(d->ex[i].labels);
+    }
+    free(d->ex);
+    free(idx);
+    d->ex = ex;
+    d->n = d->cap = n * (size_t)per;
+    return 0;
+}
+
 int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template *tpl,
                  Dataset **out, TunaErr *err) {
     *out = NULL;
@@ -1073,6 +1152,8 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
         goto fail;
     }
     if ((rc = vars_parse(opt->vars, &c.vars, err))) goto fail;
+    size_t ends[64];
+    int nd = 0;
     char *save = NULL;
     for (char *nm = strtok_r(names, ",", &save); nm; nm = strtok_r(NULL, ",", &save)) {
         while (*nm == ' ')
@@ -1103,8 +1184,20 @@ int dataset_load(const DatasetOptions *opt, const Tokenizer *tok, const Template
         rc = load_one(&c, &a, err);
         attr_free(&a);
         if (rc) goto fail;
+        if (nd < 64) ends[nd] = d->n;
+        nd++;
     }
     pt_flush(&c);
+    if (!rc && opt->mix != DATASET_MIX_CONCAT && nd > 1) {
+        if (opt->stage_pt || nd > 64 || (opt->n_probs && opt->n_probs != nd))
+            rc = tuna_errf(err, TUNA_EINVAL, "mix_strategy interleave: %s",
+                           opt->stage_pt ? "not for stage pt (its text is packed as it is read)"
+                           : nd > 64     ? "at most 64 datasets"
+                                         : "interleave_probs needs one probability a dataset");
+        else
+            rc = mix_datasets(d, ends, nd, opt, err);
+        if (rc) goto fail;
+    }
     if (d->n == 0 && !rc) {
         rc = tuna_errf(err, TUNA_EFORMAT,
                        "%s: no usable example (%zu rows, %zu skipped, %zu with "

@@ -42,7 +42,18 @@ typedef struct DatasetOptions {
     int template_flags; /* sft: TEMPLATE_TRAIN_ON_PROMPT | TEMPLATE_MASK_HISTORY */
     int ranking;        /* preference stages: ranking datasets only, loaded as pairs */
     int kto;            /* stage kto: kto_tag datasets only, examples with their tag */
+    /* several datasets: LLaMA-Factory's mix_strategy as datasets.interleave_datasets does it
+     * (DATASET_MIX_*; not for stage pt), with probabilities (n_probs of them, one a dataset;
+     * 0: round-robin) drawn from seed */
+    int mix;
+    const double *probs;
+    int n_probs;
+    uint64_t mix_seed;
 } DatasetOptions;
+
+/* mix_strategy: concat (in order), interleave_under (until the first dataset runs out),
+ * interleave_over (until every one has run out once, the others starting over) */
+enum { DATASET_MIX_CONCAT, DATASET_MIX_UNDER, DATASET_MIX_OVER };
 
 typedef struct Example {
     int32_t *ids;    /* (n) */

@@ -667,10 +667,52 @@ static int run_check_stage(Run *r, TunaErr *err) {
     return 0;
 }
 
+/* --mix-strategy and --interleave-probs into r->mix and r->mix_probs, checked as LLaMA-Factory's
+ * DataArguments checks them */
+static int mix_parse(Run *r, TunaErr *err) {
+    const TrainConfig *c = r->cfg;
+    static const char *const names[] = {"concat", "interleave_under", "interleave_over"};
+    r->mix = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(c->mix_strategy, names[i])) r->mix = i;
+    if (r->mix < 0)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--mix-strategy \"%s\": concat, interleave_under or interleave_over",
+                         c->mix_strategy);
+    int n_ds = 1;
+    for (const char *q = c->dataset; *q; q++)
+        n_ds += *q == ',';
+    r->n_mix_probs = 0;
+    double sum = 0;
+    for (const char *q = c->interleave_probs; *q && r->n_mix_probs < 64;) {
+        char *end;
+        double p = strtod(q, &end);
+        if (end == q || !isfinite(p) || p < 0 || (*end && *end != ','))
+            return tuna_errf(err, TUNA_EINVAL,
+                             "--interleave-probs \"%s\": probabilities (numbers from 0), "
+                             "comma-separated",
+                             c->interleave_probs);
+        r->mix_probs[r->n_mix_probs++] = p;
+        sum += p;
+        q = *end ? end + 1 : end;
+    }
+    if (r->n_mix_probs && r->mix == DATASET_MIX_CONCAT)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--interleave-probs: for --mix-strategy interleave_under or "
+                         "interleave_over, not concat");
+    if (r->n_mix_probs && (r->n_mix_probs != n_ds || fabs(sum - 1) > 1e-6))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--interleave-probs: %d probabilities summing to %g for %d datasets "
+                         "(one a dataset, summing to 1)",
+                         r->n_mix_probs, sum, n_ds);
+    return 0;
+}
+
 /* The tokenizer, the template, the dataset and its split, the batcher and the step counts. */
 static int run_open_data(Run *r, TunaErr *err) {
     const TrainConfig *c = r->cfg;
-    int rc;
+    int rc = mix_parse(r, err);
+    if (rc) return rc;
     if ((rc = tokenizer_load(c->model, &r->tok, err))) return rc;
     if ((rc = template_load(c->templates_dir, c->template_name, &r->tpl, err))) return rc;
     if (c->default_system[0]) template_set_default_system(r->tpl, c->default_system);
@@ -698,7 +740,11 @@ static int run_open_data(Run *r, TunaErr *err) {
                            .ranking = r->pref_on || r->rm_on,
                            .kto = r->kto_on,
                            .template_flags = (c->train_on_prompt ? TEMPLATE_TRAIN_ON_PROMPT : 0) |
-                                             (c->mask_history ? TEMPLATE_MASK_HISTORY : 0)};
+                                             (c->mask_history ? TEMPLATE_MASK_HISTORY : 0),
+                           .mix = r->mix,
+                           .probs = r->mix_probs,
+                           .n_probs = r->n_mix_probs,
+                           .mix_seed = (uint64_t)c->seed};
     if ((rc = dataset_load(&dopt, r->tok, r->tpl, &r->all, err))) return rc;
     if (r->all->n_skipped) {
         char msg[700];

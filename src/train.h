@@ -46,6 +46,9 @@ typedef struct TrainConfig {
     int use_dora; /* DoRA (PEFT use_dora) */
     int lora_rank, use_rslora, freeze_layers, max_steps, batch_size, grad_accum, max_bad_steps;
     char freeze_trainable_modules[128]; /* freeze: the modules of its layers that train ("all") */
+    /* several datasets: concat | interleave_under | interleave_over (LLaMA-Factory's
+     * mix_strategy), interleave_probs one probability a dataset, comma-separated ("": none) */
+    char mix_strategy[20], interleave_probs[256];
     int cutoff_len, eval_steps, save_steps, save_total_limit, logging_steps, warmup_steps;
     int seed, max_samples, strict, sample_steps, sample_max_tokens, threads;
     double dist_timeout; /* data parallel: seconds a collective may wait before the job ends */

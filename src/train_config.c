@@ -44,6 +44,13 @@ static const TrainOption fields[] = {
         S(model, ALL, "models/stories260K",
           "model folder (config.json, model.safetensors, tokenizer.json)"),
         S(dataset, ALL, "identity", "dataset name(s) from dataset_info.json, comma-separated"),
+        S(mix_strategy, ALL, "concat",
+          "several datasets: concat (in order) | interleave_under (in turn, until the first runs "
+          "out) | interleave_over (until every one has run out once) (LLaMA-Factory's "
+          "mix_strategy)"),
+        S(interleave_probs, ALL, "",
+          "interleave: the probability of each dataset, comma-separated (drawn from --seed; "
+          "none: in turn)"),
         S(dataset_dir, ALL, "datasets", "folder holding dataset_info.json"),
         S(eval_dataset, ALL, "",
           "evaluate on these datasets (comma-separated, prepared as the training data) instead "

@@ -44,6 +44,9 @@ typedef struct Run {
     int B, T, total, warmup, steps_per_epoch, step;
     int eval_every, save_every; /* steps between evals / checkpoints (0: at the end only) */
     int save_best;              /* save_strategy best: a checkpoint at each new lowest eval loss */
+    int mix;                    /* DATASET_MIX_* of --mix-strategy */
+    double mix_probs[64];       /* --interleave-probs */
+    int n_mix_probs;
     int pad_multiple; /* --pad-to batch: rows of each batch's longest, rounded up to this */
     Sched sched;      /* the lr schedule (its warmup and total are those above) */
     double lr;        /* the peak learning rate: cfg->lr, or what auto chose */

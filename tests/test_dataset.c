@@ -19,7 +19,7 @@ static Template *van, *chatml;
 
 static Dataset *load(const char *names, const char *dir, const char *vars, int cutoff, int max,
                      int strict, int pt, const Template *t, int *rc_out, TunaErr *err) {
-    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0, 0};
+    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0, 0, 0, NULL, 0, 0};
     Dataset *d = NULL;
     int rc = dataset_load(&o, tok, t, &d, err);
     if (rc_out) *rc_out = rc;
@@ -577,6 +577,67 @@ static void test_batcher(void) {
     dataset_free(d);
 }
 
+static int ex_eq(const Example *a, const Example *b) {
+    return a->n == b->n && !memcmp(a->ids, b->ids, sizeof(int32_t) * (size_t)a->n) &&
+           !memcmp(a->labels, b->labels, sizeof(int32_t) * (size_t)a->n);
+}
+
+/* mix_strategy interleave, as datasets.interleave_datasets orders a map-style dataset: identity
+ * (i examples) and alpaca_en_demo (a) in turn, until the first runs out (2 min) or until both
+ * have (2 max, identity starting over); with probabilities, each source's examples in order,
+ * the one that ran out whole and the other a prefix (under), or both whole at least once
+ * (over) */
+static void test_mix(void) {
+    TunaErr err = {0};
+    DatasetOptions o = {.names = "identity,alpaca_en_demo", .dataset_dir = "datasets"};
+    Dataset *cat = NULL, *mx = NULL;
+    CHECK(dataset_load(&o, tok, van, &cat, &err) == 0, "concat: %s", err.msg);
+    if (!cat) return;
+    Dataset *id = load_ok("identity", 0, 0, 0, van);
+    size_t ni = id ? id->n : 0, na = cat->n - ni;
+    const Example *I = cat->ex, *A = cat->ex + ni;
+    CHECK(ni == 91 && na > ni, "identity %zu, alpaca %zu examples", ni, na);
+    for (int over = 0; over < 2; over++) {
+        o.mix = over ? DATASET_MIX_OVER : DATASET_MIX_UNDER;
+        CHECK(dataset_load(&o, tok, van, &mx, &err) == 0, "interleave: %s", err.msg);
+        size_t rounds = over ? na : ni, bad = 0;
+        CHECK(mx && mx->n == 2 * rounds, "interleave %s: %zu examples, want %zu",
+              over ? "over" : "under", mx ? mx->n : 0, 2 * rounds);
+        for (size_t k = 0; mx && k < rounds && 2 * k + 1 < mx->n; k++)
+            bad += !ex_eq(&mx->ex[2 * k], &I[k % ni]) + !ex_eq(&mx->ex[2 * k + 1], &A[k]);
+        CHECK(!bad, "interleave %s: %zu examples out of turn", over ? "over" : "under", bad);
+        dataset_free(mx);
+        mx = NULL;
+    }
+    double probs[2] = {0.25, 0.75};
+    o.probs = probs;
+    o.n_probs = 2;
+    o.mix_seed = 7;
+    for (int over = 0; over < 2; over++) {
+        o.mix = over ? DATASET_MIX_OVER : DATASET_MIX_UNDER;
+        CHECK(dataset_load(&o, tok, van, &mx, &err) == 0, "interleave probs: %s", err.msg);
+        size_t ki = 0, ka = 0, bad = 0;
+        for (size_t j = 0; mx && j < mx->n; j++) {
+            if (ex_eq(&mx->ex[j], &I[ki % ni]))
+                ki++;
+            else if (ex_eq(&mx->ex[j], &A[ka % na]))
+                ka++;
+            else
+                bad++;
+        }
+        int ok = over ? ki >= ni && ka >= na && (ki % ni == 0 || ka % na == 0)
+                      : (ki == ni && ka < na) || (ka == na && ki < ni);
+        CHECK(mx && !bad && ok, "interleave %s with 0.25/0.75: %zu identity, %zu alpaca, %zu other",
+              over ? "over" : "under", ki, ka, bad);
+        printf("  interleave %s, probabilities 0.25/0.75: %zu identity, %zu alpaca examples\n",
+               over ? "over" : "under", ki, ka);
+        dataset_free(mx);
+        mx = NULL;
+    }
+    dataset_free(id);
+    dataset_free(cat);
+}
+
 int main(void) {
     TunaErr err = {0};
     if (tokenizer_load("models/stories260K", &tok, &err)) {
@@ -596,6 +657,7 @@ int main(void) {
     test_malformed();
     test_split();
     test_batcher();
+    test_mix();
     template_free(van);
     template_free(chatml);
     tokenizer_free(tok);

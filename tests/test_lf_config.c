@@ -165,6 +165,12 @@ static void test_defaults_and_specials(void) {
                &err) == 0 &&
                   !strcmp(c.freeze_trainable_modules, "mlp,self_attn"),
           "freeze_trainable_modules: %s %s", err.msg, c.freeze_trainable_modules);
+    CHECK(load("dataset: identity,alpaca_en_demo\nmix_strategy: interleave_under\n"
+               "interleave_probs: 0.2,0.8\n",
+               &c, NULL, 0, &err) == 0 &&
+                  !strcmp(c.mix_strategy, "interleave_under") &&
+                  !strcmp(c.interleave_probs, "0.2,0.8"),
+          "mix_strategy: %s %s %s", err.msg, c.mix_strategy, c.interleave_probs);
     CHECK(load("use_dft_loss: true\n", &c, NULL, 0, &err) == 0 && c.use_dft_loss == 1,
           "use_dft_loss: %s", err.msg);
     CHECK(load("use_eaft_loss: true\neaft_alpha: 0.5\n", &c, NULL, 0, &err) == 0 &&

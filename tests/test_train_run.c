@@ -488,6 +488,12 @@ int main(void) {
                          "--stage pt --use-dft-loss",
                          "--use-dft-loss --label-smoothing-factor 0.1",
                          "--use-dft-loss --use-eaft-loss",
+                         "--mix-strategy mixed",
+                         "--interleave-probs 0.5,0.5",
+                         "--dataset identity,alpaca_en_demo --mix-strategy interleave_under "
+                         "--interleave-probs 0.3",
+                         "--stage pt --dataset c4_demo,tinystories_valid_slice --mix-strategy "
+                         "interleave_over",
                          "--stage dpo --use-eaft-loss",
                          "--model /nonexistent",
                          "--sample-prompts 'a|b|c|d|e|f|g|h|i|j|k|l|m|n|o|p|q'"};
