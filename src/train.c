@@ -830,10 +830,11 @@ static int run_open_data(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--%s: there is no eval set (val_size 0 and no eval_dataset)",
                          r->save_best ? "save-strategy best" : "load-best-model-at-end");
-    if (r->save_best && r->world > 1)
+    if ((r->save_best || c->early_stopping_steps > 0) && r->world > 1)
         return tuna_errf(err, TUNA_EINVAL,
-                         "--save-strategy best is not implemented over several processes (rank 0 "
-                         "alone evaluates); use steps or epoch");
+                         "--%s is not implemented over several processes (rank 0 alone "
+                         "evaluates)",
+                         r->save_best ? "save-strategy best" : "early-stopping-steps");
     return 0;
 }
 

@@ -45,4 +45,13 @@ for m in full lora ptuning packed prompt ptuning-v1 dora; do
         || bad "$m: not exactly one start event (ranks other than 0 wrote?)"
     [ "$(grep -c '^{"type":"done"' "$W/$m-2/metrics.jsonl")" -eq 1 ] && ok || bad "$m: not one done event"
 done
+# what rank 0 alone decides (its evals) is refused over several ranks, in one line
+for f in "--save-strategy best" "--early-stopping-steps 2 --load-best-model-at-end"; do
+    # shellcheck disable=SC2086
+    out=$(timeout 120 "$BIN" train --nproc 2 $COMMON --val-size 0.1 --eval-steps 5 --save-steps 5 \
+        $f --method lora --batch-size 2 --output "$W/refused" 2>&1)
+    rc=$?
+    [ $rc -ne 0 ] && echo "$out" | grep -q "not implemented over several processes" && ok \
+        || bad "$f over 2 ranks: exit $rc: $out"
+done
 done_
