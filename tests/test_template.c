@@ -101,6 +101,12 @@ static const Case CASES[] = {
          "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me a "
          "joke.<|im_end|>\n<|im_start|>assistant\nWhy did the chicken cross the road?<|im_end|>\n",
          "Hello! How can I help?<|im_end|>\nWhy did the chicken cross the road?<|im_end|>\n"},
+        /* LLaMA-Factory's qwen3_nothink: qwen's formats without its default system prompt */
+        {"qwen3_nothink", "qwen3",
+         "<|im_start|>system\nYou are kind.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+         "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me a "
+         "joke.<|im_end|>\n<|im_start|>assistant\nWhy did the chicken cross the road?<|im_end|>\n",
+         "Hello! How can I help?<|im_end|>\nWhy did the chicken cross the road?<|im_end|>\n"},
         {"llama2", "llama3",
          "<|begin_of_text|>[INST] <<SYS>>\nYou are kind.\n<</SYS>>\n\nHi there [/INST]Hello! How "
          "can I help?<|end_of_text|><|begin_of_text|>[INST] Tell me a joke. [/INST]Why did the "
@@ -425,10 +431,10 @@ static void test_files(void) {
     int n = 0;
     TunaErr err = {0};
     int rc = template_list(TDIR, &names, &n, &err);
-    const char *want[] = {"alpaca", "chatml",  "default", "empty",  "llama2",
-                          "llama3", "mistral", "qwen",    "smollm", "vanilla"};
-    CHECK(rc == 0 && n == 10, "template_list: rc %d n %d (%s)", rc, n, err.msg);
-    for (int i = 0; i < n && i < 10; i++)
+    const char *want[] = {"alpaca",  "chatml", "default",       "empty",  "llama2", "llama3",
+                          "mistral", "qwen",   "qwen3_nothink", "smollm", "vanilla"};
+    CHECK(rc == 0 && n == 11, "template_list: rc %d n %d (%s)", rc, n, err.msg);
+    for (int i = 0; i < n && i < 11; i++)
         CHECK(!strcmp(names[i], want[i]), "list[%d] = %s, want %s", i, names[i], want[i]);
     template_list_free(names, n);
     template_list_free(NULL, 0);
@@ -451,6 +457,12 @@ static void test_files(void) {
     t = load_t(TDIR, "alpaca");
     CHECK(t && !strncmp(template_default_system(t), "Below is an instruction", 23),
           "alpaca system");
+    template_free(t);
+    /* qwen3_nothink: qwen without its default system prompt (LLaMA-Factory's), the same stops */
+    t = load_t(TDIR, "qwen3_nothink");
+    CHECK(t && !*template_default_system(t) && template_stop_words(t, &sw) == 1 &&
+                  !strcmp(sw[0], "<|im_end|>"),
+          "qwen3_nothink: no default system, stop <|im_end|>");
     template_free(t);
 
     char dir[] = "/tmp/tuna_tpl_XXXXXX";
