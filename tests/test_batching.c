@@ -231,7 +231,10 @@ static void test_real_tokens(const char *tmp) {
     Tokenizer *tok = NULL;
     Template *tpl = NULL;
     Dataset *d = NULL;
-    DatasetOptions o = {"identity", "datasets", "name=Tuna,author=Ann", 256, 0, 0, 0, 0, 0, 0};
+    DatasetOptions o = {.names = "identity",
+                        .dataset_dir = "datasets",
+                        .vars = "name=Tuna,author=Ann",
+                        .cutoff_len = 256};
     if (tokenizer_load("models/stories260K", &tok, &err) ||
         template_load("templates", "vanilla", &tpl, &err) || dataset_load(&o, tok, tpl, &d, &err)) {
         CHECK(0, "load: %s", err.msg);

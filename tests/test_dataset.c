@@ -19,7 +19,13 @@ static Template *van, *chatml;
 
 static Dataset *load(const char *names, const char *dir, const char *vars, int cutoff, int max,
                      int strict, int pt, const Template *t, int *rc_out, TunaErr *err) {
-    DatasetOptions o = {names, dir, vars, cutoff, max, strict, pt, 0, 0, 0, 0, NULL, 0, 0};
+    DatasetOptions o = {.names = names,
+                        .dataset_dir = dir,
+                        .vars = vars,
+                        .cutoff_len = cutoff,
+                        .max_samples = max,
+                        .strict = strict,
+                        .stage_pt = pt};
     Dataset *d = NULL;
     int rc = dataset_load(&o, tok, t, &d, err);
     if (rc_out) *rc_out = rc;
