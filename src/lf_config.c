@@ -609,8 +609,9 @@ static const char *const lf_choices[][3] = {
          "tuna's stages are sft, pt, dpo, kto and rm (PPO is not implemented)"},
         {"lr_scheduler",
          "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial|"
-         "inverse_sqrt|cosine_with_min_lr|cosine_warmup_with_min_lr|warmup_stable_decay",
-         "reduce_lr_on_plateau and greedy (driven by the eval metrics) are not implemented"},
+         "inverse_sqrt|cosine_with_min_lr|cosine_warmup_with_min_lr|warmup_stable_decay|"
+         "reduce_lr_on_plateau",
+         "the greedy schedule is not implemented"},
         {"pref_loss", "sigmoid|hinge|ipo|orpo|simpo",
          "tuna's dpo losses are sigmoid, hinge, ipo, orpo and simpo"},
         {"quantization_type", "nf4|fp4|q4_0|q4_1|q8_0",

@@ -18,7 +18,8 @@ static const char *const sched_names[SCHED_N] = {"constant",
                                                  "inverse_sqrt",
                                                  "cosine_with_min_lr",
                                                  "cosine_warmup_with_min_lr",
-                                                 "warmup_stable_decay"};
+                                                 "warmup_stable_decay",
+                                                 "reduce_lr_on_plateau"};
 
 int sched_parse(const char *name) {
     for (int i = 0; i < SCHED_N; i++)
@@ -28,7 +29,8 @@ int sched_parse(const char *name) {
 
 const char *sched_names_list(void) {
     return "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, "
-           "inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr or warmup_stable_decay";
+           "inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay or "
+           "reduce_lr_on_plateau";
 }
 
 /* the keyword arguments each schedule's function takes, space-separated (transformers 5.25's
@@ -43,7 +45,8 @@ static const char *const sched_keys[SCHED_N] = {
         "timescale",
         "num_cycles min_lr min_lr_rate",
         "num_cycles min_lr min_lr_rate warmup_lr_rate",
-        "num_decay_steps num_stable_steps warmup_type decay_type min_lr_ratio num_cycles"};
+        "num_decay_steps num_stable_steps warmup_type decay_type min_lr_ratio num_cycles",
+        "mode factor patience threshold threshold_mode cooldown min_lr eps"};
 
 static int has_key(const char *list, const char *key) {
     size_t n = strlen(key);
@@ -78,6 +81,45 @@ static int kw_kind(const cJSON *kw, const char *key, int *v, TunaErr *err) {
                      "--lr-scheduler-kwargs: %s must be \"linear\", \"cosine\" or \"1-sqrt\"", key);
 }
 
+/* reduce_lr_on_plateau's mode / threshold_mode: *v 0 for a, 1 for b */
+static int kw_word(const cJSON *kw, const char *key, const char *a, const char *b, int *v,
+                   TunaErr *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(kw, key);
+    if (!it) return 0;
+    if (cJSON_IsString(it) && (!strcmp(it->valuestring, a) || !strcmp(it->valuestring, b)))
+        return *v = !strcmp(it->valuestring, b), 0;
+    return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: %s must be \"%s\" or \"%s\"", key, a,
+                     b);
+}
+
+/* torch's ReduceLROnPlateau's arguments, checked as its constructor checks them */
+static int plateau_args(Sched *s, const cJSON *kw, TunaErr *err) {
+    double patience = 10, cooldown = 0;
+    s->p_factor = 0.1;
+    s->p_threshold = 1e-4;
+    s->p_eps = 1e-8;
+    int rc;
+    if ((rc = kw_word(kw, "mode", "min", "max", &s->p_max, err)) ||
+        (rc = kw_word(kw, "threshold_mode", "rel", "abs", &s->p_abs, err)) ||
+        (rc = kw_num(kw, "factor", 0, &s->p_factor, NULL, err)) ||
+        (rc = kw_num(kw, "patience", 1, &patience, NULL, err)) ||
+        (rc = kw_num(kw, "threshold", 0, &s->p_threshold, NULL, err)) ||
+        (rc = kw_num(kw, "cooldown", 1, &cooldown, NULL, err)) ||
+        (rc = kw_num(kw, "min_lr", 0, &s->p_min_lr, NULL, err)) ||
+        (rc = kw_num(kw, "eps", 0, &s->p_eps, NULL, err)))
+        return rc;
+    if (!(s->p_factor < 1.0))
+        return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: factor must be below 1");
+    if (patience < 0 || cooldown < 0 || patience > 1e9 || cooldown > 1e9)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lr-scheduler-kwargs: patience and cooldown must be 0 or more");
+    s->p_patience = (int)patience;
+    s->p_cooldown = (int)cooldown;
+    s->p_lr = s->lr;
+    s->p_best = s->p_max ? -INFINITY : INFINITY;
+    return 0;
+}
+
 static int sched_args(Sched *s, const cJSON *kw, TunaErr *err) {
     const char *name = sched_names[s->type];
     for (const cJSON *it = kw ? kw->child : NULL; it; it = it->next)
@@ -89,6 +131,7 @@ static int sched_args(Sched *s, const cJSON *kw, TunaErr *err) {
             return tuna_errf(err, TUNA_EINVAL, "--lr-scheduler-kwargs: %s takes %s, not \"%s\"",
                              name, sched_keys[s->type], it->string);
         }
+    if (s->type == SCHED_PLATEAU) return plateau_args(s, kw, err);
     double ts = 0, min_lr = 0, stable = 0, decay = 0;
     int have_ts, have_min_lr, have_rate, have_wlr, have_stable, have_decay, rc;
     if ((rc = kw_num(kw, "num_cycles", 0, &s->num_cycles, NULL, err)) ||
@@ -204,7 +247,37 @@ static double wsd_factor(const Sched *s, int step) {
     return r;
 }
 
+void sched_eval(Sched *s, double m) {
+    if (s->type != SCHED_PLATEAU) return;
+    /* ReduceLROnPlateau.step: _is_better, the cooldown, _reduce_lr */
+    double best = s->p_best, th = s->p_threshold;
+    int better = !s->p_max ? (!s->p_abs ? m < best * (1.0 - th) : m < best - th)
+                           : (!s->p_abs ? m > best * (th + 1.0) : m > best + th);
+    if (better) {
+        s->p_best = m;
+        s->p_bad = 0;
+    } else {
+        s->p_bad++;
+    }
+    if (s->p_cool > 0) {
+        s->p_cool--;
+        s->p_bad = 0;
+    }
+    if (s->p_bad > s->p_patience) {
+        double old = s->p_lr, nl = old * s->p_factor;
+        if (nl < s->p_min_lr) nl = s->p_min_lr;
+        if (old - nl > s->p_eps) s->p_lr = nl;
+        s->p_cool = s->p_cooldown;
+        s->p_bad = 0;
+    }
+}
+
+double sched_lr(const Sched *s, int step) {
+    return s->type == SCHED_PLATEAU ? s->p_lr : s->lr * sched_factor(s, step);
+}
+
 double sched_factor(const Sched *s, int step) {
+    if (s->type == SCHED_PLATEAU) return s->p_lr / s->lr;
     int w = s->warmup, total = s->total;
     double rest = (double)(total - w > 1 ? total - w : 1), progress = (double)(step - w) / rest, f;
     switch (s->type) {

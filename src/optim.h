@@ -27,6 +27,7 @@ typedef enum {
     SCHED_COSINE_MIN_LR,   /* cosine_with_min_lr: the cosine down to min_lr (or min_lr_rate x lr) */
     SCHED_COSINE_WARMUP_MIN_LR, /* cosine_warmup_with_min_lr: its warmup and progress run a step on */
     SCHED_WSD,                  /* warmup_stable_decay */
+    SCHED_PLATEAU, /* reduce_lr_on_plateau: torch's ReduceLROnPlateau, stepped by the evals */
     SCHED_N
 } SchedType;
 
@@ -44,6 +45,12 @@ typedef struct Sched {
     int num_decay_steps, num_stable_steps; /* wsd (stable: total - warmup - decay if unset) */
     int warmup_kind, decay_kind;           /* wsd: 0 linear, 1 cosine, 2 1-sqrt */
     double min_lr_ratio;                   /* wsd */
+    /* reduce_lr_on_plateau's arguments (torch's defaults: min, 0.1, 10, 1e-4 rel, 0, 0, 1e-8)
+     * and state: the lr now, the best metric, the bad evals and the cooldown left */
+    int p_max, p_abs, p_patience, p_cooldown;
+    double p_factor, p_threshold, p_min_lr, p_eps;
+    double p_lr, p_best;
+    int p_bad, p_cool;
 } Sched;
 
 /* The name's SchedType; -1 if it is none of transformers' that tuna runs. */
@@ -57,8 +64,14 @@ const char *sched_names_list(void);
 int sched_init(Sched *s, const char *name, const char *kwargs, double lr, int warmup, int total,
                TunaErr *err);
 /* The multiplier of the peak lr for optimizer step `step` (0-based), as the LambdaLR of
- * transformers' schedule gives it. */
+ * transformers' schedule gives it (reduce_lr_on_plateau: the lr now over the peak). */
 double sched_factor(const Sched *s, int step);
+/* The lr of optimizer step `step`: the peak times sched_factor, reduce_lr_on_plateau's own. */
+double sched_lr(const Sched *s, int step);
+/* reduce_lr_on_plateau: an eval's metric, as ReduceLROnPlateau.step(metric) takes it (the lr
+ * drops by factor after more than patience evals without an improvement); nothing for the
+ * other schedules. */
+void sched_eval(Sched *s, double metric);
 
 /* A stretch of consecutive tensors whose values, gradients and moments each lie end to end in
  * memory and that share the weight-decay flag: one AdamW pass covers it. A LoRA run's A and B

@@ -830,6 +830,15 @@ static int run_open_data(Run *r, TunaErr *err) {
         return tuna_errf(err, TUNA_EINVAL,
                          "--%s: there is no eval set (val_size 0 and no eval_dataset)",
                          r->save_best ? "save-strategy best" : "load-best-model-at-end");
+    if (r->sched.type == SCHED_PLATEAU && (!r->val->n || !r->eval_every))
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lr-scheduler reduce_lr_on_plateau: the evals step it, and there are "
+                         "none during training (an eval set and --eval-steps or --eval-strategy "
+                         "epoch)");
+    if (r->sched.type == SCHED_PLATEAU && r->world > 1)
+        return tuna_errf(err, TUNA_EINVAL,
+                         "--lr-scheduler reduce_lr_on_plateau is not implemented over several "
+                         "processes (rank 0 alone evaluates)");
     if ((r->save_best || c->early_stopping_steps > 0) && r->world > 1)
         return tuna_errf(err, TUNA_EINVAL,
                          "--%s is not implemented over several processes (rank 0 alone "
@@ -1722,6 +1731,7 @@ static int after_step(Run *r, Loop *lp, double epoch, double elapsed, double eta
     if (do_eval && r->val->n) {
         double el;
         if ((rc = run_eval(r, &el, err))) return rc;
+        sched_eval(&r->sched, el); /* reduce_lr_on_plateau: Trainer steps it with eval_loss */
         if (el < r->best_eval) {
             r->best_eval = el;
             r->best_step = r->step;
@@ -1784,7 +1794,7 @@ static int run_loop(Run *r, Loop *lp, TunaErr *err) {
             gnorm = sqrt(n1 * n1 + n2 * n2);
             gscale = mx > 0 && gnorm > mx ? (float)(mx / (gnorm + 1e-6)) : 1.0f;
         }
-        double lr = r->lr * sched_factor(&r->sched, r->step);
+        double lr = sched_lr(&r->sched, r->step);
         /* a non-finite loss or gradient: no update, the step is skipped, logged and counted */
         int bad = !isfinite(loss) || !isfinite(gnorm);
         if (!bad) optim_step(&r->opt, tp, np, (float)lr, gscale);

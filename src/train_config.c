@@ -143,8 +143,8 @@ static const TrainOption fields[] = {
          NULL, ALL, ABOVE(0), 1},
         S(lr_scheduler, ALL, "cosine",
           "constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | "
-          "inverse_sqrt | cosine_with_min_lr | cosine_warmup_with_min_lr | warmup_stable_decay "
-          "(transformers' schedules)"),
+          "inverse_sqrt | cosine_with_min_lr | cosine_warmup_with_min_lr | warmup_stable_decay | "
+          "reduce_lr_on_plateau (transformers' schedules; the last stepped by the evals)"),
         S(lr_scheduler_kwargs, ALL, "",
           "the schedule's arguments as a JSON object, transformers' lr_scheduler_kwargs: "
           "num_cycles, min_lr, min_lr_rate, lr_end, power, timescale, num_decay_steps, ..."),

@@ -323,6 +323,14 @@ int save_checkpoint(Run *r, TunaErr *err) {
         cJSON_AddNumberToObject(s, "best_checkpoint", best_ckpt);
         cJSON_AddNumberToObject(s, "best_checkpoint_eval_loss", best_ckpt ? best_ckpt_eval : -1);
         cJSON_AddNumberToObject(s, "early_stopping_evals", r->es_evals);
+        if (r->sched.type == SCHED_PLATEAU) { /* ReduceLROnPlateau's state */
+            cJSON_AddNumberToObject(s, "plateau_lr", r->sched.p_lr);
+            cJSON_AddNumberToObject(s, "plateau_best",
+                                    isfinite(r->sched.p_best) ? r->sched.p_best : 0);
+            cJSON_AddBoolToObject(s, "plateau_has_best", isfinite(r->sched.p_best));
+            cJSON_AddNumberToObject(s, "plateau_bad", r->sched.p_bad);
+            cJSON_AddNumberToObject(s, "plateau_cooldown", r->sched.p_cool);
+        }
         cJSON_AddNumberToObject(s, "total_steps", r->total);
         cJSON_AddNumberToObject(s, "elapsed", time_now() - r->t0);
         char *txt = cJSON_Print(s);
@@ -412,6 +420,15 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         rc = state_num(s, "best_checkpoint_eval_loss", -1, 1e30, 0, &bce, path, err);
     if (!rc && cJSON_GetObjectItem(s, "early_stopping_evals"))
         rc = state_num(s, "early_stopping_evals", 0, 1e9, 1, &es, path, err);
+    double plr = r->sched.p_lr, pbest = r->sched.p_best, pbad = 0, pcool = 0;
+    if (!rc && r->sched.type == SCHED_PLATEAU && cJSON_GetObjectItem(s, "plateau_lr")) {
+        rc = state_num(s, "plateau_lr", 0, 1e6, 0, &plr, path, err);
+        if (!rc) rc = state_num(s, "plateau_best", -1e300, 1e300, 0, &pbest, path, err);
+        if (!rc) rc = state_num(s, "plateau_bad", 0, 1e9, 1, &pbad, path, err);
+        if (!rc) rc = state_num(s, "plateau_cooldown", 0, 1e9, 1, &pcool, path, err);
+        if (!rc && !cJSON_IsTrue(cJSON_GetObjectItem(s, "plateau_has_best")))
+            pbest = r->sched.p_max ? -INFINITY : INFINITY;
+    }
     /* the epoch the cursor says it is in: at most one epoch past what the steps can reach */
     if (!rc && bpe > 0 && ep > floor(gs * r->cfg->grad_accum / bpe) + 1)
         rc = tuna_errf(err, TUNA_EFORMAT, "%s: \"epoch\" %.0f is past what %.0f steps reach", path,
@@ -458,6 +475,10 @@ static int load_checkpoint(Run *r, int step, TunaErr *err) {
         r->best_ckpt = (int)bc;
         r->best_ckpt_eval = bce;
         r->es_evals = (int)es;
+        r->sched.p_lr = plr;
+        r->sched.p_best = pbest;
+        r->sched.p_bad = (int)pbad;
+        r->sched.p_cool = (int)pcool;
         r->t0 -= el;
     }
     safetensors_free(stp);

@@ -11,6 +11,8 @@ optimizer steps 0 .. total + 2, as the LambdaLR that transformers.get_scheduler 
 Trainer calls it: num_warmup_steps and num_training_steps, the kwargs as
 scheduler_specific_kwargs) gives it, read from the scheduler's own lambda (exact doubles), and
 checked against the lr torch's optimizer actually holds after each scheduler step.
+tests/fixtures/train/plateau.json: reduce_lr_on_plateau cases {"kwargs", "lr", "metrics",
+"lrs"}: the optimizer's lr after ReduceLROnPlateau.step(metric) for each metric in turn.
 And tests/fixtures/train/adamw_args.json: {"lr", "betas", "eps", "weight_decay", "p0" (32
 float32 values), "G" (8 steps x 32), "P" (8 x 32)}: torch.optim.AdamW(lr, betas, eps,
 weight_decay, foreach=False) stepped on G, the values after each step (float32, printed exactly).
@@ -84,6 +86,34 @@ def adamw_args():
             "G": [fl(g) for g in G], "P": [fl(x) for x in P]}
 
 
+# reduce_lr_on_plateau: transformers' get_scheduler gives torch's ReduceLROnPlateau(optimizer,
+# **kwargs); the Trainer steps it with each eval's eval_loss. Metric sequences with plateaus, rises
+# and ties, the optimizer's lr after each step.
+PLATEAU = [
+    ({}, 1e-3, [5, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 3.9, 3.9999, 3.9996] + [3.5] * 14),
+    ({"patience": 1, "factor": 0.5, "cooldown": 1, "min_lr": 1e-4}, 2e-3,
+     [3, 2.9, 3.1, 3.2, 2.8, 2.8, 2.81, 2.79, 3, 3, 3, 3, 2.5, 2.6, 2.6, 2.6, 2.6, 2.6]),
+    ({"patience": 0, "threshold": 0.05, "threshold_mode": "abs", "eps": 1e-6}, 1e-3,
+     [3, 2.97, 2.9, 2.8, 2.79, 2.7, 2.69, 2.5, 2.49, 2.48]),
+    ({"mode": "max", "patience": 2, "factor": 0.3, "threshold": 0.01}, 1e-3,
+     [0.1, 0.2, 0.2, 0.201, 0.2, 0.5, 0.4, 0.4, 0.4, 0.4, 0.6]),
+]
+
+
+def plateau_cases():
+    out = []
+    for kwargs, lr, metrics in PLATEAU:
+        p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        opt = torch.optim.SGD([p], lr=lr)
+        s = transformers.get_scheduler("reduce_lr_on_plateau", opt, scheduler_specific_kwargs=dict(kwargs))
+        lrs = []
+        for m in metrics:
+            s.step(m)
+            lrs.append(opt.param_groups[0]["lr"])
+        out.append({"kwargs": kwargs, "lr": lr, "metrics": metrics, "lrs": lrs})
+    return out
+
+
 def main():
     out = os.path.join(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures", "train")
     os.makedirs(out, exist_ok=True)
@@ -93,6 +123,8 @@ def main():
         f.write(",\n".join(json.dumps(c) for c in cases))  # a case a line
         f.write("\n]}\n")
     print(f"wrote {len(cases)} schedules to {out}/schedules.json")
+    with open(os.path.join(out, "plateau.json"), "w") as f:
+        f.write('{"cases": [\n' + ",\n".join(json.dumps(c) for c in plateau_cases()) + "\n]}\n")
     with open(os.path.join(out, "adamw_args.json"), "w") as f:
         json.dump(adamw_args(), f)
         f.write("\n")

@@ -221,7 +221,7 @@ static void test_sched_kwargs(void) {
             {"cosine", "{\"num_cycles\": \"two\"}", "num_cycles must be a number", ""},
             {"cosine", "[1]", "is not a JSON object", ""},
             {"cosine", "{\"num_cycles\": 1", "is not a JSON object", ""},
-            {"reduce_lr_on_plateau", "", "--lr-scheduler \"reduce_lr_on_plateau\": must be", ""},
+            {"greedy", "", "--lr-scheduler \"greedy\": must be", ""},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         Sched s;
@@ -230,6 +230,51 @@ static void test_sched_kwargs(void) {
         CHECK(rc != 0 && strstr(err.msg, bad[i][2]) && !strchr(err.msg, '\n'),
               "%s %s: rc %d, \"%s\"", bad[i][0], bad[i][1], rc, err.msg);
     }
+}
+
+/* reduce_lr_on_plateau: torch's ReduceLROnPlateau (tests/fixtures/train/plateau.json), each
+ * eval's metric in turn, the lr after each equal to the bit; the state through a copy (a
+ * checkpoint keeps it) continues the same */
+static void test_plateau(void) {
+    const char *path = "tests/fixtures/train/plateau.json";
+    char *text = xread_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
+    CHECK(cJSON_GetArraySize(cases) >= 4, "%s: cases", path);
+    int n = 0, bad = 0;
+    cJSON_ArrayForEach(c, cases) {
+        char *kw = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "kwargs"));
+        double lr = cJSON_GetObjectItemCaseSensitive(c, "lr")->valuedouble;
+        const cJSON *ms = cJSON_GetObjectItemCaseSensitive(c, "metrics"),
+                    *lrs = cJSON_GetObjectItemCaseSensitive(c, "lrs");
+        Sched s, half;
+        TunaErr err = {0};
+        CHECK(sched_init(&s, "reduce_lr_on_plateau", kw, lr, 5, 100, &err) == 0, "%s: %s", kw,
+              err.msg);
+        CHECK(sched_lr(&s, 0) == lr, "%s: the first lr", kw);
+        for (int k = 0; k < cJSON_GetArraySize(ms); k++, n++) {
+            if (k == cJSON_GetArraySize(ms) / 2) { /* a resume: the state as saved */
+                half = s;
+                s = half;
+            }
+            sched_eval(&s, cJSON_GetArrayItem(ms, k)->valuedouble);
+            bad += sched_lr(&s, k) != cJSON_GetArrayItem(lrs, k)->valuedouble;
+        }
+        free(kw);
+    }
+    CHECK(!bad && n > 0, "reduce_lr_on_plateau: %d of %d lrs differ from torch's", bad, n);
+    printf("  reduce_lr_on_plateau: %d lrs of %d cases == torch's ReduceLROnPlateau\n", n,
+           cJSON_GetArraySize(cases));
+    Sched s;
+    TunaErr err = {0};
+    CHECK(sched_init(&s, "reduce_lr_on_plateau", "{\"factor\": 1.5}", 1e-3, 0, 10, &err) != 0 &&
+                  strstr(err.msg, "factor must be below 1"),
+          "factor 1.5: %s", err.msg);
+    CHECK(sched_init(&s, "reduce_lr_on_plateau", "{\"mode\": \"up\"}", 1e-3, 0, 10, &err) != 0 &&
+                  strstr(err.msg, "mode must be"),
+          "mode up: %s", err.msg);
+    cJSON_Delete(root);
+    free(text);
 }
 
 /* adam_beta1, adam_beta2, adam_epsilon: torch.optim.AdamW with betas (0.8, 0.95), eps 1e-6 and
@@ -320,6 +365,7 @@ int main(void) {
     }
     test_sched_kwargs();
     test_adamw_args();
+    test_plateau();
     Sched cosine;
     CHECK(sched_init(&cosine, "cosine", "", 1e-3, 3, steps, &err) == 0, "%s", err.msg);
     // AdamW: 20 steps with the lrs transformers' cosine schedule produced

@@ -15,6 +15,7 @@
 
 #include "cli_fixture.h"
 #include "harness.h"
+#include "src/optim.h"
 #include "src/safetensors.h"
 #include "src/xalloc.h"
 
@@ -131,6 +132,47 @@ static int same_file(const char *a, const char *b) {
     free(x);
     free(y);
     return same;
+}
+
+/* reduce_lr_on_plateau (patience 0, factor 0.5): each step's logged lr is the schedule's after
+ * the evals before it (the schedule's math: test_optim against torch) */
+static void test_plateau_run(const char *tmp) {
+    char d[400], cmd[2048], path[500];
+    const char *kw = "{\"patience\": 0, \"factor\": 0.5}";
+    snprintf(d, sizeof d, "%s/plateau", tmp);
+    snprintf(cmd, sizeof cmd,
+             "%s train " BASE "--method lora --lr 3e-2 --lr-scheduler reduce_lr_on_plateau "
+             "--lr-scheduler-kwargs '%s' --max-steps 12 --eval-steps 2 --save-steps 0 "
+             "--val-size 0 --eval-dataset alpaca_en_demo --max-samples 16 --output %s",
+             test_tuna_bin(), kw, d);
+    int rc = test_system(cmd);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", d);
+    char *text = xread_file(path, NULL), *save = NULL;
+    Sched s;
+    TunaErr err = {0};
+    int ok = rc == 0 && text && !sched_init(&s, "reduce_lr_on_plateau", kw, 3e-2, 0, 12, &err);
+    int steps = 0, bad = 0, drops = 0;
+    double last = 3e-2;
+    for (char *l = ok ? strtok_r(text, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        double lr = test_json_number(l, "lr"), step = test_json_number(l, "step");
+        if (!strncmp(l, "{\"type\":\"step\"", 14)) {
+            bad += lr != sched_lr(&s, (int)step);
+            drops += lr < last;
+            last = lr;
+            steps++;
+        } else if (!strncmp(l, "{\"type\":\"eval\"", 14) && step > 0) {
+            sched_eval(&s, test_json_number(l, "eval_loss"));
+        }
+    }
+    CHECK(ok && steps == 12 && !bad && drops >= 1,
+          "reduce_lr_on_plateau run: exit %d, %d steps, %d lrs off the schedule, %d drops", rc,
+          steps, bad, drops);
+    printf("  reduce_lr_on_plateau: 12 steps, the lr dropped %d times, after the evals as "
+           "torch's\n",
+           drops);
+    free(text);
+    test_train_refused(tmp, BASE, "--lr-scheduler reduce_lr_on_plateau --eval-steps 0",
+                       "the evals step it");
 }
 
 /* freeze_trainable_modules mlp on the last 2 of stories260K's 5 layers: the result's mlp
@@ -429,6 +471,7 @@ int main(void) {
           ev[1]);
     test_load_best(tmp);
     test_freeze_modules(tmp);
+    test_plateau_run(tmp);
     // --- threads 0 follows the cores other processes leave free: a busy process beside the run
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         SKIP("one core: no other core for the run to give up");
