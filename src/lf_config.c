@@ -863,21 +863,16 @@ int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, Tu
     return rc;
 }
 
-int lf_config_overwrite(const char *path, TunaErr *err) {
+int lf_config_run_dir(const char *path, int *overwrite, int *resume, char *out, size_t cap,
+                      TunaErr *err) {
     Doc d = {0};
     int rc = read_doc(path, &d, err);
-    if (!rc) rc = is_true(pair_of(&d, "overwrite_output_dir"));
-    doc_free(&d);
-    return rc;
-}
-
-int lf_config_resume(const char *path, char *out, size_t cap, TunaErr *err) {
-    Doc d = {0};
-    int rc = read_doc(path, &d, err);
+    *overwrite = !rc && is_true(pair_of(&d, "overwrite_output_dir"));
+    *resume = 0;
     const Pair *p = rc ? NULL : pair_of(&d, "resume_from_checkpoint");
-    if (!rc && p && p->val && strcmp(p->val, "false")) {
+    if (p && p->val && strcmp(p->val, "false")) {
         snprintf(out, cap, "%s", strcmp(p->val, "true") ? p->val : "");
-        rc = 1;
+        *resume = 1;
     }
     doc_free(&d);
     return rc;

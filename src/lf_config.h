@@ -30,17 +30,15 @@
  * itself). */
 int lf_config_load(TrainConfig *c, const char *path, char *notes, size_t cap, TunaErr *err);
 
-/* The file's overwrite_output_dir: 1 true (output_dir's run is replaced, as `tuna train
- * --overwrite` does; LLaMA-Factory's trainer writes over it), 0 false or absent (a run with a
- * checkpoint there is resumed from it, as LLaMA-Factory does; one without is refused, as tuna
- * and LLaMA-Factory refuse it), or an error code. */
-int lf_config_overwrite(const char *path, TunaErr *err);
-
-/* The file's resume_from_checkpoint: 1 with out the checkpoint folder it names ("" for true:
- * output_dir's newest), 0 when absent, null or false, or an error code. LLaMA-Factory also
- * resumes output_dir's newest checkpoint by itself when overwrite_output_dir is not true: `tuna
- * train FILE.yaml` does both (src/cli/cmd_train.c). */
-int lf_config_resume(const char *path, char *out, size_t cap, TunaErr *err);
+/* What the file says of output_dir's run, read once: *overwrite 1 for overwrite_output_dir true
+ * (the run there is replaced, as `tuna train --overwrite` does; LLaMA-Factory's trainer writes
+ * over it), 0 for false or absent (a run with a checkpoint there is resumed from it, as
+ * LLaMA-Factory does; one without is refused, as tuna and LLaMA-Factory refuse it); *resume 1
+ * with out (cap bytes) the checkpoint folder resume_from_checkpoint names ("" for true: output_dir's
+ * newest), 0 when absent, null or false (src/cli/cmd_train.c does both). Returns 0 or an error
+ * code. */
+int lf_config_run_dir(const char *path, int *overwrite, int *resume, char *out, size_t cap,
+                      TunaErr *err);
 
 /* LLaMA-Factory's other YAML files: `llamafactory-cli export` (merge_lora: model, adapter,
  * export_dir, export_size, infer_dtype) and `llamafactory-cli chat` (inference: model, adapter,

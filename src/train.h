@@ -206,4 +206,9 @@ typedef struct TrainHooks {
  * second trainer out. */
 int train_run(const TrainConfig *cfg, int resume, const TrainHooks *hooks, TunaErr *err);
 
+/* N when a folder's name is a run's checkpoint-N (N >= 1), else 0. */
+int train_checkpoint_step(const char *name);
+/* The steps of dir's checkpoint-N folders, ascending (at most cap of them); their count. */
+int train_checkpoints(const char *dir, int *steps, int cap);
+
 #endif

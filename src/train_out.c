@@ -233,16 +233,20 @@ static int run_write_hf(Run *r, const char *tmp, TunaErr *err) {
     return model_write_hf_as(r->m, tmp, &o, err);
 }
 
-/* Steps of the checkpoint-N folders in dir, ascending. */
-static int list_ckpts(const char *dir, int *steps, int cap) {
+int train_checkpoint_step(const char *name) {
+    int s;
+    char tail;
+    return sscanf(name, "checkpoint-%d%c", &s, &tail) == 1 && s >= 1 ? s : 0;
+}
+
+int train_checkpoints(const char *dir, int *steps, int cap) {
     DIR *d = opendir(dir);
     int n = 0;
     if (!d) return 0;
     struct dirent *e;
     while ((e = readdir(d)) && n < cap) {
-        int s;
-        char tail;
-        if (sscanf(e->d_name, "checkpoint-%d%c", &s, &tail) == 1) steps[n++] = s;
+        int s = train_checkpoint_step(e->d_name);
+        if (s) steps[n++] = s;
     }
     closedir(d);
     qsort(steps, (size_t)n, sizeof *steps, cmp_ckpt);
@@ -350,7 +354,7 @@ int save_checkpoint(Run *r, TunaErr *err) {
      * another run's (or a stray folder) and is neither counted nor deleted. As transformers'
      * rotate_checkpoints: the newest and the best (load_best_model_at_end) are kept, the oldest
      * others deleted down to save_total_limit (or to those two). */
-    int steps[4096], n = list_ckpts(r->dir, steps, 4096), limit = r->cfg->save_total_limit;
+    int steps[4096], n = train_checkpoints(r->dir, steps, 4096), limit = r->cfg->save_total_limit;
     while (n > 0 && steps[n - 1] > r->step)
         n--;
     int keep_best = n > 0 && best_ckpt > 0 && best_ckpt != steps[n - 1];
@@ -539,7 +543,7 @@ int resume_pick(Run *r, TunaErr *err) {
         emit_log(r, "info", msg);
         return 0;
     }
-    int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+    int steps[4096], n = train_checkpoints(r->dir, steps, 4096);
     char first[700] = "", msg[900];
     for (int i = n - 1; i >= 0; i--) {
         TunaErr e = {0};
@@ -703,7 +707,7 @@ static int holds_run(const char *dir) {
         if (access(path, F_OK) == 0) return 1;
     }
     int steps[4];
-    return list_ckpts(dir, steps, 4) > 0;
+    return train_checkpoints(dir, steps, 4) > 0;
 }
 
 /* "NAME.tmp-PID" (or, with tag ".old-", NAME.old-PID) whose process is gone: an interrupted
@@ -843,7 +847,7 @@ int run_claim(Run *r, int resume, TunaErr *err) {
             snprintf(path, sizeof path, "%s/%s", r->dir, f);
             unlink(path);
         }
-        int steps[4096], n = list_ckpts(r->dir, steps, 4096);
+        int steps[4096], n = train_checkpoints(r->dir, steps, 4096);
         for (int i = 0; i < n; i++) {
             snprintf(path, sizeof path, "%s/checkpoint-%d", r->dir, steps[i]);
             dir_remove(path);
@@ -1061,7 +1065,7 @@ void ckpt_set_aside(Run *r, int suspect, char *keep, size_t cap) {
                      " (checkpoint-%d, just before, is now checkpoint-%d.nonfinite)", suspect,
                      suspect);
     }
-    int cks[4096], nck = list_ckpts(r->dir, cks, 4096);
+    int cks[4096], nck = train_checkpoints(r->dir, cks, 4096);
     while (nck > 0 && cks[nck - 1] > r->step)
         nck--;
     if (nck > 0)

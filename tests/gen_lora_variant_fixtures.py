@@ -389,35 +389,9 @@ def gen_smooth(fix_dir, out_dir, arch, ai, eps=0.1):
 # of math are transcribed): per target token cross_entropy(reduction="none") times its
 # probability exp(-loss) under no_grad, the mean over the target tokens (one batch: the
 # num_items_in_batch sum is the same); transformers runs it in prediction_step too (the evals).
-def dft_loss(logits, labels):
-    logits = logits.float()
-    labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
-    per_token = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels,
-                                                  ignore_index=-100, reduction="none")
-    valid = per_token[labels != -100]
-    with torch.no_grad():
-        w = torch.exp(-valid)
-    return (valid * w).mean()
-
-
-def gen_dft(fix_dir, out_dir, arch, ai):
-    seed = 8300 + ai
-    model, ids, labels = lora_batch(fix_dir, arch, seed, 3200 + ai)
-    model.train()
-    loss = dft_loss(model(input_ids=ids).logits, labels)
-    loss.backward()
-    model.eval()
-    with torch.no_grad():
-        loss_eval = dft_loss(model(input_ids=ids).logits, labels)
-    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, "dft", out_dir,
-                   {"use_dft_loss": "true",
-                    "loss": "LLaMA-Factory's _dft_cross_entropy: mean over target tokens of nll * exp(-nll).detach()"})
-
-
-# Its EAFT loss (use_eaft_loss, eaft_alpha: eaft_loss_func, transcribed the same way): each target
-# token's cross-entropy times (H / 3)^alpha under no_grad, H the entropy of the softmax over the
-# row's 20 largest logits (torch.topk), the mean over the target tokens.
-def eaft_loss(logits, labels, alpha):
+def weighted_loss(logits, labels, weight):
+    """LLaMA-Factory's per-token cross-entropy times weight(valid nll, valid logits), the weight
+    under no_grad, the mean over the target tokens (labels shifted as its loss functions do)."""
     logits = logits.float()
     labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].reshape(-1)
     source = logits.view(-1, logits.size(-1))
@@ -425,25 +399,48 @@ def eaft_loss(logits, labels, alpha):
     valid_mask = labels != -100
     valid = per_token[valid_mask]
     with torch.no_grad():
-        topk_val, _ = torch.topk(source[valid_mask].detach(), k=20, dim=-1)
-        log_probs_topk = topk_val - torch.logsumexp(topk_val, dim=-1, keepdim=True)
-        entropy = -(torch.exp(log_probs_topk) * log_probs_topk).sum(dim=-1)
-        w = torch.pow(entropy / 3.0, alpha)
+        w = weight(valid, source[valid_mask].detach())
     return (valid * w).mean()
 
 
-def gen_eaft(fix_dir, out_dir, arch, ai, alpha=0.5):
-    seed = 8500 + ai
-    model, ids, labels = lora_batch(fix_dir, arch, seed, 3300 + ai)
+def dft_weight(nll, _logits):
+    return torch.exp(-nll)
+
+
+# Its EAFT loss (use_eaft_loss, eaft_alpha: eaft_loss_func, transcribed the same way): each target
+# token's cross-entropy times (H / 3)^alpha under no_grad, H the entropy of the softmax over the
+# row's 20 largest logits (torch.topk), the mean over the target tokens.
+def eaft_weight(alpha):
+    def weight(_nll, logits):
+        topk_val, _ = torch.topk(logits, k=20, dim=-1)
+        log_probs_topk = topk_val - torch.logsumexp(topk_val, dim=-1, keepdim=True)
+        entropy = -(torch.exp(log_probs_topk) * log_probs_topk).sum(dim=-1)
+        return torch.pow(entropy / 3.0, alpha)
+    return weight
+
+
+def gen_weighted(fix_dir, out_dir, arch, ai, name, seed, data_seed, weight, md):
+    """hf_trainer/<arch>_<name>: a LoRA step under weighted_loss, and the loss in eval mode."""
+    model, ids, labels = lora_batch(fix_dir, arch, seed, data_seed)
     model.train()
-    loss = eaft_loss(model(input_ids=ids).logits, labels, alpha)
+    loss = weighted_loss(model(input_ids=ids).logits, labels, weight)
     loss.backward()
     model.eval()
     with torch.no_grad():
-        loss_eval = eaft_loss(model(input_ids=ids).logits, labels, alpha)
-    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, "eaft", out_dir,
-                   {"use_eaft_loss": "true", "eaft_alpha": str(alpha),
-                    "loss": "LLaMA-Factory's _eaft_cross_entropy: mean over target tokens of nll * ((top-20 entropy) / 3) ** alpha"})
+        loss_eval = weighted_loss(model(input_ids=ids).logits, labels, weight)
+    save_lora_case(model, ids, labels, loss, loss_eval, {}, arch, seed, name, out_dir, md)
+
+
+def gen_dft(fix_dir, out_dir, arch, ai):
+    gen_weighted(fix_dir, out_dir, arch, ai, "dft", 8300 + ai, 3200 + ai, dft_weight,
+                 {"use_dft_loss": "true",
+                  "loss": "LLaMA-Factory's _dft_cross_entropy: mean over target tokens of nll * exp(-nll).detach()"})
+
+
+def gen_eaft(fix_dir, out_dir, arch, ai, alpha=0.5):
+    gen_weighted(fix_dir, out_dir, arch, ai, "eaft", 8500 + ai, 3300 + ai, eaft_weight(alpha),
+                 {"use_eaft_loss": "true", "eaft_alpha": str(alpha),
+                  "loss": "LLaMA-Factory's _eaft_cross_entropy: mean over target tokens of nll * ((top-20 entropy) / 3) ** alpha"})
 
 
 def main():

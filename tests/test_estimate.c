@@ -80,6 +80,18 @@ static TrainMethod method_of(const char *m) {
                                       : METHOD_PTUNING;
 }
 
+/* The estimate from config.json alone, as the Setup screen makes it, for the test's batch and
+ * cutoff; 0, or non-zero with the failure checked and named by what */
+static int estimate_of(const char *dir, TrainConfig *cfg, TrainEstimate *est, const char *what) {
+    cfg->batch_size = BATCH;
+    cfg->cutoff_len = CUTOFF;
+    ModelConfig mc;
+    TunaErr err = {0};
+    int rc = config_load(dir, &mc, &err) || train_estimate(&mc, cfg, est, &err);
+    CHECK(!rc, "%s: %s", what, err.msg);
+    return rc;
+}
+
 static void one_case(Model *m, const char *dir, const Case *k) {
     char what[200];
     snprintf(what, sizeof what, "%s %s", dir, k->name);
@@ -98,17 +110,9 @@ static void one_case(Model *m, const char *dir, const Case *k) {
     if (k->hidden) cfg.prefix_hidden = k->hidden;
     cfg.gradient_checkpointing = k->ckpt;
     cfg.use_dora = k->dora;
-    cfg.batch_size = BATCH;
-    cfg.cutoff_len = CUTOFF;
-
-    /* the estimate from config.json alone, as the Setup screen makes it */
-    ModelConfig mc;
     TunaErr err = {0};
     TrainEstimate est;
-    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
-        CHECK(0, "%s: %s", what, err.msg);
-        return;
-    }
+    if (estimate_of(dir, &cfg, &est, what)) return;
 
     /* the state train_run would build (trainable tokens already ids here) */
     TrainSetup setup = {.method = method_of(k->method),
@@ -179,15 +183,9 @@ static void pref_case(Model *m, const char *dir, const char *method, const char 
     snprintf(cfg.pref_loss, sizeof cfg.pref_loss, "%s", loss);
     int rm = !strcmp(stage, "rm");
     size_t vh = rm ? ((size_t)m->cfg.C + 1) * sizeof(float) : 0; /* the value head */
-    cfg.batch_size = BATCH;
-    cfg.cutoff_len = CUTOFF;
-    ModelConfig mc;
     TunaErr err = {0};
     TrainEstimate est;
-    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
-        CHECK(0, "%s: %s", what, err.msg);
-        return;
-    }
+    if (estimate_of(dir, &cfg, &est, what)) return;
     TrainSetup setup = {.method = method_of(method),
                         .lora_rank = cfg.lora_rank,
                         .lora_alpha = (float)cfg.lora_alpha,
@@ -241,15 +239,9 @@ static void freeze_modules_case(Model *m, const char *dir) {
     snprintf(cfg.method, sizeof cfg.method, "freeze");
     cfg.freeze_layers = 2;
     snprintf(cfg.freeze_trainable_modules, sizeof cfg.freeze_trainable_modules, "%s", mods);
-    cfg.batch_size = BATCH;
-    cfg.cutoff_len = CUTOFF;
-    ModelConfig mc;
     TunaErr err = {0};
     TrainEstimate est;
-    if (config_load(dir, &mc, &err) || train_estimate(&mc, &cfg, &est, &err)) {
-        CHECK(0, "%s: %s", what, err.msg);
-        return;
-    }
+    if (estimate_of(dir, &cfg, &est, what)) return;
     TrainSetup setup = {
             .method = METHOD_FREEZE, .freeze_layers = 2, .freeze_modules = mods, .seed = 42};
     TrainState *ts = NULL;

@@ -171,14 +171,21 @@ static void test_shards(const char *backend) {
     backend_free(be);
 }
 
+/* A JSON fixture, parsed (NULL when it cannot be read or parsed) */
+static cJSON *fixture_json(const char *path) {
+    char *text = xread_file(path, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    CHECK(root != NULL, "%s: cannot be read or parsed", path);
+    return root;
+}
+
 /* transformers' schedules with their lr_scheduler_kwargs (tests/fixtures/train/schedules.json
  * from tests/gen_optim_fixtures.py): every factor of steps 0 .. total + 2 to the last bit or
  * two; the arguments transformers refuses, refused. */
 static void test_sched_kwargs(void) {
     const char *path = "tests/fixtures/train/schedules.json";
-    size_t len = 0;
-    char *text = xread_file(path, &len);
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *root = fixture_json(path);
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
     CHECK(cJSON_GetArraySize(cases) >= 19, "%s: cases", path);
     double worst = 0;
@@ -205,7 +212,6 @@ static void test_sched_kwargs(void) {
     printf("  %d schedule factors of %d cases vs transformers: max diff %.3g\n", n,
            cJSON_GetArraySize(cases), worst);
     cJSON_Delete(root);
-    free(text);
     /* what transformers refuses (TypeError, ValueError), refused with the argument named */
     static const char *const bad[][4] = {
             {"cosine", "{\"min_lr\": 1e-5}", "cosine takes num_cycles, not \"min_lr\"", ""},
@@ -237,8 +243,7 @@ static void test_sched_kwargs(void) {
  * checkpoint keeps it) continues the same */
 static void test_plateau(void) {
     const char *path = "tests/fixtures/train/plateau.json";
-    char *text = xread_file(path, NULL);
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *root = fixture_json(path);
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
     CHECK(cJSON_GetArraySize(cases) >= 4, "%s: cases", path);
     int n = 0, bad = 0;
@@ -274,15 +279,13 @@ static void test_plateau(void) {
                   strstr(err.msg, "mode must be"),
           "mode up: %s", err.msg);
     cJSON_Delete(root);
-    free(text);
 }
 
 /* adam_beta1, adam_beta2, adam_epsilon: torch.optim.AdamW with betas (0.8, 0.95), eps 1e-6 and
  * weight decay 0.1 (tests/fixtures/train/adamw_args.json), 8 steps, ref and cpu */
 static void test_adamw_args(void) {
     const char *path = "tests/fixtures/train/adamw_args.json";
-    char *text = xread_file(path, NULL);
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *root = fixture_json(path);
     const cJSON *p0 = cJSON_GetObjectItemCaseSensitive(root, "p0"),
                 *G = cJSON_GetObjectItemCaseSensitive(root, "G"),
                 *P = cJSON_GetObjectItemCaseSensitive(root, "P"),
@@ -291,7 +294,6 @@ static void test_adamw_args(void) {
     CHECK(n > 0 && steps > 0 && cJSON_GetArraySize(P) == steps, "%s: p0, G, P", path);
     if (n <= 0 || steps <= 0) {
         cJSON_Delete(root);
-        free(text);
         return;
     }
     float b1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble,
@@ -334,7 +336,6 @@ static void test_adamw_args(void) {
     free(h);
     free(want);
     cJSON_Delete(root);
-    free(text);
 }
 
 int main(void) {

@@ -8,7 +8,6 @@
  * the box.
  * The template is --template, else the one the open (or --tuned) run trained with. */
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <unistd.h>
 
 #include "../src/template.h"
+#include "../src/train.h"
 #include "../src/xalloc.h"
 #include "app.h"
 #include "chat_worker.h"
@@ -108,11 +108,6 @@ static int is_adapter_dir(const char *dir) {
 
 static int ckpt_pick; /* ^K: which of the run's models the tuned pane uses (UI thread only) */
 
-static int cmp_int(const void *a, const void *b) {
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
 /* The tuned model: --tuned, else one of the open run's models: its folder when it holds a full
  * checkpoint or an adapter (written when the run ends), then each checkpoint-N, newest first;
  * ^K steps through them. */
@@ -124,16 +119,7 @@ static const char *tuned_model(App *app) {
     char cands[65][4400];
     int n = 0;
     if (is_model_dir(r) || is_adapter_dir(r)) snprintf(cands[n++], sizeof cands[0], "%s", r);
-    int steps[64], ns = 0;
-    DIR *d = opendir(r);
-    struct dirent *e;
-    while (d && (e = readdir(d)) && ns < 64) {
-        int st;
-        char tail;
-        if (sscanf(e->d_name, "checkpoint-%d%c", &st, &tail) == 1) steps[ns++] = st;
-    }
-    if (d) closedir(d);
-    qsort(steps, (size_t)ns, sizeof *steps, cmp_int);
+    int steps[64], ns = train_checkpoints(r, steps, 64);
     for (int i = ns - 1; i >= 0 && n < 65; i--) {
         snprintf(cands[n], sizeof cands[0], "%.4000s/checkpoint-%d", r, steps[i]);
         if (is_model_dir(cands[n]) || is_adapter_dir(cands[n])) n++;

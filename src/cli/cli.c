@@ -49,29 +49,31 @@ static int is_dir(const char *path) {
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
+/* The run folder a model (and adapter) came from: adapter_dir, else model_dir, the first whose
+ * train_config.json records a template (its name into name); NULL for none. */
+static const char *run_dir_of(const char *model_dir, const char *adapter_dir, char *name,
+                              size_t cap) {
+    const char *dirs[2] = {adapter_dir, model_dir};
+    for (int i = 0; i < 2; i++)
+        if (dirs[i] && !model_run_string(dirs[i], "train_config.json", "template", name, cap))
+            return dirs[i];
+    return NULL;
+}
+
 int cli_run_template(const char *model_dir, const char *adapter_dir, char *name, size_t cap,
                      char *tdir, size_t tcap) {
-    const char *dirs[2] = {adapter_dir, model_dir};
-    for (int i = 0; i < 2; i++) {
-        if (!dirs[i] || model_run_string(dirs[i], "train_config.json", "template", name, cap))
-            continue;
-        if (model_run_string(dirs[i], "train_config.json", "templates_dir", tdir, tcap) ||
-            !is_dir(tdir))
-            tdir[0] = '\0';
-        return 1;
-    }
-    return 0;
+    const char *run = run_dir_of(model_dir, adapter_dir, name, cap);
+    if (!run) return 0;
+    if (model_run_string(run, "train_config.json", "templates_dir", tdir, tcap) || !is_dir(tdir))
+        tdir[0] = '\0';
+    return 1;
 }
 
 const char *cli_run_system(const char *model_dir, const char *adapter_dir, char *buf, size_t cap) {
-    const char *dirs[2] = {adapter_dir, model_dir};
     char name[256];
-    for (int i = 0; i < 2; i++) /* the folder whose template cli_run_template takes */
-        if (dirs[i] &&
-            !model_run_string(dirs[i], "train_config.json", "template", name, sizeof name))
-            return model_run_string(dirs[i], "train_config.json", "default_system", buf, cap) ? NULL
-                                                                                              : buf;
-    return NULL;
+    const char *run = run_dir_of(model_dir, adapter_dir, name, sizeof name);
+    return run && !model_run_string(run, "train_config.json", "default_system", buf, cap) ? buf
+                                                                                          : NULL;
 }
 
 int cli_default_template(const char *model_dir, const char *adapter_dir, const char **tname,

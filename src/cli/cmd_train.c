@@ -370,13 +370,12 @@ static int split_checkpoint(const char *path, char *run, size_t cap, int *step) 
     size_t b = n;
     while (b > 0 && path[b - 1] != '/')
         b--;
-    char tail;
-    int s;
     char name[64];
     if (n - b >= sizeof name) return 0;
     memcpy(name, path + b, n - b);
     name[n - b] = '\0';
-    if (sscanf(name, "checkpoint-%d%c", &s, &tail) != 1 || s < 1 || b >= cap) return 0;
+    int s = train_checkpoint_step(name);
+    if (!s || b >= cap) return 0;
     snprintf(run, cap, "%.*s", b > 1 ? (int)(b - 1) : (int)b, path);
     char cfg[4200];
     snprintf(cfg, sizeof cfg, "%s/train_config.json", run);
@@ -389,15 +388,8 @@ static int split_checkpoint(const char *path, char *run, size_t cap, int *step) 
 static int run_has_checkpoint(const char *dir) {
     char p[4200];
     snprintf(p, sizeof p, "%s/train_config.json", dir);
-    if (access(p, F_OK)) return 0;
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int found = 0, s;
-    char tail;
-    while (d && !found && (e = readdir(d)))
-        found = sscanf(e->d_name, "checkpoint-%d%c", &s, &tail) == 1;
-    if (d) closedir(d);
-    return found;
+    int step;
+    return !access(p, F_OK) && train_checkpoints(dir, &step, 1) > 0;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -491,8 +483,8 @@ int cmd_train(int argc, char **argv) {
             return 1;
         }
         if (notes[0] && !quiet) fprintf(stderr, "tuna: %s (LLaMA-Factory): %s\n", config, notes);
-        if ((lf_overwrite = lf_config_overwrite(config, &err)) < 0 ||
-            (lf_resume_set = lf_config_resume(config, lf_resume, sizeof lf_resume, &err)) < 0) {
+        if (lf_config_run_dir(config, &lf_overwrite, &lf_resume_set, lf_resume, sizeof lf_resume,
+                              &err)) {
             fprintf(stderr, "tuna: %s\n", err.msg);
             return 1;
         }
